@@ -1,0 +1,290 @@
+"""The agent: enroll once, then hold one outbound WebSocket to the server for ever.
+
+Reconnects use exponential backoff with full jitter (AWS architecture blog, "Exponential
+Backoff And Jitter"), so a thousand agents cut off by a server restart do not return in
+one wave. Everything the agent sends is first written to its outbox (state.py) and
+replayed after each reconnect until the server acknowledges it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import ssl
+import urllib.error
+import urllib.request
+from typing import Any
+
+from .. import __version__
+from ..errors import CrcError, InvalidInput, KeyRejected, Unavailable, error_from_payload
+from ..protocol.delivery import Inbox, Receipt
+from ..protocol.limits import HEARTBEAT_SECONDS, MAX_FRAME_BYTES
+from ..protocol.messages import Envelope, JobRun, decode_frame, encode_frame
+from ..tlspin import client_context
+from .platform import Platform, current
+from .runner import run_job
+from .state import AgentState, Credential
+
+__all__ = ["Agent", "Revoked", "enroll"]
+
+log = logging.getLogger("crc.agent")
+BACKOFF_MIN = 0.5
+BACKOFF_MAX = 30.0
+
+
+class Revoked(CrcError):
+    code = "revoked"
+    exit_code = 0
+
+
+def _ws_url(url: str) -> str:
+    base = url.rstrip("/")
+    if base.startswith("https://"):
+        base = "wss://" + base[len("https://"):]
+    elif base.startswith("http://"):
+        base = "ws://" + base[len("http://"):]
+    return base + "/v1/agent/connect"
+
+
+def enroll(state: AgentState, url: str, key: str, fingerprint: str | None) -> Credential:
+    """Exchange ``key`` for a credential and keep it in the state dir (0600)."""
+    ctx, pem = client_context(url, fingerprint)
+    req = urllib.request.Request(
+        url.rstrip("/") + "/v1/agent/enroll", method="POST",
+        data=json.dumps({"key": key}).encode(), headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=30, context=ctx) as resp:  # noqa: S310
+            data = json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            payload = json.loads(exc.read())
+        except ValueError:
+            payload = None
+        raise error_from_payload(exc.code, payload) from None
+    except (urllib.error.URLError, OSError, ssl.SSLError) as exc:
+        raise Unavailable(f"cannot reach {url}: {getattr(exc, 'reason', exc)}") from None
+    cred = Credential(url=url, credential=data["credential"], machine=data["machine"],
+                      group=data["group"], fingerprint=fingerprint, cert_pem=pem)
+    state.save_credential(cred)
+    return cred
+
+
+class Agent:
+    def __init__(self, state: AgentState, cred: Credential, platform: Platform | None = None,
+                 gate_ready: bool = False) -> None:
+        self.state = state
+        self.cred = cred
+        self.platform = platform or current()
+        self.gate_ready = gate_ready
+        self.inbox = Inbox(state.processed)
+        self._ws: Any = None
+        self._jobs: dict[str, asyncio.Event] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.connected = asyncio.Event()
+        self._send_lock = asyncio.Lock()
+        self.stopping = asyncio.Event()
+
+    # -- sending ------------------------------------------------------------------------
+    async def emit(self, type: str, body: dict[str, Any], to: str = "master",
+                   correlation_id: str | None = None, job_done: str | None = None) -> None:
+        """Persist a message, then send it if connected (else it goes after reconnect)."""
+        env = Envelope.make(self.cred.group, self.cred.machine, to, type, body, correlation_id)
+        # One lock keeps frames on the wire in sequence order whatever task emits them.
+        async with self._send_lock:
+            _, frame = self.state.enqueue(env, job_done=job_done)
+            ws = self._ws
+            if ws is not None:
+                with contextlib.suppress(Exception):
+                    await ws.send(frame)
+
+    # -- lifecycle ----------------------------------------------------------------------
+    async def run(self) -> None:
+        """Run until revoked (raises Revoked) or cancelled."""
+        for job_id in self.state.interrupted_jobs():
+            await self.emit("job.result", {"job_id": job_id, "status": "lost",
+                                           "exit_code": None,
+                                           "reason": "the agent stopped (crash, kill or "
+                                                     "reboot) while the job was running; "
+                                                     "not re-run"}, job_done=job_id)
+        if not self.gate_ready and self.state.get("ready") != "1":
+            self.state.put("ready", "1")
+            await self.emit("system.ready", {})
+        await self._send_facts()
+        attempt = 0
+        try:
+            while True:
+                try:
+                    await self._session()
+                    attempt = 0
+                except Revoked:
+                    raise
+                except (OSError, CrcError, asyncio.TimeoutError, ssl.SSLError) as exc:
+                    log.warning("connection to %s failed: %s", self.cred.url, exc)
+                except Exception as exc:  # noqa: BLE001 -- websockets raises many kinds
+                    log.warning("connection to %s lost: %s", self.cred.url, exc)
+                self.connected.clear()
+                attempt += 1
+                delay = random.uniform(0, min(BACKOFF_MAX, BACKOFF_MIN * 2 ** attempt))  # noqa: S311
+                await asyncio.sleep(delay)
+        finally:
+            for task in list(self._tasks):
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _send_facts(self) -> None:
+        try:
+            from .facts import collect_facts, facts_changed
+        except ImportError:  # facts collection is optional
+            return
+        facts = collect_facts(__version__)
+        old = self.state.get("facts")
+        if facts_changed(json.loads(old) if old else None, facts):
+            self.state.put("facts", json.dumps(facts))
+            await self.emit("facts", facts)
+
+    async def _session(self) -> None:
+        from websockets.asyncio.client import connect
+        from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+        ctx, pem = client_context(self.cred.url, self.cred.fingerprint, self.cred.cert_pem)
+        if pem and pem != self.cred.cert_pem:
+            self.cred.cert_pem = pem
+            self.state.save_credential(self.cred)
+        try:
+            async with connect(
+                _ws_url(self.cred.url), ssl=ctx,
+                additional_headers={"Authorization": f"Bearer {self.cred.credential}"},
+                max_size=MAX_FRAME_BYTES, compression=None, open_timeout=20,
+                ping_interval=HEARTBEAT_SECONDS, ping_timeout=HEARTBEAT_SECONDS,
+                user_agent_header=f"crc-agent/{__version__}",
+            ) as ws:
+                await ws.send(encode_frame({"type": "hello", "ack": self.inbox.processed,
+                                            "agent_version": __version__,
+                                            "ready": self.state.get("ready") == "1"}))
+                welcome = decode_frame(await asyncio.wait_for(ws.recv(), 20))
+                if welcome["type"] == "revoked":
+                    raise Revoked(str(welcome.get("reason") or "machine revoked"))
+                if welcome["type"] != "welcome":
+                    raise InvalidInput(f"unexpected first frame {welcome['type']!r}")
+                self.state.acked(welcome["ack"])
+                async with self._send_lock:
+                    for _, frame in self.state.frames_after(welcome["ack"]):
+                        await ws.send(frame)
+                    self._ws = ws
+                self.connected.set()
+                log.info("connected to %s as %s/%s", self.cred.url, self.cred.group,
+                         self.cred.machine)
+                try:
+                    async for text in ws:
+                        await self._on_frame(ws, text)
+                finally:
+                    self._ws = None
+                    self.connected.clear()
+        except ConnectionClosed as exc:
+            rcvd = exc.rcvd
+            if rcvd is not None and rcvd.code in (4401, 4403):
+                raise Revoked(rcvd.reason or "machine revoked") from None
+            raise Unavailable(f"connection closed: {exc}") from None
+        except InvalidStatus as exc:
+            raise Unavailable(f"server refused the connection: HTTP "
+                              f"{exc.response.status_code}") from None
+
+    async def _on_frame(self, ws: Any, text: str | bytes) -> None:
+        try:
+            frame = decode_frame(text)
+        except CrcError as exc:
+            log.warning("ignoring a malformed frame: %s", exc.message)
+            return
+        kind = frame["type"]
+        if kind == "ack":
+            self.state.acked(frame["seq"])
+        elif kind == "revoked":
+            raise Revoked(str(frame.get("reason") or "machine revoked"))
+        elif kind == "error":
+            log.warning("server reported: %s", frame.get("error"))
+        elif kind == "msg":
+            await self._on_message(ws, frame["seq"], frame["msg"])
+
+    async def _on_message(self, ws: Any, seq: int, raw: dict[str, Any]) -> None:
+        receipt = self.inbox.receive(seq)
+        if receipt == Receipt.DUPLICATE:
+            await ws.send(encode_frame({"type": "ack", "seq": seq}))
+            return
+        if receipt == Receipt.GAP:
+            raise Unavailable(f"message gap at {seq}: reconnecting to resume")
+        try:
+            env = Envelope.from_dict(raw)
+        except CrcError as exc:
+            log.warning("dropping malformed message %s: %s", seq, exc.message)
+            self.state.mark_processed(seq)
+            self.inbox.mark_processed(seq)
+            await ws.send(encode_frame({"type": "ack", "seq": seq}))
+            return
+        start: JobRun | None = None
+        error: str | None = None
+        if env.type == "job.run":
+            try:
+                start = JobRun.from_body(env.body)
+            except CrcError as exc:
+                error = exc.message
+        fresh = self.state.mark_processed(seq, start_job=start.job_id if start else None)
+        self.inbox.mark_processed(seq)
+        await ws.send(encode_frame({"type": "ack", "seq": seq}))
+        if env.type == "job.run":
+            if start is None:
+                job_id = str(env.body.get("job_id") or env.correlation_id or "")
+                await self.emit("job.result", {"job_id": job_id, "status": "failed",
+                                               "exit_code": None, "reason": error})
+            elif fresh:
+                self._spawn(self._run_job(start))
+        elif env.type == "job.cancel":
+            job_id = str(env.body.get("job_id") or "")
+            if job_id in self._jobs:
+                self._jobs[job_id].set()
+            else:
+                self.state.forget_job(job_id)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run_job(self, job: JobRun) -> None:
+        cancel = asyncio.Event()
+        self._jobs[job.job_id] = cancel
+
+        async def output(stream: str, data: str) -> None:
+            await self.emit("job.output", {"job_id": job.job_id, "stream": stream,
+                                           "data": data})
+
+        async def started() -> None:
+            await self.emit("job.started", {"job_id": job.job_id})
+
+        try:
+            outcome = await run_job(job, self.platform, output, started, cancel)
+        finally:
+            self._jobs.pop(job.job_id, None)
+        await self.emit("job.result", {"job_id": job.job_id, "status": outcome.status,
+                                       "exit_code": outcome.exit_code,
+                                       "reason": outcome.reason}, job_done=job.job_id)
+
+    # -- local commands (from scripts on the machine) ------------------------------------
+    async def say_ready(self) -> None:
+        if self.state.get("ready") != "1":
+            self.state.put("ready", "1")
+        await self.emit("system.ready", {})
+
+
+def load_or_enroll(state: AgentState, url: str | None, key: str | None,
+                   fingerprint: str | None) -> Credential:
+    cred = state.load_credential()
+    if cred is not None:
+        return cred
+    if not url or not key:
+        raise KeyRejected("this machine is not enrolled yet: give --url and --key (the "
+                          "single-use key from `crc group create`)")
+    return enroll(state, url, key, fingerprint)

@@ -1,0 +1,61 @@
+"""The platform seam used by the agent."""
+
+from __future__ import annotations
+
+import abc
+import shutil
+from typing import Any
+
+from ...errors import InvalidInput
+
+__all__ = ["Platform", "ShellMissing"]
+
+
+class ShellMissing(InvalidInput):
+    code = "shell_missing"
+
+
+class Platform(abc.ABC):
+    name: str = ""
+    default_shell: str = "sh"
+
+    @abc.abstractmethod
+    def hosts_path(self) -> str:
+        """Path of the system hosts file."""
+
+    @abc.abstractmethod
+    def default_state_dir(self) -> str:
+        """Where the agent keeps its credential and queue when installed as a service."""
+
+    @abc.abstractmethod
+    def protect_file(self, path: str) -> None:
+        """Make ``path`` readable only by the agent's account and administrators."""
+
+    @abc.abstractmethod
+    def popen_options(self) -> dict[str, Any]:
+        """Extra arguments for starting a job's process so its whole tree can be killed."""
+
+    @abc.abstractmethod
+    def kill_tree(self, proc: Any, force: bool) -> None:
+        """End ``proc`` and every process it started (politely unless ``force``)."""
+
+    def shell_argv(self, shell: str | None, command: str) -> list[str]:
+        """The argv that runs ``command`` in ``shell`` (default: this OS's shell)."""
+        shell = shell or self.default_shell
+        table = {
+            "bash": ["bash", "-c", command],
+            "sh": ["sh", "-c", command],
+            "powershell": ["powershell", "-NoProfile", "-NonInteractive", "-Command", command],
+            "cmd": ["cmd.exe", "/d", "/s", "/c", command],
+        }
+        argv = table[shell]
+        found = self.which(argv[0])
+        if shell == "powershell" and found is None:
+            found = self.which("pwsh")
+        if found is None:
+            raise ShellMissing(f"{shell} is not installed on this machine: choose another "
+                               "--shell or pass the command as argv")
+        return [found, *argv[1:]]
+
+    def which(self, program: str) -> str | None:
+        return shutil.which(program)

@@ -1,0 +1,138 @@
+"""Running one job: start the process tree, stream its output, end it on timeout/cancel.
+
+Output is read in chunks and sent in batches (every 50 ms or 32 KiB) so a chatty
+command costs a few messages a second, not one per line. Decoding is incremental so a
+multi-byte character split across reads is not mangled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import contextlib
+import os
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from ..errors import CrcError
+from ..protocol.limits import MAX_OUTPUT_CHUNK_BYTES
+from ..protocol.messages import JobRun
+from .platform.base import Platform
+
+__all__ = ["JobOutcome", "run_job"]
+
+FLUSH_SECONDS = 0.05
+FLUSH_BYTES = 32 << 10
+KILL_GRACE_SECONDS = 2.0
+
+Emit = Callable[[str, str], Awaitable[None]]  # (stream, text)
+
+
+@dataclass
+class JobOutcome:
+    status: str  # succeeded / failed / timed_out / cancelled
+    exit_code: int | None
+    reason: str | None = None
+
+
+async def run_job(job: JobRun, platform: Platform, emit_output: Emit,
+                  started: Callable[[], Awaitable[None]], cancelled: asyncio.Event
+                  ) -> JobOutcome:
+    try:
+        argv = list(job.argv) if job.argv is not None else platform.shell_argv(job.shell,
+                                                                                 job.command or "")
+    except CrcError as exc:
+        return JobOutcome("failed", 127, exc.message)
+    env = {**os.environ, **job.env}
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, cwd=job.cwd or None, env=env,
+            **platform.popen_options())
+    except FileNotFoundError as exc:
+        missing = job.cwd if job.cwd and not os.path.isdir(job.cwd) else argv[0]
+        return JobOutcome("failed", 127, f"cannot start: {missing}: {exc.strerror}")
+    except (PermissionError, NotADirectoryError, OSError) as exc:
+        return JobOutcome("failed", 126, f"cannot start {argv[0]}: {exc}")
+    await started()
+    assert proc.stdout is not None and proc.stderr is not None
+    readers = [asyncio.create_task(_pump(proc.stdout, "stdout", emit_output)),
+               asyncio.create_task(_pump(proc.stderr, "stderr", emit_output))]
+    waiter = asyncio.create_task(proc.wait())
+    canceller = asyncio.create_task(cancelled.wait())
+    ending: str | None = None
+    try:
+        done, _ = await asyncio.wait({waiter, canceller}, timeout=job.timeout,
+                                     return_when=asyncio.FIRST_COMPLETED)
+        if waiter not in done:
+            ending = "cancelled" if canceller in done else "timed_out"
+            await _end_tree(proc, platform, waiter)
+    finally:
+        canceller.cancel()
+        if not waiter.done():
+            await _end_tree(proc, platform, waiter)
+        # Grandchildren may hold the pipes open after the tree was ended: bound the wait.
+        _, pending = await asyncio.wait(readers, timeout=KILL_GRACE_SECONDS)
+        for task in pending:
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.gather(*pending)
+    code = proc.returncode
+    if ending == "timed_out":
+        return JobOutcome("timed_out", None, f"timed out after {job.timeout:g} s")
+    if ending == "cancelled":
+        return JobOutcome("cancelled", None, "cancelled by the master")
+    if code == 0:
+        return JobOutcome("succeeded", 0)
+    if code is not None and code < 0:
+        name = signal.Signals(-code).name if -code in signal.valid_signals() else str(-code)
+        return JobOutcome("failed", 128 - code, f"killed by signal {name}")
+    return JobOutcome("failed", code)
+
+
+async def _end_tree(proc: asyncio.subprocess.Process, platform: Platform,
+                    waiter: asyncio.Task[int]) -> None:
+    platform.kill_tree(proc, force=False)
+    try:
+        await asyncio.wait_for(asyncio.shield(waiter), KILL_GRACE_SECONDS)
+    except asyncio.TimeoutError:
+        pass
+    platform.kill_tree(proc, force=True)  # whatever is left of the group, too
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(asyncio.shield(waiter), KILL_GRACE_SECONDS)
+
+
+async def _pump(stream: asyncio.StreamReader, name: str, emit: Emit) -> None:
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    buf: list[str] = []
+    size = 0
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + FLUSH_SECONDS
+
+    async def flush() -> None:
+        nonlocal buf, size
+        if buf:
+            text = "".join(buf)
+            buf, size = [], 0
+            for i in range(0, len(text), MAX_OUTPUT_CHUNK_BYTES // 4):
+                await emit(name, text[i:i + MAX_OUTPUT_CHUNK_BYTES // 4])
+
+    while True:
+        timeout = max(0.0, deadline - loop.time()) if buf else None
+        try:
+            chunk = await asyncio.wait_for(stream.read(65536), timeout)
+        except asyncio.TimeoutError:
+            await flush()
+            continue
+        if not chunk:
+            buf.append(decoder.decode(b"", final=True))
+            await flush()
+            return
+        if not buf:
+            deadline = loop.time() + FLUSH_SECONDS
+        text = decoder.decode(chunk)
+        buf.append(text)
+        size += len(chunk)
+        if size >= FLUSH_BYTES:
+            await flush()

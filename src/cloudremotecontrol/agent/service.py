@@ -1,0 +1,88 @@
+"""``crc agent run``: enroll if needed, open the control socket, run until revoked."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from pathlib import Path
+from typing import Any
+
+from ..errors import InvalidInput
+from ..protocol.names import check_message_type
+from .control import ControlServer
+from .core import Agent, Revoked, load_or_enroll
+from .platform import current
+from .state import AgentState
+
+__all__ = ["run_agent"]
+
+log = logging.getLogger("crc.agent")
+
+
+def run_agent(state_dir: Path, url: str | None, key: str | None, fingerprint: str | None,
+              gate_ready: bool = False) -> str:
+    """Run the agent in the foreground; return why it stopped (revocation)."""
+    platform = current()
+    state = AgentState(state_dir, protect=platform.protect_file)
+    try:
+        if state.get("revoked"):
+            raise Revoked(f"this machine was revoked ({state.get('revoked')}); remove "
+                          f"{state_dir} and enroll with a new key to use it again")
+        cred = load_or_enroll(state, url, key, fingerprint)
+        agent = Agent(state, cred, platform, gate_ready=gate_ready)
+        try:
+            asyncio.run(_main(agent, state_dir))
+        except Revoked as exc:
+            state.put("revoked", exc.message)
+            raise
+        return "stopped"
+    finally:
+        state.close()
+
+
+async def _main(agent: Agent, state_dir: Path) -> None:
+    control = ControlServer(state_dir, lambda req: _handle(agent, req),
+                            agent.platform.protect_file)
+    await control.start()
+    loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
+    assert main is not None
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, main.cancel)
+    try:
+        await agent.run()
+    except asyncio.CancelledError:
+        log.info("stopping")
+    finally:
+        await control.close()
+
+
+async def _handle(agent: Agent, req: dict[str, Any]) -> dict[str, Any]:
+    op = req.get("op")
+    if op == "progress":
+        text, pct = req.get("text"), req.get("percent")
+        if not isinstance(text, str) or not text.strip():
+            raise InvalidInput("progress needs a text")
+        if pct is not None and (isinstance(pct, bool) or not isinstance(pct, (int, float))
+                                or not 0 <= pct <= 100):
+            raise InvalidInput("--percent must be between 0 and 100")
+        await agent.emit("progress", {"text": text, "percent": pct})
+        return {}
+    if op == "ready":
+        await agent.say_ready()
+        return {}
+    if op == "emit":
+        type_ = check_message_type(req.get("type"))
+        body = req.get("body") or {}
+        if not isinstance(body, dict):
+            raise InvalidInput("the message body must be a JSON object")
+        await agent.emit(type_, body, to="master")
+        return {}
+    if op == "status":
+        return {"machine": agent.cred.machine, "group": agent.cred.group,
+                "url": agent.cred.url, "connected": agent.connected.is_set(),
+                "unsent": agent.state.pending_count()}
+    raise InvalidInput(f"unknown operation {op!r}")

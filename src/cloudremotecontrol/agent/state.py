@@ -1,0 +1,147 @@
+"""What the agent keeps on the machine, in its state directory.
+
+    credential.json  server URL, pinned fingerprint and certificate, machine credential
+                     (mode 0600 / SYSTEM+Administrators only)
+    agent.db         SQLite: messages not yet acknowledged by the server (outbox), the
+                     highest server seq processed, the jobs started (at-most-once), flags
+
+Every change that the server will rely on is committed before it is acknowledged or
+sent, so a kill -9 or a reboot loses nothing the agent promised.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import InvalidInput
+from ..protocol.messages import Envelope, encode_frame
+
+__all__ = ["AgentState", "Credential"]
+
+
+@dataclass
+class Credential:
+    url: str
+    credential: str
+    machine: str
+    group: str
+    fingerprint: str | None = None
+    cert_pem: str | None = None
+
+
+class AgentState:
+    def __init__(self, state_dir: str | Path, protect: Any = None) -> None:
+        self.dir = Path(state_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.dir, 0o700)
+        self._protect = protect
+        self.db = sqlite3.connect(self.dir / "agent.db", isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(
+            """
+            CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY, frame TEXT NOT NULL);
+            CREATE TABLE IF NOT EXISTS jobs (job_id TEXT PRIMARY KEY, state TEXT NOT NULL,
+                                             created REAL NOT NULL);
+            CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+            """
+        )
+
+    # -- credential ---------------------------------------------------------------------
+    @property
+    def credential_path(self) -> Path:
+        return self.dir / "credential.json"
+
+    def load_credential(self) -> Credential | None:
+        try:
+            data = json.loads(self.credential_path.read_text())
+        except FileNotFoundError:
+            return None
+        except ValueError:
+            raise InvalidInput(f"{self.credential_path} is damaged: remove the state "
+                               "directory and enroll again with a new key") from None
+        return Credential(**data)
+
+    def save_credential(self, cred: Credential) -> None:
+        tmp = self.credential_path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(asdict(cred), fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if self._protect is not None:
+            self._protect(str(tmp))
+        os.replace(tmp, self.credential_path)
+
+    # -- flags --------------------------------------------------------------------------
+    def get(self, key: str, default: str | None = None) -> str | None:
+        row = self.db.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else default
+
+    def put(self, key: str, value: str) -> None:
+        self.db.execute("INSERT INTO kv (key, value) VALUES (?, ?) ON CONFLICT(key) "
+                        "DO UPDATE SET value = excluded.value", (key, value))
+
+    @property
+    def processed(self) -> int:
+        return int(self.get("in_processed", "0") or 0)
+
+    # -- outbox (agent -> server) -------------------------------------------------------
+    def enqueue(self, env: Envelope, *, job_done: str | None = None) -> tuple[int, str]:
+        """Persist ``env`` as the next numbered message; optionally mark a job done in the
+        same transaction (so a result and the job's end are never separated)."""
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            row = self.db.execute("SELECT MAX(seq) FROM outbox").fetchone()
+            last_sent = int(self.get("out_last", "0") or 0)
+            seq = max(int(row[0] or 0), last_sent) + 1
+            frame = encode_frame({"type": "msg", "seq": seq, "msg": env.to_dict()})
+            self.db.execute("INSERT INTO outbox (seq, frame) VALUES (?, ?)", (seq, frame))
+            self.put("out_last", str(seq))
+            if job_done is not None:
+                self.db.execute("UPDATE jobs SET state = 'done' WHERE job_id = ?", (job_done,))
+        return seq, frame
+
+    def frames_after(self, after: int) -> list[tuple[int, str]]:
+        """Unacknowledged frames numbered above ``after``, in order."""
+        return [(int(s), f) for s, f in self.db.execute(
+            "SELECT seq, frame FROM outbox WHERE seq > ? ORDER BY seq", (after,)).fetchall()]
+
+    def acked(self, seq: int) -> None:
+        self.db.execute("DELETE FROM outbox WHERE seq <= ?", (seq,))
+
+    def pending_count(self) -> int:
+        return int(self.db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+
+    # -- inbox (server -> agent) --------------------------------------------------------
+    def mark_processed(self, seq: int, *, start_job: str | None = None) -> bool:
+        """Record server message ``seq`` as processed; with ``start_job``, also record the
+        job as started - unless it was seen before, then return False (do not run it)."""
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            fresh = True
+            if start_job is not None:
+                cur = self.db.execute(
+                    "INSERT INTO jobs (job_id, state, created) VALUES (?, 'running', ?) "
+                    "ON CONFLICT(job_id) DO NOTHING", (start_job, time.time()))
+                fresh = cur.rowcount == 1
+            self.put("in_processed", str(seq))
+        return fresh
+
+    def forget_job(self, job_id: str) -> None:
+        """Remember ``job_id`` as finished without running it (cancelled before start)."""
+        self.db.execute("INSERT INTO jobs (job_id, state, created) VALUES (?, 'done', ?) "
+                        "ON CONFLICT(job_id) DO NOTHING", (job_id, time.time()))
+
+    def interrupted_jobs(self) -> list[str]:
+        """Jobs recorded as running by a previous agent process: they died with it."""
+        return [r[0] for r in self.db.execute("SELECT job_id FROM jobs WHERE state = 'running'")]
+
+    def close(self) -> None:
+        self.db.close()

@@ -1,0 +1,339 @@
+"""Master commands: login, groups, wait, status, run, events."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+import click
+
+from ..errors import InvalidInput, Unavailable
+from .output import ago, emit_json, json_option, print_table
+
+
+def _client() -> Any:
+    from ..master.client import Client
+
+    return Client.from_profile()
+
+
+def _duration(text: str | None) -> float | None:
+    """``90``, ``90s``, ``15m``, ``8h``, ``2d`` -> seconds."""
+    if text is None:
+        return None
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    t = text.strip().lower()
+    try:
+        if t and t[-1] in units:
+            value = float(t[:-1]) * units[t[-1]]
+        else:
+            value = float(t)
+    except ValueError:
+        raise InvalidInput(f"invalid duration {text!r}: use e.g. 90s, 15m, 8h") from None
+    if value <= 0:
+        raise InvalidInput(f"invalid duration {text!r}: must be positive")
+    return value
+
+
+@click.command()
+@click.option("--url", required=True, help="Server URL, e.g. https://203.0.113.7:8443.")
+@click.option("--token", required=True, help="Master token from `crc server add-user`.")
+@click.option("--fingerprint", help="Pinned server certificate SHA-256 (from `server init`).")
+@json_option
+def login(url: str, token: str, fingerprint: str | None, as_json: bool) -> None:
+    """Check the token against the server and save the profile (0600)."""
+    from ..master.client import Client
+    from ..master.profile import Profile, save_profile
+    from ..tlspin import normalize_fingerprint
+
+    fp = normalize_fingerprint(fingerprint) if fingerprint else None
+    with Client(url, token, fp) as client:
+        who = client.whoami()
+        path = save_profile(Profile(url, token, fp, client.cert_pem))
+    if as_json:
+        emit_json({"user": who["user"], "url": url, "profile": str(path)})
+    else:
+        click.echo(f"logged in to {url} as {who['user']} (profile: {path})")
+
+
+@click.group()
+def group() -> None:
+    """Create, list, show and delete groups (one scenario's machines)."""
+
+
+@group.command("create")
+@click.argument("name")
+@click.option("--machines", required=True, help="Comma list of machine names, e.g. mysql,web.")
+@click.option("--label", "labels", multiple=True,
+              help="MACHINE:KEY=VALUE label (repeatable), e.g. mysql:role=db.")
+@click.option("--ttl", help="Expire the group after this long (e.g. 8h).")
+@click.option("--key-ttl", help="Unused keys expire after this long (default 24h).")
+@json_option
+def group_create(name: str, machines: str, labels: tuple[str, ...], ttl: str | None,
+                 key_ttl: str | None, as_json: bool) -> None:
+    """Create group NAME and print each machine's single-use key (shown once)."""
+    from ..protocol.names import parse_labels
+
+    names = [m.strip() for m in machines.split(",") if m.strip()]
+    per: dict[str, dict[str, str]] = {n: {} for n in names}
+    for spec in labels:
+        machine, sep, kv = spec.partition(":")
+        if not sep or machine not in per:
+            raise InvalidInput(f"invalid --label {spec!r}: use MACHINE:KEY=VALUE with a "
+                               "machine of --machines")
+        per[machine].update(parse_labels(kv))
+    with _client() as c:
+        out = c.create_group(name, [{"name": n, "labels": per[n]} for n in names],
+                             key_ttl=_duration(key_ttl), ttl=_duration(ttl))
+    if as_json:
+        emit_json(out)
+        return
+    click.echo(f"group {name}: keys are single use and shown only now", err=True)
+    for m in out["machines"]:
+        click.echo(f"{m['name']}\t{m['key']}")
+
+
+@group.command("list")
+@json_option
+def group_list(as_json: bool) -> None:
+    """List your groups."""
+    with _client() as c:
+        groups = c.list_groups()
+    if as_json:
+        emit_json({"groups": groups})
+        return
+    print_table(["GROUP", "MACHINES", "READY", "CREATED"],
+                [[g["group"], str(g["machines"]), str(g["ready"]), ago(g["created"])]
+                 for g in groups])
+
+
+@group.command("show")
+@click.argument("name")
+@json_option
+def group_show(name: str, as_json: bool) -> None:
+    """Show a group and its machines."""
+    with _client() as c:
+        g = c.group(name)
+    if as_json:
+        emit_json(g)
+        return
+    _print_machines(g)
+
+
+@group.command("delete")
+@click.argument("name")
+@json_option
+def group_delete(name: str, as_json: bool) -> None:
+    """Delete group NAME: revokes every key and credential; its agents stop."""
+    with _client() as c:
+        out = c.delete_group(name)
+    if as_json:
+        emit_json(out)
+    else:
+        click.echo(f"deleted group {name} ({out['machines_revoked']} machines revoked)")
+
+
+def _print_machines(g: dict[str, Any]) -> None:
+    rows = []
+    for m in g["machines"]:
+        prog = m.get("progress") or {}
+        text = prog.get("text", "")
+        if prog.get("percent") is not None:
+            text = f"{prog['percent']:.0f}% {text}"
+        rows.append([m["name"], m["state"], ",".join(m.get("ips") or []) or "-",
+                     m.get("public_ip") or "-", text or "-", ago(m.get("last_seen"))])
+    print_table(["MACHINE", "STATE", "IPS", "SEEN FROM", "PROGRESS", "LAST SEEN"], rows)
+
+
+@click.command()
+@click.argument("name")
+@json_option
+def status(name: str, as_json: bool) -> None:
+    """Table of a group's machines: state, IPs, progress, last seen."""
+    with _client() as c:
+        g = c.group(name)
+    if as_json:
+        emit_json(g)
+    else:
+        _print_machines(g)
+
+
+@click.command()
+@click.argument("name")
+@click.option("--machines", help="Only these machines (comma list).")
+@click.option("--timeout", default="15m", show_default=True, help="Give up after this long.")
+@json_option
+def wait(name: str, machines: str | None, timeout: str, as_json: bool) -> None:
+    """Wait until the group's machines are ready, showing progress live."""
+    deadline = time.monotonic() + (_duration(timeout) or 0)
+    with _client() as c:
+        cursor = c.event_cursor(name)
+        g = c.group(name)
+        states = {m["name"]: m["state"] for m in g["machines"]}
+        wanted = set(states)
+        if machines:
+            chosen = {m.strip() for m in machines.split(",") if m.strip()}
+            unknown = chosen - wanted
+            if unknown:
+                raise InvalidInput(f"no machine {', '.join(sorted(unknown))} in group {name}")
+            wanted = chosen
+
+        def check() -> bool:
+            revoked = sorted(m for m in wanted if states[m] == "revoked")
+            if revoked:
+                raise InvalidInput(f"machine(s) revoked: {', '.join(revoked)}")
+            if all(states[m] == "ready" for m in wanted):
+                return True
+            if time.monotonic() > deadline:
+                pending = sorted(m for m in wanted if states[m] != "ready")
+                raise Unavailable(f"timed out after {timeout}: not ready: "
+                                  f"{', '.join(pending)}", code="timeout")
+            return False
+
+        if not check():
+            for ev in c.events(name, since=cursor, follow=True, keepalive=True):
+                if ev is not None and ev.get("machine") in wanted:
+                    _show_wait_event(ev, states, as_json)
+                if check():
+                    break
+    if as_json:
+        emit_json({"group": name, "ready": True, "machines": sorted(wanted)})
+    else:
+        click.echo(f"all {len(wanted)} machine(s) of {name} are ready")
+
+
+def _show_wait_event(ev: dict[str, Any], states: dict[str, str], as_json: bool) -> None:
+    if ev["type"] == "machine.state":
+        states[ev["machine"]] = ev["data"]["state"]
+    if as_json:
+        emit_json(ev)
+    elif ev["type"] in ("machine.state", "progress"):
+        detail = ev["data"].get("state") or ev["data"].get("text")
+        pct = ev["data"].get("percent")
+        pct_text = f" ({pct:.0f}%)" if isinstance(pct, (int, float)) else ""
+        click.echo(f"[{ev['machine']}] {detail}{pct_text}")
+
+
+@click.command(context_settings={"ignore_unknown_options": True})
+@click.argument("name")
+@click.option("--to", "to", required=True, help="Machine, comma list, KEY=VALUE or all.")
+@click.option("--timeout", help="Kill the command after this long (default 10m).")
+@click.option("--shell", type=click.Choice(["bash", "sh", "powershell", "cmd"]),
+              help="Run COMMAND as one string in this shell (default: argv, no shell).")
+@click.option("--env", "envs", multiple=True, help="KEY=VALUE for the command (repeatable).")
+@click.option("--cwd", help="Working directory on the machine.")
+@json_option
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def run(name: str, to: str, timeout: str | None, shell: str | None, envs: tuple[str, ...],
+        cwd: str | None, as_json: bool, command: tuple[str, ...]) -> None:
+    """Run COMMAND on machines; output streams live, prefixed by machine.
+
+    Exit code: the worst of the targets (their exit code; 124 timed out, 125 lost,
+    130 cancelled). Ctrl-C cancels the job on every machine.
+    """
+    from ..master.client import worst_exit_code
+
+    env: dict[str, str] = {}
+    for item in envs:
+        k, sep, v = item.partition("=")
+        if not sep or not k:
+            raise InvalidInput(f"invalid --env {item!r}: use KEY=VALUE")
+        env[k] = v
+    spec: dict[str, Any] = {"env": env, "cwd": cwd, "timeout": _duration(timeout)}
+    if shell:
+        spec.update(command=" ".join(command), shell=shell)
+    else:
+        spec.update(argv=list(command))
+    results: dict[str, dict[str, Any]] = {}
+    with _client() as c:
+        started = c.start_job(name, to, **spec)
+        job_id = started["job_id"]
+        if not as_json:
+            click.echo(f"job {job_id} on {', '.join(started['targets'])}", err=True)
+        cancelled = False
+        while True:
+            try:
+                for ev in c.follow_job(job_id, started["targets"]):
+                    _show_job_event(ev, results, as_json)
+                break
+            except KeyboardInterrupt:
+                if cancelled:
+                    raise
+                cancelled = True
+                click.echo("crc: cancelling (Ctrl-C again to stop waiting)", err=True)
+                c.cancel_job(job_id)
+                left = [t for t in started["targets"] if t not in results]
+                started = {**started, "targets": left}
+    sys.exit(worst_exit_code(results))
+
+
+def _show_job_event(ev: dict[str, Any], results: dict[str, dict[str, Any]], as_json: bool
+                    ) -> None:
+    from ..protocol.states import JobStatus
+
+    kind, m, data = ev["type"], ev.get("machine"), ev["data"]
+    if kind == "job.output":
+        if as_json:
+            emit_json({"machine": m, "stream": data["stream"], "data": data["data"]})
+            return
+        out = sys.stdout if data["stream"] == "stdout" else sys.stderr
+        text = data["data"]
+        lines = text.splitlines(keepends=True)
+        for line in lines:
+            out.write(f"[{m}] {line}" if line.endswith("\n") else f"[{m}] {line}\n")
+        out.flush()
+    elif kind == "job.status" and JobStatus(data["status"]).terminal:
+        results[m] = data
+        if as_json:
+            emit_json({"machine": m, "status": data["status"], "exit_code": data["exit_code"],
+                       "reason": data.get("reason")})
+        else:
+            extra = f": {data['reason']}" if data.get("reason") else ""
+            code = data["exit_code"]
+            click.echo(f"[{m}] {data['status']}"
+                       f"{f' (exit {code})' if code is not None else ''}{extra}", err=True)
+
+
+@click.command()
+@click.argument("name")
+@click.option("--follow", "-f", is_flag=True, help="Keep streaming new events.")
+@click.option("--since", type=click.IntRange(min=0), help="Start after this cursor.")
+@json_option
+def events(name: str, follow: bool, since: int | None, as_json: bool) -> None:
+    """A group's events (state changes, progress, output, results), resumable by cursor."""
+    with _client() as c:
+        for ev in c.events(name, since=since if since is not None else 0, follow=follow):
+            if as_json:
+                emit_json(ev)
+                continue
+            t = time.strftime("%H:%M:%S", time.localtime(ev["time"]))
+            click.echo(f"{ev['cursor']:>6} {t} {ev['type']:<14} {ev.get('machine') or '-':<12} "
+                       f"{_summary(ev)}")
+
+
+def _summary(ev: dict[str, Any]) -> str:
+    d = ev["data"] or {}
+    kind = ev["type"]
+    if kind == "machine.state":
+        return f"{d.get('previous')} -> {d.get('state')}"
+    if kind == "progress":
+        pct = d.get("percent")
+        return (f"{pct:.0f}% " if isinstance(pct, (int, float)) else "") + str(d.get("text"))
+    if kind == "job.output":
+        return f"{d.get('stream')}: {d.get('data', '').rstrip()[:200]}"
+    if kind == "job.status":
+        return f"job {d.get('job_id', '')[:8]} {d.get('status')} exit={d.get('exit_code')}"
+    if kind == "job.created":
+        return f"job {d.get('job_id', '')[:8]} on {','.join(d.get('targets', []))} by {d.get('by')}"
+    import json
+
+    return json.dumps(d)[:200]
+
+
+def register(cli: click.Group) -> None:
+    for cmd in (login, group, status, wait, run, events):
+        cli.add_command(cmd)
+    from .demo_cmd import demo
+
+    cli.add_command(demo)

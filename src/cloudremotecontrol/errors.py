@@ -1,0 +1,133 @@
+"""One error hierarchy for server, agent and CLI.
+
+Every error carries a machine-readable ``code``, an HTTP status (mapped once, in the
+server) and a CLI exit code (mapped once, in the CLI)::
+
+    CrcError                      500  exit 1   internal
+    ├── InvalidInput              400  exit 2   invalid_input (bad JSON, names, fields)
+    │   └── TooLarge              413  exit 2   too_large
+    ├── Unauthorized              401  exit 3   unauthorized (no or bad credential)
+    ├── Forbidden                 403  exit 3   forbidden (credential may not do this)
+    ├── NotFound                  404  exit 4   not_found (group, machine, job, user)
+    ├── Conflict                  409  exit 5   conflict (exists already, wrong state)
+    ├── KeyRejected               401  exit 3   key_rejected (enrollment key used/expired/…)
+    ├── Unavailable               503  exit 6   unavailable (server unreachable, shutting down)
+    └── TlsPinMismatch            -    exit 7   tls_pin_mismatch (fingerprint differs)
+
+Messages say what went wrong and, where it helps, what to do next.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "Conflict",
+    "CrcError",
+    "Forbidden",
+    "InvalidInput",
+    "KeyRejected",
+    "NotFound",
+    "TlsPinMismatch",
+    "TooLarge",
+    "Unauthorized",
+    "Unavailable",
+    "error_from_payload",
+]
+
+
+class CrcError(Exception):
+    code = "internal"
+    http_status = 500
+    exit_code = 1
+
+    def __init__(self, message: str, *, code: str | None = None, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        self.details = details
+
+    def to_payload(self) -> dict[str, Any]:
+        """The JSON body the server sends: ``{"error": {"code", "message", ...}}``."""
+        body: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.details:
+            body["details"] = self.details
+        return {"error": body}
+
+
+class InvalidInput(CrcError):
+    code = "invalid_input"
+    http_status = 400
+    exit_code = 2
+
+
+class TooLarge(InvalidInput):
+    code = "too_large"
+    http_status = 413
+
+
+class Unauthorized(CrcError):
+    code = "unauthorized"
+    http_status = 401
+    exit_code = 3
+
+
+class Forbidden(CrcError):
+    code = "forbidden"
+    http_status = 403
+    exit_code = 3
+
+
+class KeyRejected(Unauthorized):
+    code = "key_rejected"
+
+
+class NotFound(CrcError):
+    code = "not_found"
+    http_status = 404
+    exit_code = 4
+
+
+class Conflict(CrcError):
+    code = "conflict"
+    http_status = 409
+    exit_code = 5
+
+
+class Unavailable(CrcError):
+    code = "unavailable"
+    http_status = 503
+    exit_code = 6
+
+
+class TlsPinMismatch(CrcError):
+    code = "tls_pin_mismatch"
+    http_status = 495
+    exit_code = 7
+
+
+_BY_STATUS: dict[int, type[CrcError]] = {
+    400: InvalidInput,
+    401: Unauthorized,
+    403: Forbidden,
+    404: NotFound,
+    409: Conflict,
+    413: TooLarge,
+    422: InvalidInput,
+    503: Unavailable,
+}
+
+
+def error_from_payload(status: int, payload: Any) -> CrcError:
+    """Rebuild the error a server answered with (client side)."""
+    cls = _BY_STATUS.get(status, CrcError)
+    code = None
+    message = f"server answered HTTP {status}"
+    if isinstance(payload, dict) and isinstance(payload.get("error"), dict):
+        err = payload["error"]
+        code = str(err.get("code") or "") or None
+        message = str(err.get("message") or message)
+    if code == "key_rejected":
+        cls = KeyRejected
+    return cls(message, code=code)

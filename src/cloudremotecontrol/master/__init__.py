@@ -1,0 +1,1 @@
+"""The master side: SDK client, CLI commands, scenario runner and providers."""

@@ -1,0 +1,174 @@
+"""The Python SDK: a thin, typed client of the HTTP API.
+
+    from cloudremotecontrol.master.client import Client
+    with Client.from_profile() as crc:
+        crc.create_group("lab", ["a", "b"])
+        for event in crc.run("lab", "all", argv=["uname", "-a"]):
+            ...
+
+Errors are the ``cloudremotecontrol.errors`` hierarchy (same codes as the HTTP API).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+
+from ..errors import Unavailable, error_from_payload
+from ..protocol.states import JobStatus
+from ..tlspin import client_context
+from .profile import Profile, load_profile
+
+__all__ = ["Client"]
+
+
+class Client:
+    def __init__(self, url: str, token: str, fingerprint: str | None = None,
+                 cert_pem: str | None = None, timeout: float = 30.0) -> None:
+        self.url = url.rstrip("/")
+        ctx, self.cert_pem = client_context(self.url, fingerprint, cert_pem)
+        self._http = httpx.Client(
+            base_url=self.url + "/v1", verify=ctx if ctx is not None else False,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=httpx.Timeout(timeout, read=None), trust_env=False)
+
+    @classmethod
+    def from_profile(cls, profile: Profile | None = None) -> Client:
+        p = profile or load_profile()
+        return cls(p.url, p.token, p.fingerprint, p.cert_pem)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    # -- plumbing -----------------------------------------------------------------------
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            resp = self._http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise Unavailable(f"cannot reach {self.url}: {exc}") from None
+        if resp.status_code >= 400:
+            try:
+                payload = resp.json()
+            except ValueError:
+                payload = None
+            raise error_from_payload(resp.status_code, payload)
+        return resp.json()
+
+    def _stream(self, path: str, params: dict[str, Any], keepalive: bool = False
+                ) -> Iterator[Any]:
+        try:
+            with self._http.stream("GET", path, params=params) as resp:
+                if resp.status_code >= 400:
+                    resp.read()
+                    try:
+                        payload = resp.json()
+                    except ValueError:
+                        payload = None
+                    raise error_from_payload(resp.status_code, payload)
+                for line in resp.iter_lines():
+                    if line.startswith("data: "):
+                        yield json.loads(line[6:])
+                    elif keepalive and line.startswith(":"):
+                        yield None
+        except httpx.HTTPError as exc:
+            raise Unavailable(f"event stream from {self.url} broke: {exc}") from None
+
+    # -- API ----------------------------------------------------------------------------
+    def whoami(self) -> dict[str, Any]:
+        return self._call("GET", "/whoami")
+
+    def create_group(self, name: str, machines: list[str] | list[dict[str, Any]],
+                     key_ttl: float | None = None, ttl: float | None = None,
+                     settings: dict[str, Any] | None = None) -> dict[str, Any]:
+        ms = [m if isinstance(m, dict) else {"name": m} for m in machines]
+        return self._call("POST", "/groups", json={"name": name, "machines": ms,
+                                                   "key_ttl": key_ttl, "ttl": ttl,
+                                                   "settings": settings or {}})
+
+    def list_groups(self) -> list[dict[str, Any]]:
+        return self._call("GET", "/groups")["groups"]
+
+    def group(self, name: str) -> dict[str, Any]:
+        return self._call("GET", f"/groups/{name}")
+
+    def delete_group(self, name: str) -> dict[str, Any]:
+        return self._call("DELETE", f"/groups/{name}")
+
+    def start_job(self, group: str, to: str, *, argv: list[str] | None = None,
+                  command: str | None = None, shell: str | None = None,
+                  env: dict[str, str] | None = None, cwd: str | None = None,
+                  timeout: float | None = None) -> dict[str, Any]:
+        return self._call("POST", f"/groups/{group}/jobs", json={
+            "to": to, "argv": argv, "command": command, "shell": shell, "env": env or {},
+            "cwd": cwd, "timeout": timeout})
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        return self._call("GET", f"/jobs/{job_id}")
+
+    def cancel_job(self, job_id: str) -> dict[str, Any]:
+        return self._call("POST", f"/jobs/{job_id}/cancel")
+
+    def events(self, group: str, since: int | None = None, follow: bool = False,
+               keepalive: bool = False) -> Iterator[Any]:
+        """Events after cursor ``since``; with ``keepalive`` also ``None`` every few
+        seconds of silence, so a follower can check its own deadline."""
+        params: dict[str, Any] = {"follow": follow}
+        if since is not None:
+            params["since"] = since
+        return self._stream(f"/groups/{group}/events", params, keepalive)
+
+    def event_cursor(self, group: str) -> int:
+        """The cursor of the group's latest event (follow from there)."""
+        return int(self._call("GET", f"/groups/{group}/cursor")["cursor"])
+
+    def job_events(self, job_id: str, since: int = 0, follow: bool = True
+                   ) -> Iterator[dict[str, Any]]:
+        return self._stream(f"/jobs/{job_id}/events", {"since": since, "follow": follow})
+
+    def follow_job(self, job_id: str, targets: list[str]) -> Iterator[dict[str, Any]]:
+        """Events of a job until every target reached a final status."""
+        left = set(targets)
+        if not left:
+            return
+        for event in self.job_events(job_id, follow=True):
+            yield event
+            if event["type"] == "job.status" and JobStatus(event["data"]["status"]).terminal:
+                left.discard(event["machine"])
+                if not left:
+                    return
+
+    def run(self, group: str, to: str, **job: Any) -> Iterator[dict[str, Any]]:
+        """Start a job and yield its events until every target finished."""
+        started = self.start_job(group, to, **job)
+        yield {"type": "job.accepted", **started}
+        yield from self.follow_job(started["job_id"], started["targets"])
+
+
+def worst_exit_code(results: dict[str, dict[str, Any]]) -> int:
+    """``crc run``'s exit code: the worst of its targets (see docs/reference/cli.md)."""
+    worst = 0
+    for r in results.values():
+        status = r["status"]
+        if status == "succeeded":
+            code = 0
+        elif status == "failed":
+            code = r.get("exit_code") or 1
+        elif status == "timed_out":
+            code = 124
+        elif status == "cancelled":
+            code = 130
+        else:  # lost, or anything unexpected
+            code = 125
+        worst = max(worst, code)
+    return worst
+
+

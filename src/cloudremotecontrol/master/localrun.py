@@ -1,0 +1,176 @@
+"""Real server and agent processes on this computer: used by `crc demo`, the local
+provider and the system tests (one harness, so what the tests prove is what users run).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from ..errors import Unavailable
+from ..tlspin import client_context
+
+__all__ = ["AgentProcess", "ServerProcess", "free_port"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def crc_argv(*args: str) -> list[str]:
+    return [sys.executable, "-m", "cloudremotecontrol", *args]
+
+
+class ServerProcess:
+    """``crc server init`` + ``crc server run`` in ``data_dir`` on a loopback port."""
+
+    def __init__(self, data_dir: Path, port: int | None = None, database: str | None = None,
+                 env: dict[str, str] | None = None) -> None:
+        self.data_dir = Path(data_dir)
+        self.port = port or free_port()
+        self.database = database
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.url = ""
+        self.fingerprint = ""
+        self.log_path = self.data_dir / "server.log"
+
+    def init(self) -> None:
+        if (self.data_dir / "server.json").exists():
+            cfg = json.loads((self.data_dir / "server.json").read_text())
+            self.url, self.fingerprint = cfg["url"], cfg["fingerprint"]
+            return
+        out = subprocess.run(
+            crc_argv("server", "init", "--data-dir", str(self.data_dir), "--listen",
+                     f"127.0.0.1:{self.port}", "--url", f"https://127.0.0.1:{self.port}",
+                     "--json"), check=True, capture_output=True, env=self.env)
+        cfg = json.loads(out.stdout)
+        self.url, self.fingerprint = cfg["url"], cfg["fingerprint"]
+
+    def start(self, timeout: float = 30.0) -> ServerProcess:
+        self.init()
+        args = ["server", "run", "--data-dir", str(self.data_dir)]
+        if self.database:
+            args += ["--database", self.database]
+        log = open(self.log_path, "ab")  # noqa: SIM115 -- owned by the child
+        self.proc = subprocess.Popen(crc_argv(*args), stdout=log, stderr=subprocess.STDOUT,
+                                     env=self.env, start_new_session=True)
+        log.close()
+        self.wait_healthy(timeout)
+        return self
+
+    def wait_healthy(self, timeout: float = 30.0) -> None:
+        ctx = None
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise Unavailable(f"server exited with {self.proc.returncode}: "
+                                  f"{self.log_path.read_text()[-2000:]}")
+            try:
+                if ctx is None:
+                    ctx, _ = client_context(self.url, self.fingerprint)
+                with urllib.request.urlopen(self.url + "/v1/health", timeout=2,  # noqa: S310
+                                            context=ctx) as r:
+                    if r.status == 200:
+                        return
+            except (OSError, Unavailable):
+                pass
+            if time.monotonic() > deadline:
+                raise Unavailable(f"server did not start within {timeout:g} s")
+            time.sleep(0.05)
+
+    def admin(self, *args: str) -> dict[str, Any]:
+        extra = ["--database", self.database] if self.database else []
+        out = subprocess.run(crc_argv("server", *args, "--data-dir", str(self.data_dir),
+                                      *extra, "--json"),
+                             check=True, capture_output=True, env=self.env)
+        return json.loads(out.stdout)
+
+    def add_user(self, name: str) -> str:
+        return str(self.admin("add-user", name)["token"])
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(15)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class AgentProcess:
+    """``crc agent run`` with its own state dir (and optionally a command prefix, e.g.
+    ``ip netns exec NS`` to put it on its own network)."""
+
+    def __init__(self, state_dir: Path, url: str | None = None, key: str | None = None,
+                 fingerprint: str | None = None, prefix: list[str] | None = None,
+                 extra: list[str] | None = None, env: dict[str, str] | None = None) -> None:
+        self.state_dir = Path(state_dir)
+        self.url, self.key, self.fingerprint = url, key, fingerprint
+        self.prefix = prefix or []
+        self.extra = extra or []
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = self.state_dir.with_name(self.state_dir.name + ".log")
+
+    def start(self) -> AgentProcess:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        args = ["agent", "run", "--state-dir", str(self.state_dir), *self.extra]
+        if self.url:
+            args += ["--url", self.url]
+        if self.fingerprint:
+            args += ["--fingerprint", self.fingerprint]
+        env = dict(self.env)
+        if self.key:
+            env["CRC_KEY"] = self.key  # not on the command line, where `ps` shows it
+        log = open(self.log_path, "ab")  # noqa: SIM115 -- owned by the child
+        self.proc = subprocess.Popen([*self.prefix, *crc_argv(*args)], stdout=log,
+                                     stderr=subprocess.STDOUT, env=env,
+                                     start_new_session=True)
+        log.close()
+        return self
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def wait(self, timeout: float) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.alive():
+            assert self.proc is not None
+            self.proc.send_signal(sig)
+            self.proc.wait(15)
+
+    def stop(self) -> None:
+        if self.alive():
+            assert self.proc is not None
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""

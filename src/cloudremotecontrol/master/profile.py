@@ -1,0 +1,67 @@
+"""The master's login profile: server URL, token, pinned fingerprint (and certificate).
+
+Kept in ``$CRC_CONFIG_DIR/config.json`` (default: the user config dir, e.g.
+``~/.config/crc``), mode 0600. ``CRC_URL``, ``CRC_TOKEN`` and ``CRC_FINGERPRINT``
+override it, so scripts and CI need no file at all.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ..errors import InvalidInput, Unauthorized
+
+__all__ = ["Profile", "config_dir", "load_profile", "save_profile"]
+
+
+@dataclass
+class Profile:
+    url: str
+    token: str
+    fingerprint: str | None = None
+    cert_pem: str | None = None
+
+
+def config_dir() -> Path:
+    env = os.environ.get("CRC_CONFIG_DIR")
+    if env:
+        return Path(env)
+    from platformdirs import user_config_dir
+
+    return Path(user_config_dir("crc", appauthor=False))
+
+
+def _path() -> Path:
+    return config_dir() / "config.json"
+
+
+def load_profile() -> Profile:
+    stored: dict[str, str | None] = {}
+    path = _path()
+    if path.exists():
+        try:
+            stored = json.loads(path.read_text())
+        except ValueError:
+            raise InvalidInput(f"{path} is damaged: run `crc login` again") from None
+    url = os.environ.get("CRC_URL") or stored.get("url")
+    token = os.environ.get("CRC_TOKEN") or stored.get("token")
+    fingerprint = os.environ.get("CRC_FINGERPRINT") or stored.get("fingerprint")
+    if not url or not token:
+        raise Unauthorized("not logged in: run `crc login --url URL --token TOKEN "
+                           "--fingerprint SHA256` (or set CRC_URL and CRC_TOKEN)")
+    same_server = url == stored.get("url") and fingerprint == stored.get("fingerprint")
+    return Profile(url, token, fingerprint, stored.get("cert_pem") if same_server else None)
+
+
+def save_profile(profile: Profile) -> Path:
+    path = _path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(asdict(profile), fh, indent=2)
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,14 @@
+"""Sizes and rates the server and agent enforce; documented in docs/reference/limits.md."""
+
+MAX_FRAME_BYTES = 1 << 20  # one WebSocket frame, either direction
+MAX_HTTP_BODY_BYTES = 1 << 20  # one JSON request body
+MAX_MESSAGE_BODY_BYTES = 256 << 10  # the JSON body of one user message
+MAX_OUTPUT_CHUNK_BYTES = 64 << 10  # one job.output message
+MAX_OUTPUT_KEPT_BYTES = 4 << 20  # output kept server-side per job target
+MAX_COMMAND_BYTES = 128 << 10  # argv or shell string of one job
+MAX_MACHINES_PER_GROUP = 1000
+MAX_TIMEOUT_SECONDS = 7 * 24 * 3600
+DEFAULT_JOB_TIMEOUT_SECONDS = 600
+DEFAULT_KEY_TTL_SECONDS = 24 * 3600
+HEARTBEAT_SECONDS = 20.0  # WebSocket ping interval; two missed pings mean offline
+MAX_UNACKED = 1000  # messages in flight to one agent before the server waits for acks

@@ -1,0 +1,102 @@
+"""Names of users, groups and machines, labels, and message targets.
+
+Machine and group names end up in hosts files (``IP name name.GROUP``), so they follow
+DNS label rules (RFC 1123): lowercase letters, digits and inner hyphens, 1-63 chars.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from ..errors import InvalidInput
+
+__all__ = [
+    "Target",
+    "check_label",
+    "check_name",
+    "check_message_type",
+    "parse_labels",
+    "parse_target",
+]
+
+_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+_LABEL_KEY = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+_LABEL_VALUE = re.compile(r"^[A-Za-z0-9_.-]{0,63}$")
+_USER_TYPE = re.compile(r"^user\.[A-Za-z0-9_.-]{1,64}$")
+
+
+def check_name(value: object, what: str = "name") -> str:
+    """Return ``value`` if it is a valid group/machine/user name, else raise InvalidInput."""
+    if not isinstance(value, str) or not _NAME.match(value):
+        raise InvalidInput(
+            f"invalid {what} {value!r}: use 1-63 lowercase letters, digits and inner hyphens",
+            field=what,
+        )
+    return value
+
+
+def check_label(key: str, value: str) -> tuple[str, str]:
+    if not _LABEL_KEY.match(key) or not _LABEL_VALUE.match(value):
+        raise InvalidInput(f"invalid label {key}={value!r}", field="labels")
+    return key, value
+
+
+def parse_labels(text: str) -> dict[str, str]:
+    """``"role=db,tier=1"`` -> ``{"role": "db", "tier": "1"}``."""
+    labels: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = part.partition("=")
+        if not sep:
+            raise InvalidInput(f"invalid label {part!r}: expected KEY=VALUE", field="labels")
+        check_label(key, value)
+        labels[key] = value
+    return labels
+
+
+def check_message_type(value: object) -> str:
+    """User messages are namespaced ``user.<anything>``; system types are not for users."""
+    if not isinstance(value, str) or not _USER_TYPE.match(value):
+        raise InvalidInput(
+            f"invalid message type {value!r}: user messages are named user.NAME "
+            "(letters, digits, '_', '.', '-')",
+            field="type",
+        )
+    return value
+
+
+@dataclass(frozen=True)
+class Target:
+    """Which machines of a group a command or message goes to."""
+
+    all: bool = False
+    names: tuple[str, ...] = ()
+    selector: tuple[tuple[str, str], ...] = ()
+
+    def matches(self, name: str, labels: dict[str, str]) -> bool:
+        if self.all:
+            return True
+        if self.names:
+            return name in self.names
+        return all(labels.get(k) == v for k, v in self.selector)
+
+    def __str__(self) -> str:
+        if self.all:
+            return "all"
+        if self.names:
+            return ",".join(self.names)
+        return ",".join(f"{k}={v}" for k, v in self.selector)
+
+
+def parse_target(text: object) -> Target:
+    """``all`` / ``*`` / ``a,b`` / ``role=db[,tier=1]``."""
+    if not isinstance(text, str) or not text.strip():
+        raise InvalidInput("missing target: give a machine name, a comma list, KEY=VALUE or all",
+                           field="to")
+    text = text.strip()
+    if text in ("all", "*"):
+        return Target(all=True)
+    if "=" in text:
+        return Target(selector=tuple(sorted(parse_labels(text).items())))
+    names = tuple(dict.fromkeys(check_name(p.strip(), "machine") for p in text.split(",")))
+    return Target(names=names)

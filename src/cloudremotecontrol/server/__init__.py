@@ -1,0 +1,1 @@
+"""The CloudRemoteControl server: master API, agent endpoint, event stream."""

@@ -1,0 +1,160 @@
+"""The master API under /v1 (JSON, bearer tokens) and the agent's HTTP endpoints."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import StreamingResponse
+
+from .. import __version__
+from ..errors import NotFound
+from . import auth
+from .models import Enroll, GroupCreate, JobCreate
+from .ops import events as ev_ops
+from .ops import groups as group_ops
+from .ops import jobs as job_ops
+from .ops.enrollment import enroll
+from .store.base import Store
+
+router = APIRouter(prefix="/v1")
+Master = Annotated[dict[str, Any], Depends(auth.master)]
+Machine = Annotated[dict[str, Any], Depends(auth.machine)]
+KEEPALIVE_SECONDS = 5.0
+
+
+def _store(request: Request) -> Store:
+    return request.app.state.store
+
+
+@router.get("/health", tags=["server"])
+async def health() -> dict[str, Any]:
+    return {"ok": True, "version": __version__}
+
+
+@router.get("/whoami", tags=["master"])
+async def whoami(user: Master) -> dict[str, Any]:
+    return {"user": user["user"], "kind": "master"}
+
+
+@router.post("/groups", status_code=201, tags=["groups"])
+async def create_group(body: GroupCreate, user: Master, request: Request) -> dict[str, Any]:
+    return await _store(request).write(
+        group_ops.create_group, user["user_id"], body.name,
+        [m.model_dump() for m in body.machines], body.key_ttl, body.ttl, body.settings)
+
+
+@router.get("/groups", tags=["groups"])
+async def list_groups(user: Master, request: Request) -> dict[str, Any]:
+    return {"groups": await _store(request).read(group_ops.list_groups, user["user_id"])}
+
+
+@router.get("/groups/{group}", tags=["groups"])
+async def show_group(group: str, user: Master, request: Request) -> dict[str, Any]:
+    return await _store(request).read(group_ops.show_group, user["user_id"], group)
+
+
+@router.delete("/groups/{group}", tags=["groups"])
+async def delete_group(group: str, user: Master, request: Request) -> dict[str, Any]:
+    revoked = await _store(request).write(group_ops.delete_group, user["user_id"], group)
+    await request.app.state.hub.revoke(revoked, f"group {group!r} deleted")
+    return {"group": group, "deleted": True, "machines_revoked": len(revoked)}
+
+
+@router.post("/groups/{group}/jobs", status_code=201, tags=["jobs"])
+async def create_job(group: str, body: JobCreate, user: Master, request: Request
+                     ) -> dict[str, Any]:
+    spec = body.model_dump(exclude={"to"})
+    result = await _store(request).write(job_ops.create_job, user, group, body.to, spec)
+    request.app.state.hub.deliver(result.pop("deliveries"))
+    return result
+
+
+@router.get("/jobs/{job_id}", tags=["jobs"])
+async def show_job(job_id: str, user: Master, request: Request) -> dict[str, Any]:
+    return await _store(request).read(job_ops.job_view, user["user_id"], job_id)
+
+
+@router.post("/jobs/{job_id}/cancel", tags=["jobs"])
+async def cancel_job(job_id: str, user: Master, request: Request) -> dict[str, Any]:
+    result = await _store(request).write(job_ops.cancel_job, user, job_id)
+    request.app.state.hub.deliver(result.pop("deliveries"))
+    return result
+
+
+@router.get("/groups/{group}/events", tags=["events"],
+            response_description="text/event-stream: one `data:` JSON event per message")
+async def group_events(group: str, user: Master, request: Request,
+                       since: Annotated[int | None, Query(ge=0)] = None,
+                       follow: bool = False) -> StreamingResponse:
+    """Events of a group after cursor ``since`` (default: from the start, or from now on
+    with ``follow`` and no cursor) as Server-Sent Events; ``id:`` is the cursor."""
+    info = await _store(request).read(ev_ops.group_cursor, user["user_id"], group)
+    cursor = since if since is not None else (info["cursor"] if follow else 0)
+    return _sse(request, info["group_id"], cursor, None, follow)
+
+
+@router.get("/groups/{group}/cursor", tags=["events"])
+async def group_cursor(group: str, user: Master, request: Request) -> dict[str, Any]:
+    """The cursor of the group's latest event: follow from there to see only what is new."""
+    info = await _store(request).read(ev_ops.group_cursor, user["user_id"], group)
+    return {"group": group, "cursor": info["cursor"]}
+
+
+@router.get("/jobs/{job_id}/events", tags=["jobs"])
+async def job_events(job_id: str, user: Master, request: Request,
+                     since: Annotated[int, Query(ge=0)] = 0,
+                     follow: bool = False) -> StreamingResponse:
+    job = await _store(request).read(job_ops.job_view, user["user_id"], job_id)
+    info = await _store(request).read(ev_ops.group_cursor, user["user_id"], job["group"])
+    return _sse(request, info["group_id"], since, job_id, follow)
+
+
+def _sse(request: Request, group_id: str, cursor: int, job_id: str | None,
+         follow: bool) -> StreamingResponse:
+    store: Store = request.app.state.store
+    bus = request.app.state.bus
+
+    async def stream() -> AsyncIterator[bytes]:
+        nonlocal cursor
+        with bus.subscribe(group_id) as wake:
+            while True:
+                wake.clear()
+                batch = await store.read(ev_ops.events_after, group_id, cursor, job_id)
+                for event in batch:
+                    cursor = event["cursor"]
+                    yield f"id: {cursor}\ndata: {json.dumps(event)}\n\n".encode()
+                if batch and len(batch) >= 1000:
+                    continue
+                if not follow:
+                    return
+                if batch and batch[-1]["type"] == "group.deleted":
+                    return
+                try:
+                    await asyncio.wait_for(wake.wait(), KEEPALIVE_SECONDS)
+                except asyncio.TimeoutError:
+                    if await store.read(ev_ops.group_deleted, group_id):
+                        return
+                    yield b": keepalive\n\n"
+
+    return StreamingResponse(stream(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-store"})
+
+
+@router.post("/agent/enroll", tags=["agent"])
+async def agent_enroll(body: Enroll, request: Request) -> dict[str, Any]:
+    """Exchange a single-use enrollment key for a machine credential."""
+    peer = request.client.host if request.client else None
+    return await _store(request).write(enroll, body.key, peer)
+
+
+@router.get("/agent/whoami", tags=["agent"])
+async def agent_whoami(m: Machine) -> dict[str, Any]:
+    return {"machine": m["name"], "group": m["group_name"], "kind": "machine"}
+
+
+def not_found() -> None:
+    raise NotFound("no such endpoint")

@@ -1,0 +1,144 @@
+"""The ASGI application: routes, error mapping, body limits, lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .. import __version__
+from ..errors import CrcError, InvalidInput, TooLarge
+from ..protocol.limits import MAX_HTTP_BODY_BYTES
+from . import api
+from .agent_ws import agent_endpoint
+from .hub import EventBus, Hub
+from .ops import delivery
+from .store.base import Store
+
+__all__ = ["create_app"]
+
+TOUCH_SECONDS = 30.0
+
+
+class BodyLimit:
+    """Refuse request bodies over the limit with 413, before reading them whole."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
+                await _send_error(send, TooLarge(
+                    f"request body of {int(value)} bytes; the limit is {self.limit}"))
+                return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise _BodyTooLarge
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except _BodyTooLarge:
+            await _send_error(send, TooLarge(f"request body over the limit of {self.limit}"))
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+async def _send_error(send: Send, exc: CrcError) -> None:
+    resp = JSONResponse(exc.to_payload(), status_code=exc.http_status)
+    await send({"type": "http.response.start", "status": resp.status_code,
+                "headers": resp.raw_headers})
+    await send({"type": "http.response.body", "body": resp.body})
+
+
+def create_app(store: Store, *, replica: str | None = None) -> FastAPI:
+    hub = Hub()
+    bus = EventBus()
+    store.on_commit(bus.notify_threadsafe)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        bus.loop = asyncio.get_running_loop()
+        await store.start()
+        await store.write(delivery.mark_all_offline,
+                          None if store.dialect == "sqlite" else app.state.replica)
+        async with asyncio.TaskGroup() as tg:
+            toucher = tg.create_task(_touch_loop(store, hub))
+            try:
+                yield
+            finally:
+                toucher.cancel()
+                for link in list(hub.links.values()):
+                    link.closed = True
+                    with contextlib.suppress(Exception):
+                        await link.close(1012, "server restarting")
+        await store.close()
+
+    app = FastAPI(title="CloudRemoteControl", version=__version__, lifespan=lifespan,
+                  openapi_url="/v1/openapi.json", docs_url="/v1/docs", redoc_url=None)
+    app.state.store = store
+    app.state.hub = hub
+    app.state.bus = bus
+    app.state.replica = replica or uuid.uuid4().hex[:12]
+    app.include_router(api.router)
+    app.add_api_websocket_route("/v1/agent/connect", agent_endpoint)
+    app.add_middleware(BodyLimit, limit=MAX_HTTP_BODY_BYTES)
+
+    @app.exception_handler(CrcError)
+    async def crc_error(_: Request, exc: CrcError) -> JSONResponse:
+        return JSONResponse(exc.to_payload(), status_code=exc.http_status)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errs = exc.errors()
+        first: dict[str, Any] = errs[0] if errs else {}
+        if first.get("type") == "json_invalid":
+            err = InvalidInput("request body is not valid JSON", code="malformed_json")
+        else:
+            where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+            err = InvalidInput(f"invalid {where or 'request'}: {first.get('msg', 'invalid')}",
+                               field=where)
+        return JSONResponse(err.to_payload(), status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return JSONResponse({"error": {"code": code, "message": str(exc.detail)}},
+                            status_code=exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def internal_error(_: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"error": {"code": "internal", "message": "internal server error"}},
+                            status_code=500)
+
+    return app
+
+
+async def _touch_loop(store: Store, hub: Hub) -> None:
+    while True:
+        await asyncio.sleep(TOUCH_SECONDS)
+        ids = list(hub.links)
+        if ids:
+            with contextlib.suppress(CrcError):
+                await store.write(delivery.touch_machines, ids)

@@ -1,0 +1,43 @@
+"""Who is calling: a master (user token) or a machine (credential)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import HTTPConnection
+
+from ..errors import Unauthorized
+from .ops.enrollment import authenticate_machine
+from .ops.users import authenticate_master
+from .store.base import Store
+
+__all__ = ["bearer", "master", "machine"]
+
+
+def bearer(conn: HTTPConnection) -> str | None:
+    header = conn.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        return None
+    return value.strip()
+
+
+async def master(conn: HTTPConnection) -> dict[str, Any]:
+    """The calling user; a machine credential is refused here (only a master commands)."""
+    token = bearer(conn)
+    if token is None:
+        raise Unauthorized("missing bearer token: run `crc login`")
+    if token.startswith("crca_"):
+        from ..errors import Forbidden
+
+        raise Forbidden("a machine credential cannot use the master API")
+    store: Store = conn.app.state.store
+    return await store.read(authenticate_master, token)
+
+
+async def machine(conn: HTTPConnection) -> dict[str, Any]:
+    token = bearer(conn)
+    if token is None:
+        raise Unauthorized("missing machine credential")
+    store: Store = conn.app.state.store
+    return await store.read(authenticate_machine, token)

@@ -1,0 +1,131 @@
+"""Live connections of this server process: agent writers and event-stream wake-ups.
+
+Fan-out: every agent connection has its own queue and writer task, so a job for a
+thousand machines never waits for the slowest socket. A writer only sends what the
+store has committed; when offers arrive out of order (two jobs committed concurrently)
+it re-reads the outbox from the last sequence number it sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+__all__ = ["AgentLink", "EventBus", "Hub"]
+
+Reload = Callable[[str, int], Awaitable[list[tuple[int, str]]]]
+
+
+class AgentLink:
+    """One connected agent: frames to send, in sequence order, by one writer task."""
+
+    def __init__(self, machine_id: str, send: Callable[[str], Awaitable[None]],
+                 close: Callable[[int, str], Awaitable[None]], reload: Reload,
+                 sent_upto: int) -> None:
+        self.machine_id = machine_id
+        self._send = send
+        self.close = close
+        self._reload = reload
+        self.sent_upto = sent_upto
+        self._frames: list[str] = []
+        self._need_reload = True  # first thing: replay what the agent has not processed
+        self._wake = asyncio.Event()
+        self._wake.set()
+        self.closed = False
+
+    def offer(self, seq: int, frame: str) -> None:
+        if seq <= self.sent_upto:
+            return
+        if seq == self.sent_upto + 1 and not self._need_reload:
+            self._frames.append(frame)
+            self.sent_upto = seq
+        else:
+            self._need_reload = True
+        self._wake.set()
+
+    def send_control(self, frame: str) -> None:
+        """A frame outside the numbered stream (acks)."""
+        self._frames.append(frame)
+        self._wake.set()
+
+    async def run_writer(self) -> None:
+        while not self.closed:
+            await self._wake.wait()
+            self._wake.clear()
+            if self._need_reload:
+                self._need_reload = False
+                rows = await self._reload(self.machine_id, self.sent_upto)
+                for seq, frame in rows:
+                    if seq == self.sent_upto + 1:
+                        self._frames.append(frame)
+                        self.sent_upto = seq
+                if len(rows) >= 500:
+                    self._need_reload = True
+                    self._wake.set()
+            frames, self._frames = self._frames, []
+            for frame in frames:
+                await self._send(frame)
+
+
+class Hub:
+    def __init__(self) -> None:
+        self.links: dict[str, AgentLink] = {}
+
+    def attach(self, link: AgentLink) -> AgentLink | None:
+        """Register ``link``; return a previous link of the same machine to close."""
+        old = self.links.get(link.machine_id)
+        self.links[link.machine_id] = link
+        return old
+
+    def detach(self, link: AgentLink) -> None:
+        if self.links.get(link.machine_id) is link:
+            del self.links[link.machine_id]
+
+    def deliver(self, deliveries: list[tuple[str, int, str]]) -> None:
+        for machine_id, seq, frame in deliveries:
+            link = self.links.get(machine_id)
+            if link is not None:
+                link.offer(seq, frame)
+
+    async def revoke(self, machine_ids: list[str], reason: str) -> None:
+        from ..protocol.messages import encode_frame
+
+        for mid in machine_ids:
+            link = self.links.get(mid)
+            if link is not None:
+                link.send_control(encode_frame({"type": "revoked", "reason": reason}))
+                await asyncio.sleep(0)
+                with contextlib.suppress(Exception):
+                    await link.close(4403, reason)
+
+
+class EventBus:
+    """Wakes event-stream followers of a group after commits that added events."""
+
+    def __init__(self) -> None:
+        self._waiters: dict[str, set[asyncio.Event]] = {}
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def notify_threadsafe(self, groups: set[str]) -> None:
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(self.notify, groups)
+
+    def notify(self, groups: set[str]) -> None:
+        for g in groups:
+            for ev in self._waiters.get(g, ()):
+                ev.set()
+
+    @contextlib.contextmanager
+    def subscribe(self, group_id: str) -> Any:
+        ev = asyncio.Event()
+        self._waiters.setdefault(group_id, set()).add(ev)
+        try:
+            yield ev
+        finally:
+            waiters = self._waiters.get(group_id)
+            if waiters is not None:
+                waiters.discard(ev)
+                if not waiters:
+                    del self._waiters[group_id]

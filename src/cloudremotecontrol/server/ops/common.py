@@ -1,0 +1,52 @@
+"""Helpers shared by the operations: JSON columns, events, audit, lookups."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from ...errors import NotFound
+from ..store.base import Tx
+
+__all__ = ["add_event", "audit", "dumps", "live_group", "loads", "now"]
+
+
+def now() -> float:
+    return time.time()
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def loads(text: str | None) -> Any:
+    return json.loads(text) if text else None
+
+
+def add_event(tx: Tx, group_id: str, type: str, data: dict[str, Any],
+              machine: str | None = None, job_id: str | None = None) -> None:
+    tx.execute(
+        "INSERT INTO events (group_id, created, type, machine, job_id, data) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        (group_id, now(), type, machine, job_id, dumps(data)),
+    )
+    tx.notify(group_id)
+
+
+def audit(tx: Tx, user_id: str | None, actor: str, action: str, group: str | None,
+          detail: dict[str, Any]) -> None:
+    tx.execute(
+        "INSERT INTO audit (created, user_id, actor, action, group_name, detail) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        (now(), user_id, actor, action, group, dumps(detail)),
+    )
+
+
+def live_group(tx: Tx, user_id: str, name: str) -> dict[str, Any]:
+    """The user's group called ``name``; NotFound for missing, deleted or another user's."""
+    row = tx.one("SELECT * FROM groups WHERE user_id = ? AND name = ? AND deleted IS NULL",
+                 (user_id, name))
+    if row is None:
+        raise NotFound(f"no group {name!r}: see `crc group list`", field="group")
+    return row

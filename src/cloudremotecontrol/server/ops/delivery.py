@@ -1,0 +1,220 @@
+"""Agent connections: state on connect/disconnect, the per-machine outbox, and what a
+machine sends (applied exactly once thanks to ``in_done``, the highest processed seq).
+
+See ``protocol/delivery.py`` for why sequence numbers, cumulative acks and resume give
+at-least-once delivery, and how receivers turn it into at-most-once effects.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ...errors import CrcError, InvalidInput
+from ...protocol.limits import MAX_MESSAGE_BODY_BYTES, MAX_OUTPUT_KEPT_BYTES
+from ...protocol.messages import AGENT_TYPES, Envelope
+from ...protocol.states import (
+    JobEvent,
+    JobStatus,
+    MachineEvent,
+    MachineState,
+    job_next,
+    machine_next,
+    result_event,
+)
+from ..store.base import Tx
+from .common import add_event, dumps, now
+
+__all__ = [
+    "ack_outbox",
+    "apply_agent_message",
+    "machine_connected",
+    "machine_disconnected",
+    "mark_all_offline",
+    "outbox_after",
+    "touch_machines",
+]
+
+
+def _transition(tx: Tx, m: dict[str, Any], event: MachineEvent, **extra: Any) -> str:
+    state = MachineState(m["state"])
+    nxt = machine_next(state, event)
+    if nxt is None:
+        return state.value
+    sets = ", ".join(f"{k} = ?" for k in extra)
+    tx.execute(f"UPDATE machines SET state = ?, last_seen = ?{', ' if sets else ''}{sets} "  # noqa: S608
+               "WHERE id = ?", (nxt.value, now(), *extra.values(), m["id"]))
+    if nxt != state:
+        add_event(tx, m["group_id"], "machine.state",
+                  {"state": nxt.value, "previous": state.value}, machine=m["name"])
+    return nxt.value
+
+
+def machine_connected(tx: Tx, machine_id: str, ready: bool, peer_ip: str | None,
+                      replica: str) -> dict[str, Any]:
+    """Record a (re)connection; return ``{"in_done", "state"}`` for the welcome frame."""
+    m = tx.one("SELECT * FROM machines WHERE id = ?", (machine_id,))
+    if m is None:
+        raise InvalidInput("machine vanished")
+    event = MachineEvent.CONNECT_READY if ready else MachineEvent.CONNECT
+    state = _transition(tx, m, event, peer_ip=peer_ip, connected_by=replica)
+    return {"in_done": m["in_done"], "state": state}
+
+
+def machine_disconnected(tx: Tx, machine_id: str, replica: str) -> None:
+    m = tx.one("SELECT * FROM machines WHERE id = ?", (machine_id,))
+    # Another replica may own a newer connection of the same machine: leave it alone.
+    if m is None or m["connected_by"] not in (replica, None):
+        return
+    _transition(tx, m, MachineEvent.DISCONNECT, connected_by=None)
+
+
+def mark_all_offline(tx: Tx, replica: str | None = None) -> int:
+    """At start: machines believed connected to this server (or any, for None) are not."""
+    rows = tx.all("SELECT * FROM machines WHERE state IN ('enrolled', 'ready') "
+                  + ("AND connected_by = ?" if replica else ""), (replica,) if replica else ())
+    for m in rows:
+        _transition(tx, m, MachineEvent.DISCONNECT, connected_by=None)
+    return len(rows)
+
+
+def touch_machines(tx: Tx, machine_ids: list[str]) -> None:
+    t = now()
+    for mid in machine_ids:
+        tx.execute("UPDATE machines SET last_seen = ? WHERE id = ?", (t, mid))
+
+
+def outbox_after(tx: Tx, machine_id: str, after: int, limit: int = 500
+                 ) -> list[tuple[int, str]]:
+    rows = tx.all("SELECT seq, envelope FROM outbox WHERE machine_id = ? AND seq > ? "
+                  "ORDER BY seq LIMIT ?", (machine_id, after, limit))
+    return [(int(r["seq"]), r["envelope"]) for r in rows]
+
+
+def ack_outbox(tx: Tx, machine_id: str, seq: int) -> int:
+    """The agent processed everything up to ``seq``: drop it; jobs become delivered."""
+    m = tx.one("SELECT id, group_id, name, out_next FROM machines WHERE id = ?", (machine_id,))
+    if m is None or seq >= m["out_next"]:
+        raise InvalidInput(f"ack {seq} for a message never sent")
+    runs = tx.all("SELECT job_id FROM outbox WHERE machine_id = ? AND seq <= ? "
+                  "AND type = 'job.run'", (machine_id, seq))
+    removed = tx.execute("DELETE FROM outbox WHERE machine_id = ? AND seq <= ?",
+                         (machine_id, seq))
+    for r in runs:
+        _job_event(tx, m, r["job_id"], JobEvent.DELIVER, None, None)
+    return removed
+
+
+def _job_event(tx: Tx, m: dict[str, Any], job_id: str, event: JobEvent,
+               exit_code: int | None, reason: str | None) -> None:
+    jt = tx.one("SELECT status FROM job_targets WHERE job_id = ? AND machine_id = ?",
+                (job_id, m["id"]))
+    if jt is None:
+        return
+    nxt = job_next(JobStatus(jt["status"]), event)
+    if nxt is None:
+        return  # a duplicate or late report (e.g. result after a cancel won): ignore
+    tx.execute("UPDATE job_targets SET status = ?, exit_code = ?, reason = ?, updated = ? "
+               "WHERE job_id = ? AND machine_id = ?",
+               (nxt.value, exit_code, reason, now(), job_id, m["id"]))
+    add_event(tx, m["group_id"], "job.status",
+              {"job_id": job_id, "status": nxt.value, "exit_code": exit_code, "reason": reason},
+              machine=m["name"], job_id=job_id)
+
+
+def apply_agent_message(tx: Tx, machine_id: str, seq: int, raw: dict[str, Any]
+                        ) -> dict[str, Any]:
+    """Apply message ``seq`` from a machine once. Returns ``{"receipt", "error"?}``.
+
+    Duplicates are acknowledged again and otherwise ignored; a gap means the agent must
+    resume; an invalid message is acknowledged (so it is not re-sent forever) and
+    recorded as an ``agent.error`` event, with nothing else stored.
+    """
+    m = tx.one("SELECT * FROM machines WHERE id = ?", (machine_id,))
+    if m is None or m["state"] == MachineState.REVOKED.value:
+        return {"receipt": "revoked"}
+    if seq <= m["in_done"]:
+        return {"receipt": "duplicate"}
+    if seq != m["in_done"] + 1:
+        return {"receipt": "gap", "expected": m["in_done"] + 1}
+    tx.execute("UPDATE machines SET in_done = ?, last_seen = ? WHERE id = ?",
+               (seq, now(), machine_id))
+    try:
+        env = Envelope.from_dict(raw)
+        _apply(tx, m, env)
+    except CrcError as exc:
+        add_event(tx, m["group_id"], "agent.error",
+                  {"code": exc.code, "message": exc.message}, machine=m["name"])
+        return {"receipt": "new", "error": exc.to_payload()["error"]}
+    return {"receipt": "new"}
+
+
+def _apply(tx: Tx, m: dict[str, Any], env: Envelope) -> None:
+    body = env.body
+    if len(dumps(body)) > MAX_MESSAGE_BODY_BYTES:
+        raise InvalidInput("message body too large", code="too_large")
+    kind = env.type
+    if kind not in AGENT_TYPES and not kind.startswith("user."):
+        raise InvalidInput(f"machines may not send {kind!r} messages", code="unknown_type")
+    if kind == "system.ready":
+        _transition(tx, m, MachineEvent.SAY_READY)
+    elif kind == "progress":
+        text = body.get("text")
+        pct = body.get("percent")
+        if not isinstance(text, str) or (pct is not None and (
+                isinstance(pct, bool) or not isinstance(pct, (int, float)) or not 0 <= pct <= 100)):
+            raise InvalidInput("progress needs text and an optional percent 0-100")
+        progress = {"text": text[:1000], "percent": pct, "at": now()}
+        tx.execute("UPDATE machines SET progress = ? WHERE id = ?", (dumps(progress), m["id"]))
+        add_event(tx, m["group_id"], "progress", progress, machine=m["name"])
+    elif kind == "facts":
+        tx.execute("UPDATE machines SET facts = ? WHERE id = ?", (dumps(body), m["id"]))
+        add_event(tx, m["group_id"], "facts", body, machine=m["name"])
+    elif kind == "job.started":
+        _job_event(tx, m, _job_id(body), JobEvent.START, None, None)
+    elif kind == "job.output":
+        _output(tx, m, body)
+    elif kind == "job.result":
+        status = body.get("status")
+        event = result_event(status) if isinstance(status, str) else None
+        code = body.get("exit_code")
+        if event is None or (code is not None and (isinstance(code, bool)
+                                                   or not isinstance(code, int))):
+            raise InvalidInput("job.result needs a terminal status and an integer exit_code")
+        reason = body.get("reason")
+        _job_event(tx, m, _job_id(body), event, code,
+                   str(reason)[:500] if reason is not None else None)
+    else:  # user.* to the master
+        add_event(tx, m["group_id"], "message",
+                  {"type": kind, "body": body, "from": m["name"], "id": env.id,
+                   "correlation_id": env.correlation_id}, machine=m["name"])
+
+
+def _job_id(body: dict[str, Any]) -> str:
+    job_id = body.get("job_id")
+    if not isinstance(job_id, str) or not job_id:
+        raise InvalidInput("message needs a job_id")
+    return job_id
+
+
+def _output(tx: Tx, m: dict[str, Any], body: dict[str, Any]) -> None:
+    job_id = _job_id(body)
+    stream, data = body.get("stream"), body.get("data")
+    if stream not in ("stdout", "stderr") or not isinstance(data, str):
+        raise InvalidInput("job.output needs stream stdout|stderr and string data")
+    jt = tx.one("SELECT output_bytes FROM job_targets WHERE job_id = ? AND machine_id = ?",
+                (job_id, m["id"]))
+    if jt is None:
+        return
+    kept = int(jt["output_bytes"])
+    if kept >= MAX_OUTPUT_KEPT_BYTES:
+        return
+    size = len(data.encode())
+    if kept + size > MAX_OUTPUT_KEPT_BYTES:
+        data = data.encode()[: MAX_OUTPUT_KEPT_BYTES - kept].decode(errors="ignore")
+        data += f"\n[crc: output truncated at {MAX_OUTPUT_KEPT_BYTES} bytes]\n"
+        size = MAX_OUTPUT_KEPT_BYTES - kept
+    tx.execute("UPDATE job_targets SET output_bytes = ? WHERE job_id = ? AND machine_id = ?",
+               (kept + size, job_id, m["id"]))
+    add_event(tx, m["group_id"], "job.output", {"job_id": job_id, "stream": stream,
+                                                "data": data},
+              machine=m["name"], job_id=job_id)

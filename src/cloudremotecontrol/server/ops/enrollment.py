@@ -1,0 +1,68 @@
+"""Enrollment: a single-use key is exchanged once for a machine credential.
+
+The key lives in a VM's startup script, which the cloud's metadata service shows to
+every local process, so it must be worthless once used: it is burnt in the same
+transaction that issues the credential. Refusals do not say which check failed beyond
+used/expired/unknown, and never echo the key.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ...errors import KeyRejected, Unauthorized
+from ...protocol.states import MachineEvent, MachineState, machine_next
+from ...protocol.tokens import new_secret, parse_secret, verify_secret
+from ..store.base import Tx
+from .common import add_event, audit, now
+
+__all__ = ["authenticate_machine", "enroll"]
+
+
+def enroll(tx: Tx, presented: str | None, peer_ip: str | None) -> dict[str, Any]:
+    """Burn the key; return ``{"credential", "machine", "group"}``."""
+    key = parse_secret(presented, "k")
+    if key is None:
+        raise KeyRejected("malformed enrollment key: copy it exactly as `crc group create` "
+                          "printed it")
+    row = tx.one(
+        "SELECT m.*, g.name AS group_name, g.user_id, g.deleted FROM machines m "
+        "JOIN groups g ON g.id = m.group_id WHERE m.key_id = ?", (key.id,))
+    if row is None:
+        raise KeyRejected("unknown enrollment key")
+    if row["key_hash"] is None or row["deleted"] is not None:
+        reason = "revoked" if row["state"] == MachineState.REVOKED.value else "already used"
+        raise KeyRejected(f"enrollment key {reason}: keys are single use; make a new group "
+                          "or machine to get a new key")
+    if not verify_secret(key, row["key_hash"]):
+        raise KeyRejected("unknown enrollment key")
+    if row["key_expires"] is not None and row["key_expires"] < now():
+        raise KeyRejected("enrollment key expired: keys expire if unused (see --key-ttl)")
+    nxt = machine_next(MachineState(row["state"]), MachineEvent.ENROLL)
+    if nxt is None:
+        raise KeyRejected(f"machine {row['name']!r} is {row['state']}: cannot enroll")
+    cred = new_secret("a")
+    tx.execute(
+        "UPDATE machines SET state = ?, key_hash = NULL, key_used = ?, cred_id = ?, "
+        "cred_hash = ?, peer_ip = ?, last_seen = ? WHERE id = ? AND key_hash IS NOT NULL",
+        (nxt.value, now(), cred.id, cred.hash, peer_ip, now(), row["id"]))
+    add_event(tx, row["group_id"], "machine.state",
+              {"state": nxt.value, "previous": row["state"]}, machine=row["name"])
+    audit(tx, row["user_id"], f"machine:{row['name']}", "machine.enroll", row["group_name"],
+          {"peer_ip": peer_ip})
+    return {"credential": str(cred), "machine": row["name"], "group": row["group_name"]}
+
+
+def authenticate_machine(tx: Tx, presented: str | None) -> dict[str, Any]:
+    """The machine row for a live credential (with ``group_name``), else Unauthorized."""
+    cred = parse_secret(presented, "a")
+    if cred is None:
+        raise Unauthorized("missing or malformed machine credential")
+    row = tx.one(
+        "SELECT m.id, m.group_id, m.name, m.state, m.cred_hash, m.in_done, m.labels, "
+        "g.name AS group_name, g.user_id FROM machines m JOIN groups g ON g.id = m.group_id "
+        "WHERE m.cred_id = ? AND g.deleted IS NULL", (cred.id,))
+    if row is None or row["cred_hash"] is None or not verify_secret(cred, row["cred_hash"]):
+        raise Unauthorized("machine credential unknown or revoked", code="revoked")
+    del row["cred_hash"]
+    return row

@@ -1,0 +1,38 @@
+"""Reading the event stream of a group (resumable by cursor) and the audit record."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..store.base import Tx
+from .common import live_group, loads
+
+__all__ = ["event_view", "events_after", "group_cursor"]
+
+
+def event_view(row: dict[str, Any]) -> dict[str, Any]:
+    return {"cursor": int(row["id"]), "time": row["created"], "type": row["type"],
+            "machine": row["machine"], "job_id": row["job_id"], "data": loads(row["data"])}
+
+
+def group_cursor(tx: Tx, user_id: str, group_name: str) -> dict[str, Any]:
+    """The group's id and the cursor of its latest event (to follow from now on)."""
+    group = live_group(tx, user_id, group_name)
+    row = tx.one("SELECT MAX(id) AS c FROM events WHERE group_id = ?", (group["id"],))
+    return {"group_id": group["id"], "cursor": int(row["c"] or 0) if row else 0}
+
+
+def events_after(tx: Tx, group_id: str, cursor: int, job_id: str | None = None,
+                 limit: int = 1000) -> list[dict[str, Any]]:
+    if job_id:
+        rows = tx.all("SELECT * FROM events WHERE job_id = ? AND id > ? ORDER BY id LIMIT ?",
+                      (job_id, cursor, limit))
+    else:
+        rows = tx.all("SELECT * FROM events WHERE group_id = ? AND id > ? ORDER BY id LIMIT ?",
+                      (group_id, cursor, limit))
+    return [event_view(r) for r in rows]
+
+
+def group_deleted(tx: Tx, group_id: str) -> bool:
+    row = tx.one("SELECT deleted FROM groups WHERE id = ?", (group_id,))
+    return row is None or row["deleted"] is not None

@@ -1,0 +1,134 @@
+"""Groups and their machine slots: create (keys shown once), list, show, delete."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from ...errors import Conflict, InvalidInput, TooLarge
+from ...protocol.limits import DEFAULT_KEY_TTL_SECONDS, MAX_MACHINES_PER_GROUP
+from ...protocol.names import check_label, check_name
+from ...protocol.states import JobStatus, MachineEvent, MachineState, machine_next
+from ...protocol.tokens import new_secret
+from ..store.base import Tx
+from .common import add_event, audit, dumps, live_group, loads, now
+
+__all__ = ["create_group", "delete_group", "list_groups", "machine_view", "show_group"]
+
+
+def create_group(tx: Tx, user_id: str, name: str, machines: list[dict[str, Any]],
+                 key_ttl: float | None = None, ttl: float | None = None,
+                 settings: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Create group ``name`` with one slot and one single-use key per machine.
+
+    Returns ``{"group", "machines": [{"name", "key", "key_expires"}]}`` - the only time
+    the keys exist in clear.
+    """
+    check_name(name, "group")
+    if not machines:
+        raise InvalidInput("a group needs at least one machine", field="machines")
+    if len(machines) > MAX_MACHINES_PER_GROUP:
+        raise TooLarge(f"{len(machines)} machines; the limit is {MAX_MACHINES_PER_GROUP}")
+    key_ttl = DEFAULT_KEY_TTL_SECONDS if key_ttl is None else key_ttl
+    if not 0 < key_ttl <= 30 * 86400:
+        raise InvalidInput("key TTL must be between 1 second and 30 days", field="key_ttl")
+    if ttl is not None and not 0 < ttl <= 365 * 86400:
+        raise InvalidInput("group TTL must be between 1 second and 365 days", field="ttl")
+    names: list[str] = []
+    for m in machines:
+        if not isinstance(m, dict):
+            raise InvalidInput("each machine must be an object with a name", field="machines")
+        names.append(check_name(m.get("name"), "machine"))
+        labels = m.get("labels") or {}
+        if not isinstance(labels, dict):
+            raise InvalidInput("labels must be an object", field="labels")
+        for k, v in labels.items():
+            check_label(str(k), str(v))
+    if len(set(names)) != len(names):
+        raise InvalidInput("machine names must be unique in a group", field="machines")
+    if tx.one("SELECT id FROM groups WHERE user_id = ? AND name = ? AND deleted IS NULL",
+              (user_id, name)):
+        raise Conflict(f"group {name!r} exists already: delete it first or pick another name")
+    t = now()
+    group_id = uuid.uuid4().hex
+    tx.execute(
+        "INSERT INTO groups (id, user_id, name, created, expires, settings) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        (group_id, user_id, name, t, t + ttl if ttl else None, dumps(settings or {})))
+    out = []
+    for m in machines:
+        key = new_secret("k")
+        tx.execute(
+            "INSERT INTO machines (id, group_id, name, labels, state, key_id, key_hash, "
+            "key_expires) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (uuid.uuid4().hex, group_id, m["name"],
+             dumps({str(k): str(v) for k, v in (m.get("labels") or {}).items()}),
+             MachineState.PENDING.value, key.id, key.hash, t + key_ttl))
+        out.append({"name": m["name"], "key": str(key), "key_expires": t + key_ttl})
+    add_event(tx, group_id, "group.created", {"machines": names})
+    audit(tx, user_id, "master", "group.create", name, {"machines": names, "ttl": ttl})
+    return {"group": name, "machines": out}
+
+
+def machine_view(row: dict[str, Any]) -> dict[str, Any]:
+    facts = loads(row.get("facts")) or {}
+    return {
+        "name": row["name"],
+        "state": row["state"],
+        "labels": loads(row.get("labels")) or {},
+        "ips": facts.get("ips", []),
+        "public_ip": row.get("peer_ip"),
+        "facts": facts,
+        "progress": loads(row.get("progress")),
+        "last_seen": row.get("last_seen"),
+        "key_expires": row.get("key_expires") if row["state"] == "pending" else None,
+    }
+
+
+def list_groups(tx: Tx, user_id: str) -> list[dict[str, Any]]:
+    rows = tx.all(
+        "SELECT g.name, g.created, g.expires, "
+        "SUM(CASE WHEN m.state = 'ready' THEN 1 ELSE 0 END) AS ready, COUNT(m.id) AS machines "
+        "FROM groups g LEFT JOIN machines m ON m.group_id = g.id "
+        "WHERE g.user_id = ? AND g.deleted IS NULL GROUP BY g.id, g.name, g.created, g.expires "
+        "ORDER BY g.created", (user_id,))
+    return [{"group": r["name"], "created": r["created"], "expires": r["expires"],
+             "machines": int(r["machines"]), "ready": int(r["ready"] or 0)} for r in rows]
+
+
+def show_group(tx: Tx, user_id: str, name: str) -> dict[str, Any]:
+    group = live_group(tx, user_id, name)
+    rows = tx.all("SELECT * FROM machines WHERE group_id = ? ORDER BY name", (group["id"],))
+    return {"group": name, "created": group["created"], "expires": group["expires"],
+            "settings": loads(group["settings"]) or {},
+            "machines": [machine_view(r) for r in rows]}
+
+
+def delete_group(tx: Tx, user_id: str, name: str, actor: str = "master") -> list[str]:
+    """Revoke every key and credential of the group; return the machine ids revoked."""
+    group = live_group(tx, user_id, name)
+    t = now()
+    machines = tx.all("SELECT id, name, state FROM machines WHERE group_id = ?", (group["id"],))
+    for m in machines:
+        nxt = machine_next(MachineState(m["state"]), MachineEvent.REVOKE)
+        if nxt is not None:
+            tx.execute("UPDATE machines SET state = ?, key_hash = NULL, cred_hash = NULL "
+                       "WHERE id = ?", (nxt.value, m["id"]))
+            add_event(tx, group["id"], "machine.state",
+                      {"state": nxt.value, "previous": m["state"]}, machine=m["name"])
+        tx.execute("DELETE FROM outbox WHERE machine_id = ?", (m["id"],))
+    open_targets = tx.all(
+        "SELECT t.job_id, t.machine_id, t.machine FROM job_targets t JOIN jobs j "
+        "ON j.id = t.job_id WHERE j.group_id = ? AND t.status IN (?, ?, ?)",
+        (group["id"], JobStatus.QUEUED.value, JobStatus.DELIVERED.value, JobStatus.RUNNING.value))
+    for jt in open_targets:
+        tx.execute("UPDATE job_targets SET status = ?, reason = ?, updated = ? "
+                   "WHERE job_id = ? AND machine_id = ?",
+                   (JobStatus.LOST.value, "group deleted", t, jt["job_id"], jt["machine_id"]))
+        add_event(tx, group["id"], "job.status",
+                  {"job_id": jt["job_id"], "status": "lost", "exit_code": None,
+                   "reason": "group deleted"}, machine=jt["machine"], job_id=jt["job_id"])
+    tx.execute("UPDATE groups SET deleted = ? WHERE id = ?", (t, group["id"]))
+    add_event(tx, group["id"], "group.deleted", {})
+    audit(tx, user_id, actor, "group.delete", name, {})
+    return [m["id"] for m in machines]

@@ -1,0 +1,134 @@
+"""Jobs: resolve targets, enqueue one ``job.run`` per machine durably, cancel, inspect."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from ...errors import InvalidInput, NotFound
+from ...protocol.messages import Envelope, JobRun, encode_frame
+from ...protocol.names import Target, parse_target
+from ...protocol.states import JobStatus, MachineState
+from ..store.base import Tx
+from .common import add_event, audit, dumps, live_group, loads, now
+
+__all__ = ["cancel_job", "create_job", "enqueue", "job_view", "resolve_targets"]
+
+
+def resolve_targets(tx: Tx, group: dict[str, Any], target: Target) -> list[dict[str, Any]]:
+    """Machines of ``group`` that ``target`` names (revoked ones never); errors name the
+    unknown machines or say that a selector matched nothing."""
+    rows = tx.all("SELECT id, name, labels, state, out_next FROM machines WHERE group_id = ? "
+                  "AND state != ? ORDER BY name", (group["id"], MachineState.REVOKED.value))
+    if target.names:
+        known = {r["name"] for r in rows}
+        unknown = [n for n in target.names if n not in known]
+        if unknown:
+            raise NotFound(f"no machine {', '.join(map(repr, unknown))} in group "
+                           f"{group['name']!r}", field="to")
+    chosen = [r for r in rows if target.matches(r["name"], loads(r["labels"]) or {})]
+    if not chosen:
+        raise InvalidInput(f"target {str(target)!r} matches no machine of group "
+                           f"{group['name']!r}", field="to")
+    return chosen
+
+
+def enqueue(tx: Tx, machine: dict[str, Any], env: Envelope, job_id: str | None = None
+            ) -> tuple[int, str]:
+    """Append ``env`` to the machine's outbox; return ``(seq, frame text)``."""
+    row = tx.one("UPDATE machines SET out_next = out_next + 1 WHERE id = ? "
+                 "RETURNING out_next", (machine["id"],))
+    assert row is not None
+    seq = int(row["out_next"]) - 1
+    frame = encode_frame({"type": "msg", "seq": seq, "msg": env.to_dict()})
+    tx.execute("INSERT INTO outbox (machine_id, seq, type, job_id, envelope) "
+               "VALUES (?, ?, ?, ?, ?)", (machine["id"], seq, env.type, job_id, frame))
+    return seq, frame
+
+
+def create_job(tx: Tx, user: dict[str, Any], group_name: str, to: str,
+               spec: dict[str, Any]) -> dict[str, Any]:
+    """Returns ``{"job_id", "targets": [names], "deliveries": [(machine_id, seq, frame)]}``.
+
+    Committed before the caller sends anything: a job accepted is a job kept.
+    """
+    group = live_group(tx, user["user_id"], group_name)
+    target = parse_target(to)
+    job_id = uuid.uuid4().hex
+    run = JobRun.from_body({**spec, "job_id": job_id})
+    machines = resolve_targets(tx, group, target)
+    t = now()
+    tx.execute("INSERT INTO jobs (id, group_id, spec, target, created, created_by) "
+               "VALUES (?, ?, ?, ?, ?, ?)",
+               (job_id, group["id"], dumps(run.to_body()), str(target), t, user["user"]))
+    deliveries = []
+    for m in machines:
+        tx.execute("INSERT INTO job_targets (job_id, machine_id, machine, status, updated) "
+                   "VALUES (?, ?, ?, ?, ?)",
+                   (job_id, m["id"], m["name"], JobStatus.QUEUED.value, t))
+        env = Envelope.make(group_name, "master", m["name"], "job.run", run.to_body(), job_id)
+        seq, frame = enqueue(tx, m, env, job_id)
+        deliveries.append((m["id"], seq, frame))
+    names = [m["name"] for m in machines]
+    add_event(tx, group["id"], "job.created",
+              {"job_id": job_id, "targets": names, "spec": run.to_body(), "by": user["user"]},
+              job_id=job_id)
+    audit(tx, user["user_id"], user["user"], "job.run", group_name,
+          {"job_id": job_id, "targets": names, "argv": run.argv, "command": run.command})
+    return {"job_id": job_id, "targets": names, "deliveries": deliveries}
+
+
+def _job(tx: Tx, user_id: str, job_id: str) -> dict[str, Any]:
+    row = tx.one("SELECT j.*, g.name AS group_name FROM jobs j JOIN groups g ON g.id = j.group_id "
+                 "WHERE j.id = ? AND g.user_id = ?", (job_id, user_id))
+    if row is None:
+        raise NotFound(f"no job {job_id!r}")
+    return row
+
+
+def job_view(tx: Tx, user_id: str, job_id: str) -> dict[str, Any]:
+    job = _job(tx, user_id, job_id)
+    targets = tx.all("SELECT machine, status, exit_code, reason, output_bytes, updated "
+                     "FROM job_targets WHERE job_id = ? ORDER BY machine", (job_id,))
+    return {"job_id": job_id, "group": job["group_name"], "target": job["target"],
+            "spec": loads(job["spec"]), "created": job["created"], "by": job["created_by"],
+            "targets": targets}
+
+
+def cancel_job(tx: Tx, user: dict[str, Any], job_id: str) -> dict[str, Any]:
+    """Cancel every unfinished target. Queued targets never start (their ``job.run``
+    becomes a ``job.cancel`` in the outbox); started ones get a ``job.cancel``."""
+    job = _job(tx, user["user_id"], job_id)
+    targets = tx.all("SELECT t.machine_id, t.machine, t.status, m.group_id, m.out_next, "
+                     "m.id FROM job_targets t JOIN machines m ON m.id = t.machine_id "
+                     "WHERE t.job_id = ?", (job_id,))
+    deliveries = []
+    for t in targets:
+        status = JobStatus(t["status"])
+        if status.terminal:
+            continue
+        if status == JobStatus.QUEUED:
+            env = Envelope.make(job["group_name"], "master", t["machine"], "job.cancel",
+                                {"job_id": job_id, "before_start": True}, job_id)
+            old = tx.one("SELECT seq FROM outbox WHERE machine_id = ? AND job_id = ? "
+                         "AND type = 'job.run'", (t["machine_id"], job_id))
+            if old is not None:
+                frame = encode_frame({"type": "msg", "seq": old["seq"], "msg": env.to_dict()})
+                tx.execute("UPDATE outbox SET type = 'job.cancel', envelope = ? "
+                           "WHERE machine_id = ? AND seq = ?", (frame, t["machine_id"],
+                                                                 old["seq"]))
+                tx.execute("UPDATE job_targets SET status = ?, reason = ?, updated = ? "
+                           "WHERE job_id = ? AND machine_id = ?",
+                           (JobStatus.CANCELLED.value, "cancelled before delivery", now(),
+                            job_id, t["machine_id"]))
+                add_event(tx, t["group_id"], "job.status",
+                          {"job_id": job_id, "status": "cancelled", "exit_code": None,
+                           "reason": "cancelled before delivery"},
+                          machine=t["machine"], job_id=job_id)
+                continue
+        env = Envelope.make(job["group_name"], "master", t["machine"], "job.cancel",
+                            {"job_id": job_id}, job_id)
+        seq, frame = enqueue(tx, t, env, job_id)
+        deliveries.append((t["machine_id"], seq, frame))
+    audit(tx, user["user_id"], user["user"], "job.cancel", job["group_name"], {"job_id": job_id})
+    return {"job_id": job_id, "deliveries": deliveries}

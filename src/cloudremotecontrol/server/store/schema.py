@@ -1,0 +1,92 @@
+"""Versioned schema migrations, applied at start, safe from several processes at once.
+
+Each migration is a list of statements per dialect; ``schema_version`` records what is
+applied. SQLite serialises through ``BEGIN IMMEDIATE``; PostgreSQL through an advisory
+transaction lock, so two replicas starting together apply each migration once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .base import Tx
+
+__all__ = ["MIGRATIONS", "migrate"]
+
+_AUTOINC = {"sqlite": "INTEGER PRIMARY KEY AUTOINCREMENT", "postgresql": "BIGSERIAL PRIMARY KEY"}
+_REAL = {"sqlite": "REAL", "postgresql": "DOUBLE PRECISION"}
+_INT = {"sqlite": "INTEGER", "postgresql": "BIGINT"}
+
+
+def _v1(d: str) -> list[str]:
+    real, auto, integer = _REAL[d], _AUTOINC[d], _INT[d]
+    return [
+        f"""CREATE TABLE users (
+            id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, created {real} NOT NULL)""",
+        f"""CREATE TABLE master_tokens (
+            id TEXT PRIMARY KEY, user_id TEXT NOT NULL REFERENCES users(id),
+            name TEXT NOT NULL, hash TEXT NOT NULL, created {real} NOT NULL, revoked {real})""",
+        "CREATE UNIQUE INDEX master_tokens_name ON master_tokens(user_id, name) "
+        "WHERE revoked IS NULL",
+        f"""CREATE TABLE groups (
+            id TEXT PRIMARY KEY, user_id TEXT NOT NULL REFERENCES users(id),
+            name TEXT NOT NULL, created {real} NOT NULL, expires {real}, deleted {real},
+            settings TEXT NOT NULL DEFAULT '{{}}')""",
+        "CREATE UNIQUE INDEX groups_live_name ON groups(user_id, name) WHERE deleted IS NULL",
+        f"""CREATE TABLE machines (
+            id TEXT PRIMARY KEY, group_id TEXT NOT NULL REFERENCES groups(id),
+            name TEXT NOT NULL, labels TEXT NOT NULL DEFAULT '{{}}', state TEXT NOT NULL,
+            key_id TEXT UNIQUE, key_hash TEXT, key_expires {real}, key_used {real},
+            cred_id TEXT UNIQUE, cred_hash TEXT,
+            facts TEXT, peer_ip TEXT, progress TEXT, last_seen {real}, connected_by TEXT,
+            out_next {integer} NOT NULL DEFAULT 1, in_done {integer} NOT NULL DEFAULT 0,
+            UNIQUE (group_id, name))""",
+        f"""CREATE TABLE outbox (
+            machine_id TEXT NOT NULL, seq {integer} NOT NULL, type TEXT NOT NULL,
+            job_id TEXT, envelope TEXT NOT NULL, PRIMARY KEY (machine_id, seq))""",
+        f"""CREATE TABLE jobs (
+            id TEXT PRIMARY KEY, group_id TEXT NOT NULL REFERENCES groups(id),
+            spec TEXT NOT NULL, target TEXT NOT NULL, created {real} NOT NULL,
+            created_by TEXT NOT NULL)""",
+        f"""CREATE TABLE job_targets (
+            job_id TEXT NOT NULL REFERENCES jobs(id), machine_id TEXT NOT NULL,
+            machine TEXT NOT NULL, status TEXT NOT NULL, exit_code {integer}, reason TEXT,
+            output_bytes {integer} NOT NULL DEFAULT 0, updated {real} NOT NULL,
+            PRIMARY KEY (job_id, machine_id))""",
+        f"""CREATE TABLE events (
+            id {auto}, group_id TEXT NOT NULL, created {real} NOT NULL, type TEXT NOT NULL,
+            machine TEXT, job_id TEXT, data TEXT NOT NULL)""",
+        "CREATE INDEX events_group ON events(group_id, id)",
+        "CREATE INDEX events_job ON events(job_id, id)",
+        f"""CREATE TABLE audit (
+            id {auto}, created {real} NOT NULL, user_id TEXT, actor TEXT NOT NULL,
+            action TEXT NOT NULL, group_name TEXT, detail TEXT NOT NULL)""",
+    ]
+
+
+MIGRATIONS = [(1, _v1)]
+
+
+def migrate(tx: Tx, dialect: str, raw: Any = None) -> int:
+    """Apply missing migrations; return the schema version now in force."""
+    if dialect == "sqlite":
+        raw.execute("BEGIN IMMEDIATE")
+    else:
+        tx.execute("SELECT pg_advisory_xact_lock(7244101)")
+    try:
+        tx.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        row = tx.one("SELECT MAX(version) AS v FROM schema_version")
+        current = int(row["v"]) if row and row["v"] is not None else 0
+        for version, statements in MIGRATIONS:
+            if version > current:
+                for sql in statements(dialect):
+                    tx.execute(sql)
+                tx.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+                current = version
+        if dialect == "sqlite":
+            raw.execute("COMMIT")
+    except BaseException:
+        if dialect == "sqlite":
+            raw.execute("ROLLBACK")
+        raise
+    return current
