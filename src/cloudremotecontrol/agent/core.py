@@ -265,7 +265,9 @@ class Agent:
             await self.emit("job.started", {"job_id": job.job_id})
 
         try:
-            outcome = await run_job(job, self.platform, output, started, cancel)
+            outcome = await run_job(job, self.platform, output, started, cancel,
+                                    {"CRC_MACHINE": self.cred.machine,
+                                     "CRC_GROUP": self.cred.group, "CRC_JOB_ID": job.job_id})
         finally:
             self._jobs.pop(job.job_id, None)
         await self.emit("job.result", {"job_id": job.job_id, "status": outcome.status,

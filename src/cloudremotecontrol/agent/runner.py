@@ -37,14 +37,16 @@ class JobOutcome:
 
 
 async def run_job(job: JobRun, platform: Platform, emit_output: Emit,
-                  started: Callable[[], Awaitable[None]], cancelled: asyncio.Event
-                  ) -> JobOutcome:
+                  started: Callable[[], Awaitable[None]], cancelled: asyncio.Event,
+                  extra_env: dict[str, str] | None = None) -> JobOutcome:
+    """Run ``job`` to its end; the caller reports the outcome. ``extra_env`` (the
+    machine's name, group and job id) is set before the job's own ``env``."""
     try:
         argv = list(job.argv) if job.argv is not None else platform.shell_argv(job.shell,
                                                                                  job.command or "")
     except CrcError as exc:
         return JobOutcome("failed", 127, exc.message)
-    env = {**os.environ, **job.env}
+    env = {**os.environ, **(extra_env or {}), **job.env}
     try:
         proc = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,

@@ -57,6 +57,10 @@ def run_cmd(url: str | None, key: str | None, key_file: str | None, fingerprint:
             key = Path(key_file).read_text().strip()
         except OSError as exc:
             raise InvalidInput(f"cannot read key file {key_file}: {exc.strerror}") from None
+    import os
+
+    # Jobs inherit the agent's environment: the key must not be in it.
+    os.environ.pop("CRC_KEY", None)
     try:
         run_agent(_state_dir(state_dir), url, key, fingerprint, gate_ready)
     except Revoked as exc:

@@ -1,0 +1,88 @@
+"""Shared fixtures: real server and agent processes over TLS on loopback."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cloudremotecontrol.master.client import Client
+from cloudremotecontrol.master.localrun import AgentProcess, ServerProcess
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[ServerProcess]:
+    srv = ServerProcess(tmp_path / "srv").start()
+    yield srv
+    srv.stop()
+
+
+class Env:
+    """A user of a running server: an SDK client plus helpers to start agents."""
+
+    def __init__(self, server: ServerProcess, tmp: Path, user: str = "alice") -> None:
+        self.server = server
+        self.tmp = tmp
+        self.token = server.add_user(user)
+        self.client = Client(server.url, self.token, server.fingerprint)
+        self.agents: list[AgentProcess] = []
+        self.cli_env = {"CRC_URL": server.url, "CRC_TOKEN": self.token,
+                        "CRC_FINGERPRINT": server.fingerprint,
+                        "CRC_CONFIG_DIR": str(tmp / f"cfg-{user}")}
+
+    def agent(self, name: str, key: str | None, **kw: Any) -> AgentProcess:
+        a = AgentProcess(self.tmp / "agents" / name, self.server.url, key,
+                         self.server.fingerprint, **kw).start()
+        self.agents.append(a)
+        return a
+
+    def group_with_agents(self, group: str, names: list[str], **kw: Any
+                          ) -> dict[str, AgentProcess]:
+        out = self.client.create_group(group, names)
+        agents = {m["name"]: self.agent(m["name"], m["key"], **kw) for m in out["machines"]}
+        self.wait_state(group, names, "ready")
+        return agents
+
+    def wait_state(self, group: str, names: list[str], state: str,
+                   timeout: float = 30.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            g = self.client.group(group)
+            states = {m["name"]: m["state"] for m in g["machines"]}
+            if all(states[n] == state for n in names):
+                return g
+            if time.monotonic() > deadline:
+                logs = "\n".join(a.log()[-1500:] for a in self.agents)
+                raise AssertionError(f"machines not {state}: {states}\n{logs}")
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        for a in self.agents:
+            a.stop()
+        self.client.close()
+
+
+@pytest.fixture
+def env(server: ServerProcess, tmp_path: Path) -> Iterator[Env]:
+    e = Env(server, tmp_path)
+    yield e
+    e.close()
+
+
+@pytest.fixture
+def crc(env: Env) -> Callable[..., Any]:
+    """Run the real `crc` CLI as a process with this user's credentials."""
+    import subprocess
+    import sys
+
+    def run(*args: str, input: str | None = None, timeout: float = 60,
+            extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "cloudremotecontrol", *args],
+                              capture_output=True, text=True, timeout=timeout, input=input,
+                              env={**os.environ, **env.cli_env, **(extra_env or {})})
+
+    return run

@@ -1,0 +1,107 @@
+"""The core loop of the README, with the real CLI, server and agents."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+from cloudremotecontrol.agent.state import AgentState
+
+
+def test_run_streams_output_per_machine_and_exits_with_worst_code(env, crc):
+    env.group_with_agents("lab", ["a", "b"])
+    r = crc("run", "lab", "--to", "all", "--", "uname", "-s")
+    assert r.returncode == 0, r.stderr
+    assert sorted(r.stdout.splitlines()) == ["[a] Linux", "[b] Linux"]
+    r = crc("run", "lab", "--to", "a", "--shell", "sh", "--", "exit 7")
+    assert r.returncode == 7
+    assert "[a] failed (exit 7)" in r.stderr
+    r = crc("run", "lab", "--to", "all", "--shell", "sh", "--",
+            'if [ "$CRC_MACHINE" = a ]; then exit 3; else exit 9; fi')
+    assert r.returncode == 9
+    assert "[a] failed (exit 3)" in r.stderr and "[b] failed (exit 9)" in r.stderr
+
+
+def test_run_json_gives_one_line_per_target(env, crc):
+    env.group_with_agents("lab", ["a", "b"])
+    r = crc("run", "lab", "--to", "all", "--json", "--", "echo", "hi")
+    assert r.returncode == 0, r.stderr
+    lines = [json.loads(x) for x in r.stdout.splitlines()]
+    results = {x["machine"]: x for x in lines if "status" in x}
+    assert {k: (v["status"], v["exit_code"]) for k, v in results.items()} == {
+        "a": ("succeeded", 0), "b": ("succeeded", 0)}
+    outputs = [x for x in lines if x.get("stream") == "stdout"]
+    assert {(x["machine"], x["data"]) for x in outputs} == {("a", "hi\n"), ("b", "hi\n")}
+
+
+def test_jobs_do_not_see_the_enrollment_key(env, crc):
+    env.group_with_agents("lab", ["a"])
+    r = crc("run", "lab", "--to", "a", "--", "env")
+    assert r.returncode == 0
+    assert "crck_" not in r.stdout and "CRC_KEY" not in r.stdout
+    assert "[a] CRC_MACHINE=a" in r.stdout.splitlines()
+
+
+def test_env_cwd_and_timeout(env, crc, tmp_path):
+    env.group_with_agents("lab", ["a"])
+    r = crc("run", "lab", "--to", "a", "--env", "GREETING=hello there", "--cwd", str(tmp_path),
+            "--shell", "sh", "--", 'echo "$GREETING from $(pwd)"')
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == f"[a] hello there from {tmp_path}"
+    r = crc("run", "lab", "--to", "a", "--timeout", "1s", "--", "sleep", "30")
+    assert r.returncode == 124
+    assert "timed_out" in r.stderr
+
+
+def test_status_wait_and_events_show_the_machines(env, crc):
+    out = env.client.create_group("lab", ["a", "b"])
+    keys = {m["name"]: m["key"] for m in out["machines"]}
+    r = crc("status", "lab", "--json")
+    assert {m["name"]: m["state"] for m in json.loads(r.stdout)["machines"]} == {
+        "a": "pending", "b": "pending"}
+    for name, key in keys.items():
+        env.agent(name, key)
+    r = crc("wait", "lab", "--timeout", "60s")
+    assert r.returncode == 0, r.stderr
+    assert "all 2 machine(s) of lab are ready" in r.stdout
+    r = crc("status", "lab", "--json")
+    machines = json.loads(r.stdout)["machines"]
+    assert all(m["state"] == "ready" and m["last_seen"] for m in machines)
+    r = crc("events", "lab", "--json")
+    kinds = [json.loads(x)["type"] for x in r.stdout.splitlines()]
+    assert kinds.count("machine.state") >= 4  # pending->enrolled->ready for each
+
+
+def test_wait_times_out_with_a_clear_error(env, crc):
+    env.client.create_group("lab", ["a"])
+    r = crc("wait", "lab", "--timeout", "1s")
+    assert r.returncode == 6
+    assert "not ready: a" in r.stderr
+
+
+def test_credential_kept_private_and_key_never_needed_again(env, crc):
+    agents = env.group_with_agents("lab", ["a"])
+    cred = env.tmp / "agents" / "a" / "credential.json"
+    assert stat.S_IMODE(os.stat(cred).st_mode) == 0o600
+    agents["a"].stop()
+    env.wait_state("lab", ["a"], "offline")
+    # Restart with no key at all: the credential in the state dir is enough.
+    env.agent("a", None)
+    env.wait_state("lab", ["a"], "ready")
+    assert crc("run", "lab", "--to", "a", "--", "true").returncode == 0
+
+
+def test_group_delete_revokes_and_agents_stop_cleanly(env, crc):
+    agents = env.group_with_agents("lab", ["a", "b"])
+    r = crc("group", "delete", "lab")
+    assert r.returncode == 0, r.stderr
+    for a in agents.values():
+        assert a.wait(15) == 0
+        assert "revoked" in a.log() or "deleted" in a.log()
+    # A restarted agent refuses to run with its revoked credential.
+    state = AgentState(env.tmp / "agents" / "a")
+    assert state.get("revoked")
+    state.close()
+    r = crc("group", "show", "lab")
+    assert r.returncode == 4
