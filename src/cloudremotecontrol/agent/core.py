@@ -52,7 +52,7 @@ def _ws_url(url: str) -> str:
 def enroll(state: AgentState, url: str, key: str, fingerprint: str | None) -> Credential:
     """Exchange ``key`` for a credential and keep it in the state dir (0600)."""
     ctx, pem = client_context(url, fingerprint)
-    req = urllib.request.Request(
+    req = urllib.request.Request(  # noqa: S310 -- scheme checked by client_context()
         url.rstrip("/") + "/v1/agent/enroll", method="POST",
         data=json.dumps({"key": key}).encode(), headers={"Content-Type": "application/json"})
     try:

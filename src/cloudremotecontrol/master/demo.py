@@ -53,7 +53,7 @@ def run_demo(keep: bool = False, as_json: bool = False) -> int:
                 ("check every machine", "all", "echo \"$(hostname) up, $(uname -s)\""),
             ]:
                 _say(f"step: {title}", as_json)
-                for ev in crc.run("demo", to, command=cmd, shell="sh", timeout=60):
+                for ev in crc.run("demo", to, command=cmd, shell="sh", timeout=60):  # noqa: S604
                     if ev["type"] == "job.output":
                         for line in ev["data"]["data"].splitlines():
                             _say(f"  [{ev['machine']}] {line}", as_json, machine=ev["machine"])

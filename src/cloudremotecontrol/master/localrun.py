@@ -62,7 +62,7 @@ class ServerProcess:
         args = ["server", "run", "--data-dir", str(self.data_dir)]
         if self.database:
             args += ["--database", self.database]
-        log = open(self.log_path, "ab")  # noqa: SIM115 -- owned by the child
+        log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(crc_argv(*args), stdout=log, stderr=subprocess.STDOUT,
                                      env=self.env, start_new_session=True)
         log.close()
@@ -139,7 +139,7 @@ class AgentProcess:
         env = dict(self.env)
         if self.key:
             env["CRC_KEY"] = self.key  # not on the command line, where `ps` shows it
-        log = open(self.log_path, "ab")  # noqa: SIM115 -- owned by the child
+        log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([*self.prefix, *crc_argv(*args)], stdout=log,
                                      stderr=subprocess.STDOUT, env=env,
                                      start_new_session=True)

@@ -14,8 +14,8 @@ from ..errors import InvalidInput
 __all__ = [
     "Target",
     "check_label",
-    "check_name",
     "check_message_type",
+    "check_name",
     "parse_labels",
     "parse_target",
 ]

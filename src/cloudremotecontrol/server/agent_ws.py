@@ -66,17 +66,17 @@ async def agent_endpoint(ws: WebSocket) -> None:
     if hello["ack"] > 0:
         with contextlib.suppress(CrcError):
             await store.write(delivery.ack_outbox, m["id"], hello["ack"])
+    writer = asyncio.create_task(link.run_writer())
     try:
-        async with asyncio.TaskGroup() as tg:
-            writer = tg.create_task(link.run_writer())
-            try:
-                await _read_loop(ws, store, m, link)
-            finally:
-                link.closed = True
-                writer.cancel()
-    except* (WebSocketDisconnect, ConnectionError, RuntimeError):
+        await _read_loop(ws, store, m, link)
+    except (WebSocketDisconnect, ConnectionError, RuntimeError):
         pass
     finally:
+        link.closed = True
+        writer.cancel()
+        with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect, ConnectionError,
+                                 RuntimeError):
+            await writer
         app.state.hub.detach(link)
         if app.state.hub.links.get(m["id"]) is None:
             with contextlib.suppress(Exception):

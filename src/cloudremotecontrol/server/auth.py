@@ -11,7 +11,7 @@ from .ops.enrollment import authenticate_machine
 from .ops.users import authenticate_master
 from .store.base import Store
 
-__all__ = ["bearer", "master", "machine"]
+__all__ = ["bearer", "machine", "master"]
 
 
 def bearer(conn: HTTPConnection) -> str | None:

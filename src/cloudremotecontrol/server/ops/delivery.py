@@ -40,9 +40,10 @@ def _transition(tx: Tx, m: dict[str, Any], event: MachineEvent, **extra: Any) ->
     nxt = machine_next(state, event)
     if nxt is None:
         return state.value
-    sets = ", ".join(f"{k} = ?" for k in extra)
-    tx.execute(f"UPDATE machines SET state = ?, last_seen = ?{', ' if sets else ''}{sets} "  # noqa: S608
-               "WHERE id = ?", (nxt.value, now(), *extra.values(), m["id"]))
+    # Column names come from this module's keyword arguments, never from input.
+    sets = "".join(f", {k} = ?" for k in extra)
+    tx.execute(f"UPDATE machines SET state = ?, last_seen = ?{sets} WHERE id = ?",  # noqa: S608
+               (nxt.value, now(), *extra.values(), m["id"]))
     if nxt != state:
         add_event(tx, m["group_id"], "machine.state",
                   {"state": nxt.value, "previous": state.value}, machine=m["name"])
@@ -71,7 +72,7 @@ def machine_disconnected(tx: Tx, machine_id: str, replica: str) -> None:
 def mark_all_offline(tx: Tx, replica: str | None = None) -> int:
     """At start: machines believed connected to this server (or any, for None) are not."""
     rows = tx.all("SELECT * FROM machines WHERE state IN ('enrolled', 'ready') "
-                  + ("AND connected_by = ?" if replica else ""), (replica,) if replica else ())
+                  "AND (CAST(? AS TEXT) IS NULL OR connected_by = ?)", (replica, replica))
     for m in rows:
         _transition(tx, m, MachineEvent.DISCONNECT, connected_by=None)
     return len(rows)

@@ -6,6 +6,7 @@ import uuid
 from typing import Any
 
 from ...errors import InvalidInput, NotFound
+from ...protocol.limits import DEFAULT_JOB_TIMEOUT_SECONDS
 from ...protocol.messages import Envelope, JobRun, encode_frame
 from ...protocol.names import Target, parse_target
 from ...protocol.states import JobStatus, MachineState
@@ -55,6 +56,8 @@ def create_job(tx: Tx, user: dict[str, Any], group_name: str, to: str,
     group = live_group(tx, user["user_id"], group_name)
     target = parse_target(to)
     job_id = uuid.uuid4().hex
+    if spec.get("timeout") is None:
+        spec = {**spec, "timeout": DEFAULT_JOB_TIMEOUT_SECONDS}
     run = JobRun.from_body({**spec, "job_id": job_id})
     machines = resolve_targets(tx, group, target)
     t = now()
