@@ -85,6 +85,7 @@ class Agent:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.connected = asyncio.Event()
         self._send_lock = asyncio.Lock()
+        self.message_arrived = asyncio.Event()
         self.stopping = asyncio.Event()
 
     # -- sending ------------------------------------------------------------------------
@@ -231,10 +232,20 @@ class Agent:
                 start = JobRun.from_body(env.body)
             except CrcError as exc:
                 error = exc.message
-        fresh = self.state.mark_processed(seq, start_job=start.job_id if start else None)
+        job_id = start.job_id if start else None
+        if env.type == "hosts.sync":
+            job_id = str(env.body.get("job_id") or "") or None
+        fresh = self.state.mark_processed(
+            seq, start_job=job_id,
+            message=env if env.type.startswith("user.") else None)
         self.inbox.mark_processed(seq)
         await ws.send(encode_frame({"type": "ack", "seq": seq}))
-        if env.type == "job.run":
+        if env.type.startswith("user."):
+            self.message_arrived.set()
+            self.message_arrived = asyncio.Event()
+        elif env.type == "hosts.sync" and job_id and fresh:
+            self._spawn(self._hosts_sync(job_id, env.body))
+        elif env.type == "job.run":
             if start is None:
                 job_id = str(env.body.get("job_id") or env.correlation_id or "")
                 await self.emit("job.result", {"job_id": job_id, "status": "failed",
@@ -273,6 +284,69 @@ class Agent:
         await self.emit("job.result", {"job_id": job.job_id, "status": outcome.status,
                                        "exit_code": outcome.exit_code,
                                        "reason": outcome.reason}, job_done=job.job_id)
+
+    async def _hosts_sync(self, job_id: str, body: dict[str, Any]) -> None:
+        from .hosts_file import sync_hosts
+
+        await self.emit("job.started", {"job_id": job_id})
+        try:
+            group = str(body["group"])
+            by_ip: dict[str, list[str]] = {}
+            for ip, name in body["entries"]:
+                by_ip.setdefault(str(ip), []).extend([str(name), f"{name}.{group}"])
+            entries = sorted(by_ip.items(), key=lambda e: e[1][0])
+            path = self.platform.hosts_path()
+            changed = await asyncio.to_thread(sync_hosts, path, entries, group)
+        except (OSError, KeyError, TypeError, ValueError) as exc:
+            await self.emit("job.result", {"job_id": job_id, "status": "failed",
+                                           "exit_code": 1, "reason": f"hosts file: {exc}"},
+                            job_done=job_id)
+            return
+        lines = "".join(f"{ip} {' '.join(names)}\n" for ip, names in entries)
+        await self.emit("job.output", {"job_id": job_id, "stream": "stdout",
+                                       "data": f"{path} {'updated' if changed else 'unchanged'}"
+                                               f"\n{lines}"})
+        await self.emit("job.result", {"job_id": job_id, "status": "succeeded",
+                                       "exit_code": 0, "reason": None}, job_done=job_id)
+
+    async def roster(self) -> dict[str, Any]:
+        """The group's roster, fetched from the server with this machine's credential."""
+        return await asyncio.to_thread(self._get, "/v1/agent/roster")
+
+    def _get(self, path: str) -> dict[str, Any]:
+        ctx, _ = client_context(self.cred.url, self.cred.fingerprint, self.cred.cert_pem)
+        req = urllib.request.Request(  # noqa: S310 -- scheme checked by client_context()
+            self.cred.url.rstrip("/") + path,
+            headers={"Authorization": f"Bearer {self.cred.credential}"})
+        try:
+            with urllib.request.urlopen(req, timeout=30, context=ctx) as resp:  # noqa: S310
+                return dict(json.loads(resp.read()))
+        except urllib.error.HTTPError as exc:
+            try:
+                payload = json.loads(exc.read())
+            except ValueError:
+                payload = None
+            raise error_from_payload(exc.code, payload) from None
+        except (urllib.error.URLError, OSError) as exc:
+            raise Unavailable(f"cannot reach {self.cred.url}: "
+                              f"{getattr(exc, 'reason', exc)}") from None
+
+    async def wait_message(self, type: str, sender: str | None, timeout: float
+                           ) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            arrived = self.message_arrived
+            msg = self.state.take_message(type, sender)
+            if msg is not None:
+                return msg
+            left = deadline - loop.time()
+            if left <= 0:
+                raise Unavailable(f"no {type} message within {timeout:g} s", code="timeout")
+            try:
+                await asyncio.wait_for(arrived.wait(), left)
+            except asyncio.TimeoutError:
+                pass
 
     # -- local commands (from scripts on the machine) ------------------------------------
     async def say_ready(self) -> None:

@@ -79,8 +79,20 @@ async def _handle(agent: Agent, req: dict[str, Any]) -> dict[str, Any]:
         body = req.get("body") or {}
         if not isinstance(body, dict):
             raise InvalidInput("the message body must be a JSON object")
-        await agent.emit(type_, body, to="master")
+        to = req.get("to") or "master"
+        if not isinstance(to, str):
+            raise InvalidInput("--to must be master, a peer name, a comma list or all")
+        await agent.emit(type_, body, to=to)
         return {}
+    if op == "peers":
+        return await agent.roster()
+    if op == "wait-message":
+        type_ = check_message_type(req.get("type"))
+        timeout = req.get("timeout", 600)
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+            raise InvalidInput("--timeout must be a positive number of seconds")
+        sender = req.get("from")
+        return {"message": await agent.wait_message(type_, sender, float(timeout))}
     if op == "status":
         return {"machine": agent.cred.machine, "group": agent.cred.group,
                 "url": agent.cred.url, "connected": agent.connected.is_set(),

@@ -50,6 +50,10 @@ class AgentState:
             CREATE TABLE IF NOT EXISTS jobs (job_id TEXT PRIMARY KEY, state TEXT NOT NULL,
                                              created REAL NOT NULL);
             CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+            CREATE TABLE IF NOT EXISTS messages (n INTEGER PRIMARY KEY AUTOINCREMENT,
+                                                 type TEXT NOT NULL, sender TEXT NOT NULL,
+                                                 envelope TEXT NOT NULL, consumed INTEGER
+                                                 NOT NULL DEFAULT 0);
             """
         )
 
@@ -120,12 +124,17 @@ class AgentState:
         return int(self.db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
 
     # -- inbox (server -> agent) --------------------------------------------------------
-    def mark_processed(self, seq: int, *, start_job: str | None = None) -> bool:
+    def mark_processed(self, seq: int, *, start_job: str | None = None,
+                       message: Envelope | None = None) -> bool:
         """Record server message ``seq`` as processed; with ``start_job``, also record the
-        job as started - unless it was seen before, then return False (do not run it)."""
+        job as started - unless it was seen before, then return False (do not run it);
+        with ``message``, keep a user message for `crc agent wait-message`."""
         with self.db:
             self.db.execute("BEGIN IMMEDIATE")
             fresh = True
+            if message is not None:
+                self.db.execute("INSERT INTO messages (type, sender, envelope) VALUES (?, ?, ?)",
+                                (message.type, message.sender, json.dumps(message.to_dict())))
             if start_job is not None:
                 cur = self.db.execute(
                     "INSERT INTO jobs (job_id, state, created) VALUES (?, 'running', ?) "
@@ -142,6 +151,17 @@ class AgentState:
     def interrupted_jobs(self) -> list[str]:
         """Jobs recorded as running by a previous agent process: they died with it."""
         return [r[0] for r in self.db.execute("SELECT job_id FROM jobs WHERE state = 'running'")]
+
+    def take_message(self, type: str, sender: str | None) -> dict[str, Any] | None:
+        """The oldest unconsumed user message of ``type`` (from ``sender``), consumed now."""
+        row = self.db.execute(
+            "SELECT n, envelope FROM messages WHERE type = ? AND consumed = 0 "
+            "AND (? IS NULL OR sender = ?) ORDER BY n LIMIT 1", (type, sender, sender)
+        ).fetchone()
+        if row is None:
+            return None
+        self.db.execute("UPDATE messages SET consumed = 1 WHERE n = ?", (row[0],))
+        return dict(json.loads(row[1]))
 
     def close(self) -> None:
         self.db.close()

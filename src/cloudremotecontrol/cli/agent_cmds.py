@@ -95,22 +95,64 @@ def ready(state_dir: str | None, as_json: bool) -> None:
         emit_json({"ok": True})
 
 
+def _user_type(type_: str) -> str:
+    return type_ if type_.startswith("user.") else "user." + type_
+
+
 @agent.command()
-@click.argument("type_")
+@click.argument("type_", metavar="TYPE")
 @click.argument("body", required=False)
+@click.option("--to", default="master", show_default=True,
+              help="master, or peers: a machine, a comma list, KEY=VALUE or all.")
 @_state_option
 @json_option
-def emit(type_: str, body: str | None, state_dir: str | None, as_json: bool) -> None:
-    """Send a data message TYPE (user.NAME) with an optional JSON BODY to the master."""
+def emit(type_: str, body: str | None, to: str, state_dir: str | None, as_json: bool) -> None:
+    """Send data message TYPE (user.NAME) with an optional JSON BODY to the master or to
+    peers. Data only: a machine can never command another."""
     try:
         parsed = json.loads(body) if body else {}
     except ValueError:
         raise InvalidInput("BODY is not valid JSON") from None
-    if not type_.startswith("user."):
-        type_ = "user." + type_
-    _call(state_dir, {"op": "emit", "type": type_, "body": parsed})
+    _call(state_dir, {"op": "emit", "type": _user_type(type_), "body": parsed, "to": to})
     if as_json:
         emit_json({"ok": True})
+
+
+@agent.command("wait-message")
+@click.argument("type_", metavar="TYPE")
+@click.option("--from", "sender", help="Only from this sender (master or a peer name).")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=600.0,
+              show_default=True, help="Seconds to wait.")
+@_state_option
+def wait_message(type_: str, sender: str | None, timeout: float, state_dir: str | None) -> None:
+    """Wait for a data message TYPE sent to this machine; print its body as JSON.
+
+    Each message is handed out once (the oldest first)."""
+    from ..agent.control import call
+
+    reply = call(_state_dir(state_dir), {"op": "wait-message", "type": _user_type(type_),
+                                         "from": sender, "timeout": timeout},
+                 timeout=timeout + 10)
+    msg = reply["message"]
+    emit_json({"type": msg["type"], "from": msg["from"], "body": msg["body"]})
+
+
+@agent.command()
+@_state_option
+@json_option
+def peers(state_dir: str | None, as_json: bool) -> None:
+    """The machines of this machine's group: names, states and addresses."""
+    from .output import print_table
+
+    reply = _call(state_dir, {"op": "peers"})
+    if as_json:
+        emit_json({"group": reply["group"], "machine": reply["machine"],
+                   "machines": reply["machines"]})
+        return
+    print_table(["MACHINE", "STATE", "PRIVATE IPS", "PUBLIC IP", "HOSTNAME"],
+                [[m["name"], m["state"], ",".join(m.get("private_ips") or []) or "-",
+                  m.get("public_ip") or "-", m.get("hostname") or "-"]
+                 for m in reply["machines"]])
 
 
 @agent.command()

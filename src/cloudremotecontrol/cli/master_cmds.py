@@ -163,10 +163,20 @@ def status(name: str, as_json: bool) -> None:
 @click.argument("name")
 @click.option("--machines", help="Only these machines (comma list).")
 @click.option("--timeout", default="15m", show_default=True, help="Give up after this long.")
+@click.option("--message", "message_type",
+              help="Instead: wait for a data message TYPE from a machine; print its body.")
+@click.option("--from", "sender", help="With --message: only from this machine.")
+@click.option("--since", type=click.IntRange(min=0),
+              help="With --message: also accept messages after this event cursor.")
 @json_option
-def wait(name: str, machines: str | None, timeout: str, as_json: bool) -> None:
-    """Wait until the group's machines are ready, showing progress live."""
+def wait(name: str, machines: str | None, timeout: str, message_type: str | None,
+         sender: str | None, since: int | None, as_json: bool) -> None:
+    """Wait until the group's machines are ready, showing progress live (or, with
+    --message, until a machine sends that message)."""
     deadline = time.monotonic() + (_duration(timeout) or 0)
+    if message_type:
+        _wait_message(name, message_type, sender, since, deadline, timeout)
+        return
     with _client() as c:
         cursor = c.event_cursor(name)
         g = c.group(name)
@@ -201,6 +211,24 @@ def wait(name: str, machines: str | None, timeout: str, as_json: bool) -> None:
         emit_json({"group": name, "ready": True, "machines": sorted(wanted)})
     else:
         click.echo(f"all {len(wanted)} machine(s) of {name} are ready")
+
+
+def _wait_message(name: str, type_: str, sender: str | None, since: int | None,
+                  deadline: float, timeout: str) -> None:
+    import json
+
+    type_ = type_ if type_.startswith("user.") else "user." + type_
+    with _client() as c:
+        cursor = since if since is not None else c.event_cursor(name)
+        for ev in c.events(name, since=cursor, follow=True, keepalive=True):
+            if (ev is not None and ev["type"] == "message" and ev["data"]["type"] == type_
+                    and (sender is None or ev["data"]["from"] == sender)):
+                click.echo(json.dumps({"type": type_, "from": ev["data"]["from"],
+                                       "body": ev["data"]["body"], "cursor": ev["cursor"]}))
+                return
+            if time.monotonic() > deadline:
+                raise Unavailable(f"no {type_} message within {timeout}", code="timeout")
+    raise Unavailable("the event stream ended (group deleted?)")
 
 
 def _show_wait_event(ev: dict[str, Any], states: dict[str, str], as_json: bool) -> None:
@@ -331,8 +359,57 @@ def _summary(ev: dict[str, Any]) -> str:
     return json.dumps(d)[:200]
 
 
+@click.command()
+@click.argument("name")
+@click.option("--to", "to", required=True, help="Machine, comma list, KEY=VALUE or all.")
+@click.argument("type_", metavar="TYPE")
+@click.argument("body", required=False)
+@json_option
+def send(name: str, to: str, type_: str, body: str | None, as_json: bool) -> None:
+    """Send data message TYPE (user.NAME) with an optional JSON BODY to machines; scripts
+    there receive it with `crc agent wait-message TYPE`."""
+    import json
+
+    try:
+        parsed = json.loads(body) if body else {}
+    except ValueError:
+        raise InvalidInput("BODY is not valid JSON") from None
+    type_ = type_ if type_.startswith("user.") else "user." + type_
+    with _client() as c:
+        out = c.send_message(name, to, type_, parsed)
+    if as_json:
+        emit_json(out)
+    else:
+        click.echo(f"sent {type_} to {', '.join(out['targets'])}")
+
+
+@click.group()
+def hosts() -> None:
+    """Keep the machines' hosts files listing their peers."""
+
+
+@hosts.command("sync")
+@click.argument("name")
+@click.option("--to", "to", default="all", show_default=True, help="Which machines to update.")
+@click.option("--ip", type=click.Choice(["auto", "private", "public"]), default="auto",
+              show_default=True,
+              help="Address to list: private (VPC) when every peer has one under auto.")
+@json_option
+def hosts_sync(name: str, to: str, ip: str, as_json: bool) -> None:
+    """Write `IP name name.GROUP` for every machine into each machine's hosts file (a
+    managed block; the rest of the file is kept byte for byte)."""
+    from ..master.client import worst_exit_code
+
+    results: dict[str, dict[str, Any]] = {}
+    with _client() as c:
+        started = c.hosts_sync(name, to, ip)
+        for ev in c.follow_job(started["job_id"], started["targets"]):
+            _show_job_event(ev, results, as_json)
+    sys.exit(worst_exit_code(results))
+
+
 def register(cli: click.Group) -> None:
-    for cmd in (login, group, status, wait, run, events):
+    for cmd in (login, group, status, wait, run, events, send, hosts):
         cli.add_command(cmd)
     from .demo_cmd import demo
 

@@ -111,6 +111,16 @@ class Client:
             "to": to, "argv": argv, "command": command, "shell": shell, "env": env or {},
             "cwd": cwd, "timeout": timeout})
 
+    def send_message(self, group: str, to: str, type: str,
+                     body: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Queue data message ``type`` (``user.NAME``) for machines."""
+        return self._call("POST", f"/groups/{group}/messages",
+                          json={"to": to, "type": type, "body": body or {}})
+
+    def hosts_sync(self, group: str, to: str = "all", ip: str = "auto") -> dict[str, Any]:
+        """Start the job that writes the group's machines into hosts files."""
+        return self._call("POST", f"/groups/{group}/hosts-sync", json={"to": to, "ip": ip})
+
     def job(self, job_id: str) -> dict[str, Any]:
         return self._call("GET", f"/jobs/{job_id}")
 

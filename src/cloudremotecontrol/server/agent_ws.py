@@ -106,6 +106,8 @@ async def _read_loop(ws: WebSocket, store: Store, m: dict[str, Any], link: Agent
             result = await store.write(delivery.apply_agent_message, m["id"], frame["seq"],
                                        frame["msg"])
             receipt = result["receipt"]
+            if result.get("deliveries"):
+                ws.app.state.hub.deliver(result["deliveries"])
             if receipt == "revoked":
                 await _refuse(ws, 4403, CrcError("machine revoked", code="revoked"))
                 return

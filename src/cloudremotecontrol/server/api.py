@@ -11,12 +11,13 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 
 from .. import __version__
-from ..errors import NotFound
 from . import auth
-from .models import Enroll, GroupCreate, JobCreate
+from .models import Enroll, GroupCreate, HostsSync, JobCreate, MessageSend
 from .ops import events as ev_ops
 from .ops import groups as group_ops
 from .ops import jobs as job_ops
+from .ops import messages as msg_ops
+from .ops import roster as roster_ops
 from .ops.enrollment import enroll
 from .store.base import Store
 
@@ -69,6 +70,26 @@ async def create_job(group: str, body: JobCreate, user: Master, request: Request
                      ) -> dict[str, Any]:
     spec = body.model_dump(exclude={"to"})
     result = await _store(request).write(job_ops.create_job, user, group, body.to, spec)
+    request.app.state.hub.deliver(result.pop("deliveries"))
+    return result
+
+
+@router.post("/groups/{group}/hosts-sync", status_code=201, tags=["jobs"])
+async def hosts_sync(group: str, body: HostsSync, user: Master, request: Request
+                     ) -> dict[str, Any]:
+    """A job that writes the group's machines into each target's hosts file."""
+    result = await _store(request).write(job_ops.create_hosts_sync, user, group, body.to,
+                                         body.ip)
+    request.app.state.hub.deliver(result.pop("deliveries"))
+    return result
+
+
+@router.post("/groups/{group}/messages", status_code=201, tags=["messages"])
+async def send_message(group: str, body: MessageSend, user: Master, request: Request
+                       ) -> dict[str, Any]:
+    """Queue a ``user.*`` data message for machines (durable when answered)."""
+    result = await _store(request).write(msg_ops.send_message, user, group, body.to,
+                                         body.type, body.body)
     request.app.state.hub.deliver(result.pop("deliveries"))
     return result
 
@@ -156,5 +177,8 @@ async def agent_whoami(m: Machine) -> dict[str, Any]:
     return {"machine": m["name"], "group": m["group_name"], "kind": "machine"}
 
 
-def not_found() -> None:
-    raise NotFound("no such endpoint")
+@router.get("/agent/roster", tags=["agent"])
+async def agent_roster(m: Machine, request: Request) -> dict[str, Any]:
+    """The machine's own group: every peer's name, labels, state and addresses."""
+    peers = await _store(request).read(roster_ops.roster, m["group_id"])
+    return {"group": m["group_name"], "machine": m["name"], "machines": peers}

@@ -34,3 +34,14 @@ class JobCreate(_Strict):
 
 class Enroll(_Strict):
     key: str = Field(max_length=200)
+
+
+class MessageSend(_Strict):
+    to: str = Field(max_length=4096)
+    type: str = Field(max_length=80, description="user.NAME")
+    body: dict[str, object] = Field(default_factory=dict)
+
+
+class HostsSync(_Strict):
+    to: str = Field(default="all", max_length=4096)
+    ip: str = Field(default="auto", description="auto, private or public")

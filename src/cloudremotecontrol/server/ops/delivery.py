@@ -97,7 +97,7 @@ def ack_outbox(tx: Tx, machine_id: str, seq: int) -> int:
     if m is None or seq >= m["out_next"]:
         raise InvalidInput(f"ack {seq} for a message never sent")
     runs = tx.all("SELECT job_id FROM outbox WHERE machine_id = ? AND seq <= ? "
-                  "AND type = 'job.run'", (machine_id, seq))
+                  "AND type IN ('job.run', 'hosts.sync')", (machine_id, seq))
     removed = tx.execute("DELETE FROM outbox WHERE machine_id = ? AND seq <= ?",
                          (machine_id, seq))
     for r in runs:
@@ -141,15 +141,16 @@ def apply_agent_message(tx: Tx, machine_id: str, seq: int, raw: dict[str, Any]
                (seq, now(), machine_id))
     try:
         env = Envelope.from_dict(raw)
-        _apply(tx, m, env)
+        deliveries = _apply(tx, m, env)
     except CrcError as exc:
         add_event(tx, m["group_id"], "agent.error",
                   {"code": exc.code, "message": exc.message}, machine=m["name"])
         return {"receipt": "new", "error": exc.to_payload()["error"]}
-    return {"receipt": "new"}
+    return {"receipt": "new", "deliveries": deliveries}
 
 
-def _apply(tx: Tx, m: dict[str, Any], env: Envelope) -> None:
+def _apply(tx: Tx, m: dict[str, Any], env: Envelope) -> list[tuple[str, int, str]]:
+    """Apply one message; return deliveries to push to peers (user messages to peers)."""
     body = env.body
     if len(dumps(body)) > MAX_MESSAGE_BODY_BYTES:
         raise InvalidInput("message body too large", code="too_large")
@@ -184,10 +185,15 @@ def _apply(tx: Tx, m: dict[str, Any], env: Envelope) -> None:
         reason = body.get("reason")
         _job_event(tx, m, _job_id(body), event, code,
                    str(reason)[:500] if reason is not None else None)
+    elif env.to != "master":  # user.* to peers of the same group: data, never commands
+        from .messages import route_from_machine
+
+        return route_from_machine(tx, m, env)
     else:  # user.* to the master
         add_event(tx, m["group_id"], "message",
                   {"type": kind, "body": body, "from": m["name"], "id": env.id,
                    "correlation_id": env.correlation_id}, machine=m["name"])
+    return []
 
 
 def _job_id(body: dict[str, Any]) -> str:

@@ -12,8 +12,16 @@ from ...protocol.names import Target, parse_target
 from ...protocol.states import JobStatus, MachineState
 from ..store.base import Tx
 from .common import add_event, audit, dumps, live_group, loads, now
+from .roster import hosts_entries, roster
 
-__all__ = ["cancel_job", "create_job", "enqueue", "job_view", "resolve_targets"]
+__all__ = [
+    "cancel_job",
+    "create_hosts_sync",
+    "create_job",
+    "enqueue",
+    "job_view",
+    "resolve_targets",
+]
 
 
 def resolve_targets(tx: Tx, group: dict[str, Any], target: Target) -> list[dict[str, Any]]:
@@ -53,31 +61,52 @@ def create_job(tx: Tx, user: dict[str, Any], group_name: str, to: str,
 
     Committed before the caller sends anything: a job accepted is a job kept.
     """
-    group = live_group(tx, user["user_id"], group_name)
-    target = parse_target(to)
-    job_id = uuid.uuid4().hex
     if spec.get("timeout") is None:
         spec = {**spec, "timeout": DEFAULT_JOB_TIMEOUT_SECONDS}
+    job_id = uuid.uuid4().hex
     run = JobRun.from_body({**spec, "job_id": job_id})
+    return _create(tx, user, group_name, to, job_id, "job.run", run.to_body(),
+                   {"argv": run.argv, "command": run.command})
+
+
+def create_hosts_sync(tx: Tx, user: dict[str, Any], group_name: str, to: str,
+                      which: str = "auto") -> dict[str, Any]:
+    """A job that makes every target's hosts file list the group's machines."""
+    group = live_group(tx, user["user_id"], group_name)
+    entries = hosts_entries(roster(tx, group["id"]), which)
+    if not entries:
+        raise InvalidInput("no machine of the group has reported an address yet: wait "
+                           "until they are ready")
+    job_id = uuid.uuid4().hex
+    body = {"job_id": job_id, "group": group_name,
+            "entries": [[ip, name] for ip, name in entries]}
+    return _create(tx, user, group_name, to, job_id, "hosts.sync", body, {"hosts": entries})
+
+
+def _create(tx: Tx, user: dict[str, Any], group_name: str, to: str, job_id: str,
+            kind: str, body: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
+    group = live_group(tx, user["user_id"], group_name)
+    target = parse_target(to)
     machines = resolve_targets(tx, group, target)
     t = now()
     tx.execute("INSERT INTO jobs (id, group_id, spec, target, created, created_by) "
                "VALUES (?, ?, ?, ?, ?, ?)",
-               (job_id, group["id"], dumps(run.to_body()), str(target), t, user["user"]))
+               (job_id, group["id"], dumps({"type": kind, **body}), str(target), t,
+                user["user"]))
     deliveries = []
     for m in machines:
         tx.execute("INSERT INTO job_targets (job_id, machine_id, machine, status, updated) "
                    "VALUES (?, ?, ?, ?, ?)",
                    (job_id, m["id"], m["name"], JobStatus.QUEUED.value, t))
-        env = Envelope.make(group_name, "master", m["name"], "job.run", run.to_body(), job_id)
+        env = Envelope.make(group_name, "master", m["name"], kind, body, job_id)
         seq, frame = enqueue(tx, m, env, job_id)
         deliveries.append((m["id"], seq, frame))
     names = [m["name"] for m in machines]
     add_event(tx, group["id"], "job.created",
-              {"job_id": job_id, "targets": names, "spec": run.to_body(), "by": user["user"]},
-              job_id=job_id)
-    audit(tx, user["user_id"], user["user"], "job.run", group_name,
-          {"job_id": job_id, "targets": names, "argv": run.argv, "command": run.command})
+              {"job_id": job_id, "type": kind, "targets": names, "spec": body,
+               "by": user["user"]}, job_id=job_id)
+    audit(tx, user["user_id"], user["user"], kind, group_name,
+          {"job_id": job_id, "targets": names, **summary})
     return {"job_id": job_id, "targets": names, "deliveries": deliveries}
 
 
@@ -114,7 +143,7 @@ def cancel_job(tx: Tx, user: dict[str, Any], job_id: str) -> dict[str, Any]:
             env = Envelope.make(job["group_name"], "master", t["machine"], "job.cancel",
                                 {"job_id": job_id, "before_start": True}, job_id)
             old = tx.one("SELECT seq FROM outbox WHERE machine_id = ? AND job_id = ? "
-                         "AND type = 'job.run'", (t["machine_id"], job_id))
+                         "AND type IN ('job.run', 'hosts.sync')", (t["machine_id"], job_id))
             if old is not None:
                 frame = encode_frame({"type": "msg", "seq": old["seq"], "msg": env.to_dict()})
                 tx.execute("UPDATE outbox SET type = 'job.cancel', envelope = ? "
