@@ -1,0 +1,53 @@
+"""`crc hosts sync` with agents that each see their own /etc/hosts (mount namespaces)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("unshare") is None,
+    reason="needs root and unshare(1) to give each agent its own /etc/hosts")
+
+
+def _own_hosts(tmp, name):
+    """A prefix that runs the agent in a mount namespace where /etc/hosts is its own."""
+    hosts = tmp / f"hosts-{name}"
+    hosts.write_bytes(b"127.0.0.1 localhost\n# keep me \xff\n")
+    script = 'mount --bind "$0" /etc/hosts && exec "$@"'
+    return hosts, ["unshare", "--mount", "--propagation", "private", "sh", "-c", script,
+                   str(hosts)]
+
+
+def test_hosts_sync_lists_every_peer_and_is_idempotent(env, crc):
+    out = env.client.create_group("lab", ["a", "b"])
+    files = {}
+    for m in out["machines"]:
+        hosts, prefix = _own_hosts(env.tmp, m["name"])
+        files[m["name"]] = hosts
+        env.agent(m["name"], m["key"], prefix=prefix)
+    env.wait_state("lab", ["a", "b"], "ready")
+    r = crc("hosts", "sync", "lab")
+    assert r.returncode == 0, r.stderr
+    first = {n: f.read_bytes() for n, f in files.items()}
+    for content in first.values():
+        assert content.startswith(b"127.0.0.1 localhost\n# keep me \xff\n")
+        # Both agents reach the server from 127.0.0.1 here, so they share one line.
+        assert b"\n127.0.0.1 a a.lab b b.lab\n" in content
+        assert content.count(b"# BEGIN cloudremotecontrol group=lab") == 1
+    r = crc("hosts", "sync", "lab")
+    assert r.returncode == 0, r.stderr
+    assert "unchanged" in r.stdout
+    assert {n: f.read_bytes() for n, f in files.items()} == first
+    # The host's own /etc/hosts was never touched.
+    with open("/etc/hosts", "rb") as fh:
+        assert b"cloudremotecontrol" not in fh.read()
+
+
+def test_hosts_sync_before_any_address_is_a_clear_error(env, crc):
+    env.client.create_group("lab", ["a"])
+    r = crc("hosts", "sync", "lab")
+    assert r.returncode == 2
+    assert "no machine of the group has reported an address" in r.stderr
