@@ -82,3 +82,43 @@ def test_machine_goes_offline_when_agent_dies_and_back_when_restarted(env):
     env.agent("a", None)
     g = env.wait_state("lab", ["a"], "ready")
     assert g["machines"][0]["last_seen"] > before
+
+
+def test_ctrl_c_in_crc_run_cancels_and_kills_the_process_tree(env, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    env.group_with_agents("lab", ["a"])
+    tag = f"crc-tree-{os.getpid()}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cloudremotecontrol", "run", "lab", "--to", "a", "--shell",
+         "bash", "--", f"(exec -a {tag} sleep 300) & exec -a {tag} sleep 300"],
+        env={**os.environ, **env.cli_env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
+
+    def tree():
+        found = []
+        for pid in os.listdir("/proc"):
+            if pid.isdigit():
+                try:
+                    with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                        if fh.read().startswith(tag.encode()):
+                            found.append(pid)
+                except OSError:
+                    pass
+        return found
+
+    deadline = time.monotonic() + 20
+    while len(tree()) < 2:
+        assert time.monotonic() < deadline, "the job never started"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert "[a] cancelled" in err
+    deadline = time.monotonic() + 10
+    while tree():
+        assert time.monotonic() < deadline, f"left running: {tree()}"
+        time.sleep(0.05)
