@@ -115,7 +115,7 @@ def test_ctrl_c_in_crc_run_cancels_and_kills_the_process_tree(env, tmp_path):
         assert time.monotonic() < deadline, "the job never started"
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=30)
+    _out, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err
     assert "[a] cancelled" in err
     deadline = time.monotonic() + 10

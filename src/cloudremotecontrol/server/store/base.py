@@ -83,7 +83,10 @@ def open_store(url: str) -> Store:
 
         return SqliteStore(url[len("sqlite:///"):])
     if url.startswith(("postgresql://", "postgres://")):
-        from .postgres import PostgresStore
-
+        try:
+            from .postgres import PostgresStore
+        except ImportError:
+            raise InvalidInput("this server has no PostgreSQL support installed: use the "
+                               "default SQLite database (omit --database)") from None
         return PostgresStore(url)
     raise InvalidInput(f"unsupported database URL {url!r}: use sqlite:///PATH or postgresql://…")
