@@ -233,7 +233,7 @@ class Agent:
             except CrcError as exc:
                 error = exc.message
         job_id = start.job_id if start else None
-        if env.type == "hosts.sync":
+        if env.type in ("hosts.sync", "file.put", "file.get"):
             job_id = str(env.body.get("job_id") or "") or None
         fresh = self.state.mark_processed(
             seq, start_job=job_id,
@@ -245,6 +245,8 @@ class Agent:
             self.message_arrived = asyncio.Event()
         elif env.type == "hosts.sync" and job_id and fresh:
             self._spawn(self._hosts_sync(job_id, env.body))
+        elif env.type in ("file.put", "file.get") and job_id and fresh:
+            self._spawn(self._file_job(job_id, env.type, env.body))
         elif env.type == "job.run":
             if start is None:
                 job_id = str(env.body.get("job_id") or env.correlation_id or "")
@@ -306,6 +308,30 @@ class Agent:
         await self.emit("job.output", {"job_id": job_id, "stream": "stdout",
                                        "data": f"{path} {'updated' if changed else 'unchanged'}"
                                                f"\n{lines}"})
+        await self.emit("job.result", {"job_id": job_id, "status": "succeeded",
+                                       "exit_code": 0, "reason": None}, job_done=job_id)
+
+    async def _file_job(self, job_id: str, kind: str, body: dict[str, Any]) -> None:
+        from .files import fetch_blob, upload_file
+
+        await self.emit("job.started", {"job_id": job_id})
+        ctx, _ = client_context(self.cred.url, self.cred.fingerprint, self.cred.cert_pem)
+        try:
+            if kind == "file.put":
+                summary = await asyncio.to_thread(
+                    fetch_blob, self.cred.url, self.cred.credential, ctx, str(body["sha256"]),
+                    int(body["size"]), str(body["path"]), body.get("mode"), body.get("owner"))
+            else:
+                summary = await asyncio.to_thread(upload_file, self.cred.url,
+                                                  self.cred.credential, ctx, job_id,
+                                                  str(body["path"]))
+        except (CrcError, OSError, KeyError, TypeError, ValueError) as exc:
+            reason = exc.message if isinstance(exc, CrcError) else str(exc)
+            await self.emit("job.result", {"job_id": job_id, "status": "failed",
+                                           "exit_code": 1, "reason": reason}, job_done=job_id)
+            return
+        await self.emit("job.output", {"job_id": job_id, "stream": "stdout",
+                                       "data": summary + "\n"})
         await self.emit("job.result", {"job_id": job_id, "status": "succeeded",
                                        "exit_code": 0, "reason": None}, job_done=job_id)
 

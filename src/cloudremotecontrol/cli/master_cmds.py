@@ -408,8 +408,56 @@ def hosts_sync(name: str, to: str, ip: str, as_json: bool) -> None:
     sys.exit(worst_exit_code(results))
 
 
+@click.command()
+@click.argument("name")
+@click.option("--to", "to", required=True, help="Machine, comma list, KEY=VALUE or all.")
+@click.argument("local", type=click.Path(exists=True, dir_okay=False))
+@click.argument("remote")
+@click.option("--mode", help="Octal file mode on the machines, e.g. 0640.")
+@click.option("--owner", help="USER or USER:GROUP on the machines (Linux).")
+@json_option
+def push(name: str, to: str, local: str, remote: str, mode: str | None, owner: str | None,
+         as_json: bool) -> None:
+    """Copy LOCAL to REMOTE (an absolute path) on machines: uploaded once, fetched by
+    each machine over HTTPS, verified by SHA-256, written atomically."""
+    from ..master.client import worst_exit_code
+
+    results: dict[str, dict[str, Any]] = {}
+    with _client() as c:
+        started = c.push(name, to, local, remote, mode, owner)
+        for ev in c.follow_job(started["job_id"], started["targets"]):
+            _show_job_event(ev, results, as_json)
+    sys.exit(worst_exit_code(results))
+
+
+@click.command()
+@click.argument("name")
+@click.option("--from", "machine", required=True, help="The machine to copy from.")
+@click.argument("remote")
+@click.argument("local", type=click.Path(dir_okay=False))
+@json_option
+def pull(name: str, machine: str, remote: str, local: str, as_json: bool) -> None:
+    """Copy REMOTE from one machine to LOCAL here (verified by SHA-256)."""
+    from ..master.client import worst_exit_code
+
+    results: dict[str, dict[str, Any]] = {}
+    with _client() as c:
+        started = c.start_pull(name, machine, remote)
+        for ev in c.follow_job(started["job_id"], started["targets"]):
+            if ev["type"] != "job.output":
+                _show_job_event(ev, results, as_json)
+        rc = worst_exit_code(results)
+        if rc == 0:
+            info = c.download_pulled(started["job_id"], local)
+            if as_json:
+                emit_json({"machine": machine, "path": local, **info})
+            else:
+                click.echo(f"{local}: {info['size']} bytes from {machine}")
+    sys.exit(rc)
+
+
 def register(cli: click.Group) -> None:
-    for cmd in (login, group, status, wait, run, events, send, hosts):
+    for cmd in (login, group, status, wait, run, events, send, hosts, push, pull):
         cli.add_command(cmd)
     from .demo_cmd import demo
 

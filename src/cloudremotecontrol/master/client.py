@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from ..errors import Unavailable, error_from_payload
+from ..errors import InvalidInput, Unavailable, error_from_payload
 from ..protocol.states import JobStatus
 from ..tlspin import client_context
 from .profile import Profile, load_profile
@@ -120,6 +120,79 @@ class Client:
     def hosts_sync(self, group: str, to: str = "all", ip: str = "auto") -> dict[str, Any]:
         """Start the job that writes the group's machines into hosts files."""
         return self._call("POST", f"/groups/{group}/hosts-sync", json={"to": to, "ip": ip})
+
+    # -- files --------------------------------------------------------------------------
+    def upload(self, local: str) -> dict[str, Any]:
+        """Upload a file's content once (skipped if the server has it for you already)."""
+        import hashlib
+
+        digest = hashlib.sha256()
+        size = 0
+        try:
+            with open(local, "rb") as fh:
+                while chunk := fh.read(1 << 20):
+                    digest.update(chunk)
+                    size += len(chunk)
+        except OSError as exc:
+            raise InvalidInput(f"cannot read {local}: {exc.strerror}") from None
+        sha = digest.hexdigest()
+        try:
+            head = self._http.head(f"/blobs/{sha}")
+        except httpx.HTTPError as exc:
+            raise Unavailable(f"cannot reach {self.url}: {exc}") from None
+        if head.status_code == 200:
+            return {"sha256": sha, "size": size, "uploaded": False}
+
+        def chunks() -> Iterator[bytes]:
+            with open(local, "rb") as fh:
+                while chunk := fh.read(1 << 20):
+                    yield chunk
+
+        out = self._call("PUT", f"/blobs/{sha}", content=chunks(),
+                         headers={"Content-Length": str(size),
+                                  "Content-Type": "application/octet-stream"})
+        return {**out, "uploaded": True}
+
+    def push(self, group: str, to: str, local: str, remote: str, mode: str | None = None,
+             owner: str | None = None) -> dict[str, Any]:
+        """Upload ``local`` and start the job writing it to ``remote`` on the targets."""
+        blob = self.upload(local)
+        return self._call("POST", f"/groups/{group}/files", json={
+            "to": to, "sha256": blob["sha256"], "path": remote, "mode": mode,
+            "owner": owner})
+
+    def start_pull(self, group: str, machine: str, remote: str) -> dict[str, Any]:
+        return self._call("POST", f"/groups/{group}/pulls",
+                          json={"machine": machine, "path": remote})
+
+    def download_pulled(self, job_id: str, local: str) -> dict[str, Any]:
+        """Save the file a finished pull job brought back to ``local`` (verified, atomic)."""
+        import hashlib
+        import os
+        import tempfile
+
+        info = self._call("GET", f"/jobs/{job_id}/file")
+        directory = os.path.dirname(os.path.abspath(local))
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".crc-pull-")
+        digest = hashlib.sha256()
+        try:
+            with os.fdopen(fd, "wb") as fh, self._http.stream(
+                    "GET", f"/blobs/{info['sha256']}") as resp:
+                if resp.status_code >= 400:
+                    resp.read()
+                    raise error_from_payload(resp.status_code, resp.json())
+                for chunk in resp.iter_bytes(1 << 20):
+                    digest.update(chunk)
+                    fh.write(chunk)
+            if digest.hexdigest() != info["sha256"]:
+                raise Unavailable("downloaded content does not match its sha256: try again")
+            os.replace(tmp, local)
+        except httpx.HTTPError as exc:
+            raise Unavailable(f"download failed: {exc}") from None
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return info
 
     def job(self, job_id: str) -> dict[str, Any]:
         return self._call("GET", f"/jobs/{job_id}")

@@ -12,3 +12,4 @@ DEFAULT_JOB_TIMEOUT_SECONDS = 600
 DEFAULT_KEY_TTL_SECONDS = 24 * 3600
 HEARTBEAT_SECONDS = 20.0  # WebSocket ping interval; two missed pings mean offline
 MAX_UNACKED = 1000  # messages in flight to one agent before the server waits for acks
+MAX_FILE_BYTES = 4 << 30  # one file pushed or pulled (streamed, never held in memory)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import tempfile
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -17,8 +19,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .. import __version__
 from ..errors import CrcError, InvalidInput, TooLarge
 from ..protocol.limits import MAX_HTTP_BODY_BYTES
-from . import api
+from . import api, api_files
 from .agent_ws import agent_endpoint
+from .blobs import BlobStore
 from .hub import EventBus, Hub
 from .ops import delivery
 from .store.base import Store
@@ -31,12 +34,13 @@ TOUCH_SECONDS = 30.0
 class BodyLimit:
     """Refuse request bodies over the limit with 413, before reading them whole."""
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    def __init__(self, app: ASGIApp, limit: int, exempt: tuple[str, ...] = ()) -> None:
         self.app = app
         self.limit = limit
+        self.exempt = exempt  # streamed file uploads, bounded where they are stored
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["path"].startswith(self.exempt):
             await self.app(scope, receive, send)
             return
         for name, value in scope.get("headers", ()):
@@ -72,7 +76,8 @@ async def _send_error(send: Send, exc: CrcError) -> None:
     await send({"type": "http.response.body", "body": resp.body})
 
 
-def create_app(store: Store, *, replica: str | None = None) -> FastAPI:
+def create_app(store: Store, *, replica: str | None = None,
+               blob_dir: Path | None = None) -> FastAPI:
     hub = Hub()
     bus = EventBus()
     store.on_commit(bus.notify_threadsafe)
@@ -101,9 +106,12 @@ def create_app(store: Store, *, replica: str | None = None) -> FastAPI:
     app.state.hub = hub
     app.state.bus = bus
     app.state.replica = replica or uuid.uuid4().hex[:12]
+    app.state.blobs = BlobStore(blob_dir or Path(tempfile.mkdtemp(prefix="crc-blobs-")))
     app.include_router(api.router)
+    app.include_router(api_files.router)
     app.add_api_websocket_route("/v1/agent/connect", agent_endpoint)
-    app.add_middleware(BodyLimit, limit=MAX_HTTP_BODY_BYTES)
+    app.add_middleware(BodyLimit, limit=MAX_HTTP_BODY_BYTES,
+                       exempt=api_files.LARGE_BODY_PREFIXES)
 
     @app.exception_handler(CrcError)
     async def crc_error(_: Request, exc: CrcError) -> JSONResponse:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+from pathlib import Path
 
 import uvicorn
 
@@ -28,7 +29,7 @@ def serve(cfg: ServerConfig, listen: str, database: str | None, insecure: bool,
             raise InvalidInput("--insecure serves plain HTTP and is allowed on a loopback "
                                "address only (e.g. --listen 127.0.0.1:8080)")
     store = open_store(database or cfg.database)
-    app = create_app(store)
+    app = create_app(store, blob_dir=Path(cfg.data_dir) / "blobs")
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(message)s")
     config = uvicorn.Config(
         app, host=host, port=port,

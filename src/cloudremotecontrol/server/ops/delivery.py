@@ -97,7 +97,7 @@ def ack_outbox(tx: Tx, machine_id: str, seq: int) -> int:
     if m is None or seq >= m["out_next"]:
         raise InvalidInput(f"ack {seq} for a message never sent")
     runs = tx.all("SELECT job_id FROM outbox WHERE machine_id = ? AND seq <= ? "
-                  "AND type IN ('job.run', 'hosts.sync')", (machine_id, seq))
+                  "AND job_id IS NOT NULL AND type != 'job.cancel'", (machine_id, seq))
     removed = tx.execute("DELETE FROM outbox WHERE machine_id = ? AND seq <= ?",
                          (machine_id, seq))
     for r in runs:

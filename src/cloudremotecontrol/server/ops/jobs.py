@@ -18,6 +18,7 @@ __all__ = [
     "cancel_job",
     "create_hosts_sync",
     "create_job",
+    "create_kind",
     "enqueue",
     "job_view",
     "resolve_targets",
@@ -83,16 +84,27 @@ def create_hosts_sync(tx: Tx, user: dict[str, Any], group_name: str, to: str,
     return _create(tx, user, group_name, to, job_id, "hosts.sync", body, {"hosts": entries})
 
 
+def create_kind(tx: Tx, user: dict[str, Any], group_name: str, to: str, kind: str,
+                body: dict[str, Any], summary: dict[str, Any], blob: str | None = None
+                ) -> dict[str, Any]:
+    """A job of another kind than a command (``file.put``, ``file.get``, ``hosts.sync``):
+    same targets, statuses, events and audit; ``body`` gets the ``job_id``."""
+    job_id = uuid.uuid4().hex
+    return _create(tx, user, group_name, to, job_id, kind, {"job_id": job_id, **body},
+                   summary, blob)
+
+
 def _create(tx: Tx, user: dict[str, Any], group_name: str, to: str, job_id: str,
-            kind: str, body: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
+            kind: str, body: dict[str, Any], summary: dict[str, Any],
+            blob: str | None = None) -> dict[str, Any]:
     group = live_group(tx, user["user_id"], group_name)
     target = parse_target(to)
     machines = resolve_targets(tx, group, target)
     t = now()
-    tx.execute("INSERT INTO jobs (id, group_id, spec, target, created, created_by) "
-               "VALUES (?, ?, ?, ?, ?, ?)",
+    tx.execute("INSERT INTO jobs (id, group_id, spec, target, created, created_by, blob) "
+               "VALUES (?, ?, ?, ?, ?, ?, ?)",
                (job_id, group["id"], dumps({"type": kind, **body}), str(target), t,
-                user["user"]))
+                user["user"], blob))
     deliveries = []
     for m in machines:
         tx.execute("INSERT INTO job_targets (job_id, machine_id, machine, status, updated) "
@@ -143,7 +155,7 @@ def cancel_job(tx: Tx, user: dict[str, Any], job_id: str) -> dict[str, Any]:
             env = Envelope.make(job["group_name"], "master", t["machine"], "job.cancel",
                                 {"job_id": job_id, "before_start": True}, job_id)
             old = tx.one("SELECT seq FROM outbox WHERE machine_id = ? AND job_id = ? "
-                         "AND type IN ('job.run', 'hosts.sync')", (t["machine_id"], job_id))
+                         "AND type != 'job.cancel'", (t["machine_id"], job_id))
             if old is not None:
                 frame = encode_frame({"type": "msg", "seq": old["seq"], "msg": env.to_dict()})
                 tx.execute("UPDATE outbox SET type = 'job.cancel', envelope = ? "

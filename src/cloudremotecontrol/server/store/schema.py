@@ -64,7 +64,19 @@ def _v1(d: str) -> list[str]:
     ]
 
 
-MIGRATIONS = [(1, _v1)]
+def _v2(d: str) -> list[str]:
+    """File transfer: who may use which blob, and the blob a file job moves."""
+    real, integer = _REAL[d], _INT[d]
+    return [
+        f"""CREATE TABLE blob_owners (
+            user_id TEXT NOT NULL, sha TEXT NOT NULL, size {integer} NOT NULL,
+            created {real} NOT NULL, PRIMARY KEY (user_id, sha))""",
+        "ALTER TABLE jobs ADD COLUMN blob TEXT",
+        "ALTER TABLE job_targets ADD COLUMN blob TEXT",
+    ]
+
+
+MIGRATIONS = [(1, _v1), (2, _v2)]
 
 
 def migrate(tx: Tx, dialect: str, raw: Any = None) -> int:

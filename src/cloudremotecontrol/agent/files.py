@@ -1,0 +1,137 @@
+"""Files on the machine: fetch a pushed blob (resumable, verified, atomic) and upload a
+file for a pull. Blocking code, run in a worker thread; memory use is one chunk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import ssl
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
+from ..errors import CrcError, InvalidInput, Unavailable, error_from_payload
+
+__all__ = ["fetch_blob", "upload_file"]
+
+CHUNK = 1 << 20
+ATTEMPTS = 5
+
+
+def _hash_file(path: str) -> tuple[Any, int]:
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest, size
+
+
+def fetch_blob(base_url: str, credential: str, ctx: ssl.SSLContext | None, sha: str,
+               size: int, dest: str, mode: str | None, owner: str | None,
+               sleep: Callable[[float], None] = time.sleep) -> str:
+    """Download blob ``sha`` to ``dest``: into ``.crc-<name>.<sha>.part`` beside it,
+    resuming with a Range request after a broken transfer, verify the SHA-256, apply
+    mode/owner, then rename over ``dest`` (atomic in one directory). Returns a summary."""
+    directory = os.path.dirname(dest) or "."
+    if not os.path.isdir(directory):
+        raise InvalidInput(f"directory {directory} does not exist on this machine")
+    part = os.path.join(directory, f".crc-{os.path.basename(dest)}.{sha[:16]}.part")
+    url = f"{base_url.rstrip('/')}/v1/agent/blobs/{sha}"
+    for attempt in range(ATTEMPTS):
+        have = os.path.getsize(part) if os.path.exists(part) else 0
+        if have > size:
+            os.unlink(part)
+            have = 0
+        if have == size:
+            break
+        headers = {"Authorization": f"Bearer {credential}"}
+        if have:
+            headers["Range"] = f"bytes={have}-"
+        req = urllib.request.Request(url, headers=headers)  # noqa: S310 -- https URL
+        try:
+            with urllib.request.urlopen(req, timeout=60, context=ctx) as resp:  # noqa: S310
+                append = resp.status == 206
+                with open(part, "ab" if append else "wb") as fh:
+                    while chunk := resp.read(CHUNK):
+                        fh.write(chunk)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+        except urllib.error.HTTPError as exc:
+            raise _http_error(exc) from None
+        except (urllib.error.URLError, OSError) as exc:
+            if attempt == ATTEMPTS - 1:
+                raise Unavailable(f"download of {sha[:12]} failed: {exc}") from None
+            sleep(min(10.0, 0.5 * 2 ** attempt))
+    digest, got = _hash_file(part)
+    if digest.hexdigest() != sha or got != size:
+        os.unlink(part)
+        raise InvalidInput(f"downloaded content does not match sha256 {sha} "
+                           f"({got} of {size} bytes): removed, push again",
+                           code="hash_mismatch")
+    try:
+        if mode is not None:
+            os.chmod(part, int(mode, 8))
+        elif os.path.exists(dest):
+            os.chmod(part, os.stat(dest).st_mode & 0o7777)
+        if owner is not None:
+            _chown(part, owner)
+        os.replace(part, dest)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(part)
+        raise
+    return f"{dest}: {size} bytes, sha256 {sha}"
+
+
+def _chown(path: str, owner: str) -> None:
+    if sys.platform == "win32":
+        raise InvalidInput("--owner is not supported on Windows (files get the ACL of "
+                           "their directory)")
+    import grp
+    import pwd
+
+    user, _, group = owner.partition(":")
+    try:
+        uid = pwd.getpwnam(user).pw_uid
+        gid = grp.getgrnam(group).gr_gid if group else -1
+    except KeyError as exc:
+        raise InvalidInput(f"unknown user or group {exc.args[0]} on this machine") from None
+    os.chown(path, uid, gid)
+
+
+def upload_file(base_url: str, credential: str, ctx: ssl.SSLContext | None, job_id: str,
+                path: str) -> str:
+    """Upload ``path`` for pull job ``job_id`` (streamed, with its SHA-256)."""
+    if not os.path.isfile(path):
+        raise InvalidInput(f"{path} is not a file on this machine")
+    digest, size = _hash_file(path)
+    with open(path, "rb") as fh:
+        req = urllib.request.Request(  # noqa: S310 -- https URL
+            f"{base_url.rstrip('/')}/v1/agent/uploads/{job_id}", data=fh, method="PUT",
+            headers={"Authorization": f"Bearer {credential}", "Content-Length": str(size),
+                     "Content-Type": "application/octet-stream",
+                     "X-Content-SHA256": digest.hexdigest()})
+        try:
+            with urllib.request.urlopen(req, timeout=300, context=ctx) as resp:  # noqa: S310
+                json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            raise _http_error(exc) from None
+        except (urllib.error.URLError, OSError) as exc:
+            raise Unavailable(f"upload failed: {exc}") from None
+    return f"{path}: {size} bytes, sha256 {digest.hexdigest()}"
+
+
+def _http_error(exc: urllib.error.HTTPError) -> CrcError:
+    try:
+        payload = json.loads(exc.read())
+    except ValueError:
+        payload = None
+    return error_from_payload(exc.code, payload)

@@ -1,0 +1,116 @@
+"""File transfer endpoints: blobs (content-addressed uploads), push and pull jobs."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import FileResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..errors import NotFound
+from ..protocol.limits import MAX_FILE_BYTES
+from . import auth
+from .blobs import BlobStore, check_sha256
+from .ops import files as file_ops
+from .store.base import Store
+
+router = APIRouter(prefix="/v1")
+Master = Annotated[dict[str, Any], Depends(auth.master)]
+Machine = Annotated[dict[str, Any], Depends(auth.machine)]
+LARGE_BODY_PREFIXES = ("/v1/blobs/", "/v1/agent/uploads/")
+
+
+class PushIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    to: str = Field(max_length=4096)
+    sha256: str = Field(max_length=64)
+    path: str = Field(max_length=1024, description="absolute path on the machines")
+    mode: str | None = Field(default=None, description="octal, e.g. 0640")
+    owner: str | None = Field(default=None, description="USER or USER:GROUP")
+
+
+class PullIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    machine: str = Field(max_length=63)
+    path: str = Field(max_length=1024)
+
+
+def _store(request: Request) -> Store:
+    return request.app.state.store
+
+
+def _blobs(request: Request) -> BlobStore:
+    return request.app.state.blobs
+
+
+@router.head("/blobs/{sha256}", tags=["files"])
+async def blob_known(sha256: str, user: Master, request: Request) -> Response:
+    """200 if you already uploaded this content (no need to upload again), else 404."""
+    check_sha256(sha256)
+    size = await _store(request).read(file_ops.blob_size, user["user_id"], sha256)
+    if size is None or not _blobs(request).exists(sha256):
+        return Response(status_code=404)
+    return Response(status_code=200, headers={"Content-Length": str(size)})
+
+
+@router.put("/blobs/{sha256}", tags=["files"])
+async def upload_blob(sha256: str, user: Master, request: Request) -> dict[str, Any]:
+    """Upload a file's content (raw body, streamed); its SHA-256 must match the path."""
+    check_sha256(sha256)
+    sha, size = await _blobs(request).put(request.stream(), sha256, MAX_FILE_BYTES)
+    await _store(request).write(file_ops.add_blob_owner, user["user_id"], sha, size)
+    return {"sha256": sha, "size": size}
+
+
+@router.get("/blobs/{sha256}", tags=["files"])
+async def download_blob(sha256: str, user: Master, request: Request) -> FileResponse:
+    """Download content you uploaded or pulled (Range requests supported)."""
+    check_sha256(sha256)
+    if await _store(request).read(file_ops.blob_size, user["user_id"], sha256) is None:
+        raise NotFound(f"no file {sha256}")
+    return FileResponse(_blobs(request).path(sha256), media_type="application/octet-stream")
+
+
+@router.post("/groups/{group}/files", status_code=201, tags=["files"])
+async def push(group: str, body: PushIn, user: Master, request: Request) -> dict[str, Any]:
+    """A job that writes an uploaded file to every target machine."""
+    check_sha256(body.sha256)
+    result = await _store(request).write(file_ops.create_push, user, group, body.to,
+                                         body.sha256, body.path, body.mode, body.owner)
+    request.app.state.hub.deliver(result.pop("deliveries"))
+    return result
+
+
+@router.post("/groups/{group}/pulls", status_code=201, tags=["files"])
+async def pull(group: str, body: PullIn, user: Master, request: Request) -> dict[str, Any]:
+    """A job that uploads one machine's file; fetch it with GET /v1/jobs/{id}/file."""
+    result = await _store(request).write(file_ops.create_pull, user, group, body.machine,
+                                         body.path)
+    request.app.state.hub.deliver(result.pop("deliveries"))
+    return result
+
+
+@router.get("/jobs/{job_id}/file", tags=["files"])
+async def pulled(job_id: str, user: Master, request: Request) -> dict[str, Any]:
+    return await _store(request).read(file_ops.pulled_blob, user["user_id"], job_id)
+
+
+@router.get("/agent/blobs/{sha256}", tags=["agent"])
+async def agent_blob(sha256: str, m: Machine, request: Request) -> FileResponse:
+    """The content of an open push to this machine (Range requests supported)."""
+    check_sha256(sha256)
+    await _store(request).read(file_ops.machine_may_read, m["id"], sha256)
+    return FileResponse(_blobs(request).path(sha256), media_type="application/octet-stream")
+
+
+@router.put("/agent/uploads/{job_id}", tags=["agent"])
+async def agent_upload(job_id: str, m: Machine, request: Request) -> dict[str, Any]:
+    """A machine uploads the file of an open pull job (raw body, streamed)."""
+    await _store(request).read(file_ops.upload_slot, m["id"], job_id)
+    expected = request.headers.get("x-content-sha256")
+    sha, size = await _blobs(request).put(request.stream(),
+                                          check_sha256(expected) if expected else None,
+                                          MAX_FILE_BYTES)
+    await _store(request).write(file_ops.record_upload, m["id"], job_id, sha, size)
+    return {"sha256": sha, "size": size}

@@ -1,0 +1,126 @@
+"""`crc push` / `crc pull`: content-addressed, verified, atomic, streamed."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import stat
+from pathlib import Path
+
+import pytest
+
+
+def _sha(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _private_dir(path):
+    """A prefix giving an agent its own (empty, tmpfs) ``path``, as a VM has its own disk."""
+    script = 'mount -t tmpfs crc-test "$0" && exec "$@"'
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, str(path)]
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,
+                    reason="needs root and unshare(1) to give each agent its own disk")
+def test_push_a_multi_mib_file_to_several_machines_at_once(env, crc, tmp_path):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    out = env.client.create_group("lab", ["a", "b", "c"])
+    agents = {m["name"]: env.agent(m["name"], m["key"], prefix=_private_dir(disk))
+              for m in out["machines"]}
+    env.wait_state("lab", list(agents), "ready")
+    src = tmp_path / "big.bin"
+    src.write_bytes(os.urandom(5 << 20) + b"end")
+    r = crc("push", "lab", "--to", "all", str(src), str(disk / "app.bin"), "--mode", "0640",
+            "--json")
+    assert r.returncode == 0, r.stderr
+    results = [json.loads(x) for x in r.stdout.splitlines() if '"status"' in x]
+    assert sorted((x["machine"], x["status"]) for x in results) == [
+        ("a", "succeeded"), ("b", "succeeded"), ("c", "succeeded")]
+    for agent in agents.values():
+        # The agent's own view of the disk, through its mount namespace.
+        view = Path(f"/proc/{agent.proc.pid}/root{disk}")
+        assert _sha(view / "app.bin") == _sha(src)
+        assert stat.S_IMODE(os.stat(view / "app.bin").st_mode) == 0o640
+        assert [p.name for p in view.iterdir()] == ["app.bin"]  # no temp file left
+    assert list(disk.iterdir()) == []  # nothing landed on the host's disk
+    # Pushing the same content again uploads nothing and still succeeds everywhere.
+    r = crc("push", "lab", "--to", "all", str(src), str(disk / "app.bin"))
+    assert r.returncode == 0, r.stderr
+
+
+def test_push_writes_atomically_with_mode(env, crc, tmp_path):
+    env.group_with_agents("lab", ["a"])
+    src = tmp_path / "app.conf"
+    src.write_text("listen 80\n")
+    dest_dir = tmp_path / "etc"
+    dest_dir.mkdir()
+    (dest_dir / "app.conf").write_text("old\n")
+    r = crc("push", "lab", "--to", "a", str(src), str(dest_dir / "app.conf"), "--mode", "600")
+    assert r.returncode == 0, r.stderr
+    assert (dest_dir / "app.conf").read_text() == "listen 80\n"
+    assert stat.S_IMODE(os.stat(dest_dir / "app.conf").st_mode) == 0o600
+    assert [p.name for p in dest_dir.iterdir()] == ["app.conf"]
+
+
+def test_push_to_a_missing_directory_fails_clearly(env, crc, tmp_path):
+    env.group_with_agents("lab", ["a"])
+    src = tmp_path / "f.txt"
+    src.write_text("x")
+    r = crc("push", "lab", "--to", "a", str(src), str(tmp_path / "nope" / "f.txt"))
+    assert r.returncode == 1
+    assert "does not exist" in r.stderr
+
+
+def test_pull_brings_a_file_back(env, crc, tmp_path):
+    env.group_with_agents("lab", ["a"])
+    remote = tmp_path / "remote.log"
+    remote.write_bytes(os.urandom(3 << 20))
+    local = tmp_path / "local.log"
+    r = crc("pull", "lab", "--from", "a", str(remote), str(local))
+    assert r.returncode == 0, r.stderr
+    assert _sha(local) == _sha(remote)
+    r = crc("pull", "lab", "--from", "a", str(tmp_path / "missing"), str(local))
+    assert r.returncode == 1 and "is not a file" in r.stderr
+
+
+def test_a_machine_cannot_read_blobs_it_was_not_sent(env, tmp_path):
+    import httpx
+
+    from cloudremotecontrol.agent.state import AgentState
+    from cloudremotecontrol.tlspin import client_context
+
+    env.group_with_agents("lab", ["a"])
+    src = tmp_path / "secret.txt"
+    src.write_text("top secret")
+    blob = env.client.upload(str(src))
+    state = AgentState(env.tmp / "agents" / "a")
+    cred = state.load_credential()
+    state.close()
+    ctx, _ = client_context(env.server.url, env.server.fingerprint)
+    with httpx.Client(verify=ctx) as http:
+        r = http.get(f"{env.server.url}/v1/agent/blobs/{blob['sha256']}",
+                     headers={"Authorization": f"Bearer {cred.credential}"})
+        assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden"
+        r = http.put(f"{env.server.url}/v1/blobs/{blob['sha256']}", content=b"x",
+                     headers={"Authorization": f"Bearer {cred.credential}"})
+        assert r.status_code == 403
+
+
+def test_upload_with_wrong_hash_is_refused_and_nothing_kept(env):
+    import httpx
+
+    from cloudremotecontrol.tlspin import client_context
+
+    ctx, _ = client_context(env.server.url, env.server.fingerprint)
+    with httpx.Client(verify=ctx) as http:
+        r = http.put(f"{env.server.url}/v1/blobs/{'0' * 64}", content=b"hello",
+                     headers={"Authorization": f"Bearer {env.token}"})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "hash_mismatch"
+        r = http.head(f"{env.server.url}/v1/blobs/{'0' * 64}",
+                      headers={"Authorization": f"Bearer {env.token}"})
+        assert r.status_code == 404
+    blobs = env.server.data_dir / "blobs"
+    assert [p for p in blobs.rglob("*") if p.is_file()] == []
