@@ -73,3 +73,31 @@ def test_a_machine_cannot_message_another_group_or_use_bad_types(env):
     assert r.returncode == 0
     r = agent_cli(env, "a", "emit", "bad type!", "--to", "master")
     assert r.returncode == 2 and "invalid message type" in r.stderr
+
+
+def test_kv_store_coordinates_machines_and_master(env, crc):
+    env.group_with_agents("lab", ["a", "b"])
+    env.group_with_agents("other", ["x"])
+    waiter = subprocess.Popen(
+        [sys.executable, "-m", "cloudremotecontrol", "agent", "kv", "wait", "db/ready",
+         "--timeout", "30", "--state-dir", str(env.tmp / "agents" / "b")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    r = agent_cli(env, "a", "kv", "set", "db/ready", '{"ip": "10.0.0.5"}')
+    assert r.returncode == 0, r.stderr
+    out, err = waiter.communicate(timeout=40)
+    assert waiter.returncode == 0, err
+    assert json.loads(out) == {"ip": "10.0.0.5"}
+    r = crc("kv", "get", "lab", "db/ready")
+    assert json.loads(r.stdout) == {"ip": "10.0.0.5"}
+    r = crc("kv", "set", "lab", "mode", "fast")
+    assert r.returncode == 0
+    r = agent_cli(env, "b", "kv", "get", "mode")
+    assert json.loads(r.stdout) == "fast"
+    # Another group's machine cannot see this group's keys.
+    r = agent_cli(env, "x", "kv", "get", "mode")
+    assert r.returncode == 4 and "no key 'mode'" in r.stderr
+    r = agent_cli(env, "a", "kv", "get", "bad key!")
+    assert r.returncode == 2 and "invalid key" in r.stderr
+    r = crc("kv", "list", "lab", "--json")
+    assert [(k["key"], k["by"]) for k in json.loads(r.stdout)["keys"]] == [
+        ("db/ready", "a"), ("mode", "master")]

@@ -339,13 +339,23 @@ class Agent:
         """The group's roster, fetched from the server with this machine's credential."""
         return await asyncio.to_thread(self._get, "/v1/agent/roster")
 
-    def _get(self, path: str) -> dict[str, Any]:
+    async def http(self, method: str, path: str, body: Any = None, timeout: float = 30
+                   ) -> dict[str, Any]:
+        """Call the server's agent API with this machine's credential."""
+        return await asyncio.to_thread(self._get, path, method, body, timeout)
+
+    def _get(self, path: str, method: str = "GET", body: Any = None, timeout: float = 30
+             ) -> dict[str, Any]:
         ctx, _ = client_context(self.cred.url, self.cred.fingerprint, self.cred.cert_pem)
+        headers = {"Authorization": f"Bearer {self.cred.credential}"}
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
         req = urllib.request.Request(  # noqa: S310 -- scheme checked by client_context()
-            self.cred.url.rstrip("/") + path,
-            headers={"Authorization": f"Bearer {self.cred.credential}"})
+            self.cred.url.rstrip("/") + path, data=data, method=method, headers=headers)
         try:
-            with urllib.request.urlopen(req, timeout=30, context=ctx) as resp:  # noqa: S310
+            with urllib.request.urlopen(req, timeout=timeout, context=ctx) as resp:  # noqa: S310
                 return dict(json.loads(resp.read()))
         except urllib.error.HTTPError as exc:
             try:

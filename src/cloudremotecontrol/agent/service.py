@@ -86,6 +86,23 @@ async def _handle(agent: Agent, req: dict[str, Any]) -> dict[str, Any]:
         return {}
     if op == "peers":
         return await agent.roster()
+    if op in ("kv-get", "kv-set", "kv-wait"):
+        from urllib.parse import quote
+
+        key = req.get("key")
+        if not isinstance(key, str) or not key:
+            raise InvalidInput("a key is needed")
+        path = "/v1/agent/kv/" + quote(key, safe="/")
+        if op == "kv-set":
+            return await agent.http("PUT", path, {"value": req.get("value")})
+        if op == "kv-get":
+            return await agent.http("GET", path)
+        wait = req.get("timeout", 300)
+        if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not 0 < wait <= 300:
+            raise InvalidInput("--timeout must be between 0 and 300 seconds")
+        newer = req.get("newer_than", 0)
+        return await agent.http("GET", f"{path}?wait={wait}&newer_than={int(newer)}",
+                                timeout=wait + 10)
     if op == "wait-message":
         type_ = check_message_type(req.get("type"))
         timeout = req.get("timeout", 600)

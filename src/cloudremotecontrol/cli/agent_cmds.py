@@ -167,3 +167,57 @@ def status(state_dir: str | None, as_json: bool) -> None:
         return
     for k, v in reply.items():
         click.echo(f"{k}: {v}")
+
+
+@agent.group()
+def kv() -> None:
+    """The group's key/value store, shared by its machines and its master."""
+
+
+def _kv_value(text: str) -> object:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text  # a bare word is a string
+
+
+@kv.command("set")
+@click.argument("key")
+@click.argument("value")
+@_state_option
+@json_option
+def kv_set(key: str, value: str, state_dir: str | None, as_json: bool) -> None:
+    """Set KEY to VALUE (JSON, or a plain string)."""
+    reply = _call(state_dir, {"op": "kv-set", "key": key, "value": _kv_value(value)})
+    if as_json:
+        emit_json({"key": key, "version": reply["version"]})
+
+
+@kv.command("get")
+@click.argument("key")
+@_state_option
+def kv_get(key: str, state_dir: str | None) -> None:
+    """Print KEY's value as JSON (exit 4 if it does not exist)."""
+    reply = _call(state_dir, {"op": "kv-get", "key": key})
+    click.echo(json.dumps(reply["value"]))
+
+
+@kv.command("wait")
+@click.argument("key")
+@click.option("--newer-than", type=click.IntRange(min=0), default=0,
+              help="Wait for a version above this one (default: until the key exists).")
+@click.option("--timeout", type=click.FloatRange(0, 300, min_open=True), default=300,
+              show_default=True, help="Seconds.")
+@_state_option
+@json_option
+def kv_wait(key: str, newer_than: int, timeout: float, state_dir: str | None,
+            as_json: bool) -> None:
+    """Wait until KEY exists (or changes); print its value as JSON."""
+    from ..agent.control import call
+
+    reply = call(_state_dir(state_dir), {"op": "kv-wait", "key": key, "timeout": timeout,
+                                         "newer_than": newer_than}, timeout=timeout + 20)
+    if as_json:
+        emit_json({"key": key, "value": reply["value"], "version": reply["version"]})
+    else:
+        click.echo(json.dumps(reply["value"]))

@@ -456,8 +456,59 @@ def pull(name: str, machine: str, remote: str, local: str, as_json: bool) -> Non
     sys.exit(rc)
 
 
+@click.group()
+def kv() -> None:
+    """A group's key/value store, shared with its machines (`crc agent kv …`)."""
+
+
+@kv.command("set")
+@click.argument("name")
+@click.argument("key")
+@click.argument("value")
+@json_option
+def kv_set(name: str, key: str, value: str, as_json: bool) -> None:
+    """Set KEY to VALUE (JSON, or a plain string) in group NAME."""
+    import json
+
+    try:
+        parsed: Any = json.loads(value)
+    except ValueError:
+        parsed = value
+    with _client() as c:
+        out = c.kv_set(name, key, parsed)
+    if as_json:
+        emit_json(out)
+
+
+@kv.command("get")
+@click.argument("name")
+@click.argument("key")
+@click.option("--wait", "wait_for", help="Wait up to this long for the key (e.g. 2m).")
+def kv_get(name: str, key: str, wait_for: str | None) -> None:
+    """Print KEY's value in group NAME as JSON."""
+    import json
+
+    with _client() as c:
+        out = c.kv_get(name, key, wait=_duration(wait_for) or 0)
+    click.echo(json.dumps(out["value"]))
+
+
+@kv.command("list")
+@click.argument("name")
+@json_option
+def kv_list(name: str, as_json: bool) -> None:
+    """List the keys of group NAME."""
+    with _client() as c:
+        keys = c.kv_list(name)
+    if as_json:
+        emit_json({"group": name, "keys": keys})
+    else:
+        print_table(["KEY", "VERSION", "BY", "UPDATED"],
+                    [[k["key"], str(k["version"]), k["by"], ago(k["updated"])] for k in keys])
+
+
 def register(cli: click.Group) -> None:
-    for cmd in (login, group, status, wait, run, events, send, hosts, push, pull):
+    for cmd in (login, group, status, wait, run, events, send, hosts, push, pull, kv):
         cli.add_command(cmd)
     from .demo_cmd import demo
 

@@ -121,6 +121,19 @@ class Client:
         """Start the job that writes the group's machines into hosts files."""
         return self._call("POST", f"/groups/{group}/hosts-sync", json={"to": to, "ip": ip})
 
+    # -- key/value store -----------------------------------------------------------------
+    def kv_set(self, group: str, key: str, value: Any) -> dict[str, Any]:
+        return self._call("PUT", f"/groups/{group}/kv/{key}", json={"value": value})
+
+    def kv_get(self, group: str, key: str, wait: float = 0, newer_than: int = 0
+               ) -> dict[str, Any]:
+        """The key's value; with ``wait``, block until it exists with a newer version."""
+        return self._call("GET", f"/groups/{group}/kv/{key}",
+                          params={"wait": wait, "newer_than": newer_than})
+
+    def kv_list(self, group: str) -> list[dict[str, Any]]:
+        return self._call("GET", f"/groups/{group}/kv")["keys"]
+
     # -- files --------------------------------------------------------------------------
     def upload(self, local: str) -> dict[str, Any]:
         """Upload a file's content once (skipped if the server has it for you already)."""

@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .. import __version__
 from ..errors import CrcError, InvalidInput, TooLarge
 from ..protocol.limits import MAX_HTTP_BODY_BYTES
-from . import api, api_files
+from . import api, api_files, api_kv
 from .agent_ws import agent_endpoint
 from .blobs import BlobStore
 from .hub import EventBus, Hub
@@ -109,6 +109,7 @@ def create_app(store: Store, *, replica: str | None = None,
     app.state.blobs = BlobStore(blob_dir or Path(tempfile.mkdtemp(prefix="crc-blobs-")))
     app.include_router(api.router)
     app.include_router(api_files.router)
+    app.include_router(api_kv.router)
     app.add_api_websocket_route("/v1/agent/connect", agent_endpoint)
     app.add_middleware(BodyLimit, limit=MAX_HTTP_BODY_BYTES,
                        exempt=api_files.LARGE_BODY_PREFIXES)

@@ -76,7 +76,18 @@ def _v2(d: str) -> list[str]:
     ]
 
 
-MIGRATIONS = [(1, _v1), (2, _v2)]
+def _v3(d: str) -> list[str]:
+    """The group key/value store for coordination."""
+    real, integer = _REAL[d], _INT[d]
+    return [
+        f"""CREATE TABLE kv (
+            group_id TEXT NOT NULL REFERENCES groups(id), key TEXT NOT NULL,
+            value TEXT NOT NULL, version {integer} NOT NULL, updated {real} NOT NULL,
+            updated_by TEXT NOT NULL, PRIMARY KEY (group_id, key))""",
+    ]
+
+
+MIGRATIONS = [(1, _v1), (2, _v2), (3, _v3)]
 
 
 def migrate(tx: Tx, dialect: str, raw: Any = None) -> int:

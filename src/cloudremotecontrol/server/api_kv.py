@@ -1,0 +1,95 @@
+"""The group key/value store over HTTP, for the master and for the group's machines.
+
+``GET …?wait=SECONDS&newer_than=VERSION`` long-polls until the key exists with a
+version above ``newer_than`` (woken by the group's event bus, not by polling).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel, ConfigDict
+
+from ..errors import NotFound, Unavailable
+from . import auth
+from .ops import kv as kv_ops
+from .ops.common import live_group
+from .store.base import Store
+
+router = APIRouter(prefix="/v1")
+Master = Annotated[dict[str, Any], Depends(auth.master)]
+Machine = Annotated[dict[str, Any], Depends(auth.machine)]
+MAX_WAIT = 300.0
+
+
+class KvIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    value: Any = None
+
+
+async def _group_id(request: Request, user: dict[str, Any], group: str) -> str:
+    store: Store = request.app.state.store
+    row = await store.read(live_group, user["user_id"], group)
+    return str(row["id"])
+
+
+@router.get("/groups/{group}/kv", tags=["kv"])
+async def list_keys(group: str, user: Master, request: Request) -> dict[str, Any]:
+    gid = await _group_id(request, user, group)
+    return {"group": group, "keys": await request.app.state.store.read(kv_ops.kv_list, gid)}
+
+
+@router.put("/groups/{group}/kv/{key:path}", tags=["kv"])
+async def master_set(group: str, key: str, body: KvIn, user: Master, request: Request
+                     ) -> dict[str, Any]:
+    gid = await _group_id(request, user, group)
+    return await request.app.state.store.write(kv_ops.kv_set, gid, key, body.value, "master")
+
+
+@router.get("/groups/{group}/kv/{key:path}", tags=["kv"])
+async def master_get(group: str, key: str, user: Master, request: Request,
+                     wait: Annotated[float, Query(ge=0, le=MAX_WAIT)] = 0,
+                     newer_than: Annotated[int, Query(ge=0)] = 0) -> dict[str, Any]:
+    gid = await _group_id(request, user, group)
+    return await _get(request, gid, key, wait, newer_than)
+
+
+@router.put("/agent/kv/{key:path}", tags=["agent"])
+async def agent_set(key: str, body: KvIn, m: Machine, request: Request) -> dict[str, Any]:
+    return await request.app.state.store.write(kv_ops.kv_set, m["group_id"], key, body.value,
+                                               m["name"])
+
+
+@router.get("/agent/kv/{key:path}", tags=["agent"])
+async def agent_get(key: str, m: Machine, request: Request,
+                    wait: Annotated[float, Query(ge=0, le=MAX_WAIT)] = 0,
+                    newer_than: Annotated[int, Query(ge=0)] = 0) -> dict[str, Any]:
+    return await _get(request, m["group_id"], key, wait, newer_than)
+
+
+async def _get(request: Request, group_id: str, key: str, wait: float, newer_than: int
+               ) -> dict[str, Any]:
+    store: Store = request.app.state.store
+    kv_ops.check_key(key)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    with request.app.state.bus.subscribe(group_id) as wake:
+        while True:
+            wake.clear()
+            try:
+                item = await store.read(kv_ops.kv_get, group_id, key)
+                if item["version"] > newer_than:
+                    return item
+            except NotFound:
+                if wait <= 0:
+                    raise
+            left = deadline - loop.time()
+            if left <= 0:
+                raise Unavailable(f"key {key!r} did not change within {wait:g} s",
+                                  code="timeout")
+            try:
+                await asyncio.wait_for(wake.wait(), left)
+            except asyncio.TimeoutError:
+                pass
