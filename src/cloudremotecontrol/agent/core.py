@@ -74,7 +74,8 @@ def enroll(state: AgentState, url: str, key: str, fingerprint: str | None) -> Cr
 
 class Agent:
     def __init__(self, state: AgentState, cred: Credential, platform: Platform | None = None,
-                 gate_ready: bool = False) -> None:
+                 gate_ready: bool = False, follow_logs: tuple[str, ...] = ()) -> None:
+        self.follow_logs = follow_logs
         self.state = state
         self.cred = cred
         self.platform = platform or current()
@@ -114,6 +115,8 @@ class Agent:
             self.state.put("ready", "1")
             await self.emit("system.ready", {})
         await self._send_facts()
+        for path in self.follow_logs:
+            self._spawn(self._follow(path))
         attempt = 0
         try:
             while True:
@@ -135,6 +138,17 @@ class Agent:
                 task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _follow(self, path: str) -> None:
+        from .follow_log import follow_log
+
+        key = f"log_offset:{path}"
+
+        async def emit(text: str) -> None:
+            await self.emit("progress", {"text": text, "percent": None, "source": path})
+
+        await follow_log(path, emit, lambda: int(self.state.get(key, "0") or 0),
+                         lambda off: self.state.put(key, str(off)))
 
     async def _send_facts(self) -> None:
         try:

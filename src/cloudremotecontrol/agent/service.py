@@ -22,7 +22,7 @@ log = logging.getLogger("crc.agent")
 
 
 def run_agent(state_dir: Path, url: str | None, key: str | None, fingerprint: str | None,
-              gate_ready: bool = False) -> str:
+              gate_ready: bool = False, follow_logs: tuple[str, ...] = ()) -> str:
     """Run the agent in the foreground; return why it stopped (revocation)."""
     platform = current()
     state = AgentState(state_dir, protect=platform.protect_file)
@@ -31,7 +31,7 @@ def run_agent(state_dir: Path, url: str | None, key: str | None, fingerprint: st
             raise Revoked(f"this machine was revoked ({state.get('revoked')}); remove "
                           f"{state_dir} and enroll with a new key to use it again")
         cred = load_or_enroll(state, url, key, fingerprint)
-        agent = Agent(state, cred, platform, gate_ready=gate_ready)
+        agent = Agent(state, cred, platform, gate_ready=gate_ready, follow_logs=follow_logs)
         try:
             asyncio.run(_main(agent, state_dir))
         except Revoked as exc:

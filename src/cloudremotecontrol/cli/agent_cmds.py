@@ -40,10 +40,14 @@ def agent() -> None:
 @_state_option
 @click.option("--gate-ready", is_flag=True,
               help="Say ready only when a script calls `crc agent ready`.")
+@click.option("--follow-log", "follow_logs", multiple=True, metavar="PATH",
+              help="Stream this log file as progress lines (e.g. "
+                   "/var/log/cloud-init-output.log); repeatable.")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
 def run_cmd(url: str | None, key: str | None, key_file: str | None, fingerprint: str | None,
-            state_dir: str | None, gate_ready: bool, log_level: str) -> None:
+            state_dir: str | None, gate_ready: bool, follow_logs: tuple[str, ...],
+            log_level: str) -> None:
     """Enroll (first run) and stay connected, executing what the master sends."""
     import logging
 
@@ -62,7 +66,7 @@ def run_cmd(url: str | None, key: str | None, key_file: str | None, fingerprint:
     # Jobs inherit the agent's environment: the key must not be in it.
     os.environ.pop("CRC_KEY", None)
     try:
-        run_agent(_state_dir(state_dir), url, key, fingerprint, gate_ready)
+        run_agent(_state_dir(state_dir), url, key, fingerprint, gate_ready, follow_logs)
     except Revoked as exc:
         click.echo(f"crc agent: stopping: {exc.message}", err=True)
 

@@ -202,6 +202,11 @@ def wait(name: str, machines: str | None, timeout: str, message_type: str | None
             return False
 
         if not check():
+            for m in g["machines"]:  # where things stand, then what changes
+                if m["name"] in wanted and not as_json:
+                    prog = (m.get("progress") or {}).get("text")
+                    click.echo(f"[{m['name']}] {m['state']}" + (f": {prog}" if prog else ""))
+            sys.stdout.flush()
             for ev in c.events(name, since=cursor, follow=True, keepalive=True):
                 if ev is not None and ev.get("machine") in wanted:
                     _show_wait_event(ev, states, as_json)

@@ -166,6 +166,8 @@ def _apply(tx: Tx, m: dict[str, Any], env: Envelope) -> list[tuple[str, int, str
                 isinstance(pct, bool) or not isinstance(pct, (int, float)) or not 0 <= pct <= 100)):
             raise InvalidInput("progress needs text and an optional percent 0-100")
         progress = {"text": text[:1000], "percent": pct, "at": now()}
+        if isinstance(body.get("source"), str):
+            progress["source"] = body["source"][:256]
         tx.execute("UPDATE machines SET progress = ? WHERE id = ?", (dumps(progress), m["id"]))
         add_event(tx, m["group_id"], "progress", progress, machine=m["name"])
     elif kind == "facts":
