@@ -29,7 +29,8 @@ def test_hosts_sync_lists_every_peer_and_is_idempotent(env, crc):
         files[m["name"]] = hosts
         env.agent(m["name"], m["key"], prefix=prefix)
     env.wait_state("lab", ["a", "b"], "ready")
-    r = crc("hosts", "sync", "lab")
+    # Public: the address the server sees each machine connect from (here all loopback).
+    r = crc("hosts", "sync", "lab", "--ip", "public")
     assert r.returncode == 0, r.stderr
     first = {n: f.read_bytes() for n, f in files.items()}
     for content in first.values():
@@ -37,7 +38,7 @@ def test_hosts_sync_lists_every_peer_and_is_idempotent(env, crc):
         # Both agents reach the server from 127.0.0.1 here, so they share one line.
         assert b"\n127.0.0.1 a a.lab b b.lab\n" in content
         assert content.count(b"# BEGIN cloudremotecontrol group=lab") == 1
-    r = crc("hosts", "sync", "lab")
+    r = crc("hosts", "sync", "lab", "--ip", "public")
     assert r.returncode == 0, r.stderr
     assert "unchanged" in r.stdout
     assert {n: f.read_bytes() for n, f in files.items()} == first
@@ -51,3 +52,32 @@ def test_hosts_sync_before_any_address_is_a_clear_error(env, crc):
     r = crc("hosts", "sync", "lab")
     assert r.returncode == 2
     assert "no machine of the group has reported an address" in r.stderr
+
+
+def test_sync_hosts_group_keeps_hosts_files_current_as_machines_join(env, crc):
+    import json
+    import time
+
+    r = crc("group", "create", "lab", "--machines", "a,b", "--sync-hosts",
+            "--hosts-ip", "public", "--json")
+    assert r.returncode == 0, r.stderr
+    keys = {m["name"]: m["key"] for m in json.loads(r.stdout)["machines"]}
+    files = {}
+    hosts, prefix = _own_hosts(env.tmp, "a")
+    files["a"] = hosts
+    env.agent("a", keys["a"], prefix=prefix)
+    env.wait_state("lab", ["a"], "ready")
+    deadline = time.monotonic() + 20
+    while b"a a.lab" not in files["a"].read_bytes():
+        assert time.monotonic() < deadline, files["a"].read_bytes()
+        time.sleep(0.05)
+    assert b"b.lab" not in files["a"].read_bytes()  # b has not joined yet
+    hosts, prefix = _own_hosts(env.tmp, "b")
+    files["b"] = hosts
+    env.agent("b", keys["b"], prefix=prefix)
+    env.wait_state("lab", ["b"], "ready")
+    for name in ("a", "b"):
+        while b"127.0.0.1 a a.lab b b.lab\n" not in files[name].read_bytes():
+            assert time.monotonic() < deadline, files[name].read_bytes()
+            time.sleep(0.05)
+        assert files[name].read_bytes().count(b"# BEGIN cloudremotecontrol") == 1

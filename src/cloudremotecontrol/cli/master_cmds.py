@@ -69,9 +69,14 @@ def group() -> None:
               help="MACHINE:KEY=VALUE label (repeatable), e.g. mysql:role=db.")
 @click.option("--ttl", help="Expire the group after this long (e.g. 8h).")
 @click.option("--key-ttl", help="Unused keys expire after this long (default 24h).")
+@click.option("--sync-hosts", is_flag=True,
+              help="Keep every machine's hosts file listing its peers as they join or "
+                   "change address.")
+@click.option("--hosts-ip", type=click.Choice(["auto", "private", "public"]), default="auto",
+              show_default=True, help="With --sync-hosts: which address to list.")
 @json_option
 def group_create(name: str, machines: str, labels: tuple[str, ...], ttl: str | None,
-                 key_ttl: str | None, as_json: bool) -> None:
+                 key_ttl: str | None, sync_hosts: bool, hosts_ip: str, as_json: bool) -> None:
     """Create group NAME and print each machine's single-use key (shown once)."""
     from ..protocol.names import parse_labels
 
@@ -84,8 +89,9 @@ def group_create(name: str, machines: str, labels: tuple[str, ...], ttl: str | N
                                "machine of --machines")
         per[machine].update(parse_labels(kv))
     with _client() as c:
+        settings = {"sync_hosts": True, "hosts_ip": hosts_ip} if sync_hosts else {}
         out = c.create_group(name, [{"name": n, "labels": per[n]} for n in names],
-                             key_ttl=_duration(key_ttl), ttl=_duration(ttl))
+                             key_ttl=_duration(key_ttl), ttl=_duration(ttl), settings=settings)
     if as_json:
         emit_json(out)
         return

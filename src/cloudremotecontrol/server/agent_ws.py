@@ -59,6 +59,7 @@ async def agent_endpoint(ws: WebSocket) -> None:
 
     link = AgentLink(m["id"], ws.send_text, ws.close, reload, sent_upto=hello["ack"])
     old = app.state.hub.attach(link)
+    app.state.hub.deliver(info.get("deliveries") or [])
     if old is not None:
         old.closed = True
         with contextlib.suppress(Exception):

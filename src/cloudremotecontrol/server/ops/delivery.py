@@ -22,7 +22,7 @@ from ...protocol.states import (
     result_event,
 )
 from ..store.base import Tx
-from .common import add_event, dumps, now
+from .common import add_event, dumps, loads, now
 
 __all__ = [
     "ack_outbox",
@@ -58,7 +58,8 @@ def machine_connected(tx: Tx, machine_id: str, ready: bool, peer_ip: str | None,
         raise InvalidInput("machine vanished")
     event = MachineEvent.CONNECT_READY if ready else MachineEvent.CONNECT
     state = _transition(tx, m, event, peer_ip=peer_ip, connected_by=replica)
-    return {"in_done": m["in_done"], "state": state}
+    return {"in_done": m["in_done"], "state": state,
+            "deliveries": auto_hosts_sync(tx, m["group_id"])}
 
 
 def machine_disconnected(tx: Tx, machine_id: str, replica: str) -> None:
@@ -159,6 +160,7 @@ def _apply(tx: Tx, m: dict[str, Any], env: Envelope) -> list[tuple[str, int, str
         raise InvalidInput(f"machines may not send {kind!r} messages", code="unknown_type")
     if kind == "system.ready":
         _transition(tx, m, MachineEvent.SAY_READY)
+        return auto_hosts_sync(tx, m["group_id"])
     elif kind == "progress":
         text = body.get("text")
         pct = body.get("percent")
@@ -173,6 +175,7 @@ def _apply(tx: Tx, m: dict[str, Any], env: Envelope) -> list[tuple[str, int, str
     elif kind == "facts":
         tx.execute("UPDATE machines SET facts = ? WHERE id = ?", (dumps(body), m["id"]))
         add_event(tx, m["group_id"], "facts", body, machine=m["name"])
+        return auto_hosts_sync(tx, m["group_id"])
     elif kind == "job.started":
         _job_event(tx, m, _job_id(body), JobEvent.START, None, None)
     elif kind == "job.output":
@@ -196,6 +199,32 @@ def _apply(tx: Tx, m: dict[str, Any], env: Envelope) -> list[tuple[str, int, str
                   {"type": kind, "body": body, "from": m["name"], "id": env.id,
                    "correlation_id": env.correlation_id}, machine=m["name"])
     return []
+
+
+def auto_hosts_sync(tx: Tx, group_id: str) -> list[tuple[str, int, str]]:
+    """For groups created with ``--sync-hosts``: when the roster's addresses change
+    (a machine joins, reconnects from elsewhere, reports new IPs), start a hosts sync job
+    for every machine. Unchanged addresses start nothing."""
+    import hashlib
+
+    from .jobs import create_hosts_sync
+    from .roster import hosts_entries, roster
+
+    group = tx.one("SELECT * FROM groups WHERE id = ? AND deleted IS NULL", (group_id,))
+    settings = loads(group["settings"]) if group else None
+    if not settings or not settings.get("sync_hosts"):
+        return []
+    which = str(settings.get("hosts_ip") or "auto")
+    live = [m for m in roster(tx, group_id) if m["state"] in ("ready", "offline")]
+    entries = hosts_entries(live, which)
+    digest = hashlib.sha256(dumps(sorted(entries)).encode()).hexdigest()
+    if not entries or settings.get("hosts_synced") == digest:
+        return []
+    settings["hosts_synced"] = digest
+    tx.execute("UPDATE groups SET settings = ? WHERE id = ?", (dumps(settings), group_id))
+    user = {"user_id": group["user_id"], "user": "crc (--sync-hosts)"}
+    result = create_hosts_sync(tx, user, group["name"], "all", which, only_ready=True)
+    return list(result["deliveries"])
 
 
 def _job_id(body: dict[str, Any]) -> str:

@@ -71,10 +71,14 @@ def create_job(tx: Tx, user: dict[str, Any], group_name: str, to: str,
 
 
 def create_hosts_sync(tx: Tx, user: dict[str, Any], group_name: str, to: str,
-                      which: str = "auto") -> dict[str, Any]:
-    """A job that makes every target's hosts file list the group's machines."""
+                      which: str = "auto", only_ready: bool = False) -> dict[str, Any]:
+    """A job that makes every target's hosts file list the group's machines (with
+    ``only_ready``: the machines that are, or were, ready - not pending ones)."""
     group = live_group(tx, user["user_id"], group_name)
-    entries = hosts_entries(roster(tx, group["id"]), which)
+    machines = roster(tx, group["id"])
+    if only_ready:
+        machines = [m for m in machines if m["state"] in ("ready", "offline")]
+    entries = hosts_entries(machines, which)
     if not entries:
         raise InvalidInput("no machine of the group has reported an address yet: wait "
                            "until they are ready")
