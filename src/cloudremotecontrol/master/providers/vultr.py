@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import base64
 import builtins
+import contextlib
 import email.utils
 import os
 import random
@@ -155,10 +156,12 @@ class VultrProvider:
     # -- the Provider interface ------------------------------------------------------
 
     def create(self, scenario: str, spec: MachineSpec, startup_script: str) -> Instance:
-        """Create the instance for ``spec``; returns at once with ``default_password`` set.
+        """Create the instance for ``spec``; returns at once, with ``default_password``.
 
         Call ``wait_running`` next. On Windows a boot startup script is created first and
-        deleted again if the instance cannot be created.
+        deleted again if the instance cannot be created. If Vultr's answer got lost (5xx,
+        timeout) the instance is looked up by its tags instead of being created twice;
+        ``default_password`` is then ``None`` (Vultr shows it only in the lost answer).
         """
         check_name(scenario, "scenario")
         check_name(spec.name, "machine")
@@ -177,7 +180,8 @@ class VultrProvider:
             data = self._create_instance(scenario, spec.name, body)
         except CrcError:
             if script_id is not None:
-                self._delete(f"/startup-scripts/{_seg(script_id)}")
+                with contextlib.suppress(CrcError):  # keep the original error
+                    self._delete(f"/startup-scripts/{_seg(script_id)}")
             raise
         return _to_instance(data)
 
@@ -311,7 +315,7 @@ class VultrProvider:
             return inst
 
     def _get_raw(self, instance_id: str) -> dict[str, Any] | None:
-        data = self._request("GET", f"/instances/{_seg(instance_id)}", not_found_ok=True)
+        data = self._request_or_none("GET", f"/instances/{_seg(instance_id)}")
         if data is None:
             return None
         inst = data.get("instance")
@@ -321,7 +325,7 @@ class VultrProvider:
         return inst
 
     def _delete(self, path: str) -> None:
-        self._request("DELETE", path, not_found_ok=True)
+        self._request_or_none("DELETE", path)
 
     def _pages(self, path: str, key: str, params: dict[str, Any]) -> builtins.list[dict[str, Any]]:
         """All items of a cursor-paginated list (``meta.links.next``, Vultr "Meta and
@@ -334,7 +338,6 @@ class VultrProvider:
             if cursor:
                 query["cursor"] = cursor
             data = self._request("GET", path, params=query)
-            assert data is not None  # not_found_ok is off
             items.extend(i for i in data.get(key) or [] if isinstance(i, dict))
             links = (data.get("meta") or {}).get("links") or {}
             cursor = str(links.get("next") or "")
@@ -343,7 +346,7 @@ class VultrProvider:
             seen.add(cursor)
 
     def _backoff(self, attempt: int) -> float:
-        full = min(self.retry.max_delay, self.retry.base_delay * (2 ** attempt))
+        full = min(self.retry.max_delay, self.retry.base_delay * (2.0 ** attempt))
         return full / 2 + self._rng.uniform(0, full / 2)
 
     def _retry_after(self, resp: httpx.Response) -> float | None:
@@ -361,10 +364,20 @@ class VultrProvider:
         return max(0.0, min(seconds, self.retry.max_delay))
 
     def _request(self, method: str, path: str, *, json: dict[str, Any] | None = None,
-                 params: dict[str, Any] | None = None, idempotent: bool = True,
-                 not_found_ok: bool = False) -> dict[str, Any] | None:
-        """One API call with retries. Returns the JSON object (``{}`` for 204), ``None`` for
-        a 404 when ``not_found_ok``; raises ``ProviderError`` otherwise."""
+                 params: dict[str, Any] | None = None, idempotent: bool = True
+                 ) -> dict[str, Any]:
+        """One API call with retries: the JSON object answered (``{}`` for 204)."""
+        data = self._send(method, path, json=json, params=params, idempotent=idempotent)
+        assert data is not None  # _send answers None only when not_found_ok
+        return data
+
+    def _request_or_none(self, method: str, path: str) -> dict[str, Any] | None:
+        """Like ``_request`` for GET/DELETE of one object, but ``None`` if it is gone."""
+        return self._send(method, path, not_found_ok=True)
+
+    def _send(self, method: str, path: str, *, json: dict[str, Any] | None = None,
+              params: dict[str, Any] | None = None, idempotent: bool = True,
+              not_found_ok: bool = False) -> dict[str, Any] | None:
         if method in ("GET", "DELETE"):
             idempotent = True
         url = self.base_url + path
@@ -407,8 +420,10 @@ class VultrProvider:
                           f"{_vultr_error(resp)}; try again later (status.vultr.com)",
                           provider=self.name, status=status,
                           provider_error=_vultr_error(resp))
-            if status == 404 and not_found_ok:
-                return None
+            if status == 404:
+                if not_found_ok:
+                    return None
+                raise _client_error(resp, method, path)
             if status >= 400:
                 raise _client_error(resp, method, path)
             if status == 204 or not resp.content:
