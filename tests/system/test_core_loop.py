@@ -105,3 +105,15 @@ def test_group_delete_revokes_and_agents_stop_cleanly(env, crc):
     state.close()
     r = crc("group", "show", "lab")
     assert r.returncode == 4
+
+
+def test_audit_records_who_started_what_where(env, crc):
+    env.group_with_agents("lab", ["a"])
+    assert crc("run", "lab", "--to", "a", "--", "echo", "x").returncode == 0
+    r = crc("audit", "--group", "lab", "--json")
+    records = json.loads(r.stdout)["records"]
+    actions = [(x["actor"], x["action"]) for x in records]
+    assert ("alice", "group.create") in actions and ("machine:a", "machine.enroll") in actions
+    job = next(x for x in records if x["action"] == "job.run")
+    assert job["actor"] == "alice" and job["detail"]["argv"] == ["echo", "x"]
+    assert job["detail"]["targets"] == ["a"]

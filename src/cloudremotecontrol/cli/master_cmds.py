@@ -518,8 +518,27 @@ def kv_list(name: str, as_json: bool) -> None:
                     [[k["key"], str(k["version"]), k["by"], ago(k["updated"])] for k in keys])
 
 
+@click.command()
+@click.option("--group", "group_name", help="Only this group.")
+@click.option("--limit", type=click.IntRange(1, 10000), default=100, show_default=True)
+@json_option
+def audit(group_name: str | None, limit: int, as_json: bool) -> None:
+    """Your audit record: who started what, where and when."""
+    import json
+
+    with _client() as c:
+        records = c.audit(group_name, limit)
+    if as_json:
+        emit_json({"records": records})
+        return
+    for r in records:
+        t = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["time"]))
+        click.echo(f"{t}  {r['actor']:<16} {r['action']:<14} {r['group'] or '-':<12} "
+                   f"{json.dumps(r['detail'])[:120]}")
+
+
 def register(cli: click.Group) -> None:
-    for cmd in (login, group, status, wait, run, events, send, hosts, push, pull, kv):
+    for cmd in (login, group, status, wait, run, events, send, hosts, push, pull, kv, audit):
         cli.add_command(cmd)
     from .demo_cmd import demo
 

@@ -121,6 +121,12 @@ class Client:
         """Start the job that writes the group's machines into hosts files."""
         return self._call("POST", f"/groups/{group}/hosts-sync", json={"to": to, "ip": ip})
 
+    def audit(self, group: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"limit": limit}
+        if group:
+            params["group"] = group
+        return self._call("GET", "/audit", params=params)["records"]
+
     # -- key/value store -----------------------------------------------------------------
     def kv_set(self, group: str, key: str, value: Any) -> dict[str, Any]:
         return self._call("PUT", f"/groups/{group}/kv/{key}", json={"value": value})

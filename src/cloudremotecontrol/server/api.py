@@ -165,6 +165,14 @@ def _sse(request: Request, group_id: str, cursor: int, job_id: str | None,
                              headers={"Cache-Control": "no-store"})
 
 
+@router.get("/audit", tags=["master"])
+async def audit(user: Master, request: Request, group: str | None = None,
+                limit: Annotated[int, Query(ge=1, le=10000)] = 1000) -> dict[str, Any]:
+    """Your append-only audit record (group creation, jobs, cancels, enrollments...)."""
+    return {"records": await _store(request).read(ev_ops.audit_records, user["user_id"],
+                                                  group, limit)}
+
+
 @router.post("/agent/enroll", tags=["agent"])
 async def agent_enroll(body: Enroll, request: Request) -> dict[str, Any]:
     """Exchange a single-use enrollment key for a machine credential."""

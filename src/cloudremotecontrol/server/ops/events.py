@@ -36,3 +36,17 @@ def events_after(tx: Tx, group_id: str, cursor: int, job_id: str | None = None,
 def group_deleted(tx: Tx, group_id: str) -> bool:
     row = tx.one("SELECT deleted FROM groups WHERE id = ?", (group_id,))
     return row is None or row["deleted"] is not None
+
+
+def audit_records(tx: Tx, user_id: str, group: str | None, limit: int = 1000
+                  ) -> list[dict[str, Any]]:
+    """The caller's audit record, newest last: who did what, where, when."""
+    if group:
+        rows = tx.all("SELECT * FROM audit WHERE user_id = ? AND group_name = ? "
+                      "ORDER BY id DESC LIMIT ?", (user_id, group, limit))
+    else:
+        rows = tx.all("SELECT * FROM audit WHERE user_id = ? ORDER BY id DESC LIMIT ?",
+                      (user_id, limit))
+    return [{"id": int(r["id"]), "time": r["created"], "actor": r["actor"],
+             "action": r["action"], "group": r["group_name"], "detail": loads(r["detail"])}
+            for r in reversed(rows)]

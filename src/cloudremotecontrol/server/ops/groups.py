@@ -66,8 +66,14 @@ def create_group(tx: Tx, user_id: str, name: str, machines: list[dict[str, Any]]
              MachineState.PENDING.value, key.id, key.hash, t + key_ttl))
         out.append({"name": m["name"], "key": str(key), "key_expires": t + key_ttl})
     add_event(tx, group_id, "group.created", {"machines": names})
-    audit(tx, user_id, "master", "group.create", name, {"machines": names, "ttl": ttl})
+    audit(tx, user_id, _user_name(tx, user_id), "group.create", name,
+          {"machines": names, "ttl": ttl})
     return {"group": name, "machines": out}
+
+
+def _user_name(tx: Tx, user_id: str) -> str:
+    row = tx.one("SELECT name FROM users WHERE id = ?", (user_id,))
+    return str(row["name"]) if row else "unknown"
 
 
 def machine_view(row: dict[str, Any]) -> dict[str, Any]:
@@ -130,5 +136,6 @@ def delete_group(tx: Tx, user_id: str, name: str, actor: str = "master") -> list
                    "reason": "group deleted"}, machine=jt["machine"], job_id=jt["job_id"])
     tx.execute("UPDATE groups SET deleted = ? WHERE id = ?", (t, group["id"]))
     add_event(tx, group["id"], "group.deleted", {})
-    audit(tx, user_id, actor, "group.delete", name, {})
+    audit(tx, user_id, _user_name(tx, user_id) if actor == "master" else actor,
+          "group.delete", name, {})
     return [m["id"] for m in machines]
