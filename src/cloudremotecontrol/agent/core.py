@@ -33,6 +33,7 @@ __all__ = ["Agent", "Revoked", "enroll"]
 log = logging.getLogger("crc.agent")
 BACKOFF_MIN = 0.5
 BACKOFF_MAX = 30.0
+FACTS_SECONDS = 30.0
 
 
 class Revoked(CrcError):
@@ -115,6 +116,7 @@ class Agent:
             self.state.put("ready", "1")
             await self.emit("system.ready", {})
         await self._send_facts()
+        self._spawn(self._refresh_facts())
         for path in self.follow_logs:
             self._spawn(self._follow(path))
         attempt = 0
@@ -150,12 +152,17 @@ class Agent:
         await follow_log(path, emit, lambda: int(self.state.get(key, "0") or 0),
                          lambda off: self.state.put(key, str(off)))
 
+    async def _refresh_facts(self) -> None:
+        """Addresses change (DHCP, a VPC attached later): look again now and then; only a
+        change is sent."""
+        while True:
+            await asyncio.sleep(FACTS_SECONDS)
+            await self._send_facts()
+
     async def _send_facts(self) -> None:
-        try:
-            from .facts import collect_facts, facts_changed
-        except ImportError:  # facts collection is optional
-            return
-        facts = collect_facts(__version__)
+        from .facts import collect_facts, facts_changed
+
+        facts = await asyncio.to_thread(collect_facts, __version__)
         old = self.state.get("facts")
         if facts_changed(json.loads(old) if old else None, facts):
             self.state.put("facts", json.dumps(facts))

@@ -1,86 +1,133 @@
-"""The managed block of a hosts file: ``IP name name.GROUP`` for every peer.
+"""The managed block of a hosts file: one ``IP name name.GROUP`` line per peer.
 
-Everything outside the block is kept byte for byte (the file is handled as bytes), the
-block uses the file's own line ending (CRLF on Windows), and applying the same entries
-twice changes nothing. A block whose END line is missing (a damaged edit) is replaced
-from its BEGIN line to the end of the file: what follows an unterminated block was
-written by us, and keeping it could leave stale peers behind.
+A machine may belong to one group at a time in practice, but nothing stops two agents
+(or two groups over time) from sharing a hosts file, so every group owns its own block::
+
+    # BEGIN cloudremotecontrol group=lab (managed; do not edit)
+    10.0.0.1 db db.lab
+    10.0.0.2 web web.lab
+    # END cloudremotecontrol group=lab
+
+Promises, each pinned by ``tests/unit/test_hosts_file.py``:
+
+* Everything outside the group's block is kept byte for byte. The file is handled as
+  bytes, never decoded, so a hosts file in a legacy code page survives unchanged.
+* The block uses the file's own line ending: that of the first line ending found outside
+  the block (CRLF in a Windows file, LF otherwise), so a merge never mixes styles.
+* :func:`merge` is idempotent, and an empty entry list removes the block entirely.
+* A damaged block is repaired conservatively (see :func:`merge`).
+
+:func:`write_hosts` replaces the file atomically where it can and rewrites it in place
+where it must (a bind-mounted ``/etc/hosts`` in a container).
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import ipaddress
 import os
+import re
 import tempfile
 
 __all__ = ["merge", "render_block", "sync_hosts", "write_hosts"]
 
+_PREFIX_BEGIN = b"# BEGIN cloudremotecontrol group="
+_PREFIX_END = b"# END cloudremotecontrol group="
+_ANY_MARKER = re.compile(rb"# (BEGIN|END) cloudremotecontrol\b")
+# Group and host names reach a file every resolver on the machine reads: refuse anything
+# that could break the line format (spaces, '#', newlines) instead of escaping it.
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,252}")
+_GROUP = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}")
 
-def _begin(group: str) -> bytes:
-    return f"# BEGIN cloudremotecontrol group={group} (managed; do not edit)".encode()
+Entries = list[tuple[str, list[str]]]
 
 
-def _end(group: str) -> bytes:
-    return f"# END cloudremotecontrol group={group}".encode()
+def render_block(entries: Entries, group: str, newline: str = "\n") -> str:
+    """Return the group's block for ``entries`` (``(ip, [name, ...])``), markers included.
 
-
-def render_block(entries: list[tuple[str, list[str]]], group: str, newline: str = "\n") -> str:
-    """The block for ``entries`` (``(ip, [names])``), sorted by first name."""
+    Lines are sorted by first name (then IP), so the same roster always renders the same
+    bytes; names keep the order the caller gave. The block ends with ``newline``. Raises
+    ValueError for a group, IP or name that cannot be written safely, or for an entry
+    without names: callers report it as a failed sync.
+    """
+    if newline not in ("\n", "\r\n"):
+        raise ValueError(f"newline must be LF or CRLF, not {newline!r}")
+    _check_group(group)
     lines = [_begin(group).decode()]
-    for ip, names in sorted(entries, key=lambda e: (e[1][0] if e[1] else "", e[0])):
+    for ip, names in sorted(_checked(entries), key=lambda e: (e[1][0], e[0])):
         lines.append(f"{ip} {' '.join(names)}")
     lines.append(_end(group).decode())
     return newline.join(lines) + newline
 
 
-def merge(existing: bytes, entries: list[tuple[str, list[str]]], group: str) -> bytes:
-    """New file content with the group's block replaced, added, or (no entries) removed."""
-    newline = b"\r\n" if b"\r\n" in existing else b"\n"
-    begin, end = _begin(group), _end(group)
-    start = _line_start(existing, begin)
-    if start is None:
-        before, after = existing, b""
-    else:
-        stop = _line_start(existing, end, start)
-        if stop is None:
-            before, after = existing[:start], b""
-        else:
-            eol = existing.find(b"\n", stop)
-            after = b"" if eol < 0 else existing[eol + 1:]
-            before = existing[:start]
+def merge(existing: bytes, entries: Entries, group: str) -> bytes:
+    """Return the new content of a hosts file whose current content is ``existing``.
+
+    The group's block is replaced where it stands, or appended at the end (after a line
+    ending, if the file lacks a final one); with no ``entries`` it is removed. Blocks of
+    other groups and every other byte are left as they are.
+
+    Damaged blocks, repaired without ever touching what may be someone else's:
+
+    * BEGIN with a matching END and nothing but ordinary lines between: the whole span
+      is ours (hand edits inside a block marked "do not edit" are discarded).
+    * BEGIN with no END before the next cloudremotecontrol marker or the end of file:
+      the BEGIN line and the run of plain ``IP name...`` lines right after it are
+      removed, and nothing more. Cutting to the end of file instead would delete lines
+      added later by people or tools, and the next group's block.
+    * END without BEGIN: left alone, as any other foreign line.
+    * Several blocks of the group: all removed, the new one takes the first one's place.
+    """
+    block_lines = _render_checked(entries, group)  # validate before anything else
+    lines = _split_lines(existing)
+    kept: list[bytes] = []
+    old_block: list[bytes] = []
+    insert_at: int | None = None
+    i = 0
+    while i < len(lines):
+        if not _is_marker(lines[i], _PREFIX_BEGIN, group):
+            kept.append(lines[i])
+            i += 1
+            continue
+        if insert_at is None:
+            insert_at = len(kept)
+        stop = _block_end(lines, i, group)
+        old_block.extend(lines[i:stop])
+        i = stop
     if not entries:
-        return before + after
-    if before and not before.endswith(b"\n"):
-        before += newline
-    # Decide the block's line ending from what surrounds it (separator included), so a
-    # second merge sees the same surroundings and makes the same choice.
-    newline = b"\r\n" if b"\r\n" in before + after else b"\n"
-    block = render_block(entries, group, newline.decode()).encode()
-    return before + block + after
-
-
-def _line_start(data: bytes, marker: bytes, start: int = 0) -> int | None:
-    """Offset of the first line at or after ``start`` that begins with ``marker``."""
-    pos = start
-    while True:
-        idx = data.find(marker, pos)
-        if idx < 0:
-            return None
-        if idx == 0 or data[idx - 1:idx] == b"\n":
-            return idx
-        pos = idx + 1
+        return b"".join(kept)
+    if insert_at is None:
+        insert_at = len(kept)
+        # Appending: the block must start on a line of its own. A file ending in a lone
+        # CR gets the LF that completes its CRLF (anything else would add a blank line).
+        if kept and not kept[-1].endswith(b"\n"):
+            sep = b"\n" if kept[-1].endswith(b"\r") else _newline(b"".join(kept), b"")
+            kept[-1] += sep
+    before, after = b"".join(kept[:insert_at]), b"".join(kept[insert_at:])
+    # Decided from the text outside the block (separator included), which the next merge
+    # sees unchanged: that is what makes merge(merge(x)) == merge(x).
+    newline = _newline(before + after, b"".join(old_block))
+    return before + newline.join(block_lines) + newline + after
 
 
 def write_hosts(path: str, content: bytes) -> bool:
-    """Replace ``path`` atomically with ``content``; return False if nothing changed.
+    """Make the file at ``path`` hold ``content``; return False if it already did.
 
-    Temp file in the same directory + fsync + rename, keeping mode (and owner as root).
-    Where the rename is impossible because the file is a bind mount (containers mount
-    /etc/hosts that way: EBUSY/EXDEV) or the directory is read-only to us, the file is
-    rewritten in place: not atomic, but the only way to change such a file at all, and
-    the content is complete before truncation (write, then truncate, then fsync).
+    The normal way is atomic: a temporary file in the same directory, fsynced, given the
+    original's mode (its owner too when we run as root, and its SELinux label), then
+    renamed over the original, so a reader sees the old file or the new one, never half.
+    A symlinked ``path`` is followed: the link stays and its target is replaced.
+
+    Where the rename is refused because the file is a mount point (Docker and Kubernetes
+    bind-mount ``/etc/hosts``: EBUSY, EXDEV) or the directory is not writable to us
+    (EPERM, EACCES), the file is rewritten in place: write, truncate, fsync. That is not
+    atomic -- a reader in that instant can see a mix -- but it is the only way such a file
+    can change at all (the container runtime itself updates it that way), the new content
+    goes out in one write before the truncation, and a reader retries on the next lookup.
+    Any other OSError (read-only file system, disk full) is raised to the caller.
     """
+    path = os.path.realpath(path)
     try:
         with open(path, "rb") as fh:
             if fh.read() == content:
@@ -88,35 +135,183 @@ def write_hosts(path: str, content: bytes) -> bool:
         st: os.stat_result | None = os.stat(path)
     except FileNotFoundError:
         st = None
-    directory = os.path.dirname(os.path.abspath(path))
+    directory = os.path.dirname(path)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".hosts.", dir=directory)
+        fd, tmp = tempfile.mkstemp(prefix=".hosts.crc.", dir=directory)
     except OSError as exc:
-        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-            _rewrite_in_place(path, content)
-            return True
-        raise
+        if st is None or exc.errno not in (errno.EACCES, errno.EPERM):
+            raise
+        _rewrite_in_place(path, content)
+        return True
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(content)
             fh.flush()
             os.fsync(fh.fileno())
-        if st is not None:
-            os.chmod(tmp, st.st_mode & 0o7777)
-            if hasattr(os, "chown") and hasattr(os, "geteuid") and os.geteuid() == 0:
-                os.chown(tmp, st.st_uid, st.st_gid)
-        else:
-            os.chmod(tmp, 0o644)
         try:
+            _copy_attributes(st, path, tmp)
             os.replace(tmp, path)
         except OSError as exc:
-            if exc.errno not in (errno.EBUSY, errno.EXDEV, errno.EPERM, errno.EACCES):
+            # EPERM/EINVAL also come from chown in a user namespace (rootless containers)
+            # where the original's owner is unmapped: in place, the owner stays as it was.
+            if st is None or exc.errno not in (errno.EBUSY, errno.EXDEV, errno.EPERM,
+                                               errno.EACCES, errno.EINVAL):
                 raise
             _rewrite_in_place(path, content)
+        else:
+            _fsync_directory(directory)
     finally:
-        with contextlib.suppress(FileNotFoundError):
+        # OSError, not just FileNotFoundError: Windows refuses to delete a read-only file,
+        # and a leftover temporary file must not hide the real outcome.
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
     return True
+
+
+def sync_hosts(path: str, entries: Entries, group: str) -> bool:
+    """Make the hosts file at ``path`` list ``entries`` in the group's block.
+
+    Returns True if the file changed. An empty ``entries`` removes the block (a deleted
+    group). A missing file is created. Raises ValueError for entries that cannot be
+    written (see :func:`render_block`) and OSError when the file cannot be read or written.
+    """
+    try:
+        with open(path, "rb") as fh:
+            existing = fh.read()
+    except FileNotFoundError:
+        existing = b""
+    return write_hosts(path, merge(existing, entries, group))
+
+
+# -- block parsing ------------------------------------------------------------------------
+
+
+def _begin(group: str) -> bytes:
+    return _PREFIX_BEGIN + group.encode() + b" (managed; do not edit)"
+
+
+def _end(group: str) -> bytes:
+    return _PREFIX_END + group.encode()
+
+
+def _split_lines(data: bytes) -> list[bytes]:
+    """Lines with their endings; joined they give ``data`` back exactly.
+
+    Split on LF only: a lone CR is data (``bytes.splitlines`` would cut there too).
+    """
+    parts = data.split(b"\n")
+    lines = [p + b"\n" for p in parts[:-1]]
+    if parts[-1]:
+        lines.append(parts[-1])
+    return lines
+
+
+def _is_marker(line: bytes, prefix: bytes, group: str) -> bool:
+    """Whether ``line`` is this group's BEGIN/END line (``group=lab`` is not ``lab2``)."""
+    text = line.rstrip()
+    head = prefix + group.encode()
+    return text == head or text.startswith((head + b" ", head + b"\t"))
+
+
+def _block_end(lines: list[bytes], begin: int, group: str) -> int:
+    """Index just past the block whose BEGIN line is ``lines[begin]``."""
+    for j in range(begin + 1, len(lines)):
+        if _is_marker(lines[j], _PREFIX_END, group):
+            return j + 1
+        if _ANY_MARKER.match(lines[j]):
+            break  # another block starts (or ends) before ours ended: ours is damaged
+    j = begin + 1
+    while j < len(lines) and _is_entry_line(lines[j]):
+        j += 1
+    return j
+
+
+def _is_entry_line(line: bytes) -> bool:
+    """Whether ``line`` looks like one we write: ``IP name...``, no comment."""
+    if b"#" in line:
+        return False
+    fields = line.split()
+    if len(fields) < 2:
+        return False
+    try:
+        ipaddress.ip_address(fields[0].decode("ascii"))
+    except ValueError:  # UnicodeDecodeError included
+        return False
+    return True
+
+
+def _newline(outside: bytes, old_block: bytes) -> bytes:
+    """The first line ending outside the block; else the old block's; else LF."""
+    for text in (outside, old_block):
+        idx = text.find(b"\n")
+        if idx >= 0:
+            return b"\r\n" if text[idx - 1:idx] == b"\r" else b"\n"
+    return b"\n"
+
+
+# -- validation ---------------------------------------------------------------------------
+
+
+def _check_group(group: str) -> None:
+    if not isinstance(group, str) or not _GROUP.fullmatch(group):
+        raise ValueError(f"invalid group name {group!r} for a hosts file")
+
+
+def _checked(entries: Entries) -> Entries:
+    out: Entries = []
+    for ip, names in entries:
+        try:
+            if not isinstance(ip, str):
+                raise ValueError(ip)
+            addr = str(ipaddress.ip_address(ip))
+        except ValueError:
+            raise ValueError(f"invalid IP address {ip!r} for a hosts file") from None
+        if isinstance(names, (str, bytes)):
+            raise ValueError(f"hosts entry for {addr}: names must be a list, not {names!r}")
+        names = list(names)
+        if not names:
+            raise ValueError(f"hosts entry for {addr} has no names")
+        for name in names:
+            if not isinstance(name, str) or not _NAME.fullmatch(name):
+                raise ValueError(f"invalid host name {name!r} for a hosts file")
+        out.append((addr, names))
+    return out
+
+
+def _render_checked(entries: Entries, group: str) -> list[bytes]:
+    """The block's lines without endings (markers included), validated."""
+    return [line.encode("ascii") for line in render_block(entries, group).splitlines()]
+
+
+# -- file attributes ----------------------------------------------------------------------
+
+
+def _copy_attributes(st: os.stat_result | None, path: str, tmp: str) -> None:
+    """Give ``tmp`` what the original had, so the replacement is indistinguishable."""
+    if st is None:
+        os.chmod(tmp, 0o644)  # hosts files are world-readable: every resolver reads them
+        return
+    os.chmod(tmp, st.st_mode & 0o7777)
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        os.chown(tmp, st.st_uid, st.st_gid)
+    # On SELinux systems /etc/hosts is net_conf_t while a new file in /etc gets etc_t;
+    # copying the label keeps confined daemons able to read it. Absent or unsupported
+    # labels (most systems) are simply not copied.
+    if hasattr(os, "getxattr"):
+        with contextlib.suppress(OSError):
+            os.setxattr(tmp, "security.selinux", os.getxattr(path, "security.selinux"))
+
+
+def _fsync_directory(directory: str) -> None:
+    """Make the rename itself durable (POSIX); Windows cannot open directories."""
+    if os.name != "posix":
+        return
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def _rewrite_in_place(path: str, content: bytes) -> None:
@@ -125,13 +320,3 @@ def _rewrite_in_place(path: str, content: bytes) -> None:
         fh.truncate()
         fh.flush()
         os.fsync(fh.fileno())
-
-
-def sync_hosts(path: str, entries: list[tuple[str, list[str]]], group: str) -> bool:
-    """Make ``path`` list ``entries`` in the group's block; return True if it changed."""
-    try:
-        with open(path, "rb") as fh:
-            existing = fh.read()
-    except FileNotFoundError:
-        existing = b""
-    return write_hosts(path, merge(existing, entries, group))
