@@ -50,8 +50,32 @@ def _ws_url(url: str) -> str:
     return base + "/v1/agent/connect"
 
 
+def split_urls(url: str) -> list[str]:
+    """``https://a:8443,https://b:8443`` -> both: replicas of one server, tried in turn."""
+    urls = [u.strip() for u in url.split(",") if u.strip()]
+    if not urls:
+        raise InvalidInput("no server URL given")
+    return urls
+
+
 def enroll(state: AgentState, url: str, key: str, fingerprint: str | None) -> Credential:
-    """Exchange ``key`` for a credential and keep it in the state dir (0600)."""
+    """Exchange ``key`` for a credential and keep it in the state dir (0600). ``url`` may
+    list several replicas (comma-separated): each is tried until one answers."""
+    urls = split_urls(url)
+    for i, one in enumerate(urls):
+        try:
+            cred = _enroll_once(one, key, fingerprint)
+        except Unavailable:
+            if i == len(urls) - 1:
+                raise
+            continue
+        cred.url = url
+        state.save_credential(cred)
+        return cred
+    raise Unavailable("no server URL given")  # unreachable: split_urls refuses empty lists
+
+
+def _enroll_once(url: str, key: str, fingerprint: str | None) -> Credential:
     ctx, pem = client_context(url, fingerprint)
     req = urllib.request.Request(  # noqa: S310 -- scheme checked by client_context()
         url.rstrip("/") + "/v1/agent/enroll", method="POST",
@@ -67,16 +91,16 @@ def enroll(state: AgentState, url: str, key: str, fingerprint: str | None) -> Cr
         raise error_from_payload(exc.code, payload) from None
     except (urllib.error.URLError, OSError, ssl.SSLError) as exc:
         raise Unavailable(f"cannot reach {url}: {getattr(exc, 'reason', exc)}") from None
-    cred = Credential(url=url, credential=data["credential"], machine=data["machine"],
+    return Credential(url=url, credential=data["credential"], machine=data["machine"],
                       group=data["group"], fingerprint=fingerprint, cert_pem=pem)
-    state.save_credential(cred)
-    return cred
 
 
 class Agent:
     def __init__(self, state: AgentState, cred: Credential, platform: Platform | None = None,
                  gate_ready: bool = False, follow_logs: tuple[str, ...] = ()) -> None:
         self.follow_logs = follow_logs
+        self.urls = split_urls(cred.url)
+        self._url_index = 0
         self.state = state
         self.cred = cred
         self.platform = platform or current()
@@ -128,9 +152,11 @@ class Agent:
                 except Revoked:
                     raise
                 except (OSError, CrcError, asyncio.TimeoutError, ssl.SSLError) as exc:
-                    log.warning("connection to %s failed: %s", self.cred.url, exc)
+                    log.warning("connection to %s failed: %s", self.url, exc)
+                    self._next_url()
                 except Exception as exc:  # noqa: BLE001 -- websockets raises many kinds
-                    log.warning("connection to %s lost: %s", self.cred.url, exc)
+                    log.warning("connection to %s lost: %s", self.url, exc)
+                    self._next_url()
                 self.connected.clear()
                 attempt += 1
                 delay = random.uniform(0, min(BACKOFF_MAX, BACKOFF_MIN * 2 ** attempt))  # noqa: S311
@@ -152,6 +178,14 @@ class Agent:
         await follow_log(path, emit, lambda: int(self.state.get(key, "0") or 0),
                          lambda off: self.state.put(key, str(off)))
 
+    @property
+    def url(self) -> str:
+        """The server replica in use (the next one is tried after a failure)."""
+        return self.urls[self._url_index]
+
+    def _next_url(self) -> None:
+        self._url_index = (self._url_index + 1) % len(self.urls)
+
     async def _refresh_facts(self) -> None:
         """Addresses change (DHCP, a VPC attached later): look again now and then; only a
         change is sent."""
@@ -172,13 +206,13 @@ class Agent:
         from websockets.asyncio.client import connect
         from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-        ctx, pem = client_context(self.cred.url, self.cred.fingerprint, self.cred.cert_pem)
+        ctx, pem = client_context(self.url, self.cred.fingerprint, self.cred.cert_pem)
         if pem and pem != self.cred.cert_pem:
             self.cred.cert_pem = pem
             self.state.save_credential(self.cred)
         try:
             async with connect(
-                _ws_url(self.cred.url), ssl=ctx,
+                _ws_url(self.url), ssl=ctx,
                 additional_headers={"Authorization": f"Bearer {self.cred.credential}"},
                 max_size=MAX_FRAME_BYTES, compression=None, open_timeout=20,
                 ping_interval=HEARTBEAT_SECONDS, ping_timeout=HEARTBEAT_SECONDS,
@@ -198,7 +232,7 @@ class Agent:
                         await ws.send(frame)
                     self._ws = ws
                 self.connected.set()
-                log.info("connected to %s as %s/%s", self.cred.url, self.cred.group,
+                log.info("connected to %s as %s/%s", self.url, self.cred.group,
                          self.cred.machine)
                 try:
                     async for text in ws:
@@ -336,14 +370,14 @@ class Agent:
         from .files import fetch_blob, upload_file
 
         await self.emit("job.started", {"job_id": job_id})
-        ctx, _ = client_context(self.cred.url, self.cred.fingerprint, self.cred.cert_pem)
+        ctx, _ = client_context(self.url, self.cred.fingerprint, self.cred.cert_pem)
         try:
             if kind == "file.put":
                 summary = await asyncio.to_thread(
-                    fetch_blob, self.cred.url, self.cred.credential, ctx, str(body["sha256"]),
+                    fetch_blob, self.url, self.cred.credential, ctx, str(body["sha256"]),
                     int(body["size"]), str(body["path"]), body.get("mode"), body.get("owner"))
             else:
-                summary = await asyncio.to_thread(upload_file, self.cred.url,
+                summary = await asyncio.to_thread(upload_file, self.url,
                                                   self.cred.credential, ctx, job_id,
                                                   str(body["path"]))
         except (CrcError, OSError, KeyError, TypeError, ValueError) as exc:
@@ -367,14 +401,14 @@ class Agent:
 
     def _get(self, path: str, method: str = "GET", body: Any = None, timeout: float = 30
              ) -> dict[str, Any]:
-        ctx, _ = client_context(self.cred.url, self.cred.fingerprint, self.cred.cert_pem)
+        ctx, _ = client_context(self.url, self.cred.fingerprint, self.cred.cert_pem)
         headers = {"Authorization": f"Bearer {self.cred.credential}"}
         data = None
         if body is not None:
             data = json.dumps(body).encode()
             headers["Content-Type"] = "application/json"
         req = urllib.request.Request(  # noqa: S310 -- scheme checked by client_context()
-            self.cred.url.rstrip("/") + path, data=data, method=method, headers=headers)
+            self.url.rstrip("/") + path, data=data, method=method, headers=headers)
         try:
             with urllib.request.urlopen(req, timeout=timeout, context=ctx) as resp:  # noqa: S310
                 return dict(json.loads(resp.read()))
@@ -385,7 +419,7 @@ class Agent:
                 payload = None
             raise error_from_payload(exc.code, payload) from None
         except (urllib.error.URLError, OSError) as exc:
-            raise Unavailable(f"cannot reach {self.cred.url}: "
+            raise Unavailable(f"cannot reach {self.url}: "
                               f"{getattr(exc, 'reason', exc)}") from None
 
     async def wait_message(self, type: str, sender: str | None, timeout: float

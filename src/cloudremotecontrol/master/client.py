@@ -26,14 +26,49 @@ __all__ = ["Client"]
 
 
 class Client:
+    """``url`` may list several replicas of one server, comma-separated: a request that
+    cannot connect is sent to the next one, and event streams resume there from their
+    last cursor."""
+
     def __init__(self, url: str, token: str, fingerprint: str | None = None,
                  cert_pem: str | None = None, timeout: float = 30.0) -> None:
-        self.url = url.rstrip("/")
-        ctx, self.cert_pem = client_context(self.url, fingerprint, cert_pem)
-        self._http = httpx.Client(
-            base_url=self.url + "/v1", verify=ctx if ctx is not None else False,
-            headers={"Authorization": f"Bearer {token}"},
-            timeout=httpx.Timeout(timeout, read=None), trust_env=False)
+        self.urls = [u.strip().rstrip("/") for u in url.split(",") if u.strip()]
+        if not self.urls:
+            raise InvalidInput("no server URL given")
+        self._token, self._fingerprint, self.cert_pem = token, fingerprint, cert_pem
+        self._timeout = timeout
+        self._index = 0
+        self._http = self._connect_any()
+
+    @property
+    def url(self) -> str:
+        return self.urls[self._index]
+
+    def _open(self, url: str) -> httpx.Client:
+        ctx, self.cert_pem = client_context(url, self._fingerprint, self.cert_pem)
+        return httpx.Client(
+            base_url=url + "/v1", verify=ctx if ctx is not None else False,
+            headers={"Authorization": f"Bearer {self._token}"},
+            timeout=httpx.Timeout(self._timeout, read=None), trust_env=False)
+
+    def _connect_any(self) -> httpx.Client:
+        for attempt in range(len(self.urls)):
+            try:
+                return self._open(self.url)
+            except Unavailable:
+                if attempt == len(self.urls) - 1:
+                    raise
+                self._index = (self._index + 1) % len(self.urls)
+        raise Unavailable("no server URL given")
+
+    def _failover(self) -> bool:
+        """Switch to the next replica; False when there is only one."""
+        if len(self.urls) == 1:
+            return False
+        self._http.close()
+        self._index = (self._index + 1) % len(self.urls)
+        self._http = self._connect_any()
+        return True
 
     @classmethod
     def from_profile(cls, profile: Profile | None = None) -> Client:
@@ -51,10 +86,16 @@ class Client:
 
     # -- plumbing -----------------------------------------------------------------------
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
-        try:
-            resp = self._http.request(method, path, **kwargs)
-        except httpx.HTTPError as exc:
-            raise Unavailable(f"cannot reach {self.url}: {exc}") from None
+        for attempt in range(len(self.urls)):
+            try:
+                resp = self._http.request(method, path, **kwargs)
+                break
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                # Nothing reached the server: safe to send to another replica.
+                if attempt == len(self.urls) - 1 or not self._failover():
+                    raise Unavailable(f"cannot reach {self.url}: {exc}") from None
+            except httpx.HTTPError as exc:
+                raise Unavailable(f"cannot reach {self.url}: {exc}") from None
         if resp.status_code >= 400:
             try:
                 payload = resp.json()
@@ -65,22 +106,36 @@ class Client:
 
     def _stream(self, path: str, params: dict[str, Any], keepalive: bool = False
                 ) -> Iterator[Any]:
-        try:
-            with self._http.stream("GET", path, params=params) as resp:
-                if resp.status_code >= 400:
-                    resp.read()
-                    try:
-                        payload = resp.json()
-                    except ValueError:
-                        payload = None
-                    raise error_from_payload(resp.status_code, payload)
-                for line in resp.iter_lines():
-                    if line.startswith("data: "):
-                        yield json.loads(line[6:])
-                    elif keepalive and line.startswith(":"):
-                        yield None
-        except httpx.HTTPError as exc:
-            raise Unavailable(f"event stream from {self.url} broke: {exc}") from None
+        failures = 0
+        while True:
+            try:
+                yield from self._stream_once(path, params, keepalive)
+                return
+            except httpx.TransportError as exc:
+                # Resume on another replica from the last event seen (SSE id = cursor).
+                failures += 1
+                if failures > len(self.urls) or not self._failover():
+                    raise Unavailable(f"event stream from {self.url} broke: {exc}") from None
+            except httpx.HTTPError as exc:
+                raise Unavailable(f"event stream from {self.url} broke: {exc}") from None
+
+    def _stream_once(self, path: str, params: dict[str, Any], keepalive: bool
+                     ) -> Iterator[Any]:
+        with self._http.stream("GET", path, params=params) as resp:
+            if resp.status_code >= 400:
+                resp.read()
+                try:
+                    payload = resp.json()
+                except ValueError:
+                    payload = None
+                raise error_from_payload(resp.status_code, payload)
+            for line in resp.iter_lines():
+                if line.startswith("data: "):
+                    event = json.loads(line[6:])
+                    params["since"] = event["cursor"]
+                    yield event
+                elif keepalive and line.startswith(":"):
+                    yield None
 
     # -- API ----------------------------------------------------------------------------
     def whoami(self) -> dict[str, Any]:
