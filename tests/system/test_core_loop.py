@@ -117,3 +117,12 @@ def test_audit_records_who_started_what_where(env, crc):
     job = next(x for x in records if x["action"] == "job.run")
     assert job["actor"] == "alice" and job["detail"]["argv"] == ["echo", "x"]
     assert job["detail"]["targets"] == ["a"]
+
+
+def test_one_quoted_string_runs_in_the_default_shell_and_words_run_as_argv(env, crc):
+    env.group_with_agents("lab", ["a"])
+    r = crc("run", "lab", "--to", "a", "--", "echo one && echo $CRC_MACHINE")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ["[a] one", "[a] a"]
+    r = crc("run", "lab", "--to", "a", "--", "echo", "$CRC_MACHINE", "&&", "x")
+    assert r.stdout.splitlines() == ["[a] $CRC_MACHINE && x"]  # argv: no shell involved

@@ -254,6 +254,9 @@ def _show_wait_event(ev: dict[str, Any], states: dict[str, str], as_json: bool) 
         click.echo(f"[{ev['machine']}] {detail}{pct_text}")
 
 
+_SHELL_CHARS = frozenset(" \t|&;<>()$`'\"*?[]#~%\n")
+
+
 @click.command(context_settings={"ignore_unknown_options": True})
 @click.argument("name")
 @click.option("--to", "to", required=True, help="Machine, comma list, KEY=VALUE or all.")
@@ -267,6 +270,9 @@ def _show_wait_event(ev: dict[str, Any], states: dict[str, str], as_json: bool) 
 def run(name: str, to: str, timeout: str | None, shell: str | None, envs: tuple[str, ...],
         cwd: str | None, as_json: bool, command: tuple[str, ...]) -> None:
     """Run COMMAND on machines; output streams live, prefixed by machine.
+
+    Several words run as argv, without a shell; one quoted string with shell syntax runs
+    in the machine's default shell (bash/sh on Linux, cmd on Windows); --shell picks one.
 
     Exit code: the worst of the targets (their exit code; 124 timed out, 125 lost,
     130 cancelled). Ctrl-C cancels the job on every machine.
@@ -282,6 +288,10 @@ def run(name: str, to: str, timeout: str | None, shell: str | None, envs: tuple[
     spec: dict[str, Any] = {"env": env, "cwd": cwd, "timeout": _duration(timeout)}
     if shell:
         spec.update(command=" ".join(command), shell=shell)
+    elif len(command) == 1 and any(c in command[0] for c in _SHELL_CHARS):
+        # One quoted string such as 'apt-get update && apt-get install -y mysql-server':
+        # the machine's own shell runs it (bash or sh on Linux, cmd on Windows).
+        spec.update(command=command[0], shell=None)
     else:
         spec.update(argv=list(command))
     results: dict[str, dict[str, Any]] = {}
