@@ -12,6 +12,7 @@ import pytest
 
 from cloudremotecontrol.master.client import Client
 from cloudremotecontrol.master.localrun import AgentProcess, ServerProcess
+from pg import pg_cluster, pg_url  # noqa: F401 -- fixtures: PostgreSQL databases (tests/pg.py)
 
 
 @pytest.fixture

@@ -308,6 +308,9 @@ class Agent:
                 await self.emit("job.result", {"job_id": job_id, "status": "failed",
                                                "exit_code": None, "reason": error})
             elif fresh:
+                # Registered now, not when the task first runs: a job.cancel read in
+                # the same batch as the job.run must find it.
+                self._jobs[start.job_id] = asyncio.Event()
                 self._spawn(self._run_job(start))
         elif env.type == "job.cancel":
             job_id = str(env.body.get("job_id") or "")
@@ -322,8 +325,7 @@ class Agent:
         task.add_done_callback(self._tasks.discard)
 
     async def _run_job(self, job: JobRun) -> None:
-        cancel = asyncio.Event()
-        self._jobs[job.job_id] = cancel
+        cancel = self._jobs.setdefault(job.job_id, asyncio.Event())
 
         async def output(stream: str, data: str) -> None:
             await self.emit("job.output", {"job_id": job.job_id, "stream": stream,

@@ -57,10 +57,28 @@ async def run_job(job: JobRun, platform: Platform, emit_output: Emit,
         return JobOutcome("failed", 127, f"cannot start: {missing}: {exc.strerror}")
     except (PermissionError, NotADirectoryError, OSError) as exc:
         return JobOutcome("failed", 126, f"cannot start {argv[0]}: {exc}")
+    try:
+        platform.process_started(proc)
+    except OSError as exc:
+        with contextlib.suppress(ProcessLookupError, OSError):
+            proc.kill()
+        await proc.wait()
+        return JobOutcome("failed", 126, f"cannot start {argv[0]}: {exc}")
+    try:
+        return await _supervise(job, platform, proc, emit_output, started, cancelled)
+    finally:
+        platform.process_ended(proc)
+
+
+async def _supervise(job: JobRun, platform: Platform, proc: asyncio.subprocess.Process,
+                     emit_output: Emit, started: Callable[[], Awaitable[None]],
+                     cancelled: asyncio.Event) -> JobOutcome:
     await started()
     assert proc.stdout is not None and proc.stderr is not None
-    readers = [asyncio.create_task(_pump(proc.stdout, "stdout", emit_output)),
-               asyncio.create_task(_pump(proc.stderr, "stderr", emit_output))]
+    readers = [asyncio.create_task(_pump(proc.stdout, "stdout", emit_output,
+                                         platform.output_decoder())),
+               asyncio.create_task(_pump(proc.stderr, "stderr", emit_output,
+                                         platform.output_decoder()))]
     waiter = asyncio.create_task(proc.wait())
     canceller = asyncio.create_task(cancelled.wait())
     ending: str | None = None
@@ -105,8 +123,10 @@ async def _end_tree(proc: asyncio.subprocess.Process, platform: Platform,
         await asyncio.wait_for(asyncio.shield(waiter), KILL_GRACE_SECONDS)
 
 
-async def _pump(stream: asyncio.StreamReader, name: str, emit: Emit) -> None:
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+async def _pump(stream: asyncio.StreamReader, name: str, emit: Emit,
+                decoder: codecs.IncrementalDecoder | None = None) -> None:
+    if decoder is None:
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     buf: list[str] = []
     size = 0
     loop = asyncio.get_running_loop()

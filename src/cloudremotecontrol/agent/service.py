@@ -6,11 +6,13 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidInput
 from ..protocol.names import check_message_type
+from . import sdnotify
 from .control import ControlServer
 from .core import Agent, Revoked, load_or_enroll
 from .platform import current
@@ -22,8 +24,12 @@ log = logging.getLogger("crc.agent")
 
 
 def run_agent(state_dir: Path, url: str | None, key: str | None, fingerprint: str | None,
-              gate_ready: bool = False, follow_logs: tuple[str, ...] = ()) -> str:
-    """Run the agent in the foreground; return why it stopped (revocation)."""
+              gate_ready: bool = False, follow_logs: tuple[str, ...] = (),
+              on_started: Callable[[Callable[[], None]], None] | None = None) -> str:
+    """Run the agent in the foreground; return why it stopped (revocation).
+
+    ``on_started`` (the Windows service host) is called once scripts can reach the agent,
+    with a function that stops it from any thread."""
     platform = current()
     state = AgentState(state_dir, protect=platform.protect_file)
     try:
@@ -33,7 +39,7 @@ def run_agent(state_dir: Path, url: str | None, key: str | None, fingerprint: st
         cred = load_or_enroll(state, url, key, fingerprint)
         agent = Agent(state, cred, platform, gate_ready=gate_ready, follow_logs=follow_logs)
         try:
-            asyncio.run(_main(agent, state_dir))
+            asyncio.run(_main(agent, state_dir, on_started))
         except Revoked as exc:
             state.put("revoked", exc.message)
             raise
@@ -42,21 +48,29 @@ def run_agent(state_dir: Path, url: str | None, key: str | None, fingerprint: st
         state.close()
 
 
-async def _main(agent: Agent, state_dir: Path) -> None:
+async def _main(agent: Agent, state_dir: Path,
+                on_started: Callable[[Callable[[], None]], None] | None = None) -> None:
     control = ControlServer(state_dir, lambda req: _handle(agent, req),
                             agent.platform.protect_file)
     await control.start()
     loop = asyncio.get_running_loop()
+    # systemd Type=notify: READY=1 now that scripts can reach us, then watchdog pings.
+    supervisor = loop.create_task(sdnotify.supervise())
     main = asyncio.current_task()
     assert main is not None
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, main.cancel)
+    if on_started is not None:
+        on_started(lambda: loop.call_soon_threadsafe(main.cancel))
     try:
         await agent.run()
     except asyncio.CancelledError:
         log.info("stopping")
     finally:
+        supervisor.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await supervisor
         await control.close()
 
 

@@ -225,3 +225,64 @@ def kv_wait(key: str, newer_than: int, timeout: float, state_dir: str | None,
         emit_json({"key": key, "value": reply["value"], "version": reply["version"]})
     else:
         click.echo(json.dumps(reply["value"]))
+
+
+@agent.command("install")
+@click.option("--url", envvar="CRC_URL", help="Server URL (needed to enroll).")
+@click.option("--key", envvar="CRC_KEY", help="Single-use enrollment key (to enroll).")
+@click.option("--key-file", type=click.Path(dir_okay=False),
+              help="Read the key from this file, and delete the file once enrolled.")
+@click.option("--fingerprint", envvar="CRC_FINGERPRINT",
+              help="Pinned SHA-256 of the server certificate (sha256:…).")
+@_state_option
+@click.option("--gate-ready", is_flag=True,
+              help="The service says ready only when a script calls `crc agent ready`.")
+@click.option("--restart", is_flag=True, help="Restart the agent if it is running already.")
+@click.option("--wait", type=click.FloatRange(min=0), default=300.0, show_default=True,
+              help="Keep retrying an unreachable server this many seconds when enrolling.")
+@json_option
+def install_cmd(url: str | None, key: str | None, key_file: str | None,
+                fingerprint: str | None, state_dir: str | None, gate_ready: bool, restart: bool,
+                wait: float, as_json: bool) -> None:
+    """Enroll (first time) and run the agent as a system service: a systemd unit on
+    Linux, a Windows service (LocalSystem) on Windows. Safe to run again."""
+    import os
+
+    from ..agent.install import install_agent
+    from ..agent.platform import current
+
+    os.environ.pop("CRC_KEY", None)
+    if key_file is not None and key is not None:
+        raise InvalidInput("give --key or --key-file, not both")
+    report = install_agent(current(), _state_dir(state_dir), url=url, key=key,
+                           key_file=key_file, fingerprint=fingerprint, gate_ready=gate_ready,
+                           restart=restart, wait=wait)
+    if as_json:
+        emit_json(report)
+        return
+    enrolled = "enrolled now" if report["enrolled_now"] else "enrolled already"
+    click.echo(f"machine {report['machine']} of group {report['group']} ({enrolled}); "
+               f"service {report['service']} {report['action']} "
+               f"({report['definition']}{', updated' if report['definition_changed'] else ''})")
+
+
+@agent.command("uninstall")
+@_state_option
+@click.option("--purge", is_flag=True,
+              help="Also delete the state directory (credential, queue): the machine "
+                   "cannot reconnect afterwards.")
+@json_option
+def uninstall_cmd(state_dir: str | None, purge: bool, as_json: bool) -> None:
+    """Stop and remove the agent's service (the credential stays unless --purge)."""
+    from ..agent.install import uninstall_agent
+    from ..agent.platform import current
+
+    report = uninstall_agent(current(), _state_dir(state_dir), purge=purge)
+    if as_json:
+        emit_json(report)
+        return
+    click.echo(f"service {report['service']} "
+               f"{'removed' if report['removed'] else 'was not installed'}"
+               f"{'; state directory deleted' if report['purged'] else ''}")
+    if report["note"]:
+        click.echo(report["note"])

@@ -12,6 +12,7 @@ import click
 from .. import __version__
 from ..errors import CrcError
 from .agent_cmds import agent
+from .bootstrap_cmds import bootstrap
 from .master_cmds import register as register_master
 from .server_cmds import server
 
@@ -34,6 +35,7 @@ def cli() -> None:
 cli.add_command(server)
 cli.add_command(agent)
 register_master(cli)
+cli.add_command(bootstrap)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -551,5 +551,7 @@ def register(cli: click.Group) -> None:
     for cmd in (login, group, status, wait, run, events, send, hosts, push, pull, kv, audit):
         cli.add_command(cmd)
     from .demo_cmd import demo
+    from .scenario_cmds import down, up
 
-    cli.add_command(demo)
+    for cmd in (demo, up, down):
+        cli.add_command(cmd)

@@ -155,6 +155,13 @@ class Client:
     def group(self, name: str) -> dict[str, Any]:
         return self._call("GET", f"/groups/{name}")
 
+    def machine_key(self, group: str, machine: str, key_ttl: float | None = None
+                    ) -> dict[str, Any]:
+        """A fresh single-use key for a machine not enrolled yet (its old key stops
+        working); Conflict once it has enrolled."""
+        return self._call("POST", f"/groups/{group}/machines/{machine}/key",
+                          json={"key_ttl": key_ttl})
+
     def delete_group(self, name: str) -> dict[str, Any]:
         return self._call("DELETE", f"/groups/{name}")
 

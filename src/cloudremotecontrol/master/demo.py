@@ -1,101 +1,82 @@
-"""The demo scenario on the embedded defaults: mysql, web and dev on this computer."""
+"""``crc demo``: the embedded scenario (master/scenarios/demo.yaml) on this computer.
+
+No account and no setup: a server (SQLite, TLS) in a temporary directory, the scenario
+run by the same ``Runner`` as ``crc up`` with the local provider, then ``crc down``'s
+teardown. As root the server listens on the local provider's bridge address, so every
+machine has a network namespace and an address of its own; otherwise the machines
+share this computer's network (see providers/local.py).
+"""
 
 from __future__ import annotations
 
 import shutil
-import sys
+import subprocess
 import tempfile
 import time
+from importlib import resources
 from pathlib import Path
-from typing import Any
 
 import click
 
-from .client import Client, worst_exit_code
-from .localrun import AgentProcess, ServerProcess
+from .localrun import ServerProcess, crc_argv
+from .profile import Profile
 
 __all__ = ["run_demo"]
 
-MACHINES = ["mysql", "web", "dev"]
+SCENARIO = "demo.yaml"
 
 
-def _say(text: str, as_json: bool, **doc: Any) -> None:
-    if as_json:
-        from ..cli.output import emit_json
-
-        emit_json({"step": text, **doc})
-    else:
-        click.echo(text)
+def _init_server(server: ServerProcess, host: str) -> None:
+    """``crc server init`` listening on ``host`` (ServerProcess.start then reuses it)."""
+    subprocess.run(crc_argv("server", "init", "--data-dir", str(server.data_dir), "--listen",
+                            f"{host}:{server.port}", "--url", f"https://{host}:{server.port}",
+                            "--json"), check=True, capture_output=True, env=server.env)
 
 
 def run_demo(keep: bool = False, as_json: bool = False) -> int:
+    """Run the demo; return the exit code (0: every step succeeded, all torn down)."""
+    from .providers.local import LocalProvider
+    from .scenario.model import parse_scenario
+    from .scenario.runner import Runner, down
+    from .scenario.state import LocalState
+    from .scenario.view import make_view
+
     t0 = time.monotonic()
+    text = resources.files("cloudremotecontrol.master.scenarios").joinpath(SCENARIO) \
+        .read_text(encoding="utf-8")
+    scenario = parse_scenario(text, SCENARIO)
     root = Path(tempfile.mkdtemp(prefix="crc-demo-"))
+    provider = LocalProvider(root / "machines")
     server = ServerProcess(root / "server")
-    agents: list[AgentProcess] = []
     rc = 1
+    view = make_view(as_json)
     try:
+        _init_server(server, provider.prepare_network() or "127.0.0.1")
         server.start()
-        token = server.add_user("demo")
-        _say(f"server  {server.url}  ({server.fingerprint[:23]}…)", as_json, url=server.url)
-        with Client(server.url, token, server.fingerprint) as crc:
-            group = crc.create_group("demo", [{"name": "mysql", "labels": {"role": "db"}},
-                                              {"name": "web", "labels": {"role": "web"}},
-                                              {"name": "dev", "labels": {"role": "dev"}}])
-            for m in group["machines"]:
-                agents.append(AgentProcess(root / "agents" / m["name"], server.url, m["key"],
-                                           server.fingerprint).start())
-            _wait_ready(crc, "demo", as_json)
-            results: dict[str, dict[str, Any]] = {}
-            for title, to, cmd in [
-                ("install MySQL (stand-in) on mysql", "mysql",
-                 "echo 'mysql-server 8.0 (stand-in) installed'; echo success"),
-                ("check every machine", "all", "echo \"$(hostname) up, $(uname -s)\""),
-            ]:
-                _say(f"step: {title}", as_json)
-                for ev in crc.run("demo", to, command=cmd, shell="sh", timeout=60):  # noqa: S604
-                    if ev["type"] == "job.output":
-                        for line in ev["data"]["data"].splitlines():
-                            _say(f"  [{ev['machine']}] {line}", as_json, machine=ev["machine"])
-                    elif ev["type"] == "job.status" and ev["data"]["status"] not in (
-                            "queued", "delivered", "running"):
-                        results[f"{title}/{ev['machine']}"] = ev["data"]
-            rc = worst_exit_code(results)
-            _say("summary", as_json, results=results)
-            if not as_json:
-                for k, v in results.items():
-                    click.echo(f"  {k:<48} {v['status']}")
-            crc.delete_group("demo")
-        for a in agents:
-            try:
-                a.wait(15)
-            except Exception:  # noqa: BLE001 -- stopped below anyway
-                a.stop()
+        provider.server_url = server.url
+        profile = Profile(server.url, server.add_user("demo"), server.fingerprint)
+        view.info(f"server {server.url} ({server.fingerprint[:23]}…), data in {root}",
+                  url=server.url, dir=str(root))
+        runner = Runner(scenario, profile, provider, view, state=LocalState(root / "up.json"))
+        try:
+            rc = runner.up()
+            view.info("tearing down")
+            if down(scenario.name, provider, runner.client, view) != 0:
+                rc = rc or 1
+        finally:
+            runner.close()
     finally:
-        for a in agents:
-            a.stop()
+        for inst in provider.list(scenario.name):  # after a failure: nothing may stay
+            provider.destroy(inst.id)
         server.stop()
-        if not keep:
-            shutil.rmtree(root, ignore_errors=True)
-        else:
+        provider.release_network()
+        view.close()
+        if keep:
             click.echo(f"kept {root}", err=True)
-    _say(f"done in {time.monotonic() - t0:.1f} s; nothing left running", as_json,
-         seconds=round(time.monotonic() - t0, 1))
-    return rc
-
-
-def _wait_ready(crc: Client, group: str, as_json: bool, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    seen: dict[str, str] = {}
-    while time.monotonic() < deadline:
-        g = crc.group(group)
-        for m in g["machines"]:
-            if seen.get(m["name"]) != m["state"]:
-                seen[m["name"]] = m["state"]
-                _say(f"  {m['name']:<6} {m['state']}", as_json, machine=m["name"],
-                     state=m["state"])
-        if all(m["state"] == "ready" for m in g["machines"]):
-            return
-        time.sleep(0.2)
-    print("machines did not become ready in time", file=sys.stderr)
-    raise SystemExit(6)
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+    left = provider.list(scenario.name)
+    view.info(f"done in {time.monotonic() - t0:.1f}s; " +
+              ("nothing left running" if not left else f"LEFT: {left}"),
+              seconds=round(time.monotonic() - t0, 1), left=[i.id for i in left])
+    return rc if not left else 1

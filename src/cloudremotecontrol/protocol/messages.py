@@ -33,6 +33,7 @@ __all__ = [
 ]
 
 SHELLS = ("bash", "sh", "powershell", "cmd")
+MAX_SEQ = 2**63 - 1  # sequence numbers are stored in 64-bit integer columns
 
 # Types a machine may send. Anything else from a machine is refused: a machine never
 # commands (no job.run, file.put, hosts.sync from a machine credential).
@@ -179,6 +180,8 @@ def decode_frame(text: str | bytes) -> dict[str, Any]:
         frame = json.loads(text)
     except (ValueError, UnicodeDecodeError):
         raise InvalidInput("frame is not valid JSON") from None
+    except RecursionError:  # "[[[[...": small enough to pass the size check
+        raise InvalidInput("frame is nested too deeply") from None
     if not isinstance(frame, dict):
         raise InvalidInput("frame must be a JSON object")
     kind = frame.get("type")
@@ -186,11 +189,11 @@ def decode_frame(text: str | bytes) -> dict[str, Any]:
         raise InvalidInput(f"unknown frame type {kind!r}", code="unknown_type")
     if kind in ("msg", "ack"):
         seq = frame.get("seq")
-        if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
+        if isinstance(seq, bool) or not isinstance(seq, int) or not 0 <= seq <= MAX_SEQ:
             raise InvalidInput(f"{kind} frame needs a non-negative integer seq")
     if kind in ("hello", "welcome"):
         ack = frame.get("ack", 0)
-        if isinstance(ack, bool) or not isinstance(ack, int) or ack < 0:
+        if isinstance(ack, bool) or not isinstance(ack, int) or not 0 <= ack <= MAX_SEQ:
             raise InvalidInput(f"{kind} frame needs a non-negative integer ack")
         frame["ack"] = ack
     if kind == "msg" and not isinstance(frame.get("msg"), dict):

@@ -20,6 +20,7 @@ __all__ = [
     "parse_target",
 ]
 
+# Checked with fullmatch(): "$" alone also matches before a trailing newline ("web\n").
 _NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 _LABEL_KEY = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 _LABEL_VALUE = re.compile(r"^[A-Za-z0-9_.-]{0,63}$")
@@ -28,7 +29,7 @@ _USER_TYPE = re.compile(r"^user\.[A-Za-z0-9_.-]{1,64}$")
 
 def check_name(value: object, what: str = "name") -> str:
     """Return ``value`` if it is a valid group/machine/user name, else raise InvalidInput."""
-    if not isinstance(value, str) or not _NAME.match(value):
+    if not isinstance(value, str) or not _NAME.fullmatch(value):
         raise InvalidInput(
             f"invalid {what} {value!r}: use 1-63 lowercase letters, digits and inner hyphens",
             field=what,
@@ -37,7 +38,7 @@ def check_name(value: object, what: str = "name") -> str:
 
 
 def check_label(key: str, value: str) -> tuple[str, str]:
-    if not _LABEL_KEY.match(key) or not _LABEL_VALUE.match(value):
+    if not _LABEL_KEY.fullmatch(key) or not _LABEL_VALUE.fullmatch(value):
         raise InvalidInput(f"invalid label {key}={value!r}", field="labels")
     return key, value
 
@@ -56,7 +57,7 @@ def parse_labels(text: str) -> dict[str, str]:
 
 def check_message_type(value: object) -> str:
     """User messages are namespaced ``user.<anything>``; system types are not for users."""
-    if not isinstance(value, str) or not _USER_TYPE.match(value):
+    if not isinstance(value, str) or not _USER_TYPE.fullmatch(value):
         raise InvalidInput(
             f"invalid message type {value!r}: user messages are named user.NAME "
             "(letters, digits, '_', '.', '-')",

@@ -25,6 +25,7 @@ router = APIRouter(prefix="/v1")
 Master = Annotated[dict[str, Any], Depends(auth.master)]
 Machine = Annotated[dict[str, Any], Depends(auth.machine)]
 KEEPALIVE_SECONDS = 5.0
+MAX_CURSOR = 2**63 - 1  # event ids are 64-bit integers in both databases
 
 
 def _store(request: Request) -> Store:
@@ -109,7 +110,7 @@ async def cancel_job(job_id: str, user: Master, request: Request) -> dict[str, A
 @router.get("/groups/{group}/events", tags=["events"],
             response_description="text/event-stream: one `data:` JSON event per message")
 async def group_events(group: str, user: Master, request: Request,
-                       since: Annotated[int | None, Query(ge=0)] = None,
+                       since: Annotated[int | None, Query(ge=0, le=MAX_CURSOR)] = None,
                        follow: bool = False) -> StreamingResponse:
     """Events of a group after cursor ``since`` (default: from the start, or from now on
     with ``follow`` and no cursor) as Server-Sent Events; ``id:`` is the cursor."""
@@ -127,7 +128,7 @@ async def group_cursor(group: str, user: Master, request: Request) -> dict[str, 
 
 @router.get("/jobs/{job_id}/events", tags=["jobs"])
 async def job_events(job_id: str, user: Master, request: Request,
-                     since: Annotated[int, Query(ge=0)] = 0,
+                     since: Annotated[int, Query(ge=0, le=MAX_CURSOR)] = 0,
                      follow: bool = False) -> StreamingResponse:
     job = await _store(request).read(job_ops.job_view, user["user_id"], job_id)
     info = await _store(request).read(ev_ops.group_cursor, user["user_id"], job["group"])

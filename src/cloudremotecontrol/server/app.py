@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .. import __version__
 from ..errors import CrcError, InvalidInput, TooLarge
 from ..protocol.limits import MAX_HTTP_BODY_BYTES
-from . import api, api_files, api_kv
+from . import api, api_bootstrap, api_files, api_kv
 from .agent_ws import agent_endpoint
 from .blobs import BlobStore
 from .hub import EventBus, Hub
@@ -56,7 +56,7 @@ class BodyLimit:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.limit:
-                    raise _BodyTooLarge
+                    raise _BodyTooLarge(f"request body over the limit of {self.limit} bytes")
             return message
 
         try:
@@ -65,8 +65,12 @@ class BodyLimit:
             await _send_error(send, TooLarge(f"request body over the limit of {self.limit}"))
 
 
-class _BodyTooLarge(Exception):
-    pass
+class _BodyTooLarge(StarletteHTTPException):
+    """An HTTPException, so that FastAPI's body parsing re-raises it (any other error
+    while reading a chunked body becomes a 400 "error parsing the body")."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(413, detail)
 
 
 async def _send_error(send: Send, exc: CrcError) -> None:
@@ -85,6 +89,8 @@ def create_app(store: Store, *, replica: str | None = None,
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         bus.loop = asyncio.get_running_loop()
+        store.replica = app.state.replica
+        store.on_outbox(lambda machines: hub.reload_threadsafe(bus.loop, machines))
         await store.start()
         await store.write(delivery.mark_all_offline,
                           None if store.dialect == "sqlite" else app.state.replica)
@@ -110,6 +116,7 @@ def create_app(store: Store, *, replica: str | None = None,
     app.include_router(api.router)
     app.include_router(api_files.router)
     app.include_router(api_kv.router)
+    app.include_router(api_bootstrap.router)
     app.add_api_websocket_route("/v1/agent/connect", agent_endpoint)
     app.add_middleware(BodyLimit, limit=MAX_HTTP_BODY_BYTES,
                        exempt=api_files.LARGE_BODY_PREFIXES)
@@ -132,7 +139,13 @@ def create_app(store: Store, *, replica: str | None = None,
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        if exc.status_code == 400 and isinstance(exc.__cause__, (ValueError, RecursionError)):
+            # FastAPI's "error parsing the body": not UTF-8, nested too deep, a number
+            # too long - JSON we cannot read, like a syntax error.
+            err = InvalidInput("request body is not valid JSON", code="malformed_json")
+            return JSONResponse(err.to_payload(), status_code=400)
+        code = {404: "not_found", 405: "method_not_allowed",
+                413: "too_large"}.get(exc.status_code, "http_error")
         return JSONResponse({"error": {"code": code, "message": str(exc.detail)}},
                             status_code=exc.status_code)
 
@@ -148,6 +161,7 @@ async def _touch_loop(store: Store, hub: Hub) -> None:
     while True:
         await asyncio.sleep(TOUCH_SECONDS)
         ids = list(hub.links)
-        if ids:
-            with contextlib.suppress(CrcError):
+        with contextlib.suppress(CrcError):
+            if ids:
                 await store.write(delivery.touch_machines, ids)
+            await store.write(delivery.sweep_stale, 3 * TOUCH_SECONDS)

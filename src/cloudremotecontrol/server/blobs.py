@@ -24,7 +24,7 @@ _SHA = re.compile(r"^[0-9a-f]{64}$")
 
 
 def check_sha256(value: str) -> str:
-    if not _SHA.match(value or ""):
+    if not _SHA.fullmatch(value or ""):
         raise InvalidInput(f"invalid sha256 {value!r}: expected 64 lowercase hex digits",
                            field="sha256")
     return value

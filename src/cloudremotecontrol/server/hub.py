@@ -13,6 +13,8 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from .store.base import ALL_GROUPS
+
 __all__ = ["AgentLink", "EventBus", "Hub"]
 
 Reload = Callable[[str, int], Awaitable[list[tuple[int, str]]]]
@@ -43,6 +45,11 @@ class AgentLink:
             self.sent_upto = seq
         else:
             self._need_reload = True
+        self._wake.set()
+
+    def reload(self) -> None:
+        """Re-read the outbox: another replica queued messages for this machine."""
+        self._need_reload = True
         self._wake.set()
 
     def send_control(self, frame: str) -> None:
@@ -83,6 +90,15 @@ class Hub:
         if self.links.get(link.machine_id) is link:
             del self.links[link.machine_id]
 
+    def reload_threadsafe(self, loop: asyncio.AbstractEventLoop, machines: set[str]) -> None:
+        loop.call_soon_threadsafe(self.reload, machines)
+
+    def reload(self, machines: set[str]) -> None:
+        links = self.links.values() if ALL_GROUPS in machines else (
+            self.links[m] for m in machines if m in self.links)
+        for link in list(links):
+            link.reload()
+
     def deliver(self, deliveries: list[tuple[str, int, str]]) -> None:
         for machine_id, seq, frame in deliveries:
             link = self.links.get(machine_id)
@@ -113,6 +129,8 @@ class EventBus:
             self.loop.call_soon_threadsafe(self.notify, groups)
 
     def notify(self, groups: set[str]) -> None:
+        if ALL_GROUPS in groups:
+            groups = set(self._waiters)
         for g in groups:
             for ev in self._waiters.get(g, ()):
                 ev.set()

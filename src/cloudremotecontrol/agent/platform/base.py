@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import abc
+import codecs
 import shutil
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ...errors import InvalidInput
+
+if TYPE_CHECKING:
+    from .services import ServiceManager
 
 __all__ = ["Platform", "ShellMissing"]
 
@@ -38,6 +42,23 @@ class Platform(abc.ABC):
     @abc.abstractmethod
     def kill_tree(self, proc: Any, force: bool) -> None:
         """End ``proc`` and every process it started (politely unless ``force``)."""
+
+    def process_started(self, proc: Any) -> None:
+        """Called right after a job's process was created with ``popen_options()``
+        (Windows: put it in its Job Object, then resume it)."""
+        return
+
+    def process_ended(self, proc: Any) -> None:
+        """Called once a job's process has ended and been reaped."""
+        return
+
+    def output_decoder(self) -> codecs.IncrementalDecoder:
+        """How a job's output bytes become text (the wire is UTF-8)."""
+        return codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    @abc.abstractmethod
+    def service_manager(self) -> ServiceManager:
+        """The OS's service manager (systemd, Windows SCM), for `crc agent install`."""
 
     def shell_argv(self, shell: str | None, command: str) -> list[str]:
         """The argv that runs ``command`` in ``shell`` (default: this OS's shell)."""

@@ -9,6 +9,7 @@ import signal
 from typing import Any
 
 from .base import Platform
+from .services import ServiceManager
 
 __all__ = ["LinuxPlatform"]
 
@@ -40,3 +41,8 @@ class LinuxPlatform(Platform):
     def kill_tree(self, proc: Any, force: bool) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL if force else signal.SIGTERM)
+
+    def service_manager(self) -> ServiceManager:
+        from .systemd import Systemd
+
+        return Systemd()

@@ -26,12 +26,12 @@ def loads(text: str | None) -> Any:
 
 def add_event(tx: Tx, group_id: str, type: str, data: dict[str, Any],
               machine: str | None = None, job_id: str | None = None) -> None:
+    tx.notify(group_id)  # first: it orders the group's event writers (see Tx.notify)
     tx.execute(
         "INSERT INTO events (group_id, created, type, machine, job_id, data) "
         "VALUES (?, ?, ?, ?, ?, ?)",
         (group_id, now(), type, machine, job_id, dumps(data)),
     )
-    tx.notify(group_id)
 
 
 def audit(tx: Tx, user_id: str | None, actor: str, action: str, group: str | None,

@@ -31,6 +31,7 @@ __all__ = [
     "machine_disconnected",
     "mark_all_offline",
     "outbox_after",
+    "sweep_stale",
     "touch_machines",
 ]
 
@@ -74,6 +75,16 @@ def mark_all_offline(tx: Tx, replica: str | None = None) -> int:
     """At start: machines believed connected to this server (or any, for None) are not."""
     rows = tx.all("SELECT * FROM machines WHERE state IN ('enrolled', 'ready') "
                   "AND (CAST(? AS TEXT) IS NULL OR connected_by = ?)", (replica, replica))
+    for m in rows:
+        _transition(tx, m, MachineEvent.DISCONNECT, connected_by=None)
+    return len(rows)
+
+
+def sweep_stale(tx: Tx, older_than: float) -> int:
+    """Machines shown connected whose replica stopped vouching for them (it touches its
+    machines' ``last_seen`` every 30 s; a replica killed -9 cannot say goodbye)."""
+    rows = tx.all("SELECT * FROM machines WHERE state IN ('enrolled', 'ready') "
+                  "AND last_seen < ?", (now() - older_than,))
     for m in rows:
         _transition(tx, m, MachineEvent.DISCONNECT, connected_by=None)
     return len(rows)

@@ -59,9 +59,9 @@ def create_push(tx: Tx, user: dict[str, Any], group: str, to: str, sha: str, pat
         raise NotFound(f"no uploaded file {sha}: upload it first (PUT /v1/blobs/{{sha256}})",
                        field="sha256")
     check_remote_path(path)
-    if mode is not None and not re.match(r"^0?[0-7]{3,4}$", mode):
+    if mode is not None and not re.fullmatch(r"0?[0-7]{3,4}", mode):
         raise InvalidInput(f"invalid mode {mode!r}: use octal like 0640", field="mode")
-    if owner is not None and not _OWNER.match(owner):
+    if owner is not None and not _OWNER.fullmatch(owner):
         raise InvalidInput(f"invalid owner {owner!r}: use USER or USER:GROUP", field="owner")
     body = {"sha256": sha, "size": size, "path": path, "mode": mode, "owner": owner}
     return create_kind(tx, user, group, to, "file.put", body,

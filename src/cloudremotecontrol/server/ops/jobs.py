@@ -50,6 +50,7 @@ def enqueue(tx: Tx, machine: dict[str, Any], env: Envelope, job_id: str | None =
                  "RETURNING out_next", (machine["id"],))
     assert row is not None
     seq = int(row["out_next"]) - 1
+    tx.notify_machine(machine["id"])
     frame = encode_frame({"type": "msg", "seq": seq, "msg": env.to_dict()})
     tx.execute("INSERT INTO outbox (machine_id, seq, type, job_id, envelope) "
                "VALUES (?, ?, ?, ?, ?)", (machine["id"], seq, env.type, job_id, frame))
@@ -173,7 +174,8 @@ def cancel_job(tx: Tx, user: dict[str, Any], job_id: str) -> dict[str, Any]:
                           {"job_id": job_id, "status": "cancelled", "exit_code": None,
                            "reason": "cancelled before delivery"},
                           machine=t["machine"], job_id=job_id)
-                continue
+                # No `continue`: the agent may already have received (and started) the
+                # job.run whose ack is still on its way; a job.cancel after it stops it.
         env = Envelope.make(job["group_name"], "master", t["machine"], "job.cancel",
                             {"job_id": job_id}, job_id)
         seq, frame = enqueue(tx, t, env, job_id)

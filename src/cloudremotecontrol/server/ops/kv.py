@@ -19,7 +19,7 @@ _KEY = re.compile(r"^[A-Za-z0-9_.\-/]{1,128}$")
 
 
 def check_key(key: object) -> str:
-    if not isinstance(key, str) or not _KEY.match(key):
+    if not isinstance(key, str) or not _KEY.fullmatch(key):
         raise InvalidInput(f"invalid key {key!r}: 1-128 letters, digits, '_', '.', '-', '/'",
                            field="key")
     return key

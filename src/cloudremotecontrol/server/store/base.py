@@ -6,9 +6,13 @@ import abc
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-__all__ = ["Store", "Tx", "open_store"]
+__all__ = ["ALL_GROUPS", "Store", "Tx", "open_store"]
 
 T = TypeVar("T")
+
+#: In the set given to ``on_commit`` listeners: "any group may have new events" (sent
+#: when a backend may have missed notifications, e.g. after its LISTEN reconnected).
+ALL_GROUPS = "*"
 
 
 class Tx(abc.ABC):
@@ -28,8 +32,22 @@ class Tx(abc.ABC):
         """Every row as a dict."""
 
     def notify(self, group_id: str) -> None:
-        """Ask the backend to wake event followers of ``group_id`` after commit."""
+        """Ask the backend to wake event followers of ``group_id`` after commit. Call it
+        *before* inserting the group's events: PostgreSQL takes the group's event lock
+        here, so that event ids become visible in order (see store/postgres.py)."""
         self.notified.add(group_id)
+
+    def notify_machine(self, machine_id: str) -> None:
+        """Tell other replicas, after commit, that ``machine_id``'s outbox grew (the
+        replica holding its connection sends it). Within one process the hub is told
+        directly."""
+        self.machines_notified.add(machine_id)
+
+    @property
+    def machines_notified(self) -> set[str]:
+        if not hasattr(self, "_machines_notified"):
+            self._machines_notified: set[str] = set()
+        return self._machines_notified
 
     @property
     def notified(self) -> set[str]:
@@ -45,10 +63,23 @@ class Store(abc.ABC):
 
     def __init__(self) -> None:
         self._listeners: list[Callable[[set[str]], None]] = []
+        self._outbox_listeners: list[Callable[[set[str]], None]] = []
+        self.replica = ""  # set by the server: tells this process's notifications apart
 
     def on_commit(self, listener: Callable[[set[str]], None]) -> None:
-        """Call ``listener(group_ids)`` after commits that produced events (any replica)."""
+        """Call ``listener(group_ids)`` after commits that produced events (any replica);
+        ``group_ids`` may hold ``ALL_GROUPS``. Called from a backend thread."""
         self._listeners.append(listener)
+
+    def on_outbox(self, listener: Callable[[set[str]], None]) -> None:
+        """Call ``listener(machine_ids)`` when another replica queued messages for them
+        (``ALL_GROUPS`` in the set: any machine may have). Called from a backend thread."""
+        self._outbox_listeners.append(listener)
+
+    def _fire_outbox(self, machines: set[str]) -> None:
+        if machines:
+            for listener in self._outbox_listeners:
+                listener(machines)
 
     def _fire(self, groups: set[str]) -> None:
         if groups:

@@ -12,6 +12,7 @@ committed transaction; only an OS crash or power loss can drop the last commits.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import sqlite3
 import threading
@@ -28,6 +29,8 @@ __all__ = ["SqliteStore"]
 T = TypeVar("T")
 _BATCH = 256
 _READERS = 2
+# A queued write: (op, args, future, loop); loop is None for write_sync's Future.
+_Item = tuple[Callable[..., Any], tuple[Any, ...], Any, "asyncio.AbstractEventLoop | None"]
 
 
 class _SqliteTx(Tx):
@@ -61,8 +64,7 @@ class SqliteStore(Store):
     def __init__(self, path: str) -> None:
         super().__init__()
         self.path = path
-        self._queue: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...], Future[Any]]
-                                       | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         self._readers: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
         self._conn: sqlite3.Connection | None = None
@@ -94,15 +96,16 @@ class SqliteStore(Store):
 
     # -- running operations -------------------------------------------------------------
     async def write(self, op: Callable[..., T], *args: Any) -> T:
-        fut: Future[T] = Future()
-        self._queue.put((op, args, fut))
-        return await asyncio.wrap_future(fut)
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[T] = loop.create_future()
+        self._queue.put((op, args, fut, loop))
+        return await fut
 
     def write_sync(self, op: Callable[..., T], *args: Any) -> T:
         if self._writer is None:
             self.open_sync()
         fut: Future[T] = Future()
-        self._queue.put((op, args, fut))
+        self._queue.put((op, args, fut, None))
         return fut.result()
 
     async def read(self, op: Callable[..., T], *args: Any) -> T:
@@ -140,13 +143,19 @@ class SqliteStore(Store):
             self._run_batch(conn, batch)
         conn.close()
 
-    def _run_batch(self, conn: sqlite3.Connection,
-                   batch: list[tuple[Callable[..., Any], tuple[Any, ...], Future[Any]]]) -> None:
-        results: list[tuple[Future[Any], bool, Any]] = []
+    def _run_batch(self, conn: sqlite3.Connection, batch: list[_Item]) -> None:
+        # Skip what a caller cancelled while it waited in the queue (a client went away,
+        # shutdown), as an executor would. (Reading the flag from this thread is a benign
+        # race: an operation cancelled a moment later runs; its result is dropped.)
+        batch = [item for item in batch if not item[2].cancelled()]
+        if not batch:
+            return
+        results: list[tuple[_Item, bool, Any]] = []
         groups: set[str] = set()
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for op, args, fut in batch:
+            for item in batch:
+                op, args = item[0], item[1]
                 tx = _SqliteTx(conn)
                 conn.execute("SAVEPOINT op")
                 try:
@@ -154,11 +163,11 @@ class SqliteStore(Store):
                 except BaseException as exc:  # noqa: BLE001 -- handed to the caller
                     conn.execute("ROLLBACK TO op")
                     conn.execute("RELEASE op")
-                    results.append((fut, False, exc))
+                    results.append((item, False, exc))
                 else:
                     conn.execute("RELEASE op")
                     groups |= tx.notified
-                    results.append((fut, True, value))
+                    results.append((item, True, value))
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             # The commit itself failed (disk full, I/O error): nothing is durable.
@@ -166,14 +175,33 @@ class SqliteStore(Store):
                 conn.execute("ROLLBACK")
             except sqlite3.Error:
                 pass
-            for fut, _, _ in results:
-                fut.set_exception(exc)
-            for _, _, fut in batch[len(results):]:
-                fut.set_exception(exc)
+            _settle([(item, False, exc) for item in batch])
             return
         self._fire(groups)
-        for fut, ok, value in results:
-            if ok:
-                fut.set_result(value)
-            else:
-                fut.set_exception(value)
+        _settle(results)
+
+
+def _settle(results: list[tuple[_Item, bool, Any]]) -> None:
+    """Hand results to their callers: a ``write_sync`` Future directly, asyncio futures
+    with one wake-up of their loop per batch (not one thread hop per operation)."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Any, bool, Any]]] = {}
+    for (_, _, fut, loop), ok, value in results:
+        if loop is not None:
+            by_loop.setdefault(loop, []).append((fut, ok, value))
+        elif ok:
+            fut.set_result(value)
+        else:
+            fut.set_exception(value)
+    for loop, items in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+            loop.call_soon_threadsafe(_settle_in_loop, items)
+
+
+def _settle_in_loop(items: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
+    for fut, ok, value in items:
+        if fut.done():  # its caller was cancelled meanwhile: the operation ran regardless
+            continue
+        if ok:
+            fut.set_result(value)
+        else:
+            fut.set_exception(value)

@@ -1,0 +1,581 @@
+"""Fan-out benchmark: one real server, many real agents, `echo hi` to all of them.
+
+    .venv/bin/python bench/fanout.py [--sizes 30,100,1000] [--real 30] [--no-write]
+
+One `crc server run` process (SQLite, TLS, loopback port) serves two kinds of agents:
+
+* a *swarm*: N instances of the real ``cloudremotecontrol.agent.core.Agent`` class, each
+  with its own ``AgentState`` (own state dir, own SQLite outbox), enrolled with its own
+  single-use key over HTTPS and holding its own TLS WebSocket, many per process in one
+  asyncio loop, spread over a few worker processes (one per core);
+* ``--real`` separate `crc agent run` processes, exactly as a VM runs them.
+
+For each size it reports the agents connected (by the server's account), the server's
+RSS, the RSS per agent, the wall time of the real `crc run G --to all -- echo hi` process
+(start-up included) until every result reached the master, and the same job through
+the SDK (``Client.run`` on a warm client). It also times `crc --version` alone.
+
+Everything it starts is killed when it ends, fails, is interrupted or runs out of time
+(``--max-seconds``); it only uses 127.0.0.1. ``--swarm-worker`` is internal: the mode in
+which this file runs as one swarm process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import os
+import platform
+import resource
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+TARGETS = {"cli_s": 0.5, "sdk_s": 0.1, "agent_mib": 30.0, "k_agents_s": 1.0}
+SALT = "Salt on this machine: 2.96 s CLI, 1.35 s API for 30 minions, 117 MiB RSS per minion"
+
+
+# -- small helpers ------------------------------------------------------------------------
+def raise_fd_limit(want: int = 65536) -> int:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    new = min(want, hard) if hard != resource.RLIM_INFINITY else want
+    if new > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+    return max(new, soft)
+
+
+def rss_kib(pid: int, field: str = "VmRSS") -> int:
+    """``field`` (VmRSS, VmHWM) of process ``pid`` from /proc, in KiB (0 if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return 0
+
+
+def pss_kib(pid: int) -> int:
+    """Proportional set size of ``pid`` (shared library pages divided among their users)."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as fh:
+            for line in fh:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        pass
+    return 0
+
+
+def cpu_seconds(pid: int, children: bool = False) -> float:
+    """User + system CPU time of process ``pid`` so far (all its threads); with
+    ``children``, plus that of its children it waited for (an agent's jobs)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0
+    ticks = int(fields[11]) + int(fields[12])
+    if children:
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def mib(kib: float) -> float:
+    return kib / 1024.0
+
+
+def machine_info() -> str:
+    model = "unknown CPU"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    mem = 0
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        mem = int(Path("/proc/meminfo").read_text().split()[1]) // (1024 * 1024)
+    return (f"{os.cpu_count()} cores ({model}), {mem} GiB RAM, Linux {platform.release()}, "
+            f"Python {platform.python_version()}")
+
+
+def crc_exe() -> str:
+    """The installed `crc` entry point next to this interpreter (what users run)."""
+    exe = Path(sys.executable).with_name("crc")
+    return str(exe) if exe.exists() else shutil.which("crc") or "crc"
+
+
+# -- the swarm worker (a separate process) -------------------------------------------------
+def swarm_worker(spec_path: str) -> None:
+    """Enroll and run the agents listed in the spec file until stdin closes.
+
+    Prints one JSON line when every agent is connected (or the deadline passed):
+    ``{"connected": n, "agents": total, "base_rss_kib": ..., "rss_kib": ...}``.
+    """
+    raise_fd_limit()
+    spec = json.loads(Path(spec_path).read_text())
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s swarm %(levelname)s %(message)s")
+    from cloudremotecontrol.agent.core import Agent, enroll
+    from cloudremotecontrol.agent.platform import current
+    from cloudremotecontrol.agent.state import AgentState
+
+    base_rss = rss_kib(os.getpid())
+    plat = current()
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        loop.add_reader(sys.stdin.fileno(), stop.set)  # EOF (parent gone) or any line
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        states: list[AgentState] = []
+        agents: list[Agent] = []
+        limit = asyncio.Semaphore(8)
+
+        async def make(name: str, key: str) -> Agent:
+            state = AgentState(Path(spec["dir"]) / name, protect=plat.protect_file)
+            states.append(state)
+            async with limit:
+                cred = await asyncio.to_thread(enroll, state, spec["url"], key,
+                                               spec["fingerprint"])
+            return Agent(state, cred, plat)
+
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            agents = list(await asyncio.gather(*(make(n, k) for n, k in spec["keys"])))
+            deadline = loop.time() + spec["connect_timeout"]
+            # Start in waves so a thousand TLS handshakes do not all land at once.
+            for i in range(0, len(agents), spec["wave"]):
+                wave = agents[i:i + spec["wave"]]
+                tasks += [loop.create_task(a.run()) for a in wave]
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(
+                        asyncio.gather(*(a.connected.wait() for a in wave)),
+                        max(0.1, deadline - loop.time()))
+            n = sum(a.connected.is_set() for a in agents)
+            print(json.dumps({"connected": n, "agents": len(agents),
+                              "base_rss_kib": base_rss, "rss_kib": rss_kib(os.getpid())}),
+                  flush=True)
+            await stop.wait()
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for s in states:
+                s.close()
+
+    asyncio.run(main())
+
+
+class Swarm:
+    """Worker processes that each run a share of the simulated agents."""
+
+    def __init__(self, work: Path, url: str, fingerprint: str, keys: list[tuple[str, str]],
+                 workers: int, wave: int, connect_timeout: float) -> None:
+        self.procs: list[subprocess.Popen[str]] = []
+        self.reports: list[dict[str, Any]] = []
+        self.logs: list[Path] = []
+        work.mkdir(parents=True, exist_ok=True)
+        shares = [keys[i::workers] for i in range(workers)]
+        for i, share in enumerate(s for s in shares if s):
+            spec = work / f"swarm{i}.json"
+            spec.write_text(json.dumps({
+                "url": url, "fingerprint": fingerprint, "keys": share,
+                "dir": str(work / f"swarm{i}"), "wave": wave,
+                "connect_timeout": connect_timeout}))
+            log = work / f"swarm{i}.log"
+            self.logs.append(log)
+            with open(log, "ab") as fh:
+                self.procs.append(subprocess.Popen(
+                    [sys.executable, str(Path(__file__).resolve()), "--swarm-worker",
+                     str(spec)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=fh,
+                    text=True, start_new_session=True))
+
+    def wait_connected(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        for p in self.procs:
+            assert p.stdout is not None
+            import selectors
+
+            with selectors.DefaultSelector() as sel:
+                sel.register(p.stdout, selectors.EVENT_READ)
+                if not sel.select(max(0.1, deadline - time.monotonic())):
+                    raise TimeoutError(f"swarm worker {p.pid} did not report in {timeout} s")
+            line = p.stdout.readline()
+            if not line:
+                tail = "\n".join(log.read_text()[-2000:] for log in self.logs)
+                raise RuntimeError(f"swarm worker {p.pid} died: {tail}")
+            self.reports.append(json.loads(line))
+
+    @property
+    def connected(self) -> int:
+        return sum(r["connected"] for r in self.reports)
+
+    def rss_kib(self) -> tuple[int, int]:
+        """(total RSS of the workers now, their RSS before any agent existed)."""
+        return (sum(rss_kib(p.pid) for p in self.procs),
+                sum(r["base_rss_kib"] for r in self.reports))
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p.stdin is not None:
+                with contextlib.suppress(OSError):
+                    p.stdin.close()
+        for p in self.procs:
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+            if p.stdout is not None:
+                p.stdout.close()
+
+
+# -- the benchmark ------------------------------------------------------------------------
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.work = Path(tempfile.mkdtemp(prefix="crc-bench-"))
+        self.server: Any = None
+        self.client: Any = None
+        self.agents: list[Any] = []
+        self.swarm: Swarm | None = None
+        self.rows: list[dict[str, Any]] = []
+        self.cli_env: dict[str, str] = {}
+        self.cli_startup: list[float] = []
+        self.load_start = os.getloadavg()[0]
+
+    # lifecycle
+    def start(self) -> None:
+        from cloudremotecontrol.master.client import Client
+        from cloudremotecontrol.master.localrun import ServerProcess
+
+        self.server = ServerProcess(self.work / "srv").start()
+        token = self.server.add_user("bench")
+        self.client = Client(self.server.url, token, self.server.fingerprint)
+        self.cli_env = {**os.environ, "CRC_URL": self.server.url, "CRC_TOKEN": token,
+                        "CRC_FINGERPRINT": self.server.fingerprint,
+                        "CRC_CONFIG_DIR": str(self.work / "cfg"), "NO_COLOR": "1"}
+        log(f"server pid {self.server.proc.pid} at {self.server.url}")
+
+    def close(self) -> None:
+        if self.swarm is not None:
+            self.swarm.stop()
+            self.swarm = None
+        self.stop_agents()
+        if self.client is not None:
+            self.client.close()
+        if self.server is not None:
+            self.server.stop()
+        if not self.args.keep:
+            shutil.rmtree(self.work, ignore_errors=True)
+
+    def stop_agents(self) -> None:
+        for a in self.agents:  # all at once, then wait for each
+            if a.alive():
+                a.proc.terminate()
+        for a in self.agents:
+            a.stop()
+        self.agents = []
+
+    # measurements
+    def time_cli_startup(self) -> None:
+        exe = crc_exe()
+        for _ in range(self.args.cli_runs + 1):
+            t = time.perf_counter()
+            subprocess.run([exe, "--version"], check=True, capture_output=True, timeout=60)
+            self.cli_startup.append(time.perf_counter() - t)
+        self.cli_startup.pop(0)  # warm-up (page cache)
+
+    def wait_ready(self, group: str, n: int, timeout: float) -> int:
+        deadline = time.monotonic() + timeout
+        while True:
+            ready = sum(m["state"] == "ready" for m in self.client.group(group)["machines"])
+            if ready == n or time.monotonic() > deadline:
+                return ready
+            time.sleep(0.2)
+
+    def cli_run(self, group: str, n: int) -> float:
+        argv = [crc_exe(), "run", group, "--to", "all", "--", "echo", "hi"]
+        t = time.perf_counter()
+        r = subprocess.run(argv, capture_output=True, text=True, env=self.cli_env, timeout=120)
+        took = time.perf_counter() - t
+        his = sum(line.endswith("] hi") for line in r.stdout.splitlines())
+        if r.returncode != 0 or his != n:
+            raise RuntimeError(f"crc run: exit {r.returncode}, {his}/{n} answers: "
+                               f"{r.stderr[-1000:]}")
+        return took
+
+    def sdk_run(self, group: str, n: int) -> float:
+        t = time.perf_counter()
+        done = sum(1 for ev in self.client.run(group, "all", argv=["echo", "hi"])
+                   if ev["type"] == "job.status" and ev["data"]["status"] == "succeeded")
+        took = time.perf_counter() - t
+        if done != n:
+            raise RuntimeError(f"SDK run: {done}/{n} succeeded")
+        return took
+
+    def measure(self, kind: str, group: str, n: int, connected: int, agent_pids: list[int],
+                agent_rss: float, agent_rss_marginal: float | None,
+                agent_pss: float | None = None) -> None:
+        pid = self.server.proc.pid
+        self.sdk_run(group, n)  # warm-up: connection, server caches
+
+        def agents_cpu() -> float:
+            return sum(cpu_seconds(p, children=True) for p in agent_pids)
+
+        cpu, cpu_agents, cpu_me = cpu_seconds(pid), agents_cpu(), time.process_time()
+        sdk = [self.sdk_run(group, n) for _ in range(self.args.sdk_runs)]
+        runs = max(1, len(sdk))
+        server_cpu = (cpu_seconds(pid) - cpu) / runs
+        agent_cpu = (agents_cpu() - cpu_agents) / runs
+        client_cpu = (time.process_time() - cpu_me) / runs
+        cli = [self.cli_run(group, n) for _ in range(self.args.cli_runs)]
+        row = {"agents": n, "kind": kind, "connected": connected,
+               "server_rss_mib": mib(rss_kib(pid)), "server_cpu_s": server_cpu,
+               "agents_cpu_s": agent_cpu, "client_cpu_s": client_cpu,
+               "agent_rss_mib": agent_rss, "agent_marginal_mib": agent_rss_marginal,
+               "agent_pss_mib": agent_pss,
+               "cli_s": statistics.median(cli), "cli_all": cli,
+               "sdk_s": statistics.median(sdk), "sdk_all": sdk}
+        self.rows.append(row)
+        log(f"{kind} {n}: connected {connected}, CLI {row['cli_s']:.3f} s, "
+            f"SDK {row['sdk_s']:.3f} s (runs {', '.join(f'{x:.3f}' for x in sdk)})")
+
+    def run_real(self, n: int) -> None:
+        from cloudremotecontrol.master.localrun import AgentProcess
+
+        group = f"real{n}"
+        out = self.client.create_group(group, [f"r{i:04d}" for i in range(n)])
+        for m in out["machines"]:
+            self.agents.append(AgentProcess(
+                self.work / "real" / m["name"], self.server.url, m["key"],
+                self.server.fingerprint, extra=["--log-level", "warning"]).start())
+        connected = self.wait_ready(group, n, self.args.connect_timeout)
+        per_agent = statistics.mean(rss_kib(a.proc.pid) for a in self.agents)
+        pss = statistics.mean(pss_kib(a.proc.pid) for a in self.agents)
+        try:
+            self.measure("processes", group, n, connected, [a.proc.pid for a in self.agents],
+                         mib(per_agent), None, mib(pss))
+        finally:
+            self.stop_agents()
+            self.client.delete_group(group)
+
+    def run_swarm(self, n: int) -> None:
+        group = f"swarm{n}"
+        out = self.client.create_group(group, [f"s{i:04d}" for i in range(n)])
+        keys = [(m["name"], m["key"]) for m in out["machines"]]
+        workers = max(1, min(self.args.workers, (n + 99) // 100))
+        t = time.perf_counter()
+        self.swarm = Swarm(self.work / group, self.server.url, self.server.fingerprint, keys,
+                           workers, self.args.wave, self.args.connect_timeout)
+        try:
+            self.swarm.wait_connected(self.args.connect_timeout + 120)
+            connected = self.wait_ready(group, n, 30)
+            log(f"swarm {n}: {self.swarm.connected} agents connected in {workers} processes "
+                f"after {time.perf_counter() - t:.1f} s (enroll included)")
+            total, base = self.swarm.rss_kib()
+            self.measure(f"in-process x{workers}", group, n, connected,
+                         [p.pid for p in self.swarm.procs], mib(total) / n,
+                         mib(total - base) / n)
+        finally:
+            self.swarm.stop()
+            self.swarm = None
+            self.client.delete_group(group)
+
+
+# -- report -------------------------------------------------------------------------------
+def table(rows: list[dict[str, Any]], cli_startup: float) -> str:
+    head = ["agents", "kind", "connected", "server RSS", "RSS/agent", "CPU/job server",
+            "CPU/job agents", "crc run (CLI)", "Client.run (SDK)"]
+    body = []
+    for r in rows:
+        per = f"{r['agent_rss_mib']:.1f} MiB"
+        if r["agent_marginal_mib"] is not None:
+            per += f" ({r['agent_marginal_mib']:.2f} marginal)"
+        if r.get("agent_pss_mib"):
+            per += f" (PSS {r['agent_pss_mib']:.1f})"
+        body.append([str(r["agents"]), r["kind"], f"{r['connected']}/{r['agents']}",
+                     f"{r['server_rss_mib']:.0f} MiB", per, f"{r['server_cpu_s']:.3f} s",
+                     f"{r['agents_cpu_s']:.3f} s", f"{r['cli_s']:.3f} s",
+                     f"{r['sdk_s']:.3f} s"])
+    widths = [max(len(x) for x in col) for col in zip(head, *body, strict=True)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+             for row in [head, ["-" * w for w in widths], *body]]
+    lines.append(f"`crc --version` alone (CLI start-up): {cli_startup:.3f} s")
+    return "\n".join(lines)
+
+
+def verdicts(rows: list[dict[str, Any]]) -> list[str]:
+    out = []
+
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "MISSED"
+
+    for r in rows:
+        if r["agents"] == 30:
+            out.append(f"- CLI `echo hi` to 30 agents ({r['kind']}) <= 0.5 s: "
+                       f"{r['cli_s']:.3f} s, {verdict(r['cli_s'] <= TARGETS['cli_s'])}")
+            out.append(f"- SDK `echo hi` to 30 agents ({r['kind']}) <= 0.1 s: "
+                       f"{r['sdk_s']:.3f} s, {verdict(r['sdk_s'] <= TARGETS['sdk_s'])}")
+        if r["kind"] == "processes":
+            out.append(f"- RSS per agent process <= 30 MiB: {r['agent_rss_mib']:.1f} MiB, "
+                       f"{verdict(r['agent_rss_mib'] <= TARGETS['agent_mib'])}")
+        if r["agents"] >= 1000:
+            best = min(r["sdk_s"], r["cli_s"])
+            out.append(f"- {r['agents']} agents all answered in < 1 s: SDK {r['sdk_s']:.3f} s,"
+                       f" CLI {r['cli_s']:.3f} s, {verdict(best < TARGETS['k_agents_s'])}")
+    return out
+
+
+BEGIN, END = "<!-- fanout.py: begin -->", "<!-- fanout.py: end -->"
+
+
+def write_results(path: Path, command: str, text: str, rows: list[dict[str, Any]],
+                  checks: list[str], args: argparse.Namespace, load: list[float]) -> None:
+    """Write the measured part of ``path`` between the BEGIN/END markers, keeping what
+    was written by hand around them (analysis, profiles)."""
+    runs = "\n".join(
+        f"- {r['agents']} {r['kind']}: CLI "
+        f"{', '.join(f'{x:.3f}' for x in r['cli_all'])}; SDK "
+        f"{', '.join(f'{x:.3f}' for x in r['sdk_all'])}" for r in rows)
+    floors = "\n".join(
+        f"- {r['agents']} {r['kind']}: server {r['server_cpu_s']:.3f} + agents (with their "
+        f"`echo`) {r['agents_cpu_s']:.3f} + SDK client {r['client_cpu_s']:.3f} = "
+        f"{r['server_cpu_s'] + r['agents_cpu_s'] + r['client_cpu_s']:.3f} CPU-s per job: "
+        f"on {os.cpu_count()} cores no run can take less than "
+        f"{(r['server_cpu_s'] + r['agents_cpu_s'] + r['client_cpu_s']) / (os.cpu_count() or 1):.3f}"
+        f" s" for r in rows)
+    body = f"""{BEGIN}
+Produced by `{command}` on {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M UTC}.
+
+Machine: {machine_info()}.
+Load average (1 min): {load[0]:.2f} before, {load[1]:.2f} after; other work shares this
+machine, so compare medians, and CPU per job rather than wall time.
+Medians of {args.cli_runs} CLI and {args.sdk_runs} SDK runs, after one warm-up run.
+
+```
+{text}
+```
+
+Targets (from the issue; {SALT}):
+
+{chr(10).join(checks)}
+
+CPU per job (from /proc, during the SDK runs):
+
+{floors}
+
+All runs (seconds):
+
+{runs}
+{END}"""
+    intro = """# Fan-out benchmark results
+
+One `crc server run` process (SQLite, TLS, 127.0.0.1). *processes*: separate
+`crc agent run` processes. *in-process xW*: the real `Agent` class (own state dir,
+SQLite outbox, enrollment and TLS WebSocket each) many per process in W processes;
+their RSS/agent is the processes' VmRSS divided by the agents, *marginal* leaves out what
+the processes held before the first agent existed; PSS counts shared library pages once.
+The job is `crc run G --to all -- echo hi` (a real process, wall time until it exits,
+i.e. until every result reached the master) and `Client.run(G, "all", argv=["echo", "hi"])`
+on a warm SDK client (wall time until every target's final status). Server RSS is VmRSS
+after the runs, of the one server process that served every row so far. CPU/job: user +
+system seconds per SDK run, of the server and of all agent processes including the
+`echo` they ran. Everything runs on the same cores, so the agents' own work delays the
+server: on real VMs each agent has its own CPU.
+
+"""
+    old = path.read_text() if path.exists() else ""
+    if BEGIN in old and END in old:
+        new = old[:old.index(BEGIN)] + body + old[old.index(END) + len(END):]
+    else:
+        new = intro + body + "\n"
+    path.write_text(new)
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", default="30,100,1000",
+                   help="swarm sizes, comma separated (max 1000: one group)")
+    p.add_argument("--real", type=int, default=30,
+                   help="number of `crc agent run` processes (0: none)")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 2,
+                   help="swarm processes for large swarms (default: one per core)")
+    p.add_argument("--wave", type=int, default=100, help="agents started at once per worker")
+    p.add_argument("--cli-runs", type=int, default=5)
+    p.add_argument("--sdk-runs", type=int, default=10)
+    p.add_argument("--connect-timeout", type=float, default=120.0)
+    p.add_argument("--max-seconds", type=int, default=1200,
+                   help="stop everything after this long")
+    p.add_argument("--no-write", action="store_true", help="do not write bench/RESULTS.md")
+    p.add_argument("--out", default=str(HERE / "RESULTS.md"))
+    p.add_argument("--keep", action="store_true", help="keep the work directory")
+    p.add_argument("--swarm-worker", metavar="SPEC", help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.swarm_worker:
+        swarm_worker(args.swarm_worker)
+        return 0
+    sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+    if any(not 1 <= s <= 1000 for s in sizes):
+        raise SystemExit("fanout: sizes must be 1..1000 (one group)")
+    raise_fd_limit()
+
+    def bail(signum: int, _frame: Any) -> None:
+        raise SystemExit(f"fanout: stopped by signal {signum}")
+
+    signal.signal(signal.SIGTERM, bail)
+    signal.signal(signal.SIGINT, bail)
+    signal.signal(signal.SIGALRM, bail)
+    signal.alarm(args.max_seconds)
+    bench = Bench(args)
+    try:
+        bench.start()
+        bench.time_cli_startup()
+        if args.real:
+            bench.run_real(args.real)
+        for n in sizes:
+            bench.run_swarm(n)
+    finally:
+        signal.alarm(0)
+        bench.close()
+    text = table(bench.rows, statistics.median(bench.cli_startup))
+    checks = verdicts(bench.rows)
+    print(text)
+    print("\n".join(checks))
+    if not args.no_write:
+        rel = os.path.relpath(Path(__file__).resolve(), Path.cwd())
+        command = " ".join([".venv/bin/python", rel, *(argv if argv is not None
+                                                        else sys.argv[1:])])
+        write_results(Path(args.out), command, text, bench.rows, checks, args,
+                      [bench.load_start, os.getloadavg()[0]])
+        log(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

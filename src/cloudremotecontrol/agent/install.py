@@ -1,0 +1,136 @@
+"""``crc agent install`` / ``uninstall``: enroll once, then make the agent a service.
+
+Enrollment happens here, in the foreground, not in the service: the startup script
+learns at once whether the key worked (used, expired, wrong server) and stops with that
+message, and the service's command line never carries a key - it only names the state
+directory, where the credential now lives. The key file is deleted after a successful
+enrollment (the key is burnt by then anyway).
+
+Running ``install`` again is safe: an enrolled machine ignores the key, an unchanged
+service definition is not rewritten, and a running agent is left running (``restart``
+asks for a restart, e.g. after the bootstrap upgraded the code).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import sys
+import time
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from ..errors import InvalidInput, KeyRejected, Unavailable
+from .platform import Platform
+from .platform.services import SERVICE_NAME, ServiceManager, ServiceSpec
+from .state import AgentState, Credential
+
+__all__ = ["agent_command", "install_agent", "uninstall_agent"]
+
+log = logging.getLogger("crc.agent")
+
+
+def agent_command() -> tuple[str, tuple[str, ...]]:
+    """``(python, entry)`` that runs this very copy of crc (venv, site-packages or zipapp).
+
+    ``sys.executable`` is kept as is, not resolved: a venv's python is a symlink whose
+    path is what selects the venv.
+    """
+    import cloudremotecontrol
+
+    for parent in Path(cloudremotecontrol.__file__).parents:
+        if parent.is_file() and zipfile.is_zipfile(parent):
+            return sys.executable, (str(parent),)
+    return sys.executable, ("-m", "cloudremotecontrol")
+
+
+def _load_credential(state_dir: Path) -> Credential | None:
+    # Read without opening the agent's database: a running agent owns it.
+    try:
+        return Credential(**json.loads((state_dir / "credential.json").read_text()))
+    except FileNotFoundError:
+        return None
+    except (ValueError, TypeError):
+        raise KeyRejected(f"{state_dir / 'credential.json'} is damaged: remove {state_dir} "
+                          "and enroll again with a new key") from None
+
+
+def _enroll(platform: Platform, state_dir: Path, url: str, key: str, fingerprint: str | None,
+            wait: float) -> Credential:
+    from .core import enroll
+
+    deadline = time.monotonic() + wait
+    delay = 1.0
+    state = AgentState(state_dir, protect=platform.protect_file)
+    try:
+        while True:
+            try:
+                return enroll(state, url, key, fingerprint)
+            except Unavailable as exc:
+                # The network may still be coming up at first boot; a refused key or a
+                # fingerprint mismatch is final and raised at once.
+                if time.monotonic() + delay > deadline:
+                    raise
+                log.warning("%s: retrying in %.0f s", exc.message, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 30.0)
+    finally:
+        state.close()
+
+
+def install_agent(platform: Platform, state_dir: Path, *, url: str | None = None,
+                  key: str | None = None, key_file: str | None = None,
+                  fingerprint: str | None = None, gate_ready: bool = False,
+                  restart: bool = False, wait: float = 300.0,
+                  manager: ServiceManager | None = None) -> dict[str, Any]:
+    """Enroll if needed, then register, enable and start the service. Idempotent."""
+    state_dir = Path(state_dir)
+    cred = _load_credential(state_dir)
+    enrolled_now = False
+    if cred is None:
+        if key is None and key_file is not None:
+            try:
+                key = Path(key_file).read_text().strip()
+            except OSError as exc:
+                raise KeyRejected(f"cannot read key file {key_file}: {exc.strerror}") from None
+        if not url or not key:
+            raise KeyRejected("this machine is not enrolled yet: give --url and --key or "
+                              "--key-file (the single-use key of `crc group create` or "
+                              "`crc bootstrap`)")
+        cred = _enroll(platform, state_dir, url, key, fingerprint, wait)
+        enrolled_now = True
+    if key_file is not None:
+        # Used or not needed: either way it must not stay on disk.
+        Path(key_file).unlink(missing_ok=True)
+    python, entry = agent_command()
+    run_args = ("--state-dir", str(state_dir), *(("--gate-ready",) if gate_ready else ()))
+    spec = ServiceSpec(python=python, entry=entry, run_args=run_args,
+                       description=f"CloudRemoteControl agent ({cred.group}/{cred.machine} "
+                                   f"at {cred.url})")
+    mgr = manager or platform.service_manager()
+    change = mgr.install(spec, restart=restart)
+    return {"service": spec.name, "manager": mgr.kind, "definition": change.location,
+            "definition_changed": change.definition_changed, "action": change.action,
+            "enrolled_now": enrolled_now, "group": cred.group, "machine": cred.machine,
+            "url": cred.url, "state_dir": str(state_dir), "command": spec.argv}
+
+
+def uninstall_agent(platform: Platform, state_dir: Path, *, purge: bool = False,
+                    manager: ServiceManager | None = None) -> dict[str, Any]:
+    """Stop and remove the service; with ``purge`` also the credential and queue."""
+    mgr = manager or platform.service_manager()
+    removed = mgr.uninstall(SERVICE_NAME)
+    purged = False
+    state_dir = Path(state_dir)
+    if purge and state_dir.exists():
+        if not any((state_dir / n).exists() for n in ("credential.json", "agent.db")):
+            raise InvalidInput(f"{state_dir} does not look like an agent state directory "
+                               "(no credential.json, no agent.db): not removing it")
+        shutil.rmtree(state_dir)
+        purged = True
+    return {"service": SERVICE_NAME, "manager": mgr.kind, "removed": removed,
+            "state_dir": str(state_dir), "purged": purged,
+            "note": None if purge else f"credential kept in {state_dir}: reinstalling "
+                                       "resumes as the same machine (--purge removes it)"}

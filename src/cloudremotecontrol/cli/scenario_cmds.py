@@ -1,0 +1,119 @@
+"""``crc up`` and ``crc down``: run a scenario file (docs/scenarios.md), tear it down."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from ..errors import Conflict, InvalidInput, NotFound, Unauthorized
+from .output import json_option
+
+
+def _close(provider: Any) -> None:
+    close = getattr(provider, "close", None)
+    if close is not None:
+        close()
+
+
+@click.command()
+@click.argument("scenario_file", metavar="SCENARIO.yaml",
+                type=click.Path(exists=True, dir_okay=False))
+@click.option("--rerun", is_flag=True, help="Run every step again, also those that "
+                                            "succeeded in an earlier `crc up`.")
+@click.option("--parallel", type=click.IntRange(1, 64), default=8, show_default=True,
+              help="At most this many steps at once.")
+@json_option
+def up(scenario_file: str, rerun: bool, parallel: int, as_json: bool) -> None:
+    """Create the scenario's group and machines, wait until they are ready (live
+    progress), run its steps and print a summary.
+
+    Run it again after a failure, a crash or Ctrl-C: it resumes (no machine is made
+    twice; steps that succeeded are not run again unless changed or --rerun).
+    Exit code: 0 if every step succeeded, 1 if one failed or was skipped.
+    """
+    from ..master.profile import load_profile
+    from ..master.scenario.model import load_scenario
+    from ..master.scenario.runner import Runner, make_provider
+    from ..master.scenario.view import make_view
+
+    scenario = load_scenario(scenario_file)
+    profile = load_profile()
+    provider = make_provider(scenario.provider, scenario.provider_settings, profile.url)
+    try:
+        with make_view(as_json) as view:
+            runner = Runner(scenario, profile, provider, view, rerun=rerun,
+                            max_parallel=parallel)
+            try:
+                rc = runner.up()
+            finally:
+                runner.close()
+    finally:
+        _close(provider)
+    sys.exit(rc)
+
+
+@click.command()
+@click.argument("scenario_file", metavar="[SCENARIO.yaml]", required=False,
+                type=click.Path(exists=True, dir_okay=False))
+@click.option("--group", help="The group (scenario name) to tear down, instead of a file.")
+@click.option("--provider", "provider_name", type=click.Choice(["local", "vultr"]),
+              help="With --group, when the server no longer knows the group: the provider "
+                   "to clean up leftovers at.")
+@json_option
+def down(scenario_file: str | None, group: str | None, provider_name: str | None,
+         as_json: bool) -> None:
+    """Destroy every machine of a scenario at its provider, check that none is left
+    (listing by tag), delete the group (revoking every key and credential), report."""
+    from ..master.client import Client
+    from ..master.profile import load_profile
+    from ..master.scenario.model import load_scenario
+    from ..master.scenario.runner import down as run_down
+    from ..master.scenario.runner import make_provider
+    from ..master.scenario.state import LocalState
+    from ..master.scenario.view import make_view
+    from ..protocol.names import check_name
+
+    if bool(scenario_file) == bool(group):
+        raise InvalidInput("give a SCENARIO.yaml or --group GROUP (one of them)")
+    settings: dict[str, Any] = {}
+    name = provider_name
+    if scenario_file:
+        scenario = load_scenario(scenario_file)
+        group, name, settings = scenario.name, scenario.provider, scenario.provider_settings
+    assert group is not None
+    check_name(group, "group")
+    client = None
+    try:
+        profile = load_profile()
+        client = Client(profile.url, profile.token, profile.fingerprint, profile.cert_pem)
+    except Unauthorized:
+        if name is None:
+            raise
+    try:
+        if client is not None and not scenario_file:
+            try:
+                mine = (client.group(group).get("settings") or {}).get("crc_up")
+            except NotFound:
+                mine = None
+                if name is None:
+                    raise NotFound(f"group {group} is not on the server: name its provider "
+                                   "with --provider to clean up leftovers there") from None
+            else:
+                if not isinstance(mine, dict):
+                    raise Conflict(f"group {group} was not made by `crc up`: delete it with "
+                                   f"`crc group delete {group}`")
+                name = name or mine.get("provider")
+                settings = mine.get("provider_settings") or {}
+        assert name is not None
+        provider = make_provider(name, settings, client.url if client else None)
+        try:
+            with make_view(as_json) as view:
+                rc = run_down(group, provider, client, view, LocalState.for_group(group))
+        finally:
+            _close(provider)
+    finally:
+        if client is not None:
+            client.close()
+    sys.exit(rc)

@@ -1,0 +1,518 @@
+"""Reading a scenario file's node tree into the model (model.py), every check of the
+format documented in docs/scenarios.md. Problems are collected, never raised, so one run
+reports all of them (see yamlnodes.NodeReader)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ...errors import CrcError
+from ...protocol.names import check_label, check_message_type, check_name
+from . import templates
+from .model import (
+    DEFAULT_READY_TIMEOUT,
+    DEFAULT_RETRY_DELAY,
+    DEFAULT_STEP_TIMEOUT,
+    PROVIDERS,
+    STEP_KINDS,
+    Action,
+    HostsAction,
+    MachineDef,
+    PushAction,
+    RebootAction,
+    RunAction,
+    Scenario,
+    SendAction,
+    Step,
+    WaitAction,
+)
+from .yamlnodes import NodeReader
+
+__all__ = ["ScenarioParser"]
+
+_TOP = ("name", "description", "provider", "defaults", "ttl", "timeouts", "variables",
+        "machines", "steps")
+_MACHINE = ("os", "labels", "region", "plan", "image", "provider", "description")
+_STEP = ("name", "description", "to", "needs", "retries", "retry_delay", "timeout",
+         "shell", "env", "cwd", *STEP_KINDS)
+_PROVIDER_SETTINGS = {"local": ("name", "network"), "vultr": ("name",)}
+_SHELLS = ("bash", "sh", "powershell", "cmd")
+_KV_KEY = re.compile(r"^[A-Za-z0-9_.\-/]{1,128}$")
+_MODE = re.compile(r"^0?[0-7]{3,4}$")
+_ABSOLUTE = re.compile(r"^(/|[A-Za-z]:[\\/])")
+_SCRIPT_SHELLS = {".sh": "sh", ".bash": "bash", ".ps1": "powershell", ".cmd": "cmd",
+                  ".bat": "cmd"}
+
+
+def _check(r: NodeReader, node: yaml.Node, path: str, fn: Any, *args: Any) -> Any:
+    """Run one of protocol.names' checks, turning its error into a problem."""
+    try:
+        return fn(*args)
+    except CrcError as exc:
+        r.error(node, path, exc.message)
+        return None
+
+
+class ScenarioParser:
+    def __init__(self, r: NodeReader, path: Path) -> None:
+        self.r = r
+        self.path = path
+        self.base = path.parent
+        self.machines: dict[str, MachineDef] = {}
+        self.variables: dict[str, Any] = {}
+        self.provider = "local"
+        self.step_timeout = DEFAULT_STEP_TIMEOUT
+
+    def scenario(self, digest: str) -> Scenario | None:
+        r = self.r
+        root = r.root()
+        if root is None:
+            if not r.problems:
+                r.error(None, "", "empty file: a scenario needs name, machines and steps")
+            return None
+        top = r.mapping(root, "", _TOP)
+        if top is None:
+            return None
+        for key in ("name", "machines"):
+            if key not in top:
+                r.error(root, key, "required field is missing")
+        name = None
+        if "name" in top:
+            node = top["name"][1]
+            text = r.str(node, "name")
+            name = text and _check(r, node, "name", check_name, text, "scenario name")
+        settings = self._provider(top)
+        ttl = r.duration(top["ttl"][1], "ttl") if "ttl" in top else None
+        ready_timeout = DEFAULT_READY_TIMEOUT
+        if "timeouts" in top:
+            t = r.mapping(top["timeouts"][1], "timeouts", ("ready", "step")) or {}
+            if "ready" in t:
+                ready_timeout = r.duration(t["ready"][1], "timeouts.ready") or ready_timeout
+            if "step" in t:
+                self.step_timeout = r.duration(t["step"][1], "timeouts.step") or \
+                    self.step_timeout
+        if "variables" in top:
+            node = top["variables"][1]
+            value = r.value(node)
+            if value is not None and not (isinstance(value, dict) and
+                                          all(isinstance(k, str) for k in value)):
+                r.error(node, "variables", "expected a mapping of names to values")
+            else:
+                self.variables = value or {}
+        defaults = self._defaults(top["defaults"][1]) if "defaults" in top else {}
+        if "machines" in top:
+            self._machines(top["machines"][1], defaults)
+        steps: list[Step] = []
+        if "steps" in top:
+            steps = self._steps(top["steps"][1])
+        description = ""
+        if "description" in top:
+            description = r.str(top["description"][1], "description", empty=True) or ""
+        if r.problems or name is None:
+            return None
+        return Scenario(name=name, path=self.path, provider=self.provider,
+                        provider_settings=settings, ttl=ttl, ready_timeout=ready_timeout,
+                        machines=tuple(self.machines.values()), variables=self.variables,
+                        steps=tuple(steps), description=description, digest=digest)
+
+    def _provider(self, top: dict[str, tuple[yaml.Node, yaml.Node]]) -> dict[str, Any]:
+        r = self.r
+        if "provider" not in top:
+            return {}
+        node = top["provider"][1]
+        if isinstance(node, yaml.ScalarNode):
+            self.provider = r.choice(node, "provider", PROVIDERS) or self.provider
+            return {}
+        entries = r.mapping(node, "provider")
+        if entries is None:
+            return {}
+        if "name" not in entries:
+            r.error(node, "provider.name", "required field is missing (local or vultr)")
+            return {}
+        self.provider = r.choice(entries["name"][1], "provider.name", PROVIDERS) or \
+            self.provider
+        settings: dict[str, Any] = {}
+        allowed = _PROVIDER_SETTINGS[self.provider]
+        for key, (knode, vnode) in entries.items():
+            if key not in allowed:
+                r.error(knode, f"provider.{key}", f"unknown setting for the {self.provider} "
+                                                  f"provider (expected: {', '.join(allowed)})")
+            elif key == "network":
+                settings["network"] = r.choice(vnode, "provider.network",
+                                               ("auto", "netns", "host"))
+        return settings
+
+    def _defaults(self, node: yaml.Node) -> dict[str, Any]:
+        r = self.r
+        entries = r.mapping(node, "defaults", ("os", "region", "plan", "image")) or {}
+        out: dict[str, Any] = {}
+        for key, (_, vnode) in entries.items():
+            path = f"defaults.{key}"
+            if key == "os":
+                out["os"] = r.choice(vnode, path, ("linux", "windows"))
+            elif key == "image" and isinstance(vnode, yaml.MappingNode):
+                images = r.mapping(vnode, path, ("linux", "windows")) or {}
+                out["images"] = {k: r.str(v, f"{path}.{k}") for k, (_, v) in images.items()}
+            else:
+                out[key] = r.str(vnode, path)
+        return out
+
+    def _machines(self, node: yaml.Node, defaults: dict[str, Any]) -> None:
+        r = self.r
+        entries = r.mapping(node, "machines")
+        if entries is None:
+            return
+        if not entries:
+            r.error(node, "machines", "a scenario needs at least one machine")
+        for name, (knode, vnode) in entries.items():
+            path = f"machines.{name}"
+            if _check(r, knode, path, check_name, name, "machine name") is None:
+                continue
+            spec: dict[str, tuple[yaml.Node, yaml.Node]] = {}
+            if not (isinstance(vnode, yaml.ScalarNode) and r.value(vnode) is None):
+                spec = r.mapping(vnode, path, _MACHINE) or {}
+
+            def text(key: str, spec: dict[str, Any] = spec, path: str = path) -> str | None:
+                return r.str(spec[key][1], f"{path}.{key}") if key in spec else None
+
+            os_name = (r.choice(spec["os"][1], f"{path}.os", ("linux", "windows"))
+                       if "os" in spec else None) or defaults.get("os") or "linux"
+            labels: dict[str, str] = {}
+            if "labels" in spec:
+                labels = r.str_map(spec["labels"][1], f"{path}.labels") or {}
+                for k, v in labels.items():
+                    _check(r, spec["labels"][1], f"{path}.labels.{k}", check_label, k, v)
+            extra: dict[str, Any] = {}
+            if "provider" in spec:
+                value = r.value(spec["provider"][1])
+                if not isinstance(value, dict):
+                    r.error(spec["provider"][1], f"{path}.provider",
+                            "expected a mapping of provider fields")
+                elif value and self.provider == "local":
+                    r.error(spec["provider"][1], f"{path}.provider",
+                            "the local provider takes no per-machine overrides")
+                else:
+                    extra = value
+            image = text("image") or (defaults.get("images") or {}).get(os_name) or \
+                defaults.get("image")
+            m = MachineDef(name=name, os=os_name, labels=labels,
+                           region=text("region") or defaults.get("region"),
+                           plan=text("plan") or defaults.get("plan"), image=image,
+                           extra=extra, where=r.where(knode))
+            if self.provider == "local" and m.os != "linux":
+                r.error(knode, f"{path}.os", "the local provider runs Linux machines only")
+            if self.provider == "vultr":
+                for key in ("region", "plan", "image"):
+                    if getattr(m, key) is None:
+                        r.error(knode, f"{path}.{key}", f"the vultr provider needs "
+                                f"{'an' if key == 'image' else 'a'} {key} (here or in defaults)")
+            self.machines[name] = m
+
+    # -- steps ---------------------------------------------------------------------------
+    def _steps(self, node: yaml.Node) -> list[Step]:
+        r = self.r
+        if not isinstance(node, yaml.SequenceNode):
+            if not (isinstance(node, yaml.ScalarNode) and r.value(node) is None):
+                r.error(node, "steps", "expected a list of steps (lines starting with -)")
+            return []
+        steps: list[Step] = []
+        nodes: dict[str, yaml.Node] = {}
+        for i, snode in enumerate(node.value):
+            step = self._step(snode, i, steps[-1].name if steps else None)
+            if step is None:
+                continue
+            if step.name in nodes:
+                r.error(snode, f"steps[{i}].name", f"another step is named {step.name!r}")
+                continue
+            nodes[step.name] = snode
+            steps.append(step)
+        names = set(nodes)
+        for s in steps:
+            for need in s.needs:
+                if need not in names:
+                    r.error(nodes[s.name], f"steps.{s.name}.needs", f"no step named {need!r}")
+                elif need == s.name:
+                    r.error(nodes[s.name], f"steps.{s.name}.needs", "a step cannot need itself")
+        cycle = _find_cycle(steps)
+        if cycle:
+            r.error(nodes[cycle[0]], f"steps.{cycle[0]}.needs",
+                    "steps need each other in a cycle: " + " -> ".join(cycle))
+        return steps
+
+    def _step(self, node: yaml.Node, i: int, previous: str | None) -> Step | None:
+        r = self.r
+        label = f"steps[{i}]"
+        e = r.mapping(node, label, _STEP)
+        if e is None:
+            return None
+        kinds = [k for k in STEP_KINDS if k in e]
+        if len(kinds) != 1:
+            r.error(node, label, "a step does exactly one of: " + ", ".join(STEP_KINDS) +
+                    (f" (found {', '.join(kinds)})" if kinds else ""))
+            return None
+        kind = kinds[0]
+        name = f"{kind}-{i + 1}"
+        if "name" in e:
+            text = r.str(e["name"][1], f"{label}.name")
+            name = text and _check(r, e["name"][1], f"{label}.name", check_name, text,
+                                   "step name")
+            if not name:
+                return None
+        label = f"steps.{name}"
+        for key in ("shell", "env", "cwd"):
+            if key in e and kind not in ("run", "script"):
+                r.error(e[key][0], f"{label}.{key}", f"only run and script steps take {key}")
+        to = "all"
+        if "to" in e:
+            to = r.str(e["to"][1], f"{label}.to") or "all"
+        targets = self._targets(to, e["to"][1] if "to" in e else node, f"{label}.to")
+        needs: list[str] = [previous] if previous else []
+        if "needs" in e:
+            needs = r.str_list(e["needs"][1], f"{label}.needs") or []
+        retries = r.int(e["retries"][1], f"{label}.retries") if "retries" in e else 0
+        delay = r.duration(e["retry_delay"][1], f"{label}.retry_delay") \
+            if "retry_delay" in e else DEFAULT_RETRY_DELAY
+        timeout = r.duration(e["timeout"][1], f"{label}.timeout") if "timeout" in e \
+            else self.step_timeout
+        action = getattr(self, f"_{kind}")(e, e[kind][1], f"{label}.{kind}")
+        if action is not None:
+            self._check_templates(action, e[kind][1], f"{label}.{kind}")
+        if action is None or targets is None or retries is None or delay is None \
+                or timeout is None:
+            return None
+        return Step(name=name, kind=kind, action=action, to=to, targets=tuple(targets),
+                    needs=tuple(dict.fromkeys(needs)), retries=retries, retry_delay=delay,
+                    timeout=timeout, where=r.where(node))
+
+    def _targets(self, to: str, node: yaml.Node, path: str) -> list[str] | None:
+        names = list(self.machines)
+        if not names:
+            return []  # machines: is wrong; that problem is reported already
+        if to == "all":
+            return names
+        if "=" in to:
+            key, _, value = to.partition("=")
+            hit = [m.name for m in self.machines.values() if m.labels.get(key) == value]
+            if not hit:
+                self.r.error(node, path, f"no machine has the label {to}")
+                return None
+            return hit
+        chosen = [t.strip() for t in to.split(",") if t.strip()]
+        unknown = [t for t in chosen if t not in self.machines]
+        if unknown or not chosen:
+            self.r.error(node, path, f"no machine {', '.join(unknown) or repr(to)} in "
+                                     f"machines: (use a name, a,b, KEY=VALUE or all)")
+            return None
+        return list(dict.fromkeys(chosen))
+
+    def _run(self, e: dict[str, Any], node: yaml.Node, path: str) -> RunAction | None:
+        r = self.r
+        command: str | None = None
+        argv: tuple[str, ...] | None = None
+        if isinstance(node, yaml.SequenceNode):
+            items = r.str_list(node, path)
+            if items is not None and not items:
+                r.error(node, path, "an argv needs at least the program")
+            argv = tuple(items) if items else None
+            if argv is None:
+                return None
+        else:
+            command = r.str(node, path)
+            if command is None:
+                return None
+        return self._run_options(e, path.rsplit(".", 1)[0], command, argv, None)
+
+    def _run_options(self, e: dict[str, Any], label: str, command: str | None,
+                     argv: tuple[str, ...] | None, shell: str | None) -> RunAction | None:
+        r = self.r
+        if "shell" in e:
+            shell = r.choice(e["shell"][1], f"{label}.shell", _SHELLS)
+            if argv is not None:
+                r.error(e["shell"][0], f"{label}.shell", "an argv runs without a shell: "
+                                                         "write the command as one string")
+        env = r.str_map(e["env"][1], f"{label}.env") if "env" in e else {}
+        cwd = r.str(e["cwd"][1], f"{label}.cwd") if "cwd" in e else None
+        if env is None:
+            return None
+        return RunAction(command=command, argv=argv, shell=shell, env=env, cwd=cwd)
+
+    def _script(self, e: dict[str, Any], node: yaml.Node, path: str) -> RunAction | None:
+        r = self.r
+        rel = r.str(node, path)
+        if rel is None:
+            return None
+        file = self.base / rel
+        try:
+            text = file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            r.error(node, path, f"cannot read {file}: {why}")
+            return None
+        return self._run_options(e, path.rsplit(".", 1)[0], text, None,
+                                 _SCRIPT_SHELLS.get(file.suffix.lower()))
+
+    def _push(self, e: dict[str, Any], node: yaml.Node, path: str) -> PushAction | None:
+        r = self.r
+        p = r.mapping(node, path, ("src", "content", "dest", "mode", "owner"))
+        if p is None:
+            return None
+        if ("src" in p) == ("content" in p):
+            r.error(node, path, "give exactly one of src (a local file) or content (text)")
+            return None
+        if "dest" not in p:
+            r.error(node, f"{path}.dest", "required field is missing")
+            return None
+        dest = r.str(p["dest"][1], f"{path}.dest")
+        if dest and "{{" not in dest and not _ABSOLUTE.match(dest):
+            r.error(p["dest"][1], f"{path}.dest", "must be an absolute path on the machine")
+        src = None
+        if "src" in p:
+            rel = r.str(p["src"][1], f"{path}.src")
+            if rel is not None:
+                src = self.base / rel
+                if not src.is_file():
+                    r.error(p["src"][1], f"{path}.src", f"no such file: {src}")
+        content = r.str(p["content"][1], f"{path}.content", empty=True) \
+            if "content" in p else None
+        mode = None
+        if "mode" in p:
+            raw = r.value(p["mode"][1])
+            if not isinstance(raw, str) or not _MODE.match(raw):
+                r.error(p["mode"][1], f"{path}.mode", 'expected an octal mode in quotes, '
+                                                      'e.g. mode: "0644"')
+            else:
+                mode = raw
+        owner = r.str(p["owner"][1], f"{path}.owner") if "owner" in p else None
+        if dest is None:
+            return None
+        return PushAction(dest=dest, src=src, content=content, mode=mode, owner=owner)
+
+    def _hosts(self, e: dict[str, Any], node: yaml.Node, path: str) -> HostsAction | None:
+        r = self.r
+        if isinstance(node, yaml.ScalarNode) and r.value(node) in (None, True):
+            return HostsAction("auto")
+        p = r.mapping(node, path, ("ip",))
+        if p is None:
+            return None
+        ip = r.choice(p["ip"][1], f"{path}.ip", ("auto", "private", "public")) \
+            if "ip" in p else "auto"
+        return HostsAction(ip) if ip else None
+
+    def _wait(self, e: dict[str, Any], node: yaml.Node, path: str) -> WaitAction | None:
+        r = self.r
+        if isinstance(node, yaml.ScalarNode):
+            if r.value(node) == "ready":
+                return WaitAction("ready")
+            r.error(node, path, "expected ready, or a mapping: {message: TYPE} or {kv: KEY}")
+            return None
+        p = r.mapping(node, path, ("ready", "message", "kv"))
+        if p is None:
+            return None
+        if len(p) != 1:
+            r.error(node, path, "wait for exactly one of: ready, message, kv")
+            return None
+        (kind, (_, vnode)), = p.items()
+        if kind == "ready":
+            if r.value(vnode) is not True:
+                r.error(vnode, f"{path}.ready", "expected true")
+                return None
+            return WaitAction("ready")
+        text = r.str(vnode, f"{path}.{kind}")
+        if text is None:
+            return None
+        if kind == "message":
+            type_ = text if text.startswith("user.") else "user." + text
+            if _check(r, vnode, f"{path}.message", check_message_type, type_) is None:
+                return None
+            return WaitAction("message", type=type_)
+        if not _KV_KEY.match(text) and "{{" not in text:
+            r.error(vnode, f"{path}.kv", "a key is 1-128 letters, digits, '_', '.', '-', '/'")
+            return None
+        return WaitAction("kv", key=text)
+
+    def _send(self, e: dict[str, Any], node: yaml.Node, path: str) -> SendAction | None:
+        r = self.r
+        p = r.mapping(node, path, ("type", "body"))
+        if p is None:
+            return None
+        if "type" not in p:
+            r.error(node, f"{path}.type", "required field is missing (user.NAME)")
+            return None
+        text = r.str(p["type"][1], f"{path}.type")
+        if text is None:
+            return None
+        type_ = text if text.startswith("user.") else "user." + text
+        if _check(r, p["type"][1], f"{path}.type", check_message_type, type_) is None:
+            return None
+        body: Any = r.value(p["body"][1]) if "body" in p else {}
+        if not isinstance(body, dict):
+            r.error(p["body"][1], f"{path}.body", "expected a mapping (a JSON object)")
+            return None
+        return SendAction(type=type_, body=body)
+
+    def _reboot(self, e: dict[str, Any], node: yaml.Node, path: str) -> RebootAction | None:
+        r = self.r
+        value = r.value(node) if isinstance(node, yaml.ScalarNode) else None
+        if isinstance(node, yaml.MappingNode) and not node.value:
+            return RebootAction()
+        if value not in (None, True):
+            r.error(node, path, "expected true (or nothing): `reboot: true`")
+            return None
+        return RebootAction()
+
+    def _check_templates(self, action: Action, node: yaml.Node, path: str) -> None:
+        texts: list[str] = []
+        if isinstance(action, RunAction):
+            texts += [action.command or "", *(action.argv or ()), action.cwd or "",
+                      *action.env.values()]
+        elif isinstance(action, PushAction):
+            texts += [action.dest, action.content or ""]
+        elif isinstance(action, SendAction):
+            texts += _strings(action.body)
+        elif isinstance(action, WaitAction):
+            texts += [action.key or ""]
+        for text in texts:
+            for problem in templates.check(text, self.variables, set(self.machines)):
+                self.r.error(node, path, problem)
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for k, v in value.items() for s in (*_strings(k), *_strings(v))]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return []
+
+
+def _find_cycle(steps: list[Step]) -> list[str] | None:
+    """A cycle of ``needs`` as a list of names (first repeated at the end), or None."""
+    needs = {s.name: [n for n in s.needs if n != s.name] for s in steps}
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+    path: list[str] = []
+
+    def visit(name: str) -> list[str] | None:
+        state[name] = 1
+        path.append(name)
+        for n in needs.get(name, []):
+            if state.get(n) == 1:
+                return [*path[path.index(n):], n]
+            if n in needs and n not in state:
+                found = visit(n)
+                if found:
+                    return found
+        path.pop()
+        state[name] = 2
+        return None
+
+    for s in steps:
+        if s.name not in state:
+            found = visit(s.name)
+            if found:
+                return found
+    return None

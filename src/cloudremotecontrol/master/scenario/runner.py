@@ -1,0 +1,383 @@
+"""``crc up`` and ``crc down``: a scenario's whole life, resumable at every point.
+
+``up`` is a sequence of idempotent phases, each of which first looks at what exists:
+
+1. the group (server): created with one key per machine, or found again — it must
+   carry ``settings.crc_up`` for this scenario, so ``up`` never adopts a stranger's group;
+2. the instances (provider, found by tag): only machines without one are created, with
+   the key kept in the local state file since phase 1 — so ``up`` after a crash or
+   Ctrl-C never makes a second machine for a slot;
+3. readiness: a live view of each machine's state and latest progress line;
+4. the steps (graph.py), skipping those that succeeded before (``crc.up/steps``);
+5. a summary table (or a JSON document).
+
+``down`` destroys every instance tagged with the scenario, checks at the provider that
+none is left, deletes the group (revoking every key and credential) and the local state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from ...errors import Conflict, CrcError, InvalidInput, NotFound, Unavailable
+from ..client import Client
+from ..profile import Profile
+from ..providers.base import MACHINE_TAG_PREFIX, Instance, MachineSpec, Provider, tag_value
+from .graph import StepResult, run_steps
+from .model import MachineDef, Scenario
+from .state import STEPS_KEY, LocalState, step_digest
+from .steps import StepExecutor
+from .view import View
+
+__all__ = ["Runner", "down", "make_provider"]
+
+
+def make_provider(name: str, settings: dict[str, Any], server_url: str | None) -> Provider:
+    """The provider a scenario (or a group's ``settings.crc_up``) names."""
+    if name == "local":
+        from ..providers.local import LocalProvider
+
+        return LocalProvider(settings.get("root"), server_url=server_url,
+                             network=settings.get("network") or "auto")
+    if name == "vultr":
+        from ..providers.vultr import VultrProvider
+
+        return VultrProvider()
+    raise InvalidInput(f"unknown provider {name!r}: local or vultr")
+
+
+def _progress_text(progress: dict[str, Any] | None) -> str | None:
+    if not progress:
+        return None
+    pct = progress.get("percent")
+    return (f"{pct:.0f}% " if isinstance(pct, (int, float)) else "") + str(progress.get("text"))
+
+
+class Runner:
+    """Brings ``scenario`` up on the server of ``profile`` with ``provider``."""
+
+    def __init__(self, scenario: Scenario, profile: Profile, provider: Provider, view: View,
+                 *, state: LocalState | None = None, rerun: bool = False,
+                 max_parallel: int = 8) -> None:
+        self.scenario = scenario
+        self.group = scenario.name
+        self.profile = profile
+        self.provider = provider
+        self.view = view
+        self.state = state or LocalState.for_group(self.group)
+        self.rerun = rerun
+        self.max_parallel = max_parallel
+        self.client = Client(profile.url, profile.token, profile.fingerprint, profile.cert_pem)
+        self._cert = self.client.cert_pem
+        self._lock = threading.Lock()
+        self.instances: dict[str, Instance] = {}
+        self.results: dict[str, StepResult] = {}
+
+    def new_client(self) -> Client:
+        return Client(self.profile.url, self.profile.token, self.profile.fingerprint,
+                      self._cert)
+
+    def close(self) -> None:
+        self.client.close()
+
+    # -- up -----------------------------------------------------------------------------
+    def up(self) -> int:
+        """Run every phase; return 0 if every step succeeded, else 1 (errors raise)."""
+        t0 = time.monotonic()
+        s = self.scenario
+        mode = getattr(self.provider, "mode_reason", None)
+        self.view.info(f"scenario {s.name}: {len(s.machines)} machine(s), {len(s.steps)} "
+                       f"step(s), provider {self.provider.name}" + (f" ({mode})" if mode else ""),
+                       scenario=s.name, provider=self.provider.name, server=self.profile.url)
+        ok = False
+        try:
+            group = self._ensure_group()
+            self._ensure_instances(group)
+            self._wait_ready()
+            self.results = self._run_steps()
+            ok = all(r.ok for r in self.results.values())
+        except KeyboardInterrupt:
+            self.view.info("interrupted: running jobs were cancelled; `crc up` again resumes")
+            raise
+        finally:
+            self.view.summary(self.summary(ok, time.monotonic() - t0))
+        return 0 if ok else 1
+
+    def summary(self, ok: bool, seconds: float) -> dict[str, Any]:
+        machines = []
+        try:
+            states = {m["name"]: m for m in self.client.group(self.group)["machines"]}
+        except CrcError:
+            states = {}
+        for m in self.scenario.machines:
+            inst = self.instances.get(m.name)
+            machines.append({"name": m.name, "state": states.get(m.name, {}).get("state", "-"),
+                             "ip": inst.private_ip or inst.main_ip if inst else None,
+                             "instance": inst.id if inst else None})
+        steps = [{"name": r.name, "status": r.status, "attempts": r.attempts,
+                  "seconds": round(r.seconds, 2), "message": r.message}
+                 for r in self.results.values()]
+        return {"scenario": self.scenario.name, "group": self.group, "ok": ok,
+                "seconds": round(seconds, 2), "machines": machines, "steps": steps}
+
+    def _settings(self) -> dict[str, Any]:
+        s = self.scenario
+        return {"scenario": s.name, "provider": s.provider,
+                "provider_settings": s.provider_settings, "file": str(s.path), "digest": s.digest}
+
+    def _ensure_group(self) -> dict[str, Any]:
+        s, c = self.scenario, self.client
+        try:
+            group = c.group(self.group)
+        except NotFound:
+            return self._create_group()
+        mine = (group.get("settings") or {}).get("crc_up")
+        if not isinstance(mine, dict) or mine.get("scenario") != s.name:
+            raise Conflict(f"group {self.group} exists and was not made by `crc up` for this "
+                           f"scenario: rename the scenario or `crc group delete {self.group}`")
+        if mine.get("provider") != s.provider:
+            raise Conflict(f"group {self.group} runs on provider {mine.get('provider')}; the "
+                           f"scenario now says {s.provider}: `crc down` it first")
+        have = {m["name"]: m for m in group["machines"]}
+        added = [n for n in s.machine_names if n not in have]
+        if added:
+            raise Conflict(f"machine(s) {', '.join(added)} were added to the scenario after "
+                           f"group {self.group} was made: `crc down` then `crc up`")
+        keys = self.state.keys if self.state.data.get("server") == self.profile.url else {}
+        untouched = all(m["state"] == "pending" for m in have.values())
+        if untouched and not keys and not self.provider.list(self.group):
+            # Interrupted between creating the group and saving its keys: nothing else
+            # exists, so start over instead of asking the user to clean up.
+            self.view.info(f"group {self.group} exists but its keys were lost before any "
+                           "machine was made: making it again")
+            c.delete_group(self.group)
+            return self._create_group()
+        self.view.info(f"group {self.group} exists: resuming", group=self.group, created=False)
+        return group
+
+    def _create_group(self) -> dict[str, Any]:
+        s = self.scenario
+        out = self.client.create_group(
+            self.group, [{"name": m.name, "labels": m.labels} for m in s.machines],
+            ttl=s.ttl, settings={"crc_up": self._settings()})
+        # Keys are shown once: keep them before doing anything else.
+        self.state.data = {}
+        self.state.save(scenario=s.name, group=self.group, server=self.profile.url,
+                        provider=s.provider, file=str(s.path),
+                        keys={m["name"]: m["key"] for m in out["machines"]})
+        self.view.info(f"group {self.group} created", group=self.group, created=True)
+        return self.client.group(self.group)
+
+    def _startup_script(self, m: MachineDef, key: str) -> str:
+        if self.provider.name == "local":
+            from ..providers.local import startup_script
+
+            return startup_script(self.profile.url, key, self.profile.fingerprint)
+        from ...bootstrap import BootstrapParams, render
+
+        return render(m.os, None, BootstrapParams(self.profile.url, self.profile.fingerprint,
+                                                  self.group, m.name, key))
+
+    def _ensure_instances(self, group: dict[str, Any]) -> None:
+        s, p = self.scenario, self.provider
+        found: dict[str, list[Instance]] = {}
+        for inst in p.list(self.group):
+            name = tag_value(inst.tags, MACHINE_TAG_PREFIX) or inst.name
+            found.setdefault(name, []).append(inst)
+        states = {m["name"]: m["state"] for m in group["machines"]}
+        keys = self.state.keys
+        for m in s.machines:
+            insts = [i for i in found.get(m.name, []) if i.status != "leftover"]
+            for stale in [i for i in found.get(m.name, []) if i.status == "leftover"]:
+                p.destroy(stale.id)
+            if len(insts) > 1:
+                self.view.info(f"warning: {len(insts)} instances for machine {m.name}: "
+                               f"{', '.join(i.id for i in insts)}")
+            if insts:
+                inst = next((i for i in insts if i.ready), insts[0])
+                start = getattr(p, "start", None)
+                if not inst.ready and inst.status == "stopped" and start is not None:
+                    inst = start(inst.id)
+                self.instances[m.name] = inst
+                self.view.machine(m.name, states.get(m.name), f"instance {inst.id} "
+                                  f"({inst.status})", instance=inst.id)
+                continue
+            if states.get(m.name) != "pending":
+                raise Conflict(f"machine {m.name} enrolled before but has no instance at "
+                               f"{p.name} any more: `crc down {self.group}` then `crc up`")
+            key = keys.get(m.name)
+            if not key:
+                raise Conflict(f"the enrollment key of machine {m.name} is lost (it was kept "
+                               f"in {self.state.path}): `crc down` then `crc up`")
+            spec = MachineSpec(name=m.name, os=m.os, region=m.region or "", plan=m.plan or "",
+                               image=m.image or "", labels=m.labels, extra=m.extra)
+            inst = p.create(self.group, spec, self._startup_script(m, key))
+            self.instances[m.name] = inst
+            self.view.machine(m.name, "booting", f"instance {inst.id} created",
+                              instance=inst.id)
+        for name, inst in list(self.instances.items()):
+            if not inst.ready:
+                self.instances[name] = p.wait_running(inst.id, s.ready_timeout)
+
+    def _wait_ready(self) -> None:
+        c, s = self.client, self.scenario
+        deadline = time.monotonic() + s.ready_timeout
+        cursor = c.event_cursor(self.group)
+        states: dict[str, str] = {}
+        for m in c.group(self.group)["machines"]:
+            states[m["name"]] = m["state"]
+            self.view.machine(m["name"], m["state"], _progress_text(m.get("progress")))
+        wanted = set(s.machine_names)
+        checked = time.monotonic()
+
+        def finished() -> bool:
+            return all(states.get(n) == "ready" for n in wanted)
+
+        if not finished():
+            for ev in c.events(self.group, since=cursor, follow=True, keepalive=True):
+                if ev is not None and ev.get("machine") in wanted:
+                    if ev["type"] == "machine.state":
+                        states[ev["machine"]] = ev["data"]["state"]
+                        self.view.machine(ev["machine"], ev["data"]["state"])
+                    elif ev["type"] == "progress":
+                        self.view.machine(ev["machine"], progress=_progress_text(ev["data"]))
+                if finished():
+                    break
+                revoked = sorted(n for n in wanted if states.get(n) == "revoked")
+                if revoked:
+                    raise Conflict(f"machine(s) revoked while starting: {', '.join(revoked)}")
+                if time.monotonic() - checked > (2 if self.provider.name == "local" else 15):
+                    checked = time.monotonic()
+                    self._check_alive(states)
+                if time.monotonic() > deadline:
+                    late = sorted(n for n in wanted if states.get(n) != "ready")
+                    raise Unavailable(f"timed out after {s.ready_timeout:g}s: not ready: "
+                                      f"{', '.join(late)}", code="timeout")
+        self.state.save(keys={})  # every key is used now: nothing secret is left here
+        self.view.info("all machines ready")
+
+    def _check_alive(self, states: dict[str, str]) -> None:
+        """Fail fast when a machine that is not ready yet died at the provider."""
+        for name, inst in self.instances.items():
+            if states.get(name) == "ready":
+                continue
+            now = self.provider.get(inst.id)
+            if now is None or now.status in ("stopped", "leftover"):
+                tail = getattr(self.provider, "console_tail", None)
+                detail = f"; its console ends with:\n{tail(inst.id)}" if tail else ""
+                raise Unavailable(f"machine {name} ({inst.id}) stopped before it was "
+                                  f"ready{detail}")
+
+    # -- steps --------------------------------------------------------------------------
+    def _stored_steps(self) -> dict[str, Any]:
+        try:
+            value = self.client.kv_get(self.group, STEPS_KEY)["value"]
+        except NotFound:
+            return {}
+        return value if isinstance(value, dict) else {}
+
+    def _run_steps(self) -> dict[str, StepResult]:
+        steps = self.scenario.steps
+        stored = {} if self.rerun else self._stored_steps()
+        done: set[str] = set()
+        for st in steps:  # file order: a step's needs come first
+            rec = stored.get(st.name)
+            if isinstance(rec, dict) and rec.get("digest") == step_digest(st) and \
+                    all(n in done for n in st.needs):
+                done.add(st.name)
+        record = {n: stored[n] for n in done}
+        executor = StepExecutor(self.scenario, self.group, self.new_client, self.provider,
+                                self.instances, self.view)
+        by_name = {st.name: st for st in steps}
+
+        def notify(event: str, step: Any, data: dict[str, Any]) -> None:
+            self.view.step(event, step.name, **data)
+            if event == "succeeded":
+                with self._lock:
+                    record[step.name] = {"digest": step_digest(by_name[step.name]),
+                                         "at": time.time()}
+                    self.client.kv_set(self.group, STEPS_KEY, dict(record))
+
+        def record_all() -> None:
+            # Also wakes the event follower (any event does) so it sees it must stop.
+            with self._lock, contextlib.suppress(CrcError):
+                self.client.kv_set(self.group, STEPS_KEY, dict(record))
+
+        with self._following(record_all):
+            return run_steps(steps, executor, done=done, max_parallel=self.max_parallel,
+                             notify=notify, on_interrupt=executor.cancel_all)
+
+    @contextlib.contextmanager
+    def _following(self, wake: Callable[[], None]) -> Iterator[None]:
+        """Keep the machine lines live (state, progress) while steps run: a thread that
+        follows the group's events. It checks ``stop`` at each event or keepalive, so
+        ``wake`` (which makes an event) lets it end at once instead of within 5 s."""
+        c = self.new_client()
+        stop = threading.Event()
+        cursor = self.client.event_cursor(self.group)
+
+        def follow() -> None:
+            try:
+                for ev in c.events(self.group, since=cursor, follow=True, keepalive=True):
+                    if stop.is_set():
+                        return
+                    if ev is None or ev.get("machine") not in self.scenario.machine_names:
+                        continue
+                    if ev["type"] == "machine.state":
+                        self.view.machine(ev["machine"], ev["data"]["state"])
+                    elif ev["type"] == "progress":
+                        self.view.machine(ev["machine"], progress=_progress_text(ev["data"]))
+            except Exception:  # noqa: BLE001,S110 -- closing the client ends the stream
+                pass
+
+        thread = threading.Thread(target=follow, name="crc-up-events", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            wake()
+            thread.join(10)
+            c.close()
+
+
+def down(group: str, provider: Provider, client: Client | None, view: View,
+         state: LocalState | None = None, verify_timeout: float = 180.0,
+         sleep: Callable[[float], None] = time.sleep) -> int:
+    """Destroy the scenario's instances, check none is left, delete the group."""
+    t0 = time.monotonic()
+    destroyed = []
+    for inst in provider.list(group):
+        provider.destroy(inst.id)
+        destroyed.append(inst.id)
+        view.info(f"destroyed {inst.name} ({inst.id})", machine=inst.name, instance=inst.id)
+    deadline = time.monotonic() + verify_timeout
+    left = provider.list(group)
+    while left and time.monotonic() < deadline:
+        sleep(2.0)
+        left = provider.list(group)
+    deleted = False
+    revoked = 0
+    if client is not None:
+        try:
+            revoked = int(client.delete_group(group).get("machines_revoked") or 0)
+            deleted = True
+        except NotFound:
+            pass
+    if state is not None:
+        state.delete()
+    doc = {"group": group, "provider": provider.name, "destroyed": destroyed,
+           "left": [i.id for i in left], "group_deleted": deleted, "revoked": revoked,
+           "seconds": round(time.monotonic() - t0, 2)}
+    doc["event"] = "down"
+    if left:
+        view.info(f"still at {provider.name}: {', '.join(i.id for i in left)}", **doc)
+    else:
+        view.info(f"{group}: {len(destroyed)} machine(s) destroyed, none left at "
+                  f"{provider.name}; group " + ("deleted" if deleted else "already gone"),
+                  **doc)
+    return 1 if left else 0

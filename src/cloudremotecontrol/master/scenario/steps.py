@@ -1,0 +1,243 @@
+"""Doing one step: each kind becomes the SDK calls ``crc run``, ``crc push``,
+``crc hosts sync``, ``crc wait`` or ``crc send`` would make.
+
+``execute(step, attempt)`` is called on a worker thread by ``graph.run_steps``; it opens
+its own ``Client`` (an httpx client is not shared across threads here), renders the
+step's templates from the roster *at that moment* (so ``machines.mysql.private_ip``
+is what mysql reports now), and returns an ``Outcome``. Jobs it starts are registered
+so that Ctrl-C cancels them on every machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ...errors import NotFound, Unavailable
+from ...protocol.states import JobStatus
+from ..client import Client
+from ..providers.base import Instance, Provider
+from . import templates
+from .graph import Outcome
+from .model import (
+    HostsAction,
+    PushAction,
+    RebootAction,
+    RunAction,
+    Scenario,
+    SendAction,
+    Step,
+    WaitAction,
+)
+from .view import View
+
+__all__ = ["StepExecutor", "template_context"]
+
+
+def _first(values: Any) -> str | None:
+    return values[0] if isinstance(values, list) and values else None
+
+
+def template_context(scenario: Scenario, group: dict[str, Any],
+                     instances: dict[str, Instance]) -> dict[str, Any]:
+    """``vars``, ``scenario`` and ``machines`` for templates, from the server's view of
+    the group (facts, addresses) and the provider's instances."""
+    machines: dict[str, Any] = {}
+    for m in group.get("machines", []):
+        facts = m.get("facts") or {}
+        inst = instances.get(m["name"])
+        private = (inst.private_ip if inst else None) or _first(facts.get("private_ips"))
+        public = (inst.main_ip if inst and scenario.provider != "local" else None) or \
+            m.get("public_ip") or _first(m.get("ips"))
+        spec_os = scenario.machine(m["name"]).os if m["name"] in scenario.machine_names \
+            else None
+        machines[m["name"]] = {
+            "name": m["name"], "state": m["state"], "labels": m.get("labels") or {},
+            "os": facts.get("os") or spec_os, "hostname": facts.get("hostname") or m["name"],
+            "ips": m.get("ips") or [], "private_ip": private, "public_ip": public,
+            "ip": private or public, "facts": facts, "instance_id": inst.id if inst else None}
+    return {"vars": scenario.variables, "scenario": {"name": scenario.name},
+            "machines": machines}
+
+
+class StepExecutor:
+    def __init__(self, scenario: Scenario, group: str, client_factory: Callable[[], Client],
+                 provider: Provider, instances: dict[str, Instance], view: View) -> None:
+        self.scenario = scenario
+        self.group = group
+        self.client_factory = client_factory
+        self.provider = provider
+        self.instances = instances
+        self.view = view
+        self._jobs: set[str] = set()
+        self._lock = threading.Lock()
+
+    # -- entry points -------------------------------------------------------------------
+    def __call__(self, step: Step, attempt: int) -> Outcome:
+        with self.client_factory() as c:
+            ctx = template_context(self.scenario, c.group(self.group), self.instances)
+            action = step.action
+            if isinstance(action, RunAction):
+                return self._run(c, step, action, ctx)
+            if isinstance(action, PushAction):
+                return self._push(c, step, action, ctx)
+            if isinstance(action, HostsAction):
+                started = c.hosts_sync(self.group, step.to, action.ip)
+                return self._follow(c, step, started)
+            if isinstance(action, WaitAction):
+                return self._wait(c, step, action, ctx)
+            if isinstance(action, SendAction):
+                body = templates.render_value(action.body, ctx)
+                out = c.send_message(self.group, step.to, action.type, body)
+                return Outcome(True, f"sent {action.type} to {', '.join(out['targets'])}")
+            if isinstance(action, RebootAction):
+                return self._reboot(c, step)
+        raise AssertionError(f"unknown step kind {step.kind}")
+
+    def cancel_all(self) -> None:
+        """Cancel every job still running (Ctrl-C)."""
+        with self._lock:
+            jobs = list(self._jobs)
+        if not jobs:
+            return
+        with self.client_factory() as c:
+            for job_id in jobs:
+                with contextlib.suppress(Exception):
+                    c.cancel_job(job_id)
+
+    # -- jobs ---------------------------------------------------------------------------
+    def _run(self, c: Client, step: Step, a: RunAction, ctx: dict[str, Any]) -> Outcome:
+        spec: dict[str, Any] = {
+            "env": {k: templates.render(v, ctx) for k, v in a.env.items()},
+            "cwd": templates.render(a.cwd, ctx) if a.cwd else None,
+            "timeout": step.timeout}
+        if a.argv is not None:
+            spec["argv"] = [templates.render(x, ctx) for x in a.argv]
+        else:
+            spec.update(command=templates.render(a.command or "", ctx), shell=a.shell)
+        return self._follow(c, step, c.start_job(self.group, step.to, **spec))
+
+    def _push(self, c: Client, step: Step, a: PushAction, ctx: dict[str, Any]) -> Outcome:
+        dest = templates.render(a.dest, ctx)
+        if a.src is not None:
+            return self._follow(c, step, c.push(self.group, step.to, str(a.src), dest,
+                                                a.mode, a.owner))
+        fd, tmp = tempfile.mkstemp(prefix="crc-push-")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(templates.render(a.content or "", ctx))
+            started = c.push(self.group, step.to, tmp, dest, a.mode, a.owner)
+        finally:
+            os.unlink(tmp)
+        return self._follow(c, step, started)
+
+    def _follow(self, c: Client, step: Step, started: dict[str, Any]) -> Outcome:
+        job_id, targets = started["job_id"], started["targets"]
+        with self._lock:
+            self._jobs.add(job_id)
+        results: dict[str, dict[str, Any]] = {}
+        try:
+            for ev in c.follow_job(job_id, targets):
+                data = ev["data"]
+                if ev["type"] == "job.output":
+                    self.view.output(step.name, ev.get("machine"), data["stream"], data["data"])
+                elif ev["type"] == "job.status" and JobStatus(data["status"]).terminal:
+                    results[ev["machine"]] = data
+        finally:
+            with self._lock:
+                self._jobs.discard(job_id)
+        bad = {m: r for m, r in results.items() if r["status"] != "succeeded"}
+        detail = {m: {"status": r["status"], "exit_code": r.get("exit_code")}
+                  for m, r in results.items()}
+        if not bad:
+            return Outcome(True, f"job {job_id[:8]} on {len(results)} machine(s)", detail)
+        why = "; ".join(
+            f"{m}: {r['status']}" + (f" (exit {r['exit_code']})" if r.get("exit_code") else "")
+            + (f": {r['reason']}" if r.get("reason") else "") for m, r in sorted(bad.items()))
+        return Outcome(False, why, detail)
+
+    # -- waiting ------------------------------------------------------------------------
+    def _wait(self, c: Client, step: Step, a: WaitAction, ctx: dict[str, Any]) -> Outcome:
+        deadline = time.monotonic() + step.timeout
+        if a.kind == "ready":
+            return self._wait_ready(c, step, deadline)
+        if a.kind == "kv":
+            key = templates.render(a.key or "", ctx)
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return Outcome(False, f"key {key} did not appear in time")
+                try:
+                    got = c.kv_get(self.group, key, wait=min(left, 30.0))
+                    return Outcome(True, f"{key} = {got['value']!r}"[:200],
+                                   {"value": got["value"]})
+                except NotFound:
+                    continue
+        # a message from each target, at any time since the group exists
+        missing = set(step.targets)
+        bodies: dict[str, Any] = {}
+        for ev in c.events(self.group, since=0, follow=True, keepalive=True):
+            if ev is not None and ev["type"] == "message" and ev["data"].get("type") == a.type:
+                sender = ev["data"].get("from")
+                if sender in missing:
+                    missing.discard(sender)
+                    bodies[sender] = ev["data"].get("body")
+                    self.view.output(step.name, sender, "stdout",
+                                     f"{a.type} {ev['data'].get('body')}")
+            if not missing:
+                return Outcome(True, f"{a.type} from {', '.join(step.targets)}", bodies)
+            if time.monotonic() > deadline:
+                break
+        return Outcome(False, f"no {a.type} from {', '.join(sorted(missing))} in time")
+
+    def _wait_ready(self, c: Client, step: Step, deadline: float) -> Outcome:
+        while True:
+            states = {m["name"]: m["state"] for m in c.group(self.group)["machines"]}
+            waiting = [m for m in step.targets if states.get(m) != "ready"]
+            if not waiting:
+                return Outcome(True, "ready")
+            revoked = [m for m in waiting if states.get(m) == "revoked"]
+            if revoked or time.monotonic() > deadline:
+                return Outcome(False, "not ready: " + ", ".join(
+                    f"{m} ({states.get(m)})" for m in waiting))
+            time.sleep(0.3)
+
+    def _reboot(self, c: Client, step: Step) -> Outcome:
+        """Reboot each target and wait until it went away and came back ready."""
+        cursor = c.event_cursor(self.group)
+        for m in step.targets:
+            inst = self.instances.get(m)
+            reboot = getattr(self.provider, "reboot", None)
+            if reboot is not None and inst is not None:
+                reboot(inst.id)
+            else:  # a real machine: ask its agent (the job ends as lost: that is expected)
+                windows = self.scenario.machine(m).os == "windows"
+                c.start_job(self.group, m, command="shutdown /r /t 5" if windows
+                            else "sleep 1; reboot", shell="cmd" if windows else "sh")
+            self.view.output(step.name, m, "stdout", "rebooting")
+        went_away: set[str] = set()
+        back: set[str] = set()
+        deadline = time.monotonic() + step.timeout
+        try:
+            for ev in c.events(self.group, since=cursor, follow=True, keepalive=True):
+                if ev is not None and ev["type"] == "machine.state" and \
+                        ev.get("machine") in step.targets:
+                    m, state = ev["machine"], ev["data"]["state"]
+                    self.view.machine(m, state)
+                    if state != "ready":
+                        went_away.add(m)
+                    elif m in went_away:
+                        back.add(m)
+                if back >= set(step.targets):
+                    return Outcome(True, f"{', '.join(step.targets)} rebooted and ready")
+                if time.monotonic() > deadline:
+                    break
+        except Unavailable as exc:
+            return Outcome(False, exc.message)
+        late = sorted(set(step.targets) - back)
+        return Outcome(False, f"not back in time: {', '.join(late)}")

@@ -1,0 +1,152 @@
+"""``{{ machines.mysql.private_ip }}``: the scenario's only template syntax.
+
+Deliberately tiny instead of Jinja: a tag is a dotted path into a context of plain data,
+optionally followed by one filter. There are no expressions, loops, attribute calls or
+includes, so a scenario file can never run code on the master, and every reference can
+be checked when the file is loaded (``check``), long before a machine exists.
+
+    {{ vars.db_name }}                    a variable of the scenario
+    {{ scenario.name }}                   the scenario (= group) name
+    {{ machines.mysql.private_ip }}       a machine's address on the private network
+    {{ machines.web.labels.role }}        a label
+    {{ machines.db.ips.0 }}               list items by index
+    {{ vars.password | quote }}           shell-quoted (shlex.quote)
+    {{ machines.web | json }}             JSON
+
+A value that is not known yet (a machine that has not reported an address) is an error
+at render time, never an empty string that would make a command do something else.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["MACHINE_FIELDS", "Reference", "TemplateError", "check", "references", "render",
+           "render_value"]
+
+_TAG = re.compile(r"\{\{(.*?)\}\}", re.S)
+_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]+)*$")
+
+FILTERS: dict[str, Callable[[str], str]] = {
+    "quote": shlex.quote,
+    "json": lambda s: s,  # the value is JSON-encoded before filters apply: see _format
+}
+
+# What ``machines.<name>.`` offers; ``labels`` and ``facts`` take one more segment.
+MACHINE_FIELDS = frozenset({
+    "name", "state", "os", "hostname", "ip", "private_ip", "public_ip", "ips", "labels",
+    "facts", "instance_id",
+})
+_ROOTS = ("vars", "machines", "scenario")
+
+
+class TemplateError(ValueError):
+    """A tag that cannot be parsed or resolved; the message names the tag."""
+
+
+@dataclass(frozen=True)
+class Reference:
+    text: str  # the tag as written, for messages
+    path: tuple[str, ...]
+    filter: str | None
+
+
+def references(text: str) -> Iterator[Reference]:
+    """Every tag in ``text`` (``TemplateError`` for a malformed one)."""
+    for match in _TAG.finditer(text):
+        inner = match.group(1).strip()
+        expr, bar, filt = inner.partition("|")
+        expr, filt = expr.strip(), filt.strip()
+        if not _PATH.match(expr):
+            raise TemplateError(f"{{{{ {inner} }}}}: expected a dotted name such as "
+                                "machines.web.private_ip or vars.NAME")
+        if bar and filt not in FILTERS:
+            raise TemplateError(f"{{{{ {inner} }}}}: unknown filter {filt!r} "
+                                f"(known: {', '.join(sorted(FILTERS))})")
+        yield Reference(match.group(0), tuple(expr.split(".")), filt if bar else None)
+
+
+def check(text: str, variables: Mapping[str, Any], machines: set[str]) -> list[str]:
+    """Problems with the tags of ``text``, found without any machine running."""
+    problems = []
+    try:
+        refs = list(references(text))
+    except TemplateError as exc:
+        return [str(exc)]
+    for ref in refs:
+        root, rest = ref.path[0], ref.path[1:]
+        if root not in _ROOTS:
+            problems.append(f"{ref.text}: unknown name {root!r} (use vars., machines. or "
+                            "scenario.)")
+        elif root == "vars":
+            if not rest:
+                problems.append(f"{ref.text}: name a variable, e.g. vars.NAME")
+            elif rest[0] not in variables:
+                problems.append(f"{ref.text}: no variable {rest[0]!r} in `variables:`")
+        elif root == "scenario":
+            if rest != ("name",):
+                problems.append(f"{ref.text}: only scenario.name exists")
+        elif not rest:
+            problems.append(f"{ref.text}: name a machine, e.g. machines.web.private_ip")
+        elif rest[0] not in machines:
+            problems.append(f"{ref.text}: no machine {rest[0]!r} in `machines:`")
+        elif len(rest) > 1 and rest[1] not in MACHINE_FIELDS:
+            problems.append(f"{ref.text}: machines have no field {rest[1]!r} (known: "
+                            f"{', '.join(sorted(MACHINE_FIELDS))})")
+    return problems
+
+
+def _lookup(context: Mapping[str, Any], ref: Reference) -> Any:
+    value: Any = context
+    for i, seg in enumerate(ref.path):
+        if isinstance(value, Mapping) and seg in value:
+            value = value[seg]
+        elif isinstance(value, (list, tuple)) and seg.isdigit() and int(seg) < len(value):
+            value = value[int(seg)]
+        else:
+            where = ".".join(ref.path[:i]) or "the context"
+            raise TemplateError(f"{ref.text}: {where} has no {seg!r}")
+    if value is None:
+        raise TemplateError(f"{ref.text}: no value yet (the machine has not reported it)")
+    return value
+
+
+def _format(value: Any, filt: str | None) -> str:
+    if filt == "json":
+        return json.dumps(value, sort_keys=True)
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, (dict, list, tuple)):
+        text = json.dumps(value, sort_keys=True)
+    else:
+        text = str(value)
+    return FILTERS[filt](text) if filt else text
+
+
+def render(text: str, context: Mapping[str, Any]) -> str:
+    """``text`` with every tag replaced from ``context`` (``TemplateError`` if unknown)."""
+    if "{{" not in text:
+        return text
+    out, pos = [], 0
+    for ref, match in zip(references(text), _TAG.finditer(text), strict=True):
+        out.append(text[pos:match.start()])
+        out.append(_format(_lookup(context, ref), ref.filter))
+        pos = match.end()
+    out.append(text[pos:])
+    return "".join(out)
+
+
+def render_value(value: Any, context: Mapping[str, Any]) -> Any:
+    """Render every string inside ``value`` (dicts, lists), keys included."""
+    if isinstance(value, str):
+        return render(value, context)
+    if isinstance(value, dict):
+        return {render(str(k), context): render_value(v, context) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [render_value(v, context) for v in value]
+    return value

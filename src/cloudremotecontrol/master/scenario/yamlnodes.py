@@ -1,0 +1,190 @@
+"""Reading YAML with line numbers: a composed node tree, read node by node.
+
+Why not ``yaml.safe_load`` plus a schema library: users need to be told *where* a file is
+wrong (``demo.yaml:14:7: steps.install.retries: ...``), and ``safe_load`` throws the
+marks away. PyYAML's composer keeps a mark per node; ``NodeReader`` turns nodes into
+values and records every problem with its file, line, column and field path, so one run
+reports all of them. Duplicate keys, which ``safe_load`` silently resolves to the last
+one, are a problem too.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from ...errors import InvalidInput
+
+__all__ = ["NodeReader", "Problem", "ScenarioError", "Where", "parse_duration"]
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+# -- problems ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Where:
+    file: str
+    line: int
+    column: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.column}"
+
+
+@dataclass(frozen=True)
+class Problem:
+    where: Where
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.field}: {self.message}" if self.field else \
+            f"{self.where}: {self.message}"
+
+
+class ScenarioError(InvalidInput):
+    """The scenario file is invalid; ``problems`` lists each with file:line:column."""
+
+    code = "invalid_scenario"
+
+    def __init__(self, problems: list[Problem]) -> None:
+        shown = [str(p) for p in problems[:20]]
+        if len(problems) > 20:
+            shown.append(f"... and {len(problems) - 20} more")
+        super().__init__("invalid scenario:\n  " + "\n  ".join(shown))
+        self.problems = problems
+
+
+def parse_duration(value: object) -> float:
+    """``90``, ``"90s"``, ``"15m"``, ``"8h"``, ``"2d"`` -> seconds (``ValueError`` if not)."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 90s, 15m or 8h")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    else:
+        m = _DURATION.match(str(value))
+        if not m:
+            raise ValueError(f"{value!r} is not a duration: use e.g. 90s, 15m or 8h")
+        seconds = float(m.group(1)) * _UNITS[m.group(2)]
+    if seconds <= 0:
+        raise ValueError("a duration must be positive")
+    return seconds
+
+
+class NodeReader:
+    """Reads a composed YAML tree, collecting problems instead of stopping at the first."""
+
+    def __init__(self, file: str, text: str) -> None:
+        self.file = file
+        self.loader = yaml.SafeLoader(text)
+        self.problems: list[Problem] = []
+
+    def where(self, node: yaml.Node | None) -> Where:
+        mark = node.start_mark if node is not None else None
+        if mark is None:
+            return Where(self.file, 1, 1)
+        return Where(self.file, mark.line + 1, mark.column + 1)
+
+    def error(self, node: yaml.Node | None, path: str, message: str) -> None:
+        self.problems.append(Problem(self.where(node), path, message))
+
+    def root(self) -> yaml.Node | None:
+        try:
+            return self.loader.get_single_node()
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark or exc.context_mark
+            where = Where(self.file, mark.line + 1, mark.column + 1) if mark else \
+                Where(self.file, 1, 1)
+            self.problems.append(Problem(where, "", f"not valid YAML: {exc.problem}"))
+        except yaml.YAMLError as exc:
+            self.problems.append(Problem(Where(self.file, 1, 1), "", f"not valid YAML: {exc}"))
+        return None
+
+    def value(self, node: yaml.Node) -> Any:
+        """The plain Python value of a subtree (scalars typed as YAML 1.1 says)."""
+        return self.loader.construct_object(node, deep=True)
+
+    def mapping(self, node: yaml.Node, path: str, allowed: tuple[str, ...] | None = None
+                ) -> dict[str, tuple[yaml.Node, yaml.Node]] | None:
+        """``{key: (key_node, value_node)}``, or None (problem recorded) if not a mapping."""
+        if not isinstance(node, yaml.MappingNode):
+            self.error(node, path, "expected a mapping (key: value lines)")
+            return None
+        self.loader.flatten_mapping(node)  # YAML merge keys (<<: *anchor)
+        out: dict[str, tuple[yaml.Node, yaml.Node]] = {}
+        for knode, vnode in node.value:
+            key = self.value(knode) if isinstance(knode, yaml.ScalarNode) else None
+            if not isinstance(key, str):
+                self.error(knode, path, "keys must be strings")
+                continue
+            sub = f"{path}.{key}" if path else key
+            if key in out:
+                self.error(knode, sub, "duplicate key (the earlier one would be ignored)")
+                continue
+            if allowed is not None and key not in allowed:
+                self.error(knode, sub, f"unknown field (expected one of: "
+                                       f"{', '.join(allowed)})")
+                continue
+            out[key] = (knode, vnode)
+        return out
+
+    def str(self, node: yaml.Node, path: str, *, empty: bool = False) -> str | None:
+        value = self.value(node) if isinstance(node, yaml.ScalarNode) else None
+        if isinstance(value, bool) or value is None or not isinstance(value, (str, int, float)):
+            self.error(node, path, "expected a string")
+            return None
+        text = str(value)
+        if not text and not empty:
+            self.error(node, path, "must not be empty")
+            return None
+        return text
+
+    def str_list(self, node: yaml.Node, path: str) -> list[str] | None:
+        if isinstance(node, yaml.ScalarNode) and self.value(node) is not None:
+            one = self.str(node, path)
+            return None if one is None else [one]
+        if isinstance(node, yaml.ScalarNode):  # null: the empty list
+            return []
+        if not isinstance(node, yaml.SequenceNode):
+            self.error(node, path, "expected a string or a list of strings")
+            return None
+        items = [self.str(n, f"{path}[{i}]") for i, n in enumerate(node.value)]
+        return None if any(i is None for i in items) else [i for i in items if i is not None]
+
+    def str_map(self, node: yaml.Node, path: str) -> dict[str, str] | None:
+        entries = self.mapping(node, path)
+        if entries is None:
+            return None
+        out = {}
+        for key, (_, vnode) in entries.items():
+            text = self.str(vnode, f"{path}.{key}", empty=True)
+            if text is not None:
+                out[key] = text
+        return out
+
+    def int(self, node: yaml.Node, path: str, minimum: int = 0, maximum: int = 100) -> int | None:
+        value = self.value(node) if isinstance(node, yaml.ScalarNode) else None
+        if isinstance(value, bool) or not isinstance(value, int) or not \
+                minimum <= value <= maximum:
+            self.error(node, path, f"expected a whole number from {minimum} to {maximum}")
+            return None
+        return value
+
+    def duration(self, node: yaml.Node, path: str) -> float | None:
+        value = self.value(node) if isinstance(node, yaml.ScalarNode) else None
+        try:
+            return parse_duration(value)
+        except ValueError as exc:
+            self.error(node, path, str(exc))
+            return None
+
+    def choice(self, node: yaml.Node, path: str, choices: tuple[str, ...]) -> str | None:
+        text = self.str(node, path)
+        if text is not None and text not in choices:
+            self.error(node, path, f"{text!r} is not one of: {', '.join(choices)}")
+            return None
+        return text

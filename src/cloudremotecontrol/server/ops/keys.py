@@ -1,0 +1,52 @@
+"""Enrollment keys after group creation: re-issue a fresh key for a pending machine.
+
+Keys are shown once and stored hashed, yet the master needs a machine's key again when
+it writes that machine's startup script (``crc bootstrap``), maybe hours later or on
+another computer. Re-issuing is the honest answer: a new single-use key replaces the
+old one in the same transaction (the old one is burnt, whoever holds it), and only
+while the machine is still ``pending``: once enrolled, a key would be worthless anyway
+and issuing one would only leave a secret lying around, so that is a 409 Conflict.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ...errors import Conflict, InvalidInput, NotFound
+from ...protocol.limits import DEFAULT_KEY_TTL_SECONDS
+from ...protocol.names import check_name
+from ...protocol.states import MachineState
+from ...protocol.tokens import new_secret
+from ..store.base import Tx
+from .common import audit, live_group, now
+
+__all__ = ["reissue_key"]
+
+
+def reissue_key(tx: Tx, user_id: str, group: str, machine: str,
+                key_ttl: float | None = None) -> dict[str, Any]:
+    """Replace ``machine``'s enrollment key; return ``{"group", "machine", "key",
+    "key_expires"}`` - the only time the new key exists in clear."""
+    check_name(machine, "machine")
+    key_ttl = DEFAULT_KEY_TTL_SECONDS if key_ttl is None else key_ttl
+    if not 0 < key_ttl <= 30 * 86400:
+        raise InvalidInput("key TTL must be between 1 second and 30 days", field="key_ttl")
+    g = live_group(tx, user_id, group)
+    row = tx.one("SELECT id, state FROM machines WHERE group_id = ? AND name = ?",
+                 (g["id"], machine))
+    if row is None:
+        raise NotFound(f"no machine {machine!r} in group {group!r}: see `crc group show "
+                       f"{group}`", field="machine")
+    if row["state"] != MachineState.PENDING.value:
+        raise Conflict(f"machine {machine!r} is {row['state']}, not pending: it has enrolled "
+                       "already, so it needs no key (its agent keeps its credential)")
+    key = new_secret("k")
+    expires = now() + key_ttl
+    # The WHERE on state lets an enrollment committed meanwhile (another replica) win.
+    changed = tx.execute("UPDATE machines SET key_id = ?, key_hash = ?, key_expires = ? "
+                         "WHERE id = ? AND state = ?",
+                         (key.id, key.hash, expires, row["id"], MachineState.PENDING.value))
+    if changed != 1:
+        raise Conflict(f"machine {machine!r} enrolled meanwhile: it needs no key")
+    audit(tx, user_id, "master", "machine.key_reissue", group, {"machine": machine})
+    return {"group": group, "machine": machine, "key": str(key), "key_expires": expires}

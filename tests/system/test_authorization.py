@@ -1,0 +1,449 @@
+"""Who may do what, checked against a real server: only a user's own master tokens reach
+the master API, users never see each other's groups, machines never command, and an
+enrollment key is worth nothing once used, expired or revoked.
+
+The matrix is built from the server's own OpenAPI document, so an endpoint added later
+fails here until it is given a row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+from websockets.exceptions import ConnectionClosed
+from wire_helpers import (
+    assert_error,
+    assert_no_traceback_in_server_log,
+    bearer,
+    close_code,
+    enroll,
+    forge,
+    pinned_http,
+    recv_json,
+    wire_agent,
+    ws_open,
+)
+
+from cloudremotecontrol.errors import NotFound
+
+BLOB = b"the content of a file alice uploaded\n"
+SHA = hashlib.sha256(BLOB).hexdigest()
+MACHINE_REFUSED = "a machine credential cannot use the master API"
+HTTP_METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
+
+
+# -- the matrix -------------------------------------------------------------------------
+
+@dataclass
+class Res:
+    """The identifiers a request names: alice's real ones, or ones that never existed."""
+
+    group: str
+    job_id: str
+    sha256: str
+    key: str  # in the group's key/value store
+    machine: str  # a pending machine of the group
+
+
+Request = tuple[str, str, Callable[[Res], dict[str, Any]]]
+
+# Every master endpoint with a request alice may make (checked at the end, in this order,
+# so the refusals are about who asks and never about what is asked).
+MASTER: list[Request] = [
+    ("GET", "/v1/whoami", lambda r: {}),
+    ("GET", "/v1/groups", lambda r: {}),
+    ("POST", "/v1/groups", lambda r: {"json": {"name": "fresh", "machines": [{"name": "m"}]}}),
+    ("GET", "/v1/groups/{group}", lambda r: {}),
+    ("POST", "/v1/groups/{group}/jobs", lambda r: {"json": {"to": "a", "argv": ["true"]}}),
+    ("POST", "/v1/groups/{group}/hosts-sync", lambda r: {"json": {"to": "all"}}),
+    ("POST", "/v1/groups/{group}/messages",
+     lambda r: {"json": {"to": "a", "type": "user.hi", "body": {"n": 1}}}),
+    ("GET", "/v1/groups/{group}/events", lambda r: {"params": {"since": 0}}),
+    ("GET", "/v1/groups/{group}/cursor", lambda r: {}),
+    ("GET", "/v1/jobs/{job_id}", lambda r: {}),
+    ("GET", "/v1/jobs/{job_id}/events", lambda r: {}),
+    ("GET", "/v1/jobs/{job_id}/file", lambda r: {}),
+    ("POST", "/v1/jobs/{job_id}/cancel", lambda r: {}),
+    ("HEAD", "/v1/blobs/{sha256}", lambda r: {}),
+    ("GET", "/v1/blobs/{sha256}", lambda r: {}),
+    ("PUT", "/v1/blobs/{sha256}", lambda r: {"content": BLOB}),
+    ("POST", "/v1/groups/{group}/files",
+     lambda r: {"json": {"to": "a", "sha256": r.sha256, "path": "/tmp/crc-authz-file"}}),
+    ("POST", "/v1/groups/{group}/pulls",
+     lambda r: {"json": {"machine": "a", "path": "/etc/hostname"}}),
+    ("GET", "/v1/groups/{group}/kv", lambda r: {}),
+    ("PUT", "/v1/groups/{group}/kv/{key}", lambda r: {"json": {"value": "10.0.0.6"}}),
+    ("GET", "/v1/groups/{group}/kv/{key}", lambda r: {}),
+    ("POST", "/v1/groups/{group}/machines/{machine}/key", lambda r: {"json": {"key_ttl": 60}}),
+    ("GET", "/v1/audit", lambda r: {"params": {"group": r.group}}),
+    ("DELETE", "/v1/groups/{group}", lambda r: {}),
+]
+# Endpoints for machine credentials (the agent's side).
+AGENT: list[Request] = [
+    ("GET", "/v1/agent/whoami", lambda r: {}),
+    ("GET", "/v1/agent/roster", lambda r: {}),
+    ("GET", "/v1/agent/blobs/{sha256}", lambda r: {}),
+    ("PUT", "/v1/agent/uploads/{job_id}", lambda r: {"content": b"late upload"}),
+    ("GET", "/v1/agent/kv/{key}", lambda r: {}),
+    ("PUT", "/v1/agent/kv/{key}", lambda r: {"json": {"value": "from a machine"}}),
+]
+# Endpoints that take no bearer credential at all.
+PUBLIC = {("GET", "/v1/health"), ("POST", "/v1/agent/enroll"), ("GET", "/v1/agent/package"),
+          ("GET", "/v1/agent/package.sha256")}
+# Master endpoints where another user acts on its own namespace, not on alice's things.
+OWN_NAMESPACE = {("GET", "/v1/whoami"), ("GET", "/v1/groups"), ("POST", "/v1/groups"),
+                 ("PUT", "/v1/blobs/{sha256}"), ("GET", "/v1/audit")}
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+@pytest.fixture
+def http(server: Any) -> Iterator[httpx.Client]:
+    with pinned_http(server) as c:
+        yield c
+
+
+def call(http: httpx.Client, req: Request, res: Res, auth: str | None) -> httpx.Response:
+    """``auth`` is the whole Authorization header value (None: no header)."""
+    method, path, kwargs = req
+    headers = {} if auth is None else {"Authorization": auth}
+    return http.request(method, path.format(group=res.group, job_id=res.job_id,
+                                            sha256=res.sha256, key=res.key,
+                                            machine=res.machine),
+                        headers=headers, **kwargs(res))
+
+
+def snapshot(env: Any, http: httpx.Client, job_id: str) -> dict[str, Any]:
+    """What alice sees: any change here means a refused request did something."""
+    audit = http.get("/v1/audit", headers={"Authorization": bearer(env.token)})
+    assert audit.status_code == 200, audit.text
+    return {"groups": env.client.list_groups(), "group": env.client.group("lab"),
+            "cursor": env.client.event_cursor("lab"), "job": env.client.job(job_id),
+            "audit": audit.json()["records"]}
+
+
+@dataclass
+class Scene:
+    res: Res
+    machine_cred: str  # machine a of alice's group lab, enrolled but never connected
+    revoked_token: str
+
+
+def make_scene(env: Any, http: httpx.Client) -> Scene:
+    """alice: group lab (a, b), an uploaded file, and a pull job whose file a uploaded."""
+    keys = {m["name"]: m["key"] for m in env.client.create_group("lab", ["a", "b"])["machines"]}
+    cred = enroll(http, keys["a"])
+    alice = bearer(env.token)
+    r = http.put(f"/v1/blobs/{SHA}", content=BLOB, headers={"Authorization": alice})
+    assert r.status_code == 200, r.text
+    r = http.post("/v1/groups/lab/pulls", json={"machine": "a", "path": "/etc/hostname"},
+                  headers={"Authorization": alice})
+    assert r.status_code == 201, r.text
+    job_id = r.json()["job_id"]
+    r = http.put(f"/v1/agent/uploads/{job_id}", content=b"a's hostname\n",
+                 headers={"Authorization": bearer(cred)})
+    assert r.status_code == 200, r.text
+    r = http.put("/v1/groups/lab/kv/db/host", json={"value": "10.0.0.5"},
+                 headers={"Authorization": alice})
+    assert r.status_code == 200, r.text
+    # A second token of alice's, good until the admin revokes it.
+    laptop = env.server.admin("add-token", "alice", "laptop")["token"]
+    assert http.get("/v1/whoami", headers={"Authorization": bearer(laptop)}).status_code == 200
+    env.server.admin("revoke-token", "alice", "laptop")
+    return Scene(Res("lab", job_id, SHA, "db/host", "b"), cred, laptop)
+
+
+def openapi_operations(http: httpx.Client) -> set[tuple[str, str]]:
+    r = http.get("/v1/openapi.json")
+    assert r.status_code == 200, r.text
+    return {(method.upper(), path) for path, item in r.json()["paths"].items()
+            for method in item if method in HTTP_METHODS}
+
+
+async def refused_connection(server: Any, auth: str | None) -> tuple[dict[str, Any], int]:
+    """Connect, say hello; return the frame the server answers and its close code."""
+    async with ws_open(server, auth) as ws:
+        with contextlib.suppress(ConnectionClosed):
+            await ws.send(json.dumps({"type": "hello", "ack": 0, "ready": True}))
+        frame = await recv_json(ws)
+        return frame, await close_code(ws)
+
+
+# -- tests ----------------------------------------------------------------------------------
+
+def test_the_matrix_covers_every_endpoint_the_server_documents(http):
+    documented = openapi_operations(http)
+    covered = {(m, p) for m, p, _ in MASTER + AGENT} | PUBLIC
+    assert len(covered) == len(MASTER) + len(AGENT) + len(PUBLIC)  # no duplicate rows
+    missing = sorted(documented - covered)
+    assert not missing, f"endpoints without an authorization row here: {missing}"
+    stale = sorted(covered - documented)
+    assert not stale, f"rows for endpoints the server no longer has: {stale}"
+    assert MASTER[-1][0] == "DELETE"  # alice's own pass below deletes the group last
+    assert {(m, p) for m, p, _ in MASTER} >= OWN_NAMESPACE
+    for method, path in PUBLIC - {("POST", "/v1/agent/enroll")}:  # enroll: see below
+        assert http.request(method, path).status_code == 200, path
+
+
+def test_master_api_refuses_missing_bad_revoked_tokens_and_machine_credentials(env, http):
+    scene = make_scene(env, http)
+    before = snapshot(env, http, scene.res.job_id)
+    strangers = {
+        "no token": None,
+        "empty bearer": "Bearer",
+        "not bearer": env.token,  # the right token without the scheme
+        "malformed token": "Bearer not-a-token",
+        "unknown token": "Bearer crcm_0123456789abcdef_" + "x" * 32,
+        "forged secret": bearer(forge(env.token)),
+        "revoked token": bearer(scene.revoked_token),
+    }
+    for name, auth in strangers.items():
+        for req in MASTER:
+            resp = call(http, req, scene.res, auth)
+            assert_error(resp, 401, "unauthorized")
+            if name == "revoked token" and req[0] != "HEAD":
+                assert "revoked" in resp.json()["error"]["message"]
+    for req in MASTER:
+        resp = call(http, req, scene.res, bearer(scene.machine_cred))
+        msg = assert_error(resp, 403, "forbidden")
+        assert req[0] == "HEAD" or msg == MACHINE_REFUSED
+    # Nothing changed: no group created or deleted, no job, no message, no event.
+    assert snapshot(env, http, scene.res.job_id) == before
+    assert [g["group"] for g in env.client.list_groups()] == ["lab"]
+
+    # Every request above was well formed: alice herself may make each one.
+    alice = bearer(env.token)
+    for req in MASTER[:-1]:
+        resp = call(http, req, scene.res, alice)
+        assert resp.status_code in (200, 201), f"{req[0]} {req[1]}: {resp.text}"
+    # The push above is open for machine a, so its credential may now fetch the file.
+    r = http.get(f"/v1/agent/blobs/{SHA}", headers={"Authorization": bearer(scene.machine_cred)})
+    assert r.status_code == 200 and r.content == BLOB
+    resp = call(http, MASTER[-1], scene.res, alice)
+    assert resp.status_code == 200 and resp.json()["deleted"] is True
+    # Deleting the group revoked its machine credential.
+    r = http.get("/v1/agent/whoami", headers={"Authorization": bearer(scene.machine_cred)})
+    assert_error(r, 401, "revoked")
+    assert_no_traceback_in_server_log(env.server)
+
+
+def test_another_user_never_sees_alices_groups_jobs_or_files(env, http):
+    scene = make_scene(env, http)
+    before = snapshot(env, http, scene.res.job_id)
+    bob = bearer(env.server.add_user("bob"))
+    ghost = Res("ghost", uuid.uuid4().hex, hashlib.sha256(b"never uploaded").hexdigest(),
+                "no/such/key", "nobody")
+
+    def masked(resp: httpx.Response, res: Res) -> tuple[int, str]:
+        text = resp.text.replace(f"'{res.group}'", "'<group>'").replace(f"'{res.key}'", "'<k>'")
+        return resp.status_code, text.replace(res.job_id, "<job>").replace(res.sha256, "<sha>")
+
+    for req in MASTER:
+        if (req[0], req[1]) in OWN_NAMESPACE:
+            continue
+        resp = call(http, req, scene.res, bob)
+        assert_error(resp, 404, "not_found")
+        # Indistinguishable from asking about something that never existed.
+        assert masked(resp, scene.res) == masked(call(http, req, ghost, bob), ghost)
+    r = http.get("/v1/whoami", headers={"Authorization": bob})
+    assert r.status_code == 200 and r.json()["user"] == "bob"
+    r = http.get("/v1/groups", headers={"Authorization": bob})
+    assert r.status_code == 200 and r.json() == {"groups": []}
+    for params in ({}, {"group": "lab"}):
+        r = http.get("/v1/audit", params=params, headers={"Authorization": bob})
+        assert r.status_code == 200
+        assert not [rec for rec in r.json()["records"] if rec["group"] is not None], r.text
+    assert snapshot(env, http, scene.res.job_id) == before
+
+    # Names are per user: bob may have a "lab" too (a conflict would reveal alice's).
+    r = http.post("/v1/groups", json={"name": "lab", "machines": [{"name": "z"}]},
+                  headers={"Authorization": bob})
+    assert r.status_code == 201, r.text
+    r = http.get("/v1/groups/lab", headers={"Authorization": bob})
+    assert [m["name"] for m in r.json()["machines"]] == ["z"]
+    # Uploading the same content makes bob an owner of his copy, not of alice's jobs.
+    r = http.put(f"/v1/blobs/{SHA}", content=BLOB, headers={"Authorization": bob})
+    assert r.status_code == 200, r.text
+    r = http.get(f"/v1/jobs/{scene.res.job_id}/file", headers={"Authorization": bob})
+    assert_error(r, 404, "not_found")
+    r = http.get("/v1/groups", headers={"Authorization": bob})
+    assert [g["group"] for g in r.json()["groups"]] == ["lab"]
+    assert r.json()["groups"][0]["machines"] == 1
+    assert snapshot(env, http, scene.res.job_id) == before
+    assert_no_traceback_in_server_log(env.server)
+
+
+def test_agent_endpoints_and_connection_refuse_master_tokens_and_bad_credentials(env, http):
+    scene = make_scene(env, http)
+    keys = env.client.create_group("gone", ["g"])["machines"]
+    gone_cred = enroll(http, keys[0]["key"])
+    env.client.delete_group("gone")
+    refused = {  # the Authorization header, and the error code the server answers with
+        "no credential": (None, "unauthorized"),
+        "master token": (bearer(env.token), "unauthorized"),
+        "malformed": ("Bearer crca_nonsense", "unauthorized"),
+        "unknown": ("Bearer crca_0123456789abcdef_" + "x" * 32, "revoked"),
+        "forged secret": (bearer(forge(scene.machine_cred)), "revoked"),
+        "of a deleted group": (bearer(gone_cred), "revoked"),
+    }
+    for auth, code in refused.values():
+        for req in AGENT:
+            assert_error(call(http, req, scene.res, auth), 401, code)
+    # The machine's own credential works (positive control).
+    r = http.get("/v1/agent/whoami", headers={"Authorization": bearer(scene.machine_cred)})
+    assert r.json() == {"machine": "a", "group": "lab", "kind": "machine"}
+
+    async def connections() -> None:
+        for name, (auth, code) in refused.items():
+            frame, close_code = await refused_connection(env.server, auth)
+            assert frame["type"] == "revoked", (name, frame)
+            assert frame["error"]["code"] == code, (name, frame)
+            assert close_code == 4401, name
+        # And the credential of machine a connects.
+        async with wire_agent(env.server, scene.machine_cred, "lab", "a"):
+            pass
+
+    asyncio.run(connections())
+    assert http.get("/v1/health").status_code == 200
+    assert_no_traceback_in_server_log(env.server)
+
+
+def test_a_machine_can_neither_command_its_peers_nor_reach_another_group(env, http):
+    keys = {m["name"]: m["key"]
+            for m in env.client.create_group("lab", ["a", "b", "c"])["machines"]}
+    cred_a, cred_c = enroll(http, keys["a"]), enroll(http, keys["c"])
+    env.agent("b", keys["b"])  # a real agent: it must run nothing a sends
+    env.wait_state("lab", ["b"], "ready")
+    cred_x = enroll(http, env.client.create_group("other", ["x"])["machines"][0]["key"])
+    marker = env.tmp / "a-commanded-b"
+    job_id = uuid.uuid4().hex
+    commands = [
+        ("job.run", "b", {"job_id": job_id, "argv": ["touch", str(marker)]}),
+        ("job.run", "all", {"job_id": job_id, "command": f"touch {marker}"}),
+        ("job.cancel", "b", {"job_id": job_id}),
+        ("file.put", "b", {"job_id": job_id, "sha256": SHA, "size": len(BLOB),
+                           "path": str(marker)}),
+        ("file.get", "b", {"job_id": job_id, "path": "/etc/hostname"}),
+        ("hosts.sync", "b", {"job_id": job_id, "group": "lab",
+                             "entries": [["192.0.2.66", "evil"]]}),
+        ("system.roster", "b", {}),
+    ]
+
+    async def scenario() -> tuple[int, int]:
+        async with wire_agent(env.server, cred_a, "lab", "a") as a, \
+                wire_agent(env.server, cred_c, "lab", "c") as c, \
+                wire_agent(env.server, cred_x, "other", "x") as x:
+            cursor, other_cursor = env.client.event_cursor("lab"), env.client.event_cursor("other")
+            for kind, to, body in commands:
+                frames = await a.send_msg(kind, body, to=to)
+                errors = [f for f in frames if f["type"] == "error"]
+                assert len(errors) == 1 and errors[0]["error"]["code"] == "unknown_type", frames
+            # Naming another group's machine (even claiming to be in its group) reaches
+            # nothing; claiming to be the master changes nothing either.
+            frames = await a.send_msg("user.hi", {"n": 1}, to="x", envelope={"group": "other"})
+            assert [f["type"] for f in frames] == ["error", "ack"]
+            assert "no machine 'x'" in frames[0]["error"]["message"]
+            frames = await a.send_msg("user.hi", {"n": 2}, to="c", envelope={"from": "master"})
+            assert [f["type"] for f in frames] == ["ack"]
+            got = await c.next_msg()
+            assert (got["from"], got["group"], got["type"], got["body"]) == (
+                "a", "lab", "user.hi", {"n": 2})
+            # x received nothing from a: the master's message is the first it gets.
+            env.client.send_message("other", "x", "user.ping", {})
+            got = await x.next_msg()
+            assert (got["from"], got["type"]) == ("master", "user.ping")
+            return cursor, other_cursor
+
+    cursor, other_cursor = asyncio.run(scenario())
+    events = list(env.client.events("lab", since=cursor))
+    refusals = [e for e in events if e["type"] == "agent.error"]
+    assert len(refusals) == len(commands) + 1
+    assert all(e["machine"] == "a" for e in refusals)
+    assert not [e for e in events if e["type"].startswith("job.")]
+    with pytest.raises(NotFound):
+        env.client.job(job_id)
+    other = [e for e in env.client.events("other", since=other_cursor)
+             if e["type"] != "machine.state"]  # x going offline as the test ends
+    assert [(e["type"], e["data"].get("from")) for e in other] == [("message.sent", "master")]
+    # b is alive and has worked through its queue: the master's job runs, a's never did.
+    results = [e for e in env.client.run("lab", "b", argv=["true"])
+               if e["type"] == "job.status" and e["data"]["status"] == "succeeded"]
+    assert len(results) == 1
+    assert not marker.exists()
+    # Nor can it read or write another group's key/value store: each sees its own.
+    alice = {"Authorization": bearer(env.token)}
+    assert http.put("/v1/groups/lab/kv/db/host", json={"value": "10.0.0.5"},
+                    headers=alice).status_code == 200
+    as_x = {"Authorization": bearer(cred_x)}
+    assert_error(http.get("/v1/agent/kv/db/host", headers=as_x), 404, "not_found")
+    assert http.put("/v1/agent/kv/db/host", json={"value": "evil"},
+                    headers=as_x).status_code == 200
+    r = http.get("/v1/agent/kv/db/host", headers={"Authorization": bearer(cred_a)})
+    assert r.json()["value"] == "10.0.0.5"
+    assert [g["group"] for g in env.client.list_groups()] == ["lab", "other"]
+
+
+def test_enrollment_keys_are_single_use_expire_and_die_with_their_group(env, http):
+    brief = env.client.create_group("brief", ["t"], key_ttl=1)["machines"][0]
+    keys = {m["name"]: m["key"]
+            for m in env.client.create_group("keys", ["k1", "k2", "k3"])["machines"]}
+    doomed_key = env.client.create_group("doomed", ["d"])["machines"][0]["key"]
+    env.client.delete_group("doomed")
+
+    def refused(key: Any, part: str) -> None:
+        assert_error(http.post("/v1/agent/enroll", json={"key": key}), 401, "key_rejected",
+                     part)
+
+    enroll(http, keys["k1"])
+    refused(keys["k1"], "already used")
+    # A guess with a real key id but the wrong secret neither works nor burns the key.
+    refused(forge(keys["k2"]), "unknown")
+    enroll(http, keys["k2"])
+    refused("crck_0123456789abcdef_" + "z" * 32, "unknown")
+    for malformed in ("hello", "crck_", "crck__x", env.token, ""):
+        refused(malformed, "malformed")
+    refused(doomed_key, "revoked")
+    time.sleep(max(0.0, brief["key_expires"] + 0.2 - time.time()))  # same host, same clock
+    refused(brief["key"], "expired")
+    states = {m["name"]: m["state"] for m in env.client.group("keys")["machines"]}
+    assert states == {"k1": "enrolled", "k2": "enrolled", "k3": "pending"}
+    assert env.client.group("brief")["machines"][0]["state"] == "pending"
+
+
+def test_agent_run_with_a_refused_key_exits_with_one_clear_line(env, http):
+    keys = {m["name"]: m["key"]
+            for m in env.client.create_group("lab", ["used", "spare"])["machines"]}
+    enroll(http, keys["used"])
+    cases = {
+        "already used": keys["used"],
+        "unknown enrollment key": "crck_0123456789abcdef_" + "z" * 32,
+        "malformed enrollment key": "not-a-key",
+    }
+    for i, (part, key) in enumerate(cases.items()):
+        state_dir = env.tmp / f"refused-{i}"
+        r = subprocess.run(
+            [sys.executable, "-m", "cloudremotecontrol", "agent", "run", "--url",
+             env.server.url, "--key", key, "--fingerprint", env.server.fingerprint,
+             "--state-dir", str(state_dir)],
+            capture_output=True, text=True, timeout=60)
+        assert r.returncode == 3, (r.returncode, r.stderr)
+        assert "Traceback" not in r.stderr + r.stdout
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("crc: error:"), r.stderr
+        assert part in lines[0] and key not in lines[0]
+        assert not (state_dir / "credential.json").exists()
+    # The spare key was never touched by all this.
+    assert {m["name"]: m["state"] for m in env.client.group("lab")["machines"]} == {
+        "used": "enrolled", "spare": "pending"}

@@ -1,0 +1,22 @@
+"""The fan-out benchmark runs end to end on a tiny fleet (its numbers are not checked)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_fanout_bench_completes_and_prints_a_table() -> None:
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "fanout.py"), "--sizes", "3",
+                        "--real", "2", "--no-write", "--cli-runs", "1", "--sdk-runs", "2"],
+                       capture_output=True, text=True, timeout=240, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = r.stdout.splitlines()
+    assert lines[0].split()[:3] == ["agents", "kind", "connected"]
+    rows = {line.split()[0]: line for line in lines[2:] if line[:1].isdigit()}
+    assert "2/2" in rows["2"] and "processes" in rows["2"]
+    assert "3/3" in rows["3"] and "in-process" in rows["3"]
+    assert "crc --version" in r.stdout

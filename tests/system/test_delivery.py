@@ -1,0 +1,413 @@
+"""Delivery guarantees (DESIGN.md "Guarantees") proven with real processes and kill -9.
+
+Every test runs the real `crc server run` and `crc agent run` processes over TLS on
+loopback; crashes are SIGKILL, restarts reuse the same data dir and port. Waits are
+bounded polls of real outcomes, never timing assertions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import ClientConnection, connect
+
+from cloudremotecontrol.master.localrun import AgentProcess
+from cloudremotecontrol.protocol.messages import Envelope, decode_frame, encode_frame
+from cloudremotecontrol.tlspin import client_context
+
+FINAL = ("succeeded", "failed", "timed_out", "cancelled", "lost")
+
+
+def _wait(pred: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(0.05)
+
+
+def _target(client: Any, job_id: str) -> dict[str, Any]:
+    return dict(client.job(job_id)["targets"][0])
+
+
+def _wait_final(client: Any, job_id: str, timeout: float = 30.0) -> dict[str, Any]:
+    return dict(_wait(lambda: (t := _target(client, job_id))["status"] in FINAL and t,
+                      f"job {job_id} to end", timeout))
+
+
+def _outbox_types(state_dir: Path) -> list[str]:
+    """Types of the messages an agent holds unacknowledged in its on-disk outbox."""
+    db = sqlite3.connect(state_dir / "agent.db")
+    try:
+        rows = db.execute("SELECT frame FROM outbox ORDER BY seq").fetchall()
+    finally:
+        db.close()
+    return [json.loads(f)["msg"]["type"] for (f,) in rows]
+
+
+def _agent_job_state(state_dir: Path, job_id: str) -> str | None:
+    """What the agent recorded for ``job_id``: running, done (result kept), or None."""
+    db = sqlite3.connect(state_dir / "agent.db")
+    try:
+        row = db.execute("SELECT state FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+    finally:
+        db.close()
+    return row[0] if row else None
+
+
+def _job_processes(job_id: str, cmdline: bytes | None = None) -> list[int]:
+    """Processes on this machine started by the agent for ``job_id`` (found by the
+    CRC_JOB_ID the agent puts in every job's environment)."""
+    needle = f"CRC_JOB_ID={job_id}".encode()
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as fh:
+                environ = fh.read().split(b"\0")
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                cmd = fh.read()
+        except OSError:
+            continue
+        if needle in environ and (cmdline is None or cmd == cmdline):
+            found.append(int(pid))
+    return found
+
+
+def _kill_job_processes(job_id: str) -> None:
+    for pid in _job_processes(job_id):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def _crc_run(env: Any, *args: str) -> tuple[subprocess.Popen[str], str]:
+    """Start `crc run` as a process; return it and the job id it announced."""
+    proc = subprocess.Popen([sys.executable, "-m", "cloudremotecontrol", "run", *args],
+                            env={**os.environ, **env.cli_env}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    first = proc.stderr.readline()
+    assert first.startswith("job "), first + proc.stderr.read()
+    return proc, first.split()[1]
+
+
+def test_job_accepted_before_crash_runs_after_restart(env, crc, tmp_path):
+    agents = env.group_with_agents("lab", ["a"])
+    agents["a"].stop()
+    env.wait_state("lab", ["a"], "offline")
+    marker = tmp_path / "ran.txt"
+    started = env.client.start_job("lab", "a", shell="sh",
+                                   command=f"echo once >> {marker}; echo hello-after-crash")
+    assert _target(env.client, started["job_id"])["status"] == "queued"
+    env.server.kill()  # SIGKILL right after the 201: the job must already be durable
+    env.server.start()
+    env.agent("a", None)
+    target = _wait_final(env.client, started["job_id"])
+    assert target["status"] == "succeeded", target
+    assert marker.read_text() == "once\n"
+    r = crc("events", "lab", "--json")
+    assert r.returncode == 0, r.stderr
+    events = [json.loads(line) for line in r.stdout.splitlines()]
+    outputs = [e["data"]["data"] for e in events
+               if e["type"] == "job.output" and e.get("job_id") == started["job_id"]]
+    assert outputs == ["hello-after-crash\n"]
+    job_events = list(env.client.job_events(started["job_id"], follow=False))
+    assert [e["data"]["status"] for e in job_events if e["type"] == "job.status"] == [
+        "delivered", "running", "succeeded"]
+
+
+def test_results_produced_while_disconnected_are_delivered(env):
+    agents = env.group_with_agents("lab", ["a"])
+    started = env.client.start_job("lab", "a", argv=["sh", "-c", "sleep 2; echo done"])
+    job_id = started["job_id"]
+    _wait(lambda: _target(env.client, job_id)["status"] == "running", "the job to run")
+    env.server.kill()
+    # The job ends while the server is gone: its result waits in the agent's outbox.
+    _wait(lambda: "job.result" in _outbox_types(agents["a"].state_dir),
+          "the result to be kept on the machine")
+    env.server.start()
+    target = _wait_final(env.client, job_id)
+    assert (target["status"], target["exit_code"]) == ("succeeded", 0), target
+    events = list(env.client.job_events(job_id, follow=False))
+    assert [e["data"]["data"] for e in events if e["type"] == "job.output"] == ["done\n"]
+    _wait(lambda: _outbox_types(agents["a"].state_dir) == [], "the agent's outbox to drain")
+
+
+class _Proxy:
+    """A TCP relay in front of the server whose agent->server direction can be made a
+    black hole: the agent's bytes (acks, results) vanish while the server's still arrive,
+    like a half-broken link. TLS passes through untouched."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.blackhole = False
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.url = f"https://127.0.0.1:{self.port}"
+        self._socks: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            try:
+                server = socket.create_connection(("127.0.0.1", self.upstream_port), 5)
+            except OSError:
+                client.close()
+                continue
+            self._socks += [client, server]
+            threading.Thread(target=self._pump, args=(client, server, True),
+                             daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, False),
+                             daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, upstream: bool) -> None:
+        try:
+            while data := src.recv(65536):
+                if not (upstream and self.blackhole):
+                    dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def cut(self) -> None:
+        """Break every relayed connection (both ends see it close)."""
+        for sock in self._socks:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+        self._socks.clear()
+
+    def close(self) -> None:
+        self.listener.close()
+        self.cut()
+
+
+def test_job_executes_at_most_once_across_reconnects(env, tmp_path):
+    proxy = _Proxy(env.server.port)
+    key = env.client.create_group("lab", ["a"])["machines"][0]["key"]
+    state_dir = tmp_path / "agents" / "a"
+
+    def start_agent() -> AgentProcess:
+        agent = AgentProcess(state_dir, proxy.url, None, env.server.fingerprint).start()
+        env.agents.append(agent)
+        return agent
+
+    try:
+        agent = AgentProcess(state_dir, proxy.url, key, env.server.fingerprint).start()
+        env.agents.append(agent)
+        env.wait_state("lab", ["a"], "ready")
+        lines = tmp_path / "lines.txt"
+
+        # The link turns one-way: the job reaches the agent and runs, but its ack and
+        # result never reach the server, which still holds job.run as unacknowledged.
+        proxy.blackhole = True
+        job_id = env.client.start_job("lab", "a", shell="sh",
+                                      command=f"echo ran >> {lines}; echo ok")["job_id"]
+        _wait(lambda: _agent_job_state(state_dir, job_id) == "done", "the result on disk")
+        assert _target(env.client, job_id)["status"] == "queued"
+        # Then both ends crash; after restarts they resume from what each kept on disk.
+        env.server.kill()
+        agent.kill()
+        proxy.cut()
+        proxy.blackhole = False
+        env.server.start()
+        agent = start_agent()
+        target = _wait_final(env.client, job_id)
+        assert (target["status"], target["exit_code"]) == ("succeeded", 0), target
+
+        # More rounds: both sides crash and come back; replays must not run it again.
+        for _ in range(2):
+            env.server.kill()
+            agent.kill()
+            env.server.start()
+            agent = start_agent()
+            env.wait_state("lab", ["a"], "ready")
+        # A second job round-trips, so everything the agent had to say was said.
+        follow = env.client.start_job("lab", "a", argv=["true"])
+        assert _wait_final(env.client, follow["job_id"])["status"] == "succeeded"
+    finally:
+        proxy.close()
+    assert lines.read_text() == "ran\n"
+    assert _target(env.client, job_id)["status"] == "succeeded"
+    events = list(env.client.job_events(job_id, follow=False))
+    assert [e["data"]["data"] for e in events if e["type"] == "job.output"] == ["ok\n"]
+    assert [e["data"]["status"] for e in events if e["type"] == "job.status"] == [
+        "delivered", "running", "succeeded"]
+
+
+def test_cancel_racing_an_unacknowledged_delivery_still_stops_the_job(env, tmp_path):
+    """The master cancels while the server still counts the job as queued (the agent
+    got job.run but its ack has not arrived): the job must not go on running."""
+    proxy = _Proxy(env.server.port)
+    key = env.client.create_group("lab", ["a"])["machines"][0]["key"]
+    state_dir = tmp_path / "agents" / "a"
+    env.agents.append(AgentProcess(state_dir, proxy.url, key, env.server.fingerprint).start())
+    marker = tmp_path / "ran.txt"
+    try:
+        env.wait_state("lab", ["a"], "ready")
+        proxy.blackhole = True
+        job_id = env.client.start_job("lab", "a", shell="sh",
+                                      command=f"sleep 3; echo ran >> {marker}")["job_id"]
+        _wait(lambda: _job_processes(job_id), "the job to start on the machine")
+        assert _target(env.client, job_id)["status"] == "queued"
+        env.client.cancel_job(job_id)
+        assert _target(env.client, job_id)["status"] == "cancelled"
+        proxy.cut()  # the agent reconnects and resumes
+        proxy.blackhole = False
+        _wait(lambda: _agent_job_state(state_dir, job_id) == "done", "the job to end")
+    finally:
+        proxy.close()
+        _kill_job_processes(job_id)
+    assert not marker.exists(), "a cancelled job ran to completion"
+    assert _target(env.client, job_id)["status"] == "cancelled"
+
+
+def test_agent_crash_mid_job_ends_lost_with_reason(env):
+    agents = env.group_with_agents("lab", ["a"])
+    proc, job_id = _crc_run(env, "lab", "--to", "a", "--", "sleep", "30")
+    try:
+        _wait(lambda: _target(env.client, job_id)["status"] == "running", "the job to run")
+        agents["a"].kill()
+        env.agent("a", None)
+        _out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        # kill -9 of the agent orphans the job's process (a systemd unit's cgroup would
+        # take it down too); do not leave it behind.
+        _kill_job_processes(job_id)
+    assert proc.returncode == 125, err
+    target = _target(env.client, job_id)
+    assert target["status"] == "lost", target
+    assert "not re-run" in target["reason"]
+    assert "[a] lost" in err and "not re-run" in err
+
+
+def test_ctrl_c_cancels_and_kills_the_process_tree(env):
+    env.group_with_agents("lab", ["a"])
+    proc, job_id = _crc_run(env, "lab", "--to", "a", "--shell", "sh", "--",
+                            "sleep 300 & sleep 300; wait")
+    sleeps = lambda: _job_processes(job_id, b"sleep\x00300\x00")  # noqa: E731
+    try:
+        _wait(lambda: len(sleeps()) == 2, "both sleeps to start")
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, err
+    assert "[a] cancelled" in err
+    assert _target(env.client, job_id)["status"] == "cancelled"
+    try:
+        _wait(lambda: not sleeps(), "the job's process tree to end", timeout=15)
+    finally:
+        _kill_job_processes(job_id)
+
+
+class _RawAgent:
+    """A hand-driven agent connection: enroll over HTTPS, then speak frames directly."""
+
+    def __init__(self, server: Any, group: str, machine: str, key: str) -> None:
+        self.server = server
+        self.group, self.machine = group, machine
+        self.ctx, _ = client_context(server.url, server.fingerprint)
+        r = httpx.post(server.url + "/v1/agent/enroll", json={"key": key}, verify=self.ctx)
+        assert r.status_code == 200, r.text
+        self.credential = r.json()["credential"]
+        assert self.credential.startswith("crca_")
+
+    def connect(self, ack: int = 0) -> tuple[ClientConnection, dict[str, Any]]:
+        ws = connect(self.server.url.replace("https://", "wss://") + "/v1/agent/connect",
+                     ssl=self.ctx, compression=None,
+                     additional_headers={"Authorization": f"Bearer {self.credential}"})
+        ws.send(encode_frame({"type": "hello", "ack": ack, "agent_version": "test",
+                              "ready": True}))
+        welcome = decode_frame(ws.recv(timeout=10))
+        assert welcome["type"] == "welcome", welcome
+        return ws, welcome
+
+    def msg(self, seq: int, type: str, body: dict[str, Any]) -> str:
+        env = Envelope.make(self.group, self.machine, "master", type, body)
+        return encode_frame({"type": "msg", "seq": seq, "msg": env.to_dict()})
+
+
+def _next_ack(ws: ClientConnection) -> int:
+    while True:
+        frame = decode_frame(ws.recv(timeout=10))
+        if frame["type"] == "ack":
+            return int(frame["seq"])
+        assert frame["type"] != "error", frame
+
+
+def test_duplicate_deliveries_are_acked_again_and_applied_once(env):
+    key = env.client.create_group("lab", ["raw"])["machines"][0]["key"]
+    raw = _RawAgent(env.server, "lab", "raw", key)
+    ws, welcome = raw.connect()
+    assert welcome["ack"] == 0
+    frame = raw.msg(1, "progress", {"text": "step one", "percent": 10})
+    ws.send(frame)
+    assert _next_ack(ws) == 1
+    ws.send(frame)  # the same seq again, as after a lost ack
+    assert _next_ack(ws) == 1
+    ws.close()
+
+    # After a reconnect the server says it processed seq 1; a replay is acked, not applied.
+    ws, welcome = raw.connect(ack=0)
+    assert welcome["ack"] == 1
+    ws.send(frame)
+    assert _next_ack(ws) == 1
+    progress = [e for e in env.client.events("lab") if e["type"] == "progress"]
+    assert [e["data"]["text"] for e in progress] == ["step one"]
+
+    # A gap (seq 3 after 1) is a protocol error: the server closes with 4400, stores nothing.
+    ws.send(raw.msg(3, "progress", {"text": "step three"}))
+    with pytest.raises(ConnectionClosed) as closed:
+        while True:
+            ws.recv(timeout=10)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 4400
+    ws, welcome = raw.connect()
+    assert welcome["ack"] == 1
+    ws.close()
+    progress = [e for e in env.client.events("lab") if e["type"] == "progress"]
+    assert [e["data"]["text"] for e in progress] == ["step one"]
+
+
+def test_offline_detected_on_agent_kill_and_ready_again_after_restart(env):
+    agents = env.group_with_agents("lab", ["a"])
+    agents["a"].kill()  # no goodbye: the server only sees the TCP connection close
+    offline = env.wait_state("lab", ["a"], "offline")["machines"][0]
+    env.agent("a", None)
+    ready = env.wait_state("lab", ["a"], "ready")["machines"][0]
+    assert ready["last_seen"] > offline["last_seen"]
+    states = [e["data"]["state"] for e in env.client.events("lab")
+              if e["type"] == "machine.state"]
+    assert states[-2:] == ["offline", "ready"]

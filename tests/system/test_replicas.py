@@ -1,0 +1,95 @@
+"""Several server replicas on one PostgreSQL database: any replica accepts any request."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+from cloudremotecontrol.master.client import Client
+from cloudremotecontrol.master.localrun import AgentProcess, ServerProcess, free_port
+
+
+def replicas(tmp: Path, database: str, n: int) -> list[ServerProcess]:
+    """``n`` servers sharing one certificate (as behind a load balancer) and database."""
+    first = ServerProcess(tmp / "r0", database=database)
+    first.init()
+    out = [first]
+    for i in range(1, n):
+        d = tmp / f"r{i}"
+        d.mkdir()
+        for name in ("cert.pem", "key.pem"):
+            shutil.copy2(first.data_dir / name, d / name)
+        port = free_port()
+        cfg = json.loads((first.data_dir / "server.json").read_text())
+        cfg.update(url=f"https://127.0.0.1:{port}", listen=f"127.0.0.1:{port}")
+        (d / "server.json").write_text(json.dumps(cfg))
+        out.append(ServerProcess(d, port=port, database=database))
+    for s in out:
+        s.start()
+    return out
+
+
+def _wait(pred, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while not (value := pred()):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    return value
+
+
+def test_job_through_one_replica_reaches_an_agent_on_another(pg_url, tmp_path):
+    a, b, c = replicas(tmp_path, pg_url, 3)
+    agent = None
+    try:
+        token = a.add_user("alice")
+        with Client(a.url, token, a.fingerprint) as via_a, \
+                Client(b.url, token, b.fingerprint) as via_b, \
+                Client(c.url, token, c.fingerprint) as via_c:
+            out = via_a.create_group("lab", ["m"])
+            agent = AgentProcess(tmp_path / "m", a.url, out["machines"][0]["key"],
+                                 a.fingerprint).start()
+            _wait(lambda: via_c.group("lab")["machines"][0]["state"] == "ready")
+            # Submitted through B, run by the agent connected to A, followed through C.
+            events = list(via_c.follow_job(
+                via_b.start_job("lab", "m", argv=["echo", "across"])["job_id"], ["m"]))
+            assert [e["data"]["data"] for e in events if e["type"] == "job.output"] == [
+                "across\n"]
+            assert events[-1]["data"]["status"] == "succeeded"
+    finally:
+        if agent is not None:
+            agent.stop()
+        for s in (a, b, c):
+            s.stop()
+
+
+def test_replica_killed_mid_job_the_job_completes_through_another(pg_url, tmp_path):
+    a, b = replicas(tmp_path, pg_url, 2)
+    agent = None
+    marker = tmp_path / "ran.txt"
+    try:
+        token = a.add_user("alice")
+        urls = f"{a.url},{b.url}"
+        with Client(urls, token, a.fingerprint) as crc:
+            out = crc.create_group("lab", ["m"])
+            agent = AgentProcess(tmp_path / "m", urls, out["machines"][0]["key"],
+                                 a.fingerprint).start()
+            _wait(lambda: crc.group("lab")["machines"][0]["state"] == "ready")
+            started = crc.start_job("lab", "m", command=f"echo once >> {marker}; sleep 2; "
+                                    "echo finished", shell="sh")
+            _wait(lambda: crc.job(started["job_id"])["targets"][0]["status"] == "running")
+            a.kill()  # SIGKILL the replica holding the agent's connection and our client
+            events = list(crc.follow_job(started["job_id"], ["m"]))
+            assert crc.url == b.url
+            assert events[-1]["data"]["status"] == "succeeded"
+            outputs = [e["data"]["data"] for e in crc.job_events(started["job_id"],
+                                                                  follow=False)
+                       if e["type"] == "job.output"]
+            assert outputs == ["finished\n"]
+            assert marker.read_text() == "once\n"  # executed exactly once
+    finally:
+        if agent is not None:
+            agent.stop()
+        for s in (a, b):
+            s.stop()

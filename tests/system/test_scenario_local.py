@@ -1,0 +1,375 @@
+"""`crc up` / `crc down` / `crc demo` with the local provider: real server, real agents in
+their own namespaces, real teardown."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from cloudremotecontrol.errors import NotFound
+from cloudremotecontrol.master.client import Client
+from cloudremotecontrol.master.demo import _init_server
+from cloudremotecontrol.master.localrun import ServerProcess
+from cloudremotecontrol.master.providers import localnet
+from cloudremotecontrol.master.providers.base import MachineSpec, ProviderError
+from cloudremotecontrol.master.providers.local import LocalProvider, _marked
+from cloudremotecontrol.master.providers.localnet import NETWORK, veth_name
+
+ROOT = os.geteuid() == 0
+
+
+def needs_root(fn):
+    return pytest.mark.root(pytest.mark.skipif(not ROOT, reason="network namespaces "
+                                                                 "need root")(fn))
+
+
+def _netns(prefix: str) -> list[str]:
+    try:
+        return [n for n in os.listdir("/run/netns") if n.startswith(prefix)]
+    except FileNotFoundError:
+        return []
+
+
+def _nothing_left(provider: LocalProvider, group: str) -> None:
+    assert provider.list(group) == []
+    assert _netns(f"crc-{provider.scope}-{group}.") == []
+    assert [v for v in _marked().values() if v.startswith(f"{provider.scope}/{group}.")] == []
+    assert not (provider.root / group).exists()
+
+
+class Lab:
+    """A server the machines can reach, a user, and `crc` with that user's credentials."""
+
+    def __init__(self, tmp: Path, server: ServerProcess) -> None:
+        self.tmp = tmp
+        self.server = server
+        self.provider = LocalProvider(tmp / "machines", server_url=server.url)
+        token = server.add_user("alice")
+        self.client = Client(server.url, token, server.fingerprint)
+        self.env = {**os.environ, "CRC_URL": server.url, "CRC_TOKEN": token,
+                    "CRC_FINGERPRINT": server.fingerprint,
+                    "CRC_CONFIG_DIR": str(tmp / "cfg"), "CRC_LOCAL_DIR": str(tmp / "machines")}
+
+    def argv(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "cloudremotecontrol", *args]
+
+    def crc(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(self.argv(*args), capture_output=True, text=True,
+                              timeout=timeout, env=self.env)
+
+    def scenario(self, text: str, name: str = "scenario.yaml") -> Path:
+        path = self.tmp / name
+        path.write_text(textwrap.dedent(text))
+        return path
+
+    def cleanup(self, *groups: str) -> None:
+        for g in groups:
+            for inst in self.provider.list(g):
+                self.provider.destroy(inst.id)
+        self.client.close()
+
+
+def lines(out: str) -> list[dict]:
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+@pytest.fixture
+def netlab(tmp_path: Path):
+    """A server listening on the local provider's bridge: machines get namespaces."""
+    provider = LocalProvider(tmp_path / "machines")
+    gateway = provider.prepare_network()
+    assert gateway is not None
+    server = ServerProcess(tmp_path / "srv")
+    _init_server(server, gateway)
+    server.start()
+    lab = Lab(tmp_path, server)
+    yield lab
+    server.stop()
+    provider.release_network()
+
+
+FULL = """\
+name: {group}
+provider: local
+timeouts: {{ready: 60s, step: 60s}}
+variables: {{greeting: hello}}
+machines:
+  a: {{labels: {{role: db}}}}
+  b: {{labels: {{role: web}}}}
+steps:
+  - name: setup-a
+    to: role=db
+    run: |
+      set -e
+      crc agent progress "setting up" --percent 50
+      echo "{{{{ vars.greeting }}}} from $(hostname)" > /srv/greeting
+      crc agent emit user.done '{{"ok": true}}'
+  - name: a-done
+    to: a
+    wait: {{message: done}}
+  - name: config-b
+    to: b
+    needs: []
+    push: {{dest: /srv/b.conf, content: "peer={{{{ machines.a.ip }}}}\\n", mode: "0640"}}
+  - name: hosts
+    needs: [a-done, config-b]
+    hosts: {{}}
+  - name: b-sees-a
+    to: b
+    run: getent hosts a
+  - name: reboot-b
+    to: b
+    reboot: true
+  - name: after-reboot
+    to: b
+    run: [cat, /srv/b.conf]
+"""
+
+
+@needs_root
+def test_up_runs_every_step_kind_in_namespaces_and_down_leaves_nothing(netlab):
+    lab = netlab
+    path = lab.scenario(FULL.format(group="full"))
+    try:
+        r = lab.crc("up", str(path), "--json")
+        assert r.returncode == 0, r.stdout + r.stderr
+        out = lines(r.stdout)
+        summary = out[-1]
+        assert summary["event"] == "summary" and summary["ok"] is True
+        assert [s["status"] for s in summary["steps"]] == ["succeeded"] * 7
+        assert "own network namespaces" in out[0]["text"]
+
+        insts = {i.name: i for i in lab.provider.list("full")}
+        assert sorted(insts) == ["a", "b"]
+        ip_a, ip_b = insts["a"].private_ip, insts["b"].private_ip
+        assert ip_a != ip_b and all(ip in NETWORK for ip in map(__import__("ipaddress")
+                                                                  .ip_address, (ip_a, ip_b)))
+        # Each machine has its own /srv, hostname and hosts file.
+        srv_a = lab.tmp / "machines" / "full" / "a" / "srv"
+        srv_b = lab.tmp / "machines" / "full" / "b" / "srv"
+        assert (srv_a / "greeting").read_text() == "hello from a\n"
+        assert (srv_b / "b.conf").read_text() == f"peer={ip_a}\n"
+        assert (srv_b / "b.conf").stat().st_mode & 0o777 == 0o640
+        seen = [o["data"] for o in out if o["event"] == "output" and o["step"] == "b-sees-a"]
+        assert seen and seen[0].split()[:3] == [ip_a, "a", "a.full"]
+        after = "".join(o["data"] for o in out if o["event"] == "output"
+                        and o["step"] == "after-reboot")
+        assert after == f"peer={ip_a}\n"
+        # The reboot really took b away and back.
+        states_b = [o["state"] for o in out if o["event"] == "machine" and o["machine"] == "b"]
+        assert "offline" in states_b and states_b[-1] == "ready"
+        with open("/etc/hosts") as fh:
+            assert "cloudremotecontrol" not in fh.read()
+
+        r = lab.crc("down", str(path), "--json")
+        assert r.returncode == 0, r.stdout + r.stderr
+        done = next(o for o in lines(r.stdout) if o["event"] == "down")
+        assert sorted(done["destroyed"]) == ["full.a", "full.b"]
+        assert done["left"] == [] and done["group_deleted"] is True and done["revoked"] == 2
+        _nothing_left(lab.provider, "full")
+        with pytest.raises(NotFound):
+            lab.client.group("full")
+        assert not (lab.tmp / "cfg" / "scenarios" / "full.json").exists()
+    finally:
+        lab.cleanup("full")
+
+
+RESUME = """\
+name: resume
+provider: local
+timeouts: {ready: 60s, step: 2m}
+machines: {a: , b: }
+steps:
+  - name: first
+    run: echo first-ran >> /srv/count
+  - name: gate
+    wait: {kv: go}
+  - name: last
+    run: cat /srv/count
+"""
+
+
+@needs_root
+def test_up_again_after_a_crash_resumes_without_duplicating_machines(netlab):
+    lab = netlab
+    path = lab.scenario(RESUME)
+    try:
+        proc = subprocess.Popen(lab.argv("up", str(path), "--json"), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=lab.env)
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            doc = json.loads(line)
+            if doc.get("event") == "step" and doc["step"] == "gate" and \
+                    doc["status"] == "started":
+                break
+        else:
+            raise AssertionError(proc.stderr.read() if proc.stderr else "no gate step")
+        proc.send_signal(signal.SIGKILL)  # a crash of the master, mid-scenario
+        proc.wait(10)
+        proc.stdout.close()
+        proc.stderr.close()
+        before = {i.name: lab.provider._load(i.id)["pid"] for i in lab.provider.list("resume")}
+        assert sorted(before) == ["a", "b"]
+
+        lab.client.kv_set("resume", "go", True)
+        r = lab.crc("up", str(path), "--json")
+        assert r.returncode == 0, r.stdout + r.stderr
+        out = lines(r.stdout)
+        status = {o["step"]: o["status"] for o in out if o["event"] == "step"}
+        assert status == {"first": "done", "gate": "succeeded", "last": "succeeded"}
+        # Same agents, no second machine for a slot, first step not run twice.
+        after = {i.name: lab.provider._load(i.id)["pid"] for i in lab.provider.list("resume")}
+        assert after == before
+        assert len(lab.client.group("resume")["machines"]) == 2
+        counts = [o["data"] for o in out if o["event"] == "output" and o["step"] == "last"]
+        assert counts == ["first-ran\n", "first-ran\n"]
+
+        r = lab.crc("down", "--group", "resume")
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "2 machine(s) destroyed, none left at local; group deleted" in r.stdout
+        _nothing_left(lab.provider, "resume")
+    finally:
+        lab.cleanup("resume")
+
+
+ISOLATED = """\
+name: iso
+provider: local
+timeouts: {ready: 60s, step: 60s}
+machines: {a: , b: }
+steps:
+  - name: hosts
+    hosts: true
+  - name: a-sees-b
+    to: a
+    run: getent hosts b
+  - name: flaky
+    to: b
+    needs: []
+    retries: 1
+    retry_delay: 0.1s
+    run: exit 3
+  - name: after-flaky
+    to: b
+    run: echo never
+"""
+
+
+def test_up_with_a_loopback_server_isolates_machines_without_a_network(env, crc):
+    env.cli_env["CRC_LOCAL_DIR"] = str(env.tmp / "machines")
+    path = env.tmp / "iso.yaml"
+    path.write_text(ISOLATED)
+    provider = LocalProvider(env.tmp / "machines")
+    try:
+        r = crc("up", str(path), "--json")
+        assert r.returncode == 1, r.stdout + r.stderr  # one step failed
+        out = lines(r.stdout)
+        if ROOT:
+            assert "the server listens on loopback" in out[0]["text"]
+        summary = {s["name"]: s for s in out[-1]["steps"]}
+        assert summary["hosts"]["status"] == "succeeded"
+        assert summary["a-sees-b"]["status"] == "succeeded"
+        assert summary["flaky"]["status"] == "failed" and summary["flaky"]["attempts"] == 2
+        assert "b: failed (exit 3)" in summary["flaky"]["message"]
+        assert summary["after-flaky"]["status"] == "skipped"
+        # One shared network: b's address is one of this computer's own.
+        seen = [o["data"] for o in out if o["event"] == "output" and o["step"] == "a-sees-b"]
+        ip, *names = seen[0].split()
+        assert "b" in names and "b.iso" in names
+        family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+        with socket.socket(family, socket.SOCK_DGRAM) as s:
+            s.bind((ip, 0))
+        with open("/etc/hosts") as fh:
+            assert "cloudremotecontrol" not in fh.read()
+
+        r = crc("down", str(path))
+        assert r.returncode == 0, r.stdout + r.stderr
+        _nothing_left(provider, "iso")
+    finally:
+        for inst in provider.list("iso"):
+            provider.destroy(inst.id)
+
+
+def test_up_refuses_an_invalid_scenario_with_file_and_line(env, crc):
+    path = env.tmp / "bad.yaml"
+    path.write_text("name: bad\nmachines: {a: }\nsteps:\n  - run: true\n    to: nobody\n")
+    r = crc("up", str(path))
+    assert r.returncode == 2
+    assert "bad.yaml:4:10: steps.run-1.run: expected a string" in r.stderr
+    assert "bad.yaml:5:9: steps.run-1.to: no machine nobody" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_down_of_an_unknown_group_says_how_to_clean_up(env, crc):
+    r = crc("down", "--group", "nothing-here")
+    assert r.returncode == 4
+    assert "--provider" in r.stderr
+
+
+@needs_root
+def test_demo_runs_the_scenario_and_leaves_no_process_or_namespace():
+    # A short TMPDIR of its own (Unix socket paths are limited to 107 bytes).
+    tmp = Path(tempfile.mkdtemp(prefix="crct-", dir="/tmp"))
+    try:
+        r = subprocess.run([sys.executable, "-m", "cloudremotecontrol", "demo", "--json"],
+                           capture_output=True, text=True, timeout=120,
+                           env={**os.environ, "TMPDIR": str(tmp)})
+        left_files = list(tmp.iterdir())
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = lines(r.stdout)
+    summary = next(o for o in out if o["event"] == "summary")
+    assert summary["ok"] and {m["name"] for m in summary["machines"]} == {"mysql", "web", "dev"}
+    reached = "".join(o["data"] for o in out if o["event"] == "output"
+                      and o["step"] == "dev-reaches-web")
+    assert "GET http://web:8080/app.conf -> 200" in reached and "name = shop" in reached
+    assert out[-1]["left"] == []
+    demo = LocalProvider(Path(out[0]["dir"]) / "machines")  # the demo's own provider
+    assert _netns(f"crc-{demo.scope}-") == []
+    assert [v for v in _marked().values() if v.startswith(f"{demo.scope}/")] == []
+    assert left_files == []  # the demo's temporary directory is gone
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    for m in ("mysql", "web", "dev"):
+        assert veth_name(f"{demo.scope}/demo.{m}") not in links
+
+
+@needs_root
+def test_a_create_that_fails_halfway_leaves_no_namespace_veth_or_process(tmp_path, monkeypatch):
+    provider = LocalProvider(tmp_path / "m", server_url="https://10.213.0.1:9")
+    real = localnet.run
+
+    def failing(*argv: str, check: bool = True):
+        if argv[:3] == ("ip", "link", "set") and "master" in argv:
+            raise ProviderError("injected failure")
+        return real(*argv, check=check)
+
+    spec = MachineSpec(name="a", os="linux", region="", plan="", image="")
+    monkeypatch.setattr(localnet, "run", failing)
+    with pytest.raises(ProviderError, match="injected failure"):
+        provider.create("broken", spec, "#!/bin/sh\nexec sleep 600\n")
+    monkeypatch.undo()
+    _nothing_left(provider, "broken")
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    assert veth_name(f"{provider.scope}/broken.a") not in links
+
+    # A machine whose boot dies is reported stopped, with its console, and goes cleanly.
+    inst = provider.create("broken", spec, "#!/bin/sh\necho cannot boot; exit 1\n")
+    with pytest.raises(ProviderError, match="cannot boot"):
+        for _ in range(100):
+            provider.wait_running(inst.id, timeout=5)
+            time.sleep(0.05)
+    provider.destroy(inst.id)
+    _nothing_left(provider, "broken")
+    provider.release_network()

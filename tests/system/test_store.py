@@ -1,0 +1,530 @@
+"""One test-suite for both Store backends: a SQLite file and a fresh PostgreSQL database.
+
+The server's operations run directly through ``store.write`` / ``store.read``, checking
+the promises the server builds on: credentials, single-use keys, exactly-once
+application of agent messages, ordered outboxes and event streams, and safety under
+concurrent writers and concurrent migrations.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import queue
+import subprocess
+import sys
+import threading
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from cloudremotecontrol.errors import Conflict, InvalidInput, KeyRejected, NotFound, Unauthorized
+from cloudremotecontrol.protocol.messages import Envelope
+from cloudremotecontrol.server.ops import delivery, enrollment, events, groups, jobs, users
+from cloudremotecontrol.server.ops.common import add_event, now
+from cloudremotecontrol.server.store.base import ALL_GROUPS, Store, Tx, open_store
+from cloudremotecontrol.server.store.schema import MIGRATIONS
+
+pytestmark = pytest.mark.anyio
+
+LATEST = MIGRATIONS[-1][0]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
+    """An empty database of each backend."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'crc.db'}"
+    return str(request.getfixturevalue("pg_url"))
+
+
+@pytest.fixture
+async def store(db_url: str) -> Any:
+    s = open_store(db_url)
+    await s.start()
+    yield s
+    await s.close()
+
+
+@pytest.fixture
+async def replicas(db_url: str) -> Any:
+    """Two stores on one database, as two server processes would have: concurrency
+    between them is real (within one store, one writer thread runs every write)."""
+    stores = [open_store(db_url), open_store(db_url)]
+    for s in stores:
+        await s.start()
+    yield stores
+    for s in stores:
+        await s.close()
+
+
+# -- helpers ---------------------------------------------------------------------------
+async def new_user(store: Store, name: str = "alice") -> dict[str, Any]:
+    token = await store.write(users.create_user, name)
+    return {**await store.read(users.authenticate_master, token), "token": token}
+
+
+async def ready_machines(store: Store, user: dict[str, Any], group: str,
+                         names: list[str]) -> dict[str, dict[str, Any]]:
+    """Create ``group``, enroll every machine and connect it ready; name -> machine row."""
+    out = await store.write(groups.create_group, user["user_id"], group,
+                            [{"name": n} for n in names])
+    machines = {}
+    for m in out["machines"]:
+        cred = await store.write(enrollment.enroll, m["key"], "127.0.0.1")
+        row = await store.read(enrollment.authenticate_machine, cred["credential"])
+        await store.write(delivery.machine_connected, row["id"], True, "127.0.0.1", "r1")
+        machines[m["name"]] = row
+    return machines
+
+
+def agent_msg(group: str, machine: str, type: str, body: dict[str, Any]) -> dict[str, Any]:
+    return Envelope.make(group, machine, "master", type, body).to_dict()
+
+
+async def group_events(store: Store, user: dict[str, Any], group: str,
+                       since: int = 0) -> list[dict[str, Any]]:
+    gid = (await store.read(events.group_cursor, user["user_id"], group))["group_id"]
+    return list(await store.read(events.events_after, gid, since))
+
+
+def schema_versions(tx: Tx) -> list[int]:
+    return [int(r["version"]) for r in tx.all("SELECT version FROM schema_version "
+                                               "ORDER BY version")]
+
+
+# -- users and tokens ------------------------------------------------------------------
+async def test_users_authenticate_with_live_tokens_only(store: Store) -> None:
+    alice = await new_user(store)
+    assert alice["user"] == "alice"
+    with pytest.raises(Conflict):
+        await store.write(users.create_user, "alice")
+    ci = await store.write(users.add_token, "alice", "ci")
+    assert (await store.read(users.authenticate_master, ci))["user_id"] == alice["user_id"]
+    with pytest.raises(Conflict):
+        await store.write(users.add_token, "alice", "ci")
+    names = [t["name"] for t in await store.read(users.list_tokens, "alice")]
+    assert sorted(names) == ["ci", "default"]
+
+    await store.write(users.revoke_token, "alice", "ci")
+    with pytest.raises(Unauthorized):
+        await store.read(users.authenticate_master, ci)
+    assert (await store.read(users.authenticate_master, alice["token"]))["user"] == "alice"
+    tampered = alice["token"][:-4] + ("aaaa" if not alice["token"].endswith("aaaa") else "bbbb")
+    for bad in (tampered, "crcm_nope", "", None):
+        with pytest.raises(Unauthorized):
+            await store.read(users.authenticate_master, bad)
+    with pytest.raises(NotFound):
+        await store.write(users.revoke_token, "alice", "ci")
+
+
+# -- groups ----------------------------------------------------------------------------
+async def test_group_create_show_delete_revokes_keys_and_is_per_user(store: Store) -> None:
+    alice, bob = await new_user(store, "alice"), await new_user(store, "bob")
+    out = await store.write(groups.create_group, alice["user_id"], "lab",
+                            [{"name": "db", "labels": {"role": "db"}}, {"name": "web"}],
+                            None, 3600.0, {"note": "x"})
+    keys = {m["name"]: m["key"] for m in out["machines"]}
+    assert sorted(keys) == ["db", "web"] and all(k.startswith("crck_") for k in keys.values())
+
+    shown = await store.read(groups.show_group, alice["user_id"], "lab")
+    assert [(m["name"], m["state"], m["labels"]) for m in shown["machines"]] == [
+        ("db", "pending", {"role": "db"}), ("web", "pending", {})]
+    assert shown["settings"] == {"note": "x"} and shown["expires"] > shown["created"]
+    listed = await store.read(groups.list_groups, alice["user_id"])
+    assert [(g["group"], g["machines"], g["ready"]) for g in listed] == [("lab", 2, 0)]
+    with pytest.raises(Conflict):
+        await store.write(groups.create_group, alice["user_id"], "lab", [{"name": "x"}])
+    # Users never see each other's groups; bob may use the same name.
+    assert await store.read(groups.list_groups, bob["user_id"]) == []
+    with pytest.raises(NotFound):
+        await store.read(groups.show_group, bob["user_id"], "lab")
+    with pytest.raises(NotFound):
+        await store.write(groups.delete_group, bob["user_id"], "lab")
+    await store.write(groups.create_group, bob["user_id"], "lab", [{"name": "x"}])
+
+    cred = await store.write(enrollment.enroll, keys["db"], "10.0.0.1")
+    revoked = await store.write(groups.delete_group, alice["user_id"], "lab")
+    assert len(revoked) == 2
+    with pytest.raises(KeyRejected, match="revoked"):
+        await store.write(enrollment.enroll, keys["web"], None)
+    with pytest.raises(Unauthorized):
+        await store.read(enrollment.authenticate_machine, cred["credential"])
+    with pytest.raises(NotFound):
+        await store.read(groups.show_group, alice["user_id"], "lab")
+    # The name is free again once the group is deleted.
+    await store.write(groups.create_group, alice["user_id"], "lab", [{"name": "db"}])
+
+
+async def test_concurrent_creates_of_one_group_name_give_one_group(replicas: list[Store]
+                                                                   ) -> None:
+    alice = await new_user(replicas[0])
+    results = await asyncio.gather(
+        *(replicas[i % 2].write(groups.create_group, alice["user_id"], "lab",
+                                [{"name": f"m{i}"}]) for i in range(12)),
+        return_exceptions=True)
+    assert sum(isinstance(r, dict) for r in results) == 1
+    assert all(isinstance(r, (dict, Conflict)) for r in results), results
+    assert len(await replicas[1].read(groups.list_groups, alice["user_id"])) == 1
+
+
+# -- enrollment ------------------------------------------------------------------------
+async def test_enrollment_key_is_single_use_and_expires(store: Store) -> None:
+    alice = await new_user(store)
+    out = await store.write(groups.create_group, alice["user_id"], "lab",
+                            [{"name": "a"}, {"name": "b"}])
+    key_a, key_b = (m["key"] for m in out["machines"])
+    cred = await store.write(enrollment.enroll, key_a, "10.0.0.5")
+    assert (cred["machine"], cred["group"]) == ("a", "lab")
+    me = await store.read(enrollment.authenticate_machine, cred["credential"])
+    assert (me["name"], me["group_name"], me["state"]) == ("a", "lab", "enrolled")
+    assert "cred_hash" not in me
+    with pytest.raises(KeyRejected, match="already used"):
+        await store.write(enrollment.enroll, key_a, "10.0.0.5")
+    with pytest.raises(KeyRejected, match="malformed"):
+        await store.write(enrollment.enroll, "not-a-key", None)
+
+    def expire(tx: Tx, group_id: str) -> int:
+        return tx.execute("UPDATE machines SET key_expires = ? WHERE group_id = ? AND name = ?",
+                          (now() - 1, group_id, "b"))
+
+    assert await store.write(expire, me["group_id"]) == 1
+    with pytest.raises(KeyRejected, match="expired"):
+        await store.write(enrollment.enroll, key_b, None)
+
+
+async def test_concurrent_enrollments_with_one_key_succeed_once(replicas: list[Store]
+                                                                ) -> None:
+    store = replicas[0]
+    alice = await new_user(store)
+    out = await store.write(groups.create_group, alice["user_id"], "lab", [{"name": "a"}])
+    key = out["machines"][0]["key"]
+    results = await asyncio.gather(*(replicas[i % 2].write(enrollment.enroll, key, "10.0.0.1")
+                                     for i in range(16)), return_exceptions=True)
+    creds = [r for r in results if isinstance(r, dict)]
+    assert len(creds) == 1
+    assert all(isinstance(r, KeyRejected) for r in results if not isinstance(r, dict)), results
+    me = await store.read(enrollment.authenticate_machine, creds[0]["credential"])
+    assert me["name"] == "a"
+    states = [e for e in await group_events(store, alice, "lab") if e["type"] == "machine.state"]
+    assert [e["data"]["state"] for e in states] == ["enrolled"]
+
+
+# -- jobs, outbox, agent messages ------------------------------------------------------
+async def test_job_outbox_ack_and_agent_messages_are_applied_once(store: Store) -> None:
+    alice = await new_user(store)
+    m = (await ready_machines(store, alice, "lab", ["a"]))["a"]
+    job = await store.write(jobs.create_job, alice, "lab", "a", {"argv": ["echo", "hi"]})
+    assert job["targets"] == ["a"]
+    [(machine_id, seq, frame)] = job["deliveries"]
+    assert (machine_id, seq) == (m["id"], 1)
+    assert json.loads(frame)["msg"]["body"]["job_id"] == job["job_id"]
+    assert await store.read(delivery.outbox_after, m["id"], 0) == [(1, frame)]
+    with pytest.raises(InvalidInput):
+        await store.write(delivery.ack_outbox, m["id"], 2)  # never sent
+    assert await store.write(delivery.ack_outbox, m["id"], 1) == 1
+    assert await store.read(delivery.outbox_after, m["id"], 0) == []
+
+    def send(seq: int, type: str, body: dict[str, Any]) -> Any:
+        return store.write(delivery.apply_agent_message, m["id"], seq,
+                           agent_msg("lab", "a", type, {"job_id": job["job_id"], **body}))
+
+    assert (await send(1, "job.started", {}))["receipt"] == "new"
+    assert (await send(1, "job.started", {}))["receipt"] == "duplicate"
+    assert await send(3, "job.output", {"stream": "stdout", "data": "x"}) == {
+        "receipt": "gap", "expected": 2}
+    assert (await send(2, "job.output", {"stream": "stdout", "data": "hi\n"}))["receipt"] == "new"
+    assert (await send(2, "job.output", {"stream": "stdout", "data": "hi\n"}))["receipt"] == (
+        "duplicate")
+    bad = await send(3, "job.run", {})  # machines may not command
+    assert bad["receipt"] == "new" and bad["error"]["code"] == "unknown_type"
+    assert (await send(4, "job.result", {"status": "succeeded", "exit_code": 0}))["receipt"] == (
+        "new")
+
+    view = await store.read(jobs.job_view, alice["user_id"], job["job_id"])
+    [target] = view["targets"]
+    assert (target["machine"], target["status"], target["exit_code"]) == ("a", "succeeded", 0)
+    assert target["output_bytes"] == 3
+    job_events = await store.read(events.events_after, m["group_id"], 0, job["job_id"])
+    assert [(e["type"], e["data"].get("status")) for e in job_events] == [
+        ("job.created", None), ("job.status", "delivered"), ("job.status", "running"),
+        ("job.output", None), ("job.status", "succeeded")]
+    assert [e["data"]["data"] for e in job_events if e["type"] == "job.output"] == ["hi\n"]
+    errors = [e for e in await group_events(store, alice, "lab") if e["type"] == "agent.error"]
+    assert len(errors) == 1
+
+
+async def test_cancel_before_delivery_rewrites_the_queued_run(store: Store) -> None:
+    alice = await new_user(store)
+    m = (await ready_machines(store, alice, "lab", ["a"]))["a"]
+    job = await store.write(jobs.create_job, alice, "lab", "a", {"command": "sleep 9"})
+    out = await store.write(jobs.cancel_job, alice, job["job_id"])
+    # The job.run becomes a job.cancel; a second job.cancel follows it, for an agent
+    # that already got the job.run but whose ack has not arrived yet.
+    rows = await store.read(delivery.outbox_after, m["id"], 0)
+    assert [(seq, json.loads(frame)["msg"]["type"]) for seq, frame in rows] == [
+        (1, "job.cancel"), (2, "job.cancel")]
+    assert [(mid, seq) for mid, seq, _ in out["deliveries"]] == [(m["id"], 2)]
+    view = await store.read(jobs.job_view, alice["user_id"], job["job_id"])
+    assert view["targets"][0]["status"] == "cancelled"
+
+
+async def test_concurrent_jobs_get_contiguous_outbox_seqs(replicas: list[Store]) -> None:
+    store = replicas[0]
+    alice = await new_user(store)
+    ms = await ready_machines(store, alice, "lab", ["a", "b"])
+    created = await asyncio.gather(*(
+        replicas[i % 3 % 2].write(jobs.create_job, alice, "lab", "all" if i % 2 else "a",
+                                  {"argv": ["true"]})
+        for i in range(30)))
+    for name, count in (("a", 30), ("b", 15)):
+        rows = await store.read(delivery.outbox_after, ms[name]["id"], 0)
+        assert [seq for seq, _ in rows] == list(range(1, count + 1))
+        by_seq = {seq: json.loads(frame)["msg"]["body"]["job_id"] for seq, frame in rows}
+        assert by_seq == {seq: job["job_id"] for job in created
+                          for mid, seq, _ in job["deliveries"] if mid == ms[name]["id"]}
+
+
+async def test_concurrent_messages_are_each_applied_once(replicas: list[Store]) -> None:
+    """Two senders per machine (an old connection on one replica, a new one on another)
+    send the same numbered messages at once: each is applied exactly once."""
+    store = replicas[0]
+    alice = await new_user(store)
+    names = [f"m{i}" for i in range(8)]
+    ms = await ready_machines(store, alice, "lab", names)
+    per_machine = 15
+    receipts: Counter[tuple[str, int]] = Counter()
+
+    async def sender(name: str, via: Store) -> None:
+        for seq in range(1, per_machine + 1):
+            raw = agent_msg("lab", name, "progress", {"text": f"step {seq}"})
+            while True:
+                r = await via.write(delivery.apply_agent_message, ms[name]["id"], seq, raw)
+                if r["receipt"] != "gap":
+                    break
+                await asyncio.sleep(0.001)  # the other sender has not got there yet
+            if r["receipt"] == "new":
+                receipts[(name, seq)] += 1
+
+    await asyncio.gather(*(sender(n, via) for n in names for via in replicas))
+    assert receipts == {(n, s): 1 for n in names for s in range(1, per_machine + 1)}
+    progress = [e for e in await group_events(store, alice, "lab") if e["type"] == "progress"]
+    assert Counter(e["machine"] for e in progress) == {n: per_machine for n in names}
+    for n in names:
+        texts = [e["data"]["text"] for e in progress if e["machine"] == n]
+        assert texts == [f"step {s}" for s in range(1, per_machine + 1)]
+    shown = await store.read(groups.show_group, alice["user_id"], "lab")
+    assert {m["progress"]["text"] for m in shown["machines"]} == {f"step {per_machine}"}
+
+
+# -- events ----------------------------------------------------------------------------
+async def test_events_after_is_ordered_resumable_and_filtered_by_job(store: Store) -> None:
+    alice = await new_user(store)
+    ms = await ready_machines(store, alice, "lab", ["a"])
+    info = await store.read(events.group_cursor, alice["user_id"], "lab")
+    everything = await store.read(events.events_after, info["group_id"], 0)
+    assert info["cursor"] == everything[-1]["cursor"]
+    assert [e["type"] for e in everything] == ["group.created", "machine.state", "machine.state"]
+    job = await store.write(jobs.create_job, alice, "lab", "a", {"argv": ["true"]})
+    await store.write(delivery.ack_outbox, ms["a"]["id"], 1)
+    newer = await store.read(events.events_after, info["group_id"], info["cursor"])
+    assert [e["type"] for e in newer] == ["job.created", "job.status"]
+    cursors = [e["cursor"] for e in everything + newer]
+    assert cursors == sorted(set(cursors))
+    assert await store.read(events.events_after, info["group_id"], cursors[-1]) == []
+    first = await store.read(events.events_after, info["group_id"], 0, None, 2)
+    assert [e["cursor"] for e in first] == cursors[:2]
+    only_job = await store.read(events.events_after, info["group_id"], 0, job["job_id"])
+    assert [e["cursor"] for e in only_job] == cursors[3:]
+    # Groups do not mix.
+    await ready_machines(store, alice, "other", ["z"])
+    assert await store.read(events.events_after, info["group_id"], cursors[-1]) == []
+
+
+async def test_events_become_visible_in_id_order(replicas: list[Store]) -> None:
+    """An event committed later must not become visible before an earlier-numbered one
+    that is still being written, or a follower would move its cursor past it."""
+    store, other = replicas
+    alice = await new_user(store)
+    await store.write(groups.create_group, alice["user_id"], "lab", [{"name": "a"}])
+    info = await store.read(events.group_cursor, alice["user_id"], "lab")
+    gid, cursor = info["group_id"], info["cursor"]
+    inside, gate = threading.Event(), threading.Event()
+
+    def slow(tx: Tx) -> None:
+        add_event(tx, gid, "user.first", {})
+        inside.set()
+        gate.wait(30)
+
+    def fast(tx: Tx) -> None:
+        add_event(tx, gid, "user.second", {})
+
+    first = asyncio.ensure_future(store.write(slow))
+    try:
+        assert await asyncio.to_thread(inside.wait, 30)
+        second = asyncio.ensure_future(other.write(fast))
+        for _ in range(25):  # while the first is open, the second stays invisible
+            assert await store.read(events.events_after, gid, cursor) == []
+            await asyncio.sleep(0.02)
+    finally:
+        gate.set()
+        await first
+    await second
+    seen = await store.read(events.events_after, gid, cursor)
+    assert [e["type"] for e in seen] == ["user.first", "user.second"]
+    assert seen[0]["cursor"] < seen[1]["cursor"]
+
+
+async def test_a_follower_misses_no_event_under_concurrent_writers(replicas: list[Store]
+                                                                  ) -> None:
+    store = replicas[0]
+    alice = await new_user(store)
+    names = [f"m{i}" for i in range(8)]
+    ms = await ready_machines(store, alice, "lab", names)
+    info = await store.read(events.group_cursor, alice["user_id"], "lab")
+    gid, start = info["group_id"], info["cursor"]
+    per_machine = 20
+    done = asyncio.Event()
+    followed: list[int] = []
+
+    async def writer(name: str, via: Store) -> None:
+        for seq in range(1, per_machine + 1):
+            await via.write(delivery.apply_agent_message, ms[name]["id"], seq,
+                            agent_msg("lab", name, "progress", {"text": str(seq)}))
+
+    async def follower() -> None:
+        cursor = start
+        while True:
+            finished = done.is_set()
+            batch = await store.read(events.events_after, gid, cursor)
+            for e in batch:
+                followed.append(e["cursor"])
+                cursor = e["cursor"]
+            if finished and not batch:
+                return
+            await asyncio.sleep(0)
+
+    follow = asyncio.ensure_future(follower())
+    await asyncio.gather(*(writer(n, replicas[i % 2]) for i, n in enumerate(names)))
+    done.set()
+    await follow
+    stored = [e["cursor"] for e in await store.read(events.events_after, gid, start, None,
+                                                    10_000)]
+    assert len(stored) == len(names) * per_machine
+    assert followed == stored
+
+
+async def test_a_write_cancelled_while_queued_does_not_stop_later_writes(store: Store
+                                                                         ) -> None:
+    started = threading.Event()
+    release = threading.Event()
+
+    def blocking(tx: Tx) -> str:
+        started.set()
+        release.wait(10)
+        return "first"
+
+    first = asyncio.ensure_future(store.write(blocking))
+    await asyncio.to_thread(started.wait, 10)
+    queued = asyncio.ensure_future(store.write(users.create_user, "bob"))
+    await asyncio.sleep(0.05)
+    queued.cancel()  # e.g. the client went away while its write waited
+    release.set()
+    assert await first == "first"
+    with pytest.raises(asyncio.CancelledError):
+        await queued
+    token = await asyncio.wait_for(store.write(users.create_user, "carol"), 10)
+    assert (await store.read(users.authenticate_master, token))["user"] == "carol"
+
+
+# -- migrations ------------------------------------------------------------------------
+async def test_migrations_are_idempotent_and_safe_when_started_together(db_url: str) -> None:
+    stores = [open_store(db_url) for _ in range(4)]
+    await asyncio.gather(*(s.start() for s in stores))  # each migrates in its own thread
+    try:
+        alice = await new_user(stores[0])
+        for s in stores:
+            assert await s.read(schema_versions) == [v for v, _ in MIGRATIONS]
+    finally:
+        await asyncio.gather(*(s.close() for s in stores))
+    again = open_store(db_url)
+    await again.start()
+    try:
+        assert await again.read(schema_versions) == [v for v, _ in MIGRATIONS]
+        assert (await again.read(users.authenticate_master, alice["token"]))["user"] == "alice"
+    finally:
+        await again.close()
+
+
+def test_server_processes_migrating_one_new_database_at_once(db_url: str, tmp_path: Any
+                                                             ) -> None:
+    """Three `crc server add-user` processes on one empty database at the same time."""
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "cloudremotecontrol", "server", "add-user", f"u{i}",
+         "--database", db_url, "--data-dir", str(tmp_path / "unused"), "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(3)]
+    for i, p in enumerate(procs):
+        out, err = p.communicate(timeout=60)
+        assert p.returncode == 0, err
+        assert json.loads(out)["user"] == f"u{i}"
+    s = open_store(db_url)
+    s.write_sync(lambda tx: None)  # opens (and migrates, finding nothing to do)
+    try:
+        assert s.write_sync(schema_versions) == [v for v, _ in MIGRATIONS]
+        names = s.write_sync(lambda tx: sorted(r["name"] for r in tx.all("SELECT name FROM users")))
+        assert names == ["u0", "u1", "u2"]
+    finally:
+        s.close_sync()  # type: ignore[attr-defined]
+
+
+# -- PostgreSQL only: wake-ups across replicas -----------------------------------------
+async def test_notify_wakes_other_replicas_and_a_reconnect_wakes_everyone(
+        pg_url: str, pg_cluster: Any) -> None:
+    a, b = open_store(pg_url), open_store(pg_url)
+    woken: queue.SimpleQueue[set[str]] = queue.SimpleQueue()
+    await a.start()
+    await b.start()
+    b.on_commit(woken.put)
+    try:
+        alice = await new_user(a)
+        await a.write(groups.create_group, alice["user_id"], "lab", [{"name": "x"}])
+        gid = (await a.read(events.group_cursor, alice["user_id"], "lab"))["group_id"]
+
+        def wait_for(wanted: str) -> set[str]:
+            while True:
+                got = woken.get(timeout=30)
+                if wanted in got:
+                    return got
+
+        assert await asyncio.to_thread(wait_for, gid) == {gid}  # b never wrote anything
+        while not woken.empty():
+            woken.get()
+        assert pg_cluster.terminate(pg_url, "LISTEN") == 2  # a's and b's listeners
+        assert await asyncio.to_thread(wait_for, ALL_GROUPS) == {ALL_GROUPS}
+        await a.write(groups.create_group, alice["user_id"], "lab2", [{"name": "x"}])
+        gid2 = (await a.read(events.group_cursor, alice["user_id"], "lab2"))["group_id"]
+        assert await asyncio.to_thread(wait_for, gid2) == {gid2}  # listening again
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_connections_killed_between_operations_cost_nothing(pg_url: str,
+                                                                  pg_cluster: Any) -> None:
+    """As after a database restart or failover: every pooled connection is dead."""
+    s = open_store(pg_url)
+    await s.start()
+    try:
+        alice = await new_user(s)
+        assert pg_cluster.terminate(pg_url, "") >= 3  # writer, readers, listener
+        bob = await new_user(s, "bob")  # the write re-runs on a new connection
+        assert (await s.read(users.authenticate_master, alice["token"]))["user"] == "alice"
+        assert (await s.read(users.authenticate_master, bob["token"]))["user"] == "bob"
+    finally:
+        await s.close()

@@ -1,0 +1,365 @@
+"""The scenario format: validation with file:line:field, the step graph, templates."""
+
+from __future__ import annotations
+
+import textwrap
+import threading
+from importlib import resources
+from pathlib import Path
+
+import pytest
+
+from cloudremotecontrol.master.scenario import templates
+from cloudremotecontrol.master.scenario.graph import Outcome, plan, run_steps
+from cloudremotecontrol.master.scenario.model import (
+    PushAction,
+    RunAction,
+    ScenarioError,
+    WaitAction,
+    load_scenario,
+    parse_duration,
+    parse_scenario,
+)
+
+GOOD = """\
+name: lab
+provider: local
+ttl: 2h
+variables:
+  db_name: shop
+machines:
+  mysql: {labels: {role: db}}
+  web:
+    labels: {role: web}
+  dev:
+steps:
+  - name: install
+    to: role=db
+    run: echo {{ vars.db_name }}
+    retries: 2
+    retry_delay: 1s
+  - name: config
+    to: web
+    needs: []
+    push: {content: "db={{ machines.mysql.ip }}", dest: /srv/app.conf, mode: "0644"}
+  - name: hosts
+    needs: [install, config]
+    hosts: {}
+  - name: reported
+    to: mysql
+    wait: {message: success}
+  - name: tell
+    send: {type: go, body: {n: 1}}
+"""
+
+
+def parse(text: str, name: str = "s.yaml"):
+    return parse_scenario(textwrap.dedent(text), name)
+
+
+def problems(text: str) -> list[str]:
+    with pytest.raises(ScenarioError) as info:
+        parse(text)
+    return [str(p) for p in info.value.problems]
+
+
+# -- the model ---------------------------------------------------------------------------
+def test_good_scenario_reads_into_a_typed_model():
+    s = parse(GOOD)
+    assert s.name == "lab" and s.provider == "local" and s.ttl == 7200
+    assert s.machine_names == ["mysql", "web", "dev"]
+    assert s.machine("web").labels == {"role": "web"} and s.machine("dev").os == "linux"
+    install, config, hosts, reported, tell = s.steps
+    assert install.targets == ("mysql",) and install.to == "role=db"
+    assert install.retries == 2 and install.retry_delay == 1.0
+    assert isinstance(install.action, RunAction) and install.action.command is not None
+    assert isinstance(config.action, PushAction) and config.action.mode == "0644"
+    assert hosts.needs == ("install", "config") and hosts.targets == ("mysql", "web", "dev")
+    assert reported.action == WaitAction("message", type="user.success")
+    assert tell.action.type == "user.go" and tell.action.body == {"n": 1}
+
+
+def test_steps_without_needs_follow_the_step_before_them():
+    s = parse(GOOD)
+    assert s.steps[0].needs == ()  # the first step
+    assert s.steps[1].needs == ()  # needs: [] -> parallel with install
+    assert s.steps[3].needs == ("hosts",)
+    assert s.steps[4].needs == ("reported",)
+
+
+def test_every_problem_is_reported_with_file_line_column_and_field():
+    got = problems("""\
+        name: Lab
+        provider: {name: local, colour: blue}
+        machines:
+          mysql: {os: windows}
+          mysql: {}
+        steps:
+          - name: install
+            to: role=nobody
+            run: echo hi
+            retries: -1
+          - to: mysql
+            run: echo
+            push: {dest: /x, content: y}
+          - push: {dest: relative, content: x, mode: 644}
+        """)
+    assert "s.yaml:1:7: name: invalid scenario name 'Lab'" in got[0]
+    expected = [
+        "s.yaml:2:25: provider.colour: unknown setting for the local provider",
+        "s.yaml:5:3: machines.mysql: duplicate key",
+        "s.yaml:4:3: machines.mysql.os: the local provider runs Linux machines only",
+        "s.yaml:8:9: steps.install.to: no machine has the label role=nobody",
+        "s.yaml:10:14: steps.install.retries: expected a whole number from 0 to 100",
+        "s.yaml:11:5: steps[1]: a step does exactly one of",
+        "s.yaml:14:18: steps.push-3.push.dest: must be an absolute path",
+        's.yaml:14:46: steps.push-3.push.mode: expected an octal mode in quotes',
+    ]
+    for want in expected:
+        assert any(p.startswith(want) for p in got), (want, got)
+
+
+def test_error_message_lists_problems_one_per_line():
+    with pytest.raises(ScenarioError) as info:
+        parse("name: lab\nmachines: {a: {}}\nsteps:\n  - run: [1, {x: 2}]\n")
+    assert info.value.exit_code == 2
+    assert info.value.message.startswith("invalid scenario:\n  s.yaml:4:")
+    assert "s.yaml:4:14: steps.run-1.run[1]: expected a string" in info.value.message
+
+
+def test_needs_must_name_steps_and_must_not_cycle():
+    got = problems("""\
+        name: lab
+        machines: {a: }
+        steps:
+          - {name: one, needs: [two], run: "true"}
+          - {name: two, needs: one, run: "true"}
+          - {name: three, needs: [nope], run: "true"}
+        """)
+    assert any(p.startswith("s.yaml:6:5: steps.three.needs: no step named 'nope'") for p in got)
+    assert any("steps need each other in a cycle: one -> two -> one" in p for p in got), got
+
+
+def test_step_names_are_unique():
+    got = problems("""\
+        name: lab
+        machines: {a: }
+        steps:
+          - {name: x, run: "true"}
+          - {name: x, run: "false"}
+        """)
+    assert got == ["s.yaml:5:5: steps[1].name: another step is named 'x'"]
+
+
+def test_template_references_are_checked_when_loading():
+    got = problems("""\
+        name: lab
+        variables: {port: 80}
+        machines: {a: }
+        steps:
+          - run: echo {{ vars.nope }} {{ machines.b.ip }} {{ machines.a.colour }} {{ x }}
+          - send: {type: hi, body: {at: "{{ vars.port | upper }}"}}
+        """)
+    text = "\n".join(got)
+    assert "s.yaml:5:10: steps.run-1.run: {{ vars.nope }}: no variable 'nope'" in text
+    assert "{{ machines.b.ip }}: no machine 'b'" in text
+    assert "{{ machines.a.colour }}: machines have no field 'colour'" in text
+    assert "{{ x }}: unknown name 'x'" in text
+    assert "unknown filter 'upper'" in text
+
+
+def test_yaml_syntax_errors_name_their_line():
+    got = problems("name: lab\nmachines:\n  a: [unclosed\n")
+    assert got[0].startswith("s.yaml:4:1: not valid YAML")
+
+
+def test_vultr_machines_need_region_plan_and_image():
+    got = problems("""\
+        name: lab
+        provider: vultr
+        defaults: {region: ewr, image: {linux: "2284"}}
+        machines:
+          a: {}
+          w: {os: windows}
+        steps: []
+        """)
+    assert got == ["s.yaml:5:3: machines.a.plan: the vultr provider needs a plan (here or in "
+                   "defaults)",
+                   "s.yaml:6:3: machines.w.plan: the vultr provider needs a plan (here or in "
+                   "defaults)",
+                   "s.yaml:6:3: machines.w.image: the vultr provider needs an image (here or "
+                   "in defaults)"]
+    ok = parse("""\
+        name: lab
+        provider: vultr
+        defaults: {region: ewr, plan: vc2-1c-1gb, image: {linux: "2284", windows: "124"}}
+        machines:
+          a: {provider: {enable_ipv6: true}}
+          w: {os: windows}
+        """)
+    assert ok.machine("a").image == "2284" and ok.machine("w").image == "124"
+    assert ok.machine("a").extra == {"enable_ipv6": True}
+
+
+def test_script_steps_read_the_file_next_to_the_scenario(tmp_path):
+    (tmp_path / "setup.sh").write_text("echo {{ vars.x }}\n")
+    (tmp_path / "conf.txt").write_text("hello\n")
+    path = tmp_path / "s.yaml"
+    path.write_text("name: lab\nvariables: {x: 1}\nmachines: {a: }\nsteps:\n"
+                    "  - script: setup.sh\n  - push: {src: conf.txt, dest: /srv/c}\n"
+                    "  - script: missing.sh\n")
+    with pytest.raises(ScenarioError) as info:
+        parse_scenario(path.read_text(), path)
+    assert [str(p) for p in info.value.problems] == [
+        f"s.yaml:7:13: steps.script-3.script: cannot read {tmp_path}/missing.sh: "
+        "No such file or directory"]
+    path.write_text(path.read_text().replace("  - script: missing.sh\n", ""))
+    s = parse_scenario(path.read_text(), path)
+    assert s.steps[0].action.command == "echo {{ vars.x }}\n"
+    assert s.steps[0].action.shell == "sh"
+    assert s.steps[1].action.src == tmp_path / "conf.txt"
+
+
+def test_durations():
+    assert parse_duration(90) == 90 and parse_duration("15m") == 900
+    assert parse_duration("1.5h") == 5400
+    for bad in ("soon", 0, "-1s", True):
+        with pytest.raises(ValueError):
+            parse_duration(bad)
+
+
+def test_the_embedded_demo_scenario_is_valid():
+    text = resources.files("cloudremotecontrol.master.scenarios").joinpath("demo.yaml") \
+        .read_text()
+    s = parse_scenario(text, "demo.yaml")
+    assert s.machine_names == ["mysql", "web", "dev"]
+    assert plan(s.steps)[0] == ["install-mysql", "prepare-web"]
+
+
+# -- templates ---------------------------------------------------------------------------
+CTX = {"vars": {"name": "it's", "port": 80, "on": True},
+       "scenario": {"name": "lab"},
+       "machines": {"db": {"ip": "10.0.0.5", "ips": ["10.0.0.5", "fd00::5"],
+                           "labels": {"role": "db"}, "private_ip": None}}}
+
+
+def test_templates_render_paths_indexes_and_filters():
+    r = templates.render
+    assert r("{{machines.db.ip}}:{{ vars.port }}", CTX) == "10.0.0.5:80"
+    assert r("{{ machines.db.ips.1 }} {{ machines.db.labels.role }}", CTX) == "fd00::5 db"
+    assert r("echo {{ vars.name | quote }}", CTX) == "echo 'it'\"'\"'s'"
+    assert r("{{ machines.db.labels | json }} {{ vars.on }}", CTX) == '{"role": "db"} true'
+    assert r("no tags {here}", CTX) == "no tags {here}"
+    assert templates.render_value({"k": ["{{ scenario.name }}", 1]}, CTX) == {"k": ["lab", 1]}
+
+
+def test_templates_refuse_unknown_and_missing_values():
+    with pytest.raises(templates.TemplateError, match="has no 'nope'"):
+        templates.render("{{ machines.nope.ip }}", CTX)
+    with pytest.raises(templates.TemplateError, match="no value yet"):
+        templates.render("{{ machines.db.private_ip }}", CTX)
+    with pytest.raises(templates.TemplateError, match="expected a dotted name"):
+        templates.render("{{ __import__('os') }}", CTX)
+
+
+# -- the graph ---------------------------------------------------------------------------
+GRAPH = """\
+name: lab
+machines: {a: }
+steps:
+  - {name: left, needs: [], run: "true"}
+  - {name: right, needs: [], run: "true"}
+  - {name: join, needs: [left, right], run: "true"}
+  - {name: after, run: "true"}
+  - {name: alone, needs: [], run: "true"}
+"""
+
+
+def test_plan_puts_independent_steps_in_the_same_wave():
+    s = parse(GRAPH)
+    assert plan(s.steps) == [["left", "right", "alone"], ["join"], ["after"]]
+
+
+def test_independent_steps_really_run_at_the_same_time():
+    s = parse(GRAPH)
+    # left and right can only both pass the barrier if they run concurrently.
+    barrier = threading.Barrier(2, timeout=10)
+    order: list[str] = []
+    lock = threading.Lock()
+
+    def execute(step, attempt):
+        if step.name in ("left", "right"):
+            barrier.wait()
+        with lock:
+            order.append(step.name)
+        return Outcome(True)
+
+    results = run_steps(s.steps, execute, max_parallel=4)
+    assert all(r.status == "succeeded" for r in results.values())
+    assert order.index("join") > max(order.index("left"), order.index("right"))
+    assert order.index("after") > order.index("join")
+
+
+def test_a_failure_skips_what_needs_it_and_the_rest_goes_on():
+    s = parse(GRAPH)
+    events = []
+
+    def execute(step, attempt):
+        return Outcome(step.name != "right", "boom" if step.name == "right" else "")
+
+    results = run_steps(s.steps, execute, notify=lambda e, st, d: events.append((e, st.name)))
+    assert {n: r.status for n, r in results.items()} == {
+        "left": "succeeded", "right": "failed", "join": "skipped", "after": "skipped",
+        "alone": "succeeded"}
+    assert results["join"].message == "needs right, which failed"
+    assert ("skipped", "after") in events and list(results) == [st.name for st in s.steps]
+
+
+def test_retries_until_success_and_errors_count_as_failures():
+    s = parse("""\
+        name: lab
+        machines: {a: }
+        steps:
+          - {name: flaky, run: "true", retries: 3, retry_delay: 0.01}
+          - {name: broken, needs: [], run: "true", retries: 1, retry_delay: 0.01}
+        """)
+    calls: dict[str, int] = {}
+
+    def execute(step, attempt):
+        calls[step.name] = attempt
+        if step.name == "broken":
+            raise RuntimeError("bug")
+        return Outcome(attempt == 3)
+
+    results = run_steps(s.steps, execute)
+    assert results["flaky"].status == "succeeded" and results["flaky"].attempts == 3
+    assert results["broken"].status == "failed" and calls["broken"] == 2
+    assert "internal error: RuntimeError: bug" in results["broken"].message
+
+
+def test_steps_done_before_are_not_run_again():
+    s = parse(GRAPH)
+    ran = []
+    results = run_steps(s.steps, lambda st, a: (ran.append(st.name), Outcome(True))[1],
+                        done={"left", "right"})
+    assert results["left"].status == "done" and "left" not in ran
+    assert sorted(ran) == ["after", "alone", "join"]
+
+
+def test_the_vultr_example_is_valid():
+    path = Path(__file__).resolve().parents[2] / "examples" / "vultr-seed.yaml"
+    s = load_scenario(path)
+    assert s.provider == "vultr"
+    assert {m.name: m.os for m in s.machines}["build"] == "windows"
+    assert all(m.region and m.plan and m.image for m in s.machines)
+
+
+def test_the_example_in_the_docs_is_valid():
+    import re
+
+    docs = Path(__file__).resolve().parents[2] / "docs" / "scenarios.md"
+    m = re.search(r"## A complete example.*?```yaml\n(.*?)```", docs.read_text(), re.S)
+    assert m is not None
+    s = parse_scenario(m.group(1), "lab.yaml")
+    assert s.name == "lab" and len(s.steps) == 9
+    assert plan(s.steps)[0] == ["install-mysql", "prepare-web"]
