@@ -63,3 +63,20 @@ def test_progress_without_a_running_agent_is_a_clear_error(env, tmp_path):
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 6
     assert "no agent is running" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_long_state_dir_path_still_gets_a_control_socket(env, tmp_path):
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    out = env.client.create_group("lab", ["a"])
+    from cloudremotecontrol.master.localrun import AgentProcess
+
+    agent = AgentProcess(deep / "a", env.server.url, out["machines"][0]["key"],
+                         env.server.fingerprint).start()
+    env.agents.append(agent)
+    env.wait_state("lab", ["a"], "ready")
+    r = subprocess.run([sys.executable, "-m", "cloudremotecontrol", "agent", "progress",
+                        "deep", "--state-dir", str(deep / "a")],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr + agent.log()
+    _wait_for(lambda: (env.client.group("lab")["machines"][0]["progress"] or {}).get("text")
+              == "deep")

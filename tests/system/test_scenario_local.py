@@ -319,7 +319,7 @@ def test_down_of_an_unknown_group_says_how_to_clean_up(env, crc):
 
 @needs_root
 def test_demo_runs_the_scenario_and_leaves_no_process_or_namespace():
-    # A short TMPDIR of its own (Unix socket paths are limited to 107 bytes).
+    # A TMPDIR of its own, to check that the demo leaves nothing in it.
     tmp = Path(tempfile.mkdtemp(prefix="crct-", dir="/tmp"))
     try:
         r = subprocess.run([sys.executable, "-m", "cloudremotecontrol", "demo", "--json"],

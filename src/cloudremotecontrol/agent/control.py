@@ -16,7 +16,7 @@ import os
 import secrets
 import socket
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +44,9 @@ class ControlServer:
                 path.unlink()
             old = os.umask(0o177)
             try:
-                self._server = await asyncio.start_unix_server(self._serve, path=str(path),
-                                                               limit=MAX_REQUEST)
+                with _short_path(path) as short:
+                    self._server = await asyncio.start_unix_server(self._serve, path=short,
+                                                                   limit=MAX_REQUEST)
             finally:
                 os.umask(old)
         else:
@@ -83,13 +84,32 @@ class ControlServer:
             writer.close()
 
 
+@contextlib.contextmanager
+def _short_path(path: Path) -> Iterator[str]:
+    """A socket path short enough for ``sun_path`` (108 bytes on Linux): a long state
+    directory is reached through ``/proc/self/fd/N/``, N being an open descriptor of it."""
+    if len(os.fsencode(str(path))) < 100 or not os.path.isdir("/proc/self/fd"):
+        yield str(path)
+        return
+    try:
+        fd = os.open(path.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except FileNotFoundError:
+        yield str(path)  # connect() below reports the missing agent clearly
+        return
+    try:
+        yield f"/proc/self/fd/{fd}/{path.name}"
+    finally:
+        os.close(fd)
+
+
 def call(state_dir: Path, request: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
     """Send one request to the agent running with ``state_dir``; raise its error."""
     try:
         if sys.platform != "win32":
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             sock.settimeout(timeout)
-            sock.connect(str(state_dir / "control.sock"))
+            with _short_path(state_dir / "control.sock") as short:
+                sock.connect(short)
         else:
             info = json.loads((state_dir / "control.json").read_text())
             request = {**request, "token": info["token"]}

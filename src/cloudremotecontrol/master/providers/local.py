@@ -204,10 +204,6 @@ class LocalProvider:
             raise ProviderError(f"local machine {iid} exists already: `crc down` it first",
                                 provider="local", code="conflict")
         d = self._dir(iid)
-        if len(str(d.resolve() / "agent" / "control.sock").encode()) > 107:
-            raise ProviderError(f"{self.root} is too deep: the agent's control socket path "
-                                "would pass the 107-byte limit of Unix sockets; use a "
-                                "shorter CRC_LOCAL_DIR", provider="local")
         (d / "agent").mkdir(parents=True, exist_ok=True)
         (d / "srv").mkdir(exist_ok=True)
         (d / "hosts").write_text(f"127.0.0.1 localhost\n::1 localhost ip6-localhost\n"
