@@ -373,3 +373,47 @@ def test_a_create_that_fails_halfway_leaves_no_namespace_veth_or_process(tmp_pat
     provider.destroy(inst.id)
     _nothing_left(provider, "broken")
     provider.release_network()
+
+
+@needs_root
+def test_sync_hosts_follows_a_peer_that_changes_ip(netlab):
+    """Each machine in its own network namespace; a's address changes: b's hosts file
+    (its own, bind-mounted) follows, through facts refresh and the group's --sync-hosts."""
+    from cloudremotecontrol.master.providers.local import startup_script
+
+    lab = netlab
+    out = lab.client.create_group("moving", ["a", "b"],
+                                  settings={"sync_hosts": True, "hosts_ip": "private"})
+    for m in out["machines"]:
+        script = startup_script(lab.server.url, m["key"], lab.server.fingerprint).replace(
+            "agent run", "agent run --facts-interval 0.5")
+        lab.provider.create("moving", MachineSpec(name=m["name"], os="linux", region="",
+                                                  plan="", image=""), script)
+    try:
+        insts = {i.name: i for i in lab.provider.list("moving")}
+        hosts_b = lab.provider._dir(insts["b"].id) / "hosts"
+        old_ip = insts["a"].private_ip
+        assert old_ip and old_ip.startswith("10.213.")
+
+        def wait_for(needle: bytes, gone: bytes | None = None) -> None:
+            deadline = time.monotonic() + 60
+            while True:
+                content = hosts_b.read_bytes()
+                if needle in content and (gone is None or gone not in content):
+                    return
+                assert time.monotonic() < deadline, content
+                time.sleep(0.1)
+
+        wait_for(f"{old_ip} a a.moving\n".encode())
+        new_ip = "10.213.250.7"
+        ns = lab.provider._ns(insts["a"].id)
+        # Like a DHCP renumbering: the new address first, then the old one goes (promoted
+        # secondaries keep the interface's routes).
+        localnet.run("ip", "netns", "exec", ns, "sysctl", "-qw",
+                     "net.ipv4.conf.eth0.promote_secondaries=1")
+        localnet.run("ip", "-n", ns, "addr", "add", f"{new_ip}/16", "dev", "eth0")
+        localnet.run("ip", "-n", ns, "addr", "del", f"{old_ip}/16", "dev", "eth0")
+        wait_for(f"{new_ip} a a.moving\n".encode(), gone=f"{old_ip} a".encode())
+        assert hosts_b.read_bytes().count(b"# BEGIN cloudremotecontrol group=moving") == 1
+    finally:
+        lab.cleanup("moving")

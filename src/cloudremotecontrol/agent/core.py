@@ -97,8 +97,10 @@ def _enroll_once(url: str, key: str, fingerprint: str | None) -> Credential:
 
 class Agent:
     def __init__(self, state: AgentState, cred: Credential, platform: Platform | None = None,
-                 gate_ready: bool = False, follow_logs: tuple[str, ...] = ()) -> None:
+                 gate_ready: bool = False, follow_logs: tuple[str, ...] = (),
+                 facts_interval: float = FACTS_SECONDS) -> None:
         self.follow_logs = follow_logs
+        self.facts_interval = facts_interval
         self.urls = split_urls(cred.url)
         self._url_index = 0
         self.state = state
@@ -190,8 +192,16 @@ class Agent:
         """Addresses change (DHCP, a VPC attached later): look again now and then; only a
         change is sent."""
         while True:
-            await asyncio.sleep(FACTS_SECONDS)
+            await asyncio.sleep(self.facts_interval)
+            old = self.state.get("facts")
             await self._send_facts()
+            ws = self._ws
+            if old is not None and self.state.get("facts") != old and ws is not None:
+                # Our addresses changed: the connection may be bound to one that is gone
+                # and would only be noticed after the ping timeout. Start a fresh one.
+                log.info("facts changed: reconnecting")
+                with contextlib.suppress(Exception):
+                    await ws.close()
 
     async def _send_facts(self) -> None:
         from .facts import collect_facts, facts_changed

@@ -25,7 +25,8 @@ log = logging.getLogger("crc.agent")
 
 def run_agent(state_dir: Path, url: str | None, key: str | None, fingerprint: str | None,
               gate_ready: bool = False, follow_logs: tuple[str, ...] = (),
-              on_started: Callable[[Callable[[], None]], None] | None = None) -> str:
+              on_started: Callable[[Callable[[], None]], None] | None = None,
+              facts_interval: float = 30.0) -> str:
     """Run the agent in the foreground; return why it stopped (revocation).
 
     ``on_started`` (the Windows service host) is called once scripts can reach the agent,
@@ -37,7 +38,8 @@ def run_agent(state_dir: Path, url: str | None, key: str | None, fingerprint: st
             raise Revoked(f"this machine was revoked ({state.get('revoked')}); remove "
                           f"{state_dir} and enroll with a new key to use it again")
         cred = load_or_enroll(state, url, key, fingerprint)
-        agent = Agent(state, cred, platform, gate_ready=gate_ready, follow_logs=follow_logs)
+        agent = Agent(state, cred, platform, gate_ready=gate_ready, follow_logs=follow_logs,
+                      facts_interval=facts_interval)
         try:
             asyncio.run(_main(agent, state_dir, on_started))
         except Revoked as exc:

@@ -43,11 +43,14 @@ def agent() -> None:
 @click.option("--follow-log", "follow_logs", multiple=True, metavar="PATH",
               help="Stream this log file as progress lines (e.g. "
                    "/var/log/cloud-init-output.log); repeatable.")
+@click.option("--facts-interval", type=click.FloatRange(0.1, 86400), default=30.0,
+              show_default=True, metavar="SECONDS",
+              help="How often to look for changed facts (addresses); changes are sent.")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
 def run_cmd(url: str | None, key: str | None, key_file: str | None, fingerprint: str | None,
             state_dir: str | None, gate_ready: bool, follow_logs: tuple[str, ...],
-            log_level: str) -> None:
+            facts_interval: float, log_level: str) -> None:
     """Enroll (first run) and stay connected, executing what the master sends."""
     import logging
 
@@ -66,7 +69,8 @@ def run_cmd(url: str | None, key: str | None, key_file: str | None, fingerprint:
     # Jobs inherit the agent's environment: the key must not be in it.
     os.environ.pop("CRC_KEY", None)
     try:
-        run_agent(_state_dir(state_dir), url, key, fingerprint, gate_ready, follow_logs)
+        run_agent(_state_dir(state_dir), url, key, fingerprint, gate_ready=gate_ready,
+                  follow_logs=follow_logs, facts_interval=facts_interval)
     except Revoked as exc:
         click.echo(f"crc agent: stopping: {exc.message}", err=True)
 
