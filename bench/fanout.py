@@ -30,6 +30,7 @@ import json
 import os
 import platform
 import resource
+import selectors
 import shutil
 import signal
 import statistics
@@ -209,8 +210,6 @@ class Swarm:
         deadline = time.monotonic() + timeout
         for p in self.procs:
             assert p.stdout is not None
-            import selectors
-
             with selectors.DefaultSelector() as sel:
                 sel.register(p.stdout, selectors.EVENT_READ)
                 if not sel.select(max(0.1, deadline - time.monotonic())):

@@ -196,6 +196,22 @@ def test_boot_hook_receives_the_decoded_linux_and_windows_scripts(
     assert_clean(fake)
 
 
+def test_halt_hook_runs_once_an_instance_is_deleted(
+        fake_factory: Callable[..., FakeVultr], connect: Callable[..., VultrProvider]) -> None:
+    halted: list[str] = []
+    fake = fake_factory(halt=halted.append)
+    vultr = connect(fake)
+    keep = vultr.create("demo", linux("db"), LINUX_SCRIPT)
+    gone = vultr.create("demo", linux("web"), LINUX_SCRIPT)
+
+    vultr.destroy(gone.id)
+    vultr.destroy(gone.id)  # already gone: no second halt
+
+    wait_for(lambda: fake.state.halted == [gone.id])
+    assert halted == [gone.id] and keep.id in fake.state.instances
+    assert_clean(fake)
+
+
 # -- list / get / destroy -------------------------------------------------------------------
 
 

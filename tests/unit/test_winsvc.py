@@ -73,6 +73,9 @@ class FakeApi(types.ModuleType):
             raise WinError(124, "ChangeServiceConfig2", "Invalid level.")
         self.services[h][f"config2-{level}"] = value
 
+    def QueryServiceStatusEx(self, h: str) -> dict[str, int]:
+        return {"CurrentState": self.services[h]["state"], "ProcessId": 0}
+
     def QueryServiceStatus(self, h: str) -> tuple[int, ...]:
         return (0x10, self.services[h]["state"], 0, 0, 0, 0, 0)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import time
 import uuid
@@ -324,7 +325,7 @@ def test_sc_stop_stops_within_bounds_and_the_server_sees_offline(win: WineMachin
     assert "STOP_PENDING" in out.stdout, out.stdout
     seen = win.prefix.wait_sc("STOPPED", timeout=60)
     assert seen[-1] == "STOPPED" and "MISSING" not in seen, seen
-    assert not win.prefix.pids("cloudremotecontrol.agent.winservice")
+    _wait_gone(win, "cloudremotecontrol.agent.winservice")  # the process exits right after
     win.wait_state("offline", timeout=60)
     log = win.prefix.service_log()
     assert "stop requested by the service control manager" in log
@@ -372,9 +373,40 @@ def test_uninstall_removes_the_service_and_nothing_keeps_running(win: WineMachin
     report = json.loads(out.stdout)
     assert report["removed"] is True and report["purged"] is False
     assert win.prefix.sc_state() is None  # no such service any more
+    # uninstall returned only once the service's process had exited.
     assert not win.prefix.pids("cloudremotecontrol.agent.winservice")
     win.wait_state("offline", timeout=60)
     # The credential stays (reinstalling resumes as the same machine)...
     assert win.prefix.host_path(STATE_DIR + r"\credential.json").exists()
     again = win.prefix.crc("agent", "uninstall", "--state-dir", STATE_DIR, "--json")
     assert json.loads(again.stdout)["removed"] is False
+
+
+def test_the_service_host_run_by_hand_says_what_it_is(win: WineMachine) -> None:
+    out = win.prefix.python("-m", "cloudremotecontrol.agent.winservice", "--state-dir",
+                            STATE_DIR, "--log-file", r"C:\crc-test\by-hand.log", timeout=120)
+    assert out.returncode == 2, (out.stdout, out.stderr)
+    assert "started by the Service Control Manager" in out.stderr
+    assert "crc agent install" in out.stderr
+
+
+def test_reinstall_resumes_and_revocation_stops_the_service_for_good(win: WineMachine
+                                                                     ) -> None:
+    # The credential kept by uninstall: installing again needs no key.
+    out = win.prefix.crc("agent", "install", "--state-dir", STATE_DIR, "--json", timeout=180)
+    assert out.returncode == 0, (out.stdout, out.stderr)
+    report = json.loads(out.stdout)
+    assert (report["enrolled_now"], report["action"]) == (False, "started")
+    win.wait_state("ready")
+    # Deleting the group revokes the machine: the agent stops with exit code 0, so the
+    # recovery actions (a restart on failure) do not bring a revoked agent back.
+    win.client.delete_group("g")
+    win.prefix.wait_sc("STOPPED", timeout=60)
+    out = win.prefix.run("sc", "query", "crc-agent")
+    assert re.search(r"WIN32_EXIT_CODE\s*:\s*0\b", out.stdout), out.stdout
+    assert "stopping for good" in win.prefix.service_log()
+    out = win.prefix.crc("agent", "uninstall", "--purge", "--state-dir", STATE_DIR, "--json",
+                         timeout=180)
+    assert out.returncode == 0, (out.stdout, out.stderr)
+    assert json.loads(out.stdout)["purged"] is True
+    assert not win.prefix.host_path(STATE_DIR).exists()

@@ -14,16 +14,15 @@ import json
 import logging
 import random
 import ssl
-import urllib.error
-import urllib.request
 from typing import Any
 
 from .. import __version__
-from ..errors import CrcError, InvalidInput, KeyRejected, Unavailable, error_from_payload
+from ..errors import CrcError, InvalidInput, KeyRejected, Unavailable
 from ..protocol.delivery import Inbox, Receipt
 from ..protocol.limits import HEARTBEAT_SECONDS, MAX_FRAME_BYTES
 from ..protocol.messages import Envelope, JobRun, decode_frame, encode_frame
 from ..tlspin import client_context
+from .http import call_json
 from .platform import Platform, current
 from .runner import run_job
 from .state import AgentState, Credential
@@ -77,20 +76,8 @@ def enroll(state: AgentState, url: str, key: str, fingerprint: str | None) -> Cr
 
 def _enroll_once(url: str, key: str, fingerprint: str | None) -> Credential:
     ctx, pem = client_context(url, fingerprint)
-    req = urllib.request.Request(  # noqa: S310 -- scheme checked by client_context()
-        url.rstrip("/") + "/v1/agent/enroll", method="POST",
-        data=json.dumps({"key": key}).encode(), headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=30, context=ctx) as resp:  # noqa: S310
-            data = json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        try:
-            payload = json.loads(exc.read())
-        except ValueError:
-            payload = None
-        raise error_from_payload(exc.code, payload) from None
-    except (urllib.error.URLError, OSError, ssl.SSLError) as exc:
-        raise Unavailable(f"cannot reach {url}: {getattr(exc, 'reason', exc)}") from None
+    data = call_json(url.rstrip("/") + "/v1/agent/enroll", ctx, method="POST",
+                     body={"key": key})
     return Credential(url=url, credential=data["credential"], machine=data["machine"],
                       group=data["group"], fingerprint=fingerprint, cert_pem=pem)
 
@@ -414,25 +401,8 @@ class Agent:
     def _get(self, path: str, method: str = "GET", body: Any = None, timeout: float = 30
              ) -> dict[str, Any]:
         ctx, _ = client_context(self.url, self.cred.fingerprint, self.cred.cert_pem)
-        headers = {"Authorization": f"Bearer {self.cred.credential}"}
-        data = None
-        if body is not None:
-            data = json.dumps(body).encode()
-            headers["Content-Type"] = "application/json"
-        req = urllib.request.Request(  # noqa: S310 -- scheme checked by client_context()
-            self.url.rstrip("/") + path, data=data, method=method, headers=headers)
-        try:
-            with urllib.request.urlopen(req, timeout=timeout, context=ctx) as resp:  # noqa: S310
-                return dict(json.loads(resp.read()))
-        except urllib.error.HTTPError as exc:
-            try:
-                payload = json.loads(exc.read())
-            except ValueError:
-                payload = None
-            raise error_from_payload(exc.code, payload) from None
-        except (urllib.error.URLError, OSError) as exc:
-            raise Unavailable(f"cannot reach {self.url}: "
-                              f"{getattr(exc, 'reason', exc)}") from None
+        return call_json(self.url.rstrip("/") + path, ctx, method=method, body=body,
+                         credential=self.cred.credential, timeout=timeout)
 
     async def wait_message(self, type: str, sender: str | None, timeout: float
                            ) -> dict[str, Any]:

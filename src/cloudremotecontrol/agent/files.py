@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import ssl
 import sys
@@ -16,7 +15,8 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import CrcError, InvalidInput, Unavailable, error_from_payload
+from ..errors import InvalidInput, Unavailable
+from .http import call_json, http_error
 
 __all__ = ["fetch_blob", "upload_file"]
 
@@ -65,7 +65,7 @@ def fetch_blob(base_url: str, credential: str, ctx: ssl.SSLContext | None, sha: 
                     fh.flush()
                     os.fsync(fh.fileno())
         except urllib.error.HTTPError as exc:
-            raise _http_error(exc) from None
+            raise http_error(exc) from None
         except (urllib.error.URLError, OSError) as exc:
             if attempt == ATTEMPTS - 1:
                 raise Unavailable(f"download of {sha[:12]} failed: {exc}") from None
@@ -114,24 +114,9 @@ def upload_file(base_url: str, credential: str, ctx: ssl.SSLContext | None, job_
         raise InvalidInput(f"{path} is not a file on this machine")
     digest, size = _hash_file(path)
     with open(path, "rb") as fh:
-        req = urllib.request.Request(  # noqa: S310 -- https URL
-            f"{base_url.rstrip('/')}/v1/agent/uploads/{job_id}", data=fh, method="PUT",
-            headers={"Authorization": f"Bearer {credential}", "Content-Length": str(size),
-                     "Content-Type": "application/octet-stream",
-                     "X-Content-SHA256": digest.hexdigest()})
-        try:
-            with urllib.request.urlopen(req, timeout=300, context=ctx) as resp:  # noqa: S310
-                json.loads(resp.read())
-        except urllib.error.HTTPError as exc:
-            raise _http_error(exc) from None
-        except (urllib.error.URLError, OSError) as exc:
-            raise Unavailable(f"upload failed: {exc}") from None
+        call_json(f"{base_url.rstrip('/')}/v1/agent/uploads/{job_id}", ctx, method="PUT",
+                  data=fh, credential=credential, timeout=300,
+                  headers={"Content-Length": str(size),
+                           "Content-Type": "application/octet-stream",
+                           "X-Content-SHA256": digest.hexdigest()})
     return f"{path}: {size} bytes, sha256 {digest.hexdigest()}"
-
-
-def _http_error(exc: urllib.error.HTTPError) -> CrcError:
-    try:
-        payload = json.loads(exc.read())
-    except ValueError:
-        payload = None
-    return error_from_payload(exc.code, payload)

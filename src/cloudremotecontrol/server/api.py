@@ -32,6 +32,14 @@ def _store(request: Request) -> Store:
     return request.app.state.store
 
 
+async def queue_and_deliver(request: Request, op: Any, *args: Any) -> dict[str, Any]:
+    """Run an op that queues messages for machines; once it is committed, hand them to
+    the connections of this replica (others learn of them through the store)."""
+    result = await _store(request).write(op, *args)
+    request.app.state.hub.deliver(result.pop("deliveries"))
+    return dict(result)
+
+
 @router.get("/health", tags=["server"])
 async def health() -> dict[str, Any]:
     return {"ok": True, "version": __version__}
@@ -70,29 +78,23 @@ async def delete_group(group: str, user: Master, request: Request) -> dict[str, 
 async def create_job(group: str, body: JobCreate, user: Master, request: Request
                      ) -> dict[str, Any]:
     spec = body.model_dump(exclude={"to"})
-    result = await _store(request).write(job_ops.create_job, user, group, body.to, spec)
-    request.app.state.hub.deliver(result.pop("deliveries"))
-    return result
+    return await queue_and_deliver(request, job_ops.create_job, user, group, body.to, spec)
 
 
 @router.post("/groups/{group}/hosts-sync", status_code=201, tags=["jobs"])
 async def hosts_sync(group: str, body: HostsSync, user: Master, request: Request
                      ) -> dict[str, Any]:
     """A job that writes the group's machines into each target's hosts file."""
-    result = await _store(request).write(job_ops.create_hosts_sync, user, group, body.to,
-                                         body.ip)
-    request.app.state.hub.deliver(result.pop("deliveries"))
-    return result
+    return await queue_and_deliver(request, job_ops.create_hosts_sync, user, group, body.to,
+                                   body.ip)
 
 
 @router.post("/groups/{group}/messages", status_code=201, tags=["messages"])
 async def send_message(group: str, body: MessageSend, user: Master, request: Request
                        ) -> dict[str, Any]:
     """Queue a ``user.*`` data message for machines (durable when answered)."""
-    result = await _store(request).write(msg_ops.send_message, user, group, body.to,
-                                         body.type, body.body)
-    request.app.state.hub.deliver(result.pop("deliveries"))
-    return result
+    return await queue_and_deliver(request, msg_ops.send_message, user, group, body.to,
+                                   body.type, body.body)
 
 
 @router.get("/jobs/{job_id}", tags=["jobs"])
@@ -102,9 +104,7 @@ async def show_job(job_id: str, user: Master, request: Request) -> dict[str, Any
 
 @router.post("/jobs/{job_id}/cancel", tags=["jobs"])
 async def cancel_job(job_id: str, user: Master, request: Request) -> dict[str, Any]:
-    result = await _store(request).write(job_ops.cancel_job, user, job_id)
-    request.app.state.hub.deliver(result.pop("deliveries"))
-    return result
+    return await queue_and_deliver(request, job_ops.cancel_job, user, job_id)
 
 
 @router.get("/groups/{group}/events", tags=["events"],

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..errors import NotFound
 from ..protocol.limits import MAX_FILE_BYTES
 from . import auth
+from .api import queue_and_deliver
 from .blobs import BlobStore, check_sha256
 from .ops import files as file_ops
 from .store.base import Store
@@ -76,19 +77,15 @@ async def download_blob(sha256: str, user: Master, request: Request) -> FileResp
 async def push(group: str, body: PushIn, user: Master, request: Request) -> dict[str, Any]:
     """A job that writes an uploaded file to every target machine."""
     check_sha256(body.sha256)
-    result = await _store(request).write(file_ops.create_push, user, group, body.to,
-                                         body.sha256, body.path, body.mode, body.owner)
-    request.app.state.hub.deliver(result.pop("deliveries"))
-    return result
+    return await queue_and_deliver(request, file_ops.create_push, user, group, body.to,
+                                   body.sha256, body.path, body.mode, body.owner)
 
 
 @router.post("/groups/{group}/pulls", status_code=201, tags=["files"])
 async def pull(group: str, body: PullIn, user: Master, request: Request) -> dict[str, Any]:
     """A job that uploads one machine's file; fetch it with GET /v1/jobs/{id}/file."""
-    result = await _store(request).write(file_ops.create_pull, user, group, body.machine,
-                                         body.path)
-    request.app.state.hub.deliver(result.pop("deliveries"))
-    return result
+    return await queue_and_deliver(request, file_ops.create_pull, user, group, body.machine,
+                                   body.path)
 
 
 @router.get("/jobs/{job_id}/file", tags=["files"])

@@ -19,8 +19,10 @@
   the security API (``SetFileSecurityW``); ``icacls`` is the fallback where that API is
   not at hand.
 * **Service.** ``service_manager()`` registers the ``crc-agent`` service through the
-  Win32 service API (platform/winsvc.py, pywin32); without pywin32 it falls back to the
-  ``sc.exe`` implementation (platform/scm.py).
+  Win32 service API (platform/winsvc.py, pywin32, which the service host needs anyway);
+  on Windows without pywin32 it refuses with the pip command to run. The ``sc.exe``
+  implementation (platform/scm.py) is what other systems get, e.g. to show the
+  definition.
 
 Everything external goes through one runner (``run``) or ``ctypes`` calls made only on
 Windows, so the fallbacks are tested on Linux with a fake runner.
@@ -270,6 +272,11 @@ class WindowsPlatform(Platform):
 
         if winsvc.available():
             return winsvc.Win32Services()
+        if self._native:
+            # The service host (agent/winservice.py) is a pywin32 ServiceFramework: a
+            # service registered without it could only fail to start.
+            raise CrcError("the Windows service needs pywin32 in this Python: "
+                           f"{sys.executable} -m pip install pywin32", code="unsupported")
         from .scm import WindowsServices
 
         return WindowsServices(run=self._run)

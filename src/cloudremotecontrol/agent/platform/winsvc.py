@@ -178,12 +178,32 @@ class Win32Services(ServiceManager):
         return ServiceChange(spec.name, changed, action)
 
     def _stop(self, handle: Any, name: str) -> None:
+        pid = int(self.ws.QueryServiceStatusEx(handle).get("ProcessId") or 0)
         try:
             self.ws.ControlService(handle, self.ws.SERVICE_CONTROL_STOP)
         except self.error as exc:
             if exc.winerror != ERROR_SERVICE_NOT_ACTIVE:
                 raise self._fail(f"stopping service {name}", exc) from None
         self._wait(handle, name, "STOPPED")
+        if pid:
+            self._wait_exit(pid, name)
+
+    def _wait_exit(self, pid: int, name: str) -> None:
+        """The process reports STOPPED just before it exits: wait for the exit, so that
+        nothing of the old service runs (or holds its files) when this returns."""
+        import win32api
+        import win32event
+
+        try:
+            process = win32api.OpenProcess(0x00100000, False, pid)  # SYNCHRONIZE
+        except self.error:
+            return  # gone already
+        try:
+            if win32event.WaitForSingleObject(process, int(self.timeout * 1000)) != 0:
+                raise CrcError(f"service {name} is STOPPED but its process {pid} is still "
+                               f"running after {self.timeout:g} s", code="service_failed")
+        finally:
+            win32api.CloseHandle(process)
 
     def uninstall(self, name: str = SERVICE_NAME) -> bool:
         scm = self._scm()

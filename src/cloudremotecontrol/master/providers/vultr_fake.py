@@ -25,7 +25,9 @@ requests per second, like Vultr's ~30/s per IP), injected faults (``fail_next``)
 instances that go pending -> active/installingbooting -> ok in ``ready_delay`` seconds,
 then ``boot(instance, script)`` in a background thread with the decoded ``user_data``
 (Linux) or boot startup script (Windows): the hook through which system tests run the
-script in an isolated environment.
+script in an isolated environment (``vultr_boot.LinuxBoot``). ``halt(instance_id)`` runs
+in a background thread once an instance is deleted: the hook that powers such a machine
+off (``DELETE`` answers at once, as Vultr's does; ``halted`` lists the instances done).
 """
 
 from __future__ import annotations
@@ -69,6 +71,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_API_KEY = "fake-vultr-key"
 BootHook = Callable[[dict[str, Any], bytes], None]
+HaltHook = Callable[[str], None]
 _OPENAPI_ONLY = frozenset({"nullable", "discriminator", "readOnly", "writeOnly", "xml",
                            "externalDocs", "example", "examples", "deprecated"})
 _METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
@@ -286,14 +289,17 @@ def _now() -> str:
 
 class FakeVultrState:
     """Everything the fake knows; thread-safe. Tests read ``requests``, ``violations``,
-    ``instances``, ``scripts``, ``passwords``, ``booted`` and ``boot_errors``, and inject
-    failures with ``fail_next``. Call ``close()`` to stop boot threads (``FakeVultr.stop`` does)."""
+    ``instances``, ``scripts``, ``passwords``, ``booted``, ``halted`` and ``boot_errors``
+    (errors of both hooks), and inject failures with ``fail_next``. Call ``close()`` to
+    stop boot threads (``FakeVultr.stop`` does)."""
 
     def __init__(self, spec: OpenApiSpec, *, api_key: str, boot: BootHook | None,
-                 rate_limit: int | None, ready_delay: float) -> None:
+                 rate_limit: int | None, ready_delay: float,
+                 halt: HaltHook | None = None) -> None:
         self.spec = spec
         self.api_key = api_key
         self.boot = boot
+        self.halt = halt
         self.rate_limit = rate_limit
         self.ready_delay = ready_delay
         self.instances: dict[str, dict[str, Any]] = {}
@@ -301,6 +307,7 @@ class FakeVultrState:
         self.requests: list[RecordedRequest] = []
         self.violations: list[str] = []
         self.booted: list[str] = []
+        self.halted: list[str] = []
         self.passwords: dict[str, str] = {}  # default_password per instance id
         self.boot_errors: list[BaseException] = []
         self._boot_script: dict[str, bytes] = {}
@@ -476,6 +483,12 @@ class FakeVultrState:
     def _delete_instance(self, args: list[str], q: dict[str, str], b: Any) -> _Reply:
         if self.instances.pop(args[0], None) is None:
             return _error(404, "Invalid instance-id.")
+        self._boot_script.pop(args[0], None)
+        if self.halt is not None:
+            t = threading.Thread(target=self._power_off, args=(args[0],),
+                                 name=f"fake-vultr-halt-{args[0]}", daemon=True)
+            self._threads.append(t)
+            t.start()
         return _Reply(204)
 
     def _create_script(self, args: list[str], q: dict[str, str], b: dict[str, Any]) -> _Reply:
@@ -559,17 +572,29 @@ class FakeVultrState:
         with self._lock:
             self.booted.append(iid)
 
+    def _power_off(self, iid: str) -> None:
+        assert self.halt is not None
+        try:
+            self.halt(iid)
+        except Exception as exc:
+            log.exception("fake Vultr halt hook failed for instance %s", iid)
+            with self._lock:
+                self.boot_errors.append(exc)
+        with self._lock:
+            self.halted.append(iid)
+
 
 # -- the app and its runner ------------------------------------------------------------
 
 
 def create_app(boot: BootHook | None = None, rate_limit: int | None = None, *,
                openapi_path: str | Path | None = None, api_key: str = DEFAULT_API_KEY,
-               ready_delay: float = 0.2) -> Starlette:
+               ready_delay: float = 0.2, halt: HaltHook | None = None) -> Starlette:
     """The fake Vultr API v2 under ``/v2``; its state is ``app.state.vultr``.
 
     ``boot(instance, script)`` runs in a background thread once an instance has booted
-    (``ready_delay`` s after creation). ``rate_limit`` answers 429 above that many
+    (``ready_delay`` s after creation), ``halt(instance_id)`` once one is deleted.
+    ``rate_limit`` answers 429 above that many
     requests per second. Pass ``openapi_path`` explicitly in tests.
     """
     path = Path(openapi_path) if openapi_path is not None else default_openapi_path()
@@ -578,7 +603,7 @@ def create_app(boot: BootHook | None = None, rate_limit: int | None = None, *,
                                 "or set CRC_VULTR_OPENAPI")
     spec = _load_spec(str(path.resolve()), path.stat().st_mtime)
     state = FakeVultrState(spec, api_key=api_key, boot=boot, rate_limit=rate_limit,
-                           ready_delay=ready_delay)
+                           ready_delay=ready_delay, halt=halt)
 
     async def endpoint(request: Request) -> Response:
         # Match on the raw path: an id is one segment even if it holds a quoted "/".
@@ -614,10 +639,10 @@ class FakeVultr:
 
     def __init__(self, boot: BootHook | None = None, rate_limit: int | None = None, *,
                  openapi_path: str | Path | None = None, api_key: str = DEFAULT_API_KEY,
-                 ready_delay: float = 0.2) -> None:
+                 ready_delay: float = 0.2, halt: HaltHook | None = None) -> None:
         self.api_key = api_key
         self.app = create_app(boot, rate_limit, openapi_path=openapi_path, api_key=api_key,
-                              ready_delay=ready_delay)
+                              ready_delay=ready_delay, halt=halt)
         self.state: FakeVultrState = self.app.state.vultr
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None

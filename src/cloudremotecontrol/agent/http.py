@@ -1,0 +1,46 @@
+"""The agent's few HTTPS calls (enrollment, roster, kv, file uploads): stdlib urllib over
+the pinned TLS context, with server errors turned into the error hierarchy."""
+
+from __future__ import annotations
+
+import json
+import ssl
+import urllib.error
+import urllib.request
+from typing import Any
+
+from ..errors import CrcError, Unavailable, error_from_payload
+
+__all__ = ["call_json", "http_error"]
+
+
+def http_error(exc: urllib.error.HTTPError) -> CrcError:
+    """The server's ``{"error": …}`` answer as the matching CrcError."""
+    try:
+        payload = json.loads(exc.read())
+    except ValueError:
+        payload = None
+    return error_from_payload(exc.code, payload)
+
+
+def call_json(url: str, ctx: ssl.SSLContext | None, *, method: str = "GET",
+              body: Any = None, data: Any = None, credential: str | None = None,
+              headers: dict[str, str] | None = None, timeout: float = 30) -> dict[str, Any]:
+    """Send a request (a JSON ``body``, or raw ``data`` such as an open file) and return
+    the JSON answer. ``url`` must be http(s): callers got ``ctx`` from client_context(),
+    which accepts nothing else."""
+    all_headers = dict(headers or {})
+    if credential is not None:
+        all_headers["Authorization"] = f"Bearer {credential}"
+    if body is not None:
+        data = json.dumps(body).encode()
+        all_headers["Content-Type"] = "application/json"
+    req = urllib.request.Request(url, data=data, method=method,  # noqa: S310
+                                 headers=all_headers)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout, context=ctx) as resp:  # noqa: S310
+            return dict(json.loads(resp.read()))
+    except urllib.error.HTTPError as exc:
+        raise http_error(exc) from None
+    except (urllib.error.URLError, OSError, ssl.SSLError) as exc:
+        raise Unavailable(f"cannot reach {url}: {getattr(exc, 'reason', exc)}") from None
