@@ -126,3 +126,27 @@ def test_one_quoted_string_runs_in_the_default_shell_and_words_run_as_argv(env, 
     assert r.stdout.splitlines() == ["[a] one", "[a] a"]
     r = crc("run", "lab", "--to", "a", "--", "echo", "$CRC_MACHINE", "&&", "x")
     assert r.stdout.splitlines() == ["[a] $CRC_MACHINE && x"]  # argv: no shell involved
+
+
+def test_a_group_past_its_ttl_is_revoked_and_flagged(env, crc):
+    agents = env.group_with_agents("lab", ["a"])
+    r = crc("group", "create", "short", "--machines", "x", "--ttl", "2s", "--json")
+    assert r.returncode == 0, r.stderr
+    # The live group is untouched; the short one expires: its keys and credentials die.
+    import time
+
+    deadline = time.monotonic() + 20
+    while not env.client.group("short")["expired"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert env.client.group("short")["machines"][0]["state"] == "revoked"
+    r = crc("group", "list")
+    assert "EXPIRED: run crc down" in r.stdout
+    assert agents["a"].alive()
+    assert crc("run", "lab", "--to", "a", "--", "true").returncode == 0
+    key = json.loads(crc("group", "create", "short2", "--machines", "y", "--ttl", "1s",
+                         "--json").stdout)["machines"][0]["key"]
+    time.sleep(2.5)
+    late = env.agent("y", key)
+    assert late.wait(30) != 0
+    assert "revoked" in late.log() or "already used" in late.log()

@@ -109,9 +109,17 @@ def group_list(as_json: bool) -> None:
     if as_json:
         emit_json({"groups": groups})
         return
-    print_table(["GROUP", "MACHINES", "READY", "CREATED"],
-                [[g["group"], str(g["machines"]), str(g["ready"]), ago(g["created"])]
+    print_table(["GROUP", "MACHINES", "READY", "CREATED", "EXPIRES"],
+                [[g["group"], str(g["machines"]), str(g["ready"]), ago(g["created"]),
+                  "EXPIRED: run crc down" if g.get("expired") else _until(g.get("expires"))]
                  for g in groups])
+
+
+def _until(ts: float | None) -> str:
+    if not ts:
+        return "-"
+    left = ts - time.time()
+    return f"in {left / 3600:.1f}h" if left > 3600 else f"in {max(0, left) / 60:.0f}m"
 
 
 @group.command("show")

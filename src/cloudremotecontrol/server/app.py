@@ -24,11 +24,13 @@ from .agent_ws import agent_endpoint
 from .blobs import BlobStore
 from .hub import EventBus, Hub
 from .ops import delivery
+from .ops import groups as groups_ops
 from .store.base import Store
 
 __all__ = ["create_app"]
 
 TOUCH_SECONDS = 30.0
+EXPIRE_SECONDS = 1.0
 
 
 class BodyLimit:
@@ -96,10 +98,12 @@ def create_app(store: Store, *, replica: str | None = None,
                           None if store.dialect == "sqlite" else app.state.replica)
         async with asyncio.TaskGroup() as tg:
             toucher = tg.create_task(_touch_loop(store, hub))
+            expirer = tg.create_task(_expire_loop(store, hub))
             try:
                 yield
             finally:
                 toucher.cancel()
+                expirer.cancel()
                 for link in list(hub.links.values()):
                     link.closed = True
                     with contextlib.suppress(Exception):
@@ -155,6 +159,16 @@ def create_app(store: Store, *, replica: str | None = None,
                             status_code=500)
 
     return app
+
+
+async def _expire_loop(store: Store, hub: Hub) -> None:
+    """Groups past their TTL are revoked within about a second."""
+    while True:
+        await asyncio.sleep(EXPIRE_SECONDS)
+        with contextlib.suppress(CrcError):
+            revoked = await store.write(groups_ops.expire_groups)
+            if revoked:
+                await hub.revoke(revoked, "group expired (TTL)")
 
 
 async def _touch_loop(store: Store, hub: Hub) -> None:

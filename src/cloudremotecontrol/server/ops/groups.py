@@ -13,7 +13,14 @@ from ...protocol.tokens import new_secret
 from ..store.base import Tx
 from .common import add_event, audit, dumps, live_group, loads, now
 
-__all__ = ["create_group", "delete_group", "list_groups", "machine_view", "show_group"]
+__all__ = [
+    "create_group",
+    "delete_group",
+    "expire_groups",
+    "list_groups",
+    "machine_view",
+    "show_group",
+]
 
 
 def create_group(tx: Tx, user_id: str, name: str, machines: list[dict[str, Any]],
@@ -93,26 +100,62 @@ def machine_view(row: dict[str, Any]) -> dict[str, Any]:
 
 def list_groups(tx: Tx, user_id: str) -> list[dict[str, Any]]:
     rows = tx.all(
-        "SELECT g.name, g.created, g.expires, "
+        "SELECT g.name, g.created, g.expires, g.settings, "
         "SUM(CASE WHEN m.state = 'ready' THEN 1 ELSE 0 END) AS ready, COUNT(m.id) AS machines "
         "FROM groups g LEFT JOIN machines m ON m.group_id = g.id "
-        "WHERE g.user_id = ? AND g.deleted IS NULL GROUP BY g.id, g.name, g.created, g.expires "
+        "WHERE g.user_id = ? AND g.deleted IS NULL "
+        "GROUP BY g.id, g.name, g.created, g.expires, g.settings "
         "ORDER BY g.created", (user_id,))
     return [{"group": r["name"], "created": r["created"], "expires": r["expires"],
+             "expired": bool((loads(r["settings"]) or {}).get("expired")),
              "machines": int(r["machines"]), "ready": int(r["ready"] or 0)} for r in rows]
 
 
 def show_group(tx: Tx, user_id: str, name: str) -> dict[str, Any]:
     group = live_group(tx, user_id, name)
     rows = tx.all("SELECT * FROM machines WHERE group_id = ? ORDER BY name", (group["id"],))
+    settings = loads(group["settings"]) or {}
     return {"group": name, "created": group["created"], "expires": group["expires"],
-            "settings": loads(group["settings"]) or {},
+            "expired": bool(settings.get("expired")), "settings": settings,
             "machines": [machine_view(r) for r in rows]}
 
 
 def delete_group(tx: Tx, user_id: str, name: str, actor: str = "master") -> list[str]:
     """Revoke every key and credential of the group; return the machine ids revoked."""
     group = live_group(tx, user_id, name)
+    revoked = _revoke_all(tx, group, "group deleted")
+    tx.execute("UPDATE groups SET deleted = ? WHERE id = ?", (now(), group["id"]))
+    add_event(tx, group["id"], "group.deleted", {})
+    audit(tx, user_id, _user_name(tx, user_id) if actor == "master" else actor,
+          "group.delete", name, {})
+    return revoked
+
+
+def expire_groups(tx: Tx) -> list[str]:
+    """Groups past their TTL: revoke every key and credential and flag the group
+    ``expired`` (it stays listed, so its owner sees it and runs `crc down` to destroy the
+    machines at the provider: the server holds no provider credentials). Returns the
+    machine ids revoked. Safe to run from several replicas at once."""
+    revoked: list[str] = []
+    for group in tx.all("SELECT * FROM groups WHERE deleted IS NULL AND expires IS NOT NULL "
+                        "AND expires < ?", (now(),)):
+        settings = loads(group["settings"]) or {}
+        if settings.get("expired"):
+            continue
+        ids = _revoke_all(tx, group, "group expired (TTL)")
+        settings["expired"] = now()
+        tx.execute("UPDATE groups SET settings = ? WHERE id = ?",
+                   (dumps(settings), group["id"]))
+        add_event(tx, group["id"], "group.expired",
+                  {"machines_revoked": len(ids),
+                   "note": "machines at the provider still exist: run `crc down`"})
+        audit(tx, group["user_id"], "server", "group.expire", group["name"],
+              {"machines_revoked": len(ids)})
+        revoked += ids
+    return revoked
+
+
+def _revoke_all(tx: Tx, group: dict[str, Any], reason: str) -> list[str]:
     t = now()
     machines = tx.all("SELECT id, name, state FROM machines WHERE group_id = ?", (group["id"],))
     for m in machines:
@@ -130,12 +173,8 @@ def delete_group(tx: Tx, user_id: str, name: str, actor: str = "master") -> list
     for jt in open_targets:
         tx.execute("UPDATE job_targets SET status = ?, reason = ?, updated = ? "
                    "WHERE job_id = ? AND machine_id = ?",
-                   (JobStatus.LOST.value, "group deleted", t, jt["job_id"], jt["machine_id"]))
+                   (JobStatus.LOST.value, reason, t, jt["job_id"], jt["machine_id"]))
         add_event(tx, group["id"], "job.status",
                   {"job_id": jt["job_id"], "status": "lost", "exit_code": None,
-                   "reason": "group deleted"}, machine=jt["machine"], job_id=jt["job_id"])
-    tx.execute("UPDATE groups SET deleted = ? WHERE id = ?", (t, group["id"]))
-    add_event(tx, group["id"], "group.deleted", {})
-    audit(tx, user_id, _user_name(tx, user_id) if actor == "master" else actor,
-          "group.delete", name, {})
+                   "reason": reason}, machine=jt["machine"], job_id=jt["job_id"])
     return [m["id"] for m in machines]
