@@ -16,21 +16,15 @@ RSS, the RSS per agent, the wall time of the real `crc run G --to all -- echo hi
 the SDK (``Client.run`` on a warm client). It also times `crc --version` alone.
 
 Everything it starts is killed when it ends, fails, is interrupted or runs out of time
-(``--max-seconds``); it only uses 127.0.0.1. ``--swarm-worker`` is internal: the mode in
-which this file runs as one swarm process.
+(``--max-seconds``); it only uses 127.0.0.1. The swarm, the /proc measurements and the
+writing of RESULTS.md are shared with ``replicas.py`` (``_common.py``).
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import datetime as dt
-import json
 import os
-import platform
-import resource
-import selectors
 import shutil
 import signal
 import statistics
@@ -41,208 +35,24 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _common import (
+    Swarm,
+    cpu_seconds,
+    crc_exe,
+    log,
+    machine_info,
+    mib,
+    pss_kib,
+    raise_fd_limit,
+    rss_kib,
+    sdk_job,
+    write_section,
+)
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 TARGETS = {"cli_s": 0.5, "sdk_s": 0.1, "agent_mib": 30.0, "k_agents_s": 1.0}
 SALT = "Salt on this machine: 2.96 s CLI, 1.35 s API for 30 minions, 117 MiB RSS per minion"
-
-
-# -- small helpers ------------------------------------------------------------------------
-def raise_fd_limit(want: int = 65536) -> int:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    new = min(want, hard) if hard != resource.RLIM_INFINITY else want
-    if new > soft:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
-    return max(new, soft)
-
-
-def rss_kib(pid: int, field: str = "VmRSS") -> int:
-    """``field`` (VmRSS, VmHWM) of process ``pid`` from /proc, in KiB (0 if it is gone)."""
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            for line in fh:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except (FileNotFoundError, ProcessLookupError):
-        pass
-    return 0
-
-
-def pss_kib(pid: int) -> int:
-    """Proportional set size of ``pid`` (shared library pages divided among their users)."""
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as fh:
-            for line in fh:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1])
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        pass
-    return 0
-
-
-def cpu_seconds(pid: int, children: bool = False) -> float:
-    """User + system CPU time of process ``pid`` so far (all its threads); with
-    ``children``, plus that of its children it waited for (an agent's jobs)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (FileNotFoundError, ProcessLookupError):
-        return 0.0
-    ticks = int(fields[11]) + int(fields[12])
-    if children:
-        ticks += int(fields[13]) + int(fields[14])
-    return ticks / os.sysconf("SC_CLK_TCK")
-
-
-def mib(kib: float) -> float:
-    return kib / 1024.0
-
-
-def machine_info() -> str:
-    model = "unknown CPU"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    mem = 0
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        mem = int(Path("/proc/meminfo").read_text().split()[1]) // (1024 * 1024)
-    return (f"{os.cpu_count()} cores ({model}), {mem} GiB RAM, Linux {platform.release()}, "
-            f"Python {platform.python_version()}")
-
-
-def crc_exe() -> str:
-    """The installed `crc` entry point next to this interpreter (what users run)."""
-    exe = Path(sys.executable).with_name("crc")
-    return str(exe) if exe.exists() else shutil.which("crc") or "crc"
-
-
-# -- the swarm worker (a separate process) -------------------------------------------------
-def swarm_worker(spec_path: str) -> None:
-    """Enroll and run the agents listed in the spec file until stdin closes.
-
-    Prints one JSON line when every agent is connected (or the deadline passed):
-    ``{"connected": n, "agents": total, "base_rss_kib": ..., "rss_kib": ...}``.
-    """
-    raise_fd_limit()
-    spec = json.loads(Path(spec_path).read_text())
-    import logging
-
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
-                        format="%(asctime)s swarm %(levelname)s %(message)s")
-    from cloudremotecontrol.agent.core import Agent, enroll
-    from cloudremotecontrol.agent.platform import current
-    from cloudremotecontrol.agent.state import AgentState
-
-    base_rss = rss_kib(os.getpid())
-    plat = current()
-
-    async def main() -> None:
-        loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
-        loop.add_reader(sys.stdin.fileno(), stop.set)  # EOF (parent gone) or any line
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        states: list[AgentState] = []
-        agents: list[Agent] = []
-        limit = asyncio.Semaphore(8)
-
-        async def make(name: str, key: str) -> Agent:
-            state = AgentState(Path(spec["dir"]) / name, protect=plat.protect_file)
-            states.append(state)
-            async with limit:
-                cred = await asyncio.to_thread(enroll, state, spec["url"], key,
-                                               spec["fingerprint"])
-            return Agent(state, cred, plat)
-
-        tasks: list[asyncio.Task[None]] = []
-        try:
-            agents = list(await asyncio.gather(*(make(n, k) for n, k in spec["keys"])))
-            deadline = loop.time() + spec["connect_timeout"]
-            # Start in waves so a thousand TLS handshakes do not all land at once.
-            for i in range(0, len(agents), spec["wave"]):
-                wave = agents[i:i + spec["wave"]]
-                tasks += [loop.create_task(a.run()) for a in wave]
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(
-                        asyncio.gather(*(a.connected.wait() for a in wave)),
-                        max(0.1, deadline - loop.time()))
-            n = sum(a.connected.is_set() for a in agents)
-            print(json.dumps({"connected": n, "agents": len(agents),
-                              "base_rss_kib": base_rss, "rss_kib": rss_kib(os.getpid())}),
-                  flush=True)
-            await stop.wait()
-        finally:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            for s in states:
-                s.close()
-
-    asyncio.run(main())
-
-
-class Swarm:
-    """Worker processes that each run a share of the simulated agents."""
-
-    def __init__(self, work: Path, url: str, fingerprint: str, keys: list[tuple[str, str]],
-                 workers: int, wave: int, connect_timeout: float) -> None:
-        self.procs: list[subprocess.Popen[str]] = []
-        self.reports: list[dict[str, Any]] = []
-        self.logs: list[Path] = []
-        work.mkdir(parents=True, exist_ok=True)
-        shares = [keys[i::workers] for i in range(workers)]
-        for i, share in enumerate(s for s in shares if s):
-            spec = work / f"swarm{i}.json"
-            spec.write_text(json.dumps({
-                "url": url, "fingerprint": fingerprint, "keys": share,
-                "dir": str(work / f"swarm{i}"), "wave": wave,
-                "connect_timeout": connect_timeout}))
-            log = work / f"swarm{i}.log"
-            self.logs.append(log)
-            with open(log, "ab") as fh:
-                self.procs.append(subprocess.Popen(
-                    [sys.executable, str(Path(__file__).resolve()), "--swarm-worker",
-                     str(spec)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=fh,
-                    text=True, start_new_session=True))
-
-    def wait_connected(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        for p in self.procs:
-            assert p.stdout is not None
-            with selectors.DefaultSelector() as sel:
-                sel.register(p.stdout, selectors.EVENT_READ)
-                if not sel.select(max(0.1, deadline - time.monotonic())):
-                    raise TimeoutError(f"swarm worker {p.pid} did not report in {timeout} s")
-            line = p.stdout.readline()
-            if not line:
-                tail = "\n".join(log.read_text()[-2000:] for log in self.logs)
-                raise RuntimeError(f"swarm worker {p.pid} died: {tail}")
-            self.reports.append(json.loads(line))
-
-    @property
-    def connected(self) -> int:
-        return sum(r["connected"] for r in self.reports)
-
-    def rss_kib(self) -> tuple[int, int]:
-        """(total RSS of the workers now, their RSS before any agent existed)."""
-        return (sum(rss_kib(p.pid) for p in self.procs),
-                sum(r["base_rss_kib"] for r in self.reports))
-
-    def stop(self) -> None:
-        for p in self.procs:
-            if p.stdin is not None:
-                with contextlib.suppress(OSError):
-                    p.stdin.close()
-        for p in self.procs:
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
-            if p.stdout is not None:
-                p.stdout.close()
 
 
 # -- the benchmark ------------------------------------------------------------------------
@@ -321,13 +131,7 @@ class Bench:
         return took
 
     def sdk_run(self, group: str, n: int) -> float:
-        t = time.perf_counter()
-        done = sum(1 for ev in self.client.run(group, "all", argv=["echo", "hi"])
-                   if ev["type"] == "job.status" and ev["data"]["status"] == "succeeded")
-        took = time.perf_counter() - t
-        if done != n:
-            raise RuntimeError(f"SDK run: {done}/{n} succeeded")
-        return took
+        return sdk_job(self.client, group, n)
 
     def measure(self, kind: str, group: str, n: int, connected: int, agent_pids: list[int],
                 agent_rss: float, agent_rss_marginal: float | None,
@@ -500,16 +304,7 @@ system seconds per SDK run, of the server and of all agent processes including t
 server: on real VMs each agent has its own CPU.
 
 """
-    old = path.read_text() if path.exists() else ""
-    if BEGIN in old and END in old:
-        new = old[:old.index(BEGIN)] + body + old[old.index(END) + len(END):]
-    else:
-        new = intro + body + "\n"
-    path.write_text(new)
-
-
-def log(msg: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+    write_section(path, BEGIN, END, body, lambda old: intro + body + "\n" + old)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -530,15 +325,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-write", action="store_true", help="do not write bench/RESULTS.md")
     p.add_argument("--out", default=str(HERE / "RESULTS.md"))
     p.add_argument("--keep", action="store_true", help="keep the work directory")
-    p.add_argument("--swarm-worker", metavar="SPEC", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.swarm_worker:
-        swarm_worker(args.swarm_worker)
-        return 0
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     if any(not 1 <= s <= 1000 for s in sizes):
         raise SystemExit("fanout: sizes must be 1..1000 (one group)")
