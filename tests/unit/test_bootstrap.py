@@ -151,25 +151,49 @@ def test_powershell_values_are_single_quoted() -> None:
         render("windows", "powershell", params(then_script="$x = @'\nbody\n'@\n"))
 
 
-def test_windows_cmd_wrapper_hands_the_rest_to_powershell() -> None:
-    text = render("windows", "cmd", params())
-    assert "\r\n" in text and "\n" not in text.replace("\r\n", "")
-    lines = text.split("\r\n")
-    marker = lines.index("#CRC-POWERSHELL-BELOW")
-    head = lines[:marker]
-    assert head[0] == "@echo off" and head[-1] == "exit /b %ERRORLEVEL%"
-    assert sum(line == "#CRC-POWERSHELL-BELOW" for line in lines) == 1
-    # cmd only runs the head: no variable expansions there but its own, no key in it.
-    assert KEY not in "\n".join(head)
-    (call,) = [line for line in head if line.startswith("powershell.exe ")]
-    assert "-ExecutionPolicy Bypass" in call
-    command = re.search(r'-Command "(.*)"$', call)
-    assert command is not None and '"' not in command.group(1)
-    assert ps_errors(command.group(1)) == []
-    body = "\r\n".join(lines[marker:])
-    assert ps_errors(body.replace("\r\n", "\n")) == []
-    assert body.replace("\r\n", "\n") == "#CRC-POWERSHELL-BELOW\n" + render(
-        "windows", "powershell", params())
+def _cmd_sections(text: str) -> tuple[str, str, str, str]:
+    """cmd head, PowerShell (install Python), Python driver, fetch helper (LF ends)."""
+    text = text.replace("\r\n", "\n")
+    i = text.index("#CRC-INSTALL-PYTHON")
+    j = text.index("#CRC-PYTHON-BELOW")
+    k = text.index("#CRC-FETCH-AGENT-PY")
+    return text[:i], text[i:j], text[j:k], text[k:]
+
+
+def test_windows_cmd_is_cmd_then_python_with_powershell_only_to_install_python() -> None:
+    then = "Write-Host 'it''s me'\n# CRC-PYTHON-BELOW mentioned\nexit 0\n"
+    for p in (params(), params(fingerprint=None), params(then_script=then)):
+        text = render("windows", "cmd", p)
+        assert "\r\n" in text and "\n" not in text.replace("\r\n", "")
+        head, install_python, driver, helper = _cmd_sections(text)
+        lines = head.splitlines()
+        assert lines[0] == "@echo off"
+        # cmd runs the head only; the key and the server are not in it (Python literals
+        # below), and no construct Wine's cmd gets wrong (||, &&, wildcards in for).
+        assert KEY not in head and "203.0.113.7" not in head
+        assert "||" not in head and "&&" not in head and "Python3*" not in head
+        assert "exit /b %ERRORLEVEL%" in lines
+        (ps_call,) = [line for line in lines if line.startswith("powershell.exe ")]
+        command = re.search(r'-Command "(.*)"$', ps_call)
+        assert command is not None and '"' not in command.group(1)
+        assert ps_errors(command.group(1)) == [] and ps_errors(install_python) == []
+        assert "Get-AuthenticodeSignature" in install_python
+        # The Python part: valid Python carrying the values as literals.
+        tree = compile(driver, "driver", "exec", flags=0x400, dont_inherit=True)  # AST only
+        assert tree is not None
+        assert f"KEY = {KEY!r}" in driver and f"FINGERPRINT = {(p.fingerprint or '')!r}" in driver
+        assert f"THEN_SCRIPT = {p.then_script!r}" in driver
+        assert helper == "#CRC-FETCH-AGENT-PY\n" + (TEMPLATES / "fetch_agent.py").read_text()
+        # The one-liner that runs the driver finds exactly these sections.
+        (py_call,) = [line for line in lines if line.startswith('"%CRC_PY%" -I -c')]
+        assert "t.index('#' + 'CRC-PYTHON-BELOW')" in py_call
+
+
+def test_windows_cmd_refuses_what_cmd_could_misread() -> None:
+    with pytest.raises(InvalidInput):
+        render("windows", "cmd", params(url="https://a%PATH%b.example"))
+    with pytest.raises(InvalidInput):  # would end the driver section early
+        render("windows", "cmd", params(then_script="#CRC-FETCH-AGENT-PY\n"))
 
 
 def test_os_and_format_must_match() -> None:
@@ -192,6 +216,12 @@ def test_fetch_helper_checks_pins_and_package_paths() -> None:
     for bad in ("/etc/passwd", "a/../../etc", "a\\b"):
         with pytest.raises(helper.Fatal):
             helper.top_level([bad])
+    wheels = ["pywin32-311-cp312-cp312-win_amd64.whl", "pywin32-312-cp312-cp312-win_amd64.whl",
+              "pywin32-312-cp311-cp311-win_amd64.whl", "pywin32-312-cp312-cp312-win_arm64.whl",
+              "other-9-py3-none-any.whl"]
+    assert helper.pick_wheel(wheels, "pywin32", "cp312", "win_amd64") == wheels[1]
+    assert helper.pick_wheel(wheels, "pywin32", "cp313", "win_amd64") is None
+    assert helper.choose_layout("auto") == ("venv" if helper.has_venv() else "site")
 
 
 # -- the agent package --------------------------------------------------------------------

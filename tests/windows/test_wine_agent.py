@@ -350,7 +350,7 @@ def test_killing_the_service_process_triggers_recovery(win: WineMachine) -> None
     # notices a service process that died after it started (`sc query` keeps saying
     # RUNNING) nor implements recovery actions ("SERVICE_CONFIG_FAILURE_ACTIONS not
     # implemented"): the restart itself needs a real Windows.
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 15  # Windows restarts it after 5 s
     while time.monotonic() < deadline:
         if win.prefix.pids("cloudremotecontrol.agent.winservice"):
             win.wait_state("ready")

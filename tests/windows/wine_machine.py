@@ -210,7 +210,7 @@ class WineMachine:
 
 # Run by the Windows Python: the same pinned download and checksum as the bootstrap
 # (templates/fetch_agent.py), then the package's modules into this Python's
-# site-packages (the bootstrap puts them in a venv, which the embeddable Python lacks).
+# site-packages (the bootstrap uses PREFIX\lib plus a .pth instead: test_wine_bootstrap.py).
 INSTALL_PACKAGE = r'''
 import hashlib, io, os, shutil, sys, sysconfig, zipfile
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))

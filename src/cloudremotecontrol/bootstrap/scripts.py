@@ -9,7 +9,8 @@ stdlib-only code pins the certificate and installs the agent on Linux and Window
 
 Formats: ``linux``: ``shell`` (bash; also valid cloud-init user data) or ``cloud-init``
 (``#cloud-config`` that writes and runs the same script); ``windows``: ``cmd`` (what a
-Vultr Windows startup script is) or ``powershell`` (the bare .ps1).
+Vultr Windows startup script is: cmd + Python, PowerShell only to install a missing
+Python) or ``powershell`` (the bare .ps1, the same steps in PowerShell).
 """
 
 from __future__ import annotations
@@ -160,16 +161,40 @@ def render_windows_powershell(params: BootstrapParams) -> str:
     })
 
 
-def render_windows_cmd(params: BootstrapParams) -> str:
-    """A .cmd wrapper (what Vultr runs on Windows) carrying the PowerShell script.
+_CMD_SAFE_URL = re.compile(r"https?://[A-Za-z0-9._:\[\]-]+")
+CMD_MARKERS = ("#CRC-INSTALL-PYTHON", "#CRC-PYTHON-BELOW", "#CRC-FETCH-AGENT-PY")
 
-    cmd executes the first lines only (they end with ``exit /b``); PowerShell reads the
-    file back and runs what follows the marker. CRLF line ends, as cmd expects.
+
+def render_windows_cmd(params: BootstrapParams) -> str:
+    """The .cmd startup script (what Vultr runs on Windows): cmd, then Python.
+
+    cmd finds Python (PowerShell only installs it when there is none) and runs the
+    Python section of the same file (templates/windows_bootstrap.py.in), which runs the
+    embedded fetch helper and `crc agent install`. Values reach Python as Python
+    literals; cmd itself sees only the Python version. CRLF line ends, as cmd expects.
     """
     p = params.checked()
-    head = _fill(_template("windows.cmd"), {"MACHINE_TEXT": p.machine, "GROUP_TEXT": p.group,
-                                           "VERSION": __version__})
-    text = head + render_windows_powershell(p)
+    if not _CMD_SAFE_URL.fullmatch(p.url):
+        raise InvalidInput(f"invalid server URL {p.url!r} for a .cmd script: expected "
+                           "https://HOST[:PORT] with a plain host name or address",
+                           field="url")
+    helper = _fetch_helper()
+    head = _fill(_template("windows.cmd"), {
+        "MACHINE_TEXT": p.machine, "GROUP_TEXT": p.group, "VERSION": __version__,
+        "PYTHON_VERSION": p.python_version})
+    driver = _fill(_template("windows_bootstrap.py.in"), {
+        "MACHINE_TEXT": p.machine, "GROUP_TEXT": p.group, "VERSION": __version__,
+        "URL": repr(p.url), "FINGERPRINT": repr(p.fingerprint or ""),
+        "GROUP": repr(p.group), "MACHINE": repr(p.machine), "KEY": repr(p.key),
+        "THEN_SCRIPT": repr(p.then_script)})
+    head, driver = head.rstrip() + "\n\n", driver.rstrip() + "\n\n"
+    text = f"{head}{driver}#CRC-FETCH-AGENT-PY\n{helper}\n"
+    # Each section is found by the first occurrence of its marker: nothing before may
+    # contain it (the values are Python literals after the first two markers).
+    expected = (head.index("\n#CRC-INSTALL-PYTHON") + 1, len(head), len(head) + len(driver))
+    if tuple(text.index(m) for m in CMD_MARKERS) != expected:
+        raise InvalidInput("the provisioning script contains a line the .cmd script uses "
+                           "as a section marker (#CRC-...)", field="then")
     return text.replace("\r\n", "\n").replace("\n", "\r\n")
 
 

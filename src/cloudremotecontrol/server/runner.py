@@ -30,6 +30,7 @@ def serve(cfg: ServerConfig, listen: str, database: str | None, insecure: bool,
                                "address only (e.g. --listen 127.0.0.1:8080)")
     store = open_store(database or cfg.database)
     app = create_app(store, blob_dir=Path(cfg.data_dir) / "blobs")
+    app.state.wheel_dir = Path(cfg.data_dir) / "wheels"  # served by /v1/agent/wheels
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(message)s")
     config = uvicorn.Config(
         app, host=host, port=port,

@@ -1,6 +1,6 @@
-"""crc-bootstrap helper: fetch the agent from the server and install it into a venv.
+"""crc-bootstrap helper: fetch the agent from the server and install it.
 
-Embedded in the startup scripts that `crc bootstrap` prints (bash and PowerShell) and
+Embedded in the startup scripts that `crc bootstrap` prints (bash, PowerShell, .cmd) and
 run with the VM's own python3 (>= 3.10, standard library only), before any secret is
 written or sent:
 
@@ -8,13 +8,30 @@ written or sent:
    certificate the server presented is compared with the pin. A mismatch stops here
    (exit 7), before the enrollment key is ever used. From then on exactly that
    certificate is the only trust anchor (as in cloudremotecontrol/tlspin.py).
-2. Read ``/v1/agent/package.sha256``; if PREFIX/installed.json records that digest, the
-   install is current: print ``unchanged VERSION`` and stop (a second run changes
-   nothing).
-3. Download ``/v1/agent/package``, check its SHA-256, make PREFIX/venv (``--without-pip``:
-   nothing comes from PyPI, and Debian's python3 needs no python3-venv for it), unpack
-   the package into the venv's site-packages, write a ``crc`` launcher, check that
-   ``crc --version`` runs, and only then record the digest. Print ``changed VERSION``.
+2. Read ``/v1/agent/package.sha256``; if PREFIX/installed.json records that digest (and
+   the same Python), the install is current: print ``unchanged VERSION`` and stop (a
+   second run changes nothing).
+3. Download ``/v1/agent/package``, check its SHA-256, and unpack it (never run from PyPI)
+   in one of two layouts (``--layout``, default ``auto``):
+
+   * ``venv``: PREFIX/venv (``--without-pip``: Debian's python3 needs no python3-venv
+     for it), the package in its site-packages, a ``crc`` launcher in its bin/Scripts.
+     The default where the ``venv`` module exists, except on Windows.
+   * ``site``: the package in the plain directory PREFIX/lib, which a ``crc-agent.pth``
+     in this interpreter's site-packages adds to ``sys.path`` (``site.addsitedir``, so
+     ``.pth`` files in PREFIX/lib work too); launcher PREFIX/bin/crc(.cmd). The default
+     on Windows, where a venv's ``python.exe`` is a redirector that starts the real
+     interpreter as a child (not what the Service Control Manager should start), and
+     on a Python without ``venv`` (the embeddable one).
+
+   Then ``crc --version`` must run, and only then the digest is recorded. Print
+   ``changed VERSION``.
+4. On Windows (or with ``--pywin32``): the service host needs pywin32, a binary package.
+   If this Python cannot import it, the wheel for this Python comes from the server
+   (``/v1/agent/wheels``: what the operator put in the server's ``DATA_DIR/wheels``,
+   checked against its published SHA-256 over the same pinned connection); only if the
+   server has none for this Python and architecture, ``pip install pywin32==PIN`` from
+   PyPI (python.org's Python has pip); else a clear error.
 
 Transient failures (server not up yet, network still coming up at boot) are retried
 until ``--wait`` seconds have passed; a pin or checksum mismatch is never retried.
@@ -100,12 +117,14 @@ def pinned_context(url, pin, timeout):
     return ctx
 
 
-def get(url, ctx, timeout):
+def get(url, ctx, timeout, missing_ok=False):
     req = urllib.request.Request(url, headers={"User-Agent": "crc-bootstrap"})  # noqa: S310
     try:
         with urllib.request.urlopen(req, timeout=timeout, context=ctx) as resp:  # noqa: S310
             return resp.read(), resp.headers
     except urllib.error.HTTPError as exc:
+        if missing_ok and exc.code == 404:
+            return None, None
         if exc.code >= 500 or exc.code == 429:
             raise Transient(f"{url} answered HTTP {exc.code}") from None
         hint = " (is the server older than this script?)" if exc.code == 404 else ""
@@ -117,10 +136,32 @@ def get(url, ctx, timeout):
         raise Transient(f"cannot reach {url}: {getattr(exc, 'reason', exc)}") from None
 
 
+PYWIN32_PIN = "312"  # what `pip install` gets when the server offers no wheel
+PYWIN32_IMPORT = "import win32service, win32serviceutil, servicemanager, win32api, win32event"
+
+
 def venv_paths(venv):
     if os.name == "nt":
         return os.path.join(venv, "Scripts", "python.exe"), os.path.join(venv, "Scripts")
     return os.path.join(venv, "bin", "python"), os.path.join(venv, "bin")
+
+
+def has_venv():
+    try:
+        import venv  # noqa: F401 -- absent from the embeddable Python, some distro builds
+    except ImportError:
+        return False
+    return True
+
+
+def choose_layout(layout):
+    if layout == "auto":
+        return "site" if os.name == "nt" or not has_venv() else "venv"
+    if layout == "venv" and not has_venv():
+        raise Fatal(f"this Python ({sys.executable}) has no venv module: use --layout site "
+                    "(the agent in a plain directory on its sys.path), or install the "
+                    "distribution's venv package", USAGE)
+    return layout
 
 
 def make_venv(venv):
@@ -146,6 +187,40 @@ def site_packages(python):
     return out.stdout.strip()
 
 
+def pth_path():
+    """The .pth in this interpreter's site-packages that puts PREFIX/lib on sys.path."""
+    import sysconfig
+
+    return os.path.join(sysconfig.get_paths()["purelib"], "crc-agent.pth")
+
+
+def write_pth(lib):
+    path = pth_path()
+    text = f"import site; site.addsitedir({lib!r})\n"
+    try:
+        with open(path) as fh:
+            if fh.read() == text:
+                return path
+    except OSError:
+        pass
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path + ".tmp", "w") as fh:
+            fh.write(text)
+        os.replace(path + ".tmp", path)
+    except OSError as exc:
+        raise Fatal(f"cannot write {path} (run as Administrator/root): {exc}") from None
+    return path
+
+
+def layout_paths(prefix, layout):
+    """(python, lib directory or None for a venv, launcher directory)."""
+    if layout == "venv":
+        python, bindir = venv_paths(os.path.join(prefix, "venv"))
+        return python, None, bindir
+    return sys.executable, os.path.join(prefix, "lib"), os.path.join(prefix, "bin")
+
+
 def top_level(names):
     tops = set()
     for name in names:
@@ -158,6 +233,7 @@ def top_level(names):
 
 
 def write_launcher(bindir, python):
+    os.makedirs(bindir, exist_ok=True)
     if os.name == "nt":
         path = os.path.join(bindir, "crc.cmd")
         text = f'@"{python}" -m cloudremotecontrol %*\r\n'
@@ -172,21 +248,28 @@ def write_launcher(bindir, python):
     return path
 
 
-def install(prefix, data, digest, version):
-    venv = os.path.join(prefix, "venv")
-    record = os.path.join(prefix, "installed.json")
-    python = make_venv(venv)
-    site = site_packages(python)
+def read_record(prefix):
+    try:
+        with open(os.path.join(prefix, "installed.json")) as fh:
+            return json.load(fh)
+    except (OSError, ValueError):
+        return {}
+
+
+def install(prefix, data, digest, version, layout):
+    python, lib, bindir = layout_paths(prefix, layout)
+    if layout == "venv":
+        make_venv(os.path.join(prefix, "venv"))
+        site = site_packages(python)
+    else:
+        site = lib
+        os.makedirs(site, exist_ok=True)
     try:
         zf = zipfile.ZipFile(io.BytesIO(data))
     except zipfile.BadZipFile:
         raise Fatal("the agent package is not a valid zipapp") from None
     tops = top_level(zf.namelist())
-    try:
-        with open(record) as fh:
-            old = json.load(fh).get("top_level", [])
-    except (OSError, ValueError):
-        old = []
+    old = read_record(prefix).get("top_level", [])
     for name in sorted(set(old) | set(tops)):  # no stale modules from an older version
         path = os.path.join(site, name)
         if os.path.isdir(path) and not os.path.islink(path):
@@ -196,32 +279,122 @@ def install(prefix, data, digest, version):
     for info in zf.infolist():
         if info.filename != "__main__.py":
             zf.extract(info, site)
-    _, bindir = venv_paths(venv)
+    pth = write_pth(lib) if layout == "site" else None
     launcher = write_launcher(bindir, python)
     check = subprocess.run([python, "-I", "-m", "cloudremotecontrol", "--version"],
                            capture_output=True, text=True, check=False)
     if check.returncode != 0 or version not in check.stdout:
         detail = check.stderr.strip() or check.stdout.strip()
         raise Fatal(f"the installed agent does not run: {detail}")
-    tmp = record + ".tmp"
-    with open(tmp, "w") as fh:
-        json.dump({"sha256": digest, "version": version, "top_level": tops,
-                   "python": python, "launcher": launcher}, fh, indent=2)
-    os.replace(tmp, record)
+    return {"sha256": digest, "version": version, "top_level": tops, "layout": layout,
+            "python": python, "site": site, "pth": pth, "launcher": launcher}
 
 
-def installed_digest(prefix):
-    try:
-        with open(os.path.join(prefix, "installed.json")) as fh:
-            info = json.load(fh)
-    except (OSError, ValueError):
+def write_record(prefix, info):
+    record = os.path.join(prefix, "installed.json")
+    with open(record + ".tmp", "w") as fh:
+        json.dump(info, fh, indent=2)
+    os.replace(record + ".tmp", record)
+
+
+def installed_digest(prefix, layout):
+    info = read_record(prefix)
+    python, _, _ = layout_paths(prefix, layout)
+    if info.get("layout", "venv") != layout or info.get("python") != python:
+        return None  # another layout or interpreter: install again
+    if not os.path.exists(python) or (info.get("pth") and not os.path.exists(info["pth"])):
         return None
-    python, _ = venv_paths(os.path.join(prefix, "venv"))
-    return info.get("sha256") if os.path.exists(python) else None
+    return info.get("sha256")
+
+
+def wheel_tags():
+    """(python tag, platform tag) of this interpreter, e.g. ("cp312", "win_amd64")."""
+    import sysconfig
+
+    plat = sysconfig.get_platform().replace("-", "_").replace(".", "_")
+    plat = {"win32": "win32", "win_amd64": "win_amd64", "win_arm64": "win_arm64"}.get(plat, plat)
+    return f"cp{sys.version_info[0]}{sys.version_info[1]}", plat
+
+
+def pick_wheel(names, project, pytag, plat):
+    """The newest wheel of ``project`` among ``names`` that this interpreter can load."""
+    best = None
+    for name in names:
+        parts = name[:-len(".whl")].split("-") if name.endswith(".whl") else []
+        if len(parts) not in (5, 6) or parts[0].lower() != project:
+            continue
+        py, abi, platforms = parts[-3], parts[-2], parts[-1].split(".")
+        if pytag not in py.split(".") or abi not in (pytag, "abi3", "none"):
+            continue
+        if plat not in platforms:
+            continue
+        key = tuple(int(x) if x.isdigit() else 0 for x in parts[1].split("."))
+        if best is None or key > best[0]:
+            best = (key, name)
+    return best[1] if best else None
+
+
+def can_import(python, statement):
+    out = subprocess.run([python, "-I", "-c", statement], capture_output=True, text=True,
+                         check=False)
+    return out.returncode == 0, out.stderr.strip()[-300:]
+
+
+def ensure_pywin32(base, ctx, timeout, python, site):
+    ok, _ = can_import(python, PYWIN32_IMPORT)
+    if ok:
+        return "present"
+    pytag, plat = wheel_tags()
+    body, _ = get(base + "/v1/agent/wheels", ctx, timeout, missing_ok=True)
+    offered = {}
+    if body is not None:
+        try:
+            offered = {w["filename"]: w["sha256"] for w in json.loads(body)["wheels"]}
+        except (ValueError, KeyError, TypeError):
+            raise Fatal(f"unexpected answer from {base}/v1/agent/wheels") from None
+    name = pick_wheel(offered, "pywin32", pytag, plat)
+    if name is not None:
+        log(f"installing pywin32 ({name}) from {base}")
+        data, _ = get(base + "/v1/agent/wheels/" + name, ctx, timeout)
+        seen = hashlib.sha256(data).hexdigest()
+        if seen != offered[name].lower():
+            raise Fatal(f"the downloaded {name} has sha256 {seen}, the server published "
+                        f"{offered[name]}: refusing to install it")
+        try:
+            zf = zipfile.ZipFile(io.BytesIO(data))
+        except zipfile.BadZipFile:
+            raise Fatal(f"{name} from the server is not a valid wheel") from None
+        for info in zf.infolist():
+            top = info.filename.split("/", 1)[0]
+            top_level([info.filename])  # refuses unsafe paths
+            if not top.endswith(".data"):  # scripts (post-install) are not needed
+                zf.extract(info, site)
+        source = f"{name} from the server"
+    else:
+        log(f"the server offers no pywin32 wheel for {pytag}-{plat} (see its DATA_DIR/"
+            f"wheels): installing pywin32=={PYWIN32_PIN} from PyPI with pip")
+        cmd = [python, "-m", "pip", "install", "--disable-pip-version-check", "--no-input",
+               "--only-binary=:all:", "--upgrade", "--target", site,
+               f"pywin32=={PYWIN32_PIN}"]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if out.returncode != 0:
+            raise Fatal(f"pywin32 (needed by the Windows service) is missing, the server "
+                        f"offers no wheel for {pytag}-{plat}, and pip could not install it: "
+                        f"{(out.stderr or out.stdout).strip()[-500:]}\nFix: put pywin32-"
+                        f"{PYWIN32_PIN}-{pytag}-{pytag}-{plat}.whl in the server's "
+                        "DATA_DIR/wheels (pip download pywin32 --only-binary=:all: "
+                        f"--platform {plat} --python-version {pytag[2]}.{pytag[3:]} -d "
+                        "DATA_DIR/wheels), then run this script again")
+        source = f"pywin32=={PYWIN32_PIN} from PyPI"
+    ok, err = can_import(python, PYWIN32_IMPORT)
+    if not ok:
+        raise Fatal(f"pywin32 installed ({source}) but does not import: {err}")
+    return source
 
 
 def fetch(args):
     base = args.url.rstrip("/")
+    layout = choose_layout(args.layout)
     ctx = None
     if urlsplit(base).scheme == "https":
         if args.fingerprint:
@@ -235,7 +408,7 @@ def fetch(args):
     digest, filename = fields[0].lower(), fields[1]
     version = filename[len("crc-agent-"):-len(".pyz")] if filename.startswith(
         "crc-agent-") and filename.endswith(".pyz") else "?"
-    if installed_digest(args.prefix) == digest:
+    if installed_digest(args.prefix, layout) == digest:
         return "unchanged", version
     log(f"downloading the agent {version} from {base}")
     data, _ = get(base + "/v1/agent/package", ctx, args.timeout)
@@ -244,7 +417,11 @@ def fetch(args):
         raise Fatal(f"the downloaded agent package has sha256 {seen}, the server published "
                     f"{digest}: refusing to install it")
     os.makedirs(args.prefix, mode=0o755, exist_ok=True)
-    install(args.prefix, data, digest, version)
+    info = install(args.prefix, data, digest, version, layout)
+    if args.pywin32:
+        info["pywin32"] = ensure_pywin32(base, ctx, args.timeout, info["python"], info["site"])
+        log(f"pywin32: {info['pywin32']}")
+    write_record(args.prefix, info)  # last: a failed step above is retried next time
     return "changed", version
 
 
@@ -256,7 +433,12 @@ def main(argv=None):
     parser.add_argument("--wait", type=float, default=600.0,
                         help="keep retrying an unreachable server this long (seconds)")
     parser.add_argument("--timeout", type=float, default=30.0)
+    parser.add_argument("--layout", choices=["auto", "venv", "site"], default="auto",
+                        help="a venv under PREFIX, or PREFIX/lib on this Python's sys.path")
+    parser.add_argument("--pywin32", choices=["auto", "yes", "no"], default="auto",
+                        help="make sure pywin32 imports (auto: on Windows)")
     args = parser.parse_args(argv)
+    args.pywin32 = args.pywin32 == "yes" or (args.pywin32 == "auto" and os.name == "nt")
     os.umask(0o022)  # the agent's code is not secret: readable, like any installed program
     if sys.version_info < (3, 10):  # noqa: UP036 -- run by whatever python3 the VM has
         log(f"error: the agent needs Python >= 3.10, this is {sys.version.split()[0]}")

@@ -2,9 +2,10 @@
 # (written by `crc bootstrap`, crc {{VERSION}}). Windows PowerShell 5.1 or later, run once
 # as Administrator; running it again changes nothing. It installs Python from python.org
 # if missing (silent, all users, signature checked), fetches the agent from the server
-# over TLS pinned to the fingerprint below (before the key is used at all), puts it in a
-# venv under Program Files, enrolls with the single-use key and registers the crc-agent
-# Windows service (LocalSystem, automatic start, restart on failure).
+# over TLS pinned to the fingerprint below (before the key is used at all), puts it under
+# Program Files (on that Python's sys.path, no venv: see fetch_agent.py), enrolls with
+# the single-use key and registers the crc-agent Windows service (LocalSystem, automatic
+# start, restart on failure).
 # Log: %ProgramData%\CloudRemoteControl\bootstrap.log
 $ErrorActionPreference = 'Stop'
 $ProgressPreference = 'SilentlyContinue'  # Invoke-WebRequest is far slower with it
@@ -21,7 +22,7 @@ $DataDir = Join-Path $env:ProgramData 'CloudRemoteControl'
 $StateDir = Join-Path $DataDir 'agent'
 $KeyFile = Join-Path $DataDir 'key'
 $Log = Join-Path $DataDir 'bootstrap.log'
-$VenvPython = Join-Path $Prefix 'venv\Scripts\python.exe'
+$AgentPython = $null  # from installed.json, once the agent is installed
 $Script:Step = 'starting'
 $Script:AgentUp = $false
 $Script:DoneSteps = New-Object System.Collections.Generic.List[string]
@@ -55,7 +56,7 @@ function Invoke-Native([string]$Exe, [string[]]$Arguments) {
 }
 
 function Invoke-Crc([string[]]$Arguments) {
-    return Invoke-Native $VenvPython (@('-I', '-m', 'cloudremotecontrol') + $Arguments)
+    return Invoke-Native $AgentPython (@('-I', '-m', 'cloudremotecontrol') + $Arguments)
 }
 
 function Report([string]$Text) {
@@ -85,7 +86,7 @@ function Test-Python([string]$Exe) {
     $saved = $ErrorActionPreference
     $ErrorActionPreference = 'Continue'
     try {
-        & $Exe -c 'import sys, venv; sys.exit(sys.version_info < (3, 10))' 2>&1 | Out-Null
+        & $Exe -I -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>&1 | Out-Null
         return ($LASTEXITCODE -eq 0)
     } catch {
         return $false
@@ -161,6 +162,8 @@ $ErrorActionPreference = $saved
 Remove-Item -Force -ErrorAction SilentlyContinue $helper
 if ($rc -ne 0) { Fail $rc "could not fetch the agent from $CrcUrl (see above); the key was not used" }
 $FetchStatus, $AgentVersion = ("$fetch".Trim() -split '\s+')
+$Record = Get-Content -Raw -Path (Join-Path $Prefix 'installed.json') | ConvertFrom-Json
+$AgentPython = $Record.python
 Report "agent $AgentVersion installed in $Prefix ($FetchStatus)"
 
 # -- 3. enrollment key (only until enrolled) and service --------------------------------
@@ -184,7 +187,7 @@ if ($rc -ne 0) { Fail $rc 'could not enroll or start the agent (see above)' }
 $Script:AgentUp = $true
 
 # `crc` on the machine's PATH, for provisioning scripts (crc agent progress, ready, ...).
-$Scripts = Join-Path $Prefix 'venv\Scripts'
+$Scripts = Split-Path -Parent $Record.launcher
 $MachinePath = [Environment]::GetEnvironmentVariable('Path', 'Machine')
 if (($MachinePath -split ';') -notcontains $Scripts) {
     [Environment]::SetEnvironmentVariable('Path', "$MachinePath;$Scripts", 'Machine')
