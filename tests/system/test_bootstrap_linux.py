@@ -375,3 +375,40 @@ def test_agent_package_from_the_server_runs_on_a_bare_python(env, python, tmp_pa
         agent.terminate()
         log = agent.communicate(timeout=20)[0]
     assert "Traceback" not in log, log
+
+
+def test_the_server_serves_the_wheels_its_operator_put_in_data_dir_wheels(env, tmp_path):
+    """/v1/agent/wheels lists DATA_DIR/wheels with SHA-256 and size (the Windows bootstrap
+    takes pywin32 from there); a file is served byte for byte; anything else is a 404 that
+    says where to look, and names that are not wheel files are neither listed nor served."""
+    ctx, _ = client_context(env.server.url, env.server.fingerprint)
+
+    def get(path: str) -> tuple[int, bytes, Any]:
+        try:
+            with urllib.request.urlopen(env.server.url + path, context=ctx) as r:
+                return r.status, r.read(), r.headers
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read(), exc.headers
+
+    assert json.loads(get("/v1/agent/wheels")[1]) == {"wheels": []}
+    wheels = env.server.data_dir / "wheels"
+    wheels.mkdir()
+    data = os.urandom(50_000)
+    name = "pywin32-312-cp312-cp312-win_amd64.whl"
+    (wheels / name).write_bytes(data)
+    (wheels / "notes.txt").write_text("not a wheel")
+    status, body, _ = get("/v1/agent/wheels")
+    assert status == 200
+    assert json.loads(body) == {"wheels": [{"filename": name, "size": len(data),
+                                            "sha256": hashlib.sha256(data).hexdigest()}]}
+    status, body, headers = get("/v1/agent/wheels/" + name)
+    assert status == 200 and body == data
+    assert headers["X-Crc-Sha256"] == hashlib.sha256(data).hexdigest()
+    for missing in ("notes.txt", "other-1-py3-none-any.whl"):
+        status, body, _ = get("/v1/agent/wheels/" + missing)
+        assert status == 404, (missing, status)
+        assert json.loads(body)["error"]["message"] == (
+            f"no wheel {missing!r} on this server (see GET /v1/agent/wheels)"), body
+    status, body, _ = get("/v1/agent/wheels/..%2Fserver.log")  # not a route at all
+    assert status == 404 and json.loads(body)["error"]["message"].startswith(
+        "no endpoint GET /v1/agent/"), body

@@ -142,7 +142,7 @@ def create_app(store: Store, *, replica: str | None = None,
         return JSONResponse(err.to_payload(), status_code=400)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code == 400 and isinstance(exc.__cause__, (ValueError, RecursionError)):
             # FastAPI's "error parsing the body": not UTF-8, nested too deep, a number
             # too long - JSON we cannot read, like a syntax error.
@@ -150,8 +150,15 @@ def create_app(store: Store, *, replica: str | None = None,
             return JSONResponse(err.to_payload(), status_code=400)
         code = {404: "not_found", 405: "method_not_allowed",
                 413: "too_large"}.get(exc.status_code, "http_error")
-        return JSONResponse({"error": {"code": code, "message": str(exc.detail)}},
-                            status_code=exc.status_code)
+        message = str(exc.detail)
+        if exc.status_code in (404, 405) and message in ("Not Found", "Method Not Allowed"):
+            # No route: say which request, and where the API is described.
+            what = "no endpoint" if exc.status_code == 404 else "method not allowed:"
+            path = request.url.path if len(request.url.path) <= 200 else (
+                request.url.path[:200] + "...")
+            message = f"{what} {request.method} {path} (the API: GET /v1/openapi.json)"
+        return JSONResponse({"error": {"code": code, "message": message}},
+                            status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def internal_error(_: Request, exc: Exception) -> JSONResponse:
