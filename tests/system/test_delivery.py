@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 import sqlite3
+import ssl
 import subprocess
 import sys
 import threading
@@ -340,6 +341,12 @@ class _RawAgent:
         self.server = server
         self.group, self.machine = group, machine
         self.ctx, _ = client_context(server.url, server.fingerprint)
+        # websockets' sync client reads the socket in a thread while it writes the
+        # upgrade request; with TLS 1.3 the server's session tickets arrive then, and
+        # two threads in one OpenSSL connection can lose the request (no answer,
+        # "timed out while waiting for handshake response"). TLS 1.2 sends nothing
+        # unasked. (The agent uses the asyncio client: one thread, no such race.)
+        self.ctx.maximum_version = ssl.TLSVersion.TLSv1_2
         r = httpx.post(server.url + "/v1/agent/enroll", json={"key": key}, verify=self.ctx)
         assert r.status_code == 200, r.text
         self.credential = r.json()["credential"]

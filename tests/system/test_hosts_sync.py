@@ -81,3 +81,12 @@ def test_sync_hosts_group_keeps_hosts_files_current_as_machines_join(env, crc):
             assert time.monotonic() < deadline, files[name].read_bytes()
             time.sleep(0.05)
         assert files[name].read_bytes().count(b"# BEGIN cloudremotecontrol") == 1
+    # The automatic syncs went to the machines that were ready (a pending machine gets
+    # the list current when it turns ready, not a stale one queued earlier), and each
+    # machine applied them in order: the file holds the newest list, not an older one.
+    syncs = [e["data"] for e in env.client.events("lab")
+             if e["type"] == "job.created" and e["data"]["type"] == "hosts.sync"]
+    assert [s["targets"] for s in syncs] == [["a"], ["a", "b"]], syncs
+    time.sleep(1.0)  # nothing still running may overwrite the newest list
+    for name in ("a", "b"):
+        assert b"127.0.0.1 a a.lab b b.lab\n" in files[name].read_bytes()

@@ -100,6 +100,9 @@ class Agent:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.connected = asyncio.Event()
         self._send_lock = asyncio.Lock()
+        # Hosts syncs write one file: one at a time, in the order they arrived (the
+        # server's order), so the newest roster is the one left in the file.
+        self._hosts_lock = asyncio.Lock()
         self.message_arrived = asyncio.Event()
         self.stopping = asyncio.Event()
 
@@ -342,6 +345,12 @@ class Agent:
                                        "reason": outcome.reason}, job_done=job.job_id)
 
     async def _hosts_sync(self, job_id: str, body: dict[str, Any]) -> None:
+        # Taken before the first await: tasks start in arrival order, and the lock
+        # queues its waiters first come, first served.
+        async with self._hosts_lock:
+            await self._hosts_sync_locked(job_id, body)
+
+    async def _hosts_sync_locked(self, job_id: str, body: dict[str, Any]) -> None:
         from .hosts_file import sync_hosts
 
         await self.emit("job.started", {"job_id": job_id})

@@ -79,6 +79,8 @@ def create_hosts_sync(tx: Tx, user: dict[str, Any], group_name: str, to: str,
     machines = roster(tx, group["id"])
     if only_ready:
         machines = [m for m in machines if m["state"] in ("ready", "offline")]
+        if to == "all" and machines:  # nor sent to the others: each gets the list
+            to = ",".join(m["name"] for m in machines)  # current when it turns ready
     entries = hosts_entries(machines, which)
     if not entries:
         raise InvalidInput("no machine of the group has reported an address yet: wait "
