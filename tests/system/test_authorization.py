@@ -87,6 +87,9 @@ MASTER: list[Request] = [
     ("PUT", "/v1/groups/{group}/kv/{key}", lambda r: {"json": {"value": "10.0.0.6"}}),
     ("GET", "/v1/groups/{group}/kv/{key}", lambda r: {}),
     ("POST", "/v1/groups/{group}/machines/{machine}/key", lambda r: {"json": {"key_ttl": 60}}),
+    ("PUT", "/v1/groups/{group}/teardown",
+     lambda r: {"json": {"provider": "vultr", "api_key": "VULTR-KEY-OF-ALICE"}}),
+    ("DELETE", "/v1/groups/{group}/teardown", lambda r: {}),
     ("GET", "/v1/audit", lambda r: {"params": {"group": r.group}}),
     ("DELETE", "/v1/groups/{group}", lambda r: {}),
 ]
@@ -144,7 +147,8 @@ class Scene:
 
 def make_scene(env: Any, http: httpx.Client) -> Scene:
     """alice: group lab (a, b), an uploaded file, and a pull job whose file a uploaded."""
-    keys = {m["name"]: m["key"] for m in env.client.create_group("lab", ["a", "b"])["machines"]}
+    keys = {m["name"]: m["key"] for m in env.client.create_group("lab", ["a", "b"],
+                                                                    ttl=86400)["machines"]}
     cred = enroll(http, keys["a"])
     alice = bearer(env.token)
     r = http.put(f"/v1/blobs/{SHA}", content=BLOB, headers={"Authorization": alice})

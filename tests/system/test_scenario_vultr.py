@@ -117,6 +117,8 @@ def lines(out: str) -> list[dict[str, Any]]:
 SCENARIO = """\
 name: vlab
 provider: vultr
+ttl: 2h
+on_ttl: destroy
 timeouts: {ready: 60s, step: 60s}
 defaults: {region: ewr, plan: vc2-1c-1gb, image: "2284"}
 variables: {greeting: hello}
@@ -196,8 +198,12 @@ def test_up_enrolls_through_the_real_bootstrap_runs_steps_and_down_leaves_nothin
     ids = {inst["hostname"]: iid for iid, inst in cloud.fake.state.instances.items()}
     assert sorted(ids) == ["a", "b"] and sorted(cloud.fake.state.booted) == sorted(ids.values())
     machines = {name: cloud.boot.machines[iid] for name, iid in ids.items()}
-    roster = {m["name"]: m for m in cloud.client.group("vlab")["machines"]}
+    group = cloud.client.group("vlab")
+    roster = {m["name"]: m for m in group["machines"]}
     assert {n: m["state"] for n, m in roster.items()} == {"a": "ready", "b": "ready"}
+    # on_ttl: destroy - the server holds the Vultr key for this group (never shows it).
+    assert group["teardown"]["status"] == "armed" and group["teardown"]["provider"] == "vultr"
+    assert cloud.fake.api_key not in json.dumps(group)
     agents = {}
     for name, m in machines.items():
         assert m.exit_code == 0

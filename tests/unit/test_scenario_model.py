@@ -363,3 +363,22 @@ def test_the_example_in_the_docs_is_valid():
     s = parse_scenario(m.group(1), "lab.yaml")
     assert s.name == "lab" and len(s.steps) == 9
     assert plan(s.steps)[0] == ["install-mysql", "prepare-web"]
+
+
+def test_on_ttl_destroy_needs_a_ttl_and_the_vultr_provider():
+    base = """\
+        name: shop
+        {extra}
+        machines:
+          web: {{os: linux}}
+        """
+    vultr = "provider: vultr\n        defaults: {region: ewr, plan: vc2-1c-1gb, image: '2284'}"
+    assert parse(base.format(extra="ttl: 8h")).on_ttl == "revoke"
+    s = parse(base.format(extra=vultr + "\n        ttl: 8h\n        on_ttl: destroy"))
+    assert s.on_ttl == "destroy" and s.ttl == 8 * 3600
+    assert problems(base.format(extra=vultr + "\n        on_ttl: destroy")) == [
+        "s.yaml:4:9: on_ttl: destroy needs a ttl (when to destroy the machines)"]
+    got = problems(base.format(extra="ttl: 1h\n        on_ttl: destroy"))
+    assert len(got) == 1 and "the server cannot destroy local machines" in got[0], got
+    got = problems(base.format(extra="ttl: 1h\n        on_ttl: nuke"))
+    assert len(got) == 1 and "'nuke' is not one of: revoke, destroy" in got[0], got

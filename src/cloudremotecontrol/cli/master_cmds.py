@@ -158,6 +158,30 @@ def _print_machines(g: dict[str, Any]) -> None:
         rows.append([m["name"], m["state"], ",".join(m.get("ips") or []) or "-",
                      m.get("public_ip") or "-", text or "-", ago(m.get("last_seen"))])
     print_table(["MACHINE", "STATE", "IPS", "SEEN FROM", "PROGRESS", "LAST SEEN"], rows)
+    note = _ttl_note(g)
+    if note:
+        click.echo(note, err=True)
+
+
+def _ttl_note(g: dict[str, Any]) -> str | None:
+    """What happens (or happened) when the group's TTL passes."""
+    td = g.get("teardown") or None
+    if td:
+        where = td["provider"]
+        if td["status"] == "done":
+            n = len((td.get("result") or {}).get("destroyed") or [])
+            return f"TTL passed: the server destroyed {n} machine(s) at {where}"
+        if td["status"] == "retry":
+            return (f"TTL passed: destroying the machines at {where} failed "
+                    f"({td.get('last_error')}); the server tries again {_until(td.get('next_try'))}"
+                    " - or run `crc down`")
+        if td["status"] == "running":
+            return f"TTL passed: the server is destroying the machines at {where}"
+        return f"when the TTL passes ({_until(g.get('expires'))}) the server destroys the " \
+               f"machines at {where}"
+    if g.get("expired"):
+        return "TTL passed: every credential is revoked; the machines still exist: run `crc down`"
+    return None
 
 
 @click.command()

@@ -33,8 +33,10 @@ def init(data_dir: str | None, listen: str, url: str | None, san: tuple[str, ...
     """Create a data directory with a self-signed TLS certificate; print URL and
     fingerprint (give both to `crc login` and to agents)."""
     from ..server.config import init_data_dir
+    from ..server.teardown import load_cipher
 
     cfg = init_data_dir(_data_dir(data_dir), url, listen, list(san), force)
+    load_cipher(Path(cfg.data_dir))  # teardown.key: replicas copy it with the certificate
     if as_json:
         emit_json({"url": cfg.url, "fingerprint": cfg.fingerprint, "data_dir": cfg.data_dir})
         return

@@ -165,6 +165,16 @@ class Client:
     def delete_group(self, name: str) -> dict[str, Any]:
         return self._call("DELETE", f"/groups/{name}")
 
+    def arm_teardown(self, group: str, provider: str, api_key: str) -> dict[str, Any]:
+        """Hand the server ``provider``'s API key so that it destroys the group's
+        machines there when the group's TTL passes (stored encrypted, never shown)."""
+        return self._call("PUT", f"/groups/{group}/teardown",
+                          json={"provider": provider, "api_key": api_key})
+
+    def disarm_teardown(self, group: str) -> dict[str, Any]:
+        """Take the provider key back: the TTL then only revokes the group."""
+        return self._call("DELETE", f"/groups/{group}/teardown")
+
     def start_job(self, group: str, to: str, *, argv: list[str] | None = None,
                   command: str | None = None, shell: str | None = None,
                   env: dict[str, str] | None = None, cwd: str | None = None,

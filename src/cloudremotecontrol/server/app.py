@@ -19,13 +19,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .. import __version__
 from ..errors import CrcError, InvalidInput, TooLarge
 from ..protocol.limits import MAX_HTTP_BODY_BYTES
-from . import api, api_bootstrap, api_files, api_kv
+from . import api, api_bootstrap, api_files, api_kv, api_teardown
 from .agent_ws import agent_endpoint
 from .blobs import BlobStore
 from .hub import EventBus, Hub
 from .ops import delivery
 from .ops import groups as groups_ops
 from .store.base import Store
+from .teardown import run_due_teardowns
 
 __all__ = ["create_app"]
 
@@ -98,7 +99,7 @@ def create_app(store: Store, *, replica: str | None = None,
                           None if store.dialect == "sqlite" else app.state.replica)
         async with asyncio.TaskGroup() as tg:
             toucher = tg.create_task(_touch_loop(store, hub))
-            expirer = tg.create_task(_expire_loop(store, hub))
+            expirer = tg.create_task(_expire_loop(app, store, hub))
             try:
                 yield
             finally:
@@ -120,6 +121,7 @@ def create_app(store: Store, *, replica: str | None = None,
     app.include_router(api.router)
     app.include_router(api_files.router)
     app.include_router(api_kv.router)
+    app.include_router(api_teardown.router)
     app.include_router(api_bootstrap.router)
     app.add_api_websocket_route("/v1/agent/connect", agent_endpoint)
     app.add_middleware(BodyLimit, limit=MAX_HTTP_BODY_BYTES,
@@ -168,14 +170,17 @@ def create_app(store: Store, *, replica: str | None = None,
     return app
 
 
-async def _expire_loop(store: Store, hub: Hub) -> None:
-    """Groups past their TTL are revoked within about a second."""
+async def _expire_loop(app: FastAPI, store: Store, hub: Hub) -> None:
+    """Groups past their TTL are revoked within about a second; where the owner opted
+    in, their machines are then destroyed at the provider (server/teardown.py)."""
     while True:
         await asyncio.sleep(EXPIRE_SECONDS)
         with contextlib.suppress(CrcError):
             revoked = await store.write(groups_ops.expire_groups)
             if revoked:
                 await hub.revoke(revoked, "group expired (TTL)")
+        with contextlib.suppress(CrcError):
+            await run_due_teardowns(store, getattr(app.state, "teardown_cipher", None))
 
 
 async def _touch_loop(store: Store, hub: Hub) -> None:

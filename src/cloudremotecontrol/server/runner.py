@@ -13,6 +13,7 @@ from ..protocol.limits import HEARTBEAT_SECONDS, MAX_FRAME_BYTES
 from .app import create_app
 from .config import ServerConfig, parse_listen
 from .store.base import open_store
+from .teardown import load_cipher
 
 __all__ = ["serve"]
 
@@ -31,6 +32,7 @@ def serve(cfg: ServerConfig, listen: str, database: str | None, insecure: bool,
     store = open_store(database or cfg.database)
     app = create_app(store, blob_dir=Path(cfg.data_dir) / "blobs")
     app.state.wheel_dir = Path(cfg.data_dir) / "wheels"  # served by /v1/agent/wheels
+    app.state.teardown_cipher = load_cipher(Path(cfg.data_dir))  # opt-in TTL teardown
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(message)s")
     config = uvicorn.Config(
         app, host=host, port=port,

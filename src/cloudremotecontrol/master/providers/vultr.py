@@ -139,6 +139,11 @@ class VultrProvider:
         self._clock = clock
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
 
+    def api_key_for_teardown(self) -> str:
+        """The API key, for a server that destroys the machines when a TTL passes
+        (``on_ttl: destroy``: the user's explicit opt-in)."""
+        return self._key
+
     def __repr__(self) -> str:  # never show the key
         return f"VultrProvider(base_url={self.base_url!r})"
 

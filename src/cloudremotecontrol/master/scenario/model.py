@@ -140,6 +140,7 @@ class Scenario:
     steps: tuple[Step, ...]
     description: str = ""
     digest: str = ""
+    on_ttl: str = "revoke"  # or "destroy": the server destroys the machines (vultr)
 
     def machine(self, name: str) -> MachineDef:
         for m in self.machines:

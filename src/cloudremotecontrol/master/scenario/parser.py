@@ -34,8 +34,8 @@ from .yamlnodes import NodeReader
 
 __all__ = ["ScenarioParser"]
 
-_TOP = ("name", "description", "provider", "defaults", "ttl", "timeouts", "variables",
-        "machines", "steps")
+_TOP = ("name", "description", "provider", "defaults", "ttl", "on_ttl", "timeouts",
+        "variables", "machines", "steps")
 _MACHINE = ("os", "labels", "region", "plan", "image", "provider", "description")
 _STEP = ("name", "description", "to", "needs", "retries", "retry_delay", "timeout",
          "shell", "env", "cwd", *STEP_KINDS)
@@ -87,6 +87,16 @@ class ScenarioParser:
             name = text and _check(r, node, "name", check_name, text, "scenario name")
         settings = self._provider(top)
         ttl = r.duration(top["ttl"][1], "ttl") if "ttl" in top else None
+        on_ttl = "revoke"
+        if "on_ttl" in top:
+            node = top["on_ttl"][1]
+            on_ttl = r.choice(node, "on_ttl", ("revoke", "destroy")) or on_ttl
+            if on_ttl == "destroy" and "ttl" not in top:
+                r.error(node, "on_ttl", "destroy needs a ttl (when to destroy the machines)")
+            elif on_ttl == "destroy" and self.provider != "vultr":
+                r.error(node, "on_ttl", f"the server cannot destroy {self.provider} machines "
+                                        "(they run on the computer that ran `crc up`): "
+                                        "destroy is for the vultr provider")
         ready_timeout = DEFAULT_READY_TIMEOUT
         if "timeouts" in top:
             t = r.mapping(top["timeouts"][1], "timeouts", ("ready", "step")) or {}
@@ -115,7 +125,8 @@ class ScenarioParser:
         if r.problems or name is None:
             return None
         return Scenario(name=name, path=self.path, provider=self.provider,
-                        provider_settings=settings, ttl=ttl, ready_timeout=ready_timeout,
+                        provider_settings=settings, ttl=ttl, on_ttl=on_ttl,
+                        ready_timeout=ready_timeout,
                         machines=tuple(self.machines.values()), variables=self.variables,
                         steps=tuple(steps), description=description, digest=digest)
 

@@ -157,6 +157,7 @@ class Runner:
             c.delete_group(self.group)
             return self._create_group()
         self.view.info(f"group {self.group} exists: resuming", group=self.group, created=False)
+        self._arm_teardown(group)
         return group
 
     def _create_group(self) -> dict[str, Any]:
@@ -170,7 +171,22 @@ class Runner:
                         provider=s.provider, file=str(s.path),
                         keys={m["name"]: m["key"] for m in out["machines"]})
         self.view.info(f"group {self.group} created", group=self.group, created=True)
-        return self.client.group(self.group)
+        group = self.client.group(self.group)
+        self._arm_teardown(group)
+        return group
+
+    def _arm_teardown(self, group: dict[str, Any]) -> None:
+        """``on_ttl: destroy``: before any machine exists, hand the server the provider
+        key, so that the machines go when the TTL passes even if nobody runs `crc down`."""
+        if self.scenario.on_ttl != "destroy" or group.get("teardown"):
+            return
+        api_key = getattr(self.provider, "api_key_for_teardown", None)
+        if api_key is None:
+            raise InvalidInput(f"on_ttl: destroy is not available with the "
+                               f"{self.provider.name} provider")
+        self.client.arm_teardown(self.group, self.provider.name, api_key())
+        self.view.info(f"the server destroys the machines at {self.provider.name} when the "
+                       "TTL passes (on_ttl: destroy)", group=self.group, teardown="armed")
 
     def _startup_script(self, m: MachineDef, key: str) -> str:
         if self.provider.name == "local":

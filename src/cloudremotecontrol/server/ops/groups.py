@@ -115,8 +115,11 @@ def show_group(tx: Tx, user_id: str, name: str) -> dict[str, Any]:
     group = live_group(tx, user_id, name)
     rows = tx.all("SELECT * FROM machines WHERE group_id = ? ORDER BY name", (group["id"],))
     settings = loads(group["settings"]) or {}
+    from .teardown import teardown_view
+
     return {"group": name, "created": group["created"], "expires": group["expires"],
             "expired": bool(settings.get("expired")), "settings": settings,
+            "teardown": teardown_view(tx, group["id"]),
             "machines": [machine_view(r) for r in rows]}
 
 
@@ -125,6 +128,7 @@ def delete_group(tx: Tx, user_id: str, name: str, actor: str = "master") -> list
     group = live_group(tx, user_id, name)
     revoked = _revoke_all(tx, group, "group deleted")
     tx.execute("UPDATE groups SET deleted = ? WHERE id = ?", (now(), group["id"]))
+    tx.execute("DELETE FROM teardowns WHERE group_id = ?", (group["id"],))  # and its key
     add_event(tx, group["id"], "group.deleted", {})
     audit(tx, user_id, _user_name(tx, user_id) if actor == "master" else actor,
           "group.delete", name, {})
@@ -134,8 +138,9 @@ def delete_group(tx: Tx, user_id: str, name: str, actor: str = "master") -> list
 def expire_groups(tx: Tx) -> list[str]:
     """Groups past their TTL: revoke every key and credential and flag the group
     ``expired`` (it stays listed, so its owner sees it and runs `crc down` to destroy the
-    machines at the provider: the server holds no provider credentials). Returns the
-    machine ids revoked. Safe to run from several replicas at once."""
+    machines at the provider, unless the owner opted in to a teardown by the server:
+    ops/teardown.py). Returns the machine ids revoked. Safe to run from several replicas
+    at once."""
     revoked: list[str] = []
     for group in tx.all("SELECT * FROM groups WHERE deleted IS NULL AND expires IS NOT NULL "
                         "AND expires < ?", (now(),)):
@@ -146,9 +151,11 @@ def expire_groups(tx: Tx) -> list[str]:
         settings["expired"] = now()
         tx.execute("UPDATE groups SET settings = ? WHERE id = ?",
                    (dumps(settings), group["id"]))
+        armed = tx.one("SELECT provider FROM teardowns WHERE group_id = ?", (group["id"],))
+        note = (f"the server now destroys the machines at {armed['provider']}" if armed
+                else "machines at the provider still exist: run `crc down`")
         add_event(tx, group["id"], "group.expired",
-                  {"machines_revoked": len(ids),
-                   "note": "machines at the provider still exist: run `crc down`"})
+                  {"machines_revoked": len(ids), "note": note})
         audit(tx, group["user_id"], "server", "group.expire", group["name"],
               {"machines_revoked": len(ids)})
         revoked += ids

@@ -87,7 +87,20 @@ def _v3(d: str) -> list[str]:
     ]
 
 
-MIGRATIONS = [(1, _v1), (2, _v2), (3, _v3)]
+def _v4(d: str) -> list[str]:
+    """Opt-in teardown at the provider when a group's TTL passes (the provider API key,
+    encrypted with the server's teardown key; dropped once the teardown is done)."""
+    real, integer = _REAL[d], _INT[d]
+    return [
+        f"""CREATE TABLE teardowns (
+            group_id TEXT PRIMARY KEY REFERENCES groups(id), provider TEXT NOT NULL,
+            secret TEXT, status TEXT NOT NULL, attempts {integer} NOT NULL DEFAULT 0,
+            next_try {real} NOT NULL DEFAULT 0, claimed_until {real}, last_error TEXT,
+            result TEXT, updated {real} NOT NULL)""",
+    ]
+
+
+MIGRATIONS = [(1, _v1), (2, _v2), (3, _v3), (4, _v4)]
 
 
 def migrate(tx: Tx, dialect: str, raw: Any = None) -> int:
