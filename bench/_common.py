@@ -37,7 +37,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Swarm", "cpu_seconds", "crc_exe", "log", "machine_info", "mib", "pss_kib",
+__all__ = ["Swarm", "cpu_seconds", "crc_exe", "guarded", "log", "machine_info", "mib", "pss_kib",
            "raise_fd_limit", "rss_kib", "sdk_job", "swarm_worker", "write_section"]
 
 
@@ -89,6 +89,27 @@ def cpu_seconds(pid: int, children: bool = False) -> float:
 
 def mib(kib: float) -> float:
     return kib / 1024.0
+
+
+def guarded(name: str, max_seconds: int, work: Callable[[], None],
+            close: Callable[[], None]) -> None:
+    """Run ``work``, then ``close`` whatever happens: SIGTERM, SIGINT or ``max_seconds``
+    passing end ``work`` with SystemExit, and a second Ctrl-C cannot interrupt ``close``
+    (whose waits must be bounded), so nothing the benchmark started is left behind."""
+
+    def bail(signum: int, _frame: Any) -> None:
+        raise SystemExit(f"{name}: stopped by signal {signum}")
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGALRM):
+        signal.signal(sig, bail)
+    signal.alarm(max_seconds)
+    try:
+        work()
+    finally:
+        signal.alarm(0)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, signal.SIG_IGN)
+        close()
 
 
 def machine_info() -> str:

@@ -26,7 +26,6 @@ import argparse
 import datetime as dt
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -39,6 +38,7 @@ from _common import (
     Swarm,
     cpu_seconds,
     crc_exe,
+    guarded,
     log,
     machine_info,
     mib,
@@ -334,25 +334,17 @@ def main(argv: list[str] | None = None) -> int:
     if any(not 1 <= s <= 1000 for s in sizes):
         raise SystemExit("fanout: sizes must be 1..1000 (one group)")
     raise_fd_limit()
-
-    def bail(signum: int, _frame: Any) -> None:
-        raise SystemExit(f"fanout: stopped by signal {signum}")
-
-    signal.signal(signal.SIGTERM, bail)
-    signal.signal(signal.SIGINT, bail)
-    signal.signal(signal.SIGALRM, bail)
-    signal.alarm(args.max_seconds)
     bench = Bench(args)
-    try:
+
+    def work() -> None:
         bench.start()
         bench.time_cli_startup()
         if args.real:
             bench.run_real(args.real)
         for n in sizes:
             bench.run_swarm(n)
-    finally:
-        signal.alarm(0)
-        bench.close()
+
+    guarded("fanout", args.max_seconds, work, bench.close)
     text = table(bench.rows, statistics.median(bench.cli_startup))
     checks = verdicts(bench.rows)
     print(text)

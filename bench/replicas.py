@@ -39,11 +39,9 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import ipaddress
-import json
 import os
 import secrets
 import shutil
-import signal
 import statistics
 import sys
 import tempfile
@@ -55,6 +53,7 @@ from typing import Any
 from _common import (
     Swarm,
     cpu_seconds,
+    guarded,
     log,
     machine_info,
     raise_fd_limit,
@@ -152,21 +151,13 @@ class Config:
         """Start the servers (replicas share the first one's certificate); return the
         benchmark user's token."""
         from cloudremotecontrol.master.client import Client
-        from cloudremotecontrol.master.localrun import ServerProcess, free_port
+        from cloudremotecontrol.master.localrun import ServerProcess
 
         first = ServerProcess(self.work / "r0", database=self.database)
         first.init()
         self.servers.append(first)
         for i in range(1, n_servers):
-            d = self.work / f"r{i}"
-            d.mkdir(parents=True)
-            for name in ("cert.pem", "key.pem"):
-                shutil.copy2(first.data_dir / name, d / name)
-            port = free_port()
-            cfg = json.loads((first.data_dir / "server.json").read_text())
-            cfg.update(url=f"https://127.0.0.1:{port}", listen=f"127.0.0.1:{port}")
-            (d / "server.json").write_text(json.dumps(cfg))
-            self.servers.append(ServerProcess(d, port=port, database=self.database))
+            self.servers.append(first.replica(self.work / f"r{i}"))
         for s in self.servers:
             s.start()
         token = first.add_user("bench")
@@ -468,25 +459,14 @@ def main(argv: list[str] | None = None) -> int:
     if any(k != "sqlite" for k in kinds) and not _loopback(args.postgres):
         raise SystemExit("replicas: --postgres must be on this machine (loopback only)")
     raise_fd_limit()
-
-    def bail(signum: int, _frame: Any) -> None:
-        raise SystemExit(f"replicas: stopped by signal {signum}")
-
-    signal.signal(signal.SIGTERM, bail)
-    signal.signal(signal.SIGINT, bail)
-    signal.signal(signal.SIGALRM, bail)
-    signal.alarm(args.max_seconds)
     bench = Bench(args)
-    try:
+
+    def work() -> None:
         for kind in kinds:
             bench.run(kind)
-    finally:
-        signal.alarm(0)
-        # A second Ctrl-C must not leave servers or agents behind: cleanup's waits are
-        # bounded (15 s per swarm process, 10 s per server).
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, signal.SIG_IGN)
-        bench.close()
+
+    # bench.close() waits at most 15 s per swarm process and 10 s per server.
+    guarded("replicas", args.max_seconds, work, bench.close)
     text = table(bench.rows)
     print(text)
     print("\n".join(details(bench.rows)))

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import shutil
 import time
 from pathlib import Path
 
 from cloudremotecontrol.master.client import Client
-from cloudremotecontrol.master.localrun import AgentProcess, ServerProcess, free_port
+from cloudremotecontrol.master.localrun import AgentProcess, ServerProcess
 
 
 def replicas(tmp: Path, database: str, n: int) -> list[ServerProcess]:
@@ -17,15 +15,7 @@ def replicas(tmp: Path, database: str, n: int) -> list[ServerProcess]:
     first.init()
     out = [first]
     for i in range(1, n):
-        d = tmp / f"r{i}"
-        d.mkdir()
-        for name in ("cert.pem", "key.pem"):
-            shutil.copy2(first.data_dir / name, d / name)
-        port = free_port()
-        cfg = json.loads((first.data_dir / "server.json").read_text())
-        cfg.update(url=f"https://127.0.0.1:{port}", listen=f"127.0.0.1:{port}")
-        (d / "server.json").write_text(json.dumps(cfg))
-        out.append(ServerProcess(d, port=port, database=database))
+        out.append(first.replica(tmp / f"r{i}"))
     for s in out:
         s.start()
     return out

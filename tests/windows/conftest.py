@@ -17,11 +17,8 @@ setup.sh never ran, the tier is skipped with that reason (``pytest -ra`` lists i
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shutil
-import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -29,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from wine_machine import STATE_DIR, WineMachine, WinePrefix, prefix_pids
+from wine_machine import STATE_DIR, WineMachine, WinePrefix, tear_down
 
 from cloudremotecontrol.master.localrun import ServerProcess
 
@@ -101,11 +98,4 @@ def win(wine_template: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
         machine.install_report = json.loads(out.stdout)
         yield machine
     finally:
-        machine.client.close()
-        prefix.close()
-        server.stop()
-        # Nothing of the prefix may outlive the module (Wine's processes included).
-        for pid in prefix_pids(prefix.path):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        shutil.rmtree(prefix.path, ignore_errors=True)
+        tear_down(machine, prefix, server)

@@ -10,18 +10,15 @@ here: see tests/windows/README.md.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import shutil
-import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from wine_machine import PYTHON, WineMachine, WinePrefix, prefix_pids
+from wine_machine import PYTHON, WineMachine, WinePrefix, tear_down
 
 from cloudremotecontrol.bootstrap.package import build_agent_package
 from cloudremotecontrol.master.localrun import ServerProcess
@@ -84,13 +81,7 @@ def boot(wine_template: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
         keys = {m["name"]: m["key"] for m in created["machines"]}
         yield Boot(machine, keys, wheel.name)
     finally:
-        machine.client.close()
-        prefix.close()
-        server.stop()
-        for pid in prefix_pids(prefix.path):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        shutil.rmtree(prefix.path, ignore_errors=True)
+        tear_down(machine, prefix, server)
 
 
 def test_the_python_has_no_pywin32_to_begin_with(boot: Boot) -> None:

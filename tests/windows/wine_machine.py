@@ -3,8 +3,11 @@ enrolled with a server on this machine. See conftest.py."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import shutil
+import signal
 import subprocess
 import time
 from importlib import resources
@@ -150,6 +153,18 @@ def prefix_pids(prefix: Path) -> list[int]:
             except OSError:
                 continue
     return pids
+
+
+def tear_down(machine: WineMachine, prefix: WinePrefix, server: ServerProcess) -> None:
+    """Stop a module's machine, its Wine prefix and server; nothing of the prefix may
+    outlive the module (Wine's processes included)."""
+    machine.client.close()
+    prefix.close()
+    server.stop()
+    for pid in prefix_pids(prefix.path):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    shutil.rmtree(prefix.path, ignore_errors=True)
 
 
 class WineMachine:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -56,6 +57,21 @@ class ServerProcess:
                      "--json"), check=True, capture_output=True, env=self.env)
         cfg = json.loads(out.stdout)
         self.url, self.fingerprint = cfg["url"], cfg["fingerprint"]
+
+    def replica(self, data_dir: Path) -> ServerProcess:
+        """Another server on this one's database, certificate and teardown key (as behind
+        a load balancer), on its own port and data dir (made now; this one is initialised
+        first)."""
+        self.init()
+        d = Path(data_dir)
+        d.mkdir(parents=True)
+        for name in ("cert.pem", "key.pem", "teardown.key"):
+            shutil.copy2(self.data_dir / name, d / name)
+        port = free_port()
+        cfg = json.loads((self.data_dir / "server.json").read_text())
+        cfg.update(url=f"https://127.0.0.1:{port}", listen=f"127.0.0.1:{port}")
+        (d / "server.json").write_text(json.dumps(cfg))
+        return ServerProcess(d, port=port, database=self.database, env=self.env)
 
     def start(self, timeout: float = 30.0) -> ServerProcess:
         self.init()
