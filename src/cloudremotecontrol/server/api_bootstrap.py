@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..bootstrap.package import AgentPackage, agent_package
@@ -110,10 +111,8 @@ async def get_agent_wheel(filename: str, request: Request) -> Response:
     if filename not in wheels:
         raise NotFound(f"no wheel {filename!r} on this server (see GET /v1/agent/wheels)")
     path, digest, _ = wheels[filename]
-    data = await asyncio.to_thread(path.read_bytes)
-    return Response(data, media_type="application/octet-stream",
-                    headers={"X-Crc-Sha256": digest, "Cache-Control": "no-cache",
-                             "Content-Disposition": f'attachment; filename="{filename}"'})
+    return FileResponse(path, media_type="application/octet-stream", filename=filename,
+                        headers={"X-Crc-Sha256": digest, "Cache-Control": "no-cache"})
 
 
 @router.post("/groups/{group}/machines/{machine}/key", status_code=201, tags=["groups"])
