@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 
 
@@ -54,22 +56,50 @@ def test_result_produced_while_server_down_is_delivered(env, tmp_path):
     assert [e["data"]["data"] for e in events if e["type"] == "job.output"] == ["done\n"]
 
 
+def _tagged(tag: str) -> list[int]:
+    pids = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                with open(f"/proc/{entry.name}/cmdline", "rb") as fh:
+                    if fh.read().split(b"\0")[0] == tag.encode():
+                        pids.append(int(entry.name))
+            except OSError:
+                pass
+    return pids
+
+
 def test_agent_killed_mid_job_reports_lost_and_does_not_rerun(env, crc, tmp_path):
     agents = env.group_with_agents("lab", ["a"])
     marker = tmp_path / "starts.txt"
-    started = env.client.start_job("lab", "a", shell="sh",
-                                   command=f"echo start >> {marker}; sleep 30")
+    tag = f"crc-leftover-{os.getpid()}"
+    started = env.client.start_job(
+        "lab", "a", shell="bash",
+        command=f"echo start >> {marker}; (exec -a {tag} sleep 300) & exec -a {tag} sleep 300")
     deadline = time.monotonic() + 20
-    while env.client.job(started["job_id"])["targets"][0]["status"] != "running":
+    while env.client.job(started["job_id"])["targets"][0]["status"] != "running" or \
+            len(_tagged(tag)) < 2:
         assert time.monotonic() < deadline
         time.sleep(0.05)
     agents["a"].kill()
-    env.agent("a", None)
-    job = _wait_job(env.client, started["job_id"])
-    target = job["targets"][0]
-    assert target["status"] == "lost"
-    assert "not re-run" in target["reason"]
-    assert marker.read_text() == "start\n"
+    time.sleep(0.5)
+    assert len(_tagged(tag)) == 2  # kill -9 of the agent alone leaves the job running
+    try:
+        env.agent("a", None)
+        job = _wait_job(env.client, started["job_id"])
+        target = job["targets"][0]
+        assert target["status"] == "lost"
+        assert "not re-run" in target["reason"]
+        # ... and the next agent ends what was left of it (not run twice, not left over).
+        assert "2 process(es) it left running were killed" in target["reason"], target
+        assert marker.read_text() == "start\n"
+        deadline = time.monotonic() + 5
+        while _tagged(tag):
+            assert time.monotonic() < deadline, _tagged(tag)
+            time.sleep(0.05)
+    finally:
+        for pid in _tagged(tag):
+            os.kill(pid, signal.SIGKILL)
     r = crc("run", "lab", "--to", "a", "--", "true")
     assert r.returncode == 0
 

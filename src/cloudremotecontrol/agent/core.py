@@ -122,12 +122,17 @@ class Agent:
     # -- lifecycle ----------------------------------------------------------------------
     async def run(self) -> None:
         """Run until revoked (raises Revoked) or cancelled."""
-        for job_id in self.state.interrupted_jobs():
+        for job_id, proc in self.state.interrupted_jobs():
+            reason = ("the agent stopped (crash, kill or reboot) while the job was running; "
+                      "not re-run")
+            killed = self.platform.kill_leftovers(proc) if proc else 0
+            if killed:
+                reason += f"; {killed} process(es) it left running were killed"
+                log.warning("job %s: killed %d process(es) left running by the previous "
+                            "agent", job_id, killed)
             await self.emit("job.result", {"job_id": job_id, "status": "lost",
-                                           "exit_code": None,
-                                           "reason": "the agent stopped (crash, kill or "
-                                                     "reboot) while the job was running; "
-                                                     "not re-run"}, job_done=job_id)
+                                           "exit_code": None, "reason": reason},
+                            job_done=job_id)
         if not self.gate_ready and self.state.get("ready") != "1":
             self.state.put("ready", "1")
             await self.emit("system.ready", {})
@@ -331,7 +336,8 @@ class Agent:
             await self.emit("job.output", {"job_id": job.job_id, "stream": stream,
                                            "data": data})
 
-        async def started() -> None:
+        async def started(pid: int) -> None:
+            self.state.job_process(job.job_id, self.platform.process_identity(pid))
             await self.emit("job.started", {"job_id": job.job_id})
 
         try:

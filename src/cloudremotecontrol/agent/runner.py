@@ -37,7 +37,7 @@ class JobOutcome:
 
 
 async def run_job(job: JobRun, platform: Platform, emit_output: Emit,
-                  started: Callable[[], Awaitable[None]], cancelled: asyncio.Event,
+                  started: Callable[[int], Awaitable[None]], cancelled: asyncio.Event,
                   extra_env: dict[str, str] | None = None) -> JobOutcome:
     """Run ``job`` to its end; the caller reports the outcome. ``extra_env`` (the
     machine's name, group and job id) is set before the job's own ``env``."""
@@ -71,9 +71,9 @@ async def run_job(job: JobRun, platform: Platform, emit_output: Emit,
 
 
 async def _supervise(job: JobRun, platform: Platform, proc: asyncio.subprocess.Process,
-                     emit_output: Emit, started: Callable[[], Awaitable[None]],
+                     emit_output: Emit, started: Callable[[int], Awaitable[None]],
                      cancelled: asyncio.Event) -> JobOutcome:
-    await started()
+    await started(proc.pid)
     assert proc.stdout is not None and proc.stderr is not None
     readers = [asyncio.create_task(_pump(proc.stdout, "stdout", emit_output,
                                          platform.output_decoder())),

@@ -48,7 +48,7 @@ class AgentState:
             """
             CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY, frame TEXT NOT NULL);
             CREATE TABLE IF NOT EXISTS jobs (job_id TEXT PRIMARY KEY, state TEXT NOT NULL,
-                                             created REAL NOT NULL);
+                                             created REAL NOT NULL, proc TEXT);
             CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
             CREATE TABLE IF NOT EXISTS messages (n INTEGER PRIMARY KEY AUTOINCREMENT,
                                                  type TEXT NOT NULL, sender TEXT NOT NULL,
@@ -56,6 +56,8 @@ class AgentState:
                                                  NOT NULL DEFAULT 0);
             """
         )
+        if "proc" not in {r[1] for r in self.db.execute("PRAGMA table_info(jobs)")}:
+            self.db.execute("ALTER TABLE jobs ADD COLUMN proc TEXT")  # state of an older agent
 
     # -- credential ---------------------------------------------------------------------
     @property
@@ -148,9 +150,16 @@ class AgentState:
         self.db.execute("INSERT INTO jobs (job_id, state, created) VALUES (?, 'done', ?) "
                         "ON CONFLICT(job_id) DO NOTHING", (job_id, time.time()))
 
-    def interrupted_jobs(self) -> list[str]:
-        """Jobs recorded as running by a previous agent process: they died with it."""
-        return [r[0] for r in self.db.execute("SELECT job_id FROM jobs WHERE state = 'running'")]
+    def interrupted_jobs(self) -> list[tuple[str, str | None]]:
+        """Jobs recorded as running by a previous agent process, with what it recorded
+        of their process (``Platform.process_identity``): they were cut off with it."""
+        return [(r[0], r[1]) for r in self.db.execute(
+            "SELECT job_id, proc FROM jobs WHERE state = 'running'")]
+
+    def job_process(self, job_id: str, identity: str | None) -> None:
+        """Record the process of a running job (for ``interrupted_jobs``)."""
+        with self.db:
+            self.db.execute("UPDATE jobs SET proc = ? WHERE job_id = ?", (identity, job_id))
 
     def take_message(self, type: str, sender: str | None) -> dict[str, Any] | None:
         """The oldest unconsumed user message of ``type`` (from ``sender``), consumed now."""

@@ -52,6 +52,16 @@ class Platform(abc.ABC):
         """Called once a job's process has ended and been reaped."""
         return
 
+    def process_identity(self, pid: int) -> str | None:
+        """What the agent records of a running job's process so that, if the agent dies,
+        the next agent can end what is left of the job (None: nothing to record)."""
+        return None
+
+    def kill_leftovers(self, identity: str) -> int:
+        """End the processes left of a job whose agent died (``identity`` from
+        ``process_identity``); return how many were ended."""
+        return 0
+
     def output_decoder(self) -> codecs.IncrementalDecoder:
         """How a job's output bytes become text (the wire is UTF-8)."""
         return codecs.getincrementaldecoder("utf-8")(errors="replace")

@@ -42,7 +42,44 @@ class LinuxPlatform(Platform):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL if force else signal.SIGTERM)
 
+    def process_identity(self, pid: int) -> str | None:
+        start = _proc_stat(pid)
+        return f"{pid}:{start[1]}" if start else None
+
+    def kill_leftovers(self, identity: str) -> int:
+        """Kill every process of the job's session (its setsid leader's pid) that started
+        no earlier than the leader: a reused pid never matches."""
+        try:
+            sid_text, start_text = identity.split(":")
+            sid, start = int(sid_text), int(start_text)
+        except ValueError:
+            return 0
+        killed = 0
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit() or int(entry.name) == os.getpid():
+                continue
+            stat = _proc_stat(int(entry.name))
+            if stat is not None and stat[0] == sid and stat[1] >= start:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(int(entry.name), signal.SIGKILL)
+                    killed += 1
+        return killed
+
     def service_manager(self) -> ServiceManager:
         from .systemd import Systemd
 
         return Systemd()
+
+
+def _proc_stat(pid: int) -> tuple[int, int] | None:
+    """(session id, start time in clock ticks since boot) of ``pid``, from /proc."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            text = fh.read().decode(errors="replace")
+    except OSError:
+        return None
+    fields = text[text.rfind(")") + 2:].split()  # after "pid (comm) "
+    try:
+        return int(fields[3]), int(fields[19])  # session, starttime
+    except (IndexError, ValueError):
+        return None

@@ -1,0 +1,33 @@
+"""Linux: what is left of a job whose agent died is found by session and start time."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from cloudremotecontrol.agent.platform.linux import LinuxPlatform
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
+                                reason="reads /proc (Linux only)")
+
+
+def test_kill_leftovers_ends_the_jobs_session_and_never_a_reused_pid() -> None:
+    plat = LinuxPlatform()
+    proc = subprocess.Popen(["sh", "-c", "sleep 60 & exec sleep 60"], start_new_session=True)
+    try:
+        identity = plat.process_identity(proc.pid)
+        assert identity is not None and identity.startswith(f"{proc.pid}:")
+        pid, start = identity.split(":")
+        # A process that started later than the one recorded (a reused pid): untouched.
+        assert plat.kill_leftovers(f"{pid}:{int(start) + 10**9}") == 0
+        assert plat.kill_leftovers("not an identity") == 0
+        assert proc.poll() is None
+        assert plat.kill_leftovers(identity) == 2  # the leader and its background child
+        assert proc.wait(timeout=5) == -9
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert plat.process_identity(proc.pid) is None  # reaped: nothing to record
