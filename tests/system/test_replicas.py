@@ -9,9 +9,10 @@ from cloudremotecontrol.master.client import Client
 from cloudremotecontrol.master.localrun import AgentProcess, ServerProcess
 
 
-def replicas(tmp: Path, database: str, n: int) -> list[ServerProcess]:
+def replicas(tmp: Path, database: str, n: int, env: dict[str, str] | None = None
+             ) -> list[ServerProcess]:
     """``n`` servers sharing one certificate (as behind a load balancer) and database."""
-    first = ServerProcess(tmp / "r0", database=database)
+    first = ServerProcess(tmp / "r0", database=database, env=env)
     first.init()
     out = [first]
     for i in range(1, n):
@@ -83,3 +84,39 @@ def test_replica_killed_mid_job_the_job_completes_through_another(pg_url, tmp_pa
             agent.stop()
         for s in (a, b):
             s.stop()
+
+
+def test_two_replicas_tear_down_an_expired_group_once_with_the_key_either_can_read(
+        pg_url, tmp_path):
+    """on_ttl: destroy with replicas: the key stored through one replica is read by
+    whichever claims the teardown (same teardown.key), and only one of them does it."""
+    from cloudremotecontrol.master.providers.base import MachineSpec
+    from cloudremotecontrol.master.providers.vultr import VultrProvider
+    from cloudremotecontrol.master.providers.vultr_fake import DEFAULT_API_KEY, FakeVultr
+
+    openapi = Path(__file__).resolve().parents[2].parent / "shared/reference/vultr/openapi-v2.json"
+    fake = FakeVultr(boot=None, openapi_path=openapi, ready_delay=0.1).start()
+    a, b = replicas(tmp_path, pg_url, 2, env={"CRC_VULTR_API_URL": fake.url})
+    try:
+        token = a.add_user("alice")
+        with Client(b.url, token, b.fingerprint) as via_b, \
+                VultrProvider(DEFAULT_API_KEY, fake.url) as vultr:
+            via_b.create_group("shop", ["web", "db"], ttl=3)
+            via_b.arm_teardown("shop", "vultr", DEFAULT_API_KEY)
+            ids = [vultr.create("shop", MachineSpec(name=n, os="linux", region="ewr",
+                                                    plan="vc2-1c-1gb", image="2284"),
+                                "#!/bin/sh\ntrue\n").id for n in ("web", "db")]
+            done = _wait(lambda: (via_b.group("shop")["teardown"] or {}).get("status") == "done"
+                         and via_b.group("shop")["teardown"])
+            assert sorted(done["result"]["destroyed"]) == sorted(ids) and done["attempts"] == 1
+            deletes = sorted(q.path for q in fake.requests if q.method == "DELETE"
+                             and q.path.startswith("/instances/"))
+            assert deletes == sorted(f"/instances/{i}" for i in ids)  # each exactly once
+            statuses = [e["data"]["status"] for e in via_b.events("shop")
+                        if e["type"] == "group.teardown"]
+            assert statuses == ["running", "done"], statuses
+            assert vultr.list("shop") == []
+    finally:
+        for s in (a, b):
+            s.stop()
+        fake.stop()
