@@ -171,3 +171,30 @@ def test_arming_needs_a_ttl_a_known_provider_and_the_owner(cloud):
     with pytest.raises(Conflict, match="expired"):
         cloud.client.arm_teardown("old", "vultr", "k")
 
+
+
+def test_a_teardown_cut_off_by_a_server_crash_is_taken_up_at_restart(cloud):
+    """SQLite: one server alone on its database. Killed (-9) while it was destroying the
+    machines, it leaves the teardown claimed; the restarted server takes it up at once
+    rather than when the claim would run out (10 minutes)."""
+    import sqlite3
+
+    cloud.client.create_group("shop", ["web"], ttl=3600)
+    cloud.client.arm_teardown("shop", "vultr", DEFAULT_API_KEY)
+    ids = cloud.instances("shop", ["web"])
+    cloud.server.proc.kill()  # kill -9
+    cloud.server.proc.wait()
+    # The state a kill in the middle of the teardown leaves: the TTL passed, the group is
+    # expired and revoked, the teardown claimed by the dead process.
+    now = time.time()
+    with sqlite3.connect(cloud.server.data_dir / "crc.db") as db:
+        db.execute("UPDATE groups SET expires = ?, settings = json_set(settings, "
+                   "'$.expired', ?) WHERE name = 'shop'", (now - 5, now - 5))
+        db.execute("UPDATE teardowns SET status = 'running', attempts = 1, "
+                   "claimed_until = ?", (now + 600,))
+    cloud.server.start()
+    cloud.client.close()
+    cloud.client = Client(cloud.server.url, cloud.token, cloud.server.fingerprint)
+    done = cloud.teardown("shop", "done", timeout=20)
+    assert done["result"]["destroyed"] == ids and done["attempts"] == 2, done
+    assert cloud.vultr.list("shop") == []

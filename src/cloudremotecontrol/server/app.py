@@ -25,6 +25,7 @@ from .blobs import BlobStore
 from .hub import EventBus, Hub
 from .ops import delivery
 from .ops import groups as groups_ops
+from .ops import teardown as teardown_ops
 from .store.base import Store
 from .teardown import run_due_teardowns
 
@@ -97,6 +98,8 @@ def create_app(store: Store, *, replica: str | None = None,
         await store.start()
         await store.write(delivery.mark_all_offline,
                           None if store.dialect == "sqlite" else app.state.replica)
+        if store.dialect == "sqlite":  # alone on its database: its old claims are void
+            await store.write(teardown_ops.release_claims)
         async with asyncio.TaskGroup() as tg:
             toucher = tg.create_task(_touch_loop(store, hub))
             expirer = tg.create_task(_expire_loop(app, store, hub))

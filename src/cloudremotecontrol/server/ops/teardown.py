@@ -22,6 +22,7 @@ __all__ = [
     "claim_teardowns",
     "disarm_teardown",
     "finish_teardown",
+    "release_claims",
     "teardown_view",
 ]
 
@@ -109,6 +110,16 @@ def claim_teardowns(tx: Tx) -> list[dict[str, Any]]:
                     "provider": r["provider"], "secret": r["secret"],
                     "attempts": int(claimed["attempts"])})
     return out
+
+
+def release_claims(tx: Tx) -> int:
+    """At the start of a server that is alone on its database (SQLite): a teardown it was
+    running when it died is due again now, not when its claim would have run out."""
+    rows = tx.all("SELECT group_id FROM teardowns WHERE status = 'running'", ())
+    tx.execute("UPDATE teardowns SET status = 'retry', next_try = 0, claimed_until = NULL, "
+               "last_error = 'the server stopped during the teardown' "
+               "WHERE status = 'running'")
+    return len(rows)
 
 
 def finish_teardown(tx: Tx, group_id: str, attempts: int, result: dict[str, Any] | None,
