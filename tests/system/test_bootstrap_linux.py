@@ -412,3 +412,46 @@ def test_the_server_serves_the_wheels_its_operator_put_in_data_dir_wheels(env, t
     status, body, _ = get("/v1/agent/wheels/..%2Fserver.log")  # not a route at all
     assert status == 404 and json.loads(body)["error"]["message"].startswith(
         "no endpoint GET /v1/agent/"), body
+
+
+@pytest.mark.root
+@needs_root
+def test_group_deleted_with_uninstall_on_delete_removes_the_service_and_its_state(
+        env, crc, vm, tmp_path):
+    env.client.create_group("vm", ["web"], settings={"uninstall_on_delete": True})
+    script = _bootstrap(crc, tmp_path, "web")
+    first = vm.run("bash", str(script))
+    assert first.returncode == 0, first.stderr + vm.journal()
+    env.wait_state("vm", ["web"], "ready")
+    pid = vm.agent_pid()
+    assert pid is not None and vm.path("/var/lib/crc-agent/service.json").exists()
+    calls_before = len(vm.systemctl_calls())
+
+    res = crc("group", "delete", "vm")
+    assert res.returncode == 0, res.stderr
+
+    deadline = time.monotonic() + 20
+    while vm.agent_pid() is not None or vm.path("/var/lib/crc-agent").exists():
+        assert time.monotonic() < deadline, vm.journal()
+        time.sleep(0.1)
+    assert not vm.path("/etc/systemd/system/crc-agent.service").exists()
+    calls = vm.systemctl_calls()[calls_before:]
+    # Disabled and removed by the agent itself, without `--now` (which would have killed
+    # it halfway): it ended on its own, exit 0, which the unit does not restart.
+    assert ["disable", "--quiet", "crc-agent"] in calls, calls
+    assert ["daemon-reload"] in calls and not any("--now" in c for c in calls), calls
+    assert "service crc-agent removed" in vm.journal(), vm.journal()
+    # The agent's code stays where the bootstrap put it.
+    assert vm.path("/opt/crc-agent/venv/bin/python").exists()
+
+
+def test_uninstall_on_delete_leaves_an_agent_that_is_not_a_service_alone(env, tmp_path):
+    out = env.client.create_group("plain", ["p"], settings={"uninstall_on_delete": True})
+    agent = env.agent("p", out["machines"][0]["key"])
+    env.wait_state("plain", ["p"], "ready")
+    env.client.delete_group("plain")
+    assert agent.proc.wait(timeout=20) == 0
+    assert "stopping: group 'plain' deleted" in agent.log()
+    # Not installed as a service (no service.json): its state stays, nothing is removed.
+    assert (agent.state_dir / "credential.json").exists()
+    assert "removed" not in agent.log()

@@ -120,3 +120,27 @@ def test_two_replicas_tear_down_an_expired_group_once_with_the_key_either_can_re
         for s in (a, b):
             s.stop()
         fake.stop()
+
+
+def test_an_agent_on_one_replica_stops_when_its_group_is_deleted_through_another(
+        pg_url, tmp_path):
+    """The replica holding the connection learns of the revocation at its next touch of
+    its connected machines (every 30 s) and closes it; the agent stops (exit 0)."""
+    a, b = replicas(tmp_path, pg_url, 2)
+    agent = None
+    try:
+        token = a.add_user("alice")
+        with Client(a.url, token, a.fingerprint) as via_a, \
+                Client(b.url, token, b.fingerprint) as via_b:
+            out = via_a.create_group("lab", ["m"])
+            agent = AgentProcess(tmp_path / "m", a.url, out["machines"][0]["key"],
+                                 a.fingerprint).start()
+            _wait(lambda: via_a.group("lab")["machines"][0]["state"] == "ready")
+            via_b.delete_group("lab")
+            assert agent.proc.wait(timeout=45) == 0
+            assert "stopping: group 'lab' deleted" in agent.log(), agent.log()
+    finally:
+        if agent is not None:
+            agent.stop()
+        for s in (a, b):
+            s.stop()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -77,7 +78,8 @@ def boot(wine_template: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
     machine = WineMachine(server, prefix, tmp)
     try:
         prefix.start()
-        created = machine.client.create_group("g", ["win", "w2"])
+        created = machine.client.create_group("g", ["win", "w2"],
+                                              settings={"uninstall_on_delete": True})
         keys = {m["name"]: m["key"] for m in created["machines"]}
         yield Boot(machine, keys, wheel.name)
     finally:
@@ -151,3 +153,17 @@ def test_running_it_again_changes_nothing(boot: Boot) -> None:
     assert record.read_bytes() == before
     assert _service_pid(boot) == pid  # the running service was left alone
     assert boot.m.wait_state("ready")["state"] == "ready"
+
+
+def test_deleting_the_group_makes_the_service_remove_itself(boot: Boot) -> None:
+    """uninstall_on_delete: the service marks itself for deletion and stops; the Service
+    Control Manager then removes it, and its state is gone (the code stays)."""
+    assert boot.m.prefix.sc_state() == "RUNNING"
+    boot.m.client.delete_group("g")
+    deadline = time.monotonic() + 60
+    while boot.m.prefix.sc_state() is not None or boot.m.prefix.pids(
+            "cloudremotecontrol.agent.winservice"):
+        assert time.monotonic() < deadline, boot.m.prefix.diagnose()
+        time.sleep(0.5)
+    assert not boot.m.prefix.host_path(STATE_DIR).exists()
+    assert boot.m.prefix.host_path(PREFIX + r"\installed.json").exists()

@@ -36,8 +36,15 @@ FACTS_SECONDS = 30.0
 
 
 class Revoked(CrcError):
+    """The server revoked this machine; ``uninstall``: its group asked the agent to
+    remove its service too (``uninstall_on_delete``)."""
+
     code = "revoked"
     exit_code = 0
+
+    def __init__(self, message: str, uninstall: bool = False) -> None:
+        super().__init__(message)
+        self.uninstall = uninstall
 
 
 def _ws_url(url: str) -> str:
@@ -264,7 +271,8 @@ class Agent:
         if kind == "ack":
             self.state.acked(frame["seq"])
         elif kind == "revoked":
-            raise Revoked(str(frame.get("reason") or "machine revoked"))
+            raise Revoked(str(frame.get("reason") or "machine revoked"),
+                          uninstall=frame.get("uninstall") is True)
         elif kind == "error":
             log.warning("server reported: %s", frame.get("error"))
         elif kind == "msg":

@@ -27,7 +27,9 @@ from .platform import Platform
 from .platform.services import SERVICE_NAME, ServiceManager, ServiceSpec
 from .state import AgentState, Credential
 
-__all__ = ["agent_command", "install_agent", "uninstall_agent"]
+__all__ = ["SERVICE_MARKER", "agent_command", "install_agent", "uninstall_agent"]
+
+SERVICE_MARKER = "service.json"  # in the state dir: this agent is the installed service
 
 log = logging.getLogger("crc.agent")
 
@@ -110,6 +112,11 @@ def install_agent(platform: Platform, state_dir: Path, *, url: str | None = None
                        description=f"CloudRemoteControl agent ({cred.group}/{cred.machine} "
                                    f"at {cred.url})")
     mgr = manager or platform.service_manager()
+    # The agent this service runs knows it is one (for a group's uninstall_on_delete).
+    marker = state_dir / SERVICE_MARKER
+    text = json.dumps({"service": spec.name, "manager": mgr.kind})
+    if not marker.exists() or marker.read_text() != text:
+        marker.write_text(text)
     change = mgr.install(spec, restart=restart)
     return {"service": spec.name, "manager": mgr.kind, "definition": change.location,
             "definition_changed": change.definition_changed, "action": change.action,
@@ -118,12 +125,15 @@ def install_agent(platform: Platform, state_dir: Path, *, url: str | None = None
 
 
 def uninstall_agent(platform: Platform, state_dir: Path, *, purge: bool = False,
-                    manager: ServiceManager | None = None) -> dict[str, Any]:
-    """Stop and remove the service; with ``purge`` also the credential and queue."""
+                    manager: ServiceManager | None = None, stop: bool = True
+                    ) -> dict[str, Any]:
+    """Stop and remove the service; with ``purge`` also the credential and queue. With
+    ``stop=False``: the service's own agent removing it as it exits."""
     mgr = manager or platform.service_manager()
-    removed = mgr.uninstall(SERVICE_NAME)
+    removed = mgr.uninstall(SERVICE_NAME, stop=stop)
     purged = False
     state_dir = Path(state_dir)
+    (state_dir / SERVICE_MARKER).unlink(missing_ok=True)
     if purge and state_dir.exists():
         if not any((state_dir / n).exists() for n in ("credential.json", "agent.db")):
             raise InvalidInput(f"{state_dir} does not look like an agent state directory "

@@ -15,6 +15,7 @@ from ..protocol.names import check_message_type
 from . import sdnotify
 from .control import ControlServer
 from .core import Agent, Revoked, load_or_enroll
+from .install import SERVICE_MARKER
 from .platform import current
 from .state import AgentState
 
@@ -33,6 +34,7 @@ def run_agent(state_dir: Path, url: str | None, key: str | None, fingerprint: st
     with a function that stops it from any thread."""
     platform = current()
     state = AgentState(state_dir, protect=platform.protect_file)
+    uninstall = False
     try:
         if state.get("revoked"):
             raise Revoked(f"this machine was revoked ({state.get('revoked')}); remove "
@@ -44,10 +46,28 @@ def run_agent(state_dir: Path, url: str | None, key: str | None, fingerprint: st
             asyncio.run(_main(agent, state_dir, on_started))
         except Revoked as exc:
             state.put("revoked", exc.message)
+            uninstall = exc.uninstall and (Path(state_dir) / SERVICE_MARKER).exists()
             raise
         return "stopped"
     finally:
         state.close()
+        if uninstall:
+            _uninstall_self(platform, Path(state_dir))
+
+
+def _uninstall_self(platform: Any, state_dir: Path) -> None:
+    """The group was deleted with ``uninstall_on_delete``: remove this agent's service
+    (disabled, definition removed; it ends as this process exits) and its state (the
+    credential is revoked anyway). The agent's code stays where the bootstrap put it."""
+    from .install import uninstall_agent
+
+    try:
+        out = uninstall_agent(platform, state_dir, purge=True, stop=False)
+    except Exception as exc:  # noqa: BLE001 -- logged; the agent stops either way
+        log.error("could not uninstall the agent's service: %s", exc)
+        return
+    log.warning("group deleted with uninstall_on_delete: service %s removed (%s), state "
+                "%s removed", out["service"], out["manager"], out["state_dir"])
 
 
 async def _main(agent: Agent, state_dir: Path,

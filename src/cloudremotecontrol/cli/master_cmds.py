@@ -74,9 +74,13 @@ def group() -> None:
                    "change address.")
 @click.option("--hosts-ip", type=click.Choice(["auto", "private", "public"]), default="auto",
               show_default=True, help="With --sync-hosts: which address to list.")
+@click.option("--uninstall-on-delete", is_flag=True,
+              help="When the group is deleted, agents installed as a service remove the "
+                   "service and their state (not just stop).")
 @json_option
 def group_create(name: str, machines: str, labels: tuple[str, ...], ttl: str | None,
-                 key_ttl: str | None, sync_hosts: bool, hosts_ip: str, as_json: bool) -> None:
+                 key_ttl: str | None, sync_hosts: bool, hosts_ip: str,
+                 uninstall_on_delete: bool, as_json: bool) -> None:
     """Create group NAME and print each machine's single-use key (shown once)."""
     from ..protocol.names import parse_labels
 
@@ -89,7 +93,10 @@ def group_create(name: str, machines: str, labels: tuple[str, ...], ttl: str | N
                                "machine of --machines")
         per[machine].update(parse_labels(kv))
     with _client() as c:
-        settings = {"sync_hosts": True, "hosts_ip": hosts_ip} if sync_hosts else {}
+        settings: dict[str, Any] = {"sync_hosts": True, "hosts_ip": hosts_ip} if sync_hosts \
+            else {}
+        if uninstall_on_delete:
+            settings["uninstall_on_delete"] = True
         out = c.create_group(name, [{"name": n, "labels": per[n]} for n in names],
                              key_ttl=_duration(key_ttl), ttl=_duration(ttl), settings=settings)
     if as_json:

@@ -192,5 +192,6 @@ async def _touch_loop(store: Store, hub: Hub) -> None:
         ids = list(hub.links)
         with contextlib.suppress(CrcError):
             if ids:
-                await store.write(delivery.touch_machines, ids)
+                for mid, reason, uninstall in await store.write(delivery.touch_machines, ids):
+                    await hub.revoke([mid], reason, uninstall)
             await store.write(delivery.sweep_stale, 3 * TOUCH_SECONDS)

@@ -105,13 +105,18 @@ class Hub:
             if link is not None:
                 link.offer(seq, frame)
 
-    async def revoke(self, machine_ids: list[str], reason: str) -> None:
+    async def revoke(self, machine_ids: list[str], reason: str,
+                     uninstall: bool = False) -> None:
+        """Tell the connected ones (``uninstall``: and have them remove their service),
+        then close them."""
         from ..protocol.messages import encode_frame
 
+        frame = {"type": "revoked", "reason": reason, **({"uninstall": True} if uninstall
+                                                          else {})}
         for mid in machine_ids:
             link = self.links.get(mid)
             if link is not None:
-                link.send_control(encode_frame({"type": "revoked", "reason": reason}))
+                link.send_control(encode_frame(frame))
                 await asyncio.sleep(0)
                 with contextlib.suppress(Exception):
                     await link.close(4403, reason)

@@ -6,7 +6,8 @@ would do with it, for the verbs the agent's Systemd manager uses (daemon-reload,
 is-enabled, enable, disable [--now], is-active, start, stop, restart, reset-failed):
 
 * ``start`` runs ``ExecStart=`` in a new session with systemd's clean environment
-  (``PATH``, ``Environment=``, ``NOTIFY_SOCKET``, ``WATCHDOG_USEC``), output appended to
+  (``PATH``, ``Environment=``, ``NOTIFY_SOCKET``, ``WATCHDOG_USEC``, plus the variables
+  that lead to this stand-in, so the service's own systemctl calls reach it), output appended to
   a journal file, and for ``Type=notify`` waits for the real ``READY=1`` datagram on its
   own notify socket (failing if the process exits first or ``TimeoutStartSec=`` passes);
 * state (enabled flag, main PID, journal, every call) lives in ``CRC_FAKE_SYSTEMD_STATE``.
@@ -90,6 +91,10 @@ def start(name):
         print(f"Failed to start {name}.service: Unit {name}.service not found.", file=sys.stderr)
         return 5
     env = {"PATH": SYSTEMD_PATH, "LANG": "C.UTF-8", "INVOCATION_ID": os.urandom(16).hex()}
+    # A real service reaches the real systemctl; this one reaches this stand-in.
+    for key in ("CRC_SYSTEMCTL", "CRC_FAKE_SYSTEMD_STATE", "CRC_SYSTEMD_DIR"):
+        if key in os.environ:
+            env[key] = os.environ[key]
     for item in service.get("Environment", []):
         for assignment in shlex.split(item):
             key, _, value = assignment.partition("=")

@@ -137,12 +137,13 @@ class WindowsServices(ServiceManager):
             self._wait_state(spec.name, "RUNNING")
         return ServiceChange(spec.name, changed, action)
 
-    def uninstall(self, name: str = SERVICE_NAME) -> bool:
+    def uninstall(self, name: str = SERVICE_NAME, stop: bool = True) -> bool:
         if self.state(name) is None:
             return False
-        self._sc("stop", name, ok=(0, ERROR_SERVICE_NOT_ACTIVE))
-        self._wait_state(name, "STOPPED")
-        self._sc("delete", name)
+        if stop:
+            self._sc("stop", name, ok=(0, ERROR_SERVICE_NOT_ACTIVE))
+            self._wait_state(name, "STOPPED")
+        self._sc("delete", name)  # a running service goes once it has stopped
         return True
 
 

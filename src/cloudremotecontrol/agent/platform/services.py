@@ -56,8 +56,10 @@ class ServiceManager(abc.ABC):
         (restarted if its definition changed or ``restart``). Returns once it is up."""
 
     @abc.abstractmethod
-    def uninstall(self, name: str = SERVICE_NAME) -> bool:
-        """Stop, disable and remove the service; False if it was not installed."""
+    def uninstall(self, name: str = SERVICE_NAME, stop: bool = True) -> bool:
+        """Stop, disable and remove the service; False if it was not installed. With
+        ``stop=False`` (the service removing itself as it exits) it is disabled and its
+        definition removed, but left to end on its own."""
 
     @abc.abstractmethod
     def is_active(self, name: str = SERVICE_NAME) -> bool:

@@ -136,15 +136,16 @@ class Systemd(ServiceManager):
             action = "started"
         return ServiceChange(str(path), changed, action)
 
-    def uninstall(self, name: str = SERVICE_NAME) -> bool:
+    def uninstall(self, name: str = SERVICE_NAME, stop: bool = True) -> bool:
         path = self.unit_path(name)
         if not path.exists():
             return False
         self._check_running_systemd()
-        self._systemctl("disable", "--now", "--quiet", name, check=False)
+        self._systemctl("disable", *(["--now"] if stop else []), "--quiet", name, check=False)
         path.unlink()
         self._systemctl("daemon-reload")
-        self._systemctl("reset-failed", name, check=False)
+        if stop:
+            self._systemctl("reset-failed", name, check=False)
         return True
 
     def is_active(self, name: str = SERVICE_NAME) -> bool:

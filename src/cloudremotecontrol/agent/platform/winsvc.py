@@ -205,14 +205,15 @@ class Win32Services(ServiceManager):
         finally:
             win32api.CloseHandle(process)
 
-    def uninstall(self, name: str = SERVICE_NAME) -> bool:
+    def uninstall(self, name: str = SERVICE_NAME, stop: bool = True) -> bool:
         scm = self._scm()
         try:
             handle = self._open(scm, name)
             if handle is None:
                 return False
             try:
-                self._stop(handle, name)
+                if stop:  # else: marked for deletion, gone once it has stopped
+                    self._stop(handle, name)
                 try:
                     self.ws.DeleteService(handle)
                 except self.error as exc:

@@ -90,10 +90,23 @@ def sweep_stale(tx: Tx, older_than: float) -> int:
     return len(rows)
 
 
-def touch_machines(tx: Tx, machine_ids: list[str]) -> None:
+def touch_machines(tx: Tx, machine_ids: list[str]) -> list[tuple[str, str, bool]]:
+    """Record that these connected machines are alive; return ``(id, reason,
+    uninstall)`` for those revoked meanwhile (by another replica: this one closes them)."""
     t = now()
+    revoked = []
     for mid in machine_ids:
         tx.execute("UPDATE machines SET last_seen = ? WHERE id = ?", (t, mid))
+        row = tx.one("SELECT m.state, g.name, g.deleted, g.settings FROM machines m "
+                     "JOIN groups g ON g.id = m.group_id WHERE m.id = ?", (mid,))
+        if row is not None and row["state"] == "revoked":
+            settings = loads(row["settings"]) or {}
+            if row["deleted"] is not None:
+                revoked.append((mid, f"group {row['name']!r} deleted",
+                                bool(settings.get("uninstall_on_delete"))))
+            else:
+                revoked.append((mid, "machine revoked", False))
+    return revoked
 
 
 def outbox_after(tx: Tx, machine_id: str, after: int, limit: int = 500
