@@ -144,3 +144,45 @@ def test_an_agent_on_one_replica_stops_when_its_group_is_deleted_through_another
             agent.stop()
         for s in (a, b):
             s.stop()
+
+
+def test_files_cross_replicas_without_a_shared_disk(pg_url, tmp_path):
+    """A file pushed through replica B reaches an agent connected to replica A (A has it
+    only in the database), and a file the agent uploads through A is downloaded through
+    B: each replica has its own data dir, nothing shared but PostgreSQL."""
+    import hashlib
+    import os
+
+    a, b = replicas(tmp_path, pg_url, 2)
+    agent = None
+    try:
+        token = a.add_user("alice")
+        with Client(a.url, token, a.fingerprint) as via_a, \
+                Client(b.url, token, b.fingerprint) as via_b:
+            out = via_a.create_group("lab", ["m"])
+            agent = AgentProcess(tmp_path / "m", a.url, out["machines"][0]["key"],
+                                 a.fingerprint).start()
+            _wait(lambda: via_a.group("lab")["machines"][0]["state"] == "ready")
+            src = tmp_path / "payload.bin"
+            src.write_bytes(os.urandom(3 * (1 << 20) + 12345))  # 4 chunks, the last short
+            sha = hashlib.sha256(src.read_bytes()).hexdigest()
+            dest = tmp_path / "on-m" / "payload.bin"
+            dest.parent.mkdir()
+            job = via_b.push("lab", "m", str(src), str(dest))
+            assert not (a.data_dir / "blobs" / sha[:2] / sha).exists()  # B has it, A not
+            events = list(via_a.follow_job(job["job_id"], ["m"]))
+            assert events[-1]["data"]["status"] == "succeeded", events
+            assert dest.read_bytes() == src.read_bytes()
+            assert (a.data_dir / "blobs" / sha[:2] / sha).is_file()  # fetched, then cached
+            # The other way: the agent uploads through A, the master downloads through B.
+            pull = via_b.start_pull("lab", "m", str(dest))
+            events = list(via_b.follow_job(pull["job_id"], ["m"]))
+            assert events[-1]["data"]["status"] == "succeeded", events
+            back = tmp_path / "back.bin"
+            assert via_b.download_pulled(pull["job_id"], str(back))["sha256"] == sha
+            assert back.read_bytes() == src.read_bytes()
+    finally:
+        if agent is not None:
+            agent.stop()
+        for s in (a, b):
+            s.stop()

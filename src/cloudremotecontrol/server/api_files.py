@@ -50,7 +50,7 @@ async def blob_known(sha256: str, user: Master, request: Request) -> Response:
     """200 if you already uploaded this content (no need to upload again), else 404."""
     check_sha256(sha256)
     size = await _store(request).read(file_ops.blob_size, user["user_id"], sha256)
-    if size is None or not _blobs(request).exists(sha256):
+    if size is None or not await _blobs(request).exists(sha256):
         return Response(status_code=404)
     return Response(status_code=200, headers={"Content-Length": str(size)})
 
@@ -70,7 +70,8 @@ async def download_blob(sha256: str, user: Master, request: Request) -> FileResp
     check_sha256(sha256)
     if await _store(request).read(file_ops.blob_size, user["user_id"], sha256) is None:
         raise NotFound(f"no file {sha256}")
-    return FileResponse(_blobs(request).path(sha256), media_type="application/octet-stream")
+    return FileResponse(await _blobs(request).local_path(sha256),
+                        media_type="application/octet-stream")
 
 
 @router.post("/groups/{group}/files", status_code=201, tags=["files"])
@@ -98,7 +99,8 @@ async def agent_blob(sha256: str, m: Machine, request: Request) -> FileResponse:
     """The content of an open push to this machine (Range requests supported)."""
     check_sha256(sha256)
     await _store(request).read(file_ops.machine_may_read, m["id"], sha256)
-    return FileResponse(_blobs(request).path(sha256), media_type="application/octet-stream")
+    return FileResponse(await _blobs(request).local_path(sha256),
+                        media_type="application/octet-stream")
 
 
 @router.put("/agent/uploads/{job_id}", tags=["agent"])

@@ -120,7 +120,8 @@ def create_app(store: Store, *, replica: str | None = None,
     app.state.hub = hub
     app.state.bus = bus
     app.state.replica = replica or uuid.uuid4().hex[:12]
-    app.state.blobs = BlobStore(blob_dir or Path(tempfile.mkdtemp(prefix="crc-blobs-")))
+    app.state.blobs = BlobStore(blob_dir or Path(tempfile.mkdtemp(prefix="crc-blobs-")),
+                                shared=store if store.dialect == "postgresql" else None)
     app.include_router(api.router)
     app.include_router(api_files.router)
     app.include_router(api_kv.router)

@@ -4,6 +4,11 @@ Files are streamed to a temporary file while hashed, then renamed to
 ``blobs/<sha[:2]>/<sha>``: a blob is either complete and verified or absent. The same
 content is stored once, whoever uploads it; who may use a blob is recorded in the
 database (``blob_owners``), so knowing a hash never grants access to its content.
+
+With ``shared`` (the PostgreSQL store of several replicas) the content also goes into
+the database in 1 MiB chunks (ops/blobdb.py) before the upload is answered, and a
+replica that lacks a blob on its disk fetches it from there (checking its SHA-256) the
+first time it serves it: replicas need no shared filesystem.
 """
 
 from __future__ import annotations
@@ -16,9 +21,13 @@ import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from ..errors import InvalidInput, TooLarge
+from ..errors import InvalidInput, NotFound, TooLarge
+from .ops import blobdb
+from .store.base import Store
 
 __all__ = ["BlobStore", "check_sha256"]
+
+CHUNK = 1 << 20
 
 _SHA = re.compile(r"^[0-9a-f]{64}$")
 
@@ -31,16 +40,65 @@ def check_sha256(value: str) -> str:
 
 
 class BlobStore:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, shared: Store | None = None) -> None:
         self.root = Path(root)
+        self.shared = shared
         (self.root / "tmp").mkdir(parents=True, exist_ok=True)
 
     def path(self, sha: str) -> Path:
         check_sha256(sha)
         return self.root / sha[:2] / sha
 
-    def exists(self, sha: str) -> bool:
+    async def exists(self, sha: str) -> bool:
+        """Whether the content is stored (with replicas: in the database)."""
+        if self.shared is not None:
+            return await self.shared.read(blobdb.blob_info, check_sha256(sha)) is not None
         return self.path(sha).is_file()
+
+    async def local_path(self, sha: str) -> Path:
+        """The blob on this server's disk, fetched from the database first if it is only
+        there (another replica took the upload); NotFound if it is nowhere."""
+        final = self.path(sha)
+        if final.is_file():
+            return final
+        info = await self.shared.read(blobdb.blob_info, sha) if self.shared else None
+        if info is None:
+            raise NotFound(f"no content {sha} on this server")
+        size, chunks = info
+        digest = hashlib.sha256()
+        fd, tmp = tempfile.mkstemp(dir=self.root / "tmp")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                for n in range(chunks):
+                    data = await self.shared.read(blobdb.blob_chunk, sha, n)  # type: ignore[union-attr]
+                    if data is None:
+                        raise NotFound(f"content {sha} is incomplete in the database")
+                    digest.update(data)
+                    fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+                written = fh.tell()
+            if digest.hexdigest() != sha or written != size:
+                raise InvalidInput(f"content {sha} in the database does not match its hash",
+                                   code="hash_mismatch")
+            final.parent.mkdir(exist_ok=True)
+            os.replace(tmp, final)
+            return final
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+
+    async def _share(self, sha: str, size: int) -> None:
+        """Copy a verified local blob into the database (once)."""
+        assert self.shared is not None
+        if await self.shared.read(blobdb.blob_info, sha) is not None:
+            return
+        n = 0
+        with open(self.path(sha), "rb") as fh:
+            while data := fh.read(CHUNK):
+                await self.shared.write(blobdb.blob_put_chunk, sha, n, data)
+                n += 1
+        await self.shared.write(blobdb.blob_complete, sha, size, n)
 
     async def put(self, chunks: AsyncIterator[bytes], expected_sha: str | None,
                   limit: int) -> tuple[str, int]:
@@ -66,6 +124,8 @@ class BlobStore:
             final = self.path(sha)
             final.parent.mkdir(exist_ok=True)
             os.replace(tmp, final)
+            if self.shared is not None:
+                await self._share(sha, size)
             return sha, size
         finally:
             with contextlib.suppress(FileNotFoundError):

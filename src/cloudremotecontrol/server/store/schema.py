@@ -100,7 +100,22 @@ def _v4(d: str) -> list[str]:
     ]
 
 
-MIGRATIONS = [(1, _v1), (2, _v2), (3, _v3), (4, _v4)]
+def _v5(d: str) -> list[str]:
+    """File contents in the database too, so that several replicas need no shared disk
+    (PostgreSQL; a single SQLite server keeps them on its disk only)."""
+    real, integer = _REAL[d], _INT[d]
+    data = {"sqlite": "BLOB", "postgresql": "BYTEA"}[d]
+    return [
+        f"""CREATE TABLE blob_chunks (
+            sha TEXT NOT NULL, n {integer} NOT NULL, data {data} NOT NULL,
+            PRIMARY KEY (sha, n))""",
+        f"""CREATE TABLE blobs (
+            sha TEXT PRIMARY KEY, size {integer} NOT NULL, chunks {integer} NOT NULL,
+            created {real} NOT NULL)""",
+    ]
+
+
+MIGRATIONS = [(1, _v1), (2, _v2), (3, _v3), (4, _v4), (5, _v5)]
 
 
 def migrate(tx: Tx, dialect: str, raw: Any = None) -> int:
