@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from cloudremotecontrol.master.client import Client
@@ -30,29 +32,39 @@ def _wait(pred, timeout=30.0):
     return value
 
 
-def test_job_through_one_replica_reaches_an_agent_on_another(pg_url, tmp_path):
-    a, b, c = replicas(tmp_path, pg_url, 3)
+@contextlib.contextmanager
+def lab(tmp: Path, database: str, n: int
+        ) -> Iterator[tuple[list[ServerProcess], list[Client], AgentProcess]]:
+    """``n`` replicas, alice's client on each, and group lab whose machine m has its
+    agent connected to the first replica, ready; all stopped at the end."""
+    servers = replicas(tmp, database, n)
+    clients: list[Client] = []
     agent = None
     try:
-        token = a.add_user("alice")
-        with Client(a.url, token, a.fingerprint) as via_a, \
-                Client(b.url, token, b.fingerprint) as via_b, \
-                Client(c.url, token, c.fingerprint) as via_c:
-            out = via_a.create_group("lab", ["m"])
-            agent = AgentProcess(tmp_path / "m", a.url, out["machines"][0]["key"],
-                                 a.fingerprint).start()
-            _wait(lambda: via_c.group("lab")["machines"][0]["state"] == "ready")
-            # Submitted through B, run by the agent connected to A, followed through C.
-            events = list(via_c.follow_job(
-                via_b.start_job("lab", "m", argv=["echo", "across"])["job_id"], ["m"]))
-            assert [e["data"]["data"] for e in events if e["type"] == "job.output"] == [
-                "across\n"]
-            assert events[-1]["data"]["status"] == "succeeded"
+        token = servers[0].add_user("alice")
+        clients = [Client(s.url, token, s.fingerprint) for s in servers]
+        out = clients[0].create_group("lab", ["m"])
+        agent = AgentProcess(tmp / "m", servers[0].url, out["machines"][0]["key"],
+                             servers[0].fingerprint).start()
+        _wait(lambda: clients[-1].group("lab")["machines"][0]["state"] == "ready")
+        yield servers, clients, agent
     finally:
         if agent is not None:
             agent.stop()
-        for s in (a, b, c):
-            s.stop()
+        for c in clients:
+            c.close()
+        for srv in servers:
+            srv.stop()
+
+
+def test_job_through_one_replica_reaches_an_agent_on_another(pg_url, tmp_path):
+    with lab(tmp_path, pg_url, 3) as (_, (_via_a, via_b, via_c), _agent):
+        # Submitted through B, run by the agent connected to A, followed through C.
+        events = list(via_c.follow_job(
+            via_b.start_job("lab", "m", argv=["echo", "across"])["job_id"], ["m"]))
+        assert [e["data"]["data"] for e in events if e["type"] == "job.output"] == [
+            "across\n"]
+        assert events[-1]["data"]["status"] == "succeeded"
 
 
 def test_replica_killed_mid_job_the_job_completes_through_another(pg_url, tmp_path):
@@ -126,24 +138,10 @@ def test_an_agent_on_one_replica_stops_when_its_group_is_deleted_through_another
         pg_url, tmp_path):
     """The replica holding the connection learns of the revocation at its next touch of
     its connected machines (every 30 s) and closes it; the agent stops (exit 0)."""
-    a, b = replicas(tmp_path, pg_url, 2)
-    agent = None
-    try:
-        token = a.add_user("alice")
-        with Client(a.url, token, a.fingerprint) as via_a, \
-                Client(b.url, token, b.fingerprint) as via_b:
-            out = via_a.create_group("lab", ["m"])
-            agent = AgentProcess(tmp_path / "m", a.url, out["machines"][0]["key"],
-                                 a.fingerprint).start()
-            _wait(lambda: via_a.group("lab")["machines"][0]["state"] == "ready")
-            via_b.delete_group("lab")
-            assert agent.proc.wait(timeout=45) == 0
-            assert "stopping: group 'lab' deleted" in agent.log(), agent.log()
-    finally:
-        if agent is not None:
-            agent.stop()
-        for s in (a, b):
-            s.stop()
+    with lab(tmp_path, pg_url, 2) as (_, (_via_a, via_b), agent):
+        via_b.delete_group("lab")
+        assert agent.proc.wait(timeout=45) == 0
+        assert "stopping: group 'lab' deleted" in agent.log(), agent.log()
 
 
 def test_files_cross_replicas_without_a_shared_disk(pg_url, tmp_path):
@@ -153,36 +151,22 @@ def test_files_cross_replicas_without_a_shared_disk(pg_url, tmp_path):
     import hashlib
     import os
 
-    a, b = replicas(tmp_path, pg_url, 2)
-    agent = None
-    try:
-        token = a.add_user("alice")
-        with Client(a.url, token, a.fingerprint) as via_a, \
-                Client(b.url, token, b.fingerprint) as via_b:
-            out = via_a.create_group("lab", ["m"])
-            agent = AgentProcess(tmp_path / "m", a.url, out["machines"][0]["key"],
-                                 a.fingerprint).start()
-            _wait(lambda: via_a.group("lab")["machines"][0]["state"] == "ready")
-            src = tmp_path / "payload.bin"
-            src.write_bytes(os.urandom(3 * (1 << 20) + 12345))  # 4 chunks, the last short
-            sha = hashlib.sha256(src.read_bytes()).hexdigest()
-            dest = tmp_path / "on-m" / "payload.bin"
-            dest.parent.mkdir()
-            job = via_b.push("lab", "m", str(src), str(dest))
-            assert not (a.data_dir / "blobs" / sha[:2] / sha).exists()  # B has it, A not
-            events = list(via_a.follow_job(job["job_id"], ["m"]))
-            assert events[-1]["data"]["status"] == "succeeded", events
-            assert dest.read_bytes() == src.read_bytes()
-            assert (a.data_dir / "blobs" / sha[:2] / sha).is_file()  # fetched, then cached
-            # The other way: the agent uploads through A, the master downloads through B.
-            pull = via_b.start_pull("lab", "m", str(dest))
-            events = list(via_b.follow_job(pull["job_id"], ["m"]))
-            assert events[-1]["data"]["status"] == "succeeded", events
-            back = tmp_path / "back.bin"
-            assert via_b.download_pulled(pull["job_id"], str(back))["sha256"] == sha
-            assert back.read_bytes() == src.read_bytes()
-    finally:
-        if agent is not None:
-            agent.stop()
-        for s in (a, b):
-            s.stop()
+    with lab(tmp_path, pg_url, 2) as ((a, _b), (via_a, via_b), _agent):
+        src = tmp_path / "payload.bin"
+        src.write_bytes(os.urandom(3 * (1 << 20) + 12345))  # 4 chunks, the last short
+        sha = hashlib.sha256(src.read_bytes()).hexdigest()
+        dest = tmp_path / "on-m" / "payload.bin"
+        dest.parent.mkdir()
+        job = via_b.push("lab", "m", str(src), str(dest))
+        assert not (a.data_dir / "blobs" / sha[:2] / sha).exists()  # B has it, A not
+        events = list(via_a.follow_job(job["job_id"], ["m"]))
+        assert events[-1]["data"]["status"] == "succeeded", events
+        assert dest.read_bytes() == src.read_bytes()
+        assert (a.data_dir / "blobs" / sha[:2] / sha).is_file()  # fetched, then cached
+        # The other way: the agent uploads through A, the master downloads through B.
+        pull = via_b.start_pull("lab", "m", str(dest))
+        events = list(via_b.follow_job(pull["job_id"], ["m"]))
+        assert events[-1]["data"]["status"] == "succeeded", events
+        back = tmp_path / "back.bin"
+        assert via_b.download_pulled(pull["job_id"], str(back))["sha256"] == sha
+        assert back.read_bytes() == src.read_bytes()
