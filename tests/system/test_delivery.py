@@ -418,3 +418,33 @@ def test_offline_detected_on_agent_kill_and_ready_again_after_restart(env):
     states = [e["data"]["state"] for e in env.client.events("lab")
               if e["type"] == "machine.state"]
     assert states[-2:] == ["offline", "ready"]
+
+
+def test_an_agent_that_processed_more_than_the_server_knows_gets_new_numbers(env):
+    """After the server's database was restored from an older backup, an agent's hello
+    acknowledges messages the server no longer knows: the server numbers its next
+    messages after that ack (else the agent would drop them as duplicates) and says so."""
+    key = env.client.create_group("lab", ["raw"])["machines"][0]["key"]
+    raw = _RawAgent(env.server, "lab", "raw", key)
+    ws, welcome = raw.connect(ack=7)  # this server never sent anything to it
+    assert welcome["type"] == "welcome"
+    env.client.send_message("lab", "raw", "user.hi", {"n": 1})
+    while True:
+        frame = decode_frame(ws.recv(timeout=10))
+        if frame["type"] == "msg":
+            break
+    assert frame["seq"] == 8 and frame["msg"]["type"] == "user.hi", frame
+    ws.close()
+    resync = [e for e in env.client.events("lab") if e["type"] == "machine.resync"]
+    assert [(e["machine"], e["data"]["agent_ack"], e["data"]["server_sent"])
+            for e in resync] == [("raw", 7, 0)]
+    # A hello whose ack is not a sequence number is a protocol error.
+    for bad in (-1, "x"):
+        ws = connect(env.server.url.replace("https://", "wss://") + "/v1/agent/connect",
+                     ssl=raw.ctx, compression=None,
+                     additional_headers={"Authorization": f"Bearer {raw.credential}"})
+        ws.send(encode_frame({"type": "hello", "ack": bad, "agent_version": "test"}))
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                ws.recv(timeout=10)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 4400, bad

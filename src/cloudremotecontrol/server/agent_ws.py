@@ -49,24 +49,29 @@ async def agent_endpoint(ws: WebSocket) -> None:
         await _refuse(ws, 4400, exc)
         return
     peer = ws.client.host if ws.client else None
+    try:
+        agent_ack = int(hello.get("ack") or 0)
+        if agent_ack < 0:
+            raise ValueError
+    except (TypeError, ValueError):
+        await _refuse(ws, 4400, CrcError("hello.ack must be a sequence number (>= 0)",
+                                         code="protocol"))
+        return
     info = await store.write(delivery.machine_connected, m["id"], bool(hello.get("ready")),
-                             peer, app.state.replica)
+                             peer, app.state.replica, agent_ack)
     await ws.send_text(encode_frame({"type": "welcome", "ack": info["in_done"],
                                      "machine": m["name"], "group": m["group_name"]}))
 
     async def reload(machine_id: str, after: int) -> list[tuple[int, str]]:
         return await store.read(delivery.outbox_after, machine_id, after)
 
-    link = AgentLink(m["id"], ws.send_text, ws.close, reload, sent_upto=hello["ack"])
+    link = AgentLink(m["id"], ws.send_text, ws.close, reload, sent_upto=agent_ack)
     old = app.state.hub.attach(link)
     app.state.hub.deliver(info.get("deliveries") or [])
     if old is not None:
         old.closed = True
         with contextlib.suppress(Exception):
             await old.close(4409, "replaced by a newer connection")
-    if hello["ack"] > 0:
-        with contextlib.suppress(CrcError):
-            await store.write(delivery.ack_outbox, m["id"], hello["ack"])
     writer = asyncio.create_task(link.run_writer())
     try:
         await _read_loop(ws, store, m, link)

@@ -52,11 +52,25 @@ def _transition(tx: Tx, m: dict[str, Any], event: MachineEvent, **extra: Any) ->
 
 
 def machine_connected(tx: Tx, machine_id: str, ready: bool, peer_ip: str | None,
-                      replica: str) -> dict[str, Any]:
-    """Record a (re)connection; return ``{"in_done", "state"}`` for the welcome frame."""
+                      replica: str, agent_ack: int = 0) -> dict[str, Any]:
+    """Record a (re)connection; return ``{"in_done", "state"}`` for the welcome frame.
+
+    ``agent_ack`` (the hello's ``ack``: the last message the agent processed) drops what
+    it acknowledges from the outbox. An ack beyond anything this server sent means the
+    agent saw messages the database no longer knows (it was restored from a backup, or
+    the agent's state came from elsewhere): the next messages are numbered after the
+    agent's ack, else the agent would take them for duplicates and drop them."""
     m = tx.one("SELECT * FROM machines WHERE id = ?", (machine_id,))
     if m is None:
         raise InvalidInput("machine vanished")
+    if agent_ack >= m["out_next"]:
+        tx.execute("UPDATE machines SET out_next = ? WHERE id = ?", (agent_ack + 1, m["id"]))
+        add_event(tx, m["group_id"], "machine.resync",
+                  {"agent_ack": agent_ack, "server_sent": int(m["out_next"]) - 1,
+                   "note": "the agent had processed messages this server does not know: "
+                           "numbering continues after them"}, machine=m["name"])
+    elif agent_ack > 0:
+        ack_outbox(tx, machine_id, agent_ack)
     event = MachineEvent.CONNECT_READY if ready else MachineEvent.CONNECT
     state = _transition(tx, m, event, peer_ip=peer_ip, connected_by=replica)
     return {"in_done": m["in_done"], "state": state,
