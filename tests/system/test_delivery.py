@@ -27,6 +27,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
+from cloudremotecontrol.master.client import Client
 from cloudremotecontrol.master.localrun import AgentProcess
 from cloudremotecontrol.protocol.messages import Envelope, decode_frame, encode_frame
 from cloudremotecontrol.tlspin import client_context
@@ -352,12 +353,12 @@ class _RawAgent:
         self.credential = r.json()["credential"]
         assert self.credential.startswith("crca_")
 
-    def connect(self, ack: int = 0) -> tuple[ClientConnection, dict[str, Any]]:
+    def connect(self, ack: int = 0, **hello: Any) -> tuple[ClientConnection, dict[str, Any]]:
         ws = connect(self.server.url.replace("https://", "wss://") + "/v1/agent/connect",
                      ssl=self.ctx, compression=None,
                      additional_headers={"Authorization": f"Bearer {self.credential}"})
         ws.send(encode_frame({"type": "hello", "ack": ack, "agent_version": "test",
-                              "ready": True}))
+                              "ready": True, **hello}))
         welcome = decode_frame(ws.recv(timeout=10))
         assert welcome["type"] == "welcome", welcome
         return ws, welcome
@@ -448,3 +449,36 @@ def test_an_agent_that_processed_more_than_the_server_knows_gets_new_numbers(env
             while True:
                 ws.recv(timeout=10)
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 4400, bad
+
+
+def test_an_agent_resumes_after_messages_a_rolled_back_database_lost(env):
+    """The other direction: the server acknowledged messages 2 and 3, then its database
+    was rolled back to before them. The agent (which dropped them once acknowledged)
+    resumes at 4; the server continues from there, records what was lost, and does not
+    refuse every later message as a sequence gap."""
+    import sqlite3
+
+    key = env.client.create_group("lab", ["raw"])["machines"][0]["key"]
+    raw = _RawAgent(env.server, "lab", "raw", key)
+    ws, _ = raw.connect()
+    for seq in (1, 2, 3):
+        ws.send(raw.msg(seq, "progress", {"text": f"step {seq}"}))
+        assert _next_ack(ws) == seq
+    ws.close()
+    env.server.stop()
+    with sqlite3.connect(env.server.data_dir / "crc.db") as db:  # the rollback
+        db.execute("UPDATE machines SET in_done = 1 WHERE name = 'raw'")
+    env.server.start()
+    ws, welcome = raw.connect(resume_from=4)
+    assert welcome["ack"] == 3
+    ws.send(raw.msg(4, "progress", {"text": "step 4"}))
+    assert _next_ack(ws) == 4
+    ws.close()
+    env.client.close()
+    env.client = Client(env.server.url, env.token, env.server.fingerprint)
+    events = list(env.client.events("lab"))
+    resync = [e["data"] for e in events if e["type"] == "machine.resync"]
+    assert [(r["direction"], r["server_had"], r["agent_resumes_at"], r["lost"])
+            for r in resync] == [("from agent", 1, 4, 2)]
+    assert [e["data"]["text"] for e in events if e["type"] == "progress"] == [
+        "step 1", "step 2", "step 3", "step 4"]  # 2 and 3 still there: only in_done rolled back

@@ -231,6 +231,7 @@ class Agent:
                 user_agent_header=f"crc-agent/{__version__}",
             ) as ws:
                 await ws.send(encode_frame({"type": "hello", "ack": self.inbox.processed,
+                                            "resume_from": self.state.resume_from(),
                                             "agent_version": __version__,
                                             "ready": self.state.get("ready") == "1"}))
                 welcome = decode_frame(await asyncio.wait_for(ws.recv(), 20))

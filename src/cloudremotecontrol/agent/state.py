@@ -122,6 +122,14 @@ class AgentState:
     def acked(self, seq: int) -> None:
         self.db.execute("DELETE FROM outbox WHERE seq <= ?", (seq,))
 
+    def resume_from(self) -> int:
+        """The first message the agent can still send: its oldest unacknowledged one,
+        else the next it will number."""
+        row = self.db.execute("SELECT MIN(seq) FROM outbox").fetchone()
+        if row[0] is not None:
+            return int(row[0])
+        return int(self.get("out_last", "0") or 0) + 1
+
     def pending_count(self) -> int:
         return int(self.db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
 

@@ -52,25 +52,41 @@ def _transition(tx: Tx, m: dict[str, Any], event: MachineEvent, **extra: Any) ->
 
 
 def machine_connected(tx: Tx, machine_id: str, ready: bool, peer_ip: str | None,
-                      replica: str, agent_ack: int = 0) -> dict[str, Any]:
+                      replica: str, agent_ack: int = 0, resume_from: int | None = None
+                      ) -> dict[str, Any]:
     """Record a (re)connection; return ``{"in_done", "state"}`` for the welcome frame.
 
     ``agent_ack`` (the hello's ``ack``: the last message the agent processed) drops what
     it acknowledges from the outbox. An ack beyond anything this server sent means the
     agent saw messages the database no longer knows (it was restored from a backup, or
     the agent's state came from elsewhere): the next messages are numbered after the
-    agent's ack, else the agent would take them for duplicates and drop them."""
+    agent's ack, else the agent would take them for duplicates and drop them.
+
+    ``resume_from`` (the first message the agent can still send) beyond what the server
+    has processed means the reverse: messages acknowledged before the database was rolled
+    back are gone; the server continues from there instead of refusing every message as
+    a sequence gap."""
     m = tx.one("SELECT * FROM machines WHERE id = ?", (machine_id,))
     if m is None:
         raise InvalidInput("machine vanished")
     if agent_ack >= m["out_next"]:
         tx.execute("UPDATE machines SET out_next = ? WHERE id = ?", (agent_ack + 1, m["id"]))
         add_event(tx, m["group_id"], "machine.resync",
-                  {"agent_ack": agent_ack, "server_sent": int(m["out_next"]) - 1,
+                  {"direction": "to agent", "agent_ack": agent_ack,
+                   "server_sent": int(m["out_next"]) - 1,
                    "note": "the agent had processed messages this server does not know: "
                            "numbering continues after them"}, machine=m["name"])
     elif agent_ack > 0:
         ack_outbox(tx, machine_id, agent_ack)
+    if resume_from is not None and resume_from > m["in_done"] + 1:
+        tx.execute("UPDATE machines SET in_done = ? WHERE id = ?", (resume_from - 1, m["id"]))
+        add_event(tx, m["group_id"], "machine.resync",
+                  {"direction": "from agent", "server_had": int(m["in_done"]),
+                   "agent_resumes_at": resume_from,
+                   "lost": resume_from - 1 - int(m["in_done"]),
+                   "note": "messages the agent sent were acknowledged by a database state "
+                           "this server no longer has: they are lost"}, machine=m["name"])
+        m["in_done"] = resume_from - 1
     event = MachineEvent.CONNECT_READY if ready else MachineEvent.CONNECT
     state = _transition(tx, m, event, peer_ip=peer_ip, connected_by=replica)
     return {"in_done": m["in_done"], "state": state,
