@@ -21,6 +21,7 @@ It stops when its stdin closes (the parent ended, even by SIGKILL) or on SIGTERM
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import json
@@ -37,8 +38,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Swarm", "cpu_seconds", "crc_exe", "guarded", "log", "machine_info", "mib", "pss_kib",
-           "raise_fd_limit", "rss_kib", "sdk_job", "swarm_worker", "write_section"]
+__all__ = ["Swarm", "add_swarm_options", "cpu_seconds", "crc_exe", "guarded", "log",
+           "machine_info", "mib", "pss_kib", "raise_fd_limit", "rss_kib", "sdk_job",
+           "swarm_worker", "write_section"]
 
 
 # -- small helpers ------------------------------------------------------------------------
@@ -89,6 +91,20 @@ def cpu_seconds(pid: int, children: bool = False) -> float:
 
 def mib(kib: float) -> float:
     return kib / 1024.0
+
+
+def add_swarm_options(p: argparse.ArgumentParser, *, connect_timeout: float,
+                      max_seconds: int, out: Path) -> None:
+    """The options every swarm benchmark takes (processes, time limits, where to write)."""
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 2,
+                   help="swarm processes for large swarms (default: one per core)")
+    p.add_argument("--wave", type=int, default=100, help="agents started at once per worker")
+    p.add_argument("--connect-timeout", type=float, default=connect_timeout)
+    p.add_argument("--max-seconds", type=int, default=max_seconds,
+                   help="stop everything after this long")
+    p.add_argument("--no-write", action="store_true", help="do not write bench/RESULTS.md")
+    p.add_argument("--out", default=str(out))
+    p.add_argument("--keep", action="store_true", help="keep the work directory")
 
 
 def guarded(name: str, max_seconds: int, work: Callable[[], None],

@@ -36,6 +36,7 @@ from typing import Any
 
 from _common import (
     Swarm,
+    add_swarm_options,
     cpu_seconds,
     crc_exe,
     guarded,
@@ -314,17 +315,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="swarm sizes, comma separated (max 1000: one group)")
     p.add_argument("--real", type=int, default=30,
                    help="number of `crc agent run` processes (0: none)")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 2,
-                   help="swarm processes for large swarms (default: one per core)")
-    p.add_argument("--wave", type=int, default=100, help="agents started at once per worker")
     p.add_argument("--cli-runs", type=int, default=5)
     p.add_argument("--sdk-runs", type=int, default=10)
-    p.add_argument("--connect-timeout", type=float, default=120.0)
-    p.add_argument("--max-seconds", type=int, default=1200,
-                   help="stop everything after this long")
-    p.add_argument("--no-write", action="store_true", help="do not write bench/RESULTS.md")
-    p.add_argument("--out", default=str(HERE / "RESULTS.md"))
-    p.add_argument("--keep", action="store_true", help="keep the work directory")
+    add_swarm_options(p, connect_timeout=120.0, max_seconds=1200, out=HERE / "RESULTS.md")
     return p.parse_args(argv)
 
 

@@ -52,6 +52,7 @@ from typing import Any
 
 from _common import (
     Swarm,
+    add_swarm_options,
     cpu_seconds,
     guarded,
     log,
@@ -432,18 +433,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="messages sent before the measurement starts")
     p.add_argument("--window", type=int, default=4,
                    help="unacknowledged messages allowed per agent")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 2,
-                   help="swarm processes for large swarms (default: one per core)")
-    p.add_argument("--wave", type=int, default=100, help="agents started at once per worker")
-    p.add_argument("--connect-timeout", type=float, default=180.0)
     p.add_argument("--postgres", default=ADMIN_URL,
                    help="admin URL of a PostgreSQL on this machine (default: $CRC_TEST_POSTGRES"
                         " or postgres@127.0.0.1:5432, trust auth)")
-    p.add_argument("--max-seconds", type=int, default=1500,
-                   help="stop everything after this long")
-    p.add_argument("--no-write", action="store_true", help="do not write bench/RESULTS.md")
-    p.add_argument("--out", default=str(HERE / "RESULTS.md"))
-    p.add_argument("--keep", action="store_true", help="keep the work directory")
+    add_swarm_options(p, connect_timeout=180.0, max_seconds=1500, out=HERE / "RESULTS.md")
     return p.parse_args(argv)
 
 

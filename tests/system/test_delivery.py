@@ -439,12 +439,13 @@ def test_an_agent_that_processed_more_than_the_server_knows_gets_new_numbers(env
     resync = [e for e in env.client.events("lab") if e["type"] == "machine.resync"]
     assert [(e["machine"], e["data"]["agent_ack"], e["data"]["server_sent"])
             for e in resync] == [("raw", 7, 0)]
-    # A hello whose ack is not a sequence number is a protocol error.
-    for bad in (-1, "x"):
+    # A hello whose ack or resume_from is not a sequence number is a protocol error.
+    for bad in ({"ack": -1}, {"ack": "x"}, {"ack": 0, "resume_from": -3},
+                {"ack": 0, "resume_from": "1"}):
         ws = connect(env.server.url.replace("https://", "wss://") + "/v1/agent/connect",
                      ssl=raw.ctx, compression=None,
                      additional_headers={"Authorization": f"Bearer {raw.credential}"})
-        ws.send(encode_frame({"type": "hello", "ack": bad, "agent_version": "test"}))
+        ws.send(encode_frame({"type": "hello", "agent_version": "test", **bad}))
         with pytest.raises(ConnectionClosed) as closed:
             while True:
                 ws.recv(timeout=10)

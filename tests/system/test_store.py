@@ -150,8 +150,8 @@ async def test_group_create_show_delete_revokes_keys_and_is_per_user(store: Stor
     await store.write(groups.create_group, bob["user_id"], "lab", [{"name": "x"}])
 
     cred = await store.write(enrollment.enroll, keys["db"], "10.0.0.1")
-    revoked = await store.write(groups.delete_group, alice["user_id"], "lab")
-    assert len(revoked) == 2
+    revoked, uninstall = await store.write(groups.delete_group, alice["user_id"], "lab")
+    assert len(revoked) == 2 and uninstall is False
     with pytest.raises(KeyRejected, match="revoked"):
         await store.write(enrollment.enroll, keys["web"], None)
     with pytest.raises(Unauthorized):

@@ -115,12 +115,14 @@ class Agent:
 
     # -- sending ------------------------------------------------------------------------
     async def emit(self, type: str, body: dict[str, Any], to: str = "master",
-                   correlation_id: str | None = None, job_done: str | None = None) -> None:
-        """Persist a message, then send it if connected (else it goes after reconnect)."""
+                   correlation_id: str | None = None, job_done: str | None = None,
+                   job_process: tuple[str, str | None] | None = None) -> None:
+        """Persist a message, then send it if connected (else it goes after reconnect).
+        ``job_done`` / ``job_process`` are recorded in the same transaction (AgentState)."""
         env = Envelope.make(self.cred.group, self.cred.machine, to, type, body, correlation_id)
         # One lock keeps frames on the wire in sequence order whatever task emits them.
         async with self._send_lock:
-            _, frame = self.state.enqueue(env, job_done=job_done)
+            _, frame = self.state.enqueue(env, job_done=job_done, job_process=job_process)
             ws = self._ws
             if ws is not None:
                 with contextlib.suppress(Exception):
@@ -346,8 +348,8 @@ class Agent:
                                            "data": data})
 
         async def started(pid: int) -> None:
-            self.state.job_process(job.job_id, self.platform.process_identity(pid))
-            await self.emit("job.started", {"job_id": job.job_id})
+            await self.emit("job.started", {"job_id": job.job_id},
+                            job_process=(job.job_id, self.platform.process_identity(pid)))
 
         try:
             outcome = await run_job(job, self.platform, output, started, cancel,

@@ -15,7 +15,7 @@ from ..protocol.names import check_message_type
 from . import sdnotify
 from .control import ControlServer
 from .core import Agent, Revoked, load_or_enroll
-from .install import SERVICE_MARKER
+from .install import SERVICE_MARKER, uninstall_agent
 from .platform import current
 from .state import AgentState
 
@@ -59,8 +59,6 @@ def _uninstall_self(platform: Any, state_dir: Path) -> None:
     """The group was deleted with ``uninstall_on_delete``: remove this agent's service
     (disabled, definition removed; it ends as this process exits) and its state (the
     credential is revoked anyway). The agent's code stays where the bootstrap put it."""
-    from .install import uninstall_agent
-
     try:
         out = uninstall_agent(platform, state_dir, purge=True, stop=False)
     except Exception as exc:  # noqa: BLE001 -- logged; the agent stops either way

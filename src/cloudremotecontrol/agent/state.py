@@ -99,9 +99,12 @@ class AgentState:
         return int(self.get("in_processed", "0") or 0)
 
     # -- outbox (agent -> server) -------------------------------------------------------
-    def enqueue(self, env: Envelope, *, job_done: str | None = None) -> tuple[int, str]:
+    def enqueue(self, env: Envelope, *, job_done: str | None = None,
+                job_process: tuple[str, str | None] | None = None) -> tuple[int, str]:
         """Persist ``env`` as the next numbered message; optionally mark a job done in the
-        same transaction (so a result and the job's end are never separated)."""
+        same transaction (so a result and the job's end are never separated), or record a
+        running job's process (``(job_id, Platform.process_identity)``, for
+        ``interrupted_jobs``)."""
         with self.db:
             self.db.execute("BEGIN IMMEDIATE")
             row = self.db.execute("SELECT MAX(seq) FROM outbox").fetchone()
@@ -112,6 +115,9 @@ class AgentState:
             self.put("out_last", str(seq))
             if job_done is not None:
                 self.db.execute("UPDATE jobs SET state = 'done' WHERE job_id = ?", (job_done,))
+            if job_process is not None:
+                self.db.execute("UPDATE jobs SET proc = ? WHERE job_id = ?",
+                                (job_process[1], job_process[0]))
         return seq, frame
 
     def frames_after(self, after: int) -> list[tuple[int, str]]:
@@ -164,10 +170,6 @@ class AgentState:
         return [(r[0], r[1]) for r in self.db.execute(
             "SELECT job_id, proc FROM jobs WHERE state = 'running'")]
 
-    def job_process(self, job_id: str, identity: str | None) -> None:
-        """Record the process of a running job (for ``interrupted_jobs``)."""
-        with self.db:
-            self.db.execute("UPDATE jobs SET proc = ? WHERE job_id = ?", (identity, job_id))
 
     def take_message(self, type: str, sender: str | None) -> dict[str, Any] | None:
         """The oldest unconsumed user message of ``type`` (from ``sender``), consumed now."""

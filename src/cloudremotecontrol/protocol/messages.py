@@ -2,14 +2,17 @@
 
 The agent connection carries JSON text frames (one object each)::
 
-    agent -> server   hello     {"type": "hello", "ack": N, "agent_version": ..., "ready": bool}
+    agent -> server   hello     {"type": "hello", "ack": N, "resume_from": M,
+                                 "agent_version": ..., "ready": bool}
     server -> agent   welcome   {"type": "welcome", "ack": N, "machine": ..., "group": ...}
     either way        msg       {"type": "msg", "seq": N, "msg": ENVELOPE}
     either way        ack       {"type": "ack", "seq": N}            (cumulative)
-    server -> agent   revoked   {"type": "revoked", "reason": ...}
+    server -> agent   revoked   {"type": "revoked", "reason": ..., "uninstall": true?}
 
 ``ack`` in hello/welcome is the highest sequence number of the *peer's* messages the
 sender has durably processed, so the peer replays everything after it (resume).
+``resume_from`` (optional) is the first message the agent can still send: beyond what
+the server processed only after the server's database was rolled back.
 """
 
 from __future__ import annotations
@@ -172,6 +175,12 @@ def encode_frame(frame: dict[str, Any]) -> str:
     return json.dumps(frame, separators=(",", ":"))
 
 
+def _check_seq(value: Any, kind: str, field: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEQ:
+        raise InvalidInput(f"{kind} frame needs a non-negative integer {field}")
+    return value
+
+
 def decode_frame(text: str | bytes) -> dict[str, Any]:
     """Parse one frame; raise InvalidInput for anything that is not a known frame."""
     if len(text) > MAX_FRAME_BYTES:
@@ -188,14 +197,11 @@ def decode_frame(text: str | bytes) -> dict[str, Any]:
     if kind not in ("hello", "welcome", "msg", "ack", "revoked", "error"):
         raise InvalidInput(f"unknown frame type {kind!r}", code="unknown_type")
     if kind in ("msg", "ack"):
-        seq = frame.get("seq")
-        if isinstance(seq, bool) or not isinstance(seq, int) or not 0 <= seq <= MAX_SEQ:
-            raise InvalidInput(f"{kind} frame needs a non-negative integer seq")
+        _check_seq(frame.get("seq"), kind, "seq")
     if kind in ("hello", "welcome"):
-        ack = frame.get("ack", 0)
-        if isinstance(ack, bool) or not isinstance(ack, int) or not 0 <= ack <= MAX_SEQ:
-            raise InvalidInput(f"{kind} frame needs a non-negative integer ack")
-        frame["ack"] = ack
+        frame["ack"] = _check_seq(frame.get("ack", 0), kind, "ack")
+    if kind == "hello" and frame.get("resume_from") is not None:
+        _check_seq(frame["resume_from"], kind, "resume_from")
     if kind == "msg" and not isinstance(frame.get("msg"), dict):
         raise InvalidInput("msg frame needs a msg object")
     return frame

@@ -49,15 +49,9 @@ async def agent_endpoint(ws: WebSocket) -> None:
         await _refuse(ws, 4400, exc)
         return
     peer = ws.client.host if ws.client else None
-    try:
-        agent_ack = _seq(hello.get("ack") or 0)
-        resume_from = None if hello.get("resume_from") is None else _seq(hello["resume_from"])
-    except ValueError:
-        await _refuse(ws, 4400, CrcError("hello.ack and hello.resume_from must be sequence "
-                                         "numbers (>= 0)", code="protocol"))
-        return
+    agent_ack = hello["ack"]  # hello.ack and hello.resume_from checked by decode_frame
     info = await store.write(delivery.machine_connected, m["id"], bool(hello.get("ready")),
-                             peer, app.state.replica, agent_ack, resume_from)
+                             peer, app.state.replica, agent_ack, hello.get("resume_from"))
     await ws.send_text(encode_frame({"type": "welcome", "ack": info["in_done"],
                                      "machine": m["name"], "group": m["group_name"]}))
 
@@ -127,12 +121,6 @@ async def _read_loop(ws: WebSocket, store: Store, m: dict[str, Any], link: Agent
         else:
             link.send_control(encode_frame({"type": "error", "error": {
                 "code": "unknown_type", "message": f"unexpected {kind} frame"}}))
-
-
-def _seq(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(value)
-    return value
 
 
 async def _refuse(ws: WebSocket, code: int, exc: CrcError) -> None:

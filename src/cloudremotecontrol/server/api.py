@@ -18,7 +18,6 @@ from .ops import groups as group_ops
 from .ops import jobs as job_ops
 from .ops import messages as msg_ops
 from .ops import roster as roster_ops
-from .ops.common import live_group, loads
 from .ops.enrollment import enroll
 from .store.base import Store
 
@@ -70,9 +69,8 @@ async def show_group(group: str, user: Master, request: Request) -> dict[str, An
 
 @router.delete("/groups/{group}", tags=["groups"])
 async def delete_group(group: str, user: Master, request: Request) -> dict[str, Any]:
-    row = await _store(request).read(live_group, user["user_id"], group)
-    uninstall = bool((loads(row["settings"]) or {}).get("uninstall_on_delete"))
-    revoked = await _store(request).write(group_ops.delete_group, user["user_id"], group)
+    revoked, uninstall = await _store(request).write(group_ops.delete_group, user["user_id"],
+                                                     group)
     await request.app.state.hub.revoke(revoked, f"group {group!r} deleted", uninstall)
     return {"group": group, "deleted": True, "machines_revoked": len(revoked)}
 

@@ -65,28 +65,18 @@ class BlobStore:
         if info is None:
             raise NotFound(f"no content {sha} on this server")
         size, chunks = info
-        digest = hashlib.sha256()
-        fd, tmp = tempfile.mkstemp(dir=self.root / "tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                for n in range(chunks):
-                    data = await self.shared.read(blobdb.blob_chunk, sha, n)  # type: ignore[union-attr]
-                    if data is None:
-                        raise NotFound(f"content {sha} is incomplete in the database")
-                    digest.update(data)
-                    fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-                written = fh.tell()
-            if digest.hexdigest() != sha or written != size:
-                raise InvalidInput(f"content {sha} in the database does not match its hash",
-                                   code="hash_mismatch")
-            final.parent.mkdir(exist_ok=True)
-            os.replace(tmp, final)
-            return final
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+        shared = self.shared
+
+        async def from_database() -> AsyncIterator[bytes]:
+            for n in range(chunks):
+                data = await shared.read(blobdb.blob_chunk, sha, n)  # type: ignore[union-attr]
+                if data is None:
+                    raise NotFound(f"content {sha} is incomplete in the database")
+                yield data
+
+        # Stored exactly like an upload: hashed on the way, renamed only if it matches.
+        await self.put(from_database(), sha, size)
+        return final
 
     async def _share(self, sha: str, size: int) -> None:
         """Copy a verified local blob into the database (once)."""

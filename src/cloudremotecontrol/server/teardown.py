@@ -97,8 +97,10 @@ async def run_due_teardowns(store: Store, cipher: TeardownCipher | None) -> None
     """Claim the teardowns that are due and carry them out, one thread each."""
     if cipher is None:
         return
-    due = await store.write(ops.claim_teardowns)
-    for item in due:
+    due = await store.read(ops.due_teardowns)
+    if not due:
+        return
+    for item in await store.write(ops.claim_teardowns, due):
         task = asyncio.get_running_loop().create_task(_one(store, cipher, item))
         _running.add(task)
         task.add_done_callback(_running.discard)

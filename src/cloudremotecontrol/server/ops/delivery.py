@@ -23,6 +23,7 @@ from ...protocol.states import (
 )
 from ..store.base import Tx
 from .common import add_event, dumps, loads, now
+from .groups import uninstall_on_delete
 
 __all__ = [
     "ack_outbox",
@@ -125,17 +126,21 @@ def touch_machines(tx: Tx, machine_ids: list[str]) -> list[tuple[str, str, bool]
     uninstall)`` for those revoked meanwhile (by another replica: this one closes them)."""
     t = now()
     revoked = []
-    for mid in machine_ids:
-        tx.execute("UPDATE machines SET last_seen = ? WHERE id = ?", (t, mid))
-        row = tx.one("SELECT m.state, g.name, g.deleted, g.settings FROM machines m "
-                     "JOIN groups g ON g.id = m.group_id WHERE m.id = ?", (mid,))
-        if row is not None and row["state"] == "revoked":
-            settings = loads(row["settings"]) or {}
-            if row["deleted"] is not None:
-                revoked.append((mid, f"group {row['name']!r} deleted",
-                                bool(settings.get("uninstall_on_delete"))))
+    for i in range(0, len(machine_ids), 500):
+        batch = machine_ids[i:i + 500]
+        marks = ",".join("?" * len(batch))
+        tx.execute(f"UPDATE machines SET last_seen = ? WHERE id IN ({marks})",  # noqa: S608
+                   (t, *batch))
+        # Only "?" placeholders are formatted in: the ids are parameters.
+        query = ("SELECT m.id, g.name, g.deleted, g.settings FROM machines m "  # noqa: S608
+                 "JOIN groups g ON g.id = m.group_id "
+                 f"WHERE m.state = 'revoked' AND m.id IN ({marks})")
+        for row in tx.all(query, tuple(batch)):
+            if row["deleted"] is None:
+                revoked.append((row["id"], "machine revoked", False))
             else:
-                revoked.append((mid, "machine revoked", False))
+                revoked.append((row["id"], f"group {row['name']!r} deleted",
+                                uninstall_on_delete(row["settings"])))
     return revoked
 
 

@@ -12,6 +12,7 @@ from ...protocol.states import JobStatus, MachineEvent, MachineState, machine_ne
 from ...protocol.tokens import new_secret
 from ..store.base import Tx
 from .common import add_event, audit, dumps, live_group, loads, now
+from .teardown import teardown_view
 
 __all__ = [
     "create_group",
@@ -115,16 +116,22 @@ def show_group(tx: Tx, user_id: str, name: str) -> dict[str, Any]:
     group = live_group(tx, user_id, name)
     rows = tx.all("SELECT * FROM machines WHERE group_id = ? ORDER BY name", (group["id"],))
     settings = loads(group["settings"]) or {}
-    from .teardown import teardown_view
-
     return {"group": name, "created": group["created"], "expires": group["expires"],
             "expired": bool(settings.get("expired")), "settings": settings,
             "teardown": teardown_view(tx, group["id"]),
             "machines": [machine_view(r) for r in rows]}
 
 
-def delete_group(tx: Tx, user_id: str, name: str, actor: str = "master") -> list[str]:
-    """Revoke every key and credential of the group; return the machine ids revoked."""
+def uninstall_on_delete(settings: str | None) -> bool:
+    """Whether a group (its ``settings`` column) asks its service agents to remove their
+    service when it is deleted (`crc group create --uninstall-on-delete`)."""
+    return bool((loads(settings) or {}).get("uninstall_on_delete"))
+
+
+def delete_group(tx: Tx, user_id: str, name: str, actor: str = "master"
+                 ) -> tuple[list[str], bool]:
+    """Revoke every key and credential of the group; return the machine ids revoked and
+    whether their agents should uninstall themselves."""
     group = live_group(tx, user_id, name)
     revoked = _revoke_all(tx, group, "group deleted")
     tx.execute("UPDATE groups SET deleted = ? WHERE id = ?", (now(), group["id"]))
@@ -132,7 +139,7 @@ def delete_group(tx: Tx, user_id: str, name: str, actor: str = "master") -> list
     add_event(tx, group["id"], "group.deleted", {})
     audit(tx, user_id, _user_name(tx, user_id) if actor == "master" else actor,
           "group.delete", name, {})
-    return revoked
+    return revoked, uninstall_on_delete(group["settings"])
 
 
 def expire_groups(tx: Tx) -> list[str]:

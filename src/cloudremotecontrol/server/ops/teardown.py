@@ -21,6 +21,7 @@ __all__ = [
     "arm_teardown",
     "claim_teardowns",
     "disarm_teardown",
+    "due_teardowns",
     "finish_teardown",
     "release_claims",
     "teardown_view",
@@ -78,24 +79,27 @@ def teardown_view(tx: Tx, group_id: str) -> dict[str, Any] | None:
             "updated": row["updated"]}
 
 
-def claim_teardowns(tx: Tx) -> list[dict[str, Any]]:
+def due_teardowns(tx: Tx) -> list[dict[str, Any]]:
     """Teardowns due now (group expired; armed, to retry, or abandoned by a replica that
-    died): marked ``running`` for this caller. Returns ``{group_id, group, user_id,
-    provider, secret, attempts}`` rows."""
+    died). Read-only: the expiry loop asks every second, and mostly nothing is due."""
     t = now()
     rows = tx.all(
         "SELECT t.group_id, t.provider, t.secret, t.attempts, t.status, t.next_try, "
         "t.claimed_until, g.name, g.user_id, g.settings FROM teardowns t "
         "JOIN groups g ON g.id = t.group_id WHERE g.deleted IS NULL "
         "AND t.status IN ('armed', 'retry', 'running')", ())
+    return [r for r in rows if (loads(r["settings"]) or {}).get("expired")
+            and not (r["status"] == "retry" and r["next_try"] > t)
+            and not (r["status"] == "running" and (r["claimed_until"] or 0) > t)]
+
+
+def claim_teardowns(tx: Tx, due: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mark teardowns from ``due_teardowns`` ``running`` for this caller, unless another
+    replica claimed them first. Returns ``{group_id, group, user_id, provider, secret,
+    attempts}`` rows."""
+    t = now()
     out = []
-    for r in rows:
-        if not (loads(r["settings"]) or {}).get("expired"):
-            continue
-        if r["status"] == "retry" and r["next_try"] > t:
-            continue
-        if r["status"] == "running" and (r["claimed_until"] or 0) > t:
-            continue
+    for r in due:
         claimed = tx.one(
             "UPDATE teardowns SET status = 'running', claimed_until = ?, attempts = attempts "
             "+ 1, updated = ? WHERE group_id = ? AND status = ? AND attempts = ? "
