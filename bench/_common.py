@@ -38,9 +38,22 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Swarm", "add_swarm_options", "cpu_seconds", "crc_exe", "guarded", "log",
-           "machine_info", "mib", "pss_kib", "raise_fd_limit", "rss_kib", "sdk_job",
-           "swarm_worker", "write_section"]
+__all__ = [
+    "Swarm",
+    "add_swarm_options",
+    "cpu_seconds",
+    "crc_exe",
+    "guarded",
+    "log",
+    "machine_info",
+    "mib",
+    "pss_kib",
+    "raise_fd_limit",
+    "rss_kib",
+    "sdk_job",
+    "swarm_worker",
+    "write_section",
+]
 
 
 # -- small helpers ------------------------------------------------------------------------
@@ -93,22 +106,29 @@ def mib(kib: float) -> float:
     return kib / 1024.0
 
 
-def add_swarm_options(p: argparse.ArgumentParser, *, connect_timeout: float,
-                      max_seconds: int, out: Path) -> None:
+def add_swarm_options(
+    p: argparse.ArgumentParser, *, connect_timeout: float, max_seconds: int, out: Path
+) -> None:
     """The options every swarm benchmark takes (processes, time limits, where to write)."""
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 2,
-                   help="swarm processes for large swarms (default: one per core)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 2,
+        help="swarm processes for large swarms (default: one per core)",
+    )
     p.add_argument("--wave", type=int, default=100, help="agents started at once per worker")
     p.add_argument("--connect-timeout", type=float, default=connect_timeout)
-    p.add_argument("--max-seconds", type=int, default=max_seconds,
-                   help="stop everything after this long")
+    p.add_argument(
+        "--max-seconds", type=int, default=max_seconds, help="stop everything after this long"
+    )
     p.add_argument("--no-write", action="store_true", help="do not write bench/RESULTS.md")
     p.add_argument("--out", default=str(out))
     p.add_argument("--keep", action="store_true", help="keep the work directory")
 
 
-def guarded(name: str, max_seconds: int, work: Callable[[], None],
-            close: Callable[[], None]) -> None:
+def guarded(
+    name: str, max_seconds: int, work: Callable[[], None], close: Callable[[], None]
+) -> None:
     """Run ``work``, then ``close`` whatever happens: SIGTERM, SIGINT or ``max_seconds``
     passing end ``work`` with SystemExit, and a second Ctrl-C cannot interrupt ``close``
     (whose waits must be bounded), so nothing the benchmark started is left behind."""
@@ -138,8 +158,10 @@ def machine_info() -> str:
     mem = 0
     with contextlib.suppress(OSError, ValueError, IndexError):
         mem = int(Path("/proc/meminfo").read_text().split()[1]) // (1024 * 1024)
-    return (f"{os.cpu_count()} cores ({model}), {mem} GiB RAM, Linux {platform.release()}, "
-            f"Python {platform.python_version()}")
+    return (
+        f"{os.cpu_count()} cores ({model}), {mem} GiB RAM, Linux {platform.release()}, "
+        f"Python {platform.python_version()}"
+    )
 
 
 def crc_exe() -> str:
@@ -156,22 +178,26 @@ def sdk_job(client: Any, group: str, n: int) -> float:
     """Wall time of ``Client.run(group, "all", argv=["echo", "hi"])`` until all ``n``
     targets succeeded (their results are at the master)."""
     t = time.perf_counter()
-    done = sum(1 for ev in client.run(group, "all", argv=["echo", "hi"])
-               if ev["type"] == "job.status" and ev["data"]["status"] == "succeeded")
+    done = sum(
+        1
+        for ev in client.run(group, "all", argv=["echo", "hi"])
+        if ev["type"] == "job.status" and ev["data"]["status"] == "succeeded"
+    )
     took = time.perf_counter() - t
     if done != n:
         raise RuntimeError(f"SDK run: {done}/{n} succeeded")
     return took
 
 
-def write_section(path: Path, begin: str, end: str, body: str,
-                  missing: Callable[[str], str]) -> None:
+def write_section(
+    path: Path, begin: str, end: str, body: str, missing: Callable[[str], str]
+) -> None:
     """Replace what lies between the ``begin`` and ``end`` markers of ``path`` (both
     included, ``body`` carries them) and keep the rest, written by hand; without the
     markers, write ``missing(old text)`` instead."""
     old = path.read_text() if path.exists() else ""
     if begin in old and end in old:
-        new = old[:old.index(begin)] + body + old[old.index(end) + len(end):]
+        new = old[: old.index(begin)] + body + old[old.index(end) + len(end) :]
     else:
         new = missing(old)
     path.write_text(new)
@@ -185,8 +211,11 @@ def swarm_worker(spec_path: str) -> None:
     spec = json.loads(Path(spec_path).read_text())
     import logging
 
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
-                        format="%(asctime)s swarm %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.WARNING,
+        stream=sys.stderr,
+        format="%(asctime)s swarm %(levelname)s %(message)s",
+    )
     from cloudremotecontrol.agent.core import Agent, enroll
     from cloudremotecontrol.agent.platform import current
     from cloudremotecontrol.agent.state import AgentState
@@ -248,19 +277,20 @@ def swarm_worker(spec_path: str) -> None:
             state = CountingState(Path(spec["dir"]) / name, protect=plat.protect_file)
             states.append(state)
             async with limit:
-                cred = await asyncio.to_thread(enroll, state, spec["url"], key,
-                                               spec["fingerprint"])
+                cred = await asyncio.to_thread(enroll, state, spec["url"], key, spec["fingerprint"])
             return Agent(state, cred, plat)
 
-        async def pump(agent: Agent, state: CountingState, end: float, window: int,
-                       kind: str) -> None:
+        async def pump(
+            agent: Agent, state: CountingState, end: float, window: int, kind: str
+        ) -> None:
             n = 0
             while loop.time() < end:
                 if state.last_seq - state.last_acked >= window:
                     state.ack_arrived.clear()
                     with contextlib.suppress(asyncio.TimeoutError):
-                        await asyncio.wait_for(state.ack_arrived.wait(),
-                                               max(0.0, end - loop.time()))
+                        await asyncio.wait_for(
+                            state.ack_arrived.wait(), max(0.0, end - loop.time())
+                        )
                     continue
                 await agent.emit(kind, {"n": n})
                 n += 1
@@ -269,8 +299,9 @@ def swarm_worker(spec_path: str) -> None:
             busy = [(a, s) for a, s in zip(agents, states, strict=True) if a.connected.is_set()]
             start = loop.time()
             end = start + cmd["warmup"] + cmd["seconds"]
-            pumps = [loop.create_task(pump(a, s, end, int(cmd["window"]), cmd["type"]))
-                     for a, s in busy]
+            pumps = [
+                loop.create_task(pump(a, s, end, int(cmd["window"]), cmd["type"])) for a, s in busy
+            ]
             try:
                 await asyncio.sleep(cmd["warmup"])
                 first, t0 = sum(s.last_acked for _, s in busy), loop.time()
@@ -281,11 +312,14 @@ def swarm_worker(spec_path: str) -> None:
                 for p in pumps:
                     p.cancel()
             deadline = loop.time() + float(cmd.get("drain", 30))
-            while (any(s.last_acked < s.last_seq for _, s in busy)
-                   and loop.time() < deadline):
+            while any(s.last_acked < s.last_seq for _, s in busy) and loop.time() < deadline:
                 await asyncio.sleep(0.05)
-            return {"acked": last - first, "seconds": t1 - t0, "senders": len(busy),
-                    "pending": sum(s.last_seq - s.last_acked for _, s in busy)}
+            return {
+                "acked": last - first,
+                "seconds": t1 - t0,
+                "senders": len(busy),
+                "pending": sum(s.last_seq - s.last_acked for _, s in busy),
+            }
 
         async def serve() -> None:
             while True:
@@ -303,16 +337,25 @@ def swarm_worker(spec_path: str) -> None:
             deadline = loop.time() + spec["connect_timeout"]
             # Start in waves so a thousand TLS handshakes do not all land at once.
             for i in range(0, len(agents), spec["wave"]):
-                wave = agents[i:i + spec["wave"]]
+                wave = agents[i : i + spec["wave"]]
                 tasks += [loop.create_task(a.run()) for a in wave]
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(
                         asyncio.gather(*(a.connected.wait() for a in wave)),
-                        max(0.1, deadline - loop.time()))
+                        max(0.1, deadline - loop.time()),
+                    )
             n = sum(a.connected.is_set() for a in agents)
-            print(json.dumps({"connected": n, "agents": len(agents),
-                              "base_rss_kib": base_rss, "rss_kib": rss_kib(os.getpid())}),
-                  flush=True)
+            print(
+                json.dumps(
+                    {
+                        "connected": n,
+                        "agents": len(agents),
+                        "base_rss_kib": base_rss,
+                        "rss_kib": rss_kib(os.getpid()),
+                    }
+                ),
+                flush=True,
+            )
             server = loop.create_task(serve())
             await stop.wait()
         finally:
@@ -330,8 +373,16 @@ def swarm_worker(spec_path: str) -> None:
 class Swarm:
     """Worker processes that each run a share of the simulated agents."""
 
-    def __init__(self, work: Path, url: str, fingerprint: str, keys: list[tuple[str, str]],
-                 workers: int, wave: int, connect_timeout: float) -> None:
+    def __init__(
+        self,
+        work: Path,
+        url: str,
+        fingerprint: str,
+        keys: list[tuple[str, str]],
+        workers: int,
+        wave: int,
+        connect_timeout: float,
+    ) -> None:
         self.procs: list[subprocess.Popen[str]] = []
         self.reports: list[dict[str, Any]] = []
         self.logs: list[Path] = []
@@ -339,17 +390,31 @@ class Swarm:
         shares = [keys[i::workers] for i in range(workers)]
         for i, share in enumerate(s for s in shares if s):
             spec = work / f"swarm{i}.json"
-            spec.write_text(json.dumps({
-                "url": url, "fingerprint": fingerprint, "keys": share,
-                "dir": str(work / f"swarm{i}"), "wave": wave,
-                "connect_timeout": connect_timeout}))
+            spec.write_text(
+                json.dumps(
+                    {
+                        "url": url,
+                        "fingerprint": fingerprint,
+                        "keys": share,
+                        "dir": str(work / f"swarm{i}"),
+                        "wave": wave,
+                        "connect_timeout": connect_timeout,
+                    }
+                )
+            )
             log = work / f"swarm{i}.log"
             self.logs.append(log)
             with open(log, "ab") as fh:
-                self.procs.append(subprocess.Popen(
-                    [sys.executable, str(Path(__file__).resolve()), str(spec)],
-                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=fh, text=True,
-                    start_new_session=True))
+                self.procs.append(
+                    subprocess.Popen(
+                        [sys.executable, str(Path(__file__).resolve()), str(spec)],
+                        stdin=subprocess.PIPE,
+                        stdout=subprocess.PIPE,
+                        stderr=fh,
+                        text=True,
+                        start_new_session=True,
+                    )
+                )
 
     def _replies(self, timeout: float) -> list[dict[str, Any]]:
         """One JSON line from every worker, within ``timeout`` seconds overall."""
@@ -387,8 +452,10 @@ class Swarm:
 
     def rss_kib(self) -> tuple[int, int]:
         """(total RSS of the workers now, their RSS before any agent existed)."""
-        return (sum(rss_kib(p.pid) for p in self.procs),
-                sum(r["base_rss_kib"] for r in self.reports))
+        return (
+            sum(rss_kib(p.pid) for p in self.procs),
+            sum(r["base_rss_kib"] for r in self.reports),
+        )
 
     def stop(self) -> None:
         for p in self.procs:

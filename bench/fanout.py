@@ -78,9 +78,14 @@ class Bench:
         self.server = ServerProcess(self.work / "srv").start()
         token = self.server.add_user("bench")
         self.client = Client(self.server.url, token, self.server.fingerprint)
-        self.cli_env = {**os.environ, "CRC_URL": self.server.url, "CRC_TOKEN": token,
-                        "CRC_FINGERPRINT": self.server.fingerprint,
-                        "CRC_CONFIG_DIR": str(self.work / "cfg"), "NO_COLOR": "1"}
+        self.cli_env = {
+            **os.environ,
+            "CRC_URL": self.server.url,
+            "CRC_TOKEN": token,
+            "CRC_FINGERPRINT": self.server.fingerprint,
+            "CRC_CONFIG_DIR": str(self.work / "cfg"),
+            "NO_COLOR": "1",
+        }
         log(f"server pid {self.server.proc.pid} at {self.server.url}")
 
     def close(self) -> None:
@@ -127,16 +132,25 @@ class Bench:
         took = time.perf_counter() - t
         his = sum(line.endswith("] hi") for line in r.stdout.splitlines())
         if r.returncode != 0 or his != n:
-            raise RuntimeError(f"crc run: exit {r.returncode}, {his}/{n} answers: "
-                               f"{r.stderr[-1000:]}")
+            raise RuntimeError(
+                f"crc run: exit {r.returncode}, {his}/{n} answers: {r.stderr[-1000:]}"
+            )
         return took
 
     def sdk_run(self, group: str, n: int) -> float:
         return sdk_job(self.client, group, n)
 
-    def measure(self, kind: str, group: str, n: int, connected: int, agent_pids: list[int],
-                agent_rss: float, agent_rss_marginal: float | None,
-                agent_pss: float | None = None) -> None:
+    def measure(
+        self,
+        kind: str,
+        group: str,
+        n: int,
+        connected: int,
+        agent_pids: list[int],
+        agent_rss: float,
+        agent_rss_marginal: float | None,
+        agent_pss: float | None = None,
+    ) -> None:
         pid = self.server.proc.pid
         self.sdk_run(group, n)  # warm-up: connection, server caches
 
@@ -150,16 +164,27 @@ class Bench:
         agent_cpu = (agents_cpu() - cpu_agents) / runs
         client_cpu = (time.process_time() - cpu_me) / runs
         cli = [self.cli_run(group, n) for _ in range(self.args.cli_runs)]
-        row = {"agents": n, "kind": kind, "connected": connected,
-               "server_rss_mib": mib(rss_kib(pid)), "server_cpu_s": server_cpu,
-               "agents_cpu_s": agent_cpu, "client_cpu_s": client_cpu,
-               "agent_rss_mib": agent_rss, "agent_marginal_mib": agent_rss_marginal,
-               "agent_pss_mib": agent_pss,
-               "cli_s": statistics.median(cli), "cli_all": cli,
-               "sdk_s": statistics.median(sdk), "sdk_all": sdk}
+        row = {
+            "agents": n,
+            "kind": kind,
+            "connected": connected,
+            "server_rss_mib": mib(rss_kib(pid)),
+            "server_cpu_s": server_cpu,
+            "agents_cpu_s": agent_cpu,
+            "client_cpu_s": client_cpu,
+            "agent_rss_mib": agent_rss,
+            "agent_marginal_mib": agent_rss_marginal,
+            "agent_pss_mib": agent_pss,
+            "cli_s": statistics.median(cli),
+            "cli_all": cli,
+            "sdk_s": statistics.median(sdk),
+            "sdk_all": sdk,
+        }
         self.rows.append(row)
-        log(f"{kind} {n}: connected {connected}, CLI {row['cli_s']:.3f} s, "
-            f"SDK {row['sdk_s']:.3f} s (runs {', '.join(f'{x:.3f}' for x in sdk)})")
+        log(
+            f"{kind} {n}: connected {connected}, CLI {row['cli_s']:.3f} s, "
+            f"SDK {row['sdk_s']:.3f} s (runs {', '.join(f'{x:.3f}' for x in sdk)})"
+        )
 
     def run_real(self, n: int) -> None:
         from cloudremotecontrol.master.localrun import AgentProcess
@@ -167,15 +192,29 @@ class Bench:
         group = f"real{n}"
         out = self.client.create_group(group, [f"r{i:04d}" for i in range(n)])
         for m in out["machines"]:
-            self.agents.append(AgentProcess(
-                self.work / "real" / m["name"], self.server.url, m["key"],
-                self.server.fingerprint, extra=["--log-level", "warning"]).start())
+            self.agents.append(
+                AgentProcess(
+                    self.work / "real" / m["name"],
+                    self.server.url,
+                    m["key"],
+                    self.server.fingerprint,
+                    extra=["--log-level", "warning"],
+                ).start()
+            )
         connected = self.wait_ready(group, n, self.args.connect_timeout)
         per_agent = statistics.mean(rss_kib(a.proc.pid) for a in self.agents)
         pss = statistics.mean(pss_kib(a.proc.pid) for a in self.agents)
         try:
-            self.measure("processes", group, n, connected, [a.proc.pid for a in self.agents],
-                         mib(per_agent), None, mib(pss))
+            self.measure(
+                "processes",
+                group,
+                n,
+                connected,
+                [a.proc.pid for a in self.agents],
+                mib(per_agent),
+                None,
+                mib(pss),
+            )
         finally:
             self.stop_agents()
             self.client.delete_group(group)
@@ -186,17 +225,32 @@ class Bench:
         keys = [(m["name"], m["key"]) for m in out["machines"]]
         workers = max(1, min(self.args.workers, (n + 99) // 100))
         t = time.perf_counter()
-        self.swarm = Swarm(self.work / group, self.server.url, self.server.fingerprint, keys,
-                           workers, self.args.wave, self.args.connect_timeout)
+        self.swarm = Swarm(
+            self.work / group,
+            self.server.url,
+            self.server.fingerprint,
+            keys,
+            workers,
+            self.args.wave,
+            self.args.connect_timeout,
+        )
         try:
             self.swarm.wait_connected(self.args.connect_timeout + 120)
             connected = self.wait_ready(group, n, 30)
-            log(f"swarm {n}: {self.swarm.connected} agents connected in {workers} processes "
-                f"after {time.perf_counter() - t:.1f} s (enroll included)")
+            log(
+                f"swarm {n}: {self.swarm.connected} agents connected in {workers} processes "
+                f"after {time.perf_counter() - t:.1f} s (enroll included)"
+            )
             total, base = self.swarm.rss_kib()
-            self.measure(f"in-process x{workers}", group, n, connected,
-                         [p.pid for p in self.swarm.procs], mib(total) / n,
-                         mib(total - base) / n)
+            self.measure(
+                f"in-process x{workers}",
+                group,
+                n,
+                connected,
+                [p.pid for p in self.swarm.procs],
+                mib(total) / n,
+                mib(total - base) / n,
+            )
         finally:
             self.swarm.stop()
             self.swarm = None
@@ -205,8 +259,17 @@ class Bench:
 
 # -- report -------------------------------------------------------------------------------
 def table(rows: list[dict[str, Any]], cli_startup: float) -> str:
-    head = ["agents", "kind", "connected", "server RSS", "RSS/agent", "CPU/job server",
-            "CPU/job agents", "crc run (CLI)", "Client.run (SDK)"]
+    head = [
+        "agents",
+        "kind",
+        "connected",
+        "server RSS",
+        "RSS/agent",
+        "CPU/job server",
+        "CPU/job agents",
+        "crc run (CLI)",
+        "Client.run (SDK)",
+    ]
     body = []
     for r in rows:
         per = f"{r['agent_rss_mib']:.1f} MiB"
@@ -214,13 +277,24 @@ def table(rows: list[dict[str, Any]], cli_startup: float) -> str:
             per += f" ({r['agent_marginal_mib']:.2f} marginal)"
         if r.get("agent_pss_mib"):
             per += f" (PSS {r['agent_pss_mib']:.1f})"
-        body.append([str(r["agents"]), r["kind"], f"{r['connected']}/{r['agents']}",
-                     f"{r['server_rss_mib']:.0f} MiB", per, f"{r['server_cpu_s']:.3f} s",
-                     f"{r['agents_cpu_s']:.3f} s", f"{r['cli_s']:.3f} s",
-                     f"{r['sdk_s']:.3f} s"])
+        body.append(
+            [
+                str(r["agents"]),
+                r["kind"],
+                f"{r['connected']}/{r['agents']}",
+                f"{r['server_rss_mib']:.0f} MiB",
+                per,
+                f"{r['server_cpu_s']:.3f} s",
+                f"{r['agents_cpu_s']:.3f} s",
+                f"{r['cli_s']:.3f} s",
+                f"{r['sdk_s']:.3f} s",
+            ]
+        )
     widths = [max(len(x) for x in col) for col in zip(head, *body, strict=True)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-             for row in [head, ["-" * w for w in widths], *body]]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+        for row in [head, ["-" * w for w in widths], *body]
+    ]
     lines.append(f"`crc --version` alone (CLI start-up): {cli_startup:.3f} s")
     return "\n".join(lines)
 
@@ -233,38 +307,57 @@ def verdicts(rows: list[dict[str, Any]]) -> list[str]:
 
     for r in rows:
         if r["agents"] == 30:
-            out.append(f"- CLI `echo hi` to 30 agents ({r['kind']}) <= 0.5 s: "
-                       f"{r['cli_s']:.3f} s, {verdict(r['cli_s'] <= TARGETS['cli_s'])}")
-            out.append(f"- SDK `echo hi` to 30 agents ({r['kind']}) <= 0.1 s: "
-                       f"{r['sdk_s']:.3f} s, {verdict(r['sdk_s'] <= TARGETS['sdk_s'])}")
+            out.append(
+                f"- CLI `echo hi` to 30 agents ({r['kind']}) <= 0.5 s: "
+                f"{r['cli_s']:.3f} s, {verdict(r['cli_s'] <= TARGETS['cli_s'])}"
+            )
+            out.append(
+                f"- SDK `echo hi` to 30 agents ({r['kind']}) <= 0.1 s: "
+                f"{r['sdk_s']:.3f} s, {verdict(r['sdk_s'] <= TARGETS['sdk_s'])}"
+            )
         if r["kind"] == "processes":
-            out.append(f"- RSS per agent process <= 30 MiB: {r['agent_rss_mib']:.1f} MiB, "
-                       f"{verdict(r['agent_rss_mib'] <= TARGETS['agent_mib'])}")
+            out.append(
+                f"- RSS per agent process <= 30 MiB: {r['agent_rss_mib']:.1f} MiB, "
+                f"{verdict(r['agent_rss_mib'] <= TARGETS['agent_mib'])}"
+            )
         if r["agents"] >= 1000:
             best = min(r["sdk_s"], r["cli_s"])
-            out.append(f"- {r['agents']} agents all answered in < 1 s: SDK {r['sdk_s']:.3f} s,"
-                       f" CLI {r['cli_s']:.3f} s, {verdict(best < TARGETS['k_agents_s'])}")
+            out.append(
+                f"- {r['agents']} agents all answered in < 1 s: SDK {r['sdk_s']:.3f} s,"
+                f" CLI {r['cli_s']:.3f} s, {verdict(best < TARGETS['k_agents_s'])}"
+            )
     return out
 
 
 BEGIN, END = "<!-- fanout.py: begin -->", "<!-- fanout.py: end -->"
 
 
-def write_results(path: Path, command: str, text: str, rows: list[dict[str, Any]],
-                  checks: list[str], args: argparse.Namespace, load: list[float]) -> None:
+def write_results(
+    path: Path,
+    command: str,
+    text: str,
+    rows: list[dict[str, Any]],
+    checks: list[str],
+    args: argparse.Namespace,
+    load: list[float],
+) -> None:
     """Write the measured part of ``path`` between the BEGIN/END markers, keeping what
     was written by hand around them (analysis, profiles)."""
     runs = "\n".join(
         f"- {r['agents']} {r['kind']}: CLI "
         f"{', '.join(f'{x:.3f}' for x in r['cli_all'])}; SDK "
-        f"{', '.join(f'{x:.3f}' for x in r['sdk_all'])}" for r in rows)
+        f"{', '.join(f'{x:.3f}' for x in r['sdk_all'])}"
+        for r in rows
+    )
     floors = "\n".join(
         f"- {r['agents']} {r['kind']}: server {r['server_cpu_s']:.3f} + agents (with their "
         f"`echo`) {r['agents_cpu_s']:.3f} + SDK client {r['client_cpu_s']:.3f} = "
         f"{r['server_cpu_s'] + r['agents_cpu_s'] + r['client_cpu_s']:.3f} CPU-s per job: "
         f"on {os.cpu_count()} cores no run can take less than "
         f"{(r['server_cpu_s'] + r['agents_cpu_s'] + r['client_cpu_s']) / (os.cpu_count() or 1):.3f}"
-        f" s" for r in rows)
+        f" s"
+        for r in rows
+    )
     body = f"""{BEGIN}
 Produced by `{command}` on {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M UTC}.
 
@@ -309,12 +402,15 @@ server: on real VMs each agent has its own CPU.
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sizes", default="30,100,1000",
-                   help="swarm sizes, comma separated (max 1000: one group)")
-    p.add_argument("--real", type=int, default=30,
-                   help="number of `crc agent run` processes (0: none)")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--sizes", default="30,100,1000", help="swarm sizes, comma separated (max 1000: one group)"
+    )
+    p.add_argument(
+        "--real", type=int, default=30, help="number of `crc agent run` processes (0: none)"
+    )
     p.add_argument("--cli-runs", type=int, default=5)
     p.add_argument("--sdk-runs", type=int, default=10)
     add_swarm_options(p, connect_timeout=120.0, max_seconds=1200, out=HERE / "RESULTS.md")
@@ -344,10 +440,16 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(checks))
     if not args.no_write:
         rel = os.path.relpath(Path(__file__).resolve(), Path.cwd())
-        command = " ".join([".venv/bin/python", rel, *(argv if argv is not None
-                                                        else sys.argv[1:])])
-        write_results(Path(args.out), command, text, bench.rows, checks, args,
-                      [bench.load_start, os.getloadavg()[0]])
+        command = " ".join([".venv/bin/python", rel, *(argv if argv is not None else sys.argv[1:])])
+        write_results(
+            Path(args.out),
+            command,
+            text,
+            bench.rows,
+            checks,
+            args,
+            [bench.load_start, os.getloadavg()[0]],
+        )
         log(f"wrote {args.out}")
     return 0
 

@@ -63,8 +63,11 @@ from _common import (
 )
 
 HERE = Path(__file__).resolve().parent
-CONFIGS = {"sqlite": "SQLite, 1 server", "postgres": "PostgreSQL, 1 server",
-           "replicas": "PostgreSQL, 2 replicas"}
+CONFIGS = {
+    "sqlite": "SQLite, 1 server",
+    "postgres": "PostgreSQL, 1 server",
+    "replicas": "PostgreSQL, 2 replicas",
+}
 ADMIN_URL = os.environ.get("CRC_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 COUNTERS = ("server", "agents", "postgres", "listen", "wal", "xids", "commits")
 BEGIN, END = "<!-- replicas.py: begin -->", "<!-- replicas.py: end -->"
@@ -94,8 +97,10 @@ class Postgres:
 
     def settings(self) -> str:
         version = self.conn.execute("SHOW server_version").fetchone()[0]
-        vals = {k: self.conn.execute(f"SHOW {k}").fetchone()[0]
-                for k in ("fsync", "synchronous_commit", "shared_buffers")}
+        vals = {
+            k: self.conn.execute(f"SHOW {k}").fetchone()[0]
+            for k in ("fsync", "synchronous_commit", "shared_buffers")
+        }
         return f"PostgreSQL {version} ({', '.join(f'{k}={v}' for k, v in vals.items())})"
 
     def create_database(self) -> str:
@@ -119,8 +124,9 @@ class Postgres:
         """CPU seconds so far and last statement of each backend serving ``url``'s
         database (the servers' write, read and LISTEN connections)."""
         name = urllib.parse.urlsplit(url).path.lstrip("/")
-        rows = self.conn.execute("SELECT pid, query FROM pg_stat_activity WHERE datname = %s",
-                                 (name,)).fetchall()
+        rows = self.conn.execute(
+            "SELECT pid, query FROM pg_stat_activity WHERE datname = %s", (name,)
+        ).fetchall()
         return {pid: (cpu_seconds(pid), query or "") for pid, query in rows}
 
     def position(self, url: str) -> tuple[int, int, int]:
@@ -132,7 +138,8 @@ class Postgres:
             "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint, "
             "pg_snapshot_xmax(pg_current_snapshot())::text::bigint, "
             "(SELECT xact_commit FROM pg_stat_database WHERE datname = %s)",
-            (name,)).fetchone()
+            (name,),
+        ).fetchone()
         return int(row[0]), int(row[1]), int(row[2] or 0)
 
 
@@ -192,19 +199,26 @@ class Sample:
         self.server = cfg.server_cpu()
         self.agents = cfg.agents_cpu()
         self.backends = pg.backends(cfg.database) if pg and cfg.database else {}
-        self.wal, self.xid, self.commits = (pg.position(cfg.database) if pg and cfg.database
-                                            else (0, 0, 0))
+        self.wal, self.xid, self.commits = (
+            pg.position(cfg.database) if pg and cfg.database else (0, 0, 0)
+        )
 
     def since(self, before: Sample) -> dict[str, Any]:
-        per_backend = {pid: (cpu - before.backends.get(pid, (0.0, ""))[0], query)
-                       for pid, (cpu, query) in self.backends.items()}
-        return {"seconds": self.t - before.t, "server": self.server - before.server,
-                "agents": self.agents - before.agents,
-                "postgres": sum(c for c, _ in per_backend.values()),
-                "listen": sum(c for c, q in per_backend.values() if q.startswith("LISTEN")),
-                "backends": len(per_backend),
-                "wal": self.wal - before.wal, "xids": self.xid - before.xid,
-                "commits": self.commits - before.commits}
+        per_backend = {
+            pid: (cpu - before.backends.get(pid, (0.0, ""))[0], query)
+            for pid, (cpu, query) in self.backends.items()
+        }
+        return {
+            "seconds": self.t - before.t,
+            "server": self.server - before.server,
+            "agents": self.agents - before.agents,
+            "postgres": sum(c for c, _ in per_backend.values()),
+            "listen": sum(c for c, q in per_backend.values() if q.startswith("LISTEN")),
+            "backends": len(per_backend),
+            "wal": self.wal - before.wal,
+            "xids": self.xid - before.xid,
+            "commits": self.commits - before.commits,
+        }
 
 
 # -- the benchmark ------------------------------------------------------------------------
@@ -245,29 +259,45 @@ class Bench:
             workers = max(1, min(self.args.workers, (n + 99) // 100))
             # Replicas: agents alternate between them, each replica's share in its own
             # swarm processes (at least one each).
-            shares = [keys[i::len(cfg.servers)] for i in range(len(cfg.servers))]
+            shares = [keys[i :: len(cfg.servers)] for i in range(len(cfg.servers))]
             per = max(1, workers // len(cfg.servers))
             for i, (srv, share) in enumerate(zip(cfg.servers, shares, strict=True)):
                 if share:
-                    cfg.swarms.append(Swarm(self.work / kind / f"swarm-r{i}", srv.url,
-                                            srv.fingerprint, share, per, self.args.wave,
-                                            self.args.connect_timeout))
+                    cfg.swarms.append(
+                        Swarm(
+                            self.work / kind / f"swarm-r{i}",
+                            srv.url,
+                            srv.fingerprint,
+                            share,
+                            per,
+                            self.args.wave,
+                            self.args.connect_timeout,
+                        )
+                    )
             for sw in cfg.swarms:
                 sw.wait_connected(self.args.connect_timeout + 120)
             connected = self.wait_ready(cfg, n, 60)
-            log(f"{kind}: {sum(sw.connected for sw in cfg.swarms)} agents connected in "
+            log(
+                f"{kind}: {sum(sw.connected for sw in cfg.swarms)} agents connected in "
                 f"{sum(len(sw.procs) for sw in cfg.swarms)} processes after "
-                f"{time.perf_counter() - t:.1f} s (enroll included); {connected} ready")
+                f"{time.perf_counter() - t:.1f} s (enroll included); {connected} ready"
+            )
             if connected != n:
                 raise RuntimeError(f"{kind}: only {connected}/{n} agents ready")
-            row = {"kind": kind, "agents": n, "connected": connected,
-                   "swarm_procs": sum(len(sw.procs) for sw in cfg.swarms)}
+            row = {
+                "kind": kind,
+                "agents": n,
+                "connected": connected,
+                "swarm_procs": sum(len(sw.procs) for sw in cfg.swarms),
+            }
             row.update(self.measure_jobs(cfg, n))
             row.update(self.measure_messages(cfg))
             self.rows.append(row)
-            log(f"{kind}: job median {row['job_s']:.3f} s "
+            log(
+                f"{kind}: job median {row['job_s']:.3f} s "
                 f"({', '.join(f'{x:.3f}' for x in row['job_all'])}); "
-                f"{row['msg_rate']:.0f} messages/s")
+                f"{row['msg_rate']:.0f} messages/s"
+            )
         finally:
             cfg.close()
             self.cfg = None
@@ -287,18 +317,28 @@ class Bench:
         for c in cfg.clients:  # warm-up: connections, server caches, each replica
             sdk_job(c, "bench", n)
         before = Sample(cfg, self.pg)
-        runs = [sdk_job(cfg.clients[i % len(cfg.clients)], "bench", n)
-                for i in range(self.args.runs)]
+        runs = [
+            sdk_job(cfg.clients[i % len(cfg.clients)], "bench", n) for i in range(self.args.runs)
+        ]
         d = Sample(cfg, self.pg).since(before)
         k = max(1, len(runs))
-        return {"job_s": statistics.median(runs), "job_all": runs,
-                "job_cpu": {key: d[key] / k for key in COUNTERS},
-                "job_backends": d["backends"]}
+        return {
+            "job_s": statistics.median(runs),
+            "job_all": runs,
+            "job_cpu": {key: d[key] / k for key in COUNTERS},
+            "job_backends": d["backends"],
+        }
 
     def measure_messages(self, cfg: Config) -> dict[str, Any]:
         a = self.args
-        cmd = {"cmd": "emit", "type": "user.bench", "warmup": a.warmup, "seconds": a.seconds,
-               "window": a.window, "drain": 30}
+        cmd = {
+            "cmd": "emit",
+            "type": "user.bench",
+            "warmup": a.warmup,
+            "seconds": a.seconds,
+            "window": a.window,
+            "drain": 30,
+        }
         for sw in cfg.swarms:
             sw.send(cmd)
         time.sleep(a.warmup)
@@ -314,9 +354,13 @@ class Bench:
         if pending:
             log(f"{cfg.kind}: {pending} messages still unacknowledged 30 s after the end")
         per_k = 1000.0 / max(1.0, rate * d["seconds"])
-        return {"msg_rate": rate, "msg_acked": acked, "msg_pending": pending,
-                "msg_senders": sum(r["senders"] for r in replies),
-                "msg_cpu": {key: d[key] * per_k for key in COUNTERS}}
+        return {
+            "msg_rate": rate,
+            "msg_acked": acked,
+            "msg_pending": pending,
+            "msg_senders": sum(r["senders"] for r in replies),
+            "msg_cpu": {key: d[key] * per_k for key in COUNTERS},
+        }
 
 
 # -- report -------------------------------------------------------------------------------
@@ -325,18 +369,36 @@ def _cpu(value: float, present: bool = True) -> str:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    head = ["configuration", "agents", "Client.run (median)", "CPU/job server",
-            "CPU/job postgres", "messages/s", "CPU/1k msg server", "CPU/1k msg postgres"]
+    head = [
+        "configuration",
+        "agents",
+        "Client.run (median)",
+        "CPU/job server",
+        "CPU/job postgres",
+        "messages/s",
+        "CPU/1k msg server",
+        "CPU/1k msg postgres",
+    ]
     body = []
     for r in rows:
         pg = r["kind"] != "sqlite"
-        body.append([CONFIGS[r["kind"]], f"{r['connected']}/{r['agents']}",
-                     f"{r['job_s']:.3f} s", _cpu(r["job_cpu"]["server"]),
-                     _cpu(r["job_cpu"]["postgres"], pg), f"{r['msg_rate']:.0f}",
-                     _cpu(r["msg_cpu"]["server"]), _cpu(r["msg_cpu"]["postgres"], pg)])
+        body.append(
+            [
+                CONFIGS[r["kind"]],
+                f"{r['connected']}/{r['agents']}",
+                f"{r['job_s']:.3f} s",
+                _cpu(r["job_cpu"]["server"]),
+                _cpu(r["job_cpu"]["postgres"], pg),
+                f"{r['msg_rate']:.0f}",
+                _cpu(r["msg_cpu"]["server"]),
+                _cpu(r["msg_cpu"]["postgres"], pg),
+            ]
+        )
     widths = [max(len(x) for x in col) for col in zip(head, *body, strict=True)]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-                     for row in [head, ["-" * w for w in widths], *body])
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+        for row in [head, ["-" * w for w in widths], *body]
+    )
 
 
 def details(rows: list[dict[str, Any]]) -> list[str]:
@@ -344,33 +406,43 @@ def details(rows: list[dict[str, Any]]) -> list[str]:
 
     def pg(c: dict[str, float], commits: bool) -> str:
         # Commits only under steady load: idle backends report theirs 10 s later.
-        return (f" + PostgreSQL backends {c['postgres']:.3f} (of which LISTEN "
-                f"{c['listen']:.3f}) s; "
-                + (f"{c['commits']:.0f} commits, " if commits else "")
-                + f"{c['xids']:.0f} xids (one per savepoint that wrote), "
-                f"{c['wal'] / 1024:.0f} KiB of WAL")
+        return (
+            f" + PostgreSQL backends {c['postgres']:.3f} (of which LISTEN "
+            f"{c['listen']:.3f}) s; "
+            + (f"{c['commits']:.0f} commits, " if commits else "")
+            + f"{c['xids']:.0f} xids (one per savepoint that wrote), "
+            f"{c['wal'] / 1024:.0f} KiB of WAL"
+        )
 
     for r in rows:
         j, m = r["job_cpu"], r["msg_cpu"]
         on_pg = r["kind"] != "sqlite"
-        line = (f"- {CONFIGS[r['kind']]}: per job, CPU server {j['server']:.3f} + agents "
-                f"(with their `echo`) {j['agents']:.3f}")
+        line = (
+            f"- {CONFIGS[r['kind']]}: per job, CPU server {j['server']:.3f} + agents "
+            f"(with their `echo`) {j['agents']:.3f}"
+        )
         line += pg(j, False) if on_pg else " s"
-        line += (f". Per 1,000 messages, CPU server {m['server']:.3f} + agents "
-                 f"{m['agents']:.3f}")
+        line += f". Per 1,000 messages, CPU server {m['server']:.3f} + agents {m['agents']:.3f}"
         line += pg(m, True) if on_pg else " s"
-        line += (f". {r['msg_acked']} messages acknowledged from {r['msg_senders']} "
-                 f"senders")
+        line += f". {r['msg_acked']} messages acknowledged from {r['msg_senders']} senders"
         if r["msg_pending"]:
             line += f", {r['msg_pending']} still unacknowledged 30 s later"
         out.append(line + ".")
     return out
 
 
-def write_results(path: Path, command: str, text: str, rows: list[dict[str, Any]],
-                  args: argparse.Namespace, load: list[float], pg_settings: str) -> None:
-    runs = "\n".join(f"- {CONFIGS[r['kind']]}: {', '.join(f'{x:.3f}' for x in r['job_all'])}"
-                     for r in rows)
+def write_results(
+    path: Path,
+    command: str,
+    text: str,
+    rows: list[dict[str, Any]],
+    args: argparse.Namespace,
+    load: list[float],
+    pg_settings: str,
+) -> None:
+    runs = "\n".join(
+        f"- {CONFIGS[r['kind']]}: {', '.join(f'{x:.3f}' for x in r['job_all'])}" for r in rows
+    )
     procs = ", ".join(f"{CONFIGS[r['kind']]} {r['swarm_procs']}" for r in rows)
     db = f"{pg_settings}, on the same machine." if pg_settings else "No PostgreSQL run."
     body = f"""{BEGIN}
@@ -416,26 +488,37 @@ user + system time of the server process(es) and of the benchmark database's
 PostgreSQL backends.
 
 """
-    write_section(path, BEGIN, END, body,
-                  lambda old: old.rstrip("\n") + "\n\n" + intro + body + "\n")
+    write_section(
+        path, BEGIN, END, body, lambda old: old.rstrip("\n") + "\n\n" + intro + body + "\n"
+    )
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--agents", type=int, default=1000, help="simulated agents (1..1000)")
-    p.add_argument("--configs", default=",".join(CONFIGS),
-                   help=f"which configurations, comma separated ({', '.join(CONFIGS)})")
+    p.add_argument(
+        "--configs",
+        default=",".join(CONFIGS),
+        help=f"which configurations, comma separated ({', '.join(CONFIGS)})",
+    )
     p.add_argument("--runs", type=int, default=7, help="timed jobs per configuration")
-    p.add_argument("--seconds", type=float, default=10.0,
-                   help="duration of the message measurement")
-    p.add_argument("--warmup", type=float, default=2.0,
-                   help="messages sent before the measurement starts")
-    p.add_argument("--window", type=int, default=4,
-                   help="unacknowledged messages allowed per agent")
-    p.add_argument("--postgres", default=ADMIN_URL,
-                   help="admin URL of a PostgreSQL on this machine (default: $CRC_TEST_POSTGRES"
-                        " or postgres@127.0.0.1:5432, trust auth)")
+    p.add_argument(
+        "--seconds", type=float, default=10.0, help="duration of the message measurement"
+    )
+    p.add_argument(
+        "--warmup", type=float, default=2.0, help="messages sent before the measurement starts"
+    )
+    p.add_argument(
+        "--window", type=int, default=4, help="unacknowledged messages allowed per agent"
+    )
+    p.add_argument(
+        "--postgres",
+        default=ADMIN_URL,
+        help="admin URL of a PostgreSQL on this machine (default: $CRC_TEST_POSTGRES"
+        " or postgres@127.0.0.1:5432, trust auth)",
+    )
     add_swarm_options(p, connect_timeout=180.0, max_seconds=1500, out=HERE / "RESULTS.md")
     return p.parse_args(argv)
 
@@ -465,10 +548,16 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(details(bench.rows)))
     if not args.no_write:
         rel = os.path.relpath(Path(__file__).resolve(), Path.cwd())
-        command = " ".join([".venv/bin/python", rel, *(argv if argv is not None
-                                                        else sys.argv[1:])])
-        write_results(Path(args.out), command, text, bench.rows, args,
-                      [bench.load_start, os.getloadavg()[0]], bench.pg_settings)
+        command = " ".join([".venv/bin/python", rel, *(argv if argv is not None else sys.argv[1:])])
+        write_results(
+            Path(args.out),
+            command,
+            text,
+            bench.rows,
+            args,
+            [bench.load_start, os.getloadavg()[0]],
+            bench.pg_settings,
+        )
         log(f"wrote {args.out}")
     return 0
 

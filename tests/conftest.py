@@ -31,25 +31,29 @@ class Env:
         self.token = server.add_user(user)
         self.client = Client(server.url, self.token, server.fingerprint)
         self.agents: list[AgentProcess] = []
-        self.cli_env = {"CRC_URL": server.url, "CRC_TOKEN": self.token,
-                        "CRC_FINGERPRINT": server.fingerprint,
-                        "CRC_CONFIG_DIR": str(tmp / f"cfg-{user}")}
+        self.cli_env = {
+            "CRC_URL": server.url,
+            "CRC_TOKEN": self.token,
+            "CRC_FINGERPRINT": server.fingerprint,
+            "CRC_CONFIG_DIR": str(tmp / f"cfg-{user}"),
+        }
 
     def agent(self, name: str, key: str | None, **kw: Any) -> AgentProcess:
-        a = AgentProcess(self.tmp / "agents" / name, self.server.url, key,
-                         self.server.fingerprint, **kw).start()
+        a = AgentProcess(
+            self.tmp / "agents" / name, self.server.url, key, self.server.fingerprint, **kw
+        ).start()
         self.agents.append(a)
         return a
 
-    def group_with_agents(self, group: str, names: list[str], **kw: Any
-                          ) -> dict[str, AgentProcess]:
+    def group_with_agents(self, group: str, names: list[str], **kw: Any) -> dict[str, AgentProcess]:
         out = self.client.create_group(group, names)
         agents = {m["name"]: self.agent(m["name"], m["key"], **kw) for m in out["machines"]}
         self.wait_state(group, names, "ready")
         return agents
 
-    def wait_state(self, group: str, names: list[str], state: str,
-                   timeout: float = 30.0) -> dict[str, Any]:
+    def wait_state(
+        self, group: str, names: list[str], state: str, timeout: float = 30.0
+    ) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while True:
             g = self.client.group(group)
@@ -80,10 +84,19 @@ def crc(env: Env) -> Callable[..., Any]:
     import subprocess
     import sys
 
-    def run(*args: str, input: str | None = None, timeout: float = 60,
-            extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "cloudremotecontrol", *args],
-                              capture_output=True, text=True, timeout=timeout, input=input,
-                              env={**os.environ, **env.cli_env, **(extra_env or {})})
+    def run(
+        *args: str,
+        input: str | None = None,
+        timeout: float = 60,
+        extra_env: dict[str, str] | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "cloudremotecontrol", *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            input=input,
+            env={**os.environ, **env.cli_env, **(extra_env or {})},
+        )
 
     return run

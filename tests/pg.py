@@ -58,7 +58,9 @@ class PgCluster:
         with self._admin() as conn:
             rows = conn.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE datname = %s AND query LIKE %s", (name, query_prefix + "%")).fetchall()
+                "WHERE datname = %s AND query LIKE %s",
+                (name, query_prefix + "%"),
+            ).fetchall()
         return len(rows)
 
 
@@ -72,8 +74,11 @@ def _unreachable() -> str | None:
             conn.execute("SELECT 1")
     except psycopg.Error as exc:
         parts = urllib.parse.urlsplit(ADMIN_URL)
-        shown = parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")
-                               if parts.password else parts.netloc).geturl()
+        shown = parts._replace(
+            netloc=parts.netloc.replace(f":{parts.password}@", ":***@")
+            if parts.password
+            else parts.netloc
+        ).geturl()
         return f"cannot connect to {shown}: {str(exc).strip()}"
     return None
 

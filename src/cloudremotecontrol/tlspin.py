@@ -40,7 +40,7 @@ def normalize_fingerprint(text: str) -> str:
     """Accept ``sha256:<hex>``, bare hex, or colon-separated hex (as openssl prints it)."""
     value = text.strip().lower()
     if value.startswith("sha256:"):
-        value = value[len("sha256:"):]
+        value = value[len("sha256:") :]
     value = value.replace(":", "")
     if not _HEX64.match(value):
         raise InvalidInput(f"invalid fingerprint {text!r}: expected sha256:<64 hex digits>")
@@ -62,8 +62,10 @@ def fetch_server_cert(url: str, timeout: float = 10.0) -> bytes:
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
     try:
-        with socket.create_connection((host, port), timeout=timeout) as raw, \
-                ctx.wrap_socket(raw, server_hostname=host) as tls:
+        with (
+            socket.create_connection((host, port), timeout=timeout) as raw,
+            ctx.wrap_socket(raw, server_hostname=host) as tls,
+        ):
             der = tls.getpeercert(binary_form=True)
     except (OSError, ssl.SSLError) as exc:
         raise Unavailable(f"cannot reach {url}: {exc}") from None
@@ -85,8 +87,9 @@ def pinned_context(cert_pem: str) -> ssl.SSLContext:
     return ctx
 
 
-def client_context(url: str, fingerprint: str | None, cached_pem: str | None = None
-                   ) -> tuple[ssl.SSLContext | None, str | None]:
+def client_context(
+    url: str, fingerprint: str | None, cached_pem: str | None = None
+) -> tuple[ssl.SSLContext | None, str | None]:
     """The SSL context for ``url``, and the PEM to cache for next time.
 
     With a fingerprint: verify ``cached_pem`` against it, else fetch the server's

@@ -46,6 +46,7 @@ HTTP_METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "tra
 
 # -- the matrix -------------------------------------------------------------------------
 
+
 @dataclass
 class Res:
     """The identifiers a request names: alice's real ones, or ones that never existed."""
@@ -68,8 +69,11 @@ MASTER: list[Request] = [
     ("GET", "/v1/groups/{group}", lambda r: {}),
     ("POST", "/v1/groups/{group}/jobs", lambda r: {"json": {"to": "a", "argv": ["true"]}}),
     ("POST", "/v1/groups/{group}/hosts-sync", lambda r: {"json": {"to": "all"}}),
-    ("POST", "/v1/groups/{group}/messages",
-     lambda r: {"json": {"to": "a", "type": "user.hi", "body": {"n": 1}}}),
+    (
+        "POST",
+        "/v1/groups/{group}/messages",
+        lambda r: {"json": {"to": "a", "type": "user.hi", "body": {"n": 1}}},
+    ),
     ("GET", "/v1/groups/{group}/events", lambda r: {"params": {"since": 0}}),
     ("GET", "/v1/groups/{group}/cursor", lambda r: {}),
     ("GET", "/v1/jobs/{job_id}", lambda r: {}),
@@ -79,16 +83,25 @@ MASTER: list[Request] = [
     ("HEAD", "/v1/blobs/{sha256}", lambda r: {}),
     ("GET", "/v1/blobs/{sha256}", lambda r: {}),
     ("PUT", "/v1/blobs/{sha256}", lambda r: {"content": BLOB}),
-    ("POST", "/v1/groups/{group}/files",
-     lambda r: {"json": {"to": "a", "sha256": r.sha256, "path": "/tmp/crc-authz-file"}}),
-    ("POST", "/v1/groups/{group}/pulls",
-     lambda r: {"json": {"machine": "a", "path": "/etc/hostname"}}),
+    (
+        "POST",
+        "/v1/groups/{group}/files",
+        lambda r: {"json": {"to": "a", "sha256": r.sha256, "path": "/tmp/crc-authz-file"}},
+    ),
+    (
+        "POST",
+        "/v1/groups/{group}/pulls",
+        lambda r: {"json": {"machine": "a", "path": "/etc/hostname"}},
+    ),
     ("GET", "/v1/groups/{group}/kv", lambda r: {}),
     ("PUT", "/v1/groups/{group}/kv/{key}", lambda r: {"json": {"value": "10.0.0.6"}}),
     ("GET", "/v1/groups/{group}/kv/{key}", lambda r: {}),
     ("POST", "/v1/groups/{group}/machines/{machine}/key", lambda r: {"json": {"key_ttl": 60}}),
-    ("PUT", "/v1/groups/{group}/teardown",
-     lambda r: {"json": {"provider": "vultr", "api_key": "VULTR-KEY-OF-ALICE"}}),
+    (
+        "PUT",
+        "/v1/groups/{group}/teardown",
+        lambda r: {"json": {"provider": "vultr", "api_key": "VULTR-KEY-OF-ALICE"}},
+    ),
     ("DELETE", "/v1/groups/{group}/teardown", lambda r: {}),
     ("GET", "/v1/audit", lambda r: {"params": {"group": r.group}}),
     ("DELETE", "/v1/groups/{group}", lambda r: {}),
@@ -103,15 +116,26 @@ AGENT: list[Request] = [
     ("PUT", "/v1/agent/kv/{key}", lambda r: {"json": {"value": "from a machine"}}),
 ]
 # Endpoints that take no bearer credential at all.
-PUBLIC = {("GET", "/v1/health"), ("POST", "/v1/agent/enroll"), ("GET", "/v1/agent/package"),
-          ("GET", "/v1/agent/package.sha256"), ("GET", "/v1/agent/wheels"),
-          ("GET", "/v1/agent/wheels/{filename}")}
+PUBLIC = {
+    ("GET", "/v1/health"),
+    ("POST", "/v1/agent/enroll"),
+    ("GET", "/v1/agent/package"),
+    ("GET", "/v1/agent/package.sha256"),
+    ("GET", "/v1/agent/wheels"),
+    ("GET", "/v1/agent/wheels/{filename}"),
+}
 # Master endpoints where another user acts on its own namespace, not on alice's things.
-OWN_NAMESPACE = {("GET", "/v1/whoami"), ("GET", "/v1/groups"), ("POST", "/v1/groups"),
-                 ("PUT", "/v1/blobs/{sha256}"), ("GET", "/v1/audit")}
+OWN_NAMESPACE = {
+    ("GET", "/v1/whoami"),
+    ("GET", "/v1/groups"),
+    ("POST", "/v1/groups"),
+    ("PUT", "/v1/blobs/{sha256}"),
+    ("GET", "/v1/audit"),
+}
 
 
 # -- helpers ------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def http(server: Any) -> Iterator[httpx.Client]:
@@ -123,19 +147,27 @@ def call(http: httpx.Client, req: Request, res: Res, auth: str | None) -> httpx.
     """``auth`` is the whole Authorization header value (None: no header)."""
     method, path, kwargs = req
     headers = {} if auth is None else {"Authorization": auth}
-    return http.request(method, path.format(group=res.group, job_id=res.job_id,
-                                            sha256=res.sha256, key=res.key,
-                                            machine=res.machine),
-                        headers=headers, **kwargs(res))
+    return http.request(
+        method,
+        path.format(
+            group=res.group, job_id=res.job_id, sha256=res.sha256, key=res.key, machine=res.machine
+        ),
+        headers=headers,
+        **kwargs(res),
+    )
 
 
 def snapshot(env: Any, http: httpx.Client, job_id: str) -> dict[str, Any]:
     """What alice sees: any change here means a refused request did something."""
     audit = http.get("/v1/audit", headers={"Authorization": bearer(env.token)})
     assert audit.status_code == 200, audit.text
-    return {"groups": env.client.list_groups(), "group": env.client.group("lab"),
-            "cursor": env.client.event_cursor("lab"), "job": env.client.job(job_id),
-            "audit": audit.json()["records"]}
+    return {
+        "groups": env.client.list_groups(),
+        "group": env.client.group("lab"),
+        "cursor": env.client.event_cursor("lab"),
+        "job": env.client.job(job_id),
+        "audit": audit.json()["records"],
+    }
 
 
 @dataclass
@@ -147,21 +179,30 @@ class Scene:
 
 def make_scene(env: Any, http: httpx.Client) -> Scene:
     """alice: group lab (a, b), an uploaded file, and a pull job whose file a uploaded."""
-    keys = {m["name"]: m["key"] for m in env.client.create_group("lab", ["a", "b"],
-                                                                    ttl=86400)["machines"]}
+    keys = {
+        m["name"]: m["key"]
+        for m in env.client.create_group("lab", ["a", "b"], ttl=86400)["machines"]
+    }
     cred = enroll(http, keys["a"])
     alice = bearer(env.token)
     r = http.put(f"/v1/blobs/{SHA}", content=BLOB, headers={"Authorization": alice})
     assert r.status_code == 200, r.text
-    r = http.post("/v1/groups/lab/pulls", json={"machine": "a", "path": "/etc/hostname"},
-                  headers={"Authorization": alice})
+    r = http.post(
+        "/v1/groups/lab/pulls",
+        json={"machine": "a", "path": "/etc/hostname"},
+        headers={"Authorization": alice},
+    )
     assert r.status_code == 201, r.text
     job_id = r.json()["job_id"]
-    r = http.put(f"/v1/agent/uploads/{job_id}", content=b"a's hostname\n",
-                 headers={"Authorization": bearer(cred)})
+    r = http.put(
+        f"/v1/agent/uploads/{job_id}",
+        content=b"a's hostname\n",
+        headers={"Authorization": bearer(cred)},
+    )
     assert r.status_code == 200, r.text
-    r = http.put("/v1/groups/lab/kv/db/host", json={"value": "10.0.0.5"},
-                 headers={"Authorization": alice})
+    r = http.put(
+        "/v1/groups/lab/kv/db/host", json={"value": "10.0.0.5"}, headers={"Authorization": alice}
+    )
     assert r.status_code == 200, r.text
     # A second token of alice's, good until the admin revokes it.
     laptop = env.server.admin("add-token", "alice", "laptop")["token"]
@@ -173,8 +214,12 @@ def make_scene(env: Any, http: httpx.Client) -> Scene:
 def openapi_operations(http: httpx.Client) -> set[tuple[str, str]]:
     r = http.get("/v1/openapi.json")
     assert r.status_code == 200, r.text
-    return {(method.upper(), path) for path, item in r.json()["paths"].items()
-            for method in item if method in HTTP_METHODS}
+    return {
+        (method.upper(), path)
+        for path, item in r.json()["paths"].items()
+        for method in item
+        if method in HTTP_METHODS
+    }
 
 
 async def refused_connection(server: Any, auth: str | None) -> tuple[dict[str, Any], int]:
@@ -187,6 +232,7 @@ async def refused_connection(server: Any, auth: str | None) -> tuple[dict[str, A
 
 
 # -- tests ----------------------------------------------------------------------------------
+
 
 def test_the_matrix_covers_every_endpoint_the_server_documents(http):
     documented = openapi_operations(http)
@@ -250,8 +296,13 @@ def test_another_user_never_sees_alices_groups_jobs_or_files(env, http):
     scene = make_scene(env, http)
     before = snapshot(env, http, scene.res.job_id)
     bob = bearer(env.server.add_user("bob"))
-    ghost = Res("ghost", uuid.uuid4().hex, hashlib.sha256(b"never uploaded").hexdigest(),
-                "no/such/key", "nobody")
+    ghost = Res(
+        "ghost",
+        uuid.uuid4().hex,
+        hashlib.sha256(b"never uploaded").hexdigest(),
+        "no/such/key",
+        "nobody",
+    )
 
     def masked(resp: httpx.Response, res: Res) -> tuple[int, str]:
         text = resp.text.replace(f"'{res.group}'", "'<group>'").replace(f"'{res.key}'", "'<k>'")
@@ -275,8 +326,11 @@ def test_another_user_never_sees_alices_groups_jobs_or_files(env, http):
     assert snapshot(env, http, scene.res.job_id) == before
 
     # Names are per user: bob may have a "lab" too (a conflict would reveal alice's).
-    r = http.post("/v1/groups", json={"name": "lab", "machines": [{"name": "z"}]},
-                  headers={"Authorization": bob})
+    r = http.post(
+        "/v1/groups",
+        json={"name": "lab", "machines": [{"name": "z"}]},
+        headers={"Authorization": bob},
+    )
     assert r.status_code == 201, r.text
     r = http.get("/v1/groups/lab", headers={"Authorization": bob})
     assert [m["name"] for m in r.json()["machines"]] == ["z"]
@@ -328,8 +382,9 @@ def test_agent_endpoints_and_connection_refuse_master_tokens_and_bad_credentials
 
 
 def test_a_machine_can_neither_command_its_peers_nor_reach_another_group(env, http):
-    keys = {m["name"]: m["key"]
-            for m in env.client.create_group("lab", ["a", "b", "c"])["machines"]}
+    keys = {
+        m["name"]: m["key"] for m in env.client.create_group("lab", ["a", "b", "c"])["machines"]
+    }
     cred_a, cred_c = enroll(http, keys["a"]), enroll(http, keys["c"])
     env.agent("b", keys["b"])  # a real agent: it must run nothing a sends
     env.wait_state("lab", ["b"], "ready")
@@ -340,18 +395,26 @@ def test_a_machine_can_neither_command_its_peers_nor_reach_another_group(env, ht
         ("job.run", "b", {"job_id": job_id, "argv": ["touch", str(marker)]}),
         ("job.run", "all", {"job_id": job_id, "command": f"touch {marker}"}),
         ("job.cancel", "b", {"job_id": job_id}),
-        ("file.put", "b", {"job_id": job_id, "sha256": SHA, "size": len(BLOB),
-                           "path": str(marker)}),
+        (
+            "file.put",
+            "b",
+            {"job_id": job_id, "sha256": SHA, "size": len(BLOB), "path": str(marker)},
+        ),
         ("file.get", "b", {"job_id": job_id, "path": "/etc/hostname"}),
-        ("hosts.sync", "b", {"job_id": job_id, "group": "lab",
-                             "entries": [["192.0.2.66", "evil"]]}),
+        (
+            "hosts.sync",
+            "b",
+            {"job_id": job_id, "group": "lab", "entries": [["192.0.2.66", "evil"]]},
+        ),
         ("system.roster", "b", {}),
     ]
 
     async def scenario() -> tuple[int, int]:
-        async with wire_agent(env.server, cred_a, "lab", "a") as a, \
-                wire_agent(env.server, cred_c, "lab", "c") as c, \
-                wire_agent(env.server, cred_x, "other", "x") as x:
+        async with (
+            wire_agent(env.server, cred_a, "lab", "a") as a,
+            wire_agent(env.server, cred_c, "lab", "c") as c,
+            wire_agent(env.server, cred_x, "other", "x") as x,
+        ):
             cursor, other_cursor = env.client.event_cursor("lab"), env.client.event_cursor("other")
             for kind, to, body in commands:
                 frames = await a.send_msg(kind, body, to=to)
@@ -366,7 +429,11 @@ def test_a_machine_can_neither_command_its_peers_nor_reach_another_group(env, ht
             assert [f["type"] for f in frames] == ["ack"]
             got = await c.next_msg()
             assert (got["from"], got["group"], got["type"], got["body"]) == (
-                "a", "lab", "user.hi", {"n": 2})
+                "a",
+                "lab",
+                "user.hi",
+                {"n": 2},
+            )
             # x received nothing from a: the master's message is the first it gets.
             env.client.send_message("other", "x", "user.ping", {})
             got = await x.next_msg()
@@ -381,22 +448,27 @@ def test_a_machine_can_neither_command_its_peers_nor_reach_another_group(env, ht
     assert not [e for e in events if e["type"].startswith("job.")]
     with pytest.raises(NotFound):
         env.client.job(job_id)
-    other = [e for e in env.client.events("other", since=other_cursor)
-             if e["type"] != "machine.state"]  # x going offline as the test ends
+    other = [
+        e for e in env.client.events("other", since=other_cursor) if e["type"] != "machine.state"
+    ]  # x going offline as the test ends
     assert [(e["type"], e["data"].get("from")) for e in other] == [("message.sent", "master")]
     # b is alive and has worked through its queue: the master's job runs, a's never did.
-    results = [e for e in env.client.run("lab", "b", argv=["true"])
-               if e["type"] == "job.status" and e["data"]["status"] == "succeeded"]
+    results = [
+        e
+        for e in env.client.run("lab", "b", argv=["true"])
+        if e["type"] == "job.status" and e["data"]["status"] == "succeeded"
+    ]
     assert len(results) == 1
     assert not marker.exists()
     # Nor can it read or write another group's key/value store: each sees its own.
     alice = {"Authorization": bearer(env.token)}
-    assert http.put("/v1/groups/lab/kv/db/host", json={"value": "10.0.0.5"},
-                    headers=alice).status_code == 200
+    assert (
+        http.put("/v1/groups/lab/kv/db/host", json={"value": "10.0.0.5"}, headers=alice).status_code
+        == 200
+    )
     as_x = {"Authorization": bearer(cred_x)}
     assert_error(http.get("/v1/agent/kv/db/host", headers=as_x), 404, "not_found")
-    assert http.put("/v1/agent/kv/db/host", json={"value": "evil"},
-                    headers=as_x).status_code == 200
+    assert http.put("/v1/agent/kv/db/host", json={"value": "evil"}, headers=as_x).status_code == 200
     r = http.get("/v1/agent/kv/db/host", headers={"Authorization": bearer(cred_a)})
     assert r.json()["value"] == "10.0.0.5"
     assert [g["group"] for g in env.client.list_groups()] == ["lab", "other"]
@@ -404,14 +476,14 @@ def test_a_machine_can_neither_command_its_peers_nor_reach_another_group(env, ht
 
 def test_enrollment_keys_are_single_use_expire_and_die_with_their_group(env, http):
     brief = env.client.create_group("brief", ["t"], key_ttl=1)["machines"][0]
-    keys = {m["name"]: m["key"]
-            for m in env.client.create_group("keys", ["k1", "k2", "k3"])["machines"]}
+    keys = {
+        m["name"]: m["key"] for m in env.client.create_group("keys", ["k1", "k2", "k3"])["machines"]
+    }
     doomed_key = env.client.create_group("doomed", ["d"])["machines"][0]["key"]
     env.client.delete_group("doomed")
 
     def refused(key: Any, part: str) -> None:
-        assert_error(http.post("/v1/agent/enroll", json={"key": key}), 401, "key_rejected",
-                     part)
+        assert_error(http.post("/v1/agent/enroll", json={"key": key}), 401, "key_rejected", part)
 
     enroll(http, keys["k1"])
     refused(keys["k1"], "already used")
@@ -430,8 +502,9 @@ def test_enrollment_keys_are_single_use_expire_and_die_with_their_group(env, htt
 
 
 def test_agent_run_with_a_refused_key_exits_with_one_clear_line(env, http):
-    keys = {m["name"]: m["key"]
-            for m in env.client.create_group("lab", ["used", "spare"])["machines"]}
+    keys = {
+        m["name"]: m["key"] for m in env.client.create_group("lab", ["used", "spare"])["machines"]
+    }
     enroll(http, keys["used"])
     cases = {
         "already used": keys["used"],
@@ -441,10 +514,25 @@ def test_agent_run_with_a_refused_key_exits_with_one_clear_line(env, http):
     for i, (part, key) in enumerate(cases.items()):
         state_dir = env.tmp / f"refused-{i}"
         r = subprocess.run(
-            [sys.executable, "-m", "cloudremotecontrol", "agent", "run", "--url",
-             env.server.url, "--key", key, "--fingerprint", env.server.fingerprint,
-             "--state-dir", str(state_dir)],
-            capture_output=True, text=True, timeout=60)
+            [
+                sys.executable,
+                "-m",
+                "cloudremotecontrol",
+                "agent",
+                "run",
+                "--url",
+                env.server.url,
+                "--key",
+                key,
+                "--fingerprint",
+                env.server.fingerprint,
+                "--state-dir",
+                str(state_dir),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert r.returncode == 3, (r.returncode, r.stderr)
         assert "Traceback" not in r.stderr + r.stdout
         lines = r.stderr.strip().splitlines()
@@ -453,4 +541,6 @@ def test_agent_run_with_a_refused_key_exits_with_one_clear_line(env, http):
         assert not (state_dir / "credential.json").exists()
     # The spare key was never touched by all this.
     assert {m["name"]: m["state"] for m in env.client.group("lab")["machines"]} == {
-        "used": "enrolled", "spare": "pending"}
+        "used": "enrolled",
+        "spare": "pending",
+    }

@@ -47,8 +47,11 @@ def http(server: Any) -> Iterator[httpx.Client]:
 
 def state(env: Any) -> dict[str, Any]:
     """Everything alice can see of her groups: a change means bad input did something."""
-    return {"groups": env.client.list_groups(), "lab": env.client.group("lab"),
-            "cursor": env.client.event_cursor("lab")}
+    return {
+        "groups": env.client.list_groups(),
+        "lab": env.client.group("lab"),
+        "cursor": env.client.event_cursor("lab"),
+    }
 
 
 def job(**fields: Any) -> dict[str, Any]:
@@ -65,57 +68,130 @@ def chunks(total: int) -> Iterator[bytes]:
 # (method, path, request kwargs, status, code, a part of the message)
 CASES: list[tuple[str, str, dict[str, Any], int, str, str]] = [
     # Not JSON, or not the JSON object expected.
-    ("POST", G, {"content": b'{"name": "x", ', "headers": JSON}, 400, "malformed_json",
-     "not valid JSON"),
+    (
+        "POST",
+        G,
+        {"content": b'{"name": "x", ', "headers": JSON},
+        400,
+        "malformed_json",
+        "not valid JSON",
+    ),
     ("POST", G, {"content": b"name=x&machines=a", "headers": JSON}, 400, "malformed_json", ""),
-    ("POST", J, {"content": b"{'to': 'a', 'argv': ['true']}", "headers": JSON}, 400,
-     "malformed_json", ""),
+    (
+        "POST",
+        J,
+        {"content": b"{'to': 'a', 'argv': ['true']}", "headers": JSON},
+        400,
+        "malformed_json",
+        "",
+    ),
     ("POST", "/v1/agent/enroll", {"content": b"{", "headers": JSON}, 400, "malformed_json", ""),
-    ("POST", G, {"content": b'{"name": "\xff\xfe", "machines": []}', "headers": JSON}, 400,
-     "malformed_json", ""),  # not UTF-8
-    ("POST", G, {"content": b"[" * 100_000 + b"]" * 100_000, "headers": JSON}, 400,
-     "malformed_json", ""),  # nested deeper than any parser recurses
-    ("POST", G, {"content": b'{"key_ttl": ' + b"9" * 5000 + b"}", "headers": JSON}, 400,
-     "malformed_json", ""),  # a number longer than Python converts
+    (
+        "POST",
+        G,
+        {"content": b'{"name": "\xff\xfe", "machines": []}', "headers": JSON},
+        400,
+        "malformed_json",
+        "",
+    ),  # not UTF-8
+    (
+        "POST",
+        G,
+        {"content": b"[" * 100_000 + b"]" * 100_000, "headers": JSON},
+        400,
+        "malformed_json",
+        "",
+    ),  # nested deeper than any parser recurses
+    (
+        "POST",
+        G,
+        {"content": b'{"key_ttl": ' + b"9" * 5000 + b"}", "headers": JSON},
+        400,
+        "malformed_json",
+        "",
+    ),  # a number longer than Python converts
     ("POST", G, {"json": []}, 400, "invalid_input", ""),
     ("POST", G, {"json": "lab"}, 400, "invalid_input", ""),
     ("POST", G, {}, 400, "invalid_input", ""),
     # Wrong types.
     ("POST", G, {"json": {"name": 5, "machines": M}}, 400, "invalid_input", "name"),
     ("POST", G, {"json": {"name": "x", "machines": "a,b"}}, 400, "invalid_input", "machines"),
-    ("POST", G, {"json": {"name": "x", "machines": [{"name": 5}]}}, 400, "invalid_input",
-     "name"),
-    ("POST", G, {"json": {"name": "x", "machines": [{"name": "m", "labels": {"role": 1}}]}},
-     400, "invalid_input", "labels"),
-    ("POST", G, {"json": {"name": "x", "machines": [{"name": "m", "labels": {"Ro le": "x"}}]}},
-     400, "invalid_input", "label"),
-    ("POST", G, {"json": {"name": "x", "machines": M, "key_ttl": "soon"}}, 400,
-     "invalid_input", "key_ttl"),
-    ("POST", G, {"json": {"name": "x", "machines": M, "key_ttl": 0}}, 400, "invalid_input",
-     "TTL"),
-    ("POST", G, {"json": {"name": "x", "machines": M, "key_ttl": -5}}, 400, "invalid_input",
-     "TTL"),
+    ("POST", G, {"json": {"name": "x", "machines": [{"name": 5}]}}, 400, "invalid_input", "name"),
+    (
+        "POST",
+        G,
+        {"json": {"name": "x", "machines": [{"name": "m", "labels": {"role": 1}}]}},
+        400,
+        "invalid_input",
+        "labels",
+    ),
+    (
+        "POST",
+        G,
+        {"json": {"name": "x", "machines": [{"name": "m", "labels": {"Ro le": "x"}}]}},
+        400,
+        "invalid_input",
+        "label",
+    ),
+    (
+        "POST",
+        G,
+        {"json": {"name": "x", "machines": M, "key_ttl": "soon"}},
+        400,
+        "invalid_input",
+        "key_ttl",
+    ),
+    ("POST", G, {"json": {"name": "x", "machines": M, "key_ttl": 0}}, 400, "invalid_input", "TTL"),
+    ("POST", G, {"json": {"name": "x", "machines": M, "key_ttl": -5}}, 400, "invalid_input", "TTL"),
     ("POST", G, {"json": {"name": "x", "machines": M, "ttl": 0}}, 400, "invalid_input", "TTL"),
     # Unknown fields are refused, not ignored (a typo must not pass silently).
-    ("POST", G, {"json": {"name": "x", "machines": M, "colour": "red"}}, 400, "invalid_input",
-     "colour"),
-    ("POST", G, {"json": {"name": "x", "machines": [{"name": "m", "role": "db"}]}}, 400,
-     "invalid_input", "role"),
+    (
+        "POST",
+        G,
+        {"json": {"name": "x", "machines": M, "colour": "red"}},
+        400,
+        "invalid_input",
+        "colour",
+    ),
+    (
+        "POST",
+        G,
+        {"json": {"name": "x", "machines": [{"name": "m", "role": "db"}]}},
+        400,
+        "invalid_input",
+        "role",
+    ),
     ("POST", J, job(argv=["true"], retries=3), 400, "invalid_input", "retries"),
     # Names.
-    *[("POST", G, {"json": {"name": bad, "machines": M}}, 400, "invalid_input", "")
-      for bad in BAD_NAMES],
-    *[("POST", G, {"json": {"name": "x", "machines": [{"name": bad}]}}, 400, "invalid_input",
-       "") for bad in BAD_NAMES],
+    *[
+        ("POST", G, {"json": {"name": bad, "machines": M}}, 400, "invalid_input", "")
+        for bad in BAD_NAMES
+    ],
+    *[
+        ("POST", G, {"json": {"name": "x", "machines": [{"name": bad}]}}, 400, "invalid_input", "")
+        for bad in BAD_NAMES
+    ],
     ("POST", G, {"json": {"name": "x", "machines": []}}, 400, "invalid_input", "machine"),
-    ("POST", G, {"json": {"name": "x", "machines": [{"name": "m"}, {"name": "m"}]}}, 400,
-     "invalid_input", "unique"),
+    (
+        "POST",
+        G,
+        {"json": {"name": "x", "machines": [{"name": "m"}, {"name": "m"}]}},
+        400,
+        "invalid_input",
+        "unique",
+    ),
     ("POST", G, {"json": {"name": "lab", "machines": M}}, 409, "conflict", "exists already"),
     # Targets.
     ("POST", J, {"json": {"to": "nosuch", "argv": ["true"]}}, 404, "not_found", "'nosuch'"),
     ("POST", J, {"json": {"to": "a,nosuch", "argv": ["true"]}}, 404, "not_found", "'nosuch'"),
-    ("POST", J, {"json": {"to": "role=web", "argv": ["true"]}}, 400, "invalid_input",
-     "matches no machine"),
+    (
+        "POST",
+        J,
+        {"json": {"to": "role=web", "argv": ["true"]}},
+        400,
+        "invalid_input",
+        "matches no machine",
+    ),
     ("POST", J, {"json": {"to": "", "argv": ["true"]}}, 400, "invalid_input", "target"),
     ("POST", J, {"json": {"to": "A", "argv": ["true"]}}, 400, "invalid_input", "'A'"),
     ("POST", J, {"json": {"to": "a" * 5000, "argv": ["true"]}}, 400, "invalid_input", "to"),
@@ -138,38 +214,88 @@ CASES: list[tuple[str, str, dict[str, Any], int, str, str]] = [
     ("POST", J, job(argv=["true"], env="A=1"), 400, "invalid_input", "env"),
     ("POST", J, job(argv=["true"], cwd=""), 400, "invalid_input", "cwd"),
     # Messages, hosts, files, key/value store, event cursors.
-    ("POST", "/v1/groups/lab/messages", {"json": {"to": "a", "type": "job.run"}}, 400,
-     "invalid_input", "message type"),
-    ("POST", "/v1/groups/lab/messages", {"json": {"to": "a", "type": "user."}}, 400,
-     "invalid_input", "message type"),
-    ("POST", "/v1/groups/lab/messages",
-     {"json": {"to": "a", "type": "user.big", "body": {"x": "y" * MAX_MESSAGE_BODY_BYTES}}},
-     413, "too_large", ""),
-    ("POST", "/v1/groups/lab/hosts-sync", {"json": {"ip": "bogus"}}, 400, "invalid_input",
-     "ip"),
-    ("POST", "/v1/groups/lab/pulls", {"json": {"machine": "a", "path": "etc/hostname"}}, 400,
-     "invalid_input", "absolute"),
-    ("POST", "/v1/groups/lab/files", {"json": {"to": "a", "sha256": "xyz", "path": "/tmp/f"}},
-     400, "invalid_input", ""),
+    (
+        "POST",
+        "/v1/groups/lab/messages",
+        {"json": {"to": "a", "type": "job.run"}},
+        400,
+        "invalid_input",
+        "message type",
+    ),
+    (
+        "POST",
+        "/v1/groups/lab/messages",
+        {"json": {"to": "a", "type": "user."}},
+        400,
+        "invalid_input",
+        "message type",
+    ),
+    (
+        "POST",
+        "/v1/groups/lab/messages",
+        {"json": {"to": "a", "type": "user.big", "body": {"x": "y" * MAX_MESSAGE_BODY_BYTES}}},
+        413,
+        "too_large",
+        "",
+    ),
+    ("POST", "/v1/groups/lab/hosts-sync", {"json": {"ip": "bogus"}}, 400, "invalid_input", "ip"),
+    (
+        "POST",
+        "/v1/groups/lab/pulls",
+        {"json": {"machine": "a", "path": "etc/hostname"}},
+        400,
+        "invalid_input",
+        "absolute",
+    ),
+    (
+        "POST",
+        "/v1/groups/lab/files",
+        {"json": {"to": "a", "sha256": "xyz", "path": "/tmp/f"}},
+        400,
+        "invalid_input",
+        "",
+    ),
     ("PUT", "/v1/groups/lab/kv/bad key", {"json": {"value": 1}}, 400, "invalid_input", "key"),
-    ("PUT", "/v1/groups/lab/kv/big", {"json": {"value": "v" * (65 << 10)}}, 413, "too_large",
-     ""),
+    ("PUT", "/v1/groups/lab/kv/big", {"json": {"value": "v" * (65 << 10)}}, 413, "too_large", ""),
     ("GET", "/v1/groups/lab/events", {"params": {"since": -1}}, 400, "invalid_input", "since"),
-    ("GET", "/v1/groups/lab/events", {"params": {"since": "abc"}}, 400, "invalid_input",
-     "since"),
-    ("GET", "/v1/groups/lab/events", {"params": {"since": 2**63}}, 400, "invalid_input",
-     "since"),  # past the database's integers: refused before the stream starts
+    ("GET", "/v1/groups/lab/events", {"params": {"since": "abc"}}, 400, "invalid_input", "since"),
+    (
+        "GET",
+        "/v1/groups/lab/events",
+        {"params": {"since": 2**63}},
+        400,
+        "invalid_input",
+        "since",
+    ),  # past the database's integers: refused before the stream starts
     ("GET", "/v1/jobs/nosuch", {}, 404, "not_found", "'nosuch'"),
     # Places and methods that do not exist.
     ("GET", "/v1/nowhere", {}, 404, "not_found", ""),
     ("PATCH", G, {"json": {}}, 405, "method_not_allowed", ""),
     # Too large: announced, and sent chunked without a length.
-    ("POST", G, {"content": b" " * (MAX_HTTP_BODY_BYTES + 1), "headers": JSON}, 413,
-     "too_large", ""),
-    ("POST", J, {"content": chunks(MAX_HTTP_BODY_BYTES + 1), "headers": JSON}, 413,
-     "too_large", ""),
-    ("POST", "/v1/agent/enroll", {"content": chunks(4 * MAX_HTTP_BODY_BYTES), "headers": JSON},
-     413, "too_large", ""),
+    (
+        "POST",
+        G,
+        {"content": b" " * (MAX_HTTP_BODY_BYTES + 1), "headers": JSON},
+        413,
+        "too_large",
+        "",
+    ),
+    (
+        "POST",
+        J,
+        {"content": chunks(MAX_HTTP_BODY_BYTES + 1), "headers": JSON},
+        413,
+        "too_large",
+        "",
+    ),
+    (
+        "POST",
+        "/v1/agent/enroll",
+        {"content": chunks(4 * MAX_HTTP_BODY_BYTES), "headers": JSON},
+        413,
+        "too_large",
+        "",
+    ),
 ]
 
 
@@ -214,16 +340,16 @@ def test_bad_agent_frames_get_error_frames_and_never_corrupt_state(env, http):
                 await a.ws.send(text)
                 frame = await recv_json(a.ws)
                 assert frame["type"] == "error" and frame["error"]["code"] == code, (text, frame)
-            assert [f["type"] for f in await a.send_msg("progress", {"text": "still here"})] \
-                == ["ack"]
+            assert [f["type"] for f in await a.send_msg("progress", {"text": "still here"})] == [
+                "ack"
+            ]
             # Messages the server cannot apply: acknowledged (never re-sent for ever) and
             # recorded as agent.error events, with nothing else stored.
             bad = [
                 ("weird.thing", {}, {}, "unknown_type"),
                 ("progress", {"percent": 500}, {}, "invalid_input"),
                 ("progress", {"text": "x", "percent": True}, {}, "invalid_input"),
-                ("job.result", {"job_id": "nosuch", "status": "exploded"}, {},
-                 "invalid_input"),
+                ("job.result", {"job_id": "nosuch", "status": "exploded"}, {}, "invalid_input"),
                 ("user.big", {"x": "y" * MAX_MESSAGE_BODY_BYTES}, {}, "too_large"),
                 ("user.hi", {}, {"id": ""}, "invalid_input"),
                 ("user.hi", {}, {"body": [1]}, "invalid_input"),
@@ -248,8 +374,7 @@ def test_bad_agent_frames_get_error_frames_and_never_corrupt_state(env, http):
     cursor, last = asyncio.run(scenario())
     events = [e for e in env.client.events("lab", since=cursor) if e["type"] != "machine.state"]
     assert [e["type"] for e in events] == ["progress"] + ["agent.error"] * 8 + ["progress"]
-    assert [e["data"]["text"] for e in events if e["type"] == "progress"] == [
-        "still here", "back"]
+    assert [e["data"]["text"] for e in events if e["type"] == "progress"] == ["still here", "back"]
     assert env.client.list_groups() == groups
     assert env.client.group("lab")["machines"][0]["progress"]["text"] == "back"
     assert last == 10  # 1 + 8 + 1 messages, each applied once
@@ -262,8 +387,12 @@ def test_protocol_violations_close_the_connection_and_the_server_carries_on(env,
 
     async def scenario() -> None:
         # Anything but hello first: an error frame and 4400.
-        for first in ['{"type": "ack", "seq": 0}', "hello?", '{"type": "hello", "ack": -1}',
-                      json.dumps({"type": "hello", "ack": 2**63})]:
+        for first in [
+            '{"type": "ack", "seq": 0}',
+            "hello?",
+            '{"type": "hello", "ack": -1}',
+            json.dumps({"type": "hello", "ack": 2**63}),
+        ]:
             async with ws_open(env.server, bearer(cred)) as ws:
                 await ws.send(first)
                 frame = await recv_json(ws)
@@ -275,9 +404,22 @@ def test_protocol_violations_close_the_connection_and_the_server_carries_on(env,
             assert (await recv_json(a.ws))["type"] == "error"
             assert await close_code(a.ws) == 4400
         async with wire_agent(env.server, cred, "lab", "a") as a:
-            await a.ws.send(json.dumps({"type": "msg", "seq": a.seq + 5, "msg": {
-                "id": uuid.uuid4().hex, "group": "lab", "from": "a", "to": "master",
-                "type": "progress", "body": {"text": "from the future"}}}))
+            await a.ws.send(
+                json.dumps(
+                    {
+                        "type": "msg",
+                        "seq": a.seq + 5,
+                        "msg": {
+                            "id": uuid.uuid4().hex,
+                            "group": "lab",
+                            "from": "a",
+                            "to": "master",
+                            "type": "progress",
+                            "body": {"text": "from the future"},
+                        },
+                    }
+                )
+            )
             frame = await recv_json(a.ws)
             assert frame["type"] == "error" and "sequence gap" in frame["error"]["message"]
             assert await close_code(a.ws) == 4400

@@ -10,9 +10,25 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_fanout_bench_completes_and_prints_a_table() -> None:
-    r = subprocess.run([sys.executable, str(ROOT / "bench" / "fanout.py"), "--sizes", "3",
-                        "--real", "2", "--no-write", "--cli-runs", "1", "--sdk-runs", "2"],
-                       capture_output=True, text=True, timeout=240, cwd=ROOT)
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "fanout.py"),
+            "--sizes",
+            "3",
+            "--real",
+            "2",
+            "--no-write",
+            "--cli-runs",
+            "1",
+            "--sdk-runs",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=ROOT,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     lines = r.stdout.splitlines()
     assert lines[0].split()[:3] == ["agents", "kind", "connected"]
@@ -27,18 +43,42 @@ def test_replicas_bench_completes_and_prints_a_table(pg_cluster) -> None:
 
     def bench_databases() -> set[str]:
         with psycopg.connect(pg_cluster.admin_url, autocommit=True) as conn:
-            return {row[0] for row in conn.execute(
-                "SELECT datname FROM pg_database WHERE datname LIKE 'crc_bench_%'")}
+            return {
+                row[0]
+                for row in conn.execute(
+                    "SELECT datname FROM pg_database WHERE datname LIKE 'crc_bench_%'"
+                )
+            }
 
     before = bench_databases()
-    r = subprocess.run([sys.executable, str(ROOT / "bench" / "replicas.py"), "--agents", "3",
-                        "--no-write", "--runs", "1", "--seconds", "1", "--warmup", "0.5",
-                        "--postgres", pg_cluster.admin_url],
-                       capture_output=True, text=True, timeout=240, cwd=ROOT)
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "replicas.py"),
+            "--agents",
+            "3",
+            "--no-write",
+            "--runs",
+            "1",
+            "--seconds",
+            "1",
+            "--warmup",
+            "0.5",
+            "--postgres",
+            pg_cluster.admin_url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=ROOT,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     lines = r.stdout.splitlines()
     assert lines[0].split()[:2] == ["configuration", "agents"]
-    for label, row in zip(["SQLite, 1 server", "PostgreSQL, 1 server",
-                           "PostgreSQL, 2 replicas"], lines[2:5], strict=True):
+    for label, row in zip(
+        ["SQLite, 1 server", "PostgreSQL, 1 server", "PostgreSQL, 2 replicas"],
+        lines[2:5],
+        strict=True,
+    ):
         assert row.startswith(label) and "3/3" in row, row
     assert bench_databases() <= before  # it dropped the databases it created

@@ -40,9 +40,11 @@ import cloudremotecontrol.agent.platform.fake_systemctl as fake_systemctl_module
 from cloudremotecontrol.tlspin import client_context
 
 needs_root = pytest.mark.skipif(
-    os.geteuid() != 0 or not all(shutil.which(t) for t in ("unshare", "nsenter"))
+    os.geteuid() != 0
+    or not all(shutil.which(t) for t in ("unshare", "nsenter"))
     or not os.path.exists("/usr/bin/python3"),
-    reason="needs root, unshare(1), nsenter(1) and /usr/bin/python3 for a private /opt and /etc")
+    reason="needs root, unshare(1), nsenter(1) and /usr/bin/python3 for a private /opt and /etc",
+)
 
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 FAKE_SYSTEMCTL = f"/usr/bin/python3 {fake_systemctl_module.__file__}"
@@ -68,8 +70,20 @@ class VM:
         self.fake_state = tmp / "fake-systemd"
         (tmp / "overlays").mkdir(parents=True)
         self.holder = subprocess.Popen(
-            ["unshare", "--mount", "--propagation", "private", "bash", "-c", MOUNTS,
-             str(tmp / "overlays")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            [
+                "unshare",
+                "--mount",
+                "--propagation",
+                "private",
+                "bash",
+                "-c",
+                MOUNTS,
+                str(tmp / "overlays"),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         assert self.holder.stdout is not None
         line = self.holder.stdout.readline()
         assert line.strip() == "mounted", self.holder.stderr.read() if self.holder.stderr else ""
@@ -81,10 +95,24 @@ class VM:
     def run(self, *argv: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
         """Run as root inside the VM with a clean environment, as a startup script is."""
         return subprocess.run(
-            ["nsenter", "--target", str(self.holder.pid), "--mount", "--",
-             "env", "-i", f"PATH={SYSTEM_PATH}", "LANG=C.UTF-8",
-             f"CRC_SYSTEMCTL={FAKE_SYSTEMCTL}", f"CRC_FAKE_SYSTEMD_STATE={self.fake_state}",
-             *argv], capture_output=True, text=True, timeout=timeout)
+            [
+                "nsenter",
+                "--target",
+                str(self.holder.pid),
+                "--mount",
+                "--",
+                "env",
+                "-i",
+                f"PATH={SYSTEM_PATH}",
+                "LANG=C.UTF-8",
+                f"CRC_SYSTEMCTL={FAKE_SYSTEMCTL}",
+                f"CRC_FAKE_SYSTEMD_STATE={self.fake_state}",
+                *argv,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
     def agent_pid(self) -> int | None:
         try:
@@ -126,8 +154,7 @@ def vm(tmp_path: Path) -> Iterator[VM]:
     machine.close()
 
 
-def _bootstrap(crc: Any, tmp: Path, name: str, *args: str, file: str = "bootstrap.sh"
-               ) -> Path:
+def _bootstrap(crc: Any, tmp: Path, name: str, *args: str, file: str = "bootstrap.sh") -> Path:
     """`crc bootstrap` as the master runs it; the script goes to a file (mode 0600)."""
     out = tmp / file
     res = crc("bootstrap", "vm", name, "--os", "linux", "-o", str(out), *args)
@@ -139,8 +166,13 @@ def _bootstrap(crc: Any, tmp: Path, name: str, *args: str, file: str = "bootstra
 def _snapshot(vm: VM) -> dict[str, tuple[Any, ...]]:
     """Everything the bootstrap writes: path -> (mode, mtime, content digest or target)."""
     out: dict[str, tuple[Any, ...]] = {}
-    roots = ["/opt/crc-agent", "/etc/crc-agent", "/etc/systemd/system/crc-agent.service",
-             "/var/lib/crc-agent/credential.json", "/usr/local/bin/crc"]
+    roots = [
+        "/opt/crc-agent",
+        "/etc/crc-agent",
+        "/etc/systemd/system/crc-agent.service",
+        "/var/lib/crc-agent/credential.json",
+        "/usr/local/bin/crc",
+    ]
     for root in roots:
         base = vm.path(root)
         paths = [base] if not base.is_dir() or base.is_symlink() else [base, *base.rglob("*")]
@@ -154,17 +186,19 @@ def _snapshot(vm: VM) -> dict[str, tuple[Any, ...]]:
                 what = hashlib.sha256(p.read_bytes()).hexdigest()
             else:
                 what = "dir"
-            out[str(p.relative_to(vm.path("/")))] = (stat.S_IMODE(st.st_mode), st.st_mtime_ns,
-                                                       what)
+            out[str(p.relative_to(vm.path("/")))] = (stat.S_IMODE(st.st_mode), st.st_mtime_ns, what)
     return out
 
 
 def _enroll(server: Any, key: str) -> tuple[int, str]:
     """POST /v1/agent/enroll with ``key``: (HTTP status, error code)."""
     ctx, _ = client_context(server.url, server.fingerprint)
-    req = urllib.request.Request(server.url + "/v1/agent/enroll", method="POST",
-                                 data=json.dumps({"key": key}).encode(),
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        server.url + "/v1/agent/enroll",
+        method="POST",
+        data=json.dumps({"key": key}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
     try:
         with urllib.request.urlopen(req, context=ctx, timeout=30):
             return 200, ""
@@ -185,10 +219,14 @@ def _events(env: Any, name: str, kind: str) -> list[dict[str, Any]]:
 def test_wrong_fingerprint_stops_the_script_before_the_key_is_used(env, crc, vm, tmp_path):
     env.client.create_group("vm", ["web"])
     good = _bootstrap(crc, tmp_path, "web")
-    key = next(line.split("=", 1)[1] for line in good.read_text().splitlines()
-               if line.startswith("CRC_KEY="))
-    wrong = _bootstrap(crc, tmp_path, "web", "--key", key, "--fingerprint", "sha256:" + "0" * 64,
-                       file="wrong.sh")
+    key = next(
+        line.split("=", 1)[1]
+        for line in good.read_text().splitlines()
+        if line.startswith("CRC_KEY=")
+    )
+    wrong = _bootstrap(
+        crc, tmp_path, "web", "--key", key, "--fingerprint", "sha256:" + "0" * 64, file="wrong.sh"
+    )
 
     res = vm.run("bash", str(wrong))
 
@@ -208,11 +246,14 @@ def test_wrong_fingerprint_stops_the_script_before_the_key_is_used(env, crc, vm,
 @pytest.mark.root
 @needs_root
 def test_bootstrap_installs_the_agent_from_the_server_and_a_second_run_changes_nothing(
-        env, crc, vm, tmp_path):
+    env, crc, vm, tmp_path
+):
     created = env.client.create_group("vm", ["web"])
     then = tmp_path / "provision.sh"
-    then.write_text('set -e\necho "$CRC_MACHINE of $CRC_GROUP" > /etc/provisioned\n'
-                    'crc agent progress "hello from the provisioning script" --percent 90\n')
+    then.write_text(
+        'set -e\necho "$CRC_MACHINE of $CRC_GROUP" > /etc/provisioned\n'
+        'crc agent progress "hello from the provisioning script" --percent 90\n'
+    )
     script = _bootstrap(crc, tmp_path, "web", "--then", str(then))
     assert created["machines"][0]["key"] not in script.read_text()  # a fresh key was issued
 
@@ -227,8 +268,10 @@ def test_bootstrap_installs_the_agent_from_the_server_and_a_second_run_changes_n
     # What is on the machine now.
     unit = vm.path("/etc/systemd/system/crc-agent.service").read_text()
     assert "Type=notify" in unit and "Restart=always" in unit and "WatchdogSec=" in unit
-    assert ("ExecStart=/opt/crc-agent/venv/bin/python -m cloudremotecontrol agent run "
-            "--state-dir /var/lib/crc-agent --gate-ready") in unit
+    assert (
+        "ExecStart=/opt/crc-agent/venv/bin/python -m cloudremotecontrol agent run "
+        "--state-dir /var/lib/crc-agent --gate-ready"
+    ) in unit
     assert "crck_" not in unit
     assert not vm.path("/etc/crc-agent/key").exists()  # deleted once enrolled
     cred = vm.path("/var/lib/crc-agent/credential.json")
@@ -243,8 +286,12 @@ def test_bootstrap_installs_the_agent_from_the_server_and_a_second_run_changes_n
     argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     assert argv[0] == b"/opt/crc-agent/venv/bin/python"
     assert os.readlink(vm.path("/opt/crc-agent/venv/bin/python3")) == "/usr/bin/python3"
-    assert subprocess.run(["/usr/bin/python3", "-I", "-c", "import websockets"],
-                          capture_output=True).returncode != 0
+    assert (
+        subprocess.run(
+            ["/usr/bin/python3", "-I", "-c", "import websockets"], capture_output=True
+        ).returncode
+        != 0
+    )
     assert "READY=1" in (vm.fake_state / "crc-agent.notified").read_text()
     assert not list(vm.path("/opt/crc-agent").rglob("speedups*.so"))
     # The master saw the steps as progress, then ready.
@@ -284,7 +331,8 @@ def test_bootstrap_installs_the_agent_from_the_server_and_a_second_run_changes_n
 @pytest.mark.root
 @needs_root
 def test_a_failing_provisioning_script_is_reported_and_the_machine_is_not_ready(
-        env, crc, vm, tmp_path):
+    env, crc, vm, tmp_path
+):
     env.client.create_group("vm", ["db"])
     then = tmp_path / "provision.sh"
     then.write_text("echo installing mysql\nexit 42\n")
@@ -327,8 +375,13 @@ def _bare_pythons() -> list[str]:
     candidates = [py310] if py310 else []
     candidates += sorted(str(p) for p in pyenv.glob("3.10.*/bin/python3.10"))
     for c in candidates:
-        ok = subprocess.run([c, "-c", "import sys; sys.exit(sys.version_info[:2] != (3, 10))"],
-                            capture_output=True).returncode == 0
+        ok = (
+            subprocess.run(
+                [c, "-c", "import sys; sys.exit(sys.version_info[:2] != (3, 10))"],
+                capture_output=True,
+            ).returncode
+            == 0
+        )
         if ok:
             found.append(c)
             break
@@ -350,22 +403,40 @@ def test_agent_package_from_the_server_runs_on_a_bare_python(env, python, tmp_pa
     pyz = tmp_path / name
     pyz.write_bytes(data)
     bare = [python, "-I", "-S", str(pyz)]
-    assert subprocess.run([python, "-I", "-S", "-c", "import websockets"],
-                          capture_output=True).returncode != 0
+    assert (
+        subprocess.run(
+            [python, "-I", "-S", "-c", "import websockets"], capture_output=True
+        ).returncode
+        != 0
+    )
     version = subprocess.run([*bare, "--version"], capture_output=True, text=True)
     assert version.returncode == 0 and "0.1.0" in version.stdout, version.stderr
 
     out = env.client.create_group("zip", ["z"])
     agent = subprocess.Popen(
-        [*bare, "agent", "run", "--url", env.server.url, "--fingerprint",
-         env.server.fingerprint, "--state-dir", str(tmp_path / "state")],
+        [
+            *bare,
+            "agent",
+            "run",
+            "--url",
+            env.server.url,
+            "--fingerprint",
+            env.server.fingerprint,
+            "--state-dir",
+            str(tmp_path / "state"),
+        ],
         env={"PATH": SYSTEM_PATH, "CRC_KEY": out["machines"][0]["key"]},
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         env.wait_state("zip", ["z"], "ready")
         py_version = subprocess.run(
             [python, "-c", "import platform; print(platform.python_version())"],
-            capture_output=True, text=True).stdout.strip()
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
         deadline = time.monotonic() + 30  # facts follow "ready" on their own schedule
         while not (facts := env.client.group("zip")["machines"][0]["facts"]):
             assert time.monotonic() < deadline, "no facts from the agent"
@@ -399,8 +470,11 @@ def test_the_server_serves_the_wheels_its_operator_put_in_data_dir_wheels(env, t
     (wheels / "notes.txt").write_text("not a wheel")
     status, body, _ = get("/v1/agent/wheels")
     assert status == 200
-    assert json.loads(body) == {"wheels": [{"filename": name, "size": len(data),
-                                            "sha256": hashlib.sha256(data).hexdigest()}]}
+    assert json.loads(body) == {
+        "wheels": [
+            {"filename": name, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        ]
+    }
     status, body, headers = get("/v1/agent/wheels/" + name)
     assert status == 200 and body == data
     assert headers["X-Crc-Sha256"] == hashlib.sha256(data).hexdigest()
@@ -408,16 +482,19 @@ def test_the_server_serves_the_wheels_its_operator_put_in_data_dir_wheels(env, t
         status, body, _ = get("/v1/agent/wheels/" + missing)
         assert status == 404, (missing, status)
         assert json.loads(body)["error"]["message"] == (
-            f"no wheel {missing!r} on this server (see GET /v1/agent/wheels)"), body
+            f"no wheel {missing!r} on this server (see GET /v1/agent/wheels)"
+        ), body
     status, body, _ = get("/v1/agent/wheels/..%2Fserver.log")  # not a route at all
     assert status == 404 and json.loads(body)["error"]["message"].startswith(
-        "no endpoint GET /v1/agent/"), body
+        "no endpoint GET /v1/agent/"
+    ), body
 
 
 @pytest.mark.root
 @needs_root
 def test_group_deleted_with_uninstall_on_delete_removes_the_service_and_its_state(
-        env, crc, vm, tmp_path):
+    env, crc, vm, tmp_path
+):
     env.client.create_group("vm", ["web"], settings={"uninstall_on_delete": True})
     script = _bootstrap(crc, tmp_path, "web")
     first = vm.run("bash", str(script))

@@ -17,8 +17,16 @@ def test_run_streams_output_per_machine_and_exits_with_worst_code(env, crc):
     r = crc("run", "lab", "--to", "a", "--shell", "sh", "--", "exit 7")
     assert r.returncode == 7
     assert "[a] failed (exit 7)" in r.stderr
-    r = crc("run", "lab", "--to", "all", "--shell", "sh", "--",
-            'if [ "$CRC_MACHINE" = a ]; then exit 3; else exit 9; fi')
+    r = crc(
+        "run",
+        "lab",
+        "--to",
+        "all",
+        "--shell",
+        "sh",
+        "--",
+        'if [ "$CRC_MACHINE" = a ]; then exit 3; else exit 9; fi',
+    )
     assert r.returncode == 9
     assert "[a] failed (exit 3)" in r.stderr and "[b] failed (exit 9)" in r.stderr
 
@@ -30,7 +38,9 @@ def test_run_json_gives_one_line_per_target(env, crc):
     lines = [json.loads(x) for x in r.stdout.splitlines()]
     results = {x["machine"]: x for x in lines if "status" in x}
     assert {k: (v["status"], v["exit_code"]) for k, v in results.items()} == {
-        "a": ("succeeded", 0), "b": ("succeeded", 0)}
+        "a": ("succeeded", 0),
+        "b": ("succeeded", 0),
+    }
     outputs = [x for x in lines if x.get("stream") == "stdout"]
     assert {(x["machine"], x["data"]) for x in outputs} == {("a", "hi\n"), ("b", "hi\n")}
 
@@ -45,8 +55,20 @@ def test_jobs_do_not_see_the_enrollment_key(env, crc):
 
 def test_env_cwd_and_timeout(env, crc, tmp_path):
     env.group_with_agents("lab", ["a"])
-    r = crc("run", "lab", "--to", "a", "--env", "GREETING=hello there", "--cwd", str(tmp_path),
-            "--shell", "sh", "--", 'echo "$GREETING from $(pwd)"')
+    r = crc(
+        "run",
+        "lab",
+        "--to",
+        "a",
+        "--env",
+        "GREETING=hello there",
+        "--cwd",
+        str(tmp_path),
+        "--shell",
+        "sh",
+        "--",
+        'echo "$GREETING from $(pwd)"',
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == f"[a] hello there from {tmp_path}"
     r = crc("run", "lab", "--to", "a", "--timeout", "1s", "--", "sleep", "30")
@@ -59,7 +81,9 @@ def test_status_wait_and_events_show_the_machines(env, crc):
     keys = {m["name"]: m["key"] for m in out["machines"]}
     r = crc("status", "lab", "--json")
     assert {m["name"]: m["state"] for m in json.loads(r.stdout)["machines"]} == {
-        "a": "pending", "b": "pending"}
+        "a": "pending",
+        "b": "pending",
+    }
     for name, key in keys.items():
         env.agent(name, key)
     r = crc("wait", "lab", "--timeout", "60s")
@@ -144,8 +168,9 @@ def test_a_group_past_its_ttl_is_revoked_and_flagged(env, crc):
     assert "EXPIRED: run crc down" in r.stdout
     assert agents["a"].alive()
     assert crc("run", "lab", "--to", "a", "--", "true").returncode == 0
-    key = json.loads(crc("group", "create", "short2", "--machines", "y", "--ttl", "1s",
-                         "--json").stdout)["machines"][0]["key"]
+    key = json.loads(
+        crc("group", "create", "short2", "--machines", "y", "--ttl", "1s", "--json").stdout
+    )["machines"][0]["key"]
     time.sleep(2.5)
     late = env.agent("y", key)
     assert late.wait(30) != 0

@@ -12,8 +12,10 @@ def _wait_job(client, job_id, timeout=30.0):
     deadline = time.monotonic() + timeout
     while True:
         job = client.job(job_id)
-        if all(t["status"] in ("succeeded", "failed", "timed_out", "cancelled", "lost")
-               for t in job["targets"]):
+        if all(
+            t["status"] in ("succeeded", "failed", "timed_out", "cancelled", "lost")
+            for t in job["targets"]
+        ):
             return job
         assert time.monotonic() < deadline, job
         time.sleep(0.1)
@@ -24,8 +26,9 @@ def test_job_accepted_before_crash_runs_after_restart(env, crc, tmp_path):
     agents["a"].stop()
     env.wait_state("lab", ["a"], "offline")
     marker = tmp_path / "ran.txt"
-    started = env.client.start_job("lab", "a", command=f"echo once >> {marker}; echo hello",
-                                    shell="sh")
+    started = env.client.start_job(
+        "lab", "a", command=f"echo once >> {marker}; echo hello", shell="sh"
+    )
     env.server.kill()  # SIGKILL right after the 201: the job must have been durable
     env.server.start()
     env.agent("a", None)
@@ -40,8 +43,9 @@ def test_job_accepted_before_crash_runs_after_restart(env, crc, tmp_path):
 def test_result_produced_while_server_down_is_delivered(env, tmp_path):
     env.group_with_agents("lab", ["a"])
     marker = tmp_path / "ran.txt"
-    started = env.client.start_job("lab", "a", shell="sh",
-                                   command=f"sleep 1.5; echo x >> {marker}; echo done")
+    started = env.client.start_job(
+        "lab", "a", shell="sh", command=f"sleep 1.5; echo x >> {marker}; echo done"
+    )
     deadline = time.monotonic() + 20
     while env.client.job(started["job_id"])["targets"][0]["status"] != "running":
         assert time.monotonic() < deadline
@@ -74,11 +78,16 @@ def test_agent_killed_mid_job_reports_lost_and_does_not_rerun(env, crc, tmp_path
     marker = tmp_path / "starts.txt"
     tag = f"crc-leftover-{os.getpid()}"
     started = env.client.start_job(
-        "lab", "a", shell="bash",
-        command=f"echo start >> {marker}; (exec -a {tag} sleep 300) & exec -a {tag} sleep 300")
+        "lab",
+        "a",
+        shell="bash",
+        command=f"echo start >> {marker}; (exec -a {tag} sleep 300) & exec -a {tag} sleep 300",
+    )
     deadline = time.monotonic() + 20
-    while env.client.job(started["job_id"])["targets"][0]["status"] != "running" or \
-            len(_tagged(tag)) < 2:
+    while (
+        env.client.job(started["job_id"])["targets"][0]["status"] != "running"
+        or len(_tagged(tag)) < 2
+    ):
         assert time.monotonic() < deadline
         time.sleep(0.05)
     agents["a"].kill()
@@ -123,10 +132,24 @@ def test_ctrl_c_in_crc_run_cancels_and_kills_the_process_tree(env, tmp_path):
     env.group_with_agents("lab", ["a"])
     tag = f"crc-tree-{os.getpid()}"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cloudremotecontrol", "run", "lab", "--to", "a", "--shell",
-         "bash", "--", f"(exec -a {tag} sleep 300) & exec -a {tag} sleep 300"],
-        env={**os.environ, **env.cli_env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True)
+        [
+            sys.executable,
+            "-m",
+            "cloudremotecontrol",
+            "run",
+            "lab",
+            "--to",
+            "a",
+            "--shell",
+            "bash",
+            "--",
+            f"(exec -a {tag} sleep 300) & exec -a {tag} sleep 300",
+        ],
+        env={**os.environ, **env.cli_env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
     def tree():
         found = []

@@ -50,8 +50,13 @@ def _target(client: Any, job_id: str) -> dict[str, Any]:
 
 
 def _wait_final(client: Any, job_id: str, timeout: float = 30.0) -> dict[str, Any]:
-    return dict(_wait(lambda: (t := _target(client, job_id))["status"] in FINAL and t,
-                      f"job {job_id} to end", timeout))
+    return dict(
+        _wait(
+            lambda: (t := _target(client, job_id))["status"] in FINAL and t,
+            f"job {job_id} to end",
+            timeout,
+        )
+    )
 
 
 def _outbox_types(state_dir: Path) -> list[str]:
@@ -104,9 +109,13 @@ def _kill_job_processes(job_id: str) -> None:
 
 def _crc_run(env: Any, *args: str) -> tuple[subprocess.Popen[str], str]:
     """Start `crc run` as a process; return it and the job id it announced."""
-    proc = subprocess.Popen([sys.executable, "-m", "cloudremotecontrol", "run", *args],
-                            env={**os.environ, **env.cli_env}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cloudremotecontrol", "run", *args],
+        env={**os.environ, **env.cli_env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stderr is not None
     first = proc.stderr.readline()
     assert first.startswith("job "), first + proc.stderr.read()
@@ -118,8 +127,9 @@ def test_job_accepted_before_crash_runs_after_restart(env, crc, tmp_path):
     agents["a"].stop()
     env.wait_state("lab", ["a"], "offline")
     marker = tmp_path / "ran.txt"
-    started = env.client.start_job("lab", "a", shell="sh",
-                                   command=f"echo once >> {marker}; echo hello-after-crash")
+    started = env.client.start_job(
+        "lab", "a", shell="sh", command=f"echo once >> {marker}; echo hello-after-crash"
+    )
     assert _target(env.client, started["job_id"])["status"] == "queued"
     env.server.kill()  # SIGKILL right after the 201: the job must already be durable
     env.server.start()
@@ -130,12 +140,18 @@ def test_job_accepted_before_crash_runs_after_restart(env, crc, tmp_path):
     r = crc("events", "lab", "--json")
     assert r.returncode == 0, r.stderr
     events = [json.loads(line) for line in r.stdout.splitlines()]
-    outputs = [e["data"]["data"] for e in events
-               if e["type"] == "job.output" and e.get("job_id") == started["job_id"]]
+    outputs = [
+        e["data"]["data"]
+        for e in events
+        if e["type"] == "job.output" and e.get("job_id") == started["job_id"]
+    ]
     assert outputs == ["hello-after-crash\n"]
     job_events = list(env.client.job_events(started["job_id"], follow=False))
     assert [e["data"]["status"] for e in job_events if e["type"] == "job.status"] == [
-        "delivered", "running", "succeeded"]
+        "delivered",
+        "running",
+        "succeeded",
+    ]
 
 
 def test_results_produced_while_disconnected_are_delivered(env):
@@ -145,8 +161,10 @@ def test_results_produced_while_disconnected_are_delivered(env):
     _wait(lambda: _target(env.client, job_id)["status"] == "running", "the job to run")
     env.server.kill()
     # The job ends while the server is gone: its result waits in the agent's outbox.
-    _wait(lambda: "job.result" in _outbox_types(agents["a"].state_dir),
-          "the result to be kept on the machine")
+    _wait(
+        lambda: "job.result" in _outbox_types(agents["a"].state_dir),
+        "the result to be kept on the machine",
+    )
     env.server.start()
     target = _wait_final(env.client, job_id)
     assert (target["status"], target["exit_code"]) == ("succeeded", 0), target
@@ -181,10 +199,8 @@ class _Proxy:
                 client.close()
                 continue
             self._socks += [client, server]
-            threading.Thread(target=self._pump, args=(client, server, True),
-                             daemon=True).start()
-            threading.Thread(target=self._pump, args=(server, client, False),
-                             daemon=True).start()
+            threading.Thread(target=self._pump, args=(client, server, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, False), daemon=True).start()
 
     def _pump(self, src: socket.socket, dst: socket.socket, upstream: bool) -> None:
         try:
@@ -230,8 +246,9 @@ def test_job_executes_at_most_once_across_reconnects(env, tmp_path):
         # The link turns one-way: the job reaches the agent and runs, but its ack and
         # result never reach the server, which still holds job.run as unacknowledged.
         proxy.blackhole = True
-        job_id = env.client.start_job("lab", "a", shell="sh",
-                                      command=f"echo ran >> {lines}; echo ok")["job_id"]
+        job_id = env.client.start_job(
+            "lab", "a", shell="sh", command=f"echo ran >> {lines}; echo ok"
+        )["job_id"]
         _wait(lambda: _agent_job_state(state_dir, job_id) == "done", "the result on disk")
         assert _target(env.client, job_id)["status"] == "queued"
         # Then both ends crash; after restarts they resume from what each kept on disk.
@@ -261,7 +278,10 @@ def test_job_executes_at_most_once_across_reconnects(env, tmp_path):
     events = list(env.client.job_events(job_id, follow=False))
     assert [e["data"]["data"] for e in events if e["type"] == "job.output"] == ["ok\n"]
     assert [e["data"]["status"] for e in events if e["type"] == "job.status"] == [
-        "delivered", "running", "succeeded"]
+        "delivered",
+        "running",
+        "succeeded",
+    ]
 
 
 def test_cancel_racing_an_unacknowledged_delivery_still_stops_the_job(env, tmp_path):
@@ -275,8 +295,9 @@ def test_cancel_racing_an_unacknowledged_delivery_still_stops_the_job(env, tmp_p
     try:
         env.wait_state("lab", ["a"], "ready")
         proxy.blackhole = True
-        job_id = env.client.start_job("lab", "a", shell="sh",
-                                      command=f"sleep 3; echo ran >> {marker}")["job_id"]
+        job_id = env.client.start_job(
+            "lab", "a", shell="sh", command=f"sleep 3; echo ran >> {marker}"
+        )["job_id"]
         _wait(lambda: _job_processes(job_id), "the job to start on the machine")
         assert _target(env.client, job_id)["status"] == "queued"
         env.client.cancel_job(job_id)
@@ -315,8 +336,9 @@ def test_agent_crash_mid_job_ends_lost_with_reason(env):
 
 def test_ctrl_c_cancels_and_kills_the_process_tree(env):
     env.group_with_agents("lab", ["a"])
-    proc, job_id = _crc_run(env, "lab", "--to", "a", "--shell", "sh", "--",
-                            "sleep 300 & sleep 300; wait")
+    proc, job_id = _crc_run(
+        env, "lab", "--to", "a", "--shell", "sh", "--", "sleep 300 & sleep 300; wait"
+    )
     sleeps = lambda: _job_processes(job_id, b"sleep\x00300\x00")  # noqa: E731
     try:
         _wait(lambda: len(sleeps()) == 2, "both sleeps to start")
@@ -354,11 +376,17 @@ class _RawAgent:
         assert self.credential.startswith("crca_")
 
     def connect(self, ack: int = 0, **hello: Any) -> tuple[ClientConnection, dict[str, Any]]:
-        ws = connect(self.server.url.replace("https://", "wss://") + "/v1/agent/connect",
-                     ssl=self.ctx, compression=None,
-                     additional_headers={"Authorization": f"Bearer {self.credential}"})
-        ws.send(encode_frame({"type": "hello", "ack": ack, "agent_version": "test",
-                              "ready": True, **hello}))
+        ws = connect(
+            self.server.url.replace("https://", "wss://") + "/v1/agent/connect",
+            ssl=self.ctx,
+            compression=None,
+            additional_headers={"Authorization": f"Bearer {self.credential}"},
+        )
+        ws.send(
+            encode_frame(
+                {"type": "hello", "ack": ack, "agent_version": "test", "ready": True, **hello}
+            )
+        )
         welcome = decode_frame(ws.recv(timeout=10))
         assert welcome["type"] == "welcome", welcome
         return ws, welcome
@@ -416,8 +444,7 @@ def test_offline_detected_on_agent_kill_and_ready_again_after_restart(env):
     env.agent("a", None)
     ready = env.wait_state("lab", ["a"], "ready")["machines"][0]
     assert ready["last_seen"] > offline["last_seen"]
-    states = [e["data"]["state"] for e in env.client.events("lab")
-              if e["type"] == "machine.state"]
+    states = [e["data"]["state"] for e in env.client.events("lab") if e["type"] == "machine.state"]
     assert states[-2:] == ["offline", "ready"]
 
 
@@ -437,14 +464,22 @@ def test_an_agent_that_processed_more_than_the_server_knows_gets_new_numbers(env
     assert frame["seq"] == 8 and frame["msg"]["type"] == "user.hi", frame
     ws.close()
     resync = [e for e in env.client.events("lab") if e["type"] == "machine.resync"]
-    assert [(e["machine"], e["data"]["agent_ack"], e["data"]["server_sent"])
-            for e in resync] == [("raw", 7, 0)]
+    assert [(e["machine"], e["data"]["agent_ack"], e["data"]["server_sent"]) for e in resync] == [
+        ("raw", 7, 0)
+    ]
     # A hello whose ack or resume_from is not a sequence number is a protocol error.
-    for bad in ({"ack": -1}, {"ack": "x"}, {"ack": 0, "resume_from": -3},
-                {"ack": 0, "resume_from": "1"}):
-        ws = connect(env.server.url.replace("https://", "wss://") + "/v1/agent/connect",
-                     ssl=raw.ctx, compression=None,
-                     additional_headers={"Authorization": f"Bearer {raw.credential}"})
+    for bad in (
+        {"ack": -1},
+        {"ack": "x"},
+        {"ack": 0, "resume_from": -3},
+        {"ack": 0, "resume_from": "1"},
+    ):
+        ws = connect(
+            env.server.url.replace("https://", "wss://") + "/v1/agent/connect",
+            ssl=raw.ctx,
+            compression=None,
+            additional_headers={"Authorization": f"Bearer {raw.credential}"},
+        )
         ws.send(encode_frame({"type": "hello", "agent_version": "test", **bad}))
         with pytest.raises(ConnectionClosed) as closed:
             while True:
@@ -479,7 +514,12 @@ def test_an_agent_resumes_after_messages_a_rolled_back_database_lost(env):
     env.client = Client(env.server.url, env.token, env.server.fingerprint)
     events = list(env.client.events("lab"))
     resync = [e["data"] for e in events if e["type"] == "machine.resync"]
-    assert [(r["direction"], r["server_had"], r["agent_resumes_at"], r["lost"])
-            for r in resync] == [("from agent", 1, 4, 2)]
+    assert [
+        (r["direction"], r["server_had"], r["agent_resumes_at"], r["lost"]) for r in resync
+    ] == [("from agent", 1, 4, 2)]
     assert [e["data"]["text"] for e in events if e["type"] == "progress"] == [
-        "step 1", "step 2", "step 3", "step 4"]  # 2 and 3 still there: only in_done rolled back
+        "step 1",
+        "step 2",
+        "step 3",
+        "step 4",
+    ]  # 2 and 3 still there: only in_done rolled back

@@ -13,15 +13,26 @@ def test_agent_and_cli_use_the_next_url_when_the_first_is_down(env, crc):
     urls = f"{dead},{env.server.url}"
     out = env.client.create_group("lab2", ["b"])
     # Enrollment and the connection both get past the dead first URL.
-    b = AgentProcess(env.tmp / "agents" / "b", urls, out["machines"][0]["key"],
-                     env.server.fingerprint).start()
+    b = AgentProcess(
+        env.tmp / "agents" / "b", urls, out["machines"][0]["key"], env.server.fingerprint
+    ).start()
     env.agents.append(b)
     env.wait_state("lab2", ["b"], "ready")
-    r = crc("run", "lab2", "--to", "b", "--json", "--", "echo", "via-second",
-            extra_env={"CRC_URL": urls})
+    r = crc(
+        "run",
+        "lab2",
+        "--to",
+        "b",
+        "--json",
+        "--",
+        "echo",
+        "via-second",
+        extra_env={"CRC_URL": urls},
+    )
     assert r.returncode == 0, r.stderr
     assert {"machine": "b", "stream": "stdout", "data": "via-second\n"} in [
-        json.loads(x) for x in r.stdout.splitlines()]
+        json.loads(x) for x in r.stdout.splitlines()
+    ]
     with Client(urls, env.token, env.server.fingerprint) as c:
         assert c.url == env.server.url
         assert c.group("lab2")["machines"][0]["state"] == "ready"

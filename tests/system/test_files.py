@@ -22,23 +22,31 @@ def _private_dir(path):
     return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, str(path)]
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,
-                    reason="needs root and unshare(1) to give each agent its own disk")
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("unshare") is None,
+    reason="needs root and unshare(1) to give each agent its own disk",
+)
 def test_push_a_multi_mib_file_to_several_machines_at_once(env, crc, tmp_path):
     disk = tmp_path / "disk"
     disk.mkdir()
     out = env.client.create_group("lab", ["a", "b", "c"])
-    agents = {m["name"]: env.agent(m["name"], m["key"], prefix=_private_dir(disk))
-              for m in out["machines"]}
+    agents = {
+        m["name"]: env.agent(m["name"], m["key"], prefix=_private_dir(disk))
+        for m in out["machines"]
+    }
     env.wait_state("lab", list(agents), "ready")
     src = tmp_path / "big.bin"
     src.write_bytes(os.urandom(5 << 20) + b"end")
-    r = crc("push", "lab", "--to", "all", str(src), str(disk / "app.bin"), "--mode", "0640",
-            "--json")
+    r = crc(
+        "push", "lab", "--to", "all", str(src), str(disk / "app.bin"), "--mode", "0640", "--json"
+    )
     assert r.returncode == 0, r.stderr
     results = [json.loads(x) for x in r.stdout.splitlines() if '"status"' in x]
     assert sorted((x["machine"], x["status"]) for x in results) == [
-        ("a", "succeeded"), ("b", "succeeded"), ("c", "succeeded")]
+        ("a", "succeeded"),
+        ("b", "succeeded"),
+        ("c", "succeeded"),
+    ]
     for agent in agents.values():
         # The agent's own view of the disk, through its mount namespace.
         view = Path(f"/proc/{agent.proc.pid}/root{disk}")
@@ -101,11 +109,16 @@ def test_a_machine_cannot_read_blobs_it_was_not_sent(env, tmp_path):
     state.close()
     ctx, _ = client_context(env.server.url, env.server.fingerprint)
     with httpx.Client(verify=ctx) as http:
-        r = http.get(f"{env.server.url}/v1/agent/blobs/{blob['sha256']}",
-                     headers={"Authorization": f"Bearer {cred.credential}"})
+        r = http.get(
+            f"{env.server.url}/v1/agent/blobs/{blob['sha256']}",
+            headers={"Authorization": f"Bearer {cred.credential}"},
+        )
         assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden"
-        r = http.put(f"{env.server.url}/v1/blobs/{blob['sha256']}", content=b"x",
-                     headers={"Authorization": f"Bearer {cred.credential}"})
+        r = http.put(
+            f"{env.server.url}/v1/blobs/{blob['sha256']}",
+            content=b"x",
+            headers={"Authorization": f"Bearer {cred.credential}"},
+        )
         assert r.status_code == 403
 
 
@@ -116,11 +129,16 @@ def test_upload_with_wrong_hash_is_refused_and_nothing_kept(env):
 
     ctx, _ = client_context(env.server.url, env.server.fingerprint)
     with httpx.Client(verify=ctx) as http:
-        r = http.put(f"{env.server.url}/v1/blobs/{'0' * 64}", content=b"hello",
-                     headers={"Authorization": f"Bearer {env.token}"})
+        r = http.put(
+            f"{env.server.url}/v1/blobs/{'0' * 64}",
+            content=b"hello",
+            headers={"Authorization": f"Bearer {env.token}"},
+        )
         assert r.status_code == 400 and r.json()["error"]["code"] == "hash_mismatch"
-        r = http.head(f"{env.server.url}/v1/blobs/{'0' * 64}",
-                      headers={"Authorization": f"Bearer {env.token}"})
+        r = http.head(
+            f"{env.server.url}/v1/blobs/{'0' * 64}",
+            headers={"Authorization": f"Bearer {env.token}"},
+        )
         assert r.status_code == 404
     blobs = env.server.data_dir / "blobs"
     assert [p for p in blobs.rglob("*") if p.is_file()] == []

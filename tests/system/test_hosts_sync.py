@@ -9,7 +9,8 @@ import pytest
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("unshare") is None,
-    reason="needs root and unshare(1) to give each agent its own /etc/hosts")
+    reason="needs root and unshare(1) to give each agent its own /etc/hosts",
+)
 
 
 def _own_hosts(tmp, name):
@@ -17,8 +18,7 @@ def _own_hosts(tmp, name):
     hosts = tmp / f"hosts-{name}"
     hosts.write_bytes(b"127.0.0.1 localhost\n# keep me \xff\n")
     script = 'mount --bind "$0" /etc/hosts && exec "$@"'
-    return hosts, ["unshare", "--mount", "--propagation", "private", "sh", "-c", script,
-                   str(hosts)]
+    return hosts, ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, str(hosts)]
 
 
 def test_hosts_sync_lists_every_peer_and_is_idempotent(env, crc):
@@ -58,8 +58,17 @@ def test_sync_hosts_group_keeps_hosts_files_current_as_machines_join(env, crc):
     import json
     import time
 
-    r = crc("group", "create", "lab", "--machines", "a,b", "--sync-hosts",
-            "--hosts-ip", "public", "--json")
+    r = crc(
+        "group",
+        "create",
+        "lab",
+        "--machines",
+        "a,b",
+        "--sync-hosts",
+        "--hosts-ip",
+        "public",
+        "--json",
+    )
     assert r.returncode == 0, r.stderr
     keys = {m["name"]: m["key"] for m in json.loads(r.stdout)["machines"]}
     files = {}
@@ -84,8 +93,11 @@ def test_sync_hosts_group_keeps_hosts_files_current_as_machines_join(env, crc):
     # The automatic syncs went to the machines that were ready (a pending machine gets
     # the list current when it turns ready, not a stale one queued earlier), and each
     # machine applied them in order: the file holds the newest list, not an older one.
-    syncs = [e["data"] for e in env.client.events("lab")
-             if e["type"] == "job.created" and e["data"]["type"] == "hosts.sync"]
+    syncs = [
+        e["data"]
+        for e in env.client.events("lab")
+        if e["type"] == "job.created" and e["data"]["type"] == "hosts.sync"
+    ]
     assert [s["targets"] for s in syncs] == [["a"], ["a", "b"]], syncs
     time.sleep(1.0)  # nothing still running may overwrite the newest list
     for name in ("a", "b"):

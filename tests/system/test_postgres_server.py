@@ -14,9 +14,13 @@ from conftest import Env
 
 
 def crc(env: Env, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "cloudremotecontrol", *args],
-                          capture_output=True, text=True, timeout=60,
-                          env={**os.environ, **env.cli_env})
+    return subprocess.run(
+        [sys.executable, "-m", "cloudremotecontrol", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **env.cli_env},
+    )
 
 
 def test_server_on_postgresql_runs_a_job(pg_url: str, tmp_path: Path) -> None:
@@ -37,7 +41,8 @@ def test_server_on_postgresql_runs_a_job(pg_url: str, tmp_path: Path) -> None:
         assert r.returncode == 0, r.stderr
         lines = [json.loads(x) for x in r.stdout.splitlines()]
         assert {"machine": "a", "stream": "stdout", "data": "again\n"}.items() <= next(
-            x for x in lines if x.get("stream") == "stdout").items()
+            x for x in lines if x.get("stream") == "stdout"
+        ).items()
     finally:
         env.close()
         srv.stop()
@@ -51,18 +56,27 @@ def test_two_servers_share_users_groups_and_events(pg_url: str, tmp_path: Path) 
     try:
         env.group_with_agents("lab", ["m"])  # the agent is connected to server a
         on_b = {**env.cli_env, "CRC_URL": b.url, "CRC_FINGERPRINT": b.fingerprint}
-        r = subprocess.run([sys.executable, "-m", "cloudremotecontrol", "status", "lab",
-                            "--json"], capture_output=True, text=True, timeout=60,
-                           env={**os.environ, **on_b})
+        r = subprocess.run(
+            [sys.executable, "-m", "cloudremotecontrol", "status", "lab", "--json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, **on_b},
+        )
         assert r.returncode == 0, r.stderr
         assert [(m["name"], m["state"]) for m in json.loads(r.stdout)["machines"]] == [
-            ("m", "ready")]
+            ("m", "ready")
+        ]
         # A job started through a (where the agent is) is seen through b's event stream.
         r = crc(env, "run", "lab", "--to", "m", "--", "echo", "hi")
         assert r.returncode == 0, r.stderr
-        r = subprocess.run([sys.executable, "-m", "cloudremotecontrol", "events", "lab",
-                            "--json"], capture_output=True, text=True, timeout=60,
-                           env={**os.environ, **on_b})
+        r = subprocess.run(
+            [sys.executable, "-m", "cloudremotecontrol", "events", "lab", "--json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, **on_b},
+        )
         assert r.returncode == 0, r.stderr
         events = [json.loads(x) for x in r.stdout.splitlines()]
         assert any(e["type"] == "job.output" and e["data"]["data"] == "hi\n" for e in events)

@@ -11,8 +11,9 @@ from cloudremotecontrol.master.client import Client
 from cloudremotecontrol.master.localrun import AgentProcess, ServerProcess
 
 
-def replicas(tmp: Path, database: str, n: int, env: dict[str, str] | None = None
-             ) -> list[ServerProcess]:
+def replicas(
+    tmp: Path, database: str, n: int, env: dict[str, str] | None = None
+) -> list[ServerProcess]:
     """``n`` servers sharing one certificate (as behind a load balancer) and database."""
     first = ServerProcess(tmp / "r0", database=database, env=env)
     first.init()
@@ -33,8 +34,9 @@ def _wait(pred, timeout=30.0):
 
 
 @contextlib.contextmanager
-def lab(tmp: Path, database: str, n: int
-        ) -> Iterator[tuple[list[ServerProcess], list[Client], AgentProcess]]:
+def lab(
+    tmp: Path, database: str, n: int
+) -> Iterator[tuple[list[ServerProcess], list[Client], AgentProcess]]:
     """``n`` replicas, alice's client on each, and group lab whose machine m has its
     agent connected to the first replica, ready; all stopped at the end."""
     servers = replicas(tmp, database, n)
@@ -44,8 +46,9 @@ def lab(tmp: Path, database: str, n: int
         token = servers[0].add_user("alice")
         clients = [Client(s.url, token, s.fingerprint) for s in servers]
         out = clients[0].create_group("lab", ["m"])
-        agent = AgentProcess(tmp / "m", servers[0].url, out["machines"][0]["key"],
-                             servers[0].fingerprint).start()
+        agent = AgentProcess(
+            tmp / "m", servers[0].url, out["machines"][0]["key"], servers[0].fingerprint
+        ).start()
         _wait(lambda: clients[-1].group("lab")["machines"][0]["state"] == "ready")
         yield servers, clients, agent
     finally:
@@ -60,10 +63,10 @@ def lab(tmp: Path, database: str, n: int
 def test_job_through_one_replica_reaches_an_agent_on_another(pg_url, tmp_path):
     with lab(tmp_path, pg_url, 3) as (_, (_via_a, via_b, via_c), _agent):
         # Submitted through B, run by the agent connected to A, followed through C.
-        events = list(via_c.follow_job(
-            via_b.start_job("lab", "m", argv=["echo", "across"])["job_id"], ["m"]))
-        assert [e["data"]["data"] for e in events if e["type"] == "job.output"] == [
-            "across\n"]
+        events = list(
+            via_c.follow_job(via_b.start_job("lab", "m", argv=["echo", "across"])["job_id"], ["m"])
+        )
+        assert [e["data"]["data"] for e in events if e["type"] == "job.output"] == ["across\n"]
         assert events[-1]["data"]["status"] == "succeeded"
 
 
@@ -76,19 +79,23 @@ def test_replica_killed_mid_job_the_job_completes_through_another(pg_url, tmp_pa
         urls = f"{a.url},{b.url}"
         with Client(urls, token, a.fingerprint) as crc:
             out = crc.create_group("lab", ["m"])
-            agent = AgentProcess(tmp_path / "m", urls, out["machines"][0]["key"],
-                                 a.fingerprint).start()
+            agent = AgentProcess(
+                tmp_path / "m", urls, out["machines"][0]["key"], a.fingerprint
+            ).start()
             _wait(lambda: crc.group("lab")["machines"][0]["state"] == "ready")
-            started = crc.start_job("lab", "m", command=f"echo once >> {marker}; sleep 2; "
-                                    "echo finished", shell="sh")
+            started = crc.start_job(
+                "lab", "m", command=f"echo once >> {marker}; sleep 2; echo finished", shell="sh"
+            )
             _wait(lambda: crc.job(started["job_id"])["targets"][0]["status"] == "running")
             a.kill()  # SIGKILL the replica holding the agent's connection and our client
             events = list(crc.follow_job(started["job_id"], ["m"]))
             assert crc.url == b.url
             assert events[-1]["data"]["status"] == "succeeded"
-            outputs = [e["data"]["data"] for e in crc.job_events(started["job_id"],
-                                                                  follow=False)
-                       if e["type"] == "job.output"]
+            outputs = [
+                e["data"]["data"]
+                for e in crc.job_events(started["job_id"], follow=False)
+                if e["type"] == "job.output"
+            ]
             assert outputs == ["finished\n"]
             assert marker.read_text() == "once\n"  # executed exactly once
     finally:
@@ -99,7 +106,8 @@ def test_replica_killed_mid_job_the_job_completes_through_another(pg_url, tmp_pa
 
 
 def test_two_replicas_tear_down_an_expired_group_once_with_the_key_either_can_read(
-        pg_url, tmp_path):
+    pg_url, tmp_path
+):
     """on_ttl: destroy with replicas: the key stored through one replica is read by
     whichever claims the teardown (same teardown.key), and only one of them does it."""
     from cloudremotecontrol.master.providers.base import MachineSpec
@@ -111,21 +119,36 @@ def test_two_replicas_tear_down_an_expired_group_once_with_the_key_either_can_re
     a, b = replicas(tmp_path, pg_url, 2, env={"CRC_VULTR_API_URL": fake.url})
     try:
         token = a.add_user("alice")
-        with Client(b.url, token, b.fingerprint) as via_b, \
-                VultrProvider(DEFAULT_API_KEY, fake.url) as vultr:
+        with (
+            Client(b.url, token, b.fingerprint) as via_b,
+            VultrProvider(DEFAULT_API_KEY, fake.url) as vultr,
+        ):
             via_b.create_group("shop", ["web", "db"], ttl=3)
             via_b.arm_teardown("shop", "vultr", DEFAULT_API_KEY)
-            ids = [vultr.create("shop", MachineSpec(name=n, os="linux", region="ewr",
-                                                    plan="vc2-1c-1gb", image="2284"),
-                                "#!/bin/sh\ntrue\n").id for n in ("web", "db")]
-            done = _wait(lambda: (via_b.group("shop")["teardown"] or {}).get("status") == "done"
-                         and via_b.group("shop")["teardown"])
+            ids = [
+                vultr.create(
+                    "shop",
+                    MachineSpec(name=n, os="linux", region="ewr", plan="vc2-1c-1gb", image="2284"),
+                    "#!/bin/sh\ntrue\n",
+                ).id
+                for n in ("web", "db")
+            ]
+            done = _wait(
+                lambda: (
+                    (via_b.group("shop")["teardown"] or {}).get("status") == "done"
+                    and via_b.group("shop")["teardown"]
+                )
+            )
             assert sorted(done["result"]["destroyed"]) == sorted(ids) and done["attempts"] == 1
-            deletes = sorted(q.path for q in fake.requests if q.method == "DELETE"
-                             and q.path.startswith("/instances/"))
+            deletes = sorted(
+                q.path
+                for q in fake.requests
+                if q.method == "DELETE" and q.path.startswith("/instances/")
+            )
             assert deletes == sorted(f"/instances/{i}" for i in ids)  # each exactly once
-            statuses = [e["data"]["status"] for e in via_b.events("shop")
-                        if e["type"] == "group.teardown"]
+            statuses = [
+                e["data"]["status"] for e in via_b.events("shop") if e["type"] == "group.teardown"
+            ]
             assert statuses == ["running", "done"], statuses
             assert vultr.list("shop") == []
     finally:
@@ -134,8 +157,7 @@ def test_two_replicas_tear_down_an_expired_group_once_with_the_key_either_can_re
         fake.stop()
 
 
-def test_an_agent_on_one_replica_stops_when_its_group_is_deleted_through_another(
-        pg_url, tmp_path):
+def test_an_agent_on_one_replica_stops_when_its_group_is_deleted_through_another(pg_url, tmp_path):
     """The replica holding the connection learns of the revocation at its next touch of
     its connected machines (every 30 s) and closes it; the agent stops (exit 0)."""
     with lab(tmp_path, pg_url, 2) as (_, (_via_a, via_b), agent):

@@ -30,8 +30,7 @@ ROOT = os.geteuid() == 0
 
 
 def needs_root(fn):
-    return pytest.mark.root(pytest.mark.skipif(not ROOT, reason="network namespaces "
-                                                                 "need root")(fn))
+    return pytest.mark.root(pytest.mark.skipif(not ROOT, reason="network namespaces need root")(fn))
 
 
 def _netns(prefix: str) -> list[str]:
@@ -57,16 +56,22 @@ class Lab:
         self.provider = LocalProvider(tmp / "machines", server_url=server.url)
         token = server.add_user("alice")
         self.client = Client(server.url, token, server.fingerprint)
-        self.env = {**os.environ, "CRC_URL": server.url, "CRC_TOKEN": token,
-                    "CRC_FINGERPRINT": server.fingerprint,
-                    "CRC_CONFIG_DIR": str(tmp / "cfg"), "CRC_LOCAL_DIR": str(tmp / "machines")}
+        self.env = {
+            **os.environ,
+            "CRC_URL": server.url,
+            "CRC_TOKEN": token,
+            "CRC_FINGERPRINT": server.fingerprint,
+            "CRC_CONFIG_DIR": str(tmp / "cfg"),
+            "CRC_LOCAL_DIR": str(tmp / "machines"),
+        }
 
     def argv(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "cloudremotecontrol", *args]
 
     def crc(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(self.argv(*args), capture_output=True, text=True,
-                              timeout=timeout, env=self.env)
+        return subprocess.run(
+            self.argv(*args), capture_output=True, text=True, timeout=timeout, env=self.env
+        )
 
     def scenario(self, text: str, name: str = "scenario.yaml") -> Path:
         path = self.tmp / name
@@ -153,8 +158,9 @@ def test_up_runs_every_step_kind_in_namespaces_and_down_leaves_nothing(netlab):
         insts = {i.name: i for i in lab.provider.list("full")}
         assert sorted(insts) == ["a", "b"]
         ip_a, ip_b = insts["a"].private_ip, insts["b"].private_ip
-        assert ip_a != ip_b and all(ip in NETWORK for ip in map(__import__("ipaddress")
-                                                                  .ip_address, (ip_a, ip_b)))
+        assert ip_a != ip_b and all(
+            ip in NETWORK for ip in map(__import__("ipaddress").ip_address, (ip_a, ip_b))
+        )
         # Each machine has its own /srv, hostname and hosts file.
         srv_a = lab.tmp / "machines" / "full" / "a" / "srv"
         srv_b = lab.tmp / "machines" / "full" / "b" / "srv"
@@ -163,8 +169,9 @@ def test_up_runs_every_step_kind_in_namespaces_and_down_leaves_nothing(netlab):
         assert (srv_b / "b.conf").stat().st_mode & 0o777 == 0o640
         seen = [o["data"] for o in out if o["event"] == "output" and o["step"] == "b-sees-a"]
         assert seen and seen[0].split()[:3] == [ip_a, "a", "a.full"]
-        after = "".join(o["data"] for o in out if o["event"] == "output"
-                        and o["step"] == "after-reboot")
+        after = "".join(
+            o["data"] for o in out if o["event"] == "output" and o["step"] == "after-reboot"
+        )
         assert after == f"peer={ip_a}\n"
         # The reboot really took b away and back.
         states_b = [o["state"] for o in out if o["event"] == "machine" and o["machine"] == "b"]
@@ -205,13 +212,17 @@ def test_up_again_after_a_crash_resumes_without_duplicating_machines(netlab):
     lab = netlab
     path = lab.scenario(RESUME)
     try:
-        proc = subprocess.Popen(lab.argv("up", str(path), "--json"), stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, env=lab.env)
+        proc = subprocess.Popen(
+            lab.argv("up", str(path), "--json"),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=lab.env,
+        )
         assert proc.stdout is not None
         for line in proc.stdout:
             doc = json.loads(line)
-            if doc.get("event") == "step" and doc["step"] == "gate" and \
-                    doc["status"] == "started":
+            if doc.get("event") == "step" and doc["step"] == "gate" and doc["status"] == "started":
                 break
         else:
             raise AssertionError(proc.stderr.read() if proc.stderr else "no gate step")
@@ -322,9 +333,13 @@ def test_demo_runs_the_scenario_and_leaves_no_process_or_namespace():
     # A TMPDIR of its own, to check that the demo leaves nothing in it.
     tmp = Path(tempfile.mkdtemp(prefix="crct-", dir="/tmp"))
     try:
-        r = subprocess.run([sys.executable, "-m", "cloudremotecontrol", "demo", "--json"],
-                           capture_output=True, text=True, timeout=120,
-                           env={**os.environ, "TMPDIR": str(tmp)})
+        r = subprocess.run(
+            [sys.executable, "-m", "cloudremotecontrol", "demo", "--json"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "TMPDIR": str(tmp)},
+        )
         left_files = list(tmp.iterdir())
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -332,8 +347,9 @@ def test_demo_runs_the_scenario_and_leaves_no_process_or_namespace():
     out = lines(r.stdout)
     summary = next(o for o in out if o["event"] == "summary")
     assert summary["ok"] and {m["name"] for m in summary["machines"]} == {"mysql", "web", "dev"}
-    reached = "".join(o["data"] for o in out if o["event"] == "output"
-                      and o["step"] == "dev-reaches-web")
+    reached = "".join(
+        o["data"] for o in out if o["event"] == "output" and o["step"] == "dev-reaches-web"
+    )
     assert "GET http://web:8080/app.conf -> 200" in reached and "name = shop" in reached
     assert out[-1]["left"] == []
     demo = LocalProvider(Path(out[0]["dir"]) / "machines")  # the demo's own provider
@@ -382,13 +398,16 @@ def test_sync_hosts_follows_a_peer_that_changes_ip(netlab):
     from cloudremotecontrol.master.providers.local import startup_script
 
     lab = netlab
-    out = lab.client.create_group("moving", ["a", "b"],
-                                  settings={"sync_hosts": True, "hosts_ip": "private"})
+    out = lab.client.create_group(
+        "moving", ["a", "b"], settings={"sync_hosts": True, "hosts_ip": "private"}
+    )
     for m in out["machines"]:
         script = startup_script(lab.server.url, m["key"], lab.server.fingerprint).replace(
-            "agent run", "agent run --facts-interval 0.5")
-        lab.provider.create("moving", MachineSpec(name=m["name"], os="linux", region="",
-                                                  plan="", image=""), script)
+            "agent run", "agent run --facts-interval 0.5"
+        )
+        lab.provider.create(
+            "moving", MachineSpec(name=m["name"], os="linux", region="", plan="", image=""), script
+        )
     try:
         insts = {i.name: i for i in lab.provider.list("moving")}
         hosts_b = lab.provider._dir(insts["b"].id) / "hosts"
@@ -409,8 +428,9 @@ def test_sync_hosts_follows_a_peer_that_changes_ip(netlab):
         ns = lab.provider._ns(insts["a"].id)
         # Like a DHCP renumbering: the new address first, then the old one goes (promoted
         # secondaries keep the interface's routes).
-        localnet.run("ip", "netns", "exec", ns, "sysctl", "-qw",
-                     "net.ipv4.conf.eth0.promote_secondaries=1")
+        localnet.run(
+            "ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.conf.eth0.promote_secondaries=1"
+        )
         localnet.run("ip", "-n", ns, "addr", "add", f"{new_ip}/16", "dev", "eth0")
         localnet.run("ip", "-n", ns, "addr", "del", f"{old_ip}/16", "dev", "eth0")
         wait_for(f"{new_ip} a a.moving\n".encode(), gone=f"{old_ip} a".encode())

@@ -55,10 +55,12 @@ OPENAPI = Path(__file__).resolve().parents[2].parent / "shared/reference/vultr/o
 AGENT_CMD = "/opt/crc-agent/venv/bin/python -m cloudremotecontrol agent run"
 
 needs_vm = pytest.mark.skipif(
-    os.geteuid() != 0 or not all(shutil.which(t) for t in ("unshare", "nsenter", "ip"))
+    os.geteuid() != 0
+    or not all(shutil.which(t) for t in ("unshare", "nsenter", "ip"))
     or not os.path.exists("/usr/bin/python3"),
     reason="booting a fake Vultr instance needs root, unshare(1), nsenter(1), ip(8) and "
-           "/usr/bin/python3 (network, mount and PID namespaces)")
+    "/usr/bin/python3 (network, mount and PID namespaces)",
+)
 
 
 class Cloud:
@@ -75,16 +77,27 @@ class Cloud:
         token = self.server.add_user("alice")
         self.client = Client(self.server.url, token, self.server.fingerprint)
         self.boot = LinuxBoot(tmp / "vms", network="netns")
-        self.fake = FakeVultr(boot=self.boot, halt=self.boot.halt, openapi_path=OPENAPI,
-                              ready_delay=0.2).start()
-        self.env = {**os.environ, "CRC_URL": self.server.url, "CRC_TOKEN": token,
-                    "CRC_FINGERPRINT": self.server.fingerprint,
-                    "CRC_CONFIG_DIR": str(tmp / "cfg"),
-                    "VULTR_API_KEY": self.fake.api_key, "CRC_VULTR_API_URL": self.fake.url}
+        self.fake = FakeVultr(
+            boot=self.boot, halt=self.boot.halt, openapi_path=OPENAPI, ready_delay=0.2
+        ).start()
+        self.env = {
+            **os.environ,
+            "CRC_URL": self.server.url,
+            "CRC_TOKEN": token,
+            "CRC_FINGERPRINT": self.server.fingerprint,
+            "CRC_CONFIG_DIR": str(tmp / "cfg"),
+            "VULTR_API_KEY": self.fake.api_key,
+            "CRC_VULTR_API_URL": self.fake.url,
+        }
 
     def crc(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "cloudremotecontrol", *args],
-                              capture_output=True, text=True, timeout=timeout, env=self.env)
+        return subprocess.run(
+            [sys.executable, "-m", "cloudremotecontrol", *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=self.env,
+        )
 
     def sent(self, method: str, path: str) -> list[RecordedRequest]:
         return [r for r in self.fake.requests if r.method == method and r.path == path]
@@ -162,8 +175,7 @@ steps:
 
 @pytest.mark.root
 @needs_vm
-def test_up_enrolls_through_the_real_bootstrap_runs_steps_and_down_leaves_nothing(
-        cloud, tmp_path):
+def test_up_enrolls_through_the_real_bootstrap_runs_steps_and_down_leaves_nothing(cloud, tmp_path):
     path = tmp_path / "vlab.yaml"
     path.write_text(SCENARIO)
 
@@ -175,8 +187,12 @@ def test_up_enrolls_through_the_real_bootstrap_runs_steps_and_down_leaves_nothin
     summary = out[-1]
     assert summary["event"] == "summary" and summary["ok"] is True
     assert [(s["name"], s["status"]) for s in summary["steps"]] == [
-        ("setup-a", "succeeded"), ("a-done", "succeeded"), ("config-b", "succeeded"),
-        ("hosts", "succeeded"), ("b-reaches-a", "succeeded")]
+        ("setup-a", "succeeded"),
+        ("a-done", "succeeded"),
+        ("config-b", "succeeded"),
+        ("hosts", "succeeded"),
+        ("b-reaches-a", "succeeded"),
+    ]
 
     # The provider asked Vultr for two Linux instances, the bootstrap as base64 user_data.
     creates = cloud.sent("POST", "/instances")
@@ -189,8 +205,10 @@ def test_up_enrolls_through_the_real_bootstrap_runs_steps_and_down_leaves_nothin
         assert body["tags"] == ["crc-scenario:vlab", f"crc-machine:{body['hostname']}"]
         assert "script_id" not in body
         script = base64.b64decode(body["user_data"]).decode()
-        assert script.startswith("#!/bin/bash\n# CloudRemoteControl bootstrap for machine "
-                                 f"{body['hostname']} of group vlab")
+        assert script.startswith(
+            "#!/bin/bash\n# CloudRemoteControl bootstrap for machine "
+            f"{body['hostname']} of group vlab"
+        )
         assert f"CRC_URL={cloud.server.url}" in script and "CRC_KEY=crck_" in script
     assert cloud.sent("POST", "/startup-scripts") == []
 
@@ -232,8 +250,7 @@ def test_up_enrolls_through_the_real_bootstrap_runs_steps_and_down_leaves_nothin
     conf = machines["b"].path("/etc/app.conf")
     assert conf.read_text() == f"peer={ip_a}\n"
     assert stat.S_IMODE(conf.stat().st_mode) == 0o640
-    seen = "".join(o["data"] for o in out if o["event"] == "output"
-                   and o["step"] == "b-reaches-a")
+    seen = "".join(o["data"] for o in out if o["event"] == "output" and o["step"] == "b-reaches-a")
     assert seen.split()[:3] == [ip_a, "a", "a.vlab"]
     assert seen.endswith(f"peer={ip_a}\nhello from a as uid 0\n"), seen
     for m in machines.values():
@@ -241,8 +258,9 @@ def test_up_enrolls_through_the_real_bootstrap_runs_steps_and_down_leaves_nothin
         assert f"{machines['a'].ip} a a.vlab" in hosts and f"{machines['b'].ip} b b.vlab" in hosts
     with open("/etc/hosts") as fh:
         assert "vlab" not in fh.read()
-    web = [p for p, cmd in namespace_members(machines["a"].namespaces).items()
-           if "http.server" in cmd]
+    web = [
+        p for p, cmd in namespace_members(machines["a"].namespaces).items() if "http.server" in cmd
+    ]
     assert len(web) == 1  # the step's background server runs on a until the end
 
     r = cloud.crc("down", str(path), "--json")
@@ -255,8 +273,9 @@ def test_up_enrolls_through_the_real_bootstrap_runs_steps_and_down_leaves_nothin
     deletes = [q for q in cloud.fake.requests if q.method == "DELETE"]
     assert sorted(q.path for q in deletes) == sorted(f"/instances/{i}" for i in ids.values())
     last_delete = max(n for n, q in enumerate(cloud.fake.requests) if q.method == "DELETE")
-    checks = [q for q in cloud.fake.requests[last_delete:]
-              if q.method == "GET" and q.path == "/instances"]
+    checks = [
+        q for q in cloud.fake.requests[last_delete:] if q.method == "GET" and q.path == "/instances"
+    ]
     assert checks and checks[-1].query["tag"] == scenario_tag("vlab")
     assert cloud.fake.state.instances == {}
     with pytest.raises(NotFound):
@@ -271,8 +290,10 @@ def test_up_enrolls_through_the_real_bootstrap_runs_steps_and_down_leaves_nothin
     assert cloud.boot.mounts() == []
     assert cloud.boot.networks() == []
     for pid in [*agents.values(), *web]:
-        assert not Path(f"/proc/{pid}").exists() or \
-            Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+        assert (
+            not Path(f"/proc/{pid}").exists()
+            or Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+        )
 
     assert cloud.fake.violations == []
     assert cloud.fake.state.boot_errors == []
@@ -295,8 +316,7 @@ def test_a_windows_machine_gets_a_boot_startup_script_named_on_create(env, tmp_p
     provider = VultrProvider(fake.api_key, fake.url, poll_interval=0.02)
     scenario = parse_scenario(WINDOWS, tmp_path / "mixed.yaml")
     profile = Profile(env.server.url, env.token, env.server.fingerprint)
-    runner = Runner(scenario, profile, provider, View(),
-                    state=LocalState(tmp_path / "state.json"))
+    runner = Runner(scenario, profile, provider, View(), state=LocalState(tmp_path / "state.json"))
     try:
         runner._ensure_instances(runner._ensure_group())
 
@@ -306,8 +326,11 @@ def test_a_windows_machine_gets_a_boot_startup_script_named_on_create(env, tmp_p
         cmd = base64.b64decode(scripts[0].json["script"]).decode()
         assert "machine win of group mixed" in cmd and "\r\n" in cmd and "crck_" in cmd
         script_id = next(iter(fake.state.scripts))
-        creates = {r.json["hostname"]: r.json for r in fake.requests
-                   if (r.method, r.path) == ("POST", "/instances")}
+        creates = {
+            r.json["hostname"]: r.json
+            for r in fake.requests
+            if (r.method, r.path) == ("POST", "/instances")
+        }
         win, lin = creates["win"], creates["lin"]
         assert win["script_id"] == script_id and "user_data" not in win
         assert (win["os_id"], win["plan"]) == (2514, "vc2-2c-4gb")
@@ -334,16 +357,23 @@ def _rate_limited_setup(env: Any, tmp_path: Path) -> tuple[FakeVultr, Path, list
     fake = FakeVultr(openapi_path=OPENAPI, ready_delay=0.05).start()
     env.client.create_group("rl", ["a", "b", "c"])
     with VultrProvider(fake.api_key, fake.url) as p:
-        ids = [p.create("rl", MachineSpec(name=n, os="linux", region="ewr", plan="vc2-1c-1gb",
-                                          image="2284"), "#!/bin/sh\ntrue\n").id
-               for n in ("a", "b", "c")]
+        ids = [
+            p.create(
+                "rl",
+                MachineSpec(name=n, os="linux", region="ewr", plan="vc2-1c-1gb", image="2284"),
+                "#!/bin/sh\ntrue\n",
+            ).id
+            for n in ("a", "b", "c")
+        ]
     path = tmp_path / "rl.yaml"
-    path.write_text(textwrap.dedent("""\
+    path.write_text(
+        textwrap.dedent("""\
         name: rl
         provider: vultr
         defaults: {region: ewr, plan: vc2-1c-1gb, image: "2284"}
         machines: {a: , b: , c: }
-        """))
+        """)
+    )
     return fake, path, ids
 
 
@@ -357,7 +387,8 @@ def test_down_honours_429_and_reports_clearly_when_vultr_keeps_refusing(env, crc
         assert r.returncode == 8, r.stdout + r.stderr
         assert r.stderr.strip() == (
             "crc: error: Vultr kept rate-limiting GET /instances (HTTP 429) after 6 "
-            "retries: wait a minute, or create fewer machines at once")
+            "retries: wait a minute, or create fewer machines at once"
+        )
         assert sorted(fake.state.instances) == sorted(ids)  # nothing destroyed half-way
         states = [m["state"] for m in env.client.group("rl")["machines"]]
         assert states == ["pending"] * 3  # nor revoked
@@ -404,11 +435,13 @@ def test_fake_vm_runs_its_script_as_root_in_private_namespaces_and_halts_clean(t
             assert m.path(p).exists() and not Path(p).exists()
         assert m.path("/etc/hosts").read_text().endswith("127.0.1.1 web\n")
         assert m.netns is not None and m.ip is not None
-        addrs = subprocess.run(["ip", "-n", m.netns, "-o", "-4", "addr"], capture_output=True,
-                               text=True).stdout
+        addrs = subprocess.run(
+            ["ip", "-n", m.netns, "-o", "-4", "addr"], capture_output=True, text=True
+        ).stdout
         assert f" {m.ip}/16 " in addrs and ipaddress.ip_address(m.ip) in localnet.NETWORK
-        assert stat.S_IMODE(m.path("/var/lib/cloud/instance/scripts/part-001").stat()
-                            .st_mode) == 0o700
+        assert (
+            stat.S_IMODE(m.path("/var/lib/cloud/instance/scripts/part-001").stat().st_mode) == 0o700
+        )
         sleepers = [p for p, cmd in boot.leftovers().items() if cmd == "sleep 600"]
         assert len(sleepers) == 1  # the background process outlived the script
 

@@ -70,11 +70,13 @@ async def new_user(store: Store, name: str = "alice") -> dict[str, Any]:
     return {**await store.read(users.authenticate_master, token), "token": token}
 
 
-async def ready_machines(store: Store, user: dict[str, Any], group: str,
-                         names: list[str]) -> dict[str, dict[str, Any]]:
+async def ready_machines(
+    store: Store, user: dict[str, Any], group: str, names: list[str]
+) -> dict[str, dict[str, Any]]:
     """Create ``group``, enroll every machine and connect it ready; name -> machine row."""
-    out = await store.write(groups.create_group, user["user_id"], group,
-                            [{"name": n} for n in names])
+    out = await store.write(
+        groups.create_group, user["user_id"], group, [{"name": n} for n in names]
+    )
     machines = {}
     for m in out["machines"]:
         cred = await store.write(enrollment.enroll, m["key"], "127.0.0.1")
@@ -88,15 +90,17 @@ def agent_msg(group: str, machine: str, type: str, body: dict[str, Any]) -> dict
     return Envelope.make(group, machine, "master", type, body).to_dict()
 
 
-async def group_events(store: Store, user: dict[str, Any], group: str,
-                       since: int = 0) -> list[dict[str, Any]]:
+async def group_events(
+    store: Store, user: dict[str, Any], group: str, since: int = 0
+) -> list[dict[str, Any]]:
     gid = (await store.read(events.group_cursor, user["user_id"], group))["group_id"]
     return list(await store.read(events.events_after, gid, since))
 
 
 def schema_versions(tx: Tx) -> list[int]:
-    return [int(r["version"]) for r in tx.all("SELECT version FROM schema_version "
-                                               "ORDER BY version")]
+    return [
+        int(r["version"]) for r in tx.all("SELECT version FROM schema_version ORDER BY version")
+    ]
 
 
 # -- users and tokens ------------------------------------------------------------------
@@ -127,15 +131,23 @@ async def test_users_authenticate_with_live_tokens_only(store: Store) -> None:
 # -- groups ----------------------------------------------------------------------------
 async def test_group_create_show_delete_revokes_keys_and_is_per_user(store: Store) -> None:
     alice, bob = await new_user(store, "alice"), await new_user(store, "bob")
-    out = await store.write(groups.create_group, alice["user_id"], "lab",
-                            [{"name": "db", "labels": {"role": "db"}}, {"name": "web"}],
-                            None, 3600.0, {"note": "x"})
+    out = await store.write(
+        groups.create_group,
+        alice["user_id"],
+        "lab",
+        [{"name": "db", "labels": {"role": "db"}}, {"name": "web"}],
+        None,
+        3600.0,
+        {"note": "x"},
+    )
     keys = {m["name"]: m["key"] for m in out["machines"]}
     assert sorted(keys) == ["db", "web"] and all(k.startswith("crck_") for k in keys.values())
 
     shown = await store.read(groups.show_group, alice["user_id"], "lab")
     assert [(m["name"], m["state"], m["labels"]) for m in shown["machines"]] == [
-        ("db", "pending", {"role": "db"}), ("web", "pending", {})]
+        ("db", "pending", {"role": "db"}),
+        ("web", "pending", {}),
+    ]
     assert shown["settings"] == {"note": "x"} and shown["expires"] > shown["created"]
     listed = await store.read(groups.list_groups, alice["user_id"])
     assert [(g["group"], g["machines"], g["ready"]) for g in listed] == [("lab", 2, 0)]
@@ -162,13 +174,15 @@ async def test_group_create_show_delete_revokes_keys_and_is_per_user(store: Stor
     await store.write(groups.create_group, alice["user_id"], "lab", [{"name": "db"}])
 
 
-async def test_concurrent_creates_of_one_group_name_give_one_group(replicas: list[Store]
-                                                                   ) -> None:
+async def test_concurrent_creates_of_one_group_name_give_one_group(replicas: list[Store]) -> None:
     alice = await new_user(replicas[0])
     results = await asyncio.gather(
-        *(replicas[i % 2].write(groups.create_group, alice["user_id"], "lab",
-                                [{"name": f"m{i}"}]) for i in range(12)),
-        return_exceptions=True)
+        *(
+            replicas[i % 2].write(groups.create_group, alice["user_id"], "lab", [{"name": f"m{i}"}])
+            for i in range(12)
+        ),
+        return_exceptions=True,
+    )
     assert sum(isinstance(r, dict) for r in results) == 1
     assert all(isinstance(r, (dict, Conflict)) for r in results), results
     assert len(await replicas[1].read(groups.list_groups, alice["user_id"])) == 1
@@ -177,8 +191,9 @@ async def test_concurrent_creates_of_one_group_name_give_one_group(replicas: lis
 # -- enrollment ------------------------------------------------------------------------
 async def test_enrollment_key_is_single_use_and_expires(store: Store) -> None:
     alice = await new_user(store)
-    out = await store.write(groups.create_group, alice["user_id"], "lab",
-                            [{"name": "a"}, {"name": "b"}])
+    out = await store.write(
+        groups.create_group, alice["user_id"], "lab", [{"name": "a"}, {"name": "b"}]
+    )
     key_a, key_b = (m["key"] for m in out["machines"])
     cred = await store.write(enrollment.enroll, key_a, "10.0.0.5")
     assert (cred["machine"], cred["group"]) == ("a", "lab")
@@ -191,22 +206,25 @@ async def test_enrollment_key_is_single_use_and_expires(store: Store) -> None:
         await store.write(enrollment.enroll, "not-a-key", None)
 
     def expire(tx: Tx, group_id: str) -> int:
-        return tx.execute("UPDATE machines SET key_expires = ? WHERE group_id = ? AND name = ?",
-                          (now() - 1, group_id, "b"))
+        return tx.execute(
+            "UPDATE machines SET key_expires = ? WHERE group_id = ? AND name = ?",
+            (now() - 1, group_id, "b"),
+        )
 
     assert await store.write(expire, me["group_id"]) == 1
     with pytest.raises(KeyRejected, match="expired"):
         await store.write(enrollment.enroll, key_b, None)
 
 
-async def test_concurrent_enrollments_with_one_key_succeed_once(replicas: list[Store]
-                                                                ) -> None:
+async def test_concurrent_enrollments_with_one_key_succeed_once(replicas: list[Store]) -> None:
     store = replicas[0]
     alice = await new_user(store)
     out = await store.write(groups.create_group, alice["user_id"], "lab", [{"name": "a"}])
     key = out["machines"][0]["key"]
-    results = await asyncio.gather(*(replicas[i % 2].write(enrollment.enroll, key, "10.0.0.1")
-                                     for i in range(16)), return_exceptions=True)
+    results = await asyncio.gather(
+        *(replicas[i % 2].write(enrollment.enroll, key, "10.0.0.1") for i in range(16)),
+        return_exceptions=True,
+    )
     creds = [r for r in results if isinstance(r, dict)]
     assert len(creds) == 1
     assert all(isinstance(r, KeyRejected) for r in results if not isinstance(r, dict)), results
@@ -232,20 +250,28 @@ async def test_job_outbox_ack_and_agent_messages_are_applied_once(store: Store) 
     assert await store.read(delivery.outbox_after, m["id"], 0) == []
 
     def send(seq: int, type: str, body: dict[str, Any]) -> Any:
-        return store.write(delivery.apply_agent_message, m["id"], seq,
-                           agent_msg("lab", "a", type, {"job_id": job["job_id"], **body}))
+        return store.write(
+            delivery.apply_agent_message,
+            m["id"],
+            seq,
+            agent_msg("lab", "a", type, {"job_id": job["job_id"], **body}),
+        )
 
     assert (await send(1, "job.started", {}))["receipt"] == "new"
     assert (await send(1, "job.started", {}))["receipt"] == "duplicate"
     assert await send(3, "job.output", {"stream": "stdout", "data": "x"}) == {
-        "receipt": "gap", "expected": 2}
+        "receipt": "gap",
+        "expected": 2,
+    }
     assert (await send(2, "job.output", {"stream": "stdout", "data": "hi\n"}))["receipt"] == "new"
     assert (await send(2, "job.output", {"stream": "stdout", "data": "hi\n"}))["receipt"] == (
-        "duplicate")
+        "duplicate"
+    )
     bad = await send(3, "job.run", {})  # machines may not command
     assert bad["receipt"] == "new" and bad["error"]["code"] == "unknown_type"
     assert (await send(4, "job.result", {"status": "succeeded", "exit_code": 0}))["receipt"] == (
-        "new")
+        "new"
+    )
 
     view = await store.read(jobs.job_view, alice["user_id"], job["job_id"])
     [target] = view["targets"]
@@ -253,8 +279,12 @@ async def test_job_outbox_ack_and_agent_messages_are_applied_once(store: Store) 
     assert target["output_bytes"] == 3
     job_events = await store.read(events.events_after, m["group_id"], 0, job["job_id"])
     assert [(e["type"], e["data"].get("status")) for e in job_events] == [
-        ("job.created", None), ("job.status", "delivered"), ("job.status", "running"),
-        ("job.output", None), ("job.status", "succeeded")]
+        ("job.created", None),
+        ("job.status", "delivered"),
+        ("job.status", "running"),
+        ("job.output", None),
+        ("job.status", "succeeded"),
+    ]
     assert [e["data"]["data"] for e in job_events if e["type"] == "job.output"] == ["hi\n"]
     errors = [e for e in await group_events(store, alice, "lab") if e["type"] == "agent.error"]
     assert len(errors) == 1
@@ -269,7 +299,9 @@ async def test_cancel_before_delivery_rewrites_the_queued_run(store: Store) -> N
     # that already got the job.run but whose ack has not arrived yet.
     rows = await store.read(delivery.outbox_after, m["id"], 0)
     assert [(seq, json.loads(frame)["msg"]["type"]) for seq, frame in rows] == [
-        (1, "job.cancel"), (2, "job.cancel")]
+        (1, "job.cancel"),
+        (2, "job.cancel"),
+    ]
     assert [(mid, seq) for mid, seq, _ in out["deliveries"]] == [(m["id"], 2)]
     view = await store.read(jobs.job_view, alice["user_id"], job["job_id"])
     assert view["targets"][0]["status"] == "cancelled"
@@ -279,16 +311,24 @@ async def test_concurrent_jobs_get_contiguous_outbox_seqs(replicas: list[Store])
     store = replicas[0]
     alice = await new_user(store)
     ms = await ready_machines(store, alice, "lab", ["a", "b"])
-    created = await asyncio.gather(*(
-        replicas[i % 3 % 2].write(jobs.create_job, alice, "lab", "all" if i % 2 else "a",
-                                  {"argv": ["true"]})
-        for i in range(30)))
+    created = await asyncio.gather(
+        *(
+            replicas[i % 3 % 2].write(
+                jobs.create_job, alice, "lab", "all" if i % 2 else "a", {"argv": ["true"]}
+            )
+            for i in range(30)
+        )
+    )
     for name, count in (("a", 30), ("b", 15)):
         rows = await store.read(delivery.outbox_after, ms[name]["id"], 0)
         assert [seq for seq, _ in rows] == list(range(1, count + 1))
         by_seq = {seq: json.loads(frame)["msg"]["body"]["job_id"] for seq, frame in rows}
-        assert by_seq == {seq: job["job_id"] for job in created
-                          for mid, seq, _ in job["deliveries"] if mid == ms[name]["id"]}
+        assert by_seq == {
+            seq: job["job_id"]
+            for job in created
+            for mid, seq, _ in job["deliveries"]
+            if mid == ms[name]["id"]
+        }
 
 
 async def test_concurrent_messages_are_each_applied_once(replicas: list[Store]) -> None:
@@ -381,8 +421,7 @@ async def test_events_become_visible_in_id_order(replicas: list[Store]) -> None:
     assert seen[0]["cursor"] < seen[1]["cursor"]
 
 
-async def test_a_follower_misses_no_event_under_concurrent_writers(replicas: list[Store]
-                                                                  ) -> None:
+async def test_a_follower_misses_no_event_under_concurrent_writers(replicas: list[Store]) -> None:
     store = replicas[0]
     alice = await new_user(store)
     names = [f"m{i}" for i in range(8)]
@@ -395,8 +434,12 @@ async def test_a_follower_misses_no_event_under_concurrent_writers(replicas: lis
 
     async def writer(name: str, via: Store) -> None:
         for seq in range(1, per_machine + 1):
-            await via.write(delivery.apply_agent_message, ms[name]["id"], seq,
-                            agent_msg("lab", name, "progress", {"text": str(seq)}))
+            await via.write(
+                delivery.apply_agent_message,
+                ms[name]["id"],
+                seq,
+                agent_msg("lab", name, "progress", {"text": str(seq)}),
+            )
 
     async def follower() -> None:
         cursor = start
@@ -414,14 +457,12 @@ async def test_a_follower_misses_no_event_under_concurrent_writers(replicas: lis
     await asyncio.gather(*(writer(n, replicas[i % 2]) for i, n in enumerate(names)))
     done.set()
     await follow
-    stored = [e["cursor"] for e in await store.read(events.events_after, gid, start, None,
-                                                    10_000)]
+    stored = [e["cursor"] for e in await store.read(events.events_after, gid, start, None, 10_000)]
     assert len(stored) == len(names) * per_machine
     assert followed == stored
 
 
-async def test_a_write_cancelled_while_queued_does_not_stop_later_writes(store: Store
-                                                                         ) -> None:
+async def test_a_write_cancelled_while_queued_does_not_stop_later_writes(store: Store) -> None:
     started = threading.Event()
     release = threading.Event()
 
@@ -462,13 +503,29 @@ async def test_migrations_are_idempotent_and_safe_when_started_together(db_url: 
         await again.close()
 
 
-def test_server_processes_migrating_one_new_database_at_once(db_url: str, tmp_path: Any
-                                                             ) -> None:
+def test_server_processes_migrating_one_new_database_at_once(db_url: str, tmp_path: Any) -> None:
     """Three `crc server add-user` processes on one empty database at the same time."""
-    procs = [subprocess.Popen(
-        [sys.executable, "-m", "cloudremotecontrol", "server", "add-user", f"u{i}",
-         "--database", db_url, "--data-dir", str(tmp_path / "unused"), "--json"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(3)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "cloudremotecontrol",
+                "server",
+                "add-user",
+                f"u{i}",
+                "--database",
+                db_url,
+                "--data-dir",
+                str(tmp_path / "unused"),
+                "--json",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(3)
+    ]
     for i, p in enumerate(procs):
         out, err = p.communicate(timeout=60)
         assert p.returncode == 0, err
@@ -485,7 +542,8 @@ def test_server_processes_migrating_one_new_database_at_once(db_url: str, tmp_pa
 
 # -- PostgreSQL only: wake-ups across replicas -----------------------------------------
 async def test_notify_wakes_other_replicas_and_a_reconnect_wakes_everyone(
-        pg_url: str, pg_cluster: Any) -> None:
+    pg_url: str, pg_cluster: Any
+) -> None:
     a, b = open_store(pg_url), open_store(pg_url)
     woken: queue.SimpleQueue[set[str]] = queue.SimpleQueue()
     await a.start()
@@ -515,8 +573,9 @@ async def test_notify_wakes_other_replicas_and_a_reconnect_wakes_everyone(
         await b.close()
 
 
-async def test_connections_killed_between_operations_cost_nothing(pg_url: str,
-                                                                  pg_cluster: Any) -> None:
+async def test_connections_killed_between_operations_cost_nothing(
+    pg_url: str, pg_cluster: Any
+) -> None:
     """As after a database restart or failover: every pooled connection is dead."""
     s = open_store(pg_url)
     await s.start()

@@ -37,14 +37,20 @@ class Cloud:
         self.server.start()
         self.token = self.server.add_user("alice")
         self.client = Client(self.server.url, self.token, self.server.fingerprint)
-        self.vultr = VultrProvider(api_key=DEFAULT_API_KEY, base_url=self.fake.url,
-                                   poll_interval=0.1)
+        self.vultr = VultrProvider(
+            api_key=DEFAULT_API_KEY, base_url=self.fake.url, poll_interval=0.1
+        )
         self.tmp = tmp
 
     def instances(self, group: str, names: list[str]) -> list[str]:
-        return [self.vultr.create(group, MachineSpec(name=n, os="linux", region="ewr",
-                                                     plan="vc2-1c-1gb", image="2284"),
-                                  "#!/bin/sh\ntrue\n").id for n in names]
+        return [
+            self.vultr.create(
+                group,
+                MachineSpec(name=n, os="linux", region="ewr", plan="vc2-1c-1gb", image="2284"),
+                "#!/bin/sh\ntrue\n",
+            ).id
+            for n in names
+        ]
 
     def teardown(self, group: str, status: str, timeout: float = 30.0) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
@@ -56,11 +62,20 @@ class Cloud:
             time.sleep(0.2)
 
     def crc(self, *args: str) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "CRC_URL": self.server.url, "CRC_TOKEN": self.token,
-               "CRC_FINGERPRINT": self.server.fingerprint,
-               "CRC_CONFIG_DIR": str(self.tmp / "cfg")}
-        return subprocess.run([sys.executable, "-m", "cloudremotecontrol", *args], env=env,
-                              capture_output=True, text=True, timeout=60)
+        env = {
+            **os.environ,
+            "CRC_URL": self.server.url,
+            "CRC_TOKEN": self.token,
+            "CRC_FINGERPRINT": self.server.fingerprint,
+            "CRC_CONFIG_DIR": str(self.tmp / "cfg"),
+        }
+        return subprocess.run(
+            [sys.executable, "-m", "cloudremotecontrol", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
 
     def close(self) -> None:
         self.client.close()
@@ -99,8 +114,11 @@ def test_the_server_destroys_the_machines_when_the_ttl_passes_if_the_owner_opted
     assert [i.id for i in cloud.vultr.list("keep")] == keep  # no opt-in, nothing destroyed
     assert [i.id for i in cloud.vultr.list("elsewhere")] == other
     events = [e for e in cloud.client.events("shop") if e["type"].startswith("group.")]
-    assert [e["type"] for e in events][-3:] == ["group.expired", "group.teardown",
-                                                 "group.teardown"], events
+    assert [e["type"] for e in events][-3:] == [
+        "group.expired",
+        "group.teardown",
+        "group.teardown",
+    ], events
     assert "the server now destroys the machines at vultr" in events[-3]["data"]["note"]
     assert events[-1]["data"]["status"] == "done"
     keep_events = [e for e in cloud.client.events("keep") if e["type"] == "group.expired"]
@@ -116,7 +134,9 @@ def test_the_server_destroys_the_machines_when_the_ttl_passes_if_the_owner_opted
     assert "the machines still exist: run `crc down`" in out.stderr, out.stderr
     audit = cloud.client.audit("shop")
     assert [a["action"] for a in audit if a["action"].startswith("group.teardown")] == [
-        "group.teardown_armed", "group.teardown"], audit
+        "group.teardown_armed",
+        "group.teardown",
+    ], audit
 
 
 def test_a_refused_key_is_reported_and_retried_and_the_machines_are_left(cloud):
@@ -142,11 +162,15 @@ def test_arming_needs_a_ttl_a_known_provider_and_the_owner(cloud):
         cloud.client.arm_teardown("nottl", "vultr", "k")
     cloud.client.create_group("shop", ["a"], ttl=3600)
     with pytest.raises(InvalidInput):
-        cloud.client._call("PUT", "/groups/shop/teardown",
-                           json={"provider": "local", "api_key": "k"})
-    for bad in ({"provider": "vultr"}, {"provider": "vultr", "api_key": ""},
-                {"provider": "vultr", "api_key": "k", "api_url": "http://10.0.0.1/"},
-                {"provider": "vultr", "api_key": "a b"}):
+        cloud.client._call(
+            "PUT", "/groups/shop/teardown", json={"provider": "local", "api_key": "k"}
+        )
+    for bad in (
+        {"provider": "vultr"},
+        {"provider": "vultr", "api_key": ""},
+        {"provider": "vultr", "api_key": "k", "api_url": "http://10.0.0.1/"},
+        {"provider": "vultr", "api_key": "a b"},
+    ):
         with pytest.raises(InvalidInput):
             cloud.client._call("PUT", "/groups/shop/teardown", json=bad)
     bob = Client(cloud.server.url, cloud.server.add_user("bob"), cloud.server.fingerprint)
@@ -172,7 +196,6 @@ def test_arming_needs_a_ttl_a_known_provider_and_the_owner(cloud):
         cloud.client.arm_teardown("old", "vultr", "k")
 
 
-
 def test_a_teardown_cut_off_by_a_server_crash_is_taken_up_at_restart(cloud):
     """SQLite: one server alone on its database. Killed (-9) while it was destroying the
     machines, it leaves the teardown claimed; the restarted server takes it up at once
@@ -188,10 +211,14 @@ def test_a_teardown_cut_off_by_a_server_crash_is_taken_up_at_restart(cloud):
     # expired and revoked, the teardown claimed by the dead process.
     now = time.time()
     with sqlite3.connect(cloud.server.data_dir / "crc.db") as db:
-        db.execute("UPDATE groups SET expires = ?, settings = json_set(settings, "
-                   "'$.expired', ?) WHERE name = 'shop'", (now - 5, now - 5))
-        db.execute("UPDATE teardowns SET status = 'running', attempts = 1, "
-                   "claimed_until = ?", (now + 600,))
+        db.execute(
+            "UPDATE groups SET expires = ?, settings = json_set(settings, "
+            "'$.expired', ?) WHERE name = 'shop'",
+            (now - 5, now - 5),
+        )
+        db.execute(
+            "UPDATE teardowns SET status = 'running', attempts = 1, claimed_until = ?", (now + 600,)
+        )
     cloud.server.start()
     cloud.client.close()
     cloud.client = Client(cloud.server.url, cloud.token, cloud.server.fingerprint)

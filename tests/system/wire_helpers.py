@@ -68,6 +68,7 @@ def forge(secret: str) -> str:
 
 # -- the raw agent wire -------------------------------------------------------------------
 
+
 def ws_url(server: Any) -> str:
     return "wss://" + server.url.split("://", 1)[1].rstrip("/") + "/v1/agent/connect"
 
@@ -80,8 +81,9 @@ async def recv_json(ws: ClientConnection, timeout: float = 15.0) -> dict[str, An
 async def ws_open(server: Any, auth: str | None) -> AsyncIterator[ClientConnection]:
     ctx, _ = client_context(server.url, server.fingerprint)
     headers = {} if auth is None else {"Authorization": auth}
-    async with connect(ws_url(server), ssl=ctx, additional_headers=headers,
-                       compression=None, open_timeout=15) as ws:
+    async with connect(
+        ws_url(server), ssl=ctx, additional_headers=headers, compression=None, open_timeout=15
+    ) as ws:
         yield ws
 
 
@@ -91,14 +93,23 @@ class WireAgent:
     def __init__(self, ws: ClientConnection, group: str, name: str, seq: int) -> None:
         self.ws, self.group, self.name, self.seq = ws, group, name, seq
 
-    async def send_msg(self, type: str, body: Any, to: str = "master",
-                       envelope: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    async def send_msg(
+        self, type: str, body: Any, to: str = "master", envelope: dict[str, Any] | None = None
+    ) -> list[dict[str, Any]]:
         """Send the next message (``envelope`` overrides any field of the envelope);
         return the frames up to and including its ack."""
         self.seq += 1
-        env = {"id": uuid.uuid4().hex, "group": self.group, "from": self.name, "to": to,
-               "type": type, "body": body, "correlation_id": None, "created": time.time(),
-               **(envelope or {})}
+        env = {
+            "id": uuid.uuid4().hex,
+            "group": self.group,
+            "from": self.name,
+            "to": to,
+            "type": type,
+            "body": body,
+            "correlation_id": None,
+            "created": time.time(),
+            **(envelope or {}),
+        }
         await self.ws.send(json.dumps({"type": "msg", "seq": self.seq, "msg": env}))
         frames = []
         while True:
@@ -117,15 +128,13 @@ class WireAgent:
 
 
 @contextlib.asynccontextmanager
-async def wire_agent(server: Any, cred: str, group: str, name: str
-                     ) -> AsyncIterator[WireAgent]:
+async def wire_agent(server: Any, cred: str, group: str, name: str) -> AsyncIterator[WireAgent]:
     async with ws_open(server, bearer(cred)) as ws:
         await ws.send(json.dumps({"type": "hello", "ack": 0, "ready": True}))
         welcome = await recv_json(ws)
         assert welcome["type"] == "welcome", welcome
         assert (welcome["group"], welcome["machine"]) == (group, name)
         yield WireAgent(ws, group, name, welcome["ack"])
-
 
 
 async def close_code(ws: ClientConnection, timeout: float = 15.0) -> int:

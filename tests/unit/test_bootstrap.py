@@ -42,8 +42,13 @@ TEMPLATES = Path(render_mod.__file__).parent / "templates"
 
 
 def params(**kw: Any) -> BootstrapParams:
-    base: dict[str, Any] = {"url": "https://203.0.113.7:8443", "fingerprint": FP,
-                            "group": "lab", "machine": "web", "key": KEY}
+    base: dict[str, Any] = {
+        "url": "https://203.0.113.7:8443",
+        "fingerprint": FP,
+        "group": "lab",
+        "machine": "web",
+        "key": KEY,
+    }
     return BootstrapParams(**{**base, **kw})
 
 
@@ -56,7 +61,7 @@ def ps_errors(source: str) -> list[str]:
 
     def walk(node: Any) -> None:
         if node.type == "ERROR" or node.is_missing:
-            bad.append(f"{node.start_point}: {data[node.start_byte:node.end_byte][:80]!r}")
+            bad.append(f"{node.start_point}: {data[node.start_byte : node.end_byte][:80]!r}")
         for child in node.children:
             walk(child)
 
@@ -98,12 +103,21 @@ def test_linux_script_with_a_provisioning_script_parses(tmp_path: Path) -> None:
     assert script.index(then.rstrip("\n")) < script.index('"$CRC" agent ready')
 
 
-@pytest.mark.parametrize("field,value", [
-    ("url", "https://x.example/$(reboot)"), ("url", "ftp://x.example"),
-    ("url", "https://x.example:8443/path"), ("url", "https://a'b.example"),
-    ("fingerprint", "sha256:1234"), ("key", "crcm_abc_def"), ("key", "crck_a_b c"),
-    ("group", "Lab;rm"), ("machine", "-rf"), ("python_version", "3.12; calc"),
-])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("url", "https://x.example/$(reboot)"),
+        ("url", "ftp://x.example"),
+        ("url", "https://x.example:8443/path"),
+        ("url", "https://a'b.example"),
+        ("fingerprint", "sha256:1234"),
+        ("key", "crcm_abc_def"),
+        ("key", "crck_a_b c"),
+        ("group", "Lab;rm"),
+        ("machine", "-rf"),
+        ("python_version", "3.12; calc"),
+    ],
+)
 def test_values_that_could_change_the_script_are_refused(field: str, value: str) -> None:
     with pytest.raises(InvalidInput):
         render("linux", None, params(**{field: value}))
@@ -212,13 +226,19 @@ def test_fetch_helper_checks_pins_and_package_paths() -> None:
         helper.normalize_pin("sha256:12")
     assert err.value.code == helper.USAGE
     assert helper.top_level(["__main__.py", "click/core.py", "cloudremotecontrol/x.py"]) == [
-        "click", "cloudremotecontrol"]
+        "click",
+        "cloudremotecontrol",
+    ]
     for bad in ("/etc/passwd", "a/../../etc", "a\\b"):
         with pytest.raises(helper.Fatal):
             helper.top_level([bad])
-    wheels = ["pywin32-311-cp312-cp312-win_amd64.whl", "pywin32-312-cp312-cp312-win_amd64.whl",
-              "pywin32-312-cp311-cp311-win_amd64.whl", "pywin32-312-cp312-cp312-win_arm64.whl",
-              "other-9-py3-none-any.whl"]
+    wheels = [
+        "pywin32-311-cp312-cp312-win_amd64.whl",
+        "pywin32-312-cp312-cp312-win_amd64.whl",
+        "pywin32-312-cp311-cp311-win_amd64.whl",
+        "pywin32-312-cp312-cp312-win_arm64.whl",
+        "other-9-py3-none-any.whl",
+    ]
     assert helper.pick_wheel(wheels, "pywin32", "cp312", "win_amd64") == wheels[1]
     assert helper.pick_wheel(wheels, "pywin32", "cp313", "win_amd64") is None
     assert helper.choose_layout("auto") == ("venv" if helper.has_venv() else "site")
@@ -233,14 +253,24 @@ def test_agent_package_is_deterministic_and_pure_python() -> None:
     assert pkg.data.startswith(b"#!/usr/bin/env python3\n")
     names = zipfile.ZipFile(io.BytesIO(pkg.data)).namelist()
     assert "__main__.py" in names
-    for needed in ("cloudremotecontrol/agent/core.py", "cloudremotecontrol/cli/main.py",
-                   "click/core.py", "websockets/asyncio/client.py", "websockets/utils.py"):
+    for needed in (
+        "cloudremotecontrol/agent/core.py",
+        "cloudremotecontrol/cli/main.py",
+        "click/core.py",
+        "websockets/asyncio/client.py",
+        "websockets/utils.py",
+    ):
         assert needed in names
     assert any(n.startswith("websockets-") and "LICENSE" in n for n in names)
     assert any(n.startswith("click-") and "LICENSE" in n for n in names)
     for name in names:
-        assert not name.startswith(("cloudremotecontrol/server/", "cloudremotecontrol/master/",
-                                    "cloudremotecontrol/bootstrap/"))
+        assert not name.startswith(
+            (
+                "cloudremotecontrol/server/",
+                "cloudremotecontrol/master/",
+                "cloudremotecontrol/bootstrap/",
+            )
+        )
         assert "__pycache__" not in name and not name.endswith((".so", ".pyd", ".c", ".pyc"))
         assert "fake_systemctl" not in name and "speedups" not in name
 
@@ -276,9 +306,12 @@ class FakeSystemctl:
         return [c[0] for c in self.calls if c[0] not in ("is-enabled", "is-active")]
 
 
-SPEC = ServiceSpec(python="/opt/crc-agent/venv/bin/python", entry=("-m", "cloudremotecontrol"),
-                   run_args=("--state-dir", "/var/lib/crc-agent", "--gate-ready"),
-                   description="CloudRemoteControl agent (lab/web at https://x)")
+SPEC = ServiceSpec(
+    python="/opt/crc-agent/venv/bin/python",
+    entry=("-m", "cloudremotecontrol"),
+    run_args=("--state-dir", "/var/lib/crc-agent", "--gate-ready"),
+    description="CloudRemoteControl agent (lab/web at https://x)",
+)
 
 
 def test_systemd_install_is_idempotent_and_restarts_only_when_asked(tmp_path: Path) -> None:
@@ -291,8 +324,10 @@ def test_systemd_install_is_idempotent_and_restarts_only_when_asked(tmp_path: Pa
     assert (first.definition_changed, first.action) == (True, "started")
     assert fake.verbs() == ["daemon-reload", "enable", "start"]
     assert "Type=notify\n" in text and "Restart=always\n" in text
-    assert ("ExecStart=/opt/crc-agent/venv/bin/python -m cloudremotecontrol agent run "
-            "--state-dir /var/lib/crc-agent --gate-ready\n") in text
+    assert (
+        "ExecStart=/opt/crc-agent/venv/bin/python -m cloudremotecontrol agent run "
+        "--state-dir /var/lib/crc-agent --gate-ready\n"
+    ) in text
     assert oct(unit.stat().st_mode & 0o777) == "0o644"
 
     mtime = unit.stat().st_mtime_ns
@@ -321,12 +356,14 @@ def test_systemd_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     if analyze.returncode != 0:
         pytest.skip("systemd-analyze is not installed (package systemd)")
     mgr = Systemd(unit_dir=tmp_path, systemctl="systemctl", run=FakeSystemctl())
-    spec = ServiceSpec(python="/usr/bin/env", entry=("python3", "-m", "cloudremotecontrol"),
-                       run_args=("--state-dir", "/var/lib/my agent%1"))
+    spec = ServiceSpec(
+        python="/usr/bin/env",
+        entry=("python3", "-m", "cloudremotecontrol"),
+        run_args=("--state-dir", "/var/lib/my agent%1"),
+    )
     path = tmp_path / "crc-agent.service"
     path.write_text(mgr.definition(spec))
-    res = subprocess.run(["systemd-analyze", "verify", str(path)], capture_output=True,
-                         text=True)
+    res = subprocess.run(["systemd-analyze", "verify", str(path)], capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
 
 
@@ -382,8 +419,10 @@ SERVICE_NAME: crc-agent
         STATE              : {code}  {state}
         WIN32_EXIT_CODE    : 0  (0x0)
 """
-NOT_FOUND = ("[SC] OpenService FAILED 1060:\n\n"
-             "The specified service does not exist as an installed service.\n")
+NOT_FOUND = (
+    "[SC] OpenService FAILED 1060:\n\n"
+    "The specified service does not exist as an installed service.\n"
+)
 
 
 class FakeScm:
@@ -424,10 +463,11 @@ class FakeScm:
         return [c[1] for c in self.calls if c[0] == "sc.exe" and c[1] not in ("qc", "query")]
 
 
-WIN_SPEC = ServiceSpec(python=r"C:\Program Files\CloudRemoteControl\venv\Scripts\python.exe",
-                       entry=("-m", "cloudremotecontrol"),
-                       run_args=("--state-dir", r"C:\ProgramData\CloudRemoteControl\agent",
-                                 "--gate-ready"))
+WIN_SPEC = ServiceSpec(
+    python=r"C:\Program Files\CloudRemoteControl\venv\Scripts\python.exe",
+    entry=("-m", "cloudremotecontrol"),
+    run_args=("--state-dir", r"C:\ProgramData\CloudRemoteControl\agent", "--gate-ready"),
+)
 
 
 def windows(fake: FakeScm) -> WindowsServices:
@@ -448,10 +488,17 @@ def test_windows_service_is_localsystem_automatic_and_restarts_on_failure() -> N
     assert fake.verbs() == ["create", "description", "failure", "failureflag", "start"]
     create = fake.calls[[c[1] for c in fake.calls].index("create")]
     assert create[2:] == [
-        "crc-agent", "binPath=",
+        "crc-agent",
+        "binPath=",
         '"C:\\Program Files\\CloudRemoteControl\\venv\\Scripts\\python.exe" -m '
-        f'{HOST_MODULE} --state-dir C:\\ProgramData\\CloudRemoteControl\\agent --gate-ready',
-        "start=", "auto", "obj=", "LocalSystem", "DisplayName=", "CloudRemoteControl agent"]
+        f"{HOST_MODULE} --state-dir C:\\ProgramData\\CloudRemoteControl\\agent --gate-ready",
+        "start=",
+        "auto",
+        "obj=",
+        "LocalSystem",
+        "DisplayName=",
+        "CloudRemoteControl agent",
+    ]
     failure = next(c for c in fake.calls if c[1] == "failure")
     assert failure[3:] == ["reset=", "86400", "actions=", "restart/5000/restart/5000/restart/30000"]
     assert ["sc.exe", "failureflag", "crc-agent", "1"] in fake.calls
@@ -493,8 +540,15 @@ def test_windows_platform_paths_protection_and_process_trees(monkeypatch) -> Non
     assert plat.default_state_dir() == r"E:\Data\CloudRemoteControl\agent"
     plat.protect_file(r"E:\Data\CloudRemoteControl\key")
     # Only LocalSystem (S-1-5-18) and BUILTIN\Administrators (S-1-5-32-544), no inheritance.
-    assert fake.calls[-1] == ["icacls", r"E:\Data\CloudRemoteControl\key", "/inheritance:r",
-                              "/grant:r", "*S-1-5-18:F", "/grant:r", "*S-1-5-32-544:F"]
+    assert fake.calls[-1] == [
+        "icacls",
+        r"E:\Data\CloudRemoteControl\key",
+        "/inheritance:r",
+        "/grant:r",
+        "*S-1-5-18:F",
+        "/grant:r",
+        "*S-1-5-32-544:F",
+    ]
 
     class Proc:
         pid = 4242
@@ -520,14 +574,23 @@ class RecordingManager(Systemd):
 def test_install_of_an_enrolled_machine_ignores_and_deletes_the_key(tmp_path: Path) -> None:
     state = tmp_path / "state"
     state.mkdir()
-    (state / "credential.json").write_text(json.dumps(
-        {"url": "https://x:1", "credential": "crca_a_b", "machine": "web", "group": "lab"}))
+    (state / "credential.json").write_text(
+        json.dumps(
+            {"url": "https://x:1", "credential": "crca_a_b", "machine": "web", "group": "lab"}
+        )
+    )
     key_file = tmp_path / "key"
     key_file.write_text(KEY)
     mgr = RecordingManager(tmp_path)
 
-    report = install_agent(LinuxPlatform(), state, url="https://x:1", key_file=str(key_file),
-                           gate_ready=True, manager=mgr)
+    report = install_agent(
+        LinuxPlatform(),
+        state,
+        url="https://x:1",
+        key_file=str(key_file),
+        gate_ready=True,
+        manager=mgr,
+    )
 
     assert not key_file.exists()
     assert report["enrolled_now"] is False and report["machine"] == "web"

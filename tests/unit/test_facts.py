@@ -26,21 +26,41 @@ from cloudremotecontrol.agent.facts import (
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux facts")
 
-IP_JSON = json.dumps([
-    {"ifindex": 1, "ifname": "lo", "addr_info": [
-        {"family": "inet", "local": "127.0.0.1", "scope": "host"},
-        {"family": "inet6", "local": "::1", "scope": "host"}]},
-    {"ifindex": 3, "ifname": "docker0", "addr_info": [
-        {"family": "inet", "local": "172.17.0.1", "scope": "global"}]},
-    {"ifindex": 2, "ifname": "eth0", "addr_info": [
-        {"family": "inet", "local": "203.0.113.7", "scope": "global"},
-        {"family": "inet6", "local": "2001:db8::7", "scope": "global", "temporary": True},
-        {"family": "inet6", "local": "2a01:4f8::7", "scope": "global", "mngtmpaddr": True},
-        {"family": "inet6", "local": "fe80::1", "scope": "link"}]},
-    {"ifindex": 4, "ifname": "wg0", "addr_info": [
-        {"family": "inet", "local": "10.8.0.2", "address": "10.8.0.1", "scope": "global"}]},
-    {"ifindex": 5, "ifname": "eth1", "addr_info": []},
-]).encode()
+IP_JSON = json.dumps(
+    [
+        {
+            "ifindex": 1,
+            "ifname": "lo",
+            "addr_info": [
+                {"family": "inet", "local": "127.0.0.1", "scope": "host"},
+                {"family": "inet6", "local": "::1", "scope": "host"},
+            ],
+        },
+        {
+            "ifindex": 3,
+            "ifname": "docker0",
+            "addr_info": [{"family": "inet", "local": "172.17.0.1", "scope": "global"}],
+        },
+        {
+            "ifindex": 2,
+            "ifname": "eth0",
+            "addr_info": [
+                {"family": "inet", "local": "203.0.113.7", "scope": "global"},
+                {"family": "inet6", "local": "2001:db8::7", "scope": "global", "temporary": True},
+                {"family": "inet6", "local": "2a01:4f8::7", "scope": "global", "mngtmpaddr": True},
+                {"family": "inet6", "local": "fe80::1", "scope": "link"},
+            ],
+        },
+        {
+            "ifindex": 4,
+            "ifname": "wg0",
+            "addr_info": [
+                {"family": "inet", "local": "10.8.0.2", "address": "10.8.0.1", "scope": "global"}
+            ],
+        },
+        {"ifindex": 5, "ifname": "eth1", "addr_info": []},
+    ]
+).encode()
 
 FIB_TRIE = """Main:
   +-- 0.0.0.0/0 3 0 5
@@ -95,8 +115,18 @@ def _fake_ip_command(monkeypatch, stdout=IP_JSON, returncode=0):
 
 def test_facts_are_json_and_have_every_key():
     got = collect_facts("1.2.3")
-    assert set(got) == {"hostname", "os", "os_release", "arch", "ips", "private_ips",
-                        "public_ips", "agent_version", "boot_id", "python"}
+    assert set(got) == {
+        "hostname",
+        "os",
+        "os_release",
+        "arch",
+        "ips",
+        "private_ips",
+        "public_ips",
+        "agent_version",
+        "boot_id",
+        "python",
+    }
     assert json.loads(json.dumps(got)) == got
     assert got["agent_version"] == "1.2.3"
     assert got["python"] == platform.python_version()
@@ -134,8 +164,17 @@ def test_platform_uname_family_is_never_called(monkeypatch):
     def boom(*args, **kwargs):
         raise AssertionError("platform.uname family called")
 
-    for name in ("platform", "uname", "machine", "release", "system", "version",
-                 "win32_ver", "processor", "node"):
+    for name in (
+        "platform",
+        "uname",
+        "machine",
+        "release",
+        "system",
+        "version",
+        "win32_ver",
+        "processor",
+        "node",
+    ):
         monkeypatch.setattr(platform, name, boom)
     got = collect_facts("1")
     assert got["hostname"] and got["arch"] and got["os_release"]
@@ -190,12 +229,16 @@ def test_getaddrinfo_is_the_last_resort(monkeypatch, tmp_path):
     monkeypatch.setattr(facts, "_IF_INET6_PATH", str(tmp_path / "missing"))
     monkeypatch.setattr(facts, "_primary_addresses", lambda: [])
     tcp = socket.SOCK_STREAM
-    monkeypatch.setattr(facts.socket, "getaddrinfo", lambda host, *a, **k: [
-        (socket.AF_INET, tcp, 6, "", ("127.0.1.1", 0)),
-        (socket.AF_INET, tcp, 6, "", ("10.1.2.3", 0)),
-        (socket.AF_INET6, tcp, 6, "", ("fe80::1%eth0", 0, 0, 2)),
-        (socket.AF_INET6, tcp, 6, "", ("2a01:4f8::9", 0, 0, 0)),
-    ])
+    monkeypatch.setattr(
+        facts.socket,
+        "getaddrinfo",
+        lambda host, *a, **k: [
+            (socket.AF_INET, tcp, 6, "", ("127.0.1.1", 0)),
+            (socket.AF_INET, tcp, 6, "", ("10.1.2.3", 0)),
+            (socket.AF_INET6, tcp, 6, "", ("fe80::1%eth0", 0, 0, 2)),
+            (socket.AF_INET6, tcp, 6, "", ("2a01:4f8::9", 0, 0, 0)),
+        ],
+    )
     assert interface_addresses() == ["10.1.2.3", "2a01:4f8::9"]
 
 
@@ -221,7 +264,7 @@ def test_every_probe_failing_gives_fewer_facts_not_an_exception(monkeypatch, tmp
 
 def test_more_addresses_than_the_cap_are_cut(monkeypatch):
     many = [("eth0", f"10.0.{i // 250}.{i % 250 + 1}") for i in range(facts.MAX_IPS + 10)]
-    assert facts._ordered([], many) == [ip for _, ip in many[:facts.MAX_IPS]]
+    assert facts._ordered([], many) == [ip for _, ip in many[: facts.MAX_IPS]]
 
 
 # -- Windows, simulated --------------------------------------------------------------------
@@ -241,9 +284,12 @@ class _FakeNtdll:
 
 def _fake_windows(monkeypatch, boot_time=133_000_000_000_000_000, bias=0):
     monkeypatch.setattr(sys, "platform", "win32")
-    monkeypatch.setattr(sys, "getwindowsversion",
-                        lambda: types.SimpleNamespace(major=10, minor=0, build=20348),
-                        raising=False)
+    monkeypatch.setattr(
+        sys,
+        "getwindowsversion",
+        lambda: types.SimpleNamespace(major=10, minor=0, build=20348),
+        raising=False,
+    )
 
     class Key:
         def __enter__(self):
@@ -257,12 +303,14 @@ def _fake_windows(monkeypatch, boot_time=133_000_000_000_000_000, bias=0):
     winreg.OpenKey = lambda root, path: Key()
     winreg.QueryValueEx = lambda key, name: ("Windows Server 2022 Datacenter", 1)
     monkeypatch.setitem(sys.modules, "winreg", winreg)
-    monkeypatch.setattr(ctypes, "WinDLL", lambda name: _FakeNtdll(boot_time, bias),
-                        raising=False)
+    monkeypatch.setattr(ctypes, "WinDLL", lambda name: _FakeNtdll(boot_time, bias), raising=False)
     monkeypatch.setenv("PROCESSOR_ARCHITECTURE", "x86")  # a 32-bit Python ...
     monkeypatch.setenv("PROCESSOR_ARCHITEW6432", "AMD64")  # ... on 64-bit Windows
-    monkeypatch.setattr(facts.socket, "getaddrinfo", lambda host, *a, **k: [
-        (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("10.1.96.3", 0))])
+    monkeypatch.setattr(
+        facts.socket,
+        "getaddrinfo",
+        lambda host, *a, **k: [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("10.1.96.3", 0))],
+    )
     monkeypatch.setattr(facts, "_primary_addresses", lambda: ["45.76.1.2"])
 
 
@@ -307,19 +355,35 @@ def test_windows_failures_degrade(monkeypatch):
 # -- pure helpers ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("ip, kind", [
-    ("10.1.2.3", "private"), ("172.16.0.1", "private"), ("172.31.255.254", "private"),
-    ("192.168.1.10", "private"), ("100.64.0.1", "private"), ("100.127.255.254", "private"),
-    ("fd12:3456::1", "private"), ("fc00::1", "private"),
-    ("8.8.8.8", "public"), ("45.76.1.2", "public"), ("172.32.0.1", "public"),
-    ("100.128.0.1", "public"), ("2a01:4f8::1", "public"),
-    ("127.0.0.1", None), ("::1", None), ("169.254.1.1", None), ("fe80::1", None),
-    ("192.0.2.2", None), ("2001:db8::1", None), ("0.0.0.0", None), ("not-an-ip", None),
-])
+@pytest.mark.parametrize(
+    "ip, kind",
+    [
+        ("10.1.2.3", "private"),
+        ("172.16.0.1", "private"),
+        ("172.31.255.254", "private"),
+        ("192.168.1.10", "private"),
+        ("100.64.0.1", "private"),
+        ("100.127.255.254", "private"),
+        ("fd12:3456::1", "private"),
+        ("fc00::1", "private"),
+        ("8.8.8.8", "public"),
+        ("45.76.1.2", "public"),
+        ("172.32.0.1", "public"),
+        ("100.128.0.1", "public"),
+        ("2a01:4f8::1", "public"),
+        ("127.0.0.1", None),
+        ("::1", None),
+        ("169.254.1.1", None),
+        ("fe80::1", None),
+        ("192.0.2.2", None),
+        ("2001:db8::1", None),
+        ("0.0.0.0", None),
+        ("not-an-ip", None),
+    ],
+)
 def test_classify_fixed_examples(ip, kind):
     private, public = classify([ip])
-    assert (private, public) == ({"private": ([ip], []), "public": ([], [ip])}.get(
-        kind, ([], [])))
+    assert (private, public) == ({"private": ([ip], []), "public": ([], [ip])}.get(kind, ([], [])))
 
 
 def test_classify_keeps_order():
@@ -327,26 +391,44 @@ def test_classify_keeps_order():
     assert classify(ips) == (["10.0.0.1", "192.168.0.1"], ["8.8.8.8", "1.1.1.1"])
 
 
-@pytest.mark.parametrize("machine, arch", [
-    ("x86_64", "x86_64"), ("AMD64", "x86_64"), ("amd64", "x86_64"), ("aarch64", "arm64"),
-    ("ARM64", "arm64"), ("i686", "x86"), ("x86", "x86"), ("armv7l", "armv7l"),
-    ("riscv64", "riscv64"), ("", ""),
-])
+@pytest.mark.parametrize(
+    "machine, arch",
+    [
+        ("x86_64", "x86_64"),
+        ("AMD64", "x86_64"),
+        ("amd64", "x86_64"),
+        ("aarch64", "arm64"),
+        ("ARM64", "arm64"),
+        ("i686", "x86"),
+        ("x86", "x86"),
+        ("armv7l", "armv7l"),
+        ("riscv64", "riscv64"),
+        ("", ""),
+    ],
+)
 def test_normalise_arch(machine, arch):
     assert normalise_arch(machine) == arch
 
 
 def test_ip_json_parsing():
     assert facts._parse_ip_json(IP_JSON) == [
-        ("lo", "127.0.0.1"), ("lo", "::1"), ("docker0", "172.17.0.1"),
-        ("eth0", "203.0.113.7"), ("eth0", "2a01:4f8::7"), ("eth0", "fe80::1"),
-        ("wg0", "10.8.0.2")]
+        ("lo", "127.0.0.1"),
+        ("lo", "::1"),
+        ("docker0", "172.17.0.1"),
+        ("eth0", "203.0.113.7"),
+        ("eth0", "2a01:4f8::7"),
+        ("eth0", "fe80::1"),
+        ("wg0", "10.8.0.2"),
+    ]
 
 
 def test_proc_parsing():
     assert facts._parse_fib_trie(FIB_TRIE) == [("", "127.0.0.1"), ("", "10.0.0.5")]
     assert facts._parse_if_inet6(IF_INET6) == [
-        ("lo", "::1"), ("eth0", "fd00::2"), ("eth0", "fe80::fc:ff:fe00:1")]
+        ("lo", "::1"),
+        ("eth0", "fd00::2"),
+        ("eth0", "fe80::fc:ff:fe00:1"),
+    ]
 
 
 @given(st.one_of(st.text(), st.binary()))
@@ -357,8 +439,12 @@ def test_parsers_never_raise(data):
     facts._parse_if_inet6(text)
 
 
-@given(st.recursive(st.none() | st.booleans() | st.integers() | st.text(),
-                    lambda kids: st.lists(kids) | st.dictionaries(st.text(), kids)))
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(),
+        lambda kids: st.lists(kids) | st.dictionaries(st.text(), kids),
+    )
+)
 def test_ip_json_of_any_shape_never_raises(doc):
     facts._parse_ip_json(json.dumps(doc))
 

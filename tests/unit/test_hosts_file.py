@@ -16,7 +16,7 @@ LAB = [("10.0.0.2", ["web", "web.lab"]), ("10.0.0.1", ["db", "db.lab"])]
 PROD = [("10.1.0.1", ["api", "api.prod"])]
 BEGIN_LAB = b"# BEGIN cloudremotecontrol group=lab (managed; do not edit)"
 END_LAB = b"# END cloudremotecontrol group=lab"
-LAB_BLOCK = (BEGIN_LAB + b"\n10.0.0.1 db db.lab\n10.0.0.2 web web.lab\n" + END_LAB + b"\n")
+LAB_BLOCK = BEGIN_LAB + b"\n10.0.0.1 db db.lab\n10.0.0.2 web web.lab\n" + END_LAB + b"\n"
 
 
 # -- render_block ----------------------------------------------------------------------------
@@ -32,15 +32,18 @@ def test_block_uses_the_requested_line_ending():
     assert text.count("\r\n") == 4 and text.count("\n") == 4
 
 
-@pytest.mark.parametrize("entries, group", [
-    ([("10.0.0.1", ["db\n10.6.6.6 evil"])], "lab"),   # a newline would inject a line
-    ([("10.0.0.1", ["db #x"])], "lab"),
-    ([("not-an-ip", ["db"])], "lab"),
-    ([("10.0.0.1", [])], "lab"),
-    ([("10.0.0.1", "db")], "lab"),                    # names must be a list
-    (LAB, "lab extra"),
-    (LAB, ""),
-])
+@pytest.mark.parametrize(
+    "entries, group",
+    [
+        ([("10.0.0.1", ["db\n10.6.6.6 evil"])], "lab"),  # a newline would inject a line
+        ([("10.0.0.1", ["db #x"])], "lab"),
+        ([("not-an-ip", ["db"])], "lab"),
+        ([("10.0.0.1", [])], "lab"),
+        ([("10.0.0.1", "db")], "lab"),  # names must be a list
+        (LAB, "lab extra"),
+        (LAB, ""),
+    ],
+)
 def test_what_cannot_be_written_safely_is_refused(entries, group):
     with pytest.raises(ValueError):
         render_block(entries, group, "\n")
@@ -79,7 +82,7 @@ def test_crlf_file_gets_a_crlf_block_and_keeps_every_byte():
     head = b"# Copyright (c) 1993-2009 Microsoft Corp.\r\n127.0.0.1 localhost\r\n"
     out = merge(head, LAB, "lab")
     assert out.startswith(head)
-    assert out[len(head):] == LAB_BLOCK.replace(b"\n", b"\r\n")
+    assert out[len(head) :] == LAB_BLOCK.replace(b"\n", b"\r\n")
     assert merge(out, LAB, "lab") == out
 
 
@@ -129,11 +132,14 @@ def test_damaged_block_without_end_removes_only_its_own_lines():
     """BEGIN without END: the BEGIN line and the plain ``IP name`` lines right after it
     go; the first other line (a comment, a blank line, another block) and all that
     follows stay, because cutting to the end of file could delete other people's lines."""
-    damaged = (b"127.0.0.1 localhost\n" + BEGIN_LAB + b"\n10.9.9.9 old old.lab\n"
-               b"10.9.9.8 older\n\n# added by hand later\n5.5.5.5 mine\n")
+    damaged = (
+        b"127.0.0.1 localhost\n" + BEGIN_LAB + b"\n10.9.9.9 old old.lab\n"
+        b"10.9.9.8 older\n\n# added by hand later\n5.5.5.5 mine\n"
+    )
     out = merge(damaged, LAB, "lab")
-    assert out == (b"127.0.0.1 localhost\n" + LAB_BLOCK
-                   + b"\n# added by hand later\n5.5.5.5 mine\n")
+    assert out == (
+        b"127.0.0.1 localhost\n" + LAB_BLOCK + b"\n# added by hand later\n5.5.5.5 mine\n"
+    )
     assert merge(out, LAB, "lab") == out
 
 

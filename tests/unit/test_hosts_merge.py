@@ -16,10 +16,12 @@ ENTRIES = [("10.0.0.2", ["web", "web.lab"]), ("10.0.0.1", ["db", "db.lab"])]
 
 def test_block_added_sorted_and_rest_preserved():
     out = merge(b"127.0.0.1 localhost", ENTRIES, "lab")
-    assert out == (b"127.0.0.1 localhost\n"
-                   b"# BEGIN cloudremotecontrol group=lab (managed; do not edit)\n"
-                   b"10.0.0.1 db db.lab\n10.0.0.2 web web.lab\n"
-                   b"# END cloudremotecontrol group=lab\n")
+    assert out == (
+        b"127.0.0.1 localhost\n"
+        b"# BEGIN cloudremotecontrol group=lab (managed; do not edit)\n"
+        b"10.0.0.1 db db.lab\n10.0.0.2 web web.lab\n"
+        b"# END cloudremotecontrol group=lab\n"
+    )
 
 
 def test_crlf_files_keep_crlf():

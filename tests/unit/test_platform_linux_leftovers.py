@@ -9,8 +9,9 @@ import pytest
 
 from cloudremotecontrol.agent.platform.linux import LinuxPlatform
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
-                                reason="reads /proc (Linux only)")
+pytestmark = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="reads /proc (Linux only)"
+)
 
 
 def test_kill_leftovers_ends_the_jobs_session_and_never_a_reused_pid() -> None:

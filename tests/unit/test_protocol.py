@@ -68,8 +68,13 @@ EXPECTED_MACHINE = {
     **{(s, ME.DISCONNECT): M.OFFLINE for s in (M.ENROLLED, M.READY, M.OFFLINE)},
     **{(s, ME.REVOKE): M.REVOKED for s in (M.ENROLLED, M.READY, M.OFFLINE)},
 }
-ENDINGS = {JE.SUCCEED: J.SUCCEEDED, JE.FAIL: J.FAILED, JE.TIME_OUT: J.TIMED_OUT,
-           JE.CANCEL: J.CANCELLED, JE.LOSE: J.LOST}
+ENDINGS = {
+    JE.SUCCEED: J.SUCCEEDED,
+    JE.FAIL: J.FAILED,
+    JE.TIME_OUT: J.TIMED_OUT,
+    JE.CANCEL: J.CANCELLED,
+    JE.LOSE: J.LOST,
+}
 EXPECTED_JOB = {
     (J.QUEUED, JE.DELIVER): J.DELIVERED,
     (J.QUEUED, JE.START): J.RUNNING,
@@ -151,8 +156,28 @@ def test_valid_names(name):
     assert check_name(name) == name
 
 
-@pytest.mark.parametrize("name", ["", "A", "Web", "a_b", "-a", "a-", "x" * 64, "a.b", "a b",
-                                  " a", "a\n", "é", "a/b", None, 3, b"a", ["a"]])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "",
+        "A",
+        "Web",
+        "a_b",
+        "-a",
+        "a-",
+        "x" * 64,
+        "a.b",
+        "a b",
+        " a",
+        "a\n",
+        "é",
+        "a/b",
+        None,
+        3,
+        b"a",
+        ["a"],
+    ],
+)
 def test_invalid_names_are_refused_with_the_field(name):
     with pytest.raises(InvalidInput) as exc:
         check_name(name, "machine")
@@ -183,8 +208,10 @@ def test_valid_message_types(value):
     assert check_message_type(value) == value
 
 
-@pytest.mark.parametrize("value", ["user.", "job.run", "system.ready", "x", "user.a b",
-                                   "user." + "x" * 65, "User.x", None, 1])
+@pytest.mark.parametrize(
+    "value",
+    ["user.", "job.run", "system.ready", "x", "user.a b", "user." + "x" * 65, "User.x", None, 1],
+)
 def test_invalid_message_types(value):
     with pytest.raises(InvalidInput):
         check_message_type(value)
@@ -207,8 +234,9 @@ def test_targets_all_names_and_selectors():
         assert str(parse_target(text)) == text
 
 
-@pytest.mark.parametrize("text", ["", "   ", None, 5, "A", "a,,b", "a,B", "=x", "role=db,x",
-                                  "a b", "a\tb", "Role=db"])
+@pytest.mark.parametrize(
+    "text", ["", "   ", None, 5, "A", "a,,b", "a,B", "=x", "role=db,x", "a b", "a\tb", "Role=db"]
+)
 def test_invalid_targets(text):
     with pytest.raises(InvalidInput):
         parse_target(text)
@@ -227,42 +255,46 @@ def test_parse_target_raises_only_invalid_input(text):
 
 
 def test_job_run_round_trips():
-    run = JobRun.from_body({"job_id": "j", "argv": ["echo", "hi"], "env": {"A": "1"},
-                            "cwd": "/tmp", "timeout": 5})
+    run = JobRun.from_body(
+        {"job_id": "j", "argv": ["echo", "hi"], "env": {"A": "1"}, "cwd": "/tmp", "timeout": 5}
+    )
     assert run.argv == ("echo", "hi") and run.timeout == 5.0
     assert JobRun.from_body(json.loads(json.dumps(run.to_body()))) == run
     for shell in SHELLS:
         assert JobRun.from_body({"job_id": "j", "command": "x", "shell": shell}).shell == shell
 
 
-@pytest.mark.parametrize("body,field", [
-    ({}, None),
-    ({"job_id": ""}, None),
-    ({"job_id": 7, "argv": ["a"]}, None),
-    ({"job_id": "j"}, None),
-    ({"job_id": "j", "argv": ["a"], "command": "b"}, None),
-    ({"job_id": "j", "argv": []}, "argv"),
-    ({"job_id": "j", "argv": "echo"}, "argv"),
-    ({"job_id": "j", "argv": [1]}, "argv"),
-    ({"job_id": "j", "argv": ["a\x00b"]}, "argv"),
-    ({"job_id": "j", "command": ""}, "command"),
-    ({"job_id": "j", "command": "   "}, "command"),
-    ({"job_id": "j", "command": 3}, "command"),
-    ({"job_id": "j", "command": "a\x00"}, "command"),
-    ({"job_id": "j", "command": "x", "shell": "zsh"}, "shell"),
-    ({"job_id": "j", "command": "x", "env": ["A"]}, "env"),
-    ({"job_id": "j", "command": "x", "env": {"A=B": "c"}}, "env"),
-    ({"job_id": "j", "command": "x", "env": {"": "c"}}, "env"),
-    ({"job_id": "j", "command": "x", "env": {"A": 1}}, "env"),
-    ({"job_id": "j", "command": "x", "env": {"A": "\x00"}}, "env"),
-    ({"job_id": "j", "command": "x", "cwd": ""}, "cwd"),
-    ({"job_id": "j", "command": "x", "cwd": 1}, "cwd"),
-    ({"job_id": "j", "command": "x", "timeout": 0}, "timeout"),
-    ({"job_id": "j", "command": "x", "timeout": -1}, "timeout"),
-    ({"job_id": "j", "command": "x", "timeout": True}, "timeout"),
-    ({"job_id": "j", "command": "x", "timeout": "5"}, "timeout"),
-    ({"job_id": "j", "command": "x", "timeout": MAX_TIMEOUT_SECONDS + 1}, "timeout"),
-])
+@pytest.mark.parametrize(
+    "body,field",
+    [
+        ({}, None),
+        ({"job_id": ""}, None),
+        ({"job_id": 7, "argv": ["a"]}, None),
+        ({"job_id": "j"}, None),
+        ({"job_id": "j", "argv": ["a"], "command": "b"}, None),
+        ({"job_id": "j", "argv": []}, "argv"),
+        ({"job_id": "j", "argv": "echo"}, "argv"),
+        ({"job_id": "j", "argv": [1]}, "argv"),
+        ({"job_id": "j", "argv": ["a\x00b"]}, "argv"),
+        ({"job_id": "j", "command": ""}, "command"),
+        ({"job_id": "j", "command": "   "}, "command"),
+        ({"job_id": "j", "command": 3}, "command"),
+        ({"job_id": "j", "command": "a\x00"}, "command"),
+        ({"job_id": "j", "command": "x", "shell": "zsh"}, "shell"),
+        ({"job_id": "j", "command": "x", "env": ["A"]}, "env"),
+        ({"job_id": "j", "command": "x", "env": {"A=B": "c"}}, "env"),
+        ({"job_id": "j", "command": "x", "env": {"": "c"}}, "env"),
+        ({"job_id": "j", "command": "x", "env": {"A": 1}}, "env"),
+        ({"job_id": "j", "command": "x", "env": {"A": "\x00"}}, "env"),
+        ({"job_id": "j", "command": "x", "cwd": ""}, "cwd"),
+        ({"job_id": "j", "command": "x", "cwd": 1}, "cwd"),
+        ({"job_id": "j", "command": "x", "timeout": 0}, "timeout"),
+        ({"job_id": "j", "command": "x", "timeout": -1}, "timeout"),
+        ({"job_id": "j", "command": "x", "timeout": True}, "timeout"),
+        ({"job_id": "j", "command": "x", "timeout": "5"}, "timeout"),
+        ({"job_id": "j", "command": "x", "timeout": MAX_TIMEOUT_SECONDS + 1}, "timeout"),
+    ],
+)
 def test_job_run_validation_errors(body, field):
     with pytest.raises(InvalidInput) as exc:
         JobRun.from_body(body)
@@ -279,11 +311,18 @@ def test_job_run_size_limit():
         JobRun.from_body({"job_id": "j", "argv": ["é" * (MAX_COMMAND_BYTES // 2 + 1)]})
 
 
-@given(st.dictionaries(st.sampled_from(["job_id", "argv", "command", "shell", "env", "cwd",
-                                        "timeout"]),
-                       st.none() | st.booleans() | st.integers() | st.floats() | st.text()
-                       | st.lists(st.text(max_size=5), max_size=3)
-                       | st.dictionaries(st.text(max_size=5), st.text(max_size=5), max_size=2)))
+@given(
+    st.dictionaries(
+        st.sampled_from(["job_id", "argv", "command", "shell", "env", "cwd", "timeout"]),
+        st.none()
+        | st.booleans()
+        | st.integers()
+        | st.floats()
+        | st.text()
+        | st.lists(st.text(max_size=5), max_size=3)
+        | st.dictionaries(st.text(max_size=5), st.text(max_size=5), max_size=2),
+    )
+)
 def test_job_run_from_body_raises_only_invalid_input(body):
     try:
         JobRun.from_body(body)
@@ -296,32 +335,68 @@ def test_envelope_round_trip_and_errors():
     assert Envelope.from_dict(json.loads(json.dumps(env.to_dict()))) == env
     assert env.to_dict()["from"] == "a" and "sender" not in env.to_dict()
     good = env.to_dict()
-    for bad in [None, [], "x", {**good, "id": ""}, {**good, "from": None},
-                {**good, "type": 5}, {**good, "to": "x" * 257}, {**good, "body": [1]},
-                {**good, "correlation_id": 5}, {**good, "created": "soon"}]:
+    for bad in [
+        None,
+        [],
+        "x",
+        {**good, "id": ""},
+        {**good, "from": None},
+        {**good, "type": 5},
+        {**good, "to": "x" * 257},
+        {**good, "body": [1]},
+        {**good, "correlation_id": 5},
+        {**good, "created": "soon"},
+    ]:
         with pytest.raises(InvalidInput):
             Envelope.from_dict(bad)
 
 
 def test_frames_round_trip():
-    for frame in [{"type": "hello", "ack": 3, "ready": True}, {"type": "welcome", "ack": 0},
-                  {"type": "msg", "seq": 1, "msg": {}}, {"type": "ack", "seq": 0},
-                  {"type": "revoked", "reason": "x"}, {"type": "error", "error": {}}]:
+    for frame in [
+        {"type": "hello", "ack": 3, "ready": True},
+        {"type": "welcome", "ack": 0},
+        {"type": "msg", "seq": 1, "msg": {}},
+        {"type": "ack", "seq": 0},
+        {"type": "revoked", "reason": "x"},
+        {"type": "error", "error": {}},
+    ]:
         assert decode_frame(encode_frame(frame)) == frame
     assert decode_frame('{"type": "hello"}')["ack"] == 0  # absent ack means none processed
     assert decode_frame(b'{"type": "ack", "seq": 2}')["seq"] == 2
 
 
-@pytest.mark.parametrize("text", [
-    "", " ", "nope", "null", "[]", "1", '"msg"', "{", b"\xff\xfe\x00", b"\x80",
-    '{"type": "bogus"}', '{"type": null}', '{"seq": 1}', '{"type": "msg"}',
-    '{"type": "msg", "seq": 1}', '{"type": "msg", "seq": 1, "msg": 3}',
-    '{"type": "msg", "seq": 1, "msg": []}', '{"type": "ack", "seq": -1}',
-    '{"type": "ack", "seq": true}', '{"type": "ack", "seq": 1.0}', '{"type": "ack"}',
-    '{"type": "ack", "seq": "1"}', '{"type": "hello", "ack": -1}',
-    '{"type": "welcome", "ack": false}', '{"type": "hello", "ack": 1e400}',
-    "[" * 100_000 + "]" * 100_000, '{"a":' * 50_000 + "1" + "}" * 50_000,
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        " ",
+        "nope",
+        "null",
+        "[]",
+        "1",
+        '"msg"',
+        "{",
+        b"\xff\xfe\x00",
+        b"\x80",
+        '{"type": "bogus"}',
+        '{"type": null}',
+        '{"seq": 1}',
+        '{"type": "msg"}',
+        '{"type": "msg", "seq": 1}',
+        '{"type": "msg", "seq": 1, "msg": 3}',
+        '{"type": "msg", "seq": 1, "msg": []}',
+        '{"type": "ack", "seq": -1}',
+        '{"type": "ack", "seq": true}',
+        '{"type": "ack", "seq": 1.0}',
+        '{"type": "ack"}',
+        '{"type": "ack", "seq": "1"}',
+        '{"type": "hello", "ack": -1}',
+        '{"type": "welcome", "ack": false}',
+        '{"type": "hello", "ack": 1e400}',
+        "[" * 100_000 + "]" * 100_000,
+        '{"a":' * 50_000 + "1" + "}" * 50_000,
+    ],
+)
 def test_garbage_frames_are_refused(text):
     with pytest.raises(InvalidInput):
         decode_frame(text)
@@ -368,9 +443,23 @@ def test_new_secret_refuses_unknown_kinds():
         tokens.new_secret("x")
 
 
-@pytest.mark.parametrize("text", [None, "", "_", "crck", "crck_", "crck__", "crck__x",
-                                  "crck_id_", "crcm_id_x", "CRCK_id_x", "xcrck_id_x",
-                                  "crck_" + "x" * 200])
+@pytest.mark.parametrize(
+    "text",
+    [
+        None,
+        "",
+        "_",
+        "crck",
+        "crck_",
+        "crck__",
+        "crck__x",
+        "crck_id_",
+        "crcm_id_x",
+        "CRCK_id_x",
+        "xcrck_id_x",
+        "crck_" + "x" * 200,
+    ],
+)
 def test_parse_garbage_secrets(text):
     assert tokens.parse_secret(text, "k") is None
 
@@ -467,7 +556,6 @@ class LossyLink(RuleBasedStateMachine):
         if self.connected:
             self.wire.append((seq, payload))
 
-
     # -- the link ----------------------------------------------------------------------
     @precondition(lambda self: self.wire)
     @rule(i=st.integers(0, 100))
@@ -544,8 +632,9 @@ class LossyLink(RuleBasedStateMachine):
     def _receive(self, seq: int, payload: int) -> None:
         mark = self.inbox.processed
         receipt = self.inbox.receive(seq)
-        assert receipt == (Receipt.DUPLICATE if seq <= mark else
-                           Receipt.NEW if seq == mark + 1 else Receipt.GAP)
+        assert receipt == (
+            Receipt.DUPLICATE if seq <= mark else Receipt.NEW if seq == mark + 1 else Receipt.GAP
+        )
         if receipt == Receipt.GAP:
             self._disconnect()  # server: close 4400; agent: reconnect to resume
             return
@@ -561,7 +650,7 @@ class LossyLink(RuleBasedStateMachine):
     # -- invariants --------------------------------------------------------------------
     @invariant()
     def processed_exactly_once_in_order(self) -> None:
-        assert self.processed == self.sent[:len(self.processed)]
+        assert self.processed == self.sent[: len(self.processed)]
         assert self.inbox.processed == len(self.processed)
 
     @invariant()
@@ -585,8 +674,7 @@ class LossyLink(RuleBasedStateMachine):
         assert len(self.out) == 0 and not self.disk
 
 
-LossyLink.TestCase.settings = settings(max_examples=200, stateful_step_count=50,
-                                       deadline=None)
+LossyLink.TestCase.settings = settings(max_examples=200, stateful_step_count=50, deadline=None)
 TestLossyLink = LossyLink.TestCase
 
 

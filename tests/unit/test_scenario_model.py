@@ -113,7 +113,7 @@ def test_every_problem_is_reported_with_file_line_column_and_field():
         "s.yaml:10:14: steps.install.retries: expected a whole number from 0 to 100",
         "s.yaml:11:5: steps[1]: a step does exactly one of",
         "s.yaml:14:18: steps.push-3.push.dest: must be an absolute path",
-        's.yaml:14:46: steps.push-3.push.mode: expected an octal mode in quotes',
+        "s.yaml:14:46: steps.push-3.push.mode: expected an octal mode in quotes",
     ]
     for want in expected:
         assert any(p.startswith(want) for p in got), (want, got)
@@ -183,12 +183,11 @@ def test_vultr_machines_need_region_plan_and_image():
           w: {os: windows}
         steps: []
         """)
-    assert got == ["s.yaml:5:3: machines.a.plan: the vultr provider needs a plan (here or in "
-                   "defaults)",
-                   "s.yaml:6:3: machines.w.plan: the vultr provider needs a plan (here or in "
-                   "defaults)",
-                   "s.yaml:6:3: machines.w.image: the vultr provider needs an image (here or "
-                   "in defaults)"]
+    assert got == [
+        "s.yaml:5:3: machines.a.plan: the vultr provider needs a plan (here or in defaults)",
+        "s.yaml:6:3: machines.w.plan: the vultr provider needs a plan (here or in defaults)",
+        "s.yaml:6:3: machines.w.image: the vultr provider needs an image (here or in defaults)",
+    ]
     ok = parse("""\
         name: lab
         provider: vultr
@@ -205,14 +204,17 @@ def test_script_steps_read_the_file_next_to_the_scenario(tmp_path):
     (tmp_path / "setup.sh").write_text("echo {{ vars.x }}\n")
     (tmp_path / "conf.txt").write_text("hello\n")
     path = tmp_path / "s.yaml"
-    path.write_text("name: lab\nvariables: {x: 1}\nmachines: {a: }\nsteps:\n"
-                    "  - script: setup.sh\n  - push: {src: conf.txt, dest: /srv/c}\n"
-                    "  - script: missing.sh\n")
+    path.write_text(
+        "name: lab\nvariables: {x: 1}\nmachines: {a: }\nsteps:\n"
+        "  - script: setup.sh\n  - push: {src: conf.txt, dest: /srv/c}\n"
+        "  - script: missing.sh\n"
+    )
     with pytest.raises(ScenarioError) as info:
         parse_scenario(path.read_text(), path)
     assert [str(p) for p in info.value.problems] == [
         f"s.yaml:7:13: steps.script-3.script: cannot read {tmp_path}/missing.sh: "
-        "No such file or directory"]
+        "No such file or directory"
+    ]
     path.write_text(path.read_text().replace("  - script: missing.sh\n", ""))
     s = parse_scenario(path.read_text(), path)
     assert s.steps[0].action.command == "echo {{ vars.x }}\n"
@@ -229,18 +231,25 @@ def test_durations():
 
 
 def test_the_embedded_demo_scenario_is_valid():
-    text = resources.files("cloudremotecontrol.master.scenarios").joinpath("demo.yaml") \
-        .read_text()
+    text = resources.files("cloudremotecontrol.master.scenarios").joinpath("demo.yaml").read_text()
     s = parse_scenario(text, "demo.yaml")
     assert s.machine_names == ["mysql", "web", "dev"]
     assert plan(s.steps)[0] == ["install-mysql", "prepare-web"]
 
 
 # -- templates ---------------------------------------------------------------------------
-CTX = {"vars": {"name": "it's", "port": 80, "on": True},
-       "scenario": {"name": "lab"},
-       "machines": {"db": {"ip": "10.0.0.5", "ips": ["10.0.0.5", "fd00::5"],
-                           "labels": {"role": "db"}, "private_ip": None}}}
+CTX = {
+    "vars": {"name": "it's", "port": 80, "on": True},
+    "scenario": {"name": "lab"},
+    "machines": {
+        "db": {
+            "ip": "10.0.0.5",
+            "ips": ["10.0.0.5", "fd00::5"],
+            "labels": {"role": "db"},
+            "private_ip": None,
+        }
+    },
+}
 
 
 def test_templates_render_paths_indexes_and_filters():
@@ -309,8 +318,12 @@ def test_a_failure_skips_what_needs_it_and_the_rest_goes_on():
 
     results = run_steps(s.steps, execute, notify=lambda e, st, d: events.append((e, st.name)))
     assert {n: r.status for n, r in results.items()} == {
-        "left": "succeeded", "right": "failed", "join": "skipped", "after": "skipped",
-        "alone": "succeeded"}
+        "left": "succeeded",
+        "right": "failed",
+        "join": "skipped",
+        "after": "skipped",
+        "alone": "succeeded",
+    }
     assert results["join"].message == "needs right, which failed"
     assert ("skipped", "after") in events and list(results) == [st.name for st in s.steps]
 
@@ -340,8 +353,9 @@ def test_retries_until_success_and_errors_count_as_failures():
 def test_steps_done_before_are_not_run_again():
     s = parse(GRAPH)
     ran = []
-    results = run_steps(s.steps, lambda st, a: (ran.append(st.name), Outcome(True))[1],
-                        done={"left", "right"})
+    results = run_steps(
+        s.steps, lambda st, a: (ran.append(st.name), Outcome(True))[1], done={"left", "right"}
+    )
     assert results["left"].status == "done" and "left" not in ran
     assert sorted(ran) == ["after", "alone", "join"]
 
@@ -377,7 +391,8 @@ def test_on_ttl_destroy_needs_a_ttl_and_the_vultr_provider():
     s = parse(base.format(extra=vultr + "\n        ttl: 8h\n        on_ttl: destroy"))
     assert s.on_ttl == "destroy" and s.ttl == 8 * 3600
     assert problems(base.format(extra=vultr + "\n        on_ttl: destroy")) == [
-        "s.yaml:4:9: on_ttl: destroy needs a ttl (when to destroy the machines)"]
+        "s.yaml:4:9: on_ttl: destroy needs a ttl (when to destroy the machines)"
+    ]
     got = problems(base.format(extra="ttl: 1h\n        on_ttl: destroy"))
     assert len(got) == 1 and "the server cannot destroy local machines" in got[0], got
     got = problems(base.format(extra="ttl: 1h\n        on_ttl: nuke"))

@@ -31,20 +31,17 @@ from cloudremotecontrol.master.providers.vultr_fake import (
 )
 
 OPENAPI = Path(__file__).resolve().parents[2].parent / "shared/reference/vultr/openapi-v2.json"
-FAST = RetryPolicy(rate_limit_retries=4, server_error_retries=2, base_delay=0.01,
-                   max_delay=0.05)
+FAST = RetryPolicy(rate_limit_retries=4, server_error_retries=2, base_delay=0.01, max_delay=0.05)
 LINUX_SCRIPT = "#!/bin/bash\nset -eu\necho 'crc bootstrap' > /tmp/crc \u2713\n"
 WINDOWS_SCRIPT = "powershell -NoProfile -Command \"Write-Output 'crc'\"\r\n"
 
 
 def linux(name: str = "web", **kw: Any) -> MachineSpec:
-    return MachineSpec(name=name, os="linux", region="ewr", plan="vc2-1c-1gb", image="2284",
-                       **kw)
+    return MachineSpec(name=name, os="linux", region="ewr", plan="vc2-1c-1gb", image="2284", **kw)
 
 
 def windows(name: str = "win", **kw: Any) -> MachineSpec:
-    return MachineSpec(name=name, os="windows", region="ewr", plan="vc2-2c-4gb",
-                       image="2514", **kw)
+    return MachineSpec(name=name, os="windows", region="ewr", plan="vc2-2c-4gb", image="2514", **kw)
 
 
 @pytest.fixture
@@ -110,7 +107,8 @@ def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> None:
 
 
 def test_linux_create_sends_script_as_base64_user_data_with_scenario_tags_and_label(
-        fake: FakeVultr, vultr: VultrProvider) -> None:
+    fake: FakeVultr, vultr: VultrProvider
+) -> None:
     inst = vultr.create("demo", linux(tags=("team-x",)), LINUX_SCRIPT)
 
     (req,) = sent(fake, "POST", "/instances")
@@ -129,7 +127,8 @@ def test_linux_create_sends_script_as_base64_user_data_with_scenario_tags_and_la
 
 
 def test_default_password_is_captured_at_creation_only_and_kept_out_of_repr(
-        fake: FakeVultr, vultr: VultrProvider) -> None:
+    fake: FakeVultr, vultr: VultrProvider
+) -> None:
     inst = vultr.create("demo", linux(), LINUX_SCRIPT)
 
     assert inst.default_password == fake.state.passwords[inst.id]
@@ -140,7 +139,8 @@ def test_default_password_is_captured_at_creation_only_and_kept_out_of_repr(
 
 
 def test_windows_create_uses_a_boot_startup_script_that_destroy_deletes(
-        fake: FakeVultr, vultr: VultrProvider) -> None:
+    fake: FakeVultr, vultr: VultrProvider
+) -> None:
     inst = vultr.create("demo", windows(), WINDOWS_SCRIPT)
 
     (script_req,) = sent(fake, "POST", "/startup-scripts")
@@ -161,7 +161,8 @@ def test_windows_create_uses_a_boot_startup_script_that_destroy_deletes(
 
 
 def test_windows_startup_script_is_removed_when_the_instance_is_refused(
-        fake: FakeVultr, vultr: VultrProvider) -> None:
+    fake: FakeVultr, vultr: VultrProvider
+) -> None:
     with pytest.raises(ProviderError, match=r"rejected POST /instances \(HTTP 400\)"):
         vultr.create("demo", MachineSpec("win", "windows", "", "vc2-2c-4gb", "2514"), "x")
 
@@ -170,7 +171,8 @@ def test_windows_startup_script_is_removed_when_the_instance_is_refused(
 
 
 def test_extra_fields_pass_through_but_bookkeeping_fields_are_refused(
-        fake: FakeVultr, vultr: VultrProvider) -> None:
+    fake: FakeVultr, vultr: VultrProvider
+) -> None:
     vultr.create("demo", linux(extra={"enable_ipv6": True, "attach_vpc": ["vpc-1"]}), "x")
     assert sent(fake, "POST", "/instances")[0].json["attach_vpc"] == ["vpc-1"]
 
@@ -183,7 +185,8 @@ def test_extra_fields_pass_through_but_bookkeeping_fields_are_refused(
 
 
 def test_boot_hook_receives_the_decoded_linux_and_windows_scripts(
-        fake_factory: Callable[..., FakeVultr], connect: Callable[..., VultrProvider]) -> None:
+    fake_factory: Callable[..., FakeVultr], connect: Callable[..., VultrProvider]
+) -> None:
     booted: dict[str, bytes] = {}
     fake = fake_factory(boot=lambda inst, script: booted.__setitem__(inst["label"], script))
     vultr = connect(fake)
@@ -197,7 +200,8 @@ def test_boot_hook_receives_the_decoded_linux_and_windows_scripts(
 
 
 def test_halt_hook_runs_once_an_instance_is_deleted(
-        fake_factory: Callable[..., FakeVultr], connect: Callable[..., VultrProvider]) -> None:
+    fake_factory: Callable[..., FakeVultr], connect: Callable[..., VultrProvider]
+) -> None:
     halted: list[str] = []
     fake = fake_factory(halt=halted.append)
     vultr = connect(fake)
@@ -216,7 +220,8 @@ def test_halt_hook_runs_once_an_instance_is_deleted(
 
 
 def test_list_finds_every_instance_of_the_scenario_across_pages(
-        fake: FakeVultr, connect: Callable[..., VultrProvider]) -> None:
+    fake: FakeVultr, connect: Callable[..., VultrProvider]
+) -> None:
     vultr = connect(fake, page_size=2)
     mine = {vultr.create("alpha", linux(f"m{i}"), "x").id for i in range(5)}
     vultr.create("beta", linux("other"), "x")
@@ -228,8 +233,7 @@ def test_list_finds_every_instance_of_the_scenario_across_pages(
     assert all(isinstance(i, Instance) and i.scenario == "alpha" for i in found)
     pages = sent(fake, "GET", "/instances")
     assert len(pages) == 3
-    assert all(p.query["tag"] == "crc-scenario:alpha" and p.query["per_page"] == "2"
-               for p in pages)
+    assert all(p.query["tag"] == "crc-scenario:alpha" and p.query["per_page"] == "2" for p in pages)
     assert "cursor" not in pages[0].query and all("cursor" in p.query for p in pages[1:])
     assert vultr.list("gamma") == []
     assert_clean(fake)
@@ -254,7 +258,8 @@ def test_destroy_is_idempotent(fake: FakeVultr, vultr: VultrProvider) -> None:
 
 
 def test_purge_startup_scripts_cleans_up_after_instances_deleted_elsewhere(
-        fake: FakeVultr, vultr: VultrProvider) -> None:
+    fake: FakeVultr, vultr: VultrProvider
+) -> None:
     inst = vultr.create("demo", windows(), "x")
     vultr.create("other", windows(), "x")
     fake.state.instances.pop(inst.id)  # deleted in the portal: destroy cannot see the tag
@@ -270,7 +275,8 @@ def test_purge_startup_scripts_cleans_up_after_instances_deleted_elsewhere(
 
 
 def test_wait_running_returns_the_booted_instance_with_its_ip(
-        fake: FakeVultr, vultr: VultrProvider) -> None:
+    fake: FakeVultr, vultr: VultrProvider
+) -> None:
     inst = vultr.create("demo", linux(extra={"enable_vpc": True}), "x")
 
     ready = vultr.wait_running(inst.id, timeout=5)
@@ -283,7 +289,8 @@ def test_wait_running_returns_the_booted_instance_with_its_ip(
 
 
 def test_wait_running_times_out_with_a_clear_error(
-        fake_factory: Callable[..., FakeVultr], connect: Callable[..., VultrProvider]) -> None:
+    fake_factory: Callable[..., FakeVultr], connect: Callable[..., VultrProvider]
+) -> None:
     fake = fake_factory(ready_delay=60)
     vultr = connect(fake)
     inst = vultr.create("demo", linux(), "x")
@@ -300,7 +307,8 @@ def test_wait_running_times_out_with_a_clear_error(
 
 
 def test_rate_limited_requests_back_off_and_recover(
-        fake_factory: Callable[..., FakeVultr], connect: Callable[..., VultrProvider]) -> None:
+    fake_factory: Callable[..., FakeVultr], connect: Callable[..., VultrProvider]
+) -> None:
     fake = fake_factory(rate_limit=4)
     sleeps: list[float] = []
 
@@ -308,8 +316,9 @@ def test_rate_limited_requests_back_off_and_recover(
         sleeps.append(s)
         time.sleep(s)
 
-    vultr = connect(fake, sleep=sleep,
-                    retry=RetryPolicy(rate_limit_retries=10, base_delay=0.05, max_delay=0.4))
+    vultr = connect(
+        fake, sleep=sleep, retry=RetryPolicy(rate_limit_retries=10, base_delay=0.05, max_delay=0.4)
+    )
     inst = vultr.create("demo", linux(), "x")
 
     for _ in range(5):  # 6 requests against a limit of 4 per second
@@ -322,10 +331,14 @@ def test_rate_limited_requests_back_off_and_recover(
 
 
 def test_backoff_grows_exponentially_with_jitter_up_to_the_cap(
-        fake: FakeVultr, connect: Callable[..., VultrProvider]) -> None:
+    fake: FakeVultr, connect: Callable[..., VultrProvider]
+) -> None:
     sleeps: list[float] = []
-    vultr = connect(fake, sleep=sleeps.append, retry=RetryPolicy(
-        rate_limit_retries=5, base_delay=0.01, max_delay=0.04))
+    vultr = connect(
+        fake,
+        sleep=sleeps.append,
+        retry=RetryPolicy(rate_limit_retries=5, base_delay=0.01, max_delay=0.04),
+    )
     fake.state.fail_next(429, 4)
 
     assert vultr.list("demo") == []
@@ -347,13 +360,17 @@ def test_retry_after_is_honoured(fake: FakeVultr, connect: Callable[..., VultrPr
 
 
 def test_rate_limit_gives_up_after_the_bound_with_a_clear_error(
-        fake: FakeVultr, connect: Callable[..., VultrProvider]) -> None:
+    fake: FakeVultr, connect: Callable[..., VultrProvider]
+) -> None:
     sleeps: list[float] = []
     vultr = connect(fake, sleep=sleeps.append)
     fake.state.fail_next(429, 100, message="Rate limit exceeded.")
 
-    with pytest.raises(ProviderError, match=r"rate-limiting GET /instances \(HTTP 429\) "
-                                            r"after 4 retries") as err:
+    with pytest.raises(
+        ProviderError,
+        match=r"rate-limiting GET /instances \(HTTP 429\) "
+        r"after 4 retries",
+    ) as err:
         vultr.list("demo")
 
     assert len(fake.requests) == 5 and len(sleeps) == 4
@@ -366,14 +383,18 @@ def test_server_errors_are_retried_a_few_times(fake: FakeVultr, vultr: VultrProv
     assert vultr.list("demo") == []
 
     fake.state.fail_next(500, 3, message="Internal error")
-    with pytest.raises(ProviderError, match=r"Vultr failed GET /instances \(HTTP 500\): "
-                                            r"Internal error"):
+    with pytest.raises(
+        ProviderError,
+        match=r"Vultr failed GET /instances \(HTTP 500\): "
+        r"Internal error",
+    ):
         vultr.list("demo")
     assert_clean(fake)
 
 
 def test_create_after_a_server_error_looks_before_retrying_and_makes_one_instance(
-        fake: FakeVultr, vultr: VultrProvider) -> None:
+    fake: FakeVultr, vultr: VultrProvider
+) -> None:
     fake.state.fail_next(502)
 
     inst = vultr.create("demo", linux(), "x")
@@ -385,7 +406,8 @@ def test_create_after_a_server_error_looks_before_retrying_and_makes_one_instanc
 
 
 def test_create_whose_answer_was_lost_finds_the_instance_instead_of_making_another(
-        fake: FakeVultr, vultr: VultrProvider) -> None:
+    fake: FakeVultr, vultr: VultrProvider
+) -> None:
     fake.state.fail_next(504, after_handling=True)
 
     inst = vultr.create("demo", linux(), "x")
@@ -396,8 +418,9 @@ def test_create_whose_answer_was_lost_finds_the_instance_instead_of_making_anoth
     assert_clean(fake)
 
 
-def test_bad_api_key_gives_a_clear_error(fake: FakeVultr,
-                                         connect: Callable[..., VultrProvider]) -> None:
+def test_bad_api_key_gives_a_clear_error(
+    fake: FakeVultr, connect: Callable[..., VultrProvider]
+) -> None:
     vultr = connect(fake, api_key="not-the-key")
 
     with pytest.raises(ProviderError) as err:
@@ -417,7 +440,8 @@ def test_missing_api_key_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> No
 
 
 def test_key_and_url_come_from_the_environment(
-        fake: FakeVultr, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake: FakeVultr, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("VULTR_API_KEY", fake.api_key)
     monkeypatch.setenv("CRC_VULTR_API_URL", fake.url)
     with VultrProvider(retry=FAST) as vultr:
@@ -429,8 +453,12 @@ def test_key_and_url_come_from_the_environment(
 
 
 def test_unreachable_api_is_a_clear_error() -> None:
-    with socket_port() as port, VultrProvider("k", f"http://127.0.0.1:{port}/v2", retry=FAST,
-                                              sleep=lambda s: None) as vultr:
+    with (
+        socket_port() as port,
+        VultrProvider(
+            "k", f"http://127.0.0.1:{port}/v2", retry=FAST, sleep=lambda s: None
+        ) as vultr,
+    ):
         with pytest.raises(ProviderError, match="cannot reach the Vultr API"):
             vultr.get("x")
 
@@ -441,8 +469,9 @@ def test_unreachable_api_is_a_clear_error() -> None:
 def test_fake_rejects_and_records_requests_outside_the_openapi_file(fake: FakeVultr) -> None:
     auth = {"Authorization": f"Bearer {fake.api_key}"}
     with httpx.Client(base_url=fake.url, headers=auth) as http:
-        r = http.post("/instances", json={"region": "ewr", "plan": "p", "os_id": "2284",
-                                          "colour": "blue"})
+        r = http.post(
+            "/instances", json={"region": "ewr", "plan": "p", "os_id": "2284", "colour": "blue"}
+        )
         assert r.status_code == 400 and r.json()["status"] == 400
         assert http.post("/instances", json={"plan": "p", "os_id": 1}).status_code == 400
         assert http.get("/instances", params={"tags": "x"}).status_code == 400
@@ -450,9 +479,14 @@ def test_fake_rejects_and_records_requests_outside_the_openapi_file(fake: FakeVu
         assert http.get("/no-such-endpoint").status_code == 404
 
     text = "\n".join(fake.violations)
-    for needle in ("'2284' is not of type 'integer'", "'colour' was unexpected",
-                   "'region' is a required property", "'tags' is not declared",
-                   "'ten' is not an integer", "not in the OpenAPI file"):
+    for needle in (
+        "'2284' is not of type 'integer'",
+        "'colour' was unexpected",
+        "'region' is a required property",
+        "'tags' is not declared",
+        "'ten' is not an integer",
+        "not in the OpenAPI file",
+    ):
         assert needle in text
     fake.state.violations.clear()
 
@@ -474,8 +508,11 @@ def test_openapi_nullable_becomes_json_schema_null() -> None:
         ({"type": "string", "enum": ["a"], "nullable": True}, ["a", None], ["b"]),
         ({"$ref": "#/components/schemas/ip"}, ["a", None], [2]),
         ({"allOf": [{"$ref": "#/components/schemas/ip"}], "nullable": True}, [None], [3]),
-        ({"type": "object", "properties": {"a": {"type": "integer", "nullable": True}}},
-         [{"a": None}, {"a": 1}], [{"a": "x"}, {"b": 1}]),
+        (
+            {"type": "object", "properties": {"a": {"type": "integer", "nullable": True}}},
+            [{"a": None}, {"a": 1}],
+            [{"a": "x"}, {"b": 1}],
+        ),
     ]
     for schema, good, bad in cases:
         v = jsonschema.Draft4Validator(to_json_schema(schema, root))

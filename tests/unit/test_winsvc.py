@@ -50,23 +50,51 @@ class FakeApi(types.ModuleType):
             raise WinError(1060, "OpenService", "The specified service does not exist")
         return name
 
-    def CreateService(self, scm: str, name: str, display: str, access: int, kind: int,
-                      start: int, error: int, command: str, *rest: Any) -> str:
+    def CreateService(
+        self,
+        scm: str,
+        name: str,
+        display: str,
+        access: int,
+        kind: int,
+        start: int,
+        error: int,
+        command: str,
+        *rest: Any,
+    ) -> str:
         self.calls.append("create")
-        self.services[name] = {"kind": kind, "start": start, "command": command,
-                               "account": "LocalSystem", "display": display, "state": 1}
+        self.services[name] = {
+            "kind": kind,
+            "start": start,
+            "command": command,
+            "account": "LocalSystem",
+            "display": display,
+            "state": 1,
+        }
         return name
 
     def QueryServiceConfig(self, h: str) -> tuple[Any, ...]:
         s = self.services[h]
         return (s["kind"], s["start"], 1, s["command"], "", 0, [], s["account"], s["display"])
 
-    def ChangeServiceConfig(self, h: str, kind: int, start: int, error: int, command: str,
-                            group: Any, tag: Any, deps: Any, account: str, password: Any,
-                            display: str) -> None:
+    def ChangeServiceConfig(
+        self,
+        h: str,
+        kind: int,
+        start: int,
+        error: int,
+        command: str,
+        group: Any,
+        tag: Any,
+        deps: Any,
+        account: str,
+        password: Any,
+        display: str,
+    ) -> None:
         self.calls.append("config")
-        self.services[h].update(kind=kind, start=start, command=command, account=account,
-                                display=display)
+        self.services[h].update(
+            kind=kind, start=start, command=command, account=account, display=display
+        )
 
     def ChangeServiceConfig2(self, h: str, level: int, value: Any) -> None:
         if level == self.SERVICE_CONFIG_FAILURE_ACTIONS_FLAG and not self.flag_supported:
@@ -107,9 +135,12 @@ def api(monkeypatch: pytest.MonkeyPatch) -> FakeApi:
     return fake
 
 
-SPEC = ServiceSpec(python=r"C:\Python312\python.exe", entry=("-m", "cloudremotecontrol"),
-                   run_args=("--state-dir", r"C:\ProgramData\CloudRemoteControl\agent"),
-                   description="CloudRemoteControl agent (g/win at https://crc:8443)")
+SPEC = ServiceSpec(
+    python=r"C:\Python312\python.exe",
+    entry=("-m", "cloudremotecontrol"),
+    run_args=("--state-dir", r"C:\ProgramData\CloudRemoteControl\agent"),
+    description="CloudRemoteControl agent (g/win at https://crc:8443)",
+)
 
 
 def manager() -> Any:
@@ -123,14 +154,20 @@ def test_install_registers_localsystem_auto_start_with_recovery_actions(api: Fak
     change = mgr.install(SPEC)
     assert (change.definition_changed, change.action) == (True, "started")
     svc = api.services["crc-agent"]
-    assert svc["command"] == (r"C:\Python312\python.exe -m cloudremotecontrol.agent.winservice "
-                              r"--state-dir C:\ProgramData\CloudRemoteControl\agent")
+    assert svc["command"] == (
+        r"C:\Python312\python.exe -m cloudremotecontrol.agent.winservice "
+        r"--state-dir C:\ProgramData\CloudRemoteControl\agent"
+    )
     assert (svc["kind"], svc["start"], svc["account"]) == (0x10, 2, "LocalSystem")
     assert svc["config2-1"] == SPEC.description
     # Restart after 5 s, 5 s, then 30 s; the failure count resets after a day; a stop
     # with an error counts as a failure (sc failure ... / sc failureflag 1).
-    assert svc["config2-2"] == {"ResetPeriod": 86400, "RebootMsg": None, "Command": None,
-                                "Actions": [(1, 5000), (1, 5000), (1, 30000)]}
+    assert svc["config2-2"] == {
+        "ResetPeriod": 86400,
+        "RebootMsg": None,
+        "Command": None,
+        "Actions": [(1, 5000), (1, 5000), (1, 30000)],
+    }
     assert svc["config2-4"] is True
     assert svc["state"] == 4 and api.calls == ["create", "start"]
     assert "restart after 5 s" in mgr.definition(SPEC)
@@ -180,14 +217,17 @@ def test_a_zipapp_cannot_be_a_windows_service(api: FakeApi) -> None:
         manager().install(ServiceSpec(SPEC.python, (r"C:\crc-agent.pyz",), ()))
 
 
-@pytest.mark.parametrize("chunks, text", [
-    ([b"plain ascii\r\n"], "plain ascii\r\n"),
-    (["Grüße 日本 €".encode()], "Grüße 日本 €"),
-    (["Grüße €".encode("cp1252")], "Grüße €"),  # not UTF-8: the ANSI code page
-    (["é".encode()[:1], "é".encode()[1:]], "é"),  # split across reads
-    (["a€".encode()[:2], "a€".encode()[2:] + "ü".encode("cp1252")], "a€ü"),
-    ([b"\xc3"], "Ã"),  # a truncated sequence at the very end
-])
+@pytest.mark.parametrize(
+    "chunks, text",
+    [
+        ([b"plain ascii\r\n"], "plain ascii\r\n"),
+        (["Grüße 日本 €".encode()], "Grüße 日本 €"),
+        (["Grüße €".encode("cp1252")], "Grüße €"),  # not UTF-8: the ANSI code page
+        (["é".encode()[:1], "é".encode()[1:]], "é"),  # split across reads
+        (["a€".encode()[:2], "a€".encode()[2:] + "ü".encode("cp1252")], "a€ü"),
+        ([b"\xc3"], "Ã"),  # a truncated sequence at the very end
+    ],
+)
 def test_output_is_utf8_with_an_ansi_fallback(chunks: list[bytes], text: str) -> None:
     dec = legacy_decoder("cp1252")
     out = "".join(dec.decode(c) for c in chunks) + dec.decode(b"", final=True)

@@ -54,8 +54,10 @@ def _mode() -> str | None:
         return None
     if (CACHE / "current" / "ok").exists():
         return None
-    return ("the Windows tier needs Wine: run tests/windows/setup.sh once (root, ~1 min), "
-            "or set CRC_WINE_TESTS=1 to let the tests run it")
+    return (
+        "the Windows tier needs Wine: run tests/windows/setup.sh once (root, ~1 min), "
+        "or set CRC_WINE_TESTS=1 to let the tests run it"
+    )
 
 
 @pytest.fixture(scope="session")
@@ -65,19 +67,28 @@ def wine_template() -> dict[str, Any]:
     if reason is not None:
         pytest.skip(reason)
     started = time.monotonic()
-    out = subprocess.run(["bash", str(SETUP)], capture_output=True, text=True, timeout=1800,
-                         stdin=subprocess.DEVNULL, check=False)
+    out = subprocess.run(
+        ["bash", str(SETUP)],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
     if out.returncode != 0:
-        pytest.fail(f"tests/windows/setup.sh failed (exit {out.returncode}):\n"
-                    f"{out.stderr[-3000:]}", pytrace=False)
+        pytest.fail(
+            f"tests/windows/setup.sh failed (exit {out.returncode}):\n{out.stderr[-3000:]}",
+            pytrace=False,
+        )
     manifest = json.loads((CACHE / "current" / "manifest.json").read_text())
     manifest["setup_seconds"] = round(time.monotonic() - started, 1)
     return manifest
 
 
 @pytest.fixture(scope="module")
-def win(wine_template: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
-        ) -> Iterator[WineMachine]:
+def win(
+    wine_template: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[WineMachine]:
     """A server, a fresh prefix, the agent installed from the server's package and
     registered as the crc-agent service with `crc agent install`, machine ready."""
     tmp = tmp_path_factory.mktemp("wine")
@@ -89,12 +100,25 @@ def win(wine_template: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
         machine.package = machine.install_agent_package()
         keys = machine.client.create_group(machine.group, [machine.name])
         key = keys["machines"][0]["key"]
-        out = prefix.crc("agent", "install", "--url", server.url, "--key", key,
-                         "--fingerprint", server.fingerprint, "--state-dir", STATE_DIR,
-                         "--json", timeout=180)
+        out = prefix.crc(
+            "agent",
+            "install",
+            "--url",
+            server.url,
+            "--key",
+            key,
+            "--fingerprint",
+            server.fingerprint,
+            "--state-dir",
+            STATE_DIR,
+            "--json",
+            timeout=180,
+        )
         if out.returncode != 0:
-            raise AssertionError(f"crc agent install failed ({out.returncode}):\n"
-                                 f"{out.stdout}\n{out.stderr}\n{prefix.service_log()}")
+            raise AssertionError(
+                f"crc agent install failed ({out.returncode}):\n"
+                f"{out.stdout}\n{out.stderr}\n{prefix.service_log()}"
+            )
         machine.install_report = json.loads(out.stdout)
         yield machine
     finally:

@@ -53,15 +53,20 @@ def test_install_registers_a_running_localsystem_auto_start_service(win: WineMac
     assert report["enrolled_now"] is True and report["action"] == "started"
     assert win.prefix.sc_state() == "RUNNING"
     # What the SCM holds, through the service API (Wine's sc.exe has no `qc`).
-    out = win.prefix.python("-c", (
-        "import json, win32service as ws\n"
-        "scm = ws.OpenSCManager(None, None, ws.SC_MANAGER_ALL_ACCESS)\n"
-        "h = ws.OpenService(scm, 'crc-agent', ws.SERVICE_ALL_ACCESS)\n"
-        "c = ws.QueryServiceConfig(h)\n"
-        "s = ws.QueryServiceStatusEx(h)\n"
-        "print(json.dumps({'type': c[0], 'start': c[1], 'cmd': c[3], 'account': c[7],"
-        " 'display': c[8], 'pid': s['ProcessId'],"
-        " 'desc': ws.QueryServiceConfig2(h, ws.SERVICE_CONFIG_DESCRIPTION)}))"), check=True)
+    out = win.prefix.python(
+        "-c",
+        (
+            "import json, win32service as ws\n"
+            "scm = ws.OpenSCManager(None, None, ws.SC_MANAGER_ALL_ACCESS)\n"
+            "h = ws.OpenService(scm, 'crc-agent', ws.SERVICE_ALL_ACCESS)\n"
+            "c = ws.QueryServiceConfig(h)\n"
+            "s = ws.QueryServiceStatusEx(h)\n"
+            "print(json.dumps({'type': c[0], 'start': c[1], 'cmd': c[3], 'account': c[7],"
+            " 'display': c[8], 'pid': s['ProcessId'],"
+            " 'desc': ws.QueryServiceConfig2(h, ws.SERVICE_CONFIG_DESCRIPTION)}))"
+        ),
+        check=True,
+    )
     cfg = json.loads(out.stdout)
     assert cfg["type"] == 0x10  # SERVICE_WIN32_OWN_PROCESS
     assert cfg["start"] == 2  # SERVICE_AUTO_START
@@ -72,12 +77,16 @@ def test_install_registers_a_running_localsystem_auto_start_service(win: WineMac
     assert cfg["pid"] > 0
     # Again (as a re-run startup script does): enrolled already, nothing changes, the
     # running service is left alone.
-    out = win.prefix.crc("agent", "install", "--url", win.server.url, "--state-dir", STATE_DIR,
-                         "--json", timeout=180)
+    out = win.prefix.crc(
+        "agent", "install", "--url", win.server.url, "--state-dir", STATE_DIR, "--json", timeout=180
+    )
     assert out.returncode == 0, (out.stdout, out.stderr)
     again = json.loads(out.stdout)
     assert (again["enrolled_now"], again["definition_changed"], again["action"]) == (
-        False, False, "running")
+        False,
+        False,
+        "running",
+    )
     assert _service_pid(win) == cfg["pid"]
 
 
@@ -109,12 +118,29 @@ def test_cmd_ver_streams_output_and_exit_code(win: WineMachine) -> None:
 def test_argv_env_and_cwd(win: WineMachine) -> None:
     workdir = win.prefix.host_path(r"C:\crc-test\work dir")
     workdir.mkdir(parents=True, exist_ok=True)
-    code = ("import json, os, sys; print(json.dumps({'argv': sys.argv[1:], 'cwd': os.getcwd(),"
-            " 'env': os.environ.get('CRC_T'), 'machine': os.environ.get('CRC_MACHINE')}))")
-    out = win.crc("run", "g", "--to", "win", "--json", "--env", "CRC_T=a b=c",
-                  "--cwd", r"C:\crc-test\work dir", "--",
-                  r"C:\Python312\python.exe", "-c", code,
-                  "two words", 'a "quoted" arg', "trailing\\", "")
+    code = (
+        "import json, os, sys; print(json.dumps({'argv': sys.argv[1:], 'cwd': os.getcwd(),"
+        " 'env': os.environ.get('CRC_T'), 'machine': os.environ.get('CRC_MACHINE')}))"
+    )
+    out = win.crc(
+        "run",
+        "g",
+        "--to",
+        "win",
+        "--json",
+        "--env",
+        "CRC_T=a b=c",
+        "--cwd",
+        r"C:\crc-test\work dir",
+        "--",
+        r"C:\Python312\python.exe",
+        "-c",
+        code,
+        "two words",
+        'a "quoted" arg',
+        "trailing\\",
+        "",
+    )
     lines = _json_lines(out.stdout)
     assert out.returncode == 0, (out.stdout, out.stderr)
     seen = json.loads(_output(lines).strip())
@@ -128,13 +154,13 @@ def test_argv_env_and_cwd(win: WineMachine) -> None:
     assert result["status"] == "failed" and result["exit_code"] == 127
 
 
-TREE = r'''
+TREE = r"""
 import subprocess, sys, time
 tag = sys.argv[1]
 subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)", "grandchild-" + tag])
 print("spawned the grandchild", flush=True)
 time.sleep(600)
-'''
+"""
 
 
 def _start_tree(win: WineMachine, timeout: float | None) -> tuple[str, str]:
@@ -143,8 +169,13 @@ def _start_tree(win: WineMachine, timeout: float | None) -> tuple[str, str]:
     script.parent.mkdir(parents=True, exist_ok=True)
     script.write_text(TREE)
     tag = uuid.uuid4().hex[:12]
-    job = win.client.start_job("g", "win", shell="cmd", timeout=timeout,
-                               command=rf"C:\Python312\python.exe C:\crc-test\tree.py {tag}")
+    job = win.client.start_job(
+        "g",
+        "win",
+        shell="cmd",
+        timeout=timeout,
+        command=rf"C:\Python312\python.exe C:\crc-test\tree.py {tag}",
+    )
     # Wait until the whole tree exists (Wine's processes are Linux processes whose
     # command line is the Windows one).
     deadline = time.monotonic() + 60
@@ -188,15 +219,15 @@ def test_a_cancel_ends_the_whole_process_tree(win: WineMachine) -> None:
 
 def test_non_ascii_output_is_decoded(win: WineMachine) -> None:
     # cmd's own echo (console code page: UTF-8 in the service's console).
-    out = win.crc("run", "g", "--to", "win", "--json", "--shell", "cmd", "--",
-                  "echo héllo wörld")
+    out = win.crc("run", "g", "--to", "win", "--json", "--shell", "cmd", "--", "echo héllo wörld")
     assert "héllo wörld" in _output(_json_lines(out.stdout)), out.stdout
     # A program writing UTF-8 bytes, one writing the ANSI code page (cp1252 here).
-    code = ("import sys; sys.stdout.buffer.write('utf8: Grüße 日本 €\\n'.encode('utf-8')); "
-            "sys.stdout.buffer.write('ansi: Grüße €\\n'.encode('cp1252')); "
-            "sys.stderr.write('plain: é\\n')")
-    out = win.crc("run", "g", "--to", "win", "--json", "--", r"C:\Python312\python.exe",
-                  "-c", code)
+    code = (
+        "import sys; sys.stdout.buffer.write('utf8: Grüße 日本 €\\n'.encode('utf-8')); "
+        "sys.stdout.buffer.write('ansi: Grüße €\\n'.encode('cp1252')); "
+        "sys.stderr.write('plain: é\\n')"
+    )
+    out = win.crc("run", "g", "--to", "win", "--json", "--", r"C:\Python312\python.exe", "-c", code)
     lines = _json_lines(out.stdout)
     assert _result(lines)["exit_code"] == 0, out.stdout
     text = _output(lines)
@@ -211,8 +242,9 @@ def test_powershell_missing_is_a_clear_error(win: WineMachine) -> None:
     hidden = stub.with_name("powershell.exe.wine-stub")
     stub.rename(hidden)
     try:
-        out = win.crc("run", "g", "--to", "win", "--json", "--shell", "powershell", "--",
-                      "Get-Date")
+        out = win.crc(
+            "run", "g", "--to", "win", "--json", "--shell", "powershell", "--", "Get-Date"
+        )
     finally:
         hidden.rename(stub)
     result = _result(_json_lines(out.stdout))
@@ -244,15 +276,17 @@ def test_push_to_a_c_path(win: WineMachine, tmp_path: Path) -> None:
 
 def test_hosts_sync_edits_the_prefix_hosts_file_keeping_crlf(win: WineMachine) -> None:
     hosts = win.prefix.host_path(r"C:\windows\system32\drivers\etc\hosts")
-    before = (b"# Copyright (c) 1993-2009 Microsoft Corp.\r\n#\r\n"
-              b"127.0.0.1       localhost\r\n::1             localhost\r\n"
-              b"10.9.8.7 keep-me   # a comment \xe9 in the OEM code page\r\n")
+    before = (
+        b"# Copyright (c) 1993-2009 Microsoft Corp.\r\n#\r\n"
+        b"127.0.0.1       localhost\r\n::1             localhost\r\n"
+        b"10.9.8.7 keep-me   # a comment \xe9 in the OEM code page\r\n"
+    )
     hosts.write_bytes(before)
     out = win.crc("hosts", "sync", "g")
     assert out.returncode == 0, (out.stdout, out.stderr)
     after = hosts.read_bytes()
     assert after.startswith(before)  # everything outside the block, byte for byte
-    block = after[len(before):]
+    block = after[len(before) :]
     assert b" win win.g" in block, block
     assert block.count(b"\n") == block.count(b"\r\n") > 0  # CRLF throughout
     assert b"\r\r\n" not in block
@@ -280,8 +314,7 @@ EVERYONE, USERS, AUTHENTICATED = "S-1-1-0", "S-1-5-32-545", "S-1-5-11"
 FILE_ALL_ACCESS = 0x1F01FF
 
 
-def test_the_credential_is_readable_by_system_and_administrators_only(win: WineMachine
-                                                                      ) -> None:
+def test_the_credential_is_readable_by_system_and_administrators_only(win: WineMachine) -> None:
     secret = STATE_DIR + r"\credential.json"
     out = win.prefix.python("-c", ACL_PROBE, secret, check=True)
     win.prefix.host_path(secret + ".probe").unlink()
@@ -301,18 +334,24 @@ def test_the_credential_is_readable_by_system_and_administrators_only(win: WineM
         assert set(granted.values()) == {FILE_ALL_ACCESS}, acl
     else:
         assert set(granted) <= {"S-1-5-18", "S-1-5-32-544"} | {
-            sid for sid in granted if sid.startswith("S-1-5-21-")}, acl  # owner: Wine
+            sid for sid in granted if sid.startswith("S-1-5-21-")
+        }, acl  # owner: Wine
 
 
 # -- the service's life -------------------------------------------------------------------
 
 
 def _service_pid(win: WineMachine) -> int:
-    out = win.prefix.python("-c", (
-        "import win32service as ws\n"
-        "scm = ws.OpenSCManager(None, None, ws.SC_MANAGER_ALL_ACCESS)\n"
-        "h = ws.OpenService(scm, 'crc-agent', ws.SERVICE_QUERY_STATUS)\n"
-        "print(ws.QueryServiceStatusEx(h)['ProcessId'])"), check=True)
+    out = win.prefix.python(
+        "-c",
+        (
+            "import win32service as ws\n"
+            "scm = ws.OpenSCManager(None, None, ws.SC_MANAGER_ALL_ACCESS)\n"
+            "h = ws.OpenService(scm, 'crc-agent', ws.SERVICE_QUERY_STATUS)\n"
+            "print(ws.QueryServiceStatusEx(h)['ProcessId'])"
+        ),
+        check=True,
+    )
     return int(out.stdout.strip())
 
 
@@ -362,13 +401,14 @@ def test_killing_the_service_process_triggers_recovery(win: WineMachine) -> None
     assert win.prefix.run("sc", "start", "crc-agent").returncode == 0
     win.prefix.wait_sc("RUNNING")
     win.wait_state("ready")
-    pytest.xfail(f"Wine does not restart a crashed service (SCM state {state} after the "
-                 "kill, no recovery actions): restart-on-failure needs a real Windows")
+    pytest.xfail(
+        f"Wine does not restart a crashed service (SCM state {state} after the "
+        "kill, no recovery actions): restart-on-failure needs a real Windows"
+    )
 
 
 def test_uninstall_removes_the_service_and_nothing_keeps_running(win: WineMachine) -> None:
-    out = win.prefix.crc("agent", "uninstall", "--state-dir", STATE_DIR, "--json",
-                         timeout=180)
+    out = win.prefix.crc("agent", "uninstall", "--state-dir", STATE_DIR, "--json", timeout=180)
     assert out.returncode == 0, (out.stdout, out.stderr)
     report = json.loads(out.stdout)
     assert report["removed"] is True and report["purged"] is False
@@ -383,15 +423,21 @@ def test_uninstall_removes_the_service_and_nothing_keeps_running(win: WineMachin
 
 
 def test_the_service_host_run_by_hand_says_what_it_is(win: WineMachine) -> None:
-    out = win.prefix.python("-m", "cloudremotecontrol.agent.winservice", "--state-dir",
-                            STATE_DIR, "--log-file", r"C:\crc-test\by-hand.log", timeout=120)
+    out = win.prefix.python(
+        "-m",
+        "cloudremotecontrol.agent.winservice",
+        "--state-dir",
+        STATE_DIR,
+        "--log-file",
+        r"C:\crc-test\by-hand.log",
+        timeout=120,
+    )
     assert out.returncode == 2, (out.stdout, out.stderr)
     assert "started by the Service Control Manager" in out.stderr
     assert "crc agent install" in out.stderr
 
 
-def test_reinstall_resumes_and_revocation_stops_the_service_for_good(win: WineMachine
-                                                                     ) -> None:
+def test_reinstall_resumes_and_revocation_stops_the_service_for_good(win: WineMachine) -> None:
     # The credential kept by uninstall: installing again needs no key.
     out = win.prefix.crc("agent", "install", "--state-dir", STATE_DIR, "--json", timeout=180)
     assert out.returncode == 0, (out.stdout, out.stderr)
@@ -405,8 +451,9 @@ def test_reinstall_resumes_and_revocation_stops_the_service_for_good(win: WineMa
     out = win.prefix.run("sc", "query", "crc-agent")
     assert re.search(r"WIN32_EXIT_CODE\s*:\s*0\b", out.stdout), out.stdout
     assert "stopping for good" in win.prefix.service_log()
-    out = win.prefix.crc("agent", "uninstall", "--purge", "--state-dir", STATE_DIR, "--json",
-                         timeout=180)
+    out = win.prefix.crc(
+        "agent", "uninstall", "--purge", "--state-dir", STATE_DIR, "--json", timeout=180
+    )
     assert out.returncode == 0, (out.stdout, out.stderr)
     assert json.loads(out.stdout)["purged"] is True
     assert not win.prefix.host_path(STATE_DIR).exists()

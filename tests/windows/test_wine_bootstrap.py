@@ -29,9 +29,20 @@ STATE_DIR = r"C:\ProgramData\CloudRemoteControl\agent"
 WRONG_PIN = "sha256:" + "00" * 32
 # pywin32 as the template prefix has it: removed from the Windows Python, so that the
 # bootstrap must install it (from the server).
-PYWIN32_PARTS = ("win32", "win32com", "win32comext", "pythonwin", "pywin32_system32",
-                 "adodbapi", "isapi", "pythoncom.py", "pywin32.pth", "pywin32.version.txt",
-                 "PyWin32.chm", "pywin32-312.dist-info")
+PYWIN32_PARTS = (
+    "win32",
+    "win32com",
+    "win32comext",
+    "pythonwin",
+    "pywin32_system32",
+    "adodbapi",
+    "isapi",
+    "pythoncom.py",
+    "pywin32.pth",
+    "pywin32.version.txt",
+    "PyWin32.chm",
+    "pywin32-312.dist-info",
+)
 
 
 class Boot:
@@ -43,8 +54,18 @@ class Boot:
     def script(self, name: str, *extra: str) -> str:
         """`crc bootstrap g NAME --os windows --format cmd` on the master, written into the
         prefix; its Windows path."""
-        out = self.m.crc("bootstrap", "g", name, "--os", "windows", "--format", "cmd",
-                         "--key", self.keys[name], *extra)
+        out = self.m.crc(
+            "bootstrap",
+            "g",
+            name,
+            "--os",
+            "windows",
+            "--format",
+            "cmd",
+            "--key",
+            self.keys[name],
+            *extra,
+        )
         assert out.returncode == 0, out.stderr
         path = rf"C:\crc-test\bootstrap-{name}.cmd"
         host = self.m.prefix.host_path(path)
@@ -57,13 +78,15 @@ class Boot:
 
 
 @pytest.fixture(scope="module")
-def boot(wine_template: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
-         ) -> Iterator[Boot]:
+def boot(wine_template: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Boot]:
     tmp = tmp_path_factory.mktemp("wineboot")
     server = ServerProcess(tmp / "srv").start()
     # The operator's wheel directory: pywin32 for the Windows service host.
-    wheel = Path(wine_template["prefix"]).parent.parent / "downloads" / (
-        f"pywin32-{wine_template['pywin32']}-cp312-cp312-win_amd64.whl")
+    wheel = (
+        Path(wine_template["prefix"]).parent.parent
+        / "downloads"
+        / (f"pywin32-{wine_template['pywin32']}-cp312-cp312-win_amd64.whl")
+    )
     assert wheel.is_file(), wheel
     (tmp / "srv" / "wheels").mkdir()
     shutil.copy(wheel, tmp / "srv" / "wheels" / wheel.name)
@@ -78,8 +101,9 @@ def boot(wine_template: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
     machine = WineMachine(server, prefix, tmp)
     try:
         prefix.start()
-        created = machine.client.create_group("g", ["win", "w2"],
-                                              settings={"uninstall_on_delete": True})
+        created = machine.client.create_group(
+            "g", ["win", "w2"], settings={"uninstall_on_delete": True}
+        )
         keys = {m["name"]: m["key"] for m in created["machines"]}
         yield Boot(machine, keys, wheel.name)
     finally:
@@ -133,11 +157,16 @@ def test_the_cmd_bootstrap_reaches_a_ready_machine(boot: Boot) -> None:
 
 
 def _service_pid(boot: Boot) -> int:
-    out = boot.m.prefix.python("-c", (
-        "import win32service as ws\n"
-        "scm = ws.OpenSCManager(None, None, ws.SC_MANAGER_ALL_ACCESS)\n"
-        "h = ws.OpenService(scm, 'crc-agent', ws.SERVICE_QUERY_STATUS)\n"
-        "print(ws.QueryServiceStatusEx(h)['ProcessId'])"), check=True)
+    out = boot.m.prefix.python(
+        "-c",
+        (
+            "import win32service as ws\n"
+            "scm = ws.OpenSCManager(None, None, ws.SC_MANAGER_ALL_ACCESS)\n"
+            "h = ws.OpenService(scm, 'crc-agent', ws.SERVICE_QUERY_STATUS)\n"
+            "print(ws.QueryServiceStatusEx(h)['ProcessId'])"
+        ),
+        check=True,
+    )
     return int(out.stdout.strip())
 
 
@@ -162,7 +191,8 @@ def test_deleting_the_group_makes_the_service_remove_itself(boot: Boot) -> None:
     boot.m.client.delete_group("g")
     deadline = time.monotonic() + 60
     while boot.m.prefix.sc_state() is not None or boot.m.prefix.pids(
-            "cloudremotecontrol.agent.winservice"):
+        "cloudremotecontrol.agent.winservice"
+    ):
         assert time.monotonic() < deadline, boot.m.prefix.diagnose()
         time.sleep(0.5)
     assert not boot.m.prefix.host_path(STATE_DIR).exists()

@@ -21,8 +21,12 @@ PYTHON = r"C:\Python312\python.exe"
 STATE_DIR = r"C:\ProgramData\CloudRemoteControl\agent"
 SERVICE = "crc-agent"
 # Files rewritten in place (not by rename) during a session: never shared with the cache.
-PRIVATE_FILES = ("system.reg", "user.reg", "userdef.reg",
-                 "drive_c/windows/system32/drivers/etc/hosts")
+PRIVATE_FILES = (
+    "system.reg",
+    "user.reg",
+    "userdef.reg",
+    "drive_c/windows/system32/drivers/etc/hosts",
+)
 
 
 class WinePrefix:
@@ -38,8 +42,9 @@ class WinePrefix:
                 f.unlink()
                 f.write_bytes(data)
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
-        self.env.update(WINEPREFIX=str(self.path), WINEDEBUG="-all",
-                        WINEDLLOVERRIDES="mscoree=;mshtml=")
+        self.env.update(
+            WINEPREFIX=str(self.path), WINEDEBUG="-all", WINEDLLOVERRIDES="mscoree=;mshtml="
+        )
 
     def start(self) -> None:
         # -p: the server (and with it the SCM and our service) outlives every process;
@@ -47,21 +52,35 @@ class WinePrefix:
         subprocess.run(["wineserver", "-p"], env=self.env, check=True, timeout=30)
         # The prefix's own services (services.exe, ...) keep wineboot's stdio: /dev/null,
         # so no pipe of ours stays open for ever and Python services get valid handles.
-        subprocess.run(["wine", "wineboot"], env=self.env, stdin=subprocess.DEVNULL,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True,
-                       timeout=120)
+        subprocess.run(
+            ["wine", "wineboot"],
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            check=True,
+            timeout=120,
+        )
 
     def close(self) -> None:
         subprocess.run(["wineserver", "-k"], env=self.env, check=False, timeout=60)
         subprocess.run(["wineserver", "-w"], env=self.env, check=False, timeout=60)
 
-    def run(self, *argv: str, timeout: float = 120, check: bool = False
-            ) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, *argv: str, timeout: float = 120, check: bool = False
+    ) -> subprocess.CompletedProcess[str]:
         """A Windows program; stdout/stderr are pipes (Python under Wine cannot write to
         a regular file as stdio)."""
-        out = subprocess.run(["wine", *argv], env=self.env, capture_output=True,
-                             stdin=subprocess.DEVNULL, timeout=timeout, check=False,
-                             encoding="utf-8", errors="replace")
+        out = subprocess.run(
+            ["wine", *argv],
+            env=self.env,
+            capture_output=True,
+            stdin=subprocess.DEVNULL,
+            timeout=timeout,
+            check=False,
+            encoding="utf-8",
+            errors="replace",
+        )
         if check and out.returncode != 0:
             raise AssertionError(f"{argv} exited {out.returncode}:\n{out.stdout}\n{out.stderr}")
         return out
@@ -100,8 +119,10 @@ class WinePrefix:
             if state == want:
                 return seen
             if time.monotonic() > deadline:
-                raise AssertionError(f"service {name} is not {want} after {timeout:g} s; "
-                                     f"states seen: {seen}\n{self.diagnose()}")
+                raise AssertionError(
+                    f"service {name} is not {want} after {timeout:g} s; "
+                    f"states seen: {seen}\n{self.diagnose()}"
+                )
             time.sleep(0.2)
 
     def pids(self, pattern: str) -> list[int]:
@@ -115,8 +136,10 @@ class WinePrefix:
         pids = self.pids("cloudremotecontrol.agent.winservice")
         out = self.host_path(r"C:\ProgramData\CloudRemoteControl\logs\crc-agent.log.stdout")
         extra = out.read_text(errors="replace")[-2000:] if out.exists() else ""
-        return (f"sc query: {query}\nservice processes: {pids}\nservice log:\n"
-                f"{self.service_log()}\n{extra}")
+        return (
+            f"sc query: {query}\nservice processes: {pids}\nservice log:\n"
+            f"{self.service_log()}\n{extra}"
+        )
 
     def service_log(self) -> str:
         log = self.host_path(r"C:\ProgramData\CloudRemoteControl\logs\crc-agent.log")
@@ -131,8 +154,9 @@ def linux_pids(pattern: str) -> list[int]:
         if not proc.name.isdigit() or int(proc.name) == os.getpid():
             continue
         try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(
-                "utf-8", "replace")
+            cmdline = (
+                (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
+            )
             status = (proc / "status").read_text()
         except OSError:
             continue
@@ -179,9 +203,13 @@ class WineMachine:
         self.tmp = tmp
         self.token = server.add_user("alice")
         self.client = Client(server.url, self.token, server.fingerprint)
-        self.cli_env = {**os.environ, "CRC_URL": server.url, "CRC_TOKEN": self.token,
-                        "CRC_FINGERPRINT": server.fingerprint,
-                        "CRC_CONFIG_DIR": str(tmp / "cfg")}
+        self.cli_env = {
+            **os.environ,
+            "CRC_URL": server.url,
+            "CRC_TOKEN": self.token,
+            "CRC_FINGERPRINT": server.fingerprint,
+            "CRC_CONFIG_DIR": str(tmp / "cfg"),
+        }
         self.install_report: dict[str, Any] = {}
         self.package: dict[str, str] = {}
 
@@ -189,9 +217,14 @@ class WineMachine:
         """The master's `crc` (Linux) with alice's credentials."""
         import sys
 
-        return subprocess.run([sys.executable, "-m", "cloudremotecontrol", *args],
-                              capture_output=True, text=True, timeout=timeout,
-                              env=self.cli_env, check=False)
+        return subprocess.run(
+            [sys.executable, "-m", "cloudremotecontrol", *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=self.cli_env,
+            check=False,
+        )
 
     def machine(self) -> dict[str, Any]:
         g = self.client.group(self.group)
@@ -204,8 +237,10 @@ class WineMachine:
             if m["state"] == state:
                 return m
             if time.monotonic() > deadline:
-                raise AssertionError(f"machine {self.name} is {m['state']}, not {state}, "
-                                     f"after {timeout:g} s\n{self.prefix.diagnose()}")
+                raise AssertionError(
+                    f"machine {self.name} is {m['state']}, not {state}, "
+                    f"after {timeout:g} s\n{self.prefix.diagnose()}"
+                )
             time.sleep(0.2)
 
     def install_agent_package(self) -> dict[str, str]:
@@ -214,11 +249,15 @@ class WineMachine:
         helper = resources.files("cloudremotecontrol.bootstrap") / "templates" / "fetch_agent.py"
         work = self.prefix.host_path(r"C:\crc-test")
         work.mkdir(parents=True, exist_ok=True)
-        (work / "fetch_agent.py").write_text(helper.read_text(encoding="utf-8"),
-                                             encoding="utf-8")
+        (work / "fetch_agent.py").write_text(helper.read_text(encoding="utf-8"), encoding="utf-8")
         (work / "install_package.py").write_text(INSTALL_PACKAGE, encoding="utf-8")
-        out = self.prefix.python(r"C:\crc-test\install_package.py", self.server.url,
-                                 self.server.fingerprint, timeout=180, check=True)
+        out = self.prefix.python(
+            r"C:\crc-test\install_package.py",
+            self.server.url,
+            self.server.fingerprint,
+            timeout=180,
+            check=True,
+        )
         digest, filename, site = out.stdout.strip().splitlines()[-1].split("|")
         return {"sha256": digest, "filename": filename, "site": site}
 
@@ -226,7 +265,7 @@ class WineMachine:
 # Run by the Windows Python: the same pinned download and checksum as the bootstrap
 # (templates/fetch_agent.py), then the package's modules into this Python's
 # site-packages (the bootstrap uses PREFIX\lib plus a .pth instead: test_wine_bootstrap.py).
-INSTALL_PACKAGE = r'''
+INSTALL_PACKAGE = r"""
 import hashlib, io, os, shutil, sys, sysconfig, zipfile
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import fetch_agent as fa
@@ -248,6 +287,4 @@ for info in zf.infolist():
     if info.filename != "__main__.py":
         zf.extract(info, site)
 print(f"{digest}|{filename}|{site}")
-'''
-
-
+"""

@@ -29,8 +29,9 @@ MAX_REQUEST = 512 << 10
 
 
 class ControlServer:
-    def __init__(self, state_dir: Path, handler: Handler,
-                 protect: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self, state_dir: Path, handler: Handler, protect: Callable[[str], None] | None = None
+    ) -> None:
         self.state_dir = state_dir
         self.handler = handler
         self.protect = protect
@@ -45,13 +46,15 @@ class ControlServer:
             old = os.umask(0o177)
             try:
                 with _short_path(path) as short:
-                    self._server = await asyncio.start_unix_server(self._serve, path=short,
-                                                                   limit=MAX_REQUEST)
+                    self._server = await asyncio.start_unix_server(
+                        self._serve, path=short, limit=MAX_REQUEST
+                    )
             finally:
                 os.umask(old)
         else:
-            self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0,
-                                                      limit=MAX_REQUEST)
+            self._server = await asyncio.start_server(
+                self._serve, "127.0.0.1", 0, limit=MAX_REQUEST
+            )
             port = self._server.sockets[0].getsockname()[1]
             info = self.state_dir / "control.json"
             info.write_text(json.dumps({"port": port, "token": self.token}))
@@ -70,14 +73,18 @@ class ControlServer:
             if not isinstance(request, dict):
                 raise InvalidInput("request must be a JSON object")
             if sys.platform == "win32" and not secrets.compare_digest(
-                    str(request.get("token", "")), self.token):
+                str(request.get("token", "")), self.token
+            ):
                 raise InvalidInput("bad control token")
             reply = {"ok": True, **await self.handler(request)}
         except CrcError as exc:
             reply = {"ok": False, "status": exc.http_status, **exc.to_payload()}
         except (ValueError, asyncio.TimeoutError, asyncio.LimitOverrunError):
-            reply = {"ok": False, "status": 400, "error": {
-                "code": "invalid_input", "message": "malformed request"}}
+            reply = {
+                "ok": False,
+                "status": 400,
+                "error": {"code": "invalid_input", "message": "malformed request"},
+            }
         with contextlib.suppress(ConnectionError):
             writer.write(json.dumps(reply).encode() + b"\n")
             await writer.drain()
@@ -115,11 +122,15 @@ def call(state_dir: Path, request: dict[str, Any], timeout: float = 30.0) -> dic
             request = {**request, "token": info["token"]}
             sock = socket.create_connection(("127.0.0.1", info["port"]), timeout=timeout)
     except (FileNotFoundError, ConnectionRefusedError) as exc:
-        raise Unavailable(f"no agent is running with state dir {state_dir} ({exc.strerror}): "
-                          "start it with `crc agent run` or give --state-dir") from None
+        raise Unavailable(
+            f"no agent is running with state dir {state_dir} ({exc.strerror}): "
+            "start it with `crc agent run` or give --state-dir"
+        ) from None
     except PermissionError:
-        raise Unavailable(f"permission denied on the agent's control socket in {state_dir}: "
-                          "run as root (or the agent's user)") from None
+        raise Unavailable(
+            f"permission denied on the agent's control socket in {state_dir}: "
+            "run as root (or the agent's user)"
+        ) from None
     with sock:
         sock.sendall(json.dumps(request).encode() + b"\n")
         data = b""

@@ -50,9 +50,9 @@ class Revoked(CrcError):
 def _ws_url(url: str) -> str:
     base = url.rstrip("/")
     if base.startswith("https://"):
-        base = "wss://" + base[len("https://"):]
+        base = "wss://" + base[len("https://") :]
     elif base.startswith("http://"):
-        base = "ws://" + base[len("http://"):]
+        base = "ws://" + base[len("http://") :]
     return base + "/v1/agent/connect"
 
 
@@ -83,16 +83,27 @@ def enroll(state: AgentState, url: str, key: str, fingerprint: str | None) -> Cr
 
 def _enroll_once(url: str, key: str, fingerprint: str | None) -> Credential:
     ctx, pem = client_context(url, fingerprint)
-    data = call_json(url.rstrip("/") + "/v1/agent/enroll", ctx, method="POST",
-                     body={"key": key})
-    return Credential(url=url, credential=data["credential"], machine=data["machine"],
-                      group=data["group"], fingerprint=fingerprint, cert_pem=pem)
+    data = call_json(url.rstrip("/") + "/v1/agent/enroll", ctx, method="POST", body={"key": key})
+    return Credential(
+        url=url,
+        credential=data["credential"],
+        machine=data["machine"],
+        group=data["group"],
+        fingerprint=fingerprint,
+        cert_pem=pem,
+    )
 
 
 class Agent:
-    def __init__(self, state: AgentState, cred: Credential, platform: Platform | None = None,
-                 gate_ready: bool = False, follow_logs: tuple[str, ...] = (),
-                 facts_interval: float = FACTS_SECONDS) -> None:
+    def __init__(
+        self,
+        state: AgentState,
+        cred: Credential,
+        platform: Platform | None = None,
+        gate_ready: bool = False,
+        follow_logs: tuple[str, ...] = (),
+        facts_interval: float = FACTS_SECONDS,
+    ) -> None:
         self.follow_logs = follow_logs
         self.facts_interval = facts_interval
         self.urls = split_urls(cred.url)
@@ -114,9 +125,15 @@ class Agent:
         self.stopping = asyncio.Event()
 
     # -- sending ------------------------------------------------------------------------
-    async def emit(self, type: str, body: dict[str, Any], to: str = "master",
-                   correlation_id: str | None = None, job_done: str | None = None,
-                   job_process: tuple[str, str | None] | None = None) -> None:
+    async def emit(
+        self,
+        type: str,
+        body: dict[str, Any],
+        to: str = "master",
+        correlation_id: str | None = None,
+        job_done: str | None = None,
+        job_process: tuple[str, str | None] | None = None,
+    ) -> None:
         """Persist a message, then send it if connected (else it goes after reconnect).
         ``job_done`` / ``job_process`` are recorded in the same transaction (AgentState)."""
         env = Envelope.make(self.cred.group, self.cred.machine, to, type, body, correlation_id)
@@ -132,16 +149,22 @@ class Agent:
     async def run(self) -> None:
         """Run until revoked (raises Revoked) or cancelled."""
         for job_id, proc in self.state.interrupted_jobs():
-            reason = ("the agent stopped (crash, kill or reboot) while the job was running; "
-                      "not re-run")
+            reason = (
+                "the agent stopped (crash, kill or reboot) while the job was running; not re-run"
+            )
             killed = self.platform.kill_leftovers(proc) if proc else 0
             if killed:
                 reason += f"; {killed} process(es) it left running were killed"
-                log.warning("job %s: killed %d process(es) left running by the previous "
-                            "agent", job_id, killed)
-            await self.emit("job.result", {"job_id": job_id, "status": "lost",
-                                           "exit_code": None, "reason": reason},
-                            job_done=job_id)
+                log.warning(
+                    "job %s: killed %d process(es) left running by the previous agent",
+                    job_id,
+                    killed,
+                )
+            await self.emit(
+                "job.result",
+                {"job_id": job_id, "status": "lost", "exit_code": None, "reason": reason},
+                job_done=job_id,
+            )
         if not self.gate_ready and self.state.get("ready") != "1":
             self.state.put("ready", "1")
             await self.emit("system.ready", {})
@@ -165,7 +188,7 @@ class Agent:
                     self._next_url()
                 self.connected.clear()
                 attempt += 1
-                delay = random.uniform(0, min(BACKOFF_MAX, BACKOFF_MIN * 2 ** attempt))  # noqa: S311
+                delay = random.uniform(0, min(BACKOFF_MAX, BACKOFF_MIN * 2**attempt))  # noqa: S311
                 await asyncio.sleep(delay)
         finally:
             for task in list(self._tasks):
@@ -181,8 +204,12 @@ class Agent:
         async def emit(text: str) -> None:
             await self.emit("progress", {"text": text, "percent": None, "source": path})
 
-        await follow_log(path, emit, lambda: int(self.state.get(key, "0") or 0),
-                         lambda off: self.state.put(key, str(off)))
+        await follow_log(
+            path,
+            emit,
+            lambda: int(self.state.get(key, "0") or 0),
+            lambda off: self.state.put(key, str(off)),
+        )
 
     @property
     def url(self) -> str:
@@ -226,16 +253,27 @@ class Agent:
             self.state.save_credential(self.cred)
         try:
             async with connect(
-                _ws_url(self.url), ssl=ctx,
+                _ws_url(self.url),
+                ssl=ctx,
                 additional_headers={"Authorization": f"Bearer {self.cred.credential}"},
-                max_size=MAX_FRAME_BYTES, compression=None, open_timeout=20,
-                ping_interval=HEARTBEAT_SECONDS, ping_timeout=HEARTBEAT_SECONDS,
+                max_size=MAX_FRAME_BYTES,
+                compression=None,
+                open_timeout=20,
+                ping_interval=HEARTBEAT_SECONDS,
+                ping_timeout=HEARTBEAT_SECONDS,
                 user_agent_header=f"crc-agent/{__version__}",
             ) as ws:
-                await ws.send(encode_frame({"type": "hello", "ack": self.inbox.processed,
-                                            "resume_from": self.state.resume_from(),
-                                            "agent_version": __version__,
-                                            "ready": self.state.get("ready") == "1"}))
+                await ws.send(
+                    encode_frame(
+                        {
+                            "type": "hello",
+                            "ack": self.inbox.processed,
+                            "resume_from": self.state.resume_from(),
+                            "agent_version": __version__,
+                            "ready": self.state.get("ready") == "1",
+                        }
+                    )
+                )
                 welcome = decode_frame(await asyncio.wait_for(ws.recv(), 20))
                 if welcome["type"] == "revoked":
                     raise Revoked(str(welcome.get("reason") or "machine revoked"))
@@ -247,8 +285,7 @@ class Agent:
                         await ws.send(frame)
                     self._ws = ws
                 self.connected.set()
-                log.info("connected to %s as %s/%s", self.url, self.cred.group,
-                         self.cred.machine)
+                log.info("connected to %s as %s/%s", self.url, self.cred.group, self.cred.machine)
                 try:
                     async for text in ws:
                         await self._on_frame(ws, text)
@@ -261,8 +298,9 @@ class Agent:
                 raise Revoked(rcvd.reason or "machine revoked") from None
             raise Unavailable(f"connection closed: {exc}") from None
         except InvalidStatus as exc:
-            raise Unavailable(f"server refused the connection: HTTP "
-                              f"{exc.response.status_code}") from None
+            raise Unavailable(
+                f"server refused the connection: HTTP {exc.response.status_code}"
+            ) from None
 
     async def _on_frame(self, ws: Any, text: str | bytes) -> None:
         try:
@@ -274,8 +312,10 @@ class Agent:
         if kind == "ack":
             self.state.acked(frame["seq"])
         elif kind == "revoked":
-            raise Revoked(str(frame.get("reason") or "machine revoked"),
-                          uninstall=frame.get("uninstall") is True)
+            raise Revoked(
+                str(frame.get("reason") or "machine revoked"),
+                uninstall=frame.get("uninstall") is True,
+            )
         elif kind == "error":
             log.warning("server reported: %s", frame.get("error"))
         elif kind == "msg":
@@ -307,8 +347,8 @@ class Agent:
         if env.type in ("hosts.sync", "file.put", "file.get"):
             job_id = str(env.body.get("job_id") or "") or None
         fresh = self.state.mark_processed(
-            seq, start_job=job_id,
-            message=env if env.type.startswith("user.") else None)
+            seq, start_job=job_id, message=env if env.type.startswith("user.") else None
+        )
         self.inbox.mark_processed(seq)
         await ws.send(encode_frame({"type": "ack", "seq": seq}))
         if env.type.startswith("user."):
@@ -321,8 +361,10 @@ class Agent:
         elif env.type == "job.run":
             if start is None:
                 job_id = str(env.body.get("job_id") or env.correlation_id or "")
-                await self.emit("job.result", {"job_id": job_id, "status": "failed",
-                                               "exit_code": None, "reason": error})
+                await self.emit(
+                    "job.result",
+                    {"job_id": job_id, "status": "failed", "exit_code": None, "reason": error},
+                )
             elif fresh:
                 # Registered now, not when the task first runs: a job.cancel read in
                 # the same batch as the job.run must find it.
@@ -344,22 +386,40 @@ class Agent:
         cancel = self._jobs.setdefault(job.job_id, asyncio.Event())
 
         async def output(stream: str, data: str) -> None:
-            await self.emit("job.output", {"job_id": job.job_id, "stream": stream,
-                                           "data": data})
+            await self.emit("job.output", {"job_id": job.job_id, "stream": stream, "data": data})
 
         async def started(pid: int) -> None:
-            await self.emit("job.started", {"job_id": job.job_id},
-                            job_process=(job.job_id, self.platform.process_identity(pid)))
+            await self.emit(
+                "job.started",
+                {"job_id": job.job_id},
+                job_process=(job.job_id, self.platform.process_identity(pid)),
+            )
 
         try:
-            outcome = await run_job(job, self.platform, output, started, cancel,
-                                    {"CRC_MACHINE": self.cred.machine,
-                                     "CRC_GROUP": self.cred.group, "CRC_JOB_ID": job.job_id})
+            outcome = await run_job(
+                job,
+                self.platform,
+                output,
+                started,
+                cancel,
+                {
+                    "CRC_MACHINE": self.cred.machine,
+                    "CRC_GROUP": self.cred.group,
+                    "CRC_JOB_ID": job.job_id,
+                },
+            )
         finally:
             self._jobs.pop(job.job_id, None)
-        await self.emit("job.result", {"job_id": job.job_id, "status": outcome.status,
-                                       "exit_code": outcome.exit_code,
-                                       "reason": outcome.reason}, job_done=job.job_id)
+        await self.emit(
+            "job.result",
+            {
+                "job_id": job.job_id,
+                "status": outcome.status,
+                "exit_code": outcome.exit_code,
+                "reason": outcome.reason,
+            },
+            job_done=job.job_id,
+        )
 
     async def _hosts_sync(self, job_id: str, body: dict[str, Any]) -> None:
         # Taken before the first await: tasks start in arrival order, and the lock
@@ -380,16 +440,31 @@ class Agent:
             path = self.platform.hosts_path()
             changed = await asyncio.to_thread(sync_hosts, path, entries, group)
         except (OSError, KeyError, TypeError, ValueError) as exc:
-            await self.emit("job.result", {"job_id": job_id, "status": "failed",
-                                           "exit_code": 1, "reason": f"hosts file: {exc}"},
-                            job_done=job_id)
+            await self.emit(
+                "job.result",
+                {
+                    "job_id": job_id,
+                    "status": "failed",
+                    "exit_code": 1,
+                    "reason": f"hosts file: {exc}",
+                },
+                job_done=job_id,
+            )
             return
         lines = "".join(f"{ip} {' '.join(names)}\n" for ip, names in entries)
-        await self.emit("job.output", {"job_id": job_id, "stream": "stdout",
-                                       "data": f"{path} {'updated' if changed else 'unchanged'}"
-                                               f"\n{lines}"})
-        await self.emit("job.result", {"job_id": job_id, "status": "succeeded",
-                                       "exit_code": 0, "reason": None}, job_done=job_id)
+        await self.emit(
+            "job.output",
+            {
+                "job_id": job_id,
+                "stream": "stdout",
+                "data": f"{path} {'updated' if changed else 'unchanged'}\n{lines}",
+            },
+        )
+        await self.emit(
+            "job.result",
+            {"job_id": job_id, "status": "succeeded", "exit_code": 0, "reason": None},
+            job_done=job_id,
+        )
 
     async def _file_job(self, job_id: str, kind: str, body: dict[str, Any]) -> None:
         from .files import fetch_blob, upload_file
@@ -399,39 +474,61 @@ class Agent:
         try:
             if kind == "file.put":
                 summary = await asyncio.to_thread(
-                    fetch_blob, self.url, self.cred.credential, ctx, str(body["sha256"]),
-                    int(body["size"]), str(body["path"]), body.get("mode"), body.get("owner"))
+                    fetch_blob,
+                    self.url,
+                    self.cred.credential,
+                    ctx,
+                    str(body["sha256"]),
+                    int(body["size"]),
+                    str(body["path"]),
+                    body.get("mode"),
+                    body.get("owner"),
+                )
             else:
-                summary = await asyncio.to_thread(upload_file, self.url,
-                                                  self.cred.credential, ctx, job_id,
-                                                  str(body["path"]))
+                summary = await asyncio.to_thread(
+                    upload_file, self.url, self.cred.credential, ctx, job_id, str(body["path"])
+                )
         except (CrcError, OSError, KeyError, TypeError, ValueError) as exc:
             reason = exc.message if isinstance(exc, CrcError) else str(exc)
-            await self.emit("job.result", {"job_id": job_id, "status": "failed",
-                                           "exit_code": 1, "reason": reason}, job_done=job_id)
+            await self.emit(
+                "job.result",
+                {"job_id": job_id, "status": "failed", "exit_code": 1, "reason": reason},
+                job_done=job_id,
+            )
             return
-        await self.emit("job.output", {"job_id": job_id, "stream": "stdout",
-                                       "data": summary + "\n"})
-        await self.emit("job.result", {"job_id": job_id, "status": "succeeded",
-                                       "exit_code": 0, "reason": None}, job_done=job_id)
+        await self.emit(
+            "job.output", {"job_id": job_id, "stream": "stdout", "data": summary + "\n"}
+        )
+        await self.emit(
+            "job.result",
+            {"job_id": job_id, "status": "succeeded", "exit_code": 0, "reason": None},
+            job_done=job_id,
+        )
 
     async def roster(self) -> dict[str, Any]:
         """The group's roster, fetched from the server with this machine's credential."""
         return await asyncio.to_thread(self._get, "/v1/agent/roster")
 
-    async def http(self, method: str, path: str, body: Any = None, timeout: float = 30
-                   ) -> dict[str, Any]:
+    async def http(
+        self, method: str, path: str, body: Any = None, timeout: float = 30
+    ) -> dict[str, Any]:
         """Call the server's agent API with this machine's credential."""
         return await asyncio.to_thread(self._get, path, method, body, timeout)
 
-    def _get(self, path: str, method: str = "GET", body: Any = None, timeout: float = 30
-             ) -> dict[str, Any]:
+    def _get(
+        self, path: str, method: str = "GET", body: Any = None, timeout: float = 30
+    ) -> dict[str, Any]:
         ctx, _ = client_context(self.url, self.cred.fingerprint, self.cred.cert_pem)
-        return call_json(self.url.rstrip("/") + path, ctx, method=method, body=body,
-                         credential=self.cred.credential, timeout=timeout)
+        return call_json(
+            self.url.rstrip("/") + path,
+            ctx,
+            method=method,
+            body=body,
+            credential=self.cred.credential,
+            timeout=timeout,
+        )
 
-    async def wait_message(self, type: str, sender: str | None, timeout: float
-                           ) -> dict[str, Any]:
+    async def wait_message(self, type: str, sender: str | None, timeout: float) -> dict[str, Any]:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
@@ -454,12 +551,15 @@ class Agent:
         await self.emit("system.ready", {})
 
 
-def load_or_enroll(state: AgentState, url: str | None, key: str | None,
-                   fingerprint: str | None) -> Credential:
+def load_or_enroll(
+    state: AgentState, url: str | None, key: str | None, fingerprint: str | None
+) -> Credential:
     cred = state.load_credential()
     if cred is not None:
         return cred
     if not url or not key:
-        raise KeyRejected("this machine is not enrolled yet: give --url and --key (the "
-                          "single-use key from `crc group create`)")
+        raise KeyRejected(
+            "this machine is not enrolled yet: give --url and --key (the "
+            "single-use key from `crc group create`)"
+        )
     return enroll(state, url, key, fingerprint)

@@ -62,13 +62,16 @@ _FIB_TRIE_PATH = "/proc/net/fib_trie"
 _IF_INET6_PATH = "/proc/net/if_inet6"
 
 # RFC 1918, RFC 6598 (carrier-grade NAT, also used by some clouds' VPCs), RFC 4193.
-_PRIVATE_NETS = tuple(ipaddress.ip_network(n) for n in (
-    "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7"))
+_PRIVATE_NETS = tuple(
+    ipaddress.ip_network(n)
+    for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7")
+)
 
 # Bridges and veths of container and VM runtimes: real addresses, but only reachable from
 # this host, so they go to the end of the list (peers take the first usable address).
 _LOCAL_ONLY_IFACE = re.compile(
-    r"docker\d|br-[0-9a-f]{12}$|veth|virbr|cni|podman|lxcbr|lxdbr|flannel|cali|vxlan")
+    r"docker\d|br-[0-9a-f]{12}$|veth|virbr|cni|podman|lxcbr|lxdbr|flannel|cali|vxlan"
+)
 
 # /proc/net/if_inet6 flags (linux/if_addr.h): temporary (privacy) addresses rotate and
 # would make the facts change every day; deprecated and DAD-failed ones are unusable.
@@ -76,9 +79,19 @@ _IFA_F_TEMPORARY, _IFA_F_DADFAILED, _IFA_F_DEPRECATED = 0x01, 0x08, 0x20
 _SKIPPED_V6_FLAGS = ("temporary", "deprecated", "dadfailed")  # same, as `ip -j` names them
 
 _ARCH = {
-    "x86_64": "x86_64", "amd64": "x86_64", "x64": "x86_64", "em64t": "x86_64",
-    "aarch64": "arm64", "arm64": "arm64", "armv8": "arm64", "armv8l": "arm64",
-    "i386": "x86", "i486": "x86", "i586": "x86", "i686": "x86", "x86": "x86",
+    "x86_64": "x86_64",
+    "amd64": "x86_64",
+    "x64": "x86_64",
+    "em64t": "x86_64",
+    "aarch64": "arm64",
+    "arm64": "arm64",
+    "armv8": "arm64",
+    "armv8l": "arm64",
+    "i386": "x86",
+    "i486": "x86",
+    "i586": "x86",
+    "i686": "x86",
+    "x86": "x86",
 }
 
 # Addresses used only to ask the routing table which source address it would pick:
@@ -155,8 +168,9 @@ def interface_addresses() -> list[str]:
     """
     found: list[tuple[str, str]] = []
     if sys.platform.startswith("linux"):
-        found = (_best_effort("ip command", _from_ip_command, [])
-                 or _best_effort("/proc/net", _from_proc, []))
+        found = _best_effort("ip command", _from_ip_command, []) or _best_effort(
+            "/proc/net", _from_proc, []
+        )
     if not found:
         found = _best_effort("getaddrinfo", _from_getaddrinfo, [])
     primary = _best_effort("default route", _primary_addresses, [])
@@ -177,8 +191,13 @@ def _from_ip_command() -> list[tuple[str, str]]:
     ip = shutil.which("ip")
     if ip is None:
         return []
-    proc = subprocess.run([ip, "-j", "addr", "show"], capture_output=True,
-                          stdin=subprocess.DEVNULL, timeout=IP_COMMAND_TIMEOUT, check=False)
+    proc = subprocess.run(
+        [ip, "-j", "addr", "show"],
+        capture_output=True,
+        stdin=subprocess.DEVNULL,
+        timeout=IP_COMMAND_TIMEOUT,
+        check=False,
+    )
     if proc.returncode != 0:  # busybox and iproute2 < 4.13 have no -j
         return []
     return _parse_ip_json(proc.stdout)
@@ -253,8 +272,7 @@ def _parse_if_inet6(text: str) -> list[tuple[str, str]]:
 
 def _from_getaddrinfo() -> list[tuple[str, str]]:
     infos = socket.getaddrinfo(socket.gethostname(), None, type=socket.SOCK_STREAM)
-    return [("", str(info[4][0])) for info in infos
-            if info[0] in (socket.AF_INET, socket.AF_INET6)]
+    return [("", str(info[4][0])) for info in infos if info[0] in (socket.AF_INET, socket.AF_INET6)]
 
 
 def _primary_addresses() -> list[str]:
@@ -274,8 +292,13 @@ def _ordered(primary: list[str], found: list[tuple[str, str]]) -> list[str]:
     out: list[str] = []
     for _, text in sorted(ranked, key=lambda r: r[0]):  # stable: keeps interface order
         addr = _parse(text)
-        if addr is None or addr.is_loopback or addr.is_link_local or addr.is_multicast \
-                or addr.is_unspecified:
+        if (
+            addr is None
+            or addr.is_loopback
+            or addr.is_link_local
+            or addr.is_multicast
+            or addr.is_unspecified
+        ):
             continue
         if str(addr) not in out:
             out.append(str(addr))
@@ -319,7 +342,8 @@ def _os_release() -> str | None:
         except OSError:
             info = {}
         pretty = info.get("PRETTY_NAME") or " ".join(
-            v for v in (info.get("NAME"), info.get("VERSION_ID")) if v)
+            v for v in (info.get("NAME"), info.get("VERSION_ID")) if v
+        )
         return pretty or f"Linux {os.uname().release}"
     if sys.platform == "win32":
         return _windows_release()
@@ -340,21 +364,26 @@ def _windows_release() -> str:
     fallback = f"Windows {version.major}.{version.minor}.{version.build}"
     try:
         winreg = importlib.import_module("winreg")
-        with winreg.OpenKey(winreg.HKEY_LOCAL_MACHINE,
-                            r"SOFTWARE\Microsoft\Windows NT\CurrentVersion") as key:
+        with winreg.OpenKey(
+            winreg.HKEY_LOCAL_MACHINE, r"SOFTWARE\Microsoft\Windows NT\CurrentVersion"
+        ) as key:
             product = winreg.QueryValueEx(key, "ProductName")[0]
     except (ImportError, OSError):
         return fallback
-    return f"{product} (build {version.build})" if isinstance(product, str) and product \
-        else fallback
+    return (
+        f"{product} (build {version.build})" if isinstance(product, str) and product else fallback
+    )
 
 
 def _arch() -> str | None:
     if sys.platform == "win32":
         # The OS's architecture, not this Python's: a 32-bit Python on 64-bit Windows
         # sees PROCESSOR_ARCHITECTURE=x86 and the truth in PROCESSOR_ARCHITEW6432.
-        machine = (os.environ.get("PROCESSOR_ARCHITEW6432")
-                   or os.environ.get("PROCESSOR_ARCHITECTURE") or "")
+        machine = (
+            os.environ.get("PROCESSOR_ARCHITEW6432")
+            or os.environ.get("PROCESSOR_ARCHITECTURE")
+            or ""
+        )
     else:
         machine = os.uname().machine
     return normalise_arch(machine) or None
@@ -381,16 +410,22 @@ def _windows_boot_id() -> str | None:
     import ctypes
 
     class TimeOfDay(ctypes.Structure):
-        _fields_ = [("boot_time", ctypes.c_int64), ("current_time", ctypes.c_int64),
-                    ("time_zone_bias", ctypes.c_int64), ("time_zone_id", ctypes.c_uint32),
-                    ("reserved", ctypes.c_uint32), ("boot_time_bias", ctypes.c_int64),
-                    ("sleep_time_bias", ctypes.c_uint64)]
+        _fields_ = [
+            ("boot_time", ctypes.c_int64),
+            ("current_time", ctypes.c_int64),
+            ("time_zone_bias", ctypes.c_int64),
+            ("time_zone_id", ctypes.c_uint32),
+            ("reserved", ctypes.c_uint32),
+            ("boot_time_bias", ctypes.c_int64),
+            ("sleep_time_bias", ctypes.c_uint64),
+        ]
 
     info = TimeOfDay()
     returned = ctypes.c_ulong(0)
     ntdll = getattr(ctypes, "WinDLL")("ntdll")  # noqa: B009 -- absent off Windows
-    status = ntdll.NtQuerySystemInformation(3, ctypes.byref(info), ctypes.sizeof(info),
-                                            ctypes.byref(returned))
+    status = ntdll.NtQuerySystemInformation(
+        3, ctypes.byref(info), ctypes.sizeof(info), ctypes.byref(returned)
+    )
     if status != 0 or info.boot_time <= 0:
         return None
     # Older kernels return a shorter structure without the bias (then nothing to undo).

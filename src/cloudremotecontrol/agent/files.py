@@ -34,9 +34,17 @@ def _hash_file(path: str) -> tuple[Any, int]:
     return digest, size
 
 
-def fetch_blob(base_url: str, credential: str, ctx: ssl.SSLContext | None, sha: str,
-               size: int, dest: str, mode: str | None, owner: str | None,
-               sleep: Callable[[float], None] = time.sleep) -> str:
+def fetch_blob(
+    base_url: str,
+    credential: str,
+    ctx: ssl.SSLContext | None,
+    sha: str,
+    size: int,
+    dest: str,
+    mode: str | None,
+    owner: str | None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> str:
     """Download blob ``sha`` to ``dest``: into ``.crc-<name>.<sha>.part`` beside it,
     resuming with a Range request after a broken transfer, verify the SHA-256, apply
     mode/owner, then rename over ``dest`` (atomic in one directory). Returns a summary."""
@@ -69,13 +77,15 @@ def fetch_blob(base_url: str, credential: str, ctx: ssl.SSLContext | None, sha: 
         except (urllib.error.URLError, OSError) as exc:
             if attempt == ATTEMPTS - 1:
                 raise Unavailable(f"download of {sha[:12]} failed: {exc}") from None
-            sleep(min(10.0, 0.5 * 2 ** attempt))
+            sleep(min(10.0, 0.5 * 2**attempt))
     digest, got = _hash_file(part)
     if digest.hexdigest() != sha or got != size:
         os.unlink(part)
-        raise InvalidInput(f"downloaded content does not match sha256 {sha} "
-                           f"({got} of {size} bytes): removed, push again",
-                           code="hash_mismatch")
+        raise InvalidInput(
+            f"downloaded content does not match sha256 {sha} "
+            f"({got} of {size} bytes): removed, push again",
+            code="hash_mismatch",
+        )
     try:
         if mode is not None:
             os.chmod(part, int(mode, 8))
@@ -93,8 +103,9 @@ def fetch_blob(base_url: str, credential: str, ctx: ssl.SSLContext | None, sha: 
 
 def _chown(path: str, owner: str) -> None:
     if sys.platform == "win32":
-        raise InvalidInput("--owner is not supported on Windows (files get the ACL of "
-                           "their directory)")
+        raise InvalidInput(
+            "--owner is not supported on Windows (files get the ACL of their directory)"
+        )
     import grp
     import pwd
 
@@ -107,16 +118,25 @@ def _chown(path: str, owner: str) -> None:
     os.chown(path, uid, gid)
 
 
-def upload_file(base_url: str, credential: str, ctx: ssl.SSLContext | None, job_id: str,
-                path: str) -> str:
+def upload_file(
+    base_url: str, credential: str, ctx: ssl.SSLContext | None, job_id: str, path: str
+) -> str:
     """Upload ``path`` for pull job ``job_id`` (streamed, with its SHA-256)."""
     if not os.path.isfile(path):
         raise InvalidInput(f"{path} is not a file on this machine")
     digest, size = _hash_file(path)
     with open(path, "rb") as fh:
-        call_json(f"{base_url.rstrip('/')}/v1/agent/uploads/{job_id}", ctx, method="PUT",
-                  data=fh, credential=credential, timeout=300,
-                  headers={"Content-Length": str(size),
-                           "Content-Type": "application/octet-stream",
-                           "X-Content-SHA256": digest.hexdigest()})
+        call_json(
+            f"{base_url.rstrip('/')}/v1/agent/uploads/{job_id}",
+            ctx,
+            method="PUT",
+            data=fh,
+            credential=credential,
+            timeout=300,
+            headers={
+                "Content-Length": str(size),
+                "Content-Type": "application/octet-stream",
+                "X-Content-SHA256": digest.hexdigest(),
+            },
+        )
     return f"{path}: {size} bytes, sha256 {digest.hexdigest()}"

@@ -19,8 +19,12 @@ MAX_LINES_PER_TICK = 20
 MAX_LINE = 1000
 
 
-async def follow_log(path: str, emit: Callable[[str], Awaitable[None]],
-                     get_offset: Callable[[], int], set_offset: Callable[[int], None]) -> None:
+async def follow_log(
+    path: str,
+    emit: Callable[[str], Awaitable[None]],
+    get_offset: Callable[[], int],
+    set_offset: Callable[[int], None],
+) -> None:
     """Run until cancelled; ``emit(text)`` reports one progress line."""
     offset = get_offset()
     partial = b""
@@ -39,8 +43,11 @@ async def follow_log(path: str, emit: Callable[[str], Awaitable[None]],
                 offset += len(data)
                 lines = (partial + data).split(b"\n")
                 partial = lines.pop()
-                texts = [ln.decode(errors="replace").rstrip("\r")[:MAX_LINE]
-                         for ln in lines if ln.strip()]
+                texts = [
+                    ln.decode(errors="replace").rstrip("\r")[:MAX_LINE]
+                    for ln in lines
+                    if ln.strip()
+                ]
                 if len(texts) > MAX_LINES_PER_TICK:
                     skipped = len(texts) - MAX_LINES_PER_TICK
                     texts = [f"({skipped} log lines skipped)", *texts[-MAX_LINES_PER_TICK:]]

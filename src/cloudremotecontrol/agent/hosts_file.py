@@ -154,8 +154,13 @@ def write_hosts(path: str, content: bytes) -> bool:
         except OSError as exc:
             # EPERM/EINVAL also come from chown in a user namespace (rootless containers)
             # where the original's owner is unmapped: in place, the owner stays as it was.
-            if st is None or exc.errno not in (errno.EBUSY, errno.EXDEV, errno.EPERM,
-                                               errno.EACCES, errno.EINVAL):
+            if st is None or exc.errno not in (
+                errno.EBUSY,
+                errno.EXDEV,
+                errno.EPERM,
+                errno.EACCES,
+                errno.EINVAL,
+            ):
                 raise
             _rewrite_in_place(path, content)
         else:
@@ -245,7 +250,7 @@ def _newline(outside: bytes, old_block: bytes) -> bytes:
     for text in (outside, old_block):
         idx = text.find(b"\n")
         if idx >= 0:
-            return b"\r\n" if text[idx - 1:idx] == b"\r" else b"\n"
+            return b"\r\n" if text[idx - 1 : idx] == b"\r" else b"\n"
     return b"\n"
 
 

@@ -23,9 +23,17 @@ def http_error(exc: urllib.error.HTTPError) -> CrcError:
     return error_from_payload(exc.code, payload)
 
 
-def call_json(url: str, ctx: ssl.SSLContext | None, *, method: str = "GET",
-              body: Any = None, data: Any = None, credential: str | None = None,
-              headers: dict[str, str] | None = None, timeout: float = 30) -> dict[str, Any]:
+def call_json(
+    url: str,
+    ctx: ssl.SSLContext | None,
+    *,
+    method: str = "GET",
+    body: Any = None,
+    data: Any = None,
+    credential: str | None = None,
+    headers: dict[str, str] | None = None,
+    timeout: float = 30,
+) -> dict[str, Any]:
     """Send a request (a JSON ``body``, or raw ``data`` such as an open file) and return
     the JSON answer. ``url`` must be http(s): callers got ``ctx`` from client_context(),
     which accepts nothing else."""
@@ -35,8 +43,8 @@ def call_json(url: str, ctx: ssl.SSLContext | None, *, method: str = "GET",
     if body is not None:
         data = json.dumps(body).encode()
         all_headers["Content-Type"] = "application/json"
-    req = urllib.request.Request(url, data=data, method=method,  # noqa: S310
-                                 headers=all_headers)
+    # Only https:// (or loopback http:// with --insecure) URLs reach here: see callers.
+    req = urllib.request.Request(url, data=data, method=method, headers=all_headers)  # noqa: S310
     try:
         with urllib.request.urlopen(req, timeout=timeout, context=ctx) as resp:  # noqa: S310
             return dict(json.loads(resp.read()))

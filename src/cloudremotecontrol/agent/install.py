@@ -55,12 +55,15 @@ def _load_credential(state_dir: Path) -> Credential | None:
     except FileNotFoundError:
         return None
     except (ValueError, TypeError):
-        raise KeyRejected(f"{state_dir / 'credential.json'} is damaged: remove {state_dir} "
-                          "and enroll again with a new key") from None
+        raise KeyRejected(
+            f"{state_dir / 'credential.json'} is damaged: remove {state_dir} "
+            "and enroll again with a new key"
+        ) from None
 
 
-def _enroll(platform: Platform, state_dir: Path, url: str, key: str, fingerprint: str | None,
-            wait: float) -> Credential:
+def _enroll(
+    platform: Platform, state_dir: Path, url: str, key: str, fingerprint: str | None, wait: float
+) -> Credential:
     from .core import enroll
 
     deadline = time.monotonic() + wait
@@ -82,11 +85,19 @@ def _enroll(platform: Platform, state_dir: Path, url: str, key: str, fingerprint
         state.close()
 
 
-def install_agent(platform: Platform, state_dir: Path, *, url: str | None = None,
-                  key: str | None = None, key_file: str | None = None,
-                  fingerprint: str | None = None, gate_ready: bool = False,
-                  restart: bool = False, wait: float = 300.0,
-                  manager: ServiceManager | None = None) -> dict[str, Any]:
+def install_agent(
+    platform: Platform,
+    state_dir: Path,
+    *,
+    url: str | None = None,
+    key: str | None = None,
+    key_file: str | None = None,
+    fingerprint: str | None = None,
+    gate_ready: bool = False,
+    restart: bool = False,
+    wait: float = 300.0,
+    manager: ServiceManager | None = None,
+) -> dict[str, Any]:
     """Enroll if needed, then register, enable and start the service. Idempotent."""
     state_dir = Path(state_dir)
     cred = _load_credential(state_dir)
@@ -98,9 +109,11 @@ def install_agent(platform: Platform, state_dir: Path, *, url: str | None = None
             except OSError as exc:
                 raise KeyRejected(f"cannot read key file {key_file}: {exc.strerror}") from None
         if not url or not key:
-            raise KeyRejected("this machine is not enrolled yet: give --url and --key or "
-                              "--key-file (the single-use key of `crc group create` or "
-                              "`crc bootstrap`)")
+            raise KeyRejected(
+                "this machine is not enrolled yet: give --url and --key or "
+                "--key-file (the single-use key of `crc group create` or "
+                "`crc bootstrap`)"
+            )
         cred = _enroll(platform, state_dir, url, key, fingerprint, wait)
         enrolled_now = True
     if key_file is not None:
@@ -108,9 +121,12 @@ def install_agent(platform: Platform, state_dir: Path, *, url: str | None = None
         Path(key_file).unlink(missing_ok=True)
     python, entry = agent_command()
     run_args = ("--state-dir", str(state_dir), *(("--gate-ready",) if gate_ready else ()))
-    spec = ServiceSpec(python=python, entry=entry, run_args=run_args,
-                       description=f"CloudRemoteControl agent ({cred.group}/{cred.machine} "
-                                   f"at {cred.url})")
+    spec = ServiceSpec(
+        python=python,
+        entry=entry,
+        run_args=run_args,
+        description=f"CloudRemoteControl agent ({cred.group}/{cred.machine} at {cred.url})",
+    )
     mgr = manager or platform.service_manager()
     # The agent this service runs knows it is one (for a group's uninstall_on_delete).
     marker = state_dir / SERVICE_MARKER
@@ -118,15 +134,29 @@ def install_agent(platform: Platform, state_dir: Path, *, url: str | None = None
     if not marker.exists() or marker.read_text() != text:
         marker.write_text(text)
     change = mgr.install(spec, restart=restart)
-    return {"service": spec.name, "manager": mgr.kind, "definition": change.location,
-            "definition_changed": change.definition_changed, "action": change.action,
-            "enrolled_now": enrolled_now, "group": cred.group, "machine": cred.machine,
-            "url": cred.url, "state_dir": str(state_dir), "command": spec.argv}
+    return {
+        "service": spec.name,
+        "manager": mgr.kind,
+        "definition": change.location,
+        "definition_changed": change.definition_changed,
+        "action": change.action,
+        "enrolled_now": enrolled_now,
+        "group": cred.group,
+        "machine": cred.machine,
+        "url": cred.url,
+        "state_dir": str(state_dir),
+        "command": spec.argv,
+    }
 
 
-def uninstall_agent(platform: Platform, state_dir: Path, *, purge: bool = False,
-                    manager: ServiceManager | None = None, stop: bool = True
-                    ) -> dict[str, Any]:
+def uninstall_agent(
+    platform: Platform,
+    state_dir: Path,
+    *,
+    purge: bool = False,
+    manager: ServiceManager | None = None,
+    stop: bool = True,
+) -> dict[str, Any]:
     """Stop and remove the service; with ``purge`` also the credential and queue. With
     ``stop=False``: the service's own agent removing it as it exits."""
     mgr = manager or platform.service_manager()
@@ -136,11 +166,20 @@ def uninstall_agent(platform: Platform, state_dir: Path, *, purge: bool = False,
     (state_dir / SERVICE_MARKER).unlink(missing_ok=True)
     if purge and state_dir.exists():
         if not any((state_dir / n).exists() for n in ("credential.json", "agent.db")):
-            raise InvalidInput(f"{state_dir} does not look like an agent state directory "
-                               "(no credential.json, no agent.db): not removing it")
+            raise InvalidInput(
+                f"{state_dir} does not look like an agent state directory "
+                "(no credential.json, no agent.db): not removing it"
+            )
         shutil.rmtree(state_dir)
         purged = True
-    return {"service": SERVICE_NAME, "manager": mgr.kind, "removed": removed,
-            "state_dir": str(state_dir), "purged": purged,
-            "note": None if purge else f"credential kept in {state_dir}: reinstalling "
-                                       "resumes as the same machine (--purge removes it)"}
+    return {
+        "service": SERVICE_NAME,
+        "manager": mgr.kind,
+        "removed": removed,
+        "state_dir": str(state_dir),
+        "purged": purged,
+        "note": None
+        if purge
+        else f"credential kept in {state_dir}: reinstalling "
+        "resumes as the same machine (--purge removes it)",
+    }

@@ -36,22 +36,35 @@ class JobOutcome:
     reason: str | None = None
 
 
-async def run_job(job: JobRun, platform: Platform, emit_output: Emit,
-                  started: Callable[[int], Awaitable[None]], cancelled: asyncio.Event,
-                  extra_env: dict[str, str] | None = None) -> JobOutcome:
+async def run_job(
+    job: JobRun,
+    platform: Platform,
+    emit_output: Emit,
+    started: Callable[[int], Awaitable[None]],
+    cancelled: asyncio.Event,
+    extra_env: dict[str, str] | None = None,
+) -> JobOutcome:
     """Run ``job`` to its end; the caller reports the outcome. ``extra_env`` (the
     machine's name, group and job id) is set before the job's own ``env``."""
     try:
-        argv = list(job.argv) if job.argv is not None else platform.shell_argv(job.shell,
-                                                                                 job.command or "")
+        argv = (
+            list(job.argv)
+            if job.argv is not None
+            else platform.shell_argv(job.shell, job.command or "")
+        )
     except CrcError as exc:
         return JobOutcome("failed", 127, exc.message)
     env = {**os.environ, **(extra_env or {}), **job.env}
     try:
         proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, cwd=job.cwd or None, env=env,
-            **platform.popen_options())
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            cwd=job.cwd or None,
+            env=env,
+            **platform.popen_options(),
+        )
     except FileNotFoundError as exc:
         missing = job.cwd if job.cwd and not os.path.isdir(job.cwd) else argv[0]
         return JobOutcome("failed", 127, f"cannot start: {missing}: {exc.strerror}")
@@ -70,21 +83,27 @@ async def run_job(job: JobRun, platform: Platform, emit_output: Emit,
         platform.process_ended(proc)
 
 
-async def _supervise(job: JobRun, platform: Platform, proc: asyncio.subprocess.Process,
-                     emit_output: Emit, started: Callable[[int], Awaitable[None]],
-                     cancelled: asyncio.Event) -> JobOutcome:
+async def _supervise(
+    job: JobRun,
+    platform: Platform,
+    proc: asyncio.subprocess.Process,
+    emit_output: Emit,
+    started: Callable[[int], Awaitable[None]],
+    cancelled: asyncio.Event,
+) -> JobOutcome:
     await started(proc.pid)
     assert proc.stdout is not None and proc.stderr is not None
-    readers = [asyncio.create_task(_pump(proc.stdout, "stdout", emit_output,
-                                         platform.output_decoder())),
-               asyncio.create_task(_pump(proc.stderr, "stderr", emit_output,
-                                         platform.output_decoder()))]
+    readers = [
+        asyncio.create_task(_pump(proc.stdout, "stdout", emit_output, platform.output_decoder())),
+        asyncio.create_task(_pump(proc.stderr, "stderr", emit_output, platform.output_decoder())),
+    ]
     waiter = asyncio.create_task(proc.wait())
     canceller = asyncio.create_task(cancelled.wait())
     ending: str | None = None
     try:
-        done, _ = await asyncio.wait({waiter, canceller}, timeout=job.timeout,
-                                     return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(
+            {waiter, canceller}, timeout=job.timeout, return_when=asyncio.FIRST_COMPLETED
+        )
         if waiter not in done:
             ending = "cancelled" if canceller in done else "timed_out"
             await _end_tree(proc, platform, waiter)
@@ -111,8 +130,9 @@ async def _supervise(job: JobRun, platform: Platform, proc: asyncio.subprocess.P
     return JobOutcome("failed", code)
 
 
-async def _end_tree(proc: asyncio.subprocess.Process, platform: Platform,
-                    waiter: asyncio.Task[int]) -> None:
+async def _end_tree(
+    proc: asyncio.subprocess.Process, platform: Platform, waiter: asyncio.Task[int]
+) -> None:
     platform.kill_tree(proc, force=False)
     try:
         await asyncio.wait_for(asyncio.shield(waiter), KILL_GRACE_SECONDS)
@@ -123,8 +143,12 @@ async def _end_tree(proc: asyncio.subprocess.Process, platform: Platform,
         await asyncio.wait_for(asyncio.shield(waiter), KILL_GRACE_SECONDS)
 
 
-async def _pump(stream: asyncio.StreamReader, name: str, emit: Emit,
-                decoder: codecs.IncrementalDecoder | None = None) -> None:
+async def _pump(
+    stream: asyncio.StreamReader,
+    name: str,
+    emit: Emit,
+    decoder: codecs.IncrementalDecoder | None = None,
+) -> None:
     if decoder is None:
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     buf: list[str] = []
@@ -138,7 +162,7 @@ async def _pump(stream: asyncio.StreamReader, name: str, emit: Emit,
             text = "".join(buf)
             buf, size = [], 0
             for i in range(0, len(text), MAX_OUTPUT_CHUNK_BYTES // 4):
-                await emit(name, text[i:i + MAX_OUTPUT_CHUNK_BYTES // 4])
+                await emit(name, text[i : i + MAX_OUTPUT_CHUNK_BYTES // 4])
 
     while True:
         timeout = max(0.0, deadline - loop.time()) if buf else None

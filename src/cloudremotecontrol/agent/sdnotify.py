@@ -22,8 +22,11 @@ _env: dict[str, str] | None = None
 def _settings() -> dict[str, str]:
     global _env
     if _env is None:
-        _env = {k: v for k in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
-                if (v := os.environ.pop(k, None)) is not None}
+        _env = {
+            k: v
+            for k in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
+            if (v := os.environ.pop(k, None)) is not None
+        }
     return _env
 
 

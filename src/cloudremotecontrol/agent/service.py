@@ -24,10 +24,16 @@ __all__ = ["run_agent"]
 log = logging.getLogger("crc.agent")
 
 
-def run_agent(state_dir: Path, url: str | None, key: str | None, fingerprint: str | None,
-              gate_ready: bool = False, follow_logs: tuple[str, ...] = (),
-              on_started: Callable[[Callable[[], None]], None] | None = None,
-              facts_interval: float = 30.0) -> str:
+def run_agent(
+    state_dir: Path,
+    url: str | None,
+    key: str | None,
+    fingerprint: str | None,
+    gate_ready: bool = False,
+    follow_logs: tuple[str, ...] = (),
+    on_started: Callable[[Callable[[], None]], None] | None = None,
+    facts_interval: float = 30.0,
+) -> str:
     """Run the agent in the foreground; return why it stopped (revocation).
 
     ``on_started`` (the Windows service host) is called once scripts can reach the agent,
@@ -37,11 +43,19 @@ def run_agent(state_dir: Path, url: str | None, key: str | None, fingerprint: st
     uninstall = False
     try:
         if state.get("revoked"):
-            raise Revoked(f"this machine was revoked ({state.get('revoked')}); remove "
-                          f"{state_dir} and enroll with a new key to use it again")
+            raise Revoked(
+                f"this machine was revoked ({state.get('revoked')}); remove "
+                f"{state_dir} and enroll with a new key to use it again"
+            )
         cred = load_or_enroll(state, url, key, fingerprint)
-        agent = Agent(state, cred, platform, gate_ready=gate_ready, follow_logs=follow_logs,
-                      facts_interval=facts_interval)
+        agent = Agent(
+            state,
+            cred,
+            platform,
+            gate_ready=gate_ready,
+            follow_logs=follow_logs,
+            facts_interval=facts_interval,
+        )
         try:
             asyncio.run(_main(agent, state_dir, on_started))
         except Revoked as exc:
@@ -64,14 +78,18 @@ def _uninstall_self(platform: Any, state_dir: Path) -> None:
     except Exception as exc:  # noqa: BLE001 -- logged; the agent stops either way
         log.error("could not uninstall the agent's service: %s", exc)
         return
-    log.warning("group deleted with uninstall_on_delete: service %s removed (%s), state "
-                "%s removed", out["service"], out["manager"], out["state_dir"])
+    log.warning(
+        "group deleted with uninstall_on_delete: service %s removed (%s), state %s removed",
+        out["service"],
+        out["manager"],
+        out["state_dir"],
+    )
 
 
-async def _main(agent: Agent, state_dir: Path,
-                on_started: Callable[[Callable[[], None]], None] | None = None) -> None:
-    control = ControlServer(state_dir, lambda req: _handle(agent, req),
-                            agent.platform.protect_file)
+async def _main(
+    agent: Agent, state_dir: Path, on_started: Callable[[Callable[[], None]], None] | None = None
+) -> None:
+    control = ControlServer(state_dir, lambda req: _handle(agent, req), agent.platform.protect_file)
     await control.start()
     loop = asyncio.get_running_loop()
     # systemd Type=notify: READY=1 now that scripts can reach us, then watchdog pings.
@@ -100,8 +118,9 @@ async def _handle(agent: Agent, req: dict[str, Any]) -> dict[str, Any]:
         text, pct = req.get("text"), req.get("percent")
         if not isinstance(text, str) or not text.strip():
             raise InvalidInput("progress needs a text")
-        if pct is not None and (isinstance(pct, bool) or not isinstance(pct, (int, float))
-                                or not 0 <= pct <= 100):
+        if pct is not None and (
+            isinstance(pct, bool) or not isinstance(pct, (int, float)) or not 0 <= pct <= 100
+        ):
             raise InvalidInput("--percent must be between 0 and 100")
         await agent.emit("progress", {"text": text, "percent": pct})
         return {}
@@ -135,8 +154,9 @@ async def _handle(agent: Agent, req: dict[str, Any]) -> dict[str, Any]:
         if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not 0 < wait <= 300:
             raise InvalidInput("--timeout must be between 0 and 300 seconds")
         newer = req.get("newer_than", 0)
-        return await agent.http("GET", f"{path}?wait={wait}&newer_than={int(newer)}",
-                                timeout=wait + 10)
+        return await agent.http(
+            "GET", f"{path}?wait={wait}&newer_than={int(newer)}", timeout=wait + 10
+        )
     if op == "wait-message":
         type_ = check_message_type(req.get("type"))
         timeout = req.get("timeout", 600)
@@ -145,7 +165,11 @@ async def _handle(agent: Agent, req: dict[str, Any]) -> dict[str, Any]:
         sender = req.get("from")
         return {"message": await agent.wait_message(type_, sender, float(timeout))}
     if op == "status":
-        return {"machine": agent.cred.machine, "group": agent.cred.group,
-                "url": agent.cred.url, "connected": agent.connected.is_set(),
-                "unsent": agent.state.pending_count()}
+        return {
+            "machine": agent.cred.machine,
+            "group": agent.cred.group,
+            "url": agent.cred.url,
+            "connected": agent.connected.is_set(),
+            "unsent": agent.state.pending_count(),
+        }
     raise InvalidInput(f"unknown operation {op!r}")

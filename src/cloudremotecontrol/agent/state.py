@@ -70,8 +70,10 @@ class AgentState:
         except FileNotFoundError:
             return None
         except ValueError:
-            raise InvalidInput(f"{self.credential_path} is damaged: remove the state "
-                               "directory and enroll again with a new key") from None
+            raise InvalidInput(
+                f"{self.credential_path} is damaged: remove the state "
+                "directory and enroll again with a new key"
+            ) from None
         return Credential(**data)
 
     def save_credential(self, cred: Credential) -> None:
@@ -91,16 +93,24 @@ class AgentState:
         return row[0] if row else default
 
     def put(self, key: str, value: str) -> None:
-        self.db.execute("INSERT INTO kv (key, value) VALUES (?, ?) ON CONFLICT(key) "
-                        "DO UPDATE SET value = excluded.value", (key, value))
+        self.db.execute(
+            "INSERT INTO kv (key, value) VALUES (?, ?) ON CONFLICT(key) "
+            "DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
 
     @property
     def processed(self) -> int:
         return int(self.get("in_processed", "0") or 0)
 
     # -- outbox (agent -> server) -------------------------------------------------------
-    def enqueue(self, env: Envelope, *, job_done: str | None = None,
-                job_process: tuple[str, str | None] | None = None) -> tuple[int, str]:
+    def enqueue(
+        self,
+        env: Envelope,
+        *,
+        job_done: str | None = None,
+        job_process: tuple[str, str | None] | None = None,
+    ) -> tuple[int, str]:
         """Persist ``env`` as the next numbered message; optionally mark a job done in the
         same transaction (so a result and the job's end are never separated), or record a
         running job's process (``(job_id, Platform.process_identity)``, for
@@ -116,14 +126,19 @@ class AgentState:
             if job_done is not None:
                 self.db.execute("UPDATE jobs SET state = 'done' WHERE job_id = ?", (job_done,))
             if job_process is not None:
-                self.db.execute("UPDATE jobs SET proc = ? WHERE job_id = ?",
-                                (job_process[1], job_process[0]))
+                self.db.execute(
+                    "UPDATE jobs SET proc = ? WHERE job_id = ?", (job_process[1], job_process[0])
+                )
         return seq, frame
 
     def frames_after(self, after: int) -> list[tuple[int, str]]:
         """Unacknowledged frames numbered above ``after``, in order."""
-        return [(int(s), f) for s, f in self.db.execute(
-            "SELECT seq, frame FROM outbox WHERE seq > ? ORDER BY seq", (after,)).fetchall()]
+        return [
+            (int(s), f)
+            for s, f in self.db.execute(
+                "SELECT seq, frame FROM outbox WHERE seq > ? ORDER BY seq", (after,)
+            ).fetchall()
+        ]
 
     def acked(self, seq: int) -> None:
         self.db.execute("DELETE FROM outbox WHERE seq <= ?", (seq,))
@@ -140,8 +155,9 @@ class AgentState:
         return int(self.db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
 
     # -- inbox (server -> agent) --------------------------------------------------------
-    def mark_processed(self, seq: int, *, start_job: str | None = None,
-                       message: Envelope | None = None) -> bool:
+    def mark_processed(
+        self, seq: int, *, start_job: str | None = None, message: Envelope | None = None
+    ) -> bool:
         """Record server message ``seq`` as processed; with ``start_job``, also record the
         job as started - unless it was seen before, then return False (do not run it);
         with ``message``, keep a user message for `crc agent wait-message`."""
@@ -149,33 +165,42 @@ class AgentState:
             self.db.execute("BEGIN IMMEDIATE")
             fresh = True
             if message is not None:
-                self.db.execute("INSERT INTO messages (type, sender, envelope) VALUES (?, ?, ?)",
-                                (message.type, message.sender, json.dumps(message.to_dict())))
+                self.db.execute(
+                    "INSERT INTO messages (type, sender, envelope) VALUES (?, ?, ?)",
+                    (message.type, message.sender, json.dumps(message.to_dict())),
+                )
             if start_job is not None:
                 cur = self.db.execute(
                     "INSERT INTO jobs (job_id, state, created) VALUES (?, 'running', ?) "
-                    "ON CONFLICT(job_id) DO NOTHING", (start_job, time.time()))
+                    "ON CONFLICT(job_id) DO NOTHING",
+                    (start_job, time.time()),
+                )
                 fresh = cur.rowcount == 1
             self.put("in_processed", str(seq))
         return fresh
 
     def forget_job(self, job_id: str) -> None:
         """Remember ``job_id`` as finished without running it (cancelled before start)."""
-        self.db.execute("INSERT INTO jobs (job_id, state, created) VALUES (?, 'done', ?) "
-                        "ON CONFLICT(job_id) DO NOTHING", (job_id, time.time()))
+        self.db.execute(
+            "INSERT INTO jobs (job_id, state, created) VALUES (?, 'done', ?) "
+            "ON CONFLICT(job_id) DO NOTHING",
+            (job_id, time.time()),
+        )
 
     def interrupted_jobs(self) -> list[tuple[str, str | None]]:
         """Jobs recorded as running by a previous agent process, with what it recorded
         of their process (``Platform.process_identity``): they were cut off with it."""
-        return [(r[0], r[1]) for r in self.db.execute(
-            "SELECT job_id, proc FROM jobs WHERE state = 'running'")]
-
+        return [
+            (r[0], r[1])
+            for r in self.db.execute("SELECT job_id, proc FROM jobs WHERE state = 'running'")
+        ]
 
     def take_message(self, type: str, sender: str | None) -> dict[str, Any] | None:
         """The oldest unconsumed user message of ``type`` (from ``sender``), consumed now."""
         row = self.db.execute(
             "SELECT n, envelope FROM messages WHERE type = ? AND consumed = 0 "
-            "AND (? IS NULL OR sender = ?) ORDER BY n LIMIT 1", (type, sender, sender)
+            "AND (? IS NULL OR sender = ?) ORDER BY n LIMIT 1",
+            (type, sender, sender),
         ).fetchone()
         if row is None:
             return None

@@ -54,30 +54,33 @@ def default_log_file(state_dir: str) -> str:
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m cloudremotecontrol.agent.winservice",
-                                     description="The crc-agent Windows service host "
-                                                 "(started by the Service Control Manager).")
+    parser = argparse.ArgumentParser(
+        prog="python -m cloudremotecontrol.agent.winservice",
+        description="The crc-agent Windows service host (started by the Service Control Manager).",
+    )
     parser.add_argument("--state-dir", required=True)
     parser.add_argument("--gate-ready", action="store_true")
     parser.add_argument("--log-file", default=None)
-    parser.add_argument("--log-level", default="info",
-                        choices=["debug", "info", "warning", "error"])
+    parser.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
     return parser.parse_args(argv)
 
 
 def _setup_logging(path: str, level: str) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    handler = logging.handlers.RotatingFileHandler(path, maxBytes=5 << 20, backupCount=3,
-                                                   encoding="utf-8")
-    handler.setFormatter(logging.Formatter(
-        "%(asctime)s crc-agent[%(process)d] %(levelname)s %(message)s"))
+    handler = logging.handlers.RotatingFileHandler(
+        path, maxBytes=5 << 20, backupCount=3, encoding="utf-8"
+    )
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s crc-agent[%(process)d] %(levelname)s %(message)s")
+    )
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(level.upper())
     # A service has no console: what is printed goes beside the log, not to a pipe that
     # nobody reads (or to an invalid handle, which fails the write).
-    out = open(path + ".stdout", "a", encoding="utf-8", errors="replace",
-               buffering=1)
+    out = open(path + ".stdout", "a", encoding="utf-8", errors="replace", buffering=1)
     sys.stdout = sys.stderr = out
 
 
@@ -110,8 +113,7 @@ def _service_class(options: argparse.Namespace) -> type:
 
         # Called on the dispatcher's thread.
         def SvcStop(self) -> None:
-            self.ReportServiceStatus(win32service.SERVICE_STOP_PENDING,
-                                     waitHint=STOP_WAIT_HINT_MS)
+            self.ReportServiceStatus(win32service.SERVICE_STOP_PENDING, waitHint=STOP_WAIT_HINT_MS)
             log.info("stop requested by the service control manager")
             with self._lock:
                 self._stop_requested = True
@@ -135,20 +137,29 @@ def _service_class(options: argparse.Namespace) -> type:
             log.info("service running (state dir %s)", options.state_dir)
 
         def SvcRun(self) -> None:
-            self.ReportServiceStatus(win32service.SERVICE_START_PENDING,
-                                     waitHint=START_WAIT_HINT_MS)
+            self.ReportServiceStatus(
+                win32service.SERVICE_START_PENDING, waitHint=START_WAIT_HINT_MS
+            )
             from .core import Revoked
             from .platform.windows import WindowsPlatform
             from .service import run_agent
 
             # Jobs inherit a hidden console whose code page is UTF-8 (platform/windows.py).
             if not WindowsPlatform.use_utf8_console():
-                log.warning("could not give jobs a UTF-8 console: cmd output is decoded "
-                            "in the ANSI code page")
+                log.warning(
+                    "could not give jobs a UTF-8 console: cmd output is decoded "
+                    "in the ANSI code page"
+                )
 
             try:
-                run_agent(Path(options.state_dir), None, None, None,
-                          gate_ready=options.gate_ready, on_started=self._started)
+                run_agent(
+                    Path(options.state_dir),
+                    None,
+                    None,
+                    None,
+                    gate_ready=options.gate_ready,
+                    on_started=self._started,
+                )
             except Revoked as exc:
                 log.warning("stopping for good: %s", exc.message)
                 _event_log("info", f"crc-agent stopped: {exc.message}")
@@ -161,8 +172,7 @@ def _service_class(options: argparse.Namespace) -> type:
                 requested = self._stop_requested
             if not requested:
                 log.info("the agent stopped on its own")
-            self.ReportServiceStatus(win32service.SERVICE_STOP_PENDING,
-                                     waitHint=STOP_WAIT_HINT_MS)
+            self.ReportServiceStatus(win32service.SERVICE_STOP_PENDING, waitHint=STOP_WAIT_HINT_MS)
             log.info("service stopped")
 
     return AgentService
@@ -180,16 +190,17 @@ def main(argv: list[str] | None = None) -> int:
     cls = _service_class(options)
     servicemanager.Initialize(SERVICE_NAME, None)
     servicemanager.PrepareToHostSingle(cls)
-    log.info("service process %d starting (python %s)", os.getpid(),
-             sys.version.split()[0])
+    log.info("service process %d starting (python %s)", os.getpid(), sys.version.split()[0])
     try:
         servicemanager.StartServiceCtrlDispatcher()
     except pywintypes.error as exc:
         if exc.winerror != ERROR_FAILED_SERVICE_CONTROLLER_CONNECT:
             raise
-        message = ("this is the crc-agent service host, started by the Service Control "
-                   "Manager: use `crc agent install` to register it, or `crc agent run` "
-                   "to run the agent in the foreground")
+        message = (
+            "this is the crc-agent service host, started by the Service Control "
+            "Manager: use `crc agent install` to register it, or `crc agent run` "
+            "to run the agent in the foreground"
+        )
         log.error(message)
         if sys.__stderr__ is not None:
             sys.__stderr__.write(f"crc: error: {message}\n")

@@ -116,8 +116,9 @@ def _dist_info(pkg_dir: Path, name: str) -> list[tuple[str, Path]]:
 
 def build_agent_package() -> AgentPackage:
     """Build the zipapp from the code of this process (see the module docstring)."""
-    entries: list[tuple[str, Path]] = _files(_package_dir("cloudremotecontrol"),
-                                             "cloudremotecontrol", EXCLUDED_SUBPACKAGES)
+    entries: list[tuple[str, Path]] = _files(
+        _package_dir("cloudremotecontrol"), "cloudremotecontrol", EXCLUDED_SUBPACKAGES
+    )
     for name in VENDORED:
         pkg = _package_dir(name)
         entries += _files(pkg, name)
@@ -127,8 +128,9 @@ def build_agent_package() -> AgentPackage:
     # offsets in the zip's directory are those of the whole file (as zipapp does).
     buf.write(b"#!/usr/bin/env python3\n")
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        for arcname, data in sorted([(a, p.read_bytes()) for a, p in entries]
-                                    + [("__main__.py", MAIN.encode())]):
+        for arcname, data in sorted(
+            [(a, p.read_bytes()) for a, p in entries] + [("__main__.py", MAIN.encode())]
+        ):
             info = zipfile.ZipInfo(arcname, _ZIP_TIME)
             info.compress_type = zipfile.ZIP_DEFLATED
             info.external_attr = 0o644 << 16

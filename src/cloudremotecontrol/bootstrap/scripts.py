@@ -31,8 +31,10 @@ from ..tlspin import normalize_fingerprint
 
 __all__ = ["DEFAULT_FORMATS", "FORMATS", "BootstrapParams", "render"]
 
-FORMATS: dict[str, tuple[str, ...]] = {"linux": ("shell", "cloud-init"),
-                                       "windows": ("cmd", "powershell")}
+FORMATS: dict[str, tuple[str, ...]] = {
+    "linux": ("shell", "cloud-init"),
+    "windows": ("cmd", "powershell"),
+}
 DEFAULT_FORMATS = {"linux": "shell", "windows": "cmd"}
 # The last 3.12 release with Windows installers on python.org (3.12 became
 # security-only after it); override with --python-version.
@@ -55,29 +57,49 @@ class BootstrapParams:
         """The same parameters, validated and normalized (raises InvalidInput)."""
         url = self.url.rstrip("/")
         parts = urlsplit(url)
-        if (parts.scheme not in ("https", "http") or not parts.hostname
-                or parts.path or parts.query or parts.fragment or parts.username
-                or re.search(r"[\s'\"`$\\]", url)):
-            raise InvalidInput(f"invalid server URL {self.url!r}: expected https://HOST[:PORT] "
-                               "as the machines reach it", field="url")
+        if (
+            parts.scheme not in ("https", "http")
+            or not parts.hostname
+            or parts.path
+            or parts.query
+            or parts.fragment
+            or parts.username
+            or re.search(r"[\s'\"`$\\]", url)
+        ):
+            raise InvalidInput(
+                f"invalid server URL {self.url!r}: expected https://HOST[:PORT] "
+                "as the machines reach it",
+                field="url",
+            )
         fp = normalize_fingerprint(self.fingerprint) if self.fingerprint else None
         key = parse_secret(self.key.strip(), "k")
         if key is None or not re.fullmatch(r"[A-Za-z0-9_-]+", self.key.strip()):
-            raise InvalidInput("invalid enrollment key: expected crck_... as `crc group create` "
-                               "printed it", field="key")
+            raise InvalidInput(
+                "invalid enrollment key: expected crck_... as `crc group create` printed it",
+                field="key",
+            )
         if not re.fullmatch(r"3\.\d{1,2}\.\d{1,2}", self.python_version):
-            raise InvalidInput(f"invalid Python version {self.python_version!r}: "
-                               "expected e.g. 3.12.10", field="python_version")
+            raise InvalidInput(
+                f"invalid Python version {self.python_version!r}: expected e.g. 3.12.10",
+                field="python_version",
+            )
         if self.then_script is not None and "\0" in self.then_script:
             raise InvalidInput("the provisioning script contains a NUL byte", field="then")
-        return BootstrapParams(url, fp, check_name(self.group, "group"),
-                               check_name(self.machine, "machine"), self.key.strip(),
-                               self.then_script, self.python_version)
+        return BootstrapParams(
+            url,
+            fp,
+            check_name(self.group, "group"),
+            check_name(self.machine, "machine"),
+            self.key.strip(),
+            self.then_script,
+            self.python_version,
+        )
 
 
 def _template(name: str) -> str:
     return (resources.files("cloudremotecontrol.bootstrap") / "templates" / name).read_text(
-        encoding="utf-8")
+        encoding="utf-8"
+    )
 
 
 def _fill(text: str, values: dict[str, str]) -> str:
@@ -107,14 +129,25 @@ def render_linux_shell(params: BootstrapParams) -> str:
     then = ""
     if p.then_script is not None:
         delimiter = "CRC_THEN_" + secrets.token_hex(6).upper()
-        then = _fill(_template("linux_then.sh"), {"THEN_EOF": delimiter,
-                                                   "THEN_SCRIPT": p.then_script.rstrip("\n")})
-    return _fill(_template("linux.sh"), {
-        "MACHINE_TEXT": p.machine, "GROUP_TEXT": p.group, "VERSION": __version__,
-        "URL": shlex.quote(p.url), "FINGERPRINT": shlex.quote(p.fingerprint or ""),
-        "GROUP": shlex.quote(p.group), "MACHINE": shlex.quote(p.machine),
-        "KEY": shlex.quote(p.key), "FETCH_AGENT_PY": helper, "THEN": then,
-    })
+        then = _fill(
+            _template("linux_then.sh"),
+            {"THEN_EOF": delimiter, "THEN_SCRIPT": p.then_script.rstrip("\n")},
+        )
+    return _fill(
+        _template("linux.sh"),
+        {
+            "MACHINE_TEXT": p.machine,
+            "GROUP_TEXT": p.group,
+            "VERSION": __version__,
+            "URL": shlex.quote(p.url),
+            "FINGERPRINT": shlex.quote(p.fingerprint or ""),
+            "GROUP": shlex.quote(p.group),
+            "MACHINE": shlex.quote(p.machine),
+            "KEY": shlex.quote(p.key),
+            "FETCH_AGENT_PY": helper,
+            "THEN": then,
+        },
+    )
 
 
 def render_cloud_init(params: BootstrapParams) -> str:
@@ -148,17 +181,28 @@ def render_windows_powershell(params: BootstrapParams) -> str:
     then = ""
     if p.then_script is not None:
         if _PS_HERESTRING_END.search(p.then_script):
-            raise InvalidInput("the provisioning script has a line starting with '@, which "
-                               "would end its PowerShell here-string", field="then")
-        then = _fill(_template("windows_then.ps1"),
-                     {"THEN_SCRIPT": p.then_script.rstrip("\n")})
-    return _fill(_template("windows.ps1"), {
-        "MACHINE_TEXT": p.machine, "GROUP_TEXT": p.group, "VERSION": __version__,
-        "URL": _ps_quote(p.url), "FINGERPRINT": _ps_quote(p.fingerprint or ""),
-        "GROUP": _ps_quote(p.group), "MACHINE": _ps_quote(p.machine),
-        "KEY": _ps_quote(p.key), "PYTHON_VERSION": _ps_quote(p.python_version),
-        "FETCH_AGENT_PY": helper, "THEN": then,
-    })
+            raise InvalidInput(
+                "the provisioning script has a line starting with '@, which "
+                "would end its PowerShell here-string",
+                field="then",
+            )
+        then = _fill(_template("windows_then.ps1"), {"THEN_SCRIPT": p.then_script.rstrip("\n")})
+    return _fill(
+        _template("windows.ps1"),
+        {
+            "MACHINE_TEXT": p.machine,
+            "GROUP_TEXT": p.group,
+            "VERSION": __version__,
+            "URL": _ps_quote(p.url),
+            "FINGERPRINT": _ps_quote(p.fingerprint or ""),
+            "GROUP": _ps_quote(p.group),
+            "MACHINE": _ps_quote(p.machine),
+            "KEY": _ps_quote(p.key),
+            "PYTHON_VERSION": _ps_quote(p.python_version),
+            "FETCH_AGENT_PY": helper,
+            "THEN": then,
+        },
+    )
 
 
 _CMD_SAFE_URL = re.compile(r"https?://[A-Za-z0-9._:\[\]-]+")
@@ -175,26 +219,46 @@ def render_windows_cmd(params: BootstrapParams) -> str:
     """
     p = params.checked()
     if not _CMD_SAFE_URL.fullmatch(p.url):
-        raise InvalidInput(f"invalid server URL {p.url!r} for a .cmd script: expected "
-                           "https://HOST[:PORT] with a plain host name or address",
-                           field="url")
+        raise InvalidInput(
+            f"invalid server URL {p.url!r} for a .cmd script: expected "
+            "https://HOST[:PORT] with a plain host name or address",
+            field="url",
+        )
     helper = _fetch_helper()
-    head = _fill(_template("windows.cmd"), {
-        "MACHINE_TEXT": p.machine, "GROUP_TEXT": p.group, "VERSION": __version__,
-        "PYTHON_VERSION": p.python_version})
-    driver = _fill(_template("windows_bootstrap.py.in"), {
-        "MACHINE_TEXT": p.machine, "GROUP_TEXT": p.group, "VERSION": __version__,
-        "URL": repr(p.url), "FINGERPRINT": repr(p.fingerprint or ""),
-        "GROUP": repr(p.group), "MACHINE": repr(p.machine), "KEY": repr(p.key),
-        "THEN_SCRIPT": repr(p.then_script)})
+    head = _fill(
+        _template("windows.cmd"),
+        {
+            "MACHINE_TEXT": p.machine,
+            "GROUP_TEXT": p.group,
+            "VERSION": __version__,
+            "PYTHON_VERSION": p.python_version,
+        },
+    )
+    driver = _fill(
+        _template("windows_bootstrap.py.in"),
+        {
+            "MACHINE_TEXT": p.machine,
+            "GROUP_TEXT": p.group,
+            "VERSION": __version__,
+            "URL": repr(p.url),
+            "FINGERPRINT": repr(p.fingerprint or ""),
+            "GROUP": repr(p.group),
+            "MACHINE": repr(p.machine),
+            "KEY": repr(p.key),
+            "THEN_SCRIPT": repr(p.then_script),
+        },
+    )
     head, driver = head.rstrip() + "\n\n", driver.rstrip() + "\n\n"
     text = f"{head}{driver}#CRC-FETCH-AGENT-PY\n{helper}\n"
     # Each section is found by the first occurrence of its marker: nothing before may
     # contain it (the values are Python literals after the first two markers).
     expected = (head.index("\n#CRC-INSTALL-PYTHON") + 1, len(head), len(head) + len(driver))
     if tuple(text.index(m) for m in CMD_MARKERS) != expected:
-        raise InvalidInput("the provisioning script contains a line the .cmd script uses "
-                           "as a section marker (#CRC-...)", field="then")
+        raise InvalidInput(
+            "the provisioning script contains a line the .cmd script uses "
+            "as a section marker (#CRC-...)",
+            field="then",
+        )
     return text.replace("\r\n", "\n").replace("\n", "\r\n")
 
 
@@ -204,8 +268,14 @@ def render(os_name: str, fmt: str | None, params: BootstrapParams) -> str:
         raise InvalidInput(f"unknown OS {os_name!r}: linux or windows", field="os")
     fmt = fmt or DEFAULT_FORMATS[os_name]
     if fmt not in FORMATS[os_name]:
-        raise InvalidInput(f"format {fmt!r} is not for {os_name}: use "
-                           f"{' or '.join(FORMATS[os_name])}", field="format")
-    renderers = {"shell": render_linux_shell, "cloud-init": render_cloud_init,
-                 "cmd": render_windows_cmd, "powershell": render_windows_powershell}
+        raise InvalidInput(
+            f"format {fmt!r} is not for {os_name}: use {' or '.join(FORMATS[os_name])}",
+            field="format",
+        )
+    renderers = {
+        "shell": render_linux_shell,
+        "cloud-init": render_cloud_init,
+        "cmd": render_windows_cmd,
+        "powershell": render_windows_powershell,
+    }
     return renderers[fmt](params)

@@ -12,9 +12,11 @@ from ..errors import InvalidInput
 from .output import emit_json, json_option
 
 _state_option = click.option(
-    "--state-dir", envvar="CRC_AGENT_STATE_DIR",
+    "--state-dir",
+    envvar="CRC_AGENT_STATE_DIR",
     help="Agent state directory (default: /var/lib/crc-agent as root, "
-         "%ProgramData%\\CloudRemoteControl\\agent on Windows).")
+    "%ProgramData%\\CloudRemoteControl\\agent on Windows).",
+)
 
 
 def _state_dir(value: str | None) -> Path:
@@ -33,32 +35,62 @@ def agent() -> None:
 @agent.command("run")
 @click.option("--url", envvar="CRC_URL", help="Server URL (first run only).")
 @click.option("--key", envvar="CRC_KEY", help="Single-use enrollment key (first run only).")
-@click.option("--key-file", type=click.Path(dir_okay=False),
-              help="Read the enrollment key from this file (keeps it out of `ps`).")
-@click.option("--fingerprint", envvar="CRC_FINGERPRINT",
-              help="Pinned SHA-256 of the server certificate (sha256:…).")
+@click.option(
+    "--key-file",
+    type=click.Path(dir_okay=False),
+    help="Read the enrollment key from this file (keeps it out of `ps`).",
+)
+@click.option(
+    "--fingerprint",
+    envvar="CRC_FINGERPRINT",
+    help="Pinned SHA-256 of the server certificate (sha256:…).",
+)
 @_state_option
-@click.option("--gate-ready", is_flag=True,
-              help="Say ready only when a script calls `crc agent ready`.")
-@click.option("--follow-log", "follow_logs", multiple=True, metavar="PATH",
-              help="Stream this log file as progress lines (e.g. "
-                   "/var/log/cloud-init-output.log); repeatable.")
-@click.option("--facts-interval", type=click.FloatRange(0.1, 86400), default=30.0,
-              show_default=True, metavar="SECONDS",
-              help="How often to look for changed facts (addresses); changes are sent.")
-@click.option("--log-level", default="info", show_default=True,
-              type=click.Choice(["debug", "info", "warning", "error"]))
-def run_cmd(url: str | None, key: str | None, key_file: str | None, fingerprint: str | None,
-            state_dir: str | None, gate_ready: bool, follow_logs: tuple[str, ...],
-            facts_interval: float, log_level: str) -> None:
+@click.option(
+    "--gate-ready", is_flag=True, help="Say ready only when a script calls `crc agent ready`."
+)
+@click.option(
+    "--follow-log",
+    "follow_logs",
+    multiple=True,
+    metavar="PATH",
+    help="Stream this log file as progress lines (e.g. "
+    "/var/log/cloud-init-output.log); repeatable.",
+)
+@click.option(
+    "--facts-interval",
+    type=click.FloatRange(0.1, 86400),
+    default=30.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="How often to look for changed facts (addresses); changes are sent.",
+)
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"]),
+)
+def run_cmd(
+    url: str | None,
+    key: str | None,
+    key_file: str | None,
+    fingerprint: str | None,
+    state_dir: str | None,
+    gate_ready: bool,
+    follow_logs: tuple[str, ...],
+    facts_interval: float,
+    log_level: str,
+) -> None:
     """Enroll (first run) and stay connected, executing what the master sends."""
     import logging
 
     from ..agent.core import Revoked
     from ..agent.service import run_agent
 
-    logging.basicConfig(level=log_level.upper(),
-                        format="%(asctime)s crc-agent %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s crc-agent %(levelname)s %(message)s"
+    )
     if key_file:
         try:
             key = Path(key_file).read_text().strip()
@@ -69,8 +101,15 @@ def run_cmd(url: str | None, key: str | None, key_file: str | None, fingerprint:
     # Jobs inherit the agent's environment: the key must not be in it.
     os.environ.pop("CRC_KEY", None)
     try:
-        run_agent(_state_dir(state_dir), url, key, fingerprint, gate_ready=gate_ready,
-                  follow_logs=follow_logs, facts_interval=facts_interval)
+        run_agent(
+            _state_dir(state_dir),
+            url,
+            key,
+            fingerprint,
+            gate_ready=gate_ready,
+            follow_logs=follow_logs,
+            facts_interval=facts_interval,
+        )
     except Revoked as exc:
         click.echo(f"crc agent: stopping: {exc.message}", err=True)
 
@@ -110,8 +149,12 @@ def _user_type(type_: str) -> str:
 @agent.command()
 @click.argument("type_", metavar="TYPE")
 @click.argument("body", required=False)
-@click.option("--to", default="master", show_default=True,
-              help="master, or peers: a machine, a comma list, KEY=VALUE or all.")
+@click.option(
+    "--to",
+    default="master",
+    show_default=True,
+    help="master, or peers: a machine, a comma list, KEY=VALUE or all.",
+)
 @_state_option
 @json_option
 def emit(type_: str, body: str | None, to: str, state_dir: str | None, as_json: bool) -> None:
@@ -129,8 +172,13 @@ def emit(type_: str, body: str | None, to: str, state_dir: str | None, as_json: 
 @agent.command("wait-message")
 @click.argument("type_", metavar="TYPE")
 @click.option("--from", "sender", help="Only from this sender (master or a peer name).")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=600.0,
-              show_default=True, help="Seconds to wait.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=600.0,
+    show_default=True,
+    help="Seconds to wait.",
+)
 @_state_option
 def wait_message(type_: str, sender: str | None, timeout: float, state_dir: str | None) -> None:
     """Wait for a data message TYPE sent to this machine; print its body as JSON.
@@ -138,9 +186,11 @@ def wait_message(type_: str, sender: str | None, timeout: float, state_dir: str 
     Each message is handed out once (the oldest first)."""
     from ..agent.control import call
 
-    reply = call(_state_dir(state_dir), {"op": "wait-message", "type": _user_type(type_),
-                                         "from": sender, "timeout": timeout},
-                 timeout=timeout + 10)
+    reply = call(
+        _state_dir(state_dir),
+        {"op": "wait-message", "type": _user_type(type_), "from": sender, "timeout": timeout},
+        timeout=timeout + 10,
+    )
     msg = reply["message"]
     emit_json({"type": msg["type"], "from": msg["from"], "body": msg["body"]})
 
@@ -154,13 +204,23 @@ def peers(state_dir: str | None, as_json: bool) -> None:
 
     reply = _call(state_dir, {"op": "peers"})
     if as_json:
-        emit_json({"group": reply["group"], "machine": reply["machine"],
-                   "machines": reply["machines"]})
+        emit_json(
+            {"group": reply["group"], "machine": reply["machine"], "machines": reply["machines"]}
+        )
         return
-    print_table(["MACHINE", "STATE", "PRIVATE IPS", "PUBLIC IP", "HOSTNAME"],
-                [[m["name"], m["state"], ",".join(m.get("private_ips") or []) or "-",
-                  m.get("public_ip") or "-", m.get("hostname") or "-"]
-                 for m in reply["machines"]])
+    print_table(
+        ["MACHINE", "STATE", "PRIVATE IPS", "PUBLIC IP", "HOSTNAME"],
+        [
+            [
+                m["name"],
+                m["state"],
+                ",".join(m.get("private_ips") or []) or "-",
+                m.get("public_ip") or "-",
+                m.get("hostname") or "-",
+            ]
+            for m in reply["machines"]
+        ],
+    )
 
 
 @agent.command()
@@ -212,19 +272,32 @@ def kv_get(key: str, state_dir: str | None) -> None:
 
 @kv.command("wait")
 @click.argument("key")
-@click.option("--newer-than", type=click.IntRange(min=0), default=0,
-              help="Wait for a version above this one (default: until the key exists).")
-@click.option("--timeout", type=click.FloatRange(0, 300, min_open=True), default=300,
-              show_default=True, help="Seconds.")
+@click.option(
+    "--newer-than",
+    type=click.IntRange(min=0),
+    default=0,
+    help="Wait for a version above this one (default: until the key exists).",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(0, 300, min_open=True),
+    default=300,
+    show_default=True,
+    help="Seconds.",
+)
 @_state_option
 @json_option
-def kv_wait(key: str, newer_than: int, timeout: float, state_dir: str | None,
-            as_json: bool) -> None:
+def kv_wait(
+    key: str, newer_than: int, timeout: float, state_dir: str | None, as_json: bool
+) -> None:
     """Wait until KEY exists (or changes); print its value as JSON."""
     from ..agent.control import call
 
-    reply = call(_state_dir(state_dir), {"op": "kv-wait", "key": key, "timeout": timeout,
-                                         "newer_than": newer_than}, timeout=timeout + 20)
+    reply = call(
+        _state_dir(state_dir),
+        {"op": "kv-wait", "key": key, "timeout": timeout, "newer_than": newer_than},
+        timeout=timeout + 20,
+    )
     if as_json:
         emit_json({"key": key, "value": reply["value"], "version": reply["version"]})
     else:
@@ -234,20 +307,42 @@ def kv_wait(key: str, newer_than: int, timeout: float, state_dir: str | None,
 @agent.command("install")
 @click.option("--url", envvar="CRC_URL", help="Server URL (needed to enroll).")
 @click.option("--key", envvar="CRC_KEY", help="Single-use enrollment key (to enroll).")
-@click.option("--key-file", type=click.Path(dir_okay=False),
-              help="Read the key from this file, and delete the file once enrolled.")
-@click.option("--fingerprint", envvar="CRC_FINGERPRINT",
-              help="Pinned SHA-256 of the server certificate (sha256:…).")
+@click.option(
+    "--key-file",
+    type=click.Path(dir_okay=False),
+    help="Read the key from this file, and delete the file once enrolled.",
+)
+@click.option(
+    "--fingerprint",
+    envvar="CRC_FINGERPRINT",
+    help="Pinned SHA-256 of the server certificate (sha256:…).",
+)
 @_state_option
-@click.option("--gate-ready", is_flag=True,
-              help="The service says ready only when a script calls `crc agent ready`.")
+@click.option(
+    "--gate-ready",
+    is_flag=True,
+    help="The service says ready only when a script calls `crc agent ready`.",
+)
 @click.option("--restart", is_flag=True, help="Restart the agent if it is running already.")
-@click.option("--wait", type=click.FloatRange(min=0), default=300.0, show_default=True,
-              help="Keep retrying an unreachable server this many seconds when enrolling.")
+@click.option(
+    "--wait",
+    type=click.FloatRange(min=0),
+    default=300.0,
+    show_default=True,
+    help="Keep retrying an unreachable server this many seconds when enrolling.",
+)
 @json_option
-def install_cmd(url: str | None, key: str | None, key_file: str | None,
-                fingerprint: str | None, state_dir: str | None, gate_ready: bool, restart: bool,
-                wait: float, as_json: bool) -> None:
+def install_cmd(
+    url: str | None,
+    key: str | None,
+    key_file: str | None,
+    fingerprint: str | None,
+    state_dir: str | None,
+    gate_ready: bool,
+    restart: bool,
+    wait: float,
+    as_json: bool,
+) -> None:
     """Enroll (first time) and run the agent as a system service: a systemd unit on
     Linux, a Windows service (LocalSystem) on Windows. Safe to run again."""
     import os
@@ -258,23 +353,36 @@ def install_cmd(url: str | None, key: str | None, key_file: str | None,
     os.environ.pop("CRC_KEY", None)
     if key_file is not None and key is not None:
         raise InvalidInput("give --key or --key-file, not both")
-    report = install_agent(current(), _state_dir(state_dir), url=url, key=key,
-                           key_file=key_file, fingerprint=fingerprint, gate_ready=gate_ready,
-                           restart=restart, wait=wait)
+    report = install_agent(
+        current(),
+        _state_dir(state_dir),
+        url=url,
+        key=key,
+        key_file=key_file,
+        fingerprint=fingerprint,
+        gate_ready=gate_ready,
+        restart=restart,
+        wait=wait,
+    )
     if as_json:
         emit_json(report)
         return
     enrolled = "enrolled now" if report["enrolled_now"] else "enrolled already"
-    click.echo(f"machine {report['machine']} of group {report['group']} ({enrolled}); "
-               f"service {report['service']} {report['action']} "
-               f"({report['definition']}{', updated' if report['definition_changed'] else ''})")
+    click.echo(
+        f"machine {report['machine']} of group {report['group']} ({enrolled}); "
+        f"service {report['service']} {report['action']} "
+        f"({report['definition']}{', updated' if report['definition_changed'] else ''})"
+    )
 
 
 @agent.command("uninstall")
 @_state_option
-@click.option("--purge", is_flag=True,
-              help="Also delete the state directory (credential, queue): the machine "
-                   "cannot reconnect afterwards.")
+@click.option(
+    "--purge",
+    is_flag=True,
+    help="Also delete the state directory (credential, queue): the machine "
+    "cannot reconnect afterwards.",
+)
 @json_option
 def uninstall_cmd(state_dir: str | None, purge: bool, as_json: bool) -> None:
     """Stop and remove the agent's service (the credential stays unless --purge)."""
@@ -285,8 +393,10 @@ def uninstall_cmd(state_dir: str | None, purge: bool, as_json: bool) -> None:
     if as_json:
         emit_json(report)
         return
-    click.echo(f"service {report['service']} "
-               f"{'removed' if report['removed'] else 'was not installed'}"
-               f"{'; state directory deleted' if report['purged'] else ''}")
+    click.echo(
+        f"service {report['service']} "
+        f"{'removed' if report['removed'] else 'was not installed'}"
+        f"{'; state directory deleted' if report['purged'] else ''}"
+    )
     if report["note"]:
         click.echo(report["note"])

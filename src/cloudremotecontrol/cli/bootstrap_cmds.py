@@ -26,32 +26,69 @@ def _loopback(url: str) -> bool:
 @click.command()
 @click.argument("group")
 @click.argument("machine")
-@click.option("--os", "os_name", type=click.Choice(["linux", "windows"]), required=True,
-              help="The machine's OS.")
-@click.option("--format", "fmt", type=click.Choice(["shell", "cloud-init", "cmd", "powershell"]),
-              help="linux: shell (default; also valid cloud-init user data) or cloud-init "
-                   "(#cloud-config); windows: cmd (default; a Vultr startup script) or "
-                   "powershell.")
-@click.option("--key", help="The machine's enrollment key, if you still have it. Default: "
-                            "issue a fresh one (the machine must be pending; its old key "
-                            "stops working).")
-@click.option("--key-file", type=click.Path(exists=True, dir_okay=False),
-              help="Read the enrollment key from this file.")
+@click.option(
+    "--os",
+    "os_name",
+    type=click.Choice(["linux", "windows"]),
+    required=True,
+    help="The machine's OS.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["shell", "cloud-init", "cmd", "powershell"]),
+    help="linux: shell (default; also valid cloud-init user data) or cloud-init "
+    "(#cloud-config); windows: cmd (default; a Vultr startup script) or "
+    "powershell.",
+)
+@click.option(
+    "--key",
+    help="The machine's enrollment key, if you still have it. Default: "
+    "issue a fresh one (the machine must be pending; its old key "
+    "stops working).",
+)
+@click.option(
+    "--key-file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Read the enrollment key from this file.",
+)
 @click.option("--key-ttl", help="With a fresh key: how long it stays valid (default 24h).")
 @click.option("--url", help="Server URL as the machines reach it (default: your login's).")
 @click.option("--fingerprint", help="Server certificate SHA-256 to pin (default: your login's).")
-@click.option("--then", "then_file", type=click.Path(exists=True, dir_okay=False),
-              help="A provisioning script (bash on Linux, PowerShell on Windows) to run once "
-                   "the agent is up; the machine says ready only if it succeeds.")
-@click.option("--python-version", default=None,
-              help="Windows: the python.org version installed when Python is missing.")
-@click.option("-o", "--output", type=click.Path(dir_okay=False),
-              help="Write the script to this file (mode 0600: it holds a key).")
+@click.option(
+    "--then",
+    "then_file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="A provisioning script (bash on Linux, PowerShell on Windows) to run once "
+    "the agent is up; the machine says ready only if it succeeds.",
+)
+@click.option(
+    "--python-version",
+    default=None,
+    help="Windows: the python.org version installed when Python is missing.",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False),
+    help="Write the script to this file (mode 0600: it holds a key).",
+)
 @json_option
-def bootstrap(group: str, machine: str, os_name: str, fmt: str | None, key: str | None,
-              key_file: str | None, key_ttl: str | None, url: str | None,
-              fingerprint: str | None, then_file: str | None, python_version: str | None,
-              output: str | None, as_json: bool) -> None:
+def bootstrap(
+    group: str,
+    machine: str,
+    os_name: str,
+    fmt: str | None,
+    key: str | None,
+    key_file: str | None,
+    key_ttl: str | None,
+    url: str | None,
+    fingerprint: str | None,
+    then_file: str | None,
+    python_version: str | None,
+    output: str | None,
+    as_json: bool,
+) -> None:
     """Print the startup script that turns a fresh VM into MACHINE of GROUP: it installs
     Python if needed, fetches the agent from the server (TLS pinned), enrolls and starts
     the agent as a service, then says ready. Paste it as the VM's startup script."""
@@ -78,24 +115,34 @@ def bootstrap(group: str, machine: str, os_name: str, fmt: str | None, key: str 
         with Client(profile.url, profile.token, profile.fingerprint, profile.cert_pem) as c:
             reissued = c.machine_key(group, machine, _duration(key_ttl))
         key = str(reissued["key"])
-    params = BootstrapParams(server_url, pin, group, machine, key, then_script,
-                             python_version or DEFAULT_WINDOWS_PYTHON)
+    params = BootstrapParams(
+        server_url, pin, group, machine, key, then_script, python_version or DEFAULT_WINDOWS_PYTHON
+    )
     script = render(os_name, fmt, params)
     if _loopback(server_url):
-        click.echo(f"crc: warning: {server_url} is a loopback address, which a VM cannot "
-                   "reach: give --url with the server's public address", err=True)
+        click.echo(
+            f"crc: warning: {server_url} is a loopback address, which a VM cannot "
+            "reach: give --url with the server's public address",
+            err=True,
+        )
     if output:
         fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", newline="") as fh:
             fh.write(script)
     if as_json:
-        emit_json({"group": group, "machine": machine, "os": os_name,
-                   "format": fmt or ("shell" if os_name == "linux" else "cmd"),
-                   "key_reissued": reissued is not None,
-                   "key_expires": reissued["key_expires"] if reissued else None,
-                   "output": output, "script": None if output else script})
+        emit_json(
+            {
+                "group": group,
+                "machine": machine,
+                "os": os_name,
+                "format": fmt or ("shell" if os_name == "linux" else "cmd"),
+                "key_reissued": reissued is not None,
+                "key_expires": reissued["key_expires"] if reissued else None,
+                "output": output,
+                "script": None if output else script,
+            }
+        )
     elif not output:
         click.echo(script, nl=False)
     else:
-        click.echo(f"wrote {output} (holds the enrollment key of {machine}: mode 0600)",
-                   err=True)
+        click.echo(f"wrote {output} (holds the enrollment key of {machine}: mode 0600)", err=True)

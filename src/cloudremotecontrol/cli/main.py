@@ -17,8 +17,7 @@ from .master_cmds import register as register_master
 from .server_cmds import server
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"],
-                               "max_content_width": 100})
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="crc")
 def cli() -> None:
     """CloudRemoteControl: enroll fresh cloud machines, watch them provision, tell them

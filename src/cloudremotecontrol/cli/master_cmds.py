@@ -65,22 +65,44 @@ def group() -> None:
 @group.command("create")
 @click.argument("name")
 @click.option("--machines", required=True, help="Comma list of machine names, e.g. mysql,web.")
-@click.option("--label", "labels", multiple=True,
-              help="MACHINE:KEY=VALUE label (repeatable), e.g. mysql:role=db.")
+@click.option(
+    "--label",
+    "labels",
+    multiple=True,
+    help="MACHINE:KEY=VALUE label (repeatable), e.g. mysql:role=db.",
+)
 @click.option("--ttl", help="Expire the group after this long (e.g. 8h).")
 @click.option("--key-ttl", help="Unused keys expire after this long (default 24h).")
-@click.option("--sync-hosts", is_flag=True,
-              help="Keep every machine's hosts file listing its peers as they join or "
-                   "change address.")
-@click.option("--hosts-ip", type=click.Choice(["auto", "private", "public"]), default="auto",
-              show_default=True, help="With --sync-hosts: which address to list.")
-@click.option("--uninstall-on-delete", is_flag=True,
-              help="When the group is deleted, agents installed as a service remove the "
-                   "service and their state (not just stop).")
+@click.option(
+    "--sync-hosts",
+    is_flag=True,
+    help="Keep every machine's hosts file listing its peers as they join or change address.",
+)
+@click.option(
+    "--hosts-ip",
+    type=click.Choice(["auto", "private", "public"]),
+    default="auto",
+    show_default=True,
+    help="With --sync-hosts: which address to list.",
+)
+@click.option(
+    "--uninstall-on-delete",
+    is_flag=True,
+    help="When the group is deleted, agents installed as a service remove the "
+    "service and their state (not just stop).",
+)
 @json_option
-def group_create(name: str, machines: str, labels: tuple[str, ...], ttl: str | None,
-                 key_ttl: str | None, sync_hosts: bool, hosts_ip: str,
-                 uninstall_on_delete: bool, as_json: bool) -> None:
+def group_create(
+    name: str,
+    machines: str,
+    labels: tuple[str, ...],
+    ttl: str | None,
+    key_ttl: str | None,
+    sync_hosts: bool,
+    hosts_ip: str,
+    uninstall_on_delete: bool,
+    as_json: bool,
+) -> None:
     """Create group NAME and print each machine's single-use key (shown once)."""
     from ..protocol.names import parse_labels
 
@@ -89,16 +111,21 @@ def group_create(name: str, machines: str, labels: tuple[str, ...], ttl: str | N
     for spec in labels:
         machine, sep, kv = spec.partition(":")
         if not sep or machine not in per:
-            raise InvalidInput(f"invalid --label {spec!r}: use MACHINE:KEY=VALUE with a "
-                               "machine of --machines")
+            raise InvalidInput(
+                f"invalid --label {spec!r}: use MACHINE:KEY=VALUE with a machine of --machines"
+            )
         per[machine].update(parse_labels(kv))
     with _client() as c:
-        settings: dict[str, Any] = {"sync_hosts": True, "hosts_ip": hosts_ip} if sync_hosts \
-            else {}
+        settings: dict[str, Any] = {"sync_hosts": True, "hosts_ip": hosts_ip} if sync_hosts else {}
         if uninstall_on_delete:
             settings["uninstall_on_delete"] = True
-        out = c.create_group(name, [{"name": n, "labels": per[n]} for n in names],
-                             key_ttl=_duration(key_ttl), ttl=_duration(ttl), settings=settings)
+        out = c.create_group(
+            name,
+            [{"name": n, "labels": per[n]} for n in names],
+            key_ttl=_duration(key_ttl),
+            ttl=_duration(ttl),
+            settings=settings,
+        )
     if as_json:
         emit_json(out)
         return
@@ -116,10 +143,19 @@ def group_list(as_json: bool) -> None:
     if as_json:
         emit_json({"groups": groups})
         return
-    print_table(["GROUP", "MACHINES", "READY", "CREATED", "EXPIRES"],
-                [[g["group"], str(g["machines"]), str(g["ready"]), ago(g["created"]),
-                  "EXPIRED: run crc down" if g.get("expired") else _until(g.get("expires"))]
-                 for g in groups])
+    print_table(
+        ["GROUP", "MACHINES", "READY", "CREATED", "EXPIRES"],
+        [
+            [
+                g["group"],
+                str(g["machines"]),
+                str(g["ready"]),
+                ago(g["created"]),
+                "EXPIRED: run crc down" if g.get("expired") else _until(g.get("expires")),
+            ]
+            for g in groups
+        ],
+    )
 
 
 def _until(ts: float | None) -> str:
@@ -162,8 +198,16 @@ def _print_machines(g: dict[str, Any]) -> None:
         text = prog.get("text", "")
         if prog.get("percent") is not None:
             text = f"{prog['percent']:.0f}% {text}"
-        rows.append([m["name"], m["state"], ",".join(m.get("ips") or []) or "-",
-                     m.get("public_ip") or "-", text or "-", ago(m.get("last_seen"))])
+        rows.append(
+            [
+                m["name"],
+                m["state"],
+                ",".join(m.get("ips") or []) or "-",
+                m.get("public_ip") or "-",
+                text or "-",
+                ago(m.get("last_seen")),
+            ]
+        )
     print_table(["MACHINE", "STATE", "IPS", "SEEN FROM", "PROGRESS", "LAST SEEN"], rows)
     note = _ttl_note(g)
     if note:
@@ -179,13 +223,17 @@ def _ttl_note(g: dict[str, Any]) -> str | None:
             n = len((td.get("result") or {}).get("destroyed") or [])
             return f"TTL passed: the server destroyed {n} machine(s) at {where}"
         if td["status"] == "retry":
-            return (f"TTL passed: destroying the machines at {where} failed "
-                    f"({td.get('last_error')}); the server tries again {_until(td.get('next_try'))}"
-                    " - or run `crc down`")
+            return (
+                f"TTL passed: destroying the machines at {where} failed "
+                f"({td.get('last_error')}); the server tries again {_until(td.get('next_try'))}"
+                " - or run `crc down`"
+            )
         if td["status"] == "running":
             return f"TTL passed: the server is destroying the machines at {where}"
-        return f"when the TTL passes ({_until(g.get('expires'))}) the server destroys the " \
-               f"machines at {where}"
+        return (
+            f"when the TTL passes ({_until(g.get('expires'))}) the server destroys the "
+            f"machines at {where}"
+        )
     if g.get("expired"):
         return "TTL passed: every credential is revoked; the machines still exist: run `crc down`"
     return None
@@ -208,14 +256,27 @@ def status(name: str, as_json: bool) -> None:
 @click.argument("name")
 @click.option("--machines", help="Only these machines (comma list).")
 @click.option("--timeout", default="15m", show_default=True, help="Give up after this long.")
-@click.option("--message", "message_type",
-              help="Instead: wait for a data message TYPE from a machine; print its body.")
+@click.option(
+    "--message",
+    "message_type",
+    help="Instead: wait for a data message TYPE from a machine; print its body.",
+)
 @click.option("--from", "sender", help="With --message: only from this machine.")
-@click.option("--since", type=click.IntRange(min=0),
-              help="With --message: also accept messages after this event cursor.")
+@click.option(
+    "--since",
+    type=click.IntRange(min=0),
+    help="With --message: also accept messages after this event cursor.",
+)
 @json_option
-def wait(name: str, machines: str | None, timeout: str, message_type: str | None,
-         sender: str | None, since: int | None, as_json: bool) -> None:
+def wait(
+    name: str,
+    machines: str | None,
+    timeout: str,
+    message_type: str | None,
+    sender: str | None,
+    since: int | None,
+    as_json: bool,
+) -> None:
     """Wait until the group's machines are ready, showing progress live (or, with
     --message, until a machine sends that message)."""
     deadline = time.monotonic() + (_duration(timeout) or 0)
@@ -242,8 +303,9 @@ def wait(name: str, machines: str | None, timeout: str, message_type: str | None
                 return True
             if time.monotonic() > deadline:
                 pending = sorted(m for m in wanted if states[m] != "ready")
-                raise Unavailable(f"timed out after {timeout}: not ready: "
-                                  f"{', '.join(pending)}", code="timeout")
+                raise Unavailable(
+                    f"timed out after {timeout}: not ready: {', '.join(pending)}", code="timeout"
+                )
             return False
 
         if not check():
@@ -263,18 +325,31 @@ def wait(name: str, machines: str | None, timeout: str, message_type: str | None
         click.echo(f"all {len(wanted)} machine(s) of {name} are ready")
 
 
-def _wait_message(name: str, type_: str, sender: str | None, since: int | None,
-                  deadline: float, timeout: str) -> None:
+def _wait_message(
+    name: str, type_: str, sender: str | None, since: int | None, deadline: float, timeout: str
+) -> None:
     import json
 
     type_ = type_ if type_.startswith("user.") else "user." + type_
     with _client() as c:
         cursor = since if since is not None else c.event_cursor(name)
         for ev in c.events(name, since=cursor, follow=True, keepalive=True):
-            if (ev is not None and ev["type"] == "message" and ev["data"]["type"] == type_
-                    and (sender is None or ev["data"]["from"] == sender)):
-                click.echo(json.dumps({"type": type_, "from": ev["data"]["from"],
-                                       "body": ev["data"]["body"], "cursor": ev["cursor"]}))
+            if (
+                ev is not None
+                and ev["type"] == "message"
+                and ev["data"]["type"] == type_
+                and (sender is None or ev["data"]["from"] == sender)
+            ):
+                click.echo(
+                    json.dumps(
+                        {
+                            "type": type_,
+                            "from": ev["data"]["from"],
+                            "body": ev["data"]["body"],
+                            "cursor": ev["cursor"],
+                        }
+                    )
+                )
                 return
             if time.monotonic() > deadline:
                 raise Unavailable(f"no {type_} message within {timeout}", code="timeout")
@@ -300,14 +375,25 @@ _SHELL_CHARS = frozenset(" \t|&;<>()$`'\"*?[]#~%\n")
 @click.argument("name")
 @click.option("--to", "to", required=True, help="Machine, comma list, KEY=VALUE or all.")
 @click.option("--timeout", help="Kill the command after this long (default 10m).")
-@click.option("--shell", type=click.Choice(["bash", "sh", "powershell", "cmd"]),
-              help="Run COMMAND as one string in this shell (default: argv, no shell).")
+@click.option(
+    "--shell",
+    type=click.Choice(["bash", "sh", "powershell", "cmd"]),
+    help="Run COMMAND as one string in this shell (default: argv, no shell).",
+)
 @click.option("--env", "envs", multiple=True, help="KEY=VALUE for the command (repeatable).")
 @click.option("--cwd", help="Working directory on the machine.")
 @json_option
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
-def run(name: str, to: str, timeout: str | None, shell: str | None, envs: tuple[str, ...],
-        cwd: str | None, as_json: bool, command: tuple[str, ...]) -> None:
+def run(
+    name: str,
+    to: str,
+    timeout: str | None,
+    shell: str | None,
+    envs: tuple[str, ...],
+    cwd: str | None,
+    as_json: bool,
+    command: tuple[str, ...],
+) -> None:
     """Run COMMAND on machines; output streams live, prefixed by machine.
 
     Several words run as argv, without a shell; one quoted string with shell syntax runs
@@ -356,8 +442,7 @@ def run(name: str, to: str, timeout: str | None, shell: str | None, envs: tuple[
     sys.exit(worst_exit_code(results))
 
 
-def _show_job_event(ev: dict[str, Any], results: dict[str, dict[str, Any]], as_json: bool
-                    ) -> None:
+def _show_job_event(ev: dict[str, Any], results: dict[str, dict[str, Any]], as_json: bool) -> None:
     from ..protocol.states import JobStatus
 
     kind, m, data = ev["type"], ev.get("machine"), ev["data"]
@@ -374,13 +459,21 @@ def _show_job_event(ev: dict[str, Any], results: dict[str, dict[str, Any]], as_j
     elif kind == "job.status" and JobStatus(data["status"]).terminal:
         results[m] = data
         if as_json:
-            emit_json({"machine": m, "status": data["status"], "exit_code": data["exit_code"],
-                       "reason": data.get("reason")})
+            emit_json(
+                {
+                    "machine": m,
+                    "status": data["status"],
+                    "exit_code": data["exit_code"],
+                    "reason": data.get("reason"),
+                }
+            )
         else:
             extra = f": {data['reason']}" if data.get("reason") else ""
             code = data["exit_code"]
-            click.echo(f"[{m}] {data['status']}"
-                       f"{f' (exit {code})' if code is not None else ''}{extra}", err=True)
+            click.echo(
+                f"[{m}] {data['status']}{f' (exit {code})' if code is not None else ''}{extra}",
+                err=True,
+            )
 
 
 @click.command()
@@ -396,8 +489,10 @@ def events(name: str, follow: bool, since: int | None, as_json: bool) -> None:
                 emit_json(ev)
                 continue
             t = time.strftime("%H:%M:%S", time.localtime(ev["time"]))
-            click.echo(f"{ev['cursor']:>6} {t} {ev['type']:<14} {ev.get('machine') or '-':<12} "
-                       f"{_summary(ev)}")
+            click.echo(
+                f"{ev['cursor']:>6} {t} {ev['type']:<14} {ev.get('machine') or '-':<12} "
+                f"{_summary(ev)}"
+            )
 
 
 def _summary(ev: dict[str, Any]) -> str:
@@ -451,9 +546,13 @@ def hosts() -> None:
 @hosts.command("sync")
 @click.argument("name")
 @click.option("--to", "to", default="all", show_default=True, help="Which machines to update.")
-@click.option("--ip", type=click.Choice(["auto", "private", "public"]), default="auto",
-              show_default=True,
-              help="Address to list: private (VPC) when every peer has one under auto.")
+@click.option(
+    "--ip",
+    type=click.Choice(["auto", "private", "public"]),
+    default="auto",
+    show_default=True,
+    help="Address to list: private (VPC) when every peer has one under auto.",
+)
 @json_option
 def hosts_sync(name: str, to: str, ip: str, as_json: bool) -> None:
     """Write `IP name name.GROUP` for every machine into each machine's hosts file (a
@@ -476,8 +575,9 @@ def hosts_sync(name: str, to: str, ip: str, as_json: bool) -> None:
 @click.option("--mode", help="Octal file mode on the machines, e.g. 0640.")
 @click.option("--owner", help="USER or USER:GROUP on the machines (Linux).")
 @json_option
-def push(name: str, to: str, local: str, remote: str, mode: str | None, owner: str | None,
-         as_json: bool) -> None:
+def push(
+    name: str, to: str, local: str, remote: str, mode: str | None, owner: str | None, as_json: bool
+) -> None:
     """Copy LOCAL to REMOTE (an absolute path) on machines: uploaded once, fetched by
     each machine over HTTPS, verified by SHA-256, written atomically."""
     from ..master.client import worst_exit_code
@@ -563,8 +663,10 @@ def kv_list(name: str, as_json: bool) -> None:
     if as_json:
         emit_json({"group": name, "keys": keys})
     else:
-        print_table(["KEY", "VERSION", "BY", "UPDATED"],
-                    [[k["key"], str(k["version"]), k["by"], ago(k["updated"])] for k in keys])
+        print_table(
+            ["KEY", "VERSION", "BY", "UPDATED"],
+            [[k["key"], str(k["version"]), k["by"], ago(k["updated"])] for k in keys],
+        )
 
 
 @click.command()
@@ -582,8 +684,10 @@ def audit(group_name: str | None, limit: int, as_json: bool) -> None:
         return
     for r in records:
         t = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["time"]))
-        click.echo(f"{t}  {r['actor']:<16} {r['action']:<14} {r['group'] or '-':<12} "
-                   f"{json.dumps(r['detail'])[:120]}")
+        click.echo(
+            f"{t}  {r['actor']:<16} {r['action']:<14} {r['group'] or '-':<12} "
+            f"{json.dumps(r['detail'])[:120]}"
+        )
 
 
 def register(cli: click.Group) -> None:

@@ -16,8 +16,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def json_option(fn: F) -> F:
-    return click.option("--json", "as_json", is_flag=True,
-                        help="Print JSON (JSON lines when streaming).")(fn)  # type: ignore[return-value]
+    return click.option(
+        "--json", "as_json", is_flag=True, help="Print JSON (JSON lines when streaming)."
+    )(fn)  # type: ignore[return-value]
 
 
 def emit_json(doc: Any) -> None:
@@ -46,9 +47,8 @@ def print_table(headers: list[str], rows: list[list[str]]) -> None:
             table.add_row(*row)
         Console().print(table)
         return
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
-              for i, h in enumerate(headers)]
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)
+    ]
     for row in [headers, *rows]:
         click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-
-

@@ -18,12 +18,21 @@ def _close(provider: Any) -> None:
 
 
 @click.command()
-@click.argument("scenario_file", metavar="SCENARIO.yaml",
-                type=click.Path(exists=True, dir_okay=False))
-@click.option("--rerun", is_flag=True, help="Run every step again, also those that "
-                                            "succeeded in an earlier `crc up`.")
-@click.option("--parallel", type=click.IntRange(1, 64), default=8, show_default=True,
-              help="At most this many steps at once.")
+@click.argument(
+    "scenario_file", metavar="SCENARIO.yaml", type=click.Path(exists=True, dir_okay=False)
+)
+@click.option(
+    "--rerun",
+    is_flag=True,
+    help="Run every step again, also those that succeeded in an earlier `crc up`.",
+)
+@click.option(
+    "--parallel",
+    type=click.IntRange(1, 64),
+    default=8,
+    show_default=True,
+    help="At most this many steps at once.",
+)
 @json_option
 def up(scenario_file: str, rerun: bool, parallel: int, as_json: bool) -> None:
     """Create the scenario's group and machines, wait until they are ready (live
@@ -43,8 +52,7 @@ def up(scenario_file: str, rerun: bool, parallel: int, as_json: bool) -> None:
     provider = make_provider(scenario.provider, scenario.provider_settings, profile.url)
     try:
         with make_view(as_json) as view:
-            runner = Runner(scenario, profile, provider, view, rerun=rerun,
-                            max_parallel=parallel)
+            runner = Runner(scenario, profile, provider, view, rerun=rerun, max_parallel=parallel)
             try:
                 rc = runner.up()
             finally:
@@ -55,15 +63,24 @@ def up(scenario_file: str, rerun: bool, parallel: int, as_json: bool) -> None:
 
 
 @click.command()
-@click.argument("scenario_file", metavar="[SCENARIO.yaml]", required=False,
-                type=click.Path(exists=True, dir_okay=False))
+@click.argument(
+    "scenario_file",
+    metavar="[SCENARIO.yaml]",
+    required=False,
+    type=click.Path(exists=True, dir_okay=False),
+)
 @click.option("--group", help="The group (scenario name) to tear down, instead of a file.")
-@click.option("--provider", "provider_name", type=click.Choice(["local", "vultr"]),
-              help="With --group, when the server no longer knows the group: the provider "
-                   "to clean up leftovers at.")
+@click.option(
+    "--provider",
+    "provider_name",
+    type=click.Choice(["local", "vultr"]),
+    help="With --group, when the server no longer knows the group: the provider "
+    "to clean up leftovers at.",
+)
 @json_option
-def down(scenario_file: str | None, group: str | None, provider_name: str | None,
-         as_json: bool) -> None:
+def down(
+    scenario_file: str | None, group: str | None, provider_name: str | None, as_json: bool
+) -> None:
     """Destroy every machine of a scenario at its provider, check that none is left
     (listing by tag), delete the group (revoking every key and credential), report."""
     from ..master.client import Client
@@ -98,12 +115,16 @@ def down(scenario_file: str | None, group: str | None, provider_name: str | None
             except NotFound:
                 mine = None
                 if name is None:
-                    raise NotFound(f"group {group} is not on the server: name its provider "
-                                   "with --provider to clean up leftovers there") from None
+                    raise NotFound(
+                        f"group {group} is not on the server: name its provider "
+                        "with --provider to clean up leftovers there"
+                    ) from None
             else:
                 if not isinstance(mine, dict):
-                    raise Conflict(f"group {group} was not made by `crc up`: delete it with "
-                                   f"`crc group delete {group}`")
+                    raise Conflict(
+                        f"group {group} was not made by `crc up`: delete it with "
+                        f"`crc group delete {group}`"
+                    )
                 name = name or mine.get("provider")
                 settings = mine.get("provider_settings") or {}
         assert name is not None

@@ -23,13 +23,21 @@ def server() -> None:
 @server.command()
 @click.option("--data-dir", envvar="CRC_DATA_DIR", help=DATA_DIR_HELP)
 @click.option("--listen", default="0.0.0.0:8443", show_default=True, help="HOST:PORT to serve on.")
-@click.option("--url", help="Public URL agents and masters use (default: guessed from "
-                            "this machine's address).")
+@click.option(
+    "--url",
+    help="Public URL agents and masters use (default: guessed from this machine's address).",
+)
 @click.option("--san", multiple=True, help="Extra DNS name or IP for the certificate.")
 @click.option("--force", is_flag=True, help="Overwrite an existing certificate.")
 @json_option
-def init(data_dir: str | None, listen: str, url: str | None, san: tuple[str, ...],
-         force: bool, as_json: bool) -> None:
+def init(
+    data_dir: str | None,
+    listen: str,
+    url: str | None,
+    san: tuple[str, ...],
+    force: bool,
+    as_json: bool,
+) -> None:
     """Create a data directory with a self-signed TLS certificate; print URL and
     fingerprint (give both to `crc login` and to agents)."""
     from ..server.config import init_data_dir
@@ -49,15 +57,21 @@ def init(data_dir: str | None, listen: str, url: str | None, san: tuple[str, ...
 @server.command()
 @click.option("--data-dir", envvar="CRC_DATA_DIR", help=DATA_DIR_HELP)
 @click.option("--listen", help="HOST:PORT to serve on (default: from `server init`).")
-@click.option("--database", envvar="CRC_DATABASE",
-              help="Database URL: sqlite:///PATH (default: in the data dir) or "
-                   "postgresql://USER@HOST/DB.")
-@click.option("--insecure", is_flag=True,
-              help="Serve plain HTTP (loopback only; for development).")
-@click.option("--log-level", default="warning", show_default=True,
-              type=click.Choice(["debug", "info", "warning", "error"]))
-def run(data_dir: str | None, listen: str | None, database: str | None, insecure: bool,
-        log_level: str) -> None:
+@click.option(
+    "--database",
+    envvar="CRC_DATABASE",
+    help="Database URL: sqlite:///PATH (default: in the data dir) or postgresql://USER@HOST/DB.",
+)
+@click.option("--insecure", is_flag=True, help="Serve plain HTTP (loopback only; for development).")
+@click.option(
+    "--log-level",
+    default="warning",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"]),
+)
+def run(
+    data_dir: str | None, listen: str | None, database: str | None, insecure: bool, log_level: str
+) -> None:
     """Serve the API (HTTPS) until interrupted."""
     from ..server.config import load_config
     from ..server.runner import serve
@@ -89,8 +103,9 @@ def _admin(data_dir: str | None, database: str | None, op, *args):  # type: igno
     return asyncio.run(go())
 
 
-_db_option = click.option("--database", envvar="CRC_DATABASE",
-                          help="Database URL (instead of --data-dir).")
+_db_option = click.option(
+    "--database", envvar="CRC_DATABASE", help="Database URL (instead of --data-dir)."
+)
 _dd_option = click.option("--data-dir", envvar="CRC_DATA_DIR", help=DATA_DIR_HELP)
 
 
@@ -116,8 +131,9 @@ def add_user(name: str, data_dir: str | None, database: str | None, as_json: boo
 @_dd_option
 @_db_option
 @json_option
-def add_token(user: str, token_name: str, data_dir: str | None, database: str | None,
-              as_json: bool) -> None:
+def add_token(
+    user: str, token_name: str, data_dir: str | None, database: str | None, as_json: bool
+) -> None:
     """Give USER another master token named TOKEN_NAME (shown once)."""
     from ..server.ops.users import add_token as op
 
@@ -134,8 +150,9 @@ def add_token(user: str, token_name: str, data_dir: str | None, database: str | 
 @_dd_option
 @_db_option
 @json_option
-def revoke_token(user: str, token_name: str, data_dir: str | None, database: str | None,
-                 as_json: bool) -> None:
+def revoke_token(
+    user: str, token_name: str, data_dir: str | None, database: str | None, as_json: bool
+) -> None:
     """Revoke USER's master token TOKEN_NAME."""
     from ..server.ops.users import revoke_token as op
 

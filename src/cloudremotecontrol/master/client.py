@@ -30,8 +30,14 @@ class Client:
     cannot connect is sent to the next one, and event streams resume there from their
     last cursor."""
 
-    def __init__(self, url: str, token: str, fingerprint: str | None = None,
-                 cert_pem: str | None = None, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        fingerprint: str | None = None,
+        cert_pem: str | None = None,
+        timeout: float = 30.0,
+    ) -> None:
         self.urls = [u.strip().rstrip("/") for u in url.split(",") if u.strip()]
         if not self.urls:
             raise InvalidInput("no server URL given")
@@ -47,9 +53,12 @@ class Client:
     def _open(self, url: str) -> httpx.Client:
         ctx, self.cert_pem = client_context(url, self._fingerprint, self.cert_pem)
         return httpx.Client(
-            base_url=url + "/v1", verify=ctx if ctx is not None else False,
+            base_url=url + "/v1",
+            verify=ctx if ctx is not None else False,
             headers={"Authorization": f"Bearer {self._token}"},
-            timeout=httpx.Timeout(self._timeout, read=None), trust_env=False)
+            timeout=httpx.Timeout(self._timeout, read=None),
+            trust_env=False,
+        )
 
     def _connect_any(self) -> httpx.Client:
         for attempt in range(len(self.urls)):
@@ -104,8 +113,7 @@ class Client:
             raise error_from_payload(resp.status_code, payload)
         return resp.json()
 
-    def _stream(self, path: str, params: dict[str, Any], keepalive: bool = False
-                ) -> Iterator[Any]:
+    def _stream(self, path: str, params: dict[str, Any], keepalive: bool = False) -> Iterator[Any]:
         failures = 0
         while True:
             try:
@@ -119,8 +127,7 @@ class Client:
             except httpx.HTTPError as exc:
                 raise Unavailable(f"event stream from {self.url} broke: {exc}") from None
 
-    def _stream_once(self, path: str, params: dict[str, Any], keepalive: bool
-                     ) -> Iterator[Any]:
+    def _stream_once(self, path: str, params: dict[str, Any], keepalive: bool) -> Iterator[Any]:
         with self._http.stream("GET", path, params=params) as resp:
             if resp.status_code >= 400:
                 resp.read()
@@ -141,13 +148,26 @@ class Client:
     def whoami(self) -> dict[str, Any]:
         return self._call("GET", "/whoami")
 
-    def create_group(self, name: str, machines: list[str] | list[dict[str, Any]],
-                     key_ttl: float | None = None, ttl: float | None = None,
-                     settings: dict[str, Any] | None = None) -> dict[str, Any]:
+    def create_group(
+        self,
+        name: str,
+        machines: list[str] | list[dict[str, Any]],
+        key_ttl: float | None = None,
+        ttl: float | None = None,
+        settings: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
         ms = [m if isinstance(m, dict) else {"name": m} for m in machines]
-        return self._call("POST", "/groups", json={"name": name, "machines": ms,
-                                                   "key_ttl": key_ttl, "ttl": ttl,
-                                                   "settings": settings or {}})
+        return self._call(
+            "POST",
+            "/groups",
+            json={
+                "name": name,
+                "machines": ms,
+                "key_ttl": key_ttl,
+                "ttl": ttl,
+                "settings": settings or {},
+            },
+        )
 
     def list_groups(self) -> list[dict[str, Any]]:
         return self._call("GET", "/groups")["groups"]
@@ -155,12 +175,12 @@ class Client:
     def group(self, name: str) -> dict[str, Any]:
         return self._call("GET", f"/groups/{name}")
 
-    def machine_key(self, group: str, machine: str, key_ttl: float | None = None
-                    ) -> dict[str, Any]:
+    def machine_key(self, group: str, machine: str, key_ttl: float | None = None) -> dict[str, Any]:
         """A fresh single-use key for a machine not enrolled yet (its old key stops
         working); Conflict once it has enrolled."""
-        return self._call("POST", f"/groups/{group}/machines/{machine}/key",
-                          json={"key_ttl": key_ttl})
+        return self._call(
+            "POST", f"/groups/{group}/machines/{machine}/key", json={"key_ttl": key_ttl}
+        )
 
     def delete_group(self, name: str) -> dict[str, Any]:
         return self._call("DELETE", f"/groups/{name}")
@@ -168,26 +188,47 @@ class Client:
     def arm_teardown(self, group: str, provider: str, api_key: str) -> dict[str, Any]:
         """Hand the server ``provider``'s API key so that it destroys the group's
         machines there when the group's TTL passes (stored encrypted, never shown)."""
-        return self._call("PUT", f"/groups/{group}/teardown",
-                          json={"provider": provider, "api_key": api_key})
+        return self._call(
+            "PUT", f"/groups/{group}/teardown", json={"provider": provider, "api_key": api_key}
+        )
 
     def disarm_teardown(self, group: str) -> dict[str, Any]:
         """Take the provider key back: the TTL then only revokes the group."""
         return self._call("DELETE", f"/groups/{group}/teardown")
 
-    def start_job(self, group: str, to: str, *, argv: list[str] | None = None,
-                  command: str | None = None, shell: str | None = None,
-                  env: dict[str, str] | None = None, cwd: str | None = None,
-                  timeout: float | None = None) -> dict[str, Any]:
-        return self._call("POST", f"/groups/{group}/jobs", json={
-            "to": to, "argv": argv, "command": command, "shell": shell, "env": env or {},
-            "cwd": cwd, "timeout": timeout})
+    def start_job(
+        self,
+        group: str,
+        to: str,
+        *,
+        argv: list[str] | None = None,
+        command: str | None = None,
+        shell: str | None = None,
+        env: dict[str, str] | None = None,
+        cwd: str | None = None,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        return self._call(
+            "POST",
+            f"/groups/{group}/jobs",
+            json={
+                "to": to,
+                "argv": argv,
+                "command": command,
+                "shell": shell,
+                "env": env or {},
+                "cwd": cwd,
+                "timeout": timeout,
+            },
+        )
 
-    def send_message(self, group: str, to: str, type: str,
-                     body: dict[str, Any] | None = None) -> dict[str, Any]:
+    def send_message(
+        self, group: str, to: str, type: str, body: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         """Queue data message ``type`` (``user.NAME``) for machines."""
-        return self._call("POST", f"/groups/{group}/messages",
-                          json={"to": to, "type": type, "body": body or {}})
+        return self._call(
+            "POST", f"/groups/{group}/messages", json={"to": to, "type": type, "body": body or {}}
+        )
 
     def hosts_sync(self, group: str, to: str = "all", ip: str = "auto") -> dict[str, Any]:
         """Start the job that writes the group's machines into hosts files."""
@@ -203,11 +244,11 @@ class Client:
     def kv_set(self, group: str, key: str, value: Any) -> dict[str, Any]:
         return self._call("PUT", f"/groups/{group}/kv/{key}", json={"value": value})
 
-    def kv_get(self, group: str, key: str, wait: float = 0, newer_than: int = 0
-               ) -> dict[str, Any]:
+    def kv_get(self, group: str, key: str, wait: float = 0, newer_than: int = 0) -> dict[str, Any]:
         """The key's value; with ``wait``, block until it exists with a newer version."""
-        return self._call("GET", f"/groups/{group}/kv/{key}",
-                          params={"wait": wait, "newer_than": newer_than})
+        return self._call(
+            "GET", f"/groups/{group}/kv/{key}", params={"wait": wait, "newer_than": newer_than}
+        )
 
     def kv_list(self, group: str) -> list[dict[str, Any]]:
         return self._call("GET", f"/groups/{group}/kv")["keys"]
@@ -239,22 +280,35 @@ class Client:
                 while chunk := fh.read(1 << 20):
                     yield chunk
 
-        out = self._call("PUT", f"/blobs/{sha}", content=chunks(),
-                         headers={"Content-Length": str(size),
-                                  "Content-Type": "application/octet-stream"})
+        out = self._call(
+            "PUT",
+            f"/blobs/{sha}",
+            content=chunks(),
+            headers={"Content-Length": str(size), "Content-Type": "application/octet-stream"},
+        )
         return {**out, "uploaded": True}
 
-    def push(self, group: str, to: str, local: str, remote: str, mode: str | None = None,
-             owner: str | None = None) -> dict[str, Any]:
+    def push(
+        self,
+        group: str,
+        to: str,
+        local: str,
+        remote: str,
+        mode: str | None = None,
+        owner: str | None = None,
+    ) -> dict[str, Any]:
         """Upload ``local`` and start the job writing it to ``remote`` on the targets."""
         blob = self.upload(local)
-        return self._call("POST", f"/groups/{group}/files", json={
-            "to": to, "sha256": blob["sha256"], "path": remote, "mode": mode,
-            "owner": owner})
+        return self._call(
+            "POST",
+            f"/groups/{group}/files",
+            json={"to": to, "sha256": blob["sha256"], "path": remote, "mode": mode, "owner": owner},
+        )
 
     def start_pull(self, group: str, machine: str, remote: str) -> dict[str, Any]:
-        return self._call("POST", f"/groups/{group}/pulls",
-                          json={"machine": machine, "path": remote})
+        return self._call(
+            "POST", f"/groups/{group}/pulls", json={"machine": machine, "path": remote}
+        )
 
     def download_pulled(self, job_id: str, local: str) -> dict[str, Any]:
         """Save the file a finished pull job brought back to ``local`` (verified, atomic)."""
@@ -267,8 +321,10 @@ class Client:
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=".crc-pull-")
         digest = hashlib.sha256()
         try:
-            with os.fdopen(fd, "wb") as fh, self._http.stream(
-                    "GET", f"/blobs/{info['sha256']}") as resp:
+            with (
+                os.fdopen(fd, "wb") as fh,
+                self._http.stream("GET", f"/blobs/{info['sha256']}") as resp,
+            ):
                 if resp.status_code >= 400:
                     resp.read()
                     raise error_from_payload(resp.status_code, resp.json())
@@ -291,8 +347,9 @@ class Client:
     def cancel_job(self, job_id: str) -> dict[str, Any]:
         return self._call("POST", f"/jobs/{job_id}/cancel")
 
-    def events(self, group: str, since: int | None = None, follow: bool = False,
-               keepalive: bool = False) -> Iterator[Any]:
+    def events(
+        self, group: str, since: int | None = None, follow: bool = False, keepalive: bool = False
+    ) -> Iterator[Any]:
         """Events after cursor ``since``; with ``keepalive`` also ``None`` every few
         seconds of silence, so a follower can check its own deadline."""
         params: dict[str, Any] = {"follow": follow}
@@ -304,8 +361,9 @@ class Client:
         """The cursor of the group's latest event (follow from there)."""
         return int(self._call("GET", f"/groups/{group}/cursor")["cursor"])
 
-    def job_events(self, job_id: str, since: int = 0, follow: bool = True
-                   ) -> Iterator[dict[str, Any]]:
+    def job_events(
+        self, job_id: str, since: int = 0, follow: bool = True
+    ) -> Iterator[dict[str, Any]]:
         return self._stream(f"/jobs/{job_id}/events", {"since": since, "follow": follow})
 
     def follow_job(self, job_id: str, targets: list[str]) -> Iterator[dict[str, Any]]:
@@ -344,5 +402,3 @@ def worst_exit_code(results: dict[str, dict[str, Any]]) -> int:
             code = 125
         worst = max(worst, code)
     return worst
-
-

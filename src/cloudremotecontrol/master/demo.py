@@ -28,9 +28,22 @@ SCENARIO = "demo.yaml"
 
 def _init_server(server: ServerProcess, host: str) -> None:
     """``crc server init`` listening on ``host`` (ServerProcess.start then reuses it)."""
-    subprocess.run(crc_argv("server", "init", "--data-dir", str(server.data_dir), "--listen",
-                            f"{host}:{server.port}", "--url", f"https://{host}:{server.port}",
-                            "--json"), check=True, capture_output=True, env=server.env)
+    subprocess.run(
+        crc_argv(
+            "server",
+            "init",
+            "--data-dir",
+            str(server.data_dir),
+            "--listen",
+            f"{host}:{server.port}",
+            "--url",
+            f"https://{host}:{server.port}",
+            "--json",
+        ),
+        check=True,
+        capture_output=True,
+        env=server.env,
+    )
 
 
 def run_demo(keep: bool = False, as_json: bool = False) -> int:
@@ -42,8 +55,11 @@ def run_demo(keep: bool = False, as_json: bool = False) -> int:
     from .scenario.view import make_view
 
     t0 = time.monotonic()
-    text = resources.files("cloudremotecontrol.master.scenarios").joinpath(SCENARIO) \
+    text = (
+        resources.files("cloudremotecontrol.master.scenarios")
+        .joinpath(SCENARIO)
         .read_text(encoding="utf-8")
+    )
     scenario = parse_scenario(text, SCENARIO)
     root = Path(tempfile.mkdtemp(prefix="crc-demo-"))
     provider = LocalProvider(root / "machines")
@@ -55,8 +71,11 @@ def run_demo(keep: bool = False, as_json: bool = False) -> int:
         server.start()
         provider.server_url = server.url
         profile = Profile(server.url, server.add_user("demo"), server.fingerprint)
-        view.info(f"server {server.url} ({server.fingerprint[:23]}…), data in {root}",
-                  url=server.url, dir=str(root))
+        view.info(
+            f"server {server.url} ({server.fingerprint[:23]}…), data in {root}",
+            url=server.url,
+            dir=str(root),
+        )
         runner = Runner(scenario, profile, provider, view, state=LocalState(root / "up.json"))
         try:
             rc = runner.up()
@@ -76,7 +95,10 @@ def run_demo(keep: bool = False, as_json: bool = False) -> int:
         else:
             shutil.rmtree(root, ignore_errors=True)
     left = provider.list(scenario.name)
-    view.info(f"done in {time.monotonic() - t0:.1f}s; " +
-              ("nothing left running" if not left else f"LEFT: {left}"),
-              seconds=round(time.monotonic() - t0, 1), left=[i.id for i in left])
+    view.info(
+        f"done in {time.monotonic() - t0:.1f}s; "
+        + ("nothing left running" if not left else f"LEFT: {left}"),
+        seconds=round(time.monotonic() - t0, 1),
+        left=[i.id for i in left],
+    )
     return rc if not left else 1

@@ -35,8 +35,13 @@ def crc_argv(*args: str) -> list[str]:
 class ServerProcess:
     """``crc server init`` + ``crc server run`` in ``data_dir`` on a loopback port."""
 
-    def __init__(self, data_dir: Path, port: int | None = None, database: str | None = None,
-                 env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int | None = None,
+        database: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
         self.database = database
@@ -52,9 +57,21 @@ class ServerProcess:
             self.url, self.fingerprint = cfg["url"], cfg["fingerprint"]
             return
         out = subprocess.run(
-            crc_argv("server", "init", "--data-dir", str(self.data_dir), "--listen",
-                     f"127.0.0.1:{self.port}", "--url", f"https://127.0.0.1:{self.port}",
-                     "--json"), check=True, capture_output=True, env=self.env)
+            crc_argv(
+                "server",
+                "init",
+                "--data-dir",
+                str(self.data_dir),
+                "--listen",
+                f"127.0.0.1:{self.port}",
+                "--url",
+                f"https://127.0.0.1:{self.port}",
+                "--json",
+            ),
+            check=True,
+            capture_output=True,
+            env=self.env,
+        )
         cfg = json.loads(out.stdout)
         self.url, self.fingerprint = cfg["url"], cfg["fingerprint"]
 
@@ -79,8 +96,13 @@ class ServerProcess:
         if self.database:
             args += ["--database", self.database]
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(crc_argv(*args), stdout=log, stderr=subprocess.STDOUT,
-                                     env=self.env, start_new_session=True)
+        self.proc = subprocess.Popen(
+            crc_argv(*args),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            start_new_session=True,
+        )
         log.close()
         self.wait_healthy(timeout)
         return self
@@ -90,13 +112,15 @@ class ServerProcess:
         deadline = time.monotonic() + timeout
         while True:
             if self.proc is not None and self.proc.poll() is not None:
-                raise Unavailable(f"server exited with {self.proc.returncode}: "
-                                  f"{self.log_path.read_text()[-2000:]}")
+                raise Unavailable(
+                    f"server exited with {self.proc.returncode}: "
+                    f"{self.log_path.read_text()[-2000:]}"
+                )
             try:
                 if ctx is None:
                     ctx, _ = client_context(self.url, self.fingerprint)
-                with urllib.request.urlopen(self.url + "/v1/health", timeout=2,  # noqa: S310
-                                            context=ctx) as r:
+                health = self.url + "/v1/health"
+                with urllib.request.urlopen(health, timeout=2, context=ctx) as r:  # noqa: S310
                     if r.status == 200:
                         return
             except (OSError, Unavailable):
@@ -107,9 +131,12 @@ class ServerProcess:
 
     def admin(self, *args: str) -> dict[str, Any]:
         extra = ["--database", self.database] if self.database else []
-        out = subprocess.run(crc_argv("server", *args, "--data-dir", str(self.data_dir),
-                                      *extra, "--json"),
-                             check=True, capture_output=True, env=self.env)
+        out = subprocess.run(
+            crc_argv("server", *args, "--data-dir", str(self.data_dir), *extra, "--json"),
+            check=True,
+            capture_output=True,
+            env=self.env,
+        )
         return json.loads(out.stdout)
 
     def add_user(self, name: str) -> str:
@@ -134,9 +161,16 @@ class AgentProcess:
     """``crc agent run`` with its own state dir (and optionally a command prefix, e.g.
     ``ip netns exec NS`` to put it on its own network)."""
 
-    def __init__(self, state_dir: Path, url: str | None = None, key: str | None = None,
-                 fingerprint: str | None = None, prefix: list[str] | None = None,
-                 extra: list[str] | None = None, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        url: str | None = None,
+        key: str | None = None,
+        fingerprint: str | None = None,
+        prefix: list[str] | None = None,
+        extra: list[str] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.state_dir = Path(state_dir)
         self.url, self.key, self.fingerprint = url, key, fingerprint
         self.prefix = prefix or []
@@ -156,9 +190,13 @@ class AgentProcess:
         if self.key:
             env["CRC_KEY"] = self.key  # not on the command line, where `ps` shows it
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([*self.prefix, *crc_argv(*args)], stdout=log,
-                                     stderr=subprocess.STDOUT, env=env,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            [*self.prefix, *crc_argv(*args)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
         log.close()
         return self
 

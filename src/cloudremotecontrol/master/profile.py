@@ -50,8 +50,10 @@ def load_profile() -> Profile:
     token = os.environ.get("CRC_TOKEN") or stored.get("token")
     fingerprint = os.environ.get("CRC_FINGERPRINT") or stored.get("fingerprint")
     if not url or not token:
-        raise Unauthorized("not logged in: run `crc login --url URL --token TOKEN "
-                           "--fingerprint SHA256` (or set CRC_URL and CRC_TOKEN)")
+        raise Unauthorized(
+            "not logged in: run `crc login --url URL --token TOKEN "
+            "--fingerprint SHA256` (or set CRC_URL and CRC_TOKEN)"
+        )
     same_server = url == stored.get("url") and fingerprint == stored.get("fingerprint")
     return Profile(url, token, fingerprint, stored.get("cert_pem") if same_server else None)
 

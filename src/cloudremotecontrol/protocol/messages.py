@@ -93,9 +93,15 @@ class Envelope:
         return env
 
     @classmethod
-    def make(cls, group: str, sender: str, to: str, type: str,
-             body: dict[str, Any] | None = None, correlation_id: str | None = None
-             ) -> Envelope:
+    def make(
+        cls,
+        group: str,
+        sender: str,
+        to: str,
+        type: str,
+        body: dict[str, Any] | None = None,
+        correlation_id: str | None = None,
+    ) -> Envelope:
         return cls(new_id(), group, sender, to, type, body or {}, correlation_id, time.time())
 
 
@@ -134,8 +140,7 @@ class JobRun:
             raise InvalidInput("give either argv (a list of strings) or command (a string)")
         size = 0
         if argv is not None:
-            if (not isinstance(argv, list) or not argv
-                    or not all(isinstance(a, str) for a in argv)):
+            if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
                 raise InvalidInput("argv must be a non-empty list of strings", field="argv")
             if any("\x00" in a for a in argv):
                 raise InvalidInput("argv must not contain NUL characters", field="argv")
@@ -149,12 +154,18 @@ class JobRun:
             raise TooLarge(f"command is {size} bytes; the limit is {MAX_COMMAND_BYTES}")
         shell = body.get("shell")
         if shell is not None and shell not in SHELLS:
-            raise InvalidInput(f"unknown shell {shell!r}: use one of {', '.join(SHELLS)}",
-                               field="shell")
+            raise InvalidInput(
+                f"unknown shell {shell!r}: use one of {', '.join(SHELLS)}", field="shell"
+            )
         env = body.get("env") or {}
         if not isinstance(env, dict) or not all(
-            isinstance(k, str) and k and "=" not in k and "\x00" not in k
-            and isinstance(v, str) and "\x00" not in v for k, v in env.items()
+            isinstance(k, str)
+            and k
+            and "=" not in k
+            and "\x00" not in k
+            and isinstance(v, str)
+            and "\x00" not in v
+            for k, v in env.items()
         ):
             raise InvalidInput("env must map variable names to strings", field="env")
         cwd = body.get("cwd")
@@ -162,11 +173,14 @@ class JobRun:
             raise InvalidInput("cwd must be a non-empty path", field="cwd")
         timeout = body.get("timeout")
         if timeout is not None:
-            if (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
-                    or not 0 < timeout <= MAX_TIMEOUT_SECONDS):
+            if (
+                isinstance(timeout, bool)
+                or not isinstance(timeout, (int, float))
+                or not 0 < timeout <= MAX_TIMEOUT_SECONDS
+            ):
                 raise InvalidInput(
-                    f"timeout must be between 0 and {MAX_TIMEOUT_SECONDS} seconds",
-                    field="timeout")
+                    f"timeout must be between 0 and {MAX_TIMEOUT_SECONDS} seconds", field="timeout"
+                )
             timeout = float(timeout)
         return cls(job_id, argv, command, shell, dict(env), cwd, timeout)
 

@@ -92,8 +92,9 @@ class Target:
 def parse_target(text: object) -> Target:
     """``all`` / ``*`` / ``a,b`` / ``role=db[,tier=1]``."""
     if not isinstance(text, str) or not text.strip():
-        raise InvalidInput("missing target: give a machine name, a comma list, KEY=VALUE or all",
-                           field="to")
+        raise InvalidInput(
+            "missing target: give a machine name, a comma list, KEY=VALUE or all", field="to"
+        )
     text = text.strip()
     if text in ("all", "*"):
         return Target(all=True)

@@ -79,8 +79,13 @@ class JobStatus(str, Enum):
 
 
 _TERMINAL = frozenset(
-    {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.TIMED_OUT, JobStatus.CANCELLED,
-     JobStatus.LOST}
+    {
+        JobStatus.SUCCEEDED,
+        JobStatus.FAILED,
+        JobStatus.TIMED_OUT,
+        JobStatus.CANCELLED,
+        JobStatus.LOST,
+    }
 )
 
 
@@ -96,8 +101,13 @@ class JobEvent(str, Enum):
 
 _J = JobStatus
 _JE = JobEvent
-_ENDINGS = {_JE.SUCCEED: _J.SUCCEEDED, _JE.FAIL: _J.FAILED, _JE.TIME_OUT: _J.TIMED_OUT,
-            _JE.CANCEL: _J.CANCELLED, _JE.LOSE: _J.LOST}
+_ENDINGS = {
+    _JE.SUCCEED: _J.SUCCEEDED,
+    _JE.FAIL: _J.FAILED,
+    _JE.TIME_OUT: _J.TIMED_OUT,
+    _JE.CANCEL: _J.CANCELLED,
+    _JE.LOSE: _J.LOST,
+}
 
 JOB_TRANSITIONS: dict[tuple[JobStatus, JobEvent], JobStatus] = {
     (_J.QUEUED, _JE.DELIVER): _J.DELIVERED,

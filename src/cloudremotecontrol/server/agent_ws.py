@@ -50,10 +50,25 @@ async def agent_endpoint(ws: WebSocket) -> None:
         return
     peer = ws.client.host if ws.client else None
     agent_ack = hello["ack"]  # hello.ack and hello.resume_from checked by decode_frame
-    info = await store.write(delivery.machine_connected, m["id"], bool(hello.get("ready")),
-                             peer, app.state.replica, agent_ack, hello.get("resume_from"))
-    await ws.send_text(encode_frame({"type": "welcome", "ack": info["in_done"],
-                                     "machine": m["name"], "group": m["group_name"]}))
+    info = await store.write(
+        delivery.machine_connected,
+        m["id"],
+        bool(hello.get("ready")),
+        peer,
+        app.state.replica,
+        agent_ack,
+        hello.get("resume_from"),
+    )
+    await ws.send_text(
+        encode_frame(
+            {
+                "type": "welcome",
+                "ack": info["in_done"],
+                "machine": m["name"],
+                "group": m["group_name"],
+            }
+        )
+    )
 
     async def reload(machine_id: str, after: int) -> list[tuple[int, str]]:
         return await store.read(delivery.outbox_after, machine_id, after)
@@ -73,8 +88,9 @@ async def agent_endpoint(ws: WebSocket) -> None:
     finally:
         link.closed = True
         writer.cancel()
-        with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect, ConnectionError,
-                                 RuntimeError):
+        with contextlib.suppress(
+            asyncio.CancelledError, WebSocketDisconnect, ConnectionError, RuntimeError
+        ):
             await writer
         app.state.hub.detach(link)
         if app.state.hub.links.get(m["id"]) is None:
@@ -102,8 +118,9 @@ async def _read_loop(ws: WebSocket, store: Store, m: dict[str, Any], link: Agent
             except CrcError as exc:
                 link.send_control(encode_frame({"type": "error", **exc.to_payload()}))
         elif kind == "msg":
-            result = await store.write(delivery.apply_agent_message, m["id"], frame["seq"],
-                                       frame["msg"])
+            result = await store.write(
+                delivery.apply_agent_message, m["id"], frame["seq"], frame["msg"]
+            )
             receipt = result["receipt"]
             if result.get("deliveries"):
                 ws.app.state.hub.deliver(result["deliveries"])
@@ -111,20 +128,39 @@ async def _read_loop(ws: WebSocket, store: Store, m: dict[str, Any], link: Agent
                 await _refuse(ws, 4403, CrcError("machine revoked", code="revoked"))
                 return
             if receipt == "gap":
-                await _refuse(ws, 4400, CrcError(
-                    f"sequence gap: expected {result['expected']}, resume", code="protocol"))
+                await _refuse(
+                    ws,
+                    4400,
+                    CrcError(
+                        f"sequence gap: expected {result['expected']}, resume", code="protocol"
+                    ),
+                )
                 return
             if "error" in result:
-                link.send_control(encode_frame({"type": "error", "seq": frame["seq"],
-                                                "error": result["error"]}))
+                link.send_control(
+                    encode_frame({"type": "error", "seq": frame["seq"], "error": result["error"]})
+                )
             link.send_control(encode_frame({"type": "ack", "seq": frame["seq"]}))
         else:
-            link.send_control(encode_frame({"type": "error", "error": {
-                "code": "unknown_type", "message": f"unexpected {kind} frame"}}))
+            link.send_control(
+                encode_frame(
+                    {
+                        "type": "error",
+                        "error": {"code": "unknown_type", "message": f"unexpected {kind} frame"},
+                    }
+                )
+            )
 
 
 async def _refuse(ws: WebSocket, code: int, exc: CrcError) -> None:
     with contextlib.suppress(Exception):
-        await ws.send_text(json.dumps({"type": "revoked" if code in (4401, 4403) else "error",
-                                       "reason": exc.message, **exc.to_payload()}))
+        await ws.send_text(
+            json.dumps(
+                {
+                    "type": "revoked" if code in (4401, 4403) else "error",
+                    "reason": exc.message,
+                    **exc.to_payload(),
+                }
+            )
+        )
         await ws.close(code, exc.message[:120])

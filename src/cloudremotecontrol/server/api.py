@@ -53,8 +53,14 @@ async def whoami(user: Master) -> dict[str, Any]:
 @router.post("/groups", status_code=201, tags=["groups"])
 async def create_group(body: GroupCreate, user: Master, request: Request) -> dict[str, Any]:
     return await _store(request).write(
-        group_ops.create_group, user["user_id"], body.name,
-        [m.model_dump() for m in body.machines], body.key_ttl, body.ttl, body.settings)
+        group_ops.create_group,
+        user["user_id"],
+        body.name,
+        [m.model_dump() for m in body.machines],
+        body.key_ttl,
+        body.ttl,
+        body.settings,
+    )
 
 
 @router.get("/groups", tags=["groups"])
@@ -69,33 +75,33 @@ async def show_group(group: str, user: Master, request: Request) -> dict[str, An
 
 @router.delete("/groups/{group}", tags=["groups"])
 async def delete_group(group: str, user: Master, request: Request) -> dict[str, Any]:
-    revoked, uninstall = await _store(request).write(group_ops.delete_group, user["user_id"],
-                                                     group)
+    revoked, uninstall = await _store(request).write(group_ops.delete_group, user["user_id"], group)
     await request.app.state.hub.revoke(revoked, f"group {group!r} deleted", uninstall)
     return {"group": group, "deleted": True, "machines_revoked": len(revoked)}
 
 
 @router.post("/groups/{group}/jobs", status_code=201, tags=["jobs"])
-async def create_job(group: str, body: JobCreate, user: Master, request: Request
-                     ) -> dict[str, Any]:
+async def create_job(group: str, body: JobCreate, user: Master, request: Request) -> dict[str, Any]:
     spec = body.model_dump(exclude={"to"})
     return await queue_and_deliver(request, job_ops.create_job, user, group, body.to, spec)
 
 
 @router.post("/groups/{group}/hosts-sync", status_code=201, tags=["jobs"])
-async def hosts_sync(group: str, body: HostsSync, user: Master, request: Request
-                     ) -> dict[str, Any]:
+async def hosts_sync(group: str, body: HostsSync, user: Master, request: Request) -> dict[str, Any]:
     """A job that writes the group's machines into each target's hosts file."""
-    return await queue_and_deliver(request, job_ops.create_hosts_sync, user, group, body.to,
-                                   body.ip)
+    return await queue_and_deliver(
+        request, job_ops.create_hosts_sync, user, group, body.to, body.ip
+    )
 
 
 @router.post("/groups/{group}/messages", status_code=201, tags=["messages"])
-async def send_message(group: str, body: MessageSend, user: Master, request: Request
-                       ) -> dict[str, Any]:
+async def send_message(
+    group: str, body: MessageSend, user: Master, request: Request
+) -> dict[str, Any]:
     """Queue a ``user.*`` data message for machines (durable when answered)."""
-    return await queue_and_deliver(request, msg_ops.send_message, user, group, body.to,
-                                   body.type, body.body)
+    return await queue_and_deliver(
+        request, msg_ops.send_message, user, group, body.to, body.type, body.body
+    )
 
 
 @router.get("/jobs/{job_id}", tags=["jobs"])
@@ -108,11 +114,18 @@ async def cancel_job(job_id: str, user: Master, request: Request) -> dict[str, A
     return await queue_and_deliver(request, job_ops.cancel_job, user, job_id)
 
 
-@router.get("/groups/{group}/events", tags=["events"],
-            response_description="text/event-stream: one `data:` JSON event per message")
-async def group_events(group: str, user: Master, request: Request,
-                       since: Annotated[int | None, Query(ge=0, le=MAX_CURSOR)] = None,
-                       follow: bool = False) -> StreamingResponse:
+@router.get(
+    "/groups/{group}/events",
+    tags=["events"],
+    response_description="text/event-stream: one `data:` JSON event per message",
+)
+async def group_events(
+    group: str,
+    user: Master,
+    request: Request,
+    since: Annotated[int | None, Query(ge=0, le=MAX_CURSOR)] = None,
+    follow: bool = False,
+) -> StreamingResponse:
     """Events of a group after cursor ``since`` (default: from the start, or from now on
     with ``follow`` and no cursor) as Server-Sent Events; ``id:`` is the cursor."""
     info = await _store(request).read(ev_ops.group_cursor, user["user_id"], group)
@@ -128,16 +141,21 @@ async def group_cursor(group: str, user: Master, request: Request) -> dict[str, 
 
 
 @router.get("/jobs/{job_id}/events", tags=["jobs"])
-async def job_events(job_id: str, user: Master, request: Request,
-                     since: Annotated[int, Query(ge=0, le=MAX_CURSOR)] = 0,
-                     follow: bool = False) -> StreamingResponse:
+async def job_events(
+    job_id: str,
+    user: Master,
+    request: Request,
+    since: Annotated[int, Query(ge=0, le=MAX_CURSOR)] = 0,
+    follow: bool = False,
+) -> StreamingResponse:
     job = await _store(request).read(job_ops.job_view, user["user_id"], job_id)
     info = await _store(request).read(ev_ops.group_cursor, user["user_id"], job["group"])
     return _sse(request, info["group_id"], since, job_id, follow)
 
 
-def _sse(request: Request, group_id: str, cursor: int, job_id: str | None,
-         follow: bool) -> StreamingResponse:
+def _sse(
+    request: Request, group_id: str, cursor: int, job_id: str | None, follow: bool
+) -> StreamingResponse:
     store: Store = request.app.state.store
     bus = request.app.state.bus
 
@@ -163,16 +181,22 @@ def _sse(request: Request, group_id: str, cursor: int, job_id: str | None,
                         return
                     yield b": keepalive\n\n"
 
-    return StreamingResponse(stream(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-store"})
+    return StreamingResponse(
+        stream(), media_type="text/event-stream", headers={"Cache-Control": "no-store"}
+    )
 
 
 @router.get("/audit", tags=["master"])
-async def audit(user: Master, request: Request, group: str | None = None,
-                limit: Annotated[int, Query(ge=1, le=10000)] = 1000) -> dict[str, Any]:
+async def audit(
+    user: Master,
+    request: Request,
+    group: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
+) -> dict[str, Any]:
     """Your append-only audit record (group creation, jobs, cancels, enrollments...)."""
-    return {"records": await _store(request).read(ev_ops.audit_records, user["user_id"],
-                                                  group, limit)}
+    return {
+        "records": await _store(request).read(ev_ops.audit_records, user["user_id"], group, limit)
+    }
 
 
 @router.post("/agent/enroll", tags=["agent"])

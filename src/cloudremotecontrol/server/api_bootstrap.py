@@ -44,29 +44,52 @@ async def _package() -> AgentPackage:
     return await asyncio.to_thread(agent_package)  # built once (~50 ms), then cached
 
 
-@router.get("/agent/package", tags=["agent"], response_class=Response,
-            responses={200: {"content": {"application/octet-stream": {}},
-                             "description": "the agent zipapp (crc-agent-VERSION.pyz)"}})
+@router.get(
+    "/agent/package",
+    tags=["agent"],
+    response_class=Response,
+    responses={
+        200: {
+            "content": {"application/octet-stream": {}},
+            "description": "the agent zipapp (crc-agent-VERSION.pyz)",
+        }
+    },
+)
 async def get_agent_package(request: Request) -> Response:
     """The agent as a zipapp matching this server's version: ``python3 crc-agent.pyz
     agent run ...``. Verify it against ``/v1/agent/package.sha256``."""
     pkg = await _package()
     etag = f'"{pkg.sha256}"'
-    headers = {"ETag": etag, "X-Crc-Version": pkg.version, "X-Crc-Sha256": pkg.sha256,
-               "Cache-Control": "no-cache"}
+    headers = {
+        "ETag": etag,
+        "X-Crc-Version": pkg.version,
+        "X-Crc-Sha256": pkg.sha256,
+        "Cache-Control": "no-cache",
+    }
     if request.headers.get("if-none-match") == etag:
         return Response(status_code=304, headers=headers)
     headers["Content-Disposition"] = f'attachment; filename="{pkg.filename}"'
     return Response(pkg.data, media_type="application/octet-stream", headers=headers)
 
 
-@router.get("/agent/package.sha256", tags=["agent"], response_class=Response,
-            responses={200: {"content": {"text/plain": {}},
-                             "description": "`<hex>  crc-agent-VERSION.pyz` (sha256sum format)"}})
+@router.get(
+    "/agent/package.sha256",
+    tags=["agent"],
+    response_class=Response,
+    responses={
+        200: {
+            "content": {"text/plain": {}},
+            "description": "`<hex>  crc-agent-VERSION.pyz` (sha256sum format)",
+        }
+    },
+)
 async def get_agent_package_sha256() -> Response:
     pkg = await _package()
-    return Response(f"{pkg.sha256}  {pkg.filename}\n", media_type="text/plain",
-                    headers={"X-Crc-Version": pkg.version, "Cache-Control": "no-cache"})
+    return Response(
+        f"{pkg.sha256}  {pkg.filename}\n",
+        media_type="text/plain",
+        headers={"X-Crc-Version": pkg.version, "Cache-Control": "no-cache"},
+    )
 
 
 _WHEEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+!-]*\.whl")
@@ -100,25 +123,39 @@ async def list_agent_wheels(request: Request) -> dict[str, Any]:
     """Binary wheels the agent may need beside its package (pywin32 for the Windows
     service), as the operator put them in ``DATA_DIR/wheels``."""
     wheels = await asyncio.to_thread(_wheel_list, getattr(request.app.state, "wheel_dir", None))
-    return {"wheels": [{"filename": name, "sha256": digest, "size": size}
-                       for name, (_, digest, size) in wheels.items()]}
+    return {
+        "wheels": [
+            {"filename": name, "sha256": digest, "size": size}
+            for name, (_, digest, size) in wheels.items()
+        ]
+    }
 
 
-@router.get("/agent/wheels/{filename}", tags=["agent"], response_class=Response,
-            responses={200: {"content": {"application/octet-stream": {}}}})
+@router.get(
+    "/agent/wheels/{filename}",
+    tags=["agent"],
+    response_class=Response,
+    responses={200: {"content": {"application/octet-stream": {}}}},
+)
 async def get_agent_wheel(filename: str, request: Request) -> Response:
     wheels = await asyncio.to_thread(_wheel_list, getattr(request.app.state, "wheel_dir", None))
     if filename not in wheels:
         raise NotFound(f"no wheel {filename!r} on this server (see GET /v1/agent/wheels)")
     path, digest, _ = wheels[filename]
-    return FileResponse(path, media_type="application/octet-stream", filename=filename,
-                        headers={"X-Crc-Sha256": digest, "Cache-Control": "no-cache"})
+    return FileResponse(
+        path,
+        media_type="application/octet-stream",
+        filename=filename,
+        headers={"X-Crc-Sha256": digest, "Cache-Control": "no-cache"},
+    )
 
 
 @router.post("/groups/{group}/machines/{machine}/key", status_code=201, tags=["groups"])
-async def new_machine_key(group: str, machine: str, user: Master, request: Request,
-                          body: KeyReissue | None = None) -> dict[str, Any]:
+async def new_machine_key(
+    group: str, machine: str, user: Master, request: Request, body: KeyReissue | None = None
+) -> dict[str, Any]:
     """A fresh single-use key for a machine that has not enrolled yet (the old key is
     burnt). 409 once the machine has enrolled."""
     return await request.app.state.store.write(
-        reissue_key, user["user_id"], group, machine, body.key_ttl if body else None)
+        reissue_key, user["user_id"], group, machine, body.key_ttl if body else None
+    )

@@ -70,23 +70,34 @@ async def download_blob(sha256: str, user: Master, request: Request) -> FileResp
     check_sha256(sha256)
     if await _store(request).read(file_ops.blob_size, user["user_id"], sha256) is None:
         raise NotFound(f"no file {sha256}")
-    return FileResponse(await _blobs(request).local_path(sha256),
-                        media_type="application/octet-stream")
+    return FileResponse(
+        await _blobs(request).local_path(sha256), media_type="application/octet-stream"
+    )
 
 
 @router.post("/groups/{group}/files", status_code=201, tags=["files"])
 async def push(group: str, body: PushIn, user: Master, request: Request) -> dict[str, Any]:
     """A job that writes an uploaded file to every target machine."""
     check_sha256(body.sha256)
-    return await queue_and_deliver(request, file_ops.create_push, user, group, body.to,
-                                   body.sha256, body.path, body.mode, body.owner)
+    return await queue_and_deliver(
+        request,
+        file_ops.create_push,
+        user,
+        group,
+        body.to,
+        body.sha256,
+        body.path,
+        body.mode,
+        body.owner,
+    )
 
 
 @router.post("/groups/{group}/pulls", status_code=201, tags=["files"])
 async def pull(group: str, body: PullIn, user: Master, request: Request) -> dict[str, Any]:
     """A job that uploads one machine's file; fetch it with GET /v1/jobs/{id}/file."""
-    return await queue_and_deliver(request, file_ops.create_pull, user, group, body.machine,
-                                   body.path)
+    return await queue_and_deliver(
+        request, file_ops.create_pull, user, group, body.machine, body.path
+    )
 
 
 @router.get("/jobs/{job_id}/file", tags=["files"])
@@ -99,8 +110,9 @@ async def agent_blob(sha256: str, m: Machine, request: Request) -> FileResponse:
     """The content of an open push to this machine (Range requests supported)."""
     check_sha256(sha256)
     await _store(request).read(file_ops.machine_may_read, m["id"], sha256)
-    return FileResponse(await _blobs(request).local_path(sha256),
-                        media_type="application/octet-stream")
+    return FileResponse(
+        await _blobs(request).local_path(sha256), media_type="application/octet-stream"
+    )
 
 
 @router.put("/agent/uploads/{job_id}", tags=["agent"])
@@ -108,8 +120,8 @@ async def agent_upload(job_id: str, m: Machine, request: Request) -> dict[str, A
     """A machine uploads the file of an open pull job (raw body, streamed)."""
     await _store(request).read(file_ops.upload_slot, m["id"], job_id)
     expected = request.headers.get("x-content-sha256")
-    sha, size = await _blobs(request).put(request.stream(),
-                                          check_sha256(expected) if expected else None,
-                                          MAX_FILE_BYTES)
+    sha, size = await _blobs(request).put(
+        request.stream(), check_sha256(expected) if expected else None, MAX_FILE_BYTES
+    )
     await _store(request).write(file_ops.record_upload, m["id"], job_id, sha, size)
     return {"sha256": sha, "size": size}

@@ -42,35 +42,47 @@ async def list_keys(group: str, user: Master, request: Request) -> dict[str, Any
 
 
 @router.put("/groups/{group}/kv/{key:path}", tags=["kv"])
-async def master_set(group: str, key: str, body: KvIn, user: Master, request: Request
-                     ) -> dict[str, Any]:
+async def master_set(
+    group: str, key: str, body: KvIn, user: Master, request: Request
+) -> dict[str, Any]:
     gid = await _group_id(request, user, group)
     return await request.app.state.store.write(kv_ops.kv_set, gid, key, body.value, "master")
 
 
 @router.get("/groups/{group}/kv/{key:path}", tags=["kv"])
-async def master_get(group: str, key: str, user: Master, request: Request,
-                     wait: Annotated[float, Query(ge=0, le=MAX_WAIT)] = 0,
-                     newer_than: Annotated[int, Query(ge=0)] = 0) -> dict[str, Any]:
+async def master_get(
+    group: str,
+    key: str,
+    user: Master,
+    request: Request,
+    wait: Annotated[float, Query(ge=0, le=MAX_WAIT)] = 0,
+    newer_than: Annotated[int, Query(ge=0)] = 0,
+) -> dict[str, Any]:
     gid = await _group_id(request, user, group)
     return await _get(request, gid, key, wait, newer_than)
 
 
 @router.put("/agent/kv/{key:path}", tags=["agent"])
 async def agent_set(key: str, body: KvIn, m: Machine, request: Request) -> dict[str, Any]:
-    return await request.app.state.store.write(kv_ops.kv_set, m["group_id"], key, body.value,
-                                               m["name"])
+    return await request.app.state.store.write(
+        kv_ops.kv_set, m["group_id"], key, body.value, m["name"]
+    )
 
 
 @router.get("/agent/kv/{key:path}", tags=["agent"])
-async def agent_get(key: str, m: Machine, request: Request,
-                    wait: Annotated[float, Query(ge=0, le=MAX_WAIT)] = 0,
-                    newer_than: Annotated[int, Query(ge=0)] = 0) -> dict[str, Any]:
+async def agent_get(
+    key: str,
+    m: Machine,
+    request: Request,
+    wait: Annotated[float, Query(ge=0, le=MAX_WAIT)] = 0,
+    newer_than: Annotated[int, Query(ge=0)] = 0,
+) -> dict[str, Any]:
     return await _get(request, m["group_id"], key, wait, newer_than)
 
 
-async def _get(request: Request, group_id: str, key: str, wait: float, newer_than: int
-               ) -> dict[str, Any]:
+async def _get(
+    request: Request, group_id: str, key: str, wait: float, newer_than: int
+) -> dict[str, Any]:
     store: Store = request.app.state.store
     kv_ops.check_key(key)
     loop = asyncio.get_running_loop()
@@ -87,8 +99,7 @@ async def _get(request: Request, group_id: str, key: str, wait: float, newer_tha
                     raise
             left = deadline - loop.time()
             if left <= 0:
-                raise Unavailable(f"key {key!r} did not change within {wait:g} s",
-                                  code="timeout")
+                raise Unavailable(f"key {key!r} did not change within {wait:g} s", code="timeout")
             try:
                 await asyncio.wait_for(wake.wait(), left)
             except asyncio.TimeoutError:

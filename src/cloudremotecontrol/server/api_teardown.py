@@ -31,8 +31,9 @@ async def arm(group: str, body: TeardownIn, user: Master, request: Request) -> d
     cipher = getattr(request.app.state, "teardown_cipher", None)
     if cipher is None:
         raise Unavailable("this server has no teardown key: it cannot hold provider keys")
-    view = await request.app.state.store.write(ops.arm_teardown, user["user_id"], group,
-                                               body.provider, cipher.encrypt(body.api_key))
+    view = await request.app.state.store.write(
+        ops.arm_teardown, user["user_id"], group, body.provider, cipher.encrypt(body.api_key)
+    )
     return {"group": group, "teardown": view}
 
 

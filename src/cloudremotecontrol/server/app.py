@@ -49,8 +49,9 @@ class BodyLimit:
             return
         for name, value in scope.get("headers", ()):
             if name == b"content-length" and value.isdigit() and int(value) > self.limit:
-                await _send_error(send, TooLarge(
-                    f"request body of {int(value)} bytes; the limit is {self.limit}"))
+                await _send_error(
+                    send, TooLarge(f"request body of {int(value)} bytes; the limit is {self.limit}")
+                )
                 return
         seen = 0
 
@@ -79,13 +80,15 @@ class _BodyTooLarge(StarletteHTTPException):
 
 async def _send_error(send: Send, exc: CrcError) -> None:
     resp = JSONResponse(exc.to_payload(), status_code=exc.http_status)
-    await send({"type": "http.response.start", "status": resp.status_code,
-                "headers": resp.raw_headers})
+    await send(
+        {"type": "http.response.start", "status": resp.status_code, "headers": resp.raw_headers}
+    )
     await send({"type": "http.response.body", "body": resp.body})
 
 
-def create_app(store: Store, *, replica: str | None = None,
-               blob_dir: Path | None = None) -> FastAPI:
+def create_app(
+    store: Store, *, replica: str | None = None, blob_dir: Path | None = None
+) -> FastAPI:
     hub = Hub()
     bus = EventBus()
     store.on_commit(bus.notify_threadsafe)
@@ -96,8 +99,9 @@ def create_app(store: Store, *, replica: str | None = None,
         store.replica = app.state.replica
         store.on_outbox(lambda machines: hub.reload_threadsafe(bus.loop, machines))
         await store.start()
-        await store.write(delivery.mark_all_offline,
-                          None if store.dialect == "sqlite" else app.state.replica)
+        await store.write(
+            delivery.mark_all_offline, None if store.dialect == "sqlite" else app.state.replica
+        )
         if store.dialect == "sqlite":  # alone on its database: its old claims are void
             await store.write(teardown_ops.release_claims)
         async with asyncio.TaskGroup() as tg:
@@ -114,22 +118,29 @@ def create_app(store: Store, *, replica: str | None = None,
                         await link.close(1012, "server restarting")
         await store.close()
 
-    app = FastAPI(title="CloudRemoteControl", version=__version__, lifespan=lifespan,
-                  openapi_url="/v1/openapi.json", docs_url="/v1/docs", redoc_url=None)
+    app = FastAPI(
+        title="CloudRemoteControl",
+        version=__version__,
+        lifespan=lifespan,
+        openapi_url="/v1/openapi.json",
+        docs_url="/v1/docs",
+        redoc_url=None,
+    )
     app.state.store = store
     app.state.hub = hub
     app.state.bus = bus
     app.state.replica = replica or uuid.uuid4().hex[:12]
-    app.state.blobs = BlobStore(blob_dir or Path(tempfile.mkdtemp(prefix="crc-blobs-")),
-                                shared=store if store.dialect == "postgresql" else None)
+    app.state.blobs = BlobStore(
+        blob_dir or Path(tempfile.mkdtemp(prefix="crc-blobs-")),
+        shared=store if store.dialect == "postgresql" else None,
+    )
     app.include_router(api.router)
     app.include_router(api_files.router)
     app.include_router(api_kv.router)
     app.include_router(api_teardown.router)
     app.include_router(api_bootstrap.router)
     app.add_api_websocket_route("/v1/agent/connect", agent_endpoint)
-    app.add_middleware(BodyLimit, limit=MAX_HTTP_BODY_BYTES,
-                       exempt=api_files.LARGE_BODY_PREFIXES)
+    app.add_middleware(BodyLimit, limit=MAX_HTTP_BODY_BYTES, exempt=api_files.LARGE_BODY_PREFIXES)
 
     @app.exception_handler(CrcError)
     async def crc_error(_: Request, exc: CrcError) -> JSONResponse:
@@ -143,8 +154,9 @@ def create_app(store: Store, *, replica: str | None = None,
             err = InvalidInput("request body is not valid JSON", code="malformed_json")
         else:
             where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
-            err = InvalidInput(f"invalid {where or 'request'}: {first.get('msg', 'invalid')}",
-                               field=where)
+            err = InvalidInput(
+                f"invalid {where or 'request'}: {first.get('msg', 'invalid')}", field=where
+            )
         return JSONResponse(err.to_payload(), status_code=400)
 
     @app.exception_handler(StarletteHTTPException)
@@ -154,22 +166,30 @@ def create_app(store: Store, *, replica: str | None = None,
             # too long - JSON we cannot read, like a syntax error.
             err = InvalidInput("request body is not valid JSON", code="malformed_json")
             return JSONResponse(err.to_payload(), status_code=400)
-        code = {404: "not_found", 405: "method_not_allowed",
-                413: "too_large"}.get(exc.status_code, "http_error")
+        code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(
+            exc.status_code, "http_error"
+        )
         message = str(exc.detail)
         if exc.status_code in (404, 405) and message in ("Not Found", "Method Not Allowed"):
             # No route: say which request, and where the API is described.
             what = "no endpoint" if exc.status_code == 404 else "method not allowed:"
-            path = request.url.path if len(request.url.path) <= 200 else (
-                request.url.path[:200] + "...")
+            path = (
+                request.url.path
+                if len(request.url.path) <= 200
+                else (request.url.path[:200] + "...")
+            )
             message = f"{what} {request.method} {path} (the API: GET /v1/openapi.json)"
-        return JSONResponse({"error": {"code": code, "message": message}},
-                            status_code=exc.status_code, headers=getattr(exc, "headers", None))
+        return JSONResponse(
+            {"error": {"code": code, "message": message}},
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
 
     @app.exception_handler(Exception)
     async def internal_error(_: Request, exc: Exception) -> JSONResponse:
-        return JSONResponse({"error": {"code": "internal", "message": "internal server error"}},
-                            status_code=500)
+        return JSONResponse(
+            {"error": {"code": "internal", "message": "internal server error"}}, status_code=500
+        )
 
     return app
 

@@ -34,8 +34,9 @@ _SHA = re.compile(r"^[0-9a-f]{64}$")
 
 def check_sha256(value: str) -> str:
     if not _SHA.fullmatch(value or ""):
-        raise InvalidInput(f"invalid sha256 {value!r}: expected 64 lowercase hex digits",
-                           field="sha256")
+        raise InvalidInput(
+            f"invalid sha256 {value!r}: expected 64 lowercase hex digits", field="sha256"
+        )
     return value
 
 
@@ -90,8 +91,9 @@ class BlobStore:
                 n += 1
         await self.shared.write(blobdb.blob_complete, sha, size, n)
 
-    async def put(self, chunks: AsyncIterator[bytes], expected_sha: str | None,
-                  limit: int) -> tuple[str, int]:
+    async def put(
+        self, chunks: AsyncIterator[bytes], expected_sha: str | None, limit: int
+    ) -> tuple[str, int]:
         """Store a stream; return ``(sha256, size)``. Refuses a stream whose hash differs
         from ``expected_sha`` or that grows past ``limit`` bytes (nothing is kept)."""
         digest = hashlib.sha256()
@@ -109,8 +111,11 @@ class BlobStore:
                 os.fsync(fh.fileno())
             sha = digest.hexdigest()
             if expected_sha is not None and sha != expected_sha:
-                raise InvalidInput(f"content hash {sha} does not match {expected_sha}: "
-                                   "upload interrupted or corrupted", code="hash_mismatch")
+                raise InvalidInput(
+                    f"content hash {sha} does not match {expected_sha}: "
+                    "upload interrupted or corrupted",
+                    code="hash_mismatch",
+                )
             final = self.path(sha)
             final.parent.mkdir(exist_ok=True)
             os.replace(tmp, final)

@@ -61,23 +61,27 @@ def _guess_host() -> str:
         return "127.0.0.1"
 
 
-def init_data_dir(data_dir: Path, url: str | None, listen: str, names: list[str],
-                  force: bool = False) -> ServerConfig:
+def init_data_dir(
+    data_dir: Path, url: str | None, listen: str, names: list[str], force: bool = False
+) -> ServerConfig:
     from .tls import make_self_signed
 
     data_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(data_dir, 0o700)
     cfg_path = data_dir / CONFIG_NAME
     if cfg_path.exists() and not force:
-        raise Conflict(f"{data_dir} is initialised already (use --force to make a new "
-                       "certificate: every agent and client pinning the old one must change)")
+        raise Conflict(
+            f"{data_dir} is initialised already (use --force to make a new "
+            "certificate: every agent and client pinning the old one must change)"
+        )
     host, port = parse_listen(listen)
     public = host if host not in ("0.0.0.0", "::") else _guess_host()
     url = url or f"https://{public}:{port}"
     fp = make_self_signed(data_dir / "cert.pem", data_dir / "key.pem", [public, *names])
     cfg = ServerConfig(url=url, listen=listen, fingerprint=fp, data_dir=str(data_dir))
-    cfg_path.write_text(json.dumps({k: v for k, v in asdict(cfg).items() if k != "data_dir"},
-                                   indent=2) + "\n")
+    cfg_path.write_text(
+        json.dumps({k: v for k, v in asdict(cfg).items() if k != "data_dir"}, indent=2) + "\n"
+    )
     return cfg
 
 
@@ -86,9 +90,15 @@ def load_config(data_dir: Path) -> ServerConfig:
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
-        raise NotFound(f"{data_dir} is not a server data directory: run "
-                       f"`crc server init --data-dir {data_dir}` first") from None
+        raise NotFound(
+            f"{data_dir} is not a server data directory: run "
+            f"`crc server init --data-dir {data_dir}` first"
+        ) from None
     except ValueError:
         raise InvalidInput(f"{path} is not valid JSON") from None
-    return ServerConfig(url=data["url"], listen=data.get("listen", DEFAULT_LISTEN),
-                        fingerprint=data.get("fingerprint"), data_dir=str(data_dir))
+    return ServerConfig(
+        url=data["url"],
+        listen=data.get("listen", DEFAULT_LISTEN),
+        fingerprint=data.get("fingerprint"),
+        data_dir=str(data_dir),
+    )

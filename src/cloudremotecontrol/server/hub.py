@@ -23,9 +23,14 @@ Reload = Callable[[str, int], Awaitable[list[tuple[int, str]]]]
 class AgentLink:
     """One connected agent: frames to send, in sequence order, by one writer task."""
 
-    def __init__(self, machine_id: str, send: Callable[[str], Awaitable[None]],
-                 close: Callable[[int, str], Awaitable[None]], reload: Reload,
-                 sent_upto: int) -> None:
+    def __init__(
+        self,
+        machine_id: str,
+        send: Callable[[str], Awaitable[None]],
+        close: Callable[[int, str], Awaitable[None]],
+        reload: Reload,
+        sent_upto: int,
+    ) -> None:
         self.machine_id = machine_id
         self._send = send
         self.close = close
@@ -94,8 +99,11 @@ class Hub:
         loop.call_soon_threadsafe(self.reload, machines)
 
     def reload(self, machines: set[str]) -> None:
-        links = self.links.values() if ALL_GROUPS in machines else (
-            self.links[m] for m in machines if m in self.links)
+        links = (
+            self.links.values()
+            if ALL_GROUPS in machines
+            else (self.links[m] for m in machines if m in self.links)
+        )
         for link in list(links):
             link.reload()
 
@@ -105,14 +113,12 @@ class Hub:
             if link is not None:
                 link.offer(seq, frame)
 
-    async def revoke(self, machine_ids: list[str], reason: str,
-                     uninstall: bool = False) -> None:
+    async def revoke(self, machine_ids: list[str], reason: str, uninstall: bool = False) -> None:
         """Tell the connected ones (``uninstall``: and have them remove their service),
         then close them."""
         from ..protocol.messages import encode_frame
 
-        frame = {"type": "revoked", "reason": reason, **({"uninstall": True} if uninstall
-                                                          else {})}
+        frame = {"type": "revoked", "reason": reason, **({"uninstall": True} if uninstall else {})}
         for mid in machine_ids:
             link = self.links.get(mid)
             if link is not None:

@@ -48,9 +48,12 @@ class TeardownCipher:
         try:
             return self._fernet.decrypt(token.encode()).decode()
         except (InvalidToken, ValueError):
-            raise CrcError(f"cannot decrypt the stored provider key: this server's "
-                           f"{KEY_FILE} is not the one it was stored with (replicas must "
-                           f"share the file)", code="teardown_key") from None
+            raise CrcError(
+                f"cannot decrypt the stored provider key: this server's "
+                f"{KEY_FILE} is not the one it was stored with (replicas must "
+                f"share the file)",
+                code="teardown_key",
+            ) from None
 
 
 def load_cipher(data_dir: Path) -> TeardownCipher:
@@ -64,9 +67,12 @@ def load_cipher(data_dir: Path) -> TeardownCipher:
     try:
         return TeardownCipher(path.read_bytes().strip())
     except ValueError:
-        raise CrcError(f"{path} is not a teardown key (44 characters of urlsafe base64): "
-                       "restore it, or delete it to make a new one (stored provider keys "
-                       "are then unreadable)", code="config") from None
+        raise CrcError(
+            f"{path} is not a teardown key (44 characters of urlsafe base64): "
+            "restore it, or delete it to make a new one (stored provider keys "
+            "are then unreadable)",
+            code="config",
+        ) from None
 
 
 def destroy_at_provider(provider: str, api_key: str, group: str) -> dict[str, Any]:
@@ -87,8 +93,11 @@ def destroy_at_provider(provider: str, api_key: str, group: str) -> dict[str, An
             time.sleep(2.0)
             left = p.list(group)
         if left:
-            raise CrcError(f"still at {provider} after {VERIFY_SECONDS:.0f} s: "
-                           f"{', '.join(i.id for i in left)}", code="provider_error")
+            raise CrcError(
+                f"still at {provider} after {VERIFY_SECONDS:.0f} s: "
+                f"{', '.join(i.id for i in left)}",
+                code="provider_error",
+            )
         scripts = p.purge_startup_scripts(group)
     return {"destroyed": destroyed, "startup_scripts": scripts}
 
@@ -111,15 +120,14 @@ async def _one(store: Store, cipher: TeardownCipher, item: dict[str, Any]) -> No
     error: str | None = None
     try:
         api_key = cipher.decrypt(str(item["secret"] or ""))
-        result = await asyncio.to_thread(destroy_at_provider, item["provider"], api_key,
-                                         item["group"])
+        result = await asyncio.to_thread(
+            destroy_at_provider, item["provider"], api_key, item["group"]
+        )
     except CrcError as exc:
         error = exc.message
     except Exception as exc:  # noqa: BLE001 -- recorded for the owner, retried later
         error = f"{type(exc).__name__}: {exc}"
     if error:
-        log.warning("teardown of group %s at %s failed: %s", item["group"], item["provider"],
-                    error)
+        log.warning("teardown of group %s at %s failed: %s", item["group"], item["provider"], error)
     with contextlib.suppress(CrcError):
-        await store.write(ops.finish_teardown, item["group_id"], item["attempts"], result,
-                          error)
+        await store.write(ops.finish_teardown, item["group_id"], item["attempts"], result, error)

@@ -18,8 +18,7 @@ from ..tlspin import fingerprint_of
 __all__ = ["cert_fingerprint", "make_self_signed"]
 
 
-def make_self_signed(cert_path: Path, key_path: Path, names: list[str], days: int = 3650
-                     ) -> str:
+def make_self_signed(cert_path: Path, key_path: Path, names: list[str], days: int = 3650) -> str:
     """Write a P-256 key (0600) and a self-signed certificate; return its fingerprint."""
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "cloudremotecontrol")])
@@ -45,9 +44,13 @@ def make_self_signed(cert_path: Path, key_path: Path, names: list[str], days: in
     )
     fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as fh:
-        fh.write(key.private_bytes(serialization.Encoding.PEM,
-                                   serialization.PrivateFormat.PKCS8,
-                                   serialization.NoEncryption()))
+        fh.write(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return fingerprint_of(cert.public_bytes(serialization.Encoding.DER))
 

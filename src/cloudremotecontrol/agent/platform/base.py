@@ -84,8 +84,10 @@ class Platform(abc.ABC):
         if shell == "powershell" and found is None:
             found = self.which("pwsh")
         if found is None:
-            raise ShellMissing(f"{shell} is not installed on this machine: choose another "
-                               "--shell or pass the command as argv")
+            raise ShellMissing(
+                f"{shell} is not installed on this machine: choose another "
+                "--shell or pass the command as argv"
+            )
         return [found, *argv[1:]]
 
     def which(self, program: str) -> str | None:

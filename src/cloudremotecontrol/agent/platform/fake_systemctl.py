@@ -111,9 +111,15 @@ def start(name):
         if "WatchdogSec" in service:
             env["WATCHDOG_USEC"] = str(int(seconds(service["WatchdogSec"][-1], 0) * 1e6))
     with open(_path(name, "journal"), "ab") as journal:
-        proc = subprocess.Popen(exec_argv(service["ExecStart"][-1]), env=env, cwd="/",
-                                stdin=subprocess.DEVNULL, stdout=journal,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            exec_argv(service["ExecStart"][-1]),
+            env=env,
+            cwd="/",
+            stdin=subprocess.DEVNULL,
+            stdout=journal,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     with open(_path(name, "pid"), "w") as fh:
         fh.write(str(proc.pid))
     if sock is None:
@@ -123,8 +129,11 @@ def start(name):
     try:
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                print(f"Job for {name}.service failed: the main process exited with "
-                      f"{proc.returncode} before READY=1", file=sys.stderr)
+                print(
+                    f"Job for {name}.service failed: the main process exited with "
+                    f"{proc.returncode} before READY=1",
+                    file=sys.stderr,
+                )
                 return 1
             try:
                 data = sock.recv(4096).decode()
@@ -168,8 +177,9 @@ def main(argv):
         return 0 if os.path.exists(_path(name, "enabled")) else 1
     if verb == "enable":
         if unit(name) is None:
-            print(f"Failed to enable unit: Unit file {name}.service does not exist.",
-                  file=sys.stderr)
+            print(
+                f"Failed to enable unit: Unit file {name}.service does not exist.", file=sys.stderr
+            )
             return 1
         open(_path(name, "enabled"), "w").close()
         return start(name) if "--now" in flags else 0

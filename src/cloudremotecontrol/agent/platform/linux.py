@@ -78,7 +78,7 @@ def _proc_stat(pid: int) -> tuple[int, int] | None:
             text = fh.read().decode(errors="replace")
     except OSError:
         return None
-    fields = text[text.rfind(")") + 2:].split()  # after "pid (comm) "
+    fields = text[text.rfind(")") + 2 :].split()  # after "pid (comm) "
     try:
         return int(fields[3]), int(fields[19])  # session, starttime
     except (IndexError, ValueError):

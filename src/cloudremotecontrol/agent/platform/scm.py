@@ -41,10 +41,14 @@ def _host_available() -> bool:
 class WindowsServices(ServiceManager):
     kind = "windows-scm"
 
-    def __init__(self, run: Runner | None = None, sc: str = "sc.exe",
-                 host_available: Callable[[], bool] = _host_available,
-                 sleep: Callable[[float], None] = time.sleep, start_timeout: float = 60.0
-                 ) -> None:
+    def __init__(
+        self,
+        run: Runner | None = None,
+        sc: str = "sc.exe",
+        host_available: Callable[[], bool] = _host_available,
+        sleep: Callable[[float], None] = time.sleep,
+        start_timeout: float = 60.0,
+    ) -> None:
         self._run: Runner = run or subprocess.run
         self.sc = sc
         self.host_available = host_available
@@ -53,10 +57,12 @@ class WindowsServices(ServiceManager):
 
     def bin_path(self, spec: ServiceSpec) -> str:
         if tuple(spec.entry) != ("-m", "cloudremotecontrol"):
-            raise CrcError("the Windows service runs the agent from an installed package "
-                           "(python -m cloudremotecontrol), not from a zipapp: install it "
-                           "into a venv first (the bootstrap script does)",
-                           code="unsupported")
+            raise CrcError(
+                "the Windows service runs the agent from an installed package "
+                "(python -m cloudremotecontrol), not from a zipapp: install it "
+                "into a venv first (the bootstrap script does)",
+                code="unsupported",
+            )
         return subprocess.list2cmdline([spec.python, "-m", HOST_MODULE, *spec.run_args])
 
     def definition(self, spec: ServiceSpec) -> str:
@@ -65,9 +71,19 @@ class WindowsServices(ServiceManager):
     def commands(self, spec: ServiceSpec, exists: bool = False) -> list[list[str]]:
         """The sc.exe calls that (re)configure the service."""
         return [
-            [self.sc, "config" if exists else "create", spec.name,
-             "binPath=", self.bin_path(spec), "start=", "auto", "obj=", "LocalSystem",
-             "DisplayName=", spec.display_name],
+            [
+                self.sc,
+                "config" if exists else "create",
+                spec.name,
+                "binPath=",
+                self.bin_path(spec),
+                "start=",
+                "auto",
+                "obj=",
+                "LocalSystem",
+                "DisplayName=",
+                spec.display_name,
+            ],
             [self.sc, "description", spec.name, spec.description],
             [self.sc, "failure", spec.name, "reset=", "86400", "actions=", RECOVERY_ACTIONS],
             [self.sc, "failureflag", spec.name, "1"],
@@ -80,8 +96,11 @@ class WindowsServices(ServiceManager):
             raise CrcError("sc.exe not found: is this Windows?", code="unsupported") from None
         if out.returncode not in ok:
             text = " ".join((out.stdout or out.stderr or "").split())
-            raise CrcError(f"sc.exe {' '.join(args[:2])} failed (error {out.returncode}): "
-                           f"{text or 'no message'}", code="service_failed")
+            raise CrcError(
+                f"sc.exe {' '.join(args[:2])} failed (error {out.returncode}): "
+                f"{text or 'no message'}",
+                code="service_failed",
+            )
         return out
 
     def _config(self, name: str) -> dict[str, str] | None:
@@ -105,22 +124,31 @@ class WindowsServices(ServiceManager):
         waited = 0.0
         while (state := self.state(name)) != want:
             if waited >= self.start_timeout:
-                raise CrcError(f"service {name} is {state}, not {want}, after "
-                               f"{self.start_timeout:g} s: see the Application event log",
-                               code="service_failed")
+                raise CrcError(
+                    f"service {name} is {state}, not {want}, after "
+                    f"{self.start_timeout:g} s: see the Application event log",
+                    code="service_failed",
+                )
             self.sleep(0.5)
             waited += 0.5
 
     def install(self, spec: ServiceSpec, restart: bool = False) -> ServiceChange:
         if not self.host_available():
-            raise CrcError(f"the Windows service host ({HOST_MODULE}) is not part of this "
-                           "version yet: run `crc agent run` from a scheduled task meanwhile",
-                           code="unsupported")
+            raise CrcError(
+                f"the Windows service host ({HOST_MODULE}) is not part of this "
+                "version yet: run `crc agent run` from a scheduled task meanwhile",
+                code="unsupported",
+            )
         current = self._config(spec.name)
-        wanted = {"BINARY_PATH_NAME": self.bin_path(spec), "START_TYPE": "AUTO_START",
-                  "SERVICE_START_NAME": "LocalSystem", "DISPLAY_NAME": spec.display_name}
+        wanted = {
+            "BINARY_PATH_NAME": self.bin_path(spec),
+            "START_TYPE": "AUTO_START",
+            "SERVICE_START_NAME": "LocalSystem",
+            "DISPLAY_NAME": spec.display_name,
+        }
         changed = current is None or any(
-            _norm(current.get(k, "")) != _norm(v) for k, v in wanted.items())
+            _norm(current.get(k, "")) != _norm(v) for k, v in wanted.items()
+        )
         if changed:
             for cmd in self.commands(spec, exists=current is not None):
                 self._sc(*cmd[1:])

@@ -44,10 +44,13 @@ def systemd_quote(arg: str) -> str:
 class Systemd(ServiceManager):
     kind = "systemd"
 
-    def __init__(self, unit_dir: str | Path | None = None, systemctl: str | None = None,
-                 run: Runner | None = None) -> None:
-        self.unit_dir = Path(unit_dir or os.environ.get("CRC_SYSTEMD_DIR")
-                             or "/etc/systemd/system")
+    def __init__(
+        self,
+        unit_dir: str | Path | None = None,
+        systemctl: str | None = None,
+        run: Runner | None = None,
+    ) -> None:
+        self.unit_dir = Path(unit_dir or os.environ.get("CRC_SYSTEMD_DIR") or "/etc/systemd/system")
         custom = systemctl or os.environ.get("CRC_SYSTEMCTL")
         self.systemctl = shlex.split(custom) if custom else ["systemctl"]
         self._custom = bool(custom)
@@ -82,30 +85,37 @@ class Systemd(ServiceManager):
 
     def _systemctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         try:
-            out = self._run([*self.systemctl, *args], capture_output=True, text=True,
-                            check=False)
+            out = self._run([*self.systemctl, *args], capture_output=True, text=True, check=False)
         except FileNotFoundError:
-            raise CrcError(f"{self.systemctl[0]} not found: this machine has no systemd; "
-                           "run `crc agent run` under your own supervisor instead",
-                           code="unsupported") from None
+            raise CrcError(
+                f"{self.systemctl[0]} not found: this machine has no systemd; "
+                "run `crc agent run` under your own supervisor instead",
+                code="unsupported",
+            ) from None
         if check and out.returncode != 0:
             detail = (out.stderr or out.stdout).strip().splitlines()
-            raise CrcError(f"systemctl {' '.join(args)} failed (exit {out.returncode}): "
-                           f"{detail[-1] if detail else 'no message'}; see "
-                           "`journalctl -u crc-agent`", code="service_failed")
+            raise CrcError(
+                f"systemctl {' '.join(args)} failed (exit {out.returncode}): "
+                f"{detail[-1] if detail else 'no message'}; see "
+                "`journalctl -u crc-agent`",
+                code="service_failed",
+            )
         return out
 
     def _check_running_systemd(self) -> None:
         if self._custom:
             return
         if os.geteuid() != 0:
-            raise CrcError("installing a system service needs root: run it with sudo",
-                           code="forbidden")
+            raise CrcError(
+                "installing a system service needs root: run it with sudo", code="forbidden"
+            )
         # Without a running systemd (containers, chroots) systemctl would fail obscurely.
         if not os.path.isdir("/run/systemd/system"):
-            raise CrcError("systemd is not running on this machine (no /run/systemd/system): "
-                           "run `crc agent run` under your own supervisor instead",
-                           code="unsupported")
+            raise CrcError(
+                "systemd is not running on this machine (no /run/systemd/system): "
+                "run `crc agent run` under your own supervisor instead",
+                code="unsupported",
+            )
 
     def install(self, spec: ServiceSpec, restart: bool = False) -> ServiceChange:
         self._check_running_systemd()

@@ -89,12 +89,12 @@ class _LegacyFallbackDecoder(codecs.IncrementalDecoder):
                 out.append(data.decode("utf-8"))
                 break
             except UnicodeDecodeError as exc:
-                out.append(data[:exc.start].decode("utf-8"))
+                out.append(data[: exc.start].decode("utf-8"))
                 if exc.reason == "unexpected end of data" and not final:
-                    self._pending = data[exc.start:]  # a character split across reads
+                    self._pending = data[exc.start :]  # a character split across reads
                     break
-                out.append(data[exc.start:exc.end].decode(self.fallback, "replace"))
-                data = data[exc.end:]
+                out.append(data[exc.start : exc.end].decode(self.fallback, "replace"))
+                data = data[exc.end :]
         return "".join(out)
 
     def reset(self) -> None:
@@ -143,8 +143,10 @@ class _Jobs:
                 self.k32.CloseHandle(job)
             status = self.ntdll.NtResumeProcess(proc)
             if status != 0:
-                raise OSError(f"cannot resume process {pid}: NTSTATUS {status & 0xFFFFFFFF:#x}, "
-                              f"error {ctypes.get_last_error()}")
+                raise OSError(
+                    f"cannot resume process {pid}: NTSTATUS {status & 0xFFFFFFFF:#x}, "
+                    f"error {ctypes.get_last_error()}"
+                )
             return ok
         finally:
             self.k32.CloseHandle(proc)
@@ -186,11 +188,24 @@ class WindowsPlatform(Platform):
             self._set_dacl(path, SDDL_DIR if os.path.isdir(path) else SDDL_FILE)
             return
         # icacls: drop inherited ACEs, grant SYSTEM and Administrators full control only.
-        out = self._run(["icacls", path, "/inheritance:r", "/grant:r", "*S-1-5-18:F",
-                         "/grant:r", "*S-1-5-32-544:F"], check=False, capture_output=True)
+        out = self._run(
+            [
+                "icacls",
+                path,
+                "/inheritance:r",
+                "/grant:r",
+                "*S-1-5-18:F",
+                "/grant:r",
+                "*S-1-5-32-544:F",
+            ],
+            check=False,
+            capture_output=True,
+        )
         if getattr(out, "returncode", 0) != 0:
-            raise CrcError(f"cannot restrict access to {path} (icacls exit "
-                           f"{out.returncode})", code="permission_denied")
+            raise CrcError(
+                f"cannot restrict access to {path} (icacls exit {out.returncode})",
+                code="permission_denied",
+            )
 
     @staticmethod
     def _set_dacl(path: str, sddl: str) -> None:
@@ -199,8 +214,12 @@ class WindowsPlatform(Platform):
 
         advapi = ctypes.WinDLL("advapi32", use_last_error=True)  # type: ignore[attr-defined]
         conv = advapi.ConvertStringSecurityDescriptorToSecurityDescriptorW
-        conv.argtypes = [wintypes.LPCWSTR, wintypes.DWORD, ctypes.POINTER(wintypes.LPVOID),
-                         wintypes.LPVOID]
+        conv.argtypes = [
+            wintypes.LPCWSTR,
+            wintypes.DWORD,
+            ctypes.POINTER(wintypes.LPVOID),
+            wintypes.LPVOID,
+        ]
         setsec = advapi.SetFileSecurityW
         setsec.argtypes = [wintypes.LPCWSTR, wintypes.DWORD, wintypes.LPVOID]
         sd = wintypes.LPVOID()
@@ -210,9 +229,11 @@ class WindowsPlatform(Platform):
             # DACL_SECURITY_INFORMATION | PROTECTED_DACL_SECURITY_INFORMATION
             if not setsec(path, 0x4 | 0x80000000, sd):
                 err = ctypes.get_last_error()
-                raise CrcError(f"cannot restrict access to {path} to SYSTEM and "
-                               f"Administrators: {ctypes.FormatError(err)} ({err})",  # type: ignore[attr-defined]
-                               code="permission_denied")
+                raise CrcError(
+                    f"cannot restrict access to {path} to SYSTEM and "
+                    f"Administrators: {ctypes.FormatError(err)} ({err})",  # type: ignore[attr-defined]
+                    code="permission_denied",
+                )
         finally:
             ctypes.windll.kernel32.LocalFree(sd)  # type: ignore[attr-defined]
 
@@ -236,8 +257,9 @@ class WindowsPlatform(Platform):
             return
         # Not in a job (it could not be adopted): taskkill /T ends the tree by parent links.
         with contextlib.suppress(OSError):
-            self._run(["taskkill", "/PID", str(proc.pid), "/T", "/F"], check=False,
-                      capture_output=True)
+            self._run(
+                ["taskkill", "/PID", str(proc.pid), "/T", "/F"], check=False, capture_output=True
+            )
 
     def output_decoder(self) -> codecs.IncrementalDecoder:
         return legacy_decoder()
@@ -259,7 +281,8 @@ class WindowsPlatform(Platform):
         # (ExitProcess) - on a user's logoff, too, or when a job sends Ctrl+C to the
         # console it shares. The service ignores them all: the SCM alone stops it.
         _CTRL_HANDLER = ctypes.WINFUNCTYPE(wintypes.BOOL, wintypes.DWORD)(  # type: ignore[attr-defined]
-            lambda event: True)
+            lambda event: True
+        )
         k32.SetConsoleCtrlHandler(_CTRL_HANDLER, True)
         window = k32.GetConsoleWindow()
         if window:
@@ -275,8 +298,11 @@ class WindowsPlatform(Platform):
         if self._native:
             # The service host (agent/winservice.py) is a pywin32 ServiceFramework: a
             # service registered without it could only fail to start.
-            raise CrcError("the Windows service needs pywin32 in this Python: "
-                           f"{sys.executable} -m pip install pywin32", code="unsupported")
+            raise CrcError(
+                "the Windows service needs pywin32 in this Python: "
+                f"{sys.executable} -m pip install pywin32",
+                code="unsupported",
+            )
         from .scm import WindowsServices
 
         return WindowsServices(run=self._run)

@@ -42,8 +42,15 @@ ERROR_SERVICE_ALREADY_RUNNING = 1056
 ERROR_SERVICE_DOES_NOT_EXIST = 1060
 ERROR_SERVICE_NOT_ACTIVE = 1062
 ERROR_SERVICE_MARKED_FOR_DELETE = 1072
-STATES = {1: "STOPPED", 2: "START_PENDING", 3: "STOP_PENDING", 4: "RUNNING",
-          5: "CONTINUE_PENDING", 6: "PAUSE_PENDING", 7: "PAUSED"}
+STATES = {
+    1: "STOPPED",
+    2: "START_PENDING",
+    3: "STOP_PENDING",
+    4: "RUNNING",
+    5: "CONTINUE_PENDING",
+    6: "PAUSE_PENDING",
+    7: "PAUSED",
+}
 
 
 def available() -> bool:
@@ -54,8 +61,7 @@ def available() -> bool:
 class Win32Services(ServiceManager):
     kind = "windows-scm"
 
-    def __init__(self, timeout: float = 60.0, sleep: Callable[[float], None] = time.sleep
-                 ) -> None:
+    def __init__(self, timeout: float = 60.0, sleep: Callable[[float], None] = time.sleep) -> None:
         import pywintypes
         import win32service
 
@@ -72,23 +78,28 @@ class Win32Services(ServiceManager):
 
     def definition(self, spec: ServiceSpec) -> str:
         actions = ", ".join(f"restart after {ms // 1000} s" for ms in RECOVERY_ACTIONS_MS)
-        return (f"service {spec.name} ({spec.display_name}): {spec.description}\n"
-                f"command: {self.bin_path(spec)}\n"
-                "account: LocalSystem\nstart: automatic\n"
-                f"recovery: {actions}; failure count reset after {RESET_PERIOD_S} s; "
-                "a stop with an error counts as a failure\n")
+        return (
+            f"service {spec.name} ({spec.display_name}): {spec.description}\n"
+            f"command: {self.bin_path(spec)}\n"
+            "account: LocalSystem\nstart: automatic\n"
+            f"recovery: {actions}; failure count reset after {RESET_PERIOD_S} s; "
+            "a stop with an error counts as a failure\n"
+        )
 
     # -- helpers ------------------------------------------------------------------------
     def _fail(self, what: str, exc: Any) -> CrcError:
-        return CrcError(f"{what} failed: {exc.strerror} (error {exc.winerror})",
-                        code="service_failed")
+        return CrcError(
+            f"{what} failed: {exc.strerror} (error {exc.winerror})", code="service_failed"
+        )
 
     def _scm(self) -> Any:
         try:
             return self.ws.OpenSCManager(None, None, self.ws.SC_MANAGER_ALL_ACCESS)
         except self.error as exc:
-            raise CrcError(f"cannot open the Service Control Manager: {exc.strerror} "
-                           "(run as Administrator)", code="permission_denied") from None
+            raise CrcError(
+                f"cannot open the Service Control Manager: {exc.strerror} (run as Administrator)",
+                code="permission_denied",
+            ) from None
 
     def _open(self, scm: Any, name: str) -> Any | None:
         try:
@@ -107,28 +118,41 @@ class Win32Services(ServiceManager):
         while (state := self._state(handle)) != want:
             if want == "RUNNING" and state == "STOPPED":
                 status = self.ws.QueryServiceStatus(handle)
-                raise CrcError(f"service {name} stopped while starting (exit code "
-                               f"{status[3]}, service code {status[4]}): see "
-                               "%ProgramData%\\CloudRemoteControl\\logs\\crc-agent.log",
-                               code="service_failed")
+                raise CrcError(
+                    f"service {name} stopped while starting (exit code "
+                    f"{status[3]}, service code {status[4]}): see "
+                    "%ProgramData%\\CloudRemoteControl\\logs\\crc-agent.log",
+                    code="service_failed",
+                )
             if time.monotonic() > deadline:
-                raise CrcError(f"service {name} is {state}, not {want}, after "
-                               f"{self.timeout:g} s", code="service_failed")
+                raise CrcError(
+                    f"service {name} is {state}, not {want}, after {self.timeout:g} s",
+                    code="service_failed",
+                )
             self.sleep(0.2)
 
     def _configure_extras(self, handle: Any, spec: ServiceSpec) -> None:
         ws = self.ws
         ws.ChangeServiceConfig2(handle, ws.SERVICE_CONFIG_DESCRIPTION, spec.description)
-        ws.ChangeServiceConfig2(handle, ws.SERVICE_CONFIG_FAILURE_ACTIONS, {
-            "ResetPeriod": RESET_PERIOD_S, "RebootMsg": None, "Command": None,
-            "Actions": [(ws.SC_ACTION_RESTART, ms) for ms in RECOVERY_ACTIONS_MS]})
+        ws.ChangeServiceConfig2(
+            handle,
+            ws.SERVICE_CONFIG_FAILURE_ACTIONS,
+            {
+                "ResetPeriod": RESET_PERIOD_S,
+                "RebootMsg": None,
+                "Command": None,
+                "Actions": [(ws.SC_ACTION_RESTART, ms) for ms in RECOVERY_ACTIONS_MS],
+            },
+        )
         try:
             ws.ChangeServiceConfig2(handle, ws.SERVICE_CONFIG_FAILURE_ACTIONS_FLAG, True)
         except self.error as exc:
             if exc.winerror != ERROR_INVALID_LEVEL:
                 raise
-            log.warning("this Service Control Manager does not support "
-                        "FailureActionsOnNonCrashFailures: only crashes trigger a restart")
+            log.warning(
+                "this Service Control Manager does not support "
+                "FailureActionsOnNonCrashFailures: only crashes trigger a restart"
+            )
 
     # -- the ServiceManager interface ---------------------------------------------------
     def install(self, spec: ServiceSpec, restart: bool = False) -> ServiceChange:
@@ -141,19 +165,42 @@ class Win32Services(ServiceManager):
             try:
                 if handle is None:
                     handle = ws.CreateService(
-                        scm, spec.name, spec.display_name, ws.SERVICE_ALL_ACCESS,
-                        ws.SERVICE_WIN32_OWN_PROCESS, ws.SERVICE_AUTO_START,
-                        ws.SERVICE_ERROR_NORMAL, command, None, 0, None, None, None)
+                        scm,
+                        spec.name,
+                        spec.display_name,
+                        ws.SERVICE_ALL_ACCESS,
+                        ws.SERVICE_WIN32_OWN_PROCESS,
+                        ws.SERVICE_AUTO_START,
+                        ws.SERVICE_ERROR_NORMAL,
+                        command,
+                        None,
+                        0,
+                        None,
+                        None,
+                        None,
+                    )
                     changed = True
                 else:
                     cfg = ws.QueryServiceConfig(handle)
-                    if (cfg[1] != ws.SERVICE_AUTO_START or cfg[3] != command
-                            or (cfg[7] or "").lower() != "localsystem"
-                            or cfg[8] != spec.display_name):
+                    if (
+                        cfg[1] != ws.SERVICE_AUTO_START
+                        or cfg[3] != command
+                        or (cfg[7] or "").lower() != "localsystem"
+                        or cfg[8] != spec.display_name
+                    ):
                         ws.ChangeServiceConfig(
-                            handle, ws.SERVICE_WIN32_OWN_PROCESS, ws.SERVICE_AUTO_START,
-                            ws.SERVICE_ERROR_NORMAL, command, None, 0, None, "LocalSystem",
-                            None, spec.display_name)
+                            handle,
+                            ws.SERVICE_WIN32_OWN_PROCESS,
+                            ws.SERVICE_AUTO_START,
+                            ws.SERVICE_ERROR_NORMAL,
+                            command,
+                            None,
+                            0,
+                            None,
+                            "LocalSystem",
+                            None,
+                            spec.display_name,
+                        )
                         changed = True
                 self._configure_extras(handle, spec)
             except self.error as exc:
@@ -200,8 +247,11 @@ class Win32Services(ServiceManager):
             return  # gone already
         try:
             if win32event.WaitForSingleObject(process, int(self.timeout * 1000)) != 0:
-                raise CrcError(f"service {name} is STOPPED but its process {pid} is still "
-                               f"running after {self.timeout:g} s", code="service_failed")
+                raise CrcError(
+                    f"service {name} is STOPPED but its process {pid} is still "
+                    f"running after {self.timeout:g} s",
+                    code="service_failed",
+                )
         finally:
             win32api.CloseHandle(process)
 

@@ -77,7 +77,7 @@ def log(text):
 def normalize_pin(text):
     value = text.strip().lower()
     if value.startswith("sha256:"):
-        value = value[len("sha256:"):]
+        value = value[len("sha256:") :]
     value = value.replace(":", "")
     if len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
         raise Fatal(f"invalid fingerprint {text!r}: expected sha256:<64 hex digits>", USAGE)
@@ -98,16 +98,21 @@ def pinned_context(url, pin, timeout):
     probe.check_hostname = False
     probe.verify_mode = ssl.CERT_NONE
     try:
-        with socket.create_connection((host, port), timeout=timeout) as raw, \
-                probe.wrap_socket(raw, server_hostname=host) as tls:
+        with (
+            socket.create_connection((host, port), timeout=timeout) as raw,
+            probe.wrap_socket(raw, server_hostname=host) as tls,
+        ):
             der = tls.getpeercert(binary_form=True)
     except (OSError, ssl.SSLError) as exc:
         raise Transient(f"cannot reach {url}: {exc}") from None
     seen = "sha256:" + hashlib.sha256(der).hexdigest()
     if seen != pin:
-        raise Fatal(f"TLS fingerprint mismatch: the server at {url} presented certificate "
-                    f"{seen}, not the pinned {pin}: refusing to continue (wrong server, or "
-                    "someone in the middle); nothing secret was sent", PIN_MISMATCH)
+        raise Fatal(
+            f"TLS fingerprint mismatch: the server at {url} presented certificate "
+            f"{seen}, not the pinned {pin}: refusing to continue (wrong server, or "
+            "someone in the middle); nothing secret was sent",
+            PIN_MISMATCH,
+        )
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.check_hostname = False  # the pin identifies the server, whatever address works
@@ -131,8 +136,7 @@ def get(url, ctx, timeout, missing_ok=False):
         raise Fatal(f"{url} answered HTTP {exc.code}{hint}") from None
     except (urllib.error.URLError, OSError, ssl.SSLError) as exc:
         if isinstance(getattr(exc, "reason", None), ssl.SSLCertVerificationError):
-            raise Fatal(f"TLS verification of {url} failed: {exc.reason}",
-                        PIN_MISMATCH) from None
+            raise Fatal(f"TLS verification of {url} failed: {exc.reason}", PIN_MISMATCH) from None
         raise Transient(f"cannot reach {url}: {getattr(exc, 'reason', exc)}") from None
 
 
@@ -158,9 +162,12 @@ def choose_layout(layout):
     if layout == "auto":
         return "site" if os.name == "nt" or not has_venv() else "venv"
     if layout == "venv" and not has_venv():
-        raise Fatal(f"this Python ({sys.executable}) has no venv module: use --layout site "
-                    "(the agent in a plain directory on its sys.path), or install the "
-                    "distribution's venv package", USAGE)
+        raise Fatal(
+            f"this Python ({sys.executable}) has no venv module: use --layout site "
+            "(the agent in a plain directory on its sys.path), or install the "
+            "distribution's venv package",
+            USAGE,
+        )
     return layout
 
 
@@ -179,9 +186,12 @@ def make_venv(venv):
 
 
 def site_packages(python):
-    out = subprocess.run([python, "-I", "-c",
-                          "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                         capture_output=True, text=True, check=False)
+    out = subprocess.run(
+        [python, "-I", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if out.returncode != 0 or not out.stdout.strip():
         raise Fatal(f"the venv's python does not run: {out.stderr.strip()}")
     return out.stdout.strip()
@@ -281,13 +291,25 @@ def install(prefix, data, digest, version, layout):
             zf.extract(info, site)
     pth = write_pth(lib) if layout == "site" else None
     launcher = write_launcher(bindir, python)
-    check = subprocess.run([python, "-I", "-m", "cloudremotecontrol", "--version"],
-                           capture_output=True, text=True, check=False)
+    check = subprocess.run(
+        [python, "-I", "-m", "cloudremotecontrol", "--version"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if check.returncode != 0 or version not in check.stdout:
         detail = check.stderr.strip() or check.stdout.strip()
         raise Fatal(f"the installed agent does not run: {detail}")
-    return {"sha256": digest, "version": version, "top_level": tops, "layout": layout,
-            "python": python, "site": site, "pth": pth, "launcher": launcher}
+    return {
+        "sha256": digest,
+        "version": version,
+        "top_level": tops,
+        "layout": layout,
+        "python": python,
+        "site": site,
+        "pth": pth,
+        "launcher": launcher,
+    }
 
 
 def write_record(prefix, info):
@@ -320,7 +342,7 @@ def pick_wheel(names, project, pytag, plat):
     """The newest wheel of ``project`` among ``names`` that this interpreter can load."""
     best = None
     for name in names:
-        parts = name[:-len(".whl")].split("-") if name.endswith(".whl") else []
+        parts = name[: -len(".whl")].split("-") if name.endswith(".whl") else []
         if len(parts) not in (5, 6) or parts[0].lower() != project:
             continue
         py, abi, platforms = parts[-3], parts[-2], parts[-1].split(".")
@@ -335,8 +357,9 @@ def pick_wheel(names, project, pytag, plat):
 
 
 def can_import(python, statement):
-    out = subprocess.run([python, "-I", "-c", statement], capture_output=True, text=True,
-                         check=False)
+    out = subprocess.run(
+        [python, "-I", "-c", statement], capture_output=True, text=True, check=False
+    )
     return out.returncode == 0, out.stderr.strip()[-300:]
 
 
@@ -358,8 +381,10 @@ def ensure_pywin32(base, ctx, timeout, python, site):
         data, _ = get(base + "/v1/agent/wheels/" + name, ctx, timeout)
         seen = hashlib.sha256(data).hexdigest()
         if seen != offered[name].lower():
-            raise Fatal(f"the downloaded {name} has sha256 {seen}, the server published "
-                        f"{offered[name]}: refusing to install it")
+            raise Fatal(
+                f"the downloaded {name} has sha256 {seen}, the server published "
+                f"{offered[name]}: refusing to install it"
+            )
         try:
             zf = zipfile.ZipFile(io.BytesIO(data))
         except zipfile.BadZipFile:
@@ -371,20 +396,34 @@ def ensure_pywin32(base, ctx, timeout, python, site):
                 zf.extract(info, site)
         source = f"{name} from the server"
     else:
-        log(f"the server offers no pywin32 wheel for {pytag}-{plat} (see its DATA_DIR/"
-            f"wheels): installing pywin32=={PYWIN32_PIN} from PyPI with pip")
-        cmd = [python, "-m", "pip", "install", "--disable-pip-version-check", "--no-input",
-               "--only-binary=:all:", "--upgrade", "--target", site,
-               f"pywin32=={PYWIN32_PIN}"]
+        log(
+            f"the server offers no pywin32 wheel for {pytag}-{plat} (see its DATA_DIR/"
+            f"wheels): installing pywin32=={PYWIN32_PIN} from PyPI with pip"
+        )
+        cmd = [
+            python,
+            "-m",
+            "pip",
+            "install",
+            "--disable-pip-version-check",
+            "--no-input",
+            "--only-binary=:all:",
+            "--upgrade",
+            "--target",
+            site,
+            f"pywin32=={PYWIN32_PIN}",
+        ]
         out = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if out.returncode != 0:
-            raise Fatal(f"pywin32 (needed by the Windows service) is missing, the server "
-                        f"offers no wheel for {pytag}-{plat}, and pip could not install it: "
-                        f"{(out.stderr or out.stdout).strip()[-500:]}\nFix: put pywin32-"
-                        f"{PYWIN32_PIN}-{pytag}-{pytag}-{plat}.whl in the server's "
-                        "DATA_DIR/wheels (pip download pywin32 --only-binary=:all: "
-                        f"--platform {plat} --python-version {pytag[2]}.{pytag[3:]} -d "
-                        "DATA_DIR/wheels), then run this script again")
+            raise Fatal(
+                f"pywin32 (needed by the Windows service) is missing, the server "
+                f"offers no wheel for {pytag}-{plat}, and pip could not install it: "
+                f"{(out.stderr or out.stdout).strip()[-500:]}\nFix: put pywin32-"
+                f"{PYWIN32_PIN}-{pytag}-{pytag}-{plat}.whl in the server's "
+                "DATA_DIR/wheels (pip download pywin32 --only-binary=:all: "
+                f"--platform {plat} --python-version {pytag[2]}.{pytag[3:]} -d "
+                "DATA_DIR/wheels), then run this script again"
+            )
         source = f"pywin32=={PYWIN32_PIN} from PyPI"
     ok, err = can_import(python, PYWIN32_IMPORT)
     if not ok:
@@ -406,16 +445,21 @@ def fetch(args):
     if len(fields) != 2 or len(fields[0]) != 64:
         raise Fatal(f"unexpected answer from {base}/v1/agent/package.sha256")
     digest, filename = fields[0].lower(), fields[1]
-    version = filename[len("crc-agent-"):-len(".pyz")] if filename.startswith(
-        "crc-agent-") and filename.endswith(".pyz") else "?"
+    version = (
+        filename[len("crc-agent-") : -len(".pyz")]
+        if filename.startswith("crc-agent-") and filename.endswith(".pyz")
+        else "?"
+    )
     if installed_digest(args.prefix, layout) == digest:
         return "unchanged", version
     log(f"downloading the agent {version} from {base}")
     data, _ = get(base + "/v1/agent/package", ctx, args.timeout)
     seen = hashlib.sha256(data).hexdigest()
     if seen != digest:
-        raise Fatal(f"the downloaded agent package has sha256 {seen}, the server published "
-                    f"{digest}: refusing to install it")
+        raise Fatal(
+            f"the downloaded agent package has sha256 {seen}, the server published "
+            f"{digest}: refusing to install it"
+        )
     os.makedirs(args.prefix, mode=0o755, exist_ok=True)
     info = install(args.prefix, data, digest, version, layout)
     if args.pywin32:
@@ -430,13 +474,25 @@ def main(argv=None):
     parser.add_argument("--url", required=True)
     parser.add_argument("--fingerprint", default="")
     parser.add_argument("--prefix", required=True)
-    parser.add_argument("--wait", type=float, default=600.0,
-                        help="keep retrying an unreachable server this long (seconds)")
+    parser.add_argument(
+        "--wait",
+        type=float,
+        default=600.0,
+        help="keep retrying an unreachable server this long (seconds)",
+    )
     parser.add_argument("--timeout", type=float, default=30.0)
-    parser.add_argument("--layout", choices=["auto", "venv", "site"], default="auto",
-                        help="a venv under PREFIX, or PREFIX/lib on this Python's sys.path")
-    parser.add_argument("--pywin32", choices=["auto", "yes", "no"], default="auto",
-                        help="make sure pywin32 imports (auto: on Windows)")
+    parser.add_argument(
+        "--layout",
+        choices=["auto", "venv", "site"],
+        default="auto",
+        help="a venv under PREFIX, or PREFIX/lib on this Python's sys.path",
+    )
+    parser.add_argument(
+        "--pywin32",
+        choices=["auto", "yes", "no"],
+        default="auto",
+        help="make sure pywin32 imports (auto: on Windows)",
+    )
     args = parser.parse_args(argv)
     args.pywin32 = args.pywin32 == "yes" or (args.pywin32 == "auto" and os.name == "nt")
     os.umask(0o022)  # the agent's code is not secret: readable, like any installed program
@@ -456,7 +512,7 @@ def main(argv=None):
             if time.monotonic() >= deadline:
                 log(f"error: {exc} (gave up after {attempt} attempts)")
                 return UNREACHABLE
-            delay = min(30.0, 0.5 * 2 ** attempt) * random.uniform(0.5, 1.0)  # noqa: S311
+            delay = min(30.0, 0.5 * 2**attempt) * random.uniform(0.5, 1.0)  # noqa: S311
             log(f"{exc}: retrying in {delay:.0f} s")
             time.sleep(delay)
             continue

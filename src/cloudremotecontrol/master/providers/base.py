@@ -69,7 +69,7 @@ def tag_value(tags: tuple[str, ...] | builtins.list[str], prefix: str) -> str | 
     """The value of the first tag starting with ``prefix`` (``None`` if there is none)."""
     for tag in tags:
         if tag.startswith(prefix):
-            return tag[len(prefix):]
+            return tag[len(prefix) :]
     return None
 
 

@@ -66,8 +66,10 @@ ENV_MARK = "CRC_LOCAL_INSTANCE"
 # What a machine's processes inherit from the master's environment: nothing secret (no
 # CRC_TOKEN, no VULTR_API_KEY), just what Python and shells need.
 _ENV_KEEP = ("PATH", "HOME", "LANG", "LANGUAGE", "TZ", "PYTHONPATH", "VIRTUAL_ENV", "TMPDIR")
-_SANDBOX = 'set -e; mount --bind "$1" /etc/hosts; if [ -n "$2" ]; then mount --bind "$2" ' \
-           '/srv; fi; hostname "$3"; shift 3; exec "$@"'
+_SANDBOX = (
+    'set -e; mount --bind "$1" /etc/hosts; if [ -n "$2" ]; then mount --bind "$2" '
+    '/srv; fi; hostname "$3"; shift 3; exec "$@"'
+)
 
 
 def default_root() -> Path:
@@ -82,13 +84,16 @@ def default_root() -> Path:
     return Path(runtime) / "crc-local" if runtime else Path(f"/tmp/crc-local-{os.getuid()}")
 
 
-def startup_script(url: str, key: str, fingerprint: str | None,
-                   python: str = sys.executable) -> str:
+def startup_script(
+    url: str, key: str, fingerprint: str | None, python: str = sys.executable
+) -> str:
     """The local machines' "startup script": exec the agent with its key."""
     fp = f" --fingerprint {shlex.quote(fingerprint)}" if fingerprint else ""
-    return ("#!/bin/sh\n# crc local machine boot: what a VM's bootstrap does, minus installing\n"
-            f"CRC_KEY={shlex.quote(key)} exec {shlex.quote(python)} -m cloudremotecontrol "
-            f'agent run --url {shlex.quote(url)}{fp} --state-dir "$CRC_AGENT_STATE_DIR"\n')
+    return (
+        "#!/bin/sh\n# crc local machine boot: what a VM's bootstrap does, minus installing\n"
+        f"CRC_KEY={shlex.quote(key)} exec {shlex.quote(python)} -m cloudremotecontrol "
+        f'agent run --url {shlex.quote(url)}{fp} --state-dir "$CRC_AGENT_STATE_DIR"\n'
+    )
 
 
 def _proc_stat(pid: int) -> tuple[str, int] | None:
@@ -122,7 +127,7 @@ def _marked() -> dict[int, str]:
             if item.startswith(needle):
                 stat = _proc_stat(int(entry.name))
                 if stat and stat[0] != "Z":
-                    out[int(entry.name)] = item[len(needle):].decode(errors="replace")
+                    out[int(entry.name)] = item[len(needle) :].decode(errors="replace")
                 break
     return out
 
@@ -134,8 +139,13 @@ class LocalProvider:
 
     name = "local"
 
-    def __init__(self, root: Path | str | None = None, *, server_url: str | None = None,
-                 network: str = "auto") -> None:
+    def __init__(
+        self,
+        root: Path | str | None = None,
+        *,
+        server_url: str | None = None,
+        network: str = "auto",
+    ) -> None:
         if network not in ("auto", "netns", "host"):
             raise ProviderError(f"unknown local network mode {network!r}: auto, netns or host")
         self.root = Path(root) if root is not None else default_root()
@@ -166,22 +176,35 @@ class LocalProvider:
         has_unshare = shutil.which("unshare") is not None
         sandbox = has_unshare and (root or self._userns_works())
         can_netns = root and has_unshare and shutil.which("ip") is not None
-        why_not = ("needs root" if not root else "needs ip(8) and unshare(1)") \
-            if not can_netns else self._unreachable()
+        why_not = (
+            ("needs root" if not root else "needs ip(8) and unshare(1)")
+            if not can_netns
+            else self._unreachable()
+        )
         if self.network == "netns" and why_not:
-            raise ProviderError(f"network: netns is not possible here: {why_not}",
-                                provider="local")
+            raise ProviderError(f"network: netns is not possible here: {why_not}", provider="local")
         if self.network != "host" and not why_not:
             return "netns", f"own network namespaces on {net.BRIDGE} ({net.NETWORK})"
-        reason = "network: host" if self.network == "host" else f"no network namespaces: " \
-                                                                  f"{why_not}"
+        reason = "network: host" if self.network == "host" else f"no network namespaces: {why_not}"
         if sandbox:
             return "isolated", reason + "; own /etc/hosts, hostname and PID namespace"
         return "plain", reason + "; unshare(1) unavailable: plain processes"
 
     def _userns_works(self) -> bool:
-        out = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "--pid",
-                              "--fork", "--kill-child", "true"], capture_output=True, check=False)
+        out = subprocess.run(
+            [
+                "unshare",
+                "--user",
+                "--map-root-user",
+                "--mount",
+                "--pid",
+                "--fork",
+                "--kill-child",
+                "true",
+            ],
+            capture_output=True,
+            check=False,
+        )
         return out.returncode == 0
 
     def _unreachable(self) -> str:
@@ -196,26 +219,41 @@ class LocalProvider:
         if spec.os != "linux":
             raise ProviderError("the local provider runs Linux machines only", provider="local")
         if self.mode == "plain" and os.geteuid() == 0:
-            raise ProviderError("unshare(1) (util-linux) is missing: as root, local machines "
-                                "would share and edit this computer's /etc/hosts",
-                                provider="local")
+            raise ProviderError(
+                "unshare(1) (util-linux) is missing: as root, local machines "
+                "would share and edit this computer's /etc/hosts",
+                provider="local",
+            )
         iid = f"{scenario}.{spec.name}"
         if self._load(iid) is not None or self._leftover(iid):
-            raise ProviderError(f"local machine {iid} exists already: `crc down` it first",
-                                provider="local", code="conflict")
+            raise ProviderError(
+                f"local machine {iid} exists already: `crc down` it first",
+                provider="local",
+                code="conflict",
+            )
         d = self._dir(iid)
         (d / "agent").mkdir(parents=True, exist_ok=True)
         (d / "srv").mkdir(exist_ok=True)
-        (d / "hosts").write_text(f"127.0.0.1 localhost\n::1 localhost ip6-localhost\n"
-                                 f"127.0.1.1 {spec.name}\n")
+        (d / "hosts").write_text(
+            f"127.0.0.1 localhost\n::1 localhost ip6-localhost\n127.0.1.1 {spec.name}\n"
+        )
         boot = d / "boot.sh"
         boot.write_text(startup_script)
         boot.chmod(0o700)
         rec: dict[str, Any] = {
-            "id": iid, "scenario": scenario, "machine": spec.name, "mode": self.mode,
+            "id": iid,
+            "scenario": scenario,
+            "machine": spec.name,
+            "mode": self.mode,
             "tags": [scenario_tag(scenario), machine_tag(spec.name), *spec.tags],
-            "labels": spec.labels, "created": time.time(), "ip": None, "netns": None,
-            "veth": None, "pid": None, "pid_start": None}
+            "labels": spec.labels,
+            "created": time.time(),
+            "ip": None,
+            "netns": None,
+            "veth": None,
+            "pid": None,
+            "pid_start": None,
+        }
         self._save(rec)  # first, so that a crash from here on leaves something to find
         try:
             if rec["mode"] == "netns":
@@ -227,8 +265,9 @@ class LocalProvider:
             if isinstance(exc, CrcError):
                 raise
             if isinstance(exc, OSError):
-                raise ProviderError(f"cannot start local machine {iid}: {exc}",
-                                    provider="local") from None
+                raise ProviderError(
+                    f"cannot start local machine {iid}: {exc}", provider="local"
+                ) from None
             raise
         return self._instance(rec)
 
@@ -246,7 +285,7 @@ class LocalProvider:
         if base.is_dir():
             ids |= {f"{scenario}.{p.parent.name}" for p in base.glob("*/instance.json")}
         ns_prefix, mark_prefix = self._ns(f"{scenario}."), self._mark(f"{scenario}.")
-        ids |= {n[len(self._ns("")):] for n in net.netns_names() if n.startswith(ns_prefix)}
+        ids |= {n[len(self._ns("")) :] for n in net.netns_names() if n.startswith(ns_prefix)}
         ids |= {v.split("/", 1)[1] for v in _marked().values() if v.startswith(mark_prefix)}
         out = [self.get(i) for i in sorted(ids)]
         return [i for i in out if i is not None]
@@ -256,13 +295,15 @@ class LocalProvider:
         while True:
             inst = self.get(instance_id)
             if inst is None:
-                raise ProviderError(f"local machine {instance_id} does not exist",
-                                    provider="local")
+                raise ProviderError(f"local machine {instance_id} does not exist", provider="local")
             if inst.ready:
                 return inst
             if inst.status in ("stopped", "leftover") or time.monotonic() > deadline:
-                raise ProviderError(f"local machine {instance_id} is {inst.status}: "
-                                    f"{self.console_tail(instance_id)}", provider="local")
+                raise ProviderError(
+                    f"local machine {instance_id} is {inst.status}: "
+                    f"{self.console_tail(instance_id)}",
+                    provider="local",
+                )
             time.sleep(0.1)
 
     def destroy(self, instance_id: str) -> None:
@@ -276,8 +317,9 @@ class LocalProvider:
         with contextlib.suppress(OSError):
             d.parent.rmdir()  # the scenario's directory, once empty
         if ns in net.netns_names() or self._leftover(instance_id):
-            raise ProviderError(f"local machine {instance_id} could not be removed",
-                                provider="local")
+            raise ProviderError(
+                f"local machine {instance_id} could not be removed", provider="local"
+            )
         if rec is None or rec.get("netns"):
             self.release_network()
 
@@ -312,8 +354,12 @@ class LocalProvider:
     def prepare_network(self) -> str | None:
         """Create the bridge now (so a server can listen on its address before any
         machine exists) and return that address; None where namespaces are impossible."""
-        if os.geteuid() != 0 or not shutil.which("ip") or not shutil.which("unshare") \
-                or self.network == "host":
+        if (
+            os.geteuid() != 0
+            or not shutil.which("ip")
+            or not shutil.which("unshare")
+            or self.network == "host"
+        ):
             return None
         with net.lock():
             net.ensure_bridge()
@@ -353,10 +399,16 @@ class LocalProvider:
     def _instance(self, rec: dict[str, Any]) -> Instance:
         alive = self._alive(rec)
         ip = rec.get("ip") or "127.0.0.1"
-        return Instance(id=rec["id"], name=rec["machine"],
-                        label=instance_label(rec["scenario"], rec["machine"]),
-                        status="running" if alive else "stopped", ready=alive, main_ip=ip,
-                        private_ip=rec.get("ip"), tags=tuple(rec.get("tags") or ()))
+        return Instance(
+            id=rec["id"],
+            name=rec["machine"],
+            label=instance_label(rec["scenario"], rec["machine"]),
+            status="running" if alive else "stopped",
+            ready=alive,
+            main_ip=ip,
+            private_ip=rec.get("ip"),
+            tags=tuple(rec.get("tags") or ()),
+        )
 
     def _ns(self, iid: str) -> str:
         return f"{net.NS_PREFIX}{self.scope}-{iid}"
@@ -369,35 +421,74 @@ class LocalProvider:
 
     def _leftover_instance(self, iid: str) -> Instance:
         scenario, _, machine = iid.partition(".")
-        return Instance(id=iid, name=machine, label=instance_label(scenario, machine),
-                        status="leftover", ready=False,
-                        tags=(scenario_tag(scenario), machine_tag(machine)))
+        return Instance(
+            id=iid,
+            name=machine,
+            label=instance_label(scenario, machine),
+            status="leftover",
+            ready=False,
+            tags=(scenario_tag(scenario), machine_tag(machine)),
+        )
 
     # -- processes -------------------------------------------------------------------------
     def _boot(self, rec: dict[str, Any]) -> None:
         d = self._dir(rec["id"])
         inner = ["sh", str(d / "boot.sh")]
         if rec["mode"] in ("netns", "isolated"):
-            srv = str(d / "srv") if Path("/srv").is_dir() and not \
-                str(self.root.resolve()).startswith("/srv/") else ""
-            sandbox = ["unshare", "--mount", "--uts", "--pid", "--fork", "--kill-child",
-                       "--mount-proc", "--propagation", "private"]
+            srv = (
+                str(d / "srv")
+                if Path("/srv").is_dir() and not str(self.root.resolve()).startswith("/srv/")
+                else ""
+            )
+            sandbox = [
+                "unshare",
+                "--mount",
+                "--uts",
+                "--pid",
+                "--fork",
+                "--kill-child",
+                "--mount-proc",
+                "--propagation",
+                "private",
+            ]
             if os.geteuid() != 0:
                 sandbox[1:1] = ["--user", "--map-root-user"]
-            inner = [*sandbox, "sh", "-c", _SANDBOX, "crc-boot", str(d / "hosts"), srv,
-                     rec["machine"], *inner]
+            inner = [
+                *sandbox,
+                "sh",
+                "-c",
+                _SANDBOX,
+                "crc-boot",
+                str(d / "hosts"),
+                srv,
+                rec["machine"],
+                *inner,
+            ]
         if rec.get("netns"):
             inner = ["ip", "netns", "exec", rec["netns"], *inner]
         env = {k: v for k, v in os.environ.items() if k in _ENV_KEEP or k.startswith("LC_")}
-        env.update({ENV_MARK: self._mark(rec["id"]), "CRC_AGENT_STATE_DIR": str(d / "agent"),
-                    "CRC_MACHINE_DIR": str(d),
-                    "PATH": os.pathsep.join([os.path.dirname(sys.executable),
-                                             env.get("PATH", "/usr/bin:/bin")])})
+        env.update(
+            {
+                ENV_MARK: self._mark(rec["id"]),
+                "CRC_AGENT_STATE_DIR": str(d / "agent"),
+                "CRC_MACHINE_DIR": str(d),
+                "PATH": os.pathsep.join(
+                    [os.path.dirname(sys.executable), env.get("PATH", "/usr/bin:/bin")]
+                ),
+            }
+        )
         log = str(d / "console.log")
-        pid = os.posix_spawnp(inner[0], inner, env, file_actions=[
-            (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
-            (os.POSIX_SPAWN_OPEN, 1, log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600),
-            (os.POSIX_SPAWN_DUP2, 1, 2)], setsid=True)
+        pid = os.posix_spawnp(
+            inner[0],
+            inner,
+            env,
+            file_actions=[
+                (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
+                (os.POSIX_SPAWN_OPEN, 1, log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600),
+                (os.POSIX_SPAWN_DUP2, 1, 2),
+            ],
+            setsid=True,
+        )
         stat = _proc_stat(pid)
         rec.update(pid=pid, pid_start=stat[1] if stat else None, booted=time.time())
         self._save(rec)
@@ -422,8 +513,10 @@ class LocalProvider:
                     os.kill(pid, signal.SIGKILL)
                 _reap(pid)
             if time.monotonic() > deadline:
-                raise ProviderError(f"processes of local machine {iid} survive SIGKILL: "
-                                    f"{sorted(pids)}", provider="local")
+                raise ProviderError(
+                    f"processes of local machine {iid} survive SIGKILL: {sorted(pids)}",
+                    provider="local",
+                )
             time.sleep(0.05)
 
     def _net_up(self, rec: dict[str, Any]) -> None:
@@ -431,5 +524,4 @@ class LocalProvider:
             rec.update(netns=ns, veth=veth, ip=ip)
             self._save(rec)
 
-        net.attach(self._ns(rec["id"]), self._mark(rec["id"]), rec.get("ip"), self._route,
-                   created)
+        net.attach(self._ns(rec["id"]), self._mark(rec["id"]), rec.get("ip"), self._route, created)

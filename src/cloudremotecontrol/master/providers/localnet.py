@@ -24,8 +24,21 @@ from urllib.parse import urlsplit
 
 from .base import ProviderError
 
-__all__ = ["BRIDGE", "GATEWAY", "NETWORK", "NS_PREFIX", "attach", "detach", "ensure_bridge",
-           "lock", "netns_names", "release_bridge", "run", "server_route", "veth_name"]
+__all__ = [
+    "BRIDGE",
+    "GATEWAY",
+    "NETWORK",
+    "NS_PREFIX",
+    "attach",
+    "detach",
+    "ensure_bridge",
+    "lock",
+    "netns_names",
+    "release_bridge",
+    "run",
+    "server_route",
+    "veth_name",
+]
 
 NETWORK = ipaddress.ip_network("10.213.0.0/16")
 GATEWAY = "10.213.0.1"
@@ -37,8 +50,9 @@ _LOCK = "/run/crc-local-net.lock"
 def run(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     out = subprocess.run(argv, capture_output=True, text=True, check=False)
     if check and out.returncode != 0:
-        raise ProviderError(f"`{' '.join(argv)}` failed: {out.stderr.strip() or out.returncode}",
-                            provider="local")
+        raise ProviderError(
+            f"`{' '.join(argv)}` failed: {out.stderr.strip() or out.returncode}", provider="local"
+        )
     return out
 
 
@@ -76,8 +90,10 @@ def server_route(url: str | None) -> tuple[str, str | None]:
     if addr in NETWORK:
         return "", None
     if addr.is_loopback:
-        return (f"the server listens on loopback ({addr}), which a namespace cannot reach: "
-                f"run it with --listen {GATEWAY}:PORT"), None
+        return (
+            f"the server listens on loopback ({addr}), which a namespace cannot reach: "
+            f"run it with --listen {GATEWAY}:PORT"
+        ), None
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         try:
             s.bind((str(addr), 0))  # succeeds only for an address of this computer
@@ -112,8 +128,13 @@ def _allocate(key: str, wanted: str | None) -> str:
     raise ProviderError(f"no free address left in {NETWORK}", provider="local")
 
 
-def attach(ns: str, key: str, wanted_ip: str | None, route: str | None,
-           created: Callable[[str, str, str], None] | None = None) -> tuple[str, str, str]:
+def attach(
+    ns: str,
+    key: str,
+    wanted_ip: str | None,
+    route: str | None,
+    created: Callable[[str, str, str], None] | None = None,
+) -> tuple[str, str, str]:
     """Make namespace ``ns`` with a veth (named from ``key``) into the bridge; return
     (netns, veth, ip).
 
@@ -165,7 +186,8 @@ def _listening_on(ip: str) -> bool:
     try:
         with open("/proc/net/tcp") as fh:
             next(fh)
-            return any(line.split()[1].startswith(want + ":") and line.split()[3] == "0A"
-                       for line in fh)
+            return any(
+                line.split()[1].startswith(want + ":") and line.split()[3] == "0A" for line in fh
+            )
     except (OSError, StopIteration, IndexError):
         return False

@@ -70,12 +70,29 @@ _SCRIPT_NAME_PREFIX = "crc:"  # startup script name: crc:<scenario>/<machine>
 # The request fields of POST /instances in openapi-v2.json that MachineSpec.extra may set.
 # user_data, script_id and tags carry the bootstrap and the scenario bookkeeping: not
 # overridable. region, plan and os_id/image_id come from the spec itself.
-_EXTRA_FIELDS = frozenset({
-    "activation_email", "app_id", "attach_private_network", "attach_vpc", "backups",
-    "ddos_protection", "enable_ipv6", "enable_private_network", "enable_vpc",
-    "firewall_group_id", "hostname", "image_id", "ipxe_chain_url", "iso_id", "label",
-    "os_id", "reserved_ipv4", "snapshot_id", "sshkey_id",
-})
+_EXTRA_FIELDS = frozenset(
+    {
+        "activation_email",
+        "app_id",
+        "attach_private_network",
+        "attach_vpc",
+        "backups",
+        "ddos_protection",
+        "enable_ipv6",
+        "enable_private_network",
+        "enable_vpc",
+        "firewall_group_id",
+        "hostname",
+        "image_id",
+        "ipxe_chain_url",
+        "iso_id",
+        "label",
+        "os_id",
+        "reserved_ipv4",
+        "snapshot_id",
+        "sshkey_id",
+    }
+)
 _RESERVED_FIELDS = frozenset({"user_data", "script_id", "tags", "tag", "region", "plan"})
 _MAX_PER_PAGE = 500  # list-instances: "Default is 100 and Max is 500."
 
@@ -171,8 +188,10 @@ class VultrProvider:
         check_name(scenario, "scenario")
         check_name(spec.name, "machine")
         if spec.os not in ("linux", "windows"):
-            raise ProviderError(f"unknown os {spec.os!r} for machine {spec.name}: "
-                                "use linux or windows", provider=self.name)
+            raise ProviderError(
+                f"unknown os {spec.os!r} for machine {spec.name}: use linux or windows",
+                provider=self.name,
+            )
         body = self._instance_request(scenario, spec)
         script_id: str | None = None
         if spec.os == "windows":
@@ -212,9 +231,12 @@ class VultrProvider:
         while True:
             raw = self._get_raw(instance_id)
             if raw is None:
-                raise ProviderError(f"Vultr instance {instance_id} disappeared while waiting "
-                                    "for it to run (deleted in the portal?)",
-                                    provider=self.name, instance=instance_id)
+                raise ProviderError(
+                    f"Vultr instance {instance_id} disappeared while waiting "
+                    "for it to run (deleted in the portal?)",
+                    provider=self.name,
+                    instance=instance_id,
+                )
             inst = _to_instance(raw)
             if inst.ready:
                 return inst
@@ -225,7 +247,9 @@ class VultrProvider:
                     f"after {timeout:g}s (status {raw.get('status')}, power "
                     f"{raw.get('power_status')}, server {raw.get('server_status')}): look at it "
                     "in the Vultr portal, or wait longer",
-                    provider=self.name, instance=instance_id, status=raw.get("status"),
+                    provider=self.name,
+                    instance=instance_id,
+                    status=raw.get("status"),
                 )
             self._sleep(min(self.poll_interval, left))
 
@@ -278,34 +302,42 @@ class VultrProvider:
             )
         body.update(spec.extra)
         if not any(k in body for k in ("os_id", "image_id", "iso_id", "snapshot_id", "app_id")):
-            raise ProviderError(f"machine {spec.name}: no image: give a Vultr os_id "
-                                "(e.g. 2284) or an image_id", provider=self.name)
+            raise ProviderError(
+                f"machine {spec.name}: no image: give a Vultr os_id (e.g. 2284) or an image_id",
+                provider=self.name,
+            )
         return body
 
     def _create_startup_script(self, scenario: str, machine: str, script: str) -> str:
         # create-startup-script: type boot runs once at first boot (pxe is for iPXE).
-        data = self._request("POST", "/startup-scripts", json={
-            "name": f"{_SCRIPT_NAME_PREFIX}{scenario}/{machine}",
-            "type": "boot",
-            "script": _b64(script),
-        })
+        data = self._request(
+            "POST",
+            "/startup-scripts",
+            json={
+                "name": f"{_SCRIPT_NAME_PREFIX}{scenario}/{machine}",
+                "type": "boot",
+                "script": _b64(script),
+            },
+        )
         try:
             return str(data["startup_script"]["id"])
         except (KeyError, TypeError):
-            raise ProviderError("Vultr created a startup script but did not say its id",
-                                provider=self.name) from None
+            raise ProviderError(
+                "Vultr created a startup script but did not say its id", provider=self.name
+            ) from None
 
-    def _create_instance(self, scenario: str, machine: str,
-                         body: dict[str, Any]) -> dict[str, Any]:
+    def _create_instance(self, scenario: str, machine: str, body: dict[str, Any]) -> dict[str, Any]:
         attempt = 0
         while True:
             try:
                 data = self._request("POST", "/instances", json=body, idempotent=False)
             except _Ambiguous:
                 # The instance may exist although the answer got lost: look before retrying.
-                found = [i for i in self._pages("/instances", "instances",
-                                                {"tag": scenario_tag(scenario)})
-                         if machine_tag(machine) in (i.get("tags") or [])]
+                found = [
+                    i
+                    for i in self._pages("/instances", "instances", {"tag": scenario_tag(scenario)})
+                    if machine_tag(machine) in (i.get("tags") or [])
+                ]
                 if found:
                     return found[0]
                 if attempt >= self.retry.server_error_retries:
@@ -315,8 +347,9 @@ class VultrProvider:
                 continue
             inst = data.get("instance")
             if not isinstance(inst, dict) or not inst.get("id"):
-                raise ProviderError("Vultr accepted the instance but did not say its id",
-                                    provider=self.name)
+                raise ProviderError(
+                    "Vultr accepted the instance but did not say its id", provider=self.name
+                )
             return inst
 
     def _get_raw(self, instance_id: str) -> dict[str, Any] | None:
@@ -325,8 +358,10 @@ class VultrProvider:
             return None
         inst = data.get("instance")
         if not isinstance(inst, dict):
-            raise ProviderError(f"Vultr answered GET /instances/{instance_id} without an "
-                                "instance", provider=self.name)
+            raise ProviderError(
+                f"Vultr answered GET /instances/{instance_id} without an instance",
+                provider=self.name,
+            )
         return inst
 
     def _delete(self, path: str) -> None:
@@ -351,7 +386,7 @@ class VultrProvider:
             seen.add(cursor)
 
     def _backoff(self, attempt: int) -> float:
-        full = min(self.retry.max_delay, self.retry.base_delay * (2.0 ** attempt))
+        full = min(self.retry.max_delay, self.retry.base_delay * (2.0**attempt))
         return full / 2 + self._rng.uniform(0, full / 2)
 
     def _retry_after(self, resp: httpx.Response) -> float | None:
@@ -368,9 +403,15 @@ class VultrProvider:
             seconds = when.timestamp() - time.time()
         return max(0.0, min(seconds, self.retry.max_delay))
 
-    def _request(self, method: str, path: str, *, json: dict[str, Any] | None = None,
-                 params: dict[str, Any] | None = None, idempotent: bool = True
-                 ) -> dict[str, Any]:
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: dict[str, Any] | None = None,
+        params: dict[str, Any] | None = None,
+        idempotent: bool = True,
+    ) -> dict[str, Any]:
         """One API call with retries: the JSON object answered (``{}`` for 204)."""
         data = self._send(method, path, json=json, params=params, idempotent=idempotent)
         assert data is not None  # _send answers None only when not_found_ok
@@ -380,9 +421,16 @@ class VultrProvider:
         """Like ``_request`` for GET/DELETE of one object, but ``None`` if it is gone."""
         return self._send(method, path, not_found_ok=True)
 
-    def _send(self, method: str, path: str, *, json: dict[str, Any] | None = None,
-              params: dict[str, Any] | None = None, idempotent: bool = True,
-              not_found_ok: bool = False) -> dict[str, Any] | None:
+    def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: dict[str, Any] | None = None,
+        params: dict[str, Any] | None = None,
+        idempotent: bool = True,
+        not_found_ok: bool = False,
+    ) -> dict[str, Any] | None:
         if method in ("GET", "DELETE"):
             idempotent = True
         url = self.base_url + path
@@ -390,8 +438,7 @@ class VultrProvider:
         limited = failed = 0
         while True:
             try:
-                resp = self._client.request(method, url, json=json, params=params,
-                                            headers=headers)
+                resp = self._client.request(method, url, json=json, params=params, headers=headers)
             except httpx.TransportError as exc:
                 # A refused connection never reached Vultr: safe to retry even a POST.
                 safe = idempotent or isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout))
@@ -400,16 +447,21 @@ class VultrProvider:
                     failed += 1
                     continue
                 cls = ProviderError if safe else _Ambiguous
-                raise cls(f"cannot reach the Vultr API at {self.base_url} ({method} {path}): "
-                          f"{exc or type(exc).__name__}; check the network or "
-                          f"{API_URL_ENV}", provider=self.name) from None
+                raise cls(
+                    f"cannot reach the Vultr API at {self.base_url} ({method} {path}): "
+                    f"{exc or type(exc).__name__}; check the network or "
+                    f"{API_URL_ENV}",
+                    provider=self.name,
+                ) from None
             status = resp.status_code
             if status == 429:
                 if limited >= self.retry.rate_limit_retries:
                     raise ProviderError(
                         f"Vultr kept rate-limiting {method} {path} (HTTP 429) after "
                         f"{limited} retries: wait a minute, or create fewer machines at once",
-                        provider=self.name, status=status, provider_error=_vultr_error(resp),
+                        provider=self.name,
+                        status=status,
+                        provider_error=_vultr_error(resp),
                     )
                 delay = self._retry_after(resp)
                 self._sleep(self._backoff(limited) if delay is None else delay)
@@ -421,10 +473,13 @@ class VultrProvider:
                     failed += 1
                     continue
                 cls = ProviderError if idempotent else _Ambiguous
-                raise cls(f"Vultr failed {method} {path} (HTTP {status}): "
-                          f"{_vultr_error(resp)}; try again later (status.vultr.com)",
-                          provider=self.name, status=status,
-                          provider_error=_vultr_error(resp))
+                raise cls(
+                    f"Vultr failed {method} {path} (HTTP {status}): "
+                    f"{_vultr_error(resp)}; try again later (status.vultr.com)",
+                    provider=self.name,
+                    status=status,
+                    provider_error=_vultr_error(resp),
+                )
             if status == 404:
                 if not_found_ok:
                     return None
@@ -438,9 +493,13 @@ class VultrProvider:
             except ValueError:
                 data = None
             if not isinstance(data, dict):
-                raise ProviderError(f"Vultr answered {method} {path} (HTTP {status}) with "
-                                    f"something that is not a JSON object; is {self.base_url} "
-                                    "the Vultr API?", provider=self.name, status=status)
+                raise ProviderError(
+                    f"Vultr answered {method} {path} (HTTP {status}) with "
+                    f"something that is not a JSON object; is {self.base_url} "
+                    "the Vultr API?",
+                    provider=self.name,
+                    status=status,
+                )
             return data
 
 
@@ -449,8 +508,10 @@ def _client_error(resp: httpx.Response, method: str, path: str) -> ProviderError
     if status == 401:
         msg = f"Vultr refused the API key (HTTP 401): check {API_KEY_ENV} ({said})"
     elif status == 403:
-        msg = (f"Vultr forbade {method} {path} (HTTP 403): {said}; check the API key's "
-               "access control (allowed IP addresses) in the Vultr portal")
+        msg = (
+            f"Vultr forbade {method} {path} (HTTP 403): {said}; check the API key's "
+            "access control (allowed IP addresses) in the Vultr portal"
+        )
     else:
         msg = f"Vultr rejected {method} {path} (HTTP {status}): {said}"
     return ProviderError(msg, provider="vultr", status=status, provider_error=said)
@@ -473,8 +534,11 @@ def _to_instance(raw: dict[str, Any]) -> Instance:
     # installingbooting / ok) says whether the OS finished booting; absent counts as ok.
     tags = tuple(str(t) for t in raw.get("tags") or ())
     status = str(raw.get("status") or "")
-    ready = (status == "active" and raw.get("power_status") == "running"
-             and raw.get("server_status", "ok") == "ok")
+    ready = (
+        status == "active"
+        and raw.get("power_status") == "running"
+        and raw.get("server_status", "ok") == "ok"
+    )
     password = raw.get("default_password")
     return Instance(
         id=str(raw["id"]),

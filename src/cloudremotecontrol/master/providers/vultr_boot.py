@@ -178,6 +178,7 @@ class LinuxMachine:
             fh.write(script)
         prefix: list[str] = []
         if network == "netns":
+
             def created(ns: str, veth: str, ip: str) -> None:
                 self.netns, self.veth, self.ip = ns, veth, ip
 
@@ -185,11 +186,29 @@ class LinuxMachine:
             net.attach(ns, self.net_key, None, None, created)
             prefix = ["ip", "netns", "exec", ns]
         self.holder = subprocess.Popen(
-            [*prefix, "unshare", "--mount", "--uts", "--pid", "--fork", "--kill-child",
-             "--mount-proc", "--propagation", "private", "bash", "-c", _INIT, str(self.dir),
-             self.hostname],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True, env={"PATH": SYSTEM_PATH, "LANG": "C.UTF-8"})
+            [
+                *prefix,
+                "unshare",
+                "--mount",
+                "--uts",
+                "--pid",
+                "--fork",
+                "--kill-child",
+                "--mount-proc",
+                "--propagation",
+                "private",
+                "bash",
+                "-c",
+                _INIT,
+                str(self.dir),
+                self.hostname,
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={"PATH": SYSTEM_PATH, "LANG": "C.UTF-8"},
+        )
         assert self.holder.stdout is not None
         line = self.holder.stdout.readline()
         if line.strip() != "booted":
@@ -214,13 +233,33 @@ class LinuxMachine:
     def run_user_data(self, systemctl: str, timeout: float) -> int:
         """Run the startup script as root with a clean environment; its exit code."""
         assert self.init_pid is not None
-        argv = ["nsenter", "--target", str(self.init_pid), "--mount", "--uts", "--pid",
-                "--net", "--", "env", "-i", f"PATH={SYSTEM_PATH}", "LANG=C.UTF-8", "HOME=/root",
-                f"CRC_SYSTEMCTL={systemctl}", "CRC_FAKE_SYSTEMD_STATE=/run/fake-systemd",
-                USER_DATA_PATH]
+        argv = [
+            "nsenter",
+            "--target",
+            str(self.init_pid),
+            "--mount",
+            "--uts",
+            "--pid",
+            "--net",
+            "--",
+            "env",
+            "-i",
+            f"PATH={SYSTEM_PATH}",
+            "LANG=C.UTF-8",
+            "HOME=/root",
+            f"CRC_SYSTEMCTL={systemctl}",
+            "CRC_FAKE_SYSTEMD_STATE=/run/fake-systemd",
+            USER_DATA_PATH,
+        ]
         with open(self.console, "ab") as console:
-            proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=console,
-                                  stderr=subprocess.STDOUT, timeout=timeout, check=False)
+            proc = subprocess.run(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=console,
+                stderr=subprocess.STDOUT,
+                timeout=timeout,
+                check=False,
+            )
         self.exit_code = proc.returncode
         return proc.returncode
 
@@ -257,8 +296,14 @@ class LinuxBoot:
     ``network``: ``host`` or ``netns`` (see the module docstring).
     """
 
-    def __init__(self, root: Path | str, *, network: str = "host",
-                 python: str = "/usr/bin/python3", timeout: float = 180.0) -> None:
+    def __init__(
+        self,
+        root: Path | str,
+        *,
+        network: str = "host",
+        python: str = "/usr/bin/python3",
+        timeout: float = 180.0,
+    ) -> None:
         if network not in ("host", "netns"):
             raise ValueError(f"network must be host or netns, not {network!r}")
         self.root = Path(root)
@@ -273,13 +318,18 @@ class LinuxBoot:
     def __call__(self, instance: dict[str, Any], script: bytes) -> None:
         iid = str(instance["id"])
         if not script.startswith(b"#!"):
-            raise RuntimeError(f"instance {iid}: cannot boot this user data here (not a "
-                               "Linux script starting with #!)")
+            raise RuntimeError(
+                f"instance {iid}: cannot boot this user data here (not a "
+                "Linux script starting with #!)"
+            )
         with self._lock:  # halt waits until the machine is fully started, or boot sees it
             if self._closed or iid in self._halted:
                 return
-            m = LinuxMachine(iid, str(instance.get("hostname") or instance.get("label")
-                                      or "localhost"), self.root / iid)
+            m = LinuxMachine(
+                iid,
+                str(instance.get("hostname") or instance.get("label") or "localhost"),
+                self.root / iid,
+            )
             self.machines[iid] = m
             try:
                 m.start(script, self.network)
@@ -289,13 +339,17 @@ class LinuxBoot:
         try:
             code = m.run_user_data(self.systemctl, self.timeout)
         except subprocess.TimeoutExpired:
-            raise RuntimeError(f"instance {iid}: the startup script ran longer than "
-                               f"{self.timeout:g}s; console:\n{m.console_tail()}") from None
+            raise RuntimeError(
+                f"instance {iid}: the startup script ran longer than "
+                f"{self.timeout:g}s; console:\n{m.console_tail()}"
+            ) from None
         with self._lock:
             halted = iid in self._halted or self._closed
         if code != 0 and not halted:
-            raise RuntimeError(f"instance {iid}: the startup script failed (exit {code}); "
-                               f"console:\n{m.console_tail()}\njournal:\n{m.journal()[-2000:]}")
+            raise RuntimeError(
+                f"instance {iid}: the startup script failed (exit {code}); "
+                f"console:\n{m.console_tail()}\njournal:\n{m.journal()[-2000:]}"
+            )
 
     def halt(self, instance_id: str) -> None:
         with self._lock:
@@ -329,8 +383,12 @@ class LinuxBoot:
             made = [(m.netns, m.veth) for m in self.machines.values() if m.netns]
         names = net.netns_names()
         links = net.run("ip", "-o", "link", check=False).stdout if made else ""
-        return [n for ns, veth in made for n in (ns, veth)
-                if n in names or (n == veth and f" {veth}@" in links)]
+        return [
+            n
+            for ns, veth in made
+            for n in (ns, veth)
+            if n in names or (n == veth and f" {veth}@" in links)
+        ]
 
     def mounts(self) -> list[str]:
         """Lines of this computer's mount table that involve a machine's directory."""

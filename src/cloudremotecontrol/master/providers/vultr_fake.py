@@ -72,8 +72,19 @@ log = logging.getLogger(__name__)
 DEFAULT_API_KEY = "fake-vultr-key"
 BootHook = Callable[[dict[str, Any], bytes], None]
 HaltHook = Callable[[str], None]
-_OPENAPI_ONLY = frozenset({"nullable", "discriminator", "readOnly", "writeOnly", "xml",
-                           "externalDocs", "example", "examples", "deprecated"})
+_OPENAPI_ONLY = frozenset(
+    {
+        "nullable",
+        "discriminator",
+        "readOnly",
+        "writeOnly",
+        "xml",
+        "externalDocs",
+        "example",
+        "examples",
+        "deprecated",
+    }
+)
 _METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 
 
@@ -98,8 +109,9 @@ def _resolve(root: dict[str, Any], ref: str) -> Any:
     return node
 
 
-def to_json_schema(node: Any, root: dict[str, Any], strict: bool = True,
-                   seen: tuple[str, ...] = ()) -> Any:
+def to_json_schema(
+    node: Any, root: dict[str, Any], strict: bool = True, seen: tuple[str, ...] = ()
+) -> Any:
     """Translate an OpenAPI 3.0 schema object to JSON Schema draft 4 (see module doc)."""
     if not isinstance(node, dict):
         return node
@@ -157,8 +169,9 @@ class OpenApiSpec:
             for method, op in item.items():
                 if method.upper() in _METHODS:
                     own = tuple(op.get("parameters") or ())
-                    self.operations.append(_Operation(method.upper(), template,
-                                                      re.compile(regex), op, shared + own))
+                    self.operations.append(
+                        _Operation(method.upper(), template, re.compile(regex), op, shared + own)
+                    )
         # Literal paths win over templated ones (/instances/x before /instances/{id}).
         self.operations.sort(key=lambda o: o.template.count("{"))
         self._validators: dict[tuple[str, str, str], jsonschema.Draft4Validator | None] = {}
@@ -174,13 +187,14 @@ class OpenApiSpec:
     def path_exists(self, path: str) -> bool:
         return any(op.pattern.match(path) for op in self.operations)
 
-    def _validator(self, op: _Operation, kind: str, status: str = ""
-                   ) -> jsonschema.Draft4Validator | None:
+    def _validator(
+        self, op: _Operation, kind: str, status: str = ""
+    ) -> jsonschema.Draft4Validator | None:
         key = (op.method + " " + op.template, kind, status)
         with self._lock:
             if key not in self._validators:
                 if kind == "request":
-                    holder = (op.spec.get("requestBody") or {})
+                    holder = op.spec.get("requestBody") or {}
                 else:
                     holder = (op.spec.get("responses") or {}).get(status) or {}
                 holder = to_json_schema(holder, self.doc, strict=False)  # resolves a $ref
@@ -236,8 +250,10 @@ class OpenApiSpec:
             except ValueError:
                 errors.append(f"query parameter {name!r}: {value!r} is not an {kind}")
                 continue
-            errors += [f"query parameter {name!r}: {e}"
-                       for e in _errors(jsonschema.Draft4Validator(schema), value)]
+            errors += [
+                f"query parameter {name!r}: {e}"
+                for e in _errors(jsonschema.Draft4Validator(schema), value)
+            ]
         return errors
 
 
@@ -293,9 +309,16 @@ class FakeVultrState:
     (errors of both hooks), and inject failures with ``fail_next``. Call ``close()`` to
     stop boot threads (``FakeVultr.stop`` does)."""
 
-    def __init__(self, spec: OpenApiSpec, *, api_key: str, boot: BootHook | None,
-                 rate_limit: int | None, ready_delay: float,
-                 halt: HaltHook | None = None) -> None:
+    def __init__(
+        self,
+        spec: OpenApiSpec,
+        *,
+        api_key: str,
+        boot: BootHook | None,
+        rate_limit: int | None,
+        ready_delay: float,
+        halt: HaltHook | None = None,
+    ) -> None:
         self.spec = spec
         self.api_key = api_key
         self.boot = boot
@@ -319,8 +342,15 @@ class FakeVultrState:
         self._threads: list[threading.Thread] = []
         self._ip_seq = 0
 
-    def fail_next(self, status: int, times: int = 1, *, message: str = "injected failure",
-                  retry_after: float | None = None, after_handling: bool = False) -> None:
+    def fail_next(
+        self,
+        status: int,
+        times: int = 1,
+        *,
+        message: str = "injected failure",
+        retry_after: float | None = None,
+        after_handling: bool = False,
+    ) -> None:
         """Answer the next ``times`` authenticated requests with ``status``.
 
         ``after_handling=True`` carries the request out first and then loses the answer
@@ -338,15 +368,18 @@ class FakeVultrState:
 
     # -- request pipeline --------------------------------------------------------------
 
-    def handle(self, method: str, path: str, query: dict[str, str], headers: dict[str, str],
-               raw: bytes) -> tuple[Any, _Reply]:
+    def handle(
+        self, method: str, path: str, query: dict[str, str], headers: dict[str, str], raw: bytes
+    ) -> tuple[Any, _Reply]:
         body: Any = None
         if raw:
             try:
                 body = json.loads(raw)
             except ValueError:
-                return None, self._violation(_error(400, "request body is not JSON"),
-                                             f"{method} {path}: request body is not JSON")
+                return None, self._violation(
+                    _error(400, "request body is not JSON"),
+                    f"{method} {path}: request body is not JSON",
+                )
         if headers.get("authorization") != f"Bearer {self.api_key}":
             return body, _error(401, "Invalid API token.")
         fault: _Reply | None = None
@@ -360,34 +393,43 @@ class FakeVultrState:
         found = self.spec.match(method, path)
         if found is None:
             why = "method not allowed" if self.spec.path_exists(path) else "unknown path"
-            return body, self._violation(_error(404, f"{why}: {method} {path}"),
-                                         f"{method} {path}: not in the OpenAPI file ({why})")
+            return body, self._violation(
+                _error(404, f"{why}: {method} {path}"),
+                f"{method} {path}: not in the OpenAPI file ({why})",
+            )
         op, quoted_args = found
         args = [unquote(a) for a in quoted_args]
         problems = self.spec.check_query(op, query)
-        if method in ("POST", "PUT", "PATCH") and raw and \
-                not headers.get("content-type", "").startswith("application/json"):
+        if (
+            method in ("POST", "PUT", "PATCH")
+            and raw
+            and not headers.get("content-type", "").startswith("application/json")
+        ):
             problems.append("Content-Type must be application/json")
         if method in ("POST", "PUT", "PATCH") and body is None and "requestBody" in op.spec:
             body = {}  # no body reads as an empty object: required fields still count
         problems += self.spec.check_request(op, body)
         if problems:
             text = "; ".join(problems)
-            return body, self._violation(_error(400, f"invalid request: {text}"),
-                                         f"{method} {op.template} request: {text}")
+            return body, self._violation(
+                _error(400, f"invalid request: {text}"), f"{method} {op.template} request: {text}"
+            )
         handler = self._handlers().get((method, op.template))
         if handler is None:
-            return body, self._violation(_error(501, f"the fake does not implement {method} "
-                                                     f"{op.template}"),
-                                         f"{method} {op.template}: not implemented by the fake")
+            return body, self._violation(
+                _error(501, f"the fake does not implement {method} {op.template}"),
+                f"{method} {op.template}: not implemented by the fake",
+            )
         with self._lock:
             reply = handler(args, query, body)
         if 200 <= reply.status < 300:
             problems = self.spec.check_response(op, reply.status, reply.body)
             if problems:
                 text = "; ".join(problems)
-                return body, self._violation(_error(500, f"fake sent an invalid response: {text}"),
-                                             f"{method} {op.template} response: {text}")
+                return body, self._violation(
+                    _error(500, f"fake sent an invalid response: {text}"),
+                    f"{method} {op.template} response: {text}",
+                )
         return body, reply if fault is None else fault
 
     def record(self, entry: RecordedRequest) -> None:
@@ -425,14 +467,12 @@ class FakeVultrState:
 
     # -- endpoints (called with the lock held) -----------------------------------------
 
-    def _create_instance(self, args: list[str], query: dict[str, str], b: dict[str, Any]
-                         ) -> _Reply:
+    def _create_instance(self, args: list[str], query: dict[str, str], b: dict[str, Any]) -> _Reply:
         if not b["region"] or not b["plan"]:
             return _error(400, "region and plan are required")
         sources = [k for k in ("os_id", "iso_id", "snapshot_id", "app_id", "image_id") if k in b]
         if len(sources) != 1:
-            return _error(400, "give exactly one of os_id, iso_id, snapshot_id, app_id, "
-                               "image_id")
+            return _error(400, "give exactly one of os_id, iso_id, snapshot_id, app_id, image_id")
         script = b""
         if "user_data" in b:
             decoded = _b64decode(b["user_data"])
@@ -446,47 +486,74 @@ class FakeVultrState:
         iid = str(uuid.uuid4())
         vpc = bool(b.get("enable_vpc") or b.get("attach_vpc"))
         inst: dict[str, Any] = {  # fields of components.schemas.instance
-            "id": iid, "os": f"os {b.get('os_id', b.get('image_id', ''))}", "ram": 1024,
-            "disk": 25, "main_ip": "0.0.0.0", "vcpu_count": 1, "region": b["region"],
-            "plan": b["plan"], "date_created": _now(), "status": "pending",
-            "allowed_bandwidth": 1000, "netmask_v4": "", "gateway_v4": "0.0.0.0",
-            "power_status": "running", "server_status": "none", "v6_networks": [],
-            "hostname": b.get("hostname", ""), "label": b.get("label", ""),
-            "internal_ip": "", "kvm": "", "os_id": b.get("os_id", 0),
-            "app_id": b.get("app_id", 0), "image_id": b.get("image_id", ""),
-            "firewall_group_id": b.get("firewall_group_id", ""), "features": [],
+            "id": iid,
+            "os": f"os {b.get('os_id', b.get('image_id', ''))}",
+            "ram": 1024,
+            "disk": 25,
+            "main_ip": "0.0.0.0",
+            "vcpu_count": 1,
+            "region": b["region"],
+            "plan": b["plan"],
+            "date_created": _now(),
+            "status": "pending",
+            "allowed_bandwidth": 1000,
+            "netmask_v4": "",
+            "gateway_v4": "0.0.0.0",
+            "power_status": "running",
+            "server_status": "none",
+            "v6_networks": [],
+            "hostname": b.get("hostname", ""),
+            "label": b.get("label", ""),
+            "internal_ip": "",
+            "kvm": "",
+            "os_id": b.get("os_id", 0),
+            "app_id": b.get("app_id", 0),
+            "image_id": b.get("image_id", ""),
+            "firewall_group_id": b.get("firewall_group_id", ""),
+            "features": [],
             "tags": list(b.get("tags") or []),
         }
         self._ip_seq += 1
-        self._ips[iid] = (f"192.0.2.{self._ip_seq % 250 + 1}",
-                                  f"10.1.96.{self._ip_seq % 250 + 1}" if vpc else "")
+        self._ips[iid] = (
+            f"192.0.2.{self._ip_seq % 250 + 1}",
+            f"10.1.96.{self._ip_seq % 250 + 1}" if vpc else "",
+        )
         self.instances[iid] = inst
         self._boot_script[iid] = script
         password = self.passwords[iid] = base64.b64encode(os.urandom(12)).decode()
-        t = threading.Thread(target=self._lifecycle, args=(iid,), name=f"fake-vultr-{iid}",
-                             daemon=True)
+        t = threading.Thread(
+            target=self._lifecycle, args=(iid,), name=f"fake-vultr-{iid}", daemon=True
+        )
         self._threads.append(t)
         t.start()
         return _Reply(202, {"instance": {**inst, "default_password": password}})
 
     def _list_instances(self, args: list[str], q: dict[str, str], b: Any) -> _Reply:
-        items = [i for i in self.instances.values()
-                 if ("tag" not in q or q["tag"] in i["tags"])
-                 and all(k not in q or q[k] == i[k] for k in ("label", "main_ip", "region"))]
+        items = [
+            i
+            for i in self.instances.values()
+            if ("tag" not in q or q["tag"] in i["tags"])
+            and all(k not in q or q[k] == i[k] for k in ("label", "main_ip", "region"))
+        ]
         return self._page("instances", items, q)
 
     def _get_instance(self, args: list[str], q: dict[str, str], b: Any) -> _Reply:
         inst = self.instances.get(args[0])
-        return _Reply(200, {"instance": dict(inst)}) if inst else _error(404, "Invalid "
-                                                                             "instance-id.")
+        return (
+            _Reply(200, {"instance": dict(inst)}) if inst else _error(404, "Invalid instance-id.")
+        )
 
     def _delete_instance(self, args: list[str], q: dict[str, str], b: Any) -> _Reply:
         if self.instances.pop(args[0], None) is None:
             return _error(404, "Invalid instance-id.")
         self._boot_script.pop(args[0], None)
         if self.halt is not None:
-            t = threading.Thread(target=self._power_off, args=(args[0],),
-                                 name=f"fake-vultr-halt-{args[0]}", daemon=True)
+            t = threading.Thread(
+                target=self._power_off,
+                args=(args[0],),
+                name=f"fake-vultr-halt-{args[0]}",
+                daemon=True,
+            )
             self._threads.append(t)
             t.start()
         return _Reply(204)
@@ -498,8 +565,14 @@ class FakeVultrState:
         if _b64decode(b["script"]) is None:
             return _error(400, "script must be base64 encoded")
         sid, now = str(uuid.uuid4()), _now()
-        self.scripts[sid] = {"id": sid, "date_created": now, "date_modified": now,
-                             "name": b["name"], "type": kind, "script": b["script"]}
+        self.scripts[sid] = {
+            "id": sid,
+            "date_created": now,
+            "date_modified": now,
+            "name": b["name"],
+            "type": kind,
+            "script": b["script"],
+        }
         return _Reply(201, {"startup_script": dict(self.scripts[sid])})
 
     def _list_scripts(self, args: list[str], q: dict[str, str], b: Any) -> _Reply:
@@ -509,8 +582,11 @@ class FakeVultrState:
 
     def _get_script(self, args: list[str], q: dict[str, str], b: Any) -> _Reply:
         s = self.scripts.get(args[0])
-        return _Reply(200, {"startup_script": dict(s)}) if s else _error(404, "Invalid "
-                                                                         "startup script.")
+        return (
+            _Reply(200, {"startup_script": dict(s)})
+            if s
+            else _error(404, "Invalid startup script.")
+        )
 
     def _delete_script(self, args: list[str], q: dict[str, str], b: Any) -> _Reply:
         if self.scripts.pop(args[0], None) is None:
@@ -535,10 +611,17 @@ class FakeVultrState:
             return base64.b64encode(f"{kind}__{offset}".encode()).decode()
 
         end = start + per_page
-        links = {"next": cursor("next", end) if end < len(items) else "",
-                 "prev": cursor("prev", max(0, start - per_page)) if start > 0 else ""}
-        return _Reply(200, {key: [dict(i) for i in items[start:end]],
-                            "meta": {"total": len(items), "links": links}})
+        links = {
+            "next": cursor("next", end) if end < len(items) else "",
+            "prev": cursor("prev", max(0, start - per_page)) if start > 0 else "",
+        }
+        return _Reply(
+            200,
+            {
+                key: [dict(i) for i in items[start:end]],
+                "meta": {"total": len(items), "links": links},
+            },
+        )
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -551,9 +634,14 @@ class FakeVultrState:
             if inst is None:
                 return
             main_ip, private_ip = self._ips[iid]
-            inst.update(status="active", server_status="installingbooting", main_ip=main_ip,
-                        internal_ip=private_ip, netmask_v4="255.255.254.0",
-                        gateway_v4="192.0.2.1")
+            inst.update(
+                status="active",
+                server_status="installingbooting",
+                main_ip=main_ip,
+                internal_ip=private_ip,
+                netmask_v4="255.255.254.0",
+                gateway_v4="192.0.2.1",
+            )
         if self._stop.wait(self.ready_delay / 2):
             return
         with self._lock:
@@ -587,9 +675,15 @@ class FakeVultrState:
 # -- the app and its runner ------------------------------------------------------------
 
 
-def create_app(boot: BootHook | None = None, rate_limit: int | None = None, *,
-               openapi_path: str | Path | None = None, api_key: str = DEFAULT_API_KEY,
-               ready_delay: float = 0.2, halt: HaltHook | None = None) -> Starlette:
+def create_app(
+    boot: BootHook | None = None,
+    rate_limit: int | None = None,
+    *,
+    openapi_path: str | Path | None = None,
+    api_key: str = DEFAULT_API_KEY,
+    ready_delay: float = 0.2,
+    halt: HaltHook | None = None,
+) -> Starlette:
     """The fake Vultr API v2 under ``/v2``; its state is ``app.state.vultr``.
 
     ``boot(instance, script)`` runs in a background thread once an instance has booted
@@ -599,11 +693,13 @@ def create_app(boot: BootHook | None = None, rate_limit: int | None = None, *,
     """
     path = Path(openapi_path) if openapi_path is not None else default_openapi_path()
     if not path.is_file():
-        raise FileNotFoundError(f"Vultr OpenAPI file not found at {path}: pass openapi_path "
-                                "or set CRC_VULTR_OPENAPI")
+        raise FileNotFoundError(
+            f"Vultr OpenAPI file not found at {path}: pass openapi_path or set CRC_VULTR_OPENAPI"
+        )
     spec = _load_spec(str(path.resolve()), path.stat().st_mtime)
-    state = FakeVultrState(spec, api_key=api_key, boot=boot, rate_limit=rate_limit,
-                           ready_delay=ready_delay, halt=halt)
+    state = FakeVultrState(
+        spec, api_key=api_key, boot=boot, rate_limit=rate_limit, ready_delay=ready_delay, halt=halt
+    )
 
     async def endpoint(request: Request) -> Response:
         # Match on the raw path: an id is one segment even if it holds a quoted "/".
@@ -616,16 +712,21 @@ def create_app(boot: BootHook | None = None, rate_limit: int | None = None, *,
         state.record(RecordedRequest(request.method, path, body, query, reply.status))
         if reply.body is None:
             return Response(status_code=reply.status, headers=reply.headers)
-        return Response(json.dumps(reply.body), status_code=reply.status,
-                        headers=reply.headers, media_type="application/json")
+        return Response(
+            json.dumps(reply.body),
+            status_code=reply.status,
+            headers=reply.headers,
+            media_type="application/json",
+        )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         yield
         state.close()
 
-    app = Starlette(routes=[Route("/v2/{path:path}", endpoint, methods=list(_METHODS))],
-                    lifespan=lifespan)
+    app = Starlette(
+        routes=[Route("/v2/{path:path}", endpoint, methods=list(_METHODS))], lifespan=lifespan
+    )
     app.state.vultr = state
     return app
 
@@ -637,12 +738,25 @@ class FakeVultr:
     (``http://127.0.0.1:PORT/v2``) with ``api_key``.
     """
 
-    def __init__(self, boot: BootHook | None = None, rate_limit: int | None = None, *,
-                 openapi_path: str | Path | None = None, api_key: str = DEFAULT_API_KEY,
-                 ready_delay: float = 0.2, halt: HaltHook | None = None) -> None:
+    def __init__(
+        self,
+        boot: BootHook | None = None,
+        rate_limit: int | None = None,
+        *,
+        openapi_path: str | Path | None = None,
+        api_key: str = DEFAULT_API_KEY,
+        ready_delay: float = 0.2,
+        halt: HaltHook | None = None,
+    ) -> None:
         self.api_key = api_key
-        self.app = create_app(boot, rate_limit, openapi_path=openapi_path, api_key=api_key,
-                              ready_delay=ready_delay, halt=halt)
+        self.app = create_app(
+            boot,
+            rate_limit,
+            openapi_path=openapi_path,
+            api_key=api_key,
+            ready_delay=ready_delay,
+            halt=halt,
+        )
         self.state: FakeVultrState = self.app.state.vultr
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
@@ -671,12 +785,22 @@ class FakeVultr:
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         self._sock.bind(("127.0.0.1", 0))
         self._port = self._sock.getsockname()[1]
-        config = uvicorn.Config(self.app, log_level="warning", access_log=False,
-                                lifespan="on", loop="asyncio", http="h11", ws="none")
+        config = uvicorn.Config(
+            self.app,
+            log_level="warning",
+            access_log=False,
+            lifespan="on",
+            loop="asyncio",
+            http="h11",
+            ws="none",
+        )
         self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run,
-                                        kwargs={"sockets": [self._sock]},
-                                        name="fake-vultr", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.run,
+            kwargs={"sockets": [self._sock]},
+            name="fake-vultr",
+            daemon=True,
+        )
         self._thread.start()
         deadline = time.monotonic() + timeout
         while not self._server.started:

@@ -75,8 +75,9 @@ def plan(steps: Sequence[Step]) -> list[list[str]]:
     return waves
 
 
-def _attempts(step: Step, execute: Execute, notify: Notify, stop: threading.Event,
-              clock: Callable[[], float]) -> StepResult:
+def _attempts(
+    step: Step, execute: Execute, notify: Notify, stop: threading.Event, clock: Callable[[], float]
+) -> StepResult:
     t0 = clock()
     outcome = Outcome(False, "not run")
     attempt = 0
@@ -94,20 +95,35 @@ def _attempts(step: Step, execute: Execute, notify: Notify, stop: threading.Even
         if outcome.ok:
             break
         if attempt <= step.retries:
-            notify("retrying", step, {"attempt": attempt, "message": outcome.message,
-                                      "delay": step.retry_delay})
+            notify(
+                "retrying",
+                step,
+                {"attempt": attempt, "message": outcome.message, "delay": step.retry_delay},
+            )
             if stop.wait(step.retry_delay):
                 outcome = Outcome(False, "interrupted")
                 break
-    return StepResult(step.name, "succeeded" if outcome.ok else "failed", attempt,
-                      outcome.message, clock() - t0, outcome.detail)
+    return StepResult(
+        step.name,
+        "succeeded" if outcome.ok else "failed",
+        attempt,
+        outcome.message,
+        clock() - t0,
+        outcome.detail,
+    )
 
 
-def run_steps(steps: Sequence[Step], execute: Execute, *, done: Iterable[str] = (),
-              max_parallel: int = 8, notify: Notify | None = None,
-              stop: threading.Event | None = None,
-              on_interrupt: Callable[[], None] | None = None,
-              clock: Callable[[], float] = time.monotonic) -> dict[str, StepResult]:
+def run_steps(
+    steps: Sequence[Step],
+    execute: Execute,
+    *,
+    done: Iterable[str] = (),
+    max_parallel: int = 8,
+    notify: Notify | None = None,
+    stop: threading.Event | None = None,
+    on_interrupt: Callable[[], None] | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> dict[str, StepResult]:
     """Run ``steps`` by their ``needs``; return every step's result, in file order.
 
     ``notify(event, step, data)`` is called with ``started``, ``retrying``,
@@ -125,8 +141,9 @@ def run_steps(steps: Sequence[Step], execute: Execute, *, done: Iterable[str] = 
             results[name] = StepResult(name, "done")
             notify("done", pending.pop(name), {})
     running: dict[Future[StepResult], Step] = {}
-    with ThreadPoolExecutor(max_workers=max(1, max_parallel),
-                            thread_name_prefix="crc-step") as pool:
+    with ThreadPoolExecutor(
+        max_workers=max(1, max_parallel), thread_name_prefix="crc-step"
+    ) as pool:
         try:
             while pending or running:
                 changed = True
@@ -136,8 +153,11 @@ def run_steps(steps: Sequence[Step], execute: Execute, *, done: Iterable[str] = 
                         needs = [results.get(n) for n in step.needs]
                         blocked = [r for r in needs if r is not None and not r.ok]
                         if blocked or stop.is_set():
-                            why = (f"needs {blocked[0].name}, which {blocked[0].status}"
-                                   if blocked else "interrupted")
+                            why = (
+                                f"needs {blocked[0].name}, which {blocked[0].status}"
+                                if blocked
+                                else "interrupted"
+                            )
                             results[name] = StepResult(name, "skipped", message=why)
                             notify("skipped", step, {"message": why})
                             del pending[name]
@@ -153,9 +173,15 @@ def run_steps(steps: Sequence[Step], execute: Execute, *, done: Iterable[str] = 
                     step = running.pop(fut)
                     result = fut.result()
                     results[step.name] = result
-                    notify(result.status, step, {"attempts": result.attempts,
-                                                 "message": result.message,
-                                                 "seconds": result.seconds})
+                    notify(
+                        result.status,
+                        step,
+                        {
+                            "attempts": result.attempts,
+                            "message": result.message,
+                            "seconds": result.seconds,
+                        },
+                    )
         except KeyboardInterrupt:
             stop.set()
             if on_interrupt is not None:

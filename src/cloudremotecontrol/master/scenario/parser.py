@@ -34,18 +34,38 @@ from .yamlnodes import NodeReader
 
 __all__ = ["ScenarioParser"]
 
-_TOP = ("name", "description", "provider", "defaults", "ttl", "on_ttl", "timeouts",
-        "variables", "machines", "steps")
+_TOP = (
+    "name",
+    "description",
+    "provider",
+    "defaults",
+    "ttl",
+    "on_ttl",
+    "timeouts",
+    "variables",
+    "machines",
+    "steps",
+)
 _MACHINE = ("os", "labels", "region", "plan", "image", "provider", "description")
-_STEP = ("name", "description", "to", "needs", "retries", "retry_delay", "timeout",
-         "shell", "env", "cwd", *STEP_KINDS)
+_STEP = (
+    "name",
+    "description",
+    "to",
+    "needs",
+    "retries",
+    "retry_delay",
+    "timeout",
+    "shell",
+    "env",
+    "cwd",
+    *STEP_KINDS,
+)
 _PROVIDER_SETTINGS = {"local": ("name", "network"), "vultr": ("name",)}
 _SHELLS = ("bash", "sh", "powershell", "cmd")
 _KV_KEY = re.compile(r"^[A-Za-z0-9_.\-/]{1,128}$")
 _MODE = re.compile(r"^0?[0-7]{3,4}$")
 _ABSOLUTE = re.compile(r"^(/|[A-Za-z]:[\\/])")
-_SCRIPT_SHELLS = {".sh": "sh", ".bash": "bash", ".ps1": "powershell", ".cmd": "cmd",
-                  ".bat": "cmd"}
+_SCRIPT_SHELLS = {".sh": "sh", ".bash": "bash", ".ps1": "powershell", ".cmd": "cmd", ".bat": "cmd"}
 
 
 def _check(r: NodeReader, node: yaml.Node, path: str, fn: Any, *args: Any) -> Any:
@@ -94,22 +114,26 @@ class ScenarioParser:
             if on_ttl == "destroy" and "ttl" not in top:
                 r.error(node, "on_ttl", "destroy needs a ttl (when to destroy the machines)")
             elif on_ttl == "destroy" and self.provider != "vultr":
-                r.error(node, "on_ttl", f"the server cannot destroy {self.provider} machines "
-                                        "(they run on the computer that ran `crc up`): "
-                                        "destroy is for the vultr provider")
+                r.error(
+                    node,
+                    "on_ttl",
+                    f"the server cannot destroy {self.provider} machines "
+                    "(they run on the computer that ran `crc up`): "
+                    "destroy is for the vultr provider",
+                )
         ready_timeout = DEFAULT_READY_TIMEOUT
         if "timeouts" in top:
             t = r.mapping(top["timeouts"][1], "timeouts", ("ready", "step")) or {}
             if "ready" in t:
                 ready_timeout = r.duration(t["ready"][1], "timeouts.ready") or ready_timeout
             if "step" in t:
-                self.step_timeout = r.duration(t["step"][1], "timeouts.step") or \
-                    self.step_timeout
+                self.step_timeout = r.duration(t["step"][1], "timeouts.step") or self.step_timeout
         if "variables" in top:
             node = top["variables"][1]
             value = r.value(node)
-            if value is not None and not (isinstance(value, dict) and
-                                          all(isinstance(k, str) for k in value)):
+            if value is not None and not (
+                isinstance(value, dict) and all(isinstance(k, str) for k in value)
+            ):
                 r.error(node, "variables", "expected a mapping of names to values")
             else:
                 self.variables = value or {}
@@ -124,11 +148,20 @@ class ScenarioParser:
             description = r.str(top["description"][1], "description", empty=True) or ""
         if r.problems or name is None:
             return None
-        return Scenario(name=name, path=self.path, provider=self.provider,
-                        provider_settings=settings, ttl=ttl, on_ttl=on_ttl,
-                        ready_timeout=ready_timeout,
-                        machines=tuple(self.machines.values()), variables=self.variables,
-                        steps=tuple(steps), description=description, digest=digest)
+        return Scenario(
+            name=name,
+            path=self.path,
+            provider=self.provider,
+            provider_settings=settings,
+            ttl=ttl,
+            on_ttl=on_ttl,
+            ready_timeout=ready_timeout,
+            machines=tuple(self.machines.values()),
+            variables=self.variables,
+            steps=tuple(steps),
+            description=description,
+            digest=digest,
+        )
 
     def _provider(self, top: dict[str, tuple[yaml.Node, yaml.Node]]) -> dict[str, Any]:
         r = self.r
@@ -144,17 +177,19 @@ class ScenarioParser:
         if "name" not in entries:
             r.error(node, "provider.name", "required field is missing (local or vultr)")
             return {}
-        self.provider = r.choice(entries["name"][1], "provider.name", PROVIDERS) or \
-            self.provider
+        self.provider = r.choice(entries["name"][1], "provider.name", PROVIDERS) or self.provider
         settings: dict[str, Any] = {}
         allowed = _PROVIDER_SETTINGS[self.provider]
         for key, (knode, vnode) in entries.items():
             if key not in allowed:
-                r.error(knode, f"provider.{key}", f"unknown setting for the {self.provider} "
-                                                  f"provider (expected: {', '.join(allowed)})")
+                r.error(
+                    knode,
+                    f"provider.{key}",
+                    f"unknown setting for the {self.provider} "
+                    f"provider (expected: {', '.join(allowed)})",
+                )
             elif key == "network":
-                settings["network"] = r.choice(vnode, "provider.network",
-                                               ("auto", "netns", "host"))
+                settings["network"] = r.choice(vnode, "provider.network", ("auto", "netns", "host"))
         return settings
 
     def _defaults(self, node: yaml.Node) -> dict[str, Any]:
@@ -190,8 +225,15 @@ class ScenarioParser:
             def text(key: str, spec: dict[str, Any] = spec, path: str = path) -> str | None:
                 return r.str(spec[key][1], f"{path}.{key}") if key in spec else None
 
-            os_name = (r.choice(spec["os"][1], f"{path}.os", ("linux", "windows"))
-                       if "os" in spec else None) or defaults.get("os") or "linux"
+            os_name = (
+                (
+                    r.choice(spec["os"][1], f"{path}.os", ("linux", "windows"))
+                    if "os" in spec
+                    else None
+                )
+                or defaults.get("os")
+                or "linux"
+            )
             labels: dict[str, str] = {}
             if "labels" in spec:
                 labels = r.str_map(spec["labels"][1], f"{path}.labels") or {}
@@ -201,26 +243,45 @@ class ScenarioParser:
             if "provider" in spec:
                 value = r.value(spec["provider"][1])
                 if not isinstance(value, dict):
-                    r.error(spec["provider"][1], f"{path}.provider",
-                            "expected a mapping of provider fields")
+                    r.error(
+                        spec["provider"][1],
+                        f"{path}.provider",
+                        "expected a mapping of provider fields",
+                    )
                 elif value and self.provider == "local":
-                    r.error(spec["provider"][1], f"{path}.provider",
-                            "the local provider takes no per-machine overrides")
+                    r.error(
+                        spec["provider"][1],
+                        f"{path}.provider",
+                        "the local provider takes no per-machine overrides",
+                    )
                 else:
                     extra = value
-            image = text("image") or (defaults.get("images") or {}).get(os_name) or \
-                defaults.get("image")
-            m = MachineDef(name=name, os=os_name, labels=labels,
-                           region=text("region") or defaults.get("region"),
-                           plan=text("plan") or defaults.get("plan"), image=image,
-                           extra=extra, where=r.where(knode))
+            image = (
+                text("image")
+                or (defaults.get("images") or {}).get(os_name)
+                or defaults.get("image")
+            )
+            m = MachineDef(
+                name=name,
+                os=os_name,
+                labels=labels,
+                region=text("region") or defaults.get("region"),
+                plan=text("plan") or defaults.get("plan"),
+                image=image,
+                extra=extra,
+                where=r.where(knode),
+            )
             if self.provider == "local" and m.os != "linux":
                 r.error(knode, f"{path}.os", "the local provider runs Linux machines only")
             if self.provider == "vultr":
                 for key in ("region", "plan", "image"):
                     if getattr(m, key) is None:
-                        r.error(knode, f"{path}.{key}", f"the vultr provider needs "
-                                f"{'an' if key == 'image' else 'a'} {key} (here or in defaults)")
+                        r.error(
+                            knode,
+                            f"{path}.{key}",
+                            f"the vultr provider needs "
+                            f"{'an' if key == 'image' else 'a'} {key} (here or in defaults)",
+                        )
             self.machines[name] = m
 
     # -- steps ---------------------------------------------------------------------------
@@ -250,8 +311,11 @@ class ScenarioParser:
                     r.error(nodes[s.name], f"steps.{s.name}.needs", "a step cannot need itself")
         cycle = _find_cycle(steps)
         if cycle:
-            r.error(nodes[cycle[0]], f"steps.{cycle[0]}.needs",
-                    "steps need each other in a cycle: " + " -> ".join(cycle))
+            r.error(
+                nodes[cycle[0]],
+                f"steps.{cycle[0]}.needs",
+                "steps need each other in a cycle: " + " -> ".join(cycle),
+            )
         return steps
 
     def _step(self, node: yaml.Node, i: int, previous: str | None) -> Step | None:
@@ -262,15 +326,19 @@ class ScenarioParser:
             return None
         kinds = [k for k in STEP_KINDS if k in e]
         if len(kinds) != 1:
-            r.error(node, label, "a step does exactly one of: " + ", ".join(STEP_KINDS) +
-                    (f" (found {', '.join(kinds)})" if kinds else ""))
+            r.error(
+                node,
+                label,
+                "a step does exactly one of: "
+                + ", ".join(STEP_KINDS)
+                + (f" (found {', '.join(kinds)})" if kinds else ""),
+            )
             return None
         kind = kinds[0]
         name = f"{kind}-{i + 1}"
         if "name" in e:
             text = r.str(e["name"][1], f"{label}.name")
-            name = text and _check(r, e["name"][1], f"{label}.name", check_name, text,
-                                   "step name")
+            name = text and _check(r, e["name"][1], f"{label}.name", check_name, text, "step name")
             if not name:
                 return None
         label = f"steps.{name}"
@@ -285,19 +353,31 @@ class ScenarioParser:
         if "needs" in e:
             needs = r.str_list(e["needs"][1], f"{label}.needs") or []
         retries = r.int(e["retries"][1], f"{label}.retries") if "retries" in e else 0
-        delay = r.duration(e["retry_delay"][1], f"{label}.retry_delay") \
-            if "retry_delay" in e else DEFAULT_RETRY_DELAY
-        timeout = r.duration(e["timeout"][1], f"{label}.timeout") if "timeout" in e \
-            else self.step_timeout
+        delay = (
+            r.duration(e["retry_delay"][1], f"{label}.retry_delay")
+            if "retry_delay" in e
+            else DEFAULT_RETRY_DELAY
+        )
+        timeout = (
+            r.duration(e["timeout"][1], f"{label}.timeout") if "timeout" in e else self.step_timeout
+        )
         action = getattr(self, f"_{kind}")(e, e[kind][1], f"{label}.{kind}")
         if action is not None:
             self._check_templates(action, e[kind][1], f"{label}.{kind}")
-        if action is None or targets is None or retries is None or delay is None \
-                or timeout is None:
+        if action is None or targets is None or retries is None or delay is None or timeout is None:
             return None
-        return Step(name=name, kind=kind, action=action, to=to, targets=tuple(targets),
-                    needs=tuple(dict.fromkeys(needs)), retries=retries, retry_delay=delay,
-                    timeout=timeout, where=r.where(node))
+        return Step(
+            name=name,
+            kind=kind,
+            action=action,
+            to=to,
+            targets=tuple(targets),
+            needs=tuple(dict.fromkeys(needs)),
+            retries=retries,
+            retry_delay=delay,
+            timeout=timeout,
+            where=r.where(node),
+        )
 
     def _targets(self, to: str, node: yaml.Node, path: str) -> list[str] | None:
         names = list(self.machines)
@@ -315,8 +395,12 @@ class ScenarioParser:
         chosen = [t.strip() for t in to.split(",") if t.strip()]
         unknown = [t for t in chosen if t not in self.machines]
         if unknown or not chosen:
-            self.r.error(node, path, f"no machine {', '.join(unknown) or repr(to)} in "
-                                     f"machines: (use a name, a,b, KEY=VALUE or all)")
+            self.r.error(
+                node,
+                path,
+                f"no machine {', '.join(unknown) or repr(to)} in "
+                f"machines: (use a name, a,b, KEY=VALUE or all)",
+            )
             return None
         return list(dict.fromkeys(chosen))
 
@@ -337,14 +421,23 @@ class ScenarioParser:
                 return None
         return self._run_options(e, path.rsplit(".", 1)[0], command, argv, None)
 
-    def _run_options(self, e: dict[str, Any], label: str, command: str | None,
-                     argv: tuple[str, ...] | None, shell: str | None) -> RunAction | None:
+    def _run_options(
+        self,
+        e: dict[str, Any],
+        label: str,
+        command: str | None,
+        argv: tuple[str, ...] | None,
+        shell: str | None,
+    ) -> RunAction | None:
         r = self.r
         if "shell" in e:
             shell = r.choice(e["shell"][1], f"{label}.shell", _SHELLS)
             if argv is not None:
-                r.error(e["shell"][0], f"{label}.shell", "an argv runs without a shell: "
-                                                         "write the command as one string")
+                r.error(
+                    e["shell"][0],
+                    f"{label}.shell",
+                    "an argv runs without a shell: write the command as one string",
+                )
         env = r.str_map(e["env"][1], f"{label}.env") if "env" in e else {}
         cwd = r.str(e["cwd"][1], f"{label}.cwd") if "cwd" in e else None
         if env is None:
@@ -363,8 +456,9 @@ class ScenarioParser:
             why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
             r.error(node, path, f"cannot read {file}: {why}")
             return None
-        return self._run_options(e, path.rsplit(".", 1)[0], text, None,
-                                 _SCRIPT_SHELLS.get(file.suffix.lower()))
+        return self._run_options(
+            e, path.rsplit(".", 1)[0], text, None, _SCRIPT_SHELLS.get(file.suffix.lower())
+        )
 
     def _push(self, e: dict[str, Any], node: yaml.Node, path: str) -> PushAction | None:
         r = self.r
@@ -387,14 +481,16 @@ class ScenarioParser:
                 src = self.base / rel
                 if not src.is_file():
                     r.error(p["src"][1], f"{path}.src", f"no such file: {src}")
-        content = r.str(p["content"][1], f"{path}.content", empty=True) \
-            if "content" in p else None
+        content = r.str(p["content"][1], f"{path}.content", empty=True) if "content" in p else None
         mode = None
         if "mode" in p:
             raw = r.value(p["mode"][1])
             if not isinstance(raw, str) or not _MODE.match(raw):
-                r.error(p["mode"][1], f"{path}.mode", 'expected an octal mode in quotes, '
-                                                      'e.g. mode: "0644"')
+                r.error(
+                    p["mode"][1],
+                    f"{path}.mode",
+                    'expected an octal mode in quotes, e.g. mode: "0644"',
+                )
             else:
                 mode = raw
         owner = r.str(p["owner"][1], f"{path}.owner") if "owner" in p else None
@@ -409,8 +505,11 @@ class ScenarioParser:
         p = r.mapping(node, path, ("ip",))
         if p is None:
             return None
-        ip = r.choice(p["ip"][1], f"{path}.ip", ("auto", "private", "public")) \
-            if "ip" in p else "auto"
+        ip = (
+            r.choice(p["ip"][1], f"{path}.ip", ("auto", "private", "public"))
+            if "ip" in p
+            else "auto"
+        )
         return HostsAction(ip) if ip else None
 
     def _wait(self, e: dict[str, Any], node: yaml.Node, path: str) -> WaitAction | None:
@@ -426,7 +525,7 @@ class ScenarioParser:
         if len(p) != 1:
             r.error(node, path, "wait for exactly one of: ready, message, kv")
             return None
-        (kind, (_, vnode)), = p.items()
+        ((kind, (_, vnode)),) = p.items()
         if kind == "ready":
             if r.value(vnode) is not True:
                 r.error(vnode, f"{path}.ready", "expected true")
@@ -478,8 +577,12 @@ class ScenarioParser:
     def _check_templates(self, action: Action, node: yaml.Node, path: str) -> None:
         texts: list[str] = []
         if isinstance(action, RunAction):
-            texts += [action.command or "", *(action.argv or ()), action.cwd or "",
-                      *action.env.values()]
+            texts += [
+                action.command or "",
+                *(action.argv or ()),
+                action.cwd or "",
+                *action.env.values(),
+            ]
         elif isinstance(action, PushAction):
             texts += [action.dest, action.content or ""]
         elif isinstance(action, SendAction):
@@ -512,7 +615,7 @@ def _find_cycle(steps: list[Step]) -> list[str] | None:
         path.append(name)
         for n in needs.get(name, []):
             if state.get(n) == 1:
-                return [*path[path.index(n):], n]
+                return [*path[path.index(n) :], n]
             if n in needs and n not in state:
                 found = visit(n)
                 if found:

@@ -41,8 +41,9 @@ def make_provider(name: str, settings: dict[str, Any], server_url: str | None) -
     if name == "local":
         from ..providers.local import LocalProvider
 
-        return LocalProvider(settings.get("root"), server_url=server_url,
-                             network=settings.get("network") or "auto")
+        return LocalProvider(
+            settings.get("root"), server_url=server_url, network=settings.get("network") or "auto"
+        )
     if name == "vultr":
         from ..providers.vultr import VultrProvider
 
@@ -60,9 +61,17 @@ def _progress_text(progress: dict[str, Any] | None) -> str | None:
 class Runner:
     """Brings ``scenario`` up on the server of ``profile`` with ``provider``."""
 
-    def __init__(self, scenario: Scenario, profile: Profile, provider: Provider, view: View,
-                 *, state: LocalState | None = None, rerun: bool = False,
-                 max_parallel: int = 8) -> None:
+    def __init__(
+        self,
+        scenario: Scenario,
+        profile: Profile,
+        provider: Provider,
+        view: View,
+        *,
+        state: LocalState | None = None,
+        rerun: bool = False,
+        max_parallel: int = 8,
+    ) -> None:
         self.scenario = scenario
         self.group = scenario.name
         self.profile = profile
@@ -78,8 +87,7 @@ class Runner:
         self.results: dict[str, StepResult] = {}
 
     def new_client(self) -> Client:
-        return Client(self.profile.url, self.profile.token, self.profile.fingerprint,
-                      self._cert)
+        return Client(self.profile.url, self.profile.token, self.profile.fingerprint, self._cert)
 
     def close(self) -> None:
         self.client.close()
@@ -90,9 +98,13 @@ class Runner:
         t0 = time.monotonic()
         s = self.scenario
         mode = getattr(self.provider, "mode_reason", None)
-        self.view.info(f"scenario {s.name}: {len(s.machines)} machine(s), {len(s.steps)} "
-                       f"step(s), provider {self.provider.name}" + (f" ({mode})" if mode else ""),
-                       scenario=s.name, provider=self.provider.name, server=self.profile.url)
+        self.view.info(
+            f"scenario {s.name}: {len(s.machines)} machine(s), {len(s.steps)} "
+            f"step(s), provider {self.provider.name}" + (f" ({mode})" if mode else ""),
+            scenario=s.name,
+            provider=self.provider.name,
+            server=self.profile.url,
+        )
         ok = False
         try:
             group = self._ensure_group()
@@ -115,19 +127,42 @@ class Runner:
             states = {}
         for m in self.scenario.machines:
             inst = self.instances.get(m.name)
-            machines.append({"name": m.name, "state": states.get(m.name, {}).get("state", "-"),
-                             "ip": inst.private_ip or inst.main_ip if inst else None,
-                             "instance": inst.id if inst else None})
-        steps = [{"name": r.name, "status": r.status, "attempts": r.attempts,
-                  "seconds": round(r.seconds, 2), "message": r.message}
-                 for r in self.results.values()]
-        return {"scenario": self.scenario.name, "group": self.group, "ok": ok,
-                "seconds": round(seconds, 2), "machines": machines, "steps": steps}
+            machines.append(
+                {
+                    "name": m.name,
+                    "state": states.get(m.name, {}).get("state", "-"),
+                    "ip": inst.private_ip or inst.main_ip if inst else None,
+                    "instance": inst.id if inst else None,
+                }
+            )
+        steps = [
+            {
+                "name": r.name,
+                "status": r.status,
+                "attempts": r.attempts,
+                "seconds": round(r.seconds, 2),
+                "message": r.message,
+            }
+            for r in self.results.values()
+        ]
+        return {
+            "scenario": self.scenario.name,
+            "group": self.group,
+            "ok": ok,
+            "seconds": round(seconds, 2),
+            "machines": machines,
+            "steps": steps,
+        }
 
     def _settings(self) -> dict[str, Any]:
         s = self.scenario
-        return {"scenario": s.name, "provider": s.provider,
-                "provider_settings": s.provider_settings, "file": str(s.path), "digest": s.digest}
+        return {
+            "scenario": s.name,
+            "provider": s.provider,
+            "provider_settings": s.provider_settings,
+            "file": str(s.path),
+            "digest": s.digest,
+        }
 
     def _ensure_group(self) -> dict[str, Any]:
         s, c = self.scenario, self.client
@@ -137,23 +172,31 @@ class Runner:
             return self._create_group()
         mine = (group.get("settings") or {}).get("crc_up")
         if not isinstance(mine, dict) or mine.get("scenario") != s.name:
-            raise Conflict(f"group {self.group} exists and was not made by `crc up` for this "
-                           f"scenario: rename the scenario or `crc group delete {self.group}`")
+            raise Conflict(
+                f"group {self.group} exists and was not made by `crc up` for this "
+                f"scenario: rename the scenario or `crc group delete {self.group}`"
+            )
         if mine.get("provider") != s.provider:
-            raise Conflict(f"group {self.group} runs on provider {mine.get('provider')}; the "
-                           f"scenario now says {s.provider}: `crc down` it first")
+            raise Conflict(
+                f"group {self.group} runs on provider {mine.get('provider')}; the "
+                f"scenario now says {s.provider}: `crc down` it first"
+            )
         have = {m["name"]: m for m in group["machines"]}
         added = [n for n in s.machine_names if n not in have]
         if added:
-            raise Conflict(f"machine(s) {', '.join(added)} were added to the scenario after "
-                           f"group {self.group} was made: `crc down` then `crc up`")
+            raise Conflict(
+                f"machine(s) {', '.join(added)} were added to the scenario after "
+                f"group {self.group} was made: `crc down` then `crc up`"
+            )
         keys = self.state.keys if self.state.data.get("server") == self.profile.url else {}
         untouched = all(m["state"] == "pending" for m in have.values())
         if untouched and not keys and not self.provider.list(self.group):
             # Interrupted between creating the group and saving its keys: nothing else
             # exists, so start over instead of asking the user to clean up.
-            self.view.info(f"group {self.group} exists but its keys were lost before any "
-                           "machine was made: making it again")
+            self.view.info(
+                f"group {self.group} exists but its keys were lost before any "
+                "machine was made: making it again"
+            )
             c.delete_group(self.group)
             return self._create_group()
         self.view.info(f"group {self.group} exists: resuming", group=self.group, created=False)
@@ -163,13 +206,21 @@ class Runner:
     def _create_group(self) -> dict[str, Any]:
         s = self.scenario
         out = self.client.create_group(
-            self.group, [{"name": m.name, "labels": m.labels} for m in s.machines],
-            ttl=s.ttl, settings={"crc_up": self._settings()})
+            self.group,
+            [{"name": m.name, "labels": m.labels} for m in s.machines],
+            ttl=s.ttl,
+            settings={"crc_up": self._settings()},
+        )
         # Keys are shown once: keep them before doing anything else.
         self.state.data = {}
-        self.state.save(scenario=s.name, group=self.group, server=self.profile.url,
-                        provider=s.provider, file=str(s.path),
-                        keys={m["name"]: m["key"] for m in out["machines"]})
+        self.state.save(
+            scenario=s.name,
+            group=self.group,
+            server=self.profile.url,
+            provider=s.provider,
+            file=str(s.path),
+            keys={m["name"]: m["key"] for m in out["machines"]},
+        )
         self.view.info(f"group {self.group} created", group=self.group, created=True)
         group = self.client.group(self.group)
         self._arm_teardown(group)
@@ -182,11 +233,16 @@ class Runner:
             return
         api_key = getattr(self.provider, "api_key_for_teardown", None)
         if api_key is None:
-            raise InvalidInput(f"on_ttl: destroy is not available with the "
-                               f"{self.provider.name} provider")
+            raise InvalidInput(
+                f"on_ttl: destroy is not available with the {self.provider.name} provider"
+            )
         self.client.arm_teardown(self.group, self.provider.name, api_key())
-        self.view.info(f"the server destroys the machines at {self.provider.name} when the "
-                       "TTL passes (on_ttl: destroy)", group=self.group, teardown="armed")
+        self.view.info(
+            f"the server destroys the machines at {self.provider.name} when the "
+            "TTL passes (on_ttl: destroy)",
+            group=self.group,
+            teardown="armed",
+        )
 
     def _startup_script(self, m: MachineDef, key: str) -> str:
         if self.provider.name == "local":
@@ -195,8 +251,11 @@ class Runner:
             return startup_script(self.profile.url, key, self.profile.fingerprint)
         from ...bootstrap import BootstrapParams, render
 
-        return render(m.os, None, BootstrapParams(self.profile.url, self.profile.fingerprint,
-                                                  self.group, m.name, key))
+        return render(
+            m.os,
+            None,
+            BootstrapParams(self.profile.url, self.profile.fingerprint, self.group, m.name, key),
+        )
 
     def _ensure_instances(self, group: dict[str, Any]) -> None:
         s, p = self.scenario, self.provider
@@ -211,30 +270,46 @@ class Runner:
             for stale in [i for i in found.get(m.name, []) if i.status == "leftover"]:
                 p.destroy(stale.id)
             if len(insts) > 1:
-                self.view.info(f"warning: {len(insts)} instances for machine {m.name}: "
-                               f"{', '.join(i.id for i in insts)}")
+                self.view.info(
+                    f"warning: {len(insts)} instances for machine {m.name}: "
+                    f"{', '.join(i.id for i in insts)}"
+                )
             if insts:
                 inst = next((i for i in insts if i.ready), insts[0])
                 start = getattr(p, "start", None)
                 if not inst.ready and inst.status == "stopped" and start is not None:
                     inst = start(inst.id)
                 self.instances[m.name] = inst
-                self.view.machine(m.name, states.get(m.name), f"instance {inst.id} "
-                                  f"({inst.status})", instance=inst.id)
+                self.view.machine(
+                    m.name,
+                    states.get(m.name),
+                    f"instance {inst.id} ({inst.status})",
+                    instance=inst.id,
+                )
                 continue
             if states.get(m.name) != "pending":
-                raise Conflict(f"machine {m.name} enrolled before but has no instance at "
-                               f"{p.name} any more: `crc down {self.group}` then `crc up`")
+                raise Conflict(
+                    f"machine {m.name} enrolled before but has no instance at "
+                    f"{p.name} any more: `crc down {self.group}` then `crc up`"
+                )
             key = keys.get(m.name)
             if not key:
-                raise Conflict(f"the enrollment key of machine {m.name} is lost (it was kept "
-                               f"in {self.state.path}): `crc down` then `crc up`")
-            spec = MachineSpec(name=m.name, os=m.os, region=m.region or "", plan=m.plan or "",
-                               image=m.image or "", labels=m.labels, extra=m.extra)
+                raise Conflict(
+                    f"the enrollment key of machine {m.name} is lost (it was kept "
+                    f"in {self.state.path}): `crc down` then `crc up`"
+                )
+            spec = MachineSpec(
+                name=m.name,
+                os=m.os,
+                region=m.region or "",
+                plan=m.plan or "",
+                image=m.image or "",
+                labels=m.labels,
+                extra=m.extra,
+            )
             inst = p.create(self.group, spec, self._startup_script(m, key))
             self.instances[m.name] = inst
-            self.view.machine(m.name, "booting", f"instance {inst.id} created",
-                              instance=inst.id)
+            self.view.machine(m.name, "booting", f"instance {inst.id} created", instance=inst.id)
         for name, inst in list(self.instances.items()):
             if not inst.ready:
                 self.instances[name] = p.wait_running(inst.id, s.ready_timeout)
@@ -271,8 +346,10 @@ class Runner:
                     self._check_alive(states)
                 if time.monotonic() > deadline:
                     late = sorted(n for n in wanted if states.get(n) != "ready")
-                    raise Unavailable(f"timed out after {s.ready_timeout:g}s: not ready: "
-                                      f"{', '.join(late)}", code="timeout")
+                    raise Unavailable(
+                        f"timed out after {s.ready_timeout:g}s: not ready: {', '.join(late)}",
+                        code="timeout",
+                    )
         self.state.save(keys={})  # every key is used now: nothing secret is left here
         self.view.info("all machines ready")
 
@@ -285,8 +362,7 @@ class Runner:
             if now is None or now.status in ("stopped", "leftover"):
                 tail = getattr(self.provider, "console_tail", None)
                 detail = f"; its console ends with:\n{tail(inst.id)}" if tail else ""
-                raise Unavailable(f"machine {name} ({inst.id}) stopped before it was "
-                                  f"ready{detail}")
+                raise Unavailable(f"machine {name} ({inst.id}) stopped before it was ready{detail}")
 
     # -- steps --------------------------------------------------------------------------
     def _stored_steps(self) -> dict[str, Any]:
@@ -302,20 +378,26 @@ class Runner:
         done: set[str] = set()
         for st in steps:  # file order: a step's needs come first
             rec = stored.get(st.name)
-            if isinstance(rec, dict) and rec.get("digest") == step_digest(st) and \
-                    all(n in done for n in st.needs):
+            if (
+                isinstance(rec, dict)
+                and rec.get("digest") == step_digest(st)
+                and all(n in done for n in st.needs)
+            ):
                 done.add(st.name)
         record = {n: stored[n] for n in done}
-        executor = StepExecutor(self.scenario, self.group, self.new_client, self.provider,
-                                self.instances, self.view)
+        executor = StepExecutor(
+            self.scenario, self.group, self.new_client, self.provider, self.instances, self.view
+        )
         by_name = {st.name: st for st in steps}
 
         def notify(event: str, step: Any, data: dict[str, Any]) -> None:
             self.view.step(event, step.name, **data)
             if event == "succeeded":
                 with self._lock:
-                    record[step.name] = {"digest": step_digest(by_name[step.name]),
-                                         "at": time.time()}
+                    record[step.name] = {
+                        "digest": step_digest(by_name[step.name]),
+                        "at": time.time(),
+                    }
                     self.client.kv_set(self.group, STEPS_KEY, dict(record))
 
         def record_all() -> None:
@@ -324,8 +406,14 @@ class Runner:
                 self.client.kv_set(self.group, STEPS_KEY, dict(record))
 
         with self._following(record_all):
-            return run_steps(steps, executor, done=done, max_parallel=self.max_parallel,
-                             notify=notify, on_interrupt=executor.cancel_all)
+            return run_steps(
+                steps,
+                executor,
+                done=done,
+                max_parallel=self.max_parallel,
+                notify=notify,
+                on_interrupt=executor.cancel_all,
+            )
 
     @contextlib.contextmanager
     def _following(self, wake: Callable[[], None]) -> Iterator[None]:
@@ -361,9 +449,15 @@ class Runner:
             c.close()
 
 
-def down(group: str, provider: Provider, client: Client | None, view: View,
-         state: LocalState | None = None, verify_timeout: float = 180.0,
-         sleep: Callable[[float], None] = time.sleep) -> int:
+def down(
+    group: str,
+    provider: Provider,
+    client: Client | None,
+    view: View,
+    state: LocalState | None = None,
+    verify_timeout: float = 180.0,
+    sleep: Callable[[float], None] = time.sleep,
+) -> int:
     """Destroy the scenario's instances, check none is left, delete the group."""
     t0 = time.monotonic()
     destroyed = []
@@ -386,14 +480,22 @@ def down(group: str, provider: Provider, client: Client | None, view: View,
             pass
     if state is not None:
         state.delete()
-    doc = {"group": group, "provider": provider.name, "destroyed": destroyed,
-           "left": [i.id for i in left], "group_deleted": deleted, "revoked": revoked,
-           "seconds": round(time.monotonic() - t0, 2)}
+    doc = {
+        "group": group,
+        "provider": provider.name,
+        "destroyed": destroyed,
+        "left": [i.id for i in left],
+        "group_deleted": deleted,
+        "revoked": revoked,
+        "seconds": round(time.monotonic() - t0, 2),
+    }
     doc["event"] = "down"
     if left:
         view.info(f"still at {provider.name}: {', '.join(i.id for i in left)}", **doc)
     else:
-        view.info(f"{group}: {len(destroyed)} machine(s) destroyed, none left at "
-                  f"{provider.name}; group " + ("deleted" if deleted else "already gone"),
-                  **doc)
+        view.info(
+            f"{group}: {len(destroyed)} machine(s) destroyed, none left at "
+            f"{provider.name}; group " + ("deleted" if deleted else "already gone"),
+            **doc,
+        )
     return 1 if left else 0

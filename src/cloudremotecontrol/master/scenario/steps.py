@@ -43,8 +43,9 @@ def _first(values: Any) -> str | None:
     return values[0] if isinstance(values, list) and values else None
 
 
-def template_context(scenario: Scenario, group: dict[str, Any],
-                     instances: dict[str, Instance]) -> dict[str, Any]:
+def template_context(
+    scenario: Scenario, group: dict[str, Any], instances: dict[str, Instance]
+) -> dict[str, Any]:
     """``vars``, ``scenario`` and ``machines`` for templates, from the server's view of
     the group (facts, addresses) and the provider's instances."""
     machines: dict[str, Any] = {}
@@ -52,22 +53,38 @@ def template_context(scenario: Scenario, group: dict[str, Any],
         facts = m.get("facts") or {}
         inst = instances.get(m["name"])
         private = (inst.private_ip if inst else None) or _first(facts.get("private_ips"))
-        public = (inst.main_ip if inst and scenario.provider != "local" else None) or \
-            m.get("public_ip") or _first(m.get("ips"))
-        spec_os = scenario.machine(m["name"]).os if m["name"] in scenario.machine_names \
-            else None
+        public = (
+            (inst.main_ip if inst and scenario.provider != "local" else None)
+            or m.get("public_ip")
+            or _first(m.get("ips"))
+        )
+        spec_os = scenario.machine(m["name"]).os if m["name"] in scenario.machine_names else None
         machines[m["name"]] = {
-            "name": m["name"], "state": m["state"], "labels": m.get("labels") or {},
-            "os": facts.get("os") or spec_os, "hostname": facts.get("hostname") or m["name"],
-            "ips": m.get("ips") or [], "private_ip": private, "public_ip": public,
-            "ip": private or public, "facts": facts, "instance_id": inst.id if inst else None}
-    return {"vars": scenario.variables, "scenario": {"name": scenario.name},
-            "machines": machines}
+            "name": m["name"],
+            "state": m["state"],
+            "labels": m.get("labels") or {},
+            "os": facts.get("os") or spec_os,
+            "hostname": facts.get("hostname") or m["name"],
+            "ips": m.get("ips") or [],
+            "private_ip": private,
+            "public_ip": public,
+            "ip": private or public,
+            "facts": facts,
+            "instance_id": inst.id if inst else None,
+        }
+    return {"vars": scenario.variables, "scenario": {"name": scenario.name}, "machines": machines}
 
 
 class StepExecutor:
-    def __init__(self, scenario: Scenario, group: str, client_factory: Callable[[], Client],
-                 provider: Provider, instances: dict[str, Instance], view: View) -> None:
+    def __init__(
+        self,
+        scenario: Scenario,
+        group: str,
+        client_factory: Callable[[], Client],
+        provider: Provider,
+        instances: dict[str, Instance],
+        view: View,
+    ) -> None:
         self.scenario = scenario
         self.group = group
         self.client_factory = client_factory
@@ -115,7 +132,8 @@ class StepExecutor:
         spec: dict[str, Any] = {
             "env": {k: templates.render(v, ctx) for k, v in a.env.items()},
             "cwd": templates.render(a.cwd, ctx) if a.cwd else None,
-            "timeout": step.timeout}
+            "timeout": step.timeout,
+        }
         if a.argv is not None:
             spec["argv"] = [templates.render(x, ctx) for x in a.argv]
         else:
@@ -125,8 +143,9 @@ class StepExecutor:
     def _push(self, c: Client, step: Step, a: PushAction, ctx: dict[str, Any]) -> Outcome:
         dest = templates.render(a.dest, ctx)
         if a.src is not None:
-            return self._follow(c, step, c.push(self.group, step.to, str(a.src), dest,
-                                                a.mode, a.owner))
+            return self._follow(
+                c, step, c.push(self.group, step.to, str(a.src), dest, a.mode, a.owner)
+            )
         fd, tmp = tempfile.mkstemp(prefix="crc-push-")
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
@@ -152,13 +171,17 @@ class StepExecutor:
             with self._lock:
                 self._jobs.discard(job_id)
         bad = {m: r for m, r in results.items() if r["status"] != "succeeded"}
-        detail = {m: {"status": r["status"], "exit_code": r.get("exit_code")}
-                  for m, r in results.items()}
+        detail = {
+            m: {"status": r["status"], "exit_code": r.get("exit_code")} for m, r in results.items()
+        }
         if not bad:
             return Outcome(True, f"job {job_id[:8]} on {len(results)} machine(s)", detail)
         why = "; ".join(
-            f"{m}: {r['status']}" + (f" (exit {r['exit_code']})" if r.get("exit_code") else "")
-            + (f": {r['reason']}" if r.get("reason") else "") for m, r in sorted(bad.items()))
+            f"{m}: {r['status']}"
+            + (f" (exit {r['exit_code']})" if r.get("exit_code") else "")
+            + (f": {r['reason']}" if r.get("reason") else "")
+            for m, r in sorted(bad.items())
+        )
         return Outcome(False, why, detail)
 
     # -- waiting ------------------------------------------------------------------------
@@ -174,8 +197,7 @@ class StepExecutor:
                     return Outcome(False, f"key {key} did not appear in time")
                 try:
                     got = c.kv_get(self.group, key, wait=min(left, 30.0))
-                    return Outcome(True, f"{key} = {got['value']!r}"[:200],
-                                   {"value": got["value"]})
+                    return Outcome(True, f"{key} = {got['value']!r}"[:200], {"value": got["value"]})
                 except NotFound:
                     continue
         # a message from each target, at any time since the group exists
@@ -187,8 +209,9 @@ class StepExecutor:
                 if sender in missing:
                     missing.discard(sender)
                     bodies[sender] = ev["data"].get("body")
-                    self.view.output(step.name, sender, "stdout",
-                                     f"{a.type} {ev['data'].get('body')}")
+                    self.view.output(
+                        step.name, sender, "stdout", f"{a.type} {ev['data'].get('body')}"
+                    )
             if not missing:
                 return Outcome(True, f"{a.type} from {', '.join(step.targets)}", bodies)
             if time.monotonic() > deadline:
@@ -203,8 +226,9 @@ class StepExecutor:
                 return Outcome(True, "ready")
             revoked = [m for m in waiting if states.get(m) == "revoked"]
             if revoked or time.monotonic() > deadline:
-                return Outcome(False, "not ready: " + ", ".join(
-                    f"{m} ({states.get(m)})" for m in waiting))
+                return Outcome(
+                    False, "not ready: " + ", ".join(f"{m} ({states.get(m)})" for m in waiting)
+                )
             time.sleep(0.3)
 
     def _reboot(self, c: Client, step: Step) -> Outcome:
@@ -217,16 +241,23 @@ class StepExecutor:
                 reboot(inst.id)
             else:  # a real machine: ask its agent (the job ends as lost: that is expected)
                 windows = self.scenario.machine(m).os == "windows"
-                c.start_job(self.group, m, command="shutdown /r /t 5" if windows
-                            else "sleep 1; reboot", shell="cmd" if windows else "sh")
+                c.start_job(
+                    self.group,
+                    m,
+                    command="shutdown /r /t 5" if windows else "sleep 1; reboot",
+                    shell="cmd" if windows else "sh",
+                )
             self.view.output(step.name, m, "stdout", "rebooting")
         went_away: set[str] = set()
         back: set[str] = set()
         deadline = time.monotonic() + step.timeout
         try:
             for ev in c.events(self.group, since=cursor, follow=True, keepalive=True):
-                if ev is not None and ev["type"] == "machine.state" and \
-                        ev.get("machine") in step.targets:
+                if (
+                    ev is not None
+                    and ev["type"] == "machine.state"
+                    and ev.get("machine") in step.targets
+                ):
                     m, state = ev["machine"], ev["data"]["state"]
                     self.view.machine(m, state)
                     if state != "ready":

@@ -26,8 +26,15 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["MACHINE_FIELDS", "Reference", "TemplateError", "check", "references", "render",
-           "render_value"]
+__all__ = [
+    "MACHINE_FIELDS",
+    "Reference",
+    "TemplateError",
+    "check",
+    "references",
+    "render",
+    "render_value",
+]
 
 _TAG = re.compile(r"\{\{(.*?)\}\}", re.S)
 _PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]+)*$")
@@ -38,10 +45,21 @@ FILTERS: dict[str, Callable[[str], str]] = {
 }
 
 # What ``machines.<name>.`` offers; ``labels`` and ``facts`` take one more segment.
-MACHINE_FIELDS = frozenset({
-    "name", "state", "os", "hostname", "ip", "private_ip", "public_ip", "ips", "labels",
-    "facts", "instance_id",
-})
+MACHINE_FIELDS = frozenset(
+    {
+        "name",
+        "state",
+        "os",
+        "hostname",
+        "ip",
+        "private_ip",
+        "public_ip",
+        "ips",
+        "labels",
+        "facts",
+        "instance_id",
+    }
+)
 _ROOTS = ("vars", "machines", "scenario")
 
 
@@ -63,11 +81,14 @@ def references(text: str) -> Iterator[Reference]:
         expr, bar, filt = inner.partition("|")
         expr, filt = expr.strip(), filt.strip()
         if not _PATH.match(expr):
-            raise TemplateError(f"{{{{ {inner} }}}}: expected a dotted name such as "
-                                "machines.web.private_ip or vars.NAME")
+            raise TemplateError(
+                f"{{{{ {inner} }}}}: expected a dotted name such as "
+                "machines.web.private_ip or vars.NAME"
+            )
         if bar and filt not in FILTERS:
-            raise TemplateError(f"{{{{ {inner} }}}}: unknown filter {filt!r} "
-                                f"(known: {', '.join(sorted(FILTERS))})")
+            raise TemplateError(
+                f"{{{{ {inner} }}}}: unknown filter {filt!r} (known: {', '.join(sorted(FILTERS))})"
+            )
         yield Reference(match.group(0), tuple(expr.split(".")), filt if bar else None)
 
 
@@ -81,8 +102,9 @@ def check(text: str, variables: Mapping[str, Any], machines: set[str]) -> list[s
     for ref in refs:
         root, rest = ref.path[0], ref.path[1:]
         if root not in _ROOTS:
-            problems.append(f"{ref.text}: unknown name {root!r} (use vars., machines. or "
-                            "scenario.)")
+            problems.append(
+                f"{ref.text}: unknown name {root!r} (use vars., machines. or scenario.)"
+            )
         elif root == "vars":
             if not rest:
                 problems.append(f"{ref.text}: name a variable, e.g. vars.NAME")
@@ -96,8 +118,10 @@ def check(text: str, variables: Mapping[str, Any], machines: set[str]) -> list[s
         elif rest[0] not in machines:
             problems.append(f"{ref.text}: no machine {rest[0]!r} in `machines:`")
         elif len(rest) > 1 and rest[1] not in MACHINE_FIELDS:
-            problems.append(f"{ref.text}: machines have no field {rest[1]!r} (known: "
-                            f"{', '.join(sorted(MACHINE_FIELDS))})")
+            problems.append(
+                f"{ref.text}: machines have no field {rest[1]!r} (known: "
+                f"{', '.join(sorted(MACHINE_FIELDS))})"
+            )
     return problems
 
 
@@ -134,7 +158,7 @@ def render(text: str, context: Mapping[str, Any]) -> str:
         return text
     out, pos = [], 0
     for ref, match in zip(references(text), _TAG.finditer(text), strict=True):
-        out.append(text[pos:match.start()])
+        out.append(text[pos : match.start()])
         out.append(_format(_lookup(context, ref), ref.filter))
         pos = match.end()
     out.append(text[pos:])

@@ -18,8 +18,14 @@ import click
 
 __all__ = ["JsonView", "TextView", "View", "make_view"]
 
-_STATE_STYLE = {"ready": "green", "pending": "yellow", "enrolled": "cyan",
-                "offline": "red", "revoked": "red", "booting": "yellow"}
+_STATE_STYLE = {
+    "ready": "green",
+    "pending": "yellow",
+    "enrolled": "cyan",
+    "offline": "red",
+    "revoked": "red",
+    "booting": "yellow",
+}
 
 
 class View:
@@ -37,8 +43,9 @@ class View:
     def info(self, text: str, **doc: Any) -> None:
         """A note (``doc``: the same facts for --json)."""
 
-    def machine(self, name: str, state: str | None = None, progress: str | None = None,
-                **doc: Any) -> None:
+    def machine(
+        self, name: str, state: str | None = None, progress: str | None = None, **doc: Any
+    ) -> None:
         """A machine's state or latest progress changed."""
 
     def step(self, event: str, name: str, **doc: Any) -> None:
@@ -66,17 +73,20 @@ class JsonView(View):
     def info(self, text: str, **doc: Any) -> None:
         self._emit({"event": "info", "text": text, **doc})
 
-    def machine(self, name: str, state: str | None = None, progress: str | None = None,
-                **doc: Any) -> None:
-        self._emit({"event": "machine", "machine": name, "state": state,
-                    "progress": progress, **doc})
+    def machine(
+        self, name: str, state: str | None = None, progress: str | None = None, **doc: Any
+    ) -> None:
+        self._emit(
+            {"event": "machine", "machine": name, "state": state, "progress": progress, **doc}
+        )
 
     def step(self, event: str, name: str, **doc: Any) -> None:
         self._emit({"event": "step", "step": name, "status": event, **doc})
 
     def output(self, step: str, machine: str | None, stream: str, text: str) -> None:
-        self._emit({"event": "output", "step": step, "machine": machine, "stream": stream,
-                    "data": text})
+        self._emit(
+            {"event": "output", "step": step, "machine": machine, "stream": stream, "data": text}
+        )
 
     def summary(self, doc: dict[str, Any]) -> None:
         self._emit({"event": "summary", **doc})
@@ -96,9 +106,13 @@ class TextView(View):
             from rich.live import Live
 
             self._console = Console()
-            self._live = Live(console=self._console, auto_refresh=True,
-                              refresh_per_second=8, transient=True,
-                              get_renderable=self._render)
+            self._live = Live(
+                console=self._console,
+                auto_refresh=True,
+                refresh_per_second=8,
+                transient=True,
+                get_renderable=self._render,
+            )
             self._live.start()
 
     def close(self) -> None:
@@ -110,8 +124,9 @@ class TextView(View):
     def _print(self, text: str, style: str | None = None, err: bool = False) -> None:
         with self._lock:
             if self._console is not None:
-                self._console.print(text, style=style, markup=False, highlight=False,
-                                    soft_wrap=True)
+                self._console.print(
+                    text, style=style, markup=False, highlight=False, soft_wrap=True
+                )
             else:
                 click.echo(text, err=err)
 
@@ -122,20 +137,26 @@ class TextView(View):
         table = Table.grid(padding=(0, 2))
         with self._lock:
             for name, (state, progress) in self._machines.items():
-                table.add_row(Text(name, style="bold"),
-                              Text(state, style=_STATE_STYLE.get(state, "")),
-                              Text(progress, overflow="ellipsis", no_wrap=True))
+                table.add_row(
+                    Text(name, style="bold"),
+                    Text(state, style=_STATE_STYLE.get(state, "")),
+                    Text(progress, overflow="ellipsis", no_wrap=True),
+                )
             now = time.monotonic()
             for name, t0 in self._running.items():
-                table.add_row(Text(f"step {name}", style="bold"), Text("running", style="cyan"),
-                              Text(f"{now - t0:.0f}s"))
+                table.add_row(
+                    Text(f"step {name}", style="bold"),
+                    Text("running", style="cyan"),
+                    Text(f"{now - t0:.0f}s"),
+                )
         return table
 
     def info(self, text: str, **doc: Any) -> None:
         self._print(text, style="dim" if self._console else None)
 
-    def machine(self, name: str, state: str | None = None, progress: str | None = None,
-                **doc: Any) -> None:
+    def machine(
+        self, name: str, state: str | None = None, progress: str | None = None, **doc: Any
+    ) -> None:
         with self._lock:
             old_state, old_progress = self._machines.get(name, ("-", ""))
             new = (state or old_state, progress if progress is not None else old_progress)
@@ -151,14 +172,19 @@ class TextView(View):
                 self._running.pop(name, None)
         attempt = doc.get("attempt") or 1
         if event == "started":
-            self._print(f"step {name}" + (f" (attempt {attempt})" if attempt > 1 else ""),
-                        style="bold")
+            self._print(
+                f"step {name}" + (f" (attempt {attempt})" if attempt > 1 else ""), style="bold"
+            )
         elif event == "retrying":
-            self._print(f"step {name}: attempt {attempt} failed ({doc.get('message')}); "
-                        f"retrying in {doc.get('delay', 0):g}s", style="yellow")
+            self._print(
+                f"step {name}: attempt {attempt} failed ({doc.get('message')}); "
+                f"retrying in {doc.get('delay', 0):g}s",
+                style="yellow",
+            )
         elif event in ("failed", "skipped"):
-            self._print(f"step {name} {event}: {doc.get('message') or ''}".rstrip(": "),
-                        style="red")
+            self._print(
+                f"step {name} {event}: {doc.get('message') or ''}".rstrip(": "), style="red"
+            )
         elif event == "succeeded":
             self._print(f"step {name} succeeded ({doc.get('seconds', 0):.1f}s)", style="green")
         elif event == "done":
@@ -174,18 +200,30 @@ class TextView(View):
         from ...cli.output import print_table
 
         click.echo("")
-        print_table(["MACHINE", "STATE", "ADDRESS", "INSTANCE"],
-                    [[m["name"], m["state"], m.get("ip") or "-", m.get("instance") or "-"]
-                     for m in doc.get("machines", [])])
+        print_table(
+            ["MACHINE", "STATE", "ADDRESS", "INSTANCE"],
+            [
+                [m["name"], m["state"], m.get("ip") or "-", m.get("instance") or "-"]
+                for m in doc.get("machines", [])
+            ],
+        )
         if doc.get("steps"):
             click.echo("")
-            print_table(["STEP", "STATUS", "TRIES", "TIME", "DETAIL"],
-                        [[s["name"], s["status"], str(s.get("attempts") or "-"),
-                          f"{s.get('seconds', 0):.1f}s", (s.get("message") or "")[:80]]
-                         for s in doc["steps"]])
+            print_table(
+                ["STEP", "STATUS", "TRIES", "TIME", "DETAIL"],
+                [
+                    [
+                        s["name"],
+                        s["status"],
+                        str(s.get("attempts") or "-"),
+                        f"{s.get('seconds', 0):.1f}s",
+                        (s.get("message") or "")[:80],
+                    ]
+                    for s in doc["steps"]
+                ],
+            )
         verdict = "ok" if doc.get("ok") else "FAILED"
-        click.echo(f"\nscenario {doc.get('scenario')}: {verdict} in "
-                   f"{doc.get('seconds', 0):.1f}s")
+        click.echo(f"\nscenario {doc.get('scenario')}: {verdict} in {doc.get('seconds', 0):.1f}s")
 
 
 def make_view(as_json: bool) -> View:

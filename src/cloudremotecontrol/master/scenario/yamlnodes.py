@@ -42,8 +42,11 @@ class Problem:
     message: str
 
     def __str__(self) -> str:
-        return f"{self.where}: {self.field}: {self.message}" if self.field else \
-            f"{self.where}: {self.message}"
+        return (
+            f"{self.where}: {self.field}: {self.message}"
+            if self.field
+            else f"{self.where}: {self.message}"
+        )
 
 
 class ScenarioError(InvalidInput):
@@ -97,8 +100,9 @@ class NodeReader:
             return self.loader.get_single_node()
         except yaml.MarkedYAMLError as exc:
             mark = exc.problem_mark or exc.context_mark
-            where = Where(self.file, mark.line + 1, mark.column + 1) if mark else \
-                Where(self.file, 1, 1)
+            where = (
+                Where(self.file, mark.line + 1, mark.column + 1) if mark else Where(self.file, 1, 1)
+            )
             self.problems.append(Problem(where, "", f"not valid YAML: {exc.problem}"))
         except yaml.YAMLError as exc:
             self.problems.append(Problem(Where(self.file, 1, 1), "", f"not valid YAML: {exc}"))
@@ -108,8 +112,9 @@ class NodeReader:
         """The plain Python value of a subtree (scalars typed as YAML 1.1 says)."""
         return self.loader.construct_object(node, deep=True)
 
-    def mapping(self, node: yaml.Node, path: str, allowed: tuple[str, ...] | None = None
-                ) -> dict[str, tuple[yaml.Node, yaml.Node]] | None:
+    def mapping(
+        self, node: yaml.Node, path: str, allowed: tuple[str, ...] | None = None
+    ) -> dict[str, tuple[yaml.Node, yaml.Node]] | None:
         """``{key: (key_node, value_node)}``, or None (problem recorded) if not a mapping."""
         if not isinstance(node, yaml.MappingNode):
             self.error(node, path, "expected a mapping (key: value lines)")
@@ -126,8 +131,7 @@ class NodeReader:
                 self.error(knode, sub, "duplicate key (the earlier one would be ignored)")
                 continue
             if allowed is not None and key not in allowed:
-                self.error(knode, sub, f"unknown field (expected one of: "
-                                       f"{', '.join(allowed)})")
+                self.error(knode, sub, f"unknown field (expected one of: {', '.join(allowed)})")
                 continue
             out[key] = (knode, vnode)
         return out
@@ -168,8 +172,7 @@ class NodeReader:
 
     def int(self, node: yaml.Node, path: str, minimum: int = 0, maximum: int = 100) -> int | None:
         value = self.value(node) if isinstance(node, yaml.ScalarNode) else None
-        if isinstance(value, bool) or not isinstance(value, int) or not \
-                minimum <= value <= maximum:
+        if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
             self.error(node, path, f"expected a whole number from {minimum} to {maximum}")
             return None
         return value

@@ -14,13 +14,18 @@ __all__ = ["blob_chunk", "blob_complete", "blob_info", "blob_put_chunk"]
 
 
 def blob_put_chunk(tx: Tx, sha: str, n: int, data: bytes) -> None:
-    tx.execute("INSERT INTO blob_chunks (sha, n, data) VALUES (?, ?, ?) "
-               "ON CONFLICT (sha, n) DO NOTHING", (sha, n, data))
+    tx.execute(
+        "INSERT INTO blob_chunks (sha, n, data) VALUES (?, ?, ?) ON CONFLICT (sha, n) DO NOTHING",
+        (sha, n, data),
+    )
 
 
 def blob_complete(tx: Tx, sha: str, size: int, chunks: int) -> None:
-    tx.execute("INSERT INTO blobs (sha, size, chunks, created) VALUES (?, ?, ?, ?) "
-               "ON CONFLICT (sha) DO NOTHING", (sha, size, chunks, now()))
+    tx.execute(
+        "INSERT INTO blobs (sha, size, chunks, created) VALUES (?, ?, ?, ?) "
+        "ON CONFLICT (sha) DO NOTHING",
+        (sha, size, chunks, now()),
+    )
 
 
 def blob_info(tx: Tx, sha: str) -> tuple[int, int] | None:

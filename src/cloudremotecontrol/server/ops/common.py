@@ -24,8 +24,14 @@ def loads(text: str | None) -> Any:
     return json.loads(text) if text else None
 
 
-def add_event(tx: Tx, group_id: str, type: str, data: dict[str, Any],
-              machine: str | None = None, job_id: str | None = None) -> None:
+def add_event(
+    tx: Tx,
+    group_id: str,
+    type: str,
+    data: dict[str, Any],
+    machine: str | None = None,
+    job_id: str | None = None,
+) -> None:
     tx.notify(group_id)  # first: it orders the group's event writers (see Tx.notify)
     tx.execute(
         "INSERT INTO events (group_id, created, type, machine, job_id, data) "
@@ -34,8 +40,9 @@ def add_event(tx: Tx, group_id: str, type: str, data: dict[str, Any],
     )
 
 
-def audit(tx: Tx, user_id: str | None, actor: str, action: str, group: str | None,
-          detail: dict[str, Any]) -> None:
+def audit(
+    tx: Tx, user_id: str | None, actor: str, action: str, group: str | None, detail: dict[str, Any]
+) -> None:
     tx.execute(
         "INSERT INTO audit (created, user_id, actor, action, group_name, detail) "
         "VALUES (?, ?, ?, ?, ?, ?)",
@@ -45,8 +52,9 @@ def audit(tx: Tx, user_id: str | None, actor: str, action: str, group: str | Non
 
 def live_group(tx: Tx, user_id: str, name: str) -> dict[str, Any]:
     """The user's group called ``name``; NotFound for missing, deleted or another user's."""
-    row = tx.one("SELECT * FROM groups WHERE user_id = ? AND name = ? AND deleted IS NULL",
-                 (user_id, name))
+    row = tx.one(
+        "SELECT * FROM groups WHERE user_id = ? AND name = ? AND deleted IS NULL", (user_id, name)
+    )
     if row is None:
         raise NotFound(f"no group {name!r}: see `crc group list`", field="group")
     return row

@@ -44,17 +44,30 @@ def _transition(tx: Tx, m: dict[str, Any], event: MachineEvent, **extra: Any) ->
         return state.value
     # Column names come from this module's keyword arguments, never from input.
     sets = "".join(f", {k} = ?" for k in extra)
-    tx.execute(f"UPDATE machines SET state = ?, last_seen = ?{sets} WHERE id = ?",  # noqa: S608
-               (nxt.value, now(), *extra.values(), m["id"]))
+    tx.execute(
+        f"UPDATE machines SET state = ?, last_seen = ?{sets} WHERE id = ?",  # noqa: S608
+        (nxt.value, now(), *extra.values(), m["id"]),
+    )
     if nxt != state:
-        add_event(tx, m["group_id"], "machine.state",
-                  {"state": nxt.value, "previous": state.value}, machine=m["name"])
+        add_event(
+            tx,
+            m["group_id"],
+            "machine.state",
+            {"state": nxt.value, "previous": state.value},
+            machine=m["name"],
+        )
     return nxt.value
 
 
-def machine_connected(tx: Tx, machine_id: str, ready: bool, peer_ip: str | None,
-                      replica: str, agent_ack: int = 0, resume_from: int | None = None
-                      ) -> dict[str, Any]:
+def machine_connected(
+    tx: Tx,
+    machine_id: str,
+    ready: bool,
+    peer_ip: str | None,
+    replica: str,
+    agent_ack: int = 0,
+    resume_from: int | None = None,
+) -> dict[str, Any]:
     """Record a (re)connection; return ``{"in_done", "state"}`` for the welcome frame.
 
     ``agent_ack`` (the hello's ``ack``: the last message the agent processed) drops what
@@ -72,26 +85,45 @@ def machine_connected(tx: Tx, machine_id: str, ready: bool, peer_ip: str | None,
         raise InvalidInput("machine vanished")
     if agent_ack >= m["out_next"]:
         tx.execute("UPDATE machines SET out_next = ? WHERE id = ?", (agent_ack + 1, m["id"]))
-        add_event(tx, m["group_id"], "machine.resync",
-                  {"direction": "to agent", "agent_ack": agent_ack,
-                   "server_sent": int(m["out_next"]) - 1,
-                   "note": "the agent had processed messages this server does not know: "
-                           "numbering continues after them"}, machine=m["name"])
+        add_event(
+            tx,
+            m["group_id"],
+            "machine.resync",
+            {
+                "direction": "to agent",
+                "agent_ack": agent_ack,
+                "server_sent": int(m["out_next"]) - 1,
+                "note": "the agent had processed messages this server does not know: "
+                "numbering continues after them",
+            },
+            machine=m["name"],
+        )
     elif agent_ack > 0:
         ack_outbox(tx, machine_id, agent_ack)
     if resume_from is not None and resume_from > m["in_done"] + 1:
         tx.execute("UPDATE machines SET in_done = ? WHERE id = ?", (resume_from - 1, m["id"]))
-        add_event(tx, m["group_id"], "machine.resync",
-                  {"direction": "from agent", "server_had": int(m["in_done"]),
-                   "agent_resumes_at": resume_from,
-                   "lost": resume_from - 1 - int(m["in_done"]),
-                   "note": "messages the agent sent were acknowledged by a database state "
-                           "this server no longer has: they are lost"}, machine=m["name"])
+        add_event(
+            tx,
+            m["group_id"],
+            "machine.resync",
+            {
+                "direction": "from agent",
+                "server_had": int(m["in_done"]),
+                "agent_resumes_at": resume_from,
+                "lost": resume_from - 1 - int(m["in_done"]),
+                "note": "messages the agent sent were acknowledged by a database state "
+                "this server no longer has: they are lost",
+            },
+            machine=m["name"],
+        )
         m["in_done"] = resume_from - 1
     event = MachineEvent.CONNECT_READY if ready else MachineEvent.CONNECT
     state = _transition(tx, m, event, peer_ip=peer_ip, connected_by=replica)
-    return {"in_done": m["in_done"], "state": state,
-            "deliveries": auto_hosts_sync(tx, m["group_id"])}
+    return {
+        "in_done": m["in_done"],
+        "state": state,
+        "deliveries": auto_hosts_sync(tx, m["group_id"]),
+    }
 
 
 def machine_disconnected(tx: Tx, machine_id: str, replica: str) -> None:
@@ -104,8 +136,11 @@ def machine_disconnected(tx: Tx, machine_id: str, replica: str) -> None:
 
 def mark_all_offline(tx: Tx, replica: str | None = None) -> int:
     """At start: machines believed connected to this server (or any, for None) are not."""
-    rows = tx.all("SELECT * FROM machines WHERE state IN ('enrolled', 'ready') "
-                  "AND (CAST(? AS TEXT) IS NULL OR connected_by = ?)", (replica, replica))
+    rows = tx.all(
+        "SELECT * FROM machines WHERE state IN ('enrolled', 'ready') "
+        "AND (CAST(? AS TEXT) IS NULL OR connected_by = ?)",
+        (replica, replica),
+    )
     for m in rows:
         _transition(tx, m, MachineEvent.DISCONNECT, connected_by=None)
     return len(rows)
@@ -114,8 +149,10 @@ def mark_all_offline(tx: Tx, replica: str | None = None) -> int:
 def sweep_stale(tx: Tx, older_than: float) -> int:
     """Machines shown connected whose replica stopped vouching for them (it touches its
     machines' ``last_seen`` every 30 s; a replica killed -9 cannot say goodbye)."""
-    rows = tx.all("SELECT * FROM machines WHERE state IN ('enrolled', 'ready') "
-                  "AND last_seen < ?", (now() - older_than,))
+    rows = tx.all(
+        "SELECT * FROM machines WHERE state IN ('enrolled', 'ready') AND last_seen < ?",
+        (now() - older_than,),
+    )
     for m in rows:
         _transition(tx, m, MachineEvent.DISCONNECT, connected_by=None)
     return len(rows)
@@ -127,27 +164,37 @@ def touch_machines(tx: Tx, machine_ids: list[str]) -> list[tuple[str, str, bool]
     t = now()
     revoked = []
     for i in range(0, len(machine_ids), 500):
-        batch = machine_ids[i:i + 500]
+        batch = machine_ids[i : i + 500]
         marks = ",".join("?" * len(batch))
-        tx.execute(f"UPDATE machines SET last_seen = ? WHERE id IN ({marks})",  # noqa: S608
-                   (t, *batch))
+        tx.execute(
+            f"UPDATE machines SET last_seen = ? WHERE id IN ({marks})",  # noqa: S608
+            (t, *batch),
+        )
         # Only "?" placeholders are formatted in: the ids are parameters.
-        query = ("SELECT m.id, g.name, g.deleted, g.settings FROM machines m "  # noqa: S608
-                 "JOIN groups g ON g.id = m.group_id "
-                 f"WHERE m.state = 'revoked' AND m.id IN ({marks})")
+        query = (
+            "SELECT m.id, g.name, g.deleted, g.settings FROM machines m "  # noqa: S608
+            "JOIN groups g ON g.id = m.group_id "
+            f"WHERE m.state = 'revoked' AND m.id IN ({marks})"
+        )
         for row in tx.all(query, tuple(batch)):
             if row["deleted"] is None:
                 revoked.append((row["id"], "machine revoked", False))
             else:
-                revoked.append((row["id"], f"group {row['name']!r} deleted",
-                                uninstall_on_delete(row["settings"])))
+                revoked.append(
+                    (
+                        row["id"],
+                        f"group {row['name']!r} deleted",
+                        uninstall_on_delete(row["settings"]),
+                    )
+                )
     return revoked
 
 
-def outbox_after(tx: Tx, machine_id: str, after: int, limit: int = 500
-                 ) -> list[tuple[int, str]]:
-    rows = tx.all("SELECT seq, envelope FROM outbox WHERE machine_id = ? AND seq > ? "
-                  "ORDER BY seq LIMIT ?", (machine_id, after, limit))
+def outbox_after(tx: Tx, machine_id: str, after: int, limit: int = 500) -> list[tuple[int, str]]:
+    rows = tx.all(
+        "SELECT seq, envelope FROM outbox WHERE machine_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+        (machine_id, after, limit),
+    )
     return [(int(r["seq"]), r["envelope"]) for r in rows]
 
 
@@ -156,34 +203,49 @@ def ack_outbox(tx: Tx, machine_id: str, seq: int) -> int:
     m = tx.one("SELECT id, group_id, name, out_next FROM machines WHERE id = ?", (machine_id,))
     if m is None or seq >= m["out_next"]:
         raise InvalidInput(f"ack {seq} for a message never sent")
-    runs = tx.all("SELECT job_id FROM outbox WHERE machine_id = ? AND seq <= ? "
-                  "AND job_id IS NOT NULL AND type != 'job.cancel'", (machine_id, seq))
-    removed = tx.execute("DELETE FROM outbox WHERE machine_id = ? AND seq <= ?",
-                         (machine_id, seq))
+    runs = tx.all(
+        "SELECT job_id FROM outbox WHERE machine_id = ? AND seq <= ? "
+        "AND job_id IS NOT NULL AND type != 'job.cancel'",
+        (machine_id, seq),
+    )
+    removed = tx.execute("DELETE FROM outbox WHERE machine_id = ? AND seq <= ?", (machine_id, seq))
     for r in runs:
         _job_event(tx, m, r["job_id"], JobEvent.DELIVER, None, None)
     return removed
 
 
-def _job_event(tx: Tx, m: dict[str, Any], job_id: str, event: JobEvent,
-               exit_code: int | None, reason: str | None) -> None:
-    jt = tx.one("SELECT status FROM job_targets WHERE job_id = ? AND machine_id = ?",
-                (job_id, m["id"]))
+def _job_event(
+    tx: Tx,
+    m: dict[str, Any],
+    job_id: str,
+    event: JobEvent,
+    exit_code: int | None,
+    reason: str | None,
+) -> None:
+    jt = tx.one(
+        "SELECT status FROM job_targets WHERE job_id = ? AND machine_id = ?", (job_id, m["id"])
+    )
     if jt is None:
         return
     nxt = job_next(JobStatus(jt["status"]), event)
     if nxt is None:
         return  # a duplicate or late report (e.g. result after a cancel won): ignore
-    tx.execute("UPDATE job_targets SET status = ?, exit_code = ?, reason = ?, updated = ? "
-               "WHERE job_id = ? AND machine_id = ?",
-               (nxt.value, exit_code, reason, now(), job_id, m["id"]))
-    add_event(tx, m["group_id"], "job.status",
-              {"job_id": job_id, "status": nxt.value, "exit_code": exit_code, "reason": reason},
-              machine=m["name"], job_id=job_id)
+    tx.execute(
+        "UPDATE job_targets SET status = ?, exit_code = ?, reason = ?, updated = ? "
+        "WHERE job_id = ? AND machine_id = ?",
+        (nxt.value, exit_code, reason, now(), job_id, m["id"]),
+    )
+    add_event(
+        tx,
+        m["group_id"],
+        "job.status",
+        {"job_id": job_id, "status": nxt.value, "exit_code": exit_code, "reason": reason},
+        machine=m["name"],
+        job_id=job_id,
+    )
 
 
-def apply_agent_message(tx: Tx, machine_id: str, seq: int, raw: dict[str, Any]
-                        ) -> dict[str, Any]:
+def apply_agent_message(tx: Tx, machine_id: str, seq: int, raw: dict[str, Any]) -> dict[str, Any]:
     """Apply message ``seq`` from a machine once. Returns ``{"receipt", "error"?}``.
 
     Duplicates are acknowledged again and otherwise ignored; a gap means the agent must
@@ -197,14 +259,20 @@ def apply_agent_message(tx: Tx, machine_id: str, seq: int, raw: dict[str, Any]
         return {"receipt": "duplicate"}
     if seq != m["in_done"] + 1:
         return {"receipt": "gap", "expected": m["in_done"] + 1}
-    tx.execute("UPDATE machines SET in_done = ?, last_seen = ? WHERE id = ?",
-               (seq, now(), machine_id))
+    tx.execute(
+        "UPDATE machines SET in_done = ?, last_seen = ? WHERE id = ?", (seq, now(), machine_id)
+    )
     try:
         env = Envelope.from_dict(raw)
         deliveries = _apply(tx, m, env)
     except CrcError as exc:
-        add_event(tx, m["group_id"], "agent.error",
-                  {"code": exc.code, "message": exc.message}, machine=m["name"])
+        add_event(
+            tx,
+            m["group_id"],
+            "agent.error",
+            {"code": exc.code, "message": exc.message},
+            machine=m["name"],
+        )
         return {"receipt": "new", "error": exc.to_payload()["error"]}
     return {"receipt": "new", "deliveries": deliveries}
 
@@ -223,8 +291,10 @@ def _apply(tx: Tx, m: dict[str, Any], env: Envelope) -> list[tuple[str, int, str
     elif kind == "progress":
         text = body.get("text")
         pct = body.get("percent")
-        if not isinstance(text, str) or (pct is not None and (
-                isinstance(pct, bool) or not isinstance(pct, (int, float)) or not 0 <= pct <= 100)):
+        if not isinstance(text, str) or (
+            pct is not None
+            and (isinstance(pct, bool) or not isinstance(pct, (int, float)) or not 0 <= pct <= 100)
+        ):
             raise InvalidInput("progress needs text and an optional percent 0-100")
         progress = {"text": text[:1000], "percent": pct, "at": now()}
         if isinstance(body.get("source"), str):
@@ -243,20 +313,32 @@ def _apply(tx: Tx, m: dict[str, Any], env: Envelope) -> list[tuple[str, int, str
         status = body.get("status")
         event = result_event(status) if isinstance(status, str) else None
         code = body.get("exit_code")
-        if event is None or (code is not None and (isinstance(code, bool)
-                                                   or not isinstance(code, int))):
+        if event is None or (
+            code is not None and (isinstance(code, bool) or not isinstance(code, int))
+        ):
             raise InvalidInput("job.result needs a terminal status and an integer exit_code")
         reason = body.get("reason")
-        _job_event(tx, m, _job_id(body), event, code,
-                   str(reason)[:500] if reason is not None else None)
+        _job_event(
+            tx, m, _job_id(body), event, code, str(reason)[:500] if reason is not None else None
+        )
     elif env.to != "master":  # user.* to peers of the same group: data, never commands
         from .messages import route_from_machine
 
         return route_from_machine(tx, m, env)
     else:  # user.* to the master
-        add_event(tx, m["group_id"], "message",
-                  {"type": kind, "body": body, "from": m["name"], "id": env.id,
-                   "correlation_id": env.correlation_id}, machine=m["name"])
+        add_event(
+            tx,
+            m["group_id"],
+            "message",
+            {
+                "type": kind,
+                "body": body,
+                "from": m["name"],
+                "id": env.id,
+                "correlation_id": env.correlation_id,
+            },
+            machine=m["name"],
+        )
     return []
 
 
@@ -298,8 +380,10 @@ def _output(tx: Tx, m: dict[str, Any], body: dict[str, Any]) -> None:
     stream, data = body.get("stream"), body.get("data")
     if stream not in ("stdout", "stderr") or not isinstance(data, str):
         raise InvalidInput("job.output needs stream stdout|stderr and string data")
-    jt = tx.one("SELECT output_bytes FROM job_targets WHERE job_id = ? AND machine_id = ?",
-                (job_id, m["id"]))
+    jt = tx.one(
+        "SELECT output_bytes FROM job_targets WHERE job_id = ? AND machine_id = ?",
+        (job_id, m["id"]),
+    )
     if jt is None:
         return
     kept = int(jt["output_bytes"])
@@ -310,8 +394,15 @@ def _output(tx: Tx, m: dict[str, Any], body: dict[str, Any]) -> None:
         data = data.encode()[: MAX_OUTPUT_KEPT_BYTES - kept].decode(errors="ignore")
         data += f"\n[crc: output truncated at {MAX_OUTPUT_KEPT_BYTES} bytes]\n"
         size = MAX_OUTPUT_KEPT_BYTES - kept
-    tx.execute("UPDATE job_targets SET output_bytes = ? WHERE job_id = ? AND machine_id = ?",
-               (kept + size, job_id, m["id"]))
-    add_event(tx, m["group_id"], "job.output", {"job_id": job_id, "stream": stream,
-                                                "data": data},
-              machine=m["name"], job_id=job_id)
+    tx.execute(
+        "UPDATE job_targets SET output_bytes = ? WHERE job_id = ? AND machine_id = ?",
+        (kept + size, job_id, m["id"]),
+    )
+    add_event(
+        tx,
+        m["group_id"],
+        "job.output",
+        {"job_id": job_id, "stream": stream, "data": data},
+        machine=m["name"],
+        job_id=job_id,
+    )

@@ -23,17 +23,22 @@ def enroll(tx: Tx, presented: str | None, peer_ip: str | None) -> dict[str, Any]
     """Burn the key; return ``{"credential", "machine", "group"}``."""
     key = parse_secret(presented, "k")
     if key is None:
-        raise KeyRejected("malformed enrollment key: copy it exactly as `crc group create` "
-                          "printed it")
+        raise KeyRejected(
+            "malformed enrollment key: copy it exactly as `crc group create` printed it"
+        )
     row = tx.one(
         "SELECT m.*, g.name AS group_name, g.user_id, g.deleted FROM machines m "
-        "JOIN groups g ON g.id = m.group_id WHERE m.key_id = ?", (key.id,))
+        "JOIN groups g ON g.id = m.group_id WHERE m.key_id = ?",
+        (key.id,),
+    )
     if row is None:
         raise KeyRejected("unknown enrollment key")
     if row["key_hash"] is None or row["deleted"] is not None:
         reason = "revoked" if row["state"] == MachineState.REVOKED.value else "already used"
-        raise KeyRejected(f"enrollment key {reason}: keys are single use; make a new group "
-                          "or machine to get a new key")
+        raise KeyRejected(
+            f"enrollment key {reason}: keys are single use; make a new group "
+            "or machine to get a new key"
+        )
     if not verify_secret(key, row["key_hash"]):
         raise KeyRejected("unknown enrollment key")
     if row["key_expires"] is not None and row["key_expires"] < now():
@@ -45,11 +50,23 @@ def enroll(tx: Tx, presented: str | None, peer_ip: str | None) -> dict[str, Any]
     tx.execute(
         "UPDATE machines SET state = ?, key_hash = NULL, key_used = ?, cred_id = ?, "
         "cred_hash = ?, peer_ip = ?, last_seen = ? WHERE id = ? AND key_hash IS NOT NULL",
-        (nxt.value, now(), cred.id, cred.hash, peer_ip, now(), row["id"]))
-    add_event(tx, row["group_id"], "machine.state",
-              {"state": nxt.value, "previous": row["state"]}, machine=row["name"])
-    audit(tx, row["user_id"], f"machine:{row['name']}", "machine.enroll", row["group_name"],
-          {"peer_ip": peer_ip})
+        (nxt.value, now(), cred.id, cred.hash, peer_ip, now(), row["id"]),
+    )
+    add_event(
+        tx,
+        row["group_id"],
+        "machine.state",
+        {"state": nxt.value, "previous": row["state"]},
+        machine=row["name"],
+    )
+    audit(
+        tx,
+        row["user_id"],
+        f"machine:{row['name']}",
+        "machine.enroll",
+        row["group_name"],
+        {"peer_ip": peer_ip},
+    )
     return {"credential": str(cred), "machine": row["name"], "group": row["group_name"]}
 
 
@@ -61,7 +78,9 @@ def authenticate_machine(tx: Tx, presented: str | None) -> dict[str, Any]:
     row = tx.one(
         "SELECT m.id, m.group_id, m.name, m.state, m.cred_hash, m.in_done, m.labels, "
         "g.name AS group_name, g.user_id FROM machines m JOIN groups g ON g.id = m.group_id "
-        "WHERE m.cred_id = ? AND g.deleted IS NULL", (cred.id,))
+        "WHERE m.cred_id = ? AND g.deleted IS NULL",
+        (cred.id,),
+    )
     if row is None or row["cred_hash"] is None or not verify_secret(cred, row["cred_hash"]):
         raise Unauthorized("machine credential unknown or revoked", code="revoked")
     del row["cred_hash"]

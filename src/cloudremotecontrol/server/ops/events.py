@@ -11,8 +11,14 @@ __all__ = ["event_view", "events_after", "group_cursor"]
 
 
 def event_view(row: dict[str, Any]) -> dict[str, Any]:
-    return {"cursor": int(row["id"]), "time": row["created"], "type": row["type"],
-            "machine": row["machine"], "job_id": row["job_id"], "data": loads(row["data"])}
+    return {
+        "cursor": int(row["id"]),
+        "time": row["created"],
+        "type": row["type"],
+        "machine": row["machine"],
+        "job_id": row["job_id"],
+        "data": loads(row["data"]),
+    }
 
 
 def group_cursor(tx: Tx, user_id: str, group_name: str) -> dict[str, Any]:
@@ -22,14 +28,19 @@ def group_cursor(tx: Tx, user_id: str, group_name: str) -> dict[str, Any]:
     return {"group_id": group["id"], "cursor": int(row["c"] or 0) if row else 0}
 
 
-def events_after(tx: Tx, group_id: str, cursor: int, job_id: str | None = None,
-                 limit: int = 1000) -> list[dict[str, Any]]:
+def events_after(
+    tx: Tx, group_id: str, cursor: int, job_id: str | None = None, limit: int = 1000
+) -> list[dict[str, Any]]:
     if job_id:
-        rows = tx.all("SELECT * FROM events WHERE job_id = ? AND id > ? ORDER BY id LIMIT ?",
-                      (job_id, cursor, limit))
+        rows = tx.all(
+            "SELECT * FROM events WHERE job_id = ? AND id > ? ORDER BY id LIMIT ?",
+            (job_id, cursor, limit),
+        )
     else:
-        rows = tx.all("SELECT * FROM events WHERE group_id = ? AND id > ? ORDER BY id LIMIT ?",
-                      (group_id, cursor, limit))
+        rows = tx.all(
+            "SELECT * FROM events WHERE group_id = ? AND id > ? ORDER BY id LIMIT ?",
+            (group_id, cursor, limit),
+        )
     return [event_view(r) for r in rows]
 
 
@@ -38,15 +49,27 @@ def group_deleted(tx: Tx, group_id: str) -> bool:
     return row is None or row["deleted"] is not None
 
 
-def audit_records(tx: Tx, user_id: str, group: str | None, limit: int = 1000
-                  ) -> list[dict[str, Any]]:
+def audit_records(
+    tx: Tx, user_id: str, group: str | None, limit: int = 1000
+) -> list[dict[str, Any]]:
     """The caller's audit record, newest last: who did what, where, when."""
     if group:
-        rows = tx.all("SELECT * FROM audit WHERE user_id = ? AND group_name = ? "
-                      "ORDER BY id DESC LIMIT ?", (user_id, group, limit))
+        rows = tx.all(
+            "SELECT * FROM audit WHERE user_id = ? AND group_name = ? ORDER BY id DESC LIMIT ?",
+            (user_id, group, limit),
+        )
     else:
-        rows = tx.all("SELECT * FROM audit WHERE user_id = ? ORDER BY id DESC LIMIT ?",
-                      (user_id, limit))
-    return [{"id": int(r["id"]), "time": r["created"], "actor": r["actor"],
-             "action": r["action"], "group": r["group_name"], "detail": loads(r["detail"])}
-            for r in reversed(rows)]
+        rows = tx.all(
+            "SELECT * FROM audit WHERE user_id = ? ORDER BY id DESC LIMIT ?", (user_id, limit)
+        )
+    return [
+        {
+            "id": int(r["id"]),
+            "time": r["created"],
+            "actor": r["actor"],
+            "action": r["action"],
+            "group": r["group_name"],
+            "detail": loads(r["detail"]),
+        }
+        for r in reversed(rows)
+    ]

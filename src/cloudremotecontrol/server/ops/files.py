@@ -34,16 +34,22 @@ _OPEN = (JobStatus.QUEUED.value, JobStatus.DELIVERED.value, JobStatus.RUNNING.va
 
 def check_remote_path(path: object) -> str:
     """An absolute path on the machine: ``/etc/app.conf`` or ``C:\\app\\app.conf``."""
-    if (not isinstance(path, str) or "\x00" in path or len(path) > 1024
-            or not (path.startswith("/") or re.match(r"^[A-Za-z]:[\\/]", path))):
-        raise InvalidInput(f"remote path {path!r} must be absolute (/… or C:\\…)",
-                           field="path")
+    if (
+        not isinstance(path, str)
+        or "\x00" in path
+        or len(path) > 1024
+        or not (path.startswith("/") or re.match(r"^[A-Za-z]:[\\/]", path))
+    ):
+        raise InvalidInput(f"remote path {path!r} must be absolute (/… or C:\\…)", field="path")
     return path
 
 
 def add_blob_owner(tx: Tx, user_id: str, sha: str, size: int) -> None:
-    tx.execute("INSERT INTO blob_owners (user_id, sha, size, created) VALUES (?, ?, ?, ?) "
-               "ON CONFLICT (user_id, sha) DO NOTHING", (user_id, sha, size, now()))
+    tx.execute(
+        "INSERT INTO blob_owners (user_id, sha, size, created) VALUES (?, ?, ?, ?) "
+        "ON CONFLICT (user_id, sha) DO NOTHING",
+        (user_id, sha, size, now()),
+    )
 
 
 def blob_size(tx: Tx, user_id: str, sha: str) -> int | None:
@@ -52,24 +58,35 @@ def blob_size(tx: Tx, user_id: str, sha: str) -> int | None:
     return int(row["size"]) if row else None
 
 
-def create_push(tx: Tx, user: dict[str, Any], group: str, to: str, sha: str, path: str,
-                mode: str | None, owner: str | None) -> dict[str, Any]:
+def create_push(
+    tx: Tx,
+    user: dict[str, Any],
+    group: str,
+    to: str,
+    sha: str,
+    path: str,
+    mode: str | None,
+    owner: str | None,
+) -> dict[str, Any]:
     size = blob_size(tx, user["user_id"], sha)
     if size is None:
-        raise NotFound(f"no uploaded file {sha}: upload it first (PUT /v1/blobs/{{sha256}})",
-                       field="sha256")
+        raise NotFound(
+            f"no uploaded file {sha}: upload it first (PUT /v1/blobs/{{sha256}})", field="sha256"
+        )
     check_remote_path(path)
     if mode is not None and not re.fullmatch(r"0?[0-7]{3,4}", mode):
         raise InvalidInput(f"invalid mode {mode!r}: use octal like 0640", field="mode")
     if owner is not None and not _OWNER.fullmatch(owner):
         raise InvalidInput(f"invalid owner {owner!r}: use USER or USER:GROUP", field="owner")
     body = {"sha256": sha, "size": size, "path": path, "mode": mode, "owner": owner}
-    return create_kind(tx, user, group, to, "file.put", body,
-                       {"sha256": sha, "path": path, "size": size}, blob=sha)
+    return create_kind(
+        tx, user, group, to, "file.put", body, {"sha256": sha, "path": path, "size": size}, blob=sha
+    )
 
 
-def create_pull(tx: Tx, user: dict[str, Any], group: str, machine: str, path: str
-                ) -> dict[str, Any]:
+def create_pull(
+    tx: Tx, user: dict[str, Any], group: str, machine: str, path: str
+) -> dict[str, Any]:
     check_name(machine, "machine")
     check_remote_path(path)
     return create_kind(tx, user, group, machine, "file.get", {"path": path}, {"path": path})
@@ -77,11 +94,13 @@ def create_pull(tx: Tx, user: dict[str, Any], group: str, machine: str, path: st
 
 def machine_may_read(tx: Tx, machine_id: str, sha: str) -> int:
     """A machine may download a blob only while a push of it to that machine is open."""
-    row = tx.one("SELECT b.size FROM job_targets t JOIN jobs j ON j.id = t.job_id "
-                 "JOIN groups g ON g.id = j.group_id JOIN blob_owners b "
-                 "ON b.user_id = g.user_id AND b.sha = j.blob "
-                 "WHERE t.machine_id = ? AND j.blob = ? AND t.status IN (?, ?, ?)",
-                 (machine_id, sha, *_OPEN))
+    row = tx.one(
+        "SELECT b.size FROM job_targets t JOIN jobs j ON j.id = t.job_id "
+        "JOIN groups g ON g.id = j.group_id JOIN blob_owners b "
+        "ON b.user_id = g.user_id AND b.sha = j.blob "
+        "WHERE t.machine_id = ? AND j.blob = ? AND t.status IN (?, ?, ?)",
+        (machine_id, sha, *_OPEN),
+    )
     if row is None:
         raise Forbidden("no open file transfer of that content to this machine")
     return int(row["size"])
@@ -89,9 +108,12 @@ def machine_may_read(tx: Tx, machine_id: str, sha: str) -> int:
 
 def upload_slot(tx: Tx, machine_id: str, job_id: str) -> dict[str, Any]:
     """Check that a machine may upload for pull job ``job_id``; return the job's user."""
-    row = tx.one("SELECT g.user_id, j.spec FROM job_targets t JOIN jobs j ON j.id = t.job_id "
-                 "JOIN groups g ON g.id = j.group_id WHERE t.machine_id = ? AND t.job_id = ? "
-                 "AND t.status IN (?, ?, ?)", (machine_id, job_id, *_OPEN))
+    row = tx.one(
+        "SELECT g.user_id, j.spec FROM job_targets t JOIN jobs j ON j.id = t.job_id "
+        "JOIN groups g ON g.id = j.group_id WHERE t.machine_id = ? AND t.job_id = ? "
+        "AND t.status IN (?, ?, ?)",
+        (machine_id, job_id, *_OPEN),
+    )
     if row is None or '"type":"file.get"' not in row["spec"]:
         raise Forbidden("no open pull job for this machine")
     return {"user_id": row["user_id"]}
@@ -100,19 +122,22 @@ def upload_slot(tx: Tx, machine_id: str, job_id: str) -> dict[str, Any]:
 def record_upload(tx: Tx, machine_id: str, job_id: str, sha: str, size: int) -> None:
     slot = upload_slot(tx, machine_id, job_id)
     add_blob_owner(tx, slot["user_id"], sha, size)
-    tx.execute("UPDATE job_targets SET blob = ? WHERE job_id = ? AND machine_id = ?",
-               (sha, job_id, machine_id))
+    tx.execute(
+        "UPDATE job_targets SET blob = ? WHERE job_id = ? AND machine_id = ?",
+        (sha, job_id, machine_id),
+    )
 
 
 def pulled_blob(tx: Tx, user_id: str, job_id: str) -> dict[str, Any]:
-    row = tx.one("SELECT t.blob, t.status, t.machine, b.size FROM job_targets t "
-                 "JOIN jobs j ON j.id = t.job_id JOIN groups g ON g.id = j.group_id "
-                 "LEFT JOIN blob_owners b ON b.user_id = g.user_id AND b.sha = t.blob "
-                 "WHERE t.job_id = ? AND g.user_id = ?", (job_id, user_id))
+    row = tx.one(
+        "SELECT t.blob, t.status, t.machine, b.size FROM job_targets t "
+        "JOIN jobs j ON j.id = t.job_id JOIN groups g ON g.id = j.group_id "
+        "LEFT JOIN blob_owners b ON b.user_id = g.user_id AND b.sha = t.blob "
+        "WHERE t.job_id = ? AND g.user_id = ?",
+        (job_id, user_id),
+    )
     if row is None:
         raise NotFound(f"no job {job_id!r}")
     if row["blob"] is None:
         raise NotFound(f"job {job_id} has no pulled file (status {row['status']})")
     return {"sha256": row["blob"], "size": row["size"], "machine": row["machine"]}
-
-

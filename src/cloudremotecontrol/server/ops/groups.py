@@ -24,9 +24,15 @@ __all__ = [
 ]
 
 
-def create_group(tx: Tx, user_id: str, name: str, machines: list[dict[str, Any]],
-                 key_ttl: float | None = None, ttl: float | None = None,
-                 settings: dict[str, Any] | None = None) -> dict[str, Any]:
+def create_group(
+    tx: Tx,
+    user_id: str,
+    name: str,
+    machines: list[dict[str, Any]],
+    key_ttl: float | None = None,
+    ttl: float | None = None,
+    settings: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Create group ``name`` with one slot and one single-use key per machine.
 
     Returns ``{"group", "machines": [{"name", "key", "key_expires"}]}`` - the only time
@@ -54,28 +60,39 @@ def create_group(tx: Tx, user_id: str, name: str, machines: list[dict[str, Any]]
             check_label(str(k), str(v))
     if len(set(names)) != len(names):
         raise InvalidInput("machine names must be unique in a group", field="machines")
-    if tx.one("SELECT id FROM groups WHERE user_id = ? AND name = ? AND deleted IS NULL",
-              (user_id, name)):
+    if tx.one(
+        "SELECT id FROM groups WHERE user_id = ? AND name = ? AND deleted IS NULL", (user_id, name)
+    ):
         raise Conflict(f"group {name!r} exists already: delete it first or pick another name")
     t = now()
     group_id = uuid.uuid4().hex
     tx.execute(
         "INSERT INTO groups (id, user_id, name, created, expires, settings) "
         "VALUES (?, ?, ?, ?, ?, ?)",
-        (group_id, user_id, name, t, t + ttl if ttl else None, dumps(settings or {})))
+        (group_id, user_id, name, t, t + ttl if ttl else None, dumps(settings or {})),
+    )
     out = []
     for m in machines:
         key = new_secret("k")
         tx.execute(
             "INSERT INTO machines (id, group_id, name, labels, state, key_id, key_hash, "
             "key_expires) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (uuid.uuid4().hex, group_id, m["name"],
-             dumps({str(k): str(v) for k, v in (m.get("labels") or {}).items()}),
-             MachineState.PENDING.value, key.id, key.hash, t + key_ttl))
+            (
+                uuid.uuid4().hex,
+                group_id,
+                m["name"],
+                dumps({str(k): str(v) for k, v in (m.get("labels") or {}).items()}),
+                MachineState.PENDING.value,
+                key.id,
+                key.hash,
+                t + key_ttl,
+            ),
+        )
         out.append({"name": m["name"], "key": str(key), "key_expires": t + key_ttl})
     add_event(tx, group_id, "group.created", {"machines": names})
-    audit(tx, user_id, _user_name(tx, user_id), "group.create", name,
-          {"machines": names, "ttl": ttl})
+    audit(
+        tx, user_id, _user_name(tx, user_id), "group.create", name, {"machines": names, "ttl": ttl}
+    )
     return {"group": name, "machines": out}
 
 
@@ -106,20 +123,35 @@ def list_groups(tx: Tx, user_id: str) -> list[dict[str, Any]]:
         "FROM groups g LEFT JOIN machines m ON m.group_id = g.id "
         "WHERE g.user_id = ? AND g.deleted IS NULL "
         "GROUP BY g.id, g.name, g.created, g.expires, g.settings "
-        "ORDER BY g.created", (user_id,))
-    return [{"group": r["name"], "created": r["created"], "expires": r["expires"],
-             "expired": bool((loads(r["settings"]) or {}).get("expired")),
-             "machines": int(r["machines"]), "ready": int(r["ready"] or 0)} for r in rows]
+        "ORDER BY g.created",
+        (user_id,),
+    )
+    return [
+        {
+            "group": r["name"],
+            "created": r["created"],
+            "expires": r["expires"],
+            "expired": bool((loads(r["settings"]) or {}).get("expired")),
+            "machines": int(r["machines"]),
+            "ready": int(r["ready"] or 0),
+        }
+        for r in rows
+    ]
 
 
 def show_group(tx: Tx, user_id: str, name: str) -> dict[str, Any]:
     group = live_group(tx, user_id, name)
     rows = tx.all("SELECT * FROM machines WHERE group_id = ? ORDER BY name", (group["id"],))
     settings = loads(group["settings"]) or {}
-    return {"group": name, "created": group["created"], "expires": group["expires"],
-            "expired": bool(settings.get("expired")), "settings": settings,
-            "teardown": teardown_view(tx, group["id"]),
-            "machines": [machine_view(r) for r in rows]}
+    return {
+        "group": name,
+        "created": group["created"],
+        "expires": group["expires"],
+        "expired": bool(settings.get("expired")),
+        "settings": settings,
+        "teardown": teardown_view(tx, group["id"]),
+        "machines": [machine_view(r) for r in rows],
+    }
 
 
 def uninstall_on_delete(settings: str | None) -> bool:
@@ -128,8 +160,7 @@ def uninstall_on_delete(settings: str | None) -> bool:
     return bool((loads(settings) or {}).get("uninstall_on_delete"))
 
 
-def delete_group(tx: Tx, user_id: str, name: str, actor: str = "master"
-                 ) -> tuple[list[str], bool]:
+def delete_group(tx: Tx, user_id: str, name: str, actor: str = "master") -> tuple[list[str], bool]:
     """Revoke every key and credential of the group; return the machine ids revoked and
     whether their agents should uninstall themselves."""
     group = live_group(tx, user_id, name)
@@ -137,8 +168,14 @@ def delete_group(tx: Tx, user_id: str, name: str, actor: str = "master"
     tx.execute("UPDATE groups SET deleted = ? WHERE id = ?", (now(), group["id"]))
     tx.execute("DELETE FROM teardowns WHERE group_id = ?", (group["id"],))  # and its key
     add_event(tx, group["id"], "group.deleted", {})
-    audit(tx, user_id, _user_name(tx, user_id) if actor == "master" else actor,
-          "group.delete", name, {})
+    audit(
+        tx,
+        user_id,
+        _user_name(tx, user_id) if actor == "master" else actor,
+        "group.delete",
+        name,
+        {},
+    )
     return revoked, uninstall_on_delete(group["settings"])
 
 
@@ -149,22 +186,31 @@ def expire_groups(tx: Tx) -> list[str]:
     ops/teardown.py). Returns the machine ids revoked. Safe to run from several replicas
     at once."""
     revoked: list[str] = []
-    for group in tx.all("SELECT * FROM groups WHERE deleted IS NULL AND expires IS NOT NULL "
-                        "AND expires < ?", (now(),)):
+    for group in tx.all(
+        "SELECT * FROM groups WHERE deleted IS NULL AND expires IS NOT NULL AND expires < ?",
+        (now(),),
+    ):
         settings = loads(group["settings"]) or {}
         if settings.get("expired"):
             continue
         ids = _revoke_all(tx, group, "group expired (TTL)")
         settings["expired"] = now()
-        tx.execute("UPDATE groups SET settings = ? WHERE id = ?",
-                   (dumps(settings), group["id"]))
+        tx.execute("UPDATE groups SET settings = ? WHERE id = ?", (dumps(settings), group["id"]))
         armed = tx.one("SELECT provider FROM teardowns WHERE group_id = ?", (group["id"],))
-        note = (f"the server now destroys the machines at {armed['provider']}" if armed
-                else "machines at the provider still exist: run `crc down`")
-        add_event(tx, group["id"], "group.expired",
-                  {"machines_revoked": len(ids), "note": note})
-        audit(tx, group["user_id"], "server", "group.expire", group["name"],
-              {"machines_revoked": len(ids)})
+        note = (
+            f"the server now destroys the machines at {armed['provider']}"
+            if armed
+            else "machines at the provider still exist: run `crc down`"
+        )
+        add_event(tx, group["id"], "group.expired", {"machines_revoked": len(ids), "note": note})
+        audit(
+            tx,
+            group["user_id"],
+            "server",
+            "group.expire",
+            group["name"],
+            {"machines_revoked": len(ids)},
+        )
         revoked += ids
     return revoked
 
@@ -175,20 +221,35 @@ def _revoke_all(tx: Tx, group: dict[str, Any], reason: str) -> list[str]:
     for m in machines:
         nxt = machine_next(MachineState(m["state"]), MachineEvent.REVOKE)
         if nxt is not None:
-            tx.execute("UPDATE machines SET state = ?, key_hash = NULL, cred_hash = NULL "
-                       "WHERE id = ?", (nxt.value, m["id"]))
-            add_event(tx, group["id"], "machine.state",
-                      {"state": nxt.value, "previous": m["state"]}, machine=m["name"])
+            tx.execute(
+                "UPDATE machines SET state = ?, key_hash = NULL, cred_hash = NULL WHERE id = ?",
+                (nxt.value, m["id"]),
+            )
+            add_event(
+                tx,
+                group["id"],
+                "machine.state",
+                {"state": nxt.value, "previous": m["state"]},
+                machine=m["name"],
+            )
         tx.execute("DELETE FROM outbox WHERE machine_id = ?", (m["id"],))
     open_targets = tx.all(
         "SELECT t.job_id, t.machine_id, t.machine FROM job_targets t JOIN jobs j "
         "ON j.id = t.job_id WHERE j.group_id = ? AND t.status IN (?, ?, ?)",
-        (group["id"], JobStatus.QUEUED.value, JobStatus.DELIVERED.value, JobStatus.RUNNING.value))
+        (group["id"], JobStatus.QUEUED.value, JobStatus.DELIVERED.value, JobStatus.RUNNING.value),
+    )
     for jt in open_targets:
-        tx.execute("UPDATE job_targets SET status = ?, reason = ?, updated = ? "
-                   "WHERE job_id = ? AND machine_id = ?",
-                   (JobStatus.LOST.value, reason, t, jt["job_id"], jt["machine_id"]))
-        add_event(tx, group["id"], "job.status",
-                  {"job_id": jt["job_id"], "status": "lost", "exit_code": None,
-                   "reason": reason}, machine=jt["machine"], job_id=jt["job_id"])
+        tx.execute(
+            "UPDATE job_targets SET status = ?, reason = ?, updated = ? "
+            "WHERE job_id = ? AND machine_id = ?",
+            (JobStatus.LOST.value, reason, t, jt["job_id"], jt["machine_id"]),
+        )
+        add_event(
+            tx,
+            group["id"],
+            "job.status",
+            {"job_id": jt["job_id"], "status": "lost", "exit_code": None, "reason": reason},
+            machine=jt["machine"],
+            job_id=jt["job_id"],
+        )
     return [m["id"] for m in machines]

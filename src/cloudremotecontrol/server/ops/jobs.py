@@ -28,37 +28,48 @@ __all__ = [
 def resolve_targets(tx: Tx, group: dict[str, Any], target: Target) -> list[dict[str, Any]]:
     """Machines of ``group`` that ``target`` names (revoked ones never); errors name the
     unknown machines or say that a selector matched nothing."""
-    rows = tx.all("SELECT id, name, labels, state, out_next FROM machines WHERE group_id = ? "
-                  "AND state != ? ORDER BY name", (group["id"], MachineState.REVOKED.value))
+    rows = tx.all(
+        "SELECT id, name, labels, state, out_next FROM machines WHERE group_id = ? "
+        "AND state != ? ORDER BY name",
+        (group["id"], MachineState.REVOKED.value),
+    )
     if target.names:
         known = {r["name"] for r in rows}
         unknown = [n for n in target.names if n not in known]
         if unknown:
-            raise NotFound(f"no machine {', '.join(map(repr, unknown))} in group "
-                           f"{group['name']!r}", field="to")
+            raise NotFound(
+                f"no machine {', '.join(map(repr, unknown))} in group {group['name']!r}", field="to"
+            )
     chosen = [r for r in rows if target.matches(r["name"], loads(r["labels"]) or {})]
     if not chosen:
-        raise InvalidInput(f"target {str(target)!r} matches no machine of group "
-                           f"{group['name']!r}", field="to")
+        raise InvalidInput(
+            f"target {str(target)!r} matches no machine of group {group['name']!r}", field="to"
+        )
     return chosen
 
 
-def enqueue(tx: Tx, machine: dict[str, Any], env: Envelope, job_id: str | None = None
-            ) -> tuple[int, str]:
+def enqueue(
+    tx: Tx, machine: dict[str, Any], env: Envelope, job_id: str | None = None
+) -> tuple[int, str]:
     """Append ``env`` to the machine's outbox; return ``(seq, frame text)``."""
-    row = tx.one("UPDATE machines SET out_next = out_next + 1 WHERE id = ? "
-                 "RETURNING out_next", (machine["id"],))
+    row = tx.one(
+        "UPDATE machines SET out_next = out_next + 1 WHERE id = ? RETURNING out_next",
+        (machine["id"],),
+    )
     assert row is not None
     seq = int(row["out_next"]) - 1
     tx.notify_machine(machine["id"])
     frame = encode_frame({"type": "msg", "seq": seq, "msg": env.to_dict()})
-    tx.execute("INSERT INTO outbox (machine_id, seq, type, job_id, envelope) "
-               "VALUES (?, ?, ?, ?, ?)", (machine["id"], seq, env.type, job_id, frame))
+    tx.execute(
+        "INSERT INTO outbox (machine_id, seq, type, job_id, envelope) VALUES (?, ?, ?, ?, ?)",
+        (machine["id"], seq, env.type, job_id, frame),
+    )
     return seq, frame
 
 
-def create_job(tx: Tx, user: dict[str, Any], group_name: str, to: str,
-               spec: dict[str, Any]) -> dict[str, Any]:
+def create_job(
+    tx: Tx, user: dict[str, Any], group_name: str, to: str, spec: dict[str, Any]
+) -> dict[str, Any]:
     """Returns ``{"job_id", "targets": [names], "deliveries": [(machine_id, seq, frame)]}``.
 
     Committed before the caller sends anything: a job accepted is a job kept.
@@ -67,12 +78,26 @@ def create_job(tx: Tx, user: dict[str, Any], group_name: str, to: str,
         spec = {**spec, "timeout": DEFAULT_JOB_TIMEOUT_SECONDS}
     job_id = uuid.uuid4().hex
     run = JobRun.from_body({**spec, "job_id": job_id})
-    return _create(tx, user, group_name, to, job_id, "job.run", run.to_body(),
-                   {"argv": run.argv, "command": run.command})
+    return _create(
+        tx,
+        user,
+        group_name,
+        to,
+        job_id,
+        "job.run",
+        run.to_body(),
+        {"argv": run.argv, "command": run.command},
+    )
 
 
-def create_hosts_sync(tx: Tx, user: dict[str, Any], group_name: str, to: str,
-                      which: str = "auto", only_ready: bool = False) -> dict[str, Any]:
+def create_hosts_sync(
+    tx: Tx,
+    user: dict[str, Any],
+    group_name: str,
+    to: str,
+    which: str = "auto",
+    only_ready: bool = False,
+) -> dict[str, Any]:
     """A job that makes every target's hosts file list the group's machines (with
     ``only_ready``: the machines that are, or were, ready - not pending ones)."""
     group = live_group(tx, user["user_id"], group_name)
@@ -83,55 +108,87 @@ def create_hosts_sync(tx: Tx, user: dict[str, Any], group_name: str, to: str,
             to = ",".join(m["name"] for m in machines)  # current when it turns ready
     entries = hosts_entries(machines, which)
     if not entries:
-        raise InvalidInput("no machine of the group has reported an address yet: wait "
-                           "until they are ready")
+        raise InvalidInput(
+            "no machine of the group has reported an address yet: wait until they are ready"
+        )
     job_id = uuid.uuid4().hex
-    body = {"job_id": job_id, "group": group_name,
-            "entries": [[ip, name] for ip, name in entries]}
+    body = {"job_id": job_id, "group": group_name, "entries": [[ip, name] for ip, name in entries]}
     return _create(tx, user, group_name, to, job_id, "hosts.sync", body, {"hosts": entries})
 
 
-def create_kind(tx: Tx, user: dict[str, Any], group_name: str, to: str, kind: str,
-                body: dict[str, Any], summary: dict[str, Any], blob: str | None = None
-                ) -> dict[str, Any]:
+def create_kind(
+    tx: Tx,
+    user: dict[str, Any],
+    group_name: str,
+    to: str,
+    kind: str,
+    body: dict[str, Any],
+    summary: dict[str, Any],
+    blob: str | None = None,
+) -> dict[str, Any]:
     """A job of another kind than a command (``file.put``, ``file.get``, ``hosts.sync``):
     same targets, statuses, events and audit; ``body`` gets the ``job_id``."""
     job_id = uuid.uuid4().hex
-    return _create(tx, user, group_name, to, job_id, kind, {"job_id": job_id, **body},
-                   summary, blob)
+    return _create(
+        tx, user, group_name, to, job_id, kind, {"job_id": job_id, **body}, summary, blob
+    )
 
 
-def _create(tx: Tx, user: dict[str, Any], group_name: str, to: str, job_id: str,
-            kind: str, body: dict[str, Any], summary: dict[str, Any],
-            blob: str | None = None) -> dict[str, Any]:
+def _create(
+    tx: Tx,
+    user: dict[str, Any],
+    group_name: str,
+    to: str,
+    job_id: str,
+    kind: str,
+    body: dict[str, Any],
+    summary: dict[str, Any],
+    blob: str | None = None,
+) -> dict[str, Any]:
     group = live_group(tx, user["user_id"], group_name)
     target = parse_target(to)
     machines = resolve_targets(tx, group, target)
     t = now()
-    tx.execute("INSERT INTO jobs (id, group_id, spec, target, created, created_by, blob) "
-               "VALUES (?, ?, ?, ?, ?, ?, ?)",
-               (job_id, group["id"], dumps({"type": kind, **body}), str(target), t,
-                user["user"], blob))
+    tx.execute(
+        "INSERT INTO jobs (id, group_id, spec, target, created, created_by, blob) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (job_id, group["id"], dumps({"type": kind, **body}), str(target), t, user["user"], blob),
+    )
     deliveries = []
     for m in machines:
-        tx.execute("INSERT INTO job_targets (job_id, machine_id, machine, status, updated) "
-                   "VALUES (?, ?, ?, ?, ?)",
-                   (job_id, m["id"], m["name"], JobStatus.QUEUED.value, t))
+        tx.execute(
+            "INSERT INTO job_targets (job_id, machine_id, machine, status, updated) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (job_id, m["id"], m["name"], JobStatus.QUEUED.value, t),
+        )
         env = Envelope.make(group_name, "master", m["name"], kind, body, job_id)
         seq, frame = enqueue(tx, m, env, job_id)
         deliveries.append((m["id"], seq, frame))
     names = [m["name"] for m in machines]
-    add_event(tx, group["id"], "job.created",
-              {"job_id": job_id, "type": kind, "targets": names, "spec": body,
-               "by": user["user"]}, job_id=job_id)
-    audit(tx, user["user_id"], user["user"], kind, group_name,
-          {"job_id": job_id, "targets": names, **summary})
+    add_event(
+        tx,
+        group["id"],
+        "job.created",
+        {"job_id": job_id, "type": kind, "targets": names, "spec": body, "by": user["user"]},
+        job_id=job_id,
+    )
+    audit(
+        tx,
+        user["user_id"],
+        user["user"],
+        kind,
+        group_name,
+        {"job_id": job_id, "targets": names, **summary},
+    )
     return {"job_id": job_id, "targets": names, "deliveries": deliveries}
 
 
 def _job(tx: Tx, user_id: str, job_id: str) -> dict[str, Any]:
-    row = tx.one("SELECT j.*, g.name AS group_name FROM jobs j JOIN groups g ON g.id = j.group_id "
-                 "WHERE j.id = ? AND g.user_id = ?", (job_id, user_id))
+    row = tx.one(
+        "SELECT j.*, g.name AS group_name FROM jobs j JOIN groups g ON g.id = j.group_id "
+        "WHERE j.id = ? AND g.user_id = ?",
+        (job_id, user_id),
+    )
     if row is None:
         raise NotFound(f"no job {job_id!r}")
     return row
@@ -139,47 +196,87 @@ def _job(tx: Tx, user_id: str, job_id: str) -> dict[str, Any]:
 
 def job_view(tx: Tx, user_id: str, job_id: str) -> dict[str, Any]:
     job = _job(tx, user_id, job_id)
-    targets = tx.all("SELECT machine, status, exit_code, reason, output_bytes, updated "
-                     "FROM job_targets WHERE job_id = ? ORDER BY machine", (job_id,))
-    return {"job_id": job_id, "group": job["group_name"], "target": job["target"],
-            "spec": loads(job["spec"]), "created": job["created"], "by": job["created_by"],
-            "targets": targets}
+    targets = tx.all(
+        "SELECT machine, status, exit_code, reason, output_bytes, updated "
+        "FROM job_targets WHERE job_id = ? ORDER BY machine",
+        (job_id,),
+    )
+    return {
+        "job_id": job_id,
+        "group": job["group_name"],
+        "target": job["target"],
+        "spec": loads(job["spec"]),
+        "created": job["created"],
+        "by": job["created_by"],
+        "targets": targets,
+    }
 
 
 def cancel_job(tx: Tx, user: dict[str, Any], job_id: str) -> dict[str, Any]:
     """Cancel every unfinished target. Queued targets never start (their ``job.run``
     becomes a ``job.cancel`` in the outbox); started ones get a ``job.cancel``."""
     job = _job(tx, user["user_id"], job_id)
-    targets = tx.all("SELECT t.machine_id, t.machine, t.status, m.group_id, m.out_next, "
-                     "m.id FROM job_targets t JOIN machines m ON m.id = t.machine_id "
-                     "WHERE t.job_id = ?", (job_id,))
+    targets = tx.all(
+        "SELECT t.machine_id, t.machine, t.status, m.group_id, m.out_next, "
+        "m.id FROM job_targets t JOIN machines m ON m.id = t.machine_id "
+        "WHERE t.job_id = ?",
+        (job_id,),
+    )
     deliveries = []
     for t in targets:
         status = JobStatus(t["status"])
         if status.terminal:
             continue
         if status == JobStatus.QUEUED:
-            env = Envelope.make(job["group_name"], "master", t["machine"], "job.cancel",
-                                {"job_id": job_id, "before_start": True}, job_id)
-            old = tx.one("SELECT seq FROM outbox WHERE machine_id = ? AND job_id = ? "
-                         "AND type != 'job.cancel'", (t["machine_id"], job_id))
+            env = Envelope.make(
+                job["group_name"],
+                "master",
+                t["machine"],
+                "job.cancel",
+                {"job_id": job_id, "before_start": True},
+                job_id,
+            )
+            old = tx.one(
+                "SELECT seq FROM outbox WHERE machine_id = ? AND job_id = ? "
+                "AND type != 'job.cancel'",
+                (t["machine_id"], job_id),
+            )
             if old is not None:
                 frame = encode_frame({"type": "msg", "seq": old["seq"], "msg": env.to_dict()})
-                tx.execute("UPDATE outbox SET type = 'job.cancel', envelope = ? "
-                           "WHERE machine_id = ? AND seq = ?", (frame, t["machine_id"],
-                                                                 old["seq"]))
-                tx.execute("UPDATE job_targets SET status = ?, reason = ?, updated = ? "
-                           "WHERE job_id = ? AND machine_id = ?",
-                           (JobStatus.CANCELLED.value, "cancelled before delivery", now(),
-                            job_id, t["machine_id"]))
-                add_event(tx, t["group_id"], "job.status",
-                          {"job_id": job_id, "status": "cancelled", "exit_code": None,
-                           "reason": "cancelled before delivery"},
-                          machine=t["machine"], job_id=job_id)
+                tx.execute(
+                    "UPDATE outbox SET type = 'job.cancel', envelope = ? "
+                    "WHERE machine_id = ? AND seq = ?",
+                    (frame, t["machine_id"], old["seq"]),
+                )
+                tx.execute(
+                    "UPDATE job_targets SET status = ?, reason = ?, updated = ? "
+                    "WHERE job_id = ? AND machine_id = ?",
+                    (
+                        JobStatus.CANCELLED.value,
+                        "cancelled before delivery",
+                        now(),
+                        job_id,
+                        t["machine_id"],
+                    ),
+                )
+                add_event(
+                    tx,
+                    t["group_id"],
+                    "job.status",
+                    {
+                        "job_id": job_id,
+                        "status": "cancelled",
+                        "exit_code": None,
+                        "reason": "cancelled before delivery",
+                    },
+                    machine=t["machine"],
+                    job_id=job_id,
+                )
                 # No `continue`: the agent may already have received (and started) the
                 # job.run whose ack is still on its way; a job.cancel after it stops it.
-        env = Envelope.make(job["group_name"], "master", t["machine"], "job.cancel",
-                            {"job_id": job_id}, job_id)
+        env = Envelope.make(
+            job["group_name"], "master", t["machine"], "job.cancel", {"job_id": job_id}, job_id
+        )
         seq, frame = enqueue(tx, t, env, job_id)
         deliveries.append((t["machine_id"], seq, frame))
     audit(tx, user["user_id"], user["user"], "job.cancel", job["group_name"], {"job_id": job_id})

@@ -23,8 +23,9 @@ from .common import audit, live_group, now
 __all__ = ["reissue_key"]
 
 
-def reissue_key(tx: Tx, user_id: str, group: str, machine: str,
-                key_ttl: float | None = None) -> dict[str, Any]:
+def reissue_key(
+    tx: Tx, user_id: str, group: str, machine: str, key_ttl: float | None = None
+) -> dict[str, Any]:
     """Replace ``machine``'s enrollment key; return ``{"group", "machine", "key",
     "key_expires"}`` - the only time the new key exists in clear."""
     check_name(machine, "machine")
@@ -32,20 +33,26 @@ def reissue_key(tx: Tx, user_id: str, group: str, machine: str,
     if not 0 < key_ttl <= 30 * 86400:
         raise InvalidInput("key TTL must be between 1 second and 30 days", field="key_ttl")
     g = live_group(tx, user_id, group)
-    row = tx.one("SELECT id, state FROM machines WHERE group_id = ? AND name = ?",
-                 (g["id"], machine))
+    row = tx.one(
+        "SELECT id, state FROM machines WHERE group_id = ? AND name = ?", (g["id"], machine)
+    )
     if row is None:
-        raise NotFound(f"no machine {machine!r} in group {group!r}: see `crc group show "
-                       f"{group}`", field="machine")
+        raise NotFound(
+            f"no machine {machine!r} in group {group!r}: see `crc group show {group}`",
+            field="machine",
+        )
     if row["state"] != MachineState.PENDING.value:
-        raise Conflict(f"machine {machine!r} is {row['state']}, not pending: it has enrolled "
-                       "already, so it needs no key (its agent keeps its credential)")
+        raise Conflict(
+            f"machine {machine!r} is {row['state']}, not pending: it has enrolled "
+            "already, so it needs no key (its agent keeps its credential)"
+        )
     key = new_secret("k")
     expires = now() + key_ttl
     # The WHERE on state lets an enrollment committed meanwhile (another replica) win.
-    changed = tx.execute("UPDATE machines SET key_id = ?, key_hash = ?, key_expires = ? "
-                         "WHERE id = ? AND state = ?",
-                         (key.id, key.hash, expires, row["id"], MachineState.PENDING.value))
+    changed = tx.execute(
+        "UPDATE machines SET key_id = ?, key_hash = ?, key_expires = ? WHERE id = ? AND state = ?",
+        (key.id, key.hash, expires, row["id"], MachineState.PENDING.value),
+    )
     if changed != 1:
         raise Conflict(f"machine {machine!r} enrolled meanwhile: it needs no key")
     audit(tx, user_id, "master", "machine.key_reissue", group, {"machine": machine})

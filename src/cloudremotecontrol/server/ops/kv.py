@@ -20,8 +20,9 @@ _KEY = re.compile(r"^[A-Za-z0-9_.\-/]{1,128}$")
 
 def check_key(key: object) -> str:
     if not isinstance(key, str) or not _KEY.fullmatch(key):
-        raise InvalidInput(f"invalid key {key!r}: 1-128 letters, digits, '_', '.', '-', '/'",
-                           field="key")
+        raise InvalidInput(
+            f"invalid key {key!r}: 1-128 letters, digits, '_', '.', '-', '/'", field="key"
+        )
     return key
 
 
@@ -30,15 +31,20 @@ def kv_set(tx: Tx, group_id: str, key: str, value: Any, actor: str) -> dict[str,
     text = dumps(value)
     if len(text) > MAX_KV_VALUE_BYTES:
         raise TooLarge(f"value over {MAX_KV_VALUE_BYTES} bytes")
-    row = tx.one("UPDATE kv SET value = ?, version = version + 1, updated = ?, updated_by = ? "
-                 "WHERE group_id = ? AND key = ? RETURNING version",
-                 (text, now(), actor, group_id, key))
+    row = tx.one(
+        "UPDATE kv SET value = ?, version = version + 1, updated = ?, updated_by = ? "
+        "WHERE group_id = ? AND key = ? RETURNING version",
+        (text, now(), actor, group_id, key),
+    )
     if row is None:
         count = tx.one("SELECT COUNT(*) AS n FROM kv WHERE group_id = ?", (group_id,))
         if count and int(count["n"]) >= MAX_KEYS:
             raise TooLarge(f"the group has {MAX_KEYS} keys already")
-        tx.execute("INSERT INTO kv (group_id, key, value, version, updated, updated_by) "
-                   "VALUES (?, ?, ?, 1, ?, ?)", (group_id, key, text, now(), actor))
+        tx.execute(
+            "INSERT INTO kv (group_id, key, value, version, updated, updated_by) "
+            "VALUES (?, ?, ?, 1, ?, ?)",
+            (group_id, key, text, now(), actor),
+        )
         version = 1
     else:
         version = int(row["version"])
@@ -48,16 +54,32 @@ def kv_set(tx: Tx, group_id: str, key: str, value: Any, actor: str) -> dict[str,
 
 def kv_get(tx: Tx, group_id: str, key: str) -> dict[str, Any]:
     check_key(key)
-    row = tx.one("SELECT value, version, updated, updated_by FROM kv "
-                 "WHERE group_id = ? AND key = ?", (group_id, key))
+    row = tx.one(
+        "SELECT value, version, updated, updated_by FROM kv WHERE group_id = ? AND key = ?",
+        (group_id, key),
+    )
     if row is None:
         raise NotFound(f"no key {key!r}")
-    return {"key": key, "value": json.loads(row["value"]), "version": int(row["version"]),
-            "updated": row["updated"], "by": row["updated_by"]}
+    return {
+        "key": key,
+        "value": json.loads(row["value"]),
+        "version": int(row["version"]),
+        "updated": row["updated"],
+        "by": row["updated_by"],
+    }
 
 
 def kv_list(tx: Tx, group_id: str) -> list[dict[str, Any]]:
-    rows = tx.all("SELECT key, version, updated, updated_by FROM kv WHERE group_id = ? "
-                  "ORDER BY key", (group_id,))
-    return [{"key": r["key"], "version": int(r["version"]), "updated": r["updated"],
-             "by": r["updated_by"]} for r in rows]
+    rows = tx.all(
+        "SELECT key, version, updated, updated_by FROM kv WHERE group_id = ? ORDER BY key",
+        (group_id,),
+    )
+    return [
+        {
+            "key": r["key"],
+            "version": int(r["version"]),
+            "updated": r["updated"],
+            "by": r["updated_by"],
+        }
+        for r in rows
+    ]

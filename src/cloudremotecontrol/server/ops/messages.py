@@ -15,25 +15,44 @@ from .jobs import enqueue, resolve_targets
 __all__ = ["send_message"]
 
 
-def send_message(tx: Tx, user: dict[str, Any], group_name: str, to: str, type: str,
-                 body: Any) -> dict[str, Any]:
+def send_message(
+    tx: Tx, user: dict[str, Any], group_name: str, to: str, type: str, body: Any
+) -> dict[str, Any]:
     """Queue ``user.*`` message ``type`` for every target machine (durable on return)."""
     group = live_group(tx, user["user_id"], group_name)
-    return _fan_out(tx, group, "master", to, type, body, actor=user["user"],
-                    user_id=user["user_id"])
+    return _fan_out(
+        tx, group, "master", to, type, body, actor=user["user"], user_id=user["user_id"]
+    )
 
 
 def route_from_machine(tx: Tx, m: dict[str, Any], env: Envelope) -> list[tuple[str, int, str]]:
     """A machine's ``user.*`` message to peers of its own group (never another group)."""
     group = tx.one("SELECT id, name FROM groups WHERE id = ?", (m["group_id"],))
     assert group is not None
-    return _fan_out(tx, group, m["name"], env.to, env.type, env.body, actor=m["name"],
-                    user_id=None, correlation_id=env.correlation_id)["deliveries"]
+    return _fan_out(
+        tx,
+        group,
+        m["name"],
+        env.to,
+        env.type,
+        env.body,
+        actor=m["name"],
+        user_id=None,
+        correlation_id=env.correlation_id,
+    )["deliveries"]
 
 
-def _fan_out(tx: Tx, group: dict[str, Any], sender: str, to: str, type: str, body: Any,
-             actor: str, user_id: str | None, correlation_id: str | None = None
-             ) -> dict[str, Any]:
+def _fan_out(
+    tx: Tx,
+    group: dict[str, Any],
+    sender: str,
+    to: str,
+    type: str,
+    body: Any,
+    actor: str,
+    user_id: str | None,
+    correlation_id: str | None = None,
+) -> dict[str, Any]:
     check_message_type(type)
     body = {} if body is None else body
     if not isinstance(body, dict):
@@ -49,8 +68,9 @@ def _fan_out(tx: Tx, group: dict[str, Any], sender: str, to: str, type: str, bod
         seq, frame = enqueue(tx, m, env)
         deliveries.append((m["id"], seq, frame))
     names = [m["name"] for m in machines]
-    add_event(tx, group["id"], "message.sent",
-              {"type": type, "from": sender, "to": names, "body": body})
+    add_event(
+        tx, group["id"], "message.sent", {"type": type, "from": sender, "to": names, "body": body}
+    )
     if user_id is not None:
         audit(tx, user_id, actor, "message.send", group["name"], {"type": type, "to": names})
     return {"targets": names, "deliveries": deliveries}

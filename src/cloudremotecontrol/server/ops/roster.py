@@ -14,15 +14,27 @@ __all__ = ["hosts_entries", "roster"]
 
 def roster(tx: Tx, group_id: str) -> list[dict[str, Any]]:
     """Every live machine of the group: name, labels, state, addresses (no secrets)."""
-    rows = tx.all("SELECT name, labels, state, facts, peer_ip, last_seen FROM machines "
-                  "WHERE group_id = ? AND state != 'revoked' ORDER BY name", (group_id,))
+    rows = tx.all(
+        "SELECT name, labels, state, facts, peer_ip, last_seen FROM machines "
+        "WHERE group_id = ? AND state != 'revoked' ORDER BY name",
+        (group_id,),
+    )
     out = []
     for r in rows:
         facts = loads(r["facts"]) or {}
-        out.append({"name": r["name"], "labels": loads(r["labels"]) or {}, "state": r["state"],
-                    "hostname": facts.get("hostname"), "os": facts.get("os"),
-                    "ips": facts.get("ips", []), "private_ips": facts.get("private_ips", []),
-                    "public_ip": r["peer_ip"], "last_seen": r["last_seen"]})
+        out.append(
+            {
+                "name": r["name"],
+                "labels": loads(r["labels"]) or {},
+                "state": r["state"],
+                "hostname": facts.get("hostname"),
+                "os": facts.get("os"),
+                "ips": facts.get("ips", []),
+                "private_ips": facts.get("private_ips", []),
+                "public_ip": r["peer_ip"],
+                "last_seen": r["last_seen"],
+            }
+        )
     return out
 
 
@@ -38,8 +50,7 @@ def _version(ip: str) -> int | None:
         return None
 
 
-def hosts_entries(machines: list[dict[str, Any]], which: str = "auto"
-                  ) -> list[tuple[str, str]]:
+def hosts_entries(machines: list[dict[str, Any]], which: str = "auto") -> list[tuple[str, str]]:
     """``(ip, name)`` per peer. ``private``/``public`` force a kind; ``auto`` uses private
     (VPC) addresses when every peer has one, else the address the server sees."""
     if which not in ("auto", "private", "public"):

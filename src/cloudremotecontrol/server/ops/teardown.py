@@ -32,25 +32,34 @@ CLAIM_SECONDS = 600.0  # a replica that died mid-teardown is taken over after th
 MAX_BACKOFF = 3600.0
 
 
-def arm_teardown(tx: Tx, user_id: str, group_name: str, provider: str, secret: str
-                 ) -> dict[str, Any]:
+def arm_teardown(
+    tx: Tx, user_id: str, group_name: str, provider: str, secret: str
+) -> dict[str, Any]:
     """Store (or replace) the group's teardown; ``secret`` is already encrypted."""
     if provider not in PROVIDERS:
-        raise InvalidInput(f"the server can tear down {', '.join(PROVIDERS)} machines only, "
-                           f"not {provider!r}", field="provider")
+        raise InvalidInput(
+            f"the server can tear down {', '.join(PROVIDERS)} machines only, not {provider!r}",
+            field="provider",
+        )
     group = live_group(tx, user_id, group_name)
     if group["expires"] is None:
-        raise InvalidInput(f"group {group_name} has no TTL: a teardown at the provider "
-                           "happens when the TTL passes (create the group with a TTL)",
-                           field="group")
+        raise InvalidInput(
+            f"group {group_name} has no TTL: a teardown at the provider "
+            "happens when the TTL passes (create the group with a TTL)",
+            field="group",
+        )
     if (loads(group["settings"]) or {}).get("expired"):
         raise Conflict(f"group {group_name} has expired already: run `crc down`")
     t = now()
     tx.execute("DELETE FROM teardowns WHERE group_id = ?", (group["id"],))
-    tx.execute("INSERT INTO teardowns (group_id, provider, secret, status, updated) "
-               "VALUES (?, ?, ?, 'armed', ?)", (group["id"], provider, secret, t))
-    audit(tx, user_id, _user(tx, user_id), "group.teardown_armed", group_name,
-          {"provider": provider})
+    tx.execute(
+        "INSERT INTO teardowns (group_id, provider, secret, status, updated) "
+        "VALUES (?, ?, ?, 'armed', ?)",
+        (group["id"], provider, secret, t),
+    )
+    audit(
+        tx, user_id, _user(tx, user_id), "group.teardown_armed", group_name, {"provider": provider}
+    )
     return teardown_view(tx, group["id"]) or {}
 
 
@@ -68,15 +77,22 @@ def disarm_teardown(tx: Tx, user_id: str, group_name: str) -> dict[str, Any]:
 
 def teardown_view(tx: Tx, group_id: str) -> dict[str, Any] | None:
     """What the owner may see: never the key."""
-    row = tx.one("SELECT provider, status, attempts, next_try, last_error, result, updated "
-                 "FROM teardowns WHERE group_id = ?", (group_id,))
+    row = tx.one(
+        "SELECT provider, status, attempts, next_try, last_error, result, updated "
+        "FROM teardowns WHERE group_id = ?",
+        (group_id,),
+    )
     if row is None:
         return None
-    return {"provider": row["provider"], "status": row["status"],
-            "attempts": int(row["attempts"]), "last_error": row["last_error"],
-            "next_try": row["next_try"] if row["status"] == "retry" else None,
-            "result": loads(row["result"]) if row["result"] else None,
-            "updated": row["updated"]}
+    return {
+        "provider": row["provider"],
+        "status": row["status"],
+        "attempts": int(row["attempts"]),
+        "last_error": row["last_error"],
+        "next_try": row["next_try"] if row["status"] == "retry" else None,
+        "result": loads(row["result"]) if row["result"] else None,
+        "updated": row["updated"],
+    }
 
 
 def due_teardowns(tx: Tx) -> list[dict[str, Any]]:
@@ -87,10 +103,16 @@ def due_teardowns(tx: Tx) -> list[dict[str, Any]]:
         "SELECT t.group_id, t.provider, t.secret, t.attempts, t.status, t.next_try, "
         "t.claimed_until, g.name, g.user_id, g.settings FROM teardowns t "
         "JOIN groups g ON g.id = t.group_id WHERE g.deleted IS NULL "
-        "AND t.status IN ('armed', 'retry', 'running')", ())
-    return [r for r in rows if (loads(r["settings"]) or {}).get("expired")
-            and not (r["status"] == "retry" and r["next_try"] > t)
-            and not (r["status"] == "running" and (r["claimed_until"] or 0) > t)]
+        "AND t.status IN ('armed', 'retry', 'running')",
+        (),
+    )
+    return [
+        r
+        for r in rows
+        if (loads(r["settings"]) or {}).get("expired")
+        and not (r["status"] == "retry" and r["next_try"] > t)
+        and not (r["status"] == "running" and (r["claimed_until"] or 0) > t)
+    ]
 
 
 def claim_teardowns(tx: Tx, due: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -103,16 +125,27 @@ def claim_teardowns(tx: Tx, due: list[dict[str, Any]]) -> list[dict[str, Any]]:
         claimed = tx.one(
             "UPDATE teardowns SET status = 'running', claimed_until = ?, attempts = attempts "
             "+ 1, updated = ? WHERE group_id = ? AND status = ? AND attempts = ? "
-            "RETURNING attempts", (t + CLAIM_SECONDS, t, r["group_id"], r["status"],
-                                   r["attempts"]))
+            "RETURNING attempts",
+            (t + CLAIM_SECONDS, t, r["group_id"], r["status"], r["attempts"]),
+        )
         if claimed is None:  # another replica was faster
             continue
-        add_event(tx, r["group_id"], "group.teardown",
-                  {"status": "running", "provider": r["provider"],
-                   "attempt": int(claimed["attempts"])})
-        out.append({"group_id": r["group_id"], "group": r["name"], "user_id": r["user_id"],
-                    "provider": r["provider"], "secret": r["secret"],
-                    "attempts": int(claimed["attempts"])})
+        add_event(
+            tx,
+            r["group_id"],
+            "group.teardown",
+            {"status": "running", "provider": r["provider"], "attempt": int(claimed["attempts"])},
+        )
+        out.append(
+            {
+                "group_id": r["group_id"],
+                "group": r["name"],
+                "user_id": r["user_id"],
+                "provider": r["provider"],
+                "secret": r["secret"],
+                "attempts": int(claimed["attempts"]),
+            }
+        )
     return out
 
 
@@ -120,38 +153,67 @@ def release_claims(tx: Tx) -> int:
     """At the start of a server that is alone on its database (SQLite): a teardown it was
     running when it died is due again now, not when its claim would have run out."""
     rows = tx.all("SELECT group_id FROM teardowns WHERE status = 'running'", ())
-    tx.execute("UPDATE teardowns SET status = 'retry', next_try = 0, claimed_until = NULL, "
-               "last_error = 'the server stopped during the teardown' "
-               "WHERE status = 'running'")
+    tx.execute(
+        "UPDATE teardowns SET status = 'retry', next_try = 0, claimed_until = NULL, "
+        "last_error = 'the server stopped during the teardown' "
+        "WHERE status = 'running'"
+    )
     return len(rows)
 
 
-def finish_teardown(tx: Tx, group_id: str, attempts: int, result: dict[str, Any] | None,
-                    error: str | None) -> None:
+def finish_teardown(
+    tx: Tx, group_id: str, attempts: int, result: dict[str, Any] | None, error: str | None
+) -> None:
     """Record the outcome of a claimed teardown: ``done`` (the key is dropped) or
     ``retry`` with a growing delay."""
-    row = tx.one("SELECT g.name, g.user_id, t.provider FROM teardowns t JOIN groups g "
-                 "ON g.id = t.group_id WHERE t.group_id = ? AND t.status = 'running' "
-                 "AND t.attempts = ?", (group_id, attempts))
+    row = tx.one(
+        "SELECT g.name, g.user_id, t.provider FROM teardowns t JOIN groups g "
+        "ON g.id = t.group_id WHERE t.group_id = ? AND t.status = 'running' "
+        "AND t.attempts = ?",
+        (group_id, attempts),
+    )
     if row is None:  # disarmed, deleted or taken over meanwhile
         return
     t = now()
     if error is None:
-        tx.execute("UPDATE teardowns SET status = 'done', secret = NULL, claimed_until = NULL, "
-                   "last_error = NULL, result = ?, updated = ? WHERE group_id = ?",
-                   (dumps(result or {}), t, group_id))
-        add_event(tx, group_id, "group.teardown",
-                  {"status": "done", "provider": row["provider"], **(result or {})})
-        audit(tx, row["user_id"], "server", "group.teardown", row["name"],
-              {"provider": row["provider"], **(result or {})})
+        tx.execute(
+            "UPDATE teardowns SET status = 'done', secret = NULL, claimed_until = NULL, "
+            "last_error = NULL, result = ?, updated = ? WHERE group_id = ?",
+            (dumps(result or {}), t, group_id),
+        )
+        add_event(
+            tx,
+            group_id,
+            "group.teardown",
+            {"status": "done", "provider": row["provider"], **(result or {})},
+        )
+        audit(
+            tx,
+            row["user_id"],
+            "server",
+            "group.teardown",
+            row["name"],
+            {"provider": row["provider"], **(result or {})},
+        )
         return
     delay = min(MAX_BACKOFF, 30.0 * 2 ** min(attempts - 1, 10))
-    tx.execute("UPDATE teardowns SET status = 'retry', claimed_until = NULL, last_error = ?, "
-               "next_try = ?, updated = ? WHERE group_id = ?",
-               (error[:1000], t + delay, t, group_id))
-    add_event(tx, group_id, "group.teardown",
-              {"status": "retry", "provider": row["provider"], "error": error[:1000],
-               "attempt": attempts, "next_try": t + delay})
+    tx.execute(
+        "UPDATE teardowns SET status = 'retry', claimed_until = NULL, last_error = ?, "
+        "next_try = ?, updated = ? WHERE group_id = ?",
+        (error[:1000], t + delay, t, group_id),
+    )
+    add_event(
+        tx,
+        group_id,
+        "group.teardown",
+        {
+            "status": "retry",
+            "provider": row["provider"],
+            "error": error[:1000],
+            "attempt": attempts,
+            "next_try": t + delay,
+        },
+    )
 
 
 def _user(tx: Tx, user_id: str) -> str:

@@ -18,8 +18,9 @@ def create_user(tx: Tx, name: str) -> str:
     """Create user ``name`` with a first token named ``default``; return that token."""
     check_name(name, "user")
     if tx.one("SELECT id FROM users WHERE name = ?", (name,)):
-        raise Conflict(f"user {name!r} exists already; to give it another token use "
-                       "`crc server add-token`")
+        raise Conflict(
+            f"user {name!r} exists already; to give it another token use `crc server add-token`"
+        )
     user_id = uuid.uuid4().hex
     tx.execute("INSERT INTO users (id, name, created) VALUES (?, ?, ?)", (user_id, name, now()))
     audit(tx, user_id, "admin", "user.create", None, {"user": name})
@@ -28,8 +29,10 @@ def create_user(tx: Tx, name: str) -> str:
 
 def _insert_token(tx: Tx, user_id: str, token_name: str) -> str:
     check_name(token_name, "token name")
-    if tx.one("SELECT id FROM master_tokens WHERE user_id = ? AND name = ? AND revoked IS NULL",
-              (user_id, token_name)):
+    if tx.one(
+        "SELECT id FROM master_tokens WHERE user_id = ? AND name = ? AND revoked IS NULL",
+        (user_id, token_name),
+    ):
         raise Conflict(f"a token named {token_name!r} exists already")
     secret = new_secret("m")
     tx.execute(
@@ -57,7 +60,8 @@ def revoke_token(tx: Tx, user_name: str, token_name: str) -> None:
     user_id = _user_id(tx, user_name)
     changed = tx.execute(
         "UPDATE master_tokens SET revoked = ? WHERE user_id = ? AND name = ? AND revoked IS NULL",
-        (now(), user_id, token_name))
+        (now(), user_id, token_name),
+    )
     if not changed:
         raise NotFound(f"user {user_name!r} has no live token named {token_name!r}")
     audit(tx, user_id, "admin", "token.revoke", None, {"token": token_name})
@@ -65,8 +69,10 @@ def revoke_token(tx: Tx, user_name: str, token_name: str) -> None:
 
 def list_tokens(tx: Tx, user_name: str) -> list[dict[str, Any]]:
     user_id = _user_id(tx, user_name)
-    return tx.all("SELECT name, created, revoked FROM master_tokens WHERE user_id = ? "
-                  "ORDER BY created", (user_id,))
+    return tx.all(
+        "SELECT name, created, revoked FROM master_tokens WHERE user_id = ? ORDER BY created",
+        (user_id,),
+    )
 
 
 def authenticate_master(tx: Tx, presented: str | None) -> dict[str, Any]:
@@ -76,7 +82,9 @@ def authenticate_master(tx: Tx, presented: str | None) -> dict[str, Any]:
         raise Unauthorized("missing or malformed master token: run `crc login`")
     row = tx.one(
         "SELECT t.hash, t.user_id, u.name FROM master_tokens t JOIN users u ON u.id = t.user_id "
-        "WHERE t.id = ? AND t.revoked IS NULL", (secret.id,))
+        "WHERE t.id = ? AND t.revoked IS NULL",
+        (secret.id,),
+    )
     if row is None or not verify_secret(secret, row["hash"]):
         raise Unauthorized("unknown or revoked master token")
     return {"user_id": row["user_id"], "user": row["name"]}

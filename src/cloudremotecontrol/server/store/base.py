@@ -112,12 +112,14 @@ def open_store(url: str) -> Store:
     if url.startswith("sqlite:///"):
         from .sqlite import SqliteStore
 
-        return SqliteStore(url[len("sqlite:///"):])
+        return SqliteStore(url[len("sqlite:///") :])
     if url.startswith(("postgresql://", "postgres://")):
         try:
             from .postgres import PostgresStore
         except ImportError:
-            raise InvalidInput("this server has no PostgreSQL support installed: use the "
-                               "default SQLite database (omit --database)") from None
+            raise InvalidInput(
+                "this server has no PostgreSQL support installed: use the "
+                "default SQLite database (omit --database)"
+            ) from None
         return PostgresStore(url)
     raise InvalidInput(f"unsupported database URL {url!r}: use sqlite:///PATH or postgresql://…")

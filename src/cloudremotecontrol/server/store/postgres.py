@@ -138,13 +138,13 @@ def to_pyformat(sql: str) -> str:
 
 def _group_key(group_id: str) -> int:
     """A stable signed 32-bit key (Python's hash() differs between processes)."""
-    return int.from_bytes(hashlib.blake2b(group_id.encode(), digest_size=4).digest(), "big",
-                          signed=True)
+    return int.from_bytes(
+        hashlib.blake2b(group_id.encode(), digest_size=4).digest(), "big", signed=True
+    )
 
 
 class _PgTx(Tx):
-    def __init__(self, cur: psycopg.Cursor[dict[str, Any]], held: set[str] | None = None
-                 ) -> None:
+    def __init__(self, cur: psycopg.Cursor[dict[str, Any]], held: set[str] | None = None) -> None:
         self.cur = cur
         self.held = held if held is not None else set()  # group locks the batch holds
 
@@ -163,8 +163,10 @@ class _PgTx(Tx):
     def notify(self, group_id: str) -> None:
         # Called before the group's first event is inserted: see "Event order" above.
         if group_id not in self.notified and group_id not in self.held:
-            self.cur.execute("SELECT pg_advisory_xact_lock(%s::integer, %s::integer)",
-                             (_EVENT_LOCK_CLASS, _group_key(group_id)))
+            self.cur.execute(
+                "SELECT pg_advisory_xact_lock(%s::integer, %s::integer)",
+                (_EVENT_LOCK_CLASS, _group_key(group_id)),
+            )
         super().notify(group_id)
 
 
@@ -213,22 +215,31 @@ class PostgresStore(Store):
             try:
                 for kind, size in (("write", 1), ("read", self._readers)):
                     pool: ConnectionPool[psycopg.Connection[dict[str, Any]]] = ConnectionPool(
-                        self.url, kwargs=_CONNECT, min_size=min(2, size), max_size=size,
-                        open=False, name=f"crc-{kind}")
+                        self.url,
+                        kwargs=_CONNECT,
+                        min_size=min(2, size),
+                        max_size=size,
+                        open=False,
+                        name=f"crc-{kind}",
+                    )
                     self._pools[kind] = pool
                     pool.open(wait=True, timeout=30)
             except psycopg.OperationalError as exc:
                 self._close_pools()
-                raise Unavailable(f"cannot connect to PostgreSQL at {_where(self.url)}: "
-                                  f"{exc}") from exc
-            self._read_executor = ThreadPoolExecutor(max_workers=self._readers,
-                                                     thread_name_prefix="crc-pg-read")
-            self._writer = threading.Thread(target=self._write_loop, name="crc-pg-writer",
-                                            daemon=True)
+                raise Unavailable(
+                    f"cannot connect to PostgreSQL at {_where(self.url)}: {exc}"
+                ) from exc
+            self._read_executor = ThreadPoolExecutor(
+                max_workers=self._readers, thread_name_prefix="crc-pg-read"
+            )
+            self._writer = threading.Thread(
+                target=self._write_loop, name="crc-pg-writer", daemon=True
+            )
             self._writer.start()
             ready = threading.Event()
-            self._listener = threading.Thread(target=self._listen_loop, args=(ready,),
-                                              name="crc-pg-listen", daemon=True)
+            self._listener = threading.Thread(
+                target=self._listen_loop, args=(ready,), name="crc-pg-listen", daemon=True
+            )
             self._listener.start()
             ready.wait(30)
 
@@ -236,8 +247,7 @@ class PostgresStore(Store):
         try:
             conn = psycopg.connect(self.url, **_CONNECT)
         except psycopg.OperationalError as exc:
-            raise Unavailable(f"cannot connect to PostgreSQL at {_where(self.url)}: "
-                              f"{exc}") from exc
+            raise Unavailable(f"cannot connect to PostgreSQL at {_where(self.url)}: {exc}") from exc
         with conn:
             conn.isolation_level = IsolationLevel.READ_COMMITTED
             with conn.transaction():
@@ -362,8 +372,9 @@ class PostgresStore(Store):
                             if p.unique_violations >= _UNIQUE_RETRIES:
                                 done.append((p, False, exc))  # not a race: a bug
                             elif p.attempts >= _RETRIES:
-                                busy = Unavailable("the database stayed too busy for this "
-                                                   "operation; retry")
+                                busy = Unavailable(
+                                    "the database stayed too busy for this operation; retry"
+                                )
                                 busy.__cause__ = exc
                                 done.append((p, False, busy))
                             else:
@@ -379,8 +390,9 @@ class PostgresStore(Store):
                     # Machine payloads carry this replica's id, so it ignores its own.
                     payloads = sorted(groups) + [f"m:{self.replica}:{m}" for m in machines]
                     if payloads:
-                        cur.execute("SELECT pg_notify(%s, g) FROM unnest(%s::text[]) g",
-                                    (CHANNEL, payloads))
+                        cur.execute(
+                            "SELECT pg_notify(%s, g) FROM unnest(%s::text[]) g", (CHANNEL, payloads)
+                        )
                     committing = True
         except psycopg.Error as exc:  # also PoolTimeout
             failure = Unavailable(f"database error ({_where(self.url)}): {exc}")
@@ -433,8 +445,9 @@ class PostgresStore(Store):
             except psycopg.Error as exc:
                 if self._stopping.is_set():
                     break
-                log.warning("PostgreSQL LISTEN connection lost (%s); reconnecting in %.1f s",
-                            exc, delay)
+                log.warning(
+                    "PostgreSQL LISTEN connection lost (%s); reconnecting in %.1f s", exc, delay
+                )
                 ready.set()  # start() does not wait for a database that is down
                 self._stopping.wait(delay)
                 delay = min(delay * 2, 5.0)

@@ -76,8 +76,9 @@ class SqliteStore(Store):
         migrate(_SqliteTx(self._conn), "sqlite", self._conn)
         for _ in range(_READERS):
             self._readers.put(_connect(self.path))
-        self._writer = threading.Thread(target=self._write_loop, name="crc-sqlite-writer",
-                                        daemon=True)
+        self._writer = threading.Thread(
+            target=self._write_loop, name="crc-sqlite-writer", daemon=True
+        )
         self._writer.start()
 
     async def start(self) -> None:
