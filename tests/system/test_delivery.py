@@ -29,7 +29,8 @@ from websockets.sync.client import ClientConnection, connect
 
 from cloudremotecontrol.master.client import Client
 from cloudremotecontrol.master.localrun import AgentProcess
-from cloudremotecontrol.protocol.messages import Envelope, decode_frame, encode_frame
+from cloudremotecontrol.protocol.frames import decode_frame, encode_frame
+from cloudremotecontrol.protocol.messages import Envelope
 from cloudremotecontrol.tlspin import client_context
 
 FINAL = ("succeeded", "failed", "timed_out", "cancelled", "lost")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import errno
+import ipaddress
 import os
+import re
 
 import pytest
 from hypothesis import given
@@ -49,6 +51,67 @@ def test_what_cannot_be_written_safely_is_refused(entries, group):
         render_block(entries, group, "\n")
     with pytest.raises(ValueError):
         merge(b"127.0.0.1 localhost\n", entries, group)
+
+
+# What a hostile machine put in its facts, relayed by a server that did not check them.
+INJECTED = [
+    "fe80::1%x\n6.6.6.6 bank.example.com\n#",  # a scope id carrying a whole line
+    "fe80::1%x\n# END cloudremotecontrol group=lab\n7.7.7.7 evil\n#",  # out of the block
+    "fe80::1%eth0",  # a scope id at all: only the owner knows its zone
+    "10.0.0.1 ",
+    " 10.0.0.1",
+    "10.0.0.1\n",
+    "10.0.0.1/24",
+    "::ffff:10.0.0.1%1",
+]
+
+
+@pytest.mark.parametrize("ip", INJECTED)
+def test_an_address_that_is_not_one_plain_token_is_refused(ip, tmp_path):
+    with pytest.raises(ValueError):
+        render_block([(ip, ["c", "c.lab"])], "lab", "\n")
+    path = tmp_path / "hosts"
+    path.write_bytes(b"127.0.0.1 localhost\n")
+    with pytest.raises(ValueError):
+        sync_hosts(str(path), [("10.0.0.2", ["web"]), (ip, ["c", "c.lab"])], "lab")
+    assert path.read_bytes() == b"127.0.0.1 localhost\n"  # nothing written
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "c\n6.6.6.6",
+        "c\r",
+        "c\t",
+        "c d",
+        "-c",
+        "c-",
+        "c..lab",
+        ".c",
+        "c.",
+        "x" * 64,
+        ("a." * 127) + "a",  # 255 characters
+        "c#x",
+        "é",
+        "",
+    ],
+)
+def test_a_name_that_is_not_an_rfc1123_host_name_is_refused(name):
+    with pytest.raises(ValueError):
+        render_block([("10.0.0.1", [name])], "lab", "\n")
+
+
+@given(st.text(max_size=60), st.lists(st.text(max_size=30), min_size=1, max_size=3))
+def test_every_written_line_is_one_address_and_valid_names(ip, names):
+    try:
+        block = render_block([(ip, names)], "lab", "\n")
+    except ValueError:
+        return
+    lines = block.split("\n")
+    assert len(lines) == 4 and lines[-1] == ""  # BEGIN, the one entry, END
+    tokens = lines[1].split(" ")
+    assert ipaddress.ip_address(tokens[0]) and "%" not in tokens[0]
+    assert all(re.fullmatch(r"[A-Za-z0-9.-]+", t) for t in tokens[1:])
 
 
 def test_ipv6_addresses_are_written_in_canonical_form():

@@ -4,6 +4,10 @@ Reconnects use exponential backoff with full jitter (AWS architecture blog, "Exp
 Backoff And Jitter"), so a thousand agents cut off by a server restart do not return in
 one wave. Everything the agent sends is first written to its outbox (state.py) and
 replayed after each reconnect until the server acknowledges it.
+
+What arrives is decoded by the catalogue (``protocol/frames.py``, ``protocol/messages.py``)
+and handled by one method per frame and per message type; the delivery rules (dedupe,
+gaps, resync, poison messages) are ``protocol/delivery.py``'s.
 """
 
 from __future__ import annotations
@@ -18,9 +22,30 @@ from typing import Any
 
 from .. import __version__
 from ..errors import CrcError, InvalidInput, KeyRejected, Unavailable
-from ..protocol.delivery import Inbox, Receipt
-from ..protocol.limits import HEARTBEAT_SECONDS, MAX_FRAME_BYTES
-from ..protocol.messages import Envelope, JobRun, decode_frame, encode_frame
+from ..protocol.delivery import Receipt, Verdict
+from ..protocol.frames import Ack, ErrorFrame, Hello, Msg, Welcome, read_frame, write_frame
+from ..protocol.frames import Revoked as RevokedFrame
+from ..protocol.limits import HEARTBEAT_SECONDS, MAX_FRAME_BYTES, MAX_OUTPUT_CHUNK_BYTES
+from ..protocol.messages import (
+    JOB_ID,
+    JOB_KINDS,
+    Envelope,
+    Facts,
+    FileGet,
+    FilePut,
+    HostsSync,
+    JobCancel,
+    JobOutput,
+    JobResult,
+    JobRun,
+    JobStarted,
+    MessageFailed,
+    Progress,
+    SystemReady,
+    UserMessage,
+    decode_message,
+)
+from ..protocol.wire import Dispatcher, Frame, Message, Side
 from ..tlspin import client_context
 from .http import call_json
 from .platform import Platform, current
@@ -112,7 +137,7 @@ class Agent:
         self.cred = cred
         self.platform = platform or current()
         self.gate_ready = gate_ready
-        self.inbox = Inbox(state.processed)
+        self.inbox = state.inbox
         self._ws: Any = None
         self._jobs: dict[str, asyncio.Event] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -123,12 +148,36 @@ class Agent:
         self._hosts_lock = asyncio.Lock()
         self.message_arrived = asyncio.Event()
         self.stopping = asyncio.Event()
+        # One handler per frame and per message type the server sends (the catalogue
+        # refuses to start the agent if one is missing).
+        self._frames: Dispatcher[Any] = Dispatcher(
+            Side.AGENT,
+            Frame,
+            {
+                Welcome: self._on_welcome,
+                Msg: self._on_msg,
+                Ack: self._on_ack,
+                RevokedFrame: self._on_revoked,
+                ErrorFrame: self._on_error,
+            },
+        )
+        self._messages: Dispatcher[Any] = Dispatcher(
+            Side.AGENT,
+            Message,
+            {
+                JobRun: self._on_job_run,
+                JobCancel: self._on_job_cancel,
+                HostsSync: self._on_hosts_sync,
+                FilePut: self._on_file_job,
+                FileGet: self._on_file_job,
+                UserMessage: self._on_user_message,
+            },
+        )
 
     # -- sending ------------------------------------------------------------------------
-    async def emit(
+    async def send(
         self,
-        type: str,
-        body: dict[str, Any],
+        message: Message,
         to: str = "master",
         correlation_id: str | None = None,
         job_done: str | None = None,
@@ -136,14 +185,35 @@ class Agent:
     ) -> None:
         """Persist a message, then send it if connected (else it goes after reconnect).
         ``job_done`` / ``job_process`` are recorded in the same transaction (AgentState)."""
-        env = Envelope.make(self.cred.group, self.cred.machine, to, type, body, correlation_id)
-        # One lock keeps frames on the wire in sequence order whatever task emits them.
+        env = Envelope.of(message, self.cred.group, self.cred.machine, to, correlation_id)
+        # One lock keeps frames on the wire in sequence order whatever task sends them.
         async with self._send_lock:
             _, frame = self.state.enqueue(env, job_done=job_done, job_process=job_process)
-            ws = self._ws
-            if ws is not None:
-                with contextlib.suppress(Exception):
-                    await ws.send(frame)
+            await self._transmit(frame)
+
+    async def emit(self, type: object, body: object, to: str = "master") -> None:
+        """Send a user message (``user.NAME``) from a script on the machine: checked here
+        as the server will (a body nested too deep or too large is refused now)."""
+        await self.send(UserMessage.make(type, body), to=to)
+
+    async def _transmit(self, frame: str) -> None:
+        ws = self._ws
+        if ws is not None:
+            with contextlib.suppress(Exception):
+                await ws.send(frame)
+
+    async def _job_ended(
+        self, job_id: str, status: str, exit_code: int | None, reason: str | None
+    ) -> None:
+        """Report how a job ended (the one place a ``job.result`` is made) and record it
+        done in the same transaction."""
+        await self.send(JobResult(job_id, status, exit_code, reason), job_done=job_id)
+
+    async def _output(self, job_id: str, stream: str, text: str) -> None:
+        """Send a job's output in chunks the catalogue accepts (``job.output``)."""
+        step = MAX_OUTPUT_CHUNK_BYTES // 4  # characters: at most 4 bytes each in UTF-8
+        for i in range(0, len(text), step):
+            await self.send(JobOutput(job_id, stream, text[i : i + step]))
 
     # -- lifecycle ----------------------------------------------------------------------
     async def run(self) -> None:
@@ -160,14 +230,10 @@ class Agent:
                     job_id,
                     killed,
                 )
-            await self.emit(
-                "job.result",
-                {"job_id": job_id, "status": "lost", "exit_code": None, "reason": reason},
-                job_done=job_id,
-            )
+            await self._job_ended(job_id, "lost", None, reason)
         if not self.gate_ready and self.state.get("ready") != "1":
             self.state.put("ready", "1")
-            await self.emit("system.ready", {})
+            await self.send(SystemReady())
         await self._send_facts()
         self._spawn(self._refresh_facts())
         for path in self.follow_logs:
@@ -202,7 +268,7 @@ class Agent:
         key = f"log_offset:{path}"
 
         async def emit(text: str) -> None:
-            await self.emit("progress", {"text": text, "percent": None, "source": path})
+            await self.send(Progress(text=text, percent=None, source=path))
 
         await follow_log(
             path,
@@ -237,11 +303,45 @@ class Agent:
     async def _send_facts(self) -> None:
         from .facts import collect_facts, facts_changed
 
-        facts = await asyncio.to_thread(collect_facts, __version__)
+        facts = Facts.from_body(await asyncio.to_thread(collect_facts, __version__))
+        for problem in facts.rejected:
+            log.warning("fact not reported: %s", problem)
+        body = facts.to_body()
         old = self.state.get("facts")
-        if facts_changed(json.loads(old) if old else None, facts):
-            self.state.put("facts", json.dumps(facts))
-            await self.emit("facts", facts)
+        if facts_changed(json.loads(old) if old else None, body):
+            self.state.put("facts", json.dumps(body))
+            await self.send(facts)
+
+    def hello(self) -> Hello:
+        """The first frame of a connection: where this agent resumes, both ways."""
+        return Hello(
+            ack=self.inbox.processed,
+            resume_from=self.state.resume_from(),
+            agent_version=__version__,
+            ready=self.state.get("ready") == "1",
+        )
+
+    def welcomed(self, welcome: Welcome) -> list[str]:
+        """Apply the server's welcome (its ack, where it resumes); return the frames to
+        send again, in order."""
+        with self.state.transaction():
+            resync = self.state.outbox.peer_acked(welcome.ack)
+            lost = self.inbox.resume(welcome.resume_from)
+        if resync is not None:
+            log.warning(
+                "the server acknowledged %d but this agent sent only up to %d (its database "
+                "was restored?): %d message(s) renumbered after it",
+                resync.peer_ack,
+                resync.last,
+                resync.renumbered,
+            )
+        if lost:
+            log.warning(
+                "%d message(s) from the server were acknowledged by an older state of this "
+                "agent and are not sent again (its state directory was restored?)",
+                lost,
+            )
+        return [frame for _, frame in self.state.frames_after(welcome.ack)]
 
     async def _session(self) -> None:
         from websockets.asyncio.client import connect
@@ -263,25 +363,14 @@ class Agent:
                 ping_timeout=HEARTBEAT_SECONDS,
                 user_agent_header=f"crc-agent/{__version__}",
             ) as ws:
-                await ws.send(
-                    encode_frame(
-                        {
-                            "type": "hello",
-                            "ack": self.inbox.processed,
-                            "resume_from": self.state.resume_from(),
-                            "agent_version": __version__,
-                            "ready": self.state.get("ready") == "1",
-                        }
-                    )
-                )
-                welcome = decode_frame(await asyncio.wait_for(ws.recv(), 20))
-                if welcome["type"] == "revoked":
-                    raise Revoked(str(welcome.get("reason") or "machine revoked"))
-                if welcome["type"] != "welcome":
-                    raise InvalidInput(f"unexpected first frame {welcome['type']!r}")
-                self.state.acked(welcome["ack"])
+                await ws.send(write_frame(self.hello()))
+                first = read_frame(await asyncio.wait_for(ws.recv(), 20))
+                if isinstance(first, RevokedFrame):
+                    raise Revoked(first.reason)
+                if not isinstance(first, Welcome):
+                    raise InvalidInput(f"unexpected first frame {first.TYPE!r}")
                 async with self._send_lock:
-                    for _, frame in self.state.frames_after(welcome["ack"]):
+                    for frame in self.welcomed(first):
                         await ws.send(frame)
                     self._ws = ws
                 self.connected.set()
@@ -302,96 +391,156 @@ class Agent:
                 f"server refused the connection: HTTP {exc.response.status_code}"
             ) from None
 
+    # -- receiving: one handler per frame ----------------------------------------------
     async def _on_frame(self, ws: Any, text: str | bytes) -> None:
         try:
-            frame = decode_frame(text)
+            frame = read_frame(text)
         except CrcError as exc:
             log.warning("ignoring a malformed frame: %s", exc.message)
             return
-        kind = frame["type"]
-        if kind == "ack":
-            self.state.acked(frame["seq"])
-        elif kind == "revoked":
-            raise Revoked(
-                str(frame.get("reason") or "machine revoked"),
-                uninstall=frame.get("uninstall") is True,
-            )
-        elif kind == "error":
-            log.warning("server reported: %s", frame.get("error"))
-        elif kind == "msg":
-            await self._on_message(ws, frame["seq"], frame["msg"])
+        await self._frames[frame](ws, frame)
 
-    async def _on_message(self, ws: Any, seq: int, raw: dict[str, Any]) -> None:
-        receipt = self.inbox.receive(seq)
-        if receipt == Receipt.DUPLICATE:
-            await ws.send(encode_frame({"type": "ack", "seq": seq}))
-            return
-        if receipt == Receipt.GAP:
-            raise Unavailable(f"message gap at {seq}: reconnecting to resume")
+    async def _on_welcome(self, ws: Any, frame: Welcome) -> None:
+        log.warning("ignoring a second welcome frame")
+
+    async def _on_ack(self, ws: Any, frame: Ack) -> None:
         try:
-            env = Envelope.from_dict(raw)
+            self.state.acked(frame.seq)
         except CrcError as exc:
-            log.warning("dropping malformed message %s: %s", seq, exc.message)
-            self.state.mark_processed(seq)
-            self.inbox.mark_processed(seq)
-            await ws.send(encode_frame({"type": "ack", "seq": seq}))
+            log.warning("ignoring an ack: %s", exc.message)
+
+    async def _on_revoked(self, ws: Any, frame: RevokedFrame) -> None:
+        raise Revoked(frame.reason, uninstall=frame.uninstall is True)
+
+    async def _on_error(self, ws: Any, frame: ErrorFrame) -> None:
+        log.warning("server reported: %s", frame.error)
+
+    async def _on_msg(self, ws: Any, frame: Msg) -> None:
+        """One numbered message: the delivery core's rules (dedupe, gaps, poison), then
+        the message's handler. A message that cannot be used is given up (a dead letter)
+        and the stream goes on; one whose handling fails is tried again after a
+        reconnect, and given up after ``MAX_ATTEMPTS`` (crashes included)."""
+        seq = frame.seq
+        receipt = self.inbox.receive(seq)
+        if receipt is Receipt.DUPLICATE:
+            await ws.send(write_frame(Ack(seq=seq)))
             return
-        start: JobRun | None = None
-        error: str | None = None
-        if env.type == "job.run":
-            try:
-                start = JobRun.from_body(env.body)
-            except CrcError as exc:
-                error = exc.message
-        job_id = start.job_id if start else None
-        if env.type in ("hosts.sync", "file.put", "file.get"):
-            job_id = str(env.body.get("job_id") or "") or None
-        fresh = self.state.mark_processed(
-            seq, start_job=job_id, message=env if env.type.startswith("user.") else None
-        )
-        self.inbox.mark_processed(seq)
-        await ws.send(encode_frame({"type": "ack", "seq": seq}))
-        if env.type.startswith("user."):
-            self.message_arrived.set()
-            self.message_arrived = asyncio.Event()
-        elif env.type == "hosts.sync" and job_id and fresh:
-            self._spawn(self._hosts_sync(job_id, env.body))
-        elif env.type in ("file.put", "file.get") and job_id and fresh:
-            self._spawn(self._file_job(job_id, env.type, env.body))
-        elif env.type == "job.run":
-            if start is None:
-                job_id = str(env.body.get("job_id") or env.correlation_id or "")
-                await self.emit(
-                    "job.result",
-                    {"job_id": job_id, "status": "failed", "exit_code": None, "reason": error},
-                )
-            elif fresh:
-                # Registered now, not when the task first runs: a job.cancel read in
-                # the same batch as the job.run must find it.
-                self._jobs[start.job_id] = asyncio.Event()
-                self._spawn(self._run_job(start))
-        elif env.type == "job.cancel":
-            job_id = str(env.body.get("job_id") or "")
-            if job_id in self._jobs:
-                self._jobs[job_id].set()
-            else:
-                self.state.forget_job(job_id)
+        if receipt is Receipt.GAP:
+            raise Unavailable(f"message gap at {seq}: reconnecting to resume")
+        if receipt is Receipt.DEAD:
+            attempts = self.inbox.max_attempts
+            await self._give_up(ws, seq, frame.msg, f"failed {attempts} times", attempts)
+            return
+        self.inbox.begin(seq)
+        try:
+            env = Envelope.from_dict(frame.msg)
+            message = decode_message(env, Side.AGENT)
+        except CrcError as exc:
+            await self._give_up(ws, seq, frame.msg, exc.message, 1)
+            return
+        try:
+            await self._messages[message](ws, seq, message, env)
+        except (Revoked, asyncio.CancelledError):
+            raise
+        except Exception as exc:  # any failure of a handler: retry, then give up
+            verdict = self.inbox.failed(seq)
+            if verdict is Verdict.DONE:
+                log.warning("message %d was processed, then failed: %r", seq, exc)
+                raise
+            if verdict is Verdict.DEAD:
+                attempts = self.inbox.max_attempts
+                reason = f"failed {attempts} times, last: {exc!r}"
+                await self._give_up(ws, seq, frame.msg, reason, attempts)
+                return
+            raise Unavailable(
+                f"message {seq} failed ({exc!r}): retrying after a reconnect"
+            ) from None
+
+    async def _give_up(
+        self, ws: Any, seq: int, raw: dict[str, Any], reason: str, attempts: int
+    ) -> None:
+        """Message ``seq`` is processed with no effect, kept as a dead letter, reported
+        to the server (``message.failed``; a job it carried ends ``failed``), and acked."""
+        kind = raw.get("type")
+        kind = kind[:256] if isinstance(kind, str) and kind else "?"
+        message_id = raw.get("id") if isinstance(raw.get("id"), str) else None
+        reports: list[Message] = [
+            MessageFailed(seq=seq, type=kind, reason=reason[:500], id=message_id, attempts=attempts)
+        ]
+        job_id = _job_id_of(raw) if kind in JOB_KINDS else None
+        if job_id is not None:
+            why = f"the machine could not use this job: {reason}"[:500]
+            reports.append(JobResult(job_id, "failed", None, why))
+        envs = [
+            Envelope.of(r, self.cred.group, self.cred.machine, "master", job_id) for r in reports
+        ]
+        log.warning("giving up message %d (%s): %s", seq, kind, reason)
+        async with self._send_lock:
+            frames = self.state.dead_letter(
+                seq, kind, message_id, reason, attempts, envs, job_id=job_id
+            )
+            for frame in frames:
+                await self._transmit(frame)
+        await ws.send(write_frame(Ack(seq=seq)))
+
+    async def _processed(
+        self,
+        ws: Any,
+        seq: int,
+        start_job: str | None = None,
+        message: Envelope | None = None,
+    ) -> bool:
+        """Record message ``seq`` processed (see ``AgentState.mark_processed``) and ack it;
+        False for a job seen before (do not run it again)."""
+        fresh = self.state.mark_processed(seq, start_job=start_job, message=message)
+        await ws.send(write_frame(Ack(seq=seq)))
+        return fresh
+
+    # -- receiving: one handler per message type ---------------------------------------
+    async def _on_job_run(self, ws: Any, seq: int, job: JobRun, env: Envelope) -> None:
+        if await self._processed(ws, seq, start_job=job.job_id):
+            # Registered now, not when the task first runs: a job.cancel read in the
+            # same batch as the job.run must find it.
+            self._jobs[job.job_id] = asyncio.Event()
+            self._spawn(self._run_job(job))
+
+    async def _on_job_cancel(self, ws: Any, seq: int, cancel: JobCancel, env: Envelope) -> None:
+        await self._processed(ws, seq)
+        if cancel.job_id in self._jobs:
+            self._jobs[cancel.job_id].set()
+        else:
+            self.state.forget_job(cancel.job_id)
+
+    async def _on_hosts_sync(self, ws: Any, seq: int, sync: HostsSync, env: Envelope) -> None:
+        if await self._processed(ws, seq, start_job=sync.job_id):
+            self._spawn(self._hosts_sync(sync))
+
+    async def _on_file_job(self, ws: Any, seq: int, job: FilePut | FileGet, env: Envelope) -> None:
+        if await self._processed(ws, seq, start_job=job.job_id):
+            self._spawn(self._file_job(job))
+
+    async def _on_user_message(
+        self, ws: Any, seq: int, message: UserMessage, env: Envelope
+    ) -> None:
+        await self._processed(ws, seq, message=env)
+        self.message_arrived.set()
+        self.message_arrived = asyncio.Event()
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    # -- jobs ---------------------------------------------------------------------------
     async def _run_job(self, job: JobRun) -> None:
         cancel = self._jobs.setdefault(job.job_id, asyncio.Event())
 
         async def output(stream: str, data: str) -> None:
-            await self.emit("job.output", {"job_id": job.job_id, "stream": stream, "data": data})
+            await self.send(JobOutput(job.job_id, stream, data))
 
         async def started(pid: int) -> None:
-            await self.emit(
-                "job.started",
-                {"job_id": job.job_id},
+            await self.send(
+                JobStarted(job.job_id),
                 job_process=(job.job_id, self.platform.process_identity(pid)),
             )
 
@@ -410,100 +559,63 @@ class Agent:
             )
         finally:
             self._jobs.pop(job.job_id, None)
-        await self.emit(
-            "job.result",
-            {
-                "job_id": job.job_id,
-                "status": outcome.status,
-                "exit_code": outcome.exit_code,
-                "reason": outcome.reason,
-            },
-            job_done=job.job_id,
-        )
+        await self._job_ended(job.job_id, outcome.status, outcome.exit_code, outcome.reason)
 
-    async def _hosts_sync(self, job_id: str, body: dict[str, Any]) -> None:
+    async def _hosts_sync(self, sync: HostsSync) -> None:
         # Taken before the first await: tasks start in arrival order, and the lock
         # queues its waiters first come, first served.
         async with self._hosts_lock:
-            await self._hosts_sync_locked(job_id, body)
+            await self._hosts_sync_locked(sync)
 
-    async def _hosts_sync_locked(self, job_id: str, body: dict[str, Any]) -> None:
+    async def _hosts_sync_locked(self, sync: HostsSync) -> None:
         from .hosts_file import sync_hosts
 
-        await self.emit("job.started", {"job_id": job_id})
+        await self.send(JobStarted(sync.job_id))
+        by_ip: dict[str, list[str]] = {}
+        for ip, name in sync.entries:
+            by_ip.setdefault(ip, []).extend([name, f"{name}.{sync.group}"])
+        entries = sorted(by_ip.items(), key=lambda e: e[1][0])
+        path = self.platform.hosts_path()
         try:
-            group = str(body["group"])
-            by_ip: dict[str, list[str]] = {}
-            for ip, name in body["entries"]:
-                by_ip.setdefault(str(ip), []).extend([str(name), f"{name}.{group}"])
-            entries = sorted(by_ip.items(), key=lambda e: e[1][0])
-            path = self.platform.hosts_path()
-            changed = await asyncio.to_thread(sync_hosts, path, entries, group)
-        except (OSError, KeyError, TypeError, ValueError) as exc:
-            await self.emit(
-                "job.result",
-                {
-                    "job_id": job_id,
-                    "status": "failed",
-                    "exit_code": 1,
-                    "reason": f"hosts file: {exc}",
-                },
-                job_done=job_id,
-            )
+            # The hosts writer checks every line again, whatever the server sent.
+            changed = await asyncio.to_thread(sync_hosts, path, entries, sync.group)
+        except (OSError, ValueError) as exc:
+            await self._job_ended(sync.job_id, "failed", 1, f"hosts file: {exc}")
             return
         lines = "".join(f"{ip} {' '.join(names)}\n" for ip, names in entries)
-        await self.emit(
-            "job.output",
-            {
-                "job_id": job_id,
-                "stream": "stdout",
-                "data": f"{path} {'updated' if changed else 'unchanged'}\n{lines}",
-            },
+        await self._output(
+            sync.job_id, "stdout", f"{path} {'updated' if changed else 'unchanged'}\n{lines}"
         )
-        await self.emit(
-            "job.result",
-            {"job_id": job_id, "status": "succeeded", "exit_code": 0, "reason": None},
-            job_done=job_id,
-        )
+        await self._job_ended(sync.job_id, "succeeded", 0, None)
 
-    async def _file_job(self, job_id: str, kind: str, body: dict[str, Any]) -> None:
+    async def _file_job(self, job: FilePut | FileGet) -> None:
         from .files import fetch_blob, upload_file
 
-        await self.emit("job.started", {"job_id": job_id})
+        await self.send(JobStarted(job.job_id))
         ctx, _ = client_context(self.url, self.cred.fingerprint, self.cred.cert_pem)
         try:
-            if kind == "file.put":
+            if isinstance(job, FilePut):
                 summary = await asyncio.to_thread(
                     fetch_blob,
                     self.url,
                     self.cred.credential,
                     ctx,
-                    str(body["sha256"]),
-                    int(body["size"]),
-                    str(body["path"]),
-                    body.get("mode"),
-                    body.get("owner"),
+                    job.sha256,
+                    job.size,
+                    job.path,
+                    job.mode,
+                    job.owner,
                 )
             else:
                 summary = await asyncio.to_thread(
-                    upload_file, self.url, self.cred.credential, ctx, job_id, str(body["path"])
+                    upload_file, self.url, self.cred.credential, ctx, job.job_id, job.path
                 )
-        except (CrcError, OSError, KeyError, TypeError, ValueError) as exc:
+        except (CrcError, OSError, ValueError) as exc:
             reason = exc.message if isinstance(exc, CrcError) else str(exc)
-            await self.emit(
-                "job.result",
-                {"job_id": job_id, "status": "failed", "exit_code": 1, "reason": reason},
-                job_done=job_id,
-            )
+            await self._job_ended(job.job_id, "failed", 1, reason)
             return
-        await self.emit(
-            "job.output", {"job_id": job_id, "stream": "stdout", "data": summary + "\n"}
-        )
-        await self.emit(
-            "job.result",
-            {"job_id": job_id, "status": "succeeded", "exit_code": 0, "reason": None},
-            job_done=job_id,
-        )
+        await self._output(job.job_id, "stdout", summary + "\n")
+        await self._job_ended(job.job_id, "succeeded", 0, None)
 
     async def roster(self) -> dict[str, Any]:
         """The group's roster, fetched from the server with this machine's credential."""
@@ -548,7 +660,21 @@ class Agent:
     async def say_ready(self) -> None:
         if self.state.get("ready") != "1":
             self.state.put("ready", "1")
-        await self.emit("system.ready", {})
+        await self.send(SystemReady())
+
+
+def _job_id_of(raw: dict[str, Any]) -> str | None:
+    """The job id a message carries (its body's, else its correlation id), if usable."""
+    body = raw.get("body")
+    for candidate in (
+        body.get("job_id") if isinstance(body, dict) else None,
+        raw.get("correlation_id"),
+    ):
+        try:
+            return JOB_ID.check(candidate, "job_id")
+        except CrcError:
+            continue
+    return None
 
 
 def load_or_enroll(

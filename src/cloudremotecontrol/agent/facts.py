@@ -40,6 +40,8 @@ import uuid
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
+from ..protocol.limits import MAX_FACT_ADDRESSES
+
 __all__ = [
     "classify",
     "collect_facts",
@@ -52,8 +54,9 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# Sizes are bounded (DESIGN.md): a host with hundreds of addresses reports the first ones.
-MAX_IPS = 64
+# Sizes are bounded (DESIGN.md): a host with hundreds of addresses reports the first ones
+# (as many as the server takes: protocol/messages.py, Facts).
+MAX_IPS = MAX_FACT_ADDRESSES
 # `ip` answers in milliseconds; a hung one (a broken netlink) must not stall the agent.
 IP_COMMAND_TIMEOUT = 2.0
 

@@ -30,6 +30,8 @@ import os
 import re
 import tempfile
 
+from ..protocol.fields import check_hostname, check_ip
+
 __all__ = ["merge", "render_block", "sync_hosts", "write_hosts"]
 
 _PREFIX_BEGIN = b"# BEGIN cloudremotecontrol group="
@@ -37,8 +39,9 @@ _PREFIX_END = b"# END cloudremotecontrol group="
 _ANY_MARKER = re.compile(rb"# (BEGIN|END) cloudremotecontrol\b")
 # Group and host names reach a file every resolver on the machine reads: refuse anything
 # that could break the line format (spaces, '#', newlines) instead of escaping it.
-_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,252}")
 _GROUP = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}")
+# What every line of the block is: an address, then names, single spaces between.
+_LINE = re.compile(r"[0-9A-Fa-f:.]+( [A-Za-z0-9.-]+)+")
 
 Entries = list[tuple[str, list[str]]]
 
@@ -49,7 +52,8 @@ def render_block(entries: Entries, group: str, newline: str = "\n") -> str:
     Lines are sorted by first name (then IP), so the same roster always renders the same
     bytes; names keep the order the caller gave. The block ends with ``newline``. Raises
     ValueError for a group, IP or name that cannot be written safely, or for an entry
-    without names: callers report it as a failed sync.
+    without names: callers report it as a failed sync. Each line is checked to be one
+    ``IP name...`` line of valid tokens, whatever the caller passed.
     """
     if newline not in ("\n", "\r\n"):
         raise ValueError(f"newline must be LF or CRLF, not {newline!r}")
@@ -263,22 +267,25 @@ def _check_group(group: str) -> None:
 
 
 def _checked(entries: Entries) -> Entries:
+    """Every entry as one ``IP name...`` line of valid tokens, or ValueError: a plain
+    address (no scope id: after its ``%`` anything, newlines included, could follow)
+    and RFC 1123 host names - whatever the server sent."""
     out: Entries = []
     for ip, names in entries:
-        try:
-            if not isinstance(ip, str):
-                raise ValueError(ip)
-            addr = str(ipaddress.ip_address(ip))
-        except ValueError:
-            raise ValueError(f"invalid IP address {ip!r} for a hosts file") from None
+        addr = check_ip(ip)  # ValueError names the address
         if isinstance(names, (str, bytes)):
             raise ValueError(f"hosts entry for {addr}: names must be a list, not {names!r}")
         names = list(names)
         if not names:
             raise ValueError(f"hosts entry for {addr} has no names")
         for name in names:
-            if not isinstance(name, str) or not _NAME.fullmatch(name):
-                raise ValueError(f"invalid host name {name!r} for a hosts file")
+            try:
+                check_hostname(name)
+            except ValueError:
+                raise ValueError(f"invalid host name {name!r} for a hosts file") from None
+        line = f"{addr} {' '.join(names)}"
+        if not _LINE.fullmatch(line):  # cannot happen after the checks above: belt and braces
+            raise ValueError(f"refusing hosts line {line!r}")
         out.append((addr, names))
     return out
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidInput
+from ..protocol.messages import Progress
 from ..protocol.names import check_message_type
 from . import sdnotify
 from .control import ControlServer
@@ -115,27 +116,19 @@ async def _main(
 async def _handle(agent: Agent, req: dict[str, Any]) -> dict[str, Any]:
     op = req.get("op")
     if op == "progress":
-        text, pct = req.get("text"), req.get("percent")
-        if not isinstance(text, str) or not text.strip():
-            raise InvalidInput("progress needs a text")
-        if pct is not None and (
-            isinstance(pct, bool) or not isinstance(pct, (int, float)) or not 0 <= pct <= 100
-        ):
-            raise InvalidInput("--percent must be between 0 and 100")
-        await agent.emit("progress", {"text": text, "percent": pct})
+        # Checked by the catalogue, as the server will (one definition of a progress line).
+        await agent.send(
+            Progress.from_body({"text": req.get("text"), "percent": req.get("percent")})
+        )
         return {}
     if op == "ready":
         await agent.say_ready()
         return {}
     if op == "emit":
-        type_ = check_message_type(req.get("type"))
-        body = req.get("body") or {}
-        if not isinstance(body, dict):
-            raise InvalidInput("the message body must be a JSON object")
         to = req.get("to") or "master"
         if not isinstance(to, str):
             raise InvalidInput("--to must be master, a peer name, a comma list or all")
-        await agent.emit(type_, body, to=to)
+        await agent.emit(req.get("type"), req.get("body"), to=to)
         return {}
     if op == "peers":
         return await agent.roster()

@@ -3,24 +3,32 @@
     credential.json  server URL, pinned fingerprint and certificate, machine credential
                      (mode 0600 / SYSTEM+Administrators only)
     agent.db         SQLite: messages not yet acknowledged by the server (outbox), the
-                     highest server seq processed, the jobs started (at-most-once), flags
+                     highest server seq processed and failed attempts at the next one,
+                     the jobs started (at-most-once), messages given up (dead letters),
+                     user messages for scripts, flags
 
 Every change that the server will rely on is committed before it is acknowledged or
-sent, so a kill -9 or a reboot loses nothing the agent promised.
+sent, so a kill -9 or a reboot loses nothing the agent promised. The rules of the two
+numbered streams are ``protocol/delivery.py``'s: this module only stores what they need
+(``AgentOutbox``, ``AgentInbox``) and runs them in its transactions.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidInput
-from ..protocol.messages import Envelope, encode_frame
+from ..protocol.delivery import Inbox, InboxStore, Outbox, OutboxStore
+from ..protocol.frames import Msg, renumber_frame, write_frame
+from ..protocol.messages import Envelope
 
 __all__ = ["AgentState", "Credential"]
 
@@ -54,10 +62,39 @@ class AgentState:
                                                  type TEXT NOT NULL, sender TEXT NOT NULL,
                                                  envelope TEXT NOT NULL, consumed INTEGER
                                                  NOT NULL DEFAULT 0);
+            CREATE TABLE IF NOT EXISTS dead_letters (seq INTEGER PRIMARY KEY,
+                                                     type TEXT NOT NULL, id TEXT,
+                                                     reason TEXT NOT NULL,
+                                                     attempts INTEGER NOT NULL,
+                                                     created REAL NOT NULL);
             """
         )
         if "proc" not in {r[1] for r in self.db.execute("PRAGMA table_info(jobs)")}:
             self.db.execute("ALTER TABLE jobs ADD COLUMN proc TEXT")  # state of an older agent
+        self._depth = 0
+        self.outbox: Outbox[Envelope] = Outbox(AgentOutbox(self))
+        self.inbox = Inbox(AgentInbox(self))
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One SQLite transaction (``BEGIN IMMEDIATE``); nested calls join it."""
+        if self._depth:
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+            return
+        self.db.execute("BEGIN IMMEDIATE")
+        self._depth = 1
+        try:
+            yield
+        except BaseException:
+            self._depth = 0
+            self.db.execute("ROLLBACK")
+            raise
+        self._depth = 0
+        self.db.execute("COMMIT")
 
     # -- credential ---------------------------------------------------------------------
     @property
@@ -101,7 +138,7 @@ class AgentState:
 
     @property
     def processed(self) -> int:
-        return int(self.get("in_processed", "0") or 0)
+        return self.inbox.processed
 
     # -- outbox (agent -> server) -------------------------------------------------------
     def enqueue(
@@ -115,14 +152,8 @@ class AgentState:
         same transaction (so a result and the job's end are never separated), or record a
         running job's process (``(job_id, Platform.process_identity)``, for
         ``interrupted_jobs``)."""
-        with self.db:
-            self.db.execute("BEGIN IMMEDIATE")
-            row = self.db.execute("SELECT MAX(seq) FROM outbox").fetchone()
-            last_sent = int(self.get("out_last", "0") or 0)
-            seq = max(int(row[0] or 0), last_sent) + 1
-            frame = encode_frame({"type": "msg", "seq": seq, "msg": env.to_dict()})
-            self.db.execute("INSERT INTO outbox (seq, frame) VALUES (?, ?)", (seq, frame))
-            self.put("out_last", str(seq))
+        with self.transaction():
+            seq, frame = self.outbox.add(env)
             if job_done is not None:
                 self.db.execute("UPDATE jobs SET state = 'done' WHERE job_id = ?", (job_done,))
             if job_process is not None:
@@ -133,23 +164,18 @@ class AgentState:
 
     def frames_after(self, after: int) -> list[tuple[int, str]]:
         """Unacknowledged frames numbered above ``after``, in order."""
-        return [
-            (int(s), f)
-            for s, f in self.db.execute(
-                "SELECT seq, frame FROM outbox WHERE seq > ? ORDER BY seq", (after,)
-            ).fetchall()
-        ]
+        return self.outbox.replay(after, limit=-1)
 
     def acked(self, seq: int) -> None:
-        self.db.execute("DELETE FROM outbox WHERE seq <= ?", (seq,))
+        """The server acknowledged everything up to ``seq`` (InvalidInput if it was never
+        sent)."""
+        with self.transaction():
+            self.outbox.ack(seq)
 
     def resume_from(self) -> int:
         """The first message the agent can still send: its oldest unacknowledged one,
         else the next it will number."""
-        row = self.db.execute("SELECT MIN(seq) FROM outbox").fetchone()
-        if row[0] is not None:
-            return int(row[0])
-        return int(self.get("out_last", "0") or 0) + 1
+        return self.outbox.resume_from()
 
     def pending_count(self) -> int:
         return int(self.db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
@@ -161,8 +187,8 @@ class AgentState:
         """Record server message ``seq`` as processed; with ``start_job``, also record the
         job as started - unless it was seen before, then return False (do not run it);
         with ``message``, keep a user message for `crc agent wait-message`."""
-        with self.db:
-            self.db.execute("BEGIN IMMEDIATE")
+        with self.transaction():
+            self.inbox.done(seq)
             fresh = True
             if message is not None:
                 self.db.execute(
@@ -176,8 +202,40 @@ class AgentState:
                     (start_job, time.time()),
                 )
                 fresh = cur.rowcount == 1
-            self.put("in_processed", str(seq))
         return fresh
+
+    def dead_letter(
+        self,
+        seq: int,
+        kind: str,
+        message_id: str | None,
+        reason: str,
+        attempts: int,
+        reports: list[Envelope],
+        job_id: str | None = None,
+    ) -> list[str]:
+        """Give up server message ``seq``: processed with no effect, kept in
+        ``dead_letters``, and ``reports`` queued for the server, in one transaction (so
+        the server hears of every message given up). ``job_id``: the job it carried is
+        recorded as ended (never started later). Returns the reports' frames."""
+        with self.transaction():
+            self.inbox.done(seq)
+            self.db.execute(
+                "INSERT OR REPLACE INTO dead_letters (seq, type, id, reason, attempts, created)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (seq, kind, message_id, reason, attempts, time.time()),
+            )
+            if job_id is not None:
+                self.forget_job(job_id)
+            return [self.outbox.add(env)[1] for env in reports]
+
+    def dead_letters(self) -> list[dict[str, Any]]:
+        """Messages given up, oldest first."""
+        rows = self.db.execute(
+            "SELECT seq, type, id, reason, attempts, created FROM dead_letters ORDER BY seq"
+        ).fetchall()
+        keys = ("seq", "type", "id", "reason", "attempts", "created")
+        return [dict(zip(keys, r, strict=True)) for r in rows]
 
     def forget_job(self, job_id: str) -> None:
         """Remember ``job_id`` as finished without running it (cancelled before start)."""
@@ -209,3 +267,73 @@ class AgentState:
 
     def close(self) -> None:
         self.db.close()
+
+
+class AgentOutbox(OutboxStore[Envelope]):
+    """The agent's numbered messages to the server: table ``outbox`` (seq, frame) and
+    flag ``out_last`` (the highest number given, kept when the outbox empties)."""
+
+    def __init__(self, state: AgentState) -> None:
+        self.state = state
+        self.db = state.db
+
+    def take_seq(self) -> int:
+        seq = self.last_seq() + 1
+        self.state.put("out_last", str(seq))
+        return seq
+
+    def last_seq(self) -> int:
+        row = self.db.execute("SELECT MAX(seq) FROM outbox").fetchone()
+        return max(int(row[0] or 0), int(self.state.get("out_last", "0") or 0))
+
+    def skip_to(self, last: int) -> None:
+        self.state.put("out_last", str(last))
+
+    def put(self, seq: int, item: Envelope) -> str:
+        frame = write_frame(Msg(seq=seq, msg=item.to_dict()))
+        self.db.execute("INSERT INTO outbox (seq, frame) VALUES (?, ?)", (seq, frame))
+        return frame
+
+    def drop_through(self, seq: int) -> int:
+        return self.db.execute("DELETE FROM outbox WHERE seq <= ?", (seq,)).rowcount
+
+    def pending(self, after: int, limit: int) -> list[tuple[int, str]]:
+        rows = self.db.execute(
+            "SELECT seq, frame FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
+        ).fetchall()
+        return [(int(s), f) for s, f in rows]
+
+    def oldest(self) -> int | None:
+        row = self.db.execute("SELECT MIN(seq) FROM outbox").fetchone()
+        return int(row[0]) if row[0] is not None else None
+
+    def renumber(self, old: int, new: int) -> None:
+        row = self.db.execute("SELECT frame FROM outbox WHERE seq = ?", (old,)).fetchone()
+        if row is not None:
+            self.db.execute(
+                "UPDATE outbox SET seq = ?, frame = ? WHERE seq = ?",
+                (new, renumber_frame(row[0], new), old),
+            )
+
+
+class AgentInbox(InboxStore):
+    """The server's messages processed: flags ``in_processed`` and ``in_attempt``
+    (``SEQ:COUNT``, attempts at the next message, counted before processing it)."""
+
+    def __init__(self, state: AgentState) -> None:
+        self.state = state
+
+    def processed(self) -> int:
+        return int(self.state.get("in_processed", "0") or 0)
+
+    def set_processed(self, seq: int) -> None:
+        self.state.put("in_processed", str(seq))
+
+    def attempts(self, seq: int) -> int:
+        at, _, count = (self.state.get("in_attempt") or "0:0").partition(":")
+        return int(count or 0) if at == str(seq) else 0
+
+    def add_attempt(self, seq: int) -> int:
+        count = self.attempts(seq) + 1
+        self.state.put("in_attempt", f"{seq}:{count}")
+        return count

@@ -1,4 +1,4 @@
-"""Sizes and rates the server and agent enforce; documented in docs/reference/limits.md."""
+"""Sizes and rates the server and agent enforce; documented in docs/reference.md (Limits)."""
 
 MAX_FRAME_BYTES = 1 << 20  # one WebSocket frame, either direction
 MAX_HTTP_BODY_BYTES = 1 << 20  # one JSON request body
@@ -13,3 +13,5 @@ DEFAULT_KEY_TTL_SECONDS = 24 * 3600
 HEARTBEAT_SECONDS = 20.0  # WebSocket ping interval; two missed pings mean offline
 MAX_UNACKED = 1000  # messages in flight to one agent before the server waits for acks
 MAX_FILE_BYTES = 4 << 30  # one file pushed or pulled (streamed, never held in memory)
+MAX_FACT_ADDRESSES = 64  # addresses per list in a machine's facts
+MAX_JSON_DEPTH = 32  # nesting of any JSON value a client or machine sends (a body, a value)

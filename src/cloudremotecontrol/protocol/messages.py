@@ -1,59 +1,120 @@
-"""Wire messages: the envelope every message travels in, typed bodies, and frames.
+"""The message catalogue: the envelope every numbered message travels in, and one typed
+class per message type, with who sends it and the limits of each field.
 
-The agent connection carries JSON text frames (one object each)::
+==================  =============  =====================================================
+type                direction      body
+==================  =============  =====================================================
+job.run             server→agent   job_id, argv | command, shell, env, cwd, timeout
+job.cancel          server→agent   job_id, before_start
+hosts.sync          server→agent   job_id, group, entries [[ip, machine], ...]
+file.put            server→agent   job_id, sha256, size, path, mode, owner
+file.get            server→agent   job_id, path
+system.ready        agent→server   (nothing)
+progress            agent→server   text, percent, source
+facts               agent→server   hostname, os, os_release, arch, ips, private_ips,
+                                   public_ips, agent_version, boot_id, python
+job.started         agent→server   job_id
+job.output          agent→server   job_id, stream, data
+job.result          agent→server   job_id, status, exit_code, reason
+message.failed      agent→server   seq, type, id, reason, attempts (a dead letter)
+user.*              peer           any JSON object (data, never a command)
+==================  =============  =====================================================
 
-    agent -> server   hello     {"type": "hello", "ack": N, "resume_from": M,
-                                 "agent_version": ..., "ready": bool}
-    server -> agent   welcome   {"type": "welcome", "ack": N, "machine": ..., "group": ...}
-    either way        msg       {"type": "msg", "seq": N, "msg": ENVELOPE}
-    either way        ack       {"type": "ack", "seq": N}            (cumulative)
-    server -> agent   revoked   {"type": "revoked", "reason": ..., "uninstall": true?}
-
-``ack`` in hello/welcome is the highest sequence number of the *peer's* messages the
-sender has durably processed, so the peer replays everything after it (resume).
-``resume_from`` (optional) is the first message the agent can still send: beyond what
-the server processed only after the server's database was rolled back.
+Everything a machine sends is hostile input: it is checked here, once, where it is
+decoded, and only the typed result reaches the code that acts on it. A machine can never
+send what the server sends (``job.run``, ``file.put``, ``hosts.sync``...): the server
+refuses any type whose direction it does not receive.
 """
 
 from __future__ import annotations
 
-import json
+import math
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 from ..errors import InvalidInput, TooLarge
-from .limits import MAX_COMMAND_BYTES, MAX_FRAME_BYTES, MAX_TIMEOUT_SECONDS
+from .fields import (
+    MAX_SEQ,
+    Bool,
+    Choice,
+    Hostname,
+    Int,
+    IpAddress,
+    JsonObject,
+    ListOf,
+    Name,
+    Number,
+    Optional,
+    Pair,
+    Pattern,
+    Spec,
+    StrMap,
+    Text,
+    check_remote_path,
+)
+from .jsoncheck import check_json
+from .limits import (
+    MAX_COMMAND_BYTES,
+    MAX_FACT_ADDRESSES,
+    MAX_FILE_BYTES,
+    MAX_JSON_DEPTH,
+    MAX_MACHINES_PER_GROUP,
+    MAX_MESSAGE_BODY_BYTES,
+    MAX_OUTPUT_CHUNK_BYTES,
+    MAX_TIMEOUT_SECONDS,
+)
+from .names import check_message_type
+from .wire import REGISTRY, Direction, Message, Side, register, wire, wire_fields
 
 __all__ = [
+    "JOB_KINDS",
     "SHELLS",
     "Envelope",
+    "Facts",
+    "FileGet",
+    "FilePut",
+    "HostsSync",
+    "JobCancel",
+    "JobOutput",
+    "JobResult",
     "JobRun",
-    "decode_frame",
-    "encode_frame",
+    "JobStarted",
+    "MessageFailed",
+    "Progress",
+    "SystemReady",
+    "UserMessage",
+    "decode_message",
     "new_id",
 ]
 
 SHELLS = ("bash", "sh", "powershell", "cmd")
-MAX_SEQ = 2**63 - 1  # sequence numbers are stored in 64-bit integer columns
+TERMINAL_STATUSES = ("succeeded", "failed", "timed_out", "cancelled", "lost")
+MAX_ENV_VARS = 1000
+MAX_ARGS = 10_000
+MAX_REASON_BYTES = 500
+_ID_MAX = 256
 
-# Types a machine may send. Anything else from a machine is refused: a machine never
-# commands (no job.run, file.put, hosts.sync from a machine credential).
-AGENT_TYPES = frozenset(
-    {"system.ready", "progress", "facts", "job.started", "job.output", "job.result"}
-)
-# Types the server sends to agents.
-SERVER_TYPES = frozenset({"job.run", "job.cancel", "system.roster"})
+JOB_ID = Text(128, message="job_id must be a non-empty string")
+OWNER_PATTERN = r"[A-Za-z0-9_.][A-Za-z0-9_.-]{0,31}(:[A-Za-z0-9_.][A-Za-z0-9_.-]{0,31})?"
+MODE_PATTERN = r"0?[0-7]{3,4}"
 
 
 def new_id() -> str:
     return uuid.uuid4().hex
 
 
+# -- the envelope --------------------------------------------------------------------------
+
+
 @dataclass(frozen=True)
 class Envelope:
-    """``{id, group, from, to, type, body, correlation_id, created}`` (DESIGN.md)."""
+    """``{id, group, from, to, type, body, correlation_id, created}`` of every message.
+
+    The fields that route it are checked here, and the depth of its body; the body's
+    fields are checked by the message's class (``decode_message``)."""
 
     id: str
     group: str
@@ -65,32 +126,46 @@ class Envelope:
     created: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["from"] = d.pop("sender")
-        return d
+        return {
+            "id": self.id,
+            "group": self.group,
+            "from": self.sender,
+            "to": self.to,
+            "type": self.type,
+            "body": self.body,
+            "correlation_id": self.correlation_id,
+            "created": self.created,
+        }
 
     @classmethod
     def from_dict(cls, data: object) -> Envelope:
         if not isinstance(data, dict):
             raise InvalidInput("message must be a JSON object")
-        try:
-            env = cls(
-                id=_str(data, "id"),
-                group=_str(data, "group"),
-                sender=_str(data, "from"),
-                to=_str(data, "to"),
-                type=_str(data, "type"),
-                body=data.get("body") or {},
-                correlation_id=data.get("correlation_id"),
-                created=float(data.get("created") or 0.0),
-            )
-        except (TypeError, ValueError) as exc:
-            raise InvalidInput(f"malformed message: {exc}") from None
-        if not isinstance(env.body, dict):
+        body = data.get("body") or {}
+        if not isinstance(body, dict):
             raise InvalidInput("message body must be a JSON object")
-        if env.correlation_id is not None and not isinstance(env.correlation_id, str):
+        check_json(body, max_depth=MAX_JSON_DEPTH, what="message body", field="body")
+        correlation_id = data.get("correlation_id")
+        if correlation_id is not None and (
+            not isinstance(correlation_id, str) or len(correlation_id) > _ID_MAX
+        ):
             raise InvalidInput("correlation_id must be a string")
-        return env
+        try:
+            created = float(data.get("created") or 0.0)
+        except (TypeError, ValueError):
+            raise InvalidInput("malformed message: created must be a time") from None
+        if not math.isfinite(created):
+            raise InvalidInput("malformed message: created must be a time")
+        return cls(
+            id=_str(data, "id"),
+            group=_str(data, "group"),
+            sender=_str(data, "from"),
+            to=_str(data, "to"),
+            type=_str(data, "type"),
+            body=body,
+            correlation_id=correlation_id,
+            created=created,
+        )
 
     @classmethod
     def make(
@@ -104,118 +179,372 @@ class Envelope:
     ) -> Envelope:
         return cls(new_id(), group, sender, to, type, body or {}, correlation_id, time.time())
 
+    @classmethod
+    def of(
+        cls,
+        message: Message,
+        group: str,
+        sender: str,
+        to: str,
+        correlation_id: str | None = None,
+    ) -> Envelope:
+        """The envelope carrying ``message``."""
+        return cls.make(group, sender, to, message.type_name, message.to_body(), correlation_id)
 
-def _str(data: dict[str, Any], key: str) -> str:
+
+def _str(data: Mapping[str, Any], key: str) -> str:
     value = data.get(key)
-    if not isinstance(value, str) or not value or len(value) > 256:
+    if not isinstance(value, str) or not value or len(value) > _ID_MAX:
         raise InvalidInput(f"message field {key!r} must be a non-empty string")
     return value
 
 
+def decode_message(env: Envelope, receiver: Side) -> Message:
+    """The typed message ``env`` carries, checked; InvalidInput (code ``unknown_type``)
+    for a type ``receiver`` does not take."""
+    cls = REGISTRY.lookup(env.type, Message)
+    if cls is None:
+        raise InvalidInput(f"unknown message type {env.type!r}", code="unknown_type")
+    if receiver not in cls.DIRECTION.receivers:
+        who = "machines may not send" if receiver is Side.SERVER else "agents do not take"
+        raise InvalidInput(f"{who} {env.type!r} messages", code="unknown_type")
+    return cls.from_envelope(env.type, env.body)
+
+
+# -- server -> agent -----------------------------------------------------------------------
+
+
+@register
 @dataclass(frozen=True)
-class JobRun:
-    """Body of ``job.run``: exactly one of ``argv`` and ``command`` (a shell string)."""
+class JobRun(Message):
+    """Run a command: exactly one of ``argv`` and ``command`` (a shell string)."""
 
-    job_id: str
-    argv: tuple[str, ...] | None = None
-    command: str | None = None
-    shell: str | None = None
-    env: dict[str, str] = field(default_factory=dict)
-    cwd: str | None = None
-    timeout: float | None = None
+    TYPE = "job.run"
+    DIRECTION = Direction.TO_AGENT
 
-    def to_body(self) -> dict[str, Any]:
-        d = asdict(self)
-        if self.argv is not None:
-            d["argv"] = list(self.argv)
-        return d
+    job_id: str = wire(JOB_ID)
+    argv: tuple[str, ...] | None = wire(
+        Optional(
+            ListOf(
+                Text(MAX_COMMAND_BYTES, blank_ok=True, controls_ok=True),
+                MAX_ARGS,
+                min_items=1,
+                message="argv must be a non-empty list of strings without NUL characters",
+            )
+        ),
+        None,
+    )
+    command: str | None = wire(
+        Optional(
+            Text(
+                MAX_COMMAND_BYTES,
+                controls_ok=True,
+                message="command must be a non-empty string without NUL characters",
+            )
+        ),
+        None,
+    )
+    shell: str | None = wire(
+        Optional(Choice(SHELLS, message="unknown shell {value!r}: use one of {choices}")), None
+    )
+    env: dict[str, str] = wire(  # noqa: RUF009 -- wire() returns a dataclasses.field
+        StrMap(
+            Pattern(r"[^=\x00]+", "invalid variable name"),
+            Text(MAX_COMMAND_BYTES, blank_ok=True, controls_ok=True),
+            MAX_ENV_VARS,
+            message="env must map variable names to strings",
+        ),
+        factory=dict,
+    )
+    cwd: str | None = wire(
+        Optional(Text(4096, controls_ok=True, message="cwd must be a non-empty path")), None
+    )
+    timeout: float | None = wire(
+        Optional(
+            Number(
+                0,
+                MAX_TIMEOUT_SECONDS,
+                low_open=True,
+                message=f"timeout must be between 0 and {MAX_TIMEOUT_SECONDS} seconds",
+            )
+        ),
+        None,
+    )
 
-    @classmethod
-    def from_body(cls, body: dict[str, Any]) -> JobRun:
-        job_id = body.get("job_id")
-        if not isinstance(job_id, str) or not job_id:
-            raise InvalidInput("job_id must be a non-empty string")
-        argv, command = body.get("argv"), body.get("command")
-        if (argv is None) == (command is None):
+    def validate(self) -> None:
+        if (self.argv is None) == (self.command is None):
             raise InvalidInput("give either argv (a list of strings) or command (a string)")
-        size = 0
-        if argv is not None:
-            if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
-                raise InvalidInput("argv must be a non-empty list of strings", field="argv")
-            if any("\x00" in a for a in argv):
-                raise InvalidInput("argv must not contain NUL characters", field="argv")
-            size = sum(len(a.encode()) for a in argv)
-            argv = tuple(argv)
-        if command is not None:
-            if not isinstance(command, str) or not command.strip() or "\x00" in command:
-                raise InvalidInput("command must be a non-empty string", field="command")
-            size = len(command.encode())
+        size = (
+            sum(len(a.encode()) for a in self.argv)
+            if self.argv is not None
+            else len((self.command or "").encode())
+        )
         if size > MAX_COMMAND_BYTES:
             raise TooLarge(f"command is {size} bytes; the limit is {MAX_COMMAND_BYTES}")
-        shell = body.get("shell")
-        if shell is not None and shell not in SHELLS:
-            raise InvalidInput(
-                f"unknown shell {shell!r}: use one of {', '.join(SHELLS)}", field="shell"
-            )
-        env = body.get("env") or {}
-        if not isinstance(env, dict) or not all(
-            isinstance(k, str)
-            and k
-            and "=" not in k
-            and "\x00" not in k
-            and isinstance(v, str)
-            and "\x00" not in v
-            for k, v in env.items()
-        ):
-            raise InvalidInput("env must map variable names to strings", field="env")
-        cwd = body.get("cwd")
-        if cwd is not None and (not isinstance(cwd, str) or not cwd or "\x00" in cwd):
-            raise InvalidInput("cwd must be a non-empty path", field="cwd")
-        timeout = body.get("timeout")
-        if timeout is not None:
-            if (
-                isinstance(timeout, bool)
-                or not isinstance(timeout, (int, float))
-                or not 0 < timeout <= MAX_TIMEOUT_SECONDS
-            ):
-                raise InvalidInput(
-                    f"timeout must be between 0 and {MAX_TIMEOUT_SECONDS} seconds", field="timeout"
+        if self.timeout is not None:
+            object.__setattr__(self, "timeout", float(self.timeout))
+
+
+@register
+@dataclass(frozen=True)
+class JobCancel(Message):
+    """Stop a job (``before_start``: it was cancelled while still queued)."""
+
+    TYPE = "job.cancel"
+    DIRECTION = Direction.TO_AGENT
+
+    job_id: str = wire(JOB_ID)
+    before_start: bool = wire(Bool(), False)
+
+
+@register
+@dataclass(frozen=True)
+class HostsSync(Message):
+    """Write the group's machines into the hosts file: ``entries`` are ``(ip, name)``."""
+
+    TYPE = "hosts.sync"
+    DIRECTION = Direction.TO_AGENT
+
+    job_id: str = wire(JOB_ID)
+    group: str = wire(Name("group"))
+    entries: tuple[tuple[str, str], ...] = wire(
+        ListOf(Pair(IpAddress(), Name("machine")), MAX_MACHINES_PER_GROUP)
+    )
+
+
+class _RemotePath(Spec):
+    def check(self, value: Any, name: str) -> str:
+        return check_remote_path(value)
+
+
+@register
+@dataclass(frozen=True)
+class FilePut(Message):
+    """Fetch blob ``sha256`` from the server and write it at ``path``."""
+
+    TYPE = "file.put"
+    DIRECTION = Direction.TO_AGENT
+
+    job_id: str = wire(JOB_ID)
+    sha256: str = wire(Pattern(r"[0-9a-f]{64}", "sha256 must be 64 lowercase hex digits"))
+    size: int = wire(Int(0, MAX_FILE_BYTES))
+    path: str = wire(_RemotePath())
+    mode: str | None = wire(
+        Optional(Pattern(MODE_PATTERN, "invalid mode {value!r}: use octal like 0640")), None
+    )
+    owner: str | None = wire(
+        Optional(Pattern(OWNER_PATTERN, "invalid owner {value!r}: use USER or USER:GROUP")),
+        None,
+    )
+
+
+@register
+@dataclass(frozen=True)
+class FileGet(Message):
+    """Upload the file at ``path`` to the server for pull job ``job_id``."""
+
+    TYPE = "file.get"
+    DIRECTION = Direction.TO_AGENT
+
+    job_id: str = wire(JOB_ID)
+    path: str = wire(_RemotePath())
+
+
+#: Messages that carry a job: a machine that cannot use one reports the job failed.
+JOB_KINDS: frozenset[str] = frozenset({JobRun.TYPE, HostsSync.TYPE, FilePut.TYPE, FileGet.TYPE})
+
+
+# -- agent -> server -----------------------------------------------------------------------
+
+
+@register
+@dataclass(frozen=True)
+class SystemReady(Message):
+    """The machine is ready (its provisioning is done)."""
+
+    TYPE = "system.ready"
+    DIRECTION = Direction.TO_SERVER
+
+
+@register
+@dataclass(frozen=True)
+class Progress(Message):
+    """A progress line (text longer than 1,000 bytes is cut, not refused)."""
+
+    TYPE = "progress"
+    DIRECTION = Direction.TO_SERVER
+
+    text: str = wire(
+        Text(1000, truncate=True, controls_ok=True, nul_ok=True, message="progress needs a text")
+    )
+    percent: float | None = wire(
+        Optional(Number(0, 100, message="percent must be between 0 and 100")), None
+    )
+    source: str | None = wire(Optional(Text(256, truncate=True, controls_ok=True)), None)
+
+
+@register
+@dataclass(frozen=True)
+class Facts(Message):
+    """What a machine reports about itself. Addresses and host names reach peers' hosts
+    files and scenario templates, so each one must be a plain address or an RFC 1123
+    host name; what is not is left out, and listed in ``rejected`` (not sent on the
+    wire: the server records it as a ``facts.rejected`` event)."""
+
+    TYPE = "facts"
+    DIRECTION = Direction.TO_SERVER
+
+    hostname: str | None = wire(Optional(Hostname()), None)
+    os: str | None = wire(Optional(Text(32)), None)
+    os_release: str | None = wire(Optional(Text(256)), None)
+    arch: str | None = wire(Optional(Text(32)), None)
+    ips: tuple[str, ...] = wire(ListOf(IpAddress(), MAX_FACT_ADDRESSES), ())
+    private_ips: tuple[str, ...] = wire(ListOf(IpAddress(), MAX_FACT_ADDRESSES), ())
+    public_ips: tuple[str, ...] = wire(ListOf(IpAddress(), MAX_FACT_ADDRESSES), ())
+    agent_version: str | None = wire(Optional(Text(64)), None)
+    boot_id: str | None = wire(Optional(Text(64)), None)
+    python: str | None = wire(Optional(Text(32)), None)
+    rejected: tuple[str, ...] = field(default=(), compare=False)
+
+    MAX_REJECTED: ClassVar[int] = 20
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> Facts:
+        """Keep every valid fact; leave out (and list) each invalid one, each invalid
+        address of a list, and unknown keys - one bad value does not cost the rest."""
+        values: dict[str, Any] = {}
+        rejected: list[str] = []
+        known = set()
+        for f, spec in wire_fields(cls):
+            known.add(f.name)
+            raw = body.get(f.name)
+            if raw is None:
+                continue
+            if isinstance(spec, ListOf) and isinstance(raw, list):
+                kept: list[str] = []
+                for item in raw[: spec.max_items]:
+                    try:
+                        kept.append(spec.item.check(item, f.name))
+                    except InvalidInput as exc:
+                        rejected.append(exc.message)
+                if len(raw) > spec.max_items:
+                    rejected.append(
+                        f"{f.name}: {len(raw) - spec.max_items} beyond the first "
+                        f"{spec.max_items} left out"
+                    )
+                values[f.name] = tuple(kept)
+                continue
+            try:
+                values[f.name] = spec.check(raw, f.name)
+            except InvalidInput as exc:
+                rejected.append(
+                    exc.message if exc.message.startswith(f.name) else f"{f.name}: {exc.message}"
                 )
-            timeout = float(timeout)
-        return cls(job_id, argv, command, shell, dict(env), cwd, timeout)
+        unknown = sorted(str(k)[:40] for k in body if k not in known)
+        if unknown:
+            shown = ", ".join(unknown[:10]) + (" ..." if len(unknown) > 10 else "")
+            rejected.append(f"unknown facts left out: {shown}")
+        if len(rejected) > cls.MAX_REJECTED:
+            more = len(rejected) - cls.MAX_REJECTED
+            rejected = [*rejected[: cls.MAX_REJECTED], f"and {more} more"]
+        return cls(**values, rejected=tuple(rejected))
 
 
-def encode_frame(frame: dict[str, Any]) -> str:
-    return json.dumps(frame, separators=(",", ":"))
+@register
+@dataclass(frozen=True)
+class JobStarted(Message):
+    TYPE = "job.started"
+    DIRECTION = Direction.TO_SERVER
+
+    job_id: str = wire(JOB_ID)
 
 
-def _check_seq(value: Any, kind: str, field: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEQ:
-        raise InvalidInput(f"{kind} frame needs a non-negative integer {field}")
-    return value
+@register
+@dataclass(frozen=True)
+class JobOutput(Message):
+    """A chunk of a job's output (over the chunk limit it is cut, not refused)."""
+
+    TYPE = "job.output"
+    DIRECTION = Direction.TO_SERVER
+
+    job_id: str = wire(JOB_ID)
+    stream: str = wire(Choice(("stdout", "stderr")))
+    data: str = wire(
+        Text(MAX_OUTPUT_CHUNK_BYTES, truncate=True, blank_ok=True, controls_ok=True, nul_ok=True)
+    )
 
 
-def decode_frame(text: str | bytes) -> dict[str, Any]:
-    """Parse one frame; raise InvalidInput for anything that is not a known frame."""
-    if len(text) > MAX_FRAME_BYTES:
-        raise TooLarge(f"frame of {len(text)} bytes; the limit is {MAX_FRAME_BYTES}")
-    try:
-        frame = json.loads(text)
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidInput("frame is not valid JSON") from None
-    except RecursionError:  # "[[[[...": small enough to pass the size check
-        raise InvalidInput("frame is nested too deeply") from None
-    if not isinstance(frame, dict):
-        raise InvalidInput("frame must be a JSON object")
-    kind = frame.get("type")
-    if kind not in ("hello", "welcome", "msg", "ack", "revoked", "error"):
-        raise InvalidInput(f"unknown frame type {kind!r}", code="unknown_type")
-    if kind in ("msg", "ack"):
-        _check_seq(frame.get("seq"), kind, "seq")
-    if kind in ("hello", "welcome"):
-        frame["ack"] = _check_seq(frame.get("ack", 0), kind, "ack")
-    if kind == "hello" and frame.get("resume_from") is not None:
-        _check_seq(frame["resume_from"], kind, "resume_from")
-    if kind == "msg" and not isinstance(frame.get("msg"), dict):
-        raise InvalidInput("msg frame needs a msg object")
-    return frame
+@register
+@dataclass(frozen=True)
+class JobResult(Message):
+    """How a job ended on the machine; ``exit_code`` is None when it has none."""
+
+    TYPE = "job.result"
+    DIRECTION = Direction.TO_SERVER
+
+    job_id: str = wire(JOB_ID)
+    status: str = wire(
+        Choice(TERMINAL_STATUSES, message="job.result status must be one of {choices}")
+    )
+    exit_code: int | None = wire(Optional(Int(-(2**31), 2**32 - 1)), None)
+    reason: str | None = wire(
+        Optional(
+            Text(MAX_REASON_BYTES, truncate=True, blank_ok=True, controls_ok=True, nul_ok=True)
+        ),
+        None,
+    )
+
+
+@register
+@dataclass(frozen=True)
+class MessageFailed(Message):
+    """The machine could not use message ``seq`` from the server and gave up on it (a
+    dead letter): it is acknowledged, its effects never happened."""
+
+    TYPE = "message.failed"
+    DIRECTION = Direction.TO_SERVER
+
+    seq: int = wire(Int(0, MAX_SEQ))
+    type: str = wire(Text(_ID_MAX, truncate=True))
+    reason: str = wire(Text(MAX_REASON_BYTES, truncate=True, controls_ok=True))
+    id: str | None = wire(Optional(Text(_ID_MAX, truncate=True)), None)
+    attempts: int = wire(Int(0, 1000), 1)
+
+
+# -- peer ------------------------------------------------------------------------------------
+
+_USER_BODY = JsonObject(max_bytes=MAX_MESSAGE_BODY_BYTES, what="message body")
+
+
+@register
+@dataclass(frozen=True)
+class UserMessage(Message):
+    """``user.NAME``: data between the master and machines, never a command."""
+
+    TYPE = "user.*"
+    DIRECTION = Direction.PEER
+
+    type: str
+    body: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def type_name(self) -> str:
+        return self.type
+
+    @classmethod
+    def make(cls, type: object, body: object) -> UserMessage:
+        """Check a user message from anyone (the master, a script, a peer)."""
+        kind = check_message_type(type)
+        body = {} if body is None else body
+        return cls(kind, _USER_BODY.check(body, "body"))
+
+    @classmethod
+    def from_envelope(cls, type: str, body: Mapping[str, Any]) -> UserMessage:
+        return cls.make(type, body)
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> UserMessage:
+        raise TypeError("a user message's type is in its envelope: use from_envelope")
+
+    def to_body(self) -> dict[str, Any]:
+        return self.body

@@ -4,20 +4,23 @@ Handshake: the agent authenticates with its credential (Authorization header), s
 ``hello`` with the highest server seq it processed; the server answers ``welcome`` with
 the highest agent seq it processed; then both replay what the other has not processed.
 Close codes: 4400 protocol error, 4401 credential refused, 4403 revoked, 4409 replaced
-by a newer connection of the same machine.
+by a newer connection of the same machine, 1011 the server failed to apply a message
+(the agent reconnects and sends it again; see poison messages in protocol/delivery.py).
+Frames are decoded by the catalogue (``protocol/frames.py``) and handled by one method
+each; messages by ``ops/delivery.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from ..errors import CrcError, Unauthorized
-from ..protocol.messages import decode_frame, encode_frame
+from ..protocol.frames import Ack, ErrorFrame, Hello, Msg, Revoked, Welcome, read_frame, write_frame
+from ..protocol.wire import Dispatcher, Frame, Side
 from . import auth
 from .hub import AgentLink
 from .ops import delivery
@@ -38,8 +41,8 @@ async def agent_endpoint(ws: WebSocket) -> None:
         await _refuse(ws, 4401, exc)
         return
     try:
-        hello = decode_frame(await asyncio.wait_for(ws.receive_text(), HELLO_TIMEOUT))
-        if hello["type"] != "hello":
+        hello = read_frame(await asyncio.wait_for(ws.receive_text(), HELLO_TIMEOUT))
+        if not isinstance(hello, Hello):
             raise CrcError("expected a hello frame first", code="protocol")
     except (asyncio.TimeoutError, WebSocketDisconnect):
         with contextlib.suppress(Exception):
@@ -49,31 +52,30 @@ async def agent_endpoint(ws: WebSocket) -> None:
         await _refuse(ws, 4400, exc)
         return
     peer = ws.client.host if ws.client else None
-    agent_ack = hello["ack"]  # hello.ack and hello.resume_from checked by decode_frame
     info = await store.write(
         delivery.machine_connected,
         m["id"],
-        bool(hello.get("ready")),
+        hello.ready,
         peer,
         app.state.replica,
-        agent_ack,
-        hello.get("resume_from"),
+        hello.ack,
+        hello.resume_from,
     )
     await ws.send_text(
-        encode_frame(
-            {
-                "type": "welcome",
-                "ack": info["in_done"],
-                "machine": m["name"],
-                "group": m["group_name"],
-            }
+        write_frame(
+            Welcome(
+                ack=info["in_done"],
+                resume_from=info["resume_from"],
+                machine=m["name"],
+                group=m["group_name"],
+            )
         )
     )
 
     async def reload(machine_id: str, after: int) -> list[tuple[int, str]]:
         return await store.read(delivery.outbox_after, machine_id, after)
 
-    link = AgentLink(m["id"], ws.send_text, ws.close, reload, sent_upto=agent_ack)
+    link = AgentLink(m["id"], ws.send_text, ws.close, reload, sent_upto=hello.ack)
     old = app.state.hub.attach(link)
     app.state.hub.deliver(info.get("deliveries") or [])
     if old is not None:
@@ -98,7 +100,57 @@ async def agent_endpoint(ws: WebSocket) -> None:
                 await store.write(delivery.machine_disconnected, m["id"], app.state.replica)
 
 
+class _Connection:
+    """One agent's connection after the handshake: what each frame it sends does."""
+
+    def __init__(self, ws: WebSocket, store: Store, m: dict[str, Any], link: AgentLink) -> None:
+        self.ws, self.store, self.m, self.link = ws, store, m, link
+
+    def _error(self, exc: CrcError, seq: int | None = None) -> None:
+        self.link.send_control(write_frame(ErrorFrame(error=exc.to_payload()["error"], seq=seq)))
+
+    async def on_ack(self, frame: Ack) -> bool:
+        try:
+            await self.store.write(delivery.ack_outbox, self.m["id"], frame.seq)
+        except CrcError as exc:
+            self._error(exc)
+        return True
+
+    async def on_msg(self, frame: Msg) -> bool:
+        result = await self.store.write(
+            delivery.apply_agent_message, self.m["id"], frame.seq, frame.msg
+        )
+        receipt = result["receipt"]
+        if result.get("deliveries"):
+            self.ws.app.state.hub.deliver(result["deliveries"])
+        if receipt == "revoked":
+            await _refuse(self.ws, 4403, CrcError("machine revoked", code="revoked"))
+            return False
+        if receipt == "gap":
+            await _refuse(
+                self.ws,
+                4400,
+                CrcError(f"sequence gap: expected {result['expected']}, resume", code="protocol"),
+            )
+            return False
+        if receipt == "retry":  # this server failed to apply it: the agent sends it again
+            await _refuse(self.ws, 1011, CrcError(result["error"]["message"], code="internal"))
+            return False
+        if "error" in result:
+            self.link.send_control(write_frame(ErrorFrame(error=result["error"], seq=frame.seq)))
+        self.link.send_control(write_frame(Ack(seq=frame.seq)))
+        return True
+
+    async def on_hello(self, frame: Hello) -> bool:
+        self._error(CrcError("unexpected hello frame", code="unknown_type"))
+        return True
+
+
 async def _read_loop(ws: WebSocket, store: Store, m: dict[str, Any], link: AgentLink) -> None:
+    conn = _Connection(ws, store, m, link)
+    handlers: Dispatcher[Any] = Dispatcher(
+        Side.SERVER, Frame, {Hello: conn.on_hello, Msg: conn.on_msg, Ack: conn.on_ack}
+    )
     while not link.closed:
         try:
             text = await ws.receive_text()
@@ -106,61 +158,22 @@ async def _read_loop(ws: WebSocket, store: Store, m: dict[str, Any], link: Agent
             await _refuse(ws, 4400, CrcError("binary frames are not supported", code="protocol"))
             return
         try:
-            frame = decode_frame(text)
+            frame = read_frame(text)
         except CrcError as exc:
             # Malformed frame: tell the agent, keep the connection (nothing was stored).
-            link.send_control(encode_frame({"type": "error", **exc.to_payload()}))
+            conn._error(exc)
             continue
-        kind = frame["type"]
-        if kind == "ack":
-            try:
-                await store.write(delivery.ack_outbox, m["id"], frame["seq"])
-            except CrcError as exc:
-                link.send_control(encode_frame({"type": "error", **exc.to_payload()}))
-        elif kind == "msg":
-            result = await store.write(
-                delivery.apply_agent_message, m["id"], frame["seq"], frame["msg"]
-            )
-            receipt = result["receipt"]
-            if result.get("deliveries"):
-                ws.app.state.hub.deliver(result["deliveries"])
-            if receipt == "revoked":
-                await _refuse(ws, 4403, CrcError("machine revoked", code="revoked"))
-                return
-            if receipt == "gap":
-                await _refuse(
-                    ws,
-                    4400,
-                    CrcError(
-                        f"sequence gap: expected {result['expected']}, resume", code="protocol"
-                    ),
-                )
-                return
-            if "error" in result:
-                link.send_control(
-                    encode_frame({"type": "error", "seq": frame["seq"], "error": result["error"]})
-                )
-            link.send_control(encode_frame({"type": "ack", "seq": frame["seq"]}))
-        else:
-            link.send_control(
-                encode_frame(
-                    {
-                        "type": "error",
-                        "error": {"code": "unknown_type", "message": f"unexpected {kind} frame"},
-                    }
-                )
-            )
+        if not await handlers[frame](frame):
+            return
 
 
 async def _refuse(ws: WebSocket, code: int, exc: CrcError) -> None:
+    payload = exc.to_payload()["error"]
+    frame: Frame = (
+        Revoked(reason=exc.message, error=payload)
+        if code in (4401, 4403)
+        else ErrorFrame(error=payload, reason=exc.message)
+    )
     with contextlib.suppress(Exception):
-        await ws.send_text(
-            json.dumps(
-                {
-                    "type": "revoked" if code in (4401, 4403) else "error",
-                    "reason": exc.message,
-                    **exc.to_payload(),
-                }
-            )
-        )
+        await ws.send_text(write_frame(frame))
         await ws.close(code, exc.message[:120])

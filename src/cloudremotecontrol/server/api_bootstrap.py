@@ -22,11 +22,12 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import FileResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from ..bootstrap.package import AgentPackage, agent_package
 from ..errors import NotFound
 from . import auth
+from .models import StrictBody
 from .ops.keys import reissue_key
 
 __all__ = ["router"]
@@ -35,8 +36,7 @@ router = APIRouter(prefix="/v1")
 Master = Annotated[dict[str, Any], Depends(auth.master)]
 
 
-class KeyReissue(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class KeyReissue(StrictBody):
     key_ttl: float | None = Field(default=None, description="seconds the new key stays valid")
 
 

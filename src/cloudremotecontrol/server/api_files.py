@@ -6,13 +6,14 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import FileResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from ..errors import NotFound
 from ..protocol.limits import MAX_FILE_BYTES
 from . import auth
 from .api import queue_and_deliver
 from .blobs import BlobStore, check_sha256
+from .models import StrictBody
 from .ops import files as file_ops
 from .store.base import Store
 
@@ -22,8 +23,7 @@ Machine = Annotated[dict[str, Any], Depends(auth.machine)]
 LARGE_BODY_PREFIXES = ("/v1/blobs/", "/v1/agent/uploads/")
 
 
-class PushIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class PushIn(StrictBody):
     to: str = Field(max_length=4096)
     sha256: str = Field(max_length=64)
     path: str = Field(max_length=1024, description="absolute path on the machines")
@@ -31,8 +31,7 @@ class PushIn(BaseModel):
     owner: str | None = Field(default=None, description="USER or USER:GROUP")
 
 
-class PullIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class PullIn(StrictBody):
     machine: str = Field(max_length=63)
     path: str = Field(max_length=1024)
 

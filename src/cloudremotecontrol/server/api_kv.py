@@ -10,10 +10,10 @@ import asyncio
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
-from pydantic import BaseModel, ConfigDict
 
 from ..errors import NotFound, Unavailable
 from . import auth
+from .models import StrictBody
 from .ops import kv as kv_ops
 from .ops.common import live_group
 from .store.base import Store
@@ -24,8 +24,7 @@ Machine = Annotated[dict[str, Any], Depends(auth.machine)]
 MAX_WAIT = 300.0
 
 
-class KvIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class KvIn(StrictBody):
     value: Any = None
 
 

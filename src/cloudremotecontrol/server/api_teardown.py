@@ -10,18 +10,18 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from ..errors import Unavailable
 from . import auth
+from .models import StrictBody
 from .ops import teardown as ops
 
 router = APIRouter(prefix="/v1")
 Master = Annotated[dict[str, Any], Depends(auth.master)]
 
 
-class TeardownIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class TeardownIn(StrictBody):
     provider: Literal["vultr"]
     api_key: Annotated[str, Field(min_length=1, max_length=512, pattern=r"^[\x21-\x7e]+$")]
 

@@ -116,13 +116,13 @@ class Hub:
     async def revoke(self, machine_ids: list[str], reason: str, uninstall: bool = False) -> None:
         """Tell the connected ones (``uninstall``: and have them remove their service),
         then close them."""
-        from ..protocol.messages import encode_frame
+        from ..protocol.frames import Revoked, write_frame
 
-        frame = {"type": "revoked", "reason": reason, **({"uninstall": True} if uninstall else {})}
+        frame = write_frame(Revoked(reason=reason, uninstall=True if uninstall else None))
         for mid in machine_ids:
             link = self.links.get(mid)
             if link is not None:
-                link.send_control(encode_frame(frame))
+                link.send_control(frame)
                 await asyncio.sleep(0)
                 with contextlib.suppress(Exception):
                     await link.close(4403, reason)

@@ -2,19 +2,35 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ..protocol.jsoncheck import check_json
 
 
-class _Strict(BaseModel):
+class StrictBody(BaseModel):
+    """A JSON request body: unknown fields refused, and every field's value bounded in
+    nesting before anything else looks at it (``protocol/jsoncheck.py``): a value
+    nested too deep is a clear 400, never a 500 at a later read."""
+
     model_config = ConfigDict(extra="forbid")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _bounded(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key, value in data.items():
+                check_json(value, what=str(key)[:64], field=str(key)[:64])
+        return data
 
-class MachineIn(_Strict):
+
+class MachineIn(StrictBody):
     name: str = Field(max_length=63)
     labels: dict[str, str] = Field(default_factory=dict)
 
 
-class GroupCreate(_Strict):
+class GroupCreate(StrictBody):
     name: str = Field(max_length=63)
     machines: list[MachineIn] = Field(max_length=1000)
     key_ttl: float | None = Field(default=None, description="seconds an unused key stays valid")
@@ -22,7 +38,7 @@ class GroupCreate(_Strict):
     settings: dict[str, object] = Field(default_factory=dict)
 
 
-class JobCreate(_Strict):
+class JobCreate(StrictBody):
     to: str = Field(max_length=4096, description="machine, a,b, KEY=VALUE or all")
     argv: list[str] | None = None
     command: str | None = None
@@ -32,16 +48,16 @@ class JobCreate(_Strict):
     timeout: float | None = None
 
 
-class Enroll(_Strict):
+class Enroll(StrictBody):
     key: str = Field(max_length=200)
 
 
-class MessageSend(_Strict):
+class MessageSend(StrictBody):
     to: str = Field(max_length=4096)
     type: str = Field(max_length=80, description="user.NAME")
     body: dict[str, object] = Field(default_factory=dict)
 
 
-class HostsSync(_Strict):
+class HostsSync(StrictBody):
     to: str = Field(default="all", max_length=4096)
     ip: str = Field(default="auto", description="auto, private or public")

@@ -1,31 +1,40 @@
-"""Agent connections: state on connect/disconnect, the per-machine outbox, and what a
-machine sends (applied exactly once thanks to ``in_done``, the highest processed seq).
+"""Agent connections: state on connect/disconnect, and what a machine sends.
 
-See ``protocol/delivery.py`` for why sequence numbers, cumulative acks and resume give
-at-least-once delivery, and how receivers turn it into at-most-once effects.
+The rules of the numbered streams (acks, resume, resync, dedupe, poison messages) are
+``protocol/delivery.py``'s, run here on the machine's outbox and inbox in the store
+(``streams.py``). What a machine sends is decoded once by the message catalogue
+(``protocol/messages.py``) and applied by one handler per type (``HANDLERS``).
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from ...errors import CrcError, InvalidInput
-from ...protocol.limits import MAX_MESSAGE_BODY_BYTES, MAX_OUTPUT_KEPT_BYTES
-from ...protocol.messages import AGENT_TYPES, Envelope
-from ...protocol.states import (
-    JobEvent,
-    JobStatus,
-    MachineEvent,
-    MachineState,
-    job_next,
-    machine_next,
-    result_event,
+from ...protocol.delivery import Receipt, Verdict
+from ...protocol.limits import MAX_OUTPUT_KEPT_BYTES
+from ...protocol.messages import (
+    Envelope,
+    Facts,
+    JobOutput,
+    JobResult,
+    JobStarted,
+    MessageFailed,
+    Progress,
+    SystemReady,
+    UserMessage,
+    decode_message,
 )
+from ...protocol.states import JobEvent, MachineEvent, MachineState, machine_next, result_event
+from ...protocol.wire import Dispatcher, Message, Side
 from ..store.base import Tx
 from .common import add_event, dumps, loads, now
 from .groups import uninstall_on_delete
+from .streams import ServerInbox, inbox, job_event, outbox
 
 __all__ = [
+    "HANDLERS",
     "ack_outbox",
     "apply_agent_message",
     "machine_connected",
@@ -35,6 +44,9 @@ __all__ = [
     "sweep_stale",
     "touch_machines",
 ]
+
+log = logging.getLogger("crc.server")
+Deliveries = list[tuple[str, int, str]]
 
 
 def _transition(tx: Tx, m: dict[str, Any], event: MachineEvent, **extra: Any) -> str:
@@ -68,23 +80,22 @@ def machine_connected(
     agent_ack: int = 0,
     resume_from: int | None = None,
 ) -> dict[str, Any]:
-    """Record a (re)connection; return ``{"in_done", "state"}`` for the welcome frame.
+    """Record a (re)connection; return ``{"in_done", "resume_from", "state",
+    "deliveries"}`` (the first two for the welcome frame).
 
-    ``agent_ack`` (the hello's ``ack``: the last message the agent processed) drops what
-    it acknowledges from the outbox. An ack beyond anything this server sent means the
-    agent saw messages the database no longer knows (it was restored from a backup, or
-    the agent's state came from elsewhere): the next messages are numbered after the
-    agent's ack, else the agent would take them for duplicates and drop them.
-
-    ``resume_from`` (the first message the agent can still send) beyond what the server
-    has processed means the reverse: messages acknowledged before the database was rolled
-    back are gone; the server continues from there instead of refusing every message as
-    a sequence gap."""
+    ``agent_ack`` (the hello's ``ack``) drops what it acknowledges from the outbox; an
+    ack beyond anything this server numbered (its database was restored from a backup)
+    makes numbering continue after it. ``resume_from`` (the agent's first message still
+    kept) beyond what the server processed means the reverse: the messages between were
+    acknowledged by a database state that is gone. Both are ``machine.resync`` events,
+    and so is an agent behind the server's oldest kept message (its state dir was
+    restored): the welcome's ``resume_from`` tells it to skip."""
     m = tx.one("SELECT * FROM machines WHERE id = ?", (machine_id,))
     if m is None:
         raise InvalidInput("machine vanished")
-    if agent_ack >= m["out_next"]:
-        tx.execute("UPDATE machines SET out_next = ? WHERE id = ?", (agent_ack + 1, m["id"]))
+    out = outbox(tx, machine_id)
+    resync = out.peer_acked(agent_ack)
+    if resync is not None:
         add_event(
             tx,
             m["group_id"],
@@ -92,35 +103,51 @@ def machine_connected(
             {
                 "direction": "to agent",
                 "agent_ack": agent_ack,
-                "server_sent": int(m["out_next"]) - 1,
+                "server_sent": resync.last,
+                "renumbered": resync.renumbered,
                 "note": "the agent had processed messages this server does not know: "
                 "numbering continues after them",
             },
             machine=m["name"],
         )
-    elif agent_ack > 0:
-        ack_outbox(tx, machine_id, agent_ack)
-    if resume_from is not None and resume_from > m["in_done"] + 1:
-        tx.execute("UPDATE machines SET in_done = ? WHERE id = ?", (resume_from - 1, m["id"]))
+    server_resumes = out.resume_from()
+    if agent_ack + 1 < server_resumes:
+        add_event(
+            tx,
+            m["group_id"],
+            "machine.resync",
+            {
+                "direction": "to agent",
+                "agent_ack": agent_ack,
+                "server_resumes_at": server_resumes,
+                "lost": server_resumes - 1 - agent_ack,
+                "note": "the agent's state is older than messages it acknowledged: "
+                "they are not sent again",
+            },
+            machine=m["name"],
+        )
+    had = int(m["in_done"])
+    lost = inbox(tx, m).resume(resume_from)
+    if lost:
         add_event(
             tx,
             m["group_id"],
             "machine.resync",
             {
                 "direction": "from agent",
-                "server_had": int(m["in_done"]),
+                "server_had": had,
                 "agent_resumes_at": resume_from,
-                "lost": resume_from - 1 - int(m["in_done"]),
+                "lost": lost,
                 "note": "messages the agent sent were acknowledged by a database state "
                 "this server no longer has: they are lost",
             },
             machine=m["name"],
         )
-        m["in_done"] = resume_from - 1
     event = MachineEvent.CONNECT_READY if ready else MachineEvent.CONNECT
     state = _transition(tx, m, event, peer_ip=peer_ip, connected_by=replica)
     return {
         "in_done": m["in_done"],
+        "resume_from": server_resumes,
         "state": state,
         "deliveries": auto_hosts_sync(tx, m["group_id"]),
     }
@@ -191,155 +218,218 @@ def touch_machines(tx: Tx, machine_ids: list[str]) -> list[tuple[str, str, bool]
 
 
 def outbox_after(tx: Tx, machine_id: str, after: int, limit: int = 500) -> list[tuple[int, str]]:
-    rows = tx.all(
-        "SELECT seq, envelope FROM outbox WHERE machine_id = ? AND seq > ? ORDER BY seq LIMIT ?",
-        (machine_id, after, limit),
-    )
-    return [(int(r["seq"]), r["envelope"]) for r in rows]
+    """What to send a machine whose agent processed up to ``after``, in order."""
+    return outbox(tx, machine_id).replay(after, limit)
 
 
 def ack_outbox(tx: Tx, machine_id: str, seq: int) -> int:
-    """The agent processed everything up to ``seq``: drop it; jobs become delivered."""
-    m = tx.one("SELECT id, group_id, name, out_next FROM machines WHERE id = ?", (machine_id,))
-    if m is None or seq >= m["out_next"]:
-        raise InvalidInput(f"ack {seq} for a message never sent")
-    runs = tx.all(
-        "SELECT job_id FROM outbox WHERE machine_id = ? AND seq <= ? "
-        "AND job_id IS NOT NULL AND type != 'job.cancel'",
-        (machine_id, seq),
-    )
-    removed = tx.execute("DELETE FROM outbox WHERE machine_id = ? AND seq <= ?", (machine_id, seq))
-    for r in runs:
-        _job_event(tx, m, r["job_id"], JobEvent.DELIVER, None, None)
-    return removed
-
-
-def _job_event(
-    tx: Tx,
-    m: dict[str, Any],
-    job_id: str,
-    event: JobEvent,
-    exit_code: int | None,
-    reason: str | None,
-) -> None:
-    jt = tx.one(
-        "SELECT status FROM job_targets WHERE job_id = ? AND machine_id = ?", (job_id, m["id"])
-    )
-    if jt is None:
-        return
-    nxt = job_next(JobStatus(jt["status"]), event)
-    if nxt is None:
-        return  # a duplicate or late report (e.g. result after a cancel won): ignore
-    tx.execute(
-        "UPDATE job_targets SET status = ?, exit_code = ?, reason = ?, updated = ? "
-        "WHERE job_id = ? AND machine_id = ?",
-        (nxt.value, exit_code, reason, now(), job_id, m["id"]),
-    )
-    add_event(
-        tx,
-        m["group_id"],
-        "job.status",
-        {"job_id": job_id, "status": nxt.value, "exit_code": exit_code, "reason": reason},
-        machine=m["name"],
-        job_id=job_id,
-    )
+    """The agent processed everything up to ``seq``: drop it; jobs become delivered.
+    Returns how many messages that released."""
+    return outbox(tx, machine_id).ack(seq)
 
 
 def apply_agent_message(tx: Tx, machine_id: str, seq: int, raw: dict[str, Any]) -> dict[str, Any]:
-    """Apply message ``seq`` from a machine once. Returns ``{"receipt", "error"?}``.
+    """Apply message ``seq`` from a machine once. Returns ``{"receipt", ...}``.
 
     Duplicates are acknowledged again and otherwise ignored; a gap means the agent must
-    resume; an invalid message is acknowledged (so it is not re-sent forever) and
-    recorded as an ``agent.error`` event, with nothing else stored.
+    resume. A message that cannot be decoded or applied (bad input) is given up: it is
+    acknowledged (so it is not re-sent for ever) and recorded as an ``agent.error``
+    event, with nothing else stored. A failure of this server while applying it rolls
+    back its effects and asks the agent to send it again (``"retry"``), up to
+    ``MAX_ATTEMPTS`` times; then it is given up too.
     """
     m = tx.one("SELECT * FROM machines WHERE id = ?", (machine_id,))
     if m is None or m["state"] == MachineState.REVOKED.value:
         return {"receipt": "revoked"}
-    if seq <= m["in_done"]:
+    box = inbox(tx, m)
+    receipt = box.receive(seq)
+    if receipt is Receipt.DUPLICATE:
         return {"receipt": "duplicate"}
-    if seq != m["in_done"] + 1:
-        return {"receipt": "gap", "expected": m["in_done"] + 1}
-    tx.execute(
-        "UPDATE machines SET in_done = ?, last_seen = ? WHERE id = ?", (seq, now(), machine_id)
-    )
+    if receipt is Receipt.GAP:
+        return {"receipt": "gap", "expected": box.processed + 1}
+    tx.notify(m["group_id"])  # the group's event lock, outside the savepoint below
+    if receipt is Receipt.DEAD:
+        return _give_up(tx, m, seq, raw, _dead(seq, box.max_attempts))
+    tx.execute("SAVEPOINT apply_message")
     try:
         env = Envelope.from_dict(raw)
-        deliveries = _apply(tx, m, env)
+        msg = decode_message(env, Side.SERVER)
+        box.done(seq)
+        deliveries = HANDLERS[msg](tx, m, msg, env)
     except CrcError as exc:
-        add_event(
-            tx,
-            m["group_id"],
-            "agent.error",
-            {"code": exc.code, "message": exc.message},
-            machine=m["name"],
-        )
-        return {"receipt": "new", "error": exc.to_payload()["error"]}
+        _rollback(tx, box)
+        return _give_up(tx, m, seq, raw, exc)
+    except tx.database_errors:
+        raise  # the store's to handle (a conflict is re-run, a lost connection reported)
+    except Exception as exc:  # noqa: BLE001 -- a fault of this server, not of the machine
+        _rollback(tx, box)
+        log.error("applying message %d of machine %s failed: %r", seq, m["name"], exc)
+        verdict = box.failed(seq)
+        if verdict is Verdict.RETRY:
+            return {
+                "receipt": "retry",
+                "error": {"code": "internal", "message": f"message {seq} not applied: resend"},
+            }
+        return _give_up(tx, m, seq, raw, _dead(seq, box.max_attempts))
+    tx.execute("RELEASE SAVEPOINT apply_message")
     return {"receipt": "new", "deliveries": deliveries}
 
 
-def _apply(tx: Tx, m: dict[str, Any], env: Envelope) -> list[tuple[str, int, str]]:
-    """Apply one message; return deliveries to push to peers (user messages to peers)."""
-    body = env.body
-    if len(dumps(body)) > MAX_MESSAGE_BODY_BYTES:
-        raise InvalidInput("message body too large", code="too_large")
-    kind = env.type
-    if kind not in AGENT_TYPES and not kind.startswith("user."):
-        raise InvalidInput(f"machines may not send {kind!r} messages", code="unknown_type")
-    if kind == "system.ready":
-        _transition(tx, m, MachineEvent.SAY_READY)
-        return auto_hosts_sync(tx, m["group_id"])
-    elif kind == "progress":
-        text = body.get("text")
-        pct = body.get("percent")
-        if not isinstance(text, str) or (
-            pct is not None
-            and (isinstance(pct, bool) or not isinstance(pct, (int, float)) or not 0 <= pct <= 100)
-        ):
-            raise InvalidInput("progress needs text and an optional percent 0-100")
-        progress = {"text": text[:1000], "percent": pct, "at": now()}
-        if isinstance(body.get("source"), str):
-            progress["source"] = body["source"][:256]
-        tx.execute("UPDATE machines SET progress = ? WHERE id = ?", (dumps(progress), m["id"]))
-        add_event(tx, m["group_id"], "progress", progress, machine=m["name"])
-    elif kind == "facts":
-        tx.execute("UPDATE machines SET facts = ? WHERE id = ?", (dumps(body), m["id"]))
-        add_event(tx, m["group_id"], "facts", body, machine=m["name"])
-        return auto_hosts_sync(tx, m["group_id"])
-    elif kind == "job.started":
-        _job_event(tx, m, _job_id(body), JobEvent.START, None, None)
-    elif kind == "job.output":
-        _output(tx, m, body)
-    elif kind == "job.result":
-        status = body.get("status")
-        event = result_event(status) if isinstance(status, str) else None
-        code = body.get("exit_code")
-        if event is None or (
-            code is not None and (isinstance(code, bool) or not isinstance(code, int))
-        ):
-            raise InvalidInput("job.result needs a terminal status and an integer exit_code")
-        reason = body.get("reason")
-        _job_event(
-            tx, m, _job_id(body), event, code, str(reason)[:500] if reason is not None else None
+def _dead(seq: int, attempts: int) -> CrcError:
+    return CrcError(f"message {seq} failed {attempts} times: given up", code="dead_letter")
+
+
+def _rollback(tx: Tx, box: Any) -> None:
+    tx.execute("ROLLBACK TO SAVEPOINT apply_message")
+    tx.execute("RELEASE SAVEPOINT apply_message")
+    store = box.store
+    assert isinstance(store, ServerInbox)
+    store.reload()
+
+
+def _give_up(tx: Tx, m: dict[str, Any], seq: int, raw: object, exc: CrcError) -> dict[str, Any]:
+    """Message ``seq`` is processed with no effect but an ``agent.error`` event."""
+    inbox(tx, m).done(seq)
+    kind = raw.get("type") if isinstance(raw, dict) else None
+    add_event(
+        tx,
+        m["group_id"],
+        "agent.error",
+        {
+            "code": exc.code,
+            "message": exc.message,
+            "seq": seq,
+            "type": kind[:256] if isinstance(kind, str) else None,
+        },
+        machine=m["name"],
+    )
+    return {"receipt": "new", "error": exc.to_payload()["error"]}
+
+
+# -- one handler per message type a machine may send ---------------------------------------
+
+
+def _on_ready(tx: Tx, m: dict[str, Any], msg: SystemReady, env: Envelope) -> Deliveries:
+    _transition(tx, m, MachineEvent.SAY_READY)
+    return auto_hosts_sync(tx, m["group_id"])
+
+
+def _on_progress(tx: Tx, m: dict[str, Any], msg: Progress, env: Envelope) -> Deliveries:
+    progress: dict[str, Any] = {"text": msg.text, "percent": msg.percent, "at": now()}
+    if msg.source is not None:
+        progress["source"] = msg.source
+    tx.execute("UPDATE machines SET progress = ? WHERE id = ?", (dumps(progress), m["id"]))
+    add_event(tx, m["group_id"], "progress", progress, machine=m["name"])
+    return []
+
+
+def _on_facts(tx: Tx, m: dict[str, Any], msg: Facts, env: Envelope) -> Deliveries:
+    facts = msg.to_body()
+    tx.execute("UPDATE machines SET facts = ? WHERE id = ?", (dumps(facts), m["id"]))
+    add_event(tx, m["group_id"], "facts", facts, machine=m["name"])
+    if msg.rejected:
+        add_event(
+            tx, m["group_id"], "facts.rejected", {"rejected": list(msg.rejected)}, machine=m["name"]
         )
-    elif env.to != "master":  # user.* to peers of the same group: data, never commands
+    return auto_hosts_sync(tx, m["group_id"])
+
+
+def _on_started(tx: Tx, m: dict[str, Any], msg: JobStarted, env: Envelope) -> Deliveries:
+    job_event(tx, m, msg.job_id, JobEvent.START, None, None)
+    return []
+
+
+def _on_output(tx: Tx, m: dict[str, Any], msg: JobOutput, env: Envelope) -> Deliveries:
+    jt = tx.one(
+        "SELECT output_bytes FROM job_targets WHERE job_id = ? AND machine_id = ?",
+        (msg.job_id, m["id"]),
+    )
+    if jt is None:
+        return []
+    kept = int(jt["output_bytes"])
+    if kept >= MAX_OUTPUT_KEPT_BYTES:
+        return []
+    data = msg.data
+    size = len(data.encode())
+    if kept + size > MAX_OUTPUT_KEPT_BYTES:
+        data = data.encode()[: MAX_OUTPUT_KEPT_BYTES - kept].decode(errors="ignore")
+        data += f"\n[crc: output truncated at {MAX_OUTPUT_KEPT_BYTES} bytes]\n"
+        size = MAX_OUTPUT_KEPT_BYTES - kept
+    tx.execute(
+        "UPDATE job_targets SET output_bytes = ? WHERE job_id = ? AND machine_id = ?",
+        (kept + size, msg.job_id, m["id"]),
+    )
+    add_event(
+        tx,
+        m["group_id"],
+        "job.output",
+        {"job_id": msg.job_id, "stream": msg.stream, "data": data},
+        machine=m["name"],
+        job_id=msg.job_id,
+    )
+    return []
+
+
+def _on_result(tx: Tx, m: dict[str, Any], msg: JobResult, env: Envelope) -> Deliveries:
+    event = result_event(msg.status)
+    assert event is not None  # the catalogue admits terminal statuses only
+    job_event(tx, m, msg.job_id, event, msg.exit_code, msg.reason)
+    return []
+
+
+def _on_failed(tx: Tx, m: dict[str, Any], msg: MessageFailed, env: Envelope) -> Deliveries:
+    add_event(
+        tx,
+        m["group_id"],
+        "message.failed",
+        {
+            "seq": msg.seq,
+            "type": msg.type,
+            "id": msg.id,
+            "reason": msg.reason,
+            "attempts": msg.attempts,
+        },
+        machine=m["name"],
+    )
+    return []
+
+
+def _on_user(tx: Tx, m: dict[str, Any], msg: UserMessage, env: Envelope) -> Deliveries:
+    if env.to != "master":  # to peers of the same group: data, never commands
         from .messages import route_from_machine
 
-        return route_from_machine(tx, m, env)
-    else:  # user.* to the master
-        add_event(
-            tx,
-            m["group_id"],
-            "message",
-            {
-                "type": kind,
-                "body": body,
-                "from": m["name"],
-                "id": env.id,
-                "correlation_id": env.correlation_id,
-            },
-            machine=m["name"],
-        )
+        return route_from_machine(tx, m, env.to, msg, env.correlation_id)
+    add_event(
+        tx,
+        m["group_id"],
+        "message",
+        {
+            "type": msg.type,
+            "body": msg.body,
+            "from": m["name"],
+            "id": env.id,
+            "correlation_id": env.correlation_id,
+        },
+        machine=m["name"],
+    )
     return []
+
+
+#: What a machine may send, and what the server does with it: one handler per type.
+HANDLERS: Dispatcher[Any] = Dispatcher(
+    Side.SERVER,
+    Message,
+    {
+        SystemReady: _on_ready,
+        Progress: _on_progress,
+        Facts: _on_facts,
+        JobStarted: _on_started,
+        JobOutput: _on_output,
+        JobResult: _on_result,
+        MessageFailed: _on_failed,
+        UserMessage: _on_user,
+    },
+)
 
 
 def auto_hosts_sync(tx: Tx, group_id: str) -> list[tuple[str, int, str]]:
@@ -366,43 +456,3 @@ def auto_hosts_sync(tx: Tx, group_id: str) -> list[tuple[str, int, str]]:
     user = {"user_id": group["user_id"], "user": "crc (--sync-hosts)"}
     result = create_hosts_sync(tx, user, group["name"], "all", which, only_ready=True)
     return list(result["deliveries"])
-
-
-def _job_id(body: dict[str, Any]) -> str:
-    job_id = body.get("job_id")
-    if not isinstance(job_id, str) or not job_id:
-        raise InvalidInput("message needs a job_id")
-    return job_id
-
-
-def _output(tx: Tx, m: dict[str, Any], body: dict[str, Any]) -> None:
-    job_id = _job_id(body)
-    stream, data = body.get("stream"), body.get("data")
-    if stream not in ("stdout", "stderr") or not isinstance(data, str):
-        raise InvalidInput("job.output needs stream stdout|stderr and string data")
-    jt = tx.one(
-        "SELECT output_bytes FROM job_targets WHERE job_id = ? AND machine_id = ?",
-        (job_id, m["id"]),
-    )
-    if jt is None:
-        return
-    kept = int(jt["output_bytes"])
-    if kept >= MAX_OUTPUT_KEPT_BYTES:
-        return
-    size = len(data.encode())
-    if kept + size > MAX_OUTPUT_KEPT_BYTES:
-        data = data.encode()[: MAX_OUTPUT_KEPT_BYTES - kept].decode(errors="ignore")
-        data += f"\n[crc: output truncated at {MAX_OUTPUT_KEPT_BYTES} bytes]\n"
-        size = MAX_OUTPUT_KEPT_BYTES - kept
-    tx.execute(
-        "UPDATE job_targets SET output_bytes = ? WHERE job_id = ? AND machine_id = ?",
-        (kept + size, job_id, m["id"]),
-    )
-    add_event(
-        tx,
-        m["group_id"],
-        "job.output",
-        {"job_id": job_id, "stream": stream, "data": data},
-        machine=m["name"],
-        job_id=job_id,
-    )

@@ -7,10 +7,11 @@ job whose one target uploads the file, which then belongs to the job's user.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
-from ...errors import Forbidden, InvalidInput, NotFound
+from ...errors import Forbidden, NotFound
+from ...protocol.fields import check_remote_path
+from ...protocol.messages import FileGet, FilePut
 from ...protocol.names import check_name
 from ...protocol.states import JobStatus
 from ..store.base import Tx
@@ -28,20 +29,7 @@ __all__ = [
     "upload_slot",
 ]
 
-_OWNER = re.compile(r"^[A-Za-z0-9_.][A-Za-z0-9_.-]{0,31}(:[A-Za-z0-9_.][A-Za-z0-9_.-]{0,31})?$")
 _OPEN = (JobStatus.QUEUED.value, JobStatus.DELIVERED.value, JobStatus.RUNNING.value)
-
-
-def check_remote_path(path: object) -> str:
-    """An absolute path on the machine: ``/etc/app.conf`` or ``C:\\app\\app.conf``."""
-    if (
-        not isinstance(path, str)
-        or "\x00" in path
-        or len(path) > 1024
-        or not (path.startswith("/") or re.match(r"^[A-Za-z]:[\\/]", path))
-    ):
-        raise InvalidInput(f"remote path {path!r} must be absolute (/… or C:\\…)", field="path")
-    return path
 
 
 def add_blob_owner(tx: Tx, user_id: str, sha: str, size: int) -> None:
@@ -73,14 +61,15 @@ def create_push(
         raise NotFound(
             f"no uploaded file {sha}: upload it first (PUT /v1/blobs/{{sha256}})", field="sha256"
         )
-    check_remote_path(path)
-    if mode is not None and not re.fullmatch(r"0?[0-7]{3,4}", mode):
-        raise InvalidInput(f"invalid mode {mode!r}: use octal like 0640", field="mode")
-    if owner is not None and not _OWNER.fullmatch(owner):
-        raise InvalidInput(f"invalid owner {owner!r}: use USER or USER:GROUP", field="owner")
     body = {"sha256": sha, "size": size, "path": path, "mode": mode, "owner": owner}
     return create_kind(
-        tx, user, group, to, "file.put", body, {"sha256": sha, "path": path, "size": size}, blob=sha
+        tx,
+        user,
+        group,
+        to,
+        lambda job_id: FilePut.from_body({**body, "job_id": job_id}),
+        {"sha256": sha, "path": path, "size": size},
+        blob=sha,
     )
 
 
@@ -89,7 +78,9 @@ def create_pull(
 ) -> dict[str, Any]:
     check_name(machine, "machine")
     check_remote_path(path)
-    return create_kind(tx, user, group, machine, "file.get", {"path": path}, {"path": path})
+    return create_kind(
+        tx, user, group, machine, lambda job_id: FileGet(job_id=job_id, path=path), {"path": path}
+    )
 
 
 def machine_may_read(tx: Tx, machine_id: str, sha: str) -> int:

@@ -6,6 +6,7 @@ import uuid
 from typing import Any
 
 from ...errors import Conflict, InvalidInput, TooLarge
+from ...protocol.jsoncheck import check_json
 from ...protocol.limits import DEFAULT_KEY_TTL_SECONDS, MAX_MACHINES_PER_GROUP
 from ...protocol.names import check_label, check_name
 from ...protocol.states import JobStatus, MachineEvent, MachineState, machine_next
@@ -15,6 +16,7 @@ from .common import add_event, audit, dumps, live_group, loads, now
 from .teardown import teardown_view
 
 __all__ = [
+    "MAX_SETTINGS_BYTES",
     "create_group",
     "delete_group",
     "expire_groups",
@@ -22,6 +24,8 @@ __all__ = [
     "machine_view",
     "show_group",
 ]
+
+MAX_SETTINGS_BYTES = 64 << 10
 
 
 def create_group(
@@ -58,6 +62,9 @@ def create_group(
             raise InvalidInput("labels must be an object", field="labels")
         for k, v in labels.items():
             check_label(str(k), str(v))
+    check_json(
+        settings or {}, max_bytes=MAX_SETTINGS_BYTES, what="group settings", field="settings"
+    )
     if len(set(names)) != len(names):
         raise InvalidInput("machine names must be unique in a group", field="machines")
     if tx.one(

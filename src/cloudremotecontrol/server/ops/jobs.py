@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from ...errors import InvalidInput, NotFound
+from ...protocol.frames import Msg, write_frame
 from ...protocol.limits import DEFAULT_JOB_TIMEOUT_SECONDS
-from ...protocol.messages import Envelope, JobRun, encode_frame
+from ...protocol.messages import Envelope, HostsSync, JobCancel, JobRun
 from ...protocol.names import Target, parse_target
 from ...protocol.states import JobStatus, MachineState
+from ...protocol.wire import Message
 from ..store.base import Tx
 from .common import add_event, audit, dumps, live_group, loads, now
 from .roster import hosts_entries, roster
+from .streams import outbox
 
 __all__ = [
     "cancel_job",
@@ -52,19 +56,7 @@ def enqueue(
     tx: Tx, machine: dict[str, Any], env: Envelope, job_id: str | None = None
 ) -> tuple[int, str]:
     """Append ``env`` to the machine's outbox; return ``(seq, frame text)``."""
-    row = tx.one(
-        "UPDATE machines SET out_next = out_next + 1 WHERE id = ? RETURNING out_next",
-        (machine["id"],),
-    )
-    assert row is not None
-    seq = int(row["out_next"]) - 1
-    tx.notify_machine(machine["id"])
-    frame = encode_frame({"type": "msg", "seq": seq, "msg": env.to_dict()})
-    tx.execute(
-        "INSERT INTO outbox (machine_id, seq, type, job_id, envelope) VALUES (?, ?, ?, ?, ?)",
-        (machine["id"], seq, env.type, job_id, frame),
-    )
-    return seq, frame
+    return outbox(tx, machine["id"]).add((env, job_id))
 
 
 def create_job(
@@ -78,16 +70,7 @@ def create_job(
         spec = {**spec, "timeout": DEFAULT_JOB_TIMEOUT_SECONDS}
     job_id = uuid.uuid4().hex
     run = JobRun.from_body({**spec, "job_id": job_id})
-    return _create(
-        tx,
-        user,
-        group_name,
-        to,
-        job_id,
-        "job.run",
-        run.to_body(),
-        {"argv": run.argv, "command": run.command},
-    )
+    return _create(tx, user, group_name, to, run, {"argv": run.argv, "command": run.command})
 
 
 def create_hosts_sync(
@@ -111,9 +94,8 @@ def create_hosts_sync(
         raise InvalidInput(
             "no machine of the group has reported an address yet: wait until they are ready"
         )
-    job_id = uuid.uuid4().hex
-    body = {"job_id": job_id, "group": group_name, "entries": [[ip, name] for ip, name in entries]}
-    return _create(tx, user, group_name, to, job_id, "hosts.sync", body, {"hosts": entries})
+    sync = HostsSync(job_id=uuid.uuid4().hex, group=group_name, entries=tuple(entries))
+    return _create(tx, user, group_name, to, sync, {"hosts": entries})
 
 
 def create_kind(
@@ -121,17 +103,13 @@ def create_kind(
     user: dict[str, Any],
     group_name: str,
     to: str,
-    kind: str,
-    body: dict[str, Any],
+    make: Callable[[str], Message],
     summary: dict[str, Any],
     blob: str | None = None,
 ) -> dict[str, Any]:
-    """A job of another kind than a command (``file.put``, ``file.get``, ``hosts.sync``):
-    same targets, statuses, events and audit; ``body`` gets the ``job_id``."""
-    job_id = uuid.uuid4().hex
-    return _create(
-        tx, user, group_name, to, job_id, kind, {"job_id": job_id, **body}, summary, blob
-    )
+    """A job of another kind than a command (``file.put``, ``file.get``): same targets,
+    statuses, events and audit; ``make(job_id)`` builds its message."""
+    return _create(tx, user, group_name, to, make(uuid.uuid4().hex), summary, blob)
 
 
 def _create(
@@ -139,12 +117,12 @@ def _create(
     user: dict[str, Any],
     group_name: str,
     to: str,
-    job_id: str,
-    kind: str,
-    body: dict[str, Any],
+    msg: Message,
     summary: dict[str, Any],
     blob: str | None = None,
 ) -> dict[str, Any]:
+    job_id: str = getattr(msg, "job_id")  # noqa: B009 -- every job message has one
+    kind, body = msg.type_name, msg.to_body()
     group = live_group(tx, user["user_id"], group_name)
     target = parse_target(to)
     machines = resolve_targets(tx, group, target)
@@ -161,7 +139,7 @@ def _create(
             "VALUES (?, ?, ?, ?, ?)",
             (job_id, m["id"], m["name"], JobStatus.QUEUED.value, t),
         )
-        env = Envelope.make(group_name, "master", m["name"], kind, body, job_id)
+        env = Envelope.of(msg, group_name, "master", m["name"], job_id)
         seq, frame = enqueue(tx, m, env, job_id)
         deliveries.append((m["id"], seq, frame))
     names = [m["name"] for m in machines]
@@ -228,12 +206,11 @@ def cancel_job(tx: Tx, user: dict[str, Any], job_id: str) -> dict[str, Any]:
         if status.terminal:
             continue
         if status == JobStatus.QUEUED:
-            env = Envelope.make(
+            env = Envelope.of(
+                JobCancel(job_id=job_id, before_start=True),
                 job["group_name"],
                 "master",
                 t["machine"],
-                "job.cancel",
-                {"job_id": job_id, "before_start": True},
                 job_id,
             )
             old = tx.one(
@@ -242,7 +219,7 @@ def cancel_job(tx: Tx, user: dict[str, Any], job_id: str) -> dict[str, Any]:
                 (t["machine_id"], job_id),
             )
             if old is not None:
-                frame = encode_frame({"type": "msg", "seq": old["seq"], "msg": env.to_dict()})
+                frame = write_frame(Msg(seq=int(old["seq"]), msg=env.to_dict()))
                 tx.execute(
                     "UPDATE outbox SET type = 'job.cancel', envelope = ? "
                     "WHERE machine_id = ? AND seq = ?",
@@ -274,8 +251,8 @@ def cancel_job(tx: Tx, user: dict[str, Any], job_id: str) -> dict[str, Any]:
                 )
                 # No `continue`: the agent may already have received (and started) the
                 # job.run whose ack is still on its way; a job.cancel after it stops it.
-        env = Envelope.make(
-            job["group_name"], "master", t["machine"], "job.cancel", {"job_id": job_id}, job_id
+        env = Envelope.of(
+            JobCancel(job_id=job_id), job["group_name"], "master", t["machine"], job_id
         )
         seq, frame = enqueue(tx, t, env, job_id)
         deliveries.append((t["machine_id"], seq, frame))

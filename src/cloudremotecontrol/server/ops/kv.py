@@ -8,6 +8,7 @@ import re
 from typing import Any
 
 from ...errors import InvalidInput, NotFound, TooLarge
+from ...protocol.jsoncheck import check_json
 from ..store.base import Tx
 from .common import add_event, dumps, now
 
@@ -28,9 +29,8 @@ def check_key(key: object) -> str:
 
 def kv_set(tx: Tx, group_id: str, key: str, value: Any, actor: str) -> dict[str, Any]:
     check_key(key)
+    check_json(value, max_bytes=MAX_KV_VALUE_BYTES, what="kv value", field="value")
     text = dumps(value)
-    if len(text) > MAX_KV_VALUE_BYTES:
-        raise TooLarge(f"value over {MAX_KV_VALUE_BYTES} bytes")
     row = tx.one(
         "UPDATE kv SET value = ?, version = version + 1, updated = ?, updated_by = ? "
         "WHERE group_id = ? AND key = ? RETURNING version",

@@ -6,6 +6,7 @@ import ipaddress
 from typing import Any
 
 from ...errors import InvalidInput
+from ...protocol.fields import check_ip
 from ..store.base import Tx
 from .common import loads
 
@@ -38,32 +39,49 @@ def roster(tx: Tx, group_id: str) -> list[dict[str, Any]]:
     return out
 
 
+def _addresses(value: Any) -> list[str]:
+    """The plain addresses in ``value`` (a list from a machine's facts; facts stored by
+    an older server were not checked, so nothing else is trusted to be one)."""
+    out = []
+    for item in value if isinstance(value, list) else []:
+        try:
+            out.append(check_ip(item))
+        except ValueError:
+            continue
+    return out
+
+
 def _pick(ips: list[str]) -> str | None:
-    v4 = [ip for ip in ips if _version(ip) == 4]
+    v4 = [ip for ip in ips if ipaddress.ip_address(ip).version == 4]
     return (v4 or ips or [None])[0]
-
-
-def _version(ip: str) -> int | None:
-    try:
-        return ipaddress.ip_address(ip).version
-    except ValueError:
-        return None
 
 
 def hosts_entries(machines: list[dict[str, Any]], which: str = "auto") -> list[tuple[str, str]]:
     """``(ip, name)`` per peer. ``private``/``public`` force a kind; ``auto`` uses private
-    (VPC) addresses when every peer has one, else the address the server sees."""
+    (VPC) addresses when every peer has one, else the address the server sees. Only
+    plain addresses are used: a hosts line is built from them."""
     if which not in ("auto", "private", "public"):
         raise InvalidInput("--ip must be auto, private or public", field="ip")
-    known = [m for m in machines if m.get("ips") or m.get("public_ip")]
+    known = [m for m in machines if _addresses(m.get("ips")) or _address(m.get("public_ip"))]
     if which == "auto":
-        which = "private" if known and all(m.get("private_ips") for m in known) else "public"
+        which = (
+            "private"
+            if known and all(_addresses(m.get("private_ips")) for m in known)
+            else "public"
+        )
     out = []
     for m in known:
         if which == "private":
-            ip = _pick(m.get("private_ips") or [])
+            ip = _pick(_addresses(m.get("private_ips")))
         else:
-            ip = m.get("public_ip") or _pick(m.get("ips") or [])
+            ip = _address(m.get("public_ip")) or _pick(_addresses(m.get("ips")))
         if ip:
             out.append((ip, m["name"]))
     return out
+
+
+def _address(value: Any) -> str | None:
+    try:
+        return check_ip(value)
+    except ValueError:
+        return None

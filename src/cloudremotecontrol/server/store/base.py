@@ -17,7 +17,12 @@ ALL_GROUPS = "*"
 
 class Tx(abc.ABC):
     """One transaction. SQL uses ``?`` placeholders and portable syntax (SQLite >= 3.35,
-    PostgreSQL >= 12): ``ON CONFLICT``, ``RETURNING``; backends translate placeholders."""
+    PostgreSQL >= 12): ``ON CONFLICT``, ``RETURNING``; backends translate placeholders.
+    An op may use ``SAVEPOINT`` inside its transaction (both backends nest them)."""
+
+    #: The backend's own exceptions: an op that catches broad errors lets these through
+    #: (the store retries a conflict, reports a lost connection).
+    database_errors: tuple[type[Exception], ...] = ()
 
     @abc.abstractmethod
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int:

@@ -144,6 +144,8 @@ def _group_key(group_id: str) -> int:
 
 
 class _PgTx(Tx):
+    database_errors = (psycopg.Error,)
+
     def __init__(self, cur: psycopg.Cursor[dict[str, Any]], held: set[str] | None = None) -> None:
         self.cur = cur
         self.held = held if held is not None else set()  # group locks the batch holds

@@ -115,7 +115,17 @@ def _v5(d: str) -> list[str]:
     ]
 
 
-MIGRATIONS = [(1, _v1), (2, _v2), (3, _v3), (4, _v4), (5, _v5)]
+def _v6(d: str) -> list[str]:
+    """Poison messages: failed attempts at applying a machine's next message (after
+    ``MAX_ATTEMPTS`` it is given up instead of blocking the machine's stream)."""
+    integer = _INT[d]
+    return [
+        f"ALTER TABLE machines ADD COLUMN in_attempt_seq {integer} NOT NULL DEFAULT 0",
+        f"ALTER TABLE machines ADD COLUMN in_attempts {integer} NOT NULL DEFAULT 0",
+    ]
+
+
+MIGRATIONS = [(1, _v1), (2, _v2), (3, _v3), (4, _v4), (5, _v5), (6, _v6)]
 
 
 def migrate(tx: Tx, dialect: str, raw: Any = None) -> int:

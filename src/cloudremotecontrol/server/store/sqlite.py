@@ -34,6 +34,8 @@ _Item = tuple[Callable[..., Any], tuple[Any, ...], Any, "asyncio.AbstractEventLo
 
 
 class _SqliteTx(Tx):
+    database_errors = (sqlite3.Error,)
+
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
 

@@ -1,0 +1,184 @@
+"""Frames of the agent connection: JSON text frames, one object each.
+
+::
+
+    agent -> server   hello     {"type": "hello", "ack": N, "resume_from": M,
+                                 "agent_version": ..., "ready": bool}
+    server -> agent   welcome   {"type": "welcome", "ack": N, "resume_from": M,
+                                 "machine": ..., "group": ...}
+    either way        msg       {"type": "msg", "seq": N, "msg": ENVELOPE}
+    either way        ack       {"type": "ack", "seq": N}            (cumulative)
+    server -> agent   revoked   {"type": "revoked", "reason": ..., "uninstall": true?}
+    server -> agent   error     {"type": "error", "error": {...}, "seq": N?}
+
+``ack`` in hello/welcome is the highest sequence number of the *peer's* messages the
+sender has durably processed, so the peer replays everything after it. ``resume_from``
+(optional) is the first message the sender can still send: beyond what the peer
+processed only after a database or state directory was rolled back (see
+``delivery.py``). Optional fields that are absent are left out of the frame.
+
+A ``msg`` frame's envelope is *not* checked here but when the message is decoded
+(``messages.decode_message``): a message that cannot be used is still numbered, so the
+receiver acknowledges it and records it as failed instead of stalling the stream.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import InvalidInput, TooLarge
+from .fields import MAX_SEQ, Bool, JsonObject, Optional, Spec, Text
+from .jsoncheck import check_json
+from .limits import MAX_FRAME_BYTES
+from .wire import REGISTRY, Direction, Frame, register, wire
+
+__all__ = [
+    "Ack",
+    "ErrorFrame",
+    "Hello",
+    "Msg",
+    "Revoked",
+    "Welcome",
+    "decode_frame",
+    "encode_frame",
+    "read_frame",
+    "renumber_frame",
+    "write_frame",
+]
+
+_ERROR = JsonObject(max_bytes=64 << 10, max_depth=4, what="error")
+
+
+class _Seq(Spec):
+    """A sequence number, with the frame's name in the message."""
+
+    def check(self, value: Any, name: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEQ:
+            raise self.fail(name, f"frame needs a non-negative integer {name}")
+        return value
+
+
+_S = _Seq()
+
+
+class _Object(Spec):
+    def check(self, value: Any, name: str) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise self.fail(name, f"msg frame needs a {name} object")
+        return value
+
+
+@register
+@dataclass(frozen=True)
+class Hello(Frame):
+    TYPE = "hello"
+    DIRECTION = Direction.TO_SERVER
+
+    ack: int = wire(_S, 0)
+    resume_from: int | None = wire(Optional(_S), None)
+    agent_version: str | None = wire(Optional(Text(64, truncate=True)), None)
+    ready: bool = wire(Bool(), False)
+
+
+@register
+@dataclass(frozen=True)
+class Welcome(Frame):
+    TYPE = "welcome"
+    DIRECTION = Direction.TO_AGENT
+
+    ack: int = wire(_S, 0)
+    resume_from: int | None = wire(Optional(_S), None)
+    machine: str | None = wire(Optional(Text(256)), None)
+    group: str | None = wire(Optional(Text(256)), None)
+
+
+@register
+@dataclass(frozen=True)
+class Msg(Frame):
+    TYPE = "msg"
+    DIRECTION = Direction.BOTH
+
+    seq: int = wire(_S)
+    msg: dict[str, Any] = wire(_Object())  # noqa: RUF009 -- wire() is a dataclasses.field
+
+
+@register
+@dataclass(frozen=True)
+class Ack(Frame):
+    TYPE = "ack"
+    DIRECTION = Direction.BOTH
+
+    seq: int = wire(_S)
+
+
+@register
+@dataclass(frozen=True)
+class Revoked(Frame):
+    """The machine's credential is revoked; ``uninstall``: remove the agent's service."""
+
+    TYPE = "revoked"
+    DIRECTION = Direction.TO_AGENT
+
+    reason: str = wire(Text(1000, truncate=True, blank_ok=True), "machine revoked")
+    uninstall: bool | None = wire(Optional(Bool()), None)
+    error: dict[str, Any] | None = wire(Optional(_ERROR), None)  # noqa: RUF009
+
+
+@register
+@dataclass(frozen=True)
+class ErrorFrame(Frame):
+    """What the server could not use (``seq``: the message it refers to)."""
+
+    TYPE = "error"
+    DIRECTION = Direction.TO_AGENT
+
+    error: dict[str, Any] = wire(_ERROR, factory=dict)  # noqa: RUF009
+    seq: int | None = wire(Optional(_S), None)
+    reason: str | None = wire(Optional(Text(1000, truncate=True, blank_ok=True)), None)
+
+
+def read_frame(text: str | bytes) -> Frame:
+    """Parse and check one frame; raise InvalidInput for anything that is not a frame."""
+    if len(text) > MAX_FRAME_BYTES:
+        raise TooLarge(f"frame of {len(text)} bytes; the limit is {MAX_FRAME_BYTES}")
+    try:
+        data = json.loads(text)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidInput("frame is not valid JSON") from None
+    except RecursionError:  # "[[[[...": small enough to pass the size check
+        raise InvalidInput("frame is nested too deeply", code="too_deep") from None
+    if not isinstance(data, dict):
+        raise InvalidInput("frame must be a JSON object")
+    kind = data.get("type")
+    cls = REGISTRY.lookup(kind, Frame) if isinstance(kind, str) else None
+    if cls is None:
+        raise InvalidInput(f"unknown frame type {kind!r}", code="unknown_type")
+    envelope = data.pop("msg", None) if cls is Msg else None
+    check_json(data, what="frame")
+    if cls is Msg:
+        data["msg"] = envelope
+    return cls.from_body(data)
+
+
+def write_frame(frame: Frame) -> str:
+    return json.dumps(frame.to_wire(), separators=(",", ":"))
+
+
+def renumber_frame(text: str, seq: int) -> str:
+    """A stored ``msg`` frame given another sequence number (outbox renumbering)."""
+    data = json.loads(text)
+    data["seq"] = seq
+    return json.dumps(data, separators=(",", ":"))
+
+
+def decode_frame(text: str | bytes) -> dict[str, Any]:
+    """The checked frame as a JSON object (for tools and tests speaking the raw wire)."""
+    return read_frame(text).to_wire()
+
+
+def encode_frame(frame: Frame | dict[str, Any]) -> str:
+    if isinstance(frame, Frame):
+        return write_frame(frame)
+    return json.dumps(frame, separators=(",", ":"))

@@ -1,0 +1,83 @@
+"""The one check every JSON value from outside passes before anything keeps or walks it.
+
+Why depth matters as much as size: a 1 KiB body such as ``{"d": [[[...]]]}`` nested 490
+levels passes any size limit, yet every recursive consumer after the parser (dataclass
+conversion, ``json.dumps`` of a stored event, the HTTP response encoder, a terminal
+renderer) may hit Python's recursion limit on it - at the peer that receives it or at
+every later read. So a value is walked here once, iteratively (this walk cannot itself
+overflow), and refused when it nests deeper than ``max_depth``, holds a number JSON
+cannot carry back (NaN, infinities), or encodes to more than ``max_bytes``.
+
+Depth counts containers: a scalar is 0, ``{}`` and ``[]`` are 1, ``{"a": [1]}`` is 2.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from ..errors import InvalidInput, TooLarge
+from .limits import MAX_JSON_DEPTH
+
+__all__ = ["check_json", "json_depth"]
+
+
+def json_depth(value: Any, stop_after: int) -> int:
+    """The nesting depth of ``value``, or ``stop_after + 1`` as soon as it is deeper
+    (the walk ends there: a hostile value costs no more than an acceptable one).
+    Raises InvalidInput for a value JSON cannot carry (a float that is not finite, a
+    key that is not a string, a type JSON does not have)."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            depth += 1
+            if depth > stop_after:
+                return depth
+            for key, child in item.items():
+                if not isinstance(key, str):
+                    raise InvalidInput("JSON object keys must be strings")
+                stack.append((child, depth))
+        elif isinstance(item, (list, tuple)):
+            depth += 1
+            if depth > stop_after:
+                return depth
+            stack.extend((child, depth) for child in item)
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                raise InvalidInput("JSON numbers must be finite (no NaN or Infinity)")
+        elif item is not None and not isinstance(item, (str, int)):  # bool is an int
+            raise InvalidInput(f"not a JSON value: {type(item).__name__}")
+        deepest = max(deepest, depth)
+    return deepest
+
+
+def check_json(
+    value: Any,
+    *,
+    max_depth: int = MAX_JSON_DEPTH,
+    max_bytes: int | None = None,
+    what: str = "value",
+    field: str | None = None,
+) -> int:
+    """Refuse ``value`` unless it nests at most ``max_depth`` levels and (with
+    ``max_bytes``) encodes to at most that many bytes of compact JSON.
+
+    Returns the encoded size (0 when ``max_bytes`` is None: not measured). Raises
+    InvalidInput with code ``too_deep`` (HTTP 400) or TooLarge (413); ``what`` names the
+    value in the message ("message body", "kv value", ...), ``field`` the request field
+    it came from, if any (in the error's details).
+    """
+    details = {} if field is None else {"field": field}
+    if json_depth(value, max_depth) > max_depth:
+        raise InvalidInput(
+            f"{what} is nested more than {max_depth} levels deep", code="too_deep", **details
+        )
+    if max_bytes is None:
+        return 0
+    size = len(json.dumps(value, separators=(",", ":")))  # ASCII: characters are bytes
+    if size > max_bytes:
+        raise TooLarge(f"{what} is {size} bytes of JSON; the limit is {max_bytes}", **details)
+    return size
