@@ -1,0 +1,189 @@
+"""Poison messages: one message an end cannot use never stops its stream. It is given up
+(a dead letter: processed with no effect, acknowledged, reported), at once when it
+cannot be decoded, after ``MAX_ATTEMPTS`` when processing it fails - crashes of the
+agent included. Run against the real agent (state on SQLite) and the real server
+operations (SQLite store)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from ends import AgentEnd, Server
+
+from cloudremotecontrol.protocol.delivery import MAX_ATTEMPTS
+from cloudremotecontrol.protocol.frames import Ack, Msg, read_frame, write_frame
+from cloudremotecontrol.protocol.messages import Envelope, Progress, UserMessage
+from cloudremotecontrol.server.ops import delivery, jobs
+
+
+@pytest.fixture
+def ends(tmp_path: Path) -> Iterator[tuple[Server, AgentEnd]]:
+    server = Server(tmp_path / "crc.db")
+    agent = AgentEnd(tmp_path / "agent", server.credential["credential"])
+    welcome, _ = server.connect(0, None)
+    agent.connect(welcome)
+    yield server, agent
+    agent.close()
+    server.close()
+
+
+def deep(levels: int) -> dict[str, Any]:
+    inner: Any = []
+    for _ in range(levels - 2):
+        inner = [inner]
+    return {"d": inner}
+
+
+def frame(seq: int, type: str, body: Any, **envelope: Any) -> str:
+    env = {**Envelope.make("lab", "master", "m", type, {}).to_dict(), "body": body, **envelope}
+    return write_frame(Msg(seq=seq, msg=env))
+
+
+def reports(agent: AgentEnd) -> list[dict[str, Any]]:
+    """What the agent queued for the server: ``(type, body)`` of each message."""
+    return [read_frame(f).msg for _, f in agent.state.frames_after(0)]
+
+
+# -- the agent --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "type, body, envelope, why",
+    [
+        ("user.deep", deep(490), {}, "nested more than"),
+        ("bogus.thing", {"x": 1}, {}, "unknown message type"),
+        ("progress", {"text": "x"}, {}, "agents do not take"),
+        ("job.cancel", {"job_id": ["x"]}, {}, "job_id"),
+        ("user.x", {}, {"from": ""}, "'from'"),
+        (
+            "hosts.sync",
+            {"job_id": "j1", "group": "lab", "entries": [["fe80::1%x\n6.6.6.6", "c"]]},
+            {},
+            "plain IP",
+        ),
+    ],
+)
+def test_a_message_the_agent_cannot_decode_is_given_up_at_once(ends, type, body, envelope, why):
+    _, agent = ends
+    assert agent.receive(frame(1, type, body, **envelope)) == [write_frame(Ack(seq=1))]
+    assert agent.state.processed == 1
+    [dead] = agent.state.dead_letters()
+    assert (dead["seq"], dead["attempts"]) == (1, 1) and why in dead["reason"], dead
+    sent = reports(agent)
+    assert sent[0]["type"] == "message.failed"
+    assert sent[0]["body"]["seq"] == 1 and why in sent[0]["body"]["reason"]
+    # The next message is processed as usual.
+    assert agent.receive(frame(2, "user.fine", {"n": 2})) == [write_frame(Ack(seq=2))]
+    assert agent.state.take_message("user.fine", None)["body"] == {"n": 2}
+
+
+def test_a_job_the_agent_cannot_use_ends_failed_and_is_never_run_later(ends):
+    _, agent = ends
+    bad = frame(1, "job.run", {"job_id": "j1", "argv": []}, correlation_id="j1")
+    assert agent.receive(bad) == [write_frame(Ack(seq=1))]
+    sent = reports(agent)
+    assert [m["type"] for m in sent] == ["message.failed", "job.result"]
+    result = sent[1]["body"]
+    assert (result["job_id"], result["status"]) == ("j1", "failed")
+    assert "argv" in result["reason"]
+    # The same job id arriving again (re-sent under a new number) does not run.
+    good = frame(2, "job.run", {"job_id": "j1", "argv": ["true"]})
+    assert agent.receive(good) == [write_frame(Ack(seq=2))]
+    assert agent.agent._jobs == {}
+
+
+def test_a_message_whose_handling_fails_is_retried_then_given_up(ends, monkeypatch):
+    _, agent = ends
+    calls = []
+
+    async def broken(ws: Any, seq: int, message: Any, env: Any) -> None:
+        calls.append(seq)
+        raise OSError("disk full")
+
+    monkeypatch.setitem(agent.agent._messages._handlers, UserMessage, broken)
+    text = frame(1, "user.x", {"n": 1})
+    for _ in range(MAX_ATTEMPTS - 1):
+        assert agent.receive(text) is None  # not acked: reconnect, the server replays it
+        assert agent.state.processed == 0
+    assert agent.receive(text) == [write_frame(Ack(seq=1))]
+    assert calls == [1] * MAX_ATTEMPTS
+    [dead] = agent.state.dead_letters()
+    assert dead["attempts"] == MAX_ATTEMPTS and "disk full" in dead["reason"]
+    assert reports(agent)[0]["type"] == "message.failed"
+
+
+class _Killed(BaseException):
+    """The process dies in the middle of handling a message (no except clause runs)."""
+
+
+def test_a_message_that_kills_the_agent_every_time_is_given_up_after_restarts(ends, monkeypatch):
+    _, agent = ends
+    calls = []
+
+    async def lethal(ws: Any, seq: int, message: Any, env: Any) -> None:
+        calls.append(seq)
+        raise _Killed
+
+    text = frame(1, "user.x", {"n": 1})
+    for _ in range(MAX_ATTEMPTS):
+        monkeypatch.setitem(agent.agent._messages._handlers, UserMessage, lethal)
+        with pytest.raises(_Killed):
+            agent.receive(text)
+        agent.restart()  # a new agent process on the same state directory
+    # The next replay is given up before it is handled: the agent does not die again.
+    assert agent.receive(text) == [write_frame(Ack(seq=1))]
+    assert calls == [1] * MAX_ATTEMPTS
+    assert agent.state.dead_letters()[0]["reason"] == f"failed {MAX_ATTEMPTS} times"
+    assert agent.receive(frame(2, "user.fine", {})) == [write_frame(Ack(seq=2))]
+
+
+# -- the server -------------------------------------------------------------------------------
+
+
+def test_a_message_the_server_fails_to_apply_is_retried_then_given_up(ends, monkeypatch):
+    server, agent = ends
+    calls = []
+
+    def broken(tx: Any, m: Any, msg: Any, env: Any) -> list[Any]:
+        calls.append(msg.text)
+        tx.execute("UPDATE machines SET progress = 'half-done' WHERE id = ?", (m["id"],))
+        raise RuntimeError("a bug")
+
+    monkeypatch.setitem(delivery.HANDLERS._handlers, Progress, broken)
+    agent.run(agent.agent.send(Progress(text="one")))
+    [text] = agent.take_sent()
+    for _ in range(MAX_ATTEMPTS - 1):
+        assert server.receive(text) is None  # "retry": the connection closes, agent resends
+        m = server.machine()
+        assert m["in_done"] == 0 and m["progress"] is None  # rolled back, not half applied
+    assert server.receive(text) == [write_frame(Ack(seq=1))]
+    assert calls == ["one"] * MAX_ATTEMPTS
+    [error] = server.events("agent.error")
+    assert (error["code"], error["seq"], error["type"]) == ("dead_letter", 1, "progress")
+    monkeypatch.undo()
+    agent.run(agent.agent.send(Progress(text="two")))
+    [text] = agent.take_sent()
+    assert server.receive(text) == [write_frame(Ack(seq=2))]
+    assert [e["text"] for e in server.events("progress")] == ["two"]
+
+
+def test_a_dead_letter_reaches_the_master_as_an_event_and_the_stream_goes_on(ends):
+    server, agent = ends
+    # Stored by an older server, which did not check bodies' depth.
+    poison = Envelope.make("lab", "master", "m", "user.deep", deep(100))
+    server.run(lambda tx: jobs.enqueue(tx, {"id": server.machine_id}, poison))
+    after = Envelope.make("lab", "master", "m", "user.after", {"n": 2})
+    server.run(lambda tx: jobs.enqueue(tx, {"id": server.machine_id}, after))
+    _, replay = server.connect(agent.state.processed, None)
+    acks = [agent.receive(text) for text in replay]
+    assert acks == [[write_frame(Ack(seq=1))], [write_frame(Ack(seq=2))]]
+    for text in acks[0] + acks[1] + agent.take_sent():
+        assert server.receive(text) is not None
+    assert server.outbox_seqs() == []
+    [failed] = server.events("message.failed")
+    assert (failed["machine"], failed["seq"], failed["type"]) == ("m", 1, "user.deep")
+    assert "nested more than" in failed["reason"] and failed["attempts"] == 1
+    assert agent.state.take_message("user.after", None)["body"] == {"n": 2}
