@@ -208,6 +208,7 @@ HOSTILE = (
             "fe80::1%x\n6.6.6.6 bank.example.com\n#",
             "\x1b]0;pwn\x07",
             "a\x00b",
+            "lone \ud800 surrogate",
             "x" * (MAX_MESSAGE_BODY_BYTES + 1),
             2**64,
             -1,

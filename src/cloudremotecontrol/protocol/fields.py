@@ -141,21 +141,27 @@ class Text(Spec):
     def check(self, value: Any, name: str) -> str:
         if not isinstance(value, str):
             raise self.fail(name, self.message or f"{name} must be a string")
-        if not self.blank_ok and not value.strip():
+        text: str = value
+        if not self.blank_ok and not text.strip():
             raise self.fail(name, self.message or f"{name} must not be empty")
-        if not self.nul_ok and "\x00" in value:
+        if not self.nul_ok and "\x00" in text:
             raise self.fail(name, self.message or f"{name} must not contain NUL characters")
-        if not self.controls_ok and _CONTROL.search(value):
+        if not self.controls_ok and _CONTROL.search(text):
             raise self.fail(name, self.message or f"{name} must not contain control characters")
-        if len(value) * 4 > self.max_bytes:  # cheap test first: most text is short
-            data = value.encode("utf-8", errors="surrogatepass")
-            if len(data) > self.max_bytes:
-                if not self.truncate:
-                    raise TooLarge(
-                        f"{name} is {len(data)} bytes; the limit is {self.max_bytes}", field=name
-                    )
-                value = data[: self.max_bytes].decode("utf-8", errors="ignore")
-        return value
+        try:
+            data = text.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate ("\ud800"): no database stores it
+            if not self.truncate:
+                raise self.fail(name, f"{name} must be valid Unicode text") from None
+            data = text.encode("utf-8", errors="replace")
+            text = data.decode("utf-8")
+        if len(data) > self.max_bytes:
+            if not self.truncate:
+                raise TooLarge(
+                    f"{name} is {len(data)} bytes; the limit is {self.max_bytes}", field=name
+                )
+            text = data[: self.max_bytes].decode("utf-8", errors="ignore")
+        return text
 
 
 @dataclass(frozen=True)
@@ -178,7 +184,7 @@ class Name(Spec):
     what: str = "name"
 
     def check(self, value: Any, name: str) -> str:
-        return check_name(value, self.what)
+        return str(check_name(value, self.what))
 
 
 @dataclass(frozen=True)

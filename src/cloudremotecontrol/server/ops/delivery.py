@@ -443,7 +443,7 @@ def auto_hosts_sync(tx: Tx, group_id: str) -> list[tuple[str, int, str]]:
 
     group = tx.one("SELECT * FROM groups WHERE id = ? AND deleted IS NULL", (group_id,))
     settings = loads(group["settings"]) if group else None
-    if not settings or not settings.get("sync_hosts"):
+    if group is None or not settings or not settings.get("sync_hosts"):
         return []
     which = str(settings.get("hosts_ip") or "auto")
     live = [m for m in roster(tx, group_id) if m["state"] in ("ready", "offline")]

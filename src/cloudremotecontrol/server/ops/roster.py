@@ -52,8 +52,9 @@ def _addresses(value: Any) -> list[str]:
 
 
 def _pick(ips: list[str]) -> str | None:
+    """The first IPv4 address, else the first address."""
     v4 = [ip for ip in ips if ipaddress.ip_address(ip).version == 4]
-    return (v4 or ips or [None])[0]
+    return (v4 or ips)[0] if ips else None
 
 
 def hosts_entries(machines: list[dict[str, Any]], which: str = "auto") -> list[tuple[str, str]]:
