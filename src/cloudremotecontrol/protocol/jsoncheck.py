@@ -28,30 +28,42 @@ def json_depth(value: Any, stop_after: int) -> int:
     (the walk ends there: a hostile value costs no more than an acceptable one).
     Raises InvalidInput for a value JSON cannot carry (a float that is not finite, a
     key that is not a string, a type JSON does not have)."""
+    if not isinstance(value, (dict, list, tuple)):
+        _check_scalar(value)
+        return 0
     deepest = 0
-    stack: list[tuple[Any, int]] = [(value, 0)]
+    stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
         item, depth = stack.pop()
-        if isinstance(item, dict):
-            depth += 1
-            if depth > stop_after:
-                return depth
-            for key, child in item.items():
-                if not isinstance(key, str):
-                    raise InvalidInput("JSON object keys must be strings")
-                stack.append((child, depth))
-        elif isinstance(item, (list, tuple)):
-            depth += 1
-            if depth > stop_after:
-                return depth
-            stack.extend((child, depth) for child in item)
-        elif isinstance(item, float):
-            if not math.isfinite(item):
-                raise InvalidInput("JSON numbers must be finite (no NaN or Infinity)")
-        elif item is not None and not isinstance(item, (str, int)):  # bool is an int
-            raise InvalidInput(f"not a JSON value: {type(item).__name__}")
+        if depth > stop_after:
+            return depth
         deepest = max(deepest, depth)
+        if isinstance(item, dict):
+            for key in item:
+                if type(key) is not str:
+                    raise InvalidInput("JSON object keys must be strings")
+            children: Any = item.values()
+        else:
+            children = item
+        for child in children:
+            kind = type(child)
+            if kind is str or kind is int or kind is bool or child is None:
+                continue  # the common case first, by identity: this walk is on a hot path
+            if kind is dict or kind is list or kind is tuple:
+                stack.append((child, depth + 1))
+            elif isinstance(child, (dict, list, tuple)):
+                stack.append((child, depth + 1))
+            else:
+                _check_scalar(child)
     return deepest
+
+
+def _check_scalar(value: Any) -> None:
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise InvalidInput("JSON numbers must be finite (no NaN or Infinity)")
+    elif value is not None and not isinstance(value, (str, int)):  # bool is an int
+        raise InvalidInput(f"not a JSON value: {type(value).__name__}")
 
 
 def check_json(

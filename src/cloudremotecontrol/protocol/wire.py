@@ -80,11 +80,17 @@ def has_default(f: dataclasses.Field[Any]) -> bool:
     return f.default is not _MISSING or f.default_factory is not _MISSING
 
 
-def wire_fields(cls: type) -> Iterator[tuple[dataclasses.Field[Any], Spec]]:
-    for f in dataclasses.fields(cls):
-        spec = f.metadata.get(_SPEC)
-        if spec is not None:
-            yield f, spec
+_FIELDS: dict[type, tuple[tuple[dataclasses.Field[Any], Spec], ...]] = {}
+
+
+def wire_fields(cls: type) -> tuple[tuple[dataclasses.Field[Any], Spec], ...]:
+    """The fields of ``cls`` that travel on the wire, with their specs (computed once)."""
+    found = _FIELDS.get(cls)
+    if found is None:
+        found = _FIELDS[cls] = tuple(
+            (f, f.metadata[_SPEC]) for f in dataclasses.fields(cls) if _SPEC in f.metadata
+        )
+    return found
 
 
 class Wire:
