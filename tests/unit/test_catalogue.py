@@ -171,8 +171,7 @@ def test_job_result_is_built_in_one_place_in_the_agent():
         for n in ast.walk(tree)
         if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "JobResult"
     ]
-    # _job_ended, and the report of a job the agent could not use (given up).
-    assert len(builders) == 2, builders
+    assert len(builders) == 1, builders
 
 
 # -- strategies: valid wire values, from each field's spec ------------------------------------

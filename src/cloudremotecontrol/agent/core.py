@@ -205,9 +205,8 @@ class Agent:
     async def _job_ended(
         self, job_id: str, status: str, exit_code: int | None, reason: str | None
     ) -> None:
-        """Report how a job ended (the one place a ``job.result`` is made) and record it
-        done in the same transaction."""
-        await self.send(JobResult(job_id, status, exit_code, reason), job_done=job_id)
+        """Report how a job ended and record it done in the same transaction."""
+        await self.send(_job_result(job_id, status, exit_code, reason), job_done=job_id)
 
     async def _output(self, job_id: str, stream: str, text: str) -> None:
         """Send a job's output in chunks the catalogue accepts (``job.output``)."""
@@ -470,7 +469,7 @@ class Agent:
         job_id = _job_id_of(raw) if kind in JOB_KINDS else None
         if job_id is not None:
             why = f"the machine could not use this job: {reason}"[:500]
-            reports.append(JobResult(job_id, "failed", None, why))
+            reports.append(_job_result(job_id, "failed", None, why))
         envs = [
             Envelope.of(r, self.cred.group, self.cred.machine, "master", job_id) for r in reports
         ]
@@ -661,6 +660,12 @@ class Agent:
         if self.state.get("ready") != "1":
             self.state.put("ready", "1")
         await self.send(SystemReady())
+
+
+def _job_result(job_id: str, status: str, exit_code: int | None, reason: str | None) -> JobResult:
+    """The one place a ``job.result`` is made (sent by ``Agent._job_ended``, or queued
+    with a dead letter for a job the agent could not use)."""
+    return JobResult(job_id=job_id, status=status, exit_code=exit_code, reason=reason)
 
 
 def _job_id_of(raw: dict[str, Any]) -> str | None:
