@@ -276,16 +276,25 @@ def test_deep_json_is_refused_at_every_entry_and_every_read_keeps_working(env, h
             ]
 
     replies = asyncio.run(hostile())
+    # Facts keep what is valid: the deep value is left out (and shown to the master).
     assert [[f["type"] for f in frames] for frames in replies] == [
-        ["error", "ack"],
+        ["ack"],
         ["error", "ack"],
         ["error", "ack"],
         ["ack"],
     ], replies
+    assert [f["error"]["code"] for f in replies[1] + replies[2] if f["type"] == "error"] == [
+        "invalid_input",  # a progress source is text
+        "too_deep",
+    ]
+    [rejected] = [e for e in env.client.events("lab") if e["type"] == "facts.rejected"]
+    assert rejected["machine"] == "a" and rejected["data"]["rejected"] == ["os must be a string"]
     # Every read still answers: the group, its kv, its events; `crc status`, `crc wait`.
     r = http.get("/v1/groups/lab", headers=alice)
     assert r.status_code == 200, r.text
-    assert r.json()["machines"][0]["progress"]["text"] == "a is fine"
+    a = r.json()["machines"][0]
+    assert a["progress"]["text"] == "a is fine"
+    assert a["facts"]["hostname"] == "a" and a["facts"]["os"] is None
     assert_error(http.get("/v1/groups/lab/kv/k", headers=alice), 404, "not_found")
     assert http.get("/v1/groups/lab/kv", headers=alice).json()["keys"] == []
     assert any(e["type"] == "progress" for e in env.client.events("lab"))
