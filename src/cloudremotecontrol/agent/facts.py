@@ -52,7 +52,8 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# Sizes are bounded (DESIGN.md): a host with hundreds of addresses reports the first ones.
+# Sizes are bounded (docs/reference.md, "Limits"): a host with hundreds of addresses
+# reports the first ones.
 MAX_IPS = 64
 # `ip` answers in milliseconds; a hung one (a broken netlink) must not stall the agent.
 IP_COMMAND_TIMEOUT = 2.0
