@@ -12,7 +12,8 @@ server) and a CLI exit code (mapped once, in the CLI)::
     ├── Conflict                  409  exit 5   conflict (exists already, wrong state)
     ├── KeyRejected               401  exit 3   key_rejected (enrollment key used/expired/…)
     ├── Unavailable               503  exit 6   unavailable (server unreachable, shutting down)
-    └── TlsPinMismatch            -    exit 7   tls_pin_mismatch (fingerprint differs)
+    ├── TlsPinMismatch            -    exit 7   tls_pin_mismatch (fingerprint differs)
+    └── ProviderError             502  exit 8   provider_error (the cloud refused or failed)
 
 Messages say what went wrong and, where it helps, what to do next.
 """
@@ -28,6 +29,7 @@ __all__ = [
     "InvalidInput",
     "KeyRejected",
     "NotFound",
+    "ProviderError",
     "TlsPinMismatch",
     "TooLarge",
     "Unauthorized",
@@ -105,6 +107,18 @@ class TlsPinMismatch(CrcError):
     code = "tls_pin_mismatch"
     http_status = 495
     exit_code = 7
+
+
+class ProviderError(CrcError):
+    """A provider could not do what was asked (refused key, quota, bad plan, timeout...).
+
+    ``details`` carries ``provider`` and, for HTTP APIs, ``status`` (the HTTP status the
+    provider answered) and ``provider_error`` (the provider's own message).
+    """
+
+    code = "provider_error"
+    http_status = 502
+    exit_code = 8
 
 
 _BY_STATUS: dict[int, type[CrcError]] = {

@@ -1,4 +1,4 @@
-"""Delivery guarantees (DESIGN.md "Guarantees") proven with real processes and kill -9.
+"""Delivery guarantees (docs/delivery.md) proven with real processes and kill -9.
 
 Every test runs the real `crc server run` and `crc agent run` processes over TLS on
 loopback; crashes are SIGKILL, restarts reuse the same data dir and port. Waits are

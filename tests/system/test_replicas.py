@@ -110,12 +110,11 @@ def test_two_replicas_tear_down_an_expired_group_once_with_the_key_either_can_re
 ):
     """on_ttl: destroy with replicas: the key stored through one replica is read by
     whichever claims the teardown (same teardown.key), and only one of them does it."""
-    from cloudremotecontrol.master.providers.base import MachineSpec
-    from cloudremotecontrol.master.providers.vultr import VultrProvider
-    from cloudremotecontrol.master.providers.vultr_fake import DEFAULT_API_KEY, FakeVultr
+    from cloudremotecontrol.providers.base import MachineSpec
+    from cloudremotecontrol.providers.vultr import VultrProvider
+    from fakes.vultr_api import DEFAULT_API_KEY, FakeVultr
 
-    openapi = Path(__file__).resolve().parents[2].parent / "shared/reference/vultr/openapi-v2.json"
-    fake = FakeVultr(boot=None, openapi_path=openapi, ready_delay=0.1).start()
+    fake = FakeVultr(boot=None, ready_delay=0.1).start()
     a, b = replicas(tmp_path, pg_url, 2, env={"CRC_VULTR_API_URL": fake.url})
     try:
         token = a.add_user("alice")

@@ -21,10 +21,10 @@ from cloudremotecontrol.errors import NotFound
 from cloudremotecontrol.master.client import Client
 from cloudremotecontrol.master.demo import _init_server
 from cloudremotecontrol.master.localrun import ServerProcess
-from cloudremotecontrol.master.providers import localnet
-from cloudremotecontrol.master.providers.base import MachineSpec, ProviderError
-from cloudremotecontrol.master.providers.local import LocalProvider, _marked
-from cloudremotecontrol.master.providers.localnet import NETWORK, veth_name
+from cloudremotecontrol.providers import localnet
+from cloudremotecontrol.providers.base import MachineSpec, ProviderError
+from cloudremotecontrol.providers.local import LocalProvider, _marked
+from cloudremotecontrol.providers.localnet import NETWORK, veth_name
 
 ROOT = os.geteuid() == 0
 
@@ -395,7 +395,7 @@ def test_a_create_that_fails_halfway_leaves_no_namespace_veth_or_process(tmp_pat
 def test_sync_hosts_follows_a_peer_that_changes_ip(netlab):
     """Each machine in its own network namespace; a's address changes: b's hosts file
     (its own, bind-mounted) follows, through facts refresh and the group's --sync-hosts."""
-    from cloudremotecontrol.master.providers.local import startup_script
+    from cloudremotecontrol.providers.local import startup_script
 
     lab = netlab
     out = lab.client.create_group(

@@ -9,9 +9,9 @@ the agent zipapp from the server with the pinned fingerprint, makes the venv und
 steps (jobs, file push, hosts sync, messages, one machine reaching the other by name over
 TCP) and the teardown.
 
-What is substituted: the Vultr API (vultr_fake.FakeVultr: every request and response is
+What is substituted: the Vultr API (fakes.vultr_api.FakeVultr: every request and response is
 checked against Vultr's OpenAPI file; its main_ip is an invented TEST-NET address), the VM
-(vultr_boot.LinuxBoot: own network namespace on the local provider's bridge crc0, with
+(fakes.vultr_boot.LinuxBoot: own network namespace on the local provider's bridge crc0, with
 the server listening on 10.213.0.1, and own mount, UTS and PID namespaces with a private
 /opt, /run, /etc, /var, /usr/local, /root and hosts file), and systemd (fake_systemctl.py
 starts the unit's ExecStart= as a background process of the machine; halting the machine
@@ -41,17 +41,16 @@ from cloudremotecontrol.master.client import Client
 from cloudremotecontrol.master.demo import _init_server
 from cloudremotecontrol.master.localrun import ServerProcess
 from cloudremotecontrol.master.profile import Profile
-from cloudremotecontrol.master.providers import localnet
-from cloudremotecontrol.master.providers.base import MachineSpec, scenario_tag
-from cloudremotecontrol.master.providers.vultr import SCRIPT_TAG_PREFIX, VultrProvider
-from cloudremotecontrol.master.providers.vultr_boot import LinuxBoot, namespace_members
-from cloudremotecontrol.master.providers.vultr_fake import FakeVultr, RecordedRequest
 from cloudremotecontrol.master.scenario.model import parse_scenario
 from cloudremotecontrol.master.scenario.runner import Runner, down
 from cloudremotecontrol.master.scenario.state import LocalState
 from cloudremotecontrol.master.scenario.view import View
+from cloudremotecontrol.providers import localnet
+from cloudremotecontrol.providers.base import MachineSpec, scenario_tag
+from cloudremotecontrol.providers.vultr import SCRIPT_TAG_PREFIX, VultrProvider
+from fakes.vultr_api import FakeVultr, RecordedRequest
+from fakes.vultr_boot import LinuxBoot, namespace_members
 
-OPENAPI = Path(__file__).resolve().parents[2].parent / "shared/reference/vultr/openapi-v2.json"
 AGENT_CMD = "/opt/crc-agent/venv/bin/python -m cloudremotecontrol agent run"
 
 needs_vm = pytest.mark.skipif(
@@ -77,9 +76,7 @@ class Cloud:
         token = self.server.add_user("alice")
         self.client = Client(self.server.url, token, self.server.fingerprint)
         self.boot = LinuxBoot(tmp / "vms", network="netns")
-        self.fake = FakeVultr(
-            boot=self.boot, halt=self.boot.halt, openapi_path=OPENAPI, ready_delay=0.2
-        ).start()
+        self.fake = FakeVultr(boot=self.boot, halt=self.boot.halt, ready_delay=0.2).start()
         self.env = {
             **os.environ,
             "CRC_URL": self.server.url,
@@ -312,7 +309,7 @@ machines:
 def test_a_windows_machine_gets_a_boot_startup_script_named_on_create(env, tmp_path):
     """Unit level: the runner's create phase against the fake (no boot: Windows cannot
     boot here), then `down`."""
-    fake = FakeVultr(openapi_path=OPENAPI, ready_delay=0.05).start()
+    fake = FakeVultr(ready_delay=0.05).start()
     provider = VultrProvider(fake.api_key, fake.url, poll_interval=0.02)
     scenario = parse_scenario(WINDOWS, tmp_path / "mixed.yaml")
     profile = Profile(env.server.url, env.token, env.server.fingerprint)
@@ -354,7 +351,7 @@ def test_a_windows_machine_gets_a_boot_startup_script_named_on_create(env, tmp_p
 
 def _rate_limited_setup(env: Any, tmp_path: Path) -> tuple[FakeVultr, Path, list[str]]:
     """A fake with three instances of scenario `rl` (no boot) and its group."""
-    fake = FakeVultr(openapi_path=OPENAPI, ready_delay=0.05).start()
+    fake = FakeVultr(ready_delay=0.05).start()
     env.client.create_group("rl", ["a", "b", "c"])
     with VultrProvider(fake.api_key, fake.url) as p:
         ids = [

@@ -2,7 +2,7 @@
 
 Real: the server process (its expiry loop, its encrypted key store, its calls to the
 Vultr API through VultrProvider over HTTP), the SDK, `crc status`. Substituted: the
-Vultr API (vultr_fake.FakeVultr on loopback, every request and response checked against
+Vultr API (fakes.vultr_api.FakeVultr on loopback, every request and response checked against
 Vultr's OpenAPI file); its instances do not boot here (test_scenario_vultr.py boots them).
 """
 
@@ -22,16 +22,14 @@ import pytest
 from cloudremotecontrol.errors import Conflict, InvalidInput, NotFound
 from cloudremotecontrol.master.client import Client
 from cloudremotecontrol.master.localrun import ServerProcess
-from cloudremotecontrol.master.providers.base import MachineSpec
-from cloudremotecontrol.master.providers.vultr import VultrProvider
-from cloudremotecontrol.master.providers.vultr_fake import DEFAULT_API_KEY, FakeVultr
-
-OPENAPI = Path(__file__).resolve().parents[2].parent / "shared/reference/vultr/openapi-v2.json"
+from cloudremotecontrol.providers.base import MachineSpec
+from cloudremotecontrol.providers.vultr import VultrProvider
+from fakes.vultr_api import DEFAULT_API_KEY, FakeVultr
 
 
 class Cloud:
     def __init__(self, tmp: Path) -> None:
-        self.fake = FakeVultr(boot=None, openapi_path=OPENAPI, ready_delay=0.1).start()
+        self.fake = FakeVultr(boot=None, ready_delay=0.1).start()
         # The server calls the Vultr API its own environment names, never one from a request.
         self.server = ServerProcess(tmp / "srv", env={"CRC_VULTR_API_URL": self.fake.url})
         self.server.start()

@@ -268,6 +268,7 @@ def test_agent_package_is_deterministic_and_pure_python() -> None:
             (
                 "cloudremotecontrol/server/",
                 "cloudremotecontrol/master/",
+                "cloudremotecontrol/providers/",
                 "cloudremotecontrol/bootstrap/",
             )
         )

@@ -68,7 +68,8 @@ from cloudremotecontrol.server.ops import messages as msg_ops
 M, ME = MachineState, MachineEvent
 J, JE = JobStatus, JobEvent
 
-# The lifecycle DESIGN.md promises, written out independently of the code's table.
+# The lifecycle docs/delivery.md promises ("Machine states"), written out independently of
+# the code's table.
 EXPECTED_MACHINE = {
     (M.PENDING, ME.ENROLL): M.ENROLLED,
     (M.PENDING, ME.REVOKE): M.REVOKED,

@@ -6,14 +6,13 @@ from __future__ import annotations
 import base64
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import jsonschema
 import pytest
 
-from cloudremotecontrol.master.providers.base import (
+from cloudremotecontrol.providers.base import (
     Instance,
     MachineSpec,
     Provider,
@@ -22,15 +21,14 @@ from cloudremotecontrol.master.providers.base import (
     machine_tag,
     scenario_tag,
 )
-from cloudremotecontrol.master.providers.vultr import RetryPolicy, VultrProvider
-from cloudremotecontrol.master.providers.vultr_fake import (
+from cloudremotecontrol.providers.vultr import RetryPolicy, VultrProvider
+from fakes.vultr_api import (
     FakeVultr,
     RecordedRequest,
     create_app,
     to_json_schema,
 )
 
-OPENAPI = Path(__file__).resolve().parents[2].parent / "shared/reference/vultr/openapi-v2.json"
 FAST = RetryPolicy(rate_limit_retries=4, server_error_retries=2, base_delay=0.01, max_delay=0.05)
 LINUX_SCRIPT = "#!/bin/bash\nset -eu\necho 'crc bootstrap' > /tmp/crc \u2713\n"
 WINDOWS_SCRIPT = "powershell -NoProfile -Command \"Write-Output 'crc'\"\r\n"
@@ -50,7 +48,7 @@ def fake_factory() -> Iterator[Callable[..., FakeVultr]]:
 
     def make(**kw: Any) -> FakeVultr:
         kw.setdefault("ready_delay", 0.05)
-        fake = FakeVultr(openapi_path=OPENAPI, **kw).start()
+        fake = FakeVultr(**kw).start()
         started.append(fake)
         return fake
 
@@ -494,7 +492,7 @@ def test_fake_rejects_and_records_requests_outside_the_openapi_file(fake: FakeVu
 def test_vultr_own_example_has_fields_its_schema_lacks() -> None:
     # Why the provider reads responses leniently: Vultr's get-instance example carries
     # v6_network/v6_main_ip/v6_network_size, the schema only v6_networks.
-    state = create_app(openapi_path=OPENAPI).state.vultr
+    state = create_app().state.vultr
     op, _ = state.spec.match("GET", "/instances/abc")
     example = op.spec["responses"]["200"]["content"]["application/json"]["examples"]
     problems = state.spec.check_response(op, 200, example["instance"]["value"])

@@ -54,8 +54,8 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# Sizes are bounded (DESIGN.md): a host with hundreds of addresses reports the first ones
-# (as many as the server takes: protocol/messages.py, Facts).
+# Sizes are bounded (docs/reference.md, "Limits"): a host with hundreds of addresses
+# reports the first ones (as many as the server takes: protocol/messages.py, Facts).
 MAX_IPS = MAX_FACT_ADDRESSES
 # `ip` answers in milliseconds; a hung one (a broken netlink) must not stall the agent.
 IP_COMMAND_TIMEOUT = 2.0

@@ -5,7 +5,7 @@ index, no git, maybe no compiler. So the server ships the agent itself, as a zip
 built from the code it runs (same version, by construction):
 
 * ``cloudremotecontrol`` minus what only the server and the master need (``server/``,
-  ``master/``, ``bootstrap/``);
+  ``master/``, ``providers/``, ``bootstrap/``);
 * ``click`` and ``websockets`` copied from this interpreter's site-packages, *without*
   websockets' optional C extension (``speedups*.so``): websockets then falls back to
   its pure-Python ``utils.apply_mask``, so the same bytes work on any CPython >= 3.10
@@ -34,7 +34,7 @@ from .. import __version__
 __all__ = ["AgentPackage", "agent_package", "build_agent_package"]
 
 # Parts of our own package the agent never imports (they need the server/master extras).
-EXCLUDED_SUBPACKAGES = ("server", "master", "bootstrap")
+EXCLUDED_SUBPACKAGES = ("server", "master", "providers", "bootstrap")
 EXCLUDED_FILES = ("agent/platform/fake_systemctl.py",)  # a test double, not for VMs
 VENDORED = ("click", "websockets")
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)

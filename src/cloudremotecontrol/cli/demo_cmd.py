@@ -14,5 +14,6 @@ def demo(keep: bool, as_json: bool) -> None:
     """Start a server (SQLite, TLS) in a temporary directory, enroll machines mysql, web
     and dev as local agents, provision them, then tear everything down."""
     from ..master.demo import run_demo
+    from .scenario_view import make_view
 
-    raise SystemExit(run_demo(keep=keep, as_json=as_json))
+    raise SystemExit(run_demo(make_view(as_json), keep=keep))

@@ -11,10 +11,16 @@ from ..errors import Conflict, InvalidInput, NotFound, Unauthorized
 from .output import json_option
 
 
-def _close(provider: Any) -> None:
-    close = getattr(provider, "close", None)
-    if close is not None:
-        close()
+def _provider_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A registered provider's name (the registry is read only when the option is used)."""
+    if value is None:
+        return None
+    from ..providers import provider_names
+
+    names = provider_names()
+    if value not in names:
+        raise click.BadParameter(f"{value!r} is not one of: {', '.join(names)}")
+    return value
 
 
 @click.command()
@@ -44,21 +50,19 @@ def up(scenario_file: str, rerun: bool, parallel: int, as_json: bool) -> None:
     """
     from ..master.profile import load_profile
     from ..master.scenario.model import load_scenario
-    from ..master.scenario.runner import Runner, make_provider
-    from ..master.scenario.view import make_view
+    from ..master.scenario.runner import Runner
+    from ..providers import make_provider
+    from .scenario_view import make_view
 
     scenario = load_scenario(scenario_file)
     profile = load_profile()
-    provider = make_provider(scenario.provider, scenario.provider_settings, profile.url)
-    try:
+    with make_provider(scenario.provider, scenario.provider_settings, profile.url) as provider:
         with make_view(as_json) as view:
             runner = Runner(scenario, profile, provider, view, rerun=rerun, max_parallel=parallel)
             try:
                 rc = runner.up()
             finally:
                 runner.close()
-    finally:
-        _close(provider)
     sys.exit(rc)
 
 
@@ -73,9 +77,10 @@ def up(scenario_file: str, rerun: bool, parallel: int, as_json: bool) -> None:
 @click.option(
     "--provider",
     "provider_name",
-    type=click.Choice(["local", "vultr"]),
+    metavar="NAME",
+    callback=_provider_name,
     help="With --group, when the server no longer knows the group: the provider "
-    "to clean up leftovers at.",
+    "to clean up leftovers at (any registered provider).",
 )
 @json_option
 def down(
@@ -87,10 +92,10 @@ def down(
     from ..master.profile import load_profile
     from ..master.scenario.model import load_scenario
     from ..master.scenario.runner import down as run_down
-    from ..master.scenario.runner import make_provider
     from ..master.scenario.state import LocalState
-    from ..master.scenario.view import make_view
     from ..protocol.names import check_name
+    from ..providers import make_provider
+    from .scenario_view import make_view
 
     if bool(scenario_file) == bool(group):
         raise InvalidInput("give a SCENARIO.yaml or --group GROUP (one of them)")
@@ -128,12 +133,9 @@ def down(
                 name = name or mine.get("provider")
                 settings = mine.get("provider_settings") or {}
         assert name is not None
-        provider = make_provider(name, settings, client.url if client else None)
-        try:
+        with make_provider(name, settings, client.url if client else None) as provider:
             with make_view(as_json) as view:
                 rc = run_down(group, provider, client, view, LocalState.for_group(group))
-        finally:
-            _close(provider)
     finally:
         if client is not None:
             client.close()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
 
+from ..errors import CrcError
 from .output import emit_json, json_option
 
 DATA_DIR_HELP = "Server data directory (certificate, key, SQLite database)."
@@ -17,7 +19,14 @@ def _data_dir(value: str | None) -> Path:
 
 @click.group()
 def server() -> None:
-    """Run and administer a CloudRemoteControl server."""
+    """Run and administer a CloudRemoteControl server (Python >= 3.11)."""
+    if sys.version_info < (3, 11):
+        # The agent and the master run on 3.10; the server uses asyncio.TaskGroup.
+        raise CrcError(
+            f"the server needs Python >= 3.11, this is {sys.version.split()[0]}: "
+            "run `crc server` with a newer python",
+            code="python_version",
+        )
 
 
 @server.command()

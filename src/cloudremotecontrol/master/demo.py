@@ -20,6 +20,7 @@ import click
 
 from .localrun import ServerProcess, crc_argv
 from .profile import Profile
+from .scenario.view import View
 
 __all__ = ["run_demo"]
 
@@ -46,13 +47,14 @@ def _init_server(server: ServerProcess, host: str) -> None:
     )
 
 
-def run_demo(keep: bool = False, as_json: bool = False) -> int:
-    """Run the demo; return the exit code (0: every step succeeded, all torn down)."""
-    from .providers.local import LocalProvider
+def run_demo(view: View, keep: bool = False) -> int:
+    """Run the demo, shown on ``view`` (closed at the end); return the exit code (0:
+    every step succeeded, all torn down)."""
+    from ..providers import destroy_scenario
+    from ..providers.local import LocalProvider
     from .scenario.model import parse_scenario
     from .scenario.runner import Runner, down
     from .scenario.state import LocalState
-    from .scenario.view import make_view
 
     t0 = time.monotonic()
     text = (
@@ -65,7 +67,6 @@ def run_demo(keep: bool = False, as_json: bool = False) -> int:
     provider = LocalProvider(root / "machines")
     server = ServerProcess(root / "server")
     rc = 1
-    view = make_view(as_json)
     try:
         _init_server(server, provider.prepare_network() or "127.0.0.1")
         server.start()
@@ -85,8 +86,7 @@ def run_demo(keep: bool = False, as_json: bool = False) -> int:
         finally:
             runner.close()
     finally:
-        for inst in provider.list(scenario.name):  # after a failure: nothing may stay
-            provider.destroy(inst.id)
+        destroy_scenario(provider, scenario.name, verify_timeout=15.0)  # after a failure too
         server.stop()
         provider.release_network()
         view.close()

@@ -7,12 +7,14 @@ teardown's status under ``teardown``, never the key.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+import functools
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import Field
 
-from ..errors import Unavailable
+from ..errors import InvalidInput, Unavailable
+from ..providers import teardown_providers
 from . import auth
 from .models import StrictBody
 from .ops import teardown as ops
@@ -22,12 +24,26 @@ Master = Annotated[dict[str, Any], Depends(auth.master)]
 
 
 class TeardownIn(StrictBody):
-    provider: Literal["vultr"]
+    # A registered provider that offers Feature.SERVER_TEARDOWN (checked in `arm`).
+    provider: Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[a-z0-9][a-z0-9-]*$")]
     api_key: Annotated[str, Field(min_length=1, max_length=512, pattern=r"^[\x21-\x7e]+$")]
+
+
+@functools.cache
+def _able() -> tuple[str, ...]:
+    """The providers installed with this server whose machines it can destroy (read
+    once: installing a provider takes a restart anyway)."""
+    return tuple(teardown_providers())
 
 
 @router.put("/groups/{group}/teardown", tags=["groups"])
 async def arm(group: str, body: TeardownIn, user: Master, request: Request) -> dict[str, Any]:
+    if body.provider not in _able():
+        raise InvalidInput(
+            f"the server can tear down {', '.join(_able()) or 'no'} machines only, "
+            f"not {body.provider!r}",
+            field="provider",
+        )
     cipher = getattr(request.app.state, "teardown_cipher", None)
     if cipher is None:
         raise Unavailable("this server has no teardown key: it cannot hold provider keys")

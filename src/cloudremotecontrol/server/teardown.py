@@ -7,8 +7,11 @@ Replicas sharing one PostgreSQL database need the same file (copy it with the TL
 certificate). The key is never logged, never returned by the API, and dropped from the
 database once the machines are gone.
 
-The Vultr API the server calls is its own setting (``CRC_VULTR_API_URL`` in the server's
-environment, else Vultr's), never a URL from the request.
+The provider code is the master's (``cloudremotecontrol.providers``: the same
+``destroy_scenario`` as ``crc down``), acting with the stored key
+(``Provider.for_teardown``). Where it calls is the server's own setting (for Vultr
+``CRC_VULTR_API_URL`` in the server's environment, else Vultr's), never a URL from the
+request.
 """
 
 from __future__ import annotations
@@ -17,21 +20,21 @@ import asyncio
 import contextlib
 import logging
 import os
-import time
 from pathlib import Path
 from typing import Any
 
 from cryptography.fernet import Fernet, InvalidToken
 
 from ..errors import CrcError
+from ..providers import Feature, destroy_scenario, provider_class
+from ..providers.destroy import VERIFY_SECONDS
 from .ops import teardown as ops
 from .store.base import Store
 
-__all__ = ["TeardownCipher", "load_cipher", "run_due_teardowns"]
+__all__ = ["TeardownCipher", "destroy_at_provider", "load_cipher", "run_due_teardowns"]
 
 log = logging.getLogger("crc.teardown")
 KEY_FILE = "teardown.key"
-VERIFY_SECONDS = 180.0
 _running: set[asyncio.Task[None]] = set()
 
 
@@ -77,29 +80,20 @@ def load_cipher(data_dir: Path) -> TeardownCipher:
 
 def destroy_at_provider(provider: str, api_key: str, group: str) -> dict[str, Any]:
     """Destroy every instance of ``group`` at ``provider`` and check none is left;
-    returns ``{"destroyed": [ids], "startup_scripts": n}``. Raises on failure."""
-    if provider != "vultr":
+    returns ``{"destroyed": [ids], **cleaned}`` (Vultr: ``"startup_scripts": n``).
+    Raises on failure."""
+    cls = provider_class(provider)
+    if not cls.capabilities.supports(Feature.SERVER_TEARDOWN):
         raise CrcError(f"no teardown for provider {provider!r}", code="provider_error")
-    from ..master.providers.vultr import VultrProvider
-
-    with VultrProvider(api_key=api_key, poll_interval=2.0) as p:
-        destroyed = []
-        for inst in p.list(group):
-            p.destroy(inst.id)
-            destroyed.append(inst.id)
-        until = time.monotonic() + VERIFY_SECONDS
-        left = p.list(group)
-        while left and time.monotonic() < until:
-            time.sleep(2.0)
-            left = p.list(group)
-        if left:
-            raise CrcError(
-                f"still at {provider} after {VERIFY_SECONDS:.0f} s: "
-                f"{', '.join(i.id for i in left)}",
-                code="provider_error",
-            )
-        scripts = p.purge_startup_scripts(group)
-    return {"destroyed": destroyed, "startup_scripts": scripts}
+    with cls.for_teardown(api_key) as p:
+        gone = destroy_scenario(p, group, verify_timeout=VERIFY_SECONDS)
+    if gone.left:
+        raise CrcError(
+            f"still at {provider} after {VERIFY_SECONDS:.0f} s: "
+            f"{', '.join(i.id for i in gone.left)}",
+            code="provider_error",
+        )
+    return {"destroyed": [i.id for i in gone.destroyed], **gone.cleaned}
 
 
 async def run_due_teardowns(store: Store, cipher: TeardownCipher | None) -> None:

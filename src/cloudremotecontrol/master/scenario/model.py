@@ -23,7 +23,6 @@ from ...errors import InvalidInput
 from .yamlnodes import NodeReader, Problem, ScenarioError, Where, parse_duration
 
 __all__ = [
-    "PROVIDERS",
     "STEP_KINDS",
     "Action",
     "HostsAction",
@@ -43,7 +42,6 @@ __all__ = [
     "parse_scenario",
 ]
 
-PROVIDERS = ("local", "vultr")
 STEP_KINDS = ("run", "script", "push", "hosts", "wait", "send", "reboot")
 DEFAULT_READY_TIMEOUT = 600.0
 DEFAULT_STEP_TIMEOUT = 600.0
@@ -140,7 +138,9 @@ class Scenario:
     steps: tuple[Step, ...]
     description: str = ""
     digest: str = ""
-    on_ttl: str = "revoke"  # or "destroy": the server destroys the machines (vultr)
+    on_ttl: str = (
+        "revoke"  # or "destroy": the server destroys the machines (Feature.SERVER_TEARDOWN)
+    )
 
     def machine(self, name: str) -> MachineDef:
         for m in self.machines:

@@ -12,12 +12,19 @@ import yaml
 
 from ...errors import CrcError
 from ...protocol.names import check_label, check_message_type, check_name
+from ...providers import (
+    DEFAULT_PROVIDER,
+    Capabilities,
+    Feature,
+    provider_class,
+    provider_names,
+    teardown_providers,
+)
 from . import templates
 from .model import (
     DEFAULT_READY_TIMEOUT,
     DEFAULT_RETRY_DELAY,
     DEFAULT_STEP_TIMEOUT,
-    PROVIDERS,
     STEP_KINDS,
     Action,
     HostsAction,
@@ -60,7 +67,7 @@ _STEP = (
     "cwd",
     *STEP_KINDS,
 )
-_PROVIDER_SETTINGS = {"local": ("name", "network"), "vultr": ("name",)}
+_OS_NAMES = {"linux": "Linux", "windows": "Windows"}
 _SHELLS = ("bash", "sh", "powershell", "cmd")
 _KV_KEY = re.compile(r"^[A-Za-z0-9_.\-/]{1,128}$")
 _MODE = re.compile(r"^0?[0-7]{3,4}$")
@@ -84,7 +91,10 @@ class ScenarioParser:
         self.base = path.parent
         self.machines: dict[str, MachineDef] = {}
         self.variables: dict[str, Any] = {}
-        self.provider = "local"
+        self.provider = DEFAULT_PROVIDER
+        # What the provider declares (providers/base.py): every provider-specific check
+        # below reads it, none names a provider.
+        self.caps: Capabilities | None = None
         self.step_timeout = DEFAULT_STEP_TIMEOUT
 
     def scenario(self, digest: str) -> Scenario | None:
@@ -113,13 +123,17 @@ class ScenarioParser:
             on_ttl = r.choice(node, "on_ttl", ("revoke", "destroy")) or on_ttl
             if on_ttl == "destroy" and "ttl" not in top:
                 r.error(node, "on_ttl", "destroy needs a ttl (when to destroy the machines)")
-            elif on_ttl == "destroy" and self.provider != "vultr":
+            elif (
+                on_ttl == "destroy"
+                and self.caps is not None
+                and not self.caps.supports(Feature.SERVER_TEARDOWN)
+            ):
+                able = " or ".join(teardown_providers()) or "no installed"
                 r.error(
                     node,
                     "on_ttl",
-                    f"the server cannot destroy {self.provider} machines "
-                    "(they run on the computer that ran `crc up`): "
-                    "destroy is for the vultr provider",
+                    f"the server cannot destroy {self.provider} machines: "
+                    f"destroy is for the {able} provider",
                 )
         ready_timeout = DEFAULT_READY_TIMEOUT
         if "timeouts" in top:
@@ -165,21 +179,28 @@ class ScenarioParser:
 
     def _provider(self, top: dict[str, tuple[yaml.Node, yaml.Node]]) -> dict[str, Any]:
         r = self.r
+        names = tuple(provider_names())
         if "provider" not in top:
+            self.caps = self._capabilities(None)
             return {}
         node = top["provider"][1]
         if isinstance(node, yaml.ScalarNode):
-            self.provider = r.choice(node, "provider", PROVIDERS) or self.provider
+            self.provider = r.choice(node, "provider", names) or self.provider
+            self.caps = self._capabilities(node)
             return {}
         entries = r.mapping(node, "provider")
         if entries is None:
             return {}
         if "name" not in entries:
-            r.error(node, "provider.name", "required field is missing (local or vultr)")
+            r.error(node, "provider.name", f"required field is missing ({' or '.join(names)})")
             return {}
-        self.provider = r.choice(entries["name"][1], "provider.name", PROVIDERS) or self.provider
+        name_node = entries["name"][1]
+        self.provider = r.choice(name_node, "provider.name", names) or self.provider
+        self.caps = self._capabilities(name_node)
+        if self.caps is None:
+            return {}
         settings: dict[str, Any] = {}
-        allowed = _PROVIDER_SETTINGS[self.provider]
+        allowed = ("name", *self.caps.settings)
         for key, (knode, vnode) in entries.items():
             if key not in allowed:
                 r.error(
@@ -188,9 +209,17 @@ class ScenarioParser:
                     f"unknown setting for the {self.provider} "
                     f"provider (expected: {', '.join(allowed)})",
                 )
-            elif key == "network":
-                settings["network"] = r.choice(vnode, "provider.network", ("auto", "netns", "host"))
+            elif key != "name":
+                settings[key] = r.choice(vnode, f"provider.{key}", self.caps.settings[key])
         return settings
+
+    def _capabilities(self, node: yaml.Node | None) -> Capabilities | None:
+        """What the chosen provider declares; ``None`` (and a problem) if it won't load."""
+        try:
+            return provider_class(self.provider).capabilities
+        except CrcError as exc:
+            self.r.error(node, "provider", exc.message)
+            return None
 
     def _defaults(self, node: yaml.Node) -> dict[str, Any]:
         r = self.r
@@ -248,11 +277,11 @@ class ScenarioParser:
                         f"{path}.provider",
                         "expected a mapping of provider fields",
                     )
-                elif value and self.provider == "local":
+                elif value and self.caps is not None and not self.caps.machine_options:
                     r.error(
                         spec["provider"][1],
                         f"{path}.provider",
-                        "the local provider takes no per-machine overrides",
+                        f"the {self.provider} provider takes no per-machine overrides",
                     )
                 else:
                     extra = value
@@ -271,17 +300,20 @@ class ScenarioParser:
                 extra=extra,
                 where=r.where(knode),
             )
-            if self.provider == "local" and m.os != "linux":
-                r.error(knode, f"{path}.os", "the local provider runs Linux machines only")
-            if self.provider == "vultr":
-                for key in ("region", "plan", "image"):
-                    if getattr(m, key) is None:
-                        r.error(
-                            knode,
-                            f"{path}.{key}",
-                            f"the vultr provider needs "
-                            f"{'an' if key == 'image' else 'a'} {key} (here or in defaults)",
-                        )
+            caps = self.caps
+            if caps is not None and m.os not in caps.oses:
+                runs = " and ".join(_OS_NAMES[o] for o in sorted(caps.oses))
+                r.error(
+                    knode, f"{path}.os", f"the {self.provider} provider runs {runs} machines only"
+                )
+            for key in caps.required if caps is not None else ():
+                if getattr(m, key) is None:
+                    r.error(
+                        knode,
+                        f"{path}.{key}",
+                        f"the {self.provider} provider needs "
+                        f"{'an' if key == 'image' else 'a'} {key} (here or in defaults)",
+                    )
             self.machines[name] = m
 
     # -- steps ---------------------------------------------------------------------------

@@ -11,8 +11,9 @@
 4. the steps (graph.py), skipping those that succeeded before (``crc.up/steps``);
 5. a summary table (or a JSON document).
 
-``down`` destroys every instance tagged with the scenario, checks at the provider that
-none is left, deletes the group (revoking every key and credential) and the local state.
+``down`` destroys every instance tagged with the scenario and checks at the provider that
+none is left (``providers.destroy_scenario``, the server's TTL teardown does the same),
+deletes the group (revoking every key and credential) and the local state.
 """
 
 from __future__ import annotations
@@ -23,32 +24,26 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from ...bootstrap import BootstrapParams
 from ...errors import Conflict, CrcError, InvalidInput, NotFound, Unavailable
+from ...providers import (
+    MACHINE_TAG_PREFIX,
+    Feature,
+    Instance,
+    MachineSpec,
+    Provider,
+    destroy_scenario,
+    tag_value,
+)
 from ..client import Client
 from ..profile import Profile
-from ..providers.base import MACHINE_TAG_PREFIX, Instance, MachineSpec, Provider, tag_value
 from .graph import StepResult, run_steps
-from .model import MachineDef, Scenario
+from .model import Scenario
 from .state import STEPS_KEY, LocalState, step_digest
 from .steps import StepExecutor
 from .view import View
 
-__all__ = ["Runner", "down", "make_provider"]
-
-
-def make_provider(name: str, settings: dict[str, Any], server_url: str | None) -> Provider:
-    """The provider a scenario (or a group's ``settings.crc_up``) names."""
-    if name == "local":
-        from ..providers.local import LocalProvider
-
-        return LocalProvider(
-            settings.get("root"), server_url=server_url, network=settings.get("network") or "auto"
-        )
-    if name == "vultr":
-        from ..providers.vultr import VultrProvider
-
-        return VultrProvider()
-    raise InvalidInput(f"unknown provider {name!r}: local or vultr")
+__all__ = ["Runner", "down"]
 
 
 def _progress_text(progress: dict[str, Any] | None) -> str | None:
@@ -97,7 +92,7 @@ class Runner:
         """Run every phase; return 0 if every step succeeded, else 1 (errors raise)."""
         t0 = time.monotonic()
         s = self.scenario
-        mode = getattr(self.provider, "mode_reason", None)
+        mode = self.provider.describe()
         self.view.info(
             f"scenario {s.name}: {len(s.machines)} machine(s), {len(s.steps)} "
             f"step(s), provider {self.provider.name}" + (f" ({mode})" if mode else ""),
@@ -231,12 +226,13 @@ class Runner:
         key, so that the machines go when the TTL passes even if nobody runs `crc down`."""
         if self.scenario.on_ttl != "destroy" or group.get("teardown"):
             return
-        api_key = getattr(self.provider, "api_key_for_teardown", None)
-        if api_key is None:
+        if not self.provider.capabilities.supports(Feature.SERVER_TEARDOWN):
             raise InvalidInput(
                 f"on_ttl: destroy is not available with the {self.provider.name} provider"
             )
-        self.client.arm_teardown(self.group, self.provider.name, api_key())
+        self.client.arm_teardown(
+            self.group, self.provider.name, self.provider.teardown_credential()
+        )
         self.view.info(
             f"the server destroys the machines at {self.provider.name} when the "
             "TTL passes (on_ttl: destroy)",
@@ -244,18 +240,11 @@ class Runner:
             teardown="armed",
         )
 
-    def _startup_script(self, m: MachineDef, key: str) -> str:
-        if self.provider.name == "local":
-            from ..providers.local import startup_script
-
-            return startup_script(self.profile.url, key, self.profile.fingerprint)
-        from ...bootstrap import BootstrapParams, render
-
-        return render(
-            m.os,
-            None,
-            BootstrapParams(self.profile.url, self.profile.fingerprint, self.group, m.name, key),
+    def _startup_script(self, spec: MachineSpec, key: str) -> str:
+        params = BootstrapParams(
+            self.profile.url, self.profile.fingerprint, self.group, spec.name, key
         )
+        return self.provider.startup_script(spec, params)
 
     def _ensure_instances(self, group: dict[str, Any]) -> None:
         s, p = self.scenario, self.provider
@@ -266,8 +255,8 @@ class Runner:
         states = {m["name"]: m["state"] for m in group["machines"]}
         keys = self.state.keys
         for m in s.machines:
-            insts = [i for i in found.get(m.name, []) if i.status != "leftover"]
-            for stale in [i for i in found.get(m.name, []) if i.status == "leftover"]:
+            insts = [i for i in found.get(m.name, []) if not i.leftover]
+            for stale in [i for i in found.get(m.name, []) if i.leftover]:
                 p.destroy(stale.id)
             if len(insts) > 1:
                 self.view.info(
@@ -276,9 +265,8 @@ class Runner:
                 )
             if insts:
                 inst = next((i for i in insts if i.ready), insts[0])
-                start = getattr(p, "start", None)
-                if not inst.ready and inst.status == "stopped" and start is not None:
-                    inst = start(inst.id)
+                if not inst.ready and inst.stopped and p.capabilities.supports(Feature.START):
+                    inst = p.start(inst.id)
                 self.instances[m.name] = inst
                 self.view.machine(
                     m.name,
@@ -307,7 +295,7 @@ class Runner:
                 labels=m.labels,
                 extra=m.extra,
             )
-            inst = p.create(self.group, spec, self._startup_script(m, key))
+            inst = p.create(self.group, spec, self._startup_script(spec, key))
             self.instances[m.name] = inst
             self.view.machine(m.name, "booting", f"instance {inst.id} created", instance=inst.id)
         for name, inst in list(self.instances.items()):
@@ -324,6 +312,7 @@ class Runner:
             self.view.machine(m["name"], m["state"], _progress_text(m.get("progress")))
         wanted = set(s.machine_names)
         checked = time.monotonic()
+        every = self.provider.capabilities.liveness_interval
 
         def finished() -> bool:
             return all(states.get(n) == "ready" for n in wanted)
@@ -341,7 +330,7 @@ class Runner:
                 revoked = sorted(n for n in wanted if states.get(n) == "revoked")
                 if revoked:
                     raise Conflict(f"machine(s) revoked while starting: {', '.join(revoked)}")
-                if time.monotonic() - checked > (2 if self.provider.name == "local" else 15):
+                if time.monotonic() - checked > every:
                     checked = time.monotonic()
                     self._check_alive(states)
                 if time.monotonic() > deadline:
@@ -359,9 +348,10 @@ class Runner:
             if states.get(name) == "ready":
                 continue
             now = self.provider.get(inst.id)
-            if now is None or now.status in ("stopped", "leftover"):
-                tail = getattr(self.provider, "console_tail", None)
-                detail = f"; its console ends with:\n{tail(inst.id)}" if tail else ""
+            if now is None or now.stopped:
+                detail = ""
+                if self.provider.capabilities.supports(Feature.CONSOLE):
+                    detail = f"; its console ends with:\n{self.provider.console_tail(inst.id)}"
                 raise Unavailable(f"machine {name} ({inst.id}) stopped before it was ready{detail}")
 
     # -- steps --------------------------------------------------------------------------
@@ -460,16 +450,14 @@ def down(
 ) -> int:
     """Destroy the scenario's instances, check none is left, delete the group."""
     t0 = time.monotonic()
-    destroyed = []
-    for inst in provider.list(group):
-        provider.destroy(inst.id)
-        destroyed.append(inst.id)
+
+    def destroyed_one(inst: Instance) -> None:
         view.info(f"destroyed {inst.name} ({inst.id})", machine=inst.name, instance=inst.id)
-    deadline = time.monotonic() + verify_timeout
-    left = provider.list(group)
-    while left and time.monotonic() < deadline:
-        sleep(2.0)
-        left = provider.list(group)
+
+    gone = destroy_scenario(
+        provider, group, verify_timeout=verify_timeout, on_destroyed=destroyed_one, sleep=sleep
+    )
+    destroyed, left = [i.id for i in gone.destroyed], gone.left
     deleted = False
     revoked = 0
     if client is not None:
@@ -487,6 +475,7 @@ def down(
         "left": [i.id for i in left],
         "group_deleted": deleted,
         "revoked": revoked,
+        "cleaned": gone.cleaned,
         "seconds": round(time.monotonic() - t0, 2),
     }
     doc["event"] = "down"

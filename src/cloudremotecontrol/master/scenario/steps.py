@@ -20,8 +20,8 @@ from typing import Any
 
 from ...errors import NotFound, Unavailable
 from ...protocol.states import JobStatus
+from ...providers import Feature, Instance, Provider
 from ..client import Client
-from ..providers.base import Instance, Provider
 from . import templates
 from .graph import Outcome
 from .model import (
@@ -44,17 +44,21 @@ def _first(values: Any) -> str | None:
 
 
 def template_context(
-    scenario: Scenario, group: dict[str, Any], instances: dict[str, Instance]
+    scenario: Scenario,
+    group: dict[str, Any],
+    instances: dict[str, Instance],
+    public_addresses: bool = True,
 ) -> dict[str, Any]:
     """``vars``, ``scenario`` and ``machines`` for templates, from the server's view of
-    the group (facts, addresses) and the provider's instances."""
+    the group (facts, addresses) and the provider's instances (whose ``main_ip`` is a
+    public address only where the provider says so: ``public_addresses``)."""
     machines: dict[str, Any] = {}
     for m in group.get("machines", []):
         facts = m.get("facts") or {}
         inst = instances.get(m["name"])
         private = (inst.private_ip if inst else None) or _first(facts.get("private_ips"))
         public = (
-            (inst.main_ip if inst and scenario.provider != "local" else None)
+            (inst.main_ip if inst and public_addresses else None)
             or m.get("public_ip")
             or _first(m.get("ips"))
         )
@@ -97,7 +101,12 @@ class StepExecutor:
     # -- entry points -------------------------------------------------------------------
     def __call__(self, step: Step, attempt: int) -> Outcome:
         with self.client_factory() as c:
-            ctx = template_context(self.scenario, c.group(self.group), self.instances)
+            ctx = template_context(
+                self.scenario,
+                c.group(self.group),
+                self.instances,
+                self.provider.capabilities.public_addresses,
+            )
             action = step.action
             if isinstance(action, RunAction):
                 return self._run(c, step, action, ctx)
@@ -236,9 +245,8 @@ class StepExecutor:
         cursor = c.event_cursor(self.group)
         for m in step.targets:
             inst = self.instances.get(m)
-            reboot = getattr(self.provider, "reboot", None)
-            if reboot is not None and inst is not None:
-                reboot(inst.id)
+            if inst is not None and self.provider.capabilities.supports(Feature.REBOOT):
+                self.provider.reboot(inst.id)
             else:  # a real machine: ask its agent (the job ends as lost: that is expected)
                 windows = self.scenario.machine(m).os == "windows"
                 c.start_job(

@@ -1,4 +1,4 @@
-"""Linux "VMs" for the fake Vultr API: the boot and halt hooks of ``vultr_fake.FakeVultr``.
+"""Linux "VMs" for the fake Vultr API: the boot and halt hooks of ``vultr_api.FakeVultr``.
 
 A test double, not a provider: ``LinuxBoot`` boots a fake instance by running the
 ``user_data`` it was created with (the real bootstrap script ``crc up`` rendered) as root
@@ -60,8 +60,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ...agent.platform import fake_systemctl
-from . import localnet as net
+from cloudremotecontrol.agent.platform import fake_systemctl
+from cloudremotecontrol.providers import localnet as net
 
 __all__ = ["SYSTEM_PATH", "LinuxBoot", "LinuxMachine", "namespace_members"]
 

@@ -32,20 +32,22 @@ import email.utils
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 
-from ...errors import CrcError
-from ...protocol.names import check_name
+from ..errors import CrcError, ProviderError
+from ..protocol.names import check_name
 from .base import (
     MACHINE_TAG_PREFIX,
+    Capabilities,
+    Feature,
     Instance,
     MachineSpec,
-    ProviderError,
+    Provider,
     instance_label,
     machine_tag,
     scenario_tag,
@@ -112,17 +114,23 @@ class _Ambiguous(ProviderError):
     """A non-idempotent request may or may not have taken effect (5xx, read timeout)."""
 
 
-class VultrProvider:
+class VultrProvider(Provider):
     """Create, find and destroy Vultr instances for scenarios.
 
     ``api_key`` defaults to ``$VULTR_API_KEY``; ``base_url`` to ``$CRC_VULTR_API_URL`` or
-    ``https://api.vultr.com/v2`` (tests point it at ``vultr_fake.FakeVultr``). Pass your own
-    ``client`` to control transport settings; it is then yours to close. Otherwise call
-    ``close()`` or use the provider as a context manager. ``sleep``/``clock``/``rng`` and
-    ``retry`` are injectable so tests do not wait.
+    ``https://api.vultr.com/v2`` (the tests point it at their fake Vultr API). Pass your
+    own ``client`` to control transport settings; it is then yours to close. Otherwise
+    call ``close()`` or use the provider as a context manager. ``sleep``/``clock``/``rng``
+    and ``retry`` are injectable so tests do not wait.
     """
 
     name = "vultr"
+    capabilities = Capabilities(
+        features=frozenset({Feature.SERVER_TEARDOWN}),
+        oses=frozenset({"linux", "windows"}),
+        required=("region", "plan", "image"),
+        machine_options=True,  # further POST /instances fields: _EXTRA_FIELDS
+    )
 
     def __init__(
         self,
@@ -156,7 +164,18 @@ class VultrProvider:
         self._clock = clock
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
 
-    def api_key_for_teardown(self) -> str:
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any], *, server_url: str | None) -> VultrProvider:
+        """The key from ``$VULTR_API_KEY``, the API from ``$CRC_VULTR_API_URL`` or Vultr's."""
+        return cls()
+
+    @classmethod
+    def for_teardown(cls, credential: str) -> VultrProvider:
+        """On the server: act with the API key a master handed over; the API URL is the
+        server's own setting (``$CRC_VULTR_API_URL`` or Vultr's), never the master's."""
+        return cls(api_key=credential, poll_interval=2.0)
+
+    def teardown_credential(self) -> str:
         """The API key, for a server that destroys the machines when a TTL passes
         (``on_ttl: destroy``: the user's explicit opt-in)."""
         return self._key
@@ -168,12 +187,6 @@ class VultrProvider:
         """Close the HTTP client if this provider created it."""
         if self._owns_client:
             self._client.close()
-
-    def __enter__(self) -> VultrProvider:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # -- the Provider interface ------------------------------------------------------
 
@@ -260,6 +273,10 @@ class VultrProvider:
         # filter it has); filter again here in case the API ever stops honouring it.
         raws = self._pages("/instances", "instances", {"tag": want})
         return [_to_instance(r) for r in raws if want in (r.get("tags") or [])]
+
+    def cleanup(self, scenario: str) -> dict[str, int]:
+        """The scenario's startup scripts (``purge_startup_scripts``)."""
+        return {"startup_scripts": self.purge_startup_scripts(scenario)}
 
     # -- Vultr specifics ---------------------------------------------------------------
 
@@ -514,7 +531,7 @@ def _client_error(resp: httpx.Response, method: str, path: str) -> ProviderError
         )
     else:
         msg = f"Vultr rejected {method} {path} (HTTP {status}): {said}"
-    return ProviderError(msg, provider="vultr", status=status, provider_error=said)
+    return ProviderError(msg, provider=VultrProvider.name, status=status, provider_error=said)
 
 
 def _vultr_error(resp: httpx.Response) -> str:

@@ -22,7 +22,7 @@ import subprocess
 from collections.abc import Callable, Iterator
 from urllib.parse import urlsplit
 
-from .base import ProviderError
+from ..errors import ProviderError
 
 __all__ = [
     "BRIDGE",

@@ -1,5 +1,8 @@
 """A fake Vultr API v2 for tests: the endpoints ``VultrProvider`` uses, checked against
-Vultr's own OpenAPI file.
+Vultr's own OpenAPI file (the copy in ``reference/``, see its README).
+
+It lives with the tests, not in the product (docs/architecture.md says why): nothing a
+user runs needs it, and its dependencies (jsonschema) are the tests' own.
 
 Why a checked fake: a hand-written fake only proves the provider agrees with the fake.
 This one validates every request it receives *and* every response it sends against the
@@ -25,7 +28,7 @@ requests per second, like Vultr's ~30/s per IP), injected faults (``fail_next``)
 instances that go pending -> active/installingbooting -> ok in ``ready_delay`` seconds,
 then ``boot(instance, script)`` in a background thread with the decoded ``user_data``
 (Linux) or boot startup script (Windows): the hook through which system tests run the
-script in an isolated environment (``vultr_boot.LinuxBoot``). ``halt(instance_id)`` runs
+script in an isolated environment (``fakes.vultr_boot.LinuxBoot``). ``halt(instance_id)`` runs
 in a background thread once an instance is deleted: the hook that powers such a machine
 off (``DELETE`` answers at once, as Vultr's does; ``halted`` lists the instances done).
 """
@@ -59,6 +62,7 @@ from starlette.routing import Route
 
 __all__ = [
     "DEFAULT_API_KEY",
+    "OPENAPI_PATH",
     "FakeVultr",
     "FakeVultrState",
     "OpenApiSpec",
@@ -88,13 +92,12 @@ _OPENAPI_ONLY = frozenset(
 _METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 
 
+OPENAPI_PATH = Path(__file__).resolve().parent / "reference" / "vultr-openapi-v2.json"
+
+
 def default_openapi_path() -> Path:
-    """``$CRC_VULTR_OPENAPI``, else ``<repo>/../shared/reference/vultr/openapi-v2.json``."""
-    env = os.environ.get("CRC_VULTR_OPENAPI")
-    if env:
-        return Path(env)
-    repo = Path(__file__).resolve().parents[4]  # src/cloudremotecontrol/master/providers/
-    return repo.parent / "shared" / "reference" / "vultr" / "openapi-v2.json"
+    """Vultr's OpenAPI file as committed with the tests (``reference/README.md``)."""
+    return OPENAPI_PATH
 
 
 # -- OpenAPI -> JSON Schema ------------------------------------------------------------
@@ -688,14 +691,12 @@ def create_app(
 
     ``boot(instance, script)`` runs in a background thread once an instance has booted
     (``ready_delay`` s after creation), ``halt(instance_id)`` once one is deleted.
-    ``rate_limit`` answers 429 above that many
-    requests per second. Pass ``openapi_path`` explicitly in tests.
+    ``rate_limit`` answers 429 above that many requests per second. ``openapi_path``
+    defaults to the committed copy of Vultr's file.
     """
     path = Path(openapi_path) if openapi_path is not None else default_openapi_path()
     if not path.is_file():
-        raise FileNotFoundError(
-            f"Vultr OpenAPI file not found at {path}: pass openapi_path or set CRC_VULTR_OPENAPI"
-        )
+        raise FileNotFoundError(f"Vultr OpenAPI file not found at {path}")
     spec = _load_spec(str(path.resolve()), path.stat().st_mtime)
     state = FakeVultrState(
         spec, api_key=api_key, boot=boot, rate_limit=rate_limit, ready_delay=ready_delay, halt=halt

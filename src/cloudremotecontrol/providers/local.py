@@ -52,17 +52,31 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ...errors import CrcError
-from ...protocol.names import check_name
+from ..errors import CrcError, ProviderError
+from ..protocol.names import check_name
 from . import localnet as net
-from .base import Instance, MachineSpec, ProviderError, instance_label, machine_tag, scenario_tag
+from .base import (
+    Capabilities,
+    Feature,
+    Instance,
+    MachineSpec,
+    Provider,
+    instance_label,
+    machine_tag,
+    scenario_tag,
+)
 
-__all__ = ["ENV_MARK", "LocalProvider", "default_root", "startup_script"]
+if TYPE_CHECKING:
+    from ..bootstrap import BootstrapParams
+
+__all__ = ["ENV_MARK", "NETWORK_MODES", "LocalProvider", "default_root", "startup_script"]
 
 ENV_MARK = "CRC_LOCAL_INSTANCE"
+NETWORK_MODES = ("auto", "netns", "host")  # the scenario setting provider.network
 # What a machine's processes inherit from the master's environment: nothing secret (no
 # CRC_TOKEN, no VULTR_API_KEY), just what Python and shells need.
 _ENV_KEEP = ("PATH", "HOME", "LANG", "LANGUAGE", "TZ", "PYTHONPATH", "VIRTUAL_ENV", "TMPDIR")
@@ -132,12 +146,21 @@ def _marked() -> dict[int, str]:
     return out
 
 
-class LocalProvider:
+class LocalProvider(Provider):
     """Machines on this computer (see the module docstring). ``server_url`` is where the
     agents will connect (it decides whether namespaces can reach it); ``network`` is
     ``auto``, ``netns`` (required, or fail) or ``host`` (never a network namespace)."""
 
     name = "local"
+    capabilities = Capabilities(
+        features=frozenset({Feature.START, Feature.REBOOT, Feature.CONSOLE}),
+        oses=frozenset({"linux"}),
+        settings={"network": NETWORK_MODES},
+        # An address of this computer (or of its bridge) is nobody's public address.
+        public_addresses=False,
+        # A machine here that dies says so at once (its process is gone): look often.
+        liveness_interval=2.0,
+    )
 
     def __init__(
         self,
@@ -146,8 +169,11 @@ class LocalProvider:
         server_url: str | None = None,
         network: str = "auto",
     ) -> None:
-        if network not in ("auto", "netns", "host"):
-            raise ProviderError(f"unknown local network mode {network!r}: auto, netns or host")
+        if network not in NETWORK_MODES:
+            raise ProviderError(
+                f"unknown local network mode {network!r}: {', '.join(NETWORK_MODES)}",
+                provider=self.name,
+            )
         self.root = Path(root) if root is not None else default_root()
         self.server_url = server_url
         self.network = network
@@ -156,6 +182,20 @@ class LocalProvider:
         # Names on this computer (namespaces, the process mark) carry the root's scope, so
         # providers with different roots (tests, demos) never see each other's machines.
         self.scope = hashlib.sha1(str(self.root.resolve()).encode()).hexdigest()[:6]  # noqa: S324
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any], *, server_url: str | None) -> LocalProvider:
+        """Machines under ``$CRC_LOCAL_DIR`` (``default_root``), network as the scenario's
+        ``provider.network`` says (default ``auto``)."""
+        return cls(server_url=server_url, network=str(settings.get("network") or "auto"))
+
+    def startup_script(self, spec: MachineSpec, params: BootstrapParams) -> str:
+        """Not the VM bootstrap: this computer has the agent already, so the machine's
+        boot just runs it with its key (``startup_script()``)."""
+        return startup_script(params.url, params.key, params.fingerprint)
+
+    def describe(self) -> str:
+        return self.mode_reason
 
     # -- mode --------------------------------------------------------------------------
     @property
@@ -182,7 +222,9 @@ class LocalProvider:
             else self._unreachable()
         )
         if self.network == "netns" and why_not:
-            raise ProviderError(f"network: netns is not possible here: {why_not}", provider="local")
+            raise ProviderError(
+                f"network: netns is not possible here: {why_not}", provider=self.name
+            )
         if self.network != "host" and not why_not:
             return "netns", f"own network namespaces on {net.BRIDGE} ({net.NETWORK})"
         reason = "network: host" if self.network == "host" else f"no network namespaces: {why_not}"
@@ -217,18 +259,18 @@ class LocalProvider:
         check_name(scenario, "scenario")
         check_name(spec.name, "machine")
         if spec.os != "linux":
-            raise ProviderError("the local provider runs Linux machines only", provider="local")
+            raise ProviderError("the local provider runs Linux machines only", provider=self.name)
         if self.mode == "plain" and os.geteuid() == 0:
             raise ProviderError(
                 "unshare(1) (util-linux) is missing: as root, local machines "
                 "would share and edit this computer's /etc/hosts",
-                provider="local",
+                provider=self.name,
             )
         iid = f"{scenario}.{spec.name}"
         if self._load(iid) is not None or self._leftover(iid):
             raise ProviderError(
                 f"local machine {iid} exists already: `crc down` it first",
-                provider="local",
+                provider=self.name,
                 code="conflict",
             )
         d = self._dir(iid)
@@ -266,7 +308,7 @@ class LocalProvider:
                 raise
             if isinstance(exc, OSError):
                 raise ProviderError(
-                    f"cannot start local machine {iid}: {exc}", provider="local"
+                    f"cannot start local machine {iid}: {exc}", provider=self.name
                 ) from None
             raise
         return self._instance(rec)
@@ -295,14 +337,16 @@ class LocalProvider:
         while True:
             inst = self.get(instance_id)
             if inst is None:
-                raise ProviderError(f"local machine {instance_id} does not exist", provider="local")
+                raise ProviderError(
+                    f"local machine {instance_id} does not exist", provider=self.name
+                )
             if inst.ready:
                 return inst
-            if inst.status in ("stopped", "leftover") or time.monotonic() > deadline:
+            if inst.stopped or time.monotonic() > deadline:
                 raise ProviderError(
                     f"local machine {instance_id} is {inst.status}: "
                     f"{self.console_tail(instance_id)}",
-                    provider="local",
+                    provider=self.name,
                 )
             time.sleep(0.1)
 
@@ -318,7 +362,7 @@ class LocalProvider:
             d.parent.rmdir()  # the scenario's directory, once empty
         if ns in net.netns_names() or self._leftover(instance_id):
             raise ProviderError(
-                f"local machine {instance_id} could not be removed", provider="local"
+                f"local machine {instance_id} could not be removed", provider=self.name
             )
         if rec is None or rec.get("netns"):
             self.release_network()
@@ -328,7 +372,7 @@ class LocalProvider:
         """Power a stopped machine on again (runs its startup script, like a boot)."""
         rec = self._load(instance_id)
         if rec is None:
-            raise ProviderError(f"local machine {instance_id} does not exist", provider="local")
+            raise ProviderError(f"local machine {instance_id} does not exist", provider=self.name)
         if not self._alive(rec):
             self._kill_all(instance_id, rec)
             if rec.get("netns") and rec["netns"] not in net.netns_names():
@@ -340,7 +384,7 @@ class LocalProvider:
         """Kill every process of the machine (a power cut) and boot it again."""
         rec = self._load(instance_id)
         if rec is None:
-            raise ProviderError(f"local machine {instance_id} does not exist", provider="local")
+            raise ProviderError(f"local machine {instance_id} does not exist", provider=self.name)
         self._kill_all(instance_id, rec)
         return self.start(instance_id)
 
@@ -408,6 +452,7 @@ class LocalProvider:
             main_ip=ip,
             private_ip=rec.get("ip"),
             tags=tuple(rec.get("tags") or ()),
+            stopped=not alive,
         )
 
     def _ns(self, iid: str) -> str:
@@ -428,6 +473,8 @@ class LocalProvider:
             status="leftover",
             ready=False,
             tags=(scenario_tag(scenario), machine_tag(machine)),
+            stopped=True,
+            leftover=True,
         )
 
     # -- processes -------------------------------------------------------------------------
@@ -515,7 +562,7 @@ class LocalProvider:
             if time.monotonic() > deadline:
                 raise ProviderError(
                     f"processes of local machine {iid} survive SIGKILL: {sorted(pids)}",
-                    provider="local",
+                    provider=self.name,
                 )
             time.sleep(0.05)
 

@@ -1,0 +1,209 @@
+"""The provider seam: the registry (entry points ``cloudremotecontrol.providers``), the
+declared capabilities, and the one destroy-and-verify loop."""
+
+from __future__ import annotations
+
+import builtins
+import importlib
+import textwrap
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cloudremotecontrol.errors import InvalidInput, ProviderError
+from cloudremotecontrol.providers import (
+    Capabilities,
+    Feature,
+    Instance,
+    MachineSpec,
+    Provider,
+    destroy_scenario,
+    make_provider,
+    provider_class,
+    provider_names,
+    scenario_tag,
+    teardown_providers,
+)
+from cloudremotecontrol.providers.local import LocalProvider
+from cloudremotecontrol.providers.vultr import VultrProvider
+
+
+def test_the_built_in_providers_are_found_through_their_entry_points() -> None:
+    assert {"local", "vultr"} <= set(provider_names())
+    assert provider_class("local") is LocalProvider
+    assert provider_class("vultr") is VultrProvider
+    assert teardown_providers() == ["vultr"]
+    local = make_provider("local", {"network": "host"}, "https://127.0.0.1:8443")
+    assert isinstance(local, LocalProvider) and local.network == "host"
+
+
+def test_what_the_built_in_providers_declare() -> None:
+    local, vultr = LocalProvider.capabilities, VultrProvider.capabilities
+    assert local.oses == {"linux"} and vultr.oses == {"linux", "windows"}
+    assert dict(local.settings) == {"network": ("auto", "netns", "host")}
+    assert vultr.required == ("region", "plan", "image") and vultr.machine_options
+    assert not local.supports(Feature.SERVER_TEARDOWN)
+    assert vultr.supports(Feature.SERVER_TEARDOWN)
+    assert {Feature.START, Feature.REBOOT, Feature.CONSOLE} <= local.features
+    assert not local.public_addresses and vultr.public_addresses
+
+
+def test_an_unknown_provider_is_refused_with_the_registered_names() -> None:
+    with pytest.raises(InvalidInput, match=r"unknown provider 'hetzner' \(registered: .*local"):
+        provider_class("hetzner")
+
+
+def _distribution(site: Path, name: str, entry_points: str) -> None:
+    info = site / f"{name}-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(
+        "[cloudremotecontrol.providers]\n" + textwrap.dedent(entry_points)
+    )
+
+
+def test_broken_registrations_are_reported_clearly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Installed distributions (metadata on sys.path) that register providers badly."""
+    (tmp_path / "crc_bad_plugins.py").write_text(
+        textwrap.dedent("""\
+            from cloudremotecontrol.providers.local import LocalProvider
+
+            class Misnamed(LocalProvider):
+                name = "other"
+
+            class NotAProvider:
+                name = "plain"
+            """)
+    )
+    _distribution(
+        tmp_path,
+        "crc_bad_plugins",
+        """\
+        ghost = crc_no_such_module:Provider
+        misnamed = crc_bad_plugins:Misnamed
+        plain = crc_bad_plugins:NotAProvider
+        twice = crc_bad_plugins:Misnamed
+        """,
+    )
+    _distribution(tmp_path, "crc_other_plugins", "twice = crc_other:Twice\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    assert {"ghost", "misnamed", "plain", "twice"} <= set(provider_names())
+    with pytest.raises(ProviderError, match=r"'ghost' \(crc_no_such_module:Provider\) cannot be"):
+        provider_class("ghost")
+    with pytest.raises(ProviderError, match="calls itself 'other'"):
+        provider_class("misnamed")
+    with pytest.raises(ProviderError, match="is not a cloudremotecontrol Provider class"):
+        provider_class("plain")
+    with pytest.raises(ProviderError, match="registered more than once"):
+        provider_class("twice")
+    # The broken ones do not hide the good ones.
+    assert teardown_providers() == ["vultr"]
+
+
+class Cloud(Provider):
+    """A cloud in memory: a destroyed instance stays listed for ``lag`` more listings
+    (clouds answer DELETE at once and remove the machine later); ``stuck`` ones never go."""
+
+    name = "memory"
+    capabilities = Capabilities()
+
+    def __init__(self, ids: list[str], lag: int = 0, stuck: frozenset[str] = frozenset()) -> None:
+        self.instances = {
+            i: Instance(i, i, i, "running", True, tags=(scenario_tag("s"),)) for i in ids
+        }
+        self.lag, self.stuck = lag, stuck
+        self.deleting: dict[str, int] = {}
+        self.calls: list[str] = []
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any], *, server_url: str | None) -> Cloud:
+        return cls([])
+
+    def create(self, scenario: str, spec: MachineSpec, startup_script: str) -> Instance:
+        raise NotImplementedError
+
+    def get(self, instance_id: str) -> Instance | None:
+        return self.instances.get(instance_id)
+
+    def wait_running(self, instance_id: str, timeout: float) -> Instance:
+        raise NotImplementedError
+
+    def destroy(self, instance_id: str) -> None:
+        self.calls.append(f"destroy {instance_id}")
+        self.deleting.setdefault(instance_id, self.lag)
+
+    def list(self, scenario: str) -> builtins.list[Instance]:
+        self.calls.append("list")
+        for i, left in list(self.deleting.items()):
+            if i in self.stuck:
+                continue
+            if left <= 0:
+                self.instances.pop(i, None)
+            self.deleting[i] = left - 1
+        return [i for i in self.instances.values() if i.scenario == scenario]
+
+    def cleanup(self, scenario: str) -> dict[str, int]:
+        self.calls.append("cleanup")
+        return {"scripts": 2}
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_destroy_waits_until_the_provider_lists_nothing_then_cleans_up() -> None:
+    cloud, clock = Cloud(["a", "b"], lag=2), Clock()
+    seen: list[str] = []
+    out = destroy_scenario(
+        cloud, "s", on_destroyed=lambda i: seen.append(i.id), sleep=clock.sleep, clock=clock
+    )
+    assert out.ok and out.left == [] and [i.id for i in out.destroyed] == ["a", "b"] == seen
+    assert out.cleaned == {"scripts": 2}
+    assert cloud.calls == ["list", "destroy a", "destroy b", "list", "list", "list", "cleanup"]
+    assert clock.now == 4.0  # two polls, 2 s apart
+
+
+def test_destroy_reports_what_is_left_after_the_timeout_and_keeps_the_rest() -> None:
+    cloud, clock = Cloud(["a", "b"], stuck=frozenset({"b"})), Clock()
+    out = destroy_scenario(cloud, "s", verify_timeout=10, sleep=clock.sleep, clock=clock)
+    assert not out.ok and [i.id for i in out.left] == ["b"]
+    assert "cleanup" not in cloud.calls  # a machine still there may need what cleanup removes
+    assert 10 <= clock.now <= 12
+
+
+def test_optional_features_are_refused_unless_declared() -> None:
+    cloud = Cloud([])
+    for call in (
+        lambda: cloud.start("a"),
+        lambda: cloud.reboot("a"),
+        lambda: cloud.console_tail("a"),
+        cloud.teardown_credential,
+        lambda: Cloud.for_teardown("key"),
+    ):
+        with pytest.raises(ProviderError, match="memory"):
+            call()
+    assert cloud.describe() == "" and cloud.cleanup("s") == {"scripts": 2}
+
+
+def test_a_provider_must_implement_the_required_operations() -> None:
+    class Half(Provider):
+        name = "half"
+
+        @classmethod
+        def from_settings(cls, settings: Mapping[str, Any], *, server_url: str | None) -> Half:
+            return cls()
+
+    with pytest.raises(TypeError, match="abstract"):
+        Half.from_settings({}, server_url=None)
