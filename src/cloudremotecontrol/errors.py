@@ -12,6 +12,7 @@ server) and a CLI exit code (mapped once, in the CLI)::
     ├── Conflict                  409  exit 5   conflict (exists already, wrong state)
     ├── KeyRejected               401  exit 3   key_rejected (enrollment key used/expired/…)
     ├── Unavailable               503  exit 6   unavailable (server unreachable, shutting down)
+    │   └── RateLimited           429  exit 6   rate_limited (too many attempts: try later)
     └── TlsPinMismatch            -    exit 7   tls_pin_mismatch (fingerprint differs)
 
 Messages say what went wrong and, where it helps, what to do next.
@@ -28,6 +29,7 @@ __all__ = [
     "InvalidInput",
     "KeyRejected",
     "NotFound",
+    "RateLimited",
     "TlsPinMismatch",
     "TooLarge",
     "Unauthorized",
@@ -101,6 +103,11 @@ class Unavailable(CrcError):
     exit_code = 6
 
 
+class RateLimited(Unavailable):
+    code = "rate_limited"
+    http_status = 429
+
+
 class TlsPinMismatch(CrcError):
     code = "tls_pin_mismatch"
     http_status = 495
@@ -115,6 +122,8 @@ _BY_STATUS: dict[int, type[CrcError]] = {
     409: Conflict,
     413: TooLarge,
     422: InvalidInput,
+    429: RateLimited,
+    431: TooLarge,
     503: Unavailable,
 }
 

@@ -23,6 +23,9 @@ __all__ = ["run_agent"]
 
 log = logging.getLogger("crc.agent")
 
+DEFAULT_KEEP_MESSAGES_DAYS = 7.0
+PRUNE_SECONDS = 3600.0
+
 
 def run_agent(
     state_dir: Path,
@@ -33,6 +36,7 @@ def run_agent(
     follow_logs: tuple[str, ...] = (),
     on_started: Callable[[Callable[[], None]], None] | None = None,
     facts_interval: float = 30.0,
+    keep_messages_days: float = DEFAULT_KEEP_MESSAGES_DAYS,
 ) -> str:
     """Run the agent in the foreground; return why it stopped (revocation).
 
@@ -57,7 +61,7 @@ def run_agent(
             facts_interval=facts_interval,
         )
         try:
-            asyncio.run(_main(agent, state_dir, on_started))
+            asyncio.run(_main(agent, state_dir, on_started, keep_messages_days))
         except Revoked as exc:
             state.put("revoked", exc.message)
             uninstall = exc.uninstall and (Path(state_dir) / SERVICE_MARKER).exists()
@@ -86,14 +90,31 @@ def _uninstall_self(platform: Any, state_dir: Path) -> None:
     )
 
 
+async def _prune_loop(state: AgentState, keep_days: float) -> None:
+    """Stored user messages past their retention are forgotten, hourly."""
+    while True:
+        try:
+            n = state.prune_messages(keep_days)
+        except Exception as exc:  # noqa: BLE001 -- retention must never stop the agent
+            log.warning("could not prune stored messages: %s", exc)
+        else:
+            if n:
+                log.info("forgot %d stored message(s) older than %g days", n, keep_days)
+        await asyncio.sleep(PRUNE_SECONDS)
+
+
 async def _main(
-    agent: Agent, state_dir: Path, on_started: Callable[[Callable[[], None]], None] | None = None
+    agent: Agent,
+    state_dir: Path,
+    on_started: Callable[[Callable[[], None]], None] | None = None,
+    keep_messages_days: float = DEFAULT_KEEP_MESSAGES_DAYS,
 ) -> None:
     control = ControlServer(state_dir, lambda req: _handle(agent, req), agent.platform.protect_file)
     await control.start()
     loop = asyncio.get_running_loop()
     # systemd Type=notify: READY=1 now that scripts can reach us, then watchdog pings.
     supervisor = loop.create_task(sdnotify.supervise())
+    pruner = loop.create_task(_prune_loop(agent.state, keep_messages_days))
     main = asyncio.current_task()
     assert main is not None
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -107,8 +128,11 @@ async def _main(
         log.info("stopping")
     finally:
         supervisor.cancel()
+        pruner.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await supervisor
+        with contextlib.suppress(asyncio.CancelledError):
+            await pruner
         await control.close()
 
 

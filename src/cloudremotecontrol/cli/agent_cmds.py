@@ -66,6 +66,14 @@ def agent() -> None:
     help="How often to look for changed facts (addresses); changes are sent.",
 )
 @click.option(
+    "--keep-messages-days",
+    type=click.FloatRange(0, 36500),
+    default=7.0,
+    show_default=True,
+    metavar="DAYS",
+    help="Forget stored user messages (wait-message) after this many days; 0 keeps them.",
+)
+@click.option(
     "--log-level",
     default="info",
     show_default=True,
@@ -80,6 +88,7 @@ def run_cmd(
     gate_ready: bool,
     follow_logs: tuple[str, ...],
     facts_interval: float,
+    keep_messages_days: float,
     log_level: str,
 ) -> None:
     """Enroll (first run) and stay connected, executing what the master sends."""
@@ -109,6 +118,7 @@ def run_cmd(
             gate_ready=gate_ready,
             follow_logs=follow_logs,
             facts_interval=facts_interval,
+            keep_messages_days=keep_messages_days,
         )
     except Revoked as exc:
         click.echo(f"crc agent: stopping: {exc.message}", err=True)

@@ -11,7 +11,9 @@ import uvicorn
 from ..errors import InvalidInput
 from ..protocol.limits import HEARTBEAT_SECONDS, MAX_FRAME_BYTES
 from .app import create_app
-from .config import ServerConfig, parse_listen
+from .config import ServerConfig, ServerSettings, parse_listen
+from .forwarded import TrustedProxies
+from .httpguard import ConnectionGuard, GuardLimits, guarded_protocol
 from .store.base import open_store
 from .teardown import load_cipher
 
@@ -32,13 +34,26 @@ def serve(
                 "--insecure serves plain HTTP and is allowed on a loopback "
                 "address only (e.g. --listen 127.0.0.1:8080)"
             )
+    settings: ServerSettings = cfg.settings
     store = open_store(database or cfg.database)
-    app = create_app(store, blob_dir=Path(cfg.data_dir) / "blobs")
+    app = create_app(store, blob_dir=Path(cfg.data_dir) / "blobs", settings=settings)
     app.state.wheel_dir = Path(cfg.data_dir) / "wheels"  # served by /v1/agent/wheels
     app.state.teardown_cipher = load_cipher(Path(cfg.data_dir))  # opt-in TTL teardown
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(message)s")
+    guard = ConnectionGuard(
+        GuardLimits(
+            max_header_bytes=settings.max_header_bytes,
+            header_timeout=settings.header_timeout,
+            body_timeout=settings.body_timeout,
+            max_unauthenticated=settings.max_unauthenticated,
+            max_unauthenticated_per_ip=settings.max_unauthenticated_per_ip,
+        )
+    )
     config = uvicorn.Config(
-        app,
+        # X-Forwarded-For is believed only from the configured proxies (uvicorn's own
+        # default trusts loopback, where anything on the host can connect from).
+        TrustedProxies(app, settings.forwarded_allow_ips),
+        proxy_headers=False,
         host=host,
         port=port,
         ssl_certfile=None if insecure else str(cfg.cert),
@@ -48,7 +63,8 @@ def serve(
         ws_max_size=MAX_FRAME_BYTES,
         ws_ping_interval=HEARTBEAT_SECONDS,
         ws_ping_timeout=HEARTBEAT_SECONDS,
-        http="httptools",
+        http=guarded_protocol(guard),
+        timeout_keep_alive=int(max(1, round(settings.keepalive_timeout))),
         loop="uvloop",
         log_level=log_level,
         access_log=False,

@@ -47,7 +47,7 @@ def check_remote_path(path: object) -> str:
 def add_blob_owner(tx: Tx, user_id: str, sha: str, size: int) -> None:
     tx.execute(
         "INSERT INTO blob_owners (user_id, sha, size, created) VALUES (?, ?, ?, ?) "
-        "ON CONFLICT (user_id, sha) DO NOTHING",
+        "ON CONFLICT (user_id, sha) DO UPDATE SET created = excluded.created",
         (user_id, sha, size, now()),
     )
 
@@ -79,6 +79,11 @@ def create_push(
     if owner is not None and not _OWNER.fullmatch(owner):
         raise InvalidInput(f"invalid owner {owner!r}: use USER or USER:GROUP", field="owner")
     body = {"sha256": sha, "size": size, "path": path, "mode": mode, "owner": owner}
+    # Retention counts from the last use (ops/retention.py).
+    tx.execute(
+        "UPDATE blob_owners SET created = ? WHERE user_id = ? AND sha = ?",
+        (now(), user["user_id"], sha),
+    )
     return create_kind(
         tx, user, group, to, "file.put", body, {"sha256": sha, "path": path, "size": size}, blob=sha
     )
