@@ -92,14 +92,12 @@ def run_cmd(
     log_level: str,
 ) -> None:
     """Enroll (first run) and stay connected, executing what the master sends."""
-    import logging
-
+    from .. import logsafe
     from ..agent.core import Revoked
     from ..agent.service import run_agent
 
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s crc-agent %(levelname)s %(message)s"
-    )
+    # Every log line is redacted (credential, key, Authorization headers), at any level.
+    logsafe.configure(log_level, "%(asctime)s crc-agent %(levelname)s %(name)s %(message)s")
     if key_file:
         try:
             key = Path(key_file).read_text().strip()

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import ipaddress
-import logging
 from pathlib import Path
 
 import uvicorn
 
+from .. import logsafe
 from ..errors import InvalidInput
 from ..protocol.limits import HEARTBEAT_SECONDS, MAX_FRAME_BYTES
 from .app import create_app
@@ -39,7 +39,8 @@ def serve(
     app = create_app(store, blob_dir=Path(cfg.data_dir) / "blobs", settings=settings)
     app.state.wheel_dir = Path(cfg.data_dir) / "wheels"  # served by /v1/agent/wheels
     app.state.teardown_cipher = load_cipher(Path(cfg.data_dir))  # opt-in TTL teardown
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(message)s")
+    # Every log line is redacted (tokens, Authorization headers, keys), whatever logs it.
+    logsafe.configure(log_level, "%(asctime)s %(levelname)s %(name)s %(message)s")
     guard = ConnectionGuard(
         GuardLimits(
             max_header_bytes=settings.max_header_bytes,
@@ -67,6 +68,7 @@ def serve(
         timeout_keep_alive=int(max(1, round(settings.keepalive_timeout))),
         loop="uvloop",
         log_level=log_level,
+        log_config=None,  # uvicorn's loggers propagate to the redacting root handler
         access_log=False,
         timeout_graceful_shutdown=3,
         lifespan="on",
