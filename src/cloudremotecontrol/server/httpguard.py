@@ -17,10 +17,14 @@ all set by ``ServerLimits`` (``crc server run`` flags or ``server.json``):
   are fine as long as bytes keep coming;
 * **unauthenticated connections**: at most ``max_unauthenticated`` connections in all,
   and ``max_unauthenticated_per_ip`` from one address, may be open without having
-  made a request with a valid token or credential; more are answered ``503`` and
-  closed at once. A connection leaves that pool when a request on it authenticates
-  (``mark_authenticated``, called by ``server/auth.py``) or when it becomes a
-  WebSocket (whose first act is to authenticate, or be closed: ``agent_ws.py``).
+  made a request with a valid token or credential. A new connection past a limit takes
+  the place of the oldest one (from that address, or at all) that is still waiting for
+  its headers, which is answered ``503`` and closed: a flood of idle connections only
+  pushes out its own kind, while an honest client, which spends milliseconds there,
+  gets in. When every such connection is busy with a request the new one is refused
+  with ``503``. A connection leaves the pool when a request on it authenticates
+  (``mark_authenticated``, called by ``server/auth.py``) or when it becomes a WebSocket
+  (whose first act is to authenticate, or be closed: ``agent_ws.py``).
 
 The counts are per server process; everything here runs on the event loop's thread.
 """
@@ -62,40 +66,63 @@ class ConnectionGuard:
 
     def __init__(self, limits: GuardLimits) -> None:
         self.limits = limits
-        self.unauthenticated = 0
+        self.pool: dict[_Slot, None] = {}  # oldest first
         self.by_ip: Counter[str] = Counter()
-        self.refused = 0  # connections answered 503 because the pool was full
+        self.evicted = 0  # waiting connections pushed out by newer ones
+        self.refused = 0  # new connections refused (every waiting one was busy)
 
-    def admit(self, ip: str) -> bool:
-        if (
-            self.unauthenticated >= self.limits.max_unauthenticated
-            or self.by_ip[ip] >= self.limits.max_unauthenticated_per_ip
-        ):
-            self.refused += 1
-            return False
-        self.unauthenticated += 1
-        self.by_ip[ip] += 1
+    @property
+    def unauthenticated(self) -> int:
+        return len(self.pool)
+
+    def admit(self, slot: _Slot) -> bool:
+        """Take ``slot`` into the pool, pushing out the oldest connection still waiting
+        for its headers if a limit is reached; False if there is no room."""
+        if self.by_ip[slot.ip] >= self.limits.max_unauthenticated_per_ip:
+            if not self._evict_oldest(slot.ip):
+                self.refused += 1
+                return False
+        if len(self.pool) >= self.limits.max_unauthenticated:
+            if not self._evict_oldest(None):
+                self.refused += 1
+                return False
+        self.pool[slot] = None
+        self.by_ip[slot.ip] += 1
         return True
 
-    def release(self, ip: str) -> None:
-        self.unauthenticated -= 1
-        self.by_ip[ip] -= 1
-        if self.by_ip[ip] <= 0:
-            del self.by_ip[ip]
+    def _evict_oldest(self, ip: str | None) -> bool:
+        victim = next(
+            (
+                old
+                for old in self.pool
+                if (ip is None or old.ip == ip) and old.protocol.waiting_for_headers()
+            ),
+            None,
+        )
+        if victim is None:
+            return False
+        self.evicted += 1
+        victim.protocol.evict()  # releases its slot
+        return True
+
+    def release(self, slot: _Slot) -> None:
+        if slot in self.pool:
+            del self.pool[slot]
+            self.by_ip[slot.ip] -= 1
+            if self.by_ip[slot.ip] <= 0:
+                del self.by_ip[slot.ip]
 
 
 class _Slot:
     """One connection's place in the pool; released once."""
 
-    def __init__(self, guard: ConnectionGuard, ip: str) -> None:
+    def __init__(self, guard: ConnectionGuard, protocol: GuardedHttpToolsProtocol, ip: str):
         self.guard = guard
+        self.protocol = protocol
         self.ip = ip
-        self.held = True
 
     def release(self) -> None:
-        if self.held:
-            self.held = False
-            self.guard.release(self.ip)
+        self.guard.release(self)
 
 
 def mark_authenticated(conn: HTTPConnection) -> None:
@@ -135,8 +162,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     # -- connection -------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        ip = self.client[0] if self.client else "?"
-        if not self.guard.admit(ip):
+        slot = _Slot(self.guard, self, self.client[0] if self.client else "?")
+        if not self.guard.admit(slot):
             self._refuse(
                 503,
                 "Service Unavailable",
@@ -144,7 +171,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 "too many connections without a credential; try again later",
             )
             return
-        self._slot = _Slot(self.guard, ip)
+        self._slot = slot
         self._arm_header_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -158,6 +185,20 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self._slot is not None:
             self._slot.release()  # the WebSocket endpoint authenticates first thing
         super().handle_websocket_upgrade()
+
+    def waiting_for_headers(self) -> bool:
+        """Idle or receiving a header section, no request of ours in progress."""
+        if self._refused or not self._in_headers:
+            return False
+        return self.cycle is None or self.cycle.response_complete
+
+    def evict(self) -> None:
+        self._refuse(
+            503,
+            "Service Unavailable",
+            "unavailable",
+            "too many connections without a credential; this one waited longest",
+        )
 
     # -- bytes in ---------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
