@@ -64,6 +64,7 @@ def run_agent(
             asyncio.run(_main(agent, state_dir, on_started, keep_messages_days))
         except Revoked as exc:
             state.put("revoked", exc.message)
+            _remove_hosts_block(platform, cred.group)
             uninstall = exc.uninstall and (Path(state_dir) / SERVICE_MARKER).exists()
             raise
         return "stopped"
@@ -71,6 +72,18 @@ def run_agent(
         state.close()
         if uninstall:
             _uninstall_self(platform, Path(state_dir))
+
+
+def _remove_hosts_block(platform: Any, group: str) -> None:
+    """The group is gone for this machine (deleted, expired, revoked): its managed block
+    leaves the hosts file, whose other lines stay byte for byte (hosts_file.py)."""
+    from .hosts_file import sync_hosts
+
+    try:
+        if sync_hosts(platform.hosts_path(), [], group):
+            log.info("removed the hosts entries of group %s", group)
+    except (OSError, ValueError) as exc:
+        log.warning("could not remove the hosts entries of group %s: %s", group, exc)
 
 
 def _uninstall_self(platform: Any, state_dir: Path) -> None:
