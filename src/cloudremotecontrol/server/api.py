@@ -119,10 +119,29 @@ async def cancel_job(job_id: str, user: Master, request: Request) -> dict[str, A
     return await queue_and_deliver(request, job_ops.cancel_job, user, job_id)
 
 
+_SSE: dict[int | str, dict[str, Any]] = {
+    200: {
+        "content": {
+            "text/event-stream": {
+                # One Server-Sent Event (keep-alive comments carry none).
+                "schema": {
+                    "type": "object",
+                    "required": ["data"],
+                    "properties": {
+                        "id": {"type": "string", "description": "the cursor to resume from"},
+                        "event": {"type": "string"},
+                        "data": {"type": "string", "contentMediaType": "application/json"},
+                    },
+                }
+            }
+        },
+        "description": "Server-Sent Events: one `data:` JSON event per message, `id:` its cursor",
+    }
+}
+
+
 @router.get(
-    "/groups/{group}/events",
-    tags=["events"],
-    response_description="text/event-stream: one `data:` JSON event per message",
+    "/groups/{group}/events", tags=["events"], response_class=StreamingResponse, responses=_SSE
 )
 async def group_events(
     group: str,
@@ -145,7 +164,9 @@ async def group_cursor(group: str, user: Master, request: Request) -> dict[str, 
     return {"group": group, "cursor": info["cursor"]}
 
 
-@router.get("/jobs/{job_id}/events", tags=["jobs"])
+@router.get(
+    "/jobs/{job_id}/events", tags=["jobs"], response_class=StreamingResponse, responses=_SSE
+)
 async def job_events(
     job_id: str,
     user: Master,

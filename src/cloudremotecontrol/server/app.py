@@ -26,6 +26,7 @@ from .agent_ws import agent_endpoint
 from .blobs import BlobStore
 from .config import ServerSettings
 from .hub import EventBus, Hub
+from .openapi import install_openapi
 from .ops import delivery
 from .ops import groups as groups_ops
 from .ops import retention as retention_ops
@@ -147,12 +148,17 @@ def create_app(
         blob_dir or Path(tempfile.mkdtemp(prefix="crc-blobs-")),
         shared=store if store.dialect == "postgresql" else None,
     )
-    app.include_router(api.router)
-    app.include_router(api_files.router)
-    app.include_router(api_kv.router)
-    app.include_router(api_teardown.router)
-    app.include_router(api_bootstrap.router)
+    routers = [
+        api.router,
+        api_files.router,
+        api_kv.router,
+        api_teardown.router,
+        api_bootstrap.router,
+    ]
+    for router in routers:
+        app.include_router(router)
     app.add_api_websocket_route("/v1/agent/connect", agent_endpoint)
+    install_openapi(app, routers)  # every operation's error statuses, with the error shape
     app.add_middleware(BodyLimit, limit=MAX_HTTP_BODY_BYTES, exempt=api_files.LARGE_BODY_PREFIXES)
 
     @app.exception_handler(CrcError)
