@@ -111,7 +111,7 @@ def install_openapi(app: FastAPI, routers: list[APIRouter]) -> None:
             for router in routers
             for r in router.routes
             if isinstance(r, APIRoute)
-            for m in r.methods
+            for m in (r.methods or ())
         }
         for path, item in schema.get("paths", {}).items():
             for method, op in item.items():

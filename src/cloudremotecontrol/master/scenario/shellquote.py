@@ -30,10 +30,12 @@ here-document) is the author's to quote: see docs/scenarios.md.
 
 from __future__ import annotations
 
+import enum
 import re
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 __all__ = [
     "DIALECTS",
@@ -121,6 +123,13 @@ def argv_script(argv: Sequence[str]) -> tuple[int, str] | None:
 Pieces = Sequence["str | None"]
 
 
+class _Mark(enum.Enum):
+    END = "end of text"
+
+
+END = _Mark.END
+
+
 class _Stream:
     """Characters of the template, a tag being the single item ``None``."""
 
@@ -133,9 +142,9 @@ class _Stream:
                 self.items.extend(p)
         self.i = 0
 
-    def peek(self, k: int = 0) -> str | bool | None:
+    def peek(self, k: int = 0) -> str | Literal[_Mark.END] | None:
         j = self.i + k
-        return self.items[j] if j < len(self.items) else False  # False: the end
+        return self.items[j] if j < len(self.items) else END
 
     def startswith(self, s: str) -> bool:
         return all(self.peek(k) == c for k, c in enumerate(s))
@@ -157,9 +166,13 @@ def placements(pieces: Pieces, dialect: str) -> list[Placement]:
     """The context of every tag in ``pieces`` (``QuotingError`` for a refused one, its
     ``tag_index`` saying which tag)."""
     stream = _Stream(pieces)
-    lexer = {"sh": _ShLexer, "powershell": _PsLexer, "cmd": _CmdLexer}[dialect]
+    lexers: dict[str, type[_ShLexer] | type[_PsLexer] | type[_CmdLexer]] = {
+        "sh": _ShLexer,
+        "powershell": _PsLexer,
+        "cmd": _CmdLexer,
+    }
     try:
-        return lexer(stream).run()
+        return lexers[dialect](stream).run()
     except QuotingError as exc:
         # The refused tag is at the stream's position or right after it.
         exc.tag_index = stream.items[: stream.i].count(None)
@@ -197,7 +210,7 @@ class _ShLexer:
         depth = 0
         word_start = True
         prev: str | None = None
-        while (c := s.peek()) is not False:
+        while (c := s.peek()) is not END:
             if c is None:
                 self._tag_after(prev)
                 self.place("word")
@@ -260,7 +273,7 @@ class _ShLexer:
 
     def single(self) -> None:
         s = self.s
-        while (c := s.peek()) is not False:
+        while (c := s.peek()) is not END:
             if c is None:
                 self.place("single")
             s.i += 1
@@ -273,7 +286,7 @@ class _ShLexer:
         s = self.s
         prev: str | None = None
         at_line_start = heredoc is not None
-        while (c := s.peek()) is not False:
+        while (c := s.peek()) is not END:
             if heredoc is not None and at_line_start:
                 if self._heredoc_ends(heredoc):
                     return
@@ -291,7 +304,7 @@ class _ShLexer:
             if c == "\\":
                 if s.peek() is None:
                     raise _refuse("a tag right after a backslash cannot be quoted")
-                if s.peek() is not False:
+                if s.peek() is not END:
                     s.i += 1
                 prev = "x"
                 continue
@@ -316,7 +329,7 @@ class _ShLexer:
 
     def refused_until(self, end: str, why: str, escapes: bool = False) -> None:
         s = self.s
-        while (c := s.peek()) is not False:
+        while (c := s.peek()) is not END:
             if c is None:
                 raise _refuse(f"a tag {why} cannot be quoted")
             s.i += 1
@@ -327,7 +340,7 @@ class _ShLexer:
 
     def balanced(self, open_: str, close: str, depth: int, why: str) -> None:
         s = self.s
-        while (c := s.peek()) is not False:
+        while (c := s.peek()) is not END:
             if c is None:
                 raise _refuse(f"a tag {why} cannot be quoted")
             s.i += 1
@@ -344,7 +357,7 @@ class _ShLexer:
 
     def comment(self) -> None:
         s = self.s
-        while (c := s.peek()) is not False and c != "\n":
+        while (c := s.peek()) is not END and c != "\n":
             if c is None:
                 self.place("comment")
             s.i += 1
@@ -358,7 +371,7 @@ class _ShLexer:
             s.i += 1
         word: list[str] = []
         quoted = False
-        while (c := s.peek()) is not False and c not in (
+        while (c := s.peek()) is not END and c not in (
             " ",
             "\t",
             "\n",
@@ -375,7 +388,7 @@ class _ShLexer:
             s.i += 1
             if c in "'\"":
                 quoted = True
-                while (d := s.peek()) is not False and d != c:
+                while (d := s.peek()) is not END and d != c:
                     if d is None:
                         raise _refuse("a tag in a here-document's delimiter cannot be quoted")
                     word.append(d)
@@ -414,10 +427,10 @@ class _ShLexer:
 
     def literal_heredoc(self, heredoc: tuple[str, bool]) -> None:
         s = self.s
-        while s.peek() is not False:
+        while s.peek() is not END:
             if self._heredoc_ends(heredoc):
                 return
-            while (c := s.peek()) is not False:
+            while (c := s.peek()) is not END:
                 if c is None:
                     self.place("heredoc-literal", terminator=heredoc[0], strip_tabs=heredoc[1])
                 s.i += 1
@@ -452,7 +465,7 @@ class _PsLexer:
         depth = 0
         prev: str | None = None
         token_start = True
-        while (c := s.peek()) is not False:
+        while (c := s.peek()) is not END:
             if c is None:
                 self._tag_after(prev)
                 nxt = s.peek(1)
@@ -518,14 +531,14 @@ class _PsLexer:
 
     def _skip_line(self) -> None:
         s = self.s
-        while (c := s.peek()) is not False:
+        while (c := s.peek()) is not END:
             s.i += 1
             if c == "\n":
                 return
 
     def single(self) -> None:
         s = self.s
-        while (c := s.peek()) is not False:
+        while (c := s.peek()) is not END:
             if c is None:
                 self.place("single")
                 s.i += 1
@@ -540,7 +553,7 @@ class _PsLexer:
     def double(self) -> None:
         s = self.s
         prev: str | None = None
-        while (c := s.peek()) is not False:
+        while (c := s.peek()) is not END:
             if c is None:
                 self._tag_after(prev)
                 self.place("double")
@@ -572,7 +585,7 @@ class _PsLexer:
         ends = PS_SINGLE if literal else PS_DOUBLE
         prev: str | None = None
         at_line_start = True
-        while (c := s.peek()) is not False:
+        while (c := s.peek()) is not END:
             if at_line_start and isinstance(c, str) and c in ends and s.peek(1) == "@":
                 s.i += 2
                 return
@@ -601,14 +614,14 @@ class _PsLexer:
 
     def line_comment(self) -> None:
         s = self.s
-        while (c := s.peek()) is not False and c != "\n":
+        while (c := s.peek()) is not END and c != "\n":
             if c is None:
                 self.place("comment")
             s.i += 1
 
     def block_comment(self) -> None:
         s = self.s
-        while (c := s.peek()) is not False:
+        while (c := s.peek()) is not END:
             if c is None:
                 self.place("block-comment")
             elif c == "#" and s.peek(1) == ">":
@@ -618,7 +631,7 @@ class _PsLexer:
 
     def refused_until(self, end: str, why: str) -> None:
         s = self.s
-        while (c := s.peek()) is not False:
+        while (c := s.peek()) is not END:
             if c is None:
                 raise _refuse(f"a tag {why} cannot be quoted")
             s.i += 1
@@ -638,7 +651,7 @@ class _CmdLexer:
         s = self.s
         quoted = False
         prev: str | None = None
-        while (c := s.peek()) is not False:
+        while (c := s.peek()) is not END:
             if c is None:
                 if prev == "^" and not quoted:
                     raise _refuse("a tag right after ^ cannot be quoted")
