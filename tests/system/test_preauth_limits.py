@@ -179,7 +179,7 @@ def test_slow_trickling_connections_are_cut_off_while_honest_clients_are_served(
     ends: Counter[str] = Counter()
     started: list[float] = []
 
-    async def attack() -> float:
+    async def attack() -> None:
         # 300 from ten addresses (30 each: under the per-address limit, so only the
         # header timeout ends them), then 100 from one address (over it).
         tasks = [
@@ -190,12 +190,10 @@ def test_slow_trickling_connections_are_cut_off_while_honest_clients_are_served(
             asyncio.create_task(_trickler(server.port, "127.0.0.12", ends, started))
             for _ in range(100)
         ]
-        t0 = time.monotonic()
         await asyncio.wait_for(asyncio.gather(*tasks), 120)
-        return time.monotonic() - t0
 
     try:
-        took = asyncio.run(attack())
+        asyncio.run(attack())  # each trickler would take over half an hour if not cut off
     finally:
         stop.set()
         client.join(60)
@@ -205,7 +203,6 @@ def test_slow_trickling_connections_are_cut_off_while_honest_clients_are_served(
     # pushed out by a newer one from the same address.
     assert ends["408"] + ends["503"] == 400, ends
     assert ends["503"] >= 100 - 64, ends  # 127.0.0.12 is over the per-address limit
-    assert took < 10 + 60, took  # bounded by the header timeout, not by the clients
     # The honest master was served all along, on a new connection each time.
     assert len(honest) >= 5, honest
     assert all(kind == "ok" for kind, _, _ in honest), [h for h in honest if h[0] != "ok"]
