@@ -50,11 +50,25 @@ MAX_FRAME = 1 << 20
 class Frames:
     """The generator of one fake machine's frames."""
 
-    def __init__(self, rng: random.Random, group: str, name: str, mix: dict[str, float]) -> None:
+    def __init__(
+        self,
+        rng: random.Random,
+        group: str,
+        name: str,
+        mix: dict[str, float],
+        peers: tuple[list[str], float] = ([], 0.0),
+    ) -> None:
         self.rng, self.group, self.name = rng, group, name
+        self.peers, self.peer_share = peers
         self.seq = 0  # the last sequence number the server took from us
         self.kinds = list(mix)
         self.weights = [mix[k] for k in self.kinds]
+
+    def recipient(self) -> str:
+        """Mostly the master; with ``--to-peers``, that share goes to honest agents."""
+        if self.peers and self.rng.random() < self.peer_share:
+            return self.rng.choice(self.peers)
+        return "master"
 
     def envelope(self, type_: str, body: Any, to: str = "master") -> dict[str, Any]:
         return {
@@ -79,10 +93,8 @@ class Frames:
                 body["percent"] = self.rng.uniform(0, 100)
             env = self.envelope("progress", body)
         elif r < 0.95:
-            env = self.envelope(
-                f"user.soak{self.rng.randrange(5)}",
-                {"n": self.rng.randrange(10**9), "s": "x" * self.rng.randrange(200)},
-            )
+            body = {"n": self.rng.randrange(10**9), "s": "x" * self.rng.randrange(200)}
+            env = self.envelope(f"user.soak{self.rng.randrange(5)}", body, self.recipient())
         else:
             env = self.envelope(
                 "facts",
@@ -145,7 +157,7 @@ class Frames:
         nest = "[" * depth + "]" * depth
         if self.rng.random() < 0.5:
             return nest  # the frame itself
-        env = self.envelope("user.deep", {"d": "__DEEP__"})
+        env = self.envelope("user.deep", {"d": "__DEEP__"}, self.recipient())
         text = json.dumps({"type": "msg", "seq": self.seq + 1, "msg": env})
         return text.replace('"__DEEP__"', nest)
 
@@ -175,6 +187,7 @@ async def fake_machine(
     stats: Stats,
     mix: dict[str, float],
     seed: int,
+    peers: tuple[list[str], float],
 ) -> None:
     from websockets.asyncio.client import connect
     from websockets.exceptions import ConnectionClosed
@@ -183,7 +196,7 @@ async def fake_machine(
 
     ctx, _ = client_context(url, fingerprint)
     ws_url = "wss://" + url.split("://", 1)[1].rstrip("/") + "/v1/agent/connect"
-    gen = Frames(random.Random(seed), group, name, mix)
+    gen = Frames(random.Random(seed), group, name, mix, peers)
     sent = 0
     while sent < quota:
         stats.connections += 1
@@ -311,6 +324,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         stats,
                         mix,
                         args.seed + i,
+                        ([f"honest{j}" for j in range(args.honest)], args.to_peers),
                     )
                     for i in range(args.fake)
                 )
@@ -405,6 +419,12 @@ def main() -> None:
     p.add_argument("--fake", type=int, default=16, help="fake machines (one connection each)")
     p.add_argument("--honest", type=int, default=3, help="real agent processes")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument(
+        "--to-peers",
+        type=float,
+        default=0.0,
+        help="share of user messages (valid and deep) addressed to the honest agents",
+    )
     p.add_argument("--max-seconds", type=int, default=3600)
     p.add_argument("--no-write", action="store_true")
     p.add_argument("--keep", action="store_true")

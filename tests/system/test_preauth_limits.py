@@ -348,3 +348,45 @@ def test_forwarded_addresses_are_believed_only_from_configured_proxies(tmp_path:
         assert_no_traceback_in_server_log(srv)
     finally:
         srv.stop()
+
+
+def test_failed_enrollments_are_limited_per_address_and_logged_by_key_id(tmp_path: Path) -> None:
+    import httpx
+
+    from cloudremotecontrol.tlspin import client_context
+
+    srv = ServerProcess(tmp_path / "srv", args=["--enroll-failures-per-minute", "3"]).start()
+    try:
+        token = srv.add_user("alice")
+        c = Client(srv.url, token, srv.fingerprint)
+        keys = [m["key"] for m in c.create_group("lab", ["a", "b"])["machines"]]
+        c.close()
+        ctx, _ = client_context(srv.url, srv.fingerprint)
+
+        def http_from(source: str) -> httpx.Client:
+            return httpx.Client(
+                base_url=srv.url,
+                verify=ctx,
+                trust_env=False,
+                transport=httpx.HTTPTransport(verify=ctx, local_address=source),
+            )
+
+        wrong = keys[0].rsplit("_", 1)[0] + "_" + "w" * 32
+        with http_from("127.0.0.2") as http:
+            for _ in range(3):
+                assert_error(
+                    http.post("/v1/agent/enroll", json={"key": wrong}), 401, "key_rejected"
+                )
+            # Past the limit even the right key waits: guessing cannot go on.
+            r = http.post("/v1/agent/enroll", json={"key": keys[0]})
+            assert_error(r, 429, "rate_limited", "too many failed enrollments")
+            assert int(r.headers["Retry-After"]) > 0
+        with http_from("127.0.0.3") as http:  # another address is not held back
+            assert http.post("/v1/agent/enroll", json={"key": keys[1]}).status_code == 200
+        log = srv.log_path.read_text()
+        key_id = keys[0].split("_")[1]
+        assert log.count(f"enrollment refused from 127.0.0.2, key id {key_id}") == 3, log
+        assert "w" * 32 not in log and keys[0].rsplit("_", 1)[1] not in log
+        assert_no_traceback_in_server_log(srv)
+    finally:
+        srv.stop()
