@@ -50,6 +50,9 @@ def main() -> None:
         check=False,
     )
     took = time.perf_counter() - t0
+    if not report.exists():
+        print(out.stdout[-5000:], out.stderr[-3000:], file=sys.stderr)
+        raise SystemExit(f"the fuzz test did not finish (pytest exit {out.returncode})")
     data = json.loads(report.read_text())
     total: Counter[str] = Counter()
     width = max(len(op) for op in data["operations"])

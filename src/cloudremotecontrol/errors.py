@@ -9,6 +9,7 @@ server) and a CLI exit code (mapped once, in the CLI)::
     ├── Unauthorized              401  exit 3   unauthorized (no or bad credential)
     ├── Forbidden                 403  exit 3   forbidden (credential may not do this)
     ├── NotFound                  404  exit 4   not_found (group, machine, job, user)
+    │   └── TimedOut              404  exit 6   timeout (a long poll ended: nothing new yet)
     ├── Conflict                  409  exit 5   conflict (exists already, wrong state)
     ├── KeyRejected               401  exit 3   key_rejected (enrollment key used/expired/…)
     ├── Unavailable               503  exit 6   unavailable (server unreachable, shutting down)
@@ -30,6 +31,7 @@ __all__ = [
     "KeyRejected",
     "NotFound",
     "RateLimited",
+    "TimedOut",
     "TlsPinMismatch",
     "TooLarge",
     "Unauthorized",
@@ -91,6 +93,14 @@ class NotFound(CrcError):
     exit_code = 4
 
 
+class TimedOut(NotFound):
+    """A wait that ended without what it waited for (``GET .../kv/KEY?wait=``): not a
+    server failure, so not a 5xx; exit 6 like every "timed out waiting"."""
+
+    code = "timeout"
+    exit_code = 6
+
+
 class Conflict(CrcError):
     code = "conflict"
     http_status = 409
@@ -139,4 +149,6 @@ def error_from_payload(status: int, payload: Any) -> CrcError:
         message = str(err.get("message") or message)
     if code == "key_rejected":
         cls = KeyRejected
+    elif code == "timeout" and cls is NotFound:
+        cls = TimedOut
     return cls(message, code=code)

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict
 
-from ..errors import NotFound, Unavailable
+from ..errors import NotFound, TimedOut
 from . import auth
 from .ops import kv as kv_ops
 from .ops.common import live_group
@@ -99,7 +99,7 @@ async def _get(
                     raise
             left = deadline - loop.time()
             if left <= 0:
-                raise Unavailable(f"key {key!r} did not change within {wait:g} s", code="timeout")
+                raise TimedOut(f"key {key!r} did not change within {wait:g} s")
             try:
                 await asyncio.wait_for(wake.wait(), left)
             except asyncio.TimeoutError:
