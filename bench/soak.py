@@ -153,7 +153,7 @@ class Frames:
         )
 
     def deep(self) -> str:
-        depth = self.rng.choice([400, 900, 1000, 2000, 10_000, 100_000])
+        depth = self.rng.choice([400, 500, 900, 1000, 2000, 10_000, 100_000])
         nest = "[" * depth + "]" * depth
         if self.rng.random() < 0.5:
             return nest  # the frame itself
