@@ -113,3 +113,40 @@ def test_the_agent_forgets_stored_messages_after_their_retention(tmp_path: Path)
     assert state.take_message("user.note", None)["body"] == {"i": 3}
     assert state.prune_messages(0, now=t0 + 1000 * 86400) == 0  # 0 keeps for ever
     state.close()
+
+
+def test_retention_prunes_on_postgresql_too(tmp_path: Path, pg_url: str) -> None:
+    import psycopg
+
+    server = ServerProcess(tmp_path / "srv", database=pg_url).start()
+    c = Client(server.url, server.add_user("alice"), server.fingerprint)
+    try:
+        c.create_group("lab", ["a"])
+        f = tmp_path / "f.bin"
+        f.write_bytes(b"content\n")
+        sha = c.upload(str(f))["sha256"]
+    finally:
+        server.stop()
+    with psycopg.connect(pg_url, autocommit=True) as db:
+        db.execute("UPDATE events SET created = created - %s", (40 * DAY,))
+        db.execute("UPDATE blob_owners SET created = created - %s", (10 * DAY,))
+    server.start()
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            with psycopg.connect(pg_url, autocommit=True) as db:
+                events = db.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+                owners = db.execute("SELECT COUNT(*) FROM blob_owners").fetchone()[0]
+                chunks = db.execute(
+                    "SELECT COUNT(*) FROM blob_chunks WHERE sha = %s", (sha,)
+                ).fetchone()[0]
+            if events == 0 and owners == 0 and chunks == 0:
+                break
+            assert time.monotonic() < deadline, (events, owners, chunks)
+            time.sleep(0.2)
+        assert [m["name"] for m in c.group("lab")["machines"]] == ["a"]  # the group stays
+    finally:
+        c.close()
+        server.stop()
+    log = server.log_path.read_text()
+    assert "Traceback" not in log and "retention" not in log, log[-2000:]

@@ -247,6 +247,8 @@ async def _retention_loop(app: FastAPI, store: Store) -> None:
                 await app.state.blobs.sweep(store, blobs_before)
         except (CrcError, OSError) as exc:
             log.warning("retention: pruning failed, trying again later: %s", exc)
+        except Exception as exc:  # noqa: BLE001 -- retention must never stop the server
+            log.error("retention: pruning failed, trying again later: %r", exc)
         await asyncio.sleep(settings.prune_interval)
 
 
