@@ -27,6 +27,7 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
+from wire_helpers import pinned_http
 
 from cloudremotecontrol.master.client import Client
 from cloudremotecontrol.master.localrun import AgentProcess, ServerProcess
@@ -138,3 +139,24 @@ def test_every_operation_answers_as_documented_for_master_and_machine(api: Api) 
     assert not failures, "\n\n".join(f"{k}:\n{v}" for k, v in failures.items())
     statuses = {code for counts in report.values() for code in counts}
     assert not {c for c in statuses if c.startswith("5")}, report
+
+
+def test_every_operation_declares_its_errors_with_the_error_shape(api: Api) -> None:
+    with pinned_http(api.server) as http:
+        doc = http.get("/v1/openapi.json").json()
+    assert "HTTPValidationError" not in doc["components"]["schemas"]
+    error = {"$ref": "#/components/schemas/Error"}
+    for path, item in doc["paths"].items():
+        for method, op in item.items():
+            codes = set(op["responses"])
+            assert "422" not in codes, (method, path)
+            assert {"413", "431", "503"} <= codes, (method, path, codes)
+            if op.get("parameters") or "requestBody" in op:
+                assert "400" in codes, (method, path, codes)
+            for code in codes - {"200", "201", "206"}:
+                schema = op["responses"][code]["content"]["application/json"]["schema"]
+                assert schema == error, (method, path, code)
+    enroll = doc["paths"]["/v1/agent/enroll"]["post"]["responses"]
+    assert {"401", "429"} <= set(enroll)
+    master = doc["paths"]["/v1/groups/{group}"]["delete"]["responses"]
+    assert {"401", "403", "404", "409"} <= set(master)
