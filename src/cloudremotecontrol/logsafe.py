@@ -86,3 +86,5 @@ def configure(level: str, fmt: str, stream: Any = None) -> None:
         for h in list(lg.handlers):
             lg.removeHandler(h)
         lg.propagate = True
+        lg.disabled = False
+        lg.setLevel(logging.NOTSET)  # the root's level (uvicorn.Config may set its own)
