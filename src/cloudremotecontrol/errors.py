@@ -9,9 +9,11 @@ server) and a CLI exit code (mapped once, in the CLI)::
     ├── Unauthorized              401  exit 3   unauthorized (no or bad credential)
     ├── Forbidden                 403  exit 3   forbidden (credential may not do this)
     ├── NotFound                  404  exit 4   not_found (group, machine, job, user)
+    │   └── TimedOut              404  exit 6   timeout (a long poll ended: nothing new yet)
     ├── Conflict                  409  exit 5   conflict (exists already, wrong state)
     ├── KeyRejected               401  exit 3   key_rejected (enrollment key used/expired/…)
     ├── Unavailable               503  exit 6   unavailable (server unreachable, shutting down)
+    │   └── RateLimited           429  exit 6   rate_limited (too many attempts: try later)
     ├── TlsPinMismatch            -    exit 7   tls_pin_mismatch (fingerprint differs)
     └── ProviderError             502  exit 8   provider_error (the cloud refused or failed)
 
@@ -30,6 +32,8 @@ __all__ = [
     "KeyRejected",
     "NotFound",
     "ProviderError",
+    "RateLimited",
+    "TimedOut",
     "TlsPinMismatch",
     "TooLarge",
     "Unauthorized",
@@ -91,6 +95,14 @@ class NotFound(CrcError):
     exit_code = 4
 
 
+class TimedOut(NotFound):
+    """A wait that ended without what it waited for (``GET .../kv/KEY?wait=``): not a
+    server failure, so not a 5xx; exit 6 like every "timed out waiting"."""
+
+    code = "timeout"
+    exit_code = 6
+
+
 class Conflict(CrcError):
     code = "conflict"
     http_status = 409
@@ -101,6 +113,11 @@ class Unavailable(CrcError):
     code = "unavailable"
     http_status = 503
     exit_code = 6
+
+
+class RateLimited(Unavailable):
+    code = "rate_limited"
+    http_status = 429
 
 
 class TlsPinMismatch(CrcError):
@@ -129,6 +146,8 @@ _BY_STATUS: dict[int, type[CrcError]] = {
     409: Conflict,
     413: TooLarge,
     422: InvalidInput,
+    429: RateLimited,
+    431: TooLarge,
     503: Unavailable,
 }
 
@@ -144,4 +163,6 @@ def error_from_payload(status: int, payload: Any) -> CrcError:
         message = str(err.get("message") or message)
     if code == "key_rejected":
         cls = KeyRejected
+    elif code == "timeout" and cls is NotFound:
+        cls = TimedOut
     return cls(message, code=code)

@@ -487,10 +487,13 @@ def test_enrollment_keys_are_single_use_expire_and_die_with_their_group(env, htt
 
     enroll(http, keys["k1"])
     refused(keys["k1"], "already used")
-    # A guess with a real key id but the wrong secret neither works nor burns the key.
-    refused(forge(keys["k2"]), "unknown")
+    # A guess with a real key id but the wrong secret neither works nor burns the key,
+    # and learns nothing about the key: only its holder hears "used" or "revoked".
+    refused(forge(keys["k2"]), "rejected")
+    refused(forge(keys["k1"]), "rejected")
+    refused(forge(doomed_key), "rejected")
     enroll(http, keys["k2"])
-    refused("crck_0123456789abcdef_" + "z" * 32, "unknown")
+    refused("crck_0123456789abcdef_" + "z" * 32, "rejected")
     for malformed in ("hello", "crck_", "crck__x", env.token, ""):
         refused(malformed, "malformed")
     refused(doomed_key, "revoked")
@@ -508,7 +511,7 @@ def test_agent_run_with_a_refused_key_exits_with_one_clear_line(env, http):
     enroll(http, keys["used"])
     cases = {
         "already used": keys["used"],
-        "unknown enrollment key": "crck_0123456789abcdef_" + "z" * 32,
+        "enrollment key rejected": "crck_0123456789abcdef_" + "z" * 32,
         "malformed enrollment key": "not-a-key",
     }
     for i, (part, key) in enumerate(cases.items()):

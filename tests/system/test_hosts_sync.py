@@ -102,3 +102,30 @@ def test_sync_hosts_group_keeps_hosts_files_current_as_machines_join(env, crc):
     time.sleep(1.0)  # nothing still running may overwrite the newest list
     for name in ("a", "b"):
         assert b"127.0.0.1 a a.lab b b.lab\n" in files[name].read_bytes()
+
+
+def test_deleting_the_group_removes_its_block_from_every_machine(env, crc):
+    import time
+
+    out = env.client.create_group("lab", ["a", "b"])
+    files = {}
+    for m in out["machines"]:
+        hosts, prefix = _own_hosts(env.tmp, m["name"])
+        files[m["name"]] = hosts
+        env.agent(m["name"], m["key"], prefix=prefix)
+    env.wait_state("lab", ["a", "b"], "ready")
+    r = crc("hosts", "sync", "lab", "--ip", "public")
+    assert r.returncode == 0, r.stderr
+    # Something written after the block by someone else must survive its removal.
+    for f in files.values():
+        assert b"# BEGIN cloudremotecontrol group=lab" in f.read_bytes()
+        f.write_bytes(f.read_bytes() + b"10.9.9.9 added-later\n")
+    env.client.delete_group("lab")
+    deadline = time.monotonic() + 30
+    for a in env.agents:
+        a.wait(max(1.0, deadline - time.monotonic()))  # revoked: the agents stop
+    for name, f in files.items():
+        assert f.read_bytes() == b"127.0.0.1 localhost\n# keep me \xff\n10.9.9.9 added-later\n", (
+            name,
+            f.read_bytes(),
+        )

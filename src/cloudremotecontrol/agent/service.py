@@ -24,6 +24,9 @@ __all__ = ["run_agent"]
 
 log = logging.getLogger("crc.agent")
 
+DEFAULT_KEEP_MESSAGES_DAYS = 7.0
+PRUNE_SECONDS = 3600.0
+
 
 def run_agent(
     state_dir: Path,
@@ -34,6 +37,7 @@ def run_agent(
     follow_logs: tuple[str, ...] = (),
     on_started: Callable[[Callable[[], None]], None] | None = None,
     facts_interval: float = 30.0,
+    keep_messages_days: float = DEFAULT_KEEP_MESSAGES_DAYS,
 ) -> str:
     """Run the agent in the foreground; return why it stopped (revocation).
 
@@ -58,9 +62,10 @@ def run_agent(
             facts_interval=facts_interval,
         )
         try:
-            asyncio.run(_main(agent, state_dir, on_started))
+            asyncio.run(_main(agent, state_dir, on_started, keep_messages_days))
         except Revoked as exc:
             state.put("revoked", exc.message)
+            _remove_hosts_block(platform, cred.group)
             uninstall = exc.uninstall and (Path(state_dir) / SERVICE_MARKER).exists()
             raise
         return "stopped"
@@ -68,6 +73,18 @@ def run_agent(
         state.close()
         if uninstall:
             _uninstall_self(platform, Path(state_dir))
+
+
+def _remove_hosts_block(platform: Any, group: str) -> None:
+    """The group is gone for this machine (deleted, expired, revoked): its managed block
+    leaves the hosts file, whose other lines stay byte for byte (hosts_file.py)."""
+    from .hosts_file import sync_hosts
+
+    try:
+        if sync_hosts(platform.hosts_path(), [], group):
+            log.info("removed the hosts entries of group %s", group)
+    except (OSError, ValueError) as exc:
+        log.warning("could not remove the hosts entries of group %s: %s", group, exc)
 
 
 def _uninstall_self(platform: Any, state_dir: Path) -> None:
@@ -87,14 +104,31 @@ def _uninstall_self(platform: Any, state_dir: Path) -> None:
     )
 
 
+async def _prune_loop(state: AgentState, keep_days: float) -> None:
+    """Stored user messages past their retention are forgotten, hourly."""
+    while True:
+        try:
+            n = state.prune_messages(keep_days)
+        except Exception as exc:  # noqa: BLE001 -- retention must never stop the agent
+            log.warning("could not prune stored messages: %s", exc)
+        else:
+            if n:
+                log.info("forgot %d stored message(s) older than %g days", n, keep_days)
+        await asyncio.sleep(PRUNE_SECONDS)
+
+
 async def _main(
-    agent: Agent, state_dir: Path, on_started: Callable[[Callable[[], None]], None] | None = None
+    agent: Agent,
+    state_dir: Path,
+    on_started: Callable[[Callable[[], None]], None] | None = None,
+    keep_messages_days: float = DEFAULT_KEEP_MESSAGES_DAYS,
 ) -> None:
     control = ControlServer(state_dir, lambda req: _handle(agent, req), agent.platform.protect_file)
     await control.start()
     loop = asyncio.get_running_loop()
     # systemd Type=notify: READY=1 now that scripts can reach us, then watchdog pings.
     supervisor = loop.create_task(sdnotify.supervise())
+    pruner = loop.create_task(_prune_loop(agent.state, keep_messages_days))
     main = asyncio.current_task()
     assert main is not None
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -108,8 +142,11 @@ async def _main(
         log.info("stopping")
     finally:
         supervisor.cancel()
+        pruner.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await supervisor
+        with contextlib.suppress(asyncio.CancelledError):
+            await pruner
         await control.close()
 
 

@@ -49,7 +49,10 @@ class AgentState:
         self.dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.dir, 0o700)
         self._protect = protect
-        self.db = sqlite3.connect(self.dir / "agent.db", isolation_level=None)
+        db_path = self.dir / "agent.db"
+        os.close(os.open(db_path, os.O_RDWR | os.O_CREAT, 0o600))  # SQLite's journals follow
+        os.chmod(db_path, 0o600)
+        self.db = sqlite3.connect(db_path, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(
@@ -264,6 +267,24 @@ class AgentState:
             return None
         self.db.execute("UPDATE messages SET consumed = 1 WHERE n = ?", (row[0],))
         return dict(json.loads(row[1]))
+
+    def prune_messages(self, keep_days: float, now: float | None = None) -> int:
+        """Forget user messages that arrived more than ``keep_days`` ago, consumed or
+        not (a peer cannot fill the disk with messages nobody waits for); return how
+        many. A message's arrival is stamped by the first prune that sees it, so call
+        this periodically (``crc agent run --keep-messages-days``)."""
+        if keep_days <= 0:
+            return 0
+        now = time.time() if now is None else now
+        if "arrived" not in {r[1] for r in self.db.execute("PRAGMA table_info(messages)")}:
+            self.db.execute("ALTER TABLE messages ADD COLUMN arrived REAL")
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.execute("UPDATE messages SET arrived = ? WHERE arrived IS NULL", (now,))
+            cur = self.db.execute(
+                "DELETE FROM messages WHERE arrived < ?", (now - keep_days * 86400,)
+            )
+        return int(cur.rowcount)
 
     def close(self) -> None:
         self.db.close()

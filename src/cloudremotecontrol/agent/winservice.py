@@ -68,12 +68,14 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 
 
 def _setup_logging(path: str, level: str) -> None:
+    from ..logsafe import RedactingFormatter
+
     os.makedirs(os.path.dirname(path), exist_ok=True)
     handler = logging.handlers.RotatingFileHandler(
         path, maxBytes=5 << 20, backupCount=3, encoding="utf-8"
     )
     handler.setFormatter(
-        logging.Formatter("%(asctime)s crc-agent[%(process)d] %(levelname)s %(message)s")
+        RedactingFormatter("%(asctime)s crc-agent[%(process)d] %(levelname)s %(message)s")
     )
     root = logging.getLogger()
     root.addHandler(handler)

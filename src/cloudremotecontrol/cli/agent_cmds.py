@@ -66,6 +66,14 @@ def agent() -> None:
     help="How often to look for changed facts (addresses); changes are sent.",
 )
 @click.option(
+    "--keep-messages-days",
+    type=click.FloatRange(0, 36500),
+    default=7.0,
+    show_default=True,
+    metavar="DAYS",
+    help="Forget stored user messages (wait-message) after this many days; 0 keeps them.",
+)
+@click.option(
     "--log-level",
     default="info",
     show_default=True,
@@ -80,17 +88,16 @@ def run_cmd(
     gate_ready: bool,
     follow_logs: tuple[str, ...],
     facts_interval: float,
+    keep_messages_days: float,
     log_level: str,
 ) -> None:
     """Enroll (first run) and stay connected, executing what the master sends."""
-    import logging
-
+    from .. import logsafe
     from ..agent.core import Revoked
     from ..agent.service import run_agent
 
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s crc-agent %(levelname)s %(message)s"
-    )
+    # Every log line is redacted (credential, key, Authorization headers), at any level.
+    logsafe.configure(log_level, "%(asctime)s crc-agent %(levelname)s %(name)s %(message)s")
     if key_file:
         try:
             key = Path(key_file).read_text().strip()
@@ -109,6 +116,7 @@ def run_cmd(
             gate_ready=gate_ready,
             follow_logs=follow_logs,
             facts_interval=facts_interval,
+            keep_messages_days=keep_messages_days,
         )
     except Revoked as exc:
         click.echo(f"crc agent: stopping: {exc.message}", err=True)

@@ -63,6 +63,38 @@ def init(
     click.echo(f"next:         crc server run --data-dir {cfg.data_dir}")
 
 
+# `crc server run` flags that override server.json's "settings" (ServerSettings).
+_SETTING_FLAGS: list[tuple[str, type, str]] = [
+    ("max_header_bytes", int, "Largest request header section in bytes; above: 431."),
+    ("header_timeout", float, "Seconds a client has to send a request's headers; then 408."),
+    ("body_timeout", float, "Seconds without a byte of a request body; then 408."),
+    ("keepalive_timeout", float, "Seconds an idle kept-alive connection stays open."),
+    (
+        "max_unauthenticated",
+        int,
+        "Connections open without a valid token or credential, in all; above: 503.",
+    ),
+    ("max_unauthenticated_per_ip", int, "The same, from one address."),
+    (
+        "forwarded_allow_ips",
+        str,
+        "Reverse proxies (addresses or networks, comma-separated) whose X-Forwarded-For "
+        "is believed. Default: none.",
+    ),
+    ("enroll_failures_per_minute", int, "Failed enrollments per address per minute; then 429."),
+    ("retain_events_days", float, "Days events are kept (0: for ever)."),
+    ("retain_blobs_days", float, "Days a file no job uses any more is kept (0: for ever)."),
+    ("prune_interval", float, "Seconds between two retention sweeps (the first at start)."),
+]
+
+
+def _setting_options(f):  # type: ignore[no-untyped-def]
+    for name, kind, help_text in reversed(_SETTING_FLAGS):
+        flag = "--" + name.replace("_", "-")
+        f = click.option(flag, name, type=kind, default=None, help=help_text)(f)
+    return f
+
+
 @server.command()
 @click.option("--data-dir", envvar="CRC_DATA_DIR", help=DATA_DIR_HELP)
 @click.option("--listen", help="HOST:PORT to serve on (default: from `server init`).")
@@ -78,14 +110,30 @@ def init(
     show_default=True,
     type=click.Choice(["debug", "info", "warning", "error"]),
 )
+@_setting_options
 def run(
-    data_dir: str | None, listen: str | None, database: str | None, insecure: bool, log_level: str
+    data_dir: str | None,
+    listen: str | None,
+    database: str | None,
+    insecure: bool,
+    log_level: str,
+    **settings: object,
 ) -> None:
-    """Serve the API (HTTPS) until interrupted."""
-    from ..server.config import load_config
+    """Serve the API (HTTPS) until interrupted.
+
+    Limits and policies (see docs/security.md) come from the "settings" object of
+    DATA_DIR/server.json, each overridden by its flag below."""
+    import dataclasses
+
+    from ..server.config import load_config, parse_settings
     from ..server.runner import serve
 
     cfg = load_config(_data_dir(data_dir))
+    given = {k: v for k, v in settings.items() if v is not None}
+    if given:
+        cfg.settings = parse_settings(
+            {k: v for k, v in dataclasses.asdict(cfg.settings).items()}, given
+        )
     serve(cfg, listen or cfg.listen, database, insecure, log_level)
 
 

@@ -41,10 +41,12 @@ class ServerProcess:
         port: int | None = None,
         database: str | None = None,
         env: dict[str, str] | None = None,
+        args: list[str] | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
         self.database = database
+        self.args = list(args or [])  # further `crc server run` options
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = ""
@@ -92,7 +94,7 @@ class ServerProcess:
 
     def start(self, timeout: float = 30.0) -> ServerProcess:
         self.init()
-        args = ["server", "run", "--data-dir", str(self.data_dir)]
+        args = ["server", "run", "--data-dir", str(self.data_dir), *self.args]
         if self.database:
             args += ["--database", self.database]
         log = open(self.log_path, "ab")

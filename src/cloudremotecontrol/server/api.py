@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -11,6 +12,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 
 from .. import __version__
+from ..errors import KeyRejected, RateLimited
 from . import auth
 from .models import Enroll, GroupCreate, HostsSync, JobCreate, MessageSend
 from .ops import events as ev_ops
@@ -18,8 +20,11 @@ from .ops import groups as group_ops
 from .ops import jobs as job_ops
 from .ops import messages as msg_ops
 from .ops import roster as roster_ops
-from .ops.enrollment import enroll
+from .ops.enrollment import enroll, key_id_of
+from .ratelimit import FailureWindow
 from .store.base import Store
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1")
 Master = Annotated[dict[str, Any], Depends(auth.master)]
@@ -114,10 +119,29 @@ async def cancel_job(job_id: str, user: Master, request: Request) -> dict[str, A
     return await queue_and_deliver(request, job_ops.cancel_job, user, job_id)
 
 
+_SSE: dict[int | str, dict[str, Any]] = {
+    200: {
+        "content": {
+            "text/event-stream": {
+                # One Server-Sent Event (keep-alive comments carry none).
+                "schema": {
+                    "type": "object",
+                    "required": ["data"],
+                    "properties": {
+                        "id": {"type": "string", "description": "the cursor to resume from"},
+                        "event": {"type": "string"},
+                        "data": {"type": "string", "contentMediaType": "application/json"},
+                    },
+                }
+            }
+        },
+        "description": "Server-Sent Events: one `data:` JSON event per message, `id:` its cursor",
+    }
+}
+
+
 @router.get(
-    "/groups/{group}/events",
-    tags=["events"],
-    response_description="text/event-stream: one `data:` JSON event per message",
+    "/groups/{group}/events", tags=["events"], response_class=StreamingResponse, responses=_SSE
 )
 async def group_events(
     group: str,
@@ -140,7 +164,9 @@ async def group_cursor(group: str, user: Master, request: Request) -> dict[str, 
     return {"group": group, "cursor": info["cursor"]}
 
 
-@router.get("/jobs/{job_id}/events", tags=["jobs"])
+@router.get(
+    "/jobs/{job_id}/events", tags=["jobs"], response_class=StreamingResponse, responses=_SSE
+)
 async def job_events(
     job_id: str,
     user: Master,
@@ -201,9 +227,26 @@ async def audit(
 
 @router.post("/agent/enroll", tags=["agent"])
 async def agent_enroll(body: Enroll, request: Request) -> dict[str, Any]:
-    """Exchange a single-use enrollment key for a machine credential."""
+    """Exchange a single-use enrollment key for a machine credential. Failed attempts
+    are limited per source address (then 429 for a minute)."""
     peer = request.client.host if request.client else None
-    return await _store(request).write(enroll, body.key, peer)
+    state = request.app.state
+    if getattr(state, "enroll_failures", None) is None:
+        state.enroll_failures = FailureWindow(state.settings.enroll_failures_per_minute)
+    failures: FailureWindow = state.enroll_failures
+    wait = failures.retry_after(peer or "?")
+    if wait:
+        raise RateLimited(
+            f"too many failed enrollments from this address: try again in {wait:.0f} s",
+            retry_after=round(wait + 0.5),
+        )
+    try:
+        return await _store(request).write(enroll, body.key, peer)
+    except KeyRejected as exc:
+        failures.failed(peer or "?")
+        # The key id only: the secret part is never logged.
+        log.warning("enrollment refused from %s, key id %s: %s", peer, key_id_of(body.key), exc)
+        raise
 
 
 @router.get("/agent/whoami", tags=["agent"])

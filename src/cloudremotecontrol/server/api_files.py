@@ -21,6 +21,10 @@ router = APIRouter(prefix="/v1")
 Master = Annotated[dict[str, Any], Depends(auth.master)]
 Machine = Annotated[dict[str, Any], Depends(auth.machine)]
 LARGE_BODY_PREFIXES = ("/v1/blobs/", "/v1/agent/uploads/")
+_BYTES: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"application/octet-stream": {}}, "description": "the file's content"},
+    206: {"content": {"application/octet-stream": {}}, "description": "the range asked for"},
+}
 
 
 class PushIn(StrictBody):
@@ -63,7 +67,7 @@ async def upload_blob(sha256: str, user: Master, request: Request) -> dict[str, 
     return {"sha256": sha, "size": size}
 
 
-@router.get("/blobs/{sha256}", tags=["files"])
+@router.get("/blobs/{sha256}", tags=["files"], response_class=FileResponse, responses=_BYTES)
 async def download_blob(sha256: str, user: Master, request: Request) -> FileResponse:
     """Download content you uploaded or pulled (Range requests supported)."""
     check_sha256(sha256)
@@ -104,7 +108,7 @@ async def pulled(job_id: str, user: Master, request: Request) -> dict[str, Any]:
     return await _store(request).read(file_ops.pulled_blob, user["user_id"], job_id)
 
 
-@router.get("/agent/blobs/{sha256}", tags=["agent"])
+@router.get("/agent/blobs/{sha256}", tags=["agent"], response_class=FileResponse, responses=_BYTES)
 async def agent_blob(sha256: str, m: Machine, request: Request) -> FileResponse:
     """The content of an open push to this machine (Range requests supported)."""
     check_sha256(sha256)

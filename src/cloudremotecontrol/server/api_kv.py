@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 
-from ..errors import NotFound, Unavailable
+from ..errors import NotFound, TimedOut
 from . import auth
 from .models import StrictBody
 from .ops import kv as kv_ops
@@ -98,7 +98,7 @@ async def _get(
                     raise
             left = deadline - loop.time()
             if left <= 0:
-                raise Unavailable(f"key {key!r} did not change within {wait:g} s", code="timeout")
+                raise TimedOut(f"key {key!r} did not change within {wait:g} s")
             try:
                 await asyncio.wait_for(wake.wait(), left)
             except asyncio.TimeoutError:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import tempfile
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,19 +19,24 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import __version__
-from ..errors import CrcError, InvalidInput, TooLarge
+from ..errors import CrcError, InvalidInput, RateLimited, TooLarge
 from ..protocol.limits import MAX_HTTP_BODY_BYTES
 from . import api, api_bootstrap, api_files, api_kv, api_teardown
 from .agent_ws import agent_endpoint
 from .blobs import BlobStore
+from .config import ServerSettings
 from .hub import EventBus, Hub
+from .openapi import install_openapi
 from .ops import delivery
 from .ops import groups as groups_ops
+from .ops import retention as retention_ops
 from .ops import teardown as teardown_ops
 from .store.base import Store
 from .teardown import run_due_teardowns
 
 __all__ = ["create_app"]
+
+log = logging.getLogger(__name__)
 
 TOUCH_SECONDS = 30.0
 EXPIRE_SECONDS = 1.0
@@ -87,7 +94,11 @@ async def _send_error(send: Send, exc: CrcError) -> None:
 
 
 def create_app(
-    store: Store, *, replica: str | None = None, blob_dir: Path | None = None
+    store: Store,
+    *,
+    replica: str | None = None,
+    blob_dir: Path | None = None,
+    settings: ServerSettings | None = None,
 ) -> FastAPI:
     hub = Hub()
     bus = EventBus()
@@ -107,11 +118,13 @@ def create_app(
         async with asyncio.TaskGroup() as tg:
             toucher = tg.create_task(_touch_loop(store, hub))
             expirer = tg.create_task(_expire_loop(app, store, hub))
+            pruner = tg.create_task(_retention_loop(app, store))
             try:
                 yield
             finally:
                 toucher.cancel()
                 expirer.cancel()
+                pruner.cancel()
                 for link in list(hub.links.values()):
                     link.closed = True
                     with contextlib.suppress(Exception):
@@ -127,6 +140,7 @@ def create_app(
         redoc_url=None,
     )
     app.state.store = store
+    app.state.settings = settings or ServerSettings()
     app.state.hub = hub
     app.state.bus = bus
     app.state.replica = replica or uuid.uuid4().hex[:12]
@@ -134,17 +148,24 @@ def create_app(
         blob_dir or Path(tempfile.mkdtemp(prefix="crc-blobs-")),
         shared=store if store.dialect == "postgresql" else None,
     )
-    app.include_router(api.router)
-    app.include_router(api_files.router)
-    app.include_router(api_kv.router)
-    app.include_router(api_teardown.router)
-    app.include_router(api_bootstrap.router)
+    routers = [
+        api.router,
+        api_files.router,
+        api_kv.router,
+        api_teardown.router,
+        api_bootstrap.router,
+    ]
+    for router in routers:
+        app.include_router(router)
     app.add_api_websocket_route("/v1/agent/connect", agent_endpoint)
+    install_openapi(app, routers)  # every operation's error statuses, with the error shape
     app.add_middleware(BodyLimit, limit=MAX_HTTP_BODY_BYTES, exempt=api_files.LARGE_BODY_PREFIXES)
 
     @app.exception_handler(CrcError)
     async def crc_error(_: Request, exc: CrcError) -> JSONResponse:
-        return JSONResponse(exc.to_payload(), status_code=exc.http_status)
+        retry = exc.details.get("retry_after") if isinstance(exc, RateLimited) else None
+        headers = {"Retry-After": str(retry)} if retry is not None else None
+        return JSONResponse(exc.to_payload(), status_code=exc.http_status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -205,6 +226,30 @@ async def _expire_loop(app: FastAPI, store: Store, hub: Hub) -> None:
                 await hub.revoke(revoked, "group expired (TTL)")
         with contextlib.suppress(CrcError):
             await run_due_teardowns(store, getattr(app.state, "teardown_cipher", None))
+
+
+async def _retention_loop(app: FastAPI, store: Store) -> None:
+    """Events and files past their retention are forgotten (ops/retention.py): at start,
+    then every ``prune_interval`` seconds; a large backlog is taken in batches."""
+    settings: ServerSettings = app.state.settings
+    while True:
+        t = time.time()
+        ev_days, blob_days = settings.retain_events_days, settings.retain_blobs_days
+        events_before = t - ev_days * 86400 if ev_days > 0 else None
+        blobs_before = t - blob_days * 86400 if blob_days > 0 else None
+        try:
+            for _ in range(100):
+                done = await store.write(retention_ops.prune, events_before, blobs_before)
+                batch = retention_ops.BATCH
+                if done["events"] < batch and done["blob_owners"] < batch:
+                    break
+            if blobs_before is not None:
+                await app.state.blobs.sweep(store, blobs_before)
+        except (CrcError, OSError) as exc:
+            log.warning("retention: pruning failed, trying again later: %s", exc)
+        except Exception as exc:  # noqa: BLE001 -- retention must never stop the server
+            log.error("retention: pruning failed, trying again later: %r", exc)
+        await asyncio.sleep(settings.prune_interval)
 
 
 async def _touch_loop(store: Store, hub: Hub) -> None:

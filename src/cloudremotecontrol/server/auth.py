@@ -7,6 +7,7 @@ from typing import Any
 from starlette.requests import HTTPConnection
 
 from ..errors import Unauthorized
+from .httpguard import mark_authenticated
 from .ops.enrollment import authenticate_machine
 from .ops.users import authenticate_master
 from .store.base import Store
@@ -32,7 +33,9 @@ async def master(conn: HTTPConnection) -> dict[str, Any]:
 
         raise Forbidden("a machine credential cannot use the master API")
     store: Store = conn.app.state.store
-    return await store.read(authenticate_master, token)
+    user = await store.read(authenticate_master, token)
+    mark_authenticated(conn)
+    return user
 
 
 async def machine(conn: HTTPConnection) -> dict[str, Any]:
@@ -40,4 +43,6 @@ async def machine(conn: HTTPConnection) -> dict[str, Any]:
     if token is None:
         raise Unauthorized("missing machine credential")
     store: Store = conn.app.state.store
-    return await store.read(authenticate_machine, token)
+    m = await store.read(authenticate_machine, token)
+    mark_authenticated(conn)
+    return m

@@ -91,6 +91,29 @@ class BlobStore:
                 n += 1
         await self.shared.write(blobdb.blob_complete, sha, size, n)
 
+    async def sweep(self, store: Store, older_than: float) -> int:
+        """Remove from this server's disk content last written before ``older_than``
+        (a Unix time) that nobody owns any more (ops/retention.py); return how many."""
+        from .ops.retention import orphan_blobs
+
+        old: list[str] = []
+        for sub in self.root.iterdir():
+            if sub.name == "tmp" or not sub.is_dir():
+                continue
+            for f in sub.iterdir():
+                with contextlib.suppress(OSError):
+                    if _SHA.fullmatch(f.name) and f.stat().st_mtime < older_than:
+                        old.append(f.name)
+        removed = 0
+        for i in range(0, len(old), 500):
+            for sha in await store.read(orphan_blobs, old[i : i + 500]):
+                path = self.path(sha)
+                with contextlib.suppress(OSError):
+                    if path.stat().st_mtime < older_than:  # not uploaded again meanwhile
+                        path.unlink()
+                        removed += 1
+        return removed
+
     async def put(
         self, chunks: AsyncIterator[bytes], expected_sha: str | None, limit: int
     ) -> tuple[str, int]:

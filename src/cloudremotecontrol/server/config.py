@@ -6,22 +6,118 @@ Layout::
     DATA_DIR/cert.pem      self-signed certificate (or your own)
     DATA_DIR/key.pem       its private key (0600)
     DATA_DIR/crc.db        SQLite database (unless --database points elsewhere)
+
+``server.json`` may also hold ``"settings"``: the bounds and policies of a running
+server (``ServerSettings``), each overridden by the ``crc server run`` flag of the same
+name. The defaults are the safe choice; docs/security.md says what each protects.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import math
 import os
 import socket
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
+from typing import Any
 
 from ..errors import Conflict, InvalidInput, NotFound
 
-__all__ = ["DEFAULT_LISTEN", "ServerConfig", "init_data_dir", "load_config", "parse_listen"]
+__all__ = [
+    "DEFAULT_LISTEN",
+    "ServerConfig",
+    "ServerSettings",
+    "init_data_dir",
+    "load_config",
+    "parse_listen",
+    "parse_settings",
+]
 
 DEFAULT_LISTEN = "0.0.0.0:8443"
 CONFIG_NAME = "server.json"
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """What a connection, a client and the database may cost (docs/security.md)."""
+
+    # Before a request is authenticated (server/httpguard.py).
+    max_header_bytes: int = 64 << 10  # a request's header section; above it: 431
+    header_timeout: float = 10.0  # seconds to send a whole header section; then 408
+    body_timeout: float = 30.0  # seconds without a byte of a request body; then 408
+    keepalive_timeout: float = 5.0  # an idle kept-alive connection is closed after this
+    max_unauthenticated: int = 512  # connections without a valid token, in all...
+    max_unauthenticated_per_ip: int = 64  # ...and from one address; above: 503
+    # Reverse proxies whose X-Forwarded-For is believed (none: the peer is the client).
+    forwarded_allow_ips: tuple[str, ...] = ()
+    # Failed enrollments one address may make per minute; then 429 until it passes.
+    enroll_failures_per_minute: int = 30
+    # Retention, in days (0 keeps for ever): events of live groups, files no job uses
+    # any more; the events and jobs of deleted groups go with the retention of events.
+    retain_events_days: float = 30.0
+    retain_blobs_days: float = 7.0
+    prune_interval: float = 3600.0  # seconds between two retention sweeps
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "forwarded_allow_ips":
+                for entry in value:
+                    _check_network(entry)
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise InvalidInput(f"setting {f.name}: expected a number, got {value!r}")
+            if not math.isfinite(value) or value < 0:
+                raise InvalidInput(f"setting {f.name}: expected a number >= 0, got {value!r}")
+            positive = not f.name.startswith("retain_")
+            if positive and value <= 0:
+                raise InvalidInput(f"setting {f.name}: expected a number > 0, got {value!r}")
+            if f.type == "int" and value != int(value):
+                raise InvalidInput(f"setting {f.name}: expected a whole number, got {value!r}")
+        if self.max_header_bytes < 1024:
+            raise InvalidInput("setting max_header_bytes: at least 1024")
+
+
+def _check_network(entry: str) -> None:
+    try:
+        ipaddress.ip_network(entry, strict=False)
+    except ValueError:
+        raise InvalidInput(
+            f"setting forwarded_allow_ips: {entry!r} is not an IP address or network "
+            "(e.g. 10.0.0.5 or 10.0.0.0/24)"
+        ) from None
+
+
+def parse_settings(data: Any, overrides: dict[str, Any] | None = None) -> ServerSettings:
+    """``server.json``'s ``settings`` (a mapping), then ``overrides`` (flags given)."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise InvalidInput("server.json: settings must be a JSON object")
+    known = {f.name: f for f in fields(ServerSettings)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise InvalidInput(
+            f"server.json: unknown setting(s) {', '.join(unknown)} (known: {', '.join(known)})"
+        )
+    values = dict(data)
+    for k, v in (overrides or {}).items():
+        if v is not None:
+            values[k] = v
+    fwd = values.get("forwarded_allow_ips", ())
+    if isinstance(fwd, str):
+        fwd = [x.strip() for x in fwd.split(",") if x.strip()]
+    if not isinstance(fwd, (list, tuple)) or not all(isinstance(x, str) for x in fwd):
+        raise InvalidInput("setting forwarded_allow_ips: a list of addresses or networks")
+    for entry in fwd:
+        _check_network(entry)
+    values["forwarded_allow_ips"] = tuple(
+        str(ipaddress.ip_network(e, strict=False)) if "/" in e else str(ipaddress.ip_address(e))
+        for e in fwd
+    )
+    return replace(ServerSettings(), **values)
 
 
 @dataclass
@@ -30,6 +126,7 @@ class ServerConfig:
     listen: str
     fingerprint: str | None
     data_dir: str
+    settings: ServerSettings = ServerSettings()
 
     @property
     def cert(self) -> Path:
@@ -80,7 +177,10 @@ def init_data_dir(
     fp = make_self_signed(data_dir / "cert.pem", data_dir / "key.pem", [public, *names])
     cfg = ServerConfig(url=url, listen=listen, fingerprint=fp, data_dir=str(data_dir))
     cfg_path.write_text(
-        json.dumps({k: v for k, v in asdict(cfg).items() if k != "data_dir"}, indent=2) + "\n"
+        json.dumps(
+            {k: v for k, v in asdict(cfg).items() if k not in ("data_dir", "settings")}, indent=2
+        )
+        + "\n"
     )
     return cfg
 
@@ -101,4 +201,5 @@ def load_config(data_dir: Path) -> ServerConfig:
         listen=data.get("listen", DEFAULT_LISTEN),
         fingerprint=data.get("fingerprint"),
         data_dir=str(data_dir),
+        settings=parse_settings(data.get("settings")),
     )

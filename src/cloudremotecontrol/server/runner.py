@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import ipaddress
-import logging
 from pathlib import Path
 
 import uvicorn
 
+from .. import logsafe
 from ..errors import InvalidInput
 from ..protocol.limits import HEARTBEAT_SECONDS, MAX_FRAME_BYTES
 from .app import create_app
-from .config import ServerConfig, parse_listen
+from .config import ServerConfig, ServerSettings, parse_listen
+from .forwarded import TrustedProxies
+from .httpguard import ConnectionGuard, GuardLimits, guarded_protocol
 from .store.base import open_store
 from .teardown import load_cipher
 
@@ -32,13 +34,27 @@ def serve(
                 "--insecure serves plain HTTP and is allowed on a loopback "
                 "address only (e.g. --listen 127.0.0.1:8080)"
             )
+    settings: ServerSettings = cfg.settings
     store = open_store(database or cfg.database)
-    app = create_app(store, blob_dir=Path(cfg.data_dir) / "blobs")
+    app = create_app(store, blob_dir=Path(cfg.data_dir) / "blobs", settings=settings)
     app.state.wheel_dir = Path(cfg.data_dir) / "wheels"  # served by /v1/agent/wheels
     app.state.teardown_cipher = load_cipher(Path(cfg.data_dir))  # opt-in TTL teardown
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(message)s")
+    # Every log line is redacted (tokens, Authorization headers, keys), whatever logs it.
+    logsafe.configure(log_level, "%(asctime)s %(levelname)s %(name)s %(message)s")
+    guard = ConnectionGuard(
+        GuardLimits(
+            max_header_bytes=settings.max_header_bytes,
+            header_timeout=settings.header_timeout,
+            body_timeout=settings.body_timeout,
+            max_unauthenticated=settings.max_unauthenticated,
+            max_unauthenticated_per_ip=settings.max_unauthenticated_per_ip,
+        )
+    )
     config = uvicorn.Config(
-        app,
+        # X-Forwarded-For is believed only from the configured proxies (uvicorn's own
+        # default trusts loopback, where anything on the host can connect from).
+        TrustedProxies(app, settings.forwarded_allow_ips),
+        proxy_headers=False,
         host=host,
         port=port,
         ssl_certfile=None if insecure else str(cfg.cert),
@@ -48,9 +64,11 @@ def serve(
         ws_max_size=MAX_FRAME_BYTES,
         ws_ping_interval=HEARTBEAT_SECONDS,
         ws_ping_timeout=HEARTBEAT_SECONDS,
-        http="httptools",
+        http=guarded_protocol(guard),
+        timeout_keep_alive=int(max(1, round(settings.keepalive_timeout))),
         loop="uvloop",
         log_level=log_level,
+        log_config=None,  # uvicorn's loggers propagate to the redacting root handler
         access_log=False,
         timeout_graceful_shutdown=3,
         lifespan="on",

@@ -20,7 +20,7 @@ from ...providers import (
     provider_names,
     teardown_providers,
 )
-from . import templates
+from . import shellquote, templates
 from .model import (
     DEFAULT_READY_TIMEOUT,
     DEFAULT_RETRY_DELAY,
@@ -395,7 +395,7 @@ class ScenarioParser:
         )
         action = getattr(self, f"_{kind}")(e, e[kind][1], f"{label}.{kind}")
         if action is not None:
-            self._check_templates(action, e[kind][1], f"{label}.{kind}")
+            self._check_templates(action, e[kind][1], f"{label}.{kind}", targets or [])
         if action is None or targets is None or retries is None or delay is None or timeout is None:
             return None
         return Step(
@@ -606,23 +606,38 @@ class ScenarioParser:
             return None
         return RebootAction()
 
-    def _check_templates(self, action: Action, node: yaml.Node, path: str) -> None:
-        texts: list[str] = []
+    def _check_templates(
+        self, action: Action, node: yaml.Node, path: str, targets: list[str]
+    ) -> None:
+        texts: list[tuple[str, str | None]] = []  # (text, shell dialect if shell code)
         if isinstance(action, RunAction):
+            oses = [self.machines[t].os for t in targets if t in self.machines]
+            if action.command is not None:
+                dialect = shellquote.dialect_for(action.shell, oses)
+                if dialect is None and "{{" in action.command:
+                    self.r.error(
+                        node,
+                        path,
+                        "its machines run Linux and Windows: name the shell (shell: sh, "
+                        "bash, cmd or powershell) so that template values can be quoted for it",
+                    )
+                    return
+                texts.append((action.command, dialect))
+            argv = action.argv or ()
+            script = shellquote.argv_script(argv)
             texts += [
-                action.command or "",
-                *(action.argv or ()),
-                action.cwd or "",
-                *action.env.values(),
+                (arg, script[1] if script and i == script[0] else None)
+                for i, arg in enumerate(argv)
             ]
+            texts += [(action.cwd or "", None), *((v, None) for v in action.env.values())]
         elif isinstance(action, PushAction):
-            texts += [action.dest, action.content or ""]
+            texts += [(action.dest, None), (action.content or "", None)]
         elif isinstance(action, SendAction):
-            texts += _strings(action.body)
+            texts += [(t, None) for t in _strings(action.body)]
         elif isinstance(action, WaitAction):
-            texts += [action.key or ""]
-        for text in texts:
-            for problem in templates.check(text, self.variables, set(self.machines)):
+            texts += [(action.key or "", None)]
+        for text, dialect in texts:
+            for problem in templates.check(text, self.variables, set(self.machines), dialect):
                 self.r.error(node, path, problem)
 
 

@@ -22,7 +22,7 @@ from ...errors import NotFound, Unavailable
 from ...protocol.states import JobStatus
 from ...providers import Feature, Instance, Provider
 from ..client import Client
-from . import templates
+from . import shellquote, templates
 from .graph import Outcome
 from .model import (
     HostsAction,
@@ -143,10 +143,18 @@ class StepExecutor:
             "cwd": templates.render(a.cwd, ctx) if a.cwd else None,
             "timeout": step.timeout,
         }
+        # Shell code gets every value quoted for its place (the parser made sure that a
+        # templated command has one dialect); an argv's plain arguments reach no shell.
         if a.argv is not None:
-            spec["argv"] = [templates.render(x, ctx) for x in a.argv]
+            script = shellquote.argv_script(a.argv)
+            spec["argv"] = [
+                templates.render(x, ctx, script[1] if script and i == script[0] else None)
+                for i, x in enumerate(a.argv)
+            ]
         else:
-            spec.update(command=templates.render(a.command or "", ctx), shell=a.shell)
+            oses = [self.scenario.machine(m).os for m in step.targets]
+            dialect = shellquote.dialect_for(a.shell, oses) or "sh"
+            spec.update(command=templates.render(a.command or "", ctx, dialect), shell=a.shell)
         return self._follow(c, step, c.start_job(self.group, step.to, **spec))
 
     def _push(self, c: Client, step: Step, a: PushAction, ctx: dict[str, Any]) -> Outcome:

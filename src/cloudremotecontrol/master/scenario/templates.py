@@ -10,11 +10,17 @@ be checked when the file is loaded (``check``), long before a machine exists.
     {{ machines.mysql.private_ip }}       a machine's address on the private network
     {{ machines.web.labels.role }}        a label
     {{ machines.db.ips.0 }}               list items by index
-    {{ vars.password | quote }}           shell-quoted (shlex.quote)
+    {{ vars.password | quote }}           shell-quoted (shlex.quote; in a command: as always)
     {{ machines.web | json }}             JSON
+    {{ vars.flags | raw }}                in a command: inserted as is, unquoted
 
 A value that is not known yet (a machine that has not reported an address) is an error
 at render time, never an empty string that would make a command do something else.
+
+In shell code (``render(..., dialect=...)``: a ``run:`` string, a ``script:`` file, the
+script of ``[sh, -c, ...]``) every value is quoted for the place it lands in, unless
+the tag says ``| raw``: machines report hostnames and addresses, and a machine is not
+trusted to write its peers' commands (``shellquote.py`` says how).
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ import shlex
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from . import shellquote
 
 __all__ = [
     "MACHINE_FIELDS",
@@ -42,6 +50,7 @@ _PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]+)*$")
 FILTERS: dict[str, Callable[[str], str]] = {
     "quote": shlex.quote,
     "json": lambda s: s,  # the value is JSON-encoded before filters apply: see _format
+    "raw": lambda s: s,  # in shell code: not quoted (see render)
 }
 
 # What ``machines.<name>.`` offers; ``labels`` and ``facts`` take one more segment.
@@ -92,8 +101,11 @@ def references(text: str) -> Iterator[Reference]:
         yield Reference(match.group(0), tuple(expr.split(".")), filt if bar else None)
 
 
-def check(text: str, variables: Mapping[str, Any], machines: set[str]) -> list[str]:
-    """Problems with the tags of ``text``, found without any machine running."""
+def check(
+    text: str, variables: Mapping[str, Any], machines: set[str], dialect: str | None = None
+) -> list[str]:
+    """Problems with the tags of ``text``, found without any machine running; with
+    ``dialect`` (shell code), also tags placed where no quoting is safe."""
     problems = []
     try:
         refs = list(references(text))
@@ -122,7 +134,39 @@ def check(text: str, variables: Mapping[str, Any], machines: set[str]) -> list[s
                 f"{ref.text}: machines have no field {rest[1]!r} (known: "
                 f"{', '.join(sorted(MACHINE_FIELDS))})"
             )
+    if dialect is not None and refs:
+        try:
+            _placements(text, refs, dialect)
+        except TemplateError as exc:
+            problems.append(str(exc))
     return problems
+
+
+def _pieces(text: str, refs: list[Reference]) -> list[str | None]:
+    """``text`` as static parts and None for each tag to quote (``| raw`` tags are left
+    out: they are code, and the lexer reads around them)."""
+    pieces: list[str | None] = []
+    pos = 0
+    for match, ref in zip(_TAG.finditer(text), refs, strict=True):
+        pieces.append(text[pos : match.start()])
+        if ref.filter != "raw":
+            pieces.append(None)
+        pos = match.end()
+    pieces.append(text[pos:])
+    return pieces
+
+
+def _placements(
+    text: str, refs: list[Reference], dialect: str
+) -> list[shellquote.Placement | None]:
+    """Each tag's context in shell code (None for ``| raw``, which is not quoted)."""
+    quoted = [ref for ref in refs if ref.filter != "raw"]
+    try:
+        places = iter(shellquote.placements(_pieces(text, refs), dialect))
+    except shellquote.QuotingError as exc:
+        i = exc.tag_index if exc.tag_index is not None and exc.tag_index < len(quoted) else 0
+        raise TemplateError(f"{quoted[i].text}: {exc}") from None
+    return [None if ref.filter == "raw" else next(places) for ref in refs]
 
 
 def _lookup(context: Mapping[str, Any], ref: Reference) -> Any:
@@ -140,7 +184,7 @@ def _lookup(context: Mapping[str, Any], ref: Reference) -> Any:
     return value
 
 
-def _format(value: Any, filt: str | None) -> str:
+def _format(value: Any, filt: str | None, in_shell: bool = False) -> str:
     if filt == "json":
         return json.dumps(value, sort_keys=True)
     if isinstance(value, bool):
@@ -149,20 +193,43 @@ def _format(value: Any, filt: str | None) -> str:
         text = json.dumps(value, sort_keys=True)
     else:
         text = str(value)
+    if in_shell:  # shell code quotes every value for its place: see render
+        return text
     return FILTERS[filt](text) if filt else text
 
 
-def render(text: str, context: Mapping[str, Any]) -> str:
-    """``text`` with every tag replaced from ``context`` (``TemplateError`` if unknown)."""
+def render(text: str, context: Mapping[str, Any], dialect: str | None = None) -> str:
+    """``text`` with every tag replaced from ``context`` (``TemplateError`` if unknown).
+
+    With ``dialect`` (``sh``, ``cmd``, ``powershell``) ``text`` is shell code: each value
+    is quoted for its place in it (``shellquote``), except with ``| raw``."""
     if "{{" not in text:
         return text
-    out, pos = [], 0
-    for ref, match in zip(references(text), _TAG.finditer(text), strict=True):
-        out.append(text[pos : match.start()])
-        out.append(_format(_lookup(context, ref), ref.filter))
+    refs = list(references(text))
+    places = _placements(text, refs, dialect) if dialect else [None] * len(refs)
+    out: list[str] = []
+    spans: list[tuple[int, int, shellquote.Placement]] = []
+    pos = length = 0
+    for ref, match, place in zip(refs, _TAG.finditer(text), places, strict=True):
+        before = text[pos : match.start()]
+        value = _format(_lookup(context, ref), ref.filter, in_shell=dialect is not None)
+        if place is not None:
+            try:
+                value = shellquote.escape(value, place)
+            except shellquote.QuotingError as exc:
+                raise TemplateError(f"{ref.text}: {exc}") from None
+            start = length + len(before)
+            spans.append((start, start + len(value), place))
+        out += [before, value]
+        length += len(before) + len(value)
         pos = match.end()
     out.append(text[pos:])
-    return "".join(out)
+    rendered = "".join(out)
+    try:
+        shellquote.verify_rendered(rendered, spans)
+    except shellquote.QuotingError as exc:
+        raise TemplateError(f"{text[:60]!r}...: {exc}") from None
+    return rendered
 
 
 def render_value(value: Any, context: Mapping[str, Any]) -> Any:

@@ -2,8 +2,10 @@
 
 The key lives in a VM's startup script, which the cloud's metadata service shows to
 every local process, so it must be worthless once used: it is burnt in the same
-transaction that issues the credential. Refusals do not say which check failed beyond
-used/expired/unknown, and never echo the key.
+transaction that issues the credential. A refusal says why (used, revoked, expired)
+only to whoever presents the key's secret: a key id with any other secret is just
+"rejected", so key ids (which the server logs) tell an attacker nothing. Refusals never
+echo the key.
 """
 
 from __future__ import annotations
@@ -16,7 +18,17 @@ from ...protocol.tokens import new_secret, parse_secret, verify_secret
 from ..store.base import Tx
 from .common import add_event, audit, now
 
-__all__ = ["authenticate_machine", "enroll"]
+__all__ = ["REJECTED", "authenticate_machine", "enroll", "key_id_of"]
+
+REJECTED = "enrollment key rejected: copy it exactly as `crc group create` printed it"
+
+
+def key_id_of(presented: str | None) -> str:
+    """The public id part of a presented key, for logs (never the secret)."""
+    key = parse_secret(presented, "k")
+    if key is None or not key.id.isalnum() or len(key.id) > 32:
+        return "(malformed)"
+    return key.id
 
 
 def enroll(tx: Tx, presented: str | None, peer_ip: str | None) -> dict[str, Any]:
@@ -31,16 +43,15 @@ def enroll(tx: Tx, presented: str | None, peer_ip: str | None) -> dict[str, Any]
         "JOIN groups g ON g.id = m.group_id WHERE m.key_id = ?",
         (key.id,),
     )
-    if row is None:
-        raise KeyRejected("unknown enrollment key")
+    stored = None if row is None else (row["key_hash"] or row["key_spent"])
+    if row is None or stored is None or not verify_secret(key, stored):
+        raise KeyRejected(REJECTED)
     if row["key_hash"] is None or row["deleted"] is not None:
         reason = "revoked" if row["state"] == MachineState.REVOKED.value else "already used"
         raise KeyRejected(
             f"enrollment key {reason}: keys are single use; make a new group "
             "or machine to get a new key"
         )
-    if not verify_secret(key, row["key_hash"]):
-        raise KeyRejected("unknown enrollment key")
     if row["key_expires"] is not None and row["key_expires"] < now():
         raise KeyRejected("enrollment key expired: keys expire if unused (see --key-ttl)")
     nxt = machine_next(MachineState(row["state"]), MachineEvent.ENROLL)
@@ -48,8 +59,9 @@ def enroll(tx: Tx, presented: str | None, peer_ip: str | None) -> dict[str, Any]
         raise KeyRejected(f"machine {row['name']!r} is {row['state']}: cannot enroll")
     cred = new_secret("a")
     tx.execute(
-        "UPDATE machines SET state = ?, key_hash = NULL, key_used = ?, cred_id = ?, "
-        "cred_hash = ?, peer_ip = ?, last_seen = ? WHERE id = ? AND key_hash IS NOT NULL",
+        "UPDATE machines SET state = ?, key_spent = key_hash, key_hash = NULL, key_used = ?, "
+        "cred_id = ?, cred_hash = ?, peer_ip = ?, last_seen = ? "
+        "WHERE id = ? AND key_hash IS NOT NULL",
         (nxt.value, now(), cred.id, cred.hash, peer_ip, now(), row["id"]),
     )
     add_event(

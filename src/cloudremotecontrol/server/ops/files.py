@@ -35,7 +35,7 @@ _OPEN = (JobStatus.QUEUED.value, JobStatus.DELIVERED.value, JobStatus.RUNNING.va
 def add_blob_owner(tx: Tx, user_id: str, sha: str, size: int) -> None:
     tx.execute(
         "INSERT INTO blob_owners (user_id, sha, size, created) VALUES (?, ?, ?, ?) "
-        "ON CONFLICT (user_id, sha) DO NOTHING",
+        "ON CONFLICT (user_id, sha) DO UPDATE SET created = excluded.created",
         (user_id, sha, size, now()),
     )
 
@@ -62,6 +62,11 @@ def create_push(
             f"no uploaded file {sha}: upload it first (PUT /v1/blobs/{{sha256}})", field="sha256"
         )
     body = {"sha256": sha, "size": size, "path": path, "mode": mode, "owner": owner}
+    # Retention counts from the last use (ops/retention.py).
+    tx.execute(
+        "UPDATE blob_owners SET created = ? WHERE user_id = ? AND sha = ?",
+        (now(), user["user_id"], sha),
+    )
     return create_kind(
         tx,
         user,

@@ -229,7 +229,8 @@ def _revoke_all(tx: Tx, group: dict[str, Any], reason: str) -> list[str]:
         nxt = machine_next(MachineState(m["state"]), MachineEvent.REVOKE)
         if nxt is not None:
             tx.execute(
-                "UPDATE machines SET state = ?, key_hash = NULL, cred_hash = NULL WHERE id = ?",
+                "UPDATE machines SET state = ?, key_spent = COALESCE(key_hash, key_spent), "
+                "key_hash = NULL, cred_hash = NULL WHERE id = ?",
                 (nxt.value, m["id"]),
             )
             add_event(

@@ -125,7 +125,17 @@ def _v6(d: str) -> list[str]:
     ]
 
 
-MIGRATIONS = [(1, _v1), (2, _v2), (3, _v3), (4, _v4), (5, _v5), (6, _v6)]
+def _v7(d: str) -> list[str]:
+    """The hash of a spent (used or revoked) enrollment key, so that a refusal says
+    "used" or "revoked" only to whoever holds the key itself; an index for pruning
+    events by age."""
+    return [
+        "ALTER TABLE machines ADD COLUMN key_spent TEXT",
+        "CREATE INDEX events_created ON events(created)",
+    ]
+
+
+MIGRATIONS = [(1, _v1), (2, _v2), (3, _v3), (4, _v4), (5, _v5), (6, _v6), (7, _v7)]
 
 
 def migrate(tx: Tx, dialect: str, raw: Any = None) -> int:

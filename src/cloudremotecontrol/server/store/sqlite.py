@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import queue
 import sqlite3
 import threading
@@ -74,6 +75,11 @@ class SqliteStore(Store):
     # -- lifecycle ---------------------------------------------------------------------
     def open_sync(self) -> None:
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        if self.path != ":memory:" and not self.path.startswith("file:"):
+            # Hashes, encrypted provider keys, job output: owner only. SQLite gives its
+            # -wal and -shm files the database file's mode.
+            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+            os.chmod(self.path, 0o600)
         self._conn = _connect(self.path)
         migrate(_SqliteTx(self._conn), "sqlite", self._conn)
         for _ in range(_READERS):
