@@ -10,9 +10,13 @@ server) and a CLI exit code (mapped once, in the CLI)::
     ├── Forbidden                 403  exit 3   forbidden (credential may not do this)
     ├── NotFound                  404  exit 4   not_found (group, machine, job, user)
     ├── Conflict                  409  exit 5   conflict (exists already, wrong state)
+    │   └── AlreadyRunning        409  exit 9   already_running (another agent has the state dir)
     ├── KeyRejected               401  exit 3   key_rejected (enrollment key used/expired/…)
     ├── Unavailable               503  exit 6   unavailable (server unreachable, shutting down)
     └── TlsPinMismatch            -    exit 7   tls_pin_mismatch (fingerprint differs)
+        └── TlsUntrusted          -    exit 7   tls_untrusted (certificate not trusted: no pin)
+
+Exit code 8 is the providers' (``master/providers``): a cloud API failed.
 
 Messages say what went wrong and, where it helps, what to do next.
 """
@@ -22,6 +26,7 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "AlreadyRunning",
     "Conflict",
     "CrcError",
     "Forbidden",
@@ -29,6 +34,7 @@ __all__ = [
     "KeyRejected",
     "NotFound",
     "TlsPinMismatch",
+    "TlsUntrusted",
     "TooLarge",
     "Unauthorized",
     "Unavailable",
@@ -95,6 +101,11 @@ class Conflict(CrcError):
     exit_code = 5
 
 
+class AlreadyRunning(Conflict):
+    code = "already_running"
+    exit_code = 9
+
+
 class Unavailable(CrcError):
     code = "unavailable"
     http_status = 503
@@ -105,6 +116,10 @@ class TlsPinMismatch(CrcError):
     code = "tls_pin_mismatch"
     http_status = 495
     exit_code = 7
+
+
+class TlsUntrusted(TlsPinMismatch):
+    code = "tls_untrusted"
 
 
 _BY_STATUS: dict[int, type[CrcError]] = {

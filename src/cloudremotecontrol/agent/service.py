@@ -16,6 +16,7 @@ from . import sdnotify
 from .control import ControlServer
 from .core import Agent, Revoked, load_or_enroll
 from .install import SERVICE_MARKER, uninstall_agent
+from .lock import state_dir_lock
 from .platform import current
 from .state import AgentState
 
@@ -33,12 +34,42 @@ def run_agent(
     follow_logs: tuple[str, ...] = (),
     on_started: Callable[[Callable[[], None]], None] | None = None,
     facts_interval: float = 30.0,
+    hosts_file: str | None = None,
 ) -> str:
     """Run the agent in the foreground; return why it stopped (revocation).
 
     ``on_started`` (the Windows service host) is called once scripts can reach the agent,
-    with a function that stops it from any thread."""
+    with a function that stops it from any thread. ``hosts_file``: the file hosts syncs
+    write instead of the system's (/etc/hosts, or ...\\drivers\\etc\\hosts on Windows).
+    Raises AlreadyRunning when another agent runs with ``state_dir``."""
+    with state_dir_lock(Path(state_dir)):
+        return _run_locked(
+            state_dir,
+            url,
+            key,
+            fingerprint,
+            gate_ready,
+            follow_logs,
+            on_started,
+            facts_interval,
+            hosts_file,
+        )
+
+
+def _run_locked(
+    state_dir: Path,
+    url: str | None,
+    key: str | None,
+    fingerprint: str | None,
+    gate_ready: bool,
+    follow_logs: tuple[str, ...],
+    on_started: Callable[[Callable[[], None]], None] | None,
+    facts_interval: float,
+    hosts_file: str | None,
+) -> str:
     platform = current()
+    if hosts_file is not None:
+        platform.hosts_file = hosts_file
     state = AgentState(state_dir, protect=platform.protect_file)
     uninstall = False
     try:

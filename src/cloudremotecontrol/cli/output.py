@@ -1,8 +1,18 @@
-"""Printing for humans (tables, prefixes) or for programs (``--json``)."""
+"""Printing for humans (tables, prefixes) or for programs (``--json``).
+
+Everything a machine sends is hostile input, including text that ends up on the
+operator's terminal (progress, facts, message bodies, kv values, failure reasons): a
+terminal obeys escape sequences, so ``"\x1b]0;pwn\x07"`` in a progress line would
+retitle the window, ``"\x1b[2J"`` clear it. ``safe`` escapes control characters (and
+the bidirectional overrides that reorder what is shown) before such text is printed;
+every table cell goes through it. The only raw bytes crc prints from a machine are a
+job's own output in ``crc run`` (stdout and stderr), which is what the user asked for.
+"""
 
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -10,9 +20,31 @@ from typing import Any, TypeVar
 
 import click
 
-__all__ = ["ago", "emit_json", "json_option", "print_table"]
+__all__ = ["ago", "emit_json", "json_option", "own_error_exit", "print_table", "safe"]
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+#: Set by ``--error-exit N`` (crc run, push, pull, hosts sync): the exit code for crc's
+#: own failures, so that they differ from the remote command's codes.
+own_error_exit: int | None = None
+
+# C0 and C1 controls, DEL, and the bidirectional embedding/override/isolate characters.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(m: re.Match[str]) -> str:
+    ch = m.group()
+    if ch in _NAMED:
+        return _NAMED[ch]
+    code = ord(ch)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def safe(text: object) -> str:
+    """``text`` as one line a terminal shows literally: control characters escaped
+    (``\x1b`` -> ``\\x1b``, newline -> ``\\n``)."""
+    return _UNSAFE.sub(_escape, str(text))
 
 
 def json_option(fn: F) -> F:
@@ -21,8 +53,15 @@ def json_option(fn: F) -> F:
     )(fn)  # type: ignore[return-value]
 
 
+def _plain(value: Any) -> Any:
+    to_dict = getattr(value, "to_dict", None)  # the SDK's records (master/types.py)
+    if to_dict is not None:
+        return to_dict()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
 def emit_json(doc: Any) -> None:
-    sys.stdout.write(json.dumps(doc, separators=(",", ":")) + "\n")
+    sys.stdout.write(json.dumps(doc, separators=(",", ":"), default=_plain) + "\n")
     sys.stdout.flush()
 
 
@@ -38,13 +77,15 @@ def ago(ts: float | None) -> str:
 
 
 def print_table(headers: list[str], rows: list[list[str]]) -> None:
+    rows = [[safe(c) for c in row] for row in rows]
     if sys.stdout.isatty():
         from rich.console import Console
         from rich.table import Table
+        from rich.text import Text
 
         table = Table(*headers, box=None, pad_edge=False, header_style="bold")
         for row in rows:
-            table.add_row(*row)
+            table.add_row(*(Text(c) for c in row))  # Text: no markup read from cells
         Console().print(table)
         return
     widths = [
