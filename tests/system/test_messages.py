@@ -8,7 +8,6 @@ import subprocess
 import sys
 import time
 
-
 # What a job runs to reach its agent (its state dir comes in CRC_AGENT_STATE_DIR).
 CRC = f"{sys.executable} -m cloudremotecontrol"
 

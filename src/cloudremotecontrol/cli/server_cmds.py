@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -69,15 +70,96 @@ def init(
     show_default=True,
     type=click.Choice(["debug", "info", "warning", "error"]),
 )
+@json_option
 def run(
-    data_dir: str | None, listen: str | None, database: str | None, insecure: bool, log_level: str
+    data_dir: str | None,
+    listen: str | None,
+    database: str | None,
+    insecure: bool,
+    log_level: str,
+    as_json: bool,
 ) -> None:
-    """Serve the API (HTTPS) until interrupted."""
+    """Serve the API (HTTPS) until interrupted (SIGTERM or Ctrl-C).
+
+    Says where it serves when it starts (URL, fingerprint, database, pid) and when it
+    has stopped: on stderr, or as JSON lines on stdout with --json."""
+    import os
+
     from ..server.config import load_config
     from ..server.runner import serve
 
     cfg = load_config(_data_dir(data_dir))
-    serve(cfg, listen or cfg.listen, database, insecure, log_level)
+    where = listen or cfg.listen
+    db = _shown_database(database or cfg.database)
+    url = cfg.url if not insecure else f"http://{where}"
+    pid = os.getpid()
+    if as_json:
+        line = {
+            "event": "serving",
+            "url": url,
+            "listen": where,
+            "fingerprint": None if insecure else cfg.fingerprint,
+            "database": db,
+            "pid": pid,
+        }
+        _when_listening(where, lambda: emit_json(line))
+    else:
+        pin = "plain HTTP, no TLS" if insecure else f"fingerprint {cfg.fingerprint}"
+        text = f"crc server: serving {url} (listening on {where}; {pin}; database {db}; pid {pid})"
+        _when_listening(where, lambda: click.echo(text, err=True))
+    import signal
+
+    def stopped(signum: int, frame: object) -> None:
+        # uvicorn shuts down gracefully on SIGTERM, then raises the signal again with
+        # the handler it found: this one, so that the line below is printed.
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, stopped)
+    try:
+        serve(cfg, where, database, insecure, log_level)
+    finally:
+        if as_json:
+            emit_json({"event": "stopped", "pid": os.getpid()})
+        else:
+            click.echo(f"crc server: stopped (pid {os.getpid()})", err=True)
+
+
+def _when_listening(listen: str, say: Callable[[], None]) -> None:
+    """Call ``say`` once the server accepts connections on ``listen`` (a thread that
+    tries to connect; nothing is said if it never does)."""
+    import socket
+    import threading
+    import time
+
+    from ..server.config import parse_listen
+
+    host, port = parse_listen(listen)
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+
+    def probe() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection((host, port), timeout=1).close()
+            except OSError:
+                time.sleep(0.1)
+                continue
+            say()
+            return
+
+    threading.Thread(target=probe, name="crc-server-started", daemon=True).start()
+
+
+def _shown_database(url: str) -> str:
+    """The database URL without its password."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
 
 
 def _store(data_dir: str | None, database: str | None):  # type: ignore[no-untyped-def]

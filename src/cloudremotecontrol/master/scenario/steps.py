@@ -21,8 +21,8 @@ from typing import Any
 from ...errors import NotFound, Unavailable
 from ...protocol.states import JobStatus
 from ..client import Client
-from ..types import Message
 from ..providers.base import Instance, Provider
+from ..types import Message
 from . import templates
 from .graph import Outcome
 from .model import (
@@ -201,6 +201,7 @@ class StepExecutor:
                     return Outcome(True, f"{key} = {got['value']!r}"[:200], {"value": got["value"]})
                 except NotFound:
                     continue
+
         # A message from each target, sent after the last command started there (the
         # rule of master/waits.py, the same as `crc wait --message`).
         def show(msg: Message) -> None:
