@@ -1,4 +1,4 @@
-"""Printing for humans (tables, prefixes) or for programs (``--json``).
+r"""Printing for humans (tables, prefixes) or for programs (``--json``).
 
 Everything a machine sends is hostile input, including text that ends up on the
 operator's terminal (progress, facts, message bodies, kv values, failure reasons): a
@@ -12,13 +12,14 @@ job's own output in ``crc run`` (stdout and stderr), which is what the user aske
 from __future__ import annotations
 
 import json
-import re
 import sys
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
+
+from ..terminal import safe
 
 __all__ = ["ago", "emit_json", "json_option", "own_error_exit", "print_table", "safe"]
 
@@ -27,24 +28,6 @@ F = TypeVar("F", bound=Callable[..., Any])
 #: Set by ``--error-exit N`` (crc run, push, pull, hosts sync): the exit code for crc's
 #: own failures, so that they differ from the remote command's codes.
 own_error_exit: int | None = None
-
-# C0 and C1 controls, DEL, and the bidirectional embedding/override/isolate characters.
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
-_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
-
-
-def _escape(m: re.Match[str]) -> str:
-    ch = m.group()
-    if ch in _NAMED:
-        return _NAMED[ch]
-    code = ord(ch)
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
-
-
-def safe(text: object) -> str:
-    """``text`` as one line a terminal shows literally: control characters escaped
-    (``\x1b`` -> ``\\x1b``, newline -> ``\\n``)."""
-    return _UNSAFE.sub(_escape, str(text))
 
 
 def json_option(fn: F) -> F:
