@@ -21,6 +21,7 @@ from ..errors import CrcError, InvalidInput, TooLarge
 from ..protocol.limits import MAX_HTTP_BODY_BYTES
 from . import api, api_bootstrap, api_files, api_kv, api_teardown
 from .agent_ws import agent_endpoint
+from .api_docs import add_docs
 from .blobs import BlobStore
 from .hub import EventBus, Hub
 from .ops import delivery
@@ -123,7 +124,7 @@ def create_app(
         version=__version__,
         lifespan=lifespan,
         openapi_url="/v1/openapi.json",
-        docs_url="/v1/docs",
+        docs_url=None,  # api_docs.py: served from the package, not a CDN
         redoc_url=None,
     )
     app.state.store = store
@@ -135,6 +136,7 @@ def create_app(
         shared=store if store.dialect == "postgresql" else None,
     )
     app.include_router(api.router)
+    add_docs(app, "/v1/openapi.json")
     app.include_router(api_files.router)
     app.include_router(api_kv.router)
     app.include_router(api_teardown.router)
