@@ -29,14 +29,16 @@ with Client.from_profile() as crc:
     agents = [start_agent(crc, m["key"], m["name"]) for m in group["machines"]]
     try:
         crc.wait_ready(GROUP, timeout=120, on_event=lambda ev: print("  ", ev.machine, ev.data))
-        db_ip = crc.group(GROUP)["machines"][0]["ips"][0]
-        crc.kv_set(GROUP, "db/ip", db_ip)
-        install = 'crc agent progress "installing"; crc agent emit installed "{\\"ok\\": true}"'
+        crc.kv_set(GROUP, "release", "v1")  # shared state: the master and the machines
+        install = (
+            'crc agent progress "installing $(crc agent kv get release)" --percent 50; '
+            'crc agent kv set db/host "$(hostname)"; crc agent emit installed "{\\"ok\\": true}"'
+        )
         result = crc.run_wait(GROUP, "db", command=install)
         print("install:", {m: r.status for m, r in result.results.items()})
         msg = crc.wait_message(GROUP, "installed", sender="db", timeout=60)
         print(f"{msg.sender} says {msg.type} {msg.body} (cursor {msg.cursor})")
-        web = crc.run_wait(GROUP, "web", argv=["crc", "agent", "kv", "get", "db/ip"])
+        web = crc.run_wait(GROUP, "web", argv=["crc", "agent", "kv", "get", "db/host"])
         for ev in crc.events(GROUP, types=("job.output",)):
             if ev.job_id == web.job_id:
                 print(f"[{ev.machine}] {ev.data['data'].strip()}")
