@@ -50,7 +50,7 @@ def error_exit_option(fn: F) -> F:
         callback=remember,
         help="Exit with CODE when crc itself fails (bad input, not found, unauthorized, "
         "server unreachable), so its own codes never look like the command's (e.g. 255).",
-    )(fn)  # type: ignore[return-value]
+    )(fn)
 
 
 @contextlib.contextmanager

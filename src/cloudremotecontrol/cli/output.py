@@ -33,7 +33,7 @@ own_error_exit: int | None = None
 def json_option(fn: F) -> F:
     return click.option(
         "--json", "as_json", is_flag=True, help="Print JSON (JSON lines when streaming)."
-    )(fn)  # type: ignore[return-value]
+    )(fn)
 
 
 def _plain(value: Any) -> Any:

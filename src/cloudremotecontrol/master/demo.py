@@ -87,8 +87,10 @@ def run_demo(keep: bool = False, as_json: bool = False) -> int:
     finally:
         for inst in provider.list(scenario.name):  # after a failure: nothing may stay
             provider.destroy(inst.id)
+        view.info("stopping the server (it lets open connections finish, up to 3 s)")
         server.stop()
-        provider.release_network()
+        if provider.release_network():
+            view.info("network bridge removed")
         view.close()
         if keep:
             click.echo(f"kept {root}", err=True)

@@ -164,6 +164,8 @@ class TextView(View):
         progress = safe(progress) if progress is not None else None  # a machine's text
         with self._lock:
             old_state, old_progress = self._machines.get(name, ("-", ""))
+            if state == "ready" and old_state != "ready" and progress is None:
+                old_progress = ""  # what it said while starting is over
             new = (state or old_state, progress if progress is not None else old_progress)
             self._machines[name] = new
             if self._console is None and new != (old_state, old_progress):
