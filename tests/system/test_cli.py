@@ -235,3 +235,48 @@ def test_server_run_says_where_it_serves_and_when_it_stops(tmp_path):
     assert srv.url in start and srv.fingerprint in start
     assert "sqlite" in start and f"pid {srv.proc.pid}" in start
     assert "crc server: stopped" in log
+
+
+def test_events_audit_and_status_read_cleanly(env, crc, tmp_path):
+    out = env.client.create_group("lab", ["a"])
+    env.agent("a", out["machines"][0]["key"], extra=["--gate-ready"])
+    env.wait_state("lab", ["a"], "enrolled")
+    assert _agent_cli(env, "a", "progress", "installing", "--percent", "40").returncode == 0
+    _wait(lambda: env.client.group("lab")["machines"][0]["progress"], "the progress")
+    r = crc("status", "lab")
+    assert "40% installing" in r.stdout, r.stdout
+    assert _agent_cli(env, "a", "ready").returncode == 0
+    env.wait_state("lab", ["a"], "ready")
+    # Ready: the start-up progress is over, the table no longer shows it...
+    r = crc("status", "lab")
+    assert r.returncode == 0 and "installing" not in r.stdout, r.stdout
+    # ...while what a script reports afterwards is shown.
+    assert _agent_cli(env, "a", "progress", "serving").returncode == 0
+    _wait(lambda: "serving" in crc("status", "lab").stdout, "the new progress")
+    # Events: a job's status says its exit code only when there is one.
+    assert crc("run", "lab", "--to", "a", "--", "true").returncode == 0
+    job = env.client.start_job("lab", "a", argv=["sleep", "60"])
+    _wait(lambda: env.client.job(job["job_id"])["targets"][0]["status"] == "running", "run")
+    env.client.cancel_job(job["job_id"])
+    _wait(lambda: env.client.job(job["job_id"])["targets"][0]["status"] == "cancelled", "stop")
+    remote_dir = tmp_path / ("a-rather-long-directory-name-" * 4)
+    remote_dir.mkdir()
+    remote = str(remote_dir / "file.conf")
+    (tmp_path / "f").write_text("x")
+    assert crc("push", "lab", "--to", "a", str(tmp_path / "f"), remote).returncode == 0
+    r = crc("events", "lab")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert "exit=None" not in r.stdout and "None" not in r.stdout, r.stdout
+    assert any("job.status" in x and "succeeded (exit 0)" in x for x in lines), r.stdout
+    assert any(x.endswith("cancelled: cancelled by the master") for x in lines), r.stdout
+    facts = next(x for x in lines if " facts " in x)
+    assert "hostname=" in facts and "ips=" in facts and "..." not in facts, facts
+    assert any("job.created" in x and x.endswith(f"by alice: path={remote}") for x in lines)
+    assert any("job.created" in x and x.endswith("by alice: sleep 60") for x in lines)
+    # Audit: a header, and whole values.
+    r = crc("audit", "--group", "lab")
+    assert r.returncode == 0, r.stderr
+    header = r.stdout.splitlines()[0].split()
+    assert header == ["TIME", "ACTOR", "ACTION", "GROUP", "DETAIL"], r.stdout
+    assert remote in r.stdout

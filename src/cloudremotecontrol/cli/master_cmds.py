@@ -338,10 +338,16 @@ def _summary(ev: dict[str, Any]) -> str:
             + (f": {reason}" if reason else "")
         )
     if kind == "job.created":
-        what = _pairs(d.get("spec") or {}, skip=("job_id", "env", "content"))
+        spec = d.get("spec") or {}
+        if spec.get("argv"):
+            what = " ".join(str(a) for a in spec["argv"])
+        elif spec.get("command"):
+            what = str(spec["command"])
+        else:
+            what = _pairs(spec, skip=("job_id", "group", "entries", "sha256", "size"))
         return (
             f"job {job} {d.get('type', 'job.run')} on {','.join(d.get('targets', []))} "
-            f"by {d.get('by')}: {_short(what)}"
+            f"by {d.get('by')}: {_short(what, 1000)}"
         )
     if kind == "message":
         body = json.dumps(d.get("body"), separators=(",", ":"))
