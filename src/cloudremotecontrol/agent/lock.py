@@ -21,21 +21,22 @@ from pathlib import Path
 
 from ..errors import AlreadyRunning
 
-__all__ = ["LOCK_NAME", "state_dir_lock"]
+__all__ = ["LOCK_NAME", "StateDirLock", "state_dir_lock"]
 
 LOCK_NAME = "agent.lock"
 
 
-@contextlib.contextmanager
-def state_dir_lock(state_dir: Path) -> Iterator[None]:
-    """Hold the state directory's lock, or raise AlreadyRunning if another process has it."""
-    state_dir.mkdir(parents=True, exist_ok=True)
-    path = state_dir / LOCK_NAME
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
+class StateDirLock:
+    """The state directory's lock, taken when made (AlreadyRunning if another process
+    has it) and held until ``release`` or the end of the process."""
+
+    def __init__(self, state_dir: Path) -> None:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(state_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             _lock(fd)
         except OSError:
+            os.close(fd)
             raise AlreadyRunning(
                 f"an agent is already running with state dir {state_dir} "
                 "(the service, or another `crc agent run`): talk to it with "
@@ -45,9 +46,24 @@ def state_dir_lock(state_dir: Path) -> Iterator[None]:
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, 0)
                 os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd: int | None = fd
+
+    def release(self) -> None:
+        """Let another agent use the state directory (closing the file unlocks it; on
+        Windows the directory can then be removed)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+@contextlib.contextmanager
+def state_dir_lock(state_dir: Path) -> Iterator[None]:
+    """Hold the state directory's lock, or raise AlreadyRunning if another process has it."""
+    lock = StateDirLock(state_dir)
+    try:
         yield
     finally:
-        os.close(fd)  # releases the lock
+        lock.release()
 
 
 def _lock(fd: int) -> None:

@@ -16,7 +16,7 @@ from . import sdnotify
 from .control import ControlServer
 from .core import Agent, Revoked, load_or_enroll
 from .install import SERVICE_MARKER, uninstall_agent
-from .lock import state_dir_lock
+from .lock import StateDirLock
 from .platform import current
 from .state import AgentState
 
@@ -42,37 +42,14 @@ def run_agent(
     with a function that stops it from any thread. ``hosts_file``: the file hosts syncs
     write instead of the system's (/etc/hosts, or ...\\drivers\\etc\\hosts on Windows).
     Raises AlreadyRunning when another agent runs with ``state_dir``."""
-    with state_dir_lock(Path(state_dir)):
-        return _run_locked(
-            state_dir,
-            url,
-            key,
-            fingerprint,
-            gate_ready,
-            follow_logs,
-            on_started,
-            facts_interval,
-            hosts_file,
-        )
-
-
-def _run_locked(
-    state_dir: Path,
-    url: str | None,
-    key: str | None,
-    fingerprint: str | None,
-    gate_ready: bool,
-    follow_logs: tuple[str, ...],
-    on_started: Callable[[Callable[[], None]], None] | None,
-    facts_interval: float,
-    hosts_file: str | None,
-) -> str:
     platform = current()
     if hosts_file is not None:
         platform.hosts_file = hosts_file
-    state = AgentState(state_dir, protect=platform.protect_file)
+    lock = StateDirLock(Path(state_dir))  # before anything in the state dir is touched
+    state: AgentState | None = None
     uninstall = False
     try:
+        state = AgentState(state_dir, protect=platform.protect_file)
         if state.get("revoked"):
             raise Revoked(
                 f"this machine was revoked ({state.get('revoked')}); remove "
@@ -95,7 +72,9 @@ def _run_locked(
             raise
         return "stopped"
     finally:
-        state.close()
+        if state is not None:
+            state.close()
+        lock.release()  # the state dir may be removed now (Windows keeps open files)
         if uninstall:
             _uninstall_self(platform, Path(state_dir))
 
