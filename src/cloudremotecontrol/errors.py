@@ -11,10 +11,12 @@ server) and a CLI exit code (mapped once, in the CLI)::
     ├── NotFound                  404  exit 4   not_found (group, machine, job, user)
     │   └── TimedOut              404  exit 6   timeout (a long poll ended: nothing new yet)
     ├── Conflict                  409  exit 5   conflict (exists already, wrong state)
+    │   └── AlreadyRunning        409  exit 9   already_running (another agent has the state dir)
     ├── KeyRejected               401  exit 3   key_rejected (enrollment key used/expired/…)
     ├── Unavailable               503  exit 6   unavailable (server unreachable, shutting down)
     │   └── RateLimited           429  exit 6   rate_limited (too many attempts: try later)
     ├── TlsPinMismatch            -    exit 7   tls_pin_mismatch (fingerprint differs)
+    │   └── TlsUntrusted          -    exit 7   tls_untrusted (certificate not trusted: no pin)
     └── ProviderError             502  exit 8   provider_error (the cloud refused or failed)
 
 Messages say what went wrong and, where it helps, what to do next.
@@ -25,6 +27,7 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "AlreadyRunning",
     "Conflict",
     "CrcError",
     "Forbidden",
@@ -35,6 +38,7 @@ __all__ = [
     "RateLimited",
     "TimedOut",
     "TlsPinMismatch",
+    "TlsUntrusted",
     "TooLarge",
     "Unauthorized",
     "Unavailable",
@@ -109,6 +113,11 @@ class Conflict(CrcError):
     exit_code = 5
 
 
+class AlreadyRunning(Conflict):
+    code = "already_running"
+    exit_code = 9
+
+
 class Unavailable(CrcError):
     code = "unavailable"
     http_status = 503
@@ -136,6 +145,10 @@ class ProviderError(CrcError):
     code = "provider_error"
     http_status = 502
     exit_code = 8
+
+
+class TlsUntrusted(TlsPinMismatch):
+    code = "tls_untrusted"
 
 
 _BY_STATUS: dict[int, type[CrcError]] = {

@@ -68,6 +68,7 @@ MASTER: list[Request] = [
     ("POST", "/v1/groups", lambda r: {"json": {"name": "fresh", "machines": [{"name": "m"}]}}),
     ("GET", "/v1/groups/{group}", lambda r: {}),
     ("POST", "/v1/groups/{group}/jobs", lambda r: {"json": {"to": "a", "argv": ["true"]}}),
+    ("GET", "/v1/groups/{group}/jobs", lambda r: {"params": {"limit": 5}}),
     ("POST", "/v1/groups/{group}/hosts-sync", lambda r: {"json": {"to": "all"}}),
     (
         "POST",

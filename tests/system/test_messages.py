@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
+
+# What a job runs to reach its agent (its state dir comes in CRC_AGENT_STATE_DIR).
+CRC = f"{sys.executable} -m cloudremotecontrol"
 
 
 def agent_cli(env, machine, *args, timeout=60):
@@ -31,14 +35,20 @@ def test_master_message_reaches_a_script_on_the_machine(env, crc):
     assert r.returncode == 0, r.stderr
     r = agent_cli(env, "a", "wait-message", "user.config", "--timeout", "20")
     assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout) == {
-        "type": "user.config",
-        "from": "master",
-        "body": {"db": "10.0.0.5"},
-    }
+    assert json.loads(r.stdout) == {"db": "10.0.0.5"}  # the body, as the help says
     # Handed out once: the next wait times out with a clear error.
     r = agent_cli(env, "a", "wait-message", "user.config", "--timeout", "1")
     assert r.returncode == 6 and "no user.config message" in r.stderr
+    # --json: the envelope's type, sender and body.
+    r = crc("send", "lab", "--to", "a", "config", '{"db": "10.0.0.6"}')
+    assert r.returncode == 0, r.stderr
+    r = agent_cli(env, "a", "wait-message", "config", "--timeout", "20", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == {
+        "type": "user.config",
+        "from": "master",
+        "body": {"db": "10.0.0.6"},
+    }
 
 
 def test_machine_tells_master_success_and_peers_hear_each_other(env, crc):
@@ -59,12 +69,12 @@ def test_machine_tells_master_success_and_peers_hear_each_other(env, crc):
         "20s",
     )
     assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout)["body"] == {"step": "mysql"}
+    assert json.loads(r.stdout) == {"step": "mysql"}
     r = agent_cli(env, "a", "emit", "user.hello", '{"n": 1}', "--to", "b")
     assert r.returncode == 0, r.stderr
     r = agent_cli(env, "b", "wait-message", "user.hello", "--from", "a", "--timeout", "20")
     assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout)["body"] == {"n": 1}
+    assert json.loads(r.stdout) == {"n": 1}
 
 
 def test_peers_lists_the_group_to_its_machines(env):
@@ -125,10 +135,20 @@ def test_kv_store_coordinates_machines_and_master(env, crc):
     assert json.loads(out) == {"ip": "10.0.0.5"}
     r = crc("kv", "get", "lab", "db/ready")
     assert json.loads(r.stdout) == {"ip": "10.0.0.5"}
+    r = crc("kv", "get", "lab", "db/ready", "--json")
+    doc = json.loads(r.stdout)
+    assert (doc["key"], doc["value"], doc["version"], doc["by"]) == (
+        "db/ready",
+        {"ip": "10.0.0.5"},
+        1,
+        "a",
+    )
     r = crc("kv", "set", "lab", "mode", "fast")
     assert r.returncode == 0
     r = agent_cli(env, "b", "kv", "get", "mode")
     assert json.loads(r.stdout) == "fast"
+    r = agent_cli(env, "b", "kv", "get", "mode", "--json")
+    assert json.loads(r.stdout)["value"] == "fast" and json.loads(r.stdout)["by"] == "master"
     # Another group's machine cannot see this group's keys.
     r = agent_cli(env, "x", "kv", "get", "mode")
     assert r.returncode == 4 and "no key 'mode'" in r.stderr
@@ -139,3 +159,92 @@ def test_kv_store_coordinates_machines_and_master(env, crc):
         ("db/ready", "a"),
         ("mode", "master"),
     ]
+
+
+def test_crc_wait_message_finds_the_message_a_command_ended_with_even_if_sent_before(env, crc):
+    """The rule: from each machine, a message sent after the last command started
+    there counts, even if it came before `crc wait` started; --since CURSOR (printed
+    with each message) waits for the next one."""
+    env.group_with_agents("lab", ["db", "web"])
+    # A message from before any command counts (nothing ran on db yet).
+    assert agent_cli(env, "db", "emit", "booted", '{"n": 0}').returncode == 0
+    r = crc("wait", "lab", "--message", "booted", "--from", "db", "--timeout", "20s")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == {"n": 0}
+    # A command that ends by saying success; `crc wait` starts only afterwards.
+    r = crc("run", "lab", "--to", "db", "--", f"{CRC} agent emit success '{{\"n\": 1}}'")
+    assert r.returncode == 0, r.stderr
+    r = crc("wait", "lab", "--message", "success", "--from", "db", "--timeout", "20s")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == {"n": 1}
+    hint = r.stderr.strip().splitlines()[-1]
+    assert "--since" in hint, r.stderr
+    cursor = int(hint.rsplit("--since ", 1)[1])
+    # A later command makes that message old: waiting again needs a new one.
+    r = crc("run", "lab", "--to", "db", "--", "true")
+    assert r.returncode == 0, r.stderr
+    r = crc("wait", "lab", "--message", "success", "--from", "db", "--timeout", "2s")
+    assert r.returncode == 6 and "no user.success message from db" in r.stderr, r.stderr
+    # ...while an explicit cursor before it still finds it, and --json says its cursor.
+    r = crc(
+        "wait",
+        "lab",
+        "--message",
+        "success",
+        "--since",
+        str(cursor - 1),
+        "--json",
+        "--timeout",
+        "5s",
+    )
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert (doc["type"], doc["from"], doc["body"], doc["cursor"]) == (
+        "user.success",
+        "db",
+        {"n": 1},
+        cursor,
+    )
+    # A message that arrives while waiting is found too (web: no command ran there).
+    waiter = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cloudremotecontrol",
+            "wait",
+            "lab",
+            "--message",
+            "up",
+            "--from",
+            "web",
+            "--timeout",
+            "30s",
+        ],
+        env={**os.environ, **env.cli_env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(1)
+    assert agent_cli(env, "web", "emit", "up", '{"port": 80}').returncode == 0
+    out, err = waiter.communicate(timeout=40)
+    assert waiter.returncode == 0, err
+    assert json.loads(out) == {"port": 80}
+
+
+def test_sdk_wait_message_follows_the_same_rule(env):
+    env.group_with_agents("lab", ["a"])
+    c = env.client
+    done = c.run_wait("lab", "a", command=f"{CRC} agent emit ok '{{\"v\": 1}}'")
+    assert done.ok and done.exit_code == 0
+    msg = c.wait_message("lab", "ok", sender="a", timeout=20)
+    assert (msg.type, msg.sender, msg.body) == ("user.ok", "a", {"v": 1})
+    assert msg["from"] == "a" and msg.to_dict()["cursor"] == msg.cursor
+    from cloudremotecontrol.errors import Unavailable
+
+    try:
+        c.wait_message("lab", "ok", sender="a", since=msg.cursor, timeout=1)
+    except Unavailable as exc:
+        assert exc.code == "timeout"
+    else:
+        raise AssertionError("a message after the cursor was invented")

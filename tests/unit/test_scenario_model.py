@@ -140,6 +140,42 @@ def test_needs_must_name_steps_and_must_not_cycle():
     assert any("steps need each other in a cycle: one -> two -> one" in p for p in got), got
 
 
+def test_a_needs_typo_is_reported_with_every_other_problem():
+    got = problems("""\
+        name: lab
+        machines: {a: }
+        steps:
+          - {name: one, to: nosuch, needs: [tow], run: "true"}
+          - {name: two, needs: [one], run: 5, bogus: 1}
+          - {name: three, needs: [two, too], wait: ready}
+        """)
+    # The typo in a step with another problem, and in a valid step; and no false "no
+    # step named" for steps that exist but have problems of their own.
+    assert any("steps.one.needs: no step named 'tow'" in p for p in got), got
+    assert any("steps.one.to: no machine nosuch" in p for p in got), got
+    assert any("steps.three.needs: no step named 'too'" in p for p in got), got
+    assert any("steps[1].bogus: unknown field" in p for p in got), got
+    assert not any("no step named 'one'" in p or "no step named 'two'" in p for p in got), got
+
+
+@pytest.mark.parametrize("mode", ["auto", "netns", "isolated", "plain", "host"])
+def test_local_network_setting_takes_the_mode_names_of_the_docs(mode):
+    s = parse_scenario(
+        f"name: lab\nprovider: {{name: local, network: {mode}}}\nmachines: {{a: }}\n",
+        Path("s.yaml"),
+    )
+    assert s.provider_settings == {"network": mode}
+
+
+def test_local_network_settings_are_the_ones_the_provider_declares():
+    from cloudremotecontrol.providers.local import NETWORK_SETTINGS, LocalProvider
+
+    # What the parser accepts is what the provider declares (capabilities), and that is
+    # the list of modes the docs give (the test above).
+    assert LocalProvider.capabilities.settings["network"] == NETWORK_SETTINGS
+    assert set(NETWORK_SETTINGS) == {"auto", "netns", "isolated", "plain", "host"}
+
+
 def test_step_names_are_unique():
     got = problems("""\
         name: lab

@@ -554,6 +554,8 @@ class Agent:
                     "CRC_MACHINE": self.cred.machine,
                     "CRC_GROUP": self.cred.group,
                     "CRC_JOB_ID": job.job_id,
+                    # `crc agent emit/progress/kv` in the job find this agent.
+                    "CRC_AGENT_STATE_DIR": str(self.state.dir),
                 },
             )
         finally:

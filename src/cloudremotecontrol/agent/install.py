@@ -97,6 +97,7 @@ def install_agent(
     restart: bool = False,
     wait: float = 300.0,
     manager: ServiceManager | None = None,
+    hosts_file: str | None = None,
 ) -> dict[str, Any]:
     """Enroll if needed, then register, enable and start the service. Idempotent."""
     state_dir = Path(state_dir)
@@ -120,7 +121,12 @@ def install_agent(
         # Used or not needed: either way it must not stay on disk.
         Path(key_file).unlink(missing_ok=True)
     python, entry = agent_command()
-    run_args = ("--state-dir", str(state_dir), *(("--gate-ready",) if gate_ready else ()))
+    run_args = (
+        "--state-dir",
+        str(state_dir),
+        *(("--gate-ready",) if gate_ready else ()),
+        *(("--hosts-file", str(Path(hosts_file).absolute())) if hosts_file else ()),
+    )
     spec = ServiceSpec(
         python=python,
         entry=entry,

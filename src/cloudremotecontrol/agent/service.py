@@ -17,6 +17,7 @@ from . import sdnotify
 from .control import ControlServer
 from .core import Agent, Revoked, load_or_enroll
 from .install import SERVICE_MARKER, uninstall_agent
+from .lock import StateDirLock
 from .platform import current
 from .state import AgentState
 
@@ -38,15 +39,22 @@ def run_agent(
     on_started: Callable[[Callable[[], None]], None] | None = None,
     facts_interval: float = 30.0,
     keep_messages_days: float = DEFAULT_KEEP_MESSAGES_DAYS,
+    hosts_file: str | None = None,
 ) -> str:
     """Run the agent in the foreground; return why it stopped (revocation).
 
     ``on_started`` (the Windows service host) is called once scripts can reach the agent,
-    with a function that stops it from any thread."""
+    with a function that stops it from any thread. ``hosts_file``: the file hosts syncs
+    write instead of the system's (/etc/hosts, or ...\\drivers\\etc\\hosts on Windows).
+    Raises AlreadyRunning when another agent runs with ``state_dir``."""
     platform = current()
-    state = AgentState(state_dir, protect=platform.protect_file)
+    if hosts_file is not None:
+        platform.hosts_file = hosts_file
+    lock = StateDirLock(Path(state_dir))  # before anything in the state dir is touched
+    state: AgentState | None = None
     uninstall = False
     try:
+        state = AgentState(state_dir, protect=platform.protect_file)
         if state.get("revoked"):
             raise Revoked(
                 f"this machine was revoked ({state.get('revoked')}); remove "
@@ -70,7 +78,9 @@ def run_agent(
             raise
         return "stopped"
     finally:
-        state.close()
+        if state is not None:
+            state.close()
+        lock.release()  # the state dir may be removed now (Windows keeps open files)
         if uninstall:
             _uninstall_self(platform, Path(state_dir))
 

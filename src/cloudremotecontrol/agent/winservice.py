@@ -60,6 +60,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--state-dir", required=True)
     parser.add_argument("--gate-ready", action="store_true")
+    parser.add_argument("--hosts-file", default=None)
     parser.add_argument("--log-file", default=None)
     parser.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
@@ -161,6 +162,7 @@ def _service_class(options: argparse.Namespace) -> type:
                     None,
                     gate_ready=options.gate_ready,
                     on_started=self._started,
+                    hosts_file=options.hosts_file,
                 )
             except Revoked as exc:
                 log.warning("stopping for good: %s", exc.message)

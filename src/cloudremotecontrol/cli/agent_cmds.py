@@ -27,6 +27,15 @@ def _state_dir(value: str | None) -> Path:
     return Path(current().default_state_dir())
 
 
+_hosts_file_option = click.option(
+    "--hosts-file",
+    envvar="CRC_AGENT_HOSTS_FILE",
+    type=click.Path(dir_okay=False),
+    help="Hosts syncs write this file instead of the system's (/etc/hosts; "
+    "%SystemRoot%\\System32\\drivers\\etc\\hosts on Windows): try them without root.",
+)
+
+
 @click.group()
 def agent() -> None:
     """The agent that runs on each machine, and commands for scripts on that machine."""
@@ -79,6 +88,8 @@ def agent() -> None:
     show_default=True,
     type=click.Choice(["debug", "info", "warning", "error"]),
 )
+@_hosts_file_option
+@json_option
 def run_cmd(
     url: str | None,
     key: str | None,
@@ -90,8 +101,14 @@ def run_cmd(
     facts_interval: float,
     keep_messages_days: float,
     log_level: str,
+    hosts_file: str | None,
+    as_json: bool,
 ) -> None:
-    """Enroll (first run) and stay connected, executing what the master sends."""
+    """Enroll (first run) and stay connected, executing what the master sends.
+
+    One agent per state directory: a second one exits at once (exit 9). Stops on
+    SIGTERM/SIGINT, or for good when its machine is revoked (with --json: one line
+    {"event": "stopped", ...})."""
     from .. import logsafe
     from ..agent.core import Revoked
     from ..agent.service import run_agent
@@ -117,9 +134,16 @@ def run_cmd(
             follow_logs=follow_logs,
             facts_interval=facts_interval,
             keep_messages_days=keep_messages_days,
+            hosts_file=hosts_file,
         )
     except Revoked as exc:
-        click.echo(f"crc agent: stopping: {exc.message}", err=True)
+        if as_json:
+            emit_json({"event": "stopped", "revoked": True, "reason": exc.message})
+        else:
+            click.echo(f"crc agent: stopping: {exc.message}", err=True)
+        return
+    if as_json:
+        emit_json({"event": "stopped", "revoked": False, "reason": None})
 
 
 def _call(state_dir: str | None, request: dict[str, Any]) -> dict[str, Any]:
@@ -188,8 +212,12 @@ def emit(type_: str, body: str | None, to: str, state_dir: str | None, as_json: 
     help="Seconds to wait.",
 )
 @_state_option
-def wait_message(type_: str, sender: str | None, timeout: float, state_dir: str | None) -> None:
-    """Wait for a data message TYPE sent to this machine; print its body as JSON.
+@json_option
+def wait_message(
+    type_: str, sender: str | None, timeout: float, state_dir: str | None, as_json: bool
+) -> None:
+    """Wait for a data message TYPE sent to this machine; print its body as JSON (with
+    --json: {"type", "from", "body"}).
 
     Each message is handed out once (the oldest first)."""
     from ..agent.control import call
@@ -200,7 +228,10 @@ def wait_message(type_: str, sender: str | None, timeout: float, state_dir: str 
         timeout=timeout + 10,
     )
     msg = reply["message"]
-    emit_json({"type": msg["type"], "from": msg["from"], "body": msg["body"]})
+    if as_json:
+        emit_json({"type": msg["type"], "from": msg["from"], "body": msg["body"]})
+    else:
+        click.echo(json.dumps(msg["body"]))
 
 
 @agent.command()
@@ -272,10 +303,16 @@ def kv_set(key: str, value: str, state_dir: str | None, as_json: bool) -> None:
 @kv.command("get")
 @click.argument("key")
 @_state_option
-def kv_get(key: str, state_dir: str | None) -> None:
-    """Print KEY's value as JSON (exit 4 if it does not exist)."""
+@json_option
+def kv_get(key: str, state_dir: str | None, as_json: bool) -> None:
+    """Print KEY's value as JSON (exit 4 if it does not exist; with --json:
+    {"key", "value", "version", "updated", "by"})."""
     reply = _call(state_dir, {"op": "kv-get", "key": key})
-    click.echo(json.dumps(reply["value"]))
+    reply.pop("ok", None)
+    if as_json:
+        emit_json(reply)
+    else:
+        click.echo(json.dumps(reply["value"]))
 
 
 @kv.command("wait")
@@ -331,6 +368,7 @@ def kv_wait(
     is_flag=True,
     help="The service says ready only when a script calls `crc agent ready`.",
 )
+@_hosts_file_option
 @click.option("--restart", is_flag=True, help="Restart the agent if it is running already.")
 @click.option(
     "--wait",
@@ -347,6 +385,7 @@ def install_cmd(
     fingerprint: str | None,
     state_dir: str | None,
     gate_ready: bool,
+    hosts_file: str | None,
     restart: bool,
     wait: float,
     as_json: bool,
@@ -371,6 +410,7 @@ def install_cmd(
         gate_ready=gate_ready,
         restart=restart,
         wait=wait,
+        hosts_file=hosts_file,
     )
     if as_json:
         emit_json(report)

@@ -1,6 +1,7 @@
 """``crc``: one command for the server, the agent and the master.
 
 Errors map once to exit codes (see ``errors.py``): one line on stderr, never a traceback.
+Usage errors (click's own) are one line too, with the usage and where to find help.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import click
 
 from .. import __version__
 from ..errors import CrcError
+from . import output
 from .agent_cmds import agent
 from .bootstrap_cmds import bootstrap
 from .master_cmds import register as register_master
@@ -37,17 +39,36 @@ register_master(cli)
 cli.add_command(bootstrap)
 
 
+def usage_line(exc: click.UsageError) -> str:
+    """Click's three-line usage error as one line: what is wrong, the usage, the help."""
+    message = " ".join(exc.format_message().split())
+    ctx = exc.ctx
+    if ctx is None:
+        return message
+    usage = " ".join(ctx.get_usage().split())
+    usage = usage[len("Usage: ") :] if usage.startswith("Usage: ") else usage
+    return f"{message} (usage: {usage}; see `{ctx.command_path} --help`)"
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
         rc = cli.main(args=argv, prog_name="crc", standalone_mode=False)
     except CrcError as exc:
-        click.echo(f"crc: error: {exc.message}", err=True)
-        sys.exit(exc.exit_code)
+        click.echo(f"crc: error: {output.safe(exc.message)}", err=True)
+        sys.exit(output.own_error_exit or exc.exit_code)
     except click.exceptions.Abort:
         click.echo("crc: aborted", err=True)
         sys.exit(130)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        # `crc` or `crc group` alone: the help is what was asked for.
+        if exc.ctx is not None:
+            click.echo(exc.ctx.get_help())
+        sys.exit(0)
+    except click.UsageError as exc:
+        click.echo(f"crc: error: {usage_line(exc)}", err=True)
+        sys.exit(exc.exit_code)
     except click.ClickException as exc:
-        exc.show()
+        click.echo(f"crc: error: {' '.join(exc.format_message().split())}", err=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         click.echo("crc: interrupted", err=True)

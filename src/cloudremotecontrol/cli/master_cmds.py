@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from typing import Any
 
 import click
 
-from ..errors import InvalidInput, Unavailable
-from .output import ago, emit_json, json_option, print_table
+from ..errors import Forbidden, InvalidInput, Unauthorized
+from .output import ago, emit_json, json_option, print_table, safe
 
 
 def _client() -> Any:
@@ -49,7 +48,16 @@ def login(url: str, token: str, fingerprint: str | None, as_json: bool) -> None:
 
     fp = normalize_fingerprint(fingerprint) if fingerprint else None
     with Client(url, token, fp) as client:
-        who = client.whoami()
+        try:
+            who = client.whoami()
+        except Unauthorized:
+            raise Unauthorized(
+                f"the server at {client.url} rejected this token: give a master token "
+                "(crcm_..., printed once by `crc server add-user` or `crc server "
+                "add-token` on the server) that has not been revoked"
+            ) from None
+        except Forbidden as exc:
+            raise Forbidden(f"{exc.message}: `crc login` takes a master token (crcm_...)") from None
         path = save_profile(Profile(url, token, fp, client.cert_pem))
     if as_json:
         emit_json({"user": who["user"], "url": url, "profile": str(path)})
@@ -172,10 +180,10 @@ def group_show(name: str, as_json: bool) -> None:
     """Show a group and its machines."""
     with _client() as c:
         g = c.group(name)
-    if as_json:
-        emit_json(g)
-        return
-    _print_machines(g)
+        if as_json:
+            emit_json(g)
+            return
+        _print_machines(g, _ready_since(c, name))
 
 
 @group.command("delete")
@@ -191,13 +199,25 @@ def group_delete(name: str, as_json: bool) -> None:
         click.echo(f"deleted group {name} ({out['machines_revoked']} machines revoked)")
 
 
-def _print_machines(g: dict[str, Any]) -> None:
+def _ready_since(c: Any, name: str) -> dict[str, float]:
+    """When each machine last turned ready (from the group's machine.state events)."""
+    since: dict[str, float] = {}
+    for ev in c.events(name, since=0, types=("machine.state",)):
+        if ev["data"].get("state") == "ready" and ev.machine:
+            since[ev.machine] = ev.time
+    return since
+
+
+def _print_machines(g: dict[str, Any], ready_since: dict[str, float] | None = None) -> None:
     rows = []
     for m in g["machines"]:
         prog = m.get("progress") or {}
         text = prog.get("text", "")
         if prog.get("percent") is not None:
             text = f"{prog['percent']:.0f}% {text}"
+        became_ready = (ready_since or {}).get(m["name"])
+        if m["state"] == "ready" and became_ready and (prog.get("at") or 0) < became_ready:
+            text = ""  # provisioning progress, over since the machine turned ready
         rows.append(
             [
                 m["name"],
@@ -243,237 +263,14 @@ def _ttl_note(g: dict[str, Any]) -> str | None:
 @click.argument("name")
 @json_option
 def status(name: str, as_json: bool) -> None:
-    """Table of a group's machines: state, IPs, progress, last seen."""
+    """Table of a group's machines: state, IPs, progress, last seen (the progress of a
+    ready machine only if it was reported after it turned ready)."""
     with _client() as c:
         g = c.group(name)
-    if as_json:
-        emit_json(g)
-    else:
-        _print_machines(g)
-
-
-@click.command()
-@click.argument("name")
-@click.option("--machines", help="Only these machines (comma list).")
-@click.option("--timeout", default="15m", show_default=True, help="Give up after this long.")
-@click.option(
-    "--message",
-    "message_type",
-    help="Instead: wait for a data message TYPE from a machine; print its body.",
-)
-@click.option("--from", "sender", help="With --message: only from this machine.")
-@click.option(
-    "--since",
-    type=click.IntRange(min=0),
-    help="With --message: also accept messages after this event cursor.",
-)
-@json_option
-def wait(
-    name: str,
-    machines: str | None,
-    timeout: str,
-    message_type: str | None,
-    sender: str | None,
-    since: int | None,
-    as_json: bool,
-) -> None:
-    """Wait until the group's machines are ready, showing progress live (or, with
-    --message, until a machine sends that message)."""
-    deadline = time.monotonic() + (_duration(timeout) or 0)
-    if message_type:
-        _wait_message(name, message_type, sender, since, deadline, timeout)
-        return
-    with _client() as c:
-        cursor = c.event_cursor(name)
-        g = c.group(name)
-        states = {m["name"]: m["state"] for m in g["machines"]}
-        wanted = set(states)
-        if machines:
-            chosen = {m.strip() for m in machines.split(",") if m.strip()}
-            unknown = chosen - wanted
-            if unknown:
-                raise InvalidInput(f"no machine {', '.join(sorted(unknown))} in group {name}")
-            wanted = chosen
-
-        def check() -> bool:
-            revoked = sorted(m for m in wanted if states[m] == "revoked")
-            if revoked:
-                raise InvalidInput(f"machine(s) revoked: {', '.join(revoked)}")
-            if all(states[m] == "ready" for m in wanted):
-                return True
-            if time.monotonic() > deadline:
-                pending = sorted(m for m in wanted if states[m] != "ready")
-                raise Unavailable(
-                    f"timed out after {timeout}: not ready: {', '.join(pending)}", code="timeout"
-                )
-            return False
-
-        if not check():
-            for m in g["machines"]:  # where things stand, then what changes
-                if m["name"] in wanted and not as_json:
-                    prog = (m.get("progress") or {}).get("text")
-                    click.echo(f"[{m['name']}] {m['state']}" + (f": {prog}" if prog else ""))
-            sys.stdout.flush()
-            for ev in c.events(name, since=cursor, follow=True, keepalive=True):
-                if ev is not None and ev.get("machine") in wanted:
-                    _show_wait_event(ev, states, as_json)
-                if check():
-                    break
-    if as_json:
-        emit_json({"group": name, "ready": True, "machines": sorted(wanted)})
-    else:
-        click.echo(f"all {len(wanted)} machine(s) of {name} are ready")
-
-
-def _wait_message(
-    name: str, type_: str, sender: str | None, since: int | None, deadline: float, timeout: str
-) -> None:
-    import json
-
-    type_ = type_ if type_.startswith("user.") else "user." + type_
-    with _client() as c:
-        cursor = since if since is not None else c.event_cursor(name)
-        for ev in c.events(name, since=cursor, follow=True, keepalive=True):
-            if (
-                ev is not None
-                and ev["type"] == "message"
-                and ev["data"]["type"] == type_
-                and (sender is None or ev["data"]["from"] == sender)
-            ):
-                click.echo(
-                    json.dumps(
-                        {
-                            "type": type_,
-                            "from": ev["data"]["from"],
-                            "body": ev["data"]["body"],
-                            "cursor": ev["cursor"],
-                        }
-                    )
-                )
-                return
-            if time.monotonic() > deadline:
-                raise Unavailable(f"no {type_} message within {timeout}", code="timeout")
-    raise Unavailable("the event stream ended (group deleted?)")
-
-
-def _show_wait_event(ev: dict[str, Any], states: dict[str, str], as_json: bool) -> None:
-    if ev["type"] == "machine.state":
-        states[ev["machine"]] = ev["data"]["state"]
-    if as_json:
-        emit_json(ev)
-    elif ev["type"] in ("machine.state", "progress"):
-        detail = ev["data"].get("state") or ev["data"].get("text")
-        pct = ev["data"].get("percent")
-        pct_text = f" ({pct:.0f}%)" if isinstance(pct, (int, float)) else ""
-        click.echo(f"[{ev['machine']}] {detail}{pct_text}")
-
-
-_SHELL_CHARS = frozenset(" \t|&;<>()$`'\"*?[]#~%\n")
-
-
-@click.command(context_settings={"ignore_unknown_options": True})
-@click.argument("name")
-@click.option("--to", "to", required=True, help="Machine, comma list, KEY=VALUE or all.")
-@click.option("--timeout", help="Kill the command after this long (default 10m).")
-@click.option(
-    "--shell",
-    type=click.Choice(["bash", "sh", "powershell", "cmd"]),
-    help="Run COMMAND as one string in this shell (default: argv, no shell).",
-)
-@click.option("--env", "envs", multiple=True, help="KEY=VALUE for the command (repeatable).")
-@click.option("--cwd", help="Working directory on the machine.")
-@json_option
-@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
-def run(
-    name: str,
-    to: str,
-    timeout: str | None,
-    shell: str | None,
-    envs: tuple[str, ...],
-    cwd: str | None,
-    as_json: bool,
-    command: tuple[str, ...],
-) -> None:
-    """Run COMMAND on machines; output streams live, prefixed by machine.
-
-    Several words run as argv, without a shell; one quoted string with shell syntax runs
-    in the machine's default shell (bash/sh on Linux, cmd on Windows); --shell picks one.
-
-    Exit code: the worst of the targets (their exit code; 124 timed out, 125 lost,
-    130 cancelled). Ctrl-C cancels the job on every machine.
-    """
-    from ..master.client import worst_exit_code
-
-    env: dict[str, str] = {}
-    for item in envs:
-        k, sep, v = item.partition("=")
-        if not sep or not k:
-            raise InvalidInput(f"invalid --env {item!r}: use KEY=VALUE")
-        env[k] = v
-    spec: dict[str, Any] = {"env": env, "cwd": cwd, "timeout": _duration(timeout)}
-    if shell:
-        spec.update(command=" ".join(command), shell=shell)
-    elif len(command) == 1 and any(c in command[0] for c in _SHELL_CHARS):
-        # One quoted string such as 'apt-get update && apt-get install -y mysql-server':
-        # the machine's own shell runs it (bash or sh on Linux, cmd on Windows).
-        spec.update(command=command[0], shell=None)
-    else:
-        spec.update(argv=list(command))
-    results: dict[str, dict[str, Any]] = {}
-    with _client() as c:
-        started = c.start_job(name, to, **spec)
-        job_id = started["job_id"]
-        if not as_json:
-            click.echo(f"job {job_id} on {', '.join(started['targets'])}", err=True)
-        cancelled = False
-        while True:
-            try:
-                for ev in c.follow_job(job_id, started["targets"]):
-                    _show_job_event(ev, results, as_json)
-                break
-            except KeyboardInterrupt:
-                if cancelled:
-                    raise
-                cancelled = True
-                click.echo("crc: cancelling (Ctrl-C again to stop waiting)", err=True)
-                c.cancel_job(job_id)
-                left = [t for t in started["targets"] if t not in results]
-                started = {**started, "targets": left}
-    sys.exit(worst_exit_code(results))
-
-
-def _show_job_event(ev: dict[str, Any], results: dict[str, dict[str, Any]], as_json: bool) -> None:
-    from ..protocol.states import JobStatus
-
-    kind, m, data = ev["type"], ev.get("machine"), ev["data"]
-    if kind == "job.output":
         if as_json:
-            emit_json({"machine": m, "stream": data["stream"], "data": data["data"]})
-            return
-        out = sys.stdout if data["stream"] == "stdout" else sys.stderr
-        text = data["data"]
-        lines = text.splitlines(keepends=True)
-        for line in lines:
-            out.write(f"[{m}] {line}" if line.endswith("\n") else f"[{m}] {line}\n")
-        out.flush()
-    elif kind == "job.status" and JobStatus(data["status"]).terminal:
-        results[m] = data
-        if as_json:
-            emit_json(
-                {
-                    "machine": m,
-                    "status": data["status"],
-                    "exit_code": data["exit_code"],
-                    "reason": data.get("reason"),
-                }
-            )
+            emit_json(g)
         else:
-            extra = f": {data['reason']}" if data.get("reason") else ""
-            code = data["exit_code"]
-            click.echo(
-                f"[{m}] {data['status']}{f' (exit {code})' if code is not None else ''}{extra}",
-                err=True,
-            )
+            _print_machines(g, _ready_since(c, name))
 
 
 @click.command()
@@ -491,27 +288,76 @@ def events(name: str, follow: bool, since: int | None, as_json: bool) -> None:
             t = time.strftime("%H:%M:%S", time.localtime(ev["time"]))
             click.echo(
                 f"{ev['cursor']:>6} {t} {ev['type']:<14} {ev.get('machine') or '-':<12} "
-                f"{_summary(ev)}"
+                f"{safe(_summary(ev))}"
             )
 
 
+def _pairs(d: dict[str, Any], skip: tuple[str, ...] = ()) -> str:
+    """``key=value`` pairs (lists comma-joined, mappings as JSON): whole values, never
+    cut in the middle."""
+    import json
+
+    parts = []
+    for k, v in d.items():
+        if k in skip or v is None or v == [] or v == {}:
+            continue
+        if isinstance(v, list) and all(isinstance(x, (str, int, float)) for x in v):
+            text = ",".join(str(x) for x in v)
+        elif isinstance(v, (dict, list)):
+            text = json.dumps(v, separators=(",", ":"))
+        else:
+            text = str(v)
+        parts.append(f"{k}={text}")
+    return " ".join(parts)
+
+
+def _short(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} chars; --json)"
+
+
 def _summary(ev: dict[str, Any]) -> str:
+    """One line for an event (machine-supplied text escaped by the caller)."""
+    import json
+
     d = ev["data"] or {}
     kind = ev["type"]
+    job = str(d.get("job_id") or "")[:8]
     if kind == "machine.state":
         return f"{d.get('previous')} -> {d.get('state')}"
     if kind == "progress":
         pct = d.get("percent")
         return (f"{pct:.0f}% " if isinstance(pct, (int, float)) else "") + str(d.get("text"))
     if kind == "job.output":
-        return f"{d.get('stream')}: {d.get('data', '').rstrip()[:200]}"
+        return f"job {job} {d.get('stream')}: " + _short(str(d.get("data", "")).rstrip("\n"))
     if kind == "job.status":
-        return f"job {d.get('job_id', '')[:8]} {d.get('status')} exit={d.get('exit_code')}"
+        code = d.get("exit_code")
+        reason = d.get("reason")
+        return (
+            f"job {job} {d.get('status')}"
+            + (f" (exit {code})" if code is not None else "")
+            + (f": {reason}" if reason else "")
+        )
     if kind == "job.created":
-        return f"job {d.get('job_id', '')[:8]} on {','.join(d.get('targets', []))} by {d.get('by')}"
-    import json
-
-    return json.dumps(d)[:200]
+        spec = d.get("spec") or {}
+        if spec.get("argv"):
+            what = " ".join(str(a) for a in spec["argv"])
+        elif spec.get("command"):
+            what = str(spec["command"])
+        else:
+            what = _pairs(spec, skip=("job_id", "group", "entries", "sha256", "size"))
+        return (
+            f"job {job} {d.get('type', 'job.run')} on {','.join(d.get('targets', []))} "
+            f"by {d.get('by')}: {_short(what, 1000)}"
+        )
+    if kind == "message":
+        body = json.dumps(d.get("body"), separators=(",", ":"))
+        return f"{d.get('type')} from {d.get('from')}: {_short(body)}"
+    if kind == "message.sent":
+        body = json.dumps(d.get("body"), separators=(",", ":"))
+        return f"{d.get('type')} to {','.join(d.get('to') or [])}: {_short(body)}"
+    if kind == "kv.set":
+        return f"{d.get('key')} version {d.get('version')} by {d.get('by')}"
+    return _short(_pairs(d), 400)
 
 
 @click.command()
@@ -536,84 +382,6 @@ def send(name: str, to: str, type_: str, body: str | None, as_json: bool) -> Non
         emit_json(out)
     else:
         click.echo(f"sent {type_} to {', '.join(out['targets'])}")
-
-
-@click.group()
-def hosts() -> None:
-    """Keep the machines' hosts files listing their peers."""
-
-
-@hosts.command("sync")
-@click.argument("name")
-@click.option("--to", "to", default="all", show_default=True, help="Which machines to update.")
-@click.option(
-    "--ip",
-    type=click.Choice(["auto", "private", "public"]),
-    default="auto",
-    show_default=True,
-    help="Address to list: private (VPC) when every peer has one under auto.",
-)
-@json_option
-def hosts_sync(name: str, to: str, ip: str, as_json: bool) -> None:
-    """Write `IP name name.GROUP` for every machine into each machine's hosts file (a
-    managed block; the rest of the file is kept byte for byte)."""
-    from ..master.client import worst_exit_code
-
-    results: dict[str, dict[str, Any]] = {}
-    with _client() as c:
-        started = c.hosts_sync(name, to, ip)
-        for ev in c.follow_job(started["job_id"], started["targets"]):
-            _show_job_event(ev, results, as_json)
-    sys.exit(worst_exit_code(results))
-
-
-@click.command()
-@click.argument("name")
-@click.option("--to", "to", required=True, help="Machine, comma list, KEY=VALUE or all.")
-@click.argument("local", type=click.Path(exists=True, dir_okay=False))
-@click.argument("remote")
-@click.option("--mode", help="Octal file mode on the machines, e.g. 0640.")
-@click.option("--owner", help="USER or USER:GROUP on the machines (Linux).")
-@json_option
-def push(
-    name: str, to: str, local: str, remote: str, mode: str | None, owner: str | None, as_json: bool
-) -> None:
-    """Copy LOCAL to REMOTE (an absolute path) on machines: uploaded once, fetched by
-    each machine over HTTPS, verified by SHA-256, written atomically."""
-    from ..master.client import worst_exit_code
-
-    results: dict[str, dict[str, Any]] = {}
-    with _client() as c:
-        started = c.push(name, to, local, remote, mode, owner)
-        for ev in c.follow_job(started["job_id"], started["targets"]):
-            _show_job_event(ev, results, as_json)
-    sys.exit(worst_exit_code(results))
-
-
-@click.command()
-@click.argument("name")
-@click.option("--from", "machine", required=True, help="The machine to copy from.")
-@click.argument("remote")
-@click.argument("local", type=click.Path(dir_okay=False))
-@json_option
-def pull(name: str, machine: str, remote: str, local: str, as_json: bool) -> None:
-    """Copy REMOTE from one machine to LOCAL here (verified by SHA-256)."""
-    from ..master.client import worst_exit_code
-
-    results: dict[str, dict[str, Any]] = {}
-    with _client() as c:
-        started = c.start_pull(name, machine, remote)
-        for ev in c.follow_job(started["job_id"], started["targets"]):
-            if ev["type"] != "job.output":
-                _show_job_event(ev, results, as_json)
-        rc = worst_exit_code(results)
-        if rc == 0:
-            info = c.download_pulled(started["job_id"], local)
-            if as_json:
-                emit_json({"machine": machine, "path": local, **info})
-            else:
-                click.echo(f"{local}: {info['size']} bytes from {machine}")
-    sys.exit(rc)
 
 
 @click.group()
@@ -644,13 +412,18 @@ def kv_set(name: str, key: str, value: str, as_json: bool) -> None:
 @click.argument("name")
 @click.argument("key")
 @click.option("--wait", "wait_for", help="Wait up to this long for the key (e.g. 2m).")
-def kv_get(name: str, key: str, wait_for: str | None) -> None:
-    """Print KEY's value in group NAME as JSON."""
+@json_option
+def kv_get(name: str, key: str, wait_for: str | None, as_json: bool) -> None:
+    """Print KEY's value in group NAME as JSON (with --json: {"key", "value",
+    "version", "updated", "by"}; exit 4 if it does not exist)."""
     import json
 
     with _client() as c:
         out = c.kv_get(name, key, wait=_duration(wait_for) or 0)
-    click.echo(json.dumps(out["value"]))
+    if as_json:
+        emit_json(out)
+    else:
+        click.echo(json.dumps(out["value"]))
 
 
 @kv.command("list")
@@ -674,24 +447,32 @@ def kv_list(name: str, as_json: bool) -> None:
 @click.option("--limit", type=click.IntRange(1, 10000), default=100, show_default=True)
 @json_option
 def audit(group_name: str | None, limit: int, as_json: bool) -> None:
-    """Your audit record: who started what, where and when."""
-    import json
-
+    """Your audit record: who started what, where and when (oldest first)."""
     with _client() as c:
         records = c.audit(group_name, limit)
     if as_json:
         emit_json({"records": records})
         return
-    for r in records:
-        t = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["time"]))
-        click.echo(
-            f"{t}  {r['actor']:<16} {r['action']:<14} {r['group'] or '-':<12} "
-            f"{json.dumps(r['detail'])[:120]}"
-        )
+    print_table(
+        ["TIME", "ACTOR", "ACTION", "GROUP", "DETAIL"],
+        [
+            [
+                time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["time"])),
+                r["actor"],
+                r["action"],
+                r["group"] or "-",
+                _pairs(r["detail"] or {}) or "-",
+            ]
+            for r in records
+        ],
+    )
 
 
 def register(cli: click.Group) -> None:
-    for cmd in (login, group, status, wait, run, events, send, hosts, push, pull, kv, audit):
+    from .job_cmds import hosts, job, pull, push, run
+    from .wait_cmd import wait
+
+    for cmd in (login, group, status, wait, run, job, events, send, hosts, push, pull, kv, audit):
         cli.add_command(cmd)
     from .demo_cmd import demo
     from .scenario_cmds import down, up

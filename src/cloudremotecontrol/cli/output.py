@@ -1,4 +1,13 @@
-"""Printing for humans (tables, prefixes) or for programs (``--json``)."""
+r"""Printing for humans (tables, prefixes) or for programs (``--json``).
+
+Everything a machine sends is hostile input, including text that ends up on the
+operator's terminal (progress, facts, message bodies, kv values, failure reasons): a
+terminal obeys escape sequences, so ``"\x1b]0;pwn\x07"`` in a progress line would
+retitle the window, ``"\x1b[2J"`` clear it. ``safe`` escapes control characters (and
+the bidirectional overrides that reorder what is shown) before such text is printed;
+every table cell goes through it. The only raw bytes crc prints from a machine are a
+job's own output in ``crc run`` (stdout and stderr), which is what the user asked for.
+"""
 
 from __future__ import annotations
 
@@ -10,19 +19,32 @@ from typing import Any, TypeVar
 
 import click
 
-__all__ = ["ago", "emit_json", "json_option", "print_table"]
+from ..terminal import safe
+
+__all__ = ["ago", "emit_json", "json_option", "own_error_exit", "print_table", "safe"]
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+#: Set by ``--error-exit N`` (crc run, push, pull, hosts sync): the exit code for crc's
+#: own failures, so that they differ from the remote command's codes.
+own_error_exit: int | None = None
 
 
 def json_option(fn: F) -> F:
     return click.option(
         "--json", "as_json", is_flag=True, help="Print JSON (JSON lines when streaming)."
-    )(fn)  # type: ignore[return-value]
+    )(fn)
+
+
+def _plain(value: Any) -> Any:
+    to_dict = getattr(value, "to_dict", None)  # the SDK's records (master/types.py)
+    if to_dict is not None:
+        return to_dict()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def emit_json(doc: Any) -> None:
-    sys.stdout.write(json.dumps(doc, separators=(",", ":")) + "\n")
+    sys.stdout.write(json.dumps(doc, separators=(",", ":"), default=_plain) + "\n")
     sys.stdout.flush()
 
 
@@ -38,13 +60,15 @@ def ago(ts: float | None) -> str:
 
 
 def print_table(headers: list[str], rows: list[list[str]]) -> None:
+    rows = [[safe(c) for c in row] for row in rows]
     if sys.stdout.isatty():
         from rich.console import Console
         from rich.table import Table
+        from rich.text import Text
 
         table = Table(*headers, box=None, pad_edge=False, header_style="bold")
         for row in rows:
-            table.add_row(*row)
+            table.add_row(*(Text(c) for c in row))  # Text: no markup read from cells
         Console().print(table)
         return
     widths = [

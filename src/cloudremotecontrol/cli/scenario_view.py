@@ -124,13 +124,20 @@ class TextView(View):
         return table
 
     def info(self, text: str, **doc: Any) -> None:
-        self._print(text, style="dim" if self._console else None)
+        from ..terminal import safe
+
+        self._print(safe(text), style="dim" if self._console else None)
 
     def machine(
         self, name: str, state: str | None = None, progress: str | None = None, **doc: Any
     ) -> None:
+        from ..terminal import safe
+
+        progress = safe(progress) if progress is not None else None  # a machine's text
         with self._lock:
             old_state, old_progress = self._machines.get(name, ("-", ""))
+            if state == "ready" and old_state != "ready" and progress is None:
+                old_progress = ""  # what it said while starting is over
             new = (state or old_state, progress if progress is not None else old_progress)
             self._machines[name] = new
             if self._console is None and new != (old_state, old_progress):
@@ -163,9 +170,13 @@ class TextView(View):
             self._print(f"step {name}: done in an earlier run", style="dim")
 
     def output(self, step: str, machine: str | None, stream: str, text: str) -> None:
+        from ..terminal import safe
+
         prefix = f"  [{machine}] " if machine else "  "
         for line in text.splitlines() or [""]:
-            self._print(prefix + line, style="red" if stream == "stderr" else None)
+            # Between the view's own lines, a machine's bytes are escaped: they must not
+            # move the cursor or rewrite the live table.
+            self._print(prefix + safe(line), style="red" if stream == "stderr" else None)
 
     def summary(self, doc: dict[str, Any]) -> None:
         self.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -111,19 +112,24 @@ def _setting_options(f):  # type: ignore[no-untyped-def]
     type=click.Choice(["debug", "info", "warning", "error"]),
 )
 @_setting_options
+@json_option
 def run(
     data_dir: str | None,
     listen: str | None,
     database: str | None,
     insecure: bool,
     log_level: str,
+    as_json: bool,
     **settings: object,
 ) -> None:
-    """Serve the API (HTTPS) until interrupted.
+    """Serve the API (HTTPS) until interrupted (SIGTERM or Ctrl-C).
 
-    Limits and policies (see docs/security.md) come from the "settings" object of
-    DATA_DIR/server.json, each overridden by its flag below."""
+    Says where it serves when it starts (URL, fingerprint, database, pid) and when it
+    has stopped: on stderr, or as JSON lines on stdout with --json. Limits and policies
+    (see docs/security.md) come from the "settings" object of DATA_DIR/server.json, each
+    overridden by its flag below."""
     import dataclasses
+    import os
 
     from ..server.config import load_config, parse_settings
     from ..server.runner import serve
@@ -131,10 +137,78 @@ def run(
     cfg = load_config(_data_dir(data_dir))
     given = {k: v for k, v in settings.items() if v is not None}
     if given:
-        cfg.settings = parse_settings(
-            {k: v for k, v in dataclasses.asdict(cfg.settings).items()}, given
-        )
-    serve(cfg, listen or cfg.listen, database, insecure, log_level)
+        cfg.settings = parse_settings(dict(dataclasses.asdict(cfg.settings)), given)
+    where = listen or cfg.listen
+    db = _shown_database(database or cfg.database)
+    url = cfg.url if not insecure else f"http://{where}"
+    pid = os.getpid()
+    if as_json:
+        line = {
+            "event": "serving",
+            "url": url,
+            "listen": where,
+            "fingerprint": None if insecure else cfg.fingerprint,
+            "database": db,
+            "pid": pid,
+        }
+        _when_listening(where, lambda: emit_json(line))
+    else:
+        pin = "plain HTTP, no TLS" if insecure else f"fingerprint {cfg.fingerprint}"
+        text = f"crc server: serving {url} (listening on {where}; {pin}; database {db}; pid {pid})"
+        _when_listening(where, lambda: click.echo(text, err=True))
+    import signal
+
+    def stopped(signum: int, frame: object) -> None:
+        # uvicorn shuts down gracefully on SIGTERM, then raises the signal again with
+        # the handler it found: this one, so that the line below is printed.
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, stopped)
+    try:
+        serve(cfg, where, database, insecure, log_level)
+    finally:
+        if as_json:
+            emit_json({"event": "stopped", "pid": os.getpid()})
+        else:
+            click.echo(f"crc server: stopped (pid {os.getpid()})", err=True)
+
+
+def _when_listening(listen: str, say: Callable[[], None]) -> None:
+    """Call ``say`` once the server accepts connections on ``listen`` (a thread that
+    tries to connect; nothing is said if it never does)."""
+    import socket
+    import threading
+    import time
+
+    from ..server.config import parse_listen
+
+    host, port = parse_listen(listen)
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+
+    def probe() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection((host, port), timeout=1).close()
+            except OSError:
+                time.sleep(0.1)
+                continue
+            say()
+            return
+
+    threading.Thread(target=probe, name="crc-server-started", daemon=True).start()
+
+
+def _shown_database(url: str) -> str:
+    """The database URL without its password."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
 
 
 def _store(data_dir: str | None, database: str | None):  # type: ignore[no-untyped-def]

@@ -1,34 +1,81 @@
-"""The Python SDK: a thin, typed client of the HTTP API.
+"""The Python SDK: a thin, typed client of the HTTP API (docs/sdk.md).
 
-    from cloudremotecontrol.master.client import Client
-    with Client.from_profile() as crc:
+    from cloudremotecontrol import Client
+    with Client.from_profile() as crc:               # the `crc login` profile
         crc.create_group("lab", ["a", "b"])
-        for event in crc.run("lab", "all", argv=["uname", "-a"]):
-            ...
+        crc.wait_ready("lab", timeout=600)
+        result = crc.run_wait("lab", "all", argv=["uname", "-a"], on_event=print)
 
-Errors are the ``cloudremotecontrol.errors`` hierarchy (same codes as the HTTP API).
+``AsyncClient`` (master/aclient.py) has the same methods for asyncio. Both carry out
+the calls described in ``calls.py``; the rules of their waits are in ``waits.py``.
+Errors are the ``cloudremotecontrol.errors`` hierarchy (same codes as the HTTP API);
+events and results are the typed records of ``types.py``.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator
+import hashlib
+import os
+import ssl
+import tempfile
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
 
-from ..errors import InvalidInput, Unavailable, error_from_payload
-from ..protocol.states import JobStatus
-from ..tlspin import client_context
+from ..errors import InvalidInput, TlsUntrusted, Unavailable
+from ..tlspin import client_context, fetch_server_cert, fingerprint_of
+from . import calls
+from .calls import KEEPALIVE, Call, StreamCall, parse_sse_line, raise_for
 from .profile import Profile, load_profile
+from .types import Event, JobResult, Message, RunResult, exit_code_of
+from .waits import FLOOR_TYPES, MessageWait, ReadyWait
 
-__all__ = ["Client"]
+__all__ = ["Client", "worst_exit_code"]
+
+EventHandler = Callable[[Event], None]
+
+
+def split_urls(url: str) -> list[str]:
+    urls = [u.strip().rstrip("/") for u in url.split(",") if u.strip()]
+    if not urls:
+        raise InvalidInput("no server URL given")
+    return urls
+
+
+def untrusted_error(url: str, exc: BaseException) -> TlsUntrusted:
+    """A certificate the system's CAs do not vouch for, and no pinned fingerprint: say
+    what to do (and which certificate the server presented, to compare)."""
+    try:
+        seen = fingerprint_of(fetch_server_cert(url, timeout=5))
+        shown = f"; it presented {seen}"
+    except Unavailable:
+        shown = ""
+    return TlsUntrusted(
+        f"the certificate of {url} is not trusted by this computer ({exc}): a server made "
+        "by `crc server init` has a self-signed certificate, so pass its fingerprint "
+        f"with --fingerprint sha256:... (CRC_FINGERPRINT){shown} - compare it with "
+        "the one `crc server init` printed before you use it"
+    )
+
+
+def is_untrusted(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return "CERTIFICATE_VERIFY_FAILED" in str(exc)
 
 
 class Client:
-    """``url`` may list several replicas of one server, comma-separated: a request that
+    """A connection to the server as one user (master token).
+
+    ``url`` may list several replicas of one server, comma-separated: a request that
     cannot connect is sent to the next one, and event streams resume there from their
-    last cursor."""
+    last cursor. ``fingerprint`` pins the server's certificate (``sha256:<hex>``, as
+    ``crc server init`` prints it); without it the system's CAs are trusted."""
 
     def __init__(
         self,
@@ -38,20 +85,20 @@ class Client:
         cert_pem: str | None = None,
         timeout: float = 30.0,
     ) -> None:
-        self.urls = [u.strip().rstrip("/") for u in url.split(",") if u.strip()]
-        if not self.urls:
-            raise InvalidInput("no server URL given")
-        self._token, self._fingerprint, self.cert_pem = token, fingerprint, cert_pem
+        self.urls = split_urls(url)
+        self.fingerprint = fingerprint
+        self._token, self.cert_pem = token, cert_pem
         self._timeout = timeout
         self._index = 0
         self._http = self._connect_any()
 
     @property
     def url(self) -> str:
+        """The server URL in use (one of ``urls``)."""
         return self.urls[self._index]
 
     def _open(self, url: str) -> httpx.Client:
-        ctx, self.cert_pem = client_context(url, self._fingerprint, self.cert_pem)
+        ctx, self.cert_pem = client_context(url, self.fingerprint, self.cert_pem)
         return httpx.Client(
             base_url=url + "/v1",
             verify=ctx if ctx is not None else False,
@@ -81,6 +128,8 @@ class Client:
 
     @classmethod
     def from_profile(cls, profile: Profile | None = None) -> Client:
+        """The client of the `crc login` profile (``CRC_URL``, ``CRC_TOKEN`` and
+        ``CRC_FINGERPRINT`` override it)."""
         p = profile or load_profile()
         return cls(p.url, p.token, p.fingerprint, p.cert_pem)
 
@@ -94,6 +143,11 @@ class Client:
         self._http.close()
 
     # -- plumbing -----------------------------------------------------------------------
+    def _unreachable(self, exc: httpx.HTTPError) -> Exception:
+        if is_untrusted(exc):
+            return untrusted_error(self.url, exc)
+        return Unavailable(f"cannot reach {self.url}: {exc}")
+
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         for attempt in range(len(self.urls)):
             try:
@@ -101,23 +155,22 @@ class Client:
                 break
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                 # Nothing reached the server: safe to send to another replica.
-                if attempt == len(self.urls) - 1 or not self._failover():
-                    raise Unavailable(f"cannot reach {self.url}: {exc}") from None
+                if is_untrusted(exc) or attempt == len(self.urls) - 1 or not self._failover():
+                    raise self._unreachable(exc) from None
             except httpx.HTTPError as exc:
-                raise Unavailable(f"cannot reach {self.url}: {exc}") from None
+                raise self._unreachable(exc) from None
         if resp.status_code >= 400:
-            try:
-                payload = resp.json()
-            except ValueError:
-                payload = None
-            raise error_from_payload(resp.status_code, payload)
+            raise_for(resp.status_code, resp.content)
         return resp.json()
 
-    def _stream(self, path: str, params: dict[str, Any], keepalive: bool = False) -> Iterator[Any]:
+    def _do(self, call: Call) -> Any:
+        return call.result(self._call(call.method, call.path, params=call.params, json=call.json))
+
+    def _stream(self, call: StreamCall) -> Iterator[Any]:
         failures = 0
         while True:
             try:
-                yield from self._stream_once(path, params, keepalive)
+                yield from self._stream_once(call)
                 return
             except httpx.TransportError as exc:
                 # Resume on another replica from the last event seen (SSE id = cursor).
@@ -127,26 +180,22 @@ class Client:
             except httpx.HTTPError as exc:
                 raise Unavailable(f"event stream from {self.url} broke: {exc}") from None
 
-    def _stream_once(self, path: str, params: dict[str, Any], keepalive: bool) -> Iterator[Any]:
-        with self._http.stream("GET", path, params=params) as resp:
+    def _stream_once(self, call: StreamCall) -> Iterator[Any]:
+        with self._http.stream("GET", call.path, params=call.params) as resp:
             if resp.status_code >= 400:
-                resp.read()
-                try:
-                    payload = resp.json()
-                except ValueError:
-                    payload = None
-                raise error_from_payload(resp.status_code, payload)
+                raise_for(resp.status_code, resp.read())
             for line in resp.iter_lines():
-                if line.startswith("data: "):
-                    event = json.loads(line[6:])
-                    params["since"] = event["cursor"]
-                    yield event
-                elif keepalive and line.startswith(":"):
-                    yield None
+                item = parse_sse_line(line)
+                if item is KEEPALIVE:
+                    if call.keepalive:
+                        yield None
+                elif item is not None:
+                    call.params["since"] = item["cursor"]
+                    yield Event.from_dict(item)
 
-    # -- API ----------------------------------------------------------------------------
+    # -- groups -------------------------------------------------------------------------
     def whoami(self) -> dict[str, Any]:
-        return self._call("GET", "/whoami")
+        return dict(self._do(calls.whoami()))
 
     def create_group(
         self,
@@ -156,46 +205,62 @@ class Client:
         ttl: float | None = None,
         settings: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        ms = [m if isinstance(m, dict) else {"name": m} for m in machines]
-        return self._call(
-            "POST",
-            "/groups",
-            json={
-                "name": name,
-                "machines": ms,
-                "key_ttl": key_ttl,
-                "ttl": ttl,
-                "settings": settings or {},
-            },
-        )
+        """Create a group; the answer lists each machine's single-use ``key`` (shown
+        only now). ``machines``: names, or ``{"name", "labels"}`` mappings."""
+        return dict(self._do(calls.create_group(name, machines, key_ttl, ttl, settings)))
 
     def list_groups(self) -> list[dict[str, Any]]:
-        return self._call("GET", "/groups")["groups"]
+        return list(self._do(calls.list_groups()))
 
     def group(self, name: str) -> dict[str, Any]:
-        return self._call("GET", f"/groups/{name}")
+        """The group and its machines (state, addresses, facts, latest progress)."""
+        return dict(self._do(calls.group(name)))
 
     def machine_key(self, group: str, machine: str, key_ttl: float | None = None) -> dict[str, Any]:
         """A fresh single-use key for a machine not enrolled yet (its old key stops
         working); Conflict once it has enrolled."""
-        return self._call(
-            "POST", f"/groups/{group}/machines/{machine}/key", json={"key_ttl": key_ttl}
-        )
+        return dict(self._do(calls.machine_key(group, machine, key_ttl)))
 
     def delete_group(self, name: str) -> dict[str, Any]:
-        return self._call("DELETE", f"/groups/{name}")
+        """Delete the group: every key and credential is revoked; its agents stop."""
+        return dict(self._do(calls.delete_group(name)))
 
     def arm_teardown(self, group: str, provider: str, api_key: str) -> dict[str, Any]:
         """Hand the server ``provider``'s API key so that it destroys the group's
         machines there when the group's TTL passes (stored encrypted, never shown)."""
-        return self._call(
-            "PUT", f"/groups/{group}/teardown", json={"provider": provider, "api_key": api_key}
-        )
+        return dict(self._do(calls.arm_teardown(group, provider, api_key)))
 
     def disarm_teardown(self, group: str) -> dict[str, Any]:
         """Take the provider key back: the TTL then only revokes the group."""
-        return self._call("DELETE", f"/groups/{group}/teardown")
+        return dict(self._do(calls.disarm_teardown(group)))
 
+    def wait_ready(
+        self,
+        group: str,
+        timeout: float = 900.0,
+        machines: list[str] | None = None,
+        on_event: EventHandler | None = None,
+    ) -> dict[str, Any]:
+        """Block until the group's machines (or ``machines``) are ready; return the
+        group's view. ``on_event`` sees their state and progress events as they come.
+        Raises Unavailable (code ``timeout``) after ``timeout`` seconds, InvalidInput if
+        a machine is revoked."""
+        deadline = time.monotonic() + timeout
+        cursor = self.event_cursor(group)
+        wait = ReadyWait(self.group(group), machines)
+        if not wait.done:
+            for ev in self.events(group, since=cursor, follow=True, keepalive=True):
+                if ev is not None and wait.feed(ev) and on_event is not None:
+                    on_event(ev)
+                if wait.done:
+                    break
+                if time.monotonic() > deadline:
+                    raise wait.timeout_error(timeout)
+            else:
+                raise Unavailable(f"the event stream of {group} ended (group deleted?)")
+        return self.group(group)
+
+    # -- jobs ---------------------------------------------------------------------------
     def start_job(
         self,
         group: str,
@@ -208,70 +273,165 @@ class Client:
         cwd: str | None = None,
         timeout: float | None = None,
     ) -> dict[str, Any]:
-        return self._call(
-            "POST",
-            f"/groups/{group}/jobs",
-            json={
-                "to": to,
-                "argv": argv,
-                "command": command,
-                "shell": shell,
-                "env": env or {},
-                "cwd": cwd,
-                "timeout": timeout,
-            },
-        )
+        """Start a command on the targets (``to``: a machine, ``a,b``, ``KEY=VALUE`` or
+        ``all``); returns ``{"job_id", "targets"}`` once it is durably queued."""
+        return dict(self._do(calls.start_job(group, to, argv, command, shell, env, cwd, timeout)))
 
+    def list_jobs(self, group: str, limit: int = 50) -> list[dict[str, Any]]:
+        """The group's latest jobs, oldest first, with their targets' statuses."""
+        return list(self._do(calls.list_jobs(group, limit)))
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        """A job: its spec and every target's status, exit code and reason."""
+        return dict(self._do(calls.job(job_id)))
+
+    def job_results(self, job_id: str) -> dict[str, JobResult]:
+        """The targets of a job that have finished, by machine."""
+        out = {}
+        for t in self.job(job_id)["targets"]:
+            r = JobResult.from_dict({**t, "job_id": job_id})
+            if r.status in ("succeeded", "failed", "timed_out", "cancelled", "lost"):
+                out[r.machine] = r
+        return out
+
+    def cancel_job(self, job_id: str) -> dict[str, Any]:
+        """Cancel every target that has not finished (its process tree is killed)."""
+        return dict(self._do(calls.cancel_job(job_id)))
+
+    def job_events(self, job_id: str, since: int = 0, follow: bool = True) -> Iterator[Event]:
+        return self._stream(calls.job_events(job_id, since, follow))
+
+    def follow_job(self, job_id: str, targets: list[str], since: int = 0) -> Iterator[Event]:
+        """Events of a job (after cursor ``since``) until every target of ``targets``
+        reached a final status."""
+        left = set(targets)
+        if not left:
+            return
+        for event in self.job_events(job_id, since=since, follow=True):
+            yield event
+            if event.result is not None:
+                left.discard(event.result.machine)
+                if not left:
+                    return
+
+    def run(self, group: str, to: str, **job: Any) -> Iterator[Any]:
+        """Start a job and yield its events until every target finished (the first
+        item is ``{"type": "job.accepted", "job_id", "targets"}``)."""
+        started = self.start_job(group, to, **job)
+        yield {"type": "job.accepted", **started}
+        yield from self.follow_job(started["job_id"], started["targets"])
+
+    def run_wait(
+        self, group: str, to: str, *, on_event: EventHandler | None = None, **job: Any
+    ) -> RunResult:
+        """Run a job to the end; ``on_event`` sees its output and status events live.
+        Takes ``start_job``'s arguments."""
+        started = self.start_job(group, to, **job)
+        results: dict[str, JobResult] = {}
+        for ev in self.follow_job(started["job_id"], started["targets"]):
+            if on_event is not None:
+                on_event(ev)
+            if ev.result is not None:
+                results[ev.result.machine] = ev.result
+        return RunResult(started["job_id"], results)
+
+    def hosts_sync(self, group: str, to: str = "all", ip: str = "auto") -> dict[str, Any]:
+        """Start the job that writes the group's machines into hosts files."""
+        return dict(self._do(calls.hosts_sync(group, to, ip)))
+
+    # -- messages and events ------------------------------------------------------------
     def send_message(
         self, group: str, to: str, type: str, body: dict[str, Any] | None = None
     ) -> dict[str, Any]:
         """Queue data message ``type`` (``user.NAME``) for machines."""
-        return self._call(
-            "POST", f"/groups/{group}/messages", json={"to": to, "type": type, "body": body or {}}
-        )
+        return dict(self._do(calls.send_message(group, to, type, body)))
 
-    def hosts_sync(self, group: str, to: str = "all", ip: str = "auto") -> dict[str, Any]:
-        """Start the job that writes the group's machines into hosts files."""
-        return self._call("POST", f"/groups/{group}/hosts-sync", json={"to": to, "ip": ip})
+    def events(
+        self,
+        group: str,
+        since: int | None = None,
+        follow: bool = False,
+        keepalive: bool = False,
+        types: tuple[str, ...] = (),
+    ) -> Iterator[Any]:
+        """Events (``Event``) after cursor ``since``; with ``follow``, new ones as they
+        happen; with ``keepalive`` also ``None`` every few seconds of silence, so a
+        follower can check its own deadline; ``types`` keeps only those event types."""
+        return self._stream(calls.events(group, since, follow, keepalive, types))
+
+    def event_cursor(self, group: str) -> int:
+        """The cursor of the group's latest event (follow from there)."""
+        return int(self._do(calls.event_cursor(group)))
+
+    def wait_message(
+        self,
+        group: str,
+        type: str,
+        sender: str | None = None,
+        since: int | None = None,
+        timeout: float = 600.0,
+    ) -> Message:
+        """The first message ``type`` from ``sender`` (or any machine) that counts under
+        the rule of docs/sdk.md: sent after the last command started on that machine, or
+        after cursor ``since``. Raises Unavailable (code ``timeout``) after ``timeout``."""
+        found = self.wait_messages(group, type, [sender] if sender else None, since, timeout)
+        return next(iter(found.values()))
+
+    def wait_messages(
+        self,
+        group: str,
+        type: str,
+        senders: list[str] | None = None,
+        since: int | None = None,
+        timeout: float = 600.0,
+        on_message: Callable[[Message], None] | None = None,
+    ) -> dict[str, Message]:
+        """``wait_message`` for several machines: one message from each of ``senders``
+        (None: the first from any machine), by sender."""
+        deadline = time.monotonic() + timeout
+        wait = MessageWait(type, senders, since)
+        if wait.needs_floors:
+            now = self.event_cursor(group)
+            for ev in self.events(group, since=0, types=FLOOR_TYPES):
+                if ev["cursor"] > now:
+                    break
+                wait.floor(ev)
+        for ev in self.events(
+            group, since=wait.start, follow=True, keepalive=True, types=("message",)
+        ):
+            if ev is not None:
+                msg = wait.feed(ev)
+                if msg is not None and on_message is not None:
+                    on_message(msg)
+            if wait.done:
+                return wait.found
+            if time.monotonic() > deadline:
+                raise wait.timeout_error(timeout)
+        raise Unavailable(f"the event stream of {group} ended (group deleted?)")
 
     def audit(self, group: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
-        params: dict[str, Any] = {"limit": limit}
-        if group:
-            params["group"] = group
-        return self._call("GET", "/audit", params=params)["records"]
+        """Your audit record, oldest first: who started what, where, when."""
+        return list(self._do(calls.audit(group, limit)))
 
     # -- key/value store -----------------------------------------------------------------
     def kv_set(self, group: str, key: str, value: Any) -> dict[str, Any]:
-        return self._call("PUT", f"/groups/{group}/kv/{key}", json={"value": value})
+        return dict(self._do(calls.kv_set(group, key, value)))
 
     def kv_get(self, group: str, key: str, wait: float = 0, newer_than: int = 0) -> dict[str, Any]:
         """The key's value; with ``wait``, block until it exists with a newer version."""
-        return self._call(
-            "GET", f"/groups/{group}/kv/{key}", params={"wait": wait, "newer_than": newer_than}
-        )
+        return dict(self._do(calls.kv_get(group, key, wait, newer_than)))
 
     def kv_list(self, group: str) -> list[dict[str, Any]]:
-        return self._call("GET", f"/groups/{group}/kv")["keys"]
+        return list(self._do(calls.kv_list(group)))
 
     # -- files --------------------------------------------------------------------------
     def upload(self, local: str) -> dict[str, Any]:
         """Upload a file's content once (skipped if the server has it for you already)."""
-        import hashlib
-
-        digest = hashlib.sha256()
-        size = 0
-        try:
-            with open(local, "rb") as fh:
-                while chunk := fh.read(1 << 20):
-                    digest.update(chunk)
-                    size += len(chunk)
-        except OSError as exc:
-            raise InvalidInput(f"cannot read {local}: {exc.strerror}") from None
-        sha = digest.hexdigest()
+        sha, size = file_digest(local)
         try:
             head = self._http.head(f"/blobs/{sha}")
         except httpx.HTTPError as exc:
-            raise Unavailable(f"cannot reach {self.url}: {exc}") from None
+            raise self._unreachable(exc) from None
         if head.status_code == 200:
             return {"sha256": sha, "size": size, "uploaded": False}
 
@@ -299,24 +459,14 @@ class Client:
     ) -> dict[str, Any]:
         """Upload ``local`` and start the job writing it to ``remote`` on the targets."""
         blob = self.upload(local)
-        return self._call(
-            "POST",
-            f"/groups/{group}/files",
-            json={"to": to, "sha256": blob["sha256"], "path": remote, "mode": mode, "owner": owner},
-        )
+        return dict(self._do(calls.push(group, to, blob["sha256"], remote, mode, owner)))
 
     def start_pull(self, group: str, machine: str, remote: str) -> dict[str, Any]:
-        return self._call(
-            "POST", f"/groups/{group}/pulls", json={"machine": machine, "path": remote}
-        )
+        return dict(self._do(calls.start_pull(group, machine, remote)))
 
     def download_pulled(self, job_id: str, local: str) -> dict[str, Any]:
         """Save the file a finished pull job brought back to ``local`` (verified, atomic)."""
-        import hashlib
-        import os
-        import tempfile
-
-        info = self._call("GET", f"/jobs/{job_id}/file")
+        info = dict(self._do(calls.pulled_file(job_id)))
         directory = os.path.dirname(os.path.abspath(local))
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=".crc-pull-")
         digest = hashlib.sha256()
@@ -326,8 +476,7 @@ class Client:
                 self._http.stream("GET", f"/blobs/{info['sha256']}") as resp,
             ):
                 if resp.status_code >= 400:
-                    resp.read()
-                    raise error_from_payload(resp.status_code, resp.json())
+                    raise_for(resp.status_code, resp.read())
                 for chunk in resp.iter_bytes(1 << 20):
                     digest.update(chunk)
                     fh.write(chunk)
@@ -341,64 +490,24 @@ class Client:
                 os.unlink(tmp)
         return info
 
-    def job(self, job_id: str) -> dict[str, Any]:
-        return self._call("GET", f"/jobs/{job_id}")
 
-    def cancel_job(self, job_id: str) -> dict[str, Any]:
-        return self._call("POST", f"/jobs/{job_id}/cancel")
-
-    def events(
-        self, group: str, since: int | None = None, follow: bool = False, keepalive: bool = False
-    ) -> Iterator[Any]:
-        """Events after cursor ``since``; with ``keepalive`` also ``None`` every few
-        seconds of silence, so a follower can check its own deadline."""
-        params: dict[str, Any] = {"follow": follow}
-        if since is not None:
-            params["since"] = since
-        return self._stream(f"/groups/{group}/events", params, keepalive)
-
-    def event_cursor(self, group: str) -> int:
-        """The cursor of the group's latest event (follow from there)."""
-        return int(self._call("GET", f"/groups/{group}/cursor")["cursor"])
-
-    def job_events(
-        self, job_id: str, since: int = 0, follow: bool = True
-    ) -> Iterator[dict[str, Any]]:
-        return self._stream(f"/jobs/{job_id}/events", {"since": since, "follow": follow})
-
-    def follow_job(self, job_id: str, targets: list[str]) -> Iterator[dict[str, Any]]:
-        """Events of a job until every target reached a final status."""
-        left = set(targets)
-        if not left:
-            return
-        for event in self.job_events(job_id, follow=True):
-            yield event
-            if event["type"] == "job.status" and JobStatus(event["data"]["status"]).terminal:
-                left.discard(event["machine"])
-                if not left:
-                    return
-
-    def run(self, group: str, to: str, **job: Any) -> Iterator[dict[str, Any]]:
-        """Start a job and yield its events until every target finished."""
-        started = self.start_job(group, to, **job)
-        yield {"type": "job.accepted", **started}
-        yield from self.follow_job(started["job_id"], started["targets"])
+def file_digest(local: str) -> tuple[str, int]:
+    """SHA-256 and size of a local file (InvalidInput if it cannot be read)."""
+    digest = hashlib.sha256()
+    size = 0
+    try:
+        with open(local, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                digest.update(chunk)
+                size += len(chunk)
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {local}: {exc.strerror}") from None
+    return digest.hexdigest(), size
 
 
-def worst_exit_code(results: dict[str, dict[str, Any]]) -> int:
-    """``crc run``'s exit code: the worst of its targets (see docs/reference/cli.md)."""
+def worst_exit_code(results: dict[str, Any]) -> int:
+    """``crc run``'s exit code: the worst of its targets (see docs/reference.md)."""
     worst = 0
     for r in results.values():
-        status = r["status"]
-        if status == "succeeded":
-            code = 0
-        elif status == "failed":
-            code = r.get("exit_code") or 1
-        elif status == "timed_out":
-            code = 124
-        elif status == "cancelled":
-            code = 130
-        else:  # lost, or anything unexpected
-            code = 125
-        worst = max(worst, code)
+        worst = max(worst, exit_code_of(r["status"], r.get("exit_code")))
     return worst

@@ -87,8 +87,10 @@ def run_demo(view: View, keep: bool = False) -> int:
             runner.close()
     finally:
         destroy_scenario(provider, scenario.name, verify_timeout=15.0)  # after a failure too
+        view.info("stopping the server (it lets open connections finish, up to 3 s)")
         server.stop()
-        provider.release_network()
+        if provider.release_network():
+            view.info("network bridge removed")
         view.close()
         if keep:
             click.echo(f"kept {root}", err=True)

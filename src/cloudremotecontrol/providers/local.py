@@ -73,10 +73,12 @@ from .base import (
 if TYPE_CHECKING:
     from ..bootstrap import BootstrapParams
 
-__all__ = ["ENV_MARK", "NETWORK_MODES", "LocalProvider", "default_root", "startup_script"]
+__all__ = ["ENV_MARK", "NETWORK_SETTINGS", "LocalProvider", "default_root", "startup_script"]
 
 ENV_MARK = "CRC_LOCAL_INSTANCE"
-NETWORK_MODES = ("auto", "netns", "host")  # the scenario setting provider.network
+#: ``provider: {name: local, network: ...}``: auto, a mode (netns, isolated, plain), or
+#: host (the older name for "no network namespace": isolated if possible, else plain).
+NETWORK_SETTINGS = ("auto", "netns", "isolated", "plain", "host")
 # What a machine's processes inherit from the master's environment: nothing secret (no
 # CRC_TOKEN, no VULTR_API_KEY), just what Python and shells need.
 _ENV_KEEP = ("PATH", "HOME", "LANG", "LANGUAGE", "TZ", "PYTHONPATH", "VIRTUAL_ENV", "TMPDIR")
@@ -149,13 +151,15 @@ def _marked() -> dict[int, str]:
 class LocalProvider(Provider):
     """Machines on this computer (see the module docstring). ``server_url`` is where the
     agents will connect (it decides whether namespaces can reach it); ``network`` is
-    ``auto``, ``netns`` (required, or fail) or ``host`` (never a network namespace)."""
+    ``auto`` (the most isolated mode possible), one of the modes ``netns``, ``isolated``
+    or ``plain`` (that mode, or fail), or ``host`` (the older name for: no network
+    namespace, isolated if possible)."""
 
     name = "local"
     capabilities = Capabilities(
         features=frozenset({Feature.START, Feature.REBOOT, Feature.CONSOLE}),
         oses=frozenset({"linux"}),
-        settings={"network": NETWORK_MODES},
+        settings={"network": NETWORK_SETTINGS},
         # An address of this computer (or of its bridge) is nobody's public address.
         public_addresses=False,
         # A machine here that dies says so at once (its process is gone): look often.
@@ -169,9 +173,9 @@ class LocalProvider(Provider):
         server_url: str | None = None,
         network: str = "auto",
     ) -> None:
-        if network not in NETWORK_MODES:
+        if network not in NETWORK_SETTINGS:
             raise ProviderError(
-                f"unknown local network mode {network!r}: {', '.join(NETWORK_MODES)}",
+                f"unknown local network mode {network!r}: {', '.join(NETWORK_SETTINGS)}",
                 provider=self.name,
             )
         self.root = Path(root) if root is not None else default_root()
@@ -225,11 +229,22 @@ class LocalProvider(Provider):
             raise ProviderError(
                 f"network: netns is not possible here: {why_not}", provider=self.name
             )
-        if self.network != "host" and not why_not:
+        if self.network in ("auto", "netns") and not why_not:
             return "netns", f"own network namespaces on {net.BRIDGE} ({net.NETWORK})"
-        reason = "network: host" if self.network == "host" else f"no network namespaces: {why_not}"
+        if self.network == "plain":
+            return "plain", "network: plain; plain processes"
+        if self.network in ("isolated", "host"):
+            reason = f"network: {self.network}"
+        else:
+            reason = f"no network namespaces: {why_not}"
         if sandbox:
             return "isolated", reason + "; own /etc/hosts, hostname and PID namespace"
+        if self.network == "isolated":
+            raise ProviderError(
+                "network: isolated is not possible here: needs unshare(1) (and, as "
+                "non-root, user namespaces)",
+                provider=self.name,
+            )
         return "plain", reason + "; unshare(1) unavailable: plain processes"
 
     def _userns_works(self) -> bool:
@@ -402,7 +417,7 @@ class LocalProvider(Provider):
             os.geteuid() != 0
             or not shutil.which("ip")
             or not shutil.which("unshare")
-            or self.network == "host"
+            or self.network in ("host", "isolated", "plain")
         ):
             return None
         with net.lock():

@@ -91,6 +91,18 @@ async def create_job(group: str, body: JobCreate, user: Master, request: Request
     return await queue_and_deliver(request, job_ops.create_job, user, group, body.to, spec)
 
 
+@router.get("/groups/{group}/jobs", tags=["jobs"])
+async def list_jobs(
+    group: str,
+    user: Master,
+    request: Request,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+) -> dict[str, Any]:
+    """The group's latest jobs (oldest first) with a count of their targets' statuses."""
+    jobs = await _store(request).read(job_ops.list_jobs, user["user_id"], group, limit)
+    return {"group": group, "jobs": jobs}
+
+
 @router.post("/groups/{group}/hosts-sync", status_code=201, tags=["jobs"])
 async def hosts_sync(group: str, body: HostsSync, user: Master, request: Request) -> dict[str, Any]:
     """A job that writes the group's machines into each target's hosts file."""
@@ -149,12 +161,17 @@ async def group_events(
     request: Request,
     since: Annotated[int | None, Query(ge=0, le=MAX_CURSOR)] = None,
     follow: bool = False,
+    type: Annotated[
+        str | None, Query(max_length=400, pattern=r"^[a-z][a-z0-9_.\-]*(,[a-z][a-z0-9_.\-]*)*$")
+    ] = None,
 ) -> StreamingResponse:
     """Events of a group after cursor ``since`` (default: from the start, or from now on
-    with ``follow`` and no cursor) as Server-Sent Events; ``id:`` is the cursor."""
+    with ``follow`` and no cursor) as Server-Sent Events; ``id:`` is the cursor. ``type``
+    (a comma list, e.g. ``message,job.created``) keeps only events of those types."""
     info = await _store(request).read(ev_ops.group_cursor, user["user_id"], group)
     cursor = since if since is not None else (info["cursor"] if follow else 0)
-    return _sse(request, info["group_id"], cursor, None, follow)
+    types = tuple(dict.fromkeys(type.split(","))) if type else ()
+    return _sse(request, info["group_id"], cursor, None, follow, types)
 
 
 @router.get("/groups/{group}/cursor", tags=["events"])
@@ -180,7 +197,12 @@ async def job_events(
 
 
 def _sse(
-    request: Request, group_id: str, cursor: int, job_id: str | None, follow: bool
+    request: Request,
+    group_id: str,
+    cursor: int,
+    job_id: str | None,
+    follow: bool,
+    types: tuple[str, ...] = (),
 ) -> StreamingResponse:
     store: Store = request.app.state.store
     bus = request.app.state.bus
@@ -190,7 +212,7 @@ def _sse(
         with bus.subscribe(group_id) as wake:
             while True:
                 wake.clear()
-                batch = await store.read(ev_ops.events_after, group_id, cursor, job_id)
+                batch = await store.read(ev_ops.events_after, group_id, cursor, job_id, 1000, types)
                 for event in batch:
                     cursor = event["cursor"]
                     yield f"id: {cursor}\ndata: {json.dumps(event)}\n\n".encode()

@@ -23,6 +23,7 @@ from ..errors import CrcError, InvalidInput, RateLimited, TooLarge
 from ..protocol.limits import MAX_HTTP_BODY_BYTES
 from . import api, api_bootstrap, api_files, api_kv, api_teardown
 from .agent_ws import agent_endpoint
+from .api_docs import add_docs
 from .blobs import BlobStore
 from .config import ServerSettings
 from .hub import EventBus, Hub
@@ -136,7 +137,7 @@ def create_app(
         version=__version__,
         lifespan=lifespan,
         openapi_url="/v1/openapi.json",
-        docs_url="/v1/docs",
+        docs_url=None,  # api_docs.py: served from the package, not a CDN
         redoc_url=None,
     )
     app.state.store = store
@@ -157,6 +158,7 @@ def create_app(
     ]
     for router in routers:
         app.include_router(router)
+    add_docs(app, "/v1/openapi.json")
     app.add_api_websocket_route("/v1/agent/connect", agent_endpoint)
     install_openapi(app, routers)  # every operation's error statuses, with the error shape
     app.add_middleware(BodyLimit, limit=MAX_HTTP_BODY_BYTES, exempt=api_files.LARGE_BODY_PREFIXES)

@@ -22,9 +22,16 @@ class ShellMissing(InvalidInput):
 class Platform(abc.ABC):
     name: str = ""
     default_shell: str = "sh"
+    #: ``crc agent run --hosts-file``: hosts syncs write this file instead of the system's
+    #: (to try or test them without root).
+    hosts_file: str | None = None
+
+    def hosts_path(self) -> str:
+        """Path of the hosts file that hosts syncs write."""
+        return self.hosts_file or self.system_hosts_path()
 
     @abc.abstractmethod
-    def hosts_path(self) -> str:
+    def system_hosts_path(self) -> str:
         """Path of the system hosts file."""
 
     @abc.abstractmethod

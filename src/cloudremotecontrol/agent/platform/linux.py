@@ -21,7 +21,7 @@ class LinuxPlatform(Platform):
     def default_shell(self) -> str:  # type: ignore[override]
         return "bash" if shutil.which("bash") else "sh"
 
-    def hosts_path(self) -> str:
+    def system_hosts_path(self) -> str:
         return "/etc/hosts"
 
     def default_state_dir(self) -> str:

@@ -174,7 +174,7 @@ class WindowsPlatform(Platform):
             with contextlib.suppress(OSError, AttributeError):
                 self._jobs = _Jobs()
 
-    def hosts_path(self) -> str:
+    def system_hosts_path(self) -> str:
         root = os.environ.get("SystemRoot", r"C:\Windows")
         return root + r"\System32\drivers\etc\hosts"
 

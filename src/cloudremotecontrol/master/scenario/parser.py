@@ -324,23 +324,29 @@ class ScenarioParser:
                 r.error(node, "steps", "expected a list of steps (lines starting with -)")
             return []
         steps: list[Step] = []
-        nodes: dict[str, yaml.Node] = {}
+        nodes: dict[str, yaml.Node] = {}  # every step that has a name, valid or not
+        wanted: list[tuple[str, list[str]]] = []
+        previous: str | None = None
         for i, snode in enumerate(node.value):
-            step = self._step(snode, i, steps[-1].name if steps else None)
-            if step is None:
+            name, needs, step = self._step(snode, i, previous)
+            if name is None:
                 continue
-            if step.name in nodes:
-                r.error(snode, f"steps[{i}].name", f"another step is named {step.name!r}")
+            previous = name
+            if name in nodes:
+                r.error(snode, f"steps[{i}].name", f"another step is named {name!r}")
                 continue
-            nodes[step.name] = snode
-            steps.append(step)
-        names = set(nodes)
-        for s in steps:
-            for need in s.needs:
-                if need not in names:
-                    r.error(nodes[s.name], f"steps.{s.name}.needs", f"no step named {need!r}")
-                elif need == s.name:
-                    r.error(nodes[s.name], f"steps.{s.name}.needs", "a step cannot need itself")
+            nodes[name] = snode
+            wanted.append((name, needs))
+            if step is not None:
+                steps.append(step)
+        # Every step's needs are checked, also those of steps with other problems, and
+        # against every named step: one run reports every problem, and only real ones.
+        for name, needs in wanted:
+            for need in needs:
+                if need not in nodes:
+                    r.error(nodes[name], f"steps.{name}.needs", f"no step named {need!r}")
+                elif need == name:
+                    r.error(nodes[name], f"steps.{name}.needs", "a step cannot need itself")
         cycle = _find_cycle(steps)
         if cycle:
             r.error(
@@ -350,13 +356,26 @@ class ScenarioParser:
             )
         return steps
 
-    def _step(self, node: yaml.Node, i: int, previous: str | None) -> Step | None:
+    def _step(
+        self, node: yaml.Node, i: int, previous: str | None
+    ) -> tuple[str | None, list[str], Step | None]:
+        """``(name, needs, step)``: the name and needs as far as they can be read (to
+        check every step's needs), the step if it has no problem."""
         r = self.r
         label = f"steps[{i}]"
         e = r.mapping(node, label, _STEP)
         if e is None:
-            return None
+            return None, [], None
         kinds = [k for k in STEP_KINDS if k in e]
+        name: str | None = f"{kinds[0] if len(kinds) == 1 else 'step'}-{i + 1}"
+        if "name" in e:
+            text = r.str(e["name"][1], f"{label}.name")
+            name = text and _check(r, e["name"][1], f"{label}.name", check_name, text, "step name")
+            if not name:
+                return None, [], None
+        needs: list[str] = [previous] if previous else []
+        if "needs" in e:
+            needs = r.str_list(e["needs"][1], f"steps.{name}.needs") or []
         if len(kinds) != 1:
             r.error(
                 node,
@@ -365,14 +384,9 @@ class ScenarioParser:
                 + ", ".join(STEP_KINDS)
                 + (f" (found {', '.join(kinds)})" if kinds else ""),
             )
-            return None
+            return name, needs, None
         kind = kinds[0]
-        name = f"{kind}-{i + 1}"
-        if "name" in e:
-            text = r.str(e["name"][1], f"{label}.name")
-            name = text and _check(r, e["name"][1], f"{label}.name", check_name, text, "step name")
-            if not name:
-                return None
+        assert name is not None
         label = f"steps.{name}"
         for key in ("shell", "env", "cwd"):
             if key in e and kind not in ("run", "script"):
@@ -381,9 +395,6 @@ class ScenarioParser:
         if "to" in e:
             to = r.str(e["to"][1], f"{label}.to") or "all"
         targets = self._targets(to, e["to"][1] if "to" in e else node, f"{label}.to")
-        needs: list[str] = [previous] if previous else []
-        if "needs" in e:
-            needs = r.str_list(e["needs"][1], f"{label}.needs") or []
         retries = r.int(e["retries"][1], f"{label}.retries") if "retries" in e else 0
         delay = (
             r.duration(e["retry_delay"][1], f"{label}.retry_delay")
@@ -397,18 +408,22 @@ class ScenarioParser:
         if action is not None:
             self._check_templates(action, e[kind][1], f"{label}.{kind}", targets or [])
         if action is None or targets is None or retries is None or delay is None or timeout is None:
-            return None
-        return Step(
-            name=name,
-            kind=kind,
-            action=action,
-            to=to,
-            targets=tuple(targets),
-            needs=tuple(dict.fromkeys(needs)),
-            retries=retries,
-            retry_delay=delay,
-            timeout=timeout,
-            where=r.where(node),
+            return name, needs, None
+        return (
+            name,
+            needs,
+            Step(
+                name=name,
+                kind=kind,
+                action=action,
+                to=to,
+                targets=tuple(targets),
+                needs=tuple(dict.fromkeys(needs)),
+                retries=retries,
+                retry_delay=delay,
+                timeout=timeout,
+                where=r.where(node),
+            ),
         )
 
     def _targets(self, to: str, node: yaml.Node, path: str) -> list[str] | None:

@@ -340,7 +340,12 @@ class Runner:
                         code="timeout",
                     )
         self.state.save(keys={})  # every key is used now: nothing secret is left here
-        self.view.info("all machines ready")
+        # The stream may still hold older events than the snapshot the wait started
+        # from: show what is true now before saying so.
+        for m in c.group(self.group)["machines"]:
+            if m["name"] in wanted:
+                self.view.machine(m["name"], m["state"])
+        self.view.info(f"all {len(wanted)} machines ready")
 
     def _check_alive(self, states: dict[str, str]) -> None:
         """Fail fast when a machine that is not ready yet died at the provider."""

@@ -22,6 +22,7 @@ from ...errors import NotFound, Unavailable
 from ...protocol.states import JobStatus
 from ...providers import Feature, Instance, Provider
 from ..client import Client
+from ..types import Message
 from . import shellquote, templates
 from .graph import Outcome
 from .model import (
@@ -217,23 +218,24 @@ class StepExecutor:
                     return Outcome(True, f"{key} = {got['value']!r}"[:200], {"value": got["value"]})
                 except NotFound:
                     continue
-        # a message from each target, at any time since the group exists
-        missing = set(step.targets)
-        bodies: dict[str, Any] = {}
-        for ev in c.events(self.group, since=0, follow=True, keepalive=True):
-            if ev is not None and ev["type"] == "message" and ev["data"].get("type") == a.type:
-                sender = ev["data"].get("from")
-                if sender in missing:
-                    missing.discard(sender)
-                    bodies[sender] = ev["data"].get("body")
-                    self.view.output(
-                        step.name, sender, "stdout", f"{a.type} {ev['data'].get('body')}"
-                    )
-            if not missing:
-                return Outcome(True, f"{a.type} from {', '.join(step.targets)}", bodies)
-            if time.monotonic() > deadline:
-                break
-        return Outcome(False, f"no {a.type} from {', '.join(sorted(missing))} in time")
+
+        # A message from each target, sent after the last command started there (the
+        # rule of master/waits.py, the same as `crc wait --message`).
+        def show(msg: Message) -> None:
+            self.view.output(step.name, msg.sender, "stdout", f"{msg.type} {msg.body}")
+
+        try:
+            found = c.wait_messages(
+                self.group,
+                a.type,
+                list(step.targets),
+                timeout=max(0.0, deadline - time.monotonic()),
+                on_message=show,
+            )
+        except Unavailable as exc:
+            return Outcome(False, exc.message.replace(" message from", " from"))
+        bodies = {m: found[m].body for m in step.targets}
+        return Outcome(True, f"{a.type} from {', '.join(step.targets)}", bodies)
 
     def _wait_ready(self, c: Client, step: Step, deadline: float) -> Outcome:
         while True:

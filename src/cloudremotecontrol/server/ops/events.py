@@ -29,9 +29,25 @@ def group_cursor(tx: Tx, user_id: str, group_name: str) -> dict[str, Any]:
 
 
 def events_after(
-    tx: Tx, group_id: str, cursor: int, job_id: str | None = None, limit: int = 1000
+    tx: Tx,
+    group_id: str,
+    cursor: int,
+    job_id: str | None = None,
+    limit: int = 1000,
+    types: tuple[str, ...] = (),
 ) -> list[dict[str, Any]]:
-    if job_id:
+    """The events after ``cursor`` (of one job, or of the group), oldest first; with
+    ``types``, only events of those types."""
+    if types:
+        marks = ", ".join("?" for _ in types)
+        rows = tx.all(
+            f"SELECT * FROM events WHERE group_id = ? AND id > ? AND type IN ({marks}) "  # noqa: S608
+            "ORDER BY id LIMIT ?",
+            (group_id, cursor, *types, limit),
+        )
+        if job_id:
+            rows = [r for r in rows if r["job_id"] == job_id]
+    elif job_id:
         rows = tx.all(
             "SELECT * FROM events WHERE job_id = ? AND id > ? ORDER BY id LIMIT ?",
             (job_id, cursor, limit),

@@ -25,6 +25,7 @@ __all__ = [
     "create_kind",
     "enqueue",
     "job_view",
+    "list_jobs",
     "resolve_targets",
 ]
 
@@ -46,7 +47,8 @@ def resolve_targets(tx: Tx, group: dict[str, Any], target: Target) -> list[dict[
             )
     chosen = [r for r in rows if target.matches(r["name"], loads(r["labels"]) or {})]
     if not chosen:
-        raise InvalidInput(
+        # Not found, like an unknown name: one exit code (4) for "no such target".
+        raise NotFound(
             f"target {str(target)!r} matches no machine of group {group['name']!r}", field="to"
         )
     return chosen
@@ -188,6 +190,38 @@ def job_view(tx: Tx, user_id: str, job_id: str) -> dict[str, Any]:
         "by": job["created_by"],
         "targets": targets,
     }
+
+
+def list_jobs(tx: Tx, user_id: str, group_name: str, limit: int = 50) -> list[dict[str, Any]]:
+    """The group's latest ``limit`` jobs, oldest first: what ran, where, and how it
+    ended per status (``{"succeeded": 2, "running": 1}``)."""
+    group = live_group(tx, user_id, group_name)
+    rows = tx.all(
+        "SELECT id, spec, target, created, created_by FROM jobs WHERE group_id = ? "
+        "ORDER BY created DESC, id DESC LIMIT ?",
+        (group["id"], limit),
+    )
+    out = []
+    for row in reversed(rows):
+        spec = loads(row["spec"]) or {}
+        counts: dict[str, int] = {}
+        for t in tx.all("SELECT status FROM job_targets WHERE job_id = ?", (row["id"],)):
+            counts[t["status"]] = counts.get(t["status"], 0) + 1
+        out.append(
+            {
+                "job_id": row["id"],
+                "group": group_name,
+                "type": spec.get("type"),
+                "target": row["target"],
+                "argv": spec.get("argv"),
+                "command": spec.get("command"),
+                "created": row["created"],
+                "by": row["created_by"],
+                "statuses": counts,
+                "done": all(JobStatus(s).terminal for s in counts),
+            }
+        )
+    return out
 
 
 def cancel_job(tx: Tx, user: dict[str, Any], job_id: str) -> dict[str, Any]:

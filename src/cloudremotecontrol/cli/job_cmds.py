@@ -1,0 +1,368 @@
+"""Commands that run jobs and follow them: ``crc run``, ``crc push``, ``crc pull``,
+``crc hosts sync``, and ``crc job list / show / cancel``.
+
+Exit codes: these commands pass the targets' exit codes through (the worst of them; 124
+timed out, 125 lost, 130 cancelled), so crc's own failures (2-9, docs/reference.md)
+could be mistaken for the command's: ``--error-exit N`` makes crc's own failures exit
+with N instead (e.g. 255, as ssh does).
+
+Ctrl-C, SIGTERM and SIGHUP while a job runs cancel it on every machine (its process
+tree is killed) and wait for the targets to say so; a second one stops waiting.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import click
+
+from ..errors import InvalidInput
+from . import output
+from .output import ago, emit_json, json_option, print_table, safe
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_SHELL_CHARS = frozenset(" \t|&;<>()$`'\"*?[]#~%\n")
+
+
+def _client() -> Any:
+    from ..master.client import Client
+
+    return Client.from_profile()
+
+
+def error_exit_option(fn: F) -> F:
+    def remember(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
+        output.own_error_exit = value
+        return value
+
+    return click.option(
+        "--error-exit",
+        type=click.IntRange(1, 255),
+        metavar="CODE",
+        expose_value=False,
+        is_eager=True,
+        callback=remember,
+        help="Exit with CODE when crc itself fails (bad input, not found, unauthorized, "
+        "server unreachable), so its own codes never look like the command's (e.g. 255).",
+    )(fn)
+
+
+@contextlib.contextmanager
+def _signals_interrupt() -> Iterator[None]:
+    """SIGTERM and SIGHUP (a closed terminal, a CI runner's stop) act like Ctrl-C."""
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    wanted = [s for s in ("SIGTERM", "SIGHUP") if hasattr(signal, s)]
+    old = {name: signal.signal(getattr(signal, name), interrupt) for name in wanted}
+    try:
+        yield
+    finally:
+        for name, handler in old.items():
+            signal.signal(getattr(signal, name), handler)
+
+
+def follow_to_end(
+    c: Any,
+    started: dict[str, Any],
+    as_json: bool,
+    show_output: bool = True,
+) -> dict[str, dict[str, Any]]:
+    """Show a job's events until every target finished; cancel it on Ctrl-C, SIGTERM or
+    SIGHUP (and keep following until the targets say they stopped). The results by
+    machine."""
+    job_id = started["job_id"]
+    results: dict[str, dict[str, Any]] = {}
+    cursor = 0
+    cancelled = False
+    with _signals_interrupt():
+        while True:
+            left = [t for t in started["targets"] if t not in results]
+            try:
+                for ev in c.follow_job(job_id, left, since=cursor):
+                    cursor = max(cursor, ev.cursor)
+                    if show_output or ev.type != "job.output":
+                        show_job_event(ev, results, as_json)
+                return results
+            except KeyboardInterrupt as exc:
+                if cancelled:
+                    raise
+                cancelled = True
+                why = str(exc) or "Ctrl-C"
+                click.echo(
+                    f"crc: {why}: cancelling job {job_id} on every machine (again to stop waiting)",
+                    err=True,
+                )
+                c.cancel_job(job_id)
+
+
+def show_job_event(ev: Any, results: dict[str, dict[str, Any]], as_json: bool) -> None:
+    kind, m, data = ev["type"], ev.get("machine"), ev["data"]
+    if kind == "job.output":
+        if as_json:
+            emit_json({"machine": m, "stream": data["stream"], "data": data["data"]})
+            return
+        # The command's own output, as it wrote it (the one place crc prints a machine's
+        # bytes raw: it is what the user asked for); the prefix is a checked name.
+        out = sys.stdout if data["stream"] == "stdout" else sys.stderr
+        for line in data["data"].splitlines(keepends=True):
+            out.write(f"[{m}] {line}" if line.endswith("\n") else f"[{m}] {line}\n")
+        out.flush()
+        return
+    result = ev.result
+    if result is None:
+        return
+    results[result.machine] = result.to_dict()
+    if as_json:
+        emit_json(
+            {
+                "machine": m,
+                "status": result.status,
+                "exit_code": result.exit_code,
+                "reason": result.reason,
+                "job_id": ev.get("job_id"),
+            }
+        )
+        return
+    extra = f": {safe(result.reason)}" if result.reason else ""
+    code = f" (exit {result.exit_code})" if result.exit_code is not None else ""
+    click.echo(f"[{m}] {result.status}{code}{extra}", err=True)
+
+
+def _announce(started: dict[str, Any], group: str, as_json: bool) -> None:
+    if as_json:
+        emit_json({"job_id": started["job_id"], "group": group, "targets": started["targets"]})
+    else:
+        click.echo(f"job {started['job_id']} on {', '.join(started['targets'])}", err=True)
+
+
+@click.command(context_settings={"ignore_unknown_options": True})
+@click.argument("name")
+@click.option("--to", "to", required=True, help="Machine, comma list, KEY=VALUE or all.")
+@click.option("--timeout", help="Kill the command after this long (default 10m).")
+@click.option(
+    "--shell",
+    type=click.Choice(["bash", "sh", "powershell", "cmd"]),
+    help="Run COMMAND as one string in this shell (default: argv, no shell).",
+)
+@click.option("--env", "envs", multiple=True, help="KEY=VALUE for the command (repeatable).")
+@click.option("--cwd", help="Working directory on the machine.")
+@error_exit_option
+@json_option
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def run(
+    name: str,
+    to: str,
+    timeout: str | None,
+    shell: str | None,
+    envs: tuple[str, ...],
+    cwd: str | None,
+    as_json: bool,
+    command: tuple[str, ...],
+) -> None:
+    """Run COMMAND on machines; output streams live, prefixed by machine.
+
+    Several words run as argv, without a shell; one quoted string with shell syntax runs
+    in the machine's default shell (bash/sh on Linux, cmd on Windows); --shell picks one.
+
+    Exit code: the worst of the targets (their exit code; 124 timed out, 125 lost,
+    130 cancelled); crc's own failures 2-9, or --error-exit's CODE. Ctrl-C, SIGTERM
+    and SIGHUP cancel the job on every machine. With --json the first line is
+    {"job_id", "group", "targets"}, then output lines and one result line per target.
+    """
+    from ..master.client import worst_exit_code
+    from .master_cmds import _duration as duration
+
+    env: dict[str, str] = {}
+    for item in envs:
+        k, sep, v = item.partition("=")
+        if not sep or not k:
+            raise InvalidInput(f"invalid --env {item!r}: use KEY=VALUE")
+        env[k] = v
+    spec: dict[str, Any] = {"env": env, "cwd": cwd, "timeout": duration(timeout)}
+    if shell:
+        spec.update(command=" ".join(command), shell=shell)
+    elif len(command) == 1 and any(c in command[0] for c in _SHELL_CHARS):
+        # One quoted string such as 'apt-get update && apt-get install -y mysql-server':
+        # the machine's own shell runs it (bash or sh on Linux, cmd on Windows).
+        spec.update(command=command[0], shell=None)
+    else:
+        spec.update(argv=list(command))
+    with _client() as c:
+        started = c.start_job(name, to, **spec)
+        _announce(started, name, as_json)
+        results = follow_to_end(c, started, as_json)
+    sys.exit(worst_exit_code(results))
+
+
+@click.group()
+def hosts() -> None:
+    """Keep the machines' hosts files listing their peers."""
+
+
+@hosts.command("sync")
+@click.argument("name")
+@click.option("--to", "to", default="all", show_default=True, help="Which machines to update.")
+@click.option(
+    "--ip",
+    type=click.Choice(["auto", "private", "public"]),
+    default="auto",
+    show_default=True,
+    help="Address to list: private (VPC) when every peer has one under auto.",
+)
+@error_exit_option
+@json_option
+def hosts_sync(name: str, to: str, ip: str, as_json: bool) -> None:
+    """Write `IP name name.GROUP` for every machine into each machine's hosts file (a
+    managed block; the rest of the file is kept byte for byte)."""
+    from ..master.client import worst_exit_code
+
+    with _client() as c:
+        started = c.hosts_sync(name, to, ip)
+        if as_json:
+            _announce(started, name, as_json)
+        results = follow_to_end(c, started, as_json)
+    sys.exit(worst_exit_code(results))
+
+
+@click.command()
+@click.argument("name")
+@click.option("--to", "to", required=True, help="Machine, comma list, KEY=VALUE or all.")
+@click.argument("local", type=click.Path(exists=True, dir_okay=False))
+@click.argument("remote")
+@click.option("--mode", help="Octal file mode on the machines, e.g. 0640.")
+@click.option("--owner", help="USER or USER:GROUP on the machines (Linux).")
+@error_exit_option
+@json_option
+def push(
+    name: str, to: str, local: str, remote: str, mode: str | None, owner: str | None, as_json: bool
+) -> None:
+    """Copy LOCAL to REMOTE (an absolute path) on machines: uploaded once, fetched by
+    each machine over HTTPS, verified by SHA-256, written atomically."""
+    from ..master.client import worst_exit_code
+
+    with _client() as c:
+        started = c.push(name, to, local, remote, mode, owner)
+        if as_json:
+            _announce(started, name, as_json)
+        results = follow_to_end(c, started, as_json)
+    sys.exit(worst_exit_code(results))
+
+
+@click.command()
+@click.argument("name")
+@click.option("--from", "machine", required=True, help="The machine to copy from.")
+@click.argument("remote")
+@click.argument("local", type=click.Path(dir_okay=False))
+@error_exit_option
+@json_option
+def pull(name: str, machine: str, remote: str, local: str, as_json: bool) -> None:
+    """Copy REMOTE from one machine to LOCAL here (verified by SHA-256)."""
+    from ..master.client import worst_exit_code
+
+    with _client() as c:
+        started = c.start_pull(name, machine, remote)
+        results = follow_to_end(c, started, as_json, show_output=False)
+        rc = worst_exit_code(results)
+        if rc == 0:
+            info = c.download_pulled(started["job_id"], local)
+            if as_json:
+                emit_json({"machine": machine, "path": local, **info})
+            else:
+                click.echo(f"{local}: {info['size']} bytes from {machine}")
+    sys.exit(rc)
+
+
+@click.group()
+def job() -> None:
+    """List, show and cancel jobs (what `crc run`, push, pull and hosts sync start)."""
+
+
+def _what(spec: dict[str, Any]) -> str:
+    if spec.get("argv"):
+        return " ".join(spec["argv"])
+    if spec.get("command"):
+        return str(spec["command"])
+    return str(spec.get("type") or "-")
+
+
+@job.command("list")
+@click.argument("name")
+@click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True)
+@json_option
+def job_list(name: str, limit: int, as_json: bool) -> None:
+    """The latest jobs of group NAME, oldest first."""
+    with _client() as c:
+        jobs = c.list_jobs(name, limit)
+    if as_json:
+        emit_json({"group": name, "jobs": jobs})
+        return
+    print_table(
+        ["JOB", "STARTED", "BY", "TARGET", "STATUS", "WHAT"],
+        [
+            [
+                j["job_id"],
+                ago(j["created"]),
+                j["by"],
+                j["target"],
+                ", ".join(f"{n} {s}" for s, n in sorted(j["statuses"].items())),
+                _what(j)[:60],
+            ]
+            for j in jobs
+        ],
+    )
+
+
+@job.command("show")
+@click.argument("job_id")
+@json_option
+def job_show(job_id: str, as_json: bool) -> None:
+    """A job: what it runs, and each target's status, exit code and reason."""
+    with _client() as c:
+        j = c.job(job_id)
+    if as_json:
+        emit_json(j)
+        return
+    started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(j["created"]))
+    click.echo(f"job {j['job_id']} in group {j['group']}, started {started} by {j['by']}")
+    click.echo(f"{j['spec'].get('type', 'job.run')}: {safe(_what(j['spec']))}")
+    print_table(
+        ["MACHINE", "STATUS", "EXIT", "UPDATED", "REASON"],
+        [
+            [
+                t["machine"],
+                t["status"],
+                "-" if t["exit_code"] is None else str(t["exit_code"]),
+                ago(t["updated"]),
+                t.get("reason") or "-",
+            ]
+            for t in j["targets"]
+        ],
+    )
+
+
+@job.command("cancel")
+@click.argument("job_id")
+@json_option
+def job_cancel(job_id: str, as_json: bool) -> None:
+    """Cancel JOB_ID on every machine where it has not finished (its processes are
+    killed); `crc job show` tells when they stopped."""
+    with _client() as c:
+        out = c.cancel_job(job_id)
+        view = c.job(job_id)
+    left = [
+        t["machine"] for t in view["targets"] if t["status"] in ("queued", "delivered", "running")
+    ]
+    if as_json:
+        emit_json({"job_id": out["job_id"], "cancelling": left})
+    elif left:
+        click.echo(f"cancelling job {job_id} on {', '.join(left)}")
+    else:
+        click.echo(f"job {job_id}: nothing left to cancel (every target has finished)")

@@ -1,0 +1,206 @@
+"""``crc wait``: until a group's machines are ready (a live table on a terminal, one
+line per change in a pipe, JSON lines with --json), or until a machine sends a message.
+
+Which messages ``--message`` counts is the SDK's rule (master/waits.py, docs/sdk.md):
+from each machine, one sent after the last command started there, or after ``--since``.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from typing import Any
+
+import click
+
+from ..errors import Unavailable
+from .output import emit_json, json_option, safe
+
+_STATE_STYLE = {
+    "ready": "green",
+    "pending": "yellow",
+    "enrolled": "cyan",
+    "offline": "red",
+    "revoked": "red",
+}
+
+
+class LiveTable:
+    """One row per machine (state, latest progress), redrawn in place (rich Live)."""
+
+    def __init__(self, group: str, states: dict[str, str], progress: dict[str, str]) -> None:
+        from rich.console import Console
+        from rich.live import Live
+
+        self.group = group
+        self.states = states
+        self.progress = progress
+        self.started = time.monotonic()
+        self._lock = threading.Lock()
+        self._live = Live(
+            console=Console(stderr=False),
+            auto_refresh=True,
+            refresh_per_second=4,
+            get_renderable=self._render,
+        )
+
+    def __enter__(self) -> LiveTable:
+        self._live.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._live.refresh()
+        self._live.stop()
+
+    def refresh(self) -> None:
+        self._live.refresh()
+
+    def _render(self) -> Any:
+        from rich.table import Table
+        from rich.text import Text
+
+        with self._lock:
+            ready = sum(1 for s in self.states.values() if s == "ready")
+            title = Text(
+                f"{self.group}: {ready}/{len(self.states)} ready "
+                f"({time.monotonic() - self.started:.0f}s)",
+                style="bold",
+            )
+            table = Table(
+                "MACHINE", "STATE", "PROGRESS", box=None, title=title, title_justify="left"
+            )
+            for name in sorted(self.states):
+                state = self.states[name]
+                table.add_row(
+                    Text(name, style="bold"),
+                    Text(state, style=_STATE_STYLE.get(state, "")),
+                    Text(safe(self.progress.get(name, "")), overflow="ellipsis", no_wrap=True),
+                )
+        return table
+
+
+@click.command()
+@click.argument("name")
+@click.option("--machines", help="Only these machines (comma list).")
+@click.option("--timeout", default="15m", show_default=True, help="Give up after this long.")
+@click.option(
+    "--message",
+    "message_type",
+    help="Instead: wait for a data message TYPE from a machine (`crc agent emit TYPE`); "
+    "print its body.",
+)
+@click.option("--from", "sender", help="With --message: only from this machine.")
+@click.option(
+    "--since",
+    type=click.IntRange(min=0),
+    help="With --message: only messages after this event cursor (each message printed "
+    "says its cursor). Default: messages sent since the last command started on the "
+    "machine.",
+)
+@json_option
+def wait(
+    name: str,
+    machines: str | None,
+    timeout: str,
+    message_type: str | None,
+    sender: str | None,
+    since: int | None,
+    as_json: bool,
+) -> None:
+    """Wait until the group's machines are ready, showing progress live (or, with
+    --message, until a machine sends that message).
+
+    A message counts if its machine sent it after the last command (`crc run`, a
+    scenario step) started there, or after --since CURSOR: so the message a command
+    ends with is found even if it came before `crc wait` started."""
+    from .master_cmds import _client, _duration
+
+    seconds = _duration(timeout) or 0
+    if message_type:
+        _wait_message(name, message_type, sender, since, seconds, as_json)
+        return
+    if sender or since is not None:
+        raise click.UsageError("--from and --since go with --message")
+    from ..master.waits import ReadyWait
+
+    chosen = [m.strip() for m in machines.split(",") if m.strip()] if machines else None
+    deadline = time.monotonic() + seconds
+    with _client() as c:
+        cursor = c.event_cursor(name)
+        wait = ReadyWait(c.group(name), chosen)
+        if not wait.done:
+            live = sys.stdout.isatty() and not as_json
+            states = {m: wait.states[m] for m in wait.wanted}
+            progress = {m: wait.progress.get(m, "") for m in wait.wanted}
+            table = LiveTable(name, states, progress) if live else None
+            if table is None and not as_json:
+                for m in sorted(wait.wanted):  # where things stand, then what changes
+                    prog = wait.progress.get(m)
+                    click.echo(f"[{m}] {wait.states[m]}" + (f": {safe(prog)}" if prog else ""))
+                sys.stdout.flush()
+            try:
+                if table is not None:
+                    table.__enter__()
+                for ev in c.events(name, since=cursor, follow=True, keepalive=True):
+                    if ev is not None and wait.feed(ev):
+                        m = ev["machine"]
+                        if as_json:
+                            emit_json(ev)
+                        elif table is not None:
+                            states[m] = wait.states[m]
+                            progress[m] = wait.progress.get(m, "")
+                            table.refresh()
+                        else:
+                            _show_line(ev)
+                    if wait.done:
+                        break
+                    if time.monotonic() > deadline:
+                        raise wait.timeout_error(seconds)
+                else:
+                    raise Unavailable(f"the event stream of {name} ended (group deleted?)")
+            finally:
+                if table is not None:
+                    table.__exit__()
+    if as_json:
+        emit_json({"group": name, "ready": True, "machines": sorted(wait.wanted)})
+    else:
+        click.echo(f"all {len(wait.wanted)} machine(s) of {name} are ready")
+
+
+def _show_line(ev: Any) -> None:
+    data = ev["data"]
+    if ev["type"] == "machine.state":
+        click.echo(f"[{ev['machine']}] {data['state']}")
+    else:
+        pct = data.get("percent")
+        pct_text = f" ({pct:.0f}%)" if isinstance(pct, (int, float)) else ""
+        click.echo(f"[{ev['machine']}] {safe(data.get('text'))}{pct_text}")
+    sys.stdout.flush()
+
+
+def _wait_message(
+    name: str,
+    type_: str,
+    sender: str | None,
+    since: int | None,
+    seconds: float,
+    as_json: bool,
+) -> None:
+    import json
+
+    from .master_cmds import _client
+
+    with _client() as c:
+        msg = c.wait_message(name, type_, sender, since, seconds)
+    if as_json:
+        emit_json(msg.to_dict())
+        return
+    click.echo(json.dumps(msg.body))
+    click.echo(
+        f"crc: {msg.type} from {msg.sender} (cursor {msg.cursor}); the next one: "
+        f"crc wait {name} --message {msg.type}"
+        + (f" --from {sender}" if sender else "")
+        + f" --since {msg.cursor}",
+        err=True,
+    )

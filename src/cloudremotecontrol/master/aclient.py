@@ -1,0 +1,453 @@
+"""The asyncio SDK: ``AsyncClient`` has the methods of ``Client`` (master/client.py),
+as coroutines and async iterators, over ``httpx.AsyncClient``.
+
+    from cloudremotecontrol import AsyncClient
+    async with AsyncClient.from_profile() as crc:
+        await crc.wait_ready("lab", timeout=600)
+        async for event in crc.events("lab", follow=True):
+            ...
+
+What to send comes from ``calls.py`` and the waits' rules from ``waits.py``, shared
+with the sync client; a test checks that both clients have the same methods.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import tempfile
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import httpx
+
+from ..errors import Unavailable
+from ..tlspin import client_context
+from . import calls
+from .calls import KEEPALIVE, Call, StreamCall, parse_sse_line, raise_for
+from .client import file_digest, is_untrusted, split_urls, untrusted_error
+from .profile import Profile, load_profile
+from .types import Event, JobResult, Message, RunResult
+from .waits import FLOOR_TYPES, MessageWait, ReadyWait
+
+__all__ = ["AsyncClient"]
+
+EventHandler = Callable[[Event], Awaitable[None] | None]
+
+
+async def _maybe_await(value: Awaitable[None] | None) -> None:
+    if value is not None:
+        await value
+
+
+class AsyncClient:
+    """``Client`` for asyncio: same constructor, same methods (``await`` them; the
+    streams are async iterators). Use ``async with``, or ``await close()``."""
+
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        fingerprint: str | None = None,
+        cert_pem: str | None = None,
+        timeout: float = 30.0,
+    ) -> None:
+        self.urls = split_urls(url)
+        self.fingerprint = fingerprint
+        self._token, self.cert_pem = token, cert_pem
+        self._timeout = timeout
+        self._index = 0
+        self._http: httpx.AsyncClient | None = None
+
+    @property
+    def url(self) -> str:
+        """The server URL in use (one of ``urls``)."""
+        return self.urls[self._index]
+
+    @classmethod
+    def from_profile(cls, profile: Profile | None = None) -> AsyncClient:
+        """The client of the `crc login` profile (``CRC_URL``, ``CRC_TOKEN`` and
+        ``CRC_FINGERPRINT`` override it)."""
+        p = profile or load_profile()
+        return cls(p.url, p.token, p.fingerprint, p.cert_pem)
+
+    async def __aenter__(self) -> AsyncClient:
+        await self._client()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
+
+    # -- plumbing -----------------------------------------------------------------------
+    async def _open(self, url: str) -> httpx.AsyncClient:
+        # Checking the pin may fetch the server's certificate: a blocking handshake.
+        ctx, self.cert_pem = await asyncio.to_thread(
+            client_context, url, self.fingerprint, self.cert_pem
+        )
+        return httpx.AsyncClient(
+            base_url=url + "/v1",
+            verify=ctx if ctx is not None else False,
+            headers={"Authorization": f"Bearer {self._token}"},
+            timeout=httpx.Timeout(self._timeout, read=None),
+            trust_env=False,
+        )
+
+    async def _client(self) -> httpx.AsyncClient:
+        if self._http is None:
+            for attempt in range(len(self.urls)):
+                try:
+                    self._http = await self._open(self.url)
+                    break
+                except Unavailable:
+                    if attempt == len(self.urls) - 1:
+                        raise
+                    self._index = (self._index + 1) % len(self.urls)
+        assert self._http is not None
+        return self._http
+
+    async def _failover(self) -> bool:
+        if len(self.urls) == 1:
+            return False
+        await self.close()
+        self._index = (self._index + 1) % len(self.urls)
+        await self._client()
+        return True
+
+    def _unreachable(self, exc: httpx.HTTPError) -> Exception:
+        if is_untrusted(exc):
+            return untrusted_error(self.url, exc)
+        return Unavailable(f"cannot reach {self.url}: {exc}")
+
+    async def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        for attempt in range(len(self.urls)):
+            http = await self._client()
+            try:
+                resp = await http.request(method, path, **kwargs)
+                break
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                if is_untrusted(exc) or attempt == len(self.urls) - 1:
+                    raise self._unreachable(exc) from None
+                if not await self._failover():
+                    raise self._unreachable(exc) from None
+            except httpx.HTTPError as exc:
+                raise self._unreachable(exc) from None
+        if resp.status_code >= 400:
+            raise_for(resp.status_code, resp.content)
+        return resp.json()
+
+    async def _do(self, call: Call) -> Any:
+        answer = await self._call(call.method, call.path, params=call.params, json=call.json)
+        return call.result(answer)
+
+    async def _stream(self, call: StreamCall) -> AsyncGenerator[Any, None]:
+        failures = 0
+        while True:
+            try:
+                async for item in self._stream_once(call):
+                    yield item
+                return
+            except httpx.TransportError as exc:
+                failures += 1
+                if failures > len(self.urls) or not await self._failover():
+                    raise Unavailable(f"event stream from {self.url} broke: {exc}") from None
+            except httpx.HTTPError as exc:
+                raise Unavailable(f"event stream from {self.url} broke: {exc}") from None
+
+    async def _stream_once(self, call: StreamCall) -> AsyncIterator[Any]:
+        http = await self._client()
+        async with http.stream("GET", call.path, params=call.params) as resp:
+            if resp.status_code >= 400:
+                raise_for(resp.status_code, await resp.aread())
+            async for line in resp.aiter_lines():
+                item = parse_sse_line(line)
+                if item is KEEPALIVE:
+                    if call.keepalive:
+                        yield None
+                elif item is not None:
+                    call.params["since"] = item["cursor"]
+                    yield Event.from_dict(item)
+
+    # -- groups -------------------------------------------------------------------------
+    async def whoami(self) -> dict[str, Any]:
+        return dict(await self._do(calls.whoami()))
+
+    async def create_group(
+        self,
+        name: str,
+        machines: list[str] | list[dict[str, Any]],
+        key_ttl: float | None = None,
+        ttl: float | None = None,
+        settings: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        return dict(await self._do(calls.create_group(name, machines, key_ttl, ttl, settings)))
+
+    async def list_groups(self) -> list[dict[str, Any]]:
+        return list(await self._do(calls.list_groups()))
+
+    async def group(self, name: str) -> dict[str, Any]:
+        return dict(await self._do(calls.group(name)))
+
+    async def machine_key(
+        self, group: str, machine: str, key_ttl: float | None = None
+    ) -> dict[str, Any]:
+        return dict(await self._do(calls.machine_key(group, machine, key_ttl)))
+
+    async def delete_group(self, name: str) -> dict[str, Any]:
+        return dict(await self._do(calls.delete_group(name)))
+
+    async def arm_teardown(self, group: str, provider: str, api_key: str) -> dict[str, Any]:
+        return dict(await self._do(calls.arm_teardown(group, provider, api_key)))
+
+    async def disarm_teardown(self, group: str) -> dict[str, Any]:
+        return dict(await self._do(calls.disarm_teardown(group)))
+
+    async def wait_ready(
+        self,
+        group: str,
+        timeout: float = 900.0,
+        machines: list[str] | None = None,
+        on_event: EventHandler | None = None,
+    ) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        cursor = await self.event_cursor(group)
+        wait = ReadyWait(await self.group(group), machines)
+        if not wait.done:
+            stream = self.events(group, since=cursor, follow=True, keepalive=True)
+            async with contextlib.aclosing(stream):
+                async for ev in stream:
+                    if ev is not None and wait.feed(ev) and on_event is not None:
+                        await _maybe_await(on_event(ev))
+                    if wait.done:
+                        break
+                    if time.monotonic() > deadline:
+                        raise wait.timeout_error(timeout)
+                else:
+                    raise Unavailable(f"the event stream of {group} ended (group deleted?)")
+        return await self.group(group)
+
+    # -- jobs ---------------------------------------------------------------------------
+    async def start_job(
+        self,
+        group: str,
+        to: str,
+        *,
+        argv: list[str] | None = None,
+        command: str | None = None,
+        shell: str | None = None,
+        env: dict[str, str] | None = None,
+        cwd: str | None = None,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        return dict(
+            await self._do(calls.start_job(group, to, argv, command, shell, env, cwd, timeout))
+        )
+
+    async def list_jobs(self, group: str, limit: int = 50) -> list[dict[str, Any]]:
+        return list(await self._do(calls.list_jobs(group, limit)))
+
+    async def job(self, job_id: str) -> dict[str, Any]:
+        return dict(await self._do(calls.job(job_id)))
+
+    async def job_results(self, job_id: str) -> dict[str, JobResult]:
+        out = {}
+        for t in (await self.job(job_id))["targets"]:
+            r = JobResult.from_dict({**t, "job_id": job_id})
+            if r.status in ("succeeded", "failed", "timed_out", "cancelled", "lost"):
+                out[r.machine] = r
+        return out
+
+    async def cancel_job(self, job_id: str) -> dict[str, Any]:
+        return dict(await self._do(calls.cancel_job(job_id)))
+
+    def job_events(
+        self, job_id: str, since: int = 0, follow: bool = True
+    ) -> AsyncGenerator[Any, None]:
+        return self._stream(calls.job_events(job_id, since, follow))
+
+    async def follow_job(
+        self, job_id: str, targets: list[str], since: int = 0
+    ) -> AsyncGenerator[Event, None]:
+        left = set(targets)
+        if not left:
+            return
+        stream = self.job_events(job_id, since=since, follow=True)
+        async with contextlib.aclosing(stream):
+            async for event in stream:
+                yield event
+                if event.result is not None:
+                    left.discard(event.result.machine)
+                    if not left:
+                        return
+
+    async def run(self, group: str, to: str, **job: Any) -> AsyncIterator[Any]:
+        started = await self.start_job(group, to, **job)
+        yield {"type": "job.accepted", **started}
+        async for event in self.follow_job(started["job_id"], started["targets"]):
+            yield event
+
+    async def run_wait(
+        self, group: str, to: str, *, on_event: EventHandler | None = None, **job: Any
+    ) -> RunResult:
+        started = await self.start_job(group, to, **job)
+        results: dict[str, JobResult] = {}
+        stream = self.follow_job(started["job_id"], started["targets"])
+        async with contextlib.aclosing(stream):
+            async for ev in stream:
+                if on_event is not None:
+                    await _maybe_await(on_event(ev))
+                if ev.result is not None:
+                    results[ev.result.machine] = ev.result
+        return RunResult(started["job_id"], results)
+
+    async def hosts_sync(self, group: str, to: str = "all", ip: str = "auto") -> dict[str, Any]:
+        return dict(await self._do(calls.hosts_sync(group, to, ip)))
+
+    # -- messages and events ------------------------------------------------------------
+    async def send_message(
+        self, group: str, to: str, type: str, body: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        return dict(await self._do(calls.send_message(group, to, type, body)))
+
+    def events(
+        self,
+        group: str,
+        since: int | None = None,
+        follow: bool = False,
+        keepalive: bool = False,
+        types: tuple[str, ...] = (),
+    ) -> AsyncGenerator[Any, None]:
+        return self._stream(calls.events(group, since, follow, keepalive, types))
+
+    async def event_cursor(self, group: str) -> int:
+        return int(await self._do(calls.event_cursor(group)))
+
+    async def wait_message(
+        self,
+        group: str,
+        type: str,
+        sender: str | None = None,
+        since: int | None = None,
+        timeout: float = 600.0,
+    ) -> Message:
+        found = await self.wait_messages(group, type, [sender] if sender else None, since, timeout)
+        return next(iter(found.values()))
+
+    async def wait_messages(
+        self,
+        group: str,
+        type: str,
+        senders: list[str] | None = None,
+        since: int | None = None,
+        timeout: float = 600.0,
+        on_message: Callable[[Message], Awaitable[None] | None] | None = None,
+    ) -> dict[str, Message]:
+        deadline = time.monotonic() + timeout
+        wait = MessageWait(type, senders, since)
+        if wait.needs_floors:
+            now = await self.event_cursor(group)
+            floors = self.events(group, since=0, types=FLOOR_TYPES)
+            async with contextlib.aclosing(floors):
+                async for ev in floors:
+                    if ev["cursor"] > now:
+                        break
+                    wait.floor(ev)
+        stream = self.events(
+            group, since=wait.start, follow=True, keepalive=True, types=("message",)
+        )
+        async with contextlib.aclosing(stream):
+            async for ev in stream:
+                if ev is not None:
+                    msg = wait.feed(ev)
+                    if msg is not None and on_message is not None:
+                        await _maybe_await(on_message(msg))
+                if wait.done:
+                    return wait.found
+                if time.monotonic() > deadline:
+                    raise wait.timeout_error(timeout)
+        raise Unavailable(f"the event stream of {group} ended (group deleted?)")
+
+    async def audit(self, group: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+        return list(await self._do(calls.audit(group, limit)))
+
+    # -- key/value store -----------------------------------------------------------------
+    async def kv_set(self, group: str, key: str, value: Any) -> dict[str, Any]:
+        return dict(await self._do(calls.kv_set(group, key, value)))
+
+    async def kv_get(
+        self, group: str, key: str, wait: float = 0, newer_than: int = 0
+    ) -> dict[str, Any]:
+        return dict(await self._do(calls.kv_get(group, key, wait, newer_than)))
+
+    async def kv_list(self, group: str) -> list[dict[str, Any]]:
+        return list(await self._do(calls.kv_list(group)))
+
+    # -- files --------------------------------------------------------------------------
+    async def upload(self, local: str) -> dict[str, Any]:
+        sha, size = await asyncio.to_thread(file_digest, local)
+        http = await self._client()
+        try:
+            head = await http.head(f"/blobs/{sha}")
+        except httpx.HTTPError as exc:
+            raise self._unreachable(exc) from None
+        if head.status_code == 200:
+            return {"sha256": sha, "size": size, "uploaded": False}
+
+        async def chunks() -> AsyncIterator[bytes]:
+            with open(local, "rb") as fh:
+                while chunk := await asyncio.to_thread(fh.read, 1 << 20):
+                    yield chunk
+
+        out = await self._call(
+            "PUT",
+            f"/blobs/{sha}",
+            content=chunks(),
+            headers={"Content-Length": str(size), "Content-Type": "application/octet-stream"},
+        )
+        return {**out, "uploaded": True}
+
+    async def push(
+        self,
+        group: str,
+        to: str,
+        local: str,
+        remote: str,
+        mode: str | None = None,
+        owner: str | None = None,
+    ) -> dict[str, Any]:
+        blob = await self.upload(local)
+        return dict(await self._do(calls.push(group, to, blob["sha256"], remote, mode, owner)))
+
+    async def start_pull(self, group: str, machine: str, remote: str) -> dict[str, Any]:
+        return dict(await self._do(calls.start_pull(group, machine, remote)))
+
+    async def download_pulled(self, job_id: str, local: str) -> dict[str, Any]:
+        info = dict(await self._do(calls.pulled_file(job_id)))
+        directory = os.path.dirname(os.path.abspath(local))
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".crc-pull-")
+        digest = hashlib.sha256()
+        http = await self._client()
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                async with http.stream("GET", f"/blobs/{info['sha256']}") as resp:
+                    if resp.status_code >= 400:
+                        raise_for(resp.status_code, await resp.aread())
+                    async for chunk in resp.aiter_bytes(1 << 20):
+                        digest.update(chunk)
+                        await asyncio.to_thread(fh.write, chunk)
+            if digest.hexdigest() != info["sha256"]:
+                raise Unavailable("downloaded content does not match its sha256: try again")
+            os.replace(tmp, local)
+        except httpx.HTTPError as exc:
+            raise Unavailable(f"download failed: {exc}") from None
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return info

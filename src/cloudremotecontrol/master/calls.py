@@ -1,0 +1,217 @@
+"""The HTTP API's calls as data, shared by the sync ``Client`` and the ``AsyncClient``.
+
+Each function here says what to send (method, path, query, JSON body) and what part of
+the answer the SDK returns; the two clients only carry it out, so they cannot drift
+apart. Event streams (Server-Sent Events) are parsed here too.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+from ..errors import InvalidInput, error_from_payload
+
+__all__ = ["Call", "StreamCall", "parse_sse_line"]
+
+
+@dataclass(frozen=True)
+class Call:
+    method: str
+    path: str
+    params: dict[str, Any] | None = None
+    json: Any = None
+    key: str | None = None  # the SDK returns answer[key] (None: the whole answer)
+
+    def result(self, answer: Any) -> Any:
+        return answer[self.key] if self.key is not None else answer
+
+
+@dataclass
+class StreamCall:
+    """A ``GET`` answered with Server-Sent Events; ``params["since"]`` follows the last
+    event read, so a broken stream resumes where it was (on another replica, too)."""
+
+    path: str
+    params: dict[str, Any] = field(default_factory=dict)
+    keepalive: bool = False
+
+
+KEEPALIVE = object()  # parse_sse_line's answer for a keepalive comment
+
+
+def parse_sse_line(line: str) -> Any:
+    """One line of the stream: an event (dict), KEEPALIVE, or None (nothing)."""
+    if line.startswith("data: "):
+        return json.loads(line[6:])
+    if line.startswith(":"):
+        return KEEPALIVE
+    return None
+
+
+def raise_for(status: int, text: bytes) -> None:
+    """Raise the ``errors`` hierarchy's error for an HTTP error answer."""
+    try:
+        payload = json.loads(text) if text else None
+    except ValueError:
+        payload = None
+    raise error_from_payload(status, payload)
+
+
+def _seg(name: str) -> str:
+    """A path segment (group, machine, job id) as sent: quoted, so a name can never
+    change which endpoint is called; the server checks the name itself."""
+    if not isinstance(name, str) or not name:
+        raise InvalidInput(f"invalid name {name!r}")
+    return quote(name, safe="")
+
+
+# -- the calls ----------------------------------------------------------------------------
+
+
+def whoami() -> Call:
+    return Call("GET", "/whoami")
+
+
+def create_group(
+    name: str,
+    machines: list[str] | list[dict[str, Any]],
+    key_ttl: float | None,
+    ttl: float | None,
+    settings: dict[str, Any] | None,
+) -> Call:
+    ms = [m if isinstance(m, dict) else {"name": m} for m in machines]
+    body = {"name": name, "machines": ms, "key_ttl": key_ttl, "ttl": ttl}
+    return Call("POST", "/groups", json={**body, "settings": settings or {}})
+
+
+def list_groups() -> Call:
+    return Call("GET", "/groups", key="groups")
+
+
+def group(name: str) -> Call:
+    return Call("GET", f"/groups/{_seg(name)}")
+
+
+def machine_key(group: str, machine: str, key_ttl: float | None) -> Call:
+    return Call(
+        "POST", f"/groups/{_seg(group)}/machines/{_seg(machine)}/key", json={"key_ttl": key_ttl}
+    )
+
+
+def delete_group(name: str) -> Call:
+    return Call("DELETE", f"/groups/{_seg(name)}")
+
+
+def arm_teardown(group: str, provider: str, api_key: str) -> Call:
+    return Call(
+        "PUT",
+        f"/groups/{_seg(group)}/teardown",
+        json={"provider": provider, "api_key": api_key},
+    )
+
+
+def disarm_teardown(group: str) -> Call:
+    return Call("DELETE", f"/groups/{_seg(group)}/teardown")
+
+
+def start_job(
+    group: str,
+    to: str,
+    argv: list[str] | None,
+    command: str | None,
+    shell: str | None,
+    env: dict[str, str] | None,
+    cwd: str | None,
+    timeout: float | None,
+) -> Call:
+    body = {"to": to, "argv": argv, "command": command, "shell": shell, "env": env or {}}
+    return Call(
+        "POST", f"/groups/{_seg(group)}/jobs", json={**body, "cwd": cwd, "timeout": timeout}
+    )
+
+
+def list_jobs(group: str, limit: int) -> Call:
+    return Call("GET", f"/groups/{_seg(group)}/jobs", params={"limit": limit}, key="jobs")
+
+
+def job(job_id: str) -> Call:
+    return Call("GET", f"/jobs/{_seg(job_id)}")
+
+
+def cancel_job(job_id: str) -> Call:
+    return Call("POST", f"/jobs/{_seg(job_id)}/cancel")
+
+
+def send_message(group: str, to: str, type: str, body: dict[str, Any] | None) -> Call:
+    return Call(
+        "POST", f"/groups/{_seg(group)}/messages", json={"to": to, "type": type, "body": body or {}}
+    )
+
+
+def hosts_sync(group: str, to: str, ip: str) -> Call:
+    return Call("POST", f"/groups/{_seg(group)}/hosts-sync", json={"to": to, "ip": ip})
+
+
+def audit(group: str | None, limit: int) -> Call:
+    params: dict[str, Any] = {"limit": limit}
+    if group:
+        params["group"] = group
+    return Call("GET", "/audit", params=params, key="records")
+
+
+def kv_set(group: str, key: str, value: Any) -> Call:
+    return Call("PUT", f"/groups/{_seg(group)}/kv/{quote(key, safe='/')}", json={"value": value})
+
+
+def kv_get(group: str, key: str, wait: float, newer_than: int) -> Call:
+    return Call(
+        "GET",
+        f"/groups/{_seg(group)}/kv/{quote(key, safe='/')}",
+        params={"wait": wait, "newer_than": newer_than},
+    )
+
+
+def kv_list(group: str) -> Call:
+    return Call("GET", f"/groups/{_seg(group)}/kv", key="keys")
+
+
+def push(group: str, to: str, sha: str, remote: str, mode: str | None, owner: str | None) -> Call:
+    return Call(
+        "POST",
+        f"/groups/{_seg(group)}/files",
+        json={"to": to, "sha256": sha, "path": remote, "mode": mode, "owner": owner},
+    )
+
+
+def start_pull(group: str, machine: str, remote: str) -> Call:
+    return Call("POST", f"/groups/{_seg(group)}/pulls", json={"machine": machine, "path": remote})
+
+
+def pulled_file(job_id: str) -> Call:
+    return Call("GET", f"/jobs/{_seg(job_id)}/file")
+
+
+def event_cursor(group: str) -> Call:
+    return Call("GET", f"/groups/{_seg(group)}/cursor", key="cursor")
+
+
+def events(
+    group: str,
+    since: int | None,
+    follow: bool,
+    keepalive: bool,
+    types: tuple[str, ...] = (),
+) -> StreamCall:
+    params: dict[str, Any] = {"follow": follow}
+    if since is not None:
+        params["since"] = since
+    if types:
+        params["type"] = ",".join(types)
+    return StreamCall(f"/groups/{_seg(group)}/events", params, keepalive)
+
+
+def job_events(job_id: str, since: int, follow: bool) -> StreamCall:
+    return StreamCall(f"/jobs/{_seg(job_id)}/events", {"since": since, "follow": follow})

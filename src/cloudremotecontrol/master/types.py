@@ -1,0 +1,187 @@
+"""What the SDK hands back: small frozen dataclasses with typed fields.
+
+Each one is also a read-only mapping with the same keys as the API's JSON (``ev.type``
+and ``ev["type"]`` are the same thing), and ``to_dict()`` gives that JSON: what
+``--json`` prints and scripts parse. docs/sdk.md lists the fields; the ``data`` of each
+event type is in docs/reference.md ("Events").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from ..protocol.states import JobStatus
+
+__all__ = ["Event", "JobResult", "Message", "RunResult", "exit_code_of"]
+
+T = TypeVar("T", bound="_Record")
+
+
+class _Record(Mapping[str, Any]):
+    """The mapping side of a record: its JSON keys (``_keys`` renames fields)."""
+
+    _keys: dict[str, str] = {}  # JSON key -> field name, where they differ
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form (what the API sends and ``--json`` prints)."""
+        return {key: _plain(self[key]) for key in self}
+
+    def __getitem__(self, key: str) -> Any:
+        name = self._keys.get(key, key)
+        if name not in self._names():
+            raise KeyError(key)
+        return getattr(self, name)
+
+    def __iter__(self) -> Iterator[str]:
+        back = {v: k for k, v in self._keys.items()}
+        return (back.get(n, n) for n in self._names())
+
+    def __len__(self) -> int:
+        return len(self._names())
+
+    @classmethod
+    def _names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))  # type: ignore[arg-type]
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, _Record):
+        return value.to_dict()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+@dataclass(frozen=True, eq=True)
+class Event(_Record):
+    """One event of a group's stream (``Client.events``, ``follow_job``).
+
+    ``type`` is e.g. ``machine.state``, ``progress``, ``facts``, ``job.created``,
+    ``job.output``, ``job.status``, ``message``, ``kv.set``, ``group.deleted``; ``data``
+    depends on it (docs/reference.md). ``cursor`` resumes the stream after this event.
+    """
+
+    cursor: int
+    time: float
+    type: str
+    machine: str | None = None
+    job_id: str | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> Event:
+        return cls(
+            cursor=int(doc.get("cursor") or 0),
+            time=float(doc.get("time") or 0.0),
+            type=str(doc["type"]),
+            machine=doc.get("machine"),
+            job_id=doc.get("job_id"),
+            data=dict(doc.get("data") or {}),
+        )
+
+    @property
+    def result(self) -> JobResult | None:
+        """For a ``job.status`` event with a final status: that target's result."""
+        if self.type != "job.status" or self.machine is None:
+            return None
+        if not JobStatus(self.data["status"]).terminal:
+            return None
+        return JobResult.from_dict({"machine": self.machine, **self.data})
+
+
+@dataclass(frozen=True, eq=True)
+class JobResult(_Record):
+    """How a job ended on one machine. ``status``: succeeded, failed, timed_out,
+    cancelled or lost; ``exit_code`` is the command's (None when it did not end by
+    itself); ``reason`` says why it did not succeed, when known."""
+
+    machine: str
+    status: str
+    exit_code: int | None = None
+    reason: str | None = None
+    job_id: str | None = None
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> JobResult:
+        code = doc.get("exit_code")
+        return cls(
+            machine=str(doc["machine"]),
+            status=str(doc["status"]),
+            exit_code=int(code) if code is not None else None,
+            reason=doc.get("reason"),
+            job_id=doc.get("job_id"),
+        )
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "succeeded"
+
+    @property
+    def code(self) -> int:
+        """This target's share of ``crc run``'s exit code (see ``exit_code_of``)."""
+        return exit_code_of(self.status, self.exit_code)
+
+
+@dataclass(frozen=True, eq=True)
+class Message(_Record):
+    """A data message a machine sent to the master (``crc agent emit TYPE``).
+    ``cursor`` is its place in the group's event stream: wait with ``since=cursor``
+    for the next one."""
+
+    _keys = {"from": "sender"}
+
+    type: str
+    sender: str
+    body: dict[str, Any]
+    cursor: int
+    time: float = 0.0
+
+    @classmethod
+    def from_event(cls, ev: Mapping[str, Any]) -> Message:
+        data = ev["data"]
+        return cls(
+            type=str(data["type"]),
+            sender=str(data["from"]),
+            body=dict(data.get("body") or {}),
+            cursor=int(ev["cursor"]),
+            time=float(ev.get("time") or 0.0),
+        )
+
+
+@dataclass(frozen=True, eq=True)
+class RunResult(_Record):
+    """A finished job: one ``JobResult`` per target, and the exit code ``crc run``
+    would give (0 when every target succeeded)."""
+
+    job_id: str
+    results: dict[str, JobResult]
+
+    @property
+    def exit_code(self) -> int:
+        return max((r.code for r in self.results.values()), default=0)
+
+    @property
+    def ok(self) -> bool:
+        return all(r.ok for r in self.results.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "exit_code": self.exit_code, "ok": self.ok}
+
+
+def exit_code_of(status: str, exit_code: int | None) -> int:
+    """A target's exit code as ``crc run`` reports it: its own when it failed, 124 timed
+    out, 125 lost, 130 cancelled."""
+    if status == "succeeded":
+        return 0
+    if status == "failed":
+        return exit_code or 1
+    if status == "timed_out":
+        return 124
+    if status == "cancelled":
+        return 130
+    return 125  # lost, or anything unexpected

@@ -1,0 +1,33 @@
+r"""Text from machines, made safe for a terminal.
+
+Everything a machine sends is hostile input, including text that ends up on the
+operator's terminal (progress, facts, message bodies, kv values, failure reasons): a
+terminal obeys escape sequences, so ``"\x1b]0;pwn\x07"`` in a progress line would
+retitle the window and ``"\x1b[2J"`` clear it. ``safe`` escapes control characters
+(and the bidirectional overrides that reorder what is shown) before such text is
+printed. Stdlib only.
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = ["safe"]
+
+# C0 and C1 controls, DEL, and the bidirectional embedding/override/isolate characters.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(m: re.Match[str]) -> str:
+    ch = m.group()
+    if ch in _NAMED:
+        return _NAMED[ch]
+    code = ord(ch)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def safe(text: object) -> str:
+    r"""``text`` as one line a terminal shows literally: control characters escaped
+    (``\x1b`` -> ``\\x1b``, newline -> ``\\n``)."""
+    return _UNSAFE.sub(_escape, str(text))

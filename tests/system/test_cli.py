@@ -1,0 +1,282 @@
+"""The CLI as a user meets it: the real `crc` as a process, a real server and agents."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+import pytest
+
+from cloudremotecontrol.cli.main import cli
+from cloudremotecontrol.master.localrun import AgentProcess, ServerProcess
+
+CRC = [sys.executable, "-m", "cloudremotecontrol"]
+
+
+def _wait(pred: Any, what: str, timeout: float = 30.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (value := pred()):
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(0.05)
+    return value
+
+
+def _agent_cli(env: Any, machine: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CRC, "agent", *args, "--state-dir", str(env.tmp / "agents" / machine)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def _leaves(group: click.Group, path: str = "crc") -> list[tuple[str, click.Command]]:
+    out = []
+    for name, cmd in sorted(group.commands.items()):
+        if isinstance(cmd, click.Group):
+            out += _leaves(cmd, f"{path} {name}")
+        else:
+            out.append((f"{path} {name}", cmd))
+    return out
+
+
+def test_every_command_takes_json():
+    missing = [
+        path
+        for path, cmd in _leaves(cli)
+        if not any("--json" in p.opts for p in cmd.params if isinstance(p, click.Option))
+    ]
+    assert missing == []
+
+
+def test_a_second_agent_on_a_state_dir_exits_at_once_and_the_first_keeps_working(env, crc):
+    agents = env.group_with_agents("lab", ["a"])
+    second = AgentProcess(
+        env.tmp / "agents" / "a", env.server.url, None, env.server.fingerprint
+    ).start()
+    assert second.wait(30) == 9
+    assert "already running with state dir" in second.log()
+    assert agents["a"].alive()
+    # The first agent still has its control socket and its connection.
+    r = _agent_cli(env, "a", "status", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["connected"] is True
+    assert _agent_cli(env, "a", "progress", "still here").returncode == 0
+    r = crc("run", "lab", "--to", "a", "--", "echo", "ok")
+    assert r.returncode == 0 and "[a] ok" in r.stdout, r.stderr
+    # Once the first one is gone (even killed), the state dir is free again.
+    agents["a"].kill()
+    env.agent("a", None)
+    env.wait_state("lab", ["a"], "ready")
+
+
+def _start_run(env: Any, *args: str) -> tuple[subprocess.Popen[str], dict[str, Any]]:
+    proc = subprocess.Popen(
+        [*CRC, "run", *args],
+        env={**os.environ, **env.cli_env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    first = json.loads(proc.stdout.readline())
+    return proc, first
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_and_sighup_to_crc_run_cancel_the_job_like_ctrl_c(env, crc, tmp_path, sig):
+    env.group_with_agents("lab", ["a", "b"])
+    marker = tmp_path / "finished"
+    proc, first = _start_run(
+        env, "lab", "--to", "all", "--json", "--", f"sleep 120; touch {marker}"
+    )
+    try:
+        job_id = first["job_id"]
+        assert first == {"job_id": job_id, "group": "lab", "targets": ["a", "b"]}
+        _wait(
+            lambda: {t["status"] for t in env.client.job(job_id)["targets"]} == {"running"},
+            "both targets to run",
+        )
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, err
+    assert f"{signal.Signals(sig).name}: cancelling job {job_id}" in err
+    results = [json.loads(line) for line in out.splitlines()]
+    assert sorted((r["machine"], r["status"], r["job_id"]) for r in results) == [
+        ("a", "cancelled", job_id),
+        ("b", "cancelled", job_id),
+    ]
+    assert {t["status"] for t in env.client.job(job_id)["targets"]} == {"cancelled"}
+    assert not marker.exists()
+
+
+def test_crc_job_list_show_and_cancel(env, crc):
+    env.group_with_agents("lab", ["a"])
+    r = crc("run", "lab", "--to", "a", "--json", "--", "echo", "hi")
+    assert r.returncode == 0, r.stderr
+    done_id = json.loads(r.stdout.splitlines()[0])["job_id"]
+    started = env.client.start_job("lab", "a", argv=["sleep", "120"])
+    job_id = started["job_id"]
+    _wait(lambda: env.client.job(job_id)["targets"][0]["status"] == "running", "the job to run")
+    r = crc("job", "list", "lab", "--json")
+    assert r.returncode == 0, r.stderr
+    jobs = json.loads(r.stdout)["jobs"]
+    assert [(j["job_id"], j["statuses"]) for j in jobs] == [
+        (done_id, {"succeeded": 1}),
+        (job_id, {"running": 1}),
+    ]
+    assert jobs[1]["argv"] == ["sleep", "120"] and jobs[1]["done"] is False
+    r = crc("job", "list", "lab")
+    assert r.returncode == 0 and job_id in r.stdout and "sleep 120" in r.stdout, r.stderr
+    r = crc("job", "cancel", job_id)
+    assert r.returncode == 0 and f"cancelling job {job_id} on a" in r.stdout, r.stderr
+    _wait(lambda: env.client.job(job_id)["targets"][0]["status"] == "cancelled", "the cancel")
+    r = crc("job", "show", job_id)
+    assert r.returncode == 0, r.stderr
+    assert "sleep 120" in r.stdout and "cancelled" in r.stdout
+    r = crc("job", "show", job_id, "--json")
+    assert json.loads(r.stdout)["targets"][0]["status"] == "cancelled"
+    r = crc("job", "cancel", job_id)
+    assert r.returncode == 0 and "nothing left to cancel" in r.stdout
+    r = crc("job", "show", "0" * 32)
+    assert r.returncode == 4 and r.stderr.startswith("crc: error: no job"), r.stderr
+
+
+def test_crc_own_failures_can_be_told_from_the_remote_exit_code(env, crc):
+    env.group_with_agents("lab", ["a"])
+    # The remote command's code passes through...
+    r = crc("run", "lab", "--to", "a", "--error-exit", "255", "--", "sh", "-c", "exit 4")
+    assert r.returncode == 4, r.stderr
+    # ...while crc's own "not found" (4 as well, by default) becomes 255 when asked.
+    r = crc("run", "lab", "--to", "nosuch", "--", "true")
+    assert r.returncode == 4
+    r = crc("run", "lab", "--to", "nosuch", "--error-exit", "255", "--", "true")
+    assert r.returncode == 255 and "no machine 'nosuch'" in r.stderr
+    r = crc("run", "lab", "--to", "role=db", "--error-exit", "200", "--", "true")
+    assert r.returncode == 200 and "matches no machine" in r.stderr
+    r = crc(
+        "run", "lab", "--to", "a", "--error-exit", "255", "--", "true", extra_env={"CRC_TOKEN": "x"}
+    )
+    assert r.returncode == 255
+
+
+def test_usage_errors_are_one_line_with_the_usage_and_where_to_find_help(env, crc):
+    for args, part in [
+        (["run", "lab"], "Missing argument"),
+        (["run", "lab", "--to", "a", "--shell", "fish", "--", "true"], "'fish'"),
+        (["group", "create"], "Missing argument 'NAME'"),
+        (["status", "--bogus"], "No such option"),
+        (["nosuch"], "No such command"),
+    ]:
+        r = crc(*args)
+        assert r.returncode == 2, (args, r.stderr)
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1, (args, r.stderr)
+        assert lines[0].startswith("crc: error: ") and part in lines[0], (args, lines)
+        assert "--help`" in lines[0] and "usage: crc" in lines[0], lines
+    r = crc()
+    assert r.returncode == 0 and "Usage: crc" in r.stdout
+
+
+def test_login_says_what_is_wrong_with_a_token_or_a_self_signed_server(env, crc, tmp_path):
+    url, fp = env.server.url, env.server.fingerprint
+    cfg = {"CRC_CONFIG_DIR": str(tmp_path / "cfg"), "CRC_URL": "", "CRC_TOKEN": ""}
+    r = crc("login", "--url", url, "--token", "garbage", "--fingerprint", fp, extra_env=cfg)
+    assert r.returncode == 3, r.stderr
+    assert "rejected this token" in r.stderr and "crc server add-user" in r.stderr
+    assert "run `crc login`" not in r.stderr
+    r = crc("login", "--url", url, "--token", env.token, extra_env={**cfg, "CRC_FINGERPRINT": ""})
+    assert r.returncode == 7, r.stderr
+    line = r.stderr.strip()
+    assert "self-signed" in line and "--fingerprint" in line and fp in line, line
+    assert "Traceback" not in line and len(line.splitlines()) == 1
+    r = crc("login", "--url", url, "--token", env.token, "--fingerprint", fp, extra_env=cfg)
+    assert r.returncode == 0, r.stderr
+
+
+def test_agent_hosts_file_lets_hosts_sync_be_tried_without_root(env, crc, tmp_path):
+    out = env.client.create_group("lab", ["a", "b"])
+    files = {}
+    for m in out["machines"]:
+        files[m["name"]] = tmp_path / f"hosts-{m['name']}"
+        files[m["name"]].write_text("127.0.0.1 localhost\n")
+        env.agent(m["name"], m["key"], extra=["--hosts-file", str(files[m["name"]])])
+    env.wait_state("lab", ["a", "b"], "ready")
+    before = Path("/etc/hosts").read_bytes()
+    r = crc("hosts", "sync", "lab", "--ip", "public")
+    assert r.returncode == 0, r.stderr
+    for f in files.values():
+        text = f.read_text()
+        assert text.startswith("127.0.0.1 localhost\n")
+        assert "127.0.0.1 a a.lab b b.lab" in text
+        assert str(f) in r.stdout
+    assert Path("/etc/hosts").read_bytes() == before
+
+
+def test_server_run_says_where_it_serves_and_when_it_stops(tmp_path):
+    srv = ServerProcess(tmp_path / "srv").start()
+    try:
+        _wait(lambda: "serving" in srv.log_path.read_text(), "the start line")
+    finally:
+        srv.stop()
+    log = srv.log_path.read_text()
+    start = next(line for line in log.splitlines() if "serving" in line)
+    assert srv.url in start and srv.fingerprint in start
+    assert "sqlite" in start and f"pid {srv.proc.pid}" in start
+    assert "crc server: stopped" in log
+
+
+def test_events_audit_and_status_read_cleanly(env, crc, tmp_path):
+    out = env.client.create_group("lab", ["a"])
+    env.agent("a", out["machines"][0]["key"], extra=["--gate-ready"])
+    env.wait_state("lab", ["a"], "enrolled")
+    assert _agent_cli(env, "a", "progress", "installing", "--percent", "40").returncode == 0
+    _wait(lambda: env.client.group("lab")["machines"][0]["progress"], "the progress")
+    r = crc("status", "lab")
+    assert "40% installing" in r.stdout, r.stdout
+    assert _agent_cli(env, "a", "ready").returncode == 0
+    env.wait_state("lab", ["a"], "ready")
+    # Ready: the start-up progress is over, the table no longer shows it...
+    r = crc("status", "lab")
+    assert r.returncode == 0 and "installing" not in r.stdout, r.stdout
+    # ...while what a script reports afterwards is shown.
+    assert _agent_cli(env, "a", "progress", "serving").returncode == 0
+    _wait(lambda: "serving" in crc("status", "lab").stdout, "the new progress")
+    # Events: a job's status says its exit code only when there is one.
+    assert crc("run", "lab", "--to", "a", "--", "true").returncode == 0
+    job = env.client.start_job("lab", "a", argv=["sleep", "60"])
+    _wait(lambda: env.client.job(job["job_id"])["targets"][0]["status"] == "running", "run")
+    env.client.cancel_job(job["job_id"])
+    _wait(lambda: env.client.job(job["job_id"])["targets"][0]["status"] == "cancelled", "stop")
+    remote_dir = tmp_path / ("a-rather-long-directory-name-" * 4)
+    remote_dir.mkdir()
+    remote = str(remote_dir / "file.conf")
+    (tmp_path / "f").write_text("x")
+    assert crc("push", "lab", "--to", "a", str(tmp_path / "f"), remote).returncode == 0
+    r = crc("events", "lab")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert "exit=None" not in r.stdout and "None" not in r.stdout, r.stdout
+    assert any("job.status" in x and "succeeded (exit 0)" in x for x in lines), r.stdout
+    assert any(x.endswith("cancelled: cancelled by the master") for x in lines), r.stdout
+    facts = next(x for x in lines if " facts " in x)
+    assert "hostname=" in facts and "ips=" in facts and "..." not in facts, facts
+    assert any("job.created" in x and x.endswith(f"by alice: path={remote}") for x in lines)
+    assert any("job.created" in x and x.endswith("by alice: sleep 60") for x in lines)
+    # Audit: a header, and whole values.
+    r = crc("audit", "--group", "lab")
+    assert r.returncode == 0, r.stderr
+    header = r.stdout.splitlines()[0].split()
+    assert header == ["TIME", "ACTOR", "ACTION", "GROUP", "DETAIL"], r.stdout
+    assert remote in r.stdout
