@@ -42,7 +42,7 @@ def test_the_built_in_providers_are_found_through_their_entry_points() -> None:
 def test_what_the_built_in_providers_declare() -> None:
     local, vultr = LocalProvider.capabilities, VultrProvider.capabilities
     assert local.oses == {"linux"} and vultr.oses == {"linux", "windows"}
-    assert dict(local.settings) == {"network": ("auto", "netns", "host")}
+    assert dict(local.settings) == {"network": ("auto", "netns", "isolated", "plain", "host")}
     assert vultr.required == ("region", "plan", "image") and vultr.machine_options
     assert not local.supports(Feature.SERVER_TEARDOWN)
     assert vultr.supports(Feature.SERVER_TEARDOWN)
