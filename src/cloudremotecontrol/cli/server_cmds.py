@@ -69,15 +69,23 @@ def init(
     show_default=True,
     type=click.Choice(["debug", "info", "warning", "error"]),
 )
+@click.option(
+    "--no-dashboard", is_flag=True, help="Do not serve the web dashboard (/dashboard/)."
+)
 def run(
-    data_dir: str | None, listen: str | None, database: str | None, insecure: bool, log_level: str
+    data_dir: str | None,
+    listen: str | None,
+    database: str | None,
+    insecure: bool,
+    log_level: str,
+    no_dashboard: bool,
 ) -> None:
-    """Serve the API (HTTPS) until interrupted."""
+    """Serve the API (HTTPS) and the web dashboard until interrupted; print their URLs."""
     from ..server.config import load_config
     from ..server.runner import serve
 
     cfg = load_config(_data_dir(data_dir))
-    serve(cfg, listen or cfg.listen, database, insecure, log_level)
+    serve(cfg, listen or cfg.listen, database, insecure, log_level, dashboard=not no_dashboard)
 
 
 def _store(data_dir: str | None, database: str | None):  # type: ignore[no-untyped-def]

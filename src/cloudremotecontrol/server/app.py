@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .. import __version__
 from ..errors import CrcError, InvalidInput, TooLarge
 from ..protocol.limits import MAX_HTTP_BODY_BYTES
-from . import api, api_bootstrap, api_files, api_kv, api_teardown
+from . import api, api_bootstrap, api_files, api_kv, api_runs, api_teardown
 from .agent_ws import agent_endpoint
 from .blobs import BlobStore
 from .hub import EventBus, Hub
@@ -87,7 +87,11 @@ async def _send_error(send: Send, exc: CrcError) -> None:
 
 
 def create_app(
-    store: Store, *, replica: str | None = None, blob_dir: Path | None = None
+    store: Store,
+    *,
+    replica: str | None = None,
+    blob_dir: Path | None = None,
+    dashboard: bool = True,
 ) -> FastAPI:
     hub = Hub()
     bus = EventBus()
@@ -139,6 +143,12 @@ def create_app(
     app.include_router(api_kv.router)
     app.include_router(api_teardown.router)
     app.include_router(api_bootstrap.router)
+    app.include_router(api_runs.router)
+    app.state.dashboard = False
+    if dashboard:  # the web pages under /dashboard/ (server/dashboard/)
+        from .dashboard import install
+
+        install(app)
     app.add_api_websocket_route("/v1/agent/connect", agent_endpoint)
     app.add_middleware(BodyLimit, limit=MAX_HTTP_BODY_BYTES, exempt=api_files.LARGE_BODY_PREFIXES)
 

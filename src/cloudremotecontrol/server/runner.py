@@ -19,7 +19,12 @@ __all__ = ["serve"]
 
 
 def serve(
-    cfg: ServerConfig, listen: str, database: str | None, insecure: bool, log_level: str = "warning"
+    cfg: ServerConfig,
+    listen: str,
+    database: str | None,
+    insecure: bool,
+    log_level: str = "warning",
+    dashboard: bool = True,
 ) -> None:
     host, port = parse_listen(listen)
     if insecure:
@@ -33,9 +38,11 @@ def serve(
                 "address only (e.g. --listen 127.0.0.1:8080)"
             )
     store = open_store(database or cfg.database)
-    app = create_app(store, blob_dir=Path(cfg.data_dir) / "blobs")
+    app = create_app(store, blob_dir=Path(cfg.data_dir) / "blobs", dashboard=dashboard)
     app.state.wheel_dir = Path(cfg.data_dir) / "wheels"  # served by /v1/agent/wheels
     app.state.teardown_cipher = load_cipher(Path(cfg.data_dir))  # opt-in TTL teardown
+    base = f"http://{host}:{port}" if insecure else cfg.url.rstrip("/")
+    print(f"serving {base}" + (f"\ndashboard: {base}/dashboard/" if dashboard else ""), flush=True)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(message)s")
     config = uvicorn.Config(
         app,
