@@ -69,9 +69,7 @@ def init(
     show_default=True,
     type=click.Choice(["debug", "info", "warning", "error"]),
 )
-@click.option(
-    "--no-dashboard", is_flag=True, help="Do not serve the web dashboard (/dashboard/)."
-)
+@click.option("--no-dashboard", is_flag=True, help="Do not serve the web dashboard (/dashboard/).")
 def run(
     data_dir: str | None,
     listen: str | None,

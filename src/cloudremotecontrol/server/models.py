@@ -91,6 +91,4 @@ class RunEndReport(_Strict):
     message: str | None = Field(default=None, max_length=1000)
 
 
-RunReport = Annotated[
-    RunPhaseReport | RunStepReport | RunEndReport, Field(discriminator="type")
-]
+RunReport = Annotated[RunPhaseReport | RunStepReport | RunEndReport, Field(discriminator="type")]

@@ -178,8 +178,15 @@ def _safe_next(value: str | None) -> str:
 
 def _login_form(request: Request, error: str | None, status: int, next_: str | None) -> Response:
     form_token = sessions.new_form_token()
-    resp = _render(request, "login.html", None, status, error=error, form_token=form_token,
-                   next=_safe_next(next_))
+    resp = _render(
+        request,
+        "login.html",
+        None,
+        status,
+        error=error,
+        form_token=form_token,
+        next=_safe_next(next_),
+    )
     resp.set_cookie(
         LOGIN_COOKIE,
         form_token,
@@ -232,7 +239,9 @@ async def login(request: Request) -> Response:
     expected = request.cookies.get(LOGIN_COOKIE, "")
     given = form.get("form_token", "")
     if not expected or not hmac.compare_digest(expected.encode(), given.encode()):
-        return _login_form(request, "the form expired: paste the token again", 403, form.get("next"))
+        return _login_form(
+            request, "the form expired: paste the token again", 403, form.get("next")
+        )
     token = form.get("token", "").strip()
     peer = request.client.host if request.client else None
     try:
@@ -302,7 +311,10 @@ def _tab(name: str, template: str, loader: Callable[..., Any]) -> Callable[..., 
         async def load(user: dict[str, Any]) -> Any:
             store = _store(request)
             head = await store.read(ev_ops.group_cursor, user["user_id"], group)
-            return {"cursor": head["cursor"], "items": await store.read(loader, user["user_id"], group)}
+            return {
+                "cursor": head["cursor"],
+                "items": await store.read(loader, user["user_id"], group),
+            }
 
         return await _page(request, template, load, tab=name, group=group)
 
@@ -310,21 +322,33 @@ def _tab(name: str, template: str, loader: Callable[..., Any]) -> Callable[..., 
 
 
 router.add_api_route(
-    "/groups/{group}/jobs", _tab("jobs", "jobs.html", views.job_list),
-    methods=["GET"], response_class=HTMLResponse, summary="A group's jobs",
+    "/groups/{group}/jobs",
+    _tab("jobs", "jobs.html", views.job_list),
+    methods=["GET"],
+    response_class=HTMLResponse,
+    summary="A group's jobs",
     description="The group's latest jobs with their targets' statuses; start a command.",
 )
 router.add_api_route(
-    "/groups/{group}/files", _tab("files", "files.html", views.file_jobs),
-    methods=["GET"], response_class=HTMLResponse, summary="A group's file transfers",
+    "/groups/{group}/files",
+    _tab("files", "files.html", views.file_jobs),
+    methods=["GET"],
+    response_class=HTMLResponse,
+    summary="A group's file transfers",
 )
 router.add_api_route(
-    "/groups/{group}/messages", _tab("messages", "messages.html", views.message_list),
-    methods=["GET"], response_class=HTMLResponse, summary="A group's data messages",
+    "/groups/{group}/messages",
+    _tab("messages", "messages.html", views.message_list),
+    methods=["GET"],
+    response_class=HTMLResponse,
+    summary="A group's data messages",
 )
 router.add_api_route(
-    "/groups/{group}/kv", _tab("kv", "kv.html", views.kv_page),
-    methods=["GET"], response_class=HTMLResponse, summary="A group's key/value store",
+    "/groups/{group}/kv",
+    _tab("kv", "kv.html", views.kv_page),
+    methods=["GET"],
+    response_class=HTMLResponse,
+    summary="A group's key/value store",
 )
 
 

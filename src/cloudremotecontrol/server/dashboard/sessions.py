@@ -142,10 +142,6 @@ async def session_from_cookie(conn: HTTPConnection, form_csrf: str | None = None
     if websocket or conn.scope.get("method") not in SAFE_METHODS:
         if not _same_origin(conn):
             raise Forbidden("cross-origin request refused", code="csrf")
-        if not websocket and not csrf_ok(
-            conn, cookie, form_csrf or conn.headers.get(CSRF_HEADER)
-        ):
-            raise Forbidden(
-                "missing or wrong CSRF token: reload the dashboard page", code="csrf"
-            )
+        if not websocket and not csrf_ok(conn, cookie, form_csrf or conn.headers.get(CSRF_HEADER)):
+            raise Forbidden("missing or wrong CSRF token: reload the dashboard page", code="csrf")
     return user
