@@ -274,6 +274,8 @@ async def logout(request: Request) -> Response:
     try:
         form = await _form(request)
         user = await sessions.session_from_cookie(request, form_csrf=form.get("csrf"))
+    except Unauthorized:
+        user = None  # no live session: nothing to end
     except CrcError as exc:
         return JSONResponse(exc.to_payload(), status_code=exc.http_status)
     if user is not None:
