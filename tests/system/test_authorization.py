@@ -668,6 +668,7 @@ def test_dashboard_pages_need_a_live_session_and_show_each_user_only_their_own(e
         assert resp.status_code == 404, (req[1], resp.status_code)
         other = send(http, req, ghost, jar(bob_cookie))
         assert other.status_code == 404
+
         def masked(text: str, res: Res) -> str:
             for quoted in (f"'{res.group}'", f"&#39;{res.group}&#39;"):
                 text = text.replace(quoted, "<group>")
