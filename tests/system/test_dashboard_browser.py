@@ -125,8 +125,11 @@ def test_another_users_group_is_invisible_in_the_dashboard(env, browser):
     expect(page.locator("#who")).to_have_text("bob")
     expect(page.locator("#no-groups")).to_be_visible()
     expect(page.locator("body")).not_to_contain_text("lab")
-    for path in ("/dashboard/groups/lab", "/dashboard/groups/lab/events",
-                 f"/dashboard/jobs/{alice_job}"):  # fmt: skip
+    for path in (
+        "/dashboard/groups/lab",
+        "/dashboard/groups/lab/events",
+        f"/dashboard/jobs/{alice_job}",
+    ):
         resp = page.goto(env.server.url + path)
         assert resp.status == 404, path
         expect(page.locator("#error-message")).to_contain_text("no ")

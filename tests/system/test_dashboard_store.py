@@ -85,8 +85,9 @@ async def test_a_run_reports_its_steps_in_order_and_refuses_stale_or_foreign_rep
         )
     bob = await new_user(store, "bob")
     with pytest.raises(NotFound):
-        await store.write(runs.report_run, bob, "lab", {"type": "phase", "run_id": RUN,
-                                                        "phase": "done"})  # fmt: skip
+        await store.write(
+            runs.report_run, bob, "lab", {"type": "phase", "run_id": RUN, "phase": "done"}
+        )
     with pytest.raises(NotFound):
         await store.read(runs.run_view, bob["user_id"], "lab")
     await report(type="end", ok=False, message="d failed")

@@ -107,9 +107,15 @@ def test_hostile_machine_text_is_shown_literally_and_never_runs(env, browser):
             )
             env.client.report_run(
                 "xss",
-                {"type": "step", "run_id": "0" * 32, "step": "one", "state": "failed",
-                 "attempt": 1, "message": PAYLOAD},
-            )  # fmt: skip
+                {
+                    "type": "step",
+                    "run_id": "0" * 32,
+                    "step": "one",
+                    "state": "failed",
+                    "attempt": 1,
+                    "message": PAYLOAD,
+                },
+            )
 
     def machines() -> None:
         try:

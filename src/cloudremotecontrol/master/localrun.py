@@ -41,8 +41,10 @@ class ServerProcess:
         port: int | None = None,
         database: str | None = None,
         env: dict[str, str] | None = None,
+        run_args: list[str] | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
+        self.run_args = list(run_args or [])  # more `crc server run` options
         self.port = port or free_port()
         self.database = database
         self.env = {**os.environ, **(env or {})}
@@ -92,7 +94,7 @@ class ServerProcess:
 
     def start(self, timeout: float = 30.0) -> ServerProcess:
         self.init()
-        args = ["server", "run", "--data-dir", str(self.data_dir)]
+        args = ["server", "run", "--data-dir", str(self.data_dir), *self.run_args]
         if self.database:
             args += ["--database", self.database]
         log = open(self.log_path, "ab")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Request
+from fastapi import APIRouter, Depends, Request
 
 from . import auth
 from .models import RunReport, RunStart
@@ -37,7 +37,7 @@ async def start_run(group: str, body: RunStart, user: Master, request: Request) 
 
 @router.post("/groups/{group}/run/report", tags=["scenario"])
 async def report_run(
-    group: str, body: Annotated[RunReport, Body()], user: Master, request: Request
+    group: str, body: RunReport, user: Master, request: Request
 ) -> dict[str, Any]:
     """One change of the current run: a phase, a step's state, or its end."""
     await _store(request).write(run_ops.report_run, user, group, body.model_dump())

@@ -22,8 +22,14 @@ from .model import Step
 __all__ = ["RunReporter"]
 
 MAX_MESSAGE = 1000
-_STATES = {"started": "running", "retrying": "retrying", "succeeded": "succeeded",
-           "failed": "failed", "skipped": "skipped", "done": "done"}  # fmt: skip
+_STATES = {
+    "started": "running",
+    "retrying": "retrying",
+    "succeeded": "succeeded",
+    "failed": "failed",
+    "skipped": "skipped",
+    "done": "done",
+}
 
 
 class RunReporter:
