@@ -369,6 +369,29 @@ def table(r: dict[str, Any], args: argparse.Namespace) -> str:
     return "\n".join(f"{a:<{width}}  {b}" for a, b in rows)
 
 
+def targets(r: dict[str, Any]) -> str:
+    """The issue's targets against what was measured."""
+    render = statistics.median(r["first_render_ms"])
+    late = max(r["storm_ms"] + r["idle_ms"])
+    worst = max(r["longtasks"], default=0)
+
+    def met(ok: bool) -> str:
+        return "met" if ok else "MISSED"
+
+    return "\n".join(
+        [
+            "Targets (from the issue):",
+            "",
+            f"- first render with {r['machines']} machines <= 2 s: {render:.0f} ms, "
+            f"{met(render <= 2000)}",
+            f"- an update visible within 1 s of its event: slowest {late:.0f} ms, "
+            f"{met(late <= 1000)}",
+            f"- updates without freezing the page: longest task {worst:.0f} ms, longest frame "
+            f"gap {r['max_frame_gap_ms']:.0f} ms, {met(worst < 200)}",
+        ]
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--machines", type=int, default=1000)
@@ -393,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{BEGIN}\n## Dashboard: {args.machines} machines in a browser\n\n"
             f"Produced by `.venv/bin/python bench/dashboard.py` on {stamp}.\n\n"
             f"Machine: {machine_info()}; server, machines and Chromium share it.\n\n"
-            f"```\n{text}\n```\n{END}"
+            f"```\n{text}\n```\n\n{targets(box)}\n{END}"
         )
         write_section(
             Path(args.out), BEGIN, END, body, lambda old: old.rstrip() + "\n\n" + body + "\n"
