@@ -199,19 +199,19 @@ class Client:
     def start_run(self, group: str, run: dict[str, Any]) -> dict[str, Any]:
         """Report a scenario run's step graph (``crc up`` does): ``{"run_id",
         "scenario", "steps": [{"name", "kind", "to", "needs", "retries"}]}``."""
-        return self._call("PUT", f"/groups/{group}/run", json=run)
+        return dict(self._call("PUT", f"/groups/{group}/run", json=run))
 
     def report_run(self, group: str, report: dict[str, Any]) -> dict[str, Any]:
         """One change of the run: ``{"type": "phase"|"step"|"end", "run_id", ...}``."""
-        return self._call("POST", f"/groups/{group}/run/report", json=report)
+        return dict(self._call("POST", f"/groups/{group}/run/report", json=report))
 
     def run_state(self, group: str) -> dict[str, Any]:
         """The group's scenario run as reported: steps with states, attempts, timings."""
-        return self._call("GET", f"/groups/{group}/run")
+        return dict(self._call("GET", f"/groups/{group}/run"))
 
     def health(self) -> dict[str, Any]:
         """``{"ok", "version"}``, and ``"dashboard"`` (its path) when the server has one."""
-        return self._call("GET", "/health")
+        return dict(self._call("GET", "/health"))
 
     def start_job(
         self,

@@ -19,7 +19,8 @@ Master = Annotated[dict[str, Any], Depends(auth.master)]
 
 
 def _store(request: Request) -> Store:
-    return request.app.state.store
+    store: Store = request.app.state.store
+    return store
 
 
 @router.put("/groups/{group}/run", tags=["scenario"])

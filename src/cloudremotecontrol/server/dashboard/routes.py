@@ -97,7 +97,8 @@ _env.globals.update(static=static_url, when=_when, ago=_ago, duration=_duration,
 
 
 def _store(request: Request) -> Store:
-    return request.app.state.store
+    store: Store = request.app.state.store
+    return store
 
 
 def features(request: Request) -> dict[str, Any]:

@@ -91,7 +91,9 @@ def start_run(
         group_name,
         {"run_id": run_id, "scenario": scenario, "steps": len(steps)},
     )
-    return _view(tx, group)
+    view = _view(tx, group)
+    assert view is not None  # just inserted
+    return view
 
 
 def report_run(tx: Tx, user: dict[str, Any], group_name: str, report: dict[str, Any]) -> None:
@@ -187,7 +189,7 @@ def run_view(tx: Tx, user_id: str, group_name: str) -> dict[str, Any]:
     return view
 
 
-def _view(tx: Tx, group: dict[str, Any]) -> Any:
+def _view(tx: Tx, group: dict[str, Any]) -> dict[str, Any] | None:
     run = tx.one("SELECT * FROM runs WHERE group_id = ?", (group["id"],))
     if run is None:
         return None
