@@ -37,9 +37,7 @@ async def start_run(group: str, body: RunStart, user: Master, request: Request) 
 
 
 @router.post("/groups/{group}/run/report", tags=["scenario"])
-async def report_run(
-    group: str, body: RunReport, user: Master, request: Request
-) -> dict[str, Any]:
+async def report_run(group: str, body: RunReport, user: Master, request: Request) -> dict[str, Any]:
     """One change of the current run: a phase, a step's state, or its end."""
     await _store(request).write(run_ops.report_run, user, group, body.model_dump())
     return {"group": group, "run_id": body.run_id, "accepted": True}
