@@ -101,16 +101,24 @@ def _store(request: Request) -> Store:
     return store
 
 
+TERMINAL_PAGE = f"{PREFIX}/groups/{{group}}/machines/{{machine}}/terminal"
+
+
 def features(request: Request) -> dict[str, Any]:
-    """What this server offers the pages beyond the API they always use. The terminal
-    appears when the server has `crc shell`'s stream (a WebSocket route under /v1 whose
-    path ends in ``/shell``), the forward buttons when it has `crc forward`'s."""
+    """What this server offers the pages beyond the API they always use, found in its
+    own routes. The machines table shows a *Terminal* button when the server has
+    `crc shell`'s stream (a WebSocket route under /v1 ending in ``/shell``) and the
+    dashboard a terminal page for it; forward buttons when it has `crc forward`'s
+    (``/forward``). Absent either, nothing is shown."""
     found = getattr(request.app.state, "dashboard_features", None)
     if found is None:
         paths = [str(getattr(r, "path", "")) for r in request.app.routes]
-        shell = next((p for p in paths if p.startswith("/v1/") and p.endswith("/shell")), None)
-        forward = next((p for p in paths if p.startswith("/v1/") and p.endswith("/forward")), None)
-        found = {"shell": shell, "forward": forward}
+
+        def stream(suffix: str) -> str | None:
+            return next((p for p in paths if p.startswith("/v1/") and p.endswith(suffix)), None)
+
+        shell = stream("/shell") if TERMINAL_PAGE in paths else None
+        found = {"shell": shell, "forward": stream("/forward")}
         request.app.state.dashboard_features = found
     return dict(found)
 
