@@ -115,13 +115,21 @@ class Browser:
         self.context.close()
 
 
-@pytest.fixture(scope="session")
-def playwright_driver() -> Iterator[Any]:
+@pytest.fixture
+def chromium_present() -> str:
+    """The Chromium binary; skip (or, under CRC_REQUIRE_BROWSER=1, fail) without one."""
     reason = _missing()
     if reason is not None:
         if os.environ.get("CRC_REQUIRE_BROWSER") == "1":
             pytest.fail(f"Chromium is required (CRC_REQUIRE_BROWSER=1) but {reason}")
         pytest.skip(f"browser tests skipped: {reason}")
+    return CHROMIUM
+
+
+@pytest.fixture
+def playwright_driver(chromium_present: str) -> Iterator[Any]:
+    """Playwright for one test. Not shared across tests: its sync API keeps an asyncio
+    loop running in this thread while it lives, which later async tests cannot share."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from browser import browser, playwright_driver  # noqa: F401 -- fixtures: Chromium (tests/browser.py)
+from browser import browser, chromium_present, playwright_driver  # noqa: F401 -- fixtures: Chromium (tests/browser.py)
 from cloudremotecontrol.master.client import Client
 from cloudremotecontrol.master.localrun import AgentProcess, ServerProcess
 from pg import pg_cluster, pg_url  # noqa: F401 -- fixtures: PostgreSQL databases (tests/pg.py)

@@ -85,7 +85,7 @@ def test_replicas_bench_completes_and_prints_a_table(pg_cluster) -> None:
     assert bench_databases() <= before  # it dropped the databases it created
 
 
-def test_dashboard_bench_completes_and_prints_a_table(playwright_driver) -> None:
+def test_dashboard_bench_completes_and_prints_a_table(chromium_present) -> None:
     r = subprocess.run(
         [
             sys.executable,
