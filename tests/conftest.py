@@ -10,9 +10,19 @@ from typing import Any
 
 import pytest
 
+from browser import browser, chromium_present, playwright_driver  # noqa: F401 -- fixtures: Chromium (tests/browser.py)
 from cloudremotecontrol.master.client import Client
 from cloudremotecontrol.master.localrun import AgentProcess, ServerProcess
 from pg import pg_cluster, pg_url  # noqa: F401 -- fixtures: PostgreSQL databases (tests/pg.py)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """Keep each phase's report on the test item (``rep_call``), so fixtures can tell
+    in their teardown whether the test failed (the browser saves its pages then)."""
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import re
 import subprocess
 import sys
 import time
@@ -105,6 +106,23 @@ MASTER: list[Request] = [
     ),
     ("DELETE", "/v1/groups/{group}/teardown", lambda r: {}),
     ("GET", "/v1/audit", lambda r: {"params": {"group": r.group}}),
+    (
+        "PUT",
+        "/v1/groups/{group}/run",
+        lambda r: {
+            "json": {
+                "run_id": RUN_ID,
+                "scenario": "lab",
+                "steps": [{"name": "s", "kind": "run", "to": "a", "needs": [], "retries": 0}],
+            }
+        },
+    ),
+    (
+        "POST",
+        "/v1/groups/{group}/run/report",
+        lambda r: {"json": {"type": "phase", "run_id": RUN_ID, "phase": "steps"}},
+    ),
+    ("GET", "/v1/groups/{group}/run", lambda r: {}),
     ("DELETE", "/v1/groups/{group}", lambda r: {}),
 ]
 # Endpoints for machine credentials (the agent's side).
@@ -125,6 +143,30 @@ PUBLIC = {
     ("GET", "/v1/agent/wheels"),
     ("GET", "/v1/agent/wheels/{filename}"),
 }
+# The dashboard's pages: a browser session only (no bearer token), alice's own things.
+DASHBOARD: list[Request] = [
+    ("GET", "/dashboard/", lambda r: {}),
+    ("GET", "/dashboard/groups/{group}", lambda r: {}),
+    ("GET", "/dashboard/groups/{group}/rows", lambda r: {"params": {"names": "a,b"}}),
+    ("GET", "/dashboard/groups/{group}/run", lambda r: {}),
+    ("GET", "/dashboard/groups/{group}/jobs", lambda r: {}),
+    ("GET", "/dashboard/groups/{group}/files", lambda r: {}),
+    ("GET", "/dashboard/groups/{group}/messages", lambda r: {}),
+    ("GET", "/dashboard/groups/{group}/kv", lambda r: {}),
+    ("GET", "/dashboard/groups/{group}/events", lambda r: {"params": {"type": "job."}}),
+    ("GET", "/dashboard/groups/{group}/audit", lambda r: {}),
+    ("GET", "/dashboard/jobs/{job_id}", lambda r: {}),
+    ("POST", "/dashboard/logout", lambda r: {}),
+]
+# Dashboard routes anyone may call: the login form and its post, assets, the root.
+DASHBOARD_PUBLIC = {
+    ("GET", "/"),
+    ("GET", "/dashboard/login"),
+    ("POST", "/dashboard/login"),
+    ("GET", "/dashboard/static/{name}"),
+}
+RUN_ID = "f" * 32
+UNSAFE = {"POST", "PUT", "DELETE", "PATCH"}
 # Master endpoints where another user acts on its own namespace, not on alice's things.
 OWN_NAMESPACE = {
     ("GET", "/v1/whoami"),
@@ -156,6 +198,40 @@ def call(http: httpx.Client, req: Request, res: Res, auth: str | None) -> httpx.
         headers=headers,
         **kwargs(res),
     )
+
+
+def send(http: httpx.Client, req: Request, res: Res, headers: dict[str, str]) -> httpx.Response:
+    """``req`` with exactly these headers (a session cookie, a CSRF token, an Origin)."""
+    method, path, kwargs = req
+    http.cookies.clear()  # nothing but ``headers`` speaks for the caller
+    return http.request(
+        method,
+        path.format(
+            group=res.group, job_id=res.job_id, sha256=res.sha256, key=res.key, machine=res.machine
+        ),
+        headers=headers,
+        **kwargs(res),
+    )
+
+
+def session_of(server: Any, token: str) -> tuple[str, str]:
+    """Log in through the dashboard's form, as a browser does (a client of its own);
+    return the session cookie and the session's CSRF token."""
+    with pinned_http(server) as c:
+        r = c.get("/dashboard/login")
+        assert r.status_code == 200, r.text
+        form = {"token": token, "form_token": r.cookies["crc_login"], "next": "/dashboard/"}
+        r = c.post("/dashboard/login", data=form)
+        assert r.status_code == 303 and r.headers["location"] == "/dashboard/", r.text
+        cookie = r.cookies["crc_session"]
+        page = c.get("/dashboard/")
+        found = re.search(r'<meta name="crc-csrf" content="([0-9a-f]{64})">', page.text)
+        assert found, page.text
+    return cookie, found.group(1)
+
+
+def jar(cookie: str) -> dict[str, str]:
+    return {"Cookie": f"crc_session={cookie}"}
 
 
 def snapshot(env: Any, http: httpx.Client, job_id: str) -> dict[str, Any]:
@@ -237,8 +313,10 @@ async def refused_connection(server: Any, auth: str | None) -> tuple[dict[str, A
 
 def test_the_matrix_covers_every_endpoint_the_server_documents(http):
     documented = openapi_operations(http)
-    covered = {(m, p) for m, p, _ in MASTER + AGENT} | PUBLIC
-    assert len(covered) == len(MASTER) + len(AGENT) + len(PUBLIC)  # no duplicate rows
+    covered = {(m, p) for m, p, _ in MASTER + AGENT + DASHBOARD} | PUBLIC | DASHBOARD_PUBLIC
+    assert len(covered) == len(MASTER) + len(AGENT) + len(DASHBOARD) + len(PUBLIC) + len(
+        DASHBOARD_PUBLIC
+    )  # no duplicate rows
     missing = sorted(documented - covered)
     assert not missing, f"endpoints without an authorization row here: {missing}"
     stale = sorted(covered - documented)
@@ -548,3 +626,101 @@ def test_agent_run_with_a_refused_key_exits_with_one_clear_line(env, http):
         "used": "enrolled",
         "spare": "pending",
     }
+
+
+def test_dashboard_pages_need_a_live_session_and_show_each_user_only_their_own(env, http):
+    scene = make_scene(env, http)
+    cookie, csrf = session_of(env.server, env.token)
+    refused = {
+        "no session": {},
+        "malformed cookie": jar("nonsense"),
+        "unknown session": jar("crcs_0123456789abcdef_" + "x" * 32),
+        "forged secret": jar(forge(cookie)),
+        "master token as a cookie": jar(env.token),
+        "master token as bearer": {"Authorization": bearer(env.token)},
+        "machine credential": {"Authorization": bearer(scene.machine_cred)},
+    }
+    pages = [req for req in DASHBOARD if req[0] == "GET"]
+    for name, headers in refused.items():
+        for req in pages:
+            resp = send(http, req, scene.res, headers)
+            if req[1].endswith("/rows"):  # JSON for the page's script
+                assert_error(resp, 401, "unauthorized")
+                continue
+            assert resp.status_code == 303, (name, req[1], resp.status_code)
+            assert resp.headers["location"].startswith("/dashboard/login?next="), name
+            # A panel refresh (htmx) sends the whole page to the login form instead.
+            resp = send(http, req, scene.res, {**headers, "HX-Request": "true"})
+            assert resp.status_code == 401 and resp.headers["hx-redirect"].startswith(
+                "/dashboard/login"
+            ), (name, req[1])
+    # Alice's session: every page, under the dashboard's CSP.
+    for req in pages:
+        resp = send(http, req, scene.res, jar(cookie))
+        assert resp.status_code == 200, (req[1], resp.text[:500])
+        assert "script-src 'self'" in resp.headers["content-security-policy"]
+        assert resp.headers["x-frame-options"] == "DENY"
+    # Bob's session: alice's group and job are "not found", exactly like ones that never
+    # existed; his list of groups is empty.
+    bob_cookie, bob_csrf = session_of(env.server, env.server.add_user("bob"))
+    ghost = Res("ghost", uuid.uuid4().hex, SHA, "no/such/key", "nobody")
+    for req in pages:
+        resp = send(http, req, scene.res, jar(bob_cookie))
+        if req[1] == "/dashboard/":
+            assert resp.status_code == 200 and "/dashboard/groups/lab" not in resp.text
+            continue
+        assert resp.status_code == 404, (req[1], resp.status_code)
+        other = send(http, req, ghost, jar(bob_cookie))
+        assert other.status_code == 404
+
+        def masked(text: str, res: Res) -> str:
+            for quoted in (f"'{res.group}'", f"&#39;{res.group}&#39;"):
+                text = text.replace(quoted, "<group>")
+            return text.replace(res.job_id, "<job>")
+
+        assert masked(resp.text, scene.res) == masked(other.text, ghost), req[1]
+    # Logging out needs the session's own CSRF token, in the form.
+    logout = DASHBOARD[-1]
+    assert logout[1] == "/dashboard/logout"
+    for wrong in ("", "0" * 64, bob_csrf):
+        resp = http.post(
+            "/dashboard/logout", data={"csrf": wrong} if wrong else {}, headers=jar(cookie)
+        )
+        assert_error(resp, 403, "csrf")
+        assert send(http, pages[0], scene.res, jar(cookie)).status_code == 200  # still in
+    resp = http.post("/dashboard/logout", data={"csrf": csrf}, headers=jar(cookie))
+    assert resp.status_code == 303 and resp.headers["location"] == "/dashboard/login"
+    assert send(http, pages[0], scene.res, jar(cookie)).status_code == 303  # gone
+    assert send(http, pages[0], scene.res, jar(bob_cookie)).status_code == 200  # bob's stays
+    assert_no_traceback_in_server_log(env.server)
+
+
+def test_a_session_cookie_reaches_the_api_as_its_user_and_changes_nothing_without_csrf(env, http):
+    scene = make_scene(env, http)
+    cookie, csrf = session_of(env.server, env.token)
+    _, bob_csrf = session_of(env.server, env.server.add_user("bob"))
+    before = snapshot(env, http, scene.res.job_id)  # alice's login is in it
+    unsafe = [req for req in MASTER if req[0] in UNSAFE]
+    assert len(unsafe) >= 10
+    forged = {
+        "no CSRF token": {},
+        "a wrong token": {"X-CSRF-Token": "0" * 64},
+        "another session's token": {"X-CSRF-Token": bob_csrf},
+        "from another origin": {"X-CSRF-Token": csrf, "Origin": "https://evil.example"},
+    }
+    for name, headers in forged.items():
+        for req in unsafe:
+            resp = send(http, req, scene.res, {**jar(cookie), **headers})
+            assert_error(resp, 403, "csrf"), name
+    assert snapshot(env, http, scene.res.job_id) == before
+    # With its token, the session is alice: every request she may make, in order.
+    for req in MASTER[:-1]:
+        resp = send(http, req, scene.res, {**jar(cookie), "X-CSRF-Token": csrf})
+        assert resp.status_code in (200, 201), f"{req[0]} {req[1]}: {resp.text}"
+    run = env.client.run_state("lab")
+    assert run["phase"] == "steps" and run["started_by"] == "alice"
+    # Revoking the master token that opened the session ends the session too.
+    env.server.admin("revoke-token", "alice", "default")
+    resp = send(http, MASTER[0], scene.res, jar(cookie))
+    assert_error(resp, 401, "unauthorized")
+    assert_no_traceback_in_server_log(env.server)

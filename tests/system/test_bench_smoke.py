@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -82,3 +83,32 @@ def test_replicas_bench_completes_and_prints_a_table(pg_cluster) -> None:
     ):
         assert row.startswith(label) and "3/3" in row, row
     assert bench_databases() <= before  # it dropped the databases it created
+
+
+def test_dashboard_bench_completes_and_prints_a_table(chromium_present) -> None:
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "dashboard.py"),
+            "--machines",
+            "5",
+            "--loads",
+            "1",
+            "--probes",
+            "2",
+            "--storm-rate",
+            "20",
+            "--storm-seconds",
+            "1",
+            "--no-write",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=ROOT,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = dict(re.split(r"\s{2,}", line.strip(), maxsplit=1) for line in r.stdout.splitlines())
+    assert rows["machines in the group"] == "5"
+    assert rows["rows in the DOM (virtualised)"] == "5"
+    assert rows["first render (navigation to table drawn), median"].endswith(" ms")

@@ -113,6 +113,7 @@ def _setting_options(f):  # type: ignore[no-untyped-def]
 )
 @_setting_options
 @json_option
+@click.option("--no-dashboard", is_flag=True, help="Do not serve the web dashboard (/dashboard/).")
 def run(
     data_dir: str | None,
     listen: str | None,
@@ -120,14 +121,15 @@ def run(
     insecure: bool,
     log_level: str,
     as_json: bool,
+    no_dashboard: bool,
     **settings: object,
 ) -> None:
-    """Serve the API (HTTPS) until interrupted (SIGTERM or Ctrl-C).
+    """Serve the API (HTTPS) and the web dashboard until interrupted (SIGTERM or Ctrl-C).
 
-    Says where it serves when it starts (URL, fingerprint, database, pid) and when it
-    has stopped: on stderr, or as JSON lines on stdout with --json. Limits and policies
-    (see docs/security.md) come from the "settings" object of DATA_DIR/server.json, each
-    overridden by its flag below."""
+    Says where it serves when it starts (URL, fingerprint, database, pid, the dashboard's
+    URL) and when it has stopped: on stderr, or as JSON lines on stdout with --json.
+    Limits and policies (see docs/security.md) come from the "settings" object of
+    DATA_DIR/server.json, each overridden by its flag below."""
     import dataclasses
     import os
 
@@ -150,11 +152,14 @@ def run(
             "fingerprint": None if insecure else cfg.fingerprint,
             "database": db,
             "pid": pid,
+            "dashboard": None if no_dashboard else f"{url}/dashboard/",
         }
         _when_listening(where, lambda: emit_json(line))
     else:
         pin = "plain HTTP, no TLS" if insecure else f"fingerprint {cfg.fingerprint}"
         text = f"crc server: serving {url} (listening on {where}; {pin}; database {db}; pid {pid})"
+        if not no_dashboard:
+            text += f"\ndashboard: {url}/dashboard/"
         _when_listening(where, lambda: click.echo(text, err=True))
     import signal
 
@@ -165,7 +170,7 @@ def run(
 
     signal.signal(signal.SIGTERM, stopped)
     try:
-        serve(cfg, where, database, insecure, log_level)
+        serve(cfg, where, database, insecure, log_level, dashboard=not no_dashboard)
     finally:
         if as_json:
             emit_json({"event": "stopped", "pid": os.getpid()})

@@ -209,6 +209,18 @@ class AsyncClient:
     async def disarm_teardown(self, group: str) -> dict[str, Any]:
         return dict(await self._do(calls.disarm_teardown(group)))
 
+    async def start_run(self, group: str, run: dict[str, Any]) -> dict[str, Any]:
+        return dict(await self._do(calls.start_run(group, run)))
+
+    async def report_run(self, group: str, report: dict[str, Any]) -> dict[str, Any]:
+        return dict(await self._do(calls.report_run(group, report)))
+
+    async def run_state(self, group: str) -> dict[str, Any]:
+        return dict(await self._do(calls.run_state(group)))
+
+    async def health(self) -> dict[str, Any]:
+        return dict(await self._do(calls.health()))
+
     async def wait_ready(
         self,
         group: str,

@@ -117,6 +117,22 @@ def disarm_teardown(group: str) -> Call:
     return Call("DELETE", f"/groups/{_seg(group)}/teardown")
 
 
+def start_run(group: str, run: dict[str, Any]) -> Call:
+    return Call("PUT", f"/groups/{_seg(group)}/run", json=run)
+
+
+def report_run(group: str, report: dict[str, Any]) -> Call:
+    return Call("POST", f"/groups/{_seg(group)}/run/report", json=report)
+
+
+def run_state(group: str) -> Call:
+    return Call("GET", f"/groups/{_seg(group)}/run")
+
+
+def health() -> Call:
+    return Call("GET", "/health")
+
+
 def start_job(
     group: str,
     to: str,

@@ -260,6 +260,24 @@ class Client:
                 raise Unavailable(f"the event stream of {group} ended (group deleted?)")
         return self.group(group)
 
+    # -- scenario runs (``crc up`` reports its step graph; the dashboard shows it) ------
+    def start_run(self, group: str, run: dict[str, Any]) -> dict[str, Any]:
+        """Report a scenario run's step graph (``crc up`` does): ``{"run_id",
+        "scenario", "steps": [{"name", "kind", "to", "needs", "retries"}]}``."""
+        return dict(self._do(calls.start_run(group, run)))
+
+    def report_run(self, group: str, report: dict[str, Any]) -> dict[str, Any]:
+        """One change of the run: ``{"type": "phase"|"step"|"end", "run_id", ...}``."""
+        return dict(self._do(calls.report_run(group, report)))
+
+    def run_state(self, group: str) -> dict[str, Any]:
+        """The group's scenario run as reported: steps with states, attempts, timings."""
+        return dict(self._do(calls.run_state(group)))
+
+    def health(self) -> dict[str, Any]:
+        """``{"ok", "version"}``, and ``"dashboard"`` (its path) when the server has one."""
+        return dict(self._do(calls.health()))
+
     # -- jobs ---------------------------------------------------------------------------
     def start_job(
         self,

@@ -15,7 +15,12 @@ from dataclasses import dataclass
 
 __all__ = ["KINDS", "Secret", "hash_secret", "new_secret", "parse_secret", "verify_secret"]
 
-KINDS = {"m": "master token", "a": "machine credential", "k": "enrollment key"}
+KINDS = {
+    "m": "master token",
+    "a": "machine credential",
+    "k": "enrollment key",
+    "s": "dashboard session",
+}
 
 
 @dataclass(frozen=True)

@@ -46,8 +46,12 @@ async def queue_and_deliver(request: Request, op: Any, *args: Any) -> dict[str, 
 
 
 @router.get("/health", tags=["server"])
-async def health() -> dict[str, Any]:
-    return {"ok": True, "version": __version__}
+async def health(request: Request) -> dict[str, Any]:
+    """Alive, its version, and where its dashboard is (absent with --no-dashboard)."""
+    out: dict[str, Any] = {"ok": True, "version": __version__}
+    if request.app.state.dashboard:
+        out["dashboard"] = "/dashboard/"
+    return out
 
 
 @router.get("/whoami", tags=["master"])

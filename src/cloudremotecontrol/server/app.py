@@ -21,7 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .. import __version__
 from ..errors import CrcError, InvalidInput, RateLimited, TooLarge
 from ..protocol.limits import MAX_HTTP_BODY_BYTES
-from . import api, api_bootstrap, api_files, api_kv, api_teardown
+from . import api, api_bootstrap, api_files, api_kv, api_runs, api_teardown
 from .agent_ws import agent_endpoint
 from .api_docs import add_docs
 from .blobs import BlobStore
@@ -100,6 +100,7 @@ def create_app(
     replica: str | None = None,
     blob_dir: Path | None = None,
     settings: ServerSettings | None = None,
+    dashboard: bool = True,
 ) -> FastAPI:
     hub = Hub()
     bus = EventBus()
@@ -155,10 +156,16 @@ def create_app(
         api_kv.router,
         api_teardown.router,
         api_bootstrap.router,
+        api_runs.router,
     ]
     for router in routers:
         app.include_router(router)
     add_docs(app, "/v1/openapi.json")
+    app.state.dashboard = False
+    if dashboard:  # the web pages under /dashboard/ (server/dashboard/)
+        from .dashboard import install
+
+        install(app)
     app.add_api_websocket_route("/v1/agent/connect", agent_endpoint)
     install_openapi(app, routers)  # every operation's error statuses, with the error shape
     app.add_middleware(BodyLimit, limit=MAX_HTTP_BODY_BYTES, exempt=api_files.LARGE_BODY_PREFIXES)

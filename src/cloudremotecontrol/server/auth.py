@@ -24,9 +24,16 @@ def bearer(conn: HTTPConnection) -> str | None:
 
 
 async def master(conn: HTTPConnection) -> dict[str, Any]:
-    """The calling user; a machine credential is refused here (only a master commands)."""
+    """The calling user; a machine credential is refused here (only a master commands).
+    Without a bearer token, the dashboard's session cookie (server/dashboard/sessions.py:
+    CSRF-checked) stands for the master token that opened it."""
     token = bearer(conn)
     if token is None:
+        from .dashboard.sessions import session_from_cookie
+
+        user = await session_from_cookie(conn)
+        if user is not None:
+            return dict(user)
         raise Unauthorized("missing bearer token: run `crc login`")
     if token.startswith("crca_"):
         from ..errors import Forbidden

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -61,3 +61,48 @@ class MessageSend(StrictBody):
 class HostsSync(StrictBody):
     to: str = Field(default="all", max_length=4096)
     ip: str = Field(default="auto", description="auto, private or public")
+
+
+# -- scenario runs (`crc up` reports its step graph: server/ops/runs.py) ---------------
+RUN_ID = r"^[0-9a-f]{32}$"
+
+
+class RunStepIn(StrictBody):
+    name: str = Field(max_length=63)
+    kind: str = Field(max_length=16, pattern=r"^[a-z]+$", description="run, push, wait, ...")
+    to: str = Field(max_length=4096, description="the step's target, as in the scenario")
+    needs: list[str] = Field(default_factory=list, max_length=500)
+    retries: int = Field(default=0, ge=0, le=100)
+
+
+class RunStart(StrictBody):
+    run_id: str = Field(pattern=RUN_ID, description="32 hex digits, chosen by the runner")
+    scenario: str = Field(max_length=63)
+    steps: list[RunStepIn] = Field(max_length=500)
+
+
+class RunPhaseReport(StrictBody):
+    type: Literal["phase"]
+    run_id: str = Field(pattern=RUN_ID)
+    phase: Literal["group", "machines", "ready", "steps", "done"]
+    message: str | None = Field(default=None, max_length=1000)
+
+
+class RunStepReport(StrictBody):
+    type: Literal["step"]
+    run_id: str = Field(pattern=RUN_ID)
+    step: str = Field(max_length=63)
+    state: Literal["running", "retrying", "succeeded", "failed", "skipped", "done"]
+    attempt: int = Field(default=0, ge=0, le=101)
+    seconds: float | None = Field(default=None, ge=0, le=10 * 365 * 86400)
+    message: str | None = Field(default=None, max_length=1000)
+
+
+class RunEndReport(StrictBody):
+    type: Literal["end"]
+    run_id: str = Field(pattern=RUN_ID)
+    ok: bool
+    message: str | None = Field(default=None, max_length=1000)
+
+
+RunReport = Annotated[RunPhaseReport | RunStepReport | RunEndReport, Field(discriminator="type")]

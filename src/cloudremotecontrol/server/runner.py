@@ -21,7 +21,12 @@ __all__ = ["serve"]
 
 
 def serve(
-    cfg: ServerConfig, listen: str, database: str | None, insecure: bool, log_level: str = "warning"
+    cfg: ServerConfig,
+    listen: str,
+    database: str | None,
+    insecure: bool,
+    log_level: str = "warning",
+    dashboard: bool = True,
 ) -> None:
     host, port = parse_listen(listen)
     if insecure:
@@ -36,7 +41,9 @@ def serve(
             )
     settings: ServerSettings = cfg.settings
     store = open_store(database or cfg.database)
-    app = create_app(store, blob_dir=Path(cfg.data_dir) / "blobs", settings=settings)
+    app = create_app(
+        store, blob_dir=Path(cfg.data_dir) / "blobs", settings=settings, dashboard=dashboard
+    )
     app.state.wheel_dir = Path(cfg.data_dir) / "wheels"  # served by /v1/agent/wheels
     app.state.teardown_cipher = load_cipher(Path(cfg.data_dir))  # opt-in TTL teardown
     # Every log line is redacted (tokens, Authorization headers, keys), whatever logs it.

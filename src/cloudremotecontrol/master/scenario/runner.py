@@ -39,6 +39,7 @@ from ..client import Client
 from ..profile import Profile
 from .graph import StepResult, run_steps
 from .model import Scenario
+from .report import RunReporter
 from .state import STEPS_KEY, LocalState, step_digest
 from .steps import StepExecutor
 from .view import View
@@ -80,12 +81,14 @@ class Runner:
         self._lock = threading.Lock()
         self.instances: dict[str, Instance] = {}
         self.results: dict[str, StepResult] = {}
+        self.report = RunReporter(self.new_client(), self.group, self.view.info)
 
     def new_client(self) -> Client:
         return Client(self.profile.url, self.profile.token, self.profile.fingerprint, self._cert)
 
     def close(self) -> None:
         self.client.close()
+        self.report.client.close()
 
     # -- up -----------------------------------------------------------------------------
     def up(self) -> int:
@@ -101,18 +104,39 @@ class Runner:
             server=self.profile.url,
         )
         ok = False
+        why: str | None = None
         try:
             group = self._ensure_group()
+            self._show_dashboard()
+            self.report.start(s.name, s.steps)
+            self.report.phase("machines")
             self._ensure_instances(group)
+            self.report.phase("ready")
             self._wait_ready()
+            self.report.phase("steps")
             self.results = self._run_steps()
             ok = all(r.ok for r in self.results.values())
         except KeyboardInterrupt:
+            why = "interrupted"
             self.view.info("interrupted: running jobs were cancelled; `crc up` again resumes")
             raise
+        except CrcError as exc:
+            why = exc.message
+            raise
         finally:
+            self.report.end(ok, why)
             self.view.summary(self.summary(ok, time.monotonic() - t0))
         return 0 if ok else 1
+
+    def _show_dashboard(self) -> None:
+        """Print where the server's dashboard shows this run (when it has one)."""
+        try:
+            path = self.client.health().get("dashboard")
+        except CrcError:
+            return
+        if isinstance(path, str) and path.startswith("/"):
+            url = f"{self.client.url}{path}groups/{self.group}"
+            self.view.info(f"dashboard: {url}", dashboard=url)
 
     def summary(self, ok: bool, seconds: float) -> dict[str, Any]:
         machines = []
@@ -387,6 +411,7 @@ class Runner:
 
         def notify(event: str, step: Any, data: dict[str, Any]) -> None:
             self.view.step(event, step.name, **data)
+            self.report.step(event, step.name, data)
             if event == "succeeded":
                 with self._lock:
                     record[step.name] = {

@@ -135,7 +135,32 @@ def _v7(d: str) -> list[str]:
     ]
 
 
-MIGRATIONS = [(1, _v1), (2, _v2), (3, _v3), (4, _v4), (5, _v5), (6, _v6), (7, _v7)]
+def _v8(d: str) -> list[str]:
+    """The dashboard: browser sessions (a cookie; dies with the master token that opened
+    it), the step graph a `crc up` run reports, and the time of a machine's last state
+    change (a partial index: only ``machine.state`` events are in it)."""
+    real, integer = _REAL[d], _INT[d]
+    return [
+        f"""CREATE TABLE sessions (
+            id TEXT PRIMARY KEY, hash TEXT NOT NULL, user_id TEXT NOT NULL REFERENCES users(id),
+            token_id TEXT NOT NULL, created {real} NOT NULL, expires {real} NOT NULL)""",
+        f"""CREATE TABLE runs (
+            group_id TEXT PRIMARY KEY REFERENCES groups(id), run_id TEXT NOT NULL,
+            scenario TEXT NOT NULL, state TEXT NOT NULL, phase TEXT NOT NULL,
+            message TEXT, started_by TEXT NOT NULL, started {real} NOT NULL,
+            updated {real} NOT NULL, finished {real})""",
+        f"""CREATE TABLE run_steps (
+            group_id TEXT NOT NULL REFERENCES groups(id), name TEXT NOT NULL,
+            position {integer} NOT NULL, kind TEXT NOT NULL, target TEXT NOT NULL,
+            needs TEXT NOT NULL, retries {integer} NOT NULL, state TEXT NOT NULL,
+            attempt {integer} NOT NULL DEFAULT 0, started {real}, finished {real},
+            seconds {real}, message TEXT, PRIMARY KEY (group_id, name))""",
+        "CREATE INDEX events_machine_state ON events(group_id, machine) "
+        "WHERE type = 'machine.state'",
+    ]
+
+
+MIGRATIONS = [(1, _v1), (2, _v2), (3, _v3), (4, _v4), (5, _v5), (6, _v6), (7, _v7), (8, _v8)]
 
 
 def migrate(tx: Tx, dialect: str, raw: Any = None) -> int:

@@ -1,0 +1,437 @@
+"""The dashboard's pages: server-rendered HTML (Jinja2, autoescaped), one page per view.
+
+Pages read through ``views.py`` with the caller's user, like the API. Changes (start or
+cancel a job) are not made here: the page's script calls the /v1 API with the session
+cookie and the CSRF token (sessions.py). Only logging in and out are form posts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+import urllib.parse
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Annotated, Any
+
+import jinja2
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+
+from ...errors import CrcError, InvalidInput, NotFound, Unauthorized
+from ..ops import events as ev_ops
+from ..ops import groups as group_ops
+from ..store.base import Store
+from . import sessions, views
+
+__all__ = ["PREFIX", "router"]
+
+PREFIX = "/dashboard"
+HERE = Path(__file__).parent
+STATIC = HERE / "static"
+LOGIN_COOKIE = "crc_login"
+MAX_LOGIN_FORM = 4096
+
+router = APIRouter(prefix=PREFIX, tags=["dashboard"])
+_env = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(HERE / "templates"),
+    autoescape=True,
+    undefined=jinja2.StrictUndefined,
+)
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+def _static_files() -> dict[str, tuple[bytes, str]]:
+    """Every asset (name -> (content, etag)), read once: the set is fixed per release."""
+    out = {}
+    for path in sorted(STATIC.rglob("*")):
+        if path.is_file():
+            data = path.read_bytes()
+            out[path.relative_to(STATIC).as_posix()] = (data, hashlib.sha256(data).hexdigest())
+    return out
+
+
+_STATIC = _static_files()
+_TYPES = {
+    ".js": "text/javascript",
+    ".css": "text/css",
+    ".json": "application/json",
+    ".svg": "image/svg+xml",
+}
+
+
+def static_url(name: str) -> str:
+    return f"{PREFIX}/static/{name}?v={_STATIC[name][1][:12]}"
+
+
+def _when(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _ago(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return _duration(time.time() - ts)
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = max(0, int(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m {s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h {s % 3600 // 60:02d}m"
+    return f"{s // 86400}d {s % 86400 // 3600:02d}h"
+
+
+_env.globals.update(static=static_url, when=_when, ago=_ago, duration=_duration, now=time.time)
+
+
+def _store(request: Request) -> Store:
+    store: Store = request.app.state.store
+    return store
+
+
+TERMINAL_PAGE = f"{PREFIX}/groups/{{group}}/machines/{{machine}}/terminal"
+
+
+def features(request: Request) -> dict[str, Any]:
+    """What this server offers the pages beyond the API they always use, found in its
+    own routes. The machines table shows a *Terminal* button when the server has
+    `crc shell`'s stream (a WebSocket route under /v1 ending in ``/shell``) and the
+    dashboard a terminal page for it; forward buttons when it has `crc forward`'s
+    (``/forward``). Absent either, nothing is shown."""
+    found = getattr(request.app.state, "dashboard_features", None)
+    if found is None:
+        paths = [str(getattr(r, "path", "")) for r in request.app.routes]
+
+        def stream(suffix: str) -> str | None:
+            return next((p for p in paths if p.startswith("/v1/") and p.endswith(suffix)), None)
+
+        shell = stream("/shell") if TERMINAL_PAGE in paths else None
+        found = {"shell": shell, "forward": stream("/forward")}
+        request.app.state.dashboard_features = found
+    return dict(found)
+
+
+def _render(
+    request: Request,
+    template: str,
+    user: dict[str, Any] | None,
+    status: int = 200,
+    **context: Any,
+) -> HTMLResponse:
+    cookie = request.cookies.get(sessions.COOKIE) if user else None
+    html = _env.get_template(template).render(
+        user=user,
+        csrf=sessions.csrf_for(cookie) if cookie else "",
+        features=features(request),
+        path=request.url.path,
+        url=str(request.url.path) + (f"?{request.url.query}" if request.url.query else ""),
+        **context,
+    )
+    return HTMLResponse(html, status_code=status, headers={"Cache-Control": "no-store"})
+
+
+async def _user(request: Request) -> dict[str, Any] | None:
+    """The session's user, None without a live session (pages then send to login)."""
+    try:
+        user = await sessions.session_from_cookie(request)
+    except Unauthorized:
+        return None
+    return dict(user) if user is not None else None
+
+
+def _to_login(request: Request) -> Response:
+    here = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    target = f"{PREFIX}/login?" + urllib.parse.urlencode({"next": here})
+    if request.headers.get("hx-request"):  # a panel refresh: the whole page goes to login
+        return Response(status_code=401, headers={"HX-Redirect": target})
+    return RedirectResponse(target, status_code=303)
+
+
+async def _page(
+    request: Request,
+    template: str,
+    load: Callable[[dict[str, Any]], Any],
+    **context: Any,
+) -> Response:
+    """Render ``template`` for the logged-in user with what ``load(user)`` (awaitable)
+    returns as ``data``; a missing group or job (or another user's) is a 404 page."""
+    user = await _user(request)
+    if user is None:
+        return _to_login(request)
+    try:
+        data = await load(user)
+    except CrcError as exc:
+        return _render(
+            request, "error.html", user, exc.http_status, message=exc.message, code=exc.code
+        )
+    return _render(request, template, user, data=data, **context)
+
+
+def _safe_next(value: str | None) -> str:
+    if value and value.startswith(f"{PREFIX}/") and not value.startswith("//"):
+        return value
+    return f"{PREFIX}/"
+
+
+def _login_form(request: Request, error: str | None, status: int, next_: str | None) -> Response:
+    form_token = sessions.new_form_token()
+    resp = _render(
+        request,
+        "login.html",
+        None,
+        status,
+        error=error,
+        form_token=form_token,
+        next=_safe_next(next_),
+    )
+    resp.set_cookie(
+        LOGIN_COOKIE,
+        form_token,
+        max_age=3600,
+        httponly=True,
+        secure=request.url.scheme == "https",
+        samesite="strict",
+        path=f"{PREFIX}/login",
+    )
+    return resp
+
+
+async def _form(request: Request) -> dict[str, str]:
+    body = await request.body()
+    if len(body) > MAX_LOGIN_FORM:
+        raise InvalidInput("form too large")
+    try:
+        fields = urllib.parse.parse_qs(body.decode(), max_num_fields=10, strict_parsing=False)
+    except (UnicodeDecodeError, ValueError):
+        raise InvalidInput("malformed form") from None
+    return {k: v[0] for k, v in fields.items() if v}
+
+
+# -- pages --------------------------------------------------------------------------------
+
+
+@router.get("/", response_class=HTMLResponse)
+async def home(request: Request) -> Response:
+    """Your groups: machines ready of all, TTL."""
+
+    async def load(user: dict[str, Any]) -> Any:
+        return await _store(request).read(group_ops.list_groups, user["user_id"])
+
+    return await _page(request, "groups.html", load)
+
+
+@router.get("/login", response_class=HTMLResponse)
+async def login_page(request: Request, next: str | None = None) -> Response:
+    """The login form: paste a master token once."""
+    return _login_form(request, None, 200, next)
+
+
+@router.post("/login", response_class=HTMLResponse)
+async def login(request: Request) -> Response:
+    """Exchange a master token (form field ``token``) for a session cookie."""
+    try:
+        form = await _form(request)
+    except InvalidInput as exc:
+        return _login_form(request, exc.message, 400, None)
+    expected = request.cookies.get(LOGIN_COOKIE, "")
+    given = form.get("form_token", "")
+    if not expected or not hmac.compare_digest(expected.encode(), given.encode()):
+        return _login_form(
+            request, "the form expired: paste the token again", 403, form.get("next")
+        )
+    token = form.get("token", "").strip()
+    peer = request.client.host if request.client else None
+    try:
+        opened = await _store(request).write(sessions.open_session, token, peer)
+    except Unauthorized:
+        return _login_form(
+            request,
+            "unknown or revoked master token (paste the crcm_… token `crc server add-user` "
+            "printed)",
+            401,
+            form.get("next"),
+        )
+    resp = RedirectResponse(_safe_next(form.get("next")), status_code=303)
+    resp.set_cookie(
+        sessions.COOKIE,
+        opened["cookie"],
+        max_age=sessions.SESSION_SECONDS,
+        httponly=True,
+        secure=request.url.scheme == "https",
+        samesite="strict",
+        path="/",
+    )
+    resp.delete_cookie(LOGIN_COOKIE, path=f"{PREFIX}/login")
+    return resp
+
+
+@router.post("/logout")
+async def logout(request: Request) -> Response:
+    """End the session (form field ``csrf``); the cookie is worthless afterwards."""
+    try:
+        form = await _form(request)
+        user = await sessions.session_from_cookie(request, form_csrf=form.get("csrf"))
+    except Unauthorized:
+        user = None  # no live session: nothing to end
+    except CrcError as exc:
+        return JSONResponse(exc.to_payload(), status_code=exc.http_status)
+    if user is not None:
+        await _store(request).write(sessions.end_session, request.cookies[sessions.COOKIE])
+    resp = RedirectResponse(f"{PREFIX}/login", status_code=303)
+    resp.delete_cookie(sessions.COOKIE, path="/")
+    return resp
+
+
+@router.get("/groups/{group}", response_class=HTMLResponse)
+async def group_machines(request: Request, group: str) -> Response:
+    """A group's machines, live: state, progress, OS, addresses, time in state, TTL."""
+
+    async def load(user: dict[str, Any]) -> Any:
+        return await _store(request).read(views.group_page, user["user_id"], group)
+
+    return await _page(request, "machines.html", load, tab="machines", group=group)
+
+
+@router.get("/groups/{group}/rows")
+async def group_rows(
+    request: Request, group: str, names: Annotated[str, Query(max_length=20000)] = ""
+) -> Response:
+    """Some machines of the group as the machines table shows them (JSON)."""
+    user = await _user(request)
+    if user is None:
+        raise Unauthorized("log in to the dashboard first")
+    wanted = [n for n in names.split(",") if n][:200]
+    rows = await _store(request).read(views.machine_rows, user["user_id"], group, wanted)
+    return JSONResponse({"machines": rows}, headers={"Cache-Control": "no-store"})
+
+
+def _tab(name: str, template: str, loader: Callable[..., Any]) -> Callable[..., Any]:
+    async def tab(request: Request, group: str) -> Response:
+        async def load(user: dict[str, Any]) -> Any:
+            store = _store(request)
+            head = await store.read(ev_ops.group_cursor, user["user_id"], group)
+            return {
+                "cursor": head["cursor"],
+                "items": await store.read(loader, user["user_id"], group),
+            }
+
+        return await _page(request, template, load, tab=name, group=group)
+
+    return tab
+
+
+router.add_api_route(
+    "/groups/{group}/jobs",
+    _tab("jobs", "jobs.html", views.job_list),
+    methods=["GET"],
+    response_class=HTMLResponse,
+    summary="A group's jobs",
+    description="The group's latest jobs with their targets' statuses; start a command.",
+)
+router.add_api_route(
+    "/groups/{group}/files",
+    _tab("files", "files.html", views.file_jobs),
+    methods=["GET"],
+    response_class=HTMLResponse,
+    summary="A group's file transfers",
+)
+router.add_api_route(
+    "/groups/{group}/messages",
+    _tab("messages", "messages.html", views.message_list),
+    methods=["GET"],
+    response_class=HTMLResponse,
+    summary="A group's data messages",
+)
+router.add_api_route(
+    "/groups/{group}/kv",
+    _tab("kv", "kv.html", views.kv_page),
+    methods=["GET"],
+    response_class=HTMLResponse,
+    summary="A group's key/value store",
+)
+
+
+@router.get("/groups/{group}/run", response_class=HTMLResponse)
+async def group_run(request: Request, group: str) -> Response:
+    """The scenario run (`crc up`): the step graph with states, attempts and timings."""
+
+    async def load(user: dict[str, Any]) -> Any:
+        return await _store(request).read(views.group_page, user["user_id"], group)
+
+    return await _page(request, "run.html", load, tab="run", group=group)
+
+
+@router.get("/groups/{group}/audit", response_class=HTMLResponse)
+async def group_audit(request: Request, group: str) -> Response:
+    """Who did what in the group (the audit record)."""
+
+    async def load(user: dict[str, Any]) -> Any:
+        store = _store(request)
+        head = await store.read(ev_ops.group_cursor, user["user_id"], group)
+        records = await store.read(ev_ops.audit_records, user["user_id"], group, 500)
+        return {"cursor": head["cursor"], "items": list(reversed(records))}
+
+    return await _page(request, "audit.html", load, tab="audit", group=group)
+
+
+@router.get("/groups/{group}/events", response_class=HTMLResponse)
+async def group_events(
+    request: Request,
+    group: str,
+    type: Annotated[str, Query(max_length=64)] = "",
+    machine: Annotated[str, Query(max_length=63)] = "",
+    job: Annotated[str, Query(max_length=64)] = "",
+) -> Response:
+    """The group's events, newest first, filtered by type (or prefix), machine, job."""
+
+    async def load(user: dict[str, Any]) -> Any:
+        store = _store(request)
+        head = await store.read(ev_ops.group_cursor, user["user_id"], group)
+        found = await store.read(views.event_list, user["user_id"], group, type, machine, job)
+        return {"cursor": head["cursor"], **found}
+
+    return await _page(
+        request,
+        "events.html",
+        load,
+        tab="events",
+        group=group,
+        filters={"type": type, "machine": machine, "job": job},
+        types=views.EVENT_TYPES,
+    )
+
+
+@router.get("/jobs/{job_id}", response_class=HTMLResponse)
+async def job(request: Request, job_id: str) -> Response:
+    """A job: each target's status and exit code, and its output, live; cancel."""
+
+    async def load(user: dict[str, Any]) -> Any:
+        return await _store(request).read(views.job_page, user["user_id"], job_id)
+
+    return await _page(request, "job.html", load)
+
+
+@router.get("/static/{name:path}")
+async def static(request: Request, name: str) -> Response:
+    """The dashboard's scripts and styles (no secret in them: served to anyone)."""
+    found = _STATIC.get(name)
+    if found is None:
+        raise NotFound(f"no dashboard asset {name[:100]!r}")
+    data, etag = found
+    headers = {"ETag": f'"{etag}"', "Cache-Control": "public, max-age=86400"}
+    if request.headers.get("if-none-match") == f'"{etag}"':
+        return Response(status_code=304, headers=headers)
+    media = _TYPES.get(Path(name).suffix, "application/octet-stream")
+    return Response(data, media_type=media, headers=headers)

@@ -1,0 +1,496 @@
+// CloudRemoteControl dashboard: the live parts of the server-rendered pages.
+//
+// Rules this file keeps: everything shown comes from machines and is hostile, so it is
+// only ever set as text (textContent, text nodes, the title property), never as HTML;
+// no inline script (the CSP forbids it); changes go through the /v1 API with the
+// session cookie and the page's CSRF token.
+"use strict";
+
+(() => {
+  const csrf = document.querySelector('meta[name="crc-csrf"]')?.content || "";
+  const ROW_HEIGHT = 30;
+  const OVERSCAN = 6;
+  const TERMINAL = new Set(["succeeded", "failed", "timed_out", "cancelled", "lost"]);
+
+  // -- small helpers ---------------------------------------------------------------------
+  function duration(seconds) {
+    const s = Math.max(0, Math.floor(seconds));
+    if (s < 60) return `${s}s`;
+    if (s < 3600) return `${Math.floor(s / 60)}m ${String(s % 60).padStart(2, "0")}s`;
+    if (s < 86400) return `${Math.floor(s / 3600)}h ${String(Math.floor((s % 3600) / 60)).padStart(2, "0")}m`;
+    return `${Math.floor(s / 86400)}d ${String(Math.floor((s % 86400) / 3600)).padStart(2, "0")}h`;
+  }
+
+  function setText(el, text) {
+    const value = text == null ? "" : String(text);
+    if (el.textContent !== value) el.textContent = value;
+  }
+
+  function stateClass(state) {
+    return "state-" + String(state).replace(/[^a-z_]/g, "");
+  }
+
+  async function api(method, path, body) {
+    const resp = await fetch(path, {
+      method,
+      credentials: "same-origin",
+      headers: { "Content-Type": "application/json", "X-CSRF-Token": csrf },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    let payload = null;
+    try {
+      payload = await resp.json();
+    } catch (_) {
+      payload = null;
+    }
+    if (!resp.ok) {
+      throw new Error(payload?.error?.message || `the server answered HTTP ${resp.status}`);
+    }
+    return payload;
+  }
+
+  // Times that move: "for 3m 02s" (data-since) and TTL countdowns (data-until).
+  function tick() {
+    const now = Date.now() / 1000;
+    for (const el of document.querySelectorAll("[data-since]")) {
+      setText(el, duration(now - Number(el.dataset.since)));
+    }
+    for (const el of document.querySelectorAll("[data-until]")) {
+      const left = Number(el.dataset.until) - now;
+      setText(el, left > 0 ? duration(left) : "expired");
+      el.classList.toggle("bad", left <= 0);
+    }
+  }
+  setInterval(tick, 1000);
+
+  // -- the event stream (Server-Sent Events of /v1), resumed from the last cursor --------
+  function follow(url, cursor, onEvent) {
+    const dot = document.querySelector("#live .dot");
+    const label = document.getElementById("live-text");
+    let last = Number(cursor) || 0;
+    let wait = 500;
+    let stopped = false;
+    let source = null;
+    const status = (text, on) => {
+      if (label) setText(label, text);
+      if (dot) dot.classList.toggle("on", on);
+    };
+    const open = () => {
+      if (stopped) return;
+      const sep = url.includes("?") ? "&" : "?";
+      source = new EventSource(`${url}${sep}follow=true&since=${last}`);
+      source.onopen = () => {
+        wait = 500;
+        status("live", true);
+      };
+      source.onmessage = (msg) => {
+        let ev;
+        try {
+          ev = JSON.parse(msg.data);
+        } catch (_) {
+          return;
+        }
+        if (typeof ev.cursor !== "number" || ev.cursor <= last) return;
+        last = ev.cursor;
+        onEvent(ev);
+        if (ev.type === "group.deleted") stop("group deleted");
+      };
+      source.onerror = () => {
+        source.close();
+        if (stopped) return;
+        status("reconnecting…", false);
+        setTimeout(open, wait);
+        wait = Math.min(wait * 2, 10000);
+      };
+    };
+    const stop = (why) => {
+      stopped = true;
+      if (source) source.close();
+      status(why, false);
+    };
+    open();
+    return { stop };
+  }
+
+  // -- panels refreshed by htmx when their events arrive (at most every 700 ms) ----------
+  let panelTimer = null;
+  let panelLast = 0;
+  function panelWants(type) {
+    const panel = document.getElementById("panel");
+    if (!panel || !panel.dataset.refresh) return false;
+    return panel.dataset.refresh.split(" ").some(
+      (t) => t === "*" || t === type || (t.endsWith(".") && type.startsWith(t)),
+    );
+  }
+  function refreshPanel() {
+    if (panelTimer) return;
+    const wait = Math.max(0, 700 - (Date.now() - panelLast));
+    panelTimer = setTimeout(() => {
+      panelTimer = null;
+      panelLast = Date.now();
+      const panel = document.getElementById("panel");
+      if (panel && window.htmx) window.htmx.trigger(panel, "crc-refresh");
+    }, wait);
+  }
+
+  // -- the machines table: virtualised (only the rows in view exist) ----------------------
+  function osText(facts) {
+    const parts = [facts.os_release || facts.os, facts.arch].filter((p) => p);
+    return parts.length ? parts.map(String).join(" ") : null;
+  }
+
+  class MachineTable {
+    constructor(root, rows) {
+      this.root = root;
+      this.group = root.dataset.group;
+      this.shell = root.dataset.shell || "";
+      this.rows = rows;
+      this.byName = new Map(rows.map((r) => [r.name, r]));
+      this.body = root.querySelector(".vbody");
+      this.spacer = root.querySelector(".vspacer");
+      this.pool = [];
+      this.shown = rows;
+      this.filter = "";
+      this.selected = new Set();
+      this.frame = 0;
+      this.filterDirty = false;
+      this.refetch = new Set();
+      this.refetchTimer = null;
+      this.body.addEventListener("scroll", () => this.schedule(), { passive: true });
+      window.addEventListener("resize", () => this.schedule());
+      const input = document.getElementById("machine-filter");
+      if (input) {
+        input.addEventListener("input", () => {
+          this.filter = input.value.trim().toLowerCase();
+          this.refilter();
+          this.schedule();
+        });
+      }
+      const all = document.getElementById("select-all");
+      if (all) {
+        all.addEventListener("change", () => {
+          for (const r of this.shown) {
+            if (all.checked) this.selected.add(r.name);
+            else this.selected.delete(r.name);
+          }
+          this.selectionChanged();
+          this.schedule();
+        });
+      }
+      this.refilter();
+      this.render();
+      performance.mark("crc-machines-rendered");
+      setInterval(() => this.schedule(), 1000); // the "for" column moves
+    }
+
+    matches(r) {
+      if (!this.filter) return true;
+      const hay = [r.name, r.state, r.os, r.hostname, r.progress, r.public_ip, ...(r.ips || [])];
+      return hay.some((v) => v != null && String(v).toLowerCase().includes(this.filter));
+    }
+
+    refilter() {
+      this.shown = this.filter ? this.rows.filter((r) => this.matches(r)) : this.rows;
+      this.spacer.style.height = `${this.shown.length * ROW_HEIGHT}px`;
+      const label = document.getElementById("shown");
+      if (label) setText(label, `${this.shown.length} of ${this.rows.length} machines`);
+      this.filterDirty = false;
+    }
+
+    schedule() {
+      if (!this.frame) {
+        this.frame = requestAnimationFrame(() => {
+          this.frame = 0;
+          if (this.filterDirty) this.refilter();
+          this.render();
+        });
+      }
+    }
+
+    makeRow() {
+      const row = document.createElement("div");
+      row.className = "vrow";
+      const cell = (cls) => {
+        const span = document.createElement("span");
+        span.className = cls;
+        row.append(span);
+        return span;
+      };
+      const sel = cell("c-sel");
+      const box = document.createElement("input");
+      box.type = "checkbox";
+      box.addEventListener("change", () => {
+        if (box.checked) this.selected.add(row.dataset.name);
+        else this.selected.delete(row.dataset.name);
+        this.selectionChanged();
+      });
+      sel.append(box);
+      const cells = {
+        box,
+        name: cell("c-name"),
+        state: cell("c-state"),
+        since: cell("c-since"),
+        progress: cell("c-progress"),
+        os: cell("c-os"),
+        ips: cell("c-ips"),
+        seen: cell("c-seen"),
+        act: cell("c-act"),
+      };
+      const bar = document.createElement("span");
+      bar.className = "bar";
+      const fill = document.createElement("span");
+      fill.className = "fill";
+      bar.append(fill);
+      const text = document.createElement("span");
+      text.className = "ptext";
+      cells.progress.append(bar, text);
+      cells.bar = bar;
+      cells.fill = fill;
+      cells.ptext = text;
+      if (this.shell) {
+        const button = document.createElement("button");
+        button.type = "button";
+        button.className = "term";
+        button.textContent = "Terminal";
+        button.addEventListener("click", () => {
+          const name = row.dataset.name;
+          window.location.href = `/dashboard/groups/${this.group}/machines/${name}/terminal`;
+        });
+        cells.act.append(button);
+      }
+      row.cells_ = cells;
+      this.spacer.append(row);
+      return row;
+    }
+
+    fill(row, r) {
+      const c = row.cells_;
+      const now = Date.now() / 1000;
+      if (row.dataset.name !== r.name) row.dataset.name = r.name;
+      c.box.checked = this.selected.has(r.name);
+      setText(c.name, r.name);
+      setText(c.state, r.state);
+      const cls = `c-state ${stateClass(r.state)}`;
+      if (c.state.className !== cls) c.state.className = cls;
+      setText(c.since, duration(now - r.since));
+      const pct = typeof r.percent === "number" ? Math.max(0, Math.min(100, r.percent)) : null;
+      c.bar.hidden = pct === null;
+      if (pct !== null) c.fill.style.width = `${pct}%`;
+      const ptext = (pct !== null ? `${Math.round(pct)}% ` : "") + (r.progress ?? "");
+      setText(c.ptext, ptext);
+      if (c.progress.title !== ptext) c.progress.title = ptext;
+      setText(c.os, r.os ?? "");
+      const ips = [...(r.ips || [])];
+      if (r.public_ip && !ips.includes(r.public_ip)) ips.push(r.public_ip);
+      const iptext = ips.join(" ");
+      setText(c.ips, iptext);
+      if (c.ips.title !== iptext) c.ips.title = iptext;
+      const host = r.hostname != null ? `host ${r.hostname}` : "";
+      if (c.name.title !== host) c.name.title = host;
+      setText(c.seen, r.last_seen ? `${duration(now - r.last_seen)} ago` : "-");
+    }
+
+    render() {
+      const top = this.body.scrollTop;
+      const height = this.body.clientHeight || 600;
+      const first = Math.max(0, Math.floor(top / ROW_HEIGHT) - OVERSCAN);
+      const last = Math.min(this.shown.length, Math.ceil((top + height) / ROW_HEIGHT) + OVERSCAN);
+      const need = Math.max(0, last - first);
+      while (this.pool.length < need) this.pool.push(this.makeRow());
+      for (let i = 0; i < this.pool.length; i++) {
+        const row = this.pool[i];
+        if (i < need) {
+          const r = this.shown[first + i];
+          row.hidden = false;
+          row.style.transform = `translateY(${(first + i) * ROW_HEIGHT}px)`;
+          this.fill(row, r);
+        } else if (!row.hidden) {
+          row.hidden = true;
+        }
+      }
+    }
+
+    selectionChanged() {
+      const to = document.getElementById("run-to");
+      if (!to) return;
+      const names = this.rows.filter((r) => this.selected.has(r.name)).map((r) => r.name);
+      to.value = names.length === 0 || names.length === this.rows.length ? "all" : names.join(",");
+    }
+
+    counts() {
+      const el = document.getElementById("counts");
+      if (!el) return;
+      const counts = new Map();
+      for (const r of this.rows) counts.set(r.state, (counts.get(r.state) || 0) + 1);
+      const spans = [...counts.keys()].sort().map((state) => {
+        const span = document.createElement("span");
+        span.className = `count ${stateClass(state)}`;
+        span.textContent = `${counts.get(state)} ${state}`;
+        return span;
+      });
+      el.replaceChildren(...spans.flatMap((s) => [s, " "]));
+    }
+
+    apply(ev) {
+      const r = ev.machine != null ? this.byName.get(ev.machine) : undefined;
+      if (ev.type === "group.expired") {
+        const ttl = document.getElementById("ttl");
+        if (ttl) {
+          delete ttl.dataset.until;
+          setText(ttl, "expired");
+          ttl.classList.add("bad");
+        }
+      }
+      if (!r) return;
+      const data = ev.data && typeof ev.data === "object" ? ev.data : {};
+      if (ev.type === "machine.state") {
+        r.state = String(data.state);
+        r.since = ev.time;
+        this.counts();
+        if (r.state === "enrolled" || r.state === "ready") this.queueRefetch(r.name);
+      } else if (ev.type === "progress") {
+        r.progress = data.text == null ? null : String(data.text);
+        r.percent = typeof data.percent === "number" ? data.percent : null;
+        r.last_seen = ev.time;
+      } else if (ev.type === "facts") {
+        r.os = osText(data);
+        r.hostname = data.hostname == null ? null : String(data.hostname);
+        r.ips = Array.isArray(data.ips) ? data.ips.slice(0, 8).map(String) : [];
+      } else {
+        return;
+      }
+      if (this.filter) this.filterDirty = true;
+      this.schedule();
+    }
+
+    // A (re)connection also changes what only the server saw (the address it came
+    // from, last seen): fetch those rows, a few at a time.
+    queueRefetch(name) {
+      this.refetch.add(name);
+      if (this.refetchTimer) return;
+      this.refetchTimer = setTimeout(async () => {
+        const names = [...this.refetch].slice(0, 200);
+        names.forEach((n) => this.refetch.delete(n));
+        this.refetchTimer = null;
+        try {
+          const resp = await fetch(
+            `/dashboard/groups/${this.group}/rows?names=${encodeURIComponent(names.join(","))}`,
+            { credentials: "same-origin" },
+          );
+          if (!resp.ok) return;
+          const body = await resp.json();
+          for (const fresh of body.machines || []) {
+            const r = this.byName.get(fresh.name);
+            if (r) Object.assign(r, fresh);
+          }
+          this.counts();
+          this.schedule();
+        } catch (_) {
+          /* the next state change tries again */
+        }
+        if (this.refetch.size) this.queueRefetch([...this.refetch][0]);
+      }, 1000);
+    }
+  }
+
+  // -- "run a command" (the same job API as `crc run`) -----------------------------------
+  function runForm() {
+    const form = document.getElementById("run-form");
+    if (!form) return;
+    form.addEventListener("submit", async (e) => {
+      e.preventDefault();
+      const err = document.getElementById("run-error");
+      setText(err, "");
+      const to = form.elements.to.value.trim() || "all";
+      const command = form.elements.command.value;
+      try {
+        const job = await api("POST", `/v1/groups/${form.dataset.group}/jobs`, { to, command });
+        window.location.href = `/dashboard/jobs/${job.job_id}`;
+      } catch (exc) {
+        setText(err, exc.message);
+      }
+    });
+  }
+
+  // -- a job: statuses, exit codes and output per machine, live; cancel ------------------
+  function jobPage(root) {
+    const id = root.dataset.job;
+    const rows = new Map([...root.querySelectorAll("#targets tr[data-machine]")].map((tr) => [tr.dataset.machine, tr]));
+    const outs = new Map([...root.querySelectorAll("section.output")].map((s) => [s.dataset.machine, s]));
+    const cancel = document.getElementById("cancel");
+    const open = () => [...rows.values()].some((tr) => !TERMINAL.has(tr.querySelector(".status").textContent));
+    let stream = null;
+    const onEvent = (ev) => {
+      const data = ev.data && typeof ev.data === "object" ? ev.data : {};
+      if (ev.type === "job.output") {
+        const section = outs.get(ev.machine);
+        if (!section) return;
+        const pre = section.querySelector("pre");
+        const atEnd = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
+        const text = String(data.data ?? "");
+        pre.append(document.createTextNode(text));
+        const tr = rows.get(ev.machine);
+        const bytes = tr && tr.querySelector(".bytes");
+        if (bytes) {
+          const total = Number(bytes.dataset.bytes || 0) + new TextEncoder().encode(text).length;
+          bytes.dataset.bytes = String(total);
+          setText(bytes, `${total} bytes`);
+        }
+        section.hidden = false;
+        if (atEnd) pre.scrollTop = pre.scrollHeight;
+      } else if (ev.type === "job.status") {
+        const tr = rows.get(ev.machine);
+        if (!tr) return;
+        const status = tr.querySelector(".status");
+        setText(status, data.status);
+        status.className = `status ${stateClass(data.status)}`;
+        setText(tr.querySelector(".exit"), data.exit_code ?? "");
+        setText(tr.querySelector(".reason"), data.reason ?? "");
+        if (!open()) {
+          if (cancel) cancel.hidden = true;
+          if (stream) stream.stop("finished");
+        }
+      }
+    };
+    if (cancel) {
+      cancel.addEventListener("click", async () => {
+        const err = document.getElementById("cancel-error");
+        setText(err, "");
+        cancel.disabled = true;
+        try {
+          await api("POST", `/v1/jobs/${id}/cancel`);
+        } catch (exc) {
+          setText(err, exc.message);
+          cancel.disabled = false;
+        }
+      });
+    }
+    if (open()) {
+      stream = follow(`/v1/jobs/${id}/events`, root.dataset.cursor, onEvent);
+    } else {
+      const label = document.getElementById("live-text");
+      if (label) setText(label, "finished");
+    }
+  }
+
+  // -- start ------------------------------------------------------------------------------
+  function start() {
+    tick();
+    runForm();
+    const job = document.getElementById("job");
+    if (job) jobPage(job);
+    const live = document.getElementById("live");
+    if (!live || !live.dataset.group) return;
+    let table = null;
+    const root = document.getElementById("machines");
+    const island = document.getElementById("machines-data");
+    if (root && island) table = new MachineTable(root, JSON.parse(island.textContent));
+    follow(`/v1/groups/${live.dataset.group}/events`, live.dataset.cursor, (ev) => {
+      if (table) table.apply(ev);
+      if (panelWants(ev.type)) refreshPanel();
+    });
+  }
+
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
+  else start();
+})();

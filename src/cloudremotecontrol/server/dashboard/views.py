@@ -1,0 +1,370 @@
+"""What the dashboard's pages show, read from the store.
+
+Authorization is the API's: every function takes the caller's ``user_id`` and reaches a
+group only through ``live_group`` (or a job through ``job_view``), the same lookups the
+/v1 endpoints use, so another user's group is "not found" here exactly as there.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from typing import Any
+
+from ...errors import NotFound
+from ..ops import events as ev_ops
+from ..ops import groups as group_ops
+from ..ops import jobs as job_ops
+from ..ops import kv as kv_ops
+from ..ops import runs as run_ops
+from ..ops.common import live_group, loads
+from ..store.base import Tx
+
+__all__ = [
+    "EVENT_TYPES",
+    "event_list",
+    "file_jobs",
+    "group_page",
+    "job_list",
+    "job_page",
+    "kv_page",
+    "machine_rows",
+    "message_list",
+    "state_since",
+]
+
+#: Event types offered by the events view's filter (a prefix such as ``job.`` works too).
+EVENT_TYPES = (
+    "machine.state",
+    "progress",
+    "facts",
+    "job.created",
+    "job.status",
+    "job.output",
+    "message.sent",
+    "message",
+    "kv.set",
+    "run.started",
+    "run.step",
+    "run.phase",
+    "run.ended",
+    "agent.error",
+    "group.created",
+    "group.expired",
+)
+KV_VALUE_SHOWN = 2000  # characters of a value's JSON in the kv view
+OUTPUT_TAIL = 256 << 10  # bytes of output per machine a job page starts with
+OUTPUT_READ = 32 << 20  # bytes of output a job page reads at most
+
+
+def state_since(tx: Tx, group_id: str) -> dict[str, float]:
+    """When each machine of the group last changed state (machines that never did are
+    missing: they are in their first state since the group was made)."""
+    rows = tx.all(
+        "SELECT machine, MAX(created) AS since FROM events "
+        "WHERE group_id = ? AND type = 'machine.state' GROUP BY machine",
+        (group_id,),
+    )
+    return {str(r["machine"]): float(r["since"]) for r in rows if r["machine"]}
+
+
+def _row(m: dict[str, Any], since: dict[str, float], created: float) -> dict[str, Any]:
+    """One machine as the machines table draws it (everything it shows, as strings or
+    numbers: the page renders them as text)."""
+    facts = m.get("facts") or {}
+    if not isinstance(facts, dict):
+        facts = {}
+    progress = m.get("progress") or {}
+    return {
+        "name": m["name"],
+        "state": m["state"],
+        "since": since.get(m["name"], created),
+        "progress": progress.get("text") if isinstance(progress, dict) else None,
+        "percent": progress.get("percent") if isinstance(progress, dict) else None,
+        "os": _os_text(facts),
+        "hostname": facts.get("hostname"),
+        "ips": [str(ip) for ip in (facts.get("ips") or []) if ip is not None][:8]
+        if isinstance(facts.get("ips"), list)
+        else [],
+        "public_ip": m.get("public_ip"),
+        "labels": m.get("labels") or {},
+        "last_seen": m.get("last_seen"),
+    }
+
+
+def _os_text(facts: dict[str, Any]) -> str | None:
+    parts = [facts.get("os_release") or facts.get("os"), facts.get("arch")]
+    text = " ".join(str(p) for p in parts if p)
+    return text or None
+
+
+def group_page(tx: Tx, user_id: str, group: str) -> dict[str, Any]:
+    """The group, its machines as table rows, its run, and the event cursor the page
+    follows from (read first: what happens meanwhile is replayed, never missed)."""
+    cursor = ev_ops.group_cursor(tx, user_id, group)
+    g = group_ops.show_group(tx, user_id, group)
+    since = state_since(tx, cursor["group_id"])
+    rows = [_row(m, since, g["created"]) for m in g["machines"]]
+    try:
+        run = run_ops.run_view(tx, user_id, group)
+    except NotFound:
+        run = None
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["state"]] = counts.get(r["state"], 0) + 1
+    return {
+        "group": g["group"],
+        "created": g["created"],
+        "expires": g["expires"],
+        "expired": g["expired"],
+        "scenario": (g["settings"].get("crc_up") or {}).get("scenario")
+        if isinstance(g["settings"].get("crc_up"), dict)
+        else None,
+        "machines": rows,
+        "counts": counts,
+        "cursor": cursor["cursor"],
+        "run": run,
+    }
+
+
+def machine_rows(tx: Tx, user_id: str, group: str, names: list[str]) -> list[dict[str, Any]]:
+    """Some machines of the group, as table rows (the page refreshes these after a state
+    change: a reconnection also changes the address the server saw)."""
+    g = live_group(tx, user_id, group)
+    wanted = names[:200]
+    if not wanted:
+        return []
+    marks = ",".join("?" * len(wanted))
+    rows = tx.all(
+        f"SELECT * FROM machines WHERE group_id = ? AND name IN ({marks}) ORDER BY name",  # noqa: S608
+        (g["id"], *wanted),
+    )
+    since = state_since(tx, g["id"])
+    return [_row(group_ops.machine_view(r), since, g["created"]) for r in rows]
+
+
+def job_list(tx: Tx, user_id: str, group: str, limit: int = 200) -> list[dict[str, Any]]:
+    """The group's latest jobs, newest first, with how many targets are in each status."""
+    g = live_group(tx, user_id, group)
+    jobs = tx.all(
+        "SELECT id, spec, target, created, created_by FROM jobs WHERE group_id = ? "
+        "ORDER BY created DESC LIMIT ?",
+        (g["id"], limit),
+    )
+    out = []
+    for j in jobs:
+        spec = loads(j["spec"]) or {}
+        counts = tx.all(
+            "SELECT status, COUNT(*) AS n FROM job_targets WHERE job_id = ? GROUP BY status",
+            (j["id"],),
+        )
+        out.append(
+            {
+                "job_id": j["id"],
+                "kind": spec.get("type"),
+                "summary": _job_summary(spec),
+                "target": j["target"],
+                "created": j["created"],
+                "by": j["created_by"],
+                "statuses": {str(c["status"]): int(c["n"]) for c in counts},
+            }
+        )
+    return out
+
+
+def _job_summary(spec: dict[str, Any]) -> str:
+    kind = spec.get("type")
+    if kind == "job.run":
+        if spec.get("command") is not None:
+            return str(spec["command"])
+        return " ".join(str(a) for a in spec.get("argv") or [])
+    if kind == "file.put":
+        return f"push {str(spec.get('sha256', ''))[:12]} -> {spec.get('path')}"
+    if kind == "file.get":
+        return f"pull {spec.get('path')}"
+    if kind == "hosts.sync":
+        return f"hosts sync ({len(spec.get('entries') or [])} entries)"
+    return str(kind)
+
+
+def job_page(tx: Tx, user_id: str, job_id: str) -> dict[str, Any]:
+    """A job, its targets, the output so far per machine (its tail), and the cursor of
+    its last event (the page follows from there)."""
+    job = job_ops.job_view(tx, user_id, job_id)
+    info = ev_ops.group_cursor(tx, user_id, job["group"])
+    outputs: dict[str, deque[str]] = {}
+    sizes: dict[str, int] = {}
+    cursor = 0
+    read = 0
+    cut = False
+    while True:
+        batch = ev_ops.events_after(tx, info["group_id"], cursor, job_id)
+        for ev in batch:
+            cursor = ev["cursor"]
+            if ev["type"] != "job.output" or not ev["machine"]:
+                continue
+            data = ev["data"] or {}
+            text = str(data.get("data", ""))
+            chunks = outputs.setdefault(ev["machine"], deque())
+            chunks.append(text)
+            sizes[ev["machine"]] = sizes.get(ev["machine"], 0) + len(text)
+            while sizes[ev["machine"]] > OUTPUT_TAIL and len(chunks) > 1:
+                sizes[ev["machine"]] -= len(chunks.popleft())
+                cut = True
+            read += len(text)
+        if len(batch) < 1000 or read > OUTPUT_READ:
+            cut = cut or read > OUTPUT_READ
+            break
+    spec = job["spec"] or {}
+    return {
+        **job,
+        "kind": spec.get("type"),
+        "summary": _job_summary(spec),
+        "outputs": {m: "".join(c) for m, c in outputs.items()},
+        "output_cut": cut,
+        "cursor": cursor,
+        "open": any(t["status"] in ("queued", "delivered", "running") for t in job["targets"]),
+    }
+
+
+def file_jobs(tx: Tx, user_id: str, group: str) -> list[dict[str, Any]]:
+    """Pushes and pulls of the group, newest first, with their targets' statuses."""
+    g = live_group(tx, user_id, group)
+    jobs = tx.all(
+        "SELECT id, spec, created, created_by FROM jobs WHERE group_id = ? "
+        "ORDER BY created DESC LIMIT 500",
+        (g["id"],),
+    )
+    out = []
+    for j in jobs:
+        spec = loads(j["spec"]) or {}
+        if spec.get("type") not in ("file.put", "file.get"):
+            continue
+        targets = tx.all(
+            "SELECT machine, status, reason, blob FROM job_targets WHERE job_id = ? "
+            "ORDER BY machine",
+            (j["id"],),
+        )
+        out.append(
+            {
+                "job_id": j["id"],
+                "direction": "push" if spec["type"] == "file.put" else "pull",
+                "path": spec.get("path"),
+                "sha256": spec.get("sha256"),
+                "size": spec.get("size"),
+                "mode": spec.get("mode"),
+                "created": j["created"],
+                "by": j["created_by"],
+                "targets": targets,
+            }
+        )
+    return out
+
+
+def message_list(tx: Tx, user_id: str, group: str, limit: int = 300) -> list[dict[str, Any]]:
+    """Data messages of the group, newest first: the master's and machines' to peers
+    (``message.sent``) and machines' to the master (``message``)."""
+    g = live_group(tx, user_id, group)
+    rows = tx.all(
+        "SELECT * FROM events WHERE group_id = ? AND type IN ('message.sent', 'message') "
+        "ORDER BY id DESC LIMIT ?",
+        (g["id"], limit),
+    )
+    out = []
+    for r in rows:
+        ev = ev_ops.event_view(r)
+        data = ev["data"] or {}
+        to = data.get("to")
+        out.append(
+            {
+                "time": ev["time"],
+                "type": str(data.get("type", "")),
+                "from": str(data.get("from", ev["machine"] or "")),
+                "to": ", ".join(str(t) for t in to) if isinstance(to, list) else "master",
+                "body": _pretty(data.get("body")),
+            }
+        )
+    return out
+
+
+def kv_page(tx: Tx, user_id: str, group: str) -> list[dict[str, Any]]:
+    """The group's keys with their values (the first ``KV_VALUE_SHOWN`` characters)."""
+    g = live_group(tx, user_id, group)
+    rows = tx.all(
+        "SELECT key, value, version, updated, updated_by FROM kv WHERE group_id = ? "
+        "ORDER BY key LIMIT ?",
+        (g["id"], kv_ops.MAX_KEYS),
+    )
+    out = []
+    for r in rows:
+        text = _pretty(json.loads(r["value"]))
+        out.append(
+            {
+                "key": r["key"],
+                "value": text[:KV_VALUE_SHOWN] + ("…" if len(text) > KV_VALUE_SHOWN else ""),
+                "version": int(r["version"]),
+                "updated": r["updated"],
+                "by": r["updated_by"],
+            }
+        )
+    return out
+
+
+def event_list(
+    tx: Tx,
+    user_id: str,
+    group: str,
+    type_: str = "",
+    machine: str = "",
+    job: str = "",
+    limit: int = 500,
+) -> dict[str, Any]:
+    """The group's latest events matching the filters, newest first: ``type_`` exact, or
+    a prefix when it ends with ``.`` (``job.``); ``machine`` and ``job`` exact."""
+    g = live_group(tx, user_id, group)
+    where = ["group_id = ?"]
+    params: list[Any] = [g["id"]]
+    if type_:
+        if type_.endswith("."):
+            where.append("type LIKE ?")
+            params.append(type_.replace("%", "").replace("_", "") + "%")
+        else:
+            where.append("type = ?")
+            params.append(type_)
+    if machine:
+        where.append("machine = ?")
+        params.append(machine)
+    if job:
+        where.append("job_id = ?")
+        params.append(job)
+    # Only fixed conditions with "?" placeholders are joined in: values are parameters.
+    rows = tx.all(
+        f"SELECT * FROM events WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT ?",  # noqa: S608
+        (*params, limit),
+    )
+    events = []
+    for r in rows:
+        ev = ev_ops.event_view(r)
+        events.append({**ev, "text": _event_text(ev)})
+    return {"events": events, "limit": limit}
+
+
+def _event_text(ev: dict[str, Any]) -> str:
+    data = ev["data"]
+    if ev["type"] == "job.output" and isinstance(data, dict):
+        return str(data.get("data", ""))
+    if ev["type"] == "progress" and isinstance(data, dict):
+        pct = data.get("percent")
+        return (f"{pct:g}% " if isinstance(pct, (int, float)) else "") + str(data.get("text"))
+    if ev["type"] == "machine.state" and isinstance(data, dict):
+        return f"{data.get('previous')} → {data.get('state')}"
+    return _compact(data)
+
+
+def _pretty(value: Any) -> str:
+    return json.dumps(value, indent=1, ensure_ascii=False, sort_keys=True)
+
+
+def _compact(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=False, separators=(", ", ": "))
+    return text if len(text) <= 500 else text[:500] + "…"

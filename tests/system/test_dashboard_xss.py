@@ -1,0 +1,165 @@
+"""Everything a machine sends reaches the dashboard as text: a hostile machine (the raw
+wire protocol, tests/system/wire_helpers.py) puts script and markup into every field it
+controls - host name, OS, addresses, progress, job output and result reason, message
+bodies to the master and to a peer and a message's type, key/value values - and a
+real Chromium shows each literally, runs none of it, and injects no element; both when
+the text arrives live (the page's script, htmx panel refreshes) and when the page is
+rendered by the server afterwards."""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+from typing import Any
+
+from playwright.sync_api import expect
+from test_dashboard_browser import login
+from wire_helpers import bearer, enroll, pinned_http, wire_agent
+
+SCRIPT = "<script>window.__xss='script'</script>"
+IMG = '"><img src=x onerror="window.__xss=\'img\'">'
+SVG = "'><svg onload=window.__xss='svg'>"
+PAYLOAD = f"{SCRIPT}{IMG}{SVG}"
+JSON_PAYLOAD = PAYLOAD.replace('"', '\\"')  # how it reads inside a JSON document
+
+PAGES = {  # what each page must show literally
+    "machines": "/dashboard/groups/xss",
+    "messages": "/dashboard/groups/xss/messages",
+    "kv": "/dashboard/groups/xss/kv",
+    "events": "/dashboard/groups/xss/events",
+    "run": "/dashboard/groups/xss/run",
+}
+
+
+def assert_inert(browser: Any, page: Any, where: str) -> None:
+    """Nothing ran and nothing was injected: no flag, no element a payload would make,
+    only the page's own scripts, and no CSP refusal (which would mean markup got in)."""
+    assert page.evaluate("typeof window.__xss") == "undefined", where
+    injected = page.evaluate(
+        "document.querySelectorAll('img, svg, iframe, object, embed, "
+        'script:not([src]):not([type="application/json"])\').length'
+    )
+    assert injected == 0, where
+    refused = [m for m in browser.messages(page) if "Refused" in m or "Content Security" in m]
+    assert not refused, (where, refused)
+
+
+def test_hostile_machine_text_is_shown_literally_and_never_runs(env, browser):
+    keys = {m["name"]: m["key"] for m in env.client.create_group("xss", ["m", "p"])["machines"]}
+    with pinned_http(env.server) as http:
+        cred_m, cred_p = enroll(http, keys["m"]), enroll(http, keys["p"])
+    env.client.start_run(
+        "xss",
+        {
+            "run_id": "0" * 32,
+            "scenario": "xss",
+            "steps": [{"name": "one", "kind": "run", "to": "m", "needs": [], "retries": 0}],
+        },
+    )
+    pages = {name: login(browser, env.server, env.token, path) for name, path in PAGES.items()}
+    for page in pages.values():
+        expect(page.locator("#live-text")).to_have_text("live")
+
+    # The machines speak from a thread of their own (Playwright owns this one's loop);
+    # the job's output waits until its page is open, so that it arrives live.
+    job_started: queue.Queue[str] = queue.Queue()
+    job_page_open = threading.Event()
+    failure: list[BaseException] = []
+
+    async def hostile() -> None:
+        async with (
+            wire_agent(env.server, cred_m, "xss", "m") as m,
+            wire_agent(env.server, cred_p, "xss", "p") as p,
+        ):
+            await m.send_msg(
+                "facts",
+                {
+                    "hostname": PAYLOAD,
+                    "os": "linux",
+                    "os_release": PAYLOAD,
+                    "arch": SVG,
+                    "ips": [PAYLOAD, "10.0.0.5"],
+                },
+            )
+            await m.send_msg("progress", {"text": PAYLOAD, "percent": 42})
+            await m.send_msg("user.report", {"note": PAYLOAD}, to="master")
+            await m.send_msg("user.peer", {"note": PAYLOAD}, to="p")
+            await p.next_msg()
+            await m.send_msg(f"user.{IMG}", {}, to="master")  # markup in a message type
+            with pinned_http(env.server) as http:
+                r = http.put(
+                    "/v1/agent/kv/evil",
+                    json={"value": {"html": PAYLOAD}},
+                    headers={"Authorization": bearer(cred_m)},
+                )
+                assert r.status_code == 200, r.text
+            job_id = env.client.start_job("xss", "m", command="echo hi")["job_id"]
+            run = await m.next_msg()
+            assert run["type"] == "job.run"
+            job_started.put(job_id)
+            assert await asyncio.to_thread(job_page_open.wait, 60)
+            await m.send_msg("job.started", {"job_id": job_id})
+            await m.send_msg("job.output", {"job_id": job_id, "stream": "stdout", "data": PAYLOAD})
+            await m.send_msg(
+                "job.result",
+                {"job_id": job_id, "status": "failed", "exit_code": 3, "reason": PAYLOAD},
+            )
+            env.client.report_run(
+                "xss",
+                {
+                    "type": "step",
+                    "run_id": "0" * 32,
+                    "step": "one",
+                    "state": "failed",
+                    "attempt": 1,
+                    "message": PAYLOAD,
+                },
+            )
+
+    def machines() -> None:
+        try:
+            asyncio.run(hostile())
+        except BaseException as exc:  # noqa: BLE001 -- re-raised in the test's thread
+            failure.append(exc)
+            job_started.put("")
+
+    thread = threading.Thread(target=machines)
+    thread.start()
+    job_id = job_started.get(timeout=120)
+    if job_id:
+        pages["job"] = login(browser, env.server, env.token, f"/dashboard/jobs/{job_id}")
+        expect(pages["job"].locator("#live-text")).to_have_text("live")
+    job_page_open.set()
+    thread.join(120)
+    if failure:
+        raise failure[0]
+
+    def check(stage: str) -> None:
+        machines = pages["machines"]
+        row = machines.locator("#machines .vrow[data-name='m']")
+        expect(row.locator(".c-progress")).to_have_text(f"42% {PAYLOAD}")
+        expect(row.locator(".c-os")).to_have_text(f"{PAYLOAD} {SVG}")
+        expect(row.locator(".c-ips")).to_contain_text(PAYLOAD)
+        expect(row.locator(".c-name")).to_have_attribute("title", f"host {PAYLOAD}")
+        messages = pages["messages"].locator("#messages")
+        expect(messages.locator("tr")).to_have_count(4)  # the head, then 3 messages
+        expect(messages).to_contain_text(JSON_PAYLOAD)  # bodies are shown as JSON
+        expect(messages).to_contain_text(f"user.{IMG}")
+        expect(pages["kv"].locator("#kv")).to_contain_text(JSON_PAYLOAD)
+        events = pages["events"].locator("#events")
+        expect(events).to_contain_text(PAYLOAD)  # the job's output, as it came
+        expect(events).to_contain_text(JSON_PAYLOAD)  # facts, messages
+        expect(pages["run"].locator("#step-one .step-message")).to_have_text(PAYLOAD)
+        job = pages["job"]
+        expect(job.locator("#out-m")).to_have_text(PAYLOAD)
+        expect(job.locator("#targets tr[data-machine='m'] .reason")).to_have_text(PAYLOAD)
+        expect(job.locator("#targets tr[data-machine='m'] .exit")).to_have_text("3")
+        for name, page in pages.items():
+            assert_inert(browser, page, f"{stage}: {name}")
+
+    check("live")  # arrived while the pages were open
+    for page in pages.values():
+        page.reload()
+    check("rendered")  # drawn by the server from what it stored
+    assert env.client.job(job_id)["targets"][0]["reason"] == PAYLOAD[:500]
