@@ -22,7 +22,7 @@ import cloudremotecontrol
 from cloudremotecontrol.agent.core import Agent
 from cloudremotecontrol.agent.state import AgentState, Credential
 from cloudremotecontrol.errors import InvalidInput, TooLarge
-from cloudremotecontrol.protocol import fields, frames, messages
+from cloudremotecontrol.protocol import fields, frames, messages, streams
 from cloudremotecontrol.protocol.frames import read_frame, write_frame
 from cloudremotecontrol.protocol.jsoncheck import check_json, json_depth
 from cloudremotecontrol.protocol.limits import (
@@ -70,13 +70,14 @@ CATALOGUE = {
     "ack": Direction.BOTH,
     "revoked": TO_AGENT,
     "error": TO_AGENT,
+    "stream.open": TO_AGENT,
 }
 
 
 def test_every_wire_type_is_registered_once_with_its_direction():
     assert {cls.TYPE: cls.DIRECTION for cls in REGISTRY} == CATALOGUE
     frame_types = {cls.TYPE for cls in REGISTRY if issubclass(cls, Frame)}
-    assert frame_types == {"hello", "welcome", "msg", "ack", "revoked", "error"}
+    assert frame_types == {"hello", "welcome", "msg", "ack", "revoked", "error", "stream.open"}
     for cls in REGISTRY:
         assert issubclass(cls, (Frame, Message)) and cls.__dataclass_params__.frozen
 
@@ -261,6 +262,8 @@ def valid(spec: fields.Spec) -> st.SearchStrategy[Any]:
         return objects.filter(lambda d: json_depth(d, 100) <= spec.max_depth)
     if isinstance(spec, frames._Object):
         return st.dictionaries(st.text(max_size=5), JSON, max_size=3)
+    if isinstance(spec, streams._Host):  # a forward's remote host: a name or an address
+        return valid(fields.Hostname()) | st.ip_addresses().map(str)
     if isinstance(spec, messages._RemotePath):
         return st.from_regex(r"(/|[A-Za-z]:\\)[a-z0-9_.]{0,10}", fullmatch=True)
     raise AssertionError(f"no strategy for {spec!r}")

@@ -45,12 +45,14 @@ from ..protocol.messages import (
     UserMessage,
     decode_message,
 )
+from ..protocol.streams import StreamOpen
 from ..protocol.wire import Dispatcher, Frame, Message, Side
 from ..tlspin import client_context
 from .http import call_json
 from .platform import Platform, current
 from .runner import run_job
 from .state import AgentState, Credential
+from .streams import STREAMS_OFF_KEY, StreamServer
 
 __all__ = ["Agent", "Revoked", "enroll"]
 
@@ -95,20 +97,24 @@ def enroll(state: AgentState, url: str, key: str, fingerprint: str | None) -> Cr
     urls = split_urls(url)
     for i, one in enumerate(urls):
         try:
-            cred = _enroll_once(one, key, fingerprint)
+            cred, off = _enroll_once(one, key, fingerprint)
         except Unavailable:
             if i == len(urls) - 1:
                 raise
             continue
         cred.url = url
         state.save_credential(cred)
+        # The group's opt-outs (no shell, no forward), enforced by this agent for good.
+        state.put(STREAMS_OFF_KEY, ",".join(off))
         return cred
     raise Unavailable("no server URL given")  # unreachable: split_urls refuses empty lists
 
 
-def _enroll_once(url: str, key: str, fingerprint: str | None) -> Credential:
+def _enroll_once(url: str, key: str, fingerprint: str | None) -> tuple[Credential, list[str]]:
     ctx, pem = client_context(url, fingerprint)
     data = call_json(url.rstrip("/") + "/v1/agent/enroll", ctx, method="POST", body={"key": key})
+    off = data.get("streams_off")
+    off = [k for k in ("shell", "forward") if isinstance(off, list) and k in off]
     return Credential(
         url=url,
         credential=data["credential"],
@@ -116,7 +122,7 @@ def _enroll_once(url: str, key: str, fingerprint: str | None) -> Credential:
         group=data["group"],
         fingerprint=fingerprint,
         cert_pem=pem,
-    )
+    ), off
 
 
 class Agent:
@@ -148,6 +154,7 @@ class Agent:
         self._hosts_lock = asyncio.Lock()
         self.message_arrived = asyncio.Event()
         self.stopping = asyncio.Event()
+        self._streams = StreamServer(self)
         # One handler per frame and per message type the server sends (the catalogue
         # refuses to start the agent if one is missing).
         self._frames: Dispatcher[Any] = Dispatcher(
@@ -159,6 +166,7 @@ class Agent:
                 Ack: self._on_ack,
                 RevokedFrame: self._on_revoked,
                 ErrorFrame: self._on_error,
+                StreamOpen: self._on_stream_open,
             },
         )
         self._messages: Dispatcher[Any] = Dispatcher(
@@ -413,6 +421,9 @@ class Agent:
 
     async def _on_error(self, ws: Any, frame: ErrorFrame) -> None:
         log.warning("server reported: %s", frame.error)
+
+    async def _on_stream_open(self, ws: Any, frame: StreamOpen) -> None:
+        self._streams.open(frame)  # agent/streams.py: its own WebSocket
 
     async def _on_msg(self, ws: Any, frame: Msg) -> None:
         """One numbered message: the delivery core's rules (dedupe, gaps, poison), then

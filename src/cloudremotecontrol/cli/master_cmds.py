@@ -99,6 +99,16 @@ def group() -> None:
     help="When the group is deleted, agents installed as a service remove the "
     "service and their state (not just stop).",
 )
+@click.option("--no-shell", is_flag=True, help="No `crc shell` into this group's machines.")
+@click.option("--no-forward", is_flag=True, help="No `crc forward` to this group's machines.")
+@click.option(
+    "--force-record",
+    is_flag=True,
+    help="Record every shell session (`crc shell --no-record` is refused).",
+)
+@click.option(
+    "--record-input", is_flag=True, help="Shell recordings keep keystrokes too, not only output."
+)
 @json_option
 def group_create(
     name: str,
@@ -109,6 +119,10 @@ def group_create(
     sync_hosts: bool,
     hosts_ip: str,
     uninstall_on_delete: bool,
+    no_shell: bool,
+    no_forward: bool,
+    force_record: bool,
+    record_input: bool,
     as_json: bool,
 ) -> None:
     """Create group NAME and print each machine's single-use key (shown once)."""
@@ -127,6 +141,14 @@ def group_create(
         settings: dict[str, Any] = {"sync_hosts": True, "hosts_ip": hosts_ip} if sync_hosts else {}
         if uninstall_on_delete:
             settings["uninstall_on_delete"] = True
+        for key, on in (
+            ("no_shell", no_shell),
+            ("no_forward", no_forward),
+            ("force_record", force_record),
+            ("record_input", record_input),
+        ):
+            if on:
+                settings[key] = True
         out = c.create_group(
             name,
             [{"name": n, "labels": per[n]} for n in names],
@@ -479,3 +501,6 @@ def register(cli: click.Group) -> None:
 
     for cmd in (demo, up, down):
         cli.add_command(cmd)
+    from .stream_cmds import register as register_streams
+
+    register_streams(cli)

@@ -85,6 +85,11 @@ _SETTING_FLAGS: list[tuple[str, type, str]] = [
     ("enroll_failures_per_minute", int, "Failed enrollments per address per minute; then 429."),
     ("retain_events_days", float, "Days events are kept (0: for ever)."),
     ("retain_blobs_days", float, "Days a file no job uses any more is kept (0: for ever)."),
+    (
+        "retain_recordings_days",
+        float,
+        "Days a shell session's recording is kept (0: for ever).",
+    ),
     ("prune_interval", float, "Seconds between two retention sweeps (the first at start)."),
 ]
 

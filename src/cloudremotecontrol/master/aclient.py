@@ -20,7 +20,7 @@ import os
 import tempfile
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -32,6 +32,9 @@ from .client import file_digest, is_untrusted, split_urls, untrusted_error
 from .profile import Profile, load_profile
 from .types import Event, JobResult, Message, RunResult
 from .waits import FLOOR_TYPES, MessageWait, ReadyWait
+
+if TYPE_CHECKING:
+    from .streams import AsyncStream, Opener
 
 __all__ = ["AsyncClient"]
 
@@ -385,6 +388,65 @@ class AsyncClient:
                 if time.monotonic() > deadline:
                     raise wait.timeout_error(timeout)
         raise Unavailable(f"the event stream of {group} ended (group deleted?)")
+
+    # -- shells and forwards (master/streams.py) ----------------------------------------
+    async def _stream_opener(self) -> Opener:
+        from .streams import Opener
+
+        await self._client()
+        ctx, self.cert_pem = await asyncio.to_thread(
+            client_context, self.url, self.fingerprint, self.cert_pem
+        )
+        return Opener(self._do, self.url, self._token, ctx)
+
+    async def shell(
+        self,
+        group: str,
+        machine: str,
+        argv: list[str] | None = None,
+        shell: str | None = None,
+        cols: int = 80,
+        rows: int = 24,
+        term: str | None = "xterm-256color",
+        record: bool | None = None,
+    ) -> AsyncStream:
+        """A terminal on ``machine``: an :class:`AsyncStream` (``send``, ``recv`` gives
+        bytes or a control message, ``resize``, ``exit_code``, ``close``)."""
+        from .streams import open_stream, shell_body
+
+        body = shell_body(machine, argv, shell, cols, rows, term, record)
+        return await open_stream(await self._stream_opener(), group, body)
+
+    @contextlib.asynccontextmanager
+    async def forward(
+        self,
+        group: str,
+        machine: str,
+        remote_port: int,
+        remote_host: str = "127.0.0.1",
+        local_port: int = 0,
+        local_addr: str = "127.0.0.1",
+    ) -> AsyncIterator[int]:
+        """``async with client.forward("lab", "web", 80) as port``: the bound local
+        port; each connection to it reaches ``remote_host``:``remote_port`` from the
+        machine. One connection is made first, so a closed remote port fails here."""
+        from .streams import forward_spec, open_forward, serve_forward
+
+        spec = forward_spec(remote_port, remote_host, local_port, local_addr)
+        opener = await self._stream_opener()
+        probe = await open_forward(opener, group, machine, spec)
+        await probe.close()
+        server = await serve_forward(opener, group, machine, spec)
+        try:
+            yield server.port
+        finally:
+            await server.aclose()
+
+    async def sessions(self, group: str, limit: int = 100) -> list[dict[str, Any]]:
+        return list(await self._do(calls.list_sessions(group, limit)))
+
+    async def recording(self, stream: str) -> str:
+        return str((await self._do(calls.recording(stream)))["cast"])
 
     async def audit(self, group: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
         return list(await self._do(calls.audit(group, limit)))

@@ -231,3 +231,16 @@ def events(
 
 def job_events(job_id: str, since: int, follow: bool) -> StreamCall:
     return StreamCall(f"/jobs/{_seg(job_id)}/events", {"since": since, "follow": follow})
+
+
+def open_stream(group: str, body: dict[str, Any]) -> Call:
+    """Ask for a shell or forward stream (then dial ``/v1/streams/{id}``)."""
+    return Call("POST", f"/groups/{_seg(group)}/streams", json=body)
+
+
+def list_sessions(group: str, limit: int) -> Call:
+    return Call("GET", f"/groups/{_seg(group)}/sessions", params={"limit": limit}, key="sessions")
+
+
+def recording(stream: str) -> Call:
+    return Call("GET", f"/sessions/{_seg(stream)}/recording")

@@ -20,7 +20,7 @@ import ssl
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -31,6 +31,9 @@ from .calls import KEEPALIVE, Call, StreamCall, parse_sse_line, raise_for
 from .profile import Profile, load_profile
 from .types import Event, JobResult, Message, RunResult, exit_code_of
 from .waits import FLOOR_TYPES, MessageWait, ReadyWait
+
+if TYPE_CHECKING:
+    from .streams import ForwardThread, ShellSession
 
 __all__ = ["Client", "worst_exit_code"]
 
@@ -426,6 +429,56 @@ class Client:
             if time.monotonic() > deadline:
                 raise wait.timeout_error(timeout)
         raise Unavailable(f"the event stream of {group} ended (group deleted?)")
+
+    # -- shells and forwards (master/streams.py) ----------------------------------------
+    def shell(
+        self,
+        group: str,
+        machine: str,
+        argv: list[str] | None = None,
+        shell: str | None = None,
+        cols: int = 80,
+        rows: int = 24,
+        term: str | None = "xterm-256color",
+        record: bool | None = None,
+    ) -> ShellSession:
+        """A terminal on ``machine`` running ``argv`` (or ``shell``, or its login
+        shell): a :class:`ShellSession` (``send``, ``recv``, ``expect``, ``resize``,
+        ``wait`` for the exit code, ``close``)."""
+        from .streams import connect_sync, shell_body
+
+        body = shell_body(machine, argv, shell, cols, rows, term, record)
+        info = self._do(calls.open_stream(group, body))
+        ctx, _ = client_context(self.url, self.fingerprint, self.cert_pem)
+        return connect_sync(self.url, self._token, ctx, info)
+
+    def forward(
+        self,
+        group: str,
+        machine: str,
+        remote_port: int,
+        remote_host: str = "127.0.0.1",
+        local_port: int = 0,
+        local_addr: str = "127.0.0.1",
+    ) -> ForwardThread:
+        """A context manager: listens on ``local_addr``:``local_port`` (0: any free
+        port) and carries each connection to ``remote_host``:``remote_port`` as seen
+        from ``machine``; ``with client.forward("lab", "web", 80) as port: ...``."""
+        from .aclient import AsyncClient
+        from .streams import ForwardThread, forward_spec
+
+        spec = forward_spec(remote_port, remote_host, local_port, local_addr)
+        url, token, fp, pem = ",".join(self.urls), self._token, self.fingerprint, self.cert_pem
+        return ForwardThread(lambda: AsyncClient(url, token, fp, pem), group, machine, spec)
+
+    def sessions(self, group: str, limit: int = 100) -> list[dict[str, Any]]:
+        """The group's ended shell sessions and forwards (who, target, bytes, duration,
+        exit code, recorded), oldest first."""
+        return list(self._do(calls.list_sessions(group, limit)))
+
+    def recording(self, stream: str) -> str:
+        """A recorded shell session as an asciinema v2 file."""
+        return str(self._do(calls.recording(stream))["cast"])
 
     def audit(self, group: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
         """Your audit record, oldest first: who started what, where, when."""

@@ -21,7 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .. import __version__
 from ..errors import CrcError, InvalidInput, RateLimited, TooLarge
 from ..protocol.limits import MAX_HTTP_BODY_BYTES
-from . import api, api_bootstrap, api_files, api_kv, api_runs, api_teardown
+from . import api, api_bootstrap, api_files, api_kv, api_runs, api_streams, api_teardown
 from .agent_ws import agent_endpoint
 from .api_docs import add_docs
 from .blobs import BlobStore
@@ -157,6 +157,7 @@ def create_app(
         api_teardown.router,
         api_bootstrap.router,
         api_runs.router,
+        api_streams.router,
     ]
     for router in routers:
         app.include_router(router)
@@ -167,6 +168,7 @@ def create_app(
 
         install(app)
     app.add_api_websocket_route("/v1/agent/connect", agent_endpoint)
+    api_streams.add_stream_routes(app, blob_dir.parent / "recordings" if blob_dir else None)
     install_openapi(app, routers)  # every operation's error statuses, with the error shape
     app.add_middleware(BodyLimit, limit=MAX_HTTP_BODY_BYTES, exempt=api_files.LARGE_BODY_PREFIXES)
 

@@ -58,6 +58,7 @@ class ServerSettings:
     # any more; the events and jobs of deleted groups go with the retention of events.
     retain_events_days: float = 30.0
     retain_blobs_days: float = 7.0
+    retain_recordings_days: float = 30.0  # shell session recordings (asciinema files)
     prune_interval: float = 3600.0  # seconds between two retention sweeps
 
     def __post_init__(self) -> None:

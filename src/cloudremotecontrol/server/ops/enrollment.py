@@ -16,7 +16,7 @@ from ...errors import KeyRejected, Unauthorized
 from ...protocol.states import MachineEvent, MachineState, machine_next
 from ...protocol.tokens import new_secret, parse_secret, verify_secret
 from ..store.base import Tx
-from .common import add_event, audit, now
+from .common import add_event, audit, loads, now
 
 __all__ = ["REJECTED", "authenticate_machine", "enroll", "key_id_of"]
 
@@ -39,7 +39,7 @@ def enroll(tx: Tx, presented: str | None, peer_ip: str | None) -> dict[str, Any]
             "malformed enrollment key: copy it exactly as `crc group create` printed it"
         )
     row = tx.one(
-        "SELECT m.*, g.name AS group_name, g.user_id, g.deleted FROM machines m "
+        "SELECT m.*, g.name AS group_name, g.user_id, g.deleted, g.settings FROM machines m "
         "JOIN groups g ON g.id = m.group_id WHERE m.key_id = ?",
         (key.id,),
     )
@@ -79,7 +79,14 @@ def enroll(tx: Tx, presented: str | None, peer_ip: str | None) -> dict[str, Any]
         row["group_name"],
         {"peer_ip": peer_ip},
     )
-    return {"credential": str(cred), "machine": row["name"], "group": row["group_name"]}
+    settings = loads(row["settings"]) or {}
+    return {
+        "credential": str(cred),
+        "machine": row["name"],
+        "group": row["group_name"],
+        # The group's opt-outs: the agent enforces them too (agent/streams.py).
+        "streams_off": [k for k in ("shell", "forward") if settings.get(f"no_{k}")],
+    }
 
 
 def authenticate_machine(tx: Tx, presented: str | None) -> dict[str, Any]:

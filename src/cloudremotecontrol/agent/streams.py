@@ -1,0 +1,231 @@
+"""The agent's end of shells and forwards (protocol/streams.py says how streams work).
+
+A ``stream.open`` frame on the control connection makes the agent dial one more
+WebSocket to the server for that stream, with its credential, and serve it: a
+terminal (agent/terminal.py) or a TCP connection made from this machine. Whatever the
+server asks, the group's opt-outs learned at enrollment (``--no-shell``,
+``--no-forward``) are refused here too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import sys
+from typing import Any
+
+from .. import __version__
+from ..protocol.limits import HEARTBEAT_SECONDS, MAX_FRAME_BYTES
+from ..protocol.streams import (
+    MAX_CHUNK_BYTES,
+    StreamError,
+    StreamExit,
+    StreamOpen,
+    StreamReady,
+    StreamResize,
+    read_control,
+    write_control,
+)
+from ..protocol.wire import Direction
+from ..tlspin import client_context
+
+__all__ = ["CONNECT_SECONDS", "StreamServer", "streams_off"]
+
+log = logging.getLogger("crc.agent.streams")
+CONNECT_SECONDS = 10.0  # a forward's TCP connection on this machine
+DRAIN_SECONDS = 2.0  # output still read from a terminal after its program exited
+STREAMS_OFF_KEY = "streams_off"  # the group's opt-outs, recorded at enrollment
+
+
+def streams_off(value: str | None) -> frozenset[str]:
+    return frozenset(k for k in (value or "").split(",") if k)
+
+
+def _stream_url(url: str, stream: str) -> str:
+    base = url.rstrip("/")
+    for plain, secure in (("http://", "ws://"), ("https://", "wss://")):
+        if base.startswith(plain):
+            base = secure + base[len(plain) :]
+    return f"{base}/v1/agent/streams/{stream}"
+
+
+class StreamServer:
+    """Serves the streams the server asks for; ``agent`` is the running Agent (its URL,
+    credential, state and task owner)."""
+
+    def __init__(self, agent: Any) -> None:
+        self.agent = agent
+
+    def open(self, frame: StreamOpen) -> None:
+        self.agent._spawn(self.serve(frame))
+
+    async def serve(self, frame: StreamOpen) -> None:
+        from websockets.asyncio.client import connect
+        from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+        agent = self.agent
+        ctx, _ = client_context(agent.url, agent.cred.fingerprint, agent.cred.cert_pem)
+        off = streams_off(agent.state.get(STREAMS_OFF_KEY))
+        try:
+            async with connect(
+                _stream_url(agent.url, frame.stream),
+                ssl=ctx,
+                additional_headers={"Authorization": f"Bearer {agent.cred.credential}"},
+                max_size=MAX_FRAME_BYTES,
+                compression=None,
+                open_timeout=20,
+                ping_interval=HEARTBEAT_SECONDS,
+                ping_timeout=HEARTBEAT_SECONDS,
+                user_agent_header=f"crc-agent/{__version__}",
+            ) as ws:
+                if frame.kind in off:
+                    await _refuse(
+                        ws,
+                        f"{frame.kind}_disabled",
+                        f"this machine's group was created with --no-{frame.kind}",
+                    )
+                elif frame.kind == "shell":
+                    await serve_shell(ws, frame, agent)
+                else:
+                    await serve_forward(ws, frame)
+        except (ConnectionClosed, InvalidStatus, OSError, asyncio.TimeoutError) as exc:
+            log.warning("stream %s (%s) ended: %s", frame.stream, frame.kind, exc)
+
+
+async def _refuse(ws: Any, code: str, message: str) -> None:
+    await ws.send(write_control(StreamError(code=code, message=message)))
+
+
+async def serve_forward(ws: Any, frame: StreamOpen) -> None:
+    """Connect to ``host:port`` from here and carry bytes both ways until either end
+    closes."""
+    host, port = frame.host or "127.0.0.1", frame.port or 0
+    try:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(host, port, limit=MAX_CHUNK_BYTES), CONNECT_SECONDS
+        )
+    except asyncio.TimeoutError:
+        await _refuse(ws, "connect_failed", f"{host}:{port}: no answer in {CONNECT_SECONDS:g} s")
+        return
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        await _refuse(ws, "connect_failed", f"{host}:{port} from this machine: {reason}")
+        return
+    await ws.send(write_control(StreamReady()))
+
+    async def upstream() -> None:  # the remote port -> the master
+        while True:
+            data = await reader.read(MAX_CHUNK_BYTES)
+            if not data:
+                return
+            await ws.send(data)
+
+    async def downstream() -> None:  # the master -> the remote port
+        async for message in ws:
+            if isinstance(message, bytes):
+                writer.write(message)
+                await writer.drain()
+
+    try:
+        await _first_of(upstream(), downstream())
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError, ConnectionError):
+            await writer.wait_closed()
+
+
+async def serve_shell(ws: Any, frame: StreamOpen, agent: Any) -> None:
+    """A terminal running the command (or a login shell) until it exits; its exit code
+    is sent as ``stream.exit``."""
+    if sys.platform == "win32":
+        await _refuse(
+            ws, "unsupported", "interactive shells are not supported on Windows machines yet"
+        )
+        return
+    from .terminal import Terminal, login_argv
+
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k in ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "HOME", "USER", "LOGNAME")
+    }
+    env.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+    env.update(
+        TERM=frame.term or "xterm-256color",
+        CRC_MACHINE=agent.cred.machine,
+        CRC_GROUP=agent.cred.group,
+        CRC_AGENT_STATE_DIR=str(agent.state.dir),
+    )
+    import pwd
+
+    with contextlib.suppress(KeyError):
+        pw = pwd.getpwuid(os.getuid())
+        env.setdefault("HOME", pw.pw_dir)
+        env.setdefault("USER", pw.pw_name)
+        env.setdefault("LOGNAME", pw.pw_name)
+    if frame.argv:
+        program, argv = frame.argv[0], list(frame.argv)
+    else:
+        program, argv = login_argv(frame.shell)
+        env["SHELL"] = program
+    home = env.get("HOME")
+    cwd = home if home and os.path.isdir(home) else "/"
+    term = Terminal()
+    try:
+        try:
+            await term.start(program, argv, frame.cols or 80, frame.rows or 24, env, cwd)
+        except OSError as exc:
+            await _refuse(ws, "start_failed", f"cannot run {program}: {exc.strerror or exc}")
+            return
+
+        async def output() -> None:
+            while data := await term.read():
+                await ws.send(data)
+
+        async def keyboard() -> None:
+            async for message in ws:
+                if isinstance(message, bytes):
+                    await term.write(message)
+                    continue
+                try:
+                    control = read_control(message, Direction.TO_AGENT)
+                except Exception as exc:  # noqa: BLE001 -- hostile input: ignored, logged
+                    log.warning("stream %s: ignoring a control message: %s", frame.stream, exc)
+                    continue
+                if isinstance(control, StreamResize):
+                    term.resize(control.cols, control.rows)
+
+        reading = asyncio.ensure_future(output())
+        typing = asyncio.ensure_future(keyboard())
+        waiting = asyncio.ensure_future(term.wait())
+        try:
+            await asyncio.wait({waiting, typing}, return_when=asyncio.FIRST_COMPLETED)
+            if waiting.done():
+                # The program exited: what it wrote last is still in the terminal.
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(reading), DRAIN_SECONDS)
+                await ws.send(write_control(StreamExit(code=waiting.result())))
+        finally:
+            for task in (reading, typing, waiting):
+                task.cancel()
+            await asyncio.gather(reading, typing, waiting, return_exceptions=True)
+    finally:
+        await term.close()
+
+
+async def _first_of(*coros: Any) -> None:
+    """Run the coroutines until the first one ends (or fails); cancel the others."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if not task.cancelled() and task.exception() is not None:
+                exc = task.exception()
+                if not isinstance(exc, (ConnectionError, OSError)) and exc is not None:
+                    log.warning("stream failed: %r", exc)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

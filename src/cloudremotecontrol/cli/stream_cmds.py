@@ -1,0 +1,405 @@
+"""``crc shell``, ``crc forward`` and ``crc sessions``: into a machine through its agent.
+
+``crc shell`` puts the operator's terminal in raw mode (every key, Ctrl-C included,
+goes to the remote terminal), follows its size (SIGWINCH) and exits with the remote
+program's exit code. ``crc forward`` listens locally and carries each connection over
+a stream of its own, until Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+import click
+
+from ..errors import InvalidInput, NotFound, Unavailable
+from .output import emit_json, json_option, print_table, safe
+
+__all__ = ["forward", "register", "sessions", "shell"]
+
+
+def _async_client() -> Any:
+    from ..master.aclient import AsyncClient
+
+    return AsyncClient.from_profile()
+
+
+# -- crc shell ---------------------------------------------------------------------------------
+
+
+def _terminal_size() -> tuple[int, int]:
+    for fd in (1, 0, 2):
+        with contextlib.suppress(OSError):
+            size = os.get_terminal_size(fd)
+            if size.columns and size.lines:
+                return size.columns, size.lines
+    return 80, 24
+
+
+async def _read_fd(fd: int) -> bytes:
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            return os.read(fd, 65536)
+        except BlockingIOError:
+            pass
+        ready: asyncio.Future[None] = loop.create_future()
+        loop.add_reader(fd, ready.set_result, None)
+        try:
+            await ready
+        finally:
+            loop.remove_reader(fd)
+
+
+async def _shell(
+    group: str, machine: str, argv: list[str] | None, shell: str | None, record: bool | None
+) -> int:
+    from ..master.streams import StreamClosed, stream_error
+    from ..protocol.streams import StreamError, StreamExit
+
+    tty = os.isatty(0)
+    cols, rows = _terminal_size()
+    term = os.environ.get("TERM") or "xterm-256color"
+    async with _async_client() as client:
+        stream = await client.shell(
+            group,
+            machine,
+            argv=argv,
+            shell=shell,
+            cols=cols,
+            rows=rows,
+            term=term,
+            record=record,
+        )
+    loop = asyncio.get_running_loop()
+    saved = None
+    if tty:
+        import termios
+        import tty as ttymod
+
+        saved = termios.tcgetattr(0)
+        ttymod.setraw(0)
+    blocking = os.get_blocking(0)
+    os.set_blocking(0, False)
+    resized = asyncio.Event()
+
+    def on_winch() -> None:
+        resized.set()
+
+    try:
+        if tty:
+            loop.add_signal_handler(signal.SIGWINCH, on_winch)
+
+        async def keyboard() -> None:
+            while True:
+                data = await _read_fd(0)
+                if not data:  # stdin ended (not a terminal): end the remote input too
+                    await stream.send(b"\x04")
+                    return
+                await stream.send(data)
+
+        async def winch() -> None:
+            while True:
+                await resized.wait()
+                resized.clear()
+                await stream.resize(*_terminal_size())
+
+        async def screen() -> int | None:
+            while True:
+                try:
+                    message = await stream.recv()
+                except StreamClosed:
+                    return stream.exit_code
+                if isinstance(message, bytes):
+                    _write_all(1, message)
+                elif isinstance(message, StreamExit):
+                    return message.code
+                elif isinstance(message, StreamError):
+                    raise stream_error(message)
+
+        reader = asyncio.ensure_future(keyboard())
+        sizer = asyncio.ensure_future(winch())
+        try:
+            code = await screen()
+        finally:
+            reader.cancel()
+            sizer.cancel()
+            await asyncio.gather(reader, sizer, return_exceptions=True)
+            await stream.close()
+    finally:
+        if tty:
+            loop.remove_signal_handler(signal.SIGWINCH)
+        os.set_blocking(0, blocking)
+        if saved is not None:
+            import termios
+
+            termios.tcsetattr(0, termios.TCSADRAIN, saved)
+    if code is None:
+        raise Unavailable("the shell's connection closed before the program ended")
+    return code
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        try:
+            n = os.write(fd, view)
+        except BlockingIOError:
+            time.sleep(0.01)
+            continue
+        view = view[n:]
+
+
+@click.command(context_settings={"ignore_unknown_options": True})
+@click.argument("group")
+@click.argument("machine")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@click.option("--shell", "shell", help="The shell to start (default: the machine's login shell).")
+@click.option(
+    "--no-record",
+    "no_record",
+    is_flag=True,
+    help="Do not record this session (refused if the group forces recording).",
+)
+def shell(
+    group: str, machine: str, command: tuple[str, ...], shell: str | None, no_record: bool
+) -> None:
+    """An interactive terminal on MACHINE of GROUP, through its agent.
+
+    \b
+    crc shell lab dev                 # the machine's login shell
+    crc shell lab db -- sudo -u postgres psql
+    Exit code: the remote program's (crc's own failures: 2-9).
+    """
+    argv = list(command)
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    code = asyncio.run(_shell(group, machine, argv or None, shell, False if no_record else None))
+    sys.exit(code)
+
+
+# -- crc forward -------------------------------------------------------------------------------
+
+_HTTP_PORTS = {80, 3000, 5000, 8000, 8008, 8080, 8888}
+_HTTPS_PORTS = {443, 8443}
+
+
+def _url(addr: str, port: int, remote_port: int) -> str:
+    host = f"[{addr}]" if ":" in addr else addr
+    if remote_port in _HTTP_PORTS:
+        return f"http://{host}:{port}/"
+    if remote_port in _HTTPS_PORTS:
+        return f"https://{host}:{port}/"
+    return f"{host}:{port}"
+
+
+async def _forward(group: str, targets: list[tuple[str, Any]], as_json: bool) -> None:
+    from ..master.streams import ForwardServer, open_forward, serve_forward
+
+    async with _async_client() as client:
+        opener = await client._stream_opener()
+        info = await client.group(group)
+        states = {m["name"]: m.get("state") for m in info.get("machines", [])}
+        for machine, spec in targets:
+            if machine not in states:
+                raise NotFound(f"no machine {machine!r} in group {group!r}", field="machine")
+            if states[machine] not in ("ready", "enrolled"):
+                raise Unavailable(
+                    f"machine {machine!r} is {states[machine]}: see `crc status {group}`",
+                    code="machine_offline",
+                )
+            # One connection first: an unreachable remote port fails now, clearly.
+            probe = await open_forward(opener, group, machine, spec)
+            await probe.close()
+        servers: list[ForwardServer] = []
+
+        def on_error(message: str) -> None:
+            click.echo(f"crc: forward: {safe(message)}", err=True)
+
+        try:
+            for machine, spec in targets:
+                server = await serve_forward(opener, group, machine, spec, on_error)
+                servers.append(server)
+                port = server.port
+                remote = f"{spec.remote_host}:{spec.remote_port}"
+                url = _url(spec.local_addr, port, spec.remote_port)
+                if as_json:
+                    emit_json(
+                        {
+                            "machine": machine,
+                            "local": f"{spec.local_addr}:{port}",
+                            "local_port": port,
+                            "remote": remote,
+                            "url": url,
+                        }
+                    )
+                else:
+                    click.echo(f"{url}  ->  {machine}:{remote}")
+                    sys.stdout.flush()
+            if not as_json:
+                click.echo("forwarding until Ctrl-C", err=True)
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+            await stop.wait()
+        finally:
+            for server in servers:
+                await server.aclose()
+
+
+@click.command()
+@click.argument("group")
+@click.argument("machine", required=False)
+@click.argument("specs", nargs=-1)
+@click.option(
+    "--scenario",
+    "scenario",
+    type=click.Path(dir_okay=False),
+    help="Open every `expose:` port of the scenario's machines (GROUP: the scenario's).",
+)
+@json_option
+def forward(
+    group: str, machine: str | None, specs: tuple[str, ...], scenario: str | None, as_json: bool
+) -> None:
+    """Carry local TCP connections to a port reachable from MACHINE.
+
+    \b
+    crc forward lab web 8080:80                 # http://127.0.0.1:8080 -> web's port 80
+    crc forward lab web 5433:db.lab:5432        # a peer's address, from web
+    crc forward lab web 0.0.0.0:8080:10.1.0.5:80
+    crc forward lab --scenario lab.yaml         # every `expose:` of the scenario
+    Listens on 127.0.0.1 unless LOCAL_ADDR says otherwise; stays until Ctrl-C.
+    """
+    from ..protocol.streams import parse_forward_spec
+
+    targets: list[tuple[str, Any]] = []
+    if scenario:
+        from ..master.scenario.parser import load_scenario
+
+        sc = load_scenario(scenario)
+        names = [machine] if machine else None
+        for m in sc.machines:
+            if names is not None and m.name not in names:
+                continue
+            for port in getattr(m, "expose", ()) or ():
+                targets.append((m.name, parse_forward_spec(f"0:{port}")))
+        if specs:
+            raise InvalidInput("give either --scenario or forward specifications, not both")
+        if not targets:
+            raise InvalidInput(f"scenario {scenario} exposes no port (`expose: [80]`)")
+    else:
+        if not machine or not specs:
+            raise InvalidInput(
+                "usage: crc forward GROUP MACHINE [LOCAL_ADDR:]LOCAL_PORT:REMOTE_HOST:"
+                "REMOTE_PORT (or LOCAL_PORT:REMOTE_PORT)"
+            )
+        targets = [(machine, parse_forward_spec(s)) for s in specs]
+    asyncio.run(_forward(group, targets, as_json))
+
+
+# -- crc sessions ------------------------------------------------------------------------------
+
+
+@click.group()
+def sessions() -> None:
+    """Shell sessions and forwards of a group: list them, replay recordings."""
+
+
+@sessions.command("list")
+@click.argument("group")
+@click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
+@json_option
+def sessions_list(group: str, limit: int, as_json: bool) -> None:
+    """The group's ended shell sessions and forwards, with who, bytes and duration."""
+    from ..master.client import Client
+
+    with Client.from_profile() as c:
+        rows = c.sessions(group, limit)
+    if as_json:
+        emit_json({"group": group, "sessions": rows})
+        return
+    table = []
+    for r in rows:
+        what = r.get("target") or " ".join(r.get("argv") or []) or r.get("shell") or "login shell"
+        table.append(
+            [
+                str(r.get("stream", "")),
+                str(r.get("by", "")),
+                str(r.get("machine", "")),
+                str(r.get("kind", "")),
+                str(what),
+                time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(r.get("started") or 0))),
+                f"{float(r.get('duration') or 0):.1f}s",
+                f"{r.get('bytes_to_machine', 0)}/{r.get('bytes_from_machine', 0)}",
+                "" if r.get("exit_code") is None else str(r.get("exit_code")),
+                "yes" if r.get("recorded") else "no",
+            ]
+        )
+    print_table(
+        [
+            "ID",
+            "BY",
+            "MACHINE",
+            "KIND",
+            "WHAT",
+            "STARTED",
+            "DURATION",
+            "BYTES IN/OUT",
+            "EXIT",
+            "REC",
+        ],
+        table,
+    )
+
+
+@sessions.command("play")
+@click.argument("stream")
+@click.option(
+    "--speed",
+    type=click.FloatRange(0, 1000),
+    default=1.0,
+    show_default=True,
+    help="Playback speed; 0 writes everything at once.",
+)
+@click.option(
+    "--idle-limit",
+    type=click.FloatRange(0),
+    default=2.0,
+    show_default=True,
+    help="Longest pause kept, in seconds.",
+)
+@click.option("--cast", "cast_only", is_flag=True, help="Print the asciinema v2 file instead.")
+def sessions_play(stream: str, speed: float, idle_limit: float, cast_only: bool) -> None:
+    """Replay a recorded shell session (ID from `crc sessions list`) on this terminal."""
+    from ..master.client import Client
+
+    with Client.from_profile() as c:
+        cast = c.recording(stream)
+    if cast_only:
+        sys.stdout.write(cast)
+        return
+    last = 0.0
+    for line in cast.splitlines()[1:]:
+        try:
+            t, kind, text = json.loads(line)
+        except (ValueError, TypeError):
+            raise InvalidInput("the recording is not an asciinema v2 file") from None
+        if kind != "o":
+            continue
+        if speed > 0:
+            time.sleep(min(max(float(t) - last, 0.0), idle_limit) / speed)
+        last = float(t)
+        _write_all(1, str(text).encode("utf-8", "surrogateescape"))
+
+
+def register(cli: click.Group) -> None:
+    for cmd in (shell, forward, sessions):
+        cli.add_command(cmd)

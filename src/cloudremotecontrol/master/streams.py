@@ -1,0 +1,472 @@
+"""The master's end of shells and forwards (protocol/streams.py says how streams work).
+
+:func:`open_stream` asks the server for a stream (``POST``) and dials its WebSocket;
+:class:`AsyncStream` is that WebSocket with the protocol's messages typed;
+:func:`serve_forward` listens on a local port and carries each accepted connection
+over a stream of its own. ``Client`` and ``AsyncClient`` (and the CLI) are built on
+these.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import Conflict, CrcError, InvalidInput, Unavailable, error_from_payload
+from ..protocol.limits import MAX_FRAME_BYTES
+from ..protocol.streams import (
+    MAX_CHUNK_BYTES,
+    ForwardSpec,
+    StreamControl,
+    StreamError,
+    StreamExit,
+    StreamReady,
+    StreamResize,
+    check_terminal_size,
+    read_control,
+    write_control,
+)
+from ..protocol.wire import Direction
+from . import calls
+
+__all__ = [
+    "AsyncStream",
+    "ForwardServer",
+    "ForwardThread",
+    "Opener",
+    "ShellSession",
+    "StreamClosed",
+    "open_stream",
+    "serve_forward",
+    "stream_error",
+]
+
+log = logging.getLogger("crc.streams")
+
+#: What sends a Call (the clients' ``_do``): the POST that opens a stream.
+Do = Callable[[calls.Call], Awaitable[Any]]
+
+
+@dataclass
+class Opener:
+    """Where streams are opened: the clients' call, base URL, token and TLS context."""
+
+    do: Do
+    url: str
+    token: str
+    ssl: Any  # ssl.SSLContext | None
+
+
+class StreamClosed(Exception):
+    """The stream's WebSocket closed."""
+
+
+def stream_error(control: StreamError) -> CrcError:
+    """A ``stream.error`` as the error hierarchy's error (for messages and exit codes)."""
+    if control.code in ("connect_failed", "start_failed", "unsupported", "protocol"):
+        return Conflict(control.message, code=control.code)
+    if control.code.endswith("_disabled"):
+        from ..errors import Forbidden
+
+        return Forbidden(control.message, code=control.code)
+    return Unavailable(control.message, code=control.code)
+
+
+def _ws_url(url: str, stream: str) -> str:
+    base = url.rstrip("/")
+    for plain, secure in (("http://", "ws://"), ("https://", "wss://")):
+        if base.startswith(plain):
+            base = secure + base[len(plain) :]
+    return f"{base}/v1/streams/{stream}"
+
+
+class AsyncStream:
+    """One open stream. ``recv()`` gives bytes (data) or a control message; after
+    ``stream.exit`` ``exit_code`` is set."""
+
+    def __init__(self, ws: Any, info: dict[str, Any]) -> None:
+        self.ws = ws
+        self.info = info
+        self.id: str = info["stream"]
+        self.exit_code: int | None = None
+
+    async def send(self, data: bytes) -> None:
+        for i in range(0, len(data), MAX_CHUNK_BYTES):
+            await self.ws.send(data[i : i + MAX_CHUNK_BYTES])
+
+    async def resize(self, cols: int, rows: int) -> None:
+        cols, rows = check_terminal_size(cols, rows)
+        await self.ws.send(write_control(StreamResize(cols=cols, rows=rows)))
+
+    async def recv(self) -> bytes | StreamControl:
+        """The next message; raises StreamClosed at the end, or the stream's error."""
+        from websockets.exceptions import ConnectionClosed
+
+        try:
+            message = await self.ws.recv()
+        except ConnectionClosed:
+            raise StreamClosed() from None
+        if isinstance(message, bytes):
+            return message
+        control = read_control(message, Direction.TO_SERVER)
+        if isinstance(control, StreamExit):
+            self.exit_code = control.code
+        return control
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.ws.close()
+
+    async def __aenter__(self) -> AsyncStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+async def open_stream(opener: Opener, group: str, body: dict[str, Any]) -> AsyncStream:
+    """POST the stream, then dial its WebSocket (errors: the hierarchy's, from the
+    server's answer)."""
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import InvalidStatus
+
+    info = dict(await opener.do(calls.open_stream(group, body)))
+    try:
+        ws = await connect(
+            _ws_url(opener.url, info["stream"]),
+            ssl=opener.ssl,
+            additional_headers={"Authorization": f"Bearer {opener.token}"},
+            max_size=MAX_FRAME_BYTES,
+            compression=None,
+            open_timeout=30,
+            ping_interval=20,
+            ping_timeout=20,
+        )
+    except InvalidStatus as exc:
+        payload = None
+        with contextlib.suppress(ValueError):
+            payload = json.loads(exc.response.body or b"")
+        raise error_from_payload(exc.response.status_code, payload) from None
+    except (OSError, asyncio.TimeoutError) as exc:
+        raise Unavailable(f"cannot reach {opener.url} for the stream: {exc}") from None
+    return AsyncStream(ws, info)
+
+
+# -- forwards ----------------------------------------------------------------------------
+
+
+async def open_forward(opener: Opener, group: str, machine: str, spec: ForwardSpec) -> AsyncStream:
+    """A stream connected to ``spec``'s remote end, or the machine's error."""
+    body = {"machine": machine, "kind": "forward", "host": spec.remote_host}
+    stream = await open_stream(opener, group, body | {"port": spec.remote_port})
+    try:
+        first = await stream.recv()
+    except StreamClosed:
+        raise Unavailable(f"the forward to {machine} closed before it connected") from None
+    except BaseException:
+        await stream.close()
+        raise
+    if isinstance(first, StreamReady):
+        return stream
+    await stream.close()
+    if isinstance(first, StreamError):
+        raise stream_error(first)
+    raise InvalidInput(f"unexpected first message on a forward: {first!r}", code="protocol")
+
+
+async def _carry(stream: AsyncStream, reader: asyncio.StreamReader, writer: Any) -> int:
+    """Bytes both ways between a local connection and a stream until either closes;
+    returns the bytes received."""
+    got = 0
+
+    async def up() -> None:
+        while data := await reader.read(MAX_CHUNK_BYTES):
+            await stream.ws.send(data)
+
+    async def down() -> None:
+        nonlocal got
+        while True:
+            message = await stream.recv()
+            if isinstance(message, bytes):
+                got += len(message)
+                writer.write(message)
+                await writer.drain()
+            elif isinstance(message, StreamError):
+                log.warning("forward: %s", message.message)
+                return
+
+    tasks = [asyncio.ensure_future(up()), asyncio.ensure_future(down())]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await stream.close()
+    return got
+
+
+class ForwardServer:
+    """A listening forward: the socket and the connections it carries."""
+
+    def __init__(self) -> None:
+        self.server: asyncio.Server | None = None
+        self.tasks: set[asyncio.Task[Any]] = set()
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def aclose(self) -> None:
+        """Stop listening and end every connection in flight."""
+        if self.server is not None:
+            self.server.close()
+        for task in list(self.tasks):
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        if self.server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.server.wait_closed(), 5)
+
+
+async def serve_forward(
+    opener: Opener,
+    group: str,
+    machine: str,
+    spec: ForwardSpec,
+    on_error: Callable[[str], None] | None = None,
+) -> ForwardServer:
+    """Listen on ``spec``'s local address (a port in use: Conflict) and carry each
+    connection over its own stream. The caller must ``aclose()`` the answer."""
+    fwd = ForwardServer()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            fwd.tasks.add(task)
+        try:
+            try:
+                stream = await open_forward(opener, group, machine, spec)
+            except CrcError as exc:
+                if on_error is not None:
+                    on_error(exc.message)
+                return
+            with contextlib.suppress(OSError, StreamClosed):
+                await _carry(stream, reader, writer)
+        except asyncio.CancelledError:
+            # aclose() ends the connection; the handler must not end "cancelled" (the
+            # asyncio server would log the cancellation as an error).
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError, asyncio.CancelledError):
+                await writer.wait_closed()
+            if task is not None:
+                fwd.tasks.discard(task)
+
+    try:
+        fwd.server = await asyncio.start_server(
+            handle, spec.local_addr, spec.local_port, limit=MAX_CHUNK_BYTES
+        )
+    except OSError as exc:
+        raise Conflict(
+            f"cannot listen on {spec.local_addr}:{spec.local_port}: {exc.strerror or exc} "
+            "(another program uses the port? pick another LOCAL_PORT, or 0 for any)",
+            code="port_in_use",
+        ) from None
+    return fwd
+
+
+def forward_spec(
+    remote_port: int, remote_host: str, local_port: int, local_addr: str
+) -> ForwardSpec:
+    """The SDK's arguments as a checked ForwardSpec."""
+    from ..protocol.streams import parse_forward_spec
+
+    addr = f"[{local_addr}]" if ":" in local_addr else local_addr
+    host = f"[{remote_host}]" if ":" in remote_host else remote_host
+    return parse_forward_spec(f"{addr}:{local_port}:{host}:{remote_port}")
+
+
+class ForwardThread:
+    """A forward served by an event loop in a thread of its own (the sync SDK's)."""
+
+    def __init__(
+        self, make_client: Callable[[], Any], group: str, machine: str, spec: ForwardSpec
+    ) -> None:
+        import threading
+
+        self.make_client, self.group, self.machine, self.spec = make_client, group, machine, spec
+        self.port = 0
+        self.error: BaseException | None = None
+        self.started = threading.Event()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.stop: asyncio.Event | None = None
+        self.thread = threading.Thread(target=self._run, name="crc-forward", daemon=True)
+
+    def _run(self) -> None:
+        asyncio.run(self._main())
+
+    async def _main(self) -> None:
+        try:
+            async with self.make_client() as client:
+                async with client.forward(
+                    self.group,
+                    self.machine,
+                    self.spec.remote_port,
+                    self.spec.remote_host,
+                    self.spec.local_port,
+                    self.spec.local_addr,
+                ) as port:
+                    self.port = port
+                    self.loop = asyncio.get_running_loop()
+                    self.stop = asyncio.Event()
+                    self.started.set()
+                    await self.stop.wait()
+        except BaseException as exc:  # noqa: BLE001 -- handed to the caller's thread
+            self.error = exc
+        finally:
+            self.started.set()
+
+    def __enter__(self) -> int:
+        self.thread.start()
+        self.started.wait()
+        if self.error is not None:
+            self.thread.join()
+            raise self.error
+        return self.port
+
+    def __exit__(self, *exc: object) -> None:
+        if self.loop is not None and self.stop is not None:
+            self.loop.call_soon_threadsafe(self.stop.set)
+        self.thread.join()
+
+
+def shell_body(
+    machine: str,
+    argv: list[str] | None,
+    shell: str | None,
+    cols: int,
+    rows: int,
+    term: str | None,
+    record: bool | None,
+) -> dict[str, Any]:
+    """The POST body of a shell (terminal size checked here first, clearly)."""
+    cols, rows = check_terminal_size(cols, rows)
+    body: dict[str, Any] = {"machine": machine, "kind": "shell", "cols": cols, "rows": rows}
+    for key, value in (("argv", argv), ("shell", shell), ("term", term), ("record", record)):
+        if value is not None:
+            body[key] = list(value) if key == "argv" else value
+    return body
+
+
+# -- the sync SDK's objects ---------------------------------------------------------------
+
+
+class ShellSession:
+    """A shell opened by ``Client.shell``: ``send`` keystrokes, ``recv`` output,
+    ``resize``, ``wait`` for the exit code; ``close`` (or ``with``) always."""
+
+    def __init__(self, ws: Any, info: dict[str, Any]) -> None:
+        self.ws = ws
+        self.info = info
+        self.id: str = info["stream"]
+        self.exit_code: int | None = None
+        self.ended = False
+
+    def send(self, data: bytes | str) -> None:
+        raw = data.encode() if isinstance(data, str) else data
+        for i in range(0, len(raw), MAX_CHUNK_BYTES):
+            self.ws.send(raw[i : i + MAX_CHUNK_BYTES])
+
+    def resize(self, cols: int, rows: int) -> None:
+        cols, rows = check_terminal_size(cols, rows)
+        self.ws.send(write_control(StreamResize(cols=cols, rows=rows)))
+
+    def recv(self, timeout: float | None = None) -> bytes:
+        """The next output; b"" once the session ended (``exit_code`` is then set).
+        TimeoutError if nothing came within ``timeout`` seconds."""
+        from websockets.exceptions import ConnectionClosed
+
+        while not self.ended:
+            try:
+                message = self.ws.recv(timeout)
+            except ConnectionClosed:
+                self.ended = True
+                break
+            if isinstance(message, bytes):
+                return message
+            control = read_control(message, Direction.TO_SERVER)
+            if isinstance(control, StreamExit):
+                self.exit_code = control.code
+            elif isinstance(control, StreamError):
+                self.ended = True
+                self.close()
+                raise stream_error(control)
+        return b""
+
+    def expect(self, pattern: bytes | str, timeout: float = 30.0) -> bytes:
+        """Output up to and including ``pattern`` (TimeoutError, or Unavailable if the
+        session ends first)."""
+        import time
+
+        want = pattern.encode() if isinstance(pattern, str) else pattern
+        seen = bytearray()
+        deadline = time.monotonic() + timeout
+        while want not in seen:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"{want!r} not seen within {timeout:g} s")
+            chunk = self.recv(left)
+            if not chunk:
+                raise Unavailable(f"the session ended before {want!r} appeared")
+            seen += chunk
+        return bytes(seen)
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Read (and drop) the rest of the output; the remote exit code."""
+        while self.recv(timeout):
+            pass
+        if self.exit_code is None:
+            raise Unavailable("the session closed before its program ended")
+        return self.exit_code
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.ws.close()
+
+    def __enter__(self) -> ShellSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def connect_sync(url: str, token: str, ssl: Any, info: dict[str, Any]) -> ShellSession:
+    """Dial a stream's WebSocket from blocking code."""
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    try:
+        ws = connect(
+            _ws_url(url, info["stream"]),
+            ssl=ssl,
+            additional_headers={"Authorization": f"Bearer {token}"},
+            max_size=MAX_FRAME_BYTES,
+            compression=None,
+            open_timeout=30,
+        )
+    except InvalidStatus as exc:
+        payload = None
+        with contextlib.suppress(ValueError):
+            payload = json.loads(exc.response.body or b"")
+        raise error_from_payload(exc.response.status_code, payload) from None
+    except (OSError, TimeoutError) as exc:
+        raise Unavailable(f"cannot reach {url} for the stream: {exc}") from None
+    return ShellSession(ws, info)

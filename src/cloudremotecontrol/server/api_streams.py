@@ -1,0 +1,270 @@
+"""Shell sessions and TCP forwards over HTTP: open, splice, list, replay.
+
+``POST /v1/groups/{group}/streams`` (master) checks and audits the request and asks
+the machine's agent (``stream.open`` on its control connection) to dial
+``/v1/agent/streams/{id}``; the master dials ``/v1/streams/{id}``; the server splices
+the two (server/streams.py, protocol/streams.py for why one WebSocket per stream).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import Field
+from starlette.websockets import WebSocket
+
+from ..errors import Conflict, CrcError, InvalidInput, NotFound, Unauthorized
+from ..protocol.frames import write_frame
+from ..protocol.streams import (
+    STREAM_ID,
+    StreamError,
+    StreamOpen,
+    check_host,
+    check_terminal_size,
+    new_stream_id,
+    write_control,
+)
+from . import auth
+from .models import StrictBody
+from .ops import sessions as session_ops
+from .store.base import Store
+from .streams import AGENT_DIAL_SECONDS, Recorder, Stream, StreamBroker, splice
+
+__all__ = ["add_stream_routes", "router"]
+
+router = APIRouter(prefix="/v1")
+Master = Annotated[dict[str, Any], Depends(auth.master)]
+
+
+class StreamCreate(StrictBody):
+    machine: str = Field(max_length=63)
+    kind: Literal["shell", "forward"]
+    argv: list[str] | None = Field(default=None, max_length=1000)
+    shell: str | None = Field(default=None, max_length=1024)
+    cols: int | None = None
+    rows: int | None = None
+    term: str | None = Field(default=None, max_length=64)
+    host: str | None = Field(default=None, max_length=255)
+    port: int | None = None
+    record: bool | None = None
+
+
+def _broker(app: Any) -> StreamBroker:
+    broker: StreamBroker = app.state.streams
+    return broker
+
+
+def _open_frame(body: StreamCreate, stream_id: str) -> tuple[StreamOpen, dict[str, Any]]:
+    """The agent's frame (every field checked by the catalogue) and the audit detail."""
+    fields: dict[str, Any] = {"stream": stream_id, "kind": body.kind}
+    if body.kind == "shell":
+        if body.host is not None or body.port is not None:
+            raise InvalidInput("a shell takes no host or port", field="host")
+        cols, rows = check_terminal_size(
+            80 if body.cols is None else body.cols, 24 if body.rows is None else body.rows
+        )
+        fields.update(cols=cols, rows=rows, argv=body.argv, shell=body.shell, term=body.term)
+        detail = {"kind": "shell", "argv": body.argv, "shell": body.shell}
+    else:
+        if body.port is None:
+            raise InvalidInput("a forward needs the remote port", field="port")
+        if body.argv is not None or body.shell is not None or body.cols or body.rows:
+            raise InvalidInput("a forward takes no command or terminal", field="argv")
+        host = check_host(body.host or "127.0.0.1")
+        fields.update(host=host, port=body.port)
+        detail = {"kind": "forward", "target": f"{host}:{body.port}"}
+    frame = StreamOpen.from_body(fields)
+    return frame, {k: v for k, v in detail.items() if v is not None}
+
+
+@router.post("/groups/{group}/streams", status_code=201, tags=["streams"])
+async def open_stream(
+    group: str, body: StreamCreate, user: Master, request: Request
+) -> dict[str, Any]:
+    """Open a shell or a forward to a machine: answers the stream id to dial at
+    ``/v1/streams/{id}`` (WebSocket, the same bearer token) within 30 seconds."""
+    app = request.app
+    stream_id = new_stream_id()
+    frame, detail = _open_frame(body, stream_id)
+    store: Store = app.state.store
+    info = await store.read(
+        session_ops.check_stream, user, group, body.machine, body.kind, body.record
+    )
+    link = app.state.hub.links.get(info["machine_id"])
+    if link is None or link.closed:
+        where = (
+            " (it is connected to another server replica: open the stream there)"
+            if info["connected_by"]
+            and info["state"] == "ready"
+            and info["connected_by"] != app.state.replica
+            else ""
+        )
+        raise Conflict(
+            f"machine {body.machine!r} is not connected{where}: see `crc status {group}`",
+            code="machine_offline",
+        )
+    stream = Stream(
+        id=stream_id,
+        kind=body.kind,
+        user=user,
+        group=group,
+        group_id=info["group_id"],
+        machine=body.machine,
+        machine_id=info["machine_id"],
+        detail=detail,
+        record=info["record"],
+        record_input=info["record_input"],
+        cols=frame.cols or 80,
+        rows=frame.rows or 24,
+    )
+    await store.write(
+        session_ops.open_stream,
+        user,
+        group,
+        info["group_id"],
+        body.machine,
+        detail | {"stream": stream_id},
+    )
+    _broker(app).add(stream)
+    link.send_control(write_frame(frame))
+    return {
+        "stream": stream_id,
+        "kind": body.kind,
+        "machine": body.machine,
+        "group": group,
+        "record": stream.record,
+    }
+
+
+@router.get("/groups/{group}/sessions", tags=["streams"])
+async def list_sessions(
+    group: str,
+    user: Master,
+    request: Request,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> dict[str, Any]:
+    """Shell sessions and forwards of the group that ended (who, target, bytes,
+    duration, exit code, recording), oldest first."""
+    store: Store = request.app.state.store
+    rows = await store.read(session_ops.list_sessions, user["user_id"], group, limit)
+    broker = _broker(request.app)
+    for row in rows:
+        path = broker.recording_path(str(row.get("stream")))
+        row["recorded"] = bool(path is not None and path.is_file())
+    return {"group": group, "sessions": rows}
+
+
+@router.get("/sessions/{stream}/recording", tags=["streams"])
+async def recording(stream: str, user: Master, request: Request) -> dict[str, Any]:
+    """The recording of a shell session: ``cast`` is an asciinema v2 file (``crc
+    sessions play``)."""
+    stream = STREAM_ID.check(stream, "stream")
+    store: Store = request.app.state.store
+    await store.read(session_ops.session_record, user["user_id"], stream)
+    path = _broker(request.app).recording_path(stream)
+    if path is None or not path.is_file():
+        raise NotFound(
+            f"session {stream} has no recording on this server (not recorded, past its "
+            "retention, or recorded by another replica)",
+            field="stream",
+        )
+    text = await asyncio.to_thread(path.read_text, "ascii")
+    return {"stream": stream, "format": "asciicast-v2", "cast": text}
+
+
+# -- the two WebSockets of a stream ----------------------------------------------------
+
+
+async def _deny(ws: WebSocket, exc: CrcError) -> None:
+    """Refuse the WebSocket handshake with the HTTP error (status, JSON error)."""
+    await ws.send_denial_response(JSONResponse(exc.to_payload(), status_code=exc.http_status))
+
+
+async def master_stream(ws: WebSocket) -> None:
+    """``/v1/streams/{stream}``: the master's end. Bearer token only (a browser's
+    cookie is not accepted here: no cross-site WebSocket)."""
+    app = ws.app
+    broker = _broker(app)
+    try:
+        if auth.bearer(ws) is None:
+            raise Unauthorized("missing bearer token: run `crc login`")
+        user = await auth.master(ws)
+        stream_id = STREAM_ID.check(ws.path_params.get("stream"), "stream")
+        stream = broker.streams.get(stream_id)
+        if stream is None or stream.user["user_id"] != user["user_id"]:
+            raise NotFound(f"no open stream {stream_id} (it expires 30 s after its POST)")
+        if stream.master_attached:
+            raise Conflict(f"stream {stream_id} is in use already")
+    except CrcError as exc:
+        await _deny(ws, exc)
+        return
+    stream.master_attached = True
+    if stream.expiry is not None:
+        stream.expiry.cancel()
+    await ws.accept()
+    rec: Recorder | None = None
+    try:
+        try:
+            agent = await asyncio.wait_for(asyncio.shield(stream.agent), AGENT_DIAL_SECONDS)
+        except (asyncio.TimeoutError, asyncio.CancelledError):
+            stream.error = (
+                f"machine {stream.machine!r} did not answer within {AGENT_DIAL_SECONDS:g} s "
+                "(offline, or it refused the stream)"
+            )
+            with contextlib.suppress(Exception):
+                await ws.send_text(
+                    write_control(StreamError(code="machine_unreachable", message=stream.error))
+                )
+                await ws.close(1000)
+            return
+        path = broker.recording_path(stream.id) if stream.record else None
+        if path is not None:
+            rec = Recorder(path, stream, stream.record_input)
+        await splice(ws, agent, stream, rec)
+    finally:
+        if rec is not None:
+            rec.close()
+        broker.remove(stream)
+        store: Store = app.state.store
+        summary = stream.summary() | {"recorded": rec is not None}
+        with contextlib.suppress(CrcError):
+            await store.write(
+                session_ops.close_stream,
+                stream.user,
+                stream.group,
+                stream.group_id,
+                stream.machine,
+                summary,
+            )
+        broker.prune(app.state.settings.retain_recordings_days)
+
+
+async def agent_stream(ws: WebSocket) -> None:
+    """``/v1/agent/streams/{stream}``: the agent's end, dialed after ``stream.open``."""
+    broker = _broker(ws.app)
+    try:
+        m = await auth.machine(ws)
+        stream_id = STREAM_ID.check(ws.path_params.get("stream"), "stream")
+        stream = broker.streams.get(stream_id)
+        if stream is None or stream.machine_id != m["id"] or stream.agent.done():
+            raise NotFound(f"no stream {stream_id} for this machine")
+    except CrcError as exc:
+        await _deny(ws, exc)
+        return
+    await ws.accept()
+    stream.agent.set_result(ws)
+    await stream.done.wait()
+    with contextlib.suppress(Exception):
+        await ws.close(1000)
+
+
+def add_stream_routes(app: Any, recordings: Any) -> None:
+    """Mount the WebSocket routes and the broker on ``app`` (``router`` is included
+    with the others)."""
+    app.state.streams = StreamBroker(recordings)
+    app.add_api_websocket_route("/v1/streams/{stream}", master_stream)
+    app.add_api_websocket_route("/v1/agent/streams/{stream}", agent_stream)

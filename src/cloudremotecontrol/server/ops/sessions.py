@@ -1,0 +1,112 @@
+"""Shell sessions and forwards in the store: who may open one, and the audit of each.
+
+A stream's bytes never touch the database: only its opening (``stream.open``) and its
+end (``stream.close``: bytes each way, duration, exit code, recording) are written,
+to the audit record and to the group's events.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ...errors import Conflict, Forbidden, NotFound
+from ..store.base import Tx
+from .common import add_event, audit, live_group, loads
+
+__all__ = [
+    "POLICY_KEYS",
+    "check_stream",
+    "close_stream",
+    "list_sessions",
+    "open_stream",
+    "session_record",
+]
+
+#: Group settings that turn a kind of stream off (``crc group create --no-shell``...).
+POLICY_KEYS = {"shell": "no_shell", "forward": "no_forward"}
+
+
+def check_stream(
+    tx: Tx, user: dict[str, Any], group: str, machine: str, kind: str, record: bool | None
+) -> dict[str, Any]:
+    """Check that ``user`` may open a ``kind`` stream to ``machine`` of ``group``.
+    Returns the machine's id, state and replica and whether to record."""
+    g = live_group(tx, user["user_id"], group)
+    settings = loads(g["settings"]) or {}
+    if settings.get("expired"):
+        raise NotFound(f"group {group!r} has expired", field="group")
+    if settings.get(POLICY_KEYS[kind]):
+        raise Forbidden(
+            f"group {group!r} was created with --no-{kind}: {kind} streams are off for it",
+            code=f"{kind}_disabled",
+        )
+    m = tx.one("SELECT * FROM machines WHERE group_id = ? AND name = ?", (g["id"], machine))
+    if m is None:
+        raise NotFound(f"no machine {machine!r} in group {group!r}", field="machine")
+    if m["state"] in ("pending", "revoked"):
+        raise Conflict(
+            f"machine {machine!r} is {m['state']}: it has no agent to open a {kind} on",
+            code="machine_offline",
+        )
+    recording = kind == "shell"
+    if record is False:
+        if kind == "shell" and settings.get("force_record"):
+            raise Forbidden(
+                f"group {group!r} records every shell session (--force-record): "
+                "--no-record is not allowed",
+                code="record_required",
+            )
+        recording = False
+    return {
+        "machine_id": m["id"],
+        "group_id": g["id"],
+        "state": m["state"],
+        "connected_by": m["connected_by"],
+        "record": recording,
+        "record_input": bool(settings.get("record_input")) and recording,
+    }
+
+
+def open_stream(
+    tx: Tx, user: dict[str, Any], group: str, group_id: str, machine: str, detail: dict[str, Any]
+) -> None:
+    """A stream is asked of a connected machine (audit and event)."""
+    audit(tx, user["user_id"], user["user"], "stream.open", group, {"machine": machine, **detail})
+    add_event(tx, group_id, "stream.opened", {"by": user["user"], **detail}, machine=machine)
+
+
+def close_stream(
+    tx: Tx, user: dict[str, Any], group: str, group_id: str, machine: str, detail: dict[str, Any]
+) -> None:
+    """The end of a stream: bytes each way, duration, exit code (audit and event)."""
+    audit(tx, user["user_id"], user["user"], "stream.close", group, {"machine": machine, **detail})
+    add_event(tx, group_id, "stream.closed", {"by": user["user"], **detail}, machine=machine)
+
+
+def list_sessions(tx: Tx, user_id: str, group: str, limit: int = 100) -> list[dict[str, Any]]:
+    """The group's shell sessions and forwards that ended, newest last."""
+    live_group(tx, user_id, group)
+    rows = tx.all(
+        "SELECT * FROM audit WHERE user_id = ? AND group_name = ? AND action = ? "
+        "ORDER BY id DESC LIMIT ?",
+        (user_id, group, "stream.close", limit),
+    )
+    out = []
+    for r in reversed(rows):
+        detail = loads(r["detail"]) or {}
+        out.append({"ended": r["created"], "by": r["actor"], **detail})
+    return out
+
+
+def session_record(tx: Tx, user_id: str, stream: str) -> dict[str, Any]:
+    """The audit detail of one ended stream of the caller (for its recording)."""
+    # The id is checked (STREAM_ID) before it gets here; LIKE narrows, == decides.
+    for r in tx.all(
+        "SELECT * FROM audit WHERE user_id = ? AND action = ? AND detail LIKE ? "
+        "ORDER BY id DESC LIMIT 10",
+        (user_id, "stream.close", f'%"stream":"{stream}"%'),
+    ):
+        detail = loads(r["detail"]) or {}
+        if detail.get("stream") == stream:
+            return {"ended": r["created"], "by": r["actor"], "group": r["group_name"], **detail}
+    raise NotFound(f"no session {stream!r}: see `crc sessions list GROUP`", field="session")
