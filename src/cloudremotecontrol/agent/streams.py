@@ -36,7 +36,8 @@ __all__ = ["CONNECT_SECONDS", "StreamServer", "streams_off"]
 log = logging.getLogger("crc.agent.streams")
 CONNECT_SECONDS = 10.0  # a forward's TCP connection on this machine
 DRAIN_SECONDS = 2.0  # output still read from a terminal after its program exited
-STREAMS_OFF_KEY = "streams_off"  # the group's opt-outs, recorded at enrollment
+STREAMS_OFF_KEY = "streams_off"
+MAX_DIALING = 16  # the group's opt-outs, recorded at enrollment
 
 
 def streams_off(value: str | None) -> frozenset[str]:
@@ -57,6 +58,9 @@ class StreamServer:
 
     def __init__(self, agent: Any) -> None:
         self.agent = agent
+        # Dials at once (others wait): until its credential is checked, a connection
+        # counts against the server's bound on unauthenticated connections per address.
+        self.dialing = asyncio.Semaphore(MAX_DIALING)
 
     def open(self, frame: StreamOpen) -> None:
         self.agent._spawn(self.serve(frame))
@@ -69,17 +73,19 @@ class StreamServer:
         ctx, _ = client_context(agent.url, agent.cred.fingerprint, agent.cred.cert_pem)
         off = streams_off(agent.state.get(STREAMS_OFF_KEY))
         try:
-            async with connect(
-                _stream_url(agent.url, frame.stream),
-                ssl=ctx,
-                additional_headers={"Authorization": f"Bearer {agent.cred.credential}"},
-                max_size=MAX_FRAME_BYTES,
-                compression=None,
-                open_timeout=20,
-                ping_interval=HEARTBEAT_SECONDS,
-                ping_timeout=HEARTBEAT_SECONDS,
-                user_agent_header=f"crc-agent/{__version__}",
-            ) as ws:
+            async with self.dialing:
+                ws = await connect(
+                    _stream_url(agent.url, frame.stream),
+                    ssl=ctx,
+                    additional_headers={"Authorization": f"Bearer {agent.cred.credential}"},
+                    max_size=MAX_FRAME_BYTES,
+                    compression=None,
+                    open_timeout=20,
+                    ping_interval=HEARTBEAT_SECONDS,
+                    ping_timeout=HEARTBEAT_SECONDS,
+                    user_agent_header=f"crc-agent/{__version__}",
+                )
+            async with ws:
                 if frame.kind in off:
                     await _refuse(
                         ws,
@@ -110,7 +116,7 @@ async def serve_forward(ws: Any, frame: StreamOpen) -> None:
         await _refuse(ws, "connect_failed", f"{host}:{port}: no answer in {CONNECT_SECONDS:g} s")
         return
     except OSError as exc:
-        reason = exc.strerror or str(exc)
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
         await _refuse(ws, "connect_failed", f"{host}:{port} from this machine: {reason}")
         return
     await ws.send(write_control(StreamReady()))

@@ -241,7 +241,7 @@ async def _forward(group: str, targets: list[tuple[str, Any]], as_json: bool) ->
                         }
                     )
                 else:
-                    click.echo(f"{url}  ->  {machine}:{remote}")
+                    click.echo(f"{url} -> {machine}:{remote}")
                     sys.stdout.flush()
             if not as_json:
                 click.echo("forwarding until Ctrl-C", err=True)

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -211,28 +212,35 @@ async def _carry(stream: AsyncStream, reader: asyncio.StreamReader, writer: Any)
     return got
 
 
-class ForwardServer:
-    """A listening forward: the socket and the connections it carries."""
+#: Streams being opened at once by one forward (more connections wait their turn): the
+#: server counts a connection as unauthenticated until its token is checked, and
+#: refuses too many of those from one address (server/httpguard.py).
+MAX_OPENING = 16
 
-    def __init__(self) -> None:
-        self.server: asyncio.Server | None = None
+
+class ForwardServer:
+    """A listening forward: its socket, its accept loop and the connections it carries,
+    every one owned here (``aclose`` ends them all; nothing is left open)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
         self.tasks: set[asyncio.Task[Any]] = set()
+        self.opening = asyncio.Semaphore(MAX_OPENING)
+        self.listening = False
 
     @property
     def port(self) -> int:
-        assert self.server is not None
-        return int(self.server.sockets[0].getsockname()[1])
+        return int(self.sock.getsockname()[1])
 
     async def aclose(self) -> None:
         """Stop listening and end every connection in flight."""
-        if self.server is not None:
-            self.server.close()
+        if self.listening:
+            asyncio.get_running_loop().remove_reader(self.sock.fileno())
+            self.listening = False
         for task in list(self.tasks):
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
-        if self.server is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.server.wait_closed(), 5)
+        self.sock.close()
 
 
 async def serve_forward(
@@ -244,42 +252,67 @@ async def serve_forward(
 ) -> ForwardServer:
     """Listen on ``spec``'s local address (a port in use: Conflict) and carry each
     connection over its own stream. The caller must ``aclose()`` the answer."""
-    fwd = ForwardServer()
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            fwd.tasks.add(task)
-        try:
-            try:
-                stream = await open_forward(opener, group, machine, spec)
-            except CrcError as exc:
-                if on_error is not None:
-                    on_error(exc.message)
-                return
-            with contextlib.suppress(OSError, StreamClosed):
-                await _carry(stream, reader, writer)
-        except asyncio.CancelledError:
-            # aclose() ends the connection; the handler must not end "cancelled" (the
-            # asyncio server would log the cancellation as an error).
-            pass
-        finally:
-            writer.close()
-            with contextlib.suppress(OSError, asyncio.CancelledError):
-                await writer.wait_closed()
-            if task is not None:
-                fwd.tasks.discard(task)
-
+    loop = asyncio.get_running_loop()
     try:
-        fwd.server = await asyncio.start_server(
-            handle, spec.local_addr, spec.local_port, limit=MAX_CHUNK_BYTES
-        )
+        infos = await loop.getaddrinfo(spec.local_addr, spec.local_port, type=socket.SOCK_STREAM)
+        family = infos[0][0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(infos[0][4])
+            sock.listen(512)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
     except OSError as exc:
         raise Conflict(
             f"cannot listen on {spec.local_addr}:{spec.local_port}: {exc.strerror or exc} "
             "(another program uses the port? pick another LOCAL_PORT, or 0 for any)",
             code="port_in_use",
         ) from None
+    fwd = ForwardServer(sock)
+
+    async def carry(conn: socket.socket) -> None:
+        try:
+            reader, writer = await asyncio.open_connection(sock=conn, limit=MAX_CHUNK_BYTES)
+        except OSError:
+            conn.close()
+            return
+        try:
+            async with fwd.opening:
+                try:
+                    stream = await open_forward(opener, group, machine, spec)
+                except CrcError as exc:
+                    if on_error is not None:
+                        on_error(exc.message)
+                    return
+            with contextlib.suppress(OSError, StreamClosed):
+                await _carry(stream, reader, writer)
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError, asyncio.CancelledError):
+                await writer.wait_closed()
+
+    def accept() -> None:
+        # Accepted and handed to a task in one callback: no accepted socket is ever
+        # in flight where aclose() could miss it.
+        while True:
+            try:
+                conn, _ = sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # EMFILE and the like: try again at the next event
+                log.warning("forward: accept failed: %s", exc)
+                return
+            conn.setblocking(False)
+            task = asyncio.ensure_future(carry(conn))
+            fwd.tasks.add(task)
+            task.add_done_callback(fwd.tasks.discard)
+
+    loop.add_reader(sock.fileno(), accept)
+    fwd.listening = True
     return fwd
 
 

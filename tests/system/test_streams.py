@@ -1,0 +1,445 @@
+"""Shells and forwards through the agent: a real server and agents over TLS, the real
+`crc` CLI under a real pty, real TCP servers on the agent's side."""
+
+from __future__ import annotations
+
+import http.server
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pexpect
+import pytest
+from wire_helpers import assert_error, assert_no_traceback_in_server_log, bearer, pinned_http
+
+from cloudremotecontrol.errors import Conflict, Forbidden, InvalidInput, NotFound
+
+PROMPT = "PROMPT> "
+
+
+def _cli_env(env: Any) -> dict[str, str]:
+    return {**os.environ, **env.cli_env, "TERM": "xterm", "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.fixture
+def lab(env: Any) -> Any:
+    env.group_with_agents("lab", ["dev"])
+    return env
+
+
+class Site:
+    """An HTTP server on the agent's side (loopback: the agents run on this host)."""
+
+    def __init__(self) -> None:
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                body = f"hello from {self.path}\n".encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        class Server(http.server.ThreadingHTTPServer):
+            request_queue_size = 128
+
+        self.httpd = Server(("127.0.0.1", 0), Handler)
+        self.port = self.httpd.server_address[1]
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def site() -> Iterator[Site]:
+    s = Site()
+    yield s
+    s.close()
+
+
+def _get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=60) as resp:
+        return str(resp.read().decode())
+
+
+def _fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+def _settled_fds(before: set[str], timeout: float = 20.0) -> set[str]:
+    deadline = time.monotonic() + timeout
+    while True:
+        extra = _fds() - before
+        if not extra or time.monotonic() > deadline:
+            return extra
+        time.sleep(0.1)
+
+
+# -- crc shell under a real terminal ---------------------------------------------------------
+
+
+def test_crc_shell_follows_the_terminal_size_ctrl_c_full_screen_and_exit_code(lab):
+    child = pexpect.spawn(
+        sys.executable,
+        ["-m", "cloudremotecontrol", "shell", "lab", "dev", "--", "env", f"PS1={PROMPT}", "sh"],
+        env=_cli_env(lab),
+        dimensions=(24, 80),
+        timeout=60,
+    )
+    try:
+        child.expect_exact(PROMPT)
+        child.sendline("stty size")
+        child.expect_exact("24 80")
+        child.expect_exact(PROMPT)
+        child.setwinsize(40, 132)  # SIGWINCH to crc, which resizes the remote terminal
+        deadline = time.monotonic() + 30
+        while True:
+            child.sendline("stty size")
+            if child.expect(["40 132", r"\d+ \d+"]) == 0:
+                break
+            assert time.monotonic() < deadline, "the remote terminal never got the new size"
+            time.sleep(0.2)
+        child.expect_exact(PROMPT)
+        # Ctrl-C reaches the remote program (raw mode here, the remote pty's SIGINT).
+        child.sendline("sleep 120; echo AFTER-SLEEP")
+        time.sleep(1)
+        child.sendcontrol("c")
+        child.expect_exact(PROMPT, timeout=20)
+        assert b"\nAFTER-SLEEP" not in child.before  # the echo of the line, not its output
+        # A full-screen program: the alternate screen and cursor moves arrive as sent.
+        child.sendline("tput smcup; tput cup 10 20; printf HELLO; tput rmcup; echo DONE")
+        child.expect_exact("\x1b[11;21H")
+        child.expect_exact("HELLO")
+        child.expect_exact("DONE")
+        child.sendline("exit 7")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()
+    assert child.exitstatus == 7
+    assert_no_traceback_in_server_log(lab.server)
+
+
+def test_sdk_shell_runs_a_command_with_a_terminal_and_resizes(lab):
+    with lab.client.shell(
+        "lab", "dev", argv=["sh", "-c", "stty size; read x; stty size; exit 3"], cols=100, rows=30
+    ) as s:
+        s.expect("30 100")
+        s.resize(120, 50)
+        s.send("go\r")
+        s.expect("50 120")
+        assert s.wait(60) == 3
+    # The default: the machine's login shell, with TERM passed on.
+    with lab.client.shell("lab", "dev", term="vt100") as s:
+        s.send("echo TERM=$TERM; exit\r")
+        s.expect("TERM=vt100")
+        assert s.wait(60) == 0
+
+
+def test_terminal_sizes_out_of_range_are_refused_clearly(lab):
+    for cols, rows in ((0, 24), (80, 0), (100000, 24), (80, 100000)):
+        with pytest.raises(InvalidInput, match="out of range"):
+            lab.client.shell("lab", "dev", cols=cols, rows=rows)
+    with pinned_http(lab.server) as http:
+        for size in ({"cols": 0, "rows": 24}, {"cols": 80, "rows": 100000}):
+            r = http.post(
+                "/v1/groups/lab/streams",
+                json={"machine": "dev", "kind": "shell", **size},
+                headers={"Authorization": bearer(lab.token)},
+            )
+            assert "out of range" in assert_error(r, 400, "invalid_input")
+        r = http.post(
+            "/v1/groups/lab/streams",
+            json={"machine": "dev", "kind": "forward", "port": 70000},
+            headers={"Authorization": bearer(lab.token)},
+        )
+        assert_error(r, 400, "invalid_input")
+        r = http.post(
+            "/v1/groups/lab/streams",
+            json={"machine": "dev", "kind": "forward", "host": "a b\n1.2.3.4 x", "port": 80},
+            headers={"Authorization": bearer(lab.token)},
+        )
+        assert "not a host name" in assert_error(r, 400, "invalid_input")
+    assert_no_traceback_in_server_log(lab.server)
+
+
+# -- forwards ----------------------------------------------------------------------------------
+
+
+def _forward_100(proc: subprocess.Popen[str]) -> None:
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        line = proc.stdout.readline()
+        assert "-> dev:127.0.0.1:" in line, (line, proc.stderr.read() if proc.poll() else "")
+        url = line.split()[0]
+        assert url.startswith("127.0.0.1:") or url.startswith("http://127.0.0.1:")
+        base = url if url.startswith("http") else f"http://{url}/"
+        with ThreadPoolExecutor(100) as pool:
+            pages = list(pool.map(lambda i: _get(f"{base}page/{i}"), range(100)))
+        assert pages == [f"hello from /page/{i}\n" for i in range(100)]
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_crc_forward_prints_the_url_and_carries_100_parallel_requests(lab, site):
+    with subprocess.Popen(
+        [sys.executable, "-m", "cloudremotecontrol", "forward", "lab", "dev", f"0:{site.port}"],
+        env=_cli_env(lab),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        _forward_100(proc)
+    sessions = lab.client.sessions("lab", 1000)
+    carried = [s for s in sessions if s["kind"] == "forward" and s["bytes_from_machine"] > 0]
+    assert len(carried) >= 100
+    assert all(s["by"] == "alice" and s["target"] == f"127.0.0.1:{site.port}" for s in carried)
+    assert all(s["duration"] >= 0 and s["bytes_to_machine"] > 0 for s in carried)
+
+
+def test_sdk_forward_closes_everything_it_opened(lab, site):
+    with lab.client.forward("lab", "dev", site.port) as port:  # warm-up: imports, TLS cache
+        assert _get(f"http://127.0.0.1:{port}/x") == "hello from /x\n"
+    before = _fds()
+    for _ in range(3):
+        with lab.client.forward("lab", "dev", site.port) as port:
+            with ThreadPoolExecutor(10) as pool:
+                pages = list(pool.map(lambda i: _get(f"http://127.0.0.1:{port}/{i}"), range(20)))
+            assert pages == [f"hello from /{i}\n" for i in range(20)]
+            # A connection still open when the forward ends is closed by it.
+            held = socket.create_connection(("127.0.0.1", port), timeout=30)
+            held.sendall(b"GET /held HTTP/1.1\r\nHost: x\r\n\r\n")
+            answer = b""
+            while b"hello from /held\n" not in answer:
+                answer += held.recv(4096)
+        assert held.recv(10) == b""
+        held.close()
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", port), timeout=5)
+    assert _settled_fds(before) == set()
+
+
+def test_forward_errors_are_clear_and_leave_nothing_open(lab, site):
+    with lab.client.forward("lab", "dev", site.port):  # warm-up
+        pass
+    before = _fds()
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    dead_port = closed.getsockname()[1]
+    closed.close()
+    with pytest.raises(Conflict, match="refused") as exc:
+        with lab.client.forward("lab", "dev", dead_port):
+            pass
+    assert exc.value.code == "connect_failed"
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    try:
+        with pytest.raises(Conflict, match="cannot listen") as exc:
+            with lab.client.forward("lab", "dev", site.port, local_port=busy.getsockname()[1]):
+                pass
+        assert exc.value.code == "port_in_use"
+    finally:
+        busy.close()
+    with pytest.raises(NotFound, match="no machine 'nope'"):
+        with lab.client.forward("lab", "nope", site.port):
+            pass
+    with pytest.raises(NotFound):
+        with lab.client.forward("no-such-group", "dev", site.port):
+            pass
+    assert _settled_fds(before) == set()
+    # The CLI: one line on stderr, a non-zero exit code, no traceback.
+    r = subprocess.run(
+        [sys.executable, "-m", "cloudremotecontrol", "forward", "lab", "dev", f"0:{dead_port}"],
+        env=_cli_env(lab),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 5, r.stderr
+    assert r.stderr.count("\n") == 1 and "refused" in r.stderr and "Traceback" not in r.stderr
+    for bad in ("80", "a:b", "1:2:3:4:5", "99999:80", "8080:0"):
+        r = subprocess.run(
+            [sys.executable, "-m", "cloudremotecontrol", "forward", "lab", "dev", bad],
+            env=_cli_env(lab),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert r.returncode == 2 and r.stderr.startswith("crc: error:"), (bad, r.stderr)
+    assert_no_traceback_in_server_log(lab.server)
+
+
+def test_offline_machine_is_a_clear_error(lab, site):
+    lab.agents[0].stop()
+    lab.wait_state("lab", ["dev"], "offline", timeout=90)
+    with pytest.raises(Conflict, match="not connected") as exc:
+        lab.client.shell("lab", "dev")
+    assert exc.value.code == "machine_offline"
+    r = subprocess.run(
+        [sys.executable, "-m", "cloudremotecontrol", "forward", "lab", "dev", f"0:{site.port}"],
+        env=_cli_env(lab),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode != 0 and "offline" in r.stderr and "Traceback" not in r.stderr
+
+
+def _rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_a_reader_that_stops_reading_stops_the_writer_with_bounded_server_memory(lab):
+    """The remote end writes as fast as it can; the local client never reads. The
+    writer must block (everything between is bounded) and the server must not grow."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    written = [0]
+    stalled = threading.Event()
+    stop = threading.Event()
+
+    def flood() -> None:
+        conn, _ = listener.accept()  # the probe of forward(): closes at once
+        conn.close()
+        conn, _ = listener.accept()
+        conn.settimeout(0.5)
+        chunk = b"x" * (1 << 20)
+        last_progress = time.monotonic()
+        while not stop.is_set():
+            try:
+                written[0] += conn.send(chunk)
+                last_progress = time.monotonic()
+            except TimeoutError:
+                if time.monotonic() - last_progress > 5:
+                    stalled.set()
+            except OSError:
+                break
+        conn.close()
+
+    threading.Thread(target=flood, daemon=True).start()
+    pid = lab.server.proc.pid
+    rss_before = _rss(pid)
+    try:
+        with lab.client.forward("lab", "dev", listener.getsockname()[1]) as port:
+            client = socket.create_connection(("127.0.0.1", port), timeout=30)
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
+            assert stalled.wait(120), f"the writer never blocked ({written[0]} bytes written)"
+            rss_during = _rss(pid)
+            # Socket buffers on each hop plus one message per relay: tens of MiB at most,
+            # never the unbounded amount a non-blocking writer would push in two minutes.
+            assert written[0] < 128 << 20, written[0]
+            assert rss_during - rss_before < 48 << 20, (rss_before, rss_during)
+            # And it flows again once the reader reads.
+            got = 0
+            while got < 4 << 20:
+                got += len(client.recv(1 << 20))
+            client.close()
+    finally:
+        stop.set()
+        listener.close()
+
+
+# -- rules: opt-outs, recording, audit ---------------------------------------------------------
+
+
+def test_group_opt_outs_are_enforced_by_the_server_and_by_the_agent(env, site):
+    out = env.client.create_group("locked", ["m"], settings={"no_shell": True, "no_forward": True})
+    agent = env.agent("m", out["machines"][0]["key"])
+    env.wait_state("locked", ["m"], "ready")
+    with pytest.raises(Forbidden, match="--no-shell") as exc:
+        env.client.shell("locked", "m")
+    assert exc.value.code == "shell_disabled"
+    with pytest.raises(Forbidden, match="--no-forward"):
+        with env.client.forward("locked", "m", site.port):
+            pass
+    # Were the server's check lost (its database edited behind its back), the agent
+    # still refuses: it learned the group's opt-outs when it enrolled.
+    db = sqlite3.connect(env.server.data_dir / "crc.db")
+    with db:
+        db.execute("UPDATE groups SET settings = '{}' WHERE name = 'locked'")
+    db.close()
+    with pytest.raises(Forbidden, match="--no-shell") as exc:
+        env.client.shell("locked", "m").wait(60)
+    with pytest.raises(Forbidden, match="--no-forward"):
+        with env.client.forward("locked", "m", site.port):
+            pass
+    state = sqlite3.connect(f"file:{agent.state_dir / 'agent.db'}?mode=ro", uri=True)
+    try:
+        row = state.execute("SELECT value FROM kv WHERE key = 'streams_off'").fetchone()
+    finally:
+        state.close()
+    assert row == ("shell,forward",)
+
+
+def test_shell_sessions_are_recorded_and_replay_byte_for_byte(lab, crc):
+    # Split UTF-8 characters, invalid bytes, escapes and CR/LF: replay gives them all back.
+    script = (
+        "printf 'caf\\303'; sleep 0.2; printf '\\251 \\377\\376 \\033[1mbold\\033[0m\\n'; "
+        "head -c 3000 /dev/urandom | od -An -tx1 | head -5; exit 4"
+    )
+    with lab.client.shell("lab", "dev", argv=["sh", "-c", script]) as s:
+        received = b""
+        while chunk := s.recv(60):
+            received += chunk
+        assert s.exit_code == 4
+    assert "caf\u00e9".encode() in received and b"\xff\xfe" in received
+    sessions = [x for x in lab.client.sessions("lab") if x["kind"] == "shell"]
+    assert sessions[-1]["recorded"] is True and sessions[-1]["exit_code"] == 4
+    sid = sessions[-1]["stream"]
+    played = subprocess.run(
+        [sys.executable, "-m", "cloudremotecontrol", "sessions", "play", sid, "--speed", "0"],
+        env=_cli_env(lab),
+        capture_output=True,
+        timeout=60,
+    )
+    assert played.returncode == 0, played.stderr
+    assert played.stdout == received
+    cast = lab.client.recording(sid)
+    header = cast.splitlines()[0]
+    assert '"version": 2' in header and '"width": 80' in header
+    assert '"i"' not in cast  # keystrokes are not recorded unless the group asks
+    r = crc("sessions", "list", "lab")
+    assert r.returncode == 0 and sid in r.stdout
+    # --no-record: nothing kept.
+    with lab.client.shell("lab", "dev", argv=["true"], record=False) as s:
+        assert s.wait(60) == 0
+    last = [x for x in lab.client.sessions("lab") if x["kind"] == "shell"][-1]
+    assert last["recorded"] is False
+    with pytest.raises(NotFound):
+        lab.client.recording(last["stream"])
+    # The audit: who, when, the target, bytes and duration.
+    records = [r for r in lab.client.audit("lab") if r["action"].startswith("stream.")]
+    closes = [r for r in records if r["action"] == "stream.close"]
+    assert records[0]["action"] == "stream.open" and records[0]["actor"] == "alice"
+    assert closes[0]["detail"]["bytes_from_machine"] == len(received)
+    assert closes[0]["detail"]["machine"] == "dev" and closes[0]["detail"]["duration"] > 0
+
+
+def test_a_group_that_forces_recording_refuses_no_record(env):
+    out = env.client.create_group("strict", ["m"], settings={"force_record": True})
+    env.agent("m", out["machines"][0]["key"])
+    env.wait_state("strict", ["m"], "ready")
+    with pytest.raises(Forbidden, match="records every shell session"):
+        env.client.shell("strict", "m", record=False)
