@@ -63,6 +63,15 @@ def up(scenario_file: str, rerun: bool, parallel: int, as_json: bool) -> None:
                 rc = runner.up()
             finally:
                 runner.close()
+    exposed = [(m.name, local, port) for m in scenario.machines for local, port in m.forwards]
+    if exposed and not as_json:
+        click.echo(
+            f"exposed ports: `crc forward {scenario.name} --scenario {scenario_file}` opens "
+            "them all, or one at a time:",
+            err=True,
+        )
+        for machine, local, port in exposed:
+            click.echo(f"  crc forward {scenario.name} {machine} {local}:{port}", err=True)
     sys.exit(rc)
 
 

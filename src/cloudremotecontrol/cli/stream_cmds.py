@@ -116,7 +116,8 @@ async def _shell(
                 try:
                     message = await stream.recv()
                 except StreamClosed:
-                    return stream.exit_code
+                    code: int | None = stream.exit_code
+                    return code
                 if isinstance(message, bytes):
                     _write_all(1, message)
                 elif isinstance(message, StreamExit):
@@ -282,15 +283,14 @@ def forward(
 
     targets: list[tuple[str, Any]] = []
     if scenario:
-        from ..master.scenario.parser import load_scenario
+        from ..master.scenario.model import load_scenario
 
         sc = load_scenario(scenario)
-        names = [machine] if machine else None
         for m in sc.machines:
-            if names is not None and m.name not in names:
+            if machine and m.name != machine:
                 continue
-            for port in getattr(m, "expose", ()) or ():
-                targets.append((m.name, parse_forward_spec(f"0:{port}")))
+            for local, port in m.forwards:
+                targets.append((m.name, parse_forward_spec(f"{local}:{port}")))
         if specs:
             raise InvalidInput("give either --scenario or forward specifications, not both")
         if not targets:

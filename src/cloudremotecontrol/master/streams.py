@@ -393,9 +393,11 @@ def shell_body(
     """The POST body of a shell (terminal size checked here first, clearly)."""
     cols, rows = check_terminal_size(cols, rows)
     body: dict[str, Any] = {"machine": machine, "kind": "shell", "cols": cols, "rows": rows}
-    for key, value in (("argv", argv), ("shell", shell), ("term", term), ("record", record)):
+    if argv is not None:
+        body["argv"] = list(argv)
+    for key, value in (("shell", shell), ("term", term), ("record", record)):
         if value is not None:
-            body[key] = list(value) if key == "argv" else value
+            body[key] = value
     return body
 
 

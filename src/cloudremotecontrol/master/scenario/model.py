@@ -60,6 +60,13 @@ class MachineDef:
     image: str | None
     extra: dict[str, Any]  # provider overrides (for Vultr: further POST /instances fields)
     where: Where
+    expose: tuple[int, ...] = ()  # ports `crc forward --scenario` opens to this machine
+
+    @property
+    def forwards(self) -> list[tuple[int, int]]:
+        """``(local, remote)`` port pairs for ``expose``: the same port, or 8000 + it
+        below 1024 (a port an operator can bind without privileges)."""
+        return [(p if p >= 1024 else 8000 + p, p) for p in self.expose]
 
 
 @dataclass(frozen=True)

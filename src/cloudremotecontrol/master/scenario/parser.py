@@ -53,7 +53,7 @@ _TOP = (
     "machines",
     "steps",
 )
-_MACHINE = ("os", "labels", "region", "plan", "image", "provider", "description")
+_MACHINE = ("os", "labels", "region", "plan", "image", "provider", "description", "expose")
 _STEP = (
     "name",
     "description",
@@ -290,7 +290,18 @@ class ScenarioParser:
                 or (defaults.get("images") or {}).get(os_name)
                 or defaults.get("image")
             )
+            expose: tuple[int, ...] = ()
+            if "expose" in spec:  # ports `crc forward --scenario` opens
+                enode = spec["expose"][1]
+                if isinstance(enode, yaml.SequenceNode):
+                    ports = [
+                        r.int(n, f"{path}.expose[{i}]", 1, 65535) for i, n in enumerate(enode.value)
+                    ]
+                    expose = tuple(dict.fromkeys(p for p in ports if p is not None))
+                else:
+                    r.error(enode, f"{path}.expose", "expected a list of port numbers, e.g. [80]")
             m = MachineDef(
+                expose=expose,
                 name=name,
                 os=os_name,
                 labels=labels,
