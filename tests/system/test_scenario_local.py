@@ -437,3 +437,101 @@ def test_sync_hosts_follows_a_peer_that_changes_ip(netlab):
         assert hosts_b.read_bytes().count(b"# BEGIN cloudremotecontrol group=moving") == 1
     finally:
         lab.cleanup("moving")
+
+
+EXPOSE = """\
+name: {group}
+provider: local
+timeouts: {{ready: 60s, step: 60s}}
+machines:
+  web: {{expose: [80]}}
+  db:
+steps:
+  - name: sites
+    run: |
+      mkdir -p /srv/site && cd /srv/site && echo "page of $(hostname)" > index.html
+      setsid python3 -m http.server {port} --bind 0.0.0.0 >/dev/null 2>&1 < /dev/null &
+      echo $! > /srv/http.pid
+      for i in $(seq 100); do
+        python3 -c "import socket; socket.create_connection(('127.0.0.1', {port}))" \\
+          2>/dev/null && exit 0
+        sleep 0.1
+      done
+      exit 1
+"""
+
+
+@needs_root
+def test_expose_forwards_to_machines_in_namespaces_and_to_a_peers_private_address(netlab):
+    """`crc up` lists the exposed ports, `crc forward --scenario` opens them, and a
+    forward through web reaches db's private address on the namespaces' network."""
+    lab = netlab
+    path = lab.scenario(EXPOSE.format(group="expo", port=80))
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        r = lab.crc("up", str(path))
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "crc forward expo web 8080:80" in r.stderr
+        assert f"crc forward expo --scenario {path}" in r.stderr
+        ip_db = {i.name: i for i in lab.provider.list("expo")}["db"].private_ip
+        # A forward through web to its peer's private address (web connects to it).
+        procs.append(
+            subprocess.Popen(
+                lab.argv("forward", "expo", "web", f"0:{ip_db}:80"),
+                env=lab.env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+        procs.append(
+            subprocess.Popen(
+                lab.argv("forward", "expo", "--scenario", str(path)),
+                env=lab.env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+        import urllib.request
+
+        pages = []
+        for proc in procs:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
+            assert " -> " in line, line + (proc.stderr.read() if proc.stderr else "")
+            url = line.split()[0]
+            with urllib.request.urlopen(url, timeout=60) as resp:
+                pages.append(resp.read().decode())
+        assert pages == ["page of db\n", "page of web\n"]
+        assert "127.0.0.1:8080" in url
+        # web made the connection to db (the audit's record of the forward).
+        via = [x for x in lab.client.sessions("expo") if x["target"] == f"{ip_db}:80"]
+        assert via and all(x["machine"] == "web" for x in via)
+        assert any(x["bytes_from_machine"] > 0 for x in via)
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGINT)
+        for proc in procs:
+            try:
+                assert proc.wait(30) == 0
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+                for f in (proc.stdout, proc.stderr):
+                    if f is not None:
+                        f.close()
+        for m in ("web", "db"):
+            pid = lab.tmp / "machines" / "expo" / m / "srv" / "http.pid"
+            if pid.exists():
+                with contextlib_suppress():
+                    os.kill(int(pid.read_text()), signal.SIGTERM)
+        lab.crc("down", str(path))
+        lab.cleanup("expo")
+
+
+def contextlib_suppress() -> object:
+    import contextlib
+
+    return contextlib.suppress(ProcessLookupError, ValueError)
