@@ -134,6 +134,13 @@ AGENT: list[Request] = [
     ("GET", "/v1/agent/kv/{key}", lambda r: {}),
     ("PUT", "/v1/agent/kv/{key}", lambda r: {"json": {"value": "from a machine"}}),
 ]
+# Shells and forwards (a connected machine is needed for alice's own pass: see
+# test_streams_are_only_for_the_groups_master_and_its_own_machine).
+STREAMS: list[Request] = [
+    ("POST", "/v1/groups/{group}/streams", lambda r: {"json": {"machine": "a", "kind": "shell"}}),
+    ("GET", "/v1/groups/{group}/sessions", lambda r: {}),
+    ("GET", "/v1/sessions/{stream}/recording", lambda r: {}),
+]
 # Endpoints that take no bearer credential at all.
 PUBLIC = {
     ("GET", "/v1/health"),
@@ -313,10 +320,11 @@ async def refused_connection(server: Any, auth: str | None) -> tuple[dict[str, A
 
 def test_the_matrix_covers_every_endpoint_the_server_documents(http):
     documented = openapi_operations(http)
-    covered = {(m, p) for m, p, _ in MASTER + AGENT + DASHBOARD} | PUBLIC | DASHBOARD_PUBLIC
-    assert len(covered) == len(MASTER) + len(AGENT) + len(DASHBOARD) + len(PUBLIC) + len(
-        DASHBOARD_PUBLIC
-    )  # no duplicate rows
+    covered = {(m, p) for m, p, _ in MASTER + AGENT + DASHBOARD + STREAMS}
+    covered |= PUBLIC | DASHBOARD_PUBLIC
+    assert len(covered) == len(MASTER) + len(AGENT) + len(DASHBOARD) + len(STREAMS) + len(
+        PUBLIC
+    ) + len(DASHBOARD_PUBLIC)  # no duplicate rows
     missing = sorted(documented - covered)
     assert not missing, f"endpoints without an authorization row here: {missing}"
     stale = sorted(covered - documented)
@@ -723,4 +731,87 @@ def test_a_session_cookie_reaches_the_api_as_its_user_and_changes_nothing_withou
     env.server.admin("revoke-token", "alice", "default")
     resp = send(http, MASTER[0], scene.res, jar(cookie))
     assert_error(resp, 401, "unauthorized")
+    assert_no_traceback_in_server_log(env.server)
+
+
+def _stream_ws(server: Any, path: str, auth: str | None) -> Any:
+    from websockets.asyncio.client import connect
+
+    from cloudremotecontrol.tlspin import client_context
+
+    ctx, _ = client_context(server.url, server.fingerprint)
+    url = "wss://" + server.url.split("://", 1)[1].rstrip("/") + path
+    headers = {} if auth is None else {"Authorization": auth}
+    return connect(url, ssl=ctx, additional_headers=headers, compression=None, open_timeout=15)
+
+
+async def _refused_ws(server: Any, path: str, auth: str | None) -> tuple[int, str]:
+    from websockets.exceptions import InvalidStatus
+
+    with pytest.raises(InvalidStatus) as exc:
+        async with _stream_ws(server, path, auth):
+            pass
+    body = json.loads(exc.value.response.body or b"{}")
+    return exc.value.response.status_code, body["error"]["code"]
+
+
+def test_streams_are_only_for_the_groups_master_and_its_own_machine(env, http):
+    keys = {m["name"]: m["key"] for m in env.client.create_group("lab", ["a", "b"])["machines"]}
+    cred_a, cred_b = enroll(http, keys["a"]), enroll(http, keys["b"])
+    alice, bob = bearer(env.token), bearer(env.server.add_user("bob"))
+    refusals = {
+        "no token": (None, 401, "unauthorized"),
+        "unknown token": ("Bearer crcm_0123456789abcdef_" + "x" * 32, 401, "unauthorized"),
+        "machine credential": (bearer(cred_a), 403, "forbidden"),
+        "another user": (bob, 404, "not_found"),
+    }
+
+    def request(req: Request, auth: str | None, stream: str) -> httpx.Response:
+        method, path, kwargs = req
+        headers = {} if auth is None else {"Authorization": auth}
+        url = path.replace("{group}", "lab").replace("{stream}", stream)
+        return http.request(method, url, headers=headers, **kwargs(None))  # type: ignore[arg-type]
+
+    async def scene() -> None:
+        async with wire_agent(env.server, cred_a, "lab", "a") as agent:
+            for auth, status, code in refusals.values():
+                for req in STREAMS:
+                    assert_error(request(req, auth, "st_" + "x" * 22), status, code)
+            # alice's pass: the stream is asked of machine a, and of no one else.
+            r = request(STREAMS[0], alice, "")
+            assert r.status_code == 201, r.text
+            sid = r.json()["stream"]
+            opened = await recv_json(agent.ws)
+            assert opened["type"] == "stream.open" and opened["stream"] == sid
+            master_path, agent_path = f"/v1/streams/{sid}", f"/v1/agent/streams/{sid}"
+            for auth, status, code in refusals.values():
+                got = await _refused_ws(env.server, master_path, auth)
+                assert got == (status, code if status != 403 else "forbidden")
+            assert await _refused_ws(env.server, agent_path, alice) == (401, "unauthorized")
+            assert await _refused_ws(env.server, agent_path, bearer(cred_b)) == (404, "not_found")
+            assert await _refused_ws(env.server, agent_path, None) == (401, "unauthorized")
+            # The right ends meet, and what the (hostile) machine sends is checked.
+            async with _stream_ws(env.server, agent_path, bearer(cred_a)) as machine_end:
+                async with _stream_ws(env.server, master_path, alice) as master_end:
+                    assert await _refused_ws(env.server, master_path, alice) == (
+                        409,
+                        "conflict",
+                    )
+                    await machine_end.send(b"hello from a")
+                    assert await asyncio.wait_for(master_end.recv(), 15) == b"hello from a"
+                    await master_end.send(b"keys")
+                    assert await asyncio.wait_for(machine_end.recv(), 15) == b"keys"
+                    await machine_end.send('{"type": "stream.resize", "cols": 1, "rows": 1}')
+                    error = json.loads(await asyncio.wait_for(master_end.recv(), 15))
+                    assert error["type"] == "stream.error" and error["code"] == "protocol"
+                    with pytest.raises(ConnectionClosed):
+                        await asyncio.wait_for(master_end.recv(), 15)
+        # Who opened it, on what, and what it carried: in alice's audit only.
+        closes = [r for r in env.client.audit("lab") if r["action"] == "stream.close"]
+        assert closes and closes[-1]["detail"]["stream"] == sid
+        assert closes[-1]["detail"]["bytes_from_machine"] == len(b"hello from a")
+        r = http.get("/v1/audit", headers={"Authorization": bob})
+        assert not [x for x in r.json()["records"] if x["action"].startswith("stream.")]
+
+    asyncio.run(scene())
     assert_no_traceback_in_server_log(env.server)
