@@ -60,7 +60,7 @@ async def _read_fd(fd: int) -> bytes:
 
 async def _shell(
     group: str, machine: str, argv: list[str] | None, shell: str | None, record: bool | None
-) -> int:
+) -> tuple[int, str]:
     from ..master.streams import StreamClosed, stream_error
     from ..protocol.streams import StreamError, StreamExit
 
@@ -144,7 +144,7 @@ async def _shell(
             termios.tcsetattr(0, termios.TCSADRAIN, saved)
     if code is None:
         raise Unavailable("the shell's connection closed before the program ended")
-    return code
+    return code, str(stream.id)
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -169,8 +169,14 @@ def _write_all(fd: int, data: bytes) -> None:
     is_flag=True,
     help="Do not record this session (refused if the group forces recording).",
 )
+@json_option
 def shell(
-    group: str, machine: str, command: tuple[str, ...], shell: str | None, no_record: bool
+    group: str,
+    machine: str,
+    command: tuple[str, ...],
+    shell: str | None,
+    no_record: bool,
+    as_json: bool,
 ) -> None:
     """An interactive terminal on MACHINE of GROUP, through its agent.
 
@@ -182,7 +188,11 @@ def shell(
     argv = list(command)
     if argv and argv[0] == "--":
         argv = argv[1:]
-    code = asyncio.run(_shell(group, machine, argv or None, shell, False if no_record else None))
+    code, stream = asyncio.run(
+        _shell(group, machine, argv or None, shell, False if no_record else None)
+    )
+    if as_json:  # after the session: how it ended
+        emit_json({"group": group, "machine": machine, "stream": stream, "exit_code": code})
     sys.exit(code)
 
 
@@ -377,12 +387,18 @@ def sessions_list(group: str, limit: int, as_json: bool) -> None:
     help="Longest pause kept, in seconds.",
 )
 @click.option("--cast", "cast_only", is_flag=True, help="Print the asciinema v2 file instead.")
-def sessions_play(stream: str, speed: float, idle_limit: float, cast_only: bool) -> None:
+@json_option
+def sessions_play(
+    stream: str, speed: float, idle_limit: float, cast_only: bool, as_json: bool
+) -> None:
     """Replay a recorded shell session (ID from `crc sessions list`) on this terminal."""
     from ..master.client import Client
 
     with Client.from_profile() as c:
         cast = c.recording(stream)
+    if as_json:
+        emit_json({"stream": stream, "format": "asciicast-v2", "cast": cast})
+        return
     if cast_only:
         sys.stdout.write(cast)
         return
