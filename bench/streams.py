@@ -246,7 +246,10 @@ def main(argv: list[str] | None = None) -> int:
             f"server RSS per idle forward connection ({args.streams} open)",
             f"{r['per_fwd']:.0f} KiB",
         ),
-        (f"server RSS per idle shell ({args.streams} open)", f"{r['per_shell']:.0f} KiB"),
+        (
+            f"server RSS per idle shell ({args.streams} open, after)",
+            f"{r['per_shell']:.0f} KiB",
+        ),
     ]
     width = max(len(a) for a, _ in rows)
     table = "\n".join(f"{a:<{width}}  {b}" for a, b in rows)
@@ -266,6 +269,8 @@ def main(argv: list[str] | None = None) -> int:
             f"Machine: {machine_info()}; server, agent, master and the TCP source share it. "
             f"Load average (1 min): {load_before:.2f} before.\n\n"
             f"```\n{table}\n```\n\nTargets (from the issue):\n\n" + "\n".join(targets) + "\n"
+            "\n*after*: measured after the forwards closed, so partly in memory they freed "
+            "(the allocator reuses it): the forward figure is the one to plan with.\n"
             "\nThe memory a stream costs the server is bounded whatever its peers do: one "
             "message in flight per direction (at most 1 MiB, senders make 256 KiB) plus "
             "the sockets' buffers (server/streams.py; tested with a reader that stops).\n"

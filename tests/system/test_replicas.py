@@ -191,3 +191,39 @@ def test_files_cross_replicas_without_a_shared_disk(pg_url, tmp_path):
         back = tmp_path / "back.bin"
         assert via_b.download_pulled(pull["job_id"], str(back))["sha256"] == sha
         assert back.read_bytes() == src.read_bytes()
+
+
+def test_shell_and_forward_through_one_replica_reach_an_agent_on_another(pg_url, tmp_path):
+    """The machine is connected to A; the master asks B. A delivers the request (a
+    numbered message) and the machine dials B back (pinned certificate: replicas share
+    it); B carries the stream."""
+    import http.server
+    import threading
+    import urllib.request
+
+    site = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    threading.Thread(target=site.serve_forever, daemon=True).start()
+    try:
+        with lab(tmp_path, pg_url, 2) as ((a, _b), (via_a, via_b), agent):
+            connected_to = via_a.group("lab")["machines"][0]
+            assert connected_to["state"] == "ready"
+            with via_b.shell("lab", "m", argv=["sh", "-c", "echo across; exit 5"]) as s:
+                s.expect("across")
+                assert s.wait(60) == 5
+            with via_b.forward("lab", "m", site.server_address[1]) as port:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=60) as r:
+                    assert r.status == 200
+
+            # B carried them: its audit has them, with bytes.
+            def carried() -> set[str]:
+                return {x["kind"] for x in via_b.sessions("lab") if x["bytes_from_machine"] > 0}
+
+            assert _wait(lambda: carried() == {"shell", "forward"})
+            # And the direct way still works on A.
+            with via_a.shell("lab", "m", argv=["true"]) as s:
+                assert s.wait(60) == 0
+            assert "Traceback" not in a.log_path.read_text()
+            del agent
+    finally:
+        site.shutdown()
+        site.server_close()

@@ -71,6 +71,7 @@ CATALOGUE = {
     "revoked": TO_AGENT,
     "error": TO_AGENT,
     "stream.open": TO_AGENT,
+    "stream.request": TO_AGENT,
 }
 
 

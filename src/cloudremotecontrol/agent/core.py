@@ -45,7 +45,7 @@ from ..protocol.messages import (
     UserMessage,
     decode_message,
 )
-from ..protocol.streams import StreamOpen
+from ..protocol.streams import StreamOpen, StreamRequest
 from ..protocol.wire import Dispatcher, Frame, Message, Side
 from ..tlspin import client_context
 from .http import call_json
@@ -179,6 +179,7 @@ class Agent:
                 FilePut: self._on_file_job,
                 FileGet: self._on_file_job,
                 UserMessage: self._on_user_message,
+                StreamRequest: self._on_stream_request,
             },
         )
 
@@ -535,6 +536,12 @@ class Agent:
         await self._processed(ws, seq, message=env)
         self.message_arrived.set()
         self.message_arrived = asyncio.Event()
+
+    async def _on_stream_request(
+        self, ws: Any, seq: int, request: StreamRequest, env: Envelope
+    ) -> None:
+        if await self._processed(ws, seq):
+            self._streams.open(request.to_open(), request.url)  # via another replica
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)

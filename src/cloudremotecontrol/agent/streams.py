@@ -62,20 +62,34 @@ class StreamServer:
         # counts against the server's bound on unauthenticated connections per address.
         self.dialing = asyncio.Semaphore(MAX_DIALING)
 
-    def open(self, frame: StreamOpen) -> None:
-        self.agent._spawn(self.serve(frame))
+    def open(self, frame: StreamOpen, url: str | None = None) -> None:
+        """Serve ``frame``'s stream, dialing this agent's server, or ``url`` (another
+        replica of it) if trusted: one of the agent's own server URLs, or any URL when
+        the agent pins the server's certificate (replicas share it, so the credential
+        only ever goes to a holder of the pinned key)."""
+        if url is not None:
+            own = [u.rstrip("/") for u in self.agent.urls]
+            if url.rstrip("/") not in own and not self.agent.cred.fingerprint:
+                log.warning(
+                    "stream %s: not dialing %s (not one of this agent's server URLs, and "
+                    "no pinned certificate to check it by)",
+                    frame.stream,
+                    url,
+                )
+                return
+        self.agent._spawn(self.serve(frame, url or self.agent.url))
 
-    async def serve(self, frame: StreamOpen) -> None:
+    async def serve(self, frame: StreamOpen, url: str) -> None:
         from websockets.asyncio.client import connect
         from websockets.exceptions import ConnectionClosed, InvalidStatus
 
         agent = self.agent
-        ctx, _ = client_context(agent.url, agent.cred.fingerprint, agent.cred.cert_pem)
+        ctx, _ = client_context(url, agent.cred.fingerprint, agent.cred.cert_pem)
         off = streams_off(agent.state.get(STREAMS_OFF_KEY))
         try:
             async with self.dialing:
                 ws = await connect(
-                    _stream_url(agent.url, frame.stream),
+                    _stream_url(url, frame.stream),
                     ssl=ctx,
                     additional_headers={"Authorization": f"Bearer {agent.cred.credential}"},
                     max_size=MAX_FRAME_BYTES,

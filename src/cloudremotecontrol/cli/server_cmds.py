@@ -119,6 +119,12 @@ def _setting_options(f):  # type: ignore[no-untyped-def]
 @_setting_options
 @json_option
 @click.option("--no-dashboard", is_flag=True, help="Do not serve the web dashboard (/dashboard/).")
+@click.option(
+    "--replica-url",
+    help="This replica's own URL, as machines reach it (default: the url of server.json); "
+    "a shell or forward opened here for a machine connected to another replica is "
+    "dialed back here.",
+)
 def run(
     data_dir: str | None,
     listen: str | None,
@@ -127,6 +133,7 @@ def run(
     log_level: str,
     as_json: bool,
     no_dashboard: bool,
+    replica_url: str | None,
     **settings: object,
 ) -> None:
     """Serve the API (HTTPS) and the web dashboard until interrupted (SIGTERM or Ctrl-C).
@@ -142,6 +149,10 @@ def run(
     from ..server.runner import serve
 
     cfg = load_config(_data_dir(data_dir))
+    if replica_url:
+        from ..protocol.streams import check_replica_url
+
+        cfg.url = check_replica_url(replica_url)
     given = {k: v for k, v in settings.items() if v is not None}
     if given:
         cfg.settings = parse_settings(dict(dataclasses.asdict(cfg.settings)), given)

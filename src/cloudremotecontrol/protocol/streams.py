@@ -47,7 +47,7 @@ from ..errors import InvalidInput, TooLarge
 from .fields import Choice, Int, ListOf, Optional, Pattern, Spec, Text, check_hostname
 from .jsoncheck import check_json
 from .limits import MAX_COMMAND_BYTES
-from .wire import Direction, Frame, Registry, Wire, register, wire
+from .wire import Direction, Frame, Message, Registry, Wire, register, wire
 
 __all__ = [
     "CONTROL_REGISTRY",
@@ -62,8 +62,10 @@ __all__ = [
     "StreamExit",
     "StreamOpen",
     "StreamReady",
+    "StreamRequest",
     "StreamResize",
     "check_host",
+    "check_replica_url",
     "check_terminal_size",
     "new_stream_id",
     "parse_forward_spec",
@@ -155,6 +157,57 @@ class StreamOpen(Frame):
     term: str | None = wire(Optional(_TERM), None)
     host: str | None = wire(Optional(_Host()), None)
     port: int | None = wire(Optional(Int(1, 65535)), None)
+
+
+# -- a stream asked through another replica (a numbered message, delivered by the one the
+# -- machine is connected to) -----------------------------------------------------------
+
+REPLICA_URL = Pattern(
+    r"https?://[A-Za-z0-9.\-]{1,253}(:[0-9]{1,5})?|https?://\[[0-9A-Fa-f:.]{2,45}\](:[0-9]{1,5})?",
+    "url must be a server URL such as https://10.0.0.5:8443, not {value}",
+)
+
+
+def check_replica_url(value: object) -> str:
+    """A replica's own URL (``https://host:port``, no path)."""
+    return str(REPLICA_URL.check(value.rstrip("/") if isinstance(value, str) else value, "url"))
+
+
+@register
+@dataclass(frozen=True)
+class StreamRequest(Message):
+    """``stream.open`` for a machine connected to another replica: sent as a numbered
+    message (so the replica holding the machine's connection delivers it) naming the
+    replica to dial, ``url``; the agent dials it only if it trusts it (one of its own
+    server URLs, or any URL when it pins the server's certificate: replicas share it)."""
+
+    TYPE = "stream.request"
+    DIRECTION = Direction.TO_AGENT
+
+    url: str = wire(REPLICA_URL)
+    stream: str = wire(STREAM_ID)
+    kind: str = wire(Choice(KINDS))
+    argv: tuple[str, ...] | None = wire(
+        Optional(
+            ListOf(
+                Text(MAX_COMMAND_BYTES, blank_ok=True, controls_ok=True),
+                MAX_ARGS,
+                min_items=1,
+                message="argv must be a non-empty list of strings without NUL characters",
+            )
+        ),
+        None,
+    )
+    shell: str | None = wire(Optional(Text(1024)), None)
+    cols: int | None = wire(Optional(Int(1, MAX_TERMINAL)), None)
+    rows: int | None = wire(Optional(Int(1, MAX_TERMINAL)), None)
+    term: str | None = wire(Optional(_TERM), None)
+    host: str | None = wire(Optional(_Host()), None)
+    port: int | None = wire(Optional(Int(1, 65535)), None)
+
+    def to_open(self) -> StreamOpen:
+        body = {k: v for k, v in self.to_body().items() if k != "url" and v is not None}
+        return StreamOpen.from_body(body)
 
 
 # -- control messages on a stream's WebSocket ----------------------------------------------

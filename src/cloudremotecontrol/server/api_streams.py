@@ -23,6 +23,7 @@ from ..protocol.streams import (
     STREAM_ID,
     StreamError,
     StreamOpen,
+    StreamRequest,
     check_host,
     check_terminal_size,
     new_stream_id,
@@ -95,12 +96,19 @@ async def open_stream(
         session_ops.check_stream, user, group, body.machine, body.kind, body.record
     )
     link = app.state.hub.links.get(info["machine_id"])
-    if link is None or link.closed:
+    here = link is not None and not link.closed
+    elsewhere = (
+        not here
+        and info["state"] == "ready"
+        and bool(info["connected_by"])
+        and info["connected_by"] != app.state.replica
+    )
+    replica_url: str | None = getattr(app.state, "replica_url", None)
+    if not here and not (elsewhere and replica_url):
         where = (
-            " (it is connected to another server replica: open the stream there)"
-            if info["connected_by"]
-            and info["state"] == "ready"
-            and info["connected_by"] != app.state.replica
+            " (it is connected to another server replica, and this one has no --replica-url "
+            "for it to dial back: open the stream there)"
+            if elsewhere
             else ""
         )
         raise Conflict(
@@ -130,7 +138,16 @@ async def open_stream(
         detail | {"stream": stream_id},
     )
     _broker(app).add(stream)
-    link.send_control(write_frame(frame))
+    if link is not None and here:
+        link.send_control(write_frame(frame))
+    else:
+        # The replica holding the machine's connection delivers the request (a numbered
+        # message, through the database); the machine dials back here.
+        asked = StreamRequest.from_body({**frame.to_body(), "url": replica_url})
+        deliveries = await store.write(
+            session_ops.request_stream, group, info["machine_id"], body.machine, asked
+        )
+        app.state.hub.deliver(deliveries)
     return {
         "stream": stream_id,
         "kind": body.kind,

@@ -45,6 +45,9 @@ def serve(
         store, blob_dir=Path(cfg.data_dir) / "blobs", settings=settings, dashboard=dashboard
     )
     app.state.wheel_dir = Path(cfg.data_dir) / "wheels"  # served by /v1/agent/wheels
+    # Where machines reach this replica (streams opened here for a machine connected to
+    # another replica: the machine dials back here, server/api_streams.py).
+    app.state.replica_url = f"http://{listen}" if insecure else cfg.url
     app.state.teardown_cipher = load_cipher(Path(cfg.data_dir))  # opt-in TTL teardown
     # Every log line is redacted (tokens, Authorization headers, keys), whatever logs it.
     logsafe.configure(log_level, "%(asctime)s %(levelname)s %(name)s %(message)s")

@@ -19,6 +19,7 @@ __all__ = [
     "close_stream",
     "list_sessions",
     "open_stream",
+    "request_stream",
     "session_record",
 ]
 
@@ -73,6 +74,19 @@ def open_stream(
     """A stream is asked of a connected machine (audit and event)."""
     audit(tx, user["user_id"], user["user"], "stream.open", group, {"machine": machine, **detail})
     add_event(tx, group_id, "stream.opened", {"by": user["user"], **detail}, machine=machine)
+
+
+def request_stream(
+    tx: Tx, group: str, machine_id: str, machine: str, request: Any
+) -> list[tuple[str, int, str]]:
+    """Queue a ``stream.request`` for a machine connected to another replica (that one
+    delivers it, as any numbered message); returns the delivery."""
+    from ...protocol.messages import Envelope
+    from .jobs import enqueue
+
+    env = Envelope.of(request, group, "master", machine, None)
+    seq, frame = enqueue(tx, {"id": machine_id}, env)
+    return [(machine_id, seq, frame)]
 
 
 def close_stream(
