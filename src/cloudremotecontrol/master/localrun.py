@@ -139,7 +139,8 @@ class ServerProcess:
             capture_output=True,
             env=self.env,
         )
-        return json.loads(out.stdout)
+        answer: dict[str, Any] = json.loads(out.stdout)
+        return answer
 
     def add_user(self, name: str) -> str:
         return str(self.admin("add-user", name)["token"])
