@@ -166,7 +166,7 @@ class AgentProcess:
 
     def __init__(
         self,
-        state_dir: Path,
+        state_dir: str | os.PathLike[str],
         url: str | None = None,
         key: str | None = None,
         fingerprint: str | None = None,
