@@ -356,10 +356,7 @@ def job_cancel(job_id: str, as_json: bool) -> None:
     killed); `crc job show` tells when they stopped."""
     with _client() as c:
         out = c.cancel_job(job_id)
-        view = c.job(job_id)
-    left = [
-        t["machine"] for t in view["targets"] if t["status"] in ("queued", "delivered", "running")
-    ]
+    left = list(out["cancelling"])  # unfinished when the server took the cancel
     if as_json:
         emit_json({"job_id": out["job_id"], "cancelling": left})
     elif left:

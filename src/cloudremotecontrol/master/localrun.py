@@ -107,7 +107,21 @@ class ServerProcess:
         )
         log.close()
         self.wait_healthy(timeout)
+        self._wait_start_line()
         return self
+
+    def _wait_start_line(self, timeout: float = 5.0) -> None:
+        """Let the server print its start line (a thread prints it once the port
+        accepts, which can be just after the first health answer), so the log reads
+        whole to whoever looks at it next."""
+        assert self.proc is not None
+        mark = f"pid {self.proc.pid})".encode()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            with open(self.log_path, "rb") as fh:
+                if mark in fh.read():
+                    return
+            time.sleep(0.02)
 
     def wait_healthy(self, timeout: float = 30.0) -> None:
         ctx = None

@@ -185,6 +185,14 @@ class WindowsPlatform(Platform):
     name = "windows"
     default_shell = "cmd"
 
+    def verbatim_shell(self, shell: str | None) -> str | None:
+        """cmd parses its own command line, so it gets the command as written
+        (``cmd.exe /c "COMMAND"``, Python's shell=True): an argv would be quoted the C
+        runtime's way, every ``"`` written as ``\\"``, which cmd does not undo."""
+        if (shell or self.default_shell) != "cmd":
+            return None
+        return self.shell_argv("cmd", "")[0]  # its path, or ShellMissing
+
     def __init__(self, run: Callable[..., Any] | None = None) -> None:
         # One runner for every external program, so tests on Linux see the exact calls.
         self._run = run or subprocess.run
