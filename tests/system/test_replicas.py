@@ -227,3 +227,50 @@ def test_shell_and_forward_through_one_replica_reach_an_agent_on_another(pg_url,
     finally:
         site.shutdown()
         site.server_close()
+
+
+def test_a_message_from_a_machine_whose_group_another_replica_deleted_is_told_why(pg_url, tmp_path):
+    """The agent speaks before the replica holding its connection has looked (its touch
+    is every 30 s): the answer to its message says the group was deleted, and to remove
+    the service where the deletion asked for that, as the deleting replica would."""
+    import asyncio
+    import json
+    import uuid
+
+    from wire_helpers import close_code, enroll, pinned_http, recv_json, wire_agent
+
+    a, b = replicas(tmp_path, pg_url, 2)
+    try:
+        token = a.add_user("alice")
+        with (
+            Client(a.url, token, a.fingerprint) as via_a,
+            Client(b.url, token, b.fingerprint) as via_b,
+        ):
+            out = via_a.create_group("wire", ["w"], settings={"uninstall_on_delete": True})
+            key = out["machines"][0]["key"]
+            with pinned_http(a) as http:
+                cred = enroll(http, key)
+
+            async def speak_after_delete() -> tuple[dict, int]:
+                async with wire_agent(a, cred, "wire", "w") as w:
+                    via_b.delete_group("wire")
+                    env = {
+                        "id": uuid.uuid4().hex,
+                        "group": "wire",
+                        "from": "w",
+                        "to": "master",
+                        "type": "user.hello",
+                        "body": {},
+                        "correlation_id": None,
+                        "created": time.time(),
+                    }
+                    await w.ws.send(json.dumps({"type": "msg", "seq": w.seq + 1, "msg": env}))
+                    return await recv_json(w.ws), await close_code(w.ws)
+
+            frame, code = asyncio.run(speak_after_delete())
+            assert frame["type"] == "revoked", frame
+            assert frame["reason"] == "group 'wire' deleted" and frame["uninstall"] is True, frame
+            assert code == 4403
+    finally:
+        for s in (a, b):
+            s.stop()

@@ -124,7 +124,13 @@ class _Connection:
         if result.get("deliveries"):
             self.ws.app.state.hub.deliver(result["deliveries"])
         if receipt == "revoked":
-            await _refuse(self.ws, 4403, CrcError("machine revoked", code="revoked"))
+            # Revoked meanwhile (e.g. its group deleted through another replica): told
+            # why, and to remove its service where the group asked for that.
+            hub = self.ws.app.state.hub
+            if self.m["id"] in hub.links:
+                await hub.revoke([self.m["id"]], result["reason"], result["uninstall"])
+            else:
+                await _refuse(self.ws, 4403, CrcError(result["reason"], code="revoked"))
             return False
         if receipt == "gap":
             await _refuse(

@@ -204,17 +204,16 @@ def touch_machines(tx: Tx, machine_ids: list[str]) -> list[tuple[str, str, bool]
             f"WHERE m.state = 'revoked' AND m.id IN ({marks})"
         )
         for row in tx.all(query, tuple(batch)):
-            if row["deleted"] is None:
-                revoked.append((row["id"], "machine revoked", False))
-            else:
-                revoked.append(
-                    (
-                        row["id"],
-                        f"group {row['name']!r} deleted",
-                        uninstall_on_delete(row["settings"]),
-                    )
-                )
+            revoked.append((row["id"], *_why_revoked(row)))
     return revoked
+
+
+def _why_revoked(group: Any) -> tuple[str, bool]:
+    """What a revoked machine is told, from its group's row (``name``, ``deleted``,
+    ``settings``; None: no group): the reason, and whether to remove its service."""
+    if group is None or group["deleted"] is None:
+        return "machine revoked", False
+    return f"group {group['name']!r} deleted", uninstall_on_delete(group["settings"])
 
 
 def outbox_after(tx: Tx, machine_id: str, after: int, limit: int = 500) -> list[tuple[int, str]]:
@@ -240,7 +239,13 @@ def apply_agent_message(tx: Tx, machine_id: str, seq: int, raw: dict[str, Any]) 
     """
     m = tx.one("SELECT * FROM machines WHERE id = ?", (machine_id,))
     if m is None or m["state"] == MachineState.REVOKED.value:
-        return {"receipt": "revoked"}
+        group = None
+        if m is not None:
+            group = tx.one(
+                "SELECT name, deleted, settings FROM groups WHERE id = ?", (m["group_id"],)
+            )
+        reason, uninstall = _why_revoked(group)
+        return {"receipt": "revoked", "reason": reason, "uninstall": uninstall}
     box = inbox(tx, m)
     receipt = box.receive(seq)
     if receipt is Receipt.DUPLICATE:
