@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -14,10 +16,26 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+def _session_size(sid: int) -> int:
+    n = 0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        n += int(fields[3]) == sid and fields[0] != "Z"
+    return n
+
+
 def test_kill_leftovers_ends_the_jobs_session_and_never_a_reused_pid() -> None:
     plat = LinuxPlatform()
     proc = subprocess.Popen(["sh", "-c", "sleep 60 & exec sleep 60"], start_new_session=True)
     try:
+        deadline = time.monotonic() + 10
+        while _session_size(proc.pid) < 2:  # sh has started its background sleep
+            assert time.monotonic() < deadline, "the job's two processes never ran"
+            time.sleep(0.01)
         identity = plat.process_identity(proc.pid)
         assert identity is not None and identity.startswith(f"{proc.pid}:")
         pid, start = identity.split(":")
