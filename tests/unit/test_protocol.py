@@ -91,11 +91,13 @@ EXPECTED_JOB = {
     (J.QUEUED, JE.START): J.RUNNING,
     (J.QUEUED, JE.CANCEL): J.CANCELLED,
     (J.QUEUED, JE.LOSE): J.LOST,
+    (J.QUEUED, JE.SKIP): J.SKIPPED,  # rate control: only a target not yet reached
+    (J.QUEUED, JE.EXPIRE): J.EXPIRED,
     (J.DELIVERED, JE.START): J.RUNNING,
     **{(J.DELIVERED, e): s for e, s in ENDINGS.items()},
     **{(J.RUNNING, e): s for e, s in ENDINGS.items()},
 }
-TERMINAL = {J.SUCCEEDED, J.FAILED, J.TIMED_OUT, J.CANCELLED, J.LOST}
+TERMINAL = {J.SUCCEEDED, J.FAILED, J.TIMED_OUT, J.CANCELLED, J.LOST, J.SKIPPED, J.EXPIRED}
 
 
 @pytest.mark.parametrize("state", list(MachineState))

@@ -373,8 +373,7 @@ def _on_output(tx: Tx, m: dict[str, Any], msg: JobOutput, env: Envelope) -> Deli
 def _on_result(tx: Tx, m: dict[str, Any], msg: JobResult, env: Envelope) -> Deliveries:
     event = result_event(msg.status)
     assert event is not None  # the catalogue admits terminal statuses only
-    job_event(tx, m, msg.job_id, event, msg.exit_code, msg.reason)
-    return []
+    return job_event(tx, m, msg.job_id, event, msg.exit_code, msg.reason)
 
 
 def _on_failed(tx: Tx, m: dict[str, Any], msg: MessageFailed, env: Envelope) -> Deliveries:
