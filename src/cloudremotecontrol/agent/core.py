@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import random
@@ -23,12 +24,23 @@ from typing import Any
 from .. import __version__
 from ..errors import CrcError, InvalidInput, KeyRejected, Unavailable
 from ..protocol.delivery import Receipt, Verdict
-from ..protocol.frames import Ack, ErrorFrame, Hello, Msg, Welcome, read_frame, write_frame
+from ..protocol.frames import (
+    FEATURE_FOLD,
+    FEATURES,
+    Ack,
+    ErrorFrame,
+    Hello,
+    Msg,
+    Welcome,
+    read_frame,
+    write_frame,
+)
 from ..protocol.frames import Revoked as RevokedFrame
 from ..protocol.limits import HEARTBEAT_SECONDS, MAX_FRAME_BYTES, MAX_OUTPUT_CHUNK_BYTES
 from ..protocol.messages import (
     JOB_ID,
     JOB_KINDS,
+    MAX_FOLDED_CHUNKS,
     Envelope,
     Facts,
     FileGet,
@@ -55,6 +67,8 @@ from .state import AgentState, Credential
 __all__ = ["Agent", "Revoked", "enroll"]
 
 log = logging.getLogger("crc.agent")
+FOLD_SECONDS = 0.2  # a job that ends this soon after it started is reported in one message
+FOLD_MAX_BYTES = 32 << 10  # ... with at most this much output
 BACKOFF_MIN = 0.5
 BACKOFF_MAX = 30.0
 FACTS_SECONDS = 30.0
@@ -128,9 +142,12 @@ class Agent:
         gate_ready: bool = False,
         follow_logs: tuple[str, ...] = (),
         facts_interval: float = FACTS_SECONDS,
+        fold_seconds: float = FOLD_SECONDS,
     ) -> None:
         self.follow_logs = follow_logs
         self.facts_interval = facts_interval
+        #: How long a job may run and still be reported in one message (``job.fold``).
+        self.fold_seconds = fold_seconds
         self.urls = split_urls(cred.url)
         self._url_index = 0
         self.state = state
@@ -139,6 +156,8 @@ class Agent:
         self.gate_ready = gate_ready
         self.inbox = state.inbox
         self._ws: Any = None
+        #: What the server said it applies in its welcome (``job.fold``...).
+        self.server_features: frozenset[str] = frozenset()
         self._jobs: dict[str, asyncio.Event] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self.connected = asyncio.Event()
@@ -318,6 +337,7 @@ class Agent:
             resume_from=self.state.resume_from(),
             agent_version=__version__,
             ready=self.state.get("ready") == "1",
+            features=FEATURES,
         )
 
     def welcomed(self, welcome: Welcome) -> list[str]:
@@ -369,6 +389,7 @@ class Agent:
                     raise Revoked(first.reason)
                 if not isinstance(first, Welcome):
                     raise InvalidInput(f"unexpected first frame {first.TYPE!r}")
+                self.server_features = frozenset(first.features or ())
                 async with self._send_lock:
                     for frame in self.welcomed(first):
                         await ws.send(frame)
@@ -531,22 +552,13 @@ class Agent:
     # -- jobs ---------------------------------------------------------------------------
     async def _run_job(self, job: JobRun) -> None:
         cancel = self._jobs.setdefault(job.job_id, asyncio.Event())
-
-        async def output(stream: str, data: str) -> None:
-            await self.send(JobOutput(job.job_id, stream, data))
-
-        async def started(pid: int) -> None:
-            await self.send(
-                JobStarted(job.job_id),
-                job_process=(job.job_id, self.platform.process_identity(pid)),
-            )
-
+        report = _Report(self, job.job_id, FEATURE_FOLD in self.server_features)
         try:
             outcome = await run_job(
                 job,
                 self.platform,
-                output,
-                started,
+                report.output,
+                report.started,
                 cancel,
                 {
                     "CRC_MACHINE": self.cred.machine,
@@ -558,7 +570,7 @@ class Agent:
             )
         finally:
             self._jobs.pop(job.job_id, None)
-        await self._job_ended(job.job_id, outcome.status, outcome.exit_code, outcome.reason)
+        await report.ended(outcome.status, outcome.exit_code, outcome.reason)
 
     async def _hosts_sync(self, sync: HostsSync) -> None:
         # Taken before the first await: tasks start in arrival order, and the lock
@@ -660,6 +672,72 @@ class Agent:
         if self.state.get("ready") != "1":
             self.state.put("ready", "1")
         await self.send(SystemReady())
+
+
+class _Report:
+    """How one job is reported. Without ``fold``: a ``job.started`` once its process
+    runs, then ``job.output`` chunks, then the ``job.result``. With ``fold`` (the server
+    applies ``job.fold``), a job that ends within ``Agent.fold_seconds`` with at most
+    ``FOLD_MAX_BYTES`` of output is one ``job.result`` carrying its output; past either
+    bound the start notice and the output held so far go out, and the rest streams as
+    without. The process is recorded at once either way (crash recovery kills it)."""
+
+    def __init__(self, agent: Agent, job_id: str, fold: bool) -> None:
+        self.agent, self.job_id = agent, job_id
+        self.streaming = not fold
+        self.held: list[tuple[str, str]] = []
+        self.held_bytes = 0
+        self.lock = asyncio.Lock()
+        self.timer: asyncio.Task[None] | None = None
+        self.process_started = False
+
+    async def started(self, pid: int) -> None:
+        self.process_started = True
+        process = (self.job_id, self.agent.platform.process_identity(pid))
+        if self.streaming:
+            await self.agent.send(JobStarted(self.job_id), job_process=process)
+            return
+        self.agent.state.record_job_process(*process)
+        self.timer = asyncio.get_running_loop().create_task(self._window())
+
+    async def _window(self) -> None:
+        await asyncio.sleep(self.agent.fold_seconds)
+        async with self.lock:
+            await self._stream()
+
+    async def _stream(self) -> None:
+        """Leave folding (the lock held): the start notice, then what was held."""
+        if self.streaming:
+            return
+        self.streaming = True
+        await self.agent.send(JobStarted(self.job_id))
+        for stream, data in self.held:
+            await self.agent.send(JobOutput(self.job_id, stream, data))
+        self.held.clear()
+
+    async def output(self, stream: str, data: str) -> None:
+        async with self.lock:
+            if self.streaming:
+                await self.agent.send(JobOutput(self.job_id, stream, data))
+                return
+            self.held.append((stream, data))
+            self.held_bytes += len(data.encode())
+            if self.held_bytes > FOLD_MAX_BYTES or len(self.held) >= MAX_FOLDED_CHUNKS:
+                await self._stream()
+
+    async def ended(self, status: str, exit_code: int | None, reason: str | None) -> None:
+        async with self.lock:
+            if self.timer is not None:  # asleep or waiting for the lock: never mid-send
+                self.timer.cancel()
+            if self.streaming:
+                await self.agent._job_ended(self.job_id, status, exit_code, reason)
+                return
+            result = dataclasses.replace(
+                _job_result(self.job_id, status, exit_code, reason),
+                started=True if self.process_started else None,
+                output=tuple(self.held) if self.held else None,
+            )
+            await self.agent.send(result, job_done=self.job_id)
 
 
 def _job_result(job_id: str, status: str, exit_code: int | None, reason: str | None) -> JobResult:

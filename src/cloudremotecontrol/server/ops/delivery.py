@@ -340,16 +340,21 @@ def _on_started(tx: Tx, m: dict[str, Any], msg: JobStarted, env: Envelope) -> De
 
 
 def _on_output(tx: Tx, m: dict[str, Any], msg: JobOutput, env: Envelope) -> Deliveries:
+    _store_output(tx, m, msg.job_id, msg.stream, msg.data)
+    return []
+
+
+def _store_output(tx: Tx, m: dict[str, Any], job_id: str, stream: str, data: str) -> None:
+    """Keep a chunk of a job's output (up to the kept limit) as a ``job.output`` event."""
     jt = tx.one(
         "SELECT output_bytes FROM job_targets WHERE job_id = ? AND machine_id = ?",
-        (msg.job_id, m["id"]),
+        (job_id, m["id"]),
     )
     if jt is None:
-        return []
+        return
     kept = int(jt["output_bytes"])
     if kept >= MAX_OUTPUT_KEPT_BYTES:
-        return []
-    data = msg.data
+        return
     size = len(data.encode())
     if kept + size > MAX_OUTPUT_KEPT_BYTES:
         data = data.encode()[: MAX_OUTPUT_KEPT_BYTES - kept].decode(errors="ignore")
@@ -357,22 +362,25 @@ def _on_output(tx: Tx, m: dict[str, Any], msg: JobOutput, env: Envelope) -> Deli
         size = MAX_OUTPUT_KEPT_BYTES - kept
     tx.execute(
         "UPDATE job_targets SET output_bytes = ? WHERE job_id = ? AND machine_id = ?",
-        (kept + size, msg.job_id, m["id"]),
+        (kept + size, job_id, m["id"]),
     )
     add_event(
         tx,
         m["group_id"],
         "job.output",
-        {"job_id": msg.job_id, "stream": msg.stream, "data": data},
+        {"job_id": job_id, "stream": stream, "data": data},
         machine=m["name"],
-        job_id=msg.job_id,
+        job_id=job_id,
     )
-    return []
 
 
 def _on_result(tx: Tx, m: dict[str, Any], msg: JobResult, env: Envelope) -> Deliveries:
     event = result_event(msg.status)
     assert event is not None  # the catalogue admits terminal statuses only
+    if msg.started:  # a short job folded into its result (job.fold): what it stands for
+        job_event(tx, m, msg.job_id, JobEvent.START, None, None)
+    for stream, data in msg.output or ():
+        _store_output(tx, m, msg.job_id, stream, data)
     return job_event(tx, m, msg.job_id, event, msg.exit_code, msg.reason)
 
 
