@@ -4,6 +4,7 @@ the same either way (real server and agent processes over TLS)."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from pathlib import Path
@@ -82,3 +83,66 @@ def test_a_short_job_with_much_output_streams_it_all_in_order(env: Any) -> None:
     assert result.ok
     text = "".join(d or "" for t, d in _statuses(env, result.job_id) if t == "job.output")
     assert text.splitlines() == [f"line-{i}-" + "x" * 24 for i in range(3000)]
+
+
+def test_the_wire_a_folded_result_with_its_ack_riding_on_it(env: Any) -> None:
+    """By hand: the agent acknowledges job.run inside its folded result (msg.ack), and a
+    bogus ack in a message is ignored without losing the message."""
+    import asyncio
+
+    from wire_helpers import enroll, pinned_http, recv_json, wire_agent
+
+    out = env.client.create_group("lab", ["a"])
+    with pinned_http(env.server) as http:
+        cred = enroll(http, out["machines"][0]["key"])
+
+    async def scenario() -> tuple[str, list[dict[str, Any]]]:
+        async with wire_agent(env.server, cred, "lab", "a") as a:
+            started = await asyncio.to_thread(env.client.start_job, "lab", "a", argv=["true"])
+            while True:
+                frame = await recv_json(a.ws)
+                if frame["type"] == "msg" and frame["msg"]["type"] == "job.run":
+                    break
+            body = {
+                "job_id": started["job_id"],
+                "status": "succeeded",
+                "exit_code": 0,
+                "started": True,
+                "output": [["stdout", "folded\n"]],
+            }
+            a.seq += 1
+            env_ = {
+                "id": "e" * 32,
+                "group": "lab",
+                "from": "a",
+                "to": "master",
+                "type": "job.result",
+                "body": body,
+                "correlation_id": None,
+                "created": time.time(),
+            }
+            await a.ws.send(
+                json.dumps({"type": "msg", "seq": a.seq, "ack": frame["seq"], "msg": env_})
+            )
+            frames = [await recv_json(a.ws)]
+            # A bogus ack (never sent) rides on a progress message: ignored, message kept.
+            progress = {**env_, "id": "f" * 32, "type": "progress", "body": {"text": "p"}}
+            a.seq += 1
+            await a.ws.send(
+                json.dumps({"type": "msg", "seq": a.seq, "ack": 10**6, "msg": progress})
+            )
+            frames.append(await recv_json(a.ws))
+            return started["job_id"], frames
+
+    job_id, frames = asyncio.run(scenario())
+    assert [f["type"] for f in frames] == ["ack", "ack"]
+    assert _statuses(env, job_id) == [
+        ("job.status", "delivered"),
+        ("job.status", "running"),
+        ("job.output", "folded\n"),
+        ("job.status", "succeeded"),
+    ]
+    assert env.client.group("lab")["machines"][0]["progress"]["text"] == "p"
+    db = next(Path(env.server.data_dir).rglob("*.db"))
+    with sqlite3.connect(db) as conn:  # acknowledged: nothing left to send again
+        assert conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0] == 0

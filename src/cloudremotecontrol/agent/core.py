@@ -25,6 +25,7 @@ from .. import __version__
 from ..errors import CrcError, InvalidInput, KeyRejected, Unavailable
 from ..protocol.delivery import Receipt, Verdict
 from ..protocol.frames import (
+    FEATURE_ACK,
     FEATURE_FOLD,
     FEATURES,
     Ack,
@@ -158,6 +159,8 @@ class Agent:
         self._ws: Any = None
         #: What the server said it applies in its welcome (``job.fold``...).
         self.server_features: frozenset[str] = frozenset()
+        self._ack_pending: int | None = None  # msg.ack: processed, not yet acknowledged
+        self._ack_timer: asyncio.Task[None] | None = None
         self._jobs: dict[str, asyncio.Event] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self.connected = asyncio.Event()
@@ -207,7 +210,12 @@ class Agent:
         env = Envelope.of(message, self.cred.group, self.cred.machine, to, correlation_id)
         # One lock keeps frames on the wire in sequence order whatever task sends them.
         async with self._send_lock:
-            _, frame = self.state.enqueue(env, job_done=job_done, job_process=job_process)
+            seq, frame = self.state.enqueue(env, job_done=job_done, job_process=job_process)
+            if self._ack_pending is not None and self._ws is not None:
+                # msg.ack: the deferred ack rides on this message (kept without it: a
+                # replay after a reconnect needs none, the hello says what was processed).
+                frame = write_frame(Msg(seq=seq, msg=env.to_dict(), ack=self._ack_pending))
+                self._ack_pending = None
             await self._transmit(frame)
 
     async def emit(self, type: object, body: object, to: str = "master") -> None:
@@ -390,6 +398,7 @@ class Agent:
                 if not isinstance(first, Welcome):
                     raise InvalidInput(f"unexpected first frame {first.TYPE!r}")
                 self.server_features = frozenset(first.features or ())
+                self._ack_pending = None  # the hello said what was processed
                 async with self._send_lock:
                     for frame in self.welcomed(first):
                         await ws.send(frame)
@@ -511,8 +520,32 @@ class Agent:
         """Record message ``seq`` processed (see ``AgentState.mark_processed``) and ack it;
         False for a job seen before (do not run it again)."""
         fresh = self.state.mark_processed(seq, start_job=start_job, message=message)
-        await ws.send(write_frame(Ack(seq=seq)))
+        if FEATURE_ACK in self.server_features:
+            self._defer_ack(seq)
+        else:
+            await ws.send(write_frame(Ack(seq=seq)))
         return fresh
+
+    def _defer_ack(self, seq: int) -> None:
+        """``msg.ack``: the next message sent carries the ack (a job's result, say); if
+        none goes within ``fold_seconds``, an ``ack`` frame does."""
+        self._ack_pending = max(seq, self._ack_pending or 0)
+        if self._ack_timer is None:
+            self._ack_timer = asyncio.get_running_loop().create_task(self._ack_later())
+            self._tasks.add(self._ack_timer)
+            self._ack_timer.add_done_callback(self._tasks.discard)
+
+    async def _ack_later(self) -> None:
+        try:
+            await asyncio.sleep(self.fold_seconds)
+            async with self._send_lock:
+                pending, self._ack_pending = self._ack_pending, None
+                ws = self._ws
+                if pending is not None and ws is not None:
+                    with contextlib.suppress(Exception):
+                        await ws.send(write_frame(Ack(seq=pending)))
+        finally:
+            self._ack_timer = None
 
     # -- receiving: one handler per message type ---------------------------------------
     async def _on_job_run(self, ws: Any, seq: int, job: JobRun, env: Envelope) -> None:

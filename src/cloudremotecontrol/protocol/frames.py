@@ -75,7 +75,10 @@ class _Object(Spec):
 #: agent announces it in its hello, a server that applies it in its welcome; an agent
 #: folds only for a server that said so (an older one ignores fields it does not know).
 FEATURE_FOLD = "job.fold"
-FEATURES = (FEATURE_FOLD,)
+#: A ``msg`` frame may carry ``ack`` (cumulative, as an ``ack`` frame would): an agent
+#: that has something to send soon after a message it processed acknowledges it there.
+FEATURE_ACK = "msg.ack"
+FEATURES = (FEATURE_FOLD, FEATURE_ACK)
 _FEATURES = Optional(ListOf(Text(32, truncate=True), 16))
 
 
@@ -113,6 +116,7 @@ class Msg(Frame):
 
     seq: int = wire(_S)
     msg: dict[str, Any] = wire(_Object())  # noqa: RUF009 -- wire() is a dataclasses.field
+    ack: int | None = wire(Optional(_S), None)  # msg.ack: the peer's messages up to it
 
 
 @register

@@ -129,7 +129,7 @@ class _Connection:
 
     async def on_msg(self, frame: Msg) -> bool:
         result = await self.store.write(
-            delivery.apply_agent_message, self.m["id"], frame.seq, frame.msg
+            delivery.apply_agent_message, self.m["id"], frame.seq, frame.msg, frame.ack
         )
         receipt = result["receipt"]
         if result.get("deliveries"):

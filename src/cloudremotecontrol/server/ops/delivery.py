@@ -228,7 +228,9 @@ def ack_outbox(tx: Tx, machine_id: str, seq: int) -> int:
     return outbox(tx, machine_id).ack(seq)
 
 
-def apply_agent_message(tx: Tx, machine_id: str, seq: int, raw: dict[str, Any]) -> dict[str, Any]:
+def apply_agent_message(
+    tx: Tx, machine_id: str, seq: int, raw: dict[str, Any], ack: int | None = None
+) -> dict[str, Any]:
     """Apply message ``seq`` from a machine once. Returns ``{"receipt", ...}``.
 
     Duplicates are acknowledged again and otherwise ignored; a gap means the agent must
@@ -236,11 +238,17 @@ def apply_agent_message(tx: Tx, machine_id: str, seq: int, raw: dict[str, Any]) 
     acknowledged (so it is not re-sent for ever) and recorded as an ``agent.error``
     event, with nothing else stored. A failure of this server while applying it rolls
     back its effects and asks the agent to send it again (``"retry"``), up to
-    ``MAX_ATTEMPTS`` times; then it is given up too.
+    ``MAX_ATTEMPTS`` times; then it is given up too. ``ack``: the frame's ``msg.ack``,
+    applied as an ``ack`` frame (it drops what it acknowledges; jobs become delivered).
     """
     m = tx.one("SELECT * FROM machines WHERE id = ?", (machine_id,))
     if m is None or m["state"] == MachineState.REVOKED.value:
         return {"receipt": "revoked"}
+    if ack is not None:  # msg.ack: an ack riding on the message, applied first
+        try:
+            ack_outbox(tx, machine_id, ack)
+        except CrcError as exc:  # refused before anything changed: like an ack frame's
+            log.warning("machine %s: ignoring the ack in message %d: %s", m["name"], seq, exc)
     box = inbox(tx, m)
     receipt = box.receive(seq)
     if receipt is Receipt.DUPLICATE:
