@@ -268,10 +268,12 @@ def cancel_job(tx: Tx, user: dict[str, Any], job_id: str) -> dict[str, Any]:
         (job_id,),
     )
     deliveries = []
+    cancelling: list[str] = []
     for t in targets:
         status = JobStatus(t["status"])
         if status.terminal:
             continue
+        cancelling.append(t["machine"])
         if status == JobStatus.QUEUED and t["held"]:  # rate control never released it
             _cancelled_before_delivery(tx, job_id, t)
             continue
@@ -292,7 +294,7 @@ def cancel_job(tx: Tx, user: dict[str, Any], job_id: str) -> dict[str, Any]:
         deliveries.append((t["machine_id"], seq, frame))
     tx.execute("UPDATE jobs SET rollout_check = NULL WHERE id = ?", (job_id,))
     audit(tx, user["user_id"], user["user"], "job.cancel", job["group_name"], {"job_id": job_id})
-    return {"job_id": job_id, "deliveries": deliveries}
+    return {"job_id": job_id, "cancelling": cancelling, "deliveries": deliveries}
 
 
 def _cancelled_before_delivery(tx: Tx, job_id: str, t: dict[str, Any]) -> None:
