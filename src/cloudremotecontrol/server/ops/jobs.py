@@ -78,7 +78,7 @@ def create_job(
         spec = {**spec, "timeout": DEFAULT_JOB_TIMEOUT_SECONDS}
     job_id = uuid.uuid4().hex
     run = JobRun.from_body({**spec, "job_id": job_id})
-    summary = {"argv": run.argv, "command": run.command}
+    summary: dict[str, Any] = {"argv": run.argv, "command": run.command}
     if rollout is not None:
         summary["rollout"] = rollout.to_body()
     return _create(tx, user, group_name, to, run, summary, rollout=rollout)
