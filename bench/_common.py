@@ -478,6 +478,9 @@ class Swarm:
             except subprocess.TimeoutExpired:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(p.pid, signal.SIGKILL)
+                p.wait(15)
+            if p.stdout is not None:
+                p.stdout.close()
                 p.wait()
             if p.stdout is not None:
                 p.stdout.close()

@@ -19,6 +19,7 @@ import asyncio
 import base64
 import contextlib
 import hashlib
+import logging
 import os
 import ssl
 import struct
@@ -26,6 +27,8 @@ from types import TracebackType
 from urllib.parse import urlsplit
 
 __all__ = ["ConnectionClosed", "HandshakeRefused", "WebSocket", "connect"]
+
+log = logging.getLogger("crc.agent.ws")
 
 GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 MAX_HANDSHAKE_BYTES = 16 * 1024
@@ -326,9 +329,14 @@ async def connect(
             "Sec-WebSocket-Version: 13",
             *(f"{k}: {v}" for k, v in headers.items()),
         ]
-        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        request = "\r\n".join(lines)
+        # At debug, the handshake as sent and answered; the log handler (logsafe.py)
+        # redacts the Authorization header, whoever logs it.
+        log.debug("> %s", request.replace("\r\n", "\n> "))
+        writer.write((request + "\r\n\r\n").encode("latin-1"))
         await writer.drain()
         head = await asyncio.wait_for(_read_head(reader), open_timeout)
+        log.debug("< %s", head.decode("latin-1").strip().replace("\r\n", "\n< "))
         _check_answer(head, key)
     except BaseException:
         writer.close()
