@@ -325,3 +325,43 @@ def test_job_show_lists_skipped_targets_and_crc_run_exits_125(fleet: Fleet, tmp_
     )
     assert show.returncode == 0, show.stderr
     assert show.stdout.count("skipped") == 2 and "canary failed" in show.stdout
+
+
+def test_rate_control_on_postgresql_with_two_replicas(pg_url: str, tmp_path: Path) -> None:
+    """The same rules when the targets' results reach two replicas of one database: a
+    result stored by one releases the next target wherever its agent is connected."""
+    a = ServerProcess(tmp_path / "a", database=pg_url).start()
+    b = ServerProcess(tmp_path / "b", database=pg_url).start()
+    swarms: list[Swarm] = []
+    client = Client(a.url, a.add_user("alice"), a.fingerprint)
+    try:
+        names = [f"p{i:02d}" for i in range(12)]
+        out = client.create_group("pg", names)
+        keys = [(m["name"], m["key"]) for m in out["machines"]]
+        for i, srv in enumerate((a, b)):
+            share = keys[i::2]
+            swarms.append(
+                Swarm(tmp_path / f"swarm{i}", srv.url, srv.fingerprint, share, 1, 25, 120.0)
+            )
+        for s in swarms:
+            s.wait_connected(300)
+        deadline = time.monotonic() + 60
+        while any(m["state"] != "ready" for m in client.group("pg")["machines"]):
+            assert time.monotonic() < deadline, "agents not ready"
+            time.sleep(0.2)
+        fleet = Fleet(a, client, "")
+        script = TIMED.format(sleep=0.3, tail="true")
+        started = client.start_job("pg", "all", argv=["sh", "-c", script], max_concurrency=3)
+        job = fleet.finished(started["job_id"])
+        assert statuses(job) == {"succeeded": 12}
+        assert 1 < max_overlap(fleet.spans(started["job_id"])) <= 3
+        script = TIMED.format(sleep=0.1, tail='[ "$CRC_MACHINE" != p01 ]')
+        started = client.start_job("pg", "all", argv=["sh", "-c", script], canary=2)
+        job = fleet.finished(started["job_id"])
+        assert statuses(job) == {"succeeded": 1, "failed": 1, "skipped": 10}
+    finally:
+        for s in swarms:
+            s.stop()
+        client.close()
+        a.stop()
+        b.stop()
