@@ -117,6 +117,14 @@ def add_swarm_options(
         help="swarm processes for large swarms (default: one per core)",
     )
     p.add_argument("--wave", type=int, default=100, help="agents started at once per worker")
+    p.add_argument(
+        "--fold-window",
+        type=float,
+        default=5.0,
+        help="the simulated agents' job.fold window (seconds; the agent's own is 0.2): "
+        "hundreds of agents sharing a core take seconds for what one VM does in "
+        "milliseconds, so the server gets the messages it would get from real machines",
+    )
     p.add_argument("--connect-timeout", type=float, default=connect_timeout)
     p.add_argument(
         "--max-seconds", type=int, default=max_seconds, help="stop everything after this long"
@@ -278,7 +286,7 @@ def swarm_worker(spec_path: str) -> None:
             states.append(state)
             async with limit:
                 cred = await asyncio.to_thread(enroll, state, spec["url"], key, spec["fingerprint"])
-            return Agent(state, cred, plat)
+            return Agent(state, cred, plat, fold_seconds=spec.get("fold_seconds", 0.2))
 
         async def pump(
             agent: Agent, state: CountingState, end: float, window: int, kind: str
@@ -382,6 +390,7 @@ class Swarm:
         workers: int,
         wave: int,
         connect_timeout: float,
+        fold_seconds: float = 0.2,
     ) -> None:
         self.procs: list[subprocess.Popen[str]] = []
         self.reports: list[dict[str, Any]] = []
@@ -399,6 +408,7 @@ class Swarm:
                         "dir": str(work / f"swarm{i}"),
                         "wave": wave,
                         "connect_timeout": connect_timeout,
+                        "fold_seconds": fold_seconds,
                     }
                 )
             )
@@ -468,6 +478,9 @@ class Swarm:
             except subprocess.TimeoutExpired:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(p.pid, signal.SIGKILL)
+                p.wait(15)
+            if p.stdout is not None:
+                p.stdout.close()
                 p.wait()
             if p.stdout is not None:
                 p.stdout.close()

@@ -233,6 +233,7 @@ class Bench:
             workers,
             self.args.wave,
             self.args.connect_timeout,
+            self.args.fold_window,
         )
         try:
             self.swarm.wait_connected(self.args.connect_timeout + 120)

@@ -272,6 +272,7 @@ class Bench:
                             per,
                             self.args.wave,
                             self.args.connect_timeout,
+                            self.args.fold_window,
                         )
                     )
             for sw in cfg.swarms:

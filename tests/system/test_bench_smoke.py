@@ -112,3 +112,18 @@ def test_dashboard_bench_completes_and_prints_a_table(chromium_present) -> None:
     assert rows["machines in the group"] == "5"
     assert rows["rows in the DOM (virtualised)"] == "5"
     assert rows["first render (navigation to table drawn), median"].endswith(" ms")
+
+
+def test_agent_start_bench_completes_and_prints_a_table() -> None:
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "agent_start.py"), "--runs", "1", "--no-write"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=ROOT,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = r.stdout.splitlines()
+    assert lines[0].split()[:2] == ["entry", "point"]
+    assert lines[2].startswith("crc agent run") and "MiB" in lines[2]
+    assert lines[3].startswith("python -m cloudremotecontrol.agent run") and "MiB" in lines[3]

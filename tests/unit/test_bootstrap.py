@@ -326,7 +326,7 @@ def test_systemd_install_is_idempotent_and_restarts_only_when_asked(tmp_path: Pa
     assert fake.verbs() == ["daemon-reload", "enable", "start"]
     assert "Type=notify\n" in text and "Restart=always\n" in text
     assert (
-        "ExecStart=/opt/crc-agent/venv/bin/python -m cloudremotecontrol agent run "
+        "ExecStart=/opt/crc-agent/venv/bin/python -m cloudremotecontrol.agent run "
         "--state-dir /var/lib/crc-agent --gate-ready\n"
     ) in text
     assert oct(unit.stat().st_mode & 0o777) == "0o644"

@@ -91,11 +91,13 @@ EXPECTED_JOB = {
     (J.QUEUED, JE.START): J.RUNNING,
     (J.QUEUED, JE.CANCEL): J.CANCELLED,
     (J.QUEUED, JE.LOSE): J.LOST,
+    (J.QUEUED, JE.SKIP): J.SKIPPED,  # rate control: only a target not yet reached
+    (J.QUEUED, JE.EXPIRE): J.EXPIRED,
     (J.DELIVERED, JE.START): J.RUNNING,
     **{(J.DELIVERED, e): s for e, s in ENDINGS.items()},
     **{(J.RUNNING, e): s for e, s in ENDINGS.items()},
 }
-TERMINAL = {J.SUCCEEDED, J.FAILED, J.TIMED_OUT, J.CANCELLED, J.LOST}
+TERMINAL = {J.SUCCEEDED, J.FAILED, J.TIMED_OUT, J.CANCELLED, J.LOST, J.SKIPPED, J.EXPIRED}
 
 
 @pytest.mark.parametrize("state", list(MachineState))
@@ -759,3 +761,29 @@ def test_replay_after_any_ack_resends_exactly_the_rest(n, data):
             assert [s for s, _ in state.outbox.replay(peer, 1000)] == list(range(peer + 1, n + 1))
         finally:
             state.close()
+
+
+def test_a_folded_job_result_is_checked_like_the_messages_it_stands_for() -> None:
+    from cloudremotecontrol.errors import InvalidInput, TooLarge
+    from cloudremotecontrol.protocol.frames import FEATURE_FOLD, Hello, Welcome, read_frame
+    from cloudremotecontrol.protocol.limits import MAX_OUTPUT_CHUNK_BYTES
+    from cloudremotecontrol.protocol.messages import MAX_FOLDED_CHUNKS, JobResult
+
+    base = {"job_id": "a" * 32, "status": "succeeded", "exit_code": 0}
+    r = JobResult.from_body({**base, "started": True, "output": [["stdout", "hi\n"]]})
+    assert r.started is True and r.output == (("stdout", "hi\n"),)
+    assert JobResult.from_body(base).output is None  # an older agent's result
+    big = JobResult.from_body({**base, "output": [["stderr", "é" * MAX_OUTPUT_CHUNK_BYTES]]})
+    assert big.output is not None and len(big.output[0][1].encode()) <= MAX_OUTPUT_CHUNK_BYTES
+    with pytest.raises(TooLarge):
+        JobResult.from_body({**base, "output": [["stdout", "x"]] * (MAX_FOLDED_CHUNKS + 1)})
+    for bad in ([["stdin", "x"]], [["stdout"]], ["stdout"], {"stdout": "x"}, [["stdout", 5]]):
+        with pytest.raises(InvalidInput):
+            JobResult.from_body({**base, "output": bad})
+    with pytest.raises(InvalidInput):
+        JobResult.from_body({**base, "started": "yes"})
+    hello = read_frame('{"type": "hello", "ack": 0, "features": ["job.fold", "later"]}')
+    assert isinstance(hello, Hello) and hello.features == (FEATURE_FOLD, "later")
+    assert read_frame('{"type": "welcome", "ack": 0}') == Welcome(ack=0)  # an older server
+    with pytest.raises(TooLarge):
+        read_frame('{"type": "hello", "ack": 0, "features": [' + '"x",' * 16 + '"x"]}')

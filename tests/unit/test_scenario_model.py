@@ -433,3 +433,42 @@ def test_on_ttl_destroy_needs_a_ttl_and_the_vultr_provider():
     assert len(got) == 1 and "the server cannot destroy local machines" in got[0], got
     got = problems(base.format(extra="ttl: 1h\n        on_ttl: nuke"))
     assert len(got) == 1 and "'nuke' is not one of: revoke, destroy" in got[0], got
+
+
+def test_run_steps_take_rate_control_checked_like_the_api() -> None:
+    from cloudremotecontrol.protocol.rollout import Limit, Rollout
+
+    s = parse("""\
+        name: lab
+        machines: {a: {}, b: {}}
+        steps:
+          - name: roll
+            run: echo hi
+            max_concurrency: 25%
+            max_errors: 1
+            canary: 1
+            batch_wait: 2s
+            deliver_within: 5m
+        """)
+    assert s.steps[0].rollout == Rollout(Limit(25, True), Limit(1), 2.0, 1, 300.0)
+    got = problems("""\
+        name: lab
+        machines: {a: {}}
+        steps:
+          - name: roll
+            run: echo hi
+            max_concurrency: 0
+          - name: other
+            run: echo hi
+            max_errors: 150%
+          - name: copy
+            push: {dest: /x, content: y}
+            canary: 1
+        """)
+    expected = [
+        "s.yaml:6:22: steps.roll.max_concurrency: --max-concurrency must be at least 1",
+        "s.yaml:9:17: steps.other.max_errors: --max-errors must be at most 100%",
+        "s.yaml:12:5: steps.copy.canary: only run and script steps take canary",
+    ]
+    for want in expected:
+        assert any(p.startswith(want) for p in got), (want, got)

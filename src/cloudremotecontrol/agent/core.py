@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import random
@@ -23,12 +24,24 @@ from typing import Any
 from .. import __version__
 from ..errors import CrcError, InvalidInput, KeyRejected, Unavailable
 from ..protocol.delivery import Receipt, Verdict
-from ..protocol.frames import Ack, ErrorFrame, Hello, Msg, Welcome, read_frame, write_frame
+from ..protocol.frames import (
+    FEATURE_ACK,
+    FEATURE_FOLD,
+    FEATURES,
+    Ack,
+    ErrorFrame,
+    Hello,
+    Msg,
+    Welcome,
+    read_frame,
+    write_frame,
+)
 from ..protocol.frames import Revoked as RevokedFrame
 from ..protocol.limits import HEARTBEAT_SECONDS, MAX_FRAME_BYTES, MAX_OUTPUT_CHUNK_BYTES
 from ..protocol.messages import (
     JOB_ID,
     JOB_KINDS,
+    MAX_FOLDED_CHUNKS,
     Envelope,
     Facts,
     FileGet,
@@ -57,6 +70,8 @@ from .streams import StreamServer
 __all__ = ["Agent", "Revoked", "enroll"]
 
 log = logging.getLogger("crc.agent")
+FOLD_SECONDS = 0.2  # a job that ends this soon after it started is reported in one message
+FOLD_MAX_BYTES = 32 << 10  # ... with at most this much output
 BACKOFF_MIN = 0.5
 BACKOFF_MAX = 30.0
 FACTS_SECONDS = 30.0
@@ -133,9 +148,12 @@ class Agent:
         gate_ready: bool = False,
         follow_logs: tuple[str, ...] = (),
         facts_interval: float = FACTS_SECONDS,
+        fold_seconds: float = FOLD_SECONDS,
     ) -> None:
         self.follow_logs = follow_logs
         self.facts_interval = facts_interval
+        #: How long a job may run and still be reported in one message (``job.fold``).
+        self.fold_seconds = fold_seconds
         self.urls = split_urls(cred.url)
         self._url_index = 0
         self.state = state
@@ -144,6 +162,10 @@ class Agent:
         self.gate_ready = gate_ready
         self.inbox = state.inbox
         self._ws: Any = None
+        #: What the server said it applies in its welcome (``job.fold``...).
+        self.server_features: frozenset[str] = frozenset()
+        self._ack_pending: int | None = None  # msg.ack: processed, not yet acknowledged
+        self._ack_timer: asyncio.Task[None] | None = None
         self._jobs: dict[str, asyncio.Event] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self.connected = asyncio.Event()
@@ -196,7 +218,12 @@ class Agent:
         env = Envelope.of(message, self.cred.group, self.cred.machine, to, correlation_id)
         # One lock keeps frames on the wire in sequence order whatever task sends them.
         async with self._send_lock:
-            _, frame = self.state.enqueue(env, job_done=job_done, job_process=job_process)
+            seq, frame = self.state.enqueue(env, job_done=job_done, job_process=job_process)
+            if self._ack_pending is not None and self._ws is not None:
+                # msg.ack: the deferred ack rides on this message (kept without it: a
+                # replay after a reconnect needs none, the hello says what was processed).
+                frame = write_frame(Msg(seq=seq, msg=env.to_dict(), ack=self._ack_pending))
+                self._ack_pending = None
             await self._transmit(frame)
 
     async def emit(self, type: object, body: object, to: str = "master") -> None:
@@ -256,7 +283,7 @@ class Agent:
                 except (OSError, CrcError, asyncio.TimeoutError, ssl.SSLError) as exc:
                     log.warning("connection to %s failed: %s", self.url, exc)
                     self._next_url()
-                except Exception as exc:  # noqa: BLE001 -- websockets raises many kinds
+                except Exception as exc:  # noqa: BLE001 -- the connection may fail in many ways
                     log.warning("connection to %s lost: %s", self.url, exc)
                     self._next_url()
                 self.connected.clear()
@@ -326,6 +353,7 @@ class Agent:
             resume_from=self.state.resume_from(),
             agent_version=__version__,
             ready=self.state.get("ready") == "1",
+            features=FEATURES,
         )
 
     def welcomed(self, welcome: Welcome) -> list[str]:
@@ -351,31 +379,34 @@ class Agent:
         return [frame for _, frame in self.state.frames_after(welcome.ack)]
 
     async def _session(self) -> None:
-        from websockets.asyncio.client import connect
-        from websockets.exceptions import ConnectionClosed, InvalidStatus
+        from .wsclient import ConnectionClosed, HandshakeRefused, connect
 
         ctx, pem = client_context(self.url, self.cred.fingerprint, self.cred.cert_pem)
         if pem and pem != self.cred.cert_pem:
             self.cred.cert_pem = pem
             self.state.save_credential(self.cred)
         try:
-            async with connect(
+            ws = await connect(
                 _ws_url(self.url),
-                ssl=ctx,
-                additional_headers={"Authorization": f"Bearer {self.cred.credential}"},
+                ssl_context=ctx,
+                headers={
+                    "Authorization": f"Bearer {self.cred.credential}",
+                    "User-Agent": f"crc-agent/{__version__}",
+                },
                 max_size=MAX_FRAME_BYTES,
-                compression=None,
                 open_timeout=20,
                 ping_interval=HEARTBEAT_SECONDS,
                 ping_timeout=HEARTBEAT_SECONDS,
-                user_agent_header=f"crc-agent/{__version__}",
-            ) as ws:
+            )
+            async with ws:
                 await ws.send(write_frame(self.hello()))
                 first = read_frame(await asyncio.wait_for(ws.recv(), 20))
                 if isinstance(first, RevokedFrame):
                     raise Revoked(first.reason)
                 if not isinstance(first, Welcome):
                     raise InvalidInput(f"unexpected first frame {first.TYPE!r}")
+                self.server_features = frozenset(first.features or ())
+                self._ack_pending = None  # the hello said what was processed
                 async with self._send_lock:
                     for frame in self.welcomed(first):
                         await ws.send(frame)
@@ -389,14 +420,11 @@ class Agent:
                     self._ws = None
                     self.connected.clear()
         except ConnectionClosed as exc:
-            rcvd = exc.rcvd
-            if rcvd is not None and rcvd.code in (4401, 4403):
-                raise Revoked(rcvd.reason or "machine revoked") from None
+            if exc.code in (4401, 4403):
+                raise Revoked(exc.reason or "machine revoked") from None
             raise Unavailable(f"connection closed: {exc}") from None
-        except InvalidStatus as exc:
-            raise Unavailable(
-                f"server refused the connection: HTTP {exc.response.status_code}"
-            ) from None
+        except HandshakeRefused as exc:
+            raise Unavailable(f"server refused the connection: HTTP {exc.status}") from None
 
     # -- receiving: one handler per frame ----------------------------------------------
     async def _on_frame(self, ws: Any, text: str | bytes) -> None:
@@ -503,8 +531,32 @@ class Agent:
         """Record message ``seq`` processed (see ``AgentState.mark_processed``) and ack it;
         False for a job seen before (do not run it again)."""
         fresh = self.state.mark_processed(seq, start_job=start_job, message=message)
-        await ws.send(write_frame(Ack(seq=seq)))
+        if FEATURE_ACK in self.server_features:
+            self._defer_ack(seq)
+        else:
+            await ws.send(write_frame(Ack(seq=seq)))
         return fresh
+
+    def _defer_ack(self, seq: int) -> None:
+        """``msg.ack``: the next message sent carries the ack (a job's result, say); if
+        none goes within ``fold_seconds``, an ``ack`` frame does."""
+        self._ack_pending = max(seq, self._ack_pending or 0)
+        if self._ack_timer is None:
+            self._ack_timer = asyncio.get_running_loop().create_task(self._ack_later())
+            self._tasks.add(self._ack_timer)
+            self._ack_timer.add_done_callback(self._tasks.discard)
+
+    async def _ack_later(self) -> None:
+        try:
+            await asyncio.sleep(self.fold_seconds)
+            async with self._send_lock:
+                pending, self._ack_pending = self._ack_pending, None
+                ws = self._ws
+                if pending is not None and ws is not None:
+                    with contextlib.suppress(Exception):
+                        await ws.send(write_frame(Ack(seq=pending)))
+        finally:
+            self._ack_timer = None
 
     # -- receiving: one handler per message type ---------------------------------------
     async def _on_job_run(self, ws: Any, seq: int, job: JobRun, env: Envelope) -> None:
@@ -550,22 +602,13 @@ class Agent:
     # -- jobs ---------------------------------------------------------------------------
     async def _run_job(self, job: JobRun) -> None:
         cancel = self._jobs.setdefault(job.job_id, asyncio.Event())
-
-        async def output(stream: str, data: str) -> None:
-            await self.send(JobOutput(job.job_id, stream, data))
-
-        async def started(pid: int) -> None:
-            await self.send(
-                JobStarted(job.job_id),
-                job_process=(job.job_id, self.platform.process_identity(pid)),
-            )
-
+        report = _Report(self, job.job_id, FEATURE_FOLD in self.server_features)
         try:
             outcome = await run_job(
                 job,
                 self.platform,
-                output,
-                started,
+                report.output,
+                report.started,
                 cancel,
                 {
                     "CRC_MACHINE": self.cred.machine,
@@ -577,7 +620,7 @@ class Agent:
             )
         finally:
             self._jobs.pop(job.job_id, None)
-        await self._job_ended(job.job_id, outcome.status, outcome.exit_code, outcome.reason)
+        await report.ended(outcome.status, outcome.exit_code, outcome.reason)
 
     async def _hosts_sync(self, sync: HostsSync) -> None:
         # Taken before the first await: tasks start in arrival order, and the lock
@@ -679,6 +722,72 @@ class Agent:
         if self.state.get("ready") != "1":
             self.state.put("ready", "1")
         await self.send(SystemReady())
+
+
+class _Report:
+    """How one job is reported. Without ``fold``: a ``job.started`` once its process
+    runs, then ``job.output`` chunks, then the ``job.result``. With ``fold`` (the server
+    applies ``job.fold``), a job that ends within ``Agent.fold_seconds`` with at most
+    ``FOLD_MAX_BYTES`` of output is one ``job.result`` carrying its output; past either
+    bound the start notice and the output held so far go out, and the rest streams as
+    without. The process is recorded at once either way (crash recovery kills it)."""
+
+    def __init__(self, agent: Agent, job_id: str, fold: bool) -> None:
+        self.agent, self.job_id = agent, job_id
+        self.streaming = not fold
+        self.held: list[tuple[str, str]] = []
+        self.held_bytes = 0
+        self.lock = asyncio.Lock()
+        self.timer: asyncio.Task[None] | None = None
+        self.process_started = False
+
+    async def started(self, pid: int) -> None:
+        self.process_started = True
+        process = (self.job_id, self.agent.platform.process_identity(pid))
+        if self.streaming:
+            await self.agent.send(JobStarted(self.job_id), job_process=process)
+            return
+        self.agent.state.record_job_process(*process)
+        self.timer = asyncio.get_running_loop().create_task(self._window())
+
+    async def _window(self) -> None:
+        await asyncio.sleep(self.agent.fold_seconds)
+        async with self.lock:
+            await self._stream()
+
+    async def _stream(self) -> None:
+        """Leave folding (the lock held): the start notice, then what was held."""
+        if self.streaming:
+            return
+        self.streaming = True
+        await self.agent.send(JobStarted(self.job_id))
+        for stream, data in self.held:
+            await self.agent.send(JobOutput(self.job_id, stream, data))
+        self.held.clear()
+
+    async def output(self, stream: str, data: str) -> None:
+        async with self.lock:
+            if self.streaming:
+                await self.agent.send(JobOutput(self.job_id, stream, data))
+                return
+            self.held.append((stream, data))
+            self.held_bytes += len(data.encode())
+            if self.held_bytes > FOLD_MAX_BYTES or len(self.held) >= MAX_FOLDED_CHUNKS:
+                await self._stream()
+
+    async def ended(self, status: str, exit_code: int | None, reason: str | None) -> None:
+        async with self.lock:
+            if self.timer is not None:  # asleep or waiting for the lock: never mid-send
+                self.timer.cancel()
+            if self.streaming:
+                await self.agent._job_ended(self.job_id, status, exit_code, reason)
+                return
+            result = dataclasses.replace(
+                _job_result(self.job_id, status, exit_code, reason),
+                started=True if self.process_started else None,
+                output=tuple(self.held) if self.held else None,
+            )
+            await self.agent.send(result, job_done=self.job_id)
 
 
 def _job_result(job_id: str, status: str, exit_code: int | None, reason: str | None) -> JobResult:

@@ -1,13 +1,17 @@
 """The agent's few HTTPS calls (enrollment, roster, kv, file uploads): stdlib urllib over
-the pinned TLS context, with server errors turned into the error hierarchy."""
+the pinned TLS context, with server errors turned into the error hierarchy.
+
+urllib (and the http.client and email modules it loads) is imported on the first call:
+an enrolled agent that moves no file never needs it, and saves its memory."""
 
 from __future__ import annotations
 
 import json
 import ssl
-import urllib.error
-import urllib.request
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import urllib.error
 
 from ..errors import CrcError, Unavailable, error_from_payload
 
@@ -37,6 +41,9 @@ def call_json(
     """Send a request (a JSON ``body``, or raw ``data`` such as an open file) and return
     the JSON answer. ``url`` must be http(s): callers got ``ctx`` from client_context(),
     which accepts nothing else."""
+    import urllib.error
+    import urllib.request
+
     all_headers = dict(headers or {})
     if credential is not None:
         all_headers["Authorization"] = f"Bearer {credential}"

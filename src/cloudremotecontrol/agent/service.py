@@ -16,7 +16,6 @@ from ..protocol.names import check_message_type
 from . import sdnotify
 from .control import ControlServer
 from .core import Agent, Revoked, load_or_enroll
-from .install import SERVICE_MARKER, uninstall_agent
 from .lock import StateDirLock
 from .platform import current
 from .state import AgentState
@@ -74,6 +73,8 @@ def run_agent(
         except Revoked as exc:
             state.put("revoked", exc.message)
             _remove_hosts_block(platform, cred.group)
+            from .install import SERVICE_MARKER
+
             uninstall = exc.uninstall and (Path(state_dir) / SERVICE_MARKER).exists()
             raise
         return "stopped"
@@ -101,6 +102,8 @@ def _uninstall_self(platform: Any, state_dir: Path) -> None:
     """The group was deleted with ``uninstall_on_delete``: remove this agent's service
     (disabled, definition removed; it ends as this process exits) and its state (the
     credential is revoked anyway). The agent's code stays where the bootstrap put it."""
+    from .install import uninstall_agent
+
     try:
         out = uninstall_agent(platform, state_dir, purge=True, stop=False)
     except Exception as exc:  # noqa: BLE001 -- logged; the agent stops either way

@@ -168,6 +168,12 @@ class AgentState:
                 )
         return seq, frame
 
+    def record_job_process(self, job_id: str, identity: str | None) -> None:
+        """A running job's process (``Platform.process_identity``), for
+        ``interrupted_jobs``, when no message goes with it (a folded job)."""
+        with self.transaction():
+            self.db.execute("UPDATE jobs SET proc = ? WHERE job_id = ?", (identity, job_id))
+
     def frames_after(self, after: int) -> list[tuple[int, str]]:
         """Unacknowledged frames numbered above ``after``, in order."""
         return self.outbox.replay(after, limit=-1)

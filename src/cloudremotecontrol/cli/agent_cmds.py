@@ -109,41 +109,22 @@ def run_cmd(
     One agent per state directory: a second one exits at once (exit 9). Stops on
     SIGTERM/SIGINT, or for good when its machine is revoked (with --json: one line
     {"event": "stopped", ...})."""
-    from .. import logsafe
-    from ..agent.core import Revoked
-    from ..agent.service import run_agent
+    from ..agent.main import run
 
-    # Every log line is redacted (credential, key, Authorization headers), at any level.
-    logsafe.configure(log_level, "%(asctime)s crc-agent %(levelname)s %(name)s %(message)s")
-    if key_file:
-        try:
-            key = Path(key_file).read_text().strip()
-        except OSError as exc:
-            raise InvalidInput(f"cannot read key file {key_file}: {exc.strerror}") from None
-    import os
-
-    # Jobs inherit the agent's environment: the key must not be in it.
-    os.environ.pop("CRC_KEY", None)
-    try:
-        run_agent(
-            _state_dir(state_dir),
-            url,
-            key,
-            fingerprint,
-            gate_ready=gate_ready,
-            follow_logs=follow_logs,
-            facts_interval=facts_interval,
-            keep_messages_days=keep_messages_days,
-            hosts_file=hosts_file,
-        )
-    except Revoked as exc:
-        if as_json:
-            emit_json({"event": "stopped", "revoked": True, "reason": exc.message})
-        else:
-            click.echo(f"crc agent: stopping: {exc.message}", err=True)
-        return
-    if as_json:
-        emit_json({"event": "stopped", "revoked": False, "reason": None})
+    run(
+        url=url,
+        key=key,
+        key_file=key_file,
+        fingerprint=fingerprint,
+        state_dir=state_dir,
+        gate_ready=gate_ready,
+        follow_logs=follow_logs,
+        facts_interval=facts_interval,
+        keep_messages_days=keep_messages_days,
+        log_level=log_level,
+        hosts_file=hosts_file,
+        as_json=as_json,
+    )
 
 
 def _call(state_dir: str | None, request: dict[str, Any]) -> dict[str, Any]:

@@ -189,6 +189,25 @@ def _announce(started: dict[str, Any], group: str, as_json: bool) -> None:
 )
 @click.option("--env", "envs", multiple=True, help="KEY=VALUE for the command (repeatable).")
 @click.option("--cwd", help="Working directory on the machine.")
+@click.option(
+    "--max-concurrency", metavar="N|P%", help="At most N (or P% of the targets) running at once."
+)
+@click.option(
+    "--max-errors",
+    metavar="N|P%",
+    help="Once N (or P%) targets failed, start no other: the rest end skipped.",
+)
+@click.option("--batch-wait", metavar="DURATION", help="How long a finished target keeps its slot.")
+@click.option(
+    "--canary",
+    metavar="N",
+    help="Run on the first N targets; the rest only if all of them succeed.",
+)
+@click.option(
+    "--deliver-within",
+    metavar="DURATION",
+    help="Targets not reached by then (offline machines) end expired.",
+)
 @error_exit_option
 @json_option
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
@@ -199,6 +218,11 @@ def run(
     shell: str | None,
     envs: tuple[str, ...],
     cwd: str | None,
+    max_concurrency: str | None,
+    max_errors: str | None,
+    batch_wait: str | None,
+    canary: str | None,
+    deliver_within: str | None,
     as_json: bool,
     command: tuple[str, ...],
 ) -> None:
@@ -211,8 +235,13 @@ def run(
     130 cancelled); crc's own failures 2-9, or --error-exit's CODE. Ctrl-C, SIGTERM
     and SIGHUP cancel the job on every machine. With --json the first line is
     {"job_id", "group", "targets"}, then output lines and one result line per target.
+
+    Rate control (--max-concurrency, --max-errors, --batch-wait, --canary,
+    --deliver-within) is enforced by the server: if crc run stops, the job goes on by
+    the same rules. Targets it gives up on end skipped or expired (exit code 125).
     """
     from ..master.client import worst_exit_code
+    from ..protocol.rollout import Rollout
     from .master_cmds import _duration as duration
 
     env: dict[str, str] = {}
@@ -222,6 +251,16 @@ def run(
             raise InvalidInput(f"invalid --env {item!r}: use KEY=VALUE")
         env[k] = v
     spec: dict[str, Any] = {"env": env, "cwd": cwd, "timeout": duration(timeout)}
+    rules = {
+        "max_concurrency": max_concurrency,
+        "max_errors": max_errors,
+        "batch_wait": duration(batch_wait),
+        "canary": canary,
+        "deliver_within": duration(deliver_within),
+    }
+    rollout = Rollout.from_body(rules)  # refused here already (exit 2), as the server would
+    if rollout is not None:
+        spec.update(rollout.to_body())
     if shell:
         spec.update(command=" ".join(command), shell=shell)
     elif len(command) == 1 and any(c in command[0] for c in _SHELL_CHARS):
@@ -376,6 +415,9 @@ def job_show(job_id: str, as_json: bool) -> None:
     started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(j["created"]))
     click.echo(f"job {j['job_id']} in group {j['group']}, started {started} by {j['by']}")
     click.echo(f"{j['spec'].get('type', 'job.run')}: {safe(_what(j['spec']))}")
+    if j.get("rollout"):  # rate control, as the server applies it
+        rules = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in j["rollout"].items())
+        click.echo(f"rate control: {safe(rules)}")
     print_table(
         ["MACHINE", "STATUS", "EXIT", "UPDATED", "REASON"],
         [

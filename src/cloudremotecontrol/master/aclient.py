@@ -30,7 +30,7 @@ from . import calls
 from .calls import KEEPALIVE, Call, StreamCall, parse_sse_line, raise_for
 from .client import file_digest, is_untrusted, split_urls, untrusted_error
 from .profile import Profile, load_profile
-from .types import Event, JobResult, Message, RunResult
+from .types import Event, JobResult, Message, RunResult, is_final
 from .waits import FLOOR_TYPES, MessageWait, ReadyWait
 
 if TYPE_CHECKING:
@@ -260,10 +260,21 @@ class AsyncClient:
         env: dict[str, str] | None = None,
         cwd: str | None = None,
         timeout: float | None = None,
+        max_concurrency: int | str | None = None,
+        max_errors: int | str | None = None,
+        batch_wait: float | None = None,
+        canary: int | None = None,
+        deliver_within: float | None = None,
     ) -> dict[str, Any]:
-        return dict(
-            await self._do(calls.start_job(group, to, argv, command, shell, env, cwd, timeout))
-        )
+        rollout = {
+            "max_concurrency": max_concurrency,
+            "max_errors": max_errors,
+            "batch_wait": batch_wait,
+            "canary": canary,
+            "deliver_within": deliver_within,
+        }
+        call = calls.start_job(group, to, argv, command, shell, env, cwd, timeout, rollout)
+        return dict(await self._do(call))
 
     async def list_jobs(self, group: str, limit: int = 50) -> list[dict[str, Any]]:
         return list(await self._do(calls.list_jobs(group, limit)))
@@ -275,7 +286,7 @@ class AsyncClient:
         out = {}
         for t in (await self.job(job_id))["targets"]:
             r = JobResult.from_dict({**t, "job_id": job_id})
-            if r.status in ("succeeded", "failed", "timed_out", "cancelled", "lost"):
+            if is_final(r.status):
                 out[r.machine] = r
         return out
 

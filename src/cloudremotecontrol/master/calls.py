@@ -142,10 +142,16 @@ def start_job(
     env: dict[str, str] | None,
     cwd: str | None,
     timeout: float | None,
+    rollout: dict[str, Any] | None = None,
 ) -> Call:
+    """``rollout``: rate control (``max_concurrency``, ``max_errors``, ``batch_wait``,
+    ``canary``, ``deliver_within``); only the keys set are sent."""
     body = {"to": to, "argv": argv, "command": command, "shell": shell, "env": env or {}}
+    rules = {k: v for k, v in (rollout or {}).items() if v is not None}
     return Call(
-        "POST", f"/groups/{_seg(group)}/jobs", json={**body, "cwd": cwd, "timeout": timeout}
+        "POST",
+        f"/groups/{_seg(group)}/jobs",
+        json={**body, "cwd": cwd, "timeout": timeout, **rules},
     )
 
 

@@ -29,7 +29,7 @@ from ..tlspin import client_context, fetch_server_cert, fingerprint_of
 from . import calls
 from .calls import KEEPALIVE, Call, StreamCall, parse_sse_line, raise_for
 from .profile import Profile, load_profile
-from .types import Event, JobResult, Message, RunResult, exit_code_of
+from .types import Event, JobResult, Message, RunResult, exit_code_of, is_final
 from .waits import FLOOR_TYPES, MessageWait, ReadyWait
 
 if TYPE_CHECKING:
@@ -293,10 +293,30 @@ class Client:
         env: dict[str, str] | None = None,
         cwd: str | None = None,
         timeout: float | None = None,
+        max_concurrency: int | str | None = None,
+        max_errors: int | str | None = None,
+        batch_wait: float | None = None,
+        canary: int | None = None,
+        deliver_within: float | None = None,
     ) -> dict[str, Any]:
         """Start a command on the targets (``to``: a machine, ``a,b``, ``KEY=VALUE`` or
-        ``all``); returns ``{"job_id", "targets"}`` once it is durably queued."""
-        return dict(self._do(calls.start_job(group, to, argv, command, shell, env, cwd, timeout)))
+        ``all``); returns ``{"job_id", "targets"}`` once it is durably queued.
+
+        Rate control, enforced by the server whether or not this client stays:
+        ``max_concurrency`` (N or ``"P%"``) running at once; ``max_errors`` (N or
+        ``"P%"``) failures after which no other target starts (they end ``skipped``);
+        ``batch_wait`` seconds a finished target keeps its slot; ``canary`` N targets
+        first, the rest only if all succeed; ``deliver_within`` seconds after which
+        targets not reached end ``expired``."""
+        rollout = {
+            "max_concurrency": max_concurrency,
+            "max_errors": max_errors,
+            "batch_wait": batch_wait,
+            "canary": canary,
+            "deliver_within": deliver_within,
+        }
+        call = calls.start_job(group, to, argv, command, shell, env, cwd, timeout, rollout)
+        return dict(self._do(call))
 
     def list_jobs(self, group: str, limit: int = 50) -> list[dict[str, Any]]:
         """The group's latest jobs, oldest first, with their targets' statuses."""
@@ -311,7 +331,7 @@ class Client:
         out = {}
         for t in self.job(job_id)["targets"]:
             r = JobResult.from_dict({**t, "job_id": job_id})
-            if r.status in ("succeeded", "failed", "timed_out", "cancelled", "lost"):
+            if is_final(r.status):
                 out[r.machine] = r
         return out
 

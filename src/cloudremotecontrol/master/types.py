@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 from ..protocol.states import JobStatus
 
-__all__ = ["Event", "JobResult", "Message", "RunResult", "exit_code_of"]
+__all__ = ["Event", "JobResult", "Message", "RunResult", "exit_code_of", "is_final"]
 
 T = TypeVar("T", bound="_Record")
 
@@ -174,9 +174,18 @@ class RunResult(_Record):
         return {**super().to_dict(), "exit_code": self.exit_code, "ok": self.ok}
 
 
+def is_final(status: str) -> bool:
+    """Whether a target's status is final (an unknown one, from a newer server: no)."""
+    try:
+        return JobStatus(status).terminal
+    except ValueError:
+        return False
+
+
 def exit_code_of(status: str, exit_code: int | None) -> int:
     """A target's exit code as ``crc run`` reports it: its own when it failed, 124 timed
-    out, 125 lost, 130 cancelled."""
+    out, 125 lost, skipped or expired (never ran: rate control gave up on it), 130
+    cancelled."""
     if status == "succeeded":
         return 0
     if status == "failed":

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import InvalidInput, TooLarge
-from .fields import MAX_SEQ, Bool, JsonObject, Optional, Spec, Text
+from .fields import MAX_SEQ, Bool, JsonObject, ListOf, Optional, Spec, Text
 from .jsoncheck import check_json
 from .limits import MAX_FRAME_BYTES
 from .wire import REGISTRY, Direction, Frame, register, wire
@@ -70,6 +70,18 @@ class _Object(Spec):
         return value
 
 
+#: A ``job.result`` may carry the job's output, its start implied (``job.fold``): a
+#: short job is one message instead of a start notice, output chunks and a result. An
+#: agent announces it in its hello, a server that applies it in its welcome; an agent
+#: folds only for a server that said so (an older one ignores fields it does not know).
+FEATURE_FOLD = "job.fold"
+#: A ``msg`` frame may carry ``ack`` (cumulative, as an ``ack`` frame would): an agent
+#: that has something to send soon after a message it processed acknowledges it there.
+FEATURE_ACK = "msg.ack"
+FEATURES = (FEATURE_FOLD, FEATURE_ACK)
+_FEATURES = Optional(ListOf(Text(32, truncate=True), 16))
+
+
 @register
 @dataclass(frozen=True)
 class Hello(Frame):
@@ -80,6 +92,7 @@ class Hello(Frame):
     resume_from: int | None = wire(Optional(_S), None)
     agent_version: str | None = wire(Optional(Text(64, truncate=True)), None)
     ready: bool = wire(Bool(), False)
+    features: tuple[str, ...] | None = wire(_FEATURES, None)
 
 
 @register
@@ -92,6 +105,7 @@ class Welcome(Frame):
     resume_from: int | None = wire(Optional(_S), None)
     machine: str | None = wire(Optional(Text(256)), None)
     group: str | None = wire(Optional(Text(256)), None)
+    features: tuple[str, ...] | None = wire(_FEATURES, None)
 
 
 @register
@@ -102,6 +116,7 @@ class Msg(Frame):
 
     seq: int = wire(_S)
     msg: dict[str, Any] = wire(_Object())  # noqa: RUF009 -- wire() is a dataclasses.field
+    ack: int | None = wire(Optional(_S), None)  # msg.ack: the peer's messages up to it
 
 
 @register

@@ -15,7 +15,7 @@ facts               agent→server   hostname, os, os_release, arch, ips, privat
                                    public_ips, agent_version, boot_id, python
 job.started         agent→server   job_id
 job.output          agent→server   job_id, stream, data
-job.result          agent→server   job_id, status, exit_code, reason
+job.result          agent→server   job_id, status, exit_code, reason, started, output
 message.failed      agent→server   seq, type, id, reason, attempts (a dead letter)
 user.*              peer           any JSON object (data, never a command)
 ==================  =============  =====================================================
@@ -66,6 +66,9 @@ from .limits import (
 )
 from .names import check_message_type
 from .wire import REGISTRY, Direction, Message, Side, register, wire, wire_fields
+
+#: Output chunks one folded ``job.result`` may carry (the frame's size bounds it too).
+MAX_FOLDED_CHUNKS = 64
 
 __all__ = [
     "JOB_KINDS",
@@ -488,6 +491,28 @@ class JobResult(Message):
     reason: str | None = wire(
         Optional(
             Text(MAX_REASON_BYTES, truncate=True, blank_ok=True, controls_ok=True, nul_ok=True)
+        ),
+        None,
+    )
+    #: A short job folded into its result (``job.fold``): ``started`` stands for its
+    #: ``job.started``; ``output`` for its ``job.output`` chunks, ``[[stream, data],
+    #: ...]`` in the order written.
+    started: bool | None = wire(Optional(Bool()), None)
+    output: tuple[tuple[str, str], ...] | None = wire(
+        Optional(
+            ListOf(
+                Pair(
+                    Choice(("stdout", "stderr")),
+                    Text(
+                        MAX_OUTPUT_CHUNK_BYTES,
+                        truncate=True,
+                        blank_ok=True,
+                        controls_ok=True,
+                        nul_ok=True,
+                    ),
+                ),
+                MAX_FOLDED_CHUNKS,
+            )
         ),
         None,
     )

@@ -72,6 +72,8 @@ class JobStatus(str, Enum):
     TIMED_OUT = "timed_out"
     CANCELLED = "cancelled"
     LOST = "lost"
+    SKIPPED = "skipped"  # held back by rate control, then given up (error budget, canary)
+    EXPIRED = "expired"  # not reached by its agent within the job's delivery deadline
 
     @property
     def terminal(self) -> bool:
@@ -85,6 +87,8 @@ _TERMINAL = frozenset(
         JobStatus.TIMED_OUT,
         JobStatus.CANCELLED,
         JobStatus.LOST,
+        JobStatus.SKIPPED,
+        JobStatus.EXPIRED,
     }
 )
 
@@ -97,6 +101,8 @@ class JobEvent(str, Enum):
     TIME_OUT = "time_out"
     CANCEL = "cancel"  # the master cancelled it (or the agent reports it cancelled)
     LOSE = "lose"  # the agent crashed/rebooted mid-job, or the machine went away
+    SKIP = "skip"  # rate control gave up on a held target (error budget spent, canary)
+    EXPIRE = "expire"  # not reached within the job's delivery deadline
 
 
 _J = JobStatus
@@ -115,6 +121,8 @@ JOB_TRANSITIONS: dict[tuple[JobStatus, JobEvent], JobStatus] = {
     (_J.DELIVERED, _JE.START): _J.RUNNING,
     (_J.QUEUED, _JE.CANCEL): _J.CANCELLED,
     (_J.QUEUED, _JE.LOSE): _J.LOST,
+    (_J.QUEUED, _JE.SKIP): _J.SKIPPED,
+    (_J.QUEUED, _JE.EXPIRE): _J.EXPIRED,
     # A result can overtake the start notice's effect (both arrive in one batch), and
     # an agent reports a job it never started (cancelled before start, refused) as ended.
     **{(_J.DELIVERED, e): s for e, s in _ENDINGS.items()},

@@ -19,7 +19,17 @@ from typing import Any
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from ..errors import CrcError, Unauthorized
-from ..protocol.frames import Ack, ErrorFrame, Hello, Msg, Revoked, Welcome, read_frame, write_frame
+from ..protocol.frames import (
+    FEATURES,
+    Ack,
+    ErrorFrame,
+    Hello,
+    Msg,
+    Revoked,
+    Welcome,
+    read_frame,
+    write_frame,
+)
 from ..protocol.wire import Dispatcher, Frame, Side
 from . import auth
 from .hub import AgentLink
@@ -68,6 +78,7 @@ async def agent_endpoint(ws: WebSocket) -> None:
                 resume_from=info["resume_from"],
                 machine=m["name"],
                 group=m["group_name"],
+                features=FEATURES,
             )
         )
     )
@@ -118,7 +129,7 @@ class _Connection:
 
     async def on_msg(self, frame: Msg) -> bool:
         result = await self.store.write(
-            delivery.apply_agent_message, self.m["id"], frame.seq, frame.msg
+            delivery.apply_agent_message, self.m["id"], frame.seq, frame.msg, frame.ack
         )
         receipt = result["receipt"]
         if result.get("deliveries"):

@@ -31,6 +31,7 @@ from .openapi import install_openapi
 from .ops import delivery
 from .ops import groups as groups_ops
 from .ops import retention as retention_ops
+from .ops import rollout as rollout_ops
 from .ops import teardown as teardown_ops
 from .store.base import Store
 from .teardown import run_due_teardowns
@@ -41,6 +42,7 @@ log = logging.getLogger(__name__)
 
 TOUCH_SECONDS = 30.0
 EXPIRE_SECONDS = 1.0
+ROLLOUT_SECONDS = 0.25
 
 
 class BodyLimit:
@@ -121,12 +123,14 @@ def create_app(
             toucher = tg.create_task(_touch_loop(store, hub))
             expirer = tg.create_task(_expire_loop(app, store, hub))
             pruner = tg.create_task(_retention_loop(app, store))
+            roller = tg.create_task(_rollout_loop(store, hub))
             try:
                 yield
             finally:
                 toucher.cancel()
                 expirer.cancel()
                 pruner.cancel()
+                roller.cancel()
                 for link in list(hub.links.values()):
                     link.closed = True
                     with contextlib.suppress(Exception):
@@ -237,6 +241,23 @@ async def _expire_loop(app: FastAPI, store: Store, hub: Hub) -> None:
                 await hub.revoke(revoked, "group expired (TTL)")
         with contextlib.suppress(CrcError):
             await run_due_teardowns(store, getattr(app.state, "teardown_cipher", None))
+
+
+async def _rollout_loop(store: Store, hub: Hub) -> None:
+    """Rate-controlled jobs whose batch wait is over or whose delivery deadline passed
+    (ops/rollout.py); a target ending is handled where its result is stored. A read
+    finds them: nothing is written while no job is due."""
+    while True:
+        await asyncio.sleep(ROLLOUT_SECONDS)
+        try:
+            at = time.time()
+            due = await store.read(rollout_ops.due_jobs, at)
+            if due:
+                hub.deliver(await store.write(rollout_ops.due, due, at))
+        except CrcError as exc:
+            log.warning("rate control: trying again: %s", exc)
+        except Exception as exc:  # noqa: BLE001 -- the loop must outlive one failure
+            log.error("rate control: trying again: %r", exc)
 
 
 async def _retention_loop(app: FastAPI, store: Store) -> None:

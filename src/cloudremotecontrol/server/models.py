@@ -46,6 +46,23 @@ class JobCreate(StrictBody):
     env: dict[str, str] = Field(default_factory=dict)
     cwd: str | None = None
     timeout: float | None = None
+    # Rate control, enforced by the server (protocol/rollout.py checks the values).
+    max_concurrency: int | str | None = Field(
+        default=None, description="at most N (or P% of the targets) running at once"
+    )
+    max_errors: int | str | None = Field(
+        default=None,
+        description="once N (or P%) targets failed, start no other (they end skipped)",
+    )
+    batch_wait: float | None = Field(
+        default=None, description="seconds a finished target keeps its slot"
+    )
+    canary: int | None = Field(
+        default=None, description="run on the first N targets; the rest only if all succeed"
+    )
+    deliver_within: float | None = Field(
+        default=None, description="seconds; targets not reached by then end expired"
+    )
 
 
 class Enroll(StrictBody):

@@ -14,11 +14,13 @@ from dataclasses import dataclass
 __all__ = ["SERVICE_NAME", "ServiceChange", "ServiceManager", "ServiceSpec"]
 
 SERVICE_NAME = "crc-agent"
+LEAN_MODULE = "cloudremotecontrol.agent"  # python -m cloudremotecontrol.agent run ...
 
 
 @dataclass(frozen=True)
 class ServiceSpec:
-    """What the service runs: ``python *entry agent run *run_args``.
+    """What the service runs: ``python *entry agent run *run_args`` (for the installed
+    package, ``python -m cloudremotecontrol.agent run *run_args``).
 
     ``entry`` is how ``python`` reaches this copy of crc: ``("-m", "cloudremotecontrol")``
     for an installed package (the bootstrap's venv), or ``("/path/crc-agent.pyz",)``.
@@ -33,6 +35,10 @@ class ServiceSpec:
 
     @property
     def argv(self) -> list[str]:
+        if tuple(self.entry[-2:]) == ("-m", "cloudremotecontrol"):
+            # The installed package's lean entry point (agent/main.py): the agent
+            # without click and the CLI, master and server code.
+            return [self.python, *self.entry[:-1], LEAN_MODULE, "run", *self.run_args]
         return [self.python, *self.entry, "agent", "run", *self.run_args]
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ...errors import InvalidInput
+from ...protocol.rollout import Rollout
 from .yamlnodes import NodeReader, Problem, ScenarioError, Where, parse_duration
 
 __all__ = [
@@ -130,6 +131,8 @@ class Step:
     retry_delay: float
     timeout: float
     where: Where
+    #: Rate control of a run/script step's job (``max_concurrency`` ... as in the API).
+    rollout: Rollout | None = None
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,10 @@ from typing import Any
 
 import yaml
 
-from ...errors import CrcError
+from ...errors import CrcError, InvalidInput
 from ...protocol.names import check_label, check_message_type, check_name
+from ...protocol.rollout import KEYS as ROLLOUT_KEYS
+from ...protocol.rollout import Rollout
 from ...providers import (
     DEFAULT_PROVIDER,
     Capabilities,
@@ -67,6 +69,7 @@ _STEP = (
     "shell",
     "env",
     "cwd",
+    *ROLLOUT_KEYS,
     *STEP_KINDS,
 )
 _OS_NAMES = {"linux": "Linux", "windows": "Windows"}
@@ -398,9 +401,10 @@ class ScenarioParser:
         kind = kinds[0]
         assert name is not None
         label = f"steps.{name}"
-        for key in ("shell", "env", "cwd"):
+        for key in ("shell", "env", "cwd", *ROLLOUT_KEYS):
             if key in e and kind not in ("run", "script"):
                 r.error(e[key][0], f"{label}.{key}", f"only run and script steps take {key}")
+        rollout = self._rollout(e, label)
         to = "all"
         if "to" in e:
             to = r.string(e["to"][1], f"{label}.to") or "all"
@@ -433,8 +437,31 @@ class ScenarioParser:
                 retry_delay=delay,
                 timeout=timeout,
                 where=r.where(node),
+                rollout=rollout,
             ),
         )
+
+    def _rollout(self, e: dict[str, Any], label: str) -> Rollout | None:
+        """A step's rate control (protocol/rollout.py checks it as the server does);
+        durations may be written ``30s``, ``2m``."""
+        r = self.r
+        rules: dict[str, Any] = {}
+        for key in ROLLOUT_KEYS:
+            if key not in e:
+                continue
+            node = e[key][1]
+            if key in ("batch_wait", "deliver_within"):
+                rules[key] = r.duration(node, f"{label}.{key}")
+                if rules[key] is None:
+                    return None
+            else:
+                rules[key] = r.value(node) if isinstance(node, yaml.ScalarNode) else [None]
+        try:
+            return Rollout.from_body(rules)
+        except InvalidInput as exc:
+            where = e[exc.details.get("field", "")][1] if exc.details.get("field") in e else None
+            r.error(where, f"{label}.{exc.details.get('field', 'rollout')}", exc.message)
+            return None
 
     def _targets(self, to: str, node: yaml.Node, path: str) -> list[str] | None:
         names = list(self.machines)

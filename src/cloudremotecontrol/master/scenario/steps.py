@@ -143,6 +143,7 @@ class StepExecutor:
             "env": {k: templates.render(v, ctx) for k, v in a.env.items()},
             "cwd": templates.render(a.cwd, ctx) if a.cwd else None,
             "timeout": step.timeout,
+            **(step.rollout.to_body() if step.rollout is not None else {}),
         }
         # Shell code gets every value quoted for its place (the parser made sure that a
         # templated command has one dialect); an argv's plain arguments reach no shell.

@@ -227,7 +227,9 @@ def ack_outbox(tx: Tx, machine_id: str, seq: int) -> int:
     return outbox(tx, machine_id).ack(seq)
 
 
-def apply_agent_message(tx: Tx, machine_id: str, seq: int, raw: dict[str, Any]) -> dict[str, Any]:
+def apply_agent_message(
+    tx: Tx, machine_id: str, seq: int, raw: dict[str, Any], ack: int | None = None
+) -> dict[str, Any]:
     """Apply message ``seq`` from a machine once. Returns ``{"receipt", ...}``.
 
     Duplicates are acknowledged again and otherwise ignored; a gap means the agent must
@@ -235,7 +237,8 @@ def apply_agent_message(tx: Tx, machine_id: str, seq: int, raw: dict[str, Any]) 
     acknowledged (so it is not re-sent for ever) and recorded as an ``agent.error``
     event, with nothing else stored. A failure of this server while applying it rolls
     back its effects and asks the agent to send it again (``"retry"``), up to
-    ``MAX_ATTEMPTS`` times; then it is given up too.
+    ``MAX_ATTEMPTS`` times; then it is given up too. ``ack``: the frame's ``msg.ack``,
+    applied as an ``ack`` frame (it drops what it acknowledges; jobs become delivered).
     """
     m = tx.one("SELECT * FROM machines WHERE id = ?", (machine_id,))
     if m is None or m["state"] == MachineState.REVOKED.value:
@@ -246,6 +249,11 @@ def apply_agent_message(tx: Tx, machine_id: str, seq: int, raw: dict[str, Any]) 
             )
         reason, uninstall = _why_revoked(group)
         return {"receipt": "revoked", "reason": reason, "uninstall": uninstall}
+    if ack is not None:  # msg.ack: an ack riding on the message, applied first
+        try:
+            ack_outbox(tx, machine_id, ack)
+        except CrcError as exc:  # refused before anything changed: like an ack frame's
+            log.warning("machine %s: ignoring the ack in message %d: %s", m["name"], seq, exc)
     box = inbox(tx, m)
     receipt = box.receive(seq)
     if receipt is Receipt.DUPLICATE:
@@ -345,16 +353,21 @@ def _on_started(tx: Tx, m: dict[str, Any], msg: JobStarted, env: Envelope) -> De
 
 
 def _on_output(tx: Tx, m: dict[str, Any], msg: JobOutput, env: Envelope) -> Deliveries:
+    _store_output(tx, m, msg.job_id, msg.stream, msg.data)
+    return []
+
+
+def _store_output(tx: Tx, m: dict[str, Any], job_id: str, stream: str, data: str) -> None:
+    """Keep a chunk of a job's output (up to the kept limit) as a ``job.output`` event."""
     jt = tx.one(
         "SELECT output_bytes FROM job_targets WHERE job_id = ? AND machine_id = ?",
-        (msg.job_id, m["id"]),
+        (job_id, m["id"]),
     )
     if jt is None:
-        return []
+        return
     kept = int(jt["output_bytes"])
     if kept >= MAX_OUTPUT_KEPT_BYTES:
-        return []
-    data = msg.data
+        return
     size = len(data.encode())
     if kept + size > MAX_OUTPUT_KEPT_BYTES:
         data = data.encode()[: MAX_OUTPUT_KEPT_BYTES - kept].decode(errors="ignore")
@@ -362,24 +375,26 @@ def _on_output(tx: Tx, m: dict[str, Any], msg: JobOutput, env: Envelope) -> Deli
         size = MAX_OUTPUT_KEPT_BYTES - kept
     tx.execute(
         "UPDATE job_targets SET output_bytes = ? WHERE job_id = ? AND machine_id = ?",
-        (kept + size, msg.job_id, m["id"]),
+        (kept + size, job_id, m["id"]),
     )
     add_event(
         tx,
         m["group_id"],
         "job.output",
-        {"job_id": msg.job_id, "stream": msg.stream, "data": data},
+        {"job_id": job_id, "stream": stream, "data": data},
         machine=m["name"],
-        job_id=msg.job_id,
+        job_id=job_id,
     )
-    return []
 
 
 def _on_result(tx: Tx, m: dict[str, Any], msg: JobResult, env: Envelope) -> Deliveries:
     event = result_event(msg.status)
     assert event is not None  # the catalogue admits terminal statuses only
-    job_event(tx, m, msg.job_id, event, msg.exit_code, msg.reason)
-    return []
+    if msg.started:  # a short job folded into its result (job.fold): what it stands for
+        job_event(tx, m, msg.job_id, JobEvent.START, None, None)
+    for stream, data in msg.output or ():
+        _store_output(tx, m, msg.job_id, stream, data)
+    return job_event(tx, m, msg.job_id, event, msg.exit_code, msg.reason)
 
 
 def _on_failed(tx: Tx, m: dict[str, Any], msg: MessageFailed, env: Envelope) -> Deliveries:

@@ -7,14 +7,16 @@ from collections.abc import Callable
 from typing import Any
 
 from ...errors import InvalidInput, NotFound
-from ...protocol.frames import Msg, write_frame
 from ...protocol.limits import DEFAULT_JOB_TIMEOUT_SECONDS
 from ...protocol.messages import Envelope, HostsSync, JobCancel, JobRun
 from ...protocol.names import Target, parse_target
+from ...protocol.rollout import KEYS as ROLLOUT_KEYS
+from ...protocol.rollout import Rollout
 from ...protocol.states import JobStatus, MachineState
 from ...protocol.wire import Message
 from ..store.base import Tx
 from .common import add_event, audit, dumps, live_group, loads, now
+from .rollout import advance, rollout_of, withdraw
 from .roster import hosts_entries, roster
 from .streams import outbox
 
@@ -66,13 +68,20 @@ def create_job(
 ) -> dict[str, Any]:
     """Returns ``{"job_id", "targets": [names], "deliveries": [(machine_id, seq, frame)]}``.
 
-    Committed before the caller sends anything: a job accepted is a job kept.
+    Committed before the caller sends anything: a job accepted is a job kept. Rate
+    control (``max_concurrency``, ``max_errors``, ``batch_wait``, ``canary``,
+    ``deliver_within`` in ``spec``: ``protocol/rollout.py``) holds targets back.
     """
+    rollout = Rollout.from_body(spec)
+    spec = {k: v for k, v in spec.items() if k not in ROLLOUT_KEYS}
     if spec.get("timeout") is None:
         spec = {**spec, "timeout": DEFAULT_JOB_TIMEOUT_SECONDS}
     job_id = uuid.uuid4().hex
     run = JobRun.from_body({**spec, "job_id": job_id})
-    return _create(tx, user, group_name, to, run, {"argv": run.argv, "command": run.command})
+    summary: dict[str, Any] = {"argv": run.argv, "command": run.command}
+    if rollout is not None:
+        summary["rollout"] = rollout.to_body()
+    return _create(tx, user, group_name, to, run, summary, rollout=rollout)
 
 
 def create_hosts_sync(
@@ -122,6 +131,7 @@ def _create(
     msg: Message,
     summary: dict[str, Any],
     blob: str | None = None,
+    rollout: Rollout | None = None,
 ) -> dict[str, Any]:
     job_id: str = getattr(msg, "job_id")  # noqa: B009 -- every job message has one
     kind, body = msg.type_name, msg.to_body()
@@ -129,29 +139,48 @@ def _create(
     target = parse_target(to)
     machines = resolve_targets(tx, group, target)
     t = now()
+    rules = dumps(rollout.to_body()) if rollout is not None else None
+    check = t + rollout.deliver_within if rollout and rollout.deliver_within else None
     tx.execute(
-        "INSERT INTO jobs (id, group_id, spec, target, created, created_by, blob) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (job_id, group["id"], dumps({"type": kind, **body}), str(target), t, user["user"], blob),
+        "INSERT INTO jobs (id, group_id, spec, target, created, created_by, blob, rollout, "
+        "rollout_check) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            job_id,
+            group["id"],
+            dumps({"type": kind, **body}),
+            str(target),
+            t,
+            user["user"],
+            blob,
+            rules,
+            check,
+        ),
     )
+    held = rollout is not None and rollout.holds
     deliveries = []
     for m in machines:
         tx.execute(
-            "INSERT INTO job_targets (job_id, machine_id, machine, status, updated) "
-            "VALUES (?, ?, ?, ?, ?)",
-            (job_id, m["id"], m["name"], JobStatus.QUEUED.value, t),
+            "INSERT INTO job_targets (job_id, machine_id, machine, status, updated, held) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (job_id, m["id"], m["name"], JobStatus.QUEUED.value, t, 1 if held else 0),
         )
-        env = Envelope.of(msg, group_name, "master", m["name"], job_id)
-        seq, frame = enqueue(tx, m, env, job_id)
-        deliveries.append((m["id"], seq, frame))
+        if not held:
+            env = Envelope.of(msg, group_name, "master", m["name"], job_id)
+            seq, frame = enqueue(tx, m, env, job_id)
+            deliveries.append((m["id"], seq, frame))
     names = [m["name"] for m in machines]
-    add_event(
-        tx,
-        group["id"],
-        "job.created",
-        {"job_id": job_id, "type": kind, "targets": names, "spec": body, "by": user["user"]},
-        job_id=job_id,
-    )
+    created: dict[str, Any] = {
+        "job_id": job_id,
+        "type": kind,
+        "targets": names,
+        "spec": body,
+        "by": user["user"],
+    }
+    if rollout is not None:
+        created["rollout"] = rollout.to_body()
+    add_event(tx, group["id"], "job.created", created, job_id=job_id)
+    if held:
+        deliveries += advance(tx, job_id, t)
     audit(
         tx,
         user["user_id"],
@@ -181,7 +210,7 @@ def job_view(tx: Tx, user_id: str, job_id: str) -> dict[str, Any]:
         "FROM job_targets WHERE job_id = ? ORDER BY machine",
         (job_id,),
     )
-    return {
+    view = {
         "job_id": job_id,
         "group": job["group_name"],
         "target": job["target"],
@@ -190,6 +219,10 @@ def job_view(tx: Tx, user_id: str, job_id: str) -> dict[str, Any]:
         "by": job["created_by"],
         "targets": targets,
     }
+    rollout = rollout_of(job.get("rollout"))
+    if rollout is not None:
+        view["rollout"] = rollout.to_body()
+    return view
 
 
 def list_jobs(tx: Tx, user_id: str, group_name: str, limit: int = 50) -> list[dict[str, Any]]:
@@ -229,7 +262,7 @@ def cancel_job(tx: Tx, user: dict[str, Any], job_id: str) -> dict[str, Any]:
     becomes a ``job.cancel`` in the outbox); started ones get a ``job.cancel``."""
     job = _job(tx, user["user_id"], job_id)
     targets = tx.all(
-        "SELECT t.machine_id, t.machine, t.status, m.group_id, m.out_next, "
+        "SELECT t.machine_id, t.machine, t.status, t.held, m.group_id, m.out_next, "
         "m.id FROM job_targets t JOIN machines m ON m.id = t.machine_id "
         "WHERE t.job_id = ?",
         (job_id,),
@@ -241,56 +274,41 @@ def cancel_job(tx: Tx, user: dict[str, Any], job_id: str) -> dict[str, Any]:
         if status.terminal:
             continue
         cancelling.append(t["machine"])
+        if status == JobStatus.QUEUED and t["held"]:  # rate control never released it
+            _cancelled_before_delivery(tx, job_id, t)
+            continue
         if status == JobStatus.QUEUED:
-            env = Envelope.of(
-                JobCancel(job_id=job_id, before_start=True),
-                job["group_name"],
-                "master",
-                t["machine"],
-                job_id,
-            )
             old = tx.one(
                 "SELECT seq FROM outbox WHERE machine_id = ? AND job_id = ? "
                 "AND type != 'job.cancel'",
                 (t["machine_id"], job_id),
             )
             if old is not None:
-                frame = write_frame(Msg(seq=int(old["seq"]), msg=env.to_dict()))
-                tx.execute(
-                    "UPDATE outbox SET type = 'job.cancel', envelope = ? "
-                    "WHERE machine_id = ? AND seq = ?",
-                    (frame, t["machine_id"], old["seq"]),
-                )
-                tx.execute(
-                    "UPDATE job_targets SET status = ?, reason = ?, updated = ? "
-                    "WHERE job_id = ? AND machine_id = ?",
-                    (
-                        JobStatus.CANCELLED.value,
-                        "cancelled before delivery",
-                        now(),
-                        job_id,
-                        t["machine_id"],
-                    ),
-                )
-                add_event(
-                    tx,
-                    t["group_id"],
-                    "job.status",
-                    {
-                        "job_id": job_id,
-                        "status": "cancelled",
-                        "exit_code": None,
-                        "reason": "cancelled before delivery",
-                    },
-                    machine=t["machine"],
-                    job_id=job_id,
-                )
-                # No `continue`: the agent may already have received (and started) the
-                # job.run whose ack is still on its way; a job.cancel after it stops it.
+                deliveries += withdraw(tx, job_id, job["group_name"], t)
+                _cancelled_before_delivery(tx, job_id, t)
+                continue
         env = Envelope.of(
             JobCancel(job_id=job_id), job["group_name"], "master", t["machine"], job_id
         )
         seq, frame = enqueue(tx, t, env, job_id)
         deliveries.append((t["machine_id"], seq, frame))
+    tx.execute("UPDATE jobs SET rollout_check = NULL WHERE id = ?", (job_id,))
     audit(tx, user["user_id"], user["user"], "job.cancel", job["group_name"], {"job_id": job_id})
     return {"job_id": job_id, "cancelling": cancelling, "deliveries": deliveries}
+
+
+def _cancelled_before_delivery(tx: Tx, job_id: str, t: dict[str, Any]) -> None:
+    reason = "cancelled before delivery"
+    tx.execute(
+        "UPDATE job_targets SET status = ?, reason = ?, updated = ? "
+        "WHERE job_id = ? AND machine_id = ?",
+        (JobStatus.CANCELLED.value, reason, now(), job_id, t["machine_id"]),
+    )
+    add_event(
+        tx,
+        t["group_id"],
+        "job.status",
+        {"job_id": job_id, "status": "cancelled", "exit_code": None, "reason": reason},
+        machine=t["machine"],
+        job_id=job_id,
+    )

@@ -160,17 +160,21 @@ def job_event(
     event: JobEvent,
     exit_code: int | None,
     reason: str | None,
-) -> None:
+) -> list[tuple[str, int, str]]:
     """Move machine ``m``'s target of job ``job_id`` by ``event`` (see states.py); a
-    duplicate or late report (a result after a cancel won) is ignored."""
+    duplicate or late report (a result after a cancel won) is ignored. A target of a
+    job with rate control that ends lets the rules start others: returned is what to
+    send (``(machine_id, seq, frame)``)."""
     jt = tx.one(
-        "SELECT status FROM job_targets WHERE job_id = ? AND machine_id = ?", (job_id, m["id"])
+        "SELECT t.status, j.rollout FROM job_targets t JOIN jobs j ON j.id = t.job_id "
+        "WHERE t.job_id = ? AND t.machine_id = ?",
+        (job_id, m["id"]),
     )
     if jt is None:
-        return
+        return []
     nxt = job_next(JobStatus(jt["status"]), event)
     if nxt is None:
-        return
+        return []
     tx.execute(
         "UPDATE job_targets SET status = ?, exit_code = ?, reason = ?, updated = ? "
         "WHERE job_id = ? AND machine_id = ?",
@@ -184,3 +188,8 @@ def job_event(
         machine=m["name"],
         job_id=job_id,
     )
+    if nxt.terminal and jt["rollout"] is not None:
+        from .rollout import advance  # the rules release the next targets
+
+        return advance(tx, job_id)
+    return []

@@ -160,7 +160,30 @@ def _v8(d: str) -> list[str]:
     ]
 
 
-MIGRATIONS = [(1, _v1), (2, _v2), (3, _v3), (4, _v4), (5, _v5), (6, _v6), (7, _v7), (8, _v8)]
+def _v9(d: str) -> list[str]:
+    """Rate control (``crc run --max-concurrency`` ...): a job's rules, when the server
+    must look at it again (a batch wait over, its delivery deadline), and the targets
+    still held back (no ``job.run`` queued for them yet)."""
+    real = _REAL[d]
+    return [
+        "ALTER TABLE jobs ADD COLUMN rollout TEXT",
+        f"ALTER TABLE jobs ADD COLUMN rollout_check {real}",
+        "ALTER TABLE job_targets ADD COLUMN held INTEGER NOT NULL DEFAULT 0",
+        "CREATE INDEX jobs_rollout_check ON jobs(rollout_check) WHERE rollout_check IS NOT NULL",
+    ]
+
+
+MIGRATIONS = [
+    (1, _v1),
+    (2, _v2),
+    (3, _v3),
+    (4, _v4),
+    (5, _v5),
+    (6, _v6),
+    (7, _v7),
+    (8, _v8),
+    (9, _v9),
+]
 
 
 def migrate(tx: Tx, dialect: str, raw: Any = None) -> int:

@@ -10,7 +10,7 @@
   const csrf = document.querySelector('meta[name="crc-csrf"]')?.content || "";
   const ROW_HEIGHT = 30;
   const OVERSCAN = 6;
-  const TERMINAL = new Set(["succeeded", "failed", "timed_out", "cancelled", "lost"]);
+  const TERMINAL = new Set(["succeeded", "failed", "timed_out", "cancelled", "lost", "skipped", "expired"]);
 
   // -- small helpers ---------------------------------------------------------------------
   function duration(seconds) {

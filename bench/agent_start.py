@@ -1,0 +1,158 @@
+"""Agent start-up and memory: ``crc agent run`` against the lean entry point
+``python -m cloudremotecontrol.agent run``, each run as the service runs it.
+
+One ``crc server run`` (SQLite, TLS, loopback); one machine enrolled once (its state
+dir is reused, as after a reboot). Each run starts the agent process with
+``NOTIFY_SOCKET`` set (as systemd's ``Type=notify`` does) and measures the time until
+``READY=1`` (the service is up: scripts can reach it), the time until the server shows
+the machine ``ready`` (connected, polled every 5 ms), and VmRSS / PSS once connected
+and after one job (``echo hi``). Medians of ``--runs`` runs of each, taken in turn,
+after one warm-up round.
+
+    .venv/bin/python bench/agent_start.py [--runs 7] [--no-write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import log, machine_info, mib, pss_kib, rss_kib, write_section
+
+ENTRIES = {
+    "crc agent run": ["-m", "cloudremotecontrol", "agent", "run"],
+    "python -m cloudremotecontrol.agent run": ["-m", "cloudremotecontrol.agent", "run"],
+}
+
+
+def one_run(entry: list[str], state: Path, client: Any, group: str, work: Path) -> dict[str, float]:
+    sock_path = work / f"notify-{time.monotonic_ns()}"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(sock_path))
+    sock.settimeout(30)
+    env = {**os.environ, "NOTIFY_SOCKET": str(sock_path)}
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, *entry, "--state-dir", str(state), "--log-level", "warning"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=open(work / "agent.log", "ab"),
+    )
+    try:
+        while b"READY=1" not in sock.recv(4096):
+            pass
+        t_ready = time.perf_counter() - t0
+        while True:
+            g = client.group(group)
+            if g["machines"][0]["state"] == "ready":
+                break
+            time.sleep(0.005)
+        t_conn = time.perf_counter() - t0
+        rss_conn, pss_conn = rss_kib(proc.pid), pss_kib(proc.pid)
+        result = client.run_wait(group, "all", argv=["echo", "hi"])
+        assert result.ok, result
+        rss_job = rss_kib(proc.pid)
+        return {
+            "ready": t_ready,
+            "connected": t_conn,
+            "rss": mib(rss_conn),
+            "pss": mib(pss_conn),
+            "rss_job": mib(rss_job),
+        }
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+        sock.close()
+        sock_path.unlink(missing_ok=True)
+        # The server must see it go before the next run waits for "ready" again.
+        deadline = time.monotonic() + 30
+        while client.group(group)["machines"][0]["state"] == "ready":
+            if time.monotonic() > deadline:
+                raise TimeoutError("the agent did not disconnect")
+            time.sleep(0.01)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--runs", type=int, default=7)
+    p.add_argument("--no-write", action="store_true", help="do not update bench/RESULTS.md")
+    args = p.parse_args(argv)
+    from cloudremotecontrol.agent.core import enroll
+    from cloudremotecontrol.agent.state import AgentState
+    from cloudremotecontrol.master.client import Client
+    from cloudremotecontrol.master.localrun import ServerProcess
+
+    load_before = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory(prefix="crc-bench-agent-") as tmp:
+        work = Path(tmp)
+        server = ServerProcess(work / "srv").start()
+        client = Client(server.url, server.add_user("bench"), server.fingerprint)
+        try:
+            out = client.create_group("g", ["m"])
+            state = work / "state"
+            st = AgentState(state)
+            enroll(st, server.url, out["machines"][0]["key"], server.fingerprint)
+            st.close()
+            rows = []
+            got: dict[str, list[dict[str, float]]] = {label: [] for label in ENTRIES}
+            for i in range(args.runs + 1):  # A B A B ...: drift hits both alike
+                for label, entry in ENTRIES.items():
+                    r = one_run(entry, state, client, "g", work)
+                    if i:  # the first round warms up
+                        got[label].append(r)
+            for label, runs in got.items():
+                med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+                rows.append((label, med, runs))
+                log(f"{label}: {med}")
+        finally:
+            client.close()
+            server.stop()
+    header = (
+        f"{'entry point':40s}  {'start→READY=1':>13s}  {'start→connected':>15s}"
+        f"  {'RSS connected':>13s}  {'PSS':>8s}  {'RSS after a job':>15s}"
+    )
+    lines = [header, "-" * len(header)]
+    for label, med, _ in rows:
+        lines.append(
+            f"{label:40s}  {med['ready']:>11.3f} s  {med['connected']:>13.3f} s"
+            f"  {med['rss']:>9.1f} MiB  {med['pss']:>4.1f} MiB  {med['rss_job']:>11.1f} MiB"
+        )
+    table = "\n".join(lines)
+    print(table)
+    detail = "\n".join(
+        f"- {label}: connected after "
+        + ", ".join(f"{r['connected']:.3f}" for r in runs)
+        + " s; RSS "
+        + ", ".join(f"{r['rss']:.1f}" for r in runs)
+        + " MiB"
+        for label, _, runs in rows
+    )
+    if not args.no_write:
+        begin, end = "<!-- agent_start.py: begin -->", "<!-- agent_start.py: end -->"
+        body = (
+            f"{begin}\nProduced by `.venv/bin/python bench/agent_start.py` on "
+            f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.\n\n"
+            f"Machine: {machine_info()}\nLoad average (1 min): {load_before:.2f} before, "
+            f"{os.getloadavg()[0]:.2f} after. Medians of {args.runs} runs after a warm-up.\n\n"
+            f"```\n{table}\n```\n\nAll runs:\n\n{detail}\n{end}"
+        )
+        results = Path(__file__).resolve().parent / "RESULTS.md"
+        write_section(
+            results, begin, end, body, lambda old: old.rstrip("\n") + "\n\n" + body + "\n"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
