@@ -283,7 +283,7 @@ class Agent:
                 except (OSError, CrcError, asyncio.TimeoutError, ssl.SSLError) as exc:
                     log.warning("connection to %s failed: %s", self.url, exc)
                     self._next_url()
-                except Exception as exc:  # noqa: BLE001 -- the connection may fail in many ways
+                except Exception as exc:  # noqa: BLE001 -- websockets raises many kinds
                     log.warning("connection to %s lost: %s", self.url, exc)
                     self._next_url()
                 self.connected.clear()
@@ -379,26 +379,25 @@ class Agent:
         return [frame for _, frame in self.state.frames_after(welcome.ack)]
 
     async def _session(self) -> None:
-        from .wsclient import ConnectionClosed, HandshakeRefused, connect
+        from websockets.asyncio.client import connect
+        from websockets.exceptions import ConnectionClosed, InvalidStatus
 
         ctx, pem = client_context(self.url, self.cred.fingerprint, self.cred.cert_pem)
         if pem and pem != self.cred.cert_pem:
             self.cred.cert_pem = pem
             self.state.save_credential(self.cred)
         try:
-            ws = await connect(
+            async with connect(
                 _ws_url(self.url),
-                ssl_context=ctx,
-                headers={
-                    "Authorization": f"Bearer {self.cred.credential}",
-                    "User-Agent": f"crc-agent/{__version__}",
-                },
+                ssl=ctx,
+                additional_headers={"Authorization": f"Bearer {self.cred.credential}"},
                 max_size=MAX_FRAME_BYTES,
+                compression=None,
                 open_timeout=20,
                 ping_interval=HEARTBEAT_SECONDS,
                 ping_timeout=HEARTBEAT_SECONDS,
-            )
-            async with ws:
+                user_agent_header=f"crc-agent/{__version__}",
+            ) as ws:
                 await ws.send(write_frame(self.hello()))
                 first = read_frame(await asyncio.wait_for(ws.recv(), 20))
                 if isinstance(first, RevokedFrame):
@@ -420,11 +419,14 @@ class Agent:
                     self._ws = None
                     self.connected.clear()
         except ConnectionClosed as exc:
-            if exc.code in (4401, 4403):
-                raise Revoked(exc.reason or "machine revoked") from None
+            rcvd = exc.rcvd
+            if rcvd is not None and rcvd.code in (4401, 4403):
+                raise Revoked(rcvd.reason or "machine revoked") from None
             raise Unavailable(f"connection closed: {exc}") from None
-        except HandshakeRefused as exc:
-            raise Unavailable(f"server refused the connection: HTTP {exc.status}") from None
+        except InvalidStatus as exc:
+            raise Unavailable(
+                f"server refused the connection: HTTP {exc.response.status_code}"
+            ) from None
 
     # -- receiving: one handler per frame ----------------------------------------------
     async def _on_frame(self, ws: Any, text: str | bytes) -> None:
