@@ -204,7 +204,7 @@ class _EvilSite:
         page = b"<!doctype html><title>evil</title><p>hello</p>"
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 -- the stdlib's name
+            def do_GET(self) -> None:
                 self.send_response(200)
                 self.send_header("Content-Type", "text/html")
                 self.send_header("Content-Length", str(len(page)))
