@@ -318,8 +318,25 @@ async def refused_connection(server: Any, auth: str | None) -> tuple[dict[str, A
 # -- tests ----------------------------------------------------------------------------------
 
 
+def dashboard_operations() -> set[tuple[str, str]]:
+    """The dashboard's pages (HTML for browsers, kept out of the API's document)."""
+    from fastapi.routing import APIRoute
+
+    from cloudremotecontrol.server.dashboard.routes import router
+
+    return {("GET", "/")} | {
+        (method, re.sub(r"\{(\w+):\w+\}", r"{\1}", route.path))
+        for route in router.routes
+        if isinstance(route, APIRoute)
+        for method in route.methods
+        if method.lower() in HTTP_METHODS and method != "HEAD"
+    }
+
+
 def test_the_matrix_covers_every_endpoint_the_server_documents(http):
     documented = openapi_operations(http)
+    assert not {p for _, p in documented if p == "/" or p.startswith("/dashboard")}
+    documented |= dashboard_operations()
     covered = {(m, p) for m, p, _ in MASTER + AGENT + DASHBOARD + STREAMS}
     covered |= PUBLIC | DASHBOARD_PUBLIC
     assert len(covered) == len(MASTER) + len(AGENT) + len(DASHBOARD) + len(STREAMS) + len(

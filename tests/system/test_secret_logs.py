@@ -19,7 +19,7 @@ from fakes.vultr_api import FakeVultr
 
 
 def _secret_part(token: str) -> str:
-    return token.rsplit("_", 1)[1]
+    return token.split("_", 2)[2]  # crc<kind>_<id>_<secret>: the secret may hold "_"
 
 
 @pytest.mark.parametrize("level", ["debug", "info", "warning", "error"])

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import http.server
+import json
 import os
 import signal
 import socket
@@ -385,12 +386,8 @@ def test_group_opt_outs_are_enforced_by_the_server_and_by_the_agent(env, site):
     with pytest.raises(Forbidden, match="--no-forward"):
         with env.client.forward("locked", "m", site.port):
             pass
-    state = sqlite3.connect(f"file:{agent.state_dir / 'agent.db'}?mode=ro", uri=True)
-    try:
-        row = state.execute("SELECT value FROM kv WHERE key = 'streams_off'").fetchone()
-    finally:
-        state.close()
-    assert row == ("shell,forward",)
+    kept = json.loads((agent.state_dir / "credential.json").read_text())
+    assert kept["streams_off"] == ["shell", "forward"]
 
 
 def test_shell_sessions_are_recorded_and_replay_byte_for_byte(lab, crc):

@@ -1,6 +1,7 @@
-"""A machine cannot command its peers through a scenario's templates: a hostile
-hostname and private address, reported by a machine with its own credential, are
-printed by a peer's step, never run (master/scenario/shellquote.py).
+"""A machine cannot command its peers through a scenario's templates: a hostile host
+name and private address, reported by a machine with its own credential, are left out
+by the server; hostile free text it keeps (os_release, arch) is printed by a peer's
+step, never run (master/scenario/shellquote.py).
 
 Real: the server, the peer's agent (it runs the step in its shell), the scenario file
 parser and the step executor of `crc up`. The hostile machine speaks the agent protocol
@@ -19,6 +20,7 @@ from cloudremotecontrol.master.client import Client
 from cloudremotecontrol.master.scenario.model import parse_scenario
 from cloudremotecontrol.master.scenario.steps import StepExecutor, template_context
 from cloudremotecontrol.master.scenario.view import View
+from cloudremotecontrol.providers.local import LocalProvider
 
 SCENARIO = """
 name: lab
@@ -30,11 +32,11 @@ steps:
   - name: peers
     to: web
     run: |
-      echo "db={{ machines.db.hostname }}"
-      echo db-ip={{ machines.db.private_ip }}
-      echo 'again {{ machines.db.hostname }}'
+      echo "db={{ machines.db.facts.os_release }}"
+      echo db-arch={{ machines.db.facts.arch }}
+      echo 'again {{ machines.db.facts.os_release }}'
       cat <<EOF
-      heredoc {{ machines.db.hostname }}
+      heredoc {{ machines.db.facts.os_release }}
       EOF
 """
 
@@ -62,6 +64,9 @@ def test_a_hostile_hostname_and_address_are_printed_by_peers_never_run(
         "hostname": f"db$(touch {pwned[0]})`touch {pwned[1]}`",
         "ips": [f"10.0.0.5$(touch {pwned[2]})"],
         "private_ips": [f"10.0.0.5$(touch {pwned[2]})"],
+        # Free text the server keeps: it reaches templates as it was sent.
+        "os_release": f"Debian $(touch {pwned[0]}) `touch {pwned[1]}` '\"; touch {pwned[2]}",
+        "arch": "x86$(id)`id`;id|id",  # run, it would print uid=...
     }
 
     async def report() -> None:
@@ -78,7 +83,7 @@ def test_a_hostile_hostname_and_address_are_printed_by_peers_never_run(
         scenario,
         "lab",
         lambda: Client(env.server.url, env.token, env.server.fingerprint),
-        None,  # type: ignore[arg-type]  # a run step needs no provider
+        LocalProvider(tmp_path / "machines"),  # asked only for its capabilities
         {},
         view,
     )
@@ -86,10 +91,14 @@ def test_a_hostile_hostname_and_address_are_printed_by_peers_never_run(
     assert outcome.ok, outcome
     # What the server keeps of the machine's report is what the peer prints, as text.
     db = template_context(scenario, env.client.group("lab"), {})["machines"]["db"]
+    # The hostile host name and addresses never got that far: the server left them out.
+    assert "touch" not in str(db["hostname"]) and not db["private_ip"], db
+    release, arch = hostile["os_release"], hostile["arch"]
+    assert db["facts"]["os_release"] == release and db["facts"]["arch"] == arch, db
     assert view.lines == [
-        f"db={db['hostname']}",
-        f"db-ip={db['private_ip']}",
-        f"again {db['hostname']}",
-        f"heredoc {db['hostname']}",
+        f"db={release}",
+        f"db-arch={arch}",
+        f"again {release}",
+        f"heredoc {release}",
     ], view.lines
     assert not [p for p in pwned if p.exists()], "a peer ran what a machine reported"

@@ -115,6 +115,28 @@ def test_cmd_ver_streams_output_and_exit_code(win: WineMachine) -> None:
     assert "three" in out.stdout
 
 
+def test_cmd_gets_the_command_as_written_quotes_included(win: WineMachine) -> None:
+    # cmd parses its own command line: a quoted argument reaches the program as one
+    # argument without backslashes, `&` inside quotes is text, outside it chains.
+    out = win.crc(
+        "run",
+        "g",
+        "--to",
+        "win",
+        "--shell",
+        "cmd",
+        "--json",
+        "--",
+        r'C:\Python312\python.exe -c "import sys, json; print(json.dumps(sys.argv[1:]))"'
+        r' "a b" "c & d" e\f & echo chained',
+    )
+    lines = _json_lines(out.stdout)
+    assert out.returncode == 0, (out.stdout, out.stderr)
+    printed = _output(lines).splitlines()
+    assert json.loads(printed[0]) == ["a b", "c & d", "e\\f"], printed
+    assert printed[1].strip() == "chained", printed
+
+
 def test_argv_env_and_cwd(win: WineMachine) -> None:
     workdir = win.prefix.host_path(r"C:\crc-test\work dir")
     workdir.mkdir(parents=True, exist_ok=True)

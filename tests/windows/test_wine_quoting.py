@@ -4,9 +4,8 @@ program as exactly one argument.
 
 Each rendered command is run twice by the Windows Python: with the command line given
 verbatim (``cmd.exe /d /s /c "..."``, what cmd is meant to receive), and the way the
-agent starts cmd today (``subprocess`` with an argv, whose quoting escapes every ``"``
-as ``\\"`` on the way: arguments come out split or with backslashes, which is a defect
-of the agent's cmd start - see docs/scenarios.md - but still nothing runs)."""
+agent starts cmd (``subprocess`` with shell=True and cmd's path: ``cmd.exe /c "..."``,
+the command as written). Both must give each program the same arguments."""
 
 from __future__ import annotations
 
@@ -22,7 +21,8 @@ from cloudremotecontrol.master.scenario import templates
 
 ARGS_PY = "import sys, json\nprint(json.dumps(sys.argv[1:]))\n"
 RUNNER_PY = r"""
-import json, os, subprocess
+import json, os, shutil, subprocess
+CMD = shutil.which("cmd.exe")
 cases = json.load(open(r"C:\crc-q\cases.json", encoding="utf-8"))
 os.makedirs(r"C:\crc-q\work", exist_ok=True)
 out = []
@@ -31,8 +31,8 @@ for c in cases:
         'cmd.exe /d /s /c "' + c["command"] + '"',
         capture_output=True, cwd=r"C:\crc-q\work", stdin=subprocess.DEVNULL,
     )
-    agent = subprocess.run(
-        ["cmd.exe", "/d", "/s", "/c", c["command"]],
+    agent = subprocess.run(  # as the agent starts cmd (WindowsPlatform.verbatim_shell)
+        c["command"], shell=True, executable=CMD,
         capture_output=True, cwd=r"C:\crc-q\work", stdin=subprocess.DEVNULL,
     )
     out.append({
@@ -117,5 +117,7 @@ def test_hostile_values_reach_the_program_as_one_argument_and_run_nothing(
             assert len(argv) == 1, (case, result)
         if "second" in case["template"]:
             assert json.loads(lines[1]) == ["second"], (case, result)
+        agent = [ln for ln in result["agent"].splitlines() if ln.startswith("[")]
+        assert agent == lines, (case, result)
     # Neither way ran a command from a value: nothing was written.
     assert list(prefix.host_path(r"C:\crc-q\work").iterdir()) == []

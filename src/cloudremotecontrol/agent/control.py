@@ -140,7 +140,7 @@ def call(state_dir: Path, request: dict[str, Any], timeout: float = 30.0) -> dic
                 break
             data += chunk
     try:
-        reply = json.loads(data)
+        reply: dict[str, Any] = json.loads(data)
     except ValueError:
         raise Unavailable("the agent closed the control connection without an answer") from None
     if not reply.get("ok"):

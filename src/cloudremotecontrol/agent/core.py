@@ -52,7 +52,7 @@ from .http import call_json
 from .platform import Platform, current
 from .runner import run_job
 from .state import AgentState, Credential
-from .streams import STREAMS_OFF_KEY, StreamServer
+from .streams import StreamServer
 
 __all__ = ["Agent", "Revoked", "enroll"]
 
@@ -103,9 +103,8 @@ def enroll(state: AgentState, url: str, key: str, fingerprint: str | None) -> Cr
                 raise
             continue
         cred.url = url
+        cred.streams_off = off  # the group's opt-outs, enforced by this agent for good
         state.save_credential(cred)
-        # The group's opt-outs (no shell, no forward), enforced by this agent for good.
-        state.put(STREAMS_OFF_KEY, ",".join(off))
         return cred
     raise Unavailable("no server URL given")  # unreachable: split_urls refuses empty lists
 

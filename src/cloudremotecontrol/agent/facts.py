@@ -115,7 +115,7 @@ def collect_facts(agent_version: str, boot_id: str | None = None) -> dict[str, A
     (``asyncio.to_thread``) in async code, and send the result only if
     :func:`facts_changed` says so.
     """
-    ips = _best_effort("addresses", interface_addresses, [])
+    ips: list[str] = _best_effort("addresses", interface_addresses, [])
     private_ips, public_ips = classify(ips)
     return {
         "hostname": _best_effort("hostname", socket.gethostname, None),
@@ -176,7 +176,7 @@ def interface_addresses() -> list[str]:
         )
     if not found:
         found = _best_effort("getaddrinfo", _from_getaddrinfo, [])
-    primary = _best_effort("default route", _primary_addresses, [])
+    primary: list[str] = _best_effort("default route", _primary_addresses, [])
     return _ordered(primary, found)
 
 

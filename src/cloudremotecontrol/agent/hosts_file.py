@@ -28,6 +28,7 @@ import errno
 import ipaddress
 import os
 import re
+import sys
 import tempfile
 
 from ..protocol.fields import check_hostname, check_ip
@@ -304,12 +305,12 @@ def _copy_attributes(st: os.stat_result | None, path: str, tmp: str) -> None:
         os.chmod(tmp, 0o644)  # hosts files are world-readable: every resolver reads them
         return
     os.chmod(tmp, st.st_mode & 0o7777)
-    if hasattr(os, "geteuid") and os.geteuid() == 0:
+    if sys.platform != "win32" and hasattr(os, "geteuid") and os.geteuid() == 0:
         os.chown(tmp, st.st_uid, st.st_gid)
     # On SELinux systems /etc/hosts is net_conf_t while a new file in /etc gets etc_t;
     # copying the label keeps confined daemons able to read it. Absent or unsupported
     # labels (most systems) are simply not copied.
-    if hasattr(os, "getxattr"):
+    if sys.platform != "win32" and hasattr(os, "getxattr"):
         with contextlib.suppress(OSError):
             os.setxattr(tmp, "security.selinux", os.getxattr(path, "security.selinux"))
 

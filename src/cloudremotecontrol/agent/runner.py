@@ -14,6 +14,7 @@ import os
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from ..errors import CrcError
 from ..protocol.limits import MAX_OUTPUT_CHUNK_BYTES
@@ -52,19 +53,25 @@ async def run_job(
             if job.argv is not None
             else platform.shell_argv(job.shell, job.command or "")
         )
+        verbatim = platform.verbatim_shell(job.shell) if job.argv is None else None
     except CrcError as exc:
         return JobOutcome("failed", 127, exc.message)
     env = {**os.environ, **(extra_env or {}), **job.env}
     try:
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            cwd=job.cwd or None,
-            env=env,
+        options: dict[str, Any] = {
+            "stdin": asyncio.subprocess.DEVNULL,
+            "stdout": asyncio.subprocess.PIPE,
+            "stderr": asyncio.subprocess.PIPE,
+            "cwd": job.cwd or None,
+            "env": env,
             **platform.popen_options(),
-        )
+        }
+        if verbatim is not None:
+            proc = await asyncio.create_subprocess_shell(
+                job.command or "", executable=verbatim, **options
+            )
+        else:
+            proc = await asyncio.create_subprocess_exec(*argv, **options)
     except FileNotFoundError as exc:
         missing = job.cwd if job.cwd and not os.path.isdir(job.cwd) else argv[0]
         return JobOutcome("failed", 127, f"cannot start: {missing}: {exc.strerror}")

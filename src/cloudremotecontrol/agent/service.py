@@ -145,7 +145,11 @@ async def _main(
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, main.cancel)
     if on_started is not None:
-        on_started(lambda: loop.call_soon_threadsafe(main.cancel))
+
+        def stop() -> None:
+            loop.call_soon_threadsafe(main.cancel)
+
+        on_started(stop)
     try:
         await agent.run()
     except asyncio.CancelledError:

@@ -21,7 +21,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,9 @@ class Credential:
     group: str
     fingerprint: str | None = None
     cert_pem: str | None = None
+    # The group's opt-outs ("shell", "forward") as enrollment granted them: the agent
+    # refuses such streams for good, whatever the server asks later (agent/streams.py).
+    streams_off: list[str] = field(default_factory=list)
 
 
 class AgentState:

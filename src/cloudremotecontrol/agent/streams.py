@@ -31,17 +31,13 @@ from ..protocol.streams import (
 from ..protocol.wire import Direction
 from ..tlspin import client_context
 
-__all__ = ["CONNECT_SECONDS", "StreamServer", "streams_off"]
+__all__ = ["CONNECT_SECONDS", "StreamServer"]
 
 log = logging.getLogger("crc.agent.streams")
 CONNECT_SECONDS = 10.0  # a forward's TCP connection on this machine
 DRAIN_SECONDS = 2.0  # output still read from a terminal after its program exited
 STREAMS_OFF_KEY = "streams_off"
 MAX_DIALING = 16  # the group's opt-outs, recorded at enrollment
-
-
-def streams_off(value: str | None) -> frozenset[str]:
-    return frozenset(k for k in (value or "").split(",") if k)
 
 
 def _stream_url(url: str, stream: str) -> str:
@@ -85,7 +81,7 @@ class StreamServer:
 
         agent = self.agent
         ctx, _ = client_context(url, agent.cred.fingerprint, agent.cred.cert_pem)
-        off = streams_off(agent.state.get(STREAMS_OFF_KEY))
+        off = frozenset(agent.cred.streams_off or ())
         try:
             async with self.dialing:
                 ws = await connect(
@@ -159,40 +155,28 @@ async def serve_forward(ws: Any, frame: StreamOpen) -> None:
 async def serve_shell(ws: Any, frame: StreamOpen, agent: Any) -> None:
     """A terminal running the command (or a login shell) until it exits; its exit code
     is sent as ``stream.exit``."""
+    term: Any
+    env = {k: v for k, v in os.environ.items() if k in _ENV_KEPT}
     if sys.platform == "win32":
-        await _refuse(
-            ws, "unsupported", "interactive shells are not supported on Windows machines yet"
+        from .conpty import ConPtyTerminal, conpty_available, windows_login_argv
+
+        if not conpty_available():
+            await _refuse(
+                ws, "unsupported", "this Windows has no pseudo console (ConPTY): 1809 or later"
+            )
+            return
+        env = dict(os.environ)
+        env.update(CRC_MACHINE=agent.cred.machine, CRC_GROUP=agent.cred.group)
+        program, argv = (
+            (frame.argv[0], list(frame.argv)) if frame.argv else windows_login_argv(frame.shell)
         )
-        return
-    from .terminal import Terminal, login_argv
-
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k in ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "HOME", "USER", "LOGNAME")
-    }
-    env.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
-    env.update(
-        TERM=frame.term or "xterm-256color",
-        CRC_MACHINE=agent.cred.machine,
-        CRC_GROUP=agent.cred.group,
-        CRC_AGENT_STATE_DIR=str(agent.state.dir),
-    )
-    import pwd
-
-    with contextlib.suppress(KeyError):
-        pw = pwd.getpwuid(os.getuid())
-        env.setdefault("HOME", pw.pw_dir)
-        env.setdefault("USER", pw.pw_name)
-        env.setdefault("LOGNAME", pw.pw_name)
-    if frame.argv:
-        program, argv = frame.argv[0], list(frame.argv)
+        term = ConPtyTerminal()
+        cwd = env.get("USERPROFILE") or env.get("SystemRoot") or None
     else:
-        program, argv = login_argv(frame.shell)
-        env["SHELL"] = program
-    home = env.get("HOME")
-    cwd = home if home and os.path.isdir(home) else "/"
-    term = Terminal()
+        from .terminal import Terminal
+
+        program, argv, cwd = _posix_session(frame, agent, env)
+        term = Terminal()
     try:
         try:
             await term.start(program, argv, frame.cols or 80, frame.rows or 24, env, cwd)
@@ -233,6 +217,38 @@ async def serve_shell(ws: Any, frame: StreamOpen, agent: Any) -> None:
             await asyncio.gather(reading, typing, waiting, return_exceptions=True)
     finally:
         await term.close()
+
+
+_ENV_KEPT = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "HOME", "USER", "LOGNAME")
+
+
+def _posix_session(
+    frame: StreamOpen, agent: Any, env: dict[str, str]
+) -> tuple[str, list[str], str]:
+    """The program, argv and directory of a POSIX terminal session; fills ``env``."""
+    import pwd
+
+    from .terminal import login_argv
+
+    env.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+    env.update(
+        TERM=frame.term or "xterm-256color",
+        CRC_MACHINE=agent.cred.machine,
+        CRC_GROUP=agent.cred.group,
+        CRC_AGENT_STATE_DIR=str(agent.state.dir),
+    )
+    with contextlib.suppress(KeyError):
+        pw = pwd.getpwuid(os.getuid())
+        env.setdefault("HOME", pw.pw_dir)
+        env.setdefault("USER", pw.pw_name)
+        env.setdefault("LOGNAME", pw.pw_name)
+    if frame.argv:
+        program, argv = frame.argv[0], list(frame.argv)
+    else:
+        program, argv = login_argv(frame.shell)
+        env["SHELL"] = program
+    home = env.get("HOME")
+    return program, argv, home if home and os.path.isdir(home) else "/"
 
 
 async def _first_of(*coros: Any) -> None:

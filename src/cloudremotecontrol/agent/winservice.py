@@ -103,7 +103,7 @@ def _service_class(options: argparse.Namespace) -> type:
     import win32service
     import win32serviceutil
 
-    class AgentService(win32serviceutil.ServiceFramework):  # type: ignore[misc]
+    class AgentService(win32serviceutil.ServiceFramework):
         _svc_name_ = SERVICE_NAME
         _svc_display_name_ = "CloudRemoteControl agent"
         _svc_description_ = "Runs the commands its master sends and reports back."
@@ -196,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     servicemanager.PrepareToHostSingle(cls)
     log.info("service process %d starting (python %s)", os.getpid(), sys.version.split()[0])
     try:
-        servicemanager.StartServiceCtrlDispatcher()
+        # types-pywin32 declares this one without annotations.
+        servicemanager.StartServiceCtrlDispatcher()  # type: ignore[no-untyped-call]
     except pywintypes.error as exc:
         if exc.winerror != ERROR_FAILED_SERVICE_CONTROLLER_CONNECT:
             raise

@@ -69,14 +69,46 @@ def _signals_interrupt() -> Iterator[None]:
             signal.signal(getattr(signal, name), handler)
 
 
+def start_and_follow(
+    c: Any,
+    start: Callable[[], dict[str, Any]],
+    as_json: bool,
+    show_output: bool = True,
+    announce: Callable[[dict[str, Any]], None] | None = None,
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """Start a job and follow it to the end (``follow_to_end``). A Ctrl-C, SIGTERM or
+    SIGHUP while it is being started is held until the job has an id, then cancels it
+    like one that comes later; a second one stops crc at once."""
+    held: list[str] = []
+
+    def hold(signum: int, frame: Any) -> None:
+        name = signal.Signals(signum).name
+        if held:
+            raise KeyboardInterrupt(name)
+        held.append(name)
+
+    wanted = [s for s in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, s)]
+    old = {name: signal.signal(getattr(signal, name), hold) for name in wanted}
+    try:
+        started = start()
+        if announce is not None:
+            announce(started)
+    finally:
+        for name, handler in old.items():
+            signal.signal(getattr(signal, name), handler)
+    return started, follow_to_end(c, started, as_json, show_output, held)
+
+
 def follow_to_end(
     c: Any,
     started: dict[str, Any],
     as_json: bool,
     show_output: bool = True,
+    held: list[str] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Show a job's events until every target finished; cancel it on Ctrl-C, SIGTERM or
-    SIGHUP (and keep following until the targets say they stopped). The results by
+    SIGHUP (and keep following until the targets say they stopped), or at once when
+    ``held`` names one that came while the job was being started. The results by
     machine."""
     job_id = started["job_id"]
     results: dict[str, dict[str, Any]] = {}
@@ -86,6 +118,9 @@ def follow_to_end(
         while True:
             left = [t for t in started["targets"] if t not in results]
             try:
+                if held and not cancelled:
+                    why = held.pop()
+                    raise KeyboardInterrupt("Ctrl-C" if why == "SIGINT" else why)
                 for ev in c.follow_job(job_id, left, since=cursor):
                     cursor = max(cursor, ev.cursor)
                     if show_output or ev.type != "job.output":
@@ -196,9 +231,12 @@ def run(
     else:
         spec.update(argv=list(command))
     with _client() as c:
-        started = c.start_job(name, to, **spec)
-        _announce(started, name, as_json)
-        results = follow_to_end(c, started, as_json)
+        _, results = start_and_follow(
+            c,
+            lambda: dict(c.start_job(name, to, **spec)),
+            as_json,
+            announce=lambda started: _announce(started, name, as_json),
+        )
     sys.exit(worst_exit_code(results))
 
 
@@ -225,10 +263,12 @@ def hosts_sync(name: str, to: str, ip: str, as_json: bool) -> None:
     from ..master.client import worst_exit_code
 
     with _client() as c:
-        started = c.hosts_sync(name, to, ip)
-        if as_json:
-            _announce(started, name, as_json)
-        results = follow_to_end(c, started, as_json)
+        _, results = start_and_follow(
+            c,
+            lambda: dict(c.hosts_sync(name, to, ip)),
+            as_json,
+            announce=(lambda started: _announce(started, name, as_json)) if as_json else None,
+        )
     sys.exit(worst_exit_code(results))
 
 
@@ -249,10 +289,12 @@ def push(
     from ..master.client import worst_exit_code
 
     with _client() as c:
-        started = c.push(name, to, local, remote, mode, owner)
-        if as_json:
-            _announce(started, name, as_json)
-        results = follow_to_end(c, started, as_json)
+        _, results = start_and_follow(
+            c,
+            lambda: dict(c.push(name, to, local, remote, mode, owner)),
+            as_json,
+            announce=(lambda started: _announce(started, name, as_json)) if as_json else None,
+        )
     sys.exit(worst_exit_code(results))
 
 
@@ -268,8 +310,9 @@ def pull(name: str, machine: str, remote: str, local: str, as_json: bool) -> Non
     from ..master.client import worst_exit_code
 
     with _client() as c:
-        started = c.start_pull(name, machine, remote)
-        results = follow_to_end(c, started, as_json, show_output=False)
+        started, results = start_and_follow(
+            c, lambda: dict(c.start_pull(name, machine, remote)), as_json, show_output=False
+        )
         rc = worst_exit_code(results)
         if rc == 0:
             info = c.download_pulled(started["job_id"], local)
@@ -356,10 +399,7 @@ def job_cancel(job_id: str, as_json: bool) -> None:
     killed); `crc job show` tells when they stopped."""
     with _client() as c:
         out = c.cancel_job(job_id)
-        view = c.job(job_id)
-    left = [
-        t["machine"] for t in view["targets"] if t["status"] in ("queued", "delivered", "running")
-    ]
+    left = list(out["cancelling"])  # unfinished when the server took the cancel
     if as_json:
         emit_json({"job_id": out["job_id"], "cancelling": left})
     elif left:

@@ -5,11 +5,18 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from ..errors import CrcError
 from .output import emit_json, json_option
+
+if TYPE_CHECKING:  # the server's modules load only when a command needs them
+    from ..server.store.base import Store
+
+F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 DATA_DIR_HELP = "Server data directory (certificate, key, SQLite database)."
 
@@ -94,7 +101,7 @@ _SETTING_FLAGS: list[tuple[str, type, str]] = [
 ]
 
 
-def _setting_options(f):  # type: ignore[no-untyped-def]
+def _setting_options(f: F) -> F:
     for name, kind, help_text in reversed(_SETTING_FLAGS):
         flag = "--" + name.replace("_", "-")
         f = click.option(flag, name, type=kind, default=None, help=help_text)(f)
@@ -232,7 +239,7 @@ def _shown_database(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
 
 
-def _store(data_dir: str | None, database: str | None):  # type: ignore[no-untyped-def]
+def _store(data_dir: str | None, database: str | None) -> Store:
     from ..server.config import load_config
     from ..server.store.base import open_store
 
@@ -240,12 +247,12 @@ def _store(data_dir: str | None, database: str | None):  # type: ignore[no-untyp
     return open_store(url)
 
 
-def _admin(data_dir: str | None, database: str | None, op, *args):  # type: ignore[no-untyped-def]
+def _admin(data_dir: str | None, database: str | None, op: Callable[..., T], *args: Any) -> T:
     import asyncio
 
     store = _store(data_dir, database)
 
-    async def go():  # type: ignore[no-untyped-def]
+    async def go() -> T:
         await store.start()
         try:
             return await store.write(op, *args)

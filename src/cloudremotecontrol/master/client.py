@@ -316,7 +316,8 @@ class Client:
         return out
 
     def cancel_job(self, job_id: str) -> dict[str, Any]:
-        """Cancel every target that has not finished (its process tree is killed)."""
+        """Cancel every target that has not finished (its process tree is killed):
+        ``{"job_id", "cancelling": [machines unfinished when the server took it]}``."""
         return dict(self._do(calls.cancel_job(job_id)))
 
     def job_events(self, job_id: str, since: int = 0, follow: bool = True) -> Iterator[Event]:

@@ -107,7 +107,21 @@ class ServerProcess:
         )
         log.close()
         self.wait_healthy(timeout)
+        self._wait_start_line()
         return self
+
+    def _wait_start_line(self, timeout: float = 5.0) -> None:
+        """Let the server print its start line (a thread prints it once the port
+        accepts, which can be just after the first health answer), so the log reads
+        whole to whoever looks at it next."""
+        assert self.proc is not None
+        mark = f"pid {self.proc.pid})".encode()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            with open(self.log_path, "rb") as fh:
+                if mark in fh.read():
+                    return
+            time.sleep(0.02)
 
     def wait_healthy(self, timeout: float = 30.0) -> None:
         ctx = None
@@ -139,7 +153,8 @@ class ServerProcess:
             capture_output=True,
             env=self.env,
         )
-        return json.loads(out.stdout)
+        answer: dict[str, Any] = json.loads(out.stdout)
+        return answer
 
     def add_user(self, name: str) -> str:
         return str(self.admin("add-user", name)["token"])
@@ -165,7 +180,7 @@ class AgentProcess:
 
     def __init__(
         self,
-        state_dir: Path,
+        state_dir: str | os.PathLike[str],
         url: str | None = None,
         key: str | None = None,
         fingerprint: str | None = None,

@@ -44,6 +44,7 @@ class _Record(Mapping[str, Any]):
 
     @classmethod
     def _names(cls) -> tuple[str, ...]:
+        # Every record class is a dataclass; this base (a Mapping) cannot say so to mypy.
         return tuple(f.name for f in dataclasses.fields(cls))  # type: ignore[arg-type]
 
 

@@ -233,18 +233,17 @@ class Number(Spec):
     message: str | None = None
 
     def check(self, value: Any, name: str) -> float:
-        ok = (
-            not isinstance(value, bool)
-            and isinstance(value, (int, float))
-            and math.isfinite(value)
-            and (self.low < value if self.low_open else self.low <= value)
-            and value <= self.high
-        )
-        if not ok:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
+            or not (self.low < value if self.low_open else self.low <= value)
+            or not value <= self.high
+        ):
             raise self.fail(
                 name, self.message or f"{name} must be a number from {self.low:g} to {self.high:g}"
             )
-        return value  # type: ignore[no-any-return]
+        return value
 
 
 @dataclass(frozen=True)

@@ -120,6 +120,18 @@ def check_host(value: object) -> str:
     raise InvalidInput(f"not a host name or IP address: {shown}", field="host")
 
 
+def _check_command(argv: tuple[str, ...] | None, shell: str | None) -> None:
+    """A command travels in one frame of the control connection: bounded in all, as a
+    job's is (each item alone is bounded by its spec)."""
+    size = sum(len(a.encode("utf-8", "surrogatepass")) for a in argv or ()) + len(
+        (shell or "").encode("utf-8", "surrogatepass")
+    )
+    if size > MAX_COMMAND_BYTES:
+        raise TooLarge(
+            f"the command is {size} bytes; the limit is {MAX_COMMAND_BYTES}", field="argv"
+        )
+
+
 class _Host(Spec):
     def check(self, value: Any, name: str) -> str:
         return check_host(value)
@@ -157,6 +169,9 @@ class StreamOpen(Frame):
     term: str | None = wire(Optional(_TERM), None)
     host: str | None = wire(Optional(_Host()), None)
     port: int | None = wire(Optional(Int(1, 65535)), None)
+
+    def validate(self) -> None:
+        _check_command(self.argv, self.shell)
 
 
 # -- a stream asked through another replica (a numbered message, delivered by the one the
@@ -204,6 +219,9 @@ class StreamRequest(Message):
     term: str | None = wire(Optional(_TERM), None)
     host: str | None = wire(Optional(_Host()), None)
     port: int | None = wire(Optional(Int(1, 65535)), None)
+
+    def validate(self) -> None:
+        _check_command(self.argv, self.shell)
 
     def to_open(self) -> StreamOpen:
         body = {k: v for k, v in self.to_body().items() if k != "url" and v is not None}
@@ -263,8 +281,9 @@ class StreamError(StreamControl):
 def read_control(text: str | bytes, sender: Direction) -> StreamControl:
     """Check one control message sent by ``sender`` (TO_AGENT: the master;
     TO_SERVER: the agent or the server); InvalidInput for anything else."""
-    if len(text) > MAX_CONTROL_BYTES:
-        raise TooLarge(f"control message of {len(text)} bytes; the limit is {MAX_CONTROL_BYTES}")
+    size = len(text.encode("utf-8", "surrogatepass")) if isinstance(text, str) else len(text)
+    if size > MAX_CONTROL_BYTES:
+        raise TooLarge(f"control message of {size} bytes; the limit is {MAX_CONTROL_BYTES}")
     try:
         data = json.loads(text)
     except (ValueError, UnicodeDecodeError, RecursionError):

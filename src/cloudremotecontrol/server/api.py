@@ -34,7 +34,8 @@ MAX_CURSOR = 2**63 - 1  # event ids are 64-bit integers in both databases
 
 
 def _store(request: Request) -> Store:
-    return request.app.state.store
+    store: Store = request.app.state.store
+    return store
 
 
 async def queue_and_deliver(request: Request, op: Any, *args: Any) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from ..errors import NotFound
 from . import auth
 from .models import StrictBody
 from .ops.keys import reissue_key
+from .store.base import Store
 
 __all__ = ["router"]
 
@@ -156,6 +157,7 @@ async def new_machine_key(
 ) -> dict[str, Any]:
     """A fresh single-use key for a machine that has not enrolled yet (the old key is
     burnt). 409 once the machine has enrolled."""
-    return await request.app.state.store.write(
+    store: Store = request.app.state.store
+    return await store.write(
         reissue_key, user["user_id"], group, machine, body.key_ttl if body else None
     )

@@ -41,11 +41,13 @@ class PullIn(StrictBody):
 
 
 def _store(request: Request) -> Store:
-    return request.app.state.store
+    store: Store = request.app.state.store
+    return store
 
 
 def _blobs(request: Request) -> BlobStore:
-    return request.app.state.blobs
+    blobs: BlobStore = request.app.state.blobs
+    return blobs
 
 
 @router.head("/blobs/{sha256}", tags=["files"])

@@ -45,7 +45,8 @@ async def master_set(
     group: str, key: str, body: KvIn, user: Master, request: Request
 ) -> dict[str, Any]:
     gid = await _group_id(request, user, group)
-    return await request.app.state.store.write(kv_ops.kv_set, gid, key, body.value, "master")
+    store: Store = request.app.state.store
+    return await store.write(kv_ops.kv_set, gid, key, body.value, "master")
 
 
 @router.get("/groups/{group}/kv/{key:path}", tags=["kv"])
@@ -63,9 +64,8 @@ async def master_get(
 
 @router.put("/agent/kv/{key:path}", tags=["agent"])
 async def agent_set(key: str, body: KvIn, m: Machine, request: Request) -> dict[str, Any]:
-    return await request.app.state.store.write(
-        kv_ops.kv_set, m["group_id"], key, body.value, m["name"]
-    )
+    store: Store = request.app.state.store
+    return await store.write(kv_ops.kv_set, m["group_id"], key, body.value, m["name"])
 
 
 @router.get("/agent/kv/{key:path}", tags=["agent"])

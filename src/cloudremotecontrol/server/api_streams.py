@@ -275,6 +275,8 @@ async def master_stream(ws: WebSocket) -> None:
         if path is not None:
             rec = Recorder(path, stream, stream.record_input)
         await splice(ws, agent, stream, rec)
+    except asyncio.CancelledError:  # the server stops (uvicorn cancels after its grace)
+        stream.error = "the server stopped"
     finally:
         if rec is not None:
             rec.close()
@@ -307,7 +309,10 @@ async def agent_stream(ws: WebSocket) -> None:
         return
     await ws.accept()
     stream.agent.set_result(ws)
-    await stream.done.wait()
+    try:
+        await stream.done.wait()
+    except asyncio.CancelledError:  # the server stops: the master's end says so
+        pass
     with contextlib.suppress(Exception):
         await ws.close(1000)
 

@@ -18,6 +18,7 @@ from ..providers import teardown_providers
 from . import auth
 from .models import StrictBody
 from .ops import teardown as ops
+from .store.base import Store
 
 router = APIRouter(prefix="/v1")
 Master = Annotated[dict[str, Any], Depends(auth.master)]
@@ -55,4 +56,5 @@ async def arm(group: str, body: TeardownIn, user: Master, request: Request) -> d
 
 @router.delete("/groups/{group}/teardown", tags=["groups"])
 async def disarm(group: str, user: Master, request: Request) -> dict[str, Any]:
-    return await request.app.state.store.write(ops.disarm_teardown, user["user_id"], group)
+    store: Store = request.app.state.store
+    return await store.write(ops.disarm_teardown, user["user_id"], group)

@@ -108,9 +108,9 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        bus.loop = asyncio.get_running_loop()
+        loop = bus.loop = asyncio.get_running_loop()
         store.replica = app.state.replica
-        store.on_outbox(lambda machines: hub.reload_threadsafe(bus.loop, machines))
+        store.on_outbox(lambda machines: hub.reload_threadsafe(loop, machines))
         await store.start()
         await store.write(
             delivery.mark_all_offline, None if store.dialect == "sqlite" else app.state.replica

@@ -62,15 +62,15 @@ class BlobStore:
         final = self.path(sha)
         if final.is_file():
             return final
-        info = await self.shared.read(blobdb.blob_info, sha) if self.shared else None
-        if info is None:
+        shared = self.shared
+        info = await shared.read(blobdb.blob_info, sha) if shared else None
+        if shared is None or info is None:
             raise NotFound(f"no content {sha} on this server")
         size, chunks = info
-        shared = self.shared
 
         async def from_database() -> AsyncIterator[bytes]:
             for n in range(chunks):
-                data = await shared.read(blobdb.blob_chunk, sha, n)  # type: ignore[union-attr]
+                data = await shared.read(blobdb.blob_chunk, sha, n)
                 if data is None:
                     raise NotFound(f"content {sha} is incomplete in the database")
                 yield data

@@ -41,6 +41,8 @@ class TrustedProxies:
     def __init__(self, app: ASGIApp, trusted: tuple[str, ...]) -> None:
         self.app = app
         self.trusted = trusted
+        # uvicorn types ASGI apps with its own TypedDicts, Starlette with MutableMapping:
+        # the same protocol, two spellings (here and in __call__ below).
         self.proxied = ProxyHeadersMiddleware(self._validated, trusted_hosts=list(trusted))  # type: ignore[arg-type]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

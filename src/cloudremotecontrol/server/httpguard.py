@@ -160,6 +160,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._refused = False
 
     # -- connection -------------------------------------------------------------------
+    # asyncio.Transport, as uvicorn's protocol declares it (BaseProtocol says BaseTransport).
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         slot = _Slot(self.guard, self, self.client[0] if self.client else "?")
@@ -236,6 +237,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         if self._slot is not None:
+            # uvicorn types the scope as a TypedDict; ASGI lets a server add its own keys.
             self.scope[SCOPE_KEY] = self._slot  # type: ignore[literal-required]
         self._in_headers = True
         if self._header_timer is None:

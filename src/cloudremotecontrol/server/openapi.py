@@ -132,4 +132,5 @@ def install_openapi(app: FastAPI, routers: list[APIRouter]) -> None:
         app.openapi_schema = schema
         return schema
 
+    # FastAPI's documented way to supply the OpenAPI document is to replace this method.
     app.openapi = openapi  # type: ignore[method-assign]

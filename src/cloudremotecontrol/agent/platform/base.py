@@ -97,5 +97,11 @@ class Platform(abc.ABC):
             )
         return [found, *argv[1:]]
 
+    def verbatim_shell(self, shell: str | None) -> str | None:
+        """Where ``shell`` must get the command line exactly as written (an argv's
+        quoting would change it), that shell's path; ``None`` where an argv carries
+        the command unchanged (every POSIX shell, PowerShell)."""
+        return None
+
     def which(self, program: str) -> str | None:
         return shutil.which(program)

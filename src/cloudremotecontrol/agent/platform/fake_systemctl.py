@@ -16,6 +16,8 @@ Not emulated: restart on failure, the watchdog's kill, cgroups, dependencies, th
 ``[Install]`` symlinks. Standard library only (it runs under the VM's /usr/bin/python3).
 """
 
+from __future__ import annotations
+
 import json
 import os
 import shlex
@@ -30,9 +32,9 @@ UNIT_DIR = os.environ.get("CRC_SYSTEMD_DIR", "/etc/systemd/system")
 SYSTEMD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
-def unit(name):
+def unit(name: str) -> dict[str, list[str]] | None:
     path = os.path.join(UNIT_DIR, name if name.endswith(".service") else name + ".service")
-    service = {}
+    service: dict[str, list[str]] = {}
     try:
         with open(path) as fh:
             section = None
@@ -48,11 +50,11 @@ def unit(name):
     return service
 
 
-def _path(name, kind):
+def _path(name: str, kind: str) -> str:
     return os.path.join(STATE, f"{name}.{kind}")
 
 
-def main_pid(name):
+def main_pid(name: str) -> int | None:
     try:
         with open(_path(name, "pid")) as fh:
             pid = int(fh.read())
@@ -71,19 +73,19 @@ def main_pid(name):
     return pid
 
 
-def exec_argv(value):
+def exec_argv(value: str) -> list[str]:
     # systemd unquoting is close to the shell's for what we write; undo %% and $$.
     return [a.replace("%%", "%").replace("$$", "$") for a in shlex.split(value)]
 
 
-def seconds(value, default):
+def seconds(value: str, default: float) -> float:
     try:
         return float(value.rstrip("s"))
     except (AttributeError, ValueError):
         return default
 
 
-def start(name):
+def start(name: str) -> int:
     if main_pid(name):
         return 0
     service = unit(name)
@@ -150,7 +152,7 @@ def start(name):
         sock.close()
 
 
-def stop(name):
+def stop(name: str) -> int:
     pid = main_pid(name)
     if pid is None:
         return 0
@@ -163,7 +165,7 @@ def stop(name):
     return 0
 
 
-def main(argv):
+def main(argv: list[str]) -> int:
     os.makedirs(STATE, exist_ok=True)
     with open(os.path.join(STATE, "calls.jsonl"), "a") as fh:
         fh.write(json.dumps(argv) + "\n")

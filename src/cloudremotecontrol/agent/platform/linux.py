@@ -17,6 +17,7 @@ __all__ = ["LinuxPlatform"]
 class LinuxPlatform(Platform):
     name = "linux"
 
+    # A property where the base has a class attribute: bash only where it is installed.
     @property
     def default_shell(self) -> str:  # type: ignore[override]
         return "bash" if shutil.which("bash") else "sh"

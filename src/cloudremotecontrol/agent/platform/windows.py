@@ -36,11 +36,14 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ...errors import CrcError
 from .base import Platform
 from .services import ServiceManager
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
 
 __all__ = ["WindowsPlatform", "legacy_decoder"]
 
@@ -52,10 +55,30 @@ CP_UTF8 = 65001
 _CTRL_HANDLER: Any = None  # kept alive: Windows calls it for as long as the process lives
 
 
-def _kernel32() -> Any:
+# ctypes' Windows-only names (WinDLL, get_last_error, WinError, ...) are used behind
+# sys.platform checks: the type checker sees them on Windows, OSError stands for them
+# elsewhere (this module is imported and tested on Linux too).
+
+
+def _dll(name: str, use_last_error: bool = True) -> Any:
+    if sys.platform != "win32":
+        raise OSError(f"{name}.dll is a Windows library")
     import ctypes
 
-    return ctypes.WinDLL("kernel32", use_last_error=True)  # type: ignore[attr-defined]
+    return ctypes.WinDLL(name, use_last_error=use_last_error)
+
+
+def _last_error() -> int:
+    """The thread's GetLastError() as ctypes saved it after the last foreign call."""
+    if sys.platform != "win32":
+        return 0
+    import ctypes
+
+    return ctypes.get_last_error()
+
+
+def _kernel32() -> Any:
+    return _dll("kernel32")
 
 
 def _ansi_codec() -> str:
@@ -80,7 +103,7 @@ class _LegacyFallbackDecoder(codecs.IncrementalDecoder):
         self.fallback = fallback
         self._pending = b""
 
-    def decode(self, input: bytes, final: bool = False) -> str:
+    def decode(self, input: Buffer, final: bool = False) -> str:
         data = self._pending + bytes(input)
         self._pending = b""
         out: list[str] = []
@@ -109,11 +132,10 @@ class _Jobs:
     """Job Objects of the running jobs, by process id (ctypes, Windows only)."""
 
     def __init__(self) -> None:
-        import ctypes
         from ctypes import wintypes
 
         self.k32 = _kernel32()
-        self.ntdll = ctypes.WinDLL("ntdll")  # type: ignore[attr-defined]
+        self.ntdll = _dll("ntdll", use_last_error=False)
         self.k32.CreateJobObjectW.restype = wintypes.HANDLE
         self.k32.CreateJobObjectW.argtypes = [wintypes.LPVOID, wintypes.LPCWSTR]
         self.k32.OpenProcess.restype = wintypes.HANDLE
@@ -128,8 +150,6 @@ class _Jobs:
     def adopt(self, pid: int) -> bool:
         """Put the (suspended) process ``pid`` in a new job, then let it run. Always
         resumes it; False if it could not be put in a job."""
-        import ctypes
-
         access = 0x0001 | 0x0100 | 0x0800  # TERMINATE | SET_QUOTA | SUSPEND_RESUME
         proc = self.k32.OpenProcess(access, False, pid)
         if not proc:
@@ -145,7 +165,7 @@ class _Jobs:
             if status != 0:
                 raise OSError(
                     f"cannot resume process {pid}: NTSTATUS {status & 0xFFFFFFFF:#x}, "
-                    f"error {ctypes.get_last_error()}"
+                    f"error {_last_error()}"
                 )
             return ok
         finally:
@@ -164,6 +184,14 @@ class _Jobs:
 class WindowsPlatform(Platform):
     name = "windows"
     default_shell = "cmd"
+
+    def verbatim_shell(self, shell: str | None) -> str | None:
+        """cmd parses its own command line, so it gets the command as written
+        (``cmd.exe /c "COMMAND"``, Python's shell=True): an argv would be quoted the C
+        runtime's way, every ``"`` written as ``\\"``, which cmd does not undo."""
+        if (shell or self.default_shell) != "cmd":
+            return None
+        return self.shell_argv("cmd", "")[0]  # its path, or ShellMissing
 
     def __init__(self, run: Callable[..., Any] | None = None) -> None:
         # One runner for every external program, so tests on Linux see the exact calls.
@@ -209,10 +237,12 @@ class WindowsPlatform(Platform):
 
     @staticmethod
     def _set_dacl(path: str, sddl: str) -> None:
+        if sys.platform != "win32":
+            raise OSError("security descriptors are set through the Windows API")
         import ctypes
         from ctypes import wintypes
 
-        advapi = ctypes.WinDLL("advapi32", use_last_error=True)  # type: ignore[attr-defined]
+        advapi = ctypes.WinDLL("advapi32", use_last_error=True)
         conv = advapi.ConvertStringSecurityDescriptorToSecurityDescriptorW
         conv.argtypes = [
             wintypes.LPCWSTR,
@@ -224,18 +254,18 @@ class WindowsPlatform(Platform):
         setsec.argtypes = [wintypes.LPCWSTR, wintypes.DWORD, wintypes.LPVOID]
         sd = wintypes.LPVOID()
         if not conv(sddl, 1, ctypes.byref(sd), None):
-            raise ctypes.WinError(ctypes.get_last_error())  # type: ignore[attr-defined]
+            raise ctypes.WinError(ctypes.get_last_error())
         try:
             # DACL_SECURITY_INFORMATION | PROTECTED_DACL_SECURITY_INFORMATION
             if not setsec(path, 0x4 | 0x80000000, sd):
                 err = ctypes.get_last_error()
                 raise CrcError(
                     f"cannot restrict access to {path} to SYSTEM and "
-                    f"Administrators: {ctypes.FormatError(err)} ({err})",  # type: ignore[attr-defined]
+                    f"Administrators: {ctypes.FormatError(err)} ({err})",
                     code="permission_denied",
                 )
         finally:
-            ctypes.windll.kernel32.LocalFree(sd)  # type: ignore[attr-defined]
+            ctypes.windll.kernel32.LocalFree(sd)
 
     # -- processes ----------------------------------------------------------------------
     def popen_options(self) -> dict[str, Any]:
@@ -280,14 +310,12 @@ class WindowsPlatform(Platform):
         # A process with a console gets console events, and the default handler ends it
         # (ExitProcess) - on a user's logoff, too, or when a job sends Ctrl+C to the
         # console it shares. The service ignores them all: the SCM alone stops it.
-        _CTRL_HANDLER = ctypes.WINFUNCTYPE(wintypes.BOOL, wintypes.DWORD)(  # type: ignore[attr-defined]
-            lambda event: True
-        )
+        _CTRL_HANDLER = ctypes.WINFUNCTYPE(wintypes.BOOL, wintypes.DWORD)(lambda event: True)
         k32.SetConsoleCtrlHandler(_CTRL_HANDLER, True)
         window = k32.GetConsoleWindow()
         if window:
             with contextlib.suppress(OSError, AttributeError):
-                ctypes.windll.user32.ShowWindow(window, 0)  # type: ignore[attr-defined]
+                ctypes.windll.user32.ShowWindow(window, 0)
         return bool(k32.SetConsoleOutputCP(CP_UTF8)) and bool(k32.SetConsoleCP(CP_UTF8))
 
     def service_manager(self) -> ServiceManager:

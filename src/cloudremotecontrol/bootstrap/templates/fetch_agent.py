@@ -39,6 +39,8 @@ Exit codes: 0 done, 2 usage or unsuitable Python, 6 server unreachable, 7 pin mi
 1 anything else. Messages go to stderr as ``crc-bootstrap: error: ...``.
 """
 
+from __future__ import annotations
+
 import argparse
 import hashlib
 import io
@@ -54,13 +56,16 @@ import time
 import urllib.error
 import urllib.request
 import zipfile
+from collections.abc import Iterable
+from email.message import Message
+from typing import Any, Literal, overload
 from urllib.parse import urlsplit
 
 PIN_MISMATCH, UNREACHABLE, USAGE = 7, 6, 2
 
 
 class Fatal(Exception):
-    def __init__(self, message, code=1):
+    def __init__(self, message: str, code: int = 1) -> None:
         super().__init__(message)
         self.code = code
 
@@ -69,12 +74,12 @@ class Transient(Exception):
     pass
 
 
-def log(text):
+def log(text: str) -> None:
     sys.stderr.write("crc-bootstrap: " + text + "\n")
     sys.stderr.flush()
 
 
-def normalize_pin(text):
+def normalize_pin(text: str) -> str:
     value = text.strip().lower()
     if value.startswith("sha256:"):
         value = value[len("sha256:") :]
@@ -84,14 +89,14 @@ def normalize_pin(text):
     return "sha256:" + value
 
 
-def host_port(url):
+def host_port(url: str) -> tuple[str, int]:
     parts = urlsplit(url)
     if parts.scheme not in ("https", "http") or not parts.hostname:
         raise Fatal(f"invalid server URL {url!r}: expected https://HOST[:PORT]", USAGE)
     return parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
 
 
-def pinned_context(url, pin, timeout):
+def pinned_context(url: str, pin: str, timeout: float) -> ssl.SSLContext:
     """Check the server's certificate against ``pin``; return a context trusting it."""
     host, port = host_port(url)
     probe = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -105,6 +110,8 @@ def pinned_context(url, pin, timeout):
             der = tls.getpeercert(binary_form=True)
     except (OSError, ssl.SSLError) as exc:
         raise Transient(f"cannot reach {url}: {exc}") from None
+    if der is None:
+        raise Fatal(f"the server at {url} presented no certificate", PIN_MISMATCH)
     seen = "sha256:" + hashlib.sha256(der).hexdigest()
     if seen != pin:
         raise Fatal(
@@ -122,7 +129,21 @@ def pinned_context(url, pin, timeout):
     return ctx
 
 
-def get(url, ctx, timeout, missing_ok=False):
+@overload
+def get(
+    url: str, ctx: ssl.SSLContext | None, timeout: float, missing_ok: Literal[False] = False
+) -> tuple[bytes, Message]: ...
+
+
+@overload
+def get(
+    url: str, ctx: ssl.SSLContext | None, timeout: float, missing_ok: bool
+) -> tuple[bytes | None, Message | None]: ...
+
+
+def get(
+    url: str, ctx: ssl.SSLContext | None, timeout: float, missing_ok: bool = False
+) -> tuple[bytes | None, Message | None]:
     req = urllib.request.Request(url, headers={"User-Agent": "crc-bootstrap"})  # noqa: S310
     try:
         with urllib.request.urlopen(req, timeout=timeout, context=ctx) as resp:  # noqa: S310
@@ -135,8 +156,9 @@ def get(url, ctx, timeout, missing_ok=False):
         hint = " (is the server older than this script?)" if exc.code == 404 else ""
         raise Fatal(f"{url} answered HTTP {exc.code}{hint}") from None
     except (urllib.error.URLError, OSError, ssl.SSLError) as exc:
-        if isinstance(getattr(exc, "reason", None), ssl.SSLCertVerificationError):
-            raise Fatal(f"TLS verification of {url} failed: {exc.reason}", PIN_MISMATCH) from None
+        reason = getattr(exc, "reason", None)
+        if isinstance(reason, ssl.SSLCertVerificationError):
+            raise Fatal(f"TLS verification of {url} failed: {reason}", PIN_MISMATCH) from None
         raise Transient(f"cannot reach {url}: {getattr(exc, 'reason', exc)}") from None
 
 
@@ -144,13 +166,13 @@ PYWIN32_PIN = "312"  # what `pip install` gets when the server offers no wheel
 PYWIN32_IMPORT = "import win32service, win32serviceutil, servicemanager, win32api, win32event"
 
 
-def venv_paths(venv):
+def venv_paths(venv: str) -> tuple[str, str]:
     if os.name == "nt":
         return os.path.join(venv, "Scripts", "python.exe"), os.path.join(venv, "Scripts")
     return os.path.join(venv, "bin", "python"), os.path.join(venv, "bin")
 
 
-def has_venv():
+def has_venv() -> bool:
     try:
         import venv  # noqa: F401 -- absent from the embeddable Python, some distro builds
     except ImportError:
@@ -158,7 +180,7 @@ def has_venv():
     return True
 
 
-def choose_layout(layout):
+def choose_layout(layout: str) -> str:
     if layout == "auto":
         return "site" if os.name == "nt" or not has_venv() else "venv"
     if layout == "venv" and not has_venv():
@@ -171,7 +193,7 @@ def choose_layout(layout):
     return layout
 
 
-def make_venv(venv):
+def make_venv(venv: str) -> str:
     python, _ = venv_paths(venv)
     if os.path.exists(python):
         return python
@@ -185,7 +207,7 @@ def make_venv(venv):
     return python
 
 
-def site_packages(python):
+def site_packages(python: str) -> str:
     out = subprocess.run(
         [python, "-I", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
         capture_output=True,
@@ -197,14 +219,14 @@ def site_packages(python):
     return out.stdout.strip()
 
 
-def pth_path():
+def pth_path() -> str:
     """The .pth in this interpreter's site-packages that puts PREFIX/lib on sys.path."""
     import sysconfig
 
     return os.path.join(sysconfig.get_paths()["purelib"], "crc-agent.pth")
 
 
-def write_pth(lib):
+def write_pth(lib: str) -> str:
     path = pth_path()
     text = f"import site; site.addsitedir({lib!r})\n"
     try:
@@ -223,7 +245,7 @@ def write_pth(lib):
     return path
 
 
-def layout_paths(prefix, layout):
+def layout_paths(prefix: str, layout: str) -> tuple[str, str | None, str]:
     """(python, lib directory or None for a venv, launcher directory)."""
     if layout == "venv":
         python, bindir = venv_paths(os.path.join(prefix, "venv"))
@@ -231,8 +253,8 @@ def layout_paths(prefix, layout):
     return sys.executable, os.path.join(prefix, "lib"), os.path.join(prefix, "bin")
 
 
-def top_level(names):
-    tops = set()
+def top_level(names: list[str]) -> list[str]:
+    tops: set[str] = set()
     for name in names:
         if name.startswith("/") or "\\" in name or ".." in name.split("/"):
             raise Fatal(f"unsafe path {name!r} in the agent package")
@@ -242,7 +264,7 @@ def top_level(names):
     return sorted(tops)
 
 
-def write_launcher(bindir, python):
+def write_launcher(bindir: str, python: str) -> str:
     os.makedirs(bindir, exist_ok=True)
     if os.name == "nt":
         path = os.path.join(bindir, "crc.cmd")
@@ -258,17 +280,18 @@ def write_launcher(bindir, python):
     return path
 
 
-def read_record(prefix):
+def read_record(prefix: str) -> dict[str, Any]:
     try:
         with open(os.path.join(prefix, "installed.json")) as fh:
-            return json.load(fh)
+            record = json.load(fh)
     except (OSError, ValueError):
         return {}
+    return record if isinstance(record, dict) else {}
 
 
-def install(prefix, data, digest, version, layout):
+def install(prefix: str, data: bytes, digest: str, version: str, layout: str) -> dict[str, Any]:
     python, lib, bindir = layout_paths(prefix, layout)
-    if layout == "venv":
+    if lib is None:  # the venv layout
         make_venv(os.path.join(prefix, "venv"))
         site = site_packages(python)
     else:
@@ -289,7 +312,7 @@ def install(prefix, data, digest, version, layout):
     for info in zf.infolist():
         if info.filename != "__main__.py":
             zf.extract(info, site)
-    pth = write_pth(lib) if layout == "site" else None
+    pth = write_pth(lib) if lib is not None else None
     launcher = write_launcher(bindir, python)
     check = subprocess.run(
         [python, "-I", "-m", "cloudremotecontrol", "--version"],
@@ -312,14 +335,14 @@ def install(prefix, data, digest, version, layout):
     }
 
 
-def write_record(prefix, info):
+def write_record(prefix: str, info: dict[str, Any]) -> None:
     record = os.path.join(prefix, "installed.json")
     with open(record + ".tmp", "w") as fh:
         json.dump(info, fh, indent=2)
     os.replace(record + ".tmp", record)
 
 
-def installed_digest(prefix, layout):
+def installed_digest(prefix: str, layout: str) -> str | None:
     info = read_record(prefix)
     python, _, _ = layout_paths(prefix, layout)
     if info.get("layout", "venv") != layout or info.get("python") != python:
@@ -329,7 +352,7 @@ def installed_digest(prefix, layout):
     return info.get("sha256")
 
 
-def wheel_tags():
+def wheel_tags() -> tuple[str, str]:
     """(python tag, platform tag) of this interpreter, e.g. ("cp312", "win_amd64")."""
     import sysconfig
 
@@ -338,7 +361,7 @@ def wheel_tags():
     return f"cp{sys.version_info[0]}{sys.version_info[1]}", plat
 
 
-def pick_wheel(names, project, pytag, plat):
+def pick_wheel(names: Iterable[str], project: str, pytag: str, plat: str) -> str | None:
     """The newest wheel of ``project`` among ``names`` that this interpreter can load."""
     best = None
     for name in names:
@@ -356,14 +379,16 @@ def pick_wheel(names, project, pytag, plat):
     return best[1] if best else None
 
 
-def can_import(python, statement):
+def can_import(python: str, statement: str) -> tuple[bool, str]:
     out = subprocess.run(
         [python, "-I", "-c", statement], capture_output=True, text=True, check=False
     )
     return out.returncode == 0, out.stderr.strip()[-300:]
 
 
-def ensure_pywin32(base, ctx, timeout, python, site):
+def ensure_pywin32(
+    base: str, ctx: ssl.SSLContext | None, timeout: float, python: str, site: str
+) -> str:
     ok, _ = can_import(python, PYWIN32_IMPORT)
     if ok:
         return "present"
@@ -431,7 +456,7 @@ def ensure_pywin32(base, ctx, timeout, python, site):
     return source
 
 
-def fetch(args):
+def fetch(args: argparse.Namespace) -> tuple[str, str]:
     base = args.url.rstrip("/")
     layout = choose_layout(args.layout)
     ctx = None
@@ -469,7 +494,7 @@ def fetch(args):
     return "changed", version
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="crc-bootstrap-fetch")
     parser.add_argument("--url", required=True)
     parser.add_argument("--fingerprint", default="")

@@ -29,6 +29,7 @@ from .model import (
     Action,
     HostsAction,
     MachineDef,
+    OsName,
     PushAction,
     RebootAction,
     RunAction,
@@ -53,6 +54,7 @@ _TOP = (
     "machines",
     "steps",
 )
+_OSES: tuple[OsName, ...] = ("linux", "windows")
 _MACHINE = ("os", "labels", "region", "plan", "image", "provider", "description", "expose")
 _STEP = (
     "name",
@@ -113,7 +115,7 @@ class ScenarioParser:
         name = None
         if "name" in top:
             node = top["name"][1]
-            text = r.str(node, "name")
+            text = r.string(node, "name")
             name = text and _check(r, node, "name", check_name, text, "scenario name")
         settings = self._provider(top)
         ttl = r.duration(top["ttl"][1], "ttl") if "ttl" in top else None
@@ -159,7 +161,7 @@ class ScenarioParser:
             steps = self._steps(top["steps"][1])
         description = ""
         if "description" in top:
-            description = r.str(top["description"][1], "description", empty=True) or ""
+            description = r.string(top["description"][1], "description", empty=True) or ""
         if r.problems or name is None:
             return None
         return Scenario(
@@ -228,12 +230,12 @@ class ScenarioParser:
         for key, (_, vnode) in entries.items():
             path = f"defaults.{key}"
             if key == "os":
-                out["os"] = r.choice(vnode, path, ("linux", "windows"))
+                out["os"] = r.choice(vnode, path, _OSES)
             elif key == "image" and isinstance(vnode, yaml.MappingNode):
                 images = r.mapping(vnode, path, ("linux", "windows")) or {}
-                out["images"] = {k: r.str(v, f"{path}.{k}") for k, (_, v) in images.items()}
+                out["images"] = {k: r.string(v, f"{path}.{k}") for k, (_, v) in images.items()}
             else:
-                out[key] = r.str(vnode, path)
+                out[key] = r.string(vnode, path)
         return out
 
     def _machines(self, node: yaml.Node, defaults: dict[str, Any]) -> None:
@@ -252,14 +254,10 @@ class ScenarioParser:
                 spec = r.mapping(vnode, path, _MACHINE) or {}
 
             def text(key: str, spec: dict[str, Any] = spec, path: str = path) -> str | None:
-                return r.str(spec[key][1], f"{path}.{key}") if key in spec else None
+                return r.string(spec[key][1], f"{path}.{key}") if key in spec else None
 
-            os_name = (
-                (
-                    r.choice(spec["os"][1], f"{path}.os", ("linux", "windows"))
-                    if "os" in spec
-                    else None
-                )
+            os_name: OsName = (
+                (r.choice(spec["os"][1], f"{path}.os", _OSES) if "os" in spec else None)
                 or defaults.get("os")
                 or "linux"
             )
@@ -295,7 +293,8 @@ class ScenarioParser:
                 enode = spec["expose"][1]
                 if isinstance(enode, yaml.SequenceNode):
                     ports = [
-                        r.int(n, f"{path}.expose[{i}]", 1, 65535) for i, n in enumerate(enode.value)
+                        r.integer(n, f"{path}.expose[{i}]", 1, 65535)
+                        for i, n in enumerate(enode.value)
                     ]
                     expose = tuple(dict.fromkeys(p for p in ports if p is not None))
                 else:
@@ -380,7 +379,7 @@ class ScenarioParser:
         kinds = [k for k in STEP_KINDS if k in e]
         name: str | None = f"{kinds[0] if len(kinds) == 1 else 'step'}-{i + 1}"
         if "name" in e:
-            text = r.str(e["name"][1], f"{label}.name")
+            text = r.string(e["name"][1], f"{label}.name")
             name = text and _check(r, e["name"][1], f"{label}.name", check_name, text, "step name")
             if not name:
                 return None, [], None
@@ -404,9 +403,9 @@ class ScenarioParser:
                 r.error(e[key][0], f"{label}.{key}", f"only run and script steps take {key}")
         to = "all"
         if "to" in e:
-            to = r.str(e["to"][1], f"{label}.to") or "all"
+            to = r.string(e["to"][1], f"{label}.to") or "all"
         targets = self._targets(to, e["to"][1] if "to" in e else node, f"{label}.to")
-        retries = r.int(e["retries"][1], f"{label}.retries") if "retries" in e else 0
+        retries = r.integer(e["retries"][1], f"{label}.retries") if "retries" in e else 0
         delay = (
             r.duration(e["retry_delay"][1], f"{label}.retry_delay")
             if "retry_delay" in e
@@ -474,7 +473,7 @@ class ScenarioParser:
             if argv is None:
                 return None
         else:
-            command = r.str(node, path)
+            command = r.string(node, path)
             if command is None:
                 return None
         return self._run_options(e, path.rsplit(".", 1)[0], command, argv, None)
@@ -497,14 +496,14 @@ class ScenarioParser:
                     "an argv runs without a shell: write the command as one string",
                 )
         env = r.str_map(e["env"][1], f"{label}.env") if "env" in e else {}
-        cwd = r.str(e["cwd"][1], f"{label}.cwd") if "cwd" in e else None
+        cwd = r.string(e["cwd"][1], f"{label}.cwd") if "cwd" in e else None
         if env is None:
             return None
         return RunAction(command=command, argv=argv, shell=shell, env=env, cwd=cwd)
 
     def _script(self, e: dict[str, Any], node: yaml.Node, path: str) -> RunAction | None:
         r = self.r
-        rel = r.str(node, path)
+        rel = r.string(node, path)
         if rel is None:
             return None
         file = self.base / rel
@@ -529,17 +528,19 @@ class ScenarioParser:
         if "dest" not in p:
             r.error(node, f"{path}.dest", "required field is missing")
             return None
-        dest = r.str(p["dest"][1], f"{path}.dest")
+        dest = r.string(p["dest"][1], f"{path}.dest")
         if dest and "{{" not in dest and not _ABSOLUTE.match(dest):
             r.error(p["dest"][1], f"{path}.dest", "must be an absolute path on the machine")
         src = None
         if "src" in p:
-            rel = r.str(p["src"][1], f"{path}.src")
+            rel = r.string(p["src"][1], f"{path}.src")
             if rel is not None:
                 src = self.base / rel
                 if not src.is_file():
                     r.error(p["src"][1], f"{path}.src", f"no such file: {src}")
-        content = r.str(p["content"][1], f"{path}.content", empty=True) if "content" in p else None
+        content = (
+            r.string(p["content"][1], f"{path}.content", empty=True) if "content" in p else None
+        )
         mode = None
         if "mode" in p:
             raw = r.value(p["mode"][1])
@@ -551,7 +552,7 @@ class ScenarioParser:
                 )
             else:
                 mode = raw
-        owner = r.str(p["owner"][1], f"{path}.owner") if "owner" in p else None
+        owner = r.string(p["owner"][1], f"{path}.owner") if "owner" in p else None
         if dest is None:
             return None
         return PushAction(dest=dest, src=src, content=content, mode=mode, owner=owner)
@@ -589,7 +590,7 @@ class ScenarioParser:
                 r.error(vnode, f"{path}.ready", "expected true")
                 return None
             return WaitAction("ready")
-        text = r.str(vnode, f"{path}.{kind}")
+        text = r.string(vnode, f"{path}.{kind}")
         if text is None:
             return None
         if kind == "message":
@@ -610,7 +611,7 @@ class ScenarioParser:
         if "type" not in p:
             r.error(node, f"{path}.type", "required field is missing (user.NAME)")
             return None
-        text = r.str(p["type"][1], f"{path}.type")
+        text = r.string(p["type"][1], f"{path}.type")
         if text is None:
             return None
         type_ = text if text.startswith("user.") else "user." + text

@@ -106,8 +106,8 @@ class _ShLexer:
         self.out: list[Placement] = []
         self.pending: list[tuple[str, bool, bool]] = []  # here-docs: (delim, quoted, strip)
 
-    def place(self, kind: str, **kw: object) -> None:
-        self.out.append(Placement("sh", kind, next_char=self.s.next_char(), **kw))  # type: ignore[arg-type]
+    def place(self, kind: str, terminator: str | None = None, strip_tabs: bool = False) -> None:
+        self.out.append(Placement("sh", kind, terminator, strip_tabs, next_char=self.s.next_char()))
 
     def run(self) -> list[Placement]:
         self.normal(closer=None)
@@ -360,8 +360,10 @@ class _PsLexer:
         self.s = s
         self.out: list[Placement] = []
 
-    def place(self, kind: str, **kw: object) -> None:
-        self.out.append(Placement("powershell", kind, next_char=self.s.next_char(), **kw))  # type: ignore[arg-type]
+    def place(self, kind: str, terminator: str | None = None, strip_tabs: bool = False) -> None:
+        self.out.append(
+            Placement("powershell", kind, terminator, strip_tabs, next_char=self.s.next_char())
+        )
 
     def run(self) -> list[Placement]:
         self.normal(nested=False)

@@ -224,6 +224,7 @@ class StepExecutor:
         def show(msg: Message) -> None:
             self.view.output(step.name, msg.sender, "stdout", f"{msg.type} {msg.body}")
 
+        assert a.type is not None  # the parser gives every wait for a message its type
         try:
             found = c.wait_messages(
                 self.group,

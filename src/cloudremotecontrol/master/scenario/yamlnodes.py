@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
 from ...errors import InvalidInput
+
+C = TypeVar("C", bound=str)  # one of a choice's values (a Literal type, or str)
 
 __all__ = ["NodeReader", "Problem", "ScenarioError", "Where", "parse_duration"]
 
@@ -136,7 +138,7 @@ class NodeReader:
             out[key] = (knode, vnode)
         return out
 
-    def str(self, node: yaml.Node, path: str, *, empty: bool = False) -> str | None:
+    def string(self, node: yaml.Node, path: str, *, empty: bool = False) -> str | None:
         value = self.value(node) if isinstance(node, yaml.ScalarNode) else None
         if isinstance(value, bool) or value is None or not isinstance(value, (str, int, float)):
             self.error(node, path, "expected a string")
@@ -149,14 +151,14 @@ class NodeReader:
 
     def str_list(self, node: yaml.Node, path: str) -> list[str] | None:
         if isinstance(node, yaml.ScalarNode) and self.value(node) is not None:
-            one = self.str(node, path)
+            one = self.string(node, path)
             return None if one is None else [one]
         if isinstance(node, yaml.ScalarNode):  # null: the empty list
             return []
         if not isinstance(node, yaml.SequenceNode):
             self.error(node, path, "expected a string or a list of strings")
             return None
-        items = [self.str(n, f"{path}[{i}]") for i, n in enumerate(node.value)]
+        items = [self.string(n, f"{path}[{i}]") for i, n in enumerate(node.value)]
         return None if any(i is None for i in items) else [i for i in items if i is not None]
 
     def str_map(self, node: yaml.Node, path: str) -> dict[str, str] | None:
@@ -165,12 +167,14 @@ class NodeReader:
             return None
         out = {}
         for key, (_, vnode) in entries.items():
-            text = self.str(vnode, f"{path}.{key}", empty=True)
+            text = self.string(vnode, f"{path}.{key}", empty=True)
             if text is not None:
                 out[key] = text
         return out
 
-    def int(self, node: yaml.Node, path: str, minimum: int = 0, maximum: int = 100) -> int | None:
+    def integer(
+        self, node: yaml.Node, path: str, minimum: int = 0, maximum: int = 100
+    ) -> int | None:
         value = self.value(node) if isinstance(node, yaml.ScalarNode) else None
         if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
             self.error(node, path, f"expected a whole number from {minimum} to {maximum}")
@@ -185,9 +189,12 @@ class NodeReader:
             self.error(node, path, str(exc))
             return None
 
-    def choice(self, node: yaml.Node, path: str, choices: tuple[str, ...]) -> str | None:
-        text = self.str(node, path)
-        if text is not None and text not in choices:
-            self.error(node, path, f"{text!r} is not one of: {', '.join(choices)}")
+    def choice(self, node: yaml.Node, path: str, choices: tuple[C, ...]) -> C | None:
+        text = self.string(node, path)
+        if text is None:
             return None
-        return text
+        for choice in choices:
+            if text == choice:
+                return choice
+        self.error(node, path, f"{text!r} is not one of: {', '.join(choices)}")
+        return None

@@ -61,7 +61,7 @@ def install(app: FastAPI) -> None:
     app.state.dashboard = True
     app.include_router(router)
 
-    @app.get("/", include_in_schema=True, tags=["dashboard"], response_class=RedirectResponse)
+    @app.get("/", include_in_schema=False, response_class=RedirectResponse)
     async def root() -> RedirectResponse:
         """The server's root: to the dashboard."""
         return RedirectResponse(PATH, status_code=307)

@@ -35,7 +35,7 @@ STATIC = HERE / "static"
 LOGIN_COOKIE = "crc_login"
 MAX_LOGIN_FORM = 4096
 
-router = APIRouter(prefix=PREFIX, tags=["dashboard"])
+router = APIRouter(prefix=PREFIX, tags=["dashboard"], include_in_schema=False)
 _env = jinja2.Environment(
     loader=jinja2.FileSystemLoader(HERE / "templates"),
     autoescape=True,

@@ -126,7 +126,9 @@ def csrf_ok(conn: HTTPConnection, cookie_value: str, presented: str | None) -> b
     )
 
 
-async def session_from_cookie(conn: HTTPConnection, form_csrf: str | None = None) -> Any:
+async def session_from_cookie(
+    conn: HTTPConnection, form_csrf: str | None = None
+) -> dict[str, Any] | None:
     """The user of the request's session cookie, or None when it has none (or the server
     runs without the dashboard). A state-changing request (any method but GET, HEAD and
     OPTIONS; any WebSocket handshake) must be same-origin and, over HTTP, carry the

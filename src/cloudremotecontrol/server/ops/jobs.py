@@ -235,10 +235,12 @@ def cancel_job(tx: Tx, user: dict[str, Any], job_id: str) -> dict[str, Any]:
         (job_id,),
     )
     deliveries = []
+    cancelling: list[str] = []
     for t in targets:
         status = JobStatus(t["status"])
         if status.terminal:
             continue
+        cancelling.append(t["machine"])
         if status == JobStatus.QUEUED:
             env = Envelope.of(
                 JobCancel(job_id=job_id, before_start=True),
@@ -291,4 +293,4 @@ def cancel_job(tx: Tx, user: dict[str, Any], job_id: str) -> dict[str, Any]:
         seq, frame = enqueue(tx, t, env, job_id)
         deliveries.append((t["machine_id"], seq, frame))
     audit(tx, user["user_id"], user["user"], "job.cancel", job["group_name"], {"job_id": job_id})
-    return {"job_id": job_id, "deliveries": deliveries}
+    return {"job_id": job_id, "cancelling": cancelling, "deliveries": deliveries}

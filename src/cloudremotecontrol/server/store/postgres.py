@@ -100,7 +100,7 @@ _CONNECTION_RETRIES = 3
 # Failures that roll back one op whose transaction lost a race with another one: the
 # op is run again in a new transaction (see "How an operation runs").
 _CONFLICTS = (errors.SerializationFailure, errors.DeadlockDetected, errors.UniqueViolation)
-_CONNECT = {
+_CONNECT: dict[str, Any] = {
     "autocommit": True,  # transactions are opened explicitly with conn.transaction()
     "row_factory": dict_row,
     "connect_timeout": 10,
@@ -111,6 +111,12 @@ _CONNECT = {
     "keepalives_interval": 10,
     "keepalives_count": 3,
 }
+
+
+def _connect(url: str) -> psycopg.Connection[dict[str, Any]]:
+    """One connection outside the pools, with the options of theirs."""
+    conn: psycopg.Connection[dict[str, Any]] = psycopg.connect(url, **_CONNECT)
+    return conn
 
 
 @functools.lru_cache(maxsize=2048)
@@ -247,7 +253,7 @@ class PostgresStore(Store):
 
     def _migrate(self) -> None:
         try:
-            conn = psycopg.connect(self.url, **_CONNECT)
+            conn = _connect(self.url)
         except psycopg.OperationalError as exc:
             raise Unavailable(f"cannot connect to PostgreSQL at {_where(self.url)}: {exc}") from exc
         with conn:
@@ -426,7 +432,7 @@ class PostgresStore(Store):
         delay = 0.1
         while not self._stopping.is_set():
             try:
-                with psycopg.connect(self.url, **_CONNECT) as conn:
+                with _connect(self.url) as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
                     # What was committed while we were not listening was never announced:
                     # every follower re-reads from its cursor (at start there are none).

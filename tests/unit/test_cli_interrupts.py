@@ -1,0 +1,66 @@
+"""Ctrl-C (or SIGTERM/SIGHUP) that lands while `crc run` is still starting its job is
+held until the job has an id, then cancels it; a second one stops crc at once. The
+signals are real (sent to this process); the client is a stand-in that records calls."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from cloudremotecontrol.cli.job_cmds import start_and_follow
+
+STARTED = {"job_id": "j1", "targets": ["a"]}
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.cancelled: list[str] = []
+
+    def cancel_job(self, job_id: str) -> dict[str, Any]:
+        self.cancelled.append(job_id)
+        return {"job_id": job_id, "cancelling": ["a"]}
+
+    def follow_job(self, job_id: str, left: list[str], since: int = 0) -> Iterator[Any]:
+        return iter(())  # the job's events are not what this test is about
+
+
+def _start_with(*signums: int) -> Any:
+    def start() -> dict[str, Any]:
+        for signum in signums:
+            os.kill(os.getpid(), signum)
+        return dict(STARTED)
+
+    return start
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_a_signal_while_starting_cancels_the_job_once_it_has_an_id(
+    signum: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = signal.getsignal(signum)
+    c = Recorder()
+    started, results = start_and_follow(c, _start_with(signum), as_json=False)
+    assert started == STARTED and results == {}
+    assert c.cancelled == ["j1"]
+    err = capsys.readouterr().err
+    assert "cancelling job j1 on every machine" in err, err
+    assert signal.getsignal(signum) is before  # the handlers are put back
+
+
+def test_a_second_signal_while_starting_stops_at_once() -> None:
+    c = Recorder()
+    with pytest.raises(KeyboardInterrupt):
+        start_and_follow(c, _start_with(signal.SIGINT, signal.SIGINT), as_json=False)
+    assert c.cancelled == []
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_no_signal_no_cancel() -> None:
+    c = Recorder()
+    announced: list[dict[str, Any]] = []
+    start_and_follow(c, _start_with(), as_json=False, announce=announced.append)
+    assert c.cancelled == [] and announced == [STARTED]

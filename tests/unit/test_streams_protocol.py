@@ -1,0 +1,177 @@
+"""protocol/streams.py: forward specifications, terminal sizes, the control catalogue,
+and the recording format's byte-exact replay."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from cloudremotecontrol.errors import InvalidInput, TooLarge
+from cloudremotecontrol.protocol.streams import (
+    MAX_CONTROL_BYTES,
+    ForwardSpec,
+    StreamError,
+    StreamExit,
+    StreamOpen,
+    StreamReady,
+    StreamRequest,
+    StreamResize,
+    check_replica_url,
+    check_terminal_size,
+    new_stream_id,
+    parse_forward_spec,
+    read_control,
+    write_control,
+)
+from cloudremotecontrol.protocol.wire import Direction
+
+
+@pytest.mark.parametrize(
+    ("spec", "want"),
+    [
+        ("8080:80", ForwardSpec("127.0.0.1", 8080, "127.0.0.1", 80)),
+        ("0:5432", ForwardSpec("127.0.0.1", 0, "127.0.0.1", 5432)),
+        ("5433:db.lab:5432", ForwardSpec("127.0.0.1", 5433, "db.lab", 5432)),
+        ("0.0.0.0:8080:10.1.0.5:80", ForwardSpec("0.0.0.0", 8080, "10.1.0.5", 80)),
+        ("[::1]:8080:[fd00::5]:80", ForwardSpec("::1", 8080, "fd00::5", 80)),
+        ("localhost:9000:web:80", ForwardSpec("127.0.0.1", 9000, "web", 80)),
+    ],
+)
+def test_forward_specs_in_every_accepted_form(spec, want):
+    assert parse_forward_spec(spec) == want
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "",
+        "80",
+        "a:b",
+        "1:2:3:4:5",
+        "99999:80",
+        "8080:0",
+        "8080:70000",
+        "8080:bad host:80",
+        "8080:a\nb:80",
+        "host:8080:web:80",
+        "-1:80",
+        "x" * 700,
+        None,
+        8080,
+    ],
+)
+def test_bad_forward_specs_say_the_accepted_forms(spec):
+    with pytest.raises(InvalidInput) as exc:
+        parse_forward_spec(spec)
+    assert exc.value.details.get("field") in ("forward", "host")
+
+
+@pytest.mark.parametrize("size", [(0, 24), (80, 0), (100000, 24), (80, 100000), (-1, 5)])
+def test_terminal_sizes_out_of_range_are_refused(size):
+    with pytest.raises(InvalidInput, match="out of range"):
+        check_terminal_size(*size)
+
+
+def test_terminal_sizes_must_be_integers():
+    for bad in ((80.0, 24), ("80", 24), (True, 24), (None, 24)):
+        with pytest.raises(InvalidInput, match="integer"):
+            check_terminal_size(*bad)
+    assert check_terminal_size(1, 4096) == (1, 4096)
+
+
+def test_control_messages_round_trip_and_keep_their_direction():
+    for control, sender in (
+        (StreamResize(cols=120, rows=40), Direction.TO_AGENT),
+        (StreamReady(), Direction.TO_SERVER),
+        (StreamExit(code=130), Direction.TO_SERVER),
+        (StreamError(code="connect_failed", message="refused"), Direction.TO_SERVER),
+    ):
+        assert read_control(write_control(control), sender) == control
+        other = Direction.TO_SERVER if sender is Direction.TO_AGENT else Direction.TO_AGENT
+        with pytest.raises(InvalidInput, match="unexpected control message"):
+            read_control(write_control(control), other)  # a machine cannot resize, ...
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "not json",
+        "[]",
+        '{"type": "stream.resize", "cols": 0, "rows": 24}',
+        '{"type": "stream.resize", "cols": 80}',
+        '{"type": "stream.exit", "code": "0"}',
+        '{"type": "stream.open"}',
+        '{"type": "stream.nope"}',
+        '{"type": "stream.error", "code": "Bad Code!", "message": "x"}',
+        "[" * 5000,
+        '{"type": "stream.exit", "code": 1, "pad": "' + "x" * MAX_CONTROL_BYTES + '"}',
+    ],
+)
+def test_hostile_control_messages_are_refused(text):
+    sender = Direction.TO_AGENT if "resize" in text else Direction.TO_SERVER
+    with pytest.raises(InvalidInput):
+        read_control(text, sender)
+
+
+def test_a_long_error_message_from_a_machine_is_cut_not_refused():
+    body = {"type": "stream.error", "code": "x", "message": "é" * 1500}
+    text = json.dumps(body, ensure_ascii=False)
+    assert len(text.encode()) < MAX_CONTROL_BYTES
+    control = read_control(text, Direction.TO_SERVER)
+    assert isinstance(control, StreamError) and len(control.message.encode()) <= 1000
+
+
+def test_a_command_is_bounded_in_all_not_only_per_item():
+    sid = new_stream_id()
+    big = ["x" * (100 << 10), "y" * (100 << 10)]
+    with pytest.raises(TooLarge, match="the limit is"):
+        StreamOpen.from_body({"stream": sid, "kind": "shell", "argv": big})
+    assert StreamOpen.from_body({"stream": sid, "kind": "shell", "argv": big[:1]}).argv
+
+
+def test_a_request_through_another_replica_names_a_plain_server_url():
+    sid = new_stream_id()
+    body = {"stream": sid, "kind": "forward", "host": "db", "port": 5432}
+    req = StreamRequest.from_body({**body, "url": "https://10.0.0.5:8443"})
+    assert req.to_open() == StreamOpen.from_body(body)
+    for bad in ("ftp://x", "https://a/b", "https://a b", "https://x\n", "javascript:1", ""):
+        with pytest.raises(InvalidInput):
+            StreamRequest.from_body({**body, "url": bad})
+    assert check_replica_url("https://[::1]:8443/") == "https://[::1]:8443"
+
+
+def test_stream_ids_are_random_and_checked():
+    ids = {new_stream_id() for _ in range(100)}
+    assert len(ids) == 100
+    with pytest.raises(InvalidInput, match="stream id"):
+        StreamOpen.from_body({"stream": "st_../../etc", "kind": "shell"})
+
+
+def test_recordings_replay_the_exact_bytes(tmp_path: Path):
+    from cloudremotecontrol.server.streams import Recorder, Stream, replay_bytes
+
+    chunks = [b"caf\xc3", b"\xa9 \xff\xfe\x1b[1mbold\x1b[0m\r\n", b"\xe2\x82", b"\xac end\x80"]
+    stream = Stream(
+        id=new_stream_id(),
+        kind="shell",
+        user={"user_id": "u", "user": "alice"},
+        group="lab",
+        group_id="g",
+        machine="dev",
+        machine_id="m",
+        detail={},
+    )
+    rec = Recorder(tmp_path / "r.cast", stream, record_input=False)
+    for chunk in chunks:
+        rec.output(chunk)
+    rec.input(b"secret password\r")
+    rec.resize(100, 30)
+    rec.close()
+    cast = (tmp_path / "r.cast").read_text("ascii")
+    header = json.loads(cast.splitlines()[0])
+    assert header["version"] == 2 and (header["width"], header["height"]) == (80, 24)
+    assert replay_bytes(cast) == b"".join(chunks)
+    assert "secret" not in cast
+    assert [json.loads(x)[1] for x in cast.splitlines()[1:]].count("r") == 1
