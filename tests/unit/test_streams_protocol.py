@@ -150,6 +150,13 @@ def test_stream_ids_are_random_and_checked():
 
 
 def test_recordings_replay_the_exact_bytes(tmp_path: Path):
+    import asyncio
+
+    asyncio.run(_record_and_replay(tmp_path))
+
+
+async def _record_and_replay(tmp_path: Path) -> None:
+    """In a running loop, as on the server (a Stream holds asyncio primitives)."""
     from cloudremotecontrol.server.streams import Recorder, Stream, replay_bytes
 
     chunks = [b"caf\xc3", b"\xa9 \xff\xfe\x1b[1mbold\x1b[0m\r\n", b"\xe2\x82", b"\xac end\x80"]
