@@ -440,3 +440,14 @@ def test_a_group_that_forces_recording_refuses_no_record(env):
     env.wait_state("strict", ["m"], "ready")
     with pytest.raises(Forbidden, match="records every shell session"):
         env.client.shell("strict", "m", record=False)
+
+
+def test_crc_shell_with_piped_stdin_types_it_and_ends_with_ctrl_d(lab, crc):
+    """Not a terminal: no raw mode to set; what stdin carries is typed, its end is a
+    Ctrl-D (the remote shell ends), and the exit code is the remote one."""
+    r = crc("shell", "lab", "dev", "--", "sh", input="echo piped-$((6*7))\nexit 9\n")
+    assert r.returncode == 9, r.stderr
+    assert "piped-42" in r.stdout and "Traceback" not in r.stderr
+    r = crc("shell", "lab", "dev", "--json", "--", "sh", "-c", "exit 0", input="")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout.splitlines()[-1])["exit_code"] == 0
