@@ -162,6 +162,7 @@ DASHBOARD: list[Request] = [
     ("GET", "/dashboard/groups/{group}/kv", lambda r: {}),
     ("GET", "/dashboard/groups/{group}/events", lambda r: {"params": {"type": "job."}}),
     ("GET", "/dashboard/groups/{group}/audit", lambda r: {}),
+    ("GET", "/dashboard/groups/{group}/machines/{machine}/terminal", lambda r: {}),
     ("GET", "/dashboard/jobs/{job_id}", lambda r: {}),
     ("POST", "/dashboard/logout", lambda r: {}),
 ]

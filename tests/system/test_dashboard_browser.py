@@ -61,9 +61,9 @@ def test_a_group_turns_ready_on_the_page_as_agents_enroll_without_a_reload(env, 
         expect(row(page, name).locator(".c-os")).not_to_have_text("")  # facts arrived
         expect(row(page, name).locator(".c-ips")).not_to_have_text("")
     expect(page.locator("#counts")).to_have_text("2 ready")
-    # No terminal on a server without `crc shell`'s stream: nothing points nowhere.
-    assert page.locator("#machines").get_attribute("data-shell") == ""
-    expect(page.locator("#machines button.term")).to_have_count(0)
+    # The server has `crc shell`'s stream: a Terminal button on each machine's row.
+    assert page.locator("#machines").get_attribute("data-shell") == "/v1/streams/"
+    expect(page.locator("#machines button.term")).to_have_count(2)
     assert page.evaluate("window.__samePage") is True  # live updates, not a reload
     # TTL counts down; "for" counts up.
     expect(page.locator("#ttl")).to_contain_text("m")

@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 from pydantic import Field
 from starlette.websockets import WebSocket
 
-from ..errors import Conflict, CrcError, InvalidInput, NotFound, Unauthorized
+from ..errors import Conflict, CrcError, Forbidden, InvalidInput, NotFound, Unauthorized
 from ..protocol.frames import write_frame
 from ..protocol.streams import (
     STREAM_ID,
@@ -201,15 +201,48 @@ async def _deny(ws: WebSocket, exc: CrcError) -> None:
     await ws.send_denial_response(JSONResponse(exc.to_payload(), status_code=exc.http_status))
 
 
+def _own_origin(ws: WebSocket) -> str | None:
+    """The origin a page of this server has (``https://host:port``), from the handshake."""
+    host = ws.headers.get("host", "")
+    if not host:
+        return None
+    scheme = "https" if ws.url.scheme == "wss" else "http"
+    return f"{scheme}://{host}".lower()
+
+
+async def _browser_user(ws: WebSocket) -> dict[str, Any]:
+    """The dashboard's user for a handshake without a bearer token: a live session
+    cookie, and an ``Origin`` header naming this server (a browser always sends it; a
+    page of another site cannot forge it), else refused. The stream id itself is the
+    ticket: only a CSRF-checked POST of the same user gets one, it is good for one
+    connection within 30 s (docs/dashboard.md)."""
+    from .dashboard.sessions import COOKIE, session_from_cookie
+
+    if not getattr(ws.app.state, "dashboard", False) or not ws.cookies.get(COOKIE):
+        raise Unauthorized("missing bearer token: run `crc login`")
+    origin = ws.headers.get("origin")
+    if origin is None or origin.lower() != _own_origin(ws):
+        raise Forbidden(
+            "a browser may open a stream only from this server's dashboard (Origin "
+            f"{(origin or 'missing')[:100]!r} refused)",
+            code="csrf",
+        )
+    user = await session_from_cookie(ws)
+    if user is None:
+        raise Unauthorized("log in to the dashboard first")
+    return dict(user)
+
+
 async def master_stream(ws: WebSocket) -> None:
-    """``/v1/streams/{stream}``: the master's end. Bearer token only (a browser's
-    cookie is not accepted here: no cross-site WebSocket)."""
+    """``/v1/streams/{stream}``: the master's end. A bearer token, or the dashboard's
+    session cookie from a page of this server's own origin (no cross-site WebSocket)."""
     app = ws.app
     broker = _broker(app)
     try:
         if auth.bearer(ws) is None:
-            raise Unauthorized("missing bearer token: run `crc login`")
-        user = await auth.master(ws)
+            user = await _browser_user(ws)
+        else:
+            user = await auth.master(ws)
         stream_id = STREAM_ID.check(ws.path_params.get("stream"), "stream")
         stream = broker.streams.get(stream_id)
         if stream is None or stream.user["user_id"] != user["user_id"]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import secrets
 import time
 import urllib.parse
 from collections.abc import Callable
@@ -24,7 +25,7 @@ from ...errors import CrcError, InvalidInput, NotFound, Unauthorized
 from ..ops import events as ev_ops
 from ..ops import groups as group_ops
 from ..store.base import Store
-from . import sessions, views
+from . import CSP, sessions, views
 
 __all__ = ["PREFIX", "router"]
 
@@ -60,6 +61,7 @@ _TYPES = {
     ".js": "text/javascript",
     ".css": "text/css",
     ".json": "application/json",
+    ".txt": "text/plain; charset=utf-8",
     ".svg": "image/svg+xml",
 }
 
@@ -101,24 +103,20 @@ def _store(request: Request) -> Store:
     return store
 
 
-TERMINAL_PAGE = f"{PREFIX}/groups/{{group}}/machines/{{machine}}/terminal"
+STREAM_SOCKET = "/v1/streams/{stream}"
 
 
 def features(request: Request) -> dict[str, Any]:
     """What this server offers the pages beyond the API they always use, found in its
-    own routes. The machines table shows a *Terminal* button when the server has
-    `crc shell`'s stream (a WebSocket route under /v1 ending in ``/shell``) and the
-    dashboard a terminal page for it; forward buttons when it has `crc forward`'s
-    (``/forward``). Absent either, nothing is shown."""
+    own routes: the machines table shows a *Terminal* button (to this dashboard's
+    terminal page) when the server has the streams of `crc shell` and `crc forward`
+    (the WebSocket ``/v1/streams/{stream}``, mounted on the app itself). Absent it,
+    nothing is shown."""
     found = getattr(request.app.state, "dashboard_features", None)
     if found is None:
-        paths = [str(getattr(r, "path", "")) for r in request.app.routes]
-
-        def stream(suffix: str) -> str | None:
-            return next((p for p in paths if p.startswith("/v1/") and p.endswith(suffix)), None)
-
-        shell = stream("/shell") if TERMINAL_PAGE in paths else None
-        found = {"shell": shell, "forward": stream("/forward")}
+        paths = {str(getattr(r, "path", "")) for r in request.app.routes}
+        streams = "/v1/streams/" if STREAM_SOCKET in paths else None
+        found = {"shell": streams, "forward": streams}
         request.app.state.dashboard_features = found
     return dict(found)
 
@@ -421,6 +419,26 @@ async def job(request: Request, job_id: str) -> Response:
         return await _store(request).read(views.job_page, user["user_id"], job_id)
 
     return await _page(request, "job.html", load)
+
+
+@router.get("/groups/{group}/machines/{machine}/terminal", response_class=HTMLResponse)
+async def terminal(request: Request, group: str, machine: str) -> Response:
+    """A terminal on the machine in the page (`crc shell`'s stream, xterm.js), and the
+    `crc forward` command for its ports."""
+
+    async def load(user: dict[str, Any]) -> Any:
+        return await _store(request).read(views.terminal_page, user["user_id"], group, machine)
+
+    # xterm.js writes its measured sizes and colours into <style> elements it creates:
+    # this page's policy admits those (and only those: the nonce is fresh per response and
+    # known only to the page's own script, which sets it on xterm's style elements).
+    nonce = secrets.token_urlsafe(18)
+    resp = await _page(request, "terminal.html", load, group=group, nonce=nonce)
+    if isinstance(resp, HTMLResponse) and resp.status_code == 200:
+        resp.headers["content-security-policy"] = CSP.replace(
+            "style-src 'self'", f"style-src 'self' 'nonce-{nonce}'"
+        )
+    return resp
 
 
 @router.get("/static/{name:path}")

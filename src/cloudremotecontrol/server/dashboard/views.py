@@ -31,6 +31,7 @@ __all__ = [
     "machine_rows",
     "message_list",
     "state_since",
+    "terminal_page",
 ]
 
 #: Event types offered by the events view's filter (a prefix such as ``job.`` works too).
@@ -368,3 +369,24 @@ def _pretty(value: Any) -> str:
 def _compact(value: Any) -> str:
     text = json.dumps(value, ensure_ascii=False, separators=(", ", ": "))
     return text if len(text) <= 500 else text[:500] + "…"
+
+
+def terminal_page(tx: Tx, user_id: str, group: str, machine: str) -> dict[str, Any]:
+    """A machine's terminal page: its state and OS, and whether the group refuses shells
+    or forwards (``crc group create --no-shell`` / ``--no-forward``)."""
+    g = live_group(tx, user_id, group)
+    m = tx.one(
+        "SELECT name, state, facts FROM machines WHERE group_id = ? AND name = ?",
+        (g["id"], machine),
+    )
+    if m is None:
+        raise NotFound(f"no machine {machine!r} in group {group!r}", field="machine")
+    settings = loads(g["settings"]) or {}
+    facts = loads(m["facts"]) or {}
+    return {
+        "machine": m["name"],
+        "state": m["state"],
+        "os": facts.get("os") if isinstance(facts, dict) else None,
+        "no_shell": bool(settings.get("no_shell")),
+        "no_forward": bool(settings.get("no_forward")),
+    }

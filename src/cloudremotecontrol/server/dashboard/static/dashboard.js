@@ -254,7 +254,7 @@
         button.textContent = "Terminal";
         button.addEventListener("click", () => {
           const name = row.dataset.name;
-          window.location.href = `/dashboard/groups/${this.group}/machines/${name}/terminal`;
+          window.location.href = `/dashboard/groups/${encodeURIComponent(this.group)}/machines/${encodeURIComponent(name)}/terminal`;
         });
         cells.act.append(button);
       }
