@@ -49,6 +49,12 @@ class Env:
         }
 
     def agent(self, name: str, key: str | None, **kw: Any) -> AgentProcess:
+        # A home of its own: the login shells it opens for `crc shell` read no dotfiles
+        # of this computer's user (whose shell start-up, e.g. a version manager's
+        # rehash, is not under test and can stall when a test ends a shell abruptly).
+        home = self.tmp / "agents" / f"{name}-home"
+        home.mkdir(parents=True, exist_ok=True)
+        kw["env"] = {"HOME": str(home), **(kw.get("env") or {})}
         a = AgentProcess(
             self.tmp / "agents" / name, self.server.url, key, self.server.fingerprint, **kw
         ).start()
