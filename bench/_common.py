@@ -34,7 +34,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -170,6 +170,32 @@ def machine_info() -> str:
         f"{os.cpu_count()} cores ({model}), {mem} GiB RAM, Linux {platform.release()}, "
         f"Python {platform.python_version()}"
     )
+
+
+@contextlib.contextmanager
+def one_machine(tmp: Path, group: str = "bench") -> Iterator[tuple[Any, str]]:
+    """A server in ``tmp`` and one agent enrolled in ``group`` (machine ``m``), ready:
+    yields the server and user bench's token; both stopped at the end."""
+    from cloudremotecontrol.master.client import Client
+    from cloudremotecontrol.master.localrun import AgentProcess, ServerProcess
+
+    server = ServerProcess(tmp / "srv").start()
+    agent = None
+    try:
+        token = server.add_user("bench")
+        with Client(server.url, token, server.fingerprint) as c:
+            key = c.create_group(group, ["m"])["machines"][0]["key"]
+            agent = AgentProcess(tmp / "agent", server.url, key, server.fingerprint).start()
+            deadline = time.monotonic() + 60
+            while c.group(group)["machines"][0]["state"] != "ready":
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the agent did not become ready")
+                time.sleep(0.1)
+        yield server, token
+    finally:
+        if agent is not None:
+            agent.stop()
+        server.stop()
 
 
 def crc_exe() -> str:

@@ -32,7 +32,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _common import log, machine_info, mib, rss_kib, write_section  # noqa: E402
+from _common import log, machine_info, mib, one_machine, rss_kib, write_section  # noqa: E402
 
 BEGIN, END = "<!-- streams.py: begin -->", "<!-- streams.py: end -->"
 BLOCK = 1 << 20
@@ -193,23 +193,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from cloudremotecontrol.master.aclient import AsyncClient
-    from cloudremotecontrol.master.client import Client
-    from cloudremotecontrol.master.localrun import AgentProcess, ServerProcess
 
     tmp = Path(tempfile.mkdtemp(prefix="crc-bench-streams-"))
     load_before = os.getloadavg()[0]
-    server = ServerProcess(tmp / "srv").start()
-    agent = None
-    try:
-        token = server.add_user("bench")
-        with Client(server.url, token, server.fingerprint) as c:
-            key = c.create_group("bench", ["m"])["machines"][0]["key"]
-            agent = AgentProcess(tmp / "agent", server.url, key, server.fingerprint).start()
-            deadline = time.monotonic() + 60
-            while c.group("bench")["machines"][0]["state"] != "ready":
-                if time.monotonic() > deadline:
-                    raise RuntimeError("the agent did not become ready")
-                time.sleep(0.1)
+    with one_machine(tmp) as (server, token):
 
         async def run() -> dict[str, Any]:
             async with AsyncClient(server.url, token, server.fingerprint) as client:
@@ -231,10 +218,6 @@ def main(argv: list[str] | None = None) -> int:
                 }
 
         r = asyncio.run(run())
-    finally:
-        if agent is not None:
-            agent.stop()
-        server.stop()
     rows = [
         (
             f"forward throughput, one connection ({args.bytes / 2**30:.2f} GiB)",

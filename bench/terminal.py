@@ -31,7 +31,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _common import log, machine_info, write_section  # noqa: E402
+from _common import log, machine_info, one_machine, write_section  # noqa: E402
 
 BEGIN, END = "<!-- terminal.py: begin -->", "<!-- terminal.py: end -->"
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
@@ -115,30 +115,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-write", action="store_true")
     args = p.parse_args(argv)
 
-    from cloudremotecontrol.master.client import Client
-    from cloudremotecontrol.master.localrun import AgentProcess, ServerProcess
-
     tmp = Path(tempfile.mkdtemp(prefix="crc-bench-terminal-"))
     load_before = os.getloadavg()[0]
-    server = ServerProcess(tmp / "srv").start()
-    agent = None
-    try:
-        token = server.add_user("bench")
-        with Client(server.url, token, server.fingerprint) as c:
-            key = c.create_group("bench", ["m"])["machines"][0]["key"]
-            agent = AgentProcess(tmp / "agent", server.url, key, server.fingerprint).start()
-            deadline = time.monotonic() + 60
-            while c.group("bench")["machines"][0]["state"] != "ready":
-                if time.monotonic() > deadline:
-                    raise RuntimeError("the agent did not become ready")
-                time.sleep(0.1)
+    with one_machine(tmp) as (server, token):
         pin = spki_pin((tmp / "srv" / "cert.pem").read_bytes())
         log(f"terminal page: {args.loads} loads, then {args.keys} keys")
         r = measure(server.url.rstrip("/"), token, pin, args.keys, args.loads, tmp)
-    finally:
-        if agent is not None:
-            agent.stop()
-        server.stop()
     echo = sorted(r["echo"])
     p50 = statistics.median(echo) * 1000
     p95 = echo[int(len(echo) * 0.95) - 1] * 1000

@@ -140,6 +140,15 @@ class _Host(Spec):
 # -- the frame that opens a stream (server -> agent, on the control connection) -----------
 
 
+# A command's argv, as the agent runs it: its own bounds, NUL refused.
+_ARGV = ListOf(
+    Text(MAX_COMMAND_BYTES, blank_ok=True, controls_ok=True),
+    MAX_ARGS,
+    min_items=1,
+    message="argv must be a non-empty list of strings without NUL characters",
+)
+
+
 @register
 @dataclass(frozen=True)
 class StreamOpen(Frame):
@@ -152,17 +161,7 @@ class StreamOpen(Frame):
 
     stream: str = wire(STREAM_ID)
     kind: str = wire(Choice(KINDS))
-    argv: tuple[str, ...] | None = wire(
-        Optional(
-            ListOf(
-                Text(MAX_COMMAND_BYTES, blank_ok=True, controls_ok=True),
-                MAX_ARGS,
-                min_items=1,
-                message="argv must be a non-empty list of strings without NUL characters",
-            )
-        ),
-        None,
-    )
+    argv: tuple[str, ...] | None = wire(Optional(_ARGV), None)
     shell: str | None = wire(Optional(Text(1024)), None)
     cols: int | None = wire(Optional(Int(1, MAX_TERMINAL)), None)
     rows: int | None = wire(Optional(Int(1, MAX_TERMINAL)), None)
@@ -202,17 +201,7 @@ class StreamRequest(Message):
     url: str = wire(REPLICA_URL)
     stream: str = wire(STREAM_ID)
     kind: str = wire(Choice(KINDS))
-    argv: tuple[str, ...] | None = wire(
-        Optional(
-            ListOf(
-                Text(MAX_COMMAND_BYTES, blank_ok=True, controls_ok=True),
-                MAX_ARGS,
-                min_items=1,
-                message="argv must be a non-empty list of strings without NUL characters",
-            )
-        ),
-        None,
-    )
+    argv: tuple[str, ...] | None = wire(Optional(_ARGV), None)
     shell: str | None = wire(Optional(Text(1024)), None)
     cols: int | None = wire(Optional(Int(1, MAX_TERMINAL)), None)
     rows: int | None = wire(Optional(Int(1, MAX_TERMINAL)), None)
