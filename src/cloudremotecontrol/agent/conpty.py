@@ -46,7 +46,9 @@ def windows_login_argv(shell: str | None) -> tuple[str, list[str]]:
 def _api() -> Any:
     from ctypes import wintypes
 
-    k = ctypes.WinDLL("kernel32", use_last_error=True)  # type: ignore[attr-defined]
+    if sys.platform != "win32":
+        raise OSError("ConPTY is a Windows API")
+    k: Any = ctypes.WinDLL("kernel32", use_last_error=True)
 
     class COORD(ctypes.Structure):
         _fields_ = [("X", wintypes.SHORT), ("Y", wintypes.SHORT)]
@@ -165,7 +167,9 @@ class ConPtyTerminal:
 
     def _check(self, ok: object, what: str) -> None:
         if not ok:
-            raise OSError(ctypes.get_last_error(), f"{what} failed")  # type: ignore[attr-defined]
+            if sys.platform == "win32":
+                raise OSError(ctypes.get_last_error(), f"{what} failed")
+            raise OSError(f"{what} failed")
 
     async def start(
         self,

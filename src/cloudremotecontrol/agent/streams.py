@@ -237,11 +237,12 @@ def _posix_session(
         CRC_GROUP=agent.cred.group,
         CRC_AGENT_STATE_DIR=str(agent.state.dir),
     )
-    with contextlib.suppress(KeyError):
-        pw = pwd.getpwuid(os.getuid())
-        env.setdefault("HOME", pw.pw_dir)
-        env.setdefault("USER", pw.pw_name)
-        env.setdefault("LOGNAME", pw.pw_name)
+    if sys.platform != "win32":  # always so here; says it to the type checker too
+        with contextlib.suppress(KeyError):
+            pw = pwd.getpwuid(os.getuid())
+            env.setdefault("HOME", pw.pw_dir)
+            env.setdefault("USER", pw.pw_name)
+            env.setdefault("LOGNAME", pw.pw_name)
     if frame.argv:
         program, argv = frame.argv[0], list(frame.argv)
     else:
