@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import json
 import os
@@ -235,6 +236,76 @@ def test_sdk_forward_closes_everything_it_opened(lab, site):
         with pytest.raises(OSError):
             socket.create_connection(("127.0.0.1", port), timeout=5)
     assert _settled_fds(before) == set()
+
+
+def _recv_all(sock: socket.socket) -> bytes:
+    out = b""
+    while chunk := sock.recv(65536):
+        out += chunk
+    return out
+
+
+def test_a_forward_carries_half_closes_both_ways(lab):
+    """A client that shuts down its sending side still gets the answer (a service that
+    reads to EOF, then answers); a service that shuts down its side first still gets
+    what the client sends afterwards. Each EOF reaches the far end as an EOF, and the
+    stream ends once both sides are done."""
+    got_after_its_eof: list[bytes] = []
+
+    def answer_after_eof(conn: socket.socket) -> None:
+        data = _recv_all(conn)  # ends only at the client's EOF
+        conn.sendall(b"%d bytes, last %r" % (len(data), data[-4:]))
+
+    def eof_first(conn: socket.socket) -> None:
+        conn.sendall(b"bye from the service")
+        conn.shutdown(socket.SHUT_WR)
+        got_after_its_eof.append(_recv_all(conn))
+
+    listeners = []
+    for serve in (answer_after_eof, eof_first):
+        listener = socket.create_server(("127.0.0.1", 0))
+        listeners.append(listener)
+
+        def loop(listener: socket.socket = listener, serve: Any = serve) -> None:
+            with contextlib.suppress(OSError):  # closed at the end of the test
+                while True:
+                    conn, _ = listener.accept()
+                    with conn:
+                        serve(conn)
+
+        threading.Thread(target=loop, daemon=True).start()
+    ports = [listener.getsockname()[1] for listener in listeners]
+    try:
+        with lab.client.forward("lab", "dev", ports[0]) as local:
+            with socket.create_connection(("127.0.0.1", local), timeout=60) as c:
+                c.sendall(b"x" * 300_000 + b"done")
+                c.shutdown(socket.SHUT_WR)
+                assert _recv_all(c) == b"300004 bytes, last b'done'"
+        with lab.client.forward("lab", "dev", ports[1]) as local:
+            with socket.create_connection(("127.0.0.1", local), timeout=60) as c:
+                assert _recv_all(c) == b"bye from the service"  # its EOF reached us
+                c.sendall(b"still talking")  # our side is still open
+                c.shutdown(socket.SHUT_WR)
+                assert c.recv(10) == b""
+                deadline = time.monotonic() + 30  # the forward must stay open meanwhile
+                while b"still talking" not in got_after_its_eof:
+                    assert time.monotonic() < deadline, got_after_its_eof
+                    time.sleep(0.1)
+    finally:
+        for listener in listeners:
+            listener.close()
+    deadline = time.monotonic() + 30  # a stream's record is written as it closes
+    while True:
+        sessions = lab.client.sessions("lab", 1000)
+        carried = [
+            (s["bytes_to_machine"], s["bytes_from_machine"])
+            for s in sessions
+            if s["target"] in {f"127.0.0.1:{p}" for p in ports} and s["bytes_to_machine"]
+        ]
+        if len(carried) == 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert sorted(carried) == [(13, 20), (300_004, 26)]
 
 
 def test_forward_errors_are_clear_and_leave_nothing_open(lab, site):

@@ -12,6 +12,7 @@ from cloudremotecontrol.errors import InvalidInput, TooLarge
 from cloudremotecontrol.protocol.streams import (
     MAX_CONTROL_BYTES,
     ForwardSpec,
+    StreamEof,
     StreamError,
     StreamExit,
     StreamOpen,
@@ -92,6 +93,15 @@ def test_control_messages_round_trip_and_keep_their_direction():
         other = Direction.TO_SERVER if sender is Direction.TO_AGENT else Direction.TO_AGENT
         with pytest.raises(InvalidInput, match="unexpected control message"):
             read_control(write_control(control), other)  # a machine cannot resize, ...
+    # A forward's half-close goes either way; an agent says whether it takes it.
+    for sender in (Direction.TO_AGENT, Direction.TO_SERVER):
+        assert read_control('{"type":"stream.eof"}', sender) == StreamEof()
+    ready = StreamReady(half_close=True)
+    assert write_control(ready) == '{"type":"stream.ready","half_close":true}'
+    assert read_control(write_control(ready), Direction.TO_SERVER) == ready
+    assert read_control('{"type":"stream.ready"}', Direction.TO_SERVER).half_close is None
+    with pytest.raises(InvalidInput, match="half_close"):
+        read_control('{"type":"stream.ready","half_close":"yes"}', Direction.TO_SERVER)
 
 
 @pytest.mark.parametrize(

@@ -17,9 +17,11 @@ import sys
 from typing import Any
 
 from .. import __version__
+from ..protocol.frames import FEATURE_EOF
 from ..protocol.limits import HEARTBEAT_SECONDS, MAX_FRAME_BYTES
 from ..protocol.streams import (
     MAX_CHUNK_BYTES,
+    StreamEof,
     StreamError,
     StreamExit,
     StreamOpen,
@@ -29,6 +31,7 @@ from ..protocol.streams import (
     write_control,
 )
 from ..protocol.wire import Direction
+from ..relay import carry_both_ways
 from ..tlspin import client_context
 
 __all__ = ["CONNECT_SECONDS", "StreamServer"]
@@ -105,7 +108,7 @@ class StreamServer:
                 elif frame.kind == "shell":
                     await serve_shell(ws, frame, agent)
                 else:
-                    await serve_forward(ws, frame)
+                    await serve_forward(ws, frame, agent)
         except (ConnectionClosed, InvalidStatus, OSError, asyncio.TimeoutError) as exc:
             log.warning("stream %s (%s) ended: %s", frame.stream, frame.kind, exc)
 
@@ -114,9 +117,9 @@ async def _refuse(ws: Any, code: str, message: str) -> None:
     await ws.send(write_control(StreamError(code=code, message=message)))
 
 
-async def serve_forward(ws: Any, frame: StreamOpen) -> None:
+async def serve_forward(ws: Any, frame: StreamOpen, agent: Any) -> None:
     """Connect to ``host:port`` from here and carry bytes both ways until either end
-    closes."""
+    closes, or, with half-close, until the master's side ends after both sides' eof."""
     host, port = frame.host or "127.0.0.1", frame.port or 0
     try:
         reader, writer = await asyncio.wait_for(
@@ -129,27 +132,42 @@ async def serve_forward(ws: Any, frame: StreamOpen) -> None:
         reason = os.strerror(exc.errno) if exc.errno else str(exc)
         await _refuse(ws, "connect_failed", f"{host}:{port} from this machine: {reason}")
         return
-    await ws.send(write_control(StreamReady()))
+    half_close = FEATURE_EOF in agent.server_features
+    await ws.send(write_control(StreamReady(half_close=half_close or None)))
 
-    async def upstream() -> None:  # the remote port -> the master
-        while True:
-            data = await reader.read(MAX_CHUNK_BYTES)
-            if not data:
-                return
+    async def upstream() -> bool:  # the remote port -> the master
+        while data := await reader.read(MAX_CHUNK_BYTES):
             await ws.send(data)
+        if half_close:  # the remote end shut down its side; the master's may go on
+            await ws.send(write_control(StreamEof()))
+        return half_close
 
-    async def downstream() -> None:  # the master -> the remote port
+    async def downstream() -> bool:  # the master -> the remote port
+        shut = False
         async for message in ws:
-            if isinstance(message, bytes):
+            if isinstance(message, bytes) and not shut:
                 writer.write(message)
                 await writer.drain()
+            elif isinstance(message, str) and not shut and _is_eof(message, frame.stream):
+                shut = True  # then the master closes the stream once both sides are done
+                if writer.can_write_eof():
+                    writer.write_eof()
+        return False  # the stream closed
 
     try:
-        await _first_of(upstream(), downstream())
+        await carry_both_ways(upstream(), downstream())
     finally:
         writer.close()
         with contextlib.suppress(OSError, ConnectionError):
             await writer.wait_closed()
+
+
+def _is_eof(message: str, stream: str) -> bool:
+    try:
+        return isinstance(read_control(message, Direction.TO_AGENT), StreamEof)
+    except Exception as exc:  # noqa: BLE001 -- hostile input: ignored, logged
+        log.warning("stream %s: ignoring a control message: %s", stream, exc)
+        return False
 
 
 async def serve_shell(ws: Any, frame: StreamOpen, agent: Any) -> None:
@@ -250,19 +268,3 @@ def _posix_session(
         env["SHELL"] = program
     home = env.get("HOME")
     return program, argv, home if home and os.path.isdir(home) else "/"
-
-
-async def _first_of(*coros: Any) -> None:
-    """Run the coroutines until the first one ends (or fails); cancel the others."""
-    tasks = [asyncio.ensure_future(c) for c in coros]
-    try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        for task in done:
-            if not task.cancelled() and task.exception() is not None:
-                exc = task.exception()
-                if not isinstance(exc, (ConnectionError, OSError)) and exc is not None:
-                    log.warning("stream failed: %r", exc)
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)

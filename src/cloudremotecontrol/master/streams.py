@@ -24,6 +24,7 @@ from ..protocol.streams import (
     MAX_CHUNK_BYTES,
     ForwardSpec,
     StreamControl,
+    StreamEof,
     StreamError,
     StreamExit,
     StreamReady,
@@ -33,6 +34,7 @@ from ..protocol.streams import (
     write_control,
 )
 from ..protocol.wire import Direction
+from ..relay import carry_both_ways
 from . import calls
 
 __all__ = [
@@ -95,6 +97,8 @@ class AsyncStream:
         self.info = info
         self.id: str = info["stream"]
         self.exit_code: int | None = None
+        #: The machine takes ``stream.eof`` (a forward's TCP half-close).
+        self.half_close = False
 
     async def send(self, data: bytes) -> None:
         for i in range(0, len(data), MAX_CHUNK_BYTES):
@@ -173,6 +177,7 @@ async def open_forward(opener: Opener, group: str, machine: str, spec: ForwardSp
         await stream.close()
         raise
     if isinstance(first, StreamReady):
+        stream.half_close = bool(first.half_close)
         return stream
     await stream.close()
     if isinstance(first, StreamError):
@@ -181,33 +186,40 @@ async def open_forward(opener: Opener, group: str, machine: str, spec: ForwardSp
 
 
 async def _carry(stream: AsyncStream, reader: asyncio.StreamReader, writer: Any) -> int:
-    """Bytes both ways between a local connection and a stream until either closes;
-    returns the bytes received."""
+    """Bytes both ways between a local connection and a stream until both sides are
+    done (each side's EOF passed on as a half-close, when the machine takes it) or
+    either closes; returns the bytes received."""
     got = 0
 
-    async def up() -> None:
+    async def up() -> bool:
         while data := await reader.read(MAX_CHUNK_BYTES):
             await stream.ws.send(data)
+        if stream.half_close:  # the local side is done sending; the machine's may go on
+            await stream.ws.send(write_control(StreamEof()))
+        return stream.half_close
 
-    async def down() -> None:
+    async def down() -> bool:
         nonlocal got
         while True:
-            message = await stream.recv()
+            try:
+                message = await stream.recv()
+            except StreamClosed:
+                return False
             if isinstance(message, bytes):
                 got += len(message)
                 writer.write(message)
                 await writer.drain()
+            elif isinstance(message, StreamEof):
+                if writer.can_write_eof():
+                    writer.write_eof()
+                return True
             elif isinstance(message, StreamError):
                 log.warning("forward: %s", message.message)
-                return
+                return False
 
-    tasks = [asyncio.ensure_future(up()), asyncio.ensure_future(down())]
     try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        await carry_both_ways(up(), down())
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
         await stream.close()
     return got
 

@@ -78,7 +78,10 @@ FEATURE_FOLD = "job.fold"
 #: A ``msg`` frame may carry ``ack`` (cumulative, as an ``ack`` frame would): an agent
 #: that has something to send soon after a message it processed acknowledges it there.
 FEATURE_ACK = "msg.ack"
-FEATURES = (FEATURE_FOLD, FEATURE_ACK)
+#: A forward's stream may carry ``stream.eof`` both ways (TCP half-close): the server
+#: relays it; an agent offers it to the master (``stream.ready``) only then.
+FEATURE_EOF = "stream.eof"
+FEATURES = (FEATURE_FOLD, FEATURE_ACK, FEATURE_EOF)
 _FEATURES = Optional(ListOf(Text(32, truncate=True), 16))
 
 

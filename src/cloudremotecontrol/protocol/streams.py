@@ -26,7 +26,8 @@ On a stream WebSocket a *binary* message is data (terminal bytes, TCP bytes) and
 *text* message is one control object, checked here by :func:`read_control`::
 
     master -> agent   stream.resize  {"cols": C, "rows": R}            (shell)
-    agent  -> master  stream.ready   {}                                (forward connected)
+    agent  -> master  stream.ready   {"half_close": true}              (forward connected)
+    either way        stream.eof     {}                  (forward: no more bytes this way)
     agent  -> master  stream.exit    {"code": N}                       (shell ended)
     agent|server -> master  stream.error  {"code": ..., "message": ...}
 
@@ -44,7 +45,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import InvalidInput, TooLarge
-from .fields import Choice, Int, ListOf, Optional, Pattern, Spec, Text, check_hostname
+from .fields import Bool, Choice, Int, ListOf, Optional, Pattern, Spec, Text, check_hostname
 from .jsoncheck import check_json
 from .limits import MAX_COMMAND_BYTES
 from .wire import Direction, Frame, Message, Registry, Wire, register, wire
@@ -58,6 +59,7 @@ __all__ = [
     "STREAM_ID",
     "ForwardSpec",
     "StreamControl",
+    "StreamEof",
     "StreamError",
     "StreamExit",
     "StreamOpen",
@@ -244,8 +246,23 @@ class StreamResize(StreamControl):
 @CONTROL_REGISTRY.register
 @dataclass(frozen=True)
 class StreamReady(StreamControl):
+    """A forward's connection is open. ``half_close``: the agent takes ``stream.eof``
+    (an agent without it closes the stream when the master's side is done sending)."""
+
     TYPE = "stream.ready"
     DIRECTION = Direction.TO_SERVER
+
+    half_close: bool | None = wire(Optional(Bool()), None)
+
+
+@CONTROL_REGISTRY.register
+@dataclass(frozen=True)
+class StreamEof(StreamControl):
+    """A forward's sender has shut down its side of the connection: the receiver shuts
+    down its own writing side (TCP half-close) and goes on carrying the other way."""
+
+    TYPE = "stream.eof"
+    DIRECTION = Direction.BOTH
 
 
 @CONTROL_REGISTRY.register
@@ -281,7 +298,7 @@ def read_control(text: str | bytes, sender: Direction) -> StreamControl:
         raise InvalidInput("control message must be a JSON object")
     kind = data.get("type")
     cls = CONTROL_REGISTRY.lookup(kind, StreamControl) if isinstance(kind, str) else None
-    if cls is None or cls.DIRECTION is not sender:
+    if cls is None or cls.DIRECTION not in (sender, Direction.BOTH):
         raise InvalidInput(f"unexpected control message {str(kind)[:40]!r}", code="unknown_type")
     check_json(data, what="control message")
     return cls.from_body(data)
