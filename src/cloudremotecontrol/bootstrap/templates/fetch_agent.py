@@ -268,7 +268,7 @@ def precompile(site: str, tops: list[str]) -> None:
     """Byte-compile the agent for this Python (the venv's is the same interpreter).
 
     Otherwise the agent's first start compiles it: slower, and that process (the
-    service, until the machine restarts) keeps the compiler's freed memory, 1.4 MiB
+    service, until the machine restarts) keeps the compiler's freed memory, 1.1-1.7 MiB
     more resident (bench/RESULTS.md, "Agent start-up and memory"). Best effort: a
     module left uncompiled is compiled when it is imported, as without this."""
     import compileall
