@@ -5,11 +5,14 @@ One ``crc server run`` (SQLite, TLS, loopback); one machine enrolled once (its s
 dir is reused, as after a reboot). Each run starts the agent process with
 ``NOTIFY_SOCKET`` set (as systemd's ``Type=notify`` does) and measures the time until
 ``READY=1`` (the service is up: scripts can reach it), the time until the server shows
-the machine ``ready`` (connected, polled every 5 ms), and VmRSS / PSS once connected
-and after one job (``echo hi``). Medians of ``--runs`` runs of each, taken in turn,
-after one warm-up round.
+the machine ``ready`` (connected, polled every 5 ms) and the agent's CPU time until
+then (user + system, from /proc: what a loaded machine does not inflate), and VmRSS /
+PSS once connected and after one job (``echo hi``). Medians of ``--runs`` runs of
+each, taken in turn, after one warm-up round (which also writes the bytecode the
+others load, in a cache of the bench's own). ``bench/agent_memory.py`` breaks the
+memory down.
 
-    .venv/bin/python bench/agent_start.py [--runs 7] [--no-write]
+    .venv/bin/python bench/agent_start.py [--runs 7] [--variants] [--no-write]
 """
 
 from __future__ import annotations
@@ -28,20 +31,39 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import log, machine_info, mib, pss_kib, rss_kib, write_section
+from _common import cpu_seconds, log, machine_info, mib, pss_kib, rss_kib, write_section
 
-ENTRIES = {
-    "crc agent run": ["-m", "cloudremotecontrol", "agent", "run"],
-    "python -m cloudremotecontrol.agent run": ["-m", "cloudremotecontrol.agent", "run"],
+LEAN = ["-m", "cloudremotecontrol.agent", "run"]
+ENTRIES: dict[str, tuple[list[str], dict[str, str]]] = {
+    "crc agent run": (["-m", "cloudremotecontrol", "agent", "run"], {}),
+    "python -m cloudremotecontrol.agent run": (LEAN, {}),
+}
+# The lean entry point under settings that could lower its memory (--variants): glibc
+# malloc arenas, CPython's allocator, docstrings, 3.11's column tables.
+VARIANTS: dict[str, tuple[list[str], dict[str, str]]] = {
+    f"  with {name}={value}": (LEAN, {name: value})
+    for name, value in (
+        ("MALLOC_ARENA_MAX", "2"),
+        ("MALLOC_ARENA_MAX", "1"),
+        ("PYTHONMALLOC", "malloc"),
+        ("PYTHONOPTIMIZE", "2"),
+        ("PYTHONNODEBUGRANGES", "1"),
+    )
 }
 
 
-def one_run(entry: list[str], state: Path, client: Any, group: str, work: Path) -> dict[str, float]:
+def one_run(
+    entry: list[str], extra_env: dict[str, str], state: Path, client: Any, group: str, work: Path
+) -> dict[str, float]:
     sock_path = work / f"notify-{time.monotonic_ns()}"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(str(sock_path))
     sock.settimeout(30)
-    env = {**os.environ, "NOTIFY_SOCKET": str(sock_path)}
+    env = {**os.environ, "NOTIFY_SOCKET": str(sock_path), "PYTHONPYCACHEPREFIX": str(work / "pyc")}
+    # As on a VM, where the service writes its bytecode (or the bootstrap compiled it),
+    # whatever this shell says: the warm-up round compiles, the measured ones do not.
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env.update(extra_env)
     t0 = time.perf_counter()
     proc = subprocess.Popen(
         [sys.executable, *entry, "--state-dir", str(state), "--log-level", "warning"],
@@ -59,6 +81,7 @@ def one_run(entry: list[str], state: Path, client: Any, group: str, work: Path) 
                 break
             time.sleep(0.005)
         t_conn = time.perf_counter() - t0
+        cpu_conn = cpu_seconds(proc.pid)
         rss_conn, pss_conn = rss_kib(proc.pid), pss_kib(proc.pid)
         result = client.run_wait(group, "all", argv=["echo", "hi"])
         assert result.ok, result
@@ -66,6 +89,7 @@ def one_run(entry: list[str], state: Path, client: Any, group: str, work: Path) 
         return {
             "ready": t_ready,
             "connected": t_conn,
+            "cpu": cpu_conn,
             "rss": mib(rss_conn),
             "pss": mib(pss_conn),
             "rss_job": mib(rss_job),
@@ -86,8 +110,10 @@ def one_run(entry: list[str], state: Path, client: Any, group: str, work: Path) 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", type=int, default=7)
+    p.add_argument("--variants", action="store_true", help="also the lean entry's variants")
     p.add_argument("--no-write", action="store_true", help="do not update bench/RESULTS.md")
     args = p.parse_args(argv)
+    entries = {**ENTRIES, **(VARIANTS if args.variants else {})}
     from cloudremotecontrol.agent.core import enroll
     from cloudremotecontrol.agent.state import AgentState
     from cloudremotecontrol.master.client import Client
@@ -105,10 +131,10 @@ def main(argv: list[str] | None = None) -> int:
             enroll(st, server.url, out["machines"][0]["key"], server.fingerprint)
             st.close()
             rows = []
-            got: dict[str, list[dict[str, float]]] = {label: [] for label in ENTRIES}
+            got: dict[str, list[dict[str, float]]] = {label: [] for label in entries}
             for i in range(args.runs + 1):  # A B A B ...: drift hits both alike
-                for label, entry in ENTRIES.items():
-                    r = one_run(entry, state, client, "g", work)
+                for label, (entry, extra_env) in entries.items():
+                    r = one_run(entry, extra_env, state, client, "g", work)
                     if i:  # the first round warms up
                         got[label].append(r)
             for label, runs in got.items():
@@ -120,18 +146,20 @@ def main(argv: list[str] | None = None) -> int:
             server.stop()
     header = (
         f"{'entry point':40s}  {'start→READY=1':>13s}  {'start→connected':>15s}"
+        f"  {'CPU to connected':>16s}"
         f"  {'RSS connected':>13s}  {'PSS':>8s}  {'RSS after a job':>15s}"
     )
     lines = [header, "-" * len(header)]
     for label, med, _ in rows:
         lines.append(
             f"{label:40s}  {med['ready']:>11.3f} s  {med['connected']:>13.3f} s"
+            f"  {med['cpu']:>14.2f} s"
             f"  {med['rss']:>9.1f} MiB  {med['pss']:>4.1f} MiB  {med['rss_job']:>11.1f} MiB"
         )
     table = "\n".join(lines)
     print(table)
     detail = "\n".join(
-        f"- {label}: connected after "
+        f"- {label.strip()}: connected after "
         + ", ".join(f"{r['connected']:.3f}" for r in runs)
         + " s; RSS "
         + ", ".join(f"{r['rss']:.1f}" for r in runs)
@@ -141,7 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_write:
         begin, end = "<!-- agent_start.py: begin -->", "<!-- agent_start.py: end -->"
         body = (
-            f"{begin}\nProduced by `.venv/bin/python bench/agent_start.py` on "
+            f"{begin}\nProduced by `.venv/bin/python bench/agent_start.py"
+            + (" --variants" if args.variants else "")
+            + "` on "
             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.\n\n"
             f"Machine: {machine_info()}\nLoad average (1 min): {load_before:.2f} before, "
             f"{os.getloadavg()[0]:.2f} after. Medians of {args.runs} runs after a warm-up.\n\n"

@@ -127,3 +127,20 @@ def test_agent_start_bench_completes_and_prints_a_table() -> None:
     assert lines[0].split()[:2] == ["entry", "point"]
     assert lines[2].startswith("crc agent run") and "MiB" in lines[2]
     assert lines[3].startswith("python -m cloudremotecontrol.agent run") and "MiB" in lines[3]
+
+
+def test_agent_memory_bench_completes_and_prints_its_tables() -> None:
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "agent_memory.py"), "--no-write"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=ROOT,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = r.stdout.splitlines()
+    assert "import ladder" in lines[0]
+    assert lines[2].startswith("interpreter") and "MiB" in lines[2]
+    assert any(line.startswith("+ the agent's modules") for line in lines)
+    assert any(line.startswith("the agent, connected and idle: RSS ") for line in lines)
+    assert any(line.startswith("the first start of an agent installed without") for line in lines)

@@ -296,6 +296,21 @@ def test_bootstrap_installs_the_agent_from_the_server_and_a_second_run_changes_n
     )
     assert "READY=1" in (vm.fake_state / "crc-agent.notified").read_text()
     assert not list(vm.path("/opt/crc-agent").rglob("speedups*.so"))
+    # Byte-compiled at install for that python: the agent's first start compiles nothing
+    # (the service process would keep the compiler's freed memory for its lifetime).
+    tag = subprocess.run(
+        ["/usr/bin/python3", "-c", "import sys; print(sys.implementation.cache_tag)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    site = next(vm.path("/opt/crc-agent/venv/lib").glob("python3*/site-packages"))
+    tops = ("cloudremotecontrol", "websockets")
+    sources = [p for top in tops for p in (site / top).rglob("*.py")]
+    assert sources
+    assert [
+        p for p in sources if not (p.parent / "__pycache__" / f"{p.stem}.{tag}.pyc").exists()
+    ] == []
     # The master saw the steps as progress, then ready.
     texts = [e["data"]["text"] for e in _events(env, "web", "progress")]
     assert any(t.startswith("python 3.") for t in texts)
