@@ -159,6 +159,7 @@ class Bench:
             self.args.wave,
             self.args.connect_timeout,
             self.args.fold_window,
+            facts_seconds=self.args.facts_seconds,
         )
         self.swarm.wait_connected(self.args.connect_timeout + 300)
         took = self.wait_all_ready(120)
@@ -386,6 +387,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=4, help="swarm processes")
     p.add_argument("--wave", type=int, default=100, help="agents started at once per worker")
     p.add_argument("--fold-window", type=float, default=5.0, help="as in fanout.py")
+    p.add_argument(
+        "--facts-seconds",
+        type=float,
+        default=3600.0,
+        help="how often each simulated agent re-reads its addresses (the agent's own is "
+        "30 s: one `ip` process each time, which ten thousand agents sharing two cores "
+        "cannot afford; they all have the same addresses anyway)",
+    )
     p.add_argument("--connect-timeout", type=float, default=600.0)
     p.add_argument("--idle-seconds", type=float, default=30.0)
     p.add_argument("--settle", type=float, default=10.0, help="pause before measuring")
