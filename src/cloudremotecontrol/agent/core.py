@@ -74,6 +74,7 @@ FOLD_SECONDS = 0.2  # a job that ends this soon after it started is reported in 
 FOLD_MAX_BYTES = 32 << 10  # ... with at most this much output
 BACKOFF_MIN = 0.5
 BACKOFF_MAX = 30.0
+OPEN_TIMEOUT = 60.0  # seconds for TCP, TLS and the WebSocket upgrade
 RETRY_AFTER_MAX = 300  # seconds: a server's Retry-After beyond this is taken as this
 FACTS_SECONDS = 30.0
 
@@ -426,7 +427,10 @@ class Agent:
                 additional_headers={"Authorization": f"Bearer {self.cred.credential}"},
                 max_size=MAX_FRAME_BYTES,
                 compression=None,
-                open_timeout=20,
+                # As long as the server's TLS handshake timeout: a server that restarted
+                # takes the whole fleet's handshakes at once, and one given up and
+                # tried again costs it the handshake twice.
+                open_timeout=OPEN_TIMEOUT,
                 ping_interval=HEARTBEAT_SECONDS,
                 ping_timeout=HEARTBEAT_SECONDS,
                 user_agent_header=f"crc-agent/{__version__}",

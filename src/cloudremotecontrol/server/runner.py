@@ -16,6 +16,7 @@ from .forwarded import TrustedProxies
 from .httpguard import ConnectionGuard, GuardLimits, guarded_protocol
 from .store.base import open_store
 from .teardown import load_cipher
+from .wsprotocol import ListeningWebSocketProtocol
 
 __all__ = ["serve"]
 
@@ -69,7 +70,7 @@ def serve(
         port=port,
         ssl_certfile=None if insecure else str(cfg.cert),
         ssl_keyfile=None if insecure else str(cfg.key),
-        ws="websockets-sansio",
+        ws=ListeningWebSocketProtocol,  # agents ping; the server listens (wsprotocol.py)
         ws_per_message_deflate=False,
         ws_max_size=MAX_FRAME_BYTES,
         ws_ping_interval=HEARTBEAT_SECONDS,
