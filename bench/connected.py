@@ -37,6 +37,7 @@ import sqlite3
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -100,12 +101,19 @@ class Bench:
             time.sleep(0.5)
         return None
 
-    def refusals(self) -> int:
-        """503 answers the agents were given (each logs one warning line)."""
-        n = 0
+    def refusals(self) -> Counter[str]:
+        """Failed connection attempts by kind, from the agents' warnings (one line each):
+        ``told`` 503 with Retry-After, ``503`` without, ``other`` anything else."""
+        n: Counter[str] = Counter()
         for path in self.swarm.logs if self.swarm else []:
             with open(path, errors="replace") as fh:
-                n += sum("HTTP 503" in line for line in fh)
+                for line in fh:
+                    if "connection to" not in line:
+                        continue
+                    if "HTTP 503" in line:
+                        n["told" if "retrying in" in line else "503"] += 1
+                    else:
+                        n["other"] += 1
         return n
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -168,7 +176,7 @@ class Bench:
         log(f"connect: {self.out['connected']}/{n} after {time.monotonic() - t:.1f} s")
         total, _ = self.swarm.rss_kib()
         self.out["swarm_rss_mib"] = mib(total)
-        self.out["refused_connect"] = self.refusals()
+        self.out["refused_connect"] = dict(self.refusals())
 
     def idle(self) -> None:
         pid = self.server.proc.pid
@@ -201,16 +209,24 @@ class Bench:
         self.out["reconnected"] = self.ready()
         self.out["reconnect_server_cpu_s"] = cpu_seconds(pid)
         self.out["reconnect_machine_busy_pct"] = _busy_pct(m0, _machine_cpu())
-        self.out["refused_reconnect"] = self.refusals() - before
+        self.out["refused_reconnect"] = dict(self.refusals() - before)
         self.out["restart_rss_mib"] = mib(rss_kib(pid))
         log(
             f"restart: {self.out['reconnected']}/{self.args.agents} after "
-            f"{time.monotonic() - t:.1f} s, {self.out['refused_reconnect']} refused (503)"
+            f"{time.monotonic() - t:.1f} s, failed attempts {self.out['refused_reconnect']}"
         )
         from cloudremotecontrol.master.client import Client
 
         self.client.close()  # its connection went with the old process
-        self.client = Client(self.server.url, self.token, self.server.fingerprint, timeout=120)
+        for attempt in range(10):
+            try:
+                self.client = Client(
+                    self.server.url, self.token, self.server.fingerprint, timeout=120
+                )
+                break
+            except Exception as exc:  # noqa: BLE001 -- a server still busy: try again
+                log(f"client: {exc}; trying again")
+                time.sleep(5 + attempt)
 
     def job(self) -> None:
         pid = self.server.proc.pid
@@ -281,6 +297,10 @@ def _busy_pct(a: tuple[float, float], b: tuple[float, float]) -> float:
     return 100.0 * (b[0] - a[0]) / total if total > 0 else 0.0
 
 
+def _count(o: dict[str, Any], phase: str, kind: str) -> str:
+    return str(o[phase].get(kind, 0)) if phase in o else "-"
+
+
 def _fmt(v: Any, spec: str, unit: str = "") -> str:
     return "-" if v is None else f"{v:{spec}}{unit}"
 
@@ -291,7 +311,9 @@ def table(o: dict[str, Any]) -> str:
         ("agents (swarm processes)", f"{n} ({o['workers']})"),
         ("connected at first", f"{o.get('connected', 0)}/{n}"),
         ("first connect, enroll included", _fmt(o.get("connect_s"), ".1f", " s")),
-        ("  refused with 503 + Retry-After", str(o.get("refused_connect", "-"))),
+        ("  attempts refused: 503 + Retry-After", _count(o, "refused_connect", "told")),
+        ("  attempts refused: 503 alone", _count(o, "refused_connect", "503")),
+        ("  attempts failed otherwise", _count(o, "refused_connect", "other")),
         ("server RSS, all connected", _fmt(o.get("server_rss_mib"), ".0f", " MiB")),
         ("server RSS peak (VmHWM)", _fmt(o.get("server_hwm_mib"), ".0f", " MiB")),
         (
@@ -302,7 +324,9 @@ def table(o: dict[str, Any]) -> str:
         ),
         ("restart: all connected again", _fmt(o.get("reconnect_s"), ".1f", " s")),
         ("  connected again", f"{o.get('reconnected', 0)}/{n}"),
-        ("  refused with 503 + Retry-After", str(o.get("refused_reconnect", "-"))),
+        ("  attempts refused: 503 + Retry-After", _count(o, "refused_reconnect", "told")),
+        ("  attempts refused: 503 alone", _count(o, "refused_reconnect", "503")),
+        ("  attempts failed otherwise", _count(o, "refused_reconnect", "other")),
         ("  server CPU until then", _fmt(o.get("reconnect_server_cpu_s"), ".1f", " s")),
         ("  server RSS then", _fmt(o.get("restart_rss_mib"), ".0f", " MiB")),
         (
@@ -368,8 +392,11 @@ real `Agent` class, many per process), in groups of 1,000. *First connect*: from
 swarm's start, enrollment included, until the server's database shows every machine
 connected. *Idle*: server CPU (user + system, /proc) with everyone connected and
 nothing to do. *Restart*: the server is killed with SIGKILL and started again; time from
-the new process's start until every machine is connected again. *Refused*: connection
-attempts the server answered 503 + Retry-After (counted from the agents' logs). *Job*:
+the new process's start until every machine is connected again. *Attempts*: failed
+connection attempts, from the agents' logs: refused with 503 + Retry-After (the login
+bound, or the bound on connections without a credential, `httpguard.py`), with 503
+alone (none expected), or failed otherwise (refused while the server was down, opening
+handshake timed out, reset). *Job*:
 `echo hi` to every machine, one job per group, all started at once, until every
 target's result is stored (counted in the database, and through the API).
 

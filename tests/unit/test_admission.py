@@ -79,3 +79,14 @@ def test_the_agent_waits_at_least_what_it_was_told_plus_jitter() -> None:
     assert all(8.0 <= d <= 10.0 for d in delays)
     assert len(set(delays)) > 1
     assert all(1.0 <= retry_delay(1.0) <= 2.0 for _ in range(50))
+
+
+def test_the_pre_auth_guard_tells_its_503s_when_to_come_back() -> None:
+    from cloudremotecontrol.server.httpguard import _error_response
+
+    head = _error_response(503, "Service Unavailable", "unavailable", "busy", 7.0).split(
+        b"\r\n\r\n"
+    )[0]
+    assert b"retry-after: 7" in head.split(b"\r\n")
+    plain = _error_response(408, "Request Timeout", "timeout", "slow").split(b"\r\n\r\n")[0]
+    assert b"retry-after" not in plain

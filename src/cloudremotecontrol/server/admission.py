@@ -43,10 +43,16 @@ class LoginGate:
     def enter(self) -> float | None:
         """Take a place (None: go on; call ``leave`` with the returned start time once
         done), else the seconds to tell the client to wait (``Retry-After``)."""
-        now = self.clock()
         if self.active < self.limit:
             self.active += 1
             return None
+        return self.retry_after()
+
+    def retry_after(self) -> float:
+        """The seconds to tell a client turned away now (the next free slot of the
+        schedule, which it takes); also what ``httpguard.py`` tells the connections it
+        refuses, so that every 503 the server gives under load spreads the retries."""
+        now = self.clock()
         self.refused += 1
         rate = self.limit / max(self.mean_seconds, 1e-3)  # logins per second
         self._next_slot = min(max(self._next_slot, now) + 1.0 / rate, now + MAX_RETRY_AFTER)

@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,10 +63,13 @@ class GuardLimits:
 
 
 class ConnectionGuard:
-    """The pool of unauthenticated connections of one server process."""
+    """The pool of unauthenticated connections of one server process. ``retry_after``:
+    the seconds its ``503`` answers tell the client to wait (``Retry-After``; the login
+    gate's schedule, ``admission.py``), none without it."""
 
-    def __init__(self, limits: GuardLimits) -> None:
+    def __init__(self, limits: GuardLimits, retry_after: Callable[[], float] | None = None) -> None:
         self.limits = limits
+        self.retry_after = retry_after
         self.pool: dict[_Slot, None] = {}  # oldest first
         self.by_ip: Counter[str] = Counter()
         self.evicted = 0  # waiting connections pushed out by newer ones
@@ -133,12 +137,16 @@ def mark_authenticated(conn: HTTPConnection) -> None:
         slot.release()
 
 
-def _error_response(status: int, reason: str, code: str, message: str) -> bytes:
+def _error_response(
+    status: int, reason: str, code: str, message: str, retry_after: float | None = None
+) -> bytes:
     body = json.dumps({"error": {"code": code, "message": message}}).encode()
+    retry = f"retry-after: {int(retry_after)}\r\n" if retry_after is not None else ""
     head = (
         f"HTTP/1.1 {status} {reason}\r\n"
         "content-type: application/json\r\n"
         f"content-length: {len(body)}\r\n"
+        f"{retry}"
         "connection: close\r\n\r\n"
     ).encode()
     return head + body
@@ -329,7 +337,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._slot.release()
         if self.cycle is not None and not self.cycle.response_complete:
             self.cycle.keep_alive = False
-        self.transport.write(_error_response(status, reason, code, message))
+        retry_after = None
+        if status == 503 and self.guard.retry_after is not None:
+            retry_after = self.guard.retry_after()
+        self.transport.write(_error_response(status, reason, code, message, retry_after))
         self.transport.pause_reading()
         self.loop.call_later(LINGER_SECONDS, self.transport.abort)
 

@@ -52,6 +52,8 @@ def serve(
     app.state.teardown_cipher = load_cipher(Path(cfg.data_dir))  # opt-in TTL teardown
     # Every log line is redacted (tokens, Authorization headers, keys), whatever logs it.
     logsafe.configure(log_level, "%(asctime)s %(levelname)s %(name)s %(message)s")
+    # One schedule for every 503 given under load: the login bound's and the guard's.
+    logins = app.state.logins
     guard = ConnectionGuard(
         GuardLimits(
             max_header_bytes=settings.max_header_bytes,
@@ -59,7 +61,8 @@ def serve(
             body_timeout=settings.body_timeout,
             max_unauthenticated=settings.max_unauthenticated,
             max_unauthenticated_per_ip=settings.max_unauthenticated_per_ip,
-        )
+        ),
+        retry_after=logins.retry_after,
     )
     config = uvicorn.Config(
         # X-Forwarded-For is believed only from the configured proxies (uvicorn's own
