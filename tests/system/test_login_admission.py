@@ -105,3 +105,42 @@ def test_over_the_bound_agents_are_told_to_retry_after_and_then_connect(
         finally:
             agent.stop()
     assert_no_traceback_in_server_log(server)
+
+
+def test_an_agent_connection_that_goes_silent_is_closed_and_the_machine_offline(
+    env: Any,
+) -> None:
+    """The server sends agents no pings of its own (server/wsprotocol.py): it closes a
+    connection it has heard nothing from, not even the agent's pings, for 60 s."""
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed
+    from wire_helpers import ws_url
+
+    from cloudremotecontrol.tlspin import client_context
+
+    with pinned_http(env.server) as http:
+        key = env.client.create_group("quiet", ["q"])["machines"][0]["key"]
+        cred = enroll(http, key)
+
+    async def silent() -> tuple[int | None, str | None]:
+        ctx, _ = client_context(env.server.url, env.server.fingerprint)
+        async with connect(
+            ws_url(env.server),
+            ssl=ctx,
+            additional_headers={"Authorization": bearer(cred)},
+            compression=None,
+            ping_interval=None,  # a machine that froze: nothing from it any more
+        ) as ws:
+            await ws.send(json.dumps({"type": "hello", "ack": 0, "ready": True}))
+            assert json.loads(await ws.recv())["type"] == "welcome"
+            try:
+                while True:
+                    await asyncio.wait_for(ws.recv(), 300)
+            except ConnectionClosed as exc:
+                rcvd = exc.rcvd
+                return (rcvd.code, rcvd.reason) if rcvd else (None, None)
+        return None, None
+
+    code, reason = asyncio.run(silent())
+    assert code == 1011, (code, reason)
+    env.wait_state("quiet", ["q"], "offline")
