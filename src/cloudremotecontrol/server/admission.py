@@ -4,8 +4,10 @@ A *login* is an agent's WebSocket from its upgrade to the server's ``welcome`` (
 its refusal): the credential check, the ``hello``, recording the connection and the
 replay bookkeeping - the work a whole fleet asks for at once after a server restart.
 ``LoginGate`` lets ``max_logins`` of them run at once; the next one is answered
-``503`` with ``Retry-After`` before the WebSocket is accepted (the cheapest answer the
-server can give once TLS is done), and a credential has at most one login in progress,
+``503`` with ``Retry-After`` by the HTTP protocol as soon as it sees the upgrade request
+(``httpguard.py``: no WebSocket, no application code; the cheapest answer the server can
+give once TLS is done; the endpoint checks again, ``agent_ws.py``), and a credential has
+at most one login in progress,
 so a client that never says ``hello`` holds one place for ``HELLO_TIMEOUT`` at most.
 
 ``Retry-After`` spreads the ones turned away over time rather than telling them all the
@@ -39,6 +41,9 @@ class LoginGate:
         self.mean_seconds = FIRST_LOGIN_SECONDS
         self.refused = 0  # answered 503 since the start
         self._next_slot = 0.0
+
+    def full(self) -> bool:
+        return self.active >= self.limit
 
     def enter(self) -> float | None:
         """Take a place (None: go on; call ``leave`` with the returned start time once

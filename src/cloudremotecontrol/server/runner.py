@@ -62,7 +62,7 @@ def serve(
             max_unauthenticated=settings.max_unauthenticated,
             max_unauthenticated_per_ip=settings.max_unauthenticated_per_ip,
         ),
-        retry_after=logins.retry_after,
+        logins=logins,
     )
     config = uvicorn.Config(
         # X-Forwarded-For is believed only from the configured proxies (uvicorn's own
