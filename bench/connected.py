@@ -133,14 +133,16 @@ class Bench:
         log(f"server pid {self.server.proc.pid} at {self.server.url}")
 
     def close(self) -> None:
-        if self.swarm is not None:
-            self.swarm.stop()
-        if self.client is not None:
-            self.client.close()
-        if self.server is not None:
-            self.server.stop()
-        if not self.args.keep:
-            shutil.rmtree(self.work, ignore_errors=True)
+        try:
+            if self.swarm is not None:
+                self.swarm.stop()
+        finally:  # the server goes whatever the swarm did
+            if self.client is not None:
+                self.client.close()
+            if self.server is not None:
+                self.server.stop()
+            if not self.args.keep:
+                shutil.rmtree(self.work, ignore_errors=True)
 
     # -- the phases -----------------------------------------------------------------------
     def connect(self) -> None:
