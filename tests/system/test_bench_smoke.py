@@ -127,3 +127,30 @@ def test_agent_start_bench_completes_and_prints_a_table() -> None:
     assert lines[0].split()[:2] == ["entry", "point"]
     assert lines[2].startswith("crc agent run") and "MiB" in lines[2]
     assert lines[3].startswith("python -m cloudremotecontrol.agent run") and "MiB" in lines[3]
+
+
+def test_connected_bench_completes_and_prints_a_table() -> None:
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "connected.py"),
+            "--agents",
+            "4",
+            "--workers",
+            "1",
+            "--idle-seconds",
+            "1",
+            "--settle",
+            "0.5",
+            "--no-write",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert re.search(r"connected at first\s+4/4", r.stdout), r.stdout
+    assert re.search(r"connected again\s+4/4", r.stdout), r.stdout
+    assert re.search(r"results stored: succeeded\s+4/4", r.stdout), r.stdout
+    assert re.search(r"succeeded per the API\s+4/4", r.stdout), r.stdout
