@@ -312,7 +312,8 @@ def swarm_worker(spec_path: str) -> None:
             states.append(state)
             async with limit:
                 cred = await asyncio.to_thread(enroll, state, spec["url"], key, spec["fingerprint"])
-            return Agent(state, cred, plat, fold_seconds=spec.get("fold_seconds", 0.2))
+            kw = {"facts_interval": spec["facts_seconds"]} if spec.get("facts_seconds") else {}
+            return Agent(state, cred, plat, fold_seconds=spec.get("fold_seconds", 0.2), **kw)
 
         async def pump(
             agent: Agent, state: CountingState, end: float, window: int, kind: str
@@ -417,6 +418,7 @@ class Swarm:
         wave: int,
         connect_timeout: float,
         fold_seconds: float = 0.2,
+        facts_seconds: float | None = None,
     ) -> None:
         self.procs: list[subprocess.Popen[str]] = []
         self.reports: list[dict[str, Any]] = []
@@ -435,6 +437,10 @@ class Swarm:
                         "wave": wave,
                         "connect_timeout": connect_timeout,
                         "fold_seconds": fold_seconds,
+                        # How often each agent looks at its addresses again (a process
+                        # each time; None: the agent's own 30 s). Thousands of agents
+                        # sharing a machine have the same addresses.
+                        "facts_seconds": facts_seconds,
                     }
                 )
             )

@@ -144,3 +144,30 @@ def test_agent_memory_bench_completes_and_prints_its_tables() -> None:
     assert any(line.startswith("+ the agent's modules") for line in lines)
     assert any(line.startswith("the agent, connected and idle: RSS ") for line in lines)
     assert any(line.startswith("the first start of an agent installed without") for line in lines)
+
+
+def test_connected_bench_completes_and_prints_a_table() -> None:
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "connected.py"),
+            "--agents",
+            "4",
+            "--workers",
+            "1",
+            "--idle-seconds",
+            "1",
+            "--settle",
+            "0.5",
+            "--no-write",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert re.search(r"connected at first\s+4/4", r.stdout), r.stdout
+    assert re.search(r"connected again\s+4/4", r.stdout), r.stdout
+    assert re.search(r"results stored: succeeded\s+4/4", r.stdout), r.stdout
+    assert re.search(r"succeeded per the API\s+4/4", r.stdout), r.stdout

@@ -67,14 +67,39 @@ from .runner import run_job
 from .state import AgentState, Credential
 from .streams import StreamServer
 
-__all__ = ["Agent", "Revoked", "enroll"]
+__all__ = ["Agent", "Revoked", "TryLater", "enroll", "parse_retry_after", "retry_delay"]
 
 log = logging.getLogger("crc.agent")
 FOLD_SECONDS = 0.2  # a job that ends this soon after it started is reported in one message
 FOLD_MAX_BYTES = 32 << 10  # ... with at most this much output
 BACKOFF_MIN = 0.5
 BACKOFF_MAX = 30.0
+OPEN_TIMEOUT = 60.0  # seconds for TCP, TLS and the WebSocket upgrade
+RETRY_AFTER_MAX = 300  # seconds: a server's Retry-After beyond this is taken as this
 FACTS_SECONDS = 30.0
+
+
+class TryLater(Unavailable):
+    """The server turned the connection away for now and said when to come back
+    (``Retry-After``, seconds)."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """A ``Retry-After`` header's delay in seconds (``delta-seconds`` only; an HTTP date
+    or anything else is ignored: None), at most ``RETRY_AFTER_MAX``."""
+    if value is None or not value.strip().isdigit() or len(value.strip()) > 6:
+        return None
+    return float(min(int(value.strip()), RETRY_AFTER_MAX))
+
+
+def retry_delay(retry_after: float) -> float:
+    """How long to wait when told ``Retry-After``: at least that, plus up to a quarter of
+    it more (one second at least), at random."""
+    return retry_after + random.uniform(0, max(1.0, retry_after / 4))  # noqa: S311
 
 
 class Revoked(CrcError):
@@ -275,11 +300,19 @@ class Agent:
         attempt = 0
         try:
             while True:
+                delay: float | None = None
                 try:
                     await self._session()
                     attempt = 0
                 except Revoked:
                     raise
+                except TryLater as exc:
+                    # The server is up and busy, and said when: that, plus jitter, so
+                    # the agents it turned away together do not return together.
+                    delay = retry_delay(exc.retry_after)
+                    log.warning(
+                        "connection to %s failed: %s; retrying in %.1f s", self.url, exc, delay
+                    )
                 except (OSError, CrcError, asyncio.TimeoutError, ssl.SSLError) as exc:
                     log.warning("connection to %s failed: %s", self.url, exc)
                     self._next_url()
@@ -287,8 +320,9 @@ class Agent:
                     log.warning("connection to %s lost: %s", self.url, exc)
                     self._next_url()
                 self.connected.clear()
-                attempt += 1
-                delay = random.uniform(0, min(BACKOFF_MAX, BACKOFF_MIN * 2**attempt))  # noqa: S311
+                if delay is None:
+                    attempt += 1
+                    delay = random.uniform(0, min(BACKOFF_MAX, BACKOFF_MIN * 2**attempt))  # noqa: S311
                 await asyncio.sleep(delay)
         finally:
             for task in list(self._tasks):
@@ -393,7 +427,10 @@ class Agent:
                 additional_headers={"Authorization": f"Bearer {self.cred.credential}"},
                 max_size=MAX_FRAME_BYTES,
                 compression=None,
-                open_timeout=20,
+                # As long as the server's TLS handshake timeout: a server that restarted
+                # takes the whole fleet's handshakes at once, and one given up and
+                # tried again costs it the handshake twice.
+                open_timeout=OPEN_TIMEOUT,
                 ping_interval=HEARTBEAT_SECONDS,
                 ping_timeout=HEARTBEAT_SECONDS,
                 user_agent_header=f"crc-agent/{__version__}",
@@ -424,9 +461,12 @@ class Agent:
                 raise Revoked(rcvd.reason or "machine revoked") from None
             raise Unavailable(f"connection closed: {exc}") from None
         except InvalidStatus as exc:
-            raise Unavailable(
-                f"server refused the connection: HTTP {exc.response.status_code}"
-            ) from None
+            status = exc.response.status_code
+            message = f"server refused the connection: HTTP {status}"
+            retry_after = parse_retry_after(exc.response.headers.get("Retry-After"))
+            if status in (429, 503) and retry_after is not None:
+                raise TryLater(message, retry_after) from None
+            raise Unavailable(message) from None
 
     # -- receiving: one handler per frame ----------------------------------------------
     async def _on_frame(self, ws: Any, text: str | bytes) -> None:

@@ -84,6 +84,11 @@ _SETTING_FLAGS: list[tuple[str, type, str]] = [
     ),
     ("max_unauthenticated_per_ip", int, "The same, from one address."),
     (
+        "max_logins",
+        int,
+        "Agent logins in progress at once; above: 503 with Retry-After (the agent waits).",
+    ),
+    (
         "forwarded_allow_ips",
         str,
         "Reverse proxies (addresses or networks, comma-separated) whose X-Forwarded-For "

@@ -16,9 +16,10 @@ import asyncio
 import contextlib
 from typing import Any
 
+from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from ..errors import CrcError, Unauthorized
+from ..errors import CrcError, Unauthorized, Unavailable
 from ..protocol.frames import (
     FEATURES,
     Ack,
@@ -32,6 +33,7 @@ from ..protocol.frames import (
 )
 from ..protocol.wire import Dispatcher, Frame, Side
 from . import auth
+from .admission import LoginGate
 from .hub import AgentLink
 from .ops import delivery
 from .store.base import Store
@@ -43,45 +45,99 @@ HELLO_TIMEOUT = 15.0
 
 async def agent_endpoint(ws: WebSocket) -> None:
     app = ws.app
+    gate: LoginGate = app.state.logins
+    retry_after = gate.enter()
+    if retry_after is not None:
+        # Over the bound of logins in progress: answered before the WebSocket exists.
+        busy = Unavailable("too many agents connecting at once; try again later")
+        await ws.send_denial_response(
+            JSONResponse(
+                busy.to_payload(),
+                status_code=503,
+                headers={"Retry-After": str(int(retry_after))},
+            )
+        )
+        return
+    started, welcomed = gate.start(), False
+    try:
+        login = await _login(ws)
+        welcomed = login is not None
+    finally:
+        gate.leave(started, welcomed)
+    if login is not None:
+        await _serve(ws, *login)
+
+
+async def _login(ws: WebSocket) -> tuple[dict[str, Any], Hello, dict[str, Any]] | None:
+    """Accept, authenticate, read the hello, record the connection, send the welcome:
+    the machine, its hello and what was recorded; None if the agent was refused."""
+    app = ws.app
     store: Store = app.state.store
+    gate: LoginGate = app.state.logins
     await ws.accept()
     try:
         m = await auth.machine(ws)
     except Unauthorized as exc:
         await _refuse(ws, 4401, exc)
-        return
+        return None
+    if not gate.claim(m["id"]):
+        # Its credential is logging in on another connection already: one at a time.
+        await _refuse(ws, 1013, Unavailable("this machine is connecting already; try later"))
+        return None
     try:
-        hello = read_frame(await asyncio.wait_for(ws.receive_text(), HELLO_TIMEOUT))
-        if not isinstance(hello, Hello):
-            raise CrcError("expected a hello frame first", code="protocol")
-    except (asyncio.TimeoutError, WebSocketDisconnect):
-        with contextlib.suppress(Exception):
-            await ws.close(4400, "no hello")
-        return
-    except CrcError as exc:
-        await _refuse(ws, 4400, exc)
-        return
-    peer = ws.client.host if ws.client else None
-    info = await store.write(
-        delivery.machine_connected,
-        m["id"],
-        hello.ready,
-        peer,
-        app.state.replica,
-        hello.ack,
-        hello.resume_from,
-    )
-    await ws.send_text(
-        write_frame(
-            Welcome(
-                ack=info["in_done"],
-                resume_from=info["resume_from"],
-                machine=m["name"],
-                group=m["group_name"],
-                features=FEATURES,
-            )
+        try:
+            hello = read_frame(await asyncio.wait_for(ws.receive_text(), HELLO_TIMEOUT))
+            if not isinstance(hello, Hello):
+                raise CrcError("expected a hello frame first", code="protocol")
+        except (asyncio.TimeoutError, WebSocketDisconnect):
+            with contextlib.suppress(Exception):
+                await ws.close(4400, "no hello")
+            return None
+        except CrcError as exc:
+            await _refuse(ws, 4400, exc)
+            return None
+        peer = ws.client.host if ws.client else None
+        info = await store.write(
+            delivery.machine_connected,
+            m["id"],
+            hello.ready,
+            peer,
+            app.state.replica,
+            hello.ack,
+            hello.resume_from,
         )
-    )
+        try:
+            await ws.send_text(
+                write_frame(
+                    Welcome(
+                        ack=info["in_done"],
+                        resume_from=info["resume_from"],
+                        machine=m["name"],
+                        group=m["group_name"],
+                        features=FEATURES,
+                    )
+                )
+            )
+        except (WebSocketDisconnect, ConnectionError, RuntimeError):
+            await _gone(ws, m)
+            return None
+        return m, hello, info
+    finally:
+        gate.unclaim(m["id"])
+
+
+async def _gone(ws: WebSocket, m: dict[str, Any]) -> None:
+    """The connection of ``m`` ended: it is offline unless a newer one took over."""
+    app = ws.app
+    if app.state.hub.links.get(m["id"]) is None:
+        with contextlib.suppress(Exception):
+            await app.state.store.write(delivery.machine_disconnected, m["id"], app.state.replica)
+
+
+async def _serve(ws: WebSocket, m: dict[str, Any], hello: Hello, info: dict[str, Any]) -> None:
+    """The connection after the welcome: replay, then frames until it ends."""
+    app = ws.app
+    store: Store = app.state.store
 
     async def reload(machine_id: str, after: int) -> list[tuple[int, str]]:
         return await store.read(delivery.outbox_after, machine_id, after)
@@ -106,9 +162,7 @@ async def agent_endpoint(ws: WebSocket) -> None:
         ):
             await writer
         app.state.hub.detach(link)
-        if app.state.hub.links.get(m["id"]) is None:
-            with contextlib.suppress(Exception):
-                await store.write(delivery.machine_disconnected, m["id"], app.state.replica)
+        await _gone(ws, m)
 
 
 class _Connection:

@@ -22,6 +22,7 @@ from .. import __version__
 from ..errors import CrcError, InvalidInput, RateLimited, TooLarge
 from ..protocol.limits import MAX_HTTP_BODY_BYTES
 from . import api, api_bootstrap, api_files, api_kv, api_runs, api_streams, api_teardown
+from .admission import LoginGate
 from .agent_ws import agent_endpoint
 from .api_docs import add_docs
 from .blobs import BlobStore
@@ -147,6 +148,7 @@ def create_app(
     )
     app.state.store = store
     app.state.settings = settings or ServerSettings()
+    app.state.logins = LoginGate(app.state.settings.max_logins)
     app.state.hub = hub
     app.state.bus = bus
     app.state.replica = replica or uuid.uuid4().hex[:12]

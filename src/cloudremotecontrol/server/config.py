@@ -50,6 +50,9 @@ class ServerSettings:
     keepalive_timeout: float = 5.0  # an idle kept-alive connection is closed after this
     max_unauthenticated: int = 512  # connections without a valid token, in all...
     max_unauthenticated_per_ip: int = 64  # ...and from one address; above: 503
+    # Agent logins (WebSocket upgrade to welcome) at once; above: 503 + Retry-After
+    # (server/admission.py).
+    max_logins: int = 256
     # Reverse proxies whose X-Forwarded-For is believed (none: the peer is the client).
     forwarded_allow_ips: tuple[str, ...] = ()
     # Failed enrollments one address may make per minute; then 429 until it passes.

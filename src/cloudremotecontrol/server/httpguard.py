@@ -40,6 +40,9 @@ from typing import Any
 from starlette.requests import HTTPConnection
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from .admission import LoginGate
+from .wsprotocol import AGENT_PATH
+
 __all__ = [
     "ConnectionGuard",
     "GuardLimits",
@@ -62,10 +65,14 @@ class GuardLimits:
 
 
 class ConnectionGuard:
-    """The pool of unauthenticated connections of one server process."""
+    """The pool of unauthenticated connections of one server process. ``logins``: the
+    bound on agent logins (``admission.py``): an agent's WebSocket upgrade while it is
+    full is answered ``503`` here, before any WebSocket or application code runs, and
+    every ``503`` of ours says when to come back (``Retry-After``, its schedule)."""
 
-    def __init__(self, limits: GuardLimits) -> None:
+    def __init__(self, limits: GuardLimits, logins: LoginGate | None = None) -> None:
         self.limits = limits
+        self.logins = logins
         self.pool: dict[_Slot, None] = {}  # oldest first
         self.by_ip: Counter[str] = Counter()
         self.evicted = 0  # waiting connections pushed out by newer ones
@@ -133,12 +140,16 @@ def mark_authenticated(conn: HTTPConnection) -> None:
         slot.release()
 
 
-def _error_response(status: int, reason: str, code: str, message: str) -> bytes:
+def _error_response(
+    status: int, reason: str, code: str, message: str, retry_after: float | None = None
+) -> bytes:
     body = json.dumps({"error": {"code": code, "message": message}}).encode()
+    retry = f"retry-after: {int(retry_after)}\r\n" if retry_after is not None else ""
     head = (
         f"HTTP/1.1 {status} {reason}\r\n"
         "content-type: application/json\r\n"
         f"content-length: {len(body)}\r\n"
+        f"{retry}"
         "connection: close\r\n\r\n"
     ).encode()
     return head + body
@@ -185,6 +196,22 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._cancel_timers()
         if self._slot is not None:
             self._slot.release()  # the WebSocket endpoint authenticates first thing
+        logins = self.guard.logins
+        if logins is not None and self.scope.get("path") == AGENT_PATH and logins.full():
+            # Too many agents logging in: told when to come back, and the connection
+            # closed once the answer is out (the endpoint checks again, agent_ws.py).
+            self._refused = True
+            self.transport.write(
+                _error_response(
+                    503,
+                    "Service Unavailable",
+                    "unavailable",
+                    "too many agents connecting at once; try again later",
+                    logins.retry_after(),
+                )
+            )
+            self.transport.close()
+            return
         super().handle_websocket_upgrade()
 
     def waiting_for_headers(self) -> bool:
@@ -329,7 +356,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._slot.release()
         if self.cycle is not None and not self.cycle.response_complete:
             self.cycle.keep_alive = False
-        self.transport.write(_error_response(status, reason, code, message))
+        retry_after = None
+        if status == 503 and self.guard.logins is not None:
+            retry_after = self.guard.logins.retry_after()
+        self.transport.write(_error_response(status, reason, code, message, retry_after))
         self.transport.pause_reading()
         self.loop.call_later(LINGER_SECONDS, self.transport.abort)
 

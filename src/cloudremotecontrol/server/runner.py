@@ -16,6 +16,7 @@ from .forwarded import TrustedProxies
 from .httpguard import ConnectionGuard, GuardLimits, guarded_protocol
 from .store.base import open_store
 from .teardown import load_cipher
+from .wsprotocol import ListeningWebSocketProtocol
 
 __all__ = ["serve"]
 
@@ -51,6 +52,8 @@ def serve(
     app.state.teardown_cipher = load_cipher(Path(cfg.data_dir))  # opt-in TTL teardown
     # Every log line is redacted (tokens, Authorization headers, keys), whatever logs it.
     logsafe.configure(log_level, "%(asctime)s %(levelname)s %(name)s %(message)s")
+    # One schedule for every 503 given under load: the login bound's and the guard's.
+    logins = app.state.logins
     guard = ConnectionGuard(
         GuardLimits(
             max_header_bytes=settings.max_header_bytes,
@@ -58,7 +61,8 @@ def serve(
             body_timeout=settings.body_timeout,
             max_unauthenticated=settings.max_unauthenticated,
             max_unauthenticated_per_ip=settings.max_unauthenticated_per_ip,
-        )
+        ),
+        logins=logins,
     )
     config = uvicorn.Config(
         # X-Forwarded-For is believed only from the configured proxies (uvicorn's own
@@ -69,7 +73,7 @@ def serve(
         port=port,
         ssl_certfile=None if insecure else str(cfg.cert),
         ssl_keyfile=None if insecure else str(cfg.key),
-        ws="websockets-sansio",
+        ws=ListeningWebSocketProtocol,  # agents ping; the server listens (wsprotocol.py)
         ws_per_message_deflate=False,
         ws_max_size=MAX_FRAME_BYTES,
         ws_ping_interval=HEARTBEAT_SECONDS,
