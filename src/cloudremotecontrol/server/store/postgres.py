@@ -62,6 +62,14 @@ Event order (why ``Tx.notify`` takes a lock)
     PostgreSQL then fails one statement (after ``deadlock_timeout``, 1 s by default):
     that op rolls back to its savepoint, which also releases the locks it took, and is
     run again in the next batch.
+    A pipelined batch holds the lock for less: it keeps the rows of ``add_event`` (in
+    the ``_PgTx``, with its own savepoints' rollbacks applied) and, after its last op,
+    takes the locks of their groups in one order (so two replicas cannot deadlock on
+    them) and inserts them all in one statement, in the order the ops added them. So a
+    group's lock is held from that insert to COMMIT, not for the whole batch, and the
+    other replica's batch runs its ops meanwhile. Ops never read events in a write
+    transaction, so none sees the difference; a statement on ``events`` other than
+    ``add_event``'s takes the locks where it stands, as above.
     Outbox sequence numbers need nothing more: ``enqueue`` takes them with ``UPDATE
     machines ... RETURNING out_next``, and the row lock orders them the same way.
 
@@ -181,6 +189,35 @@ def known_count(sql: str) -> int | None:
     return 1 if _ONE_ROW_INSERT.fullmatch(text) else None
 
 
+#: ``add_event``'s statement (ops/common.py): pipelined, its rows are kept in the
+#: ``_PgTx`` and inserted at the end of the batch, after the groups' locks.
+_EVENT_INSERT = (
+    "INSERT INTO events (group_id, created, type, machine, job_id, data) VALUES (?, ?, ?, ?, ?, ?)"
+)
+_EVENTS_INSERT_MANY = (
+    "INSERT INTO events (group_id, created, type, machine, job_id, data) "
+    "SELECT g, c, t, m, j, d FROM unnest(%s::text[], %s::float8[], %s::text[], %s::text[], "
+    "%s::text[], %s::text[]) WITH ORDINALITY AS e(g, c, t, m, j, d, n) ORDER BY n"
+)
+_SAVEPOINT = re.compile(
+    r"\s*(SAVEPOINT|RELEASE|ROLLBACK\s+TO)\s+(?:SAVEPOINT\s+)?(\w+)\s*", re.IGNORECASE
+)
+
+
+@functools.lru_cache(maxsize=256)
+def _savepoint(sql: str) -> tuple[str, str] | None:
+    """("SAVEPOINT" | "RELEASE" | "ROLLBACK", name) for a savepoint statement."""
+    match = _SAVEPOINT.fullmatch(sql)
+    if match is None:
+        return None
+    return match.group(1).split()[0].upper(), match.group(2)
+
+
+@functools.lru_cache(maxsize=2048)
+def _touches_events(sql: str) -> bool:
+    return re.search(r"\b(INTO|UPDATE)\s+events\b", sql, re.IGNORECASE) is not None
+
+
 def _group_key(group_id: str) -> int:
     """A stable signed 32-bit key (Python's hash() differs between processes)."""
     return int.from_bytes(
@@ -205,13 +242,16 @@ class _PgTx(Tx):
         # which never has another statement's result pending.
         self.pipeline = pipeline
         self.reader = reader if reader is not None else cur
+        self.events: list[tuple[Any, ...]] = []  # pipelined: rows of add_event, kept
+        self._marks: list[tuple[str, int]] = []  # open savepoints: (name, len(events))
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         if self.pipeline is not None:
             count = known_count(sql)
             if count is not None:
-                self.cur.execute(to_pyformat(sql), tuple(params))
+                self.send(sql, params)
                 return count
+            self._lock_events_now(sql)
             self.reader.execute(to_pyformat(sql), tuple(params))
             self.pipeline.sync()  # the row count is known once the result is in
             return self.reader.rowcount
@@ -219,28 +259,58 @@ class _PgTx(Tx):
         return self.cur.rowcount
 
     def send(self, sql: str, params: Sequence[Any] = ()) -> None:
-        if self.pipeline is not None:
-            self.cur.execute(to_pyformat(sql), tuple(params))
-        else:
+        if self.pipeline is None:
             self.execute(sql, params)
+            return
+        if sql == _EVENT_INSERT:  # kept for the end of the batch ("Event order")
+            self.events.append(tuple(params))
+            return
+        savepoint = _savepoint(sql)
+        if savepoint is not None:  # the op's own savepoints also cover its kept events
+            verb, name = savepoint
+            while self._marks and verb != "SAVEPOINT" and self._marks[-1][0] != name:
+                self._marks.pop()  # nested savepoints end with the one named
+            if verb == "SAVEPOINT":
+                self._marks.append((name, len(self.events)))
+            elif self._marks:
+                if verb == "ROLLBACK":
+                    del self.events[self._marks[-1][1] :]
+                else:
+                    self._marks.pop()
+        else:
+            self._lock_events_now(sql)
+        self.cur.execute(to_pyformat(sql), tuple(params))
 
     def one(self, sql: str, params: Sequence[Any] = ()) -> dict[str, Any] | None:
+        self._lock_events_now(sql)
         self.reader.execute(to_pyformat(sql), tuple(params))
         return self.reader.fetchone()
 
     def all(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        self._lock_events_now(sql)
         self.reader.execute(to_pyformat(sql), tuple(params))
         return self.reader.fetchall()
 
     def notify(self, group_id: str) -> None:
         # Called before the group's first event is inserted: see "Event order" above.
-        # (Pipelined, the lock is taken before the statements sent after it run.)
-        if group_id not in self.notified and group_id not in self.held:
-            self.cur.execute(
-                "SELECT pg_advisory_xact_lock(%s::integer, %s::integer)",
-                (_EVENT_LOCK_CLASS, _group_key(group_id)),
-            )
+        # Pipelined, the lock is taken at the end of the batch, before the kept events.
+        if self.pipeline is None and group_id not in self.notified and group_id not in self.held:
+            self._lock(group_id)
         super().notify(group_id)
+
+    def _lock(self, group_id: str) -> None:
+        self.cur.execute(
+            "SELECT pg_advisory_xact_lock(%s::integer, %s::integer)",
+            (_EVENT_LOCK_CLASS, _group_key(group_id)),
+        )
+        self.held.add(group_id)
+
+    def _lock_events_now(self, sql: str) -> None:
+        """A statement on ``events`` that is not ``add_event``'s insert (none today) runs
+        as it comes: the groups' locks first, as when one statement at a time."""
+        if "events" in sql and _touches_events(sql):
+            for group_id in sorted(self.notified - self.held):
+                self._lock(group_id)
 
 
 def _where(url: str) -> str:
@@ -250,6 +320,19 @@ def _where(url: str) -> str:
     except psycopg.Error:
         return "(unparsable URL)"
     return f"{info.get('host', 'localhost')}:{info.get('port', 5432)}/{info.get('dbname', '')}"
+
+
+def _insert_events(cur: psycopg.Cursor[dict[str, Any]], events: list[tuple[Any, ...]]) -> None:
+    """The batch's events, in the order the ops added them, in one statement; first the
+    locks of their groups, in one order for every replica (so two cannot deadlock)."""
+    if not events:
+        return
+    keys = sorted({_group_key(str(e[0])) for e in events})
+    cur.execute(
+        "SELECT pg_advisory_xact_lock(%s::integer, k) FROM unnest(%s::integer[]) AS k",
+        (_EVENT_LOCK_CLASS, keys),
+    )
+    cur.execute(_EVENTS_INSERT_MANY, [list(column) for column in zip(*events, strict=True)])
 
 
 class _PipelineFailed(Exception):
@@ -449,14 +532,16 @@ class PostgresStore(Store):
         done: list[tuple[_Pending, bool, Any]] = []
         groups: set[str] = set()
         machines: set[str] = set()
+        events: list[tuple[Any, ...]] = []
         committing = False
         try:
             with self._pools["write"].connection() as conn:
                 conn.isolation_level = IsolationLevel.REPEATABLE_READ
                 with conn.pipeline() as pipeline, conn.transaction():
                     cur, reader = conn.cursor(), conn.cursor()
+                    held: set[str] = set()  # locks taken early (_lock_events_now)
                     for p in batch:
-                        tx = _PgTx(cur, groups, pipeline, reader)
+                        tx = _PgTx(cur, held, pipeline, reader)
                         cur.execute("SAVEPOINT op")
                         try:
                             value = p.op(tx, *p.args)
@@ -470,7 +555,9 @@ class PostgresStore(Store):
                             cur.execute("RELEASE SAVEPOINT op")
                             groups |= tx.notified
                             machines |= tx.machines_notified
+                            events += tx.events
                             done.append((p, True, value))
+                    _insert_events(cur, events)
                     self._send_notifications(cur, groups, machines)
                     pipeline.sync()  # every statement's outcome is in: none failed
                     committing = True
