@@ -20,7 +20,8 @@ from cloudremotecontrol.errors import NotFound
 from cloudremotecontrol.server.ops import events, groups, users
 from cloudremotecontrol.server.ops.common import add_event
 from cloudremotecontrol.server.store.base import Tx
-from cloudremotecontrol.server.store.postgres import _EVENT_LOCK_CLASS, PostgresStore, _group_key
+from cloudremotecontrol.server.store.pg_tx import EVENT_LOCK_CLASS, group_key
+from cloudremotecontrol.server.store.postgres import PostgresStore
 
 pytestmark = pytest.mark.anyio
 
@@ -152,7 +153,7 @@ async def test_a_pipelined_batch_waits_for_an_earlier_numbered_event(
         with other.transaction():
             other.execute(
                 "SELECT pg_advisory_xact_lock(%s::integer, %s::integer)",
-                (_EVENT_LOCK_CLASS, _group_key(gid)),
+                (EVENT_LOCK_CLASS, group_key(gid)),
             )
             other.execute(
                 "INSERT INTO events (group_id, created, type, data) VALUES (%s, 0, %s, '{}')",

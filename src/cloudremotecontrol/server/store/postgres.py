@@ -63,7 +63,7 @@ Event order (why ``Tx.notify`` takes a lock)
     that op rolls back to its savepoint, which also releases the locks it took, and is
     run again in the next batch.
     A pipelined batch holds the lock for less: it keeps the rows of ``add_event`` (in
-    the ``_PgTx``, with its own savepoints' rollbacks applied) and, after its last op,
+    the ``PgTx``, with its own savepoints' rollbacks applied) and, after its last op,
     takes the locks of their groups in one order (so two replicas cannot deadlock on
     them) and inserts them all in one statement, in the order the ops added them. So a
     group's lock is held from that insert to COMMIT, not for the whole batch, and the
@@ -94,15 +94,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-import hashlib
 import logging
 import queue
 import random
-import re
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -114,7 +111,8 @@ from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
 from ...errors import Unavailable
-from .base import ALL_GROUPS, Store, Tx
+from .base import ALL_GROUPS, Store
+from .pg_tx import PgTx, insert_events, known_count, to_pyformat
 from .schema import migrate
 
 __all__ = ["CHANNEL", "PostgresStore", "known_count", "to_pyformat"]
@@ -123,7 +121,6 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 CHANNEL = "crc_events"
-_EVENT_LOCK_CLASS = 7244102  # first key of the (int, int) advisory locks on groups
 _BATCH = 256
 _RETRIES = 50
 _UNIQUE_RETRIES = 3
@@ -150,169 +147,6 @@ def _connect(url: str) -> psycopg.Connection[dict[str, Any]]:
     return conn
 
 
-@functools.lru_cache(maxsize=2048)
-def to_pyformat(sql: str) -> str:
-    """``?`` -> ``%s`` and ``%`` -> ``%%``, except ``?`` inside '...' or "..." (the SQL
-    of the ops has no comments or dollar quotes; do not add ``?`` in those)."""
-    out: list[str] = []
-    quote = ""
-    for ch in sql:
-        if ch == "%":
-            out.append("%%")  # psycopg reads % everywhere, quoted or not
-        elif quote:
-            if ch == quote:
-                quote = ""  # a doubled quote ('') closes and reopens: same result
-            out.append(ch)
-        elif ch in "'\"":
-            quote = ch
-            out.append(ch)
-        elif ch == "?":
-            out.append("%s")
-        else:
-            out.append(ch)
-    return "".join(out)
-
-
-_ONE_ROW_INSERT = re.compile(r"INSERT INTO \w+ \([\w\s,]*\) VALUES \([?\s,]*\)", re.IGNORECASE)
-_NO_COUNT = ("SAVEPOINT ", "RELEASE ", "ROLLBACK TO ")
-
-
-@functools.lru_cache(maxsize=2048)
-def known_count(sql: str) -> int | None:
-    """The row count ``sql`` has if it succeeds, when that is known without running it:
-    1 for an ``INSERT`` of one row of parameters (no ``ON CONFLICT``, no ``RETURNING``),
-    0 for savepoint statements; None for anything else. Those statements go out in a
-    pipeline without waiting for their result."""
-    text = sql.strip()
-    if text.upper().startswith(_NO_COUNT):
-        return 0
-    return 1 if _ONE_ROW_INSERT.fullmatch(text) else None
-
-
-#: ``add_event``'s statement (ops/common.py): pipelined, its rows are kept in the
-#: ``_PgTx`` and inserted at the end of the batch, after the groups' locks.
-_EVENT_INSERT = (
-    "INSERT INTO events (group_id, created, type, machine, job_id, data) VALUES (?, ?, ?, ?, ?, ?)"
-)
-_EVENTS_INSERT_MANY = (
-    "INSERT INTO events (group_id, created, type, machine, job_id, data) "
-    "SELECT g, c, t, m, j, d FROM unnest(%s::text[], %s::float8[], %s::text[], %s::text[], "
-    "%s::text[], %s::text[]) WITH ORDINALITY AS e(g, c, t, m, j, d, n) ORDER BY n"
-)
-_SAVEPOINT = re.compile(
-    r"\s*(SAVEPOINT|RELEASE|ROLLBACK\s+TO)\s+(?:SAVEPOINT\s+)?(\w+)\s*", re.IGNORECASE
-)
-
-
-@functools.lru_cache(maxsize=256)
-def _savepoint(sql: str) -> tuple[str, str] | None:
-    """("SAVEPOINT" | "RELEASE" | "ROLLBACK", name) for a savepoint statement."""
-    match = _SAVEPOINT.fullmatch(sql)
-    if match is None:
-        return None
-    return match.group(1).split()[0].upper(), match.group(2)
-
-
-@functools.lru_cache(maxsize=2048)
-def _touches_events(sql: str) -> bool:
-    return re.search(r"\b(INTO|UPDATE)\s+events\b", sql, re.IGNORECASE) is not None
-
-
-def _group_key(group_id: str) -> int:
-    """A stable signed 32-bit key (Python's hash() differs between processes)."""
-    return int.from_bytes(
-        hashlib.blake2b(group_id.encode(), digest_size=4).digest(), "big", signed=True
-    )
-
-
-class _PgTx(Tx):
-    database_errors = (psycopg.Error,)
-
-    def __init__(
-        self,
-        cur: psycopg.Cursor[dict[str, Any]],
-        held: set[str] | None = None,
-        pipeline: psycopg.Pipeline | None = None,
-        reader: psycopg.Cursor[dict[str, Any]] | None = None,
-    ) -> None:
-        self.cur = cur
-        self.held = held if held is not None else set()  # group locks the batch holds
-        # Pipeline mode (see "Pipelined batches"): statements whose outcome the op does
-        # not read go out on ``cur`` without waiting; those it reads run on ``reader``,
-        # which never has another statement's result pending.
-        self.pipeline = pipeline
-        self.reader = reader if reader is not None else cur
-        self.events: list[tuple[Any, ...]] = []  # pipelined: rows of add_event, kept
-        self._marks: list[tuple[str, int]] = []  # open savepoints: (name, len(events))
-
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
-        if self.pipeline is not None:
-            count = known_count(sql)
-            if count is not None:
-                self.send(sql, params)
-                return count
-            self._lock_events_now(sql)
-            self.reader.execute(to_pyformat(sql), tuple(params))
-            self.pipeline.sync()  # the row count is known once the result is in
-            return self.reader.rowcount
-        self.cur.execute(to_pyformat(sql), tuple(params))
-        return self.cur.rowcount
-
-    def send(self, sql: str, params: Sequence[Any] = ()) -> None:
-        if self.pipeline is None:
-            self.execute(sql, params)
-            return
-        if sql == _EVENT_INSERT:  # kept for the end of the batch ("Event order")
-            self.events.append(tuple(params))
-            return
-        savepoint = _savepoint(sql)
-        if savepoint is not None:  # the op's own savepoints also cover its kept events
-            verb, name = savepoint
-            while self._marks and verb != "SAVEPOINT" and self._marks[-1][0] != name:
-                self._marks.pop()  # nested savepoints end with the one named
-            if verb == "SAVEPOINT":
-                self._marks.append((name, len(self.events)))
-            elif self._marks:
-                if verb == "ROLLBACK":
-                    del self.events[self._marks[-1][1] :]
-                else:
-                    self._marks.pop()
-        else:
-            self._lock_events_now(sql)
-        self.cur.execute(to_pyformat(sql), tuple(params))
-
-    def one(self, sql: str, params: Sequence[Any] = ()) -> dict[str, Any] | None:
-        self._lock_events_now(sql)
-        self.reader.execute(to_pyformat(sql), tuple(params))
-        return self.reader.fetchone()
-
-    def all(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
-        self._lock_events_now(sql)
-        self.reader.execute(to_pyformat(sql), tuple(params))
-        return self.reader.fetchall()
-
-    def notify(self, group_id: str) -> None:
-        # Called before the group's first event is inserted: see "Event order" above.
-        # Pipelined, the lock is taken at the end of the batch, before the kept events.
-        if self.pipeline is None and group_id not in self.notified and group_id not in self.held:
-            self._lock(group_id)
-        super().notify(group_id)
-
-    def _lock(self, group_id: str) -> None:
-        self.cur.execute(
-            "SELECT pg_advisory_xact_lock(%s::integer, %s::integer)",
-            (_EVENT_LOCK_CLASS, _group_key(group_id)),
-        )
-        self.held.add(group_id)
-
-    def _lock_events_now(self, sql: str) -> None:
-        """A statement on ``events`` that is not ``add_event``'s insert (none today) runs
-        as it comes: the groups' locks first, as when one statement at a time."""
-        if "events" in sql and _touches_events(sql):
-            for group_id in sorted(self.notified - self.held):
-                self._lock(group_id)
-
-
 def _where(url: str) -> str:
     """host:port/dbname of ``url`` for messages: never the password."""
     try:
@@ -320,19 +154,6 @@ def _where(url: str) -> str:
     except psycopg.Error:
         return "(unparsable URL)"
     return f"{info.get('host', 'localhost')}:{info.get('port', 5432)}/{info.get('dbname', '')}"
-
-
-def _insert_events(cur: psycopg.Cursor[dict[str, Any]], events: list[tuple[Any, ...]]) -> None:
-    """The batch's events, in the order the ops added them, in one statement; first the
-    locks of their groups, in one order for every replica (so two cannot deadlock)."""
-    if not events:
-        return
-    keys = sorted({_group_key(str(e[0])) for e in events})
-    cur.execute(
-        "SELECT pg_advisory_xact_lock(%s::integer, k) FROM unnest(%s::integer[]) AS k",
-        (_EVENT_LOCK_CLASS, keys),
-    )
-    cur.execute(_EVENTS_INSERT_MANY, [list(column) for column in zip(*events, strict=True)])
 
 
 class _PipelineFailed(Exception):
@@ -418,7 +239,7 @@ class PostgresStore(Store):
         with conn:
             conn.isolation_level = IsolationLevel.READ_COMMITTED
             with conn.transaction():
-                migrate(_PgTx(conn.cursor()), self.dialect)
+                migrate(PgTx(conn.cursor()), self.dialect)
 
     async def start(self) -> None:
         await asyncio.to_thread(self.open_sync)
@@ -476,7 +297,7 @@ class PostgresStore(Store):
                     conn.isolation_level = IsolationLevel.REPEATABLE_READ
                     conn.read_only = True
                     with conn.transaction():
-                        return op(_PgTx(conn.cursor()), *args)
+                        return op(PgTx(conn.cursor()), *args)
             except psycopg.OperationalError as exc:  # also PoolTimeout
                 if attempt == 2:
                     raise Unavailable(f"database error ({_where(self.url)}): {exc}") from exc
@@ -541,7 +362,7 @@ class PostgresStore(Store):
                     cur, reader = conn.cursor(), conn.cursor()
                     held: set[str] = set()  # locks taken early (_lock_events_now)
                     for p in batch:
-                        tx = _PgTx(cur, held, pipeline, reader)
+                        tx = PgTx(cur, held, pipeline, reader)
                         cur.execute("SAVEPOINT op")
                         try:
                             value = p.op(tx, *p.args)
@@ -557,7 +378,7 @@ class PostgresStore(Store):
                             machines |= tx.machines_notified
                             events += tx.events
                             done.append((p, True, value))
-                    _insert_events(cur, events)
+                    insert_events(cur, events)
                     self._send_notifications(cur, groups, machines)
                     pipeline.sync()  # every statement's outcome is in: none failed
                     committing = True
@@ -601,7 +422,7 @@ class PostgresStore(Store):
                 cur = conn.cursor()
                 with conn.transaction():
                     for p in batch:
-                        tx = _PgTx(cur, groups)
+                        tx = PgTx(cur, groups)
                         try:
                             with conn.transaction():  # SAVEPOINT: a failing op rolls back alone
                                 value = p.op(tx, *p.args)
