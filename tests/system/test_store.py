@@ -387,9 +387,31 @@ async def test_events_after_is_ordered_resumable_and_filtered_by_job(store: Stor
     assert await store.read(events.events_after, info["group_id"], cursors[-1]) == []
 
 
-async def test_events_become_visible_in_id_order(replicas: list[Store]) -> None:
+async def test_events_become_visible_in_id_order(db_url: str) -> None:
     """An event committed later must not become visible before an earlier-numbered one
-    that is still being written, or a follower would move its cursor past it."""
+    that is still being written, or a follower would move its cursor past it. (Here an
+    op holds its transaction open after numbering its event, which happens when each
+    statement runs as it comes: PostgreSQL's pipelined batches number their events only
+    at their end, see test_pg_pipeline.py.)"""
+    replicas = [_one_by_one(db_url), _one_by_one(db_url)]
+    for s in replicas:
+        await s.start()
+    try:
+        await _events_become_visible_in_id_order(replicas)
+    finally:
+        for s in replicas:
+            await s.close()
+
+
+def _one_by_one(url: str) -> Store:
+    if url.startswith("postgresql"):
+        from cloudremotecontrol.server.store.postgres import PostgresStore
+
+        return PostgresStore(url, pipelined=False)
+    return open_store(url)
+
+
+async def _events_become_visible_in_id_order(replicas: list[Store]) -> None:
     store, other = replicas
     alice = await new_user(store)
     await store.write(groups.create_group, alice["user_id"], "lab", [{"name": "a"}])

@@ -56,7 +56,7 @@ def _transition(tx: Tx, m: dict[str, Any], event: MachineEvent, **extra: Any) ->
         return state.value
     # Column names come from this module's keyword arguments, never from input.
     sets = "".join(f", {k} = ?" for k in extra)
-    tx.execute(
+    tx.send(
         f"UPDATE machines SET state = ?, last_seen = ?{sets} WHERE id = ?",  # noqa: S608
         (nxt.value, now(), *extra.values(), m["id"]),
     )
@@ -331,7 +331,7 @@ def _on_progress(tx: Tx, m: dict[str, Any], msg: Progress, env: Envelope) -> Del
     progress: dict[str, Any] = {"text": msg.text, "percent": msg.percent, "at": now()}
     if msg.source is not None:
         progress["source"] = msg.source
-    tx.execute("UPDATE machines SET progress = ? WHERE id = ?", (dumps(progress), m["id"]))
+    tx.send("UPDATE machines SET progress = ? WHERE id = ?", (dumps(progress), m["id"]))
     add_event(tx, m["group_id"], "progress", progress, machine=m["name"])
     return []
 
@@ -373,7 +373,7 @@ def _store_output(tx: Tx, m: dict[str, Any], job_id: str, stream: str, data: str
         data = data.encode()[: MAX_OUTPUT_KEPT_BYTES - kept].decode(errors="ignore")
         data += f"\n[crc: output truncated at {MAX_OUTPUT_KEPT_BYTES} bytes]\n"
         size = MAX_OUTPUT_KEPT_BYTES - kept
-    tx.execute(
+    tx.send(
         "UPDATE job_targets SET output_bytes = ? WHERE job_id = ? AND machine_id = ?",
         (kept + size, job_id, m["id"]),
     )

@@ -117,7 +117,7 @@ class ServerInbox(InboxStore):
         return int(self.m["in_done"])
 
     def set_processed(self, seq: int) -> None:
-        self.tx.execute(
+        self.tx.send(
             "UPDATE machines SET in_done = ?, last_seen = ? WHERE id = ?",
             (seq, now(), self.m["id"]),
         )
@@ -175,7 +175,7 @@ def job_event(
     nxt = job_next(JobStatus(jt["status"]), event)
     if nxt is None:
         return []
-    tx.execute(
+    tx.send(
         "UPDATE job_targets SET status = ?, exit_code = ?, reason = ?, updated = ? "
         "WHERE job_id = ? AND machine_id = ?",
         (nxt.value, exit_code, reason, now(), job_id, m["id"]),

@@ -28,6 +28,12 @@ class Tx(abc.ABC):
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         """Run a statement; return the number of rows changed."""
 
+    def send(self, sql: str, params: Sequence[Any] = ()) -> None:
+        """Run a statement whose outcome the op does not read (no rows, no count). A
+        backend may send it without waiting for its result (PostgreSQL pipelines it):
+        if it fails, the op fails, though perhaps only when it returns."""
+        self.execute(sql, params)
+
     @abc.abstractmethod
     def one(self, sql: str, params: Sequence[Any] = ()) -> dict[str, Any] | None:
         """The first row as a dict, or None."""

@@ -27,6 +27,27 @@ How an operation runs
     Statements use ``?`` placeholders; they are rewritten to psycopg's ``%s`` (and a
     literal ``%`` to ``%%``), leaving quoted literals and identifiers alone.
 
+Pipelined batches
+    Run one statement at a time, a batch spends most of its time in round trips: a
+    message from an agent is eight statements (savepoint, read the machine, take the
+    group's event lock, a savepoint of its own, update the inbox, insert the event, two
+    releases), and psycopg waits for each one's answer before the op goes on. So a batch
+    runs in pipeline mode (``conn.pipeline()``, libpq >= 14): a statement whose outcome
+    the op does not read - savepoints, one-row ``INSERT``s (``known_count``), what it
+    runs with ``Tx.send``, the advisory lock - goes out without waiting, and the op waits
+    only for what it reads (``one``, ``all``, and ``execute`` of other statements, whose
+    row count it may look at). A message costs one round trip instead of eight. Before
+    COMMIT the store syncs the pipeline: every statement's outcome is then known, and if
+    none failed it commits and answers the callers as above.
+    A statement that fails in a pipeline reports its error with the results of later
+    ones (and PostgreSQL skips what follows until the sync), so the op it belonged to is
+    not known: the store rolls the whole transaction back and runs the same batch again
+    one statement at a time, where each failure is its own op's (conflicts re-run, other
+    errors go to their caller, the rest commit). Ops may be run twice this way for the
+    same reason they may be re-run after a conflict: they have no effect outside ``tx``.
+    An op that raises an error of its own (bad input, not found) needs no fallback: it
+    is rolled back to its savepoint in the pipeline and the others go on.
+
 Event order (why ``Tx.notify`` takes a lock)
     ``events.id`` is a BIGSERIAL: ids are handed out when rows are inserted, not when
     transactions commit. If T1 takes id 10 and T2 id 11 and T2 commits first, a follower
@@ -41,6 +62,14 @@ Event order (why ``Tx.notify`` takes a lock)
     PostgreSQL then fails one statement (after ``deadlock_timeout``, 1 s by default):
     that op rolls back to its savepoint, which also releases the locks it took, and is
     run again in the next batch.
+    A pipelined batch holds the lock for less: it keeps the rows of ``add_event`` (in
+    the ``PgTx``, with its own savepoints' rollbacks applied) and, after its last op,
+    takes the locks of their groups in one order (so two replicas cannot deadlock on
+    them) and inserts them all in one statement, in the order the ops added them. So a
+    group's lock is held from that insert to COMMIT, not for the whole batch, and the
+    other replica's batch runs its ops meanwhile. Ops never read events in a write
+    transaction, so none sees the difference; a statement on ``events`` other than
+    ``add_event``'s takes the locks where it stands, as above.
     Outbox sequence numbers need nothing more: ``enqueue`` takes them with ``UPDATE
     machines ... RETURNING out_next``, and the row lock orders them the same way.
 
@@ -64,14 +93,13 @@ Migrations
 from __future__ import annotations
 
 import asyncio
-import functools
-import hashlib
+import contextlib
 import logging
 import queue
 import random
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -83,16 +111,16 @@ from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
 from ...errors import Unavailable
-from .base import ALL_GROUPS, Store, Tx
+from .base import ALL_GROUPS, Store
+from .pg_tx import PgTx, insert_events, known_count, to_pyformat
 from .schema import migrate
 
-__all__ = ["CHANNEL", "PostgresStore", "to_pyformat"]
+__all__ = ["CHANNEL", "PostgresStore", "known_count", "to_pyformat"]
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 CHANNEL = "crc_events"
-_EVENT_LOCK_CLASS = 7244102  # first key of the (int, int) advisory locks on groups
 _BATCH = 256
 _RETRIES = 50
 _UNIQUE_RETRIES = 3
@@ -119,65 +147,6 @@ def _connect(url: str) -> psycopg.Connection[dict[str, Any]]:
     return conn
 
 
-@functools.lru_cache(maxsize=2048)
-def to_pyformat(sql: str) -> str:
-    """``?`` -> ``%s`` and ``%`` -> ``%%``, except ``?`` inside '...' or "..." (the SQL
-    of the ops has no comments or dollar quotes; do not add ``?`` in those)."""
-    out: list[str] = []
-    quote = ""
-    for ch in sql:
-        if ch == "%":
-            out.append("%%")  # psycopg reads % everywhere, quoted or not
-        elif quote:
-            if ch == quote:
-                quote = ""  # a doubled quote ('') closes and reopens: same result
-            out.append(ch)
-        elif ch in "'\"":
-            quote = ch
-            out.append(ch)
-        elif ch == "?":
-            out.append("%s")
-        else:
-            out.append(ch)
-    return "".join(out)
-
-
-def _group_key(group_id: str) -> int:
-    """A stable signed 32-bit key (Python's hash() differs between processes)."""
-    return int.from_bytes(
-        hashlib.blake2b(group_id.encode(), digest_size=4).digest(), "big", signed=True
-    )
-
-
-class _PgTx(Tx):
-    database_errors = (psycopg.Error,)
-
-    def __init__(self, cur: psycopg.Cursor[dict[str, Any]], held: set[str] | None = None) -> None:
-        self.cur = cur
-        self.held = held if held is not None else set()  # group locks the batch holds
-
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
-        self.cur.execute(to_pyformat(sql), tuple(params))
-        return self.cur.rowcount
-
-    def one(self, sql: str, params: Sequence[Any] = ()) -> dict[str, Any] | None:
-        self.cur.execute(to_pyformat(sql), tuple(params))
-        return self.cur.fetchone()
-
-    def all(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
-        self.cur.execute(to_pyformat(sql), tuple(params))
-        return self.cur.fetchall()
-
-    def notify(self, group_id: str) -> None:
-        # Called before the group's first event is inserted: see "Event order" above.
-        if group_id not in self.notified and group_id not in self.held:
-            self.cur.execute(
-                "SELECT pg_advisory_xact_lock(%s::integer, %s::integer)",
-                (_EVENT_LOCK_CLASS, _group_key(group_id)),
-            )
-        super().notify(group_id)
-
-
 def _where(url: str) -> str:
     """host:port/dbname of ``url`` for messages: never the password."""
     try:
@@ -187,11 +156,18 @@ def _where(url: str) -> str:
     return f"{info.get('host', 'localhost')}:{info.get('port', 5432)}/{info.get('dbname', '')}"
 
 
+class _PipelineFailed(Exception):
+    """A statement of a pipelined batch failed. Its error arrives with the results of
+    later statements, so which op sent it is not known: the batch is run again one
+    statement at a time, where each failure belongs to its op."""
+
+
 @dataclass
 class _Pending:
     op: Callable[..., Any]
     args: tuple[Any, ...]
-    fut: Future[Any]
+    fut: Future[Any] | asyncio.Future[Any]
+    loop: asyncio.AbstractEventLoop | None = None  # None: ``fut`` is write_sync's Future
     attempts: int = 0
     unique_violations: int = 0
 
@@ -199,9 +175,11 @@ class _Pending:
 class PostgresStore(Store):
     dialect = "postgresql"
 
-    def __init__(self, url: str, *, readers: int = 4) -> None:
+    def __init__(self, url: str, *, readers: int = 4, pipelined: bool | None = None) -> None:
         super().__init__()
         self.url = url
+        # Pipeline mode needs libpq >= 14 (psycopg's binary wheels bundle a newer one).
+        self.pipelined = psycopg.Pipeline.is_supported() if pipelined is None else pipelined
         self._readers = readers
         self._pools: dict[str, ConnectionPool[psycopg.Connection[dict[str, Any]]]] = {}
         self._read_executor: ThreadPoolExecutor | None = None
@@ -212,6 +190,8 @@ class PostgresStore(Store):
         self._lock = threading.Lock()
         self.retries = 0  # operations re-run after a conflict (for benchmarks and tests)
         self.batches = 0  # write transactions committed
+        self.pipelined_batches = 0  # of which committed in pipeline mode
+        self.fallbacks = 0  # pipelined batches rolled back and run one statement at a time
 
     # -- lifecycle ---------------------------------------------------------------------
     def open_sync(self) -> None:
@@ -259,7 +239,7 @@ class PostgresStore(Store):
         with conn:
             conn.isolation_level = IsolationLevel.READ_COMMITTED
             with conn.transaction():
-                migrate(_PgTx(conn.cursor()), self.dialect)
+                migrate(PgTx(conn.cursor()), self.dialect)
 
     async def start(self) -> None:
         await asyncio.to_thread(self.open_sync)
@@ -292,9 +272,10 @@ class PostgresStore(Store):
     async def write(self, op: Callable[..., T], *args: Any) -> T:
         if self._writer is None:
             raise Unavailable("the database is closed (server starting or stopping)")
-        fut: Future[T] = Future()
-        self._queue.put(_Pending(op, args, fut))
-        return await asyncio.wrap_future(fut)
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[T] = loop.create_future()
+        self._queue.put(_Pending(op, args, fut, loop=loop))
+        return await fut
 
     def write_sync(self, op: Callable[..., T], *args: Any) -> T:
         self.open_sync()
@@ -316,7 +297,7 @@ class PostgresStore(Store):
                     conn.isolation_level = IsolationLevel.REPEATABLE_READ
                     conn.read_only = True
                     with conn.transaction():
-                        return op(_PgTx(conn.cursor()), *args)
+                        return op(PgTx(conn.cursor()), *args)
             except psycopg.OperationalError as exc:  # also PoolTimeout
                 if attempt == 2:
                     raise Unavailable(f"database error ({_where(self.url)}): {exc}") from exc
@@ -353,9 +334,83 @@ class PostgresStore(Store):
         then resolve the futures. Returns the ops to run again in a new transaction."""
         # Skip ops whose caller was cancelled while they were queued (as an executor
         # would): resolving a cancelled Future raises and would kill this thread.
-        batch = [p for p in batch if p.fut.running() or p.fut.set_running_or_notify_cancel()]
+        # (Reading an asyncio future's flag from this thread is a benign race: an op
+        # cancelled a moment later runs, and its result is dropped.)
+        batch = [p for p in batch if not p.fut.cancelled()]
         if not batch:
             return []
+        if self.pipelined:
+            try:
+                return self._run_pipelined(batch)
+            except _PipelineFailed:
+                self.fallbacks += 1  # rolled back: the same ops, one statement at a time
+        return self._run_one_by_one(batch)
+
+    def _run_pipelined(self, batch: list[_Pending]) -> list[_Pending]:
+        """The fast path of ``_run_batch`` (see "Pipelined batches"). Raises
+        ``_PipelineFailed`` when any statement failed: the transaction is rolled back
+        and nothing was resolved."""
+        done: list[tuple[_Pending, bool, Any]] = []
+        groups: set[str] = set()
+        machines: set[str] = set()
+        events: list[tuple[Any, ...]] = []
+        committing = False
+        try:
+            with self._pools["write"].connection() as conn:
+                conn.isolation_level = IsolationLevel.REPEATABLE_READ
+                with conn.pipeline() as pipeline, conn.transaction():
+                    cur, reader = conn.cursor(), conn.cursor()
+                    held: set[str] = set()  # locks taken early (_lock_events_now)
+                    for p in batch:
+                        tx = PgTx(cur, held, pipeline, reader)
+                        cur.execute("SAVEPOINT op")
+                        try:
+                            value = p.op(tx, *p.args)
+                        except psycopg.Error:
+                            raise  # which op failed is not known: see _PipelineFailed
+                        except BaseException as exc:  # noqa: BLE001 -- handed to the caller
+                            cur.execute("ROLLBACK TO SAVEPOINT op")
+                            cur.execute("RELEASE SAVEPOINT op")
+                            done.append((p, False, exc))
+                        else:
+                            cur.execute("RELEASE SAVEPOINT op")
+                            groups |= tx.notified
+                            machines |= tx.machines_notified
+                            events += tx.events
+                            done.append((p, True, value))
+                    insert_events(cur, events)
+                    self._send_notifications(cur, groups, machines)
+                    pipeline.sync()  # every statement's outcome is in: none failed
+                    committing = True
+        except psycopg.Error as exc:
+            if not committing:
+                raise _PipelineFailed from exc
+            failure = Unavailable(f"database error ({_where(self.url)}): {exc}")
+            failure.__cause__ = exc
+            # COMMIT was sent: it may or may not have happened.
+            _answer([(p, False, failure) for p in batch])
+            return []
+        self.batches += 1
+        self.pipelined_batches += 1
+        self._settle(groups, done)
+        return []
+
+    def _send_notifications(
+        self, cur: psycopg.Cursor[dict[str, Any]], groups: set[str], machines: set[str]
+    ) -> None:
+        # Machine payloads carry this replica's id, so it ignores its own.
+        payloads = sorted(groups) + [f"m:{self.replica}:{m}" for m in machines]
+        if payloads:
+            cur.execute("SELECT pg_notify(%s, g) FROM unnest(%s::text[]) g", (CHANNEL, payloads))
+
+    def _settle(self, groups: set[str], done: list[tuple[_Pending, bool, Any]]) -> None:
+        """After COMMIT: wake this replica's followers, then answer the callers."""
+        self._wake(groups)
+        _answer(done)
+
+    def _run_one_by_one(self, batch: list[_Pending]) -> list[_Pending]:
+        """``_run_batch`` with each statement waited for: a failing statement fails its
+        own op, which is rolled back alone (and run again if it lost a race)."""
         done: list[tuple[_Pending, bool, Any]] = []
         retry: list[_Pending] = []
         groups: set[str] = set()  # also the group locks held by the transaction
@@ -367,7 +422,7 @@ class PostgresStore(Store):
                 cur = conn.cursor()
                 with conn.transaction():
                     for p in batch:
-                        tx = _PgTx(cur, groups)
+                        tx = PgTx(cur, groups)
                         try:
                             with conn.transaction():  # SAVEPOINT: a failing op rolls back alone
                                 value = p.op(tx, *p.args)
@@ -395,36 +450,27 @@ class PostgresStore(Store):
                             groups |= tx.notified
                             machines |= tx.machines_notified
                             done.append((p, True, value))
-                    # Machine payloads carry this replica's id, so it ignores its own.
-                    payloads = sorted(groups) + [f"m:{self.replica}:{m}" for m in machines]
-                    if payloads:
-                        cur.execute(
-                            "SELECT pg_notify(%s, g) FROM unnest(%s::text[]) g", (CHANNEL, payloads)
-                        )
+                    self._send_notifications(cur, groups, machines)
                     committing = True
         except psycopg.Error as exc:  # also PoolTimeout
             failure = Unavailable(f"database error ({_where(self.url)}): {exc}")
             failure.__cause__ = exc
             if committing:  # COMMIT was sent: it may or may not have happened
-                for p in batch:
-                    p.fut.set_exception(failure)
+                _answer([(p, False, failure) for p in batch])
                 return []
             self._pools["write"].check()  # before COMMIT: rolled back, safe to re-run
             again = []
+            failed: list[tuple[_Pending, bool, Any]] = []
             for p in batch:
                 p.attempts += 1
                 if p.attempts >= _CONNECTION_RETRIES:
-                    p.fut.set_exception(failure)
+                    failed.append((p, False, failure))
                 else:
                     again.append(p)
+            _answer(failed)
             return again
         self.batches += 1
-        self._wake(groups)
-        for p, ok, value in done:
-            if ok:
-                p.fut.set_result(value)
-            else:
-                p.fut.set_exception(value)
+        self._settle(groups, done)
         return retry
 
     # -- wake-ups from other replicas ---------------------------------------------------
@@ -476,3 +522,30 @@ class PostgresStore(Store):
                 conn.execute("SELECT pg_notify(%s, '')", (CHANNEL,))
         except psycopg.Error:
             pass  # the listener notices _stopping within a second anyway
+
+
+def _answer(results: list[tuple[_Pending, bool, Any]]) -> None:
+    """Hand results to their callers: a ``write_sync`` Future directly, asyncio futures
+    with one wake-up of their loop per batch (not one thread hop per operation)."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
+    for p, ok, value in results:
+        if p.loop is not None:
+            assert isinstance(p.fut, asyncio.Future)
+            by_loop.setdefault(p.loop, []).append((p.fut, ok, value))
+        elif ok:
+            p.fut.set_result(value)
+        else:
+            p.fut.set_exception(value)
+    for loop, items in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+            loop.call_soon_threadsafe(_answer_in_loop, items)
+
+
+def _answer_in_loop(items: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
+    for fut, ok, value in items:
+        if fut.done():  # its caller was cancelled meanwhile: the operation ran regardless
+            continue
+        if ok:
+            fut.set_result(value)
+        else:
+            fut.set_exception(value)

@@ -1,0 +1,187 @@
+"""PostgreSQL's pipelined write batches (store/postgres.py, "Pipelined batches"): the
+operations of one batch share a pipeline, yet each one still fails alone, and events
+are numbered and made visible in order.
+
+Each test holds the writer thread on a first operation while the others queue, so they
+all run in the next batch (the writer takes everything waiting).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import psycopg
+import pytest
+
+from cloudremotecontrol.errors import NotFound
+from cloudremotecontrol.server.ops import events, groups, users
+from cloudremotecontrol.server.ops.common import add_event
+from cloudremotecontrol.server.store.base import Tx
+from cloudremotecontrol.server.store.pg_tx import EVENT_LOCK_CLASS, group_key
+from cloudremotecontrol.server.store.postgres import PostgresStore
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+async def store(pg_url: str) -> AsyncIterator[PostgresStore]:
+    s = PostgresStore(pg_url)
+    await s.start()
+    assert s.pipelined  # psycopg's binary wheels bundle libpq >= 14
+    yield s
+    await s.close()
+
+
+async def in_one_batch(store: PostgresStore, ops: list[Callable[[Tx], Any]]) -> list[Any]:
+    """Run ``ops`` in one write batch; each op's result or exception, in order."""
+    started, release = threading.Event(), threading.Event()
+
+    def hold(tx: Tx) -> None:
+        started.set()
+        release.wait(30)
+
+    first = asyncio.ensure_future(store.write(hold))
+    assert await asyncio.to_thread(started.wait, 30)
+    batches = store.batches
+    queued = [asyncio.ensure_future(store.write(op)) for op in ops]
+    await asyncio.sleep(0.1)  # every write is in the queue
+    release.set()
+    await first
+    results = await asyncio.gather(*queued, return_exceptions=True)
+    assert store.batches - batches <= 2  # "hold"'s batch, then theirs (not one each)
+    return results
+
+
+async def new_group(store: PostgresStore, name: str = "lab") -> tuple[dict[str, Any], str]:
+    token = await store.write(users.create_user, "alice")
+    alice = await store.read(users.authenticate_master, token)
+    await store.write(groups.create_group, alice["user_id"], name, [{"name": "a"}])
+    info = await store.read(events.group_cursor, alice["user_id"], name)
+    return alice, str(info["group_id"])
+
+
+async def event_types(store: PostgresStore, group_id: str) -> list[str]:
+    return [e["type"] for e in await store.read(events.events_after, group_id, 0)]
+
+
+async def test_a_statement_failing_in_a_pipelined_batch_fails_only_its_op(
+    store: PostgresStore,
+) -> None:
+    _, gid = await new_group(store)
+
+    def good(name: str) -> Callable[[Tx], str]:
+        def op(tx: Tx) -> str:
+            add_event(tx, gid, f"user.{name}", {})
+            return name
+
+        return op
+
+    def bad(tx: Tx) -> str:
+        add_event(tx, gid, "user.bad", {})
+        # Sent without waiting: its error arrives with later statements' results.
+        tx.send("UPDATE machines SET state = NULL WHERE group_id = ?", (gid,))
+        return "bad"
+
+    fallbacks = store.fallbacks
+    results = await in_one_batch(store, [good("one"), bad, good("two")])
+    assert results[0] == "one" and results[2] == "two"
+    assert isinstance(results[1], psycopg.errors.NotNullViolation)
+    assert store.fallbacks == fallbacks + 1  # run again one statement at a time
+    assert (await event_types(store, gid))[-2:] == ["user.one", "user.two"]
+
+
+async def test_an_op_raising_in_a_pipelined_batch_rolls_back_alone(store: PostgresStore) -> None:
+    _, gid = await new_group(store)
+
+    def good(tx: Tx) -> str:
+        add_event(tx, gid, "user.good", {})
+        tx.execute("UPDATE groups SET settings = ? WHERE id = ?", ('{"x": 1}', gid))
+        return "good"
+
+    def bad(tx: Tx) -> None:
+        add_event(tx, gid, "user.bad", {})
+        tx.execute("UPDATE groups SET settings = ? WHERE id = ?", ('{"x": 2}', gid))
+        raise NotFound("no such thing")
+
+    fallbacks, pipelined = store.fallbacks, store.pipelined_batches
+    results = await in_one_batch(store, [good, bad, good])
+    assert results[0] == results[2] == "good"
+    assert isinstance(results[1], NotFound)
+    assert store.fallbacks == fallbacks  # its own savepoint was enough
+    assert store.pipelined_batches > pipelined
+    types = await event_types(store, gid)
+    assert "user.bad" not in types and types.count("user.good") == 2
+    row = await store.read(lambda tx: tx.one("SELECT settings FROM groups WHERE id = ?", (gid,)))
+    assert row is not None and row["settings"] == '{"x": 1}'
+
+
+async def test_an_ops_own_savepoints_keep_or_drop_its_events(store: PostgresStore) -> None:
+    _, gid = await new_group(store)
+
+    def op(tx: Tx) -> int:
+        add_event(tx, gid, "user.kept", {})
+        tx.execute("SAVEPOINT inner_work")
+        add_event(tx, gid, "user.dropped", {})
+        tx.execute("ROLLBACK TO SAVEPOINT inner_work")
+        tx.execute("RELEASE SAVEPOINT inner_work")
+        tx.execute("SAVEPOINT inner_work")
+        add_event(tx, gid, "user.released", {})
+        tx.execute("RELEASE SAVEPOINT inner_work")
+        return tx.execute("UPDATE machines SET progress = ? WHERE group_id = ?", ("{}", gid))
+
+    assert await in_one_batch(store, [op]) == [1]  # a waited row count
+    assert (await event_types(store, gid))[-2:] == ["user.kept", "user.released"]
+
+
+async def test_a_pipelined_batch_waits_for_an_earlier_numbered_event(
+    store: PostgresStore, pg_url: str
+) -> None:
+    """Another writer (a replica running one statement at a time) numbered an event and
+    has not committed: this batch's events of the group, numbered after it, stay
+    invisible until it has, so a follower never moves its cursor past it."""
+    _, gid = await new_group(store)
+    cursor = (await store.read(lambda tx: tx.one("SELECT MAX(id) AS c FROM events")) or {})["c"]
+    with psycopg.connect(pg_url, autocommit=True) as other:
+        with other.transaction():
+            other.execute(
+                "SELECT pg_advisory_xact_lock(%s::integer, %s::integer)",
+                (EVENT_LOCK_CLASS, group_key(gid)),
+            )
+            other.execute(
+                "INSERT INTO events (group_id, created, type, data) VALUES (%s, 0, %s, '{}')",
+                (gid, "user.first"),
+            )
+            second = asyncio.ensure_future(
+                store.write(lambda tx: add_event(tx, gid, "user.second", {}))
+            )
+            for _ in range(10):
+                assert await store.read(events.events_after, gid, cursor) == []
+                await asyncio.sleep(0.05)
+            assert not second.done()
+        await second
+    seen = await store.read(events.events_after, gid, cursor)
+    assert [e["type"] for e in seen] == ["user.first", "user.second"]
+    assert seen[0]["cursor"] < seen[1]["cursor"]
+
+
+async def test_events_of_many_ops_keep_their_order(store: PostgresStore) -> None:
+    _, gid = await new_group(store)
+
+    def op(i: int) -> Callable[[Tx], None]:
+        def run(tx: Tx) -> None:
+            add_event(tx, gid, f"user.e{i}", {"i": i})
+            add_event(tx, gid, f"user.f{i}", {"i": i})
+
+        return run
+
+    await in_one_batch(store, [op(i) for i in range(20)])
+    types = (await event_types(store, gid))[-40:]
+    assert types == [t for i in range(20) for t in (f"user.e{i}", f"user.f{i}")]
