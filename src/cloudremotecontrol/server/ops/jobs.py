@@ -18,7 +18,7 @@ from ..store.base import Tx
 from .common import add_event, audit, dumps, live_group, loads, now
 from .rollout import advance, rollout_of, withdraw
 from .roster import hosts_entries, roster
-from .streams import outbox
+from .streams import enqueue_many, outbox
 
 __all__ = [
     "cancel_job",
@@ -157,17 +157,29 @@ def _create(
         ),
     )
     held = rollout is not None and rollout.holds
-    deliveries = []
-    for m in machines:
-        tx.execute(
-            "INSERT INTO job_targets (job_id, machine_id, machine, status, updated, held) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            (job_id, m["id"], m["name"], JobStatus.QUEUED.value, t, 1 if held else 0),
+    # One statement for every target's row, and a few for every job.run (a 1,000-machine
+    # job is one transaction of a handful of statements, not of thousands).
+    tx.executemany(
+        "INSERT INTO job_targets (job_id, machine_id, machine, status, updated, held) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        [
+            (job_id, m["id"], m["name"], JobStatus.QUEUED.value, t, 1 if held else 0)
+            for m in machines
+        ],
+    )
+    deliveries: list[tuple[str, int, str]] = []
+    if not held:
+        deliveries = enqueue_many(
+            tx,
+            [
+                (
+                    m["id"],
+                    Envelope.make(group_name, "master", m["name"], kind, body, job_id),
+                    job_id,
+                )
+                for m in machines
+            ],
         )
-        if not held:
-            env = Envelope.of(msg, group_name, "master", m["name"], job_id)
-            seq, frame = enqueue(tx, m, env, job_id)
-            deliveries.append((m["id"], seq, frame))
     names = [m["name"] for m in machines]
     created: dict[str, Any] = {
         "job_id": job_id,

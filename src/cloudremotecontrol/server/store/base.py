@@ -28,6 +28,12 @@ class Tx(abc.ABC):
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         """Run a statement; return the number of rows changed."""
 
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """Run one statement once per row of parameters, in order (a backend may send
+        them at once)."""
+        for params in rows:
+            self.execute(sql, params)
+
     @abc.abstractmethod
     def one(self, sql: str, params: Sequence[Any] = ()) -> dict[str, Any] | None:
         """The first row as a dict, or None."""
