@@ -373,6 +373,20 @@ async def test_output_kept_per_target_is_cut_at_the_limit_with_a_marker(store: S
     assert statuses == ["delivered", "succeeded"]
 
 
+async def test_a_jobs_event_stream_finds_its_group_for_its_owner_only(store: Store) -> None:
+    alice, bob = await new_user(store), await new_user(store, "bob")
+    await ready_machines(store, alice, "lab", ["a"])
+    job_id = (await store.write(jobs.create_job, alice, "lab", "a", {"argv": ["true"]}))["job_id"]
+    gid = (await store.read(events.group_cursor, alice["user_id"], "lab"))["group_id"]
+    found = await store.read(jobs.job_group, alice["user_id"], job_id)
+    assert found == {"group": "lab", "group_id": gid}
+    with pytest.raises(NotFound):
+        await store.read(jobs.job_group, bob["user_id"], job_id)
+    await store.write(groups.delete_group, alice["user_id"], "lab")
+    with pytest.raises(NotFound):
+        await store.read(jobs.job_group, alice["user_id"], job_id)
+
+
 async def test_cancel_before_delivery_rewrites_the_queued_run(store: Store) -> None:
     alice = await new_user(store)
     m = (await ready_machines(store, alice, "lab", ["a"]))["a"]

@@ -26,6 +26,7 @@ __all__ = [
     "create_job",
     "create_kind",
     "enqueue",
+    "job_group",
     "job_view",
     "list_jobs",
     "resolve_targets",
@@ -213,6 +214,14 @@ def _job(tx: Tx, user_id: str, job_id: str) -> dict[str, Any]:
     if row is None:
         raise NotFound(f"no job {job_id!r}")
     return row
+
+
+def job_group(tx: Tx, user_id: str, job_id: str) -> dict[str, Any]:
+    """``{"group", "group_id"}`` of the caller's job ``job_id`` (NotFound: not theirs,
+    or its group is deleted): what a job's event stream needs, without its targets."""
+    job = _job(tx, user_id, job_id)
+    live_group(tx, user_id, job["group_name"])
+    return {"group": job["group_name"], "group_id": job["group_id"]}
 
 
 def job_view(tx: Tx, user_id: str, job_id: str) -> dict[str, Any]:
