@@ -260,9 +260,8 @@ def apply_agent_message(
     # A short job's result acknowledging its own job.run (job.fold + msg.ack): its
     # target moves queued -> delivered -> running -> ended in one read and one write
     # (``_on_result``); the events are the same, in the same order.
+    # Otherwise (another message, or one given up) it is applied before the message.
     late = delivered[-1] if receipt is Receipt.NEW and delivered else None
-    if late is not None and _result_job(raw) != late:
-        late = None
     for job_id in delivered[:-1] if late is not None else delivered:
         job_event(tx, m, job_id, JobEvent.DELIVER, None, None)
     if receipt is Receipt.DUPLICATE:
@@ -301,16 +300,6 @@ def apply_agent_message(
         return _give_up(tx, m, seq, raw, _dead(seq, box.max_attempts))
     tx.execute("RELEASE SAVEPOINT apply_message")
     return {"receipt": "new", "deliveries": deliveries}
-
-
-def _result_job(raw: object) -> str | None:
-    """The job id of a ``job.result`` not yet decoded (compared, never trusted: the
-    decoded message is checked again)."""
-    if not isinstance(raw, dict) or raw.get("type") != "job.result":
-        return None
-    body = raw.get("body")
-    job_id = body.get("job_id") if isinstance(body, dict) else None
-    return job_id if isinstance(job_id, str) else None
 
 
 def _deliver(tx: Tx, m: dict[str, Any], job_id: str | None) -> None:
