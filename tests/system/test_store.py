@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from cloudremotecontrol.errors import Conflict, InvalidInput, KeyRejected, NotFound, Unauthorized
+from cloudremotecontrol.protocol.limits import MAX_OUTPUT_CHUNK_BYTES, MAX_OUTPUT_KEPT_BYTES
 from cloudremotecontrol.protocol.messages import Envelope
 from cloudremotecontrol.server.ops import delivery, enrollment, events, groups, jobs, users
 from cloudremotecontrol.server.ops.common import add_event, now
@@ -288,6 +289,102 @@ async def test_job_outbox_ack_and_agent_messages_are_applied_once(store: Store) 
     assert [e["data"]["data"] for e in job_events if e["type"] == "job.output"] == ["hi\n"]
     errors = [e for e in await group_events(store, alice, "lab") if e["type"] == "agent.error"]
     assert len(errors) == 1
+
+
+async def test_a_result_carrying_the_ack_of_its_run_keeps_every_event_in_order(
+    store: Store,
+) -> None:
+    """job.fold + msg.ack: one message acknowledges the job.run messages and reports a
+    job's start, output and end. The master sees what separate messages would give it."""
+    alice = await new_user(store)
+    m = (await ready_machines(store, alice, "lab", ["a"]))["a"]
+    a, b, c = [
+        (await store.write(jobs.create_job, alice, "lab", "a", {"argv": ["true"]}))["job_id"]
+        for _ in range(3)
+    ]
+    cursor = (await store.read(events.group_cursor, alice["user_id"], "lab"))["cursor"]
+
+    def result(seq: int, ack: int, job_id: str, status: str) -> Any:
+        body = {"job_id": job_id, "status": status, "exit_code": 0, "started": True}
+        body["output"] = [["stdout", "one\n"], ["stderr", "two\n"]]
+        raw = agent_msg("lab", "a", "job.result", body)
+        return store.write(delivery.apply_agent_message, m["id"], seq, raw, ack)
+
+    # The ack covers a's and b's job.run; the result is b's.
+    assert (await result(1, 2, b, "succeeded"))["receipt"] == "new"
+    # A result the server cannot use is given up; the ack riding on it still counts.
+    bad = await result(2, 3, c, "bogus")
+    assert bad["receipt"] == "new" and bad["error"]["code"] == "invalid_input"
+    gid = (await store.read(events.group_cursor, alice["user_id"], "lab"))["group_id"]
+    seen = [
+        (e["type"], e["job_id"], e["data"].get("status") or e["data"].get("data"))
+        for e in await store.read(events.events_after, gid, cursor)
+    ]
+    assert seen == [
+        ("job.status", a, "delivered"),
+        ("job.status", b, "delivered"),
+        ("job.status", b, "running"),
+        ("job.output", b, "one\n"),
+        ("job.output", b, "two\n"),
+        ("job.status", b, "succeeded"),
+        ("job.status", c, "delivered"),
+        ("agent.error", None, None),
+    ]
+    status = {
+        j: (await store.read(jobs.job_view, alice["user_id"], j))["targets"][0]["status"]
+        for j in (a, b, c)
+    }
+    assert status == {a: "delivered", b: "succeeded", c: "delivered"}
+    assert await store.read(delivery.outbox_after, m["id"], 0) == []
+    # Streamed as JSON text (the event streams): the same events.
+    texts = await store.read(events.events_json_after, gid, 0)
+    assert [json.loads(t) for _, _, t in texts] == await store.read(events.events_after, gid, 0)
+    assert [(c, kind) for c, kind, _ in texts] == [
+        (e["cursor"], e["type"]) for e in await store.read(events.events_after, gid, 0)
+    ]
+
+
+async def test_output_kept_per_target_is_cut_at_the_limit_with_a_marker(store: Store) -> None:
+    alice = await new_user(store)
+    m = (await ready_machines(store, alice, "lab", ["a"]))["a"]
+    job_id = (await store.write(jobs.create_job, alice, "lab", "a", {"argv": ["true"]}))["job_id"]
+    await store.write(delivery.ack_outbox, m["id"], 1)
+
+    async def apply(seq: int, type: str, body: dict[str, Any]) -> None:
+        raw = agent_msg("lab", "a", type, {"job_id": job_id, **body})
+        out = await store.write(delivery.apply_agent_message, m["id"], seq, raw)
+        assert out["receipt"] == "new" and "error" not in out
+
+    chunk = "x" * MAX_OUTPUT_CHUNK_BYTES
+    n = MAX_OUTPUT_KEPT_BYTES // MAX_OUTPUT_CHUNK_BYTES
+    for seq in range(1, n + 1):  # one byte short of the limit after the last of these
+        await apply(
+            seq, "job.output", {"stream": "stdout", "data": chunk[: -1 if seq == n else None]}
+        )
+    output = [["stdout", "yz"], ["stdout", "dropped"]]
+    await apply(n + 1, "job.result", {"status": "succeeded", "exit_code": 0, "output": output})
+    [target] = (await store.read(jobs.job_view, alice["user_id"], job_id))["targets"]
+    assert (target["output_bytes"], target["status"]) == (MAX_OUTPUT_KEPT_BYTES, "succeeded")
+    evs = await store.read(events.events_after, m["group_id"], 0, job_id)
+    outputs = [e["data"]["data"] for e in evs if e["type"] == "job.output"]
+    assert len(outputs) == n + 1
+    assert outputs[-1] == f"y\n[crc: output truncated at {MAX_OUTPUT_KEPT_BYTES} bytes]\n"
+    statuses = [e["data"]["status"] for e in evs if e["type"] == "job.status"]
+    assert statuses == ["delivered", "succeeded"]
+
+
+async def test_a_jobs_event_stream_finds_its_group_for_its_owner_only(store: Store) -> None:
+    alice, bob = await new_user(store), await new_user(store, "bob")
+    await ready_machines(store, alice, "lab", ["a"])
+    job_id = (await store.write(jobs.create_job, alice, "lab", "a", {"argv": ["true"]}))["job_id"]
+    gid = (await store.read(events.group_cursor, alice["user_id"], "lab"))["group_id"]
+    found = await store.read(jobs.job_group, alice["user_id"], job_id)
+    assert found == {"group": "lab", "group_id": gid}
+    with pytest.raises(NotFound):
+        await store.read(jobs.job_group, bob["user_id"], job_id)
+    await store.write(groups.delete_group, alice["user_id"], "lab")
+    with pytest.raises(NotFound):
+        await store.read(jobs.job_group, alice["user_id"], job_id)
 
 
 async def test_cancel_before_delivery_rewrites_the_queued_run(store: Store) -> None:

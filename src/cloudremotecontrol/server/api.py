@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -196,9 +195,9 @@ async def job_events(
     since: Annotated[int, Query(ge=0, le=MAX_CURSOR)] = 0,
     follow: bool = False,
 ) -> StreamingResponse:
-    job = await _store(request).read(job_ops.job_view, user["user_id"], job_id)
-    info = await _store(request).read(ev_ops.group_cursor, user["user_id"], job["group"])
-    return _sse(request, info["group_id"], since, job_id, follow)
+    # The job's group, not its view: a 1,000-target job's view is 1,000 rows.
+    job = await _store(request).read(job_ops.job_group, user["user_id"], job_id)
+    return _sse(request, job["group_id"], since, job_id, follow)
 
 
 def _sse(
@@ -217,15 +216,20 @@ def _sse(
         with bus.subscribe(group_id) as wake:
             while True:
                 wake.clear()
-                batch = await store.read(ev_ops.events_after, group_id, cursor, job_id, 1000, types)
-                for event in batch:
-                    cursor = event["cursor"]
-                    yield f"id: {cursor}\ndata: {json.dumps(event)}\n\n".encode()
+                batch = await store.read(
+                    ev_ops.events_json_after, group_id, cursor, job_id, 1000, types
+                )
+                if batch:
+                    # One chunk per batch, not per event: each chunk is a trip through
+                    # the ASGI send chain and a TLS record (a 1,000-target job has
+                    # thousands of events; SSE readers split lines, not chunks).
+                    cursor = batch[-1][0]
+                    yield "".join(f"id: {c}\ndata: {text}\n\n" for c, _, text in batch).encode()
                 if batch and len(batch) >= 1000:
                     continue
                 if not follow:
                     return
-                if batch and batch[-1]["type"] == "group.deleted":
+                if batch and batch[-1][1] == "group.deleted":
                     return
                 try:
                     await asyncio.wait_for(wake.wait(), KEEPALIVE_SECONDS)

@@ -13,7 +13,6 @@ from typing import Any
 
 from ...errors import CrcError, InvalidInput
 from ...protocol.delivery import Receipt, Verdict
-from ...protocol.limits import MAX_OUTPUT_KEPT_BYTES
 from ...protocol.messages import (
     Envelope,
     Facts,
@@ -31,7 +30,7 @@ from ...protocol.wire import Dispatcher, Message, Side
 from ..store.base import Tx
 from .common import add_event, dumps, loads, now
 from .groups import uninstall_on_delete
-from .streams import ServerInbox, inbox, job_event, outbox
+from .streams import ServerInbox, Step, inbox, job_event, job_steps, outbox
 
 __all__ = [
     "HANDLERS",
@@ -221,10 +220,11 @@ def outbox_after(tx: Tx, machine_id: str, after: int, limit: int = 500) -> list[
     return outbox(tx, machine_id).replay(after, limit)
 
 
-def ack_outbox(tx: Tx, machine_id: str, seq: int) -> int:
+def ack_outbox(tx: Tx, machine_id: str, seq: int, m: dict[str, Any] | None = None) -> int:
     """The agent processed everything up to ``seq``: drop it; jobs become delivered.
-    Returns how many messages that released."""
-    return outbox(tx, machine_id).ack(seq)
+    Returns how many messages that released. ``m``: the machine's row, if read in this
+    transaction."""
+    return outbox(tx, machine_id, m).ack(seq)
 
 
 def apply_agent_message(
@@ -249,13 +249,21 @@ def apply_agent_message(
             )
         reason, uninstall = _why_revoked(group)
         return {"receipt": "revoked", "reason": reason, "uninstall": uninstall}
+    delivered: list[str] = []  # jobs the ack delivers, in order
     if ack is not None:  # msg.ack: an ack riding on the message, applied first
         try:
-            ack_outbox(tx, machine_id, ack)
+            outbox(tx, machine_id, m, delivered).ack(ack)
         except CrcError as exc:  # refused before anything changed: like an ack frame's
             log.warning("machine %s: ignoring the ack in message %d: %s", m["name"], seq, exc)
     box = inbox(tx, m)
     receipt = box.receive(seq)
+    # A short job's result acknowledging its own job.run (job.fold + msg.ack): its
+    # target moves queued -> delivered -> running -> ended in one read and one write
+    # (``_on_result``); the events are the same, in the same order.
+    # Otherwise (another message, or one given up) it is applied before the message.
+    late = delivered[-1] if receipt is Receipt.NEW and delivered else None
+    for job_id in delivered[:-1] if late is not None else delivered:
+        job_event(tx, m, job_id, JobEvent.DELIVER, None, None)
     if receipt is Receipt.DUPLICATE:
         return {"receipt": "duplicate"}
     if receipt is Receipt.GAP:
@@ -268,14 +276,20 @@ def apply_agent_message(
         env = Envelope.from_dict(raw)
         msg = decode_message(env, Side.SERVER)
         box.done(seq)
-        deliveries = HANDLERS[msg](tx, m, msg, env)
+        if late is not None and isinstance(msg, JobResult) and msg.job_id == late:
+            deliveries = _on_result(tx, m, msg, env, delivered=True)
+        else:
+            _deliver(tx, m, late)
+            deliveries = HANDLERS[msg](tx, m, msg, env)
     except CrcError as exc:
         _rollback(tx, box)
+        _deliver(tx, m, late)  # the ack stands whatever became of the message
         return _give_up(tx, m, seq, raw, exc)
     except tx.database_errors:
         raise  # the store's to handle (a conflict is re-run, a lost connection reported)
     except Exception as exc:  # noqa: BLE001 -- a fault of this server, not of the machine
         _rollback(tx, box)
+        _deliver(tx, m, late)
         log.error("applying message %d of machine %s failed: %r", seq, m["name"], exc)
         verdict = box.failed(seq)
         if verdict is Verdict.RETRY:
@@ -286,6 +300,11 @@ def apply_agent_message(
         return _give_up(tx, m, seq, raw, _dead(seq, box.max_attempts))
     tx.execute("RELEASE SAVEPOINT apply_message")
     return {"receipt": "new", "deliveries": deliveries}
+
+
+def _deliver(tx: Tx, m: dict[str, Any], job_id: str | None) -> None:
+    if job_id is not None:
+        job_event(tx, m, job_id, JobEvent.DELIVER, None, None)
 
 
 def _dead(seq: int, attempts: int) -> CrcError:
@@ -353,48 +372,21 @@ def _on_started(tx: Tx, m: dict[str, Any], msg: JobStarted, env: Envelope) -> De
 
 
 def _on_output(tx: Tx, m: dict[str, Any], msg: JobOutput, env: Envelope) -> Deliveries:
-    _store_output(tx, m, msg.job_id, msg.stream, msg.data)
-    return []
+    return job_steps(tx, m, msg.job_id, [(msg.stream, msg.data)])
 
 
-def _store_output(tx: Tx, m: dict[str, Any], job_id: str, stream: str, data: str) -> None:
-    """Keep a chunk of a job's output (up to the kept limit) as a ``job.output`` event."""
-    jt = tx.one(
-        "SELECT output_bytes FROM job_targets WHERE job_id = ? AND machine_id = ?",
-        (job_id, m["id"]),
-    )
-    if jt is None:
-        return
-    kept = int(jt["output_bytes"])
-    if kept >= MAX_OUTPUT_KEPT_BYTES:
-        return
-    size = len(data.encode())
-    if kept + size > MAX_OUTPUT_KEPT_BYTES:
-        data = data.encode()[: MAX_OUTPUT_KEPT_BYTES - kept].decode(errors="ignore")
-        data += f"\n[crc: output truncated at {MAX_OUTPUT_KEPT_BYTES} bytes]\n"
-        size = MAX_OUTPUT_KEPT_BYTES - kept
-    tx.send(
-        "UPDATE job_targets SET output_bytes = ? WHERE job_id = ? AND machine_id = ?",
-        (kept + size, job_id, m["id"]),
-    )
-    add_event(
-        tx,
-        m["group_id"],
-        "job.output",
-        {"job_id": job_id, "stream": stream, "data": data},
-        machine=m["name"],
-        job_id=job_id,
-    )
-
-
-def _on_result(tx: Tx, m: dict[str, Any], msg: JobResult, env: Envelope) -> Deliveries:
+def _on_result(
+    tx: Tx, m: dict[str, Any], msg: JobResult, env: Envelope, delivered: bool = False
+) -> Deliveries:
+    """``delivered``: the message's ack delivered this job's job.run (applied here)."""
     event = result_event(msg.status)
     assert event is not None  # the catalogue admits terminal statuses only
+    steps: list[Step] = [(JobEvent.DELIVER, None, None)] if delivered else []
     if msg.started:  # a short job folded into its result (job.fold): what it stands for
-        job_event(tx, m, msg.job_id, JobEvent.START, None, None)
-    for stream, data in msg.output or ():
-        _store_output(tx, m, msg.job_id, stream, data)
-    return job_event(tx, m, msg.job_id, event, msg.exit_code, msg.reason)
+        steps.append((JobEvent.START, None, None))
+    steps.extend(msg.output or ())
+    steps.append((event, msg.exit_code, msg.reason))
+    return job_steps(tx, m, msg.job_id, steps)
 
 
 def _on_failed(tx: Tx, m: dict[str, Any], msg: MessageFailed, env: Envelope) -> Deliveries:

@@ -18,7 +18,7 @@ from ..store.base import Tx
 from .common import add_event, audit, dumps, live_group, loads, now
 from .rollout import advance, rollout_of, withdraw
 from .roster import hosts_entries, roster
-from .streams import outbox
+from .streams import enqueue_many, outbox
 
 __all__ = [
     "cancel_job",
@@ -26,6 +26,7 @@ __all__ = [
     "create_job",
     "create_kind",
     "enqueue",
+    "job_group",
     "job_view",
     "list_jobs",
     "resolve_targets",
@@ -157,17 +158,29 @@ def _create(
         ),
     )
     held = rollout is not None and rollout.holds
-    deliveries = []
-    for m in machines:
-        tx.execute(
-            "INSERT INTO job_targets (job_id, machine_id, machine, status, updated, held) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            (job_id, m["id"], m["name"], JobStatus.QUEUED.value, t, 1 if held else 0),
+    # One statement for every target's row, and a few for every job.run (a 1,000-machine
+    # job is one transaction of a handful of statements, not of thousands).
+    tx.executemany(
+        "INSERT INTO job_targets (job_id, machine_id, machine, status, updated, held) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        [
+            (job_id, m["id"], m["name"], JobStatus.QUEUED.value, t, 1 if held else 0)
+            for m in machines
+        ],
+    )
+    deliveries: list[tuple[str, int, str]] = []
+    if not held:
+        deliveries = enqueue_many(
+            tx,
+            [
+                (
+                    m["id"],
+                    Envelope.make(group_name, "master", m["name"], kind, body, job_id),
+                    job_id,
+                )
+                for m in machines
+            ],
         )
-        if not held:
-            env = Envelope.of(msg, group_name, "master", m["name"], job_id)
-            seq, frame = enqueue(tx, m, env, job_id)
-            deliveries.append((m["id"], seq, frame))
     names = [m["name"] for m in machines]
     created: dict[str, Any] = {
         "job_id": job_id,
@@ -201,6 +214,14 @@ def _job(tx: Tx, user_id: str, job_id: str) -> dict[str, Any]:
     if row is None:
         raise NotFound(f"no job {job_id!r}")
     return row
+
+
+def job_group(tx: Tx, user_id: str, job_id: str) -> dict[str, Any]:
+    """``{"group", "group_id"}`` of the caller's job ``job_id`` (NotFound: not theirs,
+    or its group is deleted): what a job's event stream needs, without its targets."""
+    job = _job(tx, user_id, job_id)
+    live_group(tx, user_id, job["group_name"])
+    return {"group": job["group_name"], "group_id": job["group_id"]}
 
 
 def job_view(tx: Tx, user_id: str, job_id: str) -> dict[str, Any]:

@@ -34,6 +34,12 @@ class Tx(abc.ABC):
         if it fails, the op fails, though perhaps only when it returns."""
         self.execute(sql, params)
 
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """Run one statement once per row of parameters, in order (like ``send``: a
+        backend may send them without waiting, or at once)."""
+        for params in rows:
+            self.send(sql, params)
+
     @abc.abstractmethod
     def one(self, sql: str, params: Sequence[Any] = ()) -> dict[str, Any] | None:
         """The first row as a dict, or None."""
