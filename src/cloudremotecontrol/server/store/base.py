@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Sequence
+import asyncio
+import contextlib
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
-__all__ = ["ALL_GROUPS", "Store", "Tx", "open_store"]
+__all__ = ["ALL_GROUPS", "Store", "Tx", "open_store", "settle"]
 
 T = TypeVar("T")
 
@@ -140,3 +142,35 @@ def open_store(url: str) -> Store:
             ) from None
         return PostgresStore(url)
     raise InvalidInput(f"unsupported database URL {url!r}: use sqlite:///PATH or postgresql://…")
+
+
+#: One write's outcome for its caller: its future, the loop that waits on it (None: a
+#: ``concurrent.futures.Future`` of ``write_sync``), whether it succeeded, its value.
+Outcome = tuple[Any, "asyncio.AbstractEventLoop | None", bool, Any]
+
+
+def settle(outcomes: Iterable[Outcome]) -> None:
+    """Hand a batch's results to their callers (from a backend's writer thread): a
+    ``write_sync`` Future directly, asyncio futures with one wake-up of their loop per
+    batch (not one thread hop per operation)."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
+    for fut, loop, ok, value in outcomes:
+        if loop is not None:
+            by_loop.setdefault(loop, []).append((fut, ok, value))
+        elif ok:
+            fut.set_result(value)
+        else:
+            fut.set_exception(value)
+    for loop, items in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+            loop.call_soon_threadsafe(_settle_in_loop, items)
+
+
+def _settle_in_loop(items: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
+    for fut, ok, value in items:
+        if fut.done():  # its caller was cancelled meanwhile: the operation ran regardless
+            continue
+        if ok:
+            fut.set_result(value)
+        else:
+            fut.set_exception(value)

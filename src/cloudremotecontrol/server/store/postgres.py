@@ -93,7 +93,6 @@ Migrations
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import queue
 import random
@@ -111,7 +110,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
 from ...errors import Unavailable
-from .base import ALL_GROUPS, Store
+from .base import ALL_GROUPS, Store, settle
 from .pg_tx import PgTx, insert_events, known_count, to_pyformat
 from .schema import migrate
 
@@ -525,27 +524,4 @@ class PostgresStore(Store):
 
 
 def _answer(results: list[tuple[_Pending, bool, Any]]) -> None:
-    """Hand results to their callers: a ``write_sync`` Future directly, asyncio futures
-    with one wake-up of their loop per batch (not one thread hop per operation)."""
-    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
-    for p, ok, value in results:
-        if p.loop is not None:
-            assert isinstance(p.fut, asyncio.Future)
-            by_loop.setdefault(p.loop, []).append((p.fut, ok, value))
-        elif ok:
-            p.fut.set_result(value)
-        else:
-            p.fut.set_exception(value)
-    for loop, items in by_loop.items():
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
-            loop.call_soon_threadsafe(_answer_in_loop, items)
-
-
-def _answer_in_loop(items: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
-    for fut, ok, value in items:
-        if fut.done():  # its caller was cancelled meanwhile: the operation ran regardless
-            continue
-        if ok:
-            fut.set_result(value)
-        else:
-            fut.set_exception(value)
+    settle((p.fut, p.loop, ok, value) for p, ok, value in results)

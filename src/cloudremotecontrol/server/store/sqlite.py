@@ -12,7 +12,6 @@ committed transaction; only an OS crash or power loss can drop the last commits.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import queue
 import sqlite3
@@ -22,7 +21,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .base import Store, Tx
+from .base import Store, Tx, settle
 from .schema import migrate
 
 __all__ = ["SqliteStore"]
@@ -194,26 +193,4 @@ class SqliteStore(Store):
 
 
 def _settle(results: list[tuple[_Item, bool, Any]]) -> None:
-    """Hand results to their callers: a ``write_sync`` Future directly, asyncio futures
-    with one wake-up of their loop per batch (not one thread hop per operation)."""
-    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Any, bool, Any]]] = {}
-    for (_, _, fut, loop), ok, value in results:
-        if loop is not None:
-            by_loop.setdefault(loop, []).append((fut, ok, value))
-        elif ok:
-            fut.set_result(value)
-        else:
-            fut.set_exception(value)
-    for loop, items in by_loop.items():
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
-            loop.call_soon_threadsafe(_settle_in_loop, items)
-
-
-def _settle_in_loop(items: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
-    for fut, ok, value in items:
-        if fut.done():  # its caller was cancelled meanwhile: the operation ran regardless
-            continue
-        if ok:
-            fut.set_result(value)
-        else:
-            fut.set_exception(value)
+    settle((fut, loop, ok, value) for (_, _, fut, loop), ok, value in results)
