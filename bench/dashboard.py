@@ -188,6 +188,10 @@ class Machines:
             self.thread.join(10)
 
 
+#: When the probe's line was shown; an error, not a hang, if it never is.
+SEEN = """Promise.race([window.__seen, new Promise((_, no) => setTimeout(
+  () => no(new Error('the progress line was not shown within 60 s')), 60000))])"""
+
 PROBE = """(args) => {
   const [name, text] = args;
   window.__seen = new Promise((resolve) => {
@@ -276,6 +280,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 page.fill("#token", token)
                 page.click("#login")
                 page.wait_for_selector("#groups")
+                log("browser started and logged in")
                 url = server.url + "/dashboard/groups/bench"
                 renders, server_ms, sizes = [], [], []
                 for _ in range(args.loads):
@@ -305,10 +310,12 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                     text = f"{tag}-{i}-{uuid.uuid4().hex[:6]}"
                     page.evaluate(PROBE, [first, text])
                     sent = machines.progress(first, text, 50)
-                    seen = float(page.evaluate("window.__seen"))
+                    seen = float(page.evaluate(SEEN))
                     return seen - sent
 
+                log("group page rendered and live")
                 idle = [probe(i, "idle") for i in range(args.probes)]
+                log(f"{args.probes} idle probes seen")
                 result["idle_ms"] = idle
                 page.evaluate(WATCH)
                 storm_lat: list[float] = []
