@@ -10,27 +10,32 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_fanout_bench_completes_and_prints_a_table() -> None:
+def _bench(script: str, *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    """Run ``bench/SCRIPT ARGS`` to its end; it must succeed (its stderr says why not)."""
     r = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "fanout.py"),
-            "--sizes",
-            "3",
-            "--real",
-            "2",
-            "--no-write",
-            "--cli-runs",
-            "1",
-            "--sdk-runs",
-            "2",
-        ],
+        [sys.executable, str(ROOT / "bench" / script), *args],
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=timeout,
         cwd=ROOT,
     )
     assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+
+def test_fanout_bench_completes_and_prints_a_table() -> None:
+    r = _bench(
+        "fanout.py",
+        "--sizes",
+        "3",
+        "--real",
+        "2",
+        "--no-write",
+        "--cli-runs",
+        "1",
+        "--sdk-runs",
+        "2",
+    )
     lines = r.stdout.splitlines()
     assert lines[0].split()[:3] == ["agents", "kind", "connected"]
     rows = {line.split()[0]: line for line in lines[2:] if line[:1].isdigit()}
@@ -52,28 +57,20 @@ def test_replicas_bench_completes_and_prints_a_table(pg_cluster) -> None:
             }
 
     before = bench_databases()
-    r = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "replicas.py"),
-            "--agents",
-            "3",
-            "--no-write",
-            "--runs",
-            "1",
-            "--seconds",
-            "1",
-            "--warmup",
-            "0.5",
-            "--postgres",
-            pg_cluster.admin_url,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=240,
-        cwd=ROOT,
+    r = _bench(
+        "replicas.py",
+        "--agents",
+        "3",
+        "--no-write",
+        "--runs",
+        "1",
+        "--seconds",
+        "1",
+        "--warmup",
+        "0.5",
+        "--postgres",
+        pg_cluster.admin_url,
     )
-    assert r.returncode == 0, r.stderr[-3000:]
     lines = r.stdout.splitlines()
     assert lines[0].split()[:2] == ["configuration", "agents"]
     for label, row in zip(
@@ -86,28 +83,20 @@ def test_replicas_bench_completes_and_prints_a_table(pg_cluster) -> None:
 
 
 def test_dashboard_bench_completes_and_prints_a_table(chromium_present) -> None:
-    r = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "dashboard.py"),
-            "--machines",
-            "5",
-            "--loads",
-            "1",
-            "--probes",
-            "2",
-            "--storm-rate",
-            "20",
-            "--storm-seconds",
-            "1",
-            "--no-write",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=240,
-        cwd=ROOT,
+    r = _bench(
+        "dashboard.py",
+        "--machines",
+        "5",
+        "--loads",
+        "1",
+        "--probes",
+        "2",
+        "--storm-rate",
+        "20",
+        "--storm-seconds",
+        "1",
+        "--no-write",
     )
-    assert r.returncode == 0, r.stderr[-3000:]
     rows = dict(re.split(r"\s{2,}", line.strip(), maxsplit=1) for line in r.stdout.splitlines())
     assert rows["machines in the group"] == "5"
     assert rows["rows in the DOM (virtualised)"] == "5"
@@ -115,14 +104,7 @@ def test_dashboard_bench_completes_and_prints_a_table(chromium_present) -> None:
 
 
 def test_agent_start_bench_completes_and_prints_a_table() -> None:
-    r = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "agent_start.py"), "--runs", "1", "--no-write"],
-        capture_output=True,
-        text=True,
-        timeout=240,
-        cwd=ROOT,
-    )
-    assert r.returncode == 0, r.stderr[-3000:]
+    r = _bench("agent_start.py", "--runs", "1", "--no-write")
     lines = r.stdout.splitlines()
     assert lines[0].split()[:2] == ["entry", "point"]
     assert lines[2].startswith("crc agent run") and "MiB" in lines[2]
@@ -130,14 +112,7 @@ def test_agent_start_bench_completes_and_prints_a_table() -> None:
 
 
 def test_agent_memory_bench_completes_and_prints_its_tables() -> None:
-    r = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "agent_memory.py"), "--no-write"],
-        capture_output=True,
-        text=True,
-        timeout=240,
-        cwd=ROOT,
-    )
-    assert r.returncode == 0, r.stderr[-3000:]
+    r = _bench("agent_memory.py", "--no-write")
     lines = r.stdout.splitlines()
     assert "import ladder" in lines[0]
     assert lines[2].startswith("interpreter") and "MiB" in lines[2]
@@ -147,26 +122,19 @@ def test_agent_memory_bench_completes_and_prints_its_tables() -> None:
 
 
 def test_connected_bench_completes_and_prints_a_table() -> None:
-    r = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "connected.py"),
-            "--agents",
-            "4",
-            "--workers",
-            "1",
-            "--idle-seconds",
-            "1",
-            "--settle",
-            "0.5",
-            "--no-write",
-        ],
-        capture_output=True,
-        text=True,
+    r = _bench(
+        "connected.py",
+        "--agents",
+        "4",
+        "--workers",
+        "1",
+        "--idle-seconds",
+        "1",
+        "--settle",
+        "0.5",
+        "--no-write",
         timeout=300,
-        cwd=ROOT,
     )
-    assert r.returncode == 0, r.stderr[-3000:]
     assert re.search(r"connected at first\s+4/4", r.stdout), r.stdout
     assert re.search(r"connected again\s+4/4", r.stdout), r.stdout
     assert re.search(r"results stored: succeeded\s+4/4", r.stdout), r.stdout
