@@ -290,10 +290,11 @@ class Agent:
                     killed,
                 )
             await self._job_ended(job_id, "lost", None, reason)
+        # Facts before SystemReady: a machine that reads ``ready`` has its facts known.
+        await self._send_facts()
         if not self.gate_ready and self.state.get("ready") != "1":
             self.state.put("ready", "1")
             await self.send(SystemReady())
-        await self._send_facts()
         self._spawn(self._refresh_facts())
         for path in self.follow_logs:
             self._spawn(self._follow(path))

@@ -106,7 +106,11 @@ class ServerProcess:
             start_new_session=True,
         )
         log.close()
-        self.wait_healthy(timeout)
+        try:
+            self.wait_healthy(timeout)
+        except BaseException:
+            self.stop()  # a server that never answered is not left running
+            raise
         self._wait_start_line()
         return self
 

@@ -33,7 +33,7 @@ from . import auth
 from .models import StrictBody
 from .ops import sessions as session_ops
 from .store.base import Store
-from .streams import AGENT_DIAL_SECONDS, Recorder, Stream, StreamBroker, splice
+from .streams import AGENT_DIAL_SECONDS, Recorder, Stream, StreamBroker, close_ends, splice
 
 __all__ = ["add_stream_routes", "router"]
 
@@ -257,6 +257,7 @@ async def master_stream(ws: WebSocket) -> None:
         stream.expiry.cancel()
     await ws.accept()
     rec: Recorder | None = None
+    agent: WebSocket | None = None
     try:
         try:
             agent = await asyncio.wait_for(asyncio.shield(stream.agent), AGENT_DIAL_SECONDS)
@@ -280,18 +281,22 @@ async def master_stream(ws: WebSocket) -> None:
     finally:
         if rec is not None:
             rec.close()
-        broker.remove(stream)
         store: Store = app.state.store
         summary = stream.summary() | {"recorded": rec is not None}
-        with contextlib.suppress(CrcError):
-            await store.write(
-                session_ops.close_stream,
-                stream.user,
-                stream.group,
-                stream.group_id,
-                stream.machine,
-                summary,
-            )
+        try:
+            with contextlib.suppress(CrcError):
+                await store.write(
+                    session_ops.close_stream,
+                    stream.user,
+                    stream.group,
+                    stream.group_id,
+                    stream.machine,
+                    summary,
+                )
+            # Closed once its end is recorded: whoever sees the close finds it in the audit.
+            await close_ends(ws, agent)
+        finally:
+            broker.remove(stream)
         broker.prune(app.state.settings.retain_recordings_days)
 
 

@@ -201,7 +201,8 @@ async def _error(ws: WebSocket, code: str, message: str) -> None:
 
 
 async def splice(master: WebSocket, agent: WebSocket, stream: Stream, rec: Recorder | None) -> None:
-    """Carry messages both ways until either side closes; then close both."""
+    """Carry messages both ways until either side closes (the caller closes both, after
+    it has recorded the stream's end)."""
 
     async def from_machine() -> None:
         while True:
@@ -259,6 +260,11 @@ async def splice(master: WebSocket, agent: WebSocket, stream: Stream, rec: Recor
                 asyncio.CancelledError, WebSocketDisconnect, RuntimeError, OSError
             ):
                 await task
-        for ws in (master, agent):
+
+
+async def close_ends(*ends: WebSocket | None) -> None:
+    """Close each end of a stream that is there (one already closed is no error)."""
+    for ws in ends:
+        if ws is not None:
             with contextlib.suppress(Exception):
                 await ws.close(1000)
