@@ -124,8 +124,15 @@ class AsyncStream:
         return control
 
     async def close(self) -> None:
-        with contextlib.suppress(Exception):
+        """The closing handshake; the connection is ended even when the handshake fails
+        or is cancelled (a peer that never answers leaves no socket behind)."""
+        try:
             await self.ws.close()
+        except asyncio.CancelledError:
+            self.ws.transport.abort()
+            raise
+        except Exception:  # noqa: BLE001 -- closing: any failure ends in abort()
+            self.ws.transport.abort()
 
     async def __aenter__(self) -> AsyncStream:
         return self
