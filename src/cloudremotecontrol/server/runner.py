@@ -88,4 +88,10 @@ def serve(
         lifespan="on",
         server_header=False,
     )
+    config.load()
+    if config.ssl is not None:
+        # No TLS 1.3 session tickets: no client here resumes sessions, each ticket costs
+        # the server an encryption per handshake, and a ticket arriving while a threaded
+        # client (websockets' sync client) writes its first request can lose it.
+        config.ssl.num_tickets = 0
     uvicorn.Server(config).run()
