@@ -150,6 +150,7 @@ class RowCache:
         self.sql = row_sql(table)
         self.rows: dict[Any, dict[str, Any] | None] = {}
         self.changed = False  # a kept row was changed since the batch began
+        self.served = 0  # reads answered from here
 
     @classmethod
     def prefetch(
@@ -176,6 +177,7 @@ class RowCache:
         if sql != self.sql or len(params) != 1 or params[0] not in self.rows:
             return False, None
         row = self.rows[params[0]]
+        self.served += 1
         return True, (dict(row) if row is not None else None)
 
     def wrote(self, sql: str, params: Sequence[Any]) -> None:

@@ -206,6 +206,7 @@ class PostgresStore(Store):
         self.batches = 0  # write transactions committed
         self.pipelined_batches = 0  # of which committed in pipeline mode
         self.fallbacks = 0  # pipelined batches rolled back and run one statement at a time
+        self.rows_read_ahead = 0  # reads answered from rows read ahead (committed batches)
 
     # -- lifecycle ---------------------------------------------------------------------
     def open_sync(self) -> None:
@@ -411,6 +412,7 @@ class PostgresStore(Store):
             return []
         self.batches += 1
         self.pipelined_batches += 1
+        self.rows_read_ahead += rows.served if rows is not None else 0
         self._settle(groups, done)
         return []
 
