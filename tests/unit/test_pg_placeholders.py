@@ -74,6 +74,9 @@ def test_only_statements_whose_row_count_is_certain_are_sent_without_waiting(
         ("INSERT INTO machines (id, name) VALUES (?, ?)", (-1, None)),
         ("DELETE FROM machines WHERE id = ?", (-1, None)),
         ("UPDATE groups SET x = ? FROM machines m WHERE m.id = ?", (-1, None)),
+        ('UPDATE "machines" SET in_done = ? WHERE group_id = ?', (-1, None)),
+        ("UPDATE public.machines SET in_done = ? WHERE group_id = ?", (-1, None)),
+        ("DELETE FROM outbox WHERE machine_id IN (SELECT id FROM machines)", (-1, None)),
     ],
 )
 def test_rows_read_ahead_know_which_statements_change_which_rows(

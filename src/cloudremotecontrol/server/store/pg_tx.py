@@ -105,7 +105,6 @@ _ROW_UPDATE = re.compile(
 )
 _CLAUSE = re.compile(r"\b(?:FROM|WHERE)\b", re.IGNORECASE)
 _ASSIGNMENT = re.compile(r"\s*(\w+)\s*=\s*\?\s*")
-_TABLE_WRITTEN = re.compile(r"\b(?:UPDATE|INTO|FROM)\s+(\w+)", re.IGNORECASE)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -115,9 +114,7 @@ def _row_writes(sql: str, table: str) -> tuple[int, tuple[str, ...] | None] | No
     being the names its ``SET`` gives a parameter each, in order (None: other
     assignments); ``(-1, None)``: any row."""
     text = sql.lstrip()
-    if text[:6].upper() == "SELECT" or not any(
-        name.lower() == table for name in _TABLE_WRITTEN.findall(text)
-    ):
+    if text[:6].upper() == "SELECT" or not re.search(rf"\b{table}\b", text, re.IGNORECASE):
         return None  # a read, or a statement on other tables (the schema has no cascades)
     match = _ROW_UPDATE.fullmatch(text)
     if match is None or match.group(1).lower() != table or _CLAUSE.search(match.group(2)):
@@ -197,9 +194,12 @@ class RowCache:
             self.rows.clear()
             return
         for key in params[len(params) - count :]:
-            row = self.rows.get(key)
+            if not isinstance(key, str):
+                self.rows.clear()  # not an id as the rows are kept: nothing is known
+                return
             if key not in self.rows:
                 continue
+            row = self.rows[key]
             self.changed = True
             if row is None or columns is None or count != 1:
                 del self.rows[key]
