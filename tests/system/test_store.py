@@ -477,10 +477,13 @@ async def test_one_batch_of_messages_connects_and_failures_reads_each_machine_cu
             (msg, c, 3, user("c", 3)),
             (delivery.machine_disconnected, c, "r1"),  # another replica holds it now
             (msg, c, 4, user("c", 4)),
+            (delivery.ack_outbox, c, 2),  # never sent
+            (delivery.ack_outbox, c, 1),  # the job's run: delivered
         ],
     )
     assert results[0] is None and results[6] is None
     assert [results[i]["receipt"] for i in (1, 3, 5, 7)] == ["new"] * 4
+    assert isinstance(results[8], InvalidInput) and results[9] == 1
     assert (results[2]["state"], results[2]["in_done"]) == ("enrolled", 1)
     assert results[4]["deliveries"][0][:2] == (c, 1)
     if store.dialect == "postgresql":  # reads answered by the rows read ahead
@@ -506,6 +509,9 @@ async def test_one_batch_of_messages_connects_and_failures_reads_each_machine_cu
     }
     assert {n: r["in_done"] for n, r in rows.items()} == {"a": 4, "b": 2, "c": 4, "d": 1}
     assert (rows["c"]["out_next"], rows["c"]["connected_by"]) == (2, "r2")
+    job_id = results[4]["job_id"]
+    view = await store.read(jobs.job_view, alice["user_id"], job_id)
+    assert [t["status"] for t in view["targets"]] == ["delivered"]
     seen = [
         (e["machine"], e["type"], e["data"].get("state") or e["data"].get("text"))
         for e in await group_events(store, alice, "lab")

@@ -222,10 +222,16 @@ def outbox_after(tx: Tx, machine_id: str, after: int, limit: int = 500) -> list[
     return outbox(tx, machine_id).replay(after, limit)
 
 
+@reads_row("machines")
 def ack_outbox(tx: Tx, machine_id: str, seq: int, m: dict[str, Any] | None = None) -> int:
     """The agent processed everything up to ``seq``: drop it; jobs become delivered.
     Returns how many messages that released. ``m``: the machine's row, if read in this
-    transaction."""
+    transaction (else read here: its ``out_next``, and the machine of the jobs an ack
+    delivers)."""
+    if m is None:
+        m = tx.one("SELECT * FROM machines WHERE id = ?", (machine_id,))
+        if m is None:
+            raise InvalidInput("machine vanished")
     return outbox(tx, machine_id, m).ack(seq)
 
 
