@@ -1,6 +1,7 @@
 """Replicas benchmark: the same swarm against SQLite, PostgreSQL and two PostgreSQL replicas.
 
     .venv/bin/python bench/replicas.py [--agents 1000] [--runs 7] [--seconds 10] [--no-write]
+                                       [--baseline COMMIT]
 
 Three configurations, each on a fresh server (and, for PostgreSQL, a database this
 benchmark creates on ``--postgres`` and drops at the end):
@@ -30,6 +31,11 @@ configuration it measures:
 and the CPU seconds of the server process(es), of this database's PostgreSQL backends
 and of the agents, per job and per 1,000 messages, from /proc.
 
+``--baseline COMMIT`` runs each PostgreSQL configuration twice, first with the servers
+of ``COMMIT`` (its ``src``, from ``git archive``, first on their ``PYTHONPATH``; the
+agents are this tree's), then with this tree's: an A/B measured in one run, on the same
+machine under the same load, printed as ratios.
+
 Everything it starts is killed when it ends, fails, is interrupted or runs out of time
 (``--max-seconds``); it only uses 127.0.0.1 (and refuses a ``--postgres`` elsewhere).
 """
@@ -43,6 +49,7 @@ import os
 import secrets
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -147,10 +154,13 @@ class Postgres:
 class Config:
     """The servers, SDK clients and swarms of one configuration."""
 
-    def __init__(self, kind: str, work: Path, database: str | None) -> None:
+    def __init__(
+        self, kind: str, work: Path, database: str | None, env: dict[str, str] | None = None
+    ) -> None:
         self.kind = kind
         self.work = work
         self.database = database
+        self.env = env  # the servers' environment (a baseline's PYTHONPATH)
         self.servers: list[Any] = []
         self.clients: list[Any] = []
         self.swarms: list[Swarm] = []
@@ -161,7 +171,7 @@ class Config:
         from cloudremotecontrol.master.client import Client
         from cloudremotecontrol.master.localrun import ServerProcess
 
-        first = ServerProcess(self.work / "r0", database=self.database)
+        first = ServerProcess(self.work / "r0", database=self.database, env=self.env)
         first.init()
         self.servers.append(first)
         for i in range(1, n_servers):
@@ -231,6 +241,17 @@ class Bench:
         self.cfg: Config | None = None
         self.rows: list[dict[str, Any]] = []
         self.load_start = os.getloadavg()[0]
+        self.baseline_env: dict[str, str] | None = None
+        if args.baseline:
+            src = self.work / "baseline"
+            src.mkdir()
+            archive = subprocess.run(
+                ["git", "-C", str(HERE.parent), "archive", args.baseline, "src"],
+                check=True,
+                capture_output=True,
+            ).stdout
+            subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
+            self.baseline_env = {"PYTHONPATH": str(src / "src")}
 
     def close(self) -> None:
         if self.cfg is not None:
@@ -242,7 +263,7 @@ class Bench:
         if not self.args.keep:
             shutil.rmtree(self.work, ignore_errors=True)
 
-    def run(self, kind: str) -> None:
+    def run(self, kind: str, baseline: bool = False) -> None:
         n = self.args.agents
         database = None
         if kind != "sqlite":
@@ -250,7 +271,9 @@ class Bench:
                 self.pg = Postgres(self.args.postgres)
                 self.pg_settings = self.pg.settings()
             database = self.pg.create_database()
-        cfg = self.cfg = Config(kind, self.work / kind, database)
+        name = f"{kind}-baseline" if baseline else kind
+        env = self.baseline_env if baseline else None
+        cfg = self.cfg = Config(kind, self.work / name, database, env)
         try:
             cfg.start(2 if kind == "replicas" else 1)
             t = time.perf_counter()
@@ -265,7 +288,7 @@ class Bench:
                 if share:
                     cfg.swarms.append(
                         Swarm(
-                            self.work / kind / f"swarm-r{i}",
+                            self.work / name / f"swarm-r{i}",
                             srv.url,
                             srv.fingerprint,
                             share,
@@ -287,6 +310,7 @@ class Bench:
                 raise RuntimeError(f"{kind}: only {connected}/{n} agents ready")
             row = {
                 "kind": kind,
+                "baseline": baseline,
                 "agents": n,
                 "connected": connected,
                 "swarm_procs": sum(len(sw.procs) for sw in cfg.swarms),
@@ -365,11 +389,41 @@ class Bench:
 
 
 # -- report -------------------------------------------------------------------------------
+def label(row: dict[str, Any], baseline: str = "") -> str:
+    return CONFIGS[row["kind"]] + (f" ({baseline or 'baseline'})" if row.get("baseline") else "")
+
+
+def _ratio(new: dict[str, Any], old: dict[str, Any], key: str) -> str:
+    return f"{new['msg_cpu'][key] / max(old['msg_cpu'][key], 1e-9):.2f}x"
+
+
+def ab(rows: list[dict[str, Any]], baseline: str) -> list[str]:
+    """This tree against the baseline, per configuration run with both."""
+    out = []
+    for r in rows:
+        old = next((b for b in rows if b.get("baseline") and b["kind"] == r["kind"]), None)
+        if r.get("baseline") or old is None:
+            continue
+
+        out.append(
+            f"- {CONFIGS[r['kind']]}, this tree / {baseline}: messages/s "
+            f"{r['msg_rate']:.0f} / {old['msg_rate']:.0f} = "
+            f"{r['msg_rate'] / max(old['msg_rate'], 1e-9):.2f}x; CPU per 1,000 messages, "
+            f"server {r['msg_cpu']['server']:.3f} / {old['msg_cpu']['server']:.3f} s = "
+            f"{_ratio(r, old, 'server')}, PostgreSQL backends "
+            f"{r['msg_cpu']['postgres']:.3f} / {old['msg_cpu']['postgres']:.3f} s = "
+            f"{_ratio(r, old, 'postgres')}; job CPU server {r['job_cpu']['server']:.3f} / "
+            f"{old['job_cpu']['server']:.3f} s, PostgreSQL {r['job_cpu']['postgres']:.3f} / "
+            f"{old['job_cpu']['postgres']:.3f} s."
+        )
+    return out
+
+
 def _cpu(value: float, present: bool = True) -> str:
     return f"{value:.3f} s" if present else "-"
 
 
-def table(rows: list[dict[str, Any]]) -> str:
+def table(rows: list[dict[str, Any]], baseline: str = "") -> str:
     head = [
         "configuration",
         "agents",
@@ -385,7 +439,7 @@ def table(rows: list[dict[str, Any]]) -> str:
         pg = r["kind"] != "sqlite"
         body.append(
             [
-                CONFIGS[r["kind"]],
+                label(r, baseline),
                 f"{r['connected']}/{r['agents']}",
                 f"{r['job_s']:.3f} s",
                 _cpu(r["job_cpu"]["server"]),
@@ -402,7 +456,7 @@ def table(rows: list[dict[str, Any]]) -> str:
     )
 
 
-def details(rows: list[dict[str, Any]]) -> list[str]:
+def details(rows: list[dict[str, Any]], baseline: str = "") -> list[str]:
     out = []
 
     def pg(c: dict[str, float], commits: bool) -> str:
@@ -419,7 +473,7 @@ def details(rows: list[dict[str, Any]]) -> list[str]:
         j, m = r["job_cpu"], r["msg_cpu"]
         on_pg = r["kind"] != "sqlite"
         line = (
-            f"- {CONFIGS[r['kind']]}: per job, CPU server {j['server']:.3f} + agents "
+            f"- {label(r, baseline)}: per job, CPU server {j['server']:.3f} + agents "
             f"(with their `echo`) {j['agents']:.3f}"
         )
         line += pg(j, False) if on_pg else " s"
@@ -441,10 +495,22 @@ def write_results(
     load: list[float],
     pg_settings: str,
 ) -> None:
+    base = args.baseline or ""
     runs = "\n".join(
-        f"- {CONFIGS[r['kind']]}: {', '.join(f'{x:.3f}' for x in r['job_all'])}" for r in rows
+        f"- {label(r, base)}: {', '.join(f'{x:.3f}' for x in r['job_all'])}" for r in rows
     )
-    procs = ", ".join(f"{CONFIGS[r['kind']]} {r['swarm_procs']}" for r in rows)
+    procs = ", ".join(f"{label(r, base)} {r['swarm_procs']}" for r in rows)
+    versus = ab(rows, base)
+    abtext = (
+        f"""
+A/B in this run: the servers of `{base}` (baseline, run first) and of this tree, one
+after the other on the same machine:
+
+{chr(10).join(versus)}
+"""
+        if versus
+        else ""
+    )
     db = f"{pg_settings}, on the same machine." if pg_settings else "No PostgreSQL run."
     body = f"""{BEGIN}
 Produced by `{command}` on {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M UTC}.
@@ -464,8 +530,8 @@ CPU from /proc (PostgreSQL: the backends of the benchmark's database). Commits (
 the messages only): that database's statistics, reads included (a busy backend reports
 them once a second, so they lag a little); xids and WAL: cluster-wide counters.
 
-{chr(10).join(details(rows))}
-
+{chr(10).join(details(rows, base))}
+{abtext}
 All job runs (seconds; replicas: submitted through replica 1, 2, 1, ...):
 
 {runs}
@@ -515,6 +581,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--window", type=int, default=4, help="unacknowledged messages allowed per agent"
     )
     p.add_argument(
+        "--baseline",
+        default="",
+        metavar="COMMIT",
+        help="also run each PostgreSQL configuration with the servers of this commit"
+        " (git archive of its src), first: an A/B in one run",
+    )
+    p.add_argument(
         "--postgres",
         default=ADMIN_URL,
         help="admin URL of a PostgreSQL on this machine (default: $CRC_TEST_POSTGRES"
@@ -540,13 +613,15 @@ def main(argv: list[str] | None = None) -> int:
 
     def work() -> None:
         for kind in kinds:
+            if args.baseline and kind != "sqlite":
+                bench.run(kind, baseline=True)
             bench.run(kind)
 
     # bench.close() waits at most 15 s per swarm process and 10 s per server.
     guarded("replicas", args.max_seconds, work, bench.close)
-    text = table(bench.rows)
+    text = table(bench.rows, args.baseline)
     print(text)
-    print("\n".join(details(bench.rows)))
+    print("\n".join(details(bench.rows, args.baseline) + ab(bench.rows, args.baseline)))
     if not args.no_write:
         rel = os.path.relpath(Path(__file__).resolve(), Path.cwd())
         command = " ".join([".venv/bin/python", rel, *(argv if argv is not None else sys.argv[1:])])

@@ -82,6 +82,31 @@ def test_replicas_bench_completes_and_prints_a_table(pg_cluster) -> None:
     assert bench_databases() <= before  # it dropped the databases it created
 
 
+def test_replicas_bench_runs_an_ab_against_a_baseline_commit(pg_cluster) -> None:
+    r = _bench(
+        "replicas.py",
+        "--agents",
+        "2",
+        "--configs",
+        "postgres",
+        "--baseline",
+        "HEAD",
+        "--no-write",
+        "--runs",
+        "1",
+        "--seconds",
+        "1",
+        "--warmup",
+        "0.5",
+        "--postgres",
+        pg_cluster.admin_url,
+    )
+    lines = r.stdout.splitlines()
+    assert lines[2].startswith("PostgreSQL, 1 server (HEAD)") and "2/2" in lines[2]
+    assert lines[3].startswith("PostgreSQL, 1 server ") and "2/2" in lines[3]
+    assert any(line.startswith("- PostgreSQL, 1 server, this tree / HEAD:") for line in lines)
+
+
 def test_dashboard_bench_completes_and_prints_a_table(chromium_present) -> None:
     r = _bench(
         "dashboard.py",

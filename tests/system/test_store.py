@@ -404,6 +404,136 @@ async def test_cancel_before_delivery_rewrites_the_queued_run(store: Store) -> N
     assert view["targets"][0]["status"] == "cancelled"
 
 
+async def in_one_batch(store: Store, writes: list[tuple[Any, ...]]) -> list[Any]:
+    """Run ``writes`` (``(op, *args)``) in one write batch of either backend (its writer
+    is held on a first op while they queue); each one's result or exception, in order."""
+    started, release = threading.Event(), threading.Event()
+
+    def hold(tx: Tx) -> None:
+        started.set()
+        release.wait(30)
+
+    first = asyncio.ensure_future(store.write(hold))
+    assert await asyncio.to_thread(started.wait, 30)
+    queued = [asyncio.ensure_future(store.write(*w)) for w in writes]
+    await asyncio.sleep(0.1)  # every write is in the queue
+    release.set()
+    await first
+    return list(await asyncio.gather(*queued, return_exceptions=True))
+
+
+async def test_one_batch_of_messages_connects_and_failures_reads_each_machine_current(
+    store: Store,
+) -> None:
+    """Within one batch, every op reads its machine's row as the batch left it: after
+    messages of the same machine, a failed message, an op rolled back after changing
+    the row, a disconnect and reconnect, and a job's fan-out (PostgreSQL reads the rows
+    of a batch ahead: store/pg_tx.py, ``RowCache``)."""
+    alice = await new_user(store)
+    ms = await ready_machines(store, alice, "lab", ["a", "b", "c", "d"])
+    a, b, c, d = (ms[n]["id"] for n in "abcd")
+
+    def progress(name: str, text: str) -> dict[str, Any]:
+        return agent_msg("lab", name, "progress", {"text": text})
+
+    def user(name: str, i: int) -> dict[str, Any]:
+        return agent_msg("lab", name, "user.bench", {"i": i})
+
+    def tamper(tx: Tx, machine_id: str) -> None:
+        tx.execute("UPDATE machines SET in_done = ? WHERE id = ?", (50, machine_id))
+        raise InvalidInput("rolled back")
+
+    msg = delivery.apply_agent_message
+    served = getattr(store, "rows_read_ahead", 0)
+    results = await in_one_batch(
+        store,
+        [
+            (msg, a, 1, user("a", 1)),
+            (msg, a, 2, user("a", 2)),
+            (msg, a, 2, user("a", 2)),  # duplicate
+            (msg, a, 4, user("a", 4)),  # gap
+            (msg, a, 3, progress("a", "a3")),
+            (msg, a, 4, user("a", 4)),
+            (tamper, d),  # raises: its changes are rolled back
+            (msg, d, 1, progress("d", "d1")),
+            (msg, b, 1, {"garbage": True}),  # given up: rolled back to its savepoint
+            (msg, b, 2, user("b", 2)),
+        ],
+    )
+    receipts = [r["receipt"] if isinstance(r, dict) else r for r in results]
+    assert receipts[:6] == ["new", "new", "duplicate", "gap", "new", "new"]
+    assert results[3]["expected"] == 3
+    assert isinstance(receipts[6], InvalidInput)
+    assert receipts[7:] == ["new", "new", "new"]
+    assert results[8]["error"]["code"] == "invalid_input"
+    results = await in_one_batch(
+        store,
+        [
+            (delivery.machine_disconnected, c, "r1"),
+            (msg, c, 1, user("c", 1)),
+            (delivery.machine_connected, c, False, "10.0.0.3", "r2", 0, None),
+            (msg, c, 2, progress("c", "c2")),
+            (jobs.create_job, alice, "lab", "c", {"argv": ["true"]}),
+            (msg, c, 3, user("c", 3)),
+            (delivery.machine_disconnected, c, "r1"),  # another replica holds it now
+            (msg, c, 4, user("c", 4)),
+            (delivery.ack_outbox, c, 2),  # never sent
+            (delivery.ack_outbox, c, 1),  # the job's run: delivered
+        ],
+    )
+    assert results[0] is None and results[6] is None
+    assert [results[i]["receipt"] for i in (1, 3, 5, 7)] == ["new"] * 4
+    assert isinstance(results[8], InvalidInput) and results[9] == 1
+    assert (results[2]["state"], results[2]["in_done"]) == ("enrolled", 1)
+    assert results[4]["deliveries"][0][:2] == (c, 1)
+    if store.dialect == "postgresql":  # reads answered by the rows read ahead
+        assert getattr(store, "rows_read_ahead", 0) - served >= 7
+
+    shown = {
+        m["name"]: m
+        for m in (await store.read(groups.show_group, alice["user_id"], "lab"))["machines"]
+    }
+    assert shown["a"]["progress"]["text"] == "a3"
+    assert "progress" not in shown["b"] or shown["b"]["progress"] is None
+    assert shown["d"]["progress"]["text"] == "d1"
+    assert shown["c"]["progress"]["text"] == "c2"
+    assert (shown["c"]["state"], shown["b"]["state"]) == ("enrolled", "ready")
+    rows = {
+        n: await store.read(
+            lambda tx, i: tx.one(
+                "SELECT in_done, out_next, connected_by FROM machines WHERE id = ?", (i,)
+            ),
+            ms[n]["id"],
+        )
+        for n in "abcd"
+    }
+    assert {n: r["in_done"] for n, r in rows.items()} == {"a": 4, "b": 2, "c": 4, "d": 1}
+    assert (rows["c"]["out_next"], rows["c"]["connected_by"]) == (2, "r2")
+    job_id = results[4]["job_id"]
+    view = await store.read(jobs.job_view, alice["user_id"], job_id)
+    assert [t["status"] for t in view["targets"]] == ["delivered"]
+    seen = [
+        (e["machine"], e["type"], e["data"].get("state") or e["data"].get("text"))
+        for e in await group_events(store, alice, "lab")
+        if e["type"] in ("progress", "message", "agent.error", "machine.state")
+    ]
+    assert seen[8:] == [  # after each machine's enrolled and ready
+        ("a", "message", None),
+        ("a", "message", None),
+        ("a", "progress", "a3"),
+        ("a", "message", None),
+        ("d", "progress", "d1"),
+        ("b", "agent.error", None),
+        ("b", "message", None),
+        ("c", "machine.state", "offline"),
+        ("c", "message", None),
+        ("c", "machine.state", "enrolled"),
+        ("c", "progress", "c2"),
+        ("c", "message", None),
+        ("c", "message", None),
+    ]
+
+
 async def test_concurrent_jobs_get_contiguous_outbox_seqs(replicas: list[Store]) -> None:
     store = replicas[0]
     alice = await new_user(store)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from cloudremotecontrol.server.store.pg_tx import RowCache, _row_writes
 from cloudremotecontrol.server.store.postgres import known_count, to_pyformat
 
 
@@ -50,3 +51,75 @@ def test_only_statements_whose_row_count_is_certain_are_sent_without_waiting(
     sql: str, count: int | None
 ) -> None:
     assert known_count(sql) == count
+
+
+@pytest.mark.parametrize(
+    ("sql", "writes"),
+    [
+        ("SELECT * FROM machines WHERE id = ?", None),
+        ("INSERT INTO events (group_id) VALUES (?)", None),
+        ("UPDATE groups SET settings = ? WHERE id = ?", None),
+        ("DELETE FROM outbox WHERE machine_id = ? AND seq <= ?", None),
+        (
+            "UPDATE machines SET in_done = ?, last_seen = ? WHERE id = ?",
+            (1, ("in_done", "last_seen")),
+        ),
+        ("UPDATE machines SET out_next = out_next + 1 WHERE id = ? RETURNING out_next", (1, None)),
+        ("UPDATE machines SET out_next = out_next + 1 WHERE id IN (?,?,?) RETURNING id", (3, None)),
+        # Not tied to ids: any row may change.
+        ("UPDATE machines SET key_id = ? WHERE id = ? AND state = ?", (-1, None)),
+        ("UPDATE machines SET a = COALESCE(b, ?) WHERE id = ?", (-1, None)),
+        ("UPDATE machines SET a = ? FROM groups g WHERE id = ?", (-1, None)),
+        ("UPDATE machines SET state = 'x' WHERE group_id = ?", (-1, None)),
+        ("INSERT INTO machines (id, name) VALUES (?, ?)", (-1, None)),
+        ("DELETE FROM machines WHERE id = ?", (-1, None)),
+        ("UPDATE groups SET x = ? FROM machines m WHERE m.id = ?", (-1, None)),
+        ('UPDATE "machines" SET in_done = ? WHERE group_id = ?', (-1, None)),
+        ("UPDATE public.machines SET in_done = ? WHERE group_id = ?", (-1, None)),
+        ("DELETE FROM outbox WHERE machine_id IN (SELECT id FROM machines)", (-1, None)),
+    ],
+)
+def test_rows_read_ahead_know_which_statements_change_which_rows(
+    sql: str, writes: tuple[int, tuple[str, ...] | None] | None
+) -> None:
+    assert _row_writes(sql, "machines") == writes
+
+
+def test_rows_read_ahead_follow_updates_and_drop_what_they_cannot_follow() -> None:
+    rows = RowCache("machines")
+    rows.rows = {
+        "a": {"id": "a", "in_done": 1, "last_seen": 1.5, "peer_ip": None},
+        "b": {"id": "b", "in_done": 7, "last_seen": 2.5, "peer_ip": None},
+        "gone": None,
+    }
+    sql = "SELECT * FROM machines WHERE id = ?"
+    assert rows.get(sql, ("gone",)) == (True, None)
+    assert rows.get(sql, ("other",)) == (False, None)  # not read ahead: read as usual
+    assert rows.get("SELECT in_done FROM machines WHERE id = ?", ("a",)) == (False, None)
+    rows.wrote("UPDATE machines SET in_done = ?, last_seen = ? WHERE id = ?", (2, 3.0, "a"))
+    served, row = rows.get(sql, ("a",))
+    assert served and row == {"id": "a", "in_done": 2, "last_seen": 3.0, "peer_ip": None}
+    assert row is not None
+    row["in_done"] = 99  # a copy: the op's changes to its dict stay its own
+    assert rows.get(sql, ("a",))[1] == {"id": "a", "in_done": 2, "last_seen": 3.0, "peer_ip": None}
+    # A value of another type than the column gave (or into a NULL) is not guessed.
+    rows.wrote("UPDATE machines SET peer_ip = ? WHERE id = ?", ("10.0.0.1", "a"))
+    assert rows.get(sql, ("a",)) == (False, None)
+    rows.wrote("UPDATE machines SET in_done = ? WHERE id = ?", (8.0, "b"))
+    assert rows.get(sql, ("b",)) == (False, None)
+    rows.rows["b"] = {"id": "b", "in_done": 7}
+    rows.wrote("ROLLBACK TO SAVEPOINT op", ())  # after a change: what it undid is unknown
+    assert rows.rows == {}
+
+
+def test_rows_read_ahead_survive_a_rollback_when_nothing_kept_changed() -> None:
+    rows = RowCache("machines")
+    rows.rows = {"a": {"id": "a", "in_done": 1}}
+    rows.wrote("UPDATE groups SET settings = ? WHERE id = ?", ("{}", "g"))
+    rows.wrote("ROLLBACK TO SAVEPOINT apply_message", ())
+    assert rows.get("SELECT * FROM machines WHERE id = ?", ("a",)) == (
+        True,
+        {"id": "a", "in_done": 1},
+    )
+    rows.wrote("UPDATE machines SET state = ? WHERE group_id = ?", ("x", "g"))
+    assert rows.rows == {}

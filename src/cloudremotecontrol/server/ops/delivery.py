@@ -27,7 +27,7 @@ from ...protocol.messages import (
 )
 from ...protocol.states import JobEvent, MachineEvent, MachineState, machine_next, result_event
 from ...protocol.wire import Dispatcher, Message, Side
-from ..store.base import Tx
+from ..store.base import Tx, reads_row
 from .common import add_event, dumps, loads, now
 from .groups import uninstall_on_delete
 from .streams import ServerInbox, Step, inbox, job_event, job_steps, outbox
@@ -70,6 +70,7 @@ def _transition(tx: Tx, m: dict[str, Any], event: MachineEvent, **extra: Any) ->
     return nxt.value
 
 
+@reads_row("machines")
 def machine_connected(
     tx: Tx,
     machine_id: str,
@@ -152,6 +153,7 @@ def machine_connected(
     }
 
 
+@reads_row("machines")
 def machine_disconnected(tx: Tx, machine_id: str, replica: str) -> None:
     m = tx.one("SELECT * FROM machines WHERE id = ?", (machine_id,))
     # Another replica may own a newer connection of the same machine: leave it alone.
@@ -220,13 +222,20 @@ def outbox_after(tx: Tx, machine_id: str, after: int, limit: int = 500) -> list[
     return outbox(tx, machine_id).replay(after, limit)
 
 
+@reads_row("machines")
 def ack_outbox(tx: Tx, machine_id: str, seq: int, m: dict[str, Any] | None = None) -> int:
     """The agent processed everything up to ``seq``: drop it; jobs become delivered.
     Returns how many messages that released. ``m``: the machine's row, if read in this
-    transaction."""
+    transaction (else read here: its ``out_next``, and the machine of the jobs an ack
+    delivers)."""
+    if m is None:
+        m = tx.one("SELECT * FROM machines WHERE id = ?", (machine_id,))
+        if m is None:
+            raise InvalidInput("machine vanished")
     return outbox(tx, machine_id, m).ack(seq)
 
 
+@reads_row("machines")
 def apply_agent_message(
     tx: Tx, machine_id: str, seq: int, raw: dict[str, Any], ack: int | None = None
 ) -> dict[str, Any]:

@@ -8,9 +8,10 @@ import contextlib
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
-__all__ = ["ALL_GROUPS", "Store", "Tx", "open_store", "settle"]
+__all__ = ["ALL_GROUPS", "Store", "Tx", "open_store", "read_row", "reads_row", "row_sql", "settle"]
 
 T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
 
 #: In the set given to ``on_commit`` listeners: "any group may have new events" (sent
 #: when a backend may have missed notifications, e.g. after its LISTEN reconnected).
@@ -73,6 +74,34 @@ class Tx(abc.ABC):
         if not hasattr(self, "_notified"):
             self._notified: set[str] = set()
         return self._notified
+
+
+def reads_row(table: str, arg: int = 0) -> Callable[[F], F]:
+    """Declare that an op reads ``SELECT * FROM <table> WHERE id = ?`` (``row_sql``)
+    with its positional argument ``arg`` (after ``tx``) as the id. A backend whose every
+    read is a round trip (PostgreSQL) may read the rows of a whole batch's ops in one
+    statement before running them; the op reads the same either way (see
+    store/pg_tx.py, ``RowCache``)."""
+
+    def mark(op: F) -> F:
+        setattr(op, "_crc_reads_row", (table, arg))  # noqa: B010 -- a function's attribute
+        return op
+
+    return mark
+
+
+def read_row(op: Callable[..., Any], args: Sequence[Any]) -> tuple[str, Any] | None:
+    """``(table, id)`` for an op marked with ``reads_row``, else None."""
+    mark = getattr(op, "_crc_reads_row", None)
+    if mark is None:
+        return None
+    table, arg = mark
+    return (table, args[arg]) if arg < len(args) else None
+
+
+def row_sql(table: str) -> str:
+    """The statement ``reads_row`` declares (ops must spell it exactly so)."""
+    return f"SELECT * FROM {table} WHERE id = ?"  # noqa: S608 -- a table of the ops' own
 
 
 class Store(abc.ABC):

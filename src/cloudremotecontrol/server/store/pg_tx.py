@@ -12,9 +12,17 @@ from typing import Any
 
 import psycopg
 
-from .base import Tx
+from .base import Tx, read_row, row_sql
 
-__all__ = ["EVENT_LOCK_CLASS", "PgTx", "group_key", "insert_events", "known_count", "to_pyformat"]
+__all__ = [
+    "EVENT_LOCK_CLASS",
+    "PgTx",
+    "RowCache",
+    "group_key",
+    "insert_events",
+    "known_count",
+    "to_pyformat",
+]
 
 EVENT_LOCK_CLASS = 7244102  # first key of the (int, int) advisory locks on groups
 
@@ -87,6 +95,130 @@ def _touches_events(sql: str) -> bool:
     return re.search(r"\b(INTO|UPDATE)\s+events\b", sql, re.IGNORECASE) is not None
 
 
+#: ``UPDATE <table> SET ... WHERE id = ?`` or ``WHERE id IN (?, ...)``, perhaps with a
+#: ``RETURNING`` list: the rows it changes are those of its last parameters. A ``SET``
+#: clause with parentheses (a function, a subquery) is not looked into.
+_ROW_UPDATE = re.compile(
+    r"\s*UPDATE\s+(\w+)\s+SET\s+([^()]*?)\s+WHERE\s+id\s+"
+    r"(?:=\s*\?|IN\s*\(([?,\s]*)\))(?:\s+RETURNING\s+[\w\s,]+)?\s*",
+    re.IGNORECASE | re.DOTALL,
+)
+_CLAUSE = re.compile(r"\b(?:FROM|WHERE)\b", re.IGNORECASE)
+_ASSIGNMENT = re.compile(r"\s*(\w+)\s*=\s*\?\s*")
+
+
+@functools.lru_cache(maxsize=1024)
+def _row_writes(sql: str, table: str) -> tuple[int, tuple[str, ...] | None] | None:
+    """How ``sql`` may change rows of ``table``: None if it cannot; ``(n, columns)``
+    if it updates only the rows whose ids are its last ``n`` parameters, ``columns``
+    being the names its ``SET`` gives a parameter each, in order (None: other
+    assignments); ``(-1, None)``: any row."""
+    text = sql.lstrip()
+    if text[:6].upper() == "SELECT" or not re.search(rf"\b{table}\b", text, re.IGNORECASE):
+        return None  # a read, or a statement on other tables (the schema has no cascades)
+    match = _ROW_UPDATE.fullmatch(text)
+    if match is None or match.group(1).lower() != table or _CLAUSE.search(match.group(2)):
+        return (-1, None)  # (UPDATE ... FROM: "id" may not be this table's)
+    ids = 1 if match.group(3) is None else match.group(3).count("?")
+    parts = match.group(2).split(",")
+    columns = [_ASSIGNMENT.fullmatch(part) for part in parts]
+    if all(columns) and sql.count("?") == len(parts) + ids:
+        return (ids, tuple(c.group(1) for c in columns if c is not None))
+    return (ids, None)
+
+
+#: The table whose rows ``RowCache`` reads ahead (the one ops declare today).
+PREFETCHED = "machines"
+
+
+class RowCache:
+    """The rows an op reads with ``row_sql`` (declared with ``reads_row``), for a whole
+    pipelined batch read in one statement at its start, instead of one round trip per
+    op. A row is served only as the transaction would read it at that point: a
+    statement of the batch that updates it with plain ``column = ?`` assignments is
+    applied to the kept row (when each value has the type the column came back with, so
+    the database would return it unchanged), any other change to the row drops it, any
+    change the statement's text does not tie to ids drops them all, and so does a
+    rollback to a savepoint once a kept row was changed. What is dropped is read from
+    the database again; ids are kept with None when they have no row."""
+
+    def __init__(self, table: str) -> None:
+        self.table = table
+        self.sql = row_sql(table)
+        self.rows: dict[Any, dict[str, Any] | None] = {}
+        self.changed = False  # a kept row was changed since the batch began
+        self.served = 0  # reads answered from here
+
+    @classmethod
+    def prefetch(
+        cls, reader: psycopg.Cursor[dict[str, Any]], ops: Sequence[tuple[Any, Sequence[Any]]]
+    ) -> RowCache | None:
+        """Read the rows of ``PREFETCHED`` that ``ops`` (``(op, args)``) declare, in one
+        statement on ``reader``; None when none declares one."""
+        ids = []
+        for op, args in ops:
+            read = read_row(op, args)
+            if read is not None and read[0] == PREFETCHED and isinstance(read[1], str):
+                ids.append(read[1])
+        if not ids:
+            return None
+        cache = cls(PREFETCHED)
+        unique = sorted(set(ids))
+        reader.execute(f"SELECT * FROM {PREFETCHED} WHERE id = ANY(%s)", (unique,))  # noqa: S608
+        found = {row["id"]: row for row in reader.fetchall()}
+        cache.rows = {i: found.get(i) for i in unique}
+        return cache
+
+    def get(self, sql: str, params: Sequence[Any]) -> tuple[bool, dict[str, Any] | None]:
+        """``(True, row or None)`` when ``sql`` is served from here, else ``(False, None)``."""
+        if sql != self.sql or len(params) != 1 or params[0] not in self.rows:
+            return False, None
+        row = self.rows[params[0]]
+        self.served += 1
+        return True, (dict(row) if row is not None else None)
+
+    def wrote(self, sql: str, params: Sequence[Any]) -> None:
+        """``sql`` is about to run with ``params``: keep the rows current."""
+        if not self.rows:
+            return
+        savepoint = _savepoint(sql)
+        if savepoint is not None:
+            if savepoint[0] == "ROLLBACK":
+                self.rolled_back()
+            return
+        writes = _row_writes(sql, self.table)
+        if writes is None:
+            return
+        count, columns = writes
+        if count < 0 or count > len(params):
+            self.rows.clear()
+            return
+        for key in params[len(params) - count :]:
+            if not isinstance(key, str):
+                self.rows.clear()  # not an id as the rows are kept: nothing is known
+                return
+            if key not in self.rows:
+                continue
+            row = self.rows[key]
+            self.changed = True
+            if row is None or columns is None or count != 1:
+                del self.rows[key]
+                continue
+            values = params[: len(columns)]
+            if all(
+                value is None or (row.get(column) is not None and type(row[column]) is type(value))
+                for column, value in zip(columns, values, strict=True)
+            ) and all(column in row for column in columns):
+                row.update(zip(columns, values, strict=True))
+            else:
+                del self.rows[key]
+
+    def rolled_back(self) -> None:
+        """A rollback to a savepoint: what it undid is not known here."""
+        if self.changed:
+            self.rows.clear()
+
+
 def group_key(group_id: str) -> int:
     """A stable signed 32-bit key (Python's hash() differs between processes)."""
     return int.from_bytes(
@@ -103,6 +235,7 @@ class PgTx(Tx):
         held: set[str] | None = None,
         pipeline: psycopg.Pipeline | None = None,
         reader: psycopg.Cursor[dict[str, Any]] | None = None,
+        rows: RowCache | None = None,
     ) -> None:
         self.cur = cur
         self.held = held if held is not None else set()  # group locks the batch holds
@@ -111,6 +244,7 @@ class PgTx(Tx):
         # which never has another statement's result pending.
         self.pipeline = pipeline
         self.reader = reader if reader is not None else cur
+        self.rows = rows  # pipelined: rows read for the whole batch (``RowCache``)
         self.events: list[tuple[Any, ...]] = []  # pipelined: rows of add_event, kept
         self._marks: list[tuple[str, int]] = []  # open savepoints: (name, len(events))
 
@@ -121,6 +255,7 @@ class PgTx(Tx):
                 self.send(sql, params)
                 return count
             self._lock_events_now(sql)
+            self._wrote(sql, params)
             self.reader.execute(to_pyformat(sql), tuple(params))
             self.pipeline.sync()  # the row count is known once the result is in
             return self.reader.rowcount
@@ -134,6 +269,7 @@ class PgTx(Tx):
         if sql == _EVENT_INSERT:  # kept for the end of the batch ("Event order")
             self.events.append(tuple(params))
             return
+        self._wrote(sql, params)
         savepoint = _savepoint(sql)
         if savepoint is not None:  # the op's own savepoints also cover its kept events
             verb, name = savepoint
@@ -151,14 +287,24 @@ class PgTx(Tx):
         self.cur.execute(to_pyformat(sql), tuple(params))
 
     def one(self, sql: str, params: Sequence[Any] = ()) -> dict[str, Any] | None:
+        if self.rows is not None:
+            served, row = self.rows.get(sql, params)
+            if served:
+                return row
         self._lock_events_now(sql)
+        self._wrote(sql, params)
         self.reader.execute(to_pyformat(sql), tuple(params))
         return self.reader.fetchone()
 
     def all(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         self._lock_events_now(sql)
+        self._wrote(sql, params)
         self.reader.execute(to_pyformat(sql), tuple(params))
         return self.reader.fetchall()
+
+    def _wrote(self, sql: str, params: Sequence[Any]) -> None:
+        if self.rows is not None:
+            self.rows.wrote(sql, params)
 
     def notify(self, group_id: str) -> None:
         # Called before the group's first event is inserted: see "Event order" above.
