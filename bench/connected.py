@@ -18,10 +18,11 @@ machines (``MAX_MACHINES_PER_GROUP``). It measures, in this order:
    every target's result is stored: wall time, server CPU, and the targets
    ``succeeded`` with their output, counted in the database.
 
-All simulated machines connect from 127.0.0.1, so the server's per-address bound on
-connections without a credential is raised to the fleet size for the run (in
-``server.json``; a real fleet comes from as many addresses as machines). Everything it
-starts is stopped when it ends, fails or runs out of time; it only uses 127.0.0.1.
+All simulated machines connect from 127.0.0.1, so the server's per-address bounds on
+connections without a credential and on TLS handshakes in progress are raised to the
+fleet size for the run (in ``server.json``; a real fleet comes from as many addresses
+as machines). Everything it starts is stopped when it ends, fails or runs out of time;
+it only uses 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import resource
 import shutil
 import signal
 import sqlite3
+import subprocess
 import sys
 import tempfile
 import time
@@ -126,7 +128,10 @@ class Bench:
             cfg_path = self.work / "srv" / "server.json"
             cfg = json.loads(cfg_path.read_text())
             cfg.setdefault("settings", {}).update(
-                {"max_unauthenticated_per_ip": max(64, self.args.agents)}
+                {
+                    "max_unauthenticated_per_ip": max(64, self.args.agents),
+                    "max_handshakes_per_ip": max(64, self.args.agents),
+                }
             )
             cfg_path.write_text(json.dumps(cfg))
         self.server.start(timeout=60)
@@ -206,7 +211,11 @@ class Bench:
         t = time.monotonic()
         self.start_server()
         pid = self.server.proc.pid
+        spy = self.profile(pid)
         took = self.wait_all_ready(self.args.reconnect_timeout)
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)  # py-spy writes its stacks and exits
+            spy.wait(120)
         self.out["reconnect_s"] = time.monotonic() - t if took is not None else None
         self.out["reconnected"] = self.ready()
         self.out["reconnect_server_cpu_s"] = cpu_seconds(pid)
@@ -229,6 +238,24 @@ class Bench:
             except Exception as exc:  # noqa: BLE001 -- a server still busy: try again
                 log(f"client: {exc}; trying again")
                 time.sleep(5 + attempt)
+
+    def profile(self, pid: int) -> subprocess.Popen[bytes] | None:
+        if not self.args.profile_restart:
+            return None
+        exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+        cmd = [
+            exe,
+            "record",
+            "--pid",
+            str(pid),
+            "--rate",
+            "50",
+            "--format",
+            "raw",
+            "-o",
+            self.args.profile_restart,
+        ]
+        return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def job(self) -> None:
         pid = self.server.proc.pid
@@ -431,6 +458,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--reconnect-timeout", type=float, default=300.0)
     p.add_argument("--job-timeout", type=float, default=600.0)
     p.add_argument("--max-seconds", type=int, default=3600)
+    p.add_argument("--no-job", action="store_true", help="stop after the restart")
+    p.add_argument(
+        "--profile-restart",
+        metavar="FILE",
+        help="record the restarted server with py-spy (on PATH or beside this Python) "
+        "until every machine is connected again, into this file (collapsed stacks)",
+    )
     p.add_argument("--no-write", action="store_true")
     p.add_argument("--out", default=str(HERE / "RESULTS.md"))
     p.add_argument("--keep", action="store_true", help="keep the work directory")
@@ -449,7 +483,8 @@ def main(argv: list[str] | None = None) -> int:
         bench.connect()
         bench.idle()
         bench.restart()
-        bench.job()
+        if not args.no_job:
+            bench.job()
 
     try:
         guarded("connected", args.max_seconds, work, bench.close)
