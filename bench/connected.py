@@ -105,7 +105,8 @@ class Bench:
 
     def refusals(self) -> Counter[str]:
         """Failed connection attempts by kind, from the agents' warnings (one line each):
-        ``told`` 503 with Retry-After, ``503`` without, ``other`` anything else."""
+        ``told`` 503 with Retry-After, ``503`` without, ``other`` anything else, of
+        which ``down`` refused by the kernel (no server listening)."""
         n: Counter[str] = Counter()
         for path in self.swarm.logs if self.swarm else []:
             with open(path, errors="replace") as fh:
@@ -116,11 +117,8 @@ class Bench:
                         n["told" if "retrying in" in line else "503"] += 1
                     else:
                         n["other"] += 1
-                        low = line.lower()
-                        kind = next(
-                            (k for k in ("refused", "timed out", "reset") if k in low), "else"
-                        )
-                        n[f"other: {kind}"] += 1
+                        if "connect call failed" in line.lower() or "refused" in line.lower():
+                            n["down"] += 1  # refused by the kernel: no server listening
         return n
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -350,6 +348,7 @@ def table(o: dict[str, Any]) -> str:
         ("  attempts refused: 503 + Retry-After", _count(o, "refused_connect", "told")),
         ("  attempts refused: 503 alone", _count(o, "refused_connect", "503")),
         ("  attempts failed otherwise", _count(o, "refused_connect", "other")),
+        ("    of which refused, no server listening", _count(o, "refused_connect", "down")),
         ("server RSS, all connected", _fmt(o.get("server_rss_mib"), ".0f", " MiB")),
         ("server RSS peak (VmHWM)", _fmt(o.get("server_hwm_mib"), ".0f", " MiB")),
         (
@@ -363,6 +362,7 @@ def table(o: dict[str, Any]) -> str:
         ("  attempts refused: 503 + Retry-After", _count(o, "refused_reconnect", "told")),
         ("  attempts refused: 503 alone", _count(o, "refused_reconnect", "503")),
         ("  attempts failed otherwise", _count(o, "refused_reconnect", "other")),
+        ("    of which refused, no server listening", _count(o, "refused_reconnect", "down")),
         ("  server CPU until then", _fmt(o.get("reconnect_server_cpu_s"), ".1f", " s")),
         ("  server RSS then", _fmt(o.get("restart_rss_mib"), ".0f", " MiB")),
         (
