@@ -435,8 +435,9 @@ nothing to do. *Restart*: the server is killed with SIGKILL and started again; t
 the new process's start until every machine is connected again. *Attempts*: failed
 connection attempts, from the agents' logs: refused with 503 + Retry-After (the login
 bound, or the bound on connections without a credential, `httpguard.py`), with 503
-alone (none expected), or failed otherwise (refused while the server was down, opening
-handshake timed out, reset). *Job*:
+alone (none expected), or failed otherwise (at a restart: the connections the kill cut,
+one per agent, then refused while no server listened, counted apart, opening handshake
+timed out, reset). *Job*:
 `echo hi` to every machine, one job per group, all started at once, until every
 target's result is stored (counted in the database, and through the API).
 
