@@ -18,10 +18,11 @@ machines (``MAX_MACHINES_PER_GROUP``). It measures, in this order:
    every target's result is stored: wall time, server CPU, and the targets
    ``succeeded`` with their output, counted in the database.
 
-All simulated machines connect from 127.0.0.1, so the server's per-address bound on
-connections without a credential is raised to the fleet size for the run (in
-``server.json``; a real fleet comes from as many addresses as machines). Everything it
-starts is stopped when it ends, fails or runs out of time; it only uses 127.0.0.1.
+All simulated machines connect from 127.0.0.1, so the server's per-address bounds on
+connections without a credential and on TLS handshakes in progress are raised to the
+fleet size for the run (in ``server.json``; a real fleet comes from as many addresses
+as machines). Everything it starts is stopped when it ends, fails or runs out of time;
+it only uses 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import resource
 import shutil
 import signal
 import sqlite3
+import subprocess
 import sys
 import tempfile
 import time
@@ -103,7 +105,8 @@ class Bench:
 
     def refusals(self) -> Counter[str]:
         """Failed connection attempts by kind, from the agents' warnings (one line each):
-        ``told`` 503 with Retry-After, ``503`` without, ``other`` anything else."""
+        ``told`` 503 with Retry-After, ``503`` without, ``other`` anything else, of
+        which ``down`` refused by the kernel (no server listening)."""
         n: Counter[str] = Counter()
         for path in self.swarm.logs if self.swarm else []:
             with open(path, errors="replace") as fh:
@@ -114,6 +117,8 @@ class Bench:
                         n["told" if "retrying in" in line else "503"] += 1
                     else:
                         n["other"] += 1
+                        if "connect call failed" in line.lower() or "refused" in line.lower():
+                            n["down"] += 1  # refused by the kernel: no server listening
         return n
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -125,9 +130,14 @@ class Bench:
             self.server.init()
             cfg_path = self.work / "srv" / "server.json"
             cfg = json.loads(cfg_path.read_text())
-            cfg.setdefault("settings", {}).update(
-                {"max_unauthenticated_per_ip": max(64, self.args.agents)}
-            )
+            from dataclasses import fields
+
+            from cloudremotecontrol.server.config import ServerSettings
+
+            raised = {"max_unauthenticated_per_ip": max(64, self.args.agents)}
+            if "max_handshakes_per_ip" in {f.name for f in fields(ServerSettings)}:
+                raised["max_handshakes_per_ip"] = max(64, self.args.agents)
+            cfg.setdefault("settings", {}).update(raised)
             cfg_path.write_text(json.dumps(cfg))
         self.server.start(timeout=60)
         log(f"server pid {self.server.proc.pid} at {self.server.url}")
@@ -206,7 +216,11 @@ class Bench:
         t = time.monotonic()
         self.start_server()
         pid = self.server.proc.pid
+        spy = self.profile(pid)
         took = self.wait_all_ready(self.args.reconnect_timeout)
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)  # py-spy writes its stacks and exits
+            spy.wait(120)
         self.out["reconnect_s"] = time.monotonic() - t if took is not None else None
         self.out["reconnected"] = self.ready()
         self.out["reconnect_server_cpu_s"] = cpu_seconds(pid)
@@ -229,6 +243,24 @@ class Bench:
             except Exception as exc:  # noqa: BLE001 -- a server still busy: try again
                 log(f"client: {exc}; trying again")
                 time.sleep(5 + attempt)
+
+    def profile(self, pid: int) -> subprocess.Popen[bytes] | None:
+        if not self.args.profile_restart:
+            return None
+        exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+        cmd = [
+            exe,
+            "record",
+            "--pid",
+            str(pid),
+            "--rate",
+            "50",
+            "--format",
+            "raw",
+            "-o",
+            self.args.profile_restart,
+        ]
+        return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def job(self) -> None:
         pid = self.server.proc.pid
@@ -316,6 +348,7 @@ def table(o: dict[str, Any]) -> str:
         ("  attempts refused: 503 + Retry-After", _count(o, "refused_connect", "told")),
         ("  attempts refused: 503 alone", _count(o, "refused_connect", "503")),
         ("  attempts failed otherwise", _count(o, "refused_connect", "other")),
+        ("    of which refused, no server listening", _count(o, "refused_connect", "down")),
         ("server RSS, all connected", _fmt(o.get("server_rss_mib"), ".0f", " MiB")),
         ("server RSS peak (VmHWM)", _fmt(o.get("server_hwm_mib"), ".0f", " MiB")),
         (
@@ -329,6 +362,7 @@ def table(o: dict[str, Any]) -> str:
         ("  attempts refused: 503 + Retry-After", _count(o, "refused_reconnect", "told")),
         ("  attempts refused: 503 alone", _count(o, "refused_reconnect", "503")),
         ("  attempts failed otherwise", _count(o, "refused_reconnect", "other")),
+        ("    of which refused, no server listening", _count(o, "refused_reconnect", "down")),
         ("  server CPU until then", _fmt(o.get("reconnect_server_cpu_s"), ".1f", " s")),
         ("  server RSS then", _fmt(o.get("restart_rss_mib"), ".0f", " MiB")),
         (
@@ -359,7 +393,11 @@ def verdicts(o: dict[str, Any]) -> list[str]:
         f"- all connected within 60 s of a restart: {_fmt(rec, '.1f', ' s')}, "
         f"{v(rec is not None and rec <= TARGETS['reconnect_s'])}",
         f"- one job to {n} targets, every result stored: {o.get('job_succeeded', 0)}/{n}, "
-        f"{v(o.get('job_succeeded') == n and o.get('job_output') == n)}",
+        + (
+            v(o.get("job_succeeded") == n and o.get("job_output") == n)
+            if "job_s" in o
+            else "not run (--no-job)"
+        ),
     ]
 
 
@@ -397,8 +435,9 @@ nothing to do. *Restart*: the server is killed with SIGKILL and started again; t
 the new process's start until every machine is connected again. *Attempts*: failed
 connection attempts, from the agents' logs: refused with 503 + Retry-After (the login
 bound, or the bound on connections without a credential, `httpguard.py`), with 503
-alone (none expected), or failed otherwise (refused while the server was down, opening
-handshake timed out, reset). *Job*:
+alone (none expected), or failed otherwise (at a restart: the connections the kill cut,
+one per agent, then refused while no server listened, counted apart, opening handshake
+timed out, reset). *Job*:
 `echo hi` to every machine, one job per group, all started at once, until every
 target's result is stored (counted in the database, and through the API).
 
@@ -431,6 +470,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--reconnect-timeout", type=float, default=300.0)
     p.add_argument("--job-timeout", type=float, default=600.0)
     p.add_argument("--max-seconds", type=int, default=3600)
+    p.add_argument("--no-job", action="store_true", help="stop after the restart")
+    p.add_argument(
+        "--profile-restart",
+        metavar="FILE",
+        help="record the restarted server with py-spy (on PATH or beside this Python) "
+        "until every machine is connected again, into this file (collapsed stacks)",
+    )
     p.add_argument("--no-write", action="store_true")
     p.add_argument("--out", default=str(HERE / "RESULTS.md"))
     p.add_argument("--keep", action="store_true", help="keep the work directory")
@@ -449,7 +495,8 @@ def main(argv: list[str] | None = None) -> int:
         bench.connect()
         bench.idle()
         bench.restart()
-        bench.job()
+        if not args.no_job:
+            bench.job()
 
     try:
         guarded("connected", args.max_seconds, work, bench.close)

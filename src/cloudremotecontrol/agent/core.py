@@ -428,9 +428,10 @@ class Agent:
                 additional_headers={"Authorization": f"Bearer {self.cred.credential}"},
                 max_size=MAX_FRAME_BYTES,
                 compression=None,
-                # As long as the server's TLS handshake timeout: a server that restarted
-                # takes the whole fleet's handshakes at once, and one given up and
-                # tried again costs it the handshake twice.
+                # As long as the server lets a connection wait for its TLS handshake
+                # (server/handshakes.py): a server that restarted takes the whole
+                # fleet's handshakes in turn, and one given up and tried again costs
+                # it the wait again (the server drops the one given up, unhandshaken).
                 open_timeout=OPEN_TIMEOUT,
                 ping_interval=HEARTBEAT_SECONDS,
                 ping_timeout=HEARTBEAT_SECONDS,

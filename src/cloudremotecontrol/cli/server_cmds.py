@@ -84,6 +84,13 @@ _SETTING_FLAGS: list[tuple[str, type, str]] = [
     ),
     ("max_unauthenticated_per_ip", int, "The same, from one address."),
     (
+        "max_handshakes",
+        int,
+        "TLS handshakes in progress at once; further connections wait for a place.",
+    ),
+    ("max_handshakes_per_ip", int, "The same, from one address."),
+    ("handshake_timeout", float, "Seconds a TLS handshake has once it has a place."),
+    (
         "max_logins",
         int,
         "Agent logins in progress at once; above: 503 with Retry-After (the agent waits).",

@@ -50,6 +50,12 @@ class ServerSettings:
     keepalive_timeout: float = 5.0  # an idle kept-alive connection is closed after this
     max_unauthenticated: int = 512  # connections without a valid token, in all...
     max_unauthenticated_per_ip: int = 64  # ...and from one address; above: 503
+    # TLS handshakes in progress at once, and from one address; the next connections
+    # wait (cheaply) for a place; seconds a handshake has once it has a place
+    # (server/handshakes.py).
+    max_handshakes: int = 64
+    max_handshakes_per_ip: int = 16
+    handshake_timeout: float = 10.0
     # Agent logins (WebSocket upgrade to welcome) at once; above: 503 + Retry-After
     # (server/admission.py).
     max_logins: int = 256

@@ -13,6 +13,7 @@ from ..protocol.limits import HEARTBEAT_SECONDS, MAX_FRAME_BYTES
 from .app import create_app
 from .config import ServerConfig, ServerSettings, parse_listen
 from .forwarded import TrustedProxies
+from .handshakes import HandshakeLimits, UvicornServer
 from .httpguard import ConnectionGuard, GuardLimits, guarded_protocol
 from .store.base import open_store
 from .teardown import load_cipher
@@ -94,4 +95,10 @@ def serve(
         # the server an encryption per handshake, and a ticket arriving while a threaded
         # client (websockets' sync client) writes its first request can lose it.
         config.ssl.num_tickets = 0
-    uvicorn.Server(config).run()
+    # TLS handshakes are bounded and spent on clients still waiting (handshakes.py).
+    limits = HandshakeLimits(
+        max_handshakes=settings.max_handshakes,
+        max_handshakes_per_ip=settings.max_handshakes_per_ip,
+        handshake_timeout=settings.handshake_timeout,
+    )
+    UvicornServer(config, limits).run()
