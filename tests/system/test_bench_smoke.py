@@ -44,6 +44,21 @@ def test_fanout_bench_completes_and_prints_a_table() -> None:
     assert "crc --version" in r.stdout
 
 
+def _replicas_quick(admin_url: str) -> tuple[str, ...]:
+    """replicas.py's options for a run of a second or so, on the test's PostgreSQL."""
+    return (
+        "--no-write",
+        "--runs",
+        "1",
+        "--seconds",
+        "1",
+        "--warmup",
+        "0.5",
+        "--postgres",
+        admin_url,
+    )
+
+
 def test_replicas_bench_completes_and_prints_a_table(pg_cluster) -> None:
     import psycopg
 
@@ -61,15 +76,7 @@ def test_replicas_bench_completes_and_prints_a_table(pg_cluster) -> None:
         "replicas.py",
         "--agents",
         "3",
-        "--no-write",
-        "--runs",
-        "1",
-        "--seconds",
-        "1",
-        "--warmup",
-        "0.5",
-        "--postgres",
-        pg_cluster.admin_url,
+        *_replicas_quick(pg_cluster.admin_url),
     )
     lines = r.stdout.splitlines()
     assert lines[0].split()[:2] == ["configuration", "agents"]
@@ -91,15 +98,7 @@ def test_replicas_bench_runs_an_ab_against_a_baseline_commit(pg_cluster) -> None
         "postgres",
         "--baseline",
         "HEAD",
-        "--no-write",
-        "--runs",
-        "1",
-        "--seconds",
-        "1",
-        "--warmup",
-        "0.5",
-        "--postgres",
-        pg_cluster.admin_url,
+        *_replicas_quick(pg_cluster.admin_url),
     )
     lines = r.stdout.splitlines()
     assert lines[2].startswith("PostgreSQL, 1 server (HEAD)") and "2/2" in lines[2]

@@ -9,13 +9,13 @@ all run in the next batch (the writer takes everything waiting).
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import psycopg
 import pytest
 
+from batches import in_one_batch as one_batch
 from cloudremotecontrol.errors import NotFound
 from cloudremotecontrol.server.ops import events, groups, users
 from cloudremotecontrol.server.ops.common import add_event
@@ -42,20 +42,8 @@ async def store(pg_url: str) -> AsyncIterator[PostgresStore]:
 
 async def in_one_batch(store: PostgresStore, ops: list[Callable[[Tx], Any]]) -> list[Any]:
     """Run ``ops`` in one write batch; each op's result or exception, in order."""
-    started, release = threading.Event(), threading.Event()
-
-    def hold(tx: Tx) -> None:
-        started.set()
-        release.wait(30)
-
-    first = asyncio.ensure_future(store.write(hold))
-    assert await asyncio.to_thread(started.wait, 30)
     batches = store.batches
-    queued = [asyncio.ensure_future(store.write(op)) for op in ops]
-    await asyncio.sleep(0.1)  # every write is in the queue
-    release.set()
-    await first
-    results = await asyncio.gather(*queued, return_exceptions=True)
+    results = await one_batch(store, [(op,) for op in ops])
     assert store.batches - batches <= 2  # "hold"'s batch, then theirs (not one each)
     return results
 

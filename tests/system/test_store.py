@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from batches import in_one_batch
 from cloudremotecontrol.errors import Conflict, InvalidInput, KeyRejected, NotFound, Unauthorized
 from cloudremotecontrol.protocol.limits import MAX_OUTPUT_CHUNK_BYTES, MAX_OUTPUT_KEPT_BYTES
 from cloudremotecontrol.protocol.messages import Envelope
@@ -402,24 +403,6 @@ async def test_cancel_before_delivery_rewrites_the_queued_run(store: Store) -> N
     assert [(mid, seq) for mid, seq, _ in out["deliveries"]] == [(m["id"], 2)]
     view = await store.read(jobs.job_view, alice["user_id"], job["job_id"])
     assert view["targets"][0]["status"] == "cancelled"
-
-
-async def in_one_batch(store: Store, writes: list[tuple[Any, ...]]) -> list[Any]:
-    """Run ``writes`` (``(op, *args)``) in one write batch of either backend (its writer
-    is held on a first op while they queue); each one's result or exception, in order."""
-    started, release = threading.Event(), threading.Event()
-
-    def hold(tx: Tx) -> None:
-        started.set()
-        release.wait(30)
-
-    first = asyncio.ensure_future(store.write(hold))
-    assert await asyncio.to_thread(started.wait, 30)
-    queued = [asyncio.ensure_future(store.write(*w)) for w in writes]
-    await asyncio.sleep(0.1)  # every write is in the queue
-    release.set()
-    await first
-    return list(await asyncio.gather(*queued, return_exceptions=True))
 
 
 async def test_one_batch_of_messages_connects_and_failures_reads_each_machine_current(
