@@ -27,6 +27,7 @@ from cloudremotecontrol.server.ops import delivery, enrollment, events, groups, 
 from cloudremotecontrol.server.ops.common import add_event, now
 from cloudremotecontrol.server.store.base import ALL_GROUPS, Store, Tx, open_store
 from cloudremotecontrol.server.store.schema import MIGRATIONS
+from cloudremotecontrol.server.store.sqlite import SqliteStore
 
 pytestmark = pytest.mark.anyio
 
@@ -733,6 +734,34 @@ async def test_migrations_are_idempotent_and_safe_when_started_together(db_url: 
         assert (await again.read(users.authenticate_master, alice["token"]))["user"] == "alice"
     finally:
         await again.close()
+
+
+def test_sqlite_stores_opening_one_new_file_at_once_all_start(tmp_path: Any) -> None:
+    """Four stores open the same new SQLite file at once, forty times over.
+
+    SQLite refuses the switch to WAL at once ("database is locked", no busy handler)
+    when another connection opening the same new file holds a lock it waits to upgrade;
+    a single round hits that only now and then, forty rounds nearly always do.
+    """
+    errors: list[BaseException] = []
+
+    def start(store: SqliteStore) -> None:
+        try:
+            store.open_sync()
+        except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    for n in range(40):
+        path = str(tmp_path / f"crc-{n}.db")
+        stores = [SqliteStore(path) for _ in range(4)]
+        threads = [threading.Thread(target=start, args=(s,)) for s in stores]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for s in stores:
+            s.close_sync()
+        assert errors == [], f"round {n}: {errors[0]!r}"
 
 
 def test_server_processes_migrating_one_new_database_at_once(db_url: str, tmp_path: Any) -> None:

@@ -16,6 +16,7 @@ import os
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from pathlib import Path
@@ -29,6 +30,7 @@ __all__ = ["SqliteStore"]
 T = TypeVar("T")
 _BATCH = 256
 _READERS = 2
+_BUSY_TIMEOUT = 30.0
 # A queued write: (op, args, future, loop); loop is None for write_sync's Future.
 _Item = tuple[Callable[..., Any], tuple[Any, ...], Any, "asyncio.AbstractEventLoop | None"]
 
@@ -54,13 +56,36 @@ class _SqliteTx(Tx):
 
 
 def _connect(path: str) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    conn = sqlite3.connect(
+        path, isolation_level=None, check_same_thread=False, timeout=_BUSY_TIMEOUT
+    )
     conn.row_factory = sqlite3.Row
-    conn.execute("PRAGMA journal_mode=WAL")
+    _use_wal(conn)
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA foreign_keys=ON")
-    conn.execute("PRAGMA busy_timeout=30000")
+    conn.execute(f"PRAGMA busy_timeout={int(_BUSY_TIMEOUT * 1000)}")
     return conn
+
+
+def _use_wal(conn: sqlite3.Connection) -> None:
+    """Switch to WAL, waiting for other connections that open the same file at once.
+
+    Changing the journal mode takes an exclusive lock. SQLite answers "database is
+    locked" at once, without calling the busy handler, when another connection that
+    opens a new database at the same moment holds a lock it is waiting to upgrade
+    (servers or ``crc server`` commands started together on one new file); so wait here.
+    """
+    deadline = time.monotonic() + _BUSY_TIMEOUT
+    delay = 0.002
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
 
 
 class SqliteStore(Store):
