@@ -21,7 +21,7 @@ import random
 import ssl
 from typing import Any
 
-from .. import __version__
+from .. import __version__, keepalive
 from ..errors import CrcError, InvalidInput, KeyRejected, Unavailable
 from ..protocol.delivery import Receipt, Verdict
 from ..protocol.frames import (
@@ -37,7 +37,12 @@ from ..protocol.frames import (
     write_frame,
 )
 from ..protocol.frames import Revoked as RevokedFrame
-from ..protocol.limits import HEARTBEAT_SECONDS, MAX_FRAME_BYTES, MAX_OUTPUT_CHUNK_BYTES
+from ..protocol.limits import (
+    AGENT_PING_SECONDS,
+    HEARTBEAT_SECONDS,
+    MAX_FRAME_BYTES,
+    MAX_OUTPUT_CHUNK_BYTES,
+)
 from ..protocol.messages import (
     JOB_ID,
     JOB_KINDS,
@@ -433,10 +438,13 @@ class Agent:
                 # fleet's handshakes in turn, and one given up and tried again costs
                 # it the wait again (the server drops the one given up, unhandshaken).
                 open_timeout=OPEN_TIMEOUT,
-                ping_interval=HEARTBEAT_SECONDS,
+                # TCP keepalive notices a vanished server (keepalive.py); the pings are
+                # for one whose kernel answers and whose process does not.
+                ping_interval=AGENT_PING_SECONDS,
                 ping_timeout=HEARTBEAT_SECONDS,
                 user_agent_header=f"crc-agent/{__version__}",
             ) as ws:
+                keepalive.enable(ws.transport.get_extra_info("socket"))
                 await ws.send(write_frame(self.hello()))
                 first = read_frame(await asyncio.wait_for(ws.recv(), 20))
                 if isinstance(first, RevokedFrame):

@@ -96,6 +96,12 @@ _SETTING_FLAGS: list[tuple[str, type, str]] = [
         "Agent logins in progress at once; above: 503 with Retry-After (the agent waits).",
     ),
     (
+        "agent_silence_timeout",
+        float,
+        "Seconds an agent's connection may stay silent before the server closes it and "
+        "the machine turns offline (agents ping every 60 s).",
+    ),
+    (
         "forwarded_allow_ips",
         str,
         "Reverse proxies (addresses or networks, comma-separated) whose X-Forwarded-For "

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import Conflict, InvalidInput, NotFound
+from ..protocol.limits import AGENT_SILENCE_SECONDS
 
 __all__ = [
     "DEFAULT_LISTEN",
@@ -59,6 +60,10 @@ class ServerSettings:
     # Agent logins (WebSocket upgrade to welcome) at once; above: 503 + Retry-After
     # (server/admission.py).
     max_logins: int = 256
+    # Seconds an agent's connection may stay silent (the agent pings every 60 s; TCP
+    # keepalive notices a vanished machine sooner) before the server closes it and the
+    # machine turns offline (server/wsprotocol.py).
+    agent_silence_timeout: float = AGENT_SILENCE_SECONDS
     # Reverse proxies whose X-Forwarded-For is believed (none: the peer is the client).
     forwarded_allow_ips: tuple[str, ...] = ()
     # Failed enrollments one address may make per minute; then 429 until it passes.

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import ipaddress
+import logging
 from pathlib import Path
 
 import uvicorn
 
 from .. import logsafe
 from ..errors import InvalidInput
-from ..protocol.limits import HEARTBEAT_SECONDS, MAX_FRAME_BYTES
+from ..protocol.limits import (
+    AGENT_PING_SECONDS,
+    AGENT_SILENCE_SECONDS,
+    HEARTBEAT_SECONDS,
+    MAX_FRAME_BYTES,
+)
 from .app import create_app
 from .config import ServerConfig, ServerSettings, parse_listen
 from .forwarded import TrustedProxies
@@ -17,7 +23,7 @@ from .handshakes import HandshakeLimits, UvicornServer
 from .httpguard import ConnectionGuard, GuardLimits, guarded_protocol
 from .store.base import open_store
 from .teardown import load_cipher
-from .wsprotocol import ListeningWebSocketProtocol
+from .wsprotocol import listening_protocol
 
 __all__ = ["serve"]
 
@@ -53,6 +59,14 @@ def serve(
     app.state.teardown_cipher = load_cipher(Path(cfg.data_dir))  # opt-in TTL teardown
     # Every log line is redacted (tokens, Authorization headers, keys), whatever logs it.
     logsafe.configure(log_level, "%(asctime)s %(levelname)s %(name)s %(message)s")
+    if settings.agent_silence_timeout <= AGENT_PING_SECONDS + HEARTBEAT_SECONDS:
+        logging.getLogger(__name__).warning(
+            "agent_silence_timeout is %g s: agents ping every %g s, so connections of "
+            "healthy idle agents will be closed (the default is %g s)",
+            settings.agent_silence_timeout,
+            AGENT_PING_SECONDS,
+            AGENT_SILENCE_SECONDS,
+        )
     # One schedule for every 503 given under load: the login bound's and the guard's.
     logins = app.state.logins
     guard = ConnectionGuard(
@@ -74,7 +88,8 @@ def serve(
         port=port,
         ssl_certfile=None if insecure else str(cfg.cert),
         ssl_keyfile=None if insecure else str(cfg.key),
-        ws=ListeningWebSocketProtocol,  # agents ping; the server listens (wsprotocol.py)
+        # Agents ping; the server listens, and closes one silent too long (wsprotocol.py).
+        ws=listening_protocol(settings.agent_silence_timeout),
         ws_per_message_deflate=False,
         ws_max_size=MAX_FRAME_BYTES,
         ws_ping_interval=HEARTBEAT_SECONDS,

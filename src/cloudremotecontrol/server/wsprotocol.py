@@ -1,28 +1,31 @@
 """uvicorn's WebSocket protocol, listening to agents rather than pinging them.
 
-An agent pings the server every ``HEARTBEAT_SECONDS`` (to notice a dead server itself);
+An agent pings the server every ``AGENT_PING_SECONDS`` (to notice a hung server itself);
 the server pinging every agent as well doubled the heartbeat traffic, and with ten
 thousand connected agents that traffic *is* the server's idle CPU (each ping and pong is
 a TLS record and a frame parsed in Python). So on agent connections the server sends no
-pings of its own: it notes when it last heard anything (the agent's pings included) and
-closes a connection it has heard nothing from for ``SILENCE_SECONDS`` (three of the
-agent's heartbeats) with 1011, as a missed pong would. Every other WebSocket (streams,
-the dashboard's terminal; browsers do not ping) keeps uvicorn's own pings.
+pings of its own: it turns TCP keepalive on (the kernel notices a vanished machine within
+``keepalive.DEAD_PEER_SECONDS``, at no cost to this process), notes when it last heard
+anything (the agent's pings included) and closes a connection it has heard nothing from
+for the silence timeout (``--agent-silence-timeout``, over two of the agent's pings)
+with 1011, as a missed pong would. Every other WebSocket (streams, the dashboard's
+terminal; browsers do not ping) keeps uvicorn's own pings.
 """
 
 from __future__ import annotations
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
-from ..protocol.limits import HEARTBEAT_SECONDS
+from .. import keepalive
+from ..protocol.limits import AGENT_SILENCE_SECONDS
 
-__all__ = ["AGENT_PATH", "SILENCE_SECONDS", "ListeningWebSocketProtocol"]
+__all__ = ["AGENT_PATH", "ListeningWebSocketProtocol", "listening_protocol"]
 
 AGENT_PATH = "/v1/agent/connect"
-SILENCE_SECONDS = 3 * HEARTBEAT_SECONDS
 
 
 class ListeningWebSocketProtocol(WebSocketsSansIOProtocol):
+    silence_seconds = AGENT_SILENCE_SECONDS
     last_heard = 0.0
 
     def data_received(self, data: bytes) -> None:
@@ -33,19 +36,33 @@ class ListeningWebSocketProtocol(WebSocketsSansIOProtocol):
         scope = getattr(self, "scope", None)
         return scope is not None and scope.get("path") == AGENT_PATH
 
+    def start_keepalive(self) -> None:
+        if self._is_agent():
+            keepalive.enable(self.transport.get_extra_info("socket"))
+        super().start_keepalive()
+
     def schedule_ping(self) -> None:
         if not self._is_agent():
             super().schedule_ping()
             return
         # The keepalive timer checks for silence instead (stop_keepalive cancels it).
-        due = self.last_heard + SILENCE_SECONDS - self.loop.time()
+        due = self.last_heard + self.silence_seconds - self.loop.time()
         self.ping_timer = self.loop.call_later(max(1.0, due), self._check_silence)
 
     def _check_silence(self) -> None:
         self.ping_timer = None
         if self.close_sent or self.transport.is_closing():
             return
-        if self.loop.time() - self.last_heard >= SILENCE_SECONDS:
+        if self.loop.time() - self.last_heard >= self.silence_seconds:
             self.keepalive_timeout()  # 1011 "keepalive ping timeout", as a missed pong
             return
         self.schedule_ping()
+
+
+def listening_protocol(silence_seconds: float) -> type[ListeningWebSocketProtocol]:
+    """The protocol class uvicorn instantiates, with this server's silence timeout."""
+    return type(
+        "ListeningWebSocketProtocol",
+        (ListeningWebSocketProtocol,),
+        {"silence_seconds": silence_seconds},
+    )
