@@ -141,7 +141,7 @@ def test_a_machine_that_vanishes_turns_offline_before_the_silence_timeout(
 ) -> None:
     """The machine's network goes away without a FIN or RST (a VM destroyed, a link
     cut): the server's kernel notices through keepalive within DEAD_PEER_SECONDS,
-    long before the 150 s silence timeout would."""
+    long before the 120 s silence timeout would."""
     n = os.getpid() % 250
     ns, host_if, ns_if = f"crc-vanish-{os.getpid()}", f"crcv{os.getpid()}h", f"crcv{n}n"
     host_if = host_if[-15:]  # interface names have 15 characters at most

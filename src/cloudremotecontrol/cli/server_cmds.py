@@ -99,7 +99,7 @@ _SETTING_FLAGS: list[tuple[str, type, str]] = [
         "agent_silence_timeout",
         float,
         "Seconds an agent's connection may stay silent before the server closes it and "
-        "the machine turns offline (agents ping every 60 s).",
+        "the machine turns offline (agents ping every 45 s).",
     ),
     (
         "forwarded_allow_ips",

@@ -14,8 +14,8 @@ HEARTBEAT_SECONDS = 20.0  # WebSocket ping interval and pong timeout (streams, m
 # An agent's control connection: TCP keepalive finds a vanished peer (keepalive.py), so
 # the agent pings only this often (a live kernel, a hung process); the server closes a
 # connection silent for AGENT_SILENCE_SECONDS (its --agent-silence-timeout).
-AGENT_PING_SECONDS = 60.0
-AGENT_SILENCE_SECONDS = 150.0
+AGENT_PING_SECONDS = 45.0  # under the 60 s idle timeout of proxies (nginx, AWS ALB)
+AGENT_SILENCE_SECONDS = 120.0
 MAX_UNACKED = 1000  # messages in flight to one agent before the server waits for acks
 MAX_FILE_BYTES = 4 << 30  # one file pushed or pulled (streamed, never held in memory)
 MAX_FACT_ADDRESSES = 64  # addresses per list in a machine's facts

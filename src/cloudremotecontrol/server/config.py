@@ -60,7 +60,7 @@ class ServerSettings:
     # Agent logins (WebSocket upgrade to welcome) at once; above: 503 + Retry-After
     # (server/admission.py).
     max_logins: int = 256
-    # Seconds an agent's connection may stay silent (the agent pings every 60 s; TCP
+    # Seconds an agent's connection may stay silent (the agent pings every 45 s; TCP
     # keepalive notices a vanished machine sooner) before the server closes it and the
     # machine turns offline (server/wsprotocol.py).
     agent_silence_timeout: float = AGENT_SILENCE_SECONDS
