@@ -6,11 +6,12 @@ unpacked into a venv made without pip, as ``fetch_agent.py`` installs it (no set
 
 1. The import ladder: fresh processes of that venv's python, each importing one more
    layer than the one before: the interpreter alone; asyncio (which loads ssl,
-   subprocess, inspect, typing, ...); sqlite3, json, logging and argparse; then
-   websockets in three steps (``importlib.metadata``, which ``websockets/version.py``
-   imports unconditionally; ``urllib.request``, which ``websockets/proxy.py`` imports
-   unconditionally; the rest of ``websockets.asyncio.client``); then the agent's own
-   modules (what the lean entry point loads before it connects).
+   subprocess, inspect, typing, ...); sqlite3, json, logging and argparse;
+   ``websockets.asyncio.client``, as the lean entry point imports it (``importlib.
+   metadata``, ``urllib.request``, ``bz2`` and ``lzma`` deferred: agent/deferred.py);
+   the agent's own modules (what the lean entry point loads before it connects); and,
+   for comparison, what the deferred modules cost once used (as before they were
+   deferred).
 2. The agent itself (``python -m cloudremotecontrol.agent run``, enrolled once,
    ``NOTIFY_SOCKET`` set, connected to a loopback server and idle for a second): RSS,
    the anonymous part, and RSS by mapping from ``/proc/PID/smaps``; then the first
@@ -44,13 +45,20 @@ LADDER = [
     ("interpreter (site, encodings)", ""),
     ("+ asyncio, ssl", "import asyncio, ssl"),
     ("+ sqlite3, json, logging, argparse", "import sqlite3, json, logging, argparse"),
-    ("+ importlib.metadata", "import importlib.metadata"),
-    ("+ urllib.request", "import urllib.request"),
-    ("+ rest of websockets.asyncio.client", "import websockets.asyncio.client"),
+    (
+        "+ websockets.asyncio.client",
+        "from cloudremotecontrol.agent.deferred import defer\ndefer()\n"
+        "import websockets.asyncio.client",
+    ),
     (
         "+ the agent's modules",
         "import cloudremotecontrol.agent.main, cloudremotecontrol.agent.service, "
         "cloudremotecontrol.agent.core",
+    ),
+    (
+        "(+ what the agent defers, if loaded)",
+        "import importlib.metadata, urllib.request, bz2, lzma\n"
+        "importlib.metadata.version, urllib.request.getproxies, bz2.compress, lzma.compress",
     ),
 ]
 PROBE = (
