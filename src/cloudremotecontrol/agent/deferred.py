@@ -51,18 +51,24 @@ DEFERRED = (
 )
 
 _loading = threading.RLock()
+_running: set[str] = set()  # the deferred modules whose code runs now (under _loading)
 
 
 class _Deferred(types.ModuleType):
     """A module whose code has not run yet: it runs on the first attribute lookup
-    that the module's import metadata does not answer."""
+    that the module's import metadata does not answer. Another thread looking up an
+    attribute meanwhile waits for it to finish, as it would wait for an import."""
 
     def __getattr__(self, attr: str) -> Any:
+        spec = self.__spec__
+        assert spec is not None and spec.loader is not None  # set by defer()
         with _loading:
             if type(self) is _Deferred:
-                self.__class__ = types.ModuleType  # type: ignore[assignment]
-                spec = self.__spec__
-                assert spec is not None and spec.loader is not None  # set by defer()
+                if spec.name in _running:  # its own code (or what it imports) looks early
+                    raise AttributeError(
+                        f"partially initialized module {spec.name!r} has no attribute {attr!r}"
+                    )
+                _running.add(spec.name)
                 try:
                     spec.loader.exec_module(self)
                 except BaseException:
@@ -72,6 +78,9 @@ class _Deferred(types.ModuleType):
                     if parent in sys.modules:
                         vars(sys.modules[parent]).pop(child, None)
                     raise
+                finally:
+                    _running.discard(spec.name)
+                self.__class__ = types.ModuleType  # type: ignore[assignment]
         return getattr(self, attr)
 
 
