@@ -110,3 +110,25 @@ def test_proxy_lookup_is_skipped_only_where_it_finds_no_proxy(
     assert proxy_option(connect) == option
     if option:  # skipped: websockets' own lookup finds no proxy either
         assert get_proxy(parse_uri("wss://127.0.0.1:8443/agent/ws")) is None
+
+
+def test_threads_using_a_deferred_module_at_once_all_get_the_whole_module() -> None:
+    got = _run(
+        "import json, sys, threading\n"
+        "from cloudremotecontrol.agent.deferred import defer\n"
+        "defer()\n"
+        "import urllib.request\n"
+        "barrier = threading.Barrier(8)\n"
+        "results = []\n"
+        "def use():\n"
+        "    barrier.wait()\n"
+        "    try:\n"
+        "        results.append(urllib.request.Request('https://x/').full_url)\n"
+        "    except Exception as exc:\n"
+        "        results.append(repr(exc))\n"
+        "threads = [threading.Thread(target=use) for _ in range(8)]\n"
+        "[t.start() for t in threads]\n"
+        "[t.join() for t in threads]\n"
+        "print(json.dumps({'results': results}))\n"
+    )
+    assert got == {"results": ["https://x/"] * 8}
