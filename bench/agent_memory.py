@@ -6,16 +6,19 @@ unpacked into a venv made without pip, as ``fetch_agent.py`` installs it (no set
 
 1. The import ladder: fresh processes of that venv's python, each importing one more
    layer than the one before: the interpreter alone; asyncio (which loads ssl,
-   subprocess, inspect, typing, ...); sqlite3, json, logging and argparse; then
-   websockets in three steps (``importlib.metadata``, which ``websockets/version.py``
-   imports unconditionally; ``urllib.request``, which ``websockets/proxy.py`` imports
-   unconditionally; the rest of ``websockets.asyncio.client``); then the agent's own
-   modules (what the lean entry point loads before it connects).
+   subprocess, inspect, typing, ...); sqlite3, json, logging and argparse;
+   ``websockets.asyncio.client``, as the lean entry point imports it (``importlib.
+   metadata``, ``urllib.request``, ``bz2`` and ``lzma`` deferred: agent/deferred.py);
+   the agent's own modules (what the lean entry point loads before it connects); and,
+   for comparison, what the deferred modules cost once used (as before they were
+   deferred).
 2. The agent itself (``python -m cloudremotecontrol.agent run``, enrolled once,
    ``NOTIFY_SOCKET`` set, connected to a loopback server and idle for a second): RSS,
-   the anonymous part, and RSS by mapping from ``/proc/PID/smaps``; then the first
-   start of an agent unpacked without byte-compiling it (as ``fetch_agent.py`` did
-   before it compiled at install), which compiles its modules as it imports them.
+   the anonymous part, and RSS by mapping from ``/proc/PID/smaps``; then the same as
+   the service runs it (``crc agent install``'s options: ``-OO`` with the bytecode
+   cache the install compiles, agent/install.py); then the first start of an agent
+   unpacked without byte-compiling it (as ``fetch_agent.py`` did before it compiled at
+   install), which compiles its modules as it imports them.
 
     .venv/bin/python bench/agent_memory.py [--python PATH ...] [--no-write]
 """
@@ -25,6 +28,7 @@ from __future__ import annotations
 import argparse
 import collections
 import io
+import json
 import os
 import signal
 import socket
@@ -44,13 +48,20 @@ LADDER = [
     ("interpreter (site, encodings)", ""),
     ("+ asyncio, ssl", "import asyncio, ssl"),
     ("+ sqlite3, json, logging, argparse", "import sqlite3, json, logging, argparse"),
-    ("+ importlib.metadata", "import importlib.metadata"),
-    ("+ urllib.request", "import urllib.request"),
-    ("+ rest of websockets.asyncio.client", "import websockets.asyncio.client"),
+    (
+        "+ websockets.asyncio.client",
+        "from cloudremotecontrol.agent.deferred import defer\ndefer()\n"
+        "import websockets.asyncio.client",
+    ),
     (
         "+ the agent's modules",
         "import cloudremotecontrol.agent.main, cloudremotecontrol.agent.service, "
         "cloudremotecontrol.agent.core",
+    ),
+    (
+        "(+ what the agent defers, if loaded)",
+        "import importlib.metadata, urllib.request, bz2, lzma\n"
+        "importlib.metadata.version, urllib.request.getproxies, bz2.compress, lzma.compress",
     ),
 ]
 PROBE = (
@@ -148,14 +159,35 @@ def status(pid: int) -> dict[str, int]:
         }
 
 
-def connected_agent(python: str, state: Path, client: Any, work: Path) -> dict[str, Any]:
+def service_options(venv_python: str) -> list[str]:
+    """The options ``crc agent install`` gives the service's python in that venv (``-OO``
+    and its bytecode cache, compiled now, as the install does: agent/install.py)."""
+    out = subprocess.run(
+        [
+            venv_python,
+            "-c",
+            "import json, sys\nfrom cloudremotecontrol.agent.install import optimized_options\n"
+            "print(json.dumps(optimized_options(sys.executable)))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    options: list[str] = json.loads(out.stdout)
+    return options
+
+
+def connected_agent(
+    python: str, state: Path, client: Any, work: Path, options: list[str] | None = None
+) -> dict[str, Any]:
     sock_path = work / f"notify-{time.monotonic_ns()}"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(str(sock_path))
     sock.settimeout(30)
     env = {**os.environ, "NOTIFY_SOCKET": str(sock_path)}
     env.pop("PYTHONDONTWRITEBYTECODE", None)  # the service writes its bytecode, if any
-    argv = [python, "-m", "cloudremotecontrol.agent", "run", "--state-dir", str(state)]
+    argv = [python, *(options or []), "-m", "cloudremotecontrol.agent", "run", "--state-dir"]
+    argv.append(str(state))
     t0 = time.perf_counter()
     proc = subprocess.Popen(
         [*argv, "--log-level", "warning"],
@@ -235,10 +267,15 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"Python {version}: the agent, connected")
                 connected_agent(venv_python, state, client, work)  # warm-up
                 agent = connected_agent(venv_python, state, client, work)
+                log(f"Python {version}: the agent as the service runs it")
+                options = service_options(venv_python)
+                connected_agent(venv_python, state, client, work, options)  # warm-up
+                service = connected_agent(venv_python, state, client, work, options)
+                service["options"] = options
                 log(f"Python {version}: the first start of an agent not byte-compiled")
                 cold_python = make_venv(python, work / f"cold{n}", precompile=False)
                 cold = connected_agent(cold_python, state, client, work)
-                sections.append(render(version, rows, agent, cold))
+                sections.append(render(version, rows, agent, service, cold))
                 print(sections[-1], flush=True)
         finally:
             client.close()
@@ -264,6 +301,7 @@ def render(
     version: str,
     rows: list[tuple[str, int, int, int, int]],
     agent: dict[str, Any],
+    service: dict[str, Any],
     cold: dict[str, Any],
 ) -> str:
     header = (
@@ -289,6 +327,13 @@ def render(
     ]
     for group, kib in sorted(agent["groups"].items(), key=lambda kv: -kv[1]):
         lines.append(f"  {mib(kib):5.1f} MiB  {group}")
+    ss = service["status"]
+    lines.append(
+        f"as the service runs it (python {' '.join(service['options'])}): RSS "
+        f"{mib(ss['VmRSS']):.1f} MiB (anon {mib(ss['RssAnon']):.1f}, file "
+        f"{mib(ss['RssFile'] + ss['RssShmem']):.1f}); start → connected "
+        f"{service['connected']:.2f} s, {service['cpu']:.2f} s of CPU"
+    )
     cs = cold["status"]
     lines.append(
         f"the first start of an agent installed without byte-compiling it (it compiles "

@@ -270,8 +270,8 @@ def test_bootstrap_installs_the_agent_from_the_server_and_a_second_run_changes_n
     unit = vm.path("/etc/systemd/system/crc-agent.service").read_text()
     assert "Type=notify" in unit and "Restart=always" in unit and "WatchdogSec=" in unit
     assert (
-        "ExecStart=/opt/crc-agent/venv/bin/python -m cloudremotecontrol.agent run "
-        "--state-dir /var/lib/crc-agent --gate-ready"
+        "ExecStart=/opt/crc-agent/venv/bin/python -OO -X pycache_prefix=/opt/crc-agent/venv/"
+        "pycache -m cloudremotecontrol.agent run --state-dir /var/lib/crc-agent --gate-ready"
     ) in unit  # the lean entry point: no click, no CLI code in the service
     assert "crck_" not in unit
     assert not vm.path("/etc/crc-agent/key").exists()  # deleted once enrolled
@@ -286,7 +286,15 @@ def test_bootstrap_installs_the_agent_from_the_server_and_a_second_run_changes_n
     assert pid is not None
     argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     assert argv[0] == b"/opt/crc-agent/venv/bin/python"
-    assert argv[1:4] == [b"-m", b"cloudremotecontrol.agent", b"run"]
+    assert argv[1:7] == [
+        b"-OO",
+        b"-X",
+        b"pycache_prefix=/opt/crc-agent/venv/pycache",
+        b"-m",
+        b"cloudremotecontrol.agent",
+        b"run",
+    ]
+
     assert os.readlink(vm.path("/opt/crc-agent/venv/bin/python3")) == "/usr/bin/python3"
     assert (
         subprocess.run(
@@ -311,6 +319,10 @@ def test_bootstrap_installs_the_agent_from_the_server_and_a_second_run_changes_n
     assert [
         p for p in sources if not (p.parent / "__pycache__" / f"{p.stem}.{tag}.pyc").exists()
     ] == []
+    # ... and for the service's -OO, in its own cache (agent/install.py).
+    vm_site = "/" + str(site.relative_to(vm.path("/")))
+    cached = vm.path(f"/opt/crc-agent/venv/pycache{vm_site}/cloudremotecontrol/agent")
+    assert (cached / f"core.{tag}.opt-2.pyc").exists()
     # The master saw the steps as progress, then ready.
     texts = [e["data"]["text"] for e in _events(env, "web", "progress")]
     assert any(t.startswith("python 3.") for t in texts)

@@ -51,7 +51,10 @@ from cloudremotecontrol.providers.vultr import SCRIPT_TAG_PREFIX, VultrProvider
 from fakes.vultr_api import FakeVultr, RecordedRequest
 from fakes.vultr_boot import LinuxBoot, namespace_members
 
-AGENT_CMD = "/opt/crc-agent/venv/bin/python -m cloudremotecontrol.agent run"
+AGENT_CMD = (
+    "/opt/crc-agent/venv/bin/python -OO -X pycache_prefix=/opt/crc-agent/venv/pycache "
+    "-m cloudremotecontrol.agent run"
+)
 
 needs_vm = pytest.mark.skipif(
     os.geteuid() != 0

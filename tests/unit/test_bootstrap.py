@@ -24,6 +24,7 @@ import tree_sitter_powershell
 import yaml
 
 from cloudremotecontrol import __version__
+from cloudremotecontrol.agent import install as install_mod
 from cloudremotecontrol.agent import sdnotify
 from cloudremotecontrol.agent.install import install_agent, uninstall_agent
 from cloudremotecontrol.agent.platform.linux import LinuxPlatform
@@ -562,6 +563,15 @@ def test_windows_platform_paths_protection_and_process_trees(monkeypatch) -> Non
 
 
 # -- install / uninstall ------------------------------------------------------------------
+@pytest.fixture(autouse=True)
+def _bytecode_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The service's -OO bytecode goes to the test's own directory, not this checkout's
+    venv (agent/install.py, ``bytecode_cache``)."""
+    cache = tmp_path / "venv" / "pycache"
+    monkeypatch.setattr(install_mod, "bytecode_cache", lambda: cache)
+    return cache
+
+
 class RecordingManager(Systemd):
     def __init__(self, tmp: Path) -> None:
         super().__init__(unit_dir=tmp / "units", systemctl="systemctl", run=FakeSystemctl())
@@ -603,6 +613,58 @@ def test_install_of_an_enrolled_machine_ignores_and_deletes_the_key(tmp_path: Pa
         uninstall_agent(LinuxPlatform(), tmp_path / "units", purge=True, manager=mgr)
     assert uninstall_agent(LinuxPlatform(), state, purge=True, manager=mgr)["purged"] is True
     assert not state.exists()
+
+
+def test_installed_service_runs_optimized_from_the_bytecode_the_install_compiled(
+    tmp_path: Path, _bytecode_cache: Path
+) -> None:
+    cache = _bytecode_cache
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "credential.json").write_text(
+        json.dumps(
+            {"url": "https://x:1", "credential": "crca_a_b", "machine": "web", "group": "lab"}
+        )
+    )
+    mgr = RecordingManager(tmp_path)
+
+    install_agent(LinuxPlatform(), state, manager=mgr)
+
+    (spec,) = mgr.specs
+    python = spec.argv[0]
+    assert spec.argv[1:6] == [
+        "-OO",
+        "-X",
+        f"pycache_prefix={cache}",
+        "-m",
+        "cloudremotecontrol.agent",
+    ]
+    unit = (tmp_path / "units" / "crc-agent.service").read_text()
+    assert f"ExecStart={python} -OO -X pycache_prefix={cache} -m cloudremotecontrol.agent " in unit
+    compiled = sorted(cache.rglob("*.pyc"))
+    assert compiled and all(p.name.endswith(".opt-2.pyc") for p in compiled)
+    names = {p.name.split(".")[0] for p in compiled}
+    assert {"core", "runner", "base_events", "client"} <= names  # agent, asyncio, websockets
+    # The service, started as the unit says, finds all its bytecode there: it compiles
+    # nothing, and runs without asserts and docstrings.
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    out = subprocess.run(
+        [
+            *spec.argv[:4],
+            "-c",
+            "import sys\n"
+            "from cloudremotecontrol.agent.deferred import defer\n"
+            "defer()\n"
+            "import cloudremotecontrol.agent.main, cloudremotecontrol.agent.core\n"
+            "print(sys.flags.optimize, cloudremotecontrol.agent.core.__doc__)",
+        ],
+        env=clean,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.split() == ["2", "None"]
+    assert sorted(cache.rglob("*.pyc")) == compiled
 
 
 def test_install_without_enrollment_or_key_says_what_is_missing(tmp_path: Path) -> None:

@@ -66,6 +66,7 @@ from ..protocol.messages import (
 from ..protocol.streams import StreamOpen, StreamRequest
 from ..protocol.wire import Dispatcher, Frame, Message, Side
 from ..tlspin import client_context
+from .deferred import proxy_option
 from .http import call_json
 from .platform import Platform, current
 from .runner import run_job
@@ -433,6 +434,7 @@ class Agent:
                 additional_headers={"Authorization": f"Bearer {self.cred.credential}"},
                 max_size=MAX_FRAME_BYTES,
                 compression=None,
+                **proxy_option(connect),
                 # As long as the server lets a connection wait for its TLS handshake
                 # (server/handshakes.py): a server that restarted takes the whole
                 # fleet's handshakes in turn, and one given up and tried again costs

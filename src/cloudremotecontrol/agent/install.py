@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
+import subprocess
 import sys
 import time
 import zipfile
@@ -30,6 +32,26 @@ from .state import AgentState, Credential
 __all__ = ["SERVICE_MARKER", "agent_command", "install_agent", "uninstall_agent"]
 
 SERVICE_MARKER = "service.json"  # in the state dir: this agent is the installed service
+# What the service imports in its life (the lean entry point, then on demand: jobs,
+# facts, files, logs, streams, shells, HTTPS calls, and what agent/deferred.py defers).
+SERVICE_IMPORTS = (
+    "cloudremotecontrol.agent.main",
+    "cloudremotecontrol.agent.service",
+    "cloudremotecontrol.agent.core",
+    "cloudremotecontrol.agent.facts",
+    "cloudremotecontrol.agent.runner",
+    "cloudremotecontrol.agent.files",
+    "cloudremotecontrol.agent.follow_log",
+    "cloudremotecontrol.agent.hosts_file",
+    "cloudremotecontrol.agent.streams",
+    "cloudremotecontrol.agent.terminal",
+    "cloudremotecontrol.agent.http",
+    "websockets.asyncio.client",
+    "urllib.request",
+    "importlib.metadata",
+    "bz2",
+    "lzma",
+)
 
 log = logging.getLogger("crc.agent")
 
@@ -46,6 +68,52 @@ def agent_command() -> tuple[str, tuple[str, ...]]:
         if parent.is_file() and zipfile.is_zipfile(parent):
             return sys.executable, (str(parent),)
     return sys.executable, ("-m", "cloudremotecontrol")
+
+
+def bytecode_cache() -> Path | None:
+    """Where the service's ``-OO`` bytecode goes: ``pycache`` in the venv this copy of
+    crc is installed in (the bootstrap's, PREFIX/venv), beside its code and removed
+    with it. Not in the state directory, which the agent may remove as it exits
+    (``uninstall_on_delete``) while its last imports would write there. ``None``
+    outside a venv (the service then runs without ``-OO``)."""
+    if sys.prefix == sys.base_prefix:
+        return None
+    return Path(sys.prefix) / "pycache"
+
+
+def optimized_options(python: str) -> tuple[str, ...]:
+    """The options that make the service's python run without docstrings and asserts
+    (``-OO``: about 1 MiB less resident memory; the agent's code neither asserts what
+    it checks nor reads a docstring), with its bytecode in a cache of its own
+    (``-X pycache_prefix``, ``bytecode_cache()``): distributions ship only the
+    standard library's plain ``.pyc``, and a service that compiled what it imports
+    would keep the compiler's memory for as long as it runs. Filled here, by importing
+    what the service imports, with its interpreter and options. ``()`` (a plain
+    ``python``) where that fails, outside a venv, or on Windows (the service host,
+    agent/winservice.py, runs without them)."""
+    cache = bytecode_cache()
+    if sys.platform == "win32" or cache is None:
+        return ()
+    options = ("-OO", "-X", f"pycache_prefix={cache}")
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    try:
+        subprocess.run(
+            [python, *options, "-c", "import " + ", ".join(SERVICE_IMPORTS)],
+            env=clean,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            check=True,
+            timeout=300,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        detail = getattr(exc, "stderr", b"") or b""
+        log.warning(
+            "could not compile the service's bytecode (%s%s): it runs without -OO",
+            exc,
+            f": {detail.decode(errors='replace').strip()[-300:]}" if detail else "",
+        )
+        return ()
+    return options
 
 
 def _load_credential(state_dir: Path) -> Credential | None:
@@ -127,10 +195,12 @@ def install_agent(
         *(("--gate-ready",) if gate_ready else ()),
         *(("--hosts-file", str(Path(hosts_file).absolute())) if hosts_file else ()),
     )
+    lean = entry == ("-m", "cloudremotecontrol")  # not a zipapp: its bytecode is cached
     spec = ServiceSpec(
         python=python,
         entry=entry,
         run_args=run_args,
+        python_options=optimized_options(python) if lean else (),
         description=f"CloudRemoteControl agent ({cred.group}/{cred.machine} at {cred.url})",
     )
     mgr = manager or platform.service_manager()

@@ -127,6 +127,9 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Exit codes as ``crc``'s: 0 stopped, 2 bad options, 3 key refused, 9 another
     agent runs with this state directory, ..."""
+    from .deferred import defer
+
+    defer()  # before websockets is imported: see agent/deferred.py
     options = _parser().parse_args(sys.argv[1:] if argv is None else argv)
     try:
         run(

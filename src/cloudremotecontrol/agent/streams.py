@@ -33,6 +33,7 @@ from ..protocol.streams import (
 from ..protocol.wire import Direction
 from ..relay import carry_both_ways
 from ..tlspin import client_context
+from .deferred import proxy_option
 
 __all__ = ["CONNECT_SECONDS", "StreamServer"]
 
@@ -93,6 +94,7 @@ class StreamServer:
                     additional_headers={"Authorization": f"Bearer {agent.cred.credential}"},
                     max_size=MAX_FRAME_BYTES,
                     compression=None,
+                    **proxy_option(connect),
                     open_timeout=20,
                     ping_interval=HEARTBEAT_SECONDS,
                     ping_timeout=HEARTBEAT_SECONDS,

@@ -24,11 +24,14 @@ class ServiceSpec:
 
     ``entry`` is how ``python`` reaches this copy of crc: ``("-m", "cloudremotecontrol")``
     for an installed package (the bootstrap's venv), or ``("/path/crc-agent.pyz",)``.
+    ``python_options`` go to ``python`` before the entry (``-OO`` and its bytecode
+    cache: agent/install.py).
     """
 
     python: str
     entry: tuple[str, ...]
     run_args: tuple[str, ...]
+    python_options: tuple[str, ...] = ()
     description: str = "CloudRemoteControl agent"
     name: str = SERVICE_NAME
     display_name: str = "CloudRemoteControl agent"
@@ -38,8 +41,15 @@ class ServiceSpec:
         if tuple(self.entry[-2:]) == ("-m", "cloudremotecontrol"):
             # The installed package's lean entry point (agent/main.py): the agent
             # without click and the CLI, master and server code.
-            return [self.python, *self.entry[:-1], LEAN_MODULE, "run", *self.run_args]
-        return [self.python, *self.entry, "agent", "run", *self.run_args]
+            return [
+                self.python,
+                *self.python_options,
+                *self.entry[:-1],
+                LEAN_MODULE,
+                "run",
+                *self.run_args,
+            ]
+        return [self.python, *self.python_options, *self.entry, "agent", "run", *self.run_args]
 
 
 @dataclass(frozen=True)

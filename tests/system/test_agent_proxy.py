@@ -1,0 +1,146 @@
+"""An agent behind an HTTP proxy given by the environment (``https_proxy``), as on a
+machine that reaches the internet only through one, connects through it: the lean
+entry point skips websockets' proxy lookup only where there is no proxy to find
+(agent/deferred.py)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from conftest import Env
+
+
+class _ConnectProxy:
+    """An HTTP proxy that does CONNECT only (what a WebSocket over TLS asks of it), and
+    records each request line."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.requests: list[str] = []
+        self._socks: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            self._socks.append(client)
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        try:
+            self._connect(client)
+        except OSError:  # either end gone
+            pass
+
+    def _connect(self, client: socket.socket) -> None:
+        head = b""
+        while b"\r\n\r\n" not in head:
+            data = client.recv(4096)
+            if not data:
+                client.close()
+                return
+            head += data
+        line = head.split(b"\r\n", 1)[0].decode()
+        self.requests.append(line)
+        method, target, _ = line.split(" ", 2)
+        host, _, port = target.rpartition(":")
+        if method != "CONNECT":
+            client.sendall(b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n")
+            client.close()
+            return
+        upstream = socket.create_connection((host, int(port)), 5)
+        self._socks.append(upstream)
+        client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        rest = head.split(b"\r\n\r\n", 1)[1]
+        if rest:
+            upstream.sendall(rest)
+        for src, dst in ((client, upstream), (upstream, client)):
+            threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self.listener.close()
+        for sock in self._socks:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+
+def _lean_agent(env: Env, state: Path, extra_env: dict[str, str]) -> subprocess.Popen[bytes]:
+    clean = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+    with open(state.with_suffix(".log"), "ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "cloudremotecontrol.agent", "run", "--state-dir", str(state)],
+            env={
+                **clean,
+                "CRC_URL": env.server.url,
+                "CRC_FINGERPRINT": env.server.fingerprint,
+                **extra_env,
+            },
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
+
+
+def _stop(proc: subprocess.Popen[bytes], env: Env) -> None:
+    proc.terminate()
+    proc.wait(30)
+    deadline = time.monotonic() + 30
+    while env.client.group("lab")["machines"][0]["state"] == "ready":
+        assert time.monotonic() < deadline, "the machine did not go offline"
+        time.sleep(0.05)
+
+
+def test_agent_connects_through_the_proxy_its_environment_names(env: Env, tmp_path: Path) -> None:
+    proxy = _ConnectProxy()
+    server = f"CONNECT 127.0.0.1:{env.server.port} HTTP/1.1"
+    key = env.client.create_group("lab", ["a"])["machines"][0]["key"]
+    state = tmp_path / "a"
+    try:
+        # Enrollment (HTTPS) and the connection (WebSocket) both go through the proxy.
+        proc = _lean_agent(env, state, {"CRC_KEY": key, "https_proxy": proxy.url})
+        try:
+            env.wait_state("lab", ["a"], "ready")
+        finally:
+            _stop(proc, env)
+        assert server in proxy.requests
+        # Enrolled, it makes no HTTPS call: the connection alone goes through it.
+        proxy.requests.clear()
+        proc = _lean_agent(env, state, {"HTTPS_PROXY": proxy.url})
+        try:
+            env.wait_state("lab", ["a"], "ready")
+            assert proxy.requests == [server]
+        finally:
+            _stop(proc, env)
+        # Without a proxy in its environment it connects directly.
+        proxy.requests.clear()
+        proc = _lean_agent(env, state, {})
+        try:
+            env.wait_state("lab", ["a"], "ready")
+            assert proxy.requests == []
+        finally:
+            _stop(proc, env)
+    finally:
+        proxy.close()

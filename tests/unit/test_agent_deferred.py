@@ -1,0 +1,134 @@
+"""agent/deferred.py: the modules the agent's libraries import but an idle agent never
+uses are imported without running, and are whole modules from their first use; the
+agent skips websockets' proxy lookup only where it would find no proxy."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from websockets.asyncio.client import connect
+
+from cloudremotecontrol.agent.deferred import proxy_option
+
+
+def _run(code: str, env: dict[str, str] | None = None) -> dict[str, object]:
+    full = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        env={**full, **(env or {})},
+    )
+    result: dict[str, object] = json.loads(out.stdout)
+    return result
+
+
+def test_deferred_modules_are_imported_without_running_until_first_used() -> None:
+    got = _run(
+        "import json, sys\n"
+        "from cloudremotecontrol.agent.deferred import defer\n"
+        "defer()\n"
+        "import websockets.asyncio.client, websockets.exceptions, shutil\n"
+        "import cloudremotecontrol.agent.main, cloudremotecontrol.agent.service\n"
+        "import cloudremotecontrol.agent.core\n"
+        "before = sorted(m for m in ('email', 'http.client', 'zipfile', 'csv', '_bz2', "
+        "'_lzma') if m in sys.modules)\n"
+        "import urllib.request, importlib.metadata, bz2, lzma\n"
+        "proxies = urllib.request.getproxies()\n"
+        "from urllib.request import Request\n"
+        "version = importlib.metadata.version('websockets')\n"
+        "data = lzma.decompress(bz2.decompress(bz2.compress(lzma.compress(b'x'))))\n"
+        "after = sorted(m for m in ('email', 'http.client', '_bz2', '_lzma') "
+        "if m in sys.modules)\n"
+        "print(json.dumps({'before': before, 'after': after, 'proxies': proxies, "
+        "'version': version == websockets.version.version, 'data': data.decode(), "
+        "'request': Request.__module__, 'shutil': [shutil._BZ2_SUPPORTED, "
+        "shutil._LZMA_SUPPORTED]}))\n",
+        env={"HTTPS_PROXY": "http://proxy.example:3128"},
+    )
+    assert got == {
+        "before": [],
+        "after": ["_bz2", "_lzma", "email", "http.client"],
+        "proxies": {"https": "http://proxy.example:3128"},
+        "version": True,
+        "data": "x",
+        "request": "urllib.request",
+        "shutil": [True, True],
+    }
+
+
+def test_a_deferred_module_that_fails_to_load_is_not_left_half_loaded() -> None:
+    got = _run(
+        "import json, sys, types\n"
+        "from cloudremotecontrol.agent import deferred\n"
+        "sys.modules.pop('json.tool', None)\n"
+        "deferred.defer((('json.tool', None),))\n"
+        "import json.tool\n"
+        "m = sys.modules['json.tool']\n"
+        "m.__spec__.loader.exec_module = lambda module: 1 / 0\n"
+        "try:\n"
+        "    json.tool.main\n"
+        "except ZeroDivisionError:\n"
+        "    pass\n"
+        "print(json.dumps({'left': 'json.tool' in sys.modules, "
+        "'attr': 'tool' in vars(json)}))\n"
+    )
+    assert got == {"left": False, "attr": False}
+
+
+@pytest.mark.skipif(sys.platform in ("win32", "darwin"), reason="proxies from the environment")
+@pytest.mark.parametrize(
+    ("environ", "option"),
+    [
+        ({}, {"proxy": None}),
+        ({"HTTPS_PROXY": ""}, {"proxy": None}),
+        ({"HTTPS_PROXY": "http://p:3128"}, {}),
+        ({"https_proxy": "http://p:3128"}, {}),
+        ({"wss_proxy": "http://p:3128"}, {}),
+        ({"ALL_PROXY": "socks5h://p:1080"}, {}),
+        ({"http_proxy": "http://p:3128"}, {}),
+        ({"no_proxy": "*"}, {}),
+    ],
+)
+def test_proxy_lookup_is_skipped_only_where_it_finds_no_proxy(
+    monkeypatch: pytest.MonkeyPatch, environ: dict[str, str], option: dict[str, object]
+) -> None:
+    from websockets.proxy import get_proxy
+    from websockets.uri import parse_uri
+
+    for name in list(os.environ):
+        if name.lower().endswith("_proxy"):
+            monkeypatch.delenv(name)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    assert proxy_option(connect) == option
+    if option:  # skipped: websockets' own lookup finds no proxy either
+        assert get_proxy(parse_uri("wss://127.0.0.1:8443/agent/ws")) is None
+
+
+def test_threads_using_a_deferred_module_at_once_all_get_the_whole_module() -> None:
+    got = _run(
+        "import json, sys, threading\n"
+        "from cloudremotecontrol.agent.deferred import defer\n"
+        "defer()\n"
+        "import urllib.request\n"
+        "barrier = threading.Barrier(8)\n"
+        "results = []\n"
+        "def use():\n"
+        "    barrier.wait()\n"
+        "    try:\n"
+        "        results.append(urllib.request.Request('https://x/').full_url)\n"
+        "    except Exception as exc:\n"
+        "        results.append(repr(exc))\n"
+        "threads = [threading.Thread(target=use) for _ in range(8)]\n"
+        "[t.start() for t in threads]\n"
+        "[t.join() for t in threads]\n"
+        "print(json.dumps({'results': results}))\n"
+    )
+    assert got == {"results": ["https://x/"] * 8}
