@@ -16,11 +16,13 @@ from .base import Tx, read_row, row_sql
 
 __all__ = [
     "EVENT_LOCK_CLASS",
+    "Outgoing",
     "PgTx",
     "RowCache",
     "group_key",
     "insert_events",
     "known_count",
+    "plain_update",
     "to_pyformat",
 ]
 
@@ -125,6 +127,136 @@ def _row_writes(sql: str, table: str) -> tuple[int, tuple[str, ...] | None] | No
     if all(columns) and sql.count("?") == len(parts) + ids:
         return (ids, tuple(c.group(1) for c in columns if c is not None))
     return (ids, None)
+
+
+@functools.lru_cache(maxsize=1024)
+def plain_update(sql: str) -> tuple[str, tuple[str, ...]] | None:
+    """``(table, columns)`` for ``UPDATE <table> SET <column> = ?, ... WHERE id = ?``
+    (plain assignments, one row by id), else None."""
+    match = _ROW_UPDATE.fullmatch(sql)
+    if match is None or match.group(3) is not None or "RETURNING" in sql.upper():
+        return None
+    table = match.group(1).lower()
+    writes = _row_writes(sql, table)
+    if writes is None or writes[0] != 1 or writes[1] is None:
+        return None
+    return table, writes[1]
+
+
+#: Python types a merged update passes in an array (one type per column, or None).
+_ARRAY_TYPES = (int, float, str, bool)
+
+
+class Outgoing:
+    """The statements of a pipelined batch that no op waits for, kept until something
+    must see them (a read, a waited row count, the batch's end) and then sent in order.
+    Kept, they cost nothing when they need not run at all, and several cost one:
+
+    - a ``SAVEPOINT`` still kept when its ``RELEASE`` comes is dropped with it, and one
+      still kept when a ``ROLLBACK TO`` it comes drops what was kept after it: in a
+      pipelined batch a savepoint matters only to a rollback (a failing statement fails
+      the whole batch, which runs again one statement at a time), so the batch's
+      savepoint per op and an op's own are sent only when a statement ran inside them
+      before their end (an op that reads after writing);
+    - consecutive plain updates of rows by id with the same text (``plain_update``: the
+      inbox's ``in_done`` of one message after another's) go out as one ``UPDATE ...
+      FROM unnest(...)``, the last values of each row winning, as one after the other
+      would leave them.
+
+    ``types``: the column types of the tables (``column_types``); a table missing there
+    is updated one statement per row."""
+
+    def __init__(
+        self, cur: psycopg.Cursor[dict[str, Any]], types: dict[str, dict[str, str]]
+    ) -> None:
+        self.cur = cur
+        self.types = types
+        self.kept: list[tuple[str, tuple[Any, ...]]] = []  # (SQL with ?, params)
+        self.savepoints: list[tuple[str, int]] = []  # kept SAVEPOINTs: (name, index)
+        self.sent = 0  # statements sent (for tests and benchmarks)
+
+    def add(self, sql: str, params: Sequence[Any] = ()) -> None:
+        savepoint = _savepoint(sql)
+        if savepoint is None:
+            self.kept.append((sql, tuple(params)))
+            return
+        verb, name = savepoint
+        if verb == "SAVEPOINT":
+            self.savepoints.append((name, len(self.kept)))
+            self.kept.append((sql, ()))
+            return
+        at = next(
+            (i for i in reversed(range(len(self.savepoints))) if self.savepoints[i][0] == name),
+            None,
+        )
+        if at is None:  # established before what is kept: it and the later ones end here
+            self.savepoints.clear()
+            self.kept.append((sql, ()))
+        elif verb == "RELEASE":  # with the savepoints after it, all kept
+            for _, index in reversed(self.savepoints[at:]):
+                del self.kept[index]
+            del self.savepoints[at:]
+        else:  # ROLLBACK TO: the savepoint stays, what came after it goes
+            del self.kept[self.savepoints[at][1] + 1 :]
+            del self.savepoints[at + 1 :]
+
+    def flush(self) -> None:
+        """Send what is kept, in order."""
+        kept, self.kept = self.kept, []
+        self.savepoints.clear()
+        i = 0
+        while i < len(kept):
+            sql, params = kept[i]
+            j = i + 1
+            while j < len(kept) and kept[j][0] == sql:
+                j += 1
+            if j - i > 1 and self._send_merged(sql, [p for _, p in kept[i:j]]):
+                i = j
+                continue
+            self._send(to_pyformat(sql), params)
+            i += 1
+
+    def _send(self, sql: str, params: Sequence[Any]) -> None:
+        self.cur.execute(sql, params)
+        self.sent += 1
+
+    def _send_merged(self, sql: str, rows: list[tuple[Any, ...]]) -> bool:
+        update = plain_update(sql)
+        if update is None:
+            return False
+        table, columns = update
+        types = self.types.get(table, {})
+        names = (*columns, "id")
+        if any(name not in types for name in names):
+            return False
+        for column in zip(*rows, strict=True):
+            kinds = {type(v) for v in column if v is not None}
+            if len(kinds) > 1 or not kinds <= set(_ARRAY_TYPES):
+                return False
+        last = {row[-1]: row for row in rows}  # the last update of each row wins
+        values = list(zip(*last.values(), strict=True))
+        sets = ", ".join(f"{c} = v.{c}" for c in columns)
+        arrays = ", ".join(f"%s::{types[n]}[]" for n in names)
+        self._send(
+            f"UPDATE {table} SET {sets} FROM unnest({arrays}) AS v({', '.join(names)}) "  # noqa: S608 -- names of the ops' own SQL
+            f"WHERE {table}.id = v.id",
+            [list(column) for column in values],
+        )
+        return True
+
+
+def column_types(cur: psycopg.Cursor[dict[str, Any]]) -> dict[str, dict[str, str]]:
+    """``{table: {column: type}}`` of the tables on the search path (for ``Outgoing``)."""
+    cur.execute(
+        "SELECT c.relname AS t, a.attname AS c, format_type(a.atttypid, a.atttypmod) AS ty "
+        "FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
+        "WHERE c.relkind = 'r' AND pg_table_is_visible(c.oid) AND a.attnum > 0 "
+        "AND NOT a.attisdropped"
+    )
+    types: dict[str, dict[str, str]] = {}
+    for row in cur.fetchall():
+        types.setdefault(row["t"], {})[row["c"]] = row["ty"]
+    return types
 
 
 #: The table whose rows ``RowCache`` reads ahead (the one ops declare today).
@@ -236,6 +368,7 @@ class PgTx(Tx):
         pipeline: psycopg.Pipeline | None = None,
         reader: psycopg.Cursor[dict[str, Any]] | None = None,
         rows: RowCache | None = None,
+        out: Outgoing | None = None,
     ) -> None:
         self.cur = cur
         self.held = held if held is not None else set()  # group locks the batch holds
@@ -245,6 +378,8 @@ class PgTx(Tx):
         self.pipeline = pipeline
         self.reader = reader if reader is not None else cur
         self.rows = rows  # pipelined: rows read for the whole batch (``RowCache``)
+        # Pipelined: what goes out on ``cur`` is kept there until something waits.
+        self.out = out
         self.events: list[tuple[Any, ...]] = []  # pipelined: rows of add_event, kept
         self._marks: list[tuple[str, int]] = []  # open savepoints: (name, len(events))
 
@@ -256,6 +391,7 @@ class PgTx(Tx):
                 return count
             self._lock_events_now(sql)
             self._wrote(sql, params)
+            self._flush()
             self.reader.execute(to_pyformat(sql), tuple(params))
             self.pipeline.sync()  # the row count is known once the result is in
             return self.reader.rowcount
@@ -284,7 +420,10 @@ class PgTx(Tx):
                     self._marks.pop()
         else:
             self._lock_events_now(sql)
-        self.cur.execute(to_pyformat(sql), tuple(params))
+        if self.out is not None:
+            self.out.add(sql, params)
+        else:
+            self.cur.execute(to_pyformat(sql), tuple(params))
 
     def one(self, sql: str, params: Sequence[Any] = ()) -> dict[str, Any] | None:
         if self.rows is not None:
@@ -293,18 +432,25 @@ class PgTx(Tx):
                 return row
         self._lock_events_now(sql)
         self._wrote(sql, params)
+        self._flush()
         self.reader.execute(to_pyformat(sql), tuple(params))
         return self.reader.fetchone()
 
     def all(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         self._lock_events_now(sql)
         self._wrote(sql, params)
+        self._flush()
         self.reader.execute(to_pyformat(sql), tuple(params))
         return self.reader.fetchall()
 
     def _wrote(self, sql: str, params: Sequence[Any]) -> None:
         if self.rows is not None:
             self.rows.wrote(sql, params)
+
+    def _flush(self) -> None:
+        """A statement is about to be waited for: what is kept goes out first."""
+        if self.out is not None:
+            self.out.flush()
 
     def notify(self, group_id: str) -> None:
         # Called before the group's first event is inserted: see "Event order" above.
@@ -314,6 +460,7 @@ class PgTx(Tx):
         super().notify(group_id)
 
     def _lock(self, group_id: str) -> None:
+        self._flush()
         self.cur.execute(
             "SELECT pg_advisory_xact_lock(%s::integer, %s::integer)",
             (EVENT_LOCK_CLASS, group_key(group_id)),

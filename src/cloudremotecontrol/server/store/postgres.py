@@ -126,7 +126,15 @@ from psycopg_pool import ConnectionPool
 
 from ...errors import Unavailable
 from .base import ALL_GROUPS, Store, settle
-from .pg_tx import PgTx, RowCache, insert_events, known_count, to_pyformat
+from .pg_tx import (
+    Outgoing,
+    PgTx,
+    RowCache,
+    column_types,
+    insert_events,
+    known_count,
+    to_pyformat,
+)
 from .schema import migrate
 
 __all__ = ["CHANNEL", "PostgresStore", "known_count", "to_pyformat"]
@@ -207,6 +215,8 @@ class PostgresStore(Store):
         self.pipelined_batches = 0  # of which committed in pipeline mode
         self.fallbacks = 0  # pipelined batches rolled back and run one statement at a time
         self.rows_read_ahead = 0  # reads answered from rows read ahead (committed batches)
+        self.statements_sent = 0  # by pipelined batches' ops, kept and sent (``Outgoing``)
+        self._types: dict[str, dict[str, str]] = {}  # column types, for ``Outgoing``
 
     # -- lifecycle ---------------------------------------------------------------------
     def open_sync(self) -> None:
@@ -255,6 +265,7 @@ class PostgresStore(Store):
             conn.isolation_level = IsolationLevel.READ_COMMITTED
             with conn.transaction():
                 migrate(PgTx(conn.cursor()), self.dialect)
+            self._types = column_types(conn.cursor())
 
     async def start(self) -> None:
         await asyncio.to_thread(self.open_sync)
@@ -379,9 +390,12 @@ class PostgresStore(Store):
                     # The rows the ops declare they read, in one round trip ("Rows
                     # read ahead").
                     rows = RowCache.prefetch(reader, [(p.op, p.args) for p in batch])
+                    # The ops' statements that nothing waits for, kept until something
+                    # does ("Statements kept").
+                    out = Outgoing(cur, self._types)
                     for p in batch:
-                        tx = PgTx(cur, held, pipeline, reader, rows)
-                        cur.execute("SAVEPOINT op")
+                        tx = PgTx(cur, held, pipeline, reader, rows, out)
+                        out.add("SAVEPOINT op")
                         try:
                             value = p.op(tx, *p.args)
                         except psycopg.Error:
@@ -389,15 +403,17 @@ class PostgresStore(Store):
                         except BaseException as exc:  # noqa: BLE001 -- handed to the caller
                             if rows is not None:
                                 rows.rolled_back()
-                            cur.execute("ROLLBACK TO SAVEPOINT op")
-                            cur.execute("RELEASE SAVEPOINT op")
+                            out.add("ROLLBACK TO SAVEPOINT op")
+                            out.add("RELEASE SAVEPOINT op")
                             done.append((p, False, exc))
                         else:
-                            cur.execute("RELEASE SAVEPOINT op")
+                            out.add("RELEASE SAVEPOINT op")
                             groups |= tx.notified
                             machines |= tx.machines_notified
                             events += tx.events
                             done.append((p, True, value))
+                    out.flush()
+                    sent = out.sent
                     insert_events(cur, events)
                     self._send_notifications(cur, groups, machines)
                     pipeline.sync()  # every statement's outcome is in: none failed
@@ -413,6 +429,7 @@ class PostgresStore(Store):
         self.batches += 1
         self.pipelined_batches += 1
         self.rows_read_ahead += rows.served if rows is not None else 0
+        self.statements_sent += sent
         self._settle(groups, done)
         return []
 
