@@ -160,10 +160,13 @@ class Outgoing:
       before their end (an op that reads after writing);
     - consecutive plain updates of rows by id with the same text (``plain_update``: the
       inbox's ``in_done`` of one message after another's) go out as one ``UPDATE ...
-      FROM unnest(...)``, the last values of each row winning, as one after the other
-      would leave them.
+      FROM unnest(...)`` per run of distinct ids: each row changes as one statement
+      after the other would change it, and a value its constraints refuse still fails
+      (a row updated twice is in two statements, so the first value is checked too).
+      Columns of a unique index are not updated so (one statement could swap values
+      that one row at a time could not).
 
-    ``types``: the column types of the tables (``column_types``); a table missing there
+    ``types``: the column types of the tables (``column_types``); a column missing there
     is updated one statement per row."""
 
     def __init__(
@@ -210,7 +213,17 @@ class Outgoing:
             j = i + 1
             while j < len(kept) and kept[j][0] == sql:
                 j += 1
-            if j - i > 1 and self._send_merged(sql, [p for _, p in kept[i:j]]):
+            if j - i > 1 and self._mergeable(sql, [p for _, p in kept[i:j]]):
+                ids: set[Any] = set()
+                run: list[tuple[Any, ...]] = []
+                for _, row in kept[i:j]:
+                    if row[-1] in ids:  # updated again: in the next statement
+                        self._send_merged(sql, run)
+                        ids.clear()
+                        run = []
+                    ids.add(row[-1])
+                    run.append(row)
+                self._send_merged(sql, run)
                 i = j
                 continue
             self._send(to_pyformat(sql), params)
@@ -220,38 +233,51 @@ class Outgoing:
         self.cur.execute(sql, params)
         self.sent += 1
 
-    def _send_merged(self, sql: str, rows: list[tuple[Any, ...]]) -> bool:
+    def _mergeable(self, sql: str, rows: list[tuple[Any, ...]]) -> bool:
+        """Whether ``sql`` with each of ``rows`` may go out as ``_send_merged``."""
         update = plain_update(sql)
         if update is None:
             return False
         table, columns = update
         types = self.types.get(table, {})
-        names = (*columns, "id")
-        if any(name not in types for name in names):
+        if any(name not in types for name in (*columns, "id")):
             return False
         for column in zip(*rows, strict=True):
             kinds = {type(v) for v in column if v is not None}
             if len(kinds) > 1 or not kinds <= set(_ARRAY_TYPES):
                 return False
-        last = {row[-1]: row for row in rows}  # the last update of each row wins
-        values = list(zip(*last.values(), strict=True))
+        return True
+
+    def _send_merged(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        """``sql`` (``_mergeable``) once per row of ``rows`` (distinct ids), as one."""
+        if len(rows) == 1:
+            self._send(to_pyformat(sql), rows[0])
+            return
+        update = plain_update(sql)
+        assert update is not None
+        table, columns = update
+        types = self.types[table]
+        names = (*columns, "id")
         sets = ", ".join(f"{c} = v.{c}" for c in columns)
         arrays = ", ".join(f"%s::{types[n]}[]" for n in names)
         self._send(
             f"UPDATE {table} SET {sets} FROM unnest({arrays}) AS v({', '.join(names)}) "  # noqa: S608 -- names of the ops' own SQL
             f"WHERE {table}.id = v.id",
-            [list(column) for column in values],
+            [list(column) for column in zip(*rows, strict=True)],
         )
-        return True
 
 
 def column_types(cur: psycopg.Cursor[dict[str, Any]]) -> dict[str, dict[str, str]]:
-    """``{table: {column: type}}`` of the tables on the search path (for ``Outgoing``)."""
+    """``{table: {column: type}}`` of the tables on the search path (for ``Outgoing``),
+    without the columns of a unique index other than ``id`` (all of them where one has
+    an expression or a predicate)."""
     cur.execute(
         "SELECT c.relname AS t, a.attname AS c, format_type(a.atttypid, a.atttypmod) AS ty "
         "FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
         "WHERE c.relkind = 'r' AND pg_table_is_visible(c.oid) AND a.attnum > 0 "
-        "AND NOT a.attisdropped"
+        "AND NOT a.attisdropped AND (a.attname = 'id' OR NOT EXISTS ("
+        "SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisunique "
+        "AND (a.attnum = ANY(i.indkey) OR i.indexprs IS NOT NULL OR i.indpred IS NOT NULL)))"
     )
     types: dict[str, dict[str, str]] = {}
     for row in cur.fetchall():
