@@ -212,3 +212,20 @@ async def test_a_failing_update_among_updates_sent_together_fails_only_its_op(
     results = await in_one_batch(store, [put(ids[0], "ready"), put(ids[1], "offline")])
     assert results == ["ready", "offline"]
     assert store.statements_sent - sent <= 2  # the held op's batch sends none
+
+
+async def test_events_inserted_together_keep_their_text_exactly(store: PostgresStore) -> None:
+    """A batch's events go out as arrays (binary): quotes, backslashes, braces, commas,
+    non-ASCII text and NULLs come back as they were."""
+    _, gid = await new_group(store)
+    texts = ['a "quoted" {x,y}', "back\\slash\\\\", "NULL", "", "é ☃ 𝄞", "tab\tnew\nline"]
+
+    def op(text: str) -> Callable[[Tx], None]:
+        def run(tx: Tx) -> None:
+            add_event(tx, gid, "user.text", {"text": text}, machine=text or None)
+
+        return run
+
+    await in_one_batch(store, [op(t) for t in texts])
+    seen = [e for e in await store.read(events.events_after, gid, 0) if e["type"] == "user.text"]
+    assert [(e["data"]["text"], e["machine"]) for e in seen] == [(t, t or None) for t in texts]

@@ -75,8 +75,8 @@ _EVENT_INSERT = (
 )
 _EVENTS_INSERT_MANY = (
     "INSERT INTO events (group_id, created, type, machine, job_id, data) "
-    "SELECT g, c, t, m, j, d FROM unnest(%s::text[], %s::float8[], %s::text[], %s::text[], "
-    "%s::text[], %s::text[]) WITH ORDINALITY AS e(g, c, t, m, j, d, n) ORDER BY n"
+    "SELECT g, c, t, m, j, d FROM unnest(%b::text[], %b::float8[], %b::text[], %b::text[], "
+    "%b::text[], %b::text[]) WITH ORDINALITY AS e(g, c, t, m, j, d, n) ORDER BY n"
 )
 _SAVEPOINT = re.compile(
     r"\s*(SAVEPOINT|RELEASE|ROLLBACK\s+TO)\s+(?:SAVEPOINT\s+)?(\w+)\s*", re.IGNORECASE
@@ -259,7 +259,7 @@ class Outgoing:
         types = self.types[table]
         names = (*columns, "id")
         sets = ", ".join(f"{c} = v.{c}" for c in columns)
-        arrays = ", ".join(f"%s::{types[n]}[]" for n in names)
+        arrays = ", ".join(f"%b::{types[n]}[]" for n in names)
         self._send(
             f"UPDATE {table} SET {sets} FROM unnest({arrays}) AS v({', '.join(names)}) "  # noqa: S608 -- names of the ops' own SQL
             f"WHERE {table}.id = v.id",
