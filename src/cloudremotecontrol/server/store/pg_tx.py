@@ -242,10 +242,12 @@ class Outgoing:
         types = self.types.get(table, {})
         if any(name not in types for name in (*columns, "id")):
             return False
-        for column in zip(*rows, strict=True):
+        for name, column in zip((*columns, "id"), zip(*rows, strict=True), strict=True):
             kinds = {type(v) for v in column if v is not None}
             if len(kinds) > 1 or not kinds <= set(_ARRAY_TYPES):
                 return False
+            if bool in kinds and types[name] != "boolean":
+                return False  # one statement would refuse it; an array cast would not
         return True
 
     def _send_merged(self, sql: str, rows: list[tuple[Any, ...]]) -> None:

@@ -63,6 +63,27 @@ Rows read ahead
     no lock, so a conflict with another replica fails the same update it failed before.
     The one-statement-at-a-time fallback reads every row where the op reads it.
 
+Statements kept
+    What an op sends without waiting is not sent at once either: the batch keeps it
+    (``Outgoing``, store/pg_tx.py) until a statement must be waited for (a read the rows
+    read ahead do not answer, a row count, the batch's end), then sends it, in order.
+    So the batch's savepoint around each op, and an op's own savepoints, cost nothing
+    unless a statement ran inside them: in a pipelined batch a savepoint matters only to
+    a rollback to it (a failing statement fails the whole batch, which then runs one
+    statement at a time), so a ``SAVEPOINT`` still kept when its ``RELEASE`` comes is
+    dropped with it, and a ``ROLLBACK TO`` one still kept drops what was kept after it
+    (never sent, such a statement cannot fail its op; its effects are undone either
+    way). Consecutive plain updates of rows by id with the same text (the inboxes'
+    ``in_done`` of a batch of messages) go out as one ``UPDATE ... FROM unnest(...)``
+    per run of distinct ids, so the database still checks every value; not for columns
+    of a unique index (one statement may swap values one row at a time could not).
+    A batch of messages from many machines is then a few statements whatever its size
+    (the rows read ahead, the inboxes' update, the events' locks and insert, the
+    notification, COMMIT), and writes no subtransaction: one transaction id per batch
+    instead of two per message. Measured by driving ``apply_agent_message`` directly
+    (200 machines, 4 messages in flight each): 0.09-0.11 ms of process CPU per message,
+    against 0.15-0.17 ms before.
+
 Event order (why ``Tx.notify`` takes a lock)
     ``events.id`` is a BIGSERIAL: ids are handed out when rows are inserted, not when
     transactions commit. If T1 takes id 10 and T2 id 11 and T2 commits first, a follower
