@@ -229,3 +229,28 @@ async def test_events_inserted_together_keep_their_text_exactly(store: PostgresS
     await in_one_batch(store, [op(t) for t in texts])
     seen = [e for e in await store.read(events.events_after, gid, 0) if e["type"] == "user.text"]
     assert [(e["data"]["text"], e["machine"]) for e in seen] == [(t, t or None) for t in texts]
+
+
+async def test_a_statement_rolled_back_before_it_was_sent_is_never_sent(
+    store: PostgresStore,
+) -> None:
+    """An op's statements wait in the batch until something must see them: a rollback to
+    a savepoint still waiting drops what came after it unsent (its effects would be
+    undone either way), so it cannot fail the op nor the batch."""
+    _, gid = await new_group(store)
+
+    def op(tx: Tx) -> str:
+        tx.execute("SAVEPOINT inner_work")
+        tx.send("UPDATE machines SET state = NULL WHERE group_id = ?", (gid,))
+        add_event(tx, gid, "user.dropped", {})
+        tx.execute("ROLLBACK TO SAVEPOINT inner_work")
+        tx.execute("RELEASE SAVEPOINT inner_work")
+        add_event(tx, gid, "user.kept", {})
+        return "ok"
+
+    fallbacks, sent = store.fallbacks, store.statements_sent
+    assert await in_one_batch(store, [op]) == ["ok"]
+    assert store.fallbacks == fallbacks
+    assert store.statements_sent == sent  # nothing of it went out but its event
+    types = await event_types(store, gid)
+    assert "user.dropped" not in types and types[-1] == "user.kept"
