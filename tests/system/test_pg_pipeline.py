@@ -173,3 +173,84 @@ async def test_events_of_many_ops_keep_their_order(store: PostgresStore) -> None
     await in_one_batch(store, [op(i) for i in range(20)])
     types = (await event_types(store, gid))[-40:]
     assert types == [t for i in range(20) for t in (f"user.e{i}", f"user.f{i}")]
+
+
+async def test_a_failing_update_among_updates_sent_together_fails_only_its_op(
+    store: PostgresStore,
+) -> None:
+    """Plain updates by id of consecutive ops go out as one statement (``Outgoing``): if
+    one of them fails, the batch runs again one statement at a time, where only its op
+    fails and the others' updates stand."""
+    alice, _ = await new_group(store)
+    await store.write(groups.create_group, alice["user_id"], "two", [{"name": "a"}, {"name": "b"}])
+    gid = (await store.read(events.group_cursor, alice["user_id"], "two"))["group_id"]
+    ids = [
+        r["id"]
+        for r in await store.read(
+            lambda tx: tx.all("SELECT id FROM machines WHERE group_id = ? ORDER BY name", (gid,))
+        )
+    ]
+
+    def put(machine_id: str, state: str | None) -> Callable[[Tx], str | None]:
+        def op(tx: Tx) -> str | None:
+            tx.send("UPDATE machines SET state = ? WHERE id = ?", (state, machine_id))
+            return state
+
+        return op
+
+    fallbacks, sent = store.fallbacks, store.statements_sent
+    results = await in_one_batch(
+        store, [put(ids[0], "offline"), put(ids[1], None), put(ids[1], "ready")]
+    )
+    assert results[0] == "offline" and results[2] == "ready"
+    assert isinstance(results[1], psycopg.errors.NotNullViolation)
+    assert store.fallbacks == fallbacks + 1
+    rows = await store.read(
+        lambda tx: tx.all("SELECT state FROM machines WHERE group_id = ? ORDER BY name", (gid,))
+    )
+    assert [r["state"] for r in rows] == ["offline", "ready"]
+    results = await in_one_batch(store, [put(ids[0], "ready"), put(ids[1], "offline")])
+    assert results == ["ready", "offline"]
+    assert store.statements_sent - sent <= 2  # the held op's batch sends none
+
+
+async def test_events_inserted_together_keep_their_text_exactly(store: PostgresStore) -> None:
+    """A batch's events go out as arrays (binary): quotes, backslashes, braces, commas,
+    non-ASCII text and NULLs come back as they were."""
+    _, gid = await new_group(store)
+    texts = ['a "quoted" {x,y}', "back\\slash\\\\", "NULL", "", "é ☃ 𝄞", "tab\tnew\nline"]
+
+    def op(text: str) -> Callable[[Tx], None]:
+        def run(tx: Tx) -> None:
+            add_event(tx, gid, "user.text", {"text": text}, machine=text or None)
+
+        return run
+
+    await in_one_batch(store, [op(t) for t in texts])
+    seen = [e for e in await store.read(events.events_after, gid, 0) if e["type"] == "user.text"]
+    assert [(e["data"]["text"], e["machine"]) for e in seen] == [(t, t or None) for t in texts]
+
+
+async def test_a_statement_rolled_back_before_it_was_sent_is_never_sent(
+    store: PostgresStore,
+) -> None:
+    """An op's statements wait in the batch until something must see them: a rollback to
+    a savepoint still waiting drops what came after it unsent (its effects would be
+    undone either way), so it cannot fail the op nor the batch."""
+    _, gid = await new_group(store)
+
+    def op(tx: Tx) -> str:
+        tx.execute("SAVEPOINT inner_work")
+        tx.send("UPDATE machines SET state = NULL WHERE group_id = ?", (gid,))
+        add_event(tx, gid, "user.dropped", {})
+        tx.execute("ROLLBACK TO SAVEPOINT inner_work")
+        tx.execute("RELEASE SAVEPOINT inner_work")
+        add_event(tx, gid, "user.kept", {})
+        return "ok"
+
+    fallbacks, sent = store.fallbacks, store.statements_sent
+    assert await in_one_batch(store, [op]) == ["ok"]
+    assert store.fallbacks == fallbacks
+    assert store.statements_sent == sent  # nothing of it went out but its event
+    types = await event_types(store, gid)
+    assert "user.dropped" not in types and types[-1] == "user.kept"

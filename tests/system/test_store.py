@@ -518,6 +518,158 @@ async def test_one_batch_of_messages_connects_and_failures_reads_each_machine_cu
     ]
 
 
+async def test_updates_by_id_in_one_batch_leave_what_one_after_the_other_would(
+    store: Store,
+) -> None:
+    """Within one batch: the last update of a row wins, an op that raises leaves none of
+    its updates, an op's own savepoints keep or drop what ran inside them, and an op
+    reads its own updates (PostgreSQL keeps such updates until something waits for
+    them, sends updates of one row by id together as one statement, and savepoints only
+    when something ran inside them: store/pg_tx.py, ``Outgoing``)."""
+    alice = await new_user(store)
+    ms = await ready_machines(store, alice, "lab", list("abcdefg"))
+    ids = {n: m["id"] for n, m in ms.items()}
+    at = now()
+    set_progress = "UPDATE machines SET progress = ?, last_seen = ? WHERE id = ?"
+    set_in_done = "UPDATE machines SET in_done = ? WHERE id = ?"
+
+    def put(name: str, text: str | None) -> Any:
+        def op(tx: Tx) -> None:
+            tx.send(set_progress, (text, at, ids[name]))
+
+        return (op,)
+
+    def raising(tx: Tx) -> None:
+        tx.send(set_progress, ("c-gone", at, ids["c"]))
+        tx.send(set_in_done, (70, ids["c"]))
+        raise InvalidInput("rolled back")
+
+    def own_savepoints(tx: Tx) -> None:
+        tx.execute("SAVEPOINT first")
+        tx.send(set_progress, ("d-gone", at, ids["d"]))
+        tx.execute("ROLLBACK TO SAVEPOINT first")
+        tx.execute("RELEASE SAVEPOINT first")
+        tx.execute("SAVEPOINT outer_work")
+        tx.send(set_progress, ("d1", at, ids["d"]))
+        tx.execute("SAVEPOINT inner_work")
+        tx.send(set_in_done, (7, ids["d"]))
+        tx.execute("RELEASE SAVEPOINT outer_work")  # and inner_work with it
+
+    def reads_then_raises(tx: Tx) -> None:
+        tx.send(set_progress, ("e-gone", at, ids["e"]))
+        row = tx.one("SELECT progress FROM machines WHERE id = ?", (ids["e"],))
+        assert row is not None and row["progress"] == "e-gone"
+        tx.send(set_in_done, (80, ids["e"]))
+        raise InvalidInput("rolled back after a read")
+
+    def reads_inside_its_savepoint(tx: Tx) -> str:
+        tx.execute("SAVEPOINT inner_work")
+        tx.send(set_progress, ("f-gone", at, ids["f"]))
+        row = tx.one("SELECT progress FROM machines WHERE id = ?", (ids["f"],))
+        tx.execute("ROLLBACK TO SAVEPOINT inner_work")
+        tx.execute("RELEASE SAVEPOINT inner_work")
+        tx.send(set_in_done, (9, ids["f"]))
+        again = tx.one("SELECT progress FROM machines WHERE id = ?", (ids["f"],))
+        assert again is not None and again["progress"] == "f0"
+        return str(row["progress"] if row else None)
+
+    results = await in_one_batch(
+        store,
+        [
+            put("a", "a1"),
+            put("b", "b1"),
+            put("a", "a2"),
+            put("f", "f0"),
+            (raising,),
+            put("g", "g1"),
+            put("g", None),
+            (own_savepoints,),
+            put("a", "a3"),
+            (reads_then_raises,),
+            (reads_inside_its_savepoint,),
+            put("b", "b2"),
+        ],
+    )
+    assert [type(r).__name__ for r in results] == [
+        *["NoneType"] * 4,
+        "InvalidInput",
+        *["NoneType"] * 4,
+        "InvalidInput",
+        "str",
+        "NoneType",
+    ]
+    assert results[10] == "f-gone"
+    rows = {
+        n: await store.read(
+            lambda tx, i: tx.one("SELECT progress, in_done FROM machines WHERE id = ?", (i,)),
+            ids[n],
+        )
+        for n in ids
+    }
+    assert {n: (r["progress"], r["in_done"]) for n, r in rows.items()} == {
+        "a": ("a3", 0),
+        "b": ("b2", 0),
+        "c": (None, 0),
+        "d": ("d1", 7),
+        "e": (None, 0),
+        "f": ("f0", 9),
+        "g": (None, 0),
+    }
+
+
+async def test_a_batch_of_messages_from_many_machines_is_applied_in_a_few_statements(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Messages of many machines in one batch: each is applied once, in order, with its
+    event; on PostgreSQL the batch sends a few statements, not several per message (no
+    savepoint that nothing ran in, the inboxes' updates in one statement)."""
+    alice = await new_user(store)
+    names = [f"m{i}" for i in range(10)]
+    ms = await ready_machines(store, alice, "lab", names)
+    statements = Counter[str]()
+    if store.dialect == "postgresql":
+        import psycopg
+
+        execute = psycopg.Cursor.execute
+
+        def counted(self: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
+            if threading.current_thread().name == "crc-pg-writer":
+                statements[str(query).split()[0].upper()] += 1
+            return execute(self, query, *args, **kwargs)
+
+        monkeypatch.setattr(psycopg.Cursor, "execute", counted)
+    writes = [
+        (
+            delivery.apply_agent_message,
+            ms[n]["id"],
+            seq,
+            agent_msg("lab", n, "user.bench", {"i": seq}),
+        )
+        for seq in (1, 2, 3)
+        for n in names
+    ]
+    results = await in_one_batch(store, writes)
+    assert [r["receipt"] for r in results] == ["new"] * 30
+    in_done = [
+        await store.read(
+            lambda tx, i: tx.one("SELECT in_done FROM machines WHERE id = ?", (i,)), ms[n]["id"]
+        )
+        for n in names
+    ]
+    assert [r["in_done"] for r in in_done if r] == [3] * 10
+    seen = [
+        (e["machine"], e["data"]["body"]["i"])
+        for e in await group_events(store, alice, "lab")
+        if e["type"] == "message"
+    ]
+    assert seen == [(n, seq) for seq in (1, 2, 3) for n in names]
+    if store.dialect == "postgresql":
+        # The held op's batch, then this one: rows read ahead, the inboxes' update,
+        # the events' locks and insert, the notification (was: five per message).
+        assert statements["SAVEPOINT"] + statements["RELEASE"] <= 2, statements
+        assert sum(statements.values()) <= 12, statements
+
+
 async def test_concurrent_jobs_get_contiguous_outbox_seqs(replicas: list[Store]) -> None:
     store = replicas[0]
     alice = await new_user(store)

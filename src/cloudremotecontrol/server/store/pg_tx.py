@@ -16,11 +16,13 @@ from .base import Tx, read_row, row_sql
 
 __all__ = [
     "EVENT_LOCK_CLASS",
+    "Outgoing",
     "PgTx",
     "RowCache",
     "group_key",
     "insert_events",
     "known_count",
+    "plain_update",
     "to_pyformat",
 ]
 
@@ -73,8 +75,8 @@ _EVENT_INSERT = (
 )
 _EVENTS_INSERT_MANY = (
     "INSERT INTO events (group_id, created, type, machine, job_id, data) "
-    "SELECT g, c, t, m, j, d FROM unnest(%s::text[], %s::float8[], %s::text[], %s::text[], "
-    "%s::text[], %s::text[]) WITH ORDINALITY AS e(g, c, t, m, j, d, n) ORDER BY n"
+    "SELECT g, c, t, m, j, d FROM unnest(%b::text[], %b::float8[], %b::text[], %b::text[], "
+    "%b::text[], %b::text[]) WITH ORDINALITY AS e(g, c, t, m, j, d, n) ORDER BY n"
 )
 _SAVEPOINT = re.compile(
     r"\s*(SAVEPOINT|RELEASE|ROLLBACK\s+TO)\s+(?:SAVEPOINT\s+)?(\w+)\s*", re.IGNORECASE
@@ -125,6 +127,164 @@ def _row_writes(sql: str, table: str) -> tuple[int, tuple[str, ...] | None] | No
     if all(columns) and sql.count("?") == len(parts) + ids:
         return (ids, tuple(c.group(1) for c in columns if c is not None))
     return (ids, None)
+
+
+@functools.lru_cache(maxsize=1024)
+def plain_update(sql: str) -> tuple[str, tuple[str, ...]] | None:
+    """``(table, columns)`` for ``UPDATE <table> SET <column> = ?, ... WHERE id = ?``
+    (plain assignments, one row by id), else None."""
+    match = _ROW_UPDATE.fullmatch(sql)
+    if match is None or match.group(3) is not None or "RETURNING" in sql.upper():
+        return None
+    table = match.group(1).lower()
+    writes = _row_writes(sql, table)
+    if writes is None or writes[0] != 1 or writes[1] is None:
+        return None
+    return table, writes[1]
+
+
+#: Python types a merged update passes in an array (one type per column, or None).
+_ARRAY_TYPES = (int, float, str, bool)
+
+
+class Outgoing:
+    """The statements of a pipelined batch that no op waits for, kept until something
+    must see them (a read, a waited row count, the batch's end) and then sent in order.
+    Kept, they cost nothing when they need not run at all, and several cost one:
+
+    - a ``SAVEPOINT`` still kept when its ``RELEASE`` comes is dropped with it, and one
+      still kept when a ``ROLLBACK TO`` it comes drops what was kept after it: in a
+      pipelined batch a savepoint matters only to a rollback (a failing statement fails
+      the whole batch, which runs again one statement at a time), so the batch's
+      savepoint per op and an op's own are sent only when a statement ran inside them
+      before their end (an op that reads after writing);
+    - consecutive plain updates of rows by id with the same text (``plain_update``: the
+      inbox's ``in_done`` of one message after another's) go out as one ``UPDATE ...
+      FROM unnest(...)`` per run of distinct ids: each row changes as one statement
+      after the other would change it, and a value its constraints refuse still fails
+      (a row updated twice is in two statements, so the first value is checked too).
+      Columns of a unique index are not updated so (one statement could swap values
+      that one row at a time could not).
+
+    ``types``: the column types of the tables (``column_types``); a column missing there
+    is updated one statement per row."""
+
+    def __init__(
+        self, cur: psycopg.Cursor[dict[str, Any]], types: dict[str, dict[str, str]]
+    ) -> None:
+        self.cur = cur
+        self.types = types
+        self.kept: list[tuple[str, tuple[Any, ...]]] = []  # (SQL with ?, params)
+        self.savepoints: list[tuple[str, int]] = []  # kept SAVEPOINTs: (name, index)
+        self.sent = 0  # statements sent (for tests and benchmarks)
+
+    def add(self, sql: str, params: Sequence[Any] = ()) -> None:
+        savepoint = _savepoint(sql)
+        if savepoint is None:
+            self.kept.append((sql, tuple(params)))
+            return
+        verb, name = savepoint
+        if verb == "SAVEPOINT":
+            self.savepoints.append((name, len(self.kept)))
+            self.kept.append((sql, ()))
+            return
+        at = next(
+            (i for i in reversed(range(len(self.savepoints))) if self.savepoints[i][0] == name),
+            None,
+        )
+        if at is None:  # established before what is kept: it and the later ones end here
+            self.savepoints.clear()
+            self.kept.append((sql, ()))
+        elif verb == "RELEASE":  # with the savepoints after it, all kept
+            for _, index in reversed(self.savepoints[at:]):
+                del self.kept[index]
+            del self.savepoints[at:]
+        else:  # ROLLBACK TO: the savepoint stays, what came after it goes
+            del self.kept[self.savepoints[at][1] + 1 :]
+            del self.savepoints[at + 1 :]
+
+    def flush(self) -> None:
+        """Send what is kept, in order."""
+        kept, self.kept = self.kept, []
+        self.savepoints.clear()
+        i = 0
+        while i < len(kept):
+            sql, params = kept[i]
+            j = i + 1
+            while j < len(kept) and kept[j][0] == sql:
+                j += 1
+            if j - i > 1 and self._mergeable(sql, [p for _, p in kept[i:j]]):
+                ids: set[Any] = set()
+                run: list[tuple[Any, ...]] = []
+                for _, row in kept[i:j]:
+                    if row[-1] in ids:  # updated again: in the next statement
+                        self._send_merged(sql, run)
+                        ids.clear()
+                        run = []
+                    ids.add(row[-1])
+                    run.append(row)
+                self._send_merged(sql, run)
+                i = j
+                continue
+            self._send(to_pyformat(sql), params)
+            i += 1
+
+    def _send(self, sql: str, params: Sequence[Any]) -> None:
+        self.cur.execute(sql, params)
+        self.sent += 1
+
+    def _mergeable(self, sql: str, rows: list[tuple[Any, ...]]) -> bool:
+        """Whether ``sql`` with each of ``rows`` may go out as ``_send_merged``."""
+        update = plain_update(sql)
+        if update is None:
+            return False
+        table, columns = update
+        types = self.types.get(table, {})
+        if any(name not in types for name in (*columns, "id")):
+            return False
+        for name, column in zip((*columns, "id"), zip(*rows, strict=True), strict=True):
+            kinds = {type(v) for v in column if v is not None}
+            if len(kinds) > 1 or not kinds <= set(_ARRAY_TYPES):
+                return False
+            if bool in kinds and types[name] != "boolean":
+                return False  # one statement would refuse it; an array cast would not
+        return True
+
+    def _send_merged(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        """``sql`` (``_mergeable``) once per row of ``rows`` (distinct ids), as one."""
+        if len(rows) == 1:
+            self._send(to_pyformat(sql), rows[0])
+            return
+        update = plain_update(sql)
+        assert update is not None
+        table, columns = update
+        types = self.types[table]
+        names = (*columns, "id")
+        sets = ", ".join(f"{c} = v.{c}" for c in columns)
+        arrays = ", ".join(f"%b::{types[n]}[]" for n in names)
+        self._send(
+            f"UPDATE {table} SET {sets} FROM unnest({arrays}) AS v({', '.join(names)}) "  # noqa: S608 -- names of the ops' own SQL
+            f"WHERE {table}.id = v.id",
+            [list(column) for column in zip(*rows, strict=True)],
+        )
+
+
+def column_types(cur: psycopg.Cursor[dict[str, Any]]) -> dict[str, dict[str, str]]:
+    """``{table: {column: type}}`` of the tables on the search path (for ``Outgoing``),
+    without the columns of a unique index other than ``id`` (all of them where one has
+    an expression or a predicate)."""
+    cur.execute(
+        "SELECT c.relname AS t, a.attname AS c, format_type(a.atttypid, a.atttypmod) AS ty "
+        "FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
+        "WHERE c.relkind = 'r' AND pg_table_is_visible(c.oid) AND a.attnum > 0 "
+        "AND NOT a.attisdropped AND (a.attname = 'id' OR NOT EXISTS ("
+        "SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisunique "
+        "AND (a.attnum = ANY(i.indkey) OR i.indexprs IS NOT NULL OR i.indpred IS NOT NULL)))"
+    )
+    types: dict[str, dict[str, str]] = {}
+    for row in cur.fetchall():
+        types.setdefault(row["t"], {})[row["c"]] = row["ty"]
+    return types
 
 
 #: The table whose rows ``RowCache`` reads ahead (the one ops declare today).
@@ -236,6 +396,7 @@ class PgTx(Tx):
         pipeline: psycopg.Pipeline | None = None,
         reader: psycopg.Cursor[dict[str, Any]] | None = None,
         rows: RowCache | None = None,
+        out: Outgoing | None = None,
     ) -> None:
         self.cur = cur
         self.held = held if held is not None else set()  # group locks the batch holds
@@ -245,6 +406,8 @@ class PgTx(Tx):
         self.pipeline = pipeline
         self.reader = reader if reader is not None else cur
         self.rows = rows  # pipelined: rows read for the whole batch (``RowCache``)
+        # Pipelined: what goes out on ``cur`` is kept there until something waits.
+        self.out = out
         self.events: list[tuple[Any, ...]] = []  # pipelined: rows of add_event, kept
         self._marks: list[tuple[str, int]] = []  # open savepoints: (name, len(events))
 
@@ -256,6 +419,7 @@ class PgTx(Tx):
                 return count
             self._lock_events_now(sql)
             self._wrote(sql, params)
+            self._flush()
             self.reader.execute(to_pyformat(sql), tuple(params))
             self.pipeline.sync()  # the row count is known once the result is in
             return self.reader.rowcount
@@ -284,7 +448,10 @@ class PgTx(Tx):
                     self._marks.pop()
         else:
             self._lock_events_now(sql)
-        self.cur.execute(to_pyformat(sql), tuple(params))
+        if self.out is not None:
+            self.out.add(sql, params)
+        else:
+            self.cur.execute(to_pyformat(sql), tuple(params))
 
     def one(self, sql: str, params: Sequence[Any] = ()) -> dict[str, Any] | None:
         if self.rows is not None:
@@ -293,18 +460,25 @@ class PgTx(Tx):
                 return row
         self._lock_events_now(sql)
         self._wrote(sql, params)
+        self._flush()
         self.reader.execute(to_pyformat(sql), tuple(params))
         return self.reader.fetchone()
 
     def all(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         self._lock_events_now(sql)
         self._wrote(sql, params)
+        self._flush()
         self.reader.execute(to_pyformat(sql), tuple(params))
         return self.reader.fetchall()
 
     def _wrote(self, sql: str, params: Sequence[Any]) -> None:
         if self.rows is not None:
             self.rows.wrote(sql, params)
+
+    def _flush(self) -> None:
+        """A statement is about to be waited for: what is kept goes out first."""
+        if self.out is not None:
+            self.out.flush()
 
     def notify(self, group_id: str) -> None:
         # Called before the group's first event is inserted: see "Event order" above.
@@ -314,6 +488,7 @@ class PgTx(Tx):
         super().notify(group_id)
 
     def _lock(self, group_id: str) -> None:
+        self._flush()
         self.cur.execute(
             "SELECT pg_advisory_xact_lock(%s::integer, %s::integer)",
             (EVENT_LOCK_CLASS, group_key(group_id)),

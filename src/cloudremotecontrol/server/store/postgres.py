@@ -63,6 +63,27 @@ Rows read ahead
     no lock, so a conflict with another replica fails the same update it failed before.
     The one-statement-at-a-time fallback reads every row where the op reads it.
 
+Statements kept
+    What an op sends without waiting is not sent at once either: the batch keeps it
+    (``Outgoing``, store/pg_tx.py) until a statement must be waited for (a read the rows
+    read ahead do not answer, a row count, the batch's end), then sends it, in order.
+    So the batch's savepoint around each op, and an op's own savepoints, cost nothing
+    unless a statement ran inside them: in a pipelined batch a savepoint matters only to
+    a rollback to it (a failing statement fails the whole batch, which then runs one
+    statement at a time), so a ``SAVEPOINT`` still kept when its ``RELEASE`` comes is
+    dropped with it, and a ``ROLLBACK TO`` one still kept drops what was kept after it
+    (never sent, such a statement cannot fail its op; its effects are undone either
+    way). Consecutive plain updates of rows by id with the same text (the inboxes'
+    ``in_done`` of a batch of messages) go out as one ``UPDATE ... FROM unnest(...)``
+    per run of distinct ids, so the database still checks every value; not for columns
+    of a unique index (one statement may swap values one row at a time could not).
+    A batch of messages from many machines is then a few statements whatever its size
+    (the rows read ahead, the inboxes' update, the events' locks and insert, the
+    notification, COMMIT), and writes no subtransaction: one transaction id per batch
+    instead of two per message. Measured by driving ``apply_agent_message`` directly
+    (200 machines, 4 messages in flight each): 0.09-0.11 ms of process CPU per message,
+    against 0.15-0.17 ms before.
+
 Event order (why ``Tx.notify`` takes a lock)
     ``events.id`` is a BIGSERIAL: ids are handed out when rows are inserted, not when
     transactions commit. If T1 takes id 10 and T2 id 11 and T2 commits first, a follower
@@ -126,7 +147,15 @@ from psycopg_pool import ConnectionPool
 
 from ...errors import Unavailable
 from .base import ALL_GROUPS, Store, settle
-from .pg_tx import PgTx, RowCache, insert_events, known_count, to_pyformat
+from .pg_tx import (
+    Outgoing,
+    PgTx,
+    RowCache,
+    column_types,
+    insert_events,
+    known_count,
+    to_pyformat,
+)
 from .schema import migrate
 
 __all__ = ["CHANNEL", "PostgresStore", "known_count", "to_pyformat"]
@@ -207,6 +236,8 @@ class PostgresStore(Store):
         self.pipelined_batches = 0  # of which committed in pipeline mode
         self.fallbacks = 0  # pipelined batches rolled back and run one statement at a time
         self.rows_read_ahead = 0  # reads answered from rows read ahead (committed batches)
+        self.statements_sent = 0  # by pipelined batches' ops, kept and sent (``Outgoing``)
+        self._types: dict[str, dict[str, str]] = {}  # column types, for ``Outgoing``
 
     # -- lifecycle ---------------------------------------------------------------------
     def open_sync(self) -> None:
@@ -255,6 +286,7 @@ class PostgresStore(Store):
             conn.isolation_level = IsolationLevel.READ_COMMITTED
             with conn.transaction():
                 migrate(PgTx(conn.cursor()), self.dialect)
+            self._types = column_types(conn.cursor())
 
     async def start(self) -> None:
         await asyncio.to_thread(self.open_sync)
@@ -379,9 +411,12 @@ class PostgresStore(Store):
                     # The rows the ops declare they read, in one round trip ("Rows
                     # read ahead").
                     rows = RowCache.prefetch(reader, [(p.op, p.args) for p in batch])
+                    # The ops' statements that nothing waits for, kept until something
+                    # does ("Statements kept").
+                    out = Outgoing(cur, self._types)
                     for p in batch:
-                        tx = PgTx(cur, held, pipeline, reader, rows)
-                        cur.execute("SAVEPOINT op")
+                        tx = PgTx(cur, held, pipeline, reader, rows, out)
+                        out.add("SAVEPOINT op")
                         try:
                             value = p.op(tx, *p.args)
                         except psycopg.Error:
@@ -389,15 +424,17 @@ class PostgresStore(Store):
                         except BaseException as exc:  # noqa: BLE001 -- handed to the caller
                             if rows is not None:
                                 rows.rolled_back()
-                            cur.execute("ROLLBACK TO SAVEPOINT op")
-                            cur.execute("RELEASE SAVEPOINT op")
+                            out.add("ROLLBACK TO SAVEPOINT op")
+                            out.add("RELEASE SAVEPOINT op")
                             done.append((p, False, exc))
                         else:
-                            cur.execute("RELEASE SAVEPOINT op")
+                            out.add("RELEASE SAVEPOINT op")
                             groups |= tx.notified
                             machines |= tx.machines_notified
                             events += tx.events
                             done.append((p, True, value))
+                    out.flush()
+                    sent = out.sent
                     insert_events(cur, events)
                     self._send_notifications(cur, groups, machines)
                     pipeline.sync()  # every statement's outcome is in: none failed
@@ -413,6 +450,7 @@ class PostgresStore(Store):
         self.batches += 1
         self.pipelined_batches += 1
         self.rows_read_ahead += rows.served if rows is not None else 0
+        self.statements_sent += sent
         self._settle(groups, done)
         return []
 
