@@ -16,8 +16,14 @@ def now() -> float:
     return time.time()
 
 
+#: ``json.dumps(value, separators=(",", ":"))`` builds an encoder per call; the
+#: operations encode several values per message a machine sends.
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
+
+
 def dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))
+    """``value`` as compact JSON (``json.dumps(value, separators=(",", ":"))``)."""
+    return _ENCODER.encode(value)
 
 
 def loads(text: str | None) -> Any:
