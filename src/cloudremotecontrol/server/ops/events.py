@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from ..store.base import Tx
-from .common import live_group, loads
+from .common import json_text, live_group, loads
 
 __all__ = ["event_json", "event_view", "events_after", "events_json_after", "group_cursor"]
 
@@ -26,7 +25,7 @@ def event_json(row: dict[str, Any]) -> str:
     """``event_view(row)`` as JSON text, without decoding and encoding ``data`` again:
     the column holds JSON this server wrote (``common.dumps``). The event streams send
     thousands of these per job, so the saving is worth the second spelling."""
-    enc = json.dumps
+    enc = json_text
     return (
         f'{{"cursor":{int(row["id"])},"time":{enc(row["created"])},"type":{enc(row["type"])},'
         f'"machine":{enc(row["machine"])},"job_id":{enc(row["job_id"])},'

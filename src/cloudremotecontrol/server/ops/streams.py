@@ -20,7 +20,7 @@ from ...protocol.limits import MAX_OUTPUT_KEPT_BYTES
 from ...protocol.messages import Envelope
 from ...protocol.states import JobEvent, JobStatus, job_next
 from ..store.base import Tx
-from .common import add_events, now
+from .common import add_events, json_text, now
 
 __all__ = [
     "ServerInbox",
@@ -325,7 +325,7 @@ class _Walk:
     kept: int
     moved: bool = False
     ended: bool = False
-    events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    events: list[tuple[str, dict[str, Any] | str]] = field(default_factory=list)
 
 
 def _walk(
@@ -346,7 +346,11 @@ def _walk(
                 continue
             walk.status, walk.exit_code, walk.reason = nxt, code, why
             walk.moved, walk.ended = True, walk.ended or nxt.terminal
-            change = {"job_id": job_id, "status": nxt.value, "exit_code": code, "reason": why}
+            # {"job_id", "status", "exit_code", "reason"}, as dumps would write it
+            change = (
+                f'{{"job_id":{json_text(job_id)},"status":{json_text(nxt.value)},'
+                f'"exit_code":{json_text(code)},"reason":{json_text(why)}}}'
+            )
             events.append(("job.status", change))
             continue
         stream, data = step
