@@ -256,34 +256,7 @@ def job_steps(
     output and result arrive together: ``job.fold``). Each status change the transition
     table allows is a ``job.status`` event; output is kept up to
     ``MAX_OUTPUT_KEPT_BYTES`` per target (then cut, with a marker) as ``job.output``
-    events. Returns what the rate-control rules release when the target ended.
-
-    Steps that start with the job's delivery (a folded result carrying the ack of its
-    ``job.run``) find the target queued with no output kept: they are applied by one
-    ``UPDATE`` conditional on that, without reading the target first; if it was not so
-    (a cancel won, a duplicate), they are applied as any others."""
-    if steps and steps[0][0] is JobEvent.DELIVER:
-        walk = _walk(job_id, JobStatus.QUEUED, None, None, 0, steps)
-        if walk.moved:
-            jt = tx.one(
-                "UPDATE job_targets SET status = ?, exit_code = ?, reason = ?, "
-                "output_bytes = ?, updated = ? WHERE job_id = ? AND machine_id = ? "
-                "AND status = ? AND output_bytes = 0 "
-                "RETURNING (SELECT rollout FROM jobs WHERE id = ?) AS rollout",
-                (
-                    walk.status.value,
-                    walk.exit_code,
-                    walk.reason,
-                    walk.kept,
-                    now(),
-                    job_id,
-                    m["id"],
-                    JobStatus.QUEUED.value,
-                    job_id,
-                ),
-            )
-            if jt is not None:
-                return _ended(tx, m, job_id, walk, jt["rollout"])
+    events. Returns what the rate-control rules release when the target ended."""
     jt = tx.one(
         "SELECT t.status, t.exit_code, t.reason, t.output_bytes, j.rollout FROM job_targets t "
         "JOIN jobs j ON j.id = t.job_id WHERE t.job_id = ? AND t.machine_id = ?",
