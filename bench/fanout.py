@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import math
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -54,6 +56,43 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 TARGETS = {"cli_s": 0.5, "sdk_s": 0.1, "agent_mib": 30.0, "k_agents_s": 1.0}
 SALT = "Salt on this machine: 2.96 s CLI, 1.35 s API for 30 minions, 117 MiB RSS per minion"
+
+
+def thread_names(pid: int) -> dict[str, str]:
+    """Python's names of process ``pid``'s threads by thread id, from ``py-spy dump``
+    when py-spy is installed (Python 3.11 does not name its threads for the kernel);
+    empty otherwise."""
+    exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(exe).exists():
+        return {}
+    try:
+        out = subprocess.run(
+            [exe, "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=30
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    return dict(re.findall(r'^Thread (\d+) \([^)]*\): "([^"]*)"', out, re.MULTILINE))
+
+
+def thread_cpu(pid: int, names: dict[str, str]) -> dict[str, float]:
+    """User + system CPU seconds of process ``pid``'s threads so far, summed by kind:
+    ``loop`` (the main thread: the event loop), ``writer`` (SQLite's writer thread, if
+    ``names`` tells it), ``other`` (reader threads, everything else)."""
+    out = {"loop": 0.0, "writer": 0.0, "other": 0.0}
+    tick = os.sysconf("SC_CLK_TCK")
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if task.name == str(pid):
+            kind = "loop"
+        elif names.get(task.name, "").startswith("crc-sqlite-writer"):
+            kind = "writer"
+        else:
+            kind = "other"
+        out[kind] += (int(fields[11]) + int(fields[12])) / tick
+    return out
 
 
 # -- the benchmark ------------------------------------------------------------------------
@@ -158,9 +197,12 @@ class Bench:
             return sum(cpu_seconds(p, children=True) for p in agent_pids)
 
         cpu, cpu_agents, cpu_me = cpu_seconds(pid), agents_cpu(), time.process_time()
+        names = thread_names(pid)
+        threads = thread_cpu(pid, names)
         sdk = [self.sdk_run(group, n) for _ in range(self.args.sdk_runs)]
         runs = max(1, len(sdk))
         server_cpu = (cpu_seconds(pid) - cpu) / runs
+        split = {k: (v - threads.get(k, 0.0)) / runs for k, v in thread_cpu(pid, names).items()}
         agent_cpu = (agents_cpu() - cpu_agents) / runs
         client_cpu = (time.process_time() - cpu_me) / runs
         cli = [self.cli_run(group, n) for _ in range(self.args.cli_runs)]
@@ -170,17 +212,23 @@ class Bench:
             "connected": connected,
             "server_rss_mib": mib(rss_kib(pid)),
             "server_cpu_s": server_cpu,
+            "server_threads_s": split,
             "agents_cpu_s": agent_cpu,
             "client_cpu_s": client_cpu,
             "agent_rss_mib": agent_rss,
             "agent_marginal_mib": agent_rss_marginal,
             "agent_pss_mib": agent_pss,
-            "cli_s": statistics.median(cli),
+            "cli_s": statistics.median(cli) if cli else math.nan,
             "cli_all": cli,
             "sdk_s": statistics.median(sdk),
             "sdk_all": sdk,
         }
         self.rows.append(row)
+        log(
+            f"{kind} {n}: server CPU per job {server_cpu:.3f} s ("
+            + ", ".join(f"{k} {v:.3f}" for k, v in split.items())
+            + ")"
+        )
         log(
             f"{kind} {n}: connected {connected}, CLI {row['cli_s']:.3f} s, "
             f"SDK {row['sdk_s']:.3f} s (runs {', '.join(f'{x:.3f}' for x in sdk)})"

@@ -25,14 +25,20 @@ receiver acknowledges it and records it as failed instead of stalling the stream
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from json.encoder import encode_basestring_ascii
+from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidInput, TooLarge
 from .fields import MAX_SEQ, Bool, JsonObject, ListOf, Optional, Spec, Text
 from .jsoncheck import check_json
 from .limits import MAX_FRAME_BYTES
 from .wire import REGISTRY, Direction, Frame, register, wire
+
+if TYPE_CHECKING:
+    from .messages import Envelope
 
 __all__ = [
     "Ack",
@@ -41,12 +47,19 @@ __all__ = [
     "Msg",
     "Revoked",
     "Welcome",
+    "ack_frame",
     "decode_frame",
     "encode_frame",
+    "msg_frames",
     "read_frame",
     "renumber_frame",
     "write_frame",
 ]
+
+#: Compact JSON, as ``json.dumps(value, separators=(",", ":"))`` without building an
+#: encoder per call; ``_string`` is its encoding of a str (ASCII, escaped).
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
+_string: Callable[[str], str] = encode_basestring_ascii
 
 _ERROR = JsonObject(max_bytes=64 << 10, max_depth=4, what="error")
 
@@ -181,7 +194,41 @@ def read_frame(text: str | bytes) -> Frame:
 
 
 def write_frame(frame: Frame) -> str:
-    return json.dumps(frame.to_wire(), separators=(",", ":"))
+    return _ENCODER.encode(frame.to_wire())
+
+
+def ack_frame(seq: int) -> str:
+    """``write_frame(Ack(seq=seq))`` without building the frame object: the server
+    acknowledges every message a machine sends (a 1,000-target job, 1,000 acks)."""
+    if isinstance(seq, bool) or not isinstance(seq, int) or not 0 <= seq <= MAX_SEQ:
+        raise ValueError(f"not a sequence number: {seq!r}")
+    return f'{{"type":"ack","seq":{seq}}}'
+
+
+def msg_frames(items: Iterable[tuple[int, Envelope]]) -> Iterator[str]:
+    """``write_frame(Msg(seq=seq, msg=env.to_dict()))`` for each ``(seq, env)``, the
+    same text, with each distinct body encoded once: a job's fan-out sends one body to
+    every target, each in its own envelope. (A body is the same when it is the same
+    object: the envelopes of one fan-out share it.)"""
+    text = _string
+    bodies: dict[int, tuple[dict[str, Any], str]] = {}
+    for seq, env in items:
+        if isinstance(seq, bool) or not isinstance(seq, int) or not 0 <= seq <= MAX_SEQ:
+            raise ValueError(f"not a sequence number: {seq!r}")
+        known = bodies.get(id(env.body))
+        if known is None or known[0] is not env.body:
+            known = bodies[id(env.body)] = (env.body, _ENCODER.encode(env.body))
+        cid, created = env.correlation_id, env.created
+        if type(created) is float and math.isfinite(created):
+            when = float.__repr__(created)  # as the encoder writes a float
+        else:
+            when = _ENCODER.encode(created)
+        yield (
+            f'{{"type":"msg","seq":{seq},"msg":{{"id":{text(env.id)},'
+            f'"group":{text(env.group)},"from":{text(env.sender)},"to":{text(env.to)},'
+            f'"type":{text(env.type)},"body":{known[1]},'
+            f'"correlation_id":{"null" if cid is None else text(cid)},"created":{when}}}}}'
+        )
 
 
 def renumber_frame(text: str, seq: int) -> str:

@@ -28,6 +28,7 @@ from ..protocol.frames import (
     Msg,
     Revoked,
     Welcome,
+    ack_frame,
     read_frame,
     write_frame,
 )
@@ -209,7 +210,7 @@ class _Connection:
             return False
         if "error" in result:
             self.link.send_control(write_frame(ErrorFrame(error=result["error"], seq=frame.seq)))
-        self.link.send_control(write_frame(Ack(seq=frame.seq)))
+        await self.link.send_control_now(ack_frame(frame.seq))
         return True
 
     async def on_hello(self, frame: Hello) -> bool:

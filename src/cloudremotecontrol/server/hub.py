@@ -40,6 +40,7 @@ class AgentLink:
         self._need_reload = True  # first thing: replay what the agent has not processed
         self._wake = asyncio.Event()
         self._wake.set()
+        self._sending = False  # a task is sending (one at a time on the socket)
         self.closed = False
 
     def offer(self, seq: int, frame: str) -> None:
@@ -62,23 +63,47 @@ class AgentLink:
         self._frames.append(frame)
         self._wake.set()
 
+    async def send_control_now(self, frame: str) -> None:
+        """``send_control`` from the caller's task when nothing else is waiting to be
+        sent (an ack after each message the agent sends: the writer task need not be
+        woken for it); queued behind what is."""
+        if self._sending or self._frames or self._need_reload or self.closed:
+            self.send_control(frame)
+            return
+        self._sending = True
+        try:
+            await self._send(frame)
+        finally:
+            self._sending = False
+        if self._frames or self._need_reload:  # offered meanwhile: the writer's turn
+            self._wake.set()
+
     async def run_writer(self) -> None:
         while not self.closed:
             await self._wake.wait()
             self._wake.clear()
-            if self._need_reload:
-                self._need_reload = False
-                rows = await self._reload(self.machine_id, self.sent_upto)
-                for seq, frame in rows:
-                    if seq == self.sent_upto + 1:
-                        self._frames.append(frame)
-                        self.sent_upto = seq
-                if len(rows) >= 500:
-                    self._need_reload = True
-                    self._wake.set()
-            frames, self._frames = self._frames, []
-            for frame in frames:
-                await self._send(frame)
+            if self._sending:  # send_control_now is sending; it wakes this task after
+                continue
+            self._sending = True
+            try:
+                await self._write()
+            finally:
+                self._sending = False
+
+    async def _write(self) -> None:
+        if self._need_reload:
+            self._need_reload = False
+            rows = await self._reload(self.machine_id, self.sent_upto)
+            for seq, frame in rows:
+                if seq == self.sent_upto + 1:
+                    self._frames.append(frame)
+                    self.sent_upto = seq
+            if len(rows) >= 500:
+                self._need_reload = True
+                self._wake.set()
+        frames, self._frames = self._frames, []
+        for frame in frames:
+            await self._send(frame)
 
 
 class Hub:

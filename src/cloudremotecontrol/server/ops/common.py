@@ -3,21 +3,56 @@
 from __future__ import annotations
 
 import json
+import math
 import time
+from collections.abc import Callable
+from json.encoder import encode_basestring_ascii
 from typing import Any
 
 from ...errors import NotFound
 from ..store.base import Tx
 
-__all__ = ["add_event", "add_events", "audit", "dumps", "live_group", "loads", "now"]
+__all__ = [
+    "add_event",
+    "add_events",
+    "audit",
+    "dumps",
+    "json_text",
+    "live_group",
+    "loads",
+    "now",
+]
 
 
 def now() -> float:
     return time.time()
 
 
+#: ``json.dumps(value, separators=(",", ":"))`` builds an encoder per call; the
+#: operations encode several values per message a machine sends.
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
+_string: Callable[[str], str] = encode_basestring_ascii
+
+
 def dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))
+    """``value`` as compact JSON (``json.dumps(value, separators=(",", ":"))``)."""
+    return _ENCODER.encode(value)
+
+
+def json_text(value: str | int | float | None) -> str:
+    """A JSON scalar as ``dumps`` writes it, without the encoder's machinery (the event
+    streams and the fan-out write several per target)."""
+    if isinstance(value, str):
+        return _string(value)
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return int.__repr__(value)
+    if isinstance(value, float) and math.isfinite(value):
+        return float.__repr__(value)
+    return dumps(value)
 
 
 def loads(text: str | None) -> Any:
@@ -43,11 +78,12 @@ def add_event(
 def add_events(
     tx: Tx,
     group_id: str,
-    events: list[tuple[str, dict[str, Any]]],
+    events: list[tuple[str, dict[str, Any] | str]],
     machine: str | None = None,
     job_id: str | None = None,
 ) -> None:
-    """``add_event`` for each ``(type, data)`` of ``events``, in order, in one statement."""
+    """``add_event`` for each ``(type, data)`` of ``events``, in order, in one statement
+    (``data`` a dict, or the JSON text of one)."""
     if not events:
         return
     tx.notify(group_id)  # first: it orders the group's event writers (see Tx.notify)
@@ -55,7 +91,10 @@ def add_events(
     tx.executemany(
         "INSERT INTO events (group_id, created, type, machine, job_id, data) "
         "VALUES (?, ?, ?, ?, ?, ?)",
-        [(group_id, t, type, machine, job_id, dumps(data)) for type, data in events],
+        [
+            (group_id, t, kind, machine, job_id, data if isinstance(data, str) else dumps(data))
+            for kind, data in events
+        ],
     )
 
 

@@ -48,7 +48,10 @@ def resolve_targets(tx: Tx, group: dict[str, Any], target: Target) -> list[dict[
             raise NotFound(
                 f"no machine {', '.join(map(repr, unknown))} in group {group['name']!r}", field="to"
             )
-    chosen = [r for r in rows if target.matches(r["name"], loads(r["labels"]) or {})]
+    if target.selector:  # labels are read only to match a selector
+        chosen = [r for r in rows if target.matches(r["name"], loads(r["labels"]) or {})]
+    else:
+        chosen = [r for r in rows if target.matches(r["name"], {})]
     if not chosen:
         # Not found, like an unknown name: one exit code (4) for "no such target".
         raise NotFound(

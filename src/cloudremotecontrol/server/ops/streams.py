@@ -10,16 +10,17 @@ Acknowledging a ``job.run`` (or another job message) makes the job *delivered*.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from ...errors import InvalidInput
 from ...protocol.delivery import Inbox, InboxStore, Outbox, OutboxStore
-from ...protocol.frames import Msg, renumber_frame, write_frame
+from ...protocol.frames import msg_frames, renumber_frame
 from ...protocol.limits import MAX_OUTPUT_KEPT_BYTES
 from ...protocol.messages import Envelope
 from ...protocol.states import JobEvent, JobStatus, job_next
 from ..store.base import Tx
-from .common import add_events, now
+from .common import add_events, json_text, now
 
 __all__ = [
     "ServerInbox",
@@ -83,7 +84,7 @@ class ServerOutbox(OutboxStore[Item]):
 
     def put(self, seq: int, item: Item) -> str:
         env, job_id = item
-        frame = write_frame(Msg(seq=seq, msg=env.to_dict()))
+        frame = next(msg_frames([(seq, env)]))
         self.tx.notify_machine(self.machine_id)
         self.tx.execute(
             "INSERT INTO outbox (machine_id, seq, type, job_id, envelope) VALUES (?, ?, ?, ?, ?)",
@@ -209,9 +210,9 @@ def enqueue_many(
         raise InvalidInput("machine vanished")
     rows_out: list[tuple[str, int, str, str | None, str]] = []
     sent: list[tuple[str, int, str]] = []
-    for machine_id, env, job_id in items:
+    frames = msg_frames((seqs[machine_id], env) for machine_id, env, _ in items)
+    for (machine_id, env, job_id), frame in zip(items, frames, strict=True):
         seq = seqs[machine_id]
-        frame = write_frame(Msg(seq=seq, msg=env.to_dict()))
         tx.notify_machine(machine_id)
         rows_out.append((machine_id, seq, env.type, job_id, frame))
         sent.append((machine_id, seq, frame))
@@ -263,47 +264,87 @@ def job_steps(
     )
     if jt is None:
         return []
-    status = JobStatus(jt["status"])
-    exit_code, reason = jt["exit_code"], jt["reason"]
-    kept = int(jt["output_bytes"])
-    moved = ended = False
-    events: list[tuple[str, dict[str, Any]]] = []
-    for step in steps:
-        if len(step) == 3:
-            event, code, why = step
-            nxt = job_next(status, event)
-            if nxt is None:
-                continue
-            status, exit_code, reason = nxt, code, why
-            moved, ended = True, ended or nxt.terminal
-            change = {"job_id": job_id, "status": nxt.value, "exit_code": code, "reason": why}
-            events.append(("job.status", change))
-            continue
-        stream, data = step
-        if kept >= MAX_OUTPUT_KEPT_BYTES:
-            continue
-        size = len(data.encode())
-        if kept + size > MAX_OUTPUT_KEPT_BYTES:
-            data = data.encode()[: MAX_OUTPUT_KEPT_BYTES - kept].decode(errors="ignore")
-            data += f"\n[crc: output truncated at {MAX_OUTPUT_KEPT_BYTES} bytes]\n"
-            size = MAX_OUTPUT_KEPT_BYTES - kept
-        kept += size
-        events.append(("job.output", {"job_id": job_id, "stream": stream, "data": data}))
-    if not events:
+    walk = _walk(
+        job_id,
+        JobStatus(jt["status"]),
+        jt["exit_code"],
+        jt["reason"],
+        int(jt["output_bytes"]),
+        steps,
+    )
+    if not walk.events:
         return []
-    if moved:
+    if walk.moved:
         tx.send(
             "UPDATE job_targets SET status = ?, exit_code = ?, reason = ?, output_bytes = ?, "
             "updated = ? WHERE job_id = ? AND machine_id = ?",
-            (status.value, exit_code, reason, kept, now(), job_id, m["id"]),
+            (walk.status.value, walk.exit_code, walk.reason, walk.kept, now(), job_id, m["id"]),
         )
     else:
         tx.send(
             "UPDATE job_targets SET output_bytes = ? WHERE job_id = ? AND machine_id = ?",
-            (kept, job_id, m["id"]),
+            (walk.kept, job_id, m["id"]),
         )
-    add_events(tx, m["group_id"], events, machine=m["name"], job_id=job_id)
-    if ended and jt["rollout"] is not None:
+    return _ended(tx, m, job_id, walk, jt["rollout"])
+
+
+@dataclass
+class _Walk:
+    """A target after its steps (``job_steps``): its row's new values, and its events."""
+
+    status: JobStatus
+    exit_code: int | None
+    reason: str | None
+    kept: int
+    moved: bool = False
+    ended: bool = False
+    events: list[tuple[str, dict[str, Any] | str]] = field(default_factory=list)
+
+
+def _walk(
+    job_id: str,
+    status: JobStatus,
+    exit_code: int | None,
+    reason: str | None,
+    kept: int,
+    steps: Sequence[Step],
+) -> _Walk:
+    walk = _Walk(status, exit_code, reason, kept)
+    events = walk.events
+    for step in steps:
+        if len(step) == 3:
+            event, code, why = step
+            nxt = job_next(walk.status, event)
+            if nxt is None:
+                continue
+            walk.status, walk.exit_code, walk.reason = nxt, code, why
+            walk.moved, walk.ended = True, walk.ended or nxt.terminal
+            # {"job_id", "status", "exit_code", "reason"}, as dumps would write it
+            change = (
+                f'{{"job_id":{json_text(job_id)},"status":{json_text(nxt.value)},'
+                f'"exit_code":{json_text(code)},"reason":{json_text(why)}}}'
+            )
+            events.append(("job.status", change))
+            continue
+        stream, data = step
+        if walk.kept >= MAX_OUTPUT_KEPT_BYTES:
+            continue
+        size = len(data.encode())
+        if walk.kept + size > MAX_OUTPUT_KEPT_BYTES:
+            data = data.encode()[: MAX_OUTPUT_KEPT_BYTES - walk.kept].decode(errors="ignore")
+            data += f"\n[crc: output truncated at {MAX_OUTPUT_KEPT_BYTES} bytes]\n"
+            size = MAX_OUTPUT_KEPT_BYTES - walk.kept
+        walk.kept += size
+        events.append(("job.output", {"job_id": job_id, "stream": stream, "data": data}))
+    return walk
+
+
+def _ended(
+    tx: Tx, m: dict[str, Any], job_id: str, walk: _Walk, rollout: str | None
+) -> list[tuple[str, int, str]]:
+    """Record ``walk``'s events; what the rate-control rules release if it ended."""
+    add_events(tx, m["group_id"], walk.events, machine=m["name"], job_id=job_id)
+    if walk.ended and rollout is not None:
         from .rollout import advance  # the rules release the next targets
 
         return advance(tx, job_id)
