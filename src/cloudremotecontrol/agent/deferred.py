@@ -1,14 +1,14 @@
 """Standard-library modules the agent's libraries import and an idle agent never uses,
 loaded on their first use instead of at start-up.
 
-websockets (14-16) imports ``importlib.metadata`` at the top of ``websockets/version.py``
-(used only by a development checkout, never by a release) and, since 15.0,
-``urllib.request`` at the top of ``websockets/proxy.py`` (for its ``getproxies()`` and
-``proxy_bypass()``). With what they import (email, zipfile, csv, http.client, ...) they
-are about 2 MiB of the agent's resident memory, for as long as it runs; ``shutil``
-(which the agent uses for ``which()``) imports ``bz2`` and ``lzma``, with their
-libraries, for its archives: 0.3 MiB more (bench/RESULTS.md, "Agent start-up and
-memory").
+websockets (15-16) imports ``importlib.metadata`` at the top of ``websockets/version.py``
+(used only by a development checkout, never by a release) and ``urllib.request`` for its
+proxy lookup (``getproxies()`` and ``proxy_bypass()``; at the top of ``websockets/uri.py``
+in 15, of ``websockets/proxy.py`` since 16). With what they import (email, zipfile, csv,
+http.client, ...) they are about 2 MiB of the agent's resident memory, for as long as it
+runs; ``shutil`` (which the agent uses for ``which()``) imports ``bz2`` and ``lzma``,
+with their libraries, for its archives: 0.3 MiB more (bench/RESULTS.md, "Agent start-up
+and memory").
 
 ``defer()`` puts, before websockets is imported, a module object for each in
 ``sys.modules`` that holds only the module's import metadata (``__spec__``, ``__name__``,
