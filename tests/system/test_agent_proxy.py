@@ -5,51 +5,33 @@ entry point skips websockets' proxy lookup only where there is no proxy to find
 
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
+
+from tcp_relay import TcpRelay
 
 from conftest import Env
 
 
-class _ConnectProxy:
+class _ConnectProxy(TcpRelay):
     """An HTTP proxy that does CONNECT only (what a WebSocket over TLS asks of it), and
     records each request line."""
 
     def __init__(self) -> None:
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
         self.requests: list[str] = []
-        self._socks: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__()
+        self.url = f"http://127.0.0.1:{self.port}"
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            self._socks.append(client)
-            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
-
-    def _serve(self, client: socket.socket) -> None:
-        try:
-            self._connect(client)
-        except OSError:  # either end gone
-            pass
-
-    def _connect(self, client: socket.socket) -> None:
+    def connect(self, client: socket.socket) -> socket.socket | None:
         head = b""
         while b"\r\n\r\n" not in head:
             data = client.recv(4096)
             if not data:
-                client.close()
-                return
+                return None
             head += data
         line = head.split(b"\r\n", 1)[0].decode()
         self.requests.append(line)
@@ -57,35 +39,13 @@ class _ConnectProxy:
         host, _, port = target.rpartition(":")
         if method != "CONNECT":
             client.sendall(b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n")
-            client.close()
-            return
+            return None
         upstream = socket.create_connection((host, int(port)), 5)
-        self._socks.append(upstream)
         client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
         rest = head.split(b"\r\n\r\n", 1)[1]
         if rest:
             upstream.sendall(rest)
-        for src, dst in ((client, upstream), (upstream, client)):
-            threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
-
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for sock in (src, dst):
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-
-    def close(self) -> None:
-        self.listener.close()
-        for sock in self._socks:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-            sock.close()
+        return upstream
 
 
 def _lean_agent(env: Env, state: Path, extra_env: dict[str, str]) -> subprocess.Popen[bytes]:

@@ -7,7 +7,6 @@ bounded polls of real outcomes, never timing assertions.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -16,7 +15,6 @@ import sqlite3
 import ssl
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +22,7 @@ from typing import Any
 
 import httpx
 import pytest
+from tcp_relay import TcpRelay
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
@@ -174,7 +173,7 @@ def test_results_produced_while_disconnected_are_delivered(env):
     _wait(lambda: _outbox_types(agents["a"].state_dir) == [], "the agent's outbox to drain")
 
 
-class _Proxy:
+class _Proxy(TcpRelay):
     """A TCP relay in front of the server whose agent->server direction can be made a
     black hole: the agent's bytes (acks, results) vanish while the server's still arrive,
     like a half-broken link. TLS passes through untouched."""
@@ -182,50 +181,14 @@ class _Proxy:
     def __init__(self, upstream_port: int) -> None:
         self.upstream_port = upstream_port
         self.blackhole = False
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
+        super().__init__()
         self.url = f"https://127.0.0.1:{self.port}"
-        self._socks: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            try:
-                server = socket.create_connection(("127.0.0.1", self.upstream_port), 5)
-            except OSError:
-                client.close()
-                continue
-            self._socks += [client, server]
-            threading.Thread(target=self._pump, args=(client, server, True), daemon=True).start()
-            threading.Thread(target=self._pump, args=(server, client, False), daemon=True).start()
+    def connect(self, client: socket.socket) -> socket.socket | None:
+        return socket.create_connection(("127.0.0.1", self.upstream_port), 5)
 
-    def _pump(self, src: socket.socket, dst: socket.socket, upstream: bool) -> None:
-        try:
-            while data := src.recv(65536):
-                if not (upstream and self.blackhole):
-                    dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for sock in (src, dst):
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-
-    def cut(self) -> None:
-        """Break every relayed connection (both ends see it close)."""
-        for sock in self._socks:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-            sock.close()
-        self._socks.clear()
-
-    def close(self) -> None:
-        self.listener.close()
-        self.cut()
+    def forward(self, data: bytes, upstream: bool) -> bool:
+        return not (upstream and self.blackhole)
 
 
 def test_job_executes_at_most_once_across_reconnects(env, tmp_path):

@@ -1,0 +1,71 @@
+"""A loopback TCP relay for system tests that put something between an agent and the
+server (a proxy, a link that breaks): each accepted connection gets an upstream from
+``connect`` and is then pumped both ways by two threads, through ``forward``."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+
+
+class TcpRelay:
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self.listener.getsockname()[1]
+        self._socks: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def connect(self, client: socket.socket) -> socket.socket | None:
+        """The upstream for a new client connection (None: the client was answered)."""
+        raise NotImplementedError
+
+    def forward(self, data: bytes, upstream: bool) -> bool:
+        """Whether ``data`` read from one end goes on (``upstream``: client to server)."""
+        return True
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            self._socks.append(client)
+            threading.Thread(target=self._start, args=(client,), daemon=True).start()
+
+    def _start(self, client: socket.socket) -> None:
+        try:
+            upstream = self.connect(client)
+        except OSError:  # either end gone, or no upstream
+            upstream = None
+        if upstream is None:
+            with contextlib.suppress(OSError):
+                client.close()
+            return
+        self._socks.append(upstream)
+        for src, dst, up in ((client, upstream, True), (upstream, client, False)):
+            threading.Thread(target=self._pump, args=(src, dst, up), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, upstream: bool) -> None:
+        try:
+            while data := src.recv(65536):
+                if self.forward(data, upstream):
+                    dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def cut(self) -> None:
+        """Break every relayed connection (both ends see it close)."""
+        for sock in self._socks:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+        self._socks.clear()
+
+    def close(self) -> None:
+        self.listener.close()
+        self.cut()
