@@ -62,7 +62,7 @@ def serve(
     if settings.agent_silence_timeout <= AGENT_PING_SECONDS + HEARTBEAT_SECONDS:
         logging.getLogger(__name__).warning(
             "agent_silence_timeout is %g s: agents ping every %g s, so connections of "
-            "healthy idle agents will be closed (the default is %g s)",
+            "healthy idle agents may be closed (the default is %g s)",
             settings.agent_silence_timeout,
             AGENT_PING_SECONDS,
             AGENT_SILENCE_SECONDS,
