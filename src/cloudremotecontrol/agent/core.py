@@ -434,7 +434,7 @@ class Agent:
                 additional_headers={"Authorization": f"Bearer {self.cred.credential}"},
                 max_size=MAX_FRAME_BYTES,
                 compression=None,
-                **proxy_option(connect),
+                **proxy_option(),
                 # As long as the server lets a connection wait for its TLS handshake
                 # (server/handshakes.py): a server that restarted takes the whole
                 # fleet's handshakes in turn, and one given up and tried again costs

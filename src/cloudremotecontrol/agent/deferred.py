@@ -32,7 +32,6 @@ agent's HTTPS calls (agent/http.py) use urllib, and its proxies, as before.
 from __future__ import annotations
 
 import importlib.util
-import inspect
 import os
 import sys
 import threading
@@ -102,9 +101,9 @@ def defer(modules: tuple[tuple[str, str | None], ...] = DEFERRED) -> None:
             setattr(sys.modules[parent], child, module)
 
 
-def proxy_option(connect: Any) -> dict[str, Any]:
+def proxy_option() -> dict[str, Any]:
     """Keyword arguments for websockets' ``connect``: ``{"proxy": None}`` where its
-    proxy lookup (the default, ``proxy=True``, websockets >= 15) would surely find no
+    proxy lookup (the default, ``proxy=True``) would surely find no
     proxy, else none (the lookup runs, as by default). Outside Windows and macOS,
     ``urllib.request.getproxies()`` is the environment's ``<scheme>_proxy`` variables
     (any case) that have a value: without one there is no proxy to use."""
@@ -113,6 +112,4 @@ def proxy_option(connect: Any) -> dict[str, Any]:
     for name, value in os.environ.items():
         if value and name.lower().endswith("_proxy"):
             return {}
-    if "proxy" not in inspect.signature(connect).parameters:  # websockets < 15
-        return {}
     return {"proxy": None}

@@ -94,7 +94,7 @@ class StreamServer:
                     additional_headers={"Authorization": f"Bearer {agent.cred.credential}"},
                     max_size=MAX_FRAME_BYTES,
                     compression=None,
-                    **proxy_option(connect),
+                    **proxy_option(),
                     open_timeout=20,
                     ping_interval=HEARTBEAT_SECONDS,
                     ping_timeout=HEARTBEAT_SECONDS,
