@@ -1,5 +1,12 @@
 """Live connections of this server process: agent writers and event-stream wake-ups.
 
+Event streams read a group's new events when the bus wakes them after a commit. While
+commits keep coming (a job's results), the bus wakes a group's followers at most once
+per ``WAKE_INTERVAL`` seconds: the first commit after a quiet spell wakes them at once,
+later ones within the interval are folded into one wake-up at its end. So a stream
+reads at most once per interval, and no commit is left unread: every commit is
+followed by a wake-up, now or at the end of the interval.
+
 Fan-out: every agent connection has its own queue and writer task, so a job for a
 thousand machines never waits for the slowest socket. A writer only sends what the
 store has committed; when offers arrive out of order (two jobs committed concurrently)
@@ -10,12 +17,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .store.base import ALL_GROUPS
 
-__all__ = ["AgentLink", "EventBus", "Hub"]
+__all__ = ["WAKE_INTERVAL", "AgentLink", "EventBus", "Hub"]
+
+#: Seconds: a group's event followers are woken at most once per interval (see above).
+WAKE_INTERVAL = 0.015
 
 Reload = Callable[[str, int], Awaitable[list[tuple[int, str]]]]
 
@@ -154,22 +165,65 @@ class Hub:
 
 
 class EventBus:
-    """Wakes event-stream followers of a group after commits that added events."""
+    """Wakes event-stream followers of a group after commits that added events, at most
+    once per ``interval`` per group (the rest are deferred to the interval's end)."""
 
-    def __init__(self) -> None:
+    def __init__(self, interval: float = WAKE_INTERVAL) -> None:
         self._waiters: dict[str, set[asyncio.Event]] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.interval = interval
+        self._woken: dict[str, float] = {}  # group -> loop time of its last wake-up
+        self._due: dict[str, asyncio.TimerHandle] = {}  # group -> its deferred wake-up
+        self._lock = threading.Lock()
+        self._incoming: set[str] = set()  # from backend threads, not yet handed over
+        #: Wake-ups run and notifications folded into a deferred one (for tests).
+        self.wakeups = 0
+        self.deferred = 0
 
     def notify_threadsafe(self, groups: set[str]) -> None:
-        if self.loop is not None:
-            self.loop.call_soon_threadsafe(self.notify, groups)
+        """From a backend thread: one hop to the loop for however many commits come
+        before it runs."""
+        if self.loop is None:
+            return
+        with self._lock:
+            pending = bool(self._incoming)
+            self._incoming |= groups
+        if not pending:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody follows
+                self.loop.call_soon_threadsafe(self._take_incoming)
+
+    def _take_incoming(self) -> None:
+        with self._lock:
+            groups, self._incoming = self._incoming, set()
+        self.notify(groups)
 
     def notify(self, groups: set[str]) -> None:
         if ALL_GROUPS in groups:
             groups = set(self._waiters)
+        loop = self.loop or asyncio.get_running_loop()
+        now = loop.time()
         for g in groups:
-            for ev in self._waiters.get(g, ()):
-                ev.set()
+            if g not in self._waiters:
+                continue
+            if g in self._due:  # a wake-up is already due: it will read this commit too
+                self.deferred += 1
+                continue
+            at = self._woken.get(g, -self.interval) + self.interval
+            if at <= now:
+                self._wake(g)
+            else:
+                self.deferred += 1
+                self._due[g] = loop.call_at(at, self._wake, g)
+
+    def _wake(self, group_id: str) -> None:
+        self._due.pop(group_id, None)
+        waiters = self._waiters.get(group_id)
+        if not waiters:
+            return
+        self._woken[group_id] = (self.loop or asyncio.get_running_loop()).time()
+        self.wakeups += 1
+        for ev in waiters:
+            ev.set()
 
     @contextlib.contextmanager
     def subscribe(self, group_id: str) -> Any:
@@ -183,3 +237,7 @@ class EventBus:
                 waiters.discard(ev)
                 if not waiters:
                     del self._waiters[group_id]
+                    self._woken.pop(group_id, None)
+                    due = self._due.pop(group_id, None)
+                    if due is not None:
+                        due.cancel()
