@@ -869,6 +869,70 @@ async def test_a_write_cancelled_while_queued_does_not_stop_later_writes(store: 
     assert (await store.read(users.authenticate_master, token))["user"] == "carol"
 
 
+# -- the SQLite writer's commit window --------------------------------------------------
+async def _until(check: Any) -> None:
+    for _ in range(3000):
+        if check():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("never happened")
+
+
+async def test_sqlite_writer_commits_what_arrives_in_its_window_with_the_batch(
+    tmp_path: Any,
+) -> None:
+    store = SqliteStore(str(tmp_path / "crc.db"))
+    await store.start()
+    try:
+        # A long window that ends when three operations are gathered: what arrives
+        # while the writer waits must join the batch it is gathering.
+        store.commit_window, store.batch_limit = 600.0, 3
+        started, release = threading.Event(), threading.Event()
+
+        def hold(tx: Tx) -> None:
+            started.set()
+            release.wait(30)
+
+        first = asyncio.ensure_future(store.write(hold))
+        assert await asyncio.to_thread(started.wait, 30)
+        a = asyncio.ensure_future(store.write(users.create_user, "a"))
+        b = asyncio.ensure_future(store.write(users.create_user, "b"))
+        await asyncio.sleep(0.1)  # both are queued behind the first
+        release.set()
+        await first
+        await _until(lambda: store.window_waits == 1)  # a and b: busy, so it waits
+        c = await store.write(users.create_user, "c")
+        tokens = [await a, await b, c]
+        assert (store.batches, store.window_waits) == (2, 1)
+        # After a batch of several, a lone operation waits for company too; the next
+        # one completes its batch.
+        d = asyncio.ensure_future(store.write(users.create_user, "d"))
+        await _until(lambda: store.window_waits == 2)
+        store.batch_limit = 2
+        e = await store.write(users.create_user, "e")
+        tokens += [await d, e]
+        assert (store.batches, store.window_waits) == (3, 2)
+        names = [(await store.read(users.authenticate_master, t))["user"] for t in tokens]
+        assert names == ["a", "b", "c", "d", "e"]
+    finally:
+        release.set()
+        await store.close()
+
+
+async def test_sqlite_writer_does_not_wait_for_a_write_that_finds_it_idle(
+    tmp_path: Any,
+) -> None:
+    store = SqliteStore(str(tmp_path / "crc.db"))
+    await store.start()
+    try:
+        store.commit_window = 600.0  # were a lone write held, this would never end
+        for name in ["a", "b", "c"]:  # one after the other, as a lone caller writes
+            await asyncio.wait_for(store.write(users.create_user, name), 60)
+        assert (store.batches, store.window_waits) == (3, 0)
+    finally:
+        await store.close()
+
+
 # -- migrations ------------------------------------------------------------------------
 async def test_migrations_are_idempotent_and_safe_when_started_together(db_url: str) -> None:
     stores = [open_store(db_url) for _ in range(4)]

@@ -110,7 +110,7 @@ class SqliteStore(Store):
         self._conn: sqlite3.Connection | None = None
         self.commit_window = COMMIT_WINDOW
         self.batch_limit = _BATCH
-        #: Batches run (each one commit) and how many of them waited for the window.
+        #: Batches committed, and how many times the writer waited for its window.
         self.batches = 0
         self.window_waits = 0
 
@@ -192,7 +192,6 @@ class SqliteStore(Store):
                 self.window_waits += 1
                 stop = self._take_queued(batch, time.monotonic() + self.commit_window)
             self._run_batch(conn, batch)
-            self.batches += 1
             if len(batch) > 1:
                 busy_until = time.monotonic() + self.commit_window
         conn.close()
@@ -242,6 +241,7 @@ class SqliteStore(Store):
                     groups |= tx.notified
                     results.append((item, True, value))
             conn.execute("COMMIT")
+            self.batches += 1
         except sqlite3.Error as exc:
             # The commit itself failed (disk full, I/O error): nothing is durable.
             try:
