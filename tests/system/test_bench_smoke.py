@@ -163,3 +163,11 @@ def test_connected_bench_completes_and_prints_a_table() -> None:
     assert re.search(r"connected again\s+4/4", r.stdout), r.stdout
     assert re.search(r"results stored: succeeded\s+4/4", r.stdout), r.stdout
     assert re.search(r"succeeded per the API\s+4/4", r.stdout), r.stdout
+
+
+def test_writer_batches_bench_completes_and_prints_a_table() -> None:
+    r = _bench("writer_batches.py", "--machines", "20", "--jobs", "2", "--sizes", "1,10")
+    lines = r.stdout.splitlines()
+    assert lines[0].split()[:2] == ["batch", "size"]
+    assert [line.split()[:2] for line in lines[1:]] == [["1", "20"], ["10", "2"]]
+    assert all(line.endswith(" ms") for line in lines[1:])
