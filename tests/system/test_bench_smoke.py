@@ -133,6 +133,7 @@ def test_agent_start_bench_completes_and_prints_a_table() -> None:
     assert lines[0].split()[:2] == ["entry", "point"]
     assert lines[2].startswith("crc agent run") and "MiB" in lines[2]
     assert lines[3].startswith("python -m cloudremotecontrol.agent run") and "MiB" in lines[3]
+    assert lines[5].startswith("as the service: -OO -X no_debug_ranges") and "MiB" in lines[5]
 
 
 def test_agent_memory_bench_completes_and_prints_its_tables() -> None:
