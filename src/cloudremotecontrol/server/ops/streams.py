@@ -19,7 +19,7 @@ from ...protocol.frames import msg_frames, renumber_frame
 from ...protocol.limits import MAX_OUTPUT_KEPT_BYTES
 from ...protocol.messages import Envelope
 from ...protocol.states import JobEvent, JobStatus, job_next
-from ..store.base import Tx
+from ..store.base import JOB_TARGET_SQL, Tx
 from .common import add_events, json_text, now
 
 __all__ = [
@@ -257,11 +257,7 @@ def job_steps(
     table allows is a ``job.status`` event; output is kept up to
     ``MAX_OUTPUT_KEPT_BYTES`` per target (then cut, with a marker) as ``job.output``
     events. Returns what the rate-control rules release when the target ended."""
-    jt = tx.one(
-        "SELECT t.status, t.exit_code, t.reason, t.output_bytes, j.rollout FROM job_targets t "
-        "JOIN jobs j ON j.id = t.job_id WHERE t.job_id = ? AND t.machine_id = ?",
-        (job_id, m["id"]),
-    )
+    jt = tx.one(JOB_TARGET_SQL, (job_id, m["id"]))  # may be read ahead (``reads_job_target``)
     if jt is None:
         return []
     walk = _walk(

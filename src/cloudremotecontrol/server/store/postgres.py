@@ -150,10 +150,10 @@ from .base import ALL_GROUPS, Store, settle
 from .pg_tx import (
     Outgoing,
     PgTx,
-    RowCache,
     column_types,
     insert_events,
     known_count,
+    read_ahead,
     to_pyformat,
 )
 from .schema import migrate
@@ -410,7 +410,7 @@ class PostgresStore(Store):
                     held: set[str] = set()  # locks taken early (_lock_events_now)
                     # The rows the ops declare they read, in one round trip ("Rows
                     # read ahead").
-                    rows = RowCache.prefetch(reader, [(p.op, p.args) for p in batch])
+                    rows = read_ahead(conn, [(p.op, p.args) for p in batch], self._types)
                     # The ops' statements that nothing waits for, kept until something
                     # does ("Statements kept").
                     out = Outgoing(cur, self._types)
@@ -422,8 +422,8 @@ class PostgresStore(Store):
                         except psycopg.Error:
                             raise  # which op failed is not known: see _PipelineFailed
                         except BaseException as exc:  # noqa: BLE001 -- handed to the caller
-                            if rows is not None:
-                                rows.rolled_back()
+                            for cache in rows:
+                                cache.rolled_back()
                             out.add("ROLLBACK TO SAVEPOINT op")
                             out.add("RELEASE SAVEPOINT op")
                             done.append((p, False, exc))
@@ -449,7 +449,7 @@ class PostgresStore(Store):
             return []
         self.batches += 1
         self.pipelined_batches += 1
-        self.rows_read_ahead += rows.served if rows is not None else 0
+        self.rows_read_ahead += sum(cache.served for cache in rows)
         self.statements_sent += sent
         self._settle(groups, done)
         return []
