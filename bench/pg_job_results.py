@@ -112,15 +112,17 @@ async def run(args: argparse.Namespace) -> None:
             await store.write(delivery.machine_connected, row["id"], True, "127.0.0.1", "r1")
             ids[m["name"]] = row["id"]
 
-        statements: Counter[str] = Counter()
+        statements: Counter[str] = Counter()  # while results are applied
         waits: Counter[str] = Counter()
-        _count(statements, waits)
+        seen: Counter[str] = Counter()  # everything the writer sent and waited for
+        waited: Counter[str] = Counter()
+        _count(seen, waited)
         cpu = wall = backends = 0.0
         batches = 0
         for k in range(1, args.jobs + 1):
             job = await store.write(jobs.create_job, user, "lab", "all", {"argv": ["true"]})
             job_id = job["job_id"]
-            before = dict(statements), dict(waits), store.batches
+            sent0, waited0, batches0 = seen.copy(), waited.copy(), store.batches
             pg0, cpu0, t0 = _backend_cpu(admin, dbname), time.process_time(), time.perf_counter()
 
             def result(name: str, k: int = k, job_id: str = job_id) -> Any:
@@ -130,19 +132,19 @@ async def run(args: argparse.Namespace) -> None:
                 return store.write(delivery.apply_agent_message, ids[name], k, raw, k)
 
             out = await asyncio.gather(*(result(n) for n in names))
+            assert all(r["receipt"] == "new" and "error" not in r for r in out), out[:3]
+            if k == 1:
+                continue  # the first job warms up
             wall += time.perf_counter() - t0
             cpu += time.process_time() - cpu0
             backends += _backend_cpu(admin, dbname) - pg0
-            assert all(r["receipt"] == "new" and "error" not in r for r in out), out[:3]
-            if k == 1:  # the first job warms up: counted from the second
-                statements.clear()
-                waits.clear()
-                cpu = wall = backends = 0.0
-                continue
-            batches += store.batches - before[2]
+            statements += seen - sent0
+            waits += waited - waited0
+            batches += store.batches - batches0
         results = (args.jobs - 1) * args.machines
         print(
-            f"{results} results ({args.jobs - 1} jobs x {args.machines} machines), {batches} batches"
+            f"{results} results ({args.jobs - 1} jobs x {args.machines} machines), "
+            f"{batches} batches"
         )
         print(f"statements sent by the writer per result: {sum(statements.values()) / results:.3f}")
         print(
