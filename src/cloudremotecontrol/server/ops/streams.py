@@ -19,7 +19,7 @@ from ...protocol.frames import msg_frames, renumber_frame
 from ...protocol.limits import MAX_OUTPUT_KEPT_BYTES
 from ...protocol.messages import Envelope
 from ...protocol.states import JobEvent, JobStatus, job_next
-from ..store.base import JOB_TARGET_SQL, Tx
+from ..store.base import JOB_TARGET_SQL, OUTBOX_DROP_SQL, Tx
 from .common import add_events, json_text, now
 
 __all__ = [
@@ -93,10 +93,8 @@ class ServerOutbox(OutboxStore[Item]):
         return frame
 
     def drop_through(self, seq: int) -> int:
-        gone = self.tx.all(
-            "DELETE FROM outbox WHERE machine_id = ? AND seq <= ? RETURNING seq, type, job_id",
-            (self.machine_id, seq),
-        )
+        # (may be answered from rows read ahead: ``reads_outbox_drop``)
+        gone = self.tx.all(OUTBOX_DROP_SQL, (self.machine_id, seq))
         runs = sorted(
             (int(r["seq"]), r["job_id"])
             for r in gone

@@ -12,10 +12,19 @@ from typing import Any
 
 import psycopg
 
-from .base import JOB_TARGET_SQL, Tx, read_job_target, read_row, row_sql
+from .base import (
+    JOB_TARGET_SQL,
+    OUTBOX_DROP_SQL,
+    Tx,
+    read_job_target,
+    read_outbox_drop,
+    read_row,
+    row_sql,
+)
 
 __all__ = [
     "EVENT_LOCK_CLASS",
+    "OutboxCache",
     "Outgoing",
     "PgTx",
     "RowCache",
@@ -514,8 +523,123 @@ class TargetCache:
             self.rows.clear()
 
 
+#: The statement that adds a message to an outbox (ops/streams.py ``put``,
+#: ``enqueue_many``).
+_OUTBOX_PUT = "INSERT INTO outbox (machine_id, seq, type, job_id, envelope) VALUES (?, ?, ?, ?, ?)"
+_OUTBOX = re.compile(r"\boutbox\b", re.IGNORECASE)
+_OUTBOX_AHEAD = (
+    "SELECT o.machine_id AS key_machine, o.seq, o.type, o.job_id FROM outbox o "
+    "JOIN unnest(%s::text[], %s::bigint[]) AS k(m, s) ON o.machine_id = k.m AND o.seq <= k.s "
+    "ORDER BY o.machine_id, o.seq"
+)
+
+
+class OutboxCache:
+    """What ``OUTBOX_DROP_SQL`` (declared with ``reads_outbox_drop``) would return, for
+    a whole pipelined batch: each machine's outbox rows up to the highest seq the
+    batch's ops declare, read in one statement at its start. A drop through a seq no
+    higher is answered from here as the ``DELETE`` would answer it at that point, and
+    the ``DELETE`` itself goes out without being waited for (``PgTx.all``). Kept
+    current: a drop (answered or not) removes the machine's rows it covers, an insert
+    of one message (``_OUTBOX_PUT``) adds its row; any other statement on ``outbox``
+    drops every machine, and so does a rollback to a savepoint once a kept row was
+    changed. What is dropped runs and is waited for as before."""
+
+    sql = OUTBOX_DROP_SQL
+
+    def __init__(self) -> None:
+        self.rows: dict[str, list[dict[str, Any]]] = {}  # by machine, in seq order
+        self.through: dict[str, int] = {}  # each machine's rows are kept up to this seq
+        self.changed = False
+        self.served = 0
+
+    @staticmethod
+    def keys(ops: Sequence[tuple[Any, Sequence[Any]]]) -> dict[str, int]:
+        """The highest seq ``ops`` (``(op, args)``) declare they drop through, by machine."""
+        through: dict[str, int] = {}
+        for op, args in ops:
+            key = read_outbox_drop(op, args)
+            if key is None or "\x00" in key[0] or not 0 <= key[1] < 2**62:
+                continue
+            machine_id, seq = key
+            through[machine_id] = max(seq, through.get(machine_id, seq))
+        return through
+
+    def start(self, cur: psycopg.Cursor[dict[str, Any]], through: dict[str, int]) -> None:
+        """Send the read of ``through`` on ``cur`` (``finish`` takes its rows)."""
+        machines = sorted(through)
+        self.through = {m: through[m] for m in machines}
+        self.rows = {m: [] for m in machines}
+        cur.execute(_OUTBOX_AHEAD, (machines, [through[m] for m in machines]))
+
+    def finish(self, cur: psycopg.Cursor[dict[str, Any]]) -> None:
+        for row in cur.fetchall():
+            machine_id = row.pop("key_machine")
+            if machine_id in self.rows:
+                self.rows[machine_id].append(row)
+
+    def get(self, sql: str, params: Sequence[Any]) -> tuple[bool, dict[str, Any] | None]:
+        return False, None  # no single-row read of its own
+
+    def drop(self, sql: str, params: Sequence[Any]) -> list[dict[str, Any]] | None:
+        """The rows ``sql`` (``OUTBOX_DROP_SQL``) would return with ``params`` now, in
+        seq order; None when not known here. ``wrote`` removes them when it is sent."""
+        if sql != self.sql or len(params) != 2:
+            return None
+        machine_id, seq = params
+        if not isinstance(machine_id, str) or type(seq) is not int:
+            return None
+        if machine_id not in self.rows or seq > self.through[machine_id]:
+            return None
+        self.served += 1
+        return [dict(r) for r in self.rows[machine_id] if r["seq"] <= seq]
+
+    def wrote(self, sql: str, params: Sequence[Any]) -> None:
+        """``sql`` is about to run with ``params``: keep the rows current."""
+        if not self.rows:
+            return
+        savepoint = _savepoint(sql)
+        if savepoint is not None:
+            if savepoint[0] == "ROLLBACK":
+                self.rolled_back()
+            return
+        text = sql.lstrip()
+        if text[:6].upper() == "SELECT" or not _OUTBOX.search(text):
+            return  # a read, or a statement on other tables (the schema has no cascades)
+        self.changed = True
+        if sql == self.sql and len(params) == 2:
+            machine_id, seq = params
+            if isinstance(machine_id, str) and type(seq) is int:
+                if machine_id in self.rows:
+                    self.rows[machine_id] = [r for r in self.rows[machine_id] if r["seq"] > seq]
+                return
+        elif sql == _OUTBOX_PUT and len(params) == 5:
+            machine_id, seq, kind, job_id = params[:4]
+            if (
+                isinstance(machine_id, str)
+                and type(seq) is int
+                and isinstance(kind, str)
+                and (job_id is None or isinstance(job_id, str))
+            ):
+                kept = self.rows.get(machine_id)
+                if kept is None or seq > self.through[machine_id]:
+                    return  # not kept here: no drop is answered beyond ``through``
+                if any(r["seq"] == seq for r in kept):
+                    del self.rows[machine_id]  # the insert will fail: let the database say
+                    return
+                kept.append({"seq": seq, "type": kind, "job_id": job_id})
+                kept.sort(key=lambda r: int(r["seq"]))
+                return
+        self.rows.clear()  # which rows it changes is not known here
+
+    def rolled_back(self) -> None:
+        """A rollback to a savepoint: what it undid is not known here."""
+        if self.changed:
+            self.rows.clear()
+
+
 #: What a pipelined batch reads ahead: the caches ``PgTx`` answers reads from.
-ReadAhead = RowCache | TargetCache
+ReadAhead = RowCache | TargetCache | OutboxCache
 
 
 def read_ahead(
@@ -527,19 +651,25 @@ def read_ahead(
     ``PREFETCHED``, ``reads_job_target``), read in one round trip: each kind in one
     statement, sent together on ``conn`` (in pipeline mode) before waiting for either."""
     caches: list[ReadAhead] = []
-    pending: list[tuple[TargetCache, psycopg.Cursor[dict[str, Any]]]] = []
+    pending: list[tuple[TargetCache | OutboxCache, psycopg.Cursor[dict[str, Any]]]] = []
     keys = TargetCache.keys(ops)
     if keys:
         targets = TargetCache(types)
         cur = conn.cursor()
         targets.start(cur, keys)
         pending.append((targets, cur))
-    rows = RowCache.prefetch(conn.cursor(), ops)  # waits: the targets' rows are in too
+    through = OutboxCache.keys(ops)
+    if through:
+        outbox = OutboxCache()
+        cur = conn.cursor()
+        outbox.start(cur, through)
+        pending.append((outbox, cur))
+    rows = RowCache.prefetch(conn.cursor(), ops)  # waits: the others' rows are in too
     if rows is not None:
         caches.append(rows)
-    for targets, cur in pending:
-        targets.finish(cur)
-        caches.append(targets)
+    for cache, cur in pending:
+        cache.finish(cur)
+        caches.append(cache)
     return caches
 
 
@@ -629,6 +759,12 @@ class PgTx(Tx):
         return self.reader.fetchone()
 
     def all(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        for cache in self.rows:
+            if isinstance(cache, OutboxCache):
+                rows = cache.drop(sql, params)
+                if rows is not None:  # known: the DELETE need not be waited for
+                    self.send(sql, params)
+                    return rows
         self._lock_events_now(sql)
         self._wrote(sql, params)
         self._flush()
