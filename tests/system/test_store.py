@@ -671,35 +671,53 @@ async def test_a_batch_of_messages_from_many_machines_is_applied_in_a_few_statem
 
 
 def _writer_statements(store: Store, monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
-    """The statements PostgreSQL's writer thread sends from now on, by first word (an
-    empty count on SQLite)."""
+    """The statements PostgreSQL's writer thread sends from now on, by first word, and
+    under "waited" how many times it waited for a statement's rows (an empty count on
+    SQLite)."""
     statements = Counter[str]()
     if store.dialect == "postgresql":
         import psycopg
 
-        execute = psycopg.Cursor.execute
+        execute, fetchone, fetchall = (
+            psycopg.Cursor.execute,
+            psycopg.Cursor.fetchone,
+            psycopg.Cursor.fetchall,
+        )
+
+        def writing() -> bool:
+            return threading.current_thread().name == "crc-pg-writer"
 
         def counted(self: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
-            if threading.current_thread().name == "crc-pg-writer":
+            if writing():
                 statements[str(query).split()[0].upper()] += 1
             return execute(self, query, *args, **kwargs)
 
+        def one(self: Any) -> Any:
+            statements["waited"] += writing()
+            return fetchone(self)
+
+        def every(self: Any) -> Any:
+            statements["waited"] += writing()
+            return fetchall(self)
+
         monkeypatch.setattr(psycopg.Cursor, "execute", counted)
+        monkeypatch.setattr(psycopg.Cursor, "fetchone", one)
+        monkeypatch.setattr(psycopg.Cursor, "fetchall", every)
     return statements
 
 
 async def test_a_batch_of_job_results_reads_their_targets_in_one_statement(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A job's results from many machines in one batch: each target ends as reported,
-    with its events; on PostgreSQL the batch reads every target (and machine) ahead, so
-    it waits for no read per result (store/pg_tx.py, ``TargetCache``)."""
+    """A job's results from many machines in one batch, each acknowledging its job.run
+    (as a short job's agent sends it): each target ends as reported, with its events; on
+    PostgreSQL the batch reads every target, machine and acknowledged outbox row ahead,
+    so it waits for no read per result (store/pg_tx.py, ``TargetCache``,
+    ``OutboxCache``)."""
     alice = await new_user(store)
     names = [f"m{i}" for i in range(10)]
     ms = await ready_machines(store, alice, "lab", names)
     job_id = (await store.write(jobs.create_job, alice, "lab", "all", {"argv": ["true"]}))["job_id"]
-    for n in names:
-        assert await store.write(delivery.ack_outbox, ms[n]["id"], 1) == 1
     served = getattr(store, "rows_read_ahead", 0)
     statements = _writer_statements(store, monkeypatch)
 
@@ -711,6 +729,7 @@ async def test_a_batch_of_job_results_reads_their_targets_in_one_statement(
             ms[n]["id"],
             1,
             agent_msg("lab", n, "job.result", body),
+            1,
         )
 
     results = await in_one_batch(store, [result(i, n) for i, n in enumerate(names)])
@@ -728,10 +747,14 @@ async def test_a_batch_of_job_results_reads_their_targets_in_one_statement(
         "succeeded": 10,
     }
     if store.dialect == "postgresql":
-        # The rows read ahead (machines and targets, one round trip), the events'
-        # locks, the notification: no read of a target per result (was: one each).
-        assert statements["SELECT"] <= 4, statements
-        assert getattr(store, "rows_read_ahead", 0) - served >= 20
+        # The rows read ahead (machines, targets, outbox rows: one round trip), the
+        # events' locks, the notification: no read of a target per result, and the
+        # outbox's DELETE not waited for (were: one each).
+        assert statements["SELECT"] <= 5, statements
+        assert statements["waited"] <= 3, statements
+        assert getattr(store, "rows_read_ahead", 0) - served >= 30
+    for n in names:
+        assert await store.read(delivery.outbox_after, ms[n]["id"], 0) == []
 
 
 async def test_one_batch_of_job_reports_reads_each_target_as_the_batch_left_it(
@@ -838,6 +861,74 @@ async def test_one_batch_of_job_reports_reads_each_target_as_the_batch_left_it(
         (j1, "a", "!\n"),
         (j1, "a", "failed"),
         (j2, "a", "failed"),
+    ]
+
+
+async def test_acks_in_one_batch_drop_what_the_outbox_holds_as_the_batch_left_it(
+    store: Store,
+) -> None:
+    """Within one batch, each ack drops what the outbox holds at that point: after an
+    earlier ack of the same machine, a message added by the batch, and a drop rolled
+    back (PostgreSQL reads the rows a batch's acks drop ahead: store/pg_tx.py,
+    ``OutboxCache``)."""
+    alice = await new_user(store)
+    ms = await ready_machines(store, alice, "lab", ["a", "b"])
+    a, b = ms["a"]["id"], ms["b"]["id"]
+    j1 = (await store.write(jobs.create_job, alice, "lab", "all", {"argv": ["true"]}))["job_id"]
+    j2 = (await store.write(jobs.create_job, alice, "lab", "a", {"argv": ["true"]}))["job_id"]
+
+    def dropped_and_undone(tx: Tx) -> None:
+        gone = tx.all(
+            "DELETE FROM outbox WHERE machine_id = ? AND seq <= ? RETURNING seq, type, job_id",
+            (b, 1),
+        )
+        assert [(r["seq"], r["job_id"]) for r in gone] == [(1, j1)]
+        raise InvalidInput("rolled back")
+
+    body = {"job_id": j2, "status": "succeeded", "exit_code": 0, "started": True}
+    result = agent_msg("lab", "a", "job.result", body)
+    results = await in_one_batch(
+        store,
+        [
+            (delivery.ack_outbox, a, 1),
+            (delivery.ack_outbox, a, 1),  # already dropped
+            (jobs.create_job, alice, "lab", "a", {"argv": ["false"]}),  # a's seq 3
+            (delivery.apply_agent_message, a, 1, result, 3),  # acks j2's and the new run
+            (dropped_and_undone,),
+            (delivery.ack_outbox, b, 1),
+        ],
+    )
+    assert results[:2] == [1, 0]
+    j3 = results[2]["job_id"]
+    assert results[2]["deliveries"][0][:2] == (a, 3)
+    assert results[3]["receipt"] == "new" and "error" not in results[3]
+    assert isinstance(results[4], InvalidInput)
+    assert results[5] == 1
+    assert await store.read(delivery.outbox_after, a, 0) == []
+    assert await store.read(delivery.outbox_after, b, 0) == []
+    status = {
+        (j, t["machine"]): t["status"]
+        for j in (j1, j2, j3)
+        for t in (await store.read(jobs.job_view, alice["user_id"], j))["targets"]
+    }
+    assert status == {
+        (j1, "a"): "delivered",
+        (j1, "b"): "delivered",
+        (j2, "a"): "succeeded",
+        (j3, "a"): "delivered",
+    }
+    seen = [
+        (e["job_id"], e["machine"], e["data"]["status"])
+        for e in await group_events(store, alice, "lab")
+        if e["type"] == "job.status"
+    ]
+    assert seen == [
+        (j1, "a", "delivered"),
+        (j2, "a", "delivered"),
+        (j3, "a", "delivered"),
+        (j2, "a", "running"),
+        (j2, "a", "succeeded"),
+        (j1, "b", "delivered"),
     ]
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from cloudremotecontrol.server.store.base import JOB_TARGET_SQL
-from cloudremotecontrol.server.store.pg_tx import RowCache, TargetCache, _row_writes
+from cloudremotecontrol.server.store.base import JOB_TARGET_SQL, OUTBOX_DROP_SQL
+from cloudremotecontrol.server.store.pg_tx import OutboxCache, RowCache, TargetCache, _row_writes
 from cloudremotecontrol.server.store.postgres import known_count, to_pyformat
 
 
@@ -186,3 +186,33 @@ def test_targets_read_ahead_are_dropped_by_a_rollback_after_a_change_only() -> N
     assert targets.get(JOB_TARGET_SQL, ("j", "a"))[1] == dict(row, output_bytes=4)
     targets.wrote("ROLLBACK TO SAVEPOINT op", ())
     assert targets.rows == {}
+
+
+def test_outbox_rows_read_ahead_answer_drops_as_the_batch_left_them() -> None:
+    box = OutboxCache()
+    box.through = {"a": 3, "b": 1}
+    box.rows = {
+        "a": [{"seq": 1, "type": "job.run", "job_id": "j"}],
+        "b": [{"seq": 1, "type": "job.cancel", "job_id": "k"}],
+    }
+    put = "INSERT INTO outbox (machine_id, seq, type, job_id, envelope) VALUES (?, ?, ?, ?, ?)"
+    box.wrote(put, ("a", 2, "hosts.sync", None, "{}"))
+    box.wrote(put, ("a", 4, "job.run", "x", "{}"))  # beyond what is kept: no drop reaches it
+    assert box.drop(OUTBOX_DROP_SQL, ("a", 4)) is None  # read from the database
+    assert box.drop(OUTBOX_DROP_SQL, ("a", 1.0)) is None
+    assert box.drop(OUTBOX_DROP_SQL, ("c", 1)) is None
+    assert box.drop(OUTBOX_DROP_SQL, ("a", 2)) == [
+        {"seq": 1, "type": "job.run", "job_id": "j"},
+        {"seq": 2, "type": "hosts.sync", "job_id": None},
+    ]
+    box.wrote(OUTBOX_DROP_SQL, ("a", 1))  # sent: what it dropped is gone
+    assert box.drop(OUTBOX_DROP_SQL, ("a", 3)) == [{"seq": 2, "type": "hosts.sync", "job_id": None}]
+    box.wrote("UPDATE machines SET out_next = ? WHERE id = ?", (5, "a"))
+    assert "a" in box.rows
+    box.wrote(
+        "UPDATE outbox SET seq = ?, envelope = ? WHERE machine_id = ? AND seq = ?", (9, "", "b", 1)
+    )
+    assert box.rows == {}  # not followed: everything is read again
+    box.rows = {"b": []}
+    box.wrote("ROLLBACK TO SAVEPOINT op", ())  # after a change: what it undid is unknown
+    assert box.rows == {}
