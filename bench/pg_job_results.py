@@ -8,7 +8,7 @@ full batches. Reported per result: the statements the writer thread sent, the ti
 waited for the database (a fetch of a result, a pipeline sync: round trips), CPU of this
 process (store and driver) and of the database's PostgreSQL backends.
 
-    flock /tmp/crc-bench.lock .venv/bin/python bench/pg_job_results.py
+    flock /tmp/crc-bench.lock .venv/bin/python bench/pg_job_results.py [--messages]
     PYTHONPATH=<other tree>/src .venv/bin/python bench/pg_job_results.py   # an A/B
 
 Prints its figures; writes nothing.
@@ -126,6 +126,9 @@ async def run(args: argparse.Namespace) -> None:
             pg0, cpu0, t0 = _backend_cpu(admin, dbname), time.process_time(), time.perf_counter()
 
             def result(name: str, k: int = k, job_id: str = job_id) -> Any:
+                if args.messages:  # a user message, no ack: the messages' path
+                    raw = Envelope.make("lab", name, "master", "user.bench", {"i": k}).to_dict()
+                    return store.write(delivery.apply_agent_message, ids[name], k, raw)
                 body = {"job_id": job_id, "status": "succeeded", "exit_code": 0}
                 body |= {"started": True, "output": [["stdout", "hi\n"]]}
                 raw = Envelope.make("lab", name, "master", "job.result", body).to_dict()
@@ -169,6 +172,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--machines", type=int, default=200)
     parser.add_argument("--jobs", type=int, default=11, help="jobs (the first warms up)")
+    parser.add_argument(
+        "--messages",
+        action="store_true",
+        help="instead of results, user messages (no ack): the messages' path",
+    )
     parser.add_argument(
         "--postgres",
         default=os.environ.get(
