@@ -164,3 +164,32 @@ def test_connected_bench_completes_and_prints_a_table() -> None:
     assert re.search(r"connected again\s+4/4", r.stdout), r.stdout
     assert re.search(r"results stored: succeeded\s+4/4", r.stdout), r.stdout
     assert re.search(r"succeeded per the API\s+4/4", r.stdout), r.stdout
+
+
+def test_pg_job_results_bench_completes_and_drops_its_database(pg_cluster) -> None:
+    import psycopg
+
+    def bench_databases() -> set[str]:
+        with psycopg.connect(pg_cluster.admin_url, autocommit=True) as conn:
+            return {
+                row[0]
+                for row in conn.execute(
+                    "SELECT datname FROM pg_database WHERE datname LIKE 'crc_bench_%'"
+                )
+            }
+
+    before = bench_databases()
+    for mode in ([], ["--messages"]):
+        r = _bench(
+            "pg_job_results.py",
+            "--machines",
+            "3",
+            "--jobs",
+            "2",
+            "--postgres",
+            pg_cluster.admin_url,
+            *mode,
+        )
+        assert r.stdout.startswith("3 results (1 jobs x 3 machines)"), r.stdout
+        assert "waits (round trips) per result" in r.stdout
+    assert bench_databases() <= before
