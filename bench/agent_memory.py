@@ -15,8 +15,9 @@ unpacked into a venv made without pip, as ``fetch_agent.py`` installs it (no set
 2. The agent itself (``python -m cloudremotecontrol.agent run``, enrolled once,
    ``NOTIFY_SOCKET`` set, connected to a loopback server and idle for a second): RSS,
    the anonymous part, and RSS by mapping from ``/proc/PID/smaps``; then the same as
-   the service runs it (``crc agent install``'s options: ``-OO`` with the bytecode
-   cache the install compiles, agent/install.py); then the first start of an agent
+   the service runs it (``crc agent install``'s options: ``-OO``, on 3.11+ ``-X
+   no_debug_ranges``, with the bytecode cache the install compiles, agent/install.py);
+   then the first start of an agent
    unpacked without byte-compiling it (as ``fetch_agent.py`` did before it compiled at
    install), which compiles its modules as it imports them.
 
@@ -160,8 +161,9 @@ def status(pid: int) -> dict[str, int]:
 
 
 def service_options(venv_python: str) -> list[str]:
-    """The options ``crc agent install`` gives the service's python in that venv (``-OO``
-    and its bytecode cache, compiled now, as the install does: agent/install.py)."""
+    """The options ``crc agent install`` gives the service's python in that venv (``-OO``,
+    ``-X no_debug_ranges`` on 3.11+, and its bytecode cache, compiled now, as the
+    install does: agent/install.py)."""
     out = subprocess.run(
         [
             venv_python,

@@ -9,7 +9,7 @@ the machine ``ready`` (connected, polled every 5 ms) and the agent's CPU time un
 then (user + system, from /proc: what a loaded machine does not inflate), and VmRSS /
 PSS once connected and after one job (``echo hi``). Medians of ``--runs`` runs of
 each, taken in turn, after one warm-up round (which also writes the bytecode the
-others load, in a cache of the bench's own). ``bench/agent_memory.py`` breaks the
+others load, in a cache of each entry's own). ``bench/agent_memory.py`` breaks the
 memory down.
 
     .venv/bin/python bench/agent_start.py [--runs 7] [--variants] [--no-write]
@@ -37,9 +37,11 @@ LEAN = ["-m", "cloudremotecontrol.agent", "run"]
 ENTRIES: dict[str, tuple[list[str], dict[str, str]]] = {
     "crc agent run": (["-m", "cloudremotecontrol", "agent", "run"], {}),
     "python -m cloudremotecontrol.agent run": (LEAN, {}),
-    # As `crc agent install` runs it: -OO, its bytecode in a cache of its own (here the
-    # bench's PYTHONPYCACHEPREFIX, filled by the warm-up round; agent/install.py).
     "python -OO -m cloudremotecontrol.agent run": (["-OO", *LEAN], {}),
+    # As `crc agent install` runs it on Python 3.11+: also without column positions, its
+    # bytecode in a cache of its own (here each entry's, filled by the warm-up round;
+    # agent/install.py).
+    "as the service: -OO -X no_debug_ranges": (["-OO", "-X", "no_debug_ranges", *LEAN], {}),
 }
 # The lean entry point under settings that could lower its memory (--variants): glibc
 # malloc arenas, CPython's allocator, docstrings, 3.11's column tables.
@@ -55,13 +57,21 @@ VARIANTS: dict[str, tuple[list[str], dict[str, str]]] = {
 
 
 def one_run(
-    entry: list[str], extra_env: dict[str, str], state: Path, client: Any, group: str, work: Path
+    entry: list[str],
+    extra_env: dict[str, str],
+    state: Path,
+    client: Any,
+    group: str,
+    work: Path,
+    cache: Path,
 ) -> dict[str, float]:
     sock_path = work / f"notify-{time.monotonic_ns()}"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(str(sock_path))
     sock.settimeout(30)
-    env = {**os.environ, "NOTIFY_SOCKET": str(sock_path), "PYTHONPYCACHEPREFIX": str(work / "pyc")}
+    # Each entry has its bytecode cache: a .pyc's name says its -O level, not whether it
+    # has column positions (-X no_debug_ranges, PYTHONNODEBUGRANGES).
+    env = {**os.environ, "NOTIFY_SOCKET": str(sock_path), "PYTHONPYCACHEPREFIX": str(cache)}
     # As on a VM, where the service writes its bytecode (or the bootstrap compiled it),
     # whatever this shell says: the warm-up round compiles, the measured ones do not.
     env.pop("PYTHONDONTWRITEBYTECODE", None)
@@ -135,8 +145,8 @@ def main(argv: list[str] | None = None) -> int:
             rows = []
             got: dict[str, list[dict[str, float]]] = {label: [] for label in entries}
             for i in range(args.runs + 1):  # A B A B ...: drift hits both alike
-                for label, (entry, extra_env) in entries.items():
-                    r = one_run(entry, extra_env, state, client, "g", work)
+                for n, (label, (entry, extra_env)) in enumerate(entries.items()):
+                    r = one_run(entry, extra_env, state, client, "g", work, work / f"pyc{n}")
                     if i:  # the first round warms up
                         got[label].append(r)
             for label, runs in got.items():

@@ -133,6 +133,7 @@ def test_agent_start_bench_completes_and_prints_a_table() -> None:
     assert lines[0].split()[:2] == ["entry", "point"]
     assert lines[2].startswith("crc agent run") and "MiB" in lines[2]
     assert lines[3].startswith("python -m cloudremotecontrol.agent run") and "MiB" in lines[3]
+    assert lines[5].startswith("as the service: -OO -X no_debug_ranges") and "MiB" in lines[5]
 
 
 def test_agent_memory_bench_completes_and_prints_its_tables() -> None:
@@ -171,3 +172,32 @@ def test_writer_batches_bench_completes_and_prints_a_table() -> None:
     assert lines[0].split()[:2] == ["batch", "size"]
     assert [line.split()[:2] for line in lines[1:]] == [["1", "20"], ["10", "2"]]
     assert all(line.endswith(" ms") for line in lines[1:])
+
+
+def test_pg_job_results_bench_completes_and_drops_its_database(pg_cluster) -> None:
+    import psycopg
+
+    def bench_databases() -> set[str]:
+        with psycopg.connect(pg_cluster.admin_url, autocommit=True) as conn:
+            return {
+                row[0]
+                for row in conn.execute(
+                    "SELECT datname FROM pg_database WHERE datname LIKE 'crc_bench_%'"
+                )
+            }
+
+    before = bench_databases()
+    for mode in ([], ["--messages"]):
+        r = _bench(
+            "pg_job_results.py",
+            "--machines",
+            "3",
+            "--jobs",
+            "2",
+            "--postgres",
+            pg_cluster.admin_url,
+            *mode,
+        )
+        assert r.stdout.startswith("3 results (1 jobs x 3 machines)"), r.stdout
+        assert "waits (round trips) per result" in r.stdout
+    assert bench_databases() <= before

@@ -270,8 +270,9 @@ def test_bootstrap_installs_the_agent_from_the_server_and_a_second_run_changes_n
     unit = vm.path("/etc/systemd/system/crc-agent.service").read_text()
     assert "Type=notify" in unit and "Restart=always" in unit and "WatchdogSec=" in unit
     assert (
-        "ExecStart=/opt/crc-agent/venv/bin/python -OO -X pycache_prefix=/opt/crc-agent/venv/"
-        "pycache -m cloudremotecontrol.agent run --state-dir /var/lib/crc-agent --gate-ready"
+        "ExecStart=/opt/crc-agent/venv/bin/python -OO -X no_debug_ranges -X pycache_prefix="
+        "/opt/crc-agent/venv/pycache -m cloudremotecontrol.agent run --state-dir "
+        "/var/lib/crc-agent --gate-ready"
     ) in unit  # the lean entry point: no click, no CLI code in the service
     assert "crck_" not in unit
     assert not vm.path("/etc/crc-agent/key").exists()  # deleted once enrolled
@@ -286,8 +287,10 @@ def test_bootstrap_installs_the_agent_from_the_server_and_a_second_run_changes_n
     assert pid is not None
     argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     assert argv[0] == b"/opt/crc-agent/venv/bin/python"
-    assert argv[1:7] == [
+    assert argv[1:9] == [
         b"-OO",
+        b"-X",
+        b"no_debug_ranges",
         b"-X",
         b"pycache_prefix=/opt/crc-agent/venv/pycache",
         b"-m",

@@ -52,7 +52,8 @@ from fakes.vultr_api import FakeVultr, RecordedRequest
 from fakes.vultr_boot import LinuxBoot, namespace_members
 
 AGENT_CMD = (
-    "/opt/crc-agent/venv/bin/python -OO -X pycache_prefix=/opt/crc-agent/venv/pycache "
+    "/opt/crc-agent/venv/bin/python -OO -X no_debug_ranges -X "
+    "pycache_prefix=/opt/crc-agent/venv/pycache "
     "-m cloudremotecontrol.agent run"
 )
 

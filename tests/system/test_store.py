@@ -670,6 +670,268 @@ async def test_a_batch_of_messages_from_many_machines_is_applied_in_a_few_statem
         assert sum(statements.values()) <= 12, statements
 
 
+def _writer_statements(store: Store, monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
+    """The statements PostgreSQL's writer thread sends from now on, by first word, and
+    under "waited" how many times it waited for a statement's rows (an empty count on
+    SQLite)."""
+    statements = Counter[str]()
+    if store.dialect == "postgresql":
+        import psycopg
+
+        execute, fetchone, fetchall = (
+            psycopg.Cursor.execute,
+            psycopg.Cursor.fetchone,
+            psycopg.Cursor.fetchall,
+        )
+
+        def writing() -> bool:
+            return threading.current_thread().name == "crc-pg-writer"
+
+        def counted(self: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
+            if writing():
+                statements[str(query).split()[0].upper()] += 1
+            return execute(self, query, *args, **kwargs)
+
+        def one(self: Any) -> Any:
+            statements["waited"] += writing()
+            return fetchone(self)
+
+        def every(self: Any) -> Any:
+            statements["waited"] += writing()
+            return fetchall(self)
+
+        monkeypatch.setattr(psycopg.Cursor, "execute", counted)
+        monkeypatch.setattr(psycopg.Cursor, "fetchone", one)
+        monkeypatch.setattr(psycopg.Cursor, "fetchall", every)
+    return statements
+
+
+async def test_a_batch_of_job_results_reads_their_targets_in_one_statement(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job's results from many machines in one batch, each acknowledging its job.run
+    (as a short job's agent sends it): each target ends as reported, with its events; on
+    PostgreSQL the batch reads every target, machine and acknowledged outbox row ahead,
+    so it waits for no read per result (store/pg_tx.py, ``TargetCache``,
+    ``OutboxCache``)."""
+    alice = await new_user(store)
+    names = [f"m{i}" for i in range(10)]
+    ms = await ready_machines(store, alice, "lab", names)
+    job_id = (await store.write(jobs.create_job, alice, "lab", "all", {"argv": ["true"]}))["job_id"]
+    served = getattr(store, "rows_read_ahead", 0)
+    statements = _writer_statements(store, monkeypatch)
+
+    def result(i: int, n: str) -> tuple[Any, ...]:
+        body = {"job_id": job_id, "status": "succeeded", "exit_code": i, "started": True}
+        body["output"] = [["stdout", f"{n}\n"]]
+        return (
+            delivery.apply_agent_message,
+            ms[n]["id"],
+            1,
+            agent_msg("lab", n, "job.result", body),
+            1,
+        )
+
+    results = await in_one_batch(store, [result(i, n) for i, n in enumerate(names)])
+    assert [r["receipt"] for r in results] == ["new"] * 10
+    view = await store.read(jobs.job_view, alice["user_id"], job_id)
+    assert [
+        (t["machine"], t["status"], t["exit_code"], t["output_bytes"]) for t in view["targets"]
+    ] == [(n, "succeeded", i, len(n) + 1) for i, n in enumerate(names)]
+    evs = await store.read(events.events_after, ms["m0"]["group_id"], 0, job_id)
+    assert Counter(e["data"].get("status") or e["type"] for e in evs) == {
+        "job.created": 1,
+        "delivered": 10,
+        "running": 10,
+        "job.output": 10,
+        "succeeded": 10,
+    }
+    if store.dialect == "postgresql":
+        # The rows read ahead (machines, targets, outbox rows: one round trip), the
+        # events' locks, the notification: no read of a target per result, and the
+        # outbox's DELETE not waited for (were: one each).
+        assert statements["SELECT"] <= 5, statements
+        assert statements["waited"] <= 3, statements
+        assert getattr(store, "rows_read_ahead", 0) - served >= 30
+    for n in names:
+        assert await store.read(delivery.outbox_after, ms[n]["id"], 0) == []
+
+
+async def test_one_batch_of_job_reports_reads_each_target_as_the_batch_left_it(
+    store: Store,
+) -> None:
+    """Within one batch, every report of a job reads its target as the ops before it in
+    the batch left it: after reports of the same target, an op rolled back after
+    changing a target, an op's own savepoint rolled back, and a target added by the
+    batch (PostgreSQL reads a batch's targets ahead: store/pg_tx.py, ``TargetCache``)."""
+    alice = await new_user(store)
+    ms = await ready_machines(store, alice, "lab", ["a", "b"])
+    a, b = ms["a"]["id"], ms["b"]["id"]
+    j1 = (await store.write(jobs.create_job, alice, "lab", "all", {"argv": ["true"]}))["job_id"]
+    j2 = (await store.write(jobs.create_job, alice, "lab", "a", {"argv": ["true"]}))["job_id"]
+    j3 = "job-added-in-the-batch"
+    assert await store.write(delivery.ack_outbox, a, 2) == 2
+    assert await store.write(delivery.ack_outbox, b, 1) == 1
+    set_target = (
+        "UPDATE job_targets SET status = ?, exit_code = ?, reason = ?, output_bytes = ? "
+        "WHERE job_id = ? AND machine_id = ?"
+    )
+
+    def report(name: str, seq: int, type: str, job_id: str, **body: Any) -> tuple[Any, ...]:
+        raw = agent_msg("lab", name, type, {"job_id": job_id, **body})
+        return (delivery.apply_agent_message, ms[name]["id"], seq, raw)
+
+    def tamper(tx: Tx) -> None:
+        tx.execute(set_target, ("failed", 9, "tampered", 0, j2, a))
+        raise InvalidInput("rolled back")
+
+    def own_savepoint(tx: Tx) -> None:
+        tx.execute("SAVEPOINT undone")
+        tx.send(set_target, ("cancelled", None, "undone", 0, j1, b))
+        tx.execute("ROLLBACK TO SAVEPOINT undone")
+        tx.execute("RELEASE SAVEPOINT undone")
+
+    def add_target(tx: Tx) -> None:
+        tx.execute(
+            "INSERT INTO jobs (id, group_id, spec, target, created, created_by) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (j3, ms["a"]["group_id"], '{"type": "job.run", "argv": ["true"]}', "a", now(), "alice"),
+        )
+        tx.execute(
+            "INSERT INTO job_targets (job_id, machine_id, machine, status, updated) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (j3, a, "a", "delivered", now()),
+        )
+
+    out = {"stream": "stdout"}
+    results = await in_one_batch(
+        store,
+        [
+            report("a", 1, "job.started", j1),
+            report("a", 2, "job.output", j1, **out, data="hi\n"),
+            report("a", 3, "job.output", j1, **out, data="there\n"),
+            report("a", 4, "job.started", j3),  # no such target yet (read ahead so)
+            (add_target,),
+            report("a", 5, "job.output", j3, **out, data="three\n"),
+            (tamper,),
+            (own_savepoint,),
+            report("b", 1, "job.result", j1, status="succeeded", exit_code=0, started=True),
+            report("a", 6, "job.started", j2),
+            report(
+                "a", 7, "job.result", j1, status="failed", exit_code=2, output=[["stdout", "!\n"]]
+            ),
+            report("a", 8, "job.result", j2, status="failed", exit_code=3),
+        ],
+    )
+    assert isinstance(results[6], InvalidInput)
+    assert results[4] is None and results[7] is None
+    reports = (0, 1, 2, 3, 5, 8, 9, 10, 11)
+    assert [results[i]["receipt"] for i in reports] == ["new"] * 9
+    assert not any("error" in results[i] for i in reports)
+
+    async def targets(job_id: str) -> list[tuple[Any, ...]]:
+        rows = await store.read(
+            lambda tx: tx.all(
+                "SELECT machine, status, exit_code, reason, output_bytes FROM job_targets "
+                "WHERE job_id = ? ORDER BY machine",
+                (job_id,),
+            )
+        )
+        return [tuple(r.values()) for r in rows]
+
+    assert await targets(j1) == [("a", "failed", 2, None, 11), ("b", "succeeded", 0, None, 0)]
+    assert await targets(j2) == [("a", "failed", 3, None, 0)]
+    assert await targets(j3) == [("a", "delivered", None, None, 6)]
+    seen = [
+        (e["job_id"], e["machine"], e["data"].get("status") or e["data"].get("data"))
+        for e in await group_events(store, alice, "lab")
+        if e["type"] in ("job.status", "job.output")
+    ]
+    assert seen == [
+        (j1, "a", "delivered"),
+        (j2, "a", "delivered"),
+        (j1, "b", "delivered"),
+        (j1, "a", "running"),
+        (j1, "a", "hi\n"),
+        (j1, "a", "there\n"),
+        (j3, "a", "three\n"),  # (its start came before it was added: ignored)
+        (j1, "b", "running"),
+        (j1, "b", "succeeded"),
+        (j2, "a", "running"),
+        (j1, "a", "!\n"),
+        (j1, "a", "failed"),
+        (j2, "a", "failed"),
+    ]
+
+
+async def test_acks_in_one_batch_drop_what_the_outbox_holds_as_the_batch_left_it(
+    store: Store,
+) -> None:
+    """Within one batch, each ack drops what the outbox holds at that point: after an
+    earlier ack of the same machine, a message added by the batch, and a drop rolled
+    back (PostgreSQL reads the rows a batch's acks drop ahead: store/pg_tx.py,
+    ``OutboxCache``)."""
+    alice = await new_user(store)
+    ms = await ready_machines(store, alice, "lab", ["a", "b"])
+    a, b = ms["a"]["id"], ms["b"]["id"]
+    j1 = (await store.write(jobs.create_job, alice, "lab", "all", {"argv": ["true"]}))["job_id"]
+    j2 = (await store.write(jobs.create_job, alice, "lab", "a", {"argv": ["true"]}))["job_id"]
+
+    def dropped_and_undone(tx: Tx) -> None:
+        gone = tx.all(
+            "DELETE FROM outbox WHERE machine_id = ? AND seq <= ? RETURNING seq, type, job_id",
+            (b, 1),
+        )
+        assert [(r["seq"], r["job_id"]) for r in gone] == [(1, j1)]
+        raise InvalidInput("rolled back")
+
+    body = {"job_id": j2, "status": "succeeded", "exit_code": 0, "started": True}
+    result = agent_msg("lab", "a", "job.result", body)
+    results = await in_one_batch(
+        store,
+        [
+            (delivery.ack_outbox, a, 1),
+            (delivery.ack_outbox, a, 1),  # already dropped
+            (jobs.create_job, alice, "lab", "a", {"argv": ["false"]}),  # a's seq 3
+            (delivery.apply_agent_message, a, 1, result, 3),  # acks j2's and the new run
+            (dropped_and_undone,),
+            (delivery.ack_outbox, b, 1),
+        ],
+    )
+    assert results[:2] == [1, 0]
+    j3 = results[2]["job_id"]
+    assert results[2]["deliveries"][0][:2] == (a, 3)
+    assert results[3]["receipt"] == "new" and "error" not in results[3]
+    assert isinstance(results[4], InvalidInput)
+    assert results[5] == 1
+    assert await store.read(delivery.outbox_after, a, 0) == []
+    assert await store.read(delivery.outbox_after, b, 0) == []
+    status = {
+        (j, t["machine"]): t["status"]
+        for j in (j1, j2, j3)
+        for t in (await store.read(jobs.job_view, alice["user_id"], j))["targets"]
+    }
+    assert status == {
+        (j1, "a"): "delivered",
+        (j1, "b"): "delivered",
+        (j2, "a"): "succeeded",
+        (j3, "a"): "delivered",
+    }
+    seen = [
+        (e["job_id"], e["machine"], e["data"]["status"])
+        for e in await group_events(store, alice, "lab")
+        if e["type"] == "job.status"
+    ]
+    assert seen == [
+        (j1, "a", "delivered"),
+        (j2, "a", "delivered"),
+        (j3, "a", "delivered"),
+        (j2, "a", "running"),
+        (j2, "a", "succeeded"),
+        (j1, "b", "delivered"),
+    ]
+
+
 async def test_concurrent_jobs_get_contiguous_outbox_seqs(replicas: list[Store]) -> None:
     store = replicas[0]
     alice = await new_user(store)

@@ -66,6 +66,15 @@ def test_the_lean_agent_entry_point_loads_no_cli_master_or_server_code() -> None
     assert [m for m in _modules(*LEAN) if m.startswith(bad)] == []
 
 
+def test_the_lean_agent_loads_its_stream_code_only_when_a_stream_opens() -> None:
+    # Shells and forwards (agent/streams.py, with relay.py and the terminal) are loaded
+    # by the first stream.open; the frames that open them are part of the catalogue.
+    loaded = _modules(*LEAN)
+    deferred = ("cloudremotecontrol.agent.streams", "cloudremotecontrol.relay")
+    assert [m for m in loaded if m in deferred or m == "cloudremotecontrol.agent.terminal"] == []
+    assert "cloudremotecontrol.protocol.streams" in loaded
+
+
 def test_the_lean_agent_loads_no_library_module_its_connection_does_not_need() -> None:
     base = set(_modules(*BASE))
     extra = [

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from cloudremotecontrol.server.store.pg_tx import RowCache, _row_writes
+from cloudremotecontrol.server.store.base import JOB_TARGET_SQL, OUTBOX_DROP_SQL
+from cloudremotecontrol.server.store.pg_tx import OutboxCache, RowCache, TargetCache, _row_writes
 from cloudremotecontrol.server.store.postgres import known_count, to_pyformat
 
 
@@ -123,3 +124,95 @@ def test_rows_read_ahead_survive_a_rollback_when_nothing_kept_changed() -> None:
     )
     rows.wrote("UPDATE machines SET state = ? WHERE group_id = ?", ("x", "g"))
     assert rows.rows == {}
+
+
+def test_targets_read_ahead_follow_their_updates_and_drop_what_they_cannot_follow() -> None:
+    types = {"job_targets": {"status": "text", "exit_code": "bigint", "output_bytes": "bigint"}}
+    targets = TargetCache(types)
+    queued = {"status": "queued", "exit_code": None, "reason": None, "output_bytes": 0}
+    targets.rows = {
+        ("j", "a"): dict(queued, rollout=None),
+        ("j", "b"): dict(queued),
+        ("k", "a"): None,
+    }
+    sql = JOB_TARGET_SQL
+    assert targets.get(sql, ("k", "a")) == (True, None)
+    assert targets.get(sql, ("k", "b")) == (False, None)  # not read ahead: read as usual
+    assert targets.get(sql, ("j", 1)) == (False, None)
+    set_all = (
+        "UPDATE job_targets SET status = ?, exit_code = ?, reason = ?, output_bytes = ?, "
+        "updated = ? WHERE job_id = ? AND machine_id = ?"
+    )
+    targets.wrote(set_all, ("succeeded", 0, None, 3, 1.5, "j", "a"))
+    assert targets.get(sql, ("j", "a")) == (
+        True,
+        {"status": "succeeded", "exit_code": 0, "reason": None, "output_bytes": 3, "rollout": None},
+    )
+    assert targets.get(sql, ("j", "b"))[1] == queued  # another target: unchanged
+    # The column's type decides (an int into a NULL is followed; a float is not).
+    targets.wrote(set_all, ("failed", 2.0, None, 3, 1.5, "j", "b"))
+    assert targets.get(sql, ("j", "b")) == (False, None)
+    # Only what the statement reads back matters; an update by something else than the
+    # target's key drops every target, and so does any other statement on the tables.
+    targets.wrote(
+        "UPDATE job_targets SET blob = ? WHERE job_id = ? AND machine_id = ?", ("x", "j", "a")
+    )
+    assert targets.get(sql, ("j", "a"))[0]
+    targets.rows[("j", "c")] = None
+    targets.wrote("INSERT INTO job_targets (job_id, machine_id) VALUES (?, ?)", ("j", "c"))
+    assert ("j", "c") not in targets.rows and ("j", "a") in targets.rows
+    targets.wrote("UPDATE outbox SET job_id = ? WHERE machine_id = ?", ("j", "a"))
+    assert ("j", "a") in targets.rows
+    targets.wrote("UPDATE jobs SET rollout = ? WHERE id = ?", ("{}", "j"))
+    assert targets.rows == {}
+
+
+def test_targets_read_ahead_are_dropped_by_a_rollback_after_a_change_only() -> None:
+    targets = TargetCache()
+    row = {
+        "status": "running",
+        "exit_code": None,
+        "reason": None,
+        "output_bytes": 0,
+        "rollout": None,
+    }
+    targets.rows = {("j", "a"): dict(row)}
+    targets.wrote("UPDATE machines SET in_done = ? WHERE id = ?", (1, "a"))
+    targets.wrote("ROLLBACK TO SAVEPOINT apply_message", ())
+    assert targets.get(JOB_TARGET_SQL, ("j", "a")) == (True, row)
+    targets.wrote(
+        "UPDATE job_targets SET output_bytes = ? WHERE job_id = ? AND machine_id = ?", (4, "j", "a")
+    )
+    assert targets.get(JOB_TARGET_SQL, ("j", "a"))[1] == dict(row, output_bytes=4)
+    targets.wrote("ROLLBACK TO SAVEPOINT op", ())
+    assert targets.rows == {}
+
+
+def test_outbox_rows_read_ahead_answer_drops_as_the_batch_left_them() -> None:
+    box = OutboxCache()
+    box.through = {"a": 3, "b": 1}
+    box.rows = {
+        "a": [{"seq": 1, "type": "job.run", "job_id": "j"}],
+        "b": [{"seq": 1, "type": "job.cancel", "job_id": "k"}],
+    }
+    put = "INSERT INTO outbox (machine_id, seq, type, job_id, envelope) VALUES (?, ?, ?, ?, ?)"
+    box.wrote(put, ("a", 2, "hosts.sync", None, "{}"))
+    box.wrote(put, ("a", 4, "job.run", "x", "{}"))  # beyond what is kept: no drop reaches it
+    assert box.drop(OUTBOX_DROP_SQL, ("a", 4)) is None  # read from the database
+    assert box.drop(OUTBOX_DROP_SQL, ("a", 1.0)) is None
+    assert box.drop(OUTBOX_DROP_SQL, ("c", 1)) is None
+    assert box.drop(OUTBOX_DROP_SQL, ("a", 2)) == [
+        {"seq": 1, "type": "job.run", "job_id": "j"},
+        {"seq": 2, "type": "hosts.sync", "job_id": None},
+    ]
+    box.wrote(OUTBOX_DROP_SQL, ("a", 1))  # sent: what it dropped is gone
+    assert box.drop(OUTBOX_DROP_SQL, ("a", 3)) == [{"seq": 2, "type": "hosts.sync", "job_id": None}]
+    box.wrote("UPDATE machines SET out_next = ? WHERE id = ?", (5, "a"))
+    assert "a" in box.rows
+    box.wrote(
+        "UPDATE outbox SET seq = ?, envelope = ? WHERE machine_id = ? AND seq = ?", (9, "", "b", 1)
+    )
+    assert box.rows == {}  # not followed: everything is read again
+    box.rows = {"b": []}
+    box.wrote("ROLLBACK TO SAVEPOINT op", ())  # after a change: what it undid is unknown
+    assert box.rows == {}

@@ -19,7 +19,7 @@ import json
 import logging
 import random
 import ssl
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import __version__, keepalive
 from ..errors import CrcError, InvalidInput, KeyRejected, Unavailable
@@ -71,7 +71,9 @@ from .http import call_json
 from .platform import Platform, current
 from .runner import run_job
 from .state import AgentState, Credential
-from .streams import StreamServer
+
+if TYPE_CHECKING:
+    from .streams import StreamServer
 
 __all__ = ["Agent", "Revoked", "TryLater", "enroll", "parse_retry_after", "retry_delay"]
 
@@ -206,7 +208,9 @@ class Agent:
         self._hosts_lock = asyncio.Lock()
         self.message_arrived = asyncio.Event()
         self.stopping = asyncio.Event()
-        self._streams = StreamServer(self)
+        # Built when the first shell or forward opens: an idle agent never loads its
+        # stream code (agent/streams.py, relay.py).
+        self._stream_server: StreamServer | None = None
         # One handler per frame and per message type the server sends (the catalogue
         # refuses to start the agent if one is missing).
         self._frames: Dispatcher[Any] = Dispatcher(
@@ -505,7 +509,7 @@ class Agent:
         log.warning("server reported: %s", frame.error)
 
     async def _on_stream_open(self, ws: Any, frame: StreamOpen) -> None:
-        self._streams.open(frame)  # agent/streams.py: its own WebSocket
+        self._streams().open(frame)  # agent/streams.py: its own WebSocket
 
     async def _on_msg(self, ws: Any, frame: Msg) -> None:
         """One numbered message: the delivery core's rules (dedupe, gaps, poison), then
@@ -646,7 +650,14 @@ class Agent:
         self, ws: Any, seq: int, request: StreamRequest, env: Envelope
     ) -> None:
         if await self._processed(ws, seq):
-            self._streams.open(request.to_open(), request.url)  # via another replica
+            self._streams().open(request.to_open(), request.url)  # via another replica
+
+    def _streams(self) -> StreamServer:
+        if self._stream_server is None:
+            from .streams import StreamServer
+
+            self._stream_server = StreamServer(self)
+        return self._stream_server
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)

@@ -84,8 +84,9 @@ def bytecode_cache() -> Path | None:
 def optimized_options(python: str) -> tuple[str, ...]:
     """The options that make the service's python run without docstrings and asserts
     (``-OO``: about 1 MiB less resident memory; the agent's code neither asserts what
-    it checks nor reads a docstring), with its bytecode in a cache of its own
-    (``-X pycache_prefix``, ``bytecode_cache()``): distributions ship only the
+    it checks nor reads a docstring) and, on Python 3.11 and later, without the column
+    positions of tracebacks (``-X no_debug_ranges``), with its bytecode in a cache of
+    its own (``-X pycache_prefix``, ``bytecode_cache()``): distributions ship only the
     standard library's plain ``.pyc``, and a service that compiled what it imports
     would keep the compiler's memory for as long as it runs. Filled here, by importing
     what the service imports, with its interpreter and options. ``()`` (a plain
@@ -94,7 +95,12 @@ def optimized_options(python: str) -> tuple[str, ...]:
     cache = bytecode_cache()
     if sys.platform == "win32" or cache is None:
         return ()
-    options = ("-OO", "-X", f"pycache_prefix={cache}")
+    # On Python 3.11 and later, no column positions in the code objects (PEP 657): 0.15
+    # MiB less resident; the service's logged tracebacks keep their files and line
+    # numbers and lose only the ``^^^^`` markers under each line. The cache below is
+    # compiled with it. (``python`` is this interpreter: agent_command().)
+    ranges = ("-X", "no_debug_ranges") if sys.version_info >= (3, 11) else ()
+    options = ("-OO", *ranges, "-X", f"pycache_prefix={cache}")
     clean = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
     try:
         subprocess.run(

@@ -27,7 +27,7 @@ from ...protocol.messages import (
 )
 from ...protocol.states import JobEvent, MachineEvent, MachineState, machine_next, result_event
 from ...protocol.wire import Dispatcher, Message, Side
-from ..store.base import Tx, reads_row
+from ..store.base import Tx, reads_job_target, reads_outbox_drop, reads_row
 from .common import add_event, dumps, loads, now
 from .groups import uninstall_on_delete
 from .streams import ServerInbox, Step, inbox, job_event, job_steps, outbox
@@ -222,7 +222,13 @@ def outbox_after(tx: Tx, machine_id: str, after: int, limit: int = 500) -> list[
     return outbox(tx, machine_id).replay(after, limit)
 
 
+def _acked(machine_id: str, seq: int, *_: Any) -> tuple[str, int] | None:
+    """What an ack frame drops from the machine's outbox (``ack_outbox``)."""
+    return (machine_id, seq)
+
+
 @reads_row("machines")
+@reads_outbox_drop(_acked)
 def ack_outbox(tx: Tx, machine_id: str, seq: int, m: dict[str, Any] | None = None) -> int:
     """The agent processed everything up to ``seq``: drop it; jobs become delivered.
     Returns how many messages that released. ``m``: the machine's row, if read in this
@@ -235,7 +241,34 @@ def ack_outbox(tx: Tx, machine_id: str, seq: int, m: dict[str, Any] | None = Non
     return outbox(tx, machine_id, m).ack(seq)
 
 
+#: Messages whose handler reads their job's target (``job_steps``).
+_JOB_REPORTS = frozenset({"job.started", "job.output", "job.result"})
+
+
+def _reported_target(
+    machine_id: str, seq: int, raw: object, ack: int | None = None
+) -> tuple[str, str] | None:
+    """The job target a message reports on, ``(job_id, machine_id)``, from its raw
+    envelope (not yet checked: a wrong guess is a row read for nothing)."""
+    if not isinstance(raw, dict) or raw.get("type") not in _JOB_REPORTS:
+        return None
+    body = raw.get("body")
+    job_id = body.get("job_id") if isinstance(body, dict) else None
+    if not isinstance(job_id, str) or not 0 < len(job_id) <= 128:
+        return None
+    return (job_id, machine_id)
+
+
+def _acked_by_message(
+    machine_id: str, seq: int, raw: object, ack: int | None = None
+) -> tuple[str, int] | None:
+    """What a message's ``msg.ack`` drops from the machine's outbox."""
+    return None if ack is None else (machine_id, ack)
+
+
 @reads_row("machines")
+@reads_job_target(_reported_target)
+@reads_outbox_drop(_acked_by_message)
 def apply_agent_message(
     tx: Tx, machine_id: str, seq: int, raw: dict[str, Any], ack: int | None = None
 ) -> dict[str, Any]:

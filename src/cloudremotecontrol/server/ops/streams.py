@@ -19,7 +19,7 @@ from ...protocol.frames import msg_frames, renumber_frame
 from ...protocol.limits import MAX_OUTPUT_KEPT_BYTES
 from ...protocol.messages import Envelope
 from ...protocol.states import JobEvent, JobStatus, job_next
-from ..store.base import Tx
+from ..store.base import JOB_TARGET_SQL, OUTBOX_DROP_SQL, Tx
 from .common import add_events, json_text, now
 
 __all__ = [
@@ -93,10 +93,8 @@ class ServerOutbox(OutboxStore[Item]):
         return frame
 
     def drop_through(self, seq: int) -> int:
-        gone = self.tx.all(
-            "DELETE FROM outbox WHERE machine_id = ? AND seq <= ? RETURNING seq, type, job_id",
-            (self.machine_id, seq),
-        )
+        # (may be answered from rows read ahead: ``reads_outbox_drop``)
+        gone = self.tx.all(OUTBOX_DROP_SQL, (self.machine_id, seq))
         runs = sorted(
             (int(r["seq"]), r["job_id"])
             for r in gone
@@ -257,11 +255,7 @@ def job_steps(
     table allows is a ``job.status`` event; output is kept up to
     ``MAX_OUTPUT_KEPT_BYTES`` per target (then cut, with a marker) as ``job.output``
     events. Returns what the rate-control rules release when the target ended."""
-    jt = tx.one(
-        "SELECT t.status, t.exit_code, t.reason, t.output_bytes, j.rollout FROM job_targets t "
-        "JOIN jobs j ON j.id = t.job_id WHERE t.job_id = ? AND t.machine_id = ?",
-        (job_id, m["id"]),
-    )
+    jt = tx.one(JOB_TARGET_SQL, (job_id, m["id"]))  # may be read ahead (``reads_job_target``)
     if jt is None:
         return []
     walk = _walk(

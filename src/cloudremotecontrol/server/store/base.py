@@ -8,7 +8,22 @@ import contextlib
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
-__all__ = ["ALL_GROUPS", "Store", "Tx", "open_store", "read_row", "reads_row", "row_sql", "settle"]
+__all__ = [
+    "ALL_GROUPS",
+    "JOB_TARGET_SQL",
+    "OUTBOX_DROP_SQL",
+    "Store",
+    "Tx",
+    "open_store",
+    "read_job_target",
+    "read_outbox_drop",
+    "read_row",
+    "reads_job_target",
+    "reads_outbox_drop",
+    "reads_row",
+    "row_sql",
+    "settle",
+]
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -102,6 +117,86 @@ def read_row(op: Callable[..., Any], args: Sequence[Any]) -> tuple[str, Any] | N
 def row_sql(table: str) -> str:
     """The statement ``reads_row`` declares (ops must spell it exactly so)."""
     return f"SELECT * FROM {table} WHERE id = ?"  # noqa: S608 -- a table of the ops' own
+
+
+#: How ops read a job's target with its job's rate control (ops/streams.py ``job_steps``),
+#: with ``(job_id, machine_id)`` as parameters: the statement ``reads_job_target``
+#: declares.
+JOB_TARGET_SQL = (
+    "SELECT t.status, t.exit_code, t.reason, t.output_bytes, j.rollout FROM job_targets t "
+    "JOIN jobs j ON j.id = t.job_id WHERE t.job_id = ? AND t.machine_id = ?"
+)
+
+
+def reads_job_target(key: Callable[..., tuple[str, str] | None]) -> Callable[[F], F]:
+    """Declare that an op may read ``JOB_TARGET_SQL`` with ``key(*args)`` (its
+    arguments after ``tx``) as ``(job_id, machine_id)``; ``key`` returns None when it
+    will not. Like ``reads_row``: a backend may read the targets of a whole batch's ops
+    in one statement, and the op reads the same either way. ``key`` looks at the
+    arguments only (it may be given input the op will refuse) and must not raise."""
+
+    def mark(op: F) -> F:
+        setattr(op, "_crc_reads_job_target", key)  # noqa: B010 -- a function's attribute
+        return op
+
+    return mark
+
+
+def read_job_target(op: Callable[..., Any], args: Sequence[Any]) -> tuple[str, str] | None:
+    """``(job_id, machine_id)`` for an op marked with ``reads_job_target``, else None."""
+    key = getattr(op, "_crc_reads_job_target", None)
+    if key is None:
+        return None
+    try:
+        found = key(*args)
+    except Exception:  # noqa: BLE001 -- a declaration's guess must never fail the op
+        return None
+    if (
+        not isinstance(found, tuple)
+        or len(found) != 2
+        or not all(isinstance(part, str) for part in found)
+    ):
+        return None
+    return found
+
+
+#: How ops drop what a machine acknowledged from its outbox (ops/streams.py
+#: ``drop_through``), with ``(machine_id, seq)`` as parameters: the statement
+#: ``reads_outbox_drop`` declares.
+OUTBOX_DROP_SQL = "DELETE FROM outbox WHERE machine_id = ? AND seq <= ? RETURNING seq, type, job_id"
+
+
+def reads_outbox_drop(key: Callable[..., tuple[str, int] | None]) -> Callable[[F], F]:
+    """Declare that an op may run ``OUTBOX_DROP_SQL`` with ``key(*args)`` (its
+    arguments after ``tx``) as ``(machine_id, seq)``; ``key`` returns None when it will
+    not. As ``reads_job_target``: a backend may read the rows such statements would
+    return for a whole batch in one statement, then answer each from there as the
+    statement would (it still runs, without being waited for)."""
+
+    def mark(op: F) -> F:
+        setattr(op, "_crc_reads_outbox_drop", key)  # noqa: B010 -- a function's attribute
+        return op
+
+    return mark
+
+
+def read_outbox_drop(op: Callable[..., Any], args: Sequence[Any]) -> tuple[str, int] | None:
+    """``(machine_id, seq)`` for an op marked with ``reads_outbox_drop``, else None."""
+    key = getattr(op, "_crc_reads_outbox_drop", None)
+    if key is None:
+        return None
+    try:
+        found = key(*args)
+    except Exception:  # noqa: BLE001 -- a declaration's guess must never fail the op
+        return None
+    if (
+        not isinstance(found, tuple)
+        or len(found) != 2
+        or not isinstance(found[0], str)
+        or type(found[1]) is not int
+    ):
+        return None
+    return found
 
 
 class Store(abc.ABC):

@@ -12,17 +12,28 @@ from typing import Any
 
 import psycopg
 
-from .base import Tx, read_row, row_sql
+from .base import (
+    JOB_TARGET_SQL,
+    OUTBOX_DROP_SQL,
+    Tx,
+    read_job_target,
+    read_outbox_drop,
+    read_row,
+    row_sql,
+)
 
 __all__ = [
     "EVENT_LOCK_CLASS",
+    "OutboxCache",
     "Outgoing",
     "PgTx",
     "RowCache",
+    "TargetCache",
     "group_key",
     "insert_events",
     "known_count",
     "plain_update",
+    "read_ahead",
     "to_pyformat",
 ]
 
@@ -379,6 +390,289 @@ class RowCache:
             self.rows.clear()
 
 
+#: Python types psycopg gives for the column types of the tables (the others are not
+#: guessed: a cached row whose column gets another value is dropped).
+_PY_TYPES: dict[str, type] = {
+    "integer": int,
+    "bigint": int,
+    "smallint": int,
+    "text": str,
+    "double precision": float,
+    "real": float,
+    "boolean": bool,
+}
+#: The columns of ``job_targets`` that ``JOB_TARGET_SQL`` reads (``rollout`` is the job's).
+_TARGET_COLUMNS = ("status", "exit_code", "reason", "output_bytes")
+_TARGET_TABLES = re.compile(r"\b(?:job_targets|jobs)\b", re.IGNORECASE)
+_TARGET_INSERT = re.compile(r"\s*INSERT\s+INTO\s+(?:job_targets|jobs)\b", re.IGNORECASE)
+#: ``UPDATE job_targets SET ... WHERE job_id = ? AND machine_id = ?``: one target.
+_TARGET_UPDATE = re.compile(
+    r"\s*UPDATE\s+job_targets\s+SET\s+([^()]*?)\s+"
+    r"WHERE\s+job_id\s*=\s*\?\s+AND\s+machine_id\s*=\s*\?\s*",
+    re.IGNORECASE | re.DOTALL,
+)
+_TARGETS_AHEAD = (
+    "SELECT t.job_id AS key_job, t.machine_id AS key_machine, t.status, t.exit_code, "
+    "t.reason, t.output_bytes, j.rollout FROM job_targets t JOIN jobs j ON j.id = t.job_id "
+    "WHERE (t.job_id, t.machine_id) IN (SELECT * FROM unnest(%s::text[], %s::text[]))"
+)
+
+
+class TargetCache:
+    """``RowCache`` for the job targets ops read with ``JOB_TARGET_SQL`` (declared with
+    ``reads_job_target``), keyed by ``(job_id, machine_id)``: read for a whole pipelined
+    batch in one statement at its start, each served as the transaction would read it
+    at that point. An update of one target by its key with plain ``column = ?``
+    assignments (``job_steps``') is applied to the kept row when each value it reads
+    back has the column's type (columns the statement does not read are ignored); an
+    ``INSERT`` into ``job_targets`` or ``jobs`` (rows are added, none changed) drops the
+    targets kept as absent; any other statement on either table drops them all, and so
+    does a rollback to a savepoint once a kept target was changed."""
+
+    sql = JOB_TARGET_SQL
+
+    def __init__(self, types: dict[str, dict[str, str]] | None = None) -> None:
+        self.types = (types or {}).get("job_targets", {})
+        self.rows: dict[tuple[str, str], dict[str, Any] | None] = {}
+        self.changed = False
+        self.served = 0
+
+    @staticmethod
+    def keys(ops: Sequence[tuple[Any, Sequence[Any]]]) -> list[tuple[str, str]]:
+        """The targets ``ops`` (``(op, args)``) declare, each once, sorted."""
+        found = set()
+        for op, args in ops:
+            key = read_job_target(op, args)
+            if key is not None and not any("\x00" in part for part in key):
+                found.add(key)  # (text cannot hold NUL: such an id is nobody's)
+        return sorted(found)
+
+    def start(self, cur: psycopg.Cursor[dict[str, Any]], keys: list[tuple[str, str]]) -> None:
+        """Send the read of ``keys`` on ``cur`` (``finish`` takes its rows)."""
+        self.rows = dict.fromkeys(keys)
+        cur.execute(_TARGETS_AHEAD, ([k[0] for k in keys], [k[1] for k in keys]))
+
+    def finish(self, cur: psycopg.Cursor[dict[str, Any]]) -> None:
+        for row in cur.fetchall():
+            key = (row.pop("key_job"), row.pop("key_machine"))
+            if key in self.rows:
+                self.rows[key] = row
+
+    def get(self, sql: str, params: Sequence[Any]) -> tuple[bool, dict[str, Any] | None]:
+        """``(True, row or None)`` when ``sql`` is served from here, else ``(False, None)``."""
+        if sql != self.sql or len(params) != 2 or not all(isinstance(p, str) for p in params):
+            return False, None
+        key = (params[0], params[1])
+        if key not in self.rows:
+            return False, None
+        row = self.rows[key]
+        self.served += 1
+        return True, (dict(row) if row is not None else None)
+
+    def wrote(self, sql: str, params: Sequence[Any]) -> None:
+        """``sql`` is about to run with ``params``: keep the rows current."""
+        if not self.rows:
+            return
+        savepoint = _savepoint(sql)
+        if savepoint is not None:
+            if savepoint[0] == "ROLLBACK":
+                self.rolled_back()
+            return
+        text = sql.lstrip()
+        if text[:6].upper() == "SELECT" or not _TARGET_TABLES.search(text):
+            return  # a read, or a statement on other tables (the schema has no cascades)
+        if _TARGET_INSERT.match(text) and "ON CONFLICT" not in text.upper():
+            for key in [k for k, row in self.rows.items() if row is None]:
+                del self.rows[key]  # may be there now
+            return
+        self.changed = True
+        match = _TARGET_UPDATE.fullmatch(text)
+        columns = None
+        if match is not None and not _CLAUSE.search(match.group(1)):
+            parts = [_ASSIGNMENT.fullmatch(part) for part in match.group(1).split(",")]
+            if all(parts) and sql.count("?") == len(parts) + 2 == len(params):
+                columns = [p.group(1).lower() for p in parts if p is not None]
+        key = tuple(params[-2:])
+        if columns is None or not all(isinstance(part, str) for part in key):
+            self.rows.clear()  # which targets it changes is not known here
+            return
+        if key not in self.rows:
+            return  # another target
+        row = self.rows[key]
+        if row is None:
+            return  # no such target: the update changes nothing
+        for column, value in zip(columns, params, strict=False):
+            if column not in _TARGET_COLUMNS:
+                continue  # not read back
+            if value is not None and type(value) is not self._type(column, row):
+                del self.rows[key]
+                return
+        row.update((c, v) for c, v in zip(columns, params, strict=False) if c in _TARGET_COLUMNS)
+
+    def _type(self, column: str, row: dict[str, Any]) -> type | None:
+        """The Python type the database gives ``column`` (that of the kept value when
+        the column's type is not known here)."""
+        known = _PY_TYPES.get(self.types.get(column, ""))
+        if known is not None:
+            return known
+        return type(row[column]) if row.get(column) is not None else None
+
+    def rolled_back(self) -> None:
+        """A rollback to a savepoint: what it undid is not known here."""
+        if self.changed:
+            self.rows.clear()
+
+
+#: The statement that adds a message to an outbox (ops/streams.py ``put``,
+#: ``enqueue_many``).
+_OUTBOX_PUT = "INSERT INTO outbox (machine_id, seq, type, job_id, envelope) VALUES (?, ?, ?, ?, ?)"
+_OUTBOX = re.compile(r"\boutbox\b", re.IGNORECASE)
+_OUTBOX_AHEAD = (
+    "SELECT o.machine_id AS key_machine, o.seq, o.type, o.job_id FROM outbox o "
+    "JOIN unnest(%s::text[], %s::bigint[]) AS k(m, s) ON o.machine_id = k.m AND o.seq <= k.s "
+    "ORDER BY o.machine_id, o.seq"
+)
+
+
+class OutboxCache:
+    """What ``OUTBOX_DROP_SQL`` (declared with ``reads_outbox_drop``) would return, for
+    a whole pipelined batch: each machine's outbox rows up to the highest seq the
+    batch's ops declare, read in one statement at its start. A drop through a seq no
+    higher is answered from here as the ``DELETE`` would answer it at that point, and
+    the ``DELETE`` itself goes out without being waited for (``PgTx.all``). Kept
+    current: a drop (answered or not) removes the machine's rows it covers, an insert
+    of one message (``_OUTBOX_PUT``) adds its row; any other statement on ``outbox``
+    drops every machine, and so does a rollback to a savepoint once a kept row was
+    changed. What is dropped runs and is waited for as before."""
+
+    sql = OUTBOX_DROP_SQL
+
+    def __init__(self) -> None:
+        self.rows: dict[str, list[dict[str, Any]]] = {}  # by machine, in seq order
+        self.through: dict[str, int] = {}  # each machine's rows are kept up to this seq
+        self.changed = False
+        self.served = 0
+
+    @staticmethod
+    def keys(ops: Sequence[tuple[Any, Sequence[Any]]]) -> dict[str, int]:
+        """The highest seq ``ops`` (``(op, args)``) declare they drop through, by machine."""
+        through: dict[str, int] = {}
+        for op, args in ops:
+            key = read_outbox_drop(op, args)
+            if key is None or "\x00" in key[0] or not 0 <= key[1] < 2**62:
+                continue
+            machine_id, seq = key
+            through[machine_id] = max(seq, through.get(machine_id, seq))
+        return through
+
+    def start(self, cur: psycopg.Cursor[dict[str, Any]], through: dict[str, int]) -> None:
+        """Send the read of ``through`` on ``cur`` (``finish`` takes its rows)."""
+        machines = sorted(through)
+        self.through = {m: through[m] for m in machines}
+        self.rows = {m: [] for m in machines}
+        cur.execute(_OUTBOX_AHEAD, (machines, [through[m] for m in machines]))
+
+    def finish(self, cur: psycopg.Cursor[dict[str, Any]]) -> None:
+        for row in cur.fetchall():
+            machine_id = row.pop("key_machine")
+            if machine_id in self.rows:
+                self.rows[machine_id].append(row)
+
+    def get(self, sql: str, params: Sequence[Any]) -> tuple[bool, dict[str, Any] | None]:
+        return False, None  # no single-row read of its own
+
+    def drop(self, sql: str, params: Sequence[Any]) -> list[dict[str, Any]] | None:
+        """The rows ``sql`` (``OUTBOX_DROP_SQL``) would return with ``params`` now, in
+        seq order; None when not known here. ``wrote`` removes them when it is sent."""
+        if sql != self.sql or len(params) != 2:
+            return None
+        machine_id, seq = params
+        if not isinstance(machine_id, str) or type(seq) is not int:
+            return None
+        if machine_id not in self.rows or seq > self.through[machine_id]:
+            return None
+        self.served += 1
+        return [dict(r) for r in self.rows[machine_id] if r["seq"] <= seq]
+
+    def wrote(self, sql: str, params: Sequence[Any]) -> None:
+        """``sql`` is about to run with ``params``: keep the rows current."""
+        if not self.rows:
+            return
+        savepoint = _savepoint(sql)
+        if savepoint is not None:
+            if savepoint[0] == "ROLLBACK":
+                self.rolled_back()
+            return
+        text = sql.lstrip()
+        if text[:6].upper() == "SELECT" or not _OUTBOX.search(text):
+            return  # a read, or a statement on other tables (the schema has no cascades)
+        self.changed = True
+        if sql == self.sql and len(params) == 2:
+            machine_id, seq = params
+            if isinstance(machine_id, str) and type(seq) is int:
+                if machine_id in self.rows:
+                    self.rows[machine_id] = [r for r in self.rows[machine_id] if r["seq"] > seq]
+                return
+        elif sql == _OUTBOX_PUT and len(params) == 5:
+            machine_id, seq, kind, job_id = params[:4]
+            if (
+                isinstance(machine_id, str)
+                and type(seq) is int
+                and isinstance(kind, str)
+                and (job_id is None or isinstance(job_id, str))
+            ):
+                kept = self.rows.get(machine_id)
+                if kept is None or seq > self.through[machine_id]:
+                    return  # not kept here: no drop is answered beyond ``through``
+                if any(r["seq"] == seq for r in kept):
+                    del self.rows[machine_id]  # the insert will fail: let the database say
+                    return
+                kept.append({"seq": seq, "type": kind, "job_id": job_id})
+                kept.sort(key=lambda r: int(r["seq"]))
+                return
+        self.rows.clear()  # which rows it changes is not known here
+
+    def rolled_back(self) -> None:
+        """A rollback to a savepoint: what it undid is not known here."""
+        if self.changed:
+            self.rows.clear()
+
+
+#: What a pipelined batch reads ahead: the caches ``PgTx`` answers reads from.
+ReadAhead = RowCache | TargetCache | OutboxCache
+
+
+def read_ahead(
+    conn: psycopg.Connection[dict[str, Any]],
+    ops: Sequence[tuple[Any, Sequence[Any]]],
+    types: dict[str, dict[str, str]] | None = None,
+) -> list[ReadAhead]:
+    """The rows ``ops`` (``(op, args)``) declare they read (``reads_row`` on
+    ``PREFETCHED``, ``reads_job_target``), read in one round trip: each kind in one
+    statement, sent together on ``conn`` (in pipeline mode) before waiting for either."""
+    caches: list[ReadAhead] = []
+    pending: list[tuple[TargetCache | OutboxCache, psycopg.Cursor[dict[str, Any]]]] = []
+    keys = TargetCache.keys(ops)
+    if keys:
+        targets = TargetCache(types)
+        cur = conn.cursor()
+        targets.start(cur, keys)
+        pending.append((targets, cur))
+    through = OutboxCache.keys(ops)
+    if through:
+        outbox = OutboxCache()
+        cur = conn.cursor()
+        outbox.start(cur, through)
+        pending.append((outbox, cur))
+    rows = RowCache.prefetch(conn.cursor(), ops)  # waits: the others' rows are in too
+    if rows is not None:
+        caches.append(rows)
+    for cache, cur in pending:
+        cache.finish(cur)
+        caches.append(cache)
+    return caches
+
+
 def group_key(group_id: str) -> int:
     """A stable signed 32-bit key (Python's hash() differs between processes)."""
     return int.from_bytes(
@@ -395,7 +689,7 @@ class PgTx(Tx):
         held: set[str] | None = None,
         pipeline: psycopg.Pipeline | None = None,
         reader: psycopg.Cursor[dict[str, Any]] | None = None,
-        rows: RowCache | None = None,
+        rows: Sequence[ReadAhead] = (),
         out: Outgoing | None = None,
     ) -> None:
         self.cur = cur
@@ -405,7 +699,7 @@ class PgTx(Tx):
         # which never has another statement's result pending.
         self.pipeline = pipeline
         self.reader = reader if reader is not None else cur
-        self.rows = rows  # pipelined: rows read for the whole batch (``RowCache``)
+        self.rows = rows  # pipelined: rows read for the whole batch (``read_ahead``)
         # Pipelined: what goes out on ``cur`` is kept there until something waits.
         self.out = out
         self.events: list[tuple[Any, ...]] = []  # pipelined: rows of add_event, kept
@@ -454,8 +748,8 @@ class PgTx(Tx):
             self.cur.execute(to_pyformat(sql), tuple(params))
 
     def one(self, sql: str, params: Sequence[Any] = ()) -> dict[str, Any] | None:
-        if self.rows is not None:
-            served, row = self.rows.get(sql, params)
+        for cache in self.rows:
+            served, row = cache.get(sql, params)
             if served:
                 return row
         self._lock_events_now(sql)
@@ -465,6 +759,12 @@ class PgTx(Tx):
         return self.reader.fetchone()
 
     def all(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        for cache in self.rows:
+            if isinstance(cache, OutboxCache):
+                rows = cache.drop(sql, params)
+                if rows is not None:  # known: the DELETE need not be waited for
+                    self.send(sql, params)
+                    return rows
         self._lock_events_now(sql)
         self._wrote(sql, params)
         self._flush()
@@ -472,8 +772,8 @@ class PgTx(Tx):
         return self.reader.fetchall()
 
     def _wrote(self, sql: str, params: Sequence[Any]) -> None:
-        if self.rows is not None:
-            self.rows.wrote(sql, params)
+        for cache in self.rows:
+            cache.wrote(sql, params)
 
     def _flush(self) -> None:
         """A statement is about to be waited for: what is kept goes out first."""

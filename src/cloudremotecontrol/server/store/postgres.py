@@ -62,6 +62,21 @@ Rows read ahead
     is the same (REPEATABLE READ: the whole transaction reads one), and reading takes
     no lock, so a conflict with another replica fails the same update it failed before.
     The one-statement-at-a-time fallback reads every row where the op reads it.
+    A job's report (``job.started``, ``job.output``, ``job.result``) reads its target
+    joined with its job (``job_steps``), and an ack drops the messages it covers with a
+    ``DELETE ... RETURNING`` whose rows it reads (``drop_through``): two more waits per
+    result. Ops declare those too (``reads_job_target``, ``reads_outbox_drop``: the
+    target from the message's ``job_id``, the machine and seq an ack drops through),
+    and the batch reads the targets (``TargetCache``) and each machine's outbox rows up
+    to the highest seq its ops drop through (``OutboxCache``) in the same round trip as
+    the machines. A target is kept current like a machine (``job_steps``' updates of it
+    by ``(job_id, machine_id)`` applied, anything else on ``job_targets`` or ``jobs``
+    drops the targets); a drop is answered from the kept rows, which it then leaves
+    without those rows, a one-message ``INSERT`` adds its row, and the ``DELETE``
+    itself is kept and sent like a statement nothing waits for (its rows are known).
+    A batch of results, each acknowledging its ``job.run``, then waits for no read but
+    the one ahead: measured by ``bench/pg_job_results.py``, 0.02 waits per result
+    instead of 2.01.
 
 Statements kept
     What an op sends without waiting is not sent at once either: the batch keeps it
@@ -150,10 +165,10 @@ from .base import ALL_GROUPS, Store, settle
 from .pg_tx import (
     Outgoing,
     PgTx,
-    RowCache,
     column_types,
     insert_events,
     known_count,
+    read_ahead,
     to_pyformat,
 )
 from .schema import migrate
@@ -410,7 +425,7 @@ class PostgresStore(Store):
                     held: set[str] = set()  # locks taken early (_lock_events_now)
                     # The rows the ops declare they read, in one round trip ("Rows
                     # read ahead").
-                    rows = RowCache.prefetch(reader, [(p.op, p.args) for p in batch])
+                    rows = read_ahead(conn, [(p.op, p.args) for p in batch], self._types)
                     # The ops' statements that nothing waits for, kept until something
                     # does ("Statements kept").
                     out = Outgoing(cur, self._types)
@@ -422,8 +437,8 @@ class PostgresStore(Store):
                         except psycopg.Error:
                             raise  # which op failed is not known: see _PipelineFailed
                         except BaseException as exc:  # noqa: BLE001 -- handed to the caller
-                            if rows is not None:
-                                rows.rolled_back()
+                            for cache in rows:
+                                cache.rolled_back()
                             out.add("ROLLBACK TO SAVEPOINT op")
                             out.add("RELEASE SAVEPOINT op")
                             done.append((p, False, exc))
@@ -449,7 +464,7 @@ class PostgresStore(Store):
             return []
         self.batches += 1
         self.pipelined_batches += 1
-        self.rows_read_ahead += rows.served if rows is not None else 0
+        self.rows_read_ahead += sum(cache.served for cache in rows)
         self.statements_sent += sent
         self._settle(groups, done)
         return []
