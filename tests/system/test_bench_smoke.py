@@ -23,6 +23,19 @@ def _bench(script: str, *args: str, timeout: float = 240) -> subprocess.Complete
     return r
 
 
+def _bench_databases(pg_cluster) -> set[str]:
+    """The benchmarks' databases on the test cluster."""
+    import psycopg
+
+    with psycopg.connect(pg_cluster.admin_url, autocommit=True) as conn:
+        return {
+            row[0]
+            for row in conn.execute(
+                "SELECT datname FROM pg_database WHERE datname LIKE 'crc_bench_%'"
+            )
+        }
+
+
 def test_fanout_bench_completes_and_prints_a_table() -> None:
     r = _bench(
         "fanout.py",
@@ -60,18 +73,7 @@ def _replicas_quick(admin_url: str) -> tuple[str, ...]:
 
 
 def test_replicas_bench_completes_and_prints_a_table(pg_cluster) -> None:
-    import psycopg
-
-    def bench_databases() -> set[str]:
-        with psycopg.connect(pg_cluster.admin_url, autocommit=True) as conn:
-            return {
-                row[0]
-                for row in conn.execute(
-                    "SELECT datname FROM pg_database WHERE datname LIKE 'crc_bench_%'"
-                )
-            }
-
-    before = bench_databases()
+    before = _bench_databases(pg_cluster)
     r = _bench(
         "replicas.py",
         "--agents",
@@ -86,7 +88,7 @@ def test_replicas_bench_completes_and_prints_a_table(pg_cluster) -> None:
         strict=True,
     ):
         assert row.startswith(label) and "3/3" in row, row
-    assert bench_databases() <= before  # it dropped the databases it created
+    assert _bench_databases(pg_cluster) <= before  # it dropped the databases it created
 
 
 def test_replicas_bench_runs_an_ab_against_a_baseline_commit(pg_cluster) -> None:
@@ -175,18 +177,7 @@ def test_writer_batches_bench_completes_and_prints_a_table() -> None:
 
 
 def test_pg_job_results_bench_completes_and_drops_its_database(pg_cluster) -> None:
-    import psycopg
-
-    def bench_databases() -> set[str]:
-        with psycopg.connect(pg_cluster.admin_url, autocommit=True) as conn:
-            return {
-                row[0]
-                for row in conn.execute(
-                    "SELECT datname FROM pg_database WHERE datname LIKE 'crc_bench_%'"
-                )
-            }
-
-    before = bench_databases()
+    before = _bench_databases(pg_cluster)
     for mode in ([], ["--messages"]):
         r = _bench(
             "pg_job_results.py",
@@ -200,4 +191,4 @@ def test_pg_job_results_bench_completes_and_drops_its_database(pg_cluster) -> No
         )
         assert r.stdout.startswith("3 results (1 jobs x 3 machines)"), r.stdout
         assert "waits (round trips) per result" in r.stdout
-    assert bench_databases() <= before
+    assert _bench_databases(pg_cluster) <= before

@@ -119,6 +119,27 @@ def row_sql(table: str) -> str:
     return f"SELECT * FROM {table} WHERE id = ?"  # noqa: S608 -- a table of the ops' own
 
 
+def _declare(attr: str, key: Callable[..., Any]) -> Callable[[F], F]:
+    """A decorator that keeps ``key`` on the op as ``attr`` (read by ``_declared``)."""
+
+    def mark(op: F) -> F:
+        setattr(op, attr, key)
+        return op
+
+    return mark
+
+
+def _declared(op: Callable[..., Any], attr: str, args: Sequence[Any]) -> Any:
+    """What the op's ``attr`` key says for ``args``: None when it has none, or it raised."""
+    key = getattr(op, attr, None)
+    if key is None:
+        return None
+    try:
+        return key(*args)
+    except Exception:  # noqa: BLE001 -- a declaration's guess must never fail the op
+        return None
+
+
 #: How ops read a job's target with its job's rate control (ops/streams.py ``job_steps``),
 #: with ``(job_id, machine_id)`` as parameters: the statement ``reads_job_target``
 #: declares.
@@ -135,22 +156,12 @@ def reads_job_target(key: Callable[..., tuple[str, str] | None]) -> Callable[[F]
     in one statement, and the op reads the same either way. ``key`` looks at the
     arguments only (it may be given input the op will refuse) and must not raise."""
 
-    def mark(op: F) -> F:
-        setattr(op, "_crc_reads_job_target", key)  # noqa: B010 -- a function's attribute
-        return op
-
-    return mark
+    return _declare("_crc_reads_job_target", key)
 
 
 def read_job_target(op: Callable[..., Any], args: Sequence[Any]) -> tuple[str, str] | None:
     """``(job_id, machine_id)`` for an op marked with ``reads_job_target``, else None."""
-    key = getattr(op, "_crc_reads_job_target", None)
-    if key is None:
-        return None
-    try:
-        found = key(*args)
-    except Exception:  # noqa: BLE001 -- a declaration's guess must never fail the op
-        return None
+    found = _declared(op, "_crc_reads_job_target", args)
     if (
         not isinstance(found, tuple)
         or len(found) != 2
@@ -173,22 +184,12 @@ def reads_outbox_drop(key: Callable[..., tuple[str, int] | None]) -> Callable[[F
     return for a whole batch in one statement, then answer each from there as the
     statement would (it still runs, without being waited for)."""
 
-    def mark(op: F) -> F:
-        setattr(op, "_crc_reads_outbox_drop", key)  # noqa: B010 -- a function's attribute
-        return op
-
-    return mark
+    return _declare("_crc_reads_outbox_drop", key)
 
 
 def read_outbox_drop(op: Callable[..., Any], args: Sequence[Any]) -> tuple[str, int] | None:
     """``(machine_id, seq)`` for an op marked with ``reads_outbox_drop``, else None."""
-    key = getattr(op, "_crc_reads_outbox_drop", None)
-    if key is None:
-        return None
-    try:
-        found = key(*args)
-    except Exception:  # noqa: BLE001 -- a declaration's guess must never fail the op
-        return None
+    found = _declared(op, "_crc_reads_outbox_drop", args)
     if (
         not isinstance(found, tuple)
         or len(found) != 2

@@ -302,7 +302,38 @@ def column_types(cur: psycopg.Cursor[dict[str, Any]]) -> dict[str, dict[str, str
 PREFETCHED = "machines"
 
 
-class RowCache:
+class _Kept:
+    """What the caches of rows read ahead share: ``rows`` by key, emptied by a rollback
+    to a savepoint once a kept row was changed (what it undid is not known here)."""
+
+    rows: dict[Any, Any]
+    changed: bool  # a kept row was changed since the batch began
+    served: int  # reads answered from here
+
+    def _changes_rows(self, sql: str) -> bool:
+        """Whether ``wrote`` must look at ``sql`` further: rows are kept and it is not a
+        savepoint statement (a rollback to one is handled here)."""
+        if not self.rows:
+            return False
+        savepoint = _savepoint(sql)
+        if savepoint is None:
+            return True
+        if savepoint[0] == "ROLLBACK":
+            self.rolled_back()
+        return False
+
+    def rolled_back(self) -> None:
+        """A rollback to a savepoint: what it undid is not known here."""
+        if self.changed:
+            self.rows.clear()
+
+    def _serve(self, key: Any) -> tuple[bool, dict[str, Any] | None]:
+        row = self.rows[key]
+        self.served += 1
+        return True, (dict(row) if row is not None else None)
+
+
+class RowCache(_Kept):
     """The rows an op reads with ``row_sql`` (declared with ``reads_row``), for a whole
     pipelined batch read in one statement at its start, instead of one round trip per
     op. A row is served only as the transaction would read it at that point: a
@@ -344,18 +375,11 @@ class RowCache:
         """``(True, row or None)`` when ``sql`` is served from here, else ``(False, None)``."""
         if sql != self.sql or len(params) != 1 or params[0] not in self.rows:
             return False, None
-        row = self.rows[params[0]]
-        self.served += 1
-        return True, (dict(row) if row is not None else None)
+        return self._serve(params[0])
 
     def wrote(self, sql: str, params: Sequence[Any]) -> None:
         """``sql`` is about to run with ``params``: keep the rows current."""
-        if not self.rows:
-            return
-        savepoint = _savepoint(sql)
-        if savepoint is not None:
-            if savepoint[0] == "ROLLBACK":
-                self.rolled_back()
+        if not self._changes_rows(sql):
             return
         writes = _row_writes(sql, self.table)
         if writes is None:
@@ -383,11 +407,6 @@ class RowCache:
                 row.update(zip(columns, values, strict=True))
             else:
                 del self.rows[key]
-
-    def rolled_back(self) -> None:
-        """A rollback to a savepoint: what it undid is not known here."""
-        if self.changed:
-            self.rows.clear()
 
 
 #: Python types psycopg gives for the column types of the tables (the others are not
@@ -418,7 +437,7 @@ _TARGETS_AHEAD = (
 )
 
 
-class TargetCache:
+class TargetCache(_Kept):
     """``RowCache`` for the job targets ops read with ``JOB_TARGET_SQL`` (declared with
     ``reads_job_target``), keyed by ``(job_id, machine_id)``: read for a whole pipelined
     batch in one statement at its start, each served as the transaction would read it
@@ -465,18 +484,11 @@ class TargetCache:
         key = (params[0], params[1])
         if key not in self.rows:
             return False, None
-        row = self.rows[key]
-        self.served += 1
-        return True, (dict(row) if row is not None else None)
+        return self._serve(key)
 
     def wrote(self, sql: str, params: Sequence[Any]) -> None:
         """``sql`` is about to run with ``params``: keep the rows current."""
-        if not self.rows:
-            return
-        savepoint = _savepoint(sql)
-        if savepoint is not None:
-            if savepoint[0] == "ROLLBACK":
-                self.rolled_back()
+        if not self._changes_rows(sql):
             return
         text = sql.lstrip()
         if text[:6].upper() == "SELECT" or not _TARGET_TABLES.search(text):
@@ -517,11 +529,6 @@ class TargetCache:
             return known
         return type(row[column]) if row.get(column) is not None else None
 
-    def rolled_back(self) -> None:
-        """A rollback to a savepoint: what it undid is not known here."""
-        if self.changed:
-            self.rows.clear()
-
 
 #: The statement that adds a message to an outbox (ops/streams.py ``put``,
 #: ``enqueue_many``).
@@ -534,7 +541,7 @@ _OUTBOX_AHEAD = (
 )
 
 
-class OutboxCache:
+class OutboxCache(_Kept):
     """What ``OUTBOX_DROP_SQL`` (declared with ``reads_outbox_drop``) would return, for
     a whole pipelined batch: each machine's outbox rows up to the highest seq the
     batch's ops declare, read in one statement at its start. A drop through a seq no
@@ -596,12 +603,7 @@ class OutboxCache:
 
     def wrote(self, sql: str, params: Sequence[Any]) -> None:
         """``sql`` is about to run with ``params``: keep the rows current."""
-        if not self.rows:
-            return
-        savepoint = _savepoint(sql)
-        if savepoint is not None:
-            if savepoint[0] == "ROLLBACK":
-                self.rolled_back()
+        if not self._changes_rows(sql):
             return
         text = sql.lstrip()
         if text[:6].upper() == "SELECT" or not _OUTBOX.search(text):
@@ -631,11 +633,6 @@ class OutboxCache:
                 kept.sort(key=lambda r: int(r["seq"]))
                 return
         self.rows.clear()  # which rows it changes is not known here
-
-    def rolled_back(self) -> None:
-        """A rollback to a savepoint: what it undid is not known here."""
-        if self.changed:
-            self.rows.clear()
 
 
 #: What a pipelined batch reads ahead: the caches ``PgTx`` answers reads from.
