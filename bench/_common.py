@@ -307,11 +307,20 @@ def swarm_worker(spec_path: str) -> None:
         agents: list[Agent] = []
         limit = asyncio.Semaphore(8)
 
+        def enrolled(name: str, key: str) -> Any:
+            # On a thread, through a state of its own: a state's database is used by the
+            # thread that opened it (the agent's below, by this loop's).
+            own = AgentState(Path(spec["dir"]) / name, protect=plat.protect_file)
+            try:
+                return enroll(own, spec["url"], key, spec["fingerprint"])
+            finally:
+                own.close()
+
         async def make(name: str, key: str) -> Agent:
             state = CountingState(Path(spec["dir"]) / name, protect=plat.protect_file)
             states.append(state)
             async with limit:
-                cred = await asyncio.to_thread(enroll, state, spec["url"], key, spec["fingerprint"])
+                cred = await asyncio.to_thread(enrolled, name, key)
             kw = {"facts_interval": spec["facts_seconds"]} if spec.get("facts_seconds") else {}
             return Agent(state, cred, plat, fold_seconds=spec.get("fold_seconds", 0.2), **kw)
 

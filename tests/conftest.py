@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -60,6 +62,18 @@ class Env:
         ).start()
         self.agents.append(a)
         return a
+
+    def agent_argv(self, machine: str, *args: str) -> list[str]:
+        """`crc agent ARGS` for the agent ``agent(machine)`` started (its state dir)."""
+        state = str(self.tmp / "agents" / machine)
+        return [sys.executable, "-m", "cloudremotecontrol", "agent", *args, "--state-dir", state]
+
+    def agent_cli(
+        self, machine: str, *args: str, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        """Run `crc agent ARGS` for MACHINE's agent, as a script on the machine does."""
+        argv = self.agent_argv(machine, *args)
+        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
 
     def group_with_agents(self, group: str, names: list[str], **kw: Any) -> dict[str, AgentProcess]:
         out = self.client.create_group(group, names)

@@ -5,7 +5,8 @@ server) and a CLI exit code (mapped once, in the CLI)::
 
     CrcError                      500  exit 1   internal
     ├── InvalidInput              400  exit 2   invalid_input (bad JSON, names, fields)
-    │   └── TooLarge              413  exit 2   too_large
+    │   ├── TooLarge              413  exit 2   too_large
+    │   └── UpgradeRequired       426  exit 2   upgrade_required (WebSocket endpoint, no upgrade)
     ├── Unauthorized              401  exit 3   unauthorized (no or bad credential)
     ├── Forbidden                 403  exit 3   forbidden (credential may not do this)
     ├── NotFound                  404  exit 4   not_found (group, machine, job, user)
@@ -42,6 +43,7 @@ __all__ = [
     "TooLarge",
     "Unauthorized",
     "Unavailable",
+    "UpgradeRequired",
     "error_from_payload",
 ]
 
@@ -50,6 +52,10 @@ class CrcError(Exception):
     code = "internal"
     http_status = 500
     exit_code = 1
+    # The message is a line ending in ":" and one indented line per problem (an error
+    # raised here, never one rebuilt from a server's answer); the CLI shows it on one
+    # line, the problems separated by "; ".
+    multiline = False
 
     def __init__(self, message: str, *, code: str | None = None, **details: Any) -> None:
         super().__init__(message)
@@ -75,6 +81,13 @@ class InvalidInput(CrcError):
 class TooLarge(InvalidInput):
     code = "too_large"
     http_status = 413
+
+
+class UpgradeRequired(InvalidInput):
+    """A plain HTTP request to a WebSocket endpoint (server/methods.py)."""
+
+    code = "upgrade_required"
+    http_status = 426
 
 
 class Unauthorized(CrcError):
@@ -159,6 +172,7 @@ _BY_STATUS: dict[int, type[CrcError]] = {
     409: Conflict,
     413: TooLarge,
     422: InvalidInput,
+    426: UpgradeRequired,
     429: RateLimited,
     431: TooLarge,
     503: Unavailable,

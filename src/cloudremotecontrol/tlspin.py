@@ -14,6 +14,7 @@ Stdlib only: the agent imports this.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import re
 import socket
 import ssl
@@ -22,6 +23,7 @@ from urllib.parse import urlsplit
 from .errors import InvalidInput, TlsPinMismatch, Unavailable
 
 __all__ = [
+    "check_server_url",
     "client_context",
     "fetch_server_cert",
     "fingerprint_of",
@@ -47,10 +49,39 @@ def normalize_fingerprint(text: str) -> str:
     return "sha256:" + value
 
 
-def host_port(url: str) -> tuple[str, int]:
-    parts = urlsplit(url)
-    if parts.scheme not in ("https", "wss", "http", "ws") or not parts.hostname:
+def check_server_url(url: str) -> None:
+    """Refuse a URL no crc server serves before anything is sent to it: another scheme
+    than https (wss), no host, a bad port, and plain http (ws) to anything but this
+    computer. A server serves plain HTTP only with ``--insecure``, on a loopback address;
+    a token or key sent to plain HTTP elsewhere would cross the network unencrypted."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # ValueError if not a number from 0 to 65535
+    except ValueError as exc:
+        raise InvalidInput(f"invalid server URL {url!r}: {exc}") from None
+    if parts.scheme not in ("https", "wss", "http", "ws") or not parts.hostname or port == 0:
         raise InvalidInput(f"invalid server URL {url!r}: expected https://HOST[:PORT]")
+    if parts.scheme in ("http", "ws") and not _is_loopback(parts.hostname):
+        raise InvalidInput(
+            f"refusing plain {parts.scheme}:// to {parts.hostname}: the token or key would "
+            "cross the network unencrypted; use https:// (a server serves plain HTTP only "
+            "with --insecure, on a loopback address)"
+        )
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def host_port(url: str) -> tuple[str, int]:
+    check_server_url(url)
+    parts = urlsplit(url)
+    assert parts.hostname is not None  # checked above
     default = 443 if parts.scheme in ("https", "wss") else 80
     return parts.hostname, parts.port or default
 
@@ -96,6 +127,7 @@ def client_context(
     certificate and verify that (raises TlsPinMismatch before anything secret is sent).
     Without: the system CA store. ``http://`` URLs (``--insecure``) get None.
     """
+    check_server_url(url)
     if urlsplit(url).scheme in ("http", "ws"):
         return None, None
     if not fingerprint:

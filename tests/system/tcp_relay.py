@@ -69,3 +69,35 @@ class TcpRelay:
     def close(self) -> None:
         self.listener.close()
         self.cut()
+
+
+class ConnectProxy(TcpRelay):
+    """An HTTP proxy that does CONNECT only (what a WebSocket over TLS asks of it), and
+    records each request line."""
+
+    def __init__(self) -> None:
+        self.requests: list[str] = []
+        super().__init__()
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def connect(self, client: socket.socket) -> socket.socket | None:
+        head = b""
+        while b"\r\n\r\n" not in head:
+            data = client.recv(4096)
+            if not data:
+                return None
+            head += data
+        line = head.split(b"\r\n", 1)[0].decode()
+        self.requests.append(line)
+        method, target, _ = line.split(" ", 2)
+        if method != "CONNECT":
+            client.sendall(b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n")
+            return None
+        host, _, port = target.rpartition(":")
+        upstream = socket.create_connection((host, int(port)), 5)
+        upstream.settimeout(None)  # the 5 s were for connecting: a quiet link stays up
+        client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        rest = head.split(b"\r\n\r\n", 1)[1]
+        if rest:
+            upstream.sendall(rest)
+        return upstream

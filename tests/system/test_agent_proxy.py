@@ -6,46 +6,14 @@ entry point skips websockets' proxy lookup only where there is no proxy to find
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from tcp_relay import TcpRelay
+from tcp_relay import ConnectProxy
 
 from conftest import Env
-
-
-class _ConnectProxy(TcpRelay):
-    """An HTTP proxy that does CONNECT only (what a WebSocket over TLS asks of it), and
-    records each request line."""
-
-    def __init__(self) -> None:
-        self.requests: list[str] = []
-        super().__init__()
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def connect(self, client: socket.socket) -> socket.socket | None:
-        head = b""
-        while b"\r\n\r\n" not in head:
-            data = client.recv(4096)
-            if not data:
-                return None
-            head += data
-        line = head.split(b"\r\n", 1)[0].decode()
-        self.requests.append(line)
-        method, target, _ = line.split(" ", 2)
-        host, _, port = target.rpartition(":")
-        if method != "CONNECT":
-            client.sendall(b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n")
-            return None
-        upstream = socket.create_connection((host, int(port)), 5)
-        client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
-        rest = head.split(b"\r\n\r\n", 1)[1]
-        if rest:
-            upstream.sendall(rest)
-        return upstream
 
 
 def _lean_agent(env: Env, state: Path, extra_env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -74,7 +42,7 @@ def _stop(proc: subprocess.Popen[bytes], env: Env) -> None:
 
 
 def test_agent_connects_through_the_proxy_its_environment_names(env: Env, tmp_path: Path) -> None:
-    proxy = _ConnectProxy()
+    proxy = ConnectProxy()
     server = f"CONNECT 127.0.0.1:{env.server.port} HTTP/1.1"
     key = env.client.create_group("lab", ["a"])["machines"][0]["key"]
     state = tmp_path / "a"

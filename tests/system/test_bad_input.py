@@ -144,6 +144,29 @@ CASES: list[tuple[str, str, dict[str, Any], int, str, str]] = [
     ("POST", G, {"json": {"name": "x", "machines": M, "key_ttl": 0}}, 400, "invalid_input", "TTL"),
     ("POST", G, {"json": {"name": "x", "machines": M, "key_ttl": -5}}, 400, "invalid_input", "TTL"),
     ("POST", G, {"json": {"name": "x", "machines": M, "ttl": 0}}, 400, "invalid_input", "TTL"),
+    # A JSON boolean or string is not a number (true would be a TTL of 1 s: a group that
+    # expires, and revokes its machines, at once).
+    ("POST", G, {"json": {"name": "x", "machines": M, "ttl": True}}, 400, "invalid_input", "ttl"),
+    (
+        "POST",
+        G,
+        {"json": {"name": "x", "machines": M, "key_ttl": "60"}},
+        400,
+        "invalid_input",
+        "ttl",
+    ),
+    ("POST", J, job(argv=["true"], timeout=True), 400, "invalid_input", "timeout"),
+    ("POST", J, job(argv=["true"], timeout="5"), 400, "invalid_input", "timeout"),
+    ("POST", J, job(argv=["true"], canary=True), 400, "invalid_input", "canary"),
+    ("POST", J, job(argv=["true"], max_concurrency=True), 400, "invalid_input", "max_concurrency"),
+    (
+        "POST",
+        G,
+        {"json": {"name": "x", "machines": [{"name": "m", "labels": {"n": 1}}]}},
+        400,
+        "invalid_input",
+        "labels",
+    ),
     # Unknown fields are refused, not ignored (a typo must not pass silently).
     (
         "POST",
@@ -464,3 +487,29 @@ def test_cli_bad_input_exits_non_zero_with_one_line_and_no_traceback(env, crc):
     r = crc("run", "lab", "--to", "a", "--shell", "fish", "--", "true")
     assert r.returncode == 2 and "Traceback" not in r.stderr and "'fish'" in r.stderr
     assert state(env) == before
+
+
+def test_a_range_the_server_cannot_serve_gets_the_api_error_shape(env, http):
+    """Downloads take Range requests; a malformed or unsatisfiable one is answered like
+    any other bad input: a status, a code and a message in JSON."""
+    import hashlib
+
+    data = bytes(range(256)) * 4
+    sha = hashlib.sha256(data).hexdigest()
+    alice = {"Authorization": bearer(env.token)}
+    assert http.put(f"/v1/blobs/{sha}", content=data, headers=alice).status_code == 200
+    url = f"/v1/blobs/{sha}"
+    for bad in ["bytes=abc", "bytes=9-3", "items=0-1", "bytes=", "bytes=x-y", "bytes=--1"]:
+        resp = http.get(url, headers={**alice, "Range": bad})
+        assert_error(resp, 400, "invalid_input", "Range")
+    for past in ["bytes=5000-", "bytes=1024-2000", "bytes=-0", "bytes=0-3,2000-"]:
+        resp = http.get(url, headers={**alice, "Range": past})
+        assert_error(resp, 416, "range_not_satisfiable", "1024 bytes")
+        assert resp.headers["content-range"] == "bytes */1024"
+    # Ranges it can serve are served (positive control).
+    resp = http.get(url, headers={**alice, "Range": "bytes=10-19"})
+    assert resp.status_code == 206 and resp.content == data[10:20]
+    resp = http.get(url, headers={**alice, "Range": "bytes=-4"})
+    assert resp.status_code == 206 and resp.content == data[-4:]
+    assert http.get(url, headers=alice).content == data
+    assert_no_traceback_in_server_log(env.server)

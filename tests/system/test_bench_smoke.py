@@ -192,3 +192,11 @@ def test_pg_job_results_bench_completes_and_drops_its_database(pg_cluster) -> No
         assert r.stdout.startswith("3 results (1 jobs x 3 machines)"), r.stdout
         assert "waits (round trips) per result" in r.stdout
     assert _bench_databases(pg_cluster) <= before
+
+
+def test_recordings_bench_completes_and_prints_a_table(tmp_path: Path) -> None:
+    r = _bench(
+        "recordings.py", "--mib", "1", "--runs", "1", "--results", str(tmp_path / "RESULTS.md")
+    )
+    assert "chunks in the database" in r.stdout and "replay exact: True" in r.stdout, r.stdout
+    assert "## Shell recordings" in (tmp_path / "RESULTS.md").read_text()

@@ -354,8 +354,13 @@ def test_bootstrap_installs_the_agent_from_the_server_and_a_second_run_changes_n
 
     removed = vm.run("crc", "agent", "uninstall", "--json")
     assert removed.returncode == 0, removed.stderr
-    assert json.loads(removed.stdout)["removed"] is True
+    report = json.loads(removed.stdout)
+    assert report["removed"] is True
     assert not vm.path("/etc/systemd/system/crc-agent.service").exists()
+    # The bytecode install compiled goes with the service; the venv stays.
+    assert not vm.path("/opt/crc-agent/venv/pycache").exists()
+    assert report["bytecode_cache_removed"] == "/opt/crc-agent/venv/pycache"
+    assert vm.path("/opt/crc-agent/venv/bin/python3").is_symlink()
     assert vm.agent_pid() is None
     env.wait_state("vm", ["web"], "offline")
 

@@ -15,7 +15,7 @@ import click
 import pytest
 
 from cloudremotecontrol.cli.main import cli
-from cloudremotecontrol.master.localrun import AgentProcess, ServerProcess
+from cloudremotecontrol.master.localrun import AgentProcess, ServerProcess, crc_argv
 
 CRC = [sys.executable, "-m", "cloudremotecontrol"]
 
@@ -121,6 +121,118 @@ def test_sigterm_and_sighup_to_crc_run_cancel_the_job_like_ctrl_c(env, crc, tmp_
     assert not marker.exists()
 
 
+def test_crc_run_shows_a_line_written_in_pieces_as_one_line_and_a_long_one_in_64k_pieces(env, crc):
+    env.group_with_agents("lab", ["a", "b"])
+    # Pieces a slow command writes reach the master apart; a long line comes in many,
+    # and is printed in pieces of 65,536 characters, each with the prefix (at most that
+    # much of a line is held per machine and stream).
+    script = (
+        'printf part; sleep 0.3; printf ial; sleep 0.3; echo " line"; '
+        "head -c 300000 /dev/zero | tr '\\0' x; echo; printf 'no end'"
+    )
+    r = crc("run", "lab", "--to", "all", "--", "sh", "-c", script)
+    assert r.returncode == 0, r.stderr
+    for m in ("a", "b"):
+        mine = [ln for ln in r.stdout.splitlines() if ln.startswith(f"[{m}] ")]
+        assert mine == [
+            f"[{m}] partial line",
+            *[f"[{m}] " + "x" * 65536] * 4,
+            f"[{m}] " + "x" * (300000 - 4 * 65536),
+            f"[{m}] no end",
+        ]
+        # Joined again by their prefix, the pieces are the line.
+        assert "".join(ln[len(f"[{m}] ") :] for ln in mine[1:-1]) == "x" * 300000
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_crc_run_whose_output_is_closed_cancels_the_job_and_exits_141(env, tmp_path, as_json):
+    env.group_with_agents("lab", ["a", "b"])
+    marker = tmp_path / "finished"
+    script = f"for i in $(seq 1 600); do echo line $i; sleep 0.1; done; touch {marker}"
+    proc = subprocess.Popen(
+        [*CRC, "run", "lab", "--to", "all", *(["--json"] if as_json else []), "--", script],
+        env={**os.environ, **env.cli_env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    try:
+        first = proc.stdout.readline()  # `crc run ... | head -1`
+        proc.stdout.close()
+        err = proc.stderr.read()
+        proc.stderr.close()
+        assert proc.wait(timeout=60) == 141, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "Traceback" not in err and "Exception" not in err, err
+    job_id = err.split("job ", 1)[1].split()[0]
+    if as_json:
+        assert json.loads(first)["job_id"] == job_id
+    else:
+        assert first.startswith(("[a] line ", "[b] line ")), first
+    assert f"crc: output closed: cancelled job {job_id} on every machine" in err, err
+    _wait(
+        lambda: {t["status"] for t in env.client.job(job_id)["targets"]} == {"cancelled"},
+        "the targets to be cancelled",
+    )
+    assert not marker.exists()
+
+
+def test_crc_events_whose_output_is_closed_exits_141_without_a_word(env):
+    env.client.create_group("lab", ["a"])
+    proc = subprocess.Popen(
+        [*CRC, "events", "lab", "--follow", "--json"],
+        env={**os.environ, **env.cli_env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    try:
+        first = json.loads(proc.stdout.readline())  # `crc events -f | head -1`
+        proc.stdout.close()
+        for n in range(50):  # events until crc writes one to the closed pipe
+            env.client.kv_set("lab", f"k{n}", n)
+            if proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        err = proc.stderr.read()
+        proc.stderr.close()
+        assert proc.wait(timeout=30) == 141, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert first["type"] == "group.created" and err == "", err
+
+
+@pytest.mark.parametrize(
+    "command", [[""], ["", "x"], ["  "], ["--shell", "bash", "--", " "]], ids=repr
+)
+def test_crc_run_refuses_an_empty_command_before_sending_anything(env, crc, command):
+    env.group_with_agents("lab", ["a"])
+    args = command if command[0] == "--shell" else ["--", *command]
+    r = crc("run", "lab", "--to", "a", *args)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.startswith("crc: error: empty COMMAND: give the program to run"), r.stderr
+    assert "usage: crc run" in r.stderr and r.stdout == ""
+    assert env.client.list_jobs("lab", 10) == []
+
+
+@pytest.mark.parametrize("sub", ["show", "cancel"])
+@pytest.mark.parametrize("bad", ["../../x", "abc", "0" * 31 + "/", "\x1b[2J" + "0" * 28])
+def test_crc_job_refuses_what_is_not_a_job_id(env, crc, sub, bad):
+    r = crc("job", sub, bad)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.startswith("crc: error: Invalid value for 'JOB_ID': not a job id: "), r.stderr
+    assert "32 hex digits" in r.stderr and "\x1b" not in r.stderr, r.stderr
+    r = crc("job", sub, "0" * 32)  # the shape of a job id: asked, and not found
+    assert r.returncode == 4 and "no job" in r.stderr, r.stderr
+
+
 def test_crc_job_list_show_and_cancel(env, crc):
     env.group_with_agents("lab", ["a"])
     r = crc("run", "lab", "--to", "a", "--json", "--", "echo", "hi")
@@ -203,6 +315,79 @@ def test_login_says_what_is_wrong_with_a_token_or_a_self_signed_server(env, crc,
     assert "Traceback" not in line and len(line.splitlines()) == 1
     r = crc("login", "--url", url, "--token", env.token, "--fingerprint", fp, extra_env=cfg)
     assert r.returncode == 0, r.stderr
+
+
+def test_login_takes_the_token_from_stdin_the_environment_or_a_prompt(env, crc, tmp_path):
+    import pexpect
+
+    url, fp = env.server.url, env.server.fingerprint
+    cfg = {"CRC_CONFIG_DIR": str(tmp_path / "cfg"), "CRC_URL": "", "CRC_TOKEN": ""}
+    profile = tmp_path / "cfg" / "config.json"
+    r = crc("login", "--url", url, "--token", "-", "--fingerprint", fp, input=env.token + "\n")
+    assert r.returncode == 0, r.stderr
+    r = crc("login", "--url", url, "--fingerprint", fp, input="", extra_env=cfg)
+    assert r.returncode == 2, r.stderr
+    assert "--token -" in r.stderr and "CRC_TOKEN" in r.stderr and "Traceback" not in r.stderr
+    r = crc("login", "--url", url, "--token", "-", "--fingerprint", fp, input="\n", extra_env=cfg)
+    assert r.returncode == 2 and "standard input held no token" in r.stderr, r.stderr
+    assert not profile.exists()
+    r = crc(
+        "login", extra_env={**cfg, "CRC_URL": url, "CRC_TOKEN": env.token, "CRC_FINGERPRINT": fp}
+    )
+    assert r.returncode == 0, r.stderr
+    assert json.loads(profile.read_text())["token"] == env.token
+    profile.unlink()
+    # At a terminal: asked for, and not echoed.
+    child = pexpect.spawn(
+        sys.executable,
+        ["-m", "cloudremotecontrol", "login", "--url", url, "--fingerprint", fp],
+        env={**os.environ, **cfg},
+        timeout=60,
+    )
+    child.expect("Master token: ")
+    child.sendline(env.token)
+    child.expect(pexpect.EOF)
+    child.close()
+    shown = child.before.decode()
+    assert child.exitstatus == 0, shown
+    assert "logged in to" in shown and env.token not in shown, shown
+    assert json.loads(profile.read_text())["token"] == env.token
+
+
+def test_server_lists_users_and_their_tokens_without_a_secret(env):
+    srv = env.server
+    laptop = srv.admin("add-token", "alice", "laptop")["token"]
+    srv.admin("add-token", "alice", "ci")
+    srv.admin("revoke-token", "alice", "ci")
+    bob = srv.add_user("bob")
+    env.client.create_group("lab", ["a"])
+    env.client.create_group("lab2", ["a"])
+    env.client.delete_group("lab2")
+    users = {u["user"]: u for u in srv.admin("list-users")["users"]}
+    assert users["alice"]["tokens"] == 2 and users["alice"]["groups"] == 1, users
+    assert users["bob"]["tokens"] == 1 and users["bob"]["groups"] == 0, users
+    tokens = srv.admin("list-tokens", "alice")["tokens"]
+    assert [t["name"] for t in tokens] == ["default", "laptop", "ci"], tokens
+    assert [t["revoked"] is None for t in tokens] == [True, True, False], tokens
+    # As a table (the same names and dates, no secret), and a clear error for no user.
+    table = subprocess.run(
+        crc_argv("server", "list-tokens", "alice", "--data-dir", str(srv.data_dir)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert table.returncode == 0, table.stderr
+    assert table.stdout.split()[:3] == ["NAME", "CREATED", "REVOKED"], table.stdout
+    assert "laptop" in table.stdout and " UTC" in table.stdout
+    for secret in (laptop, bob, env.token):
+        assert secret not in table.stdout and secret[:22] not in table.stdout
+    missing = subprocess.run(
+        crc_argv("server", "list-tokens", "nobody", "--data-dir", str(srv.data_dir)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert missing.returncode == 4 and missing.stderr == "crc: error: no user 'nobody'\n"
 
 
 def test_agent_hosts_file_lets_hosts_sync_be_tried_without_root(env, crc, tmp_path):

@@ -153,19 +153,19 @@ def test_another_users_group_is_invisible_in_the_dashboard(env, browser):
 def test_logout_ends_the_session_for_the_pages_and_the_api(env, browser):
     env.client.create_group("lab", ["a"])
     page = login(browser, env.server, env.token, "/dashboard/groups/lab")
-    cookie = next(c for c in browser.context.cookies() if c["name"] == "crc_session")
+    cookie = next(c for c in browser.context.cookies() if c["name"] == "__Host-crc_session")
     assert cookie["httpOnly"] and cookie["secure"] and cookie["sameSite"] == "Strict"
     assert page.evaluate("document.cookie") == ""  # scripts never see it
     csrf = page.locator("meta[name=crc-csrf]").get_attribute("content")
     page.click("#logout")
     expect(page.locator("#token")).to_be_visible()
-    assert "crc_session" not in [c["name"] for c in browser.context.cookies()]
+    assert "__Host-crc_session" not in [c["name"] for c in browser.context.cookies()]
     page.goto(env.server.url + "/dashboard/groups/lab")
     expect(page.locator("#token")).to_be_visible()  # sent to the login form
     assert "next=%2Fdashboard%2Fgroups%2Flab" in page.url
     # The old cookie is worth nothing now, even with its CSRF token.
     with pinned_http(env.server) as http:
-        jar = {"Cookie": f"crc_session={cookie['value']}"}
+        jar = {"Cookie": f"__Host-crc_session={cookie['value']}"}
         r = http.get("/v1/whoami", headers=jar)
         assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"
         r = http.post(

@@ -48,7 +48,7 @@ def test_no_dashboard_serves_no_pages_and_makes_session_cookies_worthless(server
             assert "dashboard" not in http.get("/v1/health").json()
             for path in ("/", "/dashboard/", "/dashboard/login", "/dashboard/static/dashboard.js"):
                 assert_error(http.get(path), 404, "not_found")
-            jar = {"Cookie": f"crc_session={cookie}", "X-CSRF-Token": csrf}
+            jar = {"Cookie": f"__Host-crc_session={cookie}", "X-CSRF-Token": csrf}
             assert_error(http.get("/v1/whoami", headers=jar), 401, "unauthorized")
             r = http.post(
                 "/v1/groups", json={"name": "g", "machines": [{"name": "m"}]}, headers=jar
@@ -68,18 +68,18 @@ def test_login_refuses_forged_posts_bad_tokens_and_redirects_elsewhere(server):
         http.cookies.clear()
         # No form cookie (a post from another site's page): refused, no session.
         r = http.post("/dashboard/login", data={"token": token, "form_token": form_token})
-        assert r.status_code == 403 and "crc_session" not in r.cookies
+        assert r.status_code == 403 and "__Host-crc_session" not in r.cookies
         assert "the form expired" in r.text
         cookie = {"Cookie": f"crc_login={form_token}"}
         r = http.post(
             "/dashboard/login", data={"token": token, "form_token": "x" * 32}, headers=cookie
         )
-        assert r.status_code == 403 and "crc_session" not in r.cookies
+        assert r.status_code == 403 and "__Host-crc_session" not in r.cookies
         for bad in ("", "crcm_0123456789abcdef_" + "x" * 32, "<script>", "a" * 300):
             r = http.post(
                 "/dashboard/login", data={"token": bad, "form_token": form_token}, headers=cookie
             )
-            assert r.status_code == 401 and "crc_session" not in r.cookies, bad
+            assert r.status_code == 401 and "__Host-crc_session" not in r.cookies, bad
             assert "unknown or revoked master token" in r.text
             assert "&lt;script&gt;" not in r.text and "<script>" not in r.text.split("</head>")[1]
         r = http.post("/dashboard/login", content=b"token=" + b"x" * 5000, headers=cookie)
@@ -99,7 +99,7 @@ def test_login_refuses_forged_posts_bad_tokens_and_redirects_elsewhere(server):
                 headers=cookie,
             )
             assert r.status_code == 303 and r.headers["location"] == landed, target
-            session = r.cookies["crc_session"]
+            session = r.cookies["__Host-crc_session"]
             assert session.startswith("crcs_")
             header = r.headers["set-cookie"].lower()
             assert "httponly" in header and "samesite=strict" in header and "secure" in header

@@ -144,7 +144,7 @@ async def _refused(server: Any, path: str, headers: dict[str, str]) -> tuple[int
 
 
 def _open(server: Any, cookie: str, csrf: str | None) -> Any:
-    headers = {"Cookie": f"crc_session={cookie}", "Origin": server.url.rstrip("/")}
+    headers = {"Cookie": f"__Host-crc_session={cookie}", "Origin": server.url.rstrip("/")}
     if csrf is not None:
         headers["X-CSRF-Token"] = csrf
     with pinned_http(server) as c:
@@ -167,17 +167,17 @@ def test_the_stream_websocket_takes_a_cookie_only_from_its_origin_and_user(env):
     path = f"/v1/streams/{r.json()['stream']}"
 
     async def scenario() -> None:
-        jar = {"Cookie": f"crc_session={alice}"}
+        jar = {"Cookie": f"__Host-crc_session={alice}"}
         # Cross-site WebSocket hijacking: the cookie without the dashboard's Origin.
         assert await _refused(env.server, path, jar) == (403, "csrf")
         for evil in ("https://evil.example", "null", origin + ".evil.example", "http" + origin[5:]):
             assert await _refused(env.server, path, {**jar, "Origin": evil}) == (403, "csrf")
         # Another user's session, from the right origin: not found (it is not theirs).
-        bobs = {"Cookie": f"crc_session={bob}", "Origin": origin}
+        bobs = {"Cookie": f"__Host-crc_session={bob}", "Origin": origin}
         assert await _refused(env.server, path, bobs) == (404, "not_found")
         # No credential at all; a cookie that is no session.
         assert await _refused(env.server, path, {"Origin": origin}) == (401, "unauthorized")
-        forged = {"Cookie": "crc_session=crcs_x_y", "Origin": origin}
+        forged = {"Cookie": "__Host-crc_session=crcs_x_y", "Origin": origin}
         assert (await _refused(env.server, path, forged))[0] == 401
         # None of that used the stream up: alice, from the dashboard's origin, gets it.
         async with _ws(env.server, path, {**jar, "Origin": origin}) as ws:

@@ -412,6 +412,27 @@ def test_offline_detected_on_agent_kill_and_ready_again_after_restart(env):
     assert states[-2:] == ["offline", "ready"]
 
 
+def test_a_machine_is_ready_again_when_its_agent_stopped_before_the_ready_was_acked(env):
+    """The server applied the agent's system.ready, but the agent stopped before the ack
+    reached its state: its next hello says "not ready" (the ready is still in its
+    outbox), and the welcome acknowledges it, so it is not sent again. The machine is
+    ready on that connection all the same, not at some later one."""
+    agents = env.group_with_agents("lab", ["a"])
+    agents["a"].stop()
+    env.wait_state("lab", ["a"], "offline")
+    db = sqlite3.connect(agents["a"].state_dir / "agent.db")
+    with db:
+        ready_seq = int(db.execute("SELECT value FROM kv WHERE key = 'ready_seq'").fetchone()[0])
+        assert db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0] == 0
+        # As if the ack had not been written: the message is kept, waiting for it.
+        db.execute("INSERT INTO outbox (seq, frame) VALUES (?, ?)", (ready_seq, "{}"))
+    db.close()
+    agents["a"].start()
+    env.wait_state("lab", ["a"], "ready")
+    # One connection did it: the agent did not drop it and connect again.
+    assert agents["a"].log().count("connected to") == 2
+
+
 def test_an_agent_that_processed_more_than_the_server_knows_gets_new_numbers(env):
     """After the server's database was restored from an older backup, an agent's hello
     acknowledges messages the server no longer knows: the server numbers its next

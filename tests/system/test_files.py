@@ -82,6 +82,45 @@ def test_push_to_a_missing_directory_fails_clearly(env, crc, tmp_path):
     assert "does not exist" in r.stderr
 
 
+def test_push_to_an_existing_directory_fails_clearly_and_leaves_it_alone(env, crc, tmp_path):
+    env.group_with_agents("lab", ["a"])
+    src = tmp_path / "f.txt"
+    src.write_text("x")
+    target = tmp_path / "etc"
+    target.mkdir()
+    for dest in (str(target), str(target) + "/"):
+        r = crc("push", "lab", "--to", "a", str(src), dest)
+        assert r.returncode == 1
+        assert f"{dest} is a directory on this machine" in r.stderr, r.stderr
+    assert list(target.iterdir()) == [] and not list(tmp_path.glob(".crc-*"))
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("unshare") is None,
+    reason="needs root and unshare(1) to give the agent a small disk of its own",
+)
+def test_a_push_that_fills_the_disk_fails_at_once_and_leaves_no_partial_file(env, crc, tmp_path):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    small_disk = 'mount -t tmpfs -o size=1m crc-test "$0" && exec "$@"'
+    prefix = ["unshare", "--mount", "--propagation", "private", "sh", "-c", small_disk, str(disk)]
+    out = env.client.create_group("lab", ["a"])
+    agent = env.agent("a", out["machines"][0]["key"], prefix=prefix)
+    env.wait_state("lab", ["a"], "ready")
+    view = Path(f"/proc/{agent.proc.pid}/root{disk}")  # the agent's own disk
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(3 << 20))
+    r = crc("push", "lab", "--to", "a", str(big), str(disk / "big.bin"))
+    assert r.returncode == 1
+    assert f"cannot write {disk / 'big.bin'} on this machine: No space left" in r.stderr
+    assert list(view.iterdir()) == []  # the partial file does not keep the disk full
+    small = tmp_path / "small.txt"
+    small.write_text("fits\n")
+    r = crc("push", "lab", "--to", "a", str(small), str(disk / "small.txt"))
+    assert r.returncode == 0, r.stderr
+    assert (view / "small.txt").read_text() == "fits\n"
+
+
 def test_pull_brings_a_file_back(env, crc, tmp_path):
     env.group_with_agents("lab", ["a"])
     remote = tmp_path / "remote.log"

@@ -13,20 +13,7 @@ CRC = f"{sys.executable} -m cloudremotecontrol"
 
 
 def agent_cli(env, machine, *args, timeout=60):
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "cloudremotecontrol",
-            "agent",
-            *args,
-            "--state-dir",
-            str(env.tmp / "agents" / machine),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return env.agent_cli(machine, *args, timeout=timeout)
 
 
 def test_master_message_reaches_a_script_on_the_machine(env, crc):
@@ -49,6 +36,54 @@ def test_master_message_reaches_a_script_on_the_machine(env, crc):
         "from": "master",
         "body": {"db": "10.0.0.6"},
     }
+
+
+def _waiting(env, machine, type_, timeout="60"):
+    """`crc agent wait-message` running in the background (its stdout, stderr piped)."""
+    state = str(env.tmp / "agents" / machine)
+    argv = ["agent", "wait-message", type_, "--timeout", timeout, "--state-dir", state]
+    return subprocess.Popen(
+        [sys.executable, "-m", "cloudremotecontrol", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_a_wait_that_is_killed_takes_no_message(env, crc):
+    env.group_with_agents("lab", ["a"])
+    waiter = _waiting(env, "a", "user.go")
+    time.sleep(1.5)  # its request is waiting in the agent
+    waiter.kill()  # a script's timeout, Ctrl-C
+    waiter.communicate()
+    time.sleep(0.5)
+    r = crc("send", "lab", "--to", "a", "user.go", '{"n": 1}')
+    assert r.returncode == 0, r.stderr
+    # The message waits for the next script, rather than going to the dead one.
+    r = agent_cli(env, "a", "wait-message", "user.go", "--timeout", "20")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == {"n": 1}
+
+
+def test_a_wait_goes_on_across_an_agent_restart(env, crc):
+    agents = env.group_with_agents("lab", ["a"])
+    waiter = _waiting(env, "a", "user.go")
+    try:
+        time.sleep(1.5)
+        agents["a"].kill()  # kill -9: the service manager starts it again
+        time.sleep(1.0)
+        agents["a"].start()
+        env.wait_state("lab", ["a"], "ready")
+        r = crc("send", "lab", "--to", "a", "user.go", '{"n": 2}')
+        assert r.returncode == 0, r.stderr
+        out, err = waiter.communicate(timeout=60)
+    finally:
+        waiter.kill()
+    assert waiter.returncode == 0, err
+    assert json.loads(out) == {"n": 2}
+    # Handed out once.
+    r = agent_cli(env, "a", "wait-message", "user.go", "--timeout", "1")
+    assert r.returncode == 6 and "no user.go message" in r.stderr
 
 
 def test_machine_tells_master_success_and_peers_hear_each_other(env, crc):
@@ -159,6 +194,30 @@ def test_kv_store_coordinates_machines_and_master(env, crc):
         ("db/ready", "a"),
         ("mode", "master"),
     ]
+
+
+def test_a_kv_wait_goes_on_across_a_server_restart(env, crc):
+    env.group_with_agents("lab", ["a"])
+    state = str(env.tmp / "agents" / "a")
+    argv = ["agent", "kv", "wait", "db/up", "--timeout", "60", "--state-dir", state]
+    waiter = subprocess.Popen(
+        [sys.executable, "-m", "cloudremotecontrol", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(1.5)  # its long poll is on the server
+        env.server.kill()
+        time.sleep(1.0)
+        env.server.start()
+        r = crc("kv", "set", "lab", "db/up", '"yes"')
+        assert r.returncode == 0, r.stderr
+        out, err = waiter.communicate(timeout=60)
+    finally:
+        waiter.kill()
+    assert waiter.returncode == 0, err
+    assert json.loads(out) == "yes"
 
 
 def test_crc_wait_message_finds_the_message_a_command_ended_with_even_if_sent_before(env, crc):

@@ -9,20 +9,7 @@ import time
 
 
 def agent_cli(env, machine, *args):
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "cloudremotecontrol",
-            "agent",
-            *args,
-            "--state-dir",
-            str(env.tmp / "agents" / machine),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return env.agent_cli(machine, *args)
 
 
 def _wait_for(fn, timeout=20.0):

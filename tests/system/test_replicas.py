@@ -229,6 +229,42 @@ def test_shell_and_forward_through_one_replica_reach_an_agent_on_another(pg_url,
         site.server_close()
 
 
+def test_a_recording_is_served_by_any_replica_and_outlives_the_one_that_carried_it(
+    pg_url, tmp_path
+):
+    """A carries a shell session whose output is large (many chunks) and not UTF-8; B
+    serves its recording byte for byte, to its owner only, and still does once A is
+    killed with kill -9."""
+    import pytest
+
+    from cloudremotecontrol.errors import NotFound
+
+    with lab(tmp_path, pg_url, 2) as ((a, b), (via_a, via_b), _agent):
+        script = "head -c 400000 /dev/urandom; printf '\\377 end'; exit 3"
+        with via_a.shell("lab", "m", argv=["sh", "-c", script]) as s:
+            received = b""
+            while chunk := s.recv(60):
+                received += chunk
+            assert s.exit_code == 3
+        assert len(received) > 400000 and received.endswith(b"\xff end")
+        sid = _wait(lambda: [x for x in via_b.sessions("lab") if x["kind"] == "shell"])[-1]
+        assert sid["recorded"] is True and sid["bytes_from_machine"] == len(received)
+        cast = via_b.recording(sid["stream"])
+        from cloudremotecontrol.server.recorder import CHUNK, replay_bytes
+
+        assert len(cast) > 4 * CHUNK  # written as several chunks, read back in order
+        assert replay_bytes(cast) == received
+        bob = Client(b.url, b.add_user("bob"), b.fingerprint)
+        try:
+            with pytest.raises(NotFound, match="no session"):
+                bob.recording(sid["stream"])
+        finally:
+            bob.close()
+        a.kill()
+        assert via_b.recording(sid["stream"]) == cast
+        assert "Traceback" not in b.log_path.read_text()
+
+
 def test_a_message_from_a_machine_whose_group_another_replica_deleted_is_told_why(pg_url, tmp_path):
     """The agent speaks before the replica holding its connection has looked (its touch
     is every 30 s): the answer to its message says the group was deleted, and to remove

@@ -45,6 +45,12 @@ def test_old_events_jobs_of_deleted_groups_and_unused_files_are_pruned(tmp_path:
         kept_sha = c.upload(str(kept_file))["sha256"]
         # A push to a machine that is not there stays open: its file must stay.
         c.push("lab", "offline", str(kept_file), "/tmp/kept.bin")
+        # Two recorded shell sessions: the first will be old.
+        for word in ("old", "new"):
+            with c.shell("lab", "a", argv=["echo", f"{word} session"]) as s:
+                assert s.wait(60) == 0
+        recorded = [x["stream"] for x in c.sessions("lab") if x["recorded"]]
+        assert len(recorded) == 2, recorded
         gone = c.create_group("gone", ["x"])
         c.start_job("gone", "x", argv=["true"])
         c.delete_group("gone")
@@ -58,6 +64,20 @@ def test_old_events_jobs_of_deleted_groups_and_unused_files_are_pruned(tmp_path:
         db.execute("UPDATE events SET created = created - ?", (40 * DAY,))
         db.execute("UPDATE groups SET deleted = deleted - ? WHERE deleted IS NOT NULL", (40 * DAY,))
         db.execute("UPDATE blob_owners SET created = created - ?", (10 * DAY,))
+        db.execute(
+            "UPDATE recordings SET updated = updated - ? WHERE stream = ?", (31 * DAY, recorded[0])
+        )
+        # A recent recording of the deleted group: it goes with the group's jobs.
+        db.execute(
+            "INSERT INTO recordings (stream, user_id, group_id, size, chunks, created, updated)"
+            " SELECT 'st_deletedgroup0000000000', user_id, id, 4, 1, ?, ? FROM groups"
+            " WHERE name = 'gone'",
+            (time.time(), time.time()),
+        )
+        db.execute(
+            "INSERT INTO recording_chunks (stream, n, data) VALUES (?, 0, ?)",
+            ("st_deletedgroup0000000000", b"cast"),
+        )
         audit_before = db.execute("SELECT COUNT(*) FROM audit").fetchone()[0]
     blobs = server.data_dir / "blobs"
     for sha in (old_sha, kept_sha):
@@ -75,7 +95,9 @@ def test_old_events_jobs_of_deleted_groups_and_unused_files_are_pruned(tmp_path:
                 jobs = db.execute("SELECT COUNT(*) FROM jobs").fetchone()[0]
                 owners = {r[0] for r in db.execute("SELECT sha FROM blob_owners")}
                 audit = db.execute("SELECT COUNT(*) FROM audit").fetchone()[0]
-            if not (blobs / old_sha[:2] / old_sha).exists():
+                kept = {r[0] for r in db.execute("SELECT stream FROM recordings")}
+                kept_chunks = {r[0] for r in db.execute("SELECT stream FROM recording_chunks")}
+            if not (blobs / old_sha[:2] / old_sha).exists() and kept == {recorded[1]}:
                 break
             assert time.monotonic() < deadline, (left, jobs, owners)
             time.sleep(0.2)
@@ -87,6 +109,10 @@ def test_old_events_jobs_of_deleted_groups_and_unused_files_are_pruned(tmp_path:
         assert (blobs / kept_sha[:2] / kept_sha).exists()
         assert audit >= audit_before  # the audit record is append-only, kept
         assert c.group("lab")["machines"][0]["state"] in ("offline", "ready")
+        # The old recording went (its row and its chunks); the recent one stays.
+        assert kept_chunks == {recorded[1]}, kept_chunks
+        assert [x["recorded"] for x in c.sessions("lab") if x["kind"] == "shell"] == [False, True]
+        assert "new session" in c.recording(recorded[1])
     finally:
         c.close()
         server.stop()
@@ -130,6 +156,20 @@ def test_retention_prunes_on_postgresql_too(tmp_path: Path, pg_url: str) -> None
     with psycopg.connect(pg_url, autocommit=True) as db:
         db.execute("UPDATE events SET created = created - %s", (40 * DAY,))
         db.execute("UPDATE blob_owners SET created = created - %s", (10 * DAY,))
+        for stream, age in (
+            ("st_oldrecording0000000000", 31 * DAY),
+            ("st_newrecording0000000000", 0),
+        ):
+            at = time.time() - age
+            db.execute(
+                "INSERT INTO recordings (stream, user_id, group_id, size, chunks, created,"
+                " updated) SELECT %s, user_id, id, 4, 1, %s, %s FROM groups",
+                (stream, at, at),
+            )
+            db.execute(
+                "INSERT INTO recording_chunks (stream, n, data) VALUES (%s, 0, %s)",
+                (stream, b"\x00\xffca"),
+            )
     server.start()
     try:
         deadline = time.monotonic() + 30
@@ -140,11 +180,16 @@ def test_retention_prunes_on_postgresql_too(tmp_path: Path, pg_url: str) -> None
                 chunks = db.execute(
                     "SELECT COUNT(*) FROM blob_chunks WHERE sha = %s", (sha,)
                 ).fetchone()[0]
-            if events == 0 and owners == 0 and chunks == 0:
+                recordings = db.execute(
+                    "SELECT r.stream, c.data FROM recordings r"
+                    " JOIN recording_chunks c ON c.stream = r.stream"
+                ).fetchall()
+            if events == 0 and owners == 0 and chunks == 0 and len(recordings) == 1:
                 break
-            assert time.monotonic() < deadline, (events, owners, chunks)
+            assert time.monotonic() < deadline, (events, owners, chunks, recordings)
             time.sleep(0.2)
         assert [m["name"] for m in c.group("lab")["machines"]] == ["a"]  # the group stays
+        assert recordings == [("st_newrecording0000000000", b"\x00\xffca")]
     finally:
         c.close()
         server.stop()

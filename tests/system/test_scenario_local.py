@@ -320,6 +320,10 @@ def test_up_refuses_an_invalid_scenario_with_file_and_line(env, crc):
     assert "bad.yaml:4:10: steps.run-1.run: expected a string" in r.stderr
     assert "bad.yaml:5:9: steps.run-1.to: no machine nobody" in r.stderr
     assert "Traceback" not in r.stderr
+    # One line, the problems in the file's order (not with "\n" escapes in it).
+    assert r.stderr.startswith("crc: error: invalid scenario: bad.yaml:4:10: "), r.stderr
+    assert "expected a string; bad.yaml:5:9: " in r.stderr and "\\n" not in r.stderr
+    assert len(r.stderr.splitlines()) == 1, r.stderr
 
 
 def test_down_of_an_unknown_group_says_how_to_clean_up(env, crc):
@@ -535,3 +539,312 @@ def contextlib_suppress() -> object:
     import contextlib
 
     return contextlib.suppress(ProcessLookupError, ValueError)
+
+
+EDITED = """\
+name: edited
+provider: local
+timeouts: {{ready: 60s, step: 60s}}
+variables: {{word: {word}, other: same}}
+machines: {{a: }}
+steps:
+  - name: say
+    run: echo "{{{{ vars.word }}}}"
+  - name: fixed
+    needs: []
+    run: echo "{{{{ vars.other }}}}"
+  - name: push
+    needs: []
+    push: {{dest: /tmp/crc-edited-{tag}.conf, src: payload.txt}}
+"""
+
+
+def test_up_again_reruns_a_step_whose_variable_or_pushed_file_changed(env, crc):
+    """What a step does is its definition plus the variables it uses and the file it
+    pushes: editing either makes the next `crc up` run it again, the others stay done."""
+    env.cli_env["CRC_LOCAL_DIR"] = str(env.tmp / "machines")
+    tag = env.tmp.name
+    path = env.tmp / "edited.yaml"
+    payload = env.tmp / "payload.txt"
+    provider = LocalProvider(env.tmp / "machines")
+    try:
+        path.write_text(EDITED.format(word="one", tag=tag))
+        payload.write_text("v1\n")
+        r = crc("up", str(path), "--json")
+        assert r.returncode == 0, r.stdout + r.stderr
+        status = {o["step"]: o["status"] for o in lines(r.stdout) if o["event"] == "step"}
+        assert status == {"say": "succeeded", "fixed": "succeeded", "push": "succeeded"}
+
+        path.write_text(EDITED.format(word="two", tag=tag))
+        payload.write_text("v2\n")
+        r = crc("up", str(path), "--json")
+        assert r.returncode == 0, r.stdout + r.stderr
+        out = lines(r.stdout)
+        status = {o["step"]: o["status"] for o in out if o["event"] == "step"}
+        assert status == {"say": "succeeded", "fixed": "done", "push": "succeeded"}
+        said = [o["data"] for o in out if o["event"] == "output" and o["step"] == "say"]
+        assert said == ["two\n"]
+        # Nothing changed since: every step is done.
+        r = crc("up", str(path), "--json")
+        assert r.returncode == 0, r.stdout + r.stderr
+        status = {o["step"]: o["status"] for o in lines(r.stdout) if o["event"] == "step"}
+        assert status == {"say": "done", "fixed": "done", "push": "done"}
+
+        r = crc("down", str(path))
+        assert r.returncode == 0, r.stdout + r.stderr
+        _nothing_left(provider, "edited")
+    finally:
+        for inst in provider.list("edited"):
+            provider.destroy(inst.id)
+        Path(f"/tmp/crc-edited-{tag}.conf").unlink(missing_ok=True)
+
+
+def test_down_destroys_the_machines_when_the_server_cannot_be_reached(env, crc):
+    """A dead server must not keep machines running: `crc down FILE` (or `--group G
+    --provider P`) destroys them, then says in one line that the group is left."""
+    env.cli_env["CRC_LOCAL_DIR"] = str(env.tmp / "machines")
+    path = env.tmp / "away.yaml"
+    path.write_text("name: away\nprovider: local\ntimeouts: {ready: 60s}\nmachines: {a: , b: }\n")
+    provider = LocalProvider(env.tmp / "machines")
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        dead = {"CRC_URL": f"https://127.0.0.1:{s.getsockname()[1]}"}
+    try:
+        r = crc("up", str(path))
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert sorted(i.name for i in provider.list("away")) == ["a", "b"]
+
+        # Without the file or a provider there is no knowing where the machines are.
+        r = crc("down", "--group", "away", extra_env=dead)
+        assert r.returncode == 6, r.stdout + r.stderr
+        assert "cannot reach" in r.stderr and "--provider" in r.stderr
+        assert len(provider.list("away")) == 2
+
+        r = crc("down", str(path), extra_env=dead)
+        assert r.returncode == 6, r.stdout + r.stderr
+        assert "2 machine(s) destroyed, none left at local; group not deleted" in r.stdout
+        assert r.stderr.startswith("crc: error: cannot reach "), r.stderr
+        assert "group away is not deleted" in r.stderr
+        assert len(r.stderr.splitlines()) == 1 and "Traceback" not in r.stderr
+        _nothing_left(provider, "away")
+        assert len(env.client.group("away")["machines"]) == 2  # left on the server
+
+        # Once the server is back, `crc down` finishes the job.
+        r = crc("down", str(path))
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "0 machine(s) destroyed, none left at local; group deleted" in r.stdout
+        with pytest.raises(NotFound):
+            env.client.group("away")
+    finally:
+        for inst in provider.list("away"):
+            provider.destroy(inst.id)
+
+
+INTERRUPTED = """\
+name: ctrlc
+provider: local
+timeouts: {ready: 60s, step: 2m}
+machines: {a: }
+steps:
+  - name: first
+    run: echo first
+  - name: slow
+    run: crc agent kv set slow started; sleep 120
+  - name: gate
+    needs: [first]
+    wait: {kv: go}
+  - name: after
+    needs: [slow, gate]
+    run: echo after
+"""
+
+
+def test_ctrl_c_during_steps_reports_them_and_up_again_resumes(env, crc):
+    """Ctrl-C: exit 130, the summary says what each step did (the one that succeeded is
+    kept, the running ones failed, the rest skipped) and `crc up` again resumes."""
+    env.cli_env["CRC_LOCAL_DIR"] = str(env.tmp / "machines")
+    path = env.tmp / "ctrlc.yaml"
+    path.write_text(INTERRUPTED)
+    provider = LocalProvider(env.tmp / "machines")
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cloudremotecontrol", "up", str(path), "--json"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **env.cli_env},
+        )
+        deadline = time.monotonic() + 60
+        while True:  # both running: the job on the machine, the wait on the server
+            try:
+                env.client.kv_get("ctrlc", "slow")
+                break
+            except NotFound:
+                assert time.monotonic() < deadline and proc.poll() is None, proc.stderr
+                time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130, out + err
+        assert "Traceback" not in err
+        summary = lines(out)[-1]
+        assert summary["event"] == "summary" and summary["interrupted"] is True
+        steps = {s["name"]: (s["status"], s["message"]) for s in summary["steps"]}
+        assert list(steps) == ["first", "slow", "gate", "after"]
+        assert steps["first"] == ("succeeded", "job " + steps["first"][1][4:])
+        assert steps["slow"][0] == "failed" and steps["gate"][0] == "failed"
+        assert steps["after"] == ("skipped", "interrupted")
+        # The job was cancelled on the machine.
+        assert (
+            "sleep 120"
+            not in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+        )
+
+        env.client.kv_set("ctrlc", "go", True)
+        path.write_text(INTERRUPTED.replace("sleep 120", "true"))
+        r = crc("up", str(path), "--json", timeout=120)
+        assert r.returncode == 0, r.stdout + r.stderr
+        status = {o["step"]: o["status"] for o in lines(r.stdout) if o["event"] == "step"}
+        assert status == {
+            "first": "done",
+            "slow": "succeeded",
+            "gate": "succeeded",
+            "after": "succeeded",
+        }
+        assert [i.name for i in provider.list("ctrlc")] == ["a"]
+
+        r = crc("down", str(path))
+        assert r.returncode == 0, r.stdout + r.stderr
+        _nothing_left(provider, "ctrlc")
+    finally:
+        for inst in provider.list("ctrlc"):
+            provider.destroy(inst.id)
+
+
+def test_a_wait_for_a_message_that_times_out_says_the_steps_timeout(env, crc):
+    env.cli_env["CRC_LOCAL_DIR"] = str(env.tmp / "machines")
+    path = env.tmp / "late.yaml"
+    path.write_text(
+        "name: late\nprovider: local\ntimeouts: {ready: 60s}\nmachines: {a: }\n"
+        "steps:\n  - name: m\n    timeout: 1s\n    wait: {message: never}\n"
+    )
+    provider = LocalProvider(env.tmp / "machines")
+    try:
+        r = crc("up", str(path), "--json")
+        assert r.returncode == 1, r.stdout + r.stderr
+        (step,) = lines(r.stdout)[-1]["steps"]
+        assert (step["status"], step["message"]) == ("failed", "no user.never from a within 1 s")
+        r = crc("down", str(path))
+        assert r.returncode == 0, r.stdout + r.stderr
+        _nothing_left(provider, "late")
+    finally:
+        for inst in provider.list("late"):
+            provider.destroy(inst.id)
+
+
+def test_down_with_a_file_leaves_a_group_crc_up_did_not_make(env, crc):
+    """`crc up` refuses to adopt a group made by hand; `crc down FILE` must not delete
+    it (and revoke its machines) either, as `crc down --group` does not."""
+    env.cli_env["CRC_LOCAL_DIR"] = str(env.tmp / "machines")
+    env.client.create_group("byhand", ["a"])
+    path = env.tmp / "byhand.yaml"
+    path.write_text("name: byhand\nprovider: local\nmachines: {a: }\n")
+    for args in ([str(path)], ["--group", "byhand"]):
+        r = crc("down", *args)
+        assert r.returncode == 5, r.stdout + r.stderr
+        assert r.stderr == (
+            "crc: error: group byhand was not made by `crc up`: delete it with "
+            "`crc group delete byhand`\n"
+        )
+    assert [m["name"] for m in env.client.group("byhand")["machines"]] == ["a"]
+
+
+def test_down_after_the_file_changed_provider_destroys_where_up_made_them(env, crc):
+    """`crc up` refuses a scenario whose provider changed since and says to `crc down`
+    first: `crc down FILE` then destroys the machines at the provider that made them."""
+    env.cli_env["CRC_LOCAL_DIR"] = str(env.tmp / "machines")
+    path = env.tmp / "moved.yaml"
+    path.write_text("name: moved\nprovider: local\ntimeouts: {ready: 60s}\nmachines: {a: }\n")
+    provider = LocalProvider(env.tmp / "machines")
+    try:
+        r = crc("up", str(path))
+        assert r.returncode == 0, r.stdout + r.stderr
+        path.write_text(
+            "name: moved\nprovider: vultr\nmachines: {a: }\n"
+            "defaults: {region: ewr, plan: vc2-1c-1gb, image: '2284'}\n"
+        )
+        nowhere = {"VULTR_API_KEY": "k", "CRC_VULTR_API_URL": "http://127.0.0.1:9/v2"}
+        r = crc("up", str(path), extra_env=nowhere)
+        assert r.returncode == 5, r.stdout + r.stderr
+        assert "runs on provider local; the scenario now says vultr: `crc down` it" in r.stderr
+
+        r = crc("down", str(path), extra_env=nowhere)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "1 machine(s) destroyed, none left at local; group deleted" in r.stdout
+        _nothing_left(provider, "moved")
+    finally:
+        for inst in provider.list("moved"):
+            provider.destroy(inst.id)
+
+
+def test_a_second_up_or_down_of_a_running_scenario_is_refused(env, crc):
+    """Two `crc up` of one scenario at once raced for the group: the second found it
+    "without keys", made it again and revoked the first one's machines. Now the second
+    `crc up` (or a `crc down`) is refused while the first runs."""
+    env.cli_env["CRC_LOCAL_DIR"] = str(env.tmp / "machines")
+    path = env.tmp / "busy.yaml"
+    path.write_text(
+        "name: busy\nprovider: local\ntimeouts: {ready: 60s, step: 2m}\nmachines: {a: }\n"
+        "steps:\n  - name: gate\n    wait: {kv: go}\n"
+    )
+    provider = LocalProvider(env.tmp / "machines")
+    first = subprocess.Popen(
+        [sys.executable, "-m", "cloudremotecontrol", "up", str(path), "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **env.cli_env},
+    )
+    try:
+        assert first.stdout is not None
+        for line in first.stdout:
+            if json.loads(line).get("event") == "step":
+                break
+        for cmd in ("up", "down"):
+            r = crc(cmd, str(path))
+            assert r.returncode == 5, r.stdout + r.stderr
+            assert r.stderr.startswith(
+                "crc: error: another `crc up` or `crc down` of busy is running on this "
+                f"computer (crc up, pid {first.pid})"
+            ), r.stderr
+        env.client.kv_set("busy", "go", True)
+        out, err = first.communicate(timeout=60)
+        assert first.returncode == 0, out + err
+        assert [m["state"] for m in env.client.group("busy")["machines"]] == ["ready"]
+
+        r = crc("down", str(path))
+        assert r.returncode == 0, r.stdout + r.stderr
+        _nothing_left(provider, "busy")
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.communicate()
+        for inst in provider.list("busy"):
+            provider.destroy(inst.id)
+
+
+def test_down_of_a_group_that_does_not_name_its_provider_asks_for_it(env, crc):
+    """A group whose `crc up` record lacks the provider (written by another tool): `crc
+    down --group` says to name it instead of crashing, and does the work once named."""
+    env.cli_env["CRC_LOCAL_DIR"] = str(env.tmp / "machines")
+    env.client.create_group("noprov", ["a"], settings={"crc_up": {"scenario": "noprov"}})
+    r = crc("down", "--group", "noprov")
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert r.stderr == (
+        "crc: error: group noprov does not say which provider made its machines: "
+        "name it with --provider\n"
+    )
+    r = crc("down", "--group", "noprov", "--provider", "local")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "group deleted" in r.stdout
+    with pytest.raises(NotFound):
+        env.client.group("noprov")

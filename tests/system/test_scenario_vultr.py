@@ -356,7 +356,8 @@ def test_a_windows_machine_gets_a_boot_startup_script_named_on_create(env, tmp_p
 def _rate_limited_setup(env: Any, tmp_path: Path) -> tuple[FakeVultr, Path, list[str]]:
     """A fake with three instances of scenario `rl` (no boot) and its group."""
     fake = FakeVultr(ready_delay=0.05).start()
-    env.client.create_group("rl", ["a", "b", "c"])
+    made_by_up = {"scenario": "rl", "provider": "vultr", "provider_settings": {}}
+    env.client.create_group("rl", ["a", "b", "c"], settings={"crc_up": made_by_up})
     with VultrProvider(fake.api_key, fake.url) as p:
         ids = [
             p.create(

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from cloudremotecontrol import AsyncClient, Client
-from cloudremotecontrol.errors import InvalidInput, Unavailable
+from cloudremotecontrol.errors import NotFound, Unavailable
 from cloudremotecontrol.master.types import Event, JobResult
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "sdk_scenario.py"
@@ -63,7 +63,7 @@ def test_profile_url_and_fingerprint_are_public(env):
 def test_wait_ready_and_typed_events_and_results(env):
     c = env.client
     created = c.create_group("lab", ["a", "b"])
-    with pytest.raises(InvalidInput, match="no machine zz"):
+    with pytest.raises(NotFound, match="no machine 'zz' in group 'lab'"):
         c.wait_ready("lab", timeout=1, machines=["zz"])
     with pytest.raises(Unavailable, match="not ready: a, b") as info:
         c.wait_ready("lab", timeout=1)

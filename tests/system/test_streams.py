@@ -505,6 +505,73 @@ def test_shell_sessions_are_recorded_and_replay_byte_for_byte(lab, crc):
     assert closes[0]["detail"]["machine"] == "dev" and closes[0]["detail"]["duration"] > 0
 
 
+def _chunks_of(db_path: Path, stream: str) -> int:
+    """How many chunks of ``stream``'s recording the server's database holds."""
+    with contextlib.closing(sqlite3.connect(db_path)) as db:
+        try:
+            row = db.execute(
+                "SELECT COUNT(*) FROM recording_chunks WHERE stream = ?", (stream,)
+            ).fetchone()
+        except sqlite3.OperationalError:  # no such table
+            return 0
+    return int(row[0])
+
+
+def test_a_recording_is_written_as_the_session_goes_and_outlives_a_killed_server(lab):
+    """The recording is in the database, in chunks written while the session runs (a
+    quiet one too, on a timer): the server killed with kill -9 in the middle of a
+    session, what was recorded is served after its restart, byte for byte. Another
+    user gets the answer of an unknown session; a recording an older version left on
+    disk is still served."""
+    from cloudremotecontrol.master.client import Client
+
+    script = "printf 'before \\377\\376 caf\\303\\251 \\033[1mx\\033[0m\\n'; sleep 600"
+    shell = lab.client.shell("lab", "dev", argv=["sh", "-c", script])
+    sid = shell.id
+    received = b""
+    while b"\n" not in received:
+        received += shell.recv(60)
+    assert b"\xff\xfe" in received and "caf\u00e9".encode() in received
+    db_path = lab.server.data_dir / "crc.db"
+    deadline = time.monotonic() + 60
+    while _chunks_of(db_path, sid) == 0:  # the session is quiet: the timer writes it
+        assert time.monotonic() < deadline, "the recording never reached the database"
+        time.sleep(0.2)
+    lab.server.kill(signal.SIGKILL)
+    shell.close()
+    lab.server.start()
+    cast = lab.client.recording(sid)
+    from cloudremotecontrol.server.recorder import replay_bytes
+
+    assert json.loads(cast.splitlines()[0])["version"] == 2
+    assert replay_bytes(cast) == received
+    assert not (lab.server.data_dir / "recordings" / f"{sid}.cast").exists()
+    # Only its owner reads it: anyone else is told what an unknown session gets.
+    bob = Client(lab.server.url, lab.server.add_user("bob"), lab.server.fingerprint)
+    unknown = "st_" + "x" * 22
+    with pytest.raises(NotFound) as theirs:
+        bob.recording(sid)
+    with pytest.raises(NotFound) as none:
+        bob.recording(unknown)
+    assert theirs.value.message.replace(sid, "ID") == none.value.message.replace(unknown, "ID")
+    assert theirs.value.to_payload().keys() == none.value.to_payload().keys()
+    bob.close()
+    # An older version kept recordings as files in the data directory: still served.
+    lab.wait_state("lab", ["dev"], "ready")
+    with lab.client.shell("lab", "dev", argv=["true"], record=False) as s:
+        assert s.wait(60) == 0
+    old = [x for x in lab.client.sessions("lab") if x["kind"] == "shell"][-1]
+    assert old["recorded"] is False
+    old_cast = '{"version": 2, "width": 80, "height": 24}\n[0.5, "o", "from disk \\udcff"]\n'
+    folder = lab.server.data_dir / "recordings"
+    folder.mkdir(exist_ok=True)
+    (folder / f"{old['stream']}.cast").write_text(old_cast, "ascii")
+    assert lab.client.recording(old["stream"]) == old_cast
+    listed = {x["stream"]: x["recorded"] for x in lab.client.sessions("lab")}
+    assert listed[old["stream"]] is True
+    assert "Traceback" not in lab.server.log_path.read_text()
+
+
 def test_a_group_that_forces_recording_refuses_no_record(env):
     out = env.client.create_group("strict", ["m"], settings={"force_record": True})
     env.agent("m", out["machines"][0]["key"])

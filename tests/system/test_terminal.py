@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import subprocess
 import sys
 from typing import Any
 
@@ -39,20 +38,7 @@ def _pty_output(env: Any, *args: str) -> bytes:
 
 
 def _agent(env: Any, machine: str, *args: str) -> None:
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "cloudremotecontrol",
-            "agent",
-            *args,
-            "--state-dir",
-            str(env.tmp / "agents" / machine),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    r = env.agent_cli(machine, *args)
     assert r.returncode == 0, r.stderr
 
 

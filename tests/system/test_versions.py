@@ -30,3 +30,9 @@ def test_every_part_reports_the_one_version(env) -> None:
     env.agent("a", out["machines"][0]["key"])
     facts = env.wait_state("v", ["a"], "ready")["machines"][0]["facts"]
     assert facts["agent_version"] == __version__
+    # A machine is ready only once its facts are known: the facts come first.
+    kinds = [
+        "ready" if e.type == "machine.state" and e.data.get("state") == "ready" else e.type
+        for e in env.client.events("v", since=0)
+    ]
+    assert "facts" in kinds and kinds.index("facts") < kinds.index("ready"), kinds

@@ -12,7 +12,8 @@ import sys
 
 import pytest
 
-from cloudremotecontrol.agent.deferred import proxy_option
+from cloudremotecontrol.agent import deferred
+from cloudremotecontrol.agent.deferred import proxy_option, windows_proxy_enabled
 
 
 def _run(code: str, env: dict[str, str] | None = None) -> dict[str, object]:
@@ -36,15 +37,17 @@ def test_deferred_modules_are_imported_without_running_until_first_used() -> Non
         "defer()\n"
         "import websockets.asyncio.client, websockets.exceptions, shutil\n"
         "import cloudremotecontrol.agent.main, cloudremotecontrol.agent.service\n"
-        "import cloudremotecontrol.agent.core\n"
+        "import cloudremotecontrol.agent.core, logging.handlers\n"
         "before = sorted(m for m in ('email', 'http.client', 'zipfile', 'csv', '_bz2', "
-        "'_lzma') if m in sys.modules)\n"
+        "'_lzma', '_pickle') if m in sys.modules)\n"
         "import urllib.request, importlib.metadata, bz2, lzma\n"
         "proxies = urllib.request.getproxies()\n"
         "from urllib.request import Request\n"
         "version = importlib.metadata.version('websockets')\n"
         "data = lzma.decompress(bz2.decompress(bz2.compress(lzma.compress(b'x'))))\n"
-        "after = sorted(m for m in ('email', 'http.client', '_bz2', '_lzma') "
+        "import pickle\n"
+        "data = pickle.loads(pickle.dumps(data))\n"
+        "after = sorted(m for m in ('email', 'http.client', '_bz2', '_lzma', '_pickle') "
         "if m in sys.modules)\n"
         "print(json.dumps({'before': before, 'after': after, 'proxies': proxies, "
         "'version': version == websockets.version.version, 'data': data.decode(), "
@@ -54,7 +57,7 @@ def test_deferred_modules_are_imported_without_running_until_first_used() -> Non
     )
     assert got == {
         "before": [],
-        "after": ["_bz2", "_lzma", "email", "http.client"],
+        "after": ["_bz2", "_lzma", "_pickle", "email", "http.client"],
         "proxies": {"https": "http://proxy.example:3128"},
         "version": True,
         "data": "x",
@@ -136,3 +139,76 @@ def test_threads_using_a_deferred_module_at_once_all_get_the_whole_module() -> N
         "print(json.dumps({'results': results}))\n"
     )
     assert got == {"results": ["https://x/"] * 8}
+
+
+class FakeWinreg:
+    """``winreg`` as ``windows_proxy_enabled`` uses it: one user hive."""
+
+    HKEY_CURRENT_USER = "HKCU"
+
+    def __init__(self, values: dict[str, object] | None, error: OSError | None = None) -> None:
+        self.values = values  # None: no Internet Settings key
+        self.error = error
+        self.closed = 0
+
+    def OpenKey(self, hive: str, path: str) -> FakeWinreg:
+        assert (hive, path) == ("HKCU", deferred.INTERNET_SETTINGS)
+        if self.error is not None:
+            raise self.error
+        if self.values is None:
+            raise FileNotFoundError(2, "The system cannot find the file specified")
+        return self
+
+    def QueryValueEx(self, key: FakeWinreg, name: str) -> tuple[object, int]:
+        assert self.values is not None
+        if name not in self.values:
+            raise FileNotFoundError(2, "The system cannot find the file specified")
+        return self.values[name], 4
+
+    def Close(self) -> None:
+        self.closed += 1
+
+
+@pytest.mark.parametrize(
+    ("values", "error", "enabled"),
+    [
+        (None, None, False),  # no Internet Settings key
+        ({}, None, False),  # no ProxyEnable
+        ({"ProxyEnable": 0, "ProxyServer": "p:3128"}, None, False),  # set up, turned off
+        ({"ProxyEnable": 1, "ProxyServer": "p:3128"}, None, True),
+        ({"ProxyEnable": 1}, None, True),  # the lookup decides (it finds none)
+        ({"ProxyEnable": "1"}, None, True),  # not a DWORD: the lookup decides
+        (None, PermissionError(5, "Access is denied"), True),
+    ],
+)
+def test_windows_proxy_in_the_registry_keeps_the_lookup(
+    values: dict[str, object] | None, error: OSError | None, enabled: bool
+) -> None:
+    reg = FakeWinreg(values, error)
+    assert windows_proxy_enabled(reg) is enabled
+    assert reg.closed == (1 if values is not None and error is None else 0)
+
+
+def test_on_windows_the_lookup_is_skipped_only_without_environment_or_registry_proxy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import types
+
+    for name in list(os.environ):
+        if name.lower().endswith("_proxy"):
+            monkeypatch.delenv(name)
+    monkeypatch.setattr(sys, "platform", "win32")
+    reg = FakeWinreg({"ProxyEnable": 0})
+    fake = types.ModuleType("winreg")
+    for attr in ("HKEY_CURRENT_USER", "OpenKey", "QueryValueEx"):
+        setattr(fake, attr, getattr(reg, attr))
+    monkeypatch.setitem(sys.modules, "winreg", fake)
+    assert proxy_option() == {"proxy": None}
+    reg.values = {"ProxyEnable": 1, "ProxyServer": "p:3128"}
+    assert proxy_option() == {}
+    reg.values = {}
+    monkeypatch.setenv("HTTPS_PROXY", "http://p:3128")
+    assert proxy_option() == {}
+    monkeypatch.setattr(sys, "platform", "darwin")
+    monkeypatch.delenv("HTTPS_PROXY")
+    assert proxy_option() == {}

@@ -27,7 +27,7 @@ import yaml
 from cloudremotecontrol import __version__
 from cloudremotecontrol.agent import install as install_mod
 from cloudremotecontrol.agent import sdnotify
-from cloudremotecontrol.agent.install import install_agent, uninstall_agent
+from cloudremotecontrol.agent.install import bytecode_cache, install_agent, uninstall_agent
 from cloudremotecontrol.agent.platform.linux import LinuxPlatform
 from cloudremotecontrol.agent.platform.scm import HOST_MODULE, WindowsServices
 from cloudremotecontrol.agent.platform.services import ServiceSpec
@@ -534,6 +534,29 @@ def test_windows_service_refuses_what_it_cannot_run_yet() -> None:
         mgr.install(ServiceSpec(WIN_SPEC.python, ("C:\\crc-agent.pyz",), ()))
 
 
+def test_windows_service_runs_python_with_the_service_options_before_the_host() -> None:
+    cache = r"C:\Program Files\CloudRemoteControl\pycache"
+    options = ("-OO", "-X", "no_debug_ranges", "-X", f"pycache_prefix={cache}")
+    spec = ServiceSpec(WIN_SPEC.python, WIN_SPEC.entry, WIN_SPEC.run_args, options)
+    assert WindowsServices().bin_path(spec) == (
+        '"C:\\Program Files\\CloudRemoteControl\\venv\\Scripts\\python.exe" -OO -X '
+        f'no_debug_ranges -X "pycache_prefix={cache}" -m {HOST_MODULE} '
+        "--state-dir C:\\ProgramData\\CloudRemoteControl\\agent --gate-ready"
+    )
+
+
+def test_windows_bytecode_cache_is_beside_the_directory_of_the_code(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import cloudremotecontrol
+
+    monkeypatch.setattr(sys, "base_prefix", sys.prefix)  # not a venv: PREFIX\lib
+    assert bytecode_cache("win32") == Path(cloudremotecontrol.__file__).parents[2] / "pycache"
+    assert bytecode_cache("linux") is None
+    monkeypatch.setattr(sys, "base_prefix", sys.prefix + "-base")  # a venv
+    assert bytecode_cache("win32") == bytecode_cache("linux") == Path(sys.prefix) / "pycache"
+
+
 def test_windows_platform_paths_protection_and_process_trees(monkeypatch) -> None:
     fake = FakeScm()
     plat = WindowsPlatform(run=fake)
@@ -668,6 +691,54 @@ def test_installed_service_runs_optimized_from_the_bytecode_the_install_compiled
     columns = "{None}" if sys.version_info >= (3, 11) else "None"
     assert out.stdout.split() == ["2", "None", columns]
     assert sorted(cache.rglob("*.pyc")) == compiled
+
+
+def _enrolled_state(tmp_path: Path) -> Path:
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "credential.json").write_text(
+        json.dumps(
+            {"url": "https://x:1", "credential": "crca_a_b", "machine": "web", "group": "lab"}
+        )
+    )
+    return state
+
+
+def test_uninstall_removes_the_bytecode_cache_install_created(
+    tmp_path: Path, _bytecode_cache: Path
+) -> None:
+    cache = _bytecode_cache
+    state = _enrolled_state(tmp_path)
+    mgr = RecordingManager(tmp_path)
+    report = install_agent(LinuxPlatform(), state, manager=mgr)
+    assert report["command"] == mgr.specs[0].argv  # systemd registers spec.argv as is
+    assert any(cache.rglob("*.opt-2.pyc"))
+    # Installing again (an upgrade, a re-run startup script) keeps it install's own.
+    install_agent(LinuxPlatform(), state, manager=mgr, restart=True)
+
+    out = uninstall_agent(LinuxPlatform(), state, manager=mgr)
+
+    assert out["removed"] is True and out["bytecode_cache_removed"] == str(cache)
+    assert not cache.exists() and cache.parent.is_dir()  # the venv itself stays
+    assert (state / "credential.json").exists()  # no --purge: the credential stays
+    assert uninstall_agent(LinuxPlatform(), state, manager=mgr)["bytecode_cache_removed"] is None
+
+
+def test_uninstall_keeps_a_bytecode_cache_install_did_not_create(
+    tmp_path: Path, _bytecode_cache: Path
+) -> None:
+    cache = _bytecode_cache
+    cache.mkdir(parents=True)
+    (cache / "theirs.pyc").write_bytes(b"")
+    state = _enrolled_state(tmp_path)
+    mgr = RecordingManager(tmp_path)
+    install_agent(LinuxPlatform(), state, manager=mgr)
+    assert any(cache.rglob("*.opt-2.pyc"))
+
+    out = uninstall_agent(LinuxPlatform(), state, purge=True, manager=mgr)
+
+    assert out["purged"] is True and out["bytecode_cache_removed"] is None
+    assert (cache / "theirs.pyc").exists() and not state.exists()
 
 
 def test_install_without_enrollment_or_key_says_what_is_missing(tmp_path: Path) -> None:

@@ -471,6 +471,11 @@ def test_new_secret_refuses_unknown_kinds():
         "CRCK_id_x",
         "xcrck_id_x",
         "crck_" + "x" * 200,
+        "crck_0123\x00cdef_x",  # a NUL (PostgreSQL text cannot hold one)
+        "crck_0123456789abcdef_x\x00y",
+        "crck_0123456789ABCDEF_x",  # ids are lowercase hex
+        "crck_0123456789abcdef_\ud800",  # a lone surrogate does not encode
+        "crck_0123456789abcdef_x y",
     ],
 )
 def test_parse_garbage_secrets(text):

@@ -127,6 +127,17 @@ def test_error_message_lists_problems_one_per_line():
     assert "s.yaml:4:14: steps.run-1.run[1]: expected a string" in info.value.message
 
 
+def test_a_key_yaml_reads_as_another_type_is_named_with_what_it_reads_as():
+    # YAML 1.1 reads on/off/yes/no as booleans: `on:` is not the key a user typed.
+    with pytest.raises(ScenarioError) as info:
+        parse("name: lab\nmachines: {a: {}}\nsteps:\n  - run: echo\n    on: a\n  - {1: x}\n")
+    message = info.value.message
+    on_key = "s.yaml:5:5: steps[0]: key 'on' is not a string in YAML (it reads as bool True)"
+    assert on_key in message
+    assert "quote it if it is meant (expected one of: name, description, to," in message
+    assert "s.yaml:6:6: steps[1]: key '1' is not a string in YAML (it reads as int 1)" in message
+
+
 def test_needs_must_name_steps_and_must_not_cycle():
     got = problems("""\
         name: lab
@@ -207,6 +218,44 @@ def test_template_references_are_checked_when_loading():
 def test_yaml_syntax_errors_name_their_line():
     got = problems("name: lab\nmachines:\n  a: [unclosed\n")
     assert got[0].startswith("s.yaml:4:1: not valid YAML")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("name: a\nmachines: {a: }\nvariables: &x [*x]\n", "s.yaml:3:12: not valid YAML: found"),
+        ("name: a\nmachines: {a: }\nvariables: {d: 2024-13-45}\n", "s.yaml:3:12: not valid YAML"),
+        ("name: !!python/name:os.system a\nmachines: {a: }\n", "s.yaml:1:7: not valid YAML"),
+        ("name: a\nmachines: {a: }\nvariables: {x: " + "[" * 2000 + "]" * 2000 + "}\n", ""),
+    ],
+)
+def test_yaml_that_has_no_value_is_a_problem_not_a_crash(text, expected):
+    """A self-referencing alias, a date that does not exist, a tag PyYAML's safe loader
+    does not know, nesting deeper than its recursive composer goes: one problem each."""
+    got = problems(text)
+    assert got[0].startswith(expected or "s.yaml:1:1: nested too deeply"), got
+
+
+def test_what_the_server_would_refuse_is_refused_before_any_machine_is_made():
+    """A job longer than a week, a group TTL over a year: the server refuses them, and
+    `crc up` found out only after it made the group and paid for the machines."""
+    got = problems("""\
+        name: lab
+        ttl: 400d
+        timeouts: {step: 8d}
+        machines: {a: }
+        steps:
+          - {name: long, run: "true", timeout: 169h}
+          - {name: default, run: "true"}
+          - {name: week, run: "true", timeout: 7d}
+          - {name: wait, wait: {kv: k}}
+        """)
+    assert got == [
+        "s.yaml:2:6: ttl: at most 365d (the server's limit for a group)",
+        "s.yaml:6:40: steps.long.timeout: 608400s is longer than a job may run (7d)",
+        "s.yaml:7:5: steps.default.timeout: 691200s is longer than a job may run (7d): "
+        "it is timeouts.step",
+    ]
 
 
 def test_vultr_machines_need_region_plan_and_image():

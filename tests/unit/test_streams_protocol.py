@@ -166,29 +166,131 @@ def test_recordings_replay_the_exact_bytes(tmp_path: Path):
 
 
 async def _record_and_replay(tmp_path: Path) -> None:
-    """In a running loop, as on the server (a Stream holds asyncio primitives)."""
-    from cloudremotecontrol.server.streams import Recorder, Stream, replay_bytes
+    """In a running loop, as on the server (the recorder's timer is a task)."""
+    from cloudremotecontrol.server.recorder import Recorder, replay_bytes
 
     chunks = [b"caf\xc3", b"\xa9 \xff\xfe\x1b[1mbold\x1b[0m\r\n", b"\xe2\x82", b"\xac end\x80"]
-    stream = Stream(
-        id=new_stream_id(),
-        kind="shell",
-        user={"user_id": "u", "user": "alice"},
-        group="lab",
-        group_id="g",
-        machine="dev",
-        machine_id="m",
-        detail={},
-    )
-    rec = Recorder(tmp_path / "r.cast", stream, record_input=False)
+    written: list[tuple[int, bytes, int]] = []
+
+    async def sink(n: int, data: bytes, size: int) -> None:
+        written.append((n, data, size))
+
+    header = {"version": 2, "width": 80, "height": 24}
+    rec = Recorder(sink, header, record_input=False)
     for chunk in chunks:
         rec.output(chunk)
     rec.input(b"secret password\r")
     rec.resize(100, 30)
-    rec.close()
-    cast = (tmp_path / "r.cast").read_text("ascii")
+    await rec.close()
+    assert [n for n, _, _ in written] == [0]  # small: one chunk, at the end
+    cast = written[0][1].decode("ascii")
+    assert written[0][2] == len(cast)
     header = json.loads(cast.splitlines()[0])
     assert header["version"] == 2 and (header["width"], header["height"]) == (80, 24)
     assert replay_bytes(cast) == b"".join(chunks)
     assert "secret" not in cast
     assert [json.loads(x)[1] for x in cast.splitlines()[1:]].count("r") == 1
+
+
+def test_a_recording_is_written_in_chunks_as_it_goes_and_capped():
+    import asyncio
+
+    asyncio.run(_record_in_chunks())
+
+
+async def _record_in_chunks() -> None:
+    """Each chunk is written once full (what waits stays under a chunk), in order; the
+    cap holds; a sink that fails keeps the text for the next try, then gives up."""
+    import os
+
+    from cloudremotecontrol.server import recorder
+    from cloudremotecontrol.server.recorder import CHUNK, MAX_RECORDING_BYTES, Recorder
+
+    written: list[tuple[int, bytes, int]] = []
+
+    async def sink(n: int, data: bytes, size: int) -> None:
+        written.append((n, data, size))
+
+    rec = Recorder(sink, {"version": 2}, record_input=True)
+    sent = b""
+    for _ in range(2000):  # ~ 100 MiB of output, over the cap
+        data = os.urandom(48 << 10)
+        sent += data if len(sent) < (8 << 20) else b""
+        rec.output(data)
+        rec.input(b"\xff")
+        await rec.flush_due()
+        assert rec.pending < CHUNK + (1 << 20)  # bounded memory
+    await rec.close()
+    assert [n for n, _, _ in written] == list(range(len(written)))
+    assert all(len(d) == CHUNK for _, d, _ in written[:-1])
+    cast = b"".join(d for _, d, _ in written).decode("ascii")
+    assert written[-1][2] == len(cast)
+    assert MAX_RECORDING_BYTES < len(cast) < MAX_RECORDING_BYTES + (1 << 20)
+    lines = cast.splitlines()
+    assert all(json.loads(x) for x in lines)  # whole lines only: nothing cut at the cap
+    from cloudremotecontrol.server.recorder import replay_bytes
+
+    assert replay_bytes(cast)[: len(sent)] == sent
+    assert replay_bytes(cast, "i") == b"\xff" * replay_bytes(cast, "i").count(b"\xff")
+
+    failures = 0
+
+    async def failing(n: int, data: bytes, size: int) -> None:
+        nonlocal failures
+        failures += 1
+        raise OSError("database down")
+
+    rec = Recorder(failing, {"version": 2}, record_input=False)
+    for _ in range(3):
+        rec.output(b"x" * CHUNK)
+        await rec.flush_due()
+    assert not rec.failed and failures == 3  # kept, tried again
+    for _ in range(3):
+        rec.output(b"x" * CHUNK)
+        await rec.flush_due()
+    assert rec.failed and rec.pending == 0  # given up, nothing held
+    await rec.close()
+    assert recorder.MAX_PENDING == 4 * CHUNK
+
+
+def test_what_is_recorded_while_a_chunk_is_being_written_is_kept():
+    import asyncio
+
+    asyncio.run(_record_while_writing())
+
+
+async def _record_while_writing() -> None:
+    """The session goes on while a chunk is written (the timer's write, a slow
+    database): nothing recorded meanwhile is lost, and chunks stay in order."""
+    import asyncio
+    import os
+
+    from cloudremotecontrol.server.recorder import Recorder, replay_bytes
+
+    written: list[tuple[int, bytes, int]] = []
+
+    async def slow(n: int, data: bytes, size: int) -> None:
+        await asyncio.sleep(0.001)
+        written.append((n, data, size))
+
+    rec = Recorder(slow, {"version": 2}, record_input=False)
+
+    async def timer_like() -> None:
+        for _ in range(100):
+            await rec.flush()
+            await asyncio.sleep(0)
+
+    timer = asyncio.create_task(timer_like())
+    sent = b""
+    for _ in range(3000):
+        data = os.urandom(300)
+        sent += data
+        rec.output(data)
+        await rec.flush_due()
+        await asyncio.sleep(0)
+    await timer
+    await rec.close()
+    assert [n for n, _, _ in written] == list(range(len(written)))
+    cast = b"".join(d for _, d, _ in written).decode("ascii")
+    assert written[-1][2] == len(cast)
+    assert replay_bytes(cast) == sent

@@ -4,8 +4,11 @@ Wine cannot show: the recovery actions registered for a real Windows SCM."""
 
 from __future__ import annotations
 
+import json
+import subprocess
 import sys
 import types
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -232,3 +235,28 @@ def test_output_is_utf8_with_an_ansi_fallback(chunks: list[bytes], text: str) ->
     dec = legacy_decoder("cp1252")
     out = "".join(dec.decode(c) for c in chunks) + dec.decode(b"", final=True)
     assert out == text
+
+
+def test_install_reports_the_command_line_it_registered(
+    api: FakeApi, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cloudremotecontrol.agent import install as install_mod
+    from cloudremotecontrol.agent.platform.linux import LinuxPlatform
+
+    monkeypatch.setattr(install_mod, "bytecode_cache", lambda: tmp_path / "pycache")
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "credential.json").write_text(
+        json.dumps({"url": "https://x:1", "credential": "crca_a_b", "machine": "w", "group": "g"})
+    )
+    report = install_mod.install_agent(LinuxPlatform(), state, manager=manager())
+    registered = api.services["crc-agent"]["command"]
+    # The service host's command line, as the SCM holds it: not the Linux one.
+    assert subprocess.list2cmdline(report["command"]) == registered
+    assert report["command"][-4:] == [
+        "-m",
+        "cloudremotecontrol.agent.winservice",
+        "--state-dir",
+        str(state),
+    ]
+    assert "run" not in report["command"]

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from wine_machine import STATE_DIR, WineMachine, WinePrefix, tear_down
+from wine_machine import WineMachine, WinePrefix, tear_down
 
 from cloudremotecontrol.master.localrun import ServerProcess
 
@@ -98,22 +98,7 @@ def win(
     try:
         prefix.start()
         machine.package = machine.install_agent_package()
-        keys = machine.client.create_group(machine.group, [machine.name])
-        key = keys["machines"][0]["key"]
-        out = prefix.crc(
-            "agent",
-            "install",
-            "--url",
-            server.url,
-            "--key",
-            key,
-            "--fingerprint",
-            server.fingerprint,
-            "--state-dir",
-            STATE_DIR,
-            "--json",
-            timeout=180,
-        )
+        out = prefix.crc(*machine.install_args(), timeout=180)
         if out.returncode != 0:
             raise AssertionError(
                 f"crc agent install failed ({out.returncode}):\n"

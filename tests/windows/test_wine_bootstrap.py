@@ -147,6 +147,11 @@ def test_the_cmd_bootstrap_reaches_a_ready_machine(boot: Boot) -> None:
     script = boot.m.prefix.host_path(path).read_text()
     assert boot.keys["win"] in script
     assert not boot.m.prefix.host_path(r"C:\ProgramData\CloudRemoteControl\key").exists()
+    # The service runs optimized, from the bytecode the install compiled beside the code.
+    options = rf"-OO -X no_debug_ranges -X pycache_prefix={PREFIX}\pycache -m "
+    assert len(boot.m.prefix.pids(options + "cloudremotecontrol.agent.winservice")) == 1
+    cache = boot.m.prefix.host_path(PREFIX + r"\pycache")
+    assert any(p.name.startswith("winservice.") for p in cache.rglob("*.opt-2.pyc"))
     # A job through the service.
     run = boot.m.crc("run", "g", "--to", "win", "--shell", "cmd", "--", "ver")
     assert run.returncode == 0, (run.stdout, run.stderr)
@@ -197,3 +202,6 @@ def test_deleting_the_group_makes_the_service_remove_itself(boot: Boot) -> None:
         time.sleep(0.5)
     assert not boot.m.prefix.host_path(STATE_DIR).exists()
     assert boot.m.prefix.host_path(PREFIX + r"\installed.json").exists()
+    # The bytecode `crc agent install` compiled for the service goes with it.
+    assert not boot.m.prefix.host_path(PREFIX + r"\pycache").exists()
+    assert boot.m.prefix.host_path(PREFIX + r"\lib\cloudremotecontrol").is_dir()

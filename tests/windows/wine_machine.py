@@ -213,6 +213,13 @@ class WineMachine:
         self.install_report: dict[str, Any] = {}
         self.package: dict[str, str] = {}
 
+    def install_args(self) -> list[str]:
+        """`crc agent install` of this machine in the server's group (a new key)."""
+        key = self.client.create_group(self.group, [self.name])["machines"][0]["key"]
+        url, fingerprint = self.server.url, self.server.fingerprint
+        return ["agent", "install", "--url", url, "--key", key, "--fingerprint", fingerprint,
+                "--state-dir", STATE_DIR, "--json"]  # fmt: skip
+
     def crc(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         """The master's `crc` (Linux) with alice's credentials."""
         import sys

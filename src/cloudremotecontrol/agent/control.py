@@ -4,7 +4,34 @@ Linux: a Unix socket ``STATE_DIR/control.sock`` (mode 0600 in a 0700 directory, 
 root - the agent's user - can use it). Windows: a loopback TCP port plus a random token,
 both in ``STATE_DIR\\control.json`` readable only by SYSTEM and Administrators.
 
-One request per connection: a JSON line in, a JSON line out.
+One request per connection: a JSON line in, a JSON line out. A request that hands
+something over (``wait-message``: the message is then never handed out again) and says
+``"confirm": true`` is answered, then the client writes ``ack`` once it has the answer;
+without that line (the client gone) the thing stays for the next request. A client that
+goes away while its request waits (``WAITING_OPS``) cancels it.
+
+An agent restarts (``systemctl restart``, an upgrade, a crash): ``call_through_restarts``
+sends a request again until one answers, for a bounded time - but only when a second
+send cannot do the thing twice. The client knows its request was never read when the
+connection failed, when the agent's end refused the bytes (``EPIPE``) or, on Linux, when
+the agent's end was closed with the request unread: the kernel then resets the
+connection (``ECONNRESET``: ``unix_release_sock`` in ``net/unix/af_unix.c`` does so for
+a socket with unread data or one never accepted). An agent gone after it read the request
+(the connection just ends) may have acted on it: ``AgentLost``, sent again only for a
+request that changes nothing (``IDEMPOTENT_OPS``), or for one the agent carries out
+exactly once (below). A stopping agent answers the quick requests it has read before it
+exits (``ControlServer.close``), so only a crash leaves one in doubt.
+
+Exactly once (``ONCE_OPS``: emit, progress). ``call_through_restarts`` gives such a
+request a random ``id``, the same each time it sends it. An agent that knows ids says so
+before it does anything: its first line is ``{"once": ID}``; it then records the id in
+the transaction that stores what the request does (the message in its outbox), and
+answers a request whose id it has recorded with the answer it gave, doing nothing again
+(``AgentState.record_request``; the last 10,000 ids of the last day are kept). So a
+request whose agent said ``once`` and then went away is sent again with its id: the
+next agent either has it recorded or knows it was never done. An older agent, which
+ignores ids, never says ``once``: a request it may have carried out stays in doubt
+(``AgentLost``, not sent again).
 """
 
 from __future__ import annotations
@@ -16,16 +43,72 @@ import os
 import secrets
 import socket
 import sys
+import time
 from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import CrcError, InvalidInput, Unavailable, error_from_payload
 
-__all__ = ["ControlServer", "call"]
+__all__ = [
+    "AgentGone",
+    "AgentLost",
+    "ControlServer",
+    "Handed",
+    "NoAgent",
+    "call",
+    "call_through_restarts",
+]
 
-Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+
+@dataclass
+class Handed:
+    """A handler's answer that hands something over: ``taken()`` once the client has
+    the answer (it confirmed, or wrote nothing after an answer that went out, if it did
+    not ask to confirm), ``released()`` otherwise."""
+
+    reply: dict[str, Any]
+    taken: Callable[[], None]
+    released: Callable[[], None]
+
+
+class AgentGone(Unavailable):
+    """The agent was there (its socket or port exists) but is not answering now: it is
+    stopping or restarting."""
+
+
+class AgentLost(AgentGone):
+    """The agent went away after it had read the request, before it answered: it may
+    have acted on it. ``once``: it had said it carries the request out once per id, so
+    the request may be sent again with the same id."""
+
+    once = False
+
+
+class NoAgent(Unavailable):
+    """No agent has its control socket in the state directory (none runs there, or one
+    is between a clean stop and its start)."""
+
+
+Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any] | Handed]]
 MAX_REQUEST = 512 << 10
+CONFIRM_SECONDS = 10.0  # how long an answer that hands something over waits for "ack"
+# Requests that wait for something to happen: cancelled when their client goes away.
+WAITING_OPS = ("wait-message", "kv-wait")
+# Requests that may be sent again when the agent went away after reading them: reads,
+# "ready" (a state: the machine stays ready, no second event), and wait-message (what it
+# hands out is taken only once the client confirms). Not emit, progress or kv-set: a
+# second one is a second message, progress line or key version (emit and progress are
+# sent again with their request id, ONCE_OPS).
+IDEMPOTENT_OPS = frozenset({"status", "peers", "kv-get", "kv-wait", "wait-message", "ready"})
+# Requests that change something and that an agent carries out once per request id: sent
+# again, with the same id, when an agent that said it knows ids went away after reading.
+ONCE_OPS = frozenset({"emit", "progress", "kv-set"})
+_ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+AGENT_WAIT_SECONDS = 30.0  # how long a request waits for an agent that is not answering
+CLOSE_GRACE_SECONDS = 5.0  # how long a stopping agent lets its quick requests finish
+RETRY_SECONDS = 0.2
 
 
 class ControlServer:
@@ -37,6 +120,7 @@ class ControlServer:
         self.protect = protect
         self.token = secrets.token_urlsafe(24)
         self._server: asyncio.AbstractServer | None = None
+        self._busy: set[asyncio.Task[Any]] = set()  # serving a quick request
 
     async def start(self) -> None:
         if sys.platform != "win32":
@@ -62,11 +146,29 @@ class ControlServer:
                 self.protect(str(info))
 
     async def close(self) -> None:
+        """Stop taking connections, then let the quick requests already taken finish
+        (``CLOSE_GRACE_SECONDS`` at most): their clients get their answer rather than a
+        closed connection that leaves them unsure whether the request was carried out.
+        Connections not accepted yet are reset, so their clients send them again."""
         if self._server is not None:
             self._server.close()
+            busy = {task for task in self._busy if not task.done()}
+            if busy:
+                await asyncio.wait(busy, timeout=CLOSE_GRACE_SECONDS)
             await self._server.wait_closed()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._busy.add(task)
+        try:
+            await self._serve_one(reader, writer)
+        finally:
+            self._busy.discard(task)
+
+    async def _serve_one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        handed: Handed | None = None
+        confirm = False
         try:
             line = await asyncio.wait_for(reader.readline(), 10)
             request = json.loads(line)
@@ -76,7 +178,34 @@ class ControlServer:
                 str(request.get("token", "")), self.token
             ):
                 raise InvalidInput("bad control token")
-            reply = {"ok": True, **await self.handler(request)}
+            confirm = request.get("confirm") is True
+            if request.get("op") in ONCE_OPS and request.get("id") is not None:
+                request_id = request["id"]
+                if (
+                    not isinstance(request_id, str)
+                    or not 16 <= len(request_id) <= 64
+                    or not _ID_CHARS.issuperset(request_id)
+                ):
+                    raise InvalidInput("a request id is 16-64 letters, digits, '-' or '_'")
+                # Before anything is done: the client may now send the request again
+                # with this id if the agent goes away before it answers.
+                try:
+                    writer.write(json.dumps({"once": request_id}).encode() + b"\n")
+                    await writer.drain()
+                except ConnectionError:  # the client is gone: nothing done, nothing to say
+                    writer.close()
+                    return
+            if request.get("op") in WAITING_OPS:
+                self._busy.discard(asyncio.current_task())
+                result = await _unless_gone(reader, self.handler(request))
+                if result is None:  # the client went away while its request waited
+                    writer.close()
+                    return
+            else:  # quick, and not to be cut halfway (a message to the server)
+                result = await self.handler(request)
+            if isinstance(result, Handed):
+                handed, result = result, result.reply
+            reply = {"ok": True, **result}
         except CrcError as exc:
             reply = {"ok": False, "status": exc.http_status, **exc.to_payload()}
         except (ValueError, asyncio.TimeoutError, asyncio.LimitOverrunError):
@@ -85,10 +214,50 @@ class ControlServer:
                 "status": 400,
                 "error": {"code": "invalid_input", "message": "malformed request"},
             }
-        with contextlib.suppress(ConnectionError):
+        try:
             writer.write(json.dumps(reply).encode() + b"\n")
             await writer.drain()
+            if handed is not None:
+                if confirm:
+                    ack = await asyncio.wait_for(reader.readline(), CONFIRM_SECONDS)
+                    if ack.strip() != b"ack":
+                        raise ConnectionError("the client did not confirm")
+                handed.taken()
+                handed = None
+        except (ConnectionError, asyncio.TimeoutError, ValueError, asyncio.LimitOverrunError):
+            pass
+        finally:
+            if handed is not None:
+                handed.released()
             writer.close()
+
+
+async def _unless_gone(reader: asyncio.StreamReader, work: Awaitable[Any]) -> Any:
+    """``work``'s result, or None once the client closed its end first (``work`` is
+    then cancelled; an answer it had ready is released)."""
+    task = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(_closed(reader))
+    try:
+        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    try:
+        result = await task
+    except asyncio.CancelledError:
+        return None
+    if isinstance(result, Handed):
+        result.released()
+    return None
+
+
+async def _closed(reader: asyncio.StreamReader) -> None:
+    """Until the client closes its end (anything it writes meanwhile is ignored)."""
+    with contextlib.suppress(ConnectionError):
+        while await reader.read(4096):
+            pass
 
 
 @contextlib.contextmanager
@@ -109,20 +278,42 @@ def _short_path(path: Path) -> Iterator[str]:
         os.close(fd)
 
 
-def call(state_dir: Path, request: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
-    """Send one request to the agent running with ``state_dir``; raise its error."""
+def call(
+    state_dir: Path, request: dict[str, Any], timeout: float = 30.0, confirm: bool = False
+) -> dict[str, Any]:
+    """Send one request to the agent running with ``state_dir``; raise its error.
+    ``confirm``: tell the agent once its answer is here (a request that hands something
+    over: until then the agent keeps it for the next request). ``NoAgent``: no agent's
+    socket is there. ``AgentGone``: the agent is there but not answering (stopping,
+    restarting), and did not read the request. ``AgentLost``: it went away after it read
+    the request, which it may have carried out."""
+    if confirm:
+        request = {**request, "confirm": True}
     try:
         if sys.platform != "win32":
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             sock.settimeout(timeout)
-            with _short_path(state_dir / "control.sock") as short:
-                sock.connect(short)
+            try:
+                with _short_path(state_dir / "control.sock") as short:
+                    sock.connect(short)
+            except OSError:
+                sock.close()
+                raise
         else:
-            info = json.loads((state_dir / "control.json").read_text())
-            request = {**request, "token": info["token"]}
-            sock = socket.create_connection(("127.0.0.1", info["port"]), timeout=timeout)
-    except (FileNotFoundError, ConnectionRefusedError) as exc:
-        raise Unavailable(
+            try:
+                info = json.loads((state_dir / "control.json").read_text())
+                request = {**request, "token": info["token"]}
+                port = int(info["port"])
+            except (ValueError, KeyError, TypeError):  # being written by a starting agent
+                raise ConnectionRefusedError(0, "its control.json is incomplete") from None
+            sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    except ConnectionRefusedError as exc:
+        raise AgentGone(
+            f"no agent is running with state dir {state_dir} ({exc.strerror}): "
+            "start it with `crc agent run` or give --state-dir"
+        ) from None
+    except FileNotFoundError as exc:
+        raise NoAgent(
             f"no agent is running with state dir {state_dir} ({exc.strerror}): "
             "start it with `crc agent run` or give --state-dir"
         ) from None
@@ -131,18 +322,113 @@ def call(state_dir: Path, request: dict[str, Any], timeout: float = 30.0) -> dic
             f"permission denied on the agent's control socket in {state_dir}: "
             "run as root (or the agent's user)"
         ) from None
+    except TimeoutError:
+        raise Unavailable(
+            f"the agent with state dir {state_dir} did not accept the connection "
+            f"within {timeout:g} s"
+        ) from None
     with sock:
-        sock.sendall(json.dumps(request).encode() + b"\n")
+        try:
+            sock.sendall(json.dumps(request).encode() + b"\n")
+        except OSError:  # EPIPE, ECONNRESET: its end was closed before it read anything
+            raise AgentGone("the agent closed the control connection before the request") from None
         data = b""
-        while not data.endswith(b"\n"):
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-    try:
-        reply: dict[str, Any] = json.loads(data)
-    except ValueError:
-        raise Unavailable("the agent closed the control connection without an answer") from None
-    if not reply.get("ok"):
-        raise error_from_payload(int(reply.get("status", 500)), reply)
+        once = False  # the agent said it carries the request out once per id
+        try:
+            while True:
+                if b"\n" in data and not once and request.get("id") is not None:
+                    first, _, rest = data.partition(b"\n")
+                    with contextlib.suppress(ValueError):
+                        said = json.loads(first)
+                        if isinstance(said, dict) and said.get("once") == request["id"]:
+                            once, data = True, rest
+                            continue
+                if data.endswith(b"\n"):
+                    break
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        except TimeoutError:
+            raise Unavailable(
+                f"the agent did not answer within {timeout:g} s (it may still carry the "
+                "request out)"
+            ) from None
+        except ConnectionResetError:
+            if not data and not once and sys.platform.startswith("linux"):  # unread
+                raise AgentGone("the agent went away before it read the request") from None
+            data = b""
+        except OSError:
+            data = b""
+        try:
+            reply: dict[str, Any] = json.loads(data)
+        except ValueError:
+            lost = AgentLost(
+                "the agent went away after it received the request, before it answered "
+                "(it may have carried it out)"
+            )
+            lost.once = once
+            raise lost from None
+        if not isinstance(reply, dict):
+            raise Unavailable("the agent's answer is not a JSON object")
+        if not reply.get("ok"):
+            raise error_from_payload(int(reply.get("status", 500)), reply)
+        if confirm:
+            try:
+                sock.sendall(b"ack\n")
+            except OSError:
+                raise AgentGone(
+                    "the agent went away before its answer was confirmed: it keeps what it "
+                    "answered for the next request"
+                ) from None
     return reply
+
+
+def call_through_restarts(
+    state_dir: Path,
+    request: dict[str, Any],
+    agent_wait: float = AGENT_WAIT_SECONDS,
+    timeout: float = 30.0,
+    on_wait: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """``call``, sent again while the agent is stopped or restarting, for ``agent_wait``
+    seconds at most; then ``Unavailable``. ``on_wait`` is told once, when the wait
+    starts. A request the agent may have carried out before it went away (``AgentLost``)
+    is sent again only if it is in ``IDEMPOTENT_OPS``, or if the agent had said it carries
+    it out once per id (``ONCE_OPS``: the request is given a random id here, the same for
+    every send), else ``AgentLost`` is raised. A state directory that does not exist has
+    no agent to wait for: ``NoAgent`` at once."""
+    op = request.get("op")
+    if op in ONCE_OPS and "id" not in request:
+        request = {**request, "id": secrets.token_urlsafe(18)}
+    deadline = time.monotonic() + agent_wait
+    told = False
+    while True:
+        try:
+            return call(state_dir, request, timeout)
+        except AgentLost as exc:
+            if op not in IDEMPOTENT_OPS and not exc.once:
+                raise AgentLost(
+                    f"{exc.message}; `{op}` is not sent again, so that it is not done twice: "
+                    "check whether it was, then run the command again if needed"
+                ) from None
+            error: Unavailable = exc
+        except (AgentGone, NoAgent) as exc:
+            if isinstance(exc, NoAgent) and not state_dir.is_dir():
+                raise
+            error = exc
+        if time.monotonic() + RETRY_SECONDS > deadline:
+            if agent_wait <= 0:
+                raise error
+            raise Unavailable(
+                f"no agent answered with state dir {state_dir} within {agent_wait:g} s "
+                f"(last: {error.message}): start it with `crc agent run`, or wait longer "
+                "with --agent-wait / CRC_AGENT_WAIT"
+            ) from None
+        if not told and on_wait is not None:
+            told = True
+            on_wait(
+                f"waiting up to {agent_wait:g} s for the agent with state dir {state_dir} "
+                f"(not answering: stopped or restarting?)"
+            )
+        time.sleep(RETRY_SECONDS)

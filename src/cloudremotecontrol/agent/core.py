@@ -18,6 +18,7 @@ import dataclasses
 import json
 import logging
 import random
+import sqlite3
 import ssl
 from typing import TYPE_CHECKING, Any
 
@@ -78,6 +79,8 @@ if TYPE_CHECKING:
 __all__ = ["Agent", "Revoked", "TryLater", "enroll", "parse_retry_after", "retry_delay"]
 
 log = logging.getLogger("crc.agent")
+
+STORE_RETRY_SECONDS = 5.0  # at most, between attempts to store a message on a full disk
 FOLD_SECONDS = 0.2  # a job that ends this soon after it started is reported in one message
 FOLD_MAX_BYTES = 32 << 10  # ... with at most this much output
 BACKOFF_MIN = 0.5
@@ -96,6 +99,9 @@ class TryLater(Unavailable):
         self.retry_after = retry_after
 
 
+_JITTER = random.Random()  # noqa: S311 -- backoff jitter, not cryptography
+
+
 def parse_retry_after(value: str | None) -> float | None:
     """A ``Retry-After`` header's delay in seconds (``delta-seconds`` only; an HTTP date
     or anything else is ignored: None), at most ``RETRY_AFTER_MAX``."""
@@ -107,7 +113,7 @@ def parse_retry_after(value: str | None) -> float | None:
 def retry_delay(retry_after: float) -> float:
     """How long to wait when told ``Retry-After``: at least that, plus up to a quarter of
     it more (one second at least), at random."""
-    return retry_after + random.uniform(0, max(1.0, retry_after / 4))  # noqa: S311
+    return retry_after + _JITTER.uniform(0, max(1.0, retry_after / 4))
 
 
 class Revoked(CrcError):
@@ -143,9 +149,13 @@ def enroll(state: AgentState, url: str, key: str, fingerprint: str | None) -> Cr
     """Exchange ``key`` for a credential and keep it in the state dir (0600). ``url`` may
     list several replicas (comma-separated): each is tried until one answers."""
     urls = split_urls(url)
+    # Kept before the key is presented: if this process dies before it saves the
+    # credential, or the answer is lost, the next attempt with the same key and nonce
+    # gets a new credential instead of "key already used".
+    nonce = state.enroll_nonce()
     for i, one in enumerate(urls):
         try:
-            cred, off = _enroll_once(one, key, fingerprint)
+            cred, off = _enroll_once(one, key, fingerprint, nonce)
         except Unavailable:
             if i == len(urls) - 1:
                 raise
@@ -157,9 +167,18 @@ def enroll(state: AgentState, url: str, key: str, fingerprint: str | None) -> Cr
     raise Unavailable("no server URL given")  # unreachable: split_urls refuses empty lists
 
 
-def _enroll_once(url: str, key: str, fingerprint: str | None) -> tuple[Credential, list[str]]:
+def _enroll_once(
+    url: str, key: str, fingerprint: str | None, nonce: str
+) -> tuple[Credential, list[str]]:
     ctx, pem = client_context(url, fingerprint)
-    data = call_json(url.rstrip("/") + "/v1/agent/enroll", ctx, method="POST", body={"key": key})
+    endpoint = url.rstrip("/") + "/v1/agent/enroll"
+    try:
+        data = call_json(endpoint, ctx, method="POST", body={"key": key, "nonce": nonce})
+    except InvalidInput as exc:
+        if not exc.message.startswith("invalid nonce"):
+            raise
+        # A server older than the nonce refuses the field: enroll as before.
+        data = call_json(endpoint, ctx, method="POST", body={"key": key})
     off = data.get("streams_off")
     off = [k for k in ("shell", "forward") if isinstance(off, list) and k in off]
     return Credential(
@@ -207,6 +226,7 @@ class Agent:
         # server's order), so the newest roster is the one left in the file.
         self._hosts_lock = asyncio.Lock()
         self.message_arrived = asyncio.Event()
+        self._handing_out: set[int] = set()  # user messages sent to a waiting script
         self.stopping = asyncio.Event()
         # Built when the first shell or forward opens: an idle agent never loads its
         # stream code (agent/streams.py, relay.py).
@@ -247,24 +267,89 @@ class Agent:
         correlation_id: str | None = None,
         job_done: str | None = None,
         job_process: tuple[str, str | None] | None = None,
-    ) -> None:
-        """Persist a message, then send it if connected (else it goes after reconnect).
-        ``job_done`` / ``job_process`` are recorded in the same transaction (AgentState)."""
+    ) -> int:
+        """Persist a message, then send it if connected (else it goes after reconnect);
+        return its number. ``job_done`` / ``job_process`` are recorded in the same
+        transaction (AgentState)."""
+        seq = await self._send(message, to, correlation_id, job_done, job_process, None)
+        assert seq is not None
+        return seq
+
+    async def send_once(self, message: Message, request_id: str | None, to: str = "master") -> bool:
+        """``send`` for a control request (``crc agent emit``, ``progress``): with
+        ``request_id``, the request is recorded in the message's transaction, and one
+        already recorded sends nothing (False): it was sent by this agent or one before
+        it that went away before it answered (agent/control.py)."""
+        if request_id is None:
+            await self.send(message, to)
+            return True
+        return await self._send(message, to, None, None, None, request_id) is not None
+
+    async def _send(
+        self,
+        message: Message,
+        to: str,
+        correlation_id: str | None,
+        job_done: str | None,
+        job_process: tuple[str, str | None] | None,
+        request_id: str | None,
+    ) -> int | None:
         env = Envelope.of(message, self.cred.group, self.cred.machine, to, correlation_id)
-        # One lock keeps frames on the wire in sequence order whatever task sends them.
+        # One lock keeps frames on the wire in sequence order whatever task sends them
+        # (and makes looking up a request id and recording it one step).
         async with self._send_lock:
-            seq, frame = self.state.enqueue(env, job_done=job_done, job_process=job_process)
+            if request_id is not None and self.state.request_reply(request_id) is not None:
+                return None
+            seq, frame = await self._store(env, job_done, job_process, request_id)
             if self._ack_pending is not None and self._ws is not None:
                 # msg.ack: the deferred ack rides on this message (kept without it: a
                 # replay after a reconnect needs none, the hello says what was processed).
                 frame = write_frame(Msg(seq=seq, msg=env.to_dict(), ack=self._ack_pending))
                 self._ack_pending = None
             await self._transmit(frame)
+        return seq
 
-    async def emit(self, type: object, body: object, to: str = "master") -> None:
+    async def _store(
+        self,
+        env: Envelope,
+        job_done: str | None,
+        job_process: tuple[str, str | None] | None,
+        request_id: str | None = None,
+    ) -> tuple[int, str]:
+        """``AgentState.enqueue``, tried again until it works when the state directory's
+        disk is full (or the database cannot be written for a while): the message waits,
+        and so does what sends it (a job's output backs up into its pipes), rather than
+        be lost - a job's result with it, which left the job running for ever."""
+        delay = 0.25
+        failed = False
+        while True:
+            try:
+                stored = self.state.enqueue(
+                    env, job_done=job_done, job_process=job_process, request_id=request_id
+                )
+            except sqlite3.OperationalError as exc:
+                if not failed:
+                    log.warning(
+                        "cannot store a message in %s (%s): waiting for the disk to have "
+                        "room to send it",
+                        self.state.dir,
+                        exc,
+                    )
+                failed = True
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, STORE_RETRY_SECONDS)
+                continue
+            if failed:
+                log.info("messages stored again in %s", self.state.dir)
+            return stored
+
+    async def emit(
+        self, type: object, body: object, to: str = "master", request_id: str | None = None
+    ) -> None:
         """Send a user message (``user.NAME``) from a script on the machine: checked here
-        as the server will (a body nested too deep or too large is refused now)."""
-        await self.send(UserMessage.make(type, body), to=to)
+        as the server will (a body nested too deep or too large is refused now).
+        ``request_id``: see ``send_once``."""
+        await self.send_once(UserMessage.make(type, body), request_id, to=to)
 
     async def _transmit(self, frame: str) -> None:
         ws = self._ws
@@ -303,8 +388,7 @@ class Agent:
         # Facts before SystemReady: a machine that reads ``ready`` has its facts known.
         await self._send_facts()
         if not self.gate_ready and self.state.get("ready") != "1":
-            self.state.put("ready", "1")
-            await self.send(SystemReady())
+            await self.say_ready()
         self._spawn(self._refresh_facts())
         for path in self.follow_logs:
             self._spawn(self._follow(path))
@@ -333,7 +417,7 @@ class Agent:
                 self.connected.clear()
                 if delay is None:
                     attempt += 1
-                    delay = random.uniform(0, min(BACKOFF_MAX, BACKOFF_MIN * 2**attempt))  # noqa: S311
+                    delay = _JITTER.uniform(0, min(BACKOFF_MAX, BACKOFF_MIN * 2**attempt))
                 await asyncio.sleep(delay)
         finally:
             for task in list(self._tasks):
@@ -397,7 +481,7 @@ class Agent:
             ack=self.inbox.processed,
             resume_from=self.state.resume_from(),
             agent_version=__version__,
-            ready=self.state.get("ready") == "1",
+            ready=self._ready_delivered(),
             features=FEATURES,
         )
 
@@ -451,7 +535,8 @@ class Agent:
                 user_agent_header=f"crc-agent/{__version__}",
             ) as ws:
                 keepalive.enable(ws.transport.get_extra_info("socket"))
-                await ws.send(write_frame(self.hello()))
+                hello = self.hello()
+                await ws.send(write_frame(hello))
                 first = read_frame(await asyncio.wait_for(ws.recv(), 20))
                 if isinstance(first, RevokedFrame):
                     raise Revoked(first.reason)
@@ -463,6 +548,12 @@ class Agent:
                     for frame in self.welcomed(first):
                         await ws.send(frame)
                     self._ws = ws
+                if not hello.ready and self._ready_delivered():
+                    # The server had the system.ready, but this agent stopped before its
+                    # ack came: the welcome acknowledged it, so it is not sent again and
+                    # the hello said "not ready". Said again, the machine is ready now
+                    # rather than at the next connection.
+                    await self.say_ready()
                 self.connected.set()
                 log.info("connected to %s as %s/%s", self.url, self.cred.group, self.cred.machine)
                 try:
@@ -766,14 +857,21 @@ class Agent:
             timeout=timeout,
         )
 
-    async def wait_message(self, type: str, sender: str | None, timeout: float) -> dict[str, Any]:
+    async def wait_message(
+        self, type: str, sender: str | None, timeout: float
+    ) -> tuple[int, dict[str, Any]]:
+        """The oldest user message of ``type`` (from ``sender``) not being handed out,
+        as ``(number, envelope)``, reserved for the caller: it then calls
+        ``message_taken`` once the waiting script has it, or ``message_released`` (the
+        script is gone: the message goes to the next waiter)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
             arrived = self.message_arrived
-            msg = self.state.take_message(type, sender)
-            if msg is not None:
-                return msg
+            found = self.state.peek_message(type, sender, self._handing_out)
+            if found is not None:
+                self._handing_out.add(found[0])
+                return found
             left = deadline - loop.time()
             if left <= 0:
                 raise Unavailable(f"no {type} message within {timeout:g} s", code="timeout")
@@ -782,11 +880,30 @@ class Agent:
             except asyncio.TimeoutError:
                 pass
 
+    def message_taken(self, n: int) -> None:
+        self.state.consume_message(n)
+        self._handing_out.discard(n)
+
+    def message_released(self, n: int) -> None:
+        self._handing_out.discard(n)
+        self.message_arrived.set()  # another waiter may take it
+        self.message_arrived = asyncio.Event()
+
     # -- local commands (from scripts on the machine) ------------------------------------
     async def say_ready(self) -> None:
         if self.state.get("ready") != "1":
             self.state.put("ready", "1")
-        await self.send(SystemReady())
+        seq = await self.send(SystemReady())
+        self.state.put("ready_seq", str(seq))
+
+    def _ready_delivered(self) -> bool:
+        """Ready, and the server has the ``system.ready`` saying so: only then does the
+        hello say ``ready``. One still waiting in the outbox goes after what was sent
+        before it (the facts), so the machine is not shown ready before they are known."""
+        if self.state.get("ready") != "1":
+            return False
+        seq = self.state.get("ready_seq")
+        return seq is None or int(seq) < self.state.resume_from()
 
 
 class _Report:

@@ -8,7 +8,7 @@ in 15, of ``websockets/proxy.py`` since 16). With what they import (email, zipfi
 http.client, ...) they are about 2 MiB of the agent's resident memory, for as long as it
 runs; ``shutil`` (which the agent uses for ``which()``) imports ``bz2`` and ``lzma``,
 with their libraries, for its archives: 0.3 MiB more (bench/RESULTS.md, "Agent start-up
-and memory").
+and memory"); ``logging.handlers`` (the Windows service's log file) imports ``pickle``.
 
 ``defer()`` puts, before websockets is imported, a module object for each in
 ``sys.modules`` that holds only the module's import metadata (``__spec__``, ``__name__``,
@@ -22,8 +22,9 @@ LazyLoader any attribute, ``__spec__`` included, loads it (CPython 3.10-3.13).
 
 What would still load ``urllib.request`` at once is websockets' proxy lookup, which
 runs for every connection opened with its default ``proxy=True``. ``proxy_option()``
-says when that lookup cannot find a proxy (no ``*_proxy`` variable in the environment,
-on a system whose proxies come from the environment only): the agent then connects with
+says when that lookup cannot find a proxy (no ``*_proxy`` variable in the environment
+and, on Windows, no proxy enabled in the registry's Internet Settings, read with the
+built-in ``winreg``; macOS is not read): the agent then connects with
 ``proxy=None``, which is what the lookup would have answered. Wherever a proxy may be
 configured, websockets looks it up as before (and loads ``urllib.request`` for it); the
 agent's HTTPS calls (agent/http.py) use urllib, and its proxies, as before.
@@ -38,7 +39,7 @@ import threading
 import types
 from typing import Any
 
-__all__ = ["DEFERRED", "defer", "proxy_option"]
+__all__ = ["DEFERRED", "defer", "proxy_option", "windows_proxy_enabled"]
 
 # Each module, and the extension module it needs (if it has none, it is not deferred:
 # shutil's ``import bz2`` must keep failing where it would fail).
@@ -47,6 +48,9 @@ DEFERRED = (
     ("urllib.request", None),
     ("bz2", "_bz2"),  # shutil imports both for its archives, which the agent never makes
     ("lzma", "_lzma"),
+    # logging.handlers imports it for its SocketHandler; the Windows service's log file
+    # (a RotatingFileHandler, agent/winservice.py) needs the module, not pickle.
+    ("pickle", "_pickle"),
 )
 
 _loading = threading.RLock()
@@ -104,12 +108,45 @@ def defer(modules: tuple[tuple[str, str | None], ...] = DEFERRED) -> None:
 def proxy_option() -> dict[str, Any]:
     """Keyword arguments for websockets' ``connect``: ``{"proxy": None}`` where its
     proxy lookup (the default, ``proxy=True``) would surely find no
-    proxy, else none (the lookup runs, as by default). Outside Windows and macOS,
-    ``urllib.request.getproxies()`` is the environment's ``<scheme>_proxy`` variables
-    (any case) that have a value: without one there is no proxy to use."""
-    if sys.platform in ("win32", "darwin"):  # also the registry / system settings
+    proxy, else none (the lookup runs, as by default). ``urllib.request.getproxies()``
+    is the environment's ``<scheme>_proxy`` variables (any case) that have a value;
+    only without one, on Windows, the proxy of the Internet Settings in the registry
+    (``windows_proxy_enabled``); on macOS also the system settings (not read here: the
+    lookup always runs there)."""
+    if sys.platform == "darwin":
         return {}
     for name, value in os.environ.items():
         if value and name.lower().endswith("_proxy"):
             return {}
+    if sys.platform == "win32":
+        import winreg
+
+        if windows_proxy_enabled(winreg):
+            return {}
     return {"proxy": None}
+
+
+INTERNET_SETTINGS = r"Software\Microsoft\Windows\CurrentVersion\Internet Settings"
+
+
+def windows_proxy_enabled(winreg: Any) -> bool:
+    """Whether ``urllib.request``'s Windows lookup (``getproxies_registry``) may find a
+    proxy: ``ProxyEnable`` set in the user's ``Internet Settings`` (for the service,
+    LocalSystem's). False only where the key or the value is missing or the value is
+    0, as the lookup finds then; any other error answers True, so that the lookup
+    runs and decides. ``winreg`` is the module (a stand-in in the tests)."""
+    try:
+        key = winreg.OpenKey(winreg.HKEY_CURRENT_USER, INTERNET_SETTINGS)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+    try:
+        enabled = winreg.QueryValueEx(key, "ProxyEnable")[0]
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+    finally:
+        key.Close()
+    return bool(enabled) if isinstance(enabled, int) else True

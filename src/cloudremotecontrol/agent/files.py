@@ -51,6 +51,8 @@ def fetch_blob(
     directory = os.path.dirname(dest) or "."
     if not os.path.isdir(directory):
         raise InvalidInput(f"directory {directory} does not exist on this machine")
+    if os.path.isdir(dest):
+        raise InvalidInput(f"{dest} is a directory on this machine: give the file's path")
     part = os.path.join(directory, f".crc-{os.path.basename(dest)}.{sha[:16]}.part")
     url = f"{base_url.rstrip('/')}/v1/agent/blobs/{sha}"
     for attempt in range(ATTEMPTS):
@@ -66,17 +68,21 @@ def fetch_blob(
         req = urllib.request.Request(url, headers=headers)  # noqa: S310 -- https URL
         try:
             with urllib.request.urlopen(req, timeout=60, context=ctx) as resp:  # noqa: S310
-                append = resp.status == 206
-                with open(part, "ab" if append else "wb") as fh:
-                    while chunk := resp.read(CHUNK):
-                        fh.write(chunk)
-                    fh.flush()
-                    os.fsync(fh.fileno())
+                _receive(resp, part, append=resp.status == 206)
+        except _CannotWrite as exc:
+            # The machine's own disk (full, read-only, a name too long): trying again
+            # cannot help, and a partial file must not keep a full disk full.
+            with contextlib.suppress(OSError):
+                os.unlink(part)
+            raise InvalidInput(
+                f"cannot write {dest} on this machine: {exc.error.strerror or exc.error}"
+            ) from None
         except urllib.error.HTTPError as exc:
             raise http_error(exc) from None
-        except (urllib.error.URLError, OSError) as exc:
+        except (urllib.error.URLError, OSError, _Broken) as exc:
             if attempt == ATTEMPTS - 1:
-                raise Unavailable(f"download of {sha[:12]} failed: {exc}") from None
+                why = exc.error if isinstance(exc, _Broken) else exc
+                raise Unavailable(f"download of {sha[:12]} failed: {why}") from None
             sleep(min(10.0, 0.5 * 2**attempt))
     digest, got = _hash_file(part)
     if digest.hexdigest() != sha or got != size:
@@ -99,6 +105,41 @@ def fetch_blob(
             os.unlink(part)
         raise
     return f"{dest}: {size} bytes, sha256 {sha}"
+
+
+class _CannotWrite(Exception):
+    """Writing the partial file failed (the machine's disk, not the network)."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class _Broken(Exception):
+    """Reading the response failed (the network: the download is resumed)."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _receive(resp: Any, part: str, append: bool) -> None:
+    """Copy the response's body into ``part`` (appended for a 206), synced to disk."""
+
+    def read() -> bytes:
+        try:
+            return bytes(resp.read(CHUNK))
+        except OSError as exc:
+            raise _Broken(exc) from None
+
+    try:
+        with open(part, "ab" if append else "wb") as fh:
+            while chunk := read():
+                fh.write(chunk)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError as exc:  # open, write, flush, sync or close of the file
+        raise _CannotWrite(exc) from None
 
 
 def _chown(path: str, owner: str) -> None:

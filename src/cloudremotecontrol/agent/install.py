@@ -51,6 +51,26 @@ SERVICE_IMPORTS = (
     "importlib.metadata",
     "bz2",
     "lzma",
+    "pickle",
+)
+# The Windows service host's (agent/winservice.py, with pywin32's modules; terminal.py
+# and the lean entry point are Linux's).
+WINDOWS_SERVICE_IMPORTS = (
+    "cloudremotecontrol.agent.winservice",
+    "cloudremotecontrol.agent.platform.windows",
+    "cloudremotecontrol.agent.platform.winsvc",
+    "cloudremotecontrol.agent.conpty",
+    *(
+        name
+        for name in SERVICE_IMPORTS
+        if name not in ("cloudremotecontrol.agent.main", "cloudremotecontrol.agent.terminal")
+    ),
+    "pywintypes",
+    "servicemanager",
+    "win32api",
+    "win32event",
+    "win32service",
+    "win32serviceutil",
 )
 
 log = logging.getLogger("crc.agent")
@@ -70,15 +90,23 @@ def agent_command() -> tuple[str, tuple[str, ...]]:
     return sys.executable, ("-m", "cloudremotecontrol")
 
 
-def bytecode_cache() -> Path | None:
-    """Where the service's ``-OO`` bytecode goes: ``pycache`` in the venv this copy of
+def bytecode_cache(platform: str = sys.platform) -> Path | None:
+    r"""Where the service's ``-OO`` bytecode goes: ``pycache`` in the venv this copy of
     crc is installed in (the bootstrap's, PREFIX/venv), beside its code and removed
-    with it. Not in the state directory, which the agent may remove as it exits
-    (``uninstall_on_delete``) while its last imports would write there. ``None``
-    outside a venv (the service then runs without ``-OO``)."""
-    if sys.prefix == sys.base_prefix:
-        return None
-    return Path(sys.prefix) / "pycache"
+    with it. On Windows, where the bootstrap puts the code in the plain directory
+    PREFIX\lib (fetch_agent.py's ``site`` layout): ``pycache`` beside the directory
+    that holds the package, PREFIX\pycache. Not in the state directory, which the
+    agent may remove as it exits (``uninstall_on_delete``) while its last imports
+    would write there. ``None`` outside a venv elsewhere (the service then runs
+    without ``-OO``). ``crc agent uninstall`` removes it if install created it
+    (recorded in ``service.json``)."""
+    if sys.prefix != sys.base_prefix:
+        return Path(sys.prefix) / "pycache"
+    if platform == "win32":
+        import cloudremotecontrol
+
+        return Path(cloudremotecontrol.__file__).parents[2] / "pycache"
+    return None
 
 
 def optimized_options(python: str) -> tuple[str, ...]:
@@ -90,11 +118,14 @@ def optimized_options(python: str) -> tuple[str, ...]:
     standard library's plain ``.pyc``, and a service that compiled what it imports
     would keep the compiler's memory for as long as it runs. Filled here, by importing
     what the service imports, with its interpreter and options. ``()`` (a plain
-    ``python``) where that fails, outside a venv, or on Windows (the service host,
-    agent/winservice.py, runs without them)."""
+    ``python``) where that fails, or without a cache (``bytecode_cache()``). On Windows
+    the options go on the service's command line before the service host's module
+    (agent/winservice.py, hosted by ``python.exe`` itself), and the cache is filled
+    with what that host imports."""
     cache = bytecode_cache()
-    if sys.platform == "win32" or cache is None:
+    if cache is None:
         return ()
+    imports = WINDOWS_SERVICE_IMPORTS if sys.platform == "win32" else SERVICE_IMPORTS
     # On Python 3.11 and later, no column positions in the code objects (PEP 657): 0.15
     # MiB less resident; the service's logged tracebacks keep their files and line
     # numbers and lose only the ``^^^^`` markers under each line. The cache below is
@@ -104,7 +135,7 @@ def optimized_options(python: str) -> tuple[str, ...]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
     try:
         subprocess.run(
-            [python, *options, "-c", "import " + ", ".join(SERVICE_IMPORTS)],
+            [python, *options, "-c", "import " + ", ".join(imports)],
             env=clean,
             stdin=subprocess.DEVNULL,
             capture_output=True,
@@ -202,6 +233,12 @@ def install_agent(
         *(("--hosts-file", str(Path(hosts_file).absolute())) if hosts_file else ()),
     )
     lean = entry == ("-m", "cloudremotecontrol")  # not a zipapp: its bytecode is cached
+    marker = state_dir / SERVICE_MARKER
+    cache = bytecode_cache() if lean else None
+    # Ours to remove at uninstall: a cache this install creates, or an earlier one did.
+    owned = cache is not None and (
+        not cache.exists() or _read_marker(marker).get("bytecode_cache") == str(cache)
+    )
     spec = ServiceSpec(
         python=python,
         entry=entry,
@@ -210,9 +247,12 @@ def install_agent(
         description=f"CloudRemoteControl agent ({cred.group}/{cred.machine} at {cred.url})",
     )
     mgr = manager or platform.service_manager()
-    # The agent this service runs knows it is one (for a group's uninstall_on_delete).
-    marker = state_dir / SERVICE_MARKER
-    text = json.dumps({"service": spec.name, "manager": mgr.kind})
+    # The agent this service runs knows it is one (for a group's uninstall_on_delete);
+    # uninstall learns from it which bytecode cache install created.
+    record: dict[str, str] = {"service": spec.name, "manager": mgr.kind}
+    if owned and cache is not None and cache.is_dir():
+        record["bytecode_cache"] = str(cache)
+    text = json.dumps(record)
     if not marker.exists() or marker.read_text() != text:
         marker.write_text(text)
     change = mgr.install(spec, restart=restart)
@@ -227,8 +267,35 @@ def install_agent(
         "machine": cred.machine,
         "url": cred.url,
         "state_dir": str(state_dir),
-        "command": spec.argv,
+        "command": mgr.command(spec),
     }
+
+
+def _read_marker(marker: Path) -> dict[str, Any]:
+    try:
+        found = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def _remove_bytecode_cache(recorded: object) -> str | None:
+    """Remove the service's bytecode cache that install recorded as created by it
+    (``service.json``); nothing else: a path not so recorded, not a directory of that
+    name, or a link is left alone."""
+    if not isinstance(recorded, str) or not recorded:
+        return None
+    cache = Path(recorded)
+    if cache.name != "pycache" or not cache.is_absolute() or cache.is_symlink():
+        return None
+    if not cache.is_dir():
+        return None
+    try:
+        shutil.rmtree(cache)
+    except OSError as exc:
+        log.warning("could not remove the service's bytecode cache %s: %s", cache, exc)
+        return None
+    return str(cache)
 
 
 def uninstall_agent(
@@ -239,13 +306,16 @@ def uninstall_agent(
     manager: ServiceManager | None = None,
     stop: bool = True,
 ) -> dict[str, Any]:
-    """Stop and remove the service; with ``purge`` also the credential and queue. With
-    ``stop=False``: the service's own agent removing it as it exits."""
+    """Stop and remove the service and the bytecode cache install created for it; with
+    ``purge`` also the credential and queue. With ``stop=False``: the service's own
+    agent removing it as it exits."""
     mgr = manager or platform.service_manager()
     removed = mgr.uninstall(SERVICE_NAME, stop=stop)
     purged = False
     state_dir = Path(state_dir)
-    (state_dir / SERVICE_MARKER).unlink(missing_ok=True)
+    marker = state_dir / SERVICE_MARKER
+    cache = _remove_bytecode_cache(_read_marker(marker).get("bytecode_cache"))
+    marker.unlink(missing_ok=True)
     if purge and state_dir.exists():
         if not any((state_dir / n).exists() for n in ("credential.json", "agent.db")):
             raise InvalidInput(
@@ -260,6 +330,7 @@ def uninstall_agent(
         "removed": removed,
         "state_dir": str(state_dir),
         "purged": purged,
+        "bytecode_cache_removed": cache,
         "note": None
         if purge
         else f"credential kept in {state_dir}: reinstalling "

@@ -19,9 +19,9 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..errors import AlreadyRunning
+from ..errors import AlreadyRunning, InvalidInput
 
-__all__ = ["LOCK_NAME", "StateDirLock", "state_dir_lock"]
+__all__ = ["LOCK_NAME", "StateDirLock", "state_dir_lock", "unusable_state_dir"]
 
 LOCK_NAME = "agent.lock"
 
@@ -31,8 +31,11 @@ class StateDirLock:
     has it) and held until ``release`` or the end of the process."""
 
     def __init__(self, state_dir: Path) -> None:
-        state_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(state_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            state_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(state_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise unusable_state_dir(state_dir, exc) from None
         try:
             _lock(fd)
         except OSError:
@@ -54,6 +57,16 @@ class StateDirLock:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+def unusable_state_dir(state_dir: Path, exc: OSError) -> InvalidInput:
+    """The one-line error of a state directory the agent cannot create or write (a
+    file in its path, a read-only file system, no permission, a full disk)."""
+    why = exc.strerror or str(exc)
+    return InvalidInput(
+        f"cannot use state directory {state_dir}: {why}: give a writable directory "
+        "with --state-dir (or CRC_AGENT_STATE_DIR)"
+    )
 
 
 @contextlib.contextmanager

@@ -26,6 +26,11 @@ __all__ = ["JobOutcome", "run_job"]
 FLUSH_SECONDS = 0.05
 FLUSH_BYTES = 32 << 10
 KILL_GRACE_SECONDS = 2.0
+EXIT_POLL_SECONDS = 0.25  # at most, between looks at a process whose pipes stay open
+
+# Output pipes still held open by what a finished job left running (a daemon it
+# started): drained and discarded until they close, so that it never blocks writing.
+_draining: set[asyncio.Task[None]] = set()
 
 Emit = Callable[[str, str], Awaitable[None]]  # (stream, text)
 
@@ -104,7 +109,7 @@ async def _supervise(
         asyncio.create_task(_pump(proc.stdout, "stdout", emit_output, platform.output_decoder())),
         asyncio.create_task(_pump(proc.stderr, "stderr", emit_output, platform.output_decoder())),
     ]
-    waiter = asyncio.create_task(proc.wait())
+    waiter = asyncio.create_task(_exited(proc))
     canceller = asyncio.create_task(cancelled.wait())
     ending: str | None = None
     try:
@@ -118,12 +123,19 @@ async def _supervise(
         canceller.cancel()
         if not waiter.done():
             await _end_tree(proc, platform, waiter)
-        # Grandchildren may hold the pipes open after the tree was ended: bound the wait.
+        # Grandchildren may hold the pipes open after the job's process ended (a daemon
+        # it started) or after the tree was ended (a process that left its group): bound
+        # the wait; what they write later is drained and dropped, not reported.
         _, pending = await asyncio.wait(readers, timeout=KILL_GRACE_SECONDS)
         for task in pending:
             task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.gather(*pending)
+        for stream, task in zip((proc.stdout, proc.stderr), readers, strict=True):
+            if task in pending:
+                drain = asyncio.create_task(_drain(stream))
+                _draining.add(drain)
+                drain.add_done_callback(_draining.discard)
     code = proc.returncode
     if ending == "timed_out":
         return JobOutcome("timed_out", None, f"timed out after {job.timeout:g} s")
@@ -137,6 +149,25 @@ async def _supervise(
     return JobOutcome("failed", code)
 
 
+async def _exited(proc: asyncio.subprocess.Process) -> int:
+    """The process's exit code once it exited. ``Process.wait`` also waits for its
+    pipes to close, which a daemon the job started (``server &``) can hold open for
+    ever: so its exit is also looked for, at a growing interval."""
+    wait = asyncio.ensure_future(proc.wait())
+    delay = 0.01
+    try:
+        while proc.returncode is None:
+            done, _ = await asyncio.wait({wait}, timeout=delay)
+            if done:
+                break
+            delay = min(delay * 2, EXIT_POLL_SECONDS)
+    finally:
+        if not wait.done():
+            wait.cancel()
+    assert proc.returncode is not None
+    return proc.returncode
+
+
 async def _end_tree(
     proc: asyncio.subprocess.Process, platform: Platform, waiter: asyncio.Task[int]
 ) -> None:
@@ -148,6 +179,12 @@ async def _end_tree(
     platform.kill_tree(proc, force=True)  # whatever is left of the group, too
     with contextlib.suppress(asyncio.TimeoutError):
         await asyncio.wait_for(asyncio.shield(waiter), KILL_GRACE_SECONDS)
+
+
+async def _drain(stream: asyncio.StreamReader) -> None:
+    with contextlib.suppress(OSError):
+        while await stream.read(65536):
+            pass
 
 
 async def _pump(

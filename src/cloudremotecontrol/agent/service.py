@@ -10,11 +10,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..errors import InvalidInput
+from ..errors import Conflict, InvalidInput, NotFound, Unavailable
 from ..protocol.messages import Progress
 from ..protocol.names import check_message_type
 from . import sdnotify
-from .control import ControlServer
+from .control import ControlServer, Handed
 from .core import Agent, Revoked, load_or_enroll
 from .lock import StateDirLock
 from .platform import current
@@ -26,6 +26,7 @@ log = logging.getLogger("crc.agent")
 
 DEFAULT_KEEP_MESSAGES_DAYS = 7.0
 PRUNE_SECONDS = 3600.0
+KV_RETRY_SECONDS = 1.0  # between long polls for a key while the server cannot be reached
 
 
 def run_agent(
@@ -122,6 +123,7 @@ async def _prune_loop(state: AgentState, keep_days: float) -> None:
     while True:
         try:
             n = state.prune_messages(keep_days)
+            state.prune_requests()
         except Exception as exc:  # noqa: BLE001 -- retention must never stop the agent
             log.warning("could not prune stored messages: %s", exc)
         else:
@@ -167,12 +169,73 @@ async def _main(
         await control.close()
 
 
-async def _handle(agent: Agent, req: dict[str, Any]) -> dict[str, Any]:
+async def _kv_wait(agent: Agent, path: str, wait: float, newer: int) -> dict[str, Any]:
+    """The server's long poll for a key, asked again for the time left while the server
+    cannot be reached (it restarts, the network is cut): until ``wait`` seconds passed."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    while True:
+        left = deadline - loop.time()
+        try:
+            query = f"?wait={max(0.001, left):.3f}&newer_than={newer}"
+            return await agent.http("GET", path + query, timeout=left + 10)
+        except Unavailable:
+            if loop.time() + KV_RETRY_SECONDS >= deadline:
+                raise
+            await asyncio.sleep(KV_RETRY_SECONDS)
+
+
+async def _kv_set(
+    agent: Agent, path: str, key: str, value: Any, request_id: str | None
+) -> dict[str, Any]:
+    """Set a key on the server, once per ``request_id`` (agent/control.py, ``ONCE_OPS``).
+
+    The write happens on the server, so the agent cannot record it in the same
+    transaction: it records the key's version before it writes, and an agent that finds
+    such a record (its predecessor went away before it answered) looks at the key again.
+    The same version: not written, write it now. A newer version last written by this
+    machine with this value: written, answered as it was. Anything else (written since
+    by someone else): it cannot tell - ``Conflict``, nothing written again."""
+    if request_id is None:
+        return await agent.http("PUT", path, {"value": value})
+    done = agent.state.request_reply(request_id)
+    if done is not None:
+        return done
+    started = agent.state.request_pending(request_id)
+    current = await _kv_version(agent, path)
+    if started is None:
+        agent.state.record_request(request_id, {}, pending={"before": current[0]})
+    elif current[0] != started.get("before"):
+        if current[1:] != (agent.cred.machine, value):
+            raise Conflict(
+                f"key {key!r} may have been set by this request before the agent restarted, "
+                "and was changed since: check it with `crc agent kv get`, then set it again "
+                "if needed"
+            )
+        reply = {"key": key, "version": current[0]}
+        agent.state.record_request(request_id, reply)
+        return reply
+    reply = await agent.http("PUT", path, {"value": value})
+    agent.state.record_request(request_id, reply)
+    return reply
+
+
+async def _kv_version(agent: Agent, path: str) -> tuple[int, str | None, Any]:
+    """A key's version, who wrote it last and its value (0, None, None: no such key)."""
+    try:
+        item = await agent.http("GET", path)
+    except NotFound:
+        return 0, None, None
+    return int(item["version"]), item.get("by"), item.get("value")
+
+
+async def _handle(agent: Agent, req: dict[str, Any]) -> dict[str, Any] | Handed:
     op = req.get("op")
     if op == "progress":
         # Checked by the catalogue, as the server will (one definition of a progress line).
-        await agent.send(
-            Progress.from_body({"text": req.get("text"), "percent": req.get("percent")})
+        await agent.send_once(
+            Progress.from_body({"text": req.get("text"), "percent": req.get("percent")}),
+            req.get("id"),  # checked by ControlServer
         )
         return {}
     if op == "ready":
@@ -182,7 +245,7 @@ async def _handle(agent: Agent, req: dict[str, Any]) -> dict[str, Any]:
         to = req.get("to") or "master"
         if not isinstance(to, str):
             raise InvalidInput("--to must be master, a peer name, a comma list or all")
-        await agent.emit(req.get("type"), req.get("body"), to=to)
+        await agent.emit(req.get("type"), req.get("body"), to=to, request_id=req.get("id"))
         return {}
     if op == "peers":
         return await agent.roster()
@@ -194,23 +257,24 @@ async def _handle(agent: Agent, req: dict[str, Any]) -> dict[str, Any]:
             raise InvalidInput("a key is needed")
         path = "/v1/agent/kv/" + quote(key, safe="/")
         if op == "kv-set":
-            return await agent.http("PUT", path, {"value": req.get("value")})
+            return await _kv_set(agent, path, key, req.get("value"), req.get("id"))
         if op == "kv-get":
             return await agent.http("GET", path)
         wait = req.get("timeout", 300)
         if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not 0 < wait <= 300:
             raise InvalidInput("--timeout must be between 0 and 300 seconds")
-        newer = req.get("newer_than", 0)
-        return await agent.http(
-            "GET", f"{path}?wait={wait}&newer_than={int(newer)}", timeout=wait + 10
-        )
+        newer = int(req.get("newer_than", 0))
+        return await _kv_wait(agent, path, float(wait), newer)
     if op == "wait-message":
         type_ = check_message_type(req.get("type"))
         timeout = req.get("timeout", 600)
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
             raise InvalidInput("--timeout must be a positive number of seconds")
         sender = req.get("from")
-        return {"message": await agent.wait_message(type_, sender, float(timeout))}
+        n, message = await agent.wait_message(type_, sender, float(timeout))
+        return Handed(
+            {"message": message}, lambda: agent.message_taken(n), lambda: agent.message_released(n)
+        )
     if op == "status":
         return {
             "machine": agent.cred.machine,

@@ -5,7 +5,9 @@
     agent.db         SQLite: messages not yet acknowledged by the server (outbox), the
                      highest server seq processed and failed attempts at the next one,
                      the jobs started (at-most-once), messages given up (dead letters),
-                     user messages for scripts, flags
+                     user messages for scripts, the ids of the control requests carried
+                     out (``crc agent emit/progress/kv set``, answered again rather than
+                     done twice), flags
 
 Every change that the server will rely on is committed before it is acknowledged or
 sent, so a kill -9 or a reboot loses nothing the agent promised. The rules of the two
@@ -18,9 +20,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,8 +32,14 @@ from ..errors import InvalidInput
 from ..protocol.delivery import Inbox, InboxStore, Outbox, OutboxStore
 from ..protocol.frames import Msg, renumber_frame, write_frame
 from ..protocol.messages import Envelope
+from .lock import unusable_state_dir
 
 __all__ = ["AgentState", "Credential"]
+
+# The control requests carried out that are remembered (their ids, to answer one sent
+# again without doing it twice): the last MAX_REQUEST_IDS, none older than a day.
+MAX_REQUEST_IDS = 10_000
+KEEP_REQUEST_IDS_SECONDS = 86400.0
 
 
 @dataclass
@@ -49,16 +58,46 @@ class Credential:
 class AgentState:
     def __init__(self, state_dir: str | Path, protect: Any = None) -> None:
         self.dir = Path(state_dir)
+        self._protect = protect
+        try:
+            self.db = self._open()
+        except sqlite3.OperationalError as exc:  # cannot open, read-only, disk full
+            raise InvalidInput(
+                f"cannot use state directory {self.dir}: {exc}: give a writable directory "
+                "with --state-dir (or CRC_AGENT_STATE_DIR)"
+            ) from None
+        except sqlite3.DatabaseError as exc:
+            # A damaged file (a disk or file system fault, a copy cut short): one clear
+            # line, not a traceback the service manager restarts for ever.
+            raise InvalidInput(
+                f"{self.dir / 'agent.db'} is damaged ({exc}): move the state directory "
+                "away and enroll again with a new key"
+            ) from None
+        except OSError as exc:
+            raise unusable_state_dir(self.dir, exc) from None
+        self._depth = 0
+        self.outbox: Outbox[Envelope] = Outbox(AgentOutbox(self))
+        self.inbox = Inbox(AgentInbox(self))
+
+    def _open(self) -> sqlite3.Connection:
         self.dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.dir, 0o700)
-        self._protect = protect
         db_path = self.dir / "agent.db"
         os.close(os.open(db_path, os.O_RDWR | os.O_CREAT, 0o600))  # SQLite's journals follow
         os.chmod(db_path, 0o600)
-        self.db = sqlite3.connect(db_path, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.executescript(
+        db = sqlite3.connect(db_path, isolation_level=None)
+        try:
+            self._schema(db)
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    @staticmethod
+    def _schema(db: sqlite3.Connection) -> None:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.executescript(
             """
             CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY, frame TEXT NOT NULL);
             CREATE TABLE IF NOT EXISTS jobs (job_id TEXT PRIMARY KEY, state TEXT NOT NULL,
@@ -73,13 +112,15 @@ class AgentState:
                                                      reason TEXT NOT NULL,
                                                      attempts INTEGER NOT NULL,
                                                      created REAL NOT NULL);
+            CREATE TABLE IF NOT EXISTS control_requests (n INTEGER PRIMARY KEY AUTOINCREMENT,
+                                                         id TEXT NOT NULL UNIQUE,
+                                                         reply TEXT NOT NULL,
+                                                         created REAL NOT NULL,
+                                                         pending TEXT);
             """
         )
-        if "proc" not in {r[1] for r in self.db.execute("PRAGMA table_info(jobs)")}:
-            self.db.execute("ALTER TABLE jobs ADD COLUMN proc TEXT")  # state of an older agent
-        self._depth = 0
-        self.outbox: Outbox[Envelope] = Outbox(AgentOutbox(self))
-        self.inbox = Inbox(AgentInbox(self))
+        if "proc" not in {r[1] for r in db.execute("PRAGMA table_info(jobs)")}:
+            db.execute("ALTER TABLE jobs ADD COLUMN proc TEXT")  # state of an older agent
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
@@ -100,7 +141,15 @@ class AgentState:
             self.db.execute("ROLLBACK")
             raise
         self._depth = 0
-        self.db.execute("COMMIT")
+        try:
+            self.db.execute("COMMIT")
+        except sqlite3.Error:
+            # A COMMIT that failed (a full disk) may leave the transaction open: end it,
+            # so that the next one can begin once there is room again.
+            if self.db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    self.db.execute("ROLLBACK")
+            raise
 
     # -- credential ---------------------------------------------------------------------
     @property
@@ -130,6 +179,24 @@ class AgentState:
             self._protect(str(tmp))
         os.replace(tmp, self.credential_path)
 
+    def enroll_nonce(self) -> str:
+        """This state dir's enrollment nonce, made and committed durably (fsync'd) on
+        first use: sent with the key, it lets this agent enroll again if the server's
+        answer was lost (server/ops/enrollment.py). Never logged."""
+        nonce = self.get("enroll_nonce")
+        if nonce is not None:
+            return nonce
+        nonce = secrets.token_urlsafe(32)
+        # WAL with synchronous=NORMAL may lose the last commits at a power loss: this one
+        # must be on disk before the key is presented.
+        self.db.execute("PRAGMA synchronous=FULL")
+        try:
+            with self.transaction():
+                self.put("enroll_nonce", nonce)
+        finally:
+            self.db.execute("PRAGMA synchronous=NORMAL")
+        return nonce
+
     # -- flags --------------------------------------------------------------------------
     def get(self, key: str, default: str | None = None) -> str | None:
         row = self.db.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
@@ -153,13 +220,17 @@ class AgentState:
         *,
         job_done: str | None = None,
         job_process: tuple[str, str | None] | None = None,
+        request_id: str | None = None,
     ) -> tuple[int, str]:
         """Persist ``env`` as the next numbered message; optionally mark a job done in the
         same transaction (so a result and the job's end are never separated), or record a
         running job's process (``(job_id, Platform.process_identity)``, for
-        ``interrupted_jobs``)."""
+        ``interrupted_jobs``), or record the control request that sends it as carried
+        out (``request_id``, answered ``{}`` if sent again: ``request_reply``)."""
         with self.transaction():
             seq, frame = self.outbox.add(env)
+            if request_id is not None:
+                self.record_request(request_id, {})
             if job_done is not None:
                 self.db.execute("UPDATE jobs SET state = 'done' WHERE job_id = ?", (job_done,))
             if job_process is not None:
@@ -167,6 +238,57 @@ class AgentState:
                     "UPDATE jobs SET proc = ? WHERE job_id = ?", (job_process[1], job_process[0])
                 )
         return seq, frame
+
+    # -- control requests carried out (agent/control.py, ONCE_OPS) ------------------------
+    def request_reply(self, request_id: str) -> dict[str, Any] | None:
+        """The answer given to control request ``request_id``, if it was carried out."""
+        row = self.db.execute(
+            "SELECT reply FROM control_requests WHERE id = ? AND pending IS NULL", (request_id,)
+        ).fetchone()
+        return None if row is None else dict(json.loads(row[0]))
+
+    def request_pending(self, request_id: str) -> dict[str, Any] | None:
+        """What was recorded of control request ``request_id`` when it was started
+        (``record_request(..., pending=...)``), if it was not recorded as done."""
+        row = self.db.execute(
+            "SELECT pending FROM control_requests WHERE id = ? AND pending IS NOT NULL",
+            (request_id,),
+        ).fetchone()
+        return None if row is None else dict(json.loads(row[0]))
+
+    def record_request(
+        self, request_id: str, reply: dict[str, Any], pending: dict[str, Any] | None = None
+    ) -> None:
+        """Record control request ``request_id`` as carried out, with its answer - in the
+        caller's transaction, with what it did; or, with ``pending``, as started (what
+        the agent needs to find out later whether it was carried out: a request done
+        elsewhere, on the server). Only the last ``MAX_REQUEST_IDS`` are kept (and none
+        older than ``KEEP_REQUEST_IDS_SECONDS``: ``prune_requests``): a client sends a
+        request again for ``--agent-wait`` seconds at most."""
+        with self.transaction():
+            cur = self.db.execute(
+                "INSERT INTO control_requests (id, reply, created, pending) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(id) DO UPDATE SET reply = excluded.reply, "
+                "pending = excluded.pending",
+                (
+                    request_id,
+                    json.dumps(reply),
+                    time.time(),
+                    None if pending is None else json.dumps(pending),
+                ),
+            )
+            self.db.execute(
+                "DELETE FROM control_requests WHERE n <= ?",
+                (int(cur.lastrowid or 0) - MAX_REQUEST_IDS,),
+            )
+
+    def prune_requests(self, now: float | None = None) -> int:
+        """Forget the control requests recorded more than ``KEEP_REQUEST_IDS_SECONDS``
+        ago; return how many."""
+        cutoff = (time.time() if now is None else now) - KEEP_REQUEST_IDS_SECONDS
+        with self.transaction():
+            cur = self.db.execute("DELETE FROM control_requests WHERE created < ?", (cutoff,))
+        return int(cur.rowcount)
 
     def record_job_process(self, job_id: str, identity: str | None) -> None:
         """A running job's process (``Platform.process_identity``), for
@@ -265,17 +387,34 @@ class AgentState:
             for r in self.db.execute("SELECT job_id, proc FROM jobs WHERE state = 'running'")
         ]
 
-    def take_message(self, type: str, sender: str | None) -> dict[str, Any] | None:
-        """The oldest unconsumed user message of ``type`` (from ``sender``), consumed now."""
-        row = self.db.execute(
+    def peek_message(
+        self, type: str, sender: str | None, skip: Collection[int] = ()
+    ) -> tuple[int, dict[str, Any]] | None:
+        """The oldest unconsumed user message of ``type`` (from ``sender``) whose number
+        is not in ``skip`` (those being handed out), as ``(number, envelope)``; it stays
+        unconsumed until ``consume_message``."""
+        rows = self.db.execute(
             "SELECT n, envelope FROM messages WHERE type = ? AND consumed = 0 "
-            "AND (? IS NULL OR sender = ?) ORDER BY n LIMIT 1",
-            (type, sender, sender),
-        ).fetchone()
-        if row is None:
+            "AND (? IS NULL OR sender = ?) ORDER BY n LIMIT ?",
+            (type, sender, sender, len(skip) + 1),
+        )
+        for n, envelope in rows:
+            if n not in skip:
+                return int(n), dict(json.loads(envelope))
+        return None
+
+    def consume_message(self, n: int) -> None:
+        """Message ``n`` was handed out: never again."""
+        self.db.execute("UPDATE messages SET consumed = 1 WHERE n = ?", (n,))
+
+    def take_message(self, type: str, sender: str | None) -> dict[str, Any] | None:
+        """``peek_message`` and ``consume_message`` at once: the oldest unconsumed user
+        message of ``type`` (from ``sender``), consumed now."""
+        found = self.peek_message(type, sender)
+        if found is None:
             return None
-        self.db.execute("UPDATE messages SET consumed = 1 WHERE n = ?", (row[0],))
-        return dict(json.loads(row[1]))
+        self.consume_message(found[0])
+        return found[1]
 
     def prune_messages(self, keep_days: float, now: float | None = None) -> int:
         """Forget user messages that arrived more than ``keep_days`` ago, consumed or

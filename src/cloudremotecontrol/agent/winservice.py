@@ -18,7 +18,11 @@ as `crc agent run`:
   ``failureflag``) restart the service.
 
 The SCM waits only ~30 s (Wine: 10 s) for a new service process to connect, so nothing
-heavy is imported before the dispatcher runs. Logs: ``%ProgramData%\\CloudRemoteControl\\
+heavy is imported before the dispatcher runs. The process is as lean as the Linux
+service's (agent/main.py): no click, CLI, master or server code, the standard-library
+modules that only websockets' unused paths import deferred (agent/deferred.py), and
+``crc agent install`` registers it with ``-OO -X no_debug_ranges -X pycache_prefix=...``
+from bytecode compiled at install (agent/install.py). Logs: ``%ProgramData%\\CloudRemoteControl\\
 logs\\crc-agent.log`` (beside the state directory; rotated; ``--log-file`` overrides),
 errors also to the Application event log. Run by hand (not by the SCM) it says so and exits 2.
 """
@@ -27,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import logging.handlers
 import os
 import sys
 import threading
@@ -69,6 +72,9 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 
 
 def _setup_logging(path: str, level: str) -> None:
+    # Imported here, after defer() (main): logging.handlers imports pickle.
+    import logging.handlers
+
     from ..logsafe import RedactingFormatter
 
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -183,6 +189,9 @@ def _service_class(options: argparse.Namespace) -> type:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .deferred import defer
+
+    defer()  # before websockets is imported, as the lean entry point: see agent/deferred.py
     options = _parse(sys.argv[1:] if argv is None else argv)
     _setup_logging(options.log_file or default_log_file(options.state_dir), options.log_level)
     try:

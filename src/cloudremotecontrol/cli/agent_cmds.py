@@ -127,30 +127,51 @@ def run_cmd(
     )
 
 
-def _call(state_dir: str | None, request: dict[str, Any]) -> dict[str, Any]:
-    from ..agent.control import call
+_agent_wait_option = click.option(
+    "--agent-wait",
+    envvar="CRC_AGENT_WAIT",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="If the agent is not answering (stopped, restarting), wait this long for it, "
+    "saying so on stderr, then fail (exit 6); 0 fails at once. A request the agent "
+    "may have carried out before it went away is sent again only if that cannot do it "
+    "twice: it changes nothing, or the agent knows its request id (env: CRC_AGENT_WAIT).",
+)
 
-    return call(_state_dir(state_dir), request)
+
+def _call(state_dir: str | None, request: dict[str, Any], agent_wait: float) -> dict[str, Any]:
+    from ..agent.control import call_through_restarts
+
+    def waiting(note: str) -> None:
+        click.echo(f"crc: {note}", err=True)
+
+    return call_through_restarts(_state_dir(state_dir), request, agent_wait, on_wait=waiting)
 
 
 @agent.command()
 @click.argument("text")
 @click.option("--percent", type=click.FloatRange(0, 100), help="Progress 0-100.")
 @_state_option
+@_agent_wait_option
 @json_option
-def progress(text: str, percent: float | None, state_dir: str | None, as_json: bool) -> None:
+def progress(
+    text: str, percent: float | None, state_dir: str | None, agent_wait: float, as_json: bool
+) -> None:
     """Report a progress line (shown live in `crc wait` and `crc status`)."""
-    _call(state_dir, {"op": "progress", "text": text, "percent": percent})
+    _call(state_dir, {"op": "progress", "text": text, "percent": percent}, agent_wait)
     if as_json:
         emit_json({"ok": True})
 
 
 @agent.command()
 @_state_option
+@_agent_wait_option
 @json_option
-def ready(state_dir: str | None, as_json: bool) -> None:
+def ready(state_dir: str | None, agent_wait: float, as_json: bool) -> None:
     """Tell the master this machine is ready (SystemReady)."""
-    _call(state_dir, {"op": "ready"})
+    _call(state_dir, {"op": "ready"}, agent_wait)
     if as_json:
         emit_json({"ok": True})
 
@@ -169,15 +190,20 @@ def _user_type(type_: str) -> str:
     help="master, or peers: a machine, a comma list, KEY=VALUE or all.",
 )
 @_state_option
+@_agent_wait_option
 @json_option
-def emit(type_: str, body: str | None, to: str, state_dir: str | None, as_json: bool) -> None:
+def emit(
+    type_: str, body: str | None, to: str, state_dir: str | None, agent_wait: float, as_json: bool
+) -> None:
     """Send data message TYPE (user.NAME) with an optional JSON BODY to the master or to
     peers. Data only: a machine can never command another."""
     try:
         parsed = json.loads(body) if body else {}
     except ValueError:
         raise InvalidInput("BODY is not valid JSON") from None
-    _call(state_dir, {"op": "emit", "type": _user_type(type_), "body": parsed, "to": to})
+    _call(
+        state_dir, {"op": "emit", "type": _user_type(type_), "body": parsed, "to": to}, agent_wait
+    )
     if as_json:
         emit_json({"ok": True})
 
@@ -200,14 +226,28 @@ def wait_message(
     """Wait for a data message TYPE sent to this machine; print its body as JSON (with
     --json: {"type", "from", "body"}).
 
-    Each message is handed out once (the oldest first)."""
-    from ..agent.control import call
+    Each message is handed out once (the oldest first): a wait that is interrupted
+    (Ctrl-C, a script's timeout) takes nothing, and one whose agent restarts goes on
+    waiting for the rest of --timeout."""
+    import time
 
-    reply = call(
-        _state_dir(state_dir),
-        {"op": "wait-message", "type": _user_type(type_), "from": sender, "timeout": timeout},
-        timeout=timeout + 10,
-    )
+    from ..agent.control import AgentGone, NoAgent, call
+
+    deadline = time.monotonic() + timeout
+    seen = False  # an agent was there: one missing now is restarting
+    while True:
+        left = max(0.001, deadline - time.monotonic())
+        request = {"op": "wait-message", "type": _user_type(type_), "from": sender}
+        try:
+            reply = call(
+                _state_dir(state_dir), {**request, "timeout": left}, left + 10, confirm=True
+            )
+            break
+        except (AgentGone, NoAgent) as exc:  # stopping or restarting: messages are kept
+            seen = seen or isinstance(exc, AgentGone)
+            if not seen or time.monotonic() + 1 >= deadline:
+                raise
+            time.sleep(1)
     msg = reply["message"]
     if as_json:
         emit_json({"type": msg["type"], "from": msg["from"], "body": msg["body"]})
@@ -217,12 +257,13 @@ def wait_message(
 
 @agent.command()
 @_state_option
+@_agent_wait_option
 @json_option
-def peers(state_dir: str | None, as_json: bool) -> None:
+def peers(state_dir: str | None, agent_wait: float, as_json: bool) -> None:
     """The machines of this machine's group: names, states and addresses."""
     from .output import print_table
 
-    reply = _call(state_dir, {"op": "peers"})
+    reply = _call(state_dir, {"op": "peers"}, agent_wait)
     if as_json:
         emit_json(
             {"group": reply["group"], "machine": reply["machine"], "machines": reply["machines"]}
@@ -245,10 +286,11 @@ def peers(state_dir: str | None, as_json: bool) -> None:
 
 @agent.command()
 @_state_option
+@_agent_wait_option
 @json_option
-def status(state_dir: str | None, as_json: bool) -> None:
+def status(state_dir: str | None, agent_wait: float, as_json: bool) -> None:
     """Show the running agent's machine, group, server and connection."""
-    reply = _call(state_dir, {"op": "status"})
+    reply = _call(state_dir, {"op": "status"}, agent_wait)
     reply.pop("ok", None)
     if as_json:
         emit_json(reply)
@@ -273,10 +315,11 @@ def _kv_value(text: str) -> object:
 @click.argument("key")
 @click.argument("value")
 @_state_option
+@_agent_wait_option
 @json_option
-def kv_set(key: str, value: str, state_dir: str | None, as_json: bool) -> None:
+def kv_set(key: str, value: str, state_dir: str | None, agent_wait: float, as_json: bool) -> None:
     """Set KEY to VALUE (JSON, or a plain string)."""
-    reply = _call(state_dir, {"op": "kv-set", "key": key, "value": _kv_value(value)})
+    reply = _call(state_dir, {"op": "kv-set", "key": key, "value": _kv_value(value)}, agent_wait)
     if as_json:
         emit_json({"key": key, "version": reply["version"]})
 
@@ -284,11 +327,12 @@ def kv_set(key: str, value: str, state_dir: str | None, as_json: bool) -> None:
 @kv.command("get")
 @click.argument("key")
 @_state_option
+@_agent_wait_option
 @json_option
-def kv_get(key: str, state_dir: str | None, as_json: bool) -> None:
+def kv_get(key: str, state_dir: str | None, agent_wait: float, as_json: bool) -> None:
     """Print KEY's value as JSON (exit 4 if it does not exist; with --json:
     {"key", "value", "version", "updated", "by"})."""
-    reply = _call(state_dir, {"op": "kv-get", "key": key})
+    reply = _call(state_dir, {"op": "kv-get", "key": key}, agent_wait)
     reply.pop("ok", None)
     if as_json:
         emit_json(reply)
@@ -316,14 +360,25 @@ def kv_get(key: str, state_dir: str | None, as_json: bool) -> None:
 def kv_wait(
     key: str, newer_than: int, timeout: float, state_dir: str | None, as_json: bool
 ) -> None:
-    """Wait until KEY exists (or changes); print its value as JSON."""
-    from ..agent.control import call
+    """Wait until KEY exists (or changes); print its value as JSON. A wait whose agent
+    restarts goes on waiting for the rest of --timeout."""
+    import time
 
-    reply = call(
-        _state_dir(state_dir),
-        {"op": "kv-wait", "key": key, "timeout": timeout, "newer_than": newer_than},
-        timeout=timeout + 20,
-    )
+    from ..agent.control import AgentGone, NoAgent, call
+
+    deadline = time.monotonic() + timeout
+    seen = False  # an agent was there: one missing now is restarting
+    while True:
+        left = max(0.001, deadline - time.monotonic())
+        request = {"op": "kv-wait", "key": key, "timeout": left, "newer_than": newer_than}
+        try:
+            reply = call(_state_dir(state_dir), request, timeout=left + 20)
+            break
+        except (AgentGone, NoAgent) as exc:  # stopping or restarting: a read, asked again
+            seen = seen or isinstance(exc, AgentGone)
+            if not seen or time.monotonic() + 1 >= deadline:
+                raise
+            time.sleep(1)
     if as_json:
         emit_json({"key": key, "value": reply["value"], "version": reply["version"]})
     else:

@@ -7,22 +7,25 @@ could be mistaken for the command's: ``--error-exit N`` makes crc's own failures
 with N instead (e.g. 255, as ssh does).
 
 Ctrl-C, SIGTERM and SIGHUP while a job runs cancel it on every machine (its process
-tree is killed) and wait for the targets to say so; a second one stops waiting.
+tree is killed) and wait for the targets to say so; a second one stops waiting. A closed
+output (``crc run ... | head -1``) cancels it too, and crc exits 141 at once.
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
 import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 
 from ..errors import InvalidInput
 from . import output
+from .linejoin import LineJoiner, Piece
 from .output import ago, emit_json, json_option, print_table, safe
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -92,7 +95,10 @@ def start_and_follow(
     try:
         started = start()
         if announce is not None:
-            announce(started)
+            try:
+                announce(started)
+            except BrokenPipeError:
+                _output_closed(c, started["job_id"])
     finally:
         for name, handler in old.items():
             signal.signal(getattr(signal, name), handler)
@@ -112,9 +118,10 @@ def follow_to_end(
     machine."""
     job_id = started["job_id"]
     results: dict[str, dict[str, Any]] = {}
+    joiner = LineJoiner()
     cursor = 0
     cancelled = False
-    with _signals_interrupt():
+    with _signals_interrupt(), _cancelled_if_output_closed(c, job_id), _flushed(joiner):
         while True:
             left = [t for t in started["targets"] if t not in results]
             try:
@@ -124,7 +131,7 @@ def follow_to_end(
                 for ev in c.follow_job(job_id, left, since=cursor):
                     cursor = max(cursor, ev.cursor)
                     if show_output or ev.type != "job.output":
-                        show_job_event(ev, results, as_json)
+                        show_job_event(ev, results, as_json, joiner)
                 return results
             except KeyboardInterrupt as exc:
                 if cancelled:
@@ -138,22 +145,78 @@ def follow_to_end(
                 c.cancel_job(job_id)
 
 
-def show_job_event(ev: Any, results: dict[str, dict[str, Any]], as_json: bool) -> None:
+def _output_closed(c: Any, job_id: str) -> NoReturn:
+    """The reader of crc's output went away (``crc run ... | head -1``): cancel the job on
+    every machine, as ssh's remote command ends with its connection, and exit 141
+    without waiting for the targets to confirm (nobody reads what they would say)."""
+    from ..errors import CrcError
+
+    output.quiet_if_closed(sys.stdout)
+    try:
+        c.cancel_job(job_id)
+        note = (
+            f"crc: output closed: cancelled job {job_id} on every machine "
+            f"(`crc job show {job_id}` tells when they stopped)"
+        )
+    except CrcError as exc:
+        note = f"crc: output closed; cancelling job {job_id} failed: {safe(exc.message)}"
+    with contextlib.suppress(OSError):
+        click.echo(note, err=True)
+    output.quiet_if_closed(sys.stderr)
+    raise SystemExit(output.OUTPUT_CLOSED_EXIT)
+
+
+@contextlib.contextmanager
+def _cancelled_if_output_closed(c: Any, job_id: str) -> Iterator[None]:
+    try:
+        yield
+    except BrokenPipeError:
+        _output_closed(c, job_id)
+
+
+def _write_lines(pieces: list[Piece]) -> None:
+    # The command's own output, as it wrote it (the one place crc prints a machine's
+    # bytes raw: it is what the user asked for); the prefix is a checked name. A piece
+    # of a line (no end) is printed as a line of its own: the next printed line with the
+    # same prefix goes on with it.
+    streams = set()
+    for machine, stream, line in pieces:
+        out = sys.stdout if stream == "stdout" else sys.stderr
+        out.write(f"[{machine}] {line}" if line.endswith("\n") else f"[{machine}] {line}\n")
+        streams.add(out)
+    for out in streams:
+        out.flush()
+
+
+@contextlib.contextmanager
+def _flushed(joiner: LineJoiner) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        _write_lines(joiner.flush())
+
+
+def show_job_event(
+    ev: Any,
+    results: dict[str, dict[str, Any]],
+    as_json: bool,
+    joiner: LineJoiner | None = None,
+) -> None:
+    """Show one event of a job. ``joiner`` holds, by machine and stream, the start of a
+    line whose end has not come yet (in bounded memory: ``linejoin``)."""
     kind, m, data = ev["type"], ev.get("machine"), ev["data"]
+    if joiner is None:
+        joiner = LineJoiner()
     if kind == "job.output":
         if as_json:
             emit_json({"machine": m, "stream": data["stream"], "data": data["data"]})
             return
-        # The command's own output, as it wrote it (the one place crc prints a machine's
-        # bytes raw: it is what the user asked for); the prefix is a checked name.
-        out = sys.stdout if data["stream"] == "stdout" else sys.stderr
-        for line in data["data"].splitlines(keepends=True):
-            out.write(f"[{m}] {line}" if line.endswith("\n") else f"[{m}] {line}\n")
-        out.flush()
+        _write_lines(joiner.feed(m, data["stream"], data["data"]))
         return
     result = ev.result
     if result is None:
         return
+    _write_lines(joiner.flush(result.machine))
     results[result.machine] = result.to_dict()
     if as_json:
         emit_json(
@@ -176,6 +239,30 @@ def _announce(started: dict[str, Any], group: str, as_json: bool) -> None:
         emit_json({"job_id": started["job_id"], "group": group, "targets": started["targets"]})
     else:
         click.echo(f"job {started['job_id']} on {', '.join(started['targets'])}", err=True)
+
+
+def _note_unconnected(c: Any, started: dict[str, Any], group: str) -> None:
+    """Say on stderr which targets are not connected (offline, or never enrolled): the
+    job waits for them, else ``crc run`` would sit there saying nothing."""
+    from ..errors import CrcError
+
+    try:
+        states = {m["name"]: m["state"] for m in c.group(group)["machines"]}
+    except CrcError:
+        return  # only a hint: the job is started, follow it
+    away = [t for t in started["targets"] if states.get(t) in ("offline", "pending")]
+    if away:
+        shown = ", ".join(f"{t} ({states[t]})" for t in away)
+        click.echo(
+            f"crc: not connected: {shown}; the job waits until they connect "
+            "(--deliver-within sets a limit, Ctrl-C cancels it)",
+            err=True,
+        )
+
+
+def _announce_run(c: Any, started: dict[str, Any], group: str, as_json: bool) -> None:
+    _announce(started, group, as_json)
+    _note_unconnected(c, started, group)
 
 
 @click.command(context_settings={"ignore_unknown_options": True})
@@ -233,8 +320,12 @@ def run(
 
     Exit code: the worst of the targets (their exit code; 124 timed out, 125 lost,
     130 cancelled); crc's own failures 2-9, or --error-exit's CODE. Ctrl-C, SIGTERM
-    and SIGHUP cancel the job on every machine. With --json the first line is
-    {"job_id", "group", "targets"}, then output lines and one result line per target.
+    and SIGHUP cancel the job on every machine, and so does closing crc's output
+    (`| head -1`: exit 141). With --json the first line is {"job_id", "group",
+    "targets"}, then output lines and one result line per target.
+
+    A line longer than 65,536 characters is printed in pieces of that size, each with
+    the [machine] prefix; the line goes on in the next one with the same prefix.
 
     Rate control (--max-concurrency, --max-errors, --batch-wait, --canary,
     --deliver-within) is enforced by the server: if crc run stops, the job goes on by
@@ -244,6 +335,12 @@ def run(
     from ..protocol.rollout import Rollout
     from .master_cmds import _duration as duration
 
+    if not (" ".join(command) if shell else command[0]).strip():
+        raise click.UsageError(
+            "empty COMMAND: give the program to run and its arguments after `--` "
+            "(or one string for the shell)",
+            click.get_current_context(),
+        )
     env: dict[str, str] = {}
     for item in envs:
         k, sep, v = item.partition("=")
@@ -274,7 +371,7 @@ def run(
             c,
             lambda: dict(c.start_job(name, to, **spec)),
             as_json,
-            announce=lambda started: _announce(started, name, as_json),
+            announce=lambda started: _announce_run(c, started, name, as_json),
         )
     sys.exit(worst_exit_code(results))
 
@@ -292,7 +389,8 @@ def hosts() -> None:
     type=click.Choice(["auto", "private", "public"]),
     default="auto",
     show_default=True,
-    help="Address to list: private (VPC) when every peer has one under auto.",
+    help="Address to list; auto: a peer's private one where it shares a private network "
+    "with the machine written to, else its public one.",
 )
 @error_exit_option
 @json_option
@@ -375,6 +473,21 @@ def _what(spec: dict[str, Any]) -> str:
     return str(spec.get("type") or "-")
 
 
+_JOB_ID = re.compile(r"[0-9a-fA-F]{32}")
+
+
+def _job_id(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """A job id as the server makes them (32 hex digits), refused here otherwise: a
+    path such as ``../x`` would only get a puzzling answer from the server."""
+    if not _JOB_ID.fullmatch(value):
+        shown = safe(repr(value if len(value) <= 64 else value[:64] + "..."))
+        raise click.BadParameter(
+            f"not a job id: {shown} (a job id is 32 hex digits, as `crc run` and "
+            "`crc job list` print)"
+        )
+    return value.lower()
+
+
 @job.command("list")
 @click.argument("name")
 @click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True)
@@ -403,7 +516,7 @@ def job_list(name: str, limit: int, as_json: bool) -> None:
 
 
 @job.command("show")
-@click.argument("job_id")
+@click.argument("job_id", callback=_job_id)
 @json_option
 def job_show(job_id: str, as_json: bool) -> None:
     """A job: what it runs, and each target's status, exit code and reason."""
@@ -434,7 +547,7 @@ def job_show(job_id: str, as_json: bool) -> None:
 
 
 @job.command("cancel")
-@click.argument("job_id")
+@click.argument("job_id", callback=_job_id)
 @json_option
 def job_cancel(job_id: str, as_json: bool) -> None:
     """Cancel JOB_ID on every machine where it has not finished (its processes are

@@ -7,6 +7,7 @@ Usage errors (click's own) are one line too, with the usage and where to find he
 from __future__ import annotations
 
 import sys
+from typing import Any, NoReturn
 
 import click
 
@@ -19,7 +20,26 @@ from .master_cmds import register as register_master
 from .server_cmds import server
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class _Crc(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError:
+            # The reader went away (`crc events -f | head -1`). Left to click, this would
+            # exit 1, an internal error, with no word.
+            _output_closed()
+
+
+def _output_closed() -> NoReturn:
+    output.quiet_if_closed(sys.stdout)
+    output.quiet_if_closed(sys.stderr)
+    raise SystemExit(output.OUTPUT_CLOSED_EXIT)
+
+
+@click.group(
+    cls=_Crc,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.version_option(__version__, prog_name="crc")
 def cli() -> None:
     """CloudRemoteControl: enroll fresh cloud machines, watch them provision, tell them
@@ -54,7 +74,11 @@ def main(argv: list[str] | None = None) -> None:
     try:
         rc = cli.main(args=argv, prog_name="crc", standalone_mode=False)
     except CrcError as exc:
-        click.echo(f"crc: error: {output.safe(exc.message)}", err=True)
+        message = exc.message
+        if exc.multiline:  # "what:\n  problem\n  problem" -> "what: problem; problem"
+            head, *rest = message.split("\n")
+            message = " ".join([head, "; ".join(line.strip() for line in rest)])
+        click.echo(f"crc: error: {output.safe(message)}", err=True)  # one line
         sys.exit(output.own_error_exit or exc.exit_code)
     except click.exceptions.Abort:
         click.echo("crc: aborted", err=True)
@@ -74,5 +98,5 @@ def main(argv: list[str] | None = None) -> None:
         click.echo("crc: interrupted", err=True)
         sys.exit(130)
     except BrokenPipeError:
-        sys.exit(141)
+        _output_closed()
     sys.exit(rc if isinstance(rc, int) else 0)

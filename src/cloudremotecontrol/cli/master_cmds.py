@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import sys
 import time
 from typing import Any
 
@@ -30,22 +32,37 @@ def _duration(text: str | None) -> float | None:
             value = float(t)
     except ValueError:
         raise InvalidInput(f"invalid duration {text!r}: use e.g. 90s, 15m, 8h") from None
+    if not math.isfinite(value):  # nan, inf: never reached, or a traceback
+        raise InvalidInput(f"invalid duration {text!r}: use e.g. 90s, 15m, 8h")
     if value <= 0:
         raise InvalidInput(f"invalid duration {text!r}: must be positive")
     return value
 
 
 @click.command()
-@click.option("--url", required=True, help="Server URL, e.g. https://203.0.113.7:8443.")
-@click.option("--token", required=True, help="Master token from `crc server add-user`.")
-@click.option("--fingerprint", help="Pinned server certificate SHA-256 (from `server init`).")
+@click.option(
+    "--url", envvar="CRC_URL", required=True, help="Server URL, e.g. https://203.0.113.7:8443."
+)
+@click.option(
+    "--token",
+    envvar="CRC_TOKEN",
+    help="Master token from `crc server add-user` (or CRC_TOKEN). `-` reads it from "
+    "standard input; left out at a terminal, it is asked for without echo. A token in "
+    "the command line is visible to the machine's other users (ps).",
+)
+@click.option(
+    "--fingerprint",
+    envvar="CRC_FINGERPRINT",
+    help="Pinned server certificate SHA-256 (from `server init`).",
+)
 @json_option
-def login(url: str, token: str, fingerprint: str | None, as_json: bool) -> None:
+def login(url: str, token: str | None, fingerprint: str | None, as_json: bool) -> None:
     """Check the token against the server and save the profile (0600)."""
     from ..master.client import Client
     from ..master.profile import Profile, save_profile
     from ..tlspin import normalize_fingerprint
 
+    token = _login_token(token)
     fp = normalize_fingerprint(fingerprint) if fingerprint else None
     with Client(url, token, fp) as client:
         try:
@@ -63,6 +80,23 @@ def login(url: str, token: str, fingerprint: str | None, as_json: bool) -> None:
         emit_json({"user": who["user"], "url": url, "profile": str(path)})
     else:
         click.echo(f"logged in to {url} as {who['user']} (profile: {path})")
+
+
+def _login_token(token: str | None) -> str:
+    """``--token``'s value, read from standard input for ``-``, asked for at a terminal
+    when left out."""
+    if token == "-":  # noqa: S105 -- the "read it from standard input" value
+        token = sys.stdin.readline(4096).strip()
+        if not token:
+            raise InvalidInput("--token -: standard input held no token")
+    elif token is None:
+        if not sys.stdin.isatty():
+            raise InvalidInput(
+                "give the master token: --token TOKEN, CRC_TOKEN, or --token - to read it "
+                "from standard input"
+            )
+        token = str(click.prompt("Master token", hide_input=True, err=True)).strip()
+    return token
 
 
 @click.group()
@@ -91,7 +125,7 @@ def group() -> None:
     type=click.Choice(["auto", "private", "public"]),
     default="auto",
     show_default=True,
-    help="With --sync-hosts: which address to list.",
+    help="With --sync-hosts: which address to list (as crc hosts sync --ip).",
 )
 @click.option(
     "--uninstall-on-delete",

@@ -11,7 +11,9 @@ job's own output in ``crc run`` (stdout and stderr), which is what the user aske
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -21,13 +23,39 @@ import click
 
 from ..terminal import safe
 
-__all__ = ["ago", "emit_json", "json_option", "own_error_exit", "print_table", "safe"]
+__all__ = [
+    "OUTPUT_CLOSED_EXIT",
+    "ago",
+    "emit_json",
+    "json_option",
+    "own_error_exit",
+    "print_table",
+    "quiet_if_closed",
+    "safe",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 #: Set by ``--error-exit N`` (crc run, push, pull, hosts sync): the exit code for crc's
 #: own failures, so that they differ from the remote command's codes.
 own_error_exit: int | None = None
+
+
+#: The exit code when crc's output was closed (``crc events -f | head -1``): a process
+#: killed by SIGPIPE, as a shell reports it.
+OUTPUT_CLOSED_EXIT = 141
+
+
+def quiet_if_closed(stream: Any) -> None:
+    """Point ``stream``'s file at /dev/null if writing to it fails (a closed pipe), so
+    that what it still buffers goes nowhere at exit instead of failing again there."""
+    try:
+        stream.flush()
+    except OSError:
+        with contextlib.suppress(OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, stream.fileno())
+            os.close(devnull)
 
 
 def json_option(fn: F) -> F:

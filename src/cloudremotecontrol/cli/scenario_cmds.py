@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from ..errors import Conflict, InvalidInput, NotFound, Unauthorized
+from ..errors import Conflict, InvalidInput, NotFound, Unauthorized, Unavailable
 from .output import json_option
 
 
@@ -116,14 +116,24 @@ def down(
     assert group is not None
     check_name(group, "group")
     client = None
+    unreachable: Unavailable | None = None
     try:
         profile = load_profile()
         client = Client(profile.url, profile.token, profile.fingerprint, profile.cert_pem)
     except Unauthorized:
         if name is None:
             raise
+    except Unavailable as exc:
+        # The machines can still be destroyed when the provider is known: do that, and
+        # say afterwards that the group is left.
+        if name is None:
+            raise Unavailable(
+                f"{exc.message}; to destroy the machines of group {group} all the same, "
+                "name the scenario file or the provider (--provider)"
+            ) from None
+        unreachable = exc
     try:
-        if client is not None and not scenario_file:
+        if client is not None:
             try:
                 mine = (client.group(group).get("settings") or {}).get("crc_up")
             except NotFound:
@@ -134,17 +144,36 @@ def down(
                         "with --provider to clean up leftovers there"
                     ) from None
             else:
-                if not isinstance(mine, dict):
+                # Never delete a group `crc up` did not make (its machines may be real
+                # ones enrolled by hand), also when a scenario file happens to name it.
+                if not isinstance(mine, dict) or mine.get("scenario") != group:
                     raise Conflict(
                         f"group {group} was not made by `crc up`: delete it with "
                         f"`crc group delete {group}`"
                     )
-                name = name or mine.get("provider")
-                settings = mine.get("provider_settings") or {}
-        assert name is not None
+                # The machines are where `crc up` made them, also if the file now
+                # names another provider (`crc up` then says to `crc down` first).
+                made_at = mine.get("provider")
+                if not scenario_file or (isinstance(made_at, str) and made_at != name):
+                    name = made_at if scenario_file else name or made_at
+                    settings = mine.get("provider_settings") or {}
+        if not isinstance(name, str) or not isinstance(settings, dict):
+            # The group's record does not say where its machines are (it was written by
+            # hand or by another tool): ask rather than guess.
+            raise InvalidInput(
+                f"group {group} does not say which provider made its machines: "
+                "name it with --provider"
+            )
         with make_provider(name, settings, client.url if client else None) as provider:
             with make_view(as_json) as view:
-                rc = run_down(group, provider, client, view, LocalState.for_group(group))
+                rc = run_down(
+                    group,
+                    provider,
+                    client,
+                    view,
+                    LocalState.for_group(group),
+                    unreachable=unreachable,
+                )
     finally:
         if client is not None:
             client.close()

@@ -144,6 +144,10 @@ class TextView(View):
                 click.echo(f"  {name:<12} {new[0]:<9} {new[1]}".rstrip())
 
     def step(self, event: str, name: str, **doc: Any) -> None:
+        from ..terminal import safe
+
+        # A step's message can quote a machine (a job's reason): escaped, as its output.
+        message = safe(doc.get("message") or "")
         with self._lock:
             if event == "started":
                 self._running[name] = time.monotonic()
@@ -156,14 +160,12 @@ class TextView(View):
             )
         elif event == "retrying":
             self._print(
-                f"step {name}: attempt {attempt} failed ({doc.get('message')}); "
+                f"step {name}: attempt {attempt} failed ({message}); "
                 f"retrying in {doc.get('delay', 0):g}s",
                 style="yellow",
             )
         elif event in ("failed", "skipped"):
-            self._print(
-                f"step {name} {event}: {doc.get('message') or ''}".rstrip(": "), style="red"
-            )
+            self._print(f"step {name} {event}: {message}".rstrip(": "), style="red")
         elif event == "succeeded":
             self._print(f"step {name} succeeded ({doc.get('seconds', 0):.1f}s)", style="green")
         elif event == "done":
@@ -203,7 +205,7 @@ class TextView(View):
                     for s in doc["steps"]
                 ],
             )
-        verdict = "ok" if doc.get("ok") else "FAILED"
+        verdict = "ok" if doc.get("ok") else "INTERRUPTED" if doc.get("interrupted") else "FAILED"
         click.echo(f"\nscenario {doc.get('scenario')}: {verdict} in {doc.get('seconds', 0):.1f}s")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -10,7 +11,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from ..errors import CrcError
-from .output import emit_json, json_option
+from .output import emit_json, json_option, print_table
 
 if TYPE_CHECKING:  # the server's modules load only when a command needs them
     from ..server.store.base import Store
@@ -116,6 +117,11 @@ _SETTING_FLAGS: list[tuple[str, type, str]] = [
         "Days a shell session's recording is kept (0: for ever).",
     ),
     ("prune_interval", float, "Seconds between two retention sweeps (the first at start)."),
+    (
+        "events_keepalive",
+        float,
+        "Seconds of silence on an event stream before the server sends a keepalive.",
+    ),
 ]
 
 
@@ -265,7 +271,13 @@ def _store(data_dir: str | None, database: str | None) -> Store:
     return open_store(url)
 
 
-def _admin(data_dir: str | None, database: str | None, op: Callable[..., T], *args: Any) -> T:
+def _admin(
+    data_dir: str | None,
+    database: str | None,
+    op: Callable[..., T],
+    *args: Any,
+    write: bool = True,
+) -> T:
     import asyncio
 
     store = _store(data_dir, database)
@@ -273,11 +285,17 @@ def _admin(data_dir: str | None, database: str | None, op: Callable[..., T], *ar
     async def go() -> T:
         await store.start()
         try:
-            return await store.write(op, *args)
+            return await (store.write(op, *args) if write else store.read(op, *args))
         finally:
             await store.close()
 
     return asyncio.run(go())
+
+
+def _date(ts: float | None) -> str:
+    if not ts:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(ts))
 
 
 _db_option = click.option(
@@ -338,3 +356,41 @@ def revoke_token(
         emit_json({"user": user, "name": token_name, "revoked": True})
     else:
         click.echo(f"revoked token {token_name!r} of {user}")
+
+
+@server.command("list-users")
+@_dd_option
+@_db_option
+@json_option
+def list_users(data_dir: str | None, database: str | None, as_json: bool) -> None:
+    """The server's users: when created, their live master tokens and groups."""
+    from ..server.ops.users import list_users as op
+
+    users = _admin(data_dir, database, op, write=False)
+    if as_json:
+        emit_json({"users": users})
+        return
+    print_table(
+        ["USER", "CREATED", "TOKENS", "GROUPS"],
+        [[u["user"], _date(u["created"]), str(u["tokens"]), str(u["groups"])] for u in users],
+    )
+
+
+@server.command("list-tokens")
+@click.argument("user")
+@_dd_option
+@_db_option
+@json_option
+def list_tokens(user: str, data_dir: str | None, database: str | None, as_json: bool) -> None:
+    """USER's master tokens, revoked ones included: names and dates (a token itself is
+    shown only once, when made; the server keeps its hash)."""
+    from ..server.ops.users import list_tokens as op
+
+    tokens = _admin(data_dir, database, op, user, write=False)
+    if as_json:
+        emit_json({"user": user, "tokens": tokens})
+        return
+    print_table(
+        ["NAME", "CREATED", "REVOKED"],
+        [[t["name"], _date(t["created"]), _date(t["revoked"])] for t in tokens],
+    )

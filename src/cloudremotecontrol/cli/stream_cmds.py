@@ -349,7 +349,11 @@ def sessions_list(group: str, limit: int, as_json: bool) -> None:
                 time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(r.get("started") or 0))),
                 f"{float(r.get('duration') or 0):.1f}s",
                 f"{r.get('bytes_to_machine', 0)}/{r.get('bytes_from_machine', 0)}",
-                "" if r.get("exit_code") is None else str(r.get("exit_code")),
+                "cut"
+                if r.get("cut")
+                else ""
+                if r.get("exit_code") is None
+                else str(r.get("exit_code")),
                 "yes" if r.get("recorded") else "no",
             ]
         )

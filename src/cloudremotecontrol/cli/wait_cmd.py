@@ -117,14 +117,21 @@ def wait(
     from .master_cmds import _client, _duration
 
     seconds = _duration(timeout) or 0
-    if message_type:
+    if message_type is not None:
+        if machines is not None:
+            raise click.UsageError("--machines does not go with --message: use --from MACHINE")
         _wait_message(name, message_type, sender, since, seconds, as_json)
         return
     if sender or since is not None:
         raise click.UsageError("--from and --since go with --message")
+    from ..master.follow import follow_events
     from ..master.waits import ReadyWait
 
-    chosen = [m.strip() for m in machines.split(",") if m.strip()] if machines else None
+    chosen = None
+    if machines is not None:
+        chosen = [m.strip() for m in machines.split(",") if m.strip()]
+        if not chosen:
+            raise click.UsageError(f"--machines {machines!r} names no machine")
     deadline = time.monotonic() + seconds
     with _client() as c:
         cursor = c.event_cursor(name)
@@ -142,7 +149,9 @@ def wait(
             try:
                 if table is not None:
                     table.__enter__()
-                for ev in c.events(name, since=cursor, follow=True, keepalive=True):
+                # The events come on a thread of their own, and a tick at least every
+                # 0.2 s: the deadline is kept, and Ctrl-C heard, however quiet the group.
+                for ev in follow_events(c._sibling, name, cursor):
                     if ev is not None and wait.feed(ev):
                         m = ev["machine"]
                         if as_json:

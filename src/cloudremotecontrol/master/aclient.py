@@ -20,14 +20,14 @@ import os
 import tempfile
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 
 from ..errors import Unavailable
 from ..tlspin import client_context
 from . import calls
-from .calls import KEEPALIVE, Call, StreamCall, parse_sse_line, raise_for
+from .calls import KEEPALIVE, RESUME_SECONDS, Call, Resume, StreamCall, parse_sse_line, raise_for
 from .client import file_digest, is_untrusted, split_urls, untrusted_error
 from .profile import Profile, load_profile
 from .types import Event, JobResult, Message, RunResult, is_final
@@ -39,11 +39,24 @@ if TYPE_CHECKING:
 __all__ = ["AsyncClient"]
 
 EventHandler = Callable[[Event], Awaitable[None] | None]
+T = TypeVar("T")
 
 
 async def _maybe_await(value: Awaitable[None] | None) -> None:
     if value is not None:
         await value
+
+
+async def _until(deadline: float, work: Awaitable[T], timed_out: Callable[[], Exception]) -> T:
+    """``work``'s result, or ``timed_out()`` raised at ``deadline`` (``time.monotonic``)
+    whether or not anything arrives meanwhile: a quiet event stream says nothing for
+    seconds (the server's keepalive), a wait must not end that late."""
+    try:
+        return await asyncio.wait_for(work, max(0.0, deadline - time.monotonic()))
+    except asyncio.TimeoutError:
+        if time.monotonic() < deadline:
+            raise  # raised by the work itself
+        raise timed_out() from None
 
 
 class AsyncClient:
@@ -57,13 +70,17 @@ class AsyncClient:
         fingerprint: str | None = None,
         cert_pem: str | None = None,
         timeout: float = 30.0,
+        resume_for: float = RESUME_SECONDS,
     ) -> None:
         self.urls = split_urls(url)
         self.fingerprint = fingerprint
         self._token, self.cert_pem = token, cert_pem
         self._timeout = timeout
+        self.resume_for = resume_for
         self._index = 0
         self._http: httpx.AsyncClient | None = None
+        self._halted = False
+        self._wakers: set[asyncio.Event] = set()  # one per stream waiting to reconnect
 
     @property
     def url(self) -> str:
@@ -88,6 +105,14 @@ class AsyncClient:
         if self._http is not None:
             await self._http.aclose()
             self._http = None
+
+    def halt(self) -> None:
+        """End this client's event streams (``events``, ``job_events``) at their next
+        event, keepalive or reconnection attempt. Call it on the client's event loop;
+        from another thread, ``loop.call_soon_threadsafe(client.halt)``."""
+        self._halted = True
+        for waker in self._wakers:
+            waker.set()
 
     # -- plumbing -----------------------------------------------------------------------
     async def _open(self, url: str) -> httpx.AsyncClient:
@@ -151,18 +176,40 @@ class AsyncClient:
         return call.result(answer)
 
     async def _stream(self, call: StreamCall) -> AsyncGenerator[Any, None]:
-        failures = 0
+        resume = Resume(len(self.urls), self.resume_for)  # as Client._stream
         while True:
             try:
                 async for item in self._stream_once(call):
+                    if self._halted:
+                        return
+                    resume.progressed()
                     yield item
                 return
-            except httpx.TransportError as exc:
-                failures += 1
-                if failures > len(self.urls) or not await self._failover():
-                    raise Unavailable(f"event stream from {self.url} broke: {exc}") from None
+            except (httpx.TransportError, Unavailable) as exc:
+                if isinstance(exc, httpx.TransportError) and is_untrusted(exc):
+                    raise self._unreachable(exc) from None
+                if await self._halted_within(resume.next_wait(self.url, exc)):
+                    return
+                try:
+                    await self._failover()
+                except Unavailable:
+                    pass  # the next attempt fails too, and counts
             except httpx.HTTPError as exc:
                 raise Unavailable(f"event stream from {self.url} broke: {exc}") from None
+
+    async def _halted_within(self, seconds: float) -> bool:
+        """Sleep ``seconds`` unless ``halt()`` comes first; whether it came."""
+        if self._halted:
+            return True
+        waker = asyncio.Event()  # bound to the running loop, whichever it is
+        self._wakers.add(waker)
+        try:
+            await asyncio.wait_for(waker.wait(), seconds)
+        except asyncio.TimeoutError:
+            return False
+        finally:
+            self._wakers.discard(waker)
+        return True
 
     async def _stream_once(self, call: StreamCall) -> AsyncIterator[Any]:
         http = await self._client()
@@ -234,18 +281,19 @@ class AsyncClient:
         deadline = time.monotonic() + timeout
         cursor = await self.event_cursor(group)
         wait = ReadyWait(await self.group(group), machines)
-        if not wait.done:
-            stream = self.events(group, since=cursor, follow=True, keepalive=True)
+
+        async def follow() -> None:
+            stream = self.events(group, since=cursor, follow=True)
             async with contextlib.aclosing(stream):
                 async for ev in stream:
-                    if ev is not None and wait.feed(ev) and on_event is not None:
+                    if wait.feed(ev) and on_event is not None:
                         await _maybe_await(on_event(ev))
                     if wait.done:
-                        break
-                    if time.monotonic() > deadline:
-                        raise wait.timeout_error(timeout)
-                else:
-                    raise Unavailable(f"the event stream of {group} ended (group deleted?)")
+                        return
+            raise Unavailable(f"the event stream of {group} ended (group deleted?)")
+
+        if not wait.done:
+            await _until(deadline, follow(), lambda: wait.timeout_error(timeout))
         return await self.group(group)
 
     # -- jobs ---------------------------------------------------------------------------
@@ -377,6 +425,8 @@ class AsyncClient:
     ) -> dict[str, Message]:
         deadline = time.monotonic() + timeout
         wait = MessageWait(type, senders, since)
+        if wait.senders is not None:
+            wait.check_senders(await self.group(group))
         if wait.needs_floors:
             now = await self.event_cursor(group)
             floors = self.events(group, since=0, types=FLOOR_TYPES)
@@ -385,20 +435,19 @@ class AsyncClient:
                     if ev["cursor"] > now:
                         break
                     wait.floor(ev)
-        stream = self.events(
-            group, since=wait.start, follow=True, keepalive=True, types=("message",)
-        )
-        async with contextlib.aclosing(stream):
-            async for ev in stream:
-                if ev is not None:
+
+        async def follow() -> dict[str, Message]:
+            stream = self.events(group, since=wait.start, follow=True, types=("message",))
+            async with contextlib.aclosing(stream):
+                async for ev in stream:
                     msg = wait.feed(ev)
                     if msg is not None and on_message is not None:
                         await _maybe_await(on_message(msg))
-                if wait.done:
-                    return wait.found
-                if time.monotonic() > deadline:
-                    raise wait.timeout_error(timeout)
-        raise Unavailable(f"the event stream of {group} ended (group deleted?)")
+                    if wait.done:
+                        return wait.found
+            raise Unavailable(f"the event stream of {group} ended (group deleted?)")
+
+        return await _until(deadline, follow(), lambda: wait.timeout_error(timeout))
 
     # -- shells and forwards (master/streams.py) ----------------------------------------
     async def _stream_opener(self) -> Opener:

@@ -8,13 +8,20 @@ apart. Event streams (Server-Sent Events) are parsed here too.
 from __future__ import annotations
 
 import json
+import random
+import time
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
-from ..errors import InvalidInput, error_from_payload
+from ..errors import InvalidInput, Unavailable, error_from_payload
 
-__all__ = ["Call", "StreamCall", "parse_sse_line"]
+__all__ = ["RESUME_SECONDS", "Call", "Resume", "StreamCall", "parse_sse_line"]
+
+# Jitter comes from a source of its own: a library must not move its user's global
+# `random` state (a seeded simulation, a hypothesis run) from a background reader.
+_JITTER = random.Random()  # noqa: S311 -- jitter, not cryptography
+RESUME_SECONDS = 60.0  # how long a broken event stream is tried again, by default
 
 
 @dataclass(frozen=True)
@@ -37,6 +44,48 @@ class StreamCall:
     path: str
     params: dict[str, Any] = field(default_factory=dict)
     keepalive: bool = False
+
+
+@dataclass
+class Resume:
+    """When a broken event stream is opened again (the clients wait and switch replicas;
+    the stream resumes from its cursor, so no event is lost or shown twice).
+
+    After a break the next replica is tried at once; once each was tried, the client
+    waits 0.25 s, then twice as long each round (at most 5 s, times ``jitter`` in
+    0.5-1), and gives up when every replica failed at least once and ``window`` seconds
+    have passed since the break. An event read starts afresh (``progressed``)."""
+
+    replicas: int
+    window: float = RESUME_SECONDS
+    broke_at: float | None = None
+    failures: int = 0
+
+    def progressed(self) -> None:
+        self.broke_at, self.failures = None, 0
+
+    def broke(self, now: float, jitter: float) -> float | None:
+        """Seconds to wait before the next attempt (0: at once), or None: give up."""
+        if self.broke_at is None:
+            self.broke_at = now
+        elif self.failures >= self.replicas and now - self.broke_at >= self.window:
+            return None
+        self.failures += 1
+        if self.failures % self.replicas:
+            return 0.0
+        rounds = self.failures // self.replicas
+        delay: float = min(5.0, 0.25 * 2.0 ** (rounds - 1)) * jitter
+        return min(delay, max(0.0, self.broke_at + self.window - now))
+
+    def next_wait(self, url: str, exc: BaseException) -> float:
+        """``broke`` now, jittered; ``Unavailable`` (saying why) when it gives up."""
+        wait = self.broke(time.monotonic(), _JITTER.uniform(0.5, 1.0))
+        if wait is None:
+            raise Unavailable(
+                f"event stream from {url} broke and could not be resumed within "
+                f"{self.window:g} s: {exc}"
+            )
+        return wait
 
 
 KEEPALIVE = object()  # parse_sse_line's answer for a keepalive comment

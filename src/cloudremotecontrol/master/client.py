@@ -18,6 +18,7 @@ import hashlib
 import os
 import ssl
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -27,7 +28,8 @@ import httpx
 from ..errors import InvalidInput, TlsUntrusted, Unavailable
 from ..tlspin import client_context, fetch_server_cert, fingerprint_of
 from . import calls
-from .calls import KEEPALIVE, Call, StreamCall, parse_sse_line, raise_for
+from .calls import KEEPALIVE, RESUME_SECONDS, Call, Resume, StreamCall, parse_sse_line, raise_for
+from .follow import follow_events
 from .profile import Profile, load_profile
 from .types import Event, JobResult, Message, RunResult, exit_code_of, is_final
 from .waits import FLOOR_TYPES, MessageWait, ReadyWait
@@ -77,8 +79,11 @@ class Client:
 
     ``url`` may list several replicas of one server, comma-separated: a request that
     cannot connect is sent to the next one, and event streams resume there from their
-    last cursor. ``fingerprint`` pins the server's certificate (``sha256:<hex>``, as
-    ``crc server init`` prints it); without it the system's CAs are trusted."""
+    last cursor. An event stream that breaks (a server restarting, a network cut) is
+    opened again for up to ``resume_for`` seconds (default 60) before ``Unavailable``,
+    and resumes from its cursor. ``fingerprint`` pins the server's certificate
+    (``sha256:<hex>``, as ``crc server init`` prints it); without it the system's CAs
+    are trusted."""
 
     def __init__(
         self,
@@ -87,12 +92,15 @@ class Client:
         fingerprint: str | None = None,
         cert_pem: str | None = None,
         timeout: float = 30.0,
+        resume_for: float = RESUME_SECONDS,
     ) -> None:
         self.urls = split_urls(url)
         self.fingerprint = fingerprint
         self._token, self.cert_pem = token, cert_pem
         self._timeout = timeout
+        self.resume_for = resume_for
         self._index = 0
+        self._halted = threading.Event()
         self._http = self._connect_any()
 
     @property
@@ -145,6 +153,23 @@ class Client:
     def close(self) -> None:
         self._http.close()
 
+    def halt(self) -> None:
+        """End this client's event streams (``events``, ``job_events``) at their next
+        event, keepalive or reconnection attempt; safe to call from another thread."""
+        self._halted.set()
+
+    def _sibling(self) -> Client:
+        """A new client to the same server as the same user (a client is not shared
+        across threads: a wait follows its events on a thread of its own)."""
+        return Client(
+            ",".join(self.urls[self._index :] + self.urls[: self._index]),
+            self._token,
+            self.fingerprint,
+            self.cert_pem,
+            self._timeout,
+            self.resume_for,
+        )
+
     # -- plumbing -----------------------------------------------------------------------
     def _unreachable(self, exc: httpx.HTTPError) -> Exception:
         if is_untrusted(exc):
@@ -170,16 +195,26 @@ class Client:
         return call.result(self._call(call.method, call.path, params=call.params, json=call.json))
 
     def _stream(self, call: StreamCall) -> Iterator[Any]:
-        failures = 0
+        resume = Resume(len(self.urls), self.resume_for)
         while True:
             try:
-                yield from self._stream_once(call)
+                for item in self._stream_once(call):
+                    if self._halted.is_set():
+                        return
+                    resume.progressed()
+                    yield item
                 return
-            except httpx.TransportError as exc:
-                # Resume on another replica from the last event seen (SSE id = cursor).
-                failures += 1
-                if failures > len(self.urls) or not self._failover():
-                    raise Unavailable(f"event stream from {self.url} broke: {exc}") from None
+            except (httpx.TransportError, Unavailable) as exc:
+                # A server restarting, a network cut, a replica gone: resume from the last
+                # event seen (its cursor), on the next replica if there is one (calls.Resume).
+                if isinstance(exc, httpx.TransportError) and is_untrusted(exc):
+                    raise self._unreachable(exc) from None
+                if self._halted.wait(resume.next_wait(self.url, exc)):
+                    return
+                try:
+                    self._failover()
+                except Unavailable:
+                    pass  # the next attempt fails too, and counts
             except httpx.HTTPError as exc:
                 raise Unavailable(f"event stream from {self.url} broke: {exc}") from None
 
@@ -247,12 +282,14 @@ class Client:
         """Block until the group's machines (or ``machines``) are ready; return the
         group's view. ``on_event`` sees their state and progress events as they come.
         Raises Unavailable (code ``timeout``) after ``timeout`` seconds, InvalidInput if
-        a machine is revoked."""
+        a machine is revoked, NotFound if one of ``machines`` is not in the group."""
         deadline = time.monotonic() + timeout
         cursor = self.event_cursor(group)
         wait = ReadyWait(self.group(group), machines)
         if not wait.done:
-            for ev in self.events(group, since=cursor, follow=True, keepalive=True):
+            # On a thread of its own, so that the deadline is kept however quiet the
+            # stream is (follow.py).
+            for ev in follow_events(self._sibling, group, cursor):
                 if ev is not None and wait.feed(ev) and on_event is not None:
                     on_event(ev)
                 if wait.done:
@@ -415,7 +452,9 @@ class Client:
     ) -> Message:
         """The first message ``type`` from ``sender`` (or any machine) that counts under
         the rule of docs/sdk.md: sent after the last command started on that machine, or
-        after cursor ``since``. Raises Unavailable (code ``timeout``) after ``timeout``."""
+        after cursor ``since``. Raises Unavailable (code ``timeout``) after ``timeout``,
+        InvalidInput for a type no machine can send (``user.NAME``), NotFound if
+        ``sender`` is not in the group."""
         found = self.wait_messages(group, type, [sender] if sender else None, since, timeout)
         return next(iter(found.values()))
 
@@ -432,15 +471,15 @@ class Client:
         (None: the first from any machine), by sender."""
         deadline = time.monotonic() + timeout
         wait = MessageWait(type, senders, since)
+        if wait.senders is not None:
+            wait.check_senders(self.group(group))
         if wait.needs_floors:
             now = self.event_cursor(group)
             for ev in self.events(group, since=0, types=FLOOR_TYPES):
                 if ev["cursor"] > now:
                     break
                 wait.floor(ev)
-        for ev in self.events(
-            group, since=wait.start, follow=True, keepalive=True, types=("message",)
-        ):
+        for ev in follow_events(self._sibling, group, wait.start, ("message",)):
             if ev is not None:
                 msg = wait.feed(ev)
                 if msg is not None and on_message is not None:

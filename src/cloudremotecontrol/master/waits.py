@@ -17,7 +17,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from ..errors import InvalidInput, Unavailable
+from ..errors import InvalidInput, NotFound, Unavailable
+from ..protocol.names import check_message_type
 from .types import Message
 
 __all__ = ["FLOOR_TYPES", "MessageWait", "ReadyWait", "user_type"]
@@ -39,11 +40,20 @@ class MessageWait:
     def __init__(
         self, type_: str, senders: Iterable[str] | None = None, since: int | None = None
     ) -> None:
-        self.type = user_type(type_)
+        # A type no machine can send would be waited for in vain: refused at once.
+        self.type = check_message_type(user_type(type_))
         self.senders = set(senders) if senders is not None else None
         self.since = since
         self._floors: dict[str, int] = {}
         self.found: dict[str, Message] = {}
+
+    def check_senders(self, group: Mapping[str, Any]) -> None:
+        """NotFound if a sender waited for is no machine of ``group`` (its view): no
+        message of it can ever come."""
+        names = {m["name"] for m in group["machines"]}
+        unknown = sorted((self.senders or set()) - names)
+        if unknown:
+            raise NotFound(_no_machine(unknown, str(group["group"])))
 
     @property
     def needs_floors(self) -> bool:
@@ -118,7 +128,7 @@ class ReadyWait:
             chosen = set(machines)
             unknown = chosen - wanted
             if unknown:
-                raise InvalidInput(f"no machine {', '.join(sorted(unknown))} in group {self.group}")
+                raise NotFound(_no_machine(sorted(unknown), self.group))
             wanted = chosen
         self.wanted = wanted
 
@@ -152,6 +162,12 @@ class ReadyWait:
             f"timed out after {timeout:g} s: not ready: {', '.join(self.pending)}",
             code="timeout",
         )
+
+
+def _no_machine(names: list[str], group: str) -> str:
+    """As the server says it of a job's unknown target."""
+    listed = ", ".join(repr(n) for n in names)
+    return f"no machine {listed} in group {group!r}"
 
 
 def _progress_text(prog: Mapping[str, Any]) -> str:

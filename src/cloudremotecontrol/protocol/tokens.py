@@ -8,12 +8,21 @@ nothing to brute-force), and keeps lookups cheap.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
 
-__all__ = ["KINDS", "Secret", "hash_secret", "new_secret", "parse_secret", "verify_secret"]
+__all__ = [
+    "KINDS",
+    "Secret",
+    "derived_secret",
+    "hash_secret",
+    "new_secret",
+    "parse_secret",
+    "verify_secret",
+]
 
 KINDS = {
     "m": "master token",
@@ -21,6 +30,10 @@ KINDS = {
     "k": "enrollment key",
     "s": "dashboard session",
 }
+
+
+_HEX = frozenset("0123456789abcdef")
+_URLSAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 
 
 @dataclass(frozen=True)
@@ -43,6 +56,19 @@ def new_secret(kind: str) -> Secret:
     return Secret(kind, secrets.token_hex(8), secrets.token_urlsafe(24))
 
 
+def derived_secret(kind: str, seed: str, context: str) -> Secret:
+    """The secret that ``seed`` (itself a secret, of at least 192 bits) gives for
+    ``context``: the same seed and context give the same secret, shaped like
+    ``new_secret``'s (HMAC-SHA256 keyed with the seed; the id and the secret part come
+    from separate messages, so the id, which is logged, says nothing of the secret)."""
+    if kind not in KINDS:
+        raise ValueError(kind)
+    key = seed.encode()
+    ident = hmac.new(key, b"id\0" + context.encode(), hashlib.sha256).hexdigest()[:16]
+    raw = hmac.new(key, b"secret\0" + context.encode(), hashlib.sha256).digest()[:24]
+    return Secret(kind, ident, base64.urlsafe_b64encode(raw).decode())
+
+
 def parse_secret(text: str | None, kind: str) -> Secret | None:
     """Split a presented secret; None when it is not one of ``kind`` at all."""
     if not text or len(text) > 200:
@@ -50,6 +76,10 @@ def parse_secret(text: str | None, kind: str) -> Secret | None:
     prefix, _, rest = text.partition("_")
     ident, _, secret = rest.partition("_")
     if prefix != f"crc{kind}" or not ident or not secret:
+        return None
+    # Only the characters ``new_secret`` writes: anything else (a NUL, which PostgreSQL
+    # text cannot hold; a lone surrogate, which does not encode) is no secret of ours.
+    if not (set(ident) <= _HEX and set(secret) <= _URLSAFE):
         return None
     return Secret(kind, ident, secret)
 

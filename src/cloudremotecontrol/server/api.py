@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
+from starlette.types import Send
 
 from .. import __version__
 from ..errors import KeyRejected, RateLimited
@@ -21,14 +22,13 @@ from .ops import messages as msg_ops
 from .ops import roster as roster_ops
 from .ops.enrollment import enroll, key_id_of
 from .ratelimit import FailureWindow
-from .store.base import Store
+from .store.base import Store, Tx
 
 log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1")
 Master = Annotated[dict[str, Any], Depends(auth.master)]
 Machine = Annotated[dict[str, Any], Depends(auth.machine)]
-KEEPALIVE_SECONDS = 5.0
 MAX_CURSOR = 2**63 - 1  # event ids are 64-bit integers in both databases
 
 
@@ -210,6 +210,8 @@ def _sse(
 ) -> StreamingResponse:
     store: Store = request.app.state.store
     bus = request.app.state.bus
+    cred = auth.credential(request)
+    quiet = request.app.state.settings.events_keepalive
 
     async def stream() -> AsyncIterator[bytes]:
         nonlocal cursor
@@ -217,8 +219,14 @@ def _sse(
             while True:
                 wake.clear()
                 batch = await store.read(
-                    ev_ops.events_json_after, group_id, cursor, job_id, 1000, types
+                    _events_if_authorized, cred, group_id, cursor, job_id, 1000, types
                 )
+                if batch is None:
+                    # The token was revoked (or the dashboard session ended) while the
+                    # stream was open: nothing more is sent, and the answer is cut
+                    # short, so that a client resuming from here is told why (401).
+                    yield b": unauthorized: unknown or revoked master token\n\n"
+                    raise _CredentialRevoked
                 if batch:
                     # One chunk per batch, not per event: each chunk is a trip through
                     # the ASGI send chain and a TLS record (a 1,000-target job has
@@ -232,15 +240,54 @@ def _sse(
                 if batch and batch[-1][1] == "group.deleted":
                     return
                 try:
-                    await asyncio.wait_for(wake.wait(), KEEPALIVE_SECONDS)
+                    await asyncio.wait_for(wake.wait(), quiet)
                 except asyncio.TimeoutError:
                     if await store.read(ev_ops.group_deleted, group_id):
                         return
                     yield b": keepalive\n\n"
 
-    return StreamingResponse(
+    return _EventStream(
         stream(), media_type="text/event-stream", headers={"Cache-Control": "no-store"}
     )
+
+
+def _events_if_authorized(
+    tx: Tx,
+    cred: tuple[str, str] | None,
+    group_id: str,
+    cursor: int,
+    job_id: str | None,
+    limit: int,
+    types: tuple[str, ...],
+) -> list[tuple[int, str, str]] | None:
+    """The next events of a stream, or None once its credential is no longer live: a
+    revoked token's open stream sees nothing that happened after the revocation."""
+    if not auth.still_valid(tx, cred):
+        return None
+    return ev_ops.events_json_after(tx, group_id, cursor, job_id, limit, types)
+
+
+class _CredentialRevoked(Exception):
+    """Ends an event stream whose token was revoked while it was open."""
+
+
+class _EventStream(StreamingResponse):
+    """An event stream that is cut (no last chunk) when its credential is revoked: the
+    client sees a broken stream, resumes, and gets the 401 that says why."""
+
+    async def stream_response(self, send: Send) -> None:
+        await send(
+            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+        )
+        try:
+            async for chunk in self.body_iterator:
+                if not isinstance(chunk, bytes | memoryview):
+                    chunk = chunk.encode(self.charset)
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except _CredentialRevoked:
+            log.info("event stream ended: its master token was revoked")
+            return
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 @router.get("/audit", tags=["master"])
@@ -272,7 +319,7 @@ async def agent_enroll(body: Enroll, request: Request) -> dict[str, Any]:
             retry_after=round(wait + 0.5),
         )
     try:
-        return await _store(request).write(enroll, body.key, peer)
+        return await _store(request).write(enroll, body.key, peer, body.nonce)
     except KeyRejected as exc:
         failures.failed(peer or "?")
         # The key id only: the secret part is never logged.

@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
-from fastapi.responses import FileResponse
 from pydantic import Field
 
 from ..bootstrap.package import AgentPackage, agent_package
 from ..errors import NotFound
 from . import auth
+from .methods import HeadFile
 from .models import StrictBody
 from .ops.keys import reissue_key
 from .store.base import Store
@@ -143,7 +143,7 @@ async def get_agent_wheel(filename: str, request: Request) -> Response:
     if filename not in wheels:
         raise NotFound(f"no wheel {filename!r} on this server (see GET /v1/agent/wheels)")
     path, digest, _ = wheels[filename]
-    return FileResponse(
+    return HeadFile(
         path,
         media_type="application/octet-stream",
         filename=filename,

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, JSONResponse
 from pydantic import Field
+from starlette.datastructures import Headers
+from starlette.types import Receive, Scope, Send
 
-from ..errors import NotFound
+from ..errors import InvalidInput, NotFound
 from ..protocol.limits import MAX_FILE_BYTES
 from . import auth
 from .api import queue_and_deliver
 from .blobs import BlobStore, check_sha256
+from .methods import HeadFile
 from .models import StrictBody
 from .ops import files as file_ops
 from .store.base import Store
@@ -25,6 +31,71 @@ _BYTES: dict[int | str, dict[str, Any]] = {
     200: {"content": {"application/octet-stream": {}}, "description": "the file's content"},
     206: {"content": {"application/octet-stream": {}}, "description": "the range asked for"},
 }
+
+
+class BlobFile(HeadFile):
+    """A file, with Range requests; a Range header it cannot serve is answered in the
+    API's error shape (400 ``invalid_input``, 416 ``range_not_satisfiable`` with the
+    size), not Starlette's plain text or empty body."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = Headers(scope=scope)
+        wanted = headers.get("range")
+        if wanted is not None and headers.get("if-range") is None:
+            size = (await _stat(str(self.path))).st_size
+            try:
+                check_range(wanted, size)
+            except InvalidInput as err:
+                await JSONResponse(err.to_payload(), status_code=400)(scope, receive, send)
+                return
+            except _Unsatisfiable:
+                payload = {
+                    "error": {
+                        "code": "range_not_satisfiable",
+                        "message": f"the range asked for starts past the file's end ({size} bytes)",
+                    }
+                }
+                answer = JSONResponse(
+                    payload, status_code=416, headers={"Content-Range": f"bytes */{size}"}
+                )
+                await answer(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
+
+
+class _Unsatisfiable(Exception):
+    """A Range whose ranges are not all within the file."""
+
+
+_RANGE_SPEC = re.compile(r"([0-9]{0,30})-([0-9]{0,30})")  # longer: no such file
+
+
+def check_range(header: str, size: int) -> None:
+    """Check a ``Range`` header (RFC 9110, 14.1.2: ``bytes=`` then ranges, ``FIRST-``,
+    ``FIRST-LAST`` or ``-SUFFIX``) against a file of ``size`` bytes: ``InvalidInput``
+    when it is malformed, ``_Unsatisfiable`` when a range starts past the end (or is an
+    empty suffix). One the file can serve passes, and the response serves it."""
+    unit, sep, specs = header.partition("=")
+    if not sep or unit.strip().lower() != "bytes":
+        raise InvalidInput(
+            f"bad Range header {header[:80]!r}: only bytes=... ranges", field="range"
+        )
+    ranges = [spec.strip() for spec in specs.split(",")]
+    for spec in ranges:
+        m = _RANGE_SPEC.fullmatch(spec)
+        if m is None or m.group(1) == m.group(2) == "":
+            raise InvalidInput(f"bad Range header {header[:80]!r}: {spec[:40]!r}", field="range")
+        first, last = m.group(1), m.group(2)
+        if first and last and int(last) < int(first):
+            raise InvalidInput(
+                f"bad Range header {header[:80]!r}: {spec!r} ends before it starts", field="range"
+            )
+        if (first and int(first) >= size) or (not first and (int(last) == 0 or size == 0)):
+            raise _Unsatisfiable
+
+
+async def _stat(path: str) -> os.stat_result:
+    return await asyncio.to_thread(os.stat, path)
 
 
 class PushIn(StrictBody):
@@ -52,12 +123,14 @@ def _blobs(request: Request) -> BlobStore:
 
 @router.head("/blobs/{sha256}", tags=["files"])
 async def blob_known(sha256: str, user: Master, request: Request) -> Response:
-    """200 if you already uploaded this content (no need to upload again), else 404."""
+    """200 if you already uploaded this content (no need to upload again), else 404.
+    The headers are those of the download's (``GET``), without opening the file."""
     check_sha256(sha256)
     size = await _store(request).read(file_ops.blob_size, user["user_id"], sha256)
     if size is None or not await _blobs(request).exists(sha256):
-        return Response(status_code=404)
-    return Response(status_code=200, headers={"Content-Length": str(size)})
+        raise NotFound(f"no file {sha256}")
+    headers = {"Content-Length": str(size), "Accept-Ranges": "bytes"}
+    return Response(status_code=200, headers=headers, media_type="application/octet-stream")
 
 
 @router.put("/blobs/{sha256}", tags=["files"])
@@ -75,9 +148,7 @@ async def download_blob(sha256: str, user: Master, request: Request) -> FileResp
     check_sha256(sha256)
     if await _store(request).read(file_ops.blob_size, user["user_id"], sha256) is None:
         raise NotFound(f"no file {sha256}")
-    return FileResponse(
-        await _blobs(request).local_path(sha256), media_type="application/octet-stream"
-    )
+    return BlobFile(await _blobs(request).local_path(sha256), media_type="application/octet-stream")
 
 
 @router.post("/groups/{group}/files", status_code=201, tags=["files"])
@@ -115,9 +186,7 @@ async def agent_blob(sha256: str, m: Machine, request: Request) -> FileResponse:
     """The content of an open push to this machine (Range requests supported)."""
     check_sha256(sha256)
     await _store(request).read(file_ops.machine_may_read, m["id"], sha256)
-    return FileResponse(
-        await _blobs(request).local_path(sha256), media_type="application/octet-stream"
-    )
+    return BlobFile(await _blobs(request).local_path(sha256), media_type="application/octet-stream")
 
 
 @router.put("/agent/uploads/{job_id}", tags=["agent"])

@@ -1,7 +1,11 @@
 """The group key/value store over HTTP, for the master and for the group's machines.
 
 ``GET …?wait=SECONDS&newer_than=VERSION`` long-polls until the key exists with a
-version above ``newer_than`` (woken by the group's event bus, not by polling).
+version above ``newer_than`` (woken by the group's event bus, not by polling). A wait
+does not outlive its credential: each look at the key checks it again, and so does a
+look every ``auth.CHECK_AGAIN_SECONDS`` while nothing happens, so a master token revoked
+(or a dashboard session ended, or the group deleted) or a machine revoked meanwhile ends
+the wait with 401 (404) rather than the value.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from . import auth
 from .models import StrictBody
 from .ops import kv as kv_ops
 from .ops.common import live_group
-from .store.base import Store
+from .store.base import Store, Tx
 
 router = APIRouter(prefix="/v1")
 Master = Annotated[dict[str, Any], Depends(auth.master)]
@@ -59,7 +63,7 @@ async def master_get(
     newer_than: Annotated[int, Query(ge=0)] = 0,
 ) -> dict[str, Any]:
     gid = await _group_id(request, user, group)
-    return await _get(request, gid, key, wait, newer_than)
+    return await _get(request, gid, key, wait, newer_than, auth.credential(request))
 
 
 @router.put("/agent/kv/{key:path}", tags=["agent"])
@@ -76,11 +80,17 @@ async def agent_get(
     wait: Annotated[float, Query(ge=0, le=MAX_WAIT)] = 0,
     newer_than: Annotated[int, Query(ge=0)] = 0,
 ) -> dict[str, Any]:
-    return await _get(request, m["group_id"], key, wait, newer_than)
+    cred = auth.machine_credential(request)
+    return await _get(request, m["group_id"], key, wait, newer_than, cred)
 
 
 async def _get(
-    request: Request, group_id: str, key: str, wait: float, newer_than: int
+    request: Request,
+    group_id: str,
+    key: str,
+    wait: float,
+    newer_than: int,
+    cred: tuple[str, str] | None,
 ) -> dict[str, Any]:
     store: Store = request.app.state.store
     kv_ops.check_key(key)
@@ -90,16 +100,30 @@ async def _get(
         while True:
             wake.clear()
             try:
-                item = await store.read(kv_ops.kv_get, group_id, key)
+                if wait <= 0:  # the credential was checked a moment ago
+                    item = await store.read(kv_ops.kv_get, group_id, key)
+                else:
+                    item = await store.read(_kv_if_authorized, cred, group_id, key)
                 if item["version"] > newer_than:
                     return item
-            except NotFound:
-                if wait <= 0:
+            except NotFound as exc:
+                if wait <= 0 or exc.details.get("field") == "group":
                     raise
             left = deadline - loop.time()
             if left <= 0:
                 raise TimedOut(f"key {key!r} did not change within {wait:g} s")
             try:
-                await asyncio.wait_for(wake.wait(), left)
+                await asyncio.wait_for(wake.wait(), min(left, auth.CHECK_AGAIN_SECONDS))
             except asyncio.TimeoutError:
                 pass
+
+
+def _kv_if_authorized(
+    tx: Tx, cred: tuple[str, str] | None, group_id: str, key: str
+) -> dict[str, Any]:
+    """The key, read in the same transaction that finds the waiter's credential still
+    live (Unauthorized otherwise) and its group not deleted (NotFound)."""
+    auth.check_again(tx, cred)
+    if tx.one("SELECT id FROM groups WHERE id = ? AND deleted IS NULL", (group_id,)) is None:
+        raise NotFound("the group was deleted", field="group")
+    return kv_ops.kv_get(tx, group_id, key)

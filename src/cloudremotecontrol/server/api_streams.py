@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import Field
 from starlette.websockets import WebSocket
 
@@ -31,11 +35,15 @@ from ..protocol.streams import (
 )
 from . import auth
 from .models import StrictBody
+from .ops import recordings as recording_ops
 from .ops import sessions as session_ops
+from .recorder import Recorder
 from .store.base import Store
-from .streams import AGENT_DIAL_SECONDS, Recorder, Stream, StreamBroker, close_ends, splice
+from .streams import AGENT_DIAL_SECONDS, Stream, StreamBroker, close_ends, splice
 
 __all__ = ["add_stream_routes", "router"]
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1")
 Master = Annotated[dict[str, Any], Depends(auth.master)]
@@ -168,29 +176,83 @@ async def list_sessions(
     duration, exit code, recording), oldest first."""
     store: Store = request.app.state.store
     rows = await store.read(session_ops.list_sessions, user["user_id"], group, limit)
+    kept = await store.read(
+        recording_ops.recorded_streams, user["user_id"], [str(r.get("stream")) for r in rows]
+    )
     broker = _broker(request.app)
     for row in rows:
         path = broker.recording_path(str(row.get("stream")))
-        row["recorded"] = bool(path is not None and path.is_file())
+        row["recorded"] = row.get("stream") in kept or bool(path is not None and path.is_file())
     return {"group": group, "sessions": rows}
 
 
-@router.get("/sessions/{stream}/recording", tags=["streams"])
-async def recording(stream: str, user: Master, request: Request) -> dict[str, Any]:
+@router.get("/sessions/{stream}/recording", tags=["streams"], response_model=dict[str, Any])
+async def recording(stream: str, user: Master, request: Request) -> Any:
     """The recording of a shell session: ``cast`` is an asciinema v2 file (``crc
-    sessions play``)."""
+    sessions play``). Any replica serves it (it is in the database); the answer is
+    streamed, one stored chunk at a time."""
     stream = STREAM_ID.check(stream, "stream")
     store: Store = request.app.state.store
-    await store.read(session_ops.session_record, user["user_id"], stream)
-    path = _broker(request.app).recording_path(stream)
+    user_id = str(user["user_id"])
+    info = await store.read(recording_ops.recording_info, user_id, stream)
+    if info is not None:
+        return StreamingResponse(
+            _cast_json(store, user_id, stream, info["chunks"]), media_type="application/json"
+        )
+    path = _broker(request.app).recording_path(stream)  # kept on disk by an older version
     if path is None or not path.is_file():
         raise NotFound(
-            f"session {stream} has no recording on this server (not recorded, past its "
-            "retention, or recorded by another replica)",
+            f"session {stream} has no recording (not recorded, or past its retention)",
             field="stream",
         )
     text = await asyncio.to_thread(path.read_text, "ascii")
     return {"stream": stream, "format": "asciicast-v2", "cast": text}
+
+
+async def _cast_json(store: Store, user_id: str, stream: str, chunks: int) -> AsyncIterator[bytes]:
+    """``{"stream", "format", "cast"}`` with the cast's chunks read one at a time (the
+    text is ASCII, so each chunk is escaped on its own). A chunk pruned meanwhile ends
+    the cast there. The database failing midway ends the answer unfinished (not valid
+    JSON), so that a client never takes a part for the whole."""
+    head = json.dumps({"stream": stream, "format": "asciicast-v2"}, separators=(",", ":"))
+    yield (head[:-1] + ',"cast":"').encode()
+    for n in range(chunks):
+        try:
+            data = await store.read(recording_ops.read_chunk, user_id, stream, n)
+        except CrcError as exc:
+            log.warning("recording of %s: reading chunk %d failed: %s", stream, n, exc.message)
+            return
+        if data is None:
+            break
+        yield json.dumps(data.decode("ascii"))[1:-1].encode()
+    yield b'"}'
+
+
+def _recorder(store: Store, stream: Stream) -> Recorder:
+    """The session's recording, written to the store in chunks as it goes."""
+    user_id = str(stream.user["user_id"])
+
+    async def sink(n: int, data: bytes, size: int) -> None:
+        await store.write(
+            recording_ops.append_chunk,
+            stream.id,
+            user_id,
+            stream.group_id,
+            n,
+            data,
+            size,
+            time.time(),
+        )
+
+    header = {
+        "version": 2,
+        "width": stream.cols,
+        "height": stream.rows,
+        "timestamp": int(stream.opened),
+        "title": f"{stream.group}/{stream.machine}",
+        "env": {"TERM": str(stream.detail.get("term") or "xterm-256color")},
+    }
+    return Recorder(sink, header, stream.record_input)
 
 
 # -- the two WebSockets of a stream ----------------------------------------------------
@@ -272,16 +334,18 @@ async def master_stream(ws: WebSocket) -> None:
                 )
                 await ws.close(1000)
             return
-        path = broker.recording_path(stream.id) if stream.record else None
-        if path is not None:
-            rec = Recorder(path, stream, stream.record_input)
-        await splice(ws, agent, stream, rec)
+        if stream.record:
+            rec = _recorder(app.state.store, stream)
+        await _splice_while_valid(ws, agent, stream, rec, app.state.store, auth.credential(ws))
     except asyncio.CancelledError:  # the server stops (uvicorn cancels after its grace)
         stream.error = "the server stopped"
     finally:
-        if rec is not None:
-            rec.close()
         store: Store = app.state.store
+        if rec is not None:  # written before the close: whoever sees it finds the recording
+            try:
+                await rec.close()
+            except Exception as exc:  # noqa: BLE001 -- the session's end is audited regardless
+                log.warning("recording of %s: the rest is not recorded: %r", stream.id, exc)
         summary = stream.summary() | {"recorded": rec is not None}
         try:
             with contextlib.suppress(CrcError):
@@ -298,6 +362,47 @@ async def master_stream(ws: WebSocket) -> None:
         finally:
             broker.remove(stream)
         broker.prune(app.state.settings.retain_recordings_days)
+
+
+CREDENTIAL_CHECK_SECONDS = auth.CHECK_AGAIN_SECONDS  # an open stream's token, this often
+
+
+async def _splice_while_valid(
+    ws: WebSocket,
+    agent: WebSocket,
+    stream: Stream,
+    rec: Recorder | None,
+    store: Store,
+    cred: tuple[str, str] | None,
+) -> None:
+    """``splice`` until either side closes, or until the master's token is revoked (or
+    its dashboard session ends): a shell opened with a token does not outlive it."""
+
+    async def until_revoked() -> None:
+        while True:
+            await asyncio.sleep(CREDENTIAL_CHECK_SECONDS)
+            with contextlib.suppress(CrcError):  # the database away: checked again later
+                if not await store.read(auth.still_valid, cred):
+                    return
+
+    splicing = asyncio.create_task(splice(ws, agent, stream, rec))
+    watching = asyncio.create_task(until_revoked())
+    try:
+        await asyncio.wait({splicing, watching}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        revoked = watching.done() and not watching.cancelled() and not splicing.done()
+        for task in (splicing, watching):
+            task.cancel()
+        for task in (splicing, watching):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    if revoked:
+        stream.error = "the master token was revoked: the stream is closed"
+        log.info("stream %s closed: its master token was revoked", stream.id)
+        with contextlib.suppress(Exception):
+            await ws.send_text(
+                write_control(StreamError(code="unauthorized", message=stream.error))
+            )
 
 
 async def agent_stream(ws: WebSocket) -> None:

@@ -28,12 +28,16 @@ from .api_docs import add_docs
 from .blobs import BlobStore
 from .config import ServerSettings
 from .hub import EventBus, Hub
+from .methods import Methods
 from .openapi import install_openapi
 from .ops import delivery
 from .ops import groups as groups_ops
+from .ops import recordings as recording_ops
 from .ops import retention as retention_ops
 from .ops import rollout as rollout_ops
+from .ops import sessions as session_ops
 from .ops import teardown as teardown_ops
+from .secheaders import SecurityHeaders
 from .store.base import Store
 from .teardown import run_due_teardowns
 
@@ -44,6 +48,15 @@ log = logging.getLogger(__name__)
 TOUCH_SECONDS = 30.0
 EXPIRE_SECONDS = 1.0
 ROLLOUT_SECONDS = 0.25
+
+
+class CrcApp(FastAPI):
+    """The server's application: FastAPI with ``SecurityHeaders`` outside everything,
+    Starlette's error handling included (``add_middleware`` puts a middleware inside
+    that, where an internal error's 500 would pass it by)."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return SecurityHeaders(super().build_middleware_stack())
 
 
 class BodyLimit:
@@ -79,6 +92,48 @@ class BodyLimit:
             await self.app(scope, limited, send)
         except _BodyTooLarge:
             await _send_error(send, TooLarge(f"request body over the limit of {self.limit}"))
+
+
+class NoNul:
+    """Refuse a request whose path or query string holds a NUL character (``%00``) with
+    400: no name, id or filter of the API contains one, and PostgreSQL text cannot hold
+    it (the lookup would fail there, not answer "not found")."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and (
+            "\x00" in scope["path"] or b"%00" in scope.get("query_string", b"")
+        ):
+            await _send_error(send, InvalidInput("the URL holds a NUL character (%00)"))
+            return
+        await self.app(scope, receive, send)
+
+
+class NoStore:
+    """``Cache-Control: no-store`` on every /v1 answer that does not say otherwise: key
+    values, job output, files and group details are secrets, and a browser (the
+    dashboard's session cookie authenticates /v1 requests too) would otherwise keep them
+    in its disk cache, which outlives the session."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
+            await self.app(scope, receive, send)
+            return
+
+        async def no_store(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", ()))
+                if not any(k.lower() == b"cache-control" for k, _ in headers):
+                    headers.append((b"cache-control", b"no-store"))
+                    message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, no_store)
 
 
 class _BodyTooLarge(StarletteHTTPException):
@@ -120,6 +175,8 @@ def create_app(
         )
         if store.dialect == "sqlite":  # alone on its database: its old claims are void
             await store.write(teardown_ops.release_claims)
+            # ... and no stream is open: those a killed server never closed are cut.
+            await store.write(session_ops.close_cut_streams)
         async with asyncio.TaskGroup() as tg:
             toucher = tg.create_task(_touch_loop(store, hub))
             expirer = tg.create_task(_expire_loop(app, store, hub))
@@ -138,7 +195,7 @@ def create_app(
                         await link.close(1012, "server restarting")
         await store.close()
 
-    app = FastAPI(
+    app = CrcApp(
         title="CloudRemoteControl",
         version=__version__,
         lifespan=lifespan,
@@ -176,6 +233,9 @@ def create_app(
     app.add_api_websocket_route("/v1/agent/connect", agent_endpoint)
     api_streams.add_stream_routes(app, blob_dir.parent / "recordings" if blob_dir else None)
     install_openapi(app, routers)  # every operation's error statuses, with the error shape
+    app.add_middleware(Methods, routes=app.router.routes)  # HEAD, Allow, 426: methods.py
+    app.add_middleware(NoNul)
+    app.add_middleware(NoStore)
     app.add_middleware(BodyLimit, limit=MAX_HTTP_BODY_BYTES, exempt=api_files.LARGE_BODY_PREFIXES)
 
     @app.exception_handler(CrcError)
@@ -263,8 +323,9 @@ async def _rollout_loop(store: Store, hub: Hub) -> None:
 
 
 async def _retention_loop(app: FastAPI, store: Store) -> None:
-    """Events and files past their retention are forgotten (ops/retention.py): at start,
-    then every ``prune_interval`` seconds; a large backlog is taken in batches."""
+    """Events, files and recordings past their retention are forgotten (ops/retention.py,
+    ops/recordings.py): at start, then every ``prune_interval`` seconds; a large backlog
+    is taken in batches."""
     settings: ServerSettings = app.state.settings
     while True:
         t = time.time()
@@ -279,6 +340,15 @@ async def _retention_loop(app: FastAPI, store: Store) -> None:
                     break
             if blobs_before is not None:
                 await app.state.blobs.sweep(store, blobs_before)
+            rec_days = settings.retain_recordings_days
+            recordings_before = t - rec_days * 86400 if rec_days > 0 else None
+            for _ in range(100):
+                gone = await store.write(
+                    recording_ops.prune_recordings, recordings_before, events_before
+                )
+                if gone < recording_ops.BATCH:
+                    break
+            app.state.streams.prune(rec_days)  # recordings on disk, of older versions
         except (CrcError, OSError) as exc:
             log.warning("retention: pruning failed, trying again later: %s", exc)
         except Exception as exc:  # noqa: BLE001 -- retention must never stop the server

@@ -74,6 +74,9 @@ class ServerSettings:
     retain_blobs_days: float = 7.0
     retain_recordings_days: float = 30.0  # shell session recordings (asciinema files)
     prune_interval: float = 3600.0  # seconds between two retention sweeps
+    # Seconds of silence on an event stream before the server sends a keepalive comment
+    # (a follower that waits for nothing in particular sees its link is alive).
+    events_keepalive: float = 5.0
 
     def __post_init__(self) -> None:
         for f in fields(self):

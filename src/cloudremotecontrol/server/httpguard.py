@@ -41,6 +41,7 @@ from starlette.requests import HTTPConnection
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from .admission import LoginGate
+from .secheaders import RAW_HEADERS
 from .wsprotocol import AGENT_PATH
 
 __all__ = [
@@ -150,9 +151,9 @@ def _error_response(
         "content-type: application/json\r\n"
         f"content-length: {len(body)}\r\n"
         f"{retry}"
-        "connection: close\r\n\r\n"
+        "connection: close\r\n"
     ).encode()
-    return head + body
+    return head + RAW_HEADERS + b"\r\n" + body
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
@@ -213,6 +214,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self.transport.close()
             return
         super().handle_websocket_upgrade()
+
+    def send_400_response(self, msg: str) -> None:
+        """A request that is not HTTP (uvicorn's parser refused it): our error shape and
+        security headers (secheaders.py) instead of uvicorn's plain text."""
+        self._refused = True
+        self._cancel_timers()
+        self.transport.write(_error_response(400, "Bad Request", "bad_request", msg))
+        self.transport.close()
 
     def waiting_for_headers(self) -> bool:
         """Idle or receiving a header section, no request of ours in progress."""

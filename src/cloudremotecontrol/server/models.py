@@ -12,9 +12,11 @@ from ..protocol.jsoncheck import check_json
 class StrictBody(BaseModel):
     """A JSON request body: unknown fields refused, and every field's value bounded in
     nesting before anything else looks at it (``protocol/jsoncheck.py``): a value
-    nested too deep is a clear 400, never a 500 at a later read."""
+    nested too deep is a clear 400, never a 500 at a later read. Types are strict: a
+    JSON ``true`` or ``"60"`` is not a number (``"ttl": true`` is not a TTL of 1 s),
+    nor ``5`` a string."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     @model_validator(mode="before")
     @classmethod
@@ -67,6 +69,13 @@ class JobCreate(StrictBody):
 
 class Enroll(StrictBody):
     key: str = Field(max_length=200)
+    nonce: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9_-]{32,64}$",
+        description="The agent's random retry nonce, kept before it first presents the "
+        "key: the same key with the same nonce gets the same credential again while the "
+        "machine has not connected yet (an enroll answer lost to a crash or the network).",
+    )
 
 
 class MessageSend(StrictBody):

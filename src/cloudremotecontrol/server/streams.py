@@ -1,5 +1,5 @@
-"""Live streams on this server: the pending ones, the splice of two WebSockets, and the
-shell recordings.
+"""Live streams on this server: the pending ones, and the splice of two WebSockets
+(recordings: server/recorder.py).
 
 Backpressure is end to end. The splice moves one message at a time: it receives from
 one side only after the previous message was handed to the other side's socket, and
@@ -14,9 +14,7 @@ measures it; tests/system/test_streams.py checks it with a reader that stops.
 from __future__ import annotations
 
 import asyncio
-import codecs
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -36,14 +34,14 @@ from ..protocol.streams import (
     write_control,
 )
 from ..protocol.wire import Direction
+from .recorder import Recorder
 
-__all__ = ["AGENT_DIAL_SECONDS", "Recorder", "Stream", "StreamBroker", "splice"]
+__all__ = ["AGENT_DIAL_SECONDS", "Stream", "StreamBroker", "splice"]
 
 log = logging.getLogger(__name__)
 
 AGENT_DIAL_SECONDS = 20.0  # the agent has this long to dial back after stream.open
 MASTER_DIAL_SECONDS = 30.0  # the master has this long to dial after its POST
-MAX_RECORDING_BYTES = 64 << 20  # one recording; past it the rest is not recorded
 
 
 @dataclass
@@ -115,10 +113,12 @@ class StreamBroker:
         stream.done.set()
 
     def recording_path(self, stream_id: str) -> Path | None:
+        """Where an older version of the server kept a recording (recordings are in the
+        database now: ops/recordings.py); such files are still served, and pruned."""
         return None if self.recordings is None else self.recordings / f"{stream_id}.cast"
 
     def prune(self, days: float) -> int:
-        """Forget recordings older than ``days`` (0: keep them for ever)."""
+        """Forget recordings on disk older than ``days`` (0: keep them for ever)."""
         if self.recordings is None or days <= 0 or not self.recordings.is_dir():
             return 0
         before = time.time() - days * 86400
@@ -129,67 +129,6 @@ class StreamBroker:
                     path.unlink()
                     gone += 1
         return gone
-
-
-class Recorder:
-    """A shell session in asciinema's v2 format (a header line, then one JSON array
-    per event: ``[seconds, "o", text]`` output, ``"i"`` input, ``"r"`` resize).
-
-    Bytes that are not UTF-8 are kept as surrogate escapes (``\\udcXX`` in JSON), so
-    :func:`replay_bytes` gives back exactly the bytes the terminal sent."""
-
-    def __init__(self, path: Path, stream: Stream, record_input: bool) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.file = path.open("w", encoding="ascii")
-        self.start = time.monotonic()
-        self.size = 0
-        self.record_input = record_input
-        self._out = codecs.getincrementaldecoder("utf-8")("surrogateescape")
-        self._in = codecs.getincrementaldecoder("utf-8")("surrogateescape")
-        header = {
-            "version": 2,
-            "width": stream.cols,
-            "height": stream.rows,
-            "timestamp": int(stream.opened),
-            "title": f"{stream.group}/{stream.machine}",
-            "env": {"TERM": str(stream.detail.get("term") or "xterm-256color")},
-        }
-        self._line(header)
-
-    def _line(self, value: object) -> None:
-        if self.size > MAX_RECORDING_BYTES:
-            return
-        text = json.dumps(value) + "\n"
-        self.size += len(text)
-        self.file.write(text)
-
-    def _event(self, kind: str, text: str) -> None:
-        if text:
-            self._line([round(time.monotonic() - self.start, 6), kind, text])
-
-    def output(self, data: bytes) -> None:
-        self._event("o", self._out.decode(data))
-
-    def input(self, data: bytes) -> None:
-        if self.record_input:
-            self._event("i", self._in.decode(data))
-
-    def resize(self, cols: int, rows: int) -> None:
-        self._event("r", f"{cols}x{rows}")
-
-    def close(self) -> None:
-        self._event("o", self._out.decode(b"", final=True))
-        self.file.close()
-
-
-def replay_bytes(cast: str, kind: str = "o") -> bytes:
-    """The bytes of a recording's ``kind`` events, exactly as they were sent."""
-    out = bytearray()
-    for line in cast.splitlines()[1:]:
-        event = json.loads(line)
-        if isinstance(event, list) and len(event) == 3 and event[1] == kind:
-            out += str(event[2]).encode("utf-8", "surrogateescape")
-    return bytes(out)
 
 
 Send = Callable[[str], Awaitable[None]]
@@ -214,6 +153,7 @@ async def splice(master: WebSocket, agent: WebSocket, stream: Stream, rec: Recor
                 stream.from_machine += len(data)
                 if rec is not None:
                     rec.output(data)
+                    await rec.flush_due()
                 await master.send_bytes(data)
                 continue
             try:
@@ -238,6 +178,7 @@ async def splice(master: WebSocket, agent: WebSocket, stream: Stream, rec: Recor
                 stream.to_machine += len(data)
                 if rec is not None:
                     rec.input(data)
+                    await rec.flush_due()
                 await agent.send_bytes(data)
                 continue
             try:

@@ -3,8 +3,9 @@
 Registered with ``sc.exe`` (present on every Windows since XP, nothing to install):
 LocalSystem, automatic start, and recovery actions that restart it after a failure
 (``sc failure`` + ``sc failureflag 1``, so an exit with an error counts, not only a
-crash). The service process is ``python.exe -m cloudremotecontrol.agent.winservice
---state-dir ...``: a pywin32 ``ServiceFramework`` host that speaks the SCM protocol and
+crash). The service process is ``python.exe [OPTIONS] -m
+cloudremotecontrol.agent.winservice --state-dir ...`` (``ServiceSpec.python_options``):
+a pywin32 ``ServiceFramework`` host that speaks the SCM protocol and
 runs the same agent loop (``HOST_MODULE``, a later issue - until it ships, ``install``
 refuses clearly instead of registering a service that cannot start).
 
@@ -55,7 +56,8 @@ class WindowsServices(ServiceManager):
         self.sleep = sleep
         self.start_timeout = start_timeout
 
-    def bin_path(self, spec: ServiceSpec) -> str:
+    def command(self, spec: ServiceSpec) -> list[str]:
+        """The service's command line as arguments: ``bin_path`` is it, quoted."""
         if tuple(spec.entry) != ("-m", "cloudremotecontrol"):
             raise CrcError(
                 "the Windows service runs the agent from an installed package "
@@ -63,7 +65,10 @@ class WindowsServices(ServiceManager):
                 "into a venv first (the bootstrap script does)",
                 code="unsupported",
             )
-        return subprocess.list2cmdline([spec.python, "-m", HOST_MODULE, *spec.run_args])
+        return [spec.python, *spec.python_options, "-m", HOST_MODULE, *spec.run_args]
+
+    def bin_path(self, spec: ServiceSpec) -> str:
+        return subprocess.list2cmdline(self.command(spec))
 
     def definition(self, spec: ServiceSpec) -> str:
         return "\n".join(" ".join(_show(a) for a in cmd) for cmd in self.commands(spec)) + "\n"

@@ -66,6 +66,11 @@ class ServiceManager(abc.ABC):
     def definition(self, spec: ServiceSpec) -> str:
         """The service definition as text (unit file / service settings), for review."""
 
+    def command(self, spec: ServiceSpec) -> list[str]:
+        """The command line this manager registers for ``spec`` (what ``install``
+        reports): ``spec.argv`` unless the platform runs a host of its own."""
+        return spec.argv
+
     @abc.abstractmethod
     def install(self, spec: ServiceSpec, restart: bool = False) -> ServiceChange:
         """Register or update the service, enable it at boot and make sure it runs

@@ -4,8 +4,10 @@ What `crc agent install` registers (pywin32's ``win32service``, the same calls `
 makes, without parsing its localised output):
 
 * ``CreateService``: own process, LocalSystem, ``SERVICE_AUTO_START``; the command line
-  is ``python.exe -m cloudremotecontrol.agent.winservice --state-dir ...`` (the pywin32
-  ``ServiceFramework`` host in agent/winservice.py, which runs the agent loop);
+  is ``python.exe -OO -X no_debug_ranges -X pycache_prefix=... -m
+  cloudremotecontrol.agent.winservice --state-dir ...`` (the pywin32 ``ServiceFramework``
+  host in agent/winservice.py, which runs the agent loop; the options and the bytecode
+  they use: agent/install.py, ``optimized_options``);
 * ``ChangeServiceConfig2``: a description; recovery actions restart after 5 s, 5 s, then
   30 s, the failure count reset after a day (``SERVICE_CONFIG_FAILURE_ACTIONS``, as
   ``sc failure``); and ``SERVICE_CONFIG_FAILURE_ACTIONS_FLAG`` so that a stop with an
@@ -71,6 +73,11 @@ class Win32Services(ServiceManager):
         self.sleep = sleep
 
     # -- what is registered -------------------------------------------------------------
+    def command(self, spec: ServiceSpec) -> list[str]:
+        from .scm import WindowsServices
+
+        return WindowsServices().command(spec)
+
     def bin_path(self, spec: ServiceSpec) -> str:
         from .scm import WindowsServices
 

@@ -44,6 +44,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
+import ipaddress
 import json
 import os
 import random
@@ -89,10 +90,36 @@ def normalize_pin(text: str) -> str:
     return "sha256:" + value
 
 
-def host_port(url: str) -> tuple[str, int]:
-    parts = urlsplit(url)
-    if parts.scheme not in ("https", "http") or not parts.hostname:
+def check_url(url: str) -> None:
+    """Refuse what no crc server serves, before anything is fetched: another scheme than
+    https, no host, a bad port, and plain http to anything but this computer (a server
+    serves plain HTTP only with --insecure, on a loopback address; elsewhere the agent's
+    code would come over the network unverified)."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise Fatal(f"invalid server URL {url!r}: {exc}", USAGE) from None
+    if parts.scheme not in ("https", "http") or not parts.hostname or port == 0:
         raise Fatal(f"invalid server URL {url!r}: expected https://HOST[:PORT]", USAGE)
+    host = parts.hostname
+    try:
+        loopback = host.lower() == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if parts.scheme == "http" and not loopback:
+        raise Fatal(
+            f"refusing plain http:// to {host}: the agent would come over the network "
+            "unverified; use https:// (a server serves plain HTTP only with --insecure, on "
+            "a loopback address)",
+            USAGE,
+        )
+
+
+def host_port(url: str) -> tuple[str, int]:
+    check_url(url)
+    parts = urlsplit(url)
+    assert parts.hostname is not None  # checked above
     return parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
 
 
@@ -474,6 +501,7 @@ def ensure_pywin32(
 
 def fetch(args: argparse.Namespace) -> tuple[str, str]:
     base = args.url.rstrip("/")
+    check_url(base)
     layout = choose_layout(args.layout)
     ctx = None
     if urlsplit(base).scheme == "https":

@@ -113,6 +113,15 @@ def _attempts(
     )
 
 
+def _ended(step: Step, result: StepResult, results: dict[str, StepResult], notify: Notify) -> None:
+    results[step.name] = result
+    notify(
+        result.status,
+        step,
+        {"attempts": result.attempts, "message": result.message, "seconds": result.seconds},
+    )
+
+
 def run_steps(
     steps: Sequence[Step],
     execute: Execute,
@@ -123,17 +132,20 @@ def run_steps(
     stop: threading.Event | None = None,
     on_interrupt: Callable[[], None] | None = None,
     clock: Callable[[], float] = time.monotonic,
+    results: dict[str, StepResult] | None = None,
 ) -> dict[str, StepResult]:
     """Run ``steps`` by their ``needs``; return every step's result, in file order.
 
     ``notify(event, step, data)`` is called with ``started``, ``retrying``,
     ``succeeded``, ``failed``, ``skipped`` (from worker threads too: make it
     thread-safe). On KeyboardInterrupt, ``stop`` is set, ``on_interrupt`` runs (cancel
-    what is running), running steps are awaited and the interrupt is re-raised.
+    what is running), running steps are awaited and reported, the others are skipped
+    ("interrupted"), and the interrupt is re-raised: ``results`` (filled as steps end)
+    then holds what happened.
     """
     notify = notify or (lambda event, step, data: None)
     stop = stop or threading.Event()
-    results: dict[str, StepResult] = {}
+    results = {} if results is None else results
     finished = set(done)
     pending = {s.name: s for s in steps}
     for name in list(pending):
@@ -170,24 +182,16 @@ def run_steps(
                     break
                 finished_now, _ = wait(running, return_when=FIRST_COMPLETED)
                 for fut in finished_now:
-                    step = running.pop(fut)
-                    result = fut.result()
-                    results[step.name] = result
-                    notify(
-                        result.status,
-                        step,
-                        {
-                            "attempts": result.attempts,
-                            "message": result.message,
-                            "seconds": result.seconds,
-                        },
-                    )
+                    _ended(running.pop(fut), fut.result(), results, notify)
         except KeyboardInterrupt:
             stop.set()
             if on_interrupt is not None:
                 on_interrupt()
             for fut, step in running.items():
-                results[step.name] = fut.result()
+                _ended(step, fut.result(), results, notify)
+            for name, step in pending.items():
+                results[name] = StepResult(name, "skipped", message="interrupted")
+                notify("skipped", step, {"message": "interrupted"})
             raise
     for name, step in pending.items():  # only if ``needs`` had a cycle (model forbids it)
         results[name] = StepResult(name, "skipped", message="its needs never finished")

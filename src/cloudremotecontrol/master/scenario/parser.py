@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from ...errors import CrcError, InvalidInput
+from ...protocol.limits import MAX_TIMEOUT_SECONDS
 from ...protocol.names import check_label, check_message_type, check_name
 from ...protocol.rollout import KEYS as ROLLOUT_KEYS
 from ...protocol.rollout import Rollout
@@ -41,6 +42,9 @@ from .model import (
     WaitAction,
 )
 from .yamlnodes import NodeReader
+
+#: The server refuses a group whose TTL is longer (server/ops/groups.py).
+MAX_GROUP_TTL = 365 * 86400
 
 __all__ = ["ScenarioParser"]
 
@@ -122,6 +126,8 @@ class ScenarioParser:
             name = text and _check(r, node, "name", check_name, text, "scenario name")
         settings = self._provider(top)
         ttl = r.duration(top["ttl"][1], "ttl") if "ttl" in top else None
+        if ttl is not None and ttl > MAX_GROUP_TTL:
+            r.error(top["ttl"][1], "ttl", "at most 365d (the server's limit for a group)")
         on_ttl = "revoke"
         if "on_ttl" in top:
             node = top["on_ttl"][1]
@@ -421,6 +427,15 @@ class ScenarioParser:
         action = getattr(self, f"_{kind}")(e, e[kind][1], f"{label}.{kind}")
         if action is not None:
             self._check_templates(action, e[kind][1], f"{label}.{kind}", targets or [])
+        if isinstance(action, RunAction) and timeout is not None and timeout > MAX_TIMEOUT_SECONDS:
+            # The server refuses a longer job: say so now, not once the machines are made.
+            r.error(
+                e["timeout"][1] if "timeout" in e else node,
+                f"{label}.timeout",
+                f"{timeout:g}s is longer than a job may run (7d)"
+                + ("" if "timeout" in e else ": it is timeouts.step"),
+            )
+            timeout = None
         if action is None or targets is None or retries is None or delay is None or timeout is None:
             return name, needs, None
         return (

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from ...bootstrap import BootstrapParams
-from ...errors import Conflict, CrcError, InvalidInput, NotFound, Unavailable
+from ...errors import Conflict, CrcError, InvalidInput, NotFound, ProviderError, Unavailable
 from ...providers import (
     MACHINE_TAG_PREFIX,
     Feature,
@@ -36,6 +36,7 @@ from ...providers import (
     tag_value,
 )
 from ..client import Client
+from ..follow import follow_events
 from ..profile import Profile
 from .graph import StepResult, run_steps
 from .model import Scenario
@@ -52,6 +53,9 @@ def _progress_text(progress: dict[str, Any] | None) -> str | None:
         return None
     pct = progress.get("percent")
     return (f"{pct:.0f}% " if isinstance(pct, (int, float)) else "") + str(progress.get("text"))
+
+
+RECORD_WINDOW = 30.0  # how long recording a succeeded step is tried through a server blip
 
 
 class Runner:
@@ -93,6 +97,10 @@ class Runner:
     # -- up -----------------------------------------------------------------------------
     def up(self) -> int:
         """Run every phase; return 0 if every step succeeded, else 1 (errors raise)."""
+        with self.state.locked("crc up"):
+            return self._up()
+
+    def _up(self) -> int:
         t0 = time.monotonic()
         s = self.scenario
         mode = self.provider.describe()
@@ -125,7 +133,10 @@ class Runner:
             raise
         finally:
             self.report.end(ok, why)
-            self.view.summary(self.summary(ok, time.monotonic() - t0))
+            doc = self.summary(ok, time.monotonic() - t0)
+            if why == "interrupted":
+                doc["interrupted"] = True
+            self.view.summary(doc)
         return 0 if ok else 1
 
     def _show_dashboard(self) -> None:
@@ -162,7 +173,8 @@ class Runner:
                 "seconds": round(r.seconds, 2),
                 "message": r.message,
             }
-            for r in self.results.values()
+            for r in (self.results.get(st.name) for st in self.scenario.steps)
+            if r is not None
         ]
         return {
             "scenario": self.scenario.name,
@@ -342,7 +354,7 @@ class Runner:
             return all(states.get(n) == "ready" for n in wanted)
 
         if not finished():
-            for ev in c.events(self.group, since=cursor, follow=True, keepalive=True):
+            for ev in follow_events(self.new_client, self.group, cursor):
                 if ev is not None and ev.get("machine") in wanted:
                     if ev["type"] == "machine.state":
                         states[ev["machine"]] = ev["data"]["state"]
@@ -376,11 +388,16 @@ class Runner:
         for name, inst in self.instances.items():
             if states.get(name) == "ready":
                 continue
-            now = self.provider.get(inst.id)
+            try:
+                now = self.provider.get(inst.id)
+            except ProviderError:
+                continue  # a hiccup at the provider is not a death: ask again next time
             if now is None or now.stopped:
                 detail = ""
                 if self.provider.capabilities.supports(Feature.CONSOLE):
-                    detail = f"; its console ends with:\n{self.provider.console_tail(inst.id)}"
+                    with contextlib.suppress(ProviderError):
+                        tail = self.provider.console_tail(inst.id)
+                        detail = f"; its console ends with:\n{tail}"
                 raise Unavailable(f"machine {name} ({inst.id}) stopped before it was ready{detail}")
 
     # -- steps --------------------------------------------------------------------------
@@ -399,7 +416,7 @@ class Runner:
             rec = stored.get(st.name)
             if (
                 isinstance(rec, dict)
-                and rec.get("digest") == step_digest(st)
+                and rec.get("digest") == step_digest(st, self.scenario.variables)
                 and all(n in done for n in st.needs)
             ):
                 done.add(st.name)
@@ -415,10 +432,10 @@ class Runner:
             if event == "succeeded":
                 with self._lock:
                     record[step.name] = {
-                        "digest": step_digest(by_name[step.name]),
+                        "digest": step_digest(by_name[step.name], self.scenario.variables),
                         "at": time.time(),
                     }
-                    self.client.kv_set(self.group, STEPS_KEY, dict(record))
+                    self._record_steps(step.name, dict(record))
 
         def record_all() -> None:
             # Also wakes the event follower (any event does) so it sees it must stop.
@@ -433,7 +450,29 @@ class Runner:
                 max_parallel=self.max_parallel,
                 notify=notify,
                 on_interrupt=executor.cancel_all,
+                results=self.results,
             )
+
+    def _record_steps(self, name: str, record: dict[str, Any]) -> None:
+        """Store which steps succeeded (``crc.up/steps``), trying again through a server
+        that is restarting or out of reach for up to ``RECORD_WINDOW`` seconds: the whole
+        value is written each time, so a repeat changes nothing. Past that, a note; the
+        step did succeed, and only a later ``crc up`` runs it again."""
+        deadline = time.monotonic() + RECORD_WINDOW
+        delay = 0.25
+        while True:
+            try:
+                self.client.kv_set(self.group, STEPS_KEY, record)
+                return
+            except Unavailable as exc:
+                if time.monotonic() + delay > deadline:
+                    self.view.info(
+                        f"could not record that step {name} succeeded ({exc.message}); "
+                        "a later `crc up` runs it again"
+                    )
+                    return
+            time.sleep(delay)
+            delay = min(2.0, delay * 2)
 
     @contextlib.contextmanager
     def _following(self, wake: Callable[[], None]) -> Iterator[None]:
@@ -477,8 +516,27 @@ def down(
     state: LocalState | None = None,
     verify_timeout: float = 180.0,
     sleep: Callable[[float], None] = time.sleep,
+    unreachable: Unavailable | None = None,
 ) -> int:
-    """Destroy the scenario's instances, check none is left, delete the group."""
+    """Destroy the scenario's instances, check none is left, delete the group.
+
+    The machines go first, also when the server cannot be reached (``unreachable``:
+    the error met connecting to it): then the group is left, and ``Unavailable`` says
+    so once the provider part is done and reported."""
+    with state.locked("crc down") if state is not None else contextlib.nullcontext():
+        return _down(group, provider, client, view, state, verify_timeout, sleep, unreachable)
+
+
+def _down(
+    group: str,
+    provider: Provider,
+    client: Client | None,
+    view: View,
+    state: LocalState | None,
+    verify_timeout: float,
+    sleep: Callable[[float], None],
+    unreachable: Unavailable | None,
+) -> int:
     t0 = time.monotonic()
 
     def destroyed_one(inst: Instance) -> None:
@@ -490,12 +548,14 @@ def down(
     destroyed, left = [i.id for i in gone.destroyed], gone.left
     deleted = False
     revoked = 0
-    if client is not None:
+    if client is not None and unreachable is None:
         try:
             revoked = int(client.delete_group(group).get("machines_revoked") or 0)
             deleted = True
         except NotFound:
             pass
+        except Unavailable as exc:
+            unreachable = exc
     if state is not None:
         state.delete()
     doc = {
@@ -512,9 +572,17 @@ def down(
     if left:
         view.info(f"still at {provider.name}: {', '.join(i.id for i in left)}", **doc)
     else:
+        fate = "deleted" if deleted else "already gone"
+        if unreachable is not None:
+            fate = "not deleted (the server cannot be reached)"
         view.info(
             f"{group}: {len(destroyed)} machine(s) destroyed, none left at "
-            f"{provider.name}; group " + ("deleted" if deleted else "already gone"),
+            f"{provider.name}; group {fate}",
             **doc,
+        )
+    if unreachable is not None:
+        raise Unavailable(
+            f"{unreachable.message}; group {group} is not deleted (its keys are not "
+            "revoked): run `crc down` again once the server is back"
         )
     return 1 if left else 0

@@ -14,22 +14,43 @@ Once every machine is ready they are dropped from the file.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import re
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from .model import Step
+from ...errors import Conflict
+from . import runlock
+from .model import PushAction, Step
 
 __all__ = ["STEPS_KEY", "LocalState", "step_digest"]
 
 STEPS_KEY = "crc.up/steps"
 
 
-def step_digest(step: Step) -> str:
-    """Changes when the step's definition changes (not when it only moves in the file)."""
+_VAR_TAG = re.compile(r"\{\{\s*vars\.([A-Za-z0-9_-]+)")
+
+
+def step_digest(step: Step, variables: Mapping[str, Any] | None = None) -> str:
+    """Changes when the step's definition changes (not when it only moves in the file):
+    its fields, the values of the variables its templates use, and the content of the
+    local file a ``push: src:`` sends."""
     text = repr((step.kind, step.action, step.to, step.needs, step.retries, step.timeout))
+    inputs: list[Any] = []
+    used = sorted(set(_VAR_TAG.findall(text)))
+    if used and variables is not None:
+        inputs.append({name: variables.get(name) for name in used})
+    if isinstance(step.action, PushAction) and step.action.src is not None:
+        try:
+            inputs.append(hashlib.sha256(step.action.src.read_bytes()).hexdigest())
+        except OSError as exc:
+            inputs.append(f"unreadable: {exc.strerror}")
+    if inputs:  # steps without either keep the digest they always had
+        text += json.dumps(inputs, sort_keys=True, default=repr)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -38,9 +59,11 @@ class LocalState:
         self.path = path
         self.data: dict[str, Any] = {}
         try:
-            self.data = dict(json.loads(path.read_text()))
+            data = json.loads(path.read_text())
         except (OSError, ValueError):
-            self.data = {}
+            return
+        if isinstance(data, dict):  # else damaged (``null``, a list): as if absent
+            self.data = data
 
     @classmethod
     def for_group(cls, group: str) -> LocalState:
@@ -50,7 +73,10 @@ class LocalState:
 
     @property
     def keys(self) -> dict[str, str]:
-        return dict(self.data.get("keys") or {})
+        keys = self.data.get("keys")
+        return (
+            {k: v for k, v in keys.items() if isinstance(v, str)} if isinstance(keys, dict) else {}
+        )
 
     def save(self, **changes: Any) -> None:
         self.data.update(changes)
@@ -60,6 +86,20 @@ class LocalState:
         with os.fdopen(fd, "w") as fh:
             json.dump(self.data, fh, indent=1)
         os.replace(tmp, self.path)
+
+    @contextlib.contextmanager
+    def locked(self, what: str) -> Iterator[None]:
+        """Hold ``<group>.lock`` beside the file while ``what`` (``crc up``, ``crc down``)
+        runs: a second one of the same scenario from this computer is refused
+        (``Conflict``) instead of racing the first for the group and the machines."""
+        try:
+            with runlock.hold(self.path.with_suffix(".lock"), f"{what}, pid {os.getpid()}"):
+                yield
+        except runlock.Busy as busy:
+            raise Conflict(
+                f"another `crc up` or `crc down` of {self.path.stem} is running on this "
+                f"computer ({busy.holder or 'pid unknown'}): wait for it, or stop it"
+            ) from None
 
     def delete(self) -> None:
         self.data = {}

@@ -22,7 +22,9 @@ from ...errors import NotFound, Unavailable
 from ...protocol.states import JobStatus
 from ...providers import Feature, Instance, Provider
 from ..client import Client
+from ..follow import follow_events
 from ..types import Message
+from ..waits import FLOOR_TYPES, MessageWait
 from . import shellquote, templates
 from .graph import Outcome
 from .model import (
@@ -98,6 +100,8 @@ class StepExecutor:
         self.view = view
         self._jobs: set[str] = set()
         self._lock = threading.Lock()
+        #: Set on Ctrl-C: waits end at their next poll or tick ("interrupted").
+        self.stopped = threading.Event()
 
     # -- entry points -------------------------------------------------------------------
     def __call__(self, step: Step, attempt: int) -> Outcome:
@@ -127,7 +131,8 @@ class StepExecutor:
         raise AssertionError(f"unknown step kind {step.kind}")
 
     def cancel_all(self) -> None:
-        """Cancel every job still running (Ctrl-C)."""
+        """Cancel every job still running and end every wait (Ctrl-C)."""
+        self.stopped.set()
         with self._lock:
             jobs = list(self._jobs)
         if not jobs:
@@ -212,10 +217,12 @@ class StepExecutor:
             key = templates.render(a.key or "", ctx)
             while True:
                 left = deadline - time.monotonic()
+                if self.stopped.is_set():
+                    return Outcome(False, "interrupted")
                 if left <= 0:
                     return Outcome(False, f"key {key} did not appear in time")
                 try:
-                    got = c.kv_get(self.group, key, wait=min(left, 30.0))
+                    got = c.kv_get(self.group, key, wait=min(left, 2.0))
                     return Outcome(True, f"{key} = {got['value']!r}"[:200], {"value": got["value"]})
                 except NotFound:
                     continue
@@ -227,20 +234,48 @@ class StepExecutor:
 
         assert a.type is not None  # the parser gives every wait for a message its type
         try:
-            found = c.wait_messages(
-                self.group,
-                a.type,
-                list(step.targets),
-                timeout=max(0.0, deadline - time.monotonic()),
-                on_message=show,
-            )
+            found = self._wait_messages(c, a.type, list(step.targets), step, deadline, show)
         except Unavailable as exc:
             return Outcome(False, exc.message.replace(" message from", " from"))
+        if found is None:
+            return Outcome(False, "interrupted")
         bodies = {m: found[m].body for m in step.targets}
         return Outcome(True, f"{a.type} from {', '.join(step.targets)}", bodies)
 
+    def _wait_messages(
+        self,
+        c: Client,
+        type: str,
+        senders: list[str],
+        step: Step,
+        deadline: float,
+        show: Callable[[Message], None],
+    ) -> dict[str, Message] | None:
+        """``Client.wait_messages``, that also ends (None) on Ctrl-C."""
+        wait = MessageWait(type, senders, None)
+        if wait.needs_floors:
+            now = c.event_cursor(self.group)
+            for ev in c.events(self.group, since=0, types=FLOOR_TYPES):
+                if ev["cursor"] > now:
+                    break
+                wait.floor(ev)
+        for ev in follow_events(self.client_factory, self.group, wait.start, ("message",)):
+            if ev is not None:
+                msg = wait.feed(ev)
+                if msg is not None:
+                    show(msg)
+            if wait.done:
+                return wait.found
+            if self.stopped.is_set():
+                return None
+            if time.monotonic() > deadline:
+                raise wait.timeout_error(step.timeout)
+        raise Unavailable(f"the event stream of {self.group} ended (group deleted?)")
+
     def _wait_ready(self, c: Client, step: Step, deadline: float) -> Outcome:
         while True:
+            if self.stopped.is_set():
+                return Outcome(False, "interrupted")
             states = {m["name"]: m["state"] for m in c.group(self.group)["machines"]}
             waiting = [m for m in step.targets if states.get(m) != "ready"]
             if not waiting:
@@ -272,7 +307,7 @@ class StepExecutor:
         back: set[str] = set()
         deadline = time.monotonic() + step.timeout
         try:
-            for ev in c.events(self.group, since=cursor, follow=True, keepalive=True):
+            for ev in follow_events(self.client_factory, self.group, cursor):
                 if (
                     ev is not None
                     and ev["type"] == "machine.state"
@@ -286,6 +321,8 @@ class StepExecutor:
                         back.add(m)
                 if back >= set(step.targets):
                     return Outcome(True, f"{', '.join(step.targets)} rebooted and ready")
+                if self.stopped.is_set():
+                    return Outcome(False, "interrupted")
                 if time.monotonic() > deadline:
                     break
         except Unavailable as exc:

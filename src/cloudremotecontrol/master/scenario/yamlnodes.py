@@ -51,12 +51,28 @@ class Problem:
         )
 
 
+def _not_a_name(knode: yaml.Node, key: object, allowed: tuple[str, ...] | None) -> str:
+    """Why a mapping's key is refused: YAML 1.1 reads ``on``, ``no``, ``yes``, ``off``,
+    numbers and dates as other types than strings."""
+    expected = f" (expected one of: {', '.join(allowed)})" if allowed else ""
+    if not isinstance(knode, yaml.ScalarNode):
+        return "keys must be strings" + expected
+    text = knode.value if len(knode.value) <= 40 else knode.value[:40] + "..."
+    return (
+        f"key {text!r} is not a string in YAML (it reads as {type(key).__name__} {key!r}): "
+        f"quote it if it is meant{expected}"
+    )
+
+
 class ScenarioError(InvalidInput):
-    """The scenario file is invalid; ``problems`` lists each with file:line:column."""
+    """The scenario file is invalid; ``problems`` lists each with file:line:column, in
+    the order of the file."""
 
     code = "invalid_scenario"
+    multiline = True
 
     def __init__(self, problems: list[Problem]) -> None:
+        problems = sorted(problems, key=lambda p: (p.where.file, p.where.line, p.where.column))
         shown = [str(p) for p in problems[:20]]
         if len(problems) > 20:
             shown.append(f"... and {len(problems) - 20} more")
@@ -87,6 +103,7 @@ class NodeReader:
         self.file = file
         self.loader = yaml.SafeLoader(text)
         self.problems: list[Problem] = []
+        self._unreadable: set[int] = set()  # nodes whose value() failed (told once)
 
     def where(self, node: yaml.Node | None) -> Where:
         mark = node.start_mark if node is not None else None
@@ -108,11 +125,24 @@ class NodeReader:
             self.problems.append(Problem(where, "", f"not valid YAML: {exc.problem}"))
         except yaml.YAMLError as exc:
             self.problems.append(Problem(Where(self.file, 1, 1), "", f"not valid YAML: {exc}"))
+        except RecursionError:  # PyYAML's composer recurses once per level of nesting
+            self.problems.append(Problem(Where(self.file, 1, 1), "", "nested too deeply"))
         return None
 
     def value(self, node: yaml.Node) -> Any:
-        """The plain Python value of a subtree (scalars typed as YAML 1.1 says)."""
-        return self.loader.construct_object(node, deep=True)
+        """The plain Python value of a subtree (scalars typed as YAML 1.1 says); ``None``,
+        with the problem recorded once, for one that has none: an alias inside itself
+        (``&x [*x]``), an unknown tag (``!foo``), a date that does not exist."""
+        try:
+            return self.loader.construct_object(node, deep=True)
+        except (yaml.YAMLError, ValueError, OverflowError, RecursionError) as exc:
+            if id(node) not in self._unreadable:
+                self._unreadable.add(id(node))
+                problem = getattr(exc, "problem", None) or str(exc)
+                if isinstance(exc, RecursionError):
+                    problem = "nested too deeply"
+                self.error(node, "", f"not valid YAML: {problem}")
+            return None
 
     def mapping(
         self, node: yaml.Node, path: str, allowed: tuple[str, ...] | None = None
@@ -126,7 +156,7 @@ class NodeReader:
         for knode, vnode in node.value:
             key = self.value(knode) if isinstance(knode, yaml.ScalarNode) else None
             if not isinstance(key, str):
-                self.error(knode, path, "keys must be strings")
+                self.error(knode, path, _not_a_name(knode, key, allowed))
                 continue
             sub = f"{path}.{key}" if path else key
             if key in out:

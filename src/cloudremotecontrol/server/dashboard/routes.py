@@ -251,8 +251,9 @@ async def login(request: Request) -> Response:
         )
     token = form.get("token", "").strip()
     peer = request.client.host if request.client else None
+    replacing = request.cookies.get(sessions.COOKIE)  # this browser's session until now
     try:
-        opened = await _store(request).write(sessions.open_session, token, peer)
+        opened = await _store(request).write(sessions.open_session, token, peer, replacing)
     except Unauthorized:
         return _login_form(
             request,
@@ -262,12 +263,14 @@ async def login(request: Request) -> Response:
             form.get("next"),
         )
     resp = RedirectResponse(_safe_next(form.get("next")), status_code=303)
+    # Secure and Path=/ with no Domain, as the __Host- prefix demands (sessions.COOKIE),
+    # over plain HTTP on loopback too (`--insecure`).
     resp.set_cookie(
         sessions.COOKIE,
         opened["cookie"],
         max_age=sessions.SESSION_SECONDS,
         httponly=True,
-        secure=request.url.scheme == "https",
+        secure=True,
         samesite="strict",
         path="/",
     )
@@ -284,11 +287,24 @@ async def logout(request: Request) -> Response:
     except Unauthorized:
         user = None  # no live session: nothing to end
     except CrcError as exc:
-        return JSONResponse(exc.to_payload(), status_code=exc.http_status)
+        # Most often a page rendered for an earlier session of this browser (logged out
+        # and in again in another tab): its CSRF token is stale. The error page is
+        # rendered for the live session, so its own Log out works.
+        message = exc.message
+        if exc.code == "csrf":
+            message = "this page was out of date (a newer session of this browser): log out here"
+        try:  # the live session, found without the CSRF check that just failed
+            live = await _store(request).read(
+                sessions.authenticate_session, request.cookies.get(sessions.COOKIE, "")
+            )
+        except Unauthorized:
+            live = None
+        return _render(request, "error.html", live, exc.http_status, message=message, code=exc.code)
     if user is not None:
         await _store(request).write(sessions.end_session, request.cookies[sessions.COOKIE])
     resp = RedirectResponse(f"{PREFIX}/login", status_code=303)
-    resp.delete_cookie(sessions.COOKIE, path="/")
+    # Without Secure a browser ignores a __Host- cookie, a deletion included.
+    resp.delete_cookie(sessions.COOKIE, path="/", secure=True, httponly=True, samesite="strict")
     return resp
 
 

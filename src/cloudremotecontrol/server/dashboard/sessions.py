@@ -2,9 +2,10 @@
 
 The cookie holds a secret like every other credential here (``crcs_<id>_<secret>``,
 stored as a SHA-256, compared in constant time). It is HttpOnly (page scripts never see
-it), SameSite=Strict (other sites' pages never send it) and Secure over HTTPS. A session
-lasts at most ``SESSION_SECONDS``, ends at logout, and dies with the master token that
-opened it (``crc server revoke-token``).
+it), SameSite=Strict (other sites' pages never send it), Secure, and named with the
+``__Host-`` prefix (``COOKIE``). A session lasts at most ``SESSION_SECONDS``, ends at
+logout or at the next login in the same browser (the cookie it presents is ended), and
+dies with the master token that opened it (``crc server revoke-token``).
 
 A session authenticates the same requests a bearer token does, so the pages use the
 /v1 API itself and its authorization (every operation scoped to the caller's user);
@@ -43,7 +44,12 @@ __all__ = [
     "session_from_cookie",
 ]
 
-COOKIE = "crc_session"
+#: ``__Host-``: a browser takes this cookie only when it is Secure, for Path=/ and with no
+#: Domain, so neither a subdomain nor a plain-HTTP page can set or shadow it (RFC 6265bis,
+#: section 4.1.3.2). Secure even under ``--insecure``: browsers treat loopback
+#: (127.0.0.0/8, [::1], localhost) as a secure origin for cookies, and ``--insecure``
+#: serves nothing else (tests/system/test_dashboard_cookie_prefix.py, in Chromium).
+COOKIE = "__Host-crc_session"
 CSRF_HEADER = "x-csrf-token"
 SESSION_SECONDS = 12 * 3600
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -62,11 +68,20 @@ def new_form_token() -> str:
 # -- operations (run in the store) -------------------------------------------------------
 
 
-def open_session(tx: Tx, token: str, peer: str | None) -> dict[str, Any]:
-    """Check ``token`` exactly as the API does; return ``{"cookie", "user", "expires"}``."""
+def open_session(
+    tx: Tx, token: str, peer: str | None, replacing: str | None = None
+) -> dict[str, Any]:
+    """Check ``token`` exactly as the API does; return ``{"cookie", "user", "expires"}``.
+
+    ``replacing``: the session cookie the browser presented with the login, if any. A
+    browser holds one session: the new cookie overwrites the old one there, so the old
+    session is ended here too, rather than left alive on the server for hours for
+    whoever copied its cookie."""
     user = authenticate_master(tx, token)
     master = parse_secret(token, "m")
     assert master is not None  # authenticate_master refused anything else
+    if replacing:
+        end_session(tx, replacing, reason="new login")
     t = now()
     tx.execute("DELETE FROM sessions WHERE expires < ?", (t,))
     secret = new_secret("s")
@@ -98,14 +113,16 @@ def authenticate_session(tx: Tx, presented: str) -> dict[str, Any]:
     return {"user_id": row["user_id"], "user": row["name"], "session": secret.id}
 
 
-def end_session(tx: Tx, presented: str) -> bool:
-    """Log out: the session is gone for good. True if there was one."""
+def end_session(tx: Tx, presented: str, reason: str | None = None) -> bool:
+    """Log out: the session is gone for good. True if there was one (a live session
+    whose secret matches: a made-up or ended cookie ends nothing)."""
     try:
         user = authenticate_session(tx, presented)
     except Unauthorized:
         return False
     tx.execute("DELETE FROM sessions WHERE id = ?", (user["session"],))
-    audit(tx, user["user_id"], user["user"], "dashboard.logout", None, {})
+    details = {"reason": reason} if reason else {}
+    audit(tx, user["user_id"], user["user"], "dashboard.logout", None, details)
     return True
 
 

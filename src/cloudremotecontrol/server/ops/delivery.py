@@ -144,7 +144,9 @@ def machine_connected(
             machine=m["name"],
         )
     event = MachineEvent.CONNECT_READY if ready else MachineEvent.CONNECT
-    state = _transition(tx, m, event, peer_ip=peer_ip, connected_by=replica)
+    # Connected with a credential: the agent has it, so its enrollment nonce may no
+    # longer get another (ops/enrollment.py).
+    state = _transition(tx, m, event, peer_ip=peer_ip, connected_by=replica, enroll_nonce=None)
     return {
         "in_done": m["in_done"],
         "resume_from": server_resumes,
@@ -493,7 +495,7 @@ def auto_hosts_sync(tx: Tx, group_id: str) -> list[tuple[str, int, str]]:
     import hashlib
 
     from .jobs import create_hosts_sync
-    from .roster import hosts_entries, roster
+    from .roster import hosts_table, roster
 
     group = tx.one("SELECT * FROM groups WHERE id = ? AND deleted IS NULL", (group_id,))
     settings = loads(group["settings"]) if group else None
@@ -501,9 +503,10 @@ def auto_hosts_sync(tx: Tx, group_id: str) -> list[tuple[str, int, str]]:
         return []
     which = str(settings.get("hosts_ip") or "auto")
     live = [m for m in roster(tx, group_id) if m["state"] in ("ready", "offline")]
-    entries = hosts_entries(live, which)
-    digest = hashlib.sha256(dumps(sorted(entries)).encode()).hexdigest()
-    if not entries or settings.get("hosts_synced") == digest:
+    table = hosts_table(live, live, which)  # what each machine's hosts file gets
+    listed = sorted((name, sorted(entries)) for name, entries in table.items())
+    digest = hashlib.sha256(dumps(listed).encode()).hexdigest()
+    if not any(table.values()) or settings.get("hosts_synced") == digest:
         return []
     settings["hosts_synced"] = digest
     tx.execute("UPDATE groups SET settings = ? WHERE id = ?", (dumps(settings), group_id))

@@ -6,15 +6,38 @@ transaction that issues the credential. A refusal says why (used, revoked, expir
 only to whoever presents the key's secret: a key id with any other secret is just
 "rejected", so key ids (which the server logs) tell an attacker nothing. Refusals never
 echo the key.
+
+A retry: the agent keeps a random nonce in its state directory before it first presents
+the key, and sends it along; only its hash is stored. If the answer never reached the
+agent (killed between the server's commit and saving its credential, or the answer
+lost on the network), the same key with the same nonce gets the credential again. This
+holds only until the machine first connects with a credential (then the agent evidently
+has one and the nonce's hash is cleared: ``ops/delivery.py``) and only while the key
+would still be valid; any other nonce, or none, still hears "already used".
+
+The credential given with a nonce is derived from it and the key's id
+(``derived_secret``), not drawn at random: every enrollment with the same key and nonce
+answers the same credential, so requests of one agent that overlap (a retry sent while
+the first request is still being served, on one server or on two replicas) all get the
+one that works, whichever the store runs last. A random credential per request made the
+last one run replace those already answered. The nonce, which only the agent has, is
+what keeps the credential secret (its hash, stored here, does not give it).
 """
 
 from __future__ import annotations
 
+import hmac
 from typing import Any
 
 from ...errors import KeyRejected, Unauthorized
 from ...protocol.states import MachineEvent, MachineState, machine_next
-from ...protocol.tokens import new_secret, parse_secret, verify_secret
+from ...protocol.tokens import (
+    derived_secret,
+    hash_secret,
+    new_secret,
+    parse_secret,
+    verify_secret,
+)
 from ..store.base import Tx
 from .common import add_event, audit, loads, now
 
@@ -31,8 +54,25 @@ def key_id_of(presented: str | None) -> str:
     return key.id
 
 
-def enroll(tx: Tx, presented: str | None, peer_ip: str | None) -> dict[str, Any]:
-    """Burn the key; return ``{"credential", "machine", "group"}``."""
+def _is_retry(row: dict[str, Any], nonce_hash: str | None) -> bool:
+    """The key was used with this very nonce, and the machine never connected since."""
+    stored = row["enroll_nonce"]
+    return (
+        row["key_hash"] is None
+        and row["deleted"] is None
+        and row["state"] not in (MachineState.PENDING.value, MachineState.REVOKED.value)
+        and nonce_hash is not None
+        and stored is not None
+        and hmac.compare_digest(stored, nonce_hash)
+    )
+
+
+def enroll(
+    tx: Tx, presented: str | None, peer_ip: str | None, nonce: str | None = None
+) -> dict[str, Any]:
+    """Burn the key; return ``{"credential", "machine", "group"}``. ``nonce`` (the
+    agent's retry nonce, validated by the API model) lets the same agent enroll again
+    if the answer was lost (module docstring)."""
     key = parse_secret(presented, "k")
     if key is None:
         raise KeyRejected(
@@ -46,7 +86,9 @@ def enroll(tx: Tx, presented: str | None, peer_ip: str | None) -> dict[str, Any]
     stored = None if row is None else (row["key_hash"] or row["key_spent"])
     if row is None or stored is None or not verify_secret(key, stored):
         raise KeyRejected(REJECTED)
-    if row["key_hash"] is None or row["deleted"] is not None:
+    nonce_hash = None if nonce is None else hash_secret(nonce)
+    retry = _is_retry(row, nonce_hash)
+    if not retry and (row["key_hash"] is None or row["deleted"] is not None):
         reason = "revoked" if row["state"] == MachineState.REVOKED.value else "already used"
         raise KeyRejected(
             f"enrollment key {reason}: keys are single use; make a new group "
@@ -54,30 +96,45 @@ def enroll(tx: Tx, presented: str | None, peer_ip: str | None) -> dict[str, Any]
         )
     if row["key_expires"] is not None and row["key_expires"] < now():
         raise KeyRejected("enrollment key expired: keys expire if unused (see --key-ttl)")
-    nxt = machine_next(MachineState(row["state"]), MachineEvent.ENROLL)
-    if nxt is None:
-        raise KeyRejected(f"machine {row['name']!r} is {row['state']}: cannot enroll")
-    cred = new_secret("a")
-    tx.execute(
-        "UPDATE machines SET state = ?, key_spent = key_hash, key_hash = NULL, key_used = ?, "
-        "cred_id = ?, cred_hash = ?, peer_ip = ?, last_seen = ? "
-        "WHERE id = ? AND key_hash IS NOT NULL",
-        (nxt.value, now(), cred.id, cred.hash, peer_ip, now(), row["id"]),
-    )
-    add_event(
-        tx,
-        row["group_id"],
-        "machine.state",
-        {"state": nxt.value, "previous": row["state"]},
-        machine=row["name"],
-    )
+    # With a nonce, the same credential for every request of this agent (docstring).
+    cred = new_secret("a") if nonce is None else derived_secret("a", nonce, f"enroll {key.id}")
+    if retry:
+        # The answer was lost: the same credential again (or, for one made at random by
+        # an earlier version, this one replaces it: never received, so never used).
+        tx.execute(
+            "UPDATE machines SET cred_id = ?, cred_hash = ?, peer_ip = ?, last_seen = ? "
+            "WHERE id = ? AND enroll_nonce = ?",
+            (cred.id, cred.hash, peer_ip, now(), row["id"], nonce_hash),
+        )
+    else:
+        nxt = machine_next(MachineState(row["state"]), MachineEvent.ENROLL)
+        if nxt is None:
+            raise KeyRejected(f"machine {row['name']!r} is {row['state']}: cannot enroll")
+        burnt = tx.execute(
+            "UPDATE machines SET state = ?, key_spent = key_hash, key_hash = NULL, "
+            "key_used = ?, cred_id = ?, cred_hash = ?, peer_ip = ?, last_seen = ?, "
+            "enroll_nonce = ? WHERE id = ? AND key_hash IS NOT NULL",
+            (nxt.value, now(), cred.id, cred.hash, peer_ip, now(), nonce_hash, row["id"]),
+        )
+        if not burnt:  # another enrollment burnt the key since it was read
+            raise KeyRejected(
+                "enrollment key already used: keys are single use; make a new group "
+                "or machine to get a new key"
+            )
+        add_event(
+            tx,
+            row["group_id"],
+            "machine.state",
+            {"state": nxt.value, "previous": row["state"]},
+            machine=row["name"],
+        )
     audit(
         tx,
         row["user_id"],
         f"machine:{row['name']}",
         "machine.enroll",
         row["group_name"],
-        {"peer_ip": peer_ip},
+        {"peer_ip": peer_ip, "retry": True} if retry else {"peer_ip": peer_ip},
     )
     settings = loads(row["settings"]) or {}
     return {

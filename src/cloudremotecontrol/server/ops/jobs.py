@@ -17,7 +17,7 @@ from ...protocol.wire import Message
 from ..store.base import Tx
 from .common import add_event, audit, dumps, live_group, loads, now
 from .rollout import advance, rollout_of, withdraw
-from .roster import hosts_entries, roster
+from .roster import hosts_entries, hosts_table, roster
 from .streams import enqueue_many, outbox
 
 __all__ = [
@@ -97,20 +97,31 @@ def create_hosts_sync(
     only_ready: bool = False,
 ) -> dict[str, Any]:
     """A job that makes every target's hosts file list the group's machines (with
-    ``only_ready``: the machines that are, or were, ready - not pending ones)."""
+    ``only_ready``: the machines that are, or were, ready - not pending ones). Each
+    target gets its own list: under ``auto`` the address of a peer depends on the pair
+    (``roster.hosts_entries``)."""
     group = live_group(tx, user["user_id"], group_name)
-    machines = roster(tx, group["id"])
+    everyone = roster(tx, group["id"])
+    machines = everyone
     if only_ready:
         machines = [m for m in machines if m["state"] in ("ready", "offline")]
         if to == "all" and machines:  # nor sent to the others: each gets the list
             to = ",".join(m["name"] for m in machines)  # current when it turns ready
-    entries = hosts_entries(machines, which)
-    if not entries:
+    if not hosts_entries(machines, which):
         raise InvalidInput(
             "no machine of the group has reported an address yet: wait until they are ready"
         )
-    sync = HostsSync(job_id=uuid.uuid4().hex, group=group_name, entries=tuple(entries))
-    return _create(tx, user, group_name, to, sync, {"hosts": entries})
+    job_id = uuid.uuid4().hex
+    table = hosts_table(machines, everyone, which)
+
+    def per_target(name: str) -> Message:
+        return HostsSync(job_id=job_id, group=group_name, entries=tuple(table[name]))
+
+    # The job's spec lists every line some machine gets (one may be there with its
+    # private and its public address); each target's own list is in its message.
+    listed = list(dict.fromkeys(e for entries in table.values() for e in entries))
+    sync = HostsSync(job_id=job_id, group=group_name, entries=tuple(listed))
+    return _create(tx, user, group_name, to, sync, {"hosts": listed}, per_target=per_target)
 
 
 def create_kind(
@@ -136,7 +147,10 @@ def _create(
     summary: dict[str, Any],
     blob: str | None = None,
     rollout: Rollout | None = None,
+    per_target: Callable[[str], Message] | None = None,
 ) -> dict[str, Any]:
+    """``per_target(machine name)``: each target's own message (same kind and job)
+    instead of ``msg``, which is still what the job's spec records."""
     job_id: str = getattr(msg, "job_id")  # noqa: B009 -- every job message has one
     kind, body = msg.type_name, msg.to_body()
     group = live_group(tx, user["user_id"], group_name)
@@ -178,7 +192,14 @@ def _create(
             [
                 (
                     m["id"],
-                    Envelope.make(group_name, "master", m["name"], kind, body, job_id),
+                    Envelope.make(
+                        group_name,
+                        "master",
+                        m["name"],
+                        kind,
+                        per_target(m["name"]).to_body() if per_target else body,
+                        job_id,
+                    ),
                     job_id,
                 )
                 for m in machines

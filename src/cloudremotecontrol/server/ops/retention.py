@@ -9,6 +9,9 @@
 * **Files** (``blob_owners``) uploaded or pulled more than ``retain_blobs_days`` ago
   that no open job still moves; content nobody owns any more is then removed from the
   database (replicas) and from each server's disk (``BlobStore.forget``).
+* **Shell recordings** (ops/recordings.py ``prune_recordings``) whose last chunk is
+  older than ``retain_recordings_days``, and those of a group deleted longer than
+  ``retain_events_days`` (with its jobs).
 
 The audit record is append-only and kept.
 """

@@ -10,7 +10,7 @@ from ...protocol.fields import check_ip
 from ..store.base import Tx
 from .common import loads
 
-__all__ = ["hosts_entries", "roster"]
+__all__ = ["hosts_entries", "hosts_table", "roster"]
 
 
 def roster(tx: Tx, group_id: str) -> list[dict[str, Any]]:
@@ -57,27 +57,115 @@ def _pick(ips: list[str]) -> str | None:
     return (v4 or ips)[0] if ips else None
 
 
-def hosts_entries(machines: list[dict[str, Any]], which: str = "auto") -> list[tuple[str, str]]:
-    """``(ip, name)`` per peer. ``private``/``public`` force a kind; ``auto`` uses private
-    (VPC) addresses when every peer has one, else the address the server sees. Only
-    plain addresses are used: a hosts line is built from them."""
+# What a bare address tells of its private network (facts carry no prefix lengths): the
+# RFC 1918 or RFC 6598 block of an IPv4 address, the /48 of an IPv6 unique local address
+# (RFC 4193: one site's random prefix). Any other address is not private, whatever the
+# machine calls it.
+_PRIVATE_V4 = tuple(
+    ipaddress.ip_network(n)
+    for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10")
+)
+_UNIQUE_LOCAL = ipaddress.ip_network("fc00::/7")
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _network(ip: str) -> Network | None:
+    addr = ipaddress.ip_address(ip)
+    if addr.version == 4:
+        return next((n for n in _PRIVATE_V4 if addr in n), None)
+    if addr in _UNIQUE_LOCAL:
+        return ipaddress.ip_network(f"{addr}/48", strict=False)
+    return None
+
+
+class _Peer:
+    """One machine's addresses, checked and parsed once per sync."""
+
+    def __init__(self, m: dict[str, Any]) -> None:
+        self.name: str = m["name"]
+        self.private = _addresses(m.get("private_ips"))
+        self.seen = _address(m.get("public_ip")) or _pick(_addresses(m.get("ips")))
+        # Its private addresses in a private network, IPv4 first, else in its own order
+        # (an agent lists its primary address first and container bridges last).
+        found = [(ip, net) for ip in self.private if (net := _network(ip)) is not None]
+        self.candidates = sorted(found, key=lambda c: c[1].version)
+        self.nets = frozenset(net for _, net in self.candidates)
+        self.own = frozenset(ip for ip, _ in self.candidates)
+
+    def private_for(self, nets: frozenset[Network], own: frozenset[str]) -> str | None:
+        """This machine's private address that a machine with addresses ``own`` in the
+        private networks ``nets`` can reach: the first in a network of theirs. Never one
+        they have too: the same address on two machines (a container bridge's
+        172.17.0.1) is each one's own, and leads nowhere else."""
+        for ip, net in self.candidates:
+            if net in nets and ip not in own:
+                return ip
+        return None
+
+
+def _check(which: str) -> None:
     if which not in ("auto", "private", "public"):
         raise InvalidInput("--ip must be auto, private or public", field="ip")
-    known = [m for m in machines if _addresses(m.get("ips")) or _address(m.get("public_ip"))]
-    if which == "auto":
-        which = (
-            "private"
-            if known and all(_addresses(m.get("private_ips")) for m in known)
-            else "public"
-        )
-    out = []
-    for m in known:
-        if which == "private":
-            ip = _pick(_addresses(m.get("private_ips")))
-        else:
-            ip = _address(m.get("public_ip")) or _pick(_addresses(m.get("ips")))
-        if ip:
-            out.append((ip, m["name"]))
+
+
+def hosts_entries(
+    machines: list[dict[str, Any]], which: str = "auto", target: dict[str, Any] | None = None
+) -> list[tuple[str, str]]:
+    """``(ip, name)`` per machine of ``machines``, for the hosts file of ``target`` (a
+    roster entry; None: a machine without private addresses).
+
+    ``private``/``public`` force a kind, the same for every target. ``auto`` chooses per
+    pair: a peer's private address when it is in a private network the target also has
+    an address in (the same RFC 1918/6598 block, or the same unique local /48), else the
+    address the server sees the peer connect from; the target itself by its own private
+    address if it has one. Only plain addresses are used: a hosts line is built from
+    them, and facts are only what a machine claims."""
+    viewer = target if target is not None else {"name": ""}  # no machine's name
+    return hosts_table(machines, [viewer], which)[viewer["name"]]
+
+
+def hosts_table(
+    machines: list[dict[str, Any]], targets: list[dict[str, Any]], which: str = "auto"
+) -> dict[str, list[tuple[str, str]]]:
+    """Each target's :func:`hosts_entries` by name (``targets``: roster entries). The
+    addresses are parsed once, and targets alike in what decides the choice share it,
+    so a group costs about one list per private network, not one per machine."""
+    _check(which)
+    parsed = {id(m): _Peer(m) for m in machines}
+    peers = [p for p in parsed.values() if p.seen]  # those with an address to list
+    if which != "auto":  # the same for every target
+        same = []
+        for p in peers:
+            ip = _pick(p.private) if which == "private" else p.seen
+            if ip:
+                same.append((ip, p.name))
+        return {t["name"]: same for t in targets}
+    viewers = [parsed.get(id(t)) or _Peer(t) for t in targets]
+    # What decides a peer's line for a target: the target's private networks, and which
+    # of its addresses another machine also has (those it must not be sent to).
+    count: dict[str, int] = {}
+    for p in {m.name: m for m in (*peers, *viewers)}.values():  # each machine once
+        for ip in p.own:
+            count[ip] = count.get(ip, 0) + 1
+    shared = {ip for ip, n in count.items() if n > 1}
+    lists: dict[tuple[frozenset[Network], frozenset[str]], list[tuple[str, str]]] = {}
+    index = {p.name: i for i, p in enumerate(peers)}
+    out = {}
+    for v in viewers:
+        key = (v.nets, v.own & shared)
+        if key not in lists:
+            lists[key] = [(ip, p.name) for p in peers if (ip := p.private_for(*key) or p.seen)]
+        entries = lists[key]  # every peer has a line (a seen address): in peers' order
+        me = index.get(v.name)
+        if me is not None:  # the target itself: its own private address, one no other
+            # machine has if it can, else its seen address
+            mine = [ip for ip, _ in peers[me].candidates]
+            own = next((ip for ip in mine if ip not in shared), mine[0] if mine else None)
+            own = own or peers[me].seen
+            if own:
+                entries = [*entries[:me], (own, v.name), *entries[me + 1 :]]
+        out[v.name] = entries
     return out
 
 

@@ -1,8 +1,8 @@
 """Shell sessions and forwards in the store: who may open one, and the audit of each.
 
-A stream's bytes never touch the database: only its opening (``stream.open``) and its
-end (``stream.close``: bytes each way, duration, exit code, recording) are written,
-to the audit record and to the group's events.
+A stream's bytes are not in the audit or the events: only its opening (``stream.open``)
+and its end (``stream.close``: bytes each way, duration, exit code, recording) are
+written there. A shell session's recording has tables of its own (ops/recordings.py).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from .common import add_event, audit, live_group, loads
 __all__ = [
     "POLICY_KEYS",
     "check_stream",
+    "close_cut_streams",
     "close_stream",
     "list_sessions",
     "open_stream",
@@ -95,6 +96,65 @@ def close_stream(
     """The end of a stream: bytes each way, duration, exit code (audit and event)."""
     audit(tx, user["user_id"], user["user"], "stream.close", group, {"machine": machine, **detail})
     add_event(tx, group_id, "stream.closed", {"by": user["user"], **detail}, machine=machine)
+
+
+#: How many of the latest opened streams the start-up sweep looks at.
+CUT_SWEEP = 1000
+
+
+def close_cut_streams(tx: Tx) -> int:
+    """Audit the end of the streams opened and never closed: a server killed (``kill
+    -9``, a power loss) writes no ``stream.close``, so ``crc sessions list`` (which
+    lists closes) missed them, recording and all. Run at start by a server alone on its
+    database (SQLite), when no stream of its can be open any more. Each gets a close
+    marked ``"cut": true``, its duration through its recording's last chunk (else 0);
+    returns how many."""
+    opened = tx.all(
+        "SELECT * FROM audit WHERE action = ? ORDER BY id DESC LIMIT ?", ("stream.open", CUT_SWEEP)
+    )
+    if not opened:
+        return 0
+    first = min(int(r["id"]) for r in opened)
+    closed = {
+        (loads(r["detail"]) or {}).get("stream")
+        for r in tx.all(
+            "SELECT detail FROM audit WHERE action = ? AND id > ?", ("stream.close", first)
+        )
+    }
+    done = 0
+    for r in reversed(opened):
+        detail = loads(r["detail"]) or {}
+        stream = detail.get("stream")
+        if not isinstance(stream, str) or stream in closed:
+            continue
+        rec = tx.one("SELECT size, updated FROM recordings WHERE stream = ?", (stream,))
+        started = float(r["created"])
+        last = float(rec["updated"]) if rec is not None else started
+        summary = {
+            **{k: v for k, v in detail.items() if k != "machine"},
+            "started": started,
+            "duration": round(max(0.0, last - started), 3),
+            "error": "cut: the server stopped before the session ended",
+            "cut": True,
+            "recorded": rec is not None,
+        }
+        machine = str(detail.get("machine") or "")
+        audit(
+            tx,
+            r["user_id"],
+            r["actor"],
+            "stream.close",
+            r["group_name"],
+            {"machine": machine, **summary},
+        )
+        g = tx.one(
+            "SELECT id FROM groups WHERE user_id = ? AND name = ? AND deleted IS NULL",
+            (r["user_id"], r["group_name"]),
+        )
+        if g is not None:
+            add_event(tx, g["id"], "stream.closed", {"by": r["actor"], **summary}, machine=machine)
+        done += 1
+    return done
 
 
 def list_sessions(tx: Tx, user_id: str, group: str, limit: int = 100) -> list[dict[str, Any]]:

@@ -11,7 +11,14 @@ from ...protocol.tokens import new_secret, parse_secret, verify_secret
 from ..store.base import Tx
 from .common import audit, now
 
-__all__ = ["add_token", "authenticate_master", "create_user", "list_tokens", "revoke_token"]
+__all__ = [
+    "add_token",
+    "authenticate_master",
+    "create_user",
+    "list_tokens",
+    "list_users",
+    "revoke_token",
+]
 
 
 def create_user(tx: Tx, name: str) -> str:
@@ -68,10 +75,24 @@ def revoke_token(tx: Tx, user_name: str, token_name: str) -> None:
 
 
 def list_tokens(tx: Tx, user_name: str) -> list[dict[str, Any]]:
+    """User ``user_name``'s master tokens, revoked ones included, oldest first: their
+    names and dates (never a secret: only hashes are stored)."""
     user_id = _user_id(tx, user_name)
     return tx.all(
-        "SELECT name, created, revoked FROM master_tokens WHERE user_id = ? ORDER BY created",
+        "SELECT name, created, revoked FROM master_tokens WHERE user_id = ? ORDER BY created, name",
         (user_id,),
+    )
+
+
+def list_users(tx: Tx) -> list[dict[str, Any]]:
+    """Every user, by name: when created, how many live master tokens and live groups."""
+    return tx.all(
+        "SELECT u.name AS user, u.created, "
+        "(SELECT COUNT(*) FROM master_tokens t WHERE t.user_id = u.id AND t.revoked IS NULL) "
+        "AS tokens, "
+        "(SELECT COUNT(*) FROM groups g WHERE g.user_id = u.id AND g.deleted IS NULL) "
+        "AS groups "
+        "FROM users u ORDER BY u.name",
     )
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import psycopg
 
+from ...errors import InvalidInput
 from .base import (
     JOB_TARGET_SQL,
     OUTBOX_DROP_SQL,
@@ -677,6 +678,15 @@ def group_key(group_id: str) -> int:
     )
 
 
+def _no_nul(params: Sequence[Any]) -> None:
+    """PostgreSQL text cannot hold a NUL character (psycopg refuses to send it): a value
+    with one, which can only come from input, is refused as such, as a 400, not a 500.
+    (SQLite stores and compares it: a name with a NUL there is merely not found.)"""
+    for value in params:
+        if isinstance(value, str) and "\x00" in value:
+            raise InvalidInput("text with a NUL character (\\x00) cannot be stored or looked up")
+
+
 class PgTx(Tx):
     database_errors = (psycopg.Error,)
 
@@ -703,6 +713,7 @@ class PgTx(Tx):
         self._marks: list[tuple[str, int]] = []  # open savepoints: (name, len(events))
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        _no_nul(params)
         if self.pipeline is not None:
             count = known_count(sql)
             if count is not None:
@@ -718,6 +729,7 @@ class PgTx(Tx):
         return self.cur.rowcount
 
     def send(self, sql: str, params: Sequence[Any] = ()) -> None:
+        _no_nul(params)
         if self.pipeline is None:
             self.execute(sql, params)
             return
@@ -745,6 +757,7 @@ class PgTx(Tx):
             self.cur.execute(to_pyformat(sql), tuple(params))
 
     def one(self, sql: str, params: Sequence[Any] = ()) -> dict[str, Any] | None:
+        _no_nul(params)
         for cache in self.rows:
             served, row = cache.get(sql, params)
             if served:
@@ -756,6 +769,7 @@ class PgTx(Tx):
         return self.reader.fetchone()
 
     def all(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        _no_nul(params)
         for cache in self.rows:
             if isinstance(cache, OutboxCache):
                 rows = cache.drop(sql, params)

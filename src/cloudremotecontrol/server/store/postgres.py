@@ -173,6 +173,8 @@ from .pg_tx import (
 )
 from .schema import migrate
 
+_JITTER = random.Random()  # noqa: S311 -- retry jitter, not cryptography
+
 __all__ = ["CHANNEL", "PostgresStore", "known_count", "to_pyformat"]
 
 T = TypeVar("T")
@@ -389,7 +391,7 @@ class PostgresStore(Store):
             if retry:
                 self.retries += len(retry)
                 wait = min(0.05, 0.001 * 2 ** max(p.attempts for p in retry))
-                time.sleep(random.uniform(0, wait))  # noqa: S311 -- jitter, not crypto
+                time.sleep(_JITTER.uniform(0, wait))
 
     def _run_batch(self, batch: list[_Pending]) -> list[_Pending]:
         """Run ``batch`` in one transaction, each op in its own savepoint; commit once,

@@ -173,6 +173,31 @@ def _v9(d: str) -> list[str]:
     ]
 
 
+def _v10(d: str) -> list[str]:
+    """Shell session recordings in the database, in chunks written as the session goes,
+    so that any replica serves any recording and one outlives the replica that carried
+    its session (``updated``: when its last chunk was written, for retention)."""
+    real, integer = _REAL[d], _INT[d]
+    data = {"sqlite": "BLOB", "postgresql": "BYTEA"}[d]
+    return [
+        f"""CREATE TABLE recordings (
+            stream TEXT PRIMARY KEY, user_id TEXT NOT NULL, group_id TEXT NOT NULL,
+            size {integer} NOT NULL, chunks {integer} NOT NULL, created {real} NOT NULL,
+            updated {real} NOT NULL)""",
+        "CREATE INDEX recordings_updated ON recordings(updated)",
+        "CREATE INDEX recordings_group ON recordings(group_id)",
+        f"""CREATE TABLE recording_chunks (
+            stream TEXT NOT NULL, n {integer} NOT NULL, data {data} NOT NULL,
+            PRIMARY KEY (stream, n))""",
+    ]
+
+
+def _v11(d: str) -> list[str]:
+    """The hash of the nonce an agent sent with its enrollment: the same key with the
+    same nonce may enroll again (the answer was lost) until the machine connects."""
+    return ["ALTER TABLE machines ADD COLUMN enroll_nonce TEXT"]
+
+
 MIGRATIONS = [
     (1, _v1),
     (2, _v2),
@@ -183,6 +208,8 @@ MIGRATIONS = [
     (7, _v7),
     (8, _v8),
     (9, _v9),
+    (10, _v10),
+    (11, _v11),
 ]
 
 

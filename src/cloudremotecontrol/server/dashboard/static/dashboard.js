@@ -99,9 +99,27 @@
         source.close();
         if (stopped) return;
         status("reconnecting…", false);
-        setTimeout(open, wait);
+        setTimeout(retry, wait);
         wait = Math.min(wait * 2, 10000);
       };
+    };
+    // An EventSource does not say why it failed: ask whether the session is still live
+    // (a logout, an expiry or a revoked token cut the stream with 401) and, if it is not,
+    // go to the login form, which comes back here, rather than retrying for ever.
+    const retry = async () => {
+      if (stopped) return;
+      try {
+        const resp = await fetch("/v1/whoami", { credentials: "same-origin" });
+        if (resp.status === 401) {
+          stop("signed out");
+          const here = window.location.pathname + window.location.search;
+          window.location.href = `/dashboard/login?next=${encodeURIComponent(here)}`;
+          return;
+        }
+      } catch (_) {
+        /* the server is unreachable: keep trying */
+      }
+      open();
     };
     const stop = (why) => {
       stopped = true;

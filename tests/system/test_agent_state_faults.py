@@ -1,0 +1,114 @@
+"""An agent whose state directory cannot be used (a file in its path, a damaged
+database) stops at once with one clear line and exit code 2, not a Python traceback
+that the service manager restarts for ever without saying why; one whose state disk
+fills up while a job runs waits for room, and loses nothing of the job."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import Env
+
+
+def _stopped_with_one_line(agent_log: str) -> list[str]:
+    lines = [ln for ln in agent_log.splitlines() if ln.strip()]
+    assert "Traceback" not in agent_log, agent_log
+    return [ln for ln in lines if ln.startswith(("crc: error:", "crc agent: error:"))]
+
+
+def test_an_enrolled_agent_with_a_damaged_database_says_so_and_exits_2(env: Env) -> None:
+    out = env.client.create_group("g", ["web"])
+    agent = env.agent("web", out["machines"][0]["key"])
+    env.wait_state("g", ["web"], "ready")
+    agent.stop()
+    db = agent.state_dir / "agent.db"
+    for extra in ("agent.db-wal", "agent.db-shm"):
+        (agent.state_dir / extra).unlink(missing_ok=True)
+    db.write_bytes(b"\x00not a database\xff" * 512)  # a disk fault, a copy cut short
+
+    again = env.agent("web", None)
+    assert again.wait(60) == 2
+    errors = _stopped_with_one_line(again.log())
+    assert len(errors) == 1 and f"{db} is damaged" in errors[0], again.log()
+
+
+def test_an_agent_whose_state_directory_cannot_be_made_says_so_and_exits_2(
+    env: Env, crc: Callable[..., Any], tmp_path: Path
+) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")  # a file where a directory must be
+    key = env.client.create_group("g", ["web"])["machines"][0]["key"]
+    state_dir = blocker / "state"
+    service = [sys.executable, "-m", "cloudremotecontrol.agent", "run"]
+    for how in ("crc agent run", "the service's entry point"):
+        if how == "crc agent run":
+            out = crc("agent", "run", "--state-dir", str(state_dir), extra_env={"CRC_KEY": key})
+        else:
+            out = subprocess.run(
+                [*service, "--state-dir", str(state_dir)],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                env={**os.environ, **env.cli_env, "CRC_KEY": key},
+            )
+        assert out.returncode == 2, out.stderr
+        errors = _stopped_with_one_line(out.stderr)
+        assert len(errors) == 1, out.stderr
+        assert f"cannot use state directory {state_dir}: Not a directory" in errors[0]
+    # The key was never presented: the machine can still enroll.
+    assert env.client.group("g")["machines"][0]["state"] == "pending"
+
+
+def _wait_for(check: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout  # a safety net, not a measurement
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("unshare") is None,
+    reason="needs root and unshare(1) to give the agent a small disk of its own",
+)
+def test_a_job_whose_output_meets_a_full_state_disk_goes_on_once_there_is_room(
+    env: Env, crc: Callable[..., Any], tmp_path: Path
+) -> None:
+    out = env.client.create_group("lab", ["a"])
+    state_dir = tmp_path / "agents" / "a"
+    state_dir.mkdir(parents=True)
+    small_disk = 'mount -t tmpfs -o size=2m crc-test "$0" && exec "$@"'
+    prefix = ["unshare", "--mount", "--propagation", "private", "sh", "-c", small_disk]
+    agent = env.agent("a", out["machines"][0]["key"], prefix=[*prefix, str(state_dir)])
+    env.wait_state("lab", ["a"], "ready")
+    assert agent.proc is not None
+    # The job fills the agent's disk (it sees the agent's mounts), then writes output.
+    fill = f"dd if=/dev/zero of={state_dir / 'filler'} bs=4k 2>/dev/null; seq 1 20000"
+    crc_run = [sys.executable, "-m", "cloudremotecontrol", "run", "lab", "--to", "a", "--"]
+    run = subprocess.Popen(
+        [*crc_run, "sh", "-c", fill],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **env.cli_env},
+    )
+    try:
+        _wait_for(lambda: "database or disk is full" in agent.log(), "a full disk")
+        filler = Path(f"/proc/{agent.proc.pid}/root{state_dir}") / "filler"
+        filler.unlink()  # room again: what waited goes out, nothing lost
+        stdout, stderr = run.communicate(timeout=90)
+    finally:
+        run.kill()
+        run.communicate()
+    assert run.returncode == 0, stderr
+    assert stdout == "".join(f"[a] {n}\n" for n in range(1, 20001))
+    assert "[a] succeeded (exit 0)" in stderr
+    assert agent.alive() and "Traceback" not in agent.log()

@@ -1,0 +1,64 @@
+"""A shell session cut by a killed server (``kill -9``: no end is ever written) is
+listed by `crc sessions list` after the restart, marked cut, with its recording."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+from wire_helpers import assert_no_traceback_in_server_log
+
+
+def _chunks_of(db: Path, stream: str) -> int:
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+        try:
+            row = conn.execute(
+                "SELECT COUNT(*) FROM recording_chunks WHERE stream = ?", (stream,)
+            ).fetchone()
+        except sqlite3.OperationalError:  # no such table yet
+            return 0
+    return int(row[0])
+
+
+def test_a_session_cut_by_a_killed_server_is_listed_after_restart(env: Any, crc: Any) -> None:
+    env.group_with_agents("lab", ["dev"])
+    with env.client.shell("lab", "dev", argv=["true"]) as s:  # one that ended normally
+        assert s.wait(60) == 0
+    shell = env.client.shell("lab", "dev", argv=["sh", "-c", "echo cut-me; sleep 600"])
+    cut = shell.id
+    received = b""
+    while b"cut-me" not in received:
+        received += shell.recv(60)
+    deadline = time.monotonic() + 60
+    while _chunks_of(env.server.data_dir / "crc.db", cut) == 0:
+        assert time.monotonic() < deadline, "the recording never reached the database"
+        time.sleep(0.2)
+    env.server.kill(signal.SIGKILL)
+    shell.close()
+    env.server.start()
+    out = crc("sessions", "list", "lab", "--json")
+    assert out.returncode == 0, out.stderr
+    rows = {r["stream"]: r for r in json.loads(out.stdout)["sessions"]}
+    assert cut in rows, rows
+    row = rows[cut]
+    assert row["cut"] is True and row["recorded"] is True, row
+    assert row["kind"] == "shell" and row["machine"] == "dev" and row["by"] == "alice", row
+    assert "exit_code" not in row and "server stopped" in row["error"], row
+    assert [r.get("cut", False) for r in rows.values()] == [False, True], rows
+    # The table says so too, and the recording plays.
+    table = crc("sessions", "list", "lab")
+    assert table.returncode == 0, table.stderr
+    line = next(x for x in table.stdout.splitlines() if x.startswith(cut))
+    assert " cut " in f" {line} ", line
+    assert "cut-me" in env.client.recording(cut)
+    # Listed once: a second restart does not close it again.
+    env.server.stop()
+    env.server.start()
+    again = env.client.sessions("lab")
+    assert [r["stream"] for r in again].count(cut) == 1, again
+    assert_no_traceback_in_server_log(env.server)

@@ -1,0 +1,95 @@
+"""`crc wait`, `crc run` and the SDK's waits refuse what can never be waited for at
+once, with one line and the exit code of docs/reference.md, instead of waiting in vain
+(or printing a traceback)."""
+
+from __future__ import annotations
+
+import pytest
+
+from cloudremotecontrol.errors import InvalidInput, NotFound
+
+SAFETY = 30.0  # each command here answers at once; a wait in vain runs into this
+
+
+def _one_line(r, code: int) -> str:
+    assert r.returncode == code, r.stdout + r.stderr
+    assert r.stderr.startswith("crc: error: ") and r.stderr.count("\n") == 1, r.stderr
+    assert "Traceback" not in r.stderr and r.stdout == "", r.stdout
+    return str(r.stderr)
+
+
+@pytest.fixture
+def quiet(env) -> str:
+    """A group whose one machine never enrolls."""
+    env.client.create_group("quiet", ["a"])
+    return "quiet"
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "NaNs", "infm"])
+def test_a_duration_that_is_no_number_of_seconds_is_refused(crc, quiet, value):
+    r = crc("run", quiet, "--to", "a", "--timeout", value, "--", "true", timeout=SAFETY)
+    assert f"invalid duration '{value}'" in _one_line(r, 2)
+    r = crc("wait", quiet, "--timeout", value, timeout=SAFETY)
+    assert f"invalid duration '{value}'" in _one_line(r, 2)
+
+
+def test_crc_wait_for_machines_not_in_the_group_says_so_like_crc_run(crc, quiet):
+    r = crc("run", quiet, "--to", "b", "--", "true", timeout=SAFETY)
+    assert _one_line(r, 4) == "crc: error: no machine 'b' in group 'quiet'\n"
+    r = crc("wait", quiet, "--machines", "b", "--timeout", "1m", timeout=SAFETY)
+    assert _one_line(r, 4) == "crc: error: no machine 'b' in group 'quiet'\n"
+    r = crc("wait", quiet, "--machines", "a,b,c", "--timeout", "1m", timeout=SAFETY)
+    assert _one_line(r, 4) == "crc: error: no machine 'b', 'c' in group 'quiet'\n"
+
+
+@pytest.mark.parametrize("value", [",", "", " , "])
+def test_crc_wait_for_no_machine_at_all_is_a_usage_error(crc, quiet, value):
+    r = crc("wait", quiet, "--machines", value, "--timeout", "1m", timeout=SAFETY)
+    assert "names no machine" in _one_line(r, 2)
+
+
+def test_crc_wait_for_a_message_from_a_machine_not_in_the_group_fails_at_once(env, crc, quiet):
+    r = crc("wait", quiet, "--message", "done", "--from", "b", "--timeout", "10m", timeout=SAFETY)
+    assert _one_line(r, 4) == "crc: error: no machine 'b' in group 'quiet'\n"
+    with pytest.raises(NotFound):
+        env.client.wait_message(quiet, "done", "b", timeout=600)
+    with pytest.raises(NotFound):
+        env.client.wait_messages(quiet, "done", ["a", "zz"], timeout=600)
+
+
+@pytest.mark.parametrize("type_", ["", "bad type!", "user.", "x" * 65])
+def test_crc_wait_for_a_message_type_no_machine_can_send_is_refused(env, crc, quiet, type_):
+    r = crc("wait", quiet, "--message", type_, "--timeout", "10m", timeout=SAFETY)
+    assert "invalid message type" in _one_line(r, 2)
+    with pytest.raises(InvalidInput):
+        env.client.wait_message(quiet, type_, timeout=600)
+
+
+@pytest.mark.parametrize("json_flag", [[], ["--json"]])
+def test_crc_run_says_which_targets_are_not_connected(env, crc, json_flag):
+    """A job to machines that are offline (or never enrolled) waits for them: crc run
+    says so on stderr instead of sitting there silently."""
+    agents = env.group_with_agents("mixed", ["a", "b"])
+    env.client.create_group("later", ["p"])
+    agents["b"].stop()
+    env.wait_state("mixed", ["b"], "offline")
+    args = ["--deliver-within", "2s", *json_flag, "--", "echo", "hi"]
+    r = crc("run", "mixed", "--to", "all", *args, timeout=SAFETY)
+    assert r.returncode == 125, r.stdout + r.stderr  # b: expired
+    note = (
+        "crc: not connected: b (offline); the job waits until they connect "
+        "(--deliver-within sets a limit, Ctrl-C cancels it)\n"
+    )
+    assert note in r.stderr, r.stderr
+    r = crc("run", "later", "--to", "all", *args, timeout=SAFETY)
+    assert r.returncode == 125, r.stdout + r.stderr
+    assert "crc: not connected: p (pending);" in r.stderr, r.stderr
+    r = crc("run", "mixed", "--to", "a", *args, timeout=SAFETY)
+    assert r.returncode == 0 and "not connected" not in r.stderr, r.stderr
+
+
+def test_crc_wait_for_a_message_refuses_machines_it_would_ignore(crc, quiet):
+    r = crc(
+        "wait", quiet, "--message", "done", "--machines", "a", "--timeout", "10m", timeout=SAFETY
+    )
+    assert "--machines does not go with --message: use --from MACHINE" in _one_line(r, 2)

@@ -1,0 +1,127 @@
+"""Which address of a peer a machine's hosts file lists (``--ip auto|private|public``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from cloudremotecontrol.errors import InvalidInput
+from cloudremotecontrol.server.ops.roster import hosts_entries, hosts_table
+
+
+def machine(name: str, public: str | None, private: list[str] | None = None) -> dict[str, Any]:
+    """A roster entry: ``public`` the address the server sees, ``private`` the facts'."""
+    private = private or []
+    ips = [*private, *([public] if public else [])]
+    return {"name": name, "public_ip": public, "ips": ips, "private_ips": private}
+
+
+# Two machines in one VPC (10.1.96.0/20) and one outside any.
+A = machine("a", "198.51.100.1", ["10.1.96.3"])
+B = machine("b", "198.51.100.2", ["10.1.96.4"])
+C = machine("c", "203.0.113.9")
+GROUP = [A, B, C]
+
+
+def test_auto_pairs_vpc_machines_by_private_address_and_the_outsider_by_public():
+    table = hosts_table(GROUP, GROUP)
+    # The two VPC machines reach each other (and themselves) privately, the outsider
+    # publicly: one machine without a private address no longer switches everyone.
+    assert table["a"] == [("10.1.96.3", "a"), ("10.1.96.4", "b"), ("203.0.113.9", "c")]
+    assert table["b"] == [("10.1.96.3", "a"), ("10.1.96.4", "b"), ("203.0.113.9", "c")]
+    # The outsider cannot reach a private address: everyone's public one.
+    assert table["c"] == [("198.51.100.1", "a"), ("198.51.100.2", "b"), ("203.0.113.9", "c")]
+    for m in GROUP:
+        assert hosts_entries(GROUP, "auto", m) == table[m["name"]]
+
+
+def test_auto_without_a_target_lists_what_the_server_sees():
+    assert hosts_entries(GROUP) == [
+        ("198.51.100.1", "a"),
+        ("198.51.100.2", "b"),
+        ("203.0.113.9", "c"),
+    ]
+
+
+def test_private_and_public_are_the_same_for_every_target():
+    assert hosts_table(GROUP, GROUP, "private") == {
+        name: [("10.1.96.3", "a"), ("10.1.96.4", "b")] for name in "abc"
+    }
+    public = [("198.51.100.1", "a"), ("198.51.100.2", "b"), ("203.0.113.9", "c")]
+    assert hosts_table(GROUP, GROUP, "public") == {name: public for name in "abc"}
+
+
+def test_machines_in_different_private_networks_use_public_addresses():
+    home = machine("h", "192.0.2.7", ["192.168.1.20"])
+    lab = [A, home]
+    assert hosts_entries(lab, "auto", A) == [("10.1.96.3", "a"), ("192.0.2.7", "h")]
+    assert hosts_entries(lab, "auto", home) == [("198.51.100.1", "a"), ("192.168.1.20", "h")]
+    # IPv6 unique local addresses: the same /48 is one site, another /48 is not.
+    x = machine("x", "2001:db8::1", ["fd12:3456:789a:1::5"])
+    y = machine("y", "2001:db8::2", ["fd12:3456:789a:2::6"])
+    z = machine("z", "2001:db8::3", ["fdff:3456:789a:1::7"])
+    assert hosts_entries([x, y, z], "auto", x) == [
+        ("fd12:3456:789a:1::5", "x"),
+        ("fd12:3456:789a:2::6", "y"),
+        ("2001:db8::3", "z"),
+    ]
+
+
+def test_the_peers_first_address_in_a_shared_network_is_chosen_ipv4_first():
+    # Several private networks on the peer (a VPC, a container bridge, a ULA): the first,
+    # IPv4 before IPv6, of those the target has an address in too.
+    peer = machine("p", "198.51.100.5", ["fd00:1::9", "172.18.0.1", "10.1.96.9", "10.200.0.9"])
+    target = machine("t", "198.51.100.6", ["fd00:1::8", "10.1.96.8"])
+    assert hosts_entries([peer], "auto", target) == [("10.1.96.9", "p")]
+    only_v6 = machine("t6", "198.51.100.7", ["fd00:1::8"])
+    assert hosts_entries([peer], "auto", only_v6) == [("fd00:1::9", "p")]
+
+
+def test_an_address_both_machines_have_is_never_the_way_to_the_other():
+    # Docker's bridge is 172.17.0.1 on every host: it leads each one to itself.
+    vpc = machine("v", "198.51.100.10", ["10.1.96.10", "172.17.0.1"])
+    bridge_first = machine("w", "198.51.100.11", ["172.17.0.1", "10.1.96.11"])
+    outside = machine("o", "198.51.100.12", ["172.17.0.1"])
+    group = [vpc, bridge_first, outside]
+    table = hosts_table(group, group)
+    assert table["v"] == [("10.1.96.10", "v"), ("10.1.96.11", "w"), ("198.51.100.12", "o")]
+    assert table["w"] == [("10.1.96.10", "v"), ("10.1.96.11", "w"), ("198.51.100.12", "o")]
+    # Its own line is its own private address, whatever the others have.
+    assert table["o"] == [("198.51.100.10", "v"), ("198.51.100.11", "w"), ("172.17.0.1", "o")]
+
+
+def test_targets_alike_share_a_list_but_each_has_its_own_line():
+    vpc = [machine(f"m{i}", f"198.51.100.{i + 20}", [f"10.1.96.{i + 20}"]) for i in range(5)]
+    group = [*vpc, C]
+    table = hosts_table(group, group)
+    for m in vpc:
+        assert table[m["name"]] == [
+            *[(f"10.1.96.{i + 20}", f"m{i}") for i in range(5)],
+            ("203.0.113.9", "c"),
+        ]
+    assert table["c"] == [
+        *[(f"198.51.100.{i + 20}", f"m{i}") for i in range(5)],
+        ("203.0.113.9", "c"),
+    ]
+
+
+def test_claimed_private_addresses_that_are_not_private_are_not_trusted():
+    # Facts are what a machine claims: a public address called private, or garbage.
+    liar = machine("l", "198.51.100.8", ["8.8.8.8", "10.1.96.7\n6.6.6.6 bank", "not-an-ip"])
+    mate = machine("m", "198.51.100.9", ["8.8.8.8", "10.1.96.5"])
+    assert hosts_entries([liar, mate], "auto", mate) == [
+        ("198.51.100.8", "l"),
+        ("10.1.96.5", "m"),
+    ]
+    assert hosts_entries([liar, mate], "auto", liar) == [
+        ("198.51.100.8", "l"),
+        ("198.51.100.9", "m"),
+    ]
+
+
+def test_a_peer_without_any_address_is_left_out_and_bad_modes_are_refused():
+    silent = {"name": "s", "public_ip": None, "ips": [], "private_ips": ["10.1.96.1"]}
+    assert hosts_entries([A, silent], "auto", A) == [("10.1.96.3", "a")]
+    with pytest.raises(InvalidInput):
+        hosts_table(GROUP, GROUP, "vpc")
