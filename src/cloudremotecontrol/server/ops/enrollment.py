@@ -15,13 +15,16 @@ holds only until the machine first connects with a credential (then the agent ev
 has one and the nonce's hash is cleared: ``ops/delivery.py``) and only while the key
 would still be valid; any other nonce, or none, still hears "already used".
 
-The credential given with a nonce is derived from it and the key's id
-(``derived_secret``), not drawn at random: every enrollment with the same key and nonce
-answers the same credential, so requests of one agent that overlap (a retry sent while
-the first request is still being served, on one server or on two replicas) all get the
-one that works, whichever the store runs last. A random credential per request made the
-last one run replace those already answered. The nonce, which only the agent has, is
-what keeps the credential secret (its hash, stored here, does not give it).
+The credential given with a nonce is derived from the nonce and the key's own secret
+(``derived_secret``, keyed with both; the key's id as context), not drawn at random:
+every enrollment with the same key and nonce answers the same credential, so requests of
+one agent that overlap (a retry sent while the first request is still being served, on
+one server or on two replicas) all get the one that works, whichever the store runs
+last. A random credential per request made the last one run replace those already
+answered. Neither part alone gives the credential: the key's secret is random (192
+bits, drawn by the server) whatever nonce an agent picks, and the nonce, which only the
+agent has, keeps it from whoever read the key in the startup script later. The store
+holds hashes of both, which do not give it either.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from typing import Any
 from ...errors import KeyRejected, Unauthorized
 from ...protocol.states import MachineEvent, MachineState, machine_next
 from ...protocol.tokens import (
+    Secret,
     derived_secret,
     hash_secret,
     new_secret,
@@ -41,7 +45,7 @@ from ...protocol.tokens import (
 from ..store.base import Tx
 from .common import add_event, audit, loads, now
 
-__all__ = ["REJECTED", "authenticate_machine", "enroll", "key_id_of"]
+__all__ = ["REJECTED", "authenticate_machine", "enroll", "enrolled_secret", "key_id_of"]
 
 REJECTED = "enrollment key rejected: copy it exactly as `crc group create` printed it"
 
@@ -52,6 +56,13 @@ def key_id_of(presented: str | None) -> str:
     if key is None or not key.id.isalnum() or len(key.id) > 32:
         return "(malformed)"
     return key.id
+
+
+def enrolled_secret(key_secret: str, nonce: str, key_id: str) -> Secret:
+    """The credential of an enrollment with a nonce (module docstring): keyed with the
+    key's secret and the nonce (a NUL between them: neither holds one), so that neither
+    alone gives it."""
+    return derived_secret("a", f"{key_secret}\0{nonce}", f"enroll {key_id}")
 
 
 def _is_retry(row: dict[str, Any], nonce_hash: str | None) -> bool:
@@ -97,7 +108,7 @@ def enroll(
     if row["key_expires"] is not None and row["key_expires"] < now():
         raise KeyRejected("enrollment key expired: keys expire if unused (see --key-ttl)")
     # With a nonce, the same credential for every request of this agent (docstring).
-    cred = new_secret("a") if nonce is None else derived_secret("a", nonce, f"enroll {key.id}")
+    cred = new_secret("a") if nonce is None else enrolled_secret(key.secret, nonce, key.id)
     if retry:
         # The answer was lost: the same credential again (or, for one made at random by
         # an earlier version, this one replaces it: never received, so never used).
