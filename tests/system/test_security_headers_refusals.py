@@ -2,7 +2,8 @@
 (server/httpguard.py), carry the same security headers as every other answer: 408 for a
 request head that does not arrive in time, 503 for a connection pushed out of the pool
 of unauthenticated ones or refused because that pool is busy. Raw HTTP/1.1 over the real
-server's TLS (test_security_headers_everywhere.py covers 400, 413 and 431)."""
+server's TLS (test_security_headers_everywhere.py covers 400, 413 and 431). So do the
+refusals of a WebSocket handshake, written by the WebSocket library (server/wsprotocol.py)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from wire_helpers import assert_no_traceback_in_server_log
 
 from cloudremotecontrol.master.localrun import ServerProcess
 from cloudremotecontrol.server.secheaders import HEADERS
+from cloudremotecontrol.server.wsprotocol import AGENT_PATH
 from cloudremotecontrol.tlspin import client_context
 
 SECURITY = {k.decode(): v.decode() for k, v in HEADERS}
@@ -126,4 +128,26 @@ def test_a_connection_refused_while_the_pool_is_busy_gets_503_with_the_headers(
         assert head.startswith(b"HTTP/1.1 100 "), head
         with _connect(server, "127.0.0.4") as refused:
             _assert_refusal("refused", _read_answer(refused), 503, "unavailable")
+    assert_no_traceback_in_server_log(server)
+
+
+def test_a_refused_websocket_handshake_carries_the_headers(server: ServerProcess) -> None:
+    upgrade = (
+        "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    )
+    cases = [
+        ("no key", AGENT_PATH, upgrade.split("Sec-WebSocket-Key")[0], 400),
+        ("bad version", AGENT_PATH, upgrade.replace("Version: 13", "Version: 99"), 400),
+        ("no such WebSocket", "/v1/nowhere", upgrade, 403),
+        ("a page asked for a WebSocket", "/dashboard/", upgrade, 403),
+    ]
+    for what, path, headers_sent, status in cases:
+        with _connect(server, "127.0.0.5") as sock:
+            sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{headers_sent}\r\n".encode())
+            got, headers, body = _read_answer(sock)
+        assert got == status, (what, got, body)
+        for name, value in SECURITY.items():
+            assert headers.get(name) == [value], (what, name, headers)
+        assert b"Traceback" not in body, what
     assert_no_traceback_in_server_log(server)
