@@ -229,7 +229,7 @@ def session_of(server: Any, token: str) -> tuple[str, str]:
     with pinned_http(server) as c:
         r = c.get("/dashboard/login")
         assert r.status_code == 200, r.text
-        form = {"token": token, "form_token": r.cookies["crc_login"], "next": "/dashboard/"}
+        form = {"token": token, "form_token": r.cookies["__Host-crc_login"], "next": "/dashboard/"}
         r = c.post("/dashboard/login", data=form)
         assert r.status_code == 303 and r.headers["location"] == "/dashboard/", r.text
         cookie = r.cookies["__Host-crc_session"]

@@ -32,7 +32,7 @@ def _assert_host_cookie(cookie: dict[str, Any], host: str) -> None:
 
 def test_over_https_the_session_cookie_is_a_host_cookie(env, browser):
     with pinned_http(env.server) as http:
-        form_token = http.get("/dashboard/login").cookies["crc_login"]
+        form_token = http.get("/dashboard/login").cookies["__Host-crc_login"]
         r = http.post("/dashboard/login", data={"token": env.token, "form_token": form_token})
         assert r.status_code == 303
         header = next(v.lower() for k, v in r.headers.multi_items() if v.startswith(f"{COOKIE}="))

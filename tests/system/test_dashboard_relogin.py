@@ -13,8 +13,8 @@ from cloudremotecontrol.server.dashboard.sessions import COOKIE
 
 def _login(http, token: str, presented: str | None) -> str:
     """Log in through the form with ``presented`` as this browser's session cookie."""
-    form_token = http.get("/dashboard/login").cookies["crc_login"]
-    cookies = f"crc_login={form_token}" + (f"; {COOKIE}={presented}" if presented else "")
+    form_token = http.get("/dashboard/login").cookies["__Host-crc_login"]
+    cookies = f"__Host-crc_login={form_token}" + (f"; {COOKIE}={presented}" if presented else "")
     r = http.post(
         "/dashboard/login",
         data={"token": token, "form_token": form_token},
@@ -50,11 +50,11 @@ def test_a_second_login_in_the_same_browser_ends_the_first_session(server):
             assert _whoami(http, fresh).status_code == 200
             assert _whoami(http, third).json()["user"] == "bob"
         # A failed login ends nothing either.
-        form_token = http.get("/dashboard/login").cookies["crc_login"]
+        form_token = http.get("/dashboard/login").cookies["__Host-crc_login"]
         r = http.post(
             "/dashboard/login",
             data={"token": "crcm_nope", "form_token": form_token},
-            headers={"Cookie": f"crc_login={form_token}; {COOKIE}={third}"},
+            headers={"Cookie": f"__Host-crc_login={form_token}; {COOKIE}={third}"},
         )
         assert r.status_code == 401
         assert _whoami(http, third).json()["user"] == "bob"

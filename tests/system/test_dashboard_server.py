@@ -64,13 +64,13 @@ def test_no_dashboard_serves_no_pages_and_makes_session_cookies_worthless(server
 def test_login_refuses_forged_posts_bad_tokens_and_redirects_elsewhere(server):
     token = server.add_user("alice")
     with pinned_http(server) as http:
-        form_token = http.get("/dashboard/login").cookies["crc_login"]
+        form_token = http.get("/dashboard/login").cookies["__Host-crc_login"]
         http.cookies.clear()
         # No form cookie (a post from another site's page): refused, no session.
         r = http.post("/dashboard/login", data={"token": token, "form_token": form_token})
         assert r.status_code == 403 and "__Host-crc_session" not in r.cookies
         assert "the form expired" in r.text
-        cookie = {"Cookie": f"crc_login={form_token}"}
+        cookie = {"Cookie": f"__Host-crc_login={form_token}"}
         r = http.post(
             "/dashboard/login", data={"token": token, "form_token": "x" * 32}, headers=cookie
         )

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import CrcError, InvalidInput
+from ..stdfds import fill_closed_std_fds
 
 __all__ = ["main", "run"]
 
@@ -129,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     agent runs with this state directory, ..."""
     from .deferred import defer
 
+    fill_closed_std_fds()  # started with 2>&-: before a socket or a file takes 0, 1 or 2
     defer()  # before websockets is imported: see agent/deferred.py
     options = _parser().parse_args(sys.argv[1:] if argv is None else argv)
     try:

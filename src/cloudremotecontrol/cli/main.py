@@ -13,6 +13,7 @@ import click
 
 from .. import __version__
 from ..errors import CrcError
+from ..stdfds import fill_closed_std_fds
 from . import output
 from .agent_cmds import agent
 from .bootstrap_cmds import bootstrap
@@ -71,6 +72,7 @@ def usage_line(exc: click.UsageError) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
+    fill_closed_std_fds()  # `crc ... 2>&-`: before any socket or file takes 0, 1 or 2
     try:
         rc = cli.main(args=argv, prog_name="crc", standalone_mode=False)
     except CrcError as exc:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from ..errors import CrcError
+from ..errors import CrcError, InvalidInput
 from .output import emit_json, json_option, print_table
 
 if TYPE_CHECKING:  # the server's modules load only when a command needs them
@@ -61,8 +61,14 @@ def init(
     from ..server.config import init_data_dir
     from ..server.teardown import load_cipher
 
-    cfg = init_data_dir(_data_dir(data_dir), url, listen, list(san), force)
-    load_cipher(Path(cfg.data_dir))  # teardown.key: replicas copy it with the certificate
+    where = _data_dir(data_dir)
+    try:
+        cfg = init_data_dir(where, url, listen, list(san), force)
+        load_cipher(Path(cfg.data_dir))  # teardown.key: replicas copy it with the certificate
+    except OSError as exc:  # a parent that is a file, a read-only or virtual file system
+        raise InvalidInput(
+            f"cannot make the server data directory {where}: {exc.strerror or exc}"
+        ) from None
     if as_json:
         emit_json({"url": cfg.url, "fingerprint": cfg.fingerprint, "data_dir": cfg.data_dir})
         return

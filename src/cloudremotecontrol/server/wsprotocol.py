@@ -10,14 +10,22 @@ anything (the agent's pings included) and closes a connection it has heard nothi
 for the silence timeout (``--agent-silence-timeout``, over two of the agent's pings)
 with 1011, as a missed pong would. Every other WebSocket (streams, the dashboard's
 terminal; browsers do not ping) keeps uvicorn's own pings.
+
+A handshake refused here (a malformed upgrade, 400; an endpoint that closes before it
+accepts, 403) is an HTTP answer written by websockets, outside the application and its
+``SecurityHeaders``: it gets the same security headers (secheaders.py) on its way out.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.http11 import Response
 
 from .. import keepalive
 from ..protocol.limits import AGENT_SILENCE_SECONDS
+from .secheaders import HEADERS
 
 __all__ = ["AGENT_PATH", "ListeningWebSocketProtocol", "listening_protocol"]
 
@@ -27,6 +35,21 @@ AGENT_PATH = "/v1/agent/connect"
 class ListeningWebSocketProtocol(WebSocketsSansIOProtocol):
     silence_seconds = AGENT_SILENCE_SECONDS
     last_heard = 0.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # uvicorn makes its sans-I/O ServerProtocol itself and sends every refusal
+        # through it: its send_response is where those answers can be completed.
+        send_response = self.conn.send_response
+
+        def with_headers(response: Response) -> None:
+            if response.status_code != 101:
+                for name, value in HEADERS:
+                    if name.decode() not in response.headers:
+                        response.headers[name.decode()] = value.decode()
+            send_response(response)
+
+        self.conn.send_response = with_headers  # type: ignore[method-assign]
 
     def data_received(self, data: bytes) -> None:
         self.last_heard = self.loop.time()

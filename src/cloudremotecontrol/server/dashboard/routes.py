@@ -32,7 +32,15 @@ __all__ = ["PREFIX", "router"]
 PREFIX = "/dashboard"
 HERE = Path(__file__).parent
 STATIC = HERE / "static"
-LOGIN_COOKIE = "crc_login"
+#: The login form's double-submit token (against login CSRF: a page of another site, or
+#: of a sibling subdomain, which is "same-site" for SameSite, logging the browser in as
+#: the attacker). ``__Host-`` as the session (sessions.COOKIE): Secure, Path=/, no
+#: Domain, so nothing but this origin can plant a value it knows (a subdomain or a
+#: plain-HTTP page of the same host could, for a cookie without the prefix).
+LOGIN_COOKIE = "__Host-crc_login"
+#: Its earlier name (Path=/dashboard/login): a form rendered then finds no token
+#: now, is answered "the form expired" and logs in at the next try; deleted when seen.
+OLD_LOGIN_COOKIE = "crc_login"
 MAX_LOGIN_FORM = 4096
 
 router = APIRouter(prefix=PREFIX, tags=["dashboard"], include_in_schema=False)
@@ -194,15 +202,18 @@ def _login_form(request: Request, error: str | None, status: int, next_: str | N
         form_token=form_token,
         next=_safe_next(next_),
     )
+    # Secure even over plain HTTP on loopback (`--insecure`), as the session cookie.
     resp.set_cookie(
         LOGIN_COOKIE,
         form_token,
         max_age=3600,
         httponly=True,
-        secure=request.url.scheme == "https",
+        secure=True,
         samesite="strict",
-        path=f"{PREFIX}/login",
+        path="/",
     )
+    if OLD_LOGIN_COOKIE in request.cookies:
+        resp.delete_cookie(OLD_LOGIN_COOKIE, path=f"{PREFIX}/login")
     return resp
 
 
@@ -274,7 +285,7 @@ async def login(request: Request) -> Response:
         samesite="strict",
         path="/",
     )
-    resp.delete_cookie(LOGIN_COOKIE, path=f"{PREFIX}/login")
+    resp.delete_cookie(LOGIN_COOKIE, path="/", secure=True, httponly=True, samesite="strict")
     return resp
 
 
