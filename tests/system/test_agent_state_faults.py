@@ -112,3 +112,61 @@ def test_a_job_whose_output_meets_a_full_state_disk_goes_on_once_there_is_room(
     assert stdout == "".join(f"[a] {n}\n" for n in range(1, 20001))
     assert "[a] succeeded (exit 0)" in stderr
     assert agent.alive() and "Traceback" not in agent.log()
+
+
+# Run in a mount namespace of its own, on a 2 MiB tmpfs: the agent's state database
+# (the product's AgentState) on a disk that fills up, then gets room back.
+_SMALL_DISK_SCRIPT = r"""
+import os, sqlite3, sys
+from cloudremotecontrol.agent.state import AgentState
+from cloudremotecontrol.protocol.messages import Envelope, JobOutput
+
+state_dir = sys.argv[1]
+state = AgentState(state_dir)
+
+def message(i):
+    return Envelope.of(JobOutput("f" * 32, "stdout", f"line {i}\n" * 5), "lab", "a", "master")
+
+filler = os.path.join(state_dir, "filler")
+with open(filler, "wb", buffering=0) as f:  # a job's log fills the disk
+    try:
+        while True:
+            f.write(b"\0" * 4096)
+    except OSError:
+        pass
+try:
+    state.enqueue(message(-1))
+except sqlite3.OperationalError as exc:
+    print("full:", exc)
+os.unlink(filler)  # the operator makes room: about 2 MiB
+for i in range(3000):  # output stored, sent and acknowledged, as a long job's is
+    try:
+        seq, _ = state.enqueue(message(i))
+    except sqlite3.OperationalError as exc:
+        print(f"stuck after {i} messages: {exc}")
+        sys.exit(1)
+    state.acked(seq)
+print("stored 3000")
+"""
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("unshare") is None,
+    reason="needs root and unshare(1) to give the agent's state a small disk of its own",
+)
+def test_the_state_database_does_not_take_back_the_room_a_full_disk_got(tmp_path: Path) -> None:
+    """Once a full disk has room again, the agent's database keeps working with it: its
+    write-ahead log used to grow into the freed room before its first checkpoint (4 MiB
+    by default) and leave nothing, so every later message failed for ever."""
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    small_disk = 'mount -t tmpfs -o size=2m crc-test "$1" && exec "$0" -c "$2" "$1"'
+    unshare = ["unshare", "--mount", "--propagation", "private", "sh", "-c", small_disk]
+    out = subprocess.run(
+        [*unshare, sys.executable, str(state_dir), _SMALL_DISK_SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert "full: database or disk is full" in out.stdout, out.stdout + out.stderr
+    assert out.returncode == 0 and "stored 3000" in out.stdout, out.stdout + out.stderr

@@ -20,7 +20,7 @@ import logging
 import random
 import sqlite3
 import ssl
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .. import __version__, keepalive
 from ..errors import CrcError, InvalidInput, KeyRejected, Unavailable
@@ -74,11 +74,14 @@ from .runner import run_job
 from .state import AgentState, Credential
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from .streams import StreamServer
 
 __all__ = ["Agent", "Revoked", "TryLater", "enroll", "parse_retry_after", "retry_delay"]
 
 log = logging.getLogger("crc.agent")
+_T = TypeVar("_T")
 
 STORE_RETRY_SECONDS = 5.0  # at most, between attempts to store a message on a full disk
 FOLD_SECONDS = 0.2  # a job that ends this soon after it started is reported in one message
@@ -316,17 +319,24 @@ class Agent:
         job_process: tuple[str, str | None] | None,
         request_id: str | None = None,
     ) -> tuple[int, str]:
-        """``AgentState.enqueue``, tried again until it works when the state directory's
-        disk is full (or the database cannot be written for a while): the message waits,
-        and so does what sends it (a job's output backs up into its pipes), rather than
-        be lost - a job's result with it, which left the job running for ever."""
+        """``AgentState.enqueue``, through ``until_written``."""
+        return await self.until_written(
+            lambda: self.state.enqueue(
+                env, job_done=job_done, job_process=job_process, request_id=request_id
+            )
+        )
+
+    async def until_written(self, write: Callable[[], _T]) -> _T:
+        """``write`` (a write to the state database), tried again until it works when the
+        state directory's disk is full (or the database cannot be written for a while):
+        the message waits, and so does what sends it (a job's output backs up into its
+        pipes), rather than be lost - a job's result with it, which left the job running
+        for ever."""
         delay = 0.25
         failed = False
         while True:
             try:
-                stored = self.state.enqueue(
-                    env, job_done=job_done, job_process=job_process, request_id=request_id
-                )
+                written = write()
             except sqlite3.OperationalError as exc:
                 if not failed:
                     log.warning(
@@ -341,7 +351,7 @@ class Agent:
                 continue
             if failed:
                 log.info("messages stored again in %s", self.state.dir)
-            return stored
+            return written
 
     async def emit(
         self, type: object, body: object, to: str = "master", request_id: str | None = None
@@ -929,7 +939,7 @@ class _Report:
         if self.streaming:
             await self.agent.send(JobStarted(self.job_id), job_process=process)
             return
-        self.agent.state.record_job_process(*process)
+        await self.agent.until_written(lambda: self.agent.state.record_job_process(*process))
         self.timer = asyncio.get_running_loop().create_task(self._window())
 
     async def _window(self) -> None:

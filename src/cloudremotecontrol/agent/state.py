@@ -40,6 +40,8 @@ __all__ = ["AgentState", "Credential"]
 # again without doing it twice): the last MAX_REQUEST_IDS, none older than a day.
 MAX_REQUEST_IDS = 10_000
 KEEP_REQUEST_IDS_SECONDS = 86400.0
+WAL_CHECKPOINT_PAGES = 64  # pages of the write-ahead log (256 KiB) that start a checkpoint
+WAL_KEEP_BYTES = 256 * 1024  # what the log file keeps of its size once checkpointed
 
 
 @dataclass
@@ -97,6 +99,13 @@ class AgentState:
     def _schema(db: sqlite3.Connection) -> None:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
+        # A small write-ahead log, given back after each checkpoint: SQLite's default
+        # (checkpoint at 1,000 pages, 4 MiB, the file kept at its largest) took up to
+        # 4 MiB of the disk before it gave anything back, so on a disk that had been
+        # full, the few MiB freed for the agent went into the log before any checkpoint
+        # could move it, and every later write failed for want of room it held itself.
+        db.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
+        db.execute(f"PRAGMA journal_size_limit={WAL_KEEP_BYTES}")
         db.executescript(
             """
             CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY, frame TEXT NOT NULL);
