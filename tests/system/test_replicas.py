@@ -7,6 +7,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
 from cloudremotecontrol.master.client import Client
 from cloudremotecontrol.master.localrun import AgentProcess, ServerProcess
 
@@ -235,7 +237,6 @@ def test_a_recording_is_served_by_any_replica_and_outlives_the_one_that_carried_
     """A carries a shell session whose output is large (many chunks) and not UTF-8; B
     serves its recording byte for byte, to its owner only, and still does once A is
     killed with kill -9."""
-    import pytest
 
     from cloudremotecontrol.errors import NotFound
 
@@ -331,6 +332,7 @@ def _shell_on(client: Client, database: str, marker: str):  # type: ignore[no-un
     return shell
 
 
+@pytest.mark.timeout(600)  # a lease of a minute to expire, on a busy machine
 def test_a_session_cut_by_a_killed_replica_is_listed_as_cut_through_another(pg_url, tmp_path):
     """A carries a shell session (the machine is connected to B and dials A back);
     A is killed with kill -9: once A's lease expired (a minute), B lists the session
@@ -354,6 +356,7 @@ def test_a_session_cut_by_a_killed_replica_is_listed_as_cut_through_another(pg_u
         assert "Traceback" not in b.log_path.read_text()
 
 
+@pytest.mark.timeout(600)
 def test_a_session_of_a_live_replica_is_never_cut_while_another_restarts(pg_url, tmp_path):
     """B carries a live session while A is killed, its own session cut, and A starts
     again: B's session is not listed until it ends, then once, with its exit code."""
