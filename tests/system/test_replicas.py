@@ -7,6 +7,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
 from cloudremotecontrol.master.client import Client
 from cloudremotecontrol.master.localrun import AgentProcess, ServerProcess
 
@@ -235,7 +237,6 @@ def test_a_recording_is_served_by_any_replica_and_outlives_the_one_that_carried_
     """A carries a shell session whose output is large (many chunks) and not UTF-8; B
     serves its recording byte for byte, to its owner only, and still does once A is
     killed with kill -9."""
-    import pytest
 
     from cloudremotecontrol.errors import NotFound
 
@@ -310,3 +311,69 @@ def test_a_message_from_a_machine_whose_group_another_replica_deleted_is_told_wh
     finally:
         for s in (a, b):
             s.stop()
+
+
+def _chunks_in(database: str, stream: str) -> int:
+    import psycopg
+
+    with psycopg.connect(database, autocommit=True, connect_timeout=5) as conn:
+        row = conn.execute(
+            "SELECT COUNT(*) FROM recording_chunks WHERE stream = %s", (stream,)
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _shell_on(client: Client, database: str, marker: str):  # type: ignore[no-untyped-def]
+    """A shell session that prints ``marker`` and waits (``read``), once its recording
+    has a chunk in the database."""
+    shell = client.shell("lab", "m", argv=["sh", "-c", f"echo {marker}; read x; echo got-$x"])
+    shell.expect(marker, 60)
+    _wait(lambda: _chunks_in(database, shell.id) > 0, 60)
+    return shell
+
+
+@pytest.mark.timeout(600)  # a lease of a minute to expire, on a busy machine
+def test_a_session_cut_by_a_killed_replica_is_listed_as_cut_through_another(pg_url, tmp_path):
+    """A carries a shell session (the machine is connected to B and dials A back);
+    A is killed with kill -9: once A's lease expired (a minute), B lists the session
+    as cut, with its recording, once, also after A starts again."""
+    with lab(tmp_path, pg_url, 2) as ((b, a), (via_b, via_a), _agent):
+        shell = _shell_on(via_a, pg_url, "cut-me")
+        cut = shell.id
+        a.kill()
+        shell.close()
+
+        def listed() -> dict[str, dict]:
+            return {r["stream"]: r for r in via_b.sessions("lab") if r["stream"] == cut}
+
+        row = _wait(listed, 300)[cut]
+        assert row["cut"] is True and row["recorded"] is True, row
+        assert row["kind"] == "shell" and row["machine"] == "m" and row["by"] == "alice", row
+        assert "exit_code" not in row and "server stopped" in row["error"], row
+        assert "cut-me" in via_b.recording(cut)
+        a.start()  # its start-up sweep finds nothing more to cut
+        assert [r["stream"] for r in via_a.sessions("lab")].count(cut) == 1
+        assert "Traceback" not in b.log_path.read_text()
+
+
+@pytest.mark.timeout(600)
+def test_a_session_of_a_live_replica_is_never_cut_while_another_restarts(pg_url, tmp_path):
+    """B carries a live session while A is killed, its own session cut, and A starts
+    again: B's session is not listed until it ends, then once, with its exit code."""
+    with lab(tmp_path, pg_url, 2) as ((b, a), (via_b, via_a), _agent):
+        live = _shell_on(via_b, pg_url, "live")
+        dead = _shell_on(via_a, pg_url, "dead")
+        a.kill()
+        dead.close()
+        # A's lease expired and a sweep ran: its session is listed as cut ...
+        _wait(lambda: any(r["stream"] == dead.id for r in via_b.sessions("lab")), 300)
+        a.start()  # ... and A's start-up sweep ran too
+        ended = {r["stream"] for r in via_a.sessions("lab")}
+        assert live.id not in ended, ended
+        live.send(b"on\n")
+        live.expect("got-on", 60)
+        assert live.wait(60) == 0
+        rows = [r for r in via_a.sessions("lab") if r["stream"] == live.id]
+        assert len(rows) == 1 and rows[0]["exit_code"] == 0, rows
+        assert not rows[0].get("cut"), rows
+        assert "Traceback" not in b.log_path.read_text()

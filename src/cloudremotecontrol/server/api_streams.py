@@ -144,6 +144,7 @@ async def open_stream(
         info["group_id"],
         body.machine,
         detail | {"stream": stream_id},
+        app.state.replica,
     )
     _broker(app).add(stream)
     if link is not None and here:

@@ -177,7 +177,15 @@ def create_app(
             await store.write(teardown_ops.release_claims)
             # ... and no stream is open: those a killed server never closed are cut.
             await store.write(session_ops.close_cut_streams)
+        else:  # replicas: a lease, and the streams of those whose lease expired are cut
+            await store.write(session_ops.renew_lease, app.state.replica)
+            await store.write(session_ops.cut_orphaned_streams)
         async with asyncio.TaskGroup() as tg:
+            leaser = (
+                None
+                if store.dialect == "sqlite"
+                else tg.create_task(_lease_loop(store, app.state.replica))
+            )
             toucher = tg.create_task(_touch_loop(store, hub))
             expirer = tg.create_task(_expire_loop(app, store, hub))
             pruner = tg.create_task(_retention_loop(app, store))
@@ -189,6 +197,8 @@ def create_app(
                 expirer.cancel()
                 pruner.cancel()
                 roller.cancel()
+                if leaser is not None:
+                    leaser.cancel()
                 for link in list(hub.links.values()):
                     link.closed = True
                     with contextlib.suppress(Exception):
@@ -354,6 +364,21 @@ async def _retention_loop(app: FastAPI, store: Store) -> None:
         except Exception as exc:  # noqa: BLE001 -- retention must never stop the server
             log.error("retention: pruning failed, trying again later: %r", exc)
         await asyncio.sleep(settings.prune_interval)
+
+
+async def _lease_loop(store: Store, replica: str) -> None:
+    """Replicas (PostgreSQL): renew this one's lease, and close as cut the streams of
+    any replica whose lease expired (killed: ops/sessions.py)."""
+    while True:
+        await asyncio.sleep(session_ops.RENEW_SECONDS)
+        try:
+            await store.write(session_ops.renew_lease, replica)
+            if await store.write(session_ops.cut_orphaned_streams):
+                log.info("streams of a stopped replica closed as cut")
+        except CrcError as exc:
+            log.warning("replica lease: trying again: %s", exc)
+        except Exception as exc:  # noqa: BLE001 -- the loop must outlive one failure
+            log.error("replica lease: trying again: %r", exc)
 
 
 async def _touch_loop(store: Store, hub: Hub) -> None:

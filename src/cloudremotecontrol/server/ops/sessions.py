@@ -11,15 +11,17 @@ from typing import Any
 
 from ...errors import Conflict, Forbidden, NotFound
 from ..store.base import Tx
-from .common import add_event, audit, live_group, loads
+from .common import add_event, audit, dumps, live_group, loads, now
 
 __all__ = [
     "POLICY_KEYS",
     "check_stream",
     "close_cut_streams",
     "close_stream",
+    "cut_orphaned_streams",
     "list_sessions",
     "open_stream",
+    "renew_lease",
     "request_stream",
     "session_record",
 ]
@@ -70,10 +72,23 @@ def check_stream(
 
 
 def open_stream(
-    tx: Tx, user: dict[str, Any], group: str, group_id: str, machine: str, detail: dict[str, Any]
+    tx: Tx,
+    user: dict[str, Any],
+    group: str,
+    group_id: str,
+    machine: str,
+    detail: dict[str, Any],
+    replica: str = "",
 ) -> None:
-    """A stream is asked of a connected machine (audit and event)."""
-    audit(tx, user["user_id"], user["user"], "stream.open", group, {"machine": machine, **detail})
+    """A stream is asked of a connected machine (audit and event), carried by
+    ``replica`` (this server process) until ``close_stream``."""
+    full = {"machine": machine, **detail}
+    audit(tx, user["user_id"], user["user"], "stream.open", group, full)
+    tx.send(
+        "INSERT INTO open_streams (stream, replica, created, user_id, actor, group_name, detail) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (detail["stream"], replica, now(), user["user_id"], user["user"], group, dumps(full)),
+    )
     add_event(tx, group_id, "stream.opened", {"by": user["user"], **detail}, machine=machine)
 
 
@@ -94,6 +109,7 @@ def close_stream(
     tx: Tx, user: dict[str, Any], group: str, group_id: str, machine: str, detail: dict[str, Any]
 ) -> None:
     """The end of a stream: bytes each way, duration, exit code (audit and event)."""
+    tx.send("DELETE FROM open_streams WHERE stream = ?", (detail.get("stream"),))
     audit(tx, user["user_id"], user["user"], "stream.close", group, {"machine": machine, **detail})
     add_event(tx, group_id, "stream.closed", {"by": user["user"], **detail}, machine=machine)
 
@@ -109,6 +125,7 @@ def close_cut_streams(tx: Tx) -> int:
     database (SQLite), when no stream of its can be open any more. Each gets a close
     marked ``"cut": true``, its duration through its recording's last chunk (else 0);
     returns how many."""
+    tx.execute("DELETE FROM open_streams")  # this server's only: it is alone
     opened = tx.all(
         "SELECT * FROM audit WHERE action = ? ORDER BY id DESC LIMIT ?", ("stream.open", CUT_SWEEP)
     )
@@ -125,36 +142,74 @@ def close_cut_streams(tx: Tx) -> int:
     for r in reversed(opened):
         detail = loads(r["detail"]) or {}
         stream = detail.get("stream")
-        if not isinstance(stream, str) or stream in closed:
-            continue
-        rec = tx.one("SELECT size, updated FROM recordings WHERE stream = ?", (stream,))
-        started = float(r["created"])
-        last = float(rec["updated"]) if rec is not None else started
-        summary = {
-            **{k: v for k, v in detail.items() if k != "machine"},
-            "started": started,
-            "duration": round(max(0.0, last - started), 3),
-            "error": "cut: the server stopped before the session ended",
-            "cut": True,
-            "recorded": rec is not None,
-        }
-        machine = str(detail.get("machine") or "")
-        audit(
-            tx,
-            r["user_id"],
-            r["actor"],
-            "stream.close",
-            r["group_name"],
-            {"machine": machine, **summary},
-        )
-        g = tx.one(
-            "SELECT id FROM groups WHERE user_id = ? AND name = ? AND deleted IS NULL",
-            (r["user_id"], r["group_name"]),
-        )
-        if g is not None:
-            add_event(tx, g["id"], "stream.closed", {"by": r["actor"], **summary}, machine=machine)
-        done += 1
+        if isinstance(stream, str) and stream not in closed:
+            _write_cut(tx, r)
+            done += 1
     return done
+
+
+#: A replica renews its lease this often; one that has not for ``LEASE_SECONDS`` is
+#: taken for dead (killed), and the streams it carried are closed as cut.
+RENEW_SECONDS = 10.0
+LEASE_SECONDS = 60.0
+
+
+def renew_lease(tx: Tx, replica: str) -> None:
+    """``replica`` (a server process on PostgreSQL) is alive, now."""
+    tx.execute(
+        "INSERT INTO replicas (id, seen) VALUES (?, ?) "
+        "ON CONFLICT (id) DO UPDATE SET seen = excluded.seen",
+        (replica, now()),
+    )
+
+
+def cut_orphaned_streams(tx: Tx, lease: float = LEASE_SECONDS) -> int:
+    """Close as cut the streams whose replica's lease expired (it was killed: it wrote
+    no end), opened more than ``lease`` seconds ago; forget expired leases. A stream
+    of a replica that renews its lease is never touched. Safe from several replicas at
+    once: a stream is closed by whoever deletes its row (a concurrent delete is a
+    conflict, retried, that finds it gone). Returns how many."""
+    before = now() - lease
+    rows = tx.all(
+        "SELECT o.* FROM open_streams o LEFT JOIN replicas r ON r.id = o.replica "
+        "WHERE o.created < ? AND (r.seen IS NULL OR r.seen < ?) ORDER BY o.created LIMIT ?",
+        (before, before, CUT_SWEEP),
+    )
+    done = 0
+    for r in rows:
+        if tx.execute("DELETE FROM open_streams WHERE stream = ?", (r["stream"],)) == 1:
+            _write_cut(tx, r)
+            done += 1
+    tx.execute("DELETE FROM replicas WHERE seen < ?", (before,))
+    return done
+
+
+def _write_cut(tx: Tx, r: dict[str, Any]) -> None:
+    """The close of a stream whose server was killed, from its opening (an ``audit`` or
+    ``open_streams`` row): marked ``"cut": true``, its duration through its
+    recording's last chunk (else 0)."""
+    detail = loads(r["detail"]) or {}
+    stream = detail.get("stream")
+    rec = tx.one("SELECT size, updated FROM recordings WHERE stream = ?", (stream,))
+    started = float(r["created"])
+    last = float(rec["updated"]) if rec is not None else started
+    summary = {
+        **{k: v for k, v in detail.items() if k != "machine"},
+        "started": started,
+        "duration": round(max(0.0, last - started), 3),
+        "error": "cut: the server stopped before the session ended",
+        "cut": True,
+        "recorded": rec is not None,
+    }
+    machine = str(detail.get("machine") or "")
+    closed = {"machine": machine, **summary}
+    audit(tx, r["user_id"], r["actor"], "stream.close", r["group_name"], closed)
+    g = tx.one(
+        "SELECT id FROM groups WHERE user_id = ? AND name = ? AND deleted IS NULL",
+        (r["user_id"], r["group_name"]),
+    )
+    if g is not None:
+        add_event(tx, g["id"], "stream.closed", {"by": r["actor"], **summary}, machine=machine)
 
 
 def list_sessions(tx: Tx, user_id: str, group: str, limit: int = 100) -> list[dict[str, Any]]:
@@ -166,10 +221,15 @@ def list_sessions(tx: Tx, user_id: str, group: str, limit: int = 100) -> list[di
         (user_id, group, "stream.close", limit),
     )
     out = []
-    for r in reversed(rows):
+    seen = set()
+    for r in rows:  # newest first: a real end supersedes a cut written meanwhile
         detail = loads(r["detail"]) or {}
+        stream = detail.get("stream")
+        if stream is not None and stream in seen:
+            continue
+        seen.add(stream)
         out.append({"ended": r["created"], "by": r["actor"], **detail})
-    return out
+    return out[::-1]
 
 
 def session_record(tx: Tx, user_id: str, stream: str) -> dict[str, Any]:

@@ -198,6 +198,20 @@ def _v11(d: str) -> list[str]:
     return ["ALTER TABLE machines ADD COLUMN enroll_nonce TEXT"]
 
 
+def _v12(d: str) -> list[str]:
+    """Replicas' leases and the streams each carries, so that the streams of a replica
+    killed (``kill -9``: no end written) are closed as cut by another once its lease
+    expired (ops/sessions.py). A server on SQLite, alone, closes them at start."""
+    real = _REAL[d]
+    return [
+        f"CREATE TABLE replicas (id TEXT PRIMARY KEY, seen {real} NOT NULL)",
+        f"""CREATE TABLE open_streams (
+            stream TEXT PRIMARY KEY, replica TEXT NOT NULL, created {real} NOT NULL,
+            user_id TEXT, actor TEXT NOT NULL, group_name TEXT, detail TEXT NOT NULL)""",
+        "CREATE INDEX open_streams_created ON open_streams(created)",
+    ]
+
+
 MIGRATIONS = [
     (1, _v1),
     (2, _v2),
@@ -210,6 +224,7 @@ MIGRATIONS = [
     (9, _v9),
     (10, _v10),
     (11, _v11),
+    (12, _v12),
 ]
 
 
