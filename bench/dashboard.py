@@ -286,7 +286,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 for _ in range(args.loads):
                     page.goto(url)
                     page.wait_for_function(
-                        "performance.getEntriesByName('crc-machines-rendered').length > 0"
+                        "() => performance.getEntriesByName('crc-machines-rendered').length > 0"
                     )
                     nav = page.evaluate(
                         "(() => { const n = performance.getEntriesByType('navigation')[0];"
@@ -302,7 +302,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 result["html_bytes"] = sizes[-1]
                 result["rows_in_dom"] = page.locator("#machines .vrow:not([hidden])").count()
                 page.wait_for_function(
-                    "document.getElementById('live-text').textContent === 'live'"
+                    "() => document.getElementById('live-text').textContent === 'live'"
                 )
                 first = names[0]
 
