@@ -62,3 +62,27 @@ def test_a_session_cut_by_a_killed_server_is_listed_after_restart(env: Any, crc:
     again = env.client.sessions("lab")
     assert [r["stream"] for r in again].count(cut) == 1, again
     assert_no_traceback_in_server_log(env.server)
+
+
+def test_a_stream_its_master_never_dials_is_listed_as_ended_not_cut(env: Any, crc: Any) -> None:
+    from cloudremotecontrol.master import calls
+
+    env.group_with_agents("lab", ["dev"])
+    body = {"machine": "dev", "kind": "shell", "argv": ["true"]}
+    info = env.client._do(calls.open_stream("lab", body))  # asked for, never dialled
+    stream = info["stream"]
+    deadline = time.monotonic() + 90  # the master has 30 s to dial
+    rows: dict[str, Any] = {}
+    while stream not in rows:
+        assert time.monotonic() < deadline, f"{stream} was never listed: {rows}"
+        time.sleep(1)
+        rows = {r["stream"]: r for r in env.client.sessions("lab")}
+    row = rows[stream]
+    assert "did not connect within 30 s" in row["error"], row
+    assert not row.get("cut") and row["recorded"] is False and row["machine"] == "dev", row
+    # Its end is written once: a restart finds nothing left open to close as cut.
+    env.server.stop()
+    env.server.start()
+    again = [r for r in env.client.sessions("lab") if r["stream"] == stream]
+    assert len(again) == 1 and not again[0].get("cut"), again
+    assert_no_traceback_in_server_log(env.server)

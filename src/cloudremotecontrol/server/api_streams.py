@@ -431,6 +431,24 @@ async def agent_stream(ws: WebSocket) -> None:
 def add_stream_routes(app: Any, recordings: Any) -> None:
     """Mount the WebSocket routes and the broker on ``app`` (``router`` is included
     with the others)."""
-    app.state.streams = StreamBroker(recordings)
+
+    async def never_dialled(stream: Stream) -> None:
+        # Its end, as any stream's: audited, listed by `crc sessions list`, and no
+        # longer open (a replica that stops later would otherwise leave it to be
+        # closed as cut).
+        summary = stream.summary() | {"recorded": False}
+        try:
+            await app.state.store.write(
+                session_ops.close_stream,
+                stream.user,
+                stream.group,
+                stream.group_id,
+                stream.machine,
+                summary,
+            )
+        except Exception as exc:  # noqa: BLE001 -- a timer's task: nobody else would see it
+            log.warning("stream %s: its end was not recorded: %r", stream.id, exc)
+
+    app.state.streams = StreamBroker(recordings, never_dialled)
     app.add_api_websocket_route("/v1/streams/{stream}", master_stream)
     app.add_api_websocket_route("/v1/agent/streams/{stream}", agent_stream)

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -89,9 +89,15 @@ class Stream:
 class StreamBroker:
     """The streams this replica serves, by id."""
 
-    def __init__(self, recordings: Path | None) -> None:
+    def __init__(
+        self,
+        recordings: Path | None,
+        on_expired: Callable[[Stream], Coroutine[Any, Any, None]] | None = None,
+    ) -> None:
         self.streams: dict[str, Stream] = {}
         self.recordings = recordings
+        self.on_expired = on_expired  # writes the end of a stream its master never dialled
+        self._ending: set[asyncio.Task[None]] = set()
 
     def add(self, stream: Stream) -> None:
         self.streams[stream.id] = stream
@@ -100,8 +106,14 @@ class StreamBroker:
 
     def _expire(self, stream_id: str) -> None:
         stream = self.streams.get(stream_id)
-        if stream is not None and not stream.master_attached:
-            self.remove(stream)
+        if stream is None or stream.master_attached:
+            return
+        self.remove(stream)
+        if self.on_expired is not None:
+            stream.error = f"the master did not connect within {MASTER_DIAL_SECONDS:g} s"
+            task = asyncio.get_running_loop().create_task(self.on_expired(stream))
+            self._ending.add(task)
+            task.add_done_callback(self._ending.discard)
 
     def remove(self, stream: Stream) -> None:
         if stream.expiry is not None:
