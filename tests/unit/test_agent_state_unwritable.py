@@ -32,7 +32,7 @@ def test_a_folded_jobs_process_is_recorded_once_the_database_can_be_written(
 
     async def scenario() -> None:
         started = asyncio.create_task(report.started(os.getpid()))
-        while "waiting for the disk to have room" not in caplog.text:
+        while "cannot store a job's process" not in caplog.text:
             assert not started.done(), started.exception()
             await asyncio.sleep(0.05)
         blocker.execute("ROLLBACK")  # writable again

@@ -326,12 +326,12 @@ class Agent:
             )
         )
 
-    async def until_written(self, write: Callable[[], _T]) -> _T:
+    async def until_written(self, write: Callable[[], _T], what: str = "a message") -> _T:
         """``write`` (a write to the state database), tried again until it works when the
         state directory's disk is full (or the database cannot be written for a while):
         the message waits, and so does what sends it (a job's output backs up into its
         pipes), rather than be lost - a job's result with it, which left the job running
-        for ever."""
+        for ever. ``what`` names the record in the log."""
         delay = 0.25
         failed = False
         while True:
@@ -340,8 +340,8 @@ class Agent:
             except sqlite3.OperationalError as exc:
                 if not failed:
                     log.warning(
-                        "cannot store a message in %s (%s): waiting for the disk to have "
-                        "room to send it",
+                        "cannot store %s in %s (%s): waiting until it can be written",
+                        what,
                         self.state.dir,
                         exc,
                     )
@@ -350,7 +350,7 @@ class Agent:
                 delay = min(delay * 2, STORE_RETRY_SECONDS)
                 continue
             if failed:
-                log.info("messages stored again in %s", self.state.dir)
+                log.info("the state database in %s can be written again", self.state.dir)
             return written
 
     async def emit(
@@ -939,7 +939,9 @@ class _Report:
         if self.streaming:
             await self.agent.send(JobStarted(self.job_id), job_process=process)
             return
-        await self.agent.until_written(lambda: self.agent.state.record_job_process(*process))
+        await self.agent.until_written(
+            lambda: self.agent.state.record_job_process(*process), "a job's process"
+        )
         self.timer = asyncio.get_running_loop().create_task(self._window())
 
     async def _window(self) -> None:
