@@ -137,17 +137,27 @@ def test_a_refused_websocket_handshake_carries_the_headers(server: ServerProcess
         "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
     )
     cases = [
-        ("no key", AGENT_PATH, upgrade.split("Sec-WebSocket-Key")[0], 400),
-        ("bad version", AGENT_PATH, upgrade.replace("Version: 13", "Version: 99"), 400),
-        ("no such WebSocket", "/v1/nowhere", upgrade, 403),
-        ("a page asked for a WebSocket", "/dashboard/", upgrade, 403),
+        ("no key", AGENT_PATH, upgrade.split("Sec-WebSocket-Key")[0], 400, "Sec-WebSocket-Key"),
+        (
+            "bad version",
+            AGENT_PATH,
+            upgrade.replace("Version: 13", "Version: 99"),
+            400,
+            "Sec-WebSocket-Version",
+        ),
+        ("no such WebSocket", "/v1/nowhere", upgrade, 403, "no WebSocket at this path"),
+        ("a page asked for a WebSocket", "/dashboard/", upgrade, 403, "no WebSocket"),
     ]
-    for what, path, headers_sent, status in cases:
+    for what, path, headers_sent, status, said in cases:
         with _connect(server, "127.0.0.5") as sock:
             sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{headers_sent}\r\n".encode())
             got, headers, body = _read_answer(sock)
         assert got == status, (what, got, body)
         for name, value in SECURITY.items():
             assert headers.get(name) == [value], (what, name, headers)
-        assert b"Traceback" not in body, what
+        # The API's error shape, as every other refusal: one line that says why.
+        assert headers["content-type"] == ["application/json"], (what, headers)
+        error = json.loads(body)["error"]
+        assert error["code"] == ("invalid_input" if status == 400 else "forbidden"), (what, body)
+        assert said in error["message"] and "\n" not in error["message"], (what, body)
     assert_no_traceback_in_server_log(server)

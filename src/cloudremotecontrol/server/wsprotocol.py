@@ -13,11 +13,13 @@ terminal; browsers do not ping) keeps uvicorn's own pings.
 
 A handshake refused here (a malformed upgrade, 400; an endpoint that closes before it
 accepts, 403) is an HTTP answer written by websockets, outside the application and its
-``SecurityHeaders``: it gets the same security headers (secheaders.py) on its way out.
+``SecurityHeaders``: it gets the same security headers (secheaders.py) on its way out,
+and the API's JSON error body (``{"error": {"code", "message"}}``) instead of plain text.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
@@ -27,9 +29,22 @@ from .. import keepalive
 from ..protocol.limits import AGENT_SILENCE_SECONDS
 from .secheaders import HEADERS
 
-__all__ = ["AGENT_PATH", "ListeningWebSocketProtocol", "listening_protocol"]
+__all__ = ["AGENT_PATH", "ListeningWebSocketProtocol", "json_refusal", "listening_protocol"]
 
 AGENT_PATH = "/v1/agent/connect"
+
+#: The API's error codes for the statuses the WebSocket library refuses with.
+_CODES = {400: "invalid_input", 403: "forbidden", 500: "internal", 503: "unavailable"}
+
+
+def json_refusal(status: int, text: str) -> bytes:
+    """The JSON error body for a handshake refusal the WebSocket library wrote as plain
+    ``text`` (its first line; none when an endpoint closed before accepting)."""
+    message = text.strip().splitlines()[0].strip() if text.strip() else ""
+    if not message:
+        message = "no WebSocket at this path, or the WebSocket was refused"
+    code = _CODES.get(status, "invalid_input" if 400 <= status < 500 else "internal")
+    return json.dumps({"error": {"code": code, "message": message}}).encode()
 
 
 class ListeningWebSocketProtocol(WebSocketsSansIOProtocol):
@@ -44,6 +59,12 @@ class ListeningWebSocketProtocol(WebSocketsSansIOProtocol):
 
         def with_headers(response: Response) -> None:
             if response.status_code != 101:
+                if response.headers.get("Content-Type", "").startswith("text/plain"):
+                    text = response.body.decode("utf-8", "replace")
+                    response.body = json_refusal(response.status_code, text)
+                    del response.headers["Content-Type"], response.headers["Content-Length"]
+                    response.headers["Content-Type"] = "application/json"
+                    response.headers["Content-Length"] = str(len(response.body))
                 for name, value in HEADERS:
                     if name.decode() not in response.headers:
                         response.headers[name.decode()] = value.decode()
