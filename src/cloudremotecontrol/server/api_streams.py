@@ -347,22 +347,27 @@ async def master_stream(ws: WebSocket) -> None:
                 await rec.close()
             except Exception as exc:  # noqa: BLE001 -- the session's end is audited regardless
                 log.warning("recording of %s: the rest is not recorded: %r", stream.id, exc)
-        summary = stream.summary() | {"recorded": rec is not None}
         try:
             with contextlib.suppress(CrcError):
-                await store.write(
-                    session_ops.close_stream,
-                    stream.user,
-                    stream.group,
-                    stream.group_id,
-                    stream.machine,
-                    summary,
-                )
+                await _write_end(store, stream, recorded=rec is not None)
             # Closed once its end is recorded: whoever sees the close finds it in the audit.
             await close_ends(ws, agent)
         finally:
             broker.remove(stream)
         broker.prune(app.state.settings.retain_recordings_days)
+
+
+async def _write_end(store: Store, stream: Stream, recorded: bool) -> None:
+    """Audit a stream's end (``crc sessions list``), and so take it off the open ones."""
+    summary = stream.summary() | {"recorded": recorded}
+    await store.write(
+        session_ops.close_stream,
+        stream.user,
+        stream.group,
+        stream.group_id,
+        stream.machine,
+        summary,
+    )
 
 
 CREDENTIAL_CHECK_SECONDS = auth.CHECK_AGAIN_SECONDS  # an open stream's token, this often
@@ -436,16 +441,8 @@ def add_stream_routes(app: Any, recordings: Any) -> None:
         # Its end, as any stream's: audited, listed by `crc sessions list`, and no
         # longer open (a replica that stops later would otherwise leave it to be
         # closed as cut).
-        summary = stream.summary() | {"recorded": False}
         try:
-            await app.state.store.write(
-                session_ops.close_stream,
-                stream.user,
-                stream.group,
-                stream.group_id,
-                stream.machine,
-                summary,
-            )
+            await _write_end(app.state.store, stream, recorded=False)
         except Exception as exc:  # noqa: BLE001 -- a timer's task: nobody else would see it
             log.warning("stream %s: its end was not recorded: %r", stream.id, exc)
 
