@@ -86,3 +86,29 @@ def test_a_stream_its_master_never_dials_is_listed_as_ended_not_cut(env: Any, cr
     again = [r for r in env.client.sessions("lab") if r["stream"] == stream]
     assert len(again) == 1 and not again[0].get("cut"), again
     assert_no_traceback_in_server_log(env.server)
+
+
+def test_a_stream_opened_before_open_streams_were_listed_is_not_closed_as_cut(
+    env: Any, crc: Any
+) -> None:
+    # What a server of schema 11 left of a stream never dialled: its opening in the
+    # audit, no close, and no row among the open streams. Its audit cannot tell it from a
+    # cut one, so the start-up sweep leaves it alone rather than invent an end for it.
+    env.client.create_group("lab", ["dev"])
+    env.server.stop()
+    db = env.server.data_dir / "crc.db"
+    with contextlib.closing(sqlite3.connect(db)) as conn, conn:
+        user_id, actor = conn.execute(
+            "SELECT user_id, actor FROM audit WHERE group_name = 'lab' LIMIT 1"
+        ).fetchone()
+        detail = {"machine": "dev", "kind": "shell", "stream": "st_" + "0" * 32}
+        conn.execute(
+            "INSERT INTO audit (created, user_id, actor, action, group_name, detail) "
+            "VALUES (?, ?, ?, 'stream.open', 'lab', ?)",
+            (time.time() - 3600, user_id, actor, json.dumps(detail)),
+        )
+    env.server.start()
+    assert env.client.sessions("lab") == []
+    out = crc("sessions", "list", "lab", "--json")
+    assert out.returncode == 0 and json.loads(out.stdout)["sessions"] == [], out
+    assert_no_traceback_in_server_log(env.server)

@@ -114,7 +114,7 @@ def close_stream(
     add_event(tx, group_id, "stream.closed", {"by": user["user"], **detail}, machine=machine)
 
 
-#: How many of the latest opened streams the start-up sweep looks at.
+#: How many streams of dead replicas one sweep closes (the next sweep goes on).
 CUT_SWEEP = 1000
 
 
@@ -122,30 +122,16 @@ def close_cut_streams(tx: Tx) -> int:
     """Audit the end of the streams opened and never closed: a server killed (``kill
     -9``, a power loss) writes no ``stream.close``, so ``crc sessions list`` (which
     lists closes) missed them, recording and all. Run at start by a server alone on its
-    database (SQLite), when no stream of its can be open any more. Each gets a close
-    marked ``"cut": true``, its duration through its recording's last chunk (else 0);
-    returns how many."""
+    database (SQLite), when no stream of its can be open any more: every stream still
+    listed as open (``open_streams``) was cut. Each gets a close marked ``"cut": true``,
+    its duration through its recording's last chunk (else 0); returns how many. Streams
+    opened before the open ones were listed (schema 12) are left as they are: their
+    audit cannot tell a cut stream from one that was never dialled."""
+    rows = tx.all("SELECT * FROM open_streams ORDER BY created")
     tx.execute("DELETE FROM open_streams")  # this server's only: it is alone
-    opened = tx.all(
-        "SELECT * FROM audit WHERE action = ? ORDER BY id DESC LIMIT ?", ("stream.open", CUT_SWEEP)
-    )
-    if not opened:
-        return 0
-    first = min(int(r["id"]) for r in opened)
-    closed = {
-        (loads(r["detail"]) or {}).get("stream")
-        for r in tx.all(
-            "SELECT detail FROM audit WHERE action = ? AND id > ?", ("stream.close", first)
-        )
-    }
-    done = 0
-    for r in reversed(opened):
-        detail = loads(r["detail"]) or {}
-        stream = detail.get("stream")
-        if isinstance(stream, str) and stream not in closed:
-            _write_cut(tx, r)
-            done += 1
-    return done
+    for r in rows:
+        _write_cut(tx, r)
+    return len(rows)
 
 
 #: A replica renews its lease this often; one that has not for ``LEASE_SECONDS`` is
