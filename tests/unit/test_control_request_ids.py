@@ -52,3 +52,22 @@ def test_a_state_dir_of_an_older_agent_gets_the_table(tmp_path: Path) -> None:
         assert state.request_reply("x" * 20) == {"ok": 1}
     finally:
         state.close()
+
+
+def test_finishing_a_pending_request_keeps_the_ids_remembered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A request recorded as started, then done (an upsert) after other rows were
+    # written meanwhile (the job output queued while a kv set waited for the server):
+    # the bound counts this table's rows, not the last row written anywhere.
+    monkeypatch.setattr(state_mod, "MAX_REQUEST_IDS", 5)
+    state = AgentState(tmp_path)
+    try:
+        state.record_request("done-before", {"i": 1})
+        state.record_request("kv", {}, pending={"key": "k"})
+        state.db.execute("INSERT INTO outbox (seq, frame) VALUES (50000, 'queued meanwhile')")
+        state.record_request("kv", {"version": 2})
+        assert state.request_reply("done-before") == {"i": 1}
+        assert state.request_reply("kv") == {"version": 2}
+    finally:
+        state.close()

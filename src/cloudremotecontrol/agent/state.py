@@ -275,7 +275,7 @@ class AgentState:
         older than ``KEEP_REQUEST_IDS_SECONDS``: ``prune_requests``): a client sends a
         request again for ``--agent-wait`` seconds at most."""
         with self.transaction():
-            cur = self.db.execute(
+            self.db.execute(
                 "INSERT INTO control_requests (id, reply, created, pending) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT(id) DO UPDATE SET reply = excluded.reply, "
                 "pending = excluded.pending",
@@ -286,9 +286,11 @@ class AgentState:
                     None if pending is None else json.dumps(pending),
                 ),
             )
+            # By this table's own numbers: an upsert that updates sets no lastrowid.
             self.db.execute(
-                "DELETE FROM control_requests WHERE n <= ?",
-                (int(cur.lastrowid or 0) - MAX_REQUEST_IDS,),
+                "DELETE FROM control_requests "
+                "WHERE n <= (SELECT MAX(n) FROM control_requests) - ?",
+                (MAX_REQUEST_IDS,),
             )
 
     def prune_requests(self, now: float | None = None) -> int:
