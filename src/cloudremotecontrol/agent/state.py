@@ -288,8 +288,7 @@ class AgentState:
             )
             # By this table's own numbers: an upsert that updates sets no lastrowid.
             self.db.execute(
-                "DELETE FROM control_requests "
-                "WHERE n <= (SELECT MAX(n) FROM control_requests) - ?",
+                "DELETE FROM control_requests WHERE n <= (SELECT MAX(n) FROM control_requests) - ?",
                 (MAX_REQUEST_IDS,),
             )
 
