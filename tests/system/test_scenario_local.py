@@ -640,6 +640,85 @@ def test_down_destroys_the_machines_when_the_server_cannot_be_reached(env, crc):
             provider.destroy(inst.id)
 
 
+def test_down_destroys_the_machines_when_the_server_stops_or_refuses_the_token(env, crc):
+    """The profile knows the server's certificate, so the first call to the server is
+    the group's lookup: a server that stopped since, or that refuses the token, must
+    not keep the machines running either. They are destroyed, and one line says the
+    group is left and why (exit 6 or 3)."""
+    env.cli_env["CRC_LOCAL_DIR"] = str(env.tmp / "machines")
+    provider = LocalProvider(env.tmp / "machines")
+    paths = {}
+    try:
+        for name in ("refused", "stopped"):
+            paths[name] = env.tmp / f"{name}.yaml"
+            paths[name].write_text(
+                f"name: {name}\nprovider: local\ntimeouts: {{ready: 60s}}\nmachines: {{a: }}\n"
+            )
+            r = crc("up", str(paths[name]))
+            assert r.returncode == 0, r.stdout + r.stderr
+
+        r = crc("down", str(paths["refused"]), extra_env={"CRC_TOKEN": "crc_not_a_token"})
+        assert r.returncode == 3, r.stdout + r.stderr
+        assert "1 machine(s) destroyed, none left at local; group not deleted" in r.stdout
+        assert "refused the token" in r.stdout
+        assert "group refused is not deleted" in r.stderr and "crc login" in r.stderr
+        assert len(r.stderr.splitlines()) == 1 and "Traceback" not in r.stderr
+        _nothing_left(provider, "refused")
+
+        env.server.stop()
+        try:
+            r = crc("down", str(paths["stopped"]))
+        finally:
+            env.server.start()
+        assert r.returncode == 6, r.stdout + r.stderr
+        assert "1 machine(s) destroyed, none left at local; group not deleted" in r.stdout
+        assert "group stopped is not deleted" in r.stderr
+        assert len(r.stderr.splitlines()) == 1 and "Traceback" not in r.stderr
+        _nothing_left(provider, "stopped")
+        assert len(env.client.group("stopped")["machines"]) == 1  # left on the server
+    finally:
+        for name in paths:
+            for inst in provider.list(name):
+                provider.destroy(inst.id)
+
+
+def test_down_destroys_the_machines_when_the_scenario_cannot_be_locked(env, crc, tmp_path):
+    """A configuration directory `crc down` cannot write (read-only, owned by another
+    user after a `sudo crc up`) does not keep the machines running: it warns that it goes
+    on unlocked; `crc up` there says why in one line."""
+    env.cli_env["CRC_LOCAL_DIR"] = str(env.tmp / "machines")
+    provider = LocalProvider(env.tmp / "machines")
+    path = env.tmp / "ro.yaml"
+    path.write_text("name: ro\nprovider: local\ntimeouts: {ready: 60s}\nmachines: {a: }\n")
+    config = Path(env.cli_env.get("CRC_CONFIG_DIR") or tmp_path / "cfg")
+    try:
+        r = crc("up", str(path))
+        assert r.returncode == 0, r.stdout + r.stderr
+        scenarios = config / "scenarios"
+        assert scenarios.is_dir(), list(config.iterdir())
+        for f in scenarios.iterdir():  # as if another process had never made its lock
+            if f.suffix == ".lock":
+                f.unlink()
+        shutil.move(scenarios, config / "scenarios.saved")
+        scenarios.write_text("not a directory\n")  # the lock cannot be made under it
+        try:
+            up = crc("up", str(path))
+            r = crc("down", str(path))
+        finally:
+            scenarios.unlink()
+            shutil.move(config / "scenarios.saved", scenarios)
+        assert up.returncode == 1, up.stdout + up.stderr
+        assert up.stderr.startswith("crc: error: cannot lock "), up.stderr
+        assert len(up.stderr.splitlines()) == 1 and "Traceback" not in up.stderr
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "warning: cannot lock " in r.stdout + r.stderr
+        assert "1 machine(s) destroyed, none left at local; group deleted" in r.stdout
+        _nothing_left(provider, "ro")
+    finally:
+        for inst in provider.list("ro"):
+            provider.destroy(inst.id)
+
+
 INTERRUPTED = """\
 name: ctrlc
 provider: local

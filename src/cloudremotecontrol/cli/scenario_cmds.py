@@ -116,13 +116,14 @@ def down(
     assert group is not None
     check_name(group, "group")
     client = None
-    unreachable: Unavailable | None = None
+    unreachable: Unavailable | Unauthorized | None = None
     try:
         profile = load_profile()
         client = Client(profile.url, profile.token, profile.fingerprint, profile.cert_pem)
-    except Unauthorized:
+    except Unauthorized as exc:
         if name is None:
             raise
+        unreachable = exc
     except Unavailable as exc:
         # The machines can still be destroyed when the provider is known: do that, and
         # say afterwards that the group is left.
@@ -136,6 +137,13 @@ def down(
         if client is not None:
             try:
                 mine = (client.group(group).get("settings") or {}).get("crc_up")
+            except (Unavailable, Unauthorized) as exc:
+                # A profile with the server's certificate connects at the first call:
+                # the machines still go when the provider is known, as above.
+                if name is None:
+                    raise
+                client.close()
+                client, mine, unreachable = None, None, exc
             except NotFound:
                 mine = None
                 if name is None:

@@ -25,7 +25,15 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from ...bootstrap import BootstrapParams
-from ...errors import Conflict, CrcError, InvalidInput, NotFound, ProviderError, Unavailable
+from ...errors import (
+    Conflict,
+    CrcError,
+    InvalidInput,
+    NotFound,
+    ProviderError,
+    Unauthorized,
+    Unavailable,
+)
 from ...providers import (
     MACHINE_TAG_PREFIX,
     Feature,
@@ -516,14 +524,19 @@ def down(
     state: LocalState | None = None,
     verify_timeout: float = 180.0,
     sleep: Callable[[float], None] = time.sleep,
-    unreachable: Unavailable | None = None,
+    unreachable: Unavailable | Unauthorized | None = None,
 ) -> int:
     """Destroy the scenario's instances, check none is left, delete the group.
 
     The machines go first, also when the server cannot be reached (``unreachable``:
     the error met connecting to it): then the group is left, and ``Unavailable`` says
     so once the provider part is done and reported."""
-    with state.locked("crc down") if state is not None else contextlib.nullcontext():
+
+    def unlocked(why: str) -> None:
+        view.info(f"warning: {why}; going on without it", event="warning")
+
+    locked = state.locked("crc down", unlocked) if state is not None else contextlib.nullcontext()
+    with locked:
         return _down(group, provider, client, view, state, verify_timeout, sleep, unreachable)
 
 
@@ -535,7 +548,7 @@ def _down(
     state: LocalState | None,
     verify_timeout: float,
     sleep: Callable[[float], None],
-    unreachable: Unavailable | None,
+    unreachable: Unavailable | Unauthorized | None,
 ) -> int:
     t0 = time.monotonic()
 
@@ -573,12 +586,19 @@ def _down(
         view.info(f"still at {provider.name}: {', '.join(i.id for i in left)}", **doc)
     else:
         fate = "deleted" if deleted else "already gone"
-        if unreachable is not None:
+        if isinstance(unreachable, Unauthorized):
+            fate = "not deleted (the server refused the token)"
+        elif unreachable is not None:
             fate = "not deleted (the server cannot be reached)"
         view.info(
             f"{group}: {len(destroyed)} machine(s) destroyed, none left at "
             f"{provider.name}; group {fate}",
             **doc,
+        )
+    if isinstance(unreachable, Unauthorized):
+        raise Unauthorized(
+            f"{unreachable.message}; group {group} is not deleted (its keys are not "
+            "revoked): run `crc down` again once logged in (`crc login`)"
         )
     if unreachable is not None:
         raise Unavailable(

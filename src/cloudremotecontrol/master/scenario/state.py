@@ -19,11 +19,11 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from ...errors import Conflict
+from ...errors import Conflict, CrcError
 from . import runlock
 from .model import PushAction, Step
 
@@ -88,22 +88,35 @@ class LocalState:
         os.replace(tmp, self.path)
 
     @contextlib.contextmanager
-    def locked(self, what: str) -> Iterator[None]:
+    def locked(self, what: str, on_unusable: Callable[[str], None] | None = None) -> Iterator[None]:
         """Hold ``<group>.lock`` beside the file while ``what`` (``crc up``, ``crc down``)
         runs: a second one of the same scenario from this computer is refused
-        (``Conflict``) instead of racing the first for the group and the machines."""
-        try:
-            with runlock.hold(self.path.with_suffix(".lock"), f"{what}, pid {os.getpid()}"):
-                yield
-        except runlock.Busy as busy:
-            raise Conflict(
-                f"another `crc up` or `crc down` of {self.path.stem} is running on this "
-                f"computer ({busy.holder or 'pid unknown'}): wait for it, or stop it"
-            ) from None
+        (``Conflict``) instead of racing the first for the group and the machines. A lock
+        that cannot be made (a read-only configuration directory, one owned by another
+        user) is a one-line error, or with ``on_unusable`` is told to it and the block
+        runs unlocked (``crc down``: the machines go whatever this computer's files)."""
+        lock = self.path.with_suffix(".lock")
+        with contextlib.ExitStack() as stack:
+            try:
+                stack.enter_context(runlock.hold(lock, f"{what}, pid {os.getpid()}"))
+            except runlock.Busy as busy:
+                raise Conflict(
+                    f"another `crc up` or `crc down` of {self.path.stem} is running on this "
+                    f"computer ({busy.holder or 'pid unknown'}): wait for it, or stop it"
+                ) from None
+            except OSError as exc:
+                why = f"cannot lock {lock}: {exc.strerror or exc}"
+                if on_unusable is None:
+                    raise CrcError(
+                        f"{why} (`{what}` keeps the scenario's state there: CRC_CONFIG_DIR)",
+                        code="local_state",
+                    ) from None
+                on_unusable(why)
+            yield
 
     def delete(self) -> None:
         self.data = {}
         try:
             self.path.unlink()
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # none to remove
             pass
