@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import secrets
 import socket
@@ -50,6 +51,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CrcError, InvalidInput, Unavailable, error_from_payload
+
+log = logging.getLogger("crc.agent")
 
 __all__ = [
     "AgentGone",
@@ -121,6 +124,7 @@ class ControlServer:
         self.token = secrets.token_urlsafe(24)
         self._server: asyncio.AbstractServer | None = None
         self._busy: set[asyncio.Task[Any]] = set()  # serving a quick request
+        self._open: dict[asyncio.Task[Any], asyncio.StreamWriter] = {}  # every connection
 
     async def start(self) -> None:
         if sys.platform != "win32":
@@ -149,26 +153,39 @@ class ControlServer:
         """Stop taking connections, then let the quick requests already taken finish
         (``CLOSE_GRACE_SECONDS`` at most): their clients get their answer rather than a
         closed connection that leaves them unsure whether the request was carried out.
-        Connections not accepted yet are reset, so their clients send them again."""
+        Connections not accepted yet are reset, so their clients send them again. Then
+        the requests still open (the waiting ones: what they wait for is released, not
+        lost; a quick one past its grace) lose their connection, as their clients would
+        when the agent exits, so that this returns (from Python 3.12.1 on, the server's
+        ``wait_closed`` waits for every connection it accepted)."""
         if self._server is not None:
             self._server.close()
             busy = {task for task in self._busy if not task.done()}
             if busy:
                 await asyncio.wait(busy, timeout=CLOSE_GRACE_SECONDS)
+            left = {task for task in self._open if not task.done()}
+            for task in left:
+                self._open[task].transport.abort()
+            if left:
+                await asyncio.wait(left, timeout=CLOSE_GRACE_SECONDS)
             await self._server.wait_closed()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         if task is not None:
             self._busy.add(task)
+            self._open[task] = writer
         try:
             await self._serve_one(reader, writer)
         finally:
             self._busy.discard(task)
+            if task is not None:
+                del self._open[task]
 
     async def _serve_one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         handed: Handed | None = None
         confirm = False
+        op = None
         try:
             line = await asyncio.wait_for(reader.readline(), 10)
             request = json.loads(line)
@@ -179,6 +196,7 @@ class ControlServer:
             ):
                 raise InvalidInput("bad control token")
             confirm = request.get("confirm") is True
+            op = str(request.get("op"))[:40]
             if request.get("op") in ONCE_OPS and request.get("id") is not None:
                 request_id = request["id"]
                 if (
@@ -208,11 +226,22 @@ class ControlServer:
             reply = {"ok": True, **result}
         except CrcError as exc:
             reply = {"ok": False, "status": exc.http_status, **exc.to_payload()}
-        except (ValueError, asyncio.TimeoutError, asyncio.LimitOverrunError):
+        except (ValueError, TypeError, asyncio.TimeoutError, asyncio.LimitOverrunError):
             reply = {
                 "ok": False,
                 "status": 400,
                 "error": {"code": "invalid_input", "message": "malformed request"},
+            }
+        except Exception as exc:  # the client gets an answer, not a hang
+            log.exception("control request %r failed", op)
+            reply = {
+                "ok": False,
+                "status": 500,
+                "error": {
+                    "code": "internal",
+                    "message": "the agent could not carry out the request "
+                    f"({type(exc).__name__}): see its log",
+                },
             }
         try:
             writer.write(json.dumps(reply).encode() + b"\n")
