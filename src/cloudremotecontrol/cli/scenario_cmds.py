@@ -120,10 +120,11 @@ def down(
     try:
         profile = load_profile()
         client = Client(profile.url, profile.token, profile.fingerprint, profile.cert_pem)
-    except Unauthorized as exc:
+    except Unauthorized:
+        # Not logged in: the machines still go when the provider is known (leftovers of
+        # a group the server no longer knows, docs/scenarios.md); the group is not asked.
         if name is None:
             raise
-        unreachable = exc
     except Unavailable as exc:
         # The machines can still be destroyed when the provider is known: do that, and
         # say afterwards that the group is left.

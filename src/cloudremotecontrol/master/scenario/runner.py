@@ -528,9 +528,10 @@ def down(
 ) -> int:
     """Destroy the scenario's instances, check none is left, delete the group.
 
-    The machines go first, also when the server cannot be reached (``unreachable``:
-    the error met connecting to it): then the group is left, and ``Unavailable`` says
-    so once the provider part is done and reported."""
+    The machines go first, also when the server cannot be reached or refuses the token
+    (``unreachable``: the error met asking it): then the group is left, and that error
+    (``Unavailable``, ``Unauthorized``) says so once the provider part is done and
+    reported."""
 
     def unlocked(why: str) -> None:
         view.info(f"warning: {why}; going on without it", event="warning")
