@@ -117,6 +117,9 @@ def test_a_request_id_seen_before_is_answered_without_doing_it_again(env):
     assert call(state, progress) == {"ok": True}
     assert call(state, emit) == {"ok": True}  # the same agent
     agents["a"].kill()
+    # Offline first: "ready" could otherwise still be the killed agent's connection, seen
+    # before the server noticed it closed (and its control socket is left behind).
+    env.wait_state("lab", ["a"], "offline")
     agents["a"].start()
     env.wait_state("lab", ["a"], "ready")
     assert call(state, emit) == {"ok": True}  # the next agent, after a kill -9
