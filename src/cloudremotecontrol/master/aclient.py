@@ -50,13 +50,20 @@ async def _maybe_await(value: Awaitable[None] | None) -> None:
 async def _until(deadline: float, work: Awaitable[T], timed_out: Callable[[], Exception]) -> T:
     """``work``'s result, or ``timed_out()`` raised at ``deadline`` (``time.monotonic``)
     whether or not anything arrives meanwhile: a quiet event stream says nothing for
-    seconds (the server's keepalive), a wait must not end that late."""
+    seconds (the server's keepalive), a wait must not end that late. A ``TimeoutError``
+    of the work's own is raised as it is: which one it was is told by whether the work
+    finished, not by the clock (asyncio wakes up to a clock tick early)."""
+    task = asyncio.ensure_future(work)
     try:
-        return await asyncio.wait_for(work, max(0.0, deadline - time.monotonic()))
-    except asyncio.TimeoutError:
-        if time.monotonic() < deadline:
-            raise  # raised by the work itself
-        raise timed_out() from None
+        done, _ = await asyncio.wait({task}, timeout=max(0.0, deadline - time.monotonic()))
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+    if not done:
+        raise timed_out()
+    return task.result()
 
 
 class AsyncClient:

@@ -81,13 +81,16 @@ def open_stream(
     replica: str = "",
 ) -> None:
     """A stream is asked of a connected machine (audit and event), carried by
-    ``replica`` (this server process) until ``close_stream``."""
+    ``replica`` (this server process) until ``close_stream``. Its row among the open
+    streams keeps the group's id: a cut is told to that group, not to one created
+    later under the same name."""
     full = {"machine": machine, **detail}
     audit(tx, user["user_id"], user["user"], "stream.open", group, full)
+    kept = dumps({**full, _GROUP_ID: group_id})
     tx.send(
         "INSERT INTO open_streams (stream, replica, created, user_id, actor, group_name, detail) "
         "VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (detail["stream"], replica, now(), user["user_id"], user["user"], group, dumps(full)),
+        (detail["stream"], replica, now(), user["user_id"], user["user"], group, kept),
     )
     add_event(tx, group_id, "stream.opened", {"by": user["user"], **detail}, machine=machine)
 
@@ -170,11 +173,16 @@ def cut_orphaned_streams(tx: Tx, lease: float = LEASE_SECONDS) -> int:
     return done
 
 
+#: The key of the group's id in an ``open_streams`` row's detail (not audited).
+_GROUP_ID = "group_id"
+
+
 def _write_cut(tx: Tx, r: dict[str, Any]) -> None:
-    """The close of a stream whose server was killed, from its opening (an ``audit`` or
-    ``open_streams`` row): marked ``"cut": true``, its duration through its
-    recording's last chunk (else 0)."""
+    """The close of a stream whose server was killed, from its ``open_streams`` row:
+    marked ``"cut": true``, its duration through its recording's last chunk (else 0).
+    Its event goes to the group it was opened in, if that group still exists."""
     detail = loads(r["detail"]) or {}
+    group_id = detail.pop(_GROUP_ID, None)
     stream = detail.get("stream")
     rec = tx.one("SELECT size, updated FROM recordings WHERE stream = ?", (stream,))
     started = float(r["created"])
@@ -190,10 +198,13 @@ def _write_cut(tx: Tx, r: dict[str, Any]) -> None:
     machine = str(detail.get("machine") or "")
     closed = {"machine": machine, **summary}
     audit(tx, r["user_id"], r["actor"], "stream.close", r["group_name"], closed)
-    g = tx.one(
-        "SELECT id FROM groups WHERE user_id = ? AND name = ? AND deleted IS NULL",
-        (r["user_id"], r["group_name"]),
-    )
+    if group_id is not None:
+        g = tx.one("SELECT id FROM groups WHERE id = ? AND deleted IS NULL", (group_id,))
+    else:  # opened by a server that kept no id: the live group of that name
+        g = tx.one(
+            "SELECT id FROM groups WHERE user_id = ? AND name = ? AND deleted IS NULL",
+            (r["user_id"], r["group_name"]),
+        )
     if g is not None:
         add_event(tx, g["id"], "stream.closed", {"by": r["actor"], **summary}, machine=machine)
 
