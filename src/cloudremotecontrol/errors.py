@@ -179,6 +179,12 @@ _BY_STATUS: dict[int, type[CrcError]] = {
 }
 
 
+def code_for_status(status: int) -> str:
+    """The error code of an answer with HTTP ``status`` that carries none of its own
+    (another 4xx: ``invalid_input``; anything else: ``internal``)."""
+    return _BY_STATUS.get(status, InvalidInput if 400 <= status < 500 else CrcError).code
+
+
 def error_from_payload(status: int, payload: Any) -> CrcError:
     """Rebuild the error a server answered with (client side)."""
     cls = _BY_STATUS.get(status, CrcError)

@@ -26,15 +26,13 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from websockets.http11 import Response
 
 from .. import keepalive
+from ..errors import code_for_status
 from ..protocol.limits import AGENT_SILENCE_SECONDS
 from .secheaders import HEADERS
 
 __all__ = ["AGENT_PATH", "ListeningWebSocketProtocol", "json_refusal", "listening_protocol"]
 
 AGENT_PATH = "/v1/agent/connect"
-
-#: The API's error codes for the statuses the WebSocket library refuses with.
-_CODES = {400: "invalid_input", 403: "forbidden", 500: "internal", 503: "unavailable"}
 
 
 def json_refusal(status: int, text: str) -> bytes:
@@ -43,8 +41,7 @@ def json_refusal(status: int, text: str) -> bytes:
     message = text.strip().splitlines()[0].strip() if text.strip() else ""
     if not message:
         message = "no WebSocket at this path, or the WebSocket was refused"
-    code = _CODES.get(status, "invalid_input" if 400 <= status < 500 else "internal")
-    return json.dumps({"error": {"code": code, "message": message}}).encode()
+    return json.dumps({"error": {"code": code_for_status(status), "message": message}}).encode()
 
 
 class ListeningWebSocketProtocol(WebSocketsSansIOProtocol):
