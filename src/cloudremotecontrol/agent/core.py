@@ -891,7 +891,18 @@ class Agent:
                 pass
 
     def message_taken(self, n: int) -> None:
-        self.state.consume_message(n)
+        """The waiting script has message ``n``: it is consumed. If the state database
+        cannot be written now (a full disk), the message stays reserved, handed to no
+        other waiter, until its consumption is written."""
+        try:
+            self.state.consume_message(n)
+        except sqlite3.OperationalError:
+            self._spawn(self._consume_later(n))
+            return
+        self._handing_out.discard(n)
+
+    async def _consume_later(self, n: int) -> None:
+        await self.until_written(lambda: self.state.consume_message(n), "a message's 'taken' mark")
         self._handing_out.discard(n)
 
     def message_released(self, n: int) -> None:
