@@ -1,7 +1,8 @@
 """A user message handed to a waiting script (`crc agent wait-message`) whose taking
 cannot be written at once (the state database refuses the write: a full disk, another
 writer) is handed to no other script, and is written as taken once the database can be
-written again: not lost, not delivered twice."""
+written again: not lost, not delivered twice. And ``system.ready`` is recorded with the
+machine's ready state in one step (the hello says ready only once it is delivered)."""
 
 from __future__ import annotations
 
@@ -54,5 +55,31 @@ def test_a_taken_message_that_cannot_be_marked_yet_is_not_handed_out_again(
 
     try:
         asyncio.run(scenario())
+    finally:
+        state.close()
+
+
+def test_system_ready_and_its_number_are_recorded_in_one_step(tmp_path: Path) -> None:
+    from cloudremotecontrol.protocol.messages import SystemReady
+
+    state = AgentState(tmp_path / "agent")
+    try:
+        assert state.get("ready") is None and state.get("ready_seq") is None
+        facts = Envelope.make("lab", "m", "master", "system.facts", {"os": "linux"})
+        state.enqueue(facts)
+        assert state.get("ready") is None  # another message says nothing of it
+        ready = Envelope.of(SystemReady(), "lab", "m", "master")
+        seq, _ = state.enqueue(ready)
+        assert (state.get("ready"), state.get("ready_seq")) == ("1", str(seq))
+        # A transaction that does not complete records neither the message nor ready.
+        again = AgentState(tmp_path / "other")
+        try:
+            with pytest.raises(RuntimeError), again.transaction():
+                again.enqueue(ready)
+                raise RuntimeError("killed here")
+            assert again.get("ready") is None and again.get("ready_seq") is None
+            assert again.pending_count() == 0
+        finally:
+            again.close()
     finally:
         state.close()

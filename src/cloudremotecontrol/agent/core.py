@@ -912,10 +912,8 @@ class Agent:
 
     # -- local commands (from scripts on the machine) ------------------------------------
     async def say_ready(self) -> None:
-        if self.state.get("ready") != "1":
-            self.state.put("ready", "1")
-        seq = await self.send(SystemReady())
-        self.state.put("ready_seq", str(seq))
+        """Send ``system.ready``; the state records the machine ready with it."""
+        await self.send(SystemReady())
 
     def _ready_delivered(self) -> bool:
         """Ready, and the server has the ``system.ready`` saying so: only then does the

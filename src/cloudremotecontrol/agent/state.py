@@ -31,7 +31,7 @@ from typing import Any
 from ..errors import InvalidInput
 from ..protocol.delivery import Inbox, InboxStore, Outbox, OutboxStore
 from ..protocol.frames import Msg, renumber_frame, write_frame
-from ..protocol.messages import Envelope
+from ..protocol.messages import Envelope, SystemReady
 from .lock import unusable_state_dir
 
 __all__ = ["AgentState", "Credential"]
@@ -235,9 +235,14 @@ class AgentState:
         same transaction (so a result and the job's end are never separated), or record a
         running job's process (``(job_id, Platform.process_identity)``, for
         ``interrupted_jobs``), or record the control request that sends it as carried
-        out (``request_id``, answered ``{}`` if sent again: ``request_reply``)."""
+        out (``request_id``, answered ``{}`` if sent again: ``request_reply``). A
+        ``system.ready`` records the machine as ready, and its number (``ready_seq``:
+        the hello says ready once the server has it), with it."""
         with self.transaction():
             seq, frame = self.outbox.add(env)
+            if env.type == SystemReady.TYPE:
+                self.put("ready", "1")
+                self.put("ready_seq", str(seq))
             if request_id is not None:
                 self.record_request(request_id, {})
             if job_done is not None:
