@@ -145,6 +145,13 @@ def test_a_refused_websocket_handshake_carries_the_headers(server: ServerProcess
             400,
             "Sec-WebSocket-Version",
         ),
+        (
+            "no Connection: Upgrade",
+            AGENT_PATH,
+            upgrade.replace("Connection: Upgrade", "Connection: keep-alive"),
+            426,
+            "Connection",
+        ),
         ("no such WebSocket", "/v1/nowhere", upgrade, 403, "no WebSocket at this path"),
         ("a page asked for a WebSocket", "/dashboard/", upgrade, 403, "no WebSocket"),
     ]
@@ -158,6 +165,7 @@ def test_a_refused_websocket_handshake_carries_the_headers(server: ServerProcess
         # The API's error shape, as every other refusal: one line that says why.
         assert headers["content-type"] == ["application/json"], (what, headers)
         error = json.loads(body)["error"]
-        assert error["code"] == ("invalid_input" if status == 400 else "forbidden"), (what, body)
+        codes = {400: "invalid_input", 403: "forbidden", 426: "upgrade_required"}
+        assert error["code"] == codes[status], (what, body)
         assert said in error["message"] and "\n" not in error["message"], (what, body)
     assert_no_traceback_in_server_log(server)

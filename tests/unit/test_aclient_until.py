@@ -75,3 +75,22 @@ def test_the_works_result_is_returned_and_an_unfinished_work_is_cancelled() -> N
         assert cancelled.is_set()
 
     asyncio.run(main())
+
+
+def test_a_caller_cancelled_while_the_work_ends_stays_cancelled() -> None:
+    async def slow_to_end() -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            await asyncio.sleep(0.5)  # closing its stream, say
+            raise
+
+    async def main() -> None:
+        waiting = asyncio.ensure_future(_until(time.monotonic() + 0.05, slow_to_end(), _over))
+        await asyncio.sleep(0.25)  # past the deadline: the work is being ended
+        assert not waiting.done()
+        waiting.cancel()  # Ctrl-C, a task group's cancel
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+
+    asyncio.run(main())

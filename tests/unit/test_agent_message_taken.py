@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import sys
 from pathlib import Path
 
 import pytest
@@ -81,5 +82,47 @@ def test_system_ready_and_its_number_are_recorded_in_one_step(tmp_path: Path) ->
             assert again.pending_count() == 0
         finally:
             again.close()
+    finally:
+        state.close()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="the control server listens on a Unix socket")
+def test_through_the_control_socket_the_next_waiter_does_not_get_it(tmp_path: Path) -> None:
+    # As `crc agent wait-message` asks (confirm=True): the agent's answer goes out, the
+    # script confirms, and only then is the message taken - which the database refuses.
+    from cloudremotecontrol.agent.control import ControlServer, call
+    from cloudremotecontrol.agent.service import _handle
+
+    state = AgentState(tmp_path / "agent")
+    agent = Agent(state, Credential("https://127.0.0.1:9", "crca_x", "m", "lab"))
+    assert state.mark_processed(1, message=Envelope.make("lab", "master", "m", "user.go", {}))
+    db = tmp_path / "agent" / "agent.db"
+    ask = {"op": "wait-message", "type": "user.go"}
+
+    async def scenario() -> None:
+        server = ControlServer(tmp_path / "agent", lambda req: _handle(agent, req))
+        await server.start()
+        state.db.execute("PRAGMA busy_timeout = 0")  # refused at once, as a full disk is
+        blocker = sqlite3.connect(db, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        try:
+            first = await asyncio.to_thread(
+                call, tmp_path / "agent", {**ask, "timeout": 5}, 15.0, True
+            )
+            assert first["message"]["type"] == "user.go", first
+            with pytest.raises(Unavailable, match=r"no user\.go message"):
+                await asyncio.to_thread(call, tmp_path / "agent", {**ask, "timeout": 1}, 15.0, True)
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+            await asyncio.wait_for(server.close(), 30)
+        for _ in range(200):
+            if _consumed(db) == [1]:
+                break
+            await asyncio.sleep(0.05)
+        assert _consumed(db) == [1]
+
+    try:
+        asyncio.run(scenario())
     finally:
         state.close()

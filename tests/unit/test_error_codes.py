@@ -13,6 +13,7 @@ def test_each_status_gets_its_error_classes_code() -> None:
     assert errors.code_for_status(400) == errors.InvalidInput.code == "invalid_input"
     assert errors.code_for_status(403) == errors.Forbidden.code == "forbidden"
     assert errors.code_for_status(413) == "too_large"
+    assert errors.code_for_status(426) == errors.UpgradeRequired.code == "upgrade_required"
     assert errors.code_for_status(503) == "unavailable"
     assert errors.code_for_status(418) == "invalid_input"  # another 4xx
     assert errors.code_for_status(500) == errors.CrcError.code == "internal"

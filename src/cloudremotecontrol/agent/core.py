@@ -902,8 +902,12 @@ class Agent:
         self._handing_out.discard(n)
 
     async def _consume_later(self, n: int) -> None:
-        await self.until_written(lambda: self.state.consume_message(n), "a message's 'taken' mark")
-        self._handing_out.discard(n)
+        try:
+            await self.until_written(
+                lambda: self.state.consume_message(n), "a message's 'taken' mark"
+            )
+        finally:  # written, or never will be by this agent (it stops): not reserved
+            self._handing_out.discard(n)
 
     def message_released(self, n: int) -> None:
         self._handing_out.discard(n)

@@ -59,8 +59,9 @@ async def _until(deadline: float, work: Awaitable[T], timed_out: Callable[[], Ex
     finally:
         if not task.done():
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            await asyncio.wait({task})  # a cancellation of the caller's goes on through
+            if not task.cancelled():
+                task.exception()  # retrieved: what it raised while ending is not news
     if not done:
         raise timed_out()
     return task.result()
