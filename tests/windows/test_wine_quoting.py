@@ -26,7 +26,7 @@ CMD = shutil.which("cmd.exe")
 cases = json.load(open(r"C:\crc-q\cases.json", encoding="utf-8"))
 os.makedirs(r"C:\crc-q\work", exist_ok=True)
 out = []
-for c in cases:
+def both(c):
     verbatim = subprocess.run(
         'cmd.exe /d /s /c "' + c["command"] + '"',
         capture_output=True, cwd=r"C:\crc-q\work", stdin=subprocess.DEVNULL,
@@ -35,6 +35,15 @@ for c in cases:
         c["command"], shell=True, executable=CMD,
         capture_output=True, cwd=r"C:\crc-q\work", stdin=subprocess.DEVNULL,
     )
+    return verbatim, agent
+for c in cases:
+    # Wine now and then starts a process that prints nothing at all (no output, no
+    # error); a run with nothing on either stream is made again, at most twice. What a
+    # command prints is the same each time, so a wrong result is never retried away.
+    for _ in range(3):
+        verbatim, agent = both(c)
+        if all(r.stdout or r.stderr for r in (verbatim, agent)):
+            break
     out.append({
         "verbatim": verbatim.stdout.decode("utf-8", "replace"),
         "agent": agent.stdout.decode("utf-8", "replace"),
