@@ -24,42 +24,6 @@ def _consumed(db: Path) -> list[int]:
         return [r[0] for r in conn.execute("SELECT consumed FROM messages ORDER BY n")]
 
 
-def test_a_taken_message_that_cannot_be_marked_yet_is_not_handed_out_again(
-    tmp_path: Path,
-) -> None:
-    state = AgentState(tmp_path / "agent")
-    agent = Agent(state, Credential("https://127.0.0.1:9", "crca_x", "m", "lab"))
-    env = Envelope.make("lab", "master", "m", "user.go", {"n": 1})
-    assert state.mark_processed(1, message=env)
-    db = tmp_path / "agent" / "agent.db"
-
-    async def scenario() -> None:
-        n, message = await agent.wait_message("user.go", None, 5)
-        assert message["body"] == {"n": 1}
-        state.db.execute("PRAGMA busy_timeout = 0")  # refused at once, as a full disk is
-        blocker = sqlite3.connect(db, isolation_level=None)
-        blocker.execute("BEGIN IMMEDIATE")  # the database cannot be written now
-        try:
-            agent.message_taken(n)  # the script has it
-            with pytest.raises(Unavailable, match=r"no user\.go message"):
-                await agent.wait_message("user.go", None, 0.5)
-        finally:
-            blocker.execute("ROLLBACK")
-            blocker.close()
-        for _ in range(200):  # written as taken once it can be (retried every <= 0.25 s)
-            if _consumed(db) == [1]:
-                break
-            await asyncio.sleep(0.05)
-        assert _consumed(db) == [1]
-        with pytest.raises(Unavailable):
-            await agent.wait_message("user.go", None, 0.2)
-
-    try:
-        asyncio.run(scenario())
-    finally:
-        state.close()
-
-
 def test_system_ready_and_its_number_are_recorded_in_one_step(tmp_path: Path) -> None:
     from cloudremotecontrol.protocol.messages import SystemReady
 
