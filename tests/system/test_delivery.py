@@ -25,9 +25,11 @@ import pytest
 from tcp_relay import TcpRelay
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
+from wire_helpers import assert_no_traceback_in_server_log
 
 from cloudremotecontrol.master.client import Client
 from cloudremotecontrol.master.localrun import AgentProcess
+from cloudremotecontrol.protocol.delivery import MAX_PEER_ACK
 from cloudremotecontrol.protocol.frames import decode_frame, encode_frame
 from cloudremotecontrol.protocol.messages import Envelope
 from cloudremotecontrol.tlspin import client_context
@@ -470,6 +472,53 @@ def test_an_agent_that_processed_more_than_the_server_knows_gets_new_numbers(env
             while True:
                 ws.recv(timeout=10)
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 4400, bad
+
+
+def test_a_hello_acking_beyond_any_numbering_is_refused_and_its_peers_carry_on(env):
+    """A machine whose hello acknowledges a number near the top of the range (hostile:
+    no restored database is that far behind) is refused with 4400 and nothing changes:
+    the server still numbers its messages, and commands to the group and messages from
+    its peers to it are stored and delivered as before."""
+    keys = {m["name"]: m["key"] for m in env.client.create_group("far", ["p", "q"])["machines"]}
+    p = _RawAgent(env.server, "far", "p", keys["p"])
+    q = _RawAgent(env.server, "far", "q", keys["q"])
+    for ack in (2**63 - 1, 2**63 - 2, MAX_PEER_ACK + 1):
+        ws = connect(
+            env.server.url.replace("https://", "wss://") + "/v1/agent/connect",
+            ssl=p.ctx,
+            compression=None,
+            additional_headers={"Authorization": f"Bearer {p.credential}"},
+        )
+        ws.send(encode_frame({"type": "hello", "ack": ack, "agent_version": "test"}))
+        frames = []
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                frames.append(decode_frame(ws.recv(timeout=10)))
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 4400, ack
+        assert [f["type"] for f in frames] == ["error"], frames
+        assert "beyond any message sent" in frames[0]["error"]["message"], frames
+    assert not [e for e in env.client.events("far") if e["type"] == "machine.resync"]
+    # The highest ack still renumbered after: its machine gets the next number.
+    ws_p, _ = p.connect(ack=MAX_PEER_ACK)
+    ws_q, _ = q.connect()
+    job = env.client.start_job("far", "all", argv=["true"])
+    for ws, seq in ((ws_p, MAX_PEER_ACK + 1), (ws_q, 1)):
+        frame = decode_frame(ws.recv(timeout=10))
+        assert (frame["type"], frame["seq"], frame["msg"]["type"]) == ("msg", seq, "job.run")
+        ws.send(encode_frame({"type": "ack", "seq": seq}))
+    _wait(
+        lambda: {t["status"] for t in env.client.job(job["job_id"])["targets"]} == {"delivered"},
+        "both targets delivered",
+    )
+    to_p = Envelope.make("far", "q", "p", "user.hello", {"n": 1}).to_dict()
+    ws_q.send(encode_frame({"type": "msg", "seq": 1, "msg": to_p}))
+    assert _next_ack(ws_q) == 1
+    frame = decode_frame(ws_p.recv(timeout=10))
+    assert (frame["type"], frame["seq"]) == ("msg", MAX_PEER_ACK + 2), frame
+    assert (frame["msg"]["from"], frame["msg"]["body"]) == ("q", {"n": 1}), frame
+    ws_p.close()
+    ws_q.close()
+    assert_no_traceback_in_server_log(env.server)
 
 
 def test_an_agent_resumes_after_messages_a_rolled_back_database_lost(env):

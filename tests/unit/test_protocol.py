@@ -26,6 +26,7 @@ from hypothesis.stateful import (
 
 from cloudremotecontrol.agent.state import AgentState
 from cloudremotecontrol.errors import InvalidInput, TooLarge
+from cloudremotecontrol.protocol import delivery as delivery_rules
 from cloudremotecontrol.protocol import tokens
 from cloudremotecontrol.protocol.frames import (
     Ack,
@@ -577,6 +578,26 @@ def test_an_ack_beyond_what_was_sent_renumbers_what_is_kept_at_both_ends(ends):
     _progress(agent, "c")
     [frame] = agent.take_sent()
     assert read_frame(frame).seq == 12
+
+
+def test_an_ack_too_far_beyond_anything_sent_is_refused_at_both_ends(ends):
+    """No rolled-back state is behind by half the number range: an ack beyond
+    ``MAX_PEER_ACK`` is refused and changes nothing (numbering after it would leave no
+    numbers for the messages to come, and 64-bit columns would overflow)."""
+    server, agent = ends
+    _user(server, 1)
+    for ack in (delivery_rules.MAX_PEER_ACK + 1, 2**63 - 1):
+        with pytest.raises(InvalidInput, match="beyond any message sent"):
+            server.connect(hello_ack=ack, resume_from=None)
+    assert server.events("machine.resync") == []
+    _, replay = server.connect(hello_ack=0, resume_from=None)
+    assert [read_frame(f).seq for f in replay] == [1]
+    _progress(agent, "a")
+    agent.take_sent()
+    with pytest.raises(InvalidInput, match="beyond any message sent"):
+        agent.connect(Welcome(ack=2**63 - 1, resume_from=1))
+    resend = agent.connect(Welcome(ack=0, resume_from=1))
+    assert [read_frame(f).seq for f in resend] == [1]
 
 
 def test_a_peer_resuming_beyond_what_was_processed_is_followed_and_the_loss_counted(ends):

@@ -17,7 +17,9 @@ can make the two sides disagree, and each case has one rule:
 
 * the peer acknowledges more than this side ever numbered (``Outbox.peer_acked``): this
   side continues its numbering after the peer's ack and renumbers what it still holds,
-  else the peer would drop those messages as duplicates;
+  else the peer would drop those messages as duplicates. An ack beyond
+  ``MAX_PEER_ACK`` is refused instead: no restored state is that far behind, and
+  numbering after it would leave no numbers for the messages to come;
 * the peer's first message still available (``resume_from``) is beyond what this side
   processed (``Inbox.resume``): the messages in between were acknowledged by the lost
   state and are gone; this side skips to there instead of waiting for them for ever.
@@ -36,9 +38,11 @@ from enum import Enum
 from typing import Generic, Protocol, TypeVar
 
 from ..errors import InvalidInput
+from .fields import MAX_SEQ
 
 __all__ = [
     "MAX_ATTEMPTS",
+    "MAX_PEER_ACK",
     "Inbox",
     "InboxStore",
     "Outbox",
@@ -49,6 +53,8 @@ __all__ = [
 ]
 
 MAX_ATTEMPTS = 3
+# The highest peer ack this side numbers after: as many numbers stay free after it.
+MAX_PEER_ACK = MAX_SEQ // 2
 T_contra = TypeVar("T_contra", contravariant=True)
 T = TypeVar("T")
 
@@ -146,6 +152,11 @@ class Outbox(Generic[T]):
         if peer_ack <= last:
             self.store.drop_through(peer_ack)
             return None
+        if peer_ack > MAX_PEER_ACK:
+            raise InvalidInput(
+                f"ack {peer_ack} is beyond any message sent (this side numbered {last}; "
+                f"an ack above {MAX_PEER_ACK} is refused)"
+            )
         kept = self.store.pending(0, 2**31)
         self.store.skip_to(peer_ack)
         for old, _ in kept:

@@ -98,15 +98,19 @@ async def _login(ws: WebSocket) -> tuple[dict[str, Any], Hello, dict[str, Any]] 
             await _refuse(ws, 4400, exc)
             return None
         peer = ws.client.host if ws.client else None
-        info = await store.write(
-            delivery.machine_connected,
-            m["id"],
-            hello.ready,
-            peer,
-            app.state.replica,
-            hello.ack,
-            hello.resume_from,
-        )
+        try:
+            info = await store.write(
+                delivery.machine_connected,
+                m["id"],
+                hello.ready,
+                peer,
+                app.state.replica,
+                hello.ack,
+                hello.resume_from,
+            )
+        except CrcError as exc:  # a hello the machine's state refuses: nothing changed
+            await _refuse(ws, 4400, exc)
+            return None
         try:
             await ws.send_text(
                 write_frame(
