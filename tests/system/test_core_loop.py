@@ -166,6 +166,17 @@ def test_a_group_past_its_ttl_is_revoked_and_flagged(env, crc):
     assert env.client.group("short")["machines"][0]["state"] == "revoked"
     r = crc("group", "list")
     assert "EXPIRED: run crc down" in r.stdout
+    # Commanding it says so, rather than "no machine" or "not pending".
+    for args in (
+        ("run", "short", "--to", "all", "--", "true"),
+        ("run", "short", "--to", "x", "--", "true"),
+        ("send", "short", "--to", "x", "user.hi", "{}"),
+        ("bootstrap", "short", "x", "--os", "linux"),
+    ):
+        r = crc(*args)
+        assert r.returncode == 4, (args, r.stdout, r.stderr)
+        assert "group 'short' has expired" in r.stderr, (args, r.stderr)
+        assert "Traceback" not in r.stderr
     assert agents["a"].alive()
     assert crc("run", "lab", "--to", "a", "--", "true").returncode == 0
     key = json.loads(

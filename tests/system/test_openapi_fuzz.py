@@ -8,6 +8,7 @@ run is ``bench/fuzz_api.py``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -168,3 +169,36 @@ def test_every_operation_declares_its_errors_with_the_error_shape(api: Api) -> N
     assert {"401", "429"} <= set(enroll)
     master = doc["paths"]["/v1/groups/{group}"]["delete"]["responses"]
     assert {"401", "403", "404", "409"} <= set(master)
+    # The errors only some operations answer are declared on them, named by their code.
+    own = {
+        ("/v1/blobs/{sha256}", "get", "416"): "range_not_satisfiable",
+        ("/v1/agent/blobs/{sha256}", "get", "416"): "range_not_satisfiable",
+        ("/v1/blobs/{sha256}", "put", "400"): "hash_mismatch",
+        ("/v1/agent/uploads/{job_id}", "put", "400"): "hash_mismatch",
+        ("/v1/groups/{group}/kv/{key}", "get", "404"): "timeout",
+        ("/v1/agent/kv/{key}", "get", "404"): "timeout",
+    }
+    for (path, method, code), name in own.items():
+        answer = doc["paths"][path][method]["responses"][code]
+        assert f"({name})" in answer["description"] or f", {name})" in answer["description"]
+        assert answer["content"] == {"application/json": {"schema": error}}, (path, code)
+
+
+def test_an_operations_own_errors_are_answered_as_declared(api: Api) -> None:
+    """A range past a file's end, and a body whose hash is not the path's: the status
+    and code the operation declares, in the error shape."""
+    auth = {"Authorization": f"Bearer {api.token}"}
+    with pinned_http(api.server) as http:
+        doc = http.get("/v1/openapi.json").json()["paths"]["/v1/blobs/{sha256}"]
+        body = b"twelve bytes"
+        sha = hashlib.sha256(body).hexdigest()
+        assert http.put(f"/v1/blobs/{sha}", content=body, headers=auth).status_code == 200
+        wrong = http.put(f"/v1/blobs/{'0' * 64}", content=body, headers=auth)
+        past = http.get(f"/v1/blobs/{sha}", headers={**auth, "Range": "bytes=12-"})
+    for resp, method, status, code in (
+        (wrong, "put", 400, "hash_mismatch"),
+        (past, "get", 416, "range_not_satisfiable"),
+    ):
+        assert resp.status_code == status, resp.text
+        assert resp.json()["error"]["code"] == code, resp.text
+        assert code in doc[method]["responses"][str(status)]["description"]

@@ -30,6 +30,13 @@ LARGE_BODY_PREFIXES = ("/v1/blobs/", "/v1/agent/uploads/")
 _BYTES: dict[int | str, dict[str, Any]] = {
     200: {"content": {"application/octet-stream": {}}, "description": "the file's content"},
     206: {"content": {"application/octet-stream": {}}, "description": "the range asked for"},
+    416: {"description": "The range starts past the file's end (range_not_satisfiable)"},
+}
+_HASH: dict[int | str, dict[str, Any]] = {
+    400: {
+        "description": "Invalid input (invalid_input, malformed_json), or a body whose "
+        "SHA-256 is not the one declared (hash_mismatch)"
+    }
 }
 
 
@@ -133,7 +140,7 @@ async def blob_known(sha256: str, user: Master, request: Request) -> Response:
     return Response(status_code=200, headers=headers, media_type="application/octet-stream")
 
 
-@router.put("/blobs/{sha256}", tags=["files"])
+@router.put("/blobs/{sha256}", tags=["files"], responses=_HASH)
 async def upload_blob(sha256: str, user: Master, request: Request) -> dict[str, Any]:
     """Upload a file's content (raw body, streamed); its SHA-256 must match the path."""
     check_sha256(sha256)
@@ -189,7 +196,7 @@ async def agent_blob(sha256: str, m: Machine, request: Request) -> FileResponse:
     return BlobFile(await _blobs(request).local_path(sha256), media_type="application/octet-stream")
 
 
-@router.put("/agent/uploads/{job_id}", tags=["agent"])
+@router.put("/agent/uploads/{job_id}", tags=["agent"], responses=_HASH)
 async def agent_upload(job_id: str, m: Machine, request: Request) -> dict[str, Any]:
     """A machine uploads the file of an open pull job (raw body, streamed)."""
     await _store(request).read(file_ops.upload_slot, m["id"], job_id)

@@ -38,6 +38,14 @@ async def _group_id(request: Request, user: dict[str, Any], group: str) -> str:
     return str(row["id"])
 
 
+_WAITED: dict[int | str, dict[str, Any]] = {
+    404: {
+        "description": "No such group or key (not_found), or a wait (?wait=) that ended "
+        "without a version above newer_than (timeout)"
+    }
+}
+
+
 @router.get("/groups/{group}/kv", tags=["kv"])
 async def list_keys(group: str, user: Master, request: Request) -> dict[str, Any]:
     gid = await _group_id(request, user, group)
@@ -53,7 +61,7 @@ async def master_set(
     return await store.write(kv_ops.kv_set, gid, key, body.value, "master")
 
 
-@router.get("/groups/{group}/kv/{key:path}", tags=["kv"])
+@router.get("/groups/{group}/kv/{key:path}", tags=["kv"], responses=_WAITED)
 async def master_get(
     group: str,
     key: str,
@@ -72,7 +80,7 @@ async def agent_set(key: str, body: KvIn, m: Machine, request: Request) -> dict[
     return await store.write(kv_ops.kv_set, m["group_id"], key, body.value, m["name"])
 
 
-@router.get("/agent/kv/{key:path}", tags=["agent"])
+@router.get("/agent/kv/{key:path}", tags=["agent"], responses=_WAITED)
 async def agent_get(
     key: str,
     m: Machine,

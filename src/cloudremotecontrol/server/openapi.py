@@ -15,6 +15,9 @@ the statuses it can answer, all with the one error shape of ``errors.py``::
 * operations that take a token or credential: ``401`` and ``403``; those that change
   something: ``409``;
 * enrollment: ``401`` (key rejected) and ``429`` (too many failures from an address).
+
+An operation with an error of its own declares it on its route (FastAPI's
+``responses=``, a description naming the code), and is given the error shape here.
 """
 
 from __future__ import annotations
@@ -122,13 +125,10 @@ def install_openapi(app: FastAPI, routers: list[APIRouter]) -> None:
                 if route is None:
                     continue
                 for code in _statuses(route, method, op):
-                    op["responses"].setdefault(
-                        code,
-                        {
-                            "description": _DESCRIPTIONS[code],
-                            "content": {"application/json": {"schema": ref}},
-                        },
-                    )
+                    op["responses"].setdefault(code, {"description": _DESCRIPTIONS[code]})
+                for code, answer in op["responses"].items():  # the route's own too
+                    if code[0] in "45":
+                        answer["content"] = {"application/json": {"schema": ref}}
         app.openapi_schema = schema
         return schema
 

@@ -116,3 +116,15 @@ def live_group(tx: Tx, user_id: str, name: str) -> dict[str, Any]:
     if row is None:
         raise NotFound(f"no group {name!r}: see `crc group list`", field="group")
     return row
+
+
+def check_not_expired(group: dict[str, Any]) -> None:
+    """Refuse to command a group whose TTL has expired: its machines are revoked, and
+    it stays listed (expired) until its owner runs `crc down` or deletes it."""
+    if (loads(group.get("settings")) or {}).get("expired"):
+        name = group["name"]
+        raise NotFound(
+            f"group {name!r} has expired (its TTL): its machines are revoked; "
+            f"run `crc down` or `crc group delete {name}`",
+            field="group",
+        )

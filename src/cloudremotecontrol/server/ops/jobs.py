@@ -15,7 +15,7 @@ from ...protocol.rollout import Rollout
 from ...protocol.states import JobStatus, MachineState
 from ...protocol.wire import Message
 from ..store.base import Tx
-from .common import add_event, audit, dumps, live_group, loads, now
+from .common import add_event, audit, check_not_expired, dumps, live_group, loads, now
 from .rollout import advance, rollout_of, withdraw
 from .roster import hosts_entries, hosts_table, roster
 from .streams import enqueue_many, outbox
@@ -36,6 +36,7 @@ __all__ = [
 def resolve_targets(tx: Tx, group: dict[str, Any], target: Target) -> list[dict[str, Any]]:
     """Machines of ``group`` that ``target`` names (revoked ones never); errors name the
     unknown machines or say that a selector matched nothing."""
+    check_not_expired(group)
     rows = tx.all(
         "SELECT id, name, labels, state, out_next FROM machines WHERE group_id = ? "
         "AND state != ? ORDER BY name",

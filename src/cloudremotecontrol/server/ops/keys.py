@@ -18,7 +18,7 @@ from ...protocol.names import check_name
 from ...protocol.states import MachineState
 from ...protocol.tokens import new_secret
 from ..store.base import Tx
-from .common import audit, live_group, now
+from .common import audit, check_not_expired, live_group, now
 
 __all__ = ["reissue_key"]
 
@@ -33,6 +33,7 @@ def reissue_key(
     if not 0 < key_ttl <= 30 * 86400:
         raise InvalidInput("key TTL must be between 1 second and 30 days", field="key_ttl")
     g = live_group(tx, user_id, group)
+    check_not_expired(g)
     row = tx.one(
         "SELECT id, state FROM machines WHERE group_id = ? AND name = ?", (g["id"], machine)
     )

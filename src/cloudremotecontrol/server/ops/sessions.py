@@ -11,7 +11,7 @@ from typing import Any
 
 from ...errors import Conflict, Forbidden, NotFound
 from ..store.base import Tx
-from .common import add_event, audit, dumps, live_group, loads, now
+from .common import add_event, audit, check_not_expired, dumps, live_group, loads, now
 
 __all__ = [
     "POLICY_KEYS",
@@ -36,9 +36,8 @@ def check_stream(
     """Check that ``user`` may open a ``kind`` stream to ``machine`` of ``group``.
     Returns the machine's id, state and replica and whether to record."""
     g = live_group(tx, user["user_id"], group)
+    check_not_expired(g)
     settings = loads(g["settings"]) or {}
-    if settings.get("expired"):
-        raise NotFound(f"group {group!r} has expired", field="group")
     if settings.get(POLICY_KEYS[kind]):
         raise Forbidden(
             f"group {group!r} was created with --no-{kind}: {kind} streams are off for it",
