@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from cloudremotecontrol.errors import InvalidInput
 from cloudremotecontrol.master.scenario import templates
 from cloudremotecontrol.master.scenario.graph import Outcome, plan, run_steps
 from cloudremotecontrol.master.scenario.model import (
@@ -283,6 +284,19 @@ def test_vultr_machines_need_region_plan_and_image():
         """)
     assert ok.machine("a").image == "2284" and ok.machine("w").image == "124"
     assert ok.machine("a").extra == {"enable_ipv6": True}
+    # A field the provider does not take is refused here, before any machine exists.
+    with pytest.raises(ScenarioError) as info:
+        parse("""\
+            name: lab
+            provider: vultr
+            defaults: {region: ewr, plan: vc2-1c-1gb, image: "2284"}
+            machines:
+              a: {}
+              b: {provider: {bogus: 1, user_data: x, enable_ipv6: true}}
+            """)
+    [problem] = [str(p) for p in info.value.problems]
+    assert "machines.b.provider: not a vultr option: bogus, user_data (allowed: " in problem
+    assert "enable_ipv6" in problem.split("allowed:")[1]
 
 
 def test_script_steps_read_the_file_next_to_the_scenario(tmp_path):
@@ -354,6 +368,72 @@ def test_templates_refuse_unknown_and_missing_values():
         templates.render("{{ machines.db.private_ip }}", CTX)
     with pytest.raises(templates.TemplateError, match="expected a dotted name"):
         templates.render("{{ __import__('os') }}", CTX)
+
+
+def test_templates_refuse_values_with_no_json_form():
+    ctx = {**CTX, "vars": {"nan": float("nan"), "inf": [float("inf")], "raw": b"hi"}}
+    for tag in ("{{ vars.nan | json }}", "{{ vars.inf }}", "{{ vars.raw | json }}"):
+        with pytest.raises(templates.TemplateError, match="JSON form"):
+            templates.render(tag, ctx)
+
+
+def test_a_step_whose_template_cannot_be_rendered_fails_with_that_not_an_internal_error():
+    s = parse(
+        "name: lab\nmachines: {a: }\nsteps:\n  - {name: tell, run: 'echo {{ machines.a.ips.5 }}'}\n"
+    )
+
+    def execute(step, attempt):
+        return Outcome(bool(templates.render(step.action.command, CTX)))
+
+    results = run_steps(s.steps, execute)
+    assert results["tell"].status == "failed"
+    assert results["tell"].message.startswith("{{ machines.a.ips.5 }}: "), results["tell"]
+    assert "internal error" not in results["tell"].message
+
+
+def test_a_command_the_agent_would_refuse_is_refused_at_load():
+    got = problems("""\
+        name: lab
+        machines: {a: }
+        steps:
+          - {name: one, run: "echo \\0", env: {"A=B": c}}
+          - {name: two, run: ["echo", "a\\0b"]}
+          - {name: three, run: "true", env: {OK: "x\\0"}}
+        """)
+    assert got == [
+        "s.yaml:4:22: steps.one.command: command must be a non-empty string without NUL characters",
+        "s.yaml:4:38: steps.one.env: env must map variable names to strings",
+        "s.yaml:5:22: steps.two.argv: argv must be a non-empty list of strings without NUL "
+        "characters",
+        "s.yaml:6:37: steps.three.env: env must map variable names to strings",
+    ], got
+
+
+def test_files_are_read_only_up_to_their_bound(tmp_path):
+    """A scenario or a script step naming /dev/zero (or any endless or huge file) is
+    refused at load, after reading one byte more than the bound."""
+    with pytest.raises(InvalidInput, match="over 4096 KiB, the most a scenario may be"):
+        load_scenario("/dev/zero")
+    path = tmp_path / "s.yaml"
+    path.write_text("name: lab\nmachines: {a: }\nsteps:\n  - script: /dev/zero\n")
+    with pytest.raises(ScenarioError) as info:
+        load_scenario(path)
+    [problem] = info.value.problems
+    assert "steps.script-1.script: /dev/zero is over 128 KiB" in str(problem), problem
+
+
+def test_a_few_lines_of_aliases_standing_for_billions_of_values_are_refused():
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 10)]
+    bomb = "\n".join(["name: lab", "machines: {a: }", "variables:"] + [f"  {x}" for x in lines])
+    bomb += "\nsteps:\n  - {run: 'echo {{ vars.a9 | json }}'}\n"
+    with pytest.raises(ScenarioError) as info:
+        parse_scenario(bomb)
+    [problem] = info.value.problems
+    assert "once its aliases (*name) are expanded" in str(problem)
+    # A few aliases of a modest anchor are what anchors are for.
+    fine = bomb.replace("range", "").split("  a2:")[0] + "\nsteps:\n  - {run: 'true'}\n"
+    assert parse_scenario(fine).name == "lab"
 
 
 # -- the graph ---------------------------------------------------------------------------

@@ -158,6 +158,24 @@ def test_windows_create_uses_a_boot_startup_script_that_destroy_deletes(
     assert_clean(fake)
 
 
+@pytest.mark.parametrize("after_handling", [True, False])
+def test_a_startup_script_whose_answer_was_lost_is_made_once(
+    fake: FakeVultr, vultr: VultrProvider, after_handling: bool
+) -> None:
+    """A 5xx on create-startup-script may come after Vultr made the script: it is not
+    posted again blindly, so the machine ends with one script (holding its key)."""
+    fake.state.fail_next(500, after_handling=after_handling)
+
+    inst = vultr.create("demo", windows(), WINDOWS_SCRIPT)
+
+    assert [r.status for r in sent(fake, "POST", "/startup-scripts")] == [500, 201]
+    (script_id,) = fake.state.scripts
+    assert f"crc-script:{script_id}" in inst.tags
+    vultr.destroy(inst.id)
+    assert fake.state.scripts == {} and fake.state.instances == {}
+    assert_clean(fake)
+
+
 def test_windows_startup_script_is_removed_when_the_instance_is_refused(
     fake: FakeVultr, vultr: VultrProvider
 ) -> None:

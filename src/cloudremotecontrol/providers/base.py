@@ -147,17 +147,19 @@ class Capabilities:
     {name: local, network: netns}``), each with its allowed values. ``required`` are the
     machine fields a scenario must give (here or in ``defaults``); ``machine_options``
     says whether a machine may carry provider-specific fields (``provider:`` under the
-    machine, passed as ``MachineSpec.extra``). ``public_addresses``: an instance's
-    ``main_ip`` is the machine's address on the internet (for templates'
-    ``public_ip``); machines on this computer have none. ``liveness_interval``: how often
-    (seconds) the runner asks the provider whether a machine that is not ready yet died.
+    machine, passed as ``MachineSpec.extra``): ``True`` any, a set of names those only
+    (checked when the scenario is loaded, before anything is created).
+    ``public_addresses``: an instance's ``main_ip`` is the machine's address on the
+    internet (for templates' ``public_ip``); machines on this computer have none.
+    ``liveness_interval``: how often (seconds) the runner asks the provider whether a
+    machine that is not ready yet died.
     """
 
     features: frozenset[Feature] = frozenset()
     oses: frozenset[OsName] = frozenset({"linux"})
     settings: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     required: tuple[MachineField, ...] = ()
-    machine_options: bool = False
+    machine_options: bool | frozenset[str] = False
     public_addresses: bool = True
     liveness_interval: float = 15.0
 

@@ -129,7 +129,7 @@ class VultrProvider(Provider):
         features=frozenset({Feature.SERVER_TEARDOWN}),
         oses=frozenset({"linux", "windows"}),
         required=("region", "plan", "image"),
-        machine_options=True,  # further POST /instances fields: _EXTRA_FIELDS
+        machine_options=_EXTRA_FIELDS,  # further POST /instances fields
     )
 
     def __init__(
@@ -327,15 +327,28 @@ class VultrProvider(Provider):
 
     def _create_startup_script(self, scenario: str, machine: str, script: str) -> str:
         # create-startup-script: type boot runs once at first boot (pxe is for iPXE).
-        data = self._request(
-            "POST",
-            "/startup-scripts",
-            json={
-                "name": f"{_SCRIPT_NAME_PREFIX}{scenario}/{machine}",
-                "type": "boot",
-                "script": _b64(script),
-            },
-        )
+        name = f"{_SCRIPT_NAME_PREFIX}{scenario}/{machine}"
+        attempt = 0
+        while True:
+            try:
+                data = self._request(
+                    "POST",
+                    "/startup-scripts",
+                    json={"name": name, "type": "boot", "script": _b64(script)},
+                    idempotent=False,
+                )
+                break
+            except _Ambiguous:
+                # The script may exist although the answer got lost. Whatever carries
+                # its name is deleted (never reused: an older one holds an older key),
+                # then it is made again: one script per machine, none left over.
+                for old in self._pages("/startup-scripts", "startup_scripts", {}):
+                    if old.get("name") == name and old.get("id"):
+                        self._delete(f"/startup-scripts/{_seg(str(old['id']))}")
+                if attempt >= self.retry.server_error_retries:
+                    raise
+                self._sleep(self._backoff(attempt))
+                attempt += 1
         try:
             return str(data["startup_script"]["id"])
         except (KeyError, TypeError):

@@ -19,9 +19,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from ...errors import InvalidInput
 from ...protocol.rollout import Rollout
-from .yamlnodes import NodeReader, Problem, ScenarioError, Where, parse_duration
+from .yamlnodes import (
+    MAX_SCENARIO_BYTES,
+    NodeReader,
+    Problem,
+    ScenarioError,
+    Where,
+    parse_duration,
+    read_bounded,
+)
 
 __all__ = [
     "STEP_KINDS",
@@ -167,13 +174,7 @@ class Scenario:
 def load_scenario(path: str | Path) -> Scenario:
     """Read and validate a scenario file; ``ScenarioError`` lists every problem."""
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise InvalidInput(f"cannot read scenario {p}: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise InvalidInput(f"scenario {p} is not UTF-8 text") from None
-    return parse_scenario(text, p)
+    return parse_scenario(read_bounded(p, MAX_SCENARIO_BYTES, "a scenario"), p)
 
 
 def parse_scenario(text: str, path: str | Path = "scenario.yaml") -> Scenario:

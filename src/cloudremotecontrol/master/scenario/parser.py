@@ -11,10 +11,12 @@ from typing import Any
 import yaml
 
 from ...errors import CrcError, InvalidInput
-from ...protocol.limits import MAX_TIMEOUT_SECONDS
+from ...protocol.limits import MAX_COMMAND_BYTES, MAX_TIMEOUT_SECONDS
+from ...protocol.messages import JobRun
 from ...protocol.names import check_label, check_message_type, check_name
 from ...protocol.rollout import KEYS as ROLLOUT_KEYS
 from ...protocol.rollout import Rollout
+from ...protocol.wire import wire_fields
 from ...providers import (
     DEFAULT_PROVIDER,
     Capabilities,
@@ -41,7 +43,7 @@ from .model import (
     Step,
     WaitAction,
 )
-from .yamlnodes import NodeReader
+from .yamlnodes import NodeReader, read_bounded
 
 #: The server refuses a group whose TTL is longer (server/ops/groups.py).
 MAX_GROUP_TTL = 365 * 86400
@@ -290,6 +292,18 @@ class ScenarioParser:
                         f"{path}.provider",
                         f"the {self.provider} provider takes no per-machine overrides",
                     )
+                elif self.caps is not None and isinstance(self.caps.machine_options, frozenset):
+                    allowed = self.caps.machine_options
+                    unknown = sorted(str(k) for k in value if k not in allowed)
+                    if unknown:
+                        r.error(
+                            spec["provider"][1],
+                            f"{path}.provider",
+                            f"not a {self.provider} option: {', '.join(unknown)} "
+                            f"(allowed: {', '.join(sorted(allowed))})",
+                        )
+                    else:
+                        extra = value
                 else:
                     extra = value
             image = (
@@ -541,6 +555,21 @@ class ScenarioParser:
         cwd = r.string(e["cwd"][1], f"{label}.cwd") if "cwd" in e else None
         if env is None:
             return None
+        # What a job.run carries, checked as the agent will check it (templates are
+        # rendered later, but a NUL or a variable name with "=" is wrong before that).
+        given = {"argv": list(argv) if argv else None, "command": command, "env": env, "cwd": cwd}
+        refused = False
+        for f, spec in wire_fields(JobRun):
+            if given.get(f.name) is None:
+                continue
+            try:
+                spec.check(given[f.name], f.name)
+            except CrcError as exc:
+                where = e.get(f.name) or e.get("run") or e.get("script")
+                r.error(where[1] if where else None, f"{label}.{f.name}", exc.message)
+                refused = True
+        if refused:
+            return None
         return RunAction(command=command, argv=argv, shell=shell, env=env, cwd=cwd)
 
     def _script(self, e: dict[str, Any], node: yaml.Node, path: str) -> RunAction | None:
@@ -550,10 +579,9 @@ class ScenarioParser:
             return None
         file = self.base / rel
         try:
-            text = file.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-            r.error(node, path, f"cannot read {file}: {why}")
+            text = read_bounded(file, MAX_COMMAND_BYTES, "a script (a job's command)")
+        except InvalidInput as exc:
+            r.error(node, path, exc.message)
             return None
         return self._run_options(
             e, path.rsplit(".", 1)[0], text, None, _SCRIPT_SHELLS.get(file.suffix.lower())

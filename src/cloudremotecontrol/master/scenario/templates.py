@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ...errors import InvalidInput
 from . import shellquote
 
 __all__ = [
@@ -72,8 +73,9 @@ MACHINE_FIELDS = frozenset(
 _ROOTS = ("vars", "machines", "scenario")
 
 
-class TemplateError(ValueError):
-    """A tag that cannot be parsed or resolved; the message names the tag."""
+class TemplateError(InvalidInput, ValueError):
+    """A tag that cannot be parsed or resolved; the message names the tag. An input
+    error (a step that meets one fails with it, not as an internal error)."""
 
 
 @dataclass(frozen=True)
@@ -184,13 +186,23 @@ def _lookup(context: Mapping[str, Any], ref: Reference) -> Any:
     return value
 
 
-def _format(value: Any, filt: str | None, in_shell: bool = False) -> str:
+def _json(ref: Reference, value: Any) -> str:
+    try:
+        return json.dumps(value, sort_keys=True, allow_nan=False)
+    except ValueError:
+        raise TemplateError(f"{ref.text}: NaN and Infinity have no JSON form") from None
+    except TypeError as exc:  # a YAML !!binary, !!set or date: not JSON
+        raise TemplateError(f"{ref.text}: no JSON form ({exc})") from None
+
+
+def _format(ref: Reference, value: Any, in_shell: bool = False) -> str:
+    filt = ref.filter
     if filt == "json":
-        return json.dumps(value, sort_keys=True)
+        return _json(ref, value)
     if isinstance(value, bool):
         text = "true" if value else "false"
     elif isinstance(value, (dict, list, tuple)):
-        text = json.dumps(value, sort_keys=True)
+        text = _json(ref, value)
     else:
         text = str(value)
     if in_shell:  # shell code quotes every value for its place: see render
@@ -212,7 +224,7 @@ def render(text: str, context: Mapping[str, Any], dialect: str | None = None) ->
     pos = length = 0
     for ref, match, place in zip(refs, _TAG.finditer(text), places, strict=True):
         before = text[pos : match.start()]
-        value = _format(_lookup(context, ref), ref.filter, in_shell=dialect is not None)
+        value = _format(ref, _lookup(context, ref), in_shell=dialect is not None)
         if place is not None:
             try:
                 value = shellquote.escape(value, place)

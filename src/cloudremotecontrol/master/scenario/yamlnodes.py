@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
@@ -20,7 +21,21 @@ from ...errors import InvalidInput
 
 C = TypeVar("C", bound=str)  # one of a choice's values (a Literal type, or str)
 
-__all__ = ["NodeReader", "Problem", "ScenarioError", "Where", "parse_duration"]
+__all__ = [
+    "MAX_EXPANDED_NODES",
+    "MAX_SCENARIO_BYTES",
+    "NodeReader",
+    "Problem",
+    "ScenarioError",
+    "Where",
+    "parse_duration",
+    "read_bounded",
+]
+
+MAX_SCENARIO_BYTES = 4 << 20  # a scenario file
+# Nodes of a file once its aliases are expanded: a few lines of anchors and aliases
+# can stand for billions of values (a "billion laughs"), which a template would render.
+MAX_EXPANDED_NODES = 1_000_000
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -96,6 +111,48 @@ def parse_duration(value: object) -> float:
     return seconds
 
 
+def read_bounded(path: Path, limit: int, what: str) -> str:
+    """The UTF-8 text of ``path`` (a file, a pipe), refused past ``limit`` bytes without
+    reading further (``/dev/zero`` is not read for ever)."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(limit + 1)
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {path}: {exc.strerror or exc}") from None
+    if len(data) > limit:
+        raise InvalidInput(f"{path} is over {limit >> 10} KiB, the most {what} may be")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidInput(f"cannot read {path}: not UTF-8 text") from None
+
+
+def expanded_nodes(root: yaml.Node, cap: int) -> int:
+    """How many nodes ``root`` holds once every alias is expanded (an alias is the node
+    it names, shared in the composed tree), counted without expanding, up to ``cap``."""
+    size: dict[int, int] = {}
+    seen: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        children = _children(node)
+        if done:
+            size[id(node)] = min(cap, 1 + sum(size.get(id(c), 0) for c in children))
+        elif id(node) not in seen:  # an alias inside itself counts once (refused later)
+            seen.add(id(node))
+            stack.append((node, True))
+            stack.extend((c, False) for c in children)
+    return size[id(root)]
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return []
+
+
 class NodeReader:
     """Reads a composed YAML tree, collecting problems instead of stopping at the first."""
 
@@ -116,7 +173,20 @@ class NodeReader:
 
     def root(self) -> yaml.Node | None:
         try:
-            return self.loader.get_single_node()
+            node = self.loader.get_single_node()
+            if node is not None and expanded_nodes(node, MAX_EXPANDED_NODES + 1) > (
+                MAX_EXPANDED_NODES
+            ):
+                self.problems.append(
+                    Problem(
+                        Where(self.file, 1, 1),
+                        "",
+                        f"over {MAX_EXPANDED_NODES} values once its aliases (*name) are "
+                        "expanded: use fewer aliases of large anchors",
+                    )
+                )
+                return None
+            return node
         except yaml.MarkedYAMLError as exc:
             mark = exc.problem_mark or exc.context_mark
             where = (
