@@ -366,6 +366,44 @@ def test_demo_runs_the_scenario_and_leaves_no_process_or_namespace():
 
 
 @needs_root
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_a_demo_stopped_by_a_signal_tears_down_what_it_made(sig):
+    """`kill` or a closed terminal stops the demo as Ctrl-C does: its machines, its
+    server and its directory are gone (no later `crc down` would find them)."""
+    tmp = Path(tempfile.mkdtemp(prefix="crct-", dir="/tmp"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cloudremotecontrol", "demo", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "TMPDIR": str(tmp)},
+    )
+    try:
+        assert proc.stdout is not None
+        first = json.loads(proc.stdout.readline())
+        demo = LocalProvider(Path(first["dir"]) / "machines")
+        deadline = time.monotonic() + 90
+        while not _netns(f"crc-{demo.scope}-"):  # a machine exists
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+            time.sleep(0.1)
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=90)
+        left_files = list(tmp.iterdir())
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+    assert proc.returncode == 128 + sig, (proc.returncode, err)
+    assert "Traceback" not in err, err
+    assert any(o.get("event") == "summary" for o in lines(out)), out
+    assert _netns(f"crc-{demo.scope}-") == []
+    assert [v for v in _marked().values() if v.startswith(f"{demo.scope}/")] == []
+    assert left_files == []  # its directory, with the server's data, is gone
+    servers = subprocess.run(["pgrep", "-f", first["dir"]], capture_output=True, text=True)
+    assert servers.stdout == "", servers.stdout  # no server or agent of it still runs
+
+
+@needs_root
 def test_a_create_that_fails_halfway_leaves_no_namespace_veth_or_process(tmp_path, monkeypatch):
     provider = LocalProvider(tmp_path / "m", server_url="https://10.213.0.1:9")
     real = localnet.run

@@ -82,9 +82,9 @@ def main(argv: list[str] | None = None) -> None:
             message = " ".join([head, "; ".join(line.strip() for line in rest)])
         click.echo(f"crc: error: {output.safe(message)}", err=True)  # one line
         sys.exit(output.own_error_exit or exc.exit_code)
-    except click.exceptions.Abort:
+    except click.exceptions.Abort as exc:  # click's word for a KeyboardInterrupt
         click.echo("crc: aborted", err=True)
-        sys.exit(130)
+        sys.exit(getattr(exc.__cause__, "exit_code", 130))
     except click.exceptions.NoArgsIsHelpError as exc:
         # `crc` or `crc group` alone: the help is what was asked for.
         if exc.ctx is not None:
@@ -96,9 +96,9 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as exc:
         click.echo(f"crc: error: {' '.join(exc.format_message().split())}", err=True)
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # Ctrl-C, or a signal taken as it (master/demo.py)
         click.echo("crc: interrupted", err=True)
-        sys.exit(130)
+        sys.exit(getattr(exc, "exit_code", 130))
     except BrokenPipeError:
         _output_closed()
     sys.exit(rc if isinstance(rc, int) else 0)
