@@ -298,8 +298,8 @@ def _short_path(path: Path) -> Iterator[str]:
         return
     try:
         fd = os.open(path.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except FileNotFoundError:
-        yield str(path)  # connect() below reports the missing agent clearly
+    except OSError:  # missing, not a directory, unreadable
+        yield str(path)  # connect() below reports it clearly
         return
     try:
         yield f"/proc/self/fd/{fd}/{path.name}"
@@ -341,7 +341,7 @@ def call(
             f"no agent is running with state dir {state_dir} ({exc.strerror}): "
             "start it with `crc agent run` or give --state-dir"
         ) from None
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, NotADirectoryError) as exc:  # no such directory, or a file
         raise NoAgent(
             f"no agent is running with state dir {state_dir} ({exc.strerror}): "
             "start it with `crc agent run` or give --state-dir"
@@ -355,6 +355,11 @@ def call(
         raise Unavailable(
             f"the agent with state dir {state_dir} did not accept the connection "
             f"within {timeout:g} s"
+        ) from None
+    except OSError as exc:  # ELOOP, ENAMETOOLONG, EIO...: a clear error, not a traceback
+        raise Unavailable(
+            f"cannot reach the agent's control socket in state dir {state_dir} "
+            f"({exc.strerror or exc}): check --state-dir"
         ) from None
     with sock:
         try:

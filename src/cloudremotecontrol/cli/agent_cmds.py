@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 import click
 
-from ..errors import InvalidInput
+from ..errors import InvalidInput, Unavailable
 from .output import emit_json, json_option
 
 _state_option = click.option(
@@ -19,9 +20,34 @@ _state_option = click.option(
 )
 
 
+class _Finite(click.FloatRange):
+    """A ``FloatRange`` that refuses ``nan`` (which passes every comparison and so every
+    range) and, with it, any number not finite."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        rv = super().convert(value, param, ctx)
+        if not math.isfinite(rv):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return rv
+
+
+# The longest a command here waits. Bounded so that nan, inf and 1e12 are usage errors
+# (exit 2), not a socket timeout the platform cannot hold (OverflowError); a week is far
+# longer than any script on a machine waits for its master or peers.
+MAX_WAIT_SECONDS = 7 * 86400
+# --agent-wait: an hour at most, far below the day for which an agent remembers request
+# ids, so that a request sent again after a restart is still recognised.
+MAX_AGENT_WAIT_SECONDS = 3600
+
+
 def _state_dir(value: str | None) -> Path:
     if value:
-        return Path(value).resolve()
+        try:
+            return Path(value).resolve()
+        except (OSError, RuntimeError) as exc:  # a symlink loop (RuntimeError before 3.13)
+            raise Unavailable(
+                f"no agent can run with state dir {value} ({exc}): check --state-dir"
+            ) from None
     from ..agent.platform import current
 
     return Path(current().default_state_dir())
@@ -68,7 +94,7 @@ def agent() -> None:
 )
 @click.option(
     "--facts-interval",
-    type=click.FloatRange(0.1, 86400),
+    type=_Finite(0.1, 86400),
     default=30.0,
     show_default=True,
     metavar="SECONDS",
@@ -76,7 +102,7 @@ def agent() -> None:
 )
 @click.option(
     "--keep-messages-days",
-    type=click.FloatRange(0, 36500),
+    type=_Finite(0, 36500),
     default=7.0,
     show_default=True,
     metavar="DAYS",
@@ -130,11 +156,12 @@ def run_cmd(
 _agent_wait_option = click.option(
     "--agent-wait",
     envvar="CRC_AGENT_WAIT",
-    type=click.FloatRange(min=0),
+    type=_Finite(0, MAX_AGENT_WAIT_SECONDS),
     default=30.0,
     show_default=True,
     metavar="SECONDS",
-    help="If the agent is not answering (stopped, restarting), wait this long for it, "
+    help="If the agent is not answering (stopped, restarting), wait this long for it "
+    "(at most 3600), "
     "saying so on stderr, then fail (exit 6); 0 fails at once. A request the agent "
     "may have carried out before it went away is sent again only if that cannot do it "
     "twice: it changes nothing, or the agent knows its request id (env: CRC_AGENT_WAIT).",
@@ -152,7 +179,7 @@ def _call(state_dir: str | None, request: dict[str, Any], agent_wait: float) -> 
 
 @agent.command()
 @click.argument("text")
-@click.option("--percent", type=click.FloatRange(0, 100), help="Progress 0-100.")
+@click.option("--percent", type=_Finite(0, 100), help="Progress 0-100.")
 @_state_option
 @_agent_wait_option
 @json_option
@@ -213,10 +240,10 @@ def emit(
 @click.option("--from", "sender", help="Only from this sender (master or a peer name).")
 @click.option(
     "--timeout",
-    type=click.FloatRange(min=0, min_open=True),
+    type=_Finite(0, MAX_WAIT_SECONDS, min_open=True),
     default=600.0,
     show_default=True,
-    help="Seconds to wait.",
+    help="Seconds to wait (at most 604800, a week).",
 )
 @_state_option
 @json_option
@@ -350,10 +377,10 @@ def kv_get(key: str, state_dir: str | None, agent_wait: float, as_json: bool) ->
 )
 @click.option(
     "--timeout",
-    type=click.FloatRange(0, 300, min_open=True),
+    type=_Finite(0, 300, min_open=True),
     default=300,
     show_default=True,
-    help="Seconds.",
+    help="Seconds (at most 300).",
 )
 @_state_option
 @json_option
@@ -408,10 +435,10 @@ def kv_wait(
 @click.option("--restart", is_flag=True, help="Restart the agent if it is running already.")
 @click.option(
     "--wait",
-    type=click.FloatRange(min=0),
+    type=_Finite(0, MAX_WAIT_SECONDS),
     default=300.0,
     show_default=True,
-    help="Keep retrying an unreachable server this many seconds when enrolling.",
+    help="Keep retrying an unreachable server this many seconds when enrolling (at most 604800).",
 )
 @json_option
 def install_cmd(

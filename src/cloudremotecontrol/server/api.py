@@ -14,6 +14,7 @@ from starlette.types import Send
 from .. import __version__
 from ..errors import KeyRejected, RateLimited
 from . import auth
+from .hub import CUT_ON_STOP, ServerStopping
 from .models import Enroll, GroupCreate, HostsSync, JobCreate, MessageSend
 from .ops import events as ev_ops
 from .ops import groups as group_ops
@@ -213,6 +214,9 @@ def _sse(
     cred = auth.credential(request)
     quiet = request.app.state.settings.events_keepalive
 
+    if follow:  # lasts until the client goes: cut when the server stops (hub.py)
+        request.scope[CUT_ON_STOP] = True
+
     async def stream() -> AsyncIterator[bytes]:
         nonlocal cursor
         with bus.subscribe(group_id) as wake:
@@ -241,6 +245,10 @@ def _sse(
                     return
                 try:
                     await asyncio.wait_for(wake.wait(), quiet)
+                except ServerStopping:
+                    # Cut, not ended: the follower resumes from its cursor, here once
+                    # restarted or at another replica (its connection is closed too).
+                    raise _StreamCut from None
                 except asyncio.TimeoutError:
                     if await store.read(ev_ops.group_deleted, group_id):
                         return
@@ -267,7 +275,11 @@ def _events_if_authorized(
     return ev_ops.events_json_after(tx, group_id, cursor, job_id, limit, types)
 
 
-class _CredentialRevoked(Exception):
+class _StreamCut(Exception):
+    """Ends an event stream without its last chunk: the client sees it break."""
+
+
+class _CredentialRevoked(_StreamCut):
     """Ends an event stream whose token was revoked while it was open."""
 
 
@@ -286,6 +298,8 @@ class _EventStream(StreamingResponse):
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except _CredentialRevoked:
             log.info("event stream ended: its master token was revoked")
+            return
+        except _StreamCut:  # the server stops
             return
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 

@@ -11,6 +11,14 @@ Fan-out: every agent connection has its own queue and writer task, so a job for 
 thousand machines never waits for the slowest socket. A writer only sends what the
 store has committed; when offers arrive out of order (two jobs committed concurrently)
 it re-reads the outbox from the last sequence number it sent.
+
+Stopping (SIGTERM): ``EventBus.stop`` wakes every waiter, and a wait on the bus then
+raises ``ServerStopping`` (503): a long poll (a kv wait) is answered at once and its
+client asks again, here once restarted or at another replica. An event stream is cut
+instead (``CUT_ON_STOP``: the server closes its connection, ``runner.py``), which its
+follower takes as a break to resume from, where a stream that ended would mean its group
+was deleted. Without this, uvicorn waits for such responses, then cancels them with a
+traceback each.
 """
 
 from __future__ import annotations
@@ -19,11 +27,16 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Literal
 
+from ..errors import Unavailable
 from .store.base import ALL_GROUPS
 
-__all__ = ["WAKE_INTERVAL", "AgentLink", "EventBus", "Hub"]
+__all__ = ["CUT_ON_STOP", "WAKE_INTERVAL", "AgentLink", "EventBus", "Hub", "ServerStopping"]
+
+#: The ASGI scope key an endpoint sets (true) on a response that lasts until its client
+#: goes (an event stream): the server closes that connection when it stops.
+CUT_ON_STOP = "crc.cut_on_stop"
 
 #: Seconds: a group's event followers are woken at most once per interval (see above).
 WAKE_INTERVAL = 0.015
@@ -164,6 +177,26 @@ class Hub:
                     await link.close(4403, reason)
 
 
+class ServerStopping(Unavailable):
+    """The server is stopping: a request waiting on the bus ends now; ask again."""
+
+
+class _Wake(asyncio.Event):
+    """A follower's wake-up: an ``asyncio.Event`` whose ``wait`` raises
+    ``ServerStopping`` once its bus stops (at once if it has)."""
+
+    def __init__(self, bus: EventBus) -> None:
+        super().__init__()
+        self._bus = bus
+
+    async def wait(self) -> Literal[True]:
+        if not self._bus.stopping:
+            await super().wait()
+        if self._bus.stopping:
+            raise ServerStopping("the server is stopping: try again")
+        return True
+
+
 class EventBus:
     """Wakes event-stream followers of a group after commits that added events, at most
     once per ``interval`` per group (the rest are deferred to the interval's end)."""
@@ -179,6 +212,15 @@ class EventBus:
         #: Wake-ups run and notifications folded into a deferred one (for tests).
         self.wakeups = 0
         self.deferred = 0
+        self.stopping = False
+
+    def stop(self) -> None:
+        """The server stops: every wait on the bus, now or later, raises
+        ``ServerStopping``."""
+        self.stopping = True
+        for waiters in self._waiters.values():
+            for ev in waiters:
+                ev.set()
 
     def notify_threadsafe(self, groups: set[str]) -> None:
         """From a backend thread: one hop to the loop for however many commits come
@@ -227,7 +269,7 @@ class EventBus:
 
     @contextlib.contextmanager
     def subscribe(self, group_id: str) -> Any:
-        ev = asyncio.Event()
+        ev = _Wake(self)
         self._waiters.setdefault(group_id, set()).add(ev)
         try:
             yield ev

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
+import socket
 from pathlib import Path
+from typing import Any
 
 import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from .. import logsafe
 from ..errors import InvalidInput
@@ -21,11 +25,38 @@ from .config import ServerConfig, ServerSettings, parse_listen
 from .forwarded import TrustedProxies
 from .handshakes import HandshakeLimits, UvicornServer
 from .httpguard import ConnectionGuard, GuardLimits, guarded_protocol
+from .hub import CUT_ON_STOP, EventBus
 from .store.base import open_store
 from .teardown import load_cipher
-from .wsprotocol import listening_protocol
+from .wsprotocol import ListeningWebSocketProtocol, listening_protocol
 
 __all__ = ["serve"]
+
+
+def _denials_complete(base: type[ListeningWebSocketProtocol]) -> type[ListeningWebSocketProtocol]:
+    """``base``, counting a WebSocket refused with an HTTP answer (``send_denial_response``,
+    a stream's 401 or 404) as a finished handshake.
+
+    uvicorn's websockets-sansio protocol (``run_asgi``) logs "ASGI callable returned
+    without completing handshake." at ERROR, and tries a 500, for every application that
+    returns while ``handshake_complete`` is false; it sets that flag on an accept or a
+    403 close, but not when the last body chunk of a denial response has gone out, so
+    every refused dial logged an ERROR (anyone could fill the log). Once that answer is
+    written and the connection closing, the exchange is over: the flag is set then.
+    An application that returns having sent nothing, or half a denial, still logs."""
+
+    class DenialsComplete(base):  # type: ignore[valid-type,misc]
+        async def send(self, message: Any) -> None:
+            await super().send(message)
+            if (
+                message.get("type") == "websocket.http.response.body"
+                and self.initial_response is not None
+                and self.close_sent
+            ):
+                self.handshake_complete = True
+
+    DenialsComplete.__name__ = base.__name__
+    return DenialsComplete
 
 
 def serve(
@@ -89,7 +120,7 @@ def serve(
         ssl_certfile=None if insecure else str(cfg.cert),
         ssl_keyfile=None if insecure else str(cfg.key),
         # Agents ping; the server listens, and closes one silent too long (wsprotocol.py).
-        ws=listening_protocol(settings.agent_silence_timeout),
+        ws=_denials_complete(listening_protocol(settings.agent_silence_timeout)),
         ws_per_message_deflate=False,
         ws_max_size=MAX_FRAME_BYTES,
         ws_ping_interval=HEARTBEAT_SECONDS,
@@ -116,4 +147,43 @@ def serve(
         max_handshakes_per_ip=settings.max_handshakes_per_ip,
         handshake_timeout=settings.handshake_timeout,
     )
-    UvicornServer(config, limits).run()
+    _StoppingServer(config, limits, app.state.bus).run()
+
+
+class _StoppingServer(UvicornServer):
+    """Ends the responses that last until their client goes before uvicorn waits for
+    the open ones (``timeout_graceful_shutdown``, then a cancellation and a traceback
+    each): idle connections and event streams (``CUT_ON_STOP``) are aborted (what a
+    stream did not send is read again: its follower resumes from its cursor, here once
+    restarted or at another replica); then waits on the event bus are answered (503,
+    hub.py), their connections closed once the answer is out."""
+
+    def __init__(self, config: uvicorn.Config, limits: HandshakeLimits, bus: EventBus) -> None:
+        super().__init__(config, limits)
+        self.bus = bus
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        for server in self.servers:  # no new stream starts meanwhile
+            server.close()
+        cut = set()
+        for connection in list(self.server_state.connections):
+            if not isinstance(connection, HttpToolsProtocol):
+                continue  # a WebSocket: uvicorn closes it (1012)
+            cycle = connection.cycle
+            if cycle is None or cycle.response_complete:
+                # Idle: aborted, not closed. A TLS close waits for the client's own
+                # close_notify, which an idle pooled client never sends: uvicorn then
+                # waited out its graceful timeout and logged an ERROR.
+                connection.transport.abort()
+            elif cycle.scope.get(CUT_ON_STOP):
+                connection.transport.abort()
+                cut.add(connection)
+        # Their application ends once it hears of the lost connection (uvicorn logs an
+        # ERROR for a stream that ends unfinished on a live one): let it, briefly.
+        deadline = asyncio.get_running_loop().time() + 1
+        while cut & self.server_state.connections:
+            if asyncio.get_running_loop().time() > deadline:
+                break
+            await asyncio.sleep(0.01)
+        self.bus.stop()
+        await super().shutdown(sockets)

@@ -1,0 +1,91 @@
+"""`crc agent ...` refuses a timeout it cannot keep (nan, inf, a huge number) as a usage
+error, and a state directory it cannot use with one clear line: exit codes as
+docs/reference.md gives them, never a traceback. Each command runs as a process, with no
+agent anywhere (nothing here needs one to be refused)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def _crc(*argv: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "CRC_AGENT_WAIT": "0"}
+    env.pop("CRC_AGENT_STATE_DIR", None)
+    return subprocess.run(
+        [sys.executable, "-m", "cloudremotecontrol", "agent", *argv],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["wait-message", "user.q", "--timeout", "inf"],
+        ["wait-message", "user.q", "--timeout", "1e12"],
+        ["wait-message", "user.q", "--timeout", "nan"],
+        ["kv", "wait", "k", "--timeout", "nan"],
+        ["kv", "wait", "k", "--timeout", "inf"],
+        ["progress", "hi", "--agent-wait", "nan"],
+        ["progress", "hi", "--agent-wait", "inf"],
+        ["progress", "hi", "--agent-wait", "1e12"],
+        ["progress", "hi", "--percent", "nan"],
+        ["install", "--wait", "nan"],
+        ["run", "--facts-interval", "nan"],
+        ["run", "--keep-messages-days", "nan"],
+    ],
+)
+def test_a_timeout_that_is_not_a_bounded_number_is_a_usage_error(
+    argv: list[str], tmp_path: Path
+) -> None:
+    r = _crc(*argv, "--state-dir", str(tmp_path / "none"), cwd=tmp_path)
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr
+    assert "Invalid value for" in r.stderr
+
+
+def test_the_longest_wait_message_timeout_is_taken(tmp_path: Path) -> None:
+    # A week: accepted, then the missing agent is what fails (exit 6), not the number.
+    r = _crc(
+        "wait-message",
+        "user.q",
+        "--timeout",
+        "604800",
+        "--state-dir",
+        str(tmp_path / "none"),
+        cwd=tmp_path,
+    )
+    assert r.returncode == 6, r.stderr
+    assert "Traceback" not in r.stderr and "no agent is running" in r.stderr
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["progress", "hi"],
+        ["status"],
+        ["kv", "get", "k"],
+        ["wait-message", "user.q", "--timeout", "2"],
+        ["kv", "wait", "k", "--timeout", "2"],
+    ],
+)
+@pytest.mark.parametrize("where", ["f.txt", "f.txt/below", "loop", "missing"])
+def test_a_state_dir_that_cannot_be_one_is_one_clear_line(
+    argv: list[str], where: str, tmp_path: Path
+) -> None:
+    (tmp_path / "f.txt").write_text("not a directory\n")
+    (tmp_path / "loop").symlink_to("loop")
+    r = _crc(*argv, "--state-dir", f"./{where}", cwd=tmp_path)
+    assert r.returncode == 6, r.stderr
+    assert "Traceback" not in r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("crc: error: "), r.stderr
+    assert where.split("/")[0] in lines[0]
