@@ -7,7 +7,6 @@ import ipaddress
 import logging
 import socket
 from pathlib import Path
-from typing import Any
 
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -28,35 +27,9 @@ from .httpguard import ConnectionGuard, GuardLimits, guarded_protocol
 from .hub import CUT_ON_STOP, EventBus
 from .store.base import open_store
 from .teardown import load_cipher
-from .wsprotocol import ListeningWebSocketProtocol, listening_protocol
+from .wsprotocol import listening_protocol
 
 __all__ = ["serve"]
-
-
-def _denials_complete(base: type[ListeningWebSocketProtocol]) -> type[ListeningWebSocketProtocol]:
-    """``base``, counting a WebSocket refused with an HTTP answer (``send_denial_response``,
-    a stream's 401 or 404) as a finished handshake.
-
-    uvicorn's websockets-sansio protocol (``run_asgi``) logs "ASGI callable returned
-    without completing handshake." at ERROR, and tries a 500, for every application that
-    returns while ``handshake_complete`` is false; it sets that flag on an accept or a
-    403 close, but not when the last body chunk of a denial response has gone out, so
-    every refused dial logged an ERROR (anyone could fill the log). Once that answer is
-    written and the connection closing, the exchange is over: the flag is set then.
-    An application that returns having sent nothing, or half a denial, still logs."""
-
-    class DenialsComplete(base):  # type: ignore[valid-type,misc]
-        async def send(self, message: Any) -> None:
-            await super().send(message)
-            if (
-                message.get("type") == "websocket.http.response.body"
-                and self.initial_response is not None
-                and self.close_sent
-            ):
-                self.handshake_complete = True
-
-    DenialsComplete.__name__ = base.__name__
-    return DenialsComplete
 
 
 def serve(
@@ -120,7 +93,7 @@ def serve(
         ssl_certfile=None if insecure else str(cfg.cert),
         ssl_keyfile=None if insecure else str(cfg.key),
         # Agents ping; the server listens, and closes one silent too long (wsprotocol.py).
-        ws=_denials_complete(listening_protocol(settings.agent_silence_timeout)),
+        ws=listening_protocol(settings.agent_silence_timeout),
         ws_per_message_deflate=False,
         ws_max_size=MAX_FRAME_BYTES,
         ws_ping_interval=HEARTBEAT_SECONDS,

@@ -69,6 +69,22 @@ class ListeningWebSocketProtocol(WebSocketsSansIOProtocol):
 
         self.conn.send_response = with_headers  # type: ignore[method-assign]
 
+    async def send(self, message: Any) -> None:
+        # uvicorn's run_asgi logs "ASGI callable returned without completing handshake."
+        # at ERROR (and tries a 500) for an application that returns while
+        # handshake_complete is false, which it sets on an accept or a 403 close but not
+        # once a denial response (send_denial_response: a stream's 401 or 404) is out,
+        # so every refused dial logged an ERROR. Once that answer is written and the
+        # connection closing, the exchange is over; one that returns having sent
+        # nothing, or half a denial, still logs.
+        await super().send(message)
+        if (
+            message.get("type") == "websocket.http.response.body"
+            and self.initial_response is not None
+            and self.close_sent
+        ):
+            self.handshake_complete = True
+
     def data_received(self, data: bytes) -> None:
         self.last_heard = self.loop.time()
         super().data_received(data)
