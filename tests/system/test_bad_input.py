@@ -279,6 +279,10 @@ CASES: list[tuple[str, str, dict[str, Any], int, str, str]] = [
         "",
     ),
     ("PUT", "/v1/groups/lab/kv/bad key", {"json": {"value": 1}}, 400, "invalid_input", "key"),
+    # A key no client could name as it is (an empty or dot part is resolved away).
+    ("PUT", "/v1/groups/lab/kv/a//b", {"json": {"value": 1}}, 400, "invalid_input", "key"),
+    ("PUT", "/v1/groups/lab/kv/a/%2E%2E/b", {"json": {"value": 1}}, 400, "invalid_input", "key"),
+    ("GET", "/v1/groups/lab/kv/a/%2E/b", {}, 400, "invalid_input", "key"),
     ("PUT", "/v1/groups/lab/kv/big", {"json": {"value": "v" * (65 << 10)}}, 413, "too_large", ""),
     ("GET", "/v1/groups/lab/events", {"params": {"since": -1}}, 400, "invalid_input", "since"),
     ("GET", "/v1/groups/lab/events", {"params": {"since": "abc"}}, 400, "invalid_input", "since"),

@@ -444,8 +444,9 @@ def push(
 @json_option
 def pull(name: str, machine: str, remote: str, local: str, as_json: bool) -> None:
     """Copy REMOTE from one machine to LOCAL here (verified by SHA-256)."""
-    from ..master.client import worst_exit_code
+    from ..master.client import check_download_target, worst_exit_code
 
+    check_download_target(local)  # before the job: it would run for nothing
     with _client() as c:
         started, results = start_and_follow(
             c, lambda: dict(c.start_pull(name, machine, remote)), as_json, show_output=False

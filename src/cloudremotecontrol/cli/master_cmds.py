@@ -58,11 +58,11 @@ def _duration(text: str | None) -> float | None:
 @json_option
 def login(url: str, token: str | None, fingerprint: str | None, as_json: bool) -> None:
     """Check the token against the server and save the profile (0600)."""
-    from ..master.client import Client
+    from ..master.client import Client, clean_token
     from ..master.profile import Profile, save_profile
     from ..tlspin import normalize_fingerprint
 
-    token = _login_token(token)
+    token = clean_token(_login_token(token))
     fp = normalize_fingerprint(fingerprint) if fingerprint else None
     with Client(url, token, fp) as client:
         try:
@@ -160,8 +160,13 @@ def group_create(
     as_json: bool,
 ) -> None:
     """Create group NAME and print each machine's single-use key (shown once)."""
+    from click.core import ParameterSource
+
     from ..protocol.names import parse_labels
 
+    given = click.get_current_context().get_parameter_source("hosts_ip")
+    if not sync_hosts and given is not ParameterSource.DEFAULT:
+        raise click.UsageError("--hosts-ip goes with --sync-hosts")
     names = [m.strip() for m in machines.split(",") if m.strip()]
     per: dict[str, dict[str, str]] = {n: {} for n in names}
     for spec in labels:
@@ -251,8 +256,10 @@ def group_delete(name: str, as_json: bool) -> None:
         out = c.delete_group(name)
     if as_json:
         emit_json(out)
-    else:
-        click.echo(f"deleted group {name} ({out['machines_revoked']} machines revoked)")
+        return
+    revoked = out.get("machines_revoked")
+    counted = f" ({revoked} machines revoked)" if isinstance(revoked, int) else ""
+    click.echo(f"deleted group {name}{counted}")
 
 
 def _ready_since(c: Any, name: str) -> dict[str, float]:

@@ -24,11 +24,27 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 
-from ..errors import Unavailable
+from ..errors import InvalidInput, Unavailable
 from ..tlspin import client_context
 from . import calls
-from .calls import KEEPALIVE, RESUME_SECONDS, Call, Resume, StreamCall, parse_sse_line, raise_for
-from .client import file_digest, is_untrusted, split_urls, untrusted_error
+from .calls import (
+    KEEPALIVE,
+    RESUME_SECONDS,
+    Call,
+    Resume,
+    StreamCall,
+    answer_of,
+    parse_sse_line,
+    raise_for,
+)
+from .client import (
+    check_download_target,
+    clean_token,
+    file_digest,
+    is_untrusted,
+    split_urls,
+    untrusted_error,
+)
 from .profile import Profile, load_profile
 from .types import Event, JobResult, Message, RunResult, is_final
 from .waits import FLOOR_TYPES, MessageWait, ReadyWait
@@ -82,7 +98,7 @@ class AsyncClient:
     ) -> None:
         self.urls = split_urls(url)
         self.fingerprint = fingerprint
-        self._token, self.cert_pem = token, cert_pem
+        self._token, self.cert_pem = clean_token(token), cert_pem
         self._timeout = timeout
         self.resume_for = resume_for
         self._index = 0
@@ -177,7 +193,7 @@ class AsyncClient:
                 raise self._unreachable(exc) from None
         if resp.status_code >= 400:
             raise_for(resp.status_code, resp.content)
-        return resp.json()
+        return answer_of(self.url, resp.status_code, resp.headers.get("content-type"), resp.content)
 
     async def _do(self, call: Call) -> Any:
         answer = await self._call(call.method, call.path, params=call.params, json=call.json)
@@ -571,9 +587,13 @@ class AsyncClient:
         return dict(await self._do(calls.start_pull(group, machine, remote)))
 
     async def download_pulled(self, job_id: str, local: str) -> dict[str, Any]:
+        check_download_target(local)
         info = dict(await self._do(calls.pulled_file(job_id)))
         directory = os.path.dirname(os.path.abspath(local))
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".crc-pull-")
+        try:
+            fd, tmp = tempfile.mkstemp(dir=directory, prefix=".crc-pull-")
+        except OSError as exc:
+            raise InvalidInput(f"cannot write {local}: {exc.strerror}") from None
         digest = hashlib.sha256()
         http = await self._client()
         try:
@@ -589,6 +609,8 @@ class AsyncClient:
             os.replace(tmp, local)
         except httpx.HTTPError as exc:
             raise Unavailable(f"download failed: {exc}") from None
+        except OSError as exc:
+            raise InvalidInput(f"cannot write {local}: {exc.strerror}") from None
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)

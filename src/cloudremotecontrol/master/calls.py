@@ -8,6 +8,7 @@ apart. Event streams (Server-Sent Events) are parsed here too.
 from __future__ import annotations
 
 import json
+import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -15,8 +16,17 @@ from typing import Any
 from urllib.parse import quote
 
 from ..errors import InvalidInput, Unavailable, error_from_payload
+from ..protocol.jsoncheck import check_json
+from ..protocol.names import check_kv_key, check_name
 
-__all__ = ["RESUME_SECONDS", "Call", "Resume", "StreamCall", "parse_sse_line"]
+__all__ = [
+    "RESUME_SECONDS",
+    "Call",
+    "Resume",
+    "StreamCall",
+    "answer_of",
+    "parse_sse_line",
+]
 
 # Jitter comes from a source of its own: a library must not move its user's global
 # `random` state (a seeded simulation, a hypothesis run) from a background reader.
@@ -31,9 +41,32 @@ class Call:
     params: dict[str, Any] | None = None
     json: Any = None
     key: str | None = None  # the SDK returns answer[key] (None: the whole answer)
+    needs: tuple[str, ...] = ()  # keys every answer of the API has (else: not CRC)
+
+    def __post_init__(self) -> None:
+        _check_finite(self.json)
 
     def result(self, answer: Any) -> Any:
-        return answer[self.key] if self.key is not None else answer
+        for key in (*self.needs, *(() if self.key is None else (self.key,))):
+            if key not in answer:
+                raise Unavailable(f"the server's answer has no {key!r}: {_NOT_CRC}")
+        return answer if self.key is None else answer[self.key]
+
+
+def _check_finite(value: Any) -> None:
+    """InvalidInput for a NaN or an infinity anywhere in ``value`` (JSON has no form for
+    them: the encoder would raise a bare ValueError), as ``protocol.jsoncheck`` says it."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                raise InvalidInput("JSON numbers must be finite (no NaN or Infinity)")
+        elif isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
 
 
 @dataclass
@@ -109,19 +142,60 @@ def raise_for(status: int, text: bytes) -> None:
     raise error_from_payload(status, payload)
 
 
+_NOT_CRC = "is the URL that of a CloudRemoteControl server?"
+
+
+def answer_of(url: str, status: int, content_type: str | None, body: bytes) -> Any:
+    """A success answer's JSON object. Every answer of the API is one: anything else
+    (a web server's page, a proxy's login form) means the URL is not a CloudRemoteControl
+    server's, which is said as such (Unavailable) rather than as a JSON parser's error."""
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        answer = None
+    if not isinstance(answer, dict):
+        what = (content_type or "no content type").split(";")[0].strip()
+        raise Unavailable(
+            f"{url} is not a CloudRemoteControl server (it answered HTTP {status} with "
+            f"{what}, not the API's JSON): check the URL"
+        )
+    return answer
+
+
 def _seg(name: str) -> str:
-    """A path segment (group, machine, job id) as sent: quoted, so a name can never
-    change which endpoint is called; the server checks the name itself."""
-    if not isinstance(name, str) or not name:
-        raise InvalidInput(f"invalid name {name!r}")
+    """A path segment (job id, stream id) as sent: quoted, and never one that could
+    change which endpoint is called. A '/' is refused even quoted (the server decodes
+    %2F before routing), and so are '.' and '..' (a client resolves them away, RFC 3986
+    5.2.4); the server checks the rest."""
+    if not isinstance(name, str) or not name or "/" in name or name in (".", ".."):
+        raise InvalidInput(f"invalid id {name!r}")
     return quote(name, safe="")
+
+
+def _group(name: str) -> str:
+    """A group's path segment: a name the server could have created (protocol/names.py),
+    so it can never reach another endpoint ('lab/kv/k', 'g/teardown')."""
+    return check_name(name, "group")
+
+
+def _machine(name: str) -> str:
+    return check_name(name, "machine")
+
+
+def _number(value: float | None, what: str) -> float | None:
+    """A number of seconds sent as JSON: None, or a finite number."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InvalidInput(f"invalid {what} {value!r}: give a finite number of seconds", field=what)
+    return value
 
 
 # -- the calls ----------------------------------------------------------------------------
 
 
 def whoami() -> Call:
-    return Call("GET", "/whoami")
+    return Call("GET", "/whoami", needs=("user",))
 
 
 def create_group(
@@ -132,7 +206,12 @@ def create_group(
     settings: dict[str, Any] | None,
 ) -> Call:
     ms = [m if isinstance(m, dict) else {"name": m} for m in machines]
-    body = {"name": name, "machines": ms, "key_ttl": key_ttl, "ttl": ttl}
+    body = {
+        "name": name,
+        "machines": ms,
+        "key_ttl": _number(key_ttl, "key_ttl"),
+        "ttl": _number(ttl, "ttl"),
+    }
     return Call("POST", "/groups", json={**body, "settings": settings or {}})
 
 
@@ -141,41 +220,43 @@ def list_groups() -> Call:
 
 
 def group(name: str) -> Call:
-    return Call("GET", f"/groups/{_seg(name)}")
+    return Call("GET", f"/groups/{_group(name)}")
 
 
 def machine_key(group: str, machine: str, key_ttl: float | None) -> Call:
     return Call(
-        "POST", f"/groups/{_seg(group)}/machines/{_seg(machine)}/key", json={"key_ttl": key_ttl}
+        "POST",
+        f"/groups/{_group(group)}/machines/{_machine(machine)}/key",
+        json={"key_ttl": _number(key_ttl, "key_ttl")},
     )
 
 
 def delete_group(name: str) -> Call:
-    return Call("DELETE", f"/groups/{_seg(name)}")
+    return Call("DELETE", f"/groups/{_group(name)}")
 
 
 def arm_teardown(group: str, provider: str, api_key: str) -> Call:
     return Call(
         "PUT",
-        f"/groups/{_seg(group)}/teardown",
+        f"/groups/{_group(group)}/teardown",
         json={"provider": provider, "api_key": api_key},
     )
 
 
 def disarm_teardown(group: str) -> Call:
-    return Call("DELETE", f"/groups/{_seg(group)}/teardown")
+    return Call("DELETE", f"/groups/{_group(group)}/teardown")
 
 
 def start_run(group: str, run: dict[str, Any]) -> Call:
-    return Call("PUT", f"/groups/{_seg(group)}/run", json=run)
+    return Call("PUT", f"/groups/{_group(group)}/run", json=run)
 
 
 def report_run(group: str, report: dict[str, Any]) -> Call:
-    return Call("POST", f"/groups/{_seg(group)}/run/report", json=report)
+    return Call("POST", f"/groups/{_group(group)}/run/report", json=report)
 
 
 def run_state(group: str) -> Call:
-    return Call("GET", f"/groups/{_seg(group)}/run")
+    return Call("GET", f"/groups/{_group(group)}/run")
 
 
 def health() -> Call:
@@ -197,15 +278,18 @@ def start_job(
     ``canary``, ``deliver_within``); only the keys set are sent."""
     body = {"to": to, "argv": argv, "command": command, "shell": shell, "env": env or {}}
     rules = {k: v for k, v in (rollout or {}).items() if v is not None}
+    for k in ("batch_wait", "deliver_within"):
+        if k in rules:
+            rules[k] = _number(rules[k], k)
     return Call(
         "POST",
-        f"/groups/{_seg(group)}/jobs",
-        json={**body, "cwd": cwd, "timeout": timeout, **rules},
+        f"/groups/{_group(group)}/jobs",
+        json={**body, "cwd": cwd, "timeout": _number(timeout, "timeout"), **rules},
     )
 
 
 def list_jobs(group: str, limit: int) -> Call:
-    return Call("GET", f"/groups/{_seg(group)}/jobs", params={"limit": limit}, key="jobs")
+    return Call("GET", f"/groups/{_group(group)}/jobs", params={"limit": limit}, key="jobs")
 
 
 def job(job_id: str) -> Call:
@@ -217,13 +301,16 @@ def cancel_job(job_id: str) -> Call:
 
 
 def send_message(group: str, to: str, type: str, body: dict[str, Any] | None) -> Call:
+    check_json(body, what="message body", field="body")
     return Call(
-        "POST", f"/groups/{_seg(group)}/messages", json={"to": to, "type": type, "body": body or {}}
+        "POST",
+        f"/groups/{_group(group)}/messages",
+        json={"to": to, "type": type, "body": body or {}},
     )
 
 
 def hosts_sync(group: str, to: str, ip: str) -> Call:
-    return Call("POST", f"/groups/{_seg(group)}/hosts-sync", json={"to": to, "ip": ip})
+    return Call("POST", f"/groups/{_group(group)}/hosts-sync", json={"to": to, "ip": ip})
 
 
 def audit(group: str | None, limit: int) -> Call:
@@ -234,31 +321,33 @@ def audit(group: str | None, limit: int) -> Call:
 
 
 def kv_set(group: str, key: str, value: Any) -> Call:
-    return Call("PUT", f"/groups/{_seg(group)}/kv/{quote(key, safe='/')}", json={"value": value})
+    check_json(value, what="kv value", field="value")
+    path = f"/groups/{_group(group)}/kv/{quote(check_kv_key(key), safe='/')}"
+    return Call("PUT", path, json={"value": value})
 
 
 def kv_get(group: str, key: str, wait: float, newer_than: int) -> Call:
     return Call(
         "GET",
-        f"/groups/{_seg(group)}/kv/{quote(key, safe='/')}",
-        params={"wait": wait, "newer_than": newer_than},
+        f"/groups/{_group(group)}/kv/{quote(check_kv_key(key), safe='/')}",
+        params={"wait": _number(wait, "wait"), "newer_than": newer_than},
     )
 
 
 def kv_list(group: str) -> Call:
-    return Call("GET", f"/groups/{_seg(group)}/kv", key="keys")
+    return Call("GET", f"/groups/{_group(group)}/kv", key="keys")
 
 
 def push(group: str, to: str, sha: str, remote: str, mode: str | None, owner: str | None) -> Call:
     return Call(
         "POST",
-        f"/groups/{_seg(group)}/files",
+        f"/groups/{_group(group)}/files",
         json={"to": to, "sha256": sha, "path": remote, "mode": mode, "owner": owner},
     )
 
 
 def start_pull(group: str, machine: str, remote: str) -> Call:
-    return Call("POST", f"/groups/{_seg(group)}/pulls", json={"machine": machine, "path": remote})
+    return Call("POST", f"/groups/{_group(group)}/pulls", json={"machine": machine, "path": remote})
 
 
 def pulled_file(job_id: str) -> Call:
@@ -266,7 +355,7 @@ def pulled_file(job_id: str) -> Call:
 
 
 def event_cursor(group: str) -> Call:
-    return Call("GET", f"/groups/{_seg(group)}/cursor", key="cursor")
+    return Call("GET", f"/groups/{_group(group)}/cursor", key="cursor")
 
 
 def events(
@@ -281,7 +370,7 @@ def events(
         params["since"] = since
     if types:
         params["type"] = ",".join(types)
-    return StreamCall(f"/groups/{_seg(group)}/events", params, keepalive)
+    return StreamCall(f"/groups/{_group(group)}/events", params, keepalive)
 
 
 def job_events(job_id: str, since: int, follow: bool) -> StreamCall:
@@ -290,11 +379,11 @@ def job_events(job_id: str, since: int, follow: bool) -> StreamCall:
 
 def open_stream(group: str, body: dict[str, Any]) -> Call:
     """Ask for a shell or forward stream (then dial ``/v1/streams/{id}``)."""
-    return Call("POST", f"/groups/{_seg(group)}/streams", json=body)
+    return Call("POST", f"/groups/{_group(group)}/streams", json=body)
 
 
 def list_sessions(group: str, limit: int) -> Call:
-    return Call("GET", f"/groups/{_seg(group)}/sessions", params={"limit": limit}, key="sessions")
+    return Call("GET", f"/groups/{_group(group)}/sessions", params={"limit": limit}, key="sessions")
 
 
 def recording(stream: str) -> Call:

@@ -28,7 +28,16 @@ import httpx
 from ..errors import InvalidInput, TlsUntrusted, Unavailable
 from ..tlspin import client_context, fetch_server_cert, fingerprint_of
 from . import calls
-from .calls import KEEPALIVE, RESUME_SECONDS, Call, Resume, StreamCall, parse_sse_line, raise_for
+from .calls import (
+    KEEPALIVE,
+    RESUME_SECONDS,
+    Call,
+    Resume,
+    StreamCall,
+    answer_of,
+    parse_sse_line,
+    raise_for,
+)
 from .follow import follow_events
 from .profile import Profile, load_profile
 from .types import Event, JobResult, Message, RunResult, exit_code_of, is_final
@@ -37,7 +46,7 @@ from .waits import FLOOR_TYPES, MessageWait, ReadyWait
 if TYPE_CHECKING:
     from .streams import ForwardThread, ShellSession
 
-__all__ = ["Client", "worst_exit_code"]
+__all__ = ["Client", "check_download_target", "clean_token", "worst_exit_code"]
 
 EventHandler = Callable[[Event], None]
 
@@ -47,6 +56,41 @@ def split_urls(url: str) -> list[str]:
     if not urls:
         raise InvalidInput("no server URL given")
     return urls
+
+
+def clean_token(token: object) -> str:
+    """The token as it is sent (``Authorization: Bearer``): without the whitespace around
+    it (a pasted token's newline or space), else as given. InvalidInput, never showing
+    the token, when it is empty or holds anything but visible ASCII characters (a space
+    inside, a curly quote from a word processor): no token has such characters, and
+    an HTTP header cannot carry them."""
+    if not isinstance(token, str):
+        raise InvalidInput("the token must be a string", field="token")
+    text = token.strip()
+    if not text:
+        raise InvalidInput("the token is empty: give the master token (crcm_...)", field="token")
+    bad = next((c for c in text if not "!" <= c <= "~"), None)
+    if bad is not None:
+        raise InvalidInput(
+            f"the token holds a character no token has (U+{ord(bad):04X}): copy it again "
+            "as `crc server add-user` or `crc server add-token` printed it",
+            field="token",
+        )
+    return text
+
+
+def check_download_target(local: str) -> None:
+    """InvalidInput unless a file can be written at ``local``: it is no directory and
+    its directory exists and is writable. ``crc pull`` checks it before the job starts,
+    ``download_pulled`` before it fetches anything."""
+    path = os.path.abspath(local)
+    directory = os.path.dirname(path)
+    if os.path.isdir(path):
+        raise InvalidInput(f"cannot write {local}: it is a directory")
+    if not os.path.isdir(directory):
+        raise InvalidInput(f"cannot write {local}: there is no directory {directory}")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise InvalidInput(f"cannot write {local}: the directory {directory} is not writable")
 
 
 def untrusted_error(url: str, exc: BaseException) -> TlsUntrusted:
@@ -96,7 +140,7 @@ class Client:
     ) -> None:
         self.urls = split_urls(url)
         self.fingerprint = fingerprint
-        self._token, self.cert_pem = token, cert_pem
+        self._token, self.cert_pem = clean_token(token), cert_pem
         self._timeout = timeout
         self.resume_for = resume_for
         self._index = 0
@@ -189,7 +233,7 @@ class Client:
                 raise self._unreachable(exc) from None
         if resp.status_code >= 400:
             raise_for(resp.status_code, resp.content)
-        return resp.json()
+        return answer_of(self.url, resp.status_code, resp.headers.get("content-type"), resp.content)
 
     def _do(self, call: Call) -> Any:
         return call.result(self._call(call.method, call.path, params=call.params, json=call.json))
@@ -596,10 +640,15 @@ class Client:
         return dict(self._do(calls.start_pull(group, machine, remote)))
 
     def download_pulled(self, job_id: str, local: str) -> dict[str, Any]:
-        """Save the file a finished pull job brought back to ``local`` (verified, atomic)."""
+        """Save the file a finished pull job brought back to ``local`` (verified, atomic).
+        InvalidInput when ``local`` cannot be written (``check_download_target``)."""
+        check_download_target(local)
         info = dict(self._do(calls.pulled_file(job_id)))
         directory = os.path.dirname(os.path.abspath(local))
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".crc-pull-")
+        try:
+            fd, tmp = tempfile.mkstemp(dir=directory, prefix=".crc-pull-")
+        except OSError as exc:
+            raise InvalidInput(f"cannot write {local}: {exc.strerror}") from None
         digest = hashlib.sha256()
         try:
             with (
@@ -616,6 +665,8 @@ class Client:
             os.replace(tmp, local)
         except httpx.HTTPError as exc:
             raise Unavailable(f"download failed: {exc}") from None
+        except OSError as exc:
+            raise InvalidInput(f"cannot write {local}: {exc.strerror}") from None
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)

@@ -7,6 +7,7 @@ override it, so scripts and CI need no file at all.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import asdict, dataclass
@@ -38,14 +39,29 @@ def _path() -> Path:
     return config_dir() / "config.json"
 
 
+def _read(path: Path) -> dict[str, str | None]:
+    """The stored profile: {} when there is none; InvalidInput when it cannot be read or
+    is not what `crc login` writes (a JSON object of strings)."""
+    try:
+        text = path.read_text()
+    except (FileNotFoundError, NotADirectoryError):
+        return {}
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        stored = json.loads(text)
+    except ValueError:
+        stored = None
+    if not isinstance(stored, dict) or not all(
+        v is None or isinstance(v, str) for v in stored.values()
+    ):
+        raise InvalidInput(f"{path} is damaged: run `crc login` again")
+    return stored
+
+
 def load_profile() -> Profile:
-    stored: dict[str, str | None] = {}
     path = _path()
-    if path.exists():
-        try:
-            stored = json.loads(path.read_text())
-        except ValueError:
-            raise InvalidInput(f"{path} is damaged: run `crc login` again") from None
+    stored = _read(path)
     url = os.environ.get("CRC_URL") or stored.get("url")
     token = os.environ.get("CRC_TOKEN") or stored.get("token")
     fingerprint = os.environ.get("CRC_FINGERPRINT") or stored.get("fingerprint")
@@ -59,11 +75,22 @@ def load_profile() -> Profile:
 
 
 def save_profile(profile: Profile) -> Path:
+    """Write the profile (0600, atomically); InvalidInput when it cannot be written
+    (``CRC_CONFIG_DIR`` a file, a directory not writable)."""
     path = _path()
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(asdict(profile), fh, indent=2)
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(asdict(profile), fh, indent=2)
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        why = "it is not a directory" if isinstance(exc, FileExistsError) else exc.strerror
+        raise InvalidInput(
+            f"cannot save the login profile in {path.parent}: {why} (set "
+            "CRC_CONFIG_DIR to a directory you can write)"
+        ) from None
     return path

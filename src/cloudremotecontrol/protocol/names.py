@@ -13,6 +13,7 @@ from ..errors import InvalidInput
 
 __all__ = [
     "Target",
+    "check_kv_key",
     "check_label",
     "check_message_type",
     "check_name",
@@ -25,6 +26,7 @@ _NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 _LABEL_KEY = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 _LABEL_VALUE = re.compile(r"^[A-Za-z0-9_.-]{0,63}$")
 _USER_TYPE = re.compile(r"^user\.[A-Za-z0-9_.-]{1,64}$")
+_KV_KEY = re.compile(r"^[A-Za-z0-9_.\-/]{1,128}$")
 
 
 def check_name(value: object, what: str = "name") -> str:
@@ -35,6 +37,24 @@ def check_name(value: object, what: str = "name") -> str:
             field=what,
         )
     return value
+
+
+def check_kv_key(key: object) -> str:
+    """Return ``key`` if it is a key of a group's kv store, else raise InvalidInput:
+    1-128 letters, digits, '_', '.', '-' and '/', with no empty, '.' or '..' part
+    between slashes. A key is a URL's path (``/v1/groups/G/kv/KEY``), and a client
+    resolves such parts before sending (RFC 3986 5.2.4): 'a/../b' would name 'b'."""
+    if (
+        not isinstance(key, str)
+        or not _KV_KEY.fullmatch(key)
+        or any(part in ("", ".", "..") for part in key.split("/"))
+    ):
+        raise InvalidInput(
+            f"invalid key {key!r}: 1-128 letters, digits, '_', '.', '-', '/' (no empty, "
+            "'.' or '..' part between slashes)",
+            field="key",
+        )
+    return key
 
 
 def check_label(key: str, value: str) -> tuple[str, str]:

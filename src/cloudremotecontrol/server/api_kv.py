@@ -16,6 +16,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 
 from ..errors import NotFound, TimedOut
+from ..protocol.names import check_kv_key
 from . import auth
 from .models import StrictBody
 from .ops import kv as kv_ops
@@ -101,7 +102,7 @@ async def _get(
     cred: tuple[str, str] | None,
 ) -> dict[str, Any]:
     store: Store = request.app.state.store
-    kv_ops.check_key(key)
+    check_kv_key(key)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait
     with request.app.state.bus.subscribe(group_id) as wake:

@@ -13,7 +13,7 @@ import yaml
 from ...errors import CrcError, InvalidInput
 from ...protocol.limits import MAX_COMMAND_BYTES, MAX_TIMEOUT_SECONDS
 from ...protocol.messages import JobRun
-from ...protocol.names import check_label, check_message_type, check_name
+from ...protocol.names import check_kv_key, check_label, check_message_type, check_name
 from ...protocol.rollout import KEYS as ROLLOUT_KEYS
 from ...protocol.rollout import Rollout
 from ...protocol.wire import wire_fields
@@ -80,7 +80,6 @@ _STEP = (
 )
 _OS_NAMES = {"linux": "Linux", "windows": "Windows"}
 _SHELLS = ("bash", "sh", "powershell", "cmd")
-_KV_KEY = re.compile(r"^[A-Za-z0-9_.\-/]{1,128}$")
 _MODE = re.compile(r"^0?[0-7]{3,4}$")
 _ABSOLUTE = re.compile(r"^(/|[A-Za-z]:[\\/])")
 _SCRIPT_SHELLS = {".sh": "sh", ".bash": "bash", ".ps1": "powershell", ".cmd": "cmd", ".bat": "cmd"}
@@ -668,8 +667,7 @@ class ScenarioParser:
             if _check(r, vnode, f"{path}.message", check_message_type, type_) is None:
                 return None
             return WaitAction("message", type=type_)
-        if not _KV_KEY.match(text) and "{{" not in text:
-            r.error(vnode, f"{path}.kv", "a key is 1-128 letters, digits, '_', '.', '-', '/'")
+        if "{{" not in text and _check(r, vnode, f"{path}.kv", check_kv_key, text) is None:
             return None
         return WaitAction("kv", key=text)
 

@@ -4,31 +4,22 @@ group's machines and its master (nobody else can read or write it)."""
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
-from ...errors import InvalidInput, NotFound, TooLarge
+from ...errors import NotFound, TooLarge
 from ...protocol.jsoncheck import check_json
+from ...protocol.names import check_kv_key
 from ..store.base import Tx
 from .common import add_event, dumps, now
 
-__all__ = ["MAX_KV_VALUE_BYTES", "check_key", "kv_get", "kv_list", "kv_set"]
+__all__ = ["MAX_KV_VALUE_BYTES", "kv_get", "kv_list", "kv_set"]
 
 MAX_KV_VALUE_BYTES = 64 << 10
 MAX_KEYS = 10_000
-_KEY = re.compile(r"^[A-Za-z0-9_.\-/]{1,128}$")
-
-
-def check_key(key: object) -> str:
-    if not isinstance(key, str) or not _KEY.fullmatch(key):
-        raise InvalidInput(
-            f"invalid key {key!r}: 1-128 letters, digits, '_', '.', '-', '/'", field="key"
-        )
-    return key
 
 
 def kv_set(tx: Tx, group_id: str, key: str, value: Any, actor: str) -> dict[str, Any]:
-    check_key(key)
+    check_kv_key(key)
     check_json(value, max_bytes=MAX_KV_VALUE_BYTES, what="kv value", field="value")
     text = dumps(value)
     row = tx.one(
@@ -53,7 +44,7 @@ def kv_set(tx: Tx, group_id: str, key: str, value: Any, actor: str) -> dict[str,
 
 
 def kv_get(tx: Tx, group_id: str, key: str) -> dict[str, Any]:
-    check_key(key)
+    check_kv_key(key)
     row = tx.one(
         "SELECT value, version, updated, updated_by FROM kv WHERE group_id = ? AND key = ?",
         (group_id, key),

@@ -1,0 +1,171 @@
+"""A user's mistake at the `crc` CLI of the master ends in one clear line and the
+documented exit code, never a traceback or the token, and changes nothing on the server:
+names and kv keys that would reach another endpoint, NaN/Infinity, a pull destination
+that cannot be written, a pasted token, a URL that is no CRC server, a damaged profile,
+an option that goes with another."""
+
+from __future__ import annotations
+
+import http.server
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+
+def _clean(r: subprocess.CompletedProcess[str], *secrets: str) -> None:
+    assert "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.startswith("crc: error: "), r.stderr
+    for secret in secrets:
+        assert secret.strip() not in r.stderr + r.stdout
+
+
+def _run(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """`crc ARGS` with exactly the CRC_* variables of ``env`` (none of the fixture's)."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("CRC_")}
+    return subprocess.run(
+        [sys.executable, "-m", "cloudremotecontrol", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**base, **env},
+    )
+
+
+def test_a_group_name_with_a_slash_is_refused_and_reaches_nothing(env, crc):
+    env.client.create_group("g2", ["a"])
+    env.client.create_group("lab", ["a"])
+    env.client.kv_set("lab", "foo", "bar")
+    r = crc("group", "delete", "g2/teardown")
+    assert r.returncode == 2 and "invalid group 'g2/teardown'" in r.stderr, r.stderr
+    _clean(r)
+    r = crc("group", "show", "lab/kv/foo")
+    assert r.returncode == 2 and "bar" not in r.stdout, r.stdout + r.stderr
+    _clean(r)
+    assert {g["group"] for g in env.client.list_groups()} == {"g2", "lab"}
+
+
+def test_a_kv_key_with_dot_segments_is_refused(env, crc):
+    env.client.create_group("lab", ["a"])
+    for args in (
+        ("set", "lab", "a/../b", "1"),
+        ("get", "lab", ".."),
+        ("set", "lab", "../../g3", "1"),
+        ("set", "lab", "a//b", "1"),
+    ):
+        r = crc("kv", *args)
+        assert r.returncode == 2 and "invalid key" in r.stderr, (args, r.stdout, r.stderr)
+        _clean(r)
+    assert env.client.kv_list("lab") == []
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("kv", "set", "lab", "k", "NaN"),
+        ("kv", "set", "lab", "k", '{"a": Infinity}'),
+        ("send", "lab", "--to", "a", "user.n", '{"x": NaN}'),
+        ("send", "lab", "--to", "a", "user.n", "NaN"),
+    ],
+)
+def test_nan_and_infinity_are_refused_as_the_agent_refuses_them(env, crc, args):
+    env.client.create_group("lab", ["a"])
+    r = crc(*args)
+    assert r.returncode == 2 and "JSON numbers must be finite" in r.stderr, r.stderr
+    _clean(r)
+    assert env.client.kv_list("lab") == []
+
+
+def test_pull_to_a_missing_directory_is_refused_before_the_job(env, crc, tmp_path):
+    env.group_with_agents("lab", ["a"])
+    local = tmp_path / "nonexistent-dir" / "x"
+    r = crc("pull", "lab", "--from", "a", "/etc/hostname", str(local))
+    assert r.returncode == 2 and "cannot write" in r.stderr and "no directory" in r.stderr
+    _clean(r)
+    assert env.client.list_jobs("lab") == []  # refused before anything ran
+
+
+def test_a_pasted_token_is_stripped_and_a_bad_one_never_shown(env, crc):
+    r = crc("group", "list", extra_env={"CRC_TOKEN": env.token + "\n"})
+    assert r.returncode == 0, r.stderr
+    r = crc("login", "--url", env.server.url, "--token", " " + env.token + "\n")
+    assert r.returncode == 0, r.stderr
+    for bad in ("\u201c" + env.token + "\u201d", env.token[:12] + " " + env.token[12:]):
+        r = crc("group", "list", extra_env={"CRC_TOKEN": bad})
+        assert r.returncode == 2 and "token holds a character" in r.stderr, r.stderr
+        _clean(r, env.token[12:], env.token[:12])
+        r = crc("login", "--url", env.server.url, "--token", bad)
+        assert r.returncode == 2, r.stderr
+        _clean(r, env.token[12:], env.token[:12])
+
+
+class _Plain(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body = b"hello, I am not CRC\n"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def plain_server() -> Iterator[str]:
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Plain)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}"
+    srv.shutdown()
+    srv.server_close()
+
+
+def test_login_to_a_server_that_is_not_crc_says_so(plain_server, tmp_path):
+    token = "crcm_x_ysecretpart"
+    env = {"CRC_CONFIG_DIR": str(tmp_path / "cfg")}
+    r = _run("login", "--url", plain_server, "--token", token, env=env)
+    assert r.returncode == 6 and "not a CloudRemoteControl server" in r.stderr, r.stderr
+    _clean(r, token)
+    assert not (tmp_path / "cfg" / "config.json").exists()
+
+
+@pytest.mark.parametrize("text", ["[1,2]", '"x"', '{"url": 5}'])
+def test_a_damaged_profile_says_run_login_again(tmp_path, text):
+    (tmp_path / "config.json").write_text(text)
+    r = _run("group", "list", env={"CRC_CONFIG_DIR": str(tmp_path)})
+    assert r.returncode == 2 and "is damaged: run `crc login` again" in r.stderr, r.stderr
+    _clean(r)
+
+
+def test_login_with_a_config_dir_that_is_a_file_is_a_clear_error(server, tmp_path):
+    token = server.add_user("bob")
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    r = _run(
+        "login",
+        "--url",
+        server.url,
+        "--token",
+        token,
+        "--fingerprint",
+        server.fingerprint,
+        env={"CRC_CONFIG_DIR": str(afile)},
+    )
+    assert r.returncode == 2 and "cannot save the login profile" in r.stderr, r.stderr
+    _clean(r, token)
+
+
+def test_hosts_ip_without_sync_hosts_is_a_usage_error(env, crc):
+    for ip in ("private", "auto"):
+        r = crc("group", "create", "g2", "--machines", "x", "--hosts-ip", ip)
+        assert r.returncode == 2 and "--sync-hosts" in r.stderr, r.stderr
+        _clean(r)
+    assert env.client.list_groups() == []
+    r = crc("group", "create", "g2", "--machines", "x", "--sync-hosts", "--hosts-ip", "private")
+    assert r.returncode == 0, r.stderr

@@ -1,0 +1,247 @@
+"""The SDK refuses a user's mistake before sending anything, with an error of the
+``cloudremotecontrol.errors`` tree: a name or kv key that would reach another endpoint,
+a number JSON cannot carry, a token no HTTP header can carry, a pull destination that
+cannot be written, a damaged profile, and an answer that is not the API's."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cloudremotecontrol.errors import InvalidInput, Unavailable
+from cloudremotecontrol.master import calls
+from cloudremotecontrol.master import client as client_mod
+from cloudremotecontrol.master.aclient import AsyncClient
+from cloudremotecontrol.master.client import Client
+from cloudremotecontrol.master.profile import Profile, load_profile, save_profile
+
+# Nothing listens here: a check that lets a call through fails with Unavailable instead.
+URL = "http://127.0.0.1:9"
+TOKEN = "crcm_0123456789abcdef_secretpart"
+NAN = float("nan")
+
+
+@pytest.fixture
+def client() -> Iterator[Client]:
+    with Client(URL, TOKEN) as c:
+        yield c
+
+
+# -- path segments -------------------------------------------------------------------------
+
+GROUP_CALLS: list[Callable[[str], object]] = [
+    lambda g: calls.group(g),
+    lambda g: calls.delete_group(g),
+    lambda g: calls.disarm_teardown(g),
+    lambda g: calls.kv_list(g),
+    lambda g: calls.kv_set(g, "k", 1),
+    lambda g: calls.events(g, None, False, False),
+    lambda g: calls.machine_key(g, "a", None),
+]
+
+
+@pytest.mark.parametrize("name", ["g2/teardown", "lab/kv/foo", "..", ".", "lab/", "LAB"])
+@pytest.mark.parametrize("make", GROUP_CALLS)
+def test_a_group_name_that_is_no_name_is_refused(make: Callable[[str], object], name: str) -> None:
+    with pytest.raises(InvalidInput, match="invalid group"):
+        make(name)
+
+
+def test_a_machine_name_with_a_slash_is_refused() -> None:
+    with pytest.raises(InvalidInput, match="invalid machine"):
+        calls.machine_key("lab", "a/../../x", None)
+
+
+@pytest.mark.parametrize("job_id", ["..", ".", "a/b", "", "../groups"])
+def test_an_id_that_would_change_the_endpoint_is_refused(job_id: str) -> None:
+    with pytest.raises(InvalidInput):
+        calls.job(job_id)
+
+
+def test_sdk_group_with_a_slash_raises_invalid_input(client: Client) -> None:
+    with pytest.raises(InvalidInput, match="invalid group"):
+        client.group("lab/kv/foo")
+    with pytest.raises(InvalidInput, match="invalid group"):
+        client.delete_group("g2/teardown")
+
+
+BAD_KEYS = ["a/../b", "..", "../../g3", ".", "a/./b", "a//b", "/a", "a/", "", "a b", "a" * 129]
+GOOD_KEYS = ["k", "a/b", "a.b", "..a", "a..", "a/.b/c", "x-y_z/1.2", "a" * 128]
+
+
+@pytest.mark.parametrize("key", BAD_KEYS)
+def test_a_kv_key_with_a_dot_or_empty_segment_is_refused(key: str) -> None:
+    with pytest.raises(InvalidInput, match="invalid key"):
+        calls.kv_set("lab", key, 1)
+    with pytest.raises(InvalidInput, match="invalid key"):
+        calls.kv_get("lab", key, 0, 0)
+
+
+@pytest.mark.parametrize("key", GOOD_KEYS)
+def test_a_good_kv_key_is_sent_as_it_is(key: str) -> None:
+    assert calls.kv_set("lab", key, 1).path == f"/groups/lab/kv/{key}"
+
+
+# -- numbers JSON cannot carry ---------------------------------------------------------------
+
+SYNC_CALLS: list[Callable[[Client], object]] = [
+    lambda c: c.kv_set("lab", "k", NAN),
+    lambda c: c.kv_set("lab", "k", {"a": float("inf")}),
+    lambda c: c.send_message("lab", "a", "user.n", {"x": NAN}),
+    lambda c: c.start_job("lab", "a", argv=["true"], timeout=NAN),
+    lambda c: c.start_job("lab", "a", argv=["true"], deliver_within=float("inf")),
+    lambda c: c.create_group("lab", ["a"], ttl=NAN),
+    lambda c: c.create_group("lab", ["a"], key_ttl=float("-inf")),
+    lambda c: c.kv_get("lab", "k", wait=NAN),
+]
+
+
+@pytest.mark.parametrize("call", SYNC_CALLS)
+def test_sync_client_refuses_nan_and_infinity(
+    client: Client, call: Callable[[Client], object]
+) -> None:
+    with pytest.raises(InvalidInput, match="finite"):
+        call(client)
+
+
+@pytest.mark.parametrize("call", SYNC_CALLS)
+def test_async_client_refuses_nan_and_infinity(call: Callable[[Any], Any]) -> None:
+    async def main() -> None:
+        async with AsyncClient(URL, TOKEN) as c:
+            with pytest.raises(InvalidInput, match="finite"):
+                await call(c)
+
+    asyncio.run(main())
+
+
+def test_a_nan_anywhere_in_a_request_is_refused() -> None:
+    with pytest.raises(InvalidInput, match="finite"):
+        calls.start_run("lab", {"steps": [{"retries": NAN}]})
+
+
+# -- tokens ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("pasted", [TOKEN + "\n", " " + TOKEN + " ", "\t" + TOKEN + "\r\n"])
+def test_whitespace_around_a_token_is_stripped(pasted: str) -> None:
+    assert client_mod.clean_token(pasted) == TOKEN
+    with Client(URL, pasted) as c:
+        assert c._token == TOKEN
+
+    async def main() -> None:
+        async with AsyncClient(URL, pasted) as c:
+            assert c._token == TOKEN
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize(
+    "bad", ["\u201c" + TOKEN + "\u201d", TOKEN[:10] + " " + TOKEN[10:], TOKEN + "\x00", "", "  "]
+)
+def test_a_token_no_header_can_carry_is_refused_without_showing_it(bad: str) -> None:
+    for make in (Client, AsyncClient):
+        with pytest.raises(InvalidInput) as caught:
+            make(URL, bad)
+        assert "secretpart" not in str(caught.value) and caught.value.exit_code == 2
+
+
+# -- an answer that is not the API's ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("body", [b"hello\n", b"<html></html>", b"[1, 2]", b"", b"null"])
+def test_an_answer_that_is_not_a_json_object_says_not_crc(body: bytes) -> None:
+    with pytest.raises(Unavailable, match="not a CloudRemoteControl server"):
+        calls.answer_of(URL, 200, "text/plain; charset=utf-8", body)
+
+
+def test_a_whoami_answer_without_a_user_says_not_crc() -> None:
+    with pytest.raises(Unavailable, match="CloudRemoteControl"):
+        calls.whoami().result({"ok": True})
+
+
+# -- pull destination --------------------------------------------------------------------------
+
+
+def test_a_pull_destination_in_no_directory_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(InvalidInput, match="no directory"):
+        client_mod.check_download_target(str(tmp_path / "missing" / "x"))
+    with pytest.raises(InvalidInput, match="is a directory"):
+        client_mod.check_download_target(str(tmp_path))
+    client_mod.check_download_target(str(tmp_path / "x"))  # fine
+
+
+def test_download_pulled_refuses_before_fetching(client: Client, tmp_path: Path) -> None:
+    # Nothing listens at URL: reaching the network would raise Unavailable instead.
+    with pytest.raises(InvalidInput, match="cannot write"):
+        client.download_pulled("0" * 32, str(tmp_path / "missing" / "x"))
+
+    async def main() -> None:
+        async with AsyncClient(URL, TOKEN) as c:
+            with pytest.raises(InvalidInput, match="cannot write"):
+                await c.download_pulled("0" * 32, str(tmp_path / "missing" / "x"))
+
+    asyncio.run(main())
+
+
+# -- profile -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    for name in ("CRC_URL", "CRC_TOKEN", "CRC_FINGERPRINT"):
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+@pytest.mark.parametrize("text", ["[1,2]", '"x"', "3", '{"url": 5, "token": "t"}', "{bad"])
+def test_a_damaged_profile_says_run_login_again(
+    tmp_path: Path, no_env: pytest.MonkeyPatch, text: str
+) -> None:
+    no_env.setenv("CRC_CONFIG_DIR", str(tmp_path))
+    (tmp_path / "config.json").write_text(text)
+    with pytest.raises(InvalidInput, match="is damaged: run `crc login` again"):
+        load_profile()
+
+
+def test_a_config_dir_that_is_a_file_is_a_clear_error(
+    tmp_path: Path, no_env: pytest.MonkeyPatch
+) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    no_env.setenv("CRC_CONFIG_DIR", str(afile))
+    with pytest.raises(InvalidInput, match="cannot save the login profile"):
+        save_profile(Profile(URL, TOKEN))
+    no_env.setenv("CRC_URL", URL)
+    no_env.setenv("CRC_TOKEN", TOKEN)
+    assert load_profile().url == URL  # nothing stored there: the environment is enough
+
+
+def test_an_oserror_while_saving_a_pull_is_invalid_input(
+    client: Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The directory checked, then gone or full when the file is written."""
+    import errno
+    import tempfile
+
+    def full(*args: Any, **kw: Any) -> Any:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    async def adone(call: Any) -> Any:
+        return {"sha256": "0" * 64, "size": 1}
+
+    monkeypatch.setattr(tempfile, "mkstemp", full)
+    monkeypatch.setattr(client, "_do", lambda call: {"sha256": "0" * 64, "size": 1})
+    with pytest.raises(InvalidInput, match=r"cannot write .*No space left"):
+        client.download_pulled("0" * 32, str(tmp_path / "x"))
+
+    async def main() -> None:
+        async with AsyncClient(URL, TOKEN) as c:
+            monkeypatch.setattr(c, "_do", adone)
+            with pytest.raises(InvalidInput, match=r"cannot write .*No space left"):
+                await c.download_pulled("0" * 32, str(tmp_path / "x"))
+
+    asyncio.run(main())
