@@ -235,13 +235,14 @@ def test_an_oserror_while_saving_a_pull_is_invalid_input(
 
     monkeypatch.setattr(tempfile, "mkstemp", full)
     monkeypatch.setattr(client, "_do", lambda call: {"sha256": "0" * 64, "size": 1})
-    with pytest.raises(InvalidInput, match=r"cannot write .*No space left"):
+    # A full disk is this computer's trouble, not the user's input: exit 6.
+    with pytest.raises(Unavailable, match=r"cannot write .*No space left"):
         client.download_pulled("0" * 32, str(tmp_path / "x"))
 
     async def main() -> None:
         async with AsyncClient(URL, TOKEN) as c:
             monkeypatch.setattr(c, "_do", adone)
-            with pytest.raises(InvalidInput, match=r"cannot write .*No space left"):
+            with pytest.raises(Unavailable, match=r"cannot write .*No space left"):
                 await c.download_pulled("0" * 32, str(tmp_path / "x"))
 
     asyncio.run(main())

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 
-from ..errors import InvalidInput, Unavailable
+from ..errors import Unavailable
 from ..tlspin import client_context
 from . import calls
 from .calls import (
@@ -44,6 +44,7 @@ from .client import (
     is_untrusted,
     split_urls,
     untrusted_error,
+    write_error,
 )
 from .profile import Profile, load_profile
 from .types import Event, JobResult, Message, RunResult, is_final
@@ -593,7 +594,7 @@ class AsyncClient:
         try:
             fd, tmp = tempfile.mkstemp(dir=directory, prefix=".crc-pull-")
         except OSError as exc:
-            raise InvalidInput(f"cannot write {local}: {exc.strerror}") from None
+            raise write_error(local, exc) from None
         digest = hashlib.sha256()
         http = await self._client()
         try:
@@ -610,7 +611,7 @@ class AsyncClient:
         except httpx.HTTPError as exc:
             raise Unavailable(f"download failed: {exc}") from None
         except OSError as exc:
-            raise InvalidInput(f"cannot write {local}: {exc.strerror}") from None
+            raise write_error(local, exc) from None
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)

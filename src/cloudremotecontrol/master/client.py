@@ -14,6 +14,7 @@ events and results are the typed records of ``types.py``.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import ssl
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from ..errors import InvalidInput, TlsUntrusted, Unavailable
+from ..errors import CrcError, InvalidInput, TlsUntrusted, Unavailable
 from ..tlspin import client_context, fetch_server_cert, fingerprint_of
 from . import calls
 from .calls import (
@@ -46,7 +47,7 @@ from .waits import FLOOR_TYPES, MessageWait, ReadyWait
 if TYPE_CHECKING:
     from .streams import ForwardThread, ShellSession
 
-__all__ = ["Client", "check_download_target", "clean_token", "worst_exit_code"]
+__all__ = ["Client", "check_download_target", "clean_token", "worst_exit_code", "write_error"]
 
 EventHandler = Callable[[Event], None]
 
@@ -91,6 +92,16 @@ def check_download_target(local: str) -> None:
         raise InvalidInput(f"cannot write {local}: there is no directory {directory}")
     if not os.access(directory, os.W_OK | os.X_OK):
         raise InvalidInput(f"cannot write {local}: the directory {directory} is not writable")
+
+
+def write_error(local: str, exc: OSError) -> CrcError:
+    """The error for a file that could not be written at ``local``: the user's to fix
+    (a path, a permission: InvalidInput, exit 2), or this computer's (a full disk, an I/O
+    error: Unavailable, exit 6)."""
+    what = f"cannot write {local}: {exc.strerror or exc}"
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOENT, errno.ENOTDIR):
+        return InvalidInput(what)
+    return Unavailable(what)
 
 
 def untrusted_error(url: str, exc: BaseException) -> TlsUntrusted:
@@ -648,7 +659,7 @@ class Client:
         try:
             fd, tmp = tempfile.mkstemp(dir=directory, prefix=".crc-pull-")
         except OSError as exc:
-            raise InvalidInput(f"cannot write {local}: {exc.strerror}") from None
+            raise write_error(local, exc) from None
         digest = hashlib.sha256()
         try:
             with (
@@ -666,7 +677,7 @@ class Client:
         except httpx.HTTPError as exc:
             raise Unavailable(f"download failed: {exc}") from None
         except OSError as exc:
-            raise InvalidInput(f"cannot write {local}: {exc.strerror}") from None
+            raise write_error(local, exc) from None
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)

@@ -11,15 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-import signal
 import subprocess
 import tempfile
-import threading
 import time
-from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
-from types import FrameType
 
 import click
 
@@ -52,47 +48,10 @@ def _init_server(server: ServerProcess, host: str) -> None:
     )
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM or SIGHUP, taken as Ctrl-C is; the process then exits 128 + the signal."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.exit_code = 128 + signum
-
-
-@contextlib.contextmanager
-def _stopped_as_by_ctrl_c() -> Iterator[None]:
-    """SIGTERM and SIGHUP (a closed terminal, `kill`, a CI job cancelled) stop the demo
-    as Ctrl-C does, so that it tears down what it made: its machines and server live in
-    a directory of its own, which no later `crc down` looks in. The first signal
-    interrupts; later ones are ignored while the teardown runs."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    fired: list[int] = []
-
-    def interrupt(signum: int, frame: FrameType | None) -> None:
-        if not fired:
-            fired.append(signum)
-            raise Terminated(signum)
-
-    wanted = [getattr(signal, n) for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n)]
-    before = {s: signal.signal(s, interrupt) for s in wanted}
-    try:
-        yield
-    finally:
-        for s, handler in before.items():
-            signal.signal(s, handler)
-
-
 def run_demo(view: View, keep: bool = False) -> int:
     """Run the demo, shown on ``view`` (closed at the end); return the exit code (0:
-    every step succeeded, all torn down)."""
-    with _stopped_as_by_ctrl_c():
-        return _run_demo(view, keep)
-
-
-def _run_demo(view: View, keep: bool) -> int:
+    every step succeeded, all torn down). A KeyboardInterrupt (Ctrl-C, or a signal
+    the caller takes as one) tears everything down too, then propagates."""
     from ..providers import destroy_scenario
     from ..providers.local import LocalProvider
     from .scenario.model import parse_scenario
@@ -129,12 +88,17 @@ def _run_demo(view: View, keep: bool) -> int:
         finally:
             runner.close()
     finally:
-        destroy_scenario(provider, scenario.name, verify_timeout=15.0)  # after a failure too
-        view.info("stopping the server (it lets open connections finish, up to 3 s)")
+        # After a failure too. What is said goes where it can: a terminal that was closed
+        # (SIGHUP) must not stop the teardown.
+        destroy_scenario(provider, scenario.name, verify_timeout=15.0)
+        with contextlib.suppress(OSError):
+            view.info("stopping the server (it lets open connections finish, up to 3 s)")
         server.stop()
-        if provider.release_network():
-            view.info("network bridge removed")
-        view.close()
+        released = provider.release_network()
+        with contextlib.suppress(OSError):
+            if released:
+                view.info("network bridge removed")
+            view.close()
         if keep:
             click.echo(f"kept {root}", err=True)
         else:

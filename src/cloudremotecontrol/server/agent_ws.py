@@ -19,7 +19,7 @@ from typing import Any
 from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from ..errors import CrcError, Unauthorized, Unavailable
+from ..errors import CrcError, InvalidInput, Unauthorized, Unavailable
 from ..protocol.frames import (
     FEATURES,
     Ack,
@@ -108,7 +108,7 @@ async def _login(ws: WebSocket) -> tuple[dict[str, Any], Hello, dict[str, Any]] 
                 hello.ack,
                 hello.resume_from,
             )
-        except CrcError as exc:  # a hello the machine's state refuses: nothing changed
+        except InvalidInput as exc:  # a hello the machine's state refuses: nothing changed
             await _refuse(ws, 4400, exc)
             return None
         try:

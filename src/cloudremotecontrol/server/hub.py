@@ -13,8 +13,8 @@ store has committed; when offers arrive out of order (two jobs committed concurr
 it re-reads the outbox from the last sequence number it sent.
 
 Stopping (SIGTERM): ``EventBus.stop`` wakes every waiter, and a wait on the bus then
-raises ``ServerStopping`` (503): a long poll (a kv wait) is answered at once and its
-client asks again, here once restarted or at another replica. An event stream is cut
+raises ``ServerStopping`` (503): a long poll (a kv wait) is answered at once (an agent
+asks again, here once restarted or at another replica; a master's wait ends). An event stream is cut
 instead (``CUT_ON_STOP``: the server closes its connection, ``runner.py``), which its
 follower takes as a break to resume from, where a stream that ended would mean its group
 was deleted. Without this, uvicorn waits for such responses, then cancels them with a

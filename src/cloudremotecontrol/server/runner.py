@@ -151,8 +151,9 @@ class _StoppingServer(UvicornServer):
             elif cycle.scope.get(CUT_ON_STOP):
                 connection.transport.abort()
                 cut.add(connection)
-        # Their application ends once it hears of the lost connection (uvicorn logs an
-        # ERROR for a stream that ends unfinished on a live one): let it, briefly.
+        # Let the aborted connections be marked lost (connection_lost, a turn of the loop
+        # or two) before the bus stops: a stream that then ends unfinished does so on a
+        # connection uvicorn knows is gone, which it does not log as an error.
         deadline = asyncio.get_running_loop().time() + 1
         while cut & self.server_state.connections:
             if asyncio.get_running_loop().time() > deadline:

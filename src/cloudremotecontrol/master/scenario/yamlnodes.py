@@ -112,8 +112,9 @@ def parse_duration(value: object) -> float:
 
 
 def read_bounded(path: Path, limit: int, what: str) -> str:
-    """The UTF-8 text of ``path`` (a file, a pipe), refused past ``limit`` bytes without
-    reading further (``/dev/zero`` is not read for ever)."""
+    """The UTF-8 text of ``path`` (a file, a pipe) with its line ends made ``\n`` (as
+    ``read_text`` does: a script saved on Windows runs in sh), refused past ``limit``
+    bytes without reading further (``/dev/zero`` is not read for ever)."""
     try:
         with open(path, "rb") as fh:
             data = fh.read(limit + 1)
@@ -122,7 +123,7 @@ def read_bounded(path: Path, limit: int, what: str) -> str:
     if len(data) > limit:
         raise InvalidInput(f"{path} is over {limit >> 10} KiB, the most {what} may be")
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
     except UnicodeDecodeError:
         raise InvalidInput(f"cannot read {path}: not UTF-8 text") from None
 
