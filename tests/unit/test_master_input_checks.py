@@ -123,6 +123,19 @@ def test_a_nan_anywhere_in_a_request_is_refused() -> None:
         calls.start_run("lab", {"steps": [{"retries": NAN}]})
 
 
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        ({"steps": [{1: "a"}]}, "keys must be strings"),  # json.dumps would send "1"
+        ({"steps": [{"vars": b"x"}]}, "not a JSON value: bytes"),
+        ({"steps": [{"machines": {"a", "b"}}]}, "not a JSON value: set"),
+    ],
+)
+def test_a_request_json_cannot_carry_is_refused(body: dict[Any, Any], says: str) -> None:
+    with pytest.raises(InvalidInput, match=says):
+        calls.start_run("lab", body)
+
+
 # -- tokens ------------------------------------------------------------------------------------
 
 

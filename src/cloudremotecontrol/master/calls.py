@@ -44,29 +44,16 @@ class Call:
     needs: tuple[str, ...] = ()  # keys every answer of the API has (else: not CRC)
 
     def __post_init__(self) -> None:
-        _check_finite(self.json)
+        # A body JSON cannot carry (NaN, a key that is not a string, bytes, a set) is
+        # refused here, as the server would refuse it, never a bare ValueError from the
+        # encoder or a key silently turned into a string.
+        check_json(self.json, what="request body")
 
     def result(self, answer: Any) -> Any:
         for key in (*self.needs, *(() if self.key is None else (self.key,))):
             if key not in answer:
                 raise Unavailable(f"the server's answer has no {key!r}: {_NOT_CRC}")
         return answer if self.key is None else answer[self.key]
-
-
-def _check_finite(value: Any) -> None:
-    """InvalidInput for a NaN or an infinity anywhere in ``value`` (JSON has no form for
-    them: the encoder would raise a bare ValueError), as ``protocol.jsoncheck`` says it."""
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, float):
-            if not math.isfinite(item):
-                raise InvalidInput("JSON numbers must be finite (no NaN or Infinity)")
-        elif isinstance(item, dict):
-            stack.extend(item)
-            stack.extend(item.values())
-        elif isinstance(item, (list, tuple)):
-            stack.extend(item)
 
 
 @dataclass
