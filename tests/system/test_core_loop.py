@@ -6,6 +6,8 @@ import json
 import os
 import stat
 
+import pytest
+
 from cloudremotecontrol.agent.state import AgentState
 
 
@@ -129,6 +131,28 @@ def test_group_delete_revokes_and_agents_stop_cleanly(env, crc):
     state.close()
     r = crc("group", "show", "lab")
     assert r.returncode == 4
+
+
+def test_a_job_of_a_deleted_group_is_gone_even_when_the_name_is_reused(env, crc):
+    from cloudremotecontrol.errors import NotFound
+
+    env.group_with_agents("lab", ["a"])
+    job_id = env.client.start_job("lab", "a", argv=["sleep", "60"])["job_id"]
+    assert env.client.job(job_id)["group"] == "lab"
+    assert crc("group", "delete", "lab").returncode == 0
+    # A group of the same name again: the old job must not be read through it.
+    assert crc("group", "create", "lab", "--machines", "a").returncode == 0
+    for call in (
+        lambda: env.client.job(job_id),
+        lambda: list(env.client.job_events(job_id, follow=False)),
+        lambda: env.client.cancel_job(job_id),
+    ):
+        with pytest.raises(NotFound, match="its group 'lab' was deleted"):
+            call()
+    for args in (("job", "show", job_id), ("job", "cancel", job_id)):
+        r = crc(*args)
+        assert r.returncode == 4, (args, r.stdout, r.stderr)
+        assert "was deleted" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_audit_records_who_started_what_where(env, crc):

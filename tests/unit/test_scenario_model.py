@@ -381,6 +381,15 @@ def test_templates_refuse_values_with_no_json_form():
             templates.render(tag, ctx)
 
 
+@pytest.mark.parametrize("value", [b"hi", {"a", "b"}])
+def test_templates_refuse_binary_and_set_values_as_text(value):
+    # str() would have written b'hi' or {'a', 'b'} into the command.
+    ctx = {**CTX, "vars": {"v": value}}
+    for dialect in (None, "sh", "powershell"):
+        with pytest.raises(templates.TemplateError, match="no text form"):
+            templates.render("echo {{ vars.v }}", ctx, dialect)
+
+
 def test_a_step_whose_template_cannot_be_rendered_fails_with_that_not_an_internal_error():
     s = parse(
         "name: lab\nmachines: {a: }\nsteps:\n  - {name: tell, run: 'echo {{ machines.a.ips.5 }}'}\n"

@@ -203,6 +203,10 @@ def _format(ref: Reference, value: Any, in_shell: bool = False) -> str:
         text = "true" if value else "false"
     elif isinstance(value, (dict, list, tuple)):
         text = _json(ref, value)
+    elif isinstance(value, (bytes, bytearray, set, frozenset)):  # YAML !!binary, !!set
+        raise TemplateError(
+            f"{ref.text}: a YAML !!binary or !!set value has no text form; give a string or a list"
+        )
     else:
         text = str(value)
     if in_shell:  # shell code quotes every value for its place: see render

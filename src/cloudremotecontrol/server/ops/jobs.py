@@ -231,13 +231,17 @@ def _create(
 
 
 def _job(tx: Tx, user_id: str, job_id: str) -> dict[str, Any]:
+    """The caller's job ``job_id``; NotFound when it is not theirs or its group was
+    deleted (a deleted group is gone for every call: its jobs, events and machines)."""
     row = tx.one(
-        "SELECT j.*, g.name AS group_name FROM jobs j JOIN groups g ON g.id = j.group_id "
-        "WHERE j.id = ? AND g.user_id = ?",
+        "SELECT j.*, g.name AS group_name, g.deleted AS group_deleted FROM jobs j "
+        "JOIN groups g ON g.id = j.group_id WHERE j.id = ? AND g.user_id = ?",
         (job_id, user_id),
     )
     if row is None:
         raise NotFound(f"no job {job_id!r}")
+    if row["group_deleted"] is not None:
+        raise NotFound(f"no job {job_id!r}: its group {row['group_name']!r} was deleted")
     return row
 
 
