@@ -377,3 +377,52 @@ def test_a_session_of_a_live_replica_is_never_cut_while_another_restarts(pg_url,
         assert len(rows) == 1 and rows[0]["exit_code"] == 0, rows
         assert not rows[0].get("cut"), rows
         assert "Traceback" not in b.log_path.read_text()
+
+
+def test_a_push_moves_to_the_next_replica_when_its_own_is_gone(pg_url, tmp_path):
+    """A long-lived SDK client whose replica died: its push (whose first request asks
+    whether the server has the content) goes to the next URL, as every other call does;
+    the async client's too."""
+    import asyncio
+
+    from cloudremotecontrol.master.aclient import AsyncClient
+
+    a, b = replicas(tmp_path, pg_url, 2)
+    agent = None
+    try:
+        token = a.add_user("alice")
+        urls = f"{a.url},{b.url}"
+        with Client(urls, token, a.fingerprint) as crc:
+            out = crc.create_group("lab", ["m"])
+            agent = AgentProcess(
+                tmp_path / "m", b.url, out["machines"][0]["key"], b.fingerprint
+            ).start()
+            _wait(lambda: crc.group("lab")["machines"][0]["state"] == "ready")
+            assert crc.url == a.url
+            files = []
+            for i in range(2):
+                src = tmp_path / f"f{i}.txt"
+                src.write_text(f"content {i}\n")
+                dest = tmp_path / "on-m" / f"f{i}.txt"
+                dest.parent.mkdir(exist_ok=True)
+                files.append((str(src), dest))
+
+            async def async_push() -> dict:
+                async with AsyncClient(urls, token, a.fingerprint) as acrc:
+                    assert (await acrc.whoami())["user"] == "alice"
+                    assert acrc.url == a.url
+                    a.kill()
+                    return await acrc.push("lab", "m", files[0][0], str(files[0][1]))
+
+            jobs = [asyncio.run(async_push())]
+            jobs.append(crc.push("lab", "m", files[1][0], str(files[1][1])))  # still on A
+            assert crc.url == b.url
+            for i, job in enumerate(jobs):
+                events = list(crc.follow_job(job["job_id"], ["m"]))
+                assert events[-1]["data"]["status"] == "succeeded", events
+                assert files[i][1].read_text() == f"content {i}\n"
+    finally:
+        if agent is not None:
+            agent.stop()
+        for s in (a, b):
+            s.stop()

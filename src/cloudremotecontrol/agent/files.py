@@ -1,13 +1,20 @@
 """Files on the machine: fetch a pushed blob (resumable, verified, atomic) and upload a
 file for a pull. Blocking code, run in a worker thread; memory use is one chunk.
+
+The agent runs as root (or LocalSystem) and writes into directories other users may
+own: the temporary file is opened without following a symbolic link, created readable
+by the agent only, resumed only if it is a plain file of the agent's own, and locked so
+that two pushes to one path take turns instead of writing into each other.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import ssl
+import stat
 import sys
 import time
 import urllib.error
@@ -22,16 +29,152 @@ __all__ = ["fetch_blob", "upload_file"]
 
 CHUNK = 1 << 20
 ATTEMPTS = 5
+# A file this small is read once into memory for a pull: what is sent is what was
+# hashed, even for a file that changes at every read (/proc/meminfo).
+SMALL = 4 << 20
+# How long a push waits for another push of the same content to the same path.
+LOCK_WAIT = 15 * 60.0
 
 
-def _hash_file(path: str) -> tuple[Any, int]:
+def _check_absolute(path: str) -> None:
+    """Refuse a path that is not absolute by this machine's own rules: the master
+    accepts both styles (it does not know the machine's system), and a relative one
+    would land in the agent's working directory."""
+    absolute = os.path.isabs(path)
+    if sys.platform == "win32":
+        absolute = absolute and bool(os.path.splitdrive(path)[0])
+    if not absolute:
+        system = {"win32": "Windows", "linux": "Linux", "darwin": "macOS"}.get(
+            sys.platform, sys.platform
+        )
+        raise InvalidInput(
+            f"{path} is not an absolute path on this machine ({system}): give the full path"
+        )
+
+
+def _hash_fd(fd: int) -> tuple[Any, int]:
     digest = hashlib.sha256()
     size = 0
-    with open(path, "rb") as fh:
-        while chunk := fh.read(CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
+    os.lseek(fd, 0, os.SEEK_SET)
+    while chunk := os.read(fd, CHUNK):
+        digest.update(chunk)
+        size += len(chunk)
     return digest, size
+
+
+def _lock(fd: int) -> bool:
+    """Take the exclusive lock on the temporary file: False if another push holds it
+    (Windows, which then closes and tries again: an open handle stops the holder's
+    rename there); on Linux, wait for it."""
+    if sys.platform == "win32":
+        import msvcrt
+
+        # One byte past the data of all but huge files (the C runtime takes a 32-bit
+        # offset): the lock is mandatory on Windows, for other handles only.
+        os.lseek(fd, 0x7FFFFFFE, os.SEEK_SET)
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        except OSError:
+            return False
+        finally:
+            os.lseek(fd, 0, os.SEEK_SET)
+        return True
+    import fcntl
+
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return True
+
+
+def _trusted(st: os.stat_result) -> bool:
+    """A plain file of the agent's own, with no other name: safe to resume and write."""
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+        return False
+    return sys.platform == "win32" or st.st_uid == os.geteuid()
+
+
+def _check_replaceable(dest: str) -> None:
+    """Refuse to replace anything but a regular file (or a link to one): a push to
+    ``/dev/null`` or a FIFO would put a plain file where the system expects a device."""
+    for st in (_lstat(dest), _stat(dest)):
+        if st is None or stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode):
+            continue
+        raise InvalidInput(
+            f"{dest} is not a regular file on this machine (a device, a FIFO or a socket): "
+            "crc push only writes regular files"
+        )
+
+
+def _stat(path: str) -> os.stat_result | None:
+    try:
+        return os.stat(path)
+    except OSError:  # missing, or a dangling link
+        return None
+
+
+def _lstat(path: str) -> os.stat_result | None:
+    try:
+        return os.lstat(path)
+    except FileNotFoundError:
+        return None
+
+
+def _open_part(part: str) -> int:
+    """Open (or create, mode 0600) the temporary file, never through a symbolic link,
+    locked, and still the file at that name once locked."""
+    flags = (
+        os.O_RDWR
+        | os.O_CREAT
+        | getattr(os, "O_NOFOLLOW", 0)
+        | getattr(os, "O_CLOEXEC", 0)
+        | getattr(os, "O_BINARY", 0)
+        | getattr(os, "O_NOINHERIT", 0)
+    )
+    deadline = time.monotonic() + LOCK_WAIT
+    tries = 0
+    while tries < 10:
+        tries += 1
+        if sys.platform == "win32" and os.path.islink(part):
+            os.unlink(part)  # Windows follows links whatever the flags: removed first
+        try:
+            fd = os.open(part, flags, 0o600)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.EMLINK) or os.path.islink(part):
+                os.unlink(part)  # a symbolic link planted there: removed, not followed
+                continue
+            raise
+        try:
+            locked = _lock(fd)
+            st = os.fstat(fd)
+            now = _lstat(part) if sys.platform != "win32" else st
+        except BaseException:
+            os.close(fd)
+            raise
+        if not locked:
+            os.close(fd)
+            if time.monotonic() > deadline:
+                raise InvalidInput(f"{part} is still being written by another push")
+            tries -= 1  # waiting is not a failed try
+            time.sleep(0.2)
+            continue
+        # Renamed by the push that held the lock (then a new file is made), or replaced
+        # meanwhile. (On Windows no open file can be renamed or removed.)
+        if now is None or (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+            os.close(fd)
+            continue
+        if not _trusted(st):
+            # Not ours (a hard link to another file, a FIFO, another user's file): never
+            # written to; the name is freed and a new file created.
+            os.close(fd)
+            os.unlink(part)
+            continue
+        if sys.platform != "win32":
+            try:
+                os.fchmod(fd, 0o600)  # left by an older agent with the umask's mode
+            except BaseException:
+                os.close(fd)
+                raise
+        return fd
+    raise InvalidInput(f"{part} keeps being replaced on this machine: push again")
 
 
 def fetch_blob(
@@ -48,35 +191,110 @@ def fetch_blob(
     """Download blob ``sha`` to ``dest``: into ``.crc-<name>.<sha>.part`` beside it,
     resuming with a Range request after a broken transfer, verify the SHA-256, apply
     mode/owner, then rename over ``dest`` (atomic in one directory). Returns a summary."""
+    _check_absolute(dest)
     directory = os.path.dirname(dest) or "."
     if not os.path.isdir(directory):
         raise InvalidInput(f"directory {directory} does not exist on this machine")
     if os.path.isdir(dest):
         raise InvalidInput(f"{dest} is a directory on this machine: give the file's path")
+    _check_replaceable(dest)
+    uid_gid = _owner_ids(owner) if owner is not None else None
     part = os.path.join(directory, f".crc-{os.path.basename(dest)}.{sha[:16]}.part")
+    try:
+        fd = _open_part(part)
+    except OSError as exc:
+        raise InvalidInput(f"cannot write {dest} on this machine: {exc.strerror or exc}") from None
+    keep = True  # a broken download stays for the next push to resume
+    try:
+        _download(base_url, credential, ctx, sha, size, fd, sleep)
+        keep = False
+        digest, got = _hash_fd(fd)
+        if digest.hexdigest() != sha or got != size:
+            raise InvalidInput(
+                f"downloaded content does not match sha256 {sha} "
+                f"({got} of {size} bytes): removed, push again",
+                code="hash_mismatch",
+            )
+        final = int(mode, 8) if mode is not None else None
+        if final is None:
+            with contextlib.suppress(OSError):
+                kept = os.stat(dest)
+                if stat.S_ISREG(kept.st_mode):
+                    final = kept.st_mode & 0o7777
+        if sys.platform == "win32":
+            # Windows renames no open file: closed (and unlocked) first.
+            os.close(fd)
+            fd = -1
+            if final is not None:
+                os.chmod(part, final)
+            os.replace(part, dest)
+        else:
+            if uid_gid is not None:
+                os.fchown(fd, *uid_gid)  # before the mode: chown may clear set-id bits
+            os.fchmod(fd, final if final is not None else 0o644)
+            os.replace(part, dest)  # still locked: a waiting push then starts afresh
+    except BaseException as exc:
+        if keep and not isinstance(exc, (_CannotWrite, OSError)):
+            raise
+        # An OSError while downloading is this machine's file system, not the transfer:
+        # the partial file is kept to resume. Otherwise it is removed.
+        with contextlib.suppress(OSError):
+            if keep and isinstance(exc, OSError):
+                pass
+            elif fd >= 0 and sys.platform != "win32":
+                # Only the file this push holds: another one's is never removed.
+                st, now = os.fstat(fd), os.lstat(part)
+                if (st.st_dev, st.st_ino) == (now.st_dev, now.st_ino):
+                    os.unlink(part)
+            else:
+                if fd >= 0:  # Windows removes no open file
+                    os.close(fd)
+                    fd = -1
+                os.unlink(part)
+        if isinstance(exc, _CannotWrite):
+            # The machine's own disk (full, read-only, a name too long): trying again
+            # cannot help, and a partial file must not keep a full disk full.
+            why = exc.error.strerror or exc.error
+            raise InvalidInput(f"cannot write {dest} on this machine: {why}") from None
+        if isinstance(exc, OSError):
+            raise InvalidInput(
+                f"cannot write {dest} on this machine: {exc.strerror or exc}"
+            ) from None
+        raise
+    finally:
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+    return f"{dest}: {size} bytes, sha256 {sha}"
+
+
+def _download(
+    base_url: str,
+    credential: str,
+    ctx: ssl.SSLContext | None,
+    sha: str,
+    size: int,
+    fd: int,
+    sleep: Callable[[float], None],
+) -> None:
+    """Fill the locked temporary file ``fd`` with the blob, resuming where it ends."""
     url = f"{base_url.rstrip('/')}/v1/agent/blobs/{sha}"
     for attempt in range(ATTEMPTS):
-        have = os.path.getsize(part) if os.path.exists(part) else 0
+        have = os.fstat(fd).st_size
         if have > size:
-            os.unlink(part)
+            os.ftruncate(fd, 0)
             have = 0
         if have == size:
-            break
+            return
         headers = {"Authorization": f"Bearer {credential}"}
         if have:
             headers["Range"] = f"bytes={have}-"
         req = urllib.request.Request(url, headers=headers)  # noqa: S310 -- https URL
         try:
             with urllib.request.urlopen(req, timeout=60, context=ctx) as resp:  # noqa: S310
-                _receive(resp, part, append=resp.status == 206)
-        except _CannotWrite as exc:
-            # The machine's own disk (full, read-only, a name too long): trying again
-            # cannot help, and a partial file must not keep a full disk full.
-            with contextlib.suppress(OSError):
-                os.unlink(part)
-            raise InvalidInput(
-                f"cannot write {dest} on this machine: {exc.error.strerror or exc.error}"
-            ) from None
+                _receive(resp, fd, append=resp.status == 206)
+        except _CannotWrite:
+            raise
         except urllib.error.HTTPError as exc:
             raise http_error(exc) from None
         except (urllib.error.URLError, OSError, _Broken) as exc:
@@ -84,27 +302,6 @@ def fetch_blob(
                 why = exc.error if isinstance(exc, _Broken) else exc
                 raise Unavailable(f"download of {sha[:12]} failed: {why}") from None
             sleep(min(10.0, 0.5 * 2**attempt))
-    digest, got = _hash_file(part)
-    if digest.hexdigest() != sha or got != size:
-        os.unlink(part)
-        raise InvalidInput(
-            f"downloaded content does not match sha256 {sha} "
-            f"({got} of {size} bytes): removed, push again",
-            code="hash_mismatch",
-        )
-    try:
-        if mode is not None:
-            os.chmod(part, int(mode, 8))
-        elif os.path.exists(dest):
-            os.chmod(part, os.stat(dest).st_mode & 0o7777)
-        if owner is not None:
-            _chown(part, owner)
-        os.replace(part, dest)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(part)
-        raise
-    return f"{dest}: {size} bytes, sha256 {sha}"
 
 
 class _CannotWrite(Exception):
@@ -123,8 +320,8 @@ class _Broken(Exception):
         self.error = error
 
 
-def _receive(resp: Any, part: str, append: bool) -> None:
-    """Copy the response's body into ``part`` (appended for a 206), synced to disk."""
+def _receive(resp: Any, fd: int, append: bool) -> None:
+    """Copy the response's body into ``fd`` (appended for a 206), synced to disk."""
 
     def read() -> bytes:
         try:
@@ -133,16 +330,21 @@ def _receive(resp: Any, part: str, append: bool) -> None:
             raise _Broken(exc) from None
 
     try:
-        with open(part, "ab" if append else "wb") as fh:
-            while chunk := read():
-                fh.write(chunk)
-            fh.flush()
-            os.fsync(fh.fileno())
-    except OSError as exc:  # open, write, flush, sync or close of the file
+        if append:
+            os.lseek(fd, 0, os.SEEK_END)
+        else:
+            os.ftruncate(fd, 0)
+            os.lseek(fd, 0, os.SEEK_SET)
+        while chunk := read():
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    except OSError as exc:  # write or sync of the file
         raise _CannotWrite(exc) from None
 
 
-def _chown(path: str, owner: str) -> None:
+def _owner_ids(owner: str) -> tuple[int, int]:
     if sys.platform == "win32":
         raise InvalidInput(
             "--owner is not supported on Windows (files get the ACL of their directory)"
@@ -156,28 +358,78 @@ def _chown(path: str, owner: str) -> None:
         gid = grp.getgrnam(group).gr_gid if group else -1
     except KeyError as exc:
         raise InvalidInput(f"unknown user or group {exc.args[0]} on this machine") from None
-    os.chown(path, uid, gid)
+    return uid, gid
+
+
+class _Changed(Exception):
+    """The file being uploaded is no longer what was hashed."""
+
+
+class _Exactly:
+    """The first ``size`` bytes of ``fd``, hashed again as they are sent: a file that
+    grows is sent as it was hashed, one that changed stops the upload."""
+
+    def __init__(self, fd: int, size: int, sha: str) -> None:
+        self.fd, self.left, self.sha = fd, size, sha
+        self.digest = hashlib.sha256()
+        os.lseek(fd, 0, os.SEEK_SET)
+
+    def read(self, n: int = CHUNK) -> bytes:
+        if self.left <= 0:
+            return b""
+        chunk = os.read(self.fd, min(n if n > 0 else CHUNK, self.left, CHUNK))
+        if not chunk:
+            raise _Changed("it shrank")
+        self.left -= len(chunk)
+        self.digest.update(chunk)
+        if self.left == 0 and self.digest.hexdigest() != self.sha:
+            raise _Changed("its content differs")
+        return chunk
 
 
 def upload_file(
     base_url: str, credential: str, ctx: ssl.SSLContext | None, job_id: str, path: str
 ) -> str:
-    """Upload ``path`` for pull job ``job_id`` (streamed, with its SHA-256)."""
+    """Upload ``path`` for pull job ``job_id`` (streamed, with its SHA-256): exactly the
+    bytes that were hashed."""
+    _check_absolute(path)
     if not os.path.isfile(path):
         raise InvalidInput(f"{path} is not a file on this machine")
-    digest, size = _hash_file(path)
-    with open(path, "rb") as fh:
-        call_json(
-            f"{base_url.rstrip('/')}/v1/agent/uploads/{job_id}",
-            ctx,
-            method="PUT",
-            data=fh,
-            credential=credential,
-            timeout=300,
-            headers={
-                "Content-Length": str(size),
-                "Content-Type": "application/octet-stream",
-                "X-Content-SHA256": digest.hexdigest(),
-            },
-        )
-    return f"{path}: {size} bytes, sha256 {digest.hexdigest()}"
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {path} on this machine: {exc.strerror or exc}") from None
+    try:
+        digest = hashlib.sha256()
+        size = 0
+        kept: list[bytes] | None = []
+        while chunk := os.read(fd, CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+            if kept is not None:
+                kept.append(chunk)
+                if size > SMALL:
+                    kept = None
+        sha = digest.hexdigest()
+        data: Any = b"".join(kept) if kept is not None else _Exactly(fd, size, sha)
+        try:
+            call_json(
+                f"{base_url.rstrip('/')}/v1/agent/uploads/{job_id}",
+                ctx,
+                method="PUT",
+                data=data,
+                credential=credential,
+                timeout=300,
+                headers={
+                    "Content-Length": str(size),
+                    "Content-Type": "application/octet-stream",
+                    "X-Content-SHA256": sha,
+                },
+            )
+        except _Changed as exc:
+            raise InvalidInput(f"{path} changed while it was read ({exc}): pull it again") from None
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {path} on this machine: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+    return f"{path}: {size} bytes, sha256 {sha}"

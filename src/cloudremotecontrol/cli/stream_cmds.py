@@ -183,8 +183,11 @@ def shell(
     \b
     crc shell lab dev                 # the machine's login shell
     crc shell lab db -- sudo -u postgres psql
-    Exit code: the remote program's (crc's own failures: 2-9).
+    Exit code: the remote program's (crc's own failures: 2-9); one outside 0-255
+    exits 1 (a signal -N: 128+N).
     """
+    from ..master.types import shell_exit_code
+
     argv = list(command)
     if argv and argv[0] == "--":
         argv = argv[1:]
@@ -193,7 +196,9 @@ def shell(
     )
     if as_json:  # after the session: how it ended
         emit_json({"group": group, "machine": machine, "stream": stream, "exit_code": code})
-    sys.exit(code)
+    # The remote code as a shell can show it (master/types.py shell_exit_code): 256 must
+    # not become 0.
+    sys.exit(shell_exit_code(code))
 
 
 # -- crc forward -------------------------------------------------------------------------------

@@ -38,10 +38,12 @@ from .calls import (
     raise_for,
 )
 from .client import (
+    ExactReader,
     check_download_target,
     clean_token,
     file_digest,
     is_untrusted,
+    open_regular,
     split_urls,
     untrusted_error,
     write_error,
@@ -179,12 +181,12 @@ class AsyncClient:
             return untrusted_error(self.url, exc)
         return Unavailable(f"cannot reach {self.url}: {exc}")
 
-    async def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+    async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """One request, sent to the next replica when this one cannot be reached."""
         for attempt in range(len(self.urls)):
             http = await self._client()
             try:
-                resp = await http.request(method, path, **kwargs)
-                break
+                return await http.request(method, path, **kwargs)
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                 if is_untrusted(exc) or attempt == len(self.urls) - 1:
                     raise self._unreachable(exc) from None
@@ -192,6 +194,10 @@ class AsyncClient:
                     raise self._unreachable(exc) from None
             except httpx.HTTPError as exc:
                 raise self._unreachable(exc) from None
+        raise AssertionError("unreachable")
+
+    async def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        resp = await self._request(method, path, **kwargs)
         if resp.status_code >= 400:
             raise_for(resp.status_code, resp.content)
         return answer_of(self.url, resp.status_code, resp.headers.get("content-type"), resp.content)
@@ -551,17 +557,15 @@ class AsyncClient:
     # -- files --------------------------------------------------------------------------
     async def upload(self, local: str) -> dict[str, Any]:
         sha, size = await asyncio.to_thread(file_digest, local)
-        http = await self._client()
-        try:
-            head = await http.head(f"/blobs/{sha}")
-        except httpx.HTTPError as exc:
-            raise self._unreachable(exc) from None
+        head = await self._request("HEAD", f"/blobs/{sha}")
         if head.status_code == 200:
             return {"sha256": sha, "size": size, "uploaded": False}
 
         async def chunks() -> AsyncIterator[bytes]:
-            with open(local, "rb") as fh:
-                while chunk := await asyncio.to_thread(fh.read, 1 << 20):
+            # Exactly the ``size`` bytes hashed (a file growing meanwhile: its start).
+            exact = ExactReader(local, sha, size)
+            with await asyncio.to_thread(open_regular, local) as fh:
+                while chunk := await asyncio.to_thread(exact.read, fh):
                     yield chunk
 
         out = await self._call(

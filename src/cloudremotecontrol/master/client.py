@@ -18,11 +18,12 @@ import errno
 import hashlib
 import os
 import ssl
+import stat
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import httpx
 
@@ -231,17 +232,21 @@ class Client:
             return untrusted_error(self.url, exc)
         return Unavailable(f"cannot reach {self.url}: {exc}")
 
-    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """One request, sent to the next replica when this one cannot be reached."""
         for attempt in range(len(self.urls)):
             try:
-                resp = self._http.request(method, path, **kwargs)
-                break
+                return self._http.request(method, path, **kwargs)
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                 # Nothing reached the server: safe to send to another replica.
                 if is_untrusted(exc) or attempt == len(self.urls) - 1 or not self._failover():
                     raise self._unreachable(exc) from None
             except httpx.HTTPError as exc:
                 raise self._unreachable(exc) from None
+        raise AssertionError("unreachable")
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        resp = self._request(method, path, **kwargs)
         if resp.status_code >= 400:
             raise_for(resp.status_code, resp.content)
         return answer_of(self.url, resp.status_code, resp.headers.get("content-type"), resp.content)
@@ -614,16 +619,15 @@ class Client:
     def upload(self, local: str) -> dict[str, Any]:
         """Upload a file's content once (skipped if the server has it for you already)."""
         sha, size = file_digest(local)
-        try:
-            head = self._http.head(f"/blobs/{sha}")
-        except httpx.HTTPError as exc:
-            raise self._unreachable(exc) from None
+        head = self._request("HEAD", f"/blobs/{sha}")
         if head.status_code == 200:
             return {"sha256": sha, "size": size, "uploaded": False}
 
         def chunks() -> Iterator[bytes]:
-            with open(local, "rb") as fh:
-                while chunk := fh.read(1 << 20):
+            # Exactly the ``size`` bytes hashed (a file growing meanwhile: its start).
+            exact = ExactReader(local, sha, size)
+            with open_regular(local) as fh:
+                while chunk := exact.read(fh):
                     yield chunk
 
         out = self._call(
@@ -684,18 +688,72 @@ class Client:
         return info
 
 
+def open_regular(local: str) -> BinaryIO:
+    """``local`` opened for reading, if it is a regular file: a FIFO, a device or a
+    socket is refused (InvalidInput; reading a FIFO would wait for a writer forever)."""
+    try:
+        mode = os.stat(local).st_mode
+        if stat.S_ISREG(mode):
+            fh = open(local, "rb")  # the caller closes it
+            mode = os.fstat(fh.fileno()).st_mode  # the file opened (not replaced since)
+            if stat.S_ISREG(mode):
+                return fh
+            fh.close()
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {local}: {exc.strerror or exc}") from None
+    what = (
+        "a FIFO"
+        if stat.S_ISFIFO(mode)
+        else "a directory"
+        if stat.S_ISDIR(mode)
+        else "a socket"
+        if stat.S_ISSOCK(mode)
+        else "a device"
+    )
+    raise InvalidInput(f"{local} is not a regular file but {what}: only a file can be copied")
+
+
 def file_digest(local: str) -> tuple[str, int]:
-    """SHA-256 and size of a local file (InvalidInput if it cannot be read)."""
+    """SHA-256 and size of a local file (InvalidInput if it cannot be read, or is not a
+    regular file)."""
     digest = hashlib.sha256()
     size = 0
-    try:
-        with open(local, "rb") as fh:
+    with open_regular(local) as fh:
+        try:
             while chunk := fh.read(1 << 20):
                 digest.update(chunk)
                 size += len(chunk)
-    except OSError as exc:
-        raise InvalidInput(f"cannot read {local}: {exc.strerror}") from None
+        except OSError as exc:
+            raise InvalidInput(f"cannot read {local}: {exc.strerror}") from None
     return digest.hexdigest(), size
+
+
+class ExactReader:
+    """Reads the ``size`` bytes of ``local`` whose SHA-256 ``file_digest`` gave, to
+    upload them under that Content-Length: no byte more (a log growing meanwhile sends
+    the start that was hashed), and InvalidInput (nothing stored: the upload is cut
+    before its last chunk) if the file is shorter now or those bytes changed."""
+
+    def __init__(self, local: str, sha: str, size: int) -> None:
+        self.local, self.sha, self.left = local, sha, size
+        self.digest = hashlib.sha256()
+
+    def read(self, fh: BinaryIO) -> bytes:
+        """The next chunk; b"" once ``size`` bytes were read and matched."""
+        if not self.left:
+            return b""
+        try:
+            chunk = fh.read(min(1 << 20, self.left))
+        except OSError as exc:
+            raise InvalidInput(f"cannot read {self.local}: {exc.strerror}") from None
+        self.left -= len(chunk)
+        self.digest.update(chunk)
+        if not chunk or (not self.left and self.digest.hexdigest() != self.sha):
+            raise InvalidInput(
+                f"{self.local} changed while it was read (it was "
+                f"{'truncated' if not chunk else 'rewritten'}): push it again"
+            )
+        return chunk
 
 
 def worst_exit_code(results: dict[str, Any]) -> int:

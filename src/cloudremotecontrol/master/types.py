@@ -15,7 +15,15 @@ from typing import Any, TypeVar
 
 from ..protocol.states import JobStatus
 
-__all__ = ["Event", "JobResult", "Message", "RunResult", "exit_code_of", "is_final"]
+__all__ = [
+    "Event",
+    "JobResult",
+    "Message",
+    "RunResult",
+    "exit_code_of",
+    "is_final",
+    "shell_exit_code",
+]
 
 T = TypeVar("T", bound="_Record")
 
@@ -182,14 +190,31 @@ def is_final(status: str) -> bool:
         return False
 
 
+def shell_exit_code(code: int) -> int:
+    """A remote program's exit code as a local process can exit with it (0-255).
+
+    0-255 stay as they are; a negative code -N (-1 to -127: how Python reports a
+    process killed by signal N, and the agents report it as 128 + N already) becomes
+    128 + N, as a shell shows it; any other code, which a shell cannot show (256 or
+    more, such as a Windows NTSTATUS like 3221225477, or below -127), becomes 1: still
+    a failure, where the code modulo 256 could have been 0. The real code stays in the
+    job's results and in ``--json``."""
+    if 0 <= code <= 255:
+        return code
+    if -127 <= code <= -1:
+        return 128 - code
+    return 1
+
+
 def exit_code_of(status: str, exit_code: int | None) -> int:
-    """A target's exit code as ``crc run`` reports it: its own when it failed, 124 timed
-    out, 125 lost, skipped or expired (never ran: rate control gave up on it), 130
-    cancelled."""
+    """A target's exit code as ``crc run`` reports it: its own when it failed (as
+    ``shell_exit_code`` maps it: 1 when it is 0, missing, or one a shell cannot show),
+    124 timed out, 125 lost, skipped or expired (never ran: rate control gave up on
+    it), 130 cancelled."""
     if status == "succeeded":
         return 0
     if status == "failed":
-        return exit_code or 1
+        return (shell_exit_code(exit_code) if exit_code is not None else 0) or 1
     if status == "timed_out":
         return 124
     if status == "cancelled":

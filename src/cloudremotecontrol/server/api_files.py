@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 from typing import Annotated, Any
@@ -11,9 +12,10 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import Field
 from starlette.datastructures import Headers
+from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 
-from ..errors import InvalidInput, NotFound
+from ..errors import CrcError, InvalidInput, NotFound
 from ..protocol.limits import MAX_FILE_BYTES
 from . import auth
 from .api import queue_and_deliver
@@ -128,6 +130,16 @@ def _blobs(request: Request) -> BlobStore:
     return blobs
 
 
+async def _receive(request: Request, expected: str | None) -> tuple[str, int]:
+    """Store the request's body (``BlobStore.put``). A client gone before the body's end
+    (a crc push interrupted, or stopping when its file changed) is no server error:
+    nothing is kept, and there is no one to answer."""
+    try:
+        return await _blobs(request).put(request.stream(), expected, MAX_FILE_BYTES)
+    except ClientDisconnect:
+        raise InvalidInput("the upload ended before its body did: nothing was kept") from None
+
+
 @router.head("/blobs/{sha256}", tags=["files"])
 async def blob_known(sha256: str, user: Master, request: Request) -> Response:
     """200 if you already uploaded this content (no need to upload again), else 404.
@@ -144,7 +156,7 @@ async def blob_known(sha256: str, user: Master, request: Request) -> Response:
 async def upload_blob(sha256: str, user: Master, request: Request) -> dict[str, Any]:
     """Upload a file's content (raw body, streamed); its SHA-256 must match the path."""
     check_sha256(sha256)
-    sha, size = await _blobs(request).put(request.stream(), sha256, MAX_FILE_BYTES)
+    sha, size = await _receive(request, sha256)
     await _store(request).write(file_ops.add_blob_owner, user["user_id"], sha, size)
     return {"sha256": sha, "size": size}
 
@@ -196,13 +208,33 @@ async def agent_blob(sha256: str, m: Machine, request: Request) -> FileResponse:
     return BlobFile(await _blobs(request).local_path(sha256), media_type="application/octet-stream")
 
 
-@router.put("/agent/uploads/{job_id}", tags=["agent"], responses=_HASH)
+_ONE_UPLOAD: dict[int | str, dict[str, Any]] = {
+    409: {
+        "description": "The pull has its file already (already_uploaded): a pull takes one "
+        "upload; only the same content (the same X-Content-SHA256) may be sent again"
+    }
+}
+
+
+@router.put("/agent/uploads/{job_id}", tags=["agent"], responses={**_HASH, **_ONE_UPLOAD})
 async def agent_upload(job_id: str, m: Machine, request: Request) -> dict[str, Any]:
-    """A machine uploads the file of an open pull job (raw body, streamed)."""
-    await _store(request).read(file_ops.upload_slot, m["id"], job_id)
+    """A machine uploads the file of an open pull job (raw body, streamed): once. Sending
+    it again with the same ``X-Content-SHA256`` (an answer lost) answers the same."""
     expected = request.headers.get("x-content-sha256")
-    sha, size = await _blobs(request).put(
-        request.stream(), check_sha256(expected) if expected else None, MAX_FILE_BYTES
-    )
-    await _store(request).write(file_ops.record_upload, m["id"], job_id, sha, size)
+    if expected:
+        check_sha256(expected)
+    store = _store(request)
+    # Refused before the body is stored: a machine cannot fill the disk through one pull.
+    await store.read(file_ops.upload_slot, m["id"], job_id, expected or None)
+    blobs = _blobs(request)
+    sha, size = await _receive(request, expected or None)
+    try:
+        await store.write(file_ops.record_upload, m["id"], job_id, sha, size)
+    except CrcError:
+        # Another upload was recorded meanwhile, or the job ended: the content is not
+        # kept unless someone owns it (the same content uploaded by anyone).
+        if await store.write(file_ops.drop_unowned, sha):
+            with contextlib.suppress(OSError):
+                os.unlink(blobs.path(sha))
+        raise
     return {"sha256": sha, "size": size}

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from ...errors import Forbidden, NotFound
+from ...errors import Conflict, Forbidden, InvalidInput, NotFound
 from ...protocol.fields import check_remote_path
 from ...protocol.messages import FileGet, FilePut
 from ...protocol.names import check_name
-from ...protocol.states import JobStatus
+from ...protocol.states import JobStatus, MachineState
 from ..store.base import Tx
-from .common import now
+from .common import live_group, now
 from .jobs import create_kind
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "blob_size",
     "create_pull",
     "create_push",
+    "drop_unowned",
     "machine_may_read",
     "pulled_blob",
     "record_upload",
@@ -81,11 +82,35 @@ def create_push(
 def create_pull(
     tx: Tx, user: dict[str, Any], group: str, machine: str, path: str
 ) -> dict[str, Any]:
+    """A pull copies one file from exactly one machine, named: not ``all``, a comma list
+    or a KEY=VALUE selector (400 for those, 404 for a name the group does not have,
+    like opening a stream)."""
+    if isinstance(machine, str) and (machine.strip() == "*" or any(c in machine for c in ",=")):
+        raise InvalidInput(
+            f"a pull copies from one machine: give its name, not the target {machine!r}",
+            field="machine",
+        )
     check_name(machine, "machine")
     check_remote_path(path)
-    return create_kind(
+    g = live_group(tx, user["user_id"], group)
+    m = tx.one(
+        "SELECT name FROM machines WHERE group_id = ? AND name = ? AND state != ?",
+        (g["id"], machine, MachineState.REVOKED.value),
+    )
+    if m is None:
+        hint = ": a pull copies from one machine, give its name" if machine == "all" else ""
+        raise NotFound(f"no machine {machine!r} in group {group!r}{hint}", field="machine")
+    out = create_kind(
         tx, user, group, machine, lambda job_id: FileGet(job_id=job_id, path=path), {"path": path}
     )
+    if out.get("targets") != [machine]:
+        # A machine named "all" is also the target "every machine": not for a pull (the
+        # error undoes the job, this transaction being rolled back).
+        raise InvalidInput(
+            f"cannot pull from machine {machine!r}: that name also means every machine",
+            field="machine",
+        )
+    return out
 
 
 def machine_may_read(tx: Tx, machine_id: str, sha: str) -> int:
@@ -102,26 +127,62 @@ def machine_may_read(tx: Tx, machine_id: str, sha: str) -> int:
     return int(row["size"])
 
 
-def upload_slot(tx: Tx, machine_id: str, job_id: str) -> dict[str, Any]:
-    """Check that a machine may upload for pull job ``job_id``; return the job's user."""
+def upload_slot(tx: Tx, machine_id: str, job_id: str, sha: str | None = None) -> dict[str, Any]:
+    """Check that a machine may upload for pull job ``job_id``; return the job's user.
+
+    A pull takes one upload: once its file is recorded, another upload is refused
+    (409 ``already_uploaded``) before its body is stored, unless it declares the same
+    SHA-256 (``sha``, from ``X-Content-SHA256``): the agent sending the same file again
+    after it lost the answer to the first upload, which then succeeds again."""
     row = tx.one(
-        "SELECT g.user_id, j.spec FROM job_targets t JOIN jobs j ON j.id = t.job_id "
+        "SELECT g.user_id, j.spec, t.blob FROM job_targets t JOIN jobs j ON j.id = t.job_id "
         "JOIN groups g ON g.id = j.group_id WHERE t.machine_id = ? AND t.job_id = ? "
         "AND t.status IN (?, ?, ?)",
         (machine_id, job_id, *_OPEN),
     )
     if row is None or '"type":"file.get"' not in row["spec"]:
         raise Forbidden("no open pull job for this machine")
+    if row["blob"] is not None and row["blob"] != sha:
+        raise _uploaded(job_id, row["blob"])
     return {"user_id": row["user_id"]}
 
 
-def record_upload(tx: Tx, machine_id: str, job_id: str, sha: str, size: int) -> None:
-    slot = upload_slot(tx, machine_id, job_id)
-    add_blob_owner(tx, slot["user_id"], sha, size)
-    tx.execute(
-        "UPDATE job_targets SET blob = ? WHERE job_id = ? AND machine_id = ?",
-        (sha, job_id, machine_id),
+def _uploaded(job_id: str, sha: str) -> Conflict:
+    return Conflict(
+        f"pull job {job_id} has its file already (sha256 {sha}): a pull takes one upload "
+        "(only the same content may be sent again)",
+        code="already_uploaded",
     )
+
+
+def record_upload(tx: Tx, machine_id: str, job_id: str, sha: str, size: int) -> None:
+    """Record the uploaded file of a pull (``upload_slot``'s rules, checked again: two
+    uploads may have passed it at once; the first recorded wins)."""
+    slot = upload_slot(tx, machine_id, job_id, sha)
+    # Only if no other content was recorded meanwhile (the row is locked by this
+    # statement: a concurrent upload's then sees the blob set, and changes nothing).
+    changed = tx.execute(
+        "UPDATE job_targets SET blob = ? WHERE job_id = ? AND machine_id = ? "
+        "AND (blob IS NULL OR blob = ?)",
+        (sha, job_id, machine_id, sha),
+    )
+    if changed != 1:
+        row = tx.one(
+            "SELECT blob FROM job_targets WHERE job_id = ? AND machine_id = ?",
+            (job_id, machine_id),
+        )
+        raise _uploaded(job_id, row["blob"] if row else "?")
+    add_blob_owner(tx, slot["user_id"], sha, size)
+
+
+def drop_unowned(tx: Tx, sha: str) -> bool:
+    """After a refused upload: whether nobody owns content ``sha`` (then its copy in the
+    database, with replicas, is removed here; the caller removes the file on disk)."""
+    if tx.one("SELECT 1 AS x FROM blob_owners WHERE sha = ? LIMIT 1", (sha,)) is not None:
+        return False
+    tx.execute("DELETE FROM blob_chunks WHERE sha = ?", (sha,))
+    tx.execute("DELETE FROM blobs WHERE sha = ?", (sha,))
+    return True
 
 
 def pulled_blob(tx: Tx, user_id: str, job_id: str) -> dict[str, Any]:

@@ -1,0 +1,205 @@
+"""A pull takes one upload from its one machine: a hostile machine cannot fill the
+server's disk through one open pull, and a pull names exactly one machine (not `all`,
+a list or a selector). SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from wire_helpers import (
+    assert_error,
+    assert_no_traceback_in_server_log,
+    bearer,
+    enroll,
+    pinned_http,
+    wire_agent,
+)
+
+from cloudremotecontrol.master.localrun import ServerProcess
+from conftest import Env
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def any_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Env]:
+    database = request.getfixturevalue("pg_url") if request.param == "postgres" else None
+    srv = ServerProcess(tmp_path / "srv", database=database).start()
+    e = Env(srv, tmp_path)
+    try:
+        yield e
+    finally:
+        e.close()
+        srv.stop()
+
+
+@pytest.fixture
+def http_of() -> Iterator[Callable[[ServerProcess], httpx.Client]]:
+    """``http_of(server)``: a pinned HTTP client, closed after the test."""
+    made: list[httpx.Client] = []
+
+    def make(server: ServerProcess) -> httpx.Client:
+        made.append(pinned_http(server))
+        return made[-1]
+
+    yield make
+    for c in made:
+        c.close()
+
+
+def _on_disk(env: Env, sha: str) -> bool:
+    return (env.server.data_dir / "blobs" / sha[:2] / sha).is_file()
+
+
+def _blob_files(env: Env) -> list[Path]:
+    root = env.server.data_dir / "blobs"
+    return [p for p in root.rglob("*") if p.is_file() and p.parent.name != "tmp"]
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_a_pull_takes_one_upload_and_the_same_one_again(
+    any_env: Env, tmp_path: Path, http_of: Any
+) -> None:
+    env = any_env
+    key = env.client.create_group("lab", ["a"])["machines"][0]["key"]
+    http = http_of(env.server)
+    cred = enroll(http, key)
+    first, other = b"the file\n" * 1000, b"something else\n" * 5000
+    user = {"Authorization": bearer(env.token)}
+
+    async def main() -> None:
+        async with wire_agent(env.server, cred, "lab", "a") as a:
+            job = env.client.start_pull("lab", "a", "/etc/hostname")["job_id"]
+            msg = await a.next_msg()
+            assert msg["body"]["job_id"] == job
+            await a.send_msg("job.started", {"job_id": job})
+            h = {"Authorization": bearer(cred)}
+            url = f"/v1/agent/uploads/{job}"
+
+            def put(body: bytes, sha: str | None) -> Any:
+                headers = {**h, "X-Content-SHA256": sha} if sha else h
+                return http.put(url, content=body, headers=headers)
+
+            r = await asyncio.to_thread(put, first, _sha(first))
+            assert r.status_code == 200, r.text
+            assert r.json() == {"sha256": _sha(first), "size": len(first)}
+            # The agent sending it again (the answer was lost): the same answer.
+            r = await asyncio.to_thread(put, first, _sha(first))
+            assert r.status_code == 200, r.text
+            assert r.json() == {"sha256": _sha(first), "size": len(first)}
+            # Anything else, many times over: refused, and nothing of it kept.
+            for _ in range(5):
+                r = await asyncio.to_thread(put, other, _sha(other))
+                assert_error(r, 409, "already_uploaded", "one upload")
+                r = await asyncio.to_thread(put, other, None)
+                assert_error(r, 409, "already_uploaded", "one upload")
+            # Even without the header, the same content is refused (it might differ).
+            r = await asyncio.to_thread(put, first, None)
+            assert_error(r, 409, "already_uploaded")
+            await a.send_msg("job.result", {"job_id": job, "status": "succeeded", "exit_code": 0})
+            got = tmp_path / "got.bin"
+            await asyncio.to_thread(env.client.download_pulled, job, str(got))
+            assert got.read_bytes() == first
+            # After the job: no upload at all.
+            r = await asyncio.to_thread(put, first, _sha(first))
+            assert_error(r, 403, "forbidden")
+
+    asyncio.run(main())
+    assert _on_disk(env, _sha(first))
+    assert not _on_disk(env, _sha(other))
+    assert [p.name for p in _blob_files(env)] == [_sha(first)]
+    # The refused content is not the user's (not charged, not downloadable).
+    assert http.head(f"/v1/blobs/{_sha(other)}", headers=user).status_code == 404
+    assert http.head(f"/v1/blobs/{_sha(first)}", headers=user).status_code == 200
+    assert_no_traceback_in_server_log(env.server)
+
+
+def test_two_uploads_at_once_for_one_pull_keep_one(any_env: Env, http_of: Any) -> None:
+    """Both pass the check before their bodies are stored: the first recorded wins, the
+    other is refused when it ends, and its content is removed again."""
+    env = any_env
+    key = env.client.create_group("lab", ["a"])["machines"][0]["key"]
+    http = http_of(env.server)
+    cred = enroll(http, key)
+    slow_body, fast_body = b"s" * (3 << 20), b"f" * (1 << 20)
+    go_on = threading.Event()
+    started = threading.Event()
+
+    def slow_chunks() -> Iterator[bytes]:
+        yield slow_body[: 1 << 20]
+        started.set()
+        go_on.wait(30)
+        yield slow_body[1 << 20 :]
+
+    async def main() -> tuple[Any, Any]:
+        async with wire_agent(env.server, cred, "lab", "a") as a:
+            job = env.client.start_pull("lab", "a", "/etc/hostname")["job_id"]
+            await a.next_msg()
+            await a.send_msg("job.started", {"job_id": job})
+            h = {"Authorization": bearer(cred)}
+            url = f"/v1/agent/uploads/{job}"
+            slow_http = http_of(env.server)
+            slow = asyncio.ensure_future(
+                asyncio.to_thread(
+                    slow_http.put,
+                    url,
+                    content=slow_chunks(),
+                    headers={
+                        **h,
+                        "X-Content-SHA256": _sha(slow_body),
+                        "Content-Length": str(len(slow_body)),
+                    },
+                )
+            )
+            assert await asyncio.to_thread(started.wait, 30)
+            await asyncio.sleep(1.0)  # the server checked the slot and reads the body
+            fast = await asyncio.to_thread(
+                http.put, url, content=fast_body, headers={**h, "X-Content-SHA256": _sha(fast_body)}
+            )
+            go_on.set()
+            return fast, await slow
+
+    fast, slow = asyncio.run(main())
+    assert fast.status_code == 200, fast.text
+    assert_error(slow, 409, "already_uploaded")
+    assert _on_disk(env, _sha(fast_body))
+    assert not _on_disk(env, _sha(slow_body))
+    assert_no_traceback_in_server_log(env.server)
+
+
+def test_a_pull_names_one_machine(env: Env, crc: Any, tmp_path: Path, http_of: Any) -> None:
+    env.group_with_agents("lab", ["a", "b"])
+    src = tmp_path / "src.txt"
+    src.write_text("content\n")
+    for target, rc, part in (
+        ("all", 4, "no machine 'all' in group 'lab'"),
+        ("a,b", 2, "a pull copies from one machine"),
+        ("role=db", 2, "a pull copies from one machine"),
+        ("*", 2, "a pull copies from one machine"),
+        ("zz", 4, "no machine 'zz' in group 'lab'"),
+    ):
+        r = crc("pull", "lab", "--from", target, str(src), str(tmp_path / "out.txt"))
+        assert r.returncode == rc, (target, r.returncode, r.stderr)
+        assert part in r.stderr, (target, r.stderr)
+        assert "Traceback" not in r.stderr
+        assert not (tmp_path / "out.txt").exists()
+    http = http_of(env.server)
+    h = {"Authorization": bearer(env.token)}
+    r = http.post("/v1/groups/lab/pulls", json={"machine": "all", "path": str(src)}, headers=h)
+    assert_error(r, 404, "not_found", "no machine 'all'")
+    r = http.post("/v1/groups/lab/pulls", json={"machine": "a,b", "path": str(src)}, headers=h)
+    assert_error(r, 400, "invalid_input", "one machine")
+    assert env.client.list_jobs("lab") == []  # none was started
+    # One machine, by name, still works.
+    r = crc("pull", "lab", "--from", "b", str(src), str(tmp_path / "out.txt"))
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "out.txt").read_text() == "content\n"
+    assert_no_traceback_in_server_log(env.server)

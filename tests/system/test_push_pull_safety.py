@@ -1,0 +1,189 @@
+"""`crc push` / `crc pull` on a machine whose directories other users own, with files
+that change, and with several pushes at once: the agent (root) writes only its own
+temporary file, never readable by others, and sends exactly what it hashed."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+NOBODY = 65534
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _part(directory: Path, name: str, data: bytes) -> Path:
+    return directory / f".crc-{name}.{_sha(data)[:16]}.part"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root, as the agent runs")
+@pytest.mark.parametrize("planted", ["symlink", "hardlink"])
+@pytest.mark.parametrize("victim_text", ["", "root secret\n"])
+def test_a_planted_temporary_file_is_never_written_through(
+    env, crc, tmp_path, planted, victim_text
+):
+    env.group_with_agents("lab", ["a"])
+    victim = tmp_path / "root-only"
+    victim.write_text(victim_text)
+    os.chmod(victim, 0o600)
+    home = tmp_path / "home"  # a directory an unprivileged user owns
+    home.mkdir()
+    os.chown(home, NOBODY, NOBODY)
+    src = tmp_path / "authorized_keys"
+    data = b"ssh-ed25519 AAAA admin@example\n"
+    src.write_bytes(data)
+    part = _part(home, "authorized_keys", data)
+    if planted == "symlink":
+        os.symlink(victim, part)
+        os.lchown(part, NOBODY, NOBODY)
+    else:
+        os.link(victim, part)
+    r = crc("push", "lab", "--to", "a", str(src), str(home / "authorized_keys"), "--mode", "0644")
+    assert victim.read_text() == victim_text  # the root-only file: untouched
+    assert stat.S_IMODE(os.lstat(victim).st_mode) == 0o600
+    assert r.returncode == 0, r.stderr
+    dest = home / "authorized_keys"
+    st = os.lstat(dest)
+    assert stat.S_ISREG(st.st_mode) and st.st_uid == 0 and st.st_nlink == 1
+    assert stat.S_IMODE(st.st_mode) == 0o644
+    assert dest.read_bytes() == data
+    assert sorted(p.name for p in home.iterdir()) == ["authorized_keys"]
+
+
+def test_a_secret_is_never_readable_by_others_while_it_downloads(env, crc, tmp_path):
+    env.group_with_agents("lab", ["a"])
+    data = os.urandom(96 << 20)
+    src = tmp_path / "secret.key"
+    src.write_bytes(data)
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    part = _part(etc, "secret.key", data)
+    modes: set[int] = set()
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            try:
+                modes.add(stat.S_IMODE(os.lstat(part).st_mode))
+            except OSError:
+                time.sleep(0.0005)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        r = crc("push", "lab", "--to", "a", str(src), str(etc / "secret.key"), "--mode", "0600")
+    finally:
+        stop.set()
+        watcher.join()
+    assert r.returncode == 0, r.stderr
+    assert modes, "the temporary file was never seen"
+    assert modes == {0o600}, sorted(oct(m) for m in modes)
+    assert stat.S_IMODE(os.stat(etc / "secret.key").st_mode) == 0o600
+
+
+def test_concurrent_pushes_of_one_file_to_one_path_all_succeed(env, crc, tmp_path):
+    env.group_with_agents("lab", ["a"])
+    data = os.urandom(100 << 20)
+    src = tmp_path / "big.bin"
+    src.write_bytes(data)
+    out = tmp_path / "out"
+    out.mkdir()
+    r = crc("push", "lab", "--to", "a", str(src), str(out / "warm.bin"))  # uploaded once
+    assert r.returncode == 0, r.stderr
+    dest = out / "dest.bin"
+    argv = [sys.executable, "-m", "cloudremotecontrol", "push", "lab", "--to", "a"]
+    for _ in range(2):
+        procs = [
+            subprocess.Popen(
+                [*argv, str(src), str(dest)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env={**os.environ, **env.cli_env},
+            )
+            for _ in range(3)
+        ]
+        results = [(p.communicate(timeout=300), p.returncode) for p in procs]
+        assert [rc for _, rc in results] == [0, 0, 0], [err for (_, err), _ in results]
+        assert _sha(dest.read_bytes()) == _sha(data)
+        assert sorted(p.name for p in out.iterdir()) == ["dest.bin", "warm.bin"]
+
+
+def test_a_file_growing_while_it_is_pulled_comes_back_as_it_was_hashed(env, crc, tmp_path):
+    env.group_with_agents("lab", ["a"])
+    log = tmp_path / "app.log"
+    log.write_bytes(b"x" * (50 << 20))
+    stop = threading.Event()
+
+    def write() -> None:
+        with open(log, "ab") as fh:
+            while not stop.is_set():
+                fh.write(b"line of log output\n" * 100)
+                fh.flush()
+                time.sleep(0.001)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        for i in range(3):
+            got = tmp_path / f"got{i}.log"
+            r = crc("pull", "lab", "--from", "a", str(log), str(got), timeout=120)
+            assert r.returncode == 0, r.stderr
+            pulled = got.read_bytes()
+            assert len(pulled) >= 50 << 20
+            with open(log, "rb") as fh:  # a prefix of the log: what was there when hashed
+                assert _sha(fh.read(len(pulled))) == _sha(pulled)
+    finally:
+        stop.set()
+        writer.join()
+    # A file that is different at every read is read once, and sent as read.
+    r = crc("pull", "lab", "--from", "a", "/proc/meminfo", str(tmp_path / "meminfo"))
+    assert r.returncode == 0, r.stderr
+    assert b"MemTotal" in (tmp_path / "meminfo").read_bytes()
+    assert "Traceback" not in env.server.log_path.read_text()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="a C: path is absolute on Windows")
+def test_a_windows_path_is_refused_by_a_linux_machine(env, crc, tmp_path):
+    agents = env.group_with_agents("lab", ["a"])
+    cwd = Path(f"/proc/{agents['a'].proc.pid}/cwd").resolve()
+    before = set(os.listdir(cwd))
+    src = tmp_path / "f.txt"
+    src.write_text("x\n")
+    r = crc("push", "lab", "--to", "a", str(src), "C:\\crc-safety-test.txt")
+    assert r.returncode == 1
+    assert "C:\\crc-safety-test.txt is not an absolute path on this machine" in r.stderr
+    r = crc("pull", "lab", "--from", "a", "C:\\crc-safety-test.txt", str(tmp_path / "back"))
+    assert r.returncode == 1
+    assert "C:\\crc-safety-test.txt is not an absolute path on this machine" in r.stderr
+    assert set(os.listdir(cwd)) == before  # nothing written in the agent's directory
+    assert not (tmp_path / "back").exists()
+
+
+def test_a_push_never_replaces_a_device_or_a_fifo(env, crc, tmp_path):
+    # A push to /dev/null used to rename a plain file over the device node, which broke
+    # every program on the machine writing to /dev/null. (A FIFO stands in for it here.)
+    env.group_with_agents("lab", ["a"])
+    src = tmp_path / "f.txt"
+    src.write_text("x\n")
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    link = tmp_path / "link-to-fifo"
+    link.symlink_to(fifo)
+    for dest in (fifo, link):
+        r = crc("push", "lab", "--to", "a", str(src), str(dest))
+        assert r.returncode == 1, (dest, r.stdout, r.stderr)
+        assert "is not a regular file on this machine" in r.stderr, r.stderr
+        assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+        assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".crc-")] == []
+    assert link.is_symlink()
