@@ -259,3 +259,28 @@ def test_an_oserror_while_saving_a_pull_is_invalid_input(
                 await c.download_pulled("0" * 32, str(tmp_path / "x"))
 
     asyncio.run(main())
+
+
+# -- files -------------------------------------------------------------------------------------
+
+
+def test_a_file_over_the_push_limit_is_refused_before_it_is_read(
+    client: Client, tmp_path: Path
+) -> None:
+    # A sparse file: its size is known at once, and nothing of it is read (it used to be
+    # hashed, then sent whole, before the server's 413).
+    from cloudremotecontrol.errors import TooLarge
+    from cloudremotecontrol.protocol.limits import MAX_FILE_BYTES
+
+    big = tmp_path / "big.img"
+    with open(big, "wb") as fh:
+        fh.truncate(MAX_FILE_BYTES + 1)
+    with pytest.raises(TooLarge, match="larger than 4 GiB"):
+        client.push("lab", "a", str(big), "/tmp/big.img")
+
+    async def main() -> None:
+        async with AsyncClient(URL, TOKEN) as c:
+            with pytest.raises(TooLarge, match="larger than 4 GiB"):
+                await c.push("lab", "a", str(big), "/tmp/big.img")
+
+    asyncio.run(main())

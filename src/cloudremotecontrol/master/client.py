@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 import httpx
 
-from ..errors import CrcError, InvalidInput, TlsUntrusted, Unavailable
+from ..errors import CrcError, InvalidInput, TlsUntrusted, TooLarge, Unavailable
+from ..protocol.limits import MAX_FILE_BYTES
 from ..tlspin import client_context, fetch_server_cert, fingerprint_of
 from . import calls
 from .calls import (
@@ -719,13 +720,23 @@ def file_digest(local: str) -> tuple[str, int]:
     digest = hashlib.sha256()
     size = 0
     with open_regular(local) as fh:
+        # Refused before a byte is read or sent: the server would take all of it first.
+        _check_file_size(local, os.fstat(fh.fileno()).st_size)
         try:
             while chunk := fh.read(1 << 20):
                 digest.update(chunk)
                 size += len(chunk)
+                _check_file_size(local, size)  # grown meanwhile
         except OSError as exc:
             raise InvalidInput(f"cannot read {local}: {exc.strerror}") from None
     return digest.hexdigest(), size
+
+
+def _check_file_size(local: str, size: int) -> None:
+    if size > MAX_FILE_BYTES:
+        raise TooLarge(
+            f"{local} is larger than {MAX_FILE_BYTES >> 30} GiB, the most one file pushed can be"
+        )
 
 
 class ExactReader:
