@@ -80,3 +80,42 @@ def test_a_pull_sends_exactly_what_was_hashed_or_stops(tmp_path, change):
                 send()
     finally:
         os.close(fd)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX umask")
+@pytest.mark.parametrize(("mask", "mode"), [(0o022, 0o644), (0o027, 0o640), (0o077, 0o600)])
+def test_a_new_pushed_file_follows_the_agents_umask(mask, mode):
+    old = os.umask(mask)
+    try:
+        assert files._new_file_mode() == mode
+    finally:
+        os.umask(old)
+
+
+@pytest.mark.skipif(
+    sys.platform == "win32" or os.geteuid() != 0,
+    reason="needs root (as the agent runs) to plant a file of another user",
+)
+def test_another_users_locked_part_file_never_makes_a_push_wait(tmp_path):
+    # Its owner holds a lock on it: locking it first would wait for ever.
+    import fcntl
+    import threading
+
+    part = tmp_path / "x.part"
+    part.write_text("planted")
+    os.chown(part, 65534, 65534)  # nobody
+    holder = os.open(part, os.O_RDWR)
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    got: list[int] = []
+    t = threading.Thread(target=lambda: got.append(files._open_part(str(part))), daemon=True)
+    t.start()
+    t.join(10)
+    try:
+        assert got, "the push waited on a lock held by another user's file"
+        st = os.fstat(got[0])
+        assert st.st_uid == os.geteuid() and st.st_size == 0
+    finally:
+        os.close(holder)
+        t.join(5)
+        for fd in got:
+            os.close(fd)

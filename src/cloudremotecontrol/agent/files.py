@@ -81,7 +81,14 @@ def _lock(fd: int) -> bool:
         return True
     import fcntl
 
-    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False  # the caller waits (at most LOCK_WAIT), as on Windows
+    except OSError as exc:
+        if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            return True  # a file system without locks (NFS without lockd): as before
+        raise
     return True
 
 
@@ -118,6 +125,39 @@ def _lstat(path: str) -> os.stat_result | None:
         return None
 
 
+def _new_file_mode() -> int:
+    """The mode a new file gets, as any program's would: 0666 less the agent's umask
+    (a hardened machine's umask 027 or 077 is kept)."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    mask = os.umask(0o022)  # no /proc: read it the only other way, and put it back
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def _replace_when_free(part: str, dest: str) -> None:
+    """``os.replace`` on Windows, where a file another handle has open cannot be renamed:
+    a push waiting for this one may hold it for a moment (it then closes it again)."""
+    deadline = time.monotonic() + 10
+    waited = False
+    while True:
+        try:
+            os.replace(part, dest)
+            return
+        except PermissionError:
+            if time.monotonic() > deadline:
+                raise
+            waited = True
+            time.sleep(0.1)
+        except FileNotFoundError:
+            if waited:  # the other push (the same content: the name has its hash) put
+                return  # the file in place meanwhile
+            raise
+
+
 def _open_part(part: str) -> int:
     """Open (or create, mode 0600) the temporary file, never through a symbolic link,
     locked, and still the file at that name once locked."""
@@ -143,6 +183,12 @@ def _open_part(part: str) -> int:
                 continue
             raise
         try:
+            # A file that is not ours is never locked (its owner could hold the lock).
+            if not _trusted(os.fstat(fd)):
+                os.close(fd)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(part)
+                continue
             locked = _lock(fd)
             st = os.fstat(fd)
             now = _lstat(part) if sys.platform != "win32" else st
@@ -227,11 +273,11 @@ def fetch_blob(
             fd = -1
             if final is not None:
                 os.chmod(part, final)
-            os.replace(part, dest)
+            _replace_when_free(part, dest)
         else:
             if uid_gid is not None:
                 os.fchown(fd, *uid_gid)  # before the mode: chown may clear set-id bits
-            os.fchmod(fd, final if final is not None else 0o644)
+            os.fchmod(fd, final if final is not None else _new_file_mode())
             os.replace(part, dest)  # still locked: a waiting push then starts afresh
     except BaseException as exc:
         if keep and not isinstance(exc, (_CannotWrite, OSError)):

@@ -60,9 +60,7 @@ def _select_one(tx: Tx) -> Any:
 async def _probe(store: Store) -> str | None:
     """None when the database answers a query, else why not."""
     try:
-        await asyncio.wait_for(store.read(_select_one), HEALTH_PROBE_WAIT)
-    except TimeoutError:
-        return f"the database did not answer within {HEALTH_PROBE_WAIT:g} s"
+        await store.read(_select_one)
     except Unavailable as exc:
         return exc.message
     return None
@@ -70,14 +68,20 @@ async def _probe(store: Store) -> str | None:
 
 async def _database_problem(request: Request) -> str | None:
     """The latest probe's finding, probing again when it is older than
-    ``HEALTH_PROBE_EVERY``; concurrent calls share one probe."""
+    ``HEALTH_PROBE_EVERY`` and done: one probe at a time, whatever the call rate (a
+    probe the database does not answer holds one reader thread, never more). A probe
+    still running after ``HEALTH_PROBE_WAIT`` counts as the database not answering."""
     state = request.app.state
     loop = asyncio.get_running_loop()
     last: tuple[float, asyncio.Task[str | None]] | None = getattr(state, "health_probe", None)
-    if last is None or loop.time() - last[0] >= HEALTH_PROBE_EVERY:
+    if last is None or (last[1].done() and loop.time() - last[0] >= HEALTH_PROBE_EVERY):
         last = (loop.time(), asyncio.create_task(_probe(_store(request))))
         state.health_probe = last
-    return await asyncio.shield(last[1])
+    left = last[0] + HEALTH_PROBE_WAIT - loop.time()
+    try:
+        return await asyncio.wait_for(asyncio.shield(last[1]), max(left, 0))
+    except TimeoutError:
+        return f"the database did not answer within {HEALTH_PROBE_WAIT:g} s"
 
 
 @router.get("/health", tags=["server"], responses={503: {"description": "database down"}})

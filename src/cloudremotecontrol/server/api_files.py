@@ -15,7 +15,7 @@ from starlette.datastructures import Headers
 from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 
-from ..errors import CrcError, InvalidInput, NotFound
+from ..errors import Conflict, CrcError, Forbidden, InvalidInput, NotFound
 from ..protocol.limits import MAX_FILE_BYTES
 from . import auth
 from .api import queue_and_deliver
@@ -156,8 +156,9 @@ async def blob_known(sha256: str, user: Master, request: Request) -> Response:
 async def upload_blob(sha256: str, user: Master, request: Request) -> dict[str, Any]:
     """Upload a file's content (raw body, streamed); its SHA-256 must match the path."""
     check_sha256(sha256)
-    sha, size = await _receive(request, sha256)
-    await _store(request).write(file_ops.add_blob_owner, user["user_id"], sha, size)
+    with _blobs(request).hold(sha256):  # not dropped as unowned before it has its owner
+        sha, size = await _receive(request, sha256)
+        await _store(request).write(file_ops.add_blob_owner, user["user_id"], sha, size)
     return {"sha256": sha, "size": size}
 
 
@@ -227,14 +228,19 @@ async def agent_upload(job_id: str, m: Machine, request: Request) -> dict[str, A
     # Refused before the body is stored: a machine cannot fill the disk through one pull.
     await store.read(file_ops.upload_slot, m["id"], job_id, expected or None)
     blobs = _blobs(request)
-    sha, size = await _receive(request, expected or None)
+    with blobs.hold(expected or None):
+        sha, size = await _receive(request, expected or None)
     try:
-        await store.write(file_ops.record_upload, m["id"], job_id, sha, size)
-    except CrcError:
+        with blobs.hold(sha):
+            await store.write(file_ops.record_upload, m["id"], job_id, sha, size)
+    except CrcError as exc:
         # Another upload was recorded meanwhile, or the job ended: the content is not
-        # kept unless someone owns it (the same content uploaded by anyone).
-        if await store.write(file_ops.drop_unowned, sha):
-            with contextlib.suppress(OSError):
-                os.unlink(blobs.path(sha))
+        # kept unless someone owns it or another upload of it is under way here (one on
+        # another replica, in the instant before its owner is recorded, is not seen:
+        # that push then fails with a clear error, and pushing again heals it).
+        if isinstance(exc, (Conflict, Forbidden)) and not blobs.held(sha):
+            if await store.write(file_ops.drop_unowned, sha):
+                with contextlib.suppress(OSError):
+                    os.unlink(blobs.path(sha))
         raise
     return {"sha256": sha, "size": size}

@@ -18,7 +18,8 @@ import hashlib
 import os
 import re
 import tempfile
-from collections.abc import AsyncIterator
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 from ..errors import InvalidInput, NotFound, TooLarge
@@ -45,6 +46,27 @@ class BlobStore:
         self.root = Path(root)
         self.shared = shared
         (self.root / "tmp").mkdir(parents=True, exist_ok=True)
+        # Content being uploaded here and not yet given its owner: never dropped as
+        # unowned meanwhile (``held``, ``hold``).
+        self._held: Counter[str] = Counter()
+
+    @contextlib.contextmanager
+    def hold(self, sha: str | None) -> Iterator[None]:
+        """While an upload of ``sha`` is stored and its owner recorded (None: unknown
+        before the body ends; then nothing is held)."""
+        if sha is None:
+            yield
+            return
+        self._held[sha] += 1
+        try:
+            yield
+        finally:
+            self._held[sha] -= 1
+            if not self._held[sha]:
+                del self._held[sha]
+
+    def held(self, sha: str) -> bool:
+        return sha in self._held
 
     def path(self, sha: str) -> Path:
         check_sha256(sha)
