@@ -158,7 +158,7 @@ import psycopg
 from psycopg import IsolationLevel, errors
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
-from psycopg_pool import ConnectionPool, PoolTimeout
+from psycopg_pool import ConnectionPool
 
 from ...errors import Unavailable
 from .base import ALL_GROUPS, Store, settle
@@ -185,12 +185,6 @@ _BATCH = 256
 _RETRIES = 50
 _UNIQUE_RETRIES = 3
 _CONNECTION_RETRIES = 3
-#: How long an op waits for a connection of its pool. Each reader thread and the writer
-#: have a connection of their own (a pool is as large as its threads), so an op waits
-#: only while the pool cannot connect (the database is down or refuses connections):
-#: the op then fails at once with 503 instead of after the pool's default 30 s, times
-#: every retry (a request used to take 90-200 s to fail).
-_POOL_WAIT = 5.0
 # Failures that roll back one op whose transaction lost a race with another one: the
 # op is run again in a new transaction (see "How an operation runs").
 _CONFLICTS = (errors.SerializationFailure, errors.DeadlockDetected, errors.UniqueViolation)
@@ -363,14 +357,12 @@ class PostgresStore(Store):
         pool = self._pools["read"]
         for attempt in range(3):
             try:
-                with pool.connection(timeout=_POOL_WAIT) as conn:
+                with pool.connection() as conn:
                     conn.isolation_level = IsolationLevel.REPEATABLE_READ
                     conn.read_only = True
                     with conn.transaction():
                         return op(PgTx(conn.cursor()), *args)
-            except PoolTimeout as exc:  # the pool tried to connect all along: no retry
-                raise Unavailable(f"database error ({_where(self.url)}): {exc}") from exc
-            except psycopg.OperationalError as exc:
+            except psycopg.OperationalError as exc:  # also PoolTimeout
                 if attempt == 2:
                     raise Unavailable(f"database error ({_where(self.url)}): {exc}") from exc
                 pool.check()  # drop every connection that died with this one (restart)
@@ -428,7 +420,7 @@ class PostgresStore(Store):
         events: list[tuple[Any, ...]] = []
         committing = False
         try:
-            with self._pools["write"].connection(timeout=_POOL_WAIT) as conn:
+            with self._pools["write"].connection() as conn:
                 conn.isolation_level = IsolationLevel.REPEATABLE_READ
                 with conn.pipeline() as pipeline, conn.transaction():
                     cur, reader = conn.cursor(), conn.cursor()
@@ -465,12 +457,11 @@ class PostgresStore(Store):
                     pipeline.sync()  # every statement's outcome is in: none failed
                     committing = True
         except psycopg.Error as exc:
-            if not committing and not isinstance(exc, PoolTimeout):
+            if not committing:
                 raise _PipelineFailed from exc
             failure = Unavailable(f"database error ({_where(self.url)}): {exc}")
             failure.__cause__ = exc
-            # No connection (nothing was sent), or COMMIT was sent: it may or may not
-            # have happened.
+            # COMMIT was sent: it may or may not have happened.
             _answer([(p, False, failure) for p in batch])
             return []
         self.batches += 1
@@ -502,7 +493,7 @@ class PostgresStore(Store):
         machines: set[str] = set()  # outboxes that grew: other replicas may hold them
         committing = False
         try:
-            with self._pools["write"].connection(timeout=_POOL_WAIT) as conn:
+            with self._pools["write"].connection() as conn:
                 conn.isolation_level = IsolationLevel.REPEATABLE_READ
                 cur = conn.cursor()
                 with conn.transaction():
@@ -540,9 +531,7 @@ class PostgresStore(Store):
         except psycopg.Error as exc:  # also PoolTimeout
             failure = Unavailable(f"database error ({_where(self.url)}): {exc}")
             failure.__cause__ = exc
-            # COMMIT was sent: it may or may not have happened; or no connection came
-            # while the pool tried to make one: trying again would wait as long again.
-            if committing or isinstance(exc, PoolTimeout):
+            if committing:  # COMMIT was sent: it may or may not have happened
                 _answer([(p, False, failure) for p in batch])
                 return []
             self._pools["write"].check()  # before COMMIT: rolled back, safe to re-run
