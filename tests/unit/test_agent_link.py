@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 
+from cloudremotecontrol.errors import Unavailable
 from cloudremotecontrol.server.hub import AgentLink
 
 
@@ -103,5 +104,29 @@ def test_an_ack_waits_for_the_replay() -> None:
         finally:
             link.closed = True
             writer.cancel()
+
+    _run(main())
+
+
+def test_an_outbox_the_database_cannot_read_closes_the_connection() -> None:
+    """The replay's read fails (database down): the link closes the connection for the
+    agent to come back later, instead of its writer dying while the connection stays up
+    with nothing ever sent on it again."""
+
+    async def main() -> None:
+        sock = Socket()
+        closed: list[tuple[int, str]] = []
+
+        async def close(code: int, reason: str) -> None:
+            closed.append((code, reason))
+
+        async def reload(machine_id: str, after: int) -> list[tuple[int, str]]:
+            raise Unavailable("the server's database is unavailable; try again later")
+
+        link = AgentLink("m", sock.send, close, reload, sent_upto=0)
+        await asyncio.wait_for(link.run_writer(), 5)  # returns: it does not raise
+        assert link.closed
+        assert closed == [(1013, "the server's database is unavailable; try again later")]
+        assert sock.sent == []
 
     _run(main())

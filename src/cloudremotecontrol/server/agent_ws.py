@@ -5,7 +5,9 @@ Handshake: the agent authenticates with its credential (Authorization header), s
 the highest agent seq it processed; then both replay what the other has not processed.
 Close codes: 4400 protocol error, 4401 credential refused, 4403 revoked, 4409 replaced
 by a newer connection of the same machine, 1011 the server failed to apply a message
-(the agent reconnects and sends it again; see poison messages in protocol/delivery.py).
+(the agent reconnects and sends it again; see poison messages in protocol/delivery.py),
+1013 the database is unavailable or the server is stopping (the agent reconnects later;
+what it sent and had no ack for is sent again).
 Frames are decoded by the catalogue (``protocol/frames.py``) and handled by one method
 each; messages by ``ops/delivery.py``.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from typing import Any
 
 from starlette.responses import JSONResponse
@@ -43,6 +46,8 @@ __all__ = ["agent_endpoint"]
 
 HELLO_TIMEOUT = 15.0
 
+log = logging.getLogger(__name__)
+
 
 async def agent_endpoint(ws: WebSocket) -> None:
     app = ws.app
@@ -59,14 +64,20 @@ async def agent_endpoint(ws: WebSocket) -> None:
             )
         )
         return
-    started, welcomed = gate.start(), False
     try:
-        login = await _login(ws)
-        welcomed = login is not None
-    finally:
-        gate.leave(started, welcomed)
-    if login is not None:
-        await _serve(ws, *login)
+        started, welcomed = gate.start(), False
+        try:
+            login = await _login(ws)
+            welcomed = login is not None
+        finally:
+            gate.leave(started, welcomed)
+        if login is not None:
+            await _serve(ws, *login)
+    except Unavailable as exc:
+        # The database failed (or the server is stopping) at any step: nothing this
+        # connection sent was acknowledged; the agent reconnects later and resends it.
+        log.info("agent connection closed: %s", exc.message)
+        await _refuse(ws, 1013, exc)
 
 
 async def _login(ws: WebSocket) -> tuple[dict[str, Any], Hello, dict[str, Any]] | None:

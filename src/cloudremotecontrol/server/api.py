@@ -12,7 +12,7 @@ from fastapi.responses import StreamingResponse
 from starlette.types import Send
 
 from .. import __version__
-from ..errors import KeyRejected, RateLimited
+from ..errors import KeyRejected, RateLimited, Unavailable
 from . import auth
 from .hub import CUT_ON_STOP, ServerStopping
 from .models import Enroll, GroupCreate, HostsSync, JobCreate, MessageSend
@@ -46,9 +46,52 @@ async def queue_and_deliver(request: Request, op: Any, *args: Any) -> dict[str, 
     return dict(result)
 
 
-@router.get("/health", tags=["server"])
+#: ``GET /health`` asks the database at most this often (seconds): anyone may call it,
+#: so a flood of calls costs one query per interval, not one per call.
+HEALTH_PROBE_EVERY = 1.0
+#: How long the database has to answer the probe before the server reports it down.
+HEALTH_PROBE_WAIT = 3.0
+
+
+def _select_one(tx: Tx) -> Any:
+    return tx.one("SELECT 1 AS one")
+
+
+async def _probe(store: Store) -> str | None:
+    """None when the database answers a query, else why not."""
+    try:
+        await store.read(_select_one)
+    except Unavailable as exc:
+        return exc.message
+    return None
+
+
+async def _database_problem(request: Request) -> str | None:
+    """The latest probe's finding, probing again when it is older than
+    ``HEALTH_PROBE_EVERY`` and done: one probe at a time, whatever the call rate (a
+    probe the database does not answer holds one reader thread, never more). A probe
+    still running after ``HEALTH_PROBE_WAIT`` counts as the database not answering."""
+    state = request.app.state
+    loop = asyncio.get_running_loop()
+    last: tuple[float, asyncio.Task[str | None]] | None = getattr(state, "health_probe", None)
+    if last is None or (last[1].done() and loop.time() - last[0] >= HEALTH_PROBE_EVERY):
+        last = (loop.time(), asyncio.create_task(_probe(_store(request))))
+        state.health_probe = last
+    left = last[0] + HEALTH_PROBE_WAIT - loop.time()
+    try:
+        return await asyncio.wait_for(asyncio.shield(last[1]), max(left, 0))
+    except TimeoutError:
+        return f"the database did not answer within {HEALTH_PROBE_WAIT:g} s"
+
+
+@router.get("/health", tags=["server"], responses={503: {"description": "database down"}})
 async def health(request: Request) -> dict[str, Any]:
-    """Alive, its version, and where its dashboard is (absent with --no-dashboard)."""
+    """Alive, its version, and where its dashboard is (absent with --no-dashboard).
+    503 ``unavailable`` while the database does not answer (a load balancer then sends
+    requests to another replica)."""
+    problem = await _database_problem(request)
+    if problem is not None:
+        raise Unavailable(f"the server cannot reach its database: {problem}")
     out: dict[str, Any] = {"ok": True, "version": __version__}
     if request.app.state.dashboard:
         out["dashboard"] = "/dashboard/"

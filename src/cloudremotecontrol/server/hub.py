@@ -111,6 +111,13 @@ class AgentLink:
             self._sending = True
             try:
                 await self._write()
+            except Unavailable as exc:
+                # The outbox could not be read (the database is down): the connection
+                # ends, and the agent's next hello says where to resume.
+                self.closed = True
+                with contextlib.suppress(Exception):
+                    await self.close(1013, exc.message[:120])
+                return
             finally:
                 self._sending = False
 

@@ -158,7 +158,7 @@ import psycopg
 from psycopg import IsolationLevel, errors
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ...errors import Unavailable
 from .base import ALL_GROUPS, Store, settle
@@ -185,6 +185,18 @@ _BATCH = 256
 _RETRIES = 50
 _UNIQUE_RETRIES = 3
 _CONNECTION_RETRIES = 3
+#: How long an op waits for a connection of its pool. Each reader thread and the writer
+#: have a connection of their own (a pool is as large as its threads), so an op waits
+#: only while the pool cannot connect (the database is down or refuses connections):
+#: the op then fails at once with 503 instead of after the pool's default 30 s, times
+#: every retry (a request used to take 90-200 s to fail).
+_POOL_WAIT = 5.0
+#: A pool that lost a connection tries to make a new one with growing pauses (1, 2, 4,
+#: ... s) for this long, then leaves it to the next op, which tries at once: after an
+#: outage the pool connects again within seconds, not after a pause of minutes.
+_RECONNECT_WINDOW = 10.0
+#: The log says why the database failed an op at most this often (seconds).
+_WARN_EVERY = 5.0
 # Failures that roll back one op whose transaction lost a race with another one: the
 # op is run again in a new transaction (see "How an operation runs").
 _CONFLICTS = (errors.SerializationFailure, errors.DeadlockDetected, errors.UniqueViolation)
@@ -252,6 +264,7 @@ class PostgresStore(Store):
         self.batches = 0  # write transactions committed
         self.pipelined_batches = 0  # of which committed in pipeline mode
         self.fallbacks = 0  # pipelined batches rolled back and run one statement at a time
+        self._warned_at = -_WARN_EVERY  # when _failed last logged a failure
         self.rows_read_ahead = 0  # reads answered from rows read ahead (committed batches)
         self.statements_sent = 0  # by pipelined batches' ops, kept and sent (``Outgoing``)
         self._types: dict[str, dict[str, str]] = {}  # column types, for ``Outgoing``
@@ -272,6 +285,7 @@ class PostgresStore(Store):
                         max_size=size,
                         open=False,
                         name=f"crc-{kind}",
+                        reconnect_timeout=_RECONNECT_WINDOW,
                     )
                     self._pools[kind] = pool
                     pool.open(wait=True, timeout=30)
@@ -357,16 +371,28 @@ class PostgresStore(Store):
         pool = self._pools["read"]
         for attempt in range(3):
             try:
-                with pool.connection() as conn:
+                with pool.connection(timeout=_POOL_WAIT) as conn:
                     conn.isolation_level = IsolationLevel.REPEATABLE_READ
                     conn.read_only = True
                     with conn.transaction():
                         return op(PgTx(conn.cursor()), *args)
-            except psycopg.OperationalError as exc:  # also PoolTimeout
+            except PoolTimeout as exc:  # the pool tried to connect all along: no retry
+                raise self._failed(exc) from exc
+            except psycopg.OperationalError as exc:
                 if attempt == 2:
-                    raise Unavailable(f"database error ({_where(self.url)}): {exc}") from exc
+                    raise self._failed(exc) from exc
                 pool.check()  # drop every connection that died with this one (restart)
         raise AssertionError("unreachable")
+
+    def _failed(self, exc: psycopg.Error) -> Unavailable:
+        """What the caller of an op the database failed is told: that it is unavailable,
+        not where it is or what it said (an agent or an anonymous caller may be told):
+        that goes to the log, at most once per ``_WARN_EVERY`` seconds."""
+        now = time.monotonic()
+        if now - self._warned_at >= _WARN_EVERY:
+            self._warned_at = now
+            log.warning("PostgreSQL at %s failed an operation: %s", _where(self.url), exc)
+        return Unavailable("the server's database is unavailable; try again later")
 
     def _write_loop(self) -> None:
         retry: list[_Pending] = []
@@ -420,7 +446,7 @@ class PostgresStore(Store):
         events: list[tuple[Any, ...]] = []
         committing = False
         try:
-            with self._pools["write"].connection() as conn:
+            with self._pools["write"].connection(timeout=_POOL_WAIT) as conn:
                 conn.isolation_level = IsolationLevel.REPEATABLE_READ
                 with conn.pipeline() as pipeline, conn.transaction():
                     cur, reader = conn.cursor(), conn.cursor()
@@ -457,11 +483,12 @@ class PostgresStore(Store):
                     pipeline.sync()  # every statement's outcome is in: none failed
                     committing = True
         except psycopg.Error as exc:
-            if not committing:
+            if not committing and not isinstance(exc, PoolTimeout):
                 raise _PipelineFailed from exc
-            failure = Unavailable(f"database error ({_where(self.url)}): {exc}")
+            failure = self._failed(exc)
             failure.__cause__ = exc
-            # COMMIT was sent: it may or may not have happened.
+            # No connection (nothing was sent), or COMMIT was sent: it may or may not
+            # have happened.
             _answer([(p, False, failure) for p in batch])
             return []
         self.batches += 1
@@ -493,7 +520,7 @@ class PostgresStore(Store):
         machines: set[str] = set()  # outboxes that grew: other replicas may hold them
         committing = False
         try:
-            with self._pools["write"].connection() as conn:
+            with self._pools["write"].connection(timeout=_POOL_WAIT) as conn:
                 conn.isolation_level = IsolationLevel.REPEATABLE_READ
                 cur = conn.cursor()
                 with conn.transaction():
@@ -529,9 +556,11 @@ class PostgresStore(Store):
                     self._send_notifications(cur, groups, machines)
                     committing = True
         except psycopg.Error as exc:  # also PoolTimeout
-            failure = Unavailable(f"database error ({_where(self.url)}): {exc}")
+            failure = self._failed(exc)
             failure.__cause__ = exc
-            if committing:  # COMMIT was sent: it may or may not have happened
+            # COMMIT was sent: it may or may not have happened; or no connection came
+            # while the pool tried to make one: trying again would wait as long again.
+            if committing or isinstance(exc, PoolTimeout):
                 _answer([(p, False, failure) for p in batch])
                 return []
             self._pools["write"].check()  # before COMMIT: rolled back, safe to re-run

@@ -1,0 +1,131 @@
+"""The server on PostgreSQL while its database refuses connections: requests are answered
+503 promptly (not after minutes of the pool's retries), ``GET /v1/health`` says the
+database is down, an agent's message is not acknowledged and its connection is closed
+cleanly (it comes back and delivers the message), and everything works again once the
+database is back."""
+
+from __future__ import annotations
+
+import time
+import urllib.parse
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from wire_helpers import bearer, pinned_http
+
+from cloudremotecontrol.master.localrun import ServerProcess
+from cloudremotecontrol.server.api import HEALTH_PROBE_EVERY
+from conftest import Env
+from pg import PgCluster
+
+# A client gives up on a request after this long: while the database is down, every
+# answer must come before it (the server used to take 90-200 s to answer).
+CLIENT_TIMEOUT = 25.0
+
+
+def _allow(pg_cluster: PgCluster, url: str, yes: bool) -> None:
+    name = urllib.parse.urlsplit(url).path.lstrip("/")
+    with pg_cluster._admin() as conn:
+        conn.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS {str(yes).lower()}')
+        if not yes:
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                (name,),
+            )
+
+
+@pytest.fixture
+def server(pg_url: str, pg_cluster: PgCluster, tmp_path: Path) -> Iterator[ServerProcess]:
+    srv = ServerProcess(tmp_path / "srv", database=pg_url).start()
+    try:
+        yield srv
+    finally:
+        _allow(pg_cluster, pg_url, True)  # the database can be dropped
+        srv.stop()
+
+
+def test_a_database_outage_is_answered_503_at_once_and_health_says_so(
+    server: ServerProcess, pg_url: str, pg_cluster: PgCluster, tmp_path: Path
+) -> None:
+    env = Env(server, tmp_path)
+    try:
+        env.group_with_agents("lab", ["a"])
+        token = env.cli_env["CRC_TOKEN"]
+        auth = {"Authorization": bearer(token)}
+        with pinned_http(server) as http:
+            assert http.get("/v1/health").status_code == 200
+            _allow(pg_cluster, pg_url, False)
+            time.sleep(HEALTH_PROBE_EVERY + 0.1)  # the last probe's answer is kept that long
+            for method, path, kw in (
+                ("GET", "/v1/health", {}),
+                ("GET", "/v1/groups", {"headers": auth}),
+                ("POST", "/v1/groups", {"headers": auth, "json": {"name": "g2", "machines": []}}),
+                ("POST", "/v1/agent/enroll", {"json": {"key": "crck_ab_cd"}}),
+            ):
+                try:
+                    r = http.request(method, path, timeout=CLIENT_TIMEOUT, **kw)
+                except httpx.TimeoutException:
+                    pytest.fail(f"{method} {path}: no answer within {CLIENT_TIMEOUT} s")
+                assert r.status_code == 503, (method, path, r.status_code, r.text)
+                assert r.json()["error"]["code"] == "unavailable", r.text
+            assert "database" in http.get("/v1/health").json()["error"]["message"]
+
+            _allow(pg_cluster, pg_url, True)
+            ok = None
+            for _ in range(100):  # the pool connects again within seconds
+                ok = http.get("/v1/health", timeout=CLIENT_TIMEOUT)
+                if ok.status_code == 200:
+                    break
+                time.sleep(0.2)
+            assert ok is not None and ok.status_code == 200, ok.text if ok else None
+            assert http.get("/v1/groups", headers=auth).status_code == 200
+        result = env.client.run_wait("lab", "a", argv=["echo", "back"])
+        assert result.results["a"].status == "succeeded", result
+    finally:
+        env.close()
+    assert "Traceback" not in server.log_path.read_text()
+
+
+def _progress(env: Env) -> str | None:
+    return (env.client.group("lab")["machines"][0]["progress"] or {}).get("text")
+
+
+def test_a_message_sent_while_the_database_is_down_arrives_once_it_is_back(
+    server: ServerProcess, pg_url: str, pg_cluster: PgCluster, tmp_path: Path
+) -> None:
+    env = Env(server, tmp_path)
+    try:
+        env.group_with_agents("lab", ["a"])
+        _allow(pg_cluster, pg_url, False)
+        r = env.agent_cli("a", "progress", "sent during the outage")
+        assert r.returncode == 0, r.stderr  # queued on the machine
+        time.sleep(8)  # the server tries to store it, fails, closes the connection
+        _allow(pg_cluster, pg_url, True)
+        deadline = time.monotonic() + 120
+        text = None
+        while time.monotonic() < deadline:
+            try:
+                text = _progress(env)
+            except Exception:  # noqa: BLE001 - the server may still be reconnecting
+                text = None
+            if text == "sent during the outage":
+                break
+            time.sleep(0.5)
+        agent_log = env.agents[0].log()
+        assert text == "sent during the outage", agent_log[-3000:]
+        # The server closed the connection rather than acknowledge what it had not stored.
+        assert "1013" in agent_log, agent_log[-3000:]
+        sent = [
+            e
+            for e in env.client.events("lab")
+            if e["type"] == "progress" and e["data"]["text"] == "sent during the outage"
+        ]
+        assert len(sent) == 1, sent  # stored once
+        result = env.client.run_wait("lab", "a", argv=["echo", "back"])
+        assert result.results["a"].status == "succeeded", result
+    finally:
+        env.close()
+    log = server.log_path.read_text()
+    assert "Traceback" not in log, log[-6000:]
