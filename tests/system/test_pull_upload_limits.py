@@ -203,3 +203,86 @@ def test_a_pull_names_one_machine(env: Env, crc: Any, tmp_path: Path, http_of: A
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "out.txt").read_text() == "content\n"
     assert_no_traceback_in_server_log(env.server)
+
+
+def _declared_only(server: ServerProcess, path: str, token: str, length: int) -> bytes:
+    """Send a PUT's headers declaring a body of ``length`` bytes, none of the body, and
+    return what the server answers (the test's TLS client pins nothing: loopback)."""
+    import socket
+    import ssl
+
+    host, port = server.url.removeprefix("https://").rsplit(":", 1)
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    with socket.create_connection((host, int(port)), timeout=20) as raw:
+        with ctx.wrap_socket(raw, server_hostname=host) as tls:
+            tls.sendall(
+                (
+                    f"PUT {path} HTTP/1.1\r\nHost: {host}\r\n"
+                    f"Authorization: {bearer(token)}\r\n"
+                    f"Content-Type: application/octet-stream\r\nContent-Length: {length}\r\n\r\n"
+                ).encode()
+            )
+            answer = b""
+            while not _whole(answer):
+                try:
+                    chunk = tls.recv(65536)
+                except TimeoutError:
+                    pytest.fail(f"no answer to a {length}-byte upload's headers: {answer!r}")
+                if not chunk:
+                    break
+                answer += chunk
+            return answer
+
+
+def _whole(answer: bytes) -> bool:
+    """The response's head and its whole body (by its Content-Length) are in."""
+    head, sep, body = answer.partition(b"\r\n\r\n")
+    if not sep:
+        return False
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return len(body) >= int(value)
+    return True
+
+
+def test_an_upload_declared_over_the_file_limit_is_refused_before_its_body(
+    env: Env, http_of: Any
+) -> None:
+    key = env.client.create_group("lab", ["a"])["machines"][0]["key"]
+    cred = enroll(http_of(env.server), key)
+    five_gib = 5 << 30
+
+    async def main() -> None:
+        async with wire_agent(env.server, cred, "lab", "a") as a:
+            job = env.client.start_pull("lab", "a", "/etc/hostname")["job_id"]
+            assert (await a.next_msg())["body"]["job_id"] == job
+            await a.send_msg("job.started", {"job_id": job})
+            answer = await asyncio.to_thread(
+                _declared_only, env.server, f"/v1/agent/uploads/{job}", cred, five_gib
+            )
+            assert answer.startswith(b"HTTP/1.1 413"), answer[:300]
+            assert b"4 GiB" in answer, answer[:600]
+
+    asyncio.run(main())
+    # A master's push is bounded the same way.
+    answer = _declared_only(env.server, f"/v1/blobs/{'a' * 64}", env.token, five_gib)
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:300]
+    assert_no_traceback_in_server_log(env.server)
+
+
+def test_a_pull_of_a_file_over_the_limit_fails_on_the_machine(
+    env: Env, crc: Any, tmp_path: Path
+) -> None:
+    env.group_with_agents("lab", ["a"])
+    big = tmp_path / "big.img"
+    with big.open("wb") as f:
+        f.truncate((4 << 30) + 1)  # sparse: no disk used
+    r = crc("pull", "lab", "--from", "a", str(big), str(tmp_path / "out.img"), timeout=120)
+    assert r.returncode != 0, r.stdout
+    assert "is larger than 4 GiB, the most one file pulled can be" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "out.img").exists()
+    assert_no_traceback_in_server_log(env.server)

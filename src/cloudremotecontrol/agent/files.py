@@ -22,7 +22,8 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import InvalidInput, Unavailable
+from ..errors import InvalidInput, TooLarge, Unavailable
+from ..protocol.limits import MAX_FILE_BYTES
 from .http import call_json, http_error
 
 __all__ = ["fetch_blob", "upload_file"]
@@ -433,6 +434,12 @@ class _Exactly:
         return chunk
 
 
+def _too_large(path: str) -> TooLarge:
+    return TooLarge(
+        f"{path} is larger than {MAX_FILE_BYTES >> 30} GiB, the most one file pulled can be"
+    )
+
+
 def upload_file(
     base_url: str, credential: str, ctx: ssl.SSLContext | None, job_id: str, path: str
 ) -> str:
@@ -446,12 +453,16 @@ def upload_file(
     except OSError as exc:
         raise InvalidInput(f"cannot read {path} on this machine: {exc.strerror or exc}") from None
     try:
+        if os.fstat(fd).st_size > MAX_FILE_BYTES:
+            raise _too_large(path)  # before reading it, not after sending it all
         digest = hashlib.sha256()
         size = 0
         kept: list[bytes] | None = []
         while chunk := os.read(fd, CHUNK):
             digest.update(chunk)
             size += len(chunk)
+            if size > MAX_FILE_BYTES:  # it grew meanwhile
+                raise _too_large(path)
             if kept is not None:
                 kept.append(chunk)
                 if size > SMALL:

@@ -15,7 +15,7 @@ from starlette.datastructures import Headers
 from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 
-from ..errors import Conflict, CrcError, Forbidden, InvalidInput, NotFound
+from ..errors import Conflict, CrcError, Forbidden, InvalidInput, NotFound, TooLarge
 from ..protocol.limits import MAX_FILE_BYTES
 from . import auth
 from .api import queue_and_deliver
@@ -133,7 +133,14 @@ def _blobs(request: Request) -> BlobStore:
 async def _receive(request: Request, expected: str | None) -> tuple[str, int]:
     """Store the request's body (``BlobStore.put``). A client gone before the body's end
     (a crc push interrupted, or stopping when its file changed) is no server error:
-    nothing is kept, and there is no one to answer."""
+    nothing is kept, and there is no one to answer. A body declared larger than a file
+    may be is refused before any of it is read."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_FILE_BYTES:
+        raise TooLarge(
+            f"a file of {int(declared)} bytes; the most one file pushed or pulled can be is "
+            f"{MAX_FILE_BYTES} bytes ({MAX_FILE_BYTES >> 30} GiB)"
+        )
     try:
         return await _blobs(request).put(request.stream(), expected, MAX_FILE_BYTES)
     except ClientDisconnect:
