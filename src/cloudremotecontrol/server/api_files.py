@@ -23,6 +23,7 @@ from .blobs import BlobStore, check_sha256
 from .methods import HeadFile
 from .models import StrictBody
 from .ops import files as file_ops
+from .ops import retention
 from .store.base import Store
 
 router = APIRouter(prefix="/v1")
@@ -246,7 +247,7 @@ async def agent_upload(job_id: str, m: Machine, request: Request) -> dict[str, A
         # another replica, in the instant before its owner is recorded, is not seen:
         # that push then fails with a clear error, and pushing again heals it).
         if isinstance(exc, (Conflict, Forbidden)) and not blobs.held(sha):
-            if await store.write(file_ops.drop_unowned, sha):
+            if await store.write(retention.drop_unowned, sha):
                 with contextlib.suppress(OSError):
                     os.unlink(blobs.path(sha))
         raise

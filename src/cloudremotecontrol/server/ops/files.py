@@ -23,7 +23,6 @@ __all__ = [
     "blob_size",
     "create_pull",
     "create_push",
-    "drop_unowned",
     "machine_may_read",
     "pulled_blob",
     "record_upload",
@@ -173,16 +172,6 @@ def record_upload(tx: Tx, machine_id: str, job_id: str, sha: str, size: int) -> 
         )
         raise _uploaded(job_id, row["blob"] if row else "?")
     add_blob_owner(tx, slot["user_id"], sha, size)
-
-
-def drop_unowned(tx: Tx, sha: str) -> bool:
-    """After a refused upload: whether nobody owns content ``sha`` (then its copy in the
-    database, with replicas, is removed here; the caller removes the file on disk)."""
-    if tx.one("SELECT 1 AS x FROM blob_owners WHERE sha = ? LIMIT 1", (sha,)) is not None:
-        return False
-    tx.execute("DELETE FROM blob_chunks WHERE sha = ?", (sha,))
-    tx.execute("DELETE FROM blobs WHERE sha = ?", (sha,))
-    return True
 
 
 def pulled_blob(tx: Tx, user_id: str, job_id: str) -> dict[str, Any]:

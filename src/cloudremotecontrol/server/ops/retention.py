@@ -23,7 +23,7 @@ from typing import Any
 from ...protocol.states import JobStatus
 from ..store.base import Tx
 
-__all__ = ["BATCH", "orphan_blobs", "prune"]
+__all__ = ["BATCH", "drop_unowned", "orphan_blobs", "prune"]
 
 _OPEN = (JobStatus.QUEUED.value, JobStatus.DELIVERED.value, JobStatus.RUNNING.value)
 BATCH = 5000  # rows per statement, so one prune never holds the writer for long
@@ -66,11 +66,18 @@ def prune(tx: Tx, events_before: float | None, blobs_before: float | None) -> di
                 (row["user_id"], row["sha"]),
             )
         shas = sorted({r["sha"] for r in stale})
-        out["orphans"] = [sha for sha in shas if not _owned(tx, sha)]
-        for sha in out["orphans"]:
-            tx.execute("DELETE FROM blob_chunks WHERE sha = ?", (sha,))
-            tx.execute("DELETE FROM blobs WHERE sha = ?", (sha,))
+        out["orphans"] = [sha for sha in shas if drop_unowned(tx, sha)]
     return out
+
+
+def drop_unowned(tx: Tx, sha: str) -> bool:
+    """Whether nobody owns content ``sha``: then its copy in the database (for replicas)
+    is removed here, and the caller may remove its file on disk."""
+    if _owned(tx, sha):
+        return False
+    tx.execute("DELETE FROM blob_chunks WHERE sha = ?", (sha,))
+    tx.execute("DELETE FROM blobs WHERE sha = ?", (sha,))
+    return True
 
 
 def _owned(tx: Tx, sha: str) -> bool:
