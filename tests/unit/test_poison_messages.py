@@ -15,7 +15,7 @@ from ends import AgentEnd, Server
 
 from cloudremotecontrol.protocol.delivery import MAX_ATTEMPTS
 from cloudremotecontrol.protocol.frames import Ack, Msg, read_frame, write_frame
-from cloudremotecontrol.protocol.messages import Envelope, Progress, UserMessage
+from cloudremotecontrol.protocol.messages import Envelope, JobRun, Progress, UserMessage
 from cloudremotecontrol.server.ops import delivery, jobs
 
 
@@ -187,3 +187,38 @@ def test_a_dead_letter_reaches_the_master_as_an_event_and_the_stream_goes_on(end
     assert (failed["machine"], failed["seq"], failed["type"]) == ("m", 1, "user.deep")
     assert "nested more than" in failed["reason"] and failed["attempts"] == 1
     assert agent.state.take_message("user.after", None)["body"] == {"n": 2}
+
+
+def test_a_job_the_agent_gives_up_ends_failed_whatever_the_order_of_its_frames(ends):
+    """The agent dies while handling a job.run, ``MAX_ATTEMPTS`` times; then it gives the
+    job up and writes its reports (message.failed, the job's failed result) before the
+    ack of the job.run. Read by the server in that order, the job ends ``failed`` (it
+    used to stay ``delivered`` for ever, and ``crc run`` waited for it)."""
+    server, agent = ends
+
+    class Killed(BaseException):
+        pass
+
+    async def lethal(ws: Any, seq: int, message: Any, env: Any) -> None:
+        raise Killed
+
+    job_id = server.run(jobs.create_job, server.user, "lab", "m", {"argv": ["true"]})["job_id"]
+    _, [text] = server.connect(0, None)
+    for _ in range(MAX_ATTEMPTS):
+        agent.agent._messages._handlers[JobRun] = lethal
+        with pytest.raises(Killed):
+            agent.receive(text)
+        agent.restart()
+        welcome, [text] = server.connect(agent.state.processed, agent.state.resume_from())
+        agent.connect(welcome)
+    ack = agent.receive(text)  # given up
+    assert ack == [write_frame(Ack(seq=1))]
+    sent = agent.take_sent()
+    assert [read_frame(f).msg["type"] for f in sent] == ["message.failed", "job.result"]
+    for f in sent + ack:  # the order the agent wrote them in
+        assert server.receive(f) is not None
+    [target] = server.run(jobs.job_view, server.user["user_id"], job_id)["targets"]
+    assert target["status"] == "failed", target
+    assert "could not use this job" in target["reason"]
+    statuses = [e["status"] for e in server.events("job.status")]
+    assert statuses == ["delivered", "failed"], statuses

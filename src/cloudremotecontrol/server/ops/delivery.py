@@ -321,7 +321,7 @@ def apply_agent_message(
         msg = decode_message(env, Side.SERVER)
         box.done(seq)
         if late is not None and isinstance(msg, JobResult) and msg.job_id == late:
-            deliveries = _on_result(tx, m, msg, env, delivered=True)
+            deliveries = _on_result(tx, m, msg, env)  # delivers it
         else:
             _deliver(tx, m, late)
             deliveries = HANDLERS[msg](tx, m, msg, env)
@@ -419,13 +419,14 @@ def _on_output(tx: Tx, m: dict[str, Any], msg: JobOutput, env: Envelope) -> Deli
     return job_steps(tx, m, msg.job_id, [(msg.stream, msg.data)])
 
 
-def _on_result(
-    tx: Tx, m: dict[str, Any], msg: JobResult, env: Envelope, delivered: bool = False
-) -> Deliveries:
-    """``delivered``: the message's ack delivered this job's job.run (applied here)."""
+def _on_result(tx: Tx, m: dict[str, Any], msg: JobResult, env: Envelope) -> Deliveries:
+    """A result proves its job.run arrived: a target still ``queued`` is delivered first
+    (the ack riding on this message, or one still to come: an agent that gives a job up
+    reports it before it acks the job.run; the ack then changes nothing). A target that
+    is delivered already is not moved by that step (the table has no such transition)."""
     event = result_event(msg.status)
     assert event is not None  # the catalogue admits terminal statuses only
-    steps: list[Step] = [(JobEvent.DELIVER, None, None)] if delivered else []
+    steps: list[Step] = [(JobEvent.DELIVER, None, None)]
     if msg.started:  # a short job folded into its result (job.fold): what it stands for
         steps.append((JobEvent.START, None, None))
     steps.extend(msg.output or ())
