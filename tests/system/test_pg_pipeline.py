@@ -16,7 +16,7 @@ import psycopg
 import pytest
 
 from batches import in_one_batch as one_batch
-from cloudremotecontrol.errors import NotFound
+from cloudremotecontrol.errors import NotFound, Unavailable
 from cloudremotecontrol.server.ops import events, groups, users
 from cloudremotecontrol.server.ops.common import add_event
 from cloudremotecontrol.server.store.base import Tx
@@ -254,3 +254,26 @@ async def test_a_statement_rolled_back_before_it_was_sent_is_never_sent(
     assert store.statements_sent == sent  # nothing of it went out but its event
     types = await event_types(store, gid)
     assert "user.dropped" not in types and types[-1] == "user.kept"
+
+
+async def test_a_fault_in_a_batch_fails_its_ops_and_the_writer_goes_on(
+    store: PostgresStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fault of the store's own code (not a database error, not an op's) fails that
+    batch's operations with 503: the one writer thread must not die with it, or every
+    later write of every user would wait for ever."""
+    real = store._run_pipelined
+    faults = []
+
+    def fault_once(batch: Any) -> Any:
+        if not faults:
+            faults.append(len(batch))
+            raise UnicodeEncodeError("utf-8", "\ud800", 0, 1, "surrogates not allowed")
+        return real(batch)
+
+    monkeypatch.setattr(store, "_run_pipelined", fault_once)
+    with pytest.raises(Unavailable, match="failed to store this"):
+        await asyncio.wait_for(store.write(users.create_user, "alice"), 10)
+    assert faults == [1]
+    token = await asyncio.wait_for(store.write(users.create_user, "bob"), 10)
+    assert (await store.read(users.authenticate_master, token))["user_id"]

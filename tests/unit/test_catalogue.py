@@ -550,3 +550,31 @@ def test_check_json_refuses_deep_huge_and_non_json_values():
     for bad in ([math.nan], {"x": math.inf}, {1: "x"}, {"x": object()}):
         with pytest.raises(InvalidInput):
             check_json(bad)
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["a\ud800b", {"k": "\udfff"}, {"k\ud800": 1}, [[["x", "\ud83d"]]], {"a": {"b": ["\ud800"]}}],
+)
+def test_json_with_a_lone_surrogate_is_refused(value: Any) -> None:
+    """JSON can carry "\\ud800"; no UTF-8 response, page or PostgreSQL column can."""
+    with pytest.raises(InvalidInput, match="valid Unicode"):
+        check_json(value)
+
+
+def test_json_with_any_real_character_is_kept() -> None:
+    value = {"clé": ["日本", "emoji \U0001f600", "ascii"], "n": 1}
+    check_json(value)
+    assert json.loads(json.dumps(value)) == value
+
+
+def test_a_nul_in_a_results_reason_becomes_a_replacement_character() -> None:
+    """The reason is kept in a text column, which PostgreSQL cannot make hold NUL: it is
+    changed, not refused (the result, and the job's end, would be lost with it)."""
+    env = Envelope.make("lab", "a", "master", "job.result", {})
+    env = Envelope.from_dict(
+        {**env.to_dict(), "body": {"job_id": "j1", "status": "failed", "reason": "a\x00b"}}
+    )
+    msg = decode_message(env, Side.SERVER)
+    assert isinstance(msg, messages.JobResult)
+    assert msg.reason == "a\ufffdb"

@@ -129,7 +129,9 @@ class Text(Spec):
     """A string. ``max_bytes`` counts UTF-8 bytes; ``truncate`` cuts instead of refusing
     (informative text such as progress lines, where a cut line beats a lost one);
     ``blank_ok`` allows "" and whitespace only; ``controls_ok`` allows control
-    characters (command output), NUL never unless ``nul_ok``."""
+    characters (command output), NUL never unless ``nul_ok``, or ``nul_replace``: then
+    each NUL becomes U+FFFD (informative text stored where NUL cannot be, such as a
+    PostgreSQL text column: changed, not refused)."""
 
     max_bytes: int = 256
     truncate: bool = False
@@ -137,6 +139,7 @@ class Text(Spec):
     controls_ok: bool = False
     nul_ok: bool = False
     message: str | None = None
+    nul_replace: bool = False
 
     def check(self, value: Any, name: str) -> str:
         if not isinstance(value, str):
@@ -144,7 +147,9 @@ class Text(Spec):
         text: str = value
         if not self.blank_ok and not text.strip():
             raise self.fail(name, self.message or f"{name} must not be empty")
-        if not self.nul_ok and "\x00" in text:
+        if self.nul_replace:
+            text = text.replace("\x00", "\ufffd")
+        elif not self.nul_ok and "\x00" in text:
             raise self.fail(name, self.message or f"{name} must not contain NUL characters")
         if not self.controls_ok and _CONTROL.search(text):
             raise self.fail(name, self.message or f"{name} must not contain control characters")

@@ -6,7 +6,9 @@ conversion, ``json.dumps`` of a stored event, the HTTP response encoder, a termi
 renderer) may hit Python's recursion limit on it - at the peer that receives it or at
 every later read. So a value is walked here once, iteratively (this walk cannot itself
 overflow), and refused when it nests deeper than ``max_depth``, holds a number JSON
-cannot carry back (NaN, infinities), or encodes to more than ``max_bytes``.
+cannot carry back (NaN, infinities), a string that is not valid Unicode (a lone
+surrogate such as ``"\\ud800"``, which JSON can carry but no UTF-8 response, page or
+database can), or encodes to more than ``max_bytes``.
 
 Depth counts containers: a scalar is 0, ``{}`` and ``[]`` are 1, ``{"a": [1]}`` is 2.
 """
@@ -27,7 +29,8 @@ def json_depth(value: Any, stop_after: int) -> int:
     """The nesting depth of ``value``, or ``stop_after + 1`` as soon as it is deeper
     (the walk ends there: a hostile value costs no more than an acceptable one).
     Raises InvalidInput for a value JSON cannot carry (a float that is not finite, a
-    key that is not a string, a type JSON does not have)."""
+    key that is not a string, a string with a lone surrogate, a type JSON does not
+    have)."""
     if not isinstance(value, (dict, list, tuple)):
         _check_scalar(value)
         return 0
@@ -42,13 +45,19 @@ def json_depth(value: Any, stop_after: int) -> int:
             for key in item:
                 if type(key) is not str:
                     raise InvalidInput("JSON object keys must be strings")
+                if not key.isascii():
+                    _check_unicode(key)
             children: Any = item.values()
         else:
             children = item
         for child in children:
             kind = type(child)
-            if kind is str or kind is int or kind is bool or child is None:
-                continue  # the common case first, by identity: this walk is on a hot path
+            if kind is str:  # the common cases first, by identity: this walk is on a hot path
+                if not child.isascii():
+                    _check_unicode(child)
+                continue
+            if kind is int or kind is bool or child is None:
+                continue
             if kind is dict or kind is list or kind is tuple:
                 stack.append((child, depth + 1))
             elif isinstance(child, (dict, list, tuple)):
@@ -58,8 +67,20 @@ def json_depth(value: Any, stop_after: int) -> int:
     return deepest
 
 
+def _check_unicode(text: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInput(
+            "JSON strings must be valid Unicode text (no lone surrogate such as \\ud800)"
+        ) from None
+
+
 def _check_scalar(value: Any) -> None:
-    if isinstance(value, float):
+    if isinstance(value, str):
+        if not value.isascii():
+            _check_unicode(value)
+    elif isinstance(value, float):
         if not math.isfinite(value):
             raise InvalidInput("JSON numbers must be finite (no NaN or Infinity)")
     elif value is not None and not isinstance(value, (str, int)):  # bool is an int

@@ -490,7 +490,13 @@ class JobResult(Message):
     exit_code: int | None = wire(Optional(Int(-(2**31), 2**32 - 1)), None)
     reason: str | None = wire(
         Optional(
-            Text(MAX_REASON_BYTES, truncate=True, blank_ok=True, controls_ok=True, nul_ok=True)
+            Text(
+                MAX_REASON_BYTES,
+                truncate=True,
+                blank_ok=True,
+                controls_ok=True,
+                nul_replace=True,  # kept in a text column
+            )
         ),
         None,
     )

@@ -362,7 +362,8 @@ class RowCache(_Kept):
         for op, args in ops:
             read = read_row(op, args)
             if read is not None and read[0] == PREFETCHED and isinstance(read[1], str):
-                ids.append(read[1])
+                if _sendable(read[1]):
+                    ids.append(read[1])
         if not ids:
             return None
         cache = cls(PREFETCHED)
@@ -463,7 +464,7 @@ class TargetCache(_Kept):
         found = set()
         for op, args in ops:
             key = read_job_target(op, args)
-            if key is not None and not any("\x00" in part for part in key):
+            if key is not None and all(_sendable(part) for part in key):
                 found.add(key)  # (text cannot hold NUL: such an id is nobody's)
         return sorted(found)
 
@@ -567,7 +568,7 @@ class OutboxCache(_Kept):
         through: dict[str, int] = {}
         for op, args in ops:
             key = read_outbox_drop(op, args)
-            if key is None or "\x00" in key[0] or not 0 <= key[1] < 2**62:
+            if key is None or not _sendable(key[0]) or not 0 <= key[1] < 2**62:
                 continue
             machine_id, seq = key
             through[machine_id] = max(seq, through.get(machine_id, seq))
@@ -678,13 +679,32 @@ def group_key(group_id: str) -> int:
     )
 
 
+def _sendable(text: str) -> bool:
+    """Whether PostgreSQL text can hold ``text``: no NUL character, and valid Unicode (a
+    lone surrogate, which JSON can carry, has no UTF-8 form)."""
+    if "\x00" in text:
+        return False
+    if text.isascii():
+        return True
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _no_nul(params: Sequence[Any]) -> None:
-    """PostgreSQL text cannot hold a NUL character (psycopg refuses to send it): a value
-    with one, which can only come from input, is refused as such, as a 400, not a 500.
-    (SQLite stores and compares it: a name with a NUL there is merely not found.)"""
+    """PostgreSQL text cannot hold a NUL character or a lone surrogate (psycopg refuses
+    to send them, the latter with an error that is no database error): a value with one,
+    which can only come from input, is refused as such, as a 400, not a 500. (SQLite
+    stores and compares them: a name with one there is merely not found.)"""
     for value in params:
-        if isinstance(value, str) and "\x00" in value:
-            raise InvalidInput("text with a NUL character (\\x00) cannot be stored or looked up")
+        if isinstance(value, str) and not _sendable(value):
+            if "\x00" in value:
+                raise InvalidInput(
+                    "text with a NUL character (\\x00) cannot be stored or looked up"
+                )
+            raise InvalidInput("text that is not valid Unicode cannot be stored or looked up")
 
 
 class PgTx(Tx):

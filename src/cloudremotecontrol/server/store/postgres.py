@@ -413,7 +413,15 @@ class PostgresStore(Store):
                     stop = True
                 else:
                     batch.append(nxt)
-            retry = self._run_batch(batch)
+            try:
+                retry = self._run_batch(batch)
+            except Exception:
+                # A fault of this server: the batch fails and this thread goes on (else
+                # every write of every user would wait for ever on a dead thread).
+                log.exception("PostgreSQL writer: a batch of %d operations failed", len(batch))
+                failure = Unavailable("the server failed to store this; try again later")
+                _answer([(p, False, failure) for p in batch])
+                retry = []
             if retry:
                 self.retries += len(retry)
                 wait = min(0.05, 0.001 * 2 ** max(p.attempts for p in retry))
