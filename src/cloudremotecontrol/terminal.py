@@ -14,8 +14,9 @@ import re
 
 __all__ = ["safe"]
 
-# C0 and C1 controls, DEL, and the bidirectional embedding/override/isolate characters.
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+# C0 and C1 controls, DEL, the bidirectional marks (ALM, LRM, RLM) and embedding,
+# override and isolate characters, and the line and paragraph separators.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 

@@ -91,3 +91,15 @@ def test_status_events_and_messages_escape_machine_text_on_a_terminal(env, crc):
         _assert_defused(out)
     assert SHOWN.encode() in _pty_output(env, "events", "lab")
     assert SHOWN.encode() in _pty_output(env, "status", "lab")
+
+
+def test_bidi_marks_and_line_separators_from_a_machine_are_shown_escaped(env):
+    """A right-to-left mark (ALM, U+061C) can reorder the digits next to it on a
+    terminal that applies bidi; line separators break a table's row."""
+    env.group_with_agents("lab", ["db"])
+    _agent(env, "db", "progress", "PAY \u061c1234\u061c USD\u2028next\u2029end")
+    for args in (["status", "lab"], ["events", "lab"]):
+        out = _pty_output(env, *args)
+        for ch in ("\u061c", "\u2028", "\u2029"):
+            assert ch.encode() not in out, (args, out)
+        assert b"PAY \\u061c1234\\u061c USD\\u2028next\\u2029end" in out, (args, out)

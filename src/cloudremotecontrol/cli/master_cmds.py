@@ -294,7 +294,7 @@ def _print_machines(g: dict[str, Any], ready_since: dict[str, float] | None = No
     print_table(["MACHINE", "STATE", "IPS", "SEEN FROM", "PROGRESS", "LAST SEEN"], rows)
     note = _ttl_note(g)
     if note:
-        click.echo(note, err=True)
+        click.echo(safe(note), err=True)  # a provider's error text, as it answered
 
 
 def _ttl_note(g: dict[str, Any]) -> str | None:
