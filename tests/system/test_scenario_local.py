@@ -965,3 +965,25 @@ def test_down_of_a_group_that_does_not_name_its_provider_asks_for_it(env, crc):
     assert "group deleted" in r.stdout
     with pytest.raises(NotFound):
         env.client.group("noprov")
+
+
+def test_down_without_login_destroys_leftovers_and_says_the_group_was_not_checked(env, crc):
+    """`crc down --group G --provider P` works without login (leftovers of a group the
+    server no longer knows); it must not claim the group is gone: nobody asked."""
+    env.cli_env["CRC_LOCAL_DIR"] = str(env.tmp / "machines")
+    path = env.tmp / "nolog.yaml"
+    path.write_text("name: nolog\nprovider: local\ntimeouts: {ready: 60s}\nmachines: {a: }\n")
+    provider = LocalProvider(env.tmp / "machines")
+    try:
+        r = crc("up", str(path))
+        assert r.returncode == 0, r.stdout + r.stderr
+        logged_out = {"CRC_URL": "", "CRC_TOKEN": "", "CRC_CONFIG_DIR": str(env.tmp / "none")}
+        r = crc("down", "--group", "nolog", "--provider", "local", extra_env=logged_out)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "1 machine(s) destroyed, none left at local; group not checked" in r.stdout
+        assert "crc login" in r.stdout and "already gone" not in r.stdout
+        _nothing_left(provider, "nolog")
+        assert len(env.client.group("nolog")["machines"]) == 1  # still on the server
+    finally:
+        for inst in provider.list("nolog"):
+            provider.destroy(inst.id)

@@ -614,3 +614,14 @@ def test_run_steps_take_rate_control_checked_like_the_api() -> None:
     ]
     for want in expected:
         assert any(p.startswith(want) for p in got), (want, got)
+
+
+@pytest.mark.parametrize("char", ["\x01", "\x00", "\x07", "\x1b"])
+def test_a_control_character_in_the_file_is_an_invalid_scenario_with_its_place(char):
+    """PyYAML refuses the text before reading it (ReaderError, not a parse error): it is
+    one problem with its line and column, not a traceback."""
+    with pytest.raises(ScenarioError) as info:
+        parse_scenario(f"name: lab\nmachines: {{a: {{}}}}\n# pasted {char} junk\n", "s.yaml")
+    [problem] = [str(p) for p in info.value.problems]
+    assert problem.startswith("s.yaml:3:10"), problem
+    assert f"character U+{ord(char):04X} is not allowed" in problem, problem

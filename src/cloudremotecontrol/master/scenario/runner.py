@@ -587,7 +587,13 @@ def _down(
         view.info(f"still at {provider.name}: {', '.join(i.id for i in left)}", **doc)
     else:
         fate = "deleted" if deleted else "already gone"
-        if isinstance(unreachable, Unauthorized):
+        if client is None and unreachable is None:
+            # Leftovers cleaned up without login: the server was not asked.
+            fate = (
+                "not checked (not logged in: `crc login`, then `crc down` again if the "
+                "server still has it)"
+            )
+        elif isinstance(unreachable, Unauthorized):
             fate = "not deleted (the server refused the token)"
         elif unreachable is not None:
             fate = "not deleted (the server cannot be reached)"

@@ -159,8 +159,22 @@ class NodeReader:
 
     def __init__(self, file: str, text: str) -> None:
         self.file = file
-        self.loader = yaml.SafeLoader(text)
         self.problems: list[Problem] = []
+        try:
+            self.loader = yaml.SafeLoader(text)
+        except yaml.reader.ReaderError as exc:  # a character YAML allows nowhere
+            self.loader = yaml.SafeLoader("")
+            before = text[: exc.position]
+            where = Where(file, before.count("\n") + 1, len(before) - before.rfind("\n"))
+            char = exc.character if isinstance(exc.character, int) else ord(exc.character)
+            self.problems.append(
+                Problem(
+                    where,
+                    "",
+                    f"not valid YAML: character U+{char:04X} is not allowed in a YAML file "
+                    "(a control character: remove it)",
+                )
+            )
         self._unreadable: set[int] = set()  # nodes whose value() failed (told once)
 
     def where(self, node: yaml.Node | None) -> Where:
@@ -173,6 +187,8 @@ class NodeReader:
         self.problems.append(Problem(self.where(node), path, message))
 
     def root(self) -> yaml.Node | None:
+        if self.problems:  # the text was refused before it was read
+            return None
         try:
             node = self.loader.get_single_node()
             if node is not None and expanded_nodes(node, MAX_EXPANDED_NODES + 1) > (
