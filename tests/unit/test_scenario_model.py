@@ -625,3 +625,34 @@ def test_a_control_character_in_the_file_is_an_invalid_scenario_with_its_place(c
     [problem] = [str(p) for p in info.value.problems]
     assert problem.startswith("s.yaml:3:10"), problem
     assert f"character U+{ord(char):04X} is not allowed" in problem, problem
+
+
+def test_vultr_options_are_checked_when_the_file_loads():
+    """A wrong type or two image sources are found before any machine exists (Vultr
+    would refuse them with a 400 after the machines before were created and billed)."""
+    got = problems("""\
+        name: lab
+        provider: vultr
+        defaults: {region: ewr, plan: vc2-1c-1gb, image: "2284"}
+        machines:
+          a: {}
+          b: {provider: {firewall_group_id: 123, enable_vpc: "yes", os_id: "abc", backups: on}}
+          c: {provider: {snapshot_id: s1, image_id: x}}
+        """)
+    assert got == [
+        "s.yaml:6:17: machines.b.provider: firewall_group_id must be a text, not 123",
+        "s.yaml:6:17: machines.b.provider: enable_vpc must be true or false, not 'yes'",
+        "s.yaml:6:17: machines.b.provider: os_id must be a whole number, not 'abc'",
+        "s.yaml:6:17: machines.b.provider: backups must be enabled or disabled, not True",
+        "s.yaml:7:17: machines.c.provider: give one image source, not 2: image_id, snapshot_id",
+    ]
+    # A snapshot (or another image source) stands in for the machine's image.
+    ok = parse("""\
+        name: lab
+        provider: vultr
+        defaults: {region: ewr, plan: vc2-1c-1gb}
+        machines:
+          a: {provider: {snapshot_id: "9a1f"}}
+        """)
+    assert ok.machine("a").image is None
+    assert ok.machine("a").extra == {"snapshot_id": "9a1f"}

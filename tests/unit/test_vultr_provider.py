@@ -548,3 +548,17 @@ class socket_port:
 
     def __exit__(self, *exc: object) -> None:
         return None
+
+
+def test_an_image_option_stands_in_for_the_image_and_bad_options_send_nothing(
+    fake: FakeVultr, vultr: VultrProvider
+) -> None:
+    spec = MachineSpec("web", "linux", "ewr", "vc2-1c-1gb", "", extra={"snapshot_id": "9a1f"})
+    vultr.create("demo", spec, "x")
+    [body] = [r.json for r in sent(fake, "POST", "/instances")]
+    assert body["snapshot_id"] == "9a1f"
+    assert not {"os_id", "image_id"} & set(body)
+    for extra in ({"os_id": "abc"}, {"snapshot_id": "9a1f", "app_id": 3}, {"enable_vpc": 1}):
+        with pytest.raises(ProviderError, match=r"must be|one image source"):
+            vultr.create("demo", linux("db", extra=extra), "x")
+    assert len(sent(fake, "POST", "/instances")) == 1

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import abc
 import builtins
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -149,6 +149,10 @@ class Capabilities:
     says whether a machine may carry provider-specific fields (``provider:`` under the
     machine, passed as ``MachineSpec.extra``): ``True`` any, a set of names those only
     (checked when the scenario is loaded, before anything is created).
+    ``check_options`` finds what is wrong with one machine's options (their types, their
+    combinations), also when the scenario is loaded: one message per problem.
+    ``image_options``: options that stand in for the machine's ``image`` (a snapshot,
+    say), so a machine with one needs no ``image`` even when ``required`` names it.
     ``public_addresses``: an instance's ``main_ip`` is the machine's address on the
     internet (for templates' ``public_ip``); machines on this computer have none.
     ``liveness_interval``: how often (seconds) the runner asks the provider whether a
@@ -160,6 +164,8 @@ class Capabilities:
     settings: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     required: tuple[MachineField, ...] = ()
     machine_options: bool | frozenset[str] = False
+    check_options: Callable[[Mapping[str, Any]], builtins.list[str]] | None = None
+    image_options: frozenset[str] = frozenset()
     public_addresses: bool = True
     liveness_interval: float = 15.0
 

@@ -96,6 +96,67 @@ _EXTRA_FIELDS = frozenset(
     }
 )
 _RESERVED_FIELDS = frozenset({"user_data", "script_id", "tags", "tag", "region", "plan"})
+# What each option must be: openapi-v2.json paths./instances.post.requestBody.
+_OPTION_KINDS: dict[str, str] = {
+    "activation_email": "boolean",
+    "app_id": "integer",
+    "attach_private_network": "strings",
+    "attach_vpc": "strings",
+    "backups": "enabled/disabled",
+    "ddos_protection": "boolean",
+    "enable_ipv6": "boolean",
+    "enable_private_network": "boolean",
+    "enable_vpc": "boolean",
+    "firewall_group_id": "string",
+    "hostname": "string",
+    "image_id": "string",
+    "ipxe_chain_url": "string",
+    "iso_id": "string",
+    "label": "string",
+    "os_id": "integer",
+    "reserved_ipv4": "string",
+    "snapshot_id": "string",
+    "sshkey_id": "strings",
+}
+# What a new instance boots from: exactly one (the machine's image is the os_id or
+# image_id, unless one of these options is given).
+_IMAGE_SOURCES = ("os_id", "image_id", "iso_id", "snapshot_id", "app_id")
+
+
+def check_options(options: Mapping[str, Any]) -> list[str]:
+    """What Vultr would refuse in a machine's options (``provider:``), found before any
+    instance is created (and billed): a value of the wrong type, two image sources."""
+    problems = []
+    for name, value in options.items():
+        kind = _OPTION_KINDS.get(str(name))
+        if kind is None or _is_kind(value, kind):
+            continue
+        want = {
+            "boolean": "true or false",
+            "integer": "a whole number",
+            "string": "a text",
+            "strings": "a list of texts",
+            "enabled/disabled": "enabled or disabled",
+        }[kind]
+        problems.append(f"{name} must be {want}, not {value!r}"[:300])
+    sources = [k for k in _IMAGE_SOURCES if k in options]
+    if len(sources) > 1:
+        problems.append(f"give one image source, not {len(sources)}: {', '.join(sources)}")
+    return problems
+
+
+def _is_kind(value: Any, kind: str) -> bool:
+    if kind == "boolean":
+        return isinstance(value, bool)
+    if kind == "integer":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "string":
+        return isinstance(value, str) and value != ""
+    if kind == "strings":
+        return isinstance(value, list) and all(isinstance(v, str) and v for v in value)
+    return value in ("enabled", "disabled")
+
+
 _MAX_PER_PAGE = 500  # list-instances: "Default is 100 and Max is 500."
 
 
@@ -130,6 +191,8 @@ class VultrProvider(Provider):
         oses=frozenset({"linux", "windows"}),
         required=("region", "plan", "image"),
         machine_options=_EXTRA_FIELDS,  # further POST /instances fields
+        check_options=check_options,
+        image_options=frozenset(_IMAGE_SOURCES),
     )
 
     def __init__(
@@ -304,7 +367,9 @@ class VultrProvider(Provider):
             "hostname": spec.name,
             "tags": [scenario_tag(scenario), machine_tag(spec.name), *spec.tags],
         }
-        if spec.image.isdigit():
+        if any(k in spec.extra for k in _IMAGE_SOURCES):
+            pass  # the machine's options say what it boots from
+        elif spec.image.isdigit():
             body["os_id"] = int(spec.image)
         elif spec.image:
             body["image_id"] = spec.image
@@ -317,6 +382,9 @@ class VultrProvider(Provider):
                 f"(allowed: {', '.join(sorted(_EXTRA_FIELDS))})",
                 provider=self.name,
             )
+        problems = check_options(spec.extra)
+        if problems:
+            raise ProviderError(f"machine {spec.name}: {'; '.join(problems)}", provider=self.name)
         body.update(spec.extra)
         if not any(k in body for k in ("os_id", "image_id", "iso_id", "snapshot_id", "app_id")):
             raise ProviderError(

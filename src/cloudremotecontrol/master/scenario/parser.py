@@ -305,6 +305,9 @@ class ScenarioParser:
                         extra = value
                 else:
                     extra = value
+                if extra and self.caps is not None and self.caps.check_options is not None:
+                    for problem in self.caps.check_options(extra):
+                        r.error(spec["provider"][1], f"{path}.provider", problem)
             image = (
                 text("image")
                 or (defaults.get("images") or {}).get(os_name)
@@ -339,6 +342,8 @@ class ScenarioParser:
                     knode, f"{path}.os", f"the {self.provider} provider runs {runs} machines only"
                 )
             for key in caps.required if caps is not None else ():
+                if key == "image" and caps is not None and caps.image_options & set(extra):
+                    continue  # an option says what it boots from (a snapshot, say)
                 if getattr(m, key) is None:
                     r.error(
                         knode,
