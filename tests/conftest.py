@@ -101,6 +101,19 @@ class Env:
         self.client.close()
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Env]:
+    """An ``Env`` on a server of its own, once on SQLite and once on PostgreSQL."""
+    database = request.getfixturevalue("pg_url") if request.param == "postgres" else None
+    srv = ServerProcess(tmp_path / "srv", database=database).start()
+    e = Env(srv, tmp_path)
+    try:
+        yield e
+    finally:
+        e.close()
+        srv.stop()
+
+
 @pytest.fixture
 def env(server: ServerProcess, tmp_path: Path) -> Iterator[Env]:
     e = Env(server, tmp_path)

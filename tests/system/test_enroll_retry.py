@@ -7,28 +7,13 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pytest
 from wire_helpers import assert_error, assert_no_traceback_in_server_log, bearer, pinned_http
 
 from cloudremotecontrol.agent.state import AgentState
-from cloudremotecontrol.master.localrun import ServerProcess
 from conftest import Env
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def env_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Env]:
-    database = request.getfixturevalue("pg_url") if request.param == "postgresql" else None
-    srv = ServerProcess(tmp_path / "srv", database=database).start()
-    env = Env(srv, tmp_path)
-    try:
-        yield env
-    finally:
-        env.close()
-        srv.stop()
 
 
 def agent_nonce(state_dir: Path) -> str:
@@ -45,8 +30,8 @@ def post_enroll(http: httpx.Client, key: str, nonce: str | None) -> httpx.Respon
     return http.post("/v1/agent/enroll", json=body)
 
 
-def test_an_enroll_answer_lost_is_repeated_by_the_agent(env_db: Env) -> None:
-    env = env_db
+def test_an_enroll_answer_lost_is_repeated_by_the_agent(db_env: Env) -> None:
+    env = db_env
     key = env.client.create_group("lab", ["a"])["machines"][0]["key"]
     state_dir = env.tmp / "agents" / "a"
     nonce = agent_nonce(state_dir)

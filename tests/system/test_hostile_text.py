@@ -10,7 +10,6 @@ import asyncio
 import json
 import re
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -23,22 +22,9 @@ from wire_helpers import (
     wire_agent,
 )
 
-from cloudremotecontrol.master.localrun import ServerProcess
 from conftest import Env
 
 SURROGATE = "a\ud800b"
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def db_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Env]:
-    database = request.getfixturevalue("pg_url") if request.param == "postgres" else None
-    srv = ServerProcess(tmp_path / "srv", database=database).start()
-    e = Env(srv, tmp_path)
-    try:
-        yield e
-    finally:
-        e.close()
-        srv.stop()
 
 
 @pytest.fixture

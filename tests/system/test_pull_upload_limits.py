@@ -26,18 +26,6 @@ from cloudremotecontrol.master.localrun import ServerProcess
 from conftest import Env
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def any_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Env]:
-    database = request.getfixturevalue("pg_url") if request.param == "postgres" else None
-    srv = ServerProcess(tmp_path / "srv", database=database).start()
-    e = Env(srv, tmp_path)
-    try:
-        yield e
-    finally:
-        e.close()
-        srv.stop()
-
-
 @pytest.fixture
 def http_of() -> Iterator[Callable[[ServerProcess], httpx.Client]]:
     """``http_of(server)``: a pinned HTTP client, closed after the test."""
@@ -66,9 +54,9 @@ def _sha(data: bytes) -> str:
 
 
 def test_a_pull_takes_one_upload_and_the_same_one_again(
-    any_env: Env, tmp_path: Path, http_of: Any
+    db_env: Env, tmp_path: Path, http_of: Any
 ) -> None:
-    env = any_env
+    env = db_env
     key = env.client.create_group("lab", ["a"])["machines"][0]["key"]
     http = http_of(env.server)
     cred = enroll(http, key)
@@ -122,10 +110,10 @@ def test_a_pull_takes_one_upload_and_the_same_one_again(
     assert_no_traceback_in_server_log(env.server)
 
 
-def test_two_uploads_at_once_for_one_pull_keep_one(any_env: Env, http_of: Any) -> None:
+def test_two_uploads_at_once_for_one_pull_keep_one(db_env: Env, http_of: Any) -> None:
     """Both pass the check before their bodies are stored: the first recorded wins, the
     other is refused when it ends, and its content is removed again."""
-    env = any_env
+    env = db_env
     key = env.client.create_group("lab", ["a"])["machines"][0]["key"]
     http = http_of(env.server)
     cred = enroll(http, key)
