@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 import urllib.parse
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -129,3 +130,38 @@ def test_a_message_sent_while_the_database_is_down_arrives_once_it_is_back(
         env.close()
     log = server.log_path.read_text()
     assert "Traceback" not in log, log[-6000:]
+
+
+def test_a_crowd_of_requests_during_an_outage_is_answered_503_at_once(
+    server: ServerProcess, pg_url: str, pg_cluster: PgCluster, tmp_path: Path
+) -> None:
+    """Many callers at once (a fleet of agents reconnecting, say): once a wait for a
+    connection failed, the others are answered without waiting as long each (the
+    readers are few: one after another, 40 requests took 50 s)."""
+    env = Env(server, tmp_path)
+    try:
+        auth = {"Authorization": bearer(env.cli_env["CRC_TOKEN"])}
+        _allow(pg_cluster, pg_url, False)
+
+        def one(_: int) -> int:
+            with pinned_http(server) as http:
+                try:
+                    return http.get("/v1/groups", headers=auth, timeout=CLIENT_TIMEOUT).status_code
+                except httpx.TimeoutException:
+                    return -1
+
+        with ThreadPoolExecutor(40) as pool:
+            codes = list(pool.map(one, range(40)))
+        assert codes == [503] * 40, codes  # -1: no answer within CLIENT_TIMEOUT
+        _allow(pg_cluster, pg_url, True)
+        ok = None
+        for _ in range(100):
+            with pinned_http(server) as http:
+                ok = http.get("/v1/groups", headers=auth, timeout=CLIENT_TIMEOUT)
+            if ok.status_code == 200:
+                break
+            time.sleep(0.2)
+        assert ok is not None and ok.status_code == 200, ok.text if ok else None
+    finally:
+        env.close()
+    assert "Traceback" not in server.log_path.read_text()

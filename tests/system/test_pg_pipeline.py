@@ -256,22 +256,46 @@ async def test_a_statement_rolled_back_before_it_was_sent_is_never_sent(
     assert "user.dropped" not in types and types[-1] == "user.kept"
 
 
-async def test_a_fault_in_a_batch_fails_its_ops_and_the_writer_goes_on(
+async def test_a_fault_in_a_pipelined_batch_runs_its_ops_one_by_one(
     store: PostgresStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A fault of the store's own code (not a database error, not an op's) fails that
-    batch's operations with 503: the one writer thread must not die with it, or every
-    later write of every user would wait for ever."""
-    real = store._run_pipelined
+    """A fault of the store's own code in a pipelined batch (not a database error, not
+    an op's: the read-ahead failing to encode a hostile id, say) rolls it back and runs
+    its ops one by one, each answered its own outcome."""
+    from cloudremotecontrol.server.store import postgres
+
+    real = postgres.read_ahead
+    faults = []
+
+    def fault_once(*args: Any, **kw: Any) -> Any:
+        if not faults:
+            faults.append(1)
+            raise UnicodeEncodeError("utf-8", "\ud800", 0, 1, "surrogates not allowed")
+        return real(*args, **kw)
+
+    monkeypatch.setattr(postgres, "read_ahead", fault_once)
+    fallbacks = store.fallbacks
+    token = await asyncio.wait_for(store.write(users.create_user, "alice"), 10)
+    assert faults == [1] and store.fallbacks == fallbacks + 1
+    assert (await store.read(users.authenticate_master, token))["user_id"]
+
+
+async def test_a_fault_outside_any_batch_fails_its_ops_and_the_writer_goes_on(
+    store: PostgresStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The last resort: a fault the batch could not handle fails that batch's ops with
+    503, and the one writer thread goes on (else every later write of every user would
+    wait for ever)."""
+    real = store._run_batch
     faults = []
 
     def fault_once(batch: Any) -> Any:
         if not faults:
             faults.append(len(batch))
-            raise UnicodeEncodeError("utf-8", "\ud800", 0, 1, "surrogates not allowed")
+            raise RuntimeError("a fault of the store")
         return real(batch)
 
-    monkeypatch.setattr(store, "_run_pipelined", fault_once)
+    monkeypatch.setattr(store, "_run_batch", fault_once)
     with pytest.raises(Unavailable, match="failed to store this"):
         await asyncio.wait_for(store.write(users.create_user, "alice"), 10)
     assert faults == [1]

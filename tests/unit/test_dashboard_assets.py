@@ -46,3 +46,14 @@ def test_templates_never_mark_text_safe_and_scripts_never_parse_html():
     for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval("):
         assert sink not in code, sink
     assert "new Function" not in code
+
+
+def test_json_the_dashboard_shows_writes_a_lone_surrogate_as_its_escape() -> None:
+    """Text an older server kept (a lone surrogate, which no UTF-8 page can carry) is
+    shown as its escape rather than failing the page."""
+    from cloudremotecontrol.server.dashboard import views
+
+    value = {"k": "a\ud800b", "é": "日本"}
+    for shown in (views._pretty(value), views._compact(value)):
+        shown.encode("utf-8")  # a page can carry it
+        assert "a\\ud800b" in shown and "日本" in shown and "é" in shown

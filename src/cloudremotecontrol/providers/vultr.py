@@ -386,7 +386,7 @@ class VultrProvider(Provider):
         if problems:
             raise ProviderError(f"machine {spec.name}: {'; '.join(problems)}", provider=self.name)
         body.update(spec.extra)
-        if not any(k in body for k in ("os_id", "image_id", "iso_id", "snapshot_id", "app_id")):
+        if not any(k in body for k in _IMAGE_SOURCES):
             raise ProviderError(
                 f"machine {spec.name}: no image: give a Vultr os_id (e.g. 2284) or an image_id",
                 provider=self.name,

@@ -137,7 +137,7 @@ async def _receive(request: Request, expected: str | None) -> tuple[str, int]:
     nothing is kept, and there is no one to answer. A body declared larger than a file
     may be is refused before any of it is read."""
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_FILE_BYTES:
+    if declared.isascii() and declared.isdigit() and int(declared) > MAX_FILE_BYTES:
         raise TooLarge(
             f"a file of {int(declared)} bytes; the most one file pushed or pulled can be is "
             f"{MAX_FILE_BYTES} bytes ({MAX_FILE_BYTES >> 30} GiB)"

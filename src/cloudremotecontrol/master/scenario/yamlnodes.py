@@ -160,9 +160,11 @@ class NodeReader:
     def __init__(self, file: str, text: str) -> None:
         self.file = file
         self.problems: list[Problem] = []
+        self._refused = False  # the text has a character YAML allows nowhere
         try:
             self.loader = yaml.SafeLoader(text)
-        except yaml.reader.ReaderError as exc:  # a character YAML allows nowhere
+        except yaml.reader.ReaderError as exc:
+            self._refused = True
             self.loader = yaml.SafeLoader("")
             before = text[: exc.position]
             where = Where(file, before.count("\n") + 1, len(before) - before.rfind("\n"))
@@ -172,7 +174,8 @@ class NodeReader:
                     where,
                     "",
                     f"not valid YAML: character U+{char:04X} is not allowed in a YAML file "
-                    "(a control character: remove it)",
+                    f"({'a control character' if char < 0xA0 else 'a non-character'}: "
+                    "remove it)",
                 )
             )
         self._unreadable: set[int] = set()  # nodes whose value() failed (told once)
@@ -187,7 +190,7 @@ class NodeReader:
         self.problems.append(Problem(self.where(node), path, message))
 
     def root(self) -> yaml.Node | None:
-        if self.problems:  # the text was refused before it was read
+        if self._refused:
             return None
         try:
             node = self.loader.get_single_node()

@@ -185,12 +185,18 @@ _BATCH = 256
 _RETRIES = 50
 _UNIQUE_RETRIES = 3
 _CONNECTION_RETRIES = 3
-#: How long an op waits for a connection of its pool. Each reader thread and the writer
-#: have a connection of their own (a pool is as large as its threads), so an op waits
-#: only while the pool cannot connect (the database is down or refuses connections):
-#: the op then fails at once with 503 instead of after the pool's default 30 s, times
-#: every retry (a request used to take 90-200 s to fail).
+#: How long an op waits for a connection of its pool. A pool grows to as many
+#: connections as its threads use (the writer one, each reader one), so an op waits only
+#: while the pool cannot connect (the database is down or refuses connections): the op
+#: then fails with 503 instead of after the pool's default 30 s, times every retry (a
+#: request used to take 90-200 s to fail).
 _POOL_WAIT = 5.0
+#: Once a wait for a connection failed, the database counts as down for this long
+#: (seconds, renewed by each failure, ended by a connection): ops then wait
+#: ``_DOWN_WAIT`` at most, so that a crowd of requests (a fleet of agents reconnecting)
+#: is answered 503 within moments, not one by one after ``_POOL_WAIT`` each.
+_DOWN_FOR = 2.0
+_DOWN_WAIT = 0.1
 #: A pool that lost a connection tries to make a new one with growing pauses (1, 2, 4,
 #: ... s) for this long, then leaves it to the next op, which tries at once: after an
 #: outage the pool connects again within seconds, not after a pause of minutes.
@@ -265,6 +271,7 @@ class PostgresStore(Store):
         self.pipelined_batches = 0  # of which committed in pipeline mode
         self.fallbacks = 0  # pipelined batches rolled back and run one statement at a time
         self._warned_at = -_WARN_EVERY  # when _failed last logged a failure
+        self._down_until = 0.0  # the database counts as down until then (_DOWN_FOR)
         self.rows_read_ahead = 0  # reads answered from rows read ahead (committed batches)
         self.statements_sent = 0  # by pipelined batches' ops, kept and sent (``Outgoing``)
         self._types: dict[str, dict[str, str]] = {}  # column types, for ``Outgoing``
@@ -371,7 +378,8 @@ class PostgresStore(Store):
         pool = self._pools["read"]
         for attempt in range(3):
             try:
-                with pool.connection(timeout=_POOL_WAIT) as conn:
+                with pool.connection(timeout=self._pool_wait()) as conn:
+                    self._down_until = 0.0
                     conn.isolation_level = IsolationLevel.REPEATABLE_READ
                     conn.read_only = True
                     with conn.transaction():
@@ -384,11 +392,18 @@ class PostgresStore(Store):
                 pool.check()  # drop every connection that died with this one (restart)
         raise AssertionError("unreachable")
 
+    def _pool_wait(self) -> float:
+        """How long an op waits for a connection now (see ``_DOWN_FOR``)."""
+        return _DOWN_WAIT if time.monotonic() < self._down_until else _POOL_WAIT
+
     def _failed(self, exc: psycopg.Error) -> Unavailable:
         """What the caller of an op the database failed is told: that it is unavailable,
         not where it is or what it said (an agent or an anonymous caller may be told):
-        that goes to the log, at most once per ``_WARN_EVERY`` seconds."""
+        that goes to the log, at most once per ``_WARN_EVERY`` seconds. A wait for a
+        connection that failed marks the database down (``_DOWN_FOR``)."""
         now = time.monotonic()
+        if isinstance(exc, PoolTimeout):
+            self._down_until = now + _DOWN_FOR
         if now - self._warned_at >= _WARN_EVERY:
             self._warned_at = now
             log.warning("PostgreSQL at %s failed an operation: %s", _where(self.url), exc)
@@ -454,7 +469,8 @@ class PostgresStore(Store):
         events: list[tuple[Any, ...]] = []
         committing = False
         try:
-            with self._pools["write"].connection(timeout=_POOL_WAIT) as conn:
+            with self._pools["write"].connection(timeout=self._pool_wait()) as conn:
+                self._down_until = 0.0
                 conn.isolation_level = IsolationLevel.REPEATABLE_READ
                 with conn.pipeline() as pipeline, conn.transaction():
                     cur, reader = conn.cursor(), conn.cursor()
@@ -499,6 +515,14 @@ class PostgresStore(Store):
             # have happened.
             _answer([(p, False, failure) for p in batch])
             return []
+        except Exception as exc:
+            # A fault of this code, not of an op (those are answered above) nor of the
+            # database: rolled back unless COMMIT was sent; then the ops run one by one,
+            # each answered its own outcome.
+            if committing:
+                raise
+            log.exception("PostgreSQL writer: a pipelined batch failed; running it again")
+            raise _PipelineFailed from exc
         self.batches += 1
         self.pipelined_batches += 1
         self.rows_read_ahead += sum(cache.served for cache in rows)
@@ -528,7 +552,8 @@ class PostgresStore(Store):
         machines: set[str] = set()  # outboxes that grew: other replicas may hold them
         committing = False
         try:
-            with self._pools["write"].connection(timeout=_POOL_WAIT) as conn:
+            with self._pools["write"].connection(timeout=self._pool_wait()) as conn:
+                self._down_until = 0.0
                 conn.isolation_level = IsolationLevel.REPEATABLE_READ
                 cur = conn.cursor()
                 with conn.transaction():
