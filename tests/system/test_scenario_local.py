@@ -776,9 +776,11 @@ steps:
 """
 
 
-def test_ctrl_c_during_steps_reports_them_and_up_again_resumes(env, crc):
-    """Ctrl-C: exit 130, the summary says what each step did (the one that succeeded is
-    kept, the running ones failed, the rest skipped) and `crc up` again resumes."""
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_during_steps_reports_them_and_up_again_resumes(env, crc, sig):
+    """Ctrl-C (or `kill`, taken as it): exit 130 (143), the summary says what each step
+    did (the one that succeeded is kept, the running ones failed, the rest skipped), the
+    run's report is ended and `crc up` again resumes."""
     env.cli_env["CRC_LOCAL_DIR"] = str(env.tmp / "machines")
     path = env.tmp / "ctrlc.yaml"
     path.write_text(INTERRUPTED)
@@ -799,9 +801,9 @@ def test_ctrl_c_during_steps_reports_them_and_up_again_resumes(env, crc):
             except NotFound:
                 assert time.monotonic() < deadline and proc.poll() is None, proc.stderr
                 time.sleep(0.1)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         out, err = proc.communicate(timeout=60)
-        assert proc.returncode == 130, out + err
+        assert proc.returncode == 128 + sig, out + err
         assert "Traceback" not in err
         summary = lines(out)[-1]
         assert summary["event"] == "summary" and summary["interrupted"] is True
@@ -810,6 +812,9 @@ def test_ctrl_c_during_steps_reports_them_and_up_again_resumes(env, crc):
         assert steps["first"] == ("succeeded", "job " + steps["first"][1][4:])
         assert steps["slow"][0] == "failed" and steps["gate"][0] == "failed"
         assert steps["after"] == ("skipped", "interrupted")
+        run = env.client.run_state("ctrlc")
+        assert (run["state"], run["message"]) == ("failed", "interrupted")
+        assert run["finished"] is not None
         # The job was cancelled on the machine.
         assert (
             "sleep 120"

@@ -27,6 +27,7 @@ from ..errors import InvalidInput
 from . import output
 from .linejoin import LineJoiner, Piece
 from .output import ago, emit_json, json_option, print_table, safe
+from .signals import stopped_as_by_ctrl_c
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -54,22 +55,6 @@ def error_exit_option(fn: F) -> F:
         help="Exit with CODE when crc itself fails (bad input, not found, unauthorized, "
         "server unreachable), so its own codes never look like the command's (e.g. 255).",
     )(fn)
-
-
-@contextlib.contextmanager
-def _signals_interrupt() -> Iterator[None]:
-    """SIGTERM and SIGHUP (a closed terminal, a CI runner's stop) act like Ctrl-C."""
-
-    def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(signal.Signals(signum).name)
-
-    wanted = [s for s in ("SIGTERM", "SIGHUP") if hasattr(signal, s)]
-    old = {name: signal.signal(getattr(signal, name), interrupt) for name in wanted}
-    try:
-        yield
-    finally:
-        for name, handler in old.items():
-            signal.signal(getattr(signal, name), handler)
 
 
 def start_and_follow(
@@ -121,7 +106,7 @@ def follow_to_end(
     joiner = LineJoiner()
     cursor = 0
     cancelled = False
-    with _signals_interrupt(), _cancelled_if_output_closed(c, job_id), _flushed(joiner):
+    with stopped_as_by_ctrl_c(once=False), _cancelled_if_output_closed(c, job_id), _flushed(joiner):
         while True:
             left = [t for t in started["targets"] if t not in results]
             try:

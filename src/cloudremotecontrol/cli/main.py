@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as exc:
         click.echo(f"crc: error: {' '.join(exc.format_message().split())}", err=True)
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt as exc:  # Ctrl-C, or a signal taken as it (cli/demo_cmd.py)
+    except KeyboardInterrupt as exc:  # Ctrl-C, or a signal taken as it (cli/signals.py)
         click.echo("crc: interrupted", err=True)
         sys.exit(getattr(exc, "exit_code", 130))
     except BrokenPipeError:

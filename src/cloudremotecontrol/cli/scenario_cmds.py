@@ -9,6 +9,7 @@ import click
 
 from ..errors import Conflict, InvalidInput, NotFound, Unauthorized, Unavailable
 from .output import json_option
+from .signals import stopped_as_by_ctrl_c
 
 
 def _provider_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -56,13 +57,16 @@ def up(scenario_file: str, rerun: bool, parallel: int, as_json: bool) -> None:
 
     scenario = load_scenario(scenario_file)
     profile = load_profile()
-    with make_provider(scenario.provider, scenario.provider_settings, profile.url) as provider:
-        with make_view(as_json) as view:
-            runner = Runner(scenario, profile, provider, view, rerun=rerun, max_parallel=parallel)
-            try:
-                rc = runner.up()
-            finally:
-                runner.close()
+    with (
+        stopped_as_by_ctrl_c(),
+        make_provider(scenario.provider, scenario.provider_settings, profile.url) as provider,
+        make_view(as_json) as view,
+    ):
+        runner = Runner(scenario, profile, provider, view, rerun=rerun, max_parallel=parallel)
+        try:
+            rc = runner.up()
+        finally:
+            runner.close()
     exposed = [(m.name, local, port) for m in scenario.machines for local, port in m.forwards]
     if exposed and not as_json:
         click.echo(

@@ -1,0 +1,54 @@
+"""SIGTERM and SIGHUP taken as Ctrl-C is (``kill``, a closed terminal, a CI job
+cancelled), so that a command that tidies up on Ctrl-C tidies up on them too."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from collections.abc import Iterator
+from types import FrameType
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, taken as Ctrl-C is; crc then exits 128 + the signal
+    (cli/main.py)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.exit_code = 128 + signum
+
+
+def _terminal_gone() -> None:
+    """After a SIGHUP the terminal is gone: what crc says next goes to /dev/null."""
+    null = os.open(os.devnull, os.O_WRONLY)
+    for fd in (1, 2):
+        with contextlib.suppress(OSError):
+            if os.isatty(fd):
+                os.dup2(null, fd)
+    os.close(null)
+
+
+@contextlib.contextmanager
+def stopped_as_by_ctrl_c(once: bool = True) -> Iterator[None]:
+    """Within the block, SIGTERM and SIGHUP raise ``Terminated`` (a KeyboardInterrupt).
+    With ``once`` the first signal interrupts and later ones are ignored, so that the
+    tidying up the interrupt starts runs to its end; without it every signal interrupts
+    (a second one stops waiting, as a second Ctrl-C does)."""
+    fired: list[int] = []
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        if fired and once:
+            return
+        if not fired and signum == getattr(signal, "SIGHUP", None):
+            _terminal_gone()
+        fired.append(signum)
+        raise Terminated(signum)
+
+    wanted = [getattr(signal, n) for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n)]
+    before = {s: signal.signal(s, interrupt) for s in wanted}
+    try:
+        yield
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
