@@ -498,6 +498,14 @@ def test_facts_keep_what_is_valid_and_list_what_is_not():
     assert "rejected" not in facts.to_body()
 
 
+def test_an_unknown_fact_named_with_a_lone_surrogate_is_listed_escaped():
+    # The name is only recorded (a facts.rejected event): it stays storable and readable.
+    facts = Facts.from_body({"os": "linux", "m\ud800ood": 1})
+    assert facts.os == "linux"
+    assert facts.rejected == ("unknown facts left out: m\\ud800ood",)
+    assert facts.rejected[0].encode("utf-8")
+
+
 def test_facts_are_bounded_in_count_and_in_what_they_report():
     many = [f"10.0.{i // 256}.{i % 256}" for i in range(MAX_FACT_ADDRESSES + 10)]
     facts = Facts.from_body({"ips": many, **{f"k{i}": i for i in range(50)}})

@@ -222,3 +222,24 @@ def test_a_job_the_agent_gives_up_ends_failed_whatever_the_order_of_its_frames(e
     assert "could not use this job" in target["reason"]
     statuses = [e["status"] for e in server.events("job.status")]
     assert statuses == ["delivered", "failed"], statuses
+
+
+@pytest.mark.parametrize(
+    "envelope",
+    [{"type": "user.\ud800"}, {"type": "\udcff"}, {"correlation_id": "c\ud800"}, {"to": "\ud800"}],
+)
+def test_a_word_with_a_lone_surrogate_in_a_machines_envelope_is_refused_and_recorded_escaped(
+    ends, envelope
+):
+    """JSON carries ``"\\ud800"``, which no UTF-8 page, response or database can: an
+    envelope field holding one is refused where it is decoded (the message is given up),
+    and the ``agent.error`` event names the type escaped, so every read of it works."""
+    server, _ = ends
+    env = {**Envelope.make("lab", "m", "server", "progress", {"text": "x"}).to_dict(), **envelope}
+    text = write_frame(Msg(seq=1, msg=env))
+    assert server.receive(text) == [write_frame(Ack(seq=1))]
+    [error] = server.events("agent.error")
+    assert "valid Unicode" in error["message"] or "unknown message type" in error["message"]
+    assert error["type"].encode("utf-8")  # storable and readable as UTF-8
+    assert error["type"] == env["type"].encode("utf-8", "backslashreplace").decode()
+    assert server.events("progress") == []

@@ -22,7 +22,7 @@ from typing import Any
 from ..errors import InvalidInput, TooLarge
 from .limits import MAX_JSON_DEPTH
 
-__all__ = ["check_json", "json_depth"]
+__all__ = ["check_json", "escaped", "is_unicode", "json_depth"]
 
 
 def json_depth(value: Any, stop_after: int) -> int:
@@ -67,13 +67,31 @@ def json_depth(value: Any, stop_after: int) -> int:
     return deepest
 
 
-def _check_unicode(text: str) -> None:
+def is_unicode(text: str) -> bool:
+    """Whether ``text`` is valid Unicode (no lone surrogate), so UTF-8 can carry it."""
+    if text.isascii():
+        return True
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
+        return False
+    return True
+
+
+def escaped(text: str) -> str:
+    """``text`` with each lone surrogate written as ``\\udXXX``: a machine's word that is
+    only recorded (an unknown fact's name, an unknown message type) stays readable and
+    storable."""
+    if is_unicode(text):
+        return text
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _check_unicode(text: str) -> None:
+    if not is_unicode(text):
         raise InvalidInput(
             "JSON strings must be valid Unicode text (no lone surrogate such as \\ud800)"
-        ) from None
+        )
 
 
 def _check_scalar(value: Any) -> None:

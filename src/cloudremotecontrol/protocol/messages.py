@@ -55,6 +55,7 @@ from .fields import (
     Text,
     check_remote_path,
 )
+from .jsoncheck import escaped, is_unicode
 from .limits import (
     MAX_COMMAND_BYTES,
     MAX_FACT_ADDRESSES,
@@ -151,6 +152,8 @@ class Envelope:
             not isinstance(correlation_id, str) or len(correlation_id) > _ID_MAX
         ):
             raise InvalidInput("correlation_id must be a string")
+        if correlation_id is not None and not is_unicode(correlation_id):
+            raise InvalidInput("correlation_id must be valid Unicode text")
         try:
             created = float(data.get("created") or 0.0)
         except (TypeError, ValueError):
@@ -197,6 +200,8 @@ def _str(data: Mapping[str, Any], key: str) -> str:
     value = data.get(key)
     if not isinstance(value, str) or not value or len(value) > _ID_MAX:
         raise InvalidInput(f"message field {key!r} must be a non-empty string")
+    if not is_unicode(value):
+        raise InvalidInput(f"message field {key!r} must be valid Unicode text")
     return value
 
 
@@ -441,7 +446,7 @@ class Facts(Message):
                 rejected.append(
                     exc.message if exc.message.startswith(f.name) else f"{f.name}: {exc.message}"
                 )
-        unknown = sorted(str(k)[:40] for k in body if k not in known)
+        unknown = sorted(escaped(str(k)[:40]) for k in body if k not in known)
         if unknown:
             shown = ", ".join(unknown[:10]) + (" ..." if len(unknown) > 10 else "")
             rejected.append(f"unknown facts left out: {shown}")

@@ -12,6 +12,7 @@ from collections import deque
 from typing import Any
 
 from ...errors import NotFound
+from ...protocol.jsoncheck import escaped
 from ..ops import events as ev_ops
 from ..ops import groups as group_ops
 from ..ops import jobs as job_ops
@@ -363,18 +364,12 @@ def _event_text(ev: dict[str, Any]) -> str:
 
 
 def _pretty(value: Any) -> str:
-    return _shown(json.dumps(value, indent=1, ensure_ascii=False, sort_keys=True))
+    return escaped(json.dumps(value, indent=1, ensure_ascii=False, sort_keys=True))
 
 
 def _compact(value: Any) -> str:
-    text = _shown(json.dumps(value, ensure_ascii=False, separators=(", ", ": ")))
+    text = escaped(json.dumps(value, ensure_ascii=False, separators=(", ", ": ")))
     return text if len(text) <= 500 else text[:500] + "…"
-
-
-def _shown(text: str) -> str:
-    """``text`` as a page can carry it: a lone surrogate (which JSON can carry, and an
-    older server kept) written as its escape, ``\\ud800``, not a page that fails."""
-    return text if text.isascii() else text.encode("utf-8", "backslashreplace").decode()
 
 
 def terminal_page(tx: Tx, user_id: str, group: str, machine: str) -> dict[str, Any]:

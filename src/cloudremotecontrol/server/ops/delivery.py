@@ -13,6 +13,7 @@ from typing import Any
 
 from ...errors import CrcError, InvalidInput
 from ...protocol.delivery import Receipt, Verdict
+from ...protocol.jsoncheck import escaped
 from ...protocol.messages import (
     Envelope,
     Facts,
@@ -375,7 +376,7 @@ def _give_up(tx: Tx, m: dict[str, Any], seq: int, raw: object, exc: CrcError) ->
             "code": exc.code,
             "message": exc.message,
             "seq": seq,
-            "type": kind[:256] if isinstance(kind, str) else None,
+            "type": escaped(kind[:256]) if isinstance(kind, str) else None,
         },
         machine=m["name"],
     )
