@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import InvalidInput, TooLarge, Unavailable
-from ..protocol.limits import MAX_FILE_BYTES
+from ..protocol.limits import MAX_FILE_BYTES, file_too_large
 from .http import call_json, http_error
 
 __all__ = ["fetch_blob", "upload_file"]
@@ -435,9 +435,7 @@ class _Exactly:
 
 
 def _too_large(path: str) -> TooLarge:
-    return TooLarge(
-        f"{path} is larger than {MAX_FILE_BYTES >> 30} GiB, the most one file pulled can be"
-    )
+    return TooLarge(file_too_large(path, "pulled"))
 
 
 def upload_file(

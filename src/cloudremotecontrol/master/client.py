@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import httpx
 
 from ..errors import CrcError, InvalidInput, TlsUntrusted, TooLarge, Unavailable
-from ..protocol.limits import MAX_FILE_BYTES
+from ..protocol.limits import MAX_FILE_BYTES, file_too_large
 from ..tlspin import client_context, fetch_server_cert, fingerprint_of
 from . import calls
 from .calls import (
@@ -734,9 +734,7 @@ def file_digest(local: str) -> tuple[str, int]:
 
 def _check_file_size(local: str, size: int) -> None:
     if size > MAX_FILE_BYTES:
-        raise TooLarge(
-            f"{local} is larger than {MAX_FILE_BYTES >> 30} GiB, the most one file pushed can be"
-        )
+        raise TooLarge(file_too_large(local, "pushed"))
 
 
 class ExactReader:

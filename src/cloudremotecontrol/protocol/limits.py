@@ -20,3 +20,8 @@ MAX_UNACKED = 1000  # messages in flight to one agent before the server waits fo
 MAX_FILE_BYTES = 4 << 30  # one file pushed or pulled (streamed, never held in memory)
 MAX_FACT_ADDRESSES = 64  # addresses per list in a machine's facts
 MAX_JSON_DEPTH = 32  # nesting of any JSON value a client or machine sends (a body, a value)
+
+
+def file_too_large(name: str, how: str) -> str:
+    """The one wording of a file over ``MAX_FILE_BYTES``; ``how``: "pushed", "pulled"."""
+    return f"{name} is larger than {MAX_FILE_BYTES >> 30} GiB, the most one file {how} can be"

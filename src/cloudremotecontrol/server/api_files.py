@@ -16,7 +16,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 
 from ..errors import Conflict, CrcError, Forbidden, InvalidInput, NotFound, TooLarge
-from ..protocol.limits import MAX_FILE_BYTES
+from ..protocol.limits import MAX_FILE_BYTES, file_too_large
 from . import auth
 from .api import queue_and_deliver
 from .blobs import BlobStore, check_sha256
@@ -138,10 +138,7 @@ async def _receive(request: Request, expected: str | None) -> tuple[str, int]:
     may be is refused before any of it is read."""
     declared = request.headers.get("content-length", "")
     if declared.isascii() and declared.isdigit() and int(declared) > MAX_FILE_BYTES:
-        raise TooLarge(
-            f"a file of {int(declared)} bytes; the most one file pushed or pulled can be is "
-            f"{MAX_FILE_BYTES} bytes ({MAX_FILE_BYTES >> 30} GiB)"
-        )
+        raise TooLarge(file_too_large(f"a file of {int(declared)} bytes", "pushed or pulled"))
     try:
         return await _blobs(request).put(request.stream(), expected, MAX_FILE_BYTES)
     except ClientDisconnect:
