@@ -6,6 +6,7 @@ from __future__ import annotations
 import builtins
 import importlib
 import textwrap
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -207,3 +208,25 @@ def test_a_provider_must_implement_the_required_operations() -> None:
 
     with pytest.raises(TypeError, match="abstract"):
         Half.from_settings({}, server_url=None)
+
+
+def test_down_with_a_machine_left_says_how_to_try_again() -> None:
+    from cloudremotecontrol.master.scenario.runner import down
+    from cloudremotecontrol.master.scenario.view import View
+
+    class Notes(View):
+        def __init__(self) -> None:
+            self.notes: list[tuple[str, dict[str, Any]]] = []
+
+        def info(self, text: str, **doc: Any) -> None:
+            self.notes.append((text, doc))
+
+    cloud, view = Cloud(["a", "b"], stuck=frozenset({"b"})), Notes()
+    nap = lambda seconds: time.sleep(0.05)  # noqa: E731 -- the real clock runs out
+    assert down("s", cloud, None, view, verify_timeout=0.3, sleep=nap) == 1
+    text, doc = view.notes[-1]
+    assert doc["left"] == ["b"] and doc["destroyed"] == ["a", "b"]
+    assert text == (
+        "still at memory after 0.3 s: b; to try again: `crc down --group s --provider "
+        "memory` (or `crc down` with the scenario file)"
+    )

@@ -584,7 +584,15 @@ def _down(
     }
     doc["event"] = "down"
     if left:
-        view.info(f"still at {provider.name}: {', '.join(i.id for i in left)}", **doc)
+        # The group is deleted all the same (its credentials revoked: what is left can no
+        # longer reach the server), and with it what `crc down --group` reads the
+        # provider from: say how to try again.
+        view.info(
+            f"still at {provider.name} after {verify_timeout:g} s: "
+            f"{', '.join(i.id for i in left)}; to try again: `crc down --group {group} "
+            f"--provider {provider.name}` (or `crc down` with the scenario file)",
+            **doc,
+        )
     else:
         fate = "deleted" if deleted else "already gone"
         if client is None and unreachable is None:
