@@ -9,10 +9,12 @@ import asyncio
 import json
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from websockets.asyncio.client import connect
 from wire_helpers import (
     WireAgent,
     assert_error,
@@ -31,6 +33,7 @@ from cloudremotecontrol.protocol.limits import (
     MAX_HTTP_BODY_BYTES,
     MAX_MESSAGE_BODY_BYTES,
 )
+from cloudremotecontrol.tlspin import client_context
 
 JSON = {"content-type": "application/json"}
 G = "/v1/groups"
@@ -516,4 +519,53 @@ def test_a_range_the_server_cannot_serve_gets_the_api_error_shape(env, http):
     resp = http.get(url, headers={**alice, "Range": "bytes=-4"})
     assert resp.status_code == 206 and resp.content == data[-4:]
     assert http.get(url, headers=alice).content == data
+    assert_no_traceback_in_server_log(env.server)
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_an_agent_sending_bad_frames_and_never_reading_costs_the_server_a_bounded_slice(env, http):
+    """Each bad frame is answered with an error frame. A machine that sends them as fast
+    as it can and never reads its socket is read no faster than it reads: the server's
+    memory stays where it was (it grew by hundreds of MiB), and its peer is served."""
+    keys = {m["name"]: m["key"] for m in env.client.create_group("lab", ["a", "b"])["machines"]}
+    cred_a, cred_b = enroll(http, keys["a"]), enroll(http, keys["b"])
+    assert env.server.proc is not None
+    pid = env.server.proc.pid
+
+    async def scenario() -> tuple[int, int, str]:
+        # A long type is named in the error cut short, not echoed whole.
+        async with wire_agent(env.server, cred_a, "lab", "a") as a:
+            await a.ws.send(json.dumps({"type": "t" * 100_000}))
+            error = (await recv_json(a.ws))["error"]["message"]
+        before = _rss_kib(pid)
+        ctx, _ = client_context(env.server.url, env.server.fingerprint)
+        url = "wss://" + env.server.url.split("://", 1)[1].rstrip("/") + "/v1/agent/connect"
+        sent = 0
+        async with connect(  # max_queue=1: it stops reading its socket at once
+            url, ssl=ctx, additional_headers={"Authorization": bearer(cred_a)}, max_queue=1
+        ) as ws:
+            await ws.send(json.dumps({"type": "hello", "ack": 0, "ready": True}))
+            await ws.recv()  # the welcome; nothing is read after it
+            try:
+                while sent < 300_000:
+                    await asyncio.wait_for(ws.send("{}"), 5)
+                    sent += 1
+            except TimeoutError:
+                pass  # the server stopped reading it: what it costs is bounded
+            grown = _rss_kib(pid) - before
+            async with wire_agent(env.server, cred_b, "lab", "b") as b:
+                await check_alive(b)
+            ws.transport.abort()
+        return grown, sent, error
+
+    grown, sent, error = asyncio.run(scenario())
+    assert grown < 16 * 1024, f"server RSS grew {grown} KiB for {sent} bad frames"
+    assert error == f"unknown frame type {'t' * 64!r}...", error[:200]
+    assert http.get("/v1/health").status_code == 200
     assert_no_traceback_in_server_log(env.server)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 
 from cloudremotecontrol.errors import Unavailable
-from cloudremotecontrol.server.hub import AgentLink
+from cloudremotecontrol.server.hub import MAX_QUEUED_FRAMES, AgentLink
 
 
 class Socket:
@@ -128,5 +128,74 @@ def test_an_outbox_the_database_cannot_read_closes_the_connection() -> None:
         assert link.closed
         assert closed == [(1013, "the server's database is unavailable; try again later")]
         assert sock.sent == []
+
+    _run(main())
+
+
+def test_an_agent_that_does_not_read_is_read_no_faster_than_it_reads() -> None:
+    """Each bad frame an agent sends is answered with an error frame. An agent that
+    never reads fills the socket; the frames queued behind it are bounded: the reader
+    (here the loop sending them) waits until the writer has sent what is queued."""
+
+    async def main() -> None:
+        sock = Socket()
+
+        async def reload(machine_id: str, after: int) -> list[tuple[int, str]]:
+            return []
+
+        link = AgentLink("m", sock.send, sock.close, reload, sent_upto=0)
+        writer = asyncio.create_task(link.run_writer())
+        try:
+            await _until(lambda: not link._need_reload, "the replay")
+            sock.gate.clear()  # the agent stops reading: the socket is full
+            link.offer(1, "m1")  # the writer is stuck sending it
+            await _until(lambda: sock.concurrent == 1, "the writer to be sending")
+            answered = 0
+
+            async def flood() -> None:
+                nonlocal answered
+                for n in range(MAX_QUEUED_FRAMES * 4):
+                    await link.send_control_now(f"error{n}")
+                    answered += 1
+
+            reader = asyncio.create_task(flood())
+            await _until(lambda: answered == MAX_QUEUED_FRAMES, "the queue to fill")
+            for _ in range(50):
+                await asyncio.sleep(0)
+            assert answered == MAX_QUEUED_FRAMES  # the next one waits, queued
+            assert len(link._frames) == MAX_QUEUED_FRAMES + 1
+            sock.gate.set()  # it reads again: so is it
+            await asyncio.wait_for(reader, 5)
+            await _until(lambda: len(sock.sent) == MAX_QUEUED_FRAMES * 4 + 1, "all sent")
+            assert sock.sent == ["m1"] + [f"error{n}" for n in range(MAX_QUEUED_FRAMES * 4)]
+        finally:
+            link.closed = True
+            writer.cancel()
+
+    _run(main())
+
+
+def test_a_reader_waiting_for_the_writer_goes_on_when_the_connection_ends() -> None:
+    async def main() -> None:
+        sock = Socket()
+
+        async def reload(machine_id: str, after: int) -> list[tuple[int, str]]:
+            return []
+
+        link = AgentLink("m", sock.send, sock.close, reload, sent_upto=0)
+        writer = asyncio.create_task(link.run_writer())
+        await _until(lambda: not link._need_reload, "the replay")
+        sock.gate.clear()
+        link.offer(1, "m1")
+        await _until(lambda: sock.concurrent == 1, "the writer to be sending")
+        for n in range(MAX_QUEUED_FRAMES):
+            await link.send_control_now(f"error{n}")
+        waiting = asyncio.create_task(link.send_control_now("one too many"))
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert not waiting.done()
+        writer.cancel()  # the connection ends (the endpoint cancels its writer)
+        await asyncio.wait_for(waiting, 5)
+        assert link.closed
 
     _run(main())

@@ -185,7 +185,10 @@ def read_frame(text: str | bytes) -> Frame:
     kind = data.get("type")
     cls = REGISTRY.lookup(kind, Frame) if isinstance(kind, str) else None
     if cls is None:
-        raise InvalidInput(f"unknown frame type {kind!r}", code="unknown_type")
+        if not isinstance(kind, str):  # not echoed: it may be a large or deep value
+            raise InvalidInput("a frame's type must be a string", code="unknown_type")
+        shown = repr(kind) if len(kind) <= 64 else repr(kind[:64]) + "..."
+        raise InvalidInput(f"unknown frame type {shown}", code="unknown_type")
     envelope = data.pop("msg", None) if cls is Msg else None
     check_json(data, what="frame")
     if cls is Msg:

@@ -187,14 +187,17 @@ class _Connection:
     def __init__(self, ws: WebSocket, store: Store, m: dict[str, Any], link: AgentLink) -> None:
         self.ws, self.store, self.m, self.link = ws, store, m, link
 
-    def _error(self, exc: CrcError, seq: int | None = None) -> None:
-        self.link.send_control(write_frame(ErrorFrame(error=exc.to_payload()["error"], seq=seq)))
+    async def error(self, exc: CrcError, seq: int | None = None) -> None:
+        """Tell the agent what was wrong with a frame (nothing was stored); the reader
+        waits while the agent does not read (``AgentLink.send_control_now``)."""
+        payload = exc.to_payload()["error"]
+        await self.link.send_control_now(write_frame(ErrorFrame(error=payload, seq=seq)))
 
     async def on_ack(self, frame: Ack) -> bool:
         try:
             await self.store.write(delivery.ack_outbox, self.m["id"], frame.seq)
         except CrcError as exc:
-            self._error(exc)
+            await self.error(exc)
         return True
 
     async def on_msg(self, frame: Msg) -> bool:
@@ -224,12 +227,14 @@ class _Connection:
             await _refuse(self.ws, 1011, CrcError(result["error"]["message"], code="internal"))
             return False
         if "error" in result:
-            self.link.send_control(write_frame(ErrorFrame(error=result["error"], seq=frame.seq)))
+            await self.link.send_control_now(
+                write_frame(ErrorFrame(error=result["error"], seq=frame.seq))
+            )
         await self.link.send_control_now(ack_frame(frame.seq))
         return True
 
     async def on_hello(self, frame: Hello) -> bool:
-        self._error(CrcError("unexpected hello frame", code="unknown_type"))
+        await self.error(CrcError("unexpected hello frame", code="unknown_type"))
         return True
 
 
@@ -248,7 +253,7 @@ async def _read_loop(ws: WebSocket, store: Store, m: dict[str, Any], link: Agent
             frame = read_frame(text)
         except CrcError as exc:
             # Malformed frame: tell the agent, keep the connection (nothing was stored).
-            conn._error(exc)
+            await conn.error(exc)
             continue
         if not await handlers[frame](frame):
             return

@@ -32,7 +32,15 @@ from typing import Any, Literal
 from ..errors import Unavailable
 from .store.base import ALL_GROUPS
 
-__all__ = ["CUT_ON_STOP", "WAKE_INTERVAL", "AgentLink", "EventBus", "Hub", "ServerStopping"]
+__all__ = [
+    "CUT_ON_STOP",
+    "MAX_QUEUED_FRAMES",
+    "WAKE_INTERVAL",
+    "AgentLink",
+    "EventBus",
+    "Hub",
+    "ServerStopping",
+]
 
 #: The ASGI scope key an endpoint sets (true) on a response that lasts until its client
 #: goes (an event stream): the server closes that connection when it stops.
@@ -40,6 +48,11 @@ CUT_ON_STOP = "crc.cut_on_stop"
 
 #: Seconds: a group's event followers are woken at most once per interval (see above).
 WAKE_INTERVAL = 0.015
+
+#: Frames queued for an agent's writer beyond which ``send_control_now`` waits until the
+#: writer has sent them: an agent that sends and never reads (an error frame for each
+#: bad frame it sends) is read no faster than it reads, so what it costs stays bounded.
+MAX_QUEUED_FRAMES = 256
 
 Reload = Callable[[str, int], Awaitable[list[tuple[int, str]]]]
 
@@ -65,6 +78,7 @@ class AgentLink:
         self._wake = asyncio.Event()
         self._wake.set()
         self._sending = False  # a task is sending (one at a time on the socket)
+        self._drained = asyncio.Event()  # set when the writer has sent what it took
         self.closed = False
 
     def offer(self, seq: int, frame: str) -> None:
@@ -90,9 +104,14 @@ class AgentLink:
     async def send_control_now(self, frame: str) -> None:
         """``send_control`` from the caller's task when nothing else is waiting to be
         sent (an ack after each message the agent sends: the writer task need not be
-        woken for it); queued behind what is."""
+        woken for it); queued behind what is. The caller (the connection's reader) waits
+        while more than ``MAX_QUEUED_FRAMES`` are queued: backpressure on an agent that
+        does not read."""
         if self._sending or self._frames or self._need_reload or self.closed:
             self.send_control(frame)
+            while len(self._frames) > MAX_QUEUED_FRAMES and not self.closed:
+                self._drained.clear()
+                await self._drained.wait()
             return
         self._sending = True
         try:
@@ -103,6 +122,13 @@ class AgentLink:
             self._wake.set()
 
     async def run_writer(self) -> None:
+        try:
+            await self._run_writer()
+        finally:
+            self.closed = True
+            self._drained.set()  # a reader waiting for it goes on (and sees it closed)
+
+    async def _run_writer(self) -> None:
         while not self.closed:
             await self._wake.wait()
             self._wake.clear()
@@ -135,6 +161,7 @@ class AgentLink:
         frames, self._frames = self._frames, []
         for frame in frames:
             await self._send(frame)
+        self._drained.set()
 
 
 class Hub:
