@@ -170,3 +170,39 @@ def test_the_state_database_does_not_take_back_the_room_a_full_disk_got(tmp_path
     )
     assert "full: database or disk is full" in out.stdout, out.stdout + out.stderr
     assert out.returncode == 0 and "stored 3000" in out.stdout, out.stdout + out.stderr
+
+
+def test_an_agent_restored_from_a_backup_skips_what_it_acknowledged_and_gets_new_jobs(
+    env: Env,
+) -> None:
+    """Its state dir copied back from before a job it had acknowledged: the server has
+    dropped that job's message, so it tells the agent to skip it (``machine.resync``),
+    and the next job reaches the agent on that same connection."""
+    agents = env.group_with_agents("g", ["web"])
+    agent = agents["web"]
+
+    def run(word: str) -> dict[str, Any]:
+        job = env.client.start_job("g", "web", argv=["echo", word], timeout=20)
+        deadline = time.monotonic() + 40
+        while True:
+            target = env.client.job(job["job_id"])["targets"][0]
+            if target["status"] not in ("queued", "delivered", "running"):
+                return dict(target)
+            assert time.monotonic() < deadline, f"job {word} never ended: {target}"
+            time.sleep(0.1)
+
+    assert run("one")["status"] == "succeeded"
+    agent.stop()
+    backup = env.tmp / "web-backup"
+    shutil.copytree(agent.state_dir, backup, ignore=shutil.ignore_patterns("*.sock"))
+    agent.start()
+    env.wait_state("g", ["web"], "ready")
+    assert run("two")["status"] == "succeeded"
+    agent.stop()
+    shutil.rmtree(agent.state_dir)
+    shutil.copytree(backup, agent.state_dir)  # from before job two
+    agent.start()
+    env.wait_state("g", ["web"], "ready")
+    assert run("three")["status"] == "succeeded"
+    resync = [e["data"] for e in env.client.events("g") if e["type"] == "machine.resync"]
+    assert [(r["direction"], r["lost"]) for r in resync] == [("to agent", 1)], resync

@@ -73,7 +73,7 @@ class Server:
         )
         welcome = Welcome(ack=info["in_done"], resume_from=info["resume_from"], machine="m")
         replay = []
-        after = hello_ack
+        after = info["sent_upto"]  # as agent_ws.py starts its AgentLink
         while rows := self.run(delivery.outbox_after, self.machine_id, after):
             replay.extend(frame for _, frame in rows)
             after = rows[-1][0]

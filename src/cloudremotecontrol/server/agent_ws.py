@@ -158,7 +158,9 @@ async def _serve(ws: WebSocket, m: dict[str, Any], hello: Hello, info: dict[str,
     async def reload(machine_id: str, after: int) -> list[tuple[int, str]]:
         return await store.read(delivery.outbox_after, machine_id, after)
 
-    link = AgentLink(m["id"], ws.send_text, ws.close, reload, sent_upto=hello.ack)
+    # Not hello.ack: an agent whose state is older than what it acknowledged (restored
+    # from a backup) is told to skip to resume_from, and the replay starts there.
+    link = AgentLink(m["id"], ws.send_text, ws.close, reload, sent_upto=info["sent_upto"])
     old = app.state.hub.attach(link)
     app.state.hub.deliver(info.get("deliveries") or [])
     if old is not None:

@@ -82,7 +82,9 @@ def machine_connected(
     resume_from: int | None = None,
 ) -> dict[str, Any]:
     """Record a (re)connection; return ``{"in_done", "resume_from", "state",
-    "deliveries"}`` (the first two for the welcome frame).
+    "deliveries", "sent_upto"}`` (the first two for the welcome frame; ``sent_upto``:
+    the replay starts after it, at what the agent acknowledged or, when that is older
+    than the oldest message kept, at that message).
 
     ``agent_ack`` (the hello's ``ack``) drops what it acknowledges from the outbox; an
     ack beyond anything this server numbered (its database was restored from a backup)
@@ -151,6 +153,7 @@ def machine_connected(
     return {
         "in_done": m["in_done"],
         "resume_from": server_resumes,
+        "sent_upto": max(agent_ack, server_resumes - 1),
         "state": state,
         "deliveries": auto_hosts_sync(tx, m["group_id"]),
     }
