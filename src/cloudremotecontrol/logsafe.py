@@ -6,11 +6,13 @@ crca_...``), uvicorn and httpx log requests. Rather than hoping that no library 
 logs a secret, every record is redacted where it is written: ``RedactingFormatter``
 formats the record (message, arguments, traceback) and then replaces
 
-* the secret part of ``crcm_``/``crca_``/``crck_`` tokens (the id is kept: it names the
-  row, it is not a secret): ``crca_3f2a..._<redacted>``;
-* the value of ``Authorization`` (and ``Proxy-Authorization``) headers, however they
-  are printed (``Authorization: Bearer x``, ``('authorization', 'Bearer x')``,
-  ``b'authorization': b'Bearer x'``), and any ``Bearer x`` / ``Basic x``;
+* the secret part of ``crcm_``/``crca_``/``crck_``/``crcs_`` tokens (master, machine,
+  enrollment key, dashboard session; the id is kept: it names the row, it is not a
+  secret): ``crca_3f2a..._<redacted>``;
+* the value of ``Authorization``, ``Proxy-Authorization``, ``Cookie`` and
+  ``Set-Cookie`` headers, however they are printed (``Authorization: Bearer x``,
+  ``('authorization', 'Bearer x')``, ``b'cookie': b'x'``), and any ``Bearer x`` /
+  ``Basic x``;
 * values of keys named like ``api_key``, ``token``, ``password``, ``secret``,
   ``credential`` in ``name=value``, ``name: value`` or JSON/dict form, and
   ``VULTR_API_KEY=...``.
@@ -31,12 +33,12 @@ __all__ = ["REDACTED", "RedactingFormatter", "configure", "redact"]
 
 REDACTED = "<redacted>"
 
-_TOKEN = re.compile(r"\b(crc[mak]_[A-Za-z0-9]{1,64}_)[A-Za-z0-9_\-]+")
+_TOKEN = re.compile(r"\b(crc[maks]_[A-Za-z0-9]{1,64}_)[A-Za-z0-9_\-]+")
 # Header name, then a separator as printed by http.client, websockets, reprs of
 # (name, value) tuples and dicts (with or without bytes prefixes and quotes).
 _AUTH_HEADER = re.compile(
     r"""(?ix)
-    ((?:proxy-)?authorization ['"]? \s* (?: : | , | = ) \s* (?:b?['"])?)
+    ((?:(?:proxy-)?authorization|(?:set-)?cookie) ['"]? \s* (?: : | , | = ) \s* (?:b?['"])?)
     [^'"\r\n,}\]]+
     """
 )

@@ -5,21 +5,53 @@ through httpx), then every line of both logs searched."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import secrets
 import time
 from pathlib import Path
 
 import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from wire_helpers import forge, pinned_http
 
 from cloudremotecontrol.master.client import Client
 from cloudremotecontrol.master.localrun import AgentProcess, ServerProcess
+from cloudremotecontrol.server.dashboard.sessions import COOKIE
+from cloudremotecontrol.tlspin import client_context
 from fakes.vultr_api import FakeVultr
 
 
 def _secret_part(token: str) -> str:
     return token.split("_", 2)[2]  # crc<kind>_<id>_<secret>: the secret may hold "_"
+
+
+def _dashboard_session(server: ServerProcess, token: str) -> str:
+    """Log in to the dashboard, then dial a terminal's WebSocket with the session cookie
+    as its page does (websockets logs the handshake's headers at debug)."""
+    with pinned_http(server) as http:
+        form_token = http.get("/dashboard/login").cookies["__Host-crc_login"]
+        r = http.post(
+            "/dashboard/login",
+            data={"token": token, "form_token": form_token},
+            headers={"Cookie": f"__Host-crc_login={form_token}"},
+        )
+        assert r.status_code == 303, r.text
+        session = r.cookies[COOKIE]
+        assert http.get("/v1/whoami", headers={"Cookie": f"{COOKIE}={session}"}).is_success
+
+    async def dial() -> None:
+        ctx, _ = client_context(server.url, server.fingerprint)
+        url = "wss://" + server.url.split("://", 1)[1].rstrip("/") + "/v1/streams/st_nosuch"
+        headers = {"Cookie": f"{COOKIE}={session}", "Origin": server.url.rstrip("/")}
+        with contextlib.suppress(InvalidStatus, ConnectionClosed):
+            async with connect(url, ssl=ctx, additional_headers=headers, open_timeout=10):
+                pass
+
+    asyncio.run(dial())
+    return str(session)
 
 
 @pytest.mark.parametrize("level", ["debug", "info", "warning", "error"])
@@ -55,6 +87,7 @@ def test_no_log_level_shows_a_secret(tmp_path: Path, level: str) -> None:
             time.sleep(0.2)
         credential = json.loads((tmp_path / "a" / "credential.json").read_text())["credential"]
         client.close()
+        session = _dashboard_session(server, token)
     finally:
         if agent is not None:
             agent.stop()
@@ -67,6 +100,7 @@ def test_no_log_level_shows_a_secret(tmp_path: Path, level: str) -> None:
             "enrollment key": _secret_part(key),
             "forged key": _secret_part(forged),
             "machine credential": _secret_part(credential),
+            "dashboard session": _secret_part(session),
             "Vultr API key": vultr_key,
         }.items():
             assert secret not in text, f"the {name} log at {level} shows the {what}"
