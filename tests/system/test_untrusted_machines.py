@@ -304,3 +304,61 @@ def test_deep_json_is_refused_at_every_entry_and_every_read_keeps_working(env, h
     assert r.returncode == 0, r.stderr
     _runs_jobs(env, "b")
     assert_no_traceback_in_server_log(env.server)
+
+
+# -- job reports a machine has no business sending ------------------------------------------
+
+
+def test_reports_on_an_ended_or_held_target_change_nothing(env, http):
+    """A machine may report only on jobs sent to it, and an ended target's record is
+    final: output after its result is dropped, and a result for a target that rate
+    control holds back (its job.run never sent) neither ends it nor releases it."""
+    keys = {m["name"]: m["key"] for m in env.client.create_group("lab", ["a", "b"])["machines"]}
+    creds = {name: enroll(http, key) for name, key in keys.items()}
+
+    def job_events(job_id: str) -> list[tuple[str, str | None, Any]]:
+        return [
+            (e.type, e.machine, e.data.get("status") or e.data.get("data"))
+            for e in env.client.job_events(job_id, follow=False)
+        ]
+
+    async def scenario() -> None:
+        async with (
+            wire_agent(env.server, creds["a"], "lab", "a") as a,
+            wire_agent(env.server, creds["b"], "lab", "b") as b,
+        ):
+            job = env.client.start_job("lab", "a", argv=["true"])["job_id"]
+            assert (await a.next_msg())["body"]["job_id"] == job
+            await a.send_msg("job.result", {"job_id": job, "status": "succeeded", "exit_code": 0})
+            late = {"job_id": job, "stream": "stdout", "data": "FORGED AFTER THE END\n"}
+            assert [f["type"] for f in await a.send_msg("job.output", late)] == ["ack"]
+            assert "FORGED AFTER THE END\n" not in [data for *_, data in job_events(job)]
+
+            held = env.client.start_job("lab", "a,b", argv=["true"], max_concurrency=1)
+            first = await asyncio.wait_for(a.next_msg(), 15)  # a goes first (name order)
+            assert first["body"]["job_id"] == held["job_id"]
+            forged = {
+                "job_id": held["job_id"],
+                "status": "succeeded",
+                "exit_code": 0,
+                "started": True,
+                "output": [["stdout", "I never got this job\n"]],
+            }
+            await b.send_msg("job.result", forged)
+            targets = {t["machine"]: t["status"] for t in env.client.job(held["job_id"])["targets"]}
+            assert targets == {"a": "delivered", "b": "queued"}, targets
+            # When a ends, b gets the job: the forged result released nothing, ended nothing.
+            await a.send_msg(
+                "job.result", {"job_id": held["job_id"], "status": "succeeded", "exit_code": 0}
+            )
+            second = await asyncio.wait_for(b.next_msg(), 15)
+            assert second["body"]["job_id"] == held["job_id"]
+            await b.send_msg(
+                "job.result", {"job_id": held["job_id"], "status": "failed", "exit_code": 3}
+            )
+            targets = {t["machine"]: t["status"] for t in env.client.job(held["job_id"])["targets"]}
+            assert targets == {"a": "succeeded", "b": "failed"}, targets
+            assert "I never got this job\n" not in [d for *_, d in job_events(held["job_id"])]
+
+    asyncio.run(scenario())
+    assert_no_traceback_in_server_log(env.server)

@@ -254,10 +254,12 @@ def job_steps(
     output and result arrive together: ``job.fold``). Each status change the transition
     table allows is a ``job.status`` event; output is kept up to
     ``MAX_OUTPUT_KEPT_BYTES`` per target (then cut, with a marker) as ``job.output``
-    events. Returns what the rate-control rules release when the target ended."""
+    events, and none once the target has ended. A target held back by rate control was
+    never sent to the machine: what it reports about it changes nothing. Returns what
+    the rate-control rules release when the target ended."""
     jt = tx.one(JOB_TARGET_SQL, (job_id, m["id"]))  # may be read ahead (``reads_job_target``)
-    if jt is None:
-        return []
+    if jt is None or jt["held"]:
+        return []  # not this machine's, or held back by rate control: never sent to it
     walk = _walk(
         job_id,
         JobStatus(jt["status"]),
@@ -321,8 +323,8 @@ def _walk(
             events.append(("job.status", change))
             continue
         stream, data = step
-        if walk.kept >= MAX_OUTPUT_KEPT_BYTES:
-            continue
+        if walk.kept >= MAX_OUTPUT_KEPT_BYTES or walk.status.terminal:
+            continue  # over the limit, or after the target's end: its record is final
         size = len(data.encode())
         if walk.kept + size > MAX_OUTPUT_KEPT_BYTES:
             data = data.encode()[: MAX_OUTPUT_KEPT_BYTES - walk.kept].decode(errors="ignore")

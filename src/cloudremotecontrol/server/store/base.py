@@ -144,7 +144,8 @@ def _declared(op: Callable[..., Any], attr: str, args: Sequence[Any]) -> Any:
 #: with ``(job_id, machine_id)`` as parameters: the statement ``reads_job_target``
 #: declares.
 JOB_TARGET_SQL = (
-    "SELECT t.status, t.exit_code, t.reason, t.output_bytes, j.rollout FROM job_targets t "
+    "SELECT t.status, t.exit_code, t.reason, t.output_bytes, t.held, j.rollout "
+    "FROM job_targets t "
     "JOIN jobs j ON j.id = t.job_id WHERE t.job_id = ? AND t.machine_id = ?"
 )
 

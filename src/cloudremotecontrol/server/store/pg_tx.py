@@ -423,7 +423,7 @@ _PY_TYPES: dict[str, type] = {
     "boolean": bool,
 }
 #: The columns of ``job_targets`` that ``JOB_TARGET_SQL`` reads (``rollout`` is the job's).
-_TARGET_COLUMNS = ("status", "exit_code", "reason", "output_bytes")
+_TARGET_COLUMNS = ("status", "exit_code", "reason", "output_bytes", "held")
 _TARGET_TABLES = re.compile(r"\b(?:job_targets|jobs)\b", re.IGNORECASE)
 _TARGET_INSERT = re.compile(r"\s*INSERT\s+INTO\s+(?:job_targets|jobs)\b", re.IGNORECASE)
 #: ``UPDATE job_targets SET ... WHERE job_id = ? AND machine_id = ?``: one target.
@@ -434,7 +434,8 @@ _TARGET_UPDATE = re.compile(
 )
 _TARGETS_AHEAD = (
     "SELECT t.job_id AS key_job, t.machine_id AS key_machine, t.status, t.exit_code, "
-    "t.reason, t.output_bytes, j.rollout FROM job_targets t JOIN jobs j ON j.id = t.job_id "
+    "t.reason, t.output_bytes, t.held, j.rollout FROM job_targets t "
+    "JOIN jobs j ON j.id = t.job_id "
     "WHERE (t.job_id, t.machine_id) IN (SELECT * FROM unnest(%s::text[], %s::text[]))"
 )
 
