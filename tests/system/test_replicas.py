@@ -426,3 +426,66 @@ def test_a_push_moves_to_the_next_replica_when_its_own_is_gone(pg_url, tmp_path)
             agent.stop()
         for s in (a, b):
             s.stop()
+
+
+@pytest.mark.parametrize("direction", ["push", "pull"])
+def test_a_file_transfer_cut_by_a_replica_kill_goes_on_through_the_next(
+    pg_url, tmp_path, direction
+):
+    """An agent given both replicas' URLs moves to the next when its own is killed; a
+    push it was downloading resumes there (Range), a pull it was uploading is sent there
+    again, and the job succeeds: it used to fail, every retry going to the dead URL."""
+    import glob
+    import hashlib
+    import os
+
+    a, b = replicas(tmp_path, pg_url, 2)
+    agent = None
+    size = 256 << 20
+    try:
+        token = a.add_user("alice")
+        with Client(b.url, token, b.fingerprint, timeout=600) as crc:
+            out = crc.create_group("lab", ["m"])
+            agent = AgentProcess(
+                tmp_path / "m", f"{a.url},{b.url}", out["machines"][0]["key"], a.fingerprint
+            ).start()
+            _wait(lambda: crc.group("lab")["machines"][0]["state"] == "ready", 60)
+            assert "connected to " + a.url in agent.log()
+            src = tmp_path / "payload.bin"
+            with open(src, "wb") as f:
+                for _ in range(size >> 20):
+                    f.write(os.urandom(1 << 20))
+            sha = hashlib.sha256(src.read_bytes()).hexdigest()
+            on_m = tmp_path / "on-m"
+            on_m.mkdir()
+            dest = on_m / "payload.bin"
+            if direction == "push":
+                job = crc.push("lab", "m", str(src), str(dest))
+
+                def cut() -> bool:  # the agent's partial file is growing, from A
+                    parts = glob.glob(str(on_m / ".crc-*.part"))
+                    return bool(parts) and 0 < os.path.getsize(parts[0]) < size
+            else:
+                os.link(src, dest)
+                job = crc.start_pull("lab", "m", str(dest))
+
+                def cut() -> bool:  # the upload is growing at A
+                    return any(
+                        p.stat().st_size > 0 for p in (a.data_dir / "blobs" / "tmp").glob("*")
+                    )
+
+            _wait(cut, 60)
+            a.kill()
+            events = list(crc.follow_job(job["job_id"], ["m"]))
+            assert events[-1]["data"]["status"] == "succeeded", events[-1]
+            if direction == "push":
+                assert hashlib.sha256(dest.read_bytes()).hexdigest() == sha
+            else:
+                back = tmp_path / "back.bin"
+                assert crc.download_pulled(job["job_id"], str(back))["sha256"] == sha
+            assert "connected to " + b.url in agent.log()
+    finally:
+        if agent is not None:
+            agent.stop()
+        for s in (a, b):
+            s.stop()

@@ -819,14 +819,19 @@ class Agent:
         from .files import fetch_blob, upload_file
 
         await self.send(JobStarted(job.job_id))
-        ctx, _ = client_context(self.url, self.cred.fingerprint, self.cred.cert_pem)
+
+        def where() -> tuple[str, ssl.SSLContext | None]:
+            """The server this agent is connected to now (it moves to the next of its
+            URLs when one stops answering): a transfer cut by that goes on there."""
+            url = self.url
+            return url, client_context(url, self.cred.fingerprint, self.cred.cert_pem)[0]
+
         try:
             if isinstance(job, FilePut):
                 summary = await asyncio.to_thread(
                     fetch_blob,
-                    self.url,
+                    where,
                     self.cred.credential,
-                    ctx,
                     job.sha256,
                     job.size,
                     job.path,
@@ -835,7 +840,7 @@ class Agent:
                 )
             else:
                 summary = await asyncio.to_thread(
-                    upload_file, self.url, self.cred.credential, ctx, job.job_id, job.path
+                    upload_file, where, self.cred.credential, job.job_id, job.path
                 )
         except (CrcError, OSError, ValueError) as exc:
             reason = exc.message if isinstance(exc, CrcError) else str(exc)

@@ -26,7 +26,12 @@ from ..errors import InvalidInput, TooLarge, Unavailable
 from ..protocol.limits import MAX_FILE_BYTES, file_too_large
 from .http import call_json, http_error
 
-__all__ = ["fetch_blob", "upload_file"]
+__all__ = ["Where", "fetch_blob", "upload_file"]
+
+#: Where the server is now: its URL and the TLS context for it, asked again at every
+#: attempt. An agent given several URLs (replicas) moves to the next when one stops
+#: answering (core.py), and a transfer cut by that follows it there.
+Where = Callable[[], tuple[str, ssl.SSLContext | None]]
 
 CHUNK = 1 << 20
 ATTEMPTS = 5
@@ -225,9 +230,8 @@ def _open_part(part: str) -> int:
 
 
 def fetch_blob(
-    base_url: str,
+    where: Where,
     credential: str,
-    ctx: ssl.SSLContext | None,
     sha: str,
     size: int,
     dest: str,
@@ -253,7 +257,7 @@ def fetch_blob(
         raise InvalidInput(f"cannot write {dest} on this machine: {exc.strerror or exc}") from None
     keep = True  # a broken download stays for the next push to resume
     try:
-        _download(base_url, credential, ctx, sha, size, fd, sleep)
+        _download(where, credential, sha, size, fd, sleep)
         keep = False
         digest, got = _hash_fd(fd)
         if digest.hexdigest() != sha or got != size:
@@ -316,17 +320,18 @@ def fetch_blob(
 
 
 def _download(
-    base_url: str,
+    where: Where,
     credential: str,
-    ctx: ssl.SSLContext | None,
     sha: str,
     size: int,
     fd: int,
     sleep: Callable[[float], None],
 ) -> None:
-    """Fill the locked temporary file ``fd`` with the blob, resuming where it ends."""
-    url = f"{base_url.rstrip('/')}/v1/agent/blobs/{sha}"
+    """Fill the locked temporary file ``fd`` with the blob, resuming where it ends (at
+    the server the agent is connected to at each attempt)."""
     for attempt in range(ATTEMPTS):
+        base_url, ctx = where()
+        url = f"{base_url.rstrip('/')}/v1/agent/blobs/{sha}"
         have = os.fstat(fd).st_size
         if have > size:
             os.ftruncate(fd, 0)
@@ -439,10 +444,16 @@ def _too_large(path: str) -> TooLarge:
 
 
 def upload_file(
-    base_url: str, credential: str, ctx: ssl.SSLContext | None, job_id: str, path: str
+    where: Where,
+    credential: str,
+    job_id: str,
+    path: str,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> str:
     """Upload ``path`` for pull job ``job_id`` (streamed, with its SHA-256): exactly the
-    bytes that were hashed."""
+    bytes that were hashed. An upload the network cuts is sent again (to the server the
+    agent is connected to then), up to ``ATTEMPTS`` times: the server keeps one upload
+    per pull, and takes the same content again as a success."""
     _check_absolute(path)
     if not os.path.isfile(path):
         raise InvalidInput(f"{path} is not a file on this machine")
@@ -466,23 +477,33 @@ def upload_file(
                 if size > SMALL:
                     kept = None
         sha = digest.hexdigest()
-        data: Any = b"".join(kept) if kept is not None else _Exactly(fd, size, sha)
-        try:
-            call_json(
-                f"{base_url.rstrip('/')}/v1/agent/uploads/{job_id}",
-                ctx,
-                method="PUT",
-                data=data,
-                credential=credential,
-                timeout=300,
-                headers={
-                    "Content-Length": str(size),
-                    "Content-Type": "application/octet-stream",
-                    "X-Content-SHA256": sha,
-                },
-            )
-        except _Changed as exc:
-            raise InvalidInput(f"{path} changed while it was read ({exc}): pull it again") from None
+        small = b"".join(kept) if kept is not None else None
+        for attempt in range(ATTEMPTS):
+            base_url, ctx = where()
+            data: Any = small if small is not None else _Exactly(fd, size, sha)
+            try:
+                call_json(
+                    f"{base_url.rstrip('/')}/v1/agent/uploads/{job_id}",
+                    ctx,
+                    method="PUT",
+                    data=data,
+                    credential=credential,
+                    timeout=300,
+                    headers={
+                        "Content-Length": str(size),
+                        "Content-Type": "application/octet-stream",
+                        "X-Content-SHA256": sha,
+                    },
+                )
+                break
+            except _Changed as exc:
+                raise InvalidInput(
+                    f"{path} changed while it was read ({exc}): pull it again"
+                ) from None
+            except Unavailable:
+                if attempt == ATTEMPTS - 1:
+                    raise
+                sleep(min(10.0, 0.5 * 2**attempt))
     except OSError as exc:
         raise InvalidInput(f"cannot read {path} on this machine: {exc.strerror or exc}") from None
     finally:
