@@ -56,3 +56,37 @@ def test_a_cancelled_close_still_ends_the_connection() -> None:
         await server.wait_closed()
 
     asyncio.run(main())
+
+
+def test_a_forward_whose_machine_sends_data_first_is_refused_without_echoing_it(
+    monkeypatch,
+) -> None:
+    """A machine answering a forward with data instead of ``stream.ready``: the error
+    names what came (its size), not the data itself (up to a 1 MiB frame)."""
+    from cloudremotecontrol.errors import InvalidInput
+    from cloudremotecontrol.master import streams
+    from cloudremotecontrol.protocol.streams import ForwardSpec
+
+    class Hostile:
+        closed = False
+
+        async def recv(self) -> bytes:
+            return b"\x1b]0;pwned\x07" + b"x" * (1 << 20)
+
+        async def close(self) -> None:
+            self.closed = True
+
+    hostile = Hostile()
+
+    async def opened(opener: object, group: str, body: object) -> Hostile:
+        return hostile
+
+    monkeypatch.setattr(streams, "open_stream", opened)
+    spec = ForwardSpec(local_addr="127.0.0.1", local_port=1, remote_host="127.0.0.1", remote_port=2)
+    try:
+        asyncio.run(streams.open_forward(None, "lab", "m", spec))  # type: ignore[arg-type]
+    except InvalidInput as exc:
+        assert exc.message == "unexpected first message on a forward: 1048586 bytes of data"
+    else:
+        raise AssertionError("a forward that never said ready was accepted")
+    assert hostile.closed

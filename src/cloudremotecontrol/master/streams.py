@@ -189,7 +189,8 @@ async def open_forward(opener: Opener, group: str, machine: str, spec: ForwardSp
     await stream.close()
     if isinstance(first, StreamError):
         raise stream_error(first)
-    raise InvalidInput(f"unexpected first message on a forward: {first!r}", code="protocol")
+    what = f"{len(first)} bytes of data" if isinstance(first, bytes) else first.TYPE
+    raise InvalidInput(f"unexpected first message on a forward: {what}", code="protocol")
 
 
 async def _carry(stream: AsyncStream, reader: asyncio.StreamReader, writer: Any) -> int:
