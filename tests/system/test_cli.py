@@ -281,6 +281,16 @@ def test_crc_own_failures_can_be_told_from_the_remote_exit_code(env, crc):
         "run", "lab", "--to", "a", "--error-exit", "255", "--", "true", extra_env={"CRC_TOKEN": "x"}
     )
     assert r.returncode == 255
+    # Bad input caught before anything is sent is crc's own failure too.
+    for bad in (
+        ["run", "lab", "--error-exit", "255", "--", "true"],  # no --to
+        ["run", "lab", "--to", "a", "--error-exit", "255", "--shell", "fish", "--", "true"],
+        ["push", "lab", "--to", "a", "--error-exit", "255", "/nonexistent/file", "/tmp/x"],
+    ):
+        r = crc(*bad)
+        assert r.returncode == 255 and r.stderr.startswith("crc: error: "), (bad, r.stderr)
+    r = crc("run", "lab", "--to", "a", "--error-exit", "abc", "--", "true")
+    assert r.returncode == 2, r.stderr  # its own value cannot be used: the usual code
 
 
 def test_usage_errors_are_one_line_with_the_usage_and_where_to_find_help(env, crc):

@@ -90,12 +90,12 @@ def main(argv: list[str] | None = None) -> None:
         if exc.ctx is not None:
             click.echo(exc.ctx.get_help())
         sys.exit(0)
-    except click.UsageError as exc:
+    except click.UsageError as exc:  # bad input is crc's own failure: --error-exit's CODE
         click.echo(f"crc: error: {usage_line(exc)}", err=True)
-        sys.exit(exc.exit_code)
+        sys.exit(output.own_error_exit or exc.exit_code)
     except click.ClickException as exc:
         click.echo(f"crc: error: {' '.join(exc.format_message().split())}", err=True)
-        sys.exit(exc.exit_code)
+        sys.exit(output.own_error_exit or exc.exit_code)
     except KeyboardInterrupt as exc:  # Ctrl-C, or a signal taken as it (cli/signals.py)
         click.echo("crc: interrupted", err=True)
         sys.exit(getattr(exc, "exit_code", 130))
