@@ -72,7 +72,7 @@ async def test_a_version_11_database_is_upgraded_and_cuts_only_dead_replicas_str
     store = open_store(db_url)
     await store.start()
     try:
-        assert await store.read(versions) == ALL and ALL[-1] == 12
+        assert await store.read(versions) == ALL and 12 in ALL
         await store.write(sessions.renew_lease, "gone")
         await store.write(sessions.renew_lease, "here")
         await open_on(store, user, gid, "st_dead", "gone")

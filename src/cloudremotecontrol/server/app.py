@@ -32,6 +32,7 @@ from .methods import Methods
 from .openapi import install_openapi
 from .ops import delivery
 from .ops import groups as groups_ops
+from .ops import overdue as overdue_ops
 from .ops import recordings as recording_ops
 from .ops import retention as retention_ops
 from .ops import rollout as rollout_ops
@@ -390,3 +391,7 @@ async def _touch_loop(store: Store, hub: Hub) -> None:
                 for mid, reason, uninstall in await store.write(delivery.touch_machines, ids):
                     await hub.revoke([mid], reason, uninstall)
             await store.write(delivery.sweep_stale, 3 * TOUCH_SECONDS)
+        with contextlib.suppress(CrcError):
+            at = time.time()
+            if await store.read(overdue_ops.overdue_targets, at):
+                hub.deliver(await store.write(overdue_ops.end_overdue, at))

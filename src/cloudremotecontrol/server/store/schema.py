@@ -212,6 +212,15 @@ def _v12(d: str) -> list[str]:
     ]
 
 
+def _v13(d: str) -> list[str]:
+    """The targets still under way, by when they last changed: the server ends those
+    whose machine reported no end long after their timeout (ops/overdue.py)."""
+    return [
+        "CREATE INDEX job_targets_open ON job_targets(updated) "
+        "WHERE status IN ('delivered', 'running')"
+    ]
+
+
 MIGRATIONS = [
     (1, _v1),
     (2, _v2),
@@ -225,6 +234,7 @@ MIGRATIONS = [
     (10, _v10),
     (11, _v11),
     (12, _v12),
+    (13, _v13),
 ]
 
 

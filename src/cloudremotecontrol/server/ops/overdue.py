@@ -1,0 +1,103 @@
+"""Targets whose machine never reported their end.
+
+The agent enforces a job's timeout and reports ``timed_out``; a target still
+``delivered`` or ``running`` ``OVERDUE_GRACE`` seconds after its timeout, on a machine
+connected for at least that long, means its agent hung. Such a target ends ``lost``,
+with the reason, so that a master following the job (``crc run``, a scenario step) is
+not left waiting for ever; what the machine reports later about it changes nothing (an
+ended target's record is final). A machine that is offline is waited for: what it did
+meanwhile is delivered when it comes back (docs/delivery.md), and one that just came
+back has ``OVERDUE_GRACE`` to say so. Only ``job.run`` targets have a timeout: a file
+transfer runs as long as its bytes keep coming.
+
+The server's touch loop (``app.py``) calls these: a read finds the candidates, a write
+ends those still overdue (another replica may have ended them meanwhile).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ...protocol.states import JobEvent
+from ..store.base import Tx
+from .common import loads
+from .streams import job_steps
+
+__all__ = ["OVERDUE_GRACE", "end_overdue", "overdue_targets"]
+
+#: Seconds past a target's timeout after which the server stops waiting for its end.
+OVERDUE_GRACE = 120.0
+
+_OPEN = (
+    "SELECT job_id, machine_id, updated FROM job_targets "
+    "WHERE status IN ('delivered', 'running') AND updated < ?"
+)
+
+Deliveries = list[tuple[str, int, str]]
+
+
+def _timeouts(tx: Tx, job_ids: set[str]) -> dict[str, float | None]:
+    """Each job's timeout, None for a job without one (not a ``job.run``)."""
+    out: dict[str, float | None] = {}
+    for job_id in job_ids:
+        row = tx.one("SELECT spec FROM jobs WHERE id = ?", (job_id,))
+        spec = loads(row["spec"]) if row is not None else None
+        out[job_id] = None
+        if isinstance(spec, dict) and spec.get("type") == "job.run":
+            timeout = spec.get("timeout")
+            if isinstance(timeout, (int, float)) and not isinstance(timeout, bool):
+                out[job_id] = float(timeout)
+    return out
+
+
+def _connected_since(tx: Tx, machine_id: str) -> float | None:
+    """When the machine's connection began (its last state change), or None when it
+    is not connected. A connection older than the events kept counts as old."""
+    m = tx.one("SELECT group_id, name, state FROM machines WHERE id = ?", (machine_id,))
+    if m is None or m["state"] not in ("enrolled", "ready"):
+        return None
+    last = tx.one(
+        "SELECT created FROM events WHERE group_id = ? AND machine = ? "
+        "AND type = 'machine.state' ORDER BY id DESC LIMIT 1",
+        (m["group_id"], m["name"]),
+    )
+    return float(last["created"]) if last is not None else 0.0
+
+
+def _overdue(tx: Tx, at: float, grace: float) -> list[dict[str, Any]]:
+    rows = tx.all(_OPEN, (at - grace,))
+    timeouts = _timeouts(tx, {r["job_id"] for r in rows})
+    since: dict[str, float | None] = {}
+    out = []
+    for r in rows:
+        timeout = timeouts[r["job_id"]]
+        if timeout is None or float(r["updated"]) + timeout + grace >= at:
+            continue
+        mid = r["machine_id"]
+        if mid not in since:
+            since[mid] = _connected_since(tx, mid)
+        connected = since[mid]
+        if connected is not None and connected + grace < at:
+            out.append({**r, "timeout": timeout})
+    return out
+
+
+def overdue_targets(tx: Tx, at: float, grace: float = OVERDUE_GRACE) -> list[tuple[str, str]]:
+    """``(job_id, machine_id)`` of the targets overdue at ``at`` (a read)."""
+    return [(r["job_id"], r["machine_id"]) for r in _overdue(tx, at, grace)]
+
+
+def end_overdue(tx: Tx, at: float, grace: float = OVERDUE_GRACE) -> Deliveries:
+    """End ``lost`` every target still overdue at ``at``; what rate control releases."""
+    deliveries: Deliveries = []
+    for r in _overdue(tx, at, grace):
+        m = tx.one("SELECT id, name, group_id FROM machines WHERE id = ?", (r["machine_id"],))
+        if m is None:
+            continue
+        reason = (
+            f"the machine reported no end {grace:g} s after the job's timeout "
+            f"({r['timeout']:g} s): its agent hung, or the machine went away"
+        )
+        deliveries += job_steps(tx, dict(m), r["job_id"], [(JobEvent.LOSE, None, reason)])
+        tx.notify(m["group_id"])
+    return deliveries
