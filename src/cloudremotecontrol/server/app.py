@@ -391,7 +391,11 @@ async def _touch_loop(store: Store, hub: Hub) -> None:
                 for mid, reason, uninstall in await store.write(delivery.touch_machines, ids):
                     await hub.revoke([mid], reason, uninstall)
             await store.write(delivery.sweep_stale, 3 * TOUCH_SECONDS)
-        with contextlib.suppress(CrcError):
+        try:  # targets whose connected machine never reported their end (ops/overdue.py)
             at = time.time()
             if await store.read(overdue_ops.overdue_targets, at):
                 hub.deliver(await store.write(overdue_ops.end_overdue, at))
+        except CrcError as exc:
+            log.warning("overdue targets: trying again: %s", exc)
+        except Exception as exc:  # noqa: BLE001 -- the loop must outlive one failure
+            log.error("overdue targets: trying again: %r", exc)
