@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import select
 import socket
 import ssl
 import subprocess
@@ -392,4 +393,122 @@ def test_failed_enrollments_are_limited_per_address_and_logged_by_key_id(tmp_pat
         assert "w" * 32 not in log and keys[0].split("_", 2)[2] not in log
         assert_no_traceback_in_server_log(srv)
     finally:
+        srv.stop()
+
+
+def _open_fds(server: ServerProcess) -> int:
+    assert server.proc is not None
+    return len(list(Path(f"/proc/{server.proc.pid}/fd").iterdir()))
+
+
+def _silent_upgrade(server: ServerProcess, path: str, source: str) -> ssl.SSLSocket | None:
+    """A WebSocket upgrade to ``path`` without a credential, from ``source``, that then
+    says and reads nothing more (never answers a close frame, nor TLS's goodbye)."""
+    try:
+        sock = _connect(server, source)
+        sock.sendall(
+            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nUpgrade: websocket\r\n"
+            "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+    except OSError:
+        return None
+    return sock
+
+
+def test_websockets_without_a_credential_count_until_authenticated_and_are_cut_when_refused(
+    tmp_path: Path,
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from wire_helpers import wire_agent
+
+    from cloudremotecontrol.master.localrun import AgentProcess
+
+    srv = ServerProcess(tmp_path / "srv").start()  # 64 per address, 512 in all
+    agent: AgentProcess | None = None
+    cleanup = contextlib.ExitStack()
+    try:
+        token = srv.add_user("alice")
+        client = Client(srv.url, token, srv.fingerprint)
+        names = [f"m{i}" for i in range(71)]
+        keys = {m["name"]: m["key"] for m in client.create_group("g", names)["machines"]}
+        with pinned_http(srv) as http:
+            creds = {name: enroll(http, keys[name]) for name in names[:70]}
+        time.sleep(1)
+        baseline = _open_fds(srv)
+        # One address opens 180 upgrades without a credential, more than twice its
+        # share: to the agents' endpoint (accepted, then closed with 4401), a stream (a
+        # 401 denial) and no WebSocket at all (403); none ever replies.
+        paths = ["/v1/agent/connect", "/v1/streams/st_" + "a" * 22, "/v1/nowhere"] * 60
+        with ThreadPoolExecutor(16) as pool:
+            flood = list(pool.map(lambda p: _silent_upgrade(srv, p, "127.0.0.2"), paths))
+        cleanup.callback(lambda: [sock.close() for sock in flood if sock is not None])
+        opened = time.monotonic()
+        # (1) Honest requests are served at once, from another address and from the
+        # flooding one (a refused WebSocket is the first pushed out).
+        for source in ("127.0.0.1", "127.0.0.2"):
+            with _connect(srv, source) as s:
+                t = time.monotonic()
+                assert _whoami(s, token) == "200"
+                assert time.monotonic() - t < 5
+        with pinned_http(srv) as http:
+            assert http.get("/v1/health").status_code == 200
+        # (2) The refused WebSockets are not held: the server's open descriptors are
+        # back near where they were within seconds (without the cut, each is held for
+        # the close frame, 10 s, then TLS's goodbye, 30 s).
+        fds = [_open_fds(srv)]
+        while fds[-1] > baseline + 20 and time.monotonic() - opened < 8:
+            time.sleep(0.25)
+            fds.append(_open_fds(srv))
+        assert fds[-1] <= baseline + 20, (baseline, fds)
+        # The flood's own sockets were cut by the server (reset or end of stream).
+        for sock in flood:
+            if sock is None:
+                continue
+            sock.settimeout(5)
+            with contextlib.suppress(OSError):
+                while sock.recv(4096):
+                    pass
+            sock.close()
+        # Every place they took was given back once: a full share of idle connections
+        # from the flooding address fits, none pushed out (a place kept by a WebSocket
+        # long gone would push out the oldest of them, with 503).
+        idle = [_connect(srv, "127.0.0.2") for _ in range(64)]
+        try:
+            answered, _, _ = select.select(idle, [], [], 1.0)
+            assert not answered, [s.recv(4096)[:12] for s in answered]
+        finally:
+            for sock in idle:
+                sock.close()
+        # (3) Authenticated WebSockets leave the pool: 70 agents from one address (over
+        # its 64) all log in and stay, and a real agent still connects beside them.
+
+        async def agents() -> None:
+            async with contextlib.AsyncExitStack() as stack:
+                for name in names[:70]:
+                    await stack.enter_async_context(wire_agent(srv, creds[name], "g", name))
+                assert _open_fds(srv) >= baseline + 70
+                await asyncio.to_thread(real_agent)
+
+        def real_agent() -> None:
+            nonlocal agent
+            agent = AgentProcess(tmp_path / "a", srv.url, keys["m70"], srv.fingerprint).start()
+            deadline = time.monotonic() + 60
+            while {m["name"]: m["state"] for m in client.group("g")["machines"]}["m70"] != "ready":
+                assert time.monotonic() < deadline, agent.log()
+                time.sleep(0.2)
+            with pinned_http(srv) as http:
+                assert http.get("/v1/health").status_code == 200
+
+        asyncio.run(agents())
+        assert client.run_wait("g", "m70", argv=["echo", "ok"]).results["m70"].status == (
+            "succeeded"
+        )
+        client.close()
+        assert_no_traceback_in_server_log(srv)
+    finally:
+        cleanup.close()
+        if agent is not None:
+            agent.stop()
         srv.stop()

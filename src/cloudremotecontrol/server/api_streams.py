@@ -34,6 +34,7 @@ from ..protocol.streams import (
     write_control,
 )
 from . import auth
+from .httpguard import mark_authenticated
 from .models import StrictBody
 from .ops import recordings as recording_ops
 from .ops import sessions as session_ops
@@ -293,6 +294,7 @@ async def _browser_user(ws: WebSocket) -> dict[str, Any]:
     user = await session_from_cookie(ws)
     if user is None:
         raise Unauthorized("log in to the dashboard first")
+    mark_authenticated(ws)  # a live session: the connection leaves the pre-login pool
     return dict(user)
 
 

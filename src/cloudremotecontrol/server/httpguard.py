@@ -23,8 +23,17 @@ all set by ``ServerLimits`` (``crc server run`` flags or ``server.json``):
   pushes out its own kind, while an honest client, which spends milliseconds there,
   gets in. When every such connection is busy with a request the new one is refused
   with ``503``. A connection leaves the pool when a request on it authenticates
-  (``mark_authenticated``, called by ``server/auth.py``) or when it becomes a WebSocket
-  (whose first act is to authenticate, or be closed: ``agent_ws.py``).
+  (``mark_authenticated``, called by ``server/auth.py``) or when it is gone.
+
+A WebSocket upgrade keeps its connection's place: the slot passes to the WebSocket
+protocol (``wsprotocol.py``), and the connection counts against the limits until its
+endpoint authenticates it (the agent's and the streams' credential, the dashboard
+terminal's session cookie: ``mark_authenticated`` again). One refused before that (no
+credential, a wrong one, no WebSocket at that path, too many agent logins) is cut
+``LINGER_SECONDS`` after its answer or close frame, as an HTTP refusal is: no waiting
+for the client's close frame nor for a TLS goodbye. One whose endpoint has neither
+authenticated nor refused it ``header_timeout`` seconds after the upgrade is cut too.
+While it lingers, a refused WebSocket is the first to be pushed out by a new connection.
 
 The counts are per server process; everything here runs on the event loop's thread.
 """
@@ -35,14 +44,14 @@ import asyncio
 import json
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from starlette.requests import HTTPConnection
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from .admission import LoginGate
 from .secheaders import RAW_HEADERS
-from .wsprotocol import AGENT_PATH
+from .wsprotocol import AGENT_PATH, SCOPE_KEY, ListeningWebSocketProtocol
 
 __all__ = [
     "ConnectionGuard",
@@ -52,7 +61,6 @@ __all__ = [
     "mark_authenticated",
 ]
 
-SCOPE_KEY = "crc.connection"
 LINGER_SECONDS = 1.0  # after a refusal: time for the client to read it before the close
 
 
@@ -100,11 +108,7 @@ class ConnectionGuard:
 
     def _evict_oldest(self, ip: str | None) -> bool:
         victim = next(
-            (
-                old
-                for old in self.pool
-                if (ip is None or old.ip == ip) and old.protocol.waiting_for_headers()
-            ),
+            (old for old in self.pool if (ip is None or old.ip == ip) and old.protocol.evictable()),
             None,
         )
         if victim is None:
@@ -121,24 +125,37 @@ class ConnectionGuard:
                 del self.by_ip[slot.ip]
 
 
-class _Slot:
-    """One connection's place in the pool; released once."""
+class _Holder(Protocol):
+    """What holds a slot: the HTTP protocol, then the WebSocket's after an upgrade."""
 
-    def __init__(self, guard: ConnectionGuard, protocol: GuardedHttpToolsProtocol, ip: str):
+    def evictable(self) -> bool: ...
+
+    def evict(self) -> None: ...
+
+
+class _Slot:
+    """One connection's place in the pool; released once (releasing again is a no-op)."""
+
+    def __init__(self, guard: ConnectionGuard, protocol: _Holder, ip: str):
         self.guard = guard
         self.protocol = protocol
         self.ip = ip
+        self.authenticated = False
 
     def release(self) -> None:
         self.guard.release(self)
 
+    def authenticate(self) -> None:
+        self.authenticated = True
+        self.release()
+
 
 def mark_authenticated(conn: HTTPConnection) -> None:
-    """A request on this connection presented a valid token or credential: the
-    connection no longer counts against the unauthenticated limits."""
+    """A request (or WebSocket handshake) on this connection presented a valid token or
+    credential: the connection no longer counts against the unauthenticated limits."""
     slot = conn.scope.get(SCOPE_KEY)
     if isinstance(slot, _Slot):
-        slot.release()
+        slot.authenticate()
 
 
 def _error_response(
@@ -195,25 +212,30 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def handle_websocket_upgrade(self) -> None:
         self._cancel_timers()
-        if self._slot is not None:
-            self._slot.release()  # the WebSocket endpoint authenticates first thing
         logins = self.guard.logins
         if logins is not None and self.scope.get("path") == AGENT_PATH and logins.full():
-            # Too many agents logging in: told when to come back, and the connection
-            # closed once the answer is out (the endpoint checks again, agent_ws.py).
-            self._refused = True
-            self.transport.write(
-                _error_response(
-                    503,
-                    "Service Unavailable",
-                    "unavailable",
-                    "too many agents connecting at once; try again later",
-                    logins.retry_after(),
-                )
+            # Too many agents logging in: told when to come back (Retry-After), and the
+            # connection cut once the answer is out (the endpoint checks again,
+            # agent_ws.py).
+            self._refuse(
+                503,
+                "Service Unavailable",
+                "unavailable",
+                "too many agents connecting at once; try again later",
             )
-            self.transport.close()
             return
+        # The connection keeps its place until the WebSocket's endpoint authenticates it:
+        # the slot goes with the transport to the WebSocket protocol.
+        slot, self._slot = self._slot, None
         super().handle_websocket_upgrade()
+        if slot is None:  # (a connection refused at its start parses nothing)
+            return
+        ws = self.transport.get_protocol()
+        if isinstance(ws, ListeningWebSocketProtocol):
+            slot.protocol = ws
+            ws.hold(slot, LINGER_SECONDS, self.guard.limits.header_timeout)
+        else:  # not ours (cannot be cut or told it authenticated): as before, let go
+            slot.release()
 
     def send_400_response(self, msg: str) -> None:
         """A request that is not HTTP (uvicorn's parser refused it): our error shape and
@@ -222,6 +244,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._cancel_timers()
         self.transport.write(_error_response(400, "Bad Request", "bad_request", msg))
         self.transport.close()
+
+    def evictable(self) -> bool:
+        return self.waiting_for_headers()
 
     def waiting_for_headers(self) -> bool:
         """Idle or receiving a header section, no request of ours in progress."""

@@ -15,24 +15,48 @@ A handshake refused here (a malformed upgrade, 400; an endpoint that closes befo
 accepts, 403) is an HTTP answer written by websockets, outside the application and its
 ``SecurityHeaders``: it gets the same security headers (secheaders.py) on its way out,
 and the API's JSON error body (``{"error": {"code", "message"}}``) instead of plain text.
+
+Until its endpoint authenticates it, a WebSocket holds its connection's place among the
+unauthenticated ones (``httpguard.py``, which hands it over with ``hold``): the slot is
+in the scope (``SCOPE_KEY``) for ``mark_authenticated``, and released when the
+connection is lost. One refused or closed before it authenticated (a denial response,
+a 403, a close frame, a malformed handshake) is cut (aborted) a moment after that
+answer is written, without waiting for the client's close frame or a TLS goodbye; one
+whose endpoint neither authenticates nor refuses it in time is cut as well.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
-from typing import Any
+from typing import Any, Protocol
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
-from websockets.http11 import Response
+from websockets.http11 import Request, Response
 
 from .. import keepalive
 from ..errors import code_for_status
 from ..protocol.limits import AGENT_SILENCE_SECONDS
 from .secheaders import HEADERS
 
-__all__ = ["AGENT_PATH", "ListeningWebSocketProtocol", "json_refusal", "listening_protocol"]
+__all__ = [
+    "AGENT_PATH",
+    "SCOPE_KEY",
+    "ListeningWebSocketProtocol",
+    "json_refusal",
+    "listening_protocol",
+]
 
 AGENT_PATH = "/v1/agent/connect"
+SCOPE_KEY = "crc.connection"  # a connection's place among unauthenticated ones
+
+
+class PreAuthSlot(Protocol):
+    """A connection's place in ``httpguard.ConnectionGuard``'s pool."""
+
+    authenticated: bool
+
+    def release(self) -> None: ...
 
 
 def json_refusal(status: int, text: str) -> bytes:
@@ -68,6 +92,85 @@ class ListeningWebSocketProtocol(WebSocketsSansIOProtocol):
             send_response(response)
 
         self.conn.send_response = with_headers  # type: ignore[method-assign]
+        self.preauth: PreAuthSlot | None = None  # until the endpoint authenticates
+        self._linger = 1.0
+        self._cut_timer: asyncio.TimerHandle | None = None
+        self._auth_timer: asyncio.TimerHandle | None = None
+
+    # -- the unauthenticated pool (httpguard.py) ------------------------------------------
+    def hold(self, slot: PreAuthSlot, linger: float, deadline: float) -> None:
+        """Take over the connection's ``slot`` right after the upgrade: it counts until
+        the endpoint authenticates the WebSocket (``mark_authenticated``); refused or
+        closed before that, the connection is cut ``linger`` seconds after its answer;
+        neither authenticated nor refused ``deadline`` seconds from now, cut then."""
+        self.preauth = slot
+        self._linger = linger
+        scope = getattr(self, "scope", None)
+        if scope is not None:
+            scope[SCOPE_KEY] = slot
+        if not slot.authenticated:
+            self._auth_timer = self.loop.call_later(deadline, self._auth_timed_out)
+        self._cut_if_closing()
+
+    def _unauthenticated(self) -> bool:
+        return self.preauth is not None and not self.preauth.authenticated
+
+    def _cut_if_closing(self) -> None:
+        """Once an unauthenticated WebSocket is refused or closing: cut it soon."""
+        if self._cut_timer is not None or self.disconnected or not self._unauthenticated():
+            return
+        if self.close_sent or self.transport.is_closing():
+            self._cut_timer = self.loop.call_later(self._linger, self._cut)
+
+    def _cut(self) -> None:
+        self._cut_timer = None
+        if not self.disconnected:
+            self.transport.abort()
+
+    def _auth_timed_out(self) -> None:
+        self._auth_timer = None
+        if self._unauthenticated() and not self.disconnected:
+            self._cut()
+
+    def evictable(self) -> bool:
+        """Refused, and only lingering until it is cut: the first to make room."""
+        return self._cut_timer is not None and not self.disconnected
+
+    def evict(self) -> None:
+        if self.preauth is not None:
+            self.preauth.release()
+        if self._cut_timer is not None:
+            self._cut_timer.cancel()
+        self._cut()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        for timer in (self._cut_timer, self._auth_timer):
+            if timer is not None:
+                timer.cancel()
+        self._cut_timer = self._auth_timer = None
+        if self.preauth is not None:
+            self.preauth.release()
+        super().connection_lost(exc)
+
+    def handle_connect(self, event: Request) -> None:
+        super().handle_connect(event)
+        scope = getattr(self, "scope", None)
+        if self.preauth is not None and scope is not None:
+            scope[SCOPE_KEY] = self.preauth
+
+    async def run_asgi(self) -> None:
+        try:
+            await super().run_asgi()
+        finally:
+            self._cut_if_closing()
+
+    def keepalive_timeout(self) -> None:
+        super().keepalive_timeout()
+        self._cut_if_closing()
+
+    def shutdown(self) -> None:
+        super().shutdown()
+        self._cut_if_closing()
 
     async def send(self, message: Any) -> None:
         # uvicorn's run_asgi logs "ASGI callable returned without completing handshake."
@@ -77,7 +180,10 @@ class ListeningWebSocketProtocol(WebSocketsSansIOProtocol):
         # so every refused dial logged an ERROR. Once that answer is written and the
         # connection closing, the exchange is over; one that returns having sent
         # nothing, or half a denial, still logs.
-        await super().send(message)
+        try:
+            await super().send(message)
+        finally:
+            self._cut_if_closing()
         if (
             message.get("type") == "websocket.http.response.body"
             and self.initial_response is not None
@@ -88,6 +194,7 @@ class ListeningWebSocketProtocol(WebSocketsSansIOProtocol):
     def data_received(self, data: bytes) -> None:
         self.last_heard = self.loop.time()
         super().data_received(data)
+        self._cut_if_closing()
 
     def _is_agent(self) -> bool:
         scope = getattr(self, "scope", None)
