@@ -110,24 +110,34 @@ def test_a_pull_takes_one_upload_and_the_same_one_again(
     assert_no_traceback_in_server_log(env.server)
 
 
-def test_two_uploads_at_once_for_one_pull_keep_one(db_env: Env, http_of: Any) -> None:
-    """Both pass the check before their bodies are stored: the first recorded wins, the
-    other is refused when it ends, and its content is removed again."""
+def _tmp_bytes(env: Env) -> int:
+    """Bytes of uploads being received (DATA_DIR/blobs/tmp)."""
+    tmp = env.server.data_dir / "blobs" / "tmp"
+    return sum(p.stat().st_size for p in tmp.iterdir() if p.is_file()) if tmp.is_dir() else 0
+
+
+def test_a_second_upload_while_one_is_under_way_is_refused_before_its_body(
+    db_env: Env, http_of: Any
+) -> None:
+    """Until a pull's file is recorded, every upload passed the check: many at once each
+    stored a whole body (the pull's file many times over on disk). One at a time: the
+    others are refused at once, unread; the first one is kept, and the agent sending
+    it again afterwards (an answer lost) is answered the same."""
     env = db_env
     key = env.client.create_group("lab", ["a"])["machines"][0]["key"]
     http = http_of(env.server)
     cred = enroll(http, key)
-    slow_body, fast_body = b"s" * (3 << 20), b"f" * (1 << 20)
+    slow_body = b"s" * (3 << 20)
     go_on = threading.Event()
     started = threading.Event()
 
     def slow_chunks() -> Iterator[bytes]:
         yield slow_body[: 1 << 20]
         started.set()
-        go_on.wait(30)
+        go_on.wait(60)
         yield slow_body[1 << 20 :]
 
-    async def main() -> tuple[Any, Any]:
+    async def main() -> None:
         async with wire_agent(env.server, cred, "lab", "a") as a:
             job = env.client.start_pull("lab", "a", "/etc/hostname")["job_id"]
             await a.next_msg()
@@ -147,19 +157,107 @@ def test_two_uploads_at_once_for_one_pull_keep_one(db_env: Env, http_of: Any) ->
                     },
                 )
             )
-            assert await asyncio.to_thread(started.wait, 30)
-            await asyncio.sleep(1.0)  # the server checked the slot and reads the body
-            fast = await asyncio.to_thread(
-                http.put, url, content=fast_body, headers={**h, "X-Content-SHA256": _sha(fast_body)}
+            try:
+                assert await asyncio.to_thread(started.wait, 30)
+                # The first upload's body is being stored (its first MiB arrived).
+                for _ in range(300):
+                    if _tmp_bytes(env) >= 1 << 20:
+                        break
+                    await asyncio.sleep(0.1)
+                assert _tmp_bytes(env) >= 1 << 20
+                # Eight more, each declaring 256 MiB and sending none of it: each is
+                # answered at once (an upload waiting for its body would not be).
+                for _ in range(8):
+                    answer = await asyncio.to_thread(
+                        _declared_only, env.server, url, cred, 256 << 20
+                    )
+                    assert answer.startswith(b"HTTP/1.1 409"), answer[:300]
+                    assert b"upload_in_progress" in answer, answer[:600]
+                    assert b"one upload at a time" in answer, answer[:600]
+                # The same content, declared: refused too while the first is under way.
+                answer = await asyncio.to_thread(
+                    _declared_only, env.server, url, cred, len(slow_body)
+                )
+                assert answer.startswith(b"HTTP/1.1 409"), answer[:300]
+                assert _tmp_bytes(env) < 4 << 20  # one upload's bytes, no more
+            finally:
+                go_on.set()
+            done = await slow
+            assert done.status_code == 200, done.text
+            assert done.json() == {"sha256": _sha(slow_body), "size": len(slow_body)}
+            # Sent again once it ended (the answer lost): the same answer.
+            again = await asyncio.to_thread(
+                http.put, url, content=slow_body, headers={**h, "X-Content-SHA256": _sha(slow_body)}
             )
-            go_on.set()
-            return fast, await slow
+            assert again.status_code == 200, again.text
+            assert again.json() == done.json()
+            other = b"other" * 1000
+            r = await asyncio.to_thread(
+                http.put, url, content=other, headers={**h, "X-Content-SHA256": _sha(other)}
+            )
+            assert_error(r, 409, "already_uploaded")
 
-    fast, slow = asyncio.run(main())
-    assert fast.status_code == 200, fast.text
-    assert_error(slow, 409, "already_uploaded")
-    assert _on_disk(env, _sha(fast_body))
-    assert not _on_disk(env, _sha(slow_body))
+    asyncio.run(main())
+    assert _on_disk(env, _sha(slow_body))
+    assert [p.name for p in _blob_files(env)] == [_sha(slow_body)]
+    assert _tmp_bytes(env) == 0
+    assert_no_traceback_in_server_log(env.server)
+
+
+def _cut_off(server: ServerProcess, path: str, token: str, body: bytes, length: int) -> None:
+    """Send a PUT declaring ``length`` bytes, only ``body`` of them, then hang up."""
+    import socket
+    import ssl
+
+    host, port = server.url.removeprefix("https://").rsplit(":", 1)
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    with socket.create_connection((host, int(port)), timeout=20) as raw:
+        with ctx.wrap_socket(raw, server_hostname=host) as tls:
+            tls.sendall(
+                (
+                    f"PUT {path} HTTP/1.1\r\nHost: {host}\r\n"
+                    f"Authorization: {bearer(token)}\r\n"
+                    f"Content-Type: application/octet-stream\r\nContent-Length: {length}\r\n\r\n"
+                ).encode()
+                + body
+            )
+
+
+def test_an_upload_cut_off_frees_the_pull_for_the_next(db_env: Env, http_of: Any) -> None:
+    env = db_env
+    key = env.client.create_group("lab", ["a"])["machines"][0]["key"]
+    http = http_of(env.server)
+    cred = enroll(http, key)
+    data = b"d" * (2 << 20)
+
+    async def main() -> None:
+        async with wire_agent(env.server, cred, "lab", "a") as a:
+            job = env.client.start_pull("lab", "a", "/etc/hostname")["job_id"]
+            await a.next_msg()
+            await a.send_msg("job.started", {"job_id": job})
+            url = f"/v1/agent/uploads/{job}"
+            h = {"Authorization": bearer(cred), "X-Content-SHA256": _sha(data)}
+            for _ in range(3):
+                await asyncio.to_thread(_cut_off, env.server, url, cred, data[: 1 << 20], len(data))
+            # The server notices each hang-up: then the pull takes an upload again.
+            r = None
+            for _ in range(300):
+                try:
+                    r = await asyncio.to_thread(http.put, url, content=data, headers=h)
+                except httpx.TransportError:  # refused before the body was all sent
+                    r = None
+                if r is not None and r.status_code != 409:
+                    break
+                if r is not None:
+                    assert_error(r, 409, "upload_in_progress")
+                await asyncio.sleep(0.1)
+            assert r is not None and r.status_code == 200, r.text if r else r
+            assert r.json() == {"sha256": _sha(data), "size": len(data)}
+
+    asyncio.run(main())
+    assert [p.name for p in _blob_files(env)] == [_sha(data)]
     assert_no_traceback_in_server_log(env.server)
 
 

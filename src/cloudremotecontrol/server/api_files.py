@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import re
+from collections.abc import Iterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -217,27 +218,76 @@ async def agent_blob(sha256: str, m: Machine, request: Request) -> FileResponse:
 _ONE_UPLOAD: dict[int | str, dict[str, Any]] = {
     409: {
         "description": "The pull has its file already (already_uploaded): a pull takes one "
-        "upload; only the same content (the same X-Content-SHA256) may be sent again"
+        "upload; only the same content (the same X-Content-SHA256) may be sent again. Or "
+        "another upload for the pull is under way (upload_in_progress): one at a time"
     }
 }
 
 
 @router.put("/agent/uploads/{job_id}", tags=["agent"], responses={**_HASH, **_ONE_UPLOAD})
 async def agent_upload(job_id: str, m: Machine, request: Request) -> dict[str, Any]:
-    """A machine uploads the file of an open pull job (raw body, streamed): once. Sending
-    it again with the same ``X-Content-SHA256`` (an answer lost) answers the same."""
+    """A machine uploads the file of an open pull job (raw body, streamed): once, one
+    upload at a time. Sending it again with the same ``X-Content-SHA256`` (an answer
+    lost) answers the same."""
     expected = request.headers.get("x-content-sha256")
     if expected:
         check_sha256(expected)
     store = _store(request)
     # Refused before the body is stored: a machine cannot fill the disk through one pull.
     await store.read(file_ops.upload_slot, m["id"], job_id, expected or None)
+    with _one_at_a_time(request, m["id"], job_id):
+        return await _upload(request, store, m["id"], job_id, expected or None)
+
+
+def _one_at_a_time(
+    request: Request, machine_id: str, job_id: str
+) -> contextlib.AbstractContextManager[None]:
+    """Hold this server process's one upload slot of a pull (``UploadsUnderWay``)."""
+    under_way: UploadsUnderWay | None = getattr(request.app.state, "pull_uploads", None)
+    if under_way is None:
+        under_way = request.app.state.pull_uploads = UploadsUnderWay()
+    return under_way.hold(machine_id, job_id)
+
+
+class UploadsUnderWay:
+    """The pulls with an upload under way in this server process: one at a time each.
+
+    Until a pull's file is recorded, ``upload_slot`` lets every upload through, so many
+    at once would each store a whole body (a pull's file many times over on disk)
+    before all but one were refused. A second upload while one is under way is refused
+    at once (409 ``upload_in_progress``), before its body is read; the slot is free
+    again when the first ends, however it ends (an agent sending the file again after
+    it lost the answer, or after its first upload was cut off, is served). Per process:
+    replicas sharing a PostgreSQL database take at most one upload of a pull each."""
+
+    def __init__(self) -> None:
+        self._held: set[tuple[str, str]] = set()
+
+    @contextlib.contextmanager
+    def hold(self, machine_id: str, job_id: str) -> Iterator[None]:
+        key = (machine_id, job_id)
+        if key in self._held:
+            raise Conflict(
+                f"an upload for pull job {job_id} is under way already: a pull takes one "
+                "upload at a time (send it again once that one has ended)",
+                code="upload_in_progress",
+            )
+        self._held.add(key)
+        try:
+            yield
+        finally:
+            self._held.discard(key)
+
+
+async def _upload(
+    request: Request, store: Store, machine_id: str, job_id: str, expected: str | None
+) -> dict[str, Any]:
     blobs = _blobs(request)
-    with blobs.hold(expected or None):
-        sha, size = await _receive(request, expected or None)
+    with blobs.hold(expected):
+        sha, size = await _receive(request, expected)
     try:
         with blobs.hold(sha):
-            await store.write(file_ops.record_upload, m["id"], job_id, sha, size)
+            await store.write(file_ops.record_upload, machine_id, job_id, sha, size)
     except CrcError as exc:
         # Another upload was recorded meanwhile, or the job ended: the content is not
         # kept unless someone owns it or another upload of it is under way here (one on
