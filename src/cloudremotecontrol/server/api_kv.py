@@ -6,16 +6,30 @@ does not outlive its credential: each look at the key checks it again, and so do
 look every ``auth.CHECK_AGAIN_SECONDS`` while nothing happens, so a master token revoked
 (or a dashboard session ended, or the group deleted) or a machine revoked meanwhile ends
 the wait with 401 (404) rather than the value.
+
+Waits at once are capped per machine (``MAX_KV_WAITS_PER_MACHINE``) and per master user
+(``MAX_KV_WAITS_PER_USER``), in each server process: each holds a connection (a file
+descriptor), and one credential holding a thousand would lock everyone else out. A wait
+past the cap is refused at once with 429 ``rate_limited`` and ``Retry-After``; a read
+without ``wait`` is never refused.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections import Counter
+from collections.abc import Iterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 
-from ..errors import NotFound, TimedOut
+from ..errors import NotFound, RateLimited, TimedOut
+from ..protocol.limits import (
+    KV_WAIT_RETRY_AFTER_SECONDS,
+    MAX_KV_WAITS_PER_MACHINE,
+    MAX_KV_WAITS_PER_USER,
+)
 from ..protocol.names import check_kv_key
 from . import auth
 from .models import StrictBody
@@ -43,8 +57,49 @@ _WAITED: dict[int | str, dict[str, Any]] = {
     404: {
         "description": "No such group or key (not_found), or a wait (?wait=) that ended "
         "without a version above newer_than (timeout)"
-    }
+    },
+    429: {
+        "description": "Too many waits (?wait=) at once by this machine or user "
+        "(rate_limited): see Retry-After"
+    },
 }
+
+
+class Waiters:
+    """How many key/value waits each machine and each master user has under way in this
+    server process."""
+
+    def __init__(self) -> None:
+        self._count: Counter[tuple[str, str]] = Counter()
+
+    @contextlib.contextmanager
+    def hold(self, who: tuple[str, str], cap: int) -> Iterator[None]:
+        if self._count[who] >= cap:
+            kind = "machine" if who[0] == "machine" else "user"
+            raise RateLimited(
+                f"too many key/value waits at once by this {kind}: at most {cap} may wait "
+                "at the same time; let one end, then wait again",
+                retry_after=KV_WAIT_RETRY_AFTER_SECONDS,
+            )
+        self._count[who] += 1
+        try:
+            yield
+        finally:
+            self._count[who] -= 1
+            if self._count[who] <= 0:
+                del self._count[who]
+
+
+def _waiting(
+    request: Request, wait: float, who: tuple[str, str], cap: int
+) -> contextlib.AbstractContextManager[None]:
+    """A place among ``who``'s waits (none needed for a read that does not wait)."""
+    if wait <= 0:
+        return contextlib.nullcontext()
+    waiters: Waiters | None = getattr(request.app.state, "kv_waiters", None)
+    if waiters is None:
+        waiters = request.app.state.kv_waiters = Waiters()
+    return waiters.hold(who, cap)
 
 
 @router.get("/groups/{group}/kv", tags=["kv"])
@@ -72,7 +127,8 @@ async def master_get(
     newer_than: Annotated[int, Query(ge=0)] = 0,
 ) -> dict[str, Any]:
     gid = await _group_id(request, user, group)
-    return await _get(request, gid, key, wait, newer_than, auth.credential(request))
+    with _waiting(request, wait, ("user", str(user["user_id"])), MAX_KV_WAITS_PER_USER):
+        return await _get(request, gid, key, wait, newer_than, auth.credential(request))
 
 
 @router.put("/agent/kv/{key:path}", tags=["agent"])
@@ -90,7 +146,8 @@ async def agent_get(
     newer_than: Annotated[int, Query(ge=0)] = 0,
 ) -> dict[str, Any]:
     cred = auth.machine_credential(request)
-    return await _get(request, m["group_id"], key, wait, newer_than, cred)
+    with _waiting(request, wait, ("machine", str(m["id"])), MAX_KV_WAITS_PER_MACHINE):
+        return await _get(request, m["group_id"], key, wait, newer_than, cred)
 
 
 async def _get(

@@ -253,6 +253,10 @@ def create_app(
     async def crc_error(_: Request, exc: CrcError) -> JSONResponse:
         retry = exc.details.get("retry_after") if isinstance(exc, RateLimited) else None
         headers = {"Retry-After": str(retry)} if retry is not None else None
+        if isinstance(exc, RateLimited):
+            # Told to come back later: its connection is not kept open meanwhile (a
+            # client refused again and again would otherwise hold a descriptor each).
+            headers = {**(headers or {}), "Connection": "close"}
         return JSONResponse(exc.to_payload(), status_code=exc.http_status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
