@@ -22,7 +22,7 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import InvalidInput, TooLarge, Unavailable
+from ..errors import CrcError, InvalidInput, TooLarge, Unavailable
 from ..protocol.limits import MAX_FILE_BYTES, file_too_large
 from .http import call_json, http_error
 
@@ -35,6 +35,10 @@ Where = Callable[[], tuple[str, ssl.SSLContext | None]]
 
 CHUNK = 1 << 20
 ATTEMPTS = 5
+# An upload is tried for longer: after a cut, the server may hold the first attempt's
+# place until it notices (its body timeout, 30 s) and refuses another meanwhile
+# (409 upload_in_progress). 0.5 + 1 + 2 + 4 + 8 + 10 + 10 s between the 8 attempts.
+UPLOAD_ATTEMPTS = 8
 # A file this small is read once into memory for a pull: what is sent is what was
 # hashed, even for a file that changes at every read (/proc/meminfo).
 SMALL = 4 << 20
@@ -452,8 +456,9 @@ def upload_file(
 ) -> str:
     """Upload ``path`` for pull job ``job_id`` (streamed, with its SHA-256): exactly the
     bytes that were hashed. An upload the network cuts is sent again (to the server the
-    agent is connected to then), up to ``ATTEMPTS`` times: the server keeps one upload
-    per pull, and takes the same content again as a success."""
+    agent is connected to then), up to ``UPLOAD_ATTEMPTS`` times, and so is one refused
+    while the server still holds a cut one (409 ``upload_in_progress``): the server
+    keeps one upload per pull, and takes the same content again as a success."""
     _check_absolute(path)
     if not os.path.isfile(path):
         raise InvalidInput(f"{path} is not a file on this machine")
@@ -478,7 +483,7 @@ def upload_file(
                     kept = None
         sha = digest.hexdigest()
         small = b"".join(kept) if kept is not None else None
-        for attempt in range(ATTEMPTS):
+        for attempt in range(UPLOAD_ATTEMPTS):
             base_url, ctx = where()
             data: Any = small if small is not None else _Exactly(fd, size, sha)
             try:
@@ -500,8 +505,9 @@ def upload_file(
                 raise InvalidInput(
                     f"{path} changed while it was read ({exc}): pull it again"
                 ) from None
-            except Unavailable:
-                if attempt == ATTEMPTS - 1:
+            except CrcError as exc:
+                again = isinstance(exc, Unavailable) or exc.code == "upload_in_progress"
+                if not again or attempt == UPLOAD_ATTEMPTS - 1:
                     raise
                 sleep(min(10.0, 0.5 * 2**attempt))
     except OSError as exc:
