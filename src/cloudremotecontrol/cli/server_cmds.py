@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from ..errors import CrcError, InvalidInput
+from ..errors import CrcError, InvalidInput, NotFound
 from .output import emit_json, json_option, print_table
 
 if TYPE_CHECKING:  # the server's modules load only when a command needs them
@@ -186,6 +186,8 @@ def run(
     from ..server.runner import serve
 
     cfg = load_config(_data_dir(data_dir))
+    if database:
+        _check_database(database, must_exist=False)  # `crc server run` makes a new one
     if replica_url:
         from ..protocol.streams import check_replica_url
 
@@ -207,13 +209,25 @@ def run(
             "pid": pid,
             "dashboard": None if no_dashboard else f"{url}/dashboard/",
         }
-        _when_listening(where, lambda: emit_json(line))
+
+        def say() -> None:
+            emit_json(line)
     else:
         pin = "plain HTTP, no TLS" if insecure else f"fingerprint {cfg.fingerprint}"
         text = f"crc server: serving {url} (listening on {where}; {pin}; database {db}; pid {pid})"
         if not no_dashboard:
             text += f"\ndashboard: {url}/dashboard/"
-        _when_listening(where, lambda: click.echo(text, err=True))
+
+        def say() -> None:
+            click.echo(text, err=True)
+
+    serving = False
+
+    def listening() -> None:  # called by the server once its own listener is up
+        nonlocal serving
+        serving = True
+        say()
+
     import signal
 
     def stopped(signum: int, frame: object) -> None:
@@ -223,38 +237,44 @@ def run(
 
     signal.signal(signal.SIGTERM, stopped)
     try:
-        serve(cfg, where, database, insecure, log_level, dashboard=not no_dashboard)
+        serve(
+            cfg,
+            where,
+            database,
+            insecure,
+            log_level,
+            dashboard=not no_dashboard,
+            on_listening=listening,
+        )
     finally:
-        if as_json:
-            emit_json({"event": "stopped", "pid": os.getpid()})
-        else:
-            click.echo(f"crc server: stopped (pid {os.getpid()})", err=True)
+        if serving:  # a server that never served says only why (an error line)
+            if as_json:
+                emit_json({"event": "stopped", "pid": os.getpid()})
+            else:
+                click.echo(f"crc server: stopped (pid {os.getpid()})", err=True)
 
 
-def _when_listening(listen: str, say: Callable[[], None]) -> None:
-    """Call ``say`` once the server accepts connections on ``listen`` (a thread that
-    tries to connect; nothing is said if it never does)."""
-    import socket
-    import threading
-    import time
-
-    from ..server.config import parse_listen
-
-    host, port = parse_listen(listen)
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
-
-    def probe() -> None:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection((host, port), timeout=1).close()
-            except OSError:
-                time.sleep(0.1)
-                continue
-            say()
-            return
-
-    threading.Thread(target=probe, name="crc-server-started", daemon=True).start()
+def _check_database(url: str, *, must_exist: bool) -> None:
+    """A ``sqlite:///PATH`` database URL names a file (not nothing, not a directory);
+    with ``must_exist``, one that exists (an admin command never makes a database: a
+    mistyped path would give an empty one)."""
+    if not url.startswith("sqlite:///"):
+        return  # PostgreSQL, or a scheme open_store refuses
+    path = url[len("sqlite:///") :]
+    if path == ":memory:" or path.startswith("file:"):
+        return
+    if not path:
+        raise InvalidInput(
+            f"invalid database URL {url!r}: no file path (expected sqlite:///PATH, e.g. "
+            "sqlite:////var/lib/crc-server/crc.db)"
+        )
+    if Path(path).is_dir():
+        raise InvalidInput(f"invalid database URL {url!r}: {path} is a directory, not a file")
+    if must_exist and not Path(path).exists():
+        raise NotFound(
+            f"no database at {path} (from --database {url}): check the path; `crc server "
+            "run` makes a new database, the admin commands never do"
+        )
 
 
 def _shown_database(url: str) -> str:
@@ -273,8 +293,12 @@ def _store(data_dir: str | None, database: str | None) -> Store:
     from ..server.config import load_config
     from ..server.store.base import open_store
 
-    url = database or load_config(_data_dir(data_dir)).database
-    return open_store(url)
+    if database:
+        _check_database(database, must_exist=True)
+        return open_store(database)
+    # The data dir's own database: made here if the server never ran (init, then
+    # add-user, then run is a documented order).
+    return open_store(load_config(_data_dir(data_dir)).database)
 
 
 def _admin(

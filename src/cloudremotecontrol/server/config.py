@@ -18,10 +18,12 @@ import ipaddress
 import json
 import math
 import os
+import re
 import socket
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from ..errors import Conflict, InvalidInput, NotFound
 from ..protocol.limits import AGENT_SILENCE_SECONDS
@@ -30,6 +32,8 @@ __all__ = [
     "DEFAULT_LISTEN",
     "ServerConfig",
     "ServerSettings",
+    "check_san",
+    "check_server_url",
     "init_data_dir",
     "load_config",
     "parse_listen",
@@ -166,6 +170,57 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
+_DNS_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+def _is_host(name: str) -> bool:
+    """A DNS name (letters, digits, inner hyphens; labels of 1-63, 253 in all) or an IP
+    address."""
+    try:
+        ipaddress.ip_address(name)
+        return True
+    except ValueError:
+        pass
+    name = name[:-1] if name.endswith(".") else name
+    return 0 < len(name) <= 253 and all(_DNS_LABEL.fullmatch(x) for x in name.split("."))
+
+
+def check_san(name: str) -> str:
+    """A name for the certificate (``crc server init --san``): a DNS name or an IP."""
+    if not _is_host(name):
+        raise InvalidInput(
+            f"invalid --san {name!r}: expected a DNS name (letters, digits, hyphens and "
+            "dots, e.g. crc.example.net) or an IP address"
+        )
+    return name
+
+
+def check_server_url(url: str) -> str:
+    """The server's public URL (``crc server init --url``): ``https://HOST[:PORT]``, no
+    path, query, fragment or user name; returned without a trailing ``/``."""
+    example = "expected https://HOST or https://HOST:PORT, e.g. https://203.0.113.7:8443"
+    bad = f"invalid --url {url!r}: {example}"
+    if any(c.isspace() or not c.isprintable() for c in url):
+        raise InvalidInput(f"{bad} (no spaces or control characters)")
+    parts = urlsplit(url)
+    if parts.scheme.lower() != "https":
+        raise InvalidInput(f"{bad} (the server speaks HTTPS)")
+    if "@" in parts.netloc:
+        raise InvalidInput(f"{bad} (no user name or password)")
+    if parts.path not in ("", "/") or parts.query or parts.fragment or url.endswith(("?", "#")):
+        raise InvalidInput(f"{bad} (no path, query or fragment)")
+    try:
+        port = parts.port
+    except ValueError:
+        raise InvalidInput(f"{bad} (the port must be 1-65535)") from None
+    if port == 0 or parts.netloc.endswith(":"):
+        raise InvalidInput(f"{bad} (the port must be 1-65535)")
+    host = parts.hostname or ""
+    if not host or not _is_host(host):
+        raise InvalidInput(f"{bad} (the host must be a DNS name or an IP address)")
+    return url[:-1] if url.endswith("/") else url
+
+
 def _guess_host() -> str:
     """An address other machines may reach this one by (the UDP trick sends nothing)."""
     try:
@@ -181,6 +236,12 @@ def init_data_dir(
 ) -> ServerConfig:
     from .tls import make_self_signed
 
+    # Checked before anything is written: a bad URL or name never reaches server.json
+    # or the certificate.
+    host, port = parse_listen(listen)
+    if url is not None:
+        url = check_server_url(url)
+    names = [check_san(n) for n in names]
     data_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(data_dir, 0o700)
     cfg_path = data_dir / CONFIG_NAME
@@ -189,7 +250,6 @@ def init_data_dir(
             f"{data_dir} is initialised already (use --force to make a new "
             "certificate: every agent and client pinning the old one must change)"
         )
-    host, port = parse_listen(listen)
     public = host if host not in ("0.0.0.0", "::") else _guess_host()
     url = url or f"https://{public}:{port}"
     fp = make_self_signed(data_dir / "cert.pem", data_dir / "key.pem", [public, *names])
@@ -203,21 +263,59 @@ def init_data_dir(
     return cfg
 
 
+def _not_a_directory(data_dir: Path) -> InvalidInput:
+    where = "a file" if data_dir.exists() else "under a file"
+    return InvalidInput(f"the server data directory {data_dir} is {where}, not a directory")
+
+
 def load_config(data_dir: Path) -> ServerConfig:
+    """``DATA_DIR/server.json``: missing is ``NotFound``; unreadable or damaged (not a
+    JSON object with a string ``url``, ...) is ``InvalidInput`` naming the file."""
     path = data_dir / CONFIG_NAME
+    again = f"run `crc server init --data-dir {data_dir} --force` again or fix it"
     try:
-        data = json.loads(path.read_text())
+        text = path.read_text()
     except FileNotFoundError:
+        if data_dir.exists() and not data_dir.is_dir():
+            raise _not_a_directory(data_dir) from None
         raise NotFound(
             f"{data_dir} is not a server data directory: run "
             f"`crc server init --data-dir {data_dir}` first"
         ) from None
+    except NotADirectoryError:
+        raise _not_a_directory(data_dir) from None
+    except IsADirectoryError:
+        raise InvalidInput(
+            f"{path} is damaged: it is a directory, not a file; remove it and run "
+            f"`crc server init --data-dir {data_dir}` again"
+        ) from None
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {path}: {exc.strerror or exc}") from None
+    except ValueError:  # not UTF-8
+        raise InvalidInput(f"{path} is damaged: not valid JSON; {again}") from None
+    try:
+        data = json.loads(text)
     except ValueError:
-        raise InvalidInput(f"{path} is not valid JSON") from None
+        raise InvalidInput(f"{path} is damaged: not valid JSON; {again}") from None
+    if not isinstance(data, dict):
+        raise InvalidInput(f"{path} is damaged: expected a JSON object; {again}")
+    url = data.get("url")
+    if not isinstance(url, str) or not url:
+        raise InvalidInput(f'{path} is damaged: no "url" (a string); {again}')
+    listen = data.get("listen", DEFAULT_LISTEN)
+    if not isinstance(listen, str):
+        raise InvalidInput(f'{path} is damaged: "listen" is not a string; {again}')
+    try:
+        parse_listen(listen)
+    except InvalidInput as exc:
+        raise InvalidInput(f"{path} is damaged: {exc.message}; {again}") from None
+    fingerprint = data.get("fingerprint")
+    if fingerprint is not None and not isinstance(fingerprint, str):
+        raise InvalidInput(f'{path} is damaged: "fingerprint" is not a string; {again}')
     return ServerConfig(
-        url=data["url"],
-        listen=data.get("listen", DEFAULT_LISTEN),
-        fingerprint=data.get("fingerprint"),
+        url=url,
+        listen=listen,
+        fingerprint=fingerprint,
         data_dir=str(data_dir),
         settings=parse_settings(data.get("settings")),
     )

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
 import logging
 import socket
+from collections.abc import Callable
 from pathlib import Path
 
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from .. import logsafe
-from ..errors import InvalidInput
+from ..errors import Conflict, CrcError, InvalidInput
 from ..protocol.limits import (
     AGENT_PING_SECONDS,
     AGENT_SILENCE_SECONDS,
@@ -22,7 +24,7 @@ from ..protocol.limits import (
 from .app import create_app
 from .config import ServerConfig, ServerSettings, parse_listen
 from .forwarded import TrustedProxies
-from .handshakes import HandshakeLimits, UvicornServer
+from .handshakes import STARTUP_FAILURE, HandshakeLimits, UvicornServer, bind
 from .httpguard import ConnectionGuard, GuardLimits, guarded_protocol
 from .hub import CUT_ON_STOP, EventBus
 from .store.base import open_store
@@ -39,7 +41,11 @@ def serve(
     insecure: bool,
     log_level: str = "warning",
     dashboard: bool = True,
+    on_listening: Callable[[], None] | None = None,
 ) -> None:
+    """Serve until stopped. ``on_listening`` is called once the server accepts
+    connections; a listen address it cannot take is an error raised before anything
+    starts (``Conflict`` when another process holds it)."""
     host, port = parse_listen(listen)
     if insecure:
         try:
@@ -51,6 +57,7 @@ def serve(
                 "--insecure serves plain HTTP and is allowed on a loopback "
                 "address only (e.g. --listen 127.0.0.1:8080)"
             )
+    check_listen(host, port, listen)
     settings: ServerSettings = cfg.settings
     store = open_store(database or cfg.database)
     app = create_app(
@@ -120,7 +127,32 @@ def serve(
         max_handshakes_per_ip=settings.max_handshakes_per_ip,
         handshake_timeout=settings.handshake_timeout,
     )
-    _StoppingServer(config, limits, app.state.bus).run()
+    server = _StoppingServer(config, limits, app.state.bus, on_listening)
+    try:
+        server.run()
+    except SystemExit as exc:
+        if exc.code != STARTUP_FAILURE:
+            raise
+        # uvicorn's "startup failed" (3 would read as crc's "unauthorized"): what failed
+        # is in the log lines above (the listen address taken meanwhile, the lifespan).
+        raise CrcError(f"the server did not start on {listen}: see the log above") from None
+
+
+def check_listen(host: str, port: int, listen: str) -> None:
+    """Fail early, in one line, when ``host``:``port`` cannot be listened on (as the
+    server will bind it; the sockets are closed at once)."""
+    try:
+        socks = bind(host, port, 1)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise Conflict(
+                f"{listen} is in use by another process (another `crc server run`?): stop "
+                "it or choose another --listen HOST:PORT",
+                code="address_in_use",
+            ) from None
+        raise InvalidInput(f"cannot listen on {listen}: {exc.strerror or exc}") from None
+    for s in socks:
+        s.close()
 
 
 class _StoppingServer(UvicornServer):
@@ -131,9 +163,25 @@ class _StoppingServer(UvicornServer):
     restarted or at another replica); then waits on the event bus are answered (503,
     hub.py), their connections closed once the answer is out."""
 
-    def __init__(self, config: uvicorn.Config, limits: HandshakeLimits, bus: EventBus) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        limits: HandshakeLimits,
+        bus: EventBus,
+        on_listening: Callable[[], None] | None = None,
+    ) -> None:
         super().__init__(config, limits)
         self.bus = bus
+        self.on_listening = on_listening
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.should_exit or self.on_listening is None:
+            return
+        try:  # the server's own listener is up: connections are accepted from now on
+            self.on_listening()
+        except OSError:  # an output closed meanwhile: serving goes on
+            pass
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         for server in self.servers:  # no new stream starts meanwhile
