@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 from pathlib import Path
@@ -11,6 +12,60 @@ import click
 
 from ..errors import InvalidInput
 from .output import emit_json, json_option
+
+# A well-formed enrollment key that is no machine's: what the script is checked with
+# before a fresh key is asked for.
+_PLACEHOLDER_KEY = "crck_" + "0" * 16 + "_" + "A" * 32
+
+
+def _read_text(path: str, option: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InvalidInput(f"{option}: cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise InvalidInput(f"{option}: {path} is not UTF-8 text") from None
+
+
+class _Output:
+    """The script's file, opened (mode 0600) before anything is asked of the server and
+    left as it was, or removed if it was made here, when no script is written."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.written = False
+        try:
+            self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            self.made = True
+        except FileExistsError:
+            self.made = False
+            try:
+                self.fd = os.open(path, os.O_WRONLY)
+            except OSError as exc:
+                raise InvalidInput(f"-o: cannot write {path}: {exc.strerror or exc}") from None
+        except OSError as exc:
+            raise InvalidInput(f"-o: cannot write {path}: {exc.strerror or exc}") from None
+
+    def write(self, script: str) -> None:
+        try:
+            os.ftruncate(self.fd, 0)
+            with os.fdopen(self.fd, "w", newline="", encoding="utf-8") as fh:
+                self.fd = -1
+                fh.write(script)
+        except OSError as exc:
+            raise InvalidInput(
+                f"-o: cannot write {self.path}: {exc.strerror or exc} (the script holds the "
+                "key: give --key with it, or run crc bootstrap again)"
+            ) from None
+        self.written = True
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        if self.made and not self.written:
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
 
 
 def _loopback(url: str) -> bool:
@@ -100,35 +155,47 @@ def bootstrap(
     if key and key_file:
         raise InvalidInput("give --key or --key-file, not both")
     if key_file:
-        key = Path(key_file).read_text().strip()
-    then_script = None
-    if then_file:
-        try:
-            then_script = Path(then_file).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise InvalidInput(f"cannot read {then_file}: {exc}") from None
+        key = _read_text(key_file, "--key-file").strip()
+    then_script = _read_text(then_file, "--then") if then_file else None
     profile = load_profile()
     server_url = url or profile.url
     pin = fingerprint or profile.fingerprint
+    ttl = _duration(key_ttl)
+
+    def params(with_key: str) -> BootstrapParams:
+        return BootstrapParams(
+            server_url,
+            pin,
+            group,
+            machine,
+            with_key,
+            then_script,
+            python_version or DEFAULT_WINDOWS_PYTHON,
+        )
+
+    # Everything is checked, and the output opened, before a fresh key is issued: issuing
+    # one makes the machine's old key stop working, so a mistake found afterwards would
+    # leave the machine with a key nobody has.
+    render(os_name, fmt, params(key if key is not None else _PLACEHOLDER_KEY))
+    out = _Output(output) if output else None
     reissued = None
-    if key is None:
-        with Client(profile.url, profile.token, profile.fingerprint, profile.cert_pem) as c:
-            reissued = c.machine_key(group, machine, _duration(key_ttl))
-        key = str(reissued["key"])
-    params = BootstrapParams(
-        server_url, pin, group, machine, key, then_script, python_version or DEFAULT_WINDOWS_PYTHON
-    )
-    script = render(os_name, fmt, params)
+    try:
+        if key is None:
+            with Client(profile.url, profile.token, profile.fingerprint, profile.cert_pem) as c:
+                reissued = c.machine_key(group, machine, ttl)
+            key = str(reissued["key"])
+        script = render(os_name, fmt, params(key))
+        if out is not None:
+            out.write(script)
+    finally:
+        if out is not None:
+            out.close()
     if _loopback(server_url):
         click.echo(
             f"crc: warning: {server_url} is a loopback address, which a VM cannot "
             "reach: give --url with the server's public address",
             err=True,
         )
-    if output:
-        fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", newline="") as fh:
-            fh.write(script)
     if as_json:
         emit_json(
             {
