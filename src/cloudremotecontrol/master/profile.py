@@ -43,20 +43,35 @@ def _read(path: Path) -> dict[str, str | None]:
     """The stored profile: {} when there is none; InvalidInput when it cannot be read or
     is not what `crc login` writes (a JSON object of strings)."""
     try:
-        text = path.read_text()
+        data = path.read_bytes()
     except (FileNotFoundError, NotADirectoryError):
         return {}
     except OSError as exc:
         raise InvalidInput(f"cannot read {path}: {exc.strerror}") from None
     try:
-        stored = json.loads(text)
-    except ValueError:
+        stored = json.loads(data.decode("utf-8"))
+    except ValueError:  # not UTF-8 (UnicodeDecodeError is one), not JSON
         stored = None
-    if not isinstance(stored, dict) or not all(
-        v is None or isinstance(v, str) for v in stored.values()
+    if (
+        not isinstance(stored, dict)
+        or not all(v is None or isinstance(v, str) for v in stored.values())
+        or not _is_pem(stored.get("cert_pem"))
     ):
         raise InvalidInput(f"{path} is damaged: run `crc login` again")
     return stored
+
+
+def _is_pem(text: str | None) -> bool:
+    """A cached certificate as `crc login` keeps it: none, or one PEM certificate."""
+    if text is None:
+        return True
+    import ssl
+
+    try:
+        ssl.PEM_cert_to_DER_cert(text)
+    except ValueError:
+        return False
+    return True
 
 
 def load_profile() -> Profile:
