@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import os
 import signal
 import sys
@@ -379,21 +380,45 @@ def sessions_list(group: str, limit: int, as_json: bool) -> None:
     )
 
 
+class _Number(click.ParamType):  # type: ignore[type-arg]
+    """A finite number from ``low`` to ``high`` (or 0, with ``zero``): never NaN or an
+    infinity, which click.FloatRange lets through."""
+
+    name = "number"
+
+    def __init__(self, low: float, high: float, zero: bool = False) -> None:
+        self.low, self.high, self.zero = low, high, zero
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if (self.zero and number == 0) or (
+            math.isfinite(number) and self.low <= number <= self.high
+        ):
+            return number
+        also = " or 0" if self.zero else ""
+        self.fail(f"{value} is not in the range {self.low:g} to {self.high:g}{also}", param, ctx)
+
+
 @sessions.command("play")
 @click.argument("stream")
 @click.option(
     "--speed",
-    type=click.FloatRange(0, 1000),
+    type=_Number(0.01, 1000, zero=True),
     default=1.0,
     show_default=True,
-    help="Playback speed; 0 writes everything at once.",
+    help="Playback speed, from 0.01 to 1000; 0 writes everything at once.",
 )
 @click.option(
     "--idle-limit",
-    type=click.FloatRange(0),
+    type=_Number(0, 86400),
     default=2.0,
     show_default=True,
-    help="Longest pause kept, in seconds.",
+    help="Longest pause kept, in seconds (at most 86400).",
 )
 @click.option("--cast", "cast_only", is_flag=True, help="Print the asciinema v2 file instead.")
 @json_option
