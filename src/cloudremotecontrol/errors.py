@@ -25,6 +25,7 @@ Messages say what went wrong and, where it helps, what to do next.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 __all__ = [
@@ -44,7 +45,10 @@ __all__ = [
     "Unauthorized",
     "Unavailable",
     "UpgradeRequired",
+    "error_from_answer",
     "error_from_payload",
+    "is_error_payload",
+    "not_crc_server",
 ]
 
 
@@ -183,6 +187,42 @@ def code_for_status(status: int) -> str:
     """The error code of an answer with HTTP ``status`` that carries none of its own
     (another 4xx: ``invalid_input``; anything else: ``internal``)."""
     return _BY_STATUS.get(status, InvalidInput if 400 <= status < 500 else CrcError).code
+
+
+def is_error_payload(payload: Any) -> bool:
+    """Whether ``payload`` has the shape of the API's error answers:
+    ``{"error": {"code": ..., "message": "..."}}``."""
+    return (
+        isinstance(payload, dict)
+        and isinstance(payload.get("error"), dict)
+        and isinstance(payload["error"].get("message"), str)
+    )
+
+
+def not_crc_server(url: str, status: int, content_type: str | None) -> Unavailable:
+    """The error for an answer that is not the API's (a web server's page, a proxy's
+    login form or error page): the URL is not a CloudRemoteControl server's."""
+    what = (content_type or "no content type").split(";")[0].strip() or "no content type"
+    proxy = " (or a proxy in front of one that is down)" if status in (502, 503, 504) else ""
+    # A proxy's 502-504 page may be a server restarting: "unavailable", which an event
+    # stream waits out; anything else is the wrong URL, which no waiting changes.
+    return Unavailable(
+        f"{url} is not a CloudRemoteControl server{proxy}: it answered HTTP {status} with "
+        f"{what}, not the API's JSON; check the URL",
+        code="unavailable" if proxy else "not_crc_server",
+    )
+
+
+def error_from_answer(url: str, status: int, content_type: str | None, body: bytes) -> CrcError:
+    """The error of an HTTP error answer (client side): the server's own error when the
+    body is the API's ``{"error": ...}`` JSON, else ``not_crc_server``."""
+    try:
+        payload = json.loads(body) if body else None
+    except ValueError:  # not JSON, not UTF-8
+        payload = None
+    if not is_error_payload(payload):
+        return not_crc_server(url, status, content_type)
+    return error_from_payload(status, payload)
 
 
 def error_from_payload(status: int, payload: Any) -> CrcError:

@@ -20,15 +20,18 @@ import socket
 import ssl
 from urllib.parse import urlsplit
 
-from .errors import InvalidInput, TlsPinMismatch, Unavailable
+from .errors import InvalidInput, TlsPinMismatch, TlsUntrusted, Unavailable
 
 __all__ = [
+    "check_base_url",
     "check_server_url",
     "client_context",
     "fetch_server_cert",
     "fingerprint_of",
+    "is_untrusted",
     "normalize_fingerprint",
     "pinned_context",
+    "untrusted_error",
 ]
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -69,6 +72,40 @@ def check_server_url(url: str) -> None:
         )
 
 
+def _shown(url: str) -> str:
+    """``url`` as an error may show it: a user name or password in it left out."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return repr(url)
+    if "@" not in parts.netloc:
+        return repr(url)
+    return repr(parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]).geturl())
+
+
+def check_base_url(url: str) -> None:
+    """A server's base URL as `crc login` saves it and `crc bootstrap` writes it:
+    ``https://HOST[:PORT]`` (or plain http to this computer, as check_server_url), with
+    no path (a page such as ``/dashboard/``), query, fragment, user name or password
+    (which would be saved and sent, and is never shown back)."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 -- ValueError if not a number from 0 to 65535
+    except ValueError as exc:
+        raise InvalidInput(f"invalid server URL {_shown(url)}: {exc}") from None
+    if "@" in parts.netloc:
+        raise InvalidInput(
+            f"invalid server URL {_shown(url)}: expected https://HOST[:PORT], with no "
+            "user name or password in it (crc authenticates with its token)"
+        )
+    if parts.path.strip("/") or "?" in url or "#" in url:
+        raise InvalidInput(
+            f"invalid server URL {_shown(url)}: expected https://HOST[:PORT], with no path, "
+            "query or fragment (the server's address only, not a page of it)"
+        )
+    check_server_url(url)
+
+
 def _is_loopback(host: str) -> bool:
     if host.lower() == "localhost":
         return True
@@ -105,6 +142,33 @@ def fetch_server_cert(url: str, timeout: float = 10.0) -> bytes:
     return der
 
 
+def is_untrusted(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) is a certificate the system's CAs do not vouch
+    for."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return "CERTIFICATE_VERIFY_FAILED" in str(exc)
+
+
+def untrusted_error(url: str, exc: BaseException) -> TlsUntrusted:
+    """A certificate the system's CAs do not vouch for, and no pinned fingerprint: say
+    what to do (and which certificate the server presented, to compare)."""
+    try:
+        seen = fingerprint_of(fetch_server_cert(url, timeout=5))
+        shown = f"; it presented {seen}"
+    except Unavailable:
+        shown = ""
+    return TlsUntrusted(
+        f"the certificate of {url} is not trusted by this computer ({exc}): a server made "
+        "by `crc server init` has a self-signed certificate, so pass its fingerprint "
+        f"with --fingerprint sha256:... (CRC_FINGERPRINT){shown} - compare it with "
+        "the one `crc server init` printed before you use it"
+    )
+
+
 def pinned_context(cert_pem: str) -> ssl.SSLContext:
     """A client context that trusts exactly ``cert_pem`` (already checked against a pin)."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -134,9 +198,15 @@ def client_context(
         return ssl.create_default_context(), None
     pin = normalize_fingerprint(fingerprint)
     if cached_pem:
-        der = ssl.PEM_cert_to_DER_cert(cached_pem)
-        if fingerprint_of(der) == pin:
-            return pinned_context(cached_pem), cached_pem
+        try:
+            der = ssl.PEM_cert_to_DER_cert(cached_pem)
+        except ValueError:  # not PEM: fetched again below, as if none was cached
+            der = b""
+        if der and fingerprint_of(der) == pin:
+            try:
+                return pinned_context(cached_pem), cached_pem
+            except ssl.SSLError:
+                pass  # PEM, but no certificate: fetched again below
     der = fetch_server_cert(url)
     seen = fingerprint_of(der)
     if seen != pin:

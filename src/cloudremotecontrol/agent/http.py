@@ -13,18 +13,33 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import urllib.error
 
-from ..errors import CrcError, Unavailable, error_from_payload
+from ..errors import CrcError, TlsUntrusted, Unavailable, error_from_answer
+from ..tlspin import is_untrusted, untrusted_error
 
-__all__ = ["call_json", "http_error"]
+__all__ = ["UntrustedServer", "call_json", "http_error"]
+
+
+class UntrustedServer(TlsUntrusted, Unavailable):
+    """A certificate this computer does not trust, and no fingerprint given: exit 7 as
+    TlsUntrusted (``crc agent run`` without ``--fingerprint`` against a self-signed
+    server), and still ``Unavailable`` to the agent's loops that try again later."""
 
 
 def http_error(exc: urllib.error.HTTPError) -> CrcError:
-    """The server's ``{"error": …}`` answer as the matching CrcError."""
+    """The server's ``{"error": …}`` answer as the matching CrcError (an answer without
+    the API's error shape: ``not a CloudRemoteControl server``)."""
     try:
-        payload = json.loads(exc.read())
-    except ValueError:
-        payload = None
-    return error_from_payload(exc.code, payload)
+        body = exc.read()
+    except OSError:
+        body = b""
+    content_type = exc.headers.get("Content-Type") if exc.headers else None
+    return error_from_answer(_base(exc.url or ""), exc.code, content_type, body)
+
+
+def _base(url: str) -> str:
+    """The server part of a request URL (what the user gave)."""
+    head, sep, _ = url.partition("/v1/")
+    return head if sep else url
 
 
 def call_json(
@@ -58,4 +73,9 @@ def call_json(
     except urllib.error.HTTPError as exc:
         raise http_error(exc) from None
     except (urllib.error.URLError, OSError, ssl.SSLError) as exc:
+        # The system's CAs (no fingerprint given: the only context that checks names; a
+        # pinned one trusts its certificate alone) do not vouch for the certificate.
+        if ctx is not None and ctx.check_hostname and is_untrusted(exc):
+            untrusted = untrusted_error(_base(url), getattr(exc, "reason", exc))
+            raise UntrustedServer(untrusted.message) from None
         raise Unavailable(f"cannot reach {url}: {getattr(exc, 'reason', exc)}") from None

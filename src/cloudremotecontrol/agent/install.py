@@ -211,9 +211,14 @@ def install_agent(
     if cred is None:
         if key is None and key_file is not None:
             try:
-                key = Path(key_file).read_text().strip()
+                key = Path(key_file).read_text(encoding="utf-8").strip()
             except OSError as exc:
                 raise KeyRejected(f"cannot read key file {key_file}: {exc.strerror}") from None
+            except UnicodeDecodeError:
+                raise InvalidInput(
+                    f"key file {key_file} is not text: expected the crck_... key "
+                    "`crc group create` printed"
+                ) from None
         if not url or not key:
             raise KeyRejected(
                 "this machine is not enrolled yet: give --url and --key or "

@@ -47,9 +47,14 @@ def run(
     logsafe.configure(log_level, "%(asctime)s crc-agent %(levelname)s %(name)s %(message)s")
     if key_file:
         try:
-            key = Path(key_file).read_text().strip()
+            key = Path(key_file).read_text(encoding="utf-8").strip()
         except OSError as exc:
             raise InvalidInput(f"cannot read key file {key_file}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise InvalidInput(
+                f"key file {key_file} is not text: expected the crck_... key "
+                "`crc group create` printed"
+            ) from None
     # Jobs inherit the agent's environment: the key must not be in it.
     os.environ.pop("CRC_KEY", None)
     try:

@@ -27,7 +27,7 @@ from .. import __version__
 from ..errors import InvalidInput
 from ..protocol.names import check_name
 from ..protocol.tokens import parse_secret
-from ..tlspin import normalize_fingerprint
+from ..tlspin import check_base_url, normalize_fingerprint
 
 __all__ = ["DEFAULT_FORMATS", "FORMATS", "BootstrapParams", "render"]
 
@@ -56,16 +56,11 @@ class BootstrapParams:
     def checked(self) -> BootstrapParams:
         """The same parameters, validated and normalized (raises InvalidInput)."""
         url = self.url.rstrip("/")
-        parts = urlsplit(url)
-        if (
-            parts.scheme not in ("https", "http")
-            or not parts.hostname
-            or parts.path
-            or parts.query
-            or parts.fragment
-            or parts.username
-            or re.search(r"[\s'\"`$\\]", url)
-        ):
+        try:
+            check_base_url(url)  # as `crc login`: no path, query, fragment or password
+        except InvalidInput as exc:
+            raise InvalidInput(exc.message, field="url") from None
+        if urlsplit(url).scheme not in ("https", "http") or re.search(r"[\s'\"`$\\]", url):
             raise InvalidInput(
                 f"invalid server URL {self.url!r}: expected https://HOST[:PORT] "
                 "as the machines reach it",

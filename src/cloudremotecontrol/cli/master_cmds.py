@@ -60,8 +60,11 @@ def login(url: str, token: str | None, fingerprint: str | None, as_json: bool) -
     """Check the token against the server and save the profile (0600)."""
     from ..master.client import Client, clean_token
     from ..master.profile import Profile, save_profile
-    from ..tlspin import normalize_fingerprint
+    from ..tlspin import check_base_url, normalize_fingerprint
 
+    for one in url.split(","):  # replicas of one server, comma-separated
+        if one.strip():
+            check_base_url(one.strip())
     token = clean_token(_login_token(token))
     fp = normalize_fingerprint(fingerprint) if fingerprint else None
     with Client(url, token, fp) as client:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import httpx
 
 from ..errors import Unavailable
-from ..tlspin import client_context
+from ..tlspin import client_context, is_untrusted, untrusted_error
 from . import calls
 from .calls import (
     KEEPALIVE,
@@ -42,10 +42,8 @@ from .client import (
     check_download_target,
     clean_token,
     file_digest,
-    is_untrusted,
     open_regular,
     split_urls,
-    untrusted_error,
     write_error,
 )
 from .profile import Profile, load_profile
@@ -199,7 +197,7 @@ class AsyncClient:
     async def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         resp = await self._request(method, path, **kwargs)
         if resp.status_code >= 400:
-            raise_for(resp.status_code, resp.content)
+            raise_for(self.url, resp.status_code, resp.headers.get("content-type"), resp.content)
         return answer_of(self.url, resp.status_code, resp.headers.get("content-type"), resp.content)
 
     async def _do(self, call: Call) -> Any:
@@ -217,6 +215,8 @@ class AsyncClient:
                     yield item
                 return
             except (httpx.TransportError, Unavailable) as exc:
+                if isinstance(exc, Unavailable) and exc.code == "not_crc_server":
+                    raise  # the wrong URL (a web server's 404 page): no waiting changes it
                 if isinstance(exc, httpx.TransportError) and is_untrusted(exc):
                     raise self._unreachable(exc) from None
                 if await self._halted_within(resume.next_wait(self.url, exc)):
@@ -246,7 +246,9 @@ class AsyncClient:
         http = await self._client()
         async with http.stream("GET", call.path, params=call.params) as resp:
             if resp.status_code >= 400:
-                raise_for(resp.status_code, await resp.aread())
+                raise_for(
+                    self.url, resp.status_code, resp.headers.get("content-type"), await resp.aread()
+                )
             async for line in resp.aiter_lines():
                 item = parse_sse_line(line)
                 if item is KEEPALIVE:
@@ -605,7 +607,12 @@ class AsyncClient:
             with os.fdopen(fd, "wb") as fh:
                 async with http.stream("GET", f"/blobs/{info['sha256']}") as resp:
                     if resp.status_code >= 400:
-                        raise_for(resp.status_code, await resp.aread())
+                        raise_for(
+                            self.url,
+                            resp.status_code,
+                            resp.headers.get("content-type"),
+                            await resp.aread(),
+                        )
                     async for chunk in resp.aiter_bytes(1 << 20):
                         digest.update(chunk)
                         await asyncio.to_thread(fh.write, chunk)

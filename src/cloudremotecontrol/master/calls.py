@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
-from ..errors import InvalidInput, Unavailable, error_from_payload
+from ..errors import InvalidInput, Unavailable, error_from_answer, not_crc_server
 from ..protocol.jsoncheck import check_json
 from ..protocol.names import check_kv_key, check_name
 
@@ -42,6 +42,7 @@ class Call:
     json: Any = None
     key: str | None = None  # the SDK returns answer[key] (None: the whole answer)
     needs: tuple[str, ...] = ()  # keys every answer of the API has (else: not CRC)
+    items: tuple[str, ...] = ()  # answer[key] is a list of objects with these keys
 
     def __post_init__(self) -> None:
         # A body JSON cannot carry (NaN, a key that is not a string, bytes, a set) is
@@ -52,8 +53,20 @@ class Call:
     def result(self, answer: Any) -> Any:
         for key in (*self.needs, *(() if self.key is None else (self.key,))):
             if key not in answer:
-                raise Unavailable(f"the server's answer has no {key!r}: {_NOT_CRC}")
-        return answer if self.key is None else answer[self.key]
+                raise Unavailable(
+                    f"the server's answer has no {key!r}: {_NOT_CRC}", code="not_crc_server"
+                )
+        value = answer if self.key is None else answer[self.key]
+        if self.items:
+            if not isinstance(value, list) or not all(
+                isinstance(item, dict) and all(k in item for k in self.items) for item in value
+            ):
+                raise Unavailable(
+                    f"the server's answer is not a list of {self.key or 'items'} with "
+                    f"{', '.join(map(repr, self.items))}: {_NOT_CRC}",
+                    code="not_crc_server",
+                )
+        return value
 
 
 @dataclass
@@ -120,13 +133,11 @@ def parse_sse_line(line: str) -> Any:
     return None
 
 
-def raise_for(status: int, text: bytes) -> None:
-    """Raise the ``errors`` hierarchy's error for an HTTP error answer."""
-    try:
-        payload = json.loads(text) if text else None
-    except ValueError:
-        payload = None
-    raise error_from_payload(status, payload)
+def raise_for(url: str, status: int, content_type: str | None, text: bytes) -> None:
+    """Raise the ``errors`` hierarchy's error for an HTTP error answer: the server's own
+    error, or ``not a CloudRemoteControl server`` for an answer without the API's JSON
+    error shape (a web server's 404 page, a proxy's error page)."""
+    raise error_from_answer(url, status, content_type, text)
 
 
 _NOT_CRC = "is the URL that of a CloudRemoteControl server?"
@@ -141,11 +152,7 @@ def answer_of(url: str, status: int, content_type: str | None, body: bytes) -> A
     except ValueError:
         answer = None
     if not isinstance(answer, dict):
-        what = (content_type or "no content type").split(";")[0].strip()
-        raise Unavailable(
-            f"{url} is not a CloudRemoteControl server (it answered HTTP {status} with "
-            f"{what}, not the API's JSON): check the URL"
-        )
+        raise not_crc_server(url, status, content_type)
     return answer
 
 
@@ -199,15 +206,20 @@ def create_group(
         "key_ttl": _number(key_ttl, "key_ttl"),
         "ttl": _number(ttl, "ttl"),
     }
-    return Call("POST", "/groups", json={**body, "settings": settings or {}})
+    return Call(
+        "POST",
+        "/groups",
+        json={**body, "settings": settings or {}},
+        needs=("machines",),
+    )
 
 
 def list_groups() -> Call:
-    return Call("GET", "/groups", key="groups")
+    return Call("GET", "/groups", key="groups", items=("group", "machines", "ready", "created"))
 
 
 def group(name: str) -> Call:
-    return Call("GET", f"/groups/{_group(name)}")
+    return Call("GET", f"/groups/{_group(name)}", needs=("machines",))
 
 
 def machine_key(group: str, machine: str, key_ttl: float | None) -> Call:
@@ -215,6 +227,7 @@ def machine_key(group: str, machine: str, key_ttl: float | None) -> Call:
         "POST",
         f"/groups/{_group(group)}/machines/{_machine(machine)}/key",
         json={"key_ttl": _number(key_ttl, "key_ttl")},
+        needs=("key", "key_expires"),
     )
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-import ssl
 import stat
 import tempfile
 import threading
@@ -27,9 +26,9 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 import httpx
 
-from ..errors import CrcError, InvalidInput, TlsUntrusted, TooLarge, Unavailable
+from ..errors import CrcError, InvalidInput, TooLarge, Unavailable
 from ..protocol.limits import MAX_FILE_BYTES, file_too_large
-from ..tlspin import client_context, fetch_server_cert, fingerprint_of
+from ..tlspin import client_context, is_untrusted, untrusted_error
 from . import calls
 from .calls import (
     KEEPALIVE,
@@ -104,31 +103,6 @@ def write_error(local: str, exc: OSError) -> CrcError:
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOENT, errno.ENOTDIR):
         return InvalidInput(what)
     return Unavailable(what)
-
-
-def untrusted_error(url: str, exc: BaseException) -> TlsUntrusted:
-    """A certificate the system's CAs do not vouch for, and no pinned fingerprint: say
-    what to do (and which certificate the server presented, to compare)."""
-    try:
-        seen = fingerprint_of(fetch_server_cert(url, timeout=5))
-        shown = f"; it presented {seen}"
-    except Unavailable:
-        shown = ""
-    return TlsUntrusted(
-        f"the certificate of {url} is not trusted by this computer ({exc}): a server made "
-        "by `crc server init` has a self-signed certificate, so pass its fingerprint "
-        f"with --fingerprint sha256:... (CRC_FINGERPRINT){shown} - compare it with "
-        "the one `crc server init` printed before you use it"
-    )
-
-
-def is_untrusted(exc: BaseException) -> bool:
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, ssl.SSLCertVerificationError):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return "CERTIFICATE_VERIFY_FAILED" in str(exc)
 
 
 class Client:
@@ -249,7 +223,7 @@ class Client:
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         resp = self._request(method, path, **kwargs)
         if resp.status_code >= 400:
-            raise_for(resp.status_code, resp.content)
+            raise_for(self.url, resp.status_code, resp.headers.get("content-type"), resp.content)
         return answer_of(self.url, resp.status_code, resp.headers.get("content-type"), resp.content)
 
     def _do(self, call: Call) -> Any:
@@ -266,6 +240,8 @@ class Client:
                     yield item
                 return
             except (httpx.TransportError, Unavailable) as exc:
+                if isinstance(exc, Unavailable) and exc.code == "not_crc_server":
+                    raise  # the wrong URL (a web server's 404 page): no waiting changes it
                 # A server restarting, a network cut, a replica gone: resume from the last
                 # event seen (its cursor), on the next replica if there is one (calls.Resume).
                 if isinstance(exc, httpx.TransportError) and is_untrusted(exc):
@@ -282,7 +258,7 @@ class Client:
     def _stream_once(self, call: StreamCall) -> Iterator[Any]:
         with self._http.stream("GET", call.path, params=call.params) as resp:
             if resp.status_code >= 400:
-                raise_for(resp.status_code, resp.read())
+                raise_for(self.url, resp.status_code, resp.headers.get("content-type"), resp.read())
             for line in resp.iter_lines():
                 item = parse_sse_line(line)
                 if item is KEEPALIVE:
@@ -672,7 +648,9 @@ class Client:
                 self._http.stream("GET", f"/blobs/{info['sha256']}") as resp,
             ):
                 if resp.status_code >= 400:
-                    raise_for(resp.status_code, resp.read())
+                    raise_for(
+                        self.url, resp.status_code, resp.headers.get("content-type"), resp.read()
+                    )
                 for chunk in resp.iter_bytes(1 << 20):
                     digest.update(chunk)
                     fh.write(chunk)

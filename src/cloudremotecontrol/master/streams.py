@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import Conflict, CrcError, InvalidInput, Unavailable, error_from_payload
+from ..errors import Conflict, CrcError, InvalidInput, Unavailable, error_from_answer
 from ..protocol.limits import MAX_FRAME_BYTES
 from ..protocol.streams import (
     MAX_CHUNK_BYTES,
@@ -160,10 +159,12 @@ async def open_stream(opener: Opener, group: str, body: dict[str, Any]) -> Async
             ping_timeout=20,
         )
     except InvalidStatus as exc:
-        payload = None
-        with contextlib.suppress(ValueError):
-            payload = json.loads(exc.response.body or b"")
-        raise error_from_payload(exc.response.status_code, payload) from None
+        raise error_from_answer(
+            opener.url,
+            exc.response.status_code,
+            exc.response.headers.get("Content-Type"),
+            bytes(exc.response.body or b""),
+        ) from None
     except (OSError, asyncio.TimeoutError) as exc:
         raise Unavailable(f"cannot reach {opener.url} for the stream: {exc}") from None
     return AsyncStream(ws, info)
@@ -518,10 +519,12 @@ def connect_sync(url: str, token: str, ssl: Any, info: dict[str, Any]) -> ShellS
             open_timeout=30,
         )
     except InvalidStatus as exc:
-        payload = None
-        with contextlib.suppress(ValueError):
-            payload = json.loads(exc.response.body or b"")
-        raise error_from_payload(exc.response.status_code, payload) from None
+        raise error_from_answer(
+            url,
+            exc.response.status_code,
+            exc.response.headers.get("Content-Type"),
+            bytes(exc.response.body or b""),
+        ) from None
     except (OSError, TimeoutError) as exc:
         raise Unavailable(f"cannot reach {url} for the stream: {exc}") from None
     return ShellSession(ws, info)
