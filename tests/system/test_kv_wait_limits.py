@@ -24,7 +24,7 @@ from conftest import Env
 
 # The documented limits (docs/reference.md, protocol/limits.py).
 MAX_KV_WAITS_PER_MACHINE = 16
-MAX_KV_WAITS_PER_USER = 64
+MAX_KV_WAITS_PER_USER = 128
 
 
 @pytest.fixture

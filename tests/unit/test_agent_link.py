@@ -155,7 +155,7 @@ def test_an_agent_that_does_not_read_is_read_no_faster_than_it_reads() -> None:
             async def flood() -> None:
                 nonlocal answered
                 for n in range(MAX_QUEUED_FRAMES * 4):
-                    await link.send_control_now(f"error{n}")
+                    await link.send_control_now(f"error{n}", bounded=True)
                     answered += 1
 
             reader = asyncio.create_task(flood())
@@ -164,10 +164,14 @@ def test_an_agent_that_does_not_read_is_read_no_faster_than_it_reads() -> None:
                 await asyncio.sleep(0)
             assert answered == MAX_QUEUED_FRAMES  # the next one waits, queued
             assert len(link._frames) == MAX_QUEUED_FRAMES + 1
+            # An ack never waits (an honest agent's reader may be waiting to send one).
+            await asyncio.wait_for(link.send_control_now("ack"), 1)
             sock.gate.set()  # it reads again: so is it
             await asyncio.wait_for(reader, 5)
-            await _until(lambda: len(sock.sent) == MAX_QUEUED_FRAMES * 4 + 1, "all sent")
-            assert sock.sent == ["m1"] + [f"error{n}" for n in range(MAX_QUEUED_FRAMES * 4)]
+            await _until(lambda: len(sock.sent) == MAX_QUEUED_FRAMES * 4 + 2, "all sent")
+            errors = [f"error{n}" for n in range(MAX_QUEUED_FRAMES * 4)]
+            cut = MAX_QUEUED_FRAMES + 1
+            assert sock.sent == ["m1", *errors[:cut], "ack", *errors[cut:]]
         finally:
             link.closed = True
             writer.cancel()
@@ -189,8 +193,8 @@ def test_a_reader_waiting_for_the_writer_goes_on_when_the_connection_ends() -> N
         link.offer(1, "m1")
         await _until(lambda: sock.concurrent == 1, "the writer to be sending")
         for n in range(MAX_QUEUED_FRAMES):
-            await link.send_control_now(f"error{n}")
-        waiting = asyncio.create_task(link.send_control_now("one too many"))
+            await link.send_control_now(f"error{n}", bounded=True)
+        waiting = asyncio.create_task(link.send_control_now("one too many", bounded=True))
         for _ in range(20):
             await asyncio.sleep(0)
         assert not waiting.done()

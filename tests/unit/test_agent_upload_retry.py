@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from cloudremotecontrol.agent import files
-from cloudremotecontrol.errors import Conflict
+from cloudremotecontrol.errors import Conflict, Unavailable
 
 
 class Server:
@@ -34,8 +34,11 @@ class Server:
                     {"error": {"code": code, "message": code}} if code else {"ok": True}
                 )
                 raw = json.dumps(doc).encode()
+                kind = "application/json"
+                if status >= 400 and not code:  # a web server's page
+                    raw, kind = b"<html>Not Found</html>", "text/html"
                 self.send_response(status)
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", kind)
                 self.send_header("Content-Length", str(len(raw)))
                 self.end_headers()
                 self.wfile.write(raw)
@@ -74,6 +77,16 @@ def test_an_upload_refused_while_a_cut_one_is_held_is_sent_again(server, payload
     assert naps == [0.5, 1.0]
 
 
+def test_a_large_file_is_read_again_from_its_start_for_each_attempt(server, tmp_path) -> None:
+    """Over ``SMALL`` a file is streamed (not kept in memory): each attempt reads it
+    again from the start, and sends exactly the bytes that were hashed."""
+    big = tmp_path / "big.bin"
+    big.write_bytes(bytes(range(256)) * ((files.SMALL + 12345) // 256))
+    server.answers = [(409, "upload_in_progress")]
+    files.upload_file(lambda: (server.url, None), "cred", "job1", str(big), lambda s: None)
+    assert server.bodies == [big.read_bytes()] * 2
+
+
 def test_an_upload_cut_goes_to_the_server_the_agent_moved_to(server, payload) -> None:
     dead = "http://127.0.0.1:9"  # nothing listens: connection refused
     where = iter([dead, dead, server.url])
@@ -84,5 +97,12 @@ def test_an_upload_cut_goes_to_the_server_the_agent_moved_to(server, payload) ->
 def test_a_final_refusal_is_not_sent_again(server, payload) -> None:
     server.answers = [(409, "already_uploaded")]
     with pytest.raises(Conflict):
+        files.upload_file(lambda: (server.url, None), "cred", "job1", str(payload), lambda s: None)
+    assert len(server.bodies) == 1
+
+
+def test_an_answer_that_is_not_a_crc_servers_is_not_sent_again(server, payload) -> None:
+    server.answers = [(404, "")]  # no API error body: a web server, not crc
+    with pytest.raises(Unavailable, match="not a CloudRemoteControl server"):
         files.upload_file(lambda: (server.url, None), "cred", "job1", str(payload), lambda s: None)
     assert len(server.bodies) == 1

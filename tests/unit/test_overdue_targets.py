@@ -17,7 +17,7 @@ from cloudremotecontrol.protocol.frames import Ack, Msg, write_frame
 from cloudremotecontrol.protocol.messages import Envelope
 from cloudremotecontrol.server.ops import delivery, files, jobs, overdue
 
-GRACE = overdue.OVERDUE_GRACE
+GRACE = overdue.grace_for(120.0)  # the default agent silence timeout: 240 s
 
 
 @pytest.fixture
@@ -63,22 +63,22 @@ def test_a_running_target_silent_past_its_timeout_ends_lost_and_stays_so(server:
     assert started["status"] == "running"
     t0 = float(started["updated"])
     # Within its timeout and the grace after it: nothing happens.
-    assert server.run(overdue.overdue_targets, t0 + 5 + GRACE - 1) == []
-    assert server.run(overdue.end_overdue, t0 + 5 + GRACE - 1) == []
+    assert server.run(overdue.overdue_targets, t0 + 5 + GRACE - 1, GRACE) == []
+    assert server.run(overdue.end_overdue, t0 + 5 + GRACE - 1, GRACE) == []
     assert _target(server, job_id)["status"] == "running"
     # Past them: lost, with the reason, as a job.status event a follower sees.
     late = t0 + 5 + GRACE + 1
-    assert server.run(overdue.overdue_targets, late) == [(job_id, server.machine_id)]
-    server.run(overdue.end_overdue, late)
+    assert server.run(overdue.overdue_targets, late, GRACE) == [(job_id, server.machine_id)]
+    server.run(overdue.end_overdue, late, GRACE)
     ended = _target(server, job_id)
     assert ended["status"] == "lost"
-    assert "reported no end 120 s after the job's timeout (5 s)" in ended["reason"]
+    assert "reported no end 240 s after the job's timeout (5 s)" in ended["reason"]
     [event] = [e for e in server.events("job.status") if e["status"] == "lost"]
     assert event["job_id"] == job_id and event["reason"] == ended["reason"]
     # The machine coming back with its result changes nothing: the record is final.
     m.send("job.result", {"job_id": job_id, "status": "succeeded", "exit_code": 0})
     assert _target(server, job_id)["status"] == "lost"
-    assert server.run(overdue.overdue_targets, late + 3600) == []
+    assert server.run(overdue.overdue_targets, late + 3600, GRACE) == []
 
 
 def test_a_delivered_target_never_started_ends_lost_too(server: Server) -> None:
@@ -87,7 +87,7 @@ def test_a_delivered_target_never_started_ends_lost_too(server: Server) -> None:
     ]
     Machine(server).ack_all()
     assert _target(server, job_id)["status"] == "delivered"
-    server.run(overdue.end_overdue, time.time() + 1 + GRACE + 1)
+    server.run(overdue.end_overdue, time.time() + 1 + GRACE + 1, GRACE)
     assert _target(server, job_id)["status"] == "lost"
 
 
@@ -97,13 +97,15 @@ def test_queued_targets_and_file_transfers_have_no_deadline_here(server: Server)
     queued = server.run(jobs.create_job, server.user, "lab", "m", {"argv": ["true"], "timeout": 1})
     pull = server.run(files.create_pull, server.user, "lab", "m", "/etc/hostname")
     far = time.time() + 30 * 86400  # nothing acknowledged yet: both queued
-    assert server.run(overdue.overdue_targets, far) == []
+    assert server.run(overdue.overdue_targets, far, GRACE) == []
     m = Machine(server)
     m.ack_all()
     m.send("job.started", {"job_id": pull["job_id"]})
     assert _target(server, pull["job_id"])["status"] == "running"
     assert _target(server, queued["job_id"])["status"] == "delivered"
-    assert server.run(overdue.overdue_targets, far) == [(queued["job_id"], server.machine_id)]
+    assert server.run(overdue.overdue_targets, far, GRACE) == [
+        (queued["job_id"], server.machine_id)
+    ]
 
 
 def test_an_offline_machine_is_waited_for_and_given_the_grace_when_it_is_back(
@@ -119,8 +121,10 @@ def test_an_offline_machine_is_waited_for_and_given_the_grace_when_it_is_back(
     m.send("job.started", {"job_id": job_id})
     server.run(delivery.machine_disconnected, server.machine_id, "r1")
     far = time.time() + 30 * 86400
-    assert server.run(overdue.overdue_targets, far) == []
+    assert server.run(overdue.overdue_targets, far, GRACE) == []
     server.connect(m.seq, None)  # back: its replay will come within the grace
     back = time.time()
-    assert server.run(overdue.overdue_targets, back + GRACE - 1) == []
-    assert server.run(overdue.overdue_targets, back + GRACE + 1) == [(job_id, server.machine_id)]
+    assert server.run(overdue.overdue_targets, back + GRACE - 1, GRACE) == []
+    assert server.run(overdue.overdue_targets, back + GRACE + 1, GRACE) == [
+        (job_id, server.machine_id)
+    ]

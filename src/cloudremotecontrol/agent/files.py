@@ -506,7 +506,10 @@ def upload_file(
                     f"{path} changed while it was read ({exc}): pull it again"
                 ) from None
             except CrcError as exc:
-                again = isinstance(exc, Unavailable) or exc.code == "upload_in_progress"
+                final = exc.code in ("not_crc_server", "tls_untrusted")  # no better later
+                again = (isinstance(exc, Unavailable) and not final) or (
+                    exc.code == "upload_in_progress"
+                )
                 if not again or attempt == UPLOAD_ATTEMPTS - 1:
                     raise
                 sleep(min(10.0, 0.5 * 2**attempt))

@@ -22,7 +22,7 @@ MAX_FACT_ADDRESSES = 64  # addresses per list in a machine's facts
 # Key/value long polls (GET .../kv/KEY?wait=) waiting at once, per machine and per master
 # user, in one server process; past it 429 (each wait holds a connection, a socket).
 MAX_KV_WAITS_PER_MACHINE = 16  # an agent waits once per `crc agent kv wait` running
-MAX_KV_WAITS_PER_USER = 64  # the CLI and a scenario wait once at a time; SDK threads more
+MAX_KV_WAITS_PER_USER = 128  # a scenario waits once per running step (`--parallel` <= 64)
 KV_WAIT_RETRY_AFTER_SECONDS = 5
 MAX_JSON_DEPTH = 32  # nesting of any JSON value a client or machine sends (a body, a value)
 

@@ -193,7 +193,8 @@ class _Connection:
         """Tell the agent what was wrong with a frame (nothing was stored); the reader
         waits while the agent does not read (``AgentLink.send_control_now``)."""
         payload = exc.to_payload()["error"]
-        await self.link.send_control_now(write_frame(ErrorFrame(error=payload, seq=seq)))
+        frame = write_frame(ErrorFrame(error=payload, seq=seq))
+        await self.link.send_control_now(frame, bounded=True)
 
     async def on_ack(self, frame: Ack) -> bool:
         try:

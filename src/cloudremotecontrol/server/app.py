@@ -187,7 +187,8 @@ def create_app(
                 if store.dialect == "sqlite"
                 else tg.create_task(_lease_loop(store, app.state.replica))
             )
-            toucher = tg.create_task(_touch_loop(store, hub))
+            grace = overdue_ops.grace_for(app.state.settings.agent_silence_timeout)
+            toucher = tg.create_task(_touch_loop(store, hub, grace))
             expirer = tg.create_task(_expire_loop(app, store, hub))
             pruner = tg.create_task(_retention_loop(app, store))
             roller = tg.create_task(_rollout_loop(store, hub))
@@ -386,19 +387,23 @@ async def _lease_loop(store: Store, replica: str) -> None:
             log.error("replica lease: trying again: %r", exc)
 
 
-async def _touch_loop(store: Store, hub: Hub) -> None:
+async def _touch_loop(store: Store, hub: Hub, grace: float) -> None:
     while True:
         await asyncio.sleep(TOUCH_SECONDS)
         ids = list(hub.links)
-        with contextlib.suppress(CrcError):
+        try:
             if ids:
                 for mid, reason, uninstall in await store.write(delivery.touch_machines, ids):
                     await hub.revoke([mid], reason, uninstall)
             await store.write(delivery.sweep_stale, 3 * TOUCH_SECONDS)
+        except CrcError:
+            pass  # the database is unavailable: the next round tries again
+        except Exception as exc:  # noqa: BLE001 -- the loop must outlive one failure
+            log.error("touching machines: trying again: %r", exc)
         try:  # targets whose connected machine never reported their end (ops/overdue.py)
             at = time.time()
-            if await store.read(overdue_ops.overdue_targets, at):
-                hub.deliver(await store.write(overdue_ops.end_overdue, at))
+            if await store.read(overdue_ops.overdue_targets, at, grace):
+                hub.deliver(await store.write(overdue_ops.end_overdue, at, grace))
         except CrcError as exc:
             log.warning("overdue targets: trying again: %s", exc)
         except Exception as exc:  # noqa: BLE001 -- the loop must outlive one failure

@@ -33,7 +33,8 @@ credential, a wrong one, no WebSocket at that path, too many agent logins) is cu
 ``LINGER_SECONDS`` after its answer or close frame, as an HTTP refusal is: no waiting
 for the client's close frame nor for a TLS goodbye. One whose endpoint has neither
 authenticated nor refused it ``header_timeout`` seconds after the upgrade is cut too.
-While it lingers, a refused WebSocket is the first to be pushed out by a new connection.
+While it lingers, a refused WebSocket may be pushed out by a new connection (as one still
+waiting for its headers may).
 
 The counts are per server process; everything here runs on the event loop's thread.
 """

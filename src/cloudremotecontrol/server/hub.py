@@ -101,15 +101,17 @@ class AgentLink:
         self._frames.append(frame)
         self._wake.set()
 
-    async def send_control_now(self, frame: str) -> None:
+    async def send_control_now(self, frame: str, bounded: bool = False) -> None:
         """``send_control`` from the caller's task when nothing else is waiting to be
         sent (an ack after each message the agent sends: the writer task need not be
-        woken for it); queued behind what is. The caller (the connection's reader) waits
-        while more than ``MAX_QUEUED_FRAMES`` are queued: backpressure on an agent that
-        does not read."""
+        woken for it); queued behind what is. ``bounded`` (the answer to a frame that
+        broke the protocol): the caller (the connection's reader) waits while more than
+        ``MAX_QUEUED_FRAMES`` are queued, backpressure on an agent that sends and does
+        not read. Acks never wait: an honest agent's reader may itself be waiting to
+        send one while the server's writer waits for it to read."""
         if self._sending or self._frames or self._need_reload or self.closed:
             self.send_control(frame)
-            while len(self._frames) > MAX_QUEUED_FRAMES and not self.closed:
+            while bounded and len(self._frames) > MAX_QUEUED_FRAMES and not self.closed:
                 self._drained.clear()
                 await self._drained.wait()
             return

@@ -1,13 +1,15 @@
 """Targets whose machine never reported their end.
 
 The agent enforces a job's timeout and reports ``timed_out``; a target still
-``delivered`` or ``running`` ``OVERDUE_GRACE`` seconds after its timeout, on a machine
-connected for at least that long, means its agent hung. Such a target ends ``lost``,
+``delivered`` or ``running`` a grace after its timeout, on a machine connected for at
+least that long, means its agent hung. The grace (``grace_for``) is the server's agent
+silence timeout plus ``OVERDUE_GRACE``: a machine that vanished is shown connected until
+its silence closes the connection, and must be offline by then. Such a target ends ``lost``,
 with the reason, so that a master following the job (``crc run``, a scenario step) is
 not left waiting for ever; what the machine reports later about it changes nothing (an
 ended target's record is final). A machine that is offline is waited for: what it did
 meanwhile is delivered when it comes back (docs/delivery.md), and one that just came
-back has ``OVERDUE_GRACE`` to say so. Only ``job.run`` targets have a timeout: a file
+back has the grace to say so. Only ``job.run`` targets have a timeout: a file
 transfer runs as long as its bytes keep coming.
 
 The server's touch loop (``app.py``) calls these: a read finds the candidates, a write
@@ -23,10 +25,18 @@ from ..store.base import Tx
 from .common import loads
 from .streams import job_steps
 
-__all__ = ["OVERDUE_GRACE", "end_overdue", "overdue_targets"]
+__all__ = ["OVERDUE_GRACE", "end_overdue", "grace_for", "overdue_targets"]
 
-#: Seconds past a target's timeout after which the server stops waiting for its end.
+#: Seconds past a target's timeout, beyond the agent silence timeout, after which the
+#: server stops waiting for its end.
 OVERDUE_GRACE = 120.0
+
+
+def grace_for(agent_silence_timeout: float) -> float:
+    """The grace past a job's timeout: the silence that shows a vanished machine
+    offline, and ``OVERDUE_GRACE`` more (240 s with the default 120 s timeout)."""
+    return agent_silence_timeout + OVERDUE_GRACE
+
 
 _OPEN = (
     "SELECT job_id, machine_id, updated FROM job_targets "
