@@ -115,9 +115,9 @@ class ServerProcess:
         return self
 
     def _wait_start_line(self, timeout: float = 5.0) -> None:
-        """Let the server print its start line (a thread prints it once the port
-        accepts, which can be just after the first health answer), so the log reads
-        whole to whoever looks at it next."""
+        """Let the server print its start line (printed once its listener is up, which
+        can be just after the first health answer), so the log reads whole to whoever
+        looks at it next."""
         assert self.proc is not None
         mark = f"pid {self.proc.pid})".encode()
         deadline = time.monotonic() + timeout
