@@ -256,8 +256,8 @@ def run(
 
 def _check_database(url: str, *, must_exist: bool) -> None:
     """A ``sqlite:///PATH`` database URL names a file (not nothing, not a directory);
-    with ``must_exist``, one that exists (an admin command never makes a database: a
-    mistyped path would give an empty one)."""
+    with ``must_exist``, one that exists (a command that only reads never makes a
+    database: a mistyped path would show an empty one)."""
     if not url.startswith("sqlite:///"):
         return  # PostgreSQL, or a scheme open_store refuses
     path = url[len("sqlite:///") :]
@@ -289,12 +289,14 @@ def _shown_database(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
 
 
-def _store(data_dir: str | None, database: str | None) -> Store:
+def _store(data_dir: str | None, database: str | None, must_exist: bool) -> Store:
     from ..server.config import load_config
     from ..server.store.base import open_store
 
     if database:
-        _check_database(database, must_exist=True)
+        # A command that writes (add-user) makes a new database, as `crc server run`
+        # does; one that only reads (list-users) says it is not there.
+        _check_database(database, must_exist=must_exist)
         return open_store(database)
     # The data dir's own database: made here if the server never ran (init, then
     # add-user, then run is a documented order).
@@ -310,7 +312,7 @@ def _admin(
 ) -> T:
     import asyncio
 
-    store = _store(data_dir, database)
+    store = _store(data_dir, database, must_exist=not write)
 
     async def go() -> T:
         await store.start()
