@@ -128,3 +128,49 @@ def test_an_offline_machine_is_waited_for_and_given_the_grace_when_it_is_back(
     assert server.run(overdue.overdue_targets, back + GRACE + 1, GRACE) == [
         (job_id, server.machine_id)
     ]
+
+
+def _age(server: Server, seconds: float) -> None:
+    """As if everything so far had happened ``seconds`` earlier."""
+
+    def age(tx: Any) -> None:
+        tx.execute("UPDATE job_targets SET updated = updated - ?", (seconds,))
+        tx.execute("UPDATE events SET created = created - ?", (seconds,))
+        tx.execute("UPDATE machines SET last_in = last_in - ?", (seconds,))
+
+    server.run(age)
+
+
+def test_a_machine_still_sending_is_waited_for_until_it_falls_silent(server: Server) -> None:
+    """An agent working through a backlog on a slow link sends its messages in order:
+    the result of an old target is on its way while it sends others, so the target is
+    not ended ``lost`` (its result would be acknowledged, then ignored) until the
+    machine has sent nothing for the grace."""
+    spec = {"argv": ["sleep", "1000"], "timeout": 5}
+    job_id = server.run(jobs.create_job, server.user, "lab", "m", spec)["job_id"]
+    m = Machine(server)
+    m.ack_all()
+    m.send("job.started", {"job_id": job_id})
+    _age(server, 10 * GRACE)  # started long ago, connected since
+    assert server.run(overdue.overdue_targets, time.time(), GRACE) == [(job_id, server.machine_id)]
+    # The machine sends something else first (a message to the master).
+    m.send("user.backlog", {"n": 1})
+    assert server.run(overdue.overdue_targets, time.time(), GRACE) == []
+    assert server.run(overdue.end_overdue, time.time(), GRACE) == []
+    # Its result comes in turn, and is recorded.
+    m.send("job.result", {"job_id": job_id, "status": "succeeded", "exit_code": 0})
+    assert _target(server, job_id)["status"] == "succeeded"
+
+
+def test_a_machine_silent_for_the_grace_after_sending_is_given_up(server: Server) -> None:
+    spec = {"argv": ["sleep", "1000"], "timeout": 5}
+    job_id = server.run(jobs.create_job, server.user, "lab", "m", spec)["job_id"]
+    m = Machine(server)
+    m.ack_all()
+    m.send("job.started", {"job_id": job_id})
+    _age(server, 10 * GRACE)
+    m.send("progress", {"text": "still here"})
+    assert server.run(overdue.overdue_targets, time.time(), GRACE) == []
+    _age(server, GRACE + 1)  # then nothing for the grace
+    server.run(overdue.end_overdue, time.time(), GRACE)
+    assert _target(server, job_id)["status"] == "lost"

@@ -2,15 +2,18 @@
 
 The agent enforces a job's timeout and reports ``timed_out``; a target still
 ``delivered`` or ``running`` a grace after its timeout, on a machine connected for at
-least that long, means its agent hung. The grace (``grace_for``) is the server's agent
-silence timeout plus ``OVERDUE_GRACE``: a machine that vanished is shown connected until
-its silence closes the connection, and must be offline by then. Such a target ends ``lost``,
-with the reason, so that a master following the job (``crc run``, a scenario step) is
-not left waiting for ever; what the machine reports later about it changes nothing (an
-ended target's record is final). A machine that is offline is waited for: what it did
-meanwhile is delivered when it comes back (docs/delivery.md), and one that just came
-back has the grace to say so. Only ``job.run`` targets have a timeout: a file
-transfer runs as long as its bytes keep coming.
+least that long and silent for as long, means its agent hung. The grace (``grace_for``)
+is the server's agent silence timeout plus ``OVERDUE_GRACE``: a machine that vanished is
+shown connected until its silence closes the connection, and must be offline by then.
+Such a target ends ``lost``, with the reason, so that a master following the job (``crc
+run``, a scenario step) is not left waiting for ever; what the machine reports later
+about it changes nothing (an ended target's record is final). A machine that is offline
+is waited for: what it did meanwhile is delivered when it comes back (docs/delivery.md),
+and one that just came back has the grace to say so. So is one that sent anything within
+the grace (``machines.last_in``): an agent catching up on a backlog sends its messages
+in order, slowly on a slow link, and a result it is still on its way to is not
+acknowledged then ignored. Only ``job.run`` targets have a timeout: a file transfer runs
+as long as its bytes keep coming.
 
 The server's touch loop (``app.py``) calls these: a read finds the candidates, a write
 ends those still overdue (another replica may have ended them meanwhile).
@@ -60,34 +63,36 @@ def _timeouts(tx: Tx, job_ids: set[str]) -> dict[str, float | None]:
     return out
 
 
-def _connected_since(tx: Tx, machine_id: str) -> float | None:
-    """When the machine's connection began (its last state change), or None when it
-    is not connected. A connection older than the events kept counts as old."""
-    m = tx.one("SELECT group_id, name, state FROM machines WHERE id = ?", (machine_id,))
+def _silent(tx: Tx, machine_id: str, since: float) -> bool:
+    """Whether the machine has been connected, and has sent nothing, since ``since``:
+    no message of it applied (``last_in``) and no state change after it. A connection
+    older than the events kept counts as old."""
+    m = tx.one("SELECT group_id, name, state, last_in FROM machines WHERE id = ?", (machine_id,))
     if m is None or m["state"] not in ("enrolled", "ready"):
-        return None
+        return False
+    if float(m["last_in"]) >= since:
+        return False
     last = tx.one(
         "SELECT created FROM events WHERE group_id = ? AND machine = ? "
         "AND type = 'machine.state' ORDER BY id DESC LIMIT 1",
         (m["group_id"], m["name"]),
     )
-    return float(last["created"]) if last is not None else 0.0
+    return last is None or float(last["created"]) < since
 
 
 def _overdue(tx: Tx, at: float, grace: float) -> list[dict[str, Any]]:
     rows = tx.all(_OPEN, (at - grace,))
     timeouts = _timeouts(tx, {r["job_id"] for r in rows})
-    since: dict[str, float | None] = {}
+    silent: dict[str, bool] = {}
     out = []
     for r in rows:
         timeout = timeouts[r["job_id"]]
         if timeout is None or float(r["updated"]) + timeout + grace >= at:
             continue
         mid = r["machine_id"]
-        if mid not in since:
-            since[mid] = _connected_since(tx, mid)
-        connected = since[mid]
-        if connected is not None and connected + grace < at:
+        if mid not in silent:
+            silent[mid] = _silent(tx, mid, at - grace)
+        if silent[mid]:
             out.append({**r, "timeout": timeout})
     return out
 

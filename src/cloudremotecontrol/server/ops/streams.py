@@ -149,9 +149,10 @@ class ServerInbox(InboxStore):
         return int(self.m["in_done"])
 
     def set_processed(self, seq: int) -> None:
+        t = now()
         self.tx.send(
-            "UPDATE machines SET in_done = ?, last_seen = ? WHERE id = ?",
-            (seq, now(), self.m["id"]),
+            "UPDATE machines SET in_done = ?, last_seen = ?, last_in = ? WHERE id = ?",
+            (seq, t, t, self.m["id"]),
         )
         self.m["in_done"] = seq
 

@@ -221,6 +221,14 @@ def _v13(d: str) -> list[str]:
     ]
 
 
+def _v14(d: str) -> list[str]:
+    """When the machine's inbox last moved (a message of it applied): a connected
+    machine that keeps reporting is not taken for hung (ops/overdue.py). Never NULL:
+    a row read ahead on PostgreSQL follows an update only of a column it knows the type
+    of (store/pg_tx.py ``RowCache``)."""
+    return [f"ALTER TABLE machines ADD COLUMN last_in {_REAL[d]} NOT NULL DEFAULT 0"]
+
+
 MIGRATIONS = [
     (1, _v1),
     (2, _v2),
@@ -235,6 +243,7 @@ MIGRATIONS = [
     (11, _v11),
     (12, _v12),
     (13, _v13),
+    (14, _v14),
 ]
 
 
