@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import os
 import re
-from collections.abc import Iterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -25,6 +24,7 @@ from .methods import HeadFile
 from .models import StrictBody
 from .ops import files as file_ops
 from .ops import retention
+from .slots import slots
 from .store.base import Store
 
 router = APIRouter(prefix="/v1")
@@ -242,15 +242,7 @@ async def agent_upload(job_id: str, m: Machine, request: Request) -> dict[str, A
 def _one_at_a_time(
     request: Request, machine_id: str, job_id: str
 ) -> contextlib.AbstractContextManager[None]:
-    """Hold this server process's one upload slot of a pull (``UploadsUnderWay``)."""
-    under_way: UploadsUnderWay | None = getattr(request.app.state, "pull_uploads", None)
-    if under_way is None:
-        under_way = request.app.state.pull_uploads = UploadsUnderWay()
-    return under_way.hold(machine_id, job_id)
-
-
-class UploadsUnderWay:
-    """The pulls with an upload under way in this server process: one at a time each.
+    """Hold this server process's one upload slot of a pull.
 
     Until a pull's file is recorded, ``upload_slot`` lets every upload through, so many
     at once would each store a whole body (a pull's file many times over on disk)
@@ -260,23 +252,14 @@ class UploadsUnderWay:
     it lost the answer, or after its first upload was cut off, is served). Per process:
     replicas sharing a PostgreSQL database take at most one upload of a pull each."""
 
-    def __init__(self) -> None:
-        self._held: set[tuple[str, str]] = set()
+    def refused() -> Conflict:
+        return Conflict(
+            f"an upload for pull job {job_id} is under way already: a pull takes one "
+            "upload at a time (send it again once that one has ended)",
+            code="upload_in_progress",
+        )
 
-    @contextlib.contextmanager
-    def hold(self, machine_id: str, job_id: str) -> Iterator[None]:
-        key = (machine_id, job_id)
-        if key in self._held:
-            raise Conflict(
-                f"an upload for pull job {job_id} is under way already: a pull takes one "
-                "upload at a time (send it again once that one has ended)",
-                code="upload_in_progress",
-            )
-        self._held.add(key)
-        try:
-            yield
-        finally:
-            self._held.discard(key)
+    return slots(request, "pull_uploads").hold((machine_id, job_id), 1, refused)
 
 
 async def _upload(

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import Counter
-from collections.abc import Iterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -35,6 +33,7 @@ from . import auth
 from .models import StrictBody
 from .ops import kv as kv_ops
 from .ops.common import live_group
+from .slots import slots
 from .store.base import Store, Tx
 
 router = APIRouter(prefix="/v1")
@@ -65,41 +64,23 @@ _WAITED: dict[int | str, dict[str, Any]] = {
 }
 
 
-class Waiters:
-    """How many key/value waits each machine and each master user has under way in this
-    server process."""
-
-    def __init__(self) -> None:
-        self._count: Counter[tuple[str, str]] = Counter()
-
-    @contextlib.contextmanager
-    def hold(self, who: tuple[str, str], cap: int) -> Iterator[None]:
-        if self._count[who] >= cap:
-            kind = "machine" if who[0] == "machine" else "user"
-            raise RateLimited(
-                f"too many key/value waits at once by this {kind}: at most {cap} may wait "
-                "at the same time; let one end, then wait again",
-                retry_after=KV_WAIT_RETRY_AFTER_SECONDS,
-            )
-        self._count[who] += 1
-        try:
-            yield
-        finally:
-            self._count[who] -= 1
-            if self._count[who] <= 0:
-                del self._count[who]
-
-
 def _waiting(
     request: Request, wait: float, who: tuple[str, str], cap: int
 ) -> contextlib.AbstractContextManager[None]:
-    """A place among ``who``'s waits (none needed for a read that does not wait)."""
+    """A place among ``who``'s waits in this server process (none needed for a read
+    that does not wait)."""
     if wait <= 0:
         return contextlib.nullcontext()
-    waiters: Waiters | None = getattr(request.app.state, "kv_waiters", None)
-    if waiters is None:
-        waiters = request.app.state.kv_waiters = Waiters()
-    return waiters.hold(who, cap)
+
+    def refused() -> RateLimited:
+        kind = "machine" if who[0] == "machine" else "user"
+        return RateLimited(
+            f"too many key/value waits at once by this {kind}: at most {cap} may wait "
+            "at the same time; let one end, then wait again",
+            retry_after=KV_WAIT_RETRY_AFTER_SECONDS,
+        )
+
+    return slots(request, "kv_waiters").hold(who, cap, refused)
 
 
 @router.get("/groups/{group}/kv", tags=["kv"])
