@@ -290,6 +290,13 @@ class _Reply(NamedTuple):
     headers: dict[str, str] = {}
 
 
+class _Fault(NamedTuple):
+    reply: _Reply
+    after_handling: bool
+    method: str | None
+    path: str | None
+
+
 def _error(status: int, message: str, **headers: str) -> _Reply:
     # Vultr's error shape (API v2 docs, "Response Codes"): {"error": "...", "status": N}.
     return _Reply(status, {"error": message, "status": status}, headers)
@@ -338,7 +345,7 @@ class FakeVultrState:
         self.boot_errors: list[BaseException] = []
         self._boot_script: dict[str, bytes] = {}
         self._ips: dict[str, tuple[str, str]] = {}  # given out when an instance turns active
-        self._faults: deque[tuple[_Reply, bool]] = deque()
+        self._faults: deque[_Fault] = deque()
         self._hits: deque[float] = deque()
         self._lock = threading.RLock()
         self._stop = threading.Event()
@@ -353,14 +360,29 @@ class FakeVultrState:
         message: str = "injected failure",
         retry_after: float | None = None,
         after_handling: bool = False,
+        method: str | None = None,
+        path: str | None = None,
     ) -> None:
-        """Answer the next ``times`` authenticated requests with ``status``.
+        """Answer the next ``times`` authenticated requests with ``status``; with
+        ``method`` and/or ``path`` (a prefix of the path below ``/v2``), only the next
+        ``times`` such requests, the others being answered as usual.
 
         ``after_handling=True`` carries the request out first and then loses the answer
         (a 5xx or gateway timeout after the instance was made)."""
         headers = {} if retry_after is None else {"Retry-After": f"{retry_after:g}"}
+        fault = _Fault(_error(status, message, **headers), after_handling, method, path)
         with self._lock:
-            self._faults.extend([(_error(status, message, **headers), after_handling)] * times)
+            self._faults.extend([fault] * times)
+
+    def _take_fault(self, method: str, path: str) -> _Fault | None:
+        with self._lock:
+            for i, fault in enumerate(self._faults):
+                if (fault.method is None or fault.method == method) and (
+                    fault.path is None or path.startswith(fault.path)
+                ):
+                    del self._faults[i]
+                    return fault
+        return None
 
     def close(self, timeout: float = 10.0) -> None:
         """Stop instance lifecycles; waits for running boot hooks up to ``timeout``."""
@@ -385,12 +407,10 @@ class FakeVultrState:
                 )
         if headers.get("authorization") != f"Bearer {self.api_key}":
             return body, _error(401, "Invalid API token.")
-        fault: _Reply | None = None
-        with self._lock:
-            if self._faults:
-                fault, after_handling = self._faults.popleft()
-                if not after_handling:
-                    return body, fault
+        taken = self._take_fault(method, path)
+        fault = None if taken is None else taken.reply
+        if taken is not None and not taken.after_handling:
+            return body, taken.reply
         if self._rate_limited():
             return body, _error(429, "Rate limit exceeded.")
         found = self.spec.match(method, path)

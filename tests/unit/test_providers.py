@@ -184,6 +184,88 @@ def test_destroy_reports_what_is_left_after_the_timeout_and_keeps_the_rest() -> 
     assert 10 <= clock.now <= 12
 
 
+class Flaky(Cloud):
+    """``refuse``: how many more times destroying an instance fails; ``appear``: ids
+    listed from the second listing on (made by a request whose answer got lost);
+    ``list_fails``: which listings (1-based) fail."""
+
+    def __init__(
+        self,
+        ids: list[str],
+        refuse: dict[str, int] | None = None,
+        appear: builtins.list[str] | None = None,
+        list_fails: frozenset[int] = frozenset(),
+        **kw: Any,
+    ) -> None:
+        super().__init__(ids, **kw)
+        self.refuse = dict(refuse or {})
+        self.appear = list(appear or [])
+        self.list_fails = list_fails
+        self.listings = 0
+
+    def destroy(self, instance_id: str) -> None:
+        if self.refuse.get(instance_id, 0) > 0:
+            self.refuse[instance_id] -= 1
+            self.calls.append(f"refused {instance_id}")
+            raise ProviderError(f"API failed DELETE {instance_id}", provider=self.name)
+        super().destroy(instance_id)
+
+    def list(self, scenario: str) -> builtins.list[Instance]:
+        self.listings += 1
+        if self.listings in self.list_fails:
+            self.calls.append("list failed")
+            raise ProviderError("API failed GET /instances", provider=self.name)
+        if self.listings == 2:
+            for i in self.appear:
+                self.instances[i] = Instance(i, i, i, "running", True, tags=(scenario_tag("s"),))
+        return super().list(scenario)
+
+
+def test_one_machine_the_api_refuses_never_keeps_the_others_and_is_tried_again() -> None:
+    cloud, clock = Flaky(["a", "b", "c"], refuse={"a": 2}), Clock()
+    out = destroy_scenario(cloud, "s", sleep=clock.sleep, clock=clock)
+    assert out.ok and out.errors == {} and out.cleaned == {"scripts": 2}
+    assert [i.id for i in out.destroyed] == ["b", "c", "a"]
+    assert cloud.calls[:5] == ["list", "refused a", "destroy b", "destroy c", "list"]
+    assert cloud.calls.count("refused a") == 2 and cloud.calls.count("destroy a") == 1
+
+
+def test_a_machine_the_api_keeps_refusing_is_reported_with_its_error() -> None:
+    cloud, clock = Flaky(["a", "b"], refuse={"a": 10**6}), Clock()
+    out = destroy_scenario(cloud, "s", verify_timeout=10, sleep=clock.sleep, clock=clock)
+    assert [i.id for i in out.left] == ["a"] and [i.id for i in out.destroyed] == ["b"]
+    assert out.errors == {"a": "API failed DELETE a"}
+    assert "cleanup" not in cloud.calls
+
+
+def test_a_machine_listed_late_is_destroyed_too() -> None:
+    cloud, clock = Flaky(["a"], appear=["late"]), Clock()
+    out = destroy_scenario(cloud, "s", sleep=clock.sleep, clock=clock)
+    assert out.ok and [i.id for i in out.destroyed] == ["a", "late"]
+    assert cloud.instances == {}
+
+
+def test_a_listing_that_fails_while_verifying_is_asked_again() -> None:
+    cloud, clock = Flaky(["a"], list_fails=frozenset({2})), Clock()
+    out = destroy_scenario(cloud, "s", sleep=clock.sleep, clock=clock)
+    assert out.ok and [i.id for i in out.destroyed] == ["a"]
+    assert cloud.calls == ["list", "destroy a", "list failed", "list", "cleanup"]
+
+
+def test_a_listing_that_still_fails_when_the_time_is_up_is_raised() -> None:
+    cloud, clock = Flaky(["a"], list_fails=frozenset(range(2, 100))), Clock()
+    with pytest.raises(ProviderError, match="GET /instances"):
+        destroy_scenario(cloud, "s", verify_timeout=10, sleep=clock.sleep, clock=clock)
+    assert cloud.calls[:2] == ["list", "destroy a"] and "cleanup" not in cloud.calls
+
+
+def test_the_first_listing_failing_destroys_nothing_and_is_raised() -> None:
+    cloud, clock = Flaky(["a"], list_fails=frozenset({1})), Clock()
+    with pytest.raises(ProviderError, match="GET /instances"):
+        destroy_scenario(cloud, "s", sleep=clock.sleep, clock=clock)
+    assert cloud.calls == ["list failed"]
+
+
 def test_optional_features_are_refused_unless_declared() -> None:
     cloud = Cloud([])
     for call in (
@@ -229,4 +311,26 @@ def test_down_with_a_machine_left_says_how_to_try_again() -> None:
     assert text == (
         "still at memory after 0.3 s: b; to try again: `crc down --group s --provider "
         "memory` (or `crc down` with the scenario file)"
+    )
+
+
+def test_down_says_why_a_machine_was_not_destroyed() -> None:
+    from cloudremotecontrol.master.scenario.runner import down
+    from cloudremotecontrol.master.scenario.view import View
+
+    class Notes(View):
+        def __init__(self) -> None:
+            self.notes: list[tuple[str, dict[str, Any]]] = []
+
+        def info(self, text: str, **doc: Any) -> None:
+            self.notes.append((text, doc))
+
+    cloud, view = Flaky(["a", "b"], refuse={"b": 10**6}), Notes()
+    nap = lambda seconds: time.sleep(0.05)  # noqa: E731 -- the real clock runs out
+    assert down("s", cloud, None, view, verify_timeout=0.3, sleep=nap) == 1
+    text, doc = view.notes[-1]
+    assert doc["left"] == ["b"] and doc["destroyed"] == ["a"]
+    assert doc["errors"] == {"b": "API failed DELETE b"}
+    assert text.startswith(
+        "still at memory after 0.3 s: b (not destroyed: API failed DELETE b); to try again"
     )

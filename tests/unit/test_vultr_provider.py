@@ -21,6 +21,7 @@ from cloudremotecontrol.providers.base import (
     machine_tag,
     scenario_tag,
 )
+from cloudremotecontrol.providers.destroy import destroy_scenario
 from cloudremotecontrol.providers.vultr import RetryPolicy, VultrProvider
 from fakes.vultr_api import (
     FakeVultr,
@@ -270,6 +271,36 @@ def test_destroy_is_idempotent(fake: FakeVultr, vultr: VultrProvider) -> None:
 
     assert vultr.get(inst.id) is None and vultr.list("demo") == []
     assert [r.status for r in sent(fake, "DELETE", f"/instances/{inst.id}")] == [204]
+    assert_clean(fake)
+
+
+def test_destroying_a_scenario_goes_on_past_an_instance_vultr_fails_for(
+    fake: FakeVultr, vultr: VultrProvider
+) -> None:
+    ids = [vultr.create("demo", linux(n), "x").id for n in ("a", "b", "c")]
+    first = vultr.list("demo")[0].id
+    # Vultr fails every try to delete the first one listed (FAST: 1 + 2 retries).
+    fake.state.fail_next(500, times=3, method="DELETE", path=f"/instances/{first}")
+
+    out = destroy_scenario(vultr, "demo", sleep=lambda s: None)
+
+    assert out.ok and out.errors == {} and fake.state.instances == {}
+    assert sorted(i.id for i in out.destroyed) == sorted(ids)
+    assert out.destroyed[-1].id == first  # tried again once the others were gone
+    assert [r.status for r in sent(fake, "DELETE", f"/instances/{first}")] == [500] * 3 + [204]
+    assert_clean(fake)
+
+
+def test_an_instance_whose_startup_script_cannot_be_deleted_still_counts_as_destroyed(
+    fake: FakeVultr, vultr: VultrProvider
+) -> None:
+    inst = vultr.create("demo", windows(), "x")
+    fake.state.fail_next(503, times=3, method="DELETE", path="/startup-scripts/")
+
+    out = destroy_scenario(vultr, "demo", sleep=lambda s: None)
+
+    assert out.ok and [i.id for i in out.destroyed] == [inst.id] and fake.state.instances == {}
+    assert out.cleaned == {"startup_scripts": 1} and fake.state.scripts == {}  # by name
     assert_clean(fake)
 
 

@@ -5,8 +5,13 @@ and the server's teardown when a group's TTL passes (``on_ttl: destroy``). Destr
 is not the end: a cloud answers ``DELETE`` at once and removes the machine later, and a
 machine created by a request whose answer got lost appears late. So after destroying
 what it lists, it lists the scenario again until nothing is left or ``verify_timeout``
-passes, and only then removes what the provider keeps beside the instances
-(``Provider.cleanup``: Vultr's startup scripts), which a machine still there may need.
+passes, destroying what appears meanwhile, and only then removes what the provider keeps
+beside the instances (``Provider.cleanup``: Vultr's startup scripts), which a machine
+still there may need.
+
+One machine the provider refuses to destroy (an API that keeps failing for it) never
+keeps the others alive: each is destroyed on its own, a refused one is tried again at
+every listing until the time is up, and is then reported with the provider's words.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ..errors import ProviderError
 from .base import Instance, Provider
 
 __all__ = ["VERIFY_SECONDS", "Destroyed", "destroy_scenario"]
@@ -26,11 +32,13 @@ POLL_SECONDS = 2.0
 @dataclass(frozen=True)
 class Destroyed:
     """What ``destroy_scenario`` did: the instances it destroyed, those still listed
-    when it gave up (empty: all gone), and what ``cleanup`` removed."""
+    when it gave up (empty: all gone), why the provider refused to destroy some of those
+    (``errors``: instance id -> message), and what ``cleanup`` removed."""
 
     destroyed: list[Instance]
     left: list[Instance]
     cleaned: dict[str, int] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -47,21 +55,56 @@ def destroy_scenario(
     clock: Callable[[], float] = time.monotonic,
 ) -> Destroyed:
     """Destroy every instance of ``scenario`` (``on_destroyed`` is told of each), list
-    again every 2 s until none is left or ``verify_timeout`` passes, then clean up.
+    again every 2 s until none is left or ``verify_timeout`` passes, destroying what is
+    listed anew and trying again what the provider refused, then clean up.
 
-    Provider errors propagate: nothing is reported destroyed that the provider did not
-    accept. Call it again after a failure; it starts from what the provider lists.
+    The first listing's errors propagate (nothing was done). After it, a ``ProviderError``
+    destroying one instance is kept in ``errors`` while the others go on; one listing
+    again is retried until the time is up, and only re-raised if the last listing failed
+    (what is left is then unknown). Nothing is reported destroyed that the provider did
+    not accept. Call it again after a failure; it starts from what the provider lists.
     """
-    destroyed: list[Instance] = []
-    for inst in provider.list(scenario):
-        provider.destroy(inst.id)
-        destroyed.append(inst)
-        if on_destroyed is not None:
-            on_destroyed(inst)
-    deadline = clock() + verify_timeout
+    destroyed: dict[str, Instance] = {}
+    errors: dict[str, str] = {}
+
+    def destroy_new(listed: list[Instance]) -> None:
+        for inst in listed:
+            if inst.id in destroyed:
+                continue  # accepted before, still going away: never DELETE twice
+            try:
+                provider.destroy(inst.id)
+            except ProviderError as exc:
+                errors[inst.id] = exc.message
+                continue
+            errors.pop(inst.id, None)
+            destroyed[inst.id] = inst
+            if on_destroyed is not None:
+                on_destroyed(inst)
+
     left = provider.list(scenario)
-    while left and clock() < deadline:
+    destroy_new(left)
+    deadline = clock() + verify_timeout
+    failed: ProviderError | None = None
+    while True:
+        try:
+            left = provider.list(scenario)
+            failed = None
+        except ProviderError as exc:
+            failed = exc  # keep the last good listing; a blip is asked again
+        if failed is None and not left:
+            break
+        if clock() >= deadline:
+            if failed is not None:
+                raise failed
+            break
+        if failed is None:
+            destroy_new(left)  # what appeared late, and what was refused before
         sleep(POLL_SECONDS)
-        left = provider.list(scenario)
     cleaned = provider.cleanup(scenario) if not left else {}
-    return Destroyed(destroyed, left, cleaned)
+    kept = {i.id for i in left}
+    return Destroyed(
+        list(destroyed.values()),
+        left,
+        cleaned,
+        {k: v for k, v in errors.items() if k in kept},
+    )

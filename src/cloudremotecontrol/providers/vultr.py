@@ -298,7 +298,10 @@ class VultrProvider(Provider):
         self._delete(f"/instances/{_seg(instance_id)}")
         script_id = tag_value(raw.get("tags") or [], SCRIPT_TAG_PREFIX)
         if script_id:
-            self._delete(f"/startup-scripts/{_seg(script_id)}")
+            # The instance is gone (the bill stops): a script that cannot be deleted now
+            # must not make it look alive. cleanup() removes it by name afterwards.
+            with contextlib.suppress(ProviderError):
+                self._delete(f"/startup-scripts/{_seg(script_id)}")
 
     def wait_running(self, instance_id: str, timeout: float) -> Instance:
         """Poll every ``poll_interval`` s until the instance is active, running and booted

@@ -90,7 +90,9 @@ def destroy_at_provider(provider: str, api_key: str, group: str) -> dict[str, An
     if gone.left:
         raise CrcError(
             f"still at {provider} after {VERIFY_SECONDS:.0f} s: "
-            f"{', '.join(i.id for i in gone.left)}",
+            + ", ".join(
+                f"{i.id} ({gone.errors[i.id]})" if i.id in gone.errors else i.id for i in gone.left
+            ),
             code="provider_error",
         )
     return {"destroyed": [i.id for i in gone.destroyed], **gone.cleaned}

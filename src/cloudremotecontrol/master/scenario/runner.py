@@ -516,6 +516,11 @@ class Runner:
             c.close()
 
 
+def _left_text(inst: Instance, errors: dict[str, str]) -> str:
+    why = errors.get(inst.id)
+    return f"{inst.id} (not destroyed: {why})" if why else inst.id
+
+
 def down(
     group: str,
     provider: Provider,
@@ -580,6 +585,7 @@ def _down(
         "group_deleted": deleted,
         "revoked": revoked,
         "cleaned": gone.cleaned,
+        "errors": gone.errors,
         "seconds": round(time.monotonic() - t0, 2),
     }
     doc["event"] = "down"
@@ -589,7 +595,8 @@ def _down(
         # provider from: say how to try again.
         view.info(
             f"still at {provider.name} after {verify_timeout:g} s: "
-            f"{', '.join(i.id for i in left)}; to try again: `crc down --group {group} "
+            f"{', '.join(_left_text(i, gone.errors) for i in left)}; "
+            f"to try again: `crc down --group {group} "
             f"--provider {provider.name}` (or `crc down` with the scenario file)",
             **doc,
         )
