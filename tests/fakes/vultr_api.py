@@ -295,6 +295,7 @@ class _Fault(NamedTuple):
     after_handling: bool
     method: str | None
     path: str | None
+    when: Callable[[Any], bool] | None
 
 
 def _error(status: int, message: str, **headers: str) -> _Reply:
@@ -362,23 +363,27 @@ class FakeVultrState:
         after_handling: bool = False,
         method: str | None = None,
         path: str | None = None,
+        when: Callable[[Any], bool] | None = None,
     ) -> None:
         """Answer the next ``times`` authenticated requests with ``status``; with
-        ``method`` and/or ``path`` (a prefix of the path below ``/v2``), only the next
-        ``times`` such requests, the others being answered as usual.
+        ``method``, ``path`` (a prefix of the path below ``/v2``) and/or ``when`` (true
+        of the decoded JSON body), only the next ``times`` such requests, the others
+        being answered as usual.
 
         ``after_handling=True`` carries the request out first and then loses the answer
         (a 5xx or gateway timeout after the instance was made)."""
         headers = {} if retry_after is None else {"Retry-After": f"{retry_after:g}"}
-        fault = _Fault(_error(status, message, **headers), after_handling, method, path)
+        fault = _Fault(_error(status, message, **headers), after_handling, method, path, when)
         with self._lock:
             self._faults.extend([fault] * times)
 
-    def _take_fault(self, method: str, path: str) -> _Fault | None:
+    def _take_fault(self, method: str, path: str, body: Any) -> _Fault | None:
         with self._lock:
             for i, fault in enumerate(self._faults):
-                if (fault.method is None or fault.method == method) and (
-                    fault.path is None or path.startswith(fault.path)
+                if (
+                    (fault.method is None or fault.method == method)
+                    and (fault.path is None or path.startswith(fault.path))
+                    and (fault.when is None or fault.when(body))
                 ):
                     del self._faults[i]
                     return fault
@@ -407,7 +412,7 @@ class FakeVultrState:
                 )
         if headers.get("authorization") != f"Bearer {self.api_key}":
             return body, _error(401, "Invalid API token.")
-        taken = self._take_fault(method, path)
+        taken = self._take_fault(method, path, body)
         fault = None if taken is None else taken.reply
         if taken is not None and not taken.after_handling:
             return body, taken.reply

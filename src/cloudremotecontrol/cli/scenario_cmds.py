@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 from typing import Any
 
@@ -63,10 +64,21 @@ def up(scenario_file: str, rerun: bool, parallel: int, as_json: bool) -> None:
         make_view(as_json) as view,
     ):
         runner = Runner(scenario, profile, provider, view, rerun=rerun, max_parallel=parallel)
+        rc = 1
         try:
             rc = runner.up()
         finally:
             runner.close()
+            if rc != 0 and runner.instances and not as_json:
+                # Failed, interrupted or a step failed: what was made keeps running (and,
+                # on a cloud, costing money) until `crc down`. Say so before the error.
+                names, file = ", ".join(sorted(runner.instances)), shlex.quote(scenario_file)
+                click.echo(
+                    f"{len(runner.instances)} machine(s) of {scenario.name} are still at "
+                    f"{provider.name} ({names}): `crc up {file}` again resumes, "
+                    f"`crc down {file}` destroys them",
+                    err=True,
+                )
     exposed = [(m.name, local, port) for m in scenario.machines for local, port in m.forwards]
     if exposed and not as_json:
         click.echo(

@@ -339,7 +339,13 @@ class Runner:
                 labels=m.labels,
                 extra=m.extra,
             )
-            inst = p.create(self.group, spec, self._startup_script(spec, key))
+            try:
+                inst = p.create(self.group, spec, self._startup_script(spec, key))
+            except ProviderError as exc:
+                if exc.message.startswith(f"machine {m.name}:"):
+                    raise
+                # Say which machine: the provider's words name only its API call.
+                raise ProviderError(f"machine {m.name}: {exc.message}", **exc.details) from None
             self.instances[m.name] = inst
             self.view.machine(m.name, "booting", f"instance {inst.id} created", instance=inst.id)
         for name, inst in list(self.instances.items()):

@@ -1,0 +1,140 @@
+"""`crc up` / `crc down` with the vultr provider when Vultr's API fails half-way or `crc up`
+dies, against the fake Vultr API (machines never boot: these tests are about what is made
+and what is left behind, not about enrollment)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cloudremotecontrol.errors import NotFound
+from cloudremotecontrol.providers.base import MachineSpec
+from cloudremotecontrol.providers.vultr import VultrProvider
+from fakes.vultr_api import FakeVultr
+
+SCENARIO = """\
+name: flaky
+provider: vultr
+timeouts: {ready: 60s}
+defaults: {region: ewr, plan: vc2-1c-1gb, image: "2284"}
+machines: {a: , b: , c: }
+"""
+
+
+def lines(out: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeVultr]:
+    f = FakeVultr(ready_delay=0.05).start()
+    yield f
+    f.stop()
+    assert f.violations == []
+
+
+@pytest.fixture
+def scenario(tmp_path: Path) -> Path:
+    path = tmp_path / "flaky.yaml"
+    path.write_text(SCENARIO)
+    return path
+
+
+def down_twice(env: Any, crc: Any, path: Path, vultr_env: dict[str, str]) -> dict[str, Any]:
+    r = crc("down", str(path), "--json", extra_env=vultr_env, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    first = next(o for o in lines(r.stdout) if o["event"] == "down")
+    assert first["left"] == [] and first["group_deleted"] is True
+    with pytest.raises(NotFound):
+        env.client.group("flaky")
+    r = crc("down", str(path), "--json", extra_env=vultr_env, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    again = next(o for o in lines(r.stdout) if o["event"] == "down")
+    assert again["destroyed"] == [] and again["left"] == [] and again["group_deleted"] is False
+    return first
+
+
+def test_up_that_vultr_refuses_half_way_says_what_is_left_and_down_twice_removes_it(
+    env: Any, crc: Any, fake: FakeVultr, scenario: Path
+) -> None:
+    vultr_env = {"VULTR_API_KEY": fake.api_key, "CRC_VULTR_API_URL": fake.url}
+    # Vultr makes machine a, then refuses machine b (its plan is out of stock, say).
+    fake.state.fail_next(
+        400,
+        message="Plan is not available",
+        method="POST",
+        path="/instances",
+        when=lambda body: body.get("hostname") == "b",
+    )
+    r = crc("up", str(scenario), extra_env=vultr_env, timeout=120)
+
+    assert r.returncode == 8, r.stdout + r.stderr
+    made = list(fake.state.instances)
+    assert len(made) == 1
+    assert r.stderr.splitlines()[-2:] == [
+        f"1 machine(s) of flaky are still at vultr (a): `crc up {scenario}` again resumes, "
+        f"`crc down {scenario}` destroys them",
+        "crc: error: machine b: Vultr rejected POST /instances (HTTP 400): Plan is not available",
+    ]
+
+    first = down_twice(env, crc, scenario, vultr_env)
+    assert first["destroyed"] == made and fake.state.instances == {}
+
+
+def test_down_after_up_was_killed_destroys_every_machine_it_made(
+    env: Any, fake: FakeVultr, crc: Any, scenario: Path
+) -> None:
+    vultr_env = {"VULTR_API_KEY": fake.api_key, "CRC_VULTR_API_URL": fake.url}
+    up = subprocess.Popen(
+        [sys.executable, "-m", "cloudremotecontrol", "up", str(scenario), "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, **env.cli_env, **vultr_env},
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while len(fake.state.instances) < 3:  # the machines never enroll: up waits
+            assert up.poll() is None and time.monotonic() < deadline, up.communicate()
+            time.sleep(0.05)
+    finally:
+        up.send_signal(signal.SIGKILL)
+        up.communicate()
+    made = sorted(fake.state.instances)
+
+    first = down_twice(env, crc, scenario, vultr_env)
+    assert sorted(first["destroyed"]) == made and fake.state.instances == {}
+
+
+def test_down_goes_on_past_a_machine_vultr_keeps_failing_for(
+    env: Any, crc: Any, fake: FakeVultr, scenario: Path
+) -> None:
+    vultr_env = {"VULTR_API_KEY": fake.api_key, "CRC_VULTR_API_URL": fake.url}
+    made_by_up = {"scenario": "flaky", "provider": "vultr", "provider_settings": {}}
+    env.client.create_group("flaky", ["a", "b", "c"], settings={"crc_up": made_by_up})
+    with VultrProvider(fake.api_key, fake.url) as p:
+        ids = {
+            n: p.create(
+                "flaky",
+                MachineSpec(name=n, os="linux", region="ewr", plan="vc2-1c-1gb", image="2284"),
+                "#!/bin/sh\ntrue\n",
+            ).id
+            for n in ("a", "b", "c")
+        }
+    # Deleting a fails four times (one try and three retries), once more in `crc down`.
+    fake.state.fail_next(500, times=4, method="DELETE", path=f"/instances/{ids['a']}")
+
+    r = crc("down", str(scenario), "--json", extra_env=vultr_env, timeout=120)
+
+    assert r.returncode == 0, r.stdout + r.stderr
+    done = next(o for o in lines(r.stdout) if o["event"] == "down")
+    assert done["destroyed"] == [ids["b"], ids["c"], ids["a"]] and done["left"] == []
+    assert fake.state.instances == {}
