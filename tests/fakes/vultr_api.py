@@ -413,35 +413,17 @@ class FakeVultrState:
         if headers.get("authorization") != f"Bearer {self.api_key}":
             return body, _error(401, "Invalid API token.")
         taken = self._take_fault(method, path, body)
-        fault = None if taken is None else taken.reply
+        checked = self._check(method, path, query, headers, raw, body)
+        # An injected fault or a 429 answers a request that is checked all the same:
+        # a test that makes Vultr fail still proves what the provider sent was valid.
         if taken is not None and not taken.after_handling:
             return body, taken.reply
         if self._rate_limited():
             return body, _error(429, "Rate limit exceeded.")
-        found = self.spec.match(method, path)
-        if found is None:
-            why = "method not allowed" if self.spec.path_exists(path) else "unknown path"
-            return body, self._violation(
-                _error(404, f"{why}: {method} {path}"),
-                f"{method} {path}: not in the OpenAPI file ({why})",
-            )
-        op, quoted_args = found
-        args = [unquote(a) for a in quoted_args]
-        problems = self.spec.check_query(op, query)
-        if (
-            method in ("POST", "PUT", "PATCH")
-            and raw
-            and not headers.get("content-type", "").startswith("application/json")
-        ):
-            problems.append("Content-Type must be application/json")
-        if method in ("POST", "PUT", "PATCH") and body is None and "requestBody" in op.spec:
-            body = {}  # no body reads as an empty object: required fields still count
-        problems += self.spec.check_request(op, body)
-        if problems:
-            text = "; ".join(problems)
-            return body, self._violation(
-                _error(400, f"invalid request: {text}"), f"{method} {op.template} request: {text}"
-            )
+        if isinstance(checked, _Reply):
+            return body, checked
+        op, args, body = checked
+        fault = None if taken is None else taken.reply
         handler = self._handlers().get((method, op.template))
         if handler is None:
             return body, self._violation(
@@ -459,6 +441,43 @@ class FakeVultrState:
                     f"{method} {op.template} response: {text}",
                 )
         return body, reply if fault is None else fault
+
+    def _check(
+        self,
+        method: str,
+        path: str,
+        query: dict[str, str],
+        headers: dict[str, str],
+        raw: bytes,
+        body: Any,
+    ) -> tuple[_Operation, list[str], Any] | _Reply:
+        """The request checked against the OpenAPI file: its operation, path arguments
+        and body, or the 4xx answer to a violation (recorded in ``violations``)."""
+        found = self.spec.match(method, path)
+        if found is None:
+            why = "method not allowed" if self.spec.path_exists(path) else "unknown path"
+            return self._violation(
+                _error(404, f"{why}: {method} {path}"),
+                f"{method} {path}: not in the OpenAPI file ({why})",
+            )
+        op, quoted_args = found
+        args = [unquote(a) for a in quoted_args]
+        problems = self.spec.check_query(op, query)
+        if (
+            method in ("POST", "PUT", "PATCH")
+            and raw
+            and not headers.get("content-type", "").startswith("application/json")
+        ):
+            problems.append("Content-Type must be application/json")
+        if method in ("POST", "PUT", "PATCH") and body is None and "requestBody" in op.spec:
+            body = {}  # no body reads as an empty object: required fields still count
+        problems += self.spec.check_request(op, body)
+        if problems:
+            text = "; ".join(problems)
+            return self._violation(
+                _error(400, f"invalid request: {text}"), f"{method} {op.template} request: {text}"
+            )
+        return op, args, body
 
     def record(self, entry: RecordedRequest) -> None:
         with self._lock:

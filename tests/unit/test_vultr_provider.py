@@ -538,6 +538,23 @@ def test_fake_rejects_and_records_requests_outside_the_openapi_file(fake: FakeVu
     fake.state.violations.clear()
 
 
+def test_fake_checks_requests_it_answers_with_an_injected_failure_or_a_429(
+    fake: FakeVultr,
+) -> None:
+    auth = {"Authorization": f"Bearer {fake.api_key}"}
+    fake.state.fail_next(503, method="POST", path="/instances")
+    with httpx.Client(base_url=fake.url, headers=auth) as http:
+        assert http.post("/instances", json={"plan": "p", "os_id": 1}).status_code == 503
+        fake.state.rate_limit = 1
+        assert http.get("/instances").status_code == 200
+        assert http.get("/instances", params={"tags": "x"}).status_code == 429
+
+    assert len(fake.violations) == 2
+    assert "'region' is a required property" in fake.violations[0]
+    assert "'tags' is not declared" in fake.violations[1]
+    fake.state.violations.clear()
+
+
 def test_vultr_own_example_has_fields_its_schema_lacks() -> None:
     # Why the provider reads responses leniently: Vultr's get-instance example carries
     # v6_network/v6_main_ip/v6_network_size, the schema only v6_networks.
