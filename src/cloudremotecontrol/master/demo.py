@@ -19,6 +19,7 @@ from pathlib import Path
 
 import click
 
+from ..errors import CrcError
 from .localrun import ServerProcess, crc_argv
 from .profile import Profile
 from .scenario.view import View
@@ -90,7 +91,11 @@ def run_demo(view: View, keep: bool = False) -> int:
     finally:
         # After a failure too. What is said goes where it can: a terminal that was closed
         # (SIGHUP) must not stop the teardown.
-        destroy_scenario(provider, scenario.name, verify_timeout=15.0)
+        try:
+            destroy_scenario(provider, scenario.name, verify_timeout=15.0)
+        except CrcError as exc:  # the server and the network go all the same
+            with contextlib.suppress(OSError):
+                view.info(f"teardown: {exc.message}")
         with contextlib.suppress(OSError):
             view.info("stopping the server (it lets open connections finish, up to 3 s)")
         server.stop()
