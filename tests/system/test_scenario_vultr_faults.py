@@ -129,7 +129,7 @@ def test_down_goes_on_past_a_machine_vultr_keeps_failing_for(
             ).id
             for n in ("a", "b", "c")
         }
-    # Deleting a fails four times (one try and three retries), once more in `crc down`.
+    # Vultr fails every try to delete a in the first pass (one try and three retries).
     fake.state.fail_next(500, times=4, method="DELETE", path=f"/instances/{ids['a']}")
 
     r = crc("down", str(scenario), "--json", extra_env=vultr_env, timeout=120)

@@ -58,11 +58,12 @@ def destroy_scenario(
     again every 2 s until none is left or ``verify_timeout`` passes, destroying what is
     listed anew and trying again what the provider refused, then clean up.
 
-    The first listing's errors propagate (nothing was done). After it, a ``ProviderError``
-    destroying one instance is kept in ``errors`` while the others go on; one listing
-    again is retried until the time is up, and only re-raised if the last listing failed
-    (what is left is then unknown). Nothing is reported destroyed that the provider did
-    not accept. Call it again after a failure; it starts from what the provider lists.
+    An error of the first listing propagates (nothing was done yet). After it, a
+    ``ProviderError`` destroying one instance is kept in ``errors`` while the others go
+    on; a listing that fails is asked again until the time is up, and its error is raised
+    only if the last one failed (what is left is then unknown). Nothing is reported
+    destroyed that the provider did not accept. Call it again after a failure; it starts
+    from what the provider lists.
     """
     destroyed: dict[str, Instance] = {}
     errors: dict[str, str] = {}

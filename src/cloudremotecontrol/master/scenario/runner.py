@@ -345,7 +345,9 @@ class Runner:
                 if exc.message.startswith(f"machine {m.name}:"):
                     raise
                 # Say which machine: the provider's words name only its API call.
-                raise ProviderError(f"machine {m.name}: {exc.message}", **exc.details) from None
+                raise ProviderError(
+                    f"machine {m.name}: {exc.message}", code=exc.code, **exc.details
+                ) from None
             self.instances[m.name] = inst
             self.view.machine(m.name, "booting", f"instance {inst.id} created", instance=inst.id)
         for name, inst in list(self.instances.items()):
