@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 
 from cloudremotecontrol.errors import InvalidInput, ProviderError
+from cloudremotecontrol.master.scenario.runner import down
+from cloudremotecontrol.master.scenario.view import View
 from cloudremotecontrol.providers import (
     Capabilities,
     Feature,
@@ -292,17 +294,15 @@ def test_a_provider_must_implement_the_required_operations() -> None:
         Half.from_settings({}, server_url=None)
 
 
+class Notes(View):
+    def __init__(self) -> None:
+        self.notes: list[tuple[str, dict[str, Any]]] = []
+
+    def info(self, text: str, **doc: Any) -> None:
+        self.notes.append((text, doc))
+
+
 def test_down_with_a_machine_left_says_how_to_try_again() -> None:
-    from cloudremotecontrol.master.scenario.runner import down
-    from cloudremotecontrol.master.scenario.view import View
-
-    class Notes(View):
-        def __init__(self) -> None:
-            self.notes: list[tuple[str, dict[str, Any]]] = []
-
-        def info(self, text: str, **doc: Any) -> None:
-            self.notes.append((text, doc))
-
     cloud, view = Cloud(["a", "b"], stuck=frozenset({"b"})), Notes()
     nap = lambda seconds: time.sleep(0.05)  # noqa: E731 -- the real clock runs out
     assert down("s", cloud, None, view, verify_timeout=0.3, sleep=nap) == 1
@@ -315,16 +315,6 @@ def test_down_with_a_machine_left_says_how_to_try_again() -> None:
 
 
 def test_down_says_why_a_machine_was_not_destroyed() -> None:
-    from cloudremotecontrol.master.scenario.runner import down
-    from cloudremotecontrol.master.scenario.view import View
-
-    class Notes(View):
-        def __init__(self) -> None:
-            self.notes: list[tuple[str, dict[str, Any]]] = []
-
-        def info(self, text: str, **doc: Any) -> None:
-            self.notes.append((text, doc))
-
     cloud, view = Flaky(["a", "b"], refuse={"b": 10**6}), Notes()
     nap = lambda seconds: time.sleep(0.05)  # noqa: E731 -- the real clock runs out
     assert down("s", cloud, None, view, verify_timeout=0.3, sleep=nap) == 1
