@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from ..errors import CrcError, InvalidInput
+from ..errors import CrcError
 from ..stdfds import fill_closed_std_fds
 
 __all__ = ["main", "run"]
@@ -45,16 +45,6 @@ def run(
 
     # Every log line is redacted (credential, key, Authorization headers), at any level.
     logsafe.configure(log_level, "%(asctime)s crc-agent %(levelname)s %(name)s %(message)s")
-    if key_file:
-        try:
-            key = Path(key_file).read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise InvalidInput(f"cannot read key file {key_file}: {exc.strerror}") from None
-        except UnicodeDecodeError:
-            raise InvalidInput(
-                f"key file {key_file} is not text: expected the crck_... key "
-                "`crc group create` printed"
-            ) from None
     # Jobs inherit the agent's environment: the key must not be in it.
     os.environ.pop("CRC_KEY", None)
     try:
@@ -63,6 +53,7 @@ def run(
             url,
             key,
             fingerprint,
+            key_file=key_file,
             gate_ready=gate_ready,
             follow_logs=follow_logs,
             facts_interval=facts_interval,
@@ -117,7 +108,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="Enroll (first run) and stay connected.")
     p.add_argument("--url", default=env("CRC_URL"), help="Server URL (first run only).")
     p.add_argument("--key", default=env("CRC_KEY"), help="Single-use enrollment key.")
-    p.add_argument("--key-file", help="Read the enrollment key from this file.")
+    p.add_argument("--key-file", help="Enrollment key file (removed once enrolled).")
     p.add_argument("--fingerprint", default=env("CRC_FINGERPRINT"), help="sha256:… pin.")
     p.add_argument("--state-dir", default=env("CRC_AGENT_STATE_DIR"), help="State directory.")
     p.add_argument("--gate-ready", action="store_true", help="Ready only on `crc agent ready`.")

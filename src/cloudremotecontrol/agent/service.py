@@ -40,13 +40,16 @@ def run_agent(
     facts_interval: float = 30.0,
     keep_messages_days: float = DEFAULT_KEEP_MESSAGES_DAYS,
     hosts_file: str | None = None,
+    key_file: str | None = None,
 ) -> str:
     """Run the agent in the foreground; return why it stopped (revocation).
 
     ``on_started`` (the Windows service host) is called once scripts can reach the agent,
     with a function that stops it from any thread. ``hosts_file``: the file hosts syncs
     write instead of the system's (/etc/hosts, or ...\\drivers\\etc\\hosts on Windows).
-    Raises AlreadyRunning when another agent runs with ``state_dir``."""
+    ``key_file`` holds the enrollment key: read only if the machine is not enrolled yet,
+    and removed once it is (the key is used up). Raises AlreadyRunning when another agent
+    runs with ``state_dir``."""
     platform = current()
     if hosts_file is not None:
         platform.hosts_file = hosts_file
@@ -60,7 +63,11 @@ def run_agent(
                 f"this machine was revoked ({state.get('revoked')}); remove "
                 f"{state_dir} and enroll with a new key to use it again"
             )
+        if key is None and key_file and state.load_credential() is None:
+            key = _read_key_file(key_file)
         cred = load_or_enroll(state, url, key, fingerprint)
+        if key_file:
+            _remove_key_file(key_file)
         agent = Agent(
             state,
             cred,
@@ -85,6 +92,27 @@ def run_agent(
         lock.release()  # the state dir may be removed now (Windows keeps open files)
         if uninstall:
             _uninstall_self(platform, Path(state_dir))
+
+
+def _read_key_file(key_file: str) -> str:
+    try:
+        return Path(key_file).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise InvalidInput(f"cannot read key file {key_file}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise InvalidInput(
+            f"key file {key_file} is not text: expected the crck_... key `crc group create` printed"
+        ) from None
+
+
+def _remove_key_file(key_file: str) -> None:
+    """The machine is enrolled: the key file, used or not needed, must not stay on disk
+    (as ``crc agent install`` does). One that cannot be removed is only logged: the
+    key in it is used up."""
+    try:
+        Path(key_file).unlink(missing_ok=True)
+    except OSError as exc:
+        log.warning("could not remove the key file %s: %s", key_file, exc.strerror or exc)
 
 
 def _remove_hosts_block(platform: Any, group: str) -> None:

@@ -73,7 +73,8 @@ def agent() -> None:
 @click.option(
     "--key-file",
     type=click.Path(dir_okay=False),
-    help="Read the enrollment key from this file (keeps it out of `ps`).",
+    help="Read the enrollment key from this file (keeps it out of `ps`; first run only: "
+    "removed once enrolled).",
 )
 @click.option(
     "--fingerprint",
