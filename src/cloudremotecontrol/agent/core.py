@@ -174,14 +174,22 @@ def _enroll_once(
     url: str, key: str, fingerprint: str | None, nonce: str
 ) -> tuple[Credential, list[str]]:
     ctx, pem = client_context(url, fingerprint)
-    endpoint = url.rstrip("/") + "/v1/agent/enroll"
+    endpoint = "/v1/agent/enroll"
     try:
-        data = call_json(endpoint, ctx, method="POST", body={"key": key, "nonce": nonce})
+        data = call_json(url, endpoint, ctx, method="POST", body={"key": key, "nonce": nonce})
     except InvalidInput as exc:
         if not exc.message.startswith("invalid nonce"):
             raise
         # A server older than the nonce refuses the field: enroll as before.
-        data = call_json(endpoint, ctx, method="POST", body={"key": key})
+        data = call_json(url, endpoint, ctx, method="POST", body={"key": key})
+    if not all(
+        isinstance(data.get(k), str) and data[k] for k in ("credential", "machine", "group")
+    ):
+        raise Unavailable(
+            f"{url} is not a CloudRemoteControl server: its answer to the enrollment "
+            "carries no credential; check the URL",
+            code="not_crc_server",
+        )
     off = data.get("streams_off")
     off = [k for k in ("shell", "forward") if isinstance(off, list) and k in off]
     return Credential(
@@ -864,7 +872,8 @@ class Agent:
     ) -> dict[str, Any]:
         ctx, _ = client_context(self.url, self.cred.fingerprint, self.cred.cert_pem)
         return call_json(
-            self.url.rstrip("/") + path,
+            self.url,
+            path,
             ctx,
             method=method,
             body=body,

@@ -352,7 +352,7 @@ def _download(
         except _CannotWrite:
             raise
         except urllib.error.HTTPError as exc:
-            raise http_error(exc) from None
+            raise http_error(exc, base_url) from None
         except (urllib.error.URLError, OSError, _Broken) as exc:
             if attempt == ATTEMPTS - 1:
                 why = exc.error if isinstance(exc, _Broken) else exc
@@ -488,7 +488,8 @@ def upload_file(
             data: Any = small if small is not None else _Exactly(fd, size, sha)
             try:
                 call_json(
-                    f"{base_url.rstrip('/')}/v1/agent/uploads/{job_id}",
+                    base_url,
+                    f"/v1/agent/uploads/{job_id}",
                     ctx,
                     method="PUT",
                     data=data,

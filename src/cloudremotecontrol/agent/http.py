@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import urllib.error
 
-from ..errors import CrcError, TlsUntrusted, Unavailable, error_from_answer
+from ..errors import CrcError, TlsUntrusted, Unavailable, error_from_answer, not_crc_server
 from ..tlspin import is_untrusted, untrusted_error
 
 __all__ = ["UntrustedServer", "call_json", "http_error"]
@@ -25,25 +25,21 @@ class UntrustedServer(TlsUntrusted, Unavailable):
     server), and still ``Unavailable`` to the agent's loops that try again later."""
 
 
-def http_error(exc: urllib.error.HTTPError) -> CrcError:
+def http_error(exc: urllib.error.HTTPError, base: str) -> CrcError:
     """The server's ``{"error": …}`` answer as the matching CrcError (an answer without
-    the API's error shape: ``not a CloudRemoteControl server``)."""
+    the API's error shape: ``not a CloudRemoteControl server``, naming ``base``, the
+    server's URL as the user gave it)."""
     try:
         body = exc.read()
     except OSError:
         body = b""
     content_type = exc.headers.get("Content-Type") if exc.headers else None
-    return error_from_answer(_base(exc.url or ""), exc.code, content_type, body)
-
-
-def _base(url: str) -> str:
-    """The server part of a request URL (what the user gave)."""
-    head, sep, _ = url.partition("/v1/")
-    return head if sep else url
+    return error_from_answer(base, exc.code, content_type, body)
 
 
 def call_json(
-    url: str,
+    base: str,
+    path: str,
     ctx: ssl.SSLContext | None,
     *,
     method: str = "GET",
@@ -53,12 +49,14 @@ def call_json(
     headers: dict[str, str] | None = None,
     timeout: float = 30,
 ) -> dict[str, Any]:
-    """Send a request (a JSON ``body``, or raw ``data`` such as an open file) and return
-    the JSON answer. ``url`` must be http(s): callers got ``ctx`` from client_context(),
+    """Send a request for ``path`` (``/v1/...``) to the server at ``base`` (its URL as
+    the user gave it), a JSON ``body`` or raw ``data`` such as an open file, and return
+    the JSON answer. ``base`` must be http(s): callers got ``ctx`` from client_context(),
     which accepts nothing else."""
     import urllib.error
     import urllib.request
 
+    url = base.rstrip("/") + path
     all_headers = dict(headers or {})
     if credential is not None:
         all_headers["Authorization"] = f"Bearer {credential}"
@@ -69,13 +67,23 @@ def call_json(
     req = urllib.request.Request(url, data=data, method=method, headers=all_headers)  # noqa: S310
     try:
         with urllib.request.urlopen(req, timeout=timeout, context=ctx) as resp:  # noqa: S310
-            return dict(json.loads(resp.read()))
+            raw, status = resp.read(), resp.status
+            content_type = resp.headers.get("Content-Type")
     except urllib.error.HTTPError as exc:
-        raise http_error(exc) from None
+        raise http_error(exc, base) from None
     except (urllib.error.URLError, OSError, ssl.SSLError) as exc:
         # The system's CAs (no fingerprint given: the only context that checks names; a
         # pinned one trusts its certificate alone) do not vouch for the certificate.
         if ctx is not None and ctx.check_hostname and is_untrusted(exc):
-            untrusted = untrusted_error(_base(url), getattr(exc, "reason", exc))
+            untrusted = untrusted_error(base, getattr(exc, "reason", exc))
             raise UntrustedServer(untrusted.message) from None
         raise Unavailable(f"cannot reach {url}: {getattr(exc, 'reason', exc)}") from None
+    # A success that is not the API's JSON object: another web server, a proxy's or a
+    # captive portal's page answered in the server's place.
+    try:
+        answer = json.loads(raw)
+    except ValueError:  # not JSON, not UTF-8
+        answer = None
+    if not isinstance(answer, dict):
+        raise not_crc_server(base, status, content_type)
+    return answer
