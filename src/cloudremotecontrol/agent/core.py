@@ -43,6 +43,7 @@ from ..protocol.limits import (
     HEARTBEAT_SECONDS,
     MAX_FRAME_BYTES,
     MAX_OUTPUT_CHUNK_BYTES,
+    MAX_OUTPUT_KEPT_BYTES,
 )
 from ..protocol.messages import (
     JOB_ID,
@@ -949,13 +950,20 @@ class _Report:
     applies ``job.fold``), a job that ends within ``Agent.fold_seconds`` with at most
     ``FOLD_MAX_BYTES`` of output is one ``job.result`` carrying its output; past either
     bound the start notice and the output held so far go out, and the rest streams as
-    without. The process is recorded at once either way (crash recovery kills it)."""
+    without. The process is recorded at once either way (crash recovery kills it).
+
+    Output past what the server keeps (``MAX_OUTPUT_KEPT_BYTES``, both streams) is
+    read and dropped here: the first chunk across the limit still goes, so that the
+    server marks the output truncated. A job writing gigabytes would otherwise fill the
+    outbox, and the machine's disk while the server cannot be reached, with what the
+    server throws away."""
 
     def __init__(self, agent: Agent, job_id: str, fold: bool) -> None:
         self.agent, self.job_id = agent, job_id
         self.streaming = not fold
         self.held: list[tuple[str, str]] = []
         self.held_bytes = 0
+        self.sent_bytes = 0  # output taken so far (held or sent), UTF-8 bytes
         self.lock = asyncio.Lock()
         self.timer: asyncio.Task[None] | None = None
         self.process_started = False
@@ -987,6 +995,9 @@ class _Report:
         self.held.clear()
 
     async def output(self, stream: str, data: str) -> None:
+        if self.sent_bytes > MAX_OUTPUT_KEPT_BYTES:
+            return  # the server keeps no more of it (its marker says so)
+        self.sent_bytes += len(data.encode())
         async with self.lock:
             if self.streaming:
                 await self.agent.send(JobOutput(self.job_id, stream, data))
