@@ -352,3 +352,49 @@ def test_other_write_errors_are_raised_and_the_file_is_kept(tmp_path, monkeypatc
     assert info.value.errno == errno.ENOSPC
     assert path.read_bytes() == b"127.0.0.1 localhost\n"
     assert sorted(os.listdir(tmp_path)) == ["hosts"]
+
+
+def test_a_change_made_by_another_program_while_writing_is_kept(tmp_path, monkeypatch):
+    """Another program (a hand edit, cloud-init, a container runtime) appends a line
+    while the agent writes and syncs its new file: the sync merges its block again into
+    what the file then holds, rather than rename the stale copy over that line."""
+    path = tmp_path / "hosts"
+    path.write_bytes(b"127.0.0.1 localhost\n")
+    real_fsync = os.fsync
+    edits = []
+
+    def fsync_while_another_edits(fd):
+        real_fsync(fd)
+        if not edits:
+            edits.append(1)
+            with open(path, "ab") as fh:  # as `echo ... >> /etc/hosts` does
+                fh.write(b"10.9.9.9 added-meanwhile\n")
+
+    monkeypatch.setattr(hosts_file.os, "fsync", fsync_while_another_edits)
+    assert sync_hosts(str(path), LAB, "lab") is True
+    assert path.read_bytes() == b"127.0.0.1 localhost\n10.9.9.9 added-meanwhile\n" + LAB_BLOCK
+    assert sorted(os.listdir(tmp_path)) == ["hosts"]
+
+
+def test_a_file_that_keeps_changing_fails_the_sync_and_keeps_every_change(tmp_path, monkeypatch):
+    path = tmp_path / "hosts"
+    path.write_bytes(b"127.0.0.1 localhost\n")
+    real_fsync = os.fsync
+    added = []
+
+    def fsync_while_another_edits(fd):
+        real_fsync(fd)
+        added.append(f"10.9.9.{len(added)} n{len(added)}\n".encode())
+        with open(path, "ab") as fh:
+            fh.write(added[-1])
+
+    monkeypatch.setattr(hosts_file.os, "fsync", fsync_while_another_edits)
+    with pytest.raises(OSError, match="kept being changed"):
+        sync_hosts(str(path), LAB, "lab")
+    assert path.read_bytes() == b"127.0.0.1 localhost\n" + b"".join(added)
+    assert sorted(os.listdir(tmp_path)) == ["hosts"]
+
+
+def test_removing_a_block_from_a_missing_file_creates_nothing(tmp_path):
+    assert sync_hosts(str(tmp_path / "hosts"), [], "lab") is False
+    assert os.listdir(tmp_path) == []

@@ -18,7 +18,9 @@ Promises, each pinned by ``tests/unit/test_hosts_file.py``:
 * A damaged block is repaired conservatively (see :func:`merge`).
 
 :func:`write_hosts` replaces the file atomically where it can and rewrites it in place
-where it must (a bind-mounted ``/etc/hosts`` in a container).
+where it must (a bind-mounted ``/etc/hosts`` in a container). Other programs edit the
+file too: :func:`sync_hosts` looks at it again right before the swap, and merges again
+if it changed meanwhile, so their change is not lost under a stale copy.
 """
 
 from __future__ import annotations
@@ -116,8 +118,21 @@ def merge(existing: bytes, entries: Entries, group: str) -> bytes:
     return before + newline.join(block_lines) + newline + after
 
 
-def write_hosts(path: str, content: bytes) -> bool:
+# Attempts at a sync whose file another program changed while it was being written.
+RACE_ATTEMPTS = 5
+
+
+class _Changed(Exception):
+    """The hosts file is no longer what the new content was made from."""
+
+
+def write_hosts(path: str, content: bytes, expect: bytes | None = None) -> bool:
     """Make the file at ``path`` hold ``content``; return False if it already did.
+
+    With ``expect`` (what ``content`` was made from; ``b""`` for a missing file), the
+    file is read again just before it is replaced: another program that changed it
+    meanwhile (a hand edit, cloud-init, a container runtime) raises ``_Changed``
+    instead of losing its change, and :func:`sync_hosts` merges again.
 
     The normal way is atomic: a temporary file in the same directory, fsynced, given the
     original's mode (its owner too when we run as root, and its SELinux label), then
@@ -135,17 +150,21 @@ def write_hosts(path: str, content: bytes) -> bool:
     path = os.path.realpath(path)
     try:
         with open(path, "rb") as fh:
-            if fh.read() == content:
-                return False
+            now = fh.read()
         st: os.stat_result | None = os.stat(path)
     except FileNotFoundError:
-        st = None
+        now, st = b"", None
+    if expect is not None and now != expect:
+        raise _Changed
+    if now == content and (st is not None or not content):
+        return False  # (a missing file is not made just to be empty)
     directory = os.path.dirname(path)
     try:
         fd, tmp = tempfile.mkstemp(prefix=".hosts.crc.", dir=directory)
     except OSError as exc:
         if st is None or exc.errno not in (errno.EACCES, errno.EPERM):
             raise
+        _check_unchanged(path, expect)
         _rewrite_in_place(path, content)
         return True
     try:
@@ -155,6 +174,8 @@ def write_hosts(path: str, content: bytes) -> bool:
             os.fsync(fh.fileno())
         try:
             _copy_attributes(st, path, tmp)
+            # Writing and syncing took a while: the last look, right before the swap.
+            _check_unchanged(path, expect)
             os.replace(tmp, path)
         except OSError as exc:
             # EPERM/EINVAL also come from chown in a user namespace (rootless containers)
@@ -167,6 +188,7 @@ def write_hosts(path: str, content: bytes) -> bool:
                 errno.EINVAL,
             ):
                 raise
+            _check_unchanged(path, expect)
             _rewrite_in_place(path, content)
         else:
             _fsync_directory(directory)
@@ -184,13 +206,32 @@ def sync_hosts(path: str, entries: Entries, group: str) -> bool:
     Returns True if the file changed. An empty ``entries`` removes the block (a deleted
     group). A missing file is created. Raises ValueError for entries that cannot be
     written (see :func:`render_block`) and OSError when the file cannot be read or written.
+    A change another program makes to the file while it is written is kept: the block is
+    merged again into what the file then holds (``RACE_ATTEMPTS`` times at most).
     """
+    for _ in range(RACE_ATTEMPTS):
+        existing = _read(path)
+        try:
+            return write_hosts(path, merge(existing, entries, group), expect=existing)
+        except _Changed:
+            continue
+    raise OSError(
+        errno.EAGAIN, f"{path} kept being changed by another program while it was written"
+    )
+
+
+def _read(path: str) -> bytes:
+    """The file's content; a missing file is empty."""
     try:
         with open(path, "rb") as fh:
-            existing = fh.read()
+            return fh.read()
     except FileNotFoundError:
-        existing = b""
-    return write_hosts(path, merge(existing, entries, group))
+        return b""
+
+
+def _check_unchanged(path: str, expect: bytes | None) -> None:
+    if expect is not None and _read(path) != expect:
+        raise _Changed
 
 
 # -- block parsing ------------------------------------------------------------------------
