@@ -82,6 +82,22 @@ def test_push_to_a_missing_directory_fails_clearly(env, crc, tmp_path):
     assert "does not exist" in r.stderr
 
 
+@pytest.mark.parametrize("name", ["n" * 255, "é" * 125 + ".conf"])
+def test_push_to_a_file_whose_name_is_as_long_as_names_go(env, crc, tmp_path, name):
+    """A name of 255 bytes, the most a file name takes: the temporary file beside it
+    cannot be named after it in full, and the push still works."""
+    env.group_with_agents("lab", ["a"])
+    src = tmp_path / "f.txt"
+    src.write_text("long\n")
+    dest_dir = tmp_path / "etc"
+    dest_dir.mkdir()
+    assert len(name.encode()) in (254, 255)
+    r = crc("push", "lab", "--to", "a", str(src), str(dest_dir / name))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert (dest_dir / name).read_text() == "long\n"
+    assert [p.name for p in dest_dir.iterdir()] == [name]
+
+
 def test_push_to_an_existing_directory_fails_clearly_and_leaves_it_alone(env, crc, tmp_path):
     env.group_with_agents("lab", ["a"])
     src = tmp_path / "f.txt"

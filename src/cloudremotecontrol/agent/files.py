@@ -233,6 +233,17 @@ def _open_part(part: str) -> int:
     raise InvalidInput(f"{part} keeps being replaced on this machine: push again")
 
 
+def _part_path(dest: str, sha: str) -> str:
+    """The temporary file beside ``dest``: ``.crc-<name>.<sha>.part``. A name too long
+    to take 27 more bytes (file names are 255 bytes at most) is shortened to its first
+    50 characters and a hash of it, so that any file that can be written can be pushed."""
+    name = os.path.basename(dest)
+    raw = name.encode("utf-8", "surrogatepass")
+    if len(raw) > 200:
+        name = f"{name[:50]}~{hashlib.sha256(raw).hexdigest()[:16]}"
+    return os.path.join(os.path.dirname(dest) or ".", f".crc-{name}.{sha[:16]}.part")
+
+
 def fetch_blob(
     where: Where,
     credential: str,
@@ -254,7 +265,7 @@ def fetch_blob(
         raise InvalidInput(f"{dest} is a directory on this machine: give the file's path")
     _check_replaceable(dest)
     uid_gid = _owner_ids(owner) if owner is not None else None
-    part = os.path.join(directory, f".crc-{os.path.basename(dest)}.{sha[:16]}.part")
+    part = _part_path(dest, sha)
     try:
         fd = _open_part(part)
     except OSError as exc:
