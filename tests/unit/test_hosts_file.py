@@ -6,6 +6,7 @@ import errno
 import ipaddress
 import os
 import re
+import time
 
 import pytest
 from hypothesis import given
@@ -398,3 +399,25 @@ def test_a_file_that_keeps_changing_fails_the_sync_and_keeps_every_change(tmp_pa
 def test_removing_a_block_from_a_missing_file_creates_nothing(tmp_path):
     assert sync_hosts(str(tmp_path / "hosts"), [], "lab") is False
     assert os.listdir(tmp_path) == []
+
+
+def test_temporary_files_left_by_a_killed_sync_are_removed(tmp_path):
+    """A sync killed between writing its temporary file and the swap (kill -9, a power
+    loss) leaves it in the hosts file's directory (/etc): the next sync removes such
+    leftovers, and nothing recent, nothing else and no link."""
+    path = tmp_path / "hosts"
+    path.write_bytes(b"127.0.0.1 localhost\n")
+    old = time.time() - hosts_file.STALE_TEMP_SECONDS - 60
+    stale = tmp_path / ".hosts.crc.abc123"
+    stale.write_bytes(b"half")
+    recent = tmp_path / ".hosts.crc.def456"  # another agent's sync, in progress
+    recent.write_bytes(b"half")
+    link = tmp_path / ".hosts.crc.link"
+    link.symlink_to(tmp_path / "elsewhere")
+    other = tmp_path / ".hosts.other"
+    other.write_bytes(b"x")
+    for p in (stale, other):
+        os.utime(p, (old, old))
+    os.utime(link, (old, old), follow_symlinks=False)
+    assert sync_hosts(str(path), LAB, "lab") is True
+    assert sorted(os.listdir(tmp_path)) == sorted(["hosts", recent.name, link.name, other.name])

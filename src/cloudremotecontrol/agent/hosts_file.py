@@ -30,8 +30,10 @@ import errno
 import ipaddress
 import os
 import re
+import stat
 import sys
 import tempfile
+import time
 
 from ..protocol.fields import check_hostname, check_ip
 
@@ -120,6 +122,10 @@ def merge(existing: bytes, entries: Entries, group: str) -> bytes:
 
 # Attempts at a sync whose file another program changed while it was being written.
 RACE_ATTEMPTS = 5
+_TEMP_PREFIX = ".hosts.crc."
+# A temporary file this old was left by a sync that never ended (kill -9, power loss):
+# no sync takes that long, the agent's or another agent's sharing the file.
+STALE_TEMP_SECONDS = 3600.0
 
 
 class _Changed(Exception):
@@ -159,8 +165,9 @@ def write_hosts(path: str, content: bytes, expect: bytes | None = None) -> bool:
     if now == content and (st is not None or not content):
         return False  # (a missing file is not made just to be empty)
     directory = os.path.dirname(path)
+    _remove_stale_temporaries(directory)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".hosts.crc.", dir=directory)
+        fd, tmp = tempfile.mkstemp(prefix=_TEMP_PREFIX, dir=directory)
     except OSError as exc:
         if st is None or exc.errno not in (errno.EACCES, errno.EPERM):
             raise
@@ -354,6 +361,25 @@ def _copy_attributes(st: os.stat_result | None, path: str, tmp: str) -> None:
     if sys.platform != "win32" and hasattr(os, "getxattr"):
         with contextlib.suppress(OSError):
             os.setxattr(tmp, "security.selinux", os.getxattr(path, "security.selinux"))
+
+
+def _remove_stale_temporaries(directory: str) -> None:
+    """Remove the temporary files of syncs killed midway (plain files of ours, older
+    than ``STALE_TEMP_SECONDS``), which would otherwise pile up in ``/etc``."""
+    cutoff = time.time() - STALE_TEMP_SECONDS
+    owner = os.geteuid() if hasattr(os, "geteuid") else None
+    with contextlib.suppress(OSError), os.scandir(directory) as found:
+        for entry in found:
+            if not entry.name.startswith(_TEMP_PREFIX):
+                continue
+            with contextlib.suppress(OSError):
+                st = entry.stat(follow_symlinks=False)
+                if (
+                    stat.S_ISREG(st.st_mode)
+                    and st.st_mtime < cutoff
+                    and (owner is None or st.st_uid == owner)
+                ):
+                    os.unlink(entry.path)
 
 
 def _fsync_directory(directory: str) -> None:
