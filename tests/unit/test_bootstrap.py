@@ -12,6 +12,7 @@ import json
 import os
 import re
 import socket
+import stat
 import subprocess
 import sys
 import zipfile
@@ -629,6 +630,7 @@ def test_install_of_an_enrolled_machine_ignores_and_deletes_the_key(tmp_path: Pa
 
     assert not key_file.exists()
     assert report["enrolled_now"] is False and report["machine"] == "web"
+    assert stat.S_IMODE(os.stat(state / "service.json").st_mode) == 0o600
     (spec,) = mgr.specs
     assert spec.argv[-4:] == ["run", "--state-dir", str(state), "--gate-ready"]
     assert KEY not in " ".join(spec.argv) and "lab/web" in spec.description

@@ -259,7 +259,12 @@ def install_agent(
         record["bytecode_cache"] = str(cache)
     text = json.dumps(record)
     if not marker.exists() or marker.read_text() != text:
-        marker.write_text(text)
+        # As everything in the state directory: readable by the agent's user only.
+        fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+    if os.name == "posix":
+        os.chmod(marker, 0o600)  # one an older install made with the umask's mode too
     change = mgr.install(spec, restart=restart)
     return {
         "service": spec.name,
