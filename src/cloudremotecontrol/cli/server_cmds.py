@@ -115,6 +115,11 @@ _SETTING_FLAGS: list[tuple[str, type, str]] = [
         "is believed. Default: none.",
     ),
     ("enroll_failures_per_minute", int, "Failed enrollments per address per minute; then 429."),
+    (
+        "login_failures_per_minute",
+        int,
+        "Failed dashboard logins per address per minute; then 429.",
+    ),
     ("retain_events_days", float, "Days events are kept (0: for ever)."),
     ("retain_blobs_days", float, "Days a file no job uses any more is kept (0: for ever)."),
     (

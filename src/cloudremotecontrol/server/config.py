@@ -72,6 +72,8 @@ class ServerSettings:
     forwarded_allow_ips: tuple[str, ...] = ()
     # Failed enrollments one address may make per minute; then 429 until it passes.
     enroll_failures_per_minute: int = 30
+    # Failed dashboard logins one address may make per minute; then 429 until it passes.
+    login_failures_per_minute: int = 10
     # Retention, in days (0 keeps for ever): events of live groups, files no job uses
     # any more; the events and jobs of deleted groups go with the retention of events.
     retain_events_days: float = 30.0

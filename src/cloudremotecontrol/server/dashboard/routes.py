@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import secrets
 import time
 import urllib.parse
@@ -22,8 +23,10 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
 from ...errors import CrcError, InvalidInput, NotFound, Unauthorized
+from ...protocol.tokens import parse_secret
 from ..ops import events as ev_ops
 from ..ops import groups as group_ops
+from ..ratelimit import FailureWindow
 from ..store.base import Store
 from . import CSP, sessions, views
 
@@ -43,6 +46,7 @@ LOGIN_COOKIE = "__Host-crc_login"
 OLD_LOGIN_COOKIE = "crc_login"
 MAX_LOGIN_FORM = 4096
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix=PREFIX, tags=["dashboard"], include_in_schema=False)
 _env = jinja2.Environment(
     loader=jinja2.FileSystemLoader(HERE / "templates"),
@@ -191,7 +195,33 @@ def _safe_next(value: str | None) -> str:
     return f"{PREFIX}/"
 
 
-def _login_form(request: Request, error: str | None, status: int, next_: str | None) -> Response:
+def _login_failures(request: Request) -> FailureWindow:
+    """Failed logins per source address (``login_failures_per_minute``). A master token
+    cannot be guessed; the limit keeps anything hammering the form from costing a
+    database transaction and a log line per try."""
+    state = request.app.state
+    if getattr(state, "login_failures", None) is None:
+        state.login_failures = FailureWindow(state.settings.login_failures_per_minute)
+    failures: FailureWindow = state.login_failures
+    return failures
+
+
+def _refused_token(presented: str) -> str:
+    """What a refused login presented, for logs: the public id of a master token (never
+    its secret part), or that it was none."""
+    token = parse_secret(presented, "m")
+    if token is None or not token.id.isalnum() or len(token.id) > 32:
+        return "not a master token"
+    return f"id {token.id} is no live master token"
+
+
+def _login_form(
+    request: Request,
+    error: str | None,
+    status: int,
+    next_: str | None,
+    headers: dict[str, str] | None = None,
+) -> Response:
     form_token = sessions.new_form_token()
     resp = _render(
         request,
@@ -202,6 +232,7 @@ def _login_form(request: Request, error: str | None, status: int, next_: str | N
         form_token=form_token,
         next=_safe_next(next_),
     )
+    resp.headers.update(headers or {})
     # Secure even over plain HTTP on loopback (`--insecure`), as the session cookie.
     resp.set_cookie(
         LOGIN_COOKIE,
@@ -249,11 +280,25 @@ async def login_page(request: Request, next: str | None = None) -> Response:
 
 @router.post("/login", response_class=HTMLResponse)
 async def login(request: Request) -> Response:
-    """Exchange a master token (form field ``token``) for a session cookie."""
+    """Exchange a master token (form field ``token``) for a session cookie. Failed
+    logins are limited per source address (then 429 for up to a minute)."""
+    peer = request.client.host if request.client else None
+    failures = _login_failures(request)
+    wait = failures.retry_after(peer or "?")
     try:
         form = await _form(request)
     except InvalidInput as exc:
         return _login_form(request, exc.message, 400, None)
+    if wait:
+        # Told to come back later: the connection is not kept open meanwhile.
+        retry = round(wait + 0.5)
+        return _login_form(
+            request,
+            f"too many failed logins from this address: try again in {retry} s",
+            429,
+            form.get("next"),
+            {"Retry-After": str(retry), "Connection": "close"},
+        )
     expected = request.cookies.get(LOGIN_COOKIE, "")
     given = form.get("form_token", "")
     if not expected or not hmac.compare_digest(expected.encode(), given.encode()):
@@ -266,6 +311,8 @@ async def login(request: Request) -> Response:
     try:
         opened = await _store(request).write(sessions.open_session, token, peer, replacing)
     except Unauthorized:
+        failures.failed(peer or "?")
+        log.warning("dashboard login refused from %s: %s", peer, _refused_token(token))
         return _login_form(
             request,
             "unknown or revoked master token (paste the crcm_… token `crc server add-user` "

@@ -1,0 +1,71 @@
+"""Failed dashboard logins are limited per source address and logged by token id: past
+``--login-failures-per-minute`` every login from that address (the right token too) is
+answered 429 with Retry-After and the login form saying why, while another address
+logs in; the secret part of a wrong token never reaches the log."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import httpx
+from wire_helpers import assert_no_traceback_in_server_log
+
+from cloudremotecontrol.master.localrun import ServerProcess
+from cloudremotecontrol.server.dashboard.sessions import COOKIE
+from cloudremotecontrol.tlspin import client_context
+
+
+def _login(http: httpx.Client, token: str) -> httpx.Response:
+    """One login through the form, as a browser posts it (its form token included)."""
+    http.cookies.clear()
+    form = http.get("/dashboard/login")
+    assert form.status_code == 200, form.text
+    found = re.search(r'name="form_token" value="([^"]+)"', form.text)
+    assert found, form.text
+    return http.post(
+        "/dashboard/login",
+        data={"token": token, "form_token": found.group(1), "next": "/dashboard/"},
+    )
+
+
+def test_failed_logins_are_limited_per_address_and_logged_by_token_id(tmp_path: Path) -> None:
+    srv = ServerProcess(tmp_path / "srv", args=["--login-failures-per-minute", "3"]).start()
+    try:
+        token = srv.add_user("alice")
+        ctx, _ = client_context(srv.url, srv.fingerprint)
+
+        def http_from(source: str) -> httpx.Client:
+            return httpx.Client(
+                base_url=srv.url,
+                verify=ctx,
+                trust_env=False,
+                transport=httpx.HTTPTransport(verify=ctx, local_address=source),
+            )
+
+        token_id = token.split("_")[1]
+        wrong = f"crcm_{token_id}_" + "w" * 32
+        with http_from("127.0.0.2") as http:
+            for _ in range(3):
+                r = _login(http, wrong)
+                assert r.status_code == 401, r.text
+                assert "unknown or revoked master token" in r.text
+            # Past the limit even the right token waits: guessing cannot go on.
+            r = _login(http, token)
+            assert r.status_code == 429, r.text
+            assert int(r.headers["Retry-After"]) > 0
+            assert COOKIE not in r.cookies
+            assert 'id="login-error"' in r.text
+            assert "too many failed logins from this address: try again in" in r.text
+            assert 'id="token"' in r.text  # the form again, to try later
+        with http_from("127.0.0.3") as http:  # another address is not held back
+            r = _login(http, token)
+            assert r.status_code == 303, r.text
+            assert r.cookies.get(COOKIE)
+        log = srv.log_path.read_text()
+        refused = f"dashboard login refused from 127.0.0.2: id {token_id} is no live master token"
+        assert log.count(refused) == 3, log
+        assert "w" * 32 not in log and token.split("_", 2)[2] not in log
+        assert_no_traceback_in_server_log(srv)
+    finally:
+        srv.stop()
