@@ -55,7 +55,8 @@ EVENT_TYPES = (
     "group.expired",
 )
 KV_VALUE_SHOWN = 2000  # characters of a value's JSON in the kv view
-OUTPUT_TAIL = 256 << 10  # bytes of output per machine a job page starts with
+BODY_SHOWN = 2000  # characters of a message body's JSON in the messages view
+OUTPUT_TAIL = 256 << 10  # characters of output per machine a job page shows at most
 OUTPUT_READ = 32 << 20  # bytes of output a job page reads at most
 
 
@@ -224,6 +225,7 @@ def job_page(tx: Tx, user_id: str, job_id: str) -> dict[str, Any]:
         "summary": _job_summary(spec),
         "outputs": {m: "".join(c) for m, c in outputs.items()},
         "output_cut": cut,
+        "tail": OUTPUT_TAIL,
         "cursor": cursor,
         "open": any(t["status"] in ("queued", "delivered", "running") for t in job["targets"]),
     }
@@ -265,7 +267,8 @@ def file_jobs(tx: Tx, user_id: str, group: str) -> list[dict[str, Any]]:
 
 def message_list(tx: Tx, user_id: str, group: str, limit: int = 300) -> list[dict[str, Any]]:
     """Data messages of the group, newest first: the master's and machines' to peers
-    (``message.sent``) and machines' to the master (``message``)."""
+    (``message.sent``) and machines' to the master (``message``), each body's first
+    ``BODY_SHOWN`` characters (300 bodies of 256 KiB would make a 75 MB page)."""
     g = live_group(tx, user_id, group)
     rows = tx.all(
         "SELECT * FROM events WHERE group_id = ? AND type IN ('message.sent', 'message') "
@@ -283,7 +286,7 @@ def message_list(tx: Tx, user_id: str, group: str, limit: int = 300) -> list[dic
                 "type": str(data.get("type", "")),
                 "from": str(data.get("from", ev["machine"] or "")),
                 "to": ", ".join(str(t) for t in to) if isinstance(to, list) else "master",
-                "body": _pretty(data.get("body")),
+                "body": _shown(_pretty(data.get("body")), BODY_SHOWN),
             }
         )
     return out
@@ -299,11 +302,10 @@ def kv_page(tx: Tx, user_id: str, group: str) -> list[dict[str, Any]]:
     )
     out = []
     for r in rows:
-        text = _pretty(json.loads(r["value"]))
         out.append(
             {
                 "key": r["key"],
-                "value": text[:KV_VALUE_SHOWN] + ("…" if len(text) > KV_VALUE_SHOWN else ""),
+                "value": _shown(_pretty(json.loads(r["value"])), KV_VALUE_SHOWN),
                 "version": int(r["version"]),
                 "updated": r["updated"],
                 "by": r["updated_by"],
@@ -361,6 +363,11 @@ def _event_text(ev: dict[str, Any]) -> str:
     if ev["type"] == "machine.state" and isinstance(data, dict):
         return f"{data.get('previous')} → {data.get('state')}"
     return _compact(data)
+
+
+def _shown(text: str, limit: int) -> str:
+    """The first ``limit`` characters of ``text``, and "…" when there is more."""
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def _pretty(value: Any) -> str:

@@ -436,6 +436,30 @@
     const rows = new Map([...root.querySelectorAll("#targets tr[data-machine]")].map((tr) => [tr.dataset.machine, tr]));
     const outs = new Map([...root.querySelectorAll("section.output")].map((s) => [s.dataset.machine, s]));
     const cancel = document.getElementById("cancel");
+    // Each machine's output shows its last `tail` characters, live as when rendered: a
+    // job that prints for hours must not grow the page until the tab freezes.
+    const tail = Number(root.dataset.tail) || 262144;
+    const shown = new Map([...outs].map(([m, s]) => [m, s.querySelector("pre").textContent.length]));
+    const keepTail = (machine, pre) => {
+      let size = shown.get(machine) || 0;
+      while (size > tail && pre.firstChild) {
+        const first = pre.firstChild;
+        const extra = size - tail;
+        if (first.nodeType !== Node.TEXT_NODE || first.data.length <= extra) {
+          size -= first.textContent.length;
+          first.remove();
+        } else {
+          // Cut where a character starts (not between the halves of a surrogate pair).
+          const low = first.data.charCodeAt(extra);
+          const cut = low >= 0xdc00 && low <= 0xdfff ? extra + 1 : extra;
+          first.deleteData(0, cut);
+          size -= cut;
+        }
+        const note = document.getElementById("output-cut");
+        if (note) note.hidden = false;
+      }
+      shown.set(machine, size);
+    };
     const open = () => [...rows.values()].some((tr) => !TERMINAL.has(tr.querySelector(".status").textContent));
     let stream = null;
     const onEvent = (ev) => {
@@ -447,6 +471,8 @@
         const atEnd = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
         const text = String(data.data ?? "");
         pre.append(document.createTextNode(text));
+        shown.set(ev.machine, (shown.get(ev.machine) || 0) + text.length);
+        keepTail(ev.machine, pre);
         const tr = rows.get(ev.machine);
         const bytes = tr && tr.querySelector(".bytes");
         if (bytes) {

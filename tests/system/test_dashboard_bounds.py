@@ -1,0 +1,130 @@
+"""A machine that sends a lot cannot make a dashboard page huge or freeze its tab: a
+job's output on its page (live, and when rendered) keeps each machine's last part, and
+the messages view shows the first part of each body, in a real Chromium against a real
+server (the machine speaks the raw wire protocol, tests/system/wire_helpers.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+from typing import Any
+
+from playwright.sync_api import expect
+from test_dashboard_browser import login
+from wire_helpers import assert_no_traceback_in_server_log, enroll, pinned_http, wire_agent
+
+from cloudremotecontrol.server.dashboard import views
+
+CHUNK = 60_000  # characters of one job.output message (the limit is 64 KiB)
+CHUNKS = 14  # 840,000 characters in all: over three times what a page keeps
+SLOW = 60_000  # ms: the page gets everything in the end, on a loaded machine too
+
+
+def _chunk(i: int) -> str:
+    head = f"<chunk {i}>\n"
+    return head + "y\n" * ((CHUNK - len(head)) // 2)
+
+
+def _run_machine(env: Any, cred: str, work: Any) -> tuple[threading.Thread, list[BaseException]]:
+    """Run ``work(agent)`` as machine m of group "big" in a thread of its own
+    (Playwright owns this one's event loop)."""
+    failure: list[BaseException] = []
+
+    async def main() -> None:
+        async with wire_agent(env.server, cred, "big", "m") as m:
+            await work(m)
+
+    def run() -> None:
+        try:
+            asyncio.run(main())
+        except BaseException as exc:  # noqa: BLE001 -- re-raised in the test's thread
+            failure.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, failure
+
+
+def _shown_chars(page: Any, selector: str) -> int:
+    return int(page.evaluate(f"document.querySelector({selector!r}).textContent.length"))
+
+
+def test_a_job_page_keeps_the_last_part_of_a_huge_output_live_and_rendered(env, browser):
+    key = env.client.create_group("big", ["m"])["machines"][0]["key"]
+    with pinned_http(env.server) as http:
+        cred = enroll(http, key)
+    job_started: queue.Queue[str] = queue.Queue()
+    page_open = threading.Event()
+
+    async def work(m: Any) -> None:
+        job_id = env.client.start_job("big", "m", command="yes")["job_id"]
+        run = await m.next_msg()
+        assert run["type"] == "job.run"
+        job_started.put(job_id)
+        assert await asyncio.to_thread(page_open.wait, 60)
+        await m.send_msg("job.started", {"job_id": job_id})
+        for i in range(CHUNKS):
+            data = _chunk(i)
+            await m.send_msg("job.output", {"job_id": job_id, "stream": "stdout", "data": data})
+        await m.send_msg("job.output", {"job_id": job_id, "stream": "stdout", "data": "END"})
+        await m.send_msg("job.result", {"job_id": job_id, "status": "succeeded", "exit_code": 0})
+
+    thread, failure = _run_machine(env, cred, work)
+    try:
+        job_id = job_started.get(timeout=60)
+    except queue.Empty:
+        thread.join(5)
+        raise (failure[0] if failure else AssertionError("no job reached the machine")) from None
+    page = login(browser, env.server, env.token, f"/dashboard/jobs/{job_id}")
+    expect(page.locator("#live-text")).to_have_text("live")
+    expect(page.locator("#output-cut")).to_be_hidden()
+    page_open.set()
+    thread.join(120)
+    if failure:
+        raise failure[0]
+
+    out = page.locator("#out-m")
+    expect(page.locator("#targets tr[data-machine='m'] .status")).to_have_text(
+        "succeeded", timeout=SLOW
+    )
+    expect(out).to_contain_text("END", timeout=SLOW)
+    assert out.text_content().endswith("y\nEND")  # the last part, as it came
+    assert _shown_chars(page, "#out-m") <= views.OUTPUT_TAIL  # not all 840,000
+    expect(page.locator("#output-cut")).to_be_visible()
+    expect(page.locator("#targets tr[data-machine='m'] .bytes")).to_have_text(
+        f"{sum(len(_chunk(i)) for i in range(CHUNKS)) + 3} bytes"
+    )
+
+    page.reload()  # drawn by the server: its tail too
+    expect(out).to_contain_text("END")
+    assert out.text_content().endswith("y\nEND")
+    assert _shown_chars(page, "#out-m") <= views.OUTPUT_TAIL + CHUNK
+    expect(page.locator("#output-cut")).to_be_visible()
+    assert not [m for m in browser.messages(page) if m.startswith(("pageerror", "error"))]
+    assert_no_traceback_in_server_log(env.server)
+
+
+def test_the_messages_view_shows_the_first_part_of_each_huge_body(env, browser):
+    key = env.client.create_group("big", ["m"])["machines"][0]["key"]
+    with pinned_http(env.server) as http:
+        cred = enroll(http, key)
+    body = {"note": "z" * 250_000}  # under the 256 KiB limit of a body
+
+    async def work(m: Any) -> None:
+        for i in range(6):
+            await m.send_msg(f"user.big{i}", {**body, "n": i}, to="master")
+
+    thread, failure = _run_machine(env, cred, work)
+    thread.join(120)
+    if failure:
+        raise failure[0]
+    page = login(browser, env.server, env.token, "/dashboard/groups/big/messages")
+    bodies = page.locator("#messages pre.body")
+    expect(bodies).to_have_count(6)
+    for i in range(6):
+        text = bodies.nth(i).text_content()
+        assert text.startswith("{\n") and text.endswith("…"), text[:80]
+        assert len(text) == views.BODY_SHOWN + 1
+    assert not [m for m in browser.messages(page) if m.startswith(("pageerror", "error"))]
+    assert_no_traceback_in_server_log(env.server)
