@@ -12,7 +12,13 @@ from typing import Any
 
 from playwright.sync_api import expect
 from test_dashboard_browser import login
-from wire_helpers import assert_no_traceback_in_server_log, enroll, pinned_http, wire_agent
+from wire_helpers import (
+    assert_no_traceback_in_server_log,
+    bearer,
+    enroll,
+    pinned_http,
+    wire_agent,
+)
 
 from cloudremotecontrol.server.dashboard import views
 
@@ -126,5 +132,31 @@ def test_the_messages_view_shows_the_first_part_of_each_huge_body(env, browser):
         text = bodies.nth(i).text_content()
         assert text.startswith("{\n") and text.endswith("…"), text[:80]
         assert len(text) == views.BODY_SHOWN + 1
+    assert not [m for m in browser.messages(page) if m.startswith(("pageerror", "error"))]
+    assert_no_traceback_in_server_log(env.server)
+
+
+def test_the_kv_view_shows_the_first_keys_of_a_group_that_has_many(env, browser):
+    key = env.client.create_group("big", ["m"])["machines"][0]["key"]
+    many = views.KV_KEYS_SHOWN + 20
+    with pinned_http(env.server) as http:
+        cred = enroll(http, key)
+        for i in range(many):
+            r = http.put(
+                f"/v1/agent/kv/k{i:05d}",
+                json={"value": "v" * 3000},
+                headers={"Authorization": bearer(cred)},
+            )
+            assert r.status_code == 200, r.text
+    page = login(browser, env.server, env.token, "/dashboard/groups/big/kv")
+    rows = page.locator("#kv tbody tr")
+    expect(rows).to_have_count(views.KV_KEYS_SHOWN)
+    expect(rows.first.locator("code")).to_have_text("k00000")  # in the keys' order
+    expect(page.locator("#kv-more")).to_have_text(
+        f"The first {views.KV_KEYS_SHOWN} of {many} keys: crc kv list big lists them all, "
+        "crc kv get big KEY shows one."
+    )
+    value = rows.first.locator("pre.body").text_content()
+    assert value.endswith("…") and len(value) == views.KV_VALUE_SHOWN + 1
     assert not [m for m in browser.messages(page) if m.startswith(("pageerror", "error"))]
     assert_no_traceback_in_server_log(env.server)

@@ -16,7 +16,6 @@ from ...protocol.jsoncheck import escaped
 from ..ops import events as ev_ops
 from ..ops import groups as group_ops
 from ..ops import jobs as job_ops
-from ..ops import kv as kv_ops
 from ..ops import runs as run_ops
 from ..ops.common import live_group, loads
 from ..store.base import Tx
@@ -55,6 +54,7 @@ EVENT_TYPES = (
     "group.expired",
 )
 KV_VALUE_SHOWN = 2000  # characters of a value's JSON in the kv view
+KV_KEYS_SHOWN = 500  # keys in the kv view (a group may hold 10,000 of 64 KiB each)
 BODY_SHOWN = 2000  # characters of a message body's JSON in the messages view
 OUTPUT_TAIL = 256 << 10  # characters of output per machine a job page shows at most
 OUTPUT_READ = 32 << 20  # bytes of output a job page reads at most
@@ -292,14 +292,20 @@ def message_list(tx: Tx, user_id: str, group: str, limit: int = 300) -> list[dic
     return out
 
 
-def kv_page(tx: Tx, user_id: str, group: str) -> list[dict[str, Any]]:
-    """The group's keys with their values (the first ``KV_VALUE_SHOWN`` characters)."""
+def kv_page(tx: Tx, user_id: str, group: str) -> dict[str, Any]:
+    """The group's first ``KV_KEYS_SHOWN`` keys (by name) with their values (the first
+    ``KV_VALUE_SHOWN`` characters), and how many keys it has: the machines write them,
+    and 10,000 keys of 64 KiB would make a page of 20 MB, read again at every change."""
     g = live_group(tx, user_id, group)
     rows = tx.all(
         "SELECT key, value, version, updated, updated_by FROM kv WHERE group_id = ? "
         "ORDER BY key LIMIT ?",
-        (g["id"], kv_ops.MAX_KEYS),
+        (g["id"], KV_KEYS_SHOWN),
     )
+    total = len(rows)
+    if total >= KV_KEYS_SHOWN:
+        count = tx.one("SELECT COUNT(*) AS n FROM kv WHERE group_id = ?", (g["id"],))
+        total = int(count["n"]) if count else total
     out = []
     for r in rows:
         out.append(
@@ -311,7 +317,7 @@ def kv_page(tx: Tx, user_id: str, group: str) -> list[dict[str, Any]]:
                 "by": r["updated_by"],
             }
         )
-    return out
+    return {"keys": out, "total": total}
 
 
 def event_list(
