@@ -56,6 +56,18 @@ def _shown_chars(page: Any, selector: str) -> int:
     return int(page.evaluate(f"document.querySelector({selector!r}).textContent.length"))
 
 
+def _assert_tail_in_blocks(page: Any, full: str) -> None:
+    """The output shown is the end of ``full``, exactly, held in blocks of a few thousand
+    characters (so a line added lays out one block, not the whole text)."""
+    out = page.locator("#out-m")
+    shown = out.text_content()
+    assert full.endswith(shown) and len(shown) > 100_000
+    sizes = page.evaluate(
+        "[...document.querySelectorAll('#out-m > .block')].map(b => b.textContent.length)"
+    )
+    assert sum(sizes) == len(shown) and max(sizes) <= 4 * 4096, sizes
+
+
 def test_a_job_page_keeps_the_last_part_of_a_huge_output_live_and_rendered(env, browser):
     key = env.client.create_group("big", ["m"])["machines"][0]["key"]
     with pinned_http(env.server) as http:
@@ -95,7 +107,8 @@ def test_a_job_page_keeps_the_last_part_of_a_huge_output_live_and_rendered(env, 
         "succeeded", timeout=SLOW
     )
     expect(out).to_contain_text("END", timeout=SLOW)
-    assert out.text_content().endswith("y\nEND")  # the last part, as it came
+    full = "".join(_chunk(i) for i in range(CHUNKS)) + "END"
+    _assert_tail_in_blocks(page, full)  # the last part, as it came
     assert _shown_chars(page, "#out-m") <= views.OUTPUT_TAIL  # not all 840,000
     expect(page.locator("#output-cut")).to_be_visible()
     expect(page.locator("#targets tr[data-machine='m'] .bytes")).to_have_text(
@@ -104,11 +117,56 @@ def test_a_job_page_keeps_the_last_part_of_a_huge_output_live_and_rendered(env, 
 
     page.reload()  # drawn by the server: its tail too
     expect(out).to_contain_text("END")
-    assert out.text_content().endswith("y\nEND")
+    _assert_tail_in_blocks(page, full)
     assert _shown_chars(page, "#out-m") <= views.OUTPUT_TAIL + CHUNK
     expect(page.locator("#output-cut")).to_be_visible()
     assert not [m for m in browser.messages(page) if m.startswith(("pageerror", "error"))]
     assert_no_traceback_in_server_log(env.server)
+
+
+def test_a_job_page_keeps_up_with_a_long_output_arriving_line_by_line(env, browser):
+    """A page that shows a long output already takes each new line in its stride: a line
+    lays out the block it joins, not the whole text again (when it did, 400 lines after
+    240,000 characters of output took the page close to a minute, its tab frozen)."""
+    key = env.client.create_group("big", ["m"])["machines"][0]["key"]
+    with pinned_http(env.server) as http:
+        cred = enroll(http, key)
+    job_started: queue.Queue[str] = queue.Queue()
+    page_open = threading.Event()
+
+    async def work(m: Any) -> None:
+        job_id = env.client.start_job("big", "m", command="make")["job_id"]
+        assert (await m.next_msg())["type"] == "job.run"
+        await m.send_msg("job.started", {"job_id": job_id})
+        for i in range(4):
+            await m.send_msg(
+                "job.output", {"job_id": job_id, "stream": "stdout", "data": _chunk(i)}
+            )
+        job_started.put(job_id)
+        assert await asyncio.to_thread(page_open.wait, 60)
+        for i in range(400):
+            line = f"line {i}\n"
+            await m.send_msg("job.output", {"job_id": job_id, "stream": "stdout", "data": line})
+        await m.send_msg("job.result", {"job_id": job_id, "status": "succeeded", "exit_code": 0})
+
+    thread, failure = _run_machine(env, cred, work)
+    try:
+        job_id = job_started.get(timeout=60)
+    except queue.Empty:
+        thread.join(5)
+        raise (failure[0] if failure else AssertionError("no job reached the machine")) from None
+    page = login(browser, env.server, env.token, f"/dashboard/jobs/{job_id}")
+    expect(page.locator("#live-text")).to_have_text("live")
+    page_open.set()
+    thread.join(120)
+    if failure:
+        raise failure[0]
+    expect(page.locator("#live-text")).to_have_text("finished", timeout=SLOW)
+    expect(page.locator("#out-m")).to_contain_text("line 399", timeout=SLOW)
+    full = "".join(_chunk(i) for i in range(4)) + "".join(f"line {i}\n" for i in range(400))
+    _assert_tail_in_blocks(page, full)
+    assert page.locator("#out-m").text_content() == full
+    assert not [m for m in browser.messages(page) if m.startswith(("pageerror", "error"))]
 
 
 def test_the_messages_view_shows_the_first_part_of_each_huge_body(env, browser):

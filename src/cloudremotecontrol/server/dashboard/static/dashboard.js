@@ -431,34 +431,101 @@
   }
 
   // -- a job: statuses, exit codes and output per machine, live; cancel ------------------
+
+  // One machine's output in its <pre>: its last `tail` characters, live as when rendered
+  // (a job that prints for hours must not grow the page until the tab freezes), kept in
+  // blocks of about BLOCK characters that end at a line's end. Output only ever changes
+  // the last block and drops the first: the browser lays out those two, not the whole
+  // text (one text of 256 Ki characters took a quarter of a second per line added).
+  const BLOCK = 4096;
+  class Output {
+    constructor(pre, tail) {
+      this.pre = pre;
+      this.tail = tail;
+      this.size = 0;
+      const text = pre.textContent;
+      pre.replaceChildren();
+      this.add(text);
+    }
+
+    atEnd() {
+      const pre = this.pre;
+      return pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
+    }
+
+    toEnd() {
+      this.pre.scrollTop = this.pre.scrollHeight;
+    }
+
+    // Append `text`; true when the start of the output was dropped.
+    add(text) {
+      let last = this.pre.lastElementChild;
+      let rest = text;
+      while (rest) {
+        if (!last || last.firstChild.length >= BLOCK) {
+          last = document.createElement("span");
+          last.className = "block";
+          last.append(document.createTextNode(""));
+          this.pre.append(last);
+        }
+        const node = last.firstChild;
+        const room = BLOCK - node.length;
+        let take = rest.length;
+        if (take > room) {
+          // End the block at a line's end; a line far longer than a block is cut.
+          const nl = rest.indexOf("\n", room - 1);
+          take = nl >= 0 && nl < room + 3 * BLOCK ? nl + 1 : Math.min(take, room + 3 * BLOCK);
+          const high = rest.charCodeAt(take - 1);
+          if (take < rest.length && high >= 0xd800 && high <= 0xdbff) take += 1;
+        }
+        node.appendData(rest.slice(0, take));
+        rest = rest.slice(take);
+      }
+      this.size += text.length;
+      let cut = false;
+      while (this.size > this.tail && this.pre.firstElementChild) {
+        const first = this.pre.firstElementChild;
+        const node = first.firstChild;
+        const extra = this.size - this.tail;
+        cut = true;
+        if (node.length <= extra) {
+          this.size -= node.length;
+          first.remove();
+        } else {
+          // Cut where a character starts (not between the halves of a surrogate pair).
+          const low = node.data.charCodeAt(extra);
+          const n = low >= 0xdc00 && low <= 0xdfff ? extra + 1 : extra;
+          node.deleteData(0, n);
+          this.size -= n;
+        }
+      }
+      return cut;
+    }
+  }
+
   function jobPage(root) {
     const id = root.dataset.job;
     const rows = new Map([...root.querySelectorAll("#targets tr[data-machine]")].map((tr) => [tr.dataset.machine, tr]));
     const outs = new Map([...root.querySelectorAll("section.output")].map((s) => [s.dataset.machine, s]));
     const cancel = document.getElementById("cancel");
-    // Each machine's output shows its last `tail` characters, live as when rendered: a
-    // job that prints for hours must not grow the page until the tab freezes.
     const tail = Number(root.dataset.tail) || 262144;
-    const shown = new Map([...outs].map(([m, s]) => [m, s.querySelector("pre").textContent.length]));
-    const keepTail = (machine, pre) => {
-      let size = shown.get(machine) || 0;
-      while (size > tail && pre.firstChild) {
-        const first = pre.firstChild;
-        const extra = size - tail;
-        if (first.nodeType !== Node.TEXT_NODE || first.data.length <= extra) {
-          size -= first.textContent.length;
-          first.remove();
-        } else {
-          // Cut where a character starts (not between the halves of a surrogate pair).
-          const low = first.data.charCodeAt(extra);
-          const cut = low >= 0xdc00 && low <= 0xdfff ? extra + 1 : extra;
-          first.deleteData(0, cut);
-          size -= cut;
-        }
-        const note = document.getElementById("output-cut");
-        if (note) note.hidden = false;
-      }
-      shown.set(machine, size);
+    const outputs = new Map([...outs].map(([m, s]) => [m, new Output(s.querySelector("pre"), tail)]));
+    // Output that arrived since the last frame, per machine (its last `tail` characters:
+    // a tab in the background draws no frame for as long as it stays there).
+    const pending = new Map();
+    let pendingCut = false;
+    let frame = 0;
+    const flush = () => {
+      frame = 0;
+      const batch = [...pending].map(([m, text]) => [outputs.get(m), text]);
+      pending.clear();
+      const atEnd = batch.map(([out]) => out.atEnd()); // every read before any write
+      let cut = pendingCut;
+      pendingCut = false;
+      for (const [out, text] of batch) cut = out.add(text) || cut;
+      batch.forEach(([out], i) => atEnd[i] && out.toEnd());
+      const note = document.getElementById("output-cut");
+      if (cut && note) note.hidden = false;
     };
     const open = () => [...rows.values()].some((tr) => !TERMINAL.has(tr.querySelector(".status").textContent));
     let stream = null;
@@ -467,12 +534,15 @@
       if (ev.type === "job.output") {
         const section = outs.get(ev.machine);
         if (!section) return;
-        const pre = section.querySelector("pre");
-        const atEnd = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
         const text = String(data.data ?? "");
-        pre.append(document.createTextNode(text));
-        shown.set(ev.machine, (shown.get(ev.machine) || 0) + text.length);
-        keepTail(ev.machine, pre);
+        let waiting = (pending.get(ev.machine) || "") + text;
+        if (waiting.length > tail) {
+          const low = waiting.charCodeAt(waiting.length - tail);
+          waiting = waiting.slice(waiting.length - tail + (low >= 0xdc00 && low <= 0xdfff ? 1 : 0));
+          pendingCut = true;
+        }
+        pending.set(ev.machine, waiting);
+        if (!frame) frame = requestAnimationFrame(flush);
         const tr = rows.get(ev.machine);
         const bytes = tr && tr.querySelector(".bytes");
         if (bytes) {
@@ -481,7 +551,6 @@
           setText(bytes, `${total} bytes`);
         }
         section.hidden = false;
-        if (atEnd) pre.scrollTop = pre.scrollHeight;
       } else if (ev.type === "job.status") {
         const tr = rows.get(ev.machine);
         if (!tr) return;
