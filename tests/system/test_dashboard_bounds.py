@@ -218,3 +218,61 @@ def test_the_kv_view_shows_the_first_keys_of_a_group_that_has_many(env, browser)
     assert value.endswith("…") and len(value) == views.KV_VALUE_SHOWN + 1
     assert not [m for m in browser.messages(page) if m.startswith(("pageerror", "error"))]
     assert_no_traceback_in_server_log(env.server)
+
+
+def test_a_finished_job_with_more_output_than_a_page_reads_shows_each_machines_end(env, browser):
+    """Twelve machines print 4 MB each (about what the server keeps per machine), in
+    more events than the page reads at once: more than the page reads in all, yet each
+    machine's output is shown to its last line."""
+    names = [f"m{i}" for i in range(12)]
+    keys = {m["name"]: m["key"] for m in env.client.create_group("big", names)["machines"]}
+    with pinned_http(env.server) as http:
+        creds = {name: enroll(http, keys[name]) for name in names}
+    block = ("x" * 35 + "\n") * 1000  # 36,000 characters; 115 of them stay under 4 MiB
+    failure: list[BaseException] = []
+    job_id = ""
+
+    async def machine(name: str, started: asyncio.Event) -> None:
+        async with wire_agent(env.server, creds[name], "big", name) as m:
+            started.set()
+            run = await m.next_msg()
+            assert run["type"] == "job.run"
+            job = run["body"]["job_id"]
+            await m.send_msg("job.started", {"job_id": job})
+            for _ in range(115):
+                await m.send_msg("job.output", {"job_id": job, "stream": "stdout", "data": block})
+            await m.send_msg(
+                "job.output", {"job_id": job, "stream": "stdout", "data": f"END {name}"}
+            )
+            await m.send_msg("job.result", {"job_id": job, "status": "succeeded", "exit_code": 0})
+
+    async def main() -> None:
+        nonlocal job_id
+        started = {name: asyncio.Event() for name in names}
+        tasks = [asyncio.create_task(machine(n, started[n])) for n in names]
+        for event in started.values():
+            await event.wait()
+        job_id = (await asyncio.to_thread(env.client.start_job, "big", "all", command="x"))[
+            "job_id"
+        ]
+        await asyncio.gather(*tasks)
+
+    def run() -> None:
+        try:
+            asyncio.run(main())
+        except BaseException as exc:  # noqa: BLE001 -- re-raised in the test's thread
+            failure.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(240)
+    if failure:
+        raise failure[0]
+    page = login(browser, env.server, env.token, f"/dashboard/jobs/{job_id}")
+    expect(page.locator("#live-text")).to_have_text("finished")
+    expect(page.locator("#output-cut")).to_be_visible()
+    ends = {name: page.locator(f"#out-{name}").text_content()[-40:] for name in names}
+    assert all(ends[name].endswith(f"x\nEND {name}") for name in names), ends
+    assert all(_shown_chars(page, f"#out-{name}") <= views.OUTPUT_TAIL for name in names)
+    assert not [m for m in browser.messages(page) if m.startswith(("pageerror", "error"))]
+    assert_no_traceback_in_server_log(env.server)

@@ -58,6 +58,8 @@ KV_KEYS_SHOWN = 500  # keys in the kv view (a group may hold 10,000 of 64 KiB ea
 BODY_SHOWN = 2000  # characters of a message body's JSON in the messages view
 OUTPUT_TAIL = 256 << 10  # characters of output per machine a job page shows at most
 OUTPUT_READ = 32 << 20  # bytes of output a job page reads at most
+BATCH = 256  # events a job page reads at once (job.output events of 64 KiB at most)
+LAST_CURSOR = 2**63 - 2  # above every event id (64-bit integers in both databases)
 
 
 def state_since(tx: Tx, group_id: str) -> dict[str, float]:
@@ -191,39 +193,61 @@ def _job_summary(spec: dict[str, Any]) -> str:
 
 
 def job_page(tx: Tx, user_id: str, job_id: str) -> dict[str, Any]:
-    """A job, its targets, the output so far per machine (its tail), and the cursor of
-    its last event (the page follows from there)."""
+    """A job, its targets, the last ``OUTPUT_TAIL`` characters of each machine's output,
+    and the cursor of its last event (the page follows from there).
+
+    The job's events are read newest first, so each machine's last part is what is
+    found first, and reading stops once every machine's is (or after ``OUTPUT_READ``
+    bytes: the machines whose last part was not reached by then show what was)."""
     job = job_ops.job_view(tx, user_id, job_id)
     info = ev_ops.group_cursor(tx, user_id, job["group"])
     outputs: dict[str, deque[str]] = {}
     sizes: dict[str, int] = {}
+    whole: set[str] = set()  # machines whose last OUTPUT_TAIL characters are all read
     cursor = 0
+    before: int | None = None
     read = 0
     cut = False
     while True:
-        batch = ev_ops.events_after(tx, info["group_id"], cursor, job_id)
-        for ev in batch:
-            cursor = ev["cursor"]
-            if ev["type"] != "job.output" or not ev["machine"]:
+        rows = tx.all(
+            "SELECT id, created, type, machine, job_id, data FROM events "
+            "WHERE job_id = ? AND group_id = ? AND id < ? ORDER BY id DESC LIMIT ?",
+            (job_id, info["group_id"], LAST_CURSOR + 1 if before is None else before, BATCH),
+        )
+        for r in rows:
+            before = int(r["id"])
+            cursor = max(cursor, before)
+            machine = r["machine"]
+            if r["type"] != "job.output" or not machine:
                 continue
-            data = ev["data"] or {}
+            if machine in whole:
+                cut = True  # an earlier part of an output already shown in full
+                continue
+            data = ev_ops.event_view(r)["data"] or {}
             text = str(data.get("data", ""))
-            chunks = outputs.setdefault(ev["machine"], deque())
-            chunks.append(text)
-            sizes[ev["machine"]] = sizes.get(ev["machine"], 0) + len(text)
-            while sizes[ev["machine"]] > OUTPUT_TAIL and len(chunks) > 1:
-                sizes[ev["machine"]] -= len(chunks.popleft())
-                cut = True
-            read += len(text)
-        if len(batch) < 1000 or read > OUTPUT_READ:
-            cut = cut or read > OUTPUT_READ
+            outputs.setdefault(machine, deque()).appendleft(text)
+            sizes[machine] = sizes.get(machine, 0) + len(text)
+            if sizes[machine] >= OUTPUT_TAIL:
+                whole.add(machine)
+            read += len(text) + 100  # a row costs something, however short its text
+        if len(rows) < BATCH:
             break
+        if read > OUTPUT_READ or len(whole) >= len(job["targets"]):
+            cut = True  # the machines whose output starts earlier show its last part only
+            break
+    shown = {}
+    for machine, chunks in outputs.items():
+        text = "".join(chunks)
+        if len(text) > OUTPUT_TAIL:
+            text = text[len(text) - OUTPUT_TAIL :]
+            cut = True
+        shown[machine] = text
     spec = job["spec"] or {}
     return {
         **job,
         "kind": spec.get("type"),
         "summary": _job_summary(spec),
-        "outputs": {m: "".join(c) for m, c in outputs.items()},
+        "outputs": shown,
         "output_cut": cut,
         "tail": OUTPUT_TAIL,
         "cursor": cursor,
