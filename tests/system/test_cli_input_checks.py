@@ -169,3 +169,56 @@ def test_hosts_ip_without_sync_hosts_is_a_usage_error(env, crc):
     assert env.client.list_groups() == []
     r = crc("group", "create", "g2", "--machines", "x", "--sync-hosts", "--hosts-ip", "private")
     assert r.returncode == 0, r.stderr
+
+
+class _Counting(_Plain):
+    """A server that only counts the requests it gets (none is expected)."""
+
+    seen: list[str] = []
+
+    def do_POST(self) -> None:
+        self.seen.append(self.path)
+        self.do_GET()
+
+    def do_GET(self) -> None:
+        self.seen.append(self.path)
+        super().do_GET()
+
+
+@pytest.mark.parametrize(
+    ("args", "what"),
+    [
+        (("Bad_Name", "--machines", "a"), "invalid group 'Bad_Name'"),
+        (("g/teardown", "--machines", "a"), "invalid group 'g/teardown'"),
+        (("lab", "--machines", "a,Web"), "invalid machine 'Web'"),
+        (("lab", "--machines", "a,-b"), "invalid machine '-b'"),
+        (("lab", "--machines", " , "), "names no machine"),
+        (("lab", "--machines", "a,b,a"), "'a' more than once"),
+    ],
+)
+def test_group_create_checks_names_before_asking_the_server(tmp_path, args, what):
+    """The server's rule for names (protocol/names.py), checked by the CLI and the SDK
+    before anything is sent: a usage error (exit 2), whatever the server is."""
+    from cloudremotecontrol.errors import InvalidInput
+    from cloudremotecontrol.master.client import Client
+
+    _Counting.seen = []
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Counting)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{srv.server_address[1]}"
+    try:
+        env = {"CRC_CONFIG_DIR": str(tmp_path), "CRC_URL": url, "CRC_TOKEN": "crcm_x_y"}
+        r = _run("group", "create", *args, env=env)
+        assert r.returncode == 2 and what in r.stderr, r.stderr
+        assert "usage: crc group create" in r.stderr, r.stderr
+        _clean(r)
+        # The SDK refuses a name the server would refuse before sending it, too.
+        name, machines = args[0], args[2].split(",")
+        if what.startswith("invalid"):
+            with Client(url, "crcm_x_y") as client, pytest.raises(InvalidInput, match=what):
+                client.create_group(name, [m.strip() for m in machines])
+        assert _Counting.seen == []
+    finally:
+        srv.shutdown()
+        srv.server_close()

@@ -102,6 +102,16 @@ def _login_token(token: str | None) -> str:
     return token
 
 
+def _checked_name(value: str, what: str, hint: str) -> str:
+    """``value`` if the server would take it as a ``what`` name, else a usage error."""
+    from ..protocol.names import check_name
+
+    try:
+        return check_name(value, what)
+    except InvalidInput as exc:
+        raise click.BadParameter(exc.message, param_hint=hint) from None
+
+
 @click.group()
 def group() -> None:
     """Create, list, show and delete groups (one scenario's machines)."""
@@ -170,7 +180,20 @@ def group_create(
     given = click.get_current_context().get_parameter_source("hosts_ip")
     if not sync_hosts and given is not ParameterSource.DEFAULT:
         raise click.UsageError("--hosts-ip goes with --sync-hosts")
+    # Checked here with the server's rule (protocol/names.py), before any profile is
+    # read or the server asked: a name it would refuse is the user's mistake (exit 2).
+    _checked_name(name, "group", "NAME")
     names = [m.strip() for m in machines.split(",") if m.strip()]
+    if not names:
+        raise click.BadParameter("names no machine: give e.g. mysql,web", param_hint="--machines")
+    for n in names:
+        _checked_name(n, "machine", "--machines")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise click.BadParameter(
+            f"names {', '.join(map(repr, twice))} more than once", param_hint="--machines"
+        )
+    key_ttl_seconds, ttl_seconds = _duration(key_ttl), _duration(ttl)
     per: dict[str, dict[str, str]] = {n: {} for n in names}
     for spec in labels:
         machine, sep, kv = spec.partition(":")
@@ -194,8 +217,8 @@ def group_create(
         out = c.create_group(
             name,
             [{"name": n, "labels": per[n]} for n in names],
-            key_ttl=_duration(key_ttl),
-            ttl=_duration(ttl),
+            key_ttl=key_ttl_seconds,
+            ttl=ttl_seconds,
             settings=settings,
         )
     if as_json:

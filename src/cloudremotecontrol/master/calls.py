@@ -200,8 +200,10 @@ def create_group(
     settings: dict[str, Any] | None,
 ) -> Call:
     ms = [m if isinstance(m, dict) else {"name": m} for m in machines]
+    for m in ms:  # the server's rule, checked before anything is sent
+        check_name(m.get("name"), "machine")
     body = {
-        "name": name,
+        "name": _group(name),
         "machines": ms,
         "key_ttl": _number(key_ttl, "key_ttl"),
         "ttl": _number(ttl, "ttl"),
