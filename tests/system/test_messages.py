@@ -127,14 +127,8 @@ def test_a_machine_cannot_message_another_group_or_use_bad_types(env):
     env.group_with_agents("other", ["x"])
     cursor = env.client.event_cursor("lab")
     r = agent_cli(env, "a", "emit", "user.hi", "--to", "x")
-    assert r.returncode == 0  # accepted locally; the server refuses to route it
-    events = []
-    for _ in range(100):
-        events = [e for e in env.client.events("lab", since=cursor) if e["type"] == "agent.error"]
-        if events:
-            break
-        time.sleep(0.1)
-    assert events and "no machine 'x'" in events[0]["data"]["message"]
+    assert r.returncode == 4 and "no machine 'x' in group 'lab'" in r.stderr, r.stderr
+    _assert_nothing_sent_before_a_mark(env, cursor)
     # Whatever a script names its message, it travels as data (user.*), never a command.
     r = agent_cli(env, "a", "emit", "job.run", '{"argv": ["touch", "/tmp/x"]}')
     assert r.returncode == 0
@@ -307,3 +301,53 @@ def test_sdk_wait_message_follows_the_same_rule(env):
         assert exc.code == "timeout"
     else:
         raise AssertionError("a message after the cursor was invented")
+
+
+def _assert_nothing_sent_before_a_mark(env, cursor):
+    """No message of machine a (not even one the server refused: agent.error) after
+    ``cursor`` but a mark sent now (a machine's messages are applied in order)."""
+    r = agent_cli(env, "a", "emit", "user.mark", "--to", "master")
+    assert r.returncode == 0, r.stderr
+    deadline = time.monotonic() + 30
+    while True:
+        events = [e for e in env.client.events("lab", since=cursor) if e["machine"] == "a"]
+        if any(e["type"] == "message" and e["data"]["type"] == "user.mark" for e in events):
+            break
+        assert time.monotonic() < deadline, events
+        time.sleep(0.1)
+    assert [e["type"] for e in events if e["type"] in ("agent.error", "message.sent")] == []
+    assert [e["data"]["type"] for e in events if e["type"] == "message"] == ["user.mark"]
+
+
+def test_emit_to_a_peer_the_group_does_not_have_fails_and_sends_nothing(env):
+    env.group_with_agents("lab", ["a", "b"])
+    env.client.create_group("other", ["x"])
+    cursor = env.client.event_cursor("lab")
+    for to, what in (
+        ("b,nosuch", "no machine 'nosuch' in group 'lab'"),
+        ("x", "no machine 'x' in group 'lab'"),  # another group's machine
+        ("role=db", "'role=db' matches no machine of group 'lab'"),
+    ):
+        r = agent_cli(env, "a", "emit", "user.hi", "{}", "--to", to)
+        assert r.returncode == 4 and what in r.stderr, (to, r.stderr)
+        assert "Traceback" not in r.stderr and r.stdout == ""
+    r = agent_cli(env, "a", "emit", "user.hi", "--to", "Bad Name")
+    assert r.returncode == 2 and "invalid machine" in r.stderr, r.stderr
+    _assert_nothing_sent_before_a_mark(env, cursor)
+    # A peer that is there gets it, by name or with all.
+    for to in ("b", "all"):
+        r = agent_cli(env, "a", "emit", "user.hi", json.dumps({"to": to}), "--to", to, "--json")
+        assert r.returncode == 0 and json.loads(r.stdout) == {"ok": True}, r.stderr
+        r = agent_cli(env, "b", "wait-message", "user.hi", "--from", "a", "--timeout", "20")
+        assert r.returncode == 0 and json.loads(r.stdout) == {"to": to}, r.stderr
+
+
+def test_emit_to_a_peer_while_the_server_is_down_is_sent_when_it_is_back(env):
+    env.group_with_agents("lab", ["a", "b"])
+    env.server.stop()
+    r = agent_cli(env, "a", "emit", "user.later", '{"n": 1}', "--to", "b")
+    assert r.returncode == 0, r.stderr
+    assert "cannot check --to against the group's machines now" in r.stderr, r.stderr
+    env.server.start()
+    r = agent_cli(env, "b", "wait-message", "user.later", "--from", "a", "--timeout", "60")
+    assert r.returncode == 0 and json.loads(r.stdout) == {"n": 1}, r.stderr

@@ -229,11 +229,58 @@ def emit(
         parsed = json.loads(body) if body else {}
     except ValueError:
         raise InvalidInput("BODY is not valid JSON") from None
+    if to != "master":
+        _check_peers(state_dir, to, agent_wait)
     _call(
         state_dir, {"op": "emit", "type": _user_type(type_), "body": parsed, "to": to}, agent_wait
     )
     if as_json:
         emit_json({"ok": True})
+
+
+def _check_peers(state_dir: str | None, to: str, agent_wait: float) -> None:
+    """Refuse a ``--to`` that names no machine of the group now (NotFound, exit 4), as
+    the server would when it routes the message (then only as an ``agent.error`` event,
+    the message being sent already). The group's machines come from the server (the
+    roster); while it cannot be reached, the message is sent unchecked, as before."""
+    from ..agent.control import call
+    from ..errors import NotFound
+    from ..protocol.names import parse_target
+
+    target = parse_target(to)  # a malformed one: exit 2
+    try:
+        roster = _call(state_dir, {"op": "peers"}, agent_wait)
+    except Unavailable as exc:
+        try:  # the agent answers (so the server is what cannot be reached)?
+            call(_state_dir(state_dir), {"op": "status"}, 10.0)
+        except Unavailable:
+            raise exc from None
+        click.echo(
+            f"crc: cannot check --to against the group's machines now ({exc.message}): "
+            "sending the message anyway; one for no machine of the group is dropped by the "
+            "server (an agent.error event)",
+            err=True,
+        )
+        return
+    machines = roster.get("machines") if isinstance(roster, dict) else None
+    group = roster.get("group") if isinstance(roster, dict) else None
+    if not isinstance(machines, list):
+        return  # not the answer expected: the server checks as before
+    peers: dict[str, dict[str, str]] = {}
+    for m in machines:
+        if isinstance(m, dict):
+            labels = m.get("labels")
+            peers[str(m.get("name"))] = labels if isinstance(labels, dict) else {}
+    if target.names:
+        unknown = [n for n in target.names if n not in peers]
+        if unknown:
+            raise NotFound(
+                f"no machine {', '.join(map(repr, unknown))} in group {group!r}: see "
+                "`crc agent peers`",
+                field="to",
+            )
+    if not any(target.matches(name, labels) for name, labels in peers.items()):
+        raise NotFound(f"target {str(target)!r} matches no machine of group {group!r}", field="to")
 
 
 @agent.command("wait-message")
