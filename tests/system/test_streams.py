@@ -589,3 +589,20 @@ def test_crc_shell_with_piped_stdin_types_it_and_ends_with_ctrl_d(lab, crc):
     r = crc("shell", "lab", "dev", "--json", "--", "sh", "-c", "exit 0", input="")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout.splitlines()[-1])["exit_code"] == 0
+
+
+def test_crc_shell_json_prints_only_json_with_the_output_inside(lab, crc):
+    """stdout carries JSON lines only, as `crc run --json`: {"machine", "data"} per piece
+    of output (decoded as UTF-8), then how the session ended."""
+    script = "printf 'h\\303\\251llo {not json\\n'; printf '\\303'; printf '\\251\\n'; exit 3"
+    r = crc("shell", "lab", "dev", "--json", "--", "sh", "-c", script, input="")
+    assert r.returncode == 3, r.stderr
+    docs = [json.loads(line) for line in r.stdout.splitlines()]  # each line is JSON
+    *chunks, end = docs
+    assert set(end) == {"group", "machine", "stream", "exit_code"}, end
+    assert end["exit_code"] == 3 and end["machine"] == "dev" and end["group"] == "lab"
+    assert chunks and all(set(c) == {"machine", "data"} for c in chunks), chunks
+    assert all(c["machine"] == "dev" for c in chunks)
+    text = "".join(c["data"] for c in chunks)
+    assert "h\u00e9llo {not json" in text and "\u00e9\r\n" in text, text
+    assert "\ufffd" not in text and "Traceback" not in r.stderr

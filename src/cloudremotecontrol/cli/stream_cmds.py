@@ -9,6 +9,7 @@ a stream of its own, until Ctrl-C.
 from __future__ import annotations
 
 import asyncio
+import codecs
 import contextlib
 import json
 import math
@@ -60,7 +61,12 @@ async def _read_fd(fd: int) -> bytes:
 
 
 async def _shell(
-    group: str, machine: str, argv: list[str] | None, shell: str | None, record: bool | None
+    group: str,
+    machine: str,
+    argv: list[str] | None,
+    shell: str | None,
+    record: bool | None,
+    as_json: bool = False,
 ) -> tuple[int, str]:
     from ..master.streams import StreamClosed, stream_error
     from ..protocol.streams import StreamError, StreamExit
@@ -90,6 +96,9 @@ async def _shell(
     blocking = os.get_blocking(0)
     os.set_blocking(0, False)
     resized = asyncio.Event()
+    # --json: the output as text in JSON lines (a character split between two chunks is
+    # decoded whole; bytes that are not UTF-8 become U+FFFD).
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
 
     def on_winch() -> None:
         resized.set()
@@ -120,7 +129,13 @@ async def _shell(
                     code: int | None = stream.exit_code
                     return code
                 if isinstance(message, bytes):
-                    _write_all(1, message)
+                    if as_json:  # stdout carries JSON only: the output inside it
+                        text = decoder.decode(message)
+                        if text:  # fd 1 may be non-blocking as fd 0 is: _write_all
+                            line = json.dumps({"machine": machine, "data": text}) + "\n"
+                            _write_all(1, line.encode())
+                    else:
+                        _write_all(1, message)
                 elif isinstance(message, StreamExit):
                     return message.code
                 elif isinstance(message, StreamError):
@@ -143,6 +158,9 @@ async def _shell(
             import termios
 
             termios.tcsetattr(0, termios.TCSADRAIN, saved)
+    rest = decoder.decode(b"", final=True)
+    if as_json and rest:
+        emit_json({"machine": machine, "data": rest})
     if code is None:
         raise Unavailable("the shell's connection closed before the program ended")
     return code, str(stream.id)
@@ -193,9 +211,9 @@ def shell(
     if argv and argv[0] == "--":
         argv = argv[1:]
     code, stream = asyncio.run(
-        _shell(group, machine, argv or None, shell, False if no_record else None)
+        _shell(group, machine, argv or None, shell, False if no_record else None, as_json)
     )
-    if as_json:  # after the session: how it ended
+    if as_json:  # after the session (and its output, as JSON lines): how it ended
         emit_json({"group": group, "machine": machine, "stream": stream, "exit_code": code})
     # The remote code as a shell can show it (master/types.py shell_exit_code): 256 must
     # not become 0.
