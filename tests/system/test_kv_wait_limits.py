@@ -110,3 +110,50 @@ def test_a_machine_and_a_user_wait_on_keys_at_most_so_many_times_at_once(
         )
         assert r.status_code == 200, r.text
     assert_no_traceback_in_server_log(env.server)
+
+
+def test_a_masters_kv_wait_turned_away_is_asked_again_after_retry_after(
+    env: Env, http_of: Any
+) -> None:
+    """The SDK (sync and async, so `crc kv get --wait` too) asks again for a wait the
+    server turned away with 429, after its Retry-After, within the caller's ``wait``;
+    one whose ``wait`` ends before then gets the refusal at once."""
+    import asyncio
+    import threading
+
+    from cloudremotecontrol.errors import RateLimited
+    from cloudremotecontrol.master.aclient import AsyncClient
+    from cloudremotecontrol.master.client import Client
+
+    env.client.create_group("kvcap", ["a"])
+    master_url = "/v1/groups/kvcap/kv/k1"
+    url, token, fp = env.server.url, env.token, env.server.fingerprint
+    refused = {"sync": threading.Event(), "async": threading.Event()}
+
+    async def async_get() -> dict[str, Any]:
+        async with AsyncClient(url, token, fp) as client:
+            http = await client._client()
+
+            async def seen(r: httpx.Response) -> None:
+                if r.status_code == 429:
+                    refused["async"].set()
+
+            http.event_hooks["response"].append(seen)
+            return await client.kv_get("kvcap", "k2", wait=60)
+
+    with ThreadPoolExecutor(MAX_KV_WAITS_PER_USER + 8) as pool, Client(url, token, fp) as sync:
+        waits = _fill(pool, http_of, env.server, master_url, token, MAX_KV_WAITS_PER_USER)
+        with pytest.raises(RateLimited, match="key/value waits"):  # 5 s > 2 s: at once
+            sync.kv_get("kvcap", "k2", wait=2)
+        sync._http.event_hooks["response"].append(
+            lambda r: refused["sync"].set() if r.status_code == 429 else None
+        )
+        got_sync = pool.submit(sync.kv_get, "kvcap", "k2", 60)
+        got_async = pool.submit(asyncio.run, async_get())
+        assert refused["sync"].wait(60) and refused["async"].wait(60)
+        env.client.kv_set("kvcap", "k2", {"v": 2})
+        env.client.kv_set("kvcap", "k1", {"v": 1})  # the waits held end: places are free
+        assert [w.result(timeout=60).status_code for w in waits] == [200] * len(waits)
+        assert got_sync.result(timeout=60)["value"] == {"v": 2}
+        assert got_async.result(timeout=60)["value"] == {"v": 2}
+    assert_no_traceback_in_server_log(env.server)

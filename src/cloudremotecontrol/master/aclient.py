@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 
-from ..errors import Unavailable
+from ..errors import RateLimited, Unavailable
 from ..tlspin import client_context, is_untrusted, untrusted_error
 from . import calls
 from .calls import (
@@ -197,7 +197,13 @@ class AsyncClient:
     async def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         resp = await self._request(method, path, **kwargs)
         if resp.status_code >= 400:
-            raise_for(self.url, resp.status_code, resp.headers.get("content-type"), resp.content)
+            raise_for(
+                self.url,
+                resp.status_code,
+                resp.headers.get("content-type"),
+                resp.content,
+                resp.headers.get("retry-after"),
+            )
         return answer_of(self.url, resp.status_code, resp.headers.get("content-type"), resp.content)
 
     async def _do(self, call: Call) -> Any:
@@ -551,7 +557,19 @@ class AsyncClient:
     async def kv_get(
         self, group: str, key: str, wait: float = 0, newer_than: int = 0
     ) -> dict[str, Any]:
-        return dict(await self._do(calls.kv_get(group, key, wait, newer_than)))
+        """As ``Client.kv_get`` (a wait turned away with 429 is asked again after its
+        ``Retry-After``, within ``wait``)."""
+        call = calls.kv_get(group, key, wait, newer_than)
+        deadline = time.monotonic() + wait if wait and wait > 0 else None
+        while True:
+            try:
+                return dict(await self._do(call))
+            except RateLimited as exc:
+                delay = None if deadline is None else calls.kv_wait_delay(exc, deadline)
+                if delay is None or deadline is None:
+                    raise
+            await asyncio.sleep(delay)
+            call = calls.kv_get(group, key, deadline - time.monotonic(), newer_than)
 
     async def kv_list(self, group: str) -> list[dict[str, Any]]:
         return list(await self._do(calls.kv_list(group)))

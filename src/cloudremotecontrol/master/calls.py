@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
-from ..errors import InvalidInput, Unavailable, error_from_answer, not_crc_server
+from ..errors import InvalidInput, RateLimited, Unavailable, error_from_answer, not_crc_server
 from ..protocol.jsoncheck import check_json
 from ..protocol.names import check_kv_key, check_name
 
@@ -32,6 +32,7 @@ __all__ = [
 # `random` state (a seeded simulation, a hypothesis run) from a background reader.
 _JITTER = random.Random()  # noqa: S311 -- jitter, not cryptography
 RESUME_SECONDS = 60.0  # how long a broken event stream is tried again, by default
+RETRY_AFTER_MAX = 300  # seconds: a server's Retry-After beyond this is taken as this
 
 
 @dataclass(frozen=True)
@@ -133,11 +134,32 @@ def parse_sse_line(line: str) -> Any:
     return None
 
 
-def raise_for(url: str, status: int, content_type: str | None, text: bytes) -> None:
+def raise_for(
+    url: str, status: int, content_type: str | None, text: bytes, retry_after: str | None = None
+) -> None:
     """Raise the ``errors`` hierarchy's error for an HTTP error answer: the server's own
     error, or ``not a CloudRemoteControl server`` for an answer without the API's JSON
-    error shape (a web server's 404 page, a proxy's error page)."""
-    raise error_from_answer(url, status, content_type, text)
+    error shape (a web server's 404 page, a proxy's error page). A 429's ``Retry-After``
+    (delta-seconds) is kept in the error's ``details["retry_after"]``."""
+    exc = error_from_answer(url, status, content_type, text)
+    if isinstance(exc, RateLimited) and retry_after is not None:
+        value = retry_after.strip()
+        if value.isdigit() and len(value) <= 6:
+            exc.details["retry_after"] = min(int(value), RETRY_AFTER_MAX)
+    raise exc
+
+
+def kv_wait_delay(exc: RateLimited, deadline: float) -> float | None:
+    """How long to sleep before a key/value wait refused with 429 asks again: the
+    server's ``Retry-After`` (1 s if it gave none) plus up to a quarter more at random,
+    or None when that passes ``deadline`` (``time.monotonic()``): the caller's time is
+    up, and the refusal is the answer."""
+    after = exc.details.get("retry_after")
+    base = float(after) if isinstance(after, (int, float)) and after >= 0 else 1.0
+    delay = base + _JITTER.uniform(0, max(1.0, base / 4) if base else 0.0)
+    if time.monotonic() + delay >= deadline:
+        return None
+    return delay
 
 
 _NOT_CRC = "is the URL that of a CloudRemoteControl server?"

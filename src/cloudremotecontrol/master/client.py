@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 import httpx
 
-from ..errors import CrcError, InvalidInput, TooLarge, Unavailable
+from ..errors import CrcError, InvalidInput, RateLimited, TooLarge, Unavailable
 from ..protocol.limits import MAX_FILE_BYTES, file_too_large
 from ..tlspin import client_context, is_untrusted, untrusted_error
 from . import calls
@@ -223,7 +223,13 @@ class Client:
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         resp = self._request(method, path, **kwargs)
         if resp.status_code >= 400:
-            raise_for(self.url, resp.status_code, resp.headers.get("content-type"), resp.content)
+            raise_for(
+                self.url,
+                resp.status_code,
+                resp.headers.get("content-type"),
+                resp.content,
+                resp.headers.get("retry-after"),
+            )
         return answer_of(self.url, resp.status_code, resp.headers.get("content-type"), resp.content)
 
     def _do(self, call: Call) -> Any:
@@ -586,8 +592,21 @@ class Client:
         return dict(self._do(calls.kv_set(group, key, value)))
 
     def kv_get(self, group: str, key: str, wait: float = 0, newer_than: int = 0) -> dict[str, Any]:
-        """The key's value; with ``wait``, block until it exists with a newer version."""
-        return dict(self._do(calls.kv_get(group, key, wait, newer_than)))
+        """The key's value; with ``wait``, block until it exists with a newer version
+        (``TimedOut`` after ``wait`` seconds). A wait the server turns away for now (too
+        many at once: ``RateLimited``, 429) is asked again after its ``Retry-After``, as
+        long as that is within ``wait``."""
+        call = calls.kv_get(group, key, wait, newer_than)
+        deadline = time.monotonic() + wait if wait and wait > 0 else None
+        while True:
+            try:
+                return dict(self._do(call))
+            except RateLimited as exc:
+                delay = None if deadline is None else calls.kv_wait_delay(exc, deadline)
+                if delay is None or deadline is None:
+                    raise
+            time.sleep(delay)
+            call = calls.kv_get(group, key, deadline - time.monotonic(), newer_than)
 
     def kv_list(self, group: str) -> list[dict[str, Any]]:
         return list(self._do(calls.kv_list(group)))
