@@ -157,3 +157,67 @@ def test_a_masters_kv_wait_turned_away_is_asked_again_after_retry_after(
         assert got_sync.result(timeout=60)["value"] == {"v": 2}
         assert got_async.result(timeout=60)["value"] == {"v": 2}
     assert_no_traceback_in_server_log(env.server)
+
+
+def test_a_masters_kv_wait_outlives_a_server_restart(env: Env, tmp_path: Any) -> None:
+    """A wait cut by the server going away (a restart) is asked again, within the
+    caller's ``wait``, as the agent's `crc agent kv wait` does: `crc kv get --wait` and
+    the AsyncClient both get the value set once the server is back."""
+    import asyncio
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+    import threading
+
+    from cloudremotecontrol.master.aclient import AsyncClient
+
+    env.client.create_group("lab", ["a"])
+    base = {k: v for k, v in os.environ.items() if not k.startswith("CRC_")}
+    profile = {**base, "CRC_CONFIG_DIR": str(tmp_path / "cfg")}
+    login = [sys.executable, "-m", "cloudremotecontrol", "login", "--url", env.server.url]
+    login += ["--token", env.token, "--fingerprint", env.server.fingerprint]
+    subprocess.run(login, env=profile, check=True, capture_output=True, timeout=60)
+    opened, down = threading.Event(), threading.Event()
+
+    async def async_get() -> dict[str, Any]:
+        async with AsyncClient(env.server.url, env.token, env.server.fingerprint) as client:
+            await client.whoami()
+            opened.set()
+            await asyncio.to_thread(down.wait, 60)
+            return await client.kv_get("lab", "k", wait=60)
+
+    with ThreadPoolExecutor(1) as pool:
+        got = pool.submit(asyncio.run, async_get())
+        assert opened.wait(60)
+        env.server.kill()
+        # The server's port, held by a listener that drops whatever connects: each
+        # waiter has asked once while the server is gone (and been cut off) before it is
+        # back.
+        hold = socket.create_server(("127.0.0.1", env.server.port))
+        hold.settimeout(60)
+        down.set()
+        cli = subprocess.Popen(
+            [sys.executable, "-m", "cloudremotecontrol", "kv", "get", "lab", "k", "--wait", "60s"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=profile,
+        )
+        try:
+            try:
+                for _ in range(2):  # the CLI's and the AsyncClient's
+                    conn, _ = hold.accept()
+                    conn.close()
+            finally:
+                hold.close()
+            env.server.start()
+            env.client.kv_set("lab", "k", {"v": 1})
+            assert got.result(timeout=60)["value"] == {"v": 1}
+            out, err = cli.communicate(timeout=60)
+        finally:
+            cli.kill()
+            cli.wait()
+    assert cli.returncode == 0, err
+    assert json.loads(out) == {"v": 1} and "Traceback" not in err

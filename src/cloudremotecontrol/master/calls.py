@@ -33,6 +33,7 @@ __all__ = [
 _JITTER = random.Random()  # noqa: S311 -- jitter, not cryptography
 RESUME_SECONDS = 60.0  # how long a broken event stream is tried again, by default
 RETRY_AFTER_MAX = 300  # seconds: a server's Retry-After beyond this is taken as this
+KV_RETRY_SECONDS = 1.0  # between key/value waits while the server cannot be reached
 
 
 @dataclass(frozen=True)
@@ -149,14 +150,21 @@ def raise_for(
     raise exc
 
 
-def kv_wait_delay(exc: RateLimited, deadline: float) -> float | None:
-    """How long to sleep before a key/value wait refused with 429 asks again: the
-    server's ``Retry-After`` (1 s if it gave none) plus up to a quarter more at random,
-    or None when that passes ``deadline`` (``time.monotonic()``): the caller's time is
-    up, and the refusal is the answer."""
-    after = exc.details.get("retry_after")
-    base = float(after) if isinstance(after, (int, float)) and after >= 0 else 1.0
-    delay = base + _JITTER.uniform(0, max(1.0, base / 4) if base else 0.0)
+def kv_wait_delay(exc: Unavailable, deadline: float) -> float | None:
+    """How long to sleep before a key/value wait asks again, or None: raise ``exc``.
+    Refused with 429: the server's ``Retry-After`` (1 s if it gave none) plus up to a
+    quarter more at random. The server could not be reached or was stopping (it
+    restarts; ``unavailable``): 1 s, as the agent's ``kv wait``. Anything else (the URL
+    is no CRC server's), or a delay that passes ``deadline`` (``time.monotonic()``):
+    None, the caller's time being up."""
+    if isinstance(exc, RateLimited):
+        after = exc.details.get("retry_after")
+        base = float(after) if isinstance(after, (int, float)) and after >= 0 else 1.0
+        delay = base + _JITTER.uniform(0, max(1.0, base / 4))
+    elif exc.code == "unavailable":
+        delay = KV_RETRY_SECONDS
+    else:
+        return None
     if time.monotonic() + delay >= deadline:
         return None
     return delay

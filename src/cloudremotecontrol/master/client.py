@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 import httpx
 
-from ..errors import CrcError, InvalidInput, RateLimited, TooLarge, Unavailable
+from ..errors import CrcError, InvalidInput, TooLarge, Unavailable
 from ..protocol.limits import MAX_FILE_BYTES, file_too_large
 from ..tlspin import client_context, is_untrusted, untrusted_error
 from . import calls
@@ -594,14 +594,15 @@ class Client:
     def kv_get(self, group: str, key: str, wait: float = 0, newer_than: int = 0) -> dict[str, Any]:
         """The key's value; with ``wait``, block until it exists with a newer version
         (``TimedOut`` after ``wait`` seconds). A wait the server turns away for now (too
-        many at once: ``RateLimited``, 429) is asked again after its ``Retry-After``, as
-        long as that is within ``wait``."""
+        many at once: ``RateLimited``, 429) is asked again after its ``Retry-After``, and
+        one cut by a server restart (``Unavailable``) every second, as long as that is
+        within ``wait``."""
         call = calls.kv_get(group, key, wait, newer_than)
         deadline = time.monotonic() + wait if wait and wait > 0 else None
         while True:
             try:
                 return dict(self._do(call))
-            except RateLimited as exc:
+            except Unavailable as exc:  # turned away (429), or the server restarts
                 delay = None if deadline is None else calls.kv_wait_delay(exc, deadline)
                 if delay is None or deadline is None:
                     raise
