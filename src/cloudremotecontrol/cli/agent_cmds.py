@@ -323,6 +323,13 @@ def wait_message(
             if not seen or time.monotonic() + 1 >= deadline:
                 raise
             time.sleep(1)
+        except Unavailable as exc:
+            if exc.code != "timeout":
+                raise
+            # The agent counts the time left (0.4999 s); the user gave --timeout.
+            raise Unavailable(
+                f"no {_user_type(type_)} message within {timeout:g} s", code="timeout"
+            ) from None
     msg = reply["message"]
     if as_json:
         emit_json({"type": msg["type"], "from": msg["from"], "body": msg["body"]})
