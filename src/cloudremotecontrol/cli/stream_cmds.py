@@ -132,7 +132,8 @@ async def _shell(
                     if as_json:  # stdout carries JSON only: the output inside it
                         text = decoder.decode(message)
                         if text:  # fd 1 may be non-blocking as fd 0 is: _write_all
-                            line = json.dumps({"machine": machine, "data": text}) + "\n"
+                            doc = {"machine": machine, "data": text}
+                            line = json.dumps(doc, separators=(",", ":")) + "\n"
                             _write_all(1, line.encode())
                     else:
                         _write_all(1, message)
