@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 
-from ..errors import Unavailable
+from ..errors import CrcError, NotFound, Unavailable
 from ..tlspin import client_context, is_untrusted, untrusted_error
 from . import calls
 from .calls import (
@@ -310,6 +310,16 @@ class AsyncClient:
     async def health(self) -> dict[str, Any]:
         return dict(await self._do(calls.health()))
 
+    async def _stream_ended(self, group: str) -> CrcError:
+        """As ``Client._stream_ended``."""
+        try:
+            await self.group(group)
+        except NotFound:
+            return calls.group_gone(group)
+        except CrcError:
+            pass
+        return Unavailable(f"the event stream of {group} ended (group deleted?)")
+
     async def wait_ready(
         self,
         group: str,
@@ -329,7 +339,7 @@ class AsyncClient:
                         await _maybe_await(on_event(ev))
                     if wait.done:
                         return
-            raise Unavailable(f"the event stream of {group} ended (group deleted?)")
+            raise await self._stream_ended(group)
 
         if not wait.done:
             await _until(deadline, follow(), lambda: wait.timeout_error(timeout))
@@ -484,7 +494,7 @@ class AsyncClient:
                         await _maybe_await(on_message(msg))
                     if wait.done:
                         return wait.found
-            raise Unavailable(f"the event stream of {group} ended (group deleted?)")
+            raise await self._stream_ended(group)
 
         return await _until(deadline, follow(), lambda: wait.timeout_error(timeout))
 

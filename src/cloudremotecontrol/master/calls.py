@@ -15,7 +15,14 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
-from ..errors import InvalidInput, RateLimited, Unavailable, error_from_answer, not_crc_server
+from ..errors import (
+    InvalidInput,
+    NotFound,
+    RateLimited,
+    Unavailable,
+    error_from_answer,
+    not_crc_server,
+)
 from ..protocol.jsoncheck import check_json
 from ..protocol.names import check_kv_key, check_name
 
@@ -213,6 +220,11 @@ def _number(value: float | None, what: str) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise InvalidInput(f"invalid {what} {value!r}: give a finite number of seconds", field=what)
     return value
+
+
+def group_gone(group: str) -> NotFound:
+    """The error of a wait whose group was deleted while it waited."""
+    return NotFound(f"group {group!r} was deleted while waiting", field="group")
 
 
 # -- the calls ----------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 import httpx
 
-from ..errors import CrcError, InvalidInput, TooLarge, Unavailable
+from ..errors import CrcError, InvalidInput, NotFound, TooLarge, Unavailable
 from ..protocol.limits import MAX_FILE_BYTES, file_too_large
 from ..tlspin import client_context, is_untrusted, untrusted_error
 from . import calls
@@ -274,6 +274,17 @@ class Client:
                     call.params["since"] = item["cursor"]
                     yield Event.from_dict(item)
 
+    def _stream_ended(self, group: str) -> CrcError:
+        """Why a wait's event stream of ``group`` ended: the group was deleted meanwhile
+        (``NotFound``, as a key/value wait says it), or it cannot tell (``Unavailable``)."""
+        try:
+            self.group(group)
+        except NotFound:
+            return calls.group_gone(group)
+        except CrcError:
+            pass
+        return Unavailable(f"the event stream of {group} ended (group deleted?)")
+
     # -- groups -------------------------------------------------------------------------
     def whoami(self) -> dict[str, Any]:
         return dict(self._do(calls.whoami()))
@@ -340,7 +351,7 @@ class Client:
                 if time.monotonic() > deadline:
                     raise wait.timeout_error(timeout)
             else:
-                raise Unavailable(f"the event stream of {group} ended (group deleted?)")
+                raise self._stream_ended(group)
         return self.group(group)
 
     # -- scenario runs (``crc up`` reports its step graph; the dashboard shows it) ------
@@ -531,7 +542,7 @@ class Client:
                 return wait.found
             if time.monotonic() > deadline:
                 raise wait.timeout_error(timeout)
-        raise Unavailable(f"the event stream of {group} ended (group deleted?)")
+        raise self._stream_ended(group)
 
     # -- shells and forwards (master/streams.py) ----------------------------------------
     def shell(
