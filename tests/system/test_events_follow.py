@@ -4,6 +4,7 @@ last one included, without another commit after it."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from typing import Any
@@ -70,3 +71,50 @@ def test_a_message_wait_whose_group_is_deleted_says_so(env: Any) -> None:
         env.client.delete_group("lab")
         with pytest.raises(NotFound, match="group 'lab' was deleted while waiting"):
             waiting.result(timeout=60)
+
+
+def test_a_ready_wait_whose_group_is_deleted_says_so(env: Any) -> None:
+    """Its machines revoked by the deletion of their group: NotFound (exit 4), not
+    InvalidInput (exit 2, a usage error's code) for a revoked machine."""
+    import subprocess
+    import sys
+    from concurrent.futures import ThreadPoolExecutor
+
+    import pytest
+
+    from cloudremotecontrol.errors import NotFound
+
+    env.client.create_group("lab", ["a"])
+    following = threading.Event()
+    client = Client(env.server.url, env.token, env.server.fingerprint)
+    make_sibling = client._sibling
+
+    def sibling() -> Client:  # the client that follows the events: seen when it does
+        s = make_sibling()
+        s._http.event_hooks["response"].append(
+            lambda r: following.set() if r.request.url.path.endswith("/events") else None
+        )
+        return s
+
+    client._sibling = sibling  # type: ignore[method-assign]
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "cloudremotecontrol", "wait", "lab", "--timeout", "60s"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **env.cli_env},
+    )
+    try:
+        assert cli.stdout is not None
+        assert cli.stdout.readline() == "[a] pending\n"  # where things stand: waiting
+        with client, ThreadPoolExecutor(1) as pool:
+            waiting = pool.submit(client.wait_ready, "lab", 60)
+            assert following.wait(60)
+            env.client.delete_group("lab")
+            with pytest.raises(NotFound, match="group 'lab' was deleted while waiting"):
+                waiting.result(timeout=60)
+        _, err = cli.communicate(timeout=60)
+    finally:
+        cli.kill()
+        cli.wait()
+    assert cli.returncode == 4 and "Traceback" not in err, err

@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from ..errors import Unavailable
+from ..errors import InvalidInput
 from .output import emit_json, json_option, safe
 
 _STATE_STYLE = {
@@ -134,43 +134,49 @@ def wait(
             raise click.UsageError(f"--machines {machines!r} names no machine")
     deadline = time.monotonic() + seconds
     with _client() as c:
-        cursor = c.event_cursor(name)
-        wait = ReadyWait(c.group(name), chosen)
-        if not wait.done:
-            live = sys.stdout.isatty() and not as_json
-            states = {m: wait.states[m] for m in wait.wanted}
-            progress = {m: wait.progress.get(m, "") for m in wait.wanted}
-            table = LiveTable(name, states, progress) if live else None
-            if table is None and not as_json:
-                for m in sorted(wait.wanted):  # where things stand, then what changes
-                    prog = wait.progress.get(m)
-                    click.echo(f"[{m}] {wait.states[m]}" + (f": {safe(prog)}" if prog else ""))
-                sys.stdout.flush()
-            try:
-                if table is not None:
-                    table.__enter__()
-                # The events come on a thread of their own, and a tick at least every
-                # 0.2 s: the deadline is kept, and Ctrl-C heard, however quiet the group.
-                for ev in follow_events(c._sibling, name, cursor):
-                    if ev is not None and wait.feed(ev):
-                        m = ev["machine"]
-                        if as_json:
-                            emit_json(ev)
-                        elif table is not None:
-                            states[m] = wait.states[m]
-                            progress[m] = wait.progress.get(m, "")
-                            table.refresh()
-                        else:
-                            _show_line(ev)
-                    if wait.done:
-                        break
-                    if time.monotonic() > deadline:
-                        raise wait.timeout_error(seconds)
-                else:
-                    raise Unavailable(f"the event stream of {name} ended (group deleted?)")
-            finally:
-                if table is not None:
-                    table.__exit__()
+        try:
+            cursor = c.event_cursor(name)
+            wait = ReadyWait(c.group(name), chosen)
+            if not wait.done:
+                live = sys.stdout.isatty() and not as_json
+                states = {m: wait.states[m] for m in wait.wanted}
+                progress = {m: wait.progress.get(m, "") for m in wait.wanted}
+                table = LiveTable(name, states, progress) if live else None
+                if table is None and not as_json:
+                    for m in sorted(wait.wanted):  # where things stand, then what changes
+                        prog = wait.progress.get(m)
+                        click.echo(f"[{m}] {wait.states[m]}" + (f": {safe(prog)}" if prog else ""))
+                    sys.stdout.flush()
+                try:
+                    if table is not None:
+                        table.__enter__()
+                    # The events come on a thread of their own, and a tick at least every
+                    # 0.2 s: the deadline is kept, and Ctrl-C heard, however quiet the group.
+                    for ev in follow_events(c._sibling, name, cursor):
+                        if ev is not None and wait.feed(ev):
+                            m = ev["machine"]
+                            if as_json:
+                                emit_json(ev)
+                            elif table is not None:
+                                states[m] = wait.states[m]
+                                progress[m] = wait.progress.get(m, "")
+                                table.refresh()
+                            else:
+                                _show_line(ev)
+                        if wait.done:
+                            break
+                        if time.monotonic() > deadline:
+                            raise wait.timeout_error(seconds)
+                    else:
+                        raise c._stream_ended(name)
+                finally:
+                    if table is not None:
+                        table.__exit__()
+        except InvalidInput:  # a machine revoked: by the deletion of the group?
+            gone = c._gone(name)
+            if gone is None:
+                raise
+            raise gone from None
     if as_json:
         emit_json({"group": name, "ready": True, "machines": sorted(wait.wanted)})
     else:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 
-from ..errors import CrcError, NotFound, Unavailable
+from ..errors import CrcError, InvalidInput, NotFound, Unavailable
 from ..tlspin import client_context, is_untrusted, untrusted_error
 from . import calls
 from .calls import (
@@ -310,15 +310,20 @@ class AsyncClient:
     async def health(self) -> dict[str, Any]:
         return dict(await self._do(calls.health()))
 
-    async def _stream_ended(self, group: str) -> CrcError:
-        """As ``Client._stream_ended``."""
+    async def _gone(self, group: str) -> NotFound | None:
+        """As ``Client._gone``."""
         try:
             await self.group(group)
         except NotFound:
             return calls.group_gone(group)
         except CrcError:
             pass
-        return Unavailable(f"the event stream of {group} ended (group deleted?)")
+        return None
+
+    async def _stream_ended(self, group: str) -> CrcError:
+        """As ``Client._stream_ended``."""
+        gone = await self._gone(group)
+        return gone or Unavailable(f"the event stream of {group} ended (group deleted?)")
 
     async def wait_ready(
         self,
@@ -326,6 +331,21 @@ class AsyncClient:
         timeout: float = 900.0,
         machines: list[str] | None = None,
         on_event: EventHandler | None = None,
+    ) -> dict[str, Any]:
+        try:
+            return await self._wait_ready(group, timeout, machines, on_event)
+        except InvalidInput:  # a machine revoked: by the deletion of its group?
+            gone = await self._gone(group)
+            if gone is None:
+                raise
+            raise gone from None
+
+    async def _wait_ready(
+        self,
+        group: str,
+        timeout: float,
+        machines: list[str] | None,
+        on_event: EventHandler | None,
     ) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         cursor = await self.event_cursor(group)

@@ -274,16 +274,21 @@ class Client:
                     call.params["since"] = item["cursor"]
                     yield Event.from_dict(item)
 
-    def _stream_ended(self, group: str) -> CrcError:
-        """Why a wait's event stream of ``group`` ended: the group was deleted meanwhile
-        (``NotFound``, as a key/value wait says it), or it cannot tell (``Unavailable``)."""
+    def _gone(self, group: str) -> NotFound | None:
+        """``NotFound`` if ``group`` was deleted (while a wait waited on it), else None."""
         try:
             self.group(group)
         except NotFound:
             return calls.group_gone(group)
         except CrcError:
             pass
-        return Unavailable(f"the event stream of {group} ended (group deleted?)")
+        return None
+
+    def _stream_ended(self, group: str) -> CrcError:
+        """Why a wait's event stream of ``group`` ended: the group was deleted meanwhile
+        (``NotFound``, as a key/value wait says it), or it cannot tell (``Unavailable``)."""
+        gone = self._gone(group)
+        return gone or Unavailable(f"the event stream of {group} ended (group deleted?)")
 
     # -- groups -------------------------------------------------------------------------
     def whoami(self) -> dict[str, Any]:
@@ -336,7 +341,23 @@ class Client:
         """Block until the group's machines (or ``machines``) are ready; return the
         group's view. ``on_event`` sees their state and progress events as they come.
         Raises Unavailable (code ``timeout``) after ``timeout`` seconds, InvalidInput if
-        a machine is revoked, NotFound if one of ``machines`` is not in the group."""
+        a machine is revoked, NotFound if one of ``machines`` is not in the group or the
+        group is deleted meanwhile."""
+        try:
+            return self._wait_ready(group, timeout, machines, on_event)
+        except InvalidInput:  # a machine revoked: by the deletion of its group?
+            gone = self._gone(group)
+            if gone is None:
+                raise
+            raise gone from None
+
+    def _wait_ready(
+        self,
+        group: str,
+        timeout: float,
+        machines: list[str] | None,
+        on_event: EventHandler | None,
+    ) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         cursor = self.event_cursor(group)
         wait = ReadyWait(self.group(group), machines)
