@@ -121,7 +121,7 @@ def test_a_masters_kv_wait_turned_away_is_asked_again_after_retry_after(
     import asyncio
     import threading
 
-    from cloudremotecontrol.errors import RateLimited
+    from cloudremotecontrol.errors import RateLimited, TimedOut
     from cloudremotecontrol.master.aclient import AsyncClient
     from cloudremotecontrol.master.client import Client
 
@@ -150,12 +150,22 @@ def test_a_masters_kv_wait_turned_away_is_asked_again_after_retry_after(
         )
         got_sync = pool.submit(sync.kv_get, "kvcap", "k2", 60)
         got_async = pool.submit(asyncio.run, async_get())
-        assert refused["sync"].wait(60) and refused["async"].wait(60)
+        # One that is asked again and then times out says the wait its caller gave.
+        other = Client(url, token, fp)
+        refused["other"] = threading.Event()
+        other._http.event_hooks["response"].append(
+            lambda r: refused["other"].set() if r.status_code == 429 else None
+        )
+        never = pool.submit(other.kv_get, "kvcap", "never", 8)
+        assert all(refused[who].wait(60) for who in ("sync", "async", "other"))
         env.client.kv_set("kvcap", "k2", {"v": 2})
         env.client.kv_set("kvcap", "k1", {"v": 1})  # the waits held end: places are free
         assert [w.result(timeout=60).status_code for w in waits] == [200] * len(waits)
         assert got_sync.result(timeout=60)["value"] == {"v": 2}
         assert got_async.result(timeout=60)["value"] == {"v": 2}
+        with pytest.raises(TimedOut, match=r"^key 'never' did not change within 8 s$"):
+            never.result(timeout=60)
+        other.close()
     assert_no_traceback_in_server_log(env.server)
 
 

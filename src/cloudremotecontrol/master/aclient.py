@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 
-from ..errors import CrcError, InvalidInput, NotFound, Unavailable
+from ..errors import CrcError, InvalidInput, NotFound, TimedOut, Unavailable
 from ..tlspin import client_context, is_untrusted, untrusted_error
 from . import calls
 from .calls import (
@@ -589,11 +589,16 @@ class AsyncClient:
     ) -> dict[str, Any]:
         """As ``Client.kv_get`` (a wait turned away with 429 is asked again after its
         ``Retry-After``, one cut by a server restart every second, within ``wait``)."""
-        call = calls.kv_get(group, key, wait, newer_than)
+        call = first = calls.kv_get(group, key, wait, newer_than)
         deadline = time.monotonic() + wait if wait and wait > 0 else None
         while True:
             try:
                 return dict(await self._do(call))
+            except TimedOut:
+                if call is first:
+                    raise
+                # Asked again for the time left: the caller gave ``wait``.
+                raise calls.kv_timed_out(key, wait) from None
             except Unavailable as exc:  # turned away (429), or the server restarts
                 delay = None if deadline is None else calls.kv_wait_delay(exc, deadline)
                 if delay is None or deadline is None:

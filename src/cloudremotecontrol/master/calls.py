@@ -19,6 +19,7 @@ from ..errors import (
     InvalidInput,
     NotFound,
     RateLimited,
+    TimedOut,
     Unavailable,
     error_from_answer,
     not_crc_server,
@@ -155,6 +156,11 @@ def raise_for(
         if value.isdigit() and len(value) <= 6:
             exc.details["retry_after"] = min(int(value), RETRY_AFTER_MAX)
     raise exc
+
+
+def kv_timed_out(key: str, wait: float) -> TimedOut:
+    """A key/value wait that ended without a newer version, as the server says it."""
+    return TimedOut(f"key {key!r} did not change within {wait:g} s")
 
 
 def kv_wait_delay(exc: Unavailable, deadline: float) -> float | None:

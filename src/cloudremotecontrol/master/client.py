@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 import httpx
 
-from ..errors import CrcError, InvalidInput, NotFound, TooLarge, Unavailable
+from ..errors import CrcError, InvalidInput, NotFound, TimedOut, TooLarge, Unavailable
 from ..protocol.limits import MAX_FILE_BYTES, file_too_large
 from ..tlspin import client_context, is_untrusted, untrusted_error
 from . import calls
@@ -629,11 +629,16 @@ class Client:
         many at once: ``RateLimited``, 429) is asked again after its ``Retry-After``, and
         one cut by a server restart (``Unavailable``) every second, as long as that is
         within ``wait``."""
-        call = calls.kv_get(group, key, wait, newer_than)
+        call = first = calls.kv_get(group, key, wait, newer_than)
         deadline = time.monotonic() + wait if wait and wait > 0 else None
         while True:
             try:
                 return dict(self._do(call))
+            except TimedOut:
+                if call is first:
+                    raise
+                # Asked again for the time left: the caller gave ``wait``.
+                raise calls.kv_timed_out(key, wait) from None
             except Unavailable as exc:  # turned away (429), or the server restarts
                 delay = None if deadline is None else calls.kv_wait_delay(exc, deadline)
                 if delay is None or deadline is None:
