@@ -224,7 +224,10 @@ def emit(
     type_: str, body: str | None, to: str, state_dir: str | None, agent_wait: float, as_json: bool
 ) -> None:
     """Send data message TYPE (user.NAME) with an optional JSON BODY to the master or to
-    peers. Data only: a machine can never command another."""
+    peers. Data only: a machine can never command another.
+
+    A --to that names no machine of the group (or matches none) fails (exit 4) and sends
+    nothing; while the server cannot be reached it is sent unchecked."""
     try:
         parsed = json.loads(body) if body else {}
     except ValueError:
