@@ -196,6 +196,7 @@ def test_a_group_past_its_ttl_is_revoked_and_flagged(env, crc):
         ("run", "short", "--to", "x", "--", "true"),
         ("send", "short", "--to", "x", "user.hi", "{}"),
         ("bootstrap", "short", "x", "--os", "linux"),
+        ("wait", "short", "--timeout", "30s"),  # its machines will never be ready
     ):
         r = crc(*args)
         assert r.returncode == 4, (args, r.stdout, r.stderr)

@@ -313,12 +313,12 @@ class AsyncClient:
     async def _gone(self, group: str) -> NotFound | None:
         """As ``Client._gone``."""
         try:
-            await self.group(group)
+            view = await self.group(group)
         except NotFound:
-            return calls.group_gone(group)
+            return calls.group_gone(group, None)
         except CrcError:
-            pass
-        return None
+            return None
+        return calls.group_gone(group, view)
 
     async def _stream_ended(self, group: str) -> CrcError:
         """As ``Client._stream_ended``."""

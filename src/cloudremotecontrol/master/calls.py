@@ -228,9 +228,19 @@ def _number(value: float | None, what: str) -> float | None:
     return value
 
 
-def group_gone(group: str) -> NotFound:
-    """The error of a wait whose group was deleted while it waited."""
-    return NotFound(f"group {group!r} was deleted while waiting", field="group")
+def group_gone(group: str, view: dict[str, Any] | None) -> NotFound | None:
+    """The error of a wait on ``group`` whose machines were revoked or whose events
+    ended: it was deleted (``view`` None: the server knows it no more) or has expired
+    (its TTL), as the server says of commands to it; else None."""
+    if view is None:
+        return NotFound(f"group {group!r} was deleted while waiting", field="group")
+    if view.get("expired"):
+        return NotFound(
+            f"group {group!r} has expired (its TTL): its machines are revoked; run "
+            f"`crc down` or `crc group delete {group}`",
+            field="group",
+        )
+    return None
 
 
 # -- the calls ----------------------------------------------------------------------------

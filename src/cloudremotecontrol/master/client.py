@@ -275,14 +275,15 @@ class Client:
                     yield Event.from_dict(item)
 
     def _gone(self, group: str) -> NotFound | None:
-        """``NotFound`` if ``group`` was deleted (while a wait waited on it), else None."""
+        """``NotFound`` if ``group`` was deleted (while a wait waited on it) or has
+        expired, else None."""
         try:
-            self.group(group)
+            view = self.group(group)
         except NotFound:
-            return calls.group_gone(group)
+            return calls.group_gone(group, None)
         except CrcError:
-            pass
-        return None
+            return None
+        return calls.group_gone(group, view)
 
     def _stream_ended(self, group: str) -> CrcError:
         """Why a wait's event stream of ``group`` ended: the group was deleted meanwhile
