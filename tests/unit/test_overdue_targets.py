@@ -151,7 +151,7 @@ def test_a_machine_still_sending_is_waited_for_until_it_falls_silent(server: Ser
     m = Machine(server)
     m.ack_all()
     m.send("job.started", {"job_id": job_id})
-    _age(server, 10 * GRACE)  # started long ago, connected since
+    _age(server, 2 * GRACE)  # started long ago, connected since
     assert server.run(overdue.overdue_targets, time.time(), GRACE) == [(job_id, server.machine_id)]
     # The machine sends something else first (a message to the master).
     m.send("user.backlog", {"n": 1})
@@ -168,9 +168,30 @@ def test_a_machine_silent_for_the_grace_after_sending_is_given_up(server: Server
     m = Machine(server)
     m.ack_all()
     m.send("job.started", {"job_id": job_id})
-    _age(server, 10 * GRACE)
+    _age(server, 2 * GRACE)
     m.send("progress", {"text": "still here"})
     assert server.run(overdue.overdue_targets, time.time(), GRACE) == []
     _age(server, GRACE + 1)  # then nothing for the grace
     server.run(overdue.end_overdue, time.time(), GRACE)
     assert _target(server, job_id)["status"] == "lost"
+
+
+def test_a_machine_that_keeps_sending_other_things_ends_its_hung_target_at_last(
+    server: Server,
+) -> None:
+    """A hung job beside an agent that keeps sending (progress lines, other jobs) ends
+    ``lost`` once ``OVERDUE_MAX_GRACES`` graces have passed after the job's timeout."""
+    spec = {"argv": ["sleep", "1000"], "timeout": 5}
+    job_id = server.run(jobs.create_job, server.user, "lab", "m", spec)["job_id"]
+    m = Machine(server)
+    m.ack_all()
+    m.send("job.started", {"job_id": job_id})
+    _age(server, 5 + (overdue.OVERDUE_MAX_GRACES - 1) * GRACE)
+    m.send("progress", {"text": "tail of a log"})
+    assert server.run(overdue.overdue_targets, time.time(), GRACE) == []
+    _age(server, GRACE + 1)  # past the cap, though it sends all the time
+    m.send("progress", {"text": "tail of a log"})
+    server.run(overdue.end_overdue, time.time(), GRACE)
+    ended = _target(server, job_id)
+    assert ended["status"] == "lost"
+    assert "no end 1200 s after the job's timeout (5 s), while it kept sending" in ended["reason"]

@@ -858,9 +858,9 @@ class Agent:
         await self._output(job.job_id, "stdout", summary + "\n")
         await self._job_ended(job.job_id, "succeeded", 0, None)
 
-    async def roster(self) -> dict[str, Any]:
+    async def roster(self, timeout: float = 30) -> dict[str, Any]:
         """The group's roster, fetched from the server with this machine's credential."""
-        return await asyncio.to_thread(self._get, "/v1/agent/roster")
+        return await asyncio.to_thread(self._get, "/v1/agent/roster", "GET", None, timeout)
 
     async def http(
         self, method: str, path: str, body: Any = None, timeout: float = 30

@@ -276,7 +276,10 @@ async def _handle(agent: Agent, req: dict[str, Any]) -> dict[str, Any] | Handed:
         await agent.emit(req.get("type"), req.get("body"), to=to, request_id=req.get("id"))
         return {}
     if op == "peers":
-        return await agent.roster()
+        wait = req.get("timeout", 30)
+        if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not 0 < wait <= 30:
+            raise InvalidInput("the roster's timeout must be between 0 and 30 seconds")
+        return await agent.roster(float(wait))
     if op in ("kv-get", "kv-set", "kv-wait"):
         from urllib.parse import quote
 

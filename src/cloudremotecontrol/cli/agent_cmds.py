@@ -241,6 +241,11 @@ def emit(
         emit_json({"ok": True})
 
 
+#: How long ``crc agent emit --to PEERS`` waits for the group's machines (the roster,
+#: asked of the server) before it sends the message unchecked.
+PEERS_CHECK_SECONDS = 5.0
+
+
 def _check_peers(state_dir: str | None, to: str, agent_wait: float) -> None:
     """Refuse a ``--to`` that names no machine of the group now (NotFound, exit 4), as
     the server would when it routes the message (then only as an ``agent.error`` event,
@@ -251,19 +256,27 @@ def _check_peers(state_dir: str | None, to: str, agent_wait: float) -> None:
     from ..protocol.names import parse_target
 
     target = parse_target(to)  # a malformed one: exit 2
+
+    def unchecked(why: str) -> None:
+        click.echo(
+            f"crc: cannot check --to against the group's machines now ({why}): "
+            "sending the message anyway; one for no machine of the group is dropped by the "
+            "server (an agent.error event)",
+            err=True,
+        )
+
+    status = _call(state_dir, {"op": "status"}, agent_wait)  # the agent must be running
+    if isinstance(status, dict) and status.get("connected") is False:
+        unchecked("the agent is not connected to the server")  # no wait on a dead link
+        return
     try:
-        roster = _call(state_dir, {"op": "peers"}, agent_wait)
+        roster = _call(state_dir, {"op": "peers", "timeout": PEERS_CHECK_SECONDS}, agent_wait)
     except Unavailable as exc:
         try:  # the agent answers (so the server is what cannot be reached)?
             call(_state_dir(state_dir), {"op": "status"}, 10.0)
         except Unavailable:
             raise exc from None
-        click.echo(
-            f"crc: cannot check --to against the group's machines now ({exc.message}): "
-            "sending the message anyway; one for no machine of the group is dropped by the "
-            "server (an agent.error event)",
-            err=True,
-        )
+        unchecked(exc.message)
         return
     machines = roster.get("machines") if isinstance(roster, dict) else None
     group = roster.get("group") if isinstance(roster, dict) else None

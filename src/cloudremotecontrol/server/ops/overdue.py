@@ -12,8 +12,10 @@ is waited for: what it did meanwhile is delivered when it comes back (docs/deliv
 and one that just came back has the grace to say so. So is one that sent anything within
 the grace (``machines.last_in``): an agent catching up on a backlog sends its messages
 in order, slowly on a slow link, and a result it is still on its way to is not
-acknowledged then ignored. Only ``job.run`` targets have a timeout: a file transfer runs
-as long as its bytes keep coming.
+acknowledged then ignored; for ``OVERDUE_MAX_GRACES`` graces at most, so that a hung job
+beside an agent that keeps sending other things (progress, other jobs) still ends. Only
+``job.run`` targets have a timeout: a file transfer runs as long as its bytes keep
+coming.
 
 The server's touch loop (``app.py``) calls these: a read finds the candidates, a write
 ends those still overdue (another replica may have ended them meanwhile).
@@ -28,11 +30,19 @@ from ..store.base import Tx
 from .common import loads
 from .streams import job_steps
 
-__all__ = ["OVERDUE_GRACE", "end_overdue", "grace_for", "overdue_targets"]
+__all__ = ["OVERDUE_GRACE", "OVERDUE_MAX_GRACES", "end_overdue", "grace_for", "overdue_targets"]
 
 #: Seconds past a target's timeout, beyond the agent silence timeout, after which the
 #: server stops waiting for its end.
 OVERDUE_GRACE = 120.0
+
+
+#: A connected machine that keeps sending (other jobs' output, progress, messages) but
+#: never ends a target is given this many graces past the job's timeout at most (20
+#: minutes with the default agent silence timeout): a backlog it works through is seldom
+#: that long, and a hung job runner beside a chatty agent must not keep its master
+#: waiting for ever.
+OVERDUE_MAX_GRACES = 5
 
 
 def grace_for(agent_silence_timeout: float) -> float:
@@ -63,37 +73,41 @@ def _timeouts(tx: Tx, job_ids: set[str]) -> dict[str, float | None]:
     return out
 
 
-def _silent(tx: Tx, machine_id: str, since: float) -> bool:
-    """Whether the machine has been connected, and has sent nothing, since ``since``:
-    no message of it applied (``last_in``) and no state change after it. A connection
-    older than the events kept counts as old."""
+def _last_in(tx: Tx, machine_id: str, since: float) -> float | None:
+    """When the machine last sent a message (``last_in``), if it has been connected
+    since ``since`` (no state change after it); None if it is offline or connected
+    later. A connection older than the events kept counts as old."""
     m = tx.one("SELECT group_id, name, state, last_in FROM machines WHERE id = ?", (machine_id,))
     if m is None or m["state"] not in ("enrolled", "ready"):
-        return False
-    if float(m["last_in"]) >= since:
-        return False
+        return None
     last = tx.one(
         "SELECT created FROM events WHERE group_id = ? AND machine = ? "
         "AND type = 'machine.state' ORDER BY id DESC LIMIT 1",
         (m["group_id"], m["name"]),
     )
-    return last is None or float(last["created"]) < since
+    if last is not None and float(last["created"]) >= since:
+        return None
+    return float(m["last_in"])
 
 
 def _overdue(tx: Tx, at: float, grace: float) -> list[dict[str, Any]]:
     rows = tx.all(_OPEN, (at - grace,))
     timeouts = _timeouts(tx, {r["job_id"] for r in rows})
-    silent: dict[str, bool] = {}
+    heard: dict[str, float | None] = {}
     out = []
     for r in rows:
         timeout = timeouts[r["job_id"]]
         if timeout is None or float(r["updated"]) + timeout + grace >= at:
             continue
         mid = r["machine_id"]
-        if mid not in silent:
-            silent[mid] = _silent(tx, mid, at - grace)
-        if silent[mid]:
-            out.append({**r, "timeout": timeout})
+        if mid not in heard:
+            heard[mid] = _last_in(tx, mid, at - grace)
+        last_in = heard[mid]
+        if last_in is None:
+            continue  # offline, or just back: waited for
+        capped = float(r["updated"]) + timeout + OVERDUE_MAX_GRACES * grace < at
+        if last_in < at - grace or capped:
+            out.append({**r, "timeout": timeout, "waited": grace if not capped else None})
     return out
 
 
@@ -109,10 +123,17 @@ def end_overdue(tx: Tx, at: float, grace: float = OVERDUE_GRACE) -> Deliveries:
         m = tx.one("SELECT id, name, group_id FROM machines WHERE id = ?", (r["machine_id"],))
         if m is None:
             continue
-        reason = (
-            f"the machine reported no end {grace:g} s after the job's timeout "
-            f"({r['timeout']:g} s): its agent hung, or the machine went away"
-        )
+        if r["waited"] is not None:
+            reason = (
+                f"the machine reported no end {grace:g} s after the job's timeout "
+                f"({r['timeout']:g} s): its agent hung, or the machine went away"
+            )
+        else:
+            reason = (
+                f"the machine reported no end {OVERDUE_MAX_GRACES * grace:g} s after the "
+                f"job's timeout ({r['timeout']:g} s), while it kept sending other "
+                "messages: its agent's job runner hung"
+            )
         deliveries += job_steps(tx, dict(m), r["job_id"], [(JobEvent.LOSE, None, reason)])
         tx.notify(m["group_id"])
     return deliveries
