@@ -35,3 +35,16 @@ def test_an_unreadable_key_file_still_stops_an_agent_not_enrolled(env: Env) -> N
     agent = env.agent("a", None, extra=["--key-file", str(env.tmp / "missing")])
     assert agent.wait(60) == 2
     assert "cannot read key file" in agent.log()
+
+
+def test_the_key_file_wins_over_an_old_crc_key_in_the_environment(env: Env) -> None:
+    """An image or cloud-init environment may still export an old ``CRC_KEY``: the key
+    file the startup script wrote is the one used (and removed)."""
+    key = env.client.create_group("lab", ["a"])["machines"][0]["key"]
+    key_file = env.tmp / "key"
+    key_file.write_text(key + "\n")
+    stale = "crck_" + "0" * 8 + "_" + "x" * 32
+    agent = env.agent("a", None, extra=["--key-file", str(key_file)], env={"CRC_KEY": stale})
+    env.wait_state("lab", ["a"], "ready")
+    assert agent.alive(), agent.log()
+    assert not key_file.exists()

@@ -63,8 +63,8 @@ def run_agent(
                 f"this machine was revoked ({state.get('revoked')}); remove "
                 f"{state_dir} and enroll with a new key to use it again"
             )
-        if key is None and key_file and state.load_credential() is None:
-            key = _read_key_file(key_file)
+        if key_file and state.load_credential() is None:
+            key = _read_key_file(key_file)  # before --key / CRC_KEY, as it always was
         cred = load_or_enroll(state, url, key, fingerprint)
         if key_file:
             _remove_key_file(key_file)
