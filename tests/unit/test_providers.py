@@ -29,6 +29,7 @@ from cloudremotecontrol.providers import (
     scenario_tag,
     teardown_providers,
 )
+from cloudremotecontrol.providers.destroy import CLEANUP
 from cloudremotecontrol.providers.local import LocalProvider
 from cloudremotecontrol.providers.vultr import VultrProvider
 
@@ -324,3 +325,19 @@ def test_down_says_why_a_machine_was_not_destroyed() -> None:
     assert text.startswith(
         "still at memory after 0.3 s: b (not destroyed: API failed DELETE b); to try again"
     )
+
+
+class CleanupFails(Cloud):
+    def cleanup(self, scenario: str) -> dict[str, int]:
+        self.calls.append("cleanup failed")
+        raise ProviderError("API failed DELETE /startup-scripts/s1", provider=self.name)
+
+
+def test_a_cleanup_the_provider_refuses_leaves_the_machines_destroyed() -> None:
+    """Once every machine is gone, a clean-up that fails (Vultr's startup scripts) is
+    reported, not raised: nothing bills any more, and the next ``crc down`` cleans up."""
+    cloud, clock = CleanupFails(["a", "b"]), Clock()
+    out = destroy_scenario(cloud, "s", sleep=clock.sleep, clock=clock)
+    assert out.ok and [i.id for i in out.destroyed] == ["a", "b"]
+    assert out.cleaned == {} and out.errors == {CLEANUP: "API failed DELETE /startup-scripts/s1"}
+    assert cloud.calls[-1] == "cleanup failed"

@@ -23,7 +23,10 @@ from dataclasses import dataclass, field
 from ..errors import ProviderError
 from .base import Instance, Provider
 
-__all__ = ["VERIFY_SECONDS", "Destroyed", "destroy_scenario"]
+__all__ = ["CLEANUP", "VERIFY_SECONDS", "Destroyed", "destroy_scenario"]
+
+#: The key of ``Destroyed.errors`` for a ``cleanup`` the provider refused.
+CLEANUP = "cleanup"
 
 VERIFY_SECONDS = 180.0
 POLL_SECONDS = 2.0
@@ -33,7 +36,8 @@ POLL_SECONDS = 2.0
 class Destroyed:
     """What ``destroy_scenario`` did: the instances it destroyed, those still listed
     when it gave up (empty: all gone), why the provider refused to destroy some of those
-    (``errors``: instance id -> message), and what ``cleanup`` removed."""
+    (``errors``: instance id -> message, and ``CLEANUP`` -> message when the clean-up
+    after them failed), and what ``cleanup`` removed."""
 
     destroyed: list[Instance]
     left: list[Instance]
@@ -101,11 +105,14 @@ def destroy_scenario(
         if failed is None:
             destroy_new(left)  # what appeared late, and what was refused before
         sleep(POLL_SECONDS)
-    cleaned = provider.cleanup(scenario) if not left else {}
     kept = {i.id for i in left}
-    return Destroyed(
-        list(destroyed.values()),
-        left,
-        cleaned,
-        {k: v for k, v in errors.items() if k in kept},
-    )
+    errors = {k: v for k, v in errors.items() if k in kept}
+    cleaned: dict[str, int] = {}
+    if not left:
+        try:
+            cleaned = provider.cleanup(scenario)
+        except ProviderError as exc:
+            # The machines are gone (nothing bills); what the provider keeps beside them
+            # stays for the next `crc down`, which lists nothing and cleans up again.
+            errors[CLEANUP] = exc.message
+    return Destroyed(list(destroyed.values()), left, cleaned, errors)

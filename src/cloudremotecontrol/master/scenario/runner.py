@@ -43,6 +43,7 @@ from ...providers import (
     destroy_scenario,
     tag_value,
 )
+from ...providers.destroy import CLEANUP
 from ..client import Client
 from ..follow import follow_events
 from ..profile import Profile
@@ -625,6 +626,11 @@ def _down(
             f"{provider.name}; group {fate}",
             **doc,
         )
+        if CLEANUP in gone.errors:
+            view.info(
+                f"{provider.name} kept what it holds beside the machines (startup scripts): "
+                f"{gone.errors[CLEANUP]}; `crc down` again removes it"
+            )
     if isinstance(unreachable, Unauthorized):
         raise Unauthorized(
             f"{unreachable.message}; group {group} is not deleted (its keys are not "
