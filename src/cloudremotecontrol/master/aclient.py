@@ -604,7 +604,7 @@ class AsyncClient:
                 if delay is None or deadline is None:
                     raise
             await asyncio.sleep(delay)
-            call = calls.kv_get(group, key, deadline - time.monotonic(), newer_than)
+            call = calls.kv_get(group, key, calls.kv_wait_left(key, wait, deadline), newer_than)
 
     async def kv_list(self, group: str) -> list[dict[str, Any]]:
         return list(await self._do(calls.kv_list(group)))

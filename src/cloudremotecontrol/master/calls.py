@@ -183,6 +183,16 @@ def kv_wait_delay(exc: Unavailable, deadline: float) -> float | None:
     return delay
 
 
+def kv_wait_left(key: str, wait: float, deadline: float) -> float:
+    """The time left of a key/value wait asked again (``kv_wait_delay`` slept), or its
+    ``TimedOut`` when a sleep that overran left none (the server refuses a negative
+    wait: the caller would get a usage error instead)."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise kv_timed_out(key, wait)
+    return left
+
+
 _NOT_CRC = "is the URL that of a CloudRemoteControl server?"
 
 

@@ -645,7 +645,7 @@ class Client:
                 if delay is None or deadline is None:
                     raise
             time.sleep(delay)
-            call = calls.kv_get(group, key, deadline - time.monotonic(), newer_than)
+            call = calls.kv_get(group, key, calls.kv_wait_left(key, wait, deadline), newer_than)
 
     def kv_list(self, group: str) -> list[dict[str, Any]]:
         return list(self._do(calls.kv_list(group)))

@@ -1,0 +1,31 @@
+"""A key/value wait the SDK asks again (after a 429 or a server restart) is sent with
+the time left of the caller's wait, never a negative one: a sleep that overran the
+deadline ends it ``TimedOut``, as the first wait would have."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from cloudremotecontrol.errors import RateLimited, TimedOut, Unavailable
+from cloudremotecontrol.master import calls
+
+
+def test_the_time_left_is_what_is_sent_again() -> None:
+    left = calls.kv_wait_left("k", 30, time.monotonic() + 10)
+    assert 9 < left <= 10
+
+
+def test_a_sleep_that_overran_the_deadline_ends_the_wait_timed_out() -> None:
+    with pytest.raises(TimedOut, match="30"):
+        calls.kv_wait_left("k", 30, time.monotonic() - 0.01)
+
+
+def test_a_429_is_asked_again_only_within_the_wait() -> None:
+    refused = RateLimited("too many key/value waits at once", retry_after=2)
+    delay = calls.kv_wait_delay(refused, time.monotonic() + 60)
+    assert delay is not None and 2 <= delay <= 3
+    assert calls.kv_wait_delay(refused, time.monotonic() + 1) is None
+    other = Unavailable("not a CloudRemoteControl server", code="not_crc_server")
+    assert calls.kv_wait_delay(other, time.monotonic() + 60) is None
