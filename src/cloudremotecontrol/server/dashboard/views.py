@@ -220,6 +220,9 @@ def job_page(tx: Tx, user_id: str, job_id: str) -> dict[str, Any]:
             machine = r["machine"]
             if r["type"] != "job.output" or not machine:
                 continue
+            # Every row read counts, those of a machine already shown in full too: a
+            # machine printing without end cannot make a page read all it printed.
+            read += len(r["data"] or "") + 100
             if machine in whole:
                 cut = True  # an earlier part of an output already shown in full
                 continue
@@ -229,7 +232,6 @@ def job_page(tx: Tx, user_id: str, job_id: str) -> dict[str, Any]:
             sizes[machine] = sizes.get(machine, 0) + len(text)
             if sizes[machine] >= OUTPUT_TAIL:
                 whole.add(machine)
-            read += len(text) + 100  # a row costs something, however short its text
         if len(rows) < BATCH:
             break
         if read > OUTPUT_READ or len(whole) >= len(job["targets"]):

@@ -1,0 +1,63 @@
+"""A job's page reads the job's output newest first and stops after ``OUTPUT_READ``
+bytes: rows of a machine whose last part is already shown count too, so a machine that
+printed gigabytes cannot make one page load read them all while another target (offline,
+queued, quiet) never fills its part. The real store operations on a SQLite file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cloudremotecontrol.server.dashboard import views
+from cloudremotecontrol.server.ops import groups, jobs, users
+from cloudremotecontrol.server.ops.common import add_events
+from cloudremotecontrol.server.store.sqlite import SqliteStore
+
+
+def test_a_page_stops_reading_past_its_bound_though_a_target_never_fills(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(views, "OUTPUT_TAIL", 100)
+    monkeypatch.setattr(views, "OUTPUT_READ", 2_000)
+    monkeypatch.setattr(views, "BATCH", 10)
+    store = SqliteStore(str(tmp_path / "crc.db"))
+    store.open_sync()
+    try:
+        token = store.write_sync(users.create_user, "alice")
+        user = store.write_sync(users.authenticate_master, token)
+        store.write_sync(
+            groups.create_group, user["user_id"], "lab", [{"name": "m"}, {"name": "n"}]
+        )
+        job = store.write_sync(jobs.create_job, user, "lab", "all", {"argv": ["yes"]})
+        gid = store.write_sync(lambda tx: tx.one("SELECT id FROM groups WHERE name = 'lab'"))["id"]
+        chunk = {"job_id": job["job_id"], "stream": "stdout", "data": "y\n" * 100}
+
+        def chatty(tx: Any) -> None:  # m prints 1,000 chunks; n prints nothing
+            for _ in range(1_000):
+                add_events(tx, gid, [("job.output", chunk)], machine="m", job_id=job["job_id"])
+
+        store.write_sync(chatty)
+        fetched = 0
+
+        def page(tx: Any) -> dict[str, Any]:
+            nonlocal fetched
+            real = tx.all
+
+            def counting(sql: str, params: Any = ()) -> list[Any]:
+                nonlocal fetched
+                rows = real(sql, params)
+                if "FROM events" in sql:
+                    fetched += len(rows)
+                return rows
+
+            tx.all = counting
+            return views.job_page(tx, user["user_id"], job["job_id"])
+
+        shown = store.write_sync(page)
+        assert shown["outputs"]["m"] == ("y\n" * 100)[-100:]
+        assert shown["output_cut"] is True
+        assert fetched <= 2_000 // 200 + 2 * 10, f"{fetched} of 1,000 output rows read"
+    finally:
+        store.close_sync()
