@@ -43,16 +43,8 @@ def test_a_follower_gets_every_event_of_jobs_run_at_once(env: Any) -> None:
     assert seen[-1] == final[0]
 
 
-def test_a_message_wait_whose_group_is_deleted_says_so(env: Any) -> None:
-    """The group deleted while a message wait follows its events: NotFound (exit 4, as
-    a key/value wait on it), not a stream that merely ended (exit 6)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    import pytest
-
-    from cloudremotecontrol.errors import NotFound
-
-    env.client.create_group("lab", ["a"])
+def _following_client(env: Any) -> tuple[Client, threading.Event]:
+    """A client, and an event set once the client it follows events with has read them."""
     following = threading.Event()
     client = Client(env.server.url, env.token, env.server.fingerprint)
     make_sibling = client._sibling
@@ -65,6 +57,20 @@ def test_a_message_wait_whose_group_is_deleted_says_so(env: Any) -> None:
         return s
 
     client._sibling = sibling  # type: ignore[method-assign]
+    return client, following
+
+
+def test_a_message_wait_whose_group_is_deleted_says_so(env: Any) -> None:
+    """The group deleted while a message wait follows its events: NotFound (exit 4, as
+    a key/value wait on it), not a stream that merely ended (exit 6)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import pytest
+
+    from cloudremotecontrol.errors import NotFound
+
+    env.client.create_group("lab", ["a"])
+    client, following = _following_client(env)
     with client, ThreadPoolExecutor(1) as pool:
         waiting = pool.submit(client.wait_message, "lab", "user.never", None, None, 60)
         assert following.wait(60)
@@ -85,18 +91,7 @@ def test_a_ready_wait_whose_group_is_deleted_says_so(env: Any) -> None:
     from cloudremotecontrol.errors import NotFound
 
     env.client.create_group("lab", ["a"])
-    following = threading.Event()
-    client = Client(env.server.url, env.token, env.server.fingerprint)
-    make_sibling = client._sibling
-
-    def sibling() -> Client:  # the client that follows the events: seen when it does
-        s = make_sibling()
-        s._http.event_hooks["response"].append(
-            lambda r: following.set() if r.request.url.path.endswith("/events") else None
-        )
-        return s
-
-    client._sibling = sibling  # type: ignore[method-assign]
+    client, following = _following_client(env)
     cli = subprocess.Popen(
         [sys.executable, "-m", "cloudremotecontrol", "wait", "lab", "--timeout", "60s"],
         stdout=subprocess.PIPE,
