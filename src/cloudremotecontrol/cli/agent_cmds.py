@@ -227,7 +227,8 @@ def emit(
     peers. Data only: a machine can never command another.
 
     A --to that names no machine of the group (or matches none) fails (exit 4) and sends
-    nothing; while the server cannot be reached it is sent unchecked."""
+    nothing; while the agent is not connected or the server cannot be reached (5 s), it
+    is sent unchecked."""
     try:
         parsed = json.loads(body) if body else {}
     except ValueError:
@@ -250,7 +251,8 @@ def _check_peers(state_dir: str | None, to: str, agent_wait: float) -> None:
     """Refuse a ``--to`` that names no machine of the group now (NotFound, exit 4), as
     the server would when it routes the message (then only as an ``agent.error`` event,
     the message being sent already). The group's machines come from the server (the
-    roster); while it cannot be reached, the message is sent unchecked, as before."""
+    roster); while the agent is not connected, or the server does not answer within
+    ``PEERS_CHECK_SECONDS``, the message is sent unchecked, as before."""
     from ..agent.control import call
     from ..errors import NotFound
     from ..protocol.names import parse_target
