@@ -27,7 +27,7 @@ from typing import Any
 from ..errors import InvalidInput, KeyRejected, Unavailable
 from .platform import Platform
 from .platform.services import SERVICE_NAME, ServiceManager, ServiceSpec
-from .state import AgentState, Credential
+from .state import AgentState, Credential, remove_key_file
 
 __all__ = ["SERVICE_MARKER", "agent_command", "install_agent", "uninstall_agent"]
 
@@ -228,8 +228,10 @@ def install_agent(
         cred = _enroll(platform, state_dir, url, key, fingerprint, wait)
         enrolled_now = True
     if key_file is not None:
-        # Used or not needed: either way it must not stay on disk.
-        Path(key_file).unlink(missing_ok=True)
+        # Used or not needed: either way it must not stay on disk (a regular file only).
+        why = remove_key_file(key_file)
+        if why is not None:
+            log.warning("did not remove the key file %s: %s", key_file, why)
     python, entry = agent_command()
     run_args = (
         "--state-dir",

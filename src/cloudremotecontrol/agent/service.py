@@ -18,7 +18,7 @@ from .control import ControlServer, Handed
 from .core import Agent, Revoked, load_or_enroll
 from .lock import StateDirLock
 from .platform import current
-from .state import AgentState
+from .state import AgentState, remove_key_file
 
 __all__ = ["run_agent"]
 
@@ -109,10 +109,9 @@ def _remove_key_file(key_file: str) -> None:
     """The machine is enrolled: the key file, used or not needed, must not stay on disk
     (as ``crc agent install`` does). One that cannot be removed is only logged: the
     key in it is used up."""
-    try:
-        Path(key_file).unlink(missing_ok=True)
-    except OSError as exc:
-        log.warning("could not remove the key file %s: %s", key_file, exc.strerror or exc)
+    why = remove_key_file(key_file)
+    if why is not None:
+        log.warning("did not remove the key file %s: %s", key_file, why)
 
 
 def _remove_hosts_block(platform: Any, group: str) -> None:

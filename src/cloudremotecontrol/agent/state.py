@@ -34,7 +34,7 @@ from ..protocol.frames import Msg, renumber_frame, write_frame
 from ..protocol.messages import Envelope, SystemReady
 from .lock import unusable_state_dir
 
-__all__ = ["AgentState", "Credential"]
+__all__ = ["AgentState", "Credential", "remove_key_file"]
 
 # The control requests carried out that are remembered (their ids, to answer one sent
 # again without doing it twice): the last MAX_REQUEST_IDS, none older than a day.
@@ -42,6 +42,30 @@ MAX_REQUEST_IDS = 10_000
 KEEP_REQUEST_IDS_SECONDS = 86400.0
 WAL_CHECKPOINT_PAGES = 64  # pages of the write-ahead log (256 KiB) that start a checkpoint
 WAL_KEEP_BYTES = 256 * 1024  # what the log file keeps of its size once checkpointed
+
+
+def remove_key_file(key_file: str) -> str | None:
+    """Remove the enrollment key file once the machine is enrolled (its key is used up,
+    or not needed): a regular file only. A link, a device or a pipe (``--key-file
+    /dev/stdin``, fed by a script) is left where it is. Returns why nothing was removed,
+    or None."""
+    import stat
+
+    try:
+        st = os.lstat(key_file)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file: left as it is"
+    try:
+        os.unlink(key_file)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
 
 
 @dataclass
