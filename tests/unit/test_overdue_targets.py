@@ -195,3 +195,16 @@ def test_a_machine_that_keeps_sending_other_things_ends_its_hung_target_at_last(
     ended = _target(server, job_id)
     assert ended["status"] == "lost"
     assert "no end 1200 s after the job's timeout (5 s), while it kept sending" in ended["reason"]
+
+
+def test_a_machine_silent_past_the_cap_too_is_said_to_be_silent(server: Server) -> None:
+    spec = {"argv": ["sleep", "1000"], "timeout": 5}
+    job_id = server.run(jobs.create_job, server.user, "lab", "m", spec)["job_id"]
+    m = Machine(server)
+    m.ack_all()
+    m.send("job.started", {"job_id": job_id})
+    _age(server, 5 + (overdue.OVERDUE_MAX_GRACES + 1) * GRACE)  # e.g. a server down long
+    server.run(overdue.end_overdue, time.time(), GRACE)
+    ended = _target(server, job_id)
+    assert ended["status"] == "lost"
+    assert "reported no end 240 s after the job's timeout (5 s): its agent hung" in ended["reason"]

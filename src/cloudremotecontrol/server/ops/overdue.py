@@ -105,9 +105,9 @@ def _overdue(tx: Tx, at: float, grace: float) -> list[dict[str, Any]]:
         last_in = heard[mid]
         if last_in is None:
             continue  # offline, or just back: waited for
-        capped = float(r["updated"]) + timeout + OVERDUE_MAX_GRACES * grace < at
-        if last_in < at - grace or capped:
-            out.append({**r, "timeout": timeout, "waited": grace if not capped else None})
+        silent = last_in < at - grace
+        if silent or float(r["updated"]) + timeout + OVERDUE_MAX_GRACES * grace < at:
+            out.append({**r, "timeout": timeout, "silent": silent})
     return out
 
 
@@ -123,7 +123,7 @@ def end_overdue(tx: Tx, at: float, grace: float = OVERDUE_GRACE) -> Deliveries:
         m = tx.one("SELECT id, name, group_id FROM machines WHERE id = ?", (r["machine_id"],))
         if m is None:
             continue
-        if r["waited"] is not None:
+        if r["silent"]:
             reason = (
                 f"the machine reported no end {grace:g} s after the job's timeout "
                 f"({r['timeout']:g} s): its agent hung, or the machine went away"
