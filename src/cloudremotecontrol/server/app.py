@@ -14,7 +14,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -145,6 +145,24 @@ class _BodyTooLarge(StarletteHTTPException):
         super().__init__(413, detail)
 
 
+async def _dashboard_page(
+    request: Request,
+    status: int,
+    code: str,
+    message: str,
+    headers: dict[str, str] | None = None,
+) -> Response | None:
+    """The error as the dashboard's HTML page when a browser asked for a dashboard
+    address (dashboard/routes.py ``wants_page``), else None (the API's JSON error)."""
+    if not request.app.state.dashboard:
+        return None
+    from .dashboard.routes import error_page, wants_page
+
+    if not wants_page(request):
+        return None
+    return await error_page(request, status, code, message, headers)
+
+
 async def _send_error(send: Send, exc: CrcError) -> None:
     resp = JSONResponse(exc.to_payload(), status_code=exc.http_status)
     await send(
@@ -251,17 +269,20 @@ def create_app(
     app.add_middleware(BodyLimit, limit=MAX_HTTP_BODY_BYTES, exempt=api_files.LARGE_BODY_PREFIXES)
 
     @app.exception_handler(CrcError)
-    async def crc_error(_: Request, exc: CrcError) -> JSONResponse:
+    async def crc_error(request: Request, exc: CrcError) -> Response:
         retry = exc.details.get("retry_after") if isinstance(exc, RateLimited) else None
         headers = {"Retry-After": str(retry)} if retry is not None else None
         if isinstance(exc, RateLimited):
             # Told to come back later: its connection is not kept open meanwhile (a
             # client refused again and again would otherwise hold a descriptor each).
             headers = {**(headers or {}), "Connection": "close"}
+        page = await _dashboard_page(request, exc.http_status, exc.code, exc.message, headers)
+        if page is not None:
+            return page
         return JSONResponse(exc.to_payload(), status_code=exc.http_status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
         errs = exc.errors()
         first: dict[str, Any] = errs[0] if errs else {}
         if first.get("type") == "json_invalid":
@@ -271,10 +292,13 @@ def create_app(
             err = InvalidInput(
                 f"invalid {where or 'request'}: {first.get('msg', 'invalid')}", field=where
             )
+        page = await _dashboard_page(request, 400, err.code, err.message)
+        if page is not None:
+            return page
         return JSONResponse(err.to_payload(), status_code=400)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         if exc.status_code == 400 and isinstance(exc.__cause__, (ValueError, RecursionError)):
             # FastAPI's "error parsing the body": not UTF-8, nested too deep, a number
             # too long - JSON we cannot read, like a syntax error.
@@ -293,6 +317,15 @@ def create_app(
                 else (request.url.path[:200] + "...")
             )
             message = f"{what} {request.method} {path} (the API: GET /v1/openapi.json)"
+            if exc.status_code == 404:
+                page_message = f"no page {path}: check the address"
+                page = await _dashboard_page(request, 404, code, page_message)
+                if page is not None:
+                    return page
+        headers = getattr(exc, "headers", None)
+        page = await _dashboard_page(request, exc.status_code, code, message, headers)
+        if page is not None:
+            return page
         return JSONResponse(
             {"error": {"code": code, "message": message}},
             status_code=exc.status_code,

@@ -30,7 +30,7 @@ from ..ratelimit import FailureWindow
 from ..store.base import Store
 from . import CSP, sessions, views
 
-__all__ = ["PREFIX", "router"]
+__all__ = ["PREFIX", "error_page", "router", "wants_page"]
 
 PREFIX = "/dashboard"
 HERE = Path(__file__).parent
@@ -187,6 +187,49 @@ async def _page(
             request, "error.html", user, exc.http_status, message=exc.message, code=exc.code
         )
     return _render(request, template, user, data=data, **context)
+
+
+#: The error page's heading per status (others: "Something went wrong").
+_HEADINGS = {
+    400: "Bad request",
+    401: "Not logged in",
+    403: "Not allowed",
+    404: "Not here",
+    405: "Not here",
+    413: "Too large",
+    429: "Too many requests",
+}
+
+
+def wants_page(request: Request) -> bool:
+    """Whether an error answering ``request`` is an HTML page: a dashboard address asked
+    for by a browser (``Accept: text/html``). The pages' scripts, which ask without it,
+    and every /v1 client get the API's JSON error."""
+    path = request.url.path
+    if path != PREFIX and not path.startswith(f"{PREFIX}/"):
+        return False
+    return "text/html" in request.headers.get("accept", "")
+
+
+async def error_page(
+    request: Request, status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> Response:
+    """An error as an HTML page with a link back to the groups (for ``wants_page``)."""
+    try:
+        user = await _user(request)
+    except CrcError:
+        user = None
+    resp = _render(
+        request,
+        "error.html",
+        user,
+        status,
+        message=message,
+        code=code,
+        heading=_HEADINGS.get(status, "Something went wrong"),
+    )
+    resp.headers.update(headers or {})
+    return resp
 
 
 def _safe_next(value: str | None) -> str:
