@@ -6,6 +6,7 @@ logs in; the secret part of a wrong token never reaches the log."""
 from __future__ import annotations
 
 import re
+import threading
 from pathlib import Path
 
 import httpx
@@ -66,6 +67,62 @@ def test_failed_logins_are_limited_per_address_and_logged_by_token_id(tmp_path: 
         refused = f"dashboard login refused from 127.0.0.2: id {token_id} is no live master token"
         assert log.count(refused) == 3, log
         assert "w" * 32 not in log and token.split("_", 2)[2] not in log
+        assert_no_traceback_in_server_log(srv)
+    finally:
+        srv.stop()
+
+
+def test_a_burst_of_concurrent_failed_logins_from_one_address_passes_the_limit_no_further(
+    tmp_path: Path,
+) -> None:
+    """The limit is checked and counted at once: logins from one address arriving
+    together are taken up to the limit, the rest are answered 429 without being tried."""
+    limit, burst = 3, 16
+    srv = ServerProcess(tmp_path / "srv", args=["--login-failures-per-minute", str(limit)]).start()
+    try:
+        token = srv.add_user("alice")
+        token_id = token.split("_")[1]
+        wrong = f"crcm_{token_id}_" + "w" * 32
+        ctx, _ = client_context(srv.url, srv.fingerprint)
+        clients = [
+            httpx.Client(
+                base_url=srv.url,
+                verify=ctx,
+                trust_env=False,
+                timeout=60,
+                transport=httpx.HTTPTransport(verify=ctx, local_address="127.0.0.2"),
+            )
+            for _ in range(burst)
+        ]
+        forms = []
+        for http in clients:  # each a browser with its form loaded and connected
+            form = http.get("/dashboard/login")
+            found = re.search(r'name="form_token" value="([^"]+)"', form.text)
+            assert found, form.text
+            forms.append(found.group(1))
+        start = threading.Barrier(burst)
+        statuses: list[int] = []
+
+        def post(http: httpx.Client, form_token: str) -> None:
+            start.wait()
+            r = http.post(
+                "/dashboard/login",
+                data={"token": wrong, "form_token": form_token, "next": "/dashboard/"},
+            )
+            statuses.append(r.status_code)
+
+        threads = [
+            threading.Thread(target=post, args=pair) for pair in zip(clients, forms, strict=True)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for http in clients:
+            http.close()
+        assert sorted(statuses) == [401] * limit + [429] * (burst - limit), statuses
+        log = srv.log_path.read_text()
+        assert log.count("dashboard login refused from 127.0.0.2") == limit, log
         assert_no_traceback_in_server_log(srv)
     finally:
         srv.stop()

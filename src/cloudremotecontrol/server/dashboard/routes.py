@@ -327,12 +327,14 @@ async def login(request: Request) -> Response:
     logins are limited per source address (then 429 for up to a minute)."""
     peer = request.client.host if request.client else None
     failures = _login_failures(request)
-    wait = failures.retry_after(peer or "?")
-    try:
-        form = await _form(request)
-    except InvalidInput as exc:
-        return _login_form(request, exc.message, 400, None)
+    # Checked and counted at once: logins arriving together from one address are
+    # tried up to the limit, not each because none had failed yet.
+    wait = failures.begin(peer or "?")
     if wait:
+        try:
+            form = await _form(request)
+        except InvalidInput as exc:
+            return _login_form(request, exc.message, 400, None)
         # Told to come back later: the connection is not kept open meanwhile.
         retry = round(wait + 0.5)
         return _login_form(
@@ -342,27 +344,34 @@ async def login(request: Request) -> Response:
             form.get("next"),
             {"Retry-After": str(retry), "Connection": "close"},
         )
-    expected = request.cookies.get(LOGIN_COOKIE, "")
-    given = form.get("form_token", "")
-    if not expected or not hmac.compare_digest(expected.encode(), given.encode()):
-        return _login_form(
-            request, "the form expired: paste the token again", 403, form.get("next")
-        )
-    token = form.get("token", "").strip()
-    peer = request.client.host if request.client else None
-    replacing = request.cookies.get(sessions.COOKIE)  # this browser's session until now
+    failed = False
     try:
-        opened = await _store(request).write(sessions.open_session, token, peer, replacing)
-    except Unauthorized:
-        failures.failed(peer or "?")
-        log.warning("dashboard login refused from %s: %s", peer, _refused_token(token))
-        return _login_form(
-            request,
-            "unknown or revoked master token (paste the crcm_… token `crc server add-user` "
-            "printed)",
-            401,
-            form.get("next"),
-        )
+        try:
+            form = await _form(request)
+        except InvalidInput as exc:
+            return _login_form(request, exc.message, 400, None)
+        expected = request.cookies.get(LOGIN_COOKIE, "")
+        given = form.get("form_token", "")
+        if not expected or not hmac.compare_digest(expected.encode(), given.encode()):
+            return _login_form(
+                request, "the form expired: paste the token again", 403, form.get("next")
+            )
+        token = form.get("token", "").strip()
+        replacing = request.cookies.get(sessions.COOKIE)  # this browser's session until now
+        try:
+            opened = await _store(request).write(sessions.open_session, token, peer, replacing)
+        except Unauthorized:
+            failed = True
+            log.warning("dashboard login refused from %s: %s", peer, _refused_token(token))
+            return _login_form(
+                request,
+                "unknown or revoked master token (paste the crcm_… token `crc server "
+                "add-user` printed)",
+                401,
+                form.get("next"),
+            )
+    finally:
+        failures.end(peer or "?", failed)
     resp = RedirectResponse(_safe_next(form.get("next")), status_code=303)
     # Secure and Path=/ with no Domain, as the __Host- prefix demands (sessions.COOKIE),
     # over plain HTTP on loopback too (`--insecure`).
