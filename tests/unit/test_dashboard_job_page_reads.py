@@ -5,6 +5,7 @@ queued, quiet) never fills its part. The real store operations on a SQLite file.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -59,5 +60,58 @@ def test_a_page_stops_reading_past_its_bound_though_a_target_never_fills(
         assert shown["outputs"]["m"] == ("y\n" * 100)[-100:]
         assert shown["output_cut"] is True
         assert fetched <= 2_000 // 200 + 2 * 10, f"{fetched} of 1,000 output rows read"
+    finally:
+        store.close_sync()
+
+
+def test_a_machine_whose_output_is_older_than_what_a_page_reads_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """n printed first, then m printed past the read bound: n's output is not reached,
+    and its section says how much output is not shown and where it is."""
+    from cloudremotecontrol.server.dashboard import routes
+
+    monkeypatch.setattr(views, "OUTPUT_TAIL", 100)
+    monkeypatch.setattr(views, "OUTPUT_READ", 2_000)
+    monkeypatch.setattr(views, "BATCH", 10)
+    store = SqliteStore(str(tmp_path / "crc.db"))
+    store.open_sync()
+    try:
+        token = store.write_sync(users.create_user, "alice")
+        user = store.write_sync(users.authenticate_master, token)
+        store.write_sync(
+            groups.create_group, user["user_id"], "lab", [{"name": "m"}, {"name": "n"}]
+        )
+        job = store.write_sync(jobs.create_job, user, "lab", "all", {"argv": ["yes"]})
+        job_id = job["job_id"]
+        gid = store.write_sync(lambda tx: tx.one("SELECT id FROM groups WHERE name = 'lab'"))["id"]
+
+        def printed(tx: Any) -> None:
+            early = {"job_id": job_id, "stream": "stdout", "data": "<n's end>\n"}
+            for _ in range(5):
+                add_events(tx, gid, [("job.output", early)], machine="n", job_id=job_id)
+            late = {"job_id": job_id, "stream": "stdout", "data": "y\n" * 100}
+            for _ in range(100):
+                add_events(tx, gid, [("job.output", late)], machine="m", job_id=job_id)
+            tx.send(
+                "UPDATE job_targets SET output_bytes = CASE machine WHEN 'n' THEN 50 "
+                "ELSE 20000 END WHERE job_id = ?",
+                (job_id,),
+            )
+
+        store.write_sync(printed)
+        shown = store.write_sync(views.job_page, user["user_id"], job_id)
+        assert "n" not in shown["outputs"] and shown["outputs"]["m"]
+        assert shown["unshown"] == {"n": 50}
+        html = routes._env.get_template("job.html").render(
+            user=None, csrf="", features={}, path="", url="", data=shown
+        )
+        assert re.search(
+            r'<section class="output" data-machine="n">\s*<h2>n</h2>\s*'
+            r'<p class="hint unshown" id="unshown-n">Output not shown: 50 bytes, ',
+            html,
+        ), html
+        assert "<code>crc events lab</code> has it" in html
+        assert 'id="unshown-m"' not in html
     finally:
         store.close_sync()

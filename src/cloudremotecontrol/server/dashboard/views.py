@@ -198,7 +198,8 @@ def job_page(tx: Tx, user_id: str, job_id: str) -> dict[str, Any]:
 
     The job's events are read newest first, so each machine's last part is what is
     found first, and reading stops once every machine's is (or after ``OUTPUT_READ``
-    bytes: the machines whose last part was not reached by then show what was)."""
+    bytes: the machines whose last part was not reached by then show what was, and
+    those of which nothing was reached are in ``unshown`` with their output's size)."""
     job = job_ops.job_view(tx, user_id, job_id)
     info = ev_ops.group_cursor(tx, user_id, job["group"])
     outputs: dict[str, deque[str]] = {}
@@ -244,12 +245,20 @@ def job_page(tx: Tx, user_id: str, job_id: str) -> dict[str, Any]:
             text = text[len(text) - OUTPUT_TAIL :]
             cut = True
         shown[machine] = text
+    # Machines whose output is all older than what was read (another printed more than
+    # OUTPUT_READ since) show nothing of it: the page says how much, and where it is.
+    unshown = {
+        str(t["machine"]): int(t["output_bytes"] or 0)
+        for t in job["targets"]
+        if t["output_bytes"] and not shown.get(str(t["machine"]))
+    }
     spec = job["spec"] or {}
     return {
         **job,
         "kind": spec.get("type"),
         "summary": _job_summary(spec),
         "outputs": shown,
+        "unshown": unshown,
         "output_cut": cut,
         "tail": OUTPUT_TAIL,
         "cursor": cursor,
