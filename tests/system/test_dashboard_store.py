@@ -155,3 +155,38 @@ async def test_the_machines_table_knows_since_when_each_machine_is_in_its_state(
             return " ".join(str(r["detail"]) for r in rows)
 
         assert "events_machine_state" in await store.read(plan)
+
+
+async def test_a_jobs_events_are_read_back_from_the_latest_a_batch_at_a_time(
+    store: Store,  # noqa: F811 -- the fixture of test_store.py
+) -> None:
+    """What a job's page reads (``events.job_rows_before``): the job's events only,
+    newest first, each batch ending where the next one starts."""
+    from cloudremotecontrol.server.ops import jobs
+    from cloudremotecontrol.server.ops.common import add_events
+
+    alice = await new_user(store)
+    await store.write(groups.create_group, alice["user_id"], "lab", [{"name": "m"}])
+    job = await store.write(jobs.create_job, alice, "lab", "all", {"argv": ["yes"]})
+    other = await store.write(jobs.create_job, alice, "lab", "all", {"argv": ["no"]})
+    gid = (await store.read(events.group_cursor, alice["user_id"], "lab"))["group_id"]
+
+    def printed(tx: Any) -> None:
+        for i in range(7):
+            for j in (job, other):
+                data = {"job_id": j["job_id"], "stream": "stdout", "data": f"{i}\n"}
+                add_events(tx, gid, [("job.output", data)], machine="m", job_id=j["job_id"])
+
+    await store.write(printed)
+    texts: list[str] = []
+    before = None
+    while True:
+        rows = await store.read(events.job_rows_before, gid, job["job_id"], before, 3)
+        assert all(r["job_id"] == job["job_id"] for r in rows)
+        ids = [int(r["id"]) for r in rows]
+        assert ids == sorted(ids, reverse=True)
+        texts += [events.event_view(r)["data"]["data"] for r in rows if r["type"] == "job.output"]
+        if len(rows) < 3:
+            break
+        before = ids[-1]
+    assert texts == [f"{i}\n" for i in reversed(range(7))]

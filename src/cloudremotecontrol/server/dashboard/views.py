@@ -59,7 +59,6 @@ BODY_SHOWN = 2000  # characters of a message body's JSON in the messages view
 OUTPUT_TAIL = 256 << 10  # characters of output per machine a job page shows at most
 OUTPUT_READ = 32 << 20  # bytes of output a job page reads at most
 BATCH = 256  # events a job page reads at once (job.output events of 64 KiB at most)
-LAST_CURSOR = 2**63 - 2  # above every event id (64-bit integers in both databases)
 
 
 def state_since(tx: Tx, group_id: str) -> dict[str, float]:
@@ -210,11 +209,7 @@ def job_page(tx: Tx, user_id: str, job_id: str) -> dict[str, Any]:
     read = 0
     cut = False
     while True:
-        rows = tx.all(
-            "SELECT id, created, type, machine, job_id, data FROM events "
-            "WHERE job_id = ? AND group_id = ? AND id < ? ORDER BY id DESC LIMIT ?",
-            (job_id, info["group_id"], LAST_CURSOR + 1 if before is None else before, BATCH),
-        )
+        rows = ev_ops.job_rows_before(tx, info["group_id"], job_id, before, BATCH)
         for r in rows:
             before = int(r["id"])
             cursor = max(cursor, before)

@@ -7,11 +7,20 @@ from typing import Any
 from ..store.base import Tx
 from .common import json_text, live_group, loads
 
-__all__ = ["event_json", "event_view", "events_after", "events_json_after", "group_cursor"]
+__all__ = [
+    "LAST_CURSOR",
+    "event_json",
+    "event_view",
+    "events_after",
+    "events_json_after",
+    "group_cursor",
+    "job_rows_before",
+]
 
 
 #: What an event's view holds (``SELECT *`` would read ``group_id`` too, per event).
 _COLUMNS = "id, created, type, machine, job_id, data"
+LAST_CURSOR = 2**63 - 2  # above every event id (64-bit integers in both databases)
 
 
 def event_view(row: dict[str, Any]) -> dict[str, Any]:
@@ -72,6 +81,21 @@ def events_json_after(
     ]
 
 
+def job_rows_before(
+    tx: Tx, group_id: str, job_id: str, before: int | None, limit: int
+) -> list[dict[str, Any]]:
+    """The job's events before cursor ``before`` (None: its latest), newest first, as
+    stored rows: ``data`` is the JSON text (its length is what the reader counts;
+    ``event_view`` decodes it). Read back from the end a batch at a time: the next
+    ``before`` is the last row's ``id``."""
+    return tx.all(
+        # Only the column list is formatted in.
+        f"SELECT {_COLUMNS} FROM events "  # noqa: S608
+        "WHERE job_id = ? AND group_id = ? AND id < ? ORDER BY id DESC LIMIT ?",
+        (job_id, group_id, LAST_CURSOR + 1 if before is None else before, limit),
+    )
+
+
 def _rows_after(
     tx: Tx,
     group_id: str,
@@ -92,13 +116,13 @@ def _rows_after(
             rows = [r for r in rows if r["job_id"] == job_id]
     elif job_id:
         rows = tx.all(
-            "SELECT id, created, type, machine, job_id, data FROM events "
+            f"SELECT {_COLUMNS} FROM events "  # noqa: S608
             "WHERE job_id = ? AND id > ? ORDER BY id LIMIT ?",
             (job_id, cursor, limit),
         )
     else:
         rows = tx.all(
-            "SELECT id, created, type, machine, job_id, data FROM events "
+            f"SELECT {_COLUMNS} FROM events "  # noqa: S608
             "WHERE group_id = ? AND id > ? ORDER BY id LIMIT ?",
             (group_id, cursor, limit),
         )
