@@ -851,8 +851,15 @@ class Agent:
                 summary = await asyncio.to_thread(
                     upload_file, where, self.cred.credential, job.job_id, job.path
                 )
-        except (CrcError, OSError, ValueError) as exc:
-            reason = exc.message if isinstance(exc, CrcError) else str(exc)
+        except Exception as exc:  # noqa: BLE001 -- every failure ends the job, reported
+            # Anything unforeseen too: a transfer that ends without a result leaves the
+            # user's crc push or pull waiting for it.
+            if isinstance(exc, CrcError):
+                reason = exc.message
+            elif isinstance(exc, (OSError, ValueError)):
+                reason = str(exc)
+            else:
+                reason = f"transfer failed: {type(exc).__name__}: {exc}"
             await self._job_ended(job.job_id, "failed", 1, reason)
             return
         await self._output(job.job_id, "stdout", summary + "\n")

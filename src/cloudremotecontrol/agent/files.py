@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import http.client
 import os
 import ssl
 import stat
@@ -364,10 +365,14 @@ def _download(
             raise
         except urllib.error.HTTPError as exc:
             raise http_error(exc, base_url) from None
-        except (urllib.error.URLError, OSError, _Broken) as exc:
+        except (urllib.error.URLError, OSError, http.client.HTTPException, _Broken) as exc:
+            # An answer that is not HTTP as the server speaks it (a proxy or another
+            # program in its place, a link that cuts it) is tried again, then fails.
             if attempt == ATTEMPTS - 1:
                 why = exc.error if isinstance(exc, _Broken) else exc
-                raise Unavailable(f"download of {sha[:12]} failed: {why}") from None
+                raise Unavailable(
+                    f"download of {sha[:12]} failed: {type(why).__name__}: {why}"
+                ) from None
             sleep(min(10.0, 0.5 * 2**attempt))
 
 
@@ -380,9 +385,10 @@ class _CannotWrite(Exception):
 
 
 class _Broken(Exception):
-    """Reading the response failed (the network: the download is resumed)."""
+    """Reading the response failed (the network, or a body that is not HTTP: the
+    download is resumed)."""
 
-    def __init__(self, error: OSError) -> None:
+    def __init__(self, error: Exception) -> None:
         super().__init__(str(error))
         self.error = error
 
@@ -393,7 +399,8 @@ def _receive(resp: Any, fd: int, append: bool) -> None:
     def read() -> bytes:
         try:
             return bytes(resp.read(CHUNK))
-        except OSError as exc:
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            # ValueError: a chunk size that is not hexadecimal (http.client).
             raise _Broken(exc) from None
 
     try:

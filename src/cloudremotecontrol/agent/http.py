@@ -53,6 +53,7 @@ def call_json(
     the user gave it), a JSON ``body`` or raw ``data`` such as an open file, and return
     the JSON answer. ``base`` must be http(s): callers got ``ctx`` from client_context(),
     which accepts nothing else."""
+    import http.client
     import urllib.error
     import urllib.request
 
@@ -71,6 +72,10 @@ def call_json(
             content_type = resp.headers.get("Content-Type")
     except urllib.error.HTTPError as exc:
         raise http_error(exc, base) from None
+    except (http.client.HTTPException, ValueError) as exc:
+        # Not HTTP as the server speaks it (a status line, a header or a chunk that
+        # does not parse, a body cut short): another program, a proxy, a broken link.
+        raise Unavailable(f"cannot reach {url}: {type(exc).__name__}: {exc}") from None
     except (urllib.error.URLError, OSError, ssl.SSLError) as exc:
         # The system's CAs (no fingerprint given: the only context that checks names; a
         # pinned one trusts its certificate alone) do not vouch for the certificate.
