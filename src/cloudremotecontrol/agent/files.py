@@ -122,6 +122,39 @@ def _check_replaceable(dest: str) -> None:
         )
 
 
+def _through_links(dest: str) -> str:
+    """The file a push to ``dest`` writes: ``dest`` itself, or, when it is a symbolic
+    link, the file the link points to (as ``cp`` writes through a link), so that the
+    link stays and its target gets the content. A dangling link is refused (as ``cp``
+    does), and so is a link that another user owns pointing to a file that user does
+    not own: the agent runs as root, and such a link planted in a directory everyone
+    may write (/tmp) would turn a push into a write to any file of the machine (the
+    rule of Linux's fs.protected_symlinks)."""
+    path = dest
+    for _ in range(40):  # the kernel's own bound on links followed (ELOOP)
+        link = _lstat(path)
+        if link is None or not stat.S_ISLNK(link.st_mode):
+            if path == dest:
+                return path
+            # Its directory as the kernel resolves it (a ``..`` after a linked one).
+            return os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
+        target = os.path.join(os.path.dirname(path), os.readlink(path))
+        st = _stat(target)
+        if st is None:
+            raise InvalidInput(
+                f"{dest} is a symbolic link to {target}, which does not exist on this "
+                "machine: push to the file's own path, or remove the link"
+            )
+        if sys.platform != "win32" and link.st_uid not in (os.geteuid(), st.st_uid):
+            raise InvalidInput(
+                f"{dest} is a symbolic link of another user's (uid {link.st_uid}) to "
+                f"{target}, which that user does not own: not written through, push to "
+                "the file's own path"
+            )
+        path = target
+    raise InvalidInput(f"{dest} is a symbolic link in a loop on this machine")
+
+
 def _stat(path: str) -> os.stat_result | None:
     try:
         return os.stat(path)
@@ -259,6 +292,10 @@ def fetch_blob(
     resuming with a Range request after a broken transfer, verify the SHA-256, apply
     mode/owner, then rename over ``dest`` (atomic in one directory). Returns a summary."""
     _check_absolute(dest)
+    given = dest
+    if os.path.isdir(dest):
+        raise InvalidInput(f"{dest} is a directory on this machine: give the file's path")
+    dest = _through_links(dest)
     directory = os.path.dirname(dest) or "."
     if not os.path.isdir(directory):
         raise InvalidInput(f"directory {directory} does not exist on this machine")
@@ -332,7 +369,8 @@ def fetch_blob(
         if fd >= 0:
             with contextlib.suppress(OSError):
                 os.close(fd)
-    return f"{dest}: {size} bytes, sha256 {sha}"
+    shown = dest if dest == given else f"{given} (a link to {dest})"
+    return f"{shown}: {size} bytes, sha256 {sha}"
 
 
 def _download(

@@ -1,0 +1,96 @@
+"""A push to a path that is a symbolic link (``agent/files.fetch_blob``, against a real
+HTTP server on loopback serving the blob): the content is written to the link's target
+and the link stays, as ``cp`` does; a dangling link, and a link of another user's to a
+file that user does not own (a trap planted in /tmp for the root agent), are refused."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cloudremotecontrol.agent import files
+from cloudremotecontrol.errors import InvalidInput
+
+BLOB = b"listen 80\n"
+SHA = hashlib.sha256(BLOB).hexdigest()
+
+
+class Handler(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(BLOB)))
+        self.end_headers()
+        self.wfile.write(BLOB)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def url() -> Iterator[str]:
+    http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=http.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{http.server_address[1]}"
+    http.shutdown()
+    http.server_close()
+
+
+def push(url: str, dest: Path) -> str:
+    return files.fetch_blob(lambda: (url, None), "cred", SHA, len(BLOB), str(dest), None, None)
+
+
+def test_a_push_to_a_link_writes_its_target_and_keeps_the_link(url, tmp_path) -> None:
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "app.conf").write_text("old\n")
+    os.chmod(real / "app.conf", 0o640)
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "app.conf").symlink_to("../real/app.conf")  # relative, as most are
+    (etc / "again.conf").symlink_to(etc / "app.conf")  # a link to a link
+    summary = push(url, etc / "again.conf")
+    assert (etc / "app.conf").is_symlink() and (etc / "again.conf").is_symlink()
+    assert os.readlink(etc / "app.conf") == "../real/app.conf"
+    assert (real / "app.conf").read_bytes() == BLOB
+    assert (real / "app.conf").stat().st_mode & 0o777 == 0o640  # the target's mode kept
+    assert f"(a link to {real / 'app.conf'})" in summary
+    assert sorted(p.name for p in real.iterdir()) == ["app.conf"]  # no temporary file
+    assert sorted(p.name for p in etc.iterdir()) == ["again.conf", "app.conf"]
+
+
+def test_a_push_to_a_dangling_link_is_refused(url, tmp_path) -> None:
+    (tmp_path / "app.conf").symlink_to(tmp_path / "gone.conf")
+    with pytest.raises(InvalidInput, match="which does not exist on this machine"):
+        push(url, tmp_path / "app.conf")
+    assert (tmp_path / "app.conf").is_symlink() and not (tmp_path / "gone.conf").exists()
+
+
+def test_a_push_to_a_link_looping_is_refused(url, tmp_path) -> None:
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    with pytest.raises(InvalidInput):
+        push(url, tmp_path / "a")
+    assert (tmp_path / "a").is_symlink() and (tmp_path / "b").is_symlink()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to own a link as another user")
+def test_another_users_link_to_a_file_it_does_not_own_is_not_followed(url, tmp_path) -> None:
+    victim = tmp_path / "shadow"
+    victim.write_text("root's\n")
+    trap = tmp_path / "app.conf"
+    trap.symlink_to(victim)
+    os.lchown(trap, 65534, 65534)
+    with pytest.raises(InvalidInput, match=r"symbolic link of another user's \(uid 65534\)"):
+        push(url, trap)
+    assert victim.read_text() == "root's\n" and trap.is_symlink()
+    # Its own file, that user's link may name: written through.
+    os.chown(victim, 65534, 65534)
+    push(url, trap)
+    assert victim.read_bytes() == BLOB and trap.is_symlink()
