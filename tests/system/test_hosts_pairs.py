@@ -59,6 +59,41 @@ def test_each_machine_gets_its_own_hosts_list(env):
     assert_no_traceback_in_server_log(env.server)
 
 
+def test_a_peer_claiming_anothers_private_address_comes_after_it_on_that_line(env):
+    """A hostile machine reporting web's private address, under a name that sorts
+    first: the hosts line of that address names web first (what a reverse lookup of it
+    gives), as web enrolled first; each name still leads to its own claim."""
+    out = env.client.create_group("lab", ["web", "db", "aaa"])
+    keys = {m["name"]: m["key"] for m in out["machines"]}
+    with pinned_http(env.server) as http:
+        creds = {n: enroll(http, keys[n]) for n in ("web", "db", "aaa")}  # in this order
+    facts = {
+        "web": {"hostname": "web", "ips": ["10.1.96.5"], "private_ips": ["10.1.96.5"]},
+        "db": {"hostname": "db", "ips": ["10.1.96.7"], "private_ips": ["10.1.96.7"]},
+        "aaa": {"hostname": "aaa", "ips": ["10.1.96.5"], "private_ips": ["10.1.96.5"]},
+    }
+
+    async def db_gets() -> dict[str, Any]:
+        async with AsyncExitStack() as stack:
+            agents = {
+                n: await stack.enter_async_context(wire_agent(env.server, creds[n], "lab", n))
+                for n in facts
+            }
+            for n, a in agents.items():
+                await a.send_msg("facts", facts[n])
+            await asyncio.to_thread(env.client.hosts_sync, "lab", "db")
+            msg: dict[str, Any] = await agents["db"].next_msg()
+            return msg
+
+    msg = asyncio.run(db_gets())
+    assert msg["type"] == "hosts.sync", msg
+    entries = [tuple(e) for e in msg["body"]["entries"]]
+    on_line = [name for ip, name in entries if ip == "10.1.96.5"]
+    assert on_line == ["web", "aaa"], entries
+    assert ("10.1.96.7", "db") in entries
+    assert_no_traceback_in_server_log(env.server)
+
+
 async def _send_facts(agent: Any, facts: dict[str, Any], inbox: list[dict[str, Any]]) -> None:
     """Send facts; what the server delivered meanwhile is acknowledged and kept."""
     for frame in await agent.send_msg("facts", facts):

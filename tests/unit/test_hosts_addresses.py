@@ -125,3 +125,28 @@ def test_a_peer_without_any_address_is_left_out_and_bad_modes_are_refused():
     assert hosts_entries([A, silent], "auto", A) == [("10.1.96.3", "a")]
     with pytest.raises(InvalidInput):
         hosts_table(GROUP, GROUP, "vpc")
+
+
+def test_a_peer_claiming_another_machines_address_never_comes_first_on_its_line():
+    """The first name of a hosts line is what a reverse lookup of its address gives: a
+    machine reporting another's address (its facts are only what it claims) comes after
+    the owner, whatever the names: the one the server sees connect from it, else the
+    one enrolled first."""
+    web = machine("web", "198.51.100.5", ["10.1.96.5"])
+    hostile = machine("aaa", "198.51.100.66", ["10.1.96.5"])  # web's address
+    db = machine("db", "198.51.100.7", ["10.1.96.7"])
+    group = [hostile, db, web]  # the roster's order: by name
+    enrolled = {"web": 100.0, "db": 101.0, "aaa": 102.0}
+    table = hosts_table(group, group, "auto", enrolled)
+    assert table["db"] == [("10.1.96.5", "web"), ("10.1.96.7", "db"), ("10.1.96.5", "aaa")]
+    assert hosts_table(group, group, "private", enrolled)["db"][0] == ("10.1.96.5", "web")
+    # Each name still leads to its own claim only: web's to web's address.
+    assert dict((n, ip) for ip, n in table["db"])["web"] == "10.1.96.5"
+    # Enrolled first, but not the machine the server sees at that address: second.
+    lan = machine("web", "192.168.1.20", ["192.168.1.20"])
+    early = machine("aaa", "198.51.100.66", ["192.168.1.20"])
+    home = machine("home", "192.168.1.30", ["192.168.1.30"])
+    group = [early, home, lan]
+    table = hosts_table(group, group, "auto", {"aaa": 1.0, "home": 2.0, "web": 3.0})
+    assert table["home"][0] == ("192.168.1.20", "web")
+    assert table["home"][2] == ("192.168.1.20", "aaa")

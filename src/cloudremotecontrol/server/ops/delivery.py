@@ -500,7 +500,7 @@ def auto_hosts_sync(tx: Tx, group_id: str) -> list[tuple[str, int, str]]:
     import hashlib
 
     from .jobs import create_hosts_sync
-    from .roster import hosts_table, roster
+    from .roster import enrollment_order, hosts_table, roster
 
     group = tx.one("SELECT * FROM groups WHERE id = ? AND deleted IS NULL", (group_id,))
     settings = loads(group["settings"]) if group else None
@@ -508,7 +508,8 @@ def auto_hosts_sync(tx: Tx, group_id: str) -> list[tuple[str, int, str]]:
         return []
     which = str(settings.get("hosts_ip") or "auto")
     live = [m for m in roster(tx, group_id) if m["state"] in ("ready", "offline")]
-    table = hosts_table(live, live, which)  # what each machine's hosts file gets
+    # What each machine's hosts file gets.
+    table = hosts_table(live, live, which, enrollment_order(tx, group_id))
     listed = sorted((name, sorted(entries)) for name, entries in table.items())
     digest = hashlib.sha256(dumps(listed).encode()).hexdigest()
     if not any(table.values()) or settings.get("hosts_synced") == digest:

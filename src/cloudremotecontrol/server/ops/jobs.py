@@ -17,7 +17,7 @@ from ...protocol.wire import Message
 from ..store.base import Tx
 from .common import add_event, audit, check_not_expired, dumps, live_group, loads, now
 from .rollout import advance, rollout_of, withdraw
-from .roster import hosts_entries, hosts_table, roster
+from .roster import enrollment_order, hosts_entries, hosts_table, roster
 from .streams import enqueue_many, outbox
 
 __all__ = [
@@ -113,7 +113,7 @@ def create_hosts_sync(
             "no machine of the group has reported an address yet: wait until they are ready"
         )
     job_id = uuid.uuid4().hex
-    table = hosts_table(machines, everyone, which)
+    table = hosts_table(machines, everyone, which, enrollment_order(tx, group["id"]))
 
     def per_target(name: str) -> Message:
         return HostsSync(job_id=job_id, group=group_name, entries=tuple(table[name]))

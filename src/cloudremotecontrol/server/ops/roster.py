@@ -10,7 +10,7 @@ from ...protocol.fields import check_ip
 from ..store.base import Tx
 from .common import loads
 
-__all__ = ["hosts_entries", "hosts_table", "roster"]
+__all__ = ["enrollment_order", "hosts_entries", "hosts_table", "roster"]
 
 
 def roster(tx: Tx, group_id: str) -> list[dict[str, Any]]:
@@ -37,6 +37,17 @@ def roster(tx: Tx, group_id: str) -> list[dict[str, Any]]:
             }
         )
     return out
+
+
+def enrollment_order(tx: Tx, group_id: str) -> dict[str, float]:
+    """When each enrolled machine of the group used its key, by name: of two machines
+    claiming one address, the one there first is taken for its owner
+    (:func:`hosts_table`)."""
+    rows = tx.all(
+        "SELECT name, key_used FROM machines WHERE group_id = ? AND key_used IS NOT NULL",
+        (group_id,),
+    )
+    return {r["name"]: float(r["key_used"]) for r in rows}
 
 
 def _addresses(value: Any) -> list[str]:
@@ -126,20 +137,46 @@ def hosts_entries(
 
 
 def hosts_table(
-    machines: list[dict[str, Any]], targets: list[dict[str, Any]], which: str = "auto"
+    machines: list[dict[str, Any]],
+    targets: list[dict[str, Any]],
+    which: str = "auto",
+    enrolled: dict[str, float] | None = None,
 ) -> dict[str, list[tuple[str, str]]]:
     """Each target's :func:`hosts_entries` by name (``targets``: roster entries). The
     addresses are parsed once, and targets alike in what decides the choice share it,
-    so a group costs about one list per private network, not one per machine."""
+    so a group costs about one list per private network, not one per machine.
+
+    Machines listed at one address are on one hosts line, and the first name of a line
+    is what a reverse lookup of the address gives: that is its owner's, whatever the
+    names (a machine may claim any address in its facts). The owner is the machine the
+    server sees connect from that address, else the one enrolled first (``enrolled``:
+    :func:`enrollment_order`), else the first by name."""
     _check(which)
     parsed = {id(m): _Peer(m) for m in machines}
     peers = [p for p in parsed.values() if p.seen]  # those with an address to list
+    seen = {p.name: p.seen for p in peers}
+    first = enrolled or {}
+
+    def owner_first(entries: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        count: dict[str, int] = {}
+        for ip, _ in entries:
+            count[ip] = count.get(ip, 0) + 1
+        if all(n == 1 for n in count.values()):
+            return entries
+        rank = sorted(
+            (e for e in entries if count[e[0]] > 1),
+            key=lambda e: (seen.get(e[1]) != e[0], first.get(e[1], float("inf"))),
+        )
+        turn = {ip: [e for e in rank if e[0] == ip] for ip in count if count[ip] > 1}
+        return [turn[ip].pop(0) if ip in turn else (ip, name) for ip, name in entries]
+
     if which != "auto":  # the same for every target
         same = []
         for p in peers:
             ip = _pick(p.private) if which == "private" else p.seen
             if ip:
                 same.append((ip, p.name))
+        same = owner_first(same)
         return {t["name"]: same for t in targets}
     viewers = [parsed.get(id(t)) or _Peer(t) for t in targets]
     # What decides a peer's line for a target: the target's private networks, and which
@@ -165,7 +202,7 @@ def hosts_table(
             own = own or peers[me].seen
             if own:
                 entries = [*entries[:me], (own, v.name), *entries[me + 1 :]]
-        out[v.name] = entries
+        out[v.name] = owner_first(entries)
     return out
 
 
