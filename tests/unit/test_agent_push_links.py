@@ -1,13 +1,16 @@
 """A push to a path that is a symbolic link (``agent/files.fetch_blob``, against a real
 HTTP server on loopback serving the blob): the content is written to the link's target
 and the link stays, as ``cp`` does; a dangling link, and a link of another user's to a
-file that user does not own (a trap planted in /tmp for the root agent), are refused."""
+file that user does not own (a trap planted in /tmp for the root agent), are refused.
+A push also removes the stale partial files of earlier ones beside it, and only those."""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -94,3 +97,40 @@ def test_another_users_link_to_a_file_it_does_not_own_is_not_followed(url, tmp_p
     os.chown(victim, 65534, 65534)
     push(url, trap)
     assert victim.read_bytes() == BLOB and trap.is_symlink()
+
+
+def _old(path: Path) -> None:
+    when = time.time() - 2 * 24 * 3600  # two days: past STALE_PART
+    os.utime(path, (when, when), follow_symlinks=False)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to own a file as another user")
+def test_a_push_removes_stale_partial_files_of_its_own_only(url, tmp_path) -> None:
+    """A partial file of a content never pushed again is removed by the next push into
+    its directory once untouched for a day (STALE_PART); nothing else is: a fresh one, another
+    user's, a link (nor its target), a file with another name, one a push is writing."""
+    stale = tmp_path / f".crc-app.conf.{'1' * 16}.part"
+    fresh = tmp_path / f".crc-app.conf.{'2' * 16}.part"
+    theirs = tmp_path / f".crc-app.conf.{'3' * 16}.part"
+    link = tmp_path / f".crc-app.conf.{'4' * 16}.part"
+    writing = tmp_path / f".crc-other.{'5' * 16}.part"
+    other = tmp_path / ".crc-app.conf.part"
+    target = tmp_path / "target"
+    for path in (stale, fresh, theirs, writing, other, target):
+        path.write_bytes(b"partial")
+    os.chown(theirs, 65534, 65534)
+    link.symlink_to(target)
+    for path in (stale, theirs, link, writing, other, target):
+        _old(path)
+    held = os.open(writing, os.O_RDWR)
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        push(url, tmp_path / "app.conf")
+    finally:
+        os.close(held)
+    assert (tmp_path / "app.conf").read_bytes() == BLOB
+    assert not stale.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        p.name for p in (fresh, theirs, link, writing, other, target, tmp_path / "app.conf")
+    )
+    assert target.read_bytes() == b"partial"

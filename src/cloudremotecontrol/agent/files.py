@@ -14,6 +14,7 @@ import errno
 import hashlib
 import http.client
 import os
+import re
 import ssl
 import stat
 import sys
@@ -45,6 +46,10 @@ UPLOAD_ATTEMPTS = 8
 SMALL = 4 << 20
 # How long a push waits for another push of the same content to the same path.
 LOCK_WAIT = 15 * 60.0
+# A partial file of a push untouched for this long is not resumed by anyone: the next
+# push into its directory removes it (a content never pushed again kept it forever).
+STALE_PART = 24 * 3600.0
+_PART_NAME = re.compile(r"\.crc-.+\.[0-9a-f]{16}\.part\Z", re.DOTALL)
 
 
 def _check_absolute(path: str) -> None:
@@ -267,6 +272,53 @@ def _open_part(part: str) -> int:
     raise InvalidInput(f"{part} keeps being replaced on this machine: push again")
 
 
+def _remove_stale_parts(directory: str, mine: str) -> None:
+    """Remove the partial files of earlier pushes in ``directory`` untouched for
+    ``STALE_PART``: only plain files of the agent's own with a push's name, never
+    followed through a link, and never one a push is writing (it holds its lock).
+    Best effort: whatever cannot be checked or removed is left as it is."""
+    if sys.platform == "win32":
+        return  # an open file cannot be removed there; the lock is of another kind
+    import fcntl
+
+    cutoff = time.time() - STALE_PART
+    try:
+        names = [e.name for e in os.scandir(directory) if _PART_NAME.match(e.name)]
+    except OSError:
+        return
+    for name in names:
+        path = os.path.join(directory, name)
+        if path == mine:
+            continue
+        st = _lstat_quiet(path)
+        if st is None or not _trusted(st) or st.st_mtime > cutoff:
+            continue
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        try:
+            fd = os.open(path, flags)
+        except OSError:
+            continue
+        try:
+            held = os.fstat(fd)
+            if (held.st_dev, held.st_ino) != (st.st_dev, st.st_ino) or not _trusted(held):
+                continue
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a push writing it: skipped
+            now = _lstat_quiet(path)
+            if now is not None and (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino):
+                os.unlink(path)
+        except OSError:
+            continue
+        finally:
+            os.close(fd)
+
+
+def _lstat_quiet(path: str) -> os.stat_result | None:
+    try:
+        return os.lstat(path)
+    except OSError:
+        return None
+
+
 def _part_path(dest: str, sha: str) -> str:
     """The temporary file beside ``dest``: ``.crc-<name>.<sha>.part``. A name too long
     to take 27 more bytes (file names are 255 bytes at most) is shortened to its first
@@ -308,6 +360,7 @@ def fetch_blob(
         fd = _open_part(part)
     except OSError as exc:
         raise InvalidInput(f"cannot write {dest} on this machine: {exc.strerror or exc}") from None
+    _remove_stale_parts(directory, part)
     keep = True  # a broken download stays for the next push to resume
     try:
         _download(where, credential, sha, size, fd, sleep)
