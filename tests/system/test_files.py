@@ -73,6 +73,26 @@ def test_push_writes_atomically_with_mode(env, crc, tmp_path):
     assert [p.name for p in dest_dir.iterdir()] == ["app.conf"]
 
 
+def test_push_to_a_link_writes_its_target_and_keeps_the_link(env, crc, tmp_path):
+    env.group_with_agents("lab", ["a"])
+    src = tmp_path / "app.conf"
+    src.write_text("listen 80\n")
+    real = tmp_path / "real.conf"
+    real.write_text("old\n")
+    link = tmp_path / "link.conf"
+    link.symlink_to("real.conf")
+    r = crc("push", "lab", "--to", "a", str(src), str(link))
+    assert r.returncode == 0, r.stderr
+    assert link.is_symlink() and os.readlink(link) == "real.conf"
+    assert real.read_text() == "listen 80\n"
+    dangling = tmp_path / "dangling.conf"
+    dangling.symlink_to("gone.conf")
+    r = crc("push", "lab", "--to", "a", str(src), str(dangling))
+    assert r.returncode == 1
+    assert "which does not exist on this machine" in r.stderr, r.stderr
+    assert dangling.is_symlink() and not (tmp_path / "gone.conf").exists()
+
+
 def test_push_to_a_missing_directory_fails_clearly(env, crc, tmp_path):
     env.group_with_agents("lab", ["a"])
     src = tmp_path / "f.txt"
