@@ -18,6 +18,11 @@ from ..tlspin import is_untrusted, untrusted_error
 
 __all__ = ["UntrustedServer", "call_json", "http_error"]
 
+# The most of an answer read: the largest the server sends (a roster of the most
+# machines a group has, their facts) is a few MiB. More is not the server's answer (a
+# proxy or another program streaming without end), and is not held in memory.
+MAX_ANSWER_BYTES = 64 << 20
+
 
 class UntrustedServer(TlsUntrusted, Unavailable):
     """A certificate this computer does not trust, and no fingerprint given: exit 7 as
@@ -29,10 +34,14 @@ def http_error(exc: urllib.error.HTTPError, base: str) -> CrcError:
     """The server's ``{"error": …}`` answer as the matching CrcError (an answer without
     the API's error shape: ``not a CloudRemoteControl server``, naming ``base``, the
     server's URL as the user gave it)."""
+    import http.client
+
     try:
-        body = exc.read()
-    except OSError:
+        body = exc.read(MAX_ANSWER_BYTES + 1)
+    except (OSError, ValueError, http.client.HTTPException):
         body = b""
+    if len(body) > MAX_ANSWER_BYTES:
+        body = b""  # not the API's error: too large to be one
     content_type = exc.headers.get("Content-Type") if exc.headers else None
     return error_from_answer(base, exc.code, content_type, body)
 
@@ -68,8 +77,10 @@ def call_json(
     req = urllib.request.Request(url, data=data, method=method, headers=all_headers)  # noqa: S310
     try:
         with urllib.request.urlopen(req, timeout=timeout, context=ctx) as resp:  # noqa: S310
-            raw, status = resp.read(), resp.status
+            raw, status = resp.read(MAX_ANSWER_BYTES + 1), resp.status
             content_type = resp.headers.get("Content-Type")
+            if len(raw) > MAX_ANSWER_BYTES:
+                raise not_crc_server(base, status, content_type)
     except urllib.error.HTTPError as exc:
         raise http_error(exc, base) from None
     except (http.client.HTTPException, ValueError) as exc:
