@@ -93,3 +93,22 @@ def test_a_pull_answered_with_something_not_http_fails_unavailable(
     path.write_bytes(b"x" * 5000)
     with pytest.raises(Unavailable, match="cannot reach"):
         files.upload_file(lambda: (server.url, None), "cred", "job1", str(path), lambda _: None)
+
+
+def test_a_push_never_writes_more_than_the_blobs_size(tmp_path: Path) -> None:
+    """An answer going on past the blob (a proxy appending to it, another program
+    streaming) is read no further than the blob's size: the machine's disk gets the
+    blob, verified by its hash, and nothing more."""
+    import hashlib
+
+    blob = b"listen 80\n"
+    sha = hashlib.sha256(blob).hexdigest()
+    head = b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n"
+    server = Misbehaving(head + blob + b"x" * (8 << 20))
+    try:
+        dest = tmp_path / "app.conf"
+        files.fetch_blob(lambda: (server.url, None), "cred", sha, len(blob), str(dest), None, None)
+    finally:
+        server.close()
+    assert dest.read_bytes() == blob
+    assert [p.name for p in tmp_path.iterdir()] == ["app.conf"]

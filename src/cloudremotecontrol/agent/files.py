@@ -451,7 +451,8 @@ def _download(
         req = urllib.request.Request(url, headers=headers)  # noqa: S310 -- https URL
         try:
             with urllib.request.urlopen(req, timeout=60, context=ctx) as resp:  # noqa: S310
-                _receive(resp, fd, append=resp.status == 206)
+                append = resp.status == 206
+                _receive(resp, fd, append, size - have if append else size)
         except _CannotWrite:
             raise
         except urllib.error.HTTPError as exc:
@@ -484,15 +485,23 @@ class _Broken(Exception):
         self.error = error
 
 
-def _receive(resp: Any, fd: int, append: bool) -> None:
-    """Copy the response's body into ``fd`` (appended for a 206), synced to disk."""
+def _receive(resp: Any, fd: int, append: bool, limit: int) -> None:
+    """Copy the response's body into ``fd`` (appended for a 206), synced to disk: at
+    most ``limit`` bytes, what is left of the blob. An answer going on past it (a proxy
+    or another program in the server's place) does not fill the machine's disk: the
+    rest is not read, and the hash tells whether what was kept is the blob."""
 
     def read() -> bytes:
+        nonlocal limit
+        if limit <= 0:
+            return b""
         try:
-            return bytes(resp.read(CHUNK))
+            chunk = bytes(resp.read(min(CHUNK, limit)))
         except (OSError, http.client.HTTPException, ValueError) as exc:
             # ValueError: a chunk size that is not hexadecimal (http.client).
             raise _Broken(exc) from None
+        limit -= len(chunk)
+        return chunk
 
     try:
         if append:
