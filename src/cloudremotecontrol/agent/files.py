@@ -351,8 +351,6 @@ def fetch_blob(
     directory = os.path.dirname(dest) or "."
     if not os.path.isdir(directory):
         raise InvalidInput(f"directory {directory} does not exist on this machine")
-    if os.path.isdir(dest):
-        raise InvalidInput(f"{dest} is a directory on this machine: give the file's path")
     _check_replaceable(dest)
     uid_gid = _owner_ids(owner) if owner is not None else None
     part = _part_path(dest, sha)
@@ -461,10 +459,11 @@ def _download(
             # An answer that is not HTTP as the server speaks it (a proxy or another
             # program in its place, a link that cuts it) is tried again, then fails.
             if attempt == ATTEMPTS - 1:
-                why = exc.error if isinstance(exc, _Broken) else exc
-                raise Unavailable(
-                    f"download of {sha[:12]} failed: {type(why).__name__}: {why}"
-                ) from None
+                cause = exc.error if isinstance(exc, _Broken) else exc
+                why = str(cause)
+                if not isinstance(cause, OSError):  # http.client's: its name says most
+                    why = f"{type(cause).__name__}: {why}"
+                raise Unavailable(f"download of {sha[:12]} failed: {why}") from None
             sleep(min(10.0, 0.5 * 2**attempt))
 
 
