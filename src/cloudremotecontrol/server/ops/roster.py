@@ -167,8 +167,19 @@ def hosts_table(
             (e for e in entries if count[e[0]] > 1),
             key=lambda e: (seen.get(e[1]) != e[0], first.get(e[1], float("inf"))),
         )
-        turn = {ip: [e for e in rank if e[0] == ip] for ip in count if count[ip] > 1}
-        return [turn[ip].pop(0) if ip in turn else (ip, name) for ip, name in entries]
+        lines: dict[str, list[tuple[str, str]]] = {}
+        for e in rank:
+            lines.setdefault(e[0], []).append(e)
+        turn = {ip: iter(line) for ip, line in lines.items()}
+        return [next(turn[ip]) if ip in turn else (ip, name) for ip, name in entries]
+
+    ordered: dict[int, list[tuple[str, str]]] = {}  # id(shared list) -> owner_first(it)
+
+    def shared_owner_first(entries: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        got = ordered.get(id(entries))
+        if got is None:
+            got = ordered[id(entries)] = owner_first(entries)
+        return got
 
     if which != "auto":  # the same for every target
         same = []
@@ -195,14 +206,16 @@ def hosts_table(
             lists[key] = [(ip, p.name) for p in peers if (ip := p.private_for(*key) or p.seen)]
         entries = lists[key]  # every peer has a line (a seen address): in peers' order
         me = index.get(v.name)
+        own = None
         if me is not None:  # the target itself: its own private address, one no other
             # machine has if it can, else its seen address
             mine = [ip for ip, _ in peers[me].candidates]
             own = next((ip for ip in mine if ip not in shared), mine[0] if mine else None)
             own = own or peers[me].seen
-            if own:
-                entries = [*entries[:me], (own, v.name), *entries[me + 1 :]]
-        out[v.name] = owner_first(entries)
+        if me is not None and own and own != entries[me][0]:
+            out[v.name] = owner_first([*entries[:me], (own, v.name), *entries[me + 1 :]])
+        else:  # the list the targets alike share, ordered once for all of them
+            out[v.name] = shared_owner_first(entries)
     return out
 
 
