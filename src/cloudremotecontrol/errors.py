@@ -157,11 +157,22 @@ class ProviderError(CrcError):
 
     ``details`` carries ``provider`` and, for HTTP APIs, ``status`` (the HTTP status the
     provider answered) and ``provider_error`` (the provider's own message).
+
+    ``permanent``: the provider refused for good (an HTTP API's 4xx other than 408 and
+    429: a key it refuses, a call it forbids, a request it calls invalid), so asking
+    again cannot help and a caller that retries (``destroy_scenario``) stops asking.
+    What may pass (5xx, 429, the network, a timeout) is not permanent.
     """
 
     code = "provider_error"
     http_status = 502
     exit_code = 8
+
+    def __init__(
+        self, message: str, *, code: str | None = None, permanent: bool = False, **details: Any
+    ) -> None:
+        super().__init__(message, code=code, **details)
+        self.permanent = permanent
 
 
 class TlsUntrusted(TlsPinMismatch):

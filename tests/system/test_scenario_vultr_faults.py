@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -138,3 +139,37 @@ def test_down_goes_on_past_a_machine_vultr_keeps_failing_for(
     done = next(o for o in lines(r.stdout) if o["event"] == "down")
     assert done["destroyed"] == [ids["b"], ids["c"], ids["a"]] and done["left"] == []
     assert fake.state.instances == {}
+
+
+def test_down_reports_a_machine_vultr_forbids_deleting_at_once_and_down_again_removes_it(
+    env: Any, crc: Any, fake: FakeVultr, scenario: Path
+) -> None:
+    """A DELETE Vultr refuses for good (403: the API key's access control) is reported as
+    soon as the other machines are gone, not after the 3 minutes of checking; `crc down`
+    again, once the refusal is lifted, destroys it."""
+    vultr_env = {"VULTR_API_KEY": fake.api_key, "CRC_VULTR_API_URL": fake.url}
+    made_by_up = {"scenario": "flaky", "provider": "vultr", "provider_settings": {}}
+    env.client.create_group("flaky", ["a", "b", "c"], settings={"crc_up": made_by_up})
+    spec = MachineSpec(name="a", os="linux", region="ewr", plan="vc2-1c-1gb", image="2284")
+    with VultrProvider(fake.api_key, fake.url) as p:
+        ids = {n: p.create("flaky", replace(spec, name=n), "#!/bin/sh\ntrue\n").id for n in "abc"}
+    fake.state.fail_next(
+        403, method="DELETE", path=f"/instances/{ids['b']}", message="Unauthorized IP address"
+    )
+
+    r = crc("down", str(scenario), "--json", extra_env=vultr_env, timeout=120)
+
+    assert r.returncode == 1, r.stdout + r.stderr
+    # Sent once, and the check ended at the first listing with only b in it.
+    assert [q.status for q in fake.requests if q.method == "DELETE"] == [204, 403, 204]
+    assert len([q for q in fake.requests if (q.method, q.path) == ("GET", "/instances")]) == 2
+    done = next(o for o in lines(r.stdout) if o["event"] == "down")
+    assert done["destroyed"] == [ids["a"], ids["c"]] and done["left"] == [ids["b"]]
+    assert "(HTTP 403): Unauthorized IP address" in done["errors"][ids["b"]]
+    assert done["text"].startswith(f"still at vultr: {ids['b']} (not destroyed: Vultr forbade")
+    assert list(fake.state.instances) == [ids["b"]]
+
+    r = crc("down", "--group", "flaky", "--provider", "vultr", "--json", extra_env=vultr_env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    again = next(o for o in lines(r.stdout) if o["event"] == "down")
+    assert again["destroyed"] == [ids["b"]] and again["left"] == [] and fake.state.instances == {}

@@ -188,9 +188,10 @@ def test_destroy_reports_what_is_left_after_the_timeout_and_keeps_the_rest() -> 
 
 
 class Flaky(Cloud):
-    """``refuse``: how many more times destroying an instance fails; ``appear``: ids
-    listed from the second listing on (made by a request whose answer got lost);
-    ``list_fails``: which listings (1-based) fail."""
+    """``refuse``: how many more times destroying an instance fails (``permanent``: as a
+    refusal for good, like Vultr's 403); ``appear``: ids listed from the second listing
+    on (made by a request whose answer got lost); ``list_fails``: which listings
+    (1-based) fail."""
 
     def __init__(
         self,
@@ -198,19 +199,23 @@ class Flaky(Cloud):
         refuse: dict[str, int] | None = None,
         appear: builtins.list[str] | None = None,
         list_fails: frozenset[int] = frozenset(),
+        permanent: bool = False,
         **kw: Any,
     ) -> None:
         super().__init__(ids, **kw)
         self.refuse = dict(refuse or {})
         self.appear = list(appear or [])
         self.list_fails = list_fails
+        self.permanent = permanent
         self.listings = 0
 
     def destroy(self, instance_id: str) -> None:
         if self.refuse.get(instance_id, 0) > 0:
             self.refuse[instance_id] -= 1
             self.calls.append(f"refused {instance_id}")
-            raise ProviderError(f"API failed DELETE {instance_id}", provider=self.name)
+            raise ProviderError(
+                f"API failed DELETE {instance_id}", provider=self.name, permanent=self.permanent
+            )
         super().destroy(instance_id)
 
     def list(self, scenario: str) -> builtins.list[Instance]:
@@ -239,6 +244,19 @@ def test_a_machine_the_api_keeps_refusing_is_reported_with_its_error() -> None:
     assert [i.id for i in out.left] == ["a"] and [i.id for i in out.destroyed] == ["b"]
     assert out.errors == {"a": "API failed DELETE a"}
     assert "cleanup" not in cloud.calls
+
+
+def test_a_machine_refused_for_good_is_reported_once_the_others_are_gone() -> None:
+    """A refusal that asking again cannot help (Vultr's 403) is not asked again, and the
+    check ends as soon as only such machines are listed, not when the 3 minutes pass:
+    the others are still destroyed and checked gone."""
+    cloud, clock = Flaky(["a", "b", "c"], refuse={"a": 10**6}, permanent=True, lag=1), Clock()
+    out = destroy_scenario(cloud, "s", sleep=clock.sleep, clock=clock)
+    assert [i.id for i in out.left] == ["a"] and [i.id for i in out.destroyed] == ["b", "c"]
+    assert out.errors == {"a": "API failed DELETE a"} and out.refused == {"a"}
+    assert cloud.calls.count("refused a") == 1 and cloud.calls.count("list") == 3
+    assert clock.now == 2.0  # one poll saw b and c gone
+    assert "cleanup" not in cloud.calls  # a still needs what cleanup removes
 
 
 def test_a_machine_listed_late_is_destroyed_too() -> None:
@@ -325,6 +343,17 @@ def test_down_says_why_a_machine_was_not_destroyed() -> None:
     assert text.startswith(
         "still at memory after 0.3 s: b (not destroyed: API failed DELETE b); to try again"
     )
+
+
+def test_down_reports_a_machine_refused_for_good_without_waiting_out_the_time() -> None:
+    cloud, view = Flaky(["a", "b"], refuse={"b": 10**6}, permanent=True), Notes()
+    nap = lambda seconds: time.sleep(0.05)  # noqa: E731 -- the real clock
+    assert down("s", cloud, None, view, verify_timeout=10, sleep=nap) == 1
+    assert cloud.calls == ["list", "destroy a", "refused b", "list"]  # no second try
+    text, doc = view.notes[-1]
+    assert doc["left"] == ["b"] and doc["destroyed"] == ["a"]
+    assert doc["errors"] == {"b": "API failed DELETE b"}
+    assert text.startswith("still at memory: b (not destroyed: API failed DELETE b); to try again")
 
 
 class CleanupFails(Cloud):

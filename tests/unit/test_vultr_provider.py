@@ -291,6 +291,55 @@ def test_destroying_a_scenario_goes_on_past_an_instance_vultr_fails_for(
     assert_clean(fake)
 
 
+def test_an_instance_vultr_forbids_deleting_is_reported_at_once_with_vultr_words(
+    fake: FakeVultr, vultr: VultrProvider
+) -> None:
+    """A 403 (the key's access control, say) fails the same way however often it is
+    sent: it is sent once, the others are destroyed and checked gone, and the check ends
+    then instead of after 3 minutes of asking again."""
+    ids = [vultr.create("demo", linux(n), "x").id for n in ("a", "b", "c")]
+    first = vultr.list("demo")[0].id
+    fake.state.fail_next(
+        403, times=100, method="DELETE", path=f"/instances/{first}", message="IP not allowed"
+    )
+    now = [0.0]
+
+    out = destroy_scenario(
+        vultr, "demo", sleep=lambda s: now.__setitem__(0, now[0] + s), clock=lambda: now[0]
+    )
+
+    assert [i.id for i in out.left] == [first] and out.refused == {first}
+    assert sorted(i.id for i in out.destroyed) == sorted(set(ids) - {first})
+    assert "(HTTP 403): IP not allowed" in out.errors[first]
+    assert [r.status for r in sent(fake, "DELETE", f"/instances/{first}")] == [403]
+    assert now[0] == 0.0 and list(fake.state.instances) == [first]
+    assert_clean(fake)
+
+
+def test_an_instance_gone_before_its_delete_counts_as_destroyed(
+    fake: FakeVultr, vultr: VultrProvider
+) -> None:
+    """Vultr answers DELETE 404 for an instance it no longer has (deleted in the portal
+    meanwhile): that is what was asked, not a failure."""
+    inst = vultr.create("demo", linux(), "x")
+    fake.state.fail_next(404, method="DELETE", after_handling=True, message="Invalid instance-id.")
+
+    out = destroy_scenario(vultr, "demo", sleep=lambda s: None)
+
+    assert out.ok and [i.id for i in out.destroyed] == [inst.id] and out.errors == {}
+    assert [r.status for r in sent(fake, "DELETE", f"/instances/{inst.id}")] == [404]
+    assert_clean(fake)
+
+
+def test_only_refusals_for_good_are_permanent(fake: FakeVultr, vultr: VultrProvider) -> None:
+    for status, permanent in ((400, True), (403, True), (408, False), (500, False)):
+        fake.state.fail_next(status, times=1 if status < 500 else 3)  # FAST: 2 retries
+        with pytest.raises(ProviderError) as err:
+            vultr.list("demo")
+        assert err.value.permanent is permanent, status
+    assert_clean(fake)
+
+
 def test_an_instance_whose_startup_script_cannot_be_deleted_still_counts_as_destroyed(
     fake: FakeVultr, vultr: VultrProvider
 ) -> None:

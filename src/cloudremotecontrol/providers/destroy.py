@@ -9,9 +9,12 @@ passes, destroying what appears meanwhile, and only then removes what the provid
 beside the instances (``Provider.cleanup``: Vultr's startup scripts), which a machine
 still there may need.
 
-One machine the provider refuses to destroy (an API that keeps failing for it) never
-keeps the others alive: each is destroyed on its own, a refused one is tried again at
-every listing until the time is up, and is then reported with the provider's words.
+One machine the provider fails to destroy never keeps the others alive: each is
+destroyed on its own. A failure that may pass (an API that keeps failing for it: 5xx,
+429, the network) is tried again at every listing until the time is up; a refusal for
+good (``ProviderError.permanent``: Vultr's 403, say) is not asked again, and once only
+such machines are listed the verification ends at once instead of waiting out the time
+for a machine that cannot go. Either way it is reported with the provider's words.
 """
 
 from __future__ import annotations
@@ -37,12 +40,14 @@ class Destroyed:
     """What ``destroy_scenario`` did: the instances it destroyed, those still listed
     when it gave up (empty: all gone), why the provider refused to destroy some of those
     (``errors``: instance id -> message, and ``CLEANUP`` -> message when the clean-up
-    after them failed), and what ``cleanup`` removed."""
+    after them failed), which of them it refused for good (``refused``: ids, not asked
+    again), and what ``cleanup`` removed."""
 
     destroyed: list[Instance]
     left: list[Instance]
     cleaned: dict[str, int] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
+    refused: frozenset[str] = frozenset()
 
     @property
     def ok(self) -> bool:
@@ -60,7 +65,9 @@ def destroy_scenario(
 ) -> Destroyed:
     """Destroy every instance of ``scenario`` (``on_destroyed`` is told of each), list
     again every 2 s until none is left or ``verify_timeout`` passes, destroying what is
-    listed anew and trying again what the provider refused, then clean up.
+    listed anew and trying again what the provider failed to destroy, then clean up.
+    The listing also ends as soon as only instances the provider refused for good
+    (``ProviderError.permanent``) are left.
 
     An error of the first listing propagates (nothing was done yet). After it, a
     ``ProviderError`` destroying one instance is kept in ``errors`` while the others go
@@ -71,15 +78,18 @@ def destroy_scenario(
     """
     destroyed: dict[str, Instance] = {}
     errors: dict[str, str] = {}
+    refused: set[str] = set()  # refused for good: asking again cannot help
 
     def destroy_new(listed: list[Instance]) -> None:
         for inst in listed:
-            if inst.id in destroyed:
-                continue  # accepted before, still going away: never DELETE twice
+            if inst.id in destroyed or inst.id in refused:
+                continue  # accepted (going away: never DELETE twice) or refused for good
             try:
                 provider.destroy(inst.id)
             except ProviderError as exc:
                 errors[inst.id] = exc.message
+                if exc.permanent:
+                    refused.add(inst.id)
                 continue
             errors.pop(inst.id, None)
             destroyed[inst.id] = inst
@@ -96,8 +106,8 @@ def destroy_scenario(
             failed = None
         except ProviderError as exc:
             failed = exc  # keep the last good listing; a blip is asked again
-        if failed is None and not left:
-            break
+        if failed is None and all(i.id in refused for i in left):
+            break  # none left, or only what waiting cannot remove
         if clock() >= deadline:
             if failed is not None:
                 raise failed
@@ -107,6 +117,7 @@ def destroy_scenario(
         sleep(POLL_SECONDS)
     kept = {i.id for i in left}
     errors = {k: v for k, v in errors.items() if k in kept}
+    refused &= kept
     cleaned: dict[str, int] = {}
     if not left:
         try:
@@ -115,4 +126,4 @@ def destroy_scenario(
             # The machines are gone (nothing bills); what the provider keeps beside them
             # stays for the next `crc down`, which lists nothing and cleans up again.
             errors[CLEANUP] = exc.message
-    return Destroyed(list(destroyed.values()), left, cleaned, errors)
+    return Destroyed(list(destroyed.values()), left, cleaned, errors, frozenset(refused))

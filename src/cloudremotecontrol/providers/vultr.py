@@ -615,7 +615,16 @@ def _client_error(resp: httpx.Response, method: str, path: str) -> ProviderError
         )
     else:
         msg = f"Vultr rejected {method} {path} (HTTP {status}): {said}"
-    return ProviderError(msg, provider=VultrProvider.name, status=status, provider_error=said)
+    # A 4xx is Vultr's verdict on the request itself ("Response Codes" in openapi-v2.json:
+    # an authorization failure or a malformed request): the same request fails again.
+    # 429 never comes here (_send waits it out); 408 is a timeout, which may pass.
+    return ProviderError(
+        msg,
+        provider=VultrProvider.name,
+        permanent=status != 408,
+        status=status,
+        provider_error=said,
+    )
 
 
 def _vultr_error(resp: httpx.Response) -> str:

@@ -88,8 +88,9 @@ def destroy_at_provider(provider: str, api_key: str, group: str) -> dict[str, An
     with cls.for_teardown(api_key) as p:
         gone = destroy_scenario(p, group, verify_timeout=VERIFY_SECONDS)
     if gone.left:
+        waited = any(i.id not in gone.refused for i in gone.left)
         raise CrcError(
-            f"still at {provider} after {VERIFY_SECONDS:.0f} s: "
+            f"still at {provider}{f' after {VERIFY_SECONDS:.0f} s' if waited else ''}: "
             + ", ".join(
                 f"{i.id} ({gone.errors[i.id]})" if i.id in gone.errors else i.id for i in gone.left
             ),

@@ -347,7 +347,10 @@ class Runner:
                     raise
                 # Say which machine: the provider's words name only its API call.
                 raise ProviderError(
-                    f"machine {m.name}: {exc.message}", code=exc.code, **exc.details
+                    f"machine {m.name}: {exc.message}",
+                    code=exc.code,
+                    permanent=exc.permanent,
+                    **exc.details,
                 ) from None
             self.instances[m.name] = inst
             self.view.machine(m.name, "booting", f"instance {inst.id} created", instance=inst.id)
@@ -601,9 +604,11 @@ def _down(
     if left:
         # The group is deleted all the same (its credentials revoked: what is left can no
         # longer reach the server), and with it what `crc down --group` reads the
-        # provider from: say how to try again.
+        # provider from: say how to try again. Machines the provider refused for good are
+        # reported at once, without waiting out the time: say "after" only if it was.
+        waited = any(i.id not in gone.refused for i in left)
         view.info(
-            f"still at {provider.name} after {verify_timeout:g} s: "
+            f"still at {provider.name}{f' after {verify_timeout:g} s' if waited else ''}: "
             f"{', '.join(_left_text(i, gone.errors) for i in left)}; "
             f"to try again: `crc down --group {group} "
             f"--provider {provider.name}` (or `crc down` with the scenario file)",
