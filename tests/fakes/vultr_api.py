@@ -336,6 +336,9 @@ class FakeVultrState:
         self.halt = halt
         self.rate_limit = rate_limit
         self.ready_delay = ready_delay
+        # A broken API: lists go on for this many empty pages past their end, each with a
+        # new next cursor.
+        self.endless_pages = 0
         self.instances: dict[str, dict[str, Any]] = {}
         self.scripts: dict[str, dict[str, Any]] = {}
         self.requests: list[RecordedRequest] = []
@@ -659,7 +662,7 @@ class FakeVultrState:
 
         end = start + per_page
         links = {
-            "next": cursor("next", end) if end < len(items) else "",
+            "next": cursor("next", end) if end < len(items) + self.endless_pages * per_page else "",
             "prev": cursor("prev", max(0, start - per_page)) if start > 0 else "",
         }
         return _Reply(

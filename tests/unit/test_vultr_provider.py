@@ -256,6 +256,19 @@ def test_list_finds_every_instance_of_the_scenario_across_pages(
     assert_clean(fake)
 
 
+def test_a_list_that_never_ends_is_a_clear_error(fake: FakeVultr, vultr: VultrProvider) -> None:
+    """An API that keeps handing out new cursors (each page says there is a next one)
+    is followed for 500 pages at most, then refused with a clear error."""
+    vultr.create("demo", linux(), "x")
+    fake.state.endless_pages = 1000
+
+    with pytest.raises(ProviderError, match=r"next page after 500 pages \(1 item\(s\) read\)"):
+        vultr.list("demo")
+
+    assert len(sent(fake, "GET", "/instances")) == 500
+    assert_clean(fake)
+
+
 def test_get_of_a_missing_instance_is_none(fake: FakeVultr, vultr: VultrProvider) -> None:
     assert vultr.get("0d4f9c1e-0000-4000-8000-000000000000") is None
     assert vultr.get("../account") is None  # ids are one quoted path segment

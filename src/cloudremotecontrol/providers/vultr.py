@@ -158,6 +158,10 @@ def _is_kind(value: Any, kind: str) -> bool:
 
 
 _MAX_PER_PAGE = 500  # list-instances: "Default is 100 and Max is 500."
+# A list is read to its end (meta.links.next) in at most this many pages: 50,000 items at
+# the default page size, far beyond an account's instances or startup scripts. An API
+# that keeps handing out new cursors would otherwise be followed forever.
+_MAX_PAGES = 500
 
 
 @dataclass(frozen=True)
@@ -470,11 +474,12 @@ class VultrProvider(Provider):
 
     def _pages(self, path: str, key: str, params: dict[str, Any]) -> builtins.list[dict[str, Any]]:
         """All items of a cursor-paginated list (``meta.links.next``, Vultr "Meta and
-        Pagination"); stops on an empty or repeated cursor."""
+        Pagination"); stops on an empty or repeated cursor, and fails past ``_MAX_PAGES``
+        pages."""
         items: builtins.list[dict[str, Any]] = []
         cursor = ""
         seen: set[str] = set()
-        while True:
+        for _ in range(_MAX_PAGES):
             query = {**params, "per_page": self.page_size}
             if cursor:
                 query["cursor"] = cursor
@@ -485,6 +490,11 @@ class VultrProvider(Provider):
             if not cursor or cursor in seen:
                 return items
             seen.add(cursor)
+        raise ProviderError(
+            f"Vultr answered GET {path} with a next page after {_MAX_PAGES} pages "
+            f"({len(items)} item(s) read): stopped there; is {self.base_url} the Vultr API?",
+            provider=self.name,
+        )
 
     def _backoff(self, attempt: int) -> float:
         full = min(self.retry.max_delay, self.retry.base_delay * (2.0**attempt))
