@@ -339,6 +339,10 @@ class FakeVultrState:
         # A broken API: lists go on for this many empty pages past their end, each with a
         # new next cursor.
         self.endless_pages = 0
+        # A new instance is listed (GET /instances) only this many seconds after it was
+        # made; GET /instances/{id} knows it at once.
+        self.list_delay = 0.0
+        self._listed_from: dict[str, float] = {}
         self.instances: dict[str, dict[str, Any]] = {}
         self.scripts: dict[str, dict[str, Any]] = {}
         self.requests: list[RecordedRequest] = []
@@ -569,6 +573,7 @@ class FakeVultrState:
             f"10.1.96.{self._ip_seq % 250 + 1}" if vpc else "",
         )
         self.instances[iid] = inst
+        self._listed_from[iid] = time.monotonic() + self.list_delay
         self._boot_script[iid] = script
         password = self.passwords[iid] = base64.b64encode(os.urandom(12)).decode()
         t = threading.Thread(
@@ -579,10 +584,12 @@ class FakeVultrState:
         return _Reply(202, {"instance": {**inst, "default_password": password}})
 
     def _list_instances(self, args: list[str], q: dict[str, str], b: Any) -> _Reply:
+        now = time.monotonic()
         items = [
             i
             for i in self.instances.values()
-            if ("tag" not in q or q["tag"] in i["tags"])
+            if self._listed_from.get(i["id"], 0.0) <= now
+            and ("tag" not in q or q["tag"] in i["tags"])
             and all(k not in q or q[k] == i[k] for k in ("label", "main_ip", "region"))
         ]
         return self._page("instances", items, q)

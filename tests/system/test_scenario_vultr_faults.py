@@ -173,3 +173,53 @@ def test_down_reports_a_machine_vultr_forbids_deleting_at_once_and_down_again_re
     assert r.returncode == 0, r.stdout + r.stderr
     again = next(o for o in lines(r.stdout) if o["event"] == "down")
     assert again["destroyed"] == [ids["b"]] and again["left"] == [] and fake.state.instances == {}
+
+
+def test_up_destroys_the_second_machine_a_create_whose_answer_was_lost_made(
+    env: Any, fake: FakeVultr, crc: Any, scenario: Path
+) -> None:
+    """Vultr makes machine a but its answer is lost, and lists it only a while later:
+    `crc up` does not find it and makes a again. The first one shows up while a is still
+    pending (it holds the same single-use key): `crc up` destroys it instead of leaving
+    it billing until `crc down`."""
+    vultr_env = {"VULTR_API_KEY": fake.api_key, "CRC_VULTR_API_URL": fake.url}
+    fake.state.list_delay = 3.0
+    fake.state.fail_next(
+        504,
+        after_handling=True,
+        method="POST",
+        path="/instances",
+        when=lambda body: body.get("hostname") == "a",
+    )
+    up = subprocess.Popen(
+        [sys.executable, "-m", "cloudremotecontrol", "up", str(scenario), "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **env.cli_env, **vultr_env},
+    )
+
+    def instances_of_a() -> list[str]:
+        return [i for i, raw in fake.state.instances.items() if raw["hostname"] == "a"]
+
+    try:
+        deadline = time.monotonic() + 60
+        creates = [r for r in fake.requests if r.method == "POST" and r.path == "/instances"]
+        while len(creates) < 4 or len(instances_of_a()) != 1:  # the machines never enroll
+            assert up.poll() is None and time.monotonic() < deadline, up.communicate()
+            time.sleep(0.1)
+            creates = [r for r in fake.requests if r.method == "POST" and r.path == "/instances"]
+    finally:
+        up.send_signal(signal.SIGINT)
+        out, err = up.communicate(timeout=60)
+    made_for_a = [r for r in creates if r.json["hostname"] == "a"]
+    assert [r.status for r in made_for_a] == [504, 202]
+    (twin,) = [r.path.rsplit("/", 1)[1] for r in fake.requests if r.method == "DELETE"]
+    assert twin not in fake.state.instances and len(fake.state.instances) == 3
+    texts = [o.get("text", "") for o in lines(out)]
+    assert f"machine a: destroyed its second instance {twin} (made by a create whose " in "".join(
+        texts
+    ), out + err
+
+    first = down_twice(env, crc, scenario, vultr_env)
+    assert len(first["destroyed"]) == 3 and fake.state.instances == {}

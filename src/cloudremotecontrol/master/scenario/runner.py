@@ -93,6 +93,7 @@ class Runner:
         self._cert = self.client.cert_pem
         self._lock = threading.Lock()
         self.instances: dict[str, Instance] = {}
+        self._twins: set[str] = set()  # second instances of a machine, dealt with
         self.results: dict[str, StepResult] = {}
         self.report = RunReporter(self.new_client(), self.group, self.view.info)
 
@@ -303,11 +304,6 @@ class Runner:
             insts = [i for i in found.get(m.name, []) if not i.leftover]
             for stale in [i for i in found.get(m.name, []) if i.leftover]:
                 p.destroy(stale.id)
-            if len(insts) > 1:
-                self.view.info(
-                    f"warning: {len(insts)} instances for machine {m.name}: "
-                    f"{', '.join(i.id for i in insts)}"
-                )
             if insts:
                 inst = next((i for i in insts if i.ready), insts[0])
                 if not inst.ready and inst.stopped and p.capabilities.supports(Feature.START):
@@ -389,12 +385,14 @@ class Runner:
                 if time.monotonic() - checked > every:
                     checked = time.monotonic()
                     self._check_alive(states)
+                    self._destroy_twins(states)
                 if time.monotonic() > deadline:
                     late = sorted(n for n in wanted if states.get(n) != "ready")
                     raise Unavailable(
                         f"timed out after {s.ready_timeout:g}s: not ready: {', '.join(late)}",
                         code="timeout",
                     )
+        self._destroy_twins(states)
         self.state.save(keys={})  # every key is used now: nothing secret is left here
         # The stream may still hold older events than the snapshot the wait started
         # from: show what is true now before saying so.
@@ -402,6 +400,47 @@ class Runner:
             if m["name"] in wanted:
                 self.view.machine(m["name"], m["state"])
         self.view.info(f"all {len(wanted)} machines ready")
+
+    def _destroy_twins(self, states: dict[str, str]) -> None:
+        """Destroy the second instances of machines nobody enrolled yet.
+
+        A create whose answer was lost and whose instance the provider did not list yet
+        is sent again (Vultr: ``VultrProvider.create``), and the first instance shows up
+        later, tagged for the same machine. It boots with the same single-use key as the
+        instance `crc up` waits for, so it only costs money: while the machine is
+        ``pending`` it is destroyed. Once a machine enrolled, which instance did is not
+        known here: the others are named, and `crc down` destroys them."""
+        try:
+            listed = self.provider.list(self.group)
+        except ProviderError:
+            return  # a hiccup at the provider: asked again at the next check
+        for inst in listed:
+            name = tag_value(inst.tags, MACHINE_TAG_PREFIX) or inst.name
+            mine = self.instances.get(name)
+            if mine is None or inst.id == mine.id or inst.id in self._twins:
+                continue
+            if states.get(name) == "pending":
+                try:
+                    self.provider.destroy(inst.id)
+                except ProviderError as exc:
+                    self.view.info(
+                        f"warning: machine {name} has a second instance {inst.id} that "
+                        f"{self.provider.name} did not destroy ({exc.message}); tried again "
+                        "later, `crc down` destroys it"
+                    )
+                    continue
+                self.view.info(
+                    f"machine {name}: destroyed its second instance {inst.id} (made by a "
+                    "create whose answer was lost)",
+                    machine=name,
+                    instance=inst.id,
+                )
+            else:
+                self.view.info(
+                    f"warning: machine {name} has a second instance {inst.id} beside "
+                    f"{mine.id}: `crc down` destroys both"
+                )
+            self._twins.add(inst.id)
 
     def _check_alive(self, states: dict[str, str]) -> None:
         """Fail fast when a machine that is not ready yet died at the provider."""
