@@ -342,7 +342,7 @@ class FakeVultrState:
         # A new instance is listed (GET /instances) only this many seconds after it was
         # made; GET /instances/{id} knows it at once.
         self.list_delay = 0.0
-        self._listed_from: dict[str, float] = {}
+        self._created_at: dict[str, float] = {}
         self.instances: dict[str, dict[str, Any]] = {}
         self.scripts: dict[str, dict[str, Any]] = {}
         self.requests: list[RecordedRequest] = []
@@ -573,7 +573,7 @@ class FakeVultrState:
             f"10.1.96.{self._ip_seq % 250 + 1}" if vpc else "",
         )
         self.instances[iid] = inst
-        self._listed_from[iid] = time.monotonic() + self.list_delay
+        self._created_at[iid] = time.monotonic()
         self._boot_script[iid] = script
         password = self.passwords[iid] = base64.b64encode(os.urandom(12)).decode()
         t = threading.Thread(
@@ -588,7 +588,7 @@ class FakeVultrState:
         items = [
             i
             for i in self.instances.values()
-            if self._listed_from.get(i["id"], 0.0) <= now
+            if now - self._created_at.get(i["id"], 0.0) >= self.list_delay
             and ("tag" not in q or q["tag"] in i["tags"])
             and all(k not in q or q[k] == i[k] for k in ("label", "main_ip", "region"))
         ]

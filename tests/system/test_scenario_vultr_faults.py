@@ -223,3 +223,32 @@ def test_up_destroys_the_second_machine_a_create_whose_answer_was_lost_made(
 
     first = down_twice(env, crc, scenario, vultr_env)
     assert len(first["destroyed"]) == 3 and fake.state.instances == {}
+
+
+def test_up_whose_create_answers_were_all_lost_says_the_machine_may_exist(
+    env: Any, crc: Any, fake: FakeVultr, scenario: Path
+) -> None:
+    """Every create of a is made by Vultr but its answer lost, and Vultr does not list
+    them yet: `crc up` fails, and says that machines may be billing and how to remove
+    them, although it knows of none."""
+    vultr_env = {"VULTR_API_KEY": fake.api_key, "CRC_VULTR_API_URL": fake.url}
+    fake.state.list_delay = 3600.0
+    fake.state.fail_next(
+        504, times=10, after_handling=True, method="POST", path="/instances", message="timeout"
+    )
+
+    r = crc("up", str(scenario), extra_env=vultr_env, timeout=120)
+
+    assert r.returncode == 8, r.stdout + r.stderr
+    assert fake.state.instances  # made, never answered
+    assert r.stderr.splitlines()[-2:] == [
+        f"vultr may have made machine(s) a of flaky although creating them failed: "
+        f"`crc down {scenario}` destroys whatever was made",
+        "crc: error: machine a: Vultr failed POST /instances (HTTP 504): timeout; "
+        "try again later (status.vultr.com)",
+    ]
+
+    made = sorted(fake.state.instances)
+    fake.state.list_delay = 0.0  # Vultr lists them at last
+    first = down_twice(env, crc, scenario, vultr_env)
+    assert sorted(first["destroyed"]) == made and fake.state.instances == {}

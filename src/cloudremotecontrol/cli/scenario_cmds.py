@@ -69,14 +69,23 @@ def up(scenario_file: str, rerun: bool, parallel: int, as_json: bool) -> None:
             rc = runner.up()
         finally:
             runner.close()
+            file = shlex.quote(scenario_file)
             if rc != 0 and runner.instances and not as_json:
                 # Failed, interrupted or a step failed: what was made keeps running (and,
                 # on a cloud, costing money) until `crc down`. Say so before the error.
-                names, file = ", ".join(sorted(runner.instances)), shlex.quote(scenario_file)
+                names = ", ".join(sorted(runner.instances))
                 click.echo(
                     f"{len(runner.instances)} machine(s) of {scenario.name} are still at "
                     f"{provider.name} ({names}): `crc up {file}` again resumes, "
                     f"`crc down {file}` destroys them",
+                    err=True,
+                )
+            if rc != 0 and runner.uncertain and not as_json:
+                # A create whose answer was lost may have made a machine nobody lists yet.
+                click.echo(
+                    f"{provider.name} may have made machine(s) {', '.join(runner.uncertain)} "
+                    f"of {scenario.name} although creating them failed: `crc down {file}` "
+                    "destroys whatever was made",
                     err=True,
                 )
     exposed = [(m.name, local, port) for m in scenario.machines for local, port in m.forwards]

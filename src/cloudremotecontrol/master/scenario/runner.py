@@ -94,6 +94,9 @@ class Runner:
         self._lock = threading.Lock()
         self.instances: dict[str, Instance] = {}
         self._twins: set[str] = set()  # second instances of a machine, dealt with
+        # Machines whose create failed in a way that may have made them all the same (a
+        # lost answer): the provider may list them only later.
+        self.uncertain: list[str] = []
         self.results: dict[str, StepResult] = {}
         self.report = RunReporter(self.new_client(), self.group, self.view.info)
 
@@ -339,6 +342,8 @@ class Runner:
             try:
                 inst = p.create(self.group, spec, self._startup_script(spec, key))
             except ProviderError as exc:
+                if not exc.permanent:
+                    self.uncertain.append(m.name)
                 if exc.message.startswith(f"machine {m.name}:"):
                     raise
                 # Say which machine: the provider's words name only its API call.
