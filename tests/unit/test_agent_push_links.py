@@ -1,7 +1,7 @@
 """A push to a path that is a symbolic link (``agent/files.fetch_blob``, against a real
 HTTP server on loopback serving the blob): the content is written to the link's target
-and the link stays, as ``cp`` does; a dangling link, and a link of another user's to a
-file that user does not own (a trap planted in /tmp for the root agent), are refused.
+and the link stays, as ``cp`` does; a dangling link, a loop, and a link of another
+user's (a trap planted in /tmp for the root agent) are refused.
 A push also removes the stale partial files of earlier ones beside it, and only those."""
 
 from __future__ import annotations
@@ -78,13 +78,13 @@ def test_a_push_to_a_dangling_link_is_refused(url, tmp_path) -> None:
 def test_a_push_to_a_link_looping_is_refused(url, tmp_path) -> None:
     (tmp_path / "a").symlink_to(tmp_path / "b")
     (tmp_path / "b").symlink_to(tmp_path / "a")
-    with pytest.raises(InvalidInput):
+    with pytest.raises(InvalidInput, match="symbolic link in a loop"):
         push(url, tmp_path / "a")
     assert (tmp_path / "a").is_symlink() and (tmp_path / "b").is_symlink()
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to own a link as another user")
-def test_another_users_link_to_a_file_it_does_not_own_is_not_followed(url, tmp_path) -> None:
+def test_another_users_link_is_not_followed(url, tmp_path) -> None:
     victim = tmp_path / "shadow"
     victim.write_text("root's\n")
     trap = tmp_path / "app.conf"
@@ -93,10 +93,19 @@ def test_another_users_link_to_a_file_it_does_not_own_is_not_followed(url, tmp_p
     with pytest.raises(InvalidInput, match=r"symbolic link of another user's \(uid 65534\)"):
         push(url, trap)
     assert victim.read_text() == "root's\n" and trap.is_symlink()
-    # Its own file, that user's link may name: written through.
-    os.chown(victim, 65534, 65534)
-    push(url, trap)
-    assert victim.read_bytes() == BLOB and trap.is_symlink()
+    # Not even to a file of that user's own: the directories on the way are its to
+    # swap for links while the push runs (into /etc, say).
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    os.chown(theirs, 65534, 65534)
+    (theirs / "passwd").write_text("theirs\n")
+    os.chown(theirs / "passwd", 65534, 65534)
+    trap.unlink()
+    trap.symlink_to(theirs / "passwd")
+    os.lchown(trap, 65534, 65534)
+    with pytest.raises(InvalidInput, match=r"symbolic link of another user's \(uid 65534\)"):
+        push(url, trap)
+    assert (theirs / "passwd").read_text() == "theirs\n" and trap.is_symlink()
 
 
 def _old(path: Path) -> None:

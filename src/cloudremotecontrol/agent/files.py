@@ -131,11 +131,13 @@ def _through_links(dest: str) -> str:
     """The file a push to ``dest`` writes: ``dest`` itself, or, when it is a symbolic
     link, the file the link points to (as ``cp`` writes through a link), so that the
     link stays and its target gets the content. A dangling link is refused (as ``cp``
-    does), and so is a link that another user owns pointing to a file that user does
-    not own: the agent runs as root, and such a link planted in a directory everyone
-    may write (/tmp) would turn a push into a write to any file of the machine (the
-    rule of Linux's fs.protected_symlinks)."""
+    does), and so is a link that another user owns: the agent runs as root, and a link
+    planted in a directory everyone may write (/tmp) would turn a push into a write to
+    any file of the machine - or, pointing into a directory of that user's, which it
+    can swap for a link while the push runs, to any file at all. A link of the agent's
+    own user leads where that user chose, as a push to the target's own path would."""
     path = dest
+    loop = f"{dest} is a symbolic link in a loop on this machine"
     for _ in range(40):  # the kernel's own bound on links followed (ELOOP)
         link = _lstat(path)
         if link is None or not stat.S_ISLNK(link.st_mode):
@@ -144,20 +146,22 @@ def _through_links(dest: str) -> str:
             # Its directory as the kernel resolves it (a ``..`` after a linked one).
             return os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
         target = os.path.join(os.path.dirname(path), os.readlink(path))
-        st = _stat(target)
-        if st is None:
+        if sys.platform != "win32" and link.st_uid != os.geteuid():
+            raise InvalidInput(
+                f"{dest} is a symbolic link of another user's (uid {link.st_uid}) to "
+                f"{target}: not written through, push to the file's own path"
+            )
+        try:
+            os.stat(target)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise InvalidInput(loop) from None
             raise InvalidInput(
                 f"{dest} is a symbolic link to {target}, which does not exist on this "
                 "machine: push to the file's own path, or remove the link"
-            )
-        if sys.platform != "win32" and link.st_uid not in (os.geteuid(), st.st_uid):
-            raise InvalidInput(
-                f"{dest} is a symbolic link of another user's (uid {link.st_uid}) to "
-                f"{target}, which that user does not own: not written through, push to "
-                "the file's own path"
-            )
+            ) from None
         path = target
-    raise InvalidInput(f"{dest} is a symbolic link in a loop on this machine")
+    raise InvalidInput(loop)
 
 
 def _stat(path: str) -> os.stat_result | None:
@@ -358,9 +362,10 @@ def fetch_blob(
         fd = _open_part(part)
     except OSError as exc:
         raise InvalidInput(f"cannot write {dest} on this machine: {exc.strerror or exc}") from None
-    _remove_stale_parts(directory, part)
     keep = True  # a broken download stays for the next push to resume
     try:
+        if os.fstat(fd).st_size == 0:  # a new partial file, not one resumed: the
+            _remove_stale_parts(directory, part)  # directory is read once per new file
         _download(where, credential, sha, size, fd, sleep)
         keep = False
         digest, got = _hash_fd(fd)
