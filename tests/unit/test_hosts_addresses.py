@@ -150,3 +150,31 @@ def test_a_peer_claiming_another_machines_address_never_comes_first_on_its_line(
     table = hosts_table(group, group, "auto", {"aaa": 1.0, "home": 2.0, "web": 3.0})
     assert table["home"][0] == ("192.168.1.20", "web")
     assert table["home"][2] == ("192.168.1.20", "aaa")
+
+
+def test_machines_behind_one_address_each_list_themselves_by_their_own_and_the_owner_first():
+    """Machines behind one NAT with only a container bridge's address each (no network
+    in common): every target lists itself by its bridge address (its line of its own)
+    and the others at the address the server sees them connect from, by enrollment
+    whatever the names. The enrollment order is asked for once,
+    and only because two machines are at one address."""
+    nat = "203.0.113.9"
+    group = [machine(f"m{i}", "198.51.100.1" if i == 2 else nat, ["172.17.0.1"]) for i in range(5)]
+    calls = []
+
+    def enrolled() -> dict[str, float]:
+        calls.append(1)
+        return {"m4": 1.0, "m3": 2.0, "m0": 3.0, "m1": 4.0, "m2": 5.0}
+
+    table = hosts_table(group, group, "auto", enrolled)
+    assert calls == [1]
+    for t in group:
+        mine = [ip for ip, name in table[t["name"]] if name == t["name"]]
+        assert mine == ["172.17.0.1"]
+        names_at_nat = [name for ip, name in table[t["name"]] if ip == nat]
+        others = [n for n in ("m4", "m3", "m0", "m1") if n != t["name"]]
+        assert names_at_nat == others, t["name"]
+    calls.clear()
+    apart = [machine(f"m{i}", f"198.51.100.{i + 1}", ["172.17.0.1"]) for i in range(3)]
+    hosts_table(apart, apart, "auto", enrolled)
+    assert calls == []  # no address with two machines: nothing to ask

@@ -509,7 +509,7 @@ def auto_hosts_sync(tx: Tx, group_id: str) -> list[tuple[str, int, str]]:
     which = str(settings.get("hosts_ip") or "auto")
     live = [m for m in roster(tx, group_id) if m["state"] in ("ready", "offline")]
     # What each machine's hosts file gets.
-    table = hosts_table(live, live, which, enrollment_order(tx, group_id))
+    table = hosts_table(live, live, which, lambda: enrollment_order(tx, group_id))
     listed = sorted((name, sorted(entries)) for name, entries in table.items())
     digest = hashlib.sha256(dumps(listed).encode()).hexdigest()
     if not any(table.values()) or settings.get("hosts_synced") == digest:

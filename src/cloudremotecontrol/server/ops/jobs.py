@@ -113,7 +113,7 @@ def create_hosts_sync(
             "no machine of the group has reported an address yet: wait until they are ready"
         )
     job_id = uuid.uuid4().hex
-    table = hosts_table(machines, everyone, which, enrollment_order(tx, group["id"]))
+    table = hosts_table(machines, everyone, which, lambda: enrollment_order(tx, group["id"]))
 
     def per_target(name: str) -> Message:
         return HostsSync(job_id=job_id, group=group_name, entries=tuple(table[name]))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from typing import Any
 
 from ...errors import InvalidInput
@@ -140,7 +141,7 @@ def hosts_table(
     machines: list[dict[str, Any]],
     targets: list[dict[str, Any]],
     which: str = "auto",
-    enrolled: dict[str, float] | None = None,
+    enrolled: dict[str, float] | Callable[[], dict[str, float]] | None = None,
 ) -> dict[str, list[tuple[str, str]]]:
     """Each target's :func:`hosts_entries` by name (``targets``: roster entries). The
     addresses are parsed once, and targets alike in what decides the choice share it,
@@ -150,12 +151,18 @@ def hosts_table(
     is what a reverse lookup of the address gives: that is its owner's, whatever the
     names (a machine may claim any address in its facts). The owner is the machine the
     server sees connect from that address, else the one enrolled first (``enrolled``:
-    :func:`enrollment_order`), else the first by name."""
+    :func:`enrollment_order`, or a function giving it: asked only when two machines
+    are at one address), else the first by name."""
     _check(which)
     parsed = {id(m): _Peer(m) for m in machines}
     peers = [p for p in parsed.values() if p.seen]  # those with an address to list
     seen = {p.name: p.seen for p in peers}
-    first = enrolled or {}
+    asked: list[dict[str, float]] = []
+
+    def first(name: str) -> float:
+        if not asked:
+            asked.append((enrolled() if callable(enrolled) else enrolled) or {})
+        return asked[0].get(name, float("inf"))
 
     def owner_first(entries: list[tuple[str, str]]) -> list[tuple[str, str]]:
         count: dict[str, int] = {}
@@ -165,7 +172,7 @@ def hosts_table(
             return entries
         rank = sorted(
             (e for e in entries if count[e[0]] > 1),
-            key=lambda e: (seen.get(e[1]) != e[0], first.get(e[1], float("inf"))),
+            key=lambda e: (seen.get(e[1]) != e[0], first(e[1])),
         )
         lines: dict[str, list[tuple[str, str]]] = {}
         for e in rank:
@@ -173,12 +180,22 @@ def hosts_table(
         turn = {ip: iter(line) for ip, line in lines.items()}
         return [next(turn[ip]) if ip in turn else (ip, name) for ip, name in entries]
 
-    ordered: dict[int, list[tuple[str, str]]] = {}  # id(shared list) -> owner_first(it)
+    # Per list the targets alike share (by id; each is kept in ``lists``): its
+    # owner_first order, where each machine is in it, and how many entries each
+    # address has.
+    shared_info: dict[int, tuple[list[tuple[str, str]], dict[str, int], dict[str, int]]] = {}
 
-    def shared_owner_first(entries: list[tuple[str, str]]) -> list[tuple[str, str]]:
-        got = ordered.get(id(entries))
+    def shared_owner_first(
+        entries: list[tuple[str, str]],
+    ) -> tuple[list[tuple[str, str]], dict[str, int], dict[str, int]]:
+        got = shared_info.get(id(entries))
         if got is None:
-            got = ordered[id(entries)] = owner_first(entries)
+            ordered = owner_first(entries)
+            where = {name: i for i, (_, name) in enumerate(ordered)}
+            count: dict[str, int] = {}
+            for ip, _ in entries:
+                count[ip] = count.get(ip, 0) + 1
+            got = shared_info[id(entries)] = (ordered, where, count)
         return got
 
     if which != "auto":  # the same for every target
@@ -212,10 +229,16 @@ def hosts_table(
             mine = [ip for ip, _ in peers[me].candidates]
             own = next((ip for ip in mine if ip not in shared), mine[0] if mine else None)
             own = own or peers[me].seen
-        if me is not None and own and own != entries[me][0]:
+        # The list the targets alike share, ordered once for all of them.
+        ordered, where, at = shared_owner_first(entries)
+        if me is None or not own or own == entries[me][0]:
+            out[v.name] = ordered
+        elif not at.get(own):  # its own address, on a line of its own: the others keep
+            mine_first = list(ordered)  # their order, less this machine
+            mine_first[where[v.name]] = (own, v.name)
+            out[v.name] = mine_first
+        else:  # its own address is also another's: that line is ordered again
             out[v.name] = owner_first([*entries[:me], (own, v.name), *entries[me + 1 :]])
-        else:  # the list the targets alike share, ordered once for all of them
-            out[v.name] = shared_owner_first(entries)
     return out
 
 
