@@ -214,7 +214,10 @@ class Flaky(Cloud):
             self.refuse[instance_id] -= 1
             self.calls.append(f"refused {instance_id}")
             raise ProviderError(
-                f"API failed DELETE {instance_id}", provider=self.name, permanent=self.permanent
+                f"API failed DELETE {instance_id}",
+                provider=self.name,
+                permanent=self.permanent,
+                status=403 if self.permanent else 500,
             )
         super().destroy(instance_id)
 

@@ -329,6 +329,26 @@ def test_an_instance_vultr_forbids_deleting_is_reported_at_once_with_vultr_words
     assert_clean(fake)
 
 
+def test_a_delete_refused_as_not_yet_is_asked_again_until_it_passes(
+    fake: FakeVultr, vultr: VultrProvider
+) -> None:
+    """A 400 or 409 to a DELETE may mean "not now" (an instance still being made or
+    locked): unlike a 403, it is asked again at the next listings, and the machine
+    goes once Vultr accepts."""
+    inst = vultr.create("demo", linux(), "x")
+    fake.state.fail_next(400, times=2, method="DELETE", message="Server is currently locked")
+    now = [0.0]
+
+    out = destroy_scenario(
+        vultr, "demo", sleep=lambda s: now.__setitem__(0, now[0] + s), clock=lambda: now[0]
+    )
+
+    assert out.ok and [i.id for i in out.destroyed] == [inst.id] and out.refused == set()
+    assert [r.status for r in sent(fake, "DELETE", f"/instances/{inst.id}")] == [400, 400, 204]
+    assert fake.state.instances == {}
+    assert_clean(fake)
+
+
 def test_an_instance_gone_before_its_delete_counts_as_destroyed(
     fake: FakeVultr, vultr: VultrProvider
 ) -> None:

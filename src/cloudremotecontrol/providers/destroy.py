@@ -11,8 +11,9 @@ still there may need.
 
 One machine the provider fails to destroy never keeps the others alive: each is
 destroyed on its own. A failure that may pass (an API that keeps failing for it: 5xx,
-429, the network) is tried again at every listing until the time is up; a refusal for
-good (``ProviderError.permanent``: Vultr's 403, say) is not asked again, and once only
+429, the network, a 4xx that may mean "not yet") is tried again at every listing until
+the time is up; a refusal for good (``refused_for_good``: the provider refuses the key
+or forbids the call, Vultr's 401 and 403) is not asked again, and once only
 such machines are listed the verification ends at once instead of waiting out the time
 for a machine that cannot go. Either way it is reported with the provider's words.
 """
@@ -26,7 +27,7 @@ from dataclasses import dataclass, field
 from ..errors import ProviderError
 from .base import Instance, Provider
 
-__all__ = ["CLEANUP", "VERIFY_SECONDS", "Destroyed", "destroy_scenario"]
+__all__ = ["CLEANUP", "VERIFY_SECONDS", "Destroyed", "destroy_scenario", "refused_for_good"]
 
 #: The key of ``Destroyed.errors`` for a ``cleanup`` the provider refused.
 CLEANUP = "cleanup"
@@ -67,7 +68,7 @@ def destroy_scenario(
     again every 2 s until none is left or ``verify_timeout`` passes, destroying what is
     listed anew and trying again what the provider failed to destroy, then clean up.
     The listing also ends as soon as only instances the provider refused for good
-    (``ProviderError.permanent``) are left.
+    (:func:`refused_for_good`) are left.
 
     An error of the first listing propagates (nothing was done yet). After it, a
     ``ProviderError`` destroying one instance is kept in ``errors`` while the others go
@@ -88,7 +89,7 @@ def destroy_scenario(
                 provider.destroy(inst.id)
             except ProviderError as exc:
                 errors[inst.id] = exc.message
-                if exc.permanent:
+                if refused_for_good(exc):
                     refused.add(inst.id)
                 continue
             errors.pop(inst.id, None)
@@ -127,3 +128,12 @@ def destroy_scenario(
             # stays for the next `crc down`, which lists nothing and cleans up again.
             errors[CLEANUP] = exc.message
     return Destroyed(list(destroyed.values()), left, cleaned, errors, frozenset(refused))
+
+
+def refused_for_good(exc: ProviderError) -> bool:
+    """A destroy the provider will refuse however long one waits: its key refused or
+    the call forbidden (HTTP 401, 403). Other refusals (``ProviderError.permanent``: a
+    400 or a 409 say the request is wrong *now*; a machine still being created or
+    locked may be one) are asked again while the check lasts, as failures that may
+    pass are."""
+    return exc.permanent and exc.details.get("status") in (401, 403)
