@@ -48,6 +48,25 @@ def test_crc_wait_for_no_machine_at_all_is_a_usage_error(crc, quiet, value):
     assert "names no machine" in _one_line(r, 2)
 
 
+@pytest.mark.parametrize(
+    ("value", "what"),
+    [
+        ("a b", "'a b' is not a machine name: separate the names with commas"),
+        ("a,b c", "'b c' is not a machine name: separate the names with commas"),
+        ("a;b", "invalid machine 'a;b'"),
+        ("A", "invalid machine 'A'"),
+        ("-a", "invalid machine '-a'"),
+        ("é", "invalid machine 'é'"),
+    ],
+)
+def test_crc_wait_for_a_malformed_machine_list_is_a_usage_error(crc, quiet, value, what):
+    """`--machines` takes a comma list of names: anything else is the user's mistake
+    (exit 2, said as such), not a machine the group lacks (exit 4)."""
+    r = crc("wait", quiet, "--machines", value, "--timeout", "1m", timeout=SAFETY)
+    line = _one_line(r, 2)
+    assert what in line and "--machines" in line and "usage: crc wait" in line, line
+
+
 def test_crc_wait_for_a_message_from_a_machine_not_in_the_group_fails_at_once(env, crc, quiet):
     r = crc("wait", quiet, "--message", "done", "--from", "b", "--timeout", "10m", timeout=SAFETY)
     assert _one_line(r, 4) == "crc: error: no machine 'b' in group 'quiet'\n"

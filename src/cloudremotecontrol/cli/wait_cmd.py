@@ -129,9 +129,7 @@ def wait(
 
     chosen = None
     if machines is not None:
-        chosen = [m.strip() for m in machines.split(",") if m.strip()]
-        if not chosen:
-            raise click.UsageError(f"--machines {machines!r} names no machine")
+        chosen = _machine_list(machines)
     deadline = time.monotonic() + seconds
     with _client() as c:
         try:
@@ -181,6 +179,28 @@ def wait(
         emit_json({"group": name, "ready": True, "machines": sorted(wait.wanted)})
     else:
         click.echo(f"all {len(wait.wanted)} machine(s) of {name} are ready")
+
+
+def _machine_list(machines: str) -> list[str]:
+    """``--machines a,b`` as names: a usage error (exit 2) for a value that is no comma
+    list of machine names (``'a b'``, ``'a;b'``, ``'A'``), before the server is asked,
+    rather than "no machine 'a b' in group" (exit 4) for a list mistyped."""
+    from ..protocol.names import check_name
+
+    chosen = [m.strip() for m in machines.split(",") if m.strip()]
+    if not chosen:
+        raise click.BadParameter("names no machine: give e.g. web,db", param_hint="--machines")
+    for m in chosen:
+        if any(c.isspace() for c in m):
+            raise click.BadParameter(
+                f"{m!r} is not a machine name: separate the names with commas (web,db)",
+                param_hint="--machines",
+            )
+        try:
+            check_name(m, "machine")
+        except InvalidInput as exc:
+            raise click.BadParameter(exc.message, param_hint="--machines") from None
+    return chosen
 
 
 def _show_line(ev: Any) -> None:
