@@ -24,7 +24,7 @@ import pexpect
 import pytest
 from wire_helpers import assert_error, assert_no_traceback_in_server_log, bearer, pinned_http
 
-from cloudremotecontrol.errors import Conflict, Forbidden, InvalidInput, NotFound
+from cloudremotecontrol.errors import Conflict, Forbidden, InvalidInput, NotFound, Unavailable
 
 PROMPT = "PROMPT> "
 
@@ -316,10 +316,15 @@ def test_forward_errors_are_clear_and_leave_nothing_open(lab, site):
     closed.bind(("127.0.0.1", 0))
     dead_port = closed.getsockname()[1]
     closed.close()
-    with pytest.raises(Conflict, match="refused") as exc:
+    # Nothing listening at the remote end is the remote end unavailable (exit 6), not a
+    # conflict with the group (exit 5), said with the machine and the address.
+    with pytest.raises(Unavailable, match="refused") as exc:
         with lab.client.forward("lab", "dev", dead_port):
             pass
     assert exc.value.code == "connect_failed"
+    assert exc.value.message.startswith(
+        f"machine dev cannot connect to 127.0.0.1:{dead_port}: Connection refused"
+    ), exc.value.message
     busy = socket.socket()
     busy.bind(("127.0.0.1", 0))
     busy.listen()
@@ -345,8 +350,11 @@ def test_forward_errors_are_clear_and_leave_nothing_open(lab, site):
         text=True,
         timeout=60,
     )
-    assert r.returncode == 5, r.stderr
-    assert r.stderr.count("\n") == 1 and "refused" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 6, r.stderr
+    assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+    assert r.stderr.startswith(
+        f"crc: error: machine dev cannot connect to 127.0.0.1:{dead_port}: Connection refused"
+    ), r.stderr
     for bad in ("80", "a:b", "1:2:3:4:5", "99999:80", "8080:0"):
         r = subprocess.run(
             [sys.executable, "-m", "cloudremotecontrol", "forward", "lab", "dev", bad],

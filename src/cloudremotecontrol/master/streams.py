@@ -70,7 +70,11 @@ class StreamClosed(Exception):
 
 def stream_error(control: StreamError) -> CrcError:
     """A ``stream.error`` as the error hierarchy's error (for messages and exit codes)."""
-    if control.code in ("connect_failed", "start_failed", "unsupported", "protocol"):
+    if control.code == "connect_failed":
+        # Nothing answers at the remote end (yet): like a server that cannot be reached,
+        # exit 6, not a conflict with what the group is or has (exit 5).
+        return Unavailable(control.message, code=control.code)
+    if control.code in ("start_failed", "unsupported", "protocol"):
         return Conflict(control.message, code=control.code)
     if control.code.endswith("_disabled"):
         from ..errors import Forbidden
@@ -189,9 +193,27 @@ async def open_forward(opener: Opener, group: str, machine: str, spec: ForwardSp
         return stream
     await stream.close()
     if isinstance(first, StreamError):
+        if first.code == "connect_failed":
+            raise _connect_failed(machine, spec, first.message)
         raise stream_error(first)
     what = f"{len(first)} bytes of data" if isinstance(first, bytes) else first.TYPE
     raise InvalidInput(f"unexpected first message on a forward: {what}", code="protocol")
+
+
+def _connect_failed(machine: str, spec: ForwardSpec, reason: str) -> Unavailable:
+    """The machine could not connect to the forward's remote end: said with the machine
+    and the address (the agent's reason names the address as "this machine")."""
+    host = f"[{spec.remote_host}]" if ":" in spec.remote_host else spec.remote_host
+    where = f"{host}:{spec.remote_port}"
+    for prefix in (f"{spec.remote_host}:{spec.remote_port} from this machine: ", f"{where}: "):
+        if reason.startswith(prefix):
+            reason = reason[len(prefix) :]
+            break
+    return Unavailable(
+        f"machine {machine} cannot connect to {where}: {reason} (is a service listening "
+        "there, as seen from the machine?)",
+        code="connect_failed",
+    )
 
 
 async def _carry(stream: AsyncStream, reader: asyncio.StreamReader, writer: Any) -> int:
