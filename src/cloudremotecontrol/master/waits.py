@@ -150,7 +150,7 @@ class ReadyWait:
         """True when every wanted machine is ready (raises if one was revoked)."""
         revoked = sorted(m for m in self.wanted if self.states[m] == "revoked")
         if revoked:
-            raise InvalidInput(f"machine(s) revoked: {', '.join(revoked)}")
+            raise _revoked(revoked, self.group)
         return all(self.states[m] == "ready" for m in self.wanted)
 
     @property
@@ -162,6 +162,22 @@ class ReadyWait:
             f"timed out after {timeout:g} s: not ready: {', '.join(self.pending)}",
             code="timeout",
         )
+
+
+def _revoked(names: list[str], group: str) -> InvalidInput:
+    """The end of a wait for a machine that is revoked: a terminal state (docs/sdk.md:
+    ``InvalidInput``), said with the machines and a code of its own, ``machine_revoked``."""
+    listed = ", ".join(repr(n) for n in names)
+    if len(names) == 1:
+        what = f"machine {listed} of group {group!r} is revoked (its credential is gone)"
+    else:
+        what = f"machines {listed} of group {group!r} are revoked (their credentials are gone)"
+    return InvalidInput(
+        f"{what}: it can never be ready; wait for the other machines only, or make the "
+        "group again",
+        code="machine_revoked",
+        machines=names,
+    )
 
 
 def _no_machine(names: list[str], group: str) -> str:
