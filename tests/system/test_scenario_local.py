@@ -992,3 +992,33 @@ def test_down_without_login_destroys_leftovers_and_says_the_group_was_not_checke
     finally:
         for inst in provider.list("nolog"):
             provider.destroy(inst.id)
+
+
+def test_up_that_needs_a_down_first_does_not_also_say_up_again_resumes(env, crc):
+    """A machine that enrolled and then lost its instance cannot be resumed: `crc up`
+    says `crc down` then `crc up`, and the hint about the machines still running says
+    only that `crc down` destroys them, not that `crc up` again resumes."""
+    env.cli_env["CRC_LOCAL_DIR"] = str(env.tmp / "machines")
+    path = env.tmp / "lost.yaml"
+    path.write_text("name: lost\nprovider: local\ntimeouts: {ready: 60s}\nmachines: {a: , b: }\n")
+    provider = LocalProvider(env.tmp / "machines")
+    try:
+        r = crc("up", str(path))
+        assert r.returncode == 0, r.stdout + r.stderr
+        (b,) = [i for i in provider.list("lost") if i.name == "b"]
+        provider.destroy(b.id)
+        r = crc("up", str(path))
+        assert r.returncode == 5, r.stdout + r.stderr
+        assert "crc: error: machine b enrolled before but has no instance at local" in r.stderr
+        assert "`crc down lost` then `crc up`" in r.stderr
+        hint = f"1 machine(s) of lost are still at local (a): `crc down {path}` destroys them"
+        assert hint in r.stderr, r.stderr
+        assert "again resumes" not in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr
+
+        r = crc("down", str(path))
+        assert r.returncode == 0, r.stdout + r.stderr
+        _nothing_left(provider, "lost")
+    finally:
+        for inst in provider.list("lost"):
+            provider.destroy(inst.id)

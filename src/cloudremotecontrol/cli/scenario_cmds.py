@@ -52,7 +52,7 @@ def up(scenario_file: str, rerun: bool, parallel: int, as_json: bool) -> None:
     """
     from ..master.profile import load_profile
     from ..master.scenario.model import load_scenario
-    from ..master.scenario.runner import Runner
+    from ..master.scenario.runner import DownFirst, Runner
     from ..providers import make_provider
     from .scenario_view import make_view
 
@@ -65,8 +65,12 @@ def up(scenario_file: str, rerun: bool, parallel: int, as_json: bool) -> None:
     ):
         runner = Runner(scenario, profile, provider, view, rerun=rerun, max_parallel=parallel)
         rc = 1
+        resumable = True
         try:
             rc = runner.up()
+        except DownFirst:  # the error says `crc down` first: `crc up` again would not do
+            resumable = False
+            raise
         finally:
             runner.close()
             file = shlex.quote(scenario_file)
@@ -74,10 +78,10 @@ def up(scenario_file: str, rerun: bool, parallel: int, as_json: bool) -> None:
                 # Failed, interrupted or a step failed: what was made keeps running (and,
                 # on a cloud, costing money) until `crc down`. Say so before the error.
                 names = ", ".join(sorted(runner.instances))
+                resume = f"`crc up {file}` again resumes, " if resumable else ""
                 click.echo(
                     f"{len(runner.instances)} machine(s) of {scenario.name} are still at "
-                    f"{provider.name} ({names}): `crc up {file}` again resumes, "
-                    f"`crc down {file}` destroys them",
+                    f"{provider.name} ({names}): {resume}`crc down {file}` destroys them",
                     err=True,
                 )
             if rc != 0 and runner.uncertain and not as_json:

@@ -54,7 +54,13 @@ from .state import STEPS_KEY, LocalState, step_digest
 from .steps import StepExecutor
 from .view import View
 
-__all__ = ["Runner", "down"]
+__all__ = ["DownFirst", "Runner", "down"]
+
+
+class DownFirst(Conflict):
+    """What was made cannot be resumed (the scenario changed under it, a machine or its
+    key is lost): only `crc down` then `crc up` goes on. The CLI then does not say that
+    `crc up` again resumes."""
 
 
 def _progress_text(progress: dict[str, Any] | None) -> str | None:
@@ -221,14 +227,14 @@ class Runner:
                 f"scenario: rename the scenario or `crc group delete {self.group}`"
             )
         if mine.get("provider") != s.provider:
-            raise Conflict(
+            raise DownFirst(
                 f"group {self.group} runs on provider {mine.get('provider')}; the "
                 f"scenario now says {s.provider}: `crc down` it first"
             )
         have = {m["name"]: m for m in group["machines"]}
         added = [n for n in s.machine_names if n not in have]
         if added:
-            raise Conflict(
+            raise DownFirst(
                 f"machine(s) {', '.join(added)} were added to the scenario after "
                 f"group {self.group} was made: `crc down` then `crc up`"
             )
@@ -320,13 +326,13 @@ class Runner:
                 )
                 continue
             if states.get(m.name) != "pending":
-                raise Conflict(
+                raise DownFirst(
                     f"machine {m.name} enrolled before but has no instance at "
                     f"{p.name} any more: `crc down {self.group}` then `crc up`"
                 )
             key = keys.get(m.name)
             if not key:
-                raise Conflict(
+                raise DownFirst(
                     f"the enrollment key of machine {m.name} is lost (it was kept "
                     f"in {self.state.path}): `crc down` then `crc up`"
                 )
