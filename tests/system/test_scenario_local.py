@@ -1010,7 +1010,7 @@ def test_up_that_needs_a_down_first_does_not_also_say_up_again_resumes(env, crc)
         r = crc("up", str(path))
         assert r.returncode == 5, r.stdout + r.stderr
         assert "crc: error: machine b enrolled before but has no instance at local" in r.stderr
-        assert "`crc down lost` then `crc up`" in r.stderr
+        assert "`crc down --group lost` then `crc up`" in r.stderr
         hint = f"1 machine(s) of lost are still at local (a): `crc down {path}` destroys them"
         assert hint in r.stderr, r.stderr
         assert "again resumes" not in r.stderr, r.stderr

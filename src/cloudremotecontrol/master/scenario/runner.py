@@ -328,7 +328,7 @@ class Runner:
             if states.get(m.name) != "pending":
                 raise DownFirst(
                     f"machine {m.name} enrolled before but has no instance at "
-                    f"{p.name} any more: `crc down {self.group}` then `crc up`"
+                    f"{p.name} any more: `crc down --group {self.group}` then `crc up`"
                 )
             key = keys.get(m.name)
             if not key:
