@@ -222,3 +222,27 @@ def test_group_create_checks_names_before_asking_the_server(tmp_path, args, what
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+DEEP = "[" * 100_000  # small, but deeper than json.loads can recurse
+
+
+@pytest.mark.parametrize(
+    ("args", "what"),
+    [
+        (("send", "deep", "--to", "a", "hello", DEEP), "BODY is JSON nested too deeply"),
+        (("kv", "set", "deep", "k", DEEP), "VALUE is JSON nested too deeply"),
+        (("agent", "emit", "hello", DEEP, "--state-dir", "{tmp}"), "BODY is JSON nested"),
+        (("agent", "kv", "set", "k", DEEP, "--state-dir", "{tmp}"), "VALUE is JSON nested"),
+    ],
+)
+def test_json_nested_too_deeply_is_a_usage_error_not_a_traceback(env, crc, tmp_path, args, what):
+    """A BODY or VALUE of a hundred thousand `[` made json.loads raise RecursionError: a
+    traceback and exit 1. It is the user's input: one line, exit 2, nothing sent."""
+    env.client.create_group("deep", ["a"])
+    r = crc(*(a.replace("{tmp}", str(tmp_path)) for a in args))
+    assert r.returncode == 2, r.stderr[-500:]
+    assert r.stderr.startswith(f"crc: error: {what}"), r.stderr[-500:]
+    assert r.stderr.count("\n") == 1, r.stderr[-500:]
+    _clean(r)
+    assert env.client.kv_list("deep") == []

@@ -34,7 +34,7 @@ def test_a_machine_revoked_while_waiting_ends_the_wait_naming_it() -> None:
 
 def test_machines_revoked_before_the_wait_are_all_named() -> None:
     wait = ReadyWait(_view(a="revoked", b="revoked", c="pending"))
-    with pytest.raises(InvalidInput, match="^machines 'a', 'b' of group 'lab' are revoked"):
+    with pytest.raises(InvalidInput, match=r"^machines 'a', 'b' of group 'lab' are revoked"):
         _ = wait.done
 
 

@@ -229,10 +229,9 @@ def emit(
     A --to that names no machine of the group (or matches none) fails (exit 4) and sends
     nothing; while the agent is not connected or the server cannot be reached (5 s), it
     is sent unchecked."""
-    try:
-        parsed = json.loads(body) if body else {}
-    except ValueError:
-        raise InvalidInput("BODY is not valid JSON") from None
+    from .jsonarg import json_arg
+
+    parsed = json_arg(body, "BODY")
     if to != "master":
         _check_peers(state_dir, to, agent_wait)
     _call(
@@ -405,10 +404,9 @@ def kv() -> None:
 
 
 def _kv_value(text: str) -> object:
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text  # a bare word is a string
+    from .jsonarg import json_or_text
+
+    return json_or_text(text, "VALUE")  # a bare word is a string
 
 
 @kv.command("set")

@@ -458,12 +458,9 @@ def _summary(ev: dict[str, Any]) -> str:
 def send(name: str, to: str, type_: str, body: str | None, as_json: bool) -> None:
     """Send data message TYPE (user.NAME) with an optional JSON BODY to machines; scripts
     there receive it with `crc agent wait-message TYPE`."""
-    import json
+    from .jsonarg import json_arg
 
-    try:
-        parsed = json.loads(body) if body else {}
-    except ValueError:
-        raise InvalidInput("BODY is not valid JSON") from None
+    parsed = json_arg(body, "BODY")
     type_ = type_ if type_.startswith("user.") else "user." + type_
     with _client() as c:
         out = c.send_message(name, to, type_, parsed)
@@ -485,12 +482,9 @@ def kv() -> None:
 @json_option
 def kv_set(name: str, key: str, value: str, as_json: bool) -> None:
     """Set KEY to VALUE (JSON, or a plain string) in group NAME."""
-    import json
+    from .jsonarg import json_or_text
 
-    try:
-        parsed: Any = json.loads(value)
-    except ValueError:
-        parsed = value
+    parsed = json_or_text(value, "VALUE")
     with _client() as c:
         out = c.kv_set(name, key, parsed)
     if as_json:

@@ -173,8 +173,7 @@ def _revoked(names: list[str], group: str) -> InvalidInput:
     else:
         what = f"machines {listed} of group {group!r} are revoked (their credentials are gone)"
     return InvalidInput(
-        f"{what}: it can never be ready; wait for the other machines only, or make the "
-        "group again",
+        f"{what}: it can never be ready; wait for the other machines only, or make the group again",
         code="machine_revoked",
         machines=names,
     )

@@ -1,0 +1,38 @@
+"""JSON given on the command line (a message BODY, a kv VALUE), read without a traceback.
+
+``json.loads`` recurses once per level of nesting: ``"[[[[..."`` a hundred thousand
+deep raises RecursionError, not ValueError. Either is the user's input error (exit 2).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ..errors import InvalidInput
+
+__all__ = ["json_arg", "json_or_text"]
+
+
+def json_arg(text: str | None, what: str) -> Any:
+    """``text`` as JSON (``{}`` if empty or None); InvalidInput naming ``what`` if it is
+    not JSON or is nested too deeply."""
+    if not text:
+        return {}
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise InvalidInput(f"{what} is JSON nested too deeply") from None
+    except ValueError:
+        raise InvalidInput(f"{what} is not valid JSON") from None
+
+
+def json_or_text(text: str, what: str) -> Any:
+    """``text`` as JSON if it is JSON, else the plain string (a bare word); InvalidInput
+    naming ``what`` if it is JSON nested too deeply."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise InvalidInput(f"{what} is JSON nested too deeply") from None
+    except ValueError:
+        return text
