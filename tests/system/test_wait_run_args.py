@@ -67,6 +67,24 @@ def test_crc_wait_for_a_malformed_machine_list_is_a_usage_error(crc, quiet, valu
     assert what in line and "--machines" in line and "usage: crc wait" in line, line
 
 
+@pytest.mark.parametrize(
+    ("value", "what"),
+    [
+        ("a b", "'a b' is not a machine name: give one name"),
+        ("", "names no machine"),
+        (" ", "names no machine"),
+        ("a,b", "names more than one machine"),
+        ("A", "invalid machine 'A'"),
+    ],
+)
+def test_crc_wait_for_a_message_from_a_malformed_machine_is_a_usage_error(crc, quiet, value, what):
+    """`--from ''` waited for a message from any machine, `--from 'a b'` said the group
+    has no such machine (exit 4): both are the user's mistake, a usage error (exit 2)."""
+    args = ("wait", quiet, "--message", "done", "--from", value, "--timeout", "10m")
+    line = _one_line(crc(*args, timeout=SAFETY), 2)
+    assert what in line and "--from" in line and "usage: crc wait" in line, line
+
+
 def test_crc_wait_for_a_message_from_a_machine_not_in_the_group_fails_at_once(env, crc, quiet):
     r = crc("wait", quiet, "--message", "done", "--from", "b", "--timeout", "10m", timeout=SAFETY)
     assert _one_line(r, 4) == "crc: error: no machine 'b' in group 'quiet'\n"

@@ -120,6 +120,8 @@ def wait(
     if message_type is not None:
         if machines is not None:
             raise click.UsageError("--machines does not go with --message: use --from MACHINE")
+        if sender is not None:
+            (sender,) = _machine_list(sender, "--from", one=True)
         _wait_message(name, message_type, sender, since, seconds, as_json)
         return
     if sender or since is not None:
@@ -181,25 +183,27 @@ def wait(
         click.echo(f"all {len(wait.wanted)} machine(s) of {name} are ready")
 
 
-def _machine_list(machines: str) -> list[str]:
-    """``--machines a,b`` as names: a usage error (exit 2) for a value that is no comma
-    list of machine names (``'a b'``, ``'a;b'``, ``'A'``), before the server is asked,
-    rather than "no machine 'a b' in group" (exit 4) for a list mistyped."""
+def _machine_list(machines: str, option: str = "--machines", one: bool = False) -> list[str]:
+    """``--machines a,b`` (``--from a``: ``one``) as names: a usage error (exit 2) for a
+    value that is no comma list of machine names (``'a b'``, ``'a;b'``, ``'A'``, ``''``),
+    before the server is asked, rather than "no machine 'a b' in group" (exit 4) for a
+    list mistyped."""
     from ..protocol.names import check_name
 
     chosen = [m.strip() for m in machines.split(",") if m.strip()]
     if not chosen:
-        raise click.BadParameter("names no machine: give e.g. web,db", param_hint="--machines")
+        example = "web" if one else "web,db"
+        raise click.BadParameter(f"names no machine: give e.g. {example}", param_hint=option)
+    if one and len(chosen) > 1:
+        raise click.BadParameter("names more than one machine: give one", param_hint=option)
     for m in chosen:
         if any(c.isspace() for c in m):
-            raise click.BadParameter(
-                f"{m!r} is not a machine name: separate the names with commas (web,db)",
-                param_hint="--machines",
-            )
+            how = "give one name" if one else "separate the names with commas (web,db)"
+            raise click.BadParameter(f"{m!r} is not a machine name: {how}", param_hint=option)
         try:
             check_name(m, "machine")
         except InvalidInput as exc:
-            raise click.BadParameter(exc.message, param_hint="--machines") from None
+            raise click.BadParameter(exc.message, param_hint=option) from None
     return chosen
 
 
