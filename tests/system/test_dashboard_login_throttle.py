@@ -126,3 +126,45 @@ def test_a_burst_of_concurrent_failed_logins_from_one_address_passes_the_limit_n
         assert_no_traceback_in_server_log(srv)
     finally:
         srv.stop()
+
+
+def test_logins_slow_to_send_their_form_hold_no_place(tmp_path: Path) -> None:
+    """A login is counted once its form is in: connections that send the headers of a
+    login and keep its form coming (a slow client, or one doing it on purpose) do not
+    take the places of the address's logins."""
+    import socket
+    import ssl
+
+    limit = 3
+    srv = ServerProcess(tmp_path / "srv", args=["--login-failures-per-minute", str(limit)]).start()
+    slow: list[ssl.SSLSocket] = []
+    try:
+        token = srv.add_user("alice")
+        token_id = token.split("_")[1]
+        ctx, _ = client_context(srv.url, srv.fingerprint)
+        host, port = srv.url.removeprefix("https://").rsplit(":", 1)
+        for _ in range(limit + 2):
+            raw = socket.create_connection((host, int(port)), source_address=("127.0.0.2", 0))
+            conn = ctx.wrap_socket(raw, server_hostname=host)
+            conn.sendall(
+                b"POST /dashboard/login HTTP/1.1\r\nHost: x\r\n"
+                b"Content-Type: application/x-www-form-urlencoded\r\n"
+                b"Content-Length: 200\r\n\r\ntoken=crcm_"
+            )
+            slow.append(conn)
+        with httpx.Client(
+            base_url=srv.url,
+            verify=ctx,
+            trust_env=False,
+            transport=httpx.HTTPTransport(verify=ctx, local_address="127.0.0.2"),
+        ) as http:
+            r = _login(http, f"crcm_{token_id}_" + "w" * 32)
+            assert r.status_code == 401, r.text  # tried, not 429
+            r = _login(http, token)
+            assert r.status_code == 303, r.text
+            assert COOKIE in r.cookies
+        assert_no_traceback_in_server_log(srv)
+    finally:
+        for conn in slow:
+            conn.close()
+        srv.stop()

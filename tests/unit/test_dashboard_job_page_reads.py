@@ -113,5 +113,12 @@ def test_a_machine_whose_output_is_older_than_what_a_page_reads_says_so(
         ), html
         assert "<code>crc events lab</code> has it" in html
         assert 'id="unshown-m"' not in html
+        # Output no longer kept (its events removed by retention), all the rest read:
+        # not said to be "older than what the page reads".
+        store.write_sync(
+            lambda tx: tx.send("DELETE FROM events WHERE job_id = ? AND machine = 'm'", (job_id,))
+        )
+        shown = store.write_sync(views.job_page, user["user_id"], job_id)
+        assert shown["outputs"] == {"n": "<n's end>\n" * 5} and shown["unshown"] == {}
     finally:
         store.close_sync()

@@ -327,14 +327,15 @@ async def login(request: Request) -> Response:
     logins are limited per source address (then 429 for up to a minute)."""
     peer = request.client.host if request.client else None
     failures = _login_failures(request)
-    # Checked and counted at once: logins arriving together from one address are
-    # tried up to the limit, not each because none had failed yet.
+    try:
+        form = await _form(request)
+    except InvalidInput as exc:
+        return _login_form(request, exc.message, 400, None)
+    # Checked and counted at once (no await between), once the form is in: logins
+    # arriving together from one address are tried up to the limit, not each because
+    # none had failed yet; and one slow to send its form holds no place meanwhile.
     wait = failures.begin(peer or "?")
     if wait:
-        try:
-            form = await _form(request)
-        except InvalidInput as exc:
-            return _login_form(request, exc.message, 400, None)
         # Told to come back later: the connection is not kept open meanwhile.
         retry = round(wait + 0.5)
         return _login_form(
@@ -346,10 +347,6 @@ async def login(request: Request) -> Response:
         )
     failed = False
     try:
-        try:
-            form = await _form(request)
-        except InvalidInput as exc:
-            return _login_form(request, exc.message, 400, None)
         expected = request.cookies.get(LOGIN_COOKIE, "")
         given = form.get("form_token", "")
         if not expected or not hmac.compare_digest(expected.encode(), given.encode()):

@@ -208,6 +208,7 @@ def job_page(tx: Tx, user_id: str, job_id: str) -> dict[str, Any]:
     before: int | None = None
     read = 0
     cut = False
+    bounded = False  # stopped by OUTPUT_READ: older output is there, not read
     while True:
         rows = ev_ops.job_rows_before(tx, info["group_id"], job_id, before, BATCH)
         for r in rows:
@@ -232,6 +233,7 @@ def job_page(tx: Tx, user_id: str, job_id: str) -> dict[str, Any]:
             break
         if read > OUTPUT_READ or len(whole) >= len(job["targets"]):
             cut = True  # the machines whose output starts earlier show its last part only
+            bounded = read > OUTPUT_READ
             break
     shown = {}
     for machine, chunks in outputs.items():
@@ -242,10 +244,11 @@ def job_page(tx: Tx, user_id: str, job_id: str) -> dict[str, Any]:
         shown[machine] = text
     # Machines whose output is all older than what was read (another printed more than
     # OUTPUT_READ since) show nothing of it: the page says how much, and where it is.
+    # Not when all was read: an output then missing is no longer kept (retention).
     unshown = {
         str(t["machine"]): int(t["output_bytes"] or 0)
         for t in job["targets"]
-        if t["output_bytes"] and not shown.get(str(t["machine"]))
+        if bounded and t["output_bytes"] and not shown.get(str(t["machine"]))
     }
     spec = job["spec"] or {}
     return {
