@@ -363,3 +363,34 @@ def test_sessions_play_of_a_real_recording_at_a_tiny_speed_is_refused(env, crc):
     _clean(r)
     r = crc("sessions", "play", stream, "--speed", "1000")
     assert r.returncode == 0 and "there" in r.stdout, r.stderr
+
+
+@pytest.mark.parametrize("entry", ["crc", "lean"])
+@pytest.mark.parametrize("empty", ["--url", "--key"])
+def test_agent_run_with_an_empty_url_or_key_is_a_usage_error(server, tmp_path, entry, empty):
+    """An empty value (a variable unset in the startup script: `--url "$URL"`) is said to
+    be empty, exit 2, not "not enrolled yet: give --url and --key" (exit 3)."""
+    argv = (
+        [sys.executable, "-m", "cloudremotecontrol", "agent", "run"]
+        if entry == "crc"
+        else [sys.executable, "-m", "cloudremotecontrol.agent", "run"]
+    )
+    base = {k: v for k, v in os.environ.items() if not k.startswith("CRC_")}
+    given = {"--url": server.url, "--key": KEY, empty: ""}
+    r = subprocess.run(
+        [
+            *argv,
+            "--state-dir",
+            str(tmp_path / "st"),
+            *[part for pair in given.items() for part in pair],
+            "--hosts-file",
+            str(tmp_path / "hosts"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=base,
+    )
+    assert r.returncode == 2, r.stderr
+    assert f"{empty} is empty" in r.stderr, r.stderr
+    _clean(r, KEY, prefix="crc: error: " if entry == "crc" else "crc agent: error: ")

@@ -1055,6 +1055,12 @@ def load_or_enroll(
     cred = state.load_credential()
     if cred is not None:
         return cred
+    for option, value in (("--url", url), ("--key", key)):
+        if value is not None and not value.strip():  # given, but empty (an unset variable)
+            raise InvalidInput(
+                f"{option} is empty: give the server's URL (https://HOST:PORT) and the "
+                "single-use key from `crc group create`"
+            )
     if not url or not key:
         raise KeyRejected(
             "this machine is not enrolled yet: give --url and --key (the "
