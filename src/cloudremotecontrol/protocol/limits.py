@@ -24,6 +24,10 @@ MAX_FACT_ADDRESSES = 64  # addresses per list in a machine's facts
 MAX_KV_WAITS_PER_MACHINE = 16  # an agent waits once per `crc agent kv wait` running
 MAX_KV_WAITS_PER_USER = 128  # a scenario waits once per running step (`--parallel` <= 64)
 KV_WAIT_RETRY_AFTER_SECONDS = 5
+# user.* messages waiting in one machine's outbox (sent, not yet acknowledged) past which
+# a machine's message to it is refused (the master's never are): a compromised machine
+# looping 256 KiB messages to `all` fills neither the database nor its peers.
+MAX_PENDING_PEER_MESSAGES = 100
 MAX_JSON_DEPTH = 32  # nesting of any JSON value a client or machine sends (a body, a value)
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ...errors import CrcError
+from ...protocol.limits import MAX_PENDING_PEER_MESSAGES
 from ...protocol.messages import Envelope, UserMessage
 from ...protocol.names import parse_target
 from ..store.base import Tx
@@ -55,6 +57,8 @@ def _fan_out(
     correlation_id: str | None = None,
 ) -> dict[str, Any]:
     machines = resolve_targets(tx, group, parse_target(to))
+    if user_id is None:
+        _check_backlog(tx, machines)
     deliveries = []
     for m in machines:
         env = Envelope.of(msg, group["name"], sender, m["name"], correlation_id)
@@ -70,3 +74,30 @@ def _fan_out(
     if user_id is not None:
         audit(tx, user_id, actor, "message.send", group["name"], {"type": msg.type, "to": names})
     return {"targets": names, "deliveries": deliveries}
+
+
+def _check_backlog(tx: Tx, machines: list[dict[str, Any]]) -> None:
+    """Refuse a machine's message when a target holds ``MAX_PENDING_PEER_MESSAGES``
+    ``user.*`` messages it has not acknowledged (offline, or not reading): what one
+    machine can make the server store for its peers is bounded. The whole message is
+    refused (it reaches all its targets or none); the sender may send it again, or to
+    the others by name. Only peer messages pay for this read, never job results."""
+    full: list[str] = []
+    for i in range(0, len(machines), 500):
+        chunk = {m["id"]: m["name"] for m in machines[i : i + 500]}
+        marks = ",".join("?" * len(chunk))
+        rows = tx.all(
+            # Only "?" placeholders are formatted in: the ids are parameters.
+            "SELECT machine_id FROM outbox WHERE machine_id IN "  # noqa: S608
+            f"({marks}) AND type LIKE ? GROUP BY machine_id HAVING COUNT(*) >= ?",
+            (*chunk, "user.%", MAX_PENDING_PEER_MESSAGES),
+        )
+        full.extend(chunk[r["machine_id"]] for r in rows)
+    if full:
+        shown = ", ".join(sorted(full)[:5]) + (", ..." if len(full) > 5 else "")
+        raise CrcError(
+            f"not sent: {len(full)} target(s) ({shown}) hold {MAX_PENDING_PEER_MESSAGES} "
+            "messages not yet acknowledged, the most a machine's message may add to; "
+            "send it again once they read their messages",
+            code="too_many_pending",
+        )
