@@ -569,3 +569,34 @@ def test_an_agent_sending_bad_frames_and_never_reading_costs_the_server_a_bounde
     assert error == f"unknown frame type {'t' * 64!r}...", error[:200]
     assert http.get("/v1/health").status_code == 200
     assert_no_traceback_in_server_log(env.server)
+
+
+def test_a_machine_reporting_on_a_job_not_sent_to_it_is_refused_and_changes_nothing(env, http):
+    keys = {m["name"]: m["key"] for m in env.client.create_group("lab", ["a", "b"])["machines"]}
+    creds = {name: enroll(http, key) for name, key in keys.items()}
+    job_id = env.client.start_job("lab", "b", argv=["true"])["job_id"]
+
+    async def scenario() -> None:
+        async with wire_agent(env.server, creds["a"], "lab", "a") as a:
+            for kind, body in [
+                ("job.started", {"job_id": job_id}),
+                ("job.output", {"job_id": job_id, "stream": "stdout", "data": "forged"}),
+                ("job.result", {"job_id": job_id, "status": "succeeded", "exit_code": 0}),
+                ("job.result", {"job_id": "nosuch", "status": "failed", "exit_code": 1}),
+            ]:
+                frames = [f for f in await a.send_msg(kind, body) if f["type"] != "msg"]
+                assert [f["type"] for f in frames] == ["error", "ack"], (kind, frames)
+                assert frames[0]["error"]["code"] == "invalid_input", frames
+                assert "was not sent to this machine" in frames[0]["error"]["message"], frames
+
+    asyncio.run(scenario())
+    target = env.client.job(job_id)["targets"][0]
+    assert (target["machine"], target["status"], target["output_bytes"]) == ("b", "queued", 0)
+    errors = [e for e in env.client.events("lab") if e["type"] == "agent.error"]
+    assert [(e["machine"], e["data"]["type"]) for e in errors] == [
+        ("a", "job.started"),
+        ("a", "job.output"),
+        ("a", "job.result"),
+        ("a", "job.result"),
+    ]
+    assert_no_traceback_in_server_log(env.server)

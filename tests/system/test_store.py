@@ -827,7 +827,9 @@ async def test_one_batch_of_job_reports_reads_each_target_as_the_batch_left_it(
     assert results[4] is None and results[7] is None
     reports = (0, 1, 2, 3, 5, 8, 9, 10, 11)
     assert [results[i]["receipt"] for i in reports] == ["new"] * 9
-    assert not any("error" in results[i] for i in reports)
+    # The start of j3 before it was added: a report on a job not sent to a, refused.
+    assert "was not sent to this machine" in results[3]["error"]["message"]
+    assert not any("error" in results[i] for i in reports if i != 3)
 
     async def targets(job_id: str) -> list[tuple[Any, ...]]:
         rows = await store.read(
@@ -854,7 +856,7 @@ async def test_one_batch_of_job_reports_reads_each_target_as_the_batch_left_it(
         (j1, "a", "running"),
         (j1, "a", "hi\n"),
         (j1, "a", "there\n"),
-        (j3, "a", "three\n"),  # (its start came before it was added: ignored)
+        (j3, "a", "three\n"),  # (its start came before it was added: refused)
         (j1, "b", "running"),
         (j1, "b", "succeeded"),
         (j2, "a", "running"),

@@ -415,12 +415,11 @@ def _on_facts(tx: Tx, m: dict[str, Any], msg: Facts, env: Envelope) -> Deliverie
 
 
 def _on_started(tx: Tx, m: dict[str, Any], msg: JobStarted, env: Envelope) -> Deliveries:
-    job_event(tx, m, msg.job_id, JobEvent.START, None, None)
-    return []
+    return job_steps(tx, m, msg.job_id, [(JobEvent.START, None, None)], reported=True)
 
 
 def _on_output(tx: Tx, m: dict[str, Any], msg: JobOutput, env: Envelope) -> Deliveries:
-    return job_steps(tx, m, msg.job_id, [(msg.stream, msg.data)])
+    return job_steps(tx, m, msg.job_id, [(msg.stream, msg.data)], reported=True)
 
 
 def _on_result(tx: Tx, m: dict[str, Any], msg: JobResult, env: Envelope) -> Deliveries:
@@ -435,7 +434,7 @@ def _on_result(tx: Tx, m: dict[str, Any], msg: JobResult, env: Envelope) -> Deli
         steps.append((JobEvent.START, None, None))
     steps.extend(msg.output or ())
     steps.append((event, msg.exit_code, msg.reason))
-    return job_steps(tx, m, msg.job_id, steps)
+    return job_steps(tx, m, msg.job_id, steps, reported=True)
 
 
 def _on_failed(tx: Tx, m: dict[str, Any], msg: MessageFailed, env: Envelope) -> Deliveries:

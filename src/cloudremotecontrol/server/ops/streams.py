@@ -247,7 +247,7 @@ def job_event(
 
 
 def job_steps(
-    tx: Tx, m: dict[str, Any], job_id: str, steps: Sequence[Step]
+    tx: Tx, m: dict[str, Any], job_id: str, steps: Sequence[Step], reported: bool = False
 ) -> list[tuple[str, int, str]]:
     """Apply ``steps`` to machine ``m``'s target of job ``job_id``, in order, as one
     ``job_event`` per status change and one kept chunk per output step would, with one
@@ -257,8 +257,13 @@ def job_steps(
     ``MAX_OUTPUT_KEPT_BYTES`` per target (then cut, with a marker) as ``job.output``
     events, and none once the target has ended. A target held back by rate control was
     never sent to the machine: what it reports about it changes nothing. Returns what
-    the rate-control rules release when the target ended."""
+    the rate-control rules release when the target ended. ``reported``: the steps are
+    the machine's own report (``job.started``, ``job.output``, ``job.result``), refused
+    (InvalidInput, nothing changed) when the job has no target on the machine."""
     jt = tx.one(JOB_TARGET_SQL, (job_id, m["id"]))  # may be read ahead (``reads_job_target``)
+    if jt is None and reported:
+        # Another machine's job, or none: a hostile or confused machine, told so.
+        raise InvalidInput(f"job {job_id!r} was not sent to this machine", field="job_id")
     if jt is None or jt["held"]:
         return []  # not this machine's, or held back by rate control: never sent to it
     walk = _walk(
