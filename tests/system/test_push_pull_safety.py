@@ -187,3 +187,71 @@ def test_a_push_never_replaces_a_device_or_a_fifo(env, crc, tmp_path):
         assert stat.S_ISFIFO(os.stat(fifo).st_mode)
         assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".crc-")] == []
     assert link.is_symlink()
+
+
+def test_a_pull_of_a_fifo_a_device_or_a_directory_fails_with_the_reason(env, crc, tmp_path):
+    env.group_with_agents("lab", ["a"])
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    link = tmp_path / "link-to-fifo"
+    link.symlink_to(fifo)
+    cases = [
+        (fifo, "is a FIFO on this machine"),
+        (link, "is a FIFO on this machine"),
+        (Path("/dev/zero"), "is a character device on this machine"),
+        (tmp_path, "is a directory on this machine"),
+    ]
+    for remote, reason in cases:
+        local = tmp_path / "back"
+        r = crc("pull", "lab", "--from", "a", str(remote), str(local))
+        assert r.returncode == 1, (remote, r.stdout, r.stderr)
+        assert reason in r.stderr and "crc pull only reads regular files" in r.stderr, r.stderr
+        assert not local.exists()
+    # A link to a regular file is still followed, as before.
+    data = tmp_path / "data.txt"
+    data.write_text("through the link\n")
+    (tmp_path / "link-to-data").symlink_to(data)
+    r = crc("pull", "lab", "--from", "a", str(tmp_path / "link-to-data"), str(tmp_path / "x"))
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "x").read_text() == "through the link\n"
+
+
+_SWAPPER = """
+import os, sys
+d = sys.argv[1]
+path, reg, fifo, stop = (os.path.join(d, n) for n in ("f", "r", "p", "stop"))
+n = 0
+while n % 256 or not os.path.exists(stop):
+    n += 1
+    with open(reg, "wb") as fh:
+        fh.write(b"regular\\n")
+    os.replace(reg, path)
+    os.mkfifo(fifo)
+    os.replace(fifo, path)
+"""
+
+
+def test_a_fifo_swapped_in_during_a_pull_never_leaves_it_stuck(env, tmp_path):
+    # The agent checked the name, then opened it blocking: a FIFO put there in between
+    # (by any user who may write the directory) held the open, and the pull, forever.
+    env.group_with_agents("lab", ["a"])
+    box = tmp_path / "box"
+    box.mkdir()
+    swapper = subprocess.Popen([sys.executable, "-c", _SWAPPER, str(box)])
+    try:
+        jobs = [env.client.start_pull("lab", "a", str(box / "f"))["job_id"] for _ in range(150)]
+        statuses = {}
+        deadline = time.monotonic() + 120  # a stuck pull never ends; all others do at once
+        while len(statuses) < len(jobs) and time.monotonic() < deadline:
+            for job_id in jobs:
+                if job_id not in statuses:
+                    target = env.client.job(job_id)["targets"][0]
+                    if target["status"] in ("succeeded", "failed"):
+                        statuses[job_id] = (target["status"], target.get("reason"))
+            time.sleep(0.2)
+    finally:
+        (box / "stop").touch()
+        swapper.wait(timeout=30)
+    assert len(statuses) == len(jobs), f"{len(jobs) - len(statuses)} pulls stuck"
+    for status, reason in statuses.values():
+        assert status == "succeeded" or "FIFO" in reason or "not a file" in reason, reason

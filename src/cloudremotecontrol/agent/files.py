@@ -569,6 +569,57 @@ def _too_large(path: str) -> TooLarge:
     return TooLarge(file_too_large(path, "pulled"))
 
 
+_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def _open_regular(path: str) -> int:
+    """Open ``path`` for a pull, following a symbolic link as before, and only if it is
+    a regular file. It is opened non-blocking and checked on the open descriptor: a
+    FIFO there (or put there after any check by name) would otherwise block the open,
+    and the pull, until some writer came; a device could block a read the same way."""
+    flags = (
+        os.O_RDONLY
+        | getattr(os, "O_NONBLOCK", 0)
+        | getattr(os, "O_NOCTTY", 0)
+        | getattr(os, "O_CLOEXEC", 0)
+        | getattr(os, "O_BINARY", 0)
+    )
+    try:
+        fd = os.open(path, flags)
+    except (FileNotFoundError, NotADirectoryError):
+        raise InvalidInput(f"{path} is not a file on this machine") from None
+    except OSError as exc:
+        if os.path.isdir(path):  # Windows opens no directory as a file
+            raise InvalidInput(
+                f"{path} is a directory on this machine, not a regular file: "
+                "crc pull only reads regular files"
+            ) from None
+        raise InvalidInput(f"cannot read {path} on this machine: {exc.strerror or exc}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = next((name for test, name in _KINDS if test(mode)), "not a regular file")
+            raise InvalidInput(
+                f"{path} is {kind} on this machine, not a regular file: "
+                "crc pull only reads regular files"
+            )
+        if sys.platform != "win32":
+            os.set_blocking(fd, True)  # a regular file: reads of it never wait anyway
+    except OSError as exc:
+        os.close(fd)
+        raise InvalidInput(f"cannot read {path} on this machine: {exc.strerror or exc}") from None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def upload_file(
     where: Where,
     credential: str,
@@ -582,12 +633,7 @@ def upload_file(
     while the server still holds a cut one (409 ``upload_in_progress``): the server
     keeps one upload per pull, and takes the same content again as a success."""
     _check_absolute(path)
-    if not os.path.isfile(path):
-        raise InvalidInput(f"{path} is not a file on this machine")
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
-    except OSError as exc:
-        raise InvalidInput(f"cannot read {path} on this machine: {exc.strerror or exc}") from None
+    fd = _open_regular(path)
     try:
         if os.fstat(fd).st_size > MAX_FILE_BYTES:
             raise _too_large(path)  # before reading it, not after sending it all
