@@ -103,6 +103,8 @@ async def _supervise(
     started: Callable[[int], Awaitable[None]],
     cancelled: asyncio.Event,
 ) -> JobOutcome:
+    # Taken while the job's process surely runs: what ends its whole session later.
+    identity = platform.process_identity(proc.pid)
     await started(proc.pid)
     assert proc.stdout is not None and proc.stderr is not None
     readers = [
@@ -118,11 +120,11 @@ async def _supervise(
         )
         if waiter not in done:
             ending = "cancelled" if canceller in done else "timed_out"
-            await _end_tree(proc, platform, waiter)
+            await _end_tree(proc, platform, waiter, identity)
     finally:
         canceller.cancel()
         if not waiter.done():
-            await _end_tree(proc, platform, waiter)
+            await _end_tree(proc, platform, waiter, identity)
         # Grandchildren may hold the pipes open after the job's process ended (a daemon
         # it started) or after the tree was ended (a process that left its group): bound
         # the wait; what they write later is drained and dropped, not reported.
@@ -169,7 +171,10 @@ async def _exited(proc: asyncio.subprocess.Process) -> int:
 
 
 async def _end_tree(
-    proc: asyncio.subprocess.Process, platform: Platform, waiter: asyncio.Task[int]
+    proc: asyncio.subprocess.Process,
+    platform: Platform,
+    waiter: asyncio.Task[int],
+    identity: str | None,
 ) -> None:
     platform.kill_tree(proc, force=False)
     try:
@@ -177,6 +182,11 @@ async def _end_tree(
     except asyncio.TimeoutError:
         pass
     platform.kill_tree(proc, force=True)  # whatever is left of the group, too
+    if identity is not None:
+        # And of its session: a child that moved to a group of its own (a shell's job
+        # control, ``set -m``) escapes the group's signals. One that started a session
+        # of its own (a daemon's setsid) is let be, as after a job that ended.
+        platform.kill_leftovers(identity)
     with contextlib.suppress(asyncio.TimeoutError):
         await asyncio.wait_for(asyncio.shield(waiter), KILL_GRACE_SECONDS)
 
