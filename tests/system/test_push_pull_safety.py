@@ -4,6 +4,8 @@ temporary file, never readable by others, and sends exactly what it hashed."""
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import hashlib
 import os
 import stat
@@ -11,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -214,6 +217,42 @@ def test_a_pull_of_a_fifo_a_device_or_a_directory_fails_with_the_reason(env, crc
     r = crc("pull", "lab", "--from", "a", str(tmp_path / "link-to-data"), str(tmp_path / "x"))
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "x").read_text() == "through the link\n"
+
+
+def _opens(path: Path) -> Callable[[], int]:
+    """Count the opens of ``path`` from now on (inotify ``IN_OPEN``): the returned
+    function gives how many happened since."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+    assert fd >= 0, os.strerror(ctypes.get_errno())
+    assert libc.inotify_add_watch(fd, os.fsencode(path), 0x20) >= 0  # IN_OPEN
+
+    def count() -> int:
+        n = 0
+        with contextlib.suppress(BlockingIOError):
+            while data := os.read(fd, 4096):
+                while data:  # struct inotify_event: wd, mask, cookie, len, name[len]
+                    n += 1
+                    data = data[16 + int.from_bytes(data[12:16], sys.byteorder) :]
+        return n
+
+    return count
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify")
+def test_a_pull_never_opens_what_is_not_a_regular_file(env, crc, tmp_path):
+    # Opening a device can act on it (a watchdog arms, a tape rewinds): a pull of one
+    # must fail without opening it, even through a link.
+    env.group_with_agents("lab", ["a"])
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    link = tmp_path / "link-to-fifo"
+    link.symlink_to(fifo)
+    opened = _opens(fifo)
+    for remote in (fifo, link):
+        r = crc("pull", "lab", "--from", "a", str(remote), str(tmp_path / "back"))
+        assert r.returncode == 1 and "is a FIFO on this machine" in r.stderr, r.stderr
+    assert opened() == 0
 
 
 _SWAPPER = """

@@ -580,9 +580,12 @@ _KINDS = (
 
 def _open_regular(path: str) -> int:
     """Open ``path`` for a pull, following a symbolic link as before, and only if it is
-    a regular file. It is opened non-blocking and checked on the open descriptor: a
-    FIFO there (or put there after any check by name) would otherwise block the open,
-    and the pull, until some writer came; a device could block a read the same way."""
+    a regular file. Nothing else is ever opened: a FIFO would block the open, and the
+    pull, until some writer came, and opening a device can act on it (a watchdog arms).
+    On Linux the file is first taken by an ``O_PATH`` descriptor, which opens nothing,
+    checked, then opened through that descriptor: a FIFO or a link put there meanwhile
+    is never reached. Elsewhere it is checked by name, opened non-blocking and checked
+    again on the open file."""
     flags = (
         os.O_RDONLY
         | getattr(os, "O_NONBLOCK", 0)
@@ -591,24 +594,24 @@ def _open_regular(path: str) -> int:
         | getattr(os, "O_BINARY", 0)
     )
     try:
-        fd = os.open(path, flags)
+        if sys.platform.startswith("linux"):
+            handle = os.open(path, os.O_PATH | os.O_CLOEXEC)
+            try:
+                _check_regular(path, os.fstat(handle).st_mode)
+                fd = os.open(f"/proc/self/fd/{handle}", flags)
+            finally:
+                os.close(handle)
+        else:
+            _check_regular(path, os.stat(path).st_mode)
+            fd = os.open(path, flags)
     except (FileNotFoundError, NotADirectoryError):
         raise InvalidInput(f"{path} is not a file on this machine") from None
     except OSError as exc:
         if os.path.isdir(path):  # Windows opens no directory as a file
-            raise InvalidInput(
-                f"{path} is a directory on this machine, not a regular file: "
-                "crc pull only reads regular files"
-            ) from None
+            _check_regular(path, stat.S_IFDIR)
         raise InvalidInput(f"cannot read {path} on this machine: {exc.strerror or exc}") from None
     try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            kind = next((name for test, name in _KINDS if test(mode)), "not a regular file")
-            raise InvalidInput(
-                f"{path} is {kind} on this machine, not a regular file: "
-                "crc pull only reads regular files"
-            )
+        _check_regular(path, os.fstat(fd).st_mode)
         if sys.platform != "win32":
             os.set_blocking(fd, True)  # a regular file: reads of it never wait anyway
     except OSError as exc:
@@ -618,6 +621,15 @@ def _open_regular(path: str) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def _check_regular(path: str, mode: int) -> None:
+    if not stat.S_ISREG(mode):
+        kind = next((name for test, name in _KINDS if test(mode)), "not a regular file")
+        raise InvalidInput(
+            f"{path} is {kind} on this machine, not a regular file: "
+            "crc pull only reads regular files"
+        )
 
 
 def upload_file(
