@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import contextlib
+import errno
 import os
 import signal
 from collections.abc import Awaitable, Callable
@@ -80,7 +81,15 @@ async def run_job(
     except FileNotFoundError as exc:
         missing = job.cwd if job.cwd and not os.path.isdir(job.cwd) else argv[0]
         return JobOutcome("failed", 127, f"cannot start: {missing}: {exc.strerror}")
-    except (PermissionError, NotADirectoryError, OSError) as exc:
+    except OSError as exc:
+        if exc.errno == errno.E2BIG:  # the kernel's word names argv only; env counts too
+            return JobOutcome(
+                "failed",
+                126,
+                f"cannot start {argv[0]}: its arguments and environment are too large for "
+                f"this machine ({exc.strerror}): on Linux each argument and each "
+                "NAME=value of the environment must stay under 128 KiB",
+            )
         return JobOutcome("failed", 126, f"cannot start {argv[0]}: {exc}")
     try:
         platform.process_started(proc)
