@@ -76,3 +76,27 @@ def test_a_cancelled_job_leaves_no_process_running_in_its_session(env, tmp_path)
     finally:
         if _alive(pid):
             os.kill(pid, 9)
+
+
+def test_a_cancelled_job_lets_a_child_of_another_group_end_on_sigterm(env, tmp_path):
+    # It used to get SIGKILL only, with no chance to clean up as the rest of the job had.
+    env.group_with_agents("lab", ["a"])
+    pid_file, cleaned = tmp_path / "child.pid", tmp_path / "cleaned"
+    script = (
+        f"set -m; (trap 'echo term > {cleaned}; exit 0' TERM; echo $BASHPID > {pid_file}; "
+        "sleep 600 & wait $!) & wait"
+    )
+    job = env.client.start_job("lab", "a", command=script, shell="bash")
+    _wait_for(pid_file)
+    pid = int(pid_file.read_text())
+    try:
+        env.client.cancel_job(job["job_id"])
+        deadline = time.monotonic() + 60  # a safety net
+        while env.client.job(job["job_id"])["targets"][0]["status"] != "cancelled":
+            assert time.monotonic() < deadline, env.client.job(job["job_id"])
+            time.sleep(0.1)
+        assert _ended(pid)
+        assert cleaned.exists() and cleaned.read_text() == "term\n"
+    finally:
+        if _alive(pid):
+            os.kill(pid, 9)

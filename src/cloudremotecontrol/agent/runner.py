@@ -185,16 +185,24 @@ async def _end_tree(
     waiter: asyncio.Task[int],
     identity: str | None,
 ) -> None:
+    """SIGTERM to the job's process group and to the rest of its session (a child that
+    moved to a group of its own, a shell's job control ``set -m``, escapes the group's
+    signals), at most ``KILL_GRACE_SECONDS`` for them to end, then SIGKILL to whatever
+    is left. A process that started a session of its own (a daemon's setsid) is let be,
+    as after a job that ended."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + KILL_GRACE_SECONDS
     platform.kill_tree(proc, force=False)
+    if identity is not None:
+        platform.kill_leftovers(identity, force=False)
     try:
         await asyncio.wait_for(asyncio.shield(waiter), KILL_GRACE_SECONDS)
     except asyncio.TimeoutError:
         pass
+    while identity is not None and loop.time() < deadline and platform.leftovers(identity):
+        await asyncio.sleep(EXIT_POLL_SECONDS / 5)
     platform.kill_tree(proc, force=True)  # whatever is left of the group, too
     if identity is not None:
-        # And of its session: a child that moved to a group of its own (a shell's job
-        # control, ``set -m``) escapes the group's signals. One that started a session
-        # of its own (a daemon's setsid) is let be, as after a job that ended.
         platform.kill_leftovers(identity)
     with contextlib.suppress(asyncio.TimeoutError):
         await asyncio.wait_for(asyncio.shield(waiter), KILL_GRACE_SECONDS)

@@ -64,9 +64,14 @@ class Platform(abc.ABC):
         the next agent can end what is left of the job (None: nothing to record)."""
         return None
 
-    def kill_leftovers(self, identity: str) -> int:
-        """End the processes left of a job whose agent died (``identity`` from
-        ``process_identity``); return how many were ended."""
+    def kill_leftovers(self, identity: str, force: bool = True) -> int:
+        """End the processes left of a job (``identity`` from ``process_identity``),
+        politely unless ``force``: those of a job whose agent died, or that left the
+        job's process tree; return how many were signalled."""
+        return 0
+
+    def leftovers(self, identity: str) -> int:
+        """How many processes of the job ``identity`` names still run."""
         return 0
 
     def output_decoder(self) -> codecs.IncrementalDecoder:

@@ -47,24 +47,20 @@ class LinuxPlatform(Platform):
         start = _proc_stat(pid)
         return f"{pid}:{start[1]}" if start else None
 
-    def kill_leftovers(self, identity: str) -> int:
-        """Kill every process of the job's session (its setsid leader's pid) that started
-        no earlier than the leader: a reused pid never matches."""
-        try:
-            sid_text, start_text = identity.split(":")
-            sid, start = int(sid_text), int(start_text)
-        except ValueError:
-            return 0
+    def kill_leftovers(self, identity: str, force: bool = True) -> int:
+        """Signal every process of the job's session (its setsid leader's pid) that
+        started no earlier than the leader: a reused pid never matches. SIGKILL, or
+        SIGTERM unless ``force``."""
+        sig = signal.SIGKILL if force else signal.SIGTERM
         killed = 0
-        for entry in os.scandir("/proc"):
-            if not entry.name.isdigit() or int(entry.name) == os.getpid():
-                continue
-            stat = _proc_stat(int(entry.name))
-            if stat is not None and stat[0] == sid and stat[1] >= start:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(int(entry.name), signal.SIGKILL)
-                    killed += 1
+        for pid, _ in _session(identity):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+                killed += 1
         return killed
+
+    def leftovers(self, identity: str) -> int:
+        return sum(1 for _, state in _session(identity) if state != "Z")
 
     def service_manager(self) -> ServiceManager:
         from .systemd import Systemd
@@ -72,8 +68,27 @@ class LinuxPlatform(Platform):
         return Systemd()
 
 
-def _proc_stat(pid: int) -> tuple[int, int] | None:
-    """(session id, start time in clock ticks since boot) of ``pid``, from /proc."""
+def _session(identity: str) -> list[tuple[int, str]]:
+    """(pid, state) of each process of the session ``identity`` names (``sid:start``)
+    that started no earlier than its leader, but this process."""
+    try:
+        sid_text, start_text = identity.split(":")
+        sid, start = int(sid_text), int(start_text)
+    except ValueError:
+        return []
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        stat = _proc_stat(int(entry.name))
+        if stat is not None and stat[0] == sid and stat[1] >= start:
+            found.append((int(entry.name), stat[2]))
+    return found
+
+
+def _proc_stat(pid: int) -> tuple[int, int, str] | None:
+    """(session id, start time in clock ticks since boot, state) of ``pid``, from
+    /proc."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as fh:
             text = fh.read().decode(errors="replace")
@@ -81,6 +96,6 @@ def _proc_stat(pid: int) -> tuple[int, int] | None:
         return None
     fields = text[text.rfind(")") + 2 :].split()  # after "pid (comm) "
     try:
-        return int(fields[3]), int(fields[19])  # session, starttime
+        return int(fields[3]), int(fields[19]), fields[0]  # session, starttime, state
     except (IndexError, ValueError):
         return None
