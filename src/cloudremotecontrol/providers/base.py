@@ -157,6 +157,9 @@ class Capabilities:
     internet (for templates' ``public_ip``); machines on this computer have none.
     ``liveness_interval``: how often (seconds) the runner asks the provider whether a
     machine that is not ready yet died.
+    ``twins``: a slot may get a second instance (a create whose answer was lost and
+    that is sent again before the provider lists the first one): ``crc up`` then looks
+    for them at its liveness checks. A provider whose creates always answer says False.
     """
 
     features: frozenset[Feature] = frozenset()
@@ -168,6 +171,7 @@ class Capabilities:
     image_options: frozenset[str] = frozenset()
     public_addresses: bool = True
     liveness_interval: float = 15.0
+    twins: bool = True
 
     def supports(self, feature: Feature) -> bool:
         return feature in self.features

@@ -164,6 +164,8 @@ class LocalProvider(Provider):
         public_addresses=False,
         # A machine here that dies says so at once (its process is gone): look often.
         liveness_interval=2.0,
+        # A create here is a local call that answers or fails: never a second machine.
+        twins=False,
     )
 
     def __init__(

@@ -420,7 +420,11 @@ class Runner:
         later, tagged for the same machine. It boots with the same single-use key as the
         instance `crc up` waits for, so it only costs money: while the machine is
         ``pending`` it is destroyed. Once a machine enrolled, which instance did is not
-        known here: the others are named, and `crc down` destroys them."""
+        known here: the others are named, and `crc down` destroys them.
+
+        Nothing to do (and no listing) at a provider that never makes twins."""
+        if not self.provider.capabilities.twins:
+            return
         try:
             listed = self.provider.list(self.group)
         except ProviderError:
