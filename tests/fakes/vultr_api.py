@@ -35,6 +35,7 @@ off (``DELETE`` answers at once, as Vultr's does; ``halted`` lists the instances
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import contextlib
@@ -342,6 +343,9 @@ class FakeVultrState:
         # A new instance is listed (GET /instances) only this many seconds after it was
         # made; GET /instances/{id} knows it at once.
         self.list_delay = 0.0
+        # POST /instances makes the instance at once and answers only this many seconds
+        # later (a slow create); setting it to 0 again lets waiting answers go.
+        self.create_delay = 0.0
         self._created_at: dict[str, float] = {}
         self.instances: dict[str, dict[str, Any]] = {}
         self.scripts: dict[str, dict[str, Any]] = {}
@@ -764,6 +768,10 @@ def create_app(
         raw = await request.body()
         headers = {k.lower(): v for k, v in request.headers.items()}
         body, reply = state.handle(request.method, path, query, headers, raw)
+        if request.method == "POST" and path == "/instances":
+            held = time.monotonic()
+            while time.monotonic() - held < state.create_delay:
+                await asyncio.sleep(0.05)
         state.record(RecordedRequest(request.method, path, body, query, reply.status))
         if reply.body is None:
             return Response(status_code=reply.status, headers=reply.headers)

@@ -252,3 +252,86 @@ def test_up_whose_create_answers_were_all_lost_says_the_machine_may_exist(
     fake.state.list_delay = 0.0  # Vultr lists them at last
     first = down_twice(env, crc, scenario, vultr_env)
     assert sorted(first["destroyed"]) == made and fake.state.instances == {}
+
+
+def test_up_interrupted_during_a_create_says_the_machine_may_exist(
+    env: Any, crc: Any, fake: FakeVultr, scenario: Path
+) -> None:
+    """Ctrl-C while Vultr is making machine a (made, not answered yet): `crc up` exits
+    130 and its last lines say that a may exist and how to destroy it, although it
+    knows of no machine."""
+    vultr_env = {"VULTR_API_KEY": fake.api_key, "CRC_VULTR_API_URL": fake.url}
+    fake.state.create_delay = 3600.0
+    up = subprocess.Popen(
+        [sys.executable, "-m", "cloudremotecontrol", "up", str(scenario)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **env.cli_env, **vultr_env},
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not fake.state.instances:  # made; its answer is held back
+            assert up.poll() is None and time.monotonic() < deadline, up.communicate()
+            time.sleep(0.05)
+    finally:
+        up.send_signal(signal.SIGINT)
+        out, err = up.communicate(timeout=60)
+        fake.state.create_delay = 0.0
+
+    assert up.returncode == 130, out + err
+    assert [line for line in err.splitlines() if line][-2:] == [
+        f"vultr may have made machine(s) a of flaky although creating them was "
+        f"interrupted: `crc down {scenario}` destroys whatever was made",
+        "crc: aborted",
+    ], out + err
+
+    made = sorted(fake.state.instances)
+    first = down_twice(env, crc, scenario, vultr_env)
+    assert first["destroyed"] == made and fake.state.instances == {}
+
+
+def test_up_that_fails_names_a_second_machine_it_could_not_destroy(
+    env: Any, fake: FakeVultr, crc: Any, scenario: Path
+) -> None:
+    """A create's lost answer made a second machine for a, and Vultr refuses to destroy
+    it: when `crc up` then ends (Ctrl-C), its count of the machines still at Vultr
+    includes that one, named."""
+    vultr_env = {"VULTR_API_KEY": fake.api_key, "CRC_VULTR_API_URL": fake.url}
+    fake.state.list_delay = 3.0
+    fake.state.fail_next(
+        504,
+        after_handling=True,
+        method="POST",
+        path="/instances",
+        when=lambda body: body.get("hostname") == "a",
+    )
+    refusing = [True]
+    fake.state.fail_next(
+        403, times=1000, method="DELETE", path="/instances", when=lambda _: refusing[0]
+    )
+    up = subprocess.Popen(
+        [sys.executable, "-m", "cloudremotecontrol", "up", str(scenario)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **env.cli_env, **vultr_env},
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not any(r.method == "DELETE" and r.status == 403 for r in fake.requests):
+            assert up.poll() is None and time.monotonic() < deadline, up.communicate()
+            time.sleep(0.1)
+    finally:
+        up.send_signal(signal.SIGINT)
+        out, err = up.communicate(timeout=60)
+        refusing[0] = False
+    (twin,) = {r.path.rsplit("/", 1)[1] for r in fake.requests if r.method == "DELETE"}
+    assert len(fake.state.instances) == 4 and twin in fake.state.instances
+    assert (
+        f"4 machine(s) of flaky are still at vultr (a, b, c, a (second instance {twin})): "
+        f"`crc up {scenario}` again resumes, `crc down {scenario}` destroys them"
+    ) in err.splitlines(), out + err
+
+    first = down_twice(env, crc, scenario, vultr_env)
+    assert len(first["destroyed"]) == 4 and fake.state.instances == {}

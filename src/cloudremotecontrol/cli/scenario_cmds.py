@@ -66,29 +66,38 @@ def up(scenario_file: str, rerun: bool, parallel: int, as_json: bool) -> None:
         runner = Runner(scenario, profile, provider, view, rerun=rerun, max_parallel=parallel)
         rc = 1
         resumable = True
+        interrupted = False
         try:
             rc = runner.up()
         except DownFirst:  # the error says `crc down` first: `crc up` again would not do
             resumable = False
             raise
+        except KeyboardInterrupt:
+            interrupted = True
+            raise
         finally:
             runner.close()
             file = shlex.quote(scenario_file)
-            if rc != 0 and runner.instances and not as_json:
+            left = sorted(runner.instances) + sorted(
+                f"{name} (second instance {iid})" for iid, name in runner.twins_left.items()
+            )
+            if rc != 0 and left and not as_json:
                 # Failed, interrupted or a step failed: what was made keeps running (and,
                 # on a cloud, costing money) until `crc down`. Say so before the error.
-                names = ", ".join(sorted(runner.instances))
                 resume = f"`crc up {file}` again resumes, " if resumable else ""
                 click.echo(
-                    f"{len(runner.instances)} machine(s) of {scenario.name} are still at "
-                    f"{provider.name} ({names}): {resume}`crc down {file}` destroys them",
+                    f"{len(left)} machine(s) of {scenario.name} are still at "
+                    f"{provider.name} ({', '.join(left)}): {resume}`crc down {file}` "
+                    "destroys them",
                     err=True,
                 )
             if rc != 0 and runner.uncertain and not as_json:
-                # A create whose answer was lost may have made a machine nobody lists yet.
+                # A create whose answer was lost, or that Ctrl-C cut short, may have made
+                # a machine nobody lists yet.
+                how = "was interrupted" if interrupted else "failed"
                 click.echo(
                     f"{provider.name} may have made machine(s) {', '.join(runner.uncertain)} "
-                    f"of {scenario.name} although creating them failed: `crc down {file}` "
+                    f"of {scenario.name} although creating them {how}: `crc down {file}` "
                     "destroys whatever was made",
                     err=True,
                 )

@@ -100,6 +100,8 @@ class Runner:
         self._lock = threading.Lock()
         self.instances: dict[str, Instance] = {}
         self._twins: set[str] = set()  # second instances of a machine, dealt with
+        # Second instances not destroyed (only named): instance id -> machine name.
+        self.twins_left: dict[str, str] = {}
         # Machines whose create failed in a way that may have made them all the same (a
         # lost answer): the provider may list them only later.
         self.uncertain: list[str] = []
@@ -155,6 +157,12 @@ class Runner:
             doc = self.summary(ok, time.monotonic() - t0)
             if why == "interrupted":
                 doc["interrupted"] = True
+            if self.uncertain:  # creates without a clear answer: they may exist
+                doc["uncertain"] = list(self.uncertain)
+            if self.twins_left:
+                doc["second_instances"] = [
+                    {"machine": name, "instance": iid} for iid, name in self.twins_left.items()
+                ]
             self.view.summary(doc)
         return 0 if ok else 1
 
@@ -347,6 +355,11 @@ class Runner:
             )
             try:
                 inst = p.create(self.group, spec, self._startup_script(spec, key))
+            except KeyboardInterrupt:
+                # Ctrl-C (or a signal taken as it) during the create: the request may
+                # have reached the provider, which then makes the machine all the same.
+                self.uncertain.append(m.name)
+                raise
             except ProviderError as exc:
                 if not exc.permanent:
                     self.uncertain.append(m.name)
@@ -438,12 +451,14 @@ class Runner:
                 try:
                     self.provider.destroy(inst.id)
                 except ProviderError as exc:
+                    self.twins_left[inst.id] = name
                     self.view.info(
                         f"warning: machine {name} has a second instance {inst.id} that "
                         f"{self.provider.name} did not destroy ({exc.message}); tried again "
                         "later, `crc down` destroys it"
                     )
                     continue
+                self.twins_left.pop(inst.id, None)
                 self.view.info(
                     f"machine {name}: destroyed its second instance {inst.id} (made by a "
                     "create whose answer was lost)",
@@ -451,6 +466,7 @@ class Runner:
                     instance=inst.id,
                 )
             else:
+                self.twins_left[inst.id] = name
                 self.view.info(
                     f"warning: machine {name} has a second instance {inst.id} beside "
                     f"{mine.id}: `crc down` destroys both"
