@@ -237,6 +237,25 @@ def test_yaml_that_has_no_value_is_a_problem_not_a_crash(text, expected):
     assert got[0].startswith(expected or "s.yaml:1:1: nested too deeply"), got
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "name: 2024-02-30\nmachines: {a: }\n",
+            "s.yaml:1:7: not valid YAML: day is out of range for month",
+        ),
+        (
+            "name: a\nmachines: {a: }\ntimeouts: {ready: " + "9" * 5000 + "}\n",
+            "s.yaml:3:19: not valid YAML: Exceeds the limit (4300 digits)",
+        ),
+    ],
+)
+def test_a_value_yaml_cannot_read_is_one_problem(text, expected):
+    """Not also "expected a string" or "None is not a duration" for the same value."""
+    got = problems(text)
+    assert len(got) == 1 and got[0].startswith(expected), got
+
+
 def test_what_the_server_would_refuse_is_refused_before_any_machine_is_made():
     """A job longer than a week, a group TTL over a year: the server refuses them, and
     `crc up` found out only after it made the group and paid for the machines."""
@@ -257,6 +276,24 @@ def test_what_the_server_would_refuse_is_refused_before_any_machine_is_made():
         "s.yaml:7:5: steps.default.timeout: 691200s is longer than a job may run (7d): "
         "it is timeouts.step",
     ]
+
+
+def test_more_machines_or_steps_than_the_server_takes_are_refused_when_the_file_is_read():
+    """1001 machines: the server refuses the group only once `crc up` runs (logged in);
+    501 steps: the dashboard would not show the run. Both are file errors (exit 2), told
+    once, without reading every machine or step."""
+    machines = "".join(f"  m{i}: {{}}\n" for i in range(1001))
+    got = problems(f"name: big\nmachines:\n{machines}")
+    assert got == [
+        "s.yaml:3:3: machines: 1001 machines: at most 1000 (the server's limit for a group)"
+    ]
+    steps = "".join(f"  - {{name: s{i}, run: 'true'}}\n" for i in range(501))
+    got = problems(f"name: big\nmachines: {{a: }}\nsteps:\n{steps}")
+    assert got == ["s.yaml:4:3: steps: 501 steps: at most 500"]
+    assert (
+        len(parse(f"name: big\nmachines: {{a: }}\nsteps:\n{steps[: steps.rindex('  -')]}").steps)
+        == 500
+    )
 
 
 def test_vultr_machines_need_region_plan_and_image():

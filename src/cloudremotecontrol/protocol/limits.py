@@ -7,6 +7,7 @@ MAX_OUTPUT_CHUNK_BYTES = 64 << 10  # one job.output message
 MAX_OUTPUT_KEPT_BYTES = 4 << 20  # output kept server-side per job target
 MAX_COMMAND_BYTES = 128 << 10  # argv or shell string of one job
 MAX_MACHINES_PER_GROUP = 1000
+MAX_SCENARIO_STEPS = 500  # steps of one scenario (`crc up` run shown on the dashboard)
 MAX_TIMEOUT_SECONDS = 7 * 24 * 3600
 DEFAULT_JOB_TIMEOUT_SECONDS = 600
 DEFAULT_KEY_TTL_SECONDS = 24 * 3600

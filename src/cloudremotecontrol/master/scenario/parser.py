@@ -11,7 +11,12 @@ from typing import Any
 import yaml
 
 from ...errors import CrcError, InvalidInput
-from ...protocol.limits import MAX_COMMAND_BYTES, MAX_TIMEOUT_SECONDS
+from ...protocol.limits import (
+    MAX_COMMAND_BYTES,
+    MAX_MACHINES_PER_GROUP,
+    MAX_SCENARIO_STEPS,
+    MAX_TIMEOUT_SECONDS,
+)
 from ...protocol.messages import JobRun
 from ...protocol.names import check_kv_key, check_label, check_message_type, check_name
 from ...protocol.rollout import KEYS as ROLLOUT_KEYS
@@ -255,6 +260,14 @@ class ScenarioParser:
             return
         if not entries:
             r.error(node, "machines", "a scenario needs at least one machine")
+        if len(entries) > MAX_MACHINES_PER_GROUP:
+            r.error(
+                node,
+                "machines",
+                f"{len(entries)} machines: at most {MAX_MACHINES_PER_GROUP} (the server's "
+                "limit for a group)",
+            )
+            return
         for name, (knode, vnode) in entries.items():
             path = f"machines.{name}"
             if _check(r, knode, path, check_name, name, "machine name") is None:
@@ -359,6 +372,9 @@ class ScenarioParser:
         if not isinstance(node, yaml.SequenceNode):
             if not (isinstance(node, yaml.ScalarNode) and r.value(node) is None):
                 r.error(node, "steps", "expected a list of steps (lines starting with -)")
+            return []
+        if len(node.value) > MAX_SCENARIO_STEPS:
+            r.error(node, "steps", f"{len(node.value)} steps: at most {MAX_SCENARIO_STEPS}")
             return []
         steps: list[Step] = []
         nodes: dict[str, yaml.Node] = {}  # every step that has a name, valid or not

@@ -187,6 +187,8 @@ class NodeReader:
         return Where(self.file, mark.line + 1, mark.column + 1)
 
     def error(self, node: yaml.Node | None, path: str, message: str) -> None:
+        if node is not None and id(node) in self._unreadable:
+            return  # told once already: what is wrong with it, not that it is not a string
         self.problems.append(Problem(self.where(node), path, message))
 
     def root(self) -> yaml.Node | None:
@@ -227,11 +229,11 @@ class NodeReader:
             return self.loader.construct_object(node, deep=True)
         except (yaml.YAMLError, ValueError, OverflowError, RecursionError) as exc:
             if id(node) not in self._unreadable:
-                self._unreadable.add(id(node))
                 problem = getattr(exc, "problem", None) or str(exc)
                 if isinstance(exc, RecursionError):
                     problem = "nested too deeply"
                 self.error(node, "", f"not valid YAML: {problem}")
+                self._unreadable.add(id(node))
             return None
 
     def mapping(

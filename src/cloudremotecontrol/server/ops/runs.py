@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from ...errors import Conflict, InvalidInput, NotFound
+from ...protocol.limits import MAX_SCENARIO_STEPS
 from ...protocol.names import check_name
 from ..store.base import Tx
 from .common import add_event, audit, dumps, live_group, loads, now
@@ -31,7 +32,7 @@ __all__ = [
 PHASES = ("group", "machines", "ready", "steps", "done")
 STEP_STATES = ("pending", "running", "retrying", "succeeded", "failed", "skipped", "done")
 TERMINAL_STEP_STATES = frozenset({"succeeded", "failed", "skipped", "done"})
-MAX_STEPS = 500
+MAX_STEPS = MAX_SCENARIO_STEPS
 MAX_MESSAGE = 1000
 
 
