@@ -256,6 +256,13 @@ def test_a_value_yaml_cannot_read_is_one_problem(text, expected):
     assert len(got) == 1 and got[0].startswith(expected), got
 
 
+def test_a_problem_quoting_a_huge_value_is_shortened_in_the_message():
+    with pytest.raises(ScenarioError) as info:
+        parse("name: " + "x" * 100_000 + "\nmachines: {a: }\n")
+    (line,) = info.value.message.splitlines()[1:]
+    assert line.startswith("  s.yaml:1:7: name: invalid scenario name 'xxx") and len(line) < 500
+
+
 def test_what_the_server_would_refuse_is_refused_before_any_machine_is_made():
     """A job longer than a week, a group TTL over a year: the server refuses them, and
     `crc up` found out only after it made the group and paid for the machines."""

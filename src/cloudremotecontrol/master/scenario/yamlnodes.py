@@ -88,11 +88,20 @@ class ScenarioError(InvalidInput):
 
     def __init__(self, problems: list[Problem]) -> None:
         problems = sorted(problems, key=lambda p: (p.where.file, p.where.line, p.where.column))
-        shown = [str(p) for p in problems[:20]]
+        shown = [_shortened(str(p)) for p in problems[:20]]
         if len(problems) > 20:
             shown.append(f"... and {len(problems) - 20} more")
         super().__init__("invalid scenario:\n  " + "\n  ".join(shown))
         self.problems = problems
+
+
+MAX_PROBLEM_CHARS = 400  # a problem quotes the file's text: a 4 MiB name is not echoed
+
+
+def _shortened(text: str) -> str:
+    if len(text) <= MAX_PROBLEM_CHARS:
+        return text
+    return text[: MAX_PROBLEM_CHARS - 1] + "…"
 
 
 def parse_duration(value: object) -> float:
