@@ -263,6 +263,28 @@ def test_a_problem_quoting_a_huge_value_is_shortened_in_the_message():
     assert line.startswith("  s.yaml:1:7: name: invalid scenario name 'xxx") and len(line) < 500
 
 
+def test_a_push_of_a_directory_or_a_device_says_what_it_is(tmp_path):
+    got = problems(f"""\
+        name: lab
+        machines: {{a: }}
+        steps:
+          - {{name: d, push: {{src: {tmp_path}, dest: /tmp/x}}}}
+          - {{name: z, push: {{src: /dev/zero, dest: /tmp/x}}}}
+          - {{name: n, push: {{src: {tmp_path}/none, dest: /tmp/x}}}}
+        """)
+    assert [p.split(": ", 2)[1:] for p in got] == [
+        [
+            "steps.d.push.src",
+            f"{tmp_path} is not a regular file (a directory or a device): push sends one file",
+        ],
+        [
+            "steps.z.push.src",
+            "/dev/zero is not a regular file (a directory or a device): push sends one file",
+        ],
+        ["steps.n.push.src", f"no such file: {tmp_path}/none"],
+    ]
+
+
 def test_what_the_server_would_refuse_is_refused_before_any_machine_is_made():
     """A job longer than a week, a group TTL over a year: the server refuses them, and
     `crc up` found out only after it made the group and paid for the machines."""

@@ -626,8 +626,15 @@ class ScenarioParser:
             rel = r.string(p["src"][1], f"{path}.src")
             if rel is not None:
                 src = self.base / rel
-                if not src.is_file():
+                if not src.exists():
                     r.error(p["src"][1], f"{path}.src", f"no such file: {src}")
+                elif not src.is_file():
+                    r.error(
+                        p["src"][1],
+                        f"{path}.src",
+                        f"{src} is not a regular file (a directory or a device): push sends "
+                        "one file",
+                    )
         content = (
             r.string(p["content"][1], f"{path}.content", empty=True) if "content" in p else None
         )
