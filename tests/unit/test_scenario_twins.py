@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from cloudremotecontrol.master.scenario.runner import Runner
 from cloudremotecontrol.master.scenario.state import LocalState
 from cloudremotecontrol.master.scenario.view import View
 from cloudremotecontrol.providers import Instance, MachineSpec, Provider
+from cloudremotecontrol.providers.base import machine_tag
 from cloudremotecontrol.providers.local import LocalProvider
 
 
@@ -62,3 +64,65 @@ def test_a_provider_that_cannot_make_twins_is_not_listed_for_them(tmp_path: Path
         runner.close()
     assert provider.listed == 0
     assert not LocalProvider.capabilities.twins
+
+
+def _instance(iid: str) -> Instance:
+    return Instance(
+        id=iid, name="a", label="s.a", status="active", ready=True, tags=(machine_tag("a"),)
+    )
+
+
+class WithTwin(Counting):
+    """A cloud (twins possible) listing a second instance of slot ``a``."""
+
+    name = "cloud"
+    capabilities = dataclasses.replace(LocalProvider.capabilities, twins=True)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.destroyed: builtins.list[str] = []
+
+    def list(self, scenario: str) -> builtins.list[Instance]:
+        self.listed += 1
+        return [_instance("i-1"), _instance("i-0")]
+
+    def destroy(self, instance_id: str) -> None:
+        self.destroyed.append(instance_id)
+
+
+class Server:
+    def __init__(self, state: str) -> None:
+        self.state = state
+
+    def group(self, name: str) -> dict[str, Any]:
+        return {"machines": [{"name": "a", "state": self.state}]}
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_second_instance_is_destroyed_only_while_the_server_says_the_slot_is_pending(
+    tmp_path: Path,
+) -> None:
+    """The events seen may be seconds old: the second instance (the first one made) may
+    be the one that enrolled meanwhile. It is destroyed only if the server, asked now,
+    still has the machine pending; otherwise it is named for `crc down`."""
+    scenario = parse_scenario("name: s\nprovider: local\nmachines: {a: }\n")
+    for now, destroyed in (("pending", ["i-0"]), ("ready", [])):
+        provider = WithTwin()
+        runner = Runner(
+            scenario,
+            Profile(url="https://127.0.0.1:9", token="t", fingerprint=None),
+            provider,
+            View(),
+            state=LocalState(tmp_path / f"{now}.json"),
+        )
+        try:
+            runner.instances["a"] = _instance("i-1")
+            runner.client.close()
+            runner.client = Server(now)  # type: ignore[assignment]
+            runner._destroy_twins({"a": "pending"})  # what the events said
+        finally:
+            runner.close()
+        assert provider.destroyed == destroyed, now
+        assert runner.twins_left == ({} if destroyed else {"i-0": "a"}), now

@@ -442,12 +442,17 @@ class Runner:
             listed = self.provider.list(self.group)
         except ProviderError:
             return  # a hiccup at the provider: asked again at the next check
+        fresh: dict[str, str] | None = None
         for inst in listed:
             name = tag_value(inst.tags, MACHINE_TAG_PREFIX) or inst.name
             mine = self.instances.get(name)
             if mine is None or inst.id == mine.id or inst.id in self._twins:
                 continue
-            if states.get(name) == "pending":
+            if states.get(name) == "pending" and fresh is None:
+                # The events seen may be seconds old, and the second instance (the
+                # first made) may be the one enrolling: the server is asked now.
+                fresh = {m["name"]: m["state"] for m in self.client.group(self.group)["machines"]}
+            if states.get(name) == "pending" and fresh is not None and fresh.get(name) == "pending":
                 try:
                     self.provider.destroy(inst.id)
                 except ProviderError as exc:
