@@ -594,14 +594,17 @@ def _open_regular(path: str) -> int:
         | getattr(os, "O_BINARY", 0)
     )
     try:
+        fd = -1
         if sys.platform.startswith("linux"):
             handle = os.open(path, os.O_PATH | os.O_CLOEXEC)
             try:
                 _check_regular(path, os.fstat(handle).st_mode)
-                fd = os.open(f"/proc/self/fd/{handle}", flags)
+                with contextlib.suppress(FileNotFoundError):
+                    # No /proc here (a chroot, a bare container): by name, as below.
+                    fd = os.open(f"/proc/self/fd/{handle}", flags)
             finally:
                 os.close(handle)
-        else:
+        if fd < 0:
             _check_regular(path, os.stat(path).st_mode)
             fd = os.open(path, flags)
     except (FileNotFoundError, NotADirectoryError):
