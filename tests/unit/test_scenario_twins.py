@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from cloudremotecontrol.errors import Unavailable
 from cloudremotecontrol.master.profile import Profile
 from cloudremotecontrol.master.scenario.model import parse_scenario
 from cloudremotecontrol.master.scenario.runner import Runner
@@ -126,3 +127,32 @@ def test_a_second_instance_is_destroyed_only_while_the_server_says_the_slot_is_p
             runner.close()
         assert provider.destroyed == destroyed, now
         assert runner.twins_left == ({} if destroyed else {"i-0": "a"}), now
+
+
+class Unreachable(Server):
+    def group(self, name: str) -> dict[str, Any]:
+        raise Unavailable("cannot reach the server")
+
+
+def test_a_server_not_answering_leaves_the_second_instance_for_the_next_check(
+    tmp_path: Path,
+) -> None:
+    """Asking the server is part of the check, not of `crc up`'s outcome: a server that
+    does not answer then leaves the second instance alone until the next check."""
+    scenario = parse_scenario("name: s\nprovider: local\nmachines: {a: }\n")
+    provider = WithTwin()
+    runner = Runner(
+        scenario,
+        Profile(url="https://127.0.0.1:9", token="t", fingerprint=None),
+        provider,
+        View(),
+        state=LocalState(tmp_path / "s.json"),
+    )
+    try:
+        runner.instances["a"] = _instance("i-1")
+        runner.client.close()
+        runner.client = Unreachable("pending")  # type: ignore[assignment]
+        runner._destroy_twins({"a": "pending"})
+    finally:
+        runner.close()
+    assert provider.destroyed == [] and runner.twins_left == {}

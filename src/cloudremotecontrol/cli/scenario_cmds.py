@@ -91,6 +91,18 @@ def up(scenario_file: str, rerun: bool, parallel: int, as_json: bool) -> None:
                     "destroys them",
                     err=True,
                 )
+            if rc == 0 and runner.twins_left and not as_json:
+                # Up and running, beside a second instance that could not be destroyed
+                # (one of the two enrolled first): it bills until someone destroys it.
+                twins = ", ".join(
+                    f"{name}: {iid}" for iid, name in sorted(runner.twins_left.items())
+                )
+                click.echo(
+                    f"warning: second instance(s) of {scenario.name} still at "
+                    f"{provider.name} ({twins}): they cost money until destroyed (in the "
+                    f"provider's console, or with the rest by `crc down {file}`)",
+                    err=True,
+                )
             if rc != 0 and runner.uncertain and not as_json:
                 # A create whose answer was lost, or that Ctrl-C cut short, may have made
                 # a machine nobody lists yet.

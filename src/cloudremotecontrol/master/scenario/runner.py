@@ -237,14 +237,14 @@ class Runner:
         if mine.get("provider") != s.provider:
             raise DownFirst(
                 f"group {self.group} runs on provider {mine.get('provider')}; the "
-                f"scenario now says {s.provider}: `crc down` it first"
+                f"scenario now says {s.provider}: `crc down --group {self.group}` it first"
             )
         have = {m["name"]: m for m in group["machines"]}
         added = [n for n in s.machine_names if n not in have]
         if added:
             raise DownFirst(
                 f"machine(s) {', '.join(added)} were added to the scenario after "
-                f"group {self.group} was made: `crc down` then `crc up`"
+                f"group {self.group} was made: `crc down --group {self.group}` then `crc up`"
             )
         keys = self.state.keys if self.state.data.get("server") == self.profile.url else {}
         untouched = all(m["state"] == "pending" for m in have.values())
@@ -342,7 +342,7 @@ class Runner:
             if not key:
                 raise DownFirst(
                     f"the enrollment key of machine {m.name} is lost (it was kept "
-                    f"in {self.state.path}): `crc down` then `crc up`"
+                    f"in {self.state.path}): `crc down --group {self.group}` then `crc up`"
                 )
             spec = MachineSpec(
                 name=m.name,
@@ -451,7 +451,11 @@ class Runner:
             if states.get(name) == "pending" and fresh is None:
                 # The events seen may be seconds old, and the second instance (the
                 # first made) may be the one enrolling: the server is asked now.
-                fresh = {m["name"]: m["state"] for m in self.client.group(self.group)["machines"]}
+                try:
+                    group = self.client.group(self.group)
+                except CrcError:
+                    return  # asked again at the next check
+                fresh = {m["name"]: m["state"] for m in group["machines"]}
             if states.get(name) == "pending" and fresh is not None and fresh.get(name) == "pending":
                 try:
                     self.provider.destroy(inst.id)
