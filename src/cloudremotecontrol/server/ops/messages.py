@@ -58,7 +58,7 @@ def _fan_out(
 ) -> dict[str, Any]:
     machines = resolve_targets(tx, group, parse_target(to))
     if user_id is None:
-        _check_backlog(tx, machines)
+        machines = _skip_full(tx, group, sender, msg, machines)
     deliveries = []
     for m in machines:
         env = Envelope.of(msg, group["name"], sender, m["name"], correlation_id)
@@ -76,15 +76,24 @@ def _fan_out(
     return {"targets": names, "deliveries": deliveries}
 
 
-def _check_backlog(tx: Tx, machines: list[dict[str, Any]]) -> None:
-    """Refuse a machine's message when a target holds ``MAX_PENDING_PEER_MESSAGES``
-    ``user.*`` messages it has not acknowledged (offline, or not reading): what one
-    machine can make the server store for its peers is bounded. The whole message is
-    refused (it reaches all its targets or none); the sender may send it again, or to
-    the others by name. Only peer messages pay for this read, never job results."""
-    full: list[str] = []
+def _skip_full(
+    tx: Tx,
+    group: dict[str, Any],
+    sender: str,
+    msg: UserMessage,
+    machines: list[dict[str, Any]],
+) -> list[dict[str, Any]]:
+    """The targets of a machine's message that may take it: those holding fewer than
+    ``MAX_PENDING_PEER_MESSAGES`` ``user.*`` messages they have not acknowledged. What one
+    machine can make the server store for a peer that does not read (offline, or never
+    connected) is bounded, and that peer keeps no other from getting the message: the
+    others get it, and the ones left out are an ``agent.error`` event of the sender's
+    (``too_many_pending``, naming them). When it is left out everywhere, the message is
+    refused as a whole (an error frame to the sender too). Only peer messages pay for this
+    read, never job results."""
+    full: set[str] = set()
     for i in range(0, len(machines), 500):
-        chunk = {m["id"]: m["name"] for m in machines[i : i + 500]}
+        chunk = [m["id"] for m in machines[i : i + 500]]
         marks = ",".join("?" * len(chunk))
         rows = tx.all(
             # Only "?" placeholders are formatted in: the ids are parameters.
@@ -92,12 +101,30 @@ def _check_backlog(tx: Tx, machines: list[dict[str, Any]]) -> None:
             f"({marks}) AND type LIKE ? GROUP BY machine_id HAVING COUNT(*) >= ?",
             (*chunk, "user.%", MAX_PENDING_PEER_MESSAGES),
         )
-        full.extend(chunk[r["machine_id"]] for r in rows)
-    if full:
-        shown = ", ".join(sorted(full)[:5]) + (", ..." if len(full) > 5 else "")
+        full.update(r["machine_id"] for r in rows)
+    if not full:
+        return machines
+    left_out = sorted(m["name"] for m in machines if m["id"] in full)
+    shown = ", ".join(left_out[:5]) + (", ..." if len(left_out) > 5 else "")
+    why = (
+        f"{len(left_out)} target(s) ({shown}) hold {MAX_PENDING_PEER_MESSAGES} messages "
+        "not yet acknowledged, the most a machine's message may add to"
+    )
+    taking = [m for m in machines if m["id"] not in full]
+    if not taking:
         raise CrcError(
-            f"not sent: {len(full)} target(s) ({shown}) hold {MAX_PENDING_PEER_MESSAGES} "
-            "messages not yet acknowledged, the most a machine's message may add to; "
-            "send it again once they read their messages",
+            f"not sent: {why}; send it again once they read their messages",
             code="too_many_pending",
         )
+    add_event(
+        tx,
+        group["id"],
+        "agent.error",
+        {
+            "code": "too_many_pending",
+            "message": f"not sent to {shown}: {why}; sent to the other target(s)",
+            "type": msg.type,
+        },
+        machine=sender,
+    )
+    return taking
