@@ -419,7 +419,10 @@ def _on_started(tx: Tx, m: dict[str, Any], msg: JobStarted, env: Envelope) -> De
 
 
 def _on_output(tx: Tx, m: dict[str, Any], msg: JobOutput, env: Envelope) -> Deliveries:
-    return job_steps(tx, m, msg.job_id, [(msg.stream, msg.data)], reported=True)
+    # Output of a job the server does not know for this machine changes nothing and is
+    # acknowledged without a word: its start and its result are refused (one event
+    # each), not each chunk (a job still running after a restore from backup).
+    return job_steps(tx, m, msg.job_id, [(msg.stream, msg.data)])
 
 
 def _on_result(tx: Tx, m: dict[str, Any], msg: JobResult, env: Envelope) -> Deliveries:
