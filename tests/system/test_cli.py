@@ -403,17 +403,18 @@ def test_server_lists_users_and_their_tokens_without_a_secret(env):
 def test_agent_hosts_file_lets_hosts_sync_be_tried_without_root(env, crc, tmp_path):
     out = env.client.create_group("lab", ["a", "b"])
     files = {}
-    for m in out["machines"]:
+    for m in out["machines"]:  # one after the other: a enrolls first
         files[m["name"]] = tmp_path / f"hosts-{m['name']}"
         files[m["name"]].write_text("127.0.0.1 localhost\n")
         env.agent(m["name"], m["key"], extra=["--hosts-file", str(files[m["name"]])])
-    env.wait_state("lab", ["a", "b"], "ready")
+        env.wait_state("lab", [m["name"]], "ready")
     before = Path("/etc/hosts").read_bytes()
     r = crc("hosts", "sync", "lab", "--ip", "public")
     assert r.returncode == 0, r.stderr
     for f in files.values():
         text = f.read_text()
         assert text.startswith("127.0.0.1 localhost\n")
+        # Both seen at one address: the one enrolled first first (reverse lookups).
         assert "127.0.0.1 a a.lab b b.lab" in text
         assert str(f) in r.stdout
     assert Path("/etc/hosts").read_bytes() == before

@@ -24,18 +24,19 @@ def _own_hosts(tmp, name):
 def test_hosts_sync_lists_every_peer_and_is_idempotent(env, crc):
     out = env.client.create_group("lab", ["a", "b"])
     files = {}
-    for m in out["machines"]:
+    for m in out["machines"]:  # one after the other: a enrolls first
         hosts, prefix = _own_hosts(env.tmp, m["name"])
         files[m["name"]] = hosts
         env.agent(m["name"], m["key"], prefix=prefix)
-    env.wait_state("lab", ["a", "b"], "ready")
+        env.wait_state("lab", [m["name"]], "ready")
     # Public: the address the server sees each machine connect from (here all loopback).
     r = crc("hosts", "sync", "lab", "--ip", "public")
     assert r.returncode == 0, r.stderr
     first = {n: f.read_bytes() for n, f in files.items()}
     for content in first.values():
         assert content.startswith(b"127.0.0.1 localhost\n# keep me \xff\n")
-        # Both agents reach the server from 127.0.0.1 here, so they share one line.
+        # Both agents reach the server from 127.0.0.1 here, so they share one line,
+        # the one enrolled first first (what a reverse lookup of the address gives).
         assert b"\n127.0.0.1 a a.lab b b.lab\n" in content
         assert content.count(b"# BEGIN cloudremotecontrol group=lab") == 1
     r = crc("hosts", "sync", "lab", "--ip", "public")
