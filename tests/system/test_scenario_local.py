@@ -897,7 +897,10 @@ def test_down_after_the_file_changed_provider_destroys_where_up_made_them(env, c
         nowhere = {"VULTR_API_KEY": "k", "CRC_VULTR_API_URL": "http://127.0.0.1:9/v2"}
         r = crc("up", str(path), extra_env=nowhere)
         assert r.returncode == 5, r.stdout + r.stderr
-        assert "runs on provider local; the scenario now says vultr: `crc down` it" in r.stderr
+        assert (
+            "runs on provider local; the scenario now says vultr: `crc down --group moved` it"
+            in r.stderr
+        )
 
         r = crc("down", str(path), extra_env=nowhere)
         assert r.returncode == 0, r.stdout + r.stderr
