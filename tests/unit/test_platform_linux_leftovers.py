@@ -29,6 +29,8 @@ def _session_size(sid: int) -> int:
 
 
 def test_kill_leftovers_ends_the_jobs_session_and_never_a_reused_pid() -> None:
+    """Neither a process started after the recorded leader with its pid, nor the session
+    of such a process when it leads one."""
     plat = LinuxPlatform()
     proc = subprocess.Popen(["sh", "-c", "sleep 60 & exec sleep 60"], start_new_session=True)
     try:
@@ -42,6 +44,10 @@ def test_kill_leftovers_ends_the_jobs_session_and_never_a_reused_pid() -> None:
         # A process that started later than the one recorded (a reused pid): untouched.
         assert plat.kill_leftovers(f"{pid}:{int(start) + 10**9}") == 0
         assert plat.kill_leftovers("not an identity") == 0
+        # The recorded leader started earlier than the process with its pid now: that
+        # pid was reused by a new session's leader, whose processes are not the job's.
+        assert plat.leftovers(f"{pid}:{int(start) - 1}") == 0
+        assert plat.kill_leftovers(f"{pid}:{int(start) - 1}") == 0
         assert proc.poll() is None
         assert plat.kill_leftovers(identity) == 2  # the leader and its background child
         assert proc.wait(timeout=5) == -9

@@ -70,11 +70,17 @@ class LinuxPlatform(Platform):
 
 def _session(identity: str) -> list[tuple[int, str]]:
     """(pid, state) of each process of the session ``identity`` names (``sid:start``)
-    that started no earlier than its leader, but this process."""
+    that started no earlier than its leader, but this process; none when the leader's
+    pid is another process's now."""
     try:
         sid_text, start_text = identity.split(":")
         sid, start = int(sid_text), int(start_text)
     except ValueError:
+        return []
+    leader = _proc_stat(sid)
+    if leader is not None and leader[1] != start:
+        # The leader's pid now names a later process: the session by that id is
+        # another's (a new leader that reused the pid), whatever is left of the job.
         return []
     found = []
     for entry in os.scandir("/proc"):
