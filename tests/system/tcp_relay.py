@@ -14,6 +14,8 @@ class TcpRelay:
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port: int = self.listener.getsockname()[1]
         self._socks: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._closed = False
         threading.Thread(target=self._accept, daemon=True).start()
 
     def connect(self, client: socket.socket) -> socket.socket | None:
@@ -30,7 +32,8 @@ class TcpRelay:
                 client, _ = self.listener.accept()
             except OSError:
                 return
-            self._socks.append(client)
+            if not self._track(client):
+                return
             threading.Thread(target=self._start, args=(client,), daemon=True).start()
 
     def _start(self, client: socket.socket) -> None:
@@ -42,7 +45,8 @@ class TcpRelay:
             with contextlib.suppress(OSError):
                 client.close()
             return
-        self._socks.append(upstream)
+        if not self._track(upstream):
+            return
         for src, dst, up in ((client, upstream, True), (upstream, client, False)):
             threading.Thread(target=self._pump, args=(src, dst, up), daemon=True).start()
 
@@ -58,15 +62,29 @@ class TcpRelay:
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
 
+    def _track(self, sock: socket.socket) -> bool:
+        """Keep ``sock`` for ``cut``; once the relay is closed, close it at once (a
+        connection accepted, or an upstream opened, while ``close`` ran is never left
+        open for the garbage collector)."""
+        with self._lock:
+            if not self._closed:
+                self._socks.append(sock)
+                return True
+        sock.close()
+        return False
+
     def cut(self) -> None:
         """Break every relayed connection (both ends see it close)."""
-        for sock in self._socks:
+        with self._lock:
+            socks, self._socks = self._socks, []
+        for sock in socks:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
             sock.close()
-        self._socks.clear()
 
     def close(self) -> None:
+        with self._lock:
+            self._closed = True
         self.listener.close()
         self.cut()
 
@@ -95,9 +113,13 @@ class ConnectProxy(TcpRelay):
             return None
         host, _, port = target.rpartition(":")
         upstream = socket.create_connection((host, int(port)), 5)
-        upstream.settimeout(None)  # the 5 s were for connecting: a quiet link stays up
-        client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
-        rest = head.split(b"\r\n\r\n", 1)[1]
-        if rest:
-            upstream.sendall(rest)
+        try:
+            upstream.settimeout(None)  # the 5 s were for connecting: a quiet link stays up
+            client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            rest = head.split(b"\r\n\r\n", 1)[1]
+            if rest:
+                upstream.sendall(rest)
+        except OSError:
+            upstream.close()
+            raise
         return upstream
