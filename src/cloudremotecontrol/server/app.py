@@ -32,6 +32,7 @@ from .methods import Methods
 from .openapi import install_openapi
 from .ops import delivery
 from .ops import groups as groups_ops
+from .ops import hostsync as hostsync_ops
 from .ops import overdue as overdue_ops
 from .ops import recordings as recording_ops
 from .ops import retention as retention_ops
@@ -49,6 +50,7 @@ log = logging.getLogger(__name__)
 TOUCH_SECONDS = 30.0
 EXPIRE_SECONDS = 1.0
 ROLLOUT_SECONDS = 0.25
+HOSTS_SECONDS = 1.0
 
 
 class CrcApp(FastAPI):
@@ -210,6 +212,7 @@ def create_app(
             expirer = tg.create_task(_expire_loop(app, store, hub))
             pruner = tg.create_task(_retention_loop(app, store))
             roller = tg.create_task(_rollout_loop(store, hub))
+            hosts = tg.create_task(_hosts_loop(store, hub))
             try:
                 yield
             finally:
@@ -217,6 +220,7 @@ def create_app(
                 expirer.cancel()
                 pruner.cancel()
                 roller.cancel()
+                hosts.cancel()
                 if leaser is not None:
                     leaser.cancel()
                 for link in list(hub.links.values()):
@@ -369,6 +373,22 @@ async def _rollout_loop(store: Store, hub: Hub) -> None:
             log.warning("rate control: trying again: %s", exc)
         except Exception as exc:  # noqa: BLE001 -- the loop must outlive one failure
             log.error("rate control: trying again: %r", exc)
+
+
+async def _hosts_loop(store: Store, hub: Hub) -> None:
+    """``--sync-hosts`` groups whose sync window ended: what changed during it is synced
+    (ops/hostsync.py). A read finds them: nothing is written while none is due."""
+    while True:
+        await asyncio.sleep(HOSTS_SECONDS)
+        try:
+            at = time.time()
+            due = await store.read(hostsync_ops.due_groups, at)
+            if due:
+                hub.deliver(await store.write(hostsync_ops.sync_due, due, at))
+        except CrcError as exc:
+            log.warning("hosts sync: trying again: %s", exc)
+        except Exception as exc:  # noqa: BLE001 -- the loop must outlive one failure
+            log.error("hosts sync: trying again: %r", exc)
 
 
 async def _retention_loop(app: FastAPI, store: Store) -> None:

@@ -29,8 +29,9 @@ from ...protocol.messages import (
 from ...protocol.states import JobEvent, MachineEvent, MachineState, machine_next, result_event
 from ...protocol.wire import Dispatcher, Message, Side
 from ..store.base import Tx, reads_job_target, reads_outbox_drop, reads_row
-from .common import add_event, dumps, loads, now
+from .common import add_event, dumps, now
 from .groups import uninstall_on_delete
+from .hostsync import auto_hosts_sync
 from .streams import ServerInbox, Step, inbox, job_event, job_steps, outbox
 
 __all__ = [
@@ -493,31 +494,3 @@ HANDLERS: Dispatcher[Any] = Dispatcher(
         UserMessage: _on_user,
     },
 )
-
-
-def auto_hosts_sync(tx: Tx, group_id: str) -> list[tuple[str, int, str]]:
-    """For groups created with ``--sync-hosts``: when the roster's addresses change
-    (a machine joins, reconnects from elsewhere, reports new IPs), start a hosts sync job
-    for every machine. Unchanged addresses start nothing."""
-    import hashlib
-
-    from .jobs import create_hosts_sync
-    from .roster import enrollment_order, hosts_table, roster
-
-    group = tx.one("SELECT * FROM groups WHERE id = ? AND deleted IS NULL", (group_id,))
-    settings = loads(group["settings"]) if group else None
-    if group is None or not settings or not settings.get("sync_hosts"):
-        return []
-    which = str(settings.get("hosts_ip") or "auto")
-    live = [m for m in roster(tx, group_id) if m["state"] in ("ready", "offline")]
-    # What each machine's hosts file gets.
-    table = hosts_table(live, live, which, lambda: enrollment_order(tx, group_id))
-    listed = sorted((name, sorted(entries)) for name, entries in table.items())
-    digest = hashlib.sha256(dumps(listed).encode()).hexdigest()
-    if not any(table.values()) or settings.get("hosts_synced") == digest:
-        return []
-    settings["hosts_synced"] = digest
-    tx.execute("UPDATE groups SET settings = ? WHERE id = ?", (dumps(settings), group_id))
-    user = {"user_id": group["user_id"], "user": "crc (--sync-hosts)"}
-    result = create_hosts_sync(tx, user, group["name"], "all", which, only_ready=True)
-    return list(result["deliveries"])

@@ -229,6 +229,16 @@ def _v14(d: str) -> list[str]:
     return [f"ALTER TABLE machines ADD COLUMN last_in {_REAL[d]} NOT NULL DEFAULT 0"]
 
 
+def _v15(d: str) -> list[str]:
+    """When a ``--sync-hosts`` group's sync window ends: its next automatic hosts sync
+    may start, and the server looks whether its addresses changed meanwhile
+    (ops/hostsync.py). NULL: no window open."""
+    return [
+        f"ALTER TABLE groups ADD COLUMN hosts_due {_REAL[d]}",
+        "CREATE INDEX groups_hosts_due ON groups(hosts_due) WHERE hosts_due IS NOT NULL",
+    ]
+
+
 MIGRATIONS = [
     (1, _v1),
     (2, _v2),
@@ -244,6 +254,7 @@ MIGRATIONS = [
     (12, _v12),
     (13, _v13),
     (14, _v14),
+    (15, _v15),
 ]
 
 

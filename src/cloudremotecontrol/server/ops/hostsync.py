@@ -1,0 +1,154 @@
+"""Hosts files of ``--sync-hosts`` groups kept current, at a bounded cost.
+
+When the addresses a group's hosts files list change (a machine joins, reconnects from
+elsewhere, reports new addresses), every machine of the group gets a hosts sync job,
+each message carrying the whole table: N messages of N entries. A machine's facts are
+only what it claims, and one that reports new addresses in every message must not cost
+that every time. So a group syncs at most once per ``WINDOW`` seconds: the first change
+is synced at once, and opens the window (``groups.hosts_due``: when it ends); changes
+inside it change nothing (not even a read of the roster) until it ends, when the server's
+loop (``due_groups``, ``sync_due``) syncs the table as it is then, if it differs from the
+one last synced. The last table always reaches every machine, a window after it changed
+at most. The window is in the database: any replica ends it.
+
+A machine keeps one automatic hosts sync waiting at most (offline, it acknowledges
+none): the agent writes the whole table, so only the newest matters, and a newer one
+supersedes those still in its outbox (``_supersede``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from typing import Any
+
+from ...errors import CrcError
+from ...protocol.frames import Msg, write_frame
+from ...protocol.messages import Envelope, JobCancel
+from ...protocol.states import JobStatus
+from ..store.base import Tx
+from .common import add_event, dumps, loads, now
+
+__all__ = ["WINDOW", "auto_hosts_sync", "due_groups", "sync_due"]
+
+log = logging.getLogger("crc.server")
+Deliveries = list[tuple[str, int, str]]
+
+#: Seconds between two automatic hosts syncs of one group, at least.
+WINDOW = 5.0
+#: Who the jobs of automatic hosts syncs are by (``crc job list``, the audit record).
+BY = "crc (--sync-hosts)"
+
+
+def auto_hosts_sync(tx: Tx, group_id: str, at: float | None = None) -> Deliveries:
+    """For groups created with ``--sync-hosts``: when the roster's addresses changed,
+    start a hosts sync job for every machine, unless the group synced less than
+    ``WINDOW`` seconds ago (then the end of the window does). Unchanged addresses start
+    nothing. Returns what to send."""
+    group = tx.one("SELECT * FROM groups WHERE id = ? AND deleted IS NULL", (group_id,))
+    settings = loads(group["settings"]) if group else None
+    if group is None or not settings or not settings.get("sync_hosts"):
+        return []
+    t = now() if at is None else at
+    due = group.get("hosts_due")
+    if due is not None and float(due) > t:
+        return []  # inside the window: its end syncs what changed meanwhile
+    return _sync(tx, group, settings, t)
+
+
+def _sync(tx: Tx, group: dict[str, Any], settings: dict[str, Any], t: float) -> Deliveries:
+    from .jobs import create_hosts_sync
+    from .roster import enrollment_order, hosts_table, roster
+
+    group_id = group["id"]
+    which = str(settings.get("hosts_ip") or "auto")
+    live = [m for m in roster(tx, group_id) if m["state"] in ("ready", "offline")]
+    # What each machine's hosts file gets.
+    table = hosts_table(live, live, which, lambda: enrollment_order(tx, group_id))
+    listed = sorted((name, sorted(entries)) for name, entries in table.items())
+    digest = hashlib.sha256(dumps(listed).encode()).hexdigest()
+    if not any(table.values()) or settings.get("hosts_synced") == digest:
+        if group.get("hosts_due") is not None:  # a window ended with nothing to sync
+            tx.execute("UPDATE groups SET hosts_due = NULL WHERE id = ?", (group_id,))
+        return []
+    settings["hosts_synced"] = digest
+    tx.execute(
+        "UPDATE groups SET settings = ?, hosts_due = ? WHERE id = ?",
+        (dumps(settings), t + WINDOW, group_id),
+    )
+    user = {"user_id": group["user_id"], "user": BY}
+    result = create_hosts_sync(tx, user, group["name"], "all", which, only_ready=True)
+    _supersede(tx, group, result["job_id"])
+    return list(result["deliveries"])
+
+
+def _supersede(tx: Tx, group: dict[str, Any], newer: str) -> None:
+    """The group's automatic hosts syncs still in a machine's outbox (not acknowledged),
+    other than ``newer``, are cancelled before start: each becomes a ``job.cancel`` in
+    its place in the machine's stream (an agent that got the sync before it went away
+    writes that table, then the newer one; an agent that did not never sees it). One
+    statement finds them; none are there while every machine keeps up."""
+    rows = tx.all(
+        "SELECT o.machine_id, o.seq, o.job_id, m.name FROM machines m "
+        "JOIN outbox o ON o.machine_id = m.id JOIN jobs j ON j.id = o.job_id "
+        "JOIN job_targets t ON t.job_id = o.job_id AND t.machine_id = o.machine_id "
+        "WHERE m.group_id = ? AND o.type = 'hosts.sync' AND o.job_id != ? "
+        "AND j.created_by = ? AND t.status = ?",
+        (group["id"], newer, BY, JobStatus.QUEUED.value),
+    )
+    if not rows:
+        return
+    reason = f"superseded by hosts sync {newer}"
+    frames = []
+    for r in rows:
+        cancel = JobCancel(job_id=r["job_id"], before_start=True)
+        env = Envelope.of(cancel, group["name"], "master", r["name"], r["job_id"])
+        frame = write_frame(Msg(seq=int(r["seq"]), msg=env.to_dict()))
+        frames.append((frame, r["machine_id"], r["seq"]))
+        tx.notify_machine(r["machine_id"])
+    tx.executemany(
+        "UPDATE outbox SET type = 'job.cancel', envelope = ? WHERE machine_id = ? AND seq = ?",
+        frames,
+    )
+    t = now()
+    tx.executemany(
+        "UPDATE job_targets SET status = ?, reason = ?, updated = ? "
+        "WHERE job_id = ? AND machine_id = ?",
+        [(JobStatus.CANCELLED.value, reason, t, r["job_id"], r["machine_id"]) for r in rows],
+    )
+    for r in rows:
+        add_event(
+            tx,
+            group["id"],
+            "job.status",
+            {"job_id": r["job_id"], "status": "cancelled", "exit_code": None, "reason": reason},
+            machine=r["name"],
+            job_id=r["job_id"],
+        )
+
+
+def due_groups(tx: Tx, at: float) -> list[str]:
+    """Groups whose sync window ended by ``at`` (a read: the loop writes only if any)."""
+    rows = tx.all(
+        "SELECT id FROM groups WHERE hosts_due IS NOT NULL AND hosts_due <= ? "
+        "AND deleted IS NULL ORDER BY hosts_due LIMIT 100",
+        (at,),
+    )
+    return [r["id"] for r in rows]
+
+
+def sync_due(tx: Tx, group_ids: list[str], at: float) -> Deliveries:
+    """End the windows of ``group_ids`` that are (still: another replica may have) over
+    by ``at``: sync what changed in them. A group that cannot be synced (it expired
+    meanwhile) ends its window with nothing sent, and never blocks the others."""
+    deliveries: Deliveries = []
+    for group_id in group_ids:
+        tx.execute("SAVEPOINT hosts_due")
+        try:
+            deliveries += auto_hosts_sync(tx, group_id, at)
+        except CrcError as exc:
+            tx.execute("ROLLBACK TO SAVEPOINT hosts_due")
+            tx.execute("UPDATE groups SET hosts_due = NULL WHERE id = ?", (group_id,))
+            log.warning("hosts sync of group %s: nothing sent: %s", group_id, exc)
+        tx.execute("RELEASE SAVEPOINT hosts_due")
+    return deliveries
