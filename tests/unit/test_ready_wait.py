@@ -34,8 +34,22 @@ def test_a_machine_revoked_while_waiting_ends_the_wait_naming_it() -> None:
 
 def test_machines_revoked_before_the_wait_are_all_named() -> None:
     wait = ReadyWait(_view(a="revoked", b="revoked", c="pending"))
-    with pytest.raises(InvalidInput, match=r"^machines 'a', 'b' of group 'lab' are revoked"):
+    with pytest.raises(InvalidInput) as exc:
         _ = wait.done
+    assert exc.value.message == (
+        "machines 'a', 'b' of group 'lab' are revoked (their credentials are gone): they "
+        "can never be ready; wait for the other machines only, or make the group again"
+    )
+
+
+def test_one_machine_revoked_is_said_in_the_singular() -> None:
+    wait = ReadyWait(_view(a="revoked", b="pending"))
+    with pytest.raises(InvalidInput) as exc:
+        _ = wait.done
+    assert exc.value.message == (
+        "machine 'a' of group 'lab' is revoked (its credential is gone): it "
+        "can never be ready; wait for the other machines only, or make the group again"
+    )
 
 
 def test_a_revoked_machine_not_waited_for_does_not_end_the_wait() -> None:

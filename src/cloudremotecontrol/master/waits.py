@@ -169,11 +169,12 @@ def _revoked(names: list[str], group: str) -> InvalidInput:
     ``InvalidInput``), said with the machines and a code of its own, ``machine_revoked``."""
     listed = ", ".join(repr(n) for n in names)
     if len(names) == 1:
-        what = f"machine {listed} of group {group!r} is revoked (its credential is gone)"
+        what = f"machine {listed} of group {group!r} is revoked (its credential is gone): it"
     else:
         what = f"machines {listed} of group {group!r} are revoked (their credentials are gone)"
+        what += ": they"
     return InvalidInput(
-        f"{what}: it can never be ready; wait for the other machines only, or make the group again",
+        f"{what} can never be ready; wait for the other machines only, or make the group again",
         code="machine_revoked",
         machines=names,
     )
