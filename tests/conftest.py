@@ -131,15 +131,17 @@ def crc(env: Env) -> Callable[..., Any]:
         *args: str,
         input: str | None = None,
         timeout: float = 60,
-        extra_env: dict[str, str] | None = None,
+        extra_env: dict[str, str | None] | None = None,
     ) -> subprocess.CompletedProcess[str]:
+        """``extra_env`` adds variables; one whose value is None is unset."""
+        merged = {**os.environ, **env.cli_env, **(extra_env or {})}
         return subprocess.run(
             [sys.executable, "-m", "cloudremotecontrol", *args],
             capture_output=True,
             text=True,
             timeout=timeout,
             input=input,
-            env={**os.environ, **env.cli_env, **(extra_env or {})},
+            env={k: v for k, v in merged.items() if v is not None},
         )
 
     return run

@@ -985,7 +985,7 @@ def test_down_without_login_destroys_leftovers_and_says_the_group_was_not_checke
     try:
         r = crc("up", str(path))
         assert r.returncode == 0, r.stdout + r.stderr
-        logged_out = {"CRC_URL": "", "CRC_TOKEN": "", "CRC_CONFIG_DIR": str(env.tmp / "none")}
+        logged_out = {"CRC_URL": None, "CRC_TOKEN": None, "CRC_CONFIG_DIR": str(env.tmp / "none")}
         r = crc("down", "--group", "nolog", "--provider", "local", extra_env=logged_out)
         assert r.returncode == 0, r.stdout + r.stderr
         assert "1 machine(s) destroyed, none left at local; group not checked" in r.stdout

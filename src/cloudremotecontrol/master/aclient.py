@@ -115,7 +115,7 @@ class AsyncClient:
     @classmethod
     def from_profile(cls, profile: Profile | None = None) -> AsyncClient:
         """The client of the `crc login` profile (``CRC_URL``, ``CRC_TOKEN`` and
-        ``CRC_FINGERPRINT`` override it)."""
+        ``CRC_FINGERPRINT`` override it; one set but empty is ``InvalidInput``)."""
         p = profile or load_profile()
         return cls(p.url, p.token, p.fingerprint, p.cert_pem)
 

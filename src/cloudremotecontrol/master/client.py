@@ -171,7 +171,7 @@ class Client:
     @classmethod
     def from_profile(cls, profile: Profile | None = None) -> Client:
         """The client of the `crc login` profile (``CRC_URL``, ``CRC_TOKEN`` and
-        ``CRC_FINGERPRINT`` override it)."""
+        ``CRC_FINGERPRINT`` override it; one set but empty is ``InvalidInput``)."""
         p = profile or load_profile()
         return cls(p.url, p.token, p.fingerprint, p.cert_pem)
 

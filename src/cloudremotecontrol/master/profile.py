@@ -2,7 +2,7 @@
 
 Kept in ``$CRC_CONFIG_DIR/config.json`` (default: the user config dir, e.g.
 ``~/.config/crc``), mode 0600. ``CRC_URL``, ``CRC_TOKEN`` and ``CRC_FINGERPRINT``
-override it, so scripts and CI need no file at all.
+override it, so scripts and CI need no file at all; one set but empty is an error.
 """
 
 from __future__ import annotations
@@ -77,9 +77,9 @@ def _is_pem(text: str | None) -> bool:
 def load_profile() -> Profile:
     path = _path()
     stored = _read(path)
-    url = os.environ.get("CRC_URL") or stored.get("url")
-    token = os.environ.get("CRC_TOKEN") or stored.get("token")
-    fingerprint = os.environ.get("CRC_FINGERPRINT") or stored.get("fingerprint")
+    url = _env("CRC_URL") or stored.get("url")
+    token = _env("CRC_TOKEN") or stored.get("token")
+    fingerprint = _env("CRC_FINGERPRINT") or stored.get("fingerprint")
     if not url or not token:
         raise Unauthorized(
             "not logged in: run `crc login --url URL --token TOKEN "
@@ -87,6 +87,19 @@ def load_profile() -> Profile:
         )
     same_server = url == stored.get("url") and fingerprint == stored.get("fingerprint")
     return Profile(url, token, fingerprint, stored.get("cert_pem") if same_server else None)
+
+
+def _env(name: str) -> str | None:
+    """The variable ``name`` overriding the profile; None when it is not set.
+
+    Set but empty (or blank) is an error, not "use the profile": a script that clears
+    ``CRC_TOKEN`` to act with no token must not act with the identity `crc login` saved."""
+    value = os.environ.get(name)
+    if value is not None and not value.strip():
+        raise InvalidInput(
+            f"{name} is set but empty: give it a value, or unset it to use the `crc login` profile"
+        )
+    return value
 
 
 def save_profile(profile: Profile) -> Path:
