@@ -33,6 +33,48 @@ def test_a_duration_that_is_no_number_of_seconds_is_refused(crc, quiet, value):
     assert f"invalid duration '{value}'" in _one_line(r, 2)
 
 
+@pytest.mark.parametrize("value", ["1e30", "100000000000000000000", "1e30m", "8d", "169h"])
+def test_crc_wait_longer_than_a_week_is_refused_like_crc_run(crc, quiet, value):
+    """Past 7d, the most `crc run --timeout` takes, a wait is a typo: refused at once
+    (exit 2), not waited for till the end of time."""
+    for extra in ([], ["--message", "done"]):
+        r = crc("wait", quiet, *extra, "--timeout", value, timeout=SAFETY)
+        line = _one_line(r, 2)
+        assert line == f"crc: error: invalid duration '{value}': --timeout is at most 7d (a week)\n"
+    r = crc("run", quiet, "--to", "a", "--timeout", value, "--", "true", timeout=SAFETY)
+    assert "timeout must be between 0 and 604800 seconds" in _one_line(r, 2)
+
+
+def test_a_scenario_duration_that_no_wait_can_last_is_refused_with_its_line(env, crc):
+    """YAML reads `.inf`, `.nan`, `1.0e+30` and 400 digits as numbers: each is refused
+    with the file's line (exit 2), not waited for, nor a traceback when a thread is asked
+    to wait that long or the number does not fit a float."""
+    path = env.tmp / "long.yaml"
+    path.write_text(
+        "name: long\n"
+        "provider: local\n"
+        "timeouts: {ready: .inf, step: .nan}\n"
+        "machines: {a: }\n"
+        "steps:\n"
+        f"  - {{name: one, run: 'true', retries: 1, retry_delay: {'9' * 400}}}\n"
+        "  - {name: two, wait: {kv: k}, timeout: 1.0e+30}\n"
+        "  - {name: three, wait: {kv: k}, timeout: 366d}\n"
+    )
+    r = crc("up", str(path), extra_env={"CRC_LOCAL_DIR": str(env.tmp / "machines")})
+    line = _one_line(r, 2)
+    assert line.startswith("crc: error: invalid scenario: long.yaml:3:19: timeouts.ready: "), line
+    for problem in (
+        "long.yaml:3:19: timeouts.ready: a duration must be at most 365d",
+        "long.yaml:3:31: timeouts.step: expected a duration such as 90s, 15m or 8h",
+        "long.yaml:6:55: steps.one.retry_delay: a duration must be at most 365d",
+        "long.yaml:7:41: steps.two.timeout: a duration must be at most 365d",
+        "long.yaml:8:43: steps.three.timeout: a duration must be at most 365d",
+    ):
+        assert problem in line, line
+    with pytest.raises(NotFound):
+        env.client.group("long")
+
+
 def test_crc_wait_for_machines_not_in_the_group_says_so_like_crc_run(crc, quiet):
     r = crc("run", quiet, "--to", "b", "--", "true", timeout=SAFETY)
     assert _one_line(r, 4) == "crc: error: no machine 'b' in group 'quiet'\n"

@@ -397,6 +397,27 @@ def test_durations():
     for bad in ("soon", 0, "-1s", True):
         with pytest.raises(ValueError):
             parse_duration(bad)
+    assert parse_duration("365d") == 365 * 86400
+
+
+@pytest.mark.parametrize(
+    ("value", "said"),
+    [
+        (float("nan"), "expected a duration such as 90s, 15m or 8h"),
+        (float("-inf"), "a duration must be positive"),
+        (-(10**400), "a duration must be positive"),
+        (float("inf"), "a duration must be at most 365d"),
+        (1e30, "a duration must be at most 365d"),
+        (10**400, "a duration must be at most 365d"),
+        ("9" * 400, "a duration must be at most 365d"),
+        ("366d", "a duration must be at most 365d"),
+    ],
+)
+def test_a_duration_no_wait_can_last_is_a_value_error(value, said):
+    """YAML reads `.nan`, `.inf`, `1.0e+30` and 400 digits as numbers: each is a
+    problem of the file (a ValueError), never an OverflowError or a wait without end."""
+    with pytest.raises(ValueError, match=f"^{said}$"):
+        parse_duration(value)
 
 
 def test_the_embedded_demo_scenario_is_valid():

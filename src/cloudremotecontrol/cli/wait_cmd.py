@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from ..errors import InvalidInput
+from ..protocol.limits import MAX_TIMEOUT_SECONDS
 from .output import emit_json, json_option, safe
 
 _STATE_STYLE = {
@@ -83,7 +84,12 @@ class LiveTable:
 @click.command()
 @click.argument("name")
 @click.option("--machines", help="Only these machines (comma list).")
-@click.option("--timeout", default="15m", show_default=True, help="Give up after this long.")
+@click.option(
+    "--timeout",
+    default="15m",
+    show_default=True,
+    help="Give up after this long (at most 7d, as `crc run --timeout`).",
+)
 @click.option(
     "--message",
     "message_type",
@@ -117,6 +123,8 @@ def wait(
     from .master_cmds import _client, _duration
 
     seconds = _duration(timeout) or 0
+    if seconds > MAX_TIMEOUT_SECONDS:  # 1e30, 10**20: a typo, not a wait
+        raise InvalidInput(f"invalid duration {timeout!r}: --timeout is at most 7d (a week)")
     if message_type is not None:
         if machines is not None:
             raise click.UsageError("--machines does not go with --message: use --from MACHINE")

@@ -4,6 +4,7 @@ reports all of them (see yamlnodes.NodeReader)."""
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -131,7 +132,8 @@ class ScenarioParser:
             text = r.string(node, "name")
             name = text and _check(r, node, "name", check_name, text, "scenario name")
         settings = self._provider(top)
-        ttl = r.duration(top["ttl"][1], "ttl") if "ttl" in top else None
+        # Any finite TTL here: one past the server's limit is refused just below, saying so.
+        ttl = r.duration(top["ttl"][1], "ttl", math.inf) if "ttl" in top else None
         if ttl is not None and ttl > MAX_GROUP_TTL:
             r.error(top["ttl"][1], "ttl", "at most 365d (the server's limit for a group)")
         on_ttl = "revoke"

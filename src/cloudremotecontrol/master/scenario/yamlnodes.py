@@ -10,6 +10,7 @@ one, are a problem too.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,10 @@ MAX_SCENARIO_BYTES = 4 << 20  # a scenario file
 # Nodes of a file once its aliases are expanded: a few lines of anchors and aliases
 # can stand for billions of values (a "billion laughs"), which a template would render.
 MAX_EXPANDED_NODES = 1_000_000
+
+# The longest wait, delay or timeout a scenario may give (a group lasts at most that long
+# too): past it, a typo (``1.0e+30``), and a delay a thread cannot even wait for.
+MAX_DURATION = 365 * 86400.0
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -104,12 +109,14 @@ def _shortened(text: str) -> str:
     return text[: MAX_PROBLEM_CHARS - 1] + "…"
 
 
-def parse_duration(value: object) -> float:
-    """``90``, ``"90s"``, ``"15m"``, ``"8h"``, ``"2d"`` -> seconds (``ValueError`` if not)."""
-    if isinstance(value, bool):
-        raise ValueError("expected a duration such as 90s, 15m or 8h")
+def parse_duration(value: object, maximum: float = MAX_DURATION) -> float:
+    """``90``, ``"90s"``, ``"15m"``, ``"8h"``, ``"2d"`` -> seconds, at most ``maximum``
+    (``ValueError`` if not)."""
+    if isinstance(value, bool) or (isinstance(value, float) and math.isnan(value)):
+        raise ValueError("expected a duration such as 90s, 15m or 8h")  # YAML's .nan too
     if isinstance(value, (int, float)):
-        seconds = float(value)
+        # A whole number too large for a float (YAML reads 400 digits as one) is too long.
+        seconds = float(value) if abs(value) < 1e300 else (math.inf if value > 0 else -1.0)
     else:
         m = _DURATION.match(str(value))
         if not m:
@@ -117,6 +124,8 @@ def parse_duration(value: object) -> float:
         seconds = float(m.group(1)) * _UNITS[m.group(2)]
     if seconds <= 0:
         raise ValueError("a duration must be positive")
+    if seconds > maximum:  # YAML's .inf among them
+        raise ValueError(f"a duration must be at most {maximum / 86400:g}d")
     return seconds
 
 
@@ -312,10 +321,10 @@ class NodeReader:
             return None
         return value
 
-    def duration(self, node: yaml.Node, path: str) -> float | None:
+    def duration(self, node: yaml.Node, path: str, maximum: float = MAX_DURATION) -> float | None:
         value = self.value(node) if isinstance(node, yaml.ScalarNode) else None
         try:
-            return parse_duration(value)
+            return parse_duration(value, maximum)
         except ValueError as exc:
             self.error(node, path, str(exc))
             return None
