@@ -162,6 +162,11 @@ class ProviderError(CrcError):
     429: a key it refuses, a call it forbids, a request it calls invalid), so asking
     again cannot help and a caller that retries (``destroy_scenario``) stops asking.
     What may pass (5xx, 429, the network, a timeout) is not permanent.
+
+    ``unsent``: the request never reached the provider (a refused connection, a failed
+    DNS lookup or TLS handshake), so it did nothing: a create that fails so made no
+    machine. A failure after the request went out (a timeout waiting for the answer, a
+    connection dropped, a 5xx) may have done it all the same, and is not ``unsent``.
     """
 
     code = "provider_error"
@@ -169,10 +174,17 @@ class ProviderError(CrcError):
     exit_code = 8
 
     def __init__(
-        self, message: str, *, code: str | None = None, permanent: bool = False, **details: Any
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        permanent: bool = False,
+        unsent: bool = False,
+        **details: Any,
     ) -> None:
         super().__init__(message, code=code, **details)
         self.permanent = permanent
+        self.unsent = unsent
 
 
 class TlsUntrusted(TlsPinMismatch):

@@ -346,6 +346,9 @@ class FakeVultrState:
         # POST /instances makes the instance at once and answers only this many seconds
         # later (a slow create); setting it to 0 again lets waiting answers go.
         self.create_delay = 0.0
+        # Every answer says "Connection: close": the client opens a connection per request
+        # (a relay in front then sees each request on a connection of its own).
+        self.close_connections = False
         self._created_at: dict[str, float] = {}
         self.instances: dict[str, dict[str, Any]] = {}
         self.scripts: dict[str, dict[str, Any]] = {}
@@ -773,12 +776,16 @@ def create_app(
             while time.monotonic() - held < state.create_delay:
                 await asyncio.sleep(0.05)
         state.record(RecordedRequest(request.method, path, body, query, reply.status))
+        sent_headers = {
+            **reply.headers,
+            **({"Connection": "close"} if state.close_connections else {}),
+        }
         if reply.body is None:
-            return Response(status_code=reply.status, headers=reply.headers)
+            return Response(status_code=reply.status, headers=sent_headers)
         return Response(
             json.dumps(reply.body),
             status_code=reply.status,
-            headers=reply.headers,
+            headers=sent_headers,
             media_type="application/json",
         )
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tcp_relay import TcpRelay
 
 from cloudremotecontrol.errors import NotFound
 from cloudremotecontrol.providers.base import MachineSpec
@@ -252,6 +254,61 @@ def test_up_whose_create_answers_were_all_lost_says_the_machine_may_exist(
     fake.state.list_delay = 0.0  # Vultr lists them at last
     first = down_twice(env, crc, scenario, vultr_env)
     assert sorted(first["destroyed"]) == made and fake.state.instances == {}
+
+
+class RefusedAfterTheList(TcpRelay):
+    """In front of the fake Vultr API, which answers each request on a connection of its
+    own: passes connections through until one lists the instances, then stops listening,
+    so that every connection after it, the create's first, is refused (it never reaches
+    Vultr)."""
+
+    def __init__(self, port: int) -> None:
+        self.upstream_port = port
+        super().__init__()
+        self.url = f"http://127.0.0.1:{self.port}/v2"
+
+    def connect(self, client: socket.socket) -> socket.socket | None:
+        head = b""
+        while b"\r\n" not in head:
+            data = client.recv(4096)
+            if not data:
+                return None
+            head += data
+        if head.startswith(b"GET /v2/instances?"):
+            # Wakes the accept up, and refuses the connections to come (ECONNREFUSED).
+            self.listener.shutdown(socket.SHUT_RDWR)
+        upstream = socket.create_connection(("127.0.0.1", self.upstream_port), 5)
+        upstream.sendall(head)
+        return upstream
+
+
+def test_up_whose_create_never_reached_vultr_does_not_say_the_machine_may_exist(
+    env: Any, crc: Any, fake: FakeVultr, scenario: Path
+) -> None:
+    """The create's connection is refused, on each try: the request never reached
+    Vultr, which so made nothing. `crc up` fails saying so, without "vultr may have
+    made machine(s) a"."""
+    fake.state.close_connections = True
+    relay = RefusedAfterTheList(int(fake.url.split(":")[2].split("/")[0]))
+    try:
+        relay_env = {"VULTR_API_KEY": fake.api_key, "CRC_VULTR_API_URL": relay.url}
+        r = crc("up", str(scenario), extra_env=relay_env, timeout=120)
+    finally:
+        relay.close()
+
+    assert r.returncode == 8, r.stdout + r.stderr
+    assert [(q.method, q.path) for q in fake.requests] == [("GET", "/instances")]
+    assert fake.state.instances == {}
+    assert "may have made" not in r.stderr, r.stderr
+    last = r.stderr.splitlines()[-1]
+    assert last.startswith(
+        f"crc: error: machine a: cannot reach the Vultr API at {relay.url} (POST /instances): "
+    ), r.stderr
+    assert "Connection refused" in last and "Traceback" not in r.stderr, r.stderr
+
+    vultr_env = {"VULTR_API_KEY": fake.api_key, "CRC_VULTR_API_URL": fake.url}
+    first = down_twice(env, crc, scenario, vultr_env)
+    assert first["destroyed"] == []
 
 
 def test_up_interrupted_during_a_create_says_the_machine_may_exist(

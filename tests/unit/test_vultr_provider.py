@@ -592,6 +592,38 @@ def test_unreachable_api_is_a_clear_error() -> None:
             vultr.get("x")
 
 
+def test_a_create_that_never_reached_vultr_says_it_made_nothing() -> None:
+    """Refused on every try: the POST never left this computer (``unsent``), so the
+    caller knows no machine was made."""
+    with (
+        socket_port() as port,
+        VultrProvider(
+            "k", f"http://127.0.0.1:{port}/v2", retry=FAST, sleep=lambda s: None
+        ) as vultr,
+    ):
+        with pytest.raises(ProviderError, match="cannot reach the Vultr API") as err:
+            vultr.create("demo", linux(), "x")
+    assert err.value.unsent and not err.value.permanent
+
+
+def test_a_create_refused_after_a_try_whose_answer_was_lost_may_have_made_it(
+    fake: FakeVultr, connect: Callable[..., VultrProvider]
+) -> None:
+    """The first POST got a 502 (Vultr may have made the machine, and not list it yet);
+    the API is gone before the next: that one reached nobody, but the create as a whole
+    may have made the machine, so its error is not ``unsent``."""
+    fake.state.fail_next(502, method="POST", path="/instances")
+    vultr = connect(fake, sleep=lambda s: fake.stop())  # gone after the look-up
+
+    with pytest.raises(ProviderError, match="cannot reach the Vultr API") as err:
+        vultr.create("demo", linux(), "x")
+
+    assert not err.value.unsent and not err.value.permanent
+    assert [r.status for r in sent(fake, "POST", "/instances")] == [502]
+    assert sent(fake, "GET", "/instances")  # looked for it before the API went
+    assert_clean(fake)
+
+
 # -- the fake itself has teeth ------------------------------------------------------------
 
 

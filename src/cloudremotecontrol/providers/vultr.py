@@ -20,7 +20,9 @@ Rate limits: Vultr answers HTTP 429 beyond ~30 requests/s per IP. Every request 
 on 429 with exponential backoff and jitter (honouring ``Retry-After``), and idempotent
 requests (GET, DELETE) on 5xx and transport errors, a bounded number of times.
 ``POST /instances`` is not blindly retried after an ambiguous failure (5xx, timeout): it
-first looks for the instance by its tags, so a flaky API never makes two paid VMs.
+first looks for the instance by its tags, so a flaky API never makes two paid VMs. A
+POST that never connected (refused, DNS, TLS handshake) reached nobody: it is retried,
+and its error says so (``ProviderError.unsent``).
 """
 
 from __future__ import annotations
@@ -450,6 +452,14 @@ class VultrProvider(Provider):
                 self._sleep(self._backoff(attempt))
                 attempt += 1
                 continue
+            except ProviderError as exc:
+                if not exc.unsent or attempt == 0:
+                    raise
+                # This attempt never reached Vultr, but an earlier one, whose answer got
+                # lost, may have made the instance: the create as a whole is ambiguous.
+                raise ProviderError(
+                    exc.message, code=exc.code, permanent=exc.permanent, **exc.details
+                ) from None
             inst = data.get("instance")
             if not isinstance(inst, dict) or not inst.get("id"):
                 raise ProviderError(
@@ -563,6 +573,8 @@ class VultrProvider(Provider):
                     f"{exc or type(exc).__name__}; check the network or "
                     f"{API_URL_ENV}",
                     provider=self.name,
+                    # A POST that never connected did nothing: its caller may say so.
+                    unsent=safe and not idempotent,
                 ) from None
             status = resp.status_code
             if status == 429:

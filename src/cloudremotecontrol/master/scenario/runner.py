@@ -361,7 +361,8 @@ class Runner:
                 self.uncertain.append(m.name)
                 raise
             except ProviderError as exc:
-                if not exc.permanent:
+                # Refused for good, or never sent (no connection): nothing was made.
+                if not (exc.permanent or exc.unsent):
                     self.uncertain.append(m.name)
                 if exc.message.startswith(f"machine {m.name}:"):
                     raise
@@ -370,6 +371,7 @@ class Runner:
                     f"machine {m.name}: {exc.message}",
                     code=exc.code,
                     permanent=exc.permanent,
+                    unsent=exc.unsent,
                     **exc.details,
                 ) from None
             self.instances[m.name] = inst
