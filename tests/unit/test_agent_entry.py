@@ -26,8 +26,9 @@ BASE = (
     "websockets.exceptions",
 )
 # What the agent's own code adds to that, and uses: paths everywhere, and
-# ``shutil.which`` for its jobs and facts (its archives' bz2 and lzma are deferred).
-OWN = ("pathlib", "fnmatch", "ntpath", "shutil")
+# ``shutil.which`` for its jobs and facts (its archives' bz2 and lzma are deferred); gc,
+# built into the interpreter, frees argparse once the options are read (agent/main.py).
+OWN = ("pathlib", "fnmatch", "ntpath", "shutil", "gc")
 LEAN = (
     "cloudremotecontrol.agent.main",
     "cloudremotecontrol.agent.service",

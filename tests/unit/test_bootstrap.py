@@ -668,6 +668,7 @@ def test_installed_service_runs_optimized_from_the_bytecode_the_install_compiled
     assert compiled and all(p.name.endswith(".opt-2.pyc") for p in compiled)
     names = {p.name.split(".")[0] for p in compiled}
     assert {"core", "runner", "base_events", "client"} <= names  # agent, asyncio, websockets
+    assert {"argparse", "gettext"} <= names  # the entry point's options (agent/main.py)
     # The service, started as the unit says, finds all its bytecode there: it compiles
     # nothing, and runs without asserts and docstrings.
     clean = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}

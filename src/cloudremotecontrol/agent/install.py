@@ -32,10 +32,12 @@ from .state import AgentState, Credential, remove_key_file
 __all__ = ["SERVICE_MARKER", "agent_command", "install_agent", "uninstall_agent"]
 
 SERVICE_MARKER = "service.json"  # in the state dir: this agent is the installed service
-# What the service imports in its life (the lean entry point, then on demand: jobs,
-# facts, files, logs, streams, shells, HTTPS calls, and what agent/deferred.py defers).
+# What the service imports in its life (the lean entry point with argparse, which it
+# imports to read its options and unloads then, then on demand: jobs, facts, files,
+# logs, streams, shells, HTTPS calls, and what agent/deferred.py defers).
 SERVICE_IMPORTS = (
     "cloudremotecontrol.agent.main",
+    "argparse",
     "cloudremotecontrol.agent.service",
     "cloudremotecontrol.agent.core",
     "cloudremotecontrol.agent.facts",

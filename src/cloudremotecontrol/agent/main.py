@@ -2,23 +2,31 @@
 
 What the installed service runs (systemd unit, bootstrap). It takes the options of
 ``crc agent run`` but loads neither click nor the CLI, master or server code: the
-standard library's argparse, the agent and the protocol only. ``crc agent run`` calls
-``run`` here too, so both behave alike.
+standard library's argparse (unloaded once the options are read), the agent and the
+protocol only. ``crc agent run`` calls ``run`` here too, so both behave alike.
 """
 
 from __future__ import annotations
 
-import argparse
+import gc
 import json
 import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ..errors import CrcError
 from ..stdfds import fill_closed_std_fds
 
+if TYPE_CHECKING:
+    import argparse
+
 __all__ = ["main", "run"]
+
+# Used only to read the options, before the agent loads anything else: unloaded once
+# they are read (``_options``).
+PARSING_MODULES = ("argparse", "gettext")
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -86,6 +94,8 @@ def state_dir_of(value: str | None) -> Path:
 
 
 def _bounded(low: float, high: float) -> Callable[[str], float]:
+    import argparse
+
     def parse(text: str) -> float:
         try:
             value = float(text)
@@ -99,6 +109,8 @@ def _bounded(low: float, high: float) -> Callable[[str], float]:
 
 
 def _parser() -> argparse.ArgumentParser:
+    import argparse
+
     env = os.environ.get
     parser = argparse.ArgumentParser(
         prog="python -m cloudremotecontrol.agent",
@@ -128,21 +140,21 @@ def main(argv: list[str] | None = None) -> int:
 
     fill_closed_std_fds()  # started with 2>&-: before a socket or a file takes 0, 1 or 2
     defer()  # before websockets is imported: see agent/deferred.py
-    options = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    options = _options(sys.argv[1:] if argv is None else argv)
     try:
         run(
-            url=options.url,
-            key=options.key,
-            key_file=options.key_file,
-            fingerprint=options.fingerprint,
-            state_dir=options.state_dir,
-            gate_ready=options.gate_ready,
-            follow_logs=tuple(options.follow_logs),
-            facts_interval=options.facts_interval,
-            keep_messages_days=options.keep_messages_days,
-            log_level=options.log_level,
-            hosts_file=options.hosts_file,
-            as_json=options.as_json,
+            url=options["url"],
+            key=options["key"],
+            key_file=options["key_file"],
+            fingerprint=options["fingerprint"],
+            state_dir=options["state_dir"],
+            gate_ready=options["gate_ready"],
+            follow_logs=tuple(options["follow_logs"]),
+            facts_interval=options["facts_interval"],
+            keep_messages_days=options["keep_messages_days"],
+            log_level=options["log_level"],
+            hosts_file=options["hosts_file"],
+            as_json=options["as_json"],
         )
     except CrcError as exc:
         from ..terminal import safe
@@ -152,3 +164,20 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     return 0
+
+
+def _options(argv: list[str]) -> dict[str, Any]:
+    """The options (``--help`` and bad options exit here, as argparse does). argparse,
+    with the gettext it imports, is used for nothing else in the agent's life: unless it
+    was loaded before, it is unloaded once the options are read, and the memory its
+    classes and code held goes to what the agent loads next (asyncio, ssl, websockets),
+    not to a module that an agent running for months never calls again."""
+    loaded = set(sys.modules)
+    options = dict(vars(_parser().parse_args(argv)))
+    unloaded = False
+    for name in PARSING_MODULES:
+        if name not in loaded and sys.modules.pop(name, None) is not None:
+            unloaded = True
+    if unloaded:
+        gc.collect()  # their classes and functions refer to each other: a cycle
+    return options
