@@ -39,7 +39,10 @@ def _agent_cli(env: Any, machine: str, *args: str) -> subprocess.CompletedProces
 
 def _leaves(group: click.Group, path: str = "crc") -> list[tuple[str, click.Command]]:
     out = []
-    for name, cmd in sorted(group.commands.items()):
+    ctx = click.Context(group)
+    for name in group.list_commands(ctx):  # loads each (crc's commands load on use)
+        cmd = group.get_command(ctx, name)
+        assert cmd is not None, name
         if isinstance(cmd, click.Group):
             out += _leaves(cmd, f"{path} {name}")
         else:

@@ -6,6 +6,7 @@ Usage errors (click's own) are one line too, with the usage and where to find he
 
 from __future__ import annotations
 
+import importlib
 import sys
 from typing import Any, NoReturn
 
@@ -15,13 +16,59 @@ from .. import __version__
 from ..errors import CrcError
 from ..stdfds import fill_closed_std_fds
 from . import output
-from .agent_cmds import agent
-from .bootstrap_cmds import bootstrap
-from .master_cmds import register as register_master
-from .server_cmds import server
+
+# Each command: the module (in this package) that defines it, and its name there. The
+# module is imported when the command is looked up (run, or listed by `crc --help`):
+# `crc agent run` and a machine's scripts (`crc agent progress`, `ready`, `emit`) load
+# the agent's commands alone, not the master's and the server's.
+COMMANDS = {
+    "agent": ("agent_cmds", "agent"),
+    "audit": ("master_cmds", "audit"),
+    "bootstrap": ("bootstrap_cmds", "bootstrap"),
+    "demo": ("demo_cmd", "demo"),
+    "down": ("scenario_cmds", "down"),
+    "events": ("master_cmds", "events"),
+    "forward": ("stream_cmds", "forward"),
+    "group": ("master_cmds", "group"),
+    "hosts": ("job_cmds", "hosts"),
+    "job": ("job_cmds", "job"),
+    "kv": ("master_cmds", "kv"),
+    "login": ("master_cmds", "login"),
+    "pull": ("job_cmds", "pull"),
+    "push": ("job_cmds", "push"),
+    "run": ("job_cmds", "run"),
+    "send": ("master_cmds", "send"),
+    "server": ("server_cmds", "server"),
+    "sessions": ("stream_cmds", "sessions"),
+    "shell": ("stream_cmds", "shell"),
+    "status": ("master_cmds", "status"),
+    "up": ("scenario_cmds", "up"),
+    "wait": ("wait_cmd", "wait"),
+}
 
 
 class _Crc(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in COMMANDS:
+            module, name = COMMANDS[cmd_name]
+            command = getattr(importlib.import_module(f"{__package__}.{module}"), name)
+            self.add_command(command, cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        try:
+            return super().resolve_command(ctx, args)
+        except click.exceptions.NoSuchCommand as exc:
+            # click suggests from the commands loaded so far: suggest from all of them.
+            raise click.exceptions.NoSuchCommand(
+                exc.command_name, possibilities=self.list_commands(ctx), ctx=ctx
+            ) from None
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
@@ -52,12 +99,6 @@ def cli() -> None:
     Master:       crc login, crc group create, crc wait, crc run, crc status, crc events
     Machine:      crc agent run / progress / ready / emit
     """
-
-
-cli.add_command(server)
-cli.add_command(agent)
-register_master(cli)
-cli.add_command(bootstrap)
 
 
 def usage_line(exc: click.UsageError) -> str:

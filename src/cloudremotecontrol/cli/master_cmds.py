@@ -549,19 +549,3 @@ def audit(group_name: str | None, limit: int, as_json: bool) -> None:
             for r in records
         ],
     )
-
-
-def register(cli: click.Group) -> None:
-    from .job_cmds import hosts, job, pull, push, run
-    from .wait_cmd import wait
-
-    for cmd in (login, group, status, wait, run, job, events, send, hosts, push, pull, kv, audit):
-        cli.add_command(cmd)
-    from .demo_cmd import demo
-    from .scenario_cmds import down, up
-
-    for cmd in (demo, up, down):
-        cli.add_command(cmd)
-    from .stream_cmds import register as register_streams
-
-    register_streams(cli)

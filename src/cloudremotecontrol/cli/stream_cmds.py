@@ -24,7 +24,7 @@ import click
 from ..errors import InvalidInput, NotFound, Unavailable
 from .output import emit_json, json_option, print_table, safe
 
-__all__ = ["forward", "register", "sessions", "shell"]
+__all__ = ["forward", "sessions", "shell"]
 
 
 def _async_client() -> Any:
@@ -467,8 +467,3 @@ def sessions_play(
             time.sleep(min(max(float(t) - last, 0.0), idle_limit) / speed)
         last = float(t)
         _write_all(1, str(text).encode("utf-8", "surrogateescape"))
-
-
-def register(cli: click.Group) -> None:
-    for cmd in (shell, forward, sessions):
-        cli.add_command(cmd)
