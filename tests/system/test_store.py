@@ -23,7 +23,15 @@ from batches import in_one_batch
 from cloudremotecontrol.errors import Conflict, InvalidInput, KeyRejected, NotFound, Unauthorized
 from cloudremotecontrol.protocol.limits import MAX_OUTPUT_CHUNK_BYTES, MAX_OUTPUT_KEPT_BYTES
 from cloudremotecontrol.protocol.messages import Envelope
-from cloudremotecontrol.server.ops import delivery, enrollment, events, groups, jobs, users
+from cloudremotecontrol.server.ops import (
+    delivery,
+    enrollment,
+    events,
+    groups,
+    hostsync,
+    jobs,
+    users,
+)
 from cloudremotecontrol.server.ops.common import add_event, now
 from cloudremotecontrol.server.store.base import ALL_GROUPS, Store, Tx, open_store
 from cloudremotecontrol.server.store.schema import MIGRATIONS
@@ -175,6 +183,35 @@ async def test_group_create_show_delete_revokes_keys_and_is_per_user(store: Stor
         await store.read(groups.show_group, alice["user_id"], "lab")
     # The name is free again once the group is deleted.
     await store.write(groups.create_group, alice["user_id"], "lab", [{"name": "db"}])
+
+
+async def test_deleting_a_group_closes_its_hosts_sync_window(store: Store) -> None:
+    """A `--sync-hosts` group deleted within a hosts sync window (`crc up`, then `crc
+    down` at once) leaves no window open: the server's loop would look it up every
+    second, on every replica, for ever (deleted groups stay in the table)."""
+    alice = await new_user(store)
+    await store.write(
+        groups.create_group,
+        alice["user_id"],
+        "lab",
+        [{"name": "a"}],
+        None,
+        None,
+        {"sync_hosts": True},
+    )
+    gid = (await store.read(events.group_cursor, alice["user_id"], "lab"))["group_id"]
+
+    def open_window(tx: Tx) -> None:
+        tx.execute("UPDATE groups SET hosts_due = ? WHERE id = ?", (now() + 5, gid))
+
+    await store.write(open_window)
+    assert await store.read(hostsync.due_groups, now() + 60) == [gid]
+    await store.write(groups.delete_group, alice["user_id"], "lab")
+
+    def due(tx: Tx) -> Any:
+        return tx.one("SELECT hosts_due FROM groups WHERE id = ?", (gid,))["hosts_due"]
+
+    assert await store.read(due) is None
 
 
 async def test_concurrent_creates_of_one_group_name_give_one_group(replicas: list[Store]) -> None:

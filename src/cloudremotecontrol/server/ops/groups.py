@@ -172,7 +172,10 @@ def delete_group(tx: Tx, user_id: str, name: str, actor: str = "master") -> tupl
     whether their agents should uninstall themselves."""
     group = live_group(tx, user_id, name)
     revoked = _revoke_all(tx, group, "group deleted")
-    tx.execute("UPDATE groups SET deleted = ? WHERE id = ?", (now(), group["id"]))
+    # hosts_due: a deleted group has no hosts sync window left to end (ops/hostsync.py).
+    tx.execute(
+        "UPDATE groups SET deleted = ?, hosts_due = ? WHERE id = ?", (now(), None, group["id"])
+    )
     tx.execute("DELETE FROM teardowns WHERE group_id = ?", (group["id"],))  # and its key
     add_event(tx, group["id"], "group.deleted", {})
     audit(
