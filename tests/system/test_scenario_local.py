@@ -997,6 +997,36 @@ def test_down_without_login_destroys_leftovers_and_says_the_group_was_not_checke
             provider.destroy(inst.id)
 
 
+def test_down_with_an_empty_token_variable_still_destroys_the_machines(env, crc):
+    """A cleanup job whose secret came out empty (`CRC_TOKEN=`): `crc down --group G
+    --provider P` still destroys the machines, then says why the group is left (exit 2)."""
+    env.cli_env["CRC_LOCAL_DIR"] = str(env.tmp / "machines")
+    path = env.tmp / "emptytok.yaml"
+    path.write_text("name: emptytok\nprovider: local\ntimeouts: {ready: 60s}\nmachines: {a: }\n")
+    provider = LocalProvider(env.tmp / "machines")
+    try:
+        r = crc("up", str(path))
+        assert r.returncode == 0, r.stdout + r.stderr
+        # Without the provider named, nothing can be done: the error, nothing destroyed.
+        r = crc("down", "--group", "emptytok", extra_env={"CRC_TOKEN": ""})
+        assert r.returncode == 2, r.stdout + r.stderr
+        assert r.stderr.startswith("crc: error: CRC_TOKEN is set but empty"), r.stderr
+        assert len(provider.list("emptytok")) == 1
+        r = crc("down", "--group", "emptytok", "--provider", "local", extra_env={"CRC_TOKEN": ""})
+        assert r.returncode == 2, r.stdout + r.stderr
+        assert "1 machine(s) destroyed, none left at local; group not deleted" in r.stdout
+        assert r.stderr.startswith("crc: error: CRC_TOKEN is set but empty"), r.stderr
+        assert "group emptytok is not deleted" in r.stderr
+        _nothing_left(provider, "emptytok")
+        assert len(env.client.group("emptytok")["machines"]) == 1  # still on the server
+        r = crc("down", "--group", "emptytok", "--provider", "local")
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "group deleted" in r.stdout
+    finally:
+        for inst in provider.list("emptytok"):
+            provider.destroy(inst.id)
+
+
 def test_up_that_needs_a_down_first_does_not_also_say_up_again_resumes(env, crc):
     """A machine that enrolled and then lost its instance cannot be resumed: `crc up`
     says `crc down` then `crc up`, and the hint about the machines still running says

@@ -622,14 +622,14 @@ def down(
     state: LocalState | None = None,
     verify_timeout: float = 180.0,
     sleep: Callable[[float], None] = time.sleep,
-    unreachable: Unavailable | Unauthorized | None = None,
+    unreachable: Unavailable | Unauthorized | InvalidInput | None = None,
 ) -> int:
     """Destroy the scenario's instances, check none is left, delete the group.
 
     The machines go first, also when the server cannot be reached or refuses the token
     (``unreachable``: the error met asking it): then the group is left, and that error
-    (``Unavailable``, ``Unauthorized``) says so once the provider part is done and
-    reported."""
+    (``Unavailable``, ``Unauthorized``, ``InvalidInput`` for a profile variable set but
+    empty) says so once the provider part is done and reported."""
 
     def unlocked(why: str) -> None:
         view.info(f"warning: {why}; going on without it", event="warning")
@@ -647,7 +647,7 @@ def _down(
     state: LocalState | None,
     verify_timeout: float,
     sleep: Callable[[float], None],
-    unreachable: Unavailable | Unauthorized | None,
+    unreachable: Unavailable | Unauthorized | InvalidInput | None,
 ) -> int:
     t0 = time.monotonic()
 
@@ -705,6 +705,8 @@ def _down(
             )
         elif isinstance(unreachable, Unauthorized):
             fate = "not deleted (the server refused the token)"
+        elif isinstance(unreachable, InvalidInput):
+            fate = "not deleted (the server was not asked)"
         elif unreachable is not None:
             fate = "not deleted (the server cannot be reached)"
         view.info(
@@ -717,6 +719,11 @@ def _down(
                 f"{provider.name} kept what it holds beside the machines (startup scripts): "
                 f"{gone.errors[CLEANUP]}; `crc down` again removes it"
             )
+    if isinstance(unreachable, InvalidInput):
+        raise InvalidInput(
+            f"{unreachable.message}; group {group} is not deleted (its keys are not "
+            "revoked): run `crc down` again once that is mended"
+        )
     if isinstance(unreachable, Unauthorized):
         raise Unauthorized(
             f"{unreachable.message}; group {group} is not deleted (its keys are not "
