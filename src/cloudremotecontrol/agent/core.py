@@ -395,7 +395,8 @@ class Agent:
             reason = (
                 "the agent stopped (crash, kill or reboot) while the job was running; not re-run"
             )
-            killed = self.platform.kill_leftovers(proc) if proc else 0
+            # A scan of the machine's processes: off the event loop.
+            killed = await asyncio.to_thread(self.platform.kill_leftovers, proc) if proc else 0
             if killed:
                 reason += f"; {killed} process(es) it left running were killed"
                 log.warning(

@@ -14,8 +14,9 @@ import errno
 import os
 import signal
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from ..errors import CrcError
 from ..protocol.limits import MAX_OUTPUT_CHUNK_BYTES
@@ -34,6 +35,13 @@ EXIT_POLL_SECONDS = 0.25  # at most, between looks at a process whose pipes stay
 _draining: set[asyncio.Task[None]] = set()
 
 Emit = Callable[[str, str], Awaitable[None]]  # (stream, text)
+
+_T = TypeVar("_T")
+
+# Where a job's session is looked for (a scan of every process of the machine, long
+# when it runs many): never on the event loop, and never behind a transfer that waits
+# on a file that does not answer (those hold the loop's default executor's threads).
+_scans = ThreadPoolExecutor(max_workers=4, thread_name_prefix="crc-job-end")
 
 
 @dataclass
@@ -194,18 +202,25 @@ async def _end_tree(
     deadline = loop.time() + KILL_GRACE_SECONDS
     platform.kill_tree(proc, force=False)
     if identity is not None:
-        platform.kill_leftovers(identity, force=False)
+        await _off_loop(platform.kill_leftovers, identity, False)
     try:
         await asyncio.wait_for(asyncio.shield(waiter), KILL_GRACE_SECONDS)
     except asyncio.TimeoutError:
         pass
-    while identity is not None and loop.time() < deadline and platform.leftovers(identity):
+    while identity is not None and loop.time() < deadline:
+        if not await _off_loop(platform.leftovers, identity):
+            break
         await asyncio.sleep(EXIT_POLL_SECONDS / 5)
     platform.kill_tree(proc, force=True)  # whatever is left of the group, too
     if identity is not None:
-        platform.kill_leftovers(identity)
+        await _off_loop(platform.kill_leftovers, identity, True)
     with contextlib.suppress(asyncio.TimeoutError):
         await asyncio.wait_for(asyncio.shield(waiter), KILL_GRACE_SECONDS)
+
+
+async def _off_loop(fn: Callable[..., _T], *args: Any) -> _T:
+    """``fn(*args)`` in a thread of its own pool, the event loop serving meanwhile."""
+    return await asyncio.get_running_loop().run_in_executor(_scans, fn, *args)
 
 
 async def _drain(stream: asyncio.StreamReader) -> None:
