@@ -73,10 +73,12 @@ from .http import call_json
 from .platform import Platform, current
 from .runner import run_job
 from .state import AgentState, Credential
+from .threads import in_daemon_thread
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from .files import Where
     from .streams import StreamServer
 
 __all__ = ["Agent", "Revoked", "TryLater", "enroll", "parse_retry_after", "retry_delay"]
@@ -748,6 +750,8 @@ class Agent:
 
     async def _on_file_job(self, ws: Any, seq: int, job: FilePut | FileGet, env: Envelope) -> None:
         if await self._processed(ws, seq, start_job=job.job_id):
+            if isinstance(job, FileGet):  # a pull can be cancelled (its read may hang)
+                self._jobs[job.job_id] = asyncio.Event()
             self._spawn(self._file_job(job))
 
     async def _on_user_message(
@@ -826,7 +830,7 @@ class Agent:
         await self._job_ended(sync.job_id, "succeeded", 0, None)
 
     async def _file_job(self, job: FilePut | FileGet) -> None:
-        from .files import fetch_blob, upload_file
+        from .files import fetch_blob
 
         await self.send(JobStarted(job.job_id))
 
@@ -849,9 +853,11 @@ class Agent:
                     job.owner,
                 )
             else:
-                summary = await asyncio.to_thread(
-                    upload_file, where, self.cred.credential, job.job_id, job.path
-                )
+                pulled = await self._pull(job, where)
+                if pulled is None:
+                    await self._job_ended(job.job_id, "cancelled", None, "cancelled by the master")
+                    return
+                summary = pulled
         except Exception as exc:  # noqa: BLE001 -- every failure ends the job, reported
             # Anything unforeseen too: a transfer that ends without a result leaves the
             # user's crc push or pull waiting for it.
@@ -865,6 +871,28 @@ class Agent:
             return
         await self._output(job.job_id, "stdout", summary + "\n")
         await self._job_ended(job.job_id, "succeeded", 0, None)
+
+    async def _pull(self, job: FileGet, where: Where) -> str | None:
+        """Upload the pulled file (its summary), or None once the master cancelled the
+        pull. A file whose reads wait for ever (a hung network mount, a kernel file
+        that answers when it has something) holds the thread that reads it, never the
+        event loop: a thread of its own, not one of the loop's executor that other work
+        needs, let be if the pull is cancelled (the server takes no upload for a pull
+        that ended)."""
+        from .files import upload_file
+
+        cancel = self._jobs.setdefault(job.job_id, asyncio.Event())
+        transfer = in_daemon_thread(upload_file, where, self.cred.credential, job.job_id, job.path)
+        cancelled = asyncio.ensure_future(cancel.wait())
+        try:
+            await asyncio.wait((transfer, cancelled), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            cancelled.cancel()
+            self._jobs.pop(job.job_id, None)
+        if not transfer.done():
+            transfer.cancel()  # what the thread does if its read ever returns is dropped
+            return None
+        return transfer.result()
 
     async def roster(self, timeout: float = 30) -> dict[str, Any]:
         """The group's roster, fetched from the server with this machine's credential."""
