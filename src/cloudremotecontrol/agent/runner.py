@@ -11,17 +11,20 @@ import asyncio
 import codecs
 import contextlib
 import errno
+import functools
 import os
 import signal
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import CrcError
 from ..protocol.limits import MAX_OUTPUT_CHUNK_BYTES
 from ..protocol.messages import JobRun
 from .platform.base import Platform
+
+if TYPE_CHECKING:
+    from concurrent.futures import Executor
 
 __all__ = ["JobOutcome", "run_job"]
 
@@ -38,10 +41,16 @@ Emit = Callable[[str, str], Awaitable[None]]  # (stream, text)
 
 _T = TypeVar("_T")
 
+
 # Where a job's session is looked for (a scan of every process of the machine, long
 # when it runs many): never on the event loop, and never behind a transfer that waits
 # on a file that does not answer (those hold the loop's default executor's threads).
-_scans = ThreadPoolExecutor(max_workers=4, thread_name_prefix="crc-job-end")
+# Made at the first scan: an agent that never ends a job loads no thread pool for it.
+@functools.cache
+def _scan_pool() -> Executor:
+    from concurrent.futures import ThreadPoolExecutor
+
+    return ThreadPoolExecutor(max_workers=4, thread_name_prefix="crc-job-end")
 
 
 @dataclass
@@ -220,7 +229,7 @@ async def _end_tree(
 
 async def _off_loop(fn: Callable[..., _T], *args: Any) -> _T:
     """``fn(*args)`` in a thread of its own pool, the event loop serving meanwhile."""
-    return await asyncio.get_running_loop().run_in_executor(_scans, fn, *args)
+    return await asyncio.get_running_loop().run_in_executor(_scan_pool(), fn, *args)
 
 
 async def _drain(stream: asyncio.StreamReader) -> None:
