@@ -8,7 +8,7 @@ import logging
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,7 @@ from .ops import rollout as rollout_ops
 from .ops import sessions as session_ops
 from .ops import teardown as teardown_ops
 from .secheaders import SecurityHeaders
-from .store.base import Store
+from .store.base import Store, Tx
 from .teardown import run_due_teardowns
 
 __all__ = ["create_app"]
@@ -211,8 +211,26 @@ def create_app(
             toucher = tg.create_task(_touch_loop(store, hub, grace))
             expirer = tg.create_task(_expire_loop(app, store, hub))
             pruner = tg.create_task(_retention_loop(app, store))
-            roller = tg.create_task(_rollout_loop(store, hub))
-            hosts = tg.create_task(_hosts_loop(store, hub))
+            roller = tg.create_task(
+                _due_loop(
+                    store,
+                    hub,
+                    ROLLOUT_SECONDS,
+                    rollout_ops.due_jobs,
+                    rollout_ops.due,
+                    "rate control",
+                )
+            )
+            hosts = tg.create_task(
+                _due_loop(
+                    store,
+                    hub,
+                    HOSTS_SECONDS,
+                    hostsync_ops.due_groups,
+                    hostsync_ops.sync_due,
+                    "hosts sync",
+                )
+            )
             try:
                 yield
             finally:
@@ -358,37 +376,30 @@ async def _expire_loop(app: FastAPI, store: Store, hub: Hub) -> None:
             await run_due_teardowns(store, getattr(app.state, "teardown_cipher", None))
 
 
-async def _rollout_loop(store: Store, hub: Hub) -> None:
-    """Rate-controlled jobs whose batch wait is over or whose delivery deadline passed
-    (ops/rollout.py); a target ending is handled where its result is stored. A read
-    finds them: nothing is written while no job is due."""
+async def _due_loop(
+    store: Store,
+    hub: Hub,
+    every: float,
+    find: Callable[[Tx, float], list[str]],
+    run: Callable[[Tx, list[str], float], list[tuple[str, int, str]]],
+    what: str,
+) -> None:
+    """Every ``every`` seconds, ``find`` (a read) what is due by now; only if something
+    is, ``run`` it (a write) and deliver what it sends: nothing is written while nothing
+    is due. Used by rate control (ops/rollout.py: jobs whose batch wait is over or whose
+    delivery deadline passed; a target ending is handled where its result is stored)
+    and by ``--sync-hosts`` groups whose sync window ended (ops/hostsync.py)."""
     while True:
-        await asyncio.sleep(ROLLOUT_SECONDS)
+        await asyncio.sleep(every)
         try:
             at = time.time()
-            due = await store.read(rollout_ops.due_jobs, at)
+            due = await store.read(find, at)
             if due:
-                hub.deliver(await store.write(rollout_ops.due, due, at))
+                hub.deliver(await store.write(run, due, at))
         except CrcError as exc:
-            log.warning("rate control: trying again: %s", exc)
+            log.warning("%s: trying again: %s", what, exc)
         except Exception as exc:  # noqa: BLE001 -- the loop must outlive one failure
-            log.error("rate control: trying again: %r", exc)
-
-
-async def _hosts_loop(store: Store, hub: Hub) -> None:
-    """``--sync-hosts`` groups whose sync window ended: what changed during it is synced
-    (ops/hostsync.py). A read finds them: nothing is written while none is due."""
-    while True:
-        await asyncio.sleep(HOSTS_SECONDS)
-        try:
-            at = time.time()
-            due = await store.read(hostsync_ops.due_groups, at)
-            if due:
-                hub.deliver(await store.write(hostsync_ops.sync_due, due, at))
-        except CrcError as exc:
-            log.warning("hosts sync: trying again: %s", exc)
-        except Exception as exc:  # noqa: BLE001 -- the loop must outlive one failure
-            log.error("hosts sync: trying again: %r", exc)
+            log.error("%s: trying again: %r", what, exc)
 
 
 async def _retention_loop(app: FastAPI, store: Store) -> None:
