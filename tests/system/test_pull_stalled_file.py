@@ -69,4 +69,4 @@ def test_a_pull_whose_read_hangs_leaves_the_agent_serving_and_ends_when_cancelle
     finally:
         if pull.poll() is None:
             pull.kill()
-            pull.communicate()
+        pull.communicate()  # its pipes closed, whatever ended the test

@@ -187,8 +187,8 @@ async def test_group_create_show_delete_revokes_keys_and_is_per_user(store: Stor
 
 async def test_deleting_a_group_closes_its_hosts_sync_window(store: Store) -> None:
     """A `--sync-hosts` group deleted within a hosts sync window (`crc up`, then `crc
-    down` at once) leaves no window open: the server's loop would look it up every
-    second, on every replica, for ever (deleted groups stay in the table)."""
+    down` at once) leaves no window open: deleted groups stay in the table, and each
+    would stay in the index the server's loop reads every second, on every replica."""
     alice = await new_user(store)
     await store.write(
         groups.create_group,

@@ -840,6 +840,7 @@ class Agent:
             url = self.url
             return url, client_context(url, self.cred.fingerprint, self.cred.cert_pem)[0]
 
+        summary: str | None  # None: the pull was cancelled
         try:
             if isinstance(job, FilePut):
                 summary = await asyncio.to_thread(
@@ -853,11 +854,7 @@ class Agent:
                     job.owner,
                 )
             else:
-                pulled = await self._pull(job, where)
-                if pulled is None:
-                    await self._job_ended(job.job_id, "cancelled", None, "cancelled by the master")
-                    return
-                summary = pulled
+                summary = await self._pull(job, where)
         except Exception as exc:  # noqa: BLE001 -- every failure ends the job, reported
             # Anything unforeseen too: a transfer that ends without a result leaves the
             # user's crc push or pull waiting for it.
@@ -869,6 +866,11 @@ class Agent:
                 reason = f"transfer failed: {type(exc).__name__}: {exc}"
             await self._job_ended(job.job_id, "failed", 1, reason)
             return
+        finally:
+            self._jobs.pop(job.job_id, None)  # a pull's cancel (_on_file_job)
+        if summary is None:
+            await self._job_ended(job.job_id, "cancelled", None, "cancelled by the master")
+            return
         await self._output(job.job_id, "stdout", summary + "\n")
         await self._job_ended(job.job_id, "succeeded", 0, None)
 
@@ -877,20 +879,29 @@ class Agent:
         pull. A file whose reads wait for ever (a hung network mount, a kernel file
         that answers when it has something) holds the thread that reads it, never the
         event loop: a thread of its own, not one of the loop's executor that other work
-        needs, let be if the pull is cancelled (the server takes no upload for a pull
-        that ended)."""
+        needs. A cancel stops the upload at its next read or attempt; a read that never
+        returns holds its thread (the server takes no upload for a pull that ended)."""
+        import threading
+        import time
+
         from .files import upload_file
 
         cancel = self._jobs.setdefault(job.job_id, asyncio.Event())
-        transfer = in_daemon_thread(upload_file, where, self.cred.credential, job.job_id, job.path)
+        if cancel.is_set():  # cancelled as it was starting: nothing read, nothing sent
+            return None
+        stop = threading.Event()
+        transfer = in_daemon_thread(
+            upload_file, where, self.cred.credential, job.job_id, job.path, time.sleep, stop.is_set
+        )
         cancelled = asyncio.ensure_future(cancel.wait())
         try:
             await asyncio.wait((transfer, cancelled), return_when=asyncio.FIRST_COMPLETED)
         finally:
             cancelled.cancel()
-            self._jobs.pop(job.job_id, None)
-        if not transfer.done():
-            transfer.cancel()  # what the thread does if its read ever returns is dropped
+            if not transfer.done():  # cancelled, or the agent is stopping
+                stop.set()  # the upload stops at its next read or attempt
+                transfer.cancel()  # a read that never returns: its thread is let be
+        if transfer.cancelled():
             return None
         return transfer.result()
 

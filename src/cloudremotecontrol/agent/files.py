@@ -543,16 +543,27 @@ class _Changed(Exception):
     """The file being uploaded is no longer what was hashed."""
 
 
+class Stopped(Exception):
+    """The pull was cancelled: its upload stops at its next read or attempt."""
+
+
+def _never() -> bool:
+    return False
+
+
 class _Exactly:
     """The first ``size`` bytes of ``fd``, hashed again as they are sent: a file that
-    grows is sent as it was hashed, one that changed stops the upload."""
+    grows is sent as it was hashed, one that changed stops the upload, and so does a
+    cancel (``stopped``)."""
 
-    def __init__(self, fd: int, size: int, sha: str) -> None:
-        self.fd, self.left, self.sha = fd, size, sha
+    def __init__(self, fd: int, size: int, sha: str, stopped: Callable[[], bool]) -> None:
+        self.fd, self.left, self.sha, self.stopped = fd, size, sha, stopped
         self.digest = hashlib.sha256()
         os.lseek(fd, 0, os.SEEK_SET)
 
     def read(self, n: int = CHUNK) -> bytes:
+        if self.stopped():
+            raise Stopped
         if self.left <= 0:
             return b""
         chunk = os.read(self.fd, min(n if n > 0 else CHUNK, self.left, CHUNK))
@@ -641,12 +652,14 @@ def upload_file(
     job_id: str,
     path: str,
     sleep: Callable[[float], None] = time.sleep,
+    stopped: Callable[[], bool] = _never,
 ) -> str:
     """Upload ``path`` for pull job ``job_id`` (streamed, with its SHA-256): exactly the
     bytes that were hashed. An upload the network cuts is sent again (to the server the
     agent is connected to then), up to ``UPLOAD_ATTEMPTS`` times, and so is one refused
     while the server still holds a cut one (409 ``upload_in_progress``): the server
-    keeps one upload per pull, and takes the same content again as a success."""
+    keeps one upload per pull, and takes the same content again as a success. Once
+    ``stopped()`` (the pull was cancelled), ``Stopped`` at the next read or attempt."""
     _check_absolute(path)
     fd = _open_regular(path)
     try:
@@ -656,6 +669,8 @@ def upload_file(
         size = 0
         kept: list[bytes] | None = []
         while chunk := os.read(fd, CHUNK):
+            if stopped():
+                raise Stopped
             digest.update(chunk)
             size += len(chunk)
             if size > MAX_FILE_BYTES:  # it grew meanwhile
@@ -667,8 +682,10 @@ def upload_file(
         sha = digest.hexdigest()
         small = b"".join(kept) if kept is not None else None
         for attempt in range(UPLOAD_ATTEMPTS):
+            if stopped():
+                raise Stopped
             base_url, ctx = where()
-            data: Any = small if small is not None else _Exactly(fd, size, sha)
+            data: Any = small if small is not None else _Exactly(fd, size, sha, stopped)
             try:
                 call_json(
                     base_url,

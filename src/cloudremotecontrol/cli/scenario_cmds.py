@@ -176,9 +176,9 @@ def down(
         if name is None:
             raise
     except InvalidInput as exc:
-        # A CRC_* variable set but empty (a cleanup job whose secret came out empty): the
-        # machines still go when the provider is known; the group is left, and the error
-        # says so once they are gone.
+        # A CRC_* variable set but empty (a cleanup job whose secret came out empty), a
+        # profile that cannot be read: the machines still go when the provider is known;
+        # the group is left, and the error says so once they are gone.
         if name is None:
             raise
         unreachable = exc
