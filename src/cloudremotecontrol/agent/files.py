@@ -556,7 +556,7 @@ class _Exactly:
     grows is sent as it was hashed, one that changed stops the upload, and so does a
     cancel (``stopped``)."""
 
-    def __init__(self, fd: int, size: int, sha: str, stopped: Callable[[], bool]) -> None:
+    def __init__(self, fd: int, size: int, sha: str, stopped: Callable[[], bool] = _never) -> None:
         self.fd, self.left, self.sha, self.stopped = fd, size, sha, stopped
         self.digest = hashlib.sha256()
         os.lseek(fd, 0, os.SEEK_SET)
