@@ -156,3 +156,40 @@ def test_a_server_not_answering_leaves_the_second_instance_for_the_next_check(
     finally:
         runner.close()
     assert provider.destroyed == [] and runner.twins_left == {}
+
+
+class InterruptedWhileDestroying(WithTwin):
+    """Ctrl-C arrives while the second instance's DELETE is under way."""
+
+    def destroy(self, instance_id: str) -> None:
+        self.destroyed.append(instance_id)
+        raise KeyboardInterrupt
+
+
+def test_a_ctrl_c_during_a_second_instances_destroy_still_names_it(tmp_path: Path) -> None:
+    """Whether the provider destroyed it is not known: `crc up`'s last lines still count
+    it among the machines at the provider (it was forgotten, and only `crc down` would
+    have found it)."""
+    scenario = parse_scenario("name: s\nprovider: local\nmachines: {a: }\n")
+    provider = InterruptedWhileDestroying()
+    runner = Runner(
+        scenario,
+        Profile(url="https://127.0.0.1:9", token="t", fingerprint=None),
+        provider,
+        View(),
+        state=LocalState(tmp_path / "s.json"),
+    )
+    try:
+        runner.instances["a"] = _instance("i-1")
+        runner.client.close()
+        runner.client = Server("pending")  # type: ignore[assignment]
+        try:
+            runner._destroy_twins({"a": "pending"})
+        except KeyboardInterrupt:
+            pass
+        else:
+            raise AssertionError("the Ctrl-C went missing")
+    finally:
+        runner.close()
+    assert provider.destroyed == ["i-0"]
+    assert runner.twins_left == {"i-0": "a"}

@@ -459,10 +459,12 @@ class Runner:
                     return  # asked again at the next check
                 fresh = {m["name"]: m["state"] for m in group["machines"]}
             if states.get(name) == "pending" and fresh is not None and fresh.get(name) == "pending":
+                # Named as left until its destroy is known done: a Ctrl-C while it is
+                # under way still counts it among the machines at the provider.
+                self.twins_left[inst.id] = name
                 try:
                     self.provider.destroy(inst.id)
                 except ProviderError as exc:
-                    self.twins_left[inst.id] = name
                     self.view.info(
                         f"warning: machine {name} has a second instance {inst.id} that "
                         f"{self.provider.name} did not destroy ({exc.message}); tried again "
