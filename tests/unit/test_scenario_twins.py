@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from cloudremotecontrol.errors import Unavailable
 from cloudremotecontrol.master.profile import Profile
 from cloudremotecontrol.master.scenario.model import parse_scenario
@@ -73,6 +75,35 @@ def _instance(iid: str) -> Instance:
     )
 
 
+def _check(
+    tmp_path: Path,
+    provider: Provider,
+    server: Any,
+    state: str = "s",
+    made: list[Runner] | None = None,
+) -> Runner:
+    """One twins check of a runner whose slot ``a`` has instance i-1, the server
+    answering through ``server``; the runner, closed, to look at (also in ``made``,
+    for a check that raises)."""
+    runner = Runner(
+        parse_scenario("name: s\nprovider: local\nmachines: {a: }\n"),
+        Profile(url="https://127.0.0.1:9", token="t", fingerprint=None),
+        provider,
+        View(),
+        state=LocalState(tmp_path / f"{state}.json"),
+    )
+    if made is not None:
+        made.append(runner)
+    try:
+        runner.instances["a"] = _instance("i-1")
+        runner.client.close()
+        runner.client = server
+        runner._destroy_twins({"a": "pending"})  # what the events said
+    finally:
+        runner.close()
+    return runner
+
+
 class WithTwin(Counting):
     """A cloud (twins possible) listing a second instance of slot ``a``."""
 
@@ -108,23 +139,9 @@ def test_a_second_instance_is_destroyed_only_while_the_server_says_the_slot_is_p
     """The events seen may be seconds old: the second instance (the first one made) may
     be the one that enrolled meanwhile. It is destroyed only if the server, asked now,
     still has the machine pending; otherwise it is named for `crc down`."""
-    scenario = parse_scenario("name: s\nprovider: local\nmachines: {a: }\n")
     for now, destroyed in (("pending", ["i-0"]), ("ready", [])):
         provider = WithTwin()
-        runner = Runner(
-            scenario,
-            Profile(url="https://127.0.0.1:9", token="t", fingerprint=None),
-            provider,
-            View(),
-            state=LocalState(tmp_path / f"{now}.json"),
-        )
-        try:
-            runner.instances["a"] = _instance("i-1")
-            runner.client.close()
-            runner.client = Server(now)  # type: ignore[assignment]
-            runner._destroy_twins({"a": "pending"})  # what the events said
-        finally:
-            runner.close()
+        runner = _check(tmp_path, provider, Server(now), now)
         assert provider.destroyed == destroyed, now
         assert runner.twins_left == ({} if destroyed else {"i-0": "a"}), now
 
@@ -139,22 +156,8 @@ def test_a_server_not_answering_leaves_the_second_instance_for_the_next_check(
 ) -> None:
     """Asking the server is part of the check, not of `crc up`'s outcome: a server that
     does not answer then leaves the second instance alone until the next check."""
-    scenario = parse_scenario("name: s\nprovider: local\nmachines: {a: }\n")
     provider = WithTwin()
-    runner = Runner(
-        scenario,
-        Profile(url="https://127.0.0.1:9", token="t", fingerprint=None),
-        provider,
-        View(),
-        state=LocalState(tmp_path / "s.json"),
-    )
-    try:
-        runner.instances["a"] = _instance("i-1")
-        runner.client.close()
-        runner.client = Unreachable("pending")  # type: ignore[assignment]
-        runner._destroy_twins({"a": "pending"})
-    finally:
-        runner.close()
+    runner = _check(tmp_path, provider, Unreachable("pending"))
     assert provider.destroyed == [] and runner.twins_left == {}
 
 
@@ -170,26 +173,9 @@ def test_a_ctrl_c_during_a_second_instances_destroy_still_names_it(tmp_path: Pat
     """Whether the provider destroyed it is not known: `crc up`'s last lines still count
     it among the machines at the provider (it was forgotten, and only `crc down` would
     have found it)."""
-    scenario = parse_scenario("name: s\nprovider: local\nmachines: {a: }\n")
     provider = InterruptedWhileDestroying()
-    runner = Runner(
-        scenario,
-        Profile(url="https://127.0.0.1:9", token="t", fingerprint=None),
-        provider,
-        View(),
-        state=LocalState(tmp_path / "s.json"),
-    )
-    try:
-        runner.instances["a"] = _instance("i-1")
-        runner.client.close()
-        runner.client = Server("pending")  # type: ignore[assignment]
-        try:
-            runner._destroy_twins({"a": "pending"})
-        except KeyboardInterrupt:
-            pass
-        else:
-            raise AssertionError("the Ctrl-C went missing")
-    finally:
-        runner.close()
+    made: list[Runner] = []
+    with pytest.raises(KeyboardInterrupt):  # the Ctrl-C goes on to `crc up`
+        _check(tmp_path, provider, Server("pending"), made=made)
     assert provider.destroyed == ["i-0"]
-    assert runner.twins_left == {"i-0": "a"}
+    assert made[0].twins_left == {"i-0": "a"}
