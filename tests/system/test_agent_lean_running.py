@@ -20,6 +20,7 @@ from pathlib import Path
 from cloudremotecontrol.agent.core import enroll
 from cloudremotecontrol.agent.state import AgentState
 from conftest import Env
+from lean import MASTER_AND_SERVER
 
 # MODULE as ``python -m`` runs it, with a thread that writes the names of the loaded
 # modules to ANSWER once the file ASK exists (the agent is connected then).
@@ -37,13 +38,7 @@ runpy.run_module(module, run_name="__main__", alter_sys=True)
 """
 
 UNUSED = (
-    # the CLI, master and server code and their libraries
-    "click",
-    "cloudremotecontrol.cli",
-    "cloudremotecontrol.master",
-    "cloudremotecontrol.server",
-    "httpx",
-    "pydantic",
+    *MASTER_AND_SERVER,
     # what websockets imports and an idle agent never uses (agent/deferred.py)
     "email",
     "http.client",

@@ -8,20 +8,14 @@ import os
 import time
 from pathlib import Path
 
+from procs import alive
+
 
 def _wait_for(path: Path, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout  # a safety net, not a measurement
     while not path.exists() or not path.read_text().strip():
         assert time.monotonic() < deadline, f"{path} never appeared"
         time.sleep(0.05)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def _script(pid_file: Path) -> str:
@@ -35,7 +29,7 @@ def _script(pid_file: Path) -> str:
 
 def _ended(pid: int) -> bool:
     deadline = time.monotonic() + 30  # a safety net: SIGKILL takes effect at once
-    while _alive(pid):
+    while alive(pid):
         if time.monotonic() > deadline:
             return False
         time.sleep(0.05)
@@ -56,7 +50,7 @@ def test_a_timed_out_job_leaves_no_process_running_in_its_session(env, crc, tmp_
     try:
         assert _ended(pid), "the job's child (its own process group) is still running"
     finally:
-        if _alive(pid):
+        if alive(pid):
             os.kill(pid, 9)
 
 
@@ -74,7 +68,7 @@ def test_a_cancelled_job_leaves_no_process_running_in_its_session(env, tmp_path)
             time.sleep(0.1)
         assert _ended(pid), "the job's child (its own process group) is still running"
     finally:
-        if _alive(pid):
+        if alive(pid):
             os.kill(pid, 9)
 
 
@@ -98,5 +92,5 @@ def test_a_cancelled_job_lets_a_child_of_another_group_end_on_sigterm(env, tmp_p
         assert _ended(pid)
         assert cleaned.exists() and cleaned.read_text() == "term\n"
     finally:
-        if _alive(pid):
+        if alive(pid):
             os.kill(pid, 9)

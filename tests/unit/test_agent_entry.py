@@ -12,6 +12,8 @@ import json
 import subprocess
 import sys
 
+from lean import MASTER_AND_SERVER
+
 # What the agent cannot do without: the event loop and TLS, its outbox, its log, its
 # options, and its connection (websockets; what it imports and an idle agent never uses,
 # importlib.metadata and urllib.request with email and http.client, is deferred).
@@ -54,16 +56,7 @@ def _modules(*imports: str) -> list[str]:
 
 
 def test_the_lean_agent_entry_point_loads_no_cli_master_or_server_code() -> None:
-    bad = (
-        "click",
-        "cloudremotecontrol.cli",
-        "cloudremotecontrol.master",
-        "cloudremotecontrol.server",
-        "pydantic",
-        "httpx",
-        "fastapi",
-        "rich",
-    )
+    bad = (*MASTER_AND_SERVER, "fastapi", "rich")
     assert [m for m in _modules(*LEAN) if m.startswith(bad)] == []
 
 

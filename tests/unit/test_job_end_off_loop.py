@@ -16,6 +16,7 @@ import pytest
 from cloudremotecontrol.agent.platform.linux import LinuxPlatform
 from cloudremotecontrol.agent.runner import JobOutcome, run_job
 from cloudremotecontrol.protocol.messages import JobRun
+from procs import alive
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="reads /proc (Linux only)"
@@ -52,14 +53,6 @@ class _SlowScans(LinuxPlatform):
     def leftovers(self, identity: str) -> int:
         self._wait_for_the_loop()
         return super().leftovers(identity)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def test_a_cancelled_jobs_session_is_scanned_while_the_event_loop_serves(
@@ -101,11 +94,11 @@ def test_a_cancelled_jobs_session_is_scanned_while_the_event_loop_serves(
             f"{len(platform.answered)} scans of the job's session: they ran on it"
         )
         deadline = time.monotonic() + 30  # a safety net: SIGKILL takes effect at once
-        while _alive(pid) and time.monotonic() < deadline:
+        while alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert not _alive(pid), "the job's child (its own process group) is still running"
+        assert not alive(pid), "the job's child (its own process group) is still running"
     finally:
-        if _alive(pid):
+        if alive(pid):
             os.kill(pid, 9)
 
 
