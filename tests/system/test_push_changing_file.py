@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -20,24 +18,12 @@ from cloudremotecontrol.master import aclient as aclient_mod
 from cloudremotecontrol.master import client as client_mod
 from cloudremotecontrol.master.aclient import AsyncClient
 from conftest import Env
+from growing import growing_log
 
 
 def test_push_of_a_growing_log_sends_what_was_hashed(env: Env, crc: Any, tmp_path: Path) -> None:
     env.group_with_agents("lab", ["a"])
-    log = tmp_path / "app.log"
-    log.write_bytes(b"x" * (40 << 20))
-    stop = threading.Event()
-
-    def writer() -> None:
-        with open(log, "ab") as f:
-            while not stop.is_set():
-                f.write(b"line of log output\n" * 100)
-                f.flush()
-                time.sleep(0.001)
-
-    t = threading.Thread(target=writer)
-    t.start()
-    try:
+    with growing_log(tmp_path / "app.log", 40 << 20) as log:
         for i in range(2):
             out = tmp_path / f"out{i}.log"
             r = crc("push", "lab", "--to", "a", str(log), str(out), timeout=120)
@@ -47,9 +33,6 @@ def test_push_of_a_growing_log_sends_what_was_hashed(env: Env, crc: Any, tmp_pat
             assert len(got) >= 40 << 20
             with open(log, "rb") as fh:
                 assert fh.read(len(got)) == got  # the start of the log, as it was hashed
-    finally:
-        stop.set()
-        t.join()
     assert_no_traceback_in_server_log(env.server)
 
 

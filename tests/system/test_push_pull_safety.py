@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from growing import growing_log
+
 NOBODY = 65534
 
 
@@ -124,20 +126,7 @@ def test_concurrent_pushes_of_one_file_to_one_path_all_succeed(env, crc, tmp_pat
 
 def test_a_file_growing_while_it_is_pulled_comes_back_as_it_was_hashed(env, crc, tmp_path):
     env.group_with_agents("lab", ["a"])
-    log = tmp_path / "app.log"
-    log.write_bytes(b"x" * (50 << 20))
-    stop = threading.Event()
-
-    def write() -> None:
-        with open(log, "ab") as fh:
-            while not stop.is_set():
-                fh.write(b"line of log output\n" * 100)
-                fh.flush()
-                time.sleep(0.001)
-
-    writer = threading.Thread(target=write)
-    writer.start()
-    try:
+    with growing_log(tmp_path / "app.log", 50 << 20) as log:
         for i in range(3):
             got = tmp_path / f"got{i}.log"
             r = crc("pull", "lab", "--from", "a", str(log), str(got), timeout=120)
@@ -146,9 +135,6 @@ def test_a_file_growing_while_it_is_pulled_comes_back_as_it_was_hashed(env, crc,
             assert len(pulled) >= 50 << 20
             with open(log, "rb") as fh:  # a prefix of the log: what was there when hashed
                 assert _sha(fh.read(len(pulled))) == _sha(pulled)
-    finally:
-        stop.set()
-        writer.join()
     # A file that is different at every read is read once, and sent as read.
     r = crc("pull", "lab", "--from", "a", "/proc/meminfo", str(tmp_path / "meminfo"))
     assert r.returncode == 0, r.stderr
