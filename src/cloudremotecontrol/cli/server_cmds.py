@@ -120,6 +120,17 @@ _SETTING_FLAGS: list[tuple[str, type, str]] = [
         int,
         "Failed dashboard logins per address per minute; then 429.",
     ),
+    (
+        "machine_bytes_per_second",
+        int,
+        "Bytes per second one machine may send of progress, facts and messages (what a "
+        "job reports is not counted); past it the server reads its next frame later.",
+    ),
+    (
+        "machine_burst_bytes",
+        int,
+        "Bytes one machine may send at once before --machine-bytes-per-second applies.",
+    ),
     ("retain_events_days", float, "Days events are kept (0: for ever)."),
     ("retain_blobs_days", float, "Days a file no job uses any more is kept (0: for ever)."),
     (

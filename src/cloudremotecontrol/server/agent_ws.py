@@ -40,6 +40,7 @@ from . import auth
 from .admission import LoginGate
 from .hub import AgentLink
 from .ops import delivery
+from .pacing import Paces
 from .store.base import Store
 
 __all__ = ["agent_endpoint"]
@@ -188,6 +189,9 @@ class _Connection:
 
     def __init__(self, ws: WebSocket, store: Store, m: dict[str, Any], link: AgentLink) -> None:
         self.ws, self.store, self.m, self.link = ws, store, m, link
+        #: Whether the last frame counts against the machine's bytes per second
+        #: (server/pacing.py): all but acks and what a job sent it reports.
+        self.counted = True
 
     async def error(self, exc: CrcError, seq: int | None = None) -> None:
         """Tell the agent what was wrong with a frame (nothing was stored); the reader
@@ -197,9 +201,11 @@ class _Connection:
         await self.link.send_control_now(frame, bounded=True)
 
     async def on_ack(self, frame: Ack) -> bool:
+        self.counted = False
         try:
             await self.store.write(delivery.ack_outbox, self.m["id"], frame.seq)
         except CrcError as exc:
+            self.counted = True
             await self.error(exc)
         return True
 
@@ -208,6 +214,8 @@ class _Connection:
             delivery.apply_agent_message, self.m["id"], frame.seq, frame.msg, frame.ack
         )
         receipt = result["receipt"]
+        kind = frame.msg.get("type")
+        self.counted = not (isinstance(kind, str) and kind.startswith("job.")) or "error" in result
         if result.get("deliveries"):
             self.ws.app.state.hub.deliver(result["deliveries"])
         if receipt == "revoked":
@@ -237,12 +245,14 @@ class _Connection:
         return True
 
     async def on_hello(self, frame: Hello) -> bool:
+        self.counted = True
         await self.error(CrcError("unexpected hello frame", code="unknown_type"))
         return True
 
 
 async def _read_loop(ws: WebSocket, store: Store, m: dict[str, Any], link: AgentLink) -> None:
     conn = _Connection(ws, store, m, link)
+    paces: Paces = ws.app.state.paces
     handlers: Dispatcher[Any] = Dispatcher(
         Side.SERVER, Frame, {Hello: conn.on_hello, Msg: conn.on_msg, Ack: conn.on_ack}
     )
@@ -257,9 +267,15 @@ async def _read_loop(ws: WebSocket, store: Store, m: dict[str, Any], link: Agent
         except CrcError as exc:
             # Malformed frame: tell the agent, keep the connection (nothing was stored).
             await conn.error(exc)
-            continue
-        if not await handlers[frame](frame):
-            return
+            conn.counted = True
+        else:
+            if not await handlers[frame](frame):
+                return
+        if conn.counted:
+            # Past its bytes per second, the machine's next frame waits (it is not lost).
+            delay = paces.charge(m["id"], len(text))
+            if delay > 0:
+                await asyncio.sleep(delay)
 
 
 async def _refuse(ws: WebSocket, code: int, exc: CrcError) -> None:

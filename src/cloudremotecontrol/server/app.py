@@ -39,6 +39,7 @@ from .ops import retention as retention_ops
 from .ops import rollout as rollout_ops
 from .ops import sessions as session_ops
 from .ops import teardown as teardown_ops
+from .pacing import Paces
 from .secheaders import SecurityHeaders
 from .store.base import Store, Tx
 from .teardown import run_due_teardowns
@@ -258,6 +259,9 @@ def create_app(
     app.state.store = store
     app.state.settings = settings or ServerSettings()
     app.state.logins = LoginGate(app.state.settings.max_logins)
+    app.state.paces = Paces(
+        app.state.settings.machine_bytes_per_second, app.state.settings.machine_burst_bytes
+    )
     app.state.hub = hub
     app.state.bus = bus
     app.state.replica = replica or uuid.uuid4().hex[:12]
