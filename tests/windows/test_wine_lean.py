@@ -1,8 +1,8 @@
 """The Windows service starts as lean as the Linux one: ``-OO -X no_debug_ranges -X
 pycache_prefix=...`` on its command line, bytecode compiled by `crc agent install` (the
-LocalSystem service compiles nothing), no click/CLI/master/server code, and the
-standard-library modules agent/deferred.py defers left unloaded by a connected agent
-that ran a job.
+LocalSystem service compiles nothing), no click/CLI/master/server code, neither
+argparse nor gettext once its options are read, and the standard-library modules
+agent/deferred.py defers left unloaded by a connected agent that ran a job.
 
 What the service process loaded is read from inside it: a ``sitecustomize`` in the
 Windows Python (this module's prefix only) writes, when the service host exits, the
@@ -65,6 +65,9 @@ NEVER = (
     "lzma",
     "_lzma",
     "pickle",
+    # read the service host's options, then unloaded (agent/options.py)
+    "argparse",
+    "gettext",
 )
 
 

@@ -8,7 +8,6 @@ protocol only. ``crc agent run`` calls ``run`` here too, so both behave alike.
 
 from __future__ import annotations
 
-import gc
 import json
 import os
 import sys
@@ -18,15 +17,12 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import CrcError
 from ..stdfds import fill_closed_std_fds
+from .options import read_once
 
 if TYPE_CHECKING:
     import argparse
 
 __all__ = ["main", "run"]
-
-# Used only to read the options, before the agent loads anything else: unloaded once
-# they are read (``_options``).
-PARSING_MODULES = ("argparse", "gettext")
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -167,17 +163,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _options(argv: list[str]) -> dict[str, Any]:
-    """The options (``--help`` and bad options exit here, as argparse does). argparse,
-    with the gettext it imports, is used for nothing else in the agent's life: unless it
-    was loaded before, it is unloaded once the options are read, and the memory its
-    classes and code held goes to what the agent loads next (asyncio, ssl, websockets),
-    not to a module that an agent running for months never calls again."""
-    loaded = set(sys.modules)
-    options = dict(vars(_parser().parse_args(argv)))
-    unloaded = False
-    for name in PARSING_MODULES:
-        if name not in loaded and sys.modules.pop(name, None) is not None:
-            unloaded = True
-    if unloaded:
-        gc.collect()  # their classes and functions refer to each other: a cycle
-    return options
+    """The options, argparse unloaded once they are read (agent/options.py)."""
+    return read_once(lambda: dict(vars(_parser().parse_args(argv))))

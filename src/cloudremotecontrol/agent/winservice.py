@@ -29,7 +29,6 @@ errors also to the Application event log. Run by hand (not by the SCM) it says s
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
@@ -37,7 +36,12 @@ import threading
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from .options import read_once
+
+if TYPE_CHECKING:
+    import argparse
 
 __all__ = ["SERVICE_NAME", "default_log_file", "main"]
 
@@ -57,6 +61,8 @@ def default_log_file(state_dir: str) -> str:
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
+    import argparse  # unloaded once the options are read (agent/options.py)
+
     parser = argparse.ArgumentParser(
         prog="python -m cloudremotecontrol.agent.winservice",
         description="The crc-agent Windows service host (started by the Service Control Manager).",
@@ -192,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     from .deferred import defer
 
     defer()  # before websockets is imported, as the lean entry point: see agent/deferred.py
-    options = _parse(sys.argv[1:] if argv is None else argv)
+    options = read_once(lambda: _parse(sys.argv[1:] if argv is None else argv))
     _setup_logging(options.log_file or default_log_file(options.state_dir), options.log_level)
     try:
         import pywintypes
