@@ -1,7 +1,14 @@
 """A FUSE file system (Linux, root) with one regular file whose reads are never
-answered: what a file on a hung network mount is to the process reading it. Spoken
-directly on ``/dev/fuse`` (no FUSE library); closing it aborts the connection, so every
-read waiting on it fails and the mount point can be detached."""
+answered, and in which a file created (an open for writing) is never answered either:
+what a hung network mount is to the process reading or writing there. Spoken directly
+on ``/dev/fuse`` (no FUSE library); closing it fails every request waiting (EIO) and
+detaches the mount point.
+
+A request the kernel interrupts (a signal to the waiting thread: the fatal one that
+ends a process among them) is answered EINTR, as a FUSE file system supporting
+interrupts does, and as a hung NFS hard mount lets a killed process go: a process that
+exits is not held by its thread stuck here, while any other signal leaves that thread
+stuck (Python makes the call again, PEP 475)."""
 
 from __future__ import annotations
 
@@ -12,10 +19,19 @@ import errno
 import os
 import stat
 import struct
+import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["StalledFuse"]
+import pytest
+
+__all__ = ["StalledFuse", "needs_fuse", "stalled_mount"]
+
+needs_fuse = pytest.mark.skipif(
+    not sys.platform.startswith("linux") or os.geteuid() != 0,
+    reason="mounts a FUSE file system (Linux, root)",
+)
 
 _LOOKUP, _GETATTR, _OPEN, _READ, _RELEASE, _FLUSH, _INIT, _OPENDIR, _RELEASEDIR = (
     1,
@@ -28,6 +44,7 @@ _LOOKUP, _GETATTR, _OPEN, _READ, _RELEASE, _FLUSH, _INIT, _OPENDIR, _RELEASEDIR 
     27,
     29,
 )
+_CREATE, _INTERRUPT = 35, 36
 _IN_HEADER = struct.Struct("<IIQQIIII")  # len, opcode, unique, nodeid, uid, gid, pid, pad
 _OUT_HEADER = struct.Struct("<IiQ")  # len, error, unique
 _ROOT, _FILE = 1, 2
@@ -48,10 +65,11 @@ class StalledFuse:
         self.mountpoint = mountpoint
         self.path = mountpoint / NAME
         self.reading = threading.Event()  # a read of the file is waiting
+        self.creating = threading.Event()  # a create of a file (to write it) is waiting
         self._fd = -1
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
-        self._pending: list[int] = []  # the reads not answered
+        self._pending: list[int] = []  # the reads and creates not answered
         self._closing = False
 
     def mount(self) -> StalledFuse:
@@ -70,8 +88,8 @@ class StalledFuse:
         return self
 
     def close(self) -> None:
-        """Fail the reads waiting (EIO) and detach the mount: once nothing holds the
-        file system open, it ends, and so does its connection."""
+        """Fail the reads and creates waiting (EIO) and detach the mount: once nothing
+        holds the file system open, it ends, and so does its connection."""
         with self._lock:
             pending, self._pending, self._closing = self._pending, [], True
         for unique in pending:
@@ -113,15 +131,40 @@ class StalledFuse:
                 self._reply(unique, struct.pack("<QII", 0, 0, 0) + _attr(node))
             elif opcode in (_OPEN, _OPENDIR):
                 self._reply(unique, struct.pack("<QII", 0, 0, 0))  # fh, open flags
-            elif opcode == _READ and node == _FILE:
+            elif (opcode == _READ and node == _FILE) or opcode == _CREATE:
                 with self._lock:
                     closing = self._closing
                     if not closing:
                         self._pending.append(unique)  # not answered before close()
                 if closing:
                     self._reply(unique, error=errno.EIO)
-                self.reading.set()
+                (self.reading if opcode == _READ else self.creating).set()
+            elif opcode == _INTERRUPT:
+                # fuse_interrupt_in: the request interrupted. The interrupt itself is
+                # never answered (an answer would be an error: interrupts unsupported).
+                (interrupted,) = struct.unpack_from("<Q", arg)
+                with self._lock:
+                    waiting = interrupted in self._pending
+                    if waiting:
+                        self._pending.remove(interrupted)
+                if waiting:
+                    self._reply(interrupted, error=errno.EINTR)
             elif opcode in (_RELEASE, _RELEASEDIR, _FLUSH):
                 self._reply(unique)
             else:
                 self._reply(unique, error=errno.ENOSYS)
+
+
+@pytest.fixture(name="stalled")
+def stalled_mount(tmp_path: Path) -> Iterator[StalledFuse]:
+    """Fixture ``stalled``: a ``StalledFuse`` mounted at ``tmp_path/mnt``, closed after
+    the test: the calls still waiting fail, and the threads that made them end. Listed
+    after the ``env`` fixture, it is closed before the agents are stopped."""
+    try:
+        fs = StalledFuse(tmp_path / "mnt").mount()
+    except OSError as exc:
+        pytest.skip(f"no FUSE mount here: {exc}")
+    try:
+        yield fs
+    finally:
+        fs.close()

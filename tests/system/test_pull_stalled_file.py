@@ -7,28 +7,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from stalled_fuse import StalledFuse
+from stalled_fuse import needs_fuse, stalled_mount  # noqa: F401 -- fixture stalled
 
-pytestmark = pytest.mark.skipif(
-    not sys.platform.startswith("linux") or os.geteuid() != 0,
-    reason="mounts a FUSE file system (Linux, root)",
-)
-
-
-@pytest.fixture
-def stalled(tmp_path: Path) -> Iterator[StalledFuse]:
-    try:
-        fs = StalledFuse(tmp_path / "mnt").mount()
-    except OSError as exc:
-        pytest.skip(f"no FUSE mount here: {exc}")
-    try:
-        yield fs
-    finally:
-        fs.close()  # the reads still waiting fail: the agent's thread ends
+pytestmark = needs_fuse
 
 
 def test_a_pull_whose_read_hangs_leaves_the_agent_serving_and_ends_when_cancelled(

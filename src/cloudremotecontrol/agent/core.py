@@ -78,7 +78,6 @@ from .threads import in_daemon_thread
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from .files import Where
     from .streams import StreamServer
 
 __all__ = ["Agent", "Revoked", "TryLater", "enroll", "parse_retry_after", "retry_delay"]
@@ -750,8 +749,8 @@ class Agent:
 
     async def _on_file_job(self, ws: Any, seq: int, job: FilePut | FileGet, env: Envelope) -> None:
         if await self._processed(ws, seq, start_job=job.job_id):
-            if isinstance(job, FileGet):  # a pull can be cancelled (its read may hang)
-                self._jobs[job.job_id] = asyncio.Event()
+            # Cancellable: a read or write of a file on a hung mount may never return.
+            self._jobs[job.job_id] = asyncio.Event()
             self._spawn(self._file_job(job))
 
     async def _on_user_message(
@@ -830,9 +829,15 @@ class Agent:
         await self._job_ended(sync.job_id, "succeeded", 0, None)
 
     async def _file_job(self, job: FilePut | FileGet) -> None:
-        from .files import fetch_blob
+        try:
+            await self.send(JobStarted(job.job_id))
+            await self._transfer(job)
+        finally:
+            self._jobs.pop(job.job_id, None)  # its cancel (_on_file_job), however it ends
 
-        await self.send(JobStarted(job.job_id))
+    async def _transfer(self, job: FilePut | FileGet) -> None:
+        """Run a push's download or a pull's upload, and report how it ended."""
+        from .files import fetch_blob, upload_file
 
         def where() -> tuple[str, ssl.SSLContext | None]:
             """The server this agent is connected to now (it moves to the next of its
@@ -840,13 +845,15 @@ class Agent:
             url = self.url
             return url, client_context(url, self.cred.fingerprint, self.cred.cert_pem)[0]
 
-        summary: str | None  # None: the pull was cancelled
+        credential = self.cred.credential
+        summary: str | None  # None: the transfer was cancelled
         try:
             if isinstance(job, FilePut):
-                summary = await asyncio.to_thread(
+                summary = await self._cancellable(
+                    job.job_id,
                     fetch_blob,
                     where,
-                    self.cred.credential,
+                    credential,
                     job.sha256,
                     job.size,
                     job.path,
@@ -854,7 +861,9 @@ class Agent:
                     job.owner,
                 )
             else:
-                summary = await self._pull(job, where)
+                summary = await self._cancellable(
+                    job.job_id, upload_file, where, credential, job.job_id, job.path
+                )
         except Exception as exc:  # noqa: BLE001 -- every failure ends the job, reported
             # Anything unforeseen too: a transfer that ends without a result leaves the
             # user's crc push or pull waiting for it.
@@ -866,41 +875,40 @@ class Agent:
                 reason = f"transfer failed: {type(exc).__name__}: {exc}"
             await self._job_ended(job.job_id, "failed", 1, reason)
             return
-        finally:
-            self._jobs.pop(job.job_id, None)  # a pull's cancel (_on_file_job)
         if summary is None:
             await self._job_ended(job.job_id, "cancelled", None, "cancelled by the master")
             return
         await self._output(job.job_id, "stdout", summary + "\n")
         await self._job_ended(job.job_id, "succeeded", 0, None)
 
-    async def _pull(self, job: FileGet, where: Where) -> str | None:
-        """Upload the pulled file (its summary), or None once the master cancelled the
-        pull. A file whose reads wait for ever (a hung network mount, a kernel file
-        that answers when it has something) holds the thread that reads it, never the
-        event loop: a thread of its own, not one of the loop's executor that other work
-        needs. A cancel stops the upload at its next read or attempt; a read that never
-        returns holds its thread (the server takes no upload for a pull that ended)."""
+    async def _cancellable(
+        self, job_id: str, transfer_fn: Callable[..., str], *args: Any
+    ) -> str | None:
+        """``transfer_fn(*args, time.sleep, stopped)`` (a push's ``fetch_blob`` or a
+        pull's ``upload_file``: its summary), or None once the master cancelled job
+        ``job_id``. A file whose reads or writes wait for ever (a hung network mount, a
+        kernel file that answers when it has something) holds the thread that reaches
+        it, never the event loop: a thread of its own, a daemon, not one of the loop's
+        executor that other work needs and that the agent's exit waits for. A cancel
+        stops the transfer at its next read, write or attempt (a push's partial file
+        removed, its destination left as it was); a call that never returns holds its
+        thread (the server takes no upload for a pull that ended)."""
         import threading
         import time
 
-        from .files import upload_file
-
-        cancel = self._jobs.setdefault(job.job_id, asyncio.Event())
-        if cancel.is_set():  # cancelled as it was starting: nothing read, nothing sent
+        cancel = self._jobs.setdefault(job_id, asyncio.Event())
+        if cancel.is_set():  # cancelled as it was starting: nothing read or written
             return None
         stop = threading.Event()
-        transfer = in_daemon_thread(
-            upload_file, where, self.cred.credential, job.job_id, job.path, time.sleep, stop.is_set
-        )
+        transfer = in_daemon_thread(transfer_fn, *args, time.sleep, stop.is_set)
         cancelled = asyncio.ensure_future(cancel.wait())
         try:
             await asyncio.wait((transfer, cancelled), return_when=asyncio.FIRST_COMPLETED)
         finally:
             cancelled.cancel()
             if not transfer.done():  # cancelled, or the agent is stopping
-                stop.set()  # the upload stops at its next read or attempt
-                transfer.cancel()  # a read that never returns: its thread is let be
+                stop.set()  # the transfer stops at its next read, write or attempt
+                transfer.cancel()  # a call that never returns: its thread is let be
         if transfer.cancelled():
             return None
         return transfer.result()

@@ -28,7 +28,7 @@ from ..errors import CrcError, InvalidInput, TooLarge, Unavailable
 from ..protocol.limits import MAX_FILE_BYTES, file_too_large
 from .http import call_json, http_error
 
-__all__ = ["Where", "fetch_blob", "upload_file"]
+__all__ = ["Stopped", "Where", "fetch_blob", "upload_file"]
 
 #: Where the server is now: its URL and the TLS context for it, asked again at every
 #: attempt. An agent given several URLs (replicas) moves to the next when one stops
@@ -50,6 +50,16 @@ LOCK_WAIT = 15 * 60.0
 # push into its directory removes it (a content never pushed again kept it forever).
 STALE_PART = 24 * 3600.0
 _PART_NAME = re.compile(r"\.crc-.+\.[0-9a-f]{16}\.part\Z", re.DOTALL)
+
+
+class Stopped(Exception):
+    """The transfer was cancelled (``stopped()`` said so): a pull's upload stops at its
+    next read or attempt, a push's download at its next write or attempt, before the
+    rename that puts the file in place."""
+
+
+def _never() -> bool:
+    return False
 
 
 def _check_absolute(path: str) -> None:
@@ -211,9 +221,10 @@ def _replace_when_free(part: str, dest: str) -> None:
             raise
 
 
-def _open_part(part: str) -> int:
+def _open_part(part: str, stopped: Callable[[], bool] = _never) -> int:
     """Open (or create, mode 0600) the temporary file, never through a symbolic link,
-    locked, and still the file at that name once locked."""
+    locked, and still the file at that name once locked. ``Stopped`` while it waits for
+    another push's lock, once ``stopped()``."""
     flags = (
         os.O_RDWR
         | os.O_CREAT
@@ -252,6 +263,8 @@ def _open_part(part: str) -> int:
             os.close(fd)
             if time.monotonic() > deadline:
                 raise InvalidInput(f"{part} is still being written by another push")
+            if stopped():
+                raise Stopped
             tries -= 1  # waiting is not a failed try
             time.sleep(0.2)
             continue
@@ -343,10 +356,16 @@ def fetch_blob(
     mode: str | None,
     owner: str | None,
     sleep: Callable[[float], None] = time.sleep,
+    stopped: Callable[[], bool] = _never,
 ) -> str:
     """Download blob ``sha`` to ``dest``: into ``.crc-<name>.<sha>.part`` beside it,
     resuming with a Range request after a broken transfer, verify the SHA-256, apply
-    mode/owner, then rename over ``dest`` (atomic in one directory). Returns a summary."""
+    mode/owner, then rename over ``dest`` (atomic in one directory). Returns a summary.
+    Once ``stopped()`` (the push was cancelled), ``Stopped`` at the next write or
+    attempt, its partial file removed and ``dest`` left as it was; cancelled before it
+    began, nothing is looked at or written."""
+    if stopped():
+        raise Stopped
     _check_absolute(dest)
     given = dest
     if os.path.isdir(dest):
@@ -359,14 +378,14 @@ def fetch_blob(
     uid_gid = _owner_ids(owner) if owner is not None else None
     part = _part_path(dest, sha)
     try:
-        fd = _open_part(part)
+        fd = _open_part(part, stopped)
     except OSError as exc:
         raise InvalidInput(f"cannot write {dest} on this machine: {exc.strerror or exc}") from None
     keep = True  # a broken download stays for the next push to resume
     try:
         if os.fstat(fd).st_size == 0:  # a new partial file, not one resumed: the
             _remove_stale_parts(directory, part)  # directory is read once per new file
-        _download(where, credential, sha, size, fd, sleep)
+        _download(where, credential, sha, size, fd, sleep, stopped)
         keep = False
         digest, got = _hash_fd(fd)
         if digest.hexdigest() != sha or got != size:
@@ -381,6 +400,8 @@ def fetch_blob(
                 kept = os.stat(dest)
                 if stat.S_ISREG(kept.st_mode):
                     final = kept.st_mode & 0o7777
+        if stopped():  # the last moment a cancel can leave dest as it was
+            raise Stopped
         if sys.platform == "win32":
             # Windows renames no open file: closed (and unlocked) first.
             os.close(fd)
@@ -394,10 +415,11 @@ def fetch_blob(
             os.fchmod(fd, final if final is not None else _new_file_mode())
             os.replace(part, dest)  # still locked: a waiting push then starts afresh
     except BaseException as exc:
-        if keep and not isinstance(exc, (_CannotWrite, OSError)):
+        if keep and not isinstance(exc, (_CannotWrite, OSError, Stopped)):
             raise
         # An OSError while downloading is this machine's file system, not the transfer:
-        # the partial file is kept to resume. Otherwise it is removed.
+        # the partial file is kept to resume. Otherwise (a cancel too: the master wants
+        # none of it) it is removed.
         with contextlib.suppress(OSError):
             if keep and isinstance(exc, OSError):
                 pass
@@ -436,10 +458,13 @@ def _download(
     size: int,
     fd: int,
     sleep: Callable[[float], None],
+    stopped: Callable[[], bool],
 ) -> None:
     """Fill the locked temporary file ``fd`` with the blob, resuming where it ends (at
     the server the agent is connected to at each attempt)."""
     for attempt in range(ATTEMPTS):
+        if stopped():
+            raise Stopped
         base_url, ctx = where()
         url = f"{base_url.rstrip('/')}/v1/agent/blobs/{sha}"
         have = os.fstat(fd).st_size
@@ -455,7 +480,7 @@ def _download(
         try:
             with urllib.request.urlopen(req, timeout=60, context=ctx) as resp:  # noqa: S310
                 append = resp.status == 206
-                _receive(resp, fd, append, size - have if append else size)
+                _receive(resp, fd, append, size - have if append else size, stopped)
         except _CannotWrite:
             raise
         except urllib.error.HTTPError as exc:
@@ -489,14 +514,17 @@ class _Broken(Exception):
         self.error = error
 
 
-def _receive(resp: Any, fd: int, append: bool, limit: int) -> None:
+def _receive(resp: Any, fd: int, append: bool, limit: int, stopped: Callable[[], bool]) -> None:
     """Copy the response's body into ``fd`` (appended for a 206), synced to disk: at
     most ``limit`` bytes, what is left of the blob. An answer going on past it (a proxy
     or another program in the server's place) does not fill the machine's disk: the
-    rest is not read, and the hash tells whether what was kept is the blob."""
+    rest is not read, and the hash tells whether what was kept is the blob. ``Stopped``
+    before the next chunk once ``stopped()``."""
 
     def read() -> bytes:
         nonlocal limit
+        if stopped():
+            raise Stopped
         if limit <= 0:
             return b""
         try:
@@ -541,14 +569,6 @@ def _owner_ids(owner: str) -> tuple[int, int]:
 
 class _Changed(Exception):
     """The file being uploaded is no longer what was hashed."""
-
-
-class Stopped(Exception):
-    """The pull was cancelled: its upload stops at its next read or attempt."""
-
-
-def _never() -> bool:
-    return False
 
 
 class _Exactly:
