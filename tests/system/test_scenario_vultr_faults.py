@@ -1,15 +1,19 @@
 """`crc up` / `crc down` with the vultr provider when Vultr's API fails half-way or `crc up`
-dies, against the fake Vultr API (machines never boot: these tests are about what is made
-and what is left behind, not about enrollment)."""
+dies, against the fake Vultr API (machines never boot, but for the twin that enrolls:
+these tests are about what is made and what is left behind)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import re
+import shlex
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -18,6 +22,8 @@ from typing import Any
 
 import pytest
 from tcp_relay import TcpRelay
+from websockets.exceptions import ConnectionClosed
+from wire_helpers import WireAgent, bearer, pinned_http, recv_json, ws_open
 
 from cloudremotecontrol.errors import NotFound
 from cloudremotecontrol.providers.base import MachineSpec
@@ -392,3 +398,120 @@ def test_up_that_fails_names_a_second_machine_it_could_not_destroy(
 
     first = down_twice(env, crc, scenario, vultr_env)
     assert len(first["destroyed"]) == 4 and fake.state.instances == {}
+
+
+class KeyTakers:
+    """The boot hook of machine a's instances: each boots an agent (the raw wire
+    protocol) that enrolls with the key of its startup script and reports its
+    instance's address. The first instance made takes the key; each later one tries
+    only after that, and is refused. The first one says SystemReady only once Vultr lists
+    every instance (``listed``), so that `crc up`, which then checks, sees both."""
+
+    def __init__(self, server: Any, listed: threading.Event) -> None:
+        self.server = server
+        self.listed = listed
+        self.first: str | None = None  # the instance that took the key
+        self.refused: dict[str, int] = {}  # instance id -> HTTP status
+        self.taken = threading.Event()
+        self.stop = threading.Event()
+        self.errors: list[BaseException] = []
+
+    def __call__(self, instance: dict[str, Any], script: bytes) -> None:
+        found = re.search(r"^CRC_KEY=(.+)$", script.decode(), re.M)
+        assert found, script
+        (key,) = shlex.split(found.group(1))
+        if self.first is None:
+            self.first = instance["id"]
+        else:
+            assert self.taken.wait(60)
+        with pinned_http(self.server) as http:
+            r = http.post("/v1/agent/enroll", json={"key": key})
+        if self.first != instance["id"]:
+            self.refused[instance["id"]] = r.status_code
+            return
+        assert r.status_code == 200, r.text
+        cred = r.json()["credential"]
+        threading.Thread(target=self._run, args=(cred, instance["main_ip"]), daemon=True).start()
+
+    def _run(self, cred: str, ip: str) -> None:
+        try:
+            asyncio.run(self._agent(cred, ip))
+        except ConnectionClosed:
+            pass  # `crc down` revoked it
+        except BaseException as exc:  # noqa: BLE001 -- reported by the test
+            self.errors.append(exc)
+            self.taken.set()
+
+    async def _agent(self, cred: str, ip: str) -> None:
+        async with ws_open(self.server, bearer(cred)) as ws:
+            await ws.send(json.dumps({"type": "hello", "ack": 0, "ready": False}))
+            welcome = await recv_json(ws)
+            agent = WireAgent(ws, "flaky", "a", welcome["ack"])
+            await agent.send_msg("facts", {"hostname": "a", "ips": [ip], "public_ips": [ip]})
+            self.taken.set()
+            while not self.listed.is_set():
+                await asyncio.sleep(0.05)
+            await agent.send_msg("system.ready", {})
+            while not self.stop.is_set():
+                await asyncio.sleep(0.1)
+
+
+def test_up_keeps_the_second_machine_when_it_is_the_one_that_enrolled(
+    env: Any, crc: Any, tmp_path: Path
+) -> None:
+    """Vultr makes machine a but the answer is lost and it is listed only later: `crc up`
+    makes a again. The first one boots first and its agent takes the single-use key, so
+    the instance `crc up` waited for can never enroll. `crc up` keeps the one whose
+    address the machine reports, destroys the other, and records the one kept; `crc down`
+    then leaves nothing."""
+    path = tmp_path / "flaky.yaml"
+    path.write_text(SCENARIO.replace("machines: {a: , b: , c: }", "machines: {a: }"))
+    listed = threading.Event()
+    hook = KeyTakers(env.server, listed)
+    fake = FakeVultr(boot=hook, ready_delay=0.05).start()
+    try:
+        vultr_env = {"VULTR_API_KEY": fake.api_key, "CRC_VULTR_API_URL": fake.url}
+        fake.state.list_delay = 3600.0  # not listed: not found when the create is retried
+        fake.state.fail_next(
+            504, after_handling=True, method="POST", path="/instances", when=lambda _: True
+        )
+        up = subprocess.Popen(
+            [sys.executable, "-m", "cloudremotecontrol", "up", str(path), "--json"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **env.cli_env, **vultr_env},
+        )
+        try:
+            deadline = time.monotonic() + 120
+            while not hook.refused:  # both booted: the second one was refused the key
+                assert up.poll() is None and time.monotonic() < deadline, up.communicate()
+                assert not hook.errors, hook.errors
+                time.sleep(0.1)
+            fake.state.list_delay = 0.0
+            listed.set()
+            out, err = up.communicate(timeout=120)
+        finally:
+            if up.poll() is None:
+                up.kill()
+                up.communicate()
+        assert up.returncode == 0, out + err
+        twin = hook.first
+        (held,) = hook.refused
+        assert twin is not None and twin != held and not hook.errors
+        assert [r.path for r in fake.requests if r.method == "DELETE"] == [f"/instances/{held}"]
+        assert list(fake.state.instances) == [twin]
+        summary = next(o for o in lines(out) if "machines" in o and "steps" in o)
+        assert [m["instance"] for m in summary["machines"]] == [twin], out
+        assert "second_instances" not in summary, out
+        state = json.loads(
+            (Path(env.cli_env["CRC_CONFIG_DIR"]) / "scenarios/flaky.json").read_text()
+        )
+        assert state["instances"] == {"a": twin}, state
+
+        first = down_twice(env, crc, path, vultr_env)
+        assert first["destroyed"] == [twin] and fake.state.instances == {}
+    finally:
+        hook.stop.set()
+        fake.stop()
+    assert fake.violations == []

@@ -1,4 +1,5 @@
-"""Which providers `crc up` asks for second instances of a slot (twins)."""
+"""Second instances of a slot (twins): which providers `crc up` asks for them, and which
+instance it keeps as the machine (scenario/twins.py)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from cloudremotecontrol.master.profile import Profile
 from cloudremotecontrol.master.scenario.model import parse_scenario
 from cloudremotecontrol.master.scenario.runner import Runner
 from cloudremotecontrol.master.scenario.state import LocalState
+from cloudremotecontrol.master.scenario.twins import Verdict, machine_addresses, resolve_twins
 from cloudremotecontrol.master.scenario.view import View
 from cloudremotecontrol.providers import Instance, MachineSpec, Provider
 from cloudremotecontrol.providers.base import machine_tag
@@ -62,16 +64,23 @@ def test_a_provider_that_cannot_make_twins_is_not_listed_for_them(tmp_path: Path
         state=LocalState(tmp_path / "s.json"),
     )
     try:
-        runner._destroy_twins({"a": "pending"})
+        runner._destroy_twins()
     finally:
         runner.close()
     assert provider.listed == 0
     assert not LocalProvider.capabilities.twins
 
 
-def _instance(iid: str) -> Instance:
+def _instance(iid: str, ip: str | None = None, private: str | None = None) -> Instance:
     return Instance(
-        id=iid, name="a", label="s.a", status="active", ready=True, tags=(machine_tag("a"),)
+        id=iid,
+        name="a",
+        label="s.a",
+        status="active",
+        ready=True,
+        main_ip=ip,
+        private_ip=private,
+        tags=(machine_tag("a"),),
     )
 
 
@@ -98,7 +107,7 @@ def _check(
         runner.instances["a"] = _instance("i-1")
         runner.client.close()
         runner.client = server
-        runner._destroy_twins({"a": "pending"})  # what the events said
+        runner._destroy_twins()
     finally:
         runner.close()
     return runner
@@ -179,3 +188,110 @@ def test_a_ctrl_c_during_a_second_instances_destroy_still_names_it(tmp_path: Pat
         _check(tmp_path, provider, Server("pending"), made=made)
     assert provider.destroyed == ["i-0"]
     assert made[0].twins_left == {"i-0": "a"}
+
+
+# -- which instance is the machine (twins.py) --------------------------------------------
+
+
+def _enrolled(public_ip: str | None = None, **facts: list[str]) -> dict[str, Any]:
+    """Machine ``a`` as the server shows it once enrolled (``GET /v1/groups/{group}``)."""
+    return {
+        "name": "a",
+        "state": "ready",
+        "ips": facts.get("ips", []),
+        "public_ip": public_ip,
+        "facts": facts,
+    }
+
+
+HELD, FIRST = _instance("i-1", "192.0.2.11"), _instance("i-0", "192.0.2.10")
+
+
+def test_while_the_machine_is_pending_the_instance_waited_for_is_kept() -> None:
+    """Nobody used the key yet: either instance can enroll, the other goes."""
+    verdict = resolve_twins(HELD, [FIRST], {"name": "a", "state": "pending", "facts": {}})
+    assert verdict == Verdict(HELD, destroy=(FIRST,))
+
+
+@pytest.mark.parametrize(
+    "machine",
+    [
+        _enrolled("192.0.2.10"),  # the address its agent connected from
+        _enrolled("10.9.9.9", ips=["192.0.2.10"], public_ips=["192.0.2.10"]),  # behind NAT
+        _enrolled(None, ips=["2001:db8::5", "192.0.2.10"]),
+    ],
+)
+def test_the_instance_whose_address_the_enrolled_machine_has_is_the_machine(
+    machine: dict[str, Any],
+) -> None:
+    """The first instance made (a lost answer) took the key: it is kept, and the
+    instance `crc up` waited for, which can never enroll, goes."""
+    verdict = resolve_twins(HELD, [FIRST], machine)
+    assert verdict == Verdict(FIRST, destroy=(HELD,), address="192.0.2.10")
+    # The same when the machine is the one `crc up` waited for.
+    assert resolve_twins(FIRST, [HELD], machine) == verdict
+
+
+def test_ipv6_addresses_match_however_each_side_writes_them() -> None:
+    held = dataclasses.replace(HELD, main_ip=None, v6_main_ip="2001:0db8:0000:0000::0011")
+    first = dataclasses.replace(FIRST, main_ip=None, v6_main_ip="2001:0db8:0000:0000::0010")
+    verdict = resolve_twins(held, [first], _enrolled(None, ips=["2001:db8::10"]))
+    assert verdict.keep is first and verdict.destroy == (held,)
+
+
+def test_a_public_address_decides_over_a_private_one_both_instances_could_have() -> None:
+    """Private addresses repeat (another VPC, a container bridge): one that both the
+    machine and the other instance have does not outweigh the public address."""
+    held = _instance("i-1", "192.0.2.11", private="172.17.0.1")
+    first = _instance("i-0", "192.0.2.10", private="10.1.96.3")
+    machine = _enrolled(None, ips=["192.0.2.10", "172.17.0.1"], private_ips=["172.17.0.1"])
+    assert resolve_twins(held, [first], machine).keep is first
+    # Without public addresses, the private one decides.
+    held = dataclasses.replace(held, main_ip=None, private_ip="10.1.96.4")
+    first = dataclasses.replace(first, main_ip=None)
+    verdict = resolve_twins(held, [first], _enrolled(None, private_ips=["10.1.96.3"]))
+    assert verdict == Verdict(first, destroy=(held,), address="10.1.96.3")
+
+
+@pytest.mark.parametrize(
+    "machine",
+    [
+        _enrolled(None),  # enrolled, no facts yet
+        _enrolled("198.51.100.1", ips=["10.0.0.5"]),  # a proxy's address; a private one
+        _enrolled("192.0.2.10", ips=["192.0.2.11"]),  # both instances claim it
+        {"name": "a", "state": "ready", "public_ip": "not an address", "facts": None},
+        None,  # the server no longer lists the machine
+    ],
+)
+def test_when_nothing_shows_which_instance_enrolled_none_is_destroyed(
+    machine: dict[str, Any] | None,
+) -> None:
+    verdict = resolve_twins(HELD, [FIRST], machine)
+    assert verdict == Verdict(HELD, unknown=(FIRST,))
+
+
+def test_machine_addresses_take_only_addresses_from_what_the_machine_says() -> None:
+    machine = _enrolled("192.0.2.1", ips=["2001:DB8::1", "host.example", "1.2.3"])
+    machine["facts"]["public_ips"] = "192.0.2.9"  # not a list: ignored
+    assert machine_addresses(machine) == {"192.0.2.1", "2001:db8::1"}
+
+
+class WithLiveTwin(WithTwin):
+    """The first instance of ``a`` (i-0, a lost answer) is the one that enrolled."""
+
+    def list(self, scenario: str) -> builtins.list[Instance]:
+        self.listed += 1
+        return [i for i in (HELD, FIRST) if i.id not in self.destroyed]
+
+
+class Enrolled(Server):
+    def group(self, name: str) -> dict[str, Any]:
+        return {"machines": [_enrolled("192.0.2.10", ips=["192.0.2.10"])]}
+
+
+def test_crc_up_goes_on_with_the_twin_that_enrolled_and_records_it(tmp_path: Path) -> None:
+    provider = WithLiveTwin()
+    runner = _check(tmp_path, provider, Enrolled("ready"))
+    assert provider.destroyed == ["i-1"]
+    assert runner.instances["a"].id == "i-0" and runner.twins_left == {}
+    assert LocalState(tmp_path / "s.json").instances == {"a": "i-0"}

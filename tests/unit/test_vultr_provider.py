@@ -22,7 +22,7 @@ from cloudremotecontrol.providers.base import (
     scenario_tag,
 )
 from cloudremotecontrol.providers.destroy import destroy_scenario
-from cloudremotecontrol.providers.vultr import RetryPolicy, VultrProvider
+from cloudremotecontrol.providers.vultr import RetryPolicy, VultrProvider, _to_instance
 from fakes.vultr_api import (
     FakeVultr,
     RecordedRequest,
@@ -677,6 +677,22 @@ def test_vultr_own_example_has_fields_its_schema_lacks() -> None:
     example = op.spec["responses"]["200"]["content"]["application/json"]["examples"]
     problems = state.spec.check_response(op, 200, example["instance"]["value"])
     assert any("'v6_network'" in p for p in problems)
+
+
+def test_an_instance_has_its_ipv6_address_from_either_field_vultr_answers_with() -> None:
+    """``crc up`` tells twins apart by their addresses: the IPv6 one is read from
+    ``v6_main_ip`` (the examples) or ``v6_networks`` (the schema); none is ``None``."""
+    base = {"id": "i", "tags": [], "main_ip": "192.0.2.1", "internal_ip": ""}
+    cases: list[tuple[dict[str, Any], str | None]] = [
+        ({"v6_main_ip": "2001:0db8::1"}, "2001:0db8::1"),
+        ({"v6_networks": [{"network": "2001:db8::", "main_ip": "2001:db8::2"}]}, "2001:db8::2"),
+        ({"v6_main_ip": "", "v6_networks": []}, None),
+        ({"v6_networks": ["junk", {"main_ip": 7}]}, None),
+        ({}, None),
+    ]
+    for extra, want in cases:
+        inst = _to_instance({**base, **extra})
+        assert (inst.main_ip, inst.private_ip, inst.v6_main_ip) == ("192.0.2.1", None, want)
 
 
 def test_openapi_nullable_becomes_json_schema_null() -> None:

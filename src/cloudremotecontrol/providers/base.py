@@ -107,7 +107,9 @@ class Instance:
     ``leftover``: remains of a machine whose provider record is lost (a crash), good only
     for ``destroy`` (it is ``stopped`` too). ``default_password`` is only known in the answer to
     ``create`` (Vultr never shows it again): keep it if you need it, it is left out of
-    ``repr`` so it does not end up in logs.
+    ``repr`` so it does not end up in logs. ``main_ip`` (IPv4), ``v6_main_ip`` and
+    ``private_ip`` are the addresses the provider gave it, ``None`` when it has none (yet):
+    ``crc up`` tells twins apart by them (``scenario/twins.py``).
     """
 
     id: str
@@ -117,6 +119,7 @@ class Instance:
     ready: bool
     main_ip: str | None = None
     private_ip: str | None = None
+    v6_main_ip: str | None = None
     default_password: str | None = field(default=None, repr=False)
     tags: tuple[str, ...] = ()
     stopped: bool = False

@@ -680,6 +680,7 @@ def _to_instance(raw: dict[str, Any]) -> Instance:
         ready=ready,
         main_ip=_ip(raw.get("main_ip")),
         private_ip=_ip(raw.get("internal_ip")),
+        v6_main_ip=_ip6(raw),
         default_password=str(password) if password else None,
         tags=tags,
     )
@@ -688,6 +689,16 @@ def _to_instance(raw: dict[str, Any]) -> Instance:
 def _ip(value: object) -> str | None:
     # A pending instance reports main_ip "0.0.0.0"; no VPC means internal_ip "".
     return str(value) if value and value != "0.0.0.0" else None
+
+
+def _ip6(raw: dict[str, Any]) -> str | None:
+    # Answers carry ``v6_main_ip`` (the examples of list-instances and get-instance; ""
+    # without IPv6), the schema ``v6_networks[].main_ip``: either will do.
+    nets = raw.get("v6_networks")
+    found = [raw.get("v6_main_ip")]
+    if isinstance(nets, list):
+        found += [n.get("main_ip") for n in nets if isinstance(n, dict)]
+    return next((str(v) for v in found if isinstance(v, str) and v and v != "::"), None)
 
 
 def _b64(text: str) -> str:

@@ -52,6 +52,7 @@ from .model import Scenario
 from .report import RunReporter
 from .state import STEPS_KEY, LocalState, step_digest
 from .steps import StepExecutor
+from .twins import Verdict, resolve_twins
 from .view import View
 
 __all__ = ["DownFirst", "Runner", "down"]
@@ -317,12 +318,16 @@ class Runner:
             found.setdefault(name, []).append(inst)
         states = {m["name"]: m["state"] for m in group["machines"]}
         keys = self.state.keys
+        known = self.state.instances
         for m in s.machines:
             insts = [i for i in found.get(m.name, []) if not i.leftover]
             for stale in [i for i in found.get(m.name, []) if i.leftover]:
                 p.destroy(stale.id)
             if insts:
-                inst = next((i for i in insts if i.ready), insts[0])
+                # The one an earlier `crc up` found to be the machine, if it had twins.
+                inst = next((i for i in insts if i.id == known.get(m.name)), None) or next(
+                    (i for i in insts if i.ready), insts[0]
+                )
                 if not inst.ready and inst.stopped and p.capabilities.supports(Feature.START):
                     inst = p.start(inst.id)
                 self.instances[m.name] = inst
@@ -379,6 +384,7 @@ class Runner:
         for name, inst in list(self.instances.items()):
             if not inst.ready:
                 self.instances[name] = p.wait_running(inst.id, s.ready_timeout)
+        self._remember_instances()
 
     def _wait_ready(self) -> None:
         c, s = self.client, self.scenario
@@ -411,14 +417,14 @@ class Runner:
                 if time.monotonic() - checked > every:
                     checked = time.monotonic()
                     self._check_alive(states)
-                    self._destroy_twins(states)
+                    self._destroy_twins()
                 if time.monotonic() > deadline:
                     late = sorted(n for n in wanted if states.get(n) != "ready")
                     raise Unavailable(
                         f"timed out after {s.ready_timeout:g}s: not ready: {', '.join(late)}",
                         code="timeout",
                     )
-        self._destroy_twins(states)
+        self._destroy_twins()
         self.state.save(keys={})  # every key is used now: nothing secret is left here
         # The stream may still hold older events than the snapshot the wait started
         # from: show what is true now before saying so.
@@ -427,15 +433,18 @@ class Runner:
                 self.view.machine(m["name"], m["state"])
         self.view.info(f"all {len(wanted)} machines ready")
 
-    def _destroy_twins(self, states: dict[str, str]) -> None:
-        """Destroy the second instances of machines nobody enrolled yet.
+    def _destroy_twins(self) -> None:
+        """Settle the slots the provider lists more than one instance for: keep the one
+        that is the machine, destroy the others once that is known (``twins.py`` says
+        how: the server, asked now, says whether and from where the machine enrolled).
 
         A create whose answer was lost and whose instance the provider did not list yet
         is sent again (Vultr: ``VultrProvider.create``), and the first instance shows up
-        later, tagged for the same machine. It boots with the same single-use key as the
-        instance `crc up` waits for, so it only costs money: while the machine is
-        ``pending`` it is destroyed. Once a machine enrolled, which instance did is not
-        known here: the others are named, and `crc down` destroys them.
+        later, tagged for the same machine, with the same single-use key. While the
+        machine is ``pending`` the one `crc up` does not wait for is destroyed; once it
+        enrolled, the one whose addresses are the machine's is kept (it may be the first
+        one: `crc up` then goes on with it, and records it) and the other destroyed.
+        Until that is known, the others are named, and `crc down` destroys them.
 
         Nothing to do (and no listing) at a provider that never makes twins."""
         if not self.provider.capabilities.twins:
@@ -444,47 +453,75 @@ class Runner:
             listed = self.provider.list(self.group)
         except ProviderError:
             return  # a hiccup at the provider: asked again at the next check
-        fresh: dict[str, str] | None = None
+        others: dict[str, list[Instance]] = {}
         for inst in listed:
             name = tag_value(inst.tags, MACHINE_TAG_PREFIX) or inst.name
             mine = self.instances.get(name)
-            if mine is None or inst.id == mine.id or inst.id in self._twins:
+            if mine is None or inst.id == mine.id or inst.id in self._twins or inst.leftover:
                 continue
-            if states.get(name) == "pending" and fresh is None:
-                # The events seen may be seconds old, and the second instance (the
-                # first made) may be the one enrolling: the server is asked now.
-                try:
-                    group = self.client.group(self.group)
-                except CrcError:
-                    return  # asked again at the next check
-                fresh = {m["name"]: m["state"] for m in group["machines"]}
-            if states.get(name) == "pending" and fresh is not None and fresh.get(name) == "pending":
-                # Named as left until its destroy is known done: a Ctrl-C while it is
-                # under way still counts it among the machines at the provider.
-                self.twins_left[inst.id] = name
-                try:
-                    self.provider.destroy(inst.id)
-                except ProviderError as exc:
-                    self.view.info(
-                        f"warning: machine {name} has a second instance {inst.id} that "
-                        f"{self.provider.name} did not destroy ({exc.message}); tried again "
-                        "later, `crc down` destroys it"
-                    )
-                    continue
-                self.twins_left.pop(inst.id, None)
+            others.setdefault(name, []).append(inst)
+        if not others:
+            return
+        # The events seen may be seconds old, and the second instance (the first made)
+        # may be the one enrolling: the server is asked now.
+        try:
+            group = self.client.group(self.group)
+        except CrcError:
+            return  # asked again at the next check
+        machines = {m["name"]: m for m in group["machines"]}
+        for name, twins in others.items():
+            self._settle(name, resolve_twins(self.instances[name], twins, machines.get(name)))
+
+    def _settle(self, name: str, verdict: Verdict) -> None:
+        """Carry out ``verdict`` for machine ``name`` (see ``_destroy_twins``)."""
+        was = self.instances[name]
+        if verdict.keep.id != was.id:
+            self.instances[name] = verdict.keep
+            self.twins_left.pop(verdict.keep.id, None)
+            self._remember_instances()
+            self.view.info(
+                f"machine {name} enrolled from instance {verdict.keep.id} (its address "
+                f"{verdict.address}), made by a create whose answer was lost: kept instead "
+                f"of {was.id}, which cannot enroll (the key is used)",
+                machine=name,
+                instance=verdict.keep.id,
+            )
+            self.view.machine(
+                name, progress=f"instance {verdict.keep.id}", instance=verdict.keep.id
+            )
+        for inst in verdict.destroy:
+            # Named as left until its destroy is known done: a Ctrl-C while it is
+            # under way still counts it among the machines at the provider.
+            self.twins_left[inst.id] = name
+            try:
+                self.provider.destroy(inst.id)
+            except ProviderError as exc:
                 self.view.info(
-                    f"machine {name}: destroyed its second instance {inst.id} (made by a "
-                    "create whose answer was lost)",
-                    machine=name,
-                    instance=inst.id,
+                    f"warning: machine {name} has a second instance {inst.id} that "
+                    f"{self.provider.name} did not destroy ({exc.message}); tried again "
+                    "later, `crc down` destroys it"
                 )
-            else:
+                continue
+            self.twins_left.pop(inst.id, None)
+            self.view.info(
+                f"machine {name}: destroyed its second instance {inst.id} (made by a "
+                "create whose answer was lost)",
+                machine=name,
+                instance=inst.id,
+            )
+            self._twins.add(inst.id)
+        for inst in verdict.unknown:
+            if inst.id not in self.twins_left:  # said once; asked again at each check
                 self.twins_left[inst.id] = name
                 self.view.info(
                     f"warning: machine {name} has a second instance {inst.id} beside "
-                    f"{mine.id}: `crc down` destroys both"
+                    f"{verdict.keep.id}: `crc down` destroys both"
                 )
-            self._twins.add(inst.id)
+
+    def _remember_instances(self) -> None:
+        """Keep which instance is each machine in the local state: a `crc up` that
+        resumes goes on with it when the provider lists more than one."""
+        self.state.save(instances={n: i.id for n, i in self.instances.items()})
 
     def _check_alive(self, states: dict[str, str]) -> None:
         """Fail fast when a machine that is not ready yet died at the provider."""

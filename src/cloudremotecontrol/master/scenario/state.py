@@ -9,7 +9,9 @@ At the provider: the instances themselves, found by tag.
 Locally (``$CRC_CONFIG_DIR/scenarios/<group>.json``, mode 0600): the enrollment keys of
 machines not created yet. They are shown once by the server, and a ``crc up`` that is
 interrupted between creating the group and creating a machine needs them to resume.
-Once every machine is ready they are dropped from the file.
+Once every machine is ready they are dropped from the file. Beside them, which instance
+is each machine (``instances``): where the provider lists two for a slot (twins.py), the
+one found to be the machine, which a resumed ``crc up`` goes on with.
 """
 
 from __future__ import annotations
@@ -73,9 +75,19 @@ class LocalState:
 
     @property
     def keys(self) -> dict[str, str]:
-        keys = self.data.get("keys")
+        return self._names("keys")
+
+    @property
+    def instances(self) -> dict[str, str]:
+        """Machine name -> the id of the instance that is the machine."""
+        return self._names("instances")
+
+    def _names(self, key: str) -> dict[str, str]:
+        value = self.data.get(key)
         return (
-            {k: v for k, v in keys.items() if isinstance(v, str)} if isinstance(keys, dict) else {}
+            {k: v for k, v in value.items() if isinstance(v, str)}
+            if isinstance(value, dict)
+            else {}
         )
 
     def save(self, **changes: Any) -> None:
