@@ -571,6 +571,30 @@ def test_an_agent_sending_bad_frames_and_never_reading_costs_the_server_a_bounde
     assert_no_traceback_in_server_log(env.server)
 
 
+def test_an_agent_sending_frames_only_the_server_sends_is_told_and_kept(env, http):
+    """welcome, error and revoked are frames only an agent receives: one sent by a
+    machine is answered with an error frame, and its connection goes on (it was a
+    traceback and a connection cut without a close code)."""
+    keys = {m["name"]: m["key"] for m in env.client.create_group("lab", ["a"])["machines"]}
+    cred = enroll(http, keys["a"])
+
+    async def scenario() -> None:
+        async with wire_agent(env.server, cred, "lab", "a") as a:
+            for frame in (
+                {"type": "welcome", "group": "lab", "machine": "a", "ack": 0},
+                {"type": "error", "error": {"code": "internal", "message": "x"}},
+                {"type": "revoked", "reason": "forged"},
+            ):
+                await a.ws.send(json.dumps(frame))
+                error = (await recv_json(a.ws))["error"]
+                assert error["code"] == "unknown_type", (frame, error)
+                assert f"unexpected {frame['type']} frame" in error["message"], error
+            assert [f["type"] for f in await a.send_msg("user.hi", {})] == ["ack"]
+
+    asyncio.run(scenario())
+    assert_no_traceback_in_server_log(env.server)
+
+
 def test_a_machine_reporting_on_a_job_not_sent_to_it_is_refused_and_changes_nothing(env, http):
     keys = {m["name"]: m["key"] for m in env.client.create_group("lab", ["a", "b"])["machines"]}
     creds = {name: enroll(http, key) for name, key in keys.items()}

@@ -1,9 +1,11 @@
 """The bytes-per-second bucket of each machine (server/pacing.py), on a clock the test
-turns."""
+turns, and what a frame costs."""
 
 from __future__ import annotations
 
-from cloudremotecontrol.server.pacing import MIN_COST, Paces
+import json
+
+from cloudremotecontrol.server.pacing import MIN_COST, Paces, stored_size
 
 
 class _Clock:
@@ -14,35 +16,45 @@ class _Clock:
         return self.now
 
 
-def test_a_burst_is_free_then_each_frame_waits_for_what_the_rate_refills() -> None:
+def test_a_burst_is_free_then_the_next_frame_waits_for_what_the_rate_refills() -> None:
     clock = _Clock()
     paces = Paces(rate=4096, burst=8192, clock=clock)
-    assert [paces.charge("a", 4096) for _ in range(2)] == [0.0, 0.0]
-    assert paces.charge("a", 4096) == 1.0  # in debt by 4096 bytes: a second at 4096/s
-    clock.now += 1.0
-    assert paces.charge("a", 2048) == 0.5  # paid off, then 2048 more
+    assert paces.due("a") == 0.0  # a machine never seen
+    paces.charge("a", 4096)
+    paces.charge("a", 4096)
+    assert paces.due("a") == 0.0  # the burst, spent to the last byte
+    paces.charge("a", 4096)  # the frame that goes into debt
+    assert paces.due("a") == 1.0  # 4096 bytes at 4096/s
+    clock.now += 0.5
+    assert paces.due("a") == 0.5
+    clock.now += 0.5
+    assert paces.due("a") == 0.0
     clock.now += 10.0  # refilled, never past the burst
-    assert [paces.charge("a", 4096) for _ in range(3)] == [0.0, 0.0, 1.0]
+    for _ in range(3):
+        paces.charge("a", 4096)
+    assert paces.due("a") == 1.0
 
 
 def test_small_frames_cost_at_least_the_minimum() -> None:
     paces = Paces(rate=MIN_COST, burst=MIN_COST, clock=_Clock())
-    assert paces.charge("a", 1) == 0.0
-    assert paces.charge("a", 1) == 1.0
+    paces.charge("a", 1)
+    assert paces.due("a") == 0.0
+    paces.charge("a", 1)
+    assert paces.due("a") == 1.0
 
 
 def test_machines_have_buckets_of_their_own() -> None:
     paces = Paces(rate=1024, burst=2048, clock=_Clock())
-    assert paces.charge("a", 4096) == 2.0
-    assert paces.charge("b", 2048) == 0.0
+    paces.charge("a", 4096)
+    assert (paces.due("a"), paces.due("b")) == (2.0, 0.0)
 
 
 def test_full_buckets_are_forgotten() -> None:
     clock = _Clock()
     paces = Paces(rate=1024, burst=2048, clock=clock)
-    for n in range(3000):
+    for n in range(1000):
         paces.charge(f"m{n}", 1024)
-    assert len(paces) <= 3000
+    assert len(paces) == 1000  # none full again yet
     clock.now += 1.0  # every bucket refilled
     paces.forget_full()
     assert len(paces) == 0
@@ -52,10 +64,17 @@ def test_full_buckets_are_forgotten() -> None:
     assert len(paces) == 1
 
 
-def test_the_buckets_held_stay_bounded_by_the_machines_in_debt() -> None:
+def test_the_buckets_held_stay_bounded_by_the_machines_not_yet_refilled() -> None:
     clock = _Clock()
     paces = Paces(rate=1024, burst=1024, clock=clock)
     for n in range(10_000):
         paces.charge(f"m{n}", 1024)
-        clock.now += 0.01  # each bucket is full again a second later
+        clock.now += 0.01  # each bucket is full again a second (100 charges) later
     assert len(paces) < 4096
+
+
+def test_a_frame_costs_the_bytes_it_takes_once_stored() -> None:
+    for text in ("abc", "é", "日本", "😀", 'a"é😀\\'):
+        assert stored_size(text) == len(json.dumps(text)) - len(json.dumps("")) - (
+            text.count('"') + text.count("\\")
+        )

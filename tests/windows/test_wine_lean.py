@@ -24,6 +24,8 @@ from typing import Any
 
 from wine_machine import STATE_DIR, WineMachine
 
+from lean import MASTER_AND_SERVER
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "system"))
 from tcp_relay import ConnectProxy  # tests/system's loopback relay
 
@@ -49,10 +51,7 @@ atexit.register(_crc_dump_modules)
 # What the lean start leaves out: the command line's packages, and what
 # agent/deferred.py defers (with what they import).
 NEVER = (
-    "click",
-    "cloudremotecontrol.cli",
-    "cloudremotecontrol.master",
-    "cloudremotecontrol.server",
+    *MASTER_AND_SERVER,
     "cloudremotecontrol.agent.main",
     "urllib.request",
     "importlib.metadata",

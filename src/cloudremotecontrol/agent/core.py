@@ -600,10 +600,11 @@ class Agent:
     async def _on_frame(self, ws: Any, text: str | bytes) -> None:
         try:
             frame = read_frame(text)
+            handler = self._frames[frame]
         except CrcError as exc:
             log.warning("ignoring a malformed frame: %s", exc.message)
             return
-        await self._frames[frame](ws, frame)
+        await handler(ws, frame)
 
     async def _on_welcome(self, ws: Any, frame: Welcome) -> None:
         log.warning("ignoring a second welcome frame")
@@ -907,7 +908,11 @@ class Agent:
         finally:
             cancelled.cancel()
             if not transfer.done():  # cancelled, or the agent is stopping
-                stop.set()  # the transfer stops at its next read, write or attempt
+                if cancel.is_set():
+                    # The master's cancel: the transfer stops at its next read, write
+                    # or attempt. The agent stopping is no cancel: a push keeps its
+                    # partial file, to resume (the daemon thread ends with the process).
+                    stop.set()
                 transfer.cancel()  # a call that never returns: its thread is let be
         if transfer.cancelled():
             return None

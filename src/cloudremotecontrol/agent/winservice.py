@@ -36,6 +36,7 @@ import threading
 import traceback
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from .options import read_once
@@ -111,7 +112,7 @@ def _event_log(kind: str, text: str) -> None:
         pass
 
 
-def _service_class(options: argparse.Namespace) -> type:
+def _service_class(options: SimpleNamespace) -> type:
     import win32service
     import win32serviceutil
 
@@ -198,7 +199,10 @@ def main(argv: list[str] | None = None) -> int:
     from .deferred import defer
 
     defer()  # before websockets is imported, as the lean entry point: see agent/deferred.py
-    options = read_once(lambda: _parse(sys.argv[1:] if argv is None else argv))
+    # A plain namespace: argparse's own would keep its module alive for the service's life.
+    options = read_once(
+        lambda: SimpleNamespace(**vars(_parse(sys.argv[1:] if argv is None else argv)))
+    )
     _setup_logging(options.log_file or default_log_file(options.state_dir), options.log_level)
     try:
         import pywintypes

@@ -214,9 +214,18 @@ class Dispatcher(Generic[H]):
                 f"{side.value} {layer.__name__} handlers: missing {missing}, unexpected {extra}"
             )
         self._handlers = dict(handlers)
+        self._what = layer.__name__.lower()  # "frame", "message"
 
     def __getitem__(self, obj: Wire) -> H:
-        return self._handlers[type(obj)]
+        """The handler of ``obj``; InvalidInput for a type only the other end receives
+        (a peer sending what it should only receive: hostile input, not a crash)."""
+        handler = self._handlers.get(type(obj))
+        if handler is None:
+            raise InvalidInput(
+                f"unexpected {obj.TYPE} {self._what}: only the other end receives it",
+                code="unknown_type",
+            )
+        return handler
 
     def handler_for(self, cls: type[Wire]) -> H:
         return self._handlers[cls]

@@ -119,11 +119,11 @@ class Instance:
     ready: bool
     main_ip: str | None = None
     private_ip: str | None = None
-    v6_main_ip: str | None = None
     default_password: str | None = field(default=None, repr=False)
     tags: tuple[str, ...] = ()
     stopped: bool = False
     leftover: bool = False
+    v6_main_ip: str | None = None  # last: a provider that passes fields by position
 
     @property
     def scenario(self) -> str | None:

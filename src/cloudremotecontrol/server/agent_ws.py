@@ -40,12 +40,13 @@ from . import auth
 from .admission import LoginGate
 from .hub import AgentLink
 from .ops import delivery
-from .pacing import Paces
+from .pacing import Paces, stored_size
 from .store.base import Store
 
 __all__ = ["agent_endpoint"]
 
 HELLO_TIMEOUT = 15.0
+PACE_CHECK_SECONDS = 1.0  # a paced connection replaced meanwhile ends this soon
 
 log = logging.getLogger(__name__)
 
@@ -257,6 +258,12 @@ async def _read_loop(ws: WebSocket, store: Store, m: dict[str, Any], link: Agent
         Side.SERVER, Frame, {Hello: conn.on_hello, Msg: conn.on_msg, Ack: conn.on_ack}
     )
     while not link.closed:
+        # A machine past its bytes per second: its next frame is read once it is out of
+        # debt (nothing it sent is lost), on this connection or a new one.
+        while (delay := paces.due(m["id"])) > 0 and not link.closed:
+            await asyncio.sleep(min(delay, PACE_CHECK_SECONDS))
+        if link.closed:
+            return
         try:
             text = await ws.receive_text()
         except (KeyError, RuntimeError):  # binary frame or closed socket
@@ -264,18 +271,17 @@ async def _read_loop(ws: WebSocket, store: Store, m: dict[str, Any], link: Agent
             return
         try:
             frame = read_frame(text)
+            handler = handlers[frame]
         except CrcError as exc:
-            # Malformed frame: tell the agent, keep the connection (nothing was stored).
+            # Malformed frame, or one only agents receive: tell the agent, keep the
+            # connection (nothing was stored).
             await conn.error(exc)
             conn.counted = True
         else:
-            if not await handlers[frame](frame):
+            if not await handler(frame):
                 return
         if conn.counted:
-            # Past its bytes per second, the machine's next frame waits (it is not lost).
-            delay = paces.charge(m["id"], len(text))
-            if delay > 0:
-                await asyncio.sleep(delay)
+            paces.charge(m["id"], stored_size(text))
 
 
 async def _refuse(ws: WebSocket, code: int, exc: CrcError) -> None:

@@ -77,8 +77,8 @@ class ServerSettings:
     # Bytes one machine may send per second, after a burst, of what the server stores
     # (progress, facts, messages; not what a job sent it reports): past it the server
     # reads the machine's next frame later (server/pacing.py).
-    machine_bytes_per_second: int = 64 << 10
-    machine_burst_bytes: int = 8 << 20
+    machine_bytes_per_second: int = 1 << 20
+    machine_burst_bytes: int = 64 << 20
     # Retention, in days (0 keeps for ever): events of live groups, files no job uses
     # any more; the events and jobs of deleted groups go with the retention of events.
     retain_events_days: float = 30.0

@@ -1,20 +1,26 @@
 """What one machine may make the server store, per second: a token bucket of bytes per
-machine, which the agent endpoint pays before it reads the machine's next frame.
+machine, which the agent endpoint consults before it reads the machine's next frame.
 
 Everything a machine sends is stored (an event, a message for its peers, facts) and
 kept for the retention of events: without a bound, one compromised machine looping
 large progress or ``user.*`` messages would fill the server's disk at whatever rate the
 server can write. The bucket holds ``burst`` bytes and refills at ``rate`` bytes per
-second; a frame costs its size, at least ``MIN_COST``. A machine past its bucket is not
-refused (nothing it sent is lost): the server reads its next frame only once the bucket
-has refilled, so the machine waits for its acks (an agent sends at most 4 messages ahead
-of them) and its outbox holds the rest. What a job sends (its start, output and
-result, for a job the server sent it) is not counted: a job's output is bounded by what
-the server keeps of it, and is what a master asked for.
+second; a frame costs the bytes it takes once stored (``stored_size``), at least
+``MIN_COST``. A machine in debt is not refused (nothing it sent is lost): the server
+reads its next frame, on this connection or a new one, only once the debt is paid, so
+what it sends waits in its socket and its outbox; a debt is one frame at most. What a
+job sends (its start, output and result, for a job the server sent it) and acks are not
+counted: a job's output is bounded by what the server keeps of it, and is what a master
+asked for.
+
+A paced machine's pings wait behind its data too: an agent that sends more than its
+burst at once has its pings answered late, by the bytes ahead of them (its socket's
+buffers, a few MiB) over the rate; below ``PACE_WARN_BELOW`` that can pass the agent's
+ping timeout, and the agent reconnects (and resends what was not acknowledged).
 
 Per server process: each replica counts what it reads. The buckets live for as long as
 the process (one per machine that sent something counted, a few dozen bytes each); a
-full bucket is the same as none, so one is dropped once it is full again.
+full bucket is the same as none, so full ones are dropped as new ones are made.
 """
 
 from __future__ import annotations
@@ -22,9 +28,20 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-__all__ = ["MIN_COST", "Paces"]
+__all__ = ["MIN_COST", "PACE_WARN_BELOW", "Paces", "stored_size"]
 
 MIN_COST = 1024  # bytes a frame costs at least: many small frames cost writes too
+PACE_WARN_BELOW = 512 << 10  # bytes per second: see above (the server warns at start)
+
+
+def stored_size(text: str) -> int:
+    """The bytes ``text`` takes once stored: the server's JSON escapes every UTF-16
+    code unit outside ASCII (``\\u00e9``: 6 bytes; 12 for a character outside the BMP)."""
+    if text.isascii():
+        return len(text)
+    ascii_chars = len(text.encode("ascii", "ignore"))
+    units = len(text.encode("utf-16-le")) // 2
+    return ascii_chars + 6 * (units - ascii_chars)
 
 
 class _Bucket:
@@ -45,23 +62,31 @@ class Paces:
         self._buckets: dict[str, _Bucket] = {}
         self._sweep_at = 1024  # buckets held when full ones are next dropped
 
-    def charge(self, machine: str, size: int) -> float:
-        """Take ``size`` bytes (at least ``MIN_COST``) from ``machine``'s bucket; the
-        bucket may go into debt, and the answer is how long it takes to pay it off."""
-        now = self.clock()
-        bucket = self._buckets.get(machine)
+    def charge(self, machine: str, size: int) -> None:
+        """Take ``size`` bytes (at least ``MIN_COST``) from ``machine``'s bucket, which
+        may go into debt (by one frame at most: ``due`` holds the next one back)."""
+        bucket = self._refilled(machine)
         if bucket is None:
             if len(self._buckets) >= self._sweep_at:
                 self.forget_full()
                 self._sweep_at = 2 * len(self._buckets) + 1024
-            bucket = self._buckets[machine] = _Bucket(self.burst, now)
-        else:
-            bucket.level = min(self.burst, bucket.level + (now - bucket.stamp) * self.rate)
-            bucket.stamp = now
+            bucket = self._buckets[machine] = _Bucket(self.burst, self.clock())
         bucket.level -= max(size, MIN_COST)
-        if bucket.level >= 0:
+
+    def due(self, machine: str) -> float:
+        """Seconds until ``machine`` is out of debt (0: its next frame may be read)."""
+        bucket = self._refilled(machine)
+        if bucket is None or bucket.level >= 0:
             return 0.0
         return -bucket.level / self.rate
+
+    def _refilled(self, machine: str) -> _Bucket | None:
+        bucket = self._buckets.get(machine)
+        if bucket is not None:
+            now = self.clock()
+            bucket.level = min(self.burst, bucket.level + (now - bucket.stamp) * self.rate)
+            bucket.stamp = now
+        return bucket
 
     def forget_full(self) -> None:
         """Drop the buckets that have refilled (the same as having none)."""

@@ -27,6 +27,7 @@ from .forwarded import TrustedProxies
 from .handshakes import STARTUP_FAILURE, HandshakeLimits, UvicornServer, bind
 from .httpguard import ConnectionGuard, GuardLimits, guarded_protocol
 from .hub import CUT_ON_STOP, EventBus
+from .pacing import PACE_WARN_BELOW
 from .store.base import open_store
 from .teardown import load_cipher
 from .wsprotocol import listening_protocol
@@ -77,6 +78,14 @@ def serve(
             settings.agent_silence_timeout,
             AGENT_PING_SECONDS,
             AGENT_SILENCE_SECONDS,
+        )
+    if settings.machine_bytes_per_second < PACE_WARN_BELOW:
+        logging.getLogger(__name__).warning(
+            "machine_bytes_per_second is %d: an agent that sends more than its burst at "
+            "once may find its pings answered late behind its paced data and reconnect "
+            "(nothing is lost; the default is %d)",
+            settings.machine_bytes_per_second,
+            ServerSettings.machine_bytes_per_second,
         )
     # One schedule for every 503 given under load: the login bound's and the guard's.
     logins = app.state.logins
