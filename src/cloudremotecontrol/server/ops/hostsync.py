@@ -4,16 +4,22 @@ When the addresses a group's hosts files list change (a machine joins, reconnect
 elsewhere, reports new addresses), every machine of the group gets a hosts sync job,
 each message carrying the whole table: N messages of N entries. A machine's facts are
 only what it claims, and one that reports new addresses in every message must not cost
-that every time. So a group syncs at most once per ``WINDOW`` seconds: the first change
-is synced at once, and opens the window (``groups.hosts_due``: when it ends); changes
-inside it change nothing (not even a read of the roster) until it ends, when the server's
-loop (``due_groups``, ``sync_due``) syncs the table as it is then, if it differs from the
-one last synced. The last table always reaches every machine, a window after it changed
-at most. The window is in the database: any replica ends it.
+that every time. So a group syncs at most once per window: the first change is synced at
+once, and opens a window of ``WINDOW`` seconds (``groups.hosts_due``: when it ends;
+``groups.hosts_window``: how long it is); changes inside it change nothing (not even a
+read of the roster) until it ends, when the server's loop (``due_groups``, ``sync_due``)
+syncs the table as it is then, if it differs from the one last synced. A window that
+ends with something to sync opens the next one twice as long, up to ``MAX_WINDOW``:
+changes that never stop cost a round per minute, not one per 5 seconds for ever. One
+that ends with nothing to sync closes, and the next change is synced at once again. The
+last table always reaches every machine, a window after it changed at most. The window
+is in the database: any replica ends it.
 
 A machine keeps one automatic hosts sync waiting at most (offline, it acknowledges
 none): the agent writes the whole table, so only the newest matters, and a newer one
-supersedes those still in its outbox (``_supersede``).
+supersedes those still in its outbox (``_supersede``). And a group keeps the jobs of its
+newest ``KEEP`` finished automatic syncs, no more (``_prune``): each leaves N targets,
+and nobody follows them once they ended (what they did stays in the group's events).
 """
 
 from __future__ import annotations
@@ -29,13 +35,17 @@ from ...protocol.states import JobStatus
 from ..store.base import Tx
 from .common import add_event, dumps, loads, now
 
-__all__ = ["WINDOW", "auto_hosts_sync", "due_groups", "sync_due"]
+__all__ = ["KEEP", "MAX_WINDOW", "WINDOW", "auto_hosts_sync", "due_groups", "sync_due"]
 
 log = logging.getLogger("crc.server")
 Deliveries = list[tuple[str, int, str]]
 
 #: Seconds between two automatic hosts syncs of one group, at least.
 WINDOW = 5.0
+#: ... while changes keep coming: each window that ends with a change doubles the next.
+MAX_WINDOW = 60.0
+#: Finished automatic hosts syncs whose jobs a group keeps (``crc job list``).
+KEEP = 3
 #: Who the jobs of automatic hosts syncs are by (``crc job list``, the audit record).
 BY = "crc (--sync-hosts)"
 
@@ -67,18 +77,27 @@ def _sync(tx: Tx, group: dict[str, Any], settings: dict[str, Any], t: float) -> 
     table = hosts_table(live, live, which, lambda: enrollment_order(tx, group_id))
     listed = sorted((name, sorted(entries)) for name, entries in table.items())
     digest = hashlib.sha256(dumps(listed).encode()).hexdigest()
+    due = group.get("hosts_due")
     if not any(table.values()) or settings.get("hosts_synced") == digest:
-        if group.get("hosts_due") is not None:  # a window ended with nothing to sync
-            tx.execute("UPDATE groups SET hosts_due = NULL WHERE id = ?", (group_id,))
+        if due is not None:  # a window ended with nothing to sync: the next change goes at once
+            tx.execute(
+                "UPDATE groups SET hosts_due = NULL, hosts_window = NULL WHERE id = ?",
+                (group_id,),
+            )
         return []
+    # The first change after a quiet spell opens the shortest window; a window that ended
+    # with something to sync (changes keep coming) opens one twice as long. (A change
+    # after its end that the loop, looking every second, has not ended yet counts in it.)
+    window = WINDOW if due is None else min(2 * float(group["hosts_window"] or WINDOW), MAX_WINDOW)
     settings["hosts_synced"] = digest
     tx.execute(
-        "UPDATE groups SET settings = ?, hosts_due = ? WHERE id = ?",
-        (dumps(settings), t + WINDOW, group_id),
+        "UPDATE groups SET settings = ?, hosts_due = ?, hosts_window = ? WHERE id = ?",
+        (dumps(settings), t + window, window, group_id),
     )
     user = {"user_id": group["user_id"], "user": BY}
     result = create_hosts_sync(tx, user, group["name"], "all", which, only_ready=True)
     _supersede(tx, group, result["job_id"])
+    _prune(tx, group_id)
     return list(result["deliveries"])
 
 
@@ -87,7 +106,14 @@ def _supersede(tx: Tx, group: dict[str, Any], newer: str) -> None:
     other than ``newer``, are cancelled before start: each becomes a ``job.cancel`` in
     its place in the machine's stream (an agent that got the sync before it went away
     writes that table, then the newer one; an agent that did not never sees it). One
-    statement finds them; none are there while every machine keeps up."""
+    statement finds them; none are there while every machine keeps up.
+
+    Each statement that rewrites one checks again what it rewrites (a target still
+    queued, a row still a hosts sync of that job), and only what the targets' update
+    returns is rewritten and reported: what this transaction read is all there is today
+    (SQLite writes one transaction at a time; on PostgreSQL a row another replica
+    changed since fails the update, and the op runs again), but a started or delivered
+    sync is never turned into a cancel, whatever reads come before."""
     rows = tx.all(
         "SELECT o.machine_id, o.seq, o.job_id, m.name FROM machines m "
         "JOIN outbox o ON o.machine_id = m.id JOIN jobs j ON j.id = o.job_id "
@@ -99,24 +125,37 @@ def _supersede(tx: Tx, group: dict[str, Any], newer: str) -> None:
     if not rows:
         return
     reason = f"superseded by hosts sync {newer}"
-    frames = []
+    t = now()
+    waiting = {(r["job_id"], r["machine_id"]): r for r in rows}
+    by_job: dict[str, list[str]] = {}
     for r in rows:
+        by_job.setdefault(r["job_id"], []).append(r["machine_id"])
+    cancelled: list[dict[str, Any]] = []
+    for job_id, machine_ids in by_job.items():
+        for i in range(0, len(machine_ids), 500):
+            chunk = machine_ids[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            done = tx.all(
+                # Only "?" placeholders are formatted in: the ids are parameters.
+                "UPDATE job_targets SET status = ?, reason = ?, updated = ? "  # noqa: S608
+                f"WHERE job_id = ? AND status = ? AND machine_id IN ({marks}) "
+                "RETURNING machine_id",
+                (JobStatus.CANCELLED.value, reason, t, job_id, JobStatus.QUEUED.value, *chunk),
+            )
+            cancelled += [waiting[(job_id, d["machine_id"])] for d in done]
+    frames = []
+    for r in cancelled:
         cancel = JobCancel(job_id=r["job_id"], before_start=True)
         env = Envelope.of(cancel, group["name"], "master", r["name"], r["job_id"])
         frame = write_frame(Msg(seq=int(r["seq"]), msg=env.to_dict()))
-        frames.append((frame, r["machine_id"], r["seq"]))
+        frames.append((frame, r["machine_id"], r["seq"], r["job_id"]))
         tx.notify_machine(r["machine_id"])
     tx.executemany(
-        "UPDATE outbox SET type = 'job.cancel', envelope = ? WHERE machine_id = ? AND seq = ?",
+        "UPDATE outbox SET type = 'job.cancel', envelope = ? "
+        "WHERE machine_id = ? AND seq = ? AND type = 'hosts.sync' AND job_id = ?",
         frames,
     )
-    t = now()
-    tx.executemany(
-        "UPDATE job_targets SET status = ?, reason = ?, updated = ? "
-        "WHERE job_id = ? AND machine_id = ?",
-        [(JobStatus.CANCELLED.value, reason, t, r["job_id"], r["machine_id"]) for r in rows],
-    )
-    for r in rows:
+    for r in cancelled:
         add_event(
             tx,
             group["id"],
@@ -125,6 +164,34 @@ def _supersede(tx: Tx, group: dict[str, Any], newer: str) -> None:
             machine=r["name"],
             job_id=r["job_id"],
         )
+
+
+#: Target statuses of a job still under way (``_prune`` keeps its job).
+_OPEN = (JobStatus.QUEUED.value, JobStatus.DELIVERED.value, JobStatus.RUNNING.value)
+
+
+def _prune(tx: Tx, group_id: str) -> None:
+    """Forget the jobs of the group's finished automatic hosts syncs but the newest
+    ``KEEP`` (those of every target ended): their rows and their targets'. A sync still
+    under way anywhere is kept, however old. Their events stay (retention forgets them
+    with the others), so no event stream or cursor sees a difference; a job that is
+    gone reads as unknown (``crc job show``: not found), and what a machine still says
+    of it (an ack of its message, a late report) finds no target, as for any job not
+    sent to it. Rows of the outbox naming it (a ``job.cancel`` in place of one
+    superseded) stay: they are numbered messages of the machine's stream."""
+    rows = tx.all(
+        "SELECT id FROM jobs j WHERE group_id = ? AND created_by = ? AND NOT EXISTS "
+        "(SELECT 1 FROM job_targets t WHERE t.job_id = j.id AND t.status IN (?, ?, ?)) "
+        "ORDER BY created DESC, id DESC",
+        (group_id, BY, *_OPEN),
+    )
+    old = [r["id"] for r in rows[KEEP:]]
+    for i in range(0, len(old), 500):
+        chunk = old[i : i + 500]
+        marks = ",".join("?" * len(chunk))
+        # Only "?" placeholders are formatted in: the ids are parameters.
+        tx.send(f"DELETE FROM job_targets WHERE job_id IN ({marks})", chunk)  # noqa: S608
+        tx.send(f"DELETE FROM jobs WHERE id IN ({marks})", chunk)  # noqa: S608
 
 
 def due_groups(tx: Tx, at: float) -> list[str]:
@@ -148,7 +215,10 @@ def sync_due(tx: Tx, group_ids: list[str], at: float) -> Deliveries:
             deliveries += auto_hosts_sync(tx, group_id, at)
         except CrcError as exc:
             tx.execute("ROLLBACK TO SAVEPOINT hosts_due")
-            tx.execute("UPDATE groups SET hosts_due = NULL WHERE id = ?", (group_id,))
+            tx.execute(
+                "UPDATE groups SET hosts_due = NULL, hosts_window = NULL WHERE id = ?",
+                (group_id,),
+            )
             log.warning("hosts sync of group %s: nothing sent: %s", group_id, exc)
         tx.execute("RELEASE SAVEPOINT hosts_due")
     return deliveries

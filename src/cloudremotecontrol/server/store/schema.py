@@ -239,6 +239,17 @@ def _v15(d: str) -> list[str]:
     ]
 
 
+def _v16(d: str) -> list[str]:
+    """How long a ``--sync-hosts`` group's open sync window is: it doubles while changes
+    keep coming (NULL: none open, the next is the shortest); and the jobs of a group by
+    who started them: each automatic sync finds the group's older ones to forget
+    (ops/hostsync.py), and ``crc job list`` finds a group's jobs without reading all."""
+    return [
+        f"ALTER TABLE groups ADD COLUMN hosts_window {_REAL[d]}",
+        "CREATE INDEX jobs_group ON jobs(group_id, created_by, created)",
+    ]
+
+
 MIGRATIONS = [
     (1, _v1),
     (2, _v2),
@@ -255,6 +266,7 @@ MIGRATIONS = [
     (13, _v13),
     (14, _v14),
     (15, _v15),
+    (16, _v16),
 ]
 
 
