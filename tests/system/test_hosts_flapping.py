@@ -18,6 +18,10 @@ from wire_helpers import assert_no_traceback_in_server_log, enroll, pinned_http,
 #: At most one automatic hosts sync per group per this many seconds (ops/hostsync.py).
 WINDOW = 5.0
 FLAPS = 50
+#: How long the machine of the long test reports new addresses without a pause.
+FLAP_SECONDS = 40.0
+#: Finished automatic hosts syncs whose jobs a group keeps (ops/hostsync.py).
+KEEP = 3
 
 
 def _line(i: int) -> bytes:
@@ -76,6 +80,52 @@ def test_a_machine_reporting_new_addresses_in_every_message_costs_a_bounded_numb
     last = syncs[-1]
     assert ["10.77.0.50", "flappy"] in last["spec"]["entries"], last
     assert sorted(last["targets"]) == ["a", "b", "flappy"], last
+    assert_no_traceback_in_server_log(env.server)
+
+
+def test_addresses_that_keep_changing_are_synced_ever_less_often(db_env):
+    """Changes that never stop do not cost a round every 5 seconds for ever: while they
+    keep coming, each window is twice as long as the one before (5, 10, 20 s...). Over
+    40 s of new addresses every quarter of a second that is 4 syncs, where one per
+    window of 5 s was 9; and the group keeps the jobs of its newest syncs only."""
+    env = db_env
+    out = env.client.create_group(
+        "lab", ["a", "b", "flappy"], settings={"sync_hosts": True, "hosts_ip": "private"}
+    )
+    keys = {m["name"]: m["key"] for m in out["machines"]}
+    for name in ("a", "b"):
+        hosts = env.tmp / f"hosts-{name}"
+        hosts.write_bytes(b"127.0.0.1 localhost\n")
+        env.agent(name, keys[name], env={"CRC_AGENT_HOSTS_FILE": str(hosts)})
+    env.wait_state("lab", ["a", "b"], "ready")
+    with pinned_http(env.server) as http:
+        cred = enroll(http, keys["flappy"])
+
+    async def flap() -> tuple[float, float]:
+        async with wire_agent(env.server, cred, "lab", "flappy") as m:
+            began = time.time()
+            i = 0
+            while time.time() < began + FLAP_SECONDS:
+                i += 1
+                ip = f"10.77.{i // 200}.{i % 200 + 1}"
+                await m.send_msg("facts", {"hostname": "flappy", "ips": [ip], "private_ips": [ip]})
+                await asyncio.sleep(0.25)
+            return began, time.time()
+
+    began, ended = asyncio.run(flap())
+    syncs = [
+        e
+        for e in env.client.events("lab")
+        if e["type"] == "job.created" and e["data"]["type"] == "hosts.sync"
+    ]
+    during = [e for e in syncs if began <= e["time"] <= ended]
+    # At once, then after windows of 5, 10 and 20 s (longer if one was open already).
+    assert 1 <= len(during) <= 5, [e["time"] - began for e in during]
+    # The jobs of the newest finished syncs are kept (and the newest, still waiting for
+    # flappy, which acknowledges nothing); every sync's events are.
+    listed = [j["job_id"] for j in env.client.list_jobs("lab") if j["by"] == "crc (--sync-hosts)"]
+    assert 1 <= len(listed) <= KEEP + 1, (listed, len(syncs))
+    assert listed == [e["job_id"] for e in syncs[-len(listed) :]], (listed, syncs)
     assert_no_traceback_in_server_log(env.server)
 
 

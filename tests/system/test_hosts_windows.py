@@ -29,6 +29,9 @@ from cloudremotecontrol.server.store.base import Store, Tx, open_store
 
 pytestmark = pytest.mark.anyio
 
+#: Finished automatic hosts syncs whose jobs a group keeps (ops/hostsync.py).
+KEEP = 3
+
 
 @pytest.fixture
 def anyio_backend() -> str:
@@ -102,14 +105,14 @@ class Lab:
         due = await self.store.read(hostsync.due_groups, at)
         return list(await self.store.write(hostsync.sync_due, due, at)) if due else []
 
-    async def window(self) -> tuple[float | None, float | None]:
-        """``(when the open window ends, how long it is)``; ``(None, None)``: none open."""
+    async def due(self) -> float | None:
+        """When the open window ends (None: none open)."""
 
         def read(tx: Tx) -> Any:
-            return tx.one("SELECT hosts_due, hosts_window FROM groups WHERE id = ?", (self.gid,))
+            return tx.one("SELECT hosts_due FROM groups WHERE id = ?", (self.gid,))
 
-        row = await self.store.read(read)
-        return row["hosts_due"], row["hosts_window"]
+        due = (await self.store.read(read))["hosts_due"]
+        return None if due is None else float(due)
 
     async def syncs(self) -> list[dict[str, Any]]:
         """Every automatic sync's ``job.created`` event, oldest first (kept as events)."""
@@ -156,7 +159,7 @@ async def test_windows_double_while_changes_keep_coming_and_shrink_back_after_a_
     t0 = now()
     await lab.move("b", "10.9.0.1")
     assert await lab.changed(t0)  # the first change: at once
-    assert await lab.window() == (t0 + 5, 5)
+    assert await lab.due() == t0 + 5
     # Changes that keep coming: each window that ends with one syncs it and opens one
     # twice as long, up to a minute; inside a window nothing is synced.
     ends = [t0 + 5]
@@ -165,7 +168,7 @@ async def test_windows_double_while_changes_keep_coming_and_shrink_back_after_a_
         assert await lab.changed(ends[-1] - 0.5) == []
         assert await lab.tick(ends[-1] - 0.5) == []
         assert await lab.tick(ends[-1])
-        assert await lab.window() == (ends[-1] + length, length)
+        assert await lab.due() == ends[-1] + length
         ends.append(ends[-1] + length)
     syncs = await lab.syncs()
     assert len(syncs) == 6
@@ -173,10 +176,10 @@ async def test_windows_double_while_changes_keep_coming_and_shrink_back_after_a_
     # A window that ends with nothing to sync closes: the next change goes at once, and
     # opens the shortest window again.
     assert await lab.tick(ends[-1]) == []
-    assert await lab.window() == (None, None)
+    assert await lab.due() is None
     await lab.move("b", "10.9.0.7")
     assert await lab.changed(ends[-1] + 1)
-    assert await lab.window() == (ends[-1] + 6, 5)
+    assert await lab.due() == ends[-1] + 6
     assert len(await lab.syncs()) == 7
 
 
@@ -265,18 +268,17 @@ async def test_a_group_keeps_the_jobs_of_its_newest_finished_automatic_syncs_onl
     newest ``KEEP`` finished syncs, and every one still under way, with the new one;
     their events stay, and a machine acknowledging a forgotten one changes nothing."""
     lab = await Lab.create(store, ["a", "b"])
-    t = now()
     await lab.move("a", "10.9.0.1")
-    assert await lab.changed(t)
+    assert await lab.changed(now())
     for i in range(2, 13):
         if i == 4:  # a starts the third sync before the fourth: under way, kept
             await lab.send("a", "job.started", {"job_id": (await lab.jobs())[-1]})
         await lab.move("a", f"10.9.0.{i}")
-        t = (await lab.window())[0]
-        assert t is not None and await lab.tick(t)
+        due = await lab.due()
+        assert due is not None and await lab.tick(due)
     created = [e["job_id"] for e in await lab.syncs()]
     assert len(created) == 12  # every sync's events are kept
-    kept = [created[2], *created[-hostsync.KEEP - 1 :]]
+    kept = [created[2], *created[-KEEP - 1 :]]
     assert await lab.jobs() == kept
     with pytest.raises(NotFound):
         await store.read(jobs.job_view, lab.user["user_id"], created[0])
@@ -284,9 +286,9 @@ async def test_a_group_keeps_the_jobs_of_its_newest_finished_automatic_syncs_onl
     body = {"job_id": created[2], "status": "succeeded", "exit_code": 0}
     await lab.send("a", "job.result", body)
     await lab.move("a", "10.9.0.13")
-    t = (await lab.window())[0]
-    assert t is not None and await lab.tick(t)
-    assert await lab.jobs() == [*created[-hostsync.KEEP :], (await lab.syncs())[-1]["job_id"]]
+    due = await lab.due()
+    assert due is not None and await lab.tick(due)
+    assert await lab.jobs() == [*created[-KEEP:], (await lab.syncs())[-1]["job_id"]]
     # What the machines acknowledge now, of syncs forgotten or not, changes nothing but
     # the newest: b's superseded ones, a's third (started and ended before its ack).
     newest = (await lab.jobs())[-1]
