@@ -624,6 +624,44 @@ def test_a_create_refused_after_a_try_whose_answer_was_lost_may_have_made_it(
     assert_clean(fake)
 
 
+def test_a_create_rate_limited_on_every_try_says_it_made_nothing(
+    fake: FakeVultr, connect: Callable[..., VultrProvider]
+) -> None:
+    """Vultr answers 429 to a request it did not carry out (its API doc, "Rate Limit"):
+    a create refused so on every try made no machine (``unsent``), as one that never
+    connected."""
+    fake.state.fail_next(429, 100, method="POST", path="/instances")
+    vultr = connect(fake, sleep=lambda s: None)
+
+    with pytest.raises(ProviderError, match=r"rate-limiting POST /instances \(HTTP 429\)") as err:
+        vultr.create("demo", linux(), "x")
+
+    assert err.value.unsent and not err.value.permanent
+    assert len(sent(fake, "POST", "/instances")) == FAST.rate_limit_retries + 1
+    assert fake.state.instances == {}
+    assert_clean(fake)
+
+
+def test_a_create_rate_limited_after_a_try_whose_answer_was_lost_may_have_made_it(
+    fake: FakeVultr, connect: Callable[..., VultrProvider]
+) -> None:
+    """The first POST got a 502 (Vultr may have made the machine, and not list it yet);
+    the next ones are rate-limited: they did nothing, but the first may have, so the
+    create as a whole is not ``unsent``."""
+    fake.state.fail_next(502, method="POST", path="/instances")
+    fake.state.fail_next(429, 100, method="POST", path="/instances")
+    vultr = connect(fake, sleep=lambda s: None)
+
+    with pytest.raises(ProviderError, match=r"rate-limiting POST /instances \(HTTP 429\)") as err:
+        vultr.create("demo", linux(), "x")
+
+    assert not err.value.unsent and not err.value.permanent
+    statuses = [r.status for r in sent(fake, "POST", "/instances")]
+    assert statuses == [502] + [429] * (FAST.rate_limit_retries + 1)
+    assert sent(fake, "GET", "/instances")  # looked for it before trying again
+    assert_clean(fake)
+
+
 # -- the fake itself has teeth ------------------------------------------------------------
 
 

@@ -22,7 +22,9 @@ requests (GET, DELETE) on 5xx and transport errors, a bounded number of times.
 ``POST /instances`` is not blindly retried after an ambiguous failure (5xx, timeout): it
 first looks for the instance by its tags, so a flaky API never makes two paid VMs. A
 POST that never connected (refused, DNS, TLS handshake) reached nobody: it is retried,
-and its error says so (``ProviderError.unsent``).
+and its error says so (``ProviderError.unsent``), as does a POST still rate-limited
+(429) after its retries: Vultr carried none of them out. Unless an earlier try of the
+same create lost its answer: that one may have made the instance.
 """
 
 from __future__ import annotations
@@ -585,6 +587,11 @@ class VultrProvider(Provider):
                         provider=self.name,
                         status=status,
                         provider_error=_vultr_error(resp),
+                        # Rate limited: Vultr did not carry the request out (its API
+                        # doc, "429 Too Many Requests"), so a POST refused so made
+                        # nothing. Earlier tries of this loop were 429s or never
+                        # connected: none of them did anything either.
+                        unsent=not idempotent,
                     )
                 delay = self._retry_after(resp)
                 self._sleep(self._backoff(limited) if delay is None else delay)

@@ -366,7 +366,8 @@ class Runner:
                 self.uncertain.append(m.name)
                 raise
             except ProviderError as exc:
-                # Refused for good, or never sent (no connection): nothing was made.
+                # Refused for good, never sent (no connection) or rate limited on every
+                # try: nothing was made.
                 if not (exc.permanent or exc.unsent):
                     self.uncertain.append(m.name)
                 if exc.message.startswith(f"machine {m.name}:"):
