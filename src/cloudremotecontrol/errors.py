@@ -165,8 +165,9 @@ class ProviderError(CrcError):
 
     ``unsent``: the request never reached the provider (a refused connection, a failed
     DNS lookup or TLS handshake) or the provider refused it unprocessed (rate limited,
-    HTTP 429), so it did nothing: a create that fails so made no machine. A failure after the request went out (a timeout waiting for the answer, a
-    connection dropped, a 5xx) may have done it all the same, and is not ``unsent``.
+    HTTP 429), so it did nothing: a create that fails so made no machine. A failure
+    after the request went out (a timeout waiting for the answer, a connection dropped,
+    a 5xx) may have done it all the same, and is not ``unsent``.
     """
 
     code = "provider_error"
