@@ -147,6 +147,21 @@ CASES: list[tuple[str, str, dict[str, Any], int, str, str]] = [
     ("POST", G, {"json": {"name": "x", "machines": M, "key_ttl": 0}}, 400, "invalid_input", "TTL"),
     ("POST", G, {"json": {"name": "x", "machines": M, "key_ttl": -5}}, 400, "invalid_input", "TTL"),
     ("POST", G, {"json": {"name": "x", "machines": M, "ttl": 0}}, 400, "invalid_input", "TTL"),
+    # Under a second is no lifetime (a key gone before any agent can present it, a group
+    # that expires as it is made): refused as the message says, "between 1 second and".
+    *[
+        ("POST", G, {"json": {"name": "x", "machines": M, key: value}}, 400, "invalid_input", part)
+        for key, part in (("key_ttl", "key TTL must be between 1 second"), ("ttl", "group TTL"))
+        for value in (0.001, 0.5, 0.999)
+    ],
+    (
+        "POST",
+        "/v1/groups/lab/machines/b/key",
+        {"json": {"key_ttl": 0.5}},
+        400,
+        "invalid_input",
+        "key TTL must be between 1 second and 30 days",
+    ),
     # A JSON boolean or string is not a number (true would be a TTL of 1 s: a group that
     # expires, and revokes its machines, at once).
     ("POST", G, {"json": {"name": "x", "machines": M, "ttl": True}}, 400, "invalid_input", "ttl"),
@@ -480,6 +495,9 @@ def test_cli_bad_input_exits_non_zero_with_one_line_and_no_traceback(env, crc):
         (["group", "create", "BAD_NAME", "--machines", "a"], 2, "BAD_NAME"),
         (["group", "create", "x", "--machines", "a_b"], 2, "a_b"),
         (["group", "create", "lab", "--machines", "a"], 5, "exists already"),
+        (["group", "create", "x", "--machines", "a", "--ttl", "0.5s"], 2, "group TTL"),
+        (["group", "create", "x", "--machines", "a", "--key-ttl", "0.001"], 2, "key TTL"),
+        (["bootstrap", "lab", "b", "--os", "linux", "--key-ttl", "0.9s"], 2, "key TTL"),
         (["send", "lab", "--to", "a", "user.x", "{bad"], 2, "JSON"),
         (["send", "lab", "--to", "a", "bad type!"], 2, "message type"),
     ]

@@ -296,6 +296,11 @@ def test_settings_come_from_server_json_and_flags_and_bad_ones_are_refused(
         ({"no_such": 1}, [], "unknown setting(s) no_such"),
         ({}, ["--forwarded-allow-ips", "proxy.example"], "not an IP address"),
         ({}, ["--max-unauthenticated", "0"], "max_unauthenticated"),
+        # Seconds: under one is a typo (milliseconds?), not a timeout any client can keep.
+        ({}, ["--header-timeout", "0.5"], "header_timeout: expected at least 1 (seconds)"),
+        ({}, ["--agent-silence-timeout", "0.001"], "agent_silence_timeout: expected at least"),
+        ({"events_keepalive": 0.2}, [], "events_keepalive: expected at least 1 (seconds)"),
+        ({}, ["--prune-interval", "0.9"], "prune_interval: expected at least 1 (seconds)"),
     ]:
         cfg_path.write_text(json.dumps({**cfg, "settings": settings}))
         out = run(*flag)

@@ -103,6 +103,12 @@ class ServerSettings:
             positive = not f.name.startswith("retain_")
             if positive and value <= 0:
                 raise InvalidInput(f"setting {f.name}: expected a number > 0, got {value!r}")
+            # The other numbers given as floats are seconds: under one, a timeout that
+            # cuts every client off, or a loop that spins (a typo for ms or minutes).
+            if positive and f.type == "float" and value < 1:
+                raise InvalidInput(
+                    f"setting {f.name}: expected at least 1 (seconds), got {value!r}"
+                )
             if f.type == "int" and value != int(value):
                 raise InvalidInput(f"setting {f.name}: expected a whole number, got {value!r}")
         if self.max_header_bytes < 1024:

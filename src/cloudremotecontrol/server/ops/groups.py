@@ -7,12 +7,13 @@ from typing import Any
 
 from ...errors import Conflict, InvalidInput, TooLarge
 from ...protocol.jsoncheck import check_json
-from ...protocol.limits import DEFAULT_KEY_TTL_SECONDS, MAX_MACHINES_PER_GROUP
+from ...protocol.limits import MAX_MACHINES_PER_GROUP
 from ...protocol.names import check_label, check_name
 from ...protocol.states import JobStatus, MachineEvent, MachineState, machine_next
 from ...protocol.tokens import new_secret
 from ..store.base import Tx
 from .common import add_event, audit, dumps, live_group, loads, now
+from .keys import key_ttl_seconds
 from .teardown import teardown_view
 
 __all__ = [
@@ -47,10 +48,8 @@ def create_group(
         raise InvalidInput("a group needs at least one machine", field="machines")
     if len(machines) > MAX_MACHINES_PER_GROUP:
         raise TooLarge(f"{len(machines)} machines; the limit is {MAX_MACHINES_PER_GROUP}")
-    key_ttl = DEFAULT_KEY_TTL_SECONDS if key_ttl is None else key_ttl
-    if not 0 < key_ttl <= 30 * 86400:
-        raise InvalidInput("key TTL must be between 1 second and 30 days", field="key_ttl")
-    if ttl is not None and not 0 < ttl <= 365 * 86400:
+    key_ttl = key_ttl_seconds(key_ttl)
+    if ttl is not None and not 1 <= ttl <= 365 * 86400:
         raise InvalidInput("group TTL must be between 1 second and 365 days", field="ttl")
     names: list[str] = []
     for m in machines:

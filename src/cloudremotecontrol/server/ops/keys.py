@@ -20,7 +20,19 @@ from ...protocol.tokens import new_secret
 from ..store.base import Tx
 from .common import audit, check_not_expired, live_group, now
 
-__all__ = ["reissue_key"]
+__all__ = ["key_ttl_seconds", "reissue_key"]
+
+MAX_KEY_TTL_SECONDS = 30 * 86400
+
+
+def key_ttl_seconds(key_ttl: float | None) -> float:
+    """How long a new enrollment key stays valid: the default for None; InvalidInput
+    (400) unless 1 second to 30 days. Less than a second is no lifetime an agent can
+    use (a key made to expire before it is written in a startup script): a typo."""
+    value = DEFAULT_KEY_TTL_SECONDS if key_ttl is None else key_ttl
+    if not 1 <= value <= MAX_KEY_TTL_SECONDS:  # nan too: it compares false
+        raise InvalidInput("key TTL must be between 1 second and 30 days", field="key_ttl")
+    return value
 
 
 def reissue_key(
@@ -29,9 +41,7 @@ def reissue_key(
     """Replace ``machine``'s enrollment key; return ``{"group", "machine", "key",
     "key_expires"}`` - the only time the new key exists in clear."""
     check_name(machine, "machine")
-    key_ttl = DEFAULT_KEY_TTL_SECONDS if key_ttl is None else key_ttl
-    if not 0 < key_ttl <= 30 * 86400:
-        raise InvalidInput("key TTL must be between 1 second and 30 days", field="key_ttl")
+    key_ttl = key_ttl_seconds(key_ttl)
     g = live_group(tx, user_id, group)
     check_not_expired(g)
     row = tx.one(
