@@ -316,12 +316,12 @@ def test_usage_errors_are_one_line_with_the_usage_and_where_to_find_help(env, cr
 
 def test_login_says_what_is_wrong_with_a_token_or_a_self_signed_server(env, crc, tmp_path):
     url, fp = env.server.url, env.server.fingerprint
-    cfg = {"CRC_CONFIG_DIR": str(tmp_path / "cfg"), "CRC_URL": "", "CRC_TOKEN": ""}
+    cfg = {"CRC_CONFIG_DIR": str(tmp_path / "cfg"), "CRC_URL": None, "CRC_TOKEN": None}
     r = crc("login", "--url", url, "--token", "garbage", "--fingerprint", fp, extra_env=cfg)
     assert r.returncode == 3, r.stderr
     assert "rejected this token" in r.stderr and "crc server add-user" in r.stderr
     assert "run `crc login`" not in r.stderr
-    r = crc("login", "--url", url, "--token", env.token, extra_env={**cfg, "CRC_FINGERPRINT": ""})
+    r = crc("login", "--url", url, "--token", env.token, extra_env={**cfg, "CRC_FINGERPRINT": None})
     assert r.returncode == 7, r.stderr
     line = r.stderr.strip()
     assert "self-signed" in line and "--fingerprint" in line and fp in line, line
@@ -334,7 +334,7 @@ def test_login_takes_the_token_from_stdin_the_environment_or_a_prompt(env, crc, 
     import pexpect
 
     url, fp = env.server.url, env.server.fingerprint
-    cfg = {"CRC_CONFIG_DIR": str(tmp_path / "cfg"), "CRC_URL": "", "CRC_TOKEN": ""}
+    cfg = {"CRC_CONFIG_DIR": str(tmp_path / "cfg"), "CRC_URL": None, "CRC_TOKEN": None}
     profile = tmp_path / "cfg" / "config.json"
     r = crc("login", "--url", url, "--token", "-", "--fingerprint", fp, input=env.token + "\n")
     assert r.returncode == 0, r.stderr
@@ -354,7 +354,7 @@ def test_login_takes_the_token_from_stdin_the_environment_or_a_prompt(env, crc, 
     child = pexpect.spawn(
         sys.executable,
         ["-m", "cloudremotecontrol", "login", "--url", url, "--fingerprint", fp],
-        env={**os.environ, **cfg},
+        env={k: v for k, v in {**os.environ, **cfg}.items() if v is not None},
         timeout=60,
     )
     child.expect("Master token: ")

@@ -79,15 +79,24 @@ def test_a_plain_http_server_on_loopback_serves_masters_and_agents(plain_server,
             assert any("over plain http" in line for line in seen), seen
         finally:
             agent.stop()
-    cfg = {"CRC_CONFIG_DIR": str(tmp_path / "cfg"), "CRC_TOKEN": "", "CRC_FINGERPRINT": ""}
-    r = _crc("login", "--url", url, "--token", token, env={**os.environ, **cfg})
+    unset = ("CRC_TOKEN", "CRC_FINGERPRINT")
+    cfg = {k: v for k, v in os.environ.items() if k not in unset}
+    r = _crc(
+        "login",
+        "--url",
+        url,
+        "--token",
+        token,
+        env={**cfg, "CRC_CONFIG_DIR": str(tmp_path / "cfg")},
+    )
     assert r.returncode == 0, r.stderr
 
 
 def test_clients_refuse_plain_http_to_another_computer(plain_server, tmp_path):
     _, token, _ = plain_server
     elsewhere = "http://192.0.2.10:8443"  # TEST-NET-1: nothing is sent there
-    env = {**os.environ, "CRC_CONFIG_DIR": str(tmp_path / "cfg"), "CRC_FINGERPRINT": ""}
+    env = {k: v for k, v in os.environ.items() if k != "CRC_FINGERPRINT"}
+    env["CRC_CONFIG_DIR"] = str(tmp_path / "cfg")
     r = _crc("login", "--url", elsewhere, "--token", token, env=env)
     assert r.returncode == 2, r.stderr
     assert "refusing plain http:// to 192.0.2.10" in r.stderr and "Traceback" not in r.stderr

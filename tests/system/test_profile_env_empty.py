@@ -6,6 +6,8 @@ saved on the computer (docs/reference.md)."""
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 
 import pytest
 
@@ -58,3 +60,50 @@ def test_the_sdk_refuses_an_empty_variable_too(logged_in, monkeypatch, variable)
 async def _async_from_profile() -> None:
     async with AsyncClient.from_profile() as c:
         await c.list_groups()
+
+
+@pytest.mark.parametrize("value", ["", "  "])
+@pytest.mark.parametrize("variable", VARIABLES)
+def test_crc_login_refuses_an_empty_variable_as_every_command_does(
+    env, crc, tmp_path, variable, value
+):
+    """`crc login` read an empty variable as "not given": it asked for the token (at a
+    terminal), logged in without a pin, or said --url was missing. Now, as for every
+    other command, it is an error naming the variable (exit 2), and nothing is saved."""
+    cfg = tmp_path / "cfg"
+    given = {
+        "CRC_URL": ["--url", env.server.url],
+        "CRC_TOKEN": ["--token", env.token],
+        "CRC_FINGERPRINT": ["--fingerprint", str(env.server.fingerprint)],
+    }
+    others = [arg for name, args in given.items() if name != variable for arg in args]
+    unset: dict[str, str | None] = {v: None for v in VARIABLES}
+    extra = {**unset, "CRC_CONFIG_DIR": str(cfg), variable: value}
+    r = crc("login", *others, extra_env=extra)
+    assert r.returncode == 2, r.stdout + r.stderr
+    option = given[variable][0]
+    assert r.stderr == (
+        f"crc: error: {variable} is set but empty: give it a value, or unset it and give {option}\n"
+    )
+    assert r.stdout == "" and not (cfg / "config.json").exists()
+    # The option given on the command line is what counts: the variable is not read.
+    r = crc("login", *others, *given[variable], extra_env=extra)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert (cfg / "config.json").exists()
+
+
+def test_crc_login_at_a_terminal_does_not_ask_for_a_token_when_crc_token_is_empty(env, tmp_path):
+    import pexpect
+
+    base = {k: v for k, v in os.environ.items() if not k.startswith("CRC_")}
+    child = pexpect.spawn(
+        sys.executable,
+        ["-m", "cloudremotecontrol", "login", "--url", env.server.url],
+        env={**base, "CRC_CONFIG_DIR": str(tmp_path / "cfg"), "CRC_TOKEN": ""},
+        timeout=60,
+    )
+    child.expect(pexpect.EOF)
+    child.close()
+    shown = child.before.decode()
+    assert child.exitstatus == 2, shown
+    assert "CRC_TOKEN is set but empty" in shown and "Master token" not in shown, shown

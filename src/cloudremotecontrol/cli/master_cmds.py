@@ -41,7 +41,7 @@ def _duration(text: str | None) -> float | None:
 
 @click.command()
 @click.option(
-    "--url", envvar="CRC_URL", required=True, help="Server URL, e.g. https://203.0.113.7:8443."
+    "--url", envvar="CRC_URL", help="Server URL, e.g. https://203.0.113.7:8443 (or CRC_URL)."
 )
 @click.option(
     "--token",
@@ -53,15 +53,18 @@ def _duration(text: str | None) -> float | None:
 @click.option(
     "--fingerprint",
     envvar="CRC_FINGERPRINT",
-    help="Pinned server certificate SHA-256 (from `server init`).",
+    help="Pinned server certificate SHA-256 (from `server init`; or CRC_FINGERPRINT).",
 )
 @json_option
-def login(url: str, token: str | None, fingerprint: str | None, as_json: bool) -> None:
+def login(url: str | None, token: str | None, fingerprint: str | None, as_json: bool) -> None:
     """Check the token against the server and save the profile (0600)."""
     from ..master.client import Client, clean_token
     from ..master.profile import Profile, save_profile
     from ..tlspin import check_base_url, normalize_fingerprint
 
+    _check_login_variables()
+    if url is None:
+        raise click.UsageError("Missing option '--url' (or CRC_URL).")
     for one in url.split(","):  # replicas of one server, comma-separated
         if one.strip():
             check_base_url(one.strip())
@@ -83,6 +86,25 @@ def login(url: str, token: str | None, fingerprint: str | None, as_json: bool) -
         emit_json({"user": who["user"], "url": url, "profile": str(path)})
     else:
         click.echo(f"logged in to {url} as {who['user']} (profile: {path})")
+
+
+def _check_login_variables() -> None:
+    """``CRC_URL``, ``CRC_TOKEN`` and ``CRC_FINGERPRINT`` as every command reads them: one
+    set but empty (or blank) whose option is not given is an error naming it (exit 2),
+    not "not given" (click's reading of an empty variable), which would ask for the
+    token at a terminal or log in without a pin."""
+    from click.core import ParameterSource
+
+    from ..master.profile import env_override
+
+    ctx = click.get_current_context()
+    for option, variable in (
+        ("url", "CRC_URL"),
+        ("token", "CRC_TOKEN"),
+        ("fingerprint", "CRC_FINGERPRINT"),
+    ):
+        if ctx.get_parameter_source(option) is not ParameterSource.COMMANDLINE:
+            env_override(variable, f"and give --{option}")
 
 
 def _login_token(token: str | None) -> str:

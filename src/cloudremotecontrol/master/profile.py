@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..errors import InvalidInput, Unauthorized
 
-__all__ = ["Profile", "config_dir", "load_profile", "save_profile"]
+__all__ = ["Profile", "config_dir", "env_override", "load_profile", "save_profile"]
 
 
 @dataclass
@@ -77,9 +77,9 @@ def _is_pem(text: str | None) -> bool:
 def load_profile() -> Profile:
     path = _path()
     stored = _read(path)
-    url = _env("CRC_URL") or stored.get("url")
-    token = _env("CRC_TOKEN") or stored.get("token")
-    fingerprint = _env("CRC_FINGERPRINT") or stored.get("fingerprint")
+    url = env_override("CRC_URL") or stored.get("url")
+    token = env_override("CRC_TOKEN") or stored.get("token")
+    fingerprint = env_override("CRC_FINGERPRINT") or stored.get("fingerprint")
     if not url or not token:
         raise Unauthorized(
             "not logged in: run `crc login --url URL --token TOKEN "
@@ -89,16 +89,15 @@ def load_profile() -> Profile:
     return Profile(url, token, fingerprint, stored.get("cert_pem") if same_server else None)
 
 
-def _env(name: str) -> str | None:
+def env_override(name: str, unset: str = "to use the `crc login` profile") -> str | None:
     """The variable ``name`` overriding the profile; None when it is not set.
 
     Set but empty (or blank) is an error, not "use the profile": a script that clears
-    ``CRC_TOKEN`` to act with no token must not act with the identity `crc login` saved."""
+    ``CRC_TOKEN`` to act with no token must not act with the identity `crc login` saved.
+    ``unset`` says what unsetting it does (`crc login`: its option is asked for)."""
     value = os.environ.get(name)
     if value is not None and not value.strip():
-        raise InvalidInput(
-            f"{name} is set but empty: give it a value, or unset it to use the `crc login` profile"
-        )
+        raise InvalidInput(f"{name} is set but empty: give it a value, or unset it {unset}")
     return value
 
 
