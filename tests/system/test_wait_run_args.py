@@ -45,6 +45,17 @@ def test_crc_wait_longer_than_a_week_is_refused_like_crc_run(crc, quiet, value):
     assert "timeout must be between 0 and 604800 seconds" in _one_line(r, 2)
 
 
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -1.0, 1e30, 604801.0])
+def test_the_sdk_waits_refuse_what_crc_wait_refuses(env, quiet, value):
+    """`Client.wait_ready` / `wait_message` with nan (waited for ever), inf or 1e30 (a
+    typo) or a negative number: InvalidInput naming `timeout`, at once, as `crc wait`."""
+    with pytest.raises(InvalidInput, match=r"^invalid duration .*: timeout "):
+        env.client.wait_ready(quiet, timeout=value)
+    with pytest.raises(InvalidInput, match=r"^invalid duration .*: timeout "):
+        env.client.wait_message(quiet, "done", timeout=value)
+    assert env.client.group(quiet)["machines"][0]["state"] == "pending"
+
+
 def test_a_scenario_duration_that_no_wait_can_last_is_refused_with_its_line(env, crc):
     """YAML reads `.inf`, `.nan`, `1.0e+30` and 400 digits as numbers: each is refused
     with the file's line (exit 2), not waited for, nor a traceback when a thread is asked

@@ -18,6 +18,7 @@ from cloudremotecontrol.master import client as client_mod
 from cloudremotecontrol.master.aclient import AsyncClient
 from cloudremotecontrol.master.client import Client
 from cloudremotecontrol.master.profile import Profile, load_profile, save_profile
+from cloudremotecontrol.master.streams import ShellSession
 
 # Nothing listens here: a check that lets a call through fails with Unavailable instead.
 URL = "http://127.0.0.1:9"
@@ -116,6 +117,61 @@ def test_async_client_refuses_nan_and_infinity(call: Callable[[Any], Any]) -> No
                 await call(c)
 
     asyncio.run(main())
+
+
+# -- waits: a timeout that no wait can keep -------------------------------------------------
+
+# nan passes every comparison with a deadline (a wait for ever), inf and 1e30 are a typo
+# (and no platform timer holds them), a negative number is no time: refused as `crc
+# wait --timeout` refuses them, before anything is sent (nothing listens at URL).
+BAD_TIMEOUTS: list[object] = [NAN, float("inf"), -1, -0.5, 1e30, 10**400, 604800.5, True, "60"]
+WAITS: list[Callable[[Any, object], Any]] = [
+    lambda c, t: c.wait_ready("lab", timeout=t),
+    lambda c, t: c.wait_ready("lab", t, ["a"]),
+    lambda c, t: c.wait_message("lab", "done", timeout=t),
+    lambda c, t: c.wait_message("lab", "done", "a", 0, t),
+    lambda c, t: c.wait_messages("lab", "done", ["a", "b"], timeout=t),
+]
+
+
+@pytest.mark.parametrize("timeout", BAD_TIMEOUTS, ids=lambda t: repr(t)[:12])
+@pytest.mark.parametrize("wait", WAITS)
+def test_sync_waits_refuse_a_timeout_no_wait_can_keep(
+    client: Client, wait: Callable[[Any, object], Any], timeout: object
+) -> None:
+    with pytest.raises(InvalidInput, match=r"^invalid duration .*: timeout ") as err:
+        wait(client, timeout)
+    assert err.value.details == {"field": "timeout"}
+
+
+@pytest.mark.parametrize("timeout", BAD_TIMEOUTS, ids=lambda t: repr(t)[:12])
+@pytest.mark.parametrize("wait", WAITS)
+def test_async_waits_refuse_a_timeout_no_wait_can_keep(
+    wait: Callable[[Any, object], Any], timeout: object
+) -> None:
+    async def main() -> None:
+        async with AsyncClient(URL, TOKEN) as c:
+            with pytest.raises(InvalidInput, match=r"^invalid duration .*: timeout "):
+                await wait(c, timeout)
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("timeout", [0, 0.5, 604800])
+def test_a_timeout_from_0_to_a_week_is_waited_for(client: Client, timeout: float) -> None:
+    """The bound lets a wait through (here to a server that is not there)."""
+    with pytest.raises(Unavailable):
+        client.wait_ready("lab", timeout=timeout)
+    with pytest.raises(Unavailable):
+        client.wait_message("lab", "done", timeout=timeout)
+
+
+@pytest.mark.parametrize("timeout", [NAN, float("inf"), -1, 1e30])
+def test_a_shell_session_refuses_a_timeout_no_wait_can_keep(timeout: float) -> None:
+    session = ShellSession(None, {"stream": "s"})  # checked before the socket is read
+    for wait in (session.recv, lambda t: session.expect("$ ", t), session.wait):
+        with pytest.raises(InvalidInput, match=r"^invalid duration .*: timeout "):
+            wait(timeout)
 
 
 def test_a_nan_anywhere_in_a_request_is_refused() -> None:

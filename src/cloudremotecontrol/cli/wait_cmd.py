@@ -15,7 +15,6 @@ from typing import Any
 import click
 
 from ..errors import InvalidInput
-from ..protocol.limits import MAX_TIMEOUT_SECONDS
 from .output import emit_json, json_option, safe
 
 _STATE_STYLE = {
@@ -120,11 +119,11 @@ def wait(
     A message counts if its machine sent it after the last command (`crc run`, a
     scenario step) started there, or after --since CURSOR: so the message a command
     ends with is found even if it came before `crc wait` started."""
+    from ..master.waits import check_timeout
     from .master_cmds import _client, _duration
 
-    seconds = _duration(timeout) or 0
-    if seconds > MAX_TIMEOUT_SECONDS:  # 1e30, 10**20: a typo, not a wait
-        raise InvalidInput(f"invalid duration {timeout!r}: --timeout is at most 7d (a week)")
+    # 1e30, 10**20: a typo, not a wait; refused as the SDK refuses it.
+    seconds = check_timeout(_duration(timeout), "--timeout", given=timeout)
     if message_type is not None:
         if machines is not None:
             raise click.UsageError("--machines does not go with --message: use --from MACHINE")

@@ -48,7 +48,7 @@ from .client import (
 )
 from .profile import Profile, load_profile
 from .types import Event, JobResult, Message, RunResult, is_final
-from .waits import FLOOR_TYPES, MessageWait, ReadyWait
+from .waits import FLOOR_TYPES, MessageWait, ReadyWait, check_timeout
 
 if TYPE_CHECKING:
     from .streams import AsyncStream, Opener
@@ -332,6 +332,8 @@ class AsyncClient:
         machines: list[str] | None = None,
         on_event: EventHandler | None = None,
     ) -> dict[str, Any]:
+        # Checked before the try: its InvalidInput would have the group looked up.
+        timeout = check_timeout(timeout)
         try:
             return await self._wait_ready(group, timeout, machines, on_event)
         except InvalidInput:  # a machine revoked: by the deletion of its group?
@@ -492,6 +494,7 @@ class AsyncClient:
         timeout: float = 600.0,
         on_message: Callable[[Message], Awaitable[None] | None] | None = None,
     ) -> dict[str, Message]:
+        timeout = check_timeout(timeout)
         deadline = time.monotonic() + timeout
         wait = MessageWait(type, senders, since)
         if wait.senders is not None:

@@ -43,7 +43,7 @@ from .calls import (
 from .follow import follow_events
 from .profile import Profile, load_profile
 from .types import Event, JobResult, Message, RunResult, exit_code_of, is_final
-from .waits import FLOOR_TYPES, MessageWait, ReadyWait
+from .waits import FLOOR_TYPES, MessageWait, ReadyWait, check_timeout
 
 if TYPE_CHECKING:
     from .streams import ForwardThread, ShellSession
@@ -342,8 +342,11 @@ class Client:
         """Block until the group's machines (or ``machines``) are ready; return the
         group's view. ``on_event`` sees their state and progress events as they come.
         Raises Unavailable (code ``timeout``) after ``timeout`` seconds, InvalidInput if
-        a machine is revoked, NotFound if one of ``machines`` is not in the group or the
-        group is deleted meanwhile."""
+        a machine is revoked or ``timeout`` is no number from 0 to 604800 (a week; nan,
+        inf, negative), NotFound if one of ``machines`` is not in the group or the group
+        is deleted meanwhile."""
+        # Checked before the try: its InvalidInput would have the group looked up.
+        timeout = check_timeout(timeout)
         try:
             return self._wait_ready(group, timeout, machines, on_event)
         except InvalidInput:  # a machine revoked: by the deletion of its group?
@@ -529,7 +532,8 @@ class Client:
         """The first message ``type`` from ``sender`` (or any machine) that counts under
         the rule of docs/sdk.md: sent after the last command started on that machine, or
         after cursor ``since``. Raises Unavailable (code ``timeout``) after ``timeout``,
-        InvalidInput for a type no machine can send (``user.NAME``), NotFound if
+        InvalidInput for a type no machine can send (``user.NAME``) or a ``timeout`` that
+        is no number from 0 to 604800 (a week), NotFound if
         ``sender`` is not in the group."""
         found = self.wait_messages(group, type, [sender] if sender else None, since, timeout)
         return next(iter(found.values()))
@@ -545,6 +549,7 @@ class Client:
     ) -> dict[str, Message]:
         """``wait_message`` for several machines: one message from each of ``senders``
         (None: the first from any machine), by sender."""
+        timeout = check_timeout(timeout)
         deadline = time.monotonic() + timeout
         wait = MessageWait(type, senders, since)
         if wait.senders is not None:

@@ -35,6 +35,7 @@ from ..protocol.streams import (
 from ..protocol.wire import Direction
 from ..relay import carry_both_ways
 from . import calls
+from .waits import check_timeout
 
 __all__ = [
     "AsyncStream",
@@ -469,8 +470,12 @@ class ShellSession:
 
     def recv(self, timeout: float | None = None) -> bytes:
         """The next output; b"" once the session ended (``exit_code`` is then set).
-        TimeoutError if nothing came within ``timeout`` seconds."""
+        TimeoutError if nothing came within ``timeout`` seconds (None: no limit; else
+        InvalidInput unless 0 to a week, as for every wait of the SDK)."""
         from websockets.exceptions import ConnectionClosed
+
+        if timeout is not None:
+            timeout = check_timeout(timeout)
 
         while not self.ended:
             try:
@@ -496,6 +501,7 @@ class ShellSession:
 
         want = pattern.encode() if isinstance(pattern, str) else pattern
         seen = bytearray()
+        timeout = check_timeout(timeout)
         deadline = time.monotonic() + timeout
         while want not in seen:
             left = deadline - time.monotonic()
@@ -509,6 +515,8 @@ class ShellSession:
 
     def wait(self, timeout: float | None = None) -> int:
         """Read (and drop) the rest of the output; the remote exit code."""
+        if timeout is not None:
+            timeout = check_timeout(timeout)
         while self.recv(timeout):
             pass
         if self.exit_code is None:

@@ -14,14 +14,40 @@ script can wait for the next one with ``since=message.cursor``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ..errors import InvalidInput, NotFound, Unavailable
+from ..protocol.limits import MAX_TIMEOUT_SECONDS
 from ..protocol.names import check_message_type
 from .types import Message
 
-__all__ = ["FLOOR_TYPES", "MessageWait", "ReadyWait", "user_type"]
+__all__ = ["FLOOR_TYPES", "MessageWait", "ReadyWait", "check_timeout", "user_type"]
+
+
+def check_timeout(value: object, name: str = "timeout", given: str | None = None) -> float:
+    """``value`` as the seconds a wait may last (``Client.wait_ready``, ``wait_message``,
+    ``crc wait --timeout``): from 0 (look once, do not wait) to a week, the most ``crc
+    run --timeout`` takes. Else InvalidInput naming ``name``, before anything is sent:
+    ``nan`` passes every comparison with a deadline (a wait for ever), ``inf`` or
+    ``1e30`` are a typo, not a wait (and no timer of the platform holds them), a negative
+    number is no time. ``given``: the text it was read from (``--timeout 1e30``), quoted."""
+    shown = (repr(value) if given is None else repr(given))[:40]
+    seconds = math.nan
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        # An int too large for a float (10**400) is as far past the bound as 1e300.
+        seconds = float(value) if abs(value) < 1e300 else (1e300 if value > 0 else -1e300)
+    if not math.isfinite(seconds) or seconds < 0:
+        raise InvalidInput(
+            f"invalid duration {shown}: {name} must be a number of seconds from 0 to "
+            f"{MAX_TIMEOUT_SECONDS} (a week)",
+            field=name,
+        )
+    if seconds > MAX_TIMEOUT_SECONDS:
+        raise InvalidInput(f"invalid duration {shown}: {name} is at most 7d (a week)", field=name)
+    return seconds
+
 
 #: The event types the message rule reads before waiting (the commands that started).
 FLOOR_TYPES = ("job.created",)
