@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ...protocol.rollout import Rollout
+from .yamlcompose import gc_paused
 from .yamlnodes import (
     MAX_SCENARIO_BYTES,
     NodeReader,
@@ -183,11 +184,12 @@ def parse_scenario(text: str, path: str | Path = "scenario.yaml") -> Scenario:
     from .parser import ScenarioParser  # the parser builds this module's classes
 
     p = Path(path)
-    r = NodeReader(p.name, text)
-    try:
-        scenario = ScenarioParser(r, p).scenario(hashlib.sha256(text.encode()).hexdigest())
-    finally:
-        r.loader.dispose()
+    with gc_paused():  # a large file is a tree of many nodes (yamlcompose.gc_paused)
+        r = NodeReader(p.name, text)
+        try:
+            scenario = ScenarioParser(r, p).scenario(hashlib.sha256(text.encode()).hexdigest())
+        finally:
+            r.loader.dispose()
     if r.problems or scenario is None:
         raise ScenarioError(r.problems or [Problem(Where(p.name, 1, 1), "", "empty file")])
     return scenario

@@ -761,8 +761,8 @@ class ScenarioParser:
             texts += [(t, None) for t in _strings(action.body)]
         elif isinstance(action, WaitAction):
             texts += [(action.key or "", None)]
-        for text, dialect in texts:
-            for problem in templates.check(text, self.variables, set(self.machines), dialect):
+        for text, dialect in texts:  # the machines by name, not a copy per text (thousands)
+            for problem in templates.check(text, self.variables, self.machines, dialect):
                 self.r.error(node, path, problem)
 
 

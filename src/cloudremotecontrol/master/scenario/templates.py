@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Container, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,7 +104,7 @@ def references(text: str) -> Iterator[Reference]:
 
 
 def check(
-    text: str, variables: Mapping[str, Any], machines: set[str], dialect: str | None = None
+    text: str, variables: Mapping[str, Any], machines: Container[str], dialect: str | None = None
 ) -> list[str]:
     """Problems with the tags of ``text``, found without any machine running; with
     ``dialect`` (shell code), also tags placed where no quoting is safe."""

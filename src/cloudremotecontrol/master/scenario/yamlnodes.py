@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import yaml
 
 from ...errors import InvalidInput
+from .yamlcompose import compose
 
 C = TypeVar("C", bound=str)  # one of a choice's values (a Literal type, or str)
 
@@ -149,6 +150,23 @@ def read_bounded(path: Path, limit: int, what: str) -> str:
 def expanded_nodes(root: yaml.Node, cap: int) -> int:
     """How many nodes ``root`` holds once every alias is expanded (an alias is the node
     it names, shared in the composed tree), counted without expanding, up to ``cap``."""
+    # Most files have no alias: then it is the number of nodes, found in one pass.
+    seen: set[int] = set()
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            return _expanded_with_aliases(root, cap)
+        seen.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            stack.extend(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            for pair in node.value:
+                stack.extend(pair)
+    return min(len(seen), cap)
+
+
+def _expanded_with_aliases(root: yaml.Node, cap: int) -> int:
     size: dict[int, int] = {}
     seen: set[int] = set()
     stack: list[tuple[yaml.Node, bool]] = [(root, False)]
@@ -177,6 +195,7 @@ class NodeReader:
 
     def __init__(self, file: str, text: str) -> None:
         self.file = file
+        self.text = text
         self.problems: list[Problem] = []
         self._refused = False  # the text has a character YAML allows nowhere
         try:
@@ -213,7 +232,7 @@ class NodeReader:
         if self._refused:
             return None
         try:
-            node = self.loader.get_single_node()
+            node = compose(self.text, self.loader)
             if node is not None and expanded_nodes(node, MAX_EXPANDED_NODES + 1) > (
                 MAX_EXPANDED_NODES
             ):
