@@ -282,16 +282,16 @@ async def test_a_group_keeps_the_jobs_of_its_newest_finished_automatic_syncs_onl
     assert await lab.jobs() == kept
     with pytest.raises(NotFound):
         await store.read(jobs.job_view, lab.user["user_id"], created[0])
-    # Once the third ends, the next sync forgets it too.
+    # The third ended: still kept while its message waits in a's outbox (a machine that
+    # has it reports on it), and what the machines acknowledge now, of syncs forgotten
+    # or not, changes nothing but the newest: b's superseded ones, a's third.
     body = {"job_id": created[2], "status": "succeeded", "exit_code": 0}
     await lab.send("a", "job.result", body)
     await lab.move("a", "10.9.0.13")
     due = await lab.due()
     assert due is not None and await lab.tick(due)
-    assert await lab.jobs() == [*created[-KEEP:], (await lab.syncs())[-1]["job_id"]]
-    # What the machines acknowledge now, of syncs forgotten or not, changes nothing but
-    # the newest: b's superseded ones, a's third (started and ended before its ack).
     newest = (await lab.jobs())[-1]
+    assert await lab.jobs() == [created[2], *created[-KEEP:], newest]
     assert ("hosts.sync", created[2]) in await lab.outbox("a")
     for name in ("a", "b"):
         waiting = await lab.outbox(name)
@@ -300,3 +300,32 @@ async def test_a_group_keeps_the_jobs_of_its_newest_finished_automatic_syncs_onl
     assert await lab.targets(newest) == {"a": ("delivered", None), "b": ("delivered", None)}
     evs = await store.read(events.events_after, lab.gid, 0)
     assert not [e for e in evs if e["type"] == "agent.error"], evs
+    # Acknowledged, the third is forgotten by the next sync.
+    await lab.move("a", "10.9.0.14")
+    due = await lab.due()
+    assert due is not None and await lab.tick(due)
+    assert created[2] not in await lab.jobs()
+
+
+async def test_a_long_history_of_syncs_is_forgotten_a_batch_at_a_time(store: Store) -> None:
+    """A group with many finished automatic syncs (kept before their pruning existed)
+    forgets ``PRUNE_BATCH`` of them per sync, never all in one long write."""
+    lab = await Lab.create(store, ["a"])
+    old = 2 * hostsync.PRUNE_BATCH + 10
+
+    def history(tx: Tx) -> None:
+        tx.executemany(
+            "INSERT INTO jobs (id, group_id, spec, target, created, created_by) "
+            "VALUES (?, ?, '{}', 'all', ?, ?)",
+            [(f"old{n:04d}", lab.gid, 1000.0 + n, hostsync.BY) for n in range(old)],
+        )
+
+    await store.write(history)
+    before = len(await lab.jobs())
+    await lab.move("a", "10.9.0.1")
+    assert await lab.changed(now())
+    assert len(await lab.jobs()) == before + 1 - hostsync.PRUNE_BATCH
+    await lab.move("a", "10.9.0.2")
+    due = await lab.due()
+    assert due is not None and await lab.tick(due)
+    assert len(await lab.jobs()) == before + 2 - 2 * hostsync.PRUNE_BATCH

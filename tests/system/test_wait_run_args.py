@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from cloudremotecontrol.errors import InvalidInput, NotFound
+from cloudremotecontrol.errors import InvalidInput, NotFound, Unavailable
 
 SAFETY = 30.0  # each command here answers at once; a wait in vain runs into this
 
@@ -45,15 +45,27 @@ def test_crc_wait_longer_than_a_week_is_refused_like_crc_run(crc, quiet, value):
     assert "timeout must be between 0 and 604800 seconds" in _one_line(r, 2)
 
 
-@pytest.mark.parametrize("value", [float("nan"), float("inf"), -1.0, 1e30, 604801.0])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), 1e30, 604801.0])
 def test_the_sdk_waits_refuse_what_crc_wait_refuses(env, quiet, value):
     """`Client.wait_ready` / `wait_message` with nan (waited for ever), inf or 1e30 (a
-    typo) or a negative number: InvalidInput naming `timeout`, at once, as `crc wait`."""
+    typo): InvalidInput naming `timeout`, at once, as `crc wait`."""
     with pytest.raises(InvalidInput, match=r"^invalid duration .*: timeout "):
         env.client.wait_ready(quiet, timeout=value)
     with pytest.raises(InvalidInput, match=r"^invalid duration .*: timeout "):
         env.client.wait_message(quiet, "done", timeout=value)
     assert env.client.group(quiet)["machines"][0]["state"] == "pending"
+
+
+def test_an_sdk_wait_past_its_deadline_looks_once(env, quiet):
+    """A negative timeout (a script's ``deadline - time.time()``, already past) looks
+    once, as 0 does: the wait ends with its timeout error, not InvalidInput."""
+    for wait in (
+        lambda: env.client.wait_ready(quiet, timeout=-1.5),
+        lambda: env.client.wait_message(quiet, "done", timeout=-1.5),
+    ):
+        with pytest.raises(Unavailable) as err:
+            wait()
+        assert err.value.code == "timeout", err.value
 
 
 def test_a_scenario_duration_that_no_wait_can_last_is_refused_with_its_line(env, crc):

@@ -15,6 +15,7 @@ script can wait for the next one with ``since=message.cursor``.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -28,25 +29,28 @@ __all__ = ["FLOOR_TYPES", "MessageWait", "ReadyWait", "check_timeout", "user_typ
 
 def check_timeout(value: object, name: str = "timeout", given: str | None = None) -> float:
     """``value`` as the seconds a wait may last (``Client.wait_ready``, ``wait_message``,
-    ``crc wait --timeout``): from 0 (look once, do not wait) to a week, the most ``crc
-    run --timeout`` takes. Else InvalidInput naming ``name``, before anything is sent:
-    ``nan`` passes every comparison with a deadline (a wait for ever), ``inf`` or
-    ``1e30`` are a typo, not a wait (and no timer of the platform holds them), a negative
-    number is no time. ``given``: the text it was read from (``--timeout 1e30``), quoted."""
+    ``crc wait --timeout``): up to a week, the most ``crc run --timeout`` takes; 0 looks
+    once and does not wait, and so does a negative number (a deadline already past, as
+    ``deadline - time.time()`` gives). Else InvalidInput naming ``name``, before
+    anything is sent: ``nan`` passes every comparison with a deadline (a wait for ever),
+    ``inf`` or ``1e30`` are a typo, not a wait (and no timer of the platform holds them).
+    ``given``: the text it was read from (``--timeout 1e30``), quoted."""
     shown = (repr(value) if given is None else repr(given))[:40]
     seconds = math.nan
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        # An int too large for a float (10**400) is as far past the bound as 1e300.
-        seconds = float(value) if abs(value) < 1e300 else (1e300 if value > 0 else -1e300)
-    if not math.isfinite(seconds) or seconds < 0:
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        try:
+            seconds = float(value)
+        except OverflowError:  # an int too large for a float (10**400): as inf
+            seconds = math.inf
+    if not math.isfinite(seconds):
         raise InvalidInput(
-            f"invalid duration {shown}: {name} must be a number of seconds from 0 to "
+            f"invalid duration {shown}: {name} must be a number of seconds up to "
             f"{MAX_TIMEOUT_SECONDS} (a week)",
             field=name,
         )
     if seconds > MAX_TIMEOUT_SECONDS:
         raise InvalidInput(f"invalid duration {shown}: {name} is at most 7d (a week)", field=name)
-    return seconds
+    return max(seconds, 0.0)
 
 
 #: The event types the message rule reads before waiting (the commands that started).

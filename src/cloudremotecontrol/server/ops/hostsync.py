@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 from ...errors import CrcError
@@ -46,6 +47,8 @@ WINDOW = 5.0
 MAX_WINDOW = 60.0
 #: Finished automatic hosts syncs whose jobs a group keeps (``crc job list``).
 KEEP = 3
+#: Older ones forgotten at most per sync (``_prune``).
+PRUNE_BATCH = 100
 #: Who the jobs of automatic hosts syncs are by (``crc job list``, the audit record).
 BY = "crc (--sync-hosts)"
 
@@ -132,9 +135,7 @@ def _supersede(tx: Tx, group: dict[str, Any], newer: str) -> None:
         by_job.setdefault(r["job_id"], []).append(r["machine_id"])
     cancelled: list[dict[str, Any]] = []
     for job_id, machine_ids in by_job.items():
-        for i in range(0, len(machine_ids), 500):
-            chunk = machine_ids[i : i + 500]
-            marks = ",".join("?" * len(chunk))
+        for chunk, marks in _chunks(machine_ids):
             done = tx.all(
                 # Only "?" placeholders are formatted in: the ids are parameters.
                 "UPDATE job_targets SET status = ?, reason = ?, updated = ? "  # noqa: S608
@@ -172,26 +173,44 @@ _OPEN = (JobStatus.QUEUED.value, JobStatus.DELIVERED.value, JobStatus.RUNNING.va
 
 def _prune(tx: Tx, group_id: str) -> None:
     """Forget the jobs of the group's finished automatic hosts syncs but the newest
-    ``KEEP`` (those of every target ended): their rows and their targets'. A sync still
-    under way anywhere is kept, however old. Their events stay (retention forgets them
-    with the others), so no event stream or cursor sees a difference; a job that is
-    gone reads as unknown (``crc job show``: not found), and what a machine still says
-    of it (an ack of its message, a late report) finds no target, as for any job not
-    sent to it. Rows of the outbox naming it (a ``job.cancel`` in place of one
-    superseded) stay: they are numbered messages of the machine's stream."""
+    ``KEEP`` (those of every target ended), ``PRUNE_BATCH`` at most at a time (a group
+    with a long history, from before this limit, is pruned over its next syncs, never in
+    one long write): their rows and their targets'. A sync still under way anywhere is
+    kept, however old, and so is one still in a machine's outbox (a machine that has it
+    will report on it). Their events stay (retention forgets them with the others), so
+    no event stream or cursor sees a difference; a job that is gone reads as unknown
+    (``crc job show``: not found), and what a machine still says of it (an ack of its
+    message, a late report) finds no target, as for any job not sent to it. Rows of the
+    outbox naming it (a ``job.cancel`` in place of one superseded) stay: they are
+    numbered messages of the machine's stream."""
     rows = tx.all(
         "SELECT id FROM jobs j WHERE group_id = ? AND created_by = ? AND NOT EXISTS "
         "(SELECT 1 FROM job_targets t WHERE t.job_id = j.id AND t.status IN (?, ?, ?)) "
         "ORDER BY created DESC, id DESC",
         (group_id, BY, *_OPEN),
     )
-    old = [r["id"] for r in rows[KEEP:]]
-    for i in range(0, len(old), 500):
-        chunk = old[i : i + 500]
-        marks = ",".join("?" * len(chunk))
+    old = [r["id"] for r in rows[KEEP : KEEP + PRUNE_BATCH]]
+    if not old:
+        return
+    waiting = {
+        r["job_id"]
+        for r in tx.all(
+            "SELECT o.job_id FROM machines m JOIN outbox o ON o.machine_id = m.id "
+            "WHERE m.group_id = ? AND o.type = 'hosts.sync'",
+            (group_id,),
+        )
+    }
+    for chunk, marks in _chunks([job for job in old if job not in waiting]):
         # Only "?" placeholders are formatted in: the ids are parameters.
         tx.send(f"DELETE FROM job_targets WHERE job_id IN ({marks})", chunk)  # noqa: S608
         tx.send(f"DELETE FROM jobs WHERE id IN ({marks})", chunk)  # noqa: S608
+
+
+def _chunks(ids: list[str], size: int = 500) -> Iterator[tuple[list[str], str]]:
+    """``ids`` in chunks a statement's ``IN (...)`` takes, each with its placeholders."""
+    for i in range(0, len(ids), size):
+        chunk = ids[i : i + size]
+        yield chunk, ",".join("?" * len(chunk))
 
 
 def due_groups(tx: Tx, at: float) -> list[str]:

@@ -243,7 +243,7 @@ def _v16(d: str) -> list[str]:
     """How long a ``--sync-hosts`` group's open sync window is: it doubles while changes
     keep coming (NULL: none open, the next is the shortest); and the jobs of a group by
     who started them: each automatic sync finds the group's older ones to forget
-    (ops/hostsync.py), and ``crc job list`` finds a group's jobs without reading all."""
+    (ops/hostsync.py) without reading the group's other jobs."""
     return [
         f"ALTER TABLE groups ADD COLUMN hosts_window {_REAL[d]}",
         "CREATE INDEX jobs_group ON jobs(group_id, created_by, created)",
