@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 import pytest
+from store_fixtures import anyio_backend_fixture, db_url_fixture, store_fixture  # noqa: F401 -- fixtures
 
 from batches import in_one_batch
 from cloudremotecontrol.errors import NotFound
@@ -25,32 +26,12 @@ from cloudremotecontrol.server.ops import (
     users,
 )
 from cloudremotecontrol.server.ops.common import dumps, now
-from cloudremotecontrol.server.store.base import Store, Tx, open_store
+from cloudremotecontrol.server.store.base import Store, Tx
 
 pytestmark = pytest.mark.anyio
 
 #: Finished automatic hosts syncs whose jobs a group keeps (ops/hostsync.py).
 KEEP = 3
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'crc.db'}"
-    return str(request.getfixturevalue("pg_url"))
-
-
-@pytest.fixture
-async def store(db_url: str) -> Any:
-    s = open_store(db_url)
-    await s.start()
-    yield s
-    await s.close()
 
 
 class Lab:

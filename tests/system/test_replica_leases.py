@@ -8,6 +8,7 @@ import asyncio
 from typing import Any
 
 import pytest
+from store_fixtures import anyio_backend_fixture, db_url_fixture  # noqa: F401 -- fixtures
 
 from cloudremotecontrol.server.ops import events, groups, sessions, users
 from cloudremotecontrol.server.store import schema
@@ -16,18 +17,6 @@ from cloudremotecontrol.server.store.base import Store, Tx, open_store
 pytestmark = pytest.mark.anyio
 
 ALL = [v for v, _ in schema.MIGRATIONS]
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'crc.db'}"
-    return str(request.getfixturevalue("pg_url"))
 
 
 def versions(tx: Tx) -> list[int]:

@@ -18,6 +18,7 @@ from collections import Counter
 from typing import Any
 
 import pytest
+from store_fixtures import anyio_backend_fixture, db_url_fixture, store_fixture  # noqa: F401 -- fixtures
 
 from batches import in_one_batch
 from cloudremotecontrol.errors import Conflict, InvalidInput, KeyRejected, NotFound, Unauthorized
@@ -40,27 +41,6 @@ from cloudremotecontrol.server.store.sqlite import SqliteStore
 pytestmark = pytest.mark.anyio
 
 LATEST = MIGRATIONS[-1][0]
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
-    """An empty database of each backend."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'crc.db'}"
-    return str(request.getfixturevalue("pg_url"))
-
-
-@pytest.fixture
-async def store(db_url: str) -> Any:
-    s = open_store(db_url)
-    await s.start()
-    yield s
-    await s.close()
 
 
 @pytest.fixture
