@@ -7,7 +7,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from test_store import anyio_backend, db_url, new_user, ready_machines, store  # noqa: F401
+from store_fixtures import anyio_backend_fixture, db_url_fixture, store_fixture  # noqa: F401
+from test_store import new_user, ready_machines
 
 from cloudremotecontrol.errors import Conflict, InvalidInput, NotFound, Unauthorized
 from cloudremotecontrol.server.dashboard import sessions, views
@@ -26,7 +27,7 @@ RUN = "a" * 32
 
 
 async def test_a_session_stands_for_its_user_until_logout_expiry_or_token_revocation(
-    store: Store,  # noqa: F811 -- the fixture of test_store.py
+    store: Store,
 ) -> None:
     alice = await new_user(store)
     opened = await store.write(sessions.open_session, alice["token"], "127.0.0.1")
@@ -61,7 +62,7 @@ async def test_a_session_stands_for_its_user_until_logout_expiry_or_token_revoca
 
 
 async def test_a_run_reports_its_steps_in_order_and_refuses_stale_or_foreign_reports(
-    store: Store,  # noqa: F811 -- the fixture of test_store.py
+    store: Store,
 ) -> None:
     alice = await new_user(store)
     await ready_machines(store, alice, "lab", ["m1", "m2"])
@@ -117,7 +118,7 @@ async def test_a_run_reports_its_steps_in_order_and_refuses_stale_or_foreign_rep
     ],
 )
 async def test_a_run_graph_with_a_cycle_a_forward_need_or_a_bad_name_is_refused(
-    store: Store,  # noqa: F811 -- the fixture of test_store.py
+    store: Store,
     steps: list[dict[str, Any]],
     message: str,
 ) -> None:
@@ -130,7 +131,7 @@ async def test_a_run_graph_with_a_cycle_a_forward_need_or_a_bad_name_is_refused(
 
 
 async def test_the_machines_table_knows_since_when_each_machine_is_in_its_state(
-    store: Store,  # noqa: F811 -- the fixture of test_store.py
+    store: Store,
 ) -> None:
     alice = await new_user(store)
     machines = await ready_machines(store, alice, "lab", ["m1", "m2"])
@@ -158,7 +159,7 @@ async def test_the_machines_table_knows_since_when_each_machine_is_in_its_state(
 
 
 async def test_a_jobs_events_are_read_back_from_the_latest_a_batch_at_a_time(
-    store: Store,  # noqa: F811 -- the fixture of test_store.py
+    store: Store,
 ) -> None:
     """What a job's page reads (``events.job_rows_before``): the job's events only,
     newest first, each batch ending where the next one starts."""
