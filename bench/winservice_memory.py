@@ -36,6 +36,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+# tests/windows (the Wine machine, test_wine_lean's sitecustomize) and tests/ (lean.py,
+# which test_wine_lean imports, as pytest finds it)
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "windows"))
 
 from _common import log, machine_info, mib, pss_kib, rss_kib, write_section
@@ -56,6 +59,9 @@ WATCHED = (
     "zipfile",
     "bz2",
     "lzma",
+    # read the service host's options, then unloaded (agent/options.py)
+    "argparse",
+    "gettext",
 )
 
 
