@@ -3,11 +3,14 @@
 (server/pacing.py): a machine blasting messages without waiting for acks has them
 stored at that pace, every one of them in the end (nothing it sent is lost), while a
 peer's messages are not held behind its backlog; a machine that reconnects for each
-message is held to the same pace (the debt is the machine's, not the connection's)."""
+message is held to the same pace (the debt is the machine's, not the connection's), and
+so is one sending stored messages again, or messages out of sequence that each end its
+connection."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
@@ -15,8 +18,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from websockets.asyncio.client import ClientConnection
 from wire_helpers import (
     assert_no_traceback_in_server_log,
+    close_code,
     enroll,
     pinned_http,
     recv_json,
@@ -28,15 +33,16 @@ from cloudremotecontrol.server.pacing import MIN_COST
 from conftest import Env
 
 RATE, BURST = 4096, 8192  # bytes per second, bytes at once
+SLOW_BURST = 16384  # bytes at once, then 1 byte per second: the least there is
 
 
-@pytest.fixture
-def paced(tmp_path: Path) -> Iterator[tuple[Env, dict[str, str]]]:
-    """A server pacing machines at RATE after BURST, a group lab of a and b, their
-    credentials."""
+@contextlib.contextmanager
+def _paced_server(tmp_path: Path, rate: int, burst: int) -> Iterator[tuple[Env, dict[str, str]]]:
+    """A server pacing machines at ``rate`` after ``burst``, a group lab of a and b,
+    their credentials."""
     srv = ServerProcess(
         tmp_path / "srv",
-        args=["--machine-bytes-per-second", str(RATE), "--machine-burst-bytes", str(BURST)],
+        args=["--machine-bytes-per-second", str(rate), "--machine-burst-bytes", str(burst)],
     ).start()
     env = Env(srv, tmp_path)
     try:
@@ -45,10 +51,26 @@ def paced(tmp_path: Path) -> Iterator[tuple[Env, dict[str, str]]]:
             creds = {name: enroll(http, key) for name, key in keys.items()}
         yield env, creds
         assert_no_traceback_in_server_log(srv)
-        assert "machine_bytes_per_second is 4096" in srv.log_path.read_text()  # warned
+        assert f"machine_bytes_per_second is {rate}:" in srv.log_path.read_text()  # warned
     finally:
         env.close()
         srv.stop()
+
+
+@pytest.fixture
+def paced(tmp_path: Path) -> Iterator[tuple[Env, dict[str, str]]]:
+    """Machines paced at RATE after BURST."""
+    with _paced_server(tmp_path, RATE, BURST) as server:
+        yield server
+
+
+@pytest.fixture
+def slow(tmp_path: Path) -> Iterator[tuple[Env, dict[str, str]]]:
+    """Machines paced at 1 byte per second after SLOW_BURST: a frame that goes into
+    debt holds the next one back for a second per byte of the debt (about an hour for a
+    3 KiB message)."""
+    with _paced_server(tmp_path, 1, SLOW_BURST) as server:
+        yield server
 
 
 def _stored(env: Env) -> int:
@@ -62,13 +84,13 @@ def _allowed(elapsed: float, cost: int) -> int:
     return int((BURST + RATE * elapsed) // cost) + 1
 
 
-def _frame(seq: int, body: dict[str, str]) -> str:
+def _frame(seq: int, body: dict[str, str], kind: str = "user.fill") -> str:
     envelope = {
         "id": uuid.uuid4().hex,
         "group": "lab",
         "from": "a",
         "to": "master",
-        "type": "user.fill",
+        "type": kind,
         "body": body,
         "correlation_id": None,
         "created": time.time(),
@@ -132,5 +154,71 @@ def test_reconnecting_does_not_reset_a_machines_pace(paced: tuple[Env, dict[str,
                 f"connection; the pace allows {_allowed(elapsed, cost)}"
             )
         assert _stored(env) == rounds
+
+    asyncio.run(run())
+
+
+async def _acks(ws: ClientConnection, want: int, seconds: float) -> list[int]:
+    """The seqs of the acks the server sends within ``seconds``, up to ``want`` of them."""
+    acks: list[int] = []
+    deadline = time.monotonic() + seconds
+    with contextlib.suppress(asyncio.TimeoutError):
+        while len(acks) < want:
+            frame = await recv_json(ws, timeout=max(deadline - time.monotonic(), 0.01))
+            if frame.get("type") == "ack":
+                acks.append(frame["seq"])
+    return acks
+
+
+def test_a_stored_message_sent_again_counts_whatever_its_type(
+    slow: tuple[Env, dict[str, str]],
+) -> None:
+    """A machine sending a stored message's number again and again, as a job's report
+    (a type that is not counted when stored), is read at the pace all the same."""
+    env, creds = slow
+    body = {"fill": "x" * 3000}
+    again = 8  # about 26 KB sent again: past what is left of the 16 KiB burst
+
+    async def run() -> None:
+        async with wire_agent(env.server, creds["a"], "lab", "a") as a:
+            assert (await a.send_msg("user.fill", body))[-1]["type"] == "ack"
+            stored = a.seq
+            for _ in range(again):
+                await a.ws.send(_frame(stored, body, kind="job.output"))
+            acks = await _acks(a.ws, again, 10)
+            assert len(acks) < again, "every message sent again was read at once"
+            # The pace holds: a new message waits behind the debt.
+            await a.ws.send(_frame(stored + 1, body))
+            assert await _acks(a.ws, 1, 3) == []
+        assert _stored(env) == 1
+
+    asyncio.run(run())
+
+
+def test_messages_out_of_sequence_count_though_each_ends_its_connection(
+    slow: tuple[Env, dict[str, str]],
+) -> None:
+    """A machine sending messages out of sequence, each ending its connection, is paced
+    as any other: its next message, on a new connection, waits behind the debt."""
+    env, creds = slow
+    body = {"fill": "x" * 3000}
+    cuts = 7  # about 23 KB refused: past the 16 KiB burst
+
+    async def run() -> None:
+        refused = 0
+        for _ in range(cuts):
+            async with wire_agent(env.server, creds["a"], "lab", "a") as a:
+                await a.ws.send(_frame(a.seq + 5, body))
+                try:
+                    assert await close_code(a.ws, timeout=5) == 4400
+                except TimeoutError:  # not read: the pace holds it
+                    break
+                refused += 1
+        assert refused < cuts, "every message out of sequence was read at once"
+        # The pace holds, on a new connection too: a message in sequence waits.
+        async with wire_agent(env.server, creds["a"], "lab", "a") as a:
+            await a.ws.send(_frame(a.seq + 1, body))
+            assert await _acks(a.ws, 1, 3) == []
+        assert _stored(env) == 0
 
     asyncio.run(run())

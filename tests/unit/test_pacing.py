@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from cloudremotecontrol.server.pacing import MIN_COST, Paces, stored_size
+from cloudremotecontrol.server.pacing import MIN_COST, Paces, counts_message, stored_size
 
 
 class _Clock:
@@ -78,3 +78,21 @@ def test_a_frame_costs_the_bytes_it_takes_once_stored() -> None:
         assert stored_size(text) == len(json.dumps(text)) - len(json.dumps("")) - (
             text.count('"') + text.count("\\")
         )
+
+
+def test_a_message_counts_when_it_was_stored_refused_or_read_again() -> None:
+    new, job = "user.fill", "job.output"
+    error = {"code": "invalid_input", "message": "no"}
+    stored = {"receipt": "new", "deliveries": []}
+    refused = {"receipt": "new", "error": error}  # an agent.error event stored instead
+    assert counts_message(new, stored)
+    assert counts_message("progress", stored)
+    assert counts_message(None, refused) and counts_message(job, refused)
+    assert counts_message(new, {"receipt": "gap", "expected": 3})  # refused, then cut
+    assert not counts_message(job, stored)  # what a job sent reports: not counted
+    # Sent again, stored already: read and checked again, whatever its type.
+    assert counts_message(new, {"receipt": "duplicate"})
+    assert counts_message(job, {"receipt": "duplicate"})
+    # Nothing stored: failed here (sent again later), revoked.
+    assert not counts_message(new, {"receipt": "retry", "error": error})
+    assert not counts_message(new, {"receipt": "revoked", "reason": "x", "uninstall": False})

@@ -40,7 +40,7 @@ from . import auth
 from .admission import LoginGate
 from .hub import AgentLink
 from .ops import delivery
-from .pacing import Paces, stored_size
+from .pacing import Paces, counts_message, stored_size
 from .store.base import Store
 
 __all__ = ["agent_endpoint"]
@@ -191,7 +191,8 @@ class _Connection:
     def __init__(self, ws: WebSocket, store: Store, m: dict[str, Any], link: AgentLink) -> None:
         self.ws, self.store, self.m, self.link = ws, store, m, link
         #: Whether the last frame counts against the machine's bytes per second
-        #: (server/pacing.py): all but acks and what a job sent it reports.
+        #: (server/pacing.py): all but acks and what a job sent it reports, when stored
+        #: (``counts_message``).
         self.counted = True
 
     async def error(self, exc: CrcError, seq: int | None = None) -> None:
@@ -215,8 +216,7 @@ class _Connection:
             delivery.apply_agent_message, self.m["id"], frame.seq, frame.msg, frame.ack
         )
         receipt = result["receipt"]
-        kind = frame.msg.get("type")
-        self.counted = not (isinstance(kind, str) and kind.startswith("job.")) or "error" in result
+        self.counted = counts_message(frame.msg.get("type"), result)
         if result.get("deliveries"):
             self.ws.app.state.hub.deliver(result["deliveries"])
         if receipt == "revoked":
@@ -276,12 +276,13 @@ async def _read_loop(ws: WebSocket, store: Store, m: dict[str, Any], link: Agent
             # Malformed frame, or one only agents receive: tell the agent, keep the
             # connection (nothing was stored).
             await conn.error(exc)
-            conn.counted = True
+            conn.counted, go_on = True, True
         else:
-            if not await handler(frame):
-                return
-        if conn.counted:
+            go_on = await handler(frame)
+        if conn.counted:  # also for a frame that ended the connection (a gap)
             paces.charge(m["id"], stored_size(text))
+        if not go_on:
+            return
 
 
 async def _refuse(ws: WebSocket, code: int, exc: CrcError) -> None:

@@ -75,8 +75,9 @@ class ServerSettings:
     # Failed dashboard logins one address may make per minute; then 429 until it passes.
     login_failures_per_minute: int = 10
     # Bytes one machine may send per second, after a burst, of what the server stores
-    # (progress, facts, messages; not what a job sent it reports): past it the server
-    # reads the machine's next frame later (server/pacing.py).
+    # (progress, facts, messages, and what it sends again; not what a job sent it
+    # reports): past it the server reads the machine's next frame later
+    # (server/pacing.py).
     machine_bytes_per_second: int = 1 << 20
     machine_burst_bytes: int = 64 << 20
     # Retention, in days (0 keeps for ever): events of live groups, files no job uses

@@ -13,6 +13,19 @@ job sends (its start, output and result, for a job the server sent it) and acks 
 counted: a job's output is bounded by what the server keeps of it, and is what a master
 asked for.
 
+Which messages count (``counts_message``): one stored, one refused, and one sent again.
+A message refused (bad input, or given up) stores an ``agent.error`` event in its place,
+and a frame refused (malformed, out of sequence, or one only agents receive) an error
+frame: they count as the frame they were, like a message stored, so that refusing is
+never cheaper than storing (the server read and decoded it all). A message the agent
+sends again that the server has stored already (after a reconnect, one it had no ack
+for) is acknowledged again and stores nothing, but counts as the frame it is, whatever
+its type: the server reads and checks it again, and a machine could otherwise send the
+same stored message (or a job's report under a stored number) again and again, read at
+the server's own pace. An agent catching up after a reconnect sends again what it had
+no ack for, which the burst covers. One the server failed to apply (it asks for it
+again, and it counts then) and one from a machine revoked meanwhile do not count.
+
 A paced machine's pings wait behind its data too: an agent that sends more than its
 burst at once has its pings answered late, by the bytes ahead of them (its socket's
 buffers, a few MiB) over the rate; below ``PACE_WARN_BELOW`` that can pass the agent's
@@ -26,9 +39,10 @@ full bucket is the same as none, so full ones are dropped as new ones are made.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
-__all__ = ["MIN_COST", "PACE_WARN_BELOW", "Paces", "stored_size"]
+__all__ = ["MIN_COST", "PACE_WARN_BELOW", "Paces", "counts_message", "stored_size"]
 
 MIN_COST = 1024  # bytes a frame costs at least: many small frames cost writes too
 PACE_WARN_BELOW = 512 << 10  # bytes per second: see above (the server warns at start)
@@ -42,6 +56,18 @@ def stored_size(text: str) -> int:
     ascii_chars = len(text.encode("ascii", "ignore"))
     units = len(text.encode("utf-16-le")) // 2
     return ascii_chars + 6 * (units - ascii_chars)
+
+
+def counts_message(kind: object, result: Mapping[str, Any]) -> bool:
+    """Whether a ``msg`` frame counts against its machine's pace, given its message's
+    ``type`` and what applying it returned (``ops/delivery.py``
+    ``apply_agent_message``): see above."""
+    receipt = result.get("receipt")
+    if receipt in ("retry", "revoked"):
+        return False  # the server's own failure, or a machine gone: nothing stored
+    if receipt in ("duplicate", "gap") or "error" in result:
+        return True  # read again, or refused: an agent.error event, or an error frame
+    return not (isinstance(kind, str) and kind.startswith("job."))
 
 
 class _Bucket:
