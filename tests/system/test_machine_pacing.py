@@ -222,3 +222,20 @@ def test_messages_out_of_sequence_count_though_each_ends_its_connection(
         assert _stored(env) == 0
 
     asyncio.run(run())
+
+
+def test_acks_that_release_nothing_count(slow: tuple[Env, dict[str, str]]) -> None:
+    """A machine sending the same ack again and again (each a write for nothing) is
+    read at the pace: its next message waits behind the debt."""
+    env, creds = slow
+    again = 2 * SLOW_BURST // MIN_COST  # twice what the burst pays for
+
+    async def run() -> None:
+        async with wire_agent(env.server, creds["a"], "lab", "a") as a:
+            for _ in range(again):
+                await a.ws.send(json.dumps({"type": "ack", "seq": 0}))
+            await a.ws.send(_frame(a.seq + 1, {"fill": "x"}))
+            assert await _acks(a.ws, 1, 5) == [], "the acks were all read at once"
+        assert _stored(env) == 0
+
+    asyncio.run(run())

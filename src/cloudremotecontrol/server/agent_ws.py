@@ -191,8 +191,8 @@ class _Connection:
     def __init__(self, ws: WebSocket, store: Store, m: dict[str, Any], link: AgentLink) -> None:
         self.ws, self.store, self.m, self.link = ws, store, m, link
         #: Whether the last frame counts against the machine's bytes per second
-        #: (server/pacing.py): all but acks and what a job sent it reports, when stored
-        #: (``counts_message``).
+        #: (server/pacing.py): all but acks that release a message and what a job sent
+        #: it reports, when stored (``counts_message``).
         self.counted = True
 
     async def error(self, exc: CrcError, seq: int | None = None) -> None:
@@ -203,12 +203,14 @@ class _Connection:
         await self.link.send_control_now(frame, bounded=True)
 
     async def on_ack(self, frame: Ack) -> bool:
-        self.counted = False
         try:
-            await self.store.write(delivery.ack_outbox, self.m["id"], frame.seq)
+            released = await self.store.write(delivery.ack_outbox, self.m["id"], frame.seq)
         except CrcError as exc:
             self.counted = True
             await self.error(exc)
+        else:
+            # An ack that releases nothing (one already had) was a write for nothing.
+            self.counted = not released
         return True
 
     async def on_msg(self, frame: Msg) -> bool:

@@ -11,7 +11,8 @@ reads its next frame, on this connection or a new one, only once the debt is pai
 what it sends waits in its socket and its outbox; a debt is one frame at most. What a
 job sends (its start, output and result, for a job the server sent it) and acks are not
 counted: a job's output is bounded by what the server keeps of it, and is what a master
-asked for.
+asked for; an ack releases a message the server sent. An ack that releases nothing (an
+ack already had, each a write all the same) counts ``MIN_COST``.
 
 Which messages count (``counts_message``): one stored, one refused, and one sent again.
 A message refused (bad input, or given up) stores an ``agent.error`` event in its place,
