@@ -5,20 +5,18 @@ server's, and is never held in memory whole, even as valid JSON."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 
 import pytest
 
 from cloudremotecontrol.agent.http import MAX_ANSWER_BYTES, call_json
 from cloudremotecontrol.errors import Unavailable
+from httpserve import QuietHandler, serving
 
 FILL = MAX_ANSWER_BYTES + (16 << 20)
 
 
-class Handler(BaseHTTPRequestHandler):
+class Handler(QuietHandler):
     def do_GET(self) -> None:
         status = 404 if self.path.endswith("/error") else 200
         head, tail = b'{"fill": "', b'"}'
@@ -35,17 +33,11 @@ class Handler(BaseHTTPRequestHandler):
         except OSError:
             pass  # the agent stopped reading: as it should
 
-    def log_message(self, *args: Any) -> None:
-        pass
-
 
 @pytest.fixture
 def url() -> Iterator[str]:
-    http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=http.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{http.server_address[1]}"
-    http.shutdown()
-    http.server_close()
+    with serving(Handler) as served:
+        yield served
 
 
 def test_an_answer_larger_than_any_of_the_servers_is_refused(url: str) -> None:

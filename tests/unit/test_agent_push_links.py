@@ -9,40 +9,24 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from cloudremotecontrol.agent import files
 from cloudremotecontrol.errors import InvalidInput
+from httpserve import serving_blob
 
 BLOB = b"listen 80\n"
 SHA = hashlib.sha256(BLOB).hexdigest()
 
 
-class Handler(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(BLOB)))
-        self.end_headers()
-        self.wfile.write(BLOB)
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture
 def url() -> Iterator[str]:
-    http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=http.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{http.server_address[1]}"
-    http.shutdown()
-    http.server_close()
+    with serving_blob(BLOB) as served:
+        yield served
 
 
 def push(url: str, dest: Path) -> str:

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import http.server
 import sqlite3
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ from cloudremotecontrol.agent import files
 from cloudremotecontrol.agent.core import Agent
 from cloudremotecontrol.agent.state import AgentState, Credential
 from cloudremotecontrol.protocol.messages import FileGet, FilePut
+from httpserve import serving_blob
 
 BLOB = b"z" * (3 * files.CHUNK)
 SHA = hashlib.sha256(BLOB).hexdigest()
@@ -29,24 +28,8 @@ SHA = hashlib.sha256(BLOB).hexdigest()
 @pytest.fixture
 def blob_server() -> Iterator[str]:
     """Serves ``BLOB`` at any path; its URL."""
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(BLOB)))
-            self.end_headers()
-            self.wfile.write(BLOB)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving_blob(BLOB) as url:
+        yield url
 
 
 def test_a_push_cancelled_before_it_began_looks_at_and_writes_nothing(tmp_path: Path) -> None:
