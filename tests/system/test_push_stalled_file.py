@@ -5,49 +5,32 @@ and the agent still stops at once when asked to (its stuck thread holds no exit)
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 from stalled_fuse import StalledFuse, needs_fuse, stalled_mount  # noqa: F401 -- fixture stalled
+from stalled_transfers import crc_running, ended, lab_group  # noqa: F401 -- fixture lab
 
 pytestmark = needs_fuse
 
 
-def _push(env: Any, stalled: StalledFuse, tmp_path: Path) -> subprocess.Popen[str]:
+@contextmanager
+def _pushing(env: Any, stalled: StalledFuse, tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
     """`crc push` of a small file into the stalled mount, once the agent waits there."""
     local = tmp_path / "payload.txt"
     local.write_text("configuration\n")
-    push = subprocess.Popen(
-        [sys.executable, "-m", "cloudremotecontrol", "push", "lab", "--to", "a",
-         str(local), str(stalled.mountpoint / "app.conf")],
-        env={**os.environ, **env.cli_env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
-    if not stalled.creating.wait(60):
-        push.kill()
-        pytest.fail(f"the agent never wrote into the mount:\n{push.communicate()[1]}")
-    return push
-
-
-def _ended(push: subprocess.Popen[str], env: Any) -> str:
-    """``crc push``'s stderr once it ended (a safety net: it ends at once)."""
-    try:
-        _out, err = push.communicate(timeout=60)
-    except subprocess.TimeoutExpired:
-        push.kill()
-        _out, err = push.communicate()
-        pytest.fail(
-            f"crc push still waits for the cancelled push's result:\n{err}\n"
-            f"{env.client.list_jobs('lab')}\n{env.agents[0].log()[-3000:]}"
-        )
-    return err
+    with crc_running(
+        env, "push", "lab", "--to", "a", str(local), str(stalled.mountpoint / "app.conf")
+    ) as push:
+        if not stalled.creating.wait(60):
+            push.kill()
+            pytest.fail(f"the agent never wrote into the mount:\n{push.communicate()[1]}")
+        yield push
 
 
 def _cancelled(env: Any) -> dict[str, Any]:
@@ -56,25 +39,17 @@ def _cancelled(env: Any) -> dict[str, Any]:
     return dict(target)
 
 
-@pytest.fixture
-def lab(env: Any, tmp_path: Path) -> Any:
-    # As root, a hosts sync would write the machine's /etc/hosts: a file of its own.
-    env.group_with_agents("lab", ["a"], env={"CRC_AGENT_HOSTS_FILE": str(tmp_path / "hosts")})
-    return env
-
-
 def test_a_push_whose_write_hangs_ends_when_cancelled_and_the_agent_serves_and_stops(
     lab, crc, stalled, tmp_path
 ):
-    push = _push(lab, stalled, tmp_path)
-    try:
+    with _pushing(lab, stalled, tmp_path) as push:
         r = crc("run", "lab", "--to", "a", "--", "echo", "still serving")
         assert r.returncode == 0, r.stderr
         assert "still serving" in r.stdout
         (job,) = [j for j in lab.client.list_jobs("lab") if j["type"] == "file.put"]
         r = crc("job", "cancel", job["job_id"])
         assert r.returncode == 0, r.stderr
-        err = _ended(push, lab)
+        err = ended(push, lab, "push")
         assert push.returncode == 130, err  # as a job cancelled by Ctrl-C
         assert "[a] cancelled" in err, err
         target = _cancelled(lab)
@@ -92,22 +67,13 @@ def test_a_push_whose_write_hangs_ends_when_cancelled_and_the_agent_serves_and_s
             agent.wait(60)  # a safety net: it stops at once
         except subprocess.TimeoutExpired:
             pytest.fail(f"the agent did not stop on SIGTERM:\n{agent.log()[-3000:]}")
-    finally:
-        if push.poll() is None:
-            push.kill()
-        push.communicate()  # its pipes closed, whatever ended the test
 
 
 def test_ctrl_c_on_a_push_whose_write_hangs_ends_it_cancelled(lab, stalled, tmp_path):
-    push = _push(lab, stalled, tmp_path)
-    try:
+    with _pushing(lab, stalled, tmp_path) as push:
         push.send_signal(signal.SIGINT)
-        err = _ended(push, lab)
+        err = ended(push, lab, "push")
         assert push.returncode == 130, err
         assert "[a] cancelled" in err, err
         target = _cancelled(lab)
         assert target["status"] == "cancelled", target
-    finally:
-        if push.poll() is None:
-            push.kill()
-        push.communicate()
