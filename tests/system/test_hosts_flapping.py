@@ -16,14 +16,11 @@ from typing import Any
 from wire_helpers import assert_no_traceback_in_server_log, enroll, pinned_http, wire_agent
 
 from cloudremotecontrol.errors import NotFound
+from cloudremotecontrol.server.ops import hostsync
 
-#: At most one automatic hosts sync per group per this many seconds (ops/hostsync.py).
-WINDOW = 5.0
 FLAPS = 50
 #: How long the machine of the long test reports new addresses without a pause.
 FLAP_SECONDS = 40.0
-#: Finished automatic hosts syncs whose jobs a group keeps (ops/hostsync.py).
-KEEP = 3
 
 
 def _line(i: int) -> bytes:
@@ -77,8 +74,8 @@ def test_a_machine_reporting_new_addresses_in_every_message_costs_a_bounded_numb
     # One sync per window at most, whatever the number of messages: before, every one of
     # the 50 facts messages started a sync to all 3 machines (50 jobs, 150 messages).
     syncs = _hosts_syncs(env)
-    assert len(syncs) <= 2 + elapsed / WINDOW, (len(syncs), elapsed)
-    assert sum(len(s["targets"]) for s in syncs) <= 3 * (2 + elapsed / WINDOW), syncs
+    assert len(syncs) <= 2 + elapsed / hostsync.WINDOW, (len(syncs), elapsed)
+    assert sum(len(s["targets"]) for s in syncs) <= 3 * (2 + elapsed / hostsync.WINDOW), syncs
     last = syncs[-1]
     assert ["10.77.0.50", "flappy"] in last["spec"]["entries"], last
     assert sorted(last["targets"]) == ["a", "b", "flappy"], last
@@ -126,7 +123,7 @@ def test_addresses_that_keep_changing_are_synced_ever_less_often(db_env):
     # The jobs of the newest finished syncs are kept (and the newest, still waiting for
     # flappy, which acknowledges nothing); every sync's events are.
     listed = [j["job_id"] for j in env.client.list_jobs("lab") if j["by"] == "crc (--sync-hosts)"]
-    assert 1 <= len(listed) <= KEEP + 1, (listed, len(syncs))
+    assert 1 <= len(listed) <= hostsync.KEEP + 1, (listed, len(syncs))
     assert listed == [e["job_id"] for e in syncs[-len(listed) :]], (listed, syncs)
     assert_no_traceback_in_server_log(env.server)
 

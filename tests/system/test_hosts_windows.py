@@ -30,9 +30,6 @@ from cloudremotecontrol.server.store.base import Store, Tx
 
 pytestmark = pytest.mark.anyio
 
-#: Finished automatic hosts syncs whose jobs a group keeps (ops/hostsync.py).
-KEEP = 3
-
 
 class Lab:
     """Group ``lab`` (``--sync-hosts``, private addresses) of machines connected ready,
@@ -246,7 +243,7 @@ async def test_a_group_keeps_the_jobs_of_its_newest_finished_automatic_syncs_onl
     store: Store,
 ) -> None:
     """Each window leaves a job with a target per machine: a group keeps those of its
-    newest ``KEEP`` finished syncs, and every one still under way, with the new one;
+    newest ``hostsync.KEEP`` finished syncs, and every one still under way, with the new one;
     their events stay, and a machine acknowledging a forgotten one changes nothing."""
     lab = await Lab.create(store, ["a", "b"])
     await lab.move("a", "10.9.0.1")
@@ -259,7 +256,7 @@ async def test_a_group_keeps_the_jobs_of_its_newest_finished_automatic_syncs_onl
         assert due is not None and await lab.tick(due)
     created = [e["job_id"] for e in await lab.syncs()]
     assert len(created) == 12  # every sync's events are kept
-    kept = [created[2], *created[-KEEP - 1 :]]
+    kept = [created[2], *created[-hostsync.KEEP - 1 :]]
     assert await lab.jobs() == kept
     with pytest.raises(NotFound):
         await store.read(jobs.job_view, lab.user["user_id"], created[0])
@@ -272,7 +269,7 @@ async def test_a_group_keeps_the_jobs_of_its_newest_finished_automatic_syncs_onl
     due = await lab.due()
     assert due is not None and await lab.tick(due)
     newest = (await lab.jobs())[-1]
-    assert await lab.jobs() == [created[2], *created[-KEEP:], newest]
+    assert await lab.jobs() == [created[2], *created[-hostsync.KEEP :], newest]
     assert ("hosts.sync", created[2]) in await lab.outbox("a")
     for name in ("a", "b"):
         waiting = await lab.outbox(name)
