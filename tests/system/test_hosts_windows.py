@@ -245,6 +245,7 @@ async def test_a_group_keeps_the_jobs_of_its_newest_finished_automatic_syncs_onl
     """Each window leaves a job with a target per machine: a group keeps those of its
     newest ``hostsync.KEEP`` finished syncs, and every one still under way, with the new one;
     their events stay, and a machine acknowledging a forgotten one changes nothing."""
+    assert hostsync.KEEP == 3  # the number docs/reference.md gives
     lab = await Lab.create(store, ["a", "b"])
     await lab.move("a", "10.9.0.1")
     assert await lab.changed(now())
