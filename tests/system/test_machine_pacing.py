@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import time
 import uuid
 from collections.abc import Iterator
@@ -29,7 +30,7 @@ from wire_helpers import (
 )
 
 from cloudremotecontrol.master.localrun import ServerProcess
-from cloudremotecontrol.server.pacing import MIN_COST
+from cloudremotecontrol.server.pacing import MIN_COST, stored_size
 from conftest import Env
 
 RATE, BURST = 4096, 8192  # bytes per second, bytes at once
@@ -84,12 +85,12 @@ def _allowed(elapsed: float, cost: int) -> int:
     return int((BURST + RATE * elapsed) // cost) + 1
 
 
-def _frame(seq: int, body: dict[str, str], kind: str = "user.fill") -> str:
+def _frame(seq: int, body: dict[str, str], kind: str = "user.fill", to: str = "master") -> str:
     envelope = {
         "id": uuid.uuid4().hex,
         "group": "lab",
         "from": "a",
-        "to": "master",
+        "to": to,
         "type": kind,
         "body": body,
         "correlation_id": None,
@@ -237,5 +238,29 @@ def test_acks_that_release_nothing_count(slow: tuple[Env, dict[str, str]]) -> No
             await a.ws.send(_frame(a.seq + 1, {"fill": "x"}))
             assert await _acks(a.ws, 1, 5) == [], "the acks were all read at once"
         assert _stored(env) == 0
+
+    asyncio.run(run())
+
+
+def test_a_message_to_peers_costs_each_copy_stored(slow: tuple[Env, dict[str, str]]) -> None:
+    """A ``user.*`` message to a peer is stored twice (the master's event, the peer's
+    outbox): it costs its size twice, so fewer are read before the pace holds."""
+    env, creds = slow
+    body = {"fill": "x" * 3000}
+    sent = 6
+
+    async def run() -> None:
+        async with wire_agent(env.server, creds["a"], "lab", "a") as a:
+            frames = [_frame(a.seq + 1 + n, body, to="b") for n in range(sent)]
+            cost = 2 * max(stored_size(frames[0]), MIN_COST)
+            for text in frames:
+                await a.ws.send(text)
+            acks = await _acks(a.ws, sent, 10)
+            # Read while the bucket is not in debt: the last one read goes into it.
+            read = math.ceil(SLOW_BURST / cost)
+            assert read < sent  # at its size once, every one would have been read
+            assert len(acks) == read, f"{len(acks)} read; each costs {cost}"
+            stored = [e for e in env.client.events("lab") if e.type == "message.sent"]
+            assert len(stored) == read
 
     asyncio.run(run())

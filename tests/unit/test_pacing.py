@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from cloudremotecontrol.server.pacing import MIN_COST, Paces, counts_message, stored_size
+from cloudremotecontrol.server.pacing import MIN_COST, Paces, charged_copies, stored_size
 
 
 class _Clock:
@@ -80,19 +80,22 @@ def test_a_frame_costs_the_bytes_it_takes_once_stored() -> None:
         )
 
 
-def test_a_message_counts_when_it_was_stored_refused_or_read_again() -> None:
+def test_a_message_costs_each_copy_stored_and_counts_when_refused_or_read_again() -> None:
     new, job = "user.fill", "job.output"
     error = {"code": "invalid_input", "message": "no"}
     stored = {"receipt": "new", "deliveries": []}
     refused = {"receipt": "new", "error": error}  # an agent.error event stored instead
-    assert counts_message(new, stored)
-    assert counts_message("progress", stored)
-    assert counts_message(None, refused) and counts_message(job, refused)
-    assert counts_message(new, {"receipt": "gap", "expected": 3})  # refused, then cut
-    assert not counts_message(job, stored)  # what a job sent reports: not counted
+    assert charged_copies(new, stored) == 1  # to the master: its event
+    to_peers = {"receipt": "new", "deliveries": [("m1", 4, "{}"), ("m2", 9, "{}")]}
+    assert charged_copies(new, to_peers) == 3  # its event and a copy for each peer
+    assert charged_copies("system.ready", to_peers) == 1  # the server's hosts sync
+    assert charged_copies("progress", stored)
+    assert charged_copies(None, refused) and charged_copies(job, refused)
+    assert charged_copies(new, {"receipt": "gap", "expected": 3})  # refused, then cut
+    assert not charged_copies(job, stored)  # what a job sent reports: not counted
     # Sent again, stored already: read and checked again, whatever its type.
-    assert counts_message(new, {"receipt": "duplicate"})
-    assert counts_message(job, {"receipt": "duplicate"})
+    assert charged_copies(new, {"receipt": "duplicate"})
+    assert charged_copies(job, {"receipt": "duplicate"})
     # Nothing stored: failed here (sent again later), revoked.
-    assert not counts_message(new, {"receipt": "retry", "error": error})
-    assert not counts_message(new, {"receipt": "revoked", "reason": "x", "uninstall": False})
+    assert not charged_copies(new, {"receipt": "retry", "error": error})
+    assert not charged_copies(new, {"receipt": "revoked", "reason": "x", "uninstall": False})

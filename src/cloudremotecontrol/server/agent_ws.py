@@ -40,7 +40,7 @@ from . import auth
 from .admission import LoginGate
 from .hub import AgentLink
 from .ops import delivery
-from .pacing import Paces, counts_message, stored_size
+from .pacing import Paces, charged_copies, stored_size
 from .store.base import Store
 
 __all__ = ["agent_endpoint"]
@@ -192,8 +192,9 @@ class _Connection:
         self.ws, self.store, self.m, self.link = ws, store, m, link
         #: Whether the last frame counts against the machine's bytes per second
         #: (server/pacing.py): all but acks that release a message and what a job sent
-        #: it reports, when stored (``counts_message``).
-        self.counted = True
+        #: it reports, when stored; a ``user.*`` message to peers once per copy stored
+        #: (``charged_copies``): how many times the frame's size it costs.
+        self.copies = 1
 
     async def error(self, exc: CrcError, seq: int | None = None) -> None:
         """Tell the agent what was wrong with a frame (nothing was stored); the reader
@@ -206,11 +207,11 @@ class _Connection:
         try:
             released = await self.store.write(delivery.ack_outbox, self.m["id"], frame.seq)
         except CrcError as exc:
-            self.counted = True
+            self.copies = 1
             await self.error(exc)
         else:
             # An ack that releases nothing (one already had) was a write for nothing.
-            self.counted = not released
+            self.copies = 0 if released else 1
         return True
 
     async def on_msg(self, frame: Msg) -> bool:
@@ -218,7 +219,7 @@ class _Connection:
             delivery.apply_agent_message, self.m["id"], frame.seq, frame.msg, frame.ack
         )
         receipt = result["receipt"]
-        self.counted = counts_message(frame.msg.get("type"), result)
+        self.copies = charged_copies(frame.msg.get("type"), result)
         if result.get("deliveries"):
             self.ws.app.state.hub.deliver(result["deliveries"])
         if receipt == "revoked":
@@ -248,7 +249,7 @@ class _Connection:
         return True
 
     async def on_hello(self, frame: Hello) -> bool:
-        self.counted = True
+        self.copies = 1
         await self.error(CrcError("unexpected hello frame", code="unknown_type"))
         return True
 
@@ -278,11 +279,11 @@ async def _read_loop(ws: WebSocket, store: Store, m: dict[str, Any], link: Agent
             # Malformed frame, or one only agents receive: tell the agent, keep the
             # connection (nothing was stored).
             await conn.error(exc)
-            conn.counted, go_on = True, True
+            conn.copies, go_on = 1, True
         else:
             go_on = await handler(frame)
-        if conn.counted:  # also for a frame that ended the connection (a gap)
-            paces.charge(m["id"], stored_size(text))
+        if conn.copies:  # also for a frame that ended the connection (a gap)
+            paces.charge(m["id"], stored_size(text) * conn.copies)
         if not go_on:
             return
 

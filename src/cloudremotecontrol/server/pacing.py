@@ -14,7 +14,12 @@ counted: a job's output is bounded by what the server keeps of it, and is what a
 asked for; an ack releases a message the server sent. An ack that releases nothing (an
 ack already had, each a write all the same) counts ``MIN_COST``.
 
-Which messages count (``counts_message``): one stored, one refused, and one sent again.
+Which messages count (``charged_copies``): one stored, one refused, and one sent again.
+A ``user.*`` message to peers is stored once for the master (its event) and once in
+each peer's outbox that takes it: it costs its size that many times, so that a machine
+in a large group cannot have the server store a thousand copies of what it paid for
+once (a debt of one such frame can then be long: the agent's pings wait behind it and
+it may reconnect meanwhile, and nothing is lost).
 A message refused (bad input, or given up) stores an ``agent.error`` event in its place,
 and a frame refused (malformed, out of sequence, or one only agents receive) an error
 frame: they count as the frame they were, like a message stored, so that refusing is
@@ -43,7 +48,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-__all__ = ["MIN_COST", "PACE_WARN_BELOW", "Paces", "counts_message", "stored_size"]
+__all__ = ["MIN_COST", "PACE_WARN_BELOW", "Paces", "charged_copies", "stored_size"]
 
 MIN_COST = 1024  # bytes a frame costs at least: many small frames cost writes too
 PACE_WARN_BELOW = 512 << 10  # bytes per second: see above (the server warns at start)
@@ -59,16 +64,20 @@ def stored_size(text: str) -> int:
     return ascii_chars + 6 * (units - ascii_chars)
 
 
-def counts_message(kind: object, result: Mapping[str, Any]) -> bool:
-    """Whether a ``msg`` frame counts against its machine's pace, given its message's
-    ``type`` and what applying it returned (``ops/delivery.py``
+def charged_copies(kind: object, result: Mapping[str, Any]) -> int:
+    """How many times its size a ``msg`` frame costs its machine's pace (0: nothing),
+    given its message's ``type`` and what applying it returned (``ops/delivery.py``
     ``apply_agent_message``): see above."""
     receipt = result.get("receipt")
     if receipt in ("retry", "revoked"):
-        return False  # the server's own failure, or a machine gone: nothing stored
+        return 0  # the server's own failure, or a machine gone: nothing stored
     if receipt in ("duplicate", "gap") or "error" in result:
-        return True  # read again, or refused: an agent.error event, or an error frame
-    return not (isinstance(kind, str) and kind.startswith("job."))
+        return 1  # read again, or refused: an agent.error event, or an error frame
+    if not isinstance(kind, str) or kind.startswith("job."):
+        return 0
+    if kind.startswith("user."):  # its event, and a copy in each peer's outbox
+        return 1 + len(result.get("deliveries") or ())
+    return 1
 
 
 class _Bucket:
