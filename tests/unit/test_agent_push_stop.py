@@ -39,12 +39,20 @@ def test_a_push_cancelled_before_it_began_looks_at_and_writes_nothing(tmp_path: 
         asked.append("where")
         return "http://127.0.0.1:9", None
 
+    seen: list[list[str]] = []
+
+    def stopped() -> bool:
+        seen.append(sorted(p.name for p in tmp_path.iterdir()))  # what exists when asked
+        return True
+
     dest = tmp_path / "app.conf"
     with pytest.raises(files.Stopped):
         files.fetch_blob(
-            where, "cred", SHA, len(BLOB), str(dest), None, None, lambda _: None, lambda: True
+            where, "cred", SHA, len(BLOB), str(dest), None, None, lambda _: None, stopped
         )
     assert asked == []
+    # Asked once, first: no partial file was ever created (and then removed).
+    assert seen == [[]]
     assert list(tmp_path.iterdir()) == []
 
 
@@ -54,12 +62,15 @@ def test_a_push_cancelled_while_its_body_is_written_leaves_the_file_as_it_was(
     dest = tmp_path / "app.conf"
     dest.write_text("the old content\n")
     checks = 0
+    written: list[int | None] = []  # the partial file's size at each check (None: none)
 
     def stopped() -> bool:
         # False at the start, at the first attempt and for the first chunk written:
         # the master's cancel arrives there.
         nonlocal checks
         checks += 1
+        parts = [p for p in tmp_path.iterdir() if p.name != "app.conf"]
+        written.append(parts[0].stat().st_size if parts else None)
         return checks > 3
 
     with pytest.raises(files.Stopped):
@@ -75,6 +86,9 @@ def test_a_push_cancelled_while_its_body_is_written_leaves_the_file_as_it_was(
             stopped,
         )
     assert checks == 4  # stopped at the second chunk, not later
+    # Before the push, at its attempt, before its first chunk and at the cancel (before
+    # the second chunk): one chunk of the three was written, none after the cancel.
+    assert written == [None, 0, 0, files.CHUNK]
     assert dest.read_text() == "the old content\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["app.conf"]  # no partial file
 
