@@ -41,8 +41,9 @@ from cloudremotecontrol.master.client import Client
 from cloudremotecontrol.master.demo import _init_server
 from cloudremotecontrol.master.localrun import ServerProcess
 from cloudremotecontrol.master.profile import Profile
+from cloudremotecontrol.master.scenario.down import down
 from cloudremotecontrol.master.scenario.model import parse_scenario
-from cloudremotecontrol.master.scenario.runner import Runner, down
+from cloudremotecontrol.master.scenario.runner import Runner
 from cloudremotecontrol.master.scenario.state import LocalState
 from cloudremotecontrol.master.scenario.view import View
 from cloudremotecontrol.providers import localnet

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from cloudremotecontrol.errors import InvalidInput, ProviderError
-from cloudremotecontrol.master.scenario.runner import down
+from cloudremotecontrol.master.scenario.down import down
 from cloudremotecontrol.master.scenario.view import View
 from cloudremotecontrol.providers import (
     Capabilities,

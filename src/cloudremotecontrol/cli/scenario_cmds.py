@@ -149,8 +149,8 @@ def down(
     (listing by tag), delete the group (revoking every key and credential), report."""
     from ..master.client import Client
     from ..master.profile import load_profile
+    from ..master.scenario.down import down as run_down
     from ..master.scenario.model import load_scenario
-    from ..master.scenario.runner import down as run_down
     from ..master.scenario.state import LocalState
     from ..protocol.names import check_name
     from ..providers import make_provider

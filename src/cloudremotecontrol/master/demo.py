@@ -55,8 +55,9 @@ def run_demo(view: View, keep: bool = False) -> int:
     the caller takes as one) tears everything down too, then propagates."""
     from ..providers import destroy_scenario
     from ..providers.local import LocalProvider
+    from .scenario.down import down
     from .scenario.model import parse_scenario
-    from .scenario.runner import Runner, down
+    from .scenario.runner import Runner
     from .scenario.state import LocalState
 
     t0 = time.monotonic()

@@ -1,4 +1,4 @@
-"""``crc up`` and ``crc down``: a scenario's whole life, resumable at every point.
+"""``crc up``: bring a scenario to life, resumable at every point.
 
 ``up`` is a sequence of idempotent phases, each of which first looks at what exists:
 
@@ -11,9 +11,7 @@
 4. the steps (graph.py), skipping those that succeeded before (``crc.up/steps``);
 5. a summary table (or a JSON document).
 
-``down`` destroys every instance tagged with the scenario and checks at the provider that
-none is left (``providers.destroy_scenario``, the server's TTL teardown does the same),
-deletes the group (revoking every key and credential) and the local state.
+``crc down`` takes it all away again (``down.py``).
 """
 
 from __future__ import annotations
@@ -31,7 +29,6 @@ from ...errors import (
     InvalidInput,
     NotFound,
     ProviderError,
-    Unauthorized,
     Unavailable,
 )
 from ...providers import (
@@ -40,10 +37,8 @@ from ...providers import (
     Instance,
     MachineSpec,
     Provider,
-    destroy_scenario,
     tag_value,
 )
-from ...providers.destroy import CLEANUP
 from ..client import Client
 from ..follow import follow_events
 from ..profile import Profile
@@ -55,7 +50,7 @@ from .steps import StepExecutor
 from .twins import Verdict, resolve_twins
 from .view import View
 
-__all__ = ["DownFirst", "Runner", "down"]
+__all__ = ["DownFirst", "Runner"]
 
 
 class DownFirst(Conflict):
@@ -647,131 +642,3 @@ class Runner:
             wake()
             thread.join(10)
             c.close()
-
-
-def _left_text(inst: Instance, errors: dict[str, str]) -> str:
-    why = errors.get(inst.id)
-    return f"{inst.id} (not destroyed: {why})" if why else inst.id
-
-
-def down(
-    group: str,
-    provider: Provider,
-    client: Client | None,
-    view: View,
-    state: LocalState | None = None,
-    verify_timeout: float = 180.0,
-    sleep: Callable[[float], None] = time.sleep,
-    unreachable: Unavailable | Unauthorized | InvalidInput | None = None,
-) -> int:
-    """Destroy the scenario's instances, check none is left, delete the group.
-
-    The machines go first, also when the server cannot be reached or refuses the token
-    (``unreachable``: the error met asking it): then the group is left, and that error
-    (``Unavailable``, ``Unauthorized``, ``InvalidInput`` for a profile variable set but
-    empty) says so once the provider part is done and reported."""
-
-    def unlocked(why: str) -> None:
-        view.info(f"warning: {why}; going on without it", event="warning")
-
-    locked = state.locked("crc down", unlocked) if state is not None else contextlib.nullcontext()
-    with locked:
-        return _down(group, provider, client, view, state, verify_timeout, sleep, unreachable)
-
-
-def _down(
-    group: str,
-    provider: Provider,
-    client: Client | None,
-    view: View,
-    state: LocalState | None,
-    verify_timeout: float,
-    sleep: Callable[[float], None],
-    unreachable: Unavailable | Unauthorized | InvalidInput | None,
-) -> int:
-    t0 = time.monotonic()
-
-    def destroyed_one(inst: Instance) -> None:
-        view.info(f"destroyed {inst.name} ({inst.id})", machine=inst.name, instance=inst.id)
-
-    gone = destroy_scenario(
-        provider, group, verify_timeout=verify_timeout, on_destroyed=destroyed_one, sleep=sleep
-    )
-    destroyed, left = [i.id for i in gone.destroyed], gone.left
-    deleted = False
-    revoked = 0
-    if client is not None and unreachable is None:
-        try:
-            revoked = int(client.delete_group(group).get("machines_revoked") or 0)
-            deleted = True
-        except NotFound:
-            pass
-        except Unavailable as exc:
-            unreachable = exc
-    if state is not None:
-        state.delete()
-    doc = {
-        "group": group,
-        "provider": provider.name,
-        "destroyed": destroyed,
-        "left": [i.id for i in left],
-        "group_deleted": deleted,
-        "revoked": revoked,
-        "cleaned": gone.cleaned,
-        "errors": gone.errors,
-        "seconds": round(time.monotonic() - t0, 2),
-    }
-    doc["event"] = "down"
-    if left:
-        # The group is deleted all the same (its credentials revoked: what is left can no
-        # longer reach the server), and with it what `crc down --group` reads the
-        # provider from: say how to try again. Machines the provider refused for good are
-        # reported at once, without waiting out the time: say "after" only if it was.
-        waited = any(i.id not in gone.refused for i in left)
-        view.info(
-            f"still at {provider.name}{f' after {verify_timeout:g} s' if waited else ''}: "
-            f"{', '.join(_left_text(i, gone.errors) for i in left)}; "
-            f"to try again: `crc down --group {group} "
-            f"--provider {provider.name}` (or `crc down` with the scenario file)",
-            **doc,
-        )
-    else:
-        fate = "deleted" if deleted else "already gone"
-        if client is None and unreachable is None:
-            # Leftovers cleaned up without login: the server was not asked.
-            fate = (
-                "not checked (not logged in: `crc login`, then `crc down` again if the "
-                "server still has it)"
-            )
-        elif isinstance(unreachable, Unauthorized):
-            fate = "not deleted (the server refused the token)"
-        elif isinstance(unreachable, InvalidInput):
-            fate = "not deleted (the server was not asked)"
-        elif unreachable is not None:
-            fate = "not deleted (the server cannot be reached)"
-        view.info(
-            f"{group}: {len(destroyed)} machine(s) destroyed, none left at "
-            f"{provider.name}; group {fate}",
-            **doc,
-        )
-        if CLEANUP in gone.errors:
-            view.info(
-                f"{provider.name} kept what it holds beside the machines (startup scripts): "
-                f"{gone.errors[CLEANUP]}; `crc down` again removes it"
-            )
-    if isinstance(unreachable, InvalidInput):
-        raise InvalidInput(
-            f"{unreachable.message}; group {group} is not deleted (its keys are not "
-            "revoked): run `crc down` again once that is mended"
-        )
-    if isinstance(unreachable, Unauthorized):
-        raise Unauthorized(
-            f"{unreachable.message}; group {group} is not deleted (its keys are not "
-            "revoked): run `crc down` again once logged in (`crc login`)"
-        )
-    if unreachable is not None:
-        raise Unavailable(
-            f"{unreachable.message}; group {group} is not deleted (its keys are not "
-            "revoked): run `crc down` again once the server is back"
-        )
-    return 1 if left else 0
