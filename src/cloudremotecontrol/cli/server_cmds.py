@@ -123,8 +123,9 @@ _SETTING_FLAGS: list[tuple[str, type, str]] = [
     (
         "machine_bytes_per_second",
         int,
-        "Bytes per second one machine may send of progress, facts and messages (what a "
-        "job reports is not counted); past it the server reads its next frame later.",
+        "Bytes per second one machine may send of progress, facts and messages, each "
+        "message to peers once per copy (what a job reports is not counted); past it "
+        "the server reads its next frame later.",
     ),
     (
         "machine_burst_bytes",

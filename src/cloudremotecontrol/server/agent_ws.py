@@ -38,7 +38,7 @@ from ..protocol.frames import (
 from ..protocol.wire import Dispatcher, Frame, Side
 from . import auth
 from .admission import LoginGate
-from .hub import AgentLink
+from .hub import AgentLink, EventBus
 from .ops import delivery
 from .pacing import Paces, charged_copies, stored_size
 from .store.base import Store
@@ -261,31 +261,62 @@ async def _read_loop(ws: WebSocket, store: Store, m: dict[str, Any], link: Agent
         Side.SERVER, Frame, {Hello: conn.on_hello, Msg: conn.on_msg, Ack: conn.on_ack}
     )
     while not link.closed:
-        # A machine past its bytes per second: its next frame is read once it is out of
-        # debt (nothing it sent is lost), on this connection or a new one.
-        while (delay := paces.due(m["id"])) > 0 and not link.closed:
-            await asyncio.sleep(min(delay, PACE_CHECK_SECONDS))
-        if link.closed:
-            return
         try:
-            text = await ws.receive_text()
+            text = await _next_frame(ws, paces, m["id"], link)
         except (KeyError, RuntimeError):  # binary frame or closed socket
             await _refuse(ws, 4400, CrcError("binary frames are not supported", code="protocol"))
             return
+        if text is None:
+            return
+        # Counted whatever becomes of it, also when answering it fails (the machine
+        # went away meanwhile) or it ends the connection (a gap): what it cost the
+        # server is spent. A handler says what it cost once stored (``copies``).
+        conn.copies, go_on = 1, False
         try:
-            frame = read_frame(text)
-            handler = handlers[frame]
-        except CrcError as exc:
-            # Malformed frame, or one only agents receive: tell the agent, keep the
-            # connection (nothing was stored).
-            await conn.error(exc)
-            conn.copies, go_on = 1, True
-        else:
-            go_on = await handler(frame)
-        if conn.copies:  # also for a frame that ended the connection (a gap)
-            paces.charge(m["id"], stored_size(text) * conn.copies)
+            try:
+                frame = read_frame(text)
+                handler = handlers[frame]
+            except CrcError as exc:
+                # Malformed frame, or one only agents receive: tell the agent, keep the
+                # connection (nothing was stored).
+                go_on = True
+                await conn.error(exc)
+            else:
+                go_on = await handler(frame)
+        finally:
+            if conn.copies:
+                paces.charge(m["id"], stored_size(text) * conn.copies)
         if not go_on:
             return
+
+
+async def _next_frame(ws: WebSocket, paces: Paces, machine: str, link: AgentLink) -> str | None:
+    """The machine's next frame, read once it is out of debt (nothing it sent is lost);
+    None once the connection is replaced or the server stops meanwhile (what it held
+    was not acknowledged: the agent sends it again). While it waits, one frame is read
+    ahead, so that a machine that goes away is noticed (its connection ends) rather
+    than waited for; the next is read after the debt."""
+    bus: EventBus = ws.app.state.bus
+    ahead: asyncio.Task[str] | None = None
+    try:
+        while (delay := paces.due(machine)) > 0 and not link.closed:
+            if bus.stopping:  # not waited for: the server stops in a few seconds
+                return None
+            if ahead is None:
+                ahead = asyncio.ensure_future(ws.receive_text())
+            wait = min(delay, PACE_CHECK_SECONDS)
+            if ahead.done():
+                ahead.result()  # the socket closed: WebSocketDisconnect, as a read would
+                await asyncio.sleep(wait)
+            else:
+                await asyncio.wait({ahead}, timeout=wait)
+        if link.closed:
+            return None
+        return await (ahead if ahead is not None else ws.receive_text())
+    finally:
+        if ahead is not None and not ahead.done():
+            ahead.cancel()
+            await asyncio.wait({ahead})
 
 
 async def _refuse(ws: WebSocket, code: int, exc: CrcError) -> None:

@@ -8,29 +8,32 @@ server can write. The bucket holds ``burst`` bytes and refills at ``rate`` bytes
 second; a frame costs the bytes it takes once stored (``stored_size``), at least
 ``MIN_COST``. A machine in debt is not refused (nothing it sent is lost): the server
 reads its next frame, on this connection or a new one, only once the debt is paid, so
-what it sends waits in its socket and its outbox; a debt is one frame at most. What a
+what it sends waits in its socket and its outbox; a debt is one frame at most (one
+frame read ahead waits with it, so that a connection that ends is noticed). What a
 job sends (its start, output and result, for a job the server sent it) and acks are not
 counted: a job's output is bounded by what the server keeps of it, and is what a master
 asked for; an ack releases a message the server sent. An ack that releases nothing (an
-ack already had, each a write all the same) counts ``MIN_COST``.
+ack already had, each a write all the same) counts as any frame: ``MIN_COST`` at
+least.
 
 Which messages count (``charged_copies``): one stored, one refused, and one sent again.
 A ``user.*`` message to peers is stored once for the master (its event) and once in
 each peer's outbox that takes it: it costs its size that many times, so that a machine
 in a large group cannot have the server store a thousand copies of what it paid for
-once (a debt of one such frame can then be long: the agent's pings wait behind it and
-it may reconnect meanwhile, and nothing is lost).
+once. A debt of one such frame can be long, (copies x size - burst) / rate: 256 KiB to
+1,000 peers is about 3 minutes at the default rate. The agent's pings wait behind it
+and it may reconnect meanwhile (the debt is the machine's); nothing is lost.
 A message refused (bad input, or given up) stores an ``agent.error`` event in its place,
 and a frame refused (malformed, out of sequence, or one only agents receive) an error
 frame: they count as the frame they were, like a message stored, so that refusing is
 never cheaper than storing (the server read and decoded it all). A message the agent
-sends again that the server has stored already (after a reconnect, one it had no ack
-for) is acknowledged again and stores nothing, but counts as the frame it is, whatever
-its type: the server reads and checks it again, and a machine could otherwise send the
-same stored message (or a job's report under a stored number) again and again, read at
-the server's own pace. An agent catching up after a reconnect sends again what it had
-no ack for, which the burst covers. One the server failed to apply (it asks for it
-again, and it counts then) and one from a machine revoked meanwhile do not count.
+sends again that the server has stored already is acknowledged again and stores
+nothing, but counts as the frame it is, whatever its type: the server reads and checks
+it again, and a machine could otherwise send the same stored message (or a job's report
+under a stored number) again and again, read at the server's own pace. An agent sends
+few (it resumes after the last message the server says it stored). One the server
+failed to apply (it asks for it again, and it counts then) and one from a machine
+revoked meanwhile do not count.
 
 A paced machine's pings wait behind its data too: an agent that sends more than its
 burst at once has its pings answered late, by the bytes ahead of them (its socket's
