@@ -290,3 +290,39 @@ def test_a_machine_that_goes_away_before_its_answer_pays_all_the_same(
             assert await _acks(a.ws, 1, 3) == [], f"read at once after {enough} stored"
 
     asyncio.run(run())
+
+
+def test_reports_of_a_job_that_ended_count(slow: tuple[Env, dict[str, str]]) -> None:
+    """What a job reports is not counted while it changes the job; a machine sending
+    new output for one of its jobs that has ended (each stores nothing, but is read,
+    checked and numbered) is read at the pace: past the burst, the next waits."""
+    env, creds = slow
+    sent = 8  # about 26 KB: past the 16 KiB burst
+
+    async def run() -> str:
+        async with wire_agent(env.server, creds["a"], "lab", "a") as a:
+            started = await asyncio.to_thread(env.client.start_job, "lab", "a", argv=["true"])
+            job_id = started["job_id"]
+            assert (await a.next_msg())["type"] == "job.run"
+            ended = {"job_id": job_id, "status": "succeeded", "exit_code": 0}
+            # While the job runs, its reports are free: 3 KB each, twice the burst.
+            for _ in range(2 * SLOW_BURST // 3000):
+                out = {"job_id": job_id, "stream": "stdout", "data": "y" * 3000}
+                assert (await a.send_msg("job.output", out))[-1]["type"] == "ack"
+            assert (await a.send_msg("job.result", ended))[-1]["type"] == "ack"
+            chunk = {"job_id": job_id, "stream": "stdout", "data": "x" * 3000}
+            frames = [_frame(a.seq + 1 + n, chunk, kind="job.output") for n in range(sent)]
+            a.seq += sent
+            for text in frames:
+                await a.ws.send(text)
+            acks = await _acks(a.ws, sent, 10)
+            read = SLOW_BURST // max(stored_size(frames[0]), MIN_COST) + 1  # last in debt
+            assert read < sent
+            assert len(acks) == read, f"{len(acks)} of {sent} read at once"
+            return job_id
+
+    job_id = asyncio.run(run())
+    output = [e for e in env.client.job_events(job_id, follow=False) if e.type == "job.output"]
+    kept = "".join(str(e.data) for e in output)
+    assert "y" * 3000 in kept  # what the job sent while it ran
+    assert "x" * 3000 not in kept  # none of what came after

@@ -93,6 +93,8 @@ def test_a_message_costs_each_copy_stored_and_counts_when_refused_or_read_again(
     assert charged_copies(None, refused) and charged_copies(job, refused)
     assert charged_copies(new, {"receipt": "gap", "expected": 3})  # refused, then cut
     assert not charged_copies(job, stored)  # what a job sent reports: not counted
+    unchanged = {"receipt": "new", "deliveries": [], "unchanged": True}  # its job ended
+    assert charged_copies(job, unchanged) == 1
     # Sent again, stored already: read and checked again, whatever its type.
     assert charged_copies(new, {"receipt": "duplicate"})
     assert charged_copies(job, {"receipt": "duplicate"})

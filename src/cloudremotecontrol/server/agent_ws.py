@@ -314,9 +314,14 @@ async def _next_frame(ws: WebSocket, paces: Paces, machine: str, link: AgentLink
             return None
         return await (ahead if ahead is not None else ws.receive_text())
     finally:
-        if ahead is not None and not ahead.done():
-            ahead.cancel()
-            await asyncio.wait({ahead})
+        if ahead is not None:
+            if not ahead.done():
+                ahead.cancel()
+                await asyncio.wait({ahead})
+            if not ahead.cancelled():
+                # A read that failed (the socket closed) as the wait ended for another
+                # reason: seen here, not logged as "never retrieved" by asyncio.
+                ahead.exception()
 
 
 async def _refuse(ws: WebSocket, code: int, exc: CrcError) -> None:

@@ -12,9 +12,11 @@ what it sends waits in its socket and its outbox; a debt is one frame at most (o
 frame read ahead waits with it, so that a connection that ends is noticed). What a
 job sends (its start, output and result, for a job the server sent it) and acks are not
 counted: a job's output is bounded by what the server keeps of it, and is what a master
-asked for; an ack releases a message the server sent. An ack that releases nothing (an
-ack already had, each a write all the same) counts as any frame: ``MIN_COST`` at
-least.
+asked for; an ack releases a message the server sent. A job's report that changes
+nothing (its job had ended, or its output is past what is kept) counts as the frame it
+is: nothing bounds how many a machine sends, and each is read, checked and numbered.
+An ack that releases nothing (an ack already had, each a write all the same) counts as
+any frame: ``MIN_COST`` at least.
 
 Which messages count (``charged_copies``): one stored, one refused, and one sent again.
 A ``user.*`` message to peers is stored once for the master (its event) and once in
@@ -76,6 +78,8 @@ def charged_copies(kind: object, result: Mapping[str, Any]) -> int:
         return 0  # the server's own failure, or a machine gone: nothing stored
     if receipt in ("duplicate", "gap") or "error" in result:
         return 1  # read again, or refused: an agent.error event, or an error frame
+    if result.get("unchanged"):
+        return 1  # a job's report that stored nothing: read and checked all the same
     if not isinstance(kind, str) or kind.startswith("job."):
         return 0
     if kind.startswith("user."):  # its event, and a copy in each peer's outbox

@@ -32,7 +32,7 @@ from ..store.base import Tx, reads_job_target, reads_outbox_drop, reads_row
 from .common import add_event, dumps, now
 from .groups import uninstall_on_delete
 from .hostsync import auto_hosts_sync
-from .streams import ServerInbox, Step, inbox, job_event, job_steps, outbox
+from .streams import ServerInbox, Step, inbox, job_event, job_report, outbox
 
 __all__ = [
     "HANDLERS",
@@ -282,7 +282,9 @@ def apply_agent_message(
     """Apply message ``seq`` from a machine once. Returns ``{"receipt", ...}``.
 
     Duplicates are acknowledged again and otherwise ignored; a gap means the agent must
-    resume. A message that cannot be decoded or applied (bad input) is given up: it is
+    resume. A job's report that changed nothing (its target had ended, or its output is
+    past what is kept) is processed all the same, and says so (``"unchanged"``). A
+    message that cannot be decoded or applied (bad input) is given up: it is
     acknowledged (so it is not re-sent for ever) and recorded as an ``agent.error``
     event, with nothing else stored. A failure of this server while applying it rolls
     back its effects and asks the agent to send it again (``"retry"``), up to
@@ -348,6 +350,8 @@ def apply_agent_message(
             }
         return _give_up(tx, m, seq, raw, _dead(seq, box.max_attempts))
     tx.execute("RELEASE SAVEPOINT apply_message")
+    if deliveries is None:  # a job's report that changed nothing (its job had ended)
+        return {"receipt": "new", "deliveries": [], "unchanged": True}
     return {"receipt": "new", "deliveries": deliveries}
 
 
@@ -415,18 +419,18 @@ def _on_facts(tx: Tx, m: dict[str, Any], msg: Facts, env: Envelope) -> Deliverie
     return auto_hosts_sync(tx, m["group_id"])
 
 
-def _on_started(tx: Tx, m: dict[str, Any], msg: JobStarted, env: Envelope) -> Deliveries:
-    return job_steps(tx, m, msg.job_id, [(JobEvent.START, None, None)], reported=True)
+def _on_started(tx: Tx, m: dict[str, Any], msg: JobStarted, env: Envelope) -> Deliveries | None:
+    return job_report(tx, m, msg.job_id, [(JobEvent.START, None, None)], reported=True)
 
 
-def _on_output(tx: Tx, m: dict[str, Any], msg: JobOutput, env: Envelope) -> Deliveries:
+def _on_output(tx: Tx, m: dict[str, Any], msg: JobOutput, env: Envelope) -> Deliveries | None:
     # Output of a job the server does not know for this machine changes nothing and is
     # acknowledged without a word: its start and its result are refused (one event
     # each), not each chunk (a job still running after a restore from backup).
-    return job_steps(tx, m, msg.job_id, [(msg.stream, msg.data)])
+    return job_report(tx, m, msg.job_id, [(msg.stream, msg.data)])
 
 
-def _on_result(tx: Tx, m: dict[str, Any], msg: JobResult, env: Envelope) -> Deliveries:
+def _on_result(tx: Tx, m: dict[str, Any], msg: JobResult, env: Envelope) -> Deliveries | None:
     """A result proves its job.run arrived: a target still ``queued`` is delivered first
     (the ack riding on this message, or one still to come: an agent that gives a job up
     reports it before it acks the job.run; the ack then changes nothing). A target that
@@ -438,7 +442,7 @@ def _on_result(tx: Tx, m: dict[str, Any], msg: JobResult, env: Envelope) -> Deli
         steps.append((JobEvent.START, None, None))
     steps.extend(msg.output or ())
     steps.append((event, msg.exit_code, msg.reason))
-    return job_steps(tx, m, msg.job_id, steps, reported=True)
+    return job_report(tx, m, msg.job_id, steps, reported=True)
 
 
 def _on_failed(tx: Tx, m: dict[str, Any], msg: MessageFailed, env: Envelope) -> Deliveries:

@@ -29,6 +29,7 @@ __all__ = [
     "enqueue_many",
     "inbox",
     "job_event",
+    "job_report",
     "job_steps",
     "outbox",
 ]
@@ -249,6 +250,13 @@ def job_event(
 def job_steps(
     tx: Tx, m: dict[str, Any], job_id: str, steps: Sequence[Step], reported: bool = False
 ) -> list[tuple[str, int, str]]:
+    """``job_report``, with what changed nothing releasing nothing either."""
+    return job_report(tx, m, job_id, steps, reported) or []
+
+
+def job_report(
+    tx: Tx, m: dict[str, Any], job_id: str, steps: Sequence[Step], reported: bool = False
+) -> list[tuple[str, int, str]] | None:
     """Apply ``steps`` to machine ``m``'s target of job ``job_id``, in order, as one
     ``job_event`` per status change and one kept chunk per output step would, with one
     read and one write of the target whatever the number of steps (a short job's start,
@@ -259,13 +267,15 @@ def job_steps(
     never sent to the machine: what it reports about it changes nothing. Returns what
     the rate-control rules release when the target ended. ``reported``: the steps are
     the machine's own report (``job.started``, ``job.output``, ``job.result``), refused
-    (InvalidInput, nothing changed) when the job has no target on the machine."""
+    (InvalidInput, nothing changed) when the job has no target on the machine. None:
+    the steps changed nothing (a target ended already, output past what is kept, a
+    target never sent to the machine), and nothing was written."""
     jt = tx.one(JOB_TARGET_SQL, (job_id, m["id"]))  # may be read ahead (``reads_job_target``)
     if jt is None and reported:
         # Another machine's job, or none: a hostile or confused machine, told so.
         raise InvalidInput(f"job {job_id!r} was not sent to this machine", field="job_id")
     if jt is None or jt["held"]:
-        return []  # not this machine's, or held back by rate control: never sent to it
+        return None  # not this machine's, or held back by rate control: never sent to it
     walk = _walk(
         job_id,
         JobStatus(jt["status"]),
@@ -275,7 +285,7 @@ def job_steps(
         steps,
     )
     if not walk.events:
-        return []
+        return None
     if walk.moved:
         tx.send(
             "UPDATE job_targets SET status = ?, exit_code = ?, reason = ?, output_bytes = ?, "
