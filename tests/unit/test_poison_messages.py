@@ -6,6 +6,7 @@ operations (SQLite store)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ import pytest
 from ends import AgentEnd, Server
 
 from cloudremotecontrol.protocol.delivery import MAX_ATTEMPTS
-from cloudremotecontrol.protocol.frames import Ack, Msg, read_frame, write_frame
+from cloudremotecontrol.protocol.frames import FEATURE_ACK, Ack, Msg, read_frame, write_frame
 from cloudremotecontrol.protocol.messages import Envelope, JobRun, Progress, UserMessage
 from cloudremotecontrol.server.ops import delivery, jobs
 
@@ -243,3 +244,27 @@ def test_a_word_with_a_lone_surrogate_in_a_machines_envelope_is_refused_and_reco
     assert error["type"].encode("utf-8")  # storable and readable as UTF-8
     assert error["type"] == env["type"].encode("utf-8", "backslashreplace").decode()
     assert server.events("progress") == []
+
+
+@pytest.mark.parametrize("then", ["poison", "again"])
+def test_an_ack_sent_at_once_covers_the_one_deferred_before_it(ends, then):
+    """With ``msg.ack`` the agent defers the ack of a message it processed; a message it
+    then acks at once (one given up, or one sent again) acknowledges everything up to it
+    (acks are cumulative): the deferred ack is not sent after it, where it would
+    release nothing and cost the machine's pace a frame."""
+    server, agent = ends
+    agent.agent.server_features = frozenset({FEATURE_ACK})
+    agent.agent.fold_seconds = 0.05
+    first = Envelope.make("lab", "master", "m", "user.first", {"n": 1})
+    server.run(lambda tx: jobs.enqueue(tx, {"id": server.machine_id}, first))
+    poison = Envelope.make("lab", "master", "m", "user.deep", deep(100))
+    server.run(lambda tx: jobs.enqueue(tx, {"id": server.machine_id}, poison))
+    _, replay = server.connect(agent.state.processed, None)
+    assert agent.receive(replay[0]) == []  # processed; its ack deferred
+    text, seq = (replay[1], 2) if then == "poison" else (replay[0], 1)
+    assert agent.receive(text) == [write_frame(Ack(seq=seq))]
+    agent.run(asyncio.sleep(0.3))  # the deferred ack's time
+    sent = [read_frame(f) for f in agent.take_sent()]
+    assert [f for f in sent if isinstance(f, Ack)] == []
+    assert server.receive(write_frame(Ack(seq=seq))) == []
+    assert server.outbox_seqs() == ([] if then == "poison" else [2])

@@ -632,7 +632,7 @@ class Agent:
         seq = frame.seq
         receipt = self.inbox.receive(seq)
         if receipt is Receipt.DUPLICATE:
-            await ws.send(write_frame(Ack(seq=seq)))
+            await self._ack_now(ws, seq)
             return
         if receipt is Receipt.GAP:
             raise Unavailable(f"message gap at {seq}: reconnecting to resume")
@@ -690,6 +690,13 @@ class Agent:
             )
             for frame in frames:
                 await self._transmit(frame)
+        await self._ack_now(ws, seq)
+
+    async def _ack_now(self, ws: Any, seq: int) -> None:
+        """An ``ack`` frame for ``seq`` at once; acks are cumulative, so a deferred one it
+        covers is not sent after it (it would release nothing, and cost a frame)."""
+        if self._ack_pending is not None and self._ack_pending <= seq:
+            self._ack_pending = None
         await ws.send(write_frame(Ack(seq=seq)))
 
     async def _processed(
