@@ -212,6 +212,8 @@ HOSTILE = (
             "lone \ud800 surrogate",
             "x" * (MAX_MESSAGE_BODY_BYTES + 1),
             2**64,
+            10**400,  # an int beyond any float: compared, never converted
+            -(10**400),
             -1,
             True,
             "",
@@ -471,6 +473,16 @@ def test_frames_from_the_previous_version_still_decode():
         # What this version sends in their place has the same shape, keys included.
         assert set(body) <= set(decoded.to_body()), kind
         assert cls.from_body(decoded.to_body()) == decoded
+
+
+def test_a_number_beyond_any_float_is_refused_as_bad_input():
+    """JSON carries ints no float holds (``1e400`` written out): a number field compares
+    them (out of range), where converting one raised OverflowError, which the server took
+    for its own failure (1011, the message sent again)."""
+    for value in (10**400, -(10**400)):
+        with pytest.raises(InvalidInput, match="percent"):
+            messages.Progress.from_body({"text": "x", "percent": value})
+    assert fields.Number(0, 10**500).check(10**400, "n") == 10**400
 
 
 # -- facts ------------------------------------------------------------------------------------

@@ -360,6 +360,7 @@ def test_envelope_round_trip_and_errors():
         {**good, "body": [1]},
         {**good, "correlation_id": 5},
         {**good, "created": "soon"},
+        {**good, "created": 10**400},  # an int beyond any float: bad input, not a fault
     ]:
         with pytest.raises(InvalidInput):
             Envelope.from_dict(bad)
@@ -598,6 +599,22 @@ def test_an_ack_too_far_beyond_anything_sent_is_refused_at_both_ends(ends):
         agent.connect(Welcome(ack=2**63 - 1, resume_from=1))
     resend = agent.connect(Welcome(ack=0, resume_from=1))
     assert [read_frame(f).seq for f in resend] == [1]
+
+
+def test_a_resume_too_far_beyond_anything_processed_is_refused_at_both_ends(ends):
+    """A ``resume_from`` beyond ``MAX_PEER_ACK + 1`` is refused and changes nothing: the
+    receiver would take nearly every number for processed, and every message of a peer
+    numbering from where it really is for a duplicate."""
+    server, agent = ends
+    for resume_from in (delivery_rules.MAX_PEER_ACK + 2, 2**63 - 1):
+        with pytest.raises(InvalidInput, match="beyond any message sent"):
+            server.connect(hello_ack=0, resume_from=resume_from)
+    assert server.events("machine.resync") == []
+    welcome, _ = server.connect(hello_ack=0, resume_from=delivery_rules.MAX_PEER_ACK + 1)
+    assert welcome.ack == delivery_rules.MAX_PEER_ACK  # the bound itself is followed
+    with pytest.raises(InvalidInput, match="beyond any message sent"):
+        agent.connect(Welcome(ack=0, resume_from=2**63 - 1))
+    assert agent.state.processed == 0
 
 
 def test_a_peer_resuming_beyond_what_was_processed_is_followed_and_the_loss_counted(ends):

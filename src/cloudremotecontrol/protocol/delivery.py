@@ -23,6 +23,9 @@ can make the two sides disagree, and each case has one rule:
 * the peer's first message still available (``resume_from``) is beyond what this side
   processed (``Inbox.resume``): the messages in between were acknowledged by the lost
   state and are gone; this side skips to there instead of waiting for them for ever.
+  A ``resume_from`` beyond ``MAX_PEER_ACK + 1`` is refused, for the same reason as such
+  an ack: this side would record nearly every number as processed, and take every
+  message of the peer that numbers from where it really is for a duplicate.
 
 Poison messages: a message the receiver cannot use must not stall the stream. One that
 cannot be decoded is given up at once; one whose processing fails (or kills the
@@ -224,9 +227,15 @@ class Inbox:
 
     def resume(self, resume_from: int | None) -> int:
         """The peer's first available message is ``resume_from``: skip what it can no
-        longer send. Returns how many messages were lost (0: none)."""
+        longer send. Returns how many messages were lost (0: none). InvalidInput, with
+        nothing changed, for one beyond ``MAX_PEER_ACK + 1`` (see the module doc)."""
         done = self.store.processed()
         if resume_from is None or resume_from <= done + 1:
             return 0
+        if resume_from > MAX_PEER_ACK + 1:
+            raise InvalidInput(
+                f"resume_from {resume_from} is beyond any message sent (this side processed "
+                f"{done}; one above {MAX_PEER_ACK + 1} is refused)"
+            )
         self.store.set_processed(resume_from - 1)
         return resume_from - 1 - done

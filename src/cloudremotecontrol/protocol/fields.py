@@ -241,7 +241,9 @@ class Number(Spec):
         if (
             isinstance(value, bool)
             or not isinstance(value, (int, float))
-            or not math.isfinite(value)
+            # Only a float can be NaN or infinite; an int is compared as it is (JSON
+            # carries ints beyond any float, on which math.isfinite raises OverflowError).
+            or (isinstance(value, float) and not math.isfinite(value))
             or not (self.low < value if self.low_open else self.low <= value)
             or not value <= self.high
         ):

@@ -156,7 +156,7 @@ class Envelope:
             raise InvalidInput("correlation_id must be valid Unicode text")
         try:
             created = float(data.get("created") or 0.0)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # OverflowError: an int such as 1e400
             raise InvalidInput("malformed message: created must be a time") from None
         if not math.isfinite(created):
             raise InvalidInput("malformed message: created must be a time")

@@ -100,7 +100,7 @@ async def _login(ws: WebSocket) -> tuple[dict[str, Any], Hello, dict[str, Any]] 
         return None
     try:
         try:
-            hello = read_frame(await asyncio.wait_for(ws.receive_text(), HELLO_TIMEOUT))
+            hello = read_frame(await asyncio.wait_for(_receive_text(ws), HELLO_TIMEOUT))
             if not isinstance(hello, Hello):
                 raise CrcError("expected a hello frame first", code="protocol")
         except (asyncio.TimeoutError, WebSocketDisconnect):
@@ -263,8 +263,10 @@ async def _read_loop(ws: WebSocket, store: Store, m: dict[str, Any], link: Agent
     while not link.closed:
         try:
             text = await _next_frame(ws, paces, m["id"], link)
-        except (KeyError, RuntimeError):  # binary frame or closed socket
-            await _refuse(ws, 4400, CrcError("binary frames are not supported", code="protocol"))
+        except CrcError as exc:  # a binary frame
+            await _refuse(ws, 4400, exc)
+            return
+        except RuntimeError:  # the socket closed
             return
         if text is None:
             return
@@ -303,16 +305,16 @@ async def _next_frame(ws: WebSocket, paces: Paces, machine: str, link: AgentLink
             if bus.stopping:  # not waited for: the server stops in a few seconds
                 return None
             if ahead is None:
-                ahead = asyncio.ensure_future(ws.receive_text())
+                ahead = asyncio.ensure_future(_receive_text(ws))
             wait = min(delay, PACE_CHECK_SECONDS)
             if ahead.done():
-                ahead.result()  # the socket closed: WebSocketDisconnect, as a read would
+                ahead.result()  # the socket closed, or a binary frame: raised as a read would
                 await asyncio.sleep(wait)
             else:
                 await asyncio.wait({ahead}, timeout=wait)
         if link.closed:
             return None
-        return await (ahead if ahead is not None else ws.receive_text())
+        return await (ahead if ahead is not None else _receive_text(ws))
     finally:
         if ahead is not None:
             if not ahead.done():
@@ -322,6 +324,16 @@ async def _next_frame(ws: WebSocket, paces: Paces, machine: str, link: AgentLink
                 # A read that failed (the socket closed) as the wait ended for another
                 # reason: seen here, not logged as "never retrieved" by asyncio.
                 ahead.exception()
+
+
+async def _receive_text(ws: WebSocket) -> str:
+    """The next message, which must be text (every frame is a JSON text frame): CrcError
+    (code ``protocol``) for a binary one, whose ASGI message has no ``text`` (starlette's
+    ``receive_text`` raises KeyError), also when it comes first, as the hello."""
+    try:
+        return await ws.receive_text()
+    except KeyError:
+        raise CrcError("binary frames are not supported", code="protocol") from None
 
 
 async def _refuse(ws: WebSocket, code: int, exc: CrcError) -> None:

@@ -191,6 +191,30 @@ class ListeningWebSocketProtocol(WebSocketsSansIOProtocol):
         ):
             self.handshake_complete = True
 
+    def send_receive_event_to_app(self) -> None:
+        # A text message that is not UTF-8 fails the connection with 1007 (RFC 6455,
+        # section 8.1), as uvicorn does it, but without its ERROR and traceback
+        # (logger.exception): any client past the handshake, authenticated or not,
+        # could write one into the log per connection. Only a message that is not ASCII
+        # is checked (the agents' frames and the server's own are ASCII): on the common
+        # path uvicorn's decoding stays the only one.
+        if self.curr_msg_data_type == "text" and not self.close_sent:
+            if not all(part.isascii() for part in self.frames):
+                try:
+                    b"".join(self.frames).decode()
+                except UnicodeDecodeError as exc:
+                    self.frames = []
+                    scope = getattr(self, "scope", None) or {}
+                    self.logger.info(
+                        "WebSocket %s: a text message that is not UTF-8 (%s): closed (1007)",
+                        scope.get("path", "?"),
+                        exc.reason,
+                    )
+                    self.conn.send_close(1007, "text message is not valid UTF-8")
+                    self.handle_parser_exception()
+                    return
+        super().send_receive_event_to_app()
+
     def data_received(self, data: bytes) -> None:
         self.last_heard = self.loop.time()
         super().data_received(data)
