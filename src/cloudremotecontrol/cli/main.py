@@ -67,6 +67,20 @@ class _Crc(click.Group):
                 self.get_command(ctx, name)
         return super().resolve_command(ctx, args)
 
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except BrokenPipeError:
+            # `crc --help | head -0`, `crc --version | head -0`: printed while the
+            # arguments are read, before invoke. Left to click, exit 1 with no word.
+            _output_closed()
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
@@ -74,6 +88,16 @@ class _Crc(click.Group):
             # The reader went away (`crc events -f | head -1`). Left to click, this would
             # exit 1, an internal error, with no word.
             _output_closed()
+
+
+def _say(line: str) -> None:
+    """``line`` on stderr. If stderr cannot take it (a closed pipe: `crc ... 2>&1 |
+    head -0`), nothing: the exit code that follows still tells what happened, as it
+    does with stderr closed (`2>&-`)."""
+    try:
+        click.echo(line, err=True)
+    except OSError:
+        output.quiet_if_closed(sys.stderr)
 
 
 def _output_closed() -> NoReturn:
@@ -119,24 +143,27 @@ def main(argv: list[str] | None = None) -> None:
         if exc.multiline:  # "what:\n  problem\n  problem" -> "what: problem; problem"
             head, *rest = message.split("\n")
             message = " ".join([head, "; ".join(line.strip() for line in rest)])
-        click.echo(f"crc: error: {output.safe(message)}", err=True)  # one line
+        _say(f"crc: error: {output.safe(message)}")  # one line
         sys.exit(output.own_error_exit or exc.exit_code)
     except click.exceptions.Abort as exc:  # click's word for a KeyboardInterrupt
-        click.echo("crc: aborted", err=True)
+        _say("crc: aborted")
         sys.exit(getattr(exc.__cause__, "exit_code", 130))
     except click.exceptions.NoArgsIsHelpError as exc:
         # `crc` or `crc group` alone: the help is what was asked for.
         if exc.ctx is not None:
-            click.echo(exc.ctx.get_help())
+            try:
+                click.echo(exc.ctx.get_help())
+            except BrokenPipeError:  # `crc group | head -0`
+                _output_closed()
         sys.exit(0)
     except click.UsageError as exc:  # bad input is crc's own failure: --error-exit's CODE
-        click.echo(f"crc: error: {usage_line(exc)}", err=True)
+        _say(f"crc: error: {usage_line(exc)}")
         sys.exit(output.own_error_exit or exc.exit_code)
     except click.ClickException as exc:
-        click.echo(f"crc: error: {' '.join(exc.format_message().split())}", err=True)
+        _say(f"crc: error: {' '.join(exc.format_message().split())}")
         sys.exit(output.own_error_exit or exc.exit_code)
     except KeyboardInterrupt as exc:  # Ctrl-C, or a signal taken as it (cli/signals.py)
-        click.echo("crc: interrupted", err=True)
+        _say("crc: interrupted")
         sys.exit(getattr(exc, "exit_code", 130))
     except BrokenPipeError:
         _output_closed()
