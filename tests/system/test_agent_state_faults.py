@@ -1,6 +1,8 @@
 """An agent whose state directory cannot be used (a file in its path, a damaged
-database) stops at once with one clear line and exit code 2, not a Python traceback
-that the service manager restarts for ever without saying why; one whose state disk
+database or credential) stops at once with one clear line and exit code 2, not a Python
+traceback that the service manager restarts for ever without saying why; `crc agent
+install` says the same, and `crc agent uninstall` refuses what is no state directory
+before it touches the service; one whose state disk
 fills up while a job runs waits for room, and loses nothing of the job."""
 
 from __future__ import annotations
@@ -66,6 +68,98 @@ def test_an_agent_whose_state_directory_cannot_be_made_says_so_and_exits_2(
         assert f"cannot use state directory {state_dir}: Not a directory" in errors[0]
     # The key was never presented: the machine can still enroll.
     assert env.client.group("g")["machines"][0]["state"] == "pending"
+
+
+def _fake_systemd(tmp_path: Path) -> dict[str, str]:
+    """The variables that point `crc agent install / uninstall` at the stand-in for
+    systemctl and a unit directory of this test's own (never the machine's systemd)."""
+    import cloudremotecontrol.agent.platform.fake_systemctl as fake
+
+    units = tmp_path / "units"
+    units.mkdir(exist_ok=True)
+    (tmp_path / "fake-systemd").mkdir(exist_ok=True)
+    return {
+        "CRC_SYSTEMCTL": f"{sys.executable} {fake.__file__}",
+        "CRC_SYSTEMD_DIR": str(units),
+        "CRC_FAKE_SYSTEMD_STATE": str(tmp_path / "fake-systemd"),
+    }
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["not json", '{"url": "https://h:1"}', '{"unknown": 1}', "[1, 2]", "a directory"],
+)
+def test_a_damaged_credential_is_one_line_and_exit_2_for_run_and_install(
+    env: Env, crc: Callable[..., Any], tmp_path: Path, damage: str
+) -> None:
+    key = env.client.create_group("g", ["web"])["machines"][0]["key"]
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    credential = state_dir / "credential.json"
+    if damage == "a directory":
+        credential.mkdir()
+    else:
+        credential.write_text(damage)
+    enroll = ["--url", env.server.url, "--key", key, "--fingerprint", env.server.fingerprint]
+    fake = _fake_systemd(tmp_path)
+    for command in (["run"], ["install", "--wait", "0"]):
+        out = crc("agent", *command, "--state-dir", str(state_dir), *enroll, extra_env=fake)
+        assert out.returncode == 2, (command, out.stderr)
+        errors = _stopped_with_one_line(out.stderr)
+        assert errors == [
+            f"crc: error: {credential} is damaged: remove the state directory and enroll "
+            "again with a new key"
+        ], out.stderr
+    assert not list(Path(fake["CRC_SYSTEMD_DIR"]).iterdir())  # no service made
+    # The key was never presented: the machine can still enroll.
+    assert env.client.group("g")["machines"][0]["state"] == "pending"
+
+
+def test_install_with_a_state_dir_that_is_a_file_is_one_line_and_exit_2(
+    crc: Callable[..., Any], tmp_path: Path
+) -> None:
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x\n")
+    fake = _fake_systemd(tmp_path)
+    args = ["--url", "https://127.0.0.1:9", "--key", "crck_x", "--wait", "0"]
+    out = crc("agent", "install", "--state-dir", str(a_file), *args, extra_env=fake)
+    assert out.returncode == 2, out.stderr
+    errors = _stopped_with_one_line(out.stderr)
+    assert len(errors) == 1 and f"cannot use state directory {a_file}" in errors[0], out.stderr
+    assert not list(Path(fake["CRC_SYSTEMD_DIR"]).iterdir())
+
+
+def test_uninstall_refuses_what_is_no_state_dir_before_it_removes_the_service(
+    crc: Callable[..., Any], tmp_path: Path
+) -> None:
+    fake = _fake_systemd(tmp_path)
+    unit = Path(fake["CRC_SYSTEMD_DIR"]) / "crc-agent.service"
+    unit.write_text("[Service]\nExecStart=/bin/true\n")
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x\n")
+    other = tmp_path / "somebody-elses-dir"
+    other.mkdir()
+    (other / "precious").write_text("keep me\n")
+    refusals = [
+        (["--state-dir", str(a_file)], f"{a_file} is not a directory"),
+        (["--state-dir", str(a_file), "--purge"], f"{a_file} is not a directory"),
+        (["--state-dir", str(other), "--purge"], f"{other} does not look like an agent"),
+    ]
+    for args, why in refusals:
+        out = crc("agent", "uninstall", *args, extra_env=fake)
+        assert out.returncode == 2, (args, out.stderr)
+        errors = _stopped_with_one_line(out.stderr)
+        assert len(errors) == 1 and why in errors[0], out.stderr
+        assert unit.exists(), args  # the service is left as it was
+    assert a_file.read_text() == "x\n" and (other / "precious").exists()
+    # A state directory holding no credential: the service goes, and no credential is
+    # said to be kept there.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out = crc("agent", "uninstall", "--state-dir", str(empty), extra_env=fake)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "service crc-agent removed\n", out.stdout
+    assert not unit.exists()
 
 
 def _wait_for(check: Callable[[], bool], what: str, timeout: float = 60.0) -> None:

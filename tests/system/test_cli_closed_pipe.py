@@ -17,9 +17,7 @@ import pytest
 from cloudremotecontrol.master.localrun import crc_argv
 
 
-def _run_into_closed_pipe(
-    args: list[str], tmp_path: Path, *, stderr_too: bool
-) -> tuple[int, str]:
+def _run_into_closed_pipe(args: list[str], tmp_path: Path, *, stderr_too: bool) -> tuple[int, str]:
     """`crc ARGS | head -0` (with ``stderr_too``: `crc ARGS 2>&1 | head -0`): its exit
     code, and what it wrote on stderr when stderr is not the pipe."""
     read_end, write_end = os.pipe()

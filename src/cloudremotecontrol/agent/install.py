@@ -27,7 +27,7 @@ from typing import Any
 from ..errors import InvalidInput, KeyRejected, Unavailable
 from .platform import Platform
 from .platform.services import SERVICE_NAME, ServiceManager, ServiceSpec
-from .state import AgentState, Credential, remove_key_file
+from .state import AgentState, Credential, read_credential, remove_key_file
 
 __all__ = ["SERVICE_MARKER", "agent_command", "install_agent", "uninstall_agent"]
 
@@ -155,19 +155,6 @@ def optimized_options(python: str) -> tuple[str, ...]:
     return options
 
 
-def _load_credential(state_dir: Path) -> Credential | None:
-    # Read without opening the agent's database: a running agent owns it.
-    try:
-        return Credential(**json.loads((state_dir / "credential.json").read_text()))
-    except FileNotFoundError:
-        return None
-    except (ValueError, TypeError):
-        raise KeyRejected(
-            f"{state_dir / 'credential.json'} is damaged: remove {state_dir} "
-            "and enroll again with a new key"
-        ) from None
-
-
 def _enroll(
     platform: Platform, state_dir: Path, url: str, key: str, fingerprint: str | None, wait: float
 ) -> Credential:
@@ -208,7 +195,7 @@ def install_agent(
 ) -> dict[str, Any]:
     """Enroll if needed, then register, enable and start the service. Idempotent."""
     state_dir = Path(state_dir)
-    cred = _load_credential(state_dir)
+    cred = read_credential(state_dir)
     enrolled_now = False
     if cred is None:
         if key is None and key_file is not None:
@@ -323,21 +310,32 @@ def uninstall_agent(
     """Stop and remove the service and the bytecode cache install created for it; with
     ``purge`` also the credential and queue. With ``stop=False``: the service's own
     agent removing it as it exits."""
+    state_dir = Path(state_dir)
+    # What is asked of the state directory is checked before the service is touched:
+    # a refusal (exit 2) leaves the service as it was.
+    if state_dir.exists() and not state_dir.is_dir():
+        raise InvalidInput(
+            f"{state_dir} is not a directory: give the agent's state directory with --state-dir"
+        )
+    if (
+        purge
+        and state_dir.exists()
+        and not any((state_dir / n).exists() for n in ("credential.json", "agent.db"))
+    ):
+        raise InvalidInput(
+            f"{state_dir} does not look like an agent state directory "
+            "(no credential.json, no agent.db): not removing it"
+        )
     mgr = manager or platform.service_manager()
     removed = mgr.uninstall(SERVICE_NAME, stop=stop)
     purged = False
-    state_dir = Path(state_dir)
     marker = state_dir / SERVICE_MARKER
     cache = _remove_bytecode_cache(_read_marker(marker).get("bytecode_cache"))
     marker.unlink(missing_ok=True)
     if purge and state_dir.exists():
-        if not any((state_dir / n).exists() for n in ("credential.json", "agent.db")):
-            raise InvalidInput(
-                f"{state_dir} does not look like an agent state directory "
-                "(no credential.json, no agent.db): not removing it"
-            )
         shutil.rmtree(state_dir)
         purged = True
+    kept = not purge and (state_dir / "credential.json").exists()
     return {
         "service": SERVICE_NAME,
         "manager": mgr.kind,
@@ -345,8 +343,9 @@ def uninstall_agent(
         "state_dir": str(state_dir),
         "purged": purged,
         "bytecode_cache_removed": cache,
-        "note": None
-        if purge
-        else f"credential kept in {state_dir}: reinstalling "
-        "resumes as the same machine (--purge removes it)",
+        # Only where there is one: a mistyped --state-dir has no credential to keep.
+        "note": f"credential kept in {state_dir}: reinstalling "
+        "resumes as the same machine (--purge removes it)"
+        if kept
+        else None,
     }

@@ -81,6 +81,34 @@ class Credential:
     streams_off: list[str] = field(default_factory=list)
 
 
+def read_credential(state_dir: Path) -> Credential | None:
+    """The credential kept in ``state_dir`` (None if the machine never enrolled there).
+    InvalidInput (exit 2) for one that cannot be used: damaged (not JSON, not the
+    credential's fields, a directory), or a state directory that cannot be read (a file
+    in its path, no permission). ``crc agent run`` and ``crc agent install`` read it
+    alike, without opening the agent's database (a running agent owns it)."""
+    path = Path(state_dir) / "credential.json"
+    damaged = InvalidInput(
+        f"{path} is damaged: remove the state directory and enroll again with a new key"
+    )
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except IsADirectoryError:
+        raise damaged from None
+    except OSError as exc:
+        raise unusable_state_dir(Path(state_dir), exc) from None
+    except ValueError:  # not JSON, not UTF-8
+        raise damaged from None
+    if not isinstance(data, dict):
+        raise damaged
+    try:
+        return Credential(**data)
+    except TypeError:  # a field missing, or one the credential has not
+        raise damaged from None
+
+
 class AgentState:
     def __init__(self, state_dir: str | Path, protect: Any = None) -> None:
         self.dir = Path(state_dir)
@@ -190,16 +218,7 @@ class AgentState:
         return self.dir / "credential.json"
 
     def load_credential(self) -> Credential | None:
-        try:
-            data = json.loads(self.credential_path.read_text())
-        except FileNotFoundError:
-            return None
-        except ValueError:
-            raise InvalidInput(
-                f"{self.credential_path} is damaged: remove the state "
-                "directory and enroll again with a new key"
-            ) from None
-        return Credential(**data)
+        return read_credential(self.dir)
 
     def save_credential(self, cred: Credential) -> None:
         tmp = self.credential_path.with_suffix(".tmp")
