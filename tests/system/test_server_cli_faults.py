@@ -224,3 +224,58 @@ def test_init_then_add_user_before_the_first_run_still_works(tmp_path: Path) -> 
     r = _crc("server", "list-users", "--database", f"sqlite:///{data / 'crc.db'}", "--json")
     assert r.returncode == 0, r.stderr
     assert [u["user"] for u in json.loads(r.stdout)["users"]] == ["alice"]
+
+
+def _database(kind: str, tmp_path: Path) -> str:
+    """A --database URL the server cannot use, of KIND."""
+    if kind == "not a database":
+        (tmp_path / "other.db").write_text("another program's file\n")
+        return f"sqlite:///{tmp_path / 'other.db'}"
+    if kind == "under a file":
+        (tmp_path / "a-file").write_text("x\n")
+        return f"sqlite:///{tmp_path / 'a-file' / 'crc.db'}"
+    pytest.importorskip("psycopg")
+    if kind == "postgres unreachable":
+        with socket.socket() as s:  # a loopback port nobody listens on
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        return f"postgresql://crc:s3cret-pw@127.0.0.1:{port}/crc"
+    assert kind == "postgres url invalid"
+    return "postgresql://crc:s3cret-pw@[::1/crc"
+
+
+_UNUSABLE = {
+    "not a database": (2, "other.db is damaged or not a CloudRemoteControl database"),
+    "under a file": (2, "cannot use the database"),
+    "postgres unreachable": (6, "cannot connect to PostgreSQL at 127.0.0.1:"),
+    "postgres url invalid": (2, "invalid PostgreSQL database URL"),
+}
+
+
+@pytest.mark.parametrize(
+    "kind, command",
+    [
+        (kind, command)
+        for kind in _UNUSABLE
+        for command in (["run"], ["add-user", "carol"], ["list-users"])
+        # A command that only reads says there is no database there (exit 4, above).
+        if not (kind == "under a file" and command == ["list-users"])
+    ],
+)
+def test_a_database_that_cannot_be_used_is_one_line_and_its_exit_code(
+    tmp_path: Path, kind: str, command: list[str]
+) -> None:
+    """Not uvicorn's traceback of the failed startup and "the server did not start:
+    see the log above" (exit 1), nor sqlite3's or psycopg's traceback of an admin
+    command."""
+    code, expected = _UNUSABLE[kind]
+    data = tmp_path / "srv"
+    _init(data, free_port())
+    url = _database(kind, tmp_path)
+    r = _crc("server", *command, "--data-dir", str(data), "--database", url)
+    line = _one_error_line(r, code)
+    assert expected in line, line
+    assert "s3cret-pw" not in r.stdout + r.stderr
+    assert "serving" not in r.stdout + r.stderr and r.stdout == ""
+    if kind == "not a database":  # left as it was
+        assert (tmp_path / "other.db").read_text() == "another program's file\n"

@@ -191,7 +191,13 @@ def create_app(
         loop = bus.loop = asyncio.get_running_loop()
         store.replica = app.state.replica
         store.on_outbox(lambda machines: hub.reload_threadsafe(loop, machines))
-        await store.start()
+        try:
+            await store.start()
+        except CrcError as exc:
+            # A database that cannot be opened or reached: `crc server run` says so in
+            # one line with its exit code, not uvicorn's traceback (server/runner.py).
+            app.state.startup_error = exc
+            raise
         await store.write(
             delivery.mark_all_offline, None if store.dialect == "sqlite" else app.state.replica
         )

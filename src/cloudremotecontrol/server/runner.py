@@ -9,6 +9,7 @@ import logging
 import socket
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -137,14 +138,36 @@ def serve(
         handshake_timeout=settings.handshake_timeout,
     )
     server = _StoppingServer(config, limits, app.state.bus, on_listening)
+    told = _StartupErrorTold(app.state)
+    uvicorn_log = logging.getLogger("uvicorn.error")
+    uvicorn_log.addFilter(told)
     try:
         server.run()
     except SystemExit as exc:
         if exc.code != STARTUP_FAILURE:
             raise
+        known = getattr(app.state, "startup_error", None)
+        if isinstance(known, CrcError):  # the database: said once, with its exit code
+            raise known from None
         # uvicorn's "startup failed" (3 would read as crc's "unauthorized"): what failed
         # is in the log lines above (the listen address taken meanwhile, the lifespan).
         raise CrcError(f"the server did not start on {listen}: see the log above") from None
+    finally:
+        uvicorn_log.removeFilter(told)
+
+
+class _StartupErrorTold(logging.Filter):
+    """Once the application's startup failed with a ``CrcError`` (a database that cannot
+    be opened or reached, recorded by the lifespan as ``startup_error``), uvicorn's own
+    lines about it (the traceback, "Application startup failed") are not logged: `crc
+    server run` says what failed in one line (``serve``)."""
+
+    def __init__(self, state: Any) -> None:
+        super().__init__()
+        self.state = state
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return getattr(self.state, "startup_error", None) is None
 
 
 def check_listen(host: str, port: int, listen: str) -> None:

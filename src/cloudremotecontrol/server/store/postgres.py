@@ -160,7 +160,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from ...errors import Unavailable
+from ...errors import InvalidInput, Unavailable
 from .base import ALL_GROUPS, Store, settle
 from .pg_tx import (
     Outgoing,
@@ -234,6 +234,12 @@ def _where(url: str) -> str:
     return f"{info.get('host', 'localhost')}:{info.get('port', 5432)}/{info.get('dbname', '')}"
 
 
+def _one_line(exc: Exception) -> str:
+    """libpq's message on one line: it puts hints on lines of their own ("Connection
+    refused\\n\\tIs the server running on that host...")."""
+    return " ".join(str(exc).split())
+
+
 class _PipelineFailed(Exception):
     """A statement of a pipelined batch failed. Its error arrives with the results of
     later statements, so which op sent it is not known: the batch is run again one
@@ -255,6 +261,14 @@ class PostgresStore(Store):
 
     def __init__(self, url: str, *, readers: int = 4, pipelined: bool | None = None) -> None:
         super().__init__()
+        try:
+            conninfo_to_dict(url)
+        except psycopg.Error:
+            # Not libpq's message: it quotes the URL, password included.
+            raise InvalidInput(
+                "invalid PostgreSQL database URL: expected "
+                "postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE"
+            ) from None
         self.url = url
         # Pipeline mode needs libpq >= 14 (psycopg's binary wheels bundle a newer one).
         self.pipelined = psycopg.Pipeline.is_supported() if pipelined is None else pipelined
@@ -299,7 +313,7 @@ class PostgresStore(Store):
             except psycopg.OperationalError as exc:
                 self._close_pools()
                 raise Unavailable(
-                    f"cannot connect to PostgreSQL at {_where(self.url)}: {exc}"
+                    f"cannot connect to PostgreSQL at {_where(self.url)}: {_one_line(exc)}"
                 ) from exc
             self._read_executor = ThreadPoolExecutor(
                 max_workers=self._readers, thread_name_prefix="crc-pg-read"
@@ -319,7 +333,9 @@ class PostgresStore(Store):
         try:
             conn = _connect(self.url)
         except psycopg.OperationalError as exc:
-            raise Unavailable(f"cannot connect to PostgreSQL at {_where(self.url)}: {exc}") from exc
+            raise Unavailable(
+                f"cannot connect to PostgreSQL at {_where(self.url)}: {_one_line(exc)}"
+            ) from exc
         with conn:
             conn.isolation_level = IsolationLevel.READ_COMMITTED
             with conn.transaction():

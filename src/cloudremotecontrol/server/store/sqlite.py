@@ -30,6 +30,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ...errors import InvalidInput, Unavailable
 from .base import Store, Tx, settle
 from .schema import migrate
 
@@ -116,20 +117,59 @@ class SqliteStore(Store):
 
     # -- lifecycle ---------------------------------------------------------------------
     def open_sync(self) -> None:
-        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        if self.path != ":memory:" and not self.path.startswith("file:"):
-            # Hashes, encrypted provider keys, job output: owner only. SQLite gives its
-            # -wal and -shm files the database file's mode.
-            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
-            os.chmod(self.path, 0o600)
-        self._conn = _connect(self.path)
-        migrate(_SqliteTx(self._conn), "sqlite", self._conn)
-        for _ in range(_READERS):
-            self._readers.put(_connect(self.path))
+        """Open (and make, or bring up to date) the database. A file that cannot be used
+        is one clear error, not sqlite3's or the OS's exception: InvalidInput (exit 2)
+        for a path that cannot be made or opened and for a file that is not a database
+        (damaged, or another program's); Unavailable (exit 6) for one locked too long or
+        an I/O error."""
+        try:
+            self._open()
+        except BaseException:
+            self._close_connections()
+            raise
         self._writer = threading.Thread(
             target=self._write_loop, name="crc-sqlite-writer", daemon=True
         )
         self._writer.start()
+
+    def _open(self) -> None:
+        try:
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            if self.path != ":memory:" and not self.path.startswith("file:"):
+                # Hashes, encrypted provider keys, job output: owner only. SQLite gives
+                # its -wal and -shm files the database file's mode.
+                os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+                os.chmod(self.path, 0o600)
+        except OSError as exc:
+            raise InvalidInput(
+                f"cannot use the database {self.path}: {exc.strerror or exc}: check the "
+                "path and its permissions"
+            ) from None
+        try:
+            self._conn = _connect(self.path)
+            migrate(_SqliteTx(self._conn), "sqlite", self._conn)
+            for _ in range(_READERS):
+                self._readers.put(_connect(self.path))
+        except sqlite3.OperationalError as exc:
+            text = str(exc)
+            if "locked" in text or "disk I/O" in text:
+                raise Unavailable(f"cannot use the database {self.path}: {text}") from None
+            raise InvalidInput(
+                f"cannot use the database {self.path}: {text}: check the path and its permissions"
+            ) from None
+        except sqlite3.DatabaseError as exc:  # not a database: damaged, or not ours
+            raise InvalidInput(
+                f"{self.path} is damaged or not a CloudRemoteControl database ({exc}): "
+                "restore it from a backup, or give another --database"
+            ) from None
+
+    def _close_connections(self) -> None:
+        """Those a failed open made (none is used yet)."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        while not self._readers.empty():
+            self._readers.get().close()
 
     async def start(self) -> None:
         await asyncio.to_thread(self.open_sync)
