@@ -114,6 +114,34 @@ def test_bootstrap_writes_its_output_with_a_fresh_key(env, crc, tmp_path):
     assert target.read_text().startswith("#!") and "x" * 100 not in target.read_text()
 
 
+def test_bootstrap_makes_an_existing_output_file_0600_before_it_holds_the_key(env, crc, tmp_path):
+    env.client.create_group("rb", ["m1"])
+    target = tmp_path / "boot.sh"
+    target.write_text("an older script\n")
+    target.chmod(0o644)  # readable by every user of this computer
+    url = "https://crc.example.net:8443"
+    r = crc("bootstrap", "rb", "m1", "--os", "linux", "--url", url, "-o", str(target))
+    assert r.returncode == 0, r.stderr
+    assert "crck_" in target.read_text()
+    assert (target.stat().st_mode & 0o777) == 0o600  # as the line says
+    assert r.stderr == f"wrote {target} (holds the enrollment key of m1: mode 0600)\n"
+
+
+def test_bootstrap_writes_to_a_pipe_or_device_after_issuing_the_key(env, crc, tmp_path):
+    """`-o /dev/stdout`, `-o >(ssh vm 'cat > boot.sh')`: no mode to set nor length to
+    cut there; trying failed with EINVAL once the fresh key was issued, so the machine's
+    old key no longer worked and the new one was never written."""
+    key = env.client.create_group("rb", ["m1"])["machines"][0]["key"]
+    url = "https://crc.example.net:8443"
+    r = crc("bootstrap", "rb", "m1", "--os", "linux", "--url", url, "-o", "/dev/stdout")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("#!") and "crck_" in r.stdout and key not in r.stdout
+    assert r.stderr == "wrote /dev/stdout (holds the enrollment key of m1)\n", r.stderr
+    r = crc("bootstrap", "rb", "m1", "--os", "linux", "--url", url, "-o", os.devnull)
+    assert r.returncode == 0, r.stderr
+    assert _reissues(env.client, "rb") == 2
+
+
 # -- a damaged profile ----------------------------------------------------------------------
 
 

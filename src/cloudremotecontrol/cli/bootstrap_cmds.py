@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import os
+import stat
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -29,7 +30,12 @@ def _read_text(path: str, option: str) -> str:
 
 class _Output:
     """The script's file, opened (mode 0600) before anything is asked of the server and
-    left as it was, or removed if it was made here, when no script is written."""
+    left as it was, or removed if it was made here, when no script is written.
+
+    A file that exists is made 0600 then too (it will hold the key), and rewritten whole
+    when the script is written. What is not a regular file (a pipe such as `-o >(...)`,
+    /dev/stdout, /dev/null) is written as it is: it has no mode to set nor length to cut,
+    and trying would fail only once the fresh key had been issued."""
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -45,10 +51,18 @@ class _Output:
                 raise InvalidInput(f"-o: cannot write {path}: {exc.strerror or exc}") from None
         except OSError as exc:
             raise InvalidInput(f"-o: cannot write {path}: {exc.strerror or exc}") from None
+        try:
+            self.regular = stat.S_ISREG(os.fstat(self.fd).st_mode)
+            if self.regular and not self.made:
+                os.fchmod(self.fd, 0o600)
+        except OSError as exc:
+            self.close()
+            raise InvalidInput(f"-o: cannot write {path}: {exc.strerror or exc}") from None
 
     def write(self, script: str) -> None:
         try:
-            os.ftruncate(self.fd, 0)
+            if self.regular:
+                os.ftruncate(self.fd, 0)
             with os.fdopen(self.fd, "w", newline="", encoding="utf-8") as fh:
                 self.fd = -1
                 fh.write(script)
@@ -212,4 +226,5 @@ def bootstrap(
     elif not output:
         click.echo(script, nl=False)
     else:
-        click.echo(f"wrote {output} (holds the enrollment key of {machine}: mode 0600)", err=True)
+        mode = ": mode 0600" if out is not None and out.regular else ""
+        click.echo(f"wrote {output} (holds the enrollment key of {machine}{mode})", err=True)
