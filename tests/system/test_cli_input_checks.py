@@ -89,6 +89,25 @@ def test_pull_to_a_missing_directory_is_refused_before_the_job(env, crc, tmp_pat
     assert env.client.list_jobs("lab") == []  # refused before anything ran
 
 
+@pytest.mark.parametrize(
+    "local, why",
+    [
+        ("", "LOCAL is empty: give the path of the file to write"),
+        ("newdir/", "cannot write {tmp}/newdir/: there is no directory {tmp}/newdir"),
+    ],
+)
+def test_pull_to_no_file_path_is_refused_before_the_job(env, crc, tmp_path, local, why):
+    """An empty LOCAL was `cannot write : it is a directory` (the current directory);
+    `newdir/` started the job, then failed to write (`Not a directory`)."""
+    env.group_with_agents("lab", ["a"])
+    target = f"{tmp_path}/{local}" if local else local
+    r = crc("pull", "lab", "--from", "a", "/etc/hostname", target)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr == f"crc: error: {why.format(tmp=tmp_path)}\n", r.stderr
+    assert env.client.list_jobs("lab") == []
+    assert not (tmp_path / "newdir").exists()
+
+
 def test_a_pasted_token_is_stripped_and_a_bad_one_never_shown(env, crc):
     r = crc("group", "list", extra_env={"CRC_TOKEN": env.token + "\n"})
     assert r.returncode == 0, r.stderr

@@ -178,6 +178,29 @@ def test_a_push_never_replaces_a_device_or_a_fifo(env, crc, tmp_path):
     assert link.is_symlink()
 
 
+def test_a_pull_never_replaces_a_local_device_or_fifo(env, crc, tmp_path):
+    # `crc pull ... /dev/null` (or /dev/stdout, a link to the terminal or a pipe) used
+    # to move the file it wrote over the device node: as root, /dev/null became a plain
+    # file, which broke every program on the computer writing to it. (A FIFO, and a link
+    # to it, stand in for them here.) Refused before the job starts.
+    env.group_with_agents("lab", ["a"])
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    link = tmp_path / "link-to-fifo"  # as /dev/stdout -> /proc/self/fd/1
+    link.symlink_to(fifo)
+    for dest in (fifo, link):
+        r = crc("pull", "lab", "--from", "a", "/etc/hostname", str(dest))
+        assert r.returncode == 2, (dest, r.stdout, r.stderr)
+        assert r.stderr == (
+            f"crc: error: cannot write {dest}: it is a FIFO, not a regular file (crc pull "
+            "writes a file: give its path)\n"
+        ), r.stderr
+        assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+        assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".crc-")] == []
+    assert link.is_symlink()
+    assert env.client.list_jobs("lab") == []  # refused before anything ran
+
+
 def test_a_pull_of_a_fifo_a_device_or_a_directory_fails_with_the_reason(env, crc, tmp_path):
     env.group_with_agents("lab", ["a"])
     fifo = tmp_path / "fifo"

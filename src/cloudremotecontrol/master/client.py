@@ -82,13 +82,28 @@ def clean_token(token: object) -> str:
 
 
 def check_download_target(local: str) -> None:
-    """InvalidInput unless a file can be written at ``local``: it is no directory and
-    its directory exists and is writable. ``crc pull`` checks it before the job starts,
-    ``download_pulled`` before it fetches anything."""
+    """InvalidInput unless a file can be written at ``local``: it is no directory, no
+    device, FIFO or socket (nor a link to one, such as /dev/stdout: the file written is
+    moved into place, which would replace the device itself), and its directory exists
+    and is writable. ``crc pull`` checks it before the job starts, ``download_pulled``
+    before it fetches anything."""
+    if not local:
+        raise InvalidInput("LOCAL is empty: give the path of the file to write")
     path = os.path.abspath(local)
     directory = os.path.dirname(path)
     if os.path.isdir(path):
         raise InvalidInput(f"cannot write {local}: it is a directory")
+    if local.endswith(("/", os.sep)):  # meant as a directory, and there is none
+        raise InvalidInput(f"cannot write {local}: there is no directory {path}")
+    try:
+        mode: int | None = os.stat(path).st_mode
+    except OSError:
+        mode = None  # no such file yet (or a dangling link): made by the move
+    if mode is not None and not stat.S_ISREG(mode):
+        raise InvalidInput(
+            f"cannot write {local}: it is {_kind(mode)}, not a regular file (crc pull "
+            "writes a file: give its path)"
+        )
     if not os.path.isdir(directory):
         raise InvalidInput(f"cannot write {local}: there is no directory {directory}")
     if not os.access(directory, os.W_OK | os.X_OK):
@@ -743,16 +758,20 @@ def open_regular(local: str) -> BinaryIO:
             fh.close()
     except OSError as exc:
         raise InvalidInput(f"cannot read {local}: {exc.strerror or exc}") from None
-    what = (
-        "a FIFO"
-        if stat.S_ISFIFO(mode)
-        else "a directory"
-        if stat.S_ISDIR(mode)
-        else "a socket"
-        if stat.S_ISSOCK(mode)
-        else "a device"
+    raise InvalidInput(
+        f"{local} is not a regular file but {_kind(mode)}: only a file can be copied"
     )
-    raise InvalidInput(f"{local} is not a regular file but {what}: only a file can be copied")
+
+
+def _kind(mode: int) -> str:
+    """What a file that is not a regular one is, for messages."""
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a device"
 
 
 def file_digest(local: str) -> tuple[str, int]:
