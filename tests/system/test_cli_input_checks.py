@@ -7,6 +7,7 @@ an option that goes with another."""
 from __future__ import annotations
 
 import http.server
+import json
 import os
 import subprocess
 import sys
@@ -78,6 +79,23 @@ def test_nan_and_infinity_are_refused_as_the_agent_refuses_them(env, crc, args):
     assert r.returncode == 2 and "JSON numbers must be finite" in r.stderr, r.stderr
     _clean(r)
     assert env.client.kv_list("lab") == []
+
+
+@pytest.mark.parametrize("name", ["", "../lab", "Lab"])
+def test_audit_of_a_group_name_no_group_can_have_is_refused(env, crc, name):
+    """`--group ""` (an unset variable in a script) listed every group's records, and a
+    name no group can have an empty list (exit 0), as if nothing had happened there."""
+    env.client.create_group("lab", ["a"])
+    r = crc("audit", "--group", name)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert r.stderr == (
+        f"crc: error: invalid group {name!r}: use 1-63 lowercase letters, digits and inner "
+        "hyphens\n"
+    ), r.stderr
+    assert r.stdout == ""
+    r = crc("audit", "--group", "lab", "--json")
+    assert r.returncode == 0, r.stderr
+    assert {rec["group"] for rec in json.loads(r.stdout)["records"]} == {"lab"}
 
 
 def test_pull_to_a_missing_directory_is_refused_before_the_job(env, crc, tmp_path):

@@ -385,8 +385,8 @@ def hosts_sync(group: str, to: str, ip: str) -> Call:
 
 def audit(group: str | None, limit: int) -> Call:
     params: dict[str, Any] = {"limit": limit}
-    if group:
-        params["group"] = group
+    if group is not None:  # "" is no group's name, not "every group"
+        params["group"] = _group(group)
     return Call("GET", "/audit", params=params, key="records")
 
 
