@@ -98,6 +98,20 @@ def test_audit_of_a_group_name_no_group_can_have_is_refused(env, crc, name):
     assert {rec["group"] for rec in json.loads(r.stdout)["records"]} == {"lab"}
 
 
+def test_kv_get_wait_past_the_servers_bound_names_the_option(env, crc):
+    """It was the server's "invalid query.wait: Input should be less than or equal to
+    300", naming no option of crc's."""
+    env.client.create_group("lab", ["a"])
+    r = crc("kv", "get", "lab", "k", "--wait", "10m")
+    assert r.returncode == 2, r.stderr
+    assert r.stderr == (
+        "crc: error: --wait 10m is too long: at most 300 s (5m); wait again for longer\n"
+    ), r.stderr
+    env.client.kv_set("lab", "k", "v")
+    r = crc("kv", "get", "lab", "k", "--wait", "5m")  # the bound itself is fine
+    assert r.returncode == 0 and r.stdout == '"v"\n', r.stderr
+
+
 def test_pull_to_a_missing_directory_is_refused_before_the_job(env, crc, tmp_path):
     env.group_with_agents("lab", ["a"])
     local = tmp_path / "nonexistent-dir" / "x"

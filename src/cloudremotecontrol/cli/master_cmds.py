@@ -516,15 +516,23 @@ def kv_set(name: str, key: str, value: str, as_json: bool) -> None:
 @kv.command("get")
 @click.argument("name")
 @click.argument("key")
-@click.option("--wait", "wait_for", help="Wait up to this long for the key (e.g. 2m).")
+@click.option("--wait", "wait_for", help="Wait up to this long for the key (e.g. 2m; at most 5m).")
 @json_option
 def kv_get(name: str, key: str, wait_for: str | None, as_json: bool) -> None:
     """Print KEY's value in group NAME as JSON (with --json: {"key", "value",
     "version", "updated", "by"}; exit 4 if it does not exist)."""
     import json
 
+    from ..protocol.limits import MAX_KV_WAIT_SECONDS
+
+    wait = _duration(wait_for) or 0
+    if wait > MAX_KV_WAIT_SECONDS:  # the server's bound, said with the option's name
+        raise InvalidInput(
+            f"--wait {wait_for} is too long: at most {MAX_KV_WAIT_SECONDS:g} s (5m); "
+            "wait again for longer"
+        )
     with _client() as c:
-        out = c.kv_get(name, key, wait=_duration(wait_for) or 0)
+        out = c.kv_get(name, key, wait=wait)
     if as_json:
         emit_json(out)
     else:

@@ -25,6 +25,7 @@ MAX_FACT_ADDRESSES = 64  # addresses per list in a machine's facts
 MAX_KV_WAITS_PER_MACHINE = 16  # an agent waits once per `crc agent kv wait` running
 MAX_KV_WAITS_PER_USER = 128  # a scenario waits once per running step (`--parallel` <= 64)
 KV_WAIT_RETRY_AFTER_SECONDS = 5
+MAX_KV_WAIT_SECONDS = 300.0  # one key/value long poll (`crc kv get --wait`, `crc agent kv wait`)
 # user.* messages waiting in one machine's outbox (sent, not yet acknowledged) past which
 # a machine's message to it is refused (the master's never are): a compromised machine
 # looping 256 KiB messages to `all` fills neither the database nor its peers.

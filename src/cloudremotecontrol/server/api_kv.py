@@ -25,6 +25,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from ..errors import NotFound, RateLimited, TimedOut
 from ..protocol.limits import (
     KV_WAIT_RETRY_AFTER_SECONDS,
+    MAX_KV_WAIT_SECONDS,
     MAX_KV_WAITS_PER_MACHINE,
     MAX_KV_WAITS_PER_USER,
 )
@@ -39,7 +40,7 @@ from .store.base import Store, Tx
 router = APIRouter(prefix="/v1")
 Master = Annotated[dict[str, Any], Depends(auth.master)]
 Machine = Annotated[dict[str, Any], Depends(auth.machine)]
-MAX_WAIT = 300.0
+MAX_WAIT = MAX_KV_WAIT_SECONDS
 
 
 class KvIn(StrictBody):
