@@ -341,3 +341,14 @@ def test_a_file_over_the_push_limit_is_refused_before_it_is_read(
                 await c.push("lab", "a", str(big), "/tmp/big.img")
 
     asyncio.run(main())
+
+
+def test_a_download_target_may_be_a_path(tmp_path: Path) -> None:
+    """``download_pulled`` takes a path object as well as a str (as os.replace does)."""
+    client_mod.check_download_target(tmp_path / "new.log")
+    (tmp_path / "kept.log").write_text("old")
+    client_mod.check_download_target(tmp_path / "kept.log")
+    with pytest.raises(InvalidInput, match="not a regular file"):
+        client_mod.check_download_target(Path("/dev/null"))
+    with pytest.raises(InvalidInput, match="is a directory"):
+        client_mod.check_download_target(tmp_path)

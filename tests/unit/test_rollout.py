@@ -44,7 +44,14 @@ def test_bad_limits_are_refused_naming_the_option(value: object) -> None:
     assert "--max-errors" in err.value.message
 
 
-@pytest.mark.parametrize("value", [0, -3, "x", float("nan"), float("inf"), 8 * 86400, True])
+@pytest.mark.parametrize(
+    "value",
+    [
+        *(0, -3, "x", float("nan"), float("inf"), 8 * 86400, True),
+        pytest.param(10**400, id="int beyond any float"),
+        pytest.param(-(10**400), id="negative int beyond any float"),
+    ],
+)
 def test_bad_durations_are_refused(value: object) -> None:
     with pytest.raises(InvalidInput) as err:
         parse_seconds(value, "batch_wait")

@@ -98,6 +98,8 @@ def read_credential(state_dir: Path) -> Credential | None:
     except IsADirectoryError:
         raise damaged from None
     except OSError as exc:
+        if isinstance(exc, PermissionError) and path.is_dir():  # Windows: a directory
+            raise damaged from None
         raise unusable_state_dir(Path(state_dir), exc) from None
     except ValueError:  # not JSON, not UTF-8
         raise damaged from None

@@ -53,7 +53,7 @@ class _Output:
             raise InvalidInput(f"-o: cannot write {path}: {exc.strerror or exc}") from None
         try:
             self.regular = stat.S_ISREG(os.fstat(self.fd).st_mode)
-            if self.regular and not self.made:
+            if self.regular and not self.made and hasattr(os, "fchmod"):  # not on Windows
                 os.fchmod(self.fd, 0o600)
         except OSError as exc:
             self.close()

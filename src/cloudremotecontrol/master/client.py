@@ -81,12 +81,13 @@ def clean_token(token: object) -> str:
     return text
 
 
-def check_download_target(local: str) -> None:
+def check_download_target(local: str | os.PathLike[str]) -> None:
     """InvalidInput unless a file can be written at ``local``: it is no directory, no
     device, FIFO or socket (nor a link to one, such as /dev/stdout: the file written is
     moved into place, which would replace the device itself), and its directory exists
     and is writable. ``crc pull`` checks it before the job starts, ``download_pulled``
     before it fetches anything."""
+    local = os.fspath(local)  # a str, or a path (the SDK's callers may give either)
     if not local:
         raise InvalidInput("LOCAL is empty: give the path of the file to write")
     path = os.path.abspath(local)

@@ -107,7 +107,10 @@ def parse_seconds(value: object, key: str) -> float | None:
         return None
     number: float | None = None
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an int beyond any float (JSON has them)
+            number = None
     elif isinstance(value, str):
         try:
             number = float(value.strip()) if len(value) <= 40 else None

@@ -13,8 +13,9 @@ frame read ahead waits with it, so that a connection that ends is noticed). What
 job sends (its start, output and result, for a job the server sent it) and acks are not
 counted: a job's output is bounded by what the server keeps of it, and is what a master
 asked for; an ack releases a message the server sent. A job's report that changes
-nothing (its job had ended, or its output is past what is kept) counts as the frame it
-is: nothing bounds how many a machine sends, and each is read, checked and numbered.
+nothing (its job had ended, its output is past what is kept, or the job was never sent
+to the machine: one held back by rate control, one it does not know) counts as the
+frame it is: nothing bounds how many a machine sends, and each is read, checked and numbered.
 An ack that releases nothing (an ack already had, each a write all the same) counts as
 any frame: ``MIN_COST`` at least.
 
