@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import sys
 import threading
 import time
 from collections import Counter
@@ -95,6 +96,7 @@ async def run(args: argparse.Namespace) -> None:
     dbname = f"crc_bench_results_{os.getpid()}"
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{dbname}"')
+    print(f"database {dbname} made (dropped at the end)", file=sys.stderr)
     url = make_conninfo(admin, dbname=dbname)
     store = PostgresStore(url)
     await store.start()

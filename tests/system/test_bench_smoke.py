@@ -23,17 +23,21 @@ def _bench(script: str, *args: str, timeout: float = 240) -> subprocess.Complete
     return r
 
 
-def _bench_databases(pg_cluster) -> set[str]:
-    """The benchmarks' databases on the test cluster."""
+def _made_databases(stderr: str) -> list[str]:
+    """The databases a benchmark says it made ("database NAME made ..." on stderr)."""
+    return re.findall(r"^database (crc_bench_\w+) made", stderr, re.MULTILINE)
+
+
+def _left_over(pg_cluster, names: list[str]) -> list[str]:
+    """Which of ``names`` still exist on the test cluster (only the benchmark's own, so
+    another run's benchmarks on the same cluster do not count)."""
     import psycopg
 
     with psycopg.connect(pg_cluster.admin_url, autocommit=True) as conn:
-        return {
-            row[0]
-            for row in conn.execute(
-                "SELECT datname FROM pg_database WHERE datname LIKE 'crc_bench_%'"
-            )
-        }
+        rows = conn.execute(
+            "SELECT datname FROM pg_database WHERE datname = ANY(%s)", (names,)
+        ).fetchall()
+    return sorted(row[0] for row in rows)
 
 
 def test_fanout_bench_completes_and_prints_a_table() -> None:
@@ -73,7 +77,6 @@ def _replicas_quick(admin_url: str) -> tuple[str, ...]:
 
 
 def test_replicas_bench_completes_and_prints_a_table(pg_cluster) -> None:
-    before = _bench_databases(pg_cluster)
     r = _bench(
         "replicas.py",
         "--agents",
@@ -88,7 +91,9 @@ def test_replicas_bench_completes_and_prints_a_table(pg_cluster) -> None:
         strict=True,
     ):
         assert row.startswith(label) and "3/3" in row, row
-    assert _bench_databases(pg_cluster) <= before  # it dropped the databases it created
+    made = _made_databases(r.stderr)
+    assert len(made) == 2, r.stderr  # one per PostgreSQL configuration
+    assert _left_over(pg_cluster, made) == []  # it dropped the databases it created
 
 
 def test_replicas_bench_runs_an_ab_against_a_baseline_commit(pg_cluster) -> None:
@@ -177,7 +182,7 @@ def test_writer_batches_bench_completes_and_prints_a_table() -> None:
 
 
 def test_pg_job_results_bench_completes_and_drops_its_database(pg_cluster) -> None:
-    before = _bench_databases(pg_cluster)
+    made: list[str] = []
     for mode in ([], ["--messages"]):
         r = _bench(
             "pg_job_results.py",
@@ -191,7 +196,9 @@ def test_pg_job_results_bench_completes_and_drops_its_database(pg_cluster) -> No
         )
         assert r.stdout.startswith("3 results (1 jobs x 3 machines)"), r.stdout
         assert "waits (round trips) per result" in r.stdout
-    assert _bench_databases(pg_cluster) <= before
+        made += _made_databases(r.stderr)
+    assert len(made) == 2, made
+    assert _left_over(pg_cluster, made) == []
 
 
 def test_recordings_bench_completes_and_prints_a_table(tmp_path: Path) -> None:

@@ -234,7 +234,6 @@ def _database(kind: str, tmp_path: Path) -> str:
     if kind == "under a file":
         (tmp_path / "a-file").write_text("x\n")
         return f"sqlite:///{tmp_path / 'a-file' / 'crc.db'}"
-    pytest.importorskip("psycopg")
     if kind == "postgres unreachable":
         with socket.socket() as s:  # a loopback port nobody listens on
             s.bind(("127.0.0.1", 0))
