@@ -25,6 +25,7 @@ import asyncio
 import base64
 import hashlib
 import json
+import shutil
 import statistics
 import sys
 import tempfile
@@ -414,7 +415,9 @@ def main(argv: list[str] | None = None) -> int:
     raise_fd_limit()
     work = Path(tempfile.mkdtemp(prefix="crc-bench-dashboard-"))
     box: dict[str, Any] = {}
-    guarded("dashboard", args.max_seconds, lambda: box.update(run(args, work)), lambda: None)
+    # The work dir (the server's data, Chromium's profile) goes once both have stopped.
+    close = lambda: shutil.rmtree(work, ignore_errors=True)  # noqa: E731
+    guarded("dashboard", args.max_seconds, lambda: box.update(run(args, work)), close)
     text = table(box, args)
     print(text)
     if not args.no_write:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -16,6 +17,16 @@ from browser import browser, chromium_present, playwright_driver  # noqa: F401 -
 from cloudremotecontrol.master.client import Client
 from cloudremotecontrol.master.localrun import AgentProcess, ServerProcess
 from pg import pg_cluster, pg_url  # noqa: F401 -- fixtures: PostgreSQL databases (tests/pg.py)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Ctrl-C as a terminal gives it. A shell script that starts pytest in the background
+    (or ``nohup``) hands it SIGINT (and SIGQUIT) ignored, and every process a test starts
+    would inherit that: what crc does on Ctrl-C could not be tested."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if signal.getsignal(signal.SIGQUIT) is signal.SIG_IGN:
+        signal.signal(signal.SIGQUIT, signal.SIG_DFL)
 
 
 @pytest.hookimpl(wrapper=True)

@@ -2,22 +2,29 @@
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _bench(script: str, *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    """Run ``bench/SCRIPT ARGS`` to its end; it must succeed (its stderr says why not)."""
+def _bench(
+    script: str, *args: str, timeout: float = 240, tmpdir: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``bench/SCRIPT ARGS`` to its end; it must succeed (its stderr says why not).
+    ``tmpdir``: its TMPDIR (where it keeps its work dirs)."""
     r = subprocess.run(
         [sys.executable, str(ROOT / "bench" / script), *args],
         capture_output=True,
         text=True,
         timeout=timeout,
         cwd=ROOT,
+        env={**os.environ, "TMPDIR": str(tmpdir)} if tmpdir else None,
     )
     assert r.returncode == 0, r.stderr[-3000:]
     return r
@@ -114,20 +121,27 @@ def test_replicas_bench_runs_an_ab_against_a_baseline_commit(pg_cluster) -> None
 
 
 def test_dashboard_bench_completes_and_prints_a_table(chromium_present) -> None:
-    r = _bench(
-        "dashboard.py",
-        "--machines",
-        "5",
-        "--loads",
-        "1",
-        "--probes",
-        "2",
-        "--storm-rate",
-        "20",
-        "--storm-seconds",
-        "1",
-        "--no-write",
-    )
+    # A TMPDIR of its own, short (Chromium's singleton socket path must stay short).
+    tmp = Path(tempfile.mkdtemp(prefix="crcb-"))
+    try:
+        r = _bench(
+            "dashboard.py",
+            "--machines",
+            "5",
+            "--loads",
+            "1",
+            "--probes",
+            "2",
+            "--storm-rate",
+            "20",
+            "--storm-seconds",
+            "1",
+            "--no-write",
+            tmpdir=tmp,
+        )
+        assert list(tmp.iterdir()) == []  # its work dir (server data, Chromium profile) is gone
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     rows = dict(re.split(r"\s{2,}", line.strip(), maxsplit=1) for line in r.stdout.splitlines())
     assert rows["machines in the group"] == "5"
     assert rows["rows in the DOM (virtualised)"] == "5"

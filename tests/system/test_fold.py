@@ -4,7 +4,6 @@ the same either way (real server and agent processes over TLS)."""
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import time
 from pathlib import Path
@@ -90,7 +89,7 @@ def test_the_wire_a_folded_result_with_its_ack_riding_on_it(env: Any) -> None:
     bogus ack in a message is ignored without losing the message."""
     import asyncio
 
-    from wire_helpers import enroll, pinned_http, recv_json, wire_agent
+    from wire_helpers import agent_envelope, enroll, msg_frame, pinned_http, recv_json, wire_agent
 
     out = env.client.create_group("lab", ["a"])
     with pinned_http(env.server) as http:
@@ -111,26 +110,13 @@ def test_the_wire_a_folded_result_with_its_ack_riding_on_it(env: Any) -> None:
                 "output": [["stdout", "folded\n"]],
             }
             a.seq += 1
-            env_ = {
-                "id": "e" * 32,
-                "group": "lab",
-                "from": "a",
-                "to": "master",
-                "type": "job.result",
-                "body": body,
-                "correlation_id": None,
-                "created": time.time(),
-            }
-            await a.ws.send(
-                json.dumps({"type": "msg", "seq": a.seq, "ack": frame["seq"], "msg": env_})
-            )
+            env_ = agent_envelope("lab", "a", "job.result", body, fields={"id": "e" * 32})
+            await a.ws.send(msg_frame(a.seq, env_, ack=frame["seq"]))
             frames = [await recv_json(a.ws)]
             # A bogus ack (never sent) rides on a progress message: ignored, message kept.
             progress = {**env_, "id": "f" * 32, "type": "progress", "body": {"text": "p"}}
             a.seq += 1
-            await a.ws.send(
-                json.dumps({"type": "msg", "seq": a.seq, "ack": 10**6, "msg": progress})
-            )
+            await a.ws.send(msg_frame(a.seq, progress, ack=10**6))
             frames.append(await recv_json(a.ws))
             return started["job_id"], frames
 

@@ -13,16 +13,17 @@ import asyncio
 import contextlib
 import json
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from websockets.asyncio.client import ClientConnection
 from wire_helpers import (
+    agent_envelope,
     assert_no_traceback_in_server_log,
     close_code,
     enroll,
+    msg_frame,
     pinned_http,
     recv_json,
     wire_agent,
@@ -89,17 +90,7 @@ def _allowed(elapsed: float, cost: int) -> int:
 
 
 def _frame(seq: int, body: dict[str, str], kind: str = "user.fill", to: str = "master") -> str:
-    envelope = {
-        "id": uuid.uuid4().hex,
-        "group": "lab",
-        "from": "a",
-        "to": to,
-        "type": kind,
-        "body": body,
-        "correlation_id": None,
-        "created": time.time(),
-    }
-    return json.dumps({"type": "msg", "seq": seq, "msg": envelope})
+    return msg_frame(seq, agent_envelope("lab", "a", kind, body, to))
 
 
 def test_a_machine_blasting_messages_has_them_stored_at_its_pace(

@@ -271,10 +271,16 @@ def test_a_message_from_a_machine_whose_group_another_replica_deleted_is_told_wh
     is every 30 s): the answer to its message says the group was deleted, and to remove
     the service where the deletion asked for that, as the deleting replica would."""
     import asyncio
-    import json
-    import uuid
 
-    from wire_helpers import close_code, enroll, pinned_http, recv_json, wire_agent
+    from wire_helpers import (
+        agent_envelope,
+        close_code,
+        enroll,
+        msg_frame,
+        pinned_http,
+        recv_json,
+        wire_agent,
+    )
 
     a, b = replicas(tmp_path, pg_url, 2)
     try:
@@ -291,17 +297,8 @@ def test_a_message_from_a_machine_whose_group_another_replica_deleted_is_told_wh
             async def speak_after_delete() -> tuple[dict, int]:
                 async with wire_agent(a, cred, "wire", "w") as w:
                     via_b.delete_group("wire")
-                    env = {
-                        "id": uuid.uuid4().hex,
-                        "group": "wire",
-                        "from": "w",
-                        "to": "master",
-                        "type": "user.hello",
-                        "body": {},
-                        "correlation_id": None,
-                        "created": time.time(),
-                    }
-                    await w.ws.send(json.dumps({"type": "msg", "seq": w.seq + 1, "msg": env}))
+                    env = agent_envelope("wire", "w", "user.hello", {})
+                    await w.ws.send(msg_frame(w.seq + 1, env))
                     return await recv_json(w.ws), await close_code(w.ws)
 
             frame, code = asyncio.run(speak_after_delete())

@@ -11,18 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 from wire_helpers import (
+    agent_envelope,
     assert_no_traceback_in_server_log,
     bearer,
     close_code,
     enroll,
+    msg_frame,
     pinned_http,
     recv_json,
     wire_agent,
@@ -54,18 +54,7 @@ def _assert_log_clean(env: Env) -> None:
 
 
 def _msg(seq: int, **envelope: Any) -> str:
-    env = {
-        "id": uuid.uuid4().hex,
-        "group": "lab",
-        "from": "a",
-        "to": "master",
-        "type": "progress",
-        "body": {"text": "x"},
-        "correlation_id": None,
-        "created": time.time(),
-        **envelope,
-    }
-    return json.dumps({"type": "msg", "seq": seq, "msg": env})
+    return msg_frame(seq, agent_envelope("lab", "a", "progress", {"text": "x"}, fields=envelope))
 
 
 async def _refused_first(env: Env, cred: str, first: str | bytes) -> dict[str, Any]:

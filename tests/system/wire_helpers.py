@@ -19,6 +19,33 @@ from websockets.exceptions import ConnectionClosed
 from cloudremotecontrol.tlspin import client_context
 
 
+def agent_envelope(
+    group: str,
+    sender: str,
+    type: str,
+    body: Any,
+    to: str = "master",
+    fields: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A message's envelope as an agent writes it (``fields`` override or add any field)."""
+    return {
+        "id": uuid.uuid4().hex,
+        "group": group,
+        "from": sender,
+        "to": to,
+        "type": type,
+        "body": body,
+        "correlation_id": None,
+        "created": time.time(),
+        **(fields or {}),
+    }
+
+
+def msg_frame(seq: int, msg: dict[str, Any], **frame: Any) -> str:
+    """The ``msg`` frame carrying ``msg`` as number ``seq`` (``frame``: e.g. ``ack``)."""
+    return json.dumps({"type": "msg", "seq": seq, **frame, "msg": msg})
+
+
 def pinned_http(server: Any) -> httpx.Client:
     """A bare HTTP client trusting exactly the server's certificate, with no credential."""
     ctx, _ = client_context(server.url, server.fingerprint)
@@ -99,18 +126,8 @@ class WireAgent:
         """Send the next message (``envelope`` overrides any field of the envelope);
         return the frames up to and including its ack."""
         self.seq += 1
-        env = {
-            "id": uuid.uuid4().hex,
-            "group": self.group,
-            "from": self.name,
-            "to": to,
-            "type": type,
-            "body": body,
-            "correlation_id": None,
-            "created": time.time(),
-            **(envelope or {}),
-        }
-        await self.ws.send(json.dumps({"type": "msg", "seq": self.seq, "msg": env}))
+        msg = agent_envelope(self.group, self.name, type, body, to, envelope)
+        await self.ws.send(msg_frame(self.seq, msg))
         frames = []
         while True:
             frame = await recv_json(self.ws)
