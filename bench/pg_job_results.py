@@ -19,13 +19,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import sys
 import threading
 import time
 from collections import Counter
 from typing import Any
 
 import psycopg
+from _common import log
 from psycopg.conninfo import make_conninfo
 
 from cloudremotecontrol.protocol.messages import Envelope
@@ -96,7 +96,7 @@ async def run(args: argparse.Namespace) -> None:
     dbname = f"crc_bench_results_{os.getpid()}"
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{dbname}"')
-    print(f"database {dbname} made (dropped at the end)", file=sys.stderr)
+    log(f"database {dbname} made (dropped at the end)")
     url = make_conninfo(admin, dbname=dbname)
     store = PostgresStore(url)
     await store.start()

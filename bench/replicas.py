@@ -114,7 +114,7 @@ class Postgres:
         name = f"crc_bench_{secrets.token_hex(6)}"
         self.conn.execute(f'CREATE DATABASE "{name}"')
         self.databases.append(name)
-        print(f"database {name} made (dropped at the end)", file=sys.stderr)
+        log(f"database {name} made (dropped at the end)")
         return urllib.parse.urlsplit(self.admin_url)._replace(path=f"/{name}").geturl()
 
     def drop_databases(self) -> None:

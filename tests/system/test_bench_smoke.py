@@ -31,8 +31,8 @@ def _bench(
 
 
 def _made_databases(stderr: str) -> list[str]:
-    """The databases a benchmark says it made ("database NAME made ..." on stderr)."""
-    return re.findall(r"^database (crc_bench_\w+) made", stderr, re.MULTILINE)
+    """The databases a benchmark says it made (its log line "database NAME made ...")."""
+    return re.findall(r"\] database (crc_bench_\w+) made", stderr)
 
 
 def _left_over(pg_cluster, names: list[str]) -> list[str]:
