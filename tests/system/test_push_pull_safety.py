@@ -201,6 +201,41 @@ def test_a_pull_never_replaces_a_local_device_or_fifo(env, crc, tmp_path):
     assert env.client.list_jobs("lab") == []  # refused before anything ran
 
 
+def test_a_pull_into_a_link_writes_the_file_it_leads_to_and_keeps_the_link(env, crc, tmp_path):
+    # As cp does: LOCAL a symbolic link (a config file kept in a dotfiles repo, say) is
+    # followed; the file it leads to gets the content, and the link stays a link. It
+    # used to be replaced by a plain file, cutting it from what it pointed to.
+    env.group_with_agents("lab", ["a"])
+    remote = tmp_path / "remote.txt"
+    remote.write_text("pulled\n")
+    real_dir = tmp_path / "real"
+    real_dir.mkdir()
+    real = real_dir / "conf.txt"
+    real.write_text("old\n")
+    link = tmp_path / "conf-link"
+    link.symlink_to(real)
+    r = crc("pull", "lab", "--from", "a", str(remote), str(link))
+    assert r.returncode == 0, r.stderr
+    assert link.is_symlink() and os.readlink(link) == str(real)
+    assert real.read_text() == "pulled\n"
+    # A link leading nowhere yet: the file is made where it leads.
+    dangling = tmp_path / "new-link"
+    dangling.symlink_to(real_dir / "new.txt")
+    r = crc("pull", "lab", "--from", "a", str(remote), str(dangling))
+    assert r.returncode == 0, r.stderr
+    assert dangling.is_symlink() and (real_dir / "new.txt").read_text() == "pulled\n"
+    # No temporary file left beside the link or the file.
+    left = [p.name for d in (tmp_path, real_dir) for p in d.iterdir()]
+    assert [n for n in left if n.startswith(".crc-")] == []
+    # The SDK's download_pulled does the same.
+    (real_dir / "new.txt").write_text("before\n")
+    pull = env.client.start_pull("lab", "a", str(remote))
+    results = [e.result for e in env.client.follow_job(pull["job_id"], pull["targets"])]
+    assert [r.ok for r in results if r is not None] == [True]
+    env.client.download_pulled(pull["job_id"], str(dangling))
+    assert dangling.is_symlink() and (real_dir / "new.txt").read_text() == "pulled\n"
+
+
 def test_a_pull_of_a_fifo_a_device_or_a_directory_fails_with_the_reason(env, crc, tmp_path):
     env.group_with_agents("lab", ["a"])
     fifo = tmp_path / "fifo"

@@ -348,6 +348,12 @@ def test_envelope_round_trip_and_errors():
     env = Envelope.make("lab", "a", "master", "progress", {"text": "x"}, "c1")
     assert Envelope.from_dict(json.loads(json.dumps(env.to_dict()))) == env
     assert env.to_dict()["from"] == "a" and "sender" not in env.to_dict()
+    # No body, or null, is an empty one; no time, or null, is 0; an int time is a time.
+    bare = {k: v for k, v in env.to_dict().items() if k not in ("body", "created")}
+    assert Envelope.from_dict(bare).body == {} and Envelope.from_dict(bare).created == 0.0
+    nulls = {**bare, "body": None, "created": None}
+    assert Envelope.from_dict(nulls).body == {} and Envelope.from_dict(nulls).created == 0.0
+    assert Envelope.from_dict({**bare, "created": 17}).created == 17.0
     good = env.to_dict()
     for bad in [
         None,
@@ -358,8 +364,17 @@ def test_envelope_round_trip_and_errors():
         {**good, "type": 5},
         {**good, "to": "x" * 257},
         {**good, "body": [1]},
+        # A falsy body that is no object is refused as any other (not taken for {}).
+        {**good, "body": 0},
+        {**good, "body": False},
+        {**good, "body": ""},
+        {**good, "body": []},
         {**good, "correlation_id": 5},
         {**good, "created": "soon"},
+        {**good, "created": ""},
+        {**good, "created": "12.5"},
+        {**good, "created": False},
+        {**good, "created": True},
         {**good, "created": 10**400},  # an int beyond any float: bad input, not a fault
     ]:
         with pytest.raises(InvalidInput):

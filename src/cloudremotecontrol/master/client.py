@@ -85,12 +85,13 @@ def check_download_target(local: str | os.PathLike[str]) -> None:
     """InvalidInput unless a file can be written at ``local``: it is no directory, no
     device, FIFO or socket (nor a link to one, such as /dev/stdout: the file written is
     moved into place, which would replace the device itself), and its directory exists
-    and is writable. ``crc pull`` checks it before the job starts, ``download_pulled``
-    before it fetches anything."""
+    and is writable (for a link, the directory of the file it leads to: ``written_path``).
+    ``crc pull`` checks it before the job starts, ``download_pulled`` before it fetches
+    anything."""
     local = os.fspath(local)  # a str, or a path (the SDK's callers may give either)
     if not local:
         raise InvalidInput("LOCAL is empty: give the path of the file to write")
-    path = os.path.abspath(local)
+    path = written_path(local)
     directory = os.path.dirname(path)
     if os.path.isdir(path):
         raise InvalidInput(f"cannot write {local}: it is a directory")
@@ -109,6 +110,15 @@ def check_download_target(local: str | os.PathLike[str]) -> None:
         raise InvalidInput(f"cannot write {local}: there is no directory {directory}")
     if not os.access(directory, os.W_OK | os.X_OK):
         raise InvalidInput(f"cannot write {local}: the directory {directory} is not writable")
+
+
+def written_path(local: str) -> str:
+    """The file a download to ``local`` writes: ``local`` itself, or where it leads when
+    it is a symbolic link (followed as ``cp`` does, also when it leads nowhere yet): the
+    file is replaced, the link kept. The download's temporary file goes beside it, so
+    that moving it into place never crosses file systems."""
+    path = os.path.abspath(local)
+    return os.path.realpath(path) if os.path.islink(path) else path
 
 
 def write_error(local: str, exc: OSError) -> CrcError:
@@ -715,7 +725,8 @@ class Client:
         InvalidInput when ``local`` cannot be written (``check_download_target``)."""
         check_download_target(local)
         info = dict(self._do(calls.pulled_file(job_id)))
-        directory = os.path.dirname(os.path.abspath(local))
+        target = written_path(local)  # a link is followed: its file is replaced
+        directory = os.path.dirname(target)
         try:
             fd, tmp = tempfile.mkstemp(dir=directory, prefix=".crc-pull-")
         except OSError as exc:
@@ -735,7 +746,7 @@ class Client:
                     fh.write(chunk)
             if digest.hexdigest() != info["sha256"]:
                 raise Unavailable("downloaded content does not match its sha256: try again")
-            os.replace(tmp, local)
+            os.replace(tmp, target)
         except httpx.HTTPError as exc:
             raise Unavailable(f"download failed: {exc}") from None
         except OSError as exc:

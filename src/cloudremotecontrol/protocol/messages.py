@@ -144,8 +144,10 @@ class Envelope:
     def from_dict(cls, data: object) -> Envelope:
         if not isinstance(data, dict):
             raise InvalidInput("message must be a JSON object")
-        body = data.get("body") or {}
-        if not isinstance(body, dict):
+        body = data.get("body")
+        if body is None:  # no body (or null): an empty one
+            body = {}
+        elif not isinstance(body, dict):  # 0, false, "" or [] too: not an empty object
             raise InvalidInput("message body must be a JSON object")
         correlation_id = data.get("correlation_id")
         if correlation_id is not None and (
@@ -154,9 +156,14 @@ class Envelope:
             raise InvalidInput("correlation_id must be a string")
         if correlation_id is not None and not is_unicode(correlation_id):
             raise InvalidInput("correlation_id must be valid Unicode text")
+        raw_created = data.get("created")
+        if raw_created is None:
+            raw_created = 0.0
+        elif isinstance(raw_created, bool) or not isinstance(raw_created, int | float):
+            raise InvalidInput("malformed message: created must be a time")  # "", "1", false
         try:
-            created = float(data.get("created") or 0.0)
-        except (TypeError, ValueError, OverflowError):  # OverflowError: an int such as 1e400
+            created = float(raw_created)
+        except OverflowError:  # an int such as 10**400
             raise InvalidInput("malformed message: created must be a time") from None
         if not math.isfinite(created):
             raise InvalidInput("malformed message: created must be a time")
