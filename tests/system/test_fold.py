@@ -86,7 +86,9 @@ def test_a_short_job_with_much_output_streams_it_all_in_order(env: Any) -> None:
 
 def test_the_wire_a_folded_result_with_its_ack_riding_on_it(env: Any) -> None:
     """By hand: the agent acknowledges job.run inside its folded result (msg.ack), and a
-    bogus ack in a message is ignored without losing the message."""
+    bogus ack in a message is ignored without losing the message: the agent is told (an
+    error frame, as for an ack frame), the server's log is not written once per such
+    message."""
     import asyncio
 
     from wire_helpers import agent_envelope, enroll, msg_frame, pinned_http, recv_json, wire_agent
@@ -113,15 +115,25 @@ def test_the_wire_a_folded_result_with_its_ack_riding_on_it(env: Any) -> None:
             env_ = agent_envelope("lab", "a", "job.result", body, fields={"id": "e" * 32})
             await a.ws.send(msg_frame(a.seq, env_, ack=frame["seq"]))
             frames = [await recv_json(a.ws)]
-            # A bogus ack (never sent) rides on a progress message: ignored, message kept.
-            progress = {**env_, "id": "f" * 32, "type": "progress", "body": {"text": "p"}}
-            a.seq += 1
-            await a.ws.send(msg_frame(a.seq, progress, ack=10**6))
-            frames.append(await recv_json(a.ws))
+            # Bogus acks (never sent) ride on progress messages: ignored, messages kept.
+            for i in range(20):
+                progress = {**env_, "id": f"{i:032x}", "type": "progress", "body": {"text": "p"}}
+                a.seq += 1
+                await a.ws.send(msg_frame(a.seq, progress, ack=10**6))
+                frames.append(await recv_json(a.ws))
+                frames.append(await recv_json(a.ws))
             return started["job_id"], frames
 
     job_id, frames = asyncio.run(scenario())
-    assert [f["type"] for f in frames] == ["ack", "ack"]
+    assert [f["type"] for f in frames] == ["ack"] + ["error", "ack"] * 20
+    refused = frames[1]
+    assert refused["error"] == {
+        "code": "invalid_input",
+        "message": "ack 1000000 for a message never sent",
+    }, refused
+    assert refused.get("seq") is None  # about the ack, not the message (which was kept)
+    assert [f["seq"] for f in frames[2::2]] == list(range(2, 22))
+    assert "ignoring the ack" not in env.server.log_path.read_text()
     assert _statuses(env, job_id) == [
         ("job.status", "delivered"),
         ("job.status", "running"),

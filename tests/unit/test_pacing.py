@@ -98,6 +98,13 @@ def test_a_message_costs_each_copy_stored_and_counts_when_refused_or_read_again(
     # Sent again, stored already: read and checked again, whatever its type.
     assert charged_copies(new, {"receipt": "duplicate"})
     assert charged_copies(job, {"receipt": "duplicate"})
+    # Its msg.ack refused (an error frame answers it): counted, as much as without it
+    # when that is more.
+    bad_ack = {"ack_error": error}
+    assert charged_copies(job, {**stored, **bad_ack}) == 1
+    assert charged_copies(new, {**to_peers, **bad_ack}) == 3
+    assert charged_copies(job, {"receipt": "duplicate", **bad_ack}) == 1
+    assert not charged_copies(job, {"receipt": "revoked", "reason": "x", **bad_ack})
     # Nothing stored: failed here (sent again later), revoked.
     assert not charged_copies(new, {"receipt": "retry", "error": error})
     assert not charged_copies(new, {"receipt": "revoked", "reason": "x", "uninstall": False})

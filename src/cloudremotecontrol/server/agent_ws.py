@@ -241,6 +241,8 @@ class _Connection:
         if receipt == "retry":  # this server failed to apply it: the agent sends it again
             await _refuse(self.ws, 1011, CrcError(result["error"]["message"], code="internal"))
             return False
+        if "ack_error" in result:  # its msg.ack refused, as an ack frame's would be
+            await self.link.send_control_now(write_frame(ErrorFrame(error=result["ack_error"])))
         if "error" in result:
             await self.link.send_control_now(
                 write_frame(ErrorFrame(error=result["error"], seq=frame.seq))

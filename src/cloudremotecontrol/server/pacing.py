@@ -29,7 +29,8 @@ and it may reconnect meanwhile (the debt is the machine's); nothing is lost.
 A message refused (bad input, or given up) stores an ``agent.error`` event in its place,
 and a frame refused (malformed, out of sequence, or one only agents receive) an error
 frame: they count as the frame they were, like a message stored, so that refusing is
-never cheaper than storing (the server read and decoded it all). A message the agent
+never cheaper than storing (the server read and decoded it all); so does a message whose
+``msg.ack`` is refused (an error frame answers it), however little it stores. A message the agent
 sends again that the server has stored already is acknowledged again and stores
 nothing, but counts as the frame it is, whatever its type: the server reads and checks
 it again, and a machine could otherwise send the same stored message (or a job's report
@@ -77,6 +78,8 @@ def charged_copies(kind: object, result: Mapping[str, Any]) -> int:
     receipt = result.get("receipt")
     if receipt in ("retry", "revoked"):
         return 0  # the server's own failure, or a machine gone: nothing stored
+    if "ack_error" in result:  # its msg.ack refused: an error frame for it, at least
+        return max(1, charged_copies(kind, {k: v for k, v in result.items() if k != "ack_error"}))
     if receipt in ("duplicate", "gap") or "error" in result:
         return 1  # read again, or refused: an agent.error event, or an error frame
     if result.get("unchanged"):

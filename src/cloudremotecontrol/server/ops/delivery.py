@@ -301,11 +301,26 @@ def apply_agent_message(
         reason, uninstall = _why_revoked(group)
         return {"receipt": "revoked", "reason": reason, "uninstall": uninstall}
     delivered: list[str] = []  # jobs the ack delivers, in order
+    ack_error: dict[str, Any] | None = None
     if ack is not None:  # msg.ack: an ack riding on the message, applied first
         try:
             outbox(tx, machine_id, m, delivered).ack(ack)
-        except CrcError as exc:  # refused before anything changed: like an ack frame's
-            log.warning("machine %s: ignoring the ack in message %d: %s", m["name"], seq, exc)
+        except CrcError as exc:  # refused before anything changed: like an ack frame's,
+            # told to the agent (an error frame), not written to this server's log once
+            # per message a broken or hostile agent sends.
+            log.debug("machine %s: ignoring the ack in message %d: %s", m["name"], seq, exc)
+            ack_error = exc.to_payload()["error"]
+    result = _apply_message(tx, m, seq, raw, delivered)
+    if ack_error is not None and result["receipt"] in ("new", "duplicate"):
+        result["ack_error"] = ack_error
+    return result
+
+
+def _apply_message(
+    tx: Tx, m: dict[str, Any], seq: int, raw: dict[str, Any], delivered: list[str]
+) -> dict[str, Any]:
+    """``apply_agent_message`` once its ack (if any) is applied: ``delivered`` lists the
+    jobs that ack delivered, in order."""
     box = inbox(tx, m)
     receipt = box.receive(seq)
     # A short job's result acknowledging its own job.run (job.fold + msg.ack): its
