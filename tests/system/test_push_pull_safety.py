@@ -202,9 +202,9 @@ def test_a_pull_never_replaces_a_local_device_or_fifo(env, crc, tmp_path):
 
 
 def test_a_pull_into_a_link_writes_the_file_it_leads_to_and_keeps_the_link(env, crc, tmp_path):
-    # As cp does: LOCAL a symbolic link (a config file kept in a dotfiles repo, say) is
-    # followed; the file it leads to gets the content, and the link stays a link. It
-    # used to be replaced by a plain file, cutting it from what it pointed to.
+    # As cp does (and crc push on a machine): LOCAL a symbolic link of this user's (a
+    # config file kept in a dotfiles repo, say) is followed; the file it leads to gets
+    # the content, and the link stays a link. It used to be replaced by a plain file.
     env.group_with_agents("lab", ["a"])
     remote = tmp_path / "remote.txt"
     remote.write_text("pulled\n")
@@ -213,27 +213,60 @@ def test_a_pull_into_a_link_writes_the_file_it_leads_to_and_keeps_the_link(env, 
     real = real_dir / "conf.txt"
     real.write_text("old\n")
     link = tmp_path / "conf-link"
-    link.symlink_to(real)
-    r = crc("pull", "lab", "--from", "a", str(remote), str(link))
+    link.symlink_to("real/conf.txt")  # relative, as most are
+    again = tmp_path / "again"
+    again.symlink_to(link)  # a link to a link
+    r = crc("pull", "lab", "--from", "a", str(remote), str(again))
     assert r.returncode == 0, r.stderr
-    assert link.is_symlink() and os.readlink(link) == str(real)
+    assert os.readlink(link) == "real/conf.txt" and os.readlink(again) == str(link)
     assert real.read_text() == "pulled\n"
-    # A link leading nowhere yet: the file is made where it leads.
-    dangling = tmp_path / "new-link"
-    dangling.symlink_to(real_dir / "new.txt")
-    r = crc("pull", "lab", "--from", "a", str(remote), str(dangling))
-    assert r.returncode == 0, r.stderr
-    assert dangling.is_symlink() and (real_dir / "new.txt").read_text() == "pulled\n"
-    # No temporary file left beside the link or the file.
-    left = [p.name for d in (tmp_path, real_dir) for p in d.iterdir()]
-    assert [n for n in left if n.startswith(".crc-")] == []
+    assert sorted(p.name for p in real_dir.iterdir()) == ["conf.txt"]  # no temporary file
     # The SDK's download_pulled does the same.
-    (real_dir / "new.txt").write_text("before\n")
+    real.write_text("before\n")
     pull = env.client.start_pull("lab", "a", str(remote))
     results = [e.result for e in env.client.follow_job(pull["job_id"], pull["targets"])]
     assert [r.ok for r in results if r is not None] == [True]
-    env.client.download_pulled(pull["job_id"], str(dangling))
-    assert dangling.is_symlink() and (real_dir / "new.txt").read_text() == "pulled\n"
+    env.client.download_pulled(pull["job_id"], str(link))
+    assert link.is_symlink() and real.read_text() == "pulled\n"
+    # A dangling link, or one in a loop, is refused before the job starts (as cp does).
+    jobs = len(env.client.list_jobs("lab"))
+    dangling = tmp_path / "dangling"
+    dangling.symlink_to(real_dir / "gone.txt")
+    loop_a, loop_b = tmp_path / "loop-a", tmp_path / "loop-b"
+    loop_a.symlink_to(loop_b)
+    loop_b.symlink_to(loop_a)
+    for dest, said in [
+        (dangling, f"is a symbolic link to {real_dir / 'gone.txt'}, which does not exist: "),
+        (loop_a, "is a symbolic link in a loop"),
+    ]:
+        r = crc("pull", "lab", "--from", "a", str(remote), str(dest))
+        assert r.returncode == 2, (dest, r.stdout, r.stderr)
+        assert r.stderr.startswith(f"crc: error: {dest} {said}"), r.stderr
+        assert dest.is_symlink()
+    assert not (real_dir / "gone.txt").exists()
+    assert len(env.client.list_jobs("lab")) == jobs
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to own a link as another user")
+def test_a_pull_never_writes_through_another_users_link(env, crc, tmp_path):
+    # A link planted in a directory everyone may write (/tmp) by another user would turn
+    # an operator's pull into a write to any file the operator may write.
+    env.group_with_agents("lab", ["a"])
+    remote = tmp_path / "remote.txt"
+    remote.write_text("pulled\n")
+    victim = tmp_path / "victim"
+    victim.write_text("mine\n")
+    trap = tmp_path / "trap"
+    trap.symlink_to(victim)
+    os.lchown(trap, 65534, 65534)
+    r = crc("pull", "lab", "--from", "a", str(remote), str(trap))
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert r.stderr == (
+        f"crc: error: {trap} is a symbolic link of another user's (uid 65534) to {victim}: "
+        "not written through, pull to the file's own path\n"
+    ), r.stderr
+    assert victim.read_text() == "mine\n" and trap.is_symlink()
+    assert env.client.list_jobs("lab") == []
 
 
 def test_a_pull_of_a_fifo_a_device_or_a_directory_fails_with_the_reason(env, crc, tmp_path):

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import CrcError, InvalidInput, TooLarge, Unavailable
+from ..fslinks import through_links
 from ..protocol.limits import MAX_FILE_BYTES, file_too_large
 from .http import call_json, http_error
 
@@ -135,43 +136,6 @@ def _check_replaceable(dest: str) -> None:
             f"{dest} is not a regular file on this machine (a device, a FIFO or a socket): "
             "crc push only writes regular files"
         )
-
-
-def _through_links(dest: str) -> str:
-    """The file a push to ``dest`` writes: ``dest`` itself, or, when it is a symbolic
-    link, the file the link points to (as ``cp`` writes through a link), so that the
-    link stays and its target gets the content. A dangling link is refused (as ``cp``
-    does), and so is a link that another user owns: the agent runs as root, and a link
-    planted in a directory everyone may write (/tmp) would turn a push into a write to
-    any file of the machine - or, pointing into a directory of that user's, which it
-    can swap for a link while the push runs, to any file at all. A link of the agent's
-    own user leads where that user chose, as a push to the target's own path would."""
-    path = dest
-    loop = f"{dest} is a symbolic link in a loop on this machine"
-    for _ in range(40):  # the kernel's own bound on links followed (ELOOP)
-        link = _lstat(path)
-        if link is None or not stat.S_ISLNK(link.st_mode):
-            if path == dest:
-                return path
-            # Its directory as the kernel resolves it (a ``..`` after a linked one).
-            return os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
-        target = os.path.join(os.path.dirname(path), os.readlink(path))
-        if sys.platform != "win32" and link.st_uid != os.geteuid():
-            raise InvalidInput(
-                f"{dest} is a symbolic link of another user's (uid {link.st_uid}) to "
-                f"{target}: not written through, push to the file's own path"
-            )
-        try:
-            os.stat(target)
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                raise InvalidInput(loop) from None
-            raise InvalidInput(
-                f"{dest} is a symbolic link to {target}, which does not exist on this "
-                "machine: push to the file's own path, or remove the link"
-            ) from None
-        path = target
-    raise InvalidInput(loop)
 
 
 def _stat(path: str) -> os.stat_result | None:
@@ -370,7 +334,7 @@ def fetch_blob(
     given = dest
     if os.path.isdir(dest):
         raise InvalidInput(f"{dest} is a directory on this machine: give the file's path")
-    dest = _through_links(dest)
+    dest = through_links(dest, "push", " on this machine")
     directory = os.path.dirname(dest) or "."
     if not os.path.isdir(directory):
         raise InvalidInput(f"directory {directory} does not exist on this machine")

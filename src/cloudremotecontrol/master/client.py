@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import httpx
 
 from ..errors import CrcError, InvalidInput, NotFound, TimedOut, TooLarge, Unavailable
+from ..fslinks import through_links
 from ..protocol.limits import MAX_FILE_BYTES, file_too_large
 from ..tlspin import client_context, is_untrusted, untrusted_error
 from . import calls
@@ -113,12 +114,15 @@ def check_download_target(local: str | os.PathLike[str]) -> None:
 
 
 def written_path(local: str) -> str:
-    """The file a download to ``local`` writes: ``local`` itself, or where it leads when
-    it is a symbolic link (followed as ``cp`` does, also when it leads nowhere yet): the
-    file is replaced, the link kept. The download's temporary file goes beside it, so
-    that moving it into place never crosses file systems."""
-    path = os.path.abspath(local)
-    return os.path.realpath(path) if os.path.islink(path) else path
+    """The file a download to ``local`` writes (absolute): ``local`` itself, or the file
+    it leads to when it is a symbolic link of this user's (``fslinks.through_links``, as
+    ``crc push`` writes on a machine: the link is kept; a dangling link, a loop or
+    another user's link is refused). The download's temporary file goes beside that
+    file, so that moving it into place never crosses file systems."""
+    try:
+        return os.path.abspath(through_links(local, "pull"))
+    except OSError as exc:  # a directory on the way that cannot be read
+        raise write_error(local, exc) from None
 
 
 def write_error(local: str, exc: OSError) -> CrcError:
