@@ -155,3 +155,68 @@ def test_an_empty_state_dir_variable_is_no_value_for_either_entry_point(tmp_path
         timeout=60,
     )
     assert r.returncode == 6 and "Invalid value" not in r.stderr, r.stderr
+
+
+REFUSED = {
+    "a bad --url": ["--url", "notaurl", "--key", "crck_x"],
+    "a bad --fingerprint": [
+        "--url",
+        "https://127.0.0.1:9",
+        "--key",
+        "crck_x",
+        "--fingerprint",
+        "x",
+    ],
+    "no key": ["--url", "https://127.0.0.1:9"],
+}
+
+
+def _agent(entry: str, state_dir: Path, given: list[str], cwd: Path) -> str:
+    """``crc agent run/install`` or the lean entry point, refusing ``given``; its stderr."""
+    hosts = ["--hosts-file", str(cwd / "hosts")]  # never the system's
+    if entry == "lean":
+        r = _lean("--state-dir", str(state_dir), *given, *hosts, cwd=cwd)
+    else:
+        r = _crc(entry, "--state-dir", str(state_dir), *given, *hosts, cwd=cwd)
+    assert r.returncode in (2, 3), r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    return r.stderr
+
+
+@pytest.mark.parametrize("entry", ["run", "install", "lean"])
+@pytest.mark.parametrize("refusal", sorted(REFUSED))
+def test_a_refused_agent_leaves_no_state_dir_it_made(
+    entry: str, refusal: str, tmp_path: Path
+) -> None:
+    state_dir = tmp_path / "new" / "deeper" / "state"
+    _agent(entry, state_dir, REFUSED[refusal], tmp_path)
+    assert not (tmp_path / "new").exists(), sorted(tmp_path.rglob("*"))
+
+
+@pytest.mark.parametrize("entry", ["run", "install", "lean"])
+def test_a_refused_agent_keeps_a_state_dir_that_was_there(entry: str, tmp_path: Path) -> None:
+    empty, mine = tmp_path / "empty", tmp_path / "mine"
+    empty.mkdir()
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine\n")
+    for state_dir in (empty, mine):
+        _agent(entry, state_dir, REFUSED["a bad --url"], tmp_path)
+        assert state_dir.is_dir()
+    assert (mine / "notes.txt").read_text() == "mine\n"
+
+
+def test_a_state_dir_whose_key_was_presented_is_kept(tmp_path: Path) -> None:
+    # The key went to a server (none answered): the nonce kept with it lets the next
+    # attempt enroll even if a server took the key and its answer was lost.
+    state_dir = tmp_path / "new" / "state"
+    r = _lean(
+        "--state-dir",
+        str(state_dir),
+        "--url",
+        "https://127.0.0.1:9",
+        "--key",
+        "crck_x",
+        cwd=tmp_path,
+    )
+    assert r.returncode == 6, r.stderr
+    assert (state_dir / "agent.db").is_file()
