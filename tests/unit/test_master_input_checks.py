@@ -57,6 +57,35 @@ def test_a_machine_name_with_a_slash_is_refused() -> None:
         calls.machine_key("lab", "a/../../x", None)
 
 
+@pytest.mark.parametrize("machine", ["", "Dev", "a/b", "-dev"])
+def test_a_shell_on_a_machine_name_no_machine_can_have_is_refused_before_sending(
+    client: Client, machine: str
+) -> None:
+    with pytest.raises(InvalidInput, match="invalid machine"):
+        client.shell("lab", machine)
+
+
+def test_crc_shell_refuses_an_empty_machine_name_before_the_server(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    base = {k: v for k, v in os.environ.items() if not k.startswith("CRC_")}
+    env = {"CRC_CONFIG_DIR": str(tmp_path / "cfg"), "CRC_URL": URL, "CRC_TOKEN": TOKEN}
+    r = subprocess.run(
+        [sys.executable, "-m", "cloudremotecontrol", "shell", "lab", ""],
+        env={**base, **env},
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 2, r.stderr
+    assert r.stderr == (
+        "crc: error: invalid machine '': use 1-63 lowercase letters, digits and inner hyphens\n"
+    )
+
+
 @pytest.mark.parametrize("job_id", ["..", ".", "a/b", "", "../groups"])
 def test_an_id_that_would_change_the_endpoint_is_refused(job_id: str) -> None:
     with pytest.raises(InvalidInput):

@@ -67,7 +67,7 @@ from ..protocol.messages import (
 )
 from ..protocol.streams import StreamOpen, StreamRequest
 from ..protocol.wire import Dispatcher, Frame, Message, Side
-from ..tlspin import client_context
+from ..tlspin import check_server_url, client_context, normalize_fingerprint
 from .deferred import proxy_option
 from .http import call_json
 from .platform import Platform, current
@@ -154,6 +154,10 @@ def enroll(state: AgentState, url: str, key: str, fingerprint: str | None) -> Cr
     """Exchange ``key`` for a credential and keep it in the state dir (0600). ``url`` may
     list several replicas (comma-separated): each is tried until one answers."""
     urls = split_urls(url)
+    for one in urls:  # refused here, before the nonce, is refused with nothing kept
+        check_server_url(one)
+    if fingerprint:
+        normalize_fingerprint(fingerprint)
     # Kept before the key is presented: if this process dies before it saves the
     # credential, or the answer is lost, the next attempt with the same key and nonce
     # gets a new credential instead of "key already used".

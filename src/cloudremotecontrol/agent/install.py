@@ -27,7 +27,14 @@ from typing import Any
 from ..errors import InvalidInput, KeyRejected, Unavailable
 from .platform import Platform
 from .platform.services import SERVICE_NAME, ServiceManager, ServiceSpec
-from .state import AgentState, Credential, read_credential, remove_key_file
+from .state import (
+    AgentState,
+    Credential,
+    dirs_to_make,
+    discard_made_state_dir,
+    read_credential,
+    remove_key_file,
+)
 
 __all__ = ["SERVICE_MARKER", "agent_command", "install_agent", "uninstall_agent"]
 
@@ -162,6 +169,7 @@ def _enroll(
 
     deadline = time.monotonic() + wait
     delay = 1.0
+    made = dirs_to_make(state_dir)  # removed again if refused before a key is presented
     state = AgentState(state_dir, protect=platform.protect_file)
     try:
         while True:
@@ -176,7 +184,10 @@ def _enroll(
                 time.sleep(delay)
                 delay = min(delay * 2, 30.0)
     finally:
+        unused = bool(made) and state.unused()
         state.close()
+        if unused:  # a bad --url or --fingerprint: the state dir made is removed again
+            discard_made_state_dir(made)
 
 
 def install_agent(

@@ -104,6 +104,16 @@ def _bounded(low: float, high: float) -> Callable[[str], float]:
     return parse
 
 
+def _given_path(text: str) -> str:
+    """``--state-dir ""`` (an unset variable in a script) is a usage error, as with
+    ``crc agent run``, not the default state directory."""
+    if not text:
+        import argparse
+
+        raise argparse.ArgumentTypeError("an empty path; leave the option out for the default")
+    return text
+
+
 def _parser() -> argparse.ArgumentParser:
     import argparse
 
@@ -118,7 +128,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--key", default=env("CRC_KEY"), help="Single-use enrollment key.")
     p.add_argument("--key-file", help="Enrollment key file (removed once enrolled).")
     p.add_argument("--fingerprint", default=env("CRC_FINGERPRINT"), help="sha256:… pin.")
-    p.add_argument("--state-dir", default=env("CRC_AGENT_STATE_DIR"), help="State directory.")
+    p.add_argument(
+        "--state-dir",
+        type=_given_path,
+        default=env("CRC_AGENT_STATE_DIR") or None,  # an empty variable: the default
+        help="State directory.",
+    )
     p.add_argument("--gate-ready", action="store_true", help="Ready only on `crc agent ready`.")
     p.add_argument("--follow-log", dest="follow_logs", action="append", default=[])
     p.add_argument("--facts-interval", type=_bounded(0.1, 86400), default=30.0)

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from .control import ControlServer, Handed
 from .core import Agent, Revoked, load_or_enroll
 from .lock import StateDirLock
 from .platform import current
-from .state import AgentState, remove_key_file
+from .state import AgentState, dirs_to_make, discard_made_state_dir, remove_key_file
 
 __all__ = ["run_agent"]
 
@@ -53,6 +54,7 @@ def run_agent(
     platform = current()
     if hosts_file is not None:
         platform.hosts_file = hosts_file
+    made = dirs_to_make(Path(state_dir))  # removed again if refused before enrolling
     lock = StateDirLock(Path(state_dir))  # before anything in the state dir is touched
     state: AgentState | None = None
     uninstall = False
@@ -87,9 +89,16 @@ def run_agent(
             raise
         return "stopped"
     finally:
+        # A state dir this command made, then refused to use before a key was presented
+        # (a bad --url, no key): removed again, with the parents made for it.
+        unused = bool(made) and (state is None or state.unused())
         if state is not None:
             state.close()
+        if unused:  # the lock still held: no other agent has written there
+            discard_made_state_dir(made)
         lock.release()  # the state dir may be removed now (Windows keeps open files)
+        if unused and sys.platform == "win32":
+            discard_made_state_dir(made)  # the lock's file, closed only now
         if uninstall:
             _uninstall_self(platform, Path(state_dir))
 

@@ -34,7 +34,13 @@ from ..protocol.frames import Msg, renumber_frame, write_frame
 from ..protocol.messages import Envelope, SystemReady
 from .lock import unusable_state_dir
 
-__all__ = ["AgentState", "Credential", "remove_key_file"]
+__all__ = [
+    "AgentState",
+    "Credential",
+    "dirs_to_make",
+    "discard_made_state_dir",
+    "remove_key_file",
+]
 
 # The control requests carried out that are remembered (their ids, to answer one sent
 # again without doing it twice): the last MAX_REQUEST_IDS, none older than a day.
@@ -79,6 +85,51 @@ class Credential:
     # The group's opt-outs ("shell", "forward") as enrollment granted them: the agent
     # refuses such streams for good, whatever the server asks later (agent/streams.py).
     streams_off: list[str] = field(default_factory=list)
+
+
+# What the agent makes in a new state directory before it enrolls: its lock and its
+# database (with SQLite's journals).
+FRESH_STATE_FILES = frozenset(
+    {"agent.lock", "agent.db", "agent.db-wal", "agent.db-shm", "agent.db-journal"}
+)
+
+
+def dirs_to_make(state_dir: Path) -> list[Path]:
+    """``state_dir`` and those of its parents that do not exist yet, deepest first: the
+    directories a command that makes ``state_dir`` creates."""
+    made: list[Path] = []
+    for path in (Path(state_dir).absolute(), *Path(state_dir).absolute().parents):
+        if os.path.lexists(path):
+            break
+        made.append(path)
+    return made
+
+
+def discard_made_state_dir(made: list[Path]) -> bool:
+    """Remove the state directory a command made (``made``: ``dirs_to_make`` before it
+    made it) and then refused to use before it kept anything there: nothing is enrolled
+    and no key was presented (``AgentState.unused``, the caller's to check). Only a
+    directory that holds nothing but the agent's own fresh files (FRESH_STATE_FILES) is
+    touched: those files go, then each directory made, as long as it is empty. True if
+    the state directory is gone."""
+    if not made:
+        return False
+    state_dir = made[0]
+    try:
+        names = os.listdir(state_dir)
+    except OSError:
+        return False
+    if not FRESH_STATE_FILES.issuperset(names):
+        return False  # something the agent did not put there: left as it is
+    for name in names:
+        with contextlib.suppress(OSError):  # Windows: the lock's file while it is open
+            os.unlink(state_dir / name)
+    for path in made:
+        try:
+            os.rmdir(path)
+        except OSError:
+            return path is not state_dir
+    return True
 
 
 def read_credential(state_dir: Path) -> Credential | None:
@@ -221,6 +272,14 @@ class AgentState:
 
     def load_credential(self) -> Credential | None:
         return read_credential(self.dir)
+
+    def unused(self) -> bool:
+        """Nothing kept here yet: no credential, and no enrollment nonce (no key was
+        presented to a server with it, whose answer might still be needed)."""
+        try:
+            return self.get("enroll_nonce") is None and not os.path.lexists(self.credential_path)
+        except sqlite3.Error:
+            return False
 
     def save_credential(self, cred: Credential) -> None:
         tmp = self.credential_path.with_suffix(".tmp")

@@ -12,9 +12,22 @@ import click
 from ..errors import InvalidInput, Unavailable
 from .output import emit_json, json_option
 
+
+def _given_path(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """An empty ``--state-dir ""`` (an unset variable in a script) is a usage error, not
+    the default state directory; an empty CRC_AGENT_STATE_DIR is no value (click's
+    reading of an empty variable): the default."""
+    if value == "":
+        raise click.BadParameter(
+            "an empty path; leave the option out for the default", ctx=ctx, param=param
+        )
+    return value
+
+
 _state_option = click.option(
     "--state-dir",
     envvar="CRC_AGENT_STATE_DIR",
+    callback=_given_path,
     help="Agent state directory (default: /var/lib/crc-agent as root, "
     "%ProgramData%\\CloudRemoteControl\\agent on Windows).",
 )

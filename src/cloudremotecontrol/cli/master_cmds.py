@@ -120,7 +120,16 @@ def _login_token(token: str | None) -> str:
                 "give the master token: --token TOKEN, CRC_TOKEN, or --token - to read it "
                 "from standard input"
             )
-        token = str(click.prompt("Master token", hide_input=True, err=True)).strip()
+        try:
+            token = str(click.prompt("Master token", hide_input=True, err=True)).strip()
+        except click.exceptions.Abort as exc:
+            # Ctrl-D (end of input) gives no token; Ctrl-C stays an interruption (130).
+            if isinstance(exc.__context__, EOFError):
+                raise InvalidInput(
+                    "no token given: type the master token at the prompt, or give "
+                    "--token TOKEN, CRC_TOKEN, or --token - to read it from standard input"
+                ) from None
+            raise
     return token
 
 

@@ -207,7 +207,9 @@ def shell(
     exits 1 (a signal -N: 128+N).
     """
     from ..master.types import shell_exit_code
+    from ..protocol.names import check_name
 
+    check_name(machine, "machine")  # before the profile and the server (exit 2)
     argv = list(command)
     if argv and argv[0] == "--":
         argv = argv[1:]

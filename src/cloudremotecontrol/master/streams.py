@@ -19,6 +19,7 @@ from typing import Any
 
 from ..errors import Conflict, CrcError, InvalidInput, Unavailable, error_from_answer
 from ..protocol.limits import MAX_FRAME_BYTES
+from ..protocol.names import check_name
 from ..protocol.streams import (
     MAX_CHUNK_BYTES,
     ForwardSpec,
@@ -434,7 +435,9 @@ def shell_body(
     term: str | None,
     record: bool | None,
 ) -> dict[str, Any]:
-    """The POST body of a shell (terminal size checked here first, clearly)."""
+    """The POST body of a shell (the machine's name and the terminal size checked here
+    first, clearly: InvalidInput)."""
+    check_name(machine, "machine")  # "" too: a name no machine can have
     cols, rows = check_terminal_size(cols, rows)
     body: dict[str, Any] = {"machine": machine, "kind": "shell", "cols": cols, "rows": rows}
     if argv is not None:
