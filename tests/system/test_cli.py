@@ -225,6 +225,53 @@ def test_crc_run_refuses_an_empty_command_before_sending_anything(env, crc, comm
     assert env.client.list_jobs("lab", 10) == []
 
 
+def test_crc_send_refuses_a_body_or_type_it_would_not_send_as_given(env, crc):
+    # 0, false, "" and [] used to be sent as {}; an empty TYPE as "user.".
+    env.group_with_agents("lab", ["a"])
+    for body in ["0", "false", '""', "[]", "[1, 2]"]:
+        r = crc("send", "lab", "--to", "a", "user.x", body)
+        assert (r.returncode, r.stdout) == (2, ""), (body, r.stdout, r.stderr)
+        assert r.stderr == "crc: error: message body must be a JSON object\n", r.stderr
+    for type_ in ["", "user."]:
+        r = crc("send", "lab", "--to", "a", type_, "{}")
+        assert r.returncode == 2, r.stderr
+        assert "Invalid value for TYPE: empty: give the message's NAME" in r.stderr, r.stderr
+    assert list(env.client.events("lab", types=("message.sent",))) == []
+    r = crc("send", "lab", "--to", "a", "user.x")  # no BODY: an empty one
+    assert r.returncode == 0, r.stderr
+    [sent] = list(env.client.events("lab", types=("message.sent",)))
+    assert sent.data["body"] == {}
+
+
+def test_a_mistyped_option_is_refused_never_run_as_the_command(env, crc):
+    # A typo in a safety option (--max-concurency) used to become the command line of a
+    # job on every target; refused as any unknown option is, before anything is sent.
+    env.group_with_agents("lab", ["a"])
+    for args, option, meant in [
+        (
+            ["run", "lab", "--to", "all", "--max-concurency", "1", "--", "echo", "x"],
+            "--max-concurency",
+            "--max-concurrency",
+        ),
+        (["run", "lab", "--to", "a", "--timout", "5s", "echo", "hi"], "--timout", "--timeout"),
+        (["run", "--bogus", "lab", "--to", "a", "--", "true"], "--bogus", None),
+        (["run", "lab", "--to", "a", "-x", "--", "true"], "-x", None),
+        (["shell", "lab", "a", "--no-recrd", "--", "echo", "hi"], "--no-recrd", "--no-record"),
+    ]:
+        r = crc(*args)
+        assert r.returncode == 2, (args, r.stdout, r.stderr)
+        assert r.stderr.startswith(f"crc: error: No such option '{option}'"), r.stderr
+        assert meant is None or f"'{meant}'" in r.stderr, r.stderr
+        assert r.stdout == ""
+    assert env.client.list_jobs("lab", 10) == []
+    assert env.client.sessions("lab") == []
+    # What follows the command, or --, is the command's own: passed on as before.
+    r = crc("run", "lab", "--to", "a", "sh", "-c", "echo $0 $1", "-x", "--timout")
+    assert r.returncode == 0 and r.stdout == "[a] -x --timout\n", (r.stdout, r.stderr)
+    r = crc("run", "lab", "--to", "a", "--", "-x")  # a program named -x (there is none)
+    assert r.returncode == 127 and "-x" in r.stderr, r.stderr
+
+
 @pytest.mark.parametrize("sub", ["show", "cancel"])
 @pytest.mark.parametrize("bad", ["../../x", "abc", "0" * 31 + "/", "\x1b[2J" + "0" * 28])
 def test_crc_job_refuses_what_is_not_a_job_id(env, crc, sub, bad):

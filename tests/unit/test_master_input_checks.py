@@ -116,6 +116,31 @@ def test_a_good_kv_key_is_sent_as_it_is(key: str) -> None:
     assert calls.kv_set("lab", key, 1).path == f"/groups/lab/kv/{key}"
 
 
+@pytest.mark.parametrize("body", [0, False, "", [], [1, 2], "x", 3.5])
+def test_a_message_body_that_is_no_object_is_refused_never_sent_as_empty(
+    client: Client, body: Any
+) -> None:
+    # A falsy one (0, false, "", []) used to go as {}: what the caller gave was lost.
+    with pytest.raises(InvalidInput, match=r"^message body must be a JSON object$"):
+        client.send_message("lab", "a", "user.n", body)
+
+    async def main() -> None:
+        async with AsyncClient(URL, TOKEN) as c:
+            with pytest.raises(InvalidInput, match=r"^message body must be a JSON object$"):
+                await c.send_message("lab", "a", "user.n", body)
+
+    asyncio.run(main())
+
+
+def test_no_message_body_is_an_empty_one() -> None:
+    assert calls.send_message("lab", "a", "user.n", None).json == {
+        "to": "a",
+        "type": "user.n",
+        "body": {},
+    }
+    assert calls.send_message("lab", "a", "user.n", {})
+
+
 # -- numbers JSON cannot carry ---------------------------------------------------------------
 
 SYNC_CALLS: list[Callable[[Client], object]] = [

@@ -28,6 +28,7 @@ from . import output
 from .linejoin import LineJoiner, Piece
 from .output import ago, emit_json, json_option, print_table, safe
 from .signals import stopped_as_by_ctrl_c
+from .trailing import TrailingCommand
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -250,7 +251,7 @@ def _announce_run(c: Any, started: dict[str, Any], group: str, as_json: bool) ->
     _note_unconnected(c, started, group)
 
 
-@click.command(context_settings={"ignore_unknown_options": True})
+@click.command(cls=TrailingCommand)
 @click.argument("name")
 @click.option("--to", "to", required=True, help="Machine, comma list, KEY=VALUE or all.")
 @click.option("--timeout", help="Kill the command after this long (default 10m).")
@@ -302,6 +303,8 @@ def run(
 
     Several words run as argv, without a shell; one quoted string with shell syntax runs
     in the machine's default shell (bash/sh on Linux, cmd on Windows); --shell picks one.
+    crc run's options go before COMMAND (an unknown one there is refused); what follows
+    COMMAND's first word, or `--`, is COMMAND's own.
 
     Exit code: the worst of the targets (their exit code; 124 timed out, 125 lost,
     130 cancelled); crc's own failures 2-9, or --error-exit's CODE. Ctrl-C, SIGTERM

@@ -492,6 +492,8 @@ def send(name: str, to: str, type_: str, body: str | None, as_json: bool) -> Non
     from .jsonarg import json_arg
 
     parsed = json_arg(body, "BODY")
+    if type_ in ("", "user."):  # not "user.": a name the caller never typed
+        raise click.BadParameter("empty: give the message's NAME (or user.NAME)", param_hint="TYPE")
     type_ = type_ if type_.startswith("user.") else "user." + type_
     with _client() as c:
         out = c.send_message(name, to, type_, parsed)

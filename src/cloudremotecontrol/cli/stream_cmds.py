@@ -23,6 +23,7 @@ import click
 
 from ..errors import InvalidInput, NotFound, Unavailable
 from .output import emit_json, json_option, print_table, safe
+from .trailing import TrailingCommand
 
 __all__ = ["forward", "sessions", "shell"]
 
@@ -178,7 +179,7 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[n:]
 
 
-@click.command(context_settings={"ignore_unknown_options": True})
+@click.command(cls=TrailingCommand)
 @click.argument("group")
 @click.argument("machine")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)

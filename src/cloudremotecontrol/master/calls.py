@@ -371,11 +371,15 @@ def cancel_job(job_id: str) -> Call:
 
 
 def send_message(group: str, to: str, type: str, body: dict[str, Any] | None) -> Call:
+    if body is None:  # no body: an empty one
+        body = {}
+    elif not isinstance(body, dict):  # 0, false, "" and [] too: never taken for {}
+        raise InvalidInput("message body must be a JSON object")
     check_json(body, what="message body", field="body")
     return Call(
         "POST",
         f"/groups/{_group(group)}/messages",
-        json={"to": to, "type": type, "body": body or {}},
+        json={"to": to, "type": type, "body": body},
     )
 
 
