@@ -163,8 +163,9 @@ def untrusted_error(url: str, exc: BaseException) -> TlsUntrusted:
         shown = ""
     return TlsUntrusted(
         f"the certificate of {url} is not trusted by this computer ({exc}): a server made "
-        "by `crc server init` has a self-signed certificate, so pass its fingerprint "
-        f"with --fingerprint sha256:... (CRC_FINGERPRINT){shown} - compare it with "
+        "by `crc server init` has a self-signed certificate, so pin its fingerprint: "
+        "CRC_FINGERPRINT=sha256:..., or --fingerprint sha256:... where the command has "
+        f"that option (`crc login`, `crc agent run`){shown} - compare it with "
         "the one `crc server init` printed before you use it"
     )
 

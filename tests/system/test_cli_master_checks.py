@@ -261,6 +261,16 @@ def test_the_servers_own_errors_keep_their_exit_codes(env, crc):
     assert r.returncode == 3 and "not a CloudRemoteControl" not in r.stderr, r.stderr
 
 
+def test_a_master_command_without_a_pin_says_how_to_pin_for_itself(env):
+    # `crc group list` has no --fingerprint: the advice was to pass one.
+    cli_env = {k: v for k, v in env.cli_env.items() if k != "CRC_FINGERPRINT"}
+    r = _run("group", "list", env=cli_env)
+    assert r.returncode == 7, r.stderr
+    assert "not trusted" in r.stderr and "CRC_FINGERPRINT=sha256:..." in r.stderr, r.stderr
+    assert "--fingerprint sha256:... where the command has that option" in r.stderr
+    assert env.server.fingerprint in r.stderr
+
+
 # -- crc agent run ---------------------------------------------------------------------------
 
 

@@ -42,7 +42,7 @@ def test_crc_wait_longer_than_a_week_is_refused_like_crc_run(crc, quiet, value):
         line = _one_line(r, 2)
         assert line == f"crc: error: invalid duration '{value}': --timeout is at most 7d (a week)\n"
     r = crc("run", quiet, "--to", "a", "--timeout", value, "--", "true", timeout=SAFETY)
-    assert "timeout must be between 0 and 604800 seconds" in _one_line(r, 2)
+    assert _one_line(r, 2) == line  # the same words, before anything is sent
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), 1e30, 604801.0])

@@ -335,7 +335,12 @@ def run(
         if not sep or not k:
             raise InvalidInput(f"invalid --env {item!r}: use KEY=VALUE")
         env[k] = v
-    spec: dict[str, Any] = {"env": env, "cwd": cwd, "timeout": duration(timeout)}
+    seconds = duration(timeout)
+    if seconds is not None:  # refused here as crc wait refuses it, not by the server
+        from ..master.waits import check_timeout
+
+        check_timeout(seconds, "--timeout", given=timeout)
+    spec: dict[str, Any] = {"env": env, "cwd": cwd, "timeout": seconds}
     rules = {
         "max_concurrency": max_concurrency,
         "max_errors": max_errors,

@@ -278,7 +278,8 @@ class JobRun(Message):
                 0,
                 MAX_TIMEOUT_SECONDS,
                 low_open=True,
-                message=f"timeout must be between 0 and {MAX_TIMEOUT_SECONDS} seconds",
+                message=f"timeout must be more than 0 and at most {MAX_TIMEOUT_SECONDS} "
+                "seconds (a week)",
             )
         ),
         None,
