@@ -57,6 +57,10 @@ def check_server_url(url: str) -> None:
     than https (wss), no host, a bad port, and plain http (ws) to anything but this
     computer. A server serves plain HTTP only with ``--insecure``, on a loopback address;
     a token or key sent to plain HTTP elsewhere would cross the network unencrypted."""
+    if any(c.isspace() or not c.isprintable() for c in url):  # an escape pasted along
+        raise InvalidInput(
+            f"invalid server URL {_shown(url)}: it holds a space or a control character"
+        )
     try:
         parts = urlsplit(url)
         port = parts.port  # ValueError if not a number from 0 to 65535

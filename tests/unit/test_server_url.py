@@ -67,3 +67,13 @@ def test_other_urls_are_refused_before_anything_is_sent(url: str, why: str) -> N
         fetch_agent.check_url(url)
     assert why in str(info.value)
     assert info.value.code == fetch_agent.USAGE
+
+
+@pytest.mark.parametrize(
+    "url", ["https://\x1b[31m127.0.0.1", "https://crc.example.net\n", "https://a b:8443"], ids=repr
+)
+def test_a_url_with_a_control_character_or_a_space_says_so(url: str) -> None:
+    # An escape pasted along with the URL was "Invalid IPv6 URL" (its "[").
+    with pytest.raises(InvalidInput, match="it holds a space or a control character") as info:
+        tlspin.check_server_url(url)
+    assert "\x1b" not in str(info.value) and "\n" not in str(info.value)
