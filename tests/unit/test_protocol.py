@@ -256,6 +256,32 @@ def test_invalid_targets(text):
         parse_target(text)
 
 
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("role=db,role=web", "role"),
+        ("role=web,role=db", "role"),
+        ("zone=b,zone=a", "zone"),
+        ("role=db,role=db", "role"),
+        ("role=db, zone=a ,role=", "role"),
+    ],
+)
+def test_a_selector_names_each_label_once(text, key):
+    # Every pair must match: a second value for a key is refused, never kept instead.
+    with pytest.raises(InvalidInput) as exc:
+        parse_target(text)
+    assert exc.value.message == (
+        f"selector {text.strip()!r} names label {key} twice: a selector matches machines "
+        "that have every KEY=VALUE it lists"
+    )
+    assert exc.value.details.get("field") == "to"
+    # Different keys combine: a machine must have every one.
+    sel = parse_target("role=db,zone=a")
+    assert sel.matches("x", {"role": "db", "zone": "a"})
+    assert not sel.matches("y", {"role": "web", "zone": "a"})
+    assert not sel.matches("z", {"role": "db", "zone": "b"})
+
+
 @given(st.text(max_size=80))
 def test_parse_target_raises_only_invalid_input(text):
     try:

@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from ..errors import InvalidInput, Unavailable
-from .output import emit_json, json_option
+from .output import SELECTOR_HELP, emit_json, json_option
 
 
 def _given_path(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -228,7 +228,7 @@ def _user_type(type_: str) -> str:
     "--to",
     default="master",
     show_default=True,
-    help="master, or peers: a machine, a comma list, KEY=VALUE or all.",
+    help="master, or peers: a machine, a comma list, KEY=VALUE or all. " + SELECTOR_HELP,
 )
 @_state_option
 @_agent_wait_option

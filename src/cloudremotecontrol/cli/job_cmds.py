@@ -26,7 +26,7 @@ import click
 from ..errors import InvalidInput
 from . import output
 from .linejoin import LineJoiner, Piece
-from .output import ago, emit_json, json_option, print_table, safe
+from .output import SELECTOR_HELP, TARGET_HELP, ago, emit_json, json_option, print_table, safe
 from .signals import stopped_as_by_ctrl_c
 from .trailing import TrailingCommand
 
@@ -253,7 +253,7 @@ def _announce_run(c: Any, started: dict[str, Any], group: str, as_json: bool) ->
 
 @click.command(cls=TrailingCommand)
 @click.argument("name")
-@click.option("--to", "to", required=True, help="Machine, comma list, KEY=VALUE or all.")
+@click.option("--to", "to", required=True, help=TARGET_HELP)
 @click.option("--timeout", help="Kill the command after this long (default 10m).")
 @click.option(
     "--shell",
@@ -376,7 +376,13 @@ def hosts() -> None:
 
 @hosts.command("sync")
 @click.argument("name")
-@click.option("--to", "to", default="all", show_default=True, help="Which machines to update.")
+@click.option(
+    "--to",
+    "to",
+    default="all",
+    show_default=True,
+    help="Which machines to update: a machine, a comma list, KEY=VALUE or all. " + SELECTOR_HELP,
+)
 @click.option(
     "--ip",
     type=click.Choice(["auto", "private", "public"]),
@@ -404,7 +410,7 @@ def hosts_sync(name: str, to: str, ip: str, as_json: bool) -> None:
 
 @click.command()
 @click.argument("name")
-@click.option("--to", "to", required=True, help="Machine, comma list, KEY=VALUE or all.")
+@click.option("--to", "to", required=True, help=TARGET_HELP)
 @click.argument("local", type=click.Path(exists=True, dir_okay=False))
 @click.argument("remote")
 @click.option("--mode", help="Octal file mode on the machines, e.g. 0640.")

@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from ..errors import Forbidden, InvalidInput, Unauthorized
-from .output import ago, emit_json, json_option, print_table, safe
+from .output import TARGET_HELP, ago, emit_json, json_option, print_table, safe
 
 
 def _client() -> Any:
@@ -482,7 +482,7 @@ def _summary(ev: dict[str, Any]) -> str:
 
 @click.command()
 @click.argument("name")
-@click.option("--to", "to", required=True, help="Machine, comma list, KEY=VALUE or all.")
+@click.option("--to", "to", required=True, help=TARGET_HELP)
 @click.argument("type_", metavar="TYPE")
 @click.argument("body", required=False)
 @json_option

@@ -25,6 +25,8 @@ from ..terminal import safe
 
 __all__ = [
     "OUTPUT_CLOSED_EXIT",
+    "SELECTOR_HELP",
+    "TARGET_HELP",
     "ago",
     "emit_json",
     "json_option",
@@ -39,6 +41,13 @@ F = TypeVar("F", bound=Callable[..., Any])
 #: Set by ``--error-exit N`` (crc run, push, pull, hosts sync): the exit code for crc's
 #: own failures, so that they differ from the remote command's codes.
 own_error_exit: int | None = None
+
+
+#: How comma-joined KEY=VALUE pairs in a ``--to`` select machines.
+SELECTOR_HELP = "KEY=VALUE,KEY=VALUE selects the machines with every pair (each key once)."
+
+#: The help of a master command's ``--to``.
+TARGET_HELP = "Machine, comma list, KEY=VALUE or all. " + SELECTOR_HELP
 
 
 #: The exit code when crc's output was closed (``crc events -f | head -1``): a process

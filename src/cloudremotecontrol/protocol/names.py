@@ -7,6 +7,7 @@ DNS label rules (RFC 1123): lowercase letters, digits and inner hyphens, 1-63 ch
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from ..errors import InvalidInput
@@ -63,16 +64,18 @@ def check_label(key: str, value: str) -> tuple[str, str]:
     return key, value
 
 
-def parse_labels(text: str) -> dict[str, str]:
-    """``"role=db,tier=1"`` -> ``{"role": "db", "tier": "1"}``."""
-    labels: dict[str, str] = {}
+def _label_pairs(text: str) -> Iterator[tuple[str, str]]:
+    """The checked KEY=VALUE pairs of ``"role=db, tier=1,"``, in order."""
     for part in filter(None, (p.strip() for p in text.split(","))):
         key, sep, value = part.partition("=")
         if not sep:
             raise InvalidInput(f"invalid label {part!r}: expected KEY=VALUE", field="labels")
-        check_label(key, value)
-        labels[key] = value
-    return labels
+        yield check_label(key, value)
+
+
+def parse_labels(text: str) -> dict[str, str]:
+    """``"role=db,tier=1"`` -> ``{"role": "db", "tier": "1"}``."""
+    return dict(_label_pairs(text))
 
 
 def check_message_type(value: object) -> str:
@@ -109,8 +112,25 @@ class Target:
         return ",".join(f"{k}={v}" for k, v in self.selector)
 
 
+def _parse_selector(text: str) -> tuple[tuple[str, str], ...]:
+    """``"tier=1,role=db"`` -> ``(("role", "db"), ("tier", "1"))``. A machine matches
+    when it has every pair, so each key appears once: ``role=db,role=web`` (no machine
+    has both) is refused rather than read as one of them."""
+    pairs: dict[str, str] = {}
+    for key, value in _label_pairs(text):
+        if key in pairs:
+            raise InvalidInput(
+                f"selector {text!r} names label {key} twice: a selector matches machines "
+                "that have every KEY=VALUE it lists",
+                field="to",
+            )
+        pairs[key] = value
+    return tuple(sorted(pairs.items()))
+
+
 def parse_target(text: object) -> Target:
-    """``all`` / ``*`` / ``a,b`` / ``role=db[,tier=1]``."""
+    """``all`` / ``*`` / ``a,b`` / ``role=db[,tier=1]``: comma-joined KEY=VALUE pairs
+    select the machines that have all of them, each key named once."""
     if not isinstance(text, str) or not text.strip():
         raise InvalidInput(
             "missing target: give a machine name, a comma list, KEY=VALUE or all", field="to"
@@ -119,6 +139,6 @@ def parse_target(text: object) -> Target:
     if text in ("all", "*"):
         return Target(all=True)
     if "=" in text:
-        return Target(selector=tuple(sorted(parse_labels(text).items())))
+        return Target(selector=_parse_selector(text))
     names = tuple(dict.fromkeys(check_name(p.strip(), "machine") for p in text.split(",")))
     return Target(names=names)

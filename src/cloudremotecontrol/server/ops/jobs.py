@@ -102,6 +102,7 @@ def create_hosts_sync(
     target gets its own list: under ``auto`` the address of a peer depends on the pair
     (``roster.hosts_entries``)."""
     group = live_group(tx, user["user_id"], group_name)
+    parse_target(to)  # a malformed target is the error, whatever the machines reported
     everyone = roster(tx, group["id"])
     machines = everyone
     if only_ready:
