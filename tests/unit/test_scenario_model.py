@@ -120,6 +120,30 @@ def test_every_problem_is_reported_with_file_line_column_and_field():
         assert any(p.startswith(want) for p in got), (want, got)
 
 
+def test_a_step_selects_machines_by_several_labels_as_a_job_does():
+    # Two pairs were read as one label ("zone=a" the value of role); a key named twice
+    # is refused as crc run refuses it.
+    text = """\
+        name: lab
+        machines:
+          x: {labels: {role: db, zone: a}}
+          y: {labels: {role: web, zone: a}}
+          z: {labels: {role: db, zone: b}}
+        steps:
+          - name: one
+            to: role=db,zone=a
+            run: echo hi
+        """
+    assert parse(text).steps[0].targets == ("x",)
+    got = problems(text.replace("role=db,zone=a", "role=db,role=web"))
+    assert any(
+        p.startswith("s.yaml:8:9: steps.one.to: selector 'role=db,role=web' names label role")
+        for p in got
+    ), got
+    got = problems(text.replace("role=db,zone=a", "role=web,zone=b"))
+    assert any("steps.one.to: no machine has the labels role=web,zone=b" in p for p in got), got
+
+
 def test_error_message_lists_problems_one_per_line():
     with pytest.raises(ScenarioError) as info:
         parse("name: lab\nmachines: {a: {}}\nsteps:\n  - run: [1, {x: 2}]\n")

@@ -19,7 +19,13 @@ from ...protocol.limits import (
     MAX_TIMEOUT_SECONDS,
 )
 from ...protocol.messages import JobRun
-from ...protocol.names import check_kv_key, check_label, check_message_type, check_name
+from ...protocol.names import (
+    check_kv_key,
+    check_label,
+    check_message_type,
+    check_name,
+    parse_target,
+)
 from ...protocol.rollout import KEYS as ROLLOUT_KEYS
 from ...protocol.rollout import Rollout
 from ...protocol.wire import wire_fields
@@ -520,11 +526,16 @@ class ScenarioParser:
             return []  # machines: is wrong; that problem is reported already
         if to == "all":
             return names
-        if "=" in to:
-            key, _, value = to.partition("=")
-            hit = [m.name for m in self.machines.values() if m.labels.get(key) == value]
+        if "=" in to:  # KEY=VALUE[,KEY=VALUE]: as a job's --to reads it
+            try:
+                target = parse_target(to)
+            except InvalidInput as exc:
+                self.r.error(node, path, exc.message)
+                return None
+            hit = [m.name for m in self.machines.values() if target.matches(m.name, m.labels)]
             if not hit:
-                self.r.error(node, path, f"no machine has the label {to}")
+                pairs = "labels" if len(target.selector) > 1 else "label"
+                self.r.error(node, path, f"no machine has the {pairs} {to}")
                 return None
             return hit
         chosen = [t.strip() for t in to.split(",") if t.strip()]
