@@ -514,7 +514,10 @@ def kv() -> None:
 @click.argument("value")
 @json_option
 def kv_set(name: str, key: str, value: str, as_json: bool) -> None:
-    """Set KEY to VALUE (JSON, or a plain string) in group NAME."""
+    """Set KEY to VALUE (JSON, or a plain string) in group NAME.
+
+    A VALUE that begins with - (a negative number, -5) goes after --: `crc kv set NAME
+    KEY -- -5`."""
     from .jsonarg import json_or_text
 
     parsed = json_or_text(value, "VALUE")
@@ -567,11 +570,16 @@ def kv_list(name: str, as_json: bool) -> None:
 
 
 @click.command()
-@click.option("--group", "group_name", help="Only this group.")
+@click.option(
+    "--group",
+    "group_name",
+    help="Only this group's records: also of a group deleted since (none: an empty list).",
+)
 @click.option("--limit", type=click.IntRange(1, 10000), default=100, show_default=True)
 @json_option
 def audit(group_name: str | None, limit: int, as_json: bool) -> None:
-    """Your audit record: who started what, where and when (oldest first)."""
+    """Your audit record: who started what, where and when (oldest first). It outlives
+    the groups it names: a deleted group's records stay listed."""
     with _client() as c:
         records = c.audit(group_name, limit)
     if as_json:
