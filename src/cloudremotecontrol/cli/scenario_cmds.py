@@ -103,6 +103,21 @@ def up(scenario_file: str, rerun: bool, parallel: int, as_json: bool) -> None:
                     f"provider's console, or with the rest by `crc down {file}`)",
                     err=True,
                 )
+            if runner.not_in_file and not as_json:
+                # Machines the file no longer names: `crc up` neither waits for them nor
+                # destroys them; they keep running (and, on a cloud, costing money).
+                gone = ", ".join(
+                    name + (f" ({', '.join(ids)})" if ids else "")
+                    for name, ids in sorted(runner.not_in_file.items())
+                )
+                click.echo(
+                    f"warning: {len(runner.not_in_file)} machine(s) of {scenario.name} are "
+                    f"no longer in {file} but still run at {provider.name} and in group "
+                    f"{scenario.name} (on a cloud they cost money): {gone}; `crc up` "
+                    f"leaves them; to remove them, `crc down {file}` (it destroys every "
+                    f"machine of the scenario) then `crc up {file}`",
+                    err=True,
+                )
             if rc != 0 and runner.uncertain and not as_json:
                 # A create whose answer was lost, or that Ctrl-C cut short, may have made
                 # a machine nobody lists yet.
