@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import textwrap
 import threading
 from importlib import resources
@@ -322,11 +324,11 @@ def test_a_push_of_a_directory_or_a_device_says_what_it_is(tmp_path):
     assert [p.split(": ", 2)[1:] for p in got] == [
         [
             "steps.d.push.src",
-            f"{tmp_path} is not a regular file (a directory or a device): push sends one file",
+            f"{tmp_path} is not a regular file but a directory: push sends one file",
         ],
         [
             "steps.z.push.src",
-            "/dev/zero is not a regular file (a directory or a device): push sends one file",
+            "/dev/zero is not a regular file but a device: push sends one file",
         ],
         ["steps.n.push.src", f"no such file: {tmp_path}/none"],
     ]
@@ -557,16 +559,58 @@ def test_a_command_the_agent_would_refuse_is_refused_at_load():
 
 
 def test_files_are_read_only_up_to_their_bound(tmp_path):
-    """A scenario or a script step naming /dev/zero (or any endless or huge file) is
-    refused at load, after reading one byte more than the bound."""
+    """A scenario or a script step naming a huge file is refused at load, after reading
+    one byte more than the bound."""
+    huge = tmp_path / "huge"
+    with huge.open("wb") as fh:
+        fh.truncate((4 << 20) + 1)  # sparse: nothing written
     with pytest.raises(InvalidInput, match="over 4096 KiB, the most a scenario may be"):
-        load_scenario("/dev/zero")
+        load_scenario(huge)
     path = tmp_path / "s.yaml"
-    path.write_text("name: lab\nmachines: {a: }\nsteps:\n  - script: /dev/zero\n")
+    path.write_text(f"name: lab\nmachines: {{a: }}\nsteps:\n  - script: {huge}\n")
     with pytest.raises(ScenarioError) as info:
         load_scenario(path)
     [problem] = info.value.problems
-    assert "steps.script-1.script: /dev/zero is over 128 KiB" in str(problem), problem
+    assert f"steps.script-1.script: {huge} is over 128 KiB" in str(problem), problem
+
+
+def test_a_fifo_a_device_a_socket_or_a_directory_is_refused_before_it_is_opened(tmp_path):
+    """Only a regular file is read: opening a FIFO would wait for a writer for ever, and
+    a device such as /dev/zero never ends. Each is refused by name and kind, as the
+    scenario file, a step's script or a push's src."""
+    fifo = tmp_path / "ff.yaml"
+    os.mkfifo(fifo)
+    sock_path = tmp_path / "s.sock"
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(sock_path))
+    try:
+        for path, kind in [
+            (fifo, "a FIFO"),
+            (Path("/dev/zero"), "a device"),
+            (sock_path, "a socket"),
+            (tmp_path, "a directory"),
+        ]:
+            with pytest.raises(InvalidInput) as err:
+                load_scenario(path)
+            assert err.value.message == (
+                f"{path} is not a regular file but {kind}: a scenario is read from a "
+                "regular file only"
+            )
+        path = tmp_path / "s.yaml"
+        path.write_text(
+            "name: lab\nmachines: {a: }\nsteps:\n  - script: ff.yaml\n"
+            "  - push: {src: s.sock, dest: /tmp/x}\n"
+        )
+        with pytest.raises(ScenarioError) as info:
+            load_scenario(path)
+        assert [f"{p.field}: {p.message}" for p in info.value.problems] == [
+            f"steps.script-1.script: {fifo} is not a regular file but a FIFO: a script "
+            "(a job's command) is read from a regular file only",
+            f"steps.push-2.push.src: {sock_path} is not a regular file but a socket: push "
+            "sends one file",
+        ]
+    finally:
+        sock.close()
 
 
 def test_a_few_lines_of_aliases_standing_for_billions_of_values_are_refused():

@@ -55,7 +55,7 @@ from .model import (
     Step,
     WaitAction,
 )
-from .yamlnodes import NodeReader, read_bounded
+from .yamlnodes import NodeReader, read_bounded, regular_file_problem
 
 #: The server refuses a group whose TTL is longer (server/ops/groups.py).
 MAX_GROUP_TTL = 365 * 86400
@@ -639,15 +639,11 @@ class ScenarioParser:
             rel = r.string(p["src"][1], f"{path}.src")
             if rel is not None:
                 src = self.base / rel
-                if not src.exists():
-                    r.error(p["src"][1], f"{path}.src", f"no such file: {src}")
-                elif not src.is_file():
-                    r.error(
-                        p["src"][1],
-                        f"{path}.src",
-                        f"{src} is not a regular file (a directory or a device): push sends "
-                        "one file",
-                    )
+                why = regular_file_problem(src)
+                if why is not None:
+                    if why.startswith(f"{src} is not"):
+                        why += ": push sends one file"
+                    r.error(p["src"][1], f"{path}.src", why)
         content = (
             r.string(p["content"][1], f"{path}.content", empty=True) if "content" in p else None
         )

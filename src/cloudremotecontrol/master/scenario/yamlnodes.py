@@ -11,7 +11,9 @@ which ``safe_load`` silently resolves to the last one, are a problem too.
 from __future__ import annotations
 
 import math
+import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -32,6 +34,7 @@ __all__ = [
     "Where",
     "parse_duration",
     "read_bounded",
+    "regular_file_problem",
 ]
 
 MAX_SCENARIO_BYTES = 4 << 20  # a scenario file
@@ -130,15 +133,56 @@ def parse_duration(value: object, maximum: float = MAX_DURATION) -> float:
     return seconds
 
 
-def read_bounded(path: Path, limit: int, what: str) -> str:
-    """The UTF-8 text of ``path`` (a file, a pipe) with its line ends made ``\n`` (as
-    ``read_text`` does: a script saved on Windows runs in sh), refused past ``limit``
-    bytes without reading further (``/dev/zero`` is not read for ever)."""
+def _kind(mode: int) -> str:
+    """What a file that is not a regular one is, for messages."""
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a device"
+
+
+def regular_file_problem(path: Path) -> str | None:
+    """Why ``path`` is not a regular file that can be read (it does not exist, or is a
+    FIFO, a device, a socket or a directory), or None when it is one. Only ``stat``:
+    nothing is opened (opening a FIFO waits for a writer)."""
     try:
-        with open(path, "rb") as fh:
-            data = fh.read(limit + 1)
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return f"no such file: {path}"
+    except OSError as exc:
+        return f"cannot read {path}: {exc.strerror or exc}"
+    if stat.S_ISREG(mode):
+        return None
+    return f"{path} is not a regular file but {_kind(mode)}"
+
+
+def read_bounded(path: Path, limit: int, what: str) -> str:
+    """The UTF-8 text of the regular file ``path`` with its line ends made ``\n`` (as
+    ``read_text`` does: a script saved on Windows runs in sh), refused past ``limit``
+    bytes without reading further. Anything else (a FIFO, a device such as
+    ``/dev/zero``, a socket, a directory) is refused before it is read: opened without
+    waiting (``O_NONBLOCK``: a FIFO would wait for a writer for ever), then checked."""
+    why = regular_file_problem(path)
+    if why is not None and why.startswith(f"{path} is not"):
+        raise InvalidInput(f"{why}: {what} is read from a regular file only")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_BINARY", 0))
     except OSError as exc:
         raise InvalidInput(f"cannot read {path}: {exc.strerror or exc}") from None
+    with os.fdopen(fd, "rb") as fh:
+        mode = os.fstat(fd).st_mode  # the file opened (not replaced since the stat)
+        if not stat.S_ISREG(mode):
+            raise InvalidInput(
+                f"{path} is not a regular file but {_kind(mode)}: {what} is read from a "
+                "regular file only"
+            )
+        try:
+            data = fh.read(limit + 1)
+        except OSError as exc:
+            raise InvalidInput(f"cannot read {path}: {exc.strerror or exc}") from None
     if len(data) > limit:
         raise InvalidInput(f"{path} is over {limit >> 10} KiB, the most {what} may be")
     try:
