@@ -834,3 +834,52 @@ def test_vultr_options_are_checked_when_the_file_loads():
         """)
     assert ok.machine("a").image is None
     assert ok.machine("a").extra == {"snapshot_id": "9a1f"}
+
+
+def test_a_wrong_to_is_reported_and_the_steps_templates_are_checked_all_the_same():
+    """A `to:` naming no machine is its own problem: not a claim that the step's machines
+    run Linux and Windows, and the step's other problems are reported at once."""
+    assert problems("""\
+        name: d3
+        machines: {a: {}}
+        steps:
+          - name: s1
+            to: zz
+            run: "echo {{ vars.missing }}"
+        """) == [
+        "s.yaml:5:9: steps.s1.to: no machine zz in machines: (use a name, a,b, KEY=VALUE or all)",
+        "s.yaml:6:10: steps.s1.run: {{ vars.missing }}: no variable 'missing' in `variables:`",
+    ]
+    # Linux and Windows machines, and a `to:` that names neither: no guess about the shell.
+    got = problems("""\
+        name: d3
+        provider: vultr
+        defaults: {region: ewr, plan: vc2-1c-1gb, image: {linux: "2284", windows: "124"}}
+        machines: {a: {}, w: {os: windows}}
+        steps:
+          - {name: s1, to: role=x, run: "echo {{ vars.missing }}"}
+        """)
+    assert [p.split(": ", 2)[1:] for p in got] == [
+        ["steps.s1.to", "no machine has the label role=x"],
+        ["steps.s1.run", "{{ vars.missing }}: no variable 'missing' in `variables:`"],
+    ]
+
+
+def test_a_run_to_linux_and_windows_machines_names_the_shell_and_its_other_problems():
+    got = problems("""\
+        name: mixed
+        provider: vultr
+        defaults: {region: ewr, plan: vc2-1c-1gb, image: {linux: "2284", windows: "124"}}
+        machines: {a: {}, w: {os: windows}}
+        steps:
+          - {name: s1, run: "echo {{ vars.missing }}", env: {X: "{{ vars.gone }}"}}
+        """)
+    assert [p.split(": ", 2)[1:] for p in got] == [
+        [
+            "steps.s1.run",
+            "its machines run Linux and Windows: name the shell (shell: sh, bash, cmd or "
+            "powershell) so that template values can be quoted for it",
+        ],
+        ["steps.s1.run", "{{ vars.missing }}: no variable 'missing' in `variables:`"],
+        ["steps.s1.run", "{{ vars.gone }}: no variable 'gone' in `variables:`"],
+    ]

@@ -468,7 +468,7 @@ class ScenarioParser:
         )
         action = getattr(self, f"_{kind}")(e, e[kind][1], f"{label}.{kind}")
         if action is not None:
-            self._check_templates(action, e[kind][1], f"{label}.{kind}", targets or [])
+            self._check_templates(action, e[kind][1], f"{label}.{kind}", targets)
         if isinstance(action, RunAction) and timeout is not None and timeout > MAX_TIMEOUT_SECONDS:
             # The server refuses a longer job: say so now, not once the machines are made.
             r.error(
@@ -739,21 +739,27 @@ class ScenarioParser:
         return RebootAction()
 
     def _check_templates(
-        self, action: Action, node: yaml.Node, path: str, targets: list[str]
+        self, action: Action, node: yaml.Node, path: str, targets: list[str] | None
     ) -> None:
+        """Report the problems of the step's templates. ``targets`` None: its ``to:`` is
+        wrong (reported already), so any machine may be meant: its templates are checked
+        all the same, quoted for the shell of every machine when they share one."""
         texts: list[tuple[str, str | None]] = []  # (text, shell dialect if shell code)
         if isinstance(action, RunAction):
-            oses = [self.machines[t].os for t in targets if t in self.machines]
+            known = targets is not None
+            chosen = list(self.machines) if targets is None else targets
+            oses = [self.machines[t].os for t in chosen if t in self.machines]
             if action.command is not None:
                 dialect = shellquote.dialect_for(action.shell, oses)
-                if dialect is None and "{{" in action.command:
+                mixed = len({o == "windows" for o in oses}) > 1
+                if dialect is None and mixed and known and "{{" in action.command:
                     self.r.error(
                         node,
                         path,
                         "its machines run Linux and Windows: name the shell (shell: sh, "
                         "bash, cmd or powershell) so that template values can be quoted for it",
                     )
-                    return
+                # Without a dialect, its tags are still checked (names, variables).
                 texts.append((action.command, dialect))
             argv = action.argv or ()
             script = shellquote.argv_script(argv)
