@@ -295,7 +295,15 @@ def test_yaml_that_has_no_value_is_a_problem_not_a_crash(text, expected):
         ),
         (
             "name: a\nmachines: {a: }\ntimeouts: {ready: " + "9" * 5000 + "}\n",
-            "s.yaml:3:19: not valid YAML: Exceeds the limit (4300 digits)",
+            "s.yaml:3:19: timeouts.ready: number too large (5000 digits)",
+        ),
+        (
+            "name: a\nmachines: {a: }\nsteps:\n  - {run: x, timeout: " + "9" * 5000 + "}\n",
+            "s.yaml:4:23: steps.run-1.timeout: number too large (5000 digits)",
+        ),
+        (
+            "name: a\nmachines: {a: }\nvariables: {n: [1, -" + "9" * 5000 + "]}\n",
+            "s.yaml:3:20: variables: number too large (5000 digits)",
         ),
     ],
 )

@@ -169,7 +169,7 @@ class ScenarioParser:
                 self.step_timeout = r.duration(t["step"][1], "timeouts.step") or self.step_timeout
         if "variables" in top:
             node = top["variables"][1]
-            value = r.value(node)
+            value = r.value(node, "variables")
             if value is not None and not (
                 isinstance(value, dict) and all(isinstance(k, str) for k in value)
             ):
@@ -299,7 +299,7 @@ class ScenarioParser:
                     _check(r, spec["labels"][1], f"{path}.labels.{k}", check_label, k, v)
             extra: dict[str, Any] = {}
             if "provider" in spec:
-                value = r.value(spec["provider"][1])
+                value = r.value(spec["provider"][1], f"{path}.provider")
                 if not isinstance(value, dict):
                     r.error(
                         spec["provider"][1],
@@ -722,7 +722,7 @@ class ScenarioParser:
         type_ = text if text.startswith("user.") else "user." + text
         if _check(r, p["type"][1], f"{path}.type", check_message_type, type_) is None:
             return None
-        body: Any = r.value(p["body"][1]) if "body" in p else {}
+        body: Any = r.value(p["body"][1], f"{path}.body") if "body" in p else {}
         if not isinstance(body, dict):
             r.error(p["body"][1], f"{path}.body", "expected a mapping (a JSON object)")
             return None

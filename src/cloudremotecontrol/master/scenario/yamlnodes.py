@@ -14,6 +14,7 @@ import math
 import os
 import re
 import stat
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -234,6 +235,28 @@ def _children(node: yaml.Node) -> list[yaml.Node]:
     return []
 
 
+_INT_TAG = "tag:yaml.org,2002:int"
+
+
+def _huge_integer(node: yaml.Node) -> yaml.ScalarNode | None:
+    """The integer scalar of ``node``'s subtree with more digits than Python converts
+    (``sys.get_int_max_str_digits``, 4300 by default), or None."""
+    limit = getattr(sys, "get_int_max_str_digits", lambda: 4300)()
+    seen: set[int] = set()
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        if id(n) in seen:
+            continue
+        seen.add(id(n))
+        if isinstance(n, yaml.ScalarNode):
+            if n.tag == _INT_TAG and limit and sum(c.isdigit() for c in n.value) > limit:
+                return n
+        else:
+            stack.extend(_children(n))
+    return None
+
+
 class NodeReader:
     """Reads a composed YAML tree, collecting problems instead of stopping at the first."""
 
@@ -302,14 +325,22 @@ class NodeReader:
             self.problems.append(Problem(Where(self.file, 1, 1), "", "nested too deeply"))
         return None
 
-    def value(self, node: yaml.Node) -> Any:
+    def value(self, node: yaml.Node, path: str = "") -> Any:
         """The plain Python value of a subtree (scalars typed as YAML 1.1 says); ``None``,
-        with the problem recorded once, for one that has none: an alias inside itself
-        (``&x [*x]``), an unknown tag (``!foo``), a date that does not exist."""
+        with the problem recorded once (at ``path``), for one that has none: an alias
+        inside itself (``&x [*x]``), an unknown tag (``!foo``), a date that does not
+        exist, an integer of more digits than Python converts."""
         try:
             return self.loader.construct_object(node, deep=True)
         except (yaml.YAMLError, ValueError, OverflowError, RecursionError) as exc:
-            if id(node) not in self._unreadable:
+            huge = _huge_integer(node) if isinstance(exc, ValueError) else None
+            if huge is not None and id(node) not in self._unreadable:
+                digits = sum(c.isdigit() for c in huge.value)
+                self.problems.append(
+                    Problem(self.where(huge), path, f"number too large ({digits} digits)")
+                )
+                self._unreadable.add(id(node))
+            elif id(node) not in self._unreadable:
                 problem = getattr(exc, "problem", None) or str(exc)
                 if isinstance(exc, RecursionError):
                     problem = "nested too deeply"
@@ -327,7 +358,7 @@ class NodeReader:
         self.loader.flatten_mapping(node)  # YAML merge keys (<<: *anchor)
         out: dict[str, tuple[yaml.Node, yaml.Node]] = {}
         for knode, vnode in node.value:
-            key = self.value(knode) if isinstance(knode, yaml.ScalarNode) else None
+            key = self.value(knode, path) if isinstance(knode, yaml.ScalarNode) else None
             if not isinstance(key, str):
                 self.error(knode, path, _not_a_name(knode, key, allowed))
                 continue
@@ -342,7 +373,7 @@ class NodeReader:
         return out
 
     def string(self, node: yaml.Node, path: str, *, empty: bool = False) -> str | None:
-        value = self.value(node) if isinstance(node, yaml.ScalarNode) else None
+        value = self.value(node, path) if isinstance(node, yaml.ScalarNode) else None
         if isinstance(value, bool) or value is None or not isinstance(value, (str, int, float)):
             self.error(node, path, "expected a string")
             return None
@@ -353,7 +384,7 @@ class NodeReader:
         return text
 
     def str_list(self, node: yaml.Node, path: str) -> list[str] | None:
-        if isinstance(node, yaml.ScalarNode) and self.value(node) is not None:
+        if isinstance(node, yaml.ScalarNode) and self.value(node, path) is not None:
             one = self.string(node, path)
             return None if one is None else [one]
         if isinstance(node, yaml.ScalarNode):  # null: the empty list
@@ -378,14 +409,14 @@ class NodeReader:
     def integer(
         self, node: yaml.Node, path: str, minimum: int = 0, maximum: int = 100
     ) -> int | None:
-        value = self.value(node) if isinstance(node, yaml.ScalarNode) else None
+        value = self.value(node, path) if isinstance(node, yaml.ScalarNode) else None
         if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
             self.error(node, path, f"expected a whole number from {minimum} to {maximum}")
             return None
         return value
 
     def duration(self, node: yaml.Node, path: str, maximum: float = MAX_DURATION) -> float | None:
-        value = self.value(node) if isinstance(node, yaml.ScalarNode) else None
+        value = self.value(node, path) if isinstance(node, yaml.ScalarNode) else None
         try:
             return parse_duration(value, maximum)
         except ValueError as exc:
