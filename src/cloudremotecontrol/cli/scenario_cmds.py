@@ -48,7 +48,10 @@ def up(scenario_file: str, rerun: bool, parallel: int, as_json: bool) -> None:
 
     Run it again after a failure, a crash or Ctrl-C: it resumes (no machine is made
     twice; steps that succeeded are not run again unless changed or --rerun).
-    Exit code: 0 if every step succeeded, 1 if one failed or was skipped.
+    Exit code: 0 if every step succeeded, 1 if one failed or was skipped, 2 for an
+    invalid file, 5 when another `crc up` or `crc down` of it runs or it needs `crc down`
+    first, 6 when machines are not ready in time, 8 for a provider error, 130 on Ctrl-C,
+    143 on SIGTERM, 129 on SIGHUP (docs/scenarios.md, "Output for programs").
     """
     from ..master.profile import load_profile
     from ..master.scenario.model import load_scenario

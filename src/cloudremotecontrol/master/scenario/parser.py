@@ -124,7 +124,11 @@ class ScenarioParser:
         root = r.root()
         if root is None:
             if not r.problems:
-                r.error(None, "", "empty file: a scenario needs name, machines and steps")
+                r.error(
+                    None,
+                    "",
+                    "empty file: a scenario needs a name and machines (steps are optional)",
+                )
             return None
         top = r.mapping(root, "", _TOP)
         if top is None:
