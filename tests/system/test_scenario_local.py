@@ -1055,3 +1055,48 @@ def test_up_that_needs_a_down_first_does_not_also_say_up_again_resumes(env, crc)
     finally:
         for inst in provider.list("lost"):
             provider.destroy(inst.id)
+
+
+def test_up_names_the_machines_the_file_no_longer_has_and_leaves_them(env, crc):
+    """Machines removed from the file keep running at the provider and in the group:
+    `crc up` neither waits for them nor destroys them, and says so (stderr, and
+    `not_in_file` in the summary) with how to remove them."""
+    env.cli_env["CRC_LOCAL_DIR"] = str(env.tmp / "machines")
+    path = env.tmp / "shrink.yaml"
+    path.write_text(
+        "name: shrink\nprovider: local\ntimeouts: {ready: 60s}\nmachines: {a: , b: , c: }\n"
+    )
+    provider = LocalProvider(env.tmp / "machines")
+    try:
+        r = crc("up", str(path))
+        assert r.returncode == 0, r.stdout + r.stderr
+        c_id = next(i.id for i in provider.list("shrink") if i.name == "c")
+        path.write_text(
+            "name: shrink\nprovider: local\ntimeouts: {ready: 60s}\nmachines: {a: , b: }\n"
+        )
+        r = crc("up", str(path))
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "all 2 machines ready" in r.stdout, r.stdout
+        # Only the machines of the file are shown among those waited for.
+        assert not [ln for ln in r.stdout.splitlines() if ln.split()[:1] == ["c"]], r.stdout
+        assert (
+            f"warning: 1 machine(s) of shrink are no longer in {path} but still run at "
+            f"local and in group shrink (on a cloud they cost money): c ({c_id})"
+        ) in r.stderr, r.stderr
+        assert f"`crc down {path}` (it destroys every machine of the scenario) then" in r.stderr
+        assert sorted(i.name for i in provider.list("shrink")) == ["a", "b", "c"]
+
+        r = crc("up", str(path), "--json")
+        assert r.returncode == 0, r.stdout + r.stderr
+        out = lines(r.stdout)
+        (summary,) = [o for o in out if o["event"] == "summary"]
+        assert summary["not_in_file"] == [{"machine": "c", "instances": [c_id]}]
+        assert [m["name"] for m in summary["machines"]] == ["a", "b"]
+        assert not [o for o in out if o["event"] == "machine" and o["machine"] == "c"]
+
+        r = crc("down", str(path))
+        assert r.returncode == 0, r.stdout + r.stderr
+        _nothing_left(provider, "shrink")
+    finally:
+        for inst in provider.list("shrink"):
+            provider.destroy(inst.id)

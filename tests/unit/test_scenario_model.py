@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import textwrap
 import threading
 from importlib import resources
@@ -293,7 +295,15 @@ def test_yaml_that_has_no_value_is_a_problem_not_a_crash(text, expected):
         ),
         (
             "name: a\nmachines: {a: }\ntimeouts: {ready: " + "9" * 5000 + "}\n",
-            "s.yaml:3:19: not valid YAML: Exceeds the limit (4300 digits)",
+            "s.yaml:3:19: timeouts.ready: number too large (5000 digits)",
+        ),
+        (
+            "name: a\nmachines: {a: }\nsteps:\n  - {run: x, timeout: " + "9" * 5000 + "}\n",
+            "s.yaml:4:23: steps.run-1.timeout: number too large (5000 digits)",
+        ),
+        (
+            "name: a\nmachines: {a: }\nvariables: {n: [1, -" + "9" * 5000 + "]}\n",
+            "s.yaml:3:20: variables: number too large (5000 digits)",
         ),
     ],
 )
@@ -322,11 +332,11 @@ def test_a_push_of_a_directory_or_a_device_says_what_it_is(tmp_path):
     assert [p.split(": ", 2)[1:] for p in got] == [
         [
             "steps.d.push.src",
-            f"{tmp_path} is not a regular file (a directory or a device): push sends one file",
+            f"{tmp_path} is not a regular file but a directory: push sends one file",
         ],
         [
             "steps.z.push.src",
-            "/dev/zero is not a regular file (a directory or a device): push sends one file",
+            "/dev/zero is not a regular file but a device: push sends one file",
         ],
         ["steps.n.push.src", f"no such file: {tmp_path}/none"],
     ]
@@ -557,16 +567,58 @@ def test_a_command_the_agent_would_refuse_is_refused_at_load():
 
 
 def test_files_are_read_only_up_to_their_bound(tmp_path):
-    """A scenario or a script step naming /dev/zero (or any endless or huge file) is
-    refused at load, after reading one byte more than the bound."""
+    """A scenario or a script step naming a huge file is refused at load, after reading
+    one byte more than the bound."""
+    huge = tmp_path / "huge"
+    with huge.open("wb") as fh:
+        fh.truncate((4 << 20) + 1)  # sparse: nothing written
     with pytest.raises(InvalidInput, match="over 4096 KiB, the most a scenario may be"):
-        load_scenario("/dev/zero")
+        load_scenario(huge)
     path = tmp_path / "s.yaml"
-    path.write_text("name: lab\nmachines: {a: }\nsteps:\n  - script: /dev/zero\n")
+    path.write_text(f"name: lab\nmachines: {{a: }}\nsteps:\n  - script: {huge}\n")
     with pytest.raises(ScenarioError) as info:
         load_scenario(path)
     [problem] = info.value.problems
-    assert "steps.script-1.script: /dev/zero is over 128 KiB" in str(problem), problem
+    assert f"steps.script-1.script: {huge} is over 128 KiB" in str(problem), problem
+
+
+def test_a_fifo_a_device_a_socket_or_a_directory_is_refused_before_it_is_opened(tmp_path):
+    """Only a regular file is read: opening a FIFO would wait for a writer for ever, and
+    a device such as /dev/zero never ends. Each is refused by name and kind, as the
+    scenario file, a step's script or a push's src."""
+    fifo = tmp_path / "ff.yaml"
+    os.mkfifo(fifo)
+    sock_path = tmp_path / "s.sock"
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(sock_path))
+    try:
+        for path, kind in [
+            (fifo, "a FIFO"),
+            (Path("/dev/zero"), "a device"),
+            (sock_path, "a socket"),
+            (tmp_path, "a directory"),
+        ]:
+            with pytest.raises(InvalidInput) as err:
+                load_scenario(path)
+            assert err.value.message == (
+                f"{path} is not a regular file but {kind}: a scenario is read from a "
+                "regular file only"
+            )
+        path = tmp_path / "s.yaml"
+        path.write_text(
+            "name: lab\nmachines: {a: }\nsteps:\n  - script: ff.yaml\n"
+            "  - push: {src: s.sock, dest: /tmp/x}\n"
+        )
+        with pytest.raises(ScenarioError) as info:
+            load_scenario(path)
+        assert [f"{p.field}: {p.message}" for p in info.value.problems] == [
+            f"steps.script-1.script: {fifo} is not a regular file but a FIFO: a script "
+            "(a job's command) is read from a regular file only",
+            f"steps.push-2.push.src: {sock_path} is not a regular file but a socket: push "
+            "sends one file",
+        ]
+    finally:
+        sock.close()
 
 
 def test_a_few_lines_of_aliases_standing_for_billions_of_values_are_refused():
@@ -790,3 +842,52 @@ def test_vultr_options_are_checked_when_the_file_loads():
         """)
     assert ok.machine("a").image is None
     assert ok.machine("a").extra == {"snapshot_id": "9a1f"}
+
+
+def test_a_wrong_to_is_reported_and_the_steps_templates_are_checked_all_the_same():
+    """A `to:` naming no machine is its own problem: not a claim that the step's machines
+    run Linux and Windows, and the step's other problems are reported at once."""
+    assert problems("""\
+        name: d3
+        machines: {a: {}}
+        steps:
+          - name: s1
+            to: zz
+            run: "echo {{ vars.missing }}"
+        """) == [
+        "s.yaml:5:9: steps.s1.to: no machine zz in machines: (use a name, a,b, KEY=VALUE or all)",
+        "s.yaml:6:10: steps.s1.run: {{ vars.missing }}: no variable 'missing' in `variables:`",
+    ]
+    # Linux and Windows machines, and a `to:` that names neither: no guess about the shell.
+    got = problems("""\
+        name: d3
+        provider: vultr
+        defaults: {region: ewr, plan: vc2-1c-1gb, image: {linux: "2284", windows: "124"}}
+        machines: {a: {}, w: {os: windows}}
+        steps:
+          - {name: s1, to: role=x, run: "echo {{ vars.missing }}"}
+        """)
+    assert [p.split(": ", 2)[1:] for p in got] == [
+        ["steps.s1.to", "no machine has the label role=x"],
+        ["steps.s1.run", "{{ vars.missing }}: no variable 'missing' in `variables:`"],
+    ]
+
+
+def test_a_run_to_linux_and_windows_machines_names_the_shell_and_its_other_problems():
+    got = problems("""\
+        name: mixed
+        provider: vultr
+        defaults: {region: ewr, plan: vc2-1c-1gb, image: {linux: "2284", windows: "124"}}
+        machines: {a: {}, w: {os: windows}}
+        steps:
+          - {name: s1, run: "echo {{ vars.missing }}", env: {X: "{{ vars.gone }}"}}
+        """)
+    assert [p.split(": ", 2)[1:] for p in got] == [
+        [
+            "steps.s1.run",
+            "its machines run Linux and Windows: name the shell (shell: sh, bash, cmd or "
+            "powershell) so that template values can be quoted for it",
+        ],
+        ["steps.s1.run", "{{ vars.missing }}: no variable 'missing' in `variables:`"],
+        ["steps.s1.run", "{{ vars.gone }}: no variable 'gone' in `variables:`"],
+    ]

@@ -48,7 +48,10 @@ def up(scenario_file: str, rerun: bool, parallel: int, as_json: bool) -> None:
 
     Run it again after a failure, a crash or Ctrl-C: it resumes (no machine is made
     twice; steps that succeeded are not run again unless changed or --rerun).
-    Exit code: 0 if every step succeeded, 1 if one failed or was skipped.
+    Exit code: 0 if every step succeeded, 1 if one failed or was skipped, 2 for an
+    invalid file, 5 when another `crc up` or `crc down` of it runs or it needs `crc down`
+    first, 6 when machines are not ready in time, 8 for a provider error, 130 on Ctrl-C,
+    143 on SIGTERM, 129 on SIGHUP (docs/scenarios.md, "Output for programs").
     """
     from ..master.profile import load_profile
     from ..master.scenario.model import load_scenario
@@ -101,6 +104,21 @@ def up(scenario_file: str, rerun: bool, parallel: int, as_json: bool) -> None:
                     f"warning: second instance(s) of {scenario.name} still at "
                     f"{provider.name} ({twins}): they cost money until destroyed (in the "
                     f"provider's console, or with the rest by `crc down {file}`)",
+                    err=True,
+                )
+            if runner.not_in_file and not as_json:
+                # Machines the file no longer names: `crc up` neither waits for them nor
+                # destroys them; they keep running (and, on a cloud, costing money).
+                gone = ", ".join(
+                    name + (f" ({', '.join(ids)})" if ids else "")
+                    for name, ids in sorted(runner.not_in_file.items())
+                )
+                click.echo(
+                    f"warning: {len(runner.not_in_file)} machine(s) of {scenario.name} are "
+                    f"no longer in {file} but still run at {provider.name} and in group "
+                    f"{scenario.name} (on a cloud they cost money): {gone}; `crc up` "
+                    f"leaves them; to remove them, `crc down {file}` (it destroys every "
+                    f"machine of the scenario) then `crc up {file}`",
                     err=True,
                 )
             if rc != 0 and runner.uncertain and not as_json:

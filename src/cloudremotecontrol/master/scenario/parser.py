@@ -55,7 +55,7 @@ from .model import (
     Step,
     WaitAction,
 )
-from .yamlnodes import NodeReader, read_bounded
+from .yamlnodes import NodeReader, read_bounded, regular_file_problem
 
 #: The server refuses a group whose TTL is longer (server/ops/groups.py).
 MAX_GROUP_TTL = 365 * 86400
@@ -124,7 +124,11 @@ class ScenarioParser:
         root = r.root()
         if root is None:
             if not r.problems:
-                r.error(None, "", "empty file: a scenario needs name, machines and steps")
+                r.error(
+                    None,
+                    "",
+                    "empty file: a scenario needs a name and machines (steps are optional)",
+                )
             return None
         top = r.mapping(root, "", _TOP)
         if top is None:
@@ -169,7 +173,7 @@ class ScenarioParser:
                 self.step_timeout = r.duration(t["step"][1], "timeouts.step") or self.step_timeout
         if "variables" in top:
             node = top["variables"][1]
-            value = r.value(node)
+            value = r.value(node, "variables")
             if value is not None and not (
                 isinstance(value, dict) and all(isinstance(k, str) for k in value)
             ):
@@ -299,7 +303,7 @@ class ScenarioParser:
                     _check(r, spec["labels"][1], f"{path}.labels.{k}", check_label, k, v)
             extra: dict[str, Any] = {}
             if "provider" in spec:
-                value = r.value(spec["provider"][1])
+                value = r.value(spec["provider"][1], f"{path}.provider")
                 if not isinstance(value, dict):
                     r.error(
                         spec["provider"][1],
@@ -468,7 +472,7 @@ class ScenarioParser:
         )
         action = getattr(self, f"_{kind}")(e, e[kind][1], f"{label}.{kind}")
         if action is not None:
-            self._check_templates(action, e[kind][1], f"{label}.{kind}", targets or [])
+            self._check_templates(action, e[kind][1], f"{label}.{kind}", targets)
         if isinstance(action, RunAction) and timeout is not None and timeout > MAX_TIMEOUT_SECONDS:
             # The server refuses a longer job: say so now, not once the machines are made.
             r.error(
@@ -639,15 +643,11 @@ class ScenarioParser:
             rel = r.string(p["src"][1], f"{path}.src")
             if rel is not None:
                 src = self.base / rel
-                if not src.exists():
-                    r.error(p["src"][1], f"{path}.src", f"no such file: {src}")
-                elif not src.is_file():
-                    r.error(
-                        p["src"][1],
-                        f"{path}.src",
-                        f"{src} is not a regular file (a directory or a device): push sends "
-                        "one file",
-                    )
+                why = regular_file_problem(src)
+                if why is not None:
+                    if why.startswith(f"{src} is not"):
+                        why += ": push sends one file"
+                    r.error(p["src"][1], f"{path}.src", why)
         content = (
             r.string(p["content"][1], f"{path}.content", empty=True) if "content" in p else None
         )
@@ -726,7 +726,7 @@ class ScenarioParser:
         type_ = text if text.startswith("user.") else "user." + text
         if _check(r, p["type"][1], f"{path}.type", check_message_type, type_) is None:
             return None
-        body: Any = r.value(p["body"][1]) if "body" in p else {}
+        body: Any = r.value(p["body"][1], f"{path}.body") if "body" in p else {}
         if not isinstance(body, dict):
             r.error(p["body"][1], f"{path}.body", "expected a mapping (a JSON object)")
             return None
@@ -743,21 +743,27 @@ class ScenarioParser:
         return RebootAction()
 
     def _check_templates(
-        self, action: Action, node: yaml.Node, path: str, targets: list[str]
+        self, action: Action, node: yaml.Node, path: str, targets: list[str] | None
     ) -> None:
+        """Report the problems of the step's templates. ``targets`` None: its ``to:`` is
+        wrong (reported already), so any machine may be meant: its templates are checked
+        all the same, quoted for the shell of every machine when they share one."""
         texts: list[tuple[str, str | None]] = []  # (text, shell dialect if shell code)
         if isinstance(action, RunAction):
-            oses = [self.machines[t].os for t in targets if t in self.machines]
+            known = targets is not None
+            chosen = list(self.machines) if targets is None else targets
+            oses = [self.machines[t].os for t in chosen if t in self.machines]
             if action.command is not None:
                 dialect = shellquote.dialect_for(action.shell, oses)
-                if dialect is None and "{{" in action.command:
+                mixed = len({o == "windows" for o in oses}) > 1
+                if dialect is None and mixed and known and "{{" in action.command:
                     self.r.error(
                         node,
                         path,
                         "its machines run Linux and Windows: name the shell (shell: sh, "
                         "bash, cmd or powershell) so that template values can be quoted for it",
                     )
-                    return
+                # Without a dialect, its tags are still checked (names, variables).
                 texts.append((action.command, dialect))
             argv = action.argv or ()
             script = shellquote.argv_script(argv)

@@ -101,6 +101,9 @@ class Runner:
         # Machines whose create failed in a way that may have made them all the same (a
         # lost answer): the provider may list them only later.
         self.uncertain: list[str] = []
+        # Machines of the group or at the provider that the file no longer names: left
+        # running (never destroyed by `crc up`), named at the end. Name -> instance ids.
+        self.not_in_file: dict[str, list[str]] = {}
         self.results: dict[str, StepResult] = {}
         self.report = RunReporter(self.new_client(), self.group, self.view.info)
 
@@ -155,6 +158,11 @@ class Runner:
                 doc["interrupted"] = True
             if self.uncertain:  # creates without a clear answer: they may exist
                 doc["uncertain"] = list(self.uncertain)
+            if self.not_in_file:
+                doc["not_in_file"] = [
+                    {"machine": name, "instances": ids}
+                    for name, ids in sorted(self.not_in_file.items())
+                ]
             if self.twins_left:
                 doc["second_instances"] = [
                     {"machine": name, "instance": iid} for iid, name in self.twins_left.items()
@@ -236,6 +244,9 @@ class Runner:
                 f"scenario now says {s.provider}: `crc down --group {self.group}` it first"
             )
         have = {m["name"]: m for m in group["machines"]}
+        for name in have:
+            if name not in s.machine_names:
+                self.not_in_file.setdefault(name, [])
         added = [n for n in s.machine_names if n not in have]
         if added:
             raise DownFirst(
@@ -311,6 +322,8 @@ class Runner:
         for inst in p.list(self.group):
             name = tag_value(inst.tags, MACHINE_TAG_PREFIX) or inst.name
             found.setdefault(name, []).append(inst)
+            if name not in s.machine_names and not inst.leftover:
+                self.not_in_file.setdefault(name, []).append(inst.id)
         states = {m["name"]: m["state"] for m in group["machines"]}
         keys = self.state.keys
         known = self.state.instances
@@ -387,10 +400,11 @@ class Runner:
         deadline = time.monotonic() + s.ready_timeout
         cursor = c.event_cursor(self.group)
         states: dict[str, str] = {}
+        wanted = set(s.machine_names)
         for m in c.group(self.group)["machines"]:
             states[m["name"]] = m["state"]
-            self.view.machine(m["name"], m["state"], _progress_text(m.get("progress")))
-        wanted = set(s.machine_names)
+            if m["name"] in wanted:  # not those the file no longer names
+                self.view.machine(m["name"], m["state"], _progress_text(m.get("progress")))
         checked = time.monotonic()
         every = self.provider.capabilities.liveness_interval
 

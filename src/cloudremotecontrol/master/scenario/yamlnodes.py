@@ -11,7 +11,10 @@ which ``safe_load`` silently resolves to the last one, are a problem too.
 from __future__ import annotations
 
 import math
+import os
 import re
+import stat
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -32,6 +35,7 @@ __all__ = [
     "Where",
     "parse_duration",
     "read_bounded",
+    "regular_file_problem",
 ]
 
 MAX_SCENARIO_BYTES = 4 << 20  # a scenario file
@@ -130,15 +134,56 @@ def parse_duration(value: object, maximum: float = MAX_DURATION) -> float:
     return seconds
 
 
-def read_bounded(path: Path, limit: int, what: str) -> str:
-    """The UTF-8 text of ``path`` (a file, a pipe) with its line ends made ``\n`` (as
-    ``read_text`` does: a script saved on Windows runs in sh), refused past ``limit``
-    bytes without reading further (``/dev/zero`` is not read for ever)."""
+def _kind(mode: int) -> str:
+    """What a file that is not a regular one is, for messages."""
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a device"
+
+
+def regular_file_problem(path: Path) -> str | None:
+    """Why ``path`` is not a regular file that can be read (it does not exist, or is a
+    FIFO, a device, a socket or a directory), or None when it is one. Only ``stat``:
+    nothing is opened (opening a FIFO waits for a writer)."""
     try:
-        with open(path, "rb") as fh:
-            data = fh.read(limit + 1)
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return f"no such file: {path}"
+    except OSError as exc:
+        return f"cannot read {path}: {exc.strerror or exc}"
+    if stat.S_ISREG(mode):
+        return None
+    return f"{path} is not a regular file but {_kind(mode)}"
+
+
+def read_bounded(path: Path, limit: int, what: str) -> str:
+    """The UTF-8 text of the regular file ``path`` with its line ends made ``\n`` (as
+    ``read_text`` does: a script saved on Windows runs in sh), refused past ``limit``
+    bytes without reading further. Anything else (a FIFO, a device such as
+    ``/dev/zero``, a socket, a directory) is refused before it is read: opened without
+    waiting (``O_NONBLOCK``: a FIFO would wait for a writer for ever), then checked."""
+    why = regular_file_problem(path)
+    if why is not None and why.startswith(f"{path} is not"):
+        raise InvalidInput(f"{why}: {what} is read from a regular file only")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_BINARY", 0))
     except OSError as exc:
         raise InvalidInput(f"cannot read {path}: {exc.strerror or exc}") from None
+    with os.fdopen(fd, "rb") as fh:
+        mode = os.fstat(fd).st_mode  # the file opened (not replaced since the stat)
+        if not stat.S_ISREG(mode):
+            raise InvalidInput(
+                f"{path} is not a regular file but {_kind(mode)}: {what} is read from a "
+                "regular file only"
+            )
+        try:
+            data = fh.read(limit + 1)
+        except OSError as exc:
+            raise InvalidInput(f"cannot read {path}: {exc.strerror or exc}") from None
     if len(data) > limit:
         raise InvalidInput(f"{path} is over {limit >> 10} KiB, the most {what} may be")
     try:
@@ -188,6 +233,28 @@ def _children(node: yaml.Node) -> list[yaml.Node]:
     if isinstance(node, yaml.MappingNode):
         return [n for pair in node.value for n in pair]
     return []
+
+
+_INT_TAG = "tag:yaml.org,2002:int"
+
+
+def _huge_integer(node: yaml.Node) -> yaml.ScalarNode | None:
+    """The integer scalar of ``node``'s subtree with more digits than Python converts
+    (``sys.get_int_max_str_digits``, 4300 by default), or None."""
+    limit = getattr(sys, "get_int_max_str_digits", lambda: 4300)()
+    seen: set[int] = set()
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        if id(n) in seen:
+            continue
+        seen.add(id(n))
+        if isinstance(n, yaml.ScalarNode):
+            if n.tag == _INT_TAG and limit and sum(c.isdigit() for c in n.value) > limit:
+                return n
+        else:
+            stack.extend(_children(n))
+    return None
 
 
 class NodeReader:
@@ -258,14 +325,22 @@ class NodeReader:
             self.problems.append(Problem(Where(self.file, 1, 1), "", "nested too deeply"))
         return None
 
-    def value(self, node: yaml.Node) -> Any:
+    def value(self, node: yaml.Node, path: str = "") -> Any:
         """The plain Python value of a subtree (scalars typed as YAML 1.1 says); ``None``,
-        with the problem recorded once, for one that has none: an alias inside itself
-        (``&x [*x]``), an unknown tag (``!foo``), a date that does not exist."""
+        with the problem recorded once (at ``path``), for one that has none: an alias
+        inside itself (``&x [*x]``), an unknown tag (``!foo``), a date that does not
+        exist, an integer of more digits than Python converts."""
         try:
             return self.loader.construct_object(node, deep=True)
         except (yaml.YAMLError, ValueError, OverflowError, RecursionError) as exc:
-            if id(node) not in self._unreadable:
+            huge = _huge_integer(node) if isinstance(exc, ValueError) else None
+            if huge is not None and id(node) not in self._unreadable:
+                digits = sum(c.isdigit() for c in huge.value)
+                self.problems.append(
+                    Problem(self.where(huge), path, f"number too large ({digits} digits)")
+                )
+                self._unreadable.add(id(node))
+            elif id(node) not in self._unreadable:
                 problem = getattr(exc, "problem", None) or str(exc)
                 if isinstance(exc, RecursionError):
                     problem = "nested too deeply"
@@ -283,7 +358,7 @@ class NodeReader:
         self.loader.flatten_mapping(node)  # YAML merge keys (<<: *anchor)
         out: dict[str, tuple[yaml.Node, yaml.Node]] = {}
         for knode, vnode in node.value:
-            key = self.value(knode) if isinstance(knode, yaml.ScalarNode) else None
+            key = self.value(knode, path) if isinstance(knode, yaml.ScalarNode) else None
             if not isinstance(key, str):
                 self.error(knode, path, _not_a_name(knode, key, allowed))
                 continue
@@ -298,7 +373,7 @@ class NodeReader:
         return out
 
     def string(self, node: yaml.Node, path: str, *, empty: bool = False) -> str | None:
-        value = self.value(node) if isinstance(node, yaml.ScalarNode) else None
+        value = self.value(node, path) if isinstance(node, yaml.ScalarNode) else None
         if isinstance(value, bool) or value is None or not isinstance(value, (str, int, float)):
             self.error(node, path, "expected a string")
             return None
@@ -309,7 +384,7 @@ class NodeReader:
         return text
 
     def str_list(self, node: yaml.Node, path: str) -> list[str] | None:
-        if isinstance(node, yaml.ScalarNode) and self.value(node) is not None:
+        if isinstance(node, yaml.ScalarNode) and self.value(node, path) is not None:
             one = self.string(node, path)
             return None if one is None else [one]
         if isinstance(node, yaml.ScalarNode):  # null: the empty list
@@ -334,14 +409,14 @@ class NodeReader:
     def integer(
         self, node: yaml.Node, path: str, minimum: int = 0, maximum: int = 100
     ) -> int | None:
-        value = self.value(node) if isinstance(node, yaml.ScalarNode) else None
+        value = self.value(node, path) if isinstance(node, yaml.ScalarNode) else None
         if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
             self.error(node, path, f"expected a whole number from {minimum} to {maximum}")
             return None
         return value
 
     def duration(self, node: yaml.Node, path: str, maximum: float = MAX_DURATION) -> float | None:
-        value = self.value(node) if isinstance(node, yaml.ScalarNode) else None
+        value = self.value(node, path) if isinstance(node, yaml.ScalarNode) else None
         try:
             return parse_duration(value, maximum)
         except ValueError as exc:
