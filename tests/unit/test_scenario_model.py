@@ -582,18 +582,21 @@ def test_files_are_read_only_up_to_their_bound(tmp_path):
     assert f"steps.script-1.script: {huge} is over 128 KiB" in str(problem), problem
 
 
-def test_a_fifo_a_device_a_socket_or_a_directory_is_refused_before_it_is_opened(tmp_path):
-    """Only a regular file is read: opening a FIFO would wait for a writer for ever, and
-    a device such as /dev/zero never ends. Each is refused by name and kind, as the
-    scenario file, a step's script or a push's src."""
+def test_a_device_a_socket_or_a_directory_is_refused_and_a_fifo_never_waited_for(tmp_path):
+    """A regular file, or a pipe, is read: a device such as /dev/zero never ends, and is
+    refused by name and kind, as a socket or a directory is, as the scenario file, a
+    step's script or a push's src. A FIFO no program writes to used to be opened and
+    waited on for ever: it reads as empty at once (a scenario) and a push refuses it."""
     fifo = tmp_path / "ff.yaml"
     os.mkfifo(fifo)
     sock_path = tmp_path / "s.sock"
     sock = socket.socket(socket.AF_UNIX)
     sock.bind(str(sock_path))
     try:
+        with pytest.raises(ScenarioError) as info:
+            load_scenario(fifo)
+        assert "empty file" in str(info.value.problems[0]), info.value.problems
         for path, kind in [
-            (fifo, "a FIFO"),
             (Path("/dev/zero"), "a device"),
             (sock_path, "a socket"),
             (tmp_path, "a directory"),
@@ -606,19 +609,32 @@ def test_a_fifo_a_device_a_socket_or_a_directory_is_refused_before_it_is_opened(
             )
         path = tmp_path / "s.yaml"
         path.write_text(
-            "name: lab\nmachines: {a: }\nsteps:\n  - script: ff.yaml\n"
-            "  - push: {src: s.sock, dest: /tmp/x}\n"
+            "name: lab\nmachines: {a: }\nsteps:\n  - script: /dev/zero\n"
+            "  - push: {src: s.sock, dest: /tmp/x}\n  - push: {src: ff.yaml, dest: /tmp/y}\n"
         )
         with pytest.raises(ScenarioError) as info:
             load_scenario(path)
         assert [f"{p.field}: {p.message}" for p in info.value.problems] == [
-            f"steps.script-1.script: {fifo} is not a regular file but a FIFO: a script "
+            "steps.script-1.script: /dev/zero is not a regular file but a device: a script "
             "(a job's command) is read from a regular file only",
             f"steps.push-2.push.src: {sock_path} is not a regular file but a socket: push "
             "sends one file",
+            f"steps.push-3.push.src: {fifo} is not a regular file but a FIFO: push sends one file",
         ]
     finally:
         sock.close()
+
+
+def test_a_scenario_is_read_from_a_pipe_as_a_shell_gives_one(tmp_path):
+    # crc up <(envsubst < lab.yaml): a pipe with its writer, read to its end.
+    read_fd, write_fd = os.pipe()
+    with os.fdopen(write_fd, "w") as w:
+        w.write("name: lab\nmachines: {a: }\nsteps:\n  - run: echo hi\n")
+    try:
+        s = load_scenario(Path(f"/dev/fd/{read_fd}"))
+    finally:
+        os.close(read_fd)
+    assert s.name == "lab" and [m.name for m in s.machines] == ["a"]
 
 
 def test_a_few_lines_of_aliases_standing_for_billions_of_values_are_refused():

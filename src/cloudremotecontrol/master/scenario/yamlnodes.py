@@ -160,22 +160,34 @@ def regular_file_problem(path: Path) -> str | None:
     return f"{path} is not a regular file but {_kind(mode)}"
 
 
-def read_bounded(path: Path, limit: int, what: str) -> str:
-    """The UTF-8 text of the regular file ``path`` with its line ends made ``\n`` (as
-    ``read_text`` does: a script saved on Windows runs in sh), refused past ``limit``
-    bytes without reading further. Anything else (a FIFO, a device such as
-    ``/dev/zero``, a socket, a directory) is refused before it is read: opened without
-    waiting (``O_NONBLOCK``: a FIFO would wait for a writer for ever), then checked."""
-    why = regular_file_problem(path)
-    if why is not None and why.startswith(f"{path} is not"):
-        raise InvalidInput(f"{why}: {what} is read from a regular file only")
+def _is_fifo(path: Path) -> bool:
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_BINARY", 0))
+        return stat.S_ISFIFO(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+def read_bounded(path: Path, limit: int, what: str) -> str:
+    """The UTF-8 text of ``path`` (a regular file, or a pipe: ``crc up <(envsubst <
+    lab.yaml)``) with its line ends made ``\n`` (as ``read_text`` does: a script saved
+    on Windows runs in sh), refused past ``limit`` bytes without reading further.
+    Anything else (a device such as ``/dev/zero``, a socket, a directory) is refused
+    before it is read. It is opened without waiting (``O_NONBLOCK``): a named FIFO no
+    program writes to reads as empty at once, where a plain open would wait for a
+    writer for ever."""
+    why = regular_file_problem(path)
+    if why is not None and why.startswith(f"{path} is not") and not _is_fifo(path):
+        raise InvalidInput(f"{why}: {what} is read from a regular file only")
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(path, flags)
     except OSError as exc:
         raise InvalidInput(f"cannot read {path}: {exc.strerror or exc}") from None
     with os.fdopen(fd, "rb") as fh:
         mode = os.fstat(fd).st_mode  # the file opened (not replaced since the stat)
-        if not stat.S_ISREG(mode):
+        if stat.S_ISFIFO(mode):
+            os.set_blocking(fd, True)  # opened: now read what its writer sends, to EOF
+        elif not stat.S_ISREG(mode):
             raise InvalidInput(
                 f"{path} is not a regular file but {_kind(mode)}: {what} is read from a "
                 "regular file only"
