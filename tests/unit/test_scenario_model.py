@@ -740,6 +740,81 @@ def test_steps_done_before_are_not_run_again():
     assert sorted(ran) == ["after", "alone", "join"]
 
 
+@pytest.mark.parametrize("when", ["cancelling", "awaiting"])
+def test_a_second_ctrl_c_still_reports_every_step(monkeypatch, when):
+    """Ctrl-C while a step runs, then another while its job is being cancelled or while
+    the step is awaited: the step is reported failed ("interrupted") all the same, the
+    steps after it skipped; none is left out of the results (the summary). The moments
+    are forced: each Ctrl-C is a KeyboardInterrupt raised where the signal would land."""
+    from concurrent.futures import Future
+
+    from cloudremotecontrol.master.scenario import graph
+
+    s = parse("""\
+        name: lab
+        machines: {a: }
+        steps:
+          - {name: hello, run: "true"}
+          - {name: slow, run: "true"}
+          - {name: after, run: "true"}
+        """)
+    slow_runs, released, stop = threading.Event(), threading.Event(), threading.Event()
+    events: list[tuple[str, str, str | None]] = []
+
+    def execute(step, attempt):
+        if step.name == "slow":
+            slow_runs.set()
+            released.wait(20)  # until reported (before the fix: never)
+            return Outcome(False, "cancelled")
+        return Outcome(True)
+
+    def notify(event, step, data):
+        events.append((event, step.name, data.get("message")))
+        if (event, step.name) == ("failed", "slow"):
+            released.set()
+
+    waits = [graph.wait, None]  # the first wait (for hello) is a real one
+
+    def ctrl_c_once_slow_runs(fs, return_when):
+        real = waits.pop(0)
+        if real is not None:
+            return real(fs, return_when=return_when)
+        assert slow_runs.wait(20)
+        raise KeyboardInterrupt
+
+    def second_ctrl_c() -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(graph, "wait", ctrl_c_once_slow_runs)
+    if when == "awaiting":
+        result = Future.result
+
+        def awaited(self, timeout=None):
+            if stop.is_set():
+                raise KeyboardInterrupt
+            return result(self, timeout)
+
+        monkeypatch.setattr(Future, "result", awaited)
+    results: dict = {}
+    with pytest.raises(KeyboardInterrupt):
+        run_steps(
+            s.steps,
+            execute,
+            notify=notify,
+            stop=stop,
+            on_interrupt=second_ctrl_c if when == "cancelling" else None,
+            results=results,
+        )
+    got = {n: (r.status, r.attempts, r.message) for n, r in results.items()}
+    assert got == {
+        "hello": ("succeeded", 1, ""),
+        "slow": ("failed", 1, "interrupted"),
+        "after": ("skipped", 0, "interrupted"),
+    }
+    assert ("failed", "slow", "interrupted") in events
+    assert ("skipped", "after", "interrupted") in events
+
+
 def test_the_vultr_example_is_valid():
     path = Path(__file__).resolve().parents[2] / "examples" / "vultr-seed.yaml"
     s = load_scenario(path)

@@ -122,6 +122,37 @@ def _ended(step: Step, result: StepResult, results: dict[str, StepResult], notif
     )
 
 
+def _interrupted(
+    running: Iterable[Step],
+    pending: Iterable[Step],
+    begun: dict[str, tuple[int, float]],
+    results: dict[str, StepResult],
+    notify: Notify,
+    clock: Callable[[], float],
+) -> None:
+    """Ctrl-C: the steps running (and not awaited) failed, the others are skipped. Every
+    result is in place before anything is said, so that a further Ctrl-C while it is
+    said loses none."""
+    said: list[tuple[str, Step]] = []
+    for step in running:
+        if step.name not in results:
+            attempts, since = begun.get(step.name, (1, clock()))
+            results[step.name] = StepResult(
+                step.name, "failed", attempts, "interrupted", clock() - since
+            )
+            said.append(("failed", step))
+    for step in pending:
+        if step.name not in results:
+            results[step.name] = StepResult(step.name, "skipped", message="interrupted")
+            said.append(("skipped", step))
+    for status, step in said:
+        r = results[step.name]
+        data: dict[str, Any] = {"message": r.message}
+        if status == "failed":
+            data.update(attempts=r.attempts, seconds=r.seconds)
+        notify(status, step, data)
+
+
 def run_steps(
     steps: Sequence[Step],
     execute: Execute,
@@ -143,7 +174,17 @@ def run_steps(
     ("interrupted"), and the interrupt is re-raised: ``results`` (filled as steps end)
     then holds what happened.
     """
-    notify = notify or (lambda event, step, data: None)
+    told: Notify = notify or (lambda event, step, data: None)
+    # The attempt each running step is at, and when it started (for a Ctrl-C).
+    begun: dict[str, tuple[int, float]] = {}
+
+    def tracked(event: str, step: Step, data: dict[str, Any]) -> None:
+        if event == "started":
+            begun[step.name] = (data["attempt"], begun.get(step.name, (0, clock()))[1])
+        told(event, step, data)
+
+    notify = tracked
+
     stop = stop or threading.Event()
     results = {} if results is None else results
     finished = set(done)
@@ -175,6 +216,7 @@ def run_steps(
                             del pending[name]
                             changed = True
                         elif all(r is not None for r in needs) and len(running) < max_parallel:
+                            begun[name] = (1, clock())
                             fut = pool.submit(_attempts, step, execute, notify, stop, clock)
                             running[fut] = step
                             del pending[name]
@@ -185,13 +227,17 @@ def run_steps(
                     _ended(running.pop(fut), fut.result(), results, notify)
         except KeyboardInterrupt:
             stop.set()
-            if on_interrupt is not None:
-                on_interrupt()
-            for fut, step in running.items():
-                _ended(step, fut.result(), results, notify)
-            for name, step in pending.items():
-                results[name] = StepResult(name, "skipped", message="interrupted")
-                notify("skipped", step, {"message": "interrupted"})
+            try:
+                if on_interrupt is not None:
+                    on_interrupt()
+                for fut, step in list(running.items()):
+                    result = fut.result()
+                    del running[fut]
+                    _ended(step, result, results, notify)
+            finally:
+                # A second Ctrl-C stops waiting for them: the steps still running are
+                # reported failed all the same, so that every step has its result.
+                _interrupted(running.values(), pending.values(), begun, results, notify, clock)
             raise
     for name, step in pending.items():  # only if ``needs`` had a cycle (model forbids it)
         results[name] = StepResult(name, "skipped", message="its needs never finished")

@@ -105,6 +105,8 @@ class StepExecutor:
 
     # -- entry points -------------------------------------------------------------------
     def __call__(self, step: Step, attempt: int) -> Outcome:
+        if self.stopped.is_set():  # Ctrl-C before this step started: nothing is begun
+            return Outcome(False, "interrupted")
         with self.client_factory() as c:
             ctx = template_context(
                 self.scenario,
@@ -183,6 +185,11 @@ class StepExecutor:
         job_id, targets = started["job_id"], started["targets"]
         with self._lock:
             self._jobs.add(job_id)
+        # Ctrl-C while the job was being started: ``cancel_all`` did not know of it yet
+        # (it sets ``stopped`` before it looks at ``_jobs``, so one of the two cancels it).
+        if self.stopped.is_set():
+            with contextlib.suppress(Exception):
+                c.cancel_job(job_id)
         results: dict[str, dict[str, Any]] = {}
         try:
             for ev in c.follow_job(job_id, targets):
