@@ -4,11 +4,13 @@ last one included, without another commit after it."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 import time
 from typing import Any
 
+from cloudremotecontrol.master.aclient import AsyncClient
 from cloudremotecontrol.master.client import Client
 
 
@@ -113,3 +115,47 @@ def test_a_ready_wait_whose_group_is_deleted_says_so(env: Any) -> None:
         cli.kill()
         cli.wait()
     assert cli.returncode == 4 and "Traceback" not in err, err
+
+
+def test_halt_ends_a_quiet_followed_stream_at_its_next_keepalive(env):
+    """``halt()`` ends a stream followed without ``keepalive=True`` when nothing happens
+    in its group: the server's keepalives (every 5 s) are where it looks. It waited for
+    the group's next event, for ever on a quiet group."""
+    quiet = "quiet"
+    env.client.create_group(quiet, ["a"])  # its machine never enrolls: nothing happens
+    c = Client(env.server.url, env.token, env.server.fingerprint)
+    ended = threading.Event()
+
+    def follow() -> None:
+        for _ in c.events(quiet, follow=True):
+            pass
+        ended.set()
+
+    reader = threading.Thread(target=follow, daemon=True)
+    reader.start()
+    try:
+        assert not ended.wait(1.0), "a followed stream ended by itself"
+        c.halt()
+        assert ended.wait(30), "halt() did not end the quiet stream"
+    finally:
+        c.halt()
+        if not ended.is_set():  # let a stuck reader go: its stream breaks, halted
+            env.server.stop()
+        reader.join(30)
+        c.close()
+
+    async def main() -> str:
+        async with AsyncClient(env.server.url, env.token, env.server.fingerprint) as ac:
+
+            async def follow_async() -> None:
+                async for _ in ac.events(quiet, follow=True):
+                    pass
+
+            task = asyncio.create_task(follow_async())
+            await asyncio.sleep(1.0)
+            assert not task.done(), "a followed stream ended by itself"
+            ac.halt()
+            await asyncio.wait_for(task, 30)
+            return "ended"
+
+    assert asyncio.run(main()) == "ended"

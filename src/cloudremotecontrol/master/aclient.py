@@ -260,6 +260,8 @@ class AsyncClient:
                 if item is KEEPALIVE:
                     if call.keepalive:
                         yield None
+                    elif self._halted:  # halted on a quiet stream: end it now
+                        return
                 elif item is not None:
                     call.params["since"] = item["cursor"]
                     yield Event.from_dict(item)

@@ -300,6 +300,8 @@ class Client:
                 if item is KEEPALIVE:
                     if call.keepalive:
                         yield None
+                    elif self._halted.is_set():  # halted on a quiet stream: end it now
+                        return
                 elif item is not None:
                     call.params["since"] = item["cursor"]
                     yield Event.from_dict(item)
