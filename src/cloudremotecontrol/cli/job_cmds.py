@@ -484,12 +484,28 @@ def job() -> None:
     """List, show and cancel jobs (what `crc run`, push, pull and hosts sync start)."""
 
 
+#: Jobs that are about one file, which their spec names (``path``).
+_FILE_KINDS = ("file.put", "file.get")
+
+
 def _what(spec: dict[str, Any]) -> str:
+    """What a job does, as ``crc job show`` prints it after its kind: the command, or
+    the path a push writes or a pull reads (raw: the caller escapes it)."""
     if spec.get("argv"):
         return " ".join(spec["argv"])
     if spec.get("command"):
         return str(spec["command"])
+    if spec.get("type") in _FILE_KINDS and spec.get("path"):
+        return str(spec["path"])
     return str(spec.get("type") or "-")
+
+
+def _listed_what(job: dict[str, Any]) -> str:
+    """The WHAT of ``crc job list``: a command, or a file job's kind and path."""
+    what = _what(job)
+    if job.get("type") in _FILE_KINDS and job.get("path"):
+        return f"{job['type']} {what}"
+    return what
 
 
 _JOB_ID = re.compile(r"[0-9a-fA-F]{32}")
@@ -527,7 +543,7 @@ def job_list(name: str, limit: int, as_json: bool) -> None:
                 j["by"],
                 j["target"],
                 ", ".join(f"{n} {s}" for s, n in sorted(j["statuses"].items())),
-                _what(j)[:60],
+                _listed_what(j)[:60],
             ]
             for j in jobs
         ],
