@@ -64,3 +64,33 @@ def test_no_signal_no_cancel() -> None:
     announced: list[dict[str, Any]] = []
     start_and_follow(c, _start_with(), as_json=False, announce=announced.append)
     assert c.cancelled == [] and announced == [STARTED]
+
+
+def test_a_ctrl_c_just_after_the_announcement_cancels_the_job(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A Ctrl-C that lands after crc said the job's id (and which targets are not
+    connected), while it sets about following the job, cancels it too: it does not stop
+    crc and leave the job waiting for its targets."""
+    import contextlib
+
+    from cloudremotecontrol.cli import job_cmds
+
+    real = job_cmds.stopped_as_by_ctrl_c
+
+    @contextlib.contextmanager
+    def signalled_first(once: bool = True) -> Iterator[None]:
+        os.kill(os.getpid(), signal.SIGINT)  # as following the job begins
+        with real(once):
+            yield
+
+    monkeypatch.setattr(job_cmds, "stopped_as_by_ctrl_c", signalled_first)
+    c = Recorder()
+    announced: list[dict[str, Any]] = []
+    try:
+        start_and_follow(c, _start_with(), as_json=False, announce=announced.append)
+    except KeyboardInterrupt:
+        pytest.fail(f"Ctrl-C stopped crc, the job left as it was (cancelled: {c.cancelled})")
+    assert announced == [STARTED] and c.cancelled == ["j1"]
+    assert "cancelling job j1 on every machine" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

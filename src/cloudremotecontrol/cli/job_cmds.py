@@ -66,8 +66,10 @@ def start_and_follow(
     announce: Callable[[dict[str, Any]], None] | None = None,
 ) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     """Start a job and follow it to the end (``follow_to_end``). A Ctrl-C, SIGTERM or
-    SIGHUP while it is being started is held until the job has an id, then cancels it
-    like one that comes later; a second one stops crc at once."""
+    SIGHUP while it is being started (or announced) is held until ``follow_to_end`` is
+    ready to cancel the job, then cancels it like one that comes later (one just after
+    the announcement must not stop crc and leave the job waiting); a second one stops
+    crc at once."""
     held: list[str] = []
 
     def hold(signum: int, frame: Any) -> None:
@@ -78,6 +80,11 @@ def start_and_follow(
 
     wanted = [s for s in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, s)]
     old = {name: signal.signal(getattr(signal, name), hold) for name in wanted}
+
+    def restore(names: list[str]) -> None:
+        for name in names:
+            signal.signal(getattr(signal, name), old[name])
+
     try:
         started = start()
         if announce is not None:
@@ -85,10 +92,13 @@ def start_and_follow(
                 announce(started)
             except BrokenPipeError:
                 _output_closed(c, started["job_id"])
+        # Still held until follow_to_end is ready: it then takes SIGTERM and SIGHUP as
+        # Ctrl-C, and Ctrl-C's own handler is put back (``ready``).
+        return started, follow_to_end(
+            c, started, as_json, show_output, held, ready=lambda: restore(["SIGINT"])
+        )
     finally:
-        for name, handler in old.items():
-            signal.signal(getattr(signal, name), handler)
-    return started, follow_to_end(c, started, as_json, show_output, held)
+        restore(wanted)
 
 
 def follow_to_end(
@@ -97,11 +107,13 @@ def follow_to_end(
     as_json: bool,
     show_output: bool = True,
     held: list[str] | None = None,
+    ready: Callable[[], None] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Show a job's events until every target finished; cancel it on Ctrl-C, SIGTERM or
     SIGHUP (and keep following until the targets say they stopped), or at once when
-    ``held`` names one that came while the job was being started. The results by
-    machine."""
+    ``held`` names one that came while the job was being started. ``ready`` is called
+    once a Ctrl-C would cancel the job (it puts back Ctrl-C's own handler, before
+    ``held`` is looked at). The results by machine."""
     job_id = started["job_id"]
     results: dict[str, dict[str, Any]] = {}
     joiner = LineJoiner()
@@ -111,6 +123,9 @@ def follow_to_end(
         while True:
             left = [t for t in started["targets"] if t not in results]
             try:
+                if ready is not None:
+                    ready()
+                    ready = None
                 if held and not cancelled:
                     why = held.pop()
                     raise KeyboardInterrupt("Ctrl-C" if why == "SIGINT" else why)
@@ -227,9 +242,12 @@ def _announce(started: dict[str, Any], group: str, as_json: bool) -> None:
         click.echo(f"job {started['job_id']} on {', '.join(started['targets'])}", err=True)
 
 
-def _note_unconnected(c: Any, started: dict[str, Any], group: str) -> None:
+def _note_unconnected(
+    c: Any, started: dict[str, Any], group: str, deliver_within: bool = False
+) -> None:
     """Say on stderr which targets are not connected (offline, or never enrolled): the
-    job waits for them, else ``crc run`` would sit there saying nothing."""
+    job waits for them, else crc would sit there saying nothing. ``deliver_within``:
+    the command has that option (``crc run``), which the note then names."""
     from ..errors import CrcError
 
     try:
@@ -238,17 +256,22 @@ def _note_unconnected(c: Any, started: dict[str, Any], group: str) -> None:
         return  # only a hint: the job is started, follow it
     away = [t for t in started["targets"] if states.get(t) in ("offline", "pending")]
     if away:
-        shown = ", ".join(f"{t} ({states[t]})" for t in away)
+        shown = ", ".join(f"{safe(t)} ({states[t]})" for t in away)
+        limit = "--deliver-within sets a limit, " if deliver_within else ""
         click.echo(
             f"crc: not connected: {shown}; the job waits until they connect "
-            "(--deliver-within sets a limit, Ctrl-C cancels it)",
+            f"({limit}Ctrl-C cancels it)",
             err=True,
         )
 
 
-def _announce_run(c: Any, started: dict[str, Any], group: str, as_json: bool) -> None:
+def _announce_job(
+    c: Any, started: dict[str, Any], group: str, as_json: bool, deliver_within: bool = False
+) -> None:
+    """What every job command (run, push, pull, hosts sync) says once its job is
+    started: its id and targets, and which of them are not connected."""
     _announce(started, group, as_json)
-    _note_unconnected(c, started, group)
+    _note_unconnected(c, started, group, deliver_within)
 
 
 @click.command(cls=TrailingCommand)
@@ -364,7 +387,7 @@ def run(
             c,
             lambda: dict(c.start_job(name, to, **spec)),
             as_json,
-            announce=lambda started: _announce_run(c, started, name, as_json),
+            announce=lambda started: _announce_job(c, started, name, as_json, True),
         )
     sys.exit(worst_exit_code(results))
 
@@ -403,7 +426,7 @@ def hosts_sync(name: str, to: str, ip: str, as_json: bool) -> None:
             c,
             lambda: dict(c.hosts_sync(name, to, ip)),
             as_json,
-            announce=(lambda started: _announce(started, name, as_json)) if as_json else None,
+            announce=lambda started: _announce_job(c, started, name, as_json),
         )
     sys.exit(worst_exit_code(results))
 
@@ -421,7 +444,10 @@ def push(
     name: str, to: str, local: str, remote: str, mode: str | None, owner: str | None, as_json: bool
 ) -> None:
     """Copy LOCAL to REMOTE (an absolute path) on machines: uploaded once, fetched by
-    each machine over HTTPS, verified by SHA-256, written atomically."""
+    each machine over HTTPS, verified by SHA-256, written atomically.
+
+    Says the job's id on stderr, and which machines are not connected: the job waits
+    for them (Ctrl-C cancels it)."""
     from ..master.client import worst_exit_code
 
     with _client() as c:
@@ -429,7 +455,7 @@ def push(
             c,
             lambda: dict(c.push(name, to, local, remote, mode, owner)),
             as_json,
-            announce=(lambda started: _announce(started, name, as_json)) if as_json else None,
+            announce=lambda started: _announce_job(c, started, name, as_json),
         )
     sys.exit(worst_exit_code(results))
 
@@ -442,13 +468,20 @@ def push(
 @error_exit_option
 @json_option
 def pull(name: str, machine: str, remote: str, local: str, as_json: bool) -> None:
-    """Copy REMOTE from one machine to LOCAL here (verified by SHA-256)."""
+    """Copy REMOTE from one machine to LOCAL here (verified by SHA-256).
+
+    Says the job's id on stderr, and whether the machine is not connected: the job
+    waits for it (Ctrl-C cancels it)."""
     from ..master.client import check_download_target, worst_exit_code
 
     check_download_target(local)  # before the job: it would run for nothing
     with _client() as c:
         started, results = start_and_follow(
-            c, lambda: dict(c.start_pull(name, machine, remote)), as_json, show_output=False
+            c,
+            lambda: dict(c.start_pull(name, machine, remote)),
+            as_json,
+            show_output=False,
+            announce=lambda started: _announce_job(c, started, name, as_json),
         )
         rc = worst_exit_code(results)
         if rc == 0:
@@ -465,12 +498,28 @@ def job() -> None:
     """List, show and cancel jobs (what `crc run`, push, pull and hosts sync start)."""
 
 
+#: Jobs that are about one file, which their spec names (``path``).
+_FILE_KINDS = ("file.put", "file.get")
+
+
 def _what(spec: dict[str, Any]) -> str:
+    """What a job does, as ``crc job show`` prints it after its kind: the command, or
+    the path a push writes or a pull reads (raw: the caller escapes it)."""
     if spec.get("argv"):
         return " ".join(spec["argv"])
     if spec.get("command"):
         return str(spec["command"])
+    if spec.get("type") in _FILE_KINDS and spec.get("path"):
+        return str(spec["path"])
     return str(spec.get("type") or "-")
+
+
+def _listed_what(job: dict[str, Any]) -> str:
+    """The WHAT of ``crc job list``: a command, or a file job's kind and path."""
+    what = _what(job)
+    if job.get("type") in _FILE_KINDS and job.get("path"):
+        return f"{job['type']} {what}"
+    return what
 
 
 _JOB_ID = re.compile(r"[0-9a-fA-F]{32}")
@@ -508,7 +557,7 @@ def job_list(name: str, limit: int, as_json: bool) -> None:
                 j["by"],
                 j["target"],
                 ", ".join(f"{n} {s}" for s, n in sorted(j["statuses"].items())),
-                _what(j)[:60],
+                _listed_what(j)[:60],
             ]
             for j in jobs
         ],

@@ -40,7 +40,10 @@ def server() -> None:
 
 @server.command()
 @click.option("--data-dir", envvar="CRC_DATA_DIR", help=DATA_DIR_HELP)
-@click.option("--listen", default="0.0.0.0:8443", show_default=True, help="HOST:PORT to serve on.")
+@click.option(
+    "--listen",
+    help="HOST:PORT to serve on (default: 0.0.0.0 on the --url's port, else 0.0.0.0:8443).",
+)
 @click.option(
     "--url",
     help="Public URL agents and masters use (default: guessed from this machine's address).",
@@ -50,15 +53,20 @@ def server() -> None:
 @json_option
 def init(
     data_dir: str | None,
-    listen: str,
+    listen: str | None,
     url: str | None,
     san: tuple[str, ...],
     force: bool,
     as_json: bool,
 ) -> None:
     """Create a data directory with a self-signed TLS certificate; print URL and
-    fingerprint (give both to `crc login` and to agents)."""
-    from ..server.config import init_data_dir
+    fingerprint (give both to `crc login` and to agents), and the address it listens on.
+
+    Without --listen, the server listens on the port --url names (on every address); a
+    --url port that differs from the listen port gets a warning on stderr (only a proxy
+    or a port forward then makes the URL reach the server).
+    """
+    from ..server.config import init_data_dir, parse_listen, url_port
     from ..server.teardown import load_cipher
 
     where = _data_dir(data_dir)
@@ -69,11 +77,27 @@ def init(
         raise InvalidInput(
             f"cannot make the server data directory {where}: {exc.strerror or exc}"
         ) from None
+    port, listen_port = url_port(cfg.url), parse_listen(cfg.listen)[1]
+    if port != listen_port:
+        click.echo(
+            f"crc: warning: the URL {cfg.url} is on port {port}, the server listens on "
+            f"{cfg.listen}: nothing answers at that URL unless a proxy or port forward "
+            f"carries port {port} to {listen_port} (--listen sets the listen address)",
+            err=True,
+        )
     if as_json:
-        emit_json({"url": cfg.url, "fingerprint": cfg.fingerprint, "data_dir": cfg.data_dir})
+        emit_json(
+            {
+                "url": cfg.url,
+                "listen": cfg.listen,
+                "fingerprint": cfg.fingerprint,
+                "data_dir": cfg.data_dir,
+            }
+        )
         return
     click.echo(f"data dir:     {cfg.data_dir}")
     click.echo(f"url:          {cfg.url}")
+    click.echo(f"listen:       {cfg.listen}")
     click.echo(f"fingerprint:  {cfg.fingerprint}")
     click.echo(f"next:         crc server run --data-dir {cfg.data_dir}")
 

@@ -35,9 +35,11 @@ __all__ = [
     "check_san",
     "check_server_url",
     "init_data_dir",
+    "listen_for",
     "load_config",
     "parse_listen",
     "parse_settings",
+    "url_port",
 ]
 
 DEFAULT_LISTEN = "0.0.0.0:8443"
@@ -235,6 +237,22 @@ def check_server_url(url: str) -> str:
     return url[:-1] if url.endswith("/") else url
 
 
+def url_port(url: str) -> int:
+    """The port a checked server URL names, else HTTPS's 443."""
+    return urlsplit(url).port or 443
+
+
+def listen_for(url: str | None, listen: str | None) -> str:
+    """What a new data directory listens on: ``listen`` when given; else the default
+    host on the port ``url`` names (so the server listens where the URL says it is),
+    else ``DEFAULT_LISTEN`` (also for a URL without a port: binding 443 needs root)."""
+    if listen is not None:
+        return listen
+    if url is not None and urlsplit(url).port is not None:
+        return f"{parse_listen(DEFAULT_LISTEN)[0]}:{url_port(url)}"
+    return DEFAULT_LISTEN
+
+
 def _guess_host() -> str:
     """An address other machines may reach this one by (the UDP trick sends nothing)."""
     try:
@@ -246,15 +264,17 @@ def _guess_host() -> str:
 
 
 def init_data_dir(
-    data_dir: Path, url: str | None, listen: str, names: list[str], force: bool = False
+    data_dir: Path, url: str | None, listen: str | None, names: list[str], force: bool = False
 ) -> ServerConfig:
+    """``listen`` None: ``listen_for`` the URL (its port, on the default host)."""
     from .tls import make_self_signed
 
     # Checked before anything is written: a bad URL or name never reaches server.json
     # or the certificate.
-    host, port = parse_listen(listen)
     if url is not None:
         url = check_server_url(url)
+    listen = listen_for(url, listen)
+    host, port = parse_listen(listen)
     names = [check_san(n) for n in names]
     data_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(data_dir, 0o700)

@@ -277,8 +277,9 @@ def job_view(tx: Tx, user_id: str, job_id: str) -> dict[str, Any]:
 
 
 def list_jobs(tx: Tx, user_id: str, group_name: str, limit: int = 50) -> list[dict[str, Any]]:
-    """The group's latest ``limit`` jobs, oldest first: what ran, where, and how it
-    ended per status (``{"succeeded": 2, "running": 1}``)."""
+    """The group's latest ``limit`` jobs, oldest first: what ran (a command, or a push's
+    or a pull's path), where, and how it ended per status (``{"succeeded": 2,
+    "running": 1}``)."""
     group = live_group(tx, user_id, group_name)
     rows = tx.all(
         "SELECT id, spec, target, created, created_by FROM jobs WHERE group_id = ? "
@@ -299,6 +300,7 @@ def list_jobs(tx: Tx, user_id: str, group_name: str, limit: int = 50) -> list[di
                 "target": row["target"],
                 "argv": spec.get("argv"),
                 "command": spec.get("command"),
+                "path": spec.get("path"),  # a push's or a pull's file
                 "created": row["created"],
                 "by": row["created_by"],
                 "statuses": counts,

@@ -1,0 +1,36 @@
+"""`crc job show` and `crc job list` say which file a push writes and a pull reads (the
+path the job's spec holds), escaped as every other text from the server is."""
+
+from __future__ import annotations
+
+import json
+
+HOSTILE = "/tmp/app\x1b[2J.conf"
+SHOWN = "/tmp/app\\x1b[2J.conf"
+
+
+def test_job_show_and_list_name_the_file_of_a_push_and_a_pull(env, crc, tmp_path):
+    env.client.create_group("lab", ["b"])  # never connects: the jobs stay queued
+    src = tmp_path / "f.txt"
+    src.write_text("hi\n")
+    push_id = env.client.push("lab", "b", str(src), HOSTILE)["job_id"]
+    pull_id = env.client.start_pull("lab", "b", "/etc/hostname")["job_id"]
+    spec = json.loads(crc("job", "show", push_id, "--json").stdout)["spec"]
+    assert (spec["type"], spec["path"]) == ("file.put", HOSTILE)
+
+    r = crc("job", "show", push_id)
+    assert r.returncode == 0, r.stderr
+    assert f"\nfile.put: {SHOWN}\n" in r.stdout, r.stdout
+    assert "\x1b" not in r.stdout
+    r = crc("job", "show", pull_id)
+    assert r.returncode == 0, r.stderr
+    assert "\nfile.get: /etc/hostname\n" in r.stdout, r.stdout
+
+    r = crc("job", "list", "lab")
+    assert r.returncode == 0, r.stderr
+    rows = {line.split()[0]: line for line in r.stdout.splitlines()[1:]}
+    assert rows[push_id].endswith(f"file.put {SHOWN}"), r.stdout
+    assert rows[pull_id].endswith("file.get /etc/hostname"), r.stdout
+    assert "\x1b" not in r.stdout
+    jobs = {j["job_id"]: j for j in json.loads(crc("job", "list", "lab", "--json").stdout)["jobs"]}
+    assert (jobs[push_id]["path"], jobs[pull_id]["path"]) == (HOSTILE, "/etc/hostname")
