@@ -94,3 +94,29 @@ def test_a_ctrl_c_just_after_the_announcement_cancels_the_job(
     assert announced == [STARTED] and c.cancelled == ["j1"]
     assert "cancelling job j1 on every machine" in capsys.readouterr().err
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGTERM") or os.name != "posix", reason="POSIX kill")
+def test_a_sigterm_landing_in_a_finalizer_still_stops_the_command() -> None:
+    """A SIGTERM whose handler ran inside a ``__del__`` (the garbage collector finalizing
+    a Popen, say) raised there and was lost ("Exception ignored in"), and with it every
+    later one: the command went on to its end. It is raised again in the command's code."""
+    import time
+
+    from cloudremotecontrol.cli.signals import Terminated, stopped_as_by_ctrl_c
+
+    class Dropped:
+        def __del__(self) -> None:
+            os.kill(os.getpid(), signal.SIGTERM)
+            deadline = time.monotonic() + 0.5
+            while time.monotonic() < deadline:  # the handler runs here, in __del__
+                pass
+
+    stopped_at = None
+    with pytest.raises(Terminated) as info, stopped_as_by_ctrl_c():
+        Dropped()  # dropped at once: its __del__ runs now
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            time.sleep(0.01)
+        stopped_at = "never"
+    assert stopped_at is None and info.value.exit_code == 128 + signal.SIGTERM

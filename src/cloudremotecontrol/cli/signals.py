@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import threading
 from collections.abc import Iterator
 from types import FrameType
 
@@ -29,6 +30,18 @@ def _terminal_gone() -> None:
     os.close(null)
 
 
+_AGAIN_SECONDS = 0.05  # a signal that landed in a finalizer is raised again after this
+
+
+def _in_finalizer(frame: FrameType | None) -> bool:
+    """Whether ``frame`` runs inside an object's ``__del__`` (or is one)."""
+    while frame is not None:
+        if frame.f_code.co_name == "__del__":
+            return True
+        frame = frame.f_back
+    return False
+
+
 @contextlib.contextmanager
 def stopped_as_by_ctrl_c(once: bool = True) -> Iterator[None]:
     """Within the block, SIGTERM and SIGHUP raise ``Terminated`` (a KeyboardInterrupt).
@@ -39,6 +52,13 @@ def stopped_as_by_ctrl_c(once: bool = True) -> Iterator[None]:
 
     def interrupt(signum: int, frame: FrameType | None) -> None:
         if fired and once:
+            return
+        if _in_finalizer(frame):
+            # Raised here, it would be lost: an exception leaving a __del__ (run by
+            # the garbage collector wherever it was) is only printed, and the command
+            # would go on as if never told to stop. The signal comes again shortly,
+            # to land in the command's own code.
+            threading.Timer(_AGAIN_SECONDS, signal.raise_signal, (signum,)).start()
             return
         if not fired and signum == getattr(signal, "SIGHUP", None):
             _terminal_gone()
