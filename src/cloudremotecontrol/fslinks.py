@@ -1,6 +1,7 @@
-"""Writing a file through a symbolic link, as ``cp`` does, without the traps of doing so
-as a privileged user: what ``crc push`` (the agent, on the machine) and ``crc pull``
-(the master, here) write when their destination is a link."""
+"""Files as the commands that copy them see them: writing through a symbolic link, as
+``cp`` does, without the traps of doing so as a privileged user (what ``crc push``, the
+agent on the machine, and ``crc pull``, the master here, write when their destination
+is a link); and what a file that is not a regular one is, for their messages."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import sys
 
 from .errors import InvalidInput
 
-__all__ = ["through_links"]
+__all__ = ["file_kind", "through_links"]
 
 
 def through_links(dest: str, verb: str, where: str = "") -> str:
@@ -57,3 +58,14 @@ def _lstat(path: str) -> os.stat_result | None:
         return os.lstat(path)
     except FileNotFoundError:
         return None
+
+
+def file_kind(mode: int) -> str:
+    """What a file that is not a regular one is (``st_mode``), for messages."""
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a device"

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import httpx
 
 from ..errors import CrcError, InvalidInput, NotFound, TimedOut, TooLarge, Unavailable
-from ..fslinks import through_links
+from ..fslinks import file_kind, through_links
 from ..protocol.limits import MAX_FILE_BYTES, file_too_large
 from ..tlspin import client_context, is_untrusted, untrusted_error
 from . import calls
@@ -104,7 +104,7 @@ def check_download_target(local: str | os.PathLike[str]) -> None:
         mode = None  # no such file yet (or a dangling link): made by the move
     if mode is not None and not stat.S_ISREG(mode):
         raise InvalidInput(
-            f"cannot write {local}: it is {_kind(mode)}, not a regular file (crc pull "
+            f"cannot write {local}: it is {file_kind(mode)}, not a regular file (crc pull "
             "writes a file: give its path)"
         )
     if not os.path.isdir(directory):
@@ -777,19 +777,8 @@ def open_regular(local: str) -> BinaryIO:
     except OSError as exc:
         raise InvalidInput(f"cannot read {local}: {exc.strerror or exc}") from None
     raise InvalidInput(
-        f"{local} is not a regular file but {_kind(mode)}: only a file can be copied"
+        f"{local} is not a regular file but {file_kind(mode)}: only a file can be copied"
     )
-
-
-def _kind(mode: int) -> str:
-    """What a file that is not a regular one is, for messages."""
-    if stat.S_ISFIFO(mode):
-        return "a FIFO"
-    if stat.S_ISDIR(mode):
-        return "a directory"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    return "a device"
 
 
 def file_digest(local: str) -> tuple[str, int]:

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import yaml
 
 from ...errors import InvalidInput
+from ...fslinks import file_kind
 from .yamlcompose import compose
 
 C = TypeVar("C", bound=str)  # one of a choice's values (a Literal type, or str)
@@ -134,17 +135,6 @@ def parse_duration(value: object, maximum: float = MAX_DURATION) -> float:
     return seconds
 
 
-def _kind(mode: int) -> str:
-    """What a file that is not a regular one is, for messages."""
-    if stat.S_ISFIFO(mode):
-        return "a FIFO"
-    if stat.S_ISDIR(mode):
-        return "a directory"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    return "a device"
-
-
 def regular_file_problem(path: Path) -> str | None:
     """Why ``path`` is not a regular file that can be read (it does not exist, or is a
     FIFO, a device, a socket or a directory), or None when it is one. Only ``stat``:
@@ -157,7 +147,7 @@ def regular_file_problem(path: Path) -> str | None:
         return f"cannot read {path}: {exc.strerror or exc}"
     if stat.S_ISREG(mode):
         return None
-    return f"{path} is not a regular file but {_kind(mode)}"
+    return f"{path} is not a regular file but {file_kind(mode)}"
 
 
 def _is_fifo(path: Path) -> bool:
@@ -189,7 +179,7 @@ def read_bounded(path: Path, limit: int, what: str) -> str:
             os.set_blocking(fd, True)  # opened: now read what its writer sends, to EOF
         elif not stat.S_ISREG(mode):
             raise InvalidInput(
-                f"{path} is not a regular file but {_kind(mode)}: {what} is read from a "
+                f"{path} is not a regular file but {file_kind(mode)}: {what} is read from a "
                 "regular file only"
             )
         try:
