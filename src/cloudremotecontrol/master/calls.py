@@ -371,11 +371,11 @@ def cancel_job(job_id: str) -> Call:
 
 
 def send_message(group: str, to: str, type: str, body: dict[str, Any] | None) -> Call:
+    check_json(body, what="message body", field="body")  # NaN: what the agent says of it
     if body is None:  # no body: an empty one
         body = {}
     elif not isinstance(body, dict):  # 0, false, "" and [] too: never taken for {}
         raise InvalidInput("message body must be a JSON object")
-    check_json(body, what="message body", field="body")
     return Call(
         "POST",
         f"/groups/{_group(group)}/messages",
