@@ -10,9 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-pexpect = pytest.importorskip("pexpect")
+import pexpect
 
 URL = "https://127.0.0.1:9"  # nothing listens: a token that got this far would fail (6)
 
