@@ -8,6 +8,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 # What a job runs to reach its agent (its state dir comes in CRC_AGENT_STATE_DIR).
 CRC = f"{sys.executable} -m cloudremotecontrol"
 
@@ -188,6 +190,30 @@ def test_kv_store_coordinates_machines_and_master(env, crc):
         ("db/ready", "a"),
         ("mode", "master"),
     ]
+
+
+def test_a_kv_wait_that_times_out_says_what_it_waited_for(env, crc):
+    """A wait for a key that was never set says so (not "did not change"); a wait for a
+    newer version says which version it waited to pass. CLI, SDK and agent alike."""
+    from cloudremotecontrol.errors import TimedOut
+
+    env.group_with_agents("lab", ["a"])
+    env.client.kv_set("lab", "mode", "fast")  # version 1
+    r = crc("kv", "get", "lab", "never", "--wait", "1s")
+    assert r.returncode == 6, r.stderr  # timed out
+    assert "key 'never' was not set within 1 s" in r.stderr, r.stderr
+    with pytest.raises(TimedOut, match=r"^key 'never' was not set within 1 s$"):
+        env.client.kv_get("lab", "never", wait=1)
+    with pytest.raises(
+        TimedOut, match=r"^key 'mode' did not change within 1 s \(no version above 1\)$"
+    ):
+        env.client.kv_get("lab", "mode", wait=1, newer_than=1)
+    r = agent_cli(env, "a", "kv", "wait", "never", "--timeout", "1")
+    assert r.returncode == 6, r.stderr  # timed out
+    assert "key 'never' was not set within 1 s" in r.stderr, r.stderr
+    r = agent_cli(env, "a", "kv", "wait", "mode", "--newer-than", "1", "--timeout", "1")
+    assert r.returncode == 6, r.stderr  # timed out
+    assert "key 'mode' did not change within 1 s (no version above 1)" in r.stderr, r.stderr
 
 
 def test_a_kv_wait_goes_on_across_a_server_restart(env, crc):

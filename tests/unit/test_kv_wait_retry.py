@@ -13,13 +13,17 @@ from cloudremotecontrol.master import calls
 
 
 def test_the_time_left_is_what_is_sent_again() -> None:
-    left = calls.kv_wait_left("k", 30, time.monotonic() + 10)
+    left = calls.kv_wait_left("k", 30, time.monotonic() + 10, 0)
     assert 9 < left <= 10
 
 
 def test_a_sleep_that_overran_the_deadline_ends_the_wait_timed_out() -> None:
-    with pytest.raises(TimedOut, match="30"):
-        calls.kv_wait_left("k", 30, time.monotonic() - 0.01)
+    with pytest.raises(TimedOut, match=r"^key 'k' was not set within 30 s$"):
+        calls.kv_wait_left("k", 30, time.monotonic() - 0.01, 0)
+    with pytest.raises(
+        TimedOut, match=r"^key 'k' did not change within 30 s \(no version above 2\)$"
+    ):
+        calls.kv_wait_left("k", 30, time.monotonic() - 0.01, 2)
 
 
 def test_a_429_is_asked_again_only_within_the_wait() -> None:

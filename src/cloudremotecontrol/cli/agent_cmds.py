@@ -476,6 +476,8 @@ def kv_wait(
     import time
 
     from ..agent.control import AgentGone, NoAgent, call
+    from ..errors import TimedOut
+    from ..protocol.names import kv_wait_timed_out
 
     deadline = time.monotonic() + timeout
     seen = False  # an agent was there: one missing now is restarting
@@ -485,6 +487,8 @@ def kv_wait(
         try:
             reply = call(_state_dir(state_dir), request, timeout=left + 20)
             break
+        except TimedOut:  # said with the --timeout given, not the time left of a retry
+            raise TimedOut(kv_wait_timed_out(key, timeout, newer_than)) from None
         except (AgentGone, NoAgent) as exc:  # stopping or restarting: a read, asked again
             seen = seen or isinstance(exc, AgentGone)
             if not seen or time.monotonic() + 1 >= deadline:

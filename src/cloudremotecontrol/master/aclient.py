@@ -603,13 +603,15 @@ class AsyncClient:
                 if call is first:
                     raise
                 # Asked again for the time left: the caller gave ``wait``.
-                raise calls.kv_timed_out(key, wait) from None
+                raise calls.kv_timed_out(key, wait, newer_than) from None
             except Unavailable as exc:  # turned away (429), or the server restarts
                 delay = None if deadline is None else calls.kv_wait_delay(exc, deadline)
                 if delay is None or deadline is None:
                     raise
             await asyncio.sleep(delay)
-            call = calls.kv_get(group, key, calls.kv_wait_left(key, wait, deadline), newer_than)
+            call = calls.kv_get(
+                group, key, calls.kv_wait_left(key, wait, deadline, newer_than), newer_than
+            )
 
     async def kv_list(self, group: str) -> list[dict[str, Any]]:
         return list(await self._do(calls.kv_list(group)))

@@ -25,7 +25,7 @@ from ..errors import (
     not_crc_server,
 )
 from ..protocol.jsoncheck import check_json
-from ..protocol.names import check_kv_key, check_name
+from ..protocol.names import check_kv_key, check_name, kv_wait_timed_out
 
 __all__ = [
     "RESUME_SECONDS",
@@ -158,9 +158,9 @@ def raise_for(
     raise exc
 
 
-def kv_timed_out(key: str, wait: float) -> TimedOut:
+def kv_timed_out(key: str, wait: float, newer_than: int) -> TimedOut:
     """A key/value wait that ended without a newer version, as the server says it."""
-    return TimedOut(f"key {key!r} did not change within {wait:g} s")
+    return TimedOut(kv_wait_timed_out(key, wait, newer_than))
 
 
 def kv_wait_delay(exc: Unavailable, deadline: float) -> float | None:
@@ -183,13 +183,13 @@ def kv_wait_delay(exc: Unavailable, deadline: float) -> float | None:
     return delay
 
 
-def kv_wait_left(key: str, wait: float, deadline: float) -> float:
+def kv_wait_left(key: str, wait: float, deadline: float, newer_than: int) -> float:
     """The time left of a key/value wait asked again (``kv_wait_delay`` slept), or its
     ``TimedOut`` when a sleep that overran left none (the server refuses a negative
     wait: the caller would get a usage error instead)."""
     left = deadline - time.monotonic()
     if left <= 0:
-        raise kv_timed_out(key, wait)
+        raise kv_timed_out(key, wait, newer_than)
     return left
 
 

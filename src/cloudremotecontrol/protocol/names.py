@@ -18,6 +18,7 @@ __all__ = [
     "check_label",
     "check_message_type",
     "check_name",
+    "kv_wait_timed_out",
     "parse_labels",
     "parse_target",
 ]
@@ -56,6 +57,14 @@ def check_kv_key(key: object) -> str:
             field="key",
         )
     return key
+
+
+def kv_wait_timed_out(key: str, wait: float, newer_than: int) -> str:
+    """What a key/value wait that ended empty-handed says: a wait for the key to exist
+    (``newer_than`` 0) found none; a wait for a newer version found none above it."""
+    if newer_than <= 0:
+        return f"key {key!r} was not set within {wait:g} s"
+    return f"key {key!r} did not change within {wait:g} s (no version above {newer_than})"
 
 
 def check_label(key: str, value: str) -> tuple[str, str]:

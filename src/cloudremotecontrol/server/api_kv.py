@@ -29,7 +29,7 @@ from ..protocol.limits import (
     MAX_KV_WAITS_PER_MACHINE,
     MAX_KV_WAITS_PER_USER,
 )
-from ..protocol.names import check_kv_key
+from ..protocol.names import check_kv_key, kv_wait_timed_out
 from . import auth
 from .models import StrictBody
 from .ops import kv as kv_ops
@@ -159,7 +159,7 @@ async def _get(
                     raise
             left = deadline - loop.time()
             if left <= 0:
-                raise TimedOut(f"key {key!r} did not change within {wait:g} s")
+                raise TimedOut(kv_wait_timed_out(key, wait, newer_than))
             try:
                 await asyncio.wait_for(wake.wait(), min(left, auth.CHECK_AGAIN_SECONDS))
             except asyncio.TimeoutError:
