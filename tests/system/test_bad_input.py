@@ -116,6 +116,23 @@ CASES: list[tuple[str, str, dict[str, Any], int, str, str]] = [
     ("POST", G, {"json": []}, 400, "invalid_input", ""),
     ("POST", G, {"json": "lab"}, 400, "invalid_input", ""),
     ("POST", G, {}, 400, "invalid_input", ""),
+    # Past a declared bound: said in the API's words, with the bound.
+    (
+        "POST",
+        G,
+        {"json": {"name": "big", "machines": [{"name": f"m{i}"} for i in range(1001)]}},
+        400,
+        "invalid_input",
+        "invalid machines: takes at most 1000 items, not 1001",
+    ),
+    (
+        "GET",
+        G + "/lab/events?since=" + "9" * 20,
+        {},
+        400,
+        "invalid_input",
+        "invalid query.since: must be at most 9223372036854775807",
+    ),
     # Wrong types.
     ("POST", G, {"json": {"name": 5, "machines": M}}, 400, "invalid_input", "name"),
     ("POST", G, {"json": {"name": "x", "machines": "a,b"}}, 400, "invalid_input", "machines"),
@@ -500,6 +517,12 @@ def test_cli_bad_input_exits_non_zero_with_one_line_and_no_traceback(env, crc):
         (["bootstrap", "lab", "b", "--os", "linux", "--key-ttl", "0.9s"], 2, "key TTL"),
         (["send", "lab", "--to", "a", "user.x", "{bad"], 2, "JSON"),
         (["send", "lab", "--to", "a", "bad type!"], 2, "message type"),
+        (
+            ["group", "create", "x", "--machines", ",".join(f"m{i}" for i in range(1001))],
+            2,
+            "names 1001 machines; a group has at most 1000",
+        ),
+        (["events", "lab", "--since", "9" * 20], 2, "not in the range 0<=x<=9223372036854775807"),
     ]
     for args, code, part in cases:
         r = crc(*args)

@@ -5,11 +5,14 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections import Counter
 from typing import Any
 
 import click
 
 from ..errors import Forbidden, InvalidInput, Unauthorized
+from ..protocol.fields import MAX_SEQ
+from ..protocol.limits import MAX_MACHINES_PER_GROUP
 from .output import TARGET_HELP, ago, emit_json, json_option, print_table, safe
 
 
@@ -217,9 +220,15 @@ def group_create(
     names = [m.strip() for m in machines.split(",") if m.strip()]
     if not names:
         raise click.BadParameter("names no machine: give e.g. mysql,web", param_hint="--machines")
+    if len(names) > MAX_MACHINES_PER_GROUP:
+        raise click.BadParameter(
+            f"names {len(names)} machines; a group has at most {MAX_MACHINES_PER_GROUP}",
+            param_hint="--machines",
+        )
     for n in names:
         _checked_name(n, "machine", "--machines")
-    twice = sorted({n for n in names if names.count(n) > 1})
+    counts = Counter(names)
+    twice = sorted(n for n, count in counts.items() if count > 1)
     if twice:
         raise click.BadParameter(
             f"names {', '.join(map(repr, twice))} more than once", param_hint="--machines"
@@ -396,7 +405,7 @@ def status(name: str, as_json: bool) -> None:
 @click.command()
 @click.argument("name")
 @click.option("--follow", "-f", is_flag=True, help="Keep streaming new events.")
-@click.option("--since", type=click.IntRange(min=0), help="Start after this cursor.")
+@click.option("--since", type=click.IntRange(0, MAX_SEQ), help="Start after this cursor.")
 @json_option
 def events(name: str, follow: bool, since: int | None, as_json: bool) -> None:
     """A group's events (state changes, progress, output, results), resumable by cursor."""

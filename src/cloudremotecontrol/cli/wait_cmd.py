@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from ..errors import InvalidInput
+from ..protocol.fields import MAX_SEQ
 from .output import emit_json, json_option, safe
 
 _STATE_STYLE = {
@@ -98,7 +99,7 @@ class LiveTable:
 @click.option("--from", "sender", help="With --message: only from this machine.")
 @click.option(
     "--since",
-    type=click.IntRange(min=0),
+    type=click.IntRange(0, MAX_SEQ),
     help="With --message: only messages after this event cursor (each message printed "
     "says its cursor). Default: messages sent since the last command started on the "
     "machine.",

@@ -10,7 +10,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -43,6 +42,7 @@ from .pacing import Paces
 from .secheaders import SecurityHeaders
 from .store.base import Store, Tx
 from .teardown import run_due_teardowns
+from .validation import validation_error
 
 __all__ = ["create_app"]
 
@@ -314,16 +314,8 @@ def create_app(
         return JSONResponse(exc.to_payload(), status_code=exc.http_status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
-        errs = exc.errors()
-        first: dict[str, Any] = errs[0] if errs else {}
-        if first.get("type") == "json_invalid":
-            err = InvalidInput("request body is not valid JSON", code="malformed_json")
-        else:
-            where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
-            err = InvalidInput(
-                f"invalid {where or 'request'}: {first.get('msg', 'invalid')}", field=where
-            )
+    async def shape_refused(request: Request, exc: RequestValidationError) -> Response:
+        err = validation_error(list(exc.errors()))
         page = await _dashboard_page(request, 400, err.code, err.message)
         if page is not None:
             return page
