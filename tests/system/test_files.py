@@ -217,3 +217,44 @@ def test_upload_with_wrong_hash_is_refused_and_nothing_kept(env):
         assert r.status_code == 404
     blobs = env.server.data_dir / "blobs"
     assert [p for p in blobs.rglob("*") if p.is_file()] == []
+
+
+def test_a_push_the_server_would_refuse_is_refused_before_its_file_is_uploaded(env, crc, tmp_path):
+    """A mistyped target, path, mode or owner used to be found only once the file was
+    uploaded (a large one, for nothing): each is refused first, in the server's words,
+    by the CLI, the SDK and the async SDK alike, and nothing reaches the server's store."""
+    import asyncio
+
+    from cloudremotecontrol.errors import InvalidInput, NotFound
+    from cloudremotecontrol.master.aclient import AsyncClient
+
+    env.client.create_group("lab", [{"name": "a", "labels": {"role": "db"}}, {"name": "b"}])
+    src = tmp_path / "big.bin"
+    src.write_bytes(os.urandom(1 << 20))
+    # (to, remote, mode, owner, exit code, error, words)
+    cases = [
+        ("c", "/tmp/x", None, None, 4, NotFound, "no machine 'c' in group 'lab'"),
+        ("role=web", "/tmp/x", None, None, 4, NotFound, "target 'role=web' matches no machine"),
+        ("a", "relative/x", None, None, 2, InvalidInput, "absolute"),
+        ("a", "/tmp/x", "999", None, 2, InvalidInput, "invalid mode '999'"),
+        ("a", "/tmp/x", None, "a b", 2, InvalidInput, "invalid owner 'a b'"),
+    ]
+    for to, remote, mode, owner, code, error, words in cases:
+        options = [*(["--mode", mode] if mode else []), *(["--owner", owner] if owner else [])]
+        r = crc("push", "lab", "--to", to, str(src), remote, *options)
+        assert r.returncode == code, (to, remote, options, r.returncode, r.stderr)
+        assert words in r.stderr, (to, remote, options, r.stderr)
+        with pytest.raises(error, match=words):
+            env.client.push("lab", to, str(src), remote, mode, owner)
+
+        async def push_async(to=to, remote=remote, mode=mode, owner=owner):
+            async with AsyncClient(env.server.url, env.token, env.server.fingerprint) as c:
+                await c.push("lab", to, str(src), remote, mode, owner)
+
+        with pytest.raises(error, match=words):
+            asyncio.run(push_async())
+    blobs = env.server.data_dir / "blobs"
+    assert [p for p in blobs.rglob("*") if p.is_file()] == []
+    # The same push to a machine of the group goes (positive control; it waits for b).
+    assert env.client.push("lab", "b", str(src), "/tmp/x")["targets"] == ["b"]
+    assert len([p for p in blobs.rglob("*") if p.is_file()]) == 1

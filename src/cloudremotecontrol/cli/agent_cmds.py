@@ -266,7 +266,6 @@ def _check_peers(state_dir: str | None, to: str, agent_wait: float) -> None:
     roster); while the agent is not connected, or the server does not answer within
     ``PEERS_CHECK_SECONDS``, the message is sent unchecked, as before."""
     from ..agent.control import call
-    from ..errors import NotFound
     from ..protocol.names import parse_target
 
     target = parse_target(to)  # a malformed one: exit 2
@@ -301,16 +300,7 @@ def _check_peers(state_dir: str | None, to: str, agent_wait: float) -> None:
         if isinstance(m, dict):
             labels = m.get("labels")
             peers[str(m.get("name"))] = labels if isinstance(labels, dict) else {}
-    if target.names:
-        unknown = [n for n in target.names if n not in peers]
-        if unknown:
-            raise NotFound(
-                f"no machine {', '.join(map(repr, unknown))} in group {group!r}: see "
-                "`crc agent peers`",
-                field="to",
-            )
-    if not any(target.matches(name, labels) for name, labels in peers.items()):
-        raise NotFound(f"target {str(target)!r} matches no machine of group {group!r}", field="to")
+    target.choose(str(group), peers, hint=": see `crc agent peers`")
 
 
 @agent.command("wait-message")

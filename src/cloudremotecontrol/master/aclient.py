@@ -647,6 +647,9 @@ class AsyncClient:
         mode: str | None = None,
         owner: str | None = None,
     ) -> dict[str, Any]:
+        """As ``Client.push``."""
+        target = calls.check_push(to, remote, mode, owner)
+        calls.check_targets(target, group, await self.group(group))
         blob = await self.upload(local)
         return dict(await self._do(calls.push(group, to, blob["sha256"], remote, mode, owner)))
 

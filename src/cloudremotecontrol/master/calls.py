@@ -25,7 +25,7 @@ from ..errors import (
     not_crc_server,
 )
 from ..protocol.jsoncheck import check_json
-from ..protocol.names import check_kv_key, check_name, kv_wait_timed_out
+from ..protocol.names import Target, check_kv_key, check_name, kv_wait_timed_out, parse_target
 
 __all__ = [
     "RESUME_SECONDS",
@@ -410,6 +410,29 @@ def kv_get(group: str, key: str, wait: float, newer_than: int) -> Call:
 
 def kv_list(group: str) -> Call:
     return Call("GET", f"/groups/{_group(group)}/kv", key="keys")
+
+
+def check_push(to: str, remote: str, mode: str | None, owner: str | None) -> Target:
+    """What the server would refuse in a push that can be told before its file is
+    uploaded: the target's form, and the remote path, mode and owner (by the message the
+    agent gets); returns the target, for ``check_targets``."""
+    from ..protocol.messages import FilePut
+
+    target = parse_target(to)
+    body = {"job_id": "job", "sha256": "0" * 64, "size": 0, "path": remote}
+    FilePut.from_body(body | {"mode": mode, "owner": owner})
+    return target
+
+
+def check_targets(target: Target, group: str, roster: dict[str, Any]) -> None:
+    """NotFound, in the server's words, when ``target`` names no machine of ``roster``
+    (the group, as ``GET /v1/groups/G`` gives it) that a job can go to."""
+    machines = {
+        str(m.get("name")): m.get("labels") or {}
+        for m in roster.get("machines") or ()
+        if isinstance(m, dict) and m.get("state") != "revoked"
+    }
+    target.choose(group, machines)
 
 
 def push(group: str, to: str, sha: str, remote: str, mode: str | None, owner: str | None) -> Call:

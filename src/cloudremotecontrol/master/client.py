@@ -721,7 +721,10 @@ class Client:
         mode: str | None = None,
         owner: str | None = None,
     ) -> dict[str, Any]:
-        """Upload ``local`` and start the job writing it to ``remote`` on the targets."""
+        """Upload ``local`` and start the job writing it to ``remote`` on the targets
+        (a target, path, mode or owner the server would refuse is refused first)."""
+        target = calls.check_push(to, remote, mode, owner)
+        calls.check_targets(target, group, self.group(group))
         blob = self.upload(local)
         return dict(self._do(calls.push(group, to, blob["sha256"], remote, mode, owner)))
 

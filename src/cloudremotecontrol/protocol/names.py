@@ -7,10 +7,10 @@ DNS label rules (RFC 1123): lowercase letters, digits and inner hyphens, 1-63 ch
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
-from ..errors import InvalidInput
+from ..errors import InvalidInput, NotFound
 
 __all__ = [
     "Target",
@@ -106,12 +106,33 @@ class Target:
     names: tuple[str, ...] = ()
     selector: tuple[tuple[str, str], ...] = ()
 
-    def matches(self, name: str, labels: dict[str, str]) -> bool:
+    def matches(self, name: str, labels: Mapping[str, str]) -> bool:
         if self.all:
             return True
         if self.names:
             return name in self.names
         return all(labels.get(k) == v for k, v in self.selector)
+
+    def choose(
+        self, group: str, machines: Mapping[str, Mapping[str, str]], hint: str = ""
+    ) -> list[str]:
+        """The names of ``machines`` (name -> labels: those of group ``group`` that can
+        be sent to) this target names, in their order; NotFound naming the unknown
+        machines, or saying that it matched none (``hint`` ends either message)."""
+        if self.names:
+            unknown = [n for n in self.names if n not in machines]
+            if unknown:
+                raise NotFound(
+                    f"no machine {', '.join(map(repr, unknown))} in group {group!r}{hint}",
+                    field="to",
+                )
+        chosen = [name for name, labels in machines.items() if self.matches(name, labels)]
+        if not chosen:
+            # Not found, like an unknown name: one exit code (4) for "no such target".
+            raise NotFound(
+                f"target {str(self)!r} matches no machine of group {group!r}{hint}", field="to"
+            )
+        return chosen
 
     def __str__(self) -> str:
         if self.all:

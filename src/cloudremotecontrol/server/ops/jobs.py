@@ -42,23 +42,13 @@ def resolve_targets(tx: Tx, group: dict[str, Any], target: Target) -> list[dict[
         "AND state != ? ORDER BY name",
         (group["id"], MachineState.REVOKED.value),
     )
-    if target.names:
-        known = {r["name"] for r in rows}
-        unknown = [n for n in target.names if n not in known]
-        if unknown:
-            raise NotFound(
-                f"no machine {', '.join(map(repr, unknown))} in group {group['name']!r}", field="to"
-            )
-    if target.selector:  # labels are read only to match a selector
-        chosen = [r for r in rows if target.matches(r["name"], loads(r["labels"]) or {})]
-    else:
-        chosen = [r for r in rows if target.matches(r["name"], {})]
-    if not chosen:
-        # Not found, like an unknown name: one exit code (4) for "no such target".
-        raise NotFound(
-            f"target {str(target)!r} matches no machine of group {group['name']!r}", field="to"
-        )
-    return chosen
+    by_name = {r["name"]: r for r in rows}
+    no_labels: dict[str, str] = {}
+    machines = {  # labels are read only to match a selector
+        name: (loads(r["labels"]) or {}) if target.selector else no_labels
+        for name, r in by_name.items()
+    }
+    return [by_name[name] for name in target.choose(group["name"], machines)]
 
 
 def enqueue(
