@@ -40,6 +40,7 @@ from .calls import (
 from .client import (
     ExactReader,
     check_download_target,
+    check_upload_source,
     clean_token,
     file_digest,
     open_regular,
@@ -648,6 +649,7 @@ class AsyncClient:
         owner: str | None = None,
     ) -> dict[str, Any]:
         """As ``Client.push``."""
+        await asyncio.to_thread(check_upload_source, local)
         target = calls.check_push(to, remote, mode, owner)
         calls.check_targets(target, group, await self.group(group))
         blob = await self.upload(local)

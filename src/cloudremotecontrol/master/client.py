@@ -723,6 +723,7 @@ class Client:
     ) -> dict[str, Any]:
         """Upload ``local`` and start the job writing it to ``remote`` on the targets
         (a target, path, mode or owner the server would refuse is refused first)."""
+        check_upload_source(local)
         target = calls.check_push(to, remote, mode, owner)
         calls.check_targets(target, group, self.group(group))
         blob = self.upload(local)
@@ -784,6 +785,13 @@ def open_regular(local: str) -> BinaryIO:
     raise InvalidInput(
         f"{local} is not a regular file but {file_kind(mode)}: only a file can be copied"
     )
+
+
+def check_upload_source(local: str) -> None:
+    """InvalidInput if ``local`` is no regular file that can be read, TooLarge if it is
+    larger than a push takes: what ``file_digest`` would say, without reading it."""
+    with open_regular(local) as fh:
+        _check_file_size(local, os.fstat(fh.fileno()).st_size)
 
 
 def file_digest(local: str) -> tuple[str, int]:
