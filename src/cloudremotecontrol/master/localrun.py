@@ -16,7 +16,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from ..errors import Unavailable
+from ..errors import TlsPinMismatch, Unavailable
 from ..tlspin import client_context
 
 __all__ = ["AgentProcess", "ServerProcess", "free_port"]
@@ -26,6 +26,16 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+#: Tries of ``ServerProcess.start`` at a port of its own picking.
+PORT_TRIES = 3
+#: What ``crc server run`` says when its port is taken (server/runner.py).
+PORT_IN_USE = "is in use by another process"
+
+
+class PortTaken(Exception):
+    """The server's port turned out to be another program's."""
 
 
 def crc_argv(*args: str) -> list[str]:
@@ -44,6 +54,9 @@ class ServerProcess:
         args: list[str] | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
+        # A port picked here may be taken before the server binds it (free_port()
+        # cannot hold it): the first start then moves to another (``start``).
+        self.port_picked = not port
         self.port = port or free_port()
         self.database = database
         self.args = list(args or [])  # further `crc server run` options
@@ -52,12 +65,14 @@ class ServerProcess:
         self.url = ""
         self.fingerprint = ""
         self.log_path = self.data_dir / "server.log"
+        self.log_start = 0  # where the log of the latest start begins
 
-    def init(self) -> None:
+    def init(self) -> bool:
+        """``crc server init`` unless done already; True if done now."""
         if (self.data_dir / "server.json").exists():
             cfg = json.loads((self.data_dir / "server.json").read_text())
             self.url, self.fingerprint = cfg["url"], cfg["fingerprint"]
-            return
+            return False
         out = subprocess.run(
             crc_argv(
                 "server",
@@ -76,6 +91,16 @@ class ServerProcess:
         )
         cfg = json.loads(out.stdout)
         self.url, self.fingerprint = cfg["url"], cfg["fingerprint"]
+        return True
+
+    def _move(self, port: int) -> None:
+        """Serve on ``port`` instead: a server initialised a moment ago, whose URL no
+        one was given yet."""
+        path = self.data_dir / "server.json"
+        cfg = json.loads(path.read_text())
+        cfg.update(url=f"https://127.0.0.1:{port}", listen=f"127.0.0.1:{port}")
+        path.write_text(json.dumps(cfg))
+        self.port, self.url = port, cfg["url"]
 
     def replica(self, data_dir: Path) -> ServerProcess:
         """Another server on this one's database, certificate and teardown key (as behind
@@ -93,11 +118,27 @@ class ServerProcess:
         return ServerProcess(d, port=port, database=self.database, env=self.env)
 
     def start(self, timeout: float = 30.0) -> ServerProcess:
-        self.init()
+        """Run the server (initialised first if need be) and wait until it answers. A
+        port this object picked and initialised the server with just now, taken by
+        another program meanwhile, is exchanged for another (up to ``PORT_TRIES``
+        times); a port given, or one a server was started on before, is not."""
+        movable = self.init() and self.port_picked
+        for tries_left in range(PORT_TRIES - 1, -1, -1):
+            try:
+                self._run(timeout)
+                return self
+            except PortTaken as exc:
+                if not movable or not tries_left:
+                    raise Unavailable(str(exc)) from None
+                self._move(free_port())
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _run(self, timeout: float) -> None:
         args = ["server", "run", "--data-dir", str(self.data_dir), *self.args]
         if self.database:
             args += ["--database", self.database]
         log = open(self.log_path, "ab")
+        self.log_start = log.tell()
         self.proc = subprocess.Popen(
             crc_argv(*args),
             stdout=log,
@@ -112,7 +153,6 @@ class ServerProcess:
             self.stop()  # a server that never answered is not left running
             raise
         self._wait_start_line()
-        return self
 
     def _wait_start_line(self, timeout: float = 5.0) -> None:
         """Let the server print its start line (printed once its listener is up, which
@@ -132,10 +172,11 @@ class ServerProcess:
         deadline = time.monotonic() + timeout
         while True:
             if self.proc is not None and self.proc.poll() is not None:
-                raise Unavailable(
-                    f"server exited with {self.proc.returncode}: "
-                    f"{self.log_path.read_text()[-2000:]}"
-                )
+                raw = self.log_path.read_bytes()
+                said = raw.decode(errors="replace")
+                if PORT_IN_USE.encode() in raw[self.log_start :]:
+                    raise PortTaken(f"port {self.port} is taken: {said[-500:].strip()}")
+                raise Unavailable(f"server exited with {self.proc.returncode}: {said[-2000:]}")
             try:
                 if ctx is None:
                     ctx, _ = client_context(self.url, self.fingerprint)
@@ -143,6 +184,8 @@ class ServerProcess:
                 with urllib.request.urlopen(health, timeout=2, context=ctx) as r:  # noqa: S310
                     if r.status == 200:
                         return
+            except TlsPinMismatch:  # another server answers on this port
+                raise PortTaken(f"another server answers on port {self.port}") from None
             except (OSError, Unavailable):
                 pass
             if time.monotonic() > deadline:
