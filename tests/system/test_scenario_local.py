@@ -254,6 +254,67 @@ def test_up_again_after_a_crash_resumes_without_duplicating_machines(netlab):
         lab.cleanup("resume")
 
 
+SLOW_STEP = """\
+name: slowstep
+provider: local
+timeouts: {ready: 60s, step: 2m}
+machines: {a: }
+steps:
+  - name: slow
+    run: echo started; echo started >> /srv/count; sleep 6; echo ended >> /srv/count
+  - name: after
+    run: cat /srv/count
+"""
+
+
+@needs_root
+def test_up_again_after_a_crash_mid_step_follows_the_job_still_running(netlab):
+    """A `crc up` killed while a step's job runs: the next one follows that job to its
+    end (its output and its result decide the step) rather than running the step a
+    second time beside it."""
+    lab = netlab
+    path = lab.scenario(SLOW_STEP)
+    try:
+        proc = subprocess.Popen(
+            lab.argv("up", str(path), "--json"),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=lab.env,
+        )
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            doc = json.loads(line)
+            if doc.get("event") == "output" and doc["step"] == "slow":
+                break  # the job runs on the machine
+        else:
+            raise AssertionError(proc.stderr.read() if proc.stderr else "no output of slow")
+        proc.send_signal(signal.SIGKILL)  # a crash of the master, mid-step
+        proc.wait(10)
+        proc.stdout.close()
+        proc.stderr.close()
+
+        r = lab.crc("up", str(path), "--json")
+        assert r.returncode == 0, r.stdout + r.stderr
+        out = lines(r.stdout)
+        status = {o["step"]: o["status"] for o in out if o["event"] == "step"}
+        assert status == {"slow": "succeeded", "after": "succeeded"}, out
+        notes = [o for o in out if o["event"] == "info" and o.get("step") == "slow"]
+        assert len(notes) == 1 and "started by an earlier `crc up`" in notes[0]["text"], out
+        # Run once, to its end: one start and one end, in that order.
+        counts = [o["data"] for o in out if o["event"] == "output" and o["step"] == "after"]
+        assert counts == ["started\nended\n"], counts
+        # Once that job is over, `--rerun` runs the step again: a new job.
+        r = lab.crc("up", str(path), "--rerun", "--json")
+        assert r.returncode == 0, r.stdout + r.stderr
+        out = lines(r.stdout)
+        assert not [o for o in out if o["event"] == "info" and o.get("step") == "slow"], out
+        counts = [o["data"] for o in out if o["event"] == "output" and o["step"] == "after"]
+        assert counts == ["started\nended\nstarted\nended\n"], counts
+    finally:
+        lab.cleanup("slowstep")
+
+
 ISOLATED = """\
 name: iso
 provider: local

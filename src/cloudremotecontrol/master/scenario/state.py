@@ -4,7 +4,10 @@ On the server (the source of truth, shared by every shell of the user):
     the group's ``settings.crc_up`` — scenario name, provider and its settings, so that
     ``crc down --group G`` knows which provider to ask;
     the group's key/value entry ``crc.up/steps`` — the steps that succeeded, each with
-    a digest of its definition, so a resumed ``crc up`` skips them unless they changed.
+    a digest of its definition, so a resumed ``crc up`` skips them unless they changed;
+    and per step that starts jobs, ``crc.up/job/<digest of its name>`` — the job it
+    started last, so a ``crc up`` that resumes after a crash follows that job while it
+    still runs rather than starting the step a second time beside it.
 At the provider: the instances themselves, found by tag.
 Locally (``$CRC_CONFIG_DIR/scenarios/<group>.json``, mode 0600): the enrollment keys of
 machines not created yet. They are shown once by the server, and a ``crc up`` that is
@@ -29,9 +32,15 @@ from ...errors import Conflict, CrcError
 from . import runlock
 from .model import PushAction, Step
 
-__all__ = ["STEPS_KEY", "LocalState", "step_digest"]
+__all__ = ["STEPS_KEY", "LocalState", "step_digest", "step_job_key"]
 
 STEPS_KEY = "crc.up/steps"
+
+
+def step_job_key(name: str) -> str:
+    """The key/value entry naming the job step ``name`` started last (a step's name
+    may hold characters a key may not)."""
+    return "crc.up/job/" + hashlib.sha256(name.encode()).hexdigest()[:16]
 
 
 _VAR_TAG = re.compile(r"\{\{\s*vars\.([A-Za-z0-9_-]+)")

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ...errors import NotFound, Unavailable
+from ...errors import CrcError, NotFound, Unavailable
 from ...protocol.states import JobStatus
 from ...providers import Feature, Instance, Provider
 from ..client import Client
@@ -37,6 +37,7 @@ from .model import (
     Step,
     WaitAction,
 )
+from .state import step_digest, step_job_key
 from .view import View
 
 __all__ = ["StepExecutor", "template_context"]
@@ -115,6 +116,10 @@ class StepExecutor:
                 self.provider.capabilities.public_addresses,
             )
             action = step.action
+            if isinstance(action, (RunAction, PushAction, HostsAction)) and attempt == 1:
+                earlier = self._still_running(c, step)
+                if earlier is not None:
+                    return self._follow(c, step, earlier, record=False)
             if isinstance(action, RunAction):
                 return self._run(c, step, action, ctx)
             if isinstance(action, PushAction):
@@ -181,10 +186,47 @@ class StepExecutor:
             os.unlink(tmp)
         return self._follow(c, step, started)
 
-    def _follow(self, c: Client, step: Step, started: dict[str, Any]) -> Outcome:
+    def _still_running(self, c: Client, step: Step) -> dict[str, Any] | None:
+        """The job this step started in an earlier ``crc up`` (one that crashed, or was
+        killed, before it saw the end), if it still runs and the step is unchanged:
+        followed to its end instead of a second one started beside it."""
+        try:
+            rec = c.kv_get(self.group, step_job_key(step.name))["value"]
+        except NotFound:
+            return None
+        if not isinstance(rec, dict) or not isinstance(rec.get("job_id"), str):
+            return None
+        if (rec.get("step"), rec.get("digest")) != (
+            step.name,
+            step_digest(step, self.scenario.variables),
+        ):
+            return None
+        try:
+            job = c.job(rec["job_id"])
+        except NotFound:  # forgotten since (retention)
+            return None
+        statuses = [JobStatus(t["status"]) for t in job["targets"]]
+        if all(s.terminal for s in statuses):
+            return None
+        job_id = rec["job_id"]
+        self.view.info(
+            f"step {step.name}: following job {job_id[:8]}, started by an earlier `crc up` "
+            "and still running",
+            step=step.name,
+            job_id=job_id,
+        )
+        return {"job_id": job_id, "targets": [t["machine"] for t in job["targets"]]}
+
+    def _follow(
+        self, c: Client, step: Step, started: dict[str, Any], record: bool = True
+    ) -> Outcome:
         job_id, targets = started["job_id"], started["targets"]
         with self._lock:
             self._jobs.add(job_id)
+        if record:  # for a `crc up` that resumes after this one crashed
+            rec = {"step": step.name, "digest": step_digest(step, self.scenario.variables)}
+            with contextlib.suppress(CrcError):  # not kept: only a resume cannot follow it
+                c.kv_set(self.group, step_job_key(step.name), rec | {"job_id": job_id})
         # Ctrl-C while the job was being started: ``cancel_all`` did not know of it yet
         # (it sets ``stopped`` before it looks at ``_jobs``, so one of the two cancels it).
         if self.stopped.is_set():
