@@ -24,6 +24,7 @@ from .errors import InvalidInput, TlsPinMismatch, TlsUntrusted, Unavailable
 
 __all__ = [
     "check_base_url",
+    "check_pin_applies",
     "check_server_url",
     "client_context",
     "fetch_server_cert",
@@ -108,6 +109,17 @@ def check_base_url(url: str) -> None:
             "query or fragment (the server's address only, not a page of it)"
         )
     check_server_url(url)
+
+
+def check_pin_applies(url: str, fingerprint: str | None) -> None:
+    """InvalidInput for a fingerprint with a plain http:// URL: the pin the caller counts
+    on would be skipped without a word (there is no certificate to compare)."""
+    if fingerprint and urlsplit(url).scheme in ("http", "ws"):
+        raise InvalidInput(
+            f"a fingerprint pins the certificate of an https:// server, and {_shown(url)} "
+            "is plain http (no certificate, nothing encrypted): use the server's https:// "
+            "URL, or no fingerprint for a plain --insecure server"
+        )
 
 
 def _is_loopback(host: str) -> bool:
@@ -197,6 +209,7 @@ def client_context(
     Without: the system CA store. ``http://`` URLs (``--insecure``) get None.
     """
     check_server_url(url)
+    check_pin_applies(url, fingerprint)
     if urlsplit(url).scheme in ("http", "ws"):
         return None, None
     if not fingerprint:

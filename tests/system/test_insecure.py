@@ -111,3 +111,37 @@ def test_clients_refuse_plain_http_to_another_computer(plain_server, tmp_path):
     )
     assert r.returncode == 2, r.stderr
     assert "refusing plain http:// to 192.0.2.10" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_fingerprint_with_a_plain_http_url_is_refused_before_anything_is_sent(
+    plain_server, tmp_path
+):
+    """A pin the caller counts on was skipped without a word with an http:// URL (the
+    token or key sent in clear): refused, by the CLI, the SDK and the agent alike."""
+    from cloudremotecontrol.errors import InvalidInput
+
+    url, token, _ = plain_server
+    pin = "sha256:" + "ab" * 32
+    env = {k: v for k, v in os.environ.items() if k not in ("CRC_TOKEN", "CRC_FINGERPRINT")}
+    env["CRC_CONFIG_DIR"] = str(tmp_path / "cfg")
+    words = "a fingerprint pins the certificate of an https:// server"
+    r = _crc("login", "--url", url, "--token", token, "--fingerprint", pin, env=env)
+    assert r.returncode == 2 and words in r.stderr, r.stderr
+    assert not (tmp_path / "cfg").exists() or not list((tmp_path / "cfg").rglob("*.json"))
+    with pytest.raises(InvalidInput, match=words), Client(url, token, pin) as client:
+        client.list_groups()
+    r = _crc(
+        "agent",
+        "run",
+        "--url",
+        url,
+        "--state-dir",
+        str(tmp_path / "a"),
+        "--fingerprint",
+        pin,
+        "--hosts-file",
+        str(tmp_path / "hosts"),
+        env={**env, "CRC_KEY": "crck_0123456789abcdef_x"},
+    )
+    assert r.returncode == 2 and words in r.stderr, r.stderr
+    assert not (tmp_path / "a").exists()

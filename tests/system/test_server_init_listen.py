@@ -106,3 +106,49 @@ def test_a_url_without_a_port_keeps_the_default_listen_with_a_warning(tmp_path: 
     assert r.returncode == 0, r.stderr
     assert _listen(data) == "0.0.0.0:8443"
     assert "crc: warning: the URL https://crc.example.net is on port 443" in r.stderr, r.stderr
+
+
+def test_an_ipv6_url_listens_on_ipv6_and_serves_there(tmp_path: Path) -> None:
+    """`--url https://[::1]:PORT` listened on 0.0.0.0 (IPv4 only): nothing answered at
+    the URL it had just printed."""
+    data = tmp_path / "srv"
+    port = free_port()
+    url = f"https://[::1]:{port}"
+    r = _crc("server", "init", "--data-dir", str(data), "--url", url)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    assert _listen(data) == f"[::]:{port}"
+    proc = subprocess.Popen(
+        crc_argv("server", "run", "--data-dir", str(data), "--json"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        first = json.loads(proc.stdout.readline())
+        assert first["event"] == "serving", first
+        socket.create_connection(("::1", port), timeout=5).close()  # the URL answers
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+    r = _crc("server", "init", "--data-dir", str(tmp_path / "v6"), "--url", "https://[::1]")
+    assert r.returncode == 0, r.stderr
+    assert _listen(tmp_path / "v6") == "[::]:8443"
+
+
+def test_an_empty_data_dir_or_database_is_a_usage_error(tmp_path: Path) -> None:
+    """`--data-dir ""` (a script's unset variable) meant ./crc-server, made or used
+    without a word; `--database ""` the data dir's own database."""
+    for args in (
+        ["server", "init", "--data-dir", "", "--url", "https://127.0.0.1:8443"],
+        ["server", "add-user", "zed", "--database", ""],
+        ["server", "add-user", "zed", "--data-dir", ""],
+        ["server", "run", "--data-dir", ""],
+        ["server", "run", "--data-dir", str(tmp_path), "--database", ""],
+    ):
+        r = subprocess.run(
+            crc_argv(*args), capture_output=True, text=True, timeout=60, cwd=tmp_path
+        )
+        assert r.returncode == 2, (args, r.stderr)
+        assert "an empty " in r.stderr and "leave the option out" in r.stderr, r.stderr
+        assert not (tmp_path / "crc-server").exists()

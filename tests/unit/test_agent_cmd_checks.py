@@ -168,6 +168,17 @@ REFUSED = {
         "x",
     ],
     "no key": ["--url", "https://127.0.0.1:9"],
+    # The key would go to another endpoint of the server (or of another program).
+    "a --url with a path": ["--url", "https://127.0.0.1:9/proxy", "--key", "crck_x"],
+    # A pin that would be skipped: the key sent in clear, to whatever listens.
+    "a --fingerprint with a plain http --url": [
+        "--url",
+        "http://127.0.0.1:9",
+        "--key",
+        "crck_x",
+        "--fingerprint",
+        "sha256:" + "ab" * 32,
+    ],
 }
 
 
@@ -220,3 +231,17 @@ def test_a_state_dir_whose_key_was_presented_is_kept(tmp_path: Path) -> None:
     )
     assert r.returncode == 6, r.stderr
     assert (state_dir / "agent.db").is_file()
+
+
+@pytest.mark.parametrize("sender", ["Bad Name", "", "a_b", "x" * 64])
+def test_a_wait_for_a_message_from_no_possible_sender_is_a_usage_error(
+    sender: str, tmp_path: Path
+) -> None:
+    """A typo in --from waited out the whole --timeout (600 s by default) for a sender
+    that cannot exist; `crc wait --message --from` refuses it at once."""
+    state = str(tmp_path / "state")
+    r = _crc("wait-message", "user.x", "--from", sender, "--state-dir", state, cwd=tmp_path)
+    assert r.returncode == 2, r.stderr
+    assert "Invalid value for --from: invalid machine" in r.stderr, r.stderr
+    assert "(the sender: master or a peer's name)" in r.stderr
+    assert not (tmp_path / "state").exists()

@@ -67,7 +67,7 @@ from ..protocol.messages import (
 )
 from ..protocol.streams import StreamOpen, StreamRequest
 from ..protocol.wire import Dispatcher, Frame, Message, Side
-from ..tlspin import check_server_url, client_context, normalize_fingerprint
+from ..tlspin import check_base_url, check_pin_applies, client_context, normalize_fingerprint
 from .deferred import proxy_option
 from .http import call_json
 from .platform import Platform, current
@@ -155,7 +155,8 @@ def enroll(state: AgentState, url: str, key: str, fingerprint: str | None) -> Cr
     list several replicas (comma-separated): each is tried until one answers."""
     urls = split_urls(url)
     for one in urls:  # refused here, before the nonce, is refused with nothing kept
-        check_server_url(one)
+        check_base_url(one)  # the server's address: a path would take the key elsewhere
+        check_pin_applies(one, fingerprint)
     if fingerprint:
         normalize_fingerprint(fingerprint)
     # Kept before the key is presented: if this process dies before it saves the

@@ -10,24 +10,12 @@ from typing import Any
 import click
 
 from ..errors import InvalidInput, Unavailable
-from .output import SELECTOR_HELP, emit_json, json_option
-
-
-def _given_path(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    """An empty ``--state-dir ""`` (an unset variable in a script) is a usage error, not
-    the default state directory; an empty CRC_AGENT_STATE_DIR is no value (click's
-    reading of an empty variable): the default."""
-    if value == "":
-        raise click.BadParameter(
-            "an empty path; leave the option out for the default", ctx=ctx, param=param
-        )
-    return value
-
+from .output import SELECTOR_HELP, emit_json, json_option, not_empty
 
 _state_option = click.option(
     "--state-dir",
     envvar="CRC_AGENT_STATE_DIR",
-    callback=_given_path,
+    callback=not_empty(),
     help="Agent state directory (default: /var/lib/crc-agent as root, "
     "%ProgramData%\\CloudRemoteControl\\agent on Windows).",
 )
@@ -327,7 +315,15 @@ def wait_message(
     import time
 
     from ..agent.control import AgentGone, NoAgent, call
+    from ..protocol.names import check_name
 
+    if sender is not None and sender != "master":  # a typo would wait out --timeout
+        try:
+            check_name(sender, "machine")
+        except InvalidInput as exc:
+            raise click.BadParameter(
+                f"{exc.message} (the sender: master or a peer's name)", param_hint="--from"
+            ) from None
     deadline = time.monotonic() + timeout
     seen = False  # an agent was there: one missing now is restarting
     while True:

@@ -67,6 +67,23 @@ def quiet_if_closed(stream: Any) -> None:
             os.close(devnull)
 
 
+def not_empty(
+    what: str = "path",
+) -> Callable[[click.Context, click.Parameter, str | None], str | None]:
+    """An option's callback: an empty ``--state-dir ""`` (an unset variable in a script)
+    is a usage error, not the default; an empty environment variable is no value
+    (click's reading of one): the default."""
+
+    def check(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+        if value == "":
+            raise click.BadParameter(
+                f"an empty {what}; leave the option out for the default", ctx=ctx, param=param
+            )
+        return value
+
+    return check
+
+
 def json_option(fn: F) -> F:
     return click.option(
         "--json", "as_json", is_flag=True, help="Print JSON (JSON lines when streaming)."

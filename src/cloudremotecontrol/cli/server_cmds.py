@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from ..errors import CrcError, InvalidInput, NotFound
-from .output import emit_json, json_option, print_table
+from .output import emit_json, json_option, not_empty, print_table
 
 if TYPE_CHECKING:  # the server's modules load only when a command needs them
     from ..server.store.base import Store
@@ -19,7 +19,7 @@ if TYPE_CHECKING:  # the server's modules load only when a command needs them
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
 
-DATA_DIR_HELP = "Server data directory (certificate, key, SQLite database)."
+DATA_DIR_HELP = "Server data directory (certificate, key, SQLite database; default ./crc-server)."
 
 
 def _data_dir(value: str | None) -> Path:
@@ -39,7 +39,7 @@ def server() -> None:
 
 
 @server.command()
-@click.option("--data-dir", envvar="CRC_DATA_DIR", help=DATA_DIR_HELP)
+@click.option("--data-dir", envvar="CRC_DATA_DIR", callback=not_empty(), help=DATA_DIR_HELP)
 @click.option(
     "--listen",
     help="HOST:PORT to serve on (default: 0.0.0.0 on the --url's port, else 0.0.0.0:8443).",
@@ -180,11 +180,12 @@ def _setting_options(f: F) -> F:
 
 
 @server.command()
-@click.option("--data-dir", envvar="CRC_DATA_DIR", help=DATA_DIR_HELP)
+@click.option("--data-dir", envvar="CRC_DATA_DIR", callback=not_empty(), help=DATA_DIR_HELP)
 @click.option("--listen", help="HOST:PORT to serve on (default: from `server init`).")
 @click.option(
     "--database",
     envvar="CRC_DATABASE",
+    callback=not_empty("URL"),
     help="Database URL: sqlite:///PATH (default: in the data dir) or postgresql://USER@HOST/DB.",
 )
 @click.option("--insecure", is_flag=True, help="Serve plain HTTP (loopback only; for development).")
@@ -375,9 +376,14 @@ def _date(ts: float | None) -> str:
 
 
 _db_option = click.option(
-    "--database", envvar="CRC_DATABASE", help="Database URL (instead of --data-dir)."
+    "--database",
+    envvar="CRC_DATABASE",
+    callback=not_empty("URL"),
+    help="Database URL (instead of --data-dir).",
 )
-_dd_option = click.option("--data-dir", envvar="CRC_DATA_DIR", help=DATA_DIR_HELP)
+_dd_option = click.option(
+    "--data-dir", envvar="CRC_DATA_DIR", callback=not_empty(), help=DATA_DIR_HELP
+)
 
 
 @server.command("add-user")

@@ -245,12 +245,16 @@ def url_port(url: str) -> int:
 def listen_for(url: str | None, listen: str | None) -> str:
     """What a new data directory listens on: ``listen`` when given; else the default
     host on the port ``url`` names (so the server listens where the URL says it is),
-    else ``DEFAULT_LISTEN`` (also for a URL without a port: binding 443 needs root)."""
+    else ``DEFAULT_LISTEN`` (also for a URL without a port: binding 443 needs root).
+    A URL whose host is an IPv6 address gets the IPv6 wildcard (``[::]``) for host."""
     if listen is not None:
         return listen
+    host, port = parse_listen(DEFAULT_LISTEN)
+    if url is not None and ":" in (urlsplit(url).hostname or ""):
+        host = "[::]"
     if url is not None and urlsplit(url).port is not None:
-        return f"{parse_listen(DEFAULT_LISTEN)[0]}:{url_port(url)}"
-    return DEFAULT_LISTEN
+        port = url_port(url)
+    return f"{host}:{port}"
 
 
 def _guess_host() -> str:
