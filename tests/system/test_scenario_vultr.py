@@ -387,7 +387,7 @@ def test_down_honours_429_and_reports_clearly_when_vultr_keeps_refusing(env, crc
         assert r.returncode == 8, r.stdout + r.stderr
         assert r.stderr.strip() == (
             "crc: error: Vultr kept rate-limiting GET /instances (HTTP 429) after 6 "
-            "retries: wait a minute, or create fewer machines at once"
+            "retries: wait a minute and try again"
         )
         assert sorted(fake.state.instances) == sorted(ids)  # nothing destroyed half-way
         states = [m["state"] for m in env.client.group("rl")["machines"]]

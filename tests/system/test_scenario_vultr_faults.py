@@ -176,11 +176,16 @@ def test_down_reports_a_machine_vultr_forbids_deleting_at_once_and_down_again_re
     assert "(HTTP 403): Unauthorized IP address" in done["errors"][ids["b"]]
     assert done["text"].startswith(f"still at vultr: {ids['b']} (not destroyed: Vultr forbade")
     assert list(fake.state.instances) == [ids["b"]]
+    # The group stays while b bills: listed, with the provider `crc down --group` asks.
+    assert "group flaky is kept while they are (`crc status flaky`)" in done["text"]
+    assert (done["group_deleted"], done["revoked"]) == (False, 0)
+    assert [g["group"] for g in env.client.list_groups()] == ["flaky"]
 
-    r = crc("down", "--group", "flaky", "--provider", "vultr", "--json", extra_env=vultr_env)
+    r = crc("down", "--group", "flaky", "--json", extra_env=vultr_env)
     assert r.returncode == 0, r.stdout + r.stderr
     again = next(o for o in lines(r.stdout) if o["event"] == "down")
     assert again["destroyed"] == [ids["b"]] and again["left"] == [] and fake.state.instances == {}
+    assert again["group_deleted"] is True and env.client.list_groups() == []
 
 
 def test_up_destroys_the_second_machine_a_create_whose_answer_was_lost_made(

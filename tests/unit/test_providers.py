@@ -331,8 +331,9 @@ def test_down_with_a_machine_left_says_how_to_try_again() -> None:
     text, doc = view.notes[-1]
     assert doc["left"] == ["b"] and doc["destroyed"] == ["a", "b"]
     assert text == (
-        "still at memory after 0.3 s: b; to try again: `crc down --group s --provider "
-        "memory` (or `crc down` with the scenario file)"
+        "still at memory after 0.3 s: b; group s is kept while they are (`crc status s`); "
+        "to try again: `crc down --group s --provider memory` (or `crc down` with the "
+        "scenario file)"
     )
 
 
@@ -344,7 +345,7 @@ def test_down_says_why_a_machine_was_not_destroyed() -> None:
     assert doc["left"] == ["b"] and doc["destroyed"] == ["a"]
     assert doc["errors"] == {"b": "API failed DELETE b"}
     assert text.startswith(
-        "still at memory after 0.3 s: b (not destroyed: API failed DELETE b); to try again"
+        "still at memory after 0.3 s: b (not destroyed: API failed DELETE b); group s is kept"
     )
 
 
@@ -356,7 +357,7 @@ def test_down_reports_a_machine_refused_for_good_without_waiting_out_the_time() 
     text, doc = view.notes[-1]
     assert doc["left"] == ["b"] and doc["destroyed"] == ["a"]
     assert doc["errors"] == {"b": "API failed DELETE b"}
-    assert text.startswith("still at memory: b (not destroyed: API failed DELETE b); to try again")
+    assert text.startswith("still at memory: b (not destroyed: API failed DELETE b); group s is")
 
 
 class CleanupFails(Cloud):
@@ -373,3 +374,35 @@ def test_a_cleanup_the_provider_refuses_leaves_the_machines_destroyed() -> None:
     assert out.ok and [i.id for i in out.destroyed] == ["a", "b"]
     assert out.cleaned == {} and out.errors == {CLEANUP: "API failed DELETE /startup-scripts/s1"}
     assert cloud.calls[-1] == "cleanup failed"
+
+
+class Server:
+    """The calls ``down`` makes of the server."""
+
+    def __init__(self) -> None:
+        self.deleted: list[str] = []
+
+    def delete_group(self, group: str) -> dict[str, Any]:
+        self.deleted.append(group)
+        return {"machines_revoked": 2}
+
+
+def test_down_keeps_the_group_and_the_local_state_while_a_machine_is_left(
+    tmp_path: Path,
+) -> None:
+    """A machine still at the provider (billed) stays listed by the group, which names
+    the provider the next `crc down --group` asks; the local state stays with it. The
+    `crc down` that leaves nothing deletes both."""
+    from cloudremotecontrol.master.scenario.state import LocalState
+
+    state = LocalState(tmp_path / "s.json")
+    state.save(keys={"c": "crck_x"})
+    server, view = Server(), Notes()
+    cloud = Flaky(["a", "b"], refuse={"b": 1}, permanent=True)
+    nap = lambda seconds: None  # noqa: E731
+    assert down("s", cloud, server, view, state, verify_timeout=10, sleep=nap) == 1  # type: ignore[arg-type]
+    _, doc = view.notes[-1]
+    assert doc["left"] == ["b"] and (doc["group_deleted"], doc["revoked"]) == (False, 0)
+    assert server.deleted == [] and state.path.exists()
+    assert down("s", cloud, server, Notes(), state, verify_timeout=10, sleep=nap) == 0  # type: ignore[arg-type]
+    assert server.deleted == ["s"] and not state.path.exists()

@@ -581,9 +581,11 @@ class VultrProvider(Provider):
             status = resp.status_code
             if status == 429:
                 if limited >= self.retry.rate_limit_retries:
+                    creating = (method, path) == ("POST", "/instances")
+                    advice = ", or create fewer machines at once" if creating else " and try again"
                     raise ProviderError(
                         f"Vultr kept rate-limiting {method} {path} (HTTP 429) after "
-                        f"{limited} retries: wait a minute, or create fewer machines at once",
+                        f"{limited} retries: wait a minute{advice}",
                         provider=self.name,
                         status=status,
                         provider_error=_vultr_error(resp),

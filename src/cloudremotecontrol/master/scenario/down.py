@@ -2,7 +2,10 @@
 
 ``down`` destroys every instance tagged with the scenario and checks at the provider that
 none is left (``providers.destroy_scenario``, the server's TTL teardown does the same),
-deletes the group (revoking every key and credential) and the local state.
+then deletes the group (revoking every key and credential) and the local state. While a
+machine is left at the provider, both are kept: the group lists what still bills
+(``crc status``, ``crc group list``), names the provider ``crc down --group`` asks, and
+keeps a teardown the server was given for its TTL.
 """
 
 from __future__ import annotations
@@ -72,7 +75,7 @@ def _down(
     destroyed, left = [i.id for i in gone.destroyed], gone.left
     deleted = False
     revoked = 0
-    if client is not None and unreachable is None:
+    if client is not None and unreachable is None and not left:
         try:
             revoked = int(client.delete_group(group).get("machines_revoked") or 0)
             deleted = True
@@ -80,7 +83,7 @@ def _down(
             pass
         except Unavailable as exc:
             unreachable = exc
-    if state is not None:
+    if state is not None and not left:
         state.delete()
     doc = {
         "group": group,
@@ -95,16 +98,15 @@ def _down(
     }
     doc["event"] = "down"
     if left:
-        # The group is deleted all the same (its credentials revoked: what is left can no
-        # longer reach the server), and with it what `crc down --group` reads the
-        # provider from: say how to try again. Machines the provider refused for good are
-        # reported at once, without waiting out the time: say "after" only if it was.
+        # The group is kept, with the local state: it shows what still bills, and names
+        # the provider the next `crc down` asks. Machines the provider refused for good
+        # are reported at once, without waiting out the time: say "after" only if it was.
         waited = any(i.id not in gone.refused for i in left)
         view.info(
             f"still at {provider.name}{f' after {verify_timeout:g} s' if waited else ''}: "
-            f"{', '.join(_left_text(i, gone.errors) for i in left)}; "
-            f"to try again: `crc down --group {group} "
-            f"--provider {provider.name}` (or `crc down` with the scenario file)",
+            f"{', '.join(_left_text(i, gone.errors) for i in left)}; group {group} is kept "
+            f"while they are (`crc status {group}`); to try again: `crc down --group "
+            f"{group} --provider {provider.name}` (or `crc down` with the scenario file)",
             **doc,
         )
     else:
