@@ -130,5 +130,13 @@ def check_json(
         return 0
     size = len(json.dumps(value, separators=(",", ":")))  # ASCII: characters are bytes
     if size > max_bytes:
-        raise TooLarge(f"{what} is {size} bytes of JSON; the limit is {max_bytes}", **details)
+        # Each character beyond ASCII travels (and is stored) as its escape: say so, or
+        # a value far under the limit in UTF-8 looks refused for no reason.
+        plain = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False))
+        escapes = " (each character beyond ASCII counts as its \\uXXXX escape)"
+        raise TooLarge(
+            f"{what} is {size} bytes of JSON{escapes if plain != size else ''}; "
+            f"the limit is {max_bytes}",
+            **details,
+        )
     return size
