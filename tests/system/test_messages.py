@@ -216,6 +216,53 @@ def test_a_kv_wait_that_times_out_says_what_it_waited_for(env, crc):
     assert "key 'mode' did not change within 1 s (no version above 1)" in r.stderr, r.stderr
 
 
+def test_waits_on_an_agent_end_when_its_machine_is_revoked(env):
+    """A script waiting on its agent (a message, a key) when the group is deleted was
+    left waiting out its --timeout for an agent that would not come back (it took the
+    agent's exit for a restart): it is told at once, exit 3."""
+    env.group_with_agents("lab", ["a"])
+    state = str(env.tmp / "agents" / "a")
+    waits = [
+        ["agent", "wait-message", "user.never", "--timeout", "120", "--state-dir", state],
+        ["agent", "kv", "wait", "never", "--timeout", "120", "--state-dir", state],
+    ]
+    waiters = [
+        subprocess.Popen(
+            [sys.executable, "-m", "cloudremotecontrol", *argv],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for argv in waits
+    ]
+    try:
+        time.sleep(2)  # both wait on the agent
+        assert all(w.poll() is None for w in waiters)
+        env.client.delete_group("lab")
+        for w in waiters:
+            out, err = w.communicate(timeout=60)  # well before their --timeout of 120 s
+            assert w.returncode == 3, err
+            # The agent's words, or the server's (a key wait on the server ends first).
+            assert out == "" and "Traceback" not in err, err
+            assert err in (
+                "crc: error: machine credential unknown or revoked\n",
+                "crc: error: this machine was revoked (group 'lab' deleted): nothing more "
+                "comes to it\n",
+            ), err
+        # A script that asks after the agent stopped is told the same, at once (not
+        # "no agent is running", nor a wait for one that restarts).
+        for argv in (waits[0], ["agent", "status", "--state-dir", state]):
+            r = env.agent_cli("a", *argv[1:-2], timeout=30)
+            assert r.returncode == 3, r.stderr
+            assert r.stderr == (
+                "crc: error: this machine was revoked (group 'lab' deleted): nothing more "
+                "comes to it\n"
+            ), r.stderr
+    finally:
+        for w in waiters:
+            w.kill()
+
+
 def test_a_kv_wait_goes_on_across_a_server_restart(env, crc):
     env.group_with_agents("lab", ["a"])
     state = str(env.tmp / "agents" / "a")

@@ -50,7 +50,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import CrcError, InvalidInput, Unavailable, error_from_payload
+from ..errors import CrcError, InvalidInput, Unauthorized, Unavailable, error_from_payload
 
 log = logging.getLogger("crc.agent")
 
@@ -149,7 +149,7 @@ class ControlServer:
             if self.protect is not None:
                 self.protect(str(info))
 
-    async def close(self) -> None:
+    async def close(self, ending: CrcError | None = None) -> None:
         """Stop taking connections, then let the quick requests already taken finish
         (``CLOSE_GRACE_SECONDS`` at most): their clients get their answer rather than a
         closed connection that leaves them unsure whether the request was carried out.
@@ -157,15 +157,25 @@ class ControlServer:
         the requests still open (the waiting ones: what they wait for is released, not
         lost; a quick one past its grace) lose their connection, as their clients would
         when the agent exits, so that this returns (from Python 3.12.1 on, the server's
-        ``wait_closed`` waits for every connection it accepted)."""
+        ``wait_closed`` waits for every connection it accepted). ``ending``: why the
+        agent stops for good (its machine revoked): the waiting ones are answered with
+        it, rather than left to wait for an agent that will not come back."""
         if self._server is not None:
             self._server.close()
             busy = {task for task in self._busy if not task.done()}
             if busy:
                 await asyncio.wait(busy, timeout=CLOSE_GRACE_SECONDS)
             left = {task for task in self._open if not task.done()}
+            waiting = left - self._busy
             for task in left:
-                self._open[task].transport.abort()
+                writer = self._open[task]
+                if ending is not None and task in waiting:
+                    reply = {"ok": False, "status": ending.http_status, **ending.to_payload()}
+                    with contextlib.suppress(Exception):  # the client may be gone
+                        writer.write(json.dumps(reply).encode() + b"\n")
+                    writer.transport.close()  # once the answer is written
+                else:
+                    writer.transport.abort()
             if left:
                 await asyncio.wait(left, timeout=CLOSE_GRACE_SECONDS)
             await self._server.wait_closed()
@@ -307,6 +317,32 @@ def _short_path(path: Path) -> Iterator[str]:
         os.close(fd)
 
 
+def revoked(reason: str) -> Unauthorized:
+    """What a script asking an agent whose machine was revoked is told."""
+    return Unauthorized(
+        f"this machine was revoked ({reason}): nothing more comes to it", code="revoked"
+    )
+
+
+def _unless_revoked(state_dir: Path) -> None:
+    """No agent answers: say so plainly if it stopped for good, its machine revoked (it
+    records why in its state before it exits), rather than as a stop or a restart."""
+    import sqlite3
+
+    path = state_dir / "agent.db"
+    if not path.is_file():
+        return
+    try:
+        with contextlib.closing(
+            sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=1)
+        ) as db:
+            row = db.execute("SELECT value FROM kv WHERE key = 'revoked'").fetchone()
+    except (sqlite3.Error, OSError, ValueError):  # unreadable here: said as before
+        return
+    if row and isinstance(row[0], str):
+        raise revoked(row[0][:300])
+
+
 def call(
     state_dir: Path, request: dict[str, Any], timeout: float = 30.0, confirm: bool = False
 ) -> dict[str, Any]:
@@ -337,11 +373,13 @@ def call(
                 raise ConnectionRefusedError(0, "its control.json is incomplete") from None
             sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
     except ConnectionRefusedError as exc:
+        _unless_revoked(state_dir)
         raise AgentGone(
             f"no agent is running with state dir {state_dir} ({exc.strerror}): "
             "start it with `crc agent run` or give --state-dir"
         ) from None
     except (FileNotFoundError, NotADirectoryError) as exc:  # no such directory, or a file
+        _unless_revoked(state_dir)
         raise NoAgent(
             f"no agent is running with state dir {state_dir} ({exc.strerror}): "
             "start it with `crc agent run` or give --state-dir"

@@ -11,11 +11,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..errors import Conflict, InvalidInput, NotFound, Unavailable
+from ..errors import Conflict, CrcError, InvalidInput, NotFound, Unavailable
 from ..protocol.messages import Progress
 from ..protocol.names import check_message_type
 from . import sdnotify
-from .control import ControlServer, Handed
+from .control import ControlServer, Handed, revoked
 from .core import Agent, Revoked, load_or_enroll
 from .lock import StateDirLock
 from .platform import current
@@ -191,10 +191,15 @@ async def _main(
             loop.call_soon_threadsafe(main.cancel)
 
         on_started(stop)
+    ending: CrcError | None = None
     try:
         await agent.run()
     except asyncio.CancelledError:
         log.info("stopping")
+    except Revoked as exc:
+        # Scripts waiting on this agent (a message, a key) are told: nothing more comes.
+        ending = revoked(exc.message)
+        raise
     finally:
         supervisor.cancel()
         pruner.cancel()
@@ -202,7 +207,7 @@ async def _main(
             await supervisor
         with contextlib.suppress(asyncio.CancelledError):
             await pruner
-        await control.close()
+        await control.close(ending)
 
 
 async def _kv_wait(agent: Agent, path: str, wait: float, newer: int) -> dict[str, Any]:
