@@ -982,3 +982,55 @@ def test_a_run_to_linux_and_windows_machines_names_the_shell_and_its_other_probl
         ["steps.s1.run", "{{ vars.missing }}: no variable 'missing' in `variables:`"],
         ["steps.s1.run", "{{ vars.gone }}: no variable 'gone' in `variables:`"],
     ]
+
+
+def test_vultr_fields_vultr_would_refuse_are_found_when_the_file_loads():
+    """An image of digits int() does not read ("²": str.isdigit() says yes), a region
+    no Vultr id can be, an os_id of 0, and the fields crc sets itself (the label
+    <scenario>-<machine>, the hostname) are refused before any machine exists."""
+    got = problems("""\
+        name: lab
+        provider: vultr
+        defaults: {region: ewr, plan: vc2-1c-1gb, image: "2284"}
+        machines:
+          a: {}
+          b: {image: "²"}
+          c: {region: "new york", image: "0"}
+          d: {provider: {label: prod-db, hostname: other}}
+          e: {provider: {os_id: 0, app_id: -3}}
+        """)
+    assert got == [
+        "s.yaml:6:14: machines.b.image: expected a Vultr os_id (digits 0-9, e.g. 2284) or an "
+        "image_id: printable ASCII without spaces, at most 100 characters, not '²'",
+        "s.yaml:7:15: machines.c.region: expected a Vultr region id (e.g. ewr): printable "
+        "ASCII without spaces, at most 100 characters, not 'new york'",
+        "s.yaml:7:34: machines.c.image: an os_id is a whole number from 1 (at most 18 "
+        "digits), not '0'",
+        got[3],
+        "s.yaml:9:17: machines.e.provider: os_id must be 1 or more, not 0",
+        "s.yaml:9:17: machines.e.provider: app_id must be 1 or more, not -3",
+        "s.yaml:9:17: machines.e.provider: give one image source, not 2: os_id, app_id",
+    ]
+    assert got[3].startswith(
+        "s.yaml:8:17: machines.d.provider: not a vultr option: hostname, label"
+    )
+    # A bad image in defaults is reported at each machine that uses it; a machine that
+    # boots from a snapshot sends no image, and an image_id or a Vultr id passes.
+    got = problems("""\
+        name: lab
+        provider: vultr
+        defaults: {region: ewr, plan: vc2-1c-1gb, image: "\\uFF11\\uFF12"}
+        machines:
+          a: {}
+          b: {provider: {snapshot_id: "9a1f"}}
+        """)
+    assert [p.split(": ", 2)[:2] for p in got] == [["s.yaml:5:3", "machines.a.image"]]
+    ok = parse("""\
+        name: lab
+        provider: vultr
+        defaults: {region: ewr, plan: vc2-1c-1gb}
+        machines:
+          a: {image: 2284}
+          b: {image: openlitespeed-wordpress, provider: {enable_ipv6: true}}
+        """)
+    assert [ok.machine(m).image for m in "ab"] == ["2284", "openlitespeed-wordpress"]

@@ -778,3 +778,22 @@ def test_an_image_option_stands_in_for_the_image_and_bad_options_send_nothing(
         with pytest.raises(ProviderError, match=r"must be|one image source"):
             vultr.create("demo", linux("db", extra=extra), "x")
     assert len(sent(fake, "POST", "/instances")) == 1
+
+
+def test_an_image_int_cannot_read_or_a_field_crc_sets_itself_sends_nothing(
+    fake: FakeVultr, vultr: VultrProvider
+) -> None:
+    def image(name: str, image: str) -> MachineSpec:
+        return MachineSpec(name, "linux", "ewr", "vc2-1c-1gb", image)
+
+    vultr.create("demo", image("web", "openlitespeed-wordpress"), "x")
+    [body] = [r.json for r in sent(fake, "POST", "/instances")]
+    assert body["image_id"] == "openlitespeed-wordpress" and "os_id" not in body
+    for bad in ("²", "0", "9" * 5000):
+        with pytest.raises(ProviderError, match=r"^machine db: image: "):
+            vultr.create("demo", image("db", bad), "x")
+    for extra in ({"label": "prod-db"}, {"hostname": "other"}):
+        with pytest.raises(ProviderError, match="not allowed"):
+            vultr.create("demo", linux("db", extra=extra), "x")
+    assert len(sent(fake, "POST", "/instances")) == 1
+    assert_clean(fake)

@@ -154,6 +154,8 @@ class Capabilities:
     (checked when the scenario is loaded, before anything is created).
     ``check_options`` finds what is wrong with one machine's options (their types, their
     combinations), also when the scenario is loaded: one message per problem.
+    ``check_field`` finds what is wrong with one of a machine's ``region``, ``plan`` and
+    ``image`` (named by its field), when the scenario is loaded too: a message or ``None``.
     ``image_options``: options that stand in for the machine's ``image`` (a snapshot,
     say), so a machine with one needs no ``image`` even when ``required`` names it.
     ``public_addresses``: an instance's ``main_ip`` is the machine's address on the
@@ -171,6 +173,7 @@ class Capabilities:
     required: tuple[MachineField, ...] = ()
     machine_options: bool | frozenset[str] = False
     check_options: Callable[[Mapping[str, Any]], builtins.list[str]] | None = None
+    check_field: Callable[[MachineField, str], str | None] | None = None
     image_options: frozenset[str] = frozenset()
     public_addresses: bool = True
     liveness_interval: float = 15.0

@@ -35,6 +35,7 @@ import contextlib
 import email.utils
 import os
 import random
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -74,8 +75,9 @@ SCRIPT_TAG_PREFIX = "crc-script:"
 _SCRIPT_NAME_PREFIX = "crc:"  # startup script name: crc:<scenario>/<machine>
 
 # The request fields of POST /instances in openapi-v2.json that MachineSpec.extra may set.
-# user_data, script_id and tags carry the bootstrap and the scenario bookkeeping: not
-# overridable. region, plan and os_id/image_id come from the spec itself.
+# user_data, script_id and tags carry the bootstrap and the scenario bookkeeping, label
+# (<scenario>-<machine>) and hostname (the machine's name) are what the docs promise:
+# not overridable. region, plan and os_id/image_id come from the spec itself.
 _EXTRA_FIELDS = frozenset(
     {
         "activation_email",
@@ -88,18 +90,18 @@ _EXTRA_FIELDS = frozenset(
         "enable_private_network",
         "enable_vpc",
         "firewall_group_id",
-        "hostname",
         "image_id",
         "ipxe_chain_url",
         "iso_id",
-        "label",
         "os_id",
         "reserved_ipv4",
         "snapshot_id",
         "sshkey_id",
     }
 )
-_RESERVED_FIELDS = frozenset({"user_data", "script_id", "tags", "tag", "region", "plan"})
+_RESERVED_FIELDS = frozenset(
+    {"user_data", "script_id", "tags", "tag", "region", "plan", "label", "hostname"}
+)
 # What each option must be: openapi-v2.json paths./instances.post.requestBody.
 _OPTION_KINDS: dict[str, str] = {
     "activation_email": "boolean",
@@ -112,11 +114,9 @@ _OPTION_KINDS: dict[str, str] = {
     "enable_private_network": "boolean",
     "enable_vpc": "boolean",
     "firewall_group_id": "string",
-    "hostname": "string",
     "image_id": "string",
     "ipxe_chain_url": "string",
     "iso_id": "string",
-    "label": "string",
     "os_id": "integer",
     "reserved_ipv4": "string",
     "snapshot_id": "string",
@@ -125,6 +125,13 @@ _OPTION_KINDS: dict[str, str] = {
 # What a new instance boots from: exactly one (the machine's image is the os_id or
 # image_id, unless one of these options is given).
 _IMAGE_SOURCES = ("os_id", "image_id", "iso_id", "snapshot_id", "app_id")
+# A machine's image is an os_id in ASCII digits ("2284"; str.isdigit() also takes "²",
+# which int() does not), of at most 18 digits (an int64, and well within what int()
+# converts), or else an image_id. Region, plan and image_id are ids: printable ASCII
+# without spaces ("ewr", "vc2-1c-1gb", "openlitespeed-wordpress").
+_DIGITS = re.compile(r"[0-9]+")
+_OS_ID = re.compile(r"[0-9]{1,18}")
+_ID = re.compile(r"[!-~]{1,100}")
 
 
 def check_options(options: Mapping[str, Any]) -> list[str]:
@@ -143,10 +150,39 @@ def check_options(options: Mapping[str, Any]) -> list[str]:
             "enabled/disabled": "enabled or disabled",
         }[kind]
         problems.append(f"{name} must be {want}, not {value!r}"[:300])
+    for name in ("os_id", "app_id"):  # ids count from 1 (list-os, list-applications)
+        value = options.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value < 1:
+            problems.append(f"{name} must be 1 or more, not {value!r}"[:300])
     sources = [k for k in _IMAGE_SOURCES if k in options]
     if len(sources) > 1:
         problems.append(f"give one image source, not {len(sources)}: {', '.join(sources)}")
     return problems
+
+
+def check_field(name: str, value: str) -> str | None:
+    """What Vultr would refuse in a machine's region, plan or image, found when the
+    scenario is loaded: an image that is neither an os_id nor an image_id, an id that
+    cannot be one (spaces, characters beyond ASCII, too long)."""
+    if name == "image" and _DIGITS.fullmatch(value):
+        if _OS_ID.fullmatch(value) and int(value) >= 1:
+            return None
+        return f"an os_id is a whole number from 1 (at most 18 digits), not {value!r}"[:200]
+    if _ID.fullmatch(value):
+        return None
+    if name == "image":
+        want = "a Vultr os_id (digits 0-9, e.g. 2284) or an image_id"
+    else:
+        want = f"a Vultr {name} id (e.g. {'ewr' if name == 'region' else 'vc2-1c-1gb'})"
+    return (
+        f"expected {want}: printable ASCII without spaces, at most 100 characters, "
+        + (f"not {value!r}"[:200])
+    )
+
+
+def _os_id(image: str) -> int | None:
+    """The os_id a machine's image names, or ``None`` for an image_id."""
+    return int(image) if _OS_ID.fullmatch(image) else None
 
 
 def _is_kind(value: Any, kind: str) -> bool:
@@ -200,6 +236,7 @@ class VultrProvider(Provider):
         required=("region", "plan", "image"),
         machine_options=_EXTRA_FIELDS,  # further POST /instances fields
         check_options=check_options,
+        check_field=check_field,
         image_options=frozenset(_IMAGE_SOURCES),
     )
 
@@ -378,12 +415,16 @@ class VultrProvider(Provider):
             "hostname": spec.name,
             "tags": [scenario_tag(scenario), machine_tag(spec.name), *spec.tags],
         }
+        fields = {"region": spec.region, "plan": spec.plan}
         if any(k in spec.extra for k in _IMAGE_SOURCES):
             pass  # the machine's options say what it boots from
-        elif spec.image.isdigit():
-            body["os_id"] = int(spec.image)
         elif spec.image:
-            body["image_id"] = spec.image
+            fields["image"] = spec.image
+            os_id = _os_id(spec.image)
+            if os_id is not None:
+                body["os_id"] = os_id
+            else:
+                body["image_id"] = spec.image
         reserved = sorted(set(spec.extra) & _RESERVED_FIELDS)
         unknown = sorted(set(spec.extra) - _EXTRA_FIELDS - _RESERVED_FIELDS)
         if reserved or unknown:
@@ -393,7 +434,11 @@ class VultrProvider(Provider):
                 f"(allowed: {', '.join(sorted(_EXTRA_FIELDS))})",
                 provider=self.name,
             )
-        problems = check_options(spec.extra)
+        problems = [
+            f"{name}: {problem}"
+            for name, value in fields.items()
+            if value and (problem := check_field(name, value)) is not None
+        ] + check_options(spec.extra)
         if problems:
             raise ProviderError(f"machine {spec.name}: {'; '.join(problems)}", provider=self.name)
         body.update(spec.extra)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ from ...providers import (
     provider_names,
     teardown_providers,
 )
+from ...providers.base import MachineField
 from . import shellquote, templates
 from .model import (
     DEFAULT_READY_TIMEOUT,
@@ -376,7 +378,30 @@ class ScenarioParser:
                         f"the {self.provider} provider needs "
                         f"{'an' if key == 'image' else 'a'} {key} (here or in defaults)",
                     )
+            if caps is not None and caps.check_field is not None:
+                self._check_fields(caps.check_field, m, spec, knode, path)
             self.machines[name] = m
+
+    def _check_fields(
+        self,
+        check: Callable[[MachineField, str], str | None],
+        m: MachineDef,
+        spec: dict[str, tuple[yaml.Node, yaml.Node]],
+        knode: yaml.Node,
+        path: str,
+    ) -> None:
+        """What the provider would refuse in the machine's region, plan and image, found
+        before any machine is created (and billed); reported where the machine gives the
+        field, else at the machine (the value came from ``defaults``)."""
+        fields: tuple[MachineField, ...] = ("region", "plan", "image")
+        for key in fields:
+            value = getattr(m, key)
+            if key == "image" and self.caps is not None and self.caps.image_options & set(m.extra):
+                continue  # an option says what it boots from: the image is not sent
+            problem = None if value is None else check(key, value)
+            if problem is not None:
+                node = spec[key][1] if key in spec else knode
+                self.r.error(node, f"{path}.{key}", problem)
 
     # -- steps ---------------------------------------------------------------------------
     def _steps(self, node: yaml.Node) -> list[Step]:
