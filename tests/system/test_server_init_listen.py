@@ -4,10 +4,13 @@ a warning that only a proxy or a port forward makes the URL reach the server."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from cloudremotecontrol.master.localrun import crc_argv, free_port
 
@@ -20,14 +23,9 @@ def _listen(data: Path) -> str:
     return str(json.loads((data / "server.json").read_text())["listen"])
 
 
-def test_init_without_listen_listens_on_the_urls_port_and_serves_there(tmp_path: Path) -> None:
-    data = tmp_path / "srv"
-    port = free_port()
-    url = f"https://127.0.0.1:{port}"
-    r = _crc("server", "init", "--data-dir", str(data), "--url", url)
-    assert r.returncode == 0 and r.stderr == "", r.stderr
-    assert _listen(data) == f"0.0.0.0:{port}"
-    assert f"\nlisten:       0.0.0.0:{port}\n" in r.stdout, r.stdout
+@contextlib.contextmanager
+def _serving(data: Path) -> Iterator[dict[str, Any]]:
+    """`crc server run --json` on ``data``, until the block ends; its first line."""
     proc = subprocess.Popen(
         crc_argv("server", "run", "--data-dir", str(data), "--json"),
         stdout=subprocess.PIPE,
@@ -38,11 +36,23 @@ def test_init_without_listen_listens_on_the_urls_port_and_serves_there(tmp_path:
         assert proc.stdout is not None
         first = json.loads(proc.stdout.readline())
         assert first["event"] == "serving", first
-        assert (first["url"], first["listen"]) == (url, f"0.0.0.0:{port}")
-        socket.create_connection(("127.0.0.1", port), timeout=5).close()  # the URL answers
+        yield first
     finally:
         proc.terminate()
         proc.communicate(timeout=30)
+
+
+def test_init_without_listen_listens_on_the_urls_port_and_serves_there(tmp_path: Path) -> None:
+    data = tmp_path / "srv"
+    port = free_port()
+    url = f"https://127.0.0.1:{port}"
+    r = _crc("server", "init", "--data-dir", str(data), "--url", url)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    assert _listen(data) == f"0.0.0.0:{port}"
+    assert f"\nlisten:       0.0.0.0:{port}\n" in r.stdout, r.stdout
+    with _serving(data) as first:
+        assert (first["url"], first["listen"]) == (url, f"0.0.0.0:{port}")
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()  # the URL answers
 
 
 def test_init_json_says_where_it_listens(tmp_path: Path) -> None:
@@ -117,20 +127,9 @@ def test_an_ipv6_url_listens_on_ipv6_and_serves_there(tmp_path: Path) -> None:
     r = _crc("server", "init", "--data-dir", str(data), "--url", url)
     assert r.returncode == 0 and r.stderr == "", r.stderr
     assert _listen(data) == f"[::]:{port}"
-    proc = subprocess.Popen(
-        crc_argv("server", "run", "--data-dir", str(data), "--json"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        first = json.loads(proc.stdout.readline())
-        assert first["event"] == "serving", first
+    with _serving(data) as first:
+        assert (first["url"], first["listen"]) == (url, f"[::]:{port}")
         socket.create_connection(("::1", port), timeout=5).close()  # the URL answers
-    finally:
-        proc.terminate()
-        proc.communicate(timeout=30)
     r = _crc("server", "init", "--data-dir", str(tmp_path / "v6"), "--url", "https://[::1]")
     assert r.returncode == 0, r.stderr
     assert _listen(tmp_path / "v6") == "[::]:8443"
