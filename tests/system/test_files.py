@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -254,6 +255,15 @@ def test_a_push_the_server_would_refuse_is_refused_before_its_file_is_uploaded(e
         with pytest.raises(error, match=words):
             asyncio.run(push_async())
     blobs = env.server.data_dir / "blobs"
+    assert [p for p in blobs.rglob("*") if p.is_file()] == []
+    # A group whose TTL passed: said as the server says it, and nothing uploaded.
+    env.client.create_group("old", ["a"], ttl=1)
+    deadline = time.monotonic() + 30
+    while not env.client.group("old").get("expired"):
+        assert time.monotonic() < deadline, "the group never expired"
+        time.sleep(0.2)
+    with pytest.raises(NotFound, match=r"^group 'old' has expired \(its TTL\)"):
+        env.client.push("old", "a", str(src), "/tmp/x")
     assert [p for p in blobs.rglob("*") if p.is_file()] == []
     # The same push to a machine of the group goes (positive control; it waits for b).
     assert env.client.push("lab", "b", str(src), "/tmp/x")["targets"] == ["b"]

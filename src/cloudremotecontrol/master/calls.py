@@ -25,7 +25,14 @@ from ..errors import (
     not_crc_server,
 )
 from ..protocol.jsoncheck import check_json
-from ..protocol.names import Target, check_kv_key, check_name, kv_wait_timed_out, parse_target
+from ..protocol.names import (
+    Target,
+    check_kv_key,
+    check_name,
+    group_expired,
+    kv_wait_timed_out,
+    parse_target,
+)
 
 __all__ = [
     "RESUME_SECONDS",
@@ -427,6 +434,8 @@ def check_push(to: str, remote: str, mode: str | None, owner: str | None) -> Tar
 def check_targets(target: Target, group: str, roster: dict[str, Any]) -> None:
     """NotFound, in the server's words, when ``target`` names no machine of ``roster``
     (the group, as ``GET /v1/groups/G`` gives it) that a job can go to."""
+    if roster.get("expired"):
+        raise group_expired(group)
     machines = {
         str(m.get("name")): m.get("labels") or {}
         for m in roster.get("machines") or ()

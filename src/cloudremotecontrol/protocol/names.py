@@ -18,6 +18,7 @@ __all__ = [
     "check_label",
     "check_message_type",
     "check_name",
+    "group_expired",
     "kv_wait_timed_out",
     "parse_labels",
     "parse_target",
@@ -57,6 +58,15 @@ def check_kv_key(key: object) -> str:
             field="key",
         )
     return key
+
+
+def group_expired(name: str) -> NotFound:
+    """A group whose TTL passed: its machines are revoked, nothing can be sent to them."""
+    return NotFound(
+        f"group {name!r} has expired (its TTL): its machines are revoked; "
+        f"run `crc down` or `crc group delete {name}`",
+        field="group",
+    )
 
 
 def kv_wait_timed_out(key: str, wait: float, newer_than: int) -> str:

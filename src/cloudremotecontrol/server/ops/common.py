@@ -10,6 +10,7 @@ from json.encoder import encode_basestring_ascii
 from typing import Any
 
 from ...errors import NotFound
+from ...protocol.names import group_expired
 from ..store.base import Tx
 
 __all__ = [
@@ -122,9 +123,4 @@ def check_not_expired(group: dict[str, Any]) -> None:
     """Refuse to command a group whose TTL has expired: its machines are revoked, and
     it stays listed (expired) until its owner runs `crc down` or deletes it."""
     if (loads(group.get("settings")) or {}).get("expired"):
-        name = group["name"]
-        raise NotFound(
-            f"group {name!r} has expired (its TTL): its machines are revoked; "
-            f"run `crc down` or `crc group delete {name}`",
-            field="group",
-        )
+        raise group_expired(group["name"])
