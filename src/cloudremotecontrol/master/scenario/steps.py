@@ -100,6 +100,7 @@ class StepExecutor:
         self.instances = instances
         self.view = view
         self._jobs: set[str] = set()
+        self._digests: dict[str, str] = {}
         self._lock = threading.Lock()
         #: Set on Ctrl-C: waits end at their next poll or tick ("interrupted").
         self.stopped = threading.Event()
@@ -186,6 +187,16 @@ class StepExecutor:
             os.unlink(tmp)
         return self._follow(c, step, started)
 
+    def _digest(self, step: Step) -> str:
+        """``step_digest``, once per step (a push's digest hashes its whole file)."""
+        with self._lock:
+            known = self._digests.get(step.name)
+        if known is None:
+            known = step_digest(step, self.scenario.variables)
+            with self._lock:
+                self._digests[step.name] = known
+        return known
+
     def _still_running(self, c: Client, step: Step) -> dict[str, Any] | None:
         """The job this step started in an earlier ``crc up`` (one that crashed, or was
         killed, before it saw the end), if it still runs and the step is unchanged:
@@ -198,7 +209,7 @@ class StepExecutor:
             return None
         if (rec.get("step"), rec.get("digest")) != (
             step.name,
-            step_digest(step, self.scenario.variables),
+            self._digest(step),
         ):
             return None
         try:
@@ -224,7 +235,7 @@ class StepExecutor:
         with self._lock:
             self._jobs.add(job_id)
         if record:  # for a `crc up` that resumes after this one crashed
-            rec = {"step": step.name, "digest": step_digest(step, self.scenario.variables)}
+            rec = {"step": step.name, "digest": self._digest(step)}
             with contextlib.suppress(CrcError):  # not kept: only a resume cannot follow it
                 c.kv_set(self.group, step_job_key(step.name), rec | {"job_id": job_id})
         # Ctrl-C while the job was being started: ``cancel_all`` did not know of it yet
