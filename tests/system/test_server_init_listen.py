@@ -151,3 +151,10 @@ def test_an_empty_data_dir_or_database_is_a_usage_error(tmp_path: Path) -> None:
         assert r.returncode == 2, (args, r.stderr)
         assert "an empty " in r.stderr and "leave the option out" in r.stderr, r.stderr
         assert not (tmp_path / "crc-server").exists()
+
+
+def test_a_listen_port_of_digits_int_cannot_read_is_refused(tmp_path: Path) -> None:
+    r = _crc("server", "init", "--data-dir", str(tmp_path / "s"), "--listen", "0.0.0.0:²")
+    assert r.returncode == 2, r.stderr
+    assert "invalid listen address '0.0.0.0:²': expected HOST:PORT" in r.stderr
+    assert "Traceback" not in r.stderr

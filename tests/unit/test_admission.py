@@ -70,7 +70,8 @@ def test_the_agent_reads_delta_seconds_only_and_bounds_them() -> None:
     assert parse_retry_after("3") == 3.0
     assert parse_retry_after(" 12 ") == 12.0
     assert parse_retry_after("999999") == float(RETRY_AFTER_MAX)
-    for bad in (None, "", "-1", "1.5", "Wed, 21 Oct 2015 07:28:00 GMT", "9" * 40):
+    # "²" and "³⁵" are digits to str.isdigit(), not to int(): ignored, not a crash.
+    for bad in (None, "", "-1", "1.5", "Wed, 21 Oct 2015 07:28:00 GMT", "9" * 40, "²", "³⁵"):
         assert parse_retry_after(bad) is None
 
 

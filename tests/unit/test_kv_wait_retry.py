@@ -33,3 +33,13 @@ def test_a_429_is_asked_again_only_within_the_wait() -> None:
     assert calls.kv_wait_delay(refused, time.monotonic() + 1) is None
     other = Unavailable("not a CloudRemoteControl server", code="not_crc_server")
     assert calls.kv_wait_delay(other, time.monotonic() + 60) is None
+
+
+def test_a_retry_after_of_digits_int_cannot_read_is_ignored() -> None:
+    """``"²"`` is a digit to ``str.isdigit()`` and not to ``int()``: a 429 saying it is a
+    429 without a delay, not a crash of the client reading it."""
+    body = b'{"error": {"code": "rate_limited", "message": "too many at once"}}'
+    for header, kept in (("2", 2), ("²", None), ("¹²", None)):
+        with pytest.raises(RateLimited) as exc:
+            calls.raise_for("https://x", 429, "application/json", body, header)
+        assert exc.value.details.get("retry_after") == kept

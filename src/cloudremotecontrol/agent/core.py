@@ -110,9 +110,10 @@ _JITTER = random.Random()  # noqa: S311 -- backoff jitter, not cryptography
 def parse_retry_after(value: str | None) -> float | None:
     """A ``Retry-After`` header's delay in seconds (``delta-seconds`` only; an HTTP date
     or anything else is ignored: None), at most ``RETRY_AFTER_MAX``."""
-    if value is None or not value.strip().isdigit() or len(value.strip()) > 6:
+    text = (value or "").strip()
+    if not (text.isascii() and text.isdigit()) or len(text) > 6:  # "²" is a digit, no int
         return None
-    return float(min(int(value.strip()), RETRY_AFTER_MAX))
+    return float(min(int(text), RETRY_AFTER_MAX))
 
 
 def retry_delay(retry_after: float) -> float:

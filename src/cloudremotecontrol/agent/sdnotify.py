@@ -49,7 +49,7 @@ def watchdog_interval() -> float | None:
     """Seconds between ``WATCHDOG=1`` pings (half the timeout), or None if not asked."""
     env = _settings()
     usec, pid = env.get("WATCHDOG_USEC"), env.get("WATCHDOG_PID")
-    if not usec or not usec.isdigit() or (pid and pid != str(os.getpid())):
+    if not usec or not (usec.isascii() and usec.isdigit()) or (pid and pid != str(os.getpid())):
         return None
     return int(usec) / 2_000_000
 

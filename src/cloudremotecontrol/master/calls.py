@@ -160,7 +160,7 @@ def raise_for(
     exc = error_from_answer(url, status, content_type, text)
     if isinstance(exc, RateLimited) and retry_after is not None:
         value = retry_after.strip()
-        if value.isdigit() and len(value) <= 6:
+        if value.isascii() and value.isdigit() and len(value) <= 6:  # not "²"
             exc.details["retry_after"] = min(int(value), RETRY_AFTER_MAX)
     raise exc
 

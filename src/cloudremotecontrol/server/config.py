@@ -181,7 +181,7 @@ class ServerConfig:
 
 def parse_listen(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise InvalidInput(f"invalid listen address {text!r}: expected HOST:PORT")
     return host.strip("[]") or "0.0.0.0", int(port)
 
