@@ -382,6 +382,22 @@ def test_login_says_what_is_wrong_with_a_token_or_a_self_signed_server(env, crc,
     assert r.returncode == 0, r.stderr
 
 
+def test_login_saves_the_url_list_without_empty_entries(env, crc, tmp_path):
+    """A script's trailing comma (`--url "$A,$B"` with B unset) was saved in the profile
+    as given; the list is saved as checked, and a list of nothing is a usage error."""
+    url, fp = env.server.url, env.server.fingerprint
+    cfg = {"CRC_CONFIG_DIR": str(tmp_path / "cfg"), "CRC_URL": None, "CRC_TOKEN": None}
+    profile = tmp_path / "cfg" / "config.json"
+    r = crc(
+        "login", "--url", f" {url}/ ,,", "--token", env.token, "--fingerprint", fp, extra_env=cfg
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(f"logged in to {url} as alice"), r.stdout
+    assert json.loads(profile.read_text())["url"] == url
+    r = crc("login", "--url", " , ", "--token", env.token, "--fingerprint", fp, extra_env=cfg)
+    assert r.returncode == 2 and "names no server URL" in r.stderr, r.stderr
+
+
 def test_login_takes_the_token_from_stdin_the_environment_or_a_prompt(env, crc, tmp_path):
     import pexpect
 

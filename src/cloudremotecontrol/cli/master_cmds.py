@@ -68,9 +68,14 @@ def login(url: str | None, token: str | None, fingerprint: str | None, as_json: 
     _check_login_variables()
     if url is None:
         raise click.UsageError("Missing option '--url' (or CRC_URL).")
-    for one in url.split(","):  # replicas of one server, comma-separated
-        if one.strip():
-            check_base_url(one.strip())
+    # Replicas of one server, comma-separated; saved as checked (an empty entry, a
+    # script's trailing comma, is no URL to keep).
+    urls = [one.strip().rstrip("/") for one in url.split(",") if one.strip()]
+    if not urls:
+        raise click.UsageError("--url (or CRC_URL) names no server URL.")
+    for one in urls:
+        check_base_url(one)
+    url = ",".join(urls)
     token = clean_token(_login_token(token))
     fp = normalize_fingerprint(fingerprint) if fingerprint else None
     with Client(url, token, fp) as client:
