@@ -224,6 +224,12 @@ def test_init_then_add_user_before_the_first_run_still_works(tmp_path: Path) -> 
     r = _crc("server", "list-users", "--database", f"sqlite:///{data / 'crc.db'}", "--json")
     assert r.returncode == 0, r.stderr
     assert [u["user"] for u in json.loads(r.stdout)["users"]] == ["alice"]
+    # The audit names the operator "admin": no user may be called so.
+    r = _crc("server", "add-user", "admin", "--data-dir", str(data))
+    assert r.returncode == 2, r.stderr
+    assert "user name 'admin' is reserved" in r.stderr and "Traceback" not in r.stderr
+    r = _crc("server", "list-users", "--data-dir", str(data), "--json")
+    assert [u["user"] for u in json.loads(r.stdout)["users"]] == ["alice"]
 
 
 def _database(kind: str, tmp_path: Path) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from ...errors import Conflict, NotFound, Unauthorized
+from ...errors import Conflict, InvalidInput, NotFound, Unauthorized
 from ...protocol.names import check_name
 from ...protocol.tokens import new_secret, parse_secret, verify_secret
 from ..store.base import Tx
@@ -21,16 +21,25 @@ __all__ = [
 ]
 
 
+#: Who the audit says did what the server's operator did (users and their tokens).
+OPERATOR = "admin"
+
+
 def create_user(tx: Tx, name: str) -> str:
     """Create user ``name`` with a first token named ``default``; return that token."""
     check_name(name, "user")
+    if name == OPERATOR:
+        raise InvalidInput(
+            f"user name {name!r} is reserved: the audit names the server's operator so "
+            "(`crc server add-user`, tokens); choose another"
+        )
     if tx.one("SELECT id FROM users WHERE name = ?", (name,)):
         raise Conflict(
             f"user {name!r} exists already; to give it another token use `crc server add-token`"
         )
     user_id = uuid.uuid4().hex
     tx.execute("INSERT INTO users (id, name, created) VALUES (?, ?, ?)", (user_id, name, now()))
-    audit(tx, user_id, "admin", "user.create", None, {"user": name})
+    audit(tx, user_id, OPERATOR, "user.create", None, {"user": name})
     return _insert_token(tx, user_id, "default")
 
 
@@ -59,7 +68,7 @@ def _user_id(tx: Tx, name: str) -> str:
 def add_token(tx: Tx, user_name: str, token_name: str) -> str:
     user_id = _user_id(tx, user_name)
     token = _insert_token(tx, user_id, token_name)
-    audit(tx, user_id, "admin", "token.create", None, {"token": token_name})
+    audit(tx, user_id, OPERATOR, "token.create", None, {"token": token_name})
     return token
 
 
@@ -71,7 +80,7 @@ def revoke_token(tx: Tx, user_name: str, token_name: str) -> None:
     )
     if not changed:
         raise NotFound(f"user {user_name!r} has no live token named {token_name!r}")
-    audit(tx, user_id, "admin", "token.revoke", None, {"token": token_name})
+    audit(tx, user_id, OPERATOR, "token.revoke", None, {"token": token_name})
 
 
 def list_tokens(tx: Tx, user_name: str) -> list[dict[str, Any]]:
