@@ -102,16 +102,24 @@ CASES: list[tuple[str, str, dict[str, Any], int, str, str]] = [
         G,
         {"content": b"[" * 100_000 + b"]" * 100_000, "headers": JSON},
         400,
-        "malformed_json",
-        "",
-    ),  # nested deeper than any parser recurses
+        "too_deep",
+        "request body is nested more than 32 levels deep",
+    ),  # nested deeper than any parser recurses: as deep JSON it can parse is
+    (
+        "PUT",
+        G + "/lab/kv/deep",
+        {"content": b'{"value": ' + b"[" * 995 + b"]" * 995 + b"}", "headers": JSON},
+        400,
+        "too_deep",
+        "nested more than 32 levels deep",
+    ),
     (
         "POST",
         G,
         {"content": b'{"key_ttl": ' + b"9" * 5000 + b"}", "headers": JSON},
         400,
         "malformed_json",
-        "",
+        "request body holds a number with more digits than a number may have",
     ),  # a number longer than Python converts
     ("POST", G, {"json": []}, 400, "invalid_input", ""),
     ("POST", G, {"json": "lab"}, 400, "invalid_input", ""),

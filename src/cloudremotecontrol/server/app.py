@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import __version__
 from ..errors import CrcError, InvalidInput, RateLimited, TooLarge
-from ..protocol.limits import MAX_HTTP_BODY_BYTES
+from ..protocol.limits import MAX_HTTP_BODY_BYTES, MAX_JSON_DEPTH
 from . import api, api_bootstrap, api_files, api_kv, api_runs, api_streams, api_teardown
 from .admission import LoginGate
 from .agent_ws import agent_endpoint
@@ -324,9 +324,9 @@ def create_app(
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         if exc.status_code == 400 and isinstance(exc.__cause__, (ValueError, RecursionError)):
-            # FastAPI's "error parsing the body": not UTF-8, nested too deep, a number
-            # too long - JSON we cannot read, like a syntax error.
-            err = InvalidInput("request body is not valid JSON", code="malformed_json")
+            # FastAPI's "error parsing the body": not UTF-8, nested too deep for the
+            # parser, a number too long - JSON we cannot read, said as precisely as we can.
+            err = _unreadable_body(exc.__cause__)
             return JSONResponse(err.to_payload(), status_code=400)
         code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(
             exc.status_code, "http_error"
@@ -363,6 +363,22 @@ def create_app(
         )
 
     return app
+
+
+def _unreadable_body(cause: BaseException) -> InvalidInput:
+    """A body FastAPI could not parse: nested deeper than the parser goes (the API takes
+    ``MAX_JSON_DEPTH`` levels: ``too_deep``, as a body it could parse), a number with
+    more digits than Python converts, or anything else JSON cannot be."""
+    if isinstance(cause, RecursionError):
+        return InvalidInput(
+            f"request body is nested more than {MAX_JSON_DEPTH} levels deep", code="too_deep"
+        )
+    if "digits" in str(cause):  # int(): "Exceeds the limit (4300 digits) ..."
+        return InvalidInput(
+            "request body holds a number with more digits than a number may have",
+            code="malformed_json",
+        )
+    return InvalidInput("request body is not valid JSON", code="malformed_json")
 
 
 async def _expire_loop(app: FastAPI, store: Store, hub: Hub) -> None:
