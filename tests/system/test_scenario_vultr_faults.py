@@ -188,6 +188,43 @@ def test_down_reports_a_machine_vultr_forbids_deleting_at_once_and_down_again_re
     assert again["group_deleted"] is True and env.client.list_groups() == []
 
 
+def test_down_interrupted_while_vultr_fails_says_the_machines_may_be_left(
+    env: Any, crc: Any, fake: FakeVultr, scenario: Path
+) -> None:
+    """Ctrl-C during `crc down` (Vultr failing each delete, retried for 3 minutes) said
+    only "crc: aborted": it says the machines may still be there, billed, and how to
+    destroy them; the group is kept for that."""
+    vultr_env = {"VULTR_API_KEY": fake.api_key, "CRC_VULTR_API_URL": fake.url}
+    made_by_up = {"scenario": "flaky", "provider": "vultr", "provider_settings": {}}
+    env.client.create_group("flaky", ["a"], settings={"crc_up": made_by_up})
+    spec = MachineSpec(name="a", os="linux", region="ewr", plan="vc2-1c-1gb", image="2284")
+    with VultrProvider(fake.api_key, fake.url) as p:
+        p.create("flaky", spec, "#!/bin/sh\ntrue\n")
+    fake.state.fail_next(500, times=1000, method="DELETE", path="/instances")
+    down = subprocess.Popen(
+        [sys.executable, "-m", "cloudremotecontrol", "down", str(scenario)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **env.cli_env, **vultr_env},
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not any(r.method == "DELETE" and r.status == 500 for r in fake.requests):
+            assert down.poll() is None and time.monotonic() < deadline, down.communicate()
+            time.sleep(0.1)
+    finally:
+        down.send_signal(signal.SIGINT)
+        out, err = down.communicate(timeout=60)
+    assert down.returncode == 130, out + err
+    assert (
+        "crc: interrupted: machines of flaky may still be at vultr, where a cloud bills "
+        "them: `crc down --group flaky` again destroys them"
+    ) in err.splitlines(), out + err
+    assert "Traceback" not in err and len(fake.state.instances) == 1
+    assert [g["group"] for g in env.client.list_groups()] == ["flaky"]
+
+
 def test_up_destroys_the_second_machine_a_create_whose_answer_was_lost_made(
     env: Any, fake: FakeVultr, crc: Any, scenario: Path
 ) -> None:

@@ -250,14 +250,23 @@ def down(
             )
         with make_provider(name, settings, client.url if client else None) as provider:
             with make_view(as_json) as view:
-                rc = run_down(
-                    group,
-                    provider,
-                    client,
-                    view,
-                    LocalState.for_group(group),
-                    unreachable=unreachable,
-                )
+                try:
+                    rc = run_down(
+                        group,
+                        provider,
+                        client,
+                        view,
+                        LocalState.for_group(group),
+                        unreachable=unreachable,
+                    )
+                except KeyboardInterrupt:  # (or a signal taken as it) the rest is unknown
+                    click.echo(
+                        f"crc: interrupted: machines of {group} may still be at "
+                        f"{provider.name}, where a cloud bills them: `crc down --group "
+                        f"{group}` again destroys them",
+                        err=True,
+                    )
+                    raise
     finally:
         if client is not None:
             client.close()
