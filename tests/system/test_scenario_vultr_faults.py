@@ -219,7 +219,7 @@ def test_down_interrupted_while_vultr_fails_says_the_machines_may_be_left(
     assert down.returncode == 130, out + err
     assert (
         "crc: interrupted: machines of flaky may still be at vultr, where a cloud bills "
-        "them: `crc down --group flaky` again destroys them"
+        "them: `crc down --group flaky --provider vultr` again destroys them"
     ) in err.splitlines(), out + err
     assert "Traceback" not in err and len(fake.state.instances) == 1
     assert [g["group"] for g in env.client.list_groups()] == ["flaky"]

@@ -263,7 +263,7 @@ def down(
                     click.echo(
                         f"crc: interrupted: machines of {group} may still be at "
                         f"{provider.name}, where a cloud bills them: `crc down --group "
-                        f"{group}` again destroys them",
+                        f"{group} --provider {provider.name}` again destroys them",
                         err=True,
                     )
                     raise
