@@ -34,7 +34,7 @@ PORT_TRIES = 3
 PORT_IN_USE = "is in use by another process"
 
 
-class PortTaken(Exception):
+class PortTaken(Unavailable):
     """The server's port turned out to be another program's."""
 
 
@@ -127,9 +127,9 @@ class ServerProcess:
             try:
                 self._run(timeout)
                 return self
-            except PortTaken as exc:
+            except PortTaken:
                 if not movable or not tries_left:
-                    raise Unavailable(str(exc)) from None
+                    raise
                 self._move(free_port())
         raise AssertionError("unreachable")  # pragma: no cover
 
