@@ -1010,3 +1010,24 @@ def test_a_kv_wait_on_a_group_deleted_meanwhile_ends_with_404(env):
     assert not waiter.is_alive(), "the kv wait on a deleted group is still open"
     assert len(answers) == 1 and isinstance(answers[0], NotFound), answers
     assert "deleted" in str(answers[0])
+
+
+def test_a_machine_cannot_write_the_keys_crc_up_keeps_its_record_in(env, http):
+    """`crc up` records in the group's store which steps succeeded (`crc.up/steps`) and
+    the job each step started (`crc.up/job/...`): a machine that wrote them could make
+    a resumed `crc up` skip a step or follow another job. Machines read `crc.` keys,
+    never write them; their other keys are theirs, and the master writes every key."""
+    key = env.client.create_group("lab", ["a"])["machines"][0]["key"]
+    cred = enroll(http, key)
+    machine = {"Authorization": bearer(cred)}
+    env.client.kv_set("lab", "crc.up/steps", {"steps": {}})
+    for name in ("crc.up/steps", "crc.up/job/0123456789abcdef", "crc.anything"):
+        r = http.put(f"/v1/agent/kv/{name}", json={"value": {"done": True}}, headers=machine)
+        assert_error(r, 403, "forbidden", f"key {name!r}: keys starting with 'crc.'")
+    assert env.client.kv_get("lab", "crc.up/steps")["value"] == {"steps": {}}
+    assert [k["key"] for k in env.client.kv_list("lab")] == ["crc.up/steps"]
+    r = http.get("/v1/agent/kv/crc.up/steps", headers=machine)  # read: allowed
+    assert r.status_code == 200 and r.json()["value"] == {"steps": {}}
+    r = http.put("/v1/agent/kv/crcx", json={"value": 1}, headers=machine)
+    assert r.status_code == 200, r.text  # not the prefix: the machine's to write
+    assert_no_traceback_in_server_log(env.server)

@@ -10,12 +10,14 @@ import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
-from ..errors import InvalidInput, NotFound
+from ..errors import Forbidden, InvalidInput, NotFound
 
 __all__ = [
+    "MASTER_KV_PREFIX",
     "Target",
     "check_kv_key",
     "check_label",
+    "check_machine_may_write",
     "check_message_type",
     "check_name",
     "group_expired",
@@ -58,6 +60,20 @@ def check_kv_key(key: object) -> str:
             field="key",
         )
     return key
+
+
+#: Keys the master's tools keep in a group's store (``crc up``'s record of its steps):
+#: machines read them, and may not write them (one could make `crc up` skip a step).
+MASTER_KV_PREFIX = "crc."
+
+
+def check_machine_may_write(key: str) -> None:
+    """Forbidden for a key under ``MASTER_KV_PREFIX``, written by a machine."""
+    if key.startswith(MASTER_KV_PREFIX):
+        raise Forbidden(
+            f"key {key!r}: keys starting with {MASTER_KV_PREFIX!r} are the master's "
+            "(`crc up` keeps its record there); a machine may read them, not write them"
+        )
 
 
 def group_expired(name: str) -> NotFound:

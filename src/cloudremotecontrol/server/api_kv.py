@@ -29,7 +29,7 @@ from ..protocol.limits import (
     MAX_KV_WAITS_PER_MACHINE,
     MAX_KV_WAITS_PER_USER,
 )
-from ..protocol.names import check_kv_key, kv_wait_timed_out
+from ..protocol.names import check_kv_key, check_machine_may_write, kv_wait_timed_out
 from . import auth
 from .models import StrictBody
 from .ops import kv as kv_ops
@@ -115,6 +115,8 @@ async def master_get(
 
 @router.put("/agent/kv/{key:path}", tags=["agent"])
 async def agent_set(key: str, body: KvIn, m: Machine, request: Request) -> dict[str, Any]:
+    check_kv_key(key)
+    check_machine_may_write(key)
     store: Store = request.app.state.store
     return await store.write(kv_ops.kv_set, m["group_id"], key, body.value, m["name"])
 
