@@ -38,11 +38,13 @@ def both(c):
     return verbatim, agent
 for c in cases:
     # Wine now and then starts a process that prints nothing at all (no output, no
-    # error); a run with nothing on either stream is made again, at most twice. What a
-    # command prints is the same each time, so a wrong result is never retried away.
+    # error), and now and then fails to create one (cmd then says the whole line "is not
+    # recognized" and exits 9009, as after any failed CreateProcess): such a run is made
+    # again, at most twice. What a command prints is the same each time, so a wrong
+    # result, a line cmd cannot launch among them, is never retried away.
     for _ in range(3):
         verbatim, agent = both(c)
-        if all(r.stdout or r.stderr for r in (verbatim, agent)):
+        if all((r.stdout or r.stderr) and r.returncode != 9009 for r in (verbatim, agent)):
             break
     out.append({
         "verbatim": verbatim.stdout.decode("utf-8", "replace"),
