@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import re
+import select
 import shlex
 import signal
 import socket
@@ -193,13 +194,14 @@ def test_down_interrupted_while_vultr_fails_says_the_machines_may_be_left(
 ) -> None:
     """Ctrl-C during `crc down` (Vultr failing each delete, retried for 3 minutes) said
     only "crc: aborted": it says the machines may still be there, billed, and how to
-    destroy them; the group is kept for that."""
+    destroy them; the group is kept for that. Before it, the wait was silent: what is
+    left, and why, is said while it lasts."""
     vultr_env = {"VULTR_API_KEY": fake.api_key, "CRC_VULTR_API_URL": fake.url}
     made_by_up = {"scenario": "flaky", "provider": "vultr", "provider_settings": {}}
     env.client.create_group("flaky", ["a"], settings={"crc_up": made_by_up})
     spec = MachineSpec(name="a", os="linux", region="ewr", plan="vc2-1c-1gb", image="2284")
     with VultrProvider(fake.api_key, fake.url) as p:
-        p.create("flaky", spec, "#!/bin/sh\ntrue\n")
+        made = p.create("flaky", spec, "#!/bin/sh\ntrue\n").id
     fake.state.fail_next(500, times=1000, method="DELETE", path="/instances")
     down = subprocess.Popen(
         [sys.executable, "-m", "cloudremotecontrol", "down", str(scenario)],
@@ -208,14 +210,24 @@ def test_down_interrupted_while_vultr_fails_says_the_machines_may_be_left(
         text=True,
         env={**os.environ, **env.cli_env, **vultr_env},
     )
+    assert down.stdout is not None
+    seen: list[str] = []
     try:
         deadline = time.monotonic() + 60
-        while not any(r.method == "DELETE" and r.status == 500 for r in fake.requests):
+        while not any(ln.startswith("still at vultr after") for ln in seen):
             assert down.poll() is None and time.monotonic() < deadline, down.communicate()
-            time.sleep(0.1)
+            if select.select([down.stdout], [], [], 0.5)[0]:
+                seen.append(down.stdout.readline())
     finally:
         down.send_signal(signal.SIGINT)
         out, err = down.communicate(timeout=60)
+    waiting = seen[-1].rstrip("\n")
+    assert re.fullmatch(
+        rf"still at vultr after 1\d s: {made} \(not destroyed: .*\(HTTP 500\).*\); "
+        r"checking again every 2 s for up to 1\d\d s more",
+        waiting,
+    ), seen
+    assert any(r.method == "DELETE" and r.status == 500 for r in fake.requests)
     assert down.returncode == 130, out + err
     assert (
         "crc: interrupted: machines of flaky may still be at vultr, where a cloud bills "

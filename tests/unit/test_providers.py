@@ -349,6 +349,28 @@ def test_down_says_why_a_machine_was_not_destroyed() -> None:
     )
 
 
+def test_down_says_what_is_left_while_it_checks_not_only_at_the_end() -> None:
+    """The check can take its 3 minutes (a machine the provider keeps failing to
+    destroy): what is left, and why, is said after 10 s and then every 30 s, not only
+    when the time is up."""
+    cloud, view, clock = Flaky(["a", "b"], refuse={"b": 10**6}), Notes(), Clock()
+    assert down("s", cloud, None, view, verify_timeout=75, sleep=clock.sleep, clock=clock) == 1
+    waits = [(text, doc) for text, doc in view.notes if doc.get("event") == "waiting"]
+    assert [doc["seconds"] for _, doc in waits] == [10.0, 40.0, 70.0]
+    assert waits[0][0] == (
+        "still at memory after 10 s: b (not destroyed: API failed DELETE b); checking "
+        "again every 2 s for up to 65 s more"
+    )
+    assert waits[0][1]["left"] == ["b"] and waits[0][1]["errors"] == {"b": "API failed DELETE b"}
+    assert view.notes[-1][1]["event"] == "down"
+
+
+def test_down_says_nothing_of_waiting_when_the_machines_go_quickly() -> None:
+    cloud, view, clock = Cloud(["a", "b"], lag=2), Notes(), Clock()
+    assert down("s", cloud, None, view, sleep=clock.sleep, clock=clock) == 0
+    assert [doc.get("event") for _, doc in view.notes] == [None, None, "down"]
+
+
 def test_down_reports_a_machine_refused_for_good_without_waiting_out_the_time() -> None:
     cloud, view = Flaky(["a", "b"], refuse={"b": 10**6}, permanent=True), Notes()
     nap = lambda seconds: time.sleep(0.05)  # noqa: E731 -- the real clock

@@ -61,6 +61,7 @@ def destroy_scenario(
     *,
     verify_timeout: float = VERIFY_SECONDS,
     on_destroyed: Callable[[Instance], None] | None = None,
+    on_waiting: Callable[[list[Instance], dict[str, str], float], None] | None = None,
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
 ) -> Destroyed:
@@ -68,7 +69,9 @@ def destroy_scenario(
     again every 2 s until none is left or ``verify_timeout`` passes, destroying what is
     listed anew and trying again what the provider failed to destroy, then clean up.
     The listing also ends as soon as only instances the provider refused for good
-    (:func:`refused_for_good`) are left.
+    (:func:`refused_for_good`) are left. Before each wait between listings,
+    ``on_waiting(left, errors, seconds)`` is told what is still listed, why the provider
+    refused to destroy some of it, and how long the check has been going on.
 
     An error of the first listing propagates (nothing was done yet). After it, a
     ``ProviderError`` destroying one instance is kept in ``errors`` while the others go
@@ -99,7 +102,8 @@ def destroy_scenario(
 
     left = provider.list(scenario)
     destroy_new(left)
-    deadline = clock() + verify_timeout
+    start = clock()
+    deadline = start + verify_timeout
     failed: ProviderError | None = None
     while True:
         try:
@@ -115,6 +119,10 @@ def destroy_scenario(
             break
         if failed is None:
             destroy_new(left)  # what appeared late, and what was refused before
+        if on_waiting is not None:
+            listed = {i.id for i in left}
+            why = {k: v for k, v in errors.items() if k in listed}
+            on_waiting(list(left), why, clock() - start)
         sleep(POLL_SECONDS)
     kept = {i.id for i in left}
     errors = {k: v for k, v in errors.items() if k in kept}

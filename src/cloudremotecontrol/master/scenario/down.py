@@ -16,12 +16,18 @@ from collections.abc import Callable
 
 from ...errors import InvalidInput, NotFound, Unauthorized, Unavailable
 from ...providers import Instance, Provider, destroy_scenario
-from ...providers.destroy import CLEANUP
+from ...providers.destroy import CLEANUP, POLL_SECONDS
 from ..client import Client
 from .state import LocalState
 from .view import View
 
 __all__ = ["down"]
+
+# While machines are still listed, what is left is said first after this many seconds
+# of checking (a cloud takes a few to remove a machine it accepted to destroy), then at
+# most this often: the check can take its 3 minutes, and silence looks like a hang.
+WAIT_REPORT_AFTER = 10.0
+WAIT_REPORT_EVERY = 30.0
 
 
 def _left_text(inst: Instance, errors: dict[str, str]) -> str:
@@ -38,6 +44,7 @@ def down(
     verify_timeout: float = 180.0,
     sleep: Callable[[float], None] = time.sleep,
     unreachable: Unavailable | Unauthorized | InvalidInput | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> int:
     """Destroy the scenario's instances, check none is left, delete the group.
 
@@ -51,7 +58,9 @@ def down(
 
     locked = state.locked("crc down", unlocked) if state is not None else contextlib.nullcontext()
     with locked:
-        return _down(group, provider, client, view, state, verify_timeout, sleep, unreachable)
+        return _down(
+            group, provider, client, view, state, verify_timeout, sleep, unreachable, clock
+        )
 
 
 def _down(
@@ -63,14 +72,37 @@ def _down(
     verify_timeout: float,
     sleep: Callable[[float], None],
     unreachable: Unavailable | Unauthorized | InvalidInput | None,
+    clock: Callable[[], float],
 ) -> int:
-    t0 = time.monotonic()
+    t0 = clock()
+    report_at = WAIT_REPORT_AFTER
 
     def destroyed_one(inst: Instance) -> None:
         view.info(f"destroyed {inst.name} ({inst.id})", machine=inst.name, instance=inst.id)
 
+    def waiting(left: list[Instance], errors: dict[str, str], seconds: float) -> None:
+        nonlocal report_at
+        if seconds < report_at:
+            return
+        report_at = seconds + WAIT_REPORT_EVERY
+        view.info(
+            f"still at {provider.name} after {seconds:.0f} s: "
+            f"{', '.join(_left_text(i, errors) for i in left)}; checking again every "
+            f"{POLL_SECONDS:g} s for up to {max(verify_timeout - seconds, 0):.0f} s more",
+            event="waiting",
+            left=[i.id for i in left],
+            errors=errors,
+            seconds=round(seconds, 1),
+        )
+
     gone = destroy_scenario(
-        provider, group, verify_timeout=verify_timeout, on_destroyed=destroyed_one, sleep=sleep
+        provider,
+        group,
+        verify_timeout=verify_timeout,
+        on_destroyed=destroyed_one,
+        on_waiting=waiting,
+        sleep=sleep,
+        clock=clock,
     )
     destroyed, left = [i.id for i in gone.destroyed], gone.left
     deleted = False
@@ -94,7 +126,7 @@ def _down(
         "revoked": revoked,
         "cleaned": gone.cleaned,
         "errors": gone.errors,
-        "seconds": round(time.monotonic() - t0, 2),
+        "seconds": round(clock() - t0, 2),
     }
     doc["event"] = "down"
     if left:
