@@ -188,8 +188,23 @@ def test_a_group_past_its_ttl_is_revoked_and_flagged(env, crc):
         assert time.monotonic() < deadline
         time.sleep(0.2)
     assert env.client.group("short")["machines"][0]["state"] == "revoked"
+    # No `crc up` made it: crc never made its machines, `crc down` would refuse it.
     r = crc("group", "list")
-    assert "EXPIRED: run crc down" in r.stdout
+    assert "EXPIRED: crc group delete" in r.stdout, r.stdout
+    listed = json.loads(crc("group", "list", "--json").stdout)["groups"]
+    assert {g["group"]: (g["expired"], g["scenario"]) for g in listed} == {
+        "lab": (False, None),
+        "short": (True, None),
+    }
+    assert crc("status", "short").stderr.splitlines()[-1] == (
+        "TTL passed: every credential is revoked; its machines are not destroyed (no "
+        "`crc up` made them): `crc group delete short` removes the group"
+    )
+    expired = [e for e in env.client.events("short") if e["type"] == "group.expired"]
+    assert expired[0]["data"]["note"] == (
+        "its machines are not destroyed (no `crc up` made them): `crc group delete short` "
+        "removes the group"
+    )
     # Commanding it says so, rather than "no machine" or "not pending".
     for args in (
         ("run", "short", "--to", "all", "--", "true"),

@@ -93,7 +93,9 @@ def cloud(tmp_path: Path) -> Iterator[Cloud]:
 
 def test_the_server_destroys_the_machines_when_the_ttl_passes_if_the_owner_opted_in(cloud):
     cloud.client.create_group("shop", ["web", "db"], ttl=4)
-    cloud.client.create_group("keep", ["x"], ttl=4)  # no opt-in: only revoked
+    made_by_up = {"scenario": "keep", "provider": "vultr", "provider_settings": {}}
+    # A `crc up` group without the opt-in: only revoked.
+    cloud.client.create_group("keep", ["x"], ttl=4, settings={"crc_up": made_by_up})
     armed = cloud.client.arm_teardown("shop", "vultr", DEFAULT_API_KEY)["teardown"]
     assert armed["status"] == "armed" and armed["provider"] == "vultr"
     shop = cloud.instances("shop", ["web", "db"])
@@ -120,7 +122,9 @@ def test_the_server_destroys_the_machines_when_the_ttl_passes_if_the_owner_opted
     assert "the server now destroys the machines at vultr" in events[-3]["data"]["note"]
     assert events[-1]["data"]["status"] == "done"
     keep_events = [e for e in cloud.client.events("keep") if e["type"] == "group.expired"]
-    assert "run `crc down`" in keep_events[0]["data"]["note"]
+    assert keep_events[0]["data"]["note"] == (
+        "its machines still exist at the provider: run `crc down`"
+    )
     # Done: the encrypted key is gone from the database too.
     import sqlite3
 
@@ -128,8 +132,13 @@ def test_the_server_destroys_the_machines_when_the_ttl_passes_if_the_owner_opted
         assert db.execute("SELECT secret FROM teardowns").fetchall() == [(None,)]
     out = cloud.crc("status", "shop")
     assert "the server destroyed 2 machine(s) at vultr" in out.stderr, out.stderr
+    keep_row = [ln for ln in cloud.crc("group", "list").stdout.splitlines() if "keep" in ln]
+    assert len(keep_row) == 1 and "EXPIRED: run crc down" in keep_row[0], keep_row
     out = cloud.crc("status", "keep")
-    assert "the machines still exist: run `crc down`" in out.stderr, out.stderr
+    assert (
+        "TTL passed: every credential is revoked; its machines still exist at the "
+        "provider: run `crc down`"
+    ) in out.stderr, out.stderr
     audit = cloud.client.audit("shop")
     assert [a["action"] for a in audit if a["action"].startswith("group.teardown")] == [
         "group.teardown_armed",

@@ -13,6 +13,7 @@ import click
 from ..errors import Forbidden, InvalidInput, Unauthorized
 from ..protocol.fields import MAX_SEQ
 from ..protocol.limits import MAX_MACHINES_PER_GROUP
+from ..protocol.names import expired_advice, scenario_of
 from .output import TARGET_HELP, ago, emit_json, json_option, print_table, safe
 
 
@@ -291,7 +292,7 @@ def group_list(as_json: bool) -> None:
                 str(g["machines"]),
                 str(g["ready"]),
                 ago(g["created"]),
-                "EXPIRED: run crc down" if g.get("expired") else _until(g.get("expires")),
+                _expired_cell(g) if g.get("expired") else _until(g.get("expires")),
             ]
             for g in groups
         ],
@@ -389,8 +390,14 @@ def _ttl_note(g: dict[str, Any]) -> str | None:
             f"machines at {where}"
         )
     if g.get("expired"):
-        return "TTL passed: every credential is revoked; the machines still exist: run `crc down`"
+        advice = expired_advice(g["group"], scenario_of(g.get("settings") or {}))
+        return f"TTL passed: every credential is revoked; {advice}"
     return None
+
+
+def _expired_cell(g: dict[str, Any]) -> str:
+    """A group past its TTL, in `crc group list`: what removes it."""
+    return "EXPIRED: run crc down" if g.get("scenario") else "EXPIRED: crc group delete"
 
 
 @click.command()

@@ -20,10 +20,12 @@ __all__ = [
     "check_machine_may_write",
     "check_message_type",
     "check_name",
+    "expired_advice",
     "group_expired",
     "kv_wait_timed_out",
     "parse_labels",
     "parse_target",
+    "scenario_of",
 ]
 
 # Checked with fullmatch(): "$" alone also matches before a trailing newline ("web\n").
@@ -82,6 +84,24 @@ def group_expired(name: str) -> NotFound:
         f"group {name!r} has expired (its TTL): its machines are revoked; "
         f"run `crc down` or `crc group delete {name}`",
         field="group",
+    )
+
+
+def scenario_of(settings: Mapping[str, object]) -> str | None:
+    """The scenario whose `crc up` made a group (its ``crc_up`` setting), or ``None``."""
+    mine = settings.get("crc_up")
+    name = mine.get("scenario") if isinstance(mine, Mapping) else None
+    return name if isinstance(name, str) else None
+
+
+def expired_advice(group: str, scenario: str | None) -> str:
+    """What to do with a group whose TTL passed (no teardown by the server armed): `crc
+    down` destroys what a `crc up` made; crc never made the machines of another group."""
+    if scenario is not None:
+        return "its machines still exist at the provider: run `crc down`"
+    return (
+        "its machines are not destroyed (no `crc up` made them): "
+        f"`crc group delete {group}` removes the group"
     )
 
 

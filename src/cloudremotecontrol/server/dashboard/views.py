@@ -13,6 +13,7 @@ from typing import Any
 
 from ...errors import NotFound
 from ...protocol.jsoncheck import escaped
+from ...protocol.names import scenario_of
 from ..ops import events as ev_ops
 from ..ops import groups as group_ops
 from ..ops import jobs as job_ops
@@ -121,9 +122,7 @@ def group_page(tx: Tx, user_id: str, group: str) -> dict[str, Any]:
         "created": g["created"],
         "expires": g["expires"],
         "expired": g["expired"],
-        "scenario": (g["settings"].get("crc_up") or {}).get("scenario")
-        if isinstance(g["settings"].get("crc_up"), dict)
-        else None,
+        "scenario": scenario_of(g["settings"]),
         "machines": rows,
         "counts": counts,
         "cursor": cursor["cursor"],

@@ -8,7 +8,7 @@ from typing import Any
 from ...errors import Conflict, InvalidInput, TooLarge
 from ...protocol.jsoncheck import check_json
 from ...protocol.limits import MAX_MACHINES_PER_GROUP
-from ...protocol.names import check_label, check_name
+from ...protocol.names import check_label, check_name, expired_advice, scenario_of
 from ...protocol.states import JobStatus, MachineEvent, MachineState, machine_next
 from ...protocol.tokens import new_secret
 from ..store.base import Tx
@@ -132,17 +132,20 @@ def list_groups(tx: Tx, user_id: str) -> list[dict[str, Any]]:
         "ORDER BY g.created",
         (user_id,),
     )
-    return [
-        {
-            "group": r["name"],
-            "created": r["created"],
-            "expires": r["expires"],
-            "expired": bool((loads(r["settings"]) or {}).get("expired")),
-            "machines": int(r["machines"]),
-            "ready": int(r["ready"] or 0),
-        }
-        for r in rows
-    ]
+    return [_listed(r) for r in rows]
+
+
+def _listed(r: dict[str, Any]) -> dict[str, Any]:
+    settings = loads(r["settings"]) or {}
+    return {
+        "group": r["name"],
+        "created": r["created"],
+        "expires": r["expires"],
+        "expired": bool(settings.get("expired")),
+        "scenario": scenario_of(settings),
+        "machines": int(r["machines"]),
+        "ready": int(r["ready"] or 0),
+    }
 
 
 def show_group(tx: Tx, user_id: str, name: str) -> dict[str, Any]:
@@ -209,7 +212,7 @@ def expire_groups(tx: Tx) -> list[str]:
         note = (
             f"the server now destroys the machines at {armed['provider']}"
             if armed
-            else "machines at the provider still exist: run `crc down`"
+            else expired_advice(group["name"], scenario_of(settings))
         )
         add_event(tx, group["id"], "group.expired", {"machines_revoked": len(ids), "note": note})
         audit(
