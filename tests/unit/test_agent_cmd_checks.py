@@ -245,3 +245,24 @@ def test_a_wait_for_a_message_from_no_possible_sender_is_a_usage_error(
     assert "Invalid value for --from: invalid machine" in r.stderr, r.stderr
     assert "(the sender: master or a peer's name)" in r.stderr
     assert not (tmp_path / "state").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "words"),
+    [
+        (["kv", "set", "Bad Key!", "1"], 2, "invalid key 'Bad Key!'"),
+        (["kv", "set", "k\udcff", "1"], 2, "invalid key 'k\\udcff'"),  # not UTF-8
+        (["kv", "get", "a/../b"], 2, "invalid key 'a/../b'"),
+        (["kv", "wait", ""], 2, "invalid key ''"),
+        (["kv", "set", "crc.up/steps", "1"], 3, "keys starting with 'crc.' are the master's"),
+    ],
+)
+def test_a_key_the_store_refuses_is_refused_before_the_agent_is_asked(
+    argv: list[str], code: int, words: str, tmp_path: Path
+) -> None:
+    """Said at once, whether or not an agent runs (here none does: asking one would be
+    exit 6, "no agent is running")."""
+    r = _crc(*argv, "--state-dir", str(tmp_path / "none"), cwd=tmp_path)
+    assert r.returncode == code, r.stderr
+    assert words in r.stderr and "no agent" not in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr

@@ -111,6 +111,28 @@ def test_a_kv_key_with_a_dot_or_empty_segment_is_refused(key: str) -> None:
         calls.kv_get("lab", key, 0, 0)
 
 
+@pytest.mark.parametrize("argv", [["set", "lab", "a b", "1"], ["get", "lab", "k\udcff"]])
+def test_crc_kv_refuses_a_bad_key_before_reading_the_profile(
+    tmp_path: Path, argv: list[str]
+) -> None:
+    """A usage error (exit 2), not "not logged in" (exit 3): no profile is there."""
+    import os
+    import subprocess
+    import sys
+
+    base = {k: v for k, v in os.environ.items() if not k.startswith("CRC_")}
+    r = subprocess.run(
+        [sys.executable, "-m", "cloudremotecontrol", "kv", *argv],
+        env={**base, "CRC_CONFIG_DIR": str(tmp_path / "cfg")},
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 2, r.stderr
+    assert f"Invalid value for 'KEY': invalid key {argv[2]!r}" in r.stderr, r.stderr
+
+
 @pytest.mark.parametrize("key", GOOD_KEYS)
 def test_a_good_kv_key_is_sent_as_it_is(key: str) -> None:
     assert calls.kv_set("lab", key, 1).path == f"/groups/lab/kv/{key}"

@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from ..errors import InvalidInput, Unavailable
-from .output import SELECTOR_HELP, emit_json, json_option, not_empty
+from .output import SELECTOR_HELP, emit_json, json_option, kv_key, not_empty
 
 _state_option = click.option(
     "--state-dir",
@@ -409,20 +409,23 @@ def _kv_value(text: str) -> object:
 
 
 @kv.command("set")
-@click.argument("key")
+@click.argument("key", callback=kv_key)
 @click.argument("value")
 @_state_option
 @_agent_wait_option
 @json_option
 def kv_set(key: str, value: str, state_dir: str | None, agent_wait: float, as_json: bool) -> None:
     """Set KEY to VALUE (JSON, or a plain string)."""
+    from ..protocol.names import check_machine_may_write
+
+    check_machine_may_write(key)  # the server's rule, said before the agent is asked
     reply = _call(state_dir, {"op": "kv-set", "key": key, "value": _kv_value(value)}, agent_wait)
     if as_json:
         emit_json({"key": key, "version": reply["version"]})
 
 
 @kv.command("get")
-@click.argument("key")
+@click.argument("key", callback=kv_key)
 @_state_option
 @_agent_wait_option
 @json_option
@@ -438,7 +441,7 @@ def kv_get(key: str, state_dir: str | None, agent_wait: float, as_json: bool) ->
 
 
 @kv.command("wait")
-@click.argument("key")
+@click.argument("key", callback=kv_key)
 @click.option(
     "--newer-than",
     type=click.IntRange(min=0),

@@ -14,7 +14,7 @@ from ..errors import Forbidden, InvalidInput, Unauthorized
 from ..protocol.fields import MAX_SEQ
 from ..protocol.limits import MAX_MACHINES_PER_GROUP
 from ..protocol.names import expired_advice, scenario_of
-from .output import TARGET_HELP, ago, emit_json, json_option, print_table, safe
+from .output import TARGET_HELP, ago, emit_json, json_option, kv_key, print_table, safe
 
 
 def _client() -> Any:
@@ -531,7 +531,7 @@ def kv() -> None:
 
 @kv.command("set")
 @click.argument("name")
-@click.argument("key")
+@click.argument("key", callback=kv_key)
 @click.argument("value")
 @json_option
 def kv_set(name: str, key: str, value: str, as_json: bool) -> None:
@@ -550,7 +550,7 @@ def kv_set(name: str, key: str, value: str, as_json: bool) -> None:
 
 @kv.command("get")
 @click.argument("name")
-@click.argument("key")
+@click.argument("key", callback=kv_key)
 @click.option("--wait", "wait_for", help="Wait up to this long for the key (e.g. 2m; at most 5m).")
 @json_option
 def kv_get(name: str, key: str, wait_for: str | None, as_json: bool) -> None:

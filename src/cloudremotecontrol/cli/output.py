@@ -30,6 +30,7 @@ __all__ = [
     "ago",
     "emit_json",
     "json_option",
+    "kv_key",
     "own_error_exit",
     "print_table",
     "quiet_if_closed",
@@ -65,6 +66,18 @@ def quiet_if_closed(stream: Any) -> None:
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, stream.fileno())
             os.close(devnull)
+
+
+def kv_key(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """An argument's callback: a key the group's store could hold, else a usage error
+    (before any agent or server is asked)."""
+    from ..errors import InvalidInput
+    from ..protocol.names import check_kv_key
+
+    try:
+        return check_kv_key(value)
+    except InvalidInput as exc:
+        raise click.BadParameter(safe(exc.message), ctx=ctx, param=param) from None
 
 
 def not_empty(
