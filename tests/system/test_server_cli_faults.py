@@ -284,3 +284,101 @@ def test_a_database_that_cannot_be_used_is_one_line_and_its_exit_code(
     assert "serving" not in r.stdout + r.stderr and r.stdout == ""
     if kind == "not a database":  # left as it was
         assert (tmp_path / "other.db").read_text() == "another program's file\n"
+
+
+def _psql(url: str, sql: str) -> None:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(sql)
+
+
+def _tables(url: str) -> list[str]:
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1"
+        ).fetchall()
+    return [r[0] for r in rows]
+
+
+@pytest.mark.parametrize(
+    "url, expected",
+    [
+        ("postgresql://crc:s3cret-pw@127.0.0.1:5432", "the PostgreSQL database URL names no"),
+        ("postgresql://", "the PostgreSQL database URL names no database"),
+        (
+            "postgresq://crc:s3cret-pw@127.0.0.1/crc",
+            "unsupported database URL 'postgresq://crc:***@",
+        ),
+    ],
+)
+def test_a_database_url_without_a_database_or_with_a_typo_is_refused_its_password_unshown(
+    tmp_path: Path, url: str, expected: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without a database name libpq takes the user's: crc's tables would be made in the
+    `postgres` database (or another's)."""
+    monkeypatch.delenv("PGDATABASE", raising=False)
+    for command in (["add-user", "carol"], ["list-users"]):
+        r = _crc("server", *command, "--database", url)
+        line = _one_error_line(r, 2)
+        assert expected in line, line
+        assert "s3cret-pw" not in r.stdout + r.stderr
+
+
+def test_an_empty_postgresql_database_is_set_up_only_by_a_command_that_writes(
+    pg_url: str,
+) -> None:
+    for command in (["list-users"], ["list-tokens", "carol"]):
+        r = _crc("server", *command, "--database", pg_url)
+        assert "holds no CloudRemoteControl data: check the URL" in _one_error_line(r, 4)
+    assert _tables(pg_url) == []  # nothing made in it
+    r = _crc("server", "add-user", "carol", "--database", pg_url)
+    assert r.returncode == 0, r.stderr
+    r = _crc("server", "list-users", "--database", pg_url, "--json")
+    assert [u["user"] for u in json.loads(r.stdout)["users"]] == ["carol"]
+
+
+def test_a_postgresql_database_with_another_applications_tables_is_refused(
+    tmp_path: Path, pg_url: str
+) -> None:
+    _psql(pg_url, "CREATE TABLE users (id INTEGER)")
+    data = tmp_path / "srv"
+    _init(data, free_port())
+    for command in (["run"], ["add-user", "carol"]):
+        r = _crc("server", *command, "--data-dir", str(data), "--database", pg_url)
+        line = _one_error_line(r, 2)
+        assert "cannot set up crc's tables in database 127.0.0.1:5432/" in line, line
+        assert 'relation "users" already exists: give crc a database of its own' in line
+        assert "serving" not in r.stdout
+    assert _tables(pg_url) == ["users"]  # what the migration began is rolled back
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_database_a_newer_crc_set_up_is_refused(
+    tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> None:
+    """An older replica beside newer ones (or a downgrade) would misread or overwrite
+    what the newer schema stores."""
+    url = (
+        f"sqlite:///{tmp_path / 'crc.db'}"
+        if backend == "sqlite"
+        else str(request.getfixturevalue("pg_url"))
+    )
+    r = _crc("server", "add-user", "carol", "--database", url)
+    assert r.returncode == 0, r.stderr
+    if backend == "sqlite":
+        import sqlite3
+
+        with sqlite3.connect(tmp_path / "crc.db") as db:
+            db.execute("INSERT INTO schema_version (version) VALUES (999)")
+    else:
+        _psql(url, "INSERT INTO schema_version (version) VALUES (999)")
+    data = tmp_path / "srv"
+    _init(data, free_port())
+    for command in (["run"], ["add-user", "dave"], ["list-users"]):
+        r = _crc("server", *command, "--data-dir", str(data), "--database", url)
+        line = _one_error_line(r, 5)
+        assert "the database's schema is version 999, newer than this crc knows (" in line
+        assert "serving" not in r.stdout

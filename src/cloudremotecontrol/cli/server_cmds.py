@@ -226,6 +226,7 @@ def run(
 
     from ..server.config import load_config, parse_settings
     from ..server.runner import serve
+    from ..server.store.base import shown_database
 
     cfg = load_config(_data_dir(data_dir))
     if database:
@@ -238,7 +239,7 @@ def run(
     if given:
         cfg.settings = parse_settings(dict(dataclasses.asdict(cfg.settings)), given)
     where = listen or cfg.listen
-    db = _shown_database(database or cfg.database)
+    db = shown_database(database or cfg.database)
     url = cfg.url if not insecure else f"http://{where}"
     pid = os.getpid()
     if as_json:
@@ -319,21 +320,6 @@ def _check_database(url: str, *, must_exist: bool) -> None:
         )
 
 
-def _shown_database(url: str) -> str:
-    """The database URL without its password."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    try:
-        parts = urlsplit(url)
-        if parts.password is None:
-            return url
-    except ValueError:  # refused when the store is made (open_store), never shown
-        return "(an invalid URL)"
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
-
-
 def _store(data_dir: str | None, database: str | None, must_exist: bool) -> Store:
     from ..server.config import load_config
     from ..server.store.base import open_store
@@ -342,7 +328,7 @@ def _store(data_dir: str | None, database: str | None, must_exist: bool) -> Stor
         # A command that writes (add-user) makes a new database, as `crc server run`
         # does; one that only reads (list-users) says it is not there.
         _check_database(database, must_exist=must_exist)
-        return open_store(database)
+        return open_store(database, existing_only=must_exist)
     # The data dir's own database: made here if the server never ran (init, then
     # add-user, then run is a documented order).
     return open_store(load_config(_data_dir(data_dir)).database)

@@ -23,6 +23,7 @@ __all__ = [
     "reads_row",
     "row_sql",
     "settle",
+    "shown_database",
 ]
 
 T = TypeVar("T")
@@ -250,8 +251,25 @@ class Store(abc.ABC):
         """Blocking variant for admin commands (``crc server add-user``)."""
 
 
-def open_store(url: str) -> Store:
-    """``sqlite:///path/to/file.db`` or ``postgresql://user@host/db``."""
+def shown_database(url: str) -> str:
+    """The database URL as a message or the log may show it: without its password."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+    except ValueError:  # refused when the store is made (open_store)
+        return "(an invalid URL)"
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+def open_store(url: str, *, existing_only: bool = False) -> Store:
+    """``sqlite:///path/to/file.db`` or ``postgresql://user@host/db``. ``existing_only``
+    (an admin command that only reads): a PostgreSQL database without crc's tables is
+    refused, not set up (the caller checks that a SQLite file exists)."""
     from ...errors import InvalidInput
 
     if url.startswith("sqlite:///"):
@@ -266,8 +284,10 @@ def open_store(url: str) -> Store:
                 "this server has no PostgreSQL support installed: use the "
                 "default SQLite database (omit --database)"
             ) from None
-        return PostgresStore(url)
-    raise InvalidInput(f"unsupported database URL {url!r}: use sqlite:///PATH or postgresql://…")
+        return PostgresStore(url, existing_only=existing_only)
+    raise InvalidInput(
+        f"unsupported database URL {shown_database(url)!r}: use sqlite:///PATH or postgresql://…"
+    )
 
 
 #: One write's outcome for its caller: its future, the loop that waits on it (None: a

@@ -145,6 +145,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import queue
 import random
 import threading
@@ -160,7 +161,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from ...errors import InvalidInput, Unavailable
+from ...errors import InvalidInput, NotFound, Unavailable
 from .base import ALL_GROUPS, Store, settle
 from .pg_tx import (
     Outgoing,
@@ -234,6 +235,12 @@ def _where(url: str) -> str:
     return f"{info.get('host', 'localhost')}:{info.get('port', 5432)}/{info.get('dbname', '')}"
 
 
+def _holds_crc(conn: psycopg.Connection[dict[str, Any]]) -> bool:
+    """Whether crc's schema is in the database (on the connection's search path)."""
+    row = conn.execute("SELECT to_regclass('schema_version') IS NOT NULL AS ours").fetchone()
+    return bool(row and row["ours"])
+
+
 def _one_line(exc: Exception) -> str:
     """libpq's message on one line: it puts hints on lines of their own ("Connection
     refused\\n\\tIs the server running on that host...")."""
@@ -259,17 +266,32 @@ class _Pending:
 class PostgresStore(Store):
     dialect = "postgresql"
 
-    def __init__(self, url: str, *, readers: int = 4, pipelined: bool | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        readers: int = 4,
+        pipelined: bool | None = None,
+        existing_only: bool = False,
+    ) -> None:
         super().__init__()
         try:
-            conninfo_to_dict(url)
+            info = conninfo_to_dict(url)
         except psycopg.Error:
             # Not libpq's message: it quotes the URL, password included.
             raise InvalidInput(
                 "invalid PostgreSQL database URL: expected "
                 "postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE"
             ) from None
+        if not info.get("dbname") and not os.environ.get("PGDATABASE"):
+            # libpq would take the user's name: crc's tables in `postgres`, say.
+            raise InvalidInput(
+                "the PostgreSQL database URL names no database: expected "
+                "postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE (crc keeps its tables in "
+                "a database of their own: createdb one)"
+            )
         self.url = url
+        self._existing_only = existing_only  # an admin command that only reads
         # Pipeline mode needs libpq >= 14 (psycopg's binary wheels bundle a newer one).
         self.pipelined = psycopg.Pipeline.is_supported() if pipelined is None else pipelined
         self._readers = readers
@@ -338,8 +360,25 @@ class PostgresStore(Store):
             ) from exc
         with conn:
             conn.isolation_level = IsolationLevel.READ_COMMITTED
-            with conn.transaction():
-                migrate(PgTx(conn.cursor()), self.dialect)
+            try:
+                with conn.transaction():
+                    if self._existing_only and not _holds_crc(conn):
+                        raise NotFound(
+                            f"database {_where(self.url)} holds no CloudRemoteControl "
+                            "data: check the URL; `crc server run` sets up a new database, "
+                            "the admin commands that only read never do"
+                        )
+                    migrate(PgTx(conn.cursor()), self.dialect)
+            except psycopg.OperationalError as exc:
+                raise Unavailable(
+                    f"PostgreSQL at {_where(self.url)} failed setting up crc's tables: "
+                    f"{_one_line(exc)}"
+                ) from exc
+            except psycopg.Error as exc:  # a table of another application, no rights
+                raise InvalidInput(
+                    f"cannot set up crc's tables in database {_where(self.url)}: "
+                    f"{_one_line(exc)}: give crc a database of its own (createdb)"
+                ) from None
             self._types = column_types(conn.cursor())
 
     async def start(self) -> None:

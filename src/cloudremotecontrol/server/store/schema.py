@@ -2,13 +2,16 @@
 
 Each migration is a list of statements per dialect; ``schema_version`` records what is
 applied. SQLite serialises through ``BEGIN IMMEDIATE``; PostgreSQL through an advisory
-transaction lock, so two replicas starting together apply each migration once.
+transaction lock, so two replicas starting together apply each migration once. A
+database whose schema is newer than the last migration known here is refused: a newer
+crc set it up.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from ...errors import Conflict
 from .base import Tx
 
 __all__ = ["MIGRATIONS", "migrate"]
@@ -280,6 +283,14 @@ def migrate(tx: Tx, dialect: str, raw: Any = None) -> int:
         tx.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
         row = tx.one("SELECT MAX(version) AS v FROM schema_version")
         current = int(row["v"]) if row and row["v"] is not None else 0
+        known = MIGRATIONS[-1][0]
+        if current > known:
+            # A newer crc set this database up: what it stores, this one would misread
+            # or overwrite (an older replica beside newer ones, a downgrade).
+            raise Conflict(
+                f"the database's schema is version {current}, newer than this crc knows "
+                f"({known}): a newer crc server set it up; run that version or a later one"
+            )
         for version, statements in MIGRATIONS:
             if version > current:
                 for sql in statements(dialect):
