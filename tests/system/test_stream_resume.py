@@ -39,6 +39,12 @@ def test_crc_run_goes_on_across_a_server_killed_and_restarted(env):
     assert run.returncode == 0, err
     assert out == "[a] done\n", out  # after the first line: the rest, once
     assert "Traceback" not in err
+    # Said while it happens: up to a minute of silence would look like a hang.
+    notes = [ln for ln in err.splitlines() if ln.startswith("crc: event stream")]
+    assert len(notes) == 2, err
+    assert notes[0].startswith(f"crc: event stream from {env.server.url} broke ("), err
+    assert notes[0].endswith("): resuming it where it was, for up to 60 s"), err
+    assert notes[1] == f"crc: event stream resumed (it broke at {env.server.url})", err
 
 
 def test_async_events_resume_from_their_cursor_after_a_restart(env):

@@ -120,3 +120,28 @@ def test_a_sigterm_landing_in_a_finalizer_still_stops_the_command() -> None:
             time.sleep(0.01)
         stopped_at = "never"
     assert stopped_at is None and info.value.exit_code == 128 + signal.SIGTERM
+
+
+class StreamGivesUp(Recorder):
+    def follow_job(self, job_id: str, left: list[str], since: int = 0) -> Iterator[Any]:
+        from cloudremotecontrol.errors import Unavailable
+
+        raise Unavailable(
+            "event stream from https://x:1 broke and could not be resumed within 60 s: refused"
+        )
+
+
+def test_a_stream_that_gives_up_says_the_job_goes_on_at_the_server() -> None:
+    """The job is the server's: crc did not cancel it, and says where to see its end."""
+    from cloudremotecontrol.cli.job_cmds import follow_to_end
+    from cloudremotecontrol.errors import Unavailable
+
+    client = StreamGivesUp()
+    with pytest.raises(Unavailable) as caught:
+        follow_to_end(client, dict(STARTED), as_json=False)
+    assert caught.value.message == (
+        "event stream from https://x:1 broke and could not be resumed within 60 s: refused; "
+        "job j1 was not cancelled and goes on at the server: `crc job show j1` shows its "
+        "results"
+    )
+    assert caught.value.exit_code == 6 and client.cancelled == []

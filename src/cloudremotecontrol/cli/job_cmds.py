@@ -23,7 +23,7 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
-from ..errors import InvalidInput
+from ..errors import InvalidInput, Unavailable
 from . import output
 from .linejoin import LineJoiner, Piece
 from .output import SELECTOR_HELP, TARGET_HELP, ago, emit_json, json_option, print_table, safe
@@ -38,7 +38,7 @@ _SHELL_CHARS = frozenset(" \t|&;<>()$`'\"*?[]#~%\n")
 def _client() -> Any:
     from ..master.client import Client
 
-    return Client.from_profile()
+    return output.say_stream_breaks(Client.from_profile())
 
 
 def error_exit_option(fn: F) -> F:
@@ -134,6 +134,16 @@ def follow_to_end(
                     if show_output or ev.type != "job.output":
                         show_job_event(ev, results, as_json, joiner)
                 return results
+            except Unavailable as exc:
+                # Its stream gave up (the server away for longer than a resume lasts):
+                # the job is the server's, and goes on there.
+                fate = "was being cancelled" if cancelled else "was not cancelled"
+                raise type(exc)(
+                    f"{exc.message}; job {job_id} {fate} and goes on at the server: "
+                    f"`crc job show {job_id}` shows its results",
+                    code=exc.code,
+                    **exc.details,
+                ) from None
             except KeyboardInterrupt as exc:
                 if cancelled:
                     raise

@@ -14,13 +14,22 @@ from ..errors import Forbidden, InvalidInput, Unauthorized
 from ..protocol.fields import MAX_SEQ
 from ..protocol.limits import MAX_MACHINES_PER_GROUP
 from ..protocol.names import expired_advice, scenario_of
-from .output import TARGET_HELP, ago, emit_json, json_option, kv_key, print_table, safe
+from .output import (
+    TARGET_HELP,
+    ago,
+    emit_json,
+    json_option,
+    kv_key,
+    print_table,
+    safe,
+    say_stream_breaks,
+)
 
 
 def _client() -> Any:
     from ..master.client import Client
 
-    return Client.from_profile()
+    return say_stream_breaks(Client.from_profile())
 
 
 def _duration(text: str | None) -> float | None:

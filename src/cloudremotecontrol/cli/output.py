@@ -17,7 +17,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import click
 
@@ -35,9 +35,17 @@ __all__ = [
     "print_table",
     "quiet_if_closed",
     "safe",
+    "say_stream_breaks",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+class _Streams(Protocol):
+    on_stream_break: Callable[[str], None] | None
+
+
+S = TypeVar("S", bound=_Streams)
 
 #: Set by ``--error-exit N`` (crc run, push, pull, hosts sync): the exit code for crc's
 #: own failures, so that they differ from the remote command's codes.
@@ -66,6 +74,18 @@ def quiet_if_closed(stream: Any) -> None:
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, stream.fileno())
             os.close(devnull)
+
+
+def say_stream_breaks(client: S) -> S:
+    """``client`` (an SDK client), saying on stderr when one of its event streams breaks
+    and when it resumes: it may take up to a minute, in which nothing else is shown."""
+
+    def note(text: str) -> None:
+        with contextlib.suppress(OSError):  # stderr closed: the stream goes on
+            click.echo(f"crc: {safe(text)}", err=True)
+
+    client.on_stream_break = note
+    return client
 
 
 def kv_key(ctx: click.Context, param: click.Parameter, value: str) -> str:

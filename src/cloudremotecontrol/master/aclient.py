@@ -103,6 +103,9 @@ class AsyncClient:
         self._token, self.cert_pem = clean_token(token), cert_pem
         self._timeout = timeout
         self.resume_for = resume_for
+        #: Told in a sentence when an event stream breaks and when it is read again
+        #: (the CLI says so on stderr): it may resume quietly for ``resume_for`` s.
+        self.on_stream_break: Callable[[str], None] | None = None
         self._index = 0
         self._http: httpx.AsyncClient | None = None
         self._halted = False
@@ -212,7 +215,8 @@ class AsyncClient:
         return call.result(answer)
 
     async def _stream(self, call: StreamCall) -> AsyncGenerator[Any, None]:
-        resume = Resume(len(self.urls), self.resume_for)  # as Client._stream
+        # As Client._stream.
+        resume = Resume(len(self.urls), self.resume_for, notify=self.on_stream_break)
         while True:
             try:
                 async for item in self._stream_once(call):

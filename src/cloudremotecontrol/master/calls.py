@@ -11,6 +11,7 @@ import json
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -104,14 +105,21 @@ class Resume:
     After a break the next replica is tried at once; once each was tried, the client
     waits 0.25 s, then twice as long each round (at most 5 s, times ``jitter`` in
     0.5-1), and gives up when every replica failed at least once and ``window`` seconds
-    have passed since the break. An event read starts afresh (``progressed``)."""
+    have passed since the break. An event read starts afresh (``progressed``).
+
+    ``notify``, if given, is told in a sentence when the stream breaks (once per break)
+    and when it is read again, so that a caller can say why it is quiet meanwhile."""
 
     replicas: int
     window: float = RESUME_SECONDS
     broke_at: float | None = None
     failures: int = 0
+    notify: Callable[[str], None] | None = None
+    url: str = ""  # where the stream broke (for ``notify``)
 
     def progressed(self) -> None:
+        if self.broke_at is not None and self.notify is not None:
+            self.notify(f"event stream resumed (it broke at {self.url})")
         self.broke_at, self.failures = None, 0
 
     def broke(self, now: float, jitter: float) -> float | None:
@@ -129,6 +137,13 @@ class Resume:
 
     def next_wait(self, url: str, exc: BaseException) -> float:
         """``broke`` now, jittered; ``Unavailable`` (saying why) when it gives up."""
+        if self.broke_at is None:
+            self.url = url
+            if self.notify is not None:
+                self.notify(
+                    f"event stream from {url} broke ({exc}): resuming it where it was, "
+                    f"for up to {self.window:g} s"
+                )
         wait = self.broke(time.monotonic(), _JITTER.uniform(0.5, 1.0))
         if wait is None:
             raise Unavailable(

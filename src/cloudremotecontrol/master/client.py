@@ -160,6 +160,9 @@ class Client:
         self._token, self.cert_pem = clean_token(token), cert_pem
         self._timeout = timeout
         self.resume_for = resume_for
+        #: Told in a sentence when an event stream breaks and when it is read again
+        #: (the CLI says so on stderr): it may resume quietly for ``resume_for`` s.
+        self.on_stream_break: Callable[[str], None] | None = None
         self._index = 0
         self._halted = threading.Event()
         self._http = self._connect_any()
@@ -222,7 +225,7 @@ class Client:
     def _sibling(self) -> Client:
         """A new client to the same server as the same user (a client is not shared
         across threads: a wait follows its events on a thread of its own)."""
-        return Client(
+        sibling = Client(
             ",".join(self.urls[self._index :] + self.urls[: self._index]),
             self._token,
             self.fingerprint,
@@ -230,6 +233,8 @@ class Client:
             self._timeout,
             self.resume_for,
         )
+        sibling.on_stream_break = self.on_stream_break
+        return sibling
 
     # -- plumbing -----------------------------------------------------------------------
     def _unreachable(self, exc: httpx.HTTPError) -> Exception:
@@ -266,7 +271,7 @@ class Client:
         return call.result(self._call(call.method, call.path, params=call.params, json=call.json))
 
     def _stream(self, call: StreamCall) -> Iterator[Any]:
-        resume = Resume(len(self.urls), self.resume_for)
+        resume = Resume(len(self.urls), self.resume_for, notify=self.on_stream_break)
         while True:
             try:
                 for item in self._stream_once(call):
