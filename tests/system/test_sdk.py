@@ -147,3 +147,59 @@ def test_async_client_does_what_the_sync_one_does(env, tmp_path):
     assert got["kv"]["value"] == {"v": 1}
     assert got["jobs"] == ["job.run", "file.put"]
     assert (tmp_path / "back.txt").read_text() == "hello\n" and got["info"]["size"] == 6
+
+
+def _running_then(env: Any, group: str) -> Client:
+    env.group_with_agents(group, ["a"])
+    return Client(env.server.url, env.token, env.server.fingerprint)
+
+
+def _wait_status(c: Client, job_id: str, status: str) -> None:
+    import time
+
+    deadline = time.monotonic() + 30
+    while (r := c.job_results(job_id).get("a")) is None or r.status != status:
+        assert time.monotonic() < deadline, c.job_results(job_id)
+        time.sleep(0.1)
+
+
+def test_run_wait_halted_raises_rather_than_report_a_success(env):
+    """With no results, RunResult counted as ok with exit code 0 (all([]), max(default=0)):
+    a job that fails was reported a success."""
+    import threading
+
+    with _running_then(env, "lab") as c:
+        threading.Timer(1.0, c.halt).start()
+        with pytest.raises(Unavailable, match=r"following it was halted before a ended") as info:
+            c.run_wait("lab", "a", command="sleep 3; exit 4")
+        assert info.value.code == "halted"
+        job_id = info.value.details["job_id"]
+        _wait_status(env.client, job_id, "failed")  # not cancelled: it went on to its end
+        assert env.client.job_results(job_id)["a"].code == 4
+
+
+def test_run_wait_interrupted_cancels_its_job(env):
+    """Ctrl-C in a script (here raised by on_event, as the signal handler would) left the
+    job running, and the caller without its id."""
+
+    def interrupt(ev: Event) -> None:
+        if ev.type == "job.output":
+            raise KeyboardInterrupt
+
+    with _running_then(env, "lab") as c:
+        with pytest.raises(KeyboardInterrupt):
+            c.run_wait("lab", "a", command="echo started; sleep 60", on_event=interrupt)
+        job_id = c.list_jobs("lab")[0]["job_id"]
+        _wait_status(c, job_id, "cancelled")
+
+
+def test_async_run_wait_cancelled_cancels_its_job(env):
+    async def go() -> str:
+        async with AsyncClient(env.server.url, env.token, env.server.fingerprint) as c:
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(c.run_wait("lab", "a", command="sleep 60"), 2)
+            return str((await c.list_jobs("lab"))[0]["job_id"])
+
+    env.group_with_agents("lab", ["a"])
+    job_id = asyncio.run(go())
+    _wait_status(env.client, job_id, "cancelled")

@@ -428,3 +428,26 @@ def test_a_download_target_may_be_a_path(tmp_path: Path) -> None:
         client_mod.check_download_target(Path("/dev/null"))
     with pytest.raises(InvalidInput, match="is a directory"):
         client_mod.check_download_target(tmp_path)
+
+
+def test_a_string_where_a_list_of_names_goes_is_refused_not_split_into_characters() -> None:
+    """`create_group("lab", "ab")` made machines a and b; `events(types="message")` asked
+    for types m, e, s...; a shell's `argv="ls"` ran `l`."""
+    from cloudremotecontrol.master.streams import shell_body
+    from cloudremotecontrol.master.waits import ReadyWait
+
+    with pytest.raises(InvalidInput, match=r"^invalid machines: a list, not str 'ab'$"):
+        calls.create_group("lab", "ab", None, None, None)  # type: ignore[arg-type]
+    with pytest.raises(InvalidInput, match=r"^invalid types: a list, not str 'message'$"):
+        calls.events("lab", 0, True, False, "message")  # type: ignore[arg-type]
+    with pytest.raises(InvalidInput, match=r"^invalid argv: a list, not str 'ls'$"):
+        shell_body("a", "ls", None, 80, 24, None, None)  # type: ignore[arg-type]
+    group = {"group": "lab", "machines": [{"name": "a", "state": "ready"}]}
+    with pytest.raises(InvalidInput, match=r"^invalid machines: a list, not str 'a'$"):
+        ReadyWait(group, "a")
+    # Lists and tuples are what they were.
+    assert [
+        m["name"] for m in calls.create_group("lab", ("a", "b"), None, None, None).json["machines"]
+    ] == ["a", "b"]  # type: ignore[arg-type]
+    assert calls.events("lab", 0, True, False, ("message",)).params["type"] == "message"
+    assert ReadyWait(group, ["a"]).wanted == {"a"}

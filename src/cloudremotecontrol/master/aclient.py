@@ -48,7 +48,7 @@ from .client import (
     write_error,
 )
 from .profile import Profile, load_profile
-from .types import Event, JobResult, Message, RunResult, is_final
+from .types import Event, JobResult, Message, RunResult, is_final, run_result
 from .waits import FLOOR_TYPES, MessageWait, ReadyWait, check_timeout
 
 if TYPE_CHECKING:
@@ -451,13 +451,18 @@ class AsyncClient:
         started = await self.start_job(group, to, **job)
         results: dict[str, JobResult] = {}
         stream = self.follow_job(started["job_id"], started["targets"])
-        async with contextlib.aclosing(stream):
-            async for ev in stream:
-                if on_event is not None:
-                    await _maybe_await(on_event(ev))
-                if ev.result is not None:
-                    results[ev.result.machine] = ev.result
-        return RunResult(started["job_id"], results)
+        try:
+            async with contextlib.aclosing(stream):
+                async for ev in stream:
+                    if on_event is not None:
+                        await _maybe_await(on_event(ev))
+                    if ev.result is not None:
+                        results[ev.result.machine] = ev.result
+        except asyncio.CancelledError:  # Ctrl-C, wait_for's timeout: the job too
+            with contextlib.suppress(CrcError):
+                await asyncio.shield(self.cancel_job(started["job_id"]))
+            raise
+        return run_result(started["job_id"], started["targets"], results)
 
     async def hosts_sync(self, group: str, to: str = "all", ip: str = "auto") -> dict[str, Any]:
         return dict(await self._do(calls.hosts_sync(group, to, ip)))

@@ -32,6 +32,7 @@ from ..protocol.names import (
     check_name,
     group_expired,
     kv_wait_timed_out,
+    listed,
     parse_target,
 )
 
@@ -289,7 +290,7 @@ def create_group(
     ttl: float | None,
     settings: dict[str, Any] | None,
 ) -> Call:
-    ms = [m if isinstance(m, dict) else {"name": m} for m in machines]
+    ms = [m if isinstance(m, dict) else {"name": m} for m in listed(machines, "machines")]
     for m in ms:  # the server's rule, checked before anything is sent
         check_name(m.get("name"), "machine")
     body = {
@@ -489,6 +490,7 @@ def events(
     params: dict[str, Any] = {"follow": follow}
     if since is not None:
         params["since"] = since
+    types = tuple(listed(types, "types"))
     if types:
         params["type"] = ",".join(types)
     return StreamCall(f"/groups/{_group(group)}/events", params, keepalive)

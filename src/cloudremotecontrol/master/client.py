@@ -14,6 +14,7 @@ events and results are the typed records of ``types.py``.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -43,7 +44,15 @@ from .calls import (
 )
 from .follow import follow_events
 from .profile import Profile, load_profile
-from .types import Event, JobResult, Message, RunResult, exit_code_of, is_final
+from .types import (
+    Event,
+    JobResult,
+    Message,
+    RunResult,
+    exit_code_of,
+    is_final,
+    run_result,
+)
 from .waits import FLOOR_TYPES, MessageWait, ReadyWait, check_timeout
 
 if TYPE_CHECKING:
@@ -523,12 +532,17 @@ class Client:
         Takes ``start_job``'s arguments."""
         started = self.start_job(group, to, **job)
         results: dict[str, JobResult] = {}
-        for ev in self.follow_job(started["job_id"], started["targets"]):
-            if on_event is not None:
-                on_event(ev)
-            if ev.result is not None:
-                results[ev.result.machine] = ev.result
-        return RunResult(started["job_id"], results)
+        try:
+            for ev in self.follow_job(started["job_id"], started["targets"]):
+                if on_event is not None:
+                    on_event(ev)
+                if ev.result is not None:
+                    results[ev.result.machine] = ev.result
+        except KeyboardInterrupt:  # Ctrl-C: the job too, as `crc run` does
+            with contextlib.suppress(CrcError):
+                self.cancel_job(started["job_id"])
+            raise
+        return run_result(started["job_id"], started["targets"], results)
 
     def hosts_sync(self, group: str, to: str = "all", ip: str = "auto") -> dict[str, Any]:
         """Start the job that writes the group's machines into hosts files."""

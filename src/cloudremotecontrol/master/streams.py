@@ -19,7 +19,7 @@ from typing import Any
 
 from ..errors import Conflict, CrcError, InvalidInput, Unavailable, error_from_answer
 from ..protocol.limits import MAX_FRAME_BYTES
-from ..protocol.names import check_name
+from ..protocol.names import check_name, listed
 from ..protocol.streams import (
     MAX_CHUNK_BYTES,
     ForwardSpec,
@@ -441,7 +441,7 @@ def shell_body(
     cols, rows = check_terminal_size(cols, rows)
     body: dict[str, Any] = {"machine": machine, "kind": "shell", "cols": cols, "rows": rows}
     if argv is not None:
-        body["argv"] = list(argv)
+        body["argv"] = listed(argv, "argv")
     for key, value in (("shell", shell), ("term", term), ("record", record)):
         if value is not None:
             body[key] = value

@@ -182,6 +182,24 @@ class RunResult(_Record):
         return {**super().to_dict(), "exit_code": self.exit_code, "ok": self.ok}
 
 
+def run_result(job_id: str, targets: list[str], results: dict[str, JobResult]) -> RunResult:
+    """The ``RunResult`` of a job followed to its end; ``Unavailable`` (code ``halted``)
+    if its stream ended first (``halt()``): a result without those targets would count
+    as a success."""
+    from ..errors import Unavailable
+
+    missing = [t for t in targets if t not in results]
+    if missing:
+        raise Unavailable(
+            f"job {job_id}: following it was halted before {', '.join(missing)} ended; "
+            f"the job goes on at the server (`job_results({job_id!r})` reads its "
+            "results, `cancel_job` cancels it)",
+            code="halted",
+            job_id=job_id,
+        )
+    return RunResult(job_id, results)
+
+
 def is_final(status: str) -> bool:
     """Whether a target's status is final (an unknown one, from a newer server: no)."""
     try:

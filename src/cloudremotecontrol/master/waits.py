@@ -21,7 +21,7 @@ from typing import Any
 
 from ..errors import InvalidInput, NotFound, Unavailable
 from ..protocol.limits import MAX_TIMEOUT_SECONDS
-from ..protocol.names import check_message_type
+from ..protocol.names import check_message_type, listed
 from .types import Message
 
 __all__ = ["FLOOR_TYPES", "MessageWait", "ReadyWait", "check_timeout", "user_type"]
@@ -155,7 +155,7 @@ class ReadyWait:
                 self.progress[m["name"]] = _progress_text(prog)
         wanted = set(self.states)
         if machines is not None:
-            chosen = set(machines)
+            chosen = set(listed(machines, "machines"))
             unknown = chosen - wanted
             if unknown:
                 raise NotFound(_no_machine(sorted(unknown), self.group))

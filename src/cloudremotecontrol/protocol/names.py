@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from ..errors import Forbidden, InvalidInput, NotFound
 
@@ -23,6 +24,7 @@ __all__ = [
     "expired_advice",
     "group_expired",
     "kv_wait_timed_out",
+    "listed",
     "parse_labels",
     "parse_target",
     "scenario_of",
@@ -103,6 +105,22 @@ def expired_advice(group: str, scenario: str | None) -> str:
         "its machines are not destroyed (no `crc up` made them): "
         f"`crc group delete {group}` removes the group"
     )
+
+
+def listed(value: object, what: str) -> list[Any]:
+    """``value`` (a list or a tuple) as a list, else InvalidInput: a string would be
+    taken one character at a time ("ab": machines a and b)."""
+    if not isinstance(value, (list, tuple)):
+        raise InvalidInput(
+            f"invalid {what}: a list, not {type(value).__name__} {_short_repr(value)}",
+            field=what,
+        )
+    return list(value)
+
+
+def _short_repr(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def kv_wait_timed_out(key: str, wait: float, newer_than: int) -> str:
