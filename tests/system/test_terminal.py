@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import subprocess
 import sys
 from typing import Any
 
@@ -103,3 +104,24 @@ def test_bidi_marks_and_line_separators_from_a_machine_are_shown_escaped(env):
         for ch in ("\u061c", "\u2028", "\u2029"):
             assert ch.encode() not in out, (args, out)
         assert b"PAY \\u061c1234\\u061c USD\\u2028next\\u2029end" in out, (args, out)
+
+
+def test_crc_run_output_on_a_terminal_keeps_colours_and_escapes_other_controls(env):
+    """The machine's output is hostile input too: on a terminal only its colours pass
+    (`--raw` for all of it); into a pipe or a file it goes as it was written."""
+    env.group_with_agents("lab", ["a"])
+    sh = ("--shell", "sh", "--")
+    script = r"printf 'a\033[31mred\033[0m\033[2J\033]0;pwn\007\rFAKE\tz\n'"
+    out = _pty_output(env, "run", "lab", "--to", "a", "--shell", "sh", "--", script)
+    _assert_defused(out)
+    # A carriage return ends a line (what follows gets its own prefix), shown escaped.
+    assert b"[a] a\x1b[31mred\x1b[0m\\x1b[2J\\x1b]0;pwn\\x07\\r\r\n[a] FAKE\tz\r\n" in out
+    raw = _pty_output(env, "run", "lab", "--to", "a", "--raw", "--shell", "sh", "--", script)
+    assert b"[a] a\x1b[31mred\x1b[0m\x1b[2J\x1b]0;pwn\x07\r\r\n[a] FAKE\tz\r\n" in raw, raw
+    piped = subprocess.run(
+        [sys.executable, "-m", "cloudremotecontrol", "run", "lab", "--to", "a", *sh, script],
+        env={**os.environ, **env.cli_env},
+        capture_output=True,
+        timeout=60,
+    )
+    assert piped.stdout == b"[a] a\x1b[31mred\x1b[0m\x1b[2J\x1b]0;pwn\x07\r\n[a] FAKE\tz\n"

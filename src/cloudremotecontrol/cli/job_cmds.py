@@ -186,17 +186,48 @@ def _cancelled_if_output_closed(c: Any, job_id: str) -> Iterator[None]:
 
 
 def _write_lines(pieces: list[Piece]) -> None:
-    # The command's own output, as it wrote it (the one place crc prints a machine's
-    # bytes raw: it is what the user asked for); the prefix is a checked name. A piece
-    # of a line (no end) is printed as a line of its own: the next printed line with the
+    # The command's own output: as it wrote it into a file or a pipe (what the user
+    # asked for); on a terminal with its colours only, every other control escaped (a
+    # machine's output is hostile input: it could clear the screen, retitle the window
+    # or fake a line), unless `crc run --raw`. The prefix is a checked name. A piece of
+    # a line (no end) is printed as a line of its own: the next printed line with the
     # same prefix goes on with it.
+    from ..terminal import shown_output
+
     streams = set()
+    shown: dict[Any, bool] = {}
     for machine, stream, line in pieces:
         out = sys.stdout if stream == "stdout" else sys.stderr
-        out.write(f"[{machine}] {line}" if line.endswith("\n") else f"[{machine}] {line}\n")
+        if out not in shown:
+            shown[out] = not output.raw_output and _is_terminal(out)
+        text = line[:-1] if line.endswith("\n") else line
+        out.write(f"[{machine}] {shown_output(text) if shown[out] else text}\n")
         streams.add(out)
     for out in streams:
         out.flush()
+
+
+def _is_terminal(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError, OSError):  # closed, or no file
+        return False
+
+
+def _raw_option(fn: F) -> F:
+    def remember(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+        output.raw_output = value
+        return value
+
+    return click.option(
+        "--raw",
+        is_flag=True,
+        expose_value=False,
+        callback=remember,
+        help="Print the command's output to a terminal as it is, escape sequences "
+        "included (by default a terminal gets its colours, other controls escaped: "
+        "for machines you trust). Files and pipes always get it as it is.",
+    )(fn)
 
 
 @contextlib.contextmanager
@@ -314,6 +345,7 @@ def _announce_job(
     metavar="DURATION",
     help="Targets not reached by then (offline machines) end expired.",
 )
+@_raw_option
 @error_exit_option
 @json_option
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)

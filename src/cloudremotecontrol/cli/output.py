@@ -51,6 +51,10 @@ S = TypeVar("S", bound=_Streams)
 #: own failures, so that they differ from the remote command's codes.
 own_error_exit: int | None = None
 
+#: Set by ``crc run --raw``: the command's output reaches a terminal as it is, escape
+#: sequences included (else only its colours do: ``terminal.shown_output``).
+raw_output = False
+
 
 #: How comma-joined KEY=VALUE pairs in a ``--to`` select machines.
 SELECTOR_HELP = "KEY=VALUE,KEY=VALUE selects the machines with every pair (each key once)."
