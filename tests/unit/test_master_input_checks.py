@@ -6,6 +6,7 @@ cannot be written, a damaged profile, and an answer that is not the API's."""
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -451,3 +452,28 @@ def test_a_string_where_a_list_of_names_goes_is_refused_not_split_into_character
     ] == ["a", "b"]  # type: ignore[arg-type]
     assert calls.events("lab", 0, True, False, ("message",)).params["type"] == "message"
     assert ReadyWait(group, ["a"]).wanted == {"a"}
+
+
+@pytest.mark.parametrize(
+    ("url", "resume_for", "words"),
+    [
+        ("https://127.0.0.1:9/dashboard/", 60.0, "with no path, query or fragment"),
+        ("https://127.0.0.1:9,https://127.0.0.1:10/x", 60.0, "with no path, query or fragment"),
+        (None, 60.0, "the server URL must be a string, not NoneType"),
+        (URL, "x", "invalid resume_for 'x'"),
+        (URL, NAN, "invalid resume_for nan"),
+        (URL, -1, "invalid resume_for -1"),
+        (URL, True, "invalid resume_for True"),
+    ],
+)
+def test_a_client_refuses_what_it_could_never_use_when_it_is_made(
+    url: Any, resume_for: Any, words: str
+) -> None:
+    for make in (Client, AsyncClient):
+        with pytest.raises(InvalidInput, match=re.escape(words)):
+            make(url, TOKEN, resume_for=resume_for)
+
+
+def test_a_client_takes_a_base_url_with_a_trailing_slash_and_whole_seconds() -> None:
+    with Client(URL + "/", TOKEN, resume_for=0) as c:
+        assert c.urls == [URL] and c.resume_for == 0.0

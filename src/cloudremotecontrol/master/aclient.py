@@ -40,6 +40,7 @@ from .calls import (
 from .client import (
     ExactReader,
     check_download_target,
+    check_resume_for,
     check_upload_source,
     clean_token,
     file_digest,
@@ -102,7 +103,7 @@ class AsyncClient:
         self.fingerprint = fingerprint
         self._token, self.cert_pem = clean_token(token), cert_pem
         self._timeout = timeout
-        self.resume_for = resume_for
+        self.resume_for = check_resume_for(resume_for)
         #: Told in a sentence when an event stream breaks and when it is read again
         #: (the CLI says so on stderr): it may resume quietly for ``resume_for`` s.
         self.on_stream_break: Callable[[str], None] | None = None

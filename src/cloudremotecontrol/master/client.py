@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import math
 import os
 import stat
 import tempfile
@@ -30,7 +31,7 @@ import httpx
 from ..errors import CrcError, InvalidInput, NotFound, TimedOut, TooLarge, Unavailable
 from ..fslinks import file_kind, through_links
 from ..protocol.limits import MAX_FILE_BYTES, file_too_large
-from ..tlspin import client_context, is_untrusted, untrusted_error
+from ..tlspin import check_base_url, client_context, is_untrusted, untrusted_error
 from . import calls
 from .calls import (
     KEEPALIVE,
@@ -63,11 +64,33 @@ __all__ = ["Client", "check_download_target", "clean_token", "worst_exit_code", 
 EventHandler = Callable[[Event], None]
 
 
-def split_urls(url: str) -> list[str]:
+def split_urls(url: object) -> list[str]:
+    """The server's URLs (replicas, comma-separated), each a base URL as `crc login`
+    takes it: a page of the server (``/dashboard/``) is InvalidInput, not a base
+    under which every call would be "no endpoint"."""
+    if not isinstance(url, str):
+        raise InvalidInput(f"the server URL must be a string, not {type(url).__name__}")
     urls = [u.strip().rstrip("/") for u in url.split(",") if u.strip()]
     if not urls:
         raise InvalidInput("no server URL given")
+    for u in urls:
+        check_base_url(u)
     return urls
+
+
+def check_resume_for(value: object) -> float:
+    """``resume_for``: seconds, a finite number at least 0."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value < 0
+    ):
+        raise InvalidInput(
+            f"invalid resume_for {value!r}: seconds, a finite number at least 0",
+            field="resume_for",
+        )
+    return float(value)
 
 
 def clean_token(token: object) -> str:
@@ -168,7 +191,7 @@ class Client:
         self.fingerprint = fingerprint
         self._token, self.cert_pem = clean_token(token), cert_pem
         self._timeout = timeout
-        self.resume_for = resume_for
+        self.resume_for = check_resume_for(resume_for)
         #: Told in a sentence when an event stream breaks and when it is read again
         #: (the CLI says so on stderr): it may resume quietly for ``resume_for`` s.
         self.on_stream_break: Callable[[str], None] | None = None
