@@ -145,3 +145,25 @@ def test_a_stream_that_gives_up_says_the_job_goes_on_at_the_server() -> None:
         "results"
     )
     assert caught.value.exit_code == 6 and client.cancelled == []
+
+
+class ServerAway(Recorder):
+    def follow_job(self, job_id: str, left: list[str], since: int = 0) -> Iterator[Any]:
+        raise KeyboardInterrupt  # Ctrl-C while the stream waits for the server
+
+    def cancel_job(self, job_id: str) -> dict[str, Any]:
+        from cloudremotecontrol.errors import Unavailable
+
+        raise Unavailable("cannot reach https://x:1: [Errno 111] Connection refused")
+
+
+def test_ctrl_c_whose_cancel_cannot_reach_the_server_says_the_job_may_still_run() -> None:
+    from cloudremotecontrol.cli.job_cmds import follow_to_end
+    from cloudremotecontrol.errors import Unavailable
+
+    with pytest.raises(Unavailable) as caught:
+        follow_to_end(ServerAway(), dict(STARTED), as_json=False)
+    assert caught.value.message == (
+        "cannot reach https://x:1: [Errno 111] Connection refused; job j1 was not cancelled "
+        "and may still be running: `crc job cancel j1` once the server is back"
+    )

@@ -153,7 +153,15 @@ def follow_to_end(
                     f"crc: {why}: cancelling job {job_id} on every machine (again to stop waiting)",
                     err=True,
                 )
-                c.cancel_job(job_id)
+                try:
+                    c.cancel_job(job_id)
+                except Unavailable as gone:  # the server away: the job goes on there
+                    raise type(gone)(
+                        f"{gone.message}; job {job_id} was not cancelled and may still be "
+                        f"running: `crc job cancel {job_id}` once the server is back",
+                        code=gone.code,
+                        **gone.details,
+                    ) from None
 
 
 def _output_closed(c: Any, job_id: str) -> NoReturn:
@@ -379,6 +387,8 @@ def run(
 
     A line longer than 65,536 characters is printed in pieces of that size, each with
     the [machine] prefix; the line goes on in the next one with the same prefix.
+    COMMAND's standard input is empty (crc reads none of its own: `crc push` a file
+    first, or `crc shell` for a program that asks questions).
 
     Rate control (--max-concurrency, --max-errors, --batch-wait, --canary,
     --deliver-within) is enforced by the server: if crc run stops, the job goes on by
