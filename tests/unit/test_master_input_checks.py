@@ -452,6 +452,9 @@ def test_a_string_where_a_list_of_names_goes_is_refused_not_split_into_character
     ] == ["a", "b"]  # type: ignore[arg-type]
     assert calls.events("lab", 0, True, False, ("message",)).params["type"] == "message"
     assert ReadyWait(group, ["a"]).wanted == {"a"}
+    assert ReadyWait(group, {"a"}).wanted == {"a"}  # any iterable but a string
+    with pytest.raises(InvalidInput, match=r"^invalid machines: a list, not int 5$"):
+        ReadyWait(group, 5)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(

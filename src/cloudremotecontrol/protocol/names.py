@@ -7,7 +7,7 @@ DNS label rules (RFC 1123): lowercase letters, digits and inner hyphens, 1-63 ch
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -108,9 +108,9 @@ def expired_advice(group: str, scenario: str | None) -> str:
 
 
 def listed(value: object, what: str) -> list[Any]:
-    """``value`` (a list or a tuple) as a list, else InvalidInput: a string would be
-    taken one character at a time ("ab": machines a and b)."""
-    if not isinstance(value, (list, tuple)):
+    """``value`` (a list, a tuple, a set...) as a list, else InvalidInput: a string
+    would be taken one character at a time ("ab": machines a and b)."""
+    if isinstance(value, (str, bytes, bytearray)) or not isinstance(value, Iterable):
         raise InvalidInput(
             f"invalid {what}: a list, not {type(value).__name__} {_short_repr(value)}",
             field=what,
