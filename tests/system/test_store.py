@@ -423,6 +423,39 @@ async def test_cancel_before_delivery_rewrites_the_queued_run(store: Store) -> N
     assert view["targets"][0]["status"] == "cancelled"
 
 
+async def test_machines_found_gone_keep_the_last_contact_as_last_seen(store: Store) -> None:
+    """A replica killed -9 (swept by another) or a server restarting finds machines it
+    cannot have heard from: they go offline with ``last_seen`` still the last contact,
+    not the time they were found gone; a machine that disconnects was heard then."""
+    alice = await new_user(store)
+    ms = await ready_machines(store, alice, "lab", ["a", "b", "c"])
+    heard = now() - 600
+
+    def age(tx: Tx) -> None:
+        tx.execute("UPDATE machines SET last_seen = ?", (heard,))
+
+    await store.write(age)
+    assert await store.write(delivery.sweep_stale, 90) == 3
+    for name in ("a", "b"):
+        await store.write(delivery.machine_connected, ms[name]["id"], True, "127.0.0.1", "r1")
+    await store.write(age)
+    assert await store.write(delivery.mark_all_offline, "r1") == 2
+    await store.write(delivery.machine_connected, ms["a"]["id"], True, "127.0.0.1", "r1")
+    before_goodbye = now()
+    await store.write(delivery.machine_disconnected, ms["a"]["id"], "r1")
+    shown = {
+        m["name"]: m
+        for m in (await store.read(groups.show_group, alice["user_id"], "lab"))["machines"]
+    }
+    assert {n: m["state"] for n, m in shown.items()} == {
+        "a": "offline",
+        "b": "offline",
+        "c": "offline",
+    }
+    assert shown["b"]["last_seen"] == shown["c"]["last_seen"] == pytest.approx(heard, abs=1)
+    assert shown["a"]["last_seen"] >= before_goodbye - 1
+
+
 async def test_one_batch_of_messages_connects_and_failures_reads_each_machine_current(
     store: Store,
 ) -> None:

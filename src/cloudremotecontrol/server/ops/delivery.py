@@ -50,16 +50,23 @@ log = logging.getLogger("crc.server")
 Deliveries = list[tuple[str, int, str]]
 
 
-def _transition(tx: Tx, m: dict[str, Any], event: MachineEvent, **extra: Any) -> str:
+def _transition(
+    tx: Tx, m: dict[str, Any], event: MachineEvent, heard: bool = True, **extra: Any
+) -> str:
+    """Move ``m`` by ``event``; ``heard``: the machine itself was heard from now, so its
+    ``last_seen`` is now (a sweep or a restart that finds it gone keeps the last
+    contact it knew)."""
     state = MachineState(m["state"])
     nxt = machine_next(state, event)
     if nxt is None:
         return state.value
+    if heard:
+        extra = {"last_seen": now(), **extra}
     # Column names come from this module's keyword arguments, never from input.
     sets = "".join(f", {k} = ?" for k in extra)
     tx.send(
-        f"UPDATE machines SET state = ?, last_seen = ?{sets} WHERE id = ?",  # noqa: S608
-        (nxt.value, now(), *extra.values(), m["id"]),
+        f"UPDATE machines SET state = ?{sets} WHERE id = ?",  # noqa: S608
+        (nxt.value, *extra.values(), m["id"]),
     )
     if nxt != state:
         add_event(
@@ -177,7 +184,7 @@ def mark_all_offline(tx: Tx, replica: str | None = None) -> int:
         (replica, replica),
     )
     for m in rows:
-        _transition(tx, m, MachineEvent.DISCONNECT, connected_by=None)
+        _transition(tx, m, MachineEvent.DISCONNECT, heard=False, connected_by=None)
     return len(rows)
 
 
@@ -189,7 +196,7 @@ def sweep_stale(tx: Tx, older_than: float) -> int:
         (now() - older_than,),
     )
     for m in rows:
-        _transition(tx, m, MachineEvent.DISCONNECT, connected_by=None)
+        _transition(tx, m, MachineEvent.DISCONNECT, heard=False, connected_by=None)
     return len(rows)
 
 
