@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
 from wire_helpers import bearer, pinned_http
 
@@ -87,6 +88,43 @@ def test_a_database_outage_is_answered_503_at_once_and_health_says_so(
     finally:
         env.close()
     assert "Traceback" not in server.log_path.read_text()
+
+
+def test_a_database_made_again_empty_under_the_server_is_unavailable_not_an_error(
+    server: ServerProcess, pg_url: str, tmp_path: Path
+) -> None:
+    """The database dropped and made again (or its tables dropped) while the server
+    runs: it answers, without crc's tables. Health says the database is unavailable
+    (a load balancer stops sending requests here), requests are 503 (not a 500 per
+    request), the log says what happened and what to do; a restart sets the tables up."""
+    env = Env(server, tmp_path)
+    try:
+        env.group_with_agents("lab", ["a"])
+        auth = {"Authorization": bearer(env.cli_env["CRC_TOKEN"])}
+        with pinned_http(server) as http:
+            assert http.get("/v1/health").status_code == 200
+            with psycopg.connect(pg_url, autocommit=True) as conn:
+                conn.execute("DROP SCHEMA public CASCADE")
+                conn.execute("CREATE SCHEMA public")
+            time.sleep(HEALTH_PROBE_EVERY + 0.1)  # the last probe's answer is kept that long
+            for method, path, kw in (
+                ("GET", "/v1/health", {}),
+                ("GET", "/v1/groups", {"headers": auth}),
+                ("POST", "/v1/groups", {"headers": auth, "json": {"name": "g2", "machines": []}}),
+                ("POST", "/v1/agent/enroll", {"json": {"key": "crck_ab_cd"}}),
+            ):
+                r = http.request(method, path, timeout=CLIENT_TIMEOUT, **kw)
+                assert r.status_code == 503, (method, path, r.status_code, r.text)
+                assert r.json()["error"]["code"] == "unavailable", r.text
+    finally:
+        env.close()
+    log = server.log_path.read_text()
+    assert "has lost crc's tables" in log and "restart the server" in log, log[-4000:]
+    assert "Traceback" not in log, log[-6000:]
+    server.stop()
+    server.start()
+    with pinned_http(server) as http:
+        assert http.get("/v1/health").status_code == 200
 
 
 def _progress(env: Env) -> str | None:

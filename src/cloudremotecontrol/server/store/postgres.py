@@ -206,6 +206,8 @@ _RECONNECT_WINDOW = 10.0
 _WARN_EVERY = 5.0
 # Failures that roll back one op whose transaction lost a race with another one: the
 # op is run again in a new transaction (see "How an operation runs").
+# crc's tables are not there: the database was dropped and made again, or replaced.
+_SCHEMA_GONE = (errors.UndefinedTable, errors.UndefinedColumn)
 _CONFLICTS = (errors.SerializationFailure, errors.DeadlockDetected, errors.UniqueViolation)
 _CONNECT: dict[str, Any] = {
     "autocommit": True,  # transactions are opened explicitly with conn.transaction()
@@ -415,7 +417,10 @@ class PostgresStore(Store):
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[T] = loop.create_future()
         self._queue.put(_Pending(op, args, fut, loop=loop))
-        return await fut
+        try:
+            return await fut
+        except _SCHEMA_GONE as exc:
+            raise self._failed(exc) from exc
 
     def write_sync(self, op: Callable[..., T], *args: Any) -> T:
         self.open_sync()
@@ -427,7 +432,10 @@ class PostgresStore(Store):
         if self._read_executor is None:
             raise Unavailable("the database is closed (server starting or stopping)")
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._read_executor, self._read_sync, op, args)
+        try:
+            return await loop.run_in_executor(self._read_executor, self._read_sync, op, args)
+        except _SCHEMA_GONE as exc:
+            raise self._failed(exc) from exc
 
     def _read_sync(self, op: Callable[..., T], args: tuple[Any, ...]) -> T:
         pool = self._pools["read"]
@@ -461,7 +469,16 @@ class PostgresStore(Store):
             self._down_until = now + _DOWN_FOR
         if now - self._warned_at >= _WARN_EVERY:
             self._warned_at = now
-            log.warning("PostgreSQL at %s failed an operation: %s", _where(self.url), exc)
+            if isinstance(exc, _SCHEMA_GONE):
+                log.error(
+                    "PostgreSQL at %s has lost crc's tables (the database was dropped "
+                    "and made again, or replaced): restart the server to set them up "
+                    "again, or restore the database: %s",
+                    _where(self.url),
+                    exc,
+                )
+            else:
+                log.warning("PostgreSQL at %s failed an operation: %s", _where(self.url), exc)
         return Unavailable("the server's database is unavailable; try again later")
 
     def _write_loop(self) -> None:
