@@ -139,6 +139,24 @@ def test_a_good_kv_key_is_sent_as_it_is(key: str) -> None:
     assert calls.kv_set("lab", key, 1).path == f"/groups/lab/kv/{key}"
 
 
+@pytest.mark.parametrize("wait", [300.5, 3600, -1])
+def test_a_kv_wait_past_the_servers_bound_is_refused_before_sending(wait: float) -> None:
+    """The server holds one wait for 300 s at most: a longer (or negative) one is the
+    caller's error, said at once with the bound."""
+    with pytest.raises(InvalidInput, match=r"invalid wait .*: from 0 to 300 seconds") as e:
+        calls.kv_get("lab", "db/ready", wait, 0)
+    assert e.value.details.get("field") == "wait"
+    assert calls.kv_get("lab", "db/ready", 300, 0).params["wait"] == 300
+
+
+def test_both_clients_refuse_a_kv_wait_past_the_bound(client: Client) -> None:
+    # -1: a client that let it through would fail at once (nothing listens), not wait.
+    with pytest.raises(InvalidInput, match="from 0 to 300 seconds"):
+        client.kv_get("lab", "db/ready", wait=-1)
+    with pytest.raises(InvalidInput, match="from 0 to 300 seconds"):
+        asyncio.run(AsyncClient(URL, TOKEN).kv_get("lab", "db/ready", wait=-1))
+
+
 @pytest.mark.parametrize("body", [0, False, "", [], [1, 2], "x", 3.5])
 def test_a_message_body_that_is_no_object_is_refused_never_sent_as_empty(
     client: Client, body: Any

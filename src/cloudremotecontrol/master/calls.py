@@ -424,10 +424,19 @@ def kv_set(group: str, key: str, value: Any) -> Call:
 
 
 def kv_get(group: str, key: str, wait: float, newer_than: int) -> Call:
+    from ..protocol.limits import MAX_KV_WAIT_SECONDS
+
+    seconds = _number(wait, "wait")
+    if seconds is not None and not 0 <= seconds <= MAX_KV_WAIT_SECONDS:
+        raise InvalidInput(
+            f"invalid wait {wait!r}: from 0 to {MAX_KV_WAIT_SECONDS:g} seconds (one wait "
+            "holds a connection to the server; wait again for longer)",
+            field="wait",
+        )
     return Call(
         "GET",
         f"/groups/{_group(group)}/kv/{quote(check_kv_key(key), safe='/')}",
-        params={"wait": _number(wait, "wait"), "newer_than": newer_than},
+        params={"wait": seconds, "newer_than": newer_than},
     )
 
 
