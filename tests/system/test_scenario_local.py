@@ -924,6 +924,37 @@ def test_a_wait_for_a_message_that_times_out_says_the_steps_timeout(env, crc):
             provider.destroy(inst.id)
 
 
+@needs_root
+def test_a_waits_message_body_and_kv_value_are_shown_as_json(env, crc):
+    """What a wait found is shown as every command shows a machine's value: JSON (null,
+    true, double quotes), its controls escaped, not as Python's repr."""
+    env.cli_env["CRC_LOCAL_DIR"] = str(env.tmp / "machines")
+    path = env.tmp / "shown.yaml"
+    path.write_text(
+        "name: shown\nprovider: local\ntimeouts: {ready: 60s}\nmachines: {a: }\nsteps:\n"
+        "  - name: say\n    run: |\n"
+        "      crc agent kv set k '{\"n\": null, \"b\": true}'\n"
+        "      crc agent emit user.m '{\"t\": \"\\u001b[31mR\", \"n\": null}'\n"
+        "  - name: kv\n    needs: [say]\n    wait: {kv: k}\n"
+        "  - name: m\n    to: a\n    wait: {message: m}\n"
+    )
+    provider = LocalProvider(env.tmp / "machines")
+    try:
+        r = crc("up", str(path), "--json")
+        assert r.returncode == 0, r.stdout + r.stderr
+        out = lines(r.stdout)
+        steps = {s["name"]: s for s in out[-1]["steps"]}
+        assert steps["kv"]["message"] == 'k = {"n": null, "b": true}'
+        shown = [o["data"] for o in out if o["event"] == "output" and o["step"] == "m"]
+        assert shown == ['user.m {"t": "\\u001b[31mR", "n": null}'], shown
+        r = crc("down", str(path))
+        assert r.returncode == 0, r.stdout + r.stderr
+        _nothing_left(provider, "shown")
+    finally:
+        for inst in provider.list("shown"):
+            provider.destroy(inst.id)
+
+
 def test_down_with_a_file_leaves_a_group_crc_up_did_not_make(env, crc):
     """`crc up` refuses to adopt a group made by hand; `crc down FILE` must not delete
     it (and revoke its machines) either, as `crc down --group` does not."""

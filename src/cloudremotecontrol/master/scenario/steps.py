@@ -11,6 +11,7 @@ so that Ctrl-C cancels them on every machine.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 import threading
@@ -283,14 +284,16 @@ class StepExecutor:
                     return Outcome(False, f"key {key} did not appear in time")
                 try:
                     got = c.kv_get(self.group, key, wait=min(left, 2.0))
-                    return Outcome(True, f"{key} = {got['value']!r}"[:200], {"value": got["value"]})
+                    # JSON, as every command shows a value: a repr would show Python's words.
+                    shown = json.dumps(got["value"])
+                    return Outcome(True, f"{key} = {shown}"[:200], {"value": got["value"]})
                 except NotFound:
                     continue
 
         # A message from each target, sent after the last command started there (the
         # rule of master/waits.py, the same as `crc wait --message`).
         def show(msg: Message) -> None:
-            self.view.output(step.name, msg.sender, "stdout", f"{msg.type} {msg.body}")
+            self.view.output(step.name, msg.sender, "stdout", f"{msg.type} {json.dumps(msg.body)}")
 
         assert a.type is not None  # the parser gives every wait for a message its type
         try:
