@@ -14,6 +14,7 @@ import tempfile
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -268,31 +269,38 @@ steps:
 
 
 @needs_root
+def _killed_mid_slow_step(lab: Any, *args: str) -> None:
+    """Run `crc up` and kill it -9 (a crash of the master) once step slow's job runs."""
+    proc = subprocess.Popen(
+        lab.argv("up", *args, "--json"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=lab.env,
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        doc = json.loads(line)
+        if doc.get("event") == "output" and doc["step"] == "slow":
+            break  # the job runs on the machine
+    else:
+        raise AssertionError(proc.stderr.read() if proc.stderr else "no output of slow")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    proc.stdout.close()
+    assert proc.stderr is not None
+    proc.stderr.close()
+
+
 def test_up_again_after_a_crash_mid_step_follows_the_job_still_running(netlab):
     """A `crc up` killed while a step's job runs: the next one follows that job to its
     end (its output and its result decide the step) rather than running the step a
-    second time beside it."""
+    second time beside it; so does a `crc up` after a `--rerun` killed so, the steps
+    the run before it had done notwithstanding."""
     lab = netlab
     path = lab.scenario(SLOW_STEP)
     try:
-        proc = subprocess.Popen(
-            lab.argv("up", str(path), "--json"),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=lab.env,
-        )
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            doc = json.loads(line)
-            if doc.get("event") == "output" and doc["step"] == "slow":
-                break  # the job runs on the machine
-        else:
-            raise AssertionError(proc.stderr.read() if proc.stderr else "no output of slow")
-        proc.send_signal(signal.SIGKILL)  # a crash of the master, mid-step
-        proc.wait(10)
-        proc.stdout.close()
-        proc.stderr.close()
+        _killed_mid_slow_step(lab, str(path))
 
         r = lab.crc("up", str(path), "--json")
         assert r.returncode == 0, r.stdout + r.stderr
@@ -311,6 +319,17 @@ def test_up_again_after_a_crash_mid_step_follows_the_job_still_running(netlab):
         assert not [o for o in out if o["event"] == "info" and o.get("step") == "slow"], out
         counts = [o["data"] for o in out if o["event"] == "output" and o["step"] == "after"]
         assert counts == ["started\nended\nstarted\nended\n"], counts
+
+        _killed_mid_slow_step(lab, str(path), "--rerun")
+        r = lab.crc("up", str(path), "--json")
+        assert r.returncode == 0, r.stdout + r.stderr
+        out = lines(r.stdout)
+        status = {o["step"]: o["status"] for o in out if o["event"] == "step"}
+        assert status == {"slow": "succeeded", "after": "succeeded"}, out
+        notes = [o for o in out if o["event"] == "info" and o.get("step") == "slow"]
+        assert len(notes) == 1 and "started by an earlier `crc up`" in notes[0]["text"], out
+        counts = [o["data"] for o in out if o["event"] == "output" and o["step"] == "after"]
+        assert counts == ["started\nended\n" * 3], counts
     finally:
         lab.cleanup("slowstep")
 
@@ -933,8 +952,8 @@ def test_a_waits_message_body_and_kv_value_are_shown_as_json(env, crc):
     path.write_text(
         "name: shown\nprovider: local\ntimeouts: {ready: 60s}\nmachines: {a: }\nsteps:\n"
         "  - name: say\n    run: |\n"
-        "      crc agent kv set k '{\"n\": null, \"b\": true}'\n"
-        "      crc agent emit user.m '{\"t\": \"\\u001b[31mR\", \"n\": null}'\n"
+        '      crc agent kv set k \'{"n": null, "b": true}\'\n'
+        '      crc agent emit user.m \'{"t": "\\u001b[31mR", "n": null}\'\n'
         "  - name: kv\n    needs: [say]\n    wait: {kv: k}\n"
         "  - name: m\n    to: a\n    wait: {message: m}\n"
     )

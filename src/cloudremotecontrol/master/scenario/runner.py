@@ -560,6 +560,11 @@ class Runner:
 
     def _run_steps(self) -> dict[str, StepResult]:
         steps = self.scenario.steps
+        if self.rerun:
+            # Forgotten before anything runs again: a rerun killed mid-step must not
+            # leave the next `crc up` counting steps done whose new job still runs
+            # (that one then follows the job, as after any crash).
+            self.client.kv_set(self.group, STEPS_KEY, {})
         stored = {} if self.rerun else self._stored_steps()
         done: set[str] = set()
         for st in steps:  # file order: a step's needs come first
