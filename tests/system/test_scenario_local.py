@@ -406,6 +406,23 @@ def test_up_refuses_an_invalid_scenario_with_file_and_line(env, crc):
     assert len(r.stderr.splitlines()) == 1, r.stderr
 
 
+@needs_root
+def test_up_with_network_plain_as_root_is_refused_before_anything_is_made(env, crc):
+    """As root, plain processes would share and edit this computer's /etc/hosts: the
+    setting is refused before the group is made, saying so (not that unshare is
+    missing, as when auto has nothing better)."""
+    env.cli_env["CRC_LOCAL_DIR"] = str(env.tmp / "machines")
+    path = env.tmp / "plain.yaml"
+    path.write_text("name: plainly\nprovider: {name: local, network: plain}\nmachines: {a: }\n")
+    r = crc("up", str(path))
+    assert r.returncode == 8, r.stdout + r.stderr
+    assert "network: plain is refused as root" in r.stderr, r.stderr
+    assert "unshare(1) (util-linux) is missing" not in r.stderr
+    assert "crc down" not in r.stderr + r.stdout  # nothing was made
+    assert "plainly" not in crc("group", "list").stdout
+    assert LocalProvider(env.tmp / "machines").list("plainly") == []
+
+
 def test_down_of_an_unknown_group_says_how_to_clean_up(env, crc):
     r = crc("down", "--group", "nothing-here")
     assert r.returncode == 4

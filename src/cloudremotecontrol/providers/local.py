@@ -234,6 +234,12 @@ class LocalProvider(Provider):
         if self.network in ("auto", "netns") and not why_not:
             return "netns", f"own network namespaces on {net.BRIDGE} ({net.NETWORK})"
         if self.network == "plain":
+            if root:  # as ``create`` would refuse each machine, after the group is made
+                raise ProviderError(
+                    "network: plain is refused as root: local machines would share and "
+                    "edit this computer's /etc/hosts (network: isolated gives each its own)",
+                    provider=self.name,
+                )
             return "plain", "network: plain; plain processes"
         if self.network in ("isolated", "host"):
             reason = f"network: {self.network}"
