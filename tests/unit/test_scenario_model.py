@@ -115,7 +115,7 @@ def test_every_problem_is_reported_with_file_line_column_and_field():
         "s.yaml:8:9: steps.install.to: no machine has the label role=nobody",
         "s.yaml:10:14: steps.install.retries: expected a whole number from 0 to 100",
         "s.yaml:11:5: steps[1]: a step does exactly one of",
-        "s.yaml:14:18: steps.push-3.push.dest: must be an absolute path",
+        "s.yaml:14:18: steps.push-3.push.dest: remote path 'relative' must be absolute",
         "s.yaml:14:46: steps.push-3.push.mode: expected an octal mode in quotes",
     ]
     for want in expected:
@@ -1034,3 +1034,28 @@ def test_vultr_fields_vultr_would_refuse_are_found_when_the_file_loads():
           b: {image: openlitespeed-wordpress, provider: {enable_ipv6: true}}
         """)
     assert [ok.machine(m).image for m in "ab"] == ["2284", "openlitespeed-wordpress"]
+
+
+def test_what_a_step_would_send_is_checked_as_the_server_and_machine_will_check_it():
+    """A message body YAML reads as NaN or Infinity or with half a character, a push to a
+    path with a NUL in it, a label the machine is not given: each found when the file is
+    loaded (they failed once the machines were made), all of them at once."""
+    got = problems("""\
+        name: lab
+        machines: {a: {labels: {role: db}}}
+        steps:
+          - {name: nan, send: {type: x, body: {a: .nan}}}
+          - {name: inf, send: {type: x, body: {a: [-.inf]}}}
+          - {name: half, send: {type: x, body: {s: "\\ud800"}}}
+          - {name: nul, push: {dest: "/srv/x\\0y", content: hi}}
+          - {name: label, run: "echo {{ machines.a.labels.rol }} {{ machines.a.labels.role }}"}
+        """)
+    assert got == [
+        "s.yaml:4:39: steps.nan.send.body: JSON numbers must be finite (no NaN or Infinity)",
+        "s.yaml:5:39: steps.inf.send.body: JSON numbers must be finite (no NaN or Infinity)",
+        "s.yaml:6:40: steps.half.send.body: JSON strings must be valid Unicode text (no lone "
+        "surrogate such as \\ud800)",
+        "s.yaml:7:30: steps.nul.push.dest: remote path '/srv/x\\x00y' contains a NUL character",
+        "s.yaml:8:24: steps.label.run: {{ machines.a.labels.rol }}: machine 'a' has no label "
+        "'rol' (its labels: role)",
+    ]

@@ -84,12 +84,14 @@ def check_ip(value: object) -> str:
 
 def check_remote_path(path: object) -> str:
     """An absolute path on a machine: ``/etc/app.conf`` or ``C:\\app\\app.conf``."""
-    if (
-        not isinstance(path, str)
-        or "\x00" in path
-        or len(path) > 1024
-        or not _REMOTE_PATH.match(path)
-    ):
+    if isinstance(path, str) and "\x00" in path:
+        raise InvalidInput(f"remote path {_show(path)} contains a NUL character", field="path")
+    if isinstance(path, str) and len(path) > 1024:
+        raise InvalidInput(
+            f"remote path {_show(path)} is {len(path)} characters long; the limit is 1024",
+            field="path",
+        )
+    if not isinstance(path, str) or not _REMOTE_PATH.match(path):
         raise InvalidInput(
             f"remote path {_show(path)} must be absolute (/… or C:\\…)", field="path"
         )

@@ -13,6 +13,8 @@ from typing import Any
 import yaml
 
 from ...errors import CrcError, InvalidInput
+from ...protocol.fields import check_remote_path
+from ...protocol.jsoncheck import check_json
 from ...protocol.limits import (
     MAX_COMMAND_BYTES,
     MAX_MACHINES_PER_GROUP,
@@ -95,7 +97,6 @@ _STEP = (
 _OS_NAMES = {"linux": "Linux", "windows": "Windows"}
 _SHELLS = ("bash", "sh", "powershell", "cmd")
 _MODE = re.compile(r"^0?[0-7]{3,4}$")
-_ABSOLUTE = re.compile(r"^(/|[A-Za-z]:[\\/])")
 _SCRIPT_SHELLS = {".sh": "sh", ".bash": "bash", ".ps1": "powershell", ".cmd": "cmd", ".bat": "cmd"}
 
 
@@ -661,8 +662,8 @@ class ScenarioParser:
             r.error(node, f"{path}.dest", "required field is missing")
             return None
         dest = r.string(p["dest"][1], f"{path}.dest")
-        if dest and "{{" not in dest and not _ABSOLUTE.match(dest):
-            r.error(p["dest"][1], f"{path}.dest", "must be an absolute path on the machine")
+        if dest and "{{" not in dest:  # as the machine will check it
+            _check(r, p["dest"][1], f"{path}.dest", check_remote_path, dest)
         src = None
         if "src" in p:
             rel = r.string(p["src"][1], f"{path}.src")
@@ -754,6 +755,12 @@ class ScenarioParser:
         body: Any = r.value(p["body"][1], f"{path}.body") if "body" in p else {}
         if not isinstance(body, dict):
             r.error(p["body"][1], f"{path}.body", "expected a mapping (a JSON object)")
+            return None
+        # As the server will: finite numbers (.nan, .inf are YAML's), whole characters.
+        try:
+            check_json(body, what="message body")
+        except CrcError as exc:
+            r.error(p["body"][1], f"{path}.body", exc.message)
             return None
         return SendAction(type=type_, body=body)
 

@@ -136,6 +136,15 @@ def check(
                 f"{ref.text}: machines have no field {rest[1]!r} (known: "
                 f"{', '.join(sorted(MACHINE_FIELDS))})"
             )
+        elif len(rest) > 2 and rest[1] == "labels" and isinstance(machines, Mapping):
+            # The labels are the file's (its machines are made with them).
+            labels = getattr(machines[rest[0]], "labels", None)
+            if isinstance(labels, Mapping) and rest[2] not in labels:
+                known = ", ".join(sorted(labels)) or "none"
+                problems.append(
+                    f"{ref.text}: machine {rest[0]!r} has no label {rest[2]!r} (its labels: "
+                    f"{known})"
+                )
     if dialect is not None and refs:
         try:
             _placements(text, refs, dialect)
