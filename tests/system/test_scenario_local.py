@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import shutil
 import signal
 import socket
@@ -421,6 +423,43 @@ def test_up_with_network_plain_as_root_is_refused_before_anything_is_made(env, c
     assert "crc down" not in r.stderr + r.stdout  # nothing was made
     assert "plainly" not in crc("group", "list").stdout
     assert LocalProvider(env.tmp / "machines").list("plainly") == []
+
+
+@needs_root
+def test_up_from_a_pipe_names_the_group_to_tear_down_and_where_problems_are(env, crc):
+    """`crc up <(...)` reads a pipe once: the advice after a failed step names the group
+    for `crc down` (not /dev/fd/63, gone by then, nor `crc up` it again), and a problem
+    of the file says /dev/fd/63, not 63."""
+    env.cli_env["CRC_LOCAL_DIR"] = str(env.tmp / "machines")
+    text = "name: piped\nprovider: local\ntimeouts: {ready: 60s}\nmachines: {a: }\n"
+    (env.tmp / "piped.yaml").write_text(text + "steps:\n  - {name: fails, run: exit 3}\n")
+    (env.tmp / "bad.yaml").write_text(text + "steps:\n  - {name: bad, run: x, to: nobody}\n")
+    provider = LocalProvider(env.tmp / "machines")
+
+    def up_from_a_pipe(name: str) -> subprocess.CompletedProcess[str]:
+        crc_argv = f"{shlex.quote(sys.executable)} -m cloudremotecontrol"
+        return subprocess.run(
+            ["bash", "-c", f"{crc_argv} up <(cat {shlex.quote(str(env.tmp / name))})"],
+            capture_output=True,
+            text=True,
+            env={**os.environ, **env.cli_env},
+            timeout=120,
+        )
+
+    try:
+        r = up_from_a_pipe("bad.yaml")
+        assert r.returncode == 2, r.stdout + r.stderr
+        assert re.search(r"error: invalid scenario: /dev/fd/\d+:6:", r.stderr), r.stderr
+        r = up_from_a_pipe("piped.yaml")
+        assert r.returncode == 1, r.stdout + r.stderr
+        assert "`crc down --group piped` destroys them" in r.stderr, r.stderr
+        assert "/dev/fd" not in r.stderr and "again resumes" not in r.stderr, r.stderr
+        r = crc("down", "--group", "piped")
+        assert r.returncode == 0, r.stdout + r.stderr
+        _nothing_left(provider, "piped")
+    finally:
+        for inst in provider.list("piped"):
+            provider.destroy(inst.id)
 
 
 def test_down_of_an_unknown_group_says_how_to_clean_up(env, crc):

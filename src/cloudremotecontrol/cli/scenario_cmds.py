@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shlex
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -81,16 +82,19 @@ def up(scenario_file: str, rerun: bool, parallel: int, as_json: bool) -> None:
         finally:
             runner.close()
             file = shlex.quote(scenario_file)
+            # A pipe (`crc up <(...)`) cannot be read again: the group names the scenario.
+            again = Path(scenario_file).is_file()
+            down = f"crc down {file}" if again else f"crc down --group {scenario.name}"
             left = sorted(runner.instances) + sorted(
                 f"{name} (second instance {iid})" for iid, name in runner.twins_left.items()
             )
             if rc != 0 and left and not as_json:
                 # Failed, interrupted or a step failed: what was made keeps running (and,
                 # on a cloud, costing money) until `crc down`. Say so before the error.
-                resume = f"`crc up {file}` again resumes, " if resumable else ""
+                resume = f"`crc up {file}` again resumes, " if resumable and again else ""
                 click.echo(
                     f"{len(left)} machine(s) of {scenario.name} are still at "
-                    f"{provider.name} ({', '.join(left)}): {resume}`crc down {file}` "
+                    f"{provider.name} ({', '.join(left)}): {resume}`{down}` "
                     "destroys them",
                     err=True,
                 )
@@ -103,7 +107,7 @@ def up(scenario_file: str, rerun: bool, parallel: int, as_json: bool) -> None:
                 click.echo(
                     f"warning: second instance(s) of {scenario.name} still at "
                     f"{provider.name} ({twins}): they cost money until destroyed (in the "
-                    f"provider's console, or with the rest by `crc down {file}`)",
+                    f"provider's console, or with the rest by `{down}`)",
                     err=True,
                 )
             if runner.not_in_file and not as_json:
@@ -117,7 +121,7 @@ def up(scenario_file: str, rerun: bool, parallel: int, as_json: bool) -> None:
                     f"warning: {len(runner.not_in_file)} machine(s) of {scenario.name} are "
                     f"no longer in {file} but still run at {provider.name} and in group "
                     f"{scenario.name} (on a cloud they cost money): {gone}; `crc up` "
-                    f"leaves them; to remove them, `crc down {file}` (it destroys every "
+                    f"leaves them; to remove them, `{down}` (it destroys every "
                     f"machine of the scenario) then `crc up {file}`",
                     err=True,
                 )
@@ -127,7 +131,7 @@ def up(scenario_file: str, rerun: bool, parallel: int, as_json: bool) -> None:
                 how = "was interrupted" if interrupted else "failed"
                 click.echo(
                     f"{provider.name} may have made machine(s) {', '.join(runner.uncertain)} "
-                    f"of {scenario.name} although creating them {how}: `crc down {file}` "
+                    f"of {scenario.name} although creating them {how}: `{down}` "
                     "destroys whatever was made",
                     err=True,
                 )

@@ -184,12 +184,14 @@ def parse_scenario(text: str, path: str | Path = "scenario.yaml") -> Scenario:
     from .parser import ScenarioParser  # the parser builds this module's classes
 
     p = Path(path)
+    # A file by its name; a pipe (`crc up <(...)`, /dev/fd/63) by its whole path.
+    shown = p.name if p.is_file() or not p.is_absolute() else str(p)
     with gc_paused():  # a large file is a tree of many nodes (yamlcompose.gc_paused)
-        r = NodeReader(p.name, text)
+        r = NodeReader(shown, text)
         try:
             scenario = ScenarioParser(r, p).scenario(hashlib.sha256(text.encode()).hexdigest())
         finally:
             r.loader.dispose()
     if r.problems or scenario is None:
-        raise ScenarioError(r.problems or [Problem(Where(p.name, 1, 1), "", "empty file")])
+        raise ScenarioError(r.problems or [Problem(Where(shown, 1, 1), "", "empty file")])
     return scenario
