@@ -6,13 +6,17 @@ It needs the ``master`` extra; the agent's base install does not import it.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+# Not typing's (16 ms to import): `crc` loads this first, and a Ctrl-C then would
+# print a traceback (cli/entry.py answers one from then on).
+TYPE_CHECKING = False
 
 __version__ = "0.2.0.dev0"
 
 __all__ = ["AsyncClient", "Client", "__version__"]
 
 if TYPE_CHECKING:
+    from typing import Any
+
     from .master.aclient import AsyncClient
     from .master.client import Client
 
