@@ -462,6 +462,35 @@ def test_up_from_a_pipe_names_the_group_to_tear_down_and_where_problems_are(env,
             provider.destroy(inst.id)
 
 
+@needs_root
+def test_up_of_a_scenario_whose_ttl_passed_says_to_tear_it_down_not_to_resume(env, crc):
+    """Its machines revoked by the server, nothing of it can resume: `crc up` says the
+    TTL passed and that `crc down` comes first, not that `crc up` again resumes."""
+    env.cli_env["CRC_LOCAL_DIR"] = str(env.tmp / "machines")
+    path = env.tmp / "brief.yaml"
+    path.write_text(
+        "name: brief\nprovider: local\nttl: 1s\ntimeouts: {ready: 60s}\nmachines: {a: }\n"
+    )
+    provider = LocalProvider(env.tmp / "machines")
+    try:
+        crc("up", str(path))  # ready in time or not: the TTL passes either way
+        deadline = time.monotonic() + 30
+        while not env.client.group("brief").get("expired"):
+            assert time.monotonic() < deadline, env.client.group("brief")
+            time.sleep(0.2)
+        r = crc("up", str(path))
+        assert r.returncode == 5, r.stdout + r.stderr
+        assert "group brief has expired (its TTL passed)" in r.stderr, r.stderr
+        assert "`crc down --group brief` then `crc up`" in r.stderr, r.stderr
+        assert "again resumes" not in r.stderr + r.stdout, r.stderr
+        r = crc("down", str(path))
+        assert r.returncode == 0, r.stdout + r.stderr
+        _nothing_left(provider, "brief")
+    finally:
+        for inst in provider.list("brief"):
+            provider.destroy(inst.id)
+
+
 def test_down_of_an_unknown_group_says_how_to_clean_up(env, crc):
     r = crc("down", "--group", "nothing-here")
     assert r.returncode == 4

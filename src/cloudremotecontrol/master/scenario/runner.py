@@ -243,6 +243,11 @@ class Runner:
                 f"group {self.group} runs on provider {mine.get('provider')}; the "
                 f"scenario now says {s.provider}: `crc down --group {self.group}` it first"
             )
+        if group.get("expired"):  # the server revoked its machines: nothing resumes
+            raise DownFirst(
+                f"group {self.group} has expired (its TTL passed): its machines are "
+                f"revoked: `crc down --group {self.group}` then `crc up`"
+            )
         have = {m["name"]: m for m in group["machines"]}
         for name in have:
             if name not in s.machine_names:
