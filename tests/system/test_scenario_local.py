@@ -491,6 +491,47 @@ def test_up_of_a_scenario_whose_ttl_passed_says_to_tear_it_down_not_to_resume(en
             provider.destroy(inst.id)
 
 
+@needs_root
+def test_up_again_with_other_labels_or_ttl_says_the_group_keeps_what_it_was_made_with(env, crc):
+    """Labels and the TTL are given when the group is made. Changed in the file, steps
+    would select by the file's labels while the server answers with the group's: refused,
+    saying which; a changed TTL is said and the rest goes on."""
+    env.cli_env["CRC_LOCAL_DIR"] = str(env.tmp / "machines")
+    path = env.tmp / "feat.yaml"
+    text = (
+        "name: feat\nprovider: local\nttl: 8h\ntimeouts: {ready: 60s}\n"
+        "machines: {db: {labels: {role: db}}}\n"
+        "steps:\n  - name: show\n    to: role=db\n    run: echo {{ machines.db.labels.role }}\n"
+    )
+    path.write_text(text)
+    provider = LocalProvider(env.tmp / "machines")
+    try:
+        r = crc("up", str(path))
+        assert r.returncode == 0, r.stdout + r.stderr
+        path.write_text(text.replace("role: db", "role: dbx").replace("role=db", "role=dbx"))
+        r = crc("up", str(path))
+        assert r.returncode == 5, r.stdout + r.stderr
+        assert (
+            "the labels of machine(s) db (role=db -> role=dbx) changed in the scenario after "
+            "group feat was made: put them back, or `crc down --group feat` then `crc up`"
+        ) in r.stderr, r.stderr
+        assert "again resumes" not in r.stderr, r.stderr
+        path.write_text(text.replace("ttl: 8h", "ttl: 1h"))
+        r = crc("up", str(path), "--json")
+        assert r.returncode == 0, r.stdout + r.stderr
+        notes = [o["text"] for o in lines(r.stdout) if o["event"] == "info"]
+        assert (
+            "ttl: the scenario says 3600s; group feat keeps the TTL it was made with "
+            "(28800s): `crc down` then `crc up` applies it"
+        ) in notes, notes
+        r = crc("down", str(path))
+        assert r.returncode == 0, r.stdout + r.stderr
+        _nothing_left(provider, "feat")
+    finally:
+        for inst in provider.list("feat"):
+            provider.destroy(inst.id)
+
+
 def test_down_of_an_unknown_group_says_how_to_clean_up(env, crc):
     r = crc("down", "--group", "nothing-here")
     assert r.returncode == 4

@@ -59,6 +59,23 @@ class DownFirst(Conflict):
     `crc up` again resumes."""
 
 
+def _labels(labels: object) -> str:
+    pairs = sorted(labels.items()) if isinstance(labels, dict) else []
+    return ",".join(f"{k}={v}" for k, v in pairs) or "no labels"
+
+
+def _ttl_text(ttl: float | None) -> str:
+    return "none" if ttl is None else f"{ttl:g}s"
+
+
+def _ttl_of(group: dict[str, Any]) -> float | None:
+    """The TTL a group was made with (seconds), or None (none, or not told)."""
+    created, expires = group.get("created"), group.get("expires")
+    if isinstance(created, (int, float)) and isinstance(expires, (int, float)):
+        return round(float(expires) - float(created))
+    return None
+
+
 def _progress_text(progress: dict[str, Any] | None) -> str | None:
     if not progress:
         return None
@@ -252,6 +269,28 @@ class Runner:
         for name in have:
             if name not in s.machine_names:
                 self.not_in_file.setdefault(name, [])
+        # A machine's labels are given when its group is made: steps would select by
+        # the file's and the server would answer with the group's.
+        changed = [
+            f"{m.name} ({_labels(have[m.name].get('labels'))} -> {_labels(m.labels)})"
+            for m in s.machines
+            if m.name in have and (have[m.name].get("labels") or {}) != m.labels
+        ]
+        if changed:
+            raise DownFirst(
+                f"the labels of machine(s) {', '.join(changed)} changed in the scenario "
+                f"after group {self.group} was made: put them back, or `crc down --group "
+                f"{self.group}` then `crc up`"
+            )
+        made_for = _ttl_of(group)
+        if (s.ttl is None) != (made_for is None) or (
+            s.ttl is not None and made_for is not None and abs(made_for - s.ttl) > 1
+        ):
+            self.view.info(
+                f"ttl: the scenario says {_ttl_text(s.ttl)}; group {self.group} keeps the "
+                f"TTL it was made with ({_ttl_text(made_for)}): `crc down` then `crc up` "
+                "applies it"
+            )
         added = [n for n in s.machine_names if n not in have]
         if added:
             raise DownFirst(
