@@ -455,3 +455,32 @@ def test_fake_vm_runs_its_script_as_root_in_private_namespaces_and_halts_clean(t
     finally:
         boot.close()
         localnet.release_bridge()
+
+
+def test_up_on_a_cloud_with_a_loopback_server_url_warns_that_machines_cannot_reach_it(
+    env, crc, tmp_path
+):
+    """Machines at Vultr would dial 127.0.0.1, themselves: `crc up` says so at once
+    (they would never enroll, billed until the ready timeout and `crc down`)."""
+    fake = FakeVultr(ready_delay=0.05).start()
+    vultr_env = {"VULTR_API_KEY": fake.api_key, "CRC_VULTR_API_URL": fake.url}
+    path = tmp_path / "far.yaml"
+    path.write_text(
+        "name: far\nprovider: vultr\ntimeouts: {ready: 1s}\n"
+        'defaults: {region: ewr, plan: vc2-1c-1gb, image: "2284"}\nmachines: {a: }\n'
+    )
+    assert env.server.url.startswith("https://127.0.0.1:")
+    try:
+        r = crc("up", str(path), "--json", extra_env=vultr_env)
+        assert r.returncode == 6, r.stdout + r.stderr  # never ready: nothing booted here
+        notes = [o["text"] for o in lines(r.stdout) if o["event"] == "info"]
+        assert (
+            f"warning: machines at vultr will connect to {env.server.url}, a loopback "
+            "address: on a machine that is the machine itself, not this server (`crc login` "
+            "with an address the machines can reach)"
+        ) in notes, notes
+        r = crc("down", str(path), extra_env=vultr_env)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert fake.state.instances == {}
+    finally:
+        fake.stop()

@@ -17,8 +17,10 @@
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -57,6 +59,24 @@ class DownFirst(Conflict):
     """What was made cannot be resumed (the scenario changed under it, a machine or its
     key is lost): only `crc down` then `crc up` goes on. The CLI then does not say that
     `crc up` again resumes."""
+
+
+def _loopback(urls: str) -> bool:
+    """Whether the server URL (one of several, comma-separated) is a loopback one."""
+    return any(_loopback_one(u.strip()) for u in urls.split(","))
+
+
+def _loopback_one(url: str) -> bool:
+    try:
+        host = urllib.parse.urlsplit(url).hostname or ""
+    except ValueError:
+        return False
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _labels(labels: object) -> str:
@@ -148,6 +168,14 @@ class Runner:
             provider=self.provider.name,
             server=self.profile.url,
         )
+        if self.provider.capabilities.public_addresses and _loopback(self.profile.url):
+            # A cloud's machines would dial themselves: they never enroll.
+            self.view.info(
+                f"warning: machines at {self.provider.name} will connect to "
+                f"{self.profile.url}, a loopback address: on a machine that is the "
+                "machine itself, not this server (`crc login` with an address the "
+                "machines can reach)",
+            )
         ok = False
         why: str | None = None
         try:
