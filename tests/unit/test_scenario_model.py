@@ -1059,3 +1059,23 @@ def test_what_a_step_would_send_is_checked_as_the_server_and_machine_will_check_
         "s.yaml:8:24: steps.label.run: {{ machines.a.labels.rol }}: machine 'a' has no label "
         "'rol' (its labels: role)",
     ]
+
+
+def test_every_rate_control_problem_of_a_step_is_said_at_once():
+    got = problems("""\
+        name: lab
+        machines: {a: }
+        steps:
+          - name: r
+            run: "true"
+            max_concurrency: 0
+            max_errors: "150%"
+            canary: -1
+            deliver_within: soon
+        """)
+    assert [p.split(": ")[0:2] for p in got] == [
+        ["s.yaml:6:22", "steps.r.max_concurrency"],
+        ["s.yaml:7:17", "steps.r.max_errors"],
+        ["s.yaml:8:13", "steps.r.canary"],
+        ["s.yaml:9:21", "steps.r.deliver_within"],
+    ], got

@@ -533,16 +533,25 @@ class ScenarioParser:
         durations may be written ``30s``, ``2m``."""
         r = self.r
         rules: dict[str, Any] = {}
-        for key in ROLLOUT_KEYS:
+        bad = False
+        for key in ROLLOUT_KEYS:  # each checked alone: every problem is said at once
             if key not in e:
                 continue
             node = e[key][1]
             if key in ("batch_wait", "deliver_within"):
                 rules[key] = r.duration(node, f"{label}.{key}")
                 if rules[key] is None:
-                    return None
+                    bad = True
+                    continue
             else:
                 rules[key] = r.value(node) if isinstance(node, yaml.ScalarNode) else [None]
+            try:
+                Rollout.from_body({key: rules[key]})
+            except InvalidInput as exc:
+                r.error(node, f"{label}.{key}", exc.message)
+                bad = True
+        if bad:
+            return None
         try:
             return Rollout.from_body(rules)
         except InvalidInput as exc:
