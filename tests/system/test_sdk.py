@@ -98,6 +98,27 @@ def test_wait_ready_and_typed_events_and_results(env):
     assert c.job_results(res.job_id) == res.results
 
 
+def test_an_async_clients_on_event_may_be_a_plain_function_returning_anything(env):
+    """docs/sdk.md's own handler, `lambda ev: ev.type == "job.output" and print(...)`,
+    returns False for every other event: only what is awaitable is awaited."""
+    env.group_with_agents("lab", ["a"])
+
+    async def main() -> tuple[list[Event], Any]:
+        seen: list[Event] = []
+        async with AsyncClient(env.server.url, env.token, env.server.fingerprint) as c:
+            res = await c.run_wait(
+                "lab",
+                "a",
+                command="echo hi",
+                on_event=lambda ev: ev.type == "job.output" and seen.append(ev),
+            )
+        return seen, res
+
+    seen, res = asyncio.run(main())
+    assert res.results["a"].ok, res
+    assert [ev.data["data"] for ev in seen] == ["hi\n"]
+
+
 def test_async_client_does_what_the_sync_one_does(env, tmp_path):
     env.group_with_agents("lab", ["a"])
     local = tmp_path / "f.txt"

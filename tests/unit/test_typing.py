@@ -39,3 +39,35 @@ def test_the_sdk_example_type_checks_strict_as_a_user_script(tmp_path: Path) -> 
         ]
     )
     assert status == 0, stdout + stderr
+
+
+def test_an_event_handler_returning_a_value_type_checks_strict(tmp_path: Path) -> None:
+    """docs/sdk.md's handler, ``lambda ev: ev.type == "job.output" and print(...)``, is a
+    bool-returning function: a user's strict mypy takes it for either client."""
+    script = tmp_path / "handler.py"
+    script.write_text(
+        "from cloudremotecontrol import AsyncClient, Client\n"
+        "from cloudremotecontrol.master.types import Event\n\n\n"
+        "def sync(c: Client) -> None:\n"
+        '    c.run_wait("lab", "all", command="true", on_event=lambda ev: ev.type == "x")\n\n\n'
+        "async def run(c: AsyncClient) -> None:\n"
+        "    seen: list[Event] = []\n"
+        '    await c.run_wait("lab", "all", command="true", on_event=seen.append)\n'
+        '    await c.run_wait("lab", "all", command="true", on_event=lambda ev: ev.type == "x")\n'
+    )
+    config = tmp_path / "mypy.ini"
+    config.write_text("[mypy]\n")
+    stdout, stderr, status = api.run(
+        [
+            "--strict",
+            "--no-incremental",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--config-file",
+            str(config),
+            "--python-executable",
+            sys.executable,
+            str(script),
+        ]
+    )
+    assert status == 0, stdout + stderr

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import inspect
 import os
 import tempfile
 import time
@@ -57,12 +58,14 @@ if TYPE_CHECKING:
 
 __all__ = ["AsyncClient"]
 
-EventHandler = Callable[[Event], Awaitable[None] | None]
+#: Called with each event; what it returns is ignored, unless it is awaitable (an
+#: ``async def`` handler): then it is awaited.
+EventHandler = Callable[[Event], object]
 T = TypeVar("T")
 
 
-async def _maybe_await(value: Awaitable[None] | None) -> None:
-    if value is not None:
+async def _maybe_await(value: object) -> None:
+    if inspect.isawaitable(value):
         await value
 
 

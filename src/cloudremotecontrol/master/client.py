@@ -61,7 +61,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Client", "check_download_target", "clean_token", "worst_exit_code", "write_error"]
 
-EventHandler = Callable[[Event], None]
+#: Called with each event; what it returns is ignored.
+EventHandler = Callable[[Event], object]
 
 
 def split_urls(url: object) -> list[str]:
