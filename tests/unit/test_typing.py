@@ -54,6 +54,7 @@ def test_an_event_handler_returning_a_value_type_checks_strict(tmp_path: Path) -
         "    seen: list[Event] = []\n"
         '    await c.run_wait("lab", "all", command="true", on_event=seen.append)\n'
         '    await c.run_wait("lab", "all", command="true", on_event=lambda ev: ev.type == "x")\n'
+        '    await c.wait_messages("lab", "m", on_message=lambda m: m.type == "x")\n'
     )
     config = tmp_path / "mypy.ini"
     config.write_text("[mypy]\n")

@@ -508,7 +508,7 @@ class AsyncClient:
         senders: list[str] | None = None,
         since: int | None = None,
         timeout: float = 600.0,
-        on_message: Callable[[Message], Awaitable[None] | None] | None = None,
+        on_message: Callable[[Message], object] | None = None,
     ) -> dict[str, Message]:
         timeout = check_timeout(timeout)
         deadline = time.monotonic() + timeout

@@ -620,7 +620,7 @@ class Client:
         senders: list[str] | None = None,
         since: int | None = None,
         timeout: float = 600.0,
-        on_message: Callable[[Message], None] | None = None,
+        on_message: Callable[[Message], object] | None = None,
     ) -> dict[str, Message]:
         """``wait_message`` for several machines: one message from each of ``senders``
         (None: the first from any machine), by sender."""
