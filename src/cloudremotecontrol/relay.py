@@ -34,12 +34,22 @@ async def carry_both_ways(*directions: Coroutine[Any, Any, bool]) -> None:
         await asyncio.gather(*pending, return_exceptions=True)
 
 
+def _closed(exc: BaseException) -> bool:
+    """Whether ``exc`` is the stream's WebSocket closing (by either end, the server's
+    included, as when the master token was revoked): the connection's end, not a
+    failure."""
+    from websockets.exceptions import ConnectionClosed
+
+    return isinstance(exc, ConnectionClosed)
+
+
 def _half_closed(task: asyncio.Future[bool]) -> bool:
     if task.cancelled():
         return False
     exc = task.exception()
     if exc is not None:
-        if not isinstance(exc, (ConnectionError, OSError)):
-            log.warning("stream failed: %r", exc)
+        if not isinstance(exc, (ConnectionError, OSError)) and not _closed(exc):
+            # Said as words (never a Python repr): what failed, and why.
+            log.warning("stream failed: %s: %s", type(exc).__name__, exc)
         return False
     return bool(task.result())

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
 import sys
 from typing import Any
 
@@ -130,6 +131,12 @@ async def serve_forward(ws: Any, frame: StreamOpen, agent: Any) -> None:
     except asyncio.TimeoutError:
         await _refuse(ws, "connect_failed", f"{host}:{port}: no answer in {CONNECT_SECONDS:g} s")
         return
+    except socket.gaierror as exc:  # the name does not resolve: no connection was tried
+        why = exc.strerror or str(exc)
+        await _refuse(
+            ws, "connect_failed", f"{host}:{port} from this machine: cannot resolve {host} ({why})"
+        )
+        return
     except OSError as exc:
         reason = os.strerror(exc.errno) if exc.errno else str(exc)
         await _refuse(ws, "connect_failed", f"{host}:{port} from this machine: {reason}")
@@ -196,13 +203,18 @@ async def serve_shell(ws: Any, frame: StreamOpen, agent: Any) -> None:
         from .terminal import Terminal
 
         program, argv, cwd = _posix_session(frame, agent, env)
-        term = Terminal()
+        term = Terminal(stdin_pipe=frame.stdin == "pipe")
     try:
         try:
             await term.start(program, argv, frame.cols or 80, frame.rows or 24, env, cwd)
         except OSError as exc:
             await _refuse(ws, "start_failed", f"cannot run {program}: {exc.strerror or exc}")
             return
+        # The input a pipe (the master's is not a terminal): said before any output, so
+        # the master sends the end of its input as stream.eof, not as a Ctrl-D.
+        piped = bool(getattr(term, "stdin_pipe", False))
+        if piped:
+            await ws.send(write_control(StreamReady(half_close=True)))
 
         async def output() -> None:
             while data := await term.read():
@@ -220,6 +232,8 @@ async def serve_shell(ws: Any, frame: StreamOpen, agent: Any) -> None:
                     continue
                 if isinstance(control, StreamResize):
                     term.resize(control.cols, control.rows)
+                elif isinstance(control, StreamEof) and piped:
+                    term.end_input()  # the program reads the end of its input
 
         reading = asyncio.ensure_future(output())
         typing = asyncio.ensure_future(keyboard())

@@ -43,15 +43,24 @@ def _set_size(fd: int, cols: int, rows: int) -> None:
 
 
 def _make_controlling_tty() -> None:  # runs in the child, after setsid()
-    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+    # fd 1 is the terminal (fd 0 too, unless the input is a pipe).
+    fcntl.ioctl(1, termios.TIOCSCTTY, 0)
 
 
 class Terminal:
     """One program on one PTY. Use :meth:`start`, then :meth:`read`/:meth:`write`/
-    :meth:`resize`; :meth:`wait` for its exit status; :meth:`close` always."""
+    :meth:`resize`; :meth:`wait` for its exit status; :meth:`close` always.
 
-    def __init__(self) -> None:
+    ``stdin_pipe``: the program's standard input is a pipe rather than the terminal
+    (its output still goes to the terminal): what :meth:`write` gives it is read as
+    it came, never typed (no echo, no line editing), and :meth:`end_input` closes it,
+    which the program reads as the end of its input, as ssh gives a program when its
+    own input is not a terminal."""
+
+    def __init__(self, stdin_pipe: bool = False) -> None:
         self.master = -1
+        self.stdin_pipe = stdin_pipe
+        self.input = -1  # the pipe's writing end (stdin_pipe), else the terminal
         self.proc: asyncio.subprocess.Process | None = None
 
     async def start(
@@ -65,13 +74,18 @@ class Terminal:
     ) -> None:
         master, slave = os.openpty()
         self.master = master
+        self.input = master
+        reading = -1
         try:
             _set_size(slave, cols, rows)
             os.set_blocking(master, False)
+            if self.stdin_pipe:
+                reading, self.input = os.pipe()
+                os.set_blocking(self.input, False)
             self.proc = await asyncio.create_subprocess_exec(
                 *argv,
                 executable=program,
-                stdin=slave,
+                stdin=slave if reading < 0 else reading,
                 stdout=slave,
                 stderr=slave,
                 env=dict(env),
@@ -82,6 +96,8 @@ class Terminal:
             )
         finally:
             os.close(slave)
+            if reading >= 0:
+                os.close(reading)
 
     async def read(self) -> bytes:
         """The next bytes the program wrote; b"" once the terminal is closed (every
@@ -104,21 +120,32 @@ class Terminal:
                 loop.remove_reader(self.master)
 
     async def write(self, data: bytes) -> None:
+        """Type ``data`` into the terminal, or give it to the program's input pipe (a
+        program that closed its input, or exited, drops it)."""
         loop = asyncio.get_running_loop()
+        fd = self.input
         view = memoryview(data)
-        while view:
+        while view and fd >= 0:
             try:
-                n = os.write(self.master, view)
+                n = os.write(fd, view)
                 view = view[n:]
                 continue
             except BlockingIOError:
                 pass
+            except BrokenPipeError:
+                return
             ready: asyncio.Future[None] = loop.create_future()
-            loop.add_writer(self.master, ready.set_result, None)
+            loop.add_writer(fd, ready.set_result, None)
             try:
                 await ready
             finally:
-                loop.remove_writer(self.master)
+                loop.remove_writer(fd)
+
+    def end_input(self) -> None:
+        """The end of the program's input (``stdin_pipe`` only: a terminal has none)."""
+        if self.stdin_pipe and self.input >= 0:
+            os.close(self.input)
+            self.input = -1
 
     def resize(self, cols: int, rows: int) -> None:
         _set_size(self.master, cols, rows)
@@ -141,6 +168,8 @@ class Terminal:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 await proc.wait()
+        self.end_input()
         if self.master >= 0:
             os.close(self.master)
             self.master = -1
+        self.input = -1

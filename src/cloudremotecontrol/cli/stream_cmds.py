@@ -21,7 +21,7 @@ from typing import Any
 
 import click
 
-from ..errors import InvalidInput, NotFound, Unavailable
+from ..errors import Conflict, CrcError, InvalidInput, NotFound, Unauthorized, Unavailable
 from .output import emit_json, json_option, print_table, safe
 from .trailing import TrailingCommand
 
@@ -61,6 +61,41 @@ async def _read_fd(fd: int) -> bytes:
             loop.remove_reader(fd)
 
 
+#: How long the end of a piped input waits for the machine to say how it takes it (an
+#: agent older than ``stdin: "pipe"`` says nothing: then the end is a Ctrl-D, as before).
+PIPE_ANSWER_SECONDS = 10.0
+
+
+async def _open_shell(client: Any, group: str, body: dict[str, Any], piped: bool) -> Any:
+    """The shell's stream; the input a pipe (``stdin: "pipe"``) when it is not a
+    terminal, unless the server is older than that (it refuses the field)."""
+    from ..master.streams import open_stream
+
+    opener = await client._stream_opener()
+    if piped:
+        try:
+            return await open_stream(opener, group, body | {"stdin": "pipe"})
+        except InvalidInput as exc:
+            if "stdin" not in exc.message:
+                raise
+    return await open_stream(opener, group, body)
+
+
+def _shell_error(control: Any) -> CrcError:
+    """A ``stream.error`` of a shell as crc's error: a program that cannot be started
+    exits as a shell's would, 127 (not found) or 126 (found, but cannot run)."""
+    from ..master.streams import stream_error
+
+    error = stream_error(control)
+    if control.code == "start_failed":
+        missing = any(
+            words in control.message.lower()
+            for words in ("no such file or directory", "cannot find the file")
+        )
+        error.exit_code = 127 if missing else 126
+    return error
+
+
 async def _shell(
     group: str,
     machine: str,
@@ -69,23 +104,22 @@ async def _shell(
     record: bool | None,
     as_json: bool = False,
 ) -> tuple[int, str]:
-    from ..master.streams import StreamClosed, stream_error
-    from ..protocol.streams import StreamError, StreamExit
+    from ..master.streams import StreamClosed, shell_body
+    from ..protocol.streams import StreamEof, StreamError, StreamExit, StreamReady, write_control
 
     tty = os.isatty(0)
     cols, rows = _terminal_size()
     term = os.environ.get("TERM") or "xterm-256color"
+    body = shell_body(machine, argv, shell, cols, rows, term, record)
     async with _async_client() as client:
-        stream = await client.shell(
-            group,
-            machine,
-            argv=argv,
-            shell=shell,
-            cols=cols,
-            rows=rows,
-            term=term,
-            record=record,
-        )
+        try:
+            stream = await _open_shell(client, group, body, piped=not tty)
+        except Conflict as exc:
+            if exc.code != "machine_offline":
+                raise
+            # The machine not connected is it being unavailable (exit 6), as for crc
+            # forward: not a conflict with what the group is or has (exit 5).
+            raise Unavailable(exc.message, code=exc.code) from None
     loop = asyncio.get_running_loop()
     saved = None
     if tty:
@@ -97,24 +131,45 @@ async def _shell(
     blocking = os.get_blocking(0)
     os.set_blocking(0, False)
     resized = asyncio.Event()
+    # The machine's first word: stream.ready if the program reads a pipe (the end of
+    # the input is then stream.eof), output or the end otherwise (an older agent).
+    answered = asyncio.Event()
+    piped: list[bool] = []
     # --json: the output as text in JSON lines (a character split between two chunks is
     # decoded whole; bytes that are not UTF-8 become U+FFFD).
     decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    signalled: list[int] = []
+    main = asyncio.current_task()
 
     def on_winch() -> None:
         resized.set()
 
+    def on_signal(signum: int) -> None:  # SIGTERM, SIGHUP: tidy up (the terminal), end
+        if not signalled and main is not None:
+            signalled.append(signum)
+            main.cancel()
+
+    stops = [getattr(signal, n) for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n)]
     try:
         if tty:
             loop.add_signal_handler(signal.SIGWINCH, on_winch)
+        for sig in stops:
+            loop.add_signal_handler(sig, on_signal, sig)
 
         async def keyboard() -> None:
             while True:
                 data = await _read_fd(0)
-                if not data:  # stdin ended (not a terminal): end the remote input too
+                if data:
+                    await stream.send(data)
+                    continue
+                # stdin ended (not a terminal): the end of the remote program's input
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(answered.wait(), PIPE_ANSWER_SECONDS)
+                if piped:
+                    await stream.ws.send(write_control(StreamEof()))
+                else:  # typed into a terminal: its end is a Ctrl-D
                     await stream.send(b"\x04")
-                    return
-                await stream.send(data)
+                return
 
         async def winch() -> None:
             while True:
@@ -129,6 +184,9 @@ async def _shell(
                 except StreamClosed:
                     code: int | None = stream.exit_code
                     return code
+                if isinstance(message, StreamReady):
+                    piped.append(True)
+                answered.set()
                 if isinstance(message, bytes):
                     if as_json:  # stdout carries JSON only: the output inside it
                         text = decoder.decode(message)
@@ -141,12 +199,19 @@ async def _shell(
                 elif isinstance(message, StreamExit):
                     return message.code
                 elif isinstance(message, StreamError):
-                    raise stream_error(message)
+                    raise _shell_error(message)
 
         reader = asyncio.ensure_future(keyboard())
         sizer = asyncio.ensure_future(winch())
         try:
             code = await screen()
+        except asyncio.CancelledError:
+            if not signalled:
+                raise
+            uncancel = getattr(main, "uncancel", None)  # Python 3.11+: taken, not pending
+            if uncancel is not None:
+                uncancel()
+            code = None
         finally:
             reader.cancel()
             sizer.cancel()
@@ -155,17 +220,30 @@ async def _shell(
     finally:
         if tty:
             loop.remove_signal_handler(signal.SIGWINCH)
+        for sig in stops:
+            loop.remove_signal_handler(sig)
         os.set_blocking(0, blocking)
         if saved is not None:
             import termios
 
-            termios.tcsetattr(0, termios.TCSADRAIN, saved)
+            with contextlib.suppress(OSError):  # a terminal hung up (SIGHUP) is gone
+                termios.tcsetattr(0, termios.TCSADRAIN, saved)
+    if signalled:
+        raise _Stopped(signalled[0])
     rest = decoder.decode(b"", final=True)
     if as_json and rest:
         emit_json({"machine": machine, "data": rest})
     if code is None:
         raise Unavailable("the shell's connection closed before the program ended")
     return code, str(stream.id)
+
+
+class _Stopped(Exception):
+    """crc shell got SIGTERM or SIGHUP: the terminal was restored, the session closed."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -214,9 +292,16 @@ def shell(
     argv = list(command)
     if argv and argv[0] == "--":
         argv = argv[1:]
-    code, stream = asyncio.run(
-        _shell(group, machine, argv or None, shell, False if no_record else None, as_json)
-    )
+    try:
+        code, stream = asyncio.run(
+            _shell(group, machine, argv or None, shell, False if no_record else None, as_json)
+        )
+    except _Stopped as stop:
+        # As `crc run` does: said (when stderr is still there), and 128 + the signal.
+        name = signal.Signals(stop.signum).name
+        with contextlib.suppress(OSError):
+            click.echo(f"crc: {name}: the session on {machine} is closed", err=True)
+        sys.exit(128 + stop.signum)
     if as_json:  # after the session (and its output, as JSON lines): how it ended
         emit_json({"group": group, "machine": machine, "stream": stream, "exit_code": code})
     # The remote code as a shell can show it (master/types.py shell_exit_code): 256 must
@@ -226,6 +311,8 @@ def shell(
 
 # -- crc forward -------------------------------------------------------------------------------
 
+#: How often a forward's master token is checked while no connection comes.
+TOKEN_CHECK_SECONDS = 5.0
 _HTTP_PORTS = {80, 3000, 5000, 8000, 8008, 8080, 8888}
 _HTTPS_PORTS = {443, 8443}
 
@@ -258,13 +345,36 @@ async def _forward(group: str, targets: list[tuple[str, Any]], as_json: bool) ->
             probe = await open_forward(opener, group, machine, spec)
             await probe.close()
         servers: list[ForwardServer] = []
+        stop = asyncio.Event()
+        refused: list[CrcError] = []
 
         def on_error(message: str) -> None:
             click.echo(f"crc: forward: {safe(message)}", err=True)
 
+        def on_unauthorized(exc: CrcError) -> None:
+            # The master token was revoked (or is unknown): no connection can be carried
+            # any more, so the forward ends (exit 3), as a shell does.
+            if not refused:
+                refused.append(exc)
+            stop.set()
+
+        async def token_checked() -> None:
+            # A revoked token ends the forward also when no connection comes to find it.
+            while True:
+                await asyncio.sleep(TOKEN_CHECK_SECONDS)
+                try:
+                    await client.whoami()
+                except Unauthorized as exc:
+                    on_unauthorized(exc)
+                    return
+                except CrcError:  # the server away for a moment: checked again later
+                    continue
+
         try:
             for machine, spec in targets:
-                server = await serve_forward(opener, group, machine, spec, on_error)
+                server = await serve_forward(
+                    opener, group, machine, spec, on_error, on_unauthorized
+                )
                 servers.append(server)
                 port = server.port
                 remote = f"{spec.remote_host}:{spec.remote_port}"
@@ -284,14 +394,22 @@ async def _forward(group: str, targets: list[tuple[str, Any]], as_json: bool) ->
                     sys.stdout.flush()
             if not as_json:
                 click.echo("forwarding until Ctrl-C", err=True)
-            stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, stop.set)
-            await stop.wait()
+            checking = asyncio.ensure_future(token_checked())
+            try:
+                await stop.wait()
+            finally:
+                checking.cancel()
+                await asyncio.gather(checking, return_exceptions=True)
         finally:
             for server in servers:
                 await server.aclose()
+        if refused:
+            raise Unauthorized(
+                f"{refused[0].message.rstrip('.')}: the forward is closed", code=refused[0].code
+            )
 
 
 @click.command()

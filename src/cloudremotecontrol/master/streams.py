@@ -17,7 +17,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import Conflict, CrcError, InvalidInput, Unavailable, error_from_answer
+from ..errors import (
+    Conflict,
+    CrcError,
+    InvalidInput,
+    Unauthorized,
+    Unavailable,
+    error_from_answer,
+)
 from ..protocol.limits import MAX_FRAME_BYTES
 from ..protocol.names import check_name, listed
 from ..protocol.streams import (
@@ -78,6 +85,8 @@ def stream_error(control: StreamError) -> CrcError:
         return Unavailable(control.message, code=control.code)
     if control.code in ("start_failed", "unsupported", "protocol"):
         return Conflict(control.message, code=control.code)
+    if control.code == "unauthorized":  # the master token was revoked meanwhile
+        return Unauthorized(control.message, code=control.code)
     if control.code.endswith("_disabled"):
         from ..errors import Forbidden
 
@@ -211,18 +220,25 @@ def _connect_failed(machine: str, spec: ForwardSpec, reason: str) -> Unavailable
         if reason.startswith(prefix):
             reason = reason[len(prefix) :]
             break
+    # The hint only where something answered "no one here": a name that does not
+    # resolve, or a host that does not answer, is not a question of a listening service.
+    hint = (
+        " (is a service listening there, as seen from the machine?)"
+        if "refused" in reason.lower()
+        else ""
+    )
     return Unavailable(
-        f"machine {machine} cannot connect to {where}: {reason} (is a service listening "
-        "there, as seen from the machine?)",
-        code="connect_failed",
+        f"machine {machine} cannot connect to {where}: {reason}{hint}", code="connect_failed"
     )
 
 
 async def _carry(stream: AsyncStream, reader: asyncio.StreamReader, writer: Any) -> int:
     """Bytes both ways between a local connection and a stream until both sides are
     done (each side's EOF passed on as a half-close, when the machine takes it) or
-    either closes; returns the bytes received."""
+    either closes; returns the bytes received. A ``stream.error`` that ended it is
+    raised afterwards, as the error hierarchy's (Unauthorized: the token was revoked)."""
     got = 0
+    failed: list[StreamError] = []
 
     async def up() -> bool:
         while data := await reader.read(MAX_CHUNK_BYTES):
@@ -247,13 +263,15 @@ async def _carry(stream: AsyncStream, reader: asyncio.StreamReader, writer: Any)
                     writer.write_eof()
                 return True
             elif isinstance(message, StreamError):
-                log.warning("forward: %s", message.message)
+                failed.append(message)
                 return False
 
     try:
         await carry_both_ways(up(), down())
     finally:
         await stream.close()
+    if failed:
+        raise stream_error(failed[0])
     return got
 
 
@@ -294,9 +312,22 @@ async def serve_forward(
     machine: str,
     spec: ForwardSpec,
     on_error: Callable[[str], None] | None = None,
+    on_unauthorized: Callable[[CrcError], None] | None = None,
 ) -> ForwardServer:
     """Listen on ``spec``'s local address (a port in use: Conflict) and carry each
-    connection over its own stream. The caller must ``aclose()`` the answer."""
+    connection over its own stream. The caller must ``aclose()`` the answer.
+    ``on_error`` hears why a connection could not be carried; ``on_unauthorized``
+    (if given, instead) that the server refused the master token (revoked): no later
+    connection can be carried either."""
+
+    def failed(exc: CrcError) -> None:
+        if isinstance(exc, Unauthorized) and on_unauthorized is not None:
+            on_unauthorized(exc)
+        elif on_error is not None:
+            on_error(exc.message)
+        else:
+            log.warning("forward: %s", exc.message)
+
     loop = asyncio.get_running_loop()
     try:
         infos = await loop.getaddrinfo(spec.local_addr, spec.local_port, type=socket.SOCK_STREAM)
@@ -330,11 +361,14 @@ async def serve_forward(
                 try:
                     stream = await open_forward(opener, group, machine, spec)
                 except CrcError as exc:
-                    if on_error is not None:
-                        on_error(exc.message)
+                    failed(exc)
                     return
-            with contextlib.suppress(OSError, StreamClosed):
+            try:
                 await _carry(stream, reader, writer)
+            except (OSError, StreamClosed):
+                pass
+            except CrcError as exc:
+                failed(exc)
         finally:
             writer.close()
             with contextlib.suppress(OSError, asyncio.CancelledError):

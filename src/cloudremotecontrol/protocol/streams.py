@@ -76,6 +76,7 @@ __all__ = [
 ]
 
 KINDS = ("shell", "forward")
+STDIN_MODES = ("pipe",)
 MAX_TERMINAL = 4096  # columns or rows of a terminal (xterm itself stops at 4096)
 MAX_CHUNK_BYTES = 256 << 10  # one data message a sender makes (a receiver takes up to 1 MiB)
 MAX_CONTROL_BYTES = 4096  # one control text message
@@ -170,6 +171,11 @@ class StreamOpen(Frame):
     term: str | None = wire(Optional(_TERM), None)
     host: str | None = wire(Optional(_Host()), None)
     port: int | None = wire(Optional(Int(1, 65535)), None)
+    #: ``"pipe"``: the master's input is not a terminal; the program reads it from a
+    #: pipe (its end is an end of file, ``stream.eof``), its output still goes to the
+    #: terminal. An agent that does so says ``stream.ready`` first; an older one ignores
+    #: the field (the input is typed into the terminal, its end a Ctrl-D).
+    stdin: str | None = wire(Optional(Choice(STDIN_MODES)), None)
 
     def validate(self) -> None:
         _check_command(self.argv, self.shell)
@@ -210,6 +216,7 @@ class StreamRequest(Message):
     term: str | None = wire(Optional(_TERM), None)
     host: str | None = wire(Optional(_Host()), None)
     port: int | None = wire(Optional(Int(1, 65535)), None)
+    stdin: str | None = wire(Optional(Choice(STDIN_MODES)), None)
 
     def validate(self) -> None:
         _check_command(self.argv, self.shell)
@@ -247,7 +254,9 @@ class StreamResize(StreamControl):
 @dataclass(frozen=True)
 class StreamReady(StreamControl):
     """A forward's connection is open. ``half_close``: the agent takes ``stream.eof``
-    (an agent without it closes the stream when the master's side is done sending)."""
+    (an agent without it closes the stream when the master's side is done sending).
+    For a shell asked with ``stdin: "pipe"``: the program reads its input from a pipe,
+    whose end ``stream.eof`` is."""
 
     TYPE = "stream.ready"
     DIRECTION = Direction.TO_SERVER
@@ -259,7 +268,8 @@ class StreamReady(StreamControl):
 @dataclass(frozen=True)
 class StreamEof(StreamControl):
     """A forward's sender has shut down its side of the connection: the receiver shuts
-    down its own writing side (TCP half-close) and goes on carrying the other way."""
+    down its own writing side (TCP half-close) and goes on carrying the other way. To a
+    shell whose input is a pipe: the end of that input."""
 
     TYPE = "stream.eof"
     DIRECTION = Direction.BOTH

@@ -61,6 +61,7 @@ class StreamCreate(StrictBody):
     host: str | None = Field(default=None, max_length=255)
     port: int | None = None
     record: bool | None = None
+    stdin: Literal["pipe"] | None = None
 
 
 def _broker(app: Any) -> StreamBroker:
@@ -77,12 +78,19 @@ def _open_frame(body: StreamCreate, stream_id: str) -> tuple[StreamOpen, dict[st
         cols, rows = check_terminal_size(
             80 if body.cols is None else body.cols, 24 if body.rows is None else body.rows
         )
-        fields.update(cols=cols, rows=rows, argv=body.argv, shell=body.shell, term=body.term)
+        fields.update(
+            cols=cols,
+            rows=rows,
+            argv=body.argv,
+            shell=body.shell,
+            term=body.term,
+            stdin=body.stdin,
+        )
         detail = {"kind": "shell", "argv": body.argv, "shell": body.shell}
     else:
         if body.port is None:
             raise InvalidInput("a forward needs the remote port", field="port")
-        if body.argv is not None or body.shell is not None or body.cols or body.rows:
+        if body.argv is not None or body.shell is not None or body.cols or body.rows or body.stdin:
             raise InvalidInput("a forward takes no command or terminal", field="argv")
         host = check_host(body.host or "127.0.0.1")
         fields.update(host=host, port=body.port)
