@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
-from starlette.types import Send
+from starlette.types import Receive, Scope, Send
 
 from .. import __version__
 from ..errors import KeyRejected, RateLimited, Unavailable
@@ -24,6 +24,7 @@ from .ops import roster as roster_ops
 from .ops.enrollment import enroll, key_id_of
 from .ratelimit import FailureWindow
 from .store.base import Store, Tx
+from .wsprotocol import SCOPE_KEY
 
 log = logging.getLogger(__name__)
 
@@ -332,6 +333,12 @@ class _EventStream(StreamingResponse):
     """An event stream that is cut (no last chunk) when its credential is revoked: the
     client sees a broken stream, resumes, and gets the 401 that says why."""
 
+    scope: Scope | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.scope = scope
+        await super().__call__(scope, receive, send)
+
     async def stream_response(self, send: Send) -> None:
         await send(
             {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
@@ -343,10 +350,34 @@ class _EventStream(StreamingResponse):
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except _CredentialRevoked:
             log.info("event stream ended: its master token was revoked")
+            await _cut(self.scope)
             return
         except _StreamCut:  # the server stops
             return
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _cut(scope: Scope | None) -> None:
+    """Close the connection that carries ``scope``'s response now (what was sent is
+    written first, for a second at most) and wait until the server has taken it as lost,
+    as the streams cut when the server stops (runner.py): a response that then ends
+    unfinished does so on a connection uvicorn knows is gone, which it does not log as
+    an error ("ASGI callable returned without completing response"). The connection is
+    the server's (httpguard.py puts it in the scope); without one, nothing is done."""
+    protocol = getattr((scope or {}).get(SCOPE_KEY), "protocol", None)
+    transport: Any = getattr(protocol, "transport", None)  # asyncio's or uvloop's
+    if transport is None or transport.is_closing():
+        return
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 1
+    while transport.get_write_buffer_size() and loop.time() < deadline:
+        await asyncio.sleep(0.01)
+    transport.abort()
+    deadline = loop.time() + 1
+    while not getattr(getattr(protocol, "cycle", None), "disconnected", True):
+        if loop.time() > deadline:
+            break
+        await asyncio.sleep(0.01)
 
 
 @router.get("/audit", tags=["master"])

@@ -12,6 +12,7 @@ import hmac
 import logging
 import secrets
 import time
+import typing
 import urllib.parse
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -19,15 +20,19 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import jinja2
+import pydantic
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
 from ...errors import CrcError, InvalidInput, NotFound, Unauthorized
+from ...protocol.names import check_name
 from ...protocol.tokens import parse_secret
+from .. import api
 from ..ops import events as ev_ops
 from ..ops import groups as group_ops
 from ..ratelimit import FailureWindow
 from ..store.base import Store
+from ..validation import validation_error
 from . import CSP, sessions, views
 
 __all__ = ["PREFIX", "error_page", "router", "wants_page"]
@@ -176,16 +181,13 @@ async def _page(
     **context: Any,
 ) -> Response:
     """Render ``template`` for the logged-in user with what ``load(user)`` (awaitable)
-    returns as ``data``; a missing group or job (or another user's) is a 404 page."""
+    returns as ``data``. What it raises (a missing group or job, or another user's: 404;
+    a bad filter: 400) is answered by the server's error handler (app.py): an HTML page
+    for a browser (``wants_page``), the API's JSON error for any other client."""
     user = await _user(request)
     if user is None:
         return _to_login(request)
-    try:
-        data = await load(user)
-    except CrcError as exc:
-        return _render(
-            request, "error.html", user, exc.http_status, message=exc.message, code=exc.code
-        )
+    data = await load(user)
     return _render(request, template, user, data=data, **context)
 
 
@@ -507,6 +509,26 @@ async def group_audit(request: Request, group: str) -> Response:
     return await _page(request, "audit.html", load, tab="audit", group=group)
 
 
+#: The API's own check of an events ``type`` filter (its ``GET /v1/groups/G/events``
+#: parameter), so that the events page refuses what the API refuses, in its words.
+_EVENT_TYPE: pydantic.TypeAdapter[str | None] = pydantic.TypeAdapter(
+    typing.get_type_hints(api.group_events, include_extras=True)["type"]
+)
+
+
+def _check_event_filters(type_: str, machine: str) -> None:
+    """InvalidInput (400) for a type the API refuses or a machine that is no machine
+    name (the API's checks); an empty filter is none."""
+    if type_:
+        try:
+            _EVENT_TYPE.validate_python(type_)
+        except pydantic.ValidationError as exc:
+            errors = [{**e, "loc": ("query", "type")} for e in exc.errors()]
+            raise validation_error(errors) from None
+    if machine:
+        check_name(machine, "machine")
+
+
 @router.get("/groups/{group}/events", response_class=HTMLResponse)
 async def group_events(
     request: Request,
@@ -515,9 +537,11 @@ async def group_events(
     machine: Annotated[str, Query(max_length=63)] = "",
     job: Annotated[str, Query(max_length=64)] = "",
 ) -> Response:
-    """The group's events, newest first, filtered by type (or prefix), machine, job."""
+    """The group's events, newest first, filtered by type (or prefix), machine, job. A
+    filter the API would refuse, or a job that is not one of the group's, is a 400."""
 
     async def load(user: dict[str, Any]) -> Any:
+        _check_event_filters(type, machine)
         store = _store(request)
         head = await store.read(ev_ops.group_cursor, user["user_id"], group)
         found = await store.read(views.event_list, user["user_id"], group, type, machine, job)

@@ -11,9 +11,10 @@ import json
 from collections import deque
 from typing import Any
 
-from ...errors import NotFound
+from ...errors import InvalidInput, NotFound
 from ...protocol.jsoncheck import escaped
 from ...protocol.names import scenario_of
+from ...terminal import safe
 from ..ops import events as ev_ops
 from ..ops import groups as group_ops
 from ..ops import jobs as job_ops
@@ -31,6 +32,8 @@ __all__ = [
     "kv_page",
     "machine_rows",
     "message_list",
+    "shown_lines",
+    "shown_output",
     "state_since",
     "terminal_page",
 ]
@@ -62,6 +65,25 @@ OUTPUT_READ = 32 << 20  # bytes of output a job page reads at most
 BATCH = 256  # events a job page reads at once (job.output events of 64 KiB at most)
 
 
+def shown_lines(text: str) -> str:
+    r"""``text`` of several lines (a command's output, a JSON body) as the pages show it:
+    its line ends and tabs kept, every other control character and bidirectional mark
+    escaped as the CLI escapes it (``safe``: ``\x1b``, ``\u202e``), so a machine can
+    neither hide text nor make it read in another order."""
+    return "\n".join("\t".join(safe(p) for p in line.split("\t")) for line in text.split("\n"))
+
+
+def shown_output(text: str) -> str:
+    r"""A piece of a command's output as the pages show it: ``shown_lines``, a line end
+    of Windows (``\r\n``) a line end (a carriage return anywhere else is ``\r``)."""
+    return shown_lines(text.replace("\r\n", "\n"))
+
+
+def _text(value: Any) -> str | None:
+    """A machine's one line of text (progress, a fact) as the pages show it (``safe``)."""
+    return None if value is None else safe(value)
+
+
 def state_since(tx: Tx, group_id: str) -> dict[str, float]:
     """When each machine of the group last changed state (machines that never did are
     missing: they are in their first state since the group was made)."""
@@ -84,11 +106,11 @@ def _row(m: dict[str, Any], since: dict[str, float], created: float) -> dict[str
         "name": m["name"],
         "state": m["state"],
         "since": since.get(m["name"], created),
-        "progress": progress.get("text") if isinstance(progress, dict) else None,
+        "progress": _text(progress.get("text")) if isinstance(progress, dict) else None,
         "percent": progress.get("percent") if isinstance(progress, dict) else None,
-        "os": _os_text(facts),
-        "hostname": facts.get("hostname"),
-        "ips": [str(ip) for ip in (facts.get("ips") or []) if ip is not None][:8]
+        "os": _text(_os_text(facts)),
+        "hostname": _text(facts.get("hostname")),
+        "ips": [safe(ip) for ip in (facts.get("ips") or []) if ip is not None][:8]
         if isinstance(facts.get("ips"), list)
         else [],
         "public_ip": m.get("public_ip"),
@@ -111,7 +133,7 @@ def group_page(tx: Tx, user_id: str, group: str) -> dict[str, Any]:
     since = state_since(tx, cursor["group_id"])
     rows = [_row(m, since, g["created"]) for m in g["machines"]]
     try:
-        run = run_ops.run_view(tx, user_id, group)
+        run = _run_shown(run_ops.run_view(tx, user_id, group))
     except NotFound:
         run = None
     counts: dict[str, int] = {}
@@ -128,6 +150,12 @@ def group_page(tx: Tx, user_id: str, group: str) -> dict[str, Any]:
         "cursor": cursor["cursor"],
         "run": run,
     }
+
+
+def _run_shown(run: dict[str, Any]) -> dict[str, Any]:
+    """A run with its messages as the pages show them (``crc up`` may quote a machine)."""
+    steps = [{**s, "message": _text(s.get("message"))} for s in run.get("steps") or []]
+    return {**run, "message": _text(run.get("message")), "steps": steps}
 
 
 def machine_rows(tx: Tx, user_id: str, group: str, names: list[str]) -> list[dict[str, Any]]:
@@ -223,7 +251,7 @@ def job_page(tx: Tx, user_id: str, job_id: str) -> dict[str, Any]:
                 cut = True  # an earlier part of an output already shown in full
                 continue
             data = ev_ops.event_view(r)["data"] or {}
-            text = str(data.get("data", ""))
+            text = shown_output(str(data.get("data", "")))
             outputs.setdefault(machine, deque()).appendleft(text)
             sizes[machine] = sizes.get(machine, 0) + len(text)
             if sizes[machine] >= OUTPUT_TAIL:
@@ -252,6 +280,7 @@ def job_page(tx: Tx, user_id: str, job_id: str) -> dict[str, Any]:
     spec = job["spec"] or {}
     return {
         **job,
+        "targets": [{**t, "reason": _text(t["reason"])} for t in job["targets"]],
         "kind": spec.get("type"),
         "summary": _job_summary(spec),
         "outputs": shown,
@@ -276,11 +305,14 @@ def file_jobs(tx: Tx, user_id: str, group: str) -> list[dict[str, Any]]:
         spec = loads(j["spec"]) or {}
         if spec.get("type") not in ("file.put", "file.get"):
             continue
-        targets = tx.all(
-            "SELECT machine, status, reason, blob FROM job_targets WHERE job_id = ? "
-            "ORDER BY machine",
-            (j["id"],),
-        )
+        targets = [
+            {**t, "reason": _text(t["reason"])}
+            for t in tx.all(
+                "SELECT machine, status, reason, blob FROM job_targets WHERE job_id = ? "
+                "ORDER BY machine",
+                (j["id"],),
+            )
+        ]
         out.append(
             {
                 "job_id": j["id"],
@@ -318,7 +350,7 @@ def message_list(tx: Tx, user_id: str, group: str, limit: int = 300) -> list[dic
                 "type": str(data.get("type", "")),
                 "from": str(data.get("from", ev["machine"] or "")),
                 "to": ", ".join(str(t) for t in to) if isinstance(to, list) else "master",
-                "body": _shown(_pretty(data.get("body")), BODY_SHOWN),
+                "body": shown_lines(_shown(_pretty(data.get("body")), BODY_SHOWN)),
             }
         )
     return out
@@ -343,7 +375,7 @@ def kv_page(tx: Tx, user_id: str, group: str) -> dict[str, Any]:
         out.append(
             {
                 "key": r["key"],
-                "value": _shown(_pretty(json.loads(r["value"])), KV_VALUE_SHOWN),
+                "value": shown_lines(_shown(_pretty(json.loads(r["value"])), KV_VALUE_SHOWN)),
                 "version": int(r["version"]),
                 "updated": r["updated"],
                 "by": r["updated_by"],
@@ -362,8 +394,19 @@ def event_list(
     limit: int = 500,
 ) -> dict[str, Any]:
     """The group's latest events matching the filters, newest first: ``type_`` exact, or
-    a prefix when it ends with ``.`` (``job.``); ``machine`` and ``job`` exact."""
+    a prefix when it ends with ``.`` (``job.``); ``machine`` and ``job`` exact. A ``job``
+    that is not one of the group's is refused (InvalidInput, with the API's reason)."""
     g = live_group(tx, user_id, group)
+    if job:
+        try:
+            found = job_ops.job_group(tx, user_id, job)
+        except NotFound as exc:
+            raise InvalidInput(f"invalid job: {exc.message}", field="job") from None
+        if found["group_id"] != g["id"]:
+            raise InvalidInput(
+                f"invalid job: job {job!r} is of group {found['group']!r}, not {group!r}",
+                field="job",
+            )
     where = ["group_id = ?"]
     params: list[Any] = [g["id"]]
     if type_:
@@ -392,15 +435,17 @@ def event_list(
 
 
 def _event_text(ev: dict[str, Any]) -> str:
+    """What the events view shows of an event: output with its lines, anything else on
+    one line; a machine's controls and bidirectional marks escaped (``safe``)."""
     data = ev["data"]
     if ev["type"] == "job.output" and isinstance(data, dict):
-        return str(data.get("data", ""))
+        return shown_output(str(data.get("data", "")))
     if ev["type"] == "progress" and isinstance(data, dict):
         pct = data.get("percent")
-        return (f"{pct:g}% " if isinstance(pct, (int, float)) else "") + str(data.get("text"))
+        return (f"{pct:g}% " if isinstance(pct, (int, float)) else "") + safe(data.get("text"))
     if ev["type"] == "machine.state" and isinstance(data, dict):
-        return f"{data.get('previous')} → {data.get('state')}"
-    return _compact(data)
+        return safe(f"{data.get('previous')} → {data.get('state')}")
+    return safe(_compact(data))
 
 
 def _shown(text: str, limit: int) -> str:

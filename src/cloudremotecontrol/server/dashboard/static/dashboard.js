@@ -26,6 +26,25 @@
     if (el.textContent !== value) el.textContent = value;
   }
 
+  // A machine's text as the CLI shows it (terminal.py's `safe`, the server's pages too):
+  // control characters and the bidirectional marks that reorder what is shown escaped
+  // (ESC -> "\x1b", U+202E -> "\u202e", newline -> "\n"). Output keeps its line ends
+  // (Windows' "\r\n" too) and tabs (`shownOutput`).
+  const UNSAFE = /[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g;
+  const UNSAFE_OUTPUT = /[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g;
+  const NAMED = { "\n": "\\n", "\r": "\\r", "\t": "\\t" };
+  function escapeChar(ch) {
+    if (NAMED[ch]) return NAMED[ch];
+    const code = ch.charCodeAt(0);
+    return code < 0x100 ? `\\x${code.toString(16).padStart(2, "0")}` : `\\u${code.toString(16).padStart(4, "0")}`;
+  }
+  function safe(text) {
+    return text == null ? "" : String(text).replace(UNSAFE, escapeChar);
+  }
+  function shownOutput(text) {
+    return String(text).replace(/\r\n/g, "\n").replace(UNSAFE_OUTPUT, escapeChar);
+  }
+
   function stateClass(state) {
     return "state-" + String(state).replace(/[^a-z_]/g, "");
   }
@@ -294,16 +313,16 @@
       const pct = typeof r.percent === "number" ? Math.max(0, Math.min(100, r.percent)) : null;
       c.bar.hidden = pct === null;
       if (pct !== null) c.fill.style.width = `${pct}%`;
-      const ptext = (pct !== null ? `${Math.round(pct)}% ` : "") + (r.progress ?? "");
+      const ptext = (pct !== null ? `${Math.round(pct)}% ` : "") + safe(r.progress);
       setText(c.ptext, ptext);
       if (c.progress.title !== ptext) c.progress.title = ptext;
-      setText(c.os, r.os ?? "");
+      setText(c.os, safe(r.os));
       const ips = [...(r.ips || [])];
       if (r.public_ip && !ips.includes(r.public_ip)) ips.push(r.public_ip);
-      const iptext = ips.join(" ");
+      const iptext = ips.map(safe).join(" ");
       setText(c.ips, iptext);
       if (c.ips.title !== iptext) c.ips.title = iptext;
-      const host = r.hostname != null ? `host ${r.hostname}` : "";
+      const host = r.hostname != null ? `host ${safe(r.hostname)}` : "";
       if (c.name.title !== host) c.name.title = host;
       setText(c.seen, r.last_seen ? `${duration(now - r.last_seen)} ago` : "-");
     }
@@ -535,7 +554,7 @@
         const section = outs.get(ev.machine);
         if (!section) return;
         const text = String(data.data ?? "");
-        let waiting = (pending.get(ev.machine) || "") + text;
+        let waiting = (pending.get(ev.machine) || "") + shownOutput(text);
         if (waiting.length > tail) {
           const low = waiting.charCodeAt(waiting.length - tail);
           waiting = waiting.slice(waiting.length - tail + (low >= 0xdc00 && low <= 0xdfff ? 1 : 0));
@@ -558,7 +577,7 @@
         setText(status, data.status);
         status.className = `status ${stateClass(data.status)}`;
         setText(tr.querySelector(".exit"), data.exit_code ?? "");
-        setText(tr.querySelector(".reason"), data.reason ?? "");
+        setText(tr.querySelector(".reason"), safe(data.reason));
         if (!open()) {
           if (cancel) cancel.hidden = true;
           if (stream) stream.stop("finished");
