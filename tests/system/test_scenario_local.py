@@ -3,6 +3,7 @@ their own namespaces, real teardown."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -15,6 +16,7 @@ import sys
 import tempfile
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -408,6 +410,19 @@ def test_up_refuses_an_invalid_scenario_with_file_and_line(env, crc):
     assert len(r.stderr.splitlines()) == 1, r.stderr
 
 
+@contextlib.contextmanager
+def _local_machines(env: Any, scenario: str) -> Iterator[LocalProvider]:
+    """`crc up`'s local machines under the test's directory; whatever of ``scenario``
+    the test leaves is destroyed at the end."""
+    env.cli_env["CRC_LOCAL_DIR"] = str(env.tmp / "machines")
+    provider = LocalProvider(env.tmp / "machines")
+    try:
+        yield provider
+    finally:
+        for inst in provider.list(scenario):
+            provider.destroy(inst.id)
+
+
 @needs_root
 def test_up_with_network_plain_as_root_is_refused_before_anything_is_made(env, crc):
     """As root, plain processes would share and edit this computer's /etc/hosts: the
@@ -430,11 +445,9 @@ def test_up_from_a_pipe_names_the_group_to_tear_down_and_where_problems_are(env,
     """`crc up <(...)` reads a pipe once: the advice after a failed step names the group
     for `crc down` (not /dev/fd/63, gone by then, nor `crc up` it again), and a problem
     of the file says /dev/fd/63, not 63."""
-    env.cli_env["CRC_LOCAL_DIR"] = str(env.tmp / "machines")
     text = "name: piped\nprovider: local\ntimeouts: {ready: 60s}\nmachines: {a: }\n"
     (env.tmp / "piped.yaml").write_text(text + "steps:\n  - {name: fails, run: exit 3}\n")
     (env.tmp / "bad.yaml").write_text(text + "steps:\n  - {name: bad, run: x, to: nobody}\n")
-    provider = LocalProvider(env.tmp / "machines")
 
     def up_from_a_pipe(name: str) -> subprocess.CompletedProcess[str]:
         crc_argv = f"{shlex.quote(sys.executable)} -m cloudremotecontrol"
@@ -446,7 +459,7 @@ def test_up_from_a_pipe_names_the_group_to_tear_down_and_where_problems_are(env,
             timeout=120,
         )
 
-    try:
+    with _local_machines(env, "piped") as provider:
         r = up_from_a_pipe("bad.yaml")
         assert r.returncode == 2, r.stdout + r.stderr
         assert re.search(r"error: invalid scenario: /dev/fd/\d+:6:", r.stderr), r.stderr
@@ -457,22 +470,17 @@ def test_up_from_a_pipe_names_the_group_to_tear_down_and_where_problems_are(env,
         r = crc("down", "--group", "piped")
         assert r.returncode == 0, r.stdout + r.stderr
         _nothing_left(provider, "piped")
-    finally:
-        for inst in provider.list("piped"):
-            provider.destroy(inst.id)
 
 
 @needs_root
 def test_up_of_a_scenario_whose_ttl_passed_says_to_tear_it_down_not_to_resume(env, crc):
     """Its machines revoked by the server, nothing of it can resume: `crc up` says the
     TTL passed and that `crc down` comes first, not that `crc up` again resumes."""
-    env.cli_env["CRC_LOCAL_DIR"] = str(env.tmp / "machines")
     path = env.tmp / "brief.yaml"
     path.write_text(
         "name: brief\nprovider: local\nttl: 1s\ntimeouts: {ready: 60s}\nmachines: {a: }\n"
     )
-    provider = LocalProvider(env.tmp / "machines")
-    try:
+    with _local_machines(env, "brief") as provider:
         crc("up", str(path))  # ready in time or not: the TTL passes either way
         deadline = time.monotonic() + 30
         while not env.client.group("brief").get("expired"):
@@ -486,9 +494,6 @@ def test_up_of_a_scenario_whose_ttl_passed_says_to_tear_it_down_not_to_resume(en
         r = crc("down", str(path))
         assert r.returncode == 0, r.stdout + r.stderr
         _nothing_left(provider, "brief")
-    finally:
-        for inst in provider.list("brief"):
-            provider.destroy(inst.id)
 
 
 @needs_root
@@ -496,7 +501,6 @@ def test_up_again_with_other_labels_or_ttl_says_the_group_keeps_what_it_was_made
     """Labels and the TTL are given when the group is made. Changed in the file, steps
     would select by the file's labels while the server answers with the group's: refused,
     saying which; a changed TTL is said and the rest goes on."""
-    env.cli_env["CRC_LOCAL_DIR"] = str(env.tmp / "machines")
     path = env.tmp / "feat.yaml"
     text = (
         "name: feat\nprovider: local\nttl: 8h\ntimeouts: {ready: 60s}\n"
@@ -504,8 +508,7 @@ def test_up_again_with_other_labels_or_ttl_says_the_group_keeps_what_it_was_made
         "steps:\n  - name: show\n    to: role=db\n    run: echo {{ machines.db.labels.role }}\n"
     )
     path.write_text(text)
-    provider = LocalProvider(env.tmp / "machines")
-    try:
+    with _local_machines(env, "feat") as provider:
         r = crc("up", str(path))
         assert r.returncode == 0, r.stdout + r.stderr
         path.write_text(text.replace("role: db", "role: dbx").replace("role=db", "role=dbx"))
@@ -527,9 +530,6 @@ def test_up_again_with_other_labels_or_ttl_says_the_group_keeps_what_it_was_made
         r = crc("down", str(path))
         assert r.returncode == 0, r.stdout + r.stderr
         _nothing_left(provider, "feat")
-    finally:
-        for inst in provider.list("feat"):
-            provider.destroy(inst.id)
 
 
 def test_down_of_an_unknown_group_says_how_to_clean_up(env, crc):
@@ -1073,7 +1073,6 @@ def test_a_wait_for_a_message_that_times_out_says_the_steps_timeout(env, crc):
 def test_a_waits_message_body_and_kv_value_are_shown_as_json(env, crc):
     """What a wait found is shown as every command shows a machine's value: JSON (null,
     true, double quotes), its controls escaped, not as Python's repr."""
-    env.cli_env["CRC_LOCAL_DIR"] = str(env.tmp / "machines")
     path = env.tmp / "shown.yaml"
     path.write_text(
         "name: shown\nprovider: local\ntimeouts: {ready: 60s}\nmachines: {a: }\nsteps:\n"
@@ -1083,8 +1082,7 @@ def test_a_waits_message_body_and_kv_value_are_shown_as_json(env, crc):
         "  - name: kv\n    needs: [say]\n    wait: {kv: k}\n"
         "  - name: m\n    to: a\n    wait: {message: m}\n"
     )
-    provider = LocalProvider(env.tmp / "machines")
-    try:
+    with _local_machines(env, "shown") as provider:
         r = crc("up", str(path), "--json")
         assert r.returncode == 0, r.stdout + r.stderr
         out = lines(r.stdout)
@@ -1095,9 +1093,6 @@ def test_a_waits_message_body_and_kv_value_are_shown_as_json(env, crc):
         r = crc("down", str(path))
         assert r.returncode == 0, r.stdout + r.stderr
         _nothing_left(provider, "shown")
-    finally:
-        for inst in provider.list("shown"):
-            provider.destroy(inst.id)
 
 
 def test_down_with_a_file_leaves_a_group_crc_up_did_not_make(env, crc):
