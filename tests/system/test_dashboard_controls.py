@@ -11,9 +11,9 @@ import queue
 import threading
 from typing import Any
 
+from hostile_pages import machines_speak
 from playwright.sync_api import expect
-from test_dashboard_browser import login
-from wire_helpers import bearer, enroll, pinned_http, wire_agent
+from wire_helpers import bearer, pinned_http, wire_agent
 
 from cloudremotecontrol.terminal import safe
 
@@ -21,13 +21,6 @@ HOSTILE = "ctl\x1b[31mRED\x07bell\x08\x08bs\rCR\u202eRTL-override"
 SHOWN = safe(HOSTILE)  # ctl\x1b[31mRED\x07bell\x08\x08bs\rCR\u202eRTL-override
 BIDI = "lin\u202eux-reversed"  # facts may hold no control character, but may this
 RAW = ("\x1b", "\x07", "\x08", "\r", "\u202e")
-PAGES = {
-    "machines": "/dashboard/groups/ctl",
-    "messages": "/dashboard/groups/ctl/messages",
-    "kv": "/dashboard/groups/ctl/kv",
-    "events": "/dashboard/groups/ctl/events",
-    "run": "/dashboard/groups/ctl/run",
-}
 
 
 def assert_no_raw_controls(page: Any, where: str) -> None:
@@ -39,28 +32,12 @@ def assert_no_raw_controls(page: Any, where: str) -> None:
 
 
 def test_controls_and_bidi_overrides_from_a_machine_are_shown_escaped(env, browser):
-    keys = {m["name"]: m["key"] for m in env.client.create_group("ctl", ["m"])["machines"]}
-    with pinned_http(env.server) as http:
-        cred = enroll(http, keys["m"])
     run_id = "1" * 32
-    env.client.start_run(
-        "ctl",
-        {
-            "run_id": run_id,
-            "scenario": "ctl",
-            "steps": [{"name": "one", "kind": "run", "to": "m", "needs": [], "retries": 0}],
-        },
-    )
-    pages = {name: login(browser, env.server, env.token, path) for name, path in PAGES.items()}
-    for page in pages.values():
-        expect(page.locator("#live-text")).to_have_text("live")
 
-    job_started: queue.Queue[str] = queue.Queue()
-    job_page_open = threading.Event()
-    failure: list[BaseException] = []
-
-    async def machine() -> None:
-        async with wire_agent(env.server, cred, "ctl", "m") as m:
+    async def machine(
+        creds: dict[str, str], job_started: queue.Queue[str], job_page_open: threading.Event
+    ) -> None:
+        async with wire_agent(env.server, creds["m"], "ctl", "m") as m:
             await m.send_msg(
                 "facts", {"hostname": "m", "os": "linux", "os_release": BIDI, "arch": "x86"}
             )
@@ -70,7 +47,7 @@ def test_controls_and_bidi_overrides_from_a_machine_are_shown_escaped(env, brows
                 r = http.put(
                     "/v1/agent/kv/note",
                     json={"value": {"note": HOSTILE}},
-                    headers={"Authorization": bearer(cred)},
+                    headers={"Authorization": bearer(creds["m"])},
                 )
                 assert r.status_code == 200, r.text
             job_id = env.client.start_job("ctl", "m", command="echo hi")["job_id"]
@@ -96,23 +73,7 @@ def test_controls_and_bidi_overrides_from_a_machine_are_shown_escaped(env, brows
                 },
             )
 
-    def machines() -> None:
-        try:
-            asyncio.run(machine())
-        except BaseException as exc:  # noqa: BLE001 -- re-raised in the test's thread
-            failure.append(exc)
-            job_started.put("")
-
-    thread = threading.Thread(target=machines)
-    thread.start()
-    job_id = job_started.get(timeout=120)
-    if job_id:
-        pages["job"] = login(browser, env.server, env.token, f"/dashboard/jobs/{job_id}")
-        expect(pages["job"].locator("#live-text")).to_have_text("live")
-    job_page_open.set()
-    thread.join(120)
-    if failure:
-        raise failure[0]
+    pages, _ = machines_speak(env, browser, "ctl", ["m"], run_id, machine)
 
     def check(stage: str) -> None:
         row = pages["machines"].locator("#machines .vrow[data-name='m']")

@@ -13,9 +13,9 @@ import queue
 import threading
 from typing import Any
 
+from hostile_pages import machines_speak
 from playwright.sync_api import expect
-from test_dashboard_browser import login
-from wire_helpers import bearer, enroll, pinned_http, wire_agent
+from wire_helpers import bearer, pinned_http, wire_agent
 
 SCRIPT = "<script>window.__xss='script'</script>"
 IMG = '"><img src=x onerror="window.__xss=\'img\'">'
@@ -23,14 +23,6 @@ SVG = "'><svg onload=window.__xss='svg'>"
 ARCH = "<svg onload=__xss='arch'>"  # short enough for the arch fact
 PAYLOAD = f"{SCRIPT}{IMG}{SVG}"
 JSON_PAYLOAD = PAYLOAD.replace('"', '\\"')  # how it reads inside a JSON document
-
-PAGES = {  # what each page must show literally
-    "machines": "/dashboard/groups/xss",
-    "messages": "/dashboard/groups/xss/messages",
-    "kv": "/dashboard/groups/xss/kv",
-    "events": "/dashboard/groups/xss/events",
-    "run": "/dashboard/groups/xss/run",
-}
 
 
 def assert_inert(browser: Any, page: Any, where: str) -> None:
@@ -47,31 +39,12 @@ def assert_inert(browser: Any, page: Any, where: str) -> None:
 
 
 def test_hostile_machine_text_is_shown_literally_and_never_runs(env, browser):
-    keys = {m["name"]: m["key"] for m in env.client.create_group("xss", ["m", "p"])["machines"]}
-    with pinned_http(env.server) as http:
-        cred_m, cred_p = enroll(http, keys["m"]), enroll(http, keys["p"])
-    env.client.start_run(
-        "xss",
-        {
-            "run_id": "0" * 32,
-            "scenario": "xss",
-            "steps": [{"name": "one", "kind": "run", "to": "m", "needs": [], "retries": 0}],
-        },
-    )
-    pages = {name: login(browser, env.server, env.token, path) for name, path in PAGES.items()}
-    for page in pages.values():
-        expect(page.locator("#live-text")).to_have_text("live")
-
-    # The machines speak from a thread of their own (Playwright owns this one's loop);
-    # the job's output waits until its page is open, so that it arrives live.
-    job_started: queue.Queue[str] = queue.Queue()
-    job_page_open = threading.Event()
-    failure: list[BaseException] = []
-
-    async def hostile() -> None:
+    async def hostile(
+        creds: dict[str, str], job_started: queue.Queue[str], job_page_open: threading.Event
+    ) -> None:
         async with (
-            wire_agent(env.server, cred_m, "xss", "m") as m,
-            wire_agent(env.server, cred_p, "xss", "p") as p,
+            wire_agent(env.server, creds["m"], "xss", "m") as m,
+            wire_agent(env.server, creds["p"], "xss", "p") as p,
         ):
             await m.send_msg(
                 "facts",
@@ -92,7 +65,7 @@ def test_hostile_machine_text_is_shown_literally_and_never_runs(env, browser):
                 r = http.put(
                     "/v1/agent/kv/evil",
                     json={"value": {"html": PAYLOAD}},
-                    headers={"Authorization": bearer(cred_m)},
+                    headers={"Authorization": bearer(creds["m"])},
                 )
                 assert r.status_code == 200, r.text
             job_id = env.client.start_job("xss", "m", command="echo hi")["job_id"]
@@ -118,23 +91,7 @@ def test_hostile_machine_text_is_shown_literally_and_never_runs(env, browser):
                 },
             )
 
-    def machines() -> None:
-        try:
-            asyncio.run(hostile())
-        except BaseException as exc:  # noqa: BLE001 -- re-raised in the test's thread
-            failure.append(exc)
-            job_started.put("")
-
-    thread = threading.Thread(target=machines)
-    thread.start()
-    job_id = job_started.get(timeout=120)
-    if job_id:
-        pages["job"] = login(browser, env.server, env.token, f"/dashboard/jobs/{job_id}")
-        expect(pages["job"].locator("#live-text")).to_have_text("live")
-    job_page_open.set()
-    thread.join(120)
-    if failure:
-        raise failure[0]
+    pages, job_id = machines_speak(env, browser, "xss", ["m", "p"], "0" * 32, hostile)
 
     def check(stage: str) -> None:
         machines = pages["machines"]
