@@ -190,14 +190,14 @@ def test_cancel_ends_held_targets_without_running_them(fleet: Fleet) -> None:
 @pytest.mark.parametrize(
     ("rules", "word"),
     [
-        ({"max_concurrency": 0}, "--max-concurrency must be at least 1"),
-        ({"max_concurrency": -2}, "--max-concurrency must be a number"),
+        ({"max_concurrency": 0}, "max_concurrency must be at least 1"),
+        ({"max_concurrency": -2}, "max_concurrency must be a number"),
         ({"max_concurrency": "101%"}, "at most 100%"),
-        ({"max_concurrency": "lots"}, "--max-concurrency must be a number"),
-        ({"max_errors": "0%"}, "--max-errors must be at least 1"),
-        ({"canary": 0}, "--canary must be at least 1"),
-        ({"batch_wait": -1}, "--batch-wait must be more than 0"),
-        ({"deliver_within": 0}, "--deliver-within must be more than 0"),
+        ({"max_concurrency": "lots"}, "max_concurrency must be a number"),
+        ({"max_errors": "0%"}, "max_errors must be at least 1"),
+        ({"canary": 0}, "canary must be at least 1"),
+        ({"batch_wait": -1}, "batch_wait must be more than 0"),
+        ({"deliver_within": 0}, "deliver_within must be more than 0"),
         ({"max_concurrency": 1.5}, "max_concurrency"),
         ({"canary": "3%"}, "canary"),
     ],
@@ -245,7 +245,7 @@ def test_cli_options_are_checked_before_anything_is_sent(fleet: Fleet, tmp_path:
         env=env,
     )
     assert r.returncode == 2, r.stderr
-    assert "--max-errors must be at most 100%" in r.stderr
+    assert r.stderr == "crc: error: --max-errors must be at most 100%, got 150%\n"
     assert len(fleet.client.list_jobs(GROUP, limit=1000)) == before
     r = subprocess.run(
         [

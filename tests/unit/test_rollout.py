@@ -41,7 +41,7 @@ def test_limits_are_counts_or_percentages(value: object, expected: Limit) -> Non
 def test_bad_limits_are_refused_naming_the_option(value: object) -> None:
     with pytest.raises(InvalidInput) as err:
         parse_limit(value, "max_errors")
-    assert "--max-errors" in err.value.message
+    assert err.value.message.startswith("max_errors must be "), err.value.message
 
 
 @pytest.mark.parametrize(
@@ -55,7 +55,29 @@ def test_bad_limits_are_refused_naming_the_option(value: object) -> None:
 def test_bad_durations_are_refused(value: object) -> None:
     with pytest.raises(InvalidInput) as err:
         parse_seconds(value, "batch_wait")
-    assert "--batch-wait" in err.value.message
+    assert err.value.message.startswith("batch_wait must be ")
+    assert err.value.details == {"field": "batch_wait"}
+
+
+@pytest.mark.parametrize(
+    ("body", "flags", "said"),
+    [
+        ({"max_errors": "150%"}, False, "max_errors must be at most 100%, got 150%"),
+        ({"max_errors": "150%"}, True, "--max-errors must be at most 100%, got 150%"),
+        ({"canary": "10%"}, False, "canary must be a number of targets, not a percentage"),
+        ({"canary": "10%"}, True, "--canary must be a number of targets, not a percentage"),
+        ({"deliver_within": 0}, True, "--deliver-within must be more than 0 seconds, got 0"),
+        ({"max_concurrency": 0}, False, "max_concurrency must be at least 1 (or 1%), got 0"),
+    ],
+)
+def test_refusals_name_the_key_as_its_user_wrote_it(
+    body: dict[str, object], flags: bool, said: str
+) -> None:
+    """A request or a scenario step names ``max_errors``; the command line ``--max-errors``."""
+    with pytest.raises(InvalidInput) as err:
+        Rollout.from_body(body, flags=flags)
+    assert err.value.message == said
+    assert err.value.details == {"field": next(iter(body))}
 
 
 def test_percentages_round_up_and_are_at_least_one() -> None:

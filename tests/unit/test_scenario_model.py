@@ -885,8 +885,8 @@ def test_run_steps_take_rate_control_checked_like_the_api() -> None:
             canary: 1
         """)
     expected = [
-        "s.yaml:6:22: steps.roll.max_concurrency: --max-concurrency must be at least 1",
-        "s.yaml:9:17: steps.other.max_errors: --max-errors must be at most 100%",
+        "s.yaml:6:22: steps.roll.max_concurrency: max_concurrency must be at least 1",
+        "s.yaml:9:17: steps.other.max_errors: max_errors must be at most 100%",
         "s.yaml:12:5: steps.copy.canary: only run and script steps take canary",
     ]
     for want in expected:

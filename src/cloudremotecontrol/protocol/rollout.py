@@ -14,8 +14,9 @@ the time it named comes (a batch wait over, the delivery deadline). The rules:
   job was created (still ``queued``, held or sent but not acknowledged) ends ``expired``.
 
 Percentages are of the job's targets, rounded up, at least 1. Values are checked here
-for the API, the SDK and the CLI alike: 0, negative, over 100% or not a number are
-refused with a message that names the option.
+for the API, the SDK, scenario files and the CLI alike: 0, negative, over 100% or not a
+number are refused with a message that names the key as its user wrote it
+(``max_errors`` in a request or a scenario step, ``--max-errors`` on the command line).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ __all__ = [
     "Plan",
     "Rollout",
     "TargetState",
+    "flag",
     "parse_limit",
     "parse_seconds",
     "plan",
@@ -68,13 +70,15 @@ class Limit:
         return f"{self.value}%" if self.percent else str(self.value)
 
 
-def _option(key: str) -> str:
+def flag(key: str) -> str:
+    """The command line's name of a key: ``max_errors`` -> ``--max-errors``."""
     return "--" + key.replace("_", "-")
 
 
-def parse_limit(value: object, key: str) -> Limit | None:
+def parse_limit(value: object, key: str, shown: str | None = None) -> Limit | None:
     """``N`` or ``P%`` (also an int); None stays None. 0, negative numbers, more than
-    100% and anything else are refused (InvalidInput naming ``key``)."""
+    100% and anything else are refused (InvalidInput naming ``shown``, else ``key``)."""
+    name = shown or key
     if value is None:
         return None
     if isinstance(value, bool):
@@ -87,22 +91,23 @@ def parse_limit(value: object, key: str) -> Limit | None:
         match = None
     if match is None:
         raise InvalidInput(
-            f"{_option(key)} must be a number of targets (e.g. 10) or a percentage of "
+            f"{name} must be a number of targets (e.g. 10) or a percentage of "
             f"them (e.g. 25%), got {str(value)[:40]!r}",
             field=key,
         )
     number, percent = int(match.group(1)), bool(match.group(2))
     if number < 1:
-        raise InvalidInput(f"{_option(key)} must be at least 1 (or 1%), got {number}", field=key)
+        raise InvalidInput(f"{name} must be at least 1 (or 1%), got {number}", field=key)
     if percent and number > 100:
-        raise InvalidInput(f"{_option(key)} must be at most 100%, got {number}%", field=key)
+        raise InvalidInput(f"{name} must be at most 100%, got {number}%", field=key)
     if number > MAX_COUNT:
-        raise InvalidInput(f"{_option(key)} must be at most {MAX_COUNT}", field=key)
+        raise InvalidInput(f"{name} must be at most {MAX_COUNT}", field=key)
     return Limit(number, percent)
 
 
-def parse_seconds(value: object, key: str) -> float | None:
+def parse_seconds(value: object, key: str, shown: str | None = None) -> float | None:
     """A positive number of seconds, at most a week; None stays None."""
+    name = shown or key
     if value is None:
         return None
     number: float | None = None
@@ -118,23 +123,23 @@ def parse_seconds(value: object, key: str) -> float | None:
             number = None
     if number is None or not math.isfinite(number):
         raise InvalidInput(
-            f"{_option(key)} must be a number of seconds, got {str(value)[:40]!r}", field=key
+            f"{name} must be a number of seconds, got {str(value)[:40]!r}", field=key
         )
     if number <= 0:
-        raise InvalidInput(f"{_option(key)} must be more than 0 seconds, got {number:g}", field=key)
+        raise InvalidInput(f"{name} must be more than 0 seconds, got {number:g}", field=key)
     if number > MAX_SECONDS:
-        raise InvalidInput(
-            f"{_option(key)} must be at most {MAX_SECONDS:g} seconds (a week)", field=key
-        )
+        raise InvalidInput(f"{name} must be at most {MAX_SECONDS:g} seconds (a week)", field=key)
     return number
 
 
-def _parse_count(value: object, key: str) -> int | None:
-    limit = parse_limit(value, key)
+def _parse_count(value: object, key: str, shown: str | None = None) -> int | None:
+    limit = parse_limit(value, key, shown)
     if limit is None:
         return None
     if limit.percent:
-        raise InvalidInput(f"{_option(key)} must be a number of targets, not a percentage")
+        raise InvalidInput(
+            f"{shown or key} must be a number of targets, not a percentage", field=key
+        )
     return limit.value
 
 
@@ -149,14 +154,23 @@ class Rollout:
     deliver_within: float | None = None
 
     @classmethod
-    def from_body(cls, body: Mapping[str, Any]) -> Rollout | None:
-        """From the API's (or a scenario step's) keys; None when none is set."""
+    def from_body(cls, body: Mapping[str, Any], *, flags: bool = False) -> Rollout | None:
+        """From the API's (or a scenario step's) keys; None when none is set. ``flags``:
+        a refusal names the command line's option (``--max-errors``), not the key."""
+
+        def shown(key: str) -> str:
+            return flag(key) if flags else key
+
         rollout = cls(
-            max_concurrency=parse_limit(body.get("max_concurrency"), "max_concurrency"),
-            max_errors=parse_limit(body.get("max_errors"), "max_errors"),
-            batch_wait=parse_seconds(body.get("batch_wait"), "batch_wait"),
-            canary=_parse_count(body.get("canary"), "canary"),
-            deliver_within=parse_seconds(body.get("deliver_within"), "deliver_within"),
+            max_concurrency=parse_limit(
+                body.get("max_concurrency"), "max_concurrency", shown("max_concurrency")
+            ),
+            max_errors=parse_limit(body.get("max_errors"), "max_errors", shown("max_errors")),
+            batch_wait=parse_seconds(body.get("batch_wait"), "batch_wait", shown("batch_wait")),
+            canary=_parse_count(body.get("canary"), "canary", shown("canary")),
+            deliver_within=parse_seconds(
+                body.get("deliver_within"), "deliver_within", shown("deliver_within")
+            ),
         )
         return None if rollout == cls() else rollout
 
