@@ -48,7 +48,7 @@ def type_line(page: Any, text: str) -> None:
 
 
 def test_a_shell_in_the_page_types_resizes_shows_text_and_exits_with_the_code(env, browser):
-    env.group_with_agents("lab", ["a"])
+    agents = env.group_with_agents("lab", ["a"])
     page = login(browser, env.server, env.token, "/dashboard/groups/lab")
     button = row(page, "a").locator("button.term")
     expect(button).to_have_text("Terminal")
@@ -95,6 +95,15 @@ def test_a_shell_in_the_page_types_resizes_shows_text_and_exits_with_the_code(en
     assert "style-src 'self' 'nonce-" in policy and "script-src 'self';" in policy
     expect(page.locator("#term-status")).to_have_text("connected to a", timeout=30_000)
     assert not [m for m in browser.messages(page) if "Refused" in m or m.startswith("error")]
+
+    # The machine's agent dies mid-session: the page says why the session ended.
+    agents["a"].kill()
+    expect(page.locator("#term-status")).to_have_text(
+        "machine_disconnected: machine a closed the session before its program ended "
+        "(its agent stopped or lost its connection to the server)",
+        timeout=30_000,
+    )
+    expect(page.locator("#term-open")).to_be_visible()
 
     # The session is in the group's sessions like a `crc shell` one, exit code and all.
     with pinned_http(env.server) as c:

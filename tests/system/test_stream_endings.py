@@ -230,6 +230,40 @@ def test_crc_shell_whose_token_is_revoked_exits_3(lab):
     assert "revoked" in err and "Traceback" not in err, err
 
 
+def test_crc_shell_whose_agent_dies_says_so_exit_6(env):
+    """The machine's agent killed mid-session: the server tells the master why the
+    session ended (unavailable, 6), and its audit says it too, not a bare close."""
+    out = env.client.create_group("lab", ["dev"])
+    (m,) = out["machines"]
+    agent = env.agent(m["name"], m["key"])
+    env.wait_state("lab", ["dev"], "ready")
+    with subprocess.Popen(
+        [*SHELL, "sh", "-c", "echo REMOTE-READY; sleep 600"],
+        env=_cli_env(env),
+        stdin=subprocess.PIPE,  # kept open: the session waits on the program
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            assert "REMOTE-READY" in proc.stdout.readline()
+            agent.kill()  # SIGKILL
+            assert proc.wait(60) == 6
+            err = proc.stderr.read() if proc.stderr else ""
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    said = (
+        "machine dev closed the session before its program ended (its agent stopped or "
+        "lost its connection to the server)"
+    )
+    assert err == f"crc: error: {said}\n", err
+    (session,) = env.client.sessions("lab")
+    assert session.get("error") == said, session
+
+
 # -- 5. a name the machine cannot resolve ------------------------------------------------------
 
 

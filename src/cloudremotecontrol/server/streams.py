@@ -159,6 +159,14 @@ async def splice(master: WebSocket, agent: WebSocket, stream: Stream, rec: Recor
         while True:
             message = await agent.receive()
             if message["type"] == "websocket.disconnect":
+                if stream.kind != "forward" and stream.exit_code is None and stream.error is None:
+                    # A program's session ends with its exit status: without one, the
+                    # agent went away (killed, stopped, its connection lost).
+                    stream.error = (
+                        f"machine {stream.machine} closed the session before its program "
+                        "ended (its agent stopped or lost its connection to the server)"
+                    )
+                    await _error(master, "machine_disconnected", stream.error)
                 return
             data = message.get("bytes")
             if data is not None:
