@@ -75,6 +75,25 @@ def test_a_group_turns_ready_on_the_page_as_agents_enroll_without_a_reload(env, 
     assert not [m for m in browser.messages(page) if "Refused" in m or m.startswith("error")]
 
 
+def test_the_groups_page_follows_groups_and_ready_machines_without_a_reload(env, browser):
+    """The groups page refreshes itself (every 5 s): a machine turning ready, a group
+    made and one deleted show without a reload."""
+    keys = env.client.create_group("lab", ["a", "b"])["machines"]
+    page = login(browser, env.server, env.token)
+    lab = page.locator("#groups tr[data-group='lab'] td:nth-child(2)")
+    expect(lab).to_have_text("0 / 2")
+    page.evaluate("window.__samePage = true")
+
+    env.agent(keys[0]["name"], keys[0]["key"])
+    expect(lab).to_have_text("1 / 2", timeout=30_000)
+    env.client.create_group("more", ["x"])
+    expect(page.locator("#groups tr[data-group='more']")).to_have_count(1, timeout=30_000)
+    env.client.delete_group("more")
+    expect(page.locator("#groups tr[data-group='more']")).to_have_count(0, timeout=30_000)
+    assert page.evaluate("window.__samePage") is True  # refreshed in place, not reloaded
+    assert not [m for m in browser.messages(page) if "Refused" in m or m.startswith("error")]
+
+
 def test_echo_hi_on_two_chosen_machines_from_the_page_shows_both_outputs(env, browser):
     env.group_with_agents("lab", ["a", "b", "c"])
     page = login(browser, env.server, env.token, "/dashboard/groups/lab")
