@@ -17,6 +17,7 @@ import contextlib
 import re
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, NoReturn, TypeVar
@@ -58,18 +59,35 @@ def error_exit_option(fn: F) -> F:
     )(fn)
 
 
+def _target(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """``--to``'s callback: ``all`` (or ``*``) names every machine and stands alone, so
+    ``all,a`` is a usage error before anything is sent, rather than a list naming a
+    machine ``all`` (a group's ``all`` machine is one of every machine: ``--to all``)."""
+    if value is None:
+        return value
+    parts = [p.strip() for p in value.split(",")]
+    if len(parts) > 1 and any(p in ("all", "*") for p in parts):
+        raise click.BadParameter(
+            f"{safe(repr(value[:80]))}: `all` means every machine and stands alone; "
+            "give `all`, or the machines' names (a,b), or KEY=VALUE"
+        )
+    return value
+
+
 def start_and_follow(
     c: Any,
     start: Callable[[], dict[str, Any]],
     as_json: bool,
     show_output: bool = True,
     announce: Callable[[dict[str, Any]], None] | None = None,
+    group: str | None = None,
 ) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     """Start a job and follow it to the end (``follow_to_end``). A Ctrl-C, SIGTERM or
     SIGHUP while it is being started (or announced) is held until ``follow_to_end`` is
     ready to cancel the job, then cancels it like one that comes later (one just after
     the announcement must not stop crc and leave the job waiting); a second one stops
-    crc at once."""
+    crc at once. ``group``: the job's group, whose machines going offline (and back)
+    while their job is unfinished are said on stderr (``_OfflineNotes``)."""
     held: list[str] = []
 
     def hold(signum: int, frame: Any) -> None:
@@ -87,6 +105,9 @@ def start_and_follow(
 
     try:
         started = start()
+        # Before the announcement reads the machines' states (``_note_unconnected``):
+        # every change after it is then followed, none missed in between.
+        since = _event_cursor(c, group) if group is not None else None
         if announce is not None:
             try:
                 announce(started)
@@ -94,8 +115,15 @@ def start_and_follow(
                 _output_closed(c, started["job_id"])
         # Still held until follow_to_end is ready: it then takes SIGTERM and SIGHUP as
         # Ctrl-C, and Ctrl-C's own handler is put back (``ready``).
+        watch = (group, since) if group is not None and since is not None else None
         return started, follow_to_end(
-            c, started, as_json, show_output, held, ready=lambda: restore(["SIGINT"])
+            c,
+            started,
+            as_json,
+            show_output,
+            held,
+            ready=lambda: restore(["SIGINT"]),
+            watch=watch,
         )
     finally:
         restore(wanted)
@@ -108,18 +136,26 @@ def follow_to_end(
     show_output: bool = True,
     held: list[str] | None = None,
     ready: Callable[[], None] | None = None,
+    watch: tuple[str, int] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Show a job's events until every target finished; cancel it on Ctrl-C, SIGTERM or
     SIGHUP (and keep following until the targets say they stopped), or at once when
     ``held`` names one that came while the job was being started. ``ready`` is called
     once a Ctrl-C would cancel the job (it puts back Ctrl-C's own handler, before
-    ``held`` is looked at). The results by machine."""
+    ``held`` is looked at). ``watch``: the job's group and the event cursor to follow
+    its machines' states from (``_OfflineNotes``). The results by machine."""
     job_id = started["job_id"]
     results: dict[str, dict[str, Any]] = {}
     joiner = LineJoiner()
     cursor = 0
     cancelled = False
-    with stopped_as_by_ctrl_c(once=False), _cancelled_if_output_closed(c, job_id), _flushed(joiner):
+    notes = _OfflineNotes(c, watch, started["targets"], results) if watch else None
+    with (
+        stopped_as_by_ctrl_c(once=False),
+        _cancelled_if_output_closed(c, job_id),
+        _flushed(joiner),
+        notes if notes is not None else contextlib.nullcontext(),
+    ):
         while True:
             left = [t for t in started["targets"] if t not in results]
             try:
@@ -164,6 +200,100 @@ def follow_to_end(
                     ) from None
 
 
+#: Held while a line is written to crc's stdout or stderr: ``_OfflineNotes`` writes its
+#: notes from a thread of its own, never into the middle of a line.
+_say = threading.Lock()
+
+
+def _event_cursor(c: Any, group: str) -> int | None:
+    """The group's latest event cursor, or None if it cannot be read (the notes it is
+    for are only a hint: the job is started, follow it)."""
+    from ..errors import CrcError
+
+    try:
+        return int(c.event_cursor(group))
+    except CrcError:
+        return None
+
+
+class _OfflineNotes:
+    """Says on stderr, once per going, when a target's machine goes offline before its
+    job ended (its agent killed, the machine gone): crc goes on waiting for its result,
+    which the agent delivers when it reconnects, and would otherwise wait without a
+    word. Says too when it is back. Follows the group's ``machine.state`` events from
+    cursor ``since`` on a thread of its own, with a client of its own (a client is not
+    shared across threads), while the job's events are followed; a note only, so a
+    stream that fails ends the notes, never the job's following."""
+
+    def __init__(
+        self,
+        c: Any,
+        watch: tuple[str, int],
+        targets: list[str],
+        results: dict[str, dict[str, Any]],
+    ) -> None:
+        self.group, self.since = watch
+        self.targets = set(targets)
+        self.results = results  # filled by the follower: a finished target is not noted
+        self.away: set[str] = set()
+        self.stop = threading.Event()
+        self.client: Any = None
+        try:
+            self.client = c._sibling()
+            self.client.on_stream_break = None  # the job's own stream says those
+        except Exception:  # noqa: BLE001 -- only a note: follow the job without it
+            self.client = None
+        self.thread = threading.Thread(target=self._read, name="crc-offline-notes", daemon=True)
+
+    def __enter__(self) -> _OfflineNotes:
+        if self.client is not None:
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        # The reader ends at the stream's next event or keepalive (a daemon thread:
+        # crc does not wait for it).
+        self.stop.set()
+        if self.client is not None:
+            self.client.halt()
+
+    def _read(self) -> None:
+        try:
+            with self.client as c:
+                for ev in c.events(
+                    self.group,
+                    since=self.since,
+                    follow=True,
+                    keepalive=True,
+                    types=("machine.state",),
+                ):
+                    if self.stop.is_set():
+                        return
+                    if ev is not None:
+                        self.saw(ev.get("machine"), (ev.get("data") or {}).get("state"))
+        except Exception:  # noqa: BLE001, S110 -- only a note: the job's own stream goes on
+            pass
+
+    def saw(self, machine: Any, state: Any) -> None:
+        """Machine ``machine`` is now in ``state``: say so if it matters to the job."""
+        if machine not in self.targets or machine in self.results or self.stop.is_set():
+            return
+        if state == "offline" and machine not in self.away:
+            self.away.add(machine)
+            self._say(
+                f"crc: machine {safe(machine)} went offline before its job ended; its "
+                "result comes when it reconnects (Ctrl-C cancels the job, a second one "
+                "stops waiting)"
+            )
+        elif state in ("enrolled", "ready") and machine in self.away:
+            self.away.discard(machine)
+            self._say(f"crc: machine {safe(machine)} is back online")
+
+    def _say(self, text: str) -> None:
+        with _say, contextlib.suppress(OSError, ValueError):  # stderr closed: a note only
+            click.echo(text, err=True)
+
+
 def _output_closed(c: Any, job_id: str) -> NoReturn:
     """The reader of crc's output went away (``crc run ... | head -1``): cancel the job on
     every machine, as ssh's remote command ends with its connection, and exit 141
@@ -202,17 +332,20 @@ def _write_lines(pieces: list[Piece]) -> None:
     # same prefix goes on with it.
     from ..terminal import shown_output
 
+    if not pieces:
+        return
     streams = set()
     shown: dict[Any, bool] = {}
-    for machine, stream, line in pieces:
-        out = sys.stdout if stream == "stdout" else sys.stderr
-        if out not in shown:
-            shown[out] = not output.raw_output and _is_terminal(out)
-        text = line[:-1] if line.endswith("\n") else line
-        out.write(f"[{machine}] {shown_output(text) if shown[out] else text}\n")
-        streams.add(out)
-    for out in streams:
-        out.flush()
+    with _say:
+        for machine, stream, line in pieces:
+            out = sys.stdout if stream == "stdout" else sys.stderr
+            if out not in shown:
+                shown[out] = not output.raw_output and _is_terminal(out)
+            text = line[:-1] if line.endswith("\n") else line
+            out.write(f"[{machine}] {shown_output(text) if shown[out] else text}\n")
+            streams.add(out)
+        for out in streams:
+            out.flush()
 
 
 def _is_terminal(stream: Any) -> bool:
@@ -281,7 +414,8 @@ def show_job_event(
         return
     extra = f": {safe(result.reason)}" if result.reason else ""
     code = f" (exit {result.exit_code})" if result.exit_code is not None else ""
-    click.echo(f"[{m}] {result.status}{code}{extra}", err=True)
+    with _say:
+        click.echo(f"[{m}] {result.status}{code}{extra}", err=True)
 
 
 def _announce(started: dict[str, Any], group: str, as_json: bool) -> None:
@@ -325,7 +459,7 @@ def _announce_job(
 
 @click.command(cls=TrailingCommand)
 @click.argument("name")
-@click.option("--to", "to", required=True, help=TARGET_HELP)
+@click.option("--to", "to", required=True, callback=_target, help=TARGET_HELP)
 @click.option("--timeout", help="Kill the command after this long (default 10m).")
 @click.option(
     "--shell",
@@ -385,6 +519,9 @@ def run(
     (`| head -1`: exit 141). With --json the first line is {"job_id", "group",
     "targets"}, then output lines and one result line per target.
 
+    A target not connected, or whose machine goes offline before its job ended, is said
+    on stderr: crc waits for its result, which comes when the machine (re)connects.
+
     A line longer than 65,536 characters is printed in pieces of that size, each with
     the [machine] prefix; the line goes on in the next one with the same prefix.
     COMMAND's standard input is empty (crc reads none of its own: `crc push` a file
@@ -423,7 +560,7 @@ def run(
         "canary": canary,
         "deliver_within": duration(deliver_within),
     }
-    rollout = Rollout.from_body(rules)  # refused here already (exit 2), as the server would
+    rollout = Rollout.from_body(rules, flags=True)  # refused here (exit 2), as the server would
     if rollout is not None:
         spec.update(rollout.to_body())
     if shell:
@@ -440,6 +577,7 @@ def run(
             lambda: dict(c.start_job(name, to, **spec)),
             as_json,
             announce=lambda started: _announce_job(c, started, name, as_json, True),
+            group=name,
         )
     sys.exit(worst_exit_code(results))
 
@@ -456,6 +594,7 @@ def hosts() -> None:
     "to",
     default="all",
     show_default=True,
+    callback=_target,
     help="Which machines to update: a machine, a comma list, KEY=VALUE or all. " + SELECTOR_HELP,
 )
 @click.option(
@@ -479,13 +618,14 @@ def hosts_sync(name: str, to: str, ip: str, as_json: bool) -> None:
             lambda: dict(c.hosts_sync(name, to, ip)),
             as_json,
             announce=lambda started: _announce_job(c, started, name, as_json),
+            group=name,
         )
     sys.exit(worst_exit_code(results))
 
 
 @click.command()
 @click.argument("name")
-@click.option("--to", "to", required=True, help=TARGET_HELP)
+@click.option("--to", "to", required=True, callback=_target, help=TARGET_HELP)
 @click.argument("local", type=click.Path(exists=True, dir_okay=False))
 @click.argument("remote")
 @click.option("--mode", help="Octal file mode on the machines, e.g. 0640.")
@@ -508,6 +648,7 @@ def push(
             lambda: dict(c.push(name, to, local, remote, mode, owner)),
             as_json,
             announce=lambda started: _announce_job(c, started, name, as_json),
+            group=name,
         )
     sys.exit(worst_exit_code(results))
 
@@ -534,6 +675,7 @@ def pull(name: str, machine: str, remote: str, local: str, as_json: bool) -> Non
             as_json,
             show_output=False,
             announce=lambda started: _announce_job(c, started, name, as_json),
+            group=name,
         )
         rc = worst_exit_code(results)
         if rc == 0:
