@@ -11,6 +11,7 @@ server) and a CLI exit code (mapped once, in the CLI)::
     ├── Forbidden                 403  exit 3   forbidden (credential may not do this)
     ├── NotFound                  404  exit 4   not_found (group, machine, job, user)
     │   └── TimedOut              404  exit 6   timeout (a long poll ended: nothing new yet)
+    │       └── ShellTimedOut     -    exit 6   timeout (a shell's recv/expect; also TimeoutError)
     ├── Conflict                  409  exit 5   conflict (exists already, wrong state)
     │   └── AlreadyRunning        409  exit 9   already_running (another agent has the state dir)
     ├── KeyRejected               401  exit 3   key_rejected (enrollment key used/expired/…)
@@ -38,6 +39,7 @@ __all__ = [
     "NotFound",
     "ProviderError",
     "RateLimited",
+    "ShellTimedOut",
     "TimedOut",
     "TlsPinMismatch",
     "TlsUntrusted",
@@ -122,6 +124,17 @@ class TimedOut(NotFound):
 
     code = "timeout"
     exit_code = 6
+
+
+class ShellTimedOut(TimedOut, TimeoutError):
+    """A shell session's ``recv`` or ``expect`` (``Client.shell``) got nothing it waited
+    for within its timeout. Also the builtin ``TimeoutError`` (what they raised before),
+    so ``except TimeoutError`` keeps working. ``seen`` is the output ``expect`` read
+    meanwhile (it is not given again by ``recv``); ``b""`` from ``recv``."""
+
+    def __init__(self, message: str, *, seen: bytes = b"") -> None:
+        super().__init__(message)
+        self.seen = seen
 
 
 class Conflict(CrcError):

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from cloudremotecontrol import AsyncClient, Client
-from cloudremotecontrol.errors import NotFound, Unavailable
+from cloudremotecontrol.errors import InvalidInput, NotFound, TimedOut, Unavailable
 from cloudremotecontrol.master.types import Event, JobResult
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "sdk_scenario.py"
@@ -224,3 +224,114 @@ def test_async_run_wait_cancelled_cancels_its_job(env):
     env.group_with_agents("lab", ["a"])
     job_id = asyncio.run(go())
     _wait_status(env.client, job_id, "cancelled")
+
+
+# -- a closed client, an expect that times out, run()'s first item --------------------------
+
+
+def _refused_as_closed(exc: pytest.ExceptionInfo[InvalidInput]) -> None:
+    assert exc.value.code == "client_closed", exc.value
+    assert "this client is closed" in exc.value.message
+
+
+def test_a_closed_client_refuses_every_call_with_a_crc_error(env, tmp_path):
+    """httpx's own RuntimeError ("Cannot send a request, as the client has been
+    closed") came out of every call of a closed Client: no CrcError, no exit code."""
+    env.group_with_agents("lab", ["a"])
+    with Client(env.server.url, env.token, env.server.fingerprint) as c:
+        assert c.whoami()
+        follower = c.events("lab", follow=True)  # made, not yet read
+        session = c.shell("lab", "a", argv=["sh", "-c", "read x; echo got $x; exit 2"])
+    uses: list[Any] = [
+        c.whoami,
+        lambda: c.group("lab"),
+        lambda: list(c.events("lab")),
+        lambda: next(follower),
+        lambda: list(c.run("lab", "a", argv=["true"])),
+        lambda: c.run_wait("lab", "a", argv=["true"]),
+        lambda: c.wait_ready("lab", timeout=1),
+        lambda: c.wait_message("lab", "done", timeout=1),
+        lambda: c.shell("lab", "a"),
+        lambda: c.forward("lab", "a", 9).__enter__(),
+        lambda: c.download_pulled("0" * 32, str(tmp_path / "x")),
+    ]
+    for use in uses:
+        with pytest.raises(InvalidInput) as info:
+            use()
+        _refused_as_closed(info)
+    c.close()  # closing again is harmless
+    assert env.client.list_jobs("lab") == []  # nothing was started
+    with session:  # a shell opened before has a connection of its own: it goes on
+        session.send("yes\r")
+        session.expect("got yes")
+        assert session.wait(30) == 2
+
+
+def test_a_closed_async_client_refuses_every_call_rather_than_reopen(env):
+    """AsyncClient reopened its connection at the next call after close(): a client
+    closed by its `async with` went on working, quietly holding connections."""
+    env.group_with_agents("lab", ["a"])
+
+    async def main() -> list[str]:
+        async with AsyncClient(env.server.url, env.token, env.server.fingerprint) as c:
+            assert await c.whoami()
+        codes = []
+        uses: list[Any] = [
+            c.whoami,
+            lambda: c.group("lab"),
+            lambda: c.events("lab").__anext__(),
+            lambda: c.run("lab", "a", argv=["true"]).__anext__(),
+            lambda: c.run_wait("lab", "a", argv=["true"]),
+            lambda: c.wait_ready("lab", timeout=1),
+            lambda: c.shell("lab", "a"),
+            lambda: c.forward("lab", "a", 9).__aenter__(),
+            c.__aenter__,
+        ]
+        for use in uses:
+            with pytest.raises(InvalidInput) as info:
+                await use()
+            _refused_as_closed(info)
+            codes.append(info.value.code)
+        await c.close()  # closing again is harmless
+        return codes
+
+    assert asyncio.run(main()) == ["client_closed"] * 9
+    assert env.client.list_jobs("lab") == []
+
+
+def test_expect_timing_out_is_a_crc_error_and_a_timeout_error_with_the_output_seen(env):
+    """expect() raised the builtin TimeoutError (websockets' own message, the output it
+    had read lost): not a CrcError, so no exit code, and no way to see what came."""
+    env.group_with_agents("lab", ["a"])
+    with env.client.shell("lab", "a", argv=["sh", "-c", "echo hello; sleep 30"]) as s:
+        with pytest.raises(TimedOut) as info:
+            s.expect("never printed", timeout=2)
+        err = info.value
+        assert isinstance(err, TimeoutError)  # `except TimeoutError` code goes on working
+        assert err.code == "timeout" and err.exit_code == 6
+        assert b"hello" in err.seen
+        assert "'never printed' not seen within 2 s" in err.message
+        assert "hello" in err.message  # the end of what came instead
+        with pytest.raises(TimeoutError) as recv_info:  # recv's timeout: the same class
+            s.recv(0.5)
+        assert isinstance(recv_info.value, TimedOut) and recv_info.value.seen == b""
+
+
+def test_run_yields_typed_events_only_job_accepted_first(env):
+    """run() yielded a plain dict first (`{"type": "job.accepted", ...}`) and Events
+    after: `ev.type` failed on the first item, against docs/sdk.md's "yield Events"."""
+    env.group_with_agents("lab", ["a"])
+    items = list(env.client.run("lab", "a", argv=["true"]))
+    assert all(isinstance(ev, Event) for ev in items), items
+    first = items[0]
+    assert first.type == "job.accepted" and first.job_id == items[-1].job_id
+    assert first.data == {"targets": ["a"]} and first["job_id"] == first.job_id
+    assert items[-1].result is not None and items[-1].result.ok
+
+    async def main() -> list[Any]:
+        async with AsyncClient(env.server.url, env.token, env.server.fingerprint) as c:
+            return [ev async for ev in c.run("lab", "a", argv=["true"])]
+
+    items = asyncio.run(main())
+    assert all(isinstance(ev, Event) for ev in items), items
+    assert items[0].type == "job.accepted" and items[0].data == {"targets": ["a"]}

@@ -50,7 +50,7 @@ from .client import (
     write_error,
 )
 from .profile import Profile, load_profile
-from .types import Event, JobResult, Message, RunResult, is_final, run_result
+from .types import Event, JobResult, Message, RunResult, is_final, job_accepted, run_result
 from .waits import FLOOR_TYPES, MessageWait, ReadyWait, check_timeout
 
 if TYPE_CHECKING:
@@ -113,6 +113,7 @@ class AsyncClient:
         self._index = 0
         self._http: httpx.AsyncClient | None = None
         self._halted = False
+        self._closed = False
         self._wakers: set[asyncio.Event] = set()  # one per stream waiting to reconnect
 
     @property
@@ -135,6 +136,13 @@ class AsyncClient:
         await self.close()
 
     async def close(self) -> None:
+        """Close the connection; any later use of this client raises InvalidInput
+        (code ``client_closed``), ``async with`` too: it is not opened again. Closing
+        again does nothing."""
+        self._closed = True
+        await self._drop_http()
+
+    async def _drop_http(self) -> None:
         if self._http is not None:
             await self._http.aclose()
             self._http = None
@@ -162,6 +170,8 @@ class AsyncClient:
         )
 
     async def _client(self) -> httpx.AsyncClient:
+        if self._closed:
+            raise calls.client_closed()
         if self._http is None:
             for attempt in range(len(self.urls)):
                 try:
@@ -177,7 +187,7 @@ class AsyncClient:
     async def _failover(self) -> bool:
         if len(self.urls) == 1:
             return False
-        await self.close()
+        await self._drop_http()
         self._index = (self._index + 1) % len(self.urls)
         await self._client()
         return True
@@ -232,6 +242,8 @@ class AsyncClient:
             except (httpx.TransportError, Unavailable) as exc:
                 if isinstance(exc, Unavailable) and exc.code == "not_crc_server":
                     raise  # the wrong URL (a web server's 404 page): no waiting changes it
+                if self._closed:  # closed while it was read: no server restart to wait out
+                    raise calls.client_closed() from None
                 if isinstance(exc, httpx.TransportError) and is_untrusted(exc):
                     raise self._unreachable(exc) from None
                 if await self._halted_within(resume.next_wait(self.url, exc)):
@@ -443,9 +455,9 @@ class AsyncClient:
                     if not left:
                         return
 
-    async def run(self, group: str, to: str, **job: Any) -> AsyncIterator[Any]:
+    async def run(self, group: str, to: str, **job: Any) -> AsyncIterator[Event]:
         started = await self.start_job(group, to, **job)
-        yield {"type": "job.accepted", **started}
+        yield job_accepted(started)
         async for event in self.follow_job(started["job_id"], started["targets"]):
             yield event
 

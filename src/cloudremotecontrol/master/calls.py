@@ -181,6 +181,16 @@ def raise_for(
     raise exc
 
 
+def client_closed() -> InvalidInput:
+    """What a client says when it is used after ``close()`` (or its ``with`` / ``async
+    with`` block): it does not open its connections again behind its user's back."""
+    return InvalidInput(
+        "this client is closed (by close() or the end of its `with` block): "
+        "make a new one to go on",
+        code="client_closed",
+    )
+
+
 def kv_timed_out(key: str, wait: float, newer_than: int) -> TimedOut:
     """A key/value wait that ended without a newer version, as the server says it."""
     return TimedOut(kv_wait_timed_out(key, wait, newer_than))

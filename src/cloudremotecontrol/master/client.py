@@ -52,6 +52,7 @@ from .types import (
     RunResult,
     exit_code_of,
     is_final,
+    job_accepted,
     run_result,
 )
 from .waits import FLOOR_TYPES, MessageWait, ReadyWait, check_timeout
@@ -198,6 +199,7 @@ class Client:
         self.on_stream_break: Callable[[str], None] | None = None
         self._index = 0
         self._halted = threading.Event()
+        self._closed = False
         self._http = self._connect_any()
 
     @property
@@ -229,6 +231,7 @@ class Client:
         """Switch to the next replica; False when there is only one."""
         if len(self.urls) == 1:
             return False
+        self._check_open()  # closed meanwhile (another thread): no new connection
         self._http.close()
         self._index = (self._index + 1) % len(self.urls)
         self._http = self._connect_any()
@@ -248,7 +251,14 @@ class Client:
         self.close()
 
     def close(self) -> None:
+        """Close the connection; any later use of this client raises InvalidInput
+        (code ``client_closed``). Closing again does nothing."""
+        self._closed = True
         self._http.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise calls.client_closed()
 
     def halt(self) -> None:
         """End this client's event streams (``events``, ``job_events``) at their next
@@ -258,6 +268,7 @@ class Client:
     def _sibling(self) -> Client:
         """A new client to the same server as the same user (a client is not shared
         across threads: a wait follows its events on a thread of its own)."""
+        self._check_open()
         sibling = Client(
             ",".join(self.urls[self._index :] + self.urls[: self._index]),
             self._token,
@@ -277,6 +288,7 @@ class Client:
 
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """One request, sent to the next replica when this one cannot be reached."""
+        self._check_open()
         for attempt in range(len(self.urls)):
             try:
                 return self._http.request(method, path, **kwargs)
@@ -316,6 +328,8 @@ class Client:
             except (httpx.TransportError, Unavailable) as exc:
                 if isinstance(exc, Unavailable) and exc.code == "not_crc_server":
                     raise  # the wrong URL (a web server's 404 page): no waiting changes it
+                if self._closed:  # closed while it was read: no server restart to wait out
+                    raise calls.client_closed() from None
                 # A server restarting, a network cut, a replica gone: resume from the last
                 # event seen (its cursor), on the next replica if there is one (calls.Resume).
                 if isinstance(exc, httpx.TransportError) and is_untrusted(exc):
@@ -330,6 +344,7 @@ class Client:
                 raise Unavailable(f"event stream from {self.url} broke: {exc}") from None
 
     def _stream_once(self, call: StreamCall) -> Iterator[Any]:
+        self._check_open()
         with self._http.stream("GET", call.path, params=call.params) as resp:
             if resp.status_code >= 400:
                 raise_for(self.url, resp.status_code, resp.headers.get("content-type"), resp.read())
@@ -542,11 +557,11 @@ class Client:
                 if not left:
                     return
 
-    def run(self, group: str, to: str, **job: Any) -> Iterator[Any]:
-        """Start a job and yield its events until every target finished (the first
-        item is ``{"type": "job.accepted", "job_id", "targets"}``)."""
+    def run(self, group: str, to: str, **job: Any) -> Iterator[Event]:
+        """Start a job and yield its events until every target finished; the first is
+        ``job.accepted`` (``types.job_accepted``: the job's id, ``data["targets"]``)."""
         started = self.start_job(group, to, **job)
-        yield {"type": "job.accepted", **started}
+        yield job_accepted(started)
         yield from self.follow_job(started["job_id"], started["targets"])
 
     def run_wait(
@@ -684,6 +699,7 @@ class Client:
         from .streams import ForwardThread, forward_spec
 
         spec = forward_spec(remote_port, remote_host, local_port, local_addr)
+        self._check_open()  # the forward's client is a new one: not made for a closed one
         url, token, fp, pem = ",".join(self.urls), self._token, self.fingerprint, self.cert_pem
         return ForwardThread(lambda: AsyncClient(url, token, fp, pem), group, machine, spec)
 

@@ -21,6 +21,7 @@ from ..errors import (
     Conflict,
     CrcError,
     InvalidInput,
+    ShellTimedOut,
     Unauthorized,
     Unavailable,
     error_from_answer,
@@ -507,8 +508,9 @@ class ShellSession:
 
     def recv(self, timeout: float | None = None) -> bytes:
         """The next output; b"" once the session ended (``exit_code`` is then set).
-        TimeoutError if nothing came within ``timeout`` seconds (None: no limit; else
-        InvalidInput unless 0 to a week, as for every wait of the SDK)."""
+        ``ShellTimedOut`` (a ``TimedOut`` and a ``TimeoutError``) if nothing came within
+        ``timeout`` seconds (None: no limit; else InvalidInput unless 0 to a week, as for
+        every wait of the SDK)."""
         from websockets.exceptions import ConnectionClosed
 
         if timeout is not None:
@@ -520,6 +522,8 @@ class ShellSession:
             except ConnectionClosed:
                 self.ended = True
                 break
+            except TimeoutError:  # websockets' own: said as the SDK's waits say it
+                raise ShellTimedOut(f"no output within {timeout:g} s") from None
             if isinstance(message, bytes):
                 return message
             control = read_control(message, Direction.TO_SERVER)
@@ -532,8 +536,11 @@ class ShellSession:
         return b""
 
     def expect(self, pattern: bytes | str, timeout: float = 30.0) -> bytes:
-        """Output up to and including ``pattern`` (TimeoutError, or Unavailable if the
-        session ends first)."""
+        """The output read until it holds ``pattern`` (all of it, up to the end of the
+        chunk that completed it). ``ShellTimedOut`` if ``pattern`` did not come within
+        ``timeout`` seconds: a ``TimedOut`` and a ``TimeoutError``, whose ``seen`` is the
+        output read meanwhile (gone from the session: ``recv`` does not give it again).
+        Unavailable if the session ends first."""
         import time
 
         want = pattern.encode() if isinstance(pattern, str) else pattern
@@ -543,15 +550,19 @@ class ShellSession:
         while want not in seen:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise TimeoutError(f"{want!r} not seen within {timeout:g} s")
-            chunk = self.recv(left)
+                raise _expect_timed_out(pattern, timeout, bytes(seen))
+            try:
+                chunk = self.recv(left)
+            except ShellTimedOut:
+                raise _expect_timed_out(pattern, timeout, bytes(seen)) from None
             if not chunk:
                 raise Unavailable(f"the session ended before {want!r} appeared")
             seen += chunk
         return bytes(seen)
 
     def wait(self, timeout: float | None = None) -> int:
-        """Read (and drop) the rest of the output; the remote exit code."""
+        """Read (and drop) the rest of the output; the remote exit code (``ShellTimedOut``
+        if some step of it waits longer than ``timeout``)."""
         if timeout is not None:
             timeout = check_timeout(timeout)
         while self.recv(timeout):
@@ -569,6 +580,21 @@ class ShellSession:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+#: How much of the end of the output an expect's timeout shows in its message.
+EXPECT_TAIL_BYTES = 200
+
+
+def _expect_timed_out(pattern: bytes | str, timeout: float, seen: bytes) -> ShellTimedOut:
+    """``expect``'s timeout, saying what came instead (its last bytes)."""
+    if not seen:
+        instead = "no output came"
+    else:
+        tail = seen[-EXPECT_TAIL_BYTES:].decode("utf-8", errors="replace")
+        cut = "..." if len(seen) > EXPECT_TAIL_BYTES else ""
+        instead = f"the output ({len(seen)} bytes, in .seen) ended with {cut}{tail!r}"
+    return ShellTimedOut(f"{pattern!r} not seen within {timeout:g} s: {instead}", seen=seen)
 
 
 def connect_sync(url: str, token: str, ssl: Any, info: dict[str, Any]) -> ShellSession:

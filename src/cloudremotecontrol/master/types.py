@@ -9,6 +9,7 @@ event type is in docs/reference.md ("Events").
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -22,6 +23,7 @@ __all__ = [
     "RunResult",
     "exit_code_of",
     "is_final",
+    "job_accepted",
     "shell_exit_code",
 ]
 
@@ -180,6 +182,20 @@ class RunResult(_Record):
 
     def to_dict(self) -> dict[str, Any]:
         return {**super().to_dict(), "exit_code": self.exit_code, "ok": self.ok}
+
+
+def job_accepted(started: Mapping[str, Any]) -> Event:
+    """The first event ``run`` yields: the job ``start_job`` started (``started``, its
+    answer), as an ``Event`` like those that follow. The server has no such event, so
+    it has no cursor of its own: 0, from where the job's events are read
+    (``job_events(ev.job_id, since=ev.cursor)`` gives all of them)."""
+    return Event(
+        cursor=0,
+        time=time.time(),
+        type="job.accepted",
+        job_id=str(started["job_id"]),
+        data={"targets": list(started["targets"])},
+    )
 
 
 def run_result(job_id: str, targets: list[str], results: dict[str, JobResult]) -> RunResult:
