@@ -105,8 +105,9 @@ def test_a_killed_agent_that_does_not_come_back_fails_clearly(env):
 
 
 def test_no_agent_at_all_says_it_waits_then_fails(env, tmp_path):
-    state = tmp_path / "never-started"
+    state = tmp_path / "stopped"
     state.mkdir()
+    (state / "agent.lock").touch()  # an agent ran here (and stopped): it may come back
     argv = [sys.executable, "-m", "cloudremotecontrol", "agent", "progress", "x"]
     r = subprocess.run(
         [*argv, "--state-dir", str(state), "--agent-wait", "0.5"],
@@ -123,6 +124,16 @@ def test_no_agent_at_all_says_it_waits_then_fails(env, tmp_path):
     )
     assert r.returncode == 6 and "waiting" not in r.stderr
     assert r.stderr.startswith("crc: error: no agent is running with state dir"), r.stderr
+    # Nor one where no agent ever ran (tests/system/test_agent_never_enrolled.py).
+    (tmp_path / "never-started").mkdir()
+    r = subprocess.run(
+        [*argv, "--state-dir", str(tmp_path / "never-started")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 6 and "waiting" not in r.stderr
+    assert "none was ever started there" in r.stderr, r.stderr
 
 
 def test_a_kv_wait_goes_on_across_an_agent_restart(env, crc):

@@ -150,7 +150,7 @@ def test_crc_wait_on_a_terminal_ends_at_its_timeout_and_at_ctrl_c(env, quiet):
         child.close()
         out = child.logfile_read.getvalue()
         assert child.exitstatus == 130, out
-        assert out.rstrip().endswith(b"crc: aborted") and b"Traceback" not in out, out
+        assert out.rstrip().endswith(b"crc: interrupted") and b"Traceback" not in out, out
 
 
 def test_a_waits_reader_stops_instead_of_reconnecting_once_the_wait_has_ended(env, quiet):

@@ -165,6 +165,7 @@ def test_a_stopping_agent_answers_the_quick_requests_it_took(tmp_path: Path) -> 
 
 
 def test_no_agent_is_waited_for_saying_so_then_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "agent.db").touch()  # an agent ran here: it may be restarting
     told: list[str] = []
     with pytest.raises(Unavailable, match=r"no agent answered .* within 0.5 s") as exc:
         call_through_restarts(tmp_path, {"op": "progress"}, agent_wait=0.5, on_wait=told.append)
@@ -173,3 +174,29 @@ def test_no_agent_is_waited_for_saying_so_then_a_clear_error(tmp_path: Path) -> 
     with pytest.raises(NoAgent):  # no state directory: nothing to wait for
         call_through_restarts(tmp_path / "typo", {"op": "progress"}, on_wait=told.append)
     assert len(told) == 1
+
+
+@pytest.mark.parametrize("left", [[], ["notes.txt"], ["agent.db-wal"]])
+def test_a_state_dir_no_agent_ever_ran_in_is_not_waited_for(
+    tmp_path: Path, left: list[str]
+) -> None:
+    """A directory (empty, or with files that are not an agent's) where no agent ever
+    ran: no agent is coming, so no wait of --agent-wait; a clear error at once."""
+    for name in left:
+        (tmp_path / name).touch()
+    told: list[str] = []
+    with pytest.raises(NoAgent, match=r"none was ever started there") as exc:
+        call_through_restarts(tmp_path, {"op": "status"}, agent_wait=30, on_wait=told.append)
+    assert told == [] and exc.value.exit_code == 6
+    assert f"--state-dir {tmp_path}`" in exc.value.message
+
+
+@pytest.mark.parametrize(
+    "name", ["agent.lock", "agent.db", "credential.json", "control.json", "service.json"]
+)
+def test_a_state_dir_an_agent_ran_in_is_waited_for(tmp_path: Path, name: str) -> None:
+    (tmp_path / name).touch()
+    told: list[str] = []
+    with pytest.raises(Unavailable, match=r"no agent answered .* within 0.3 s") as exc:
+        call_through_restarts(tmp_path, {"op": "status"}, agent_wait=0.3, on_wait=told.append)
+    assert not isinstance(exc.value, NoAgent) and len(told) == 1

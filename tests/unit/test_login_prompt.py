@@ -49,4 +49,5 @@ def test_ctrl_c_at_the_token_prompt_is_still_an_interruption(tmp_path: Path) -> 
     child.sendintr()
     code, shown = _ended(child)
     assert code == 130, shown
-    assert "crc: aborted" in shown and "no token given" not in shown, shown
+    assert "crc: interrupted" in shown and "no token given" not in shown, shown
+    assert "aborted" not in shown, shown

@@ -456,6 +456,30 @@ def call(
     return reply
 
 
+# What an agent makes in its state directory: its lock and database first thing at its
+# start (state.py), its control socket (control.json on Windows) and credential, and
+# the service's record (install.py).
+_AGENT_FILES = (
+    "agent.lock",
+    "agent.db",
+    "credential.json",
+    "control.sock",
+    "control.json",
+    "service.json",
+)
+
+
+def never_used(state_dir: Path) -> bool:
+    """Whether ``state_dir`` is a directory no agent ever ran in: none of the files an
+    agent makes at its start is there. A script asking it would wait ``--agent-wait`` for
+    an agent that is not coming (a typo, or the agent's real directory elsewhere). One
+    that cannot be read is taken as used: the wait and its error say what is wrong."""
+    try:
+        return state_dir.is_dir() and not any((state_dir / n).exists() for n in _AGENT_FILES)
+    except OSError:
+        return False
+
+
 def call_through_restarts(
     state_dir: Path,
     request: dict[str, Any],
@@ -468,8 +492,9 @@ def call_through_restarts(
     starts. A request the agent may have carried out before it went away (``AgentLost``)
     is sent again only if it is in ``IDEMPOTENT_OPS``, or if the agent had said it carries
     it out once per id (``ONCE_OPS``: the request is given a random id here, the same for
-    every send), else ``AgentLost`` is raised. A state directory that does not exist has
-    no agent to wait for: ``NoAgent`` at once."""
+    every send), else ``AgentLost`` is raised. A state directory that does not exist, or
+    where no agent ever ran (``never_used``), has no agent to wait for: ``NoAgent`` at
+    once."""
     op = request.get("op")
     if op in ONCE_OPS and "id" not in request:
         request = {**request, "id": secrets.token_urlsafe(18)}
@@ -488,6 +513,13 @@ def call_through_restarts(
         except (AgentGone, NoAgent) as exc:
             if isinstance(exc, NoAgent) and not state_dir.is_dir():
                 raise
+            if isinstance(exc, NoAgent) and never_used(state_dir):
+                raise NoAgent(
+                    f"no agent is running with state dir {state_dir}: none was ever "
+                    "started there (no agent.db, no credential.json); enroll one with "
+                    f"`crc agent run --url URL --key KEY --state-dir {state_dir}`, or give "
+                    "the --state-dir of the running agent"
+                ) from None
             error = exc
         if time.monotonic() + RETRY_SECONDS > deadline:
             if agent_wait <= 0:

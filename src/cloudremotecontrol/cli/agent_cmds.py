@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -10,7 +9,7 @@ from typing import Any
 import click
 
 from ..errors import InvalidInput, Unavailable
-from .output import SELECTOR_HELP, emit_json, json_option, kv_key, not_empty
+from .output import SELECTOR_HELP, emit_json, json_option, kv_key, not_empty, shown_json
 
 _state_option = click.option(
     "--state-dir",
@@ -350,7 +349,7 @@ def wait_message(
     if as_json:
         emit_json({"type": msg["type"], "from": msg["from"], "body": msg["body"]})
     else:
-        click.echo(json.dumps(msg["body"]))
+        click.echo(shown_json(msg["body"]))
 
 
 @agent.command()
@@ -437,7 +436,7 @@ def kv_get(key: str, state_dir: str | None, agent_wait: float, as_json: bool) ->
     if as_json:
         emit_json(reply)
     else:
-        click.echo(json.dumps(reply["value"]))
+        click.echo(shown_json(reply["value"]))
 
 
 @kv.command("wait")
@@ -486,7 +485,7 @@ def kv_wait(
     if as_json:
         emit_json({"key": key, "value": reply["value"], "version": reply["version"]})
     else:
-        click.echo(json.dumps(reply["value"]))
+        click.echo(shown_json(reply["value"]))
 
 
 @agent.command("install")

@@ -6,6 +6,7 @@ Usage errors (click's own) are one line too, with the usage and where to find he
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import sys
 from typing import Any, NoReturn
@@ -84,10 +85,35 @@ class _Crc(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except KeyboardInterrupt as exc:
+            # Past click as it is: click would make it an Abort, after a blank line.
+            raise _Interrupted(exc) from None
         except BrokenPipeError:
             # The reader went away (`crc events -f | head -1`). Left to click, this would
             # exit 1, an internal error, with no word.
             _output_closed()
+
+
+class _Interrupted(Exception):
+    """A command's KeyboardInterrupt (Ctrl-C, or a signal taken as it), carried to
+    ``main`` past click."""
+
+    def __init__(self, interrupt: KeyboardInterrupt) -> None:
+        super().__init__(str(interrupt))
+        self.interrupt = interrupt
+
+
+def _interrupted(exc: BaseException) -> NoReturn:
+    """End on an interruption: exit 130 (128 + the signal: cli/signals.py), saying
+    ``crc: interrupted`` unless the command already said it was (cli/signals.py,
+    ``said``: `crc up`'s summary and what is left, `crc down`'s machines left)."""
+    if not getattr(exc, "said", False):
+        if getattr(exc, "exit_code", 130) == 130:  # Ctrl-C, not SIGTERM or SIGHUP
+            with contextlib.suppress(OSError, ValueError):
+                if sys.stderr.isatty():  # the line after the terminal's "^C"
+                    click.echo(err=True)
+        _say("crc: interrupted")
+    sys.exit(getattr(exc, "exit_code", 130))
 
 
 def _say(line: str) -> None:
@@ -145,9 +171,13 @@ def main(argv: list[str] | None = None) -> None:
             message = " ".join([head, "; ".join(line.strip() for line in rest)])
         _say(f"crc: error: {output.safe(message)}")  # one line
         sys.exit(output.own_error_exit or exc.exit_code)
-    except click.exceptions.Abort as exc:  # click's word for a KeyboardInterrupt
+    except _Interrupted as exc:
+        _interrupted(exc.interrupt)
+    except click.exceptions.Abort as exc:  # click's prompt cut by Ctrl-C (or ended)
+        if isinstance(exc.__context__, KeyboardInterrupt):
+            _interrupted(exc.__context__)
         _say("crc: aborted")
-        sys.exit(getattr(exc.__cause__, "exit_code", 130))
+        sys.exit(130)
     except click.exceptions.NoArgsIsHelpError as exc:
         # `crc` or `crc group` alone: the help is what was asked for.
         if exc.ctx is not None:
@@ -163,8 +193,7 @@ def main(argv: list[str] | None = None) -> None:
         _say(f"crc: error: {' '.join(exc.format_message().split())}")
         sys.exit(output.own_error_exit or exc.exit_code)
     except KeyboardInterrupt as exc:  # Ctrl-C, or a signal taken as it (cli/signals.py)
-        _say("crc: interrupted")
-        sys.exit(getattr(exc, "exit_code", 130))
+        _interrupted(exc)
     except BrokenPipeError:
         _output_closed()
     sys.exit(rc if isinstance(rc, int) else 0)

@@ -23,6 +23,7 @@ from .output import (
     print_table,
     safe,
     say_stream_breaks,
+    shown_json,
 )
 
 
@@ -445,7 +446,6 @@ def events(name: str, follow: bool, since: int | None, as_json: bool) -> None:
 def _pairs(d: dict[str, Any], skip: tuple[str, ...] = ()) -> str:
     """``key=value`` pairs (lists comma-joined, mappings as JSON): whole values, never
     cut in the middle."""
-    import json
 
     parts = []
     for k, v in d.items():
@@ -454,7 +454,7 @@ def _pairs(d: dict[str, Any], skip: tuple[str, ...] = ()) -> str:
         if isinstance(v, list) and all(isinstance(x, (str, int, float)) for x in v):
             text = ",".join(str(x) for x in v)
         elif isinstance(v, (dict, list)):
-            text = json.dumps(v, separators=(",", ":"))
+            text = shown_json(v, separators=(",", ":"))
         else:
             text = str(v)
         parts.append(f"{k}={text}")
@@ -467,7 +467,6 @@ def _short(text: str, limit: int = 200) -> str:
 
 def _summary(ev: dict[str, Any]) -> str:
     """One line for an event (machine-supplied text escaped by the caller)."""
-    import json
 
     d = ev["data"] or {}
     kind = ev["type"]
@@ -500,10 +499,10 @@ def _summary(ev: dict[str, Any]) -> str:
             f"by {d.get('by')}: {_short(what, 1000)}"
         )
     if kind == "message":
-        body = json.dumps(d.get("body"), separators=(",", ":"))
+        body = shown_json(d.get("body"), separators=(",", ":"))
         return f"{d.get('type')} from {d.get('from')}: {_short(body)}"
     if kind == "message.sent":
-        body = json.dumps(d.get("body"), separators=(",", ":"))
+        body = shown_json(d.get("body"), separators=(",", ":"))
         return f"{d.get('type')} to {','.join(d.get('to') or [])}: {_short(body)}"
     if kind == "kv.set":
         return f"{d.get('key')} version {d.get('version')} by {d.get('by')}"
@@ -565,7 +564,6 @@ def kv_set(name: str, key: str, value: str, as_json: bool) -> None:
 def kv_get(name: str, key: str, wait_for: str | None, as_json: bool) -> None:
     """Print KEY's value in group NAME as JSON (with --json: {"key", "value",
     "version", "updated", "by"}; exit 4 if it does not exist)."""
-    import json
 
     from ..protocol.limits import MAX_KV_WAIT_SECONDS
 
@@ -580,7 +578,7 @@ def kv_get(name: str, key: str, wait_for: str | None, as_json: bool) -> None:
     if as_json:
         emit_json(out)
     else:
-        click.echo(json.dumps(out["value"]))
+        click.echo(shown_json(out["value"]))
 
 
 @kv.command("list")

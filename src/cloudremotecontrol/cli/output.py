@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -36,6 +37,7 @@ __all__ = [
     "quiet_if_closed",
     "safe",
     "say_stream_breaks",
+    "shown_json",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -132,6 +134,48 @@ def _plain(value: Any) -> Any:
     if to_dict is not None:
         return to_dict()
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+# What ``safe`` escapes (controls, bidirectional marks, line and paragraph separators)
+# and lone surrogates (valid in a JSON string, "\ud800", but in no encoding), as JSON
+# text holds them raw: ``json.dumps`` escapes only the C0 controls.
+_RAW_UNSAFE = re.compile(
+    "[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]"
+)
+
+
+def _json_escape(ch: str) -> str:
+    code = ord(ch)
+    if code > 0xFFFF:  # JSON escapes a character past the BMP as its UTF-16 pair
+        code -= 0x10000
+        return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
+    return f"\\u{code:04x}"
+
+
+def shown_json(value: Any, separators: tuple[str, str] | None = None) -> str:
+    """``value`` as JSON to print (a kv value, a message's body): its text as it is
+    (``"héllo"``, not ``"h\\u00e9llo"``), except what a terminal would obey (controls,
+    bidirectional overrides: ``safe``'s set) and what standard output's encoding cannot
+    hold (``PYTHONIOENCODING=ascii``), which become JSON's ``\\uXXXX``: the line is still
+    JSON, of the same value, and shows literally."""
+    text = json.dumps(value, ensure_ascii=False, separators=separators, default=_plain)
+    text = _RAW_UNSAFE.sub(lambda m: _json_escape(m.group()), text)
+    encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
+    try:
+        text.encode(encoding)
+    except UnicodeEncodeError:
+        text = "".join(ch if _encodes(ch, encoding) else _json_escape(ch) for ch in text)
+    except LookupError:  # an encoding Python does not know: ASCII is safe anywhere
+        text = json.dumps(value, separators=separators, default=_plain)
+    return text
+
+
+def _encodes(ch: str, encoding: str) -> bool:
+    try:
+        ch.encode(encoding)
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def emit_json(doc: Any) -> None:

@@ -11,7 +11,7 @@ import click
 
 from ..errors import Conflict, InvalidInput, NotFound, Unauthorized, Unavailable
 from .output import json_option
-from .signals import stopped_as_by_ctrl_c
+from .signals import said, stopped_as_by_ctrl_c
 
 
 def _provider_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -76,8 +76,11 @@ def up(scenario_file: str, rerun: bool, parallel: int, as_json: bool) -> None:
         except DownFirst:  # the error says `crc down` first: `crc up` again would not do
             resumable = False
             raise
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
+            # The runner said "interrupted: ..." and the summary follows it, then what is
+            # left (below): no "crc: interrupted" after them.
             interrupted = True
+            said(exc)
             raise
         finally:
             runner.close()
@@ -263,13 +266,14 @@ def down(
                         LocalState.for_group(group),
                         unreachable=unreachable,
                     )
-                except KeyboardInterrupt:  # (or a signal taken as it) the rest is unknown
+                except KeyboardInterrupt as exc:  # (or a signal taken as it) the rest is unknown
                     click.echo(
                         f"crc: interrupted: machines of {group} may still be at "
                         f"{provider.name}, where a cloud bills them: `crc down --group "
                         f"{group} --provider {provider.name}` again destroys them",
                         err=True,
                     )
+                    said(exc)
                     raise
     finally:
         if client is not None:

@@ -20,6 +20,13 @@ class Terminated(KeyboardInterrupt):
         self.exit_code = 128 + signum
 
 
+def said(interrupt: KeyboardInterrupt) -> None:
+    """Mark ``interrupt`` as told: the command has said it was interrupted and what
+    that leaves (`crc up`'s summary, `crc down`'s machines left). crc then exits 130
+    (128 + the signal) without its own ``crc: interrupted`` line (cli/main.py)."""
+    interrupt.said = True  # type: ignore[attr-defined]
+
+
 def _terminal_gone() -> None:
     """After a SIGHUP the terminal is gone: what crc says next goes to /dev/null."""
     null = os.open(os.devnull, os.O_WRONLY)
