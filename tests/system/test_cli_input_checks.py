@@ -297,3 +297,26 @@ def test_json_nested_too_deeply_is_a_usage_error_not_a_traceback(env, crc, tmp_p
     assert r.stderr.count("\n") == 1, r.stderr[-500:]
     _clean(r)
     assert env.client.kv_list("deep") == []
+
+
+def test_an_env_name_no_agent_can_set_is_refused_by_name_and_others_are_set(env, crc):
+    """`--env` refuses an item without `=` or with an empty name (exit 2, naming it)
+    before anything is sent; a name outside POSIX's portable set reaches the command as
+    given; the API refuses a name holding `=` or NUL with a 400 naming it."""
+    env.group_with_agents("lab", ["a"])
+    for item, why in (("junk", "no '='"), ("=1", "name (before the first '=') is empty")):
+        r = crc("run", "lab", "--to", "all", "--env", item, "--", "true")
+        assert r.returncode == 2, r.stderr
+        assert f"Invalid value for '--env': {item!r}: " in r.stderr and why in r.stderr, r.stderr
+        _clean(r)
+    assert env.client.list_jobs("lab") == []
+    r = crc("run", "lab", "--to", "a", "--env", "A B=1", "--env", "x.y=b=c", "--", "env")
+    assert r.returncode == 0, r.stderr
+    assert "[a] A B=1\n" in r.stdout and "[a] x.y=b=c\n" in r.stdout, r.stdout
+    from cloudremotecontrol.errors import InvalidInput
+
+    for key in ("A=B", "A\x00B", ""):
+        with pytest.raises(InvalidInput) as exc:
+            env.client.start_job("lab", "a", argv=["true"], env={key: "1"})
+        assert f"invalid variable name {key!r} in env" in exc.value.message, exc.value
+    assert len(env.client.list_jobs("lab")) == 1

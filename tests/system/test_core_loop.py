@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
+import sys
 
 import pytest
 
@@ -104,6 +106,40 @@ def test_wait_times_out_with_a_clear_error(env, crc):
     r = crc("wait", "lab", "--timeout", "1s")
     assert r.returncode == 6
     assert "not ready: a" in r.stderr
+
+
+def test_wait_json_says_where_things_stand_then_each_change_then_ready(env, crc):
+    """`crc wait --json` is JSON lines a script can follow: the machines' states first
+    (the last line's shape, ready false), each change as `crc events --json` prints it,
+    then the last line, unchanged. It printed nothing until a machine changed."""
+    keys = {m["name"]: m["key"] for m in env.client.create_group("lab", ["a", "b"])["machines"]}
+    env.agent("a", keys["a"])
+    env.wait_state("lab", ["a"], "ready")
+    r = crc("wait", "lab", "--json", "--timeout", "0.5s")
+    assert r.returncode == 6 and "not ready: b" in r.stderr, r.stderr
+    start = {"group": "lab", "ready": False, "machines": ["a", "b"]}
+    assert [json.loads(x) for x in r.stdout.splitlines()] == [
+        {**start, "states": {"a": "ready", "b": "pending"}}
+    ], r.stdout
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "cloudremotecontrol", "wait", "lab", "--json", "--machines", "b"],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **env.cli_env},
+    )
+    try:
+        assert cli.stdout is not None
+        first = json.loads(cli.stdout.readline())  # said at once, while b is pending
+        assert first == {**start, "machines": ["b"], "states": {"b": "pending"}}, first
+        env.agent("b", keys["b"])
+        out, _ = cli.communicate(timeout=60)
+    finally:
+        cli.kill()
+        cli.wait()
+    lines = [json.loads(x) for x in out.splitlines()]
+    assert cli.returncode == 0 and lines[-1] == {**start, "machines": ["b"], "ready": True}, out
+    changes = [x["data"]["state"] for x in lines[:-1] if x["type"] == "machine.state"]
+    assert changes == ["enrolled", "ready"], lines
 
 
 def test_credential_kept_private_and_key_never_needed_again(env, crc):

@@ -343,6 +343,26 @@ def test_job_run_validation_errors(body, field):
         assert exc.value.details.get("field") == field
 
 
+@pytest.mark.parametrize(
+    "key,shown", [("A=B", "'A=B'"), ("", "''"), ("A\x00B", "'A\\x00B'"), ("=C:", "'=C:'")]
+)
+def test_a_job_env_name_no_agent_can_set_is_refused_by_name(key, shown):
+    with pytest.raises(InvalidInput) as exc:
+        JobRun.from_body({"job_id": "j", "command": "x", "env": {"OK": "1", key: "1"}})
+    assert exc.value.message.startswith(f"invalid variable name {shown} in env: "), exc.value
+    assert exc.value.details.get("field") == "env"
+    with pytest.raises(InvalidInput, match="the value of 'B' is not one"):
+        JobRun.from_body({"job_id": "j", "command": "x", "env": {"A": "1", "B": "\x00"}})
+
+
+def test_job_env_names_real_programs_use_are_kept():
+    """Not only POSIX's portable names: lowercase, dotted, dashed, `ProgramFiles(x86)`,
+    one with a space or starting with a digit can all be set by execve and CreateProcess."""
+    names = ["http_proxy", "npm_config_cache", "java.home", "x-y", "ProgramFiles(x86)", "A B", "1A"]
+    run = JobRun.from_body({"job_id": "j", "command": "x", "env": dict.fromkeys(names, "v")})
+    assert list(run.env) == names
+
+
 def test_job_run_size_limit():
     assert JobRun.from_body({"job_id": "j", "command": "x" * MAX_COMMAND_BYTES}).command
     with pytest.raises(TooLarge):

@@ -559,10 +559,12 @@ def test_a_command_the_agent_would_refuse_is_refused_at_load():
         """)
     assert got == [
         "s.yaml:4:22: steps.one.command: command must be a non-empty string without NUL characters",
-        "s.yaml:4:38: steps.one.env: env must map variable names to strings",
+        "s.yaml:4:38: steps.one.env: invalid variable name 'A=B' in env: a name must be "
+        "non-empty, without '=' or NUL characters",
         "s.yaml:5:22: steps.two.argv: argv must be a non-empty list of strings without NUL "
         "characters",
-        "s.yaml:6:37: steps.three.env: env must map variable names to strings",
+        "s.yaml:6:37: steps.three.env: env must map variable names to strings without NUL "
+        "characters: the value of 'OK' is not one",
     ], got
 
 

@@ -24,7 +24,7 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
-from ..errors import InvalidInput, Unavailable
+from ..errors import Unavailable
 from . import output
 from .linejoin import LineJoiner, Piece
 from .output import SELECTOR_HELP, TARGET_HELP, ago, emit_json, json_option, print_table, safe
@@ -72,6 +72,27 @@ def _target(ctx: click.Context, param: click.Parameter, value: str | None) -> st
             "give `all`, or the machines' names (a,b), or KEY=VALUE"
         )
     return value
+
+
+def _env(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> dict[str, str]:
+    """``--env``'s callback: each KEY=VALUE (split at the first ``=``) into a dict, the
+    last of a name winning. The name must be non-empty and, split there, holds no
+    ``=``; argv holds no NUL: the protocol's whole rule (``JobRun.env``), so a name the
+    agents cannot set is a usage error here, before anything is sent. Other names (a
+    space, a dot, lowercase, a leading digit) are set as given: execve and CreateProcess
+    take them, and programs use some of them."""
+    env: dict[str, str] = {}
+    for item in value:
+        k, sep, v = item.partition("=")
+        if not sep:
+            why = "no '=': give KEY=VALUE (VALUE may be empty: KEY=)"
+        elif not k:
+            why = "the variable's name (before the first '=') is empty"
+        else:
+            env[k] = v
+            continue
+        raise click.BadParameter(f"{safe(repr(item[:80]))}: {why}")
+    return env
 
 
 def start_and_follow(
@@ -466,7 +487,14 @@ def _announce_job(
     type=click.Choice(["bash", "sh", "powershell", "cmd"]),
     help="Run COMMAND as one string in this shell (default: argv, no shell).",
 )
-@click.option("--env", "envs", multiple=True, help="KEY=VALUE for the command (repeatable).")
+@click.option(
+    "--env",
+    "env",
+    multiple=True,
+    callback=_env,
+    metavar="KEY=VALUE",
+    help="A variable for the command (repeatable); KEY is set as given.",
+)
 @click.option("--cwd", help="Working directory on the machine.")
 @click.option(
     "--max-concurrency", metavar="N|P%", help="At most N (or P% of the targets) running at once."
@@ -496,7 +524,7 @@ def run(
     to: str,
     timeout: str | None,
     shell: str | None,
-    envs: tuple[str, ...],
+    env: dict[str, str],
     cwd: str | None,
     max_concurrency: str | None,
     max_errors: str | None,
@@ -541,12 +569,6 @@ def run(
             "(or one string for the shell)",
             click.get_current_context(),
         )
-    env: dict[str, str] = {}
-    for item in envs:
-        k, sep, v = item.partition("=")
-        if not sep or not k:
-            raise InvalidInput(f"invalid --env {item!r}: use KEY=VALUE")
-        env[k] = v
     seconds = duration(timeout)
     if seconds is not None:  # refused here as crc wait refuses it, not by the server
         from ..master.waits import check_timeout

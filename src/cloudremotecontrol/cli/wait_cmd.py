@@ -16,7 +16,7 @@ import click
 
 from ..errors import InvalidInput
 from ..protocol.fields import MAX_SEQ
-from .output import emit_json, json_option, safe
+from .output import emit_json, json_option, safe, shown_json
 
 _STATE_STYLE = {
     "ready": "green",
@@ -117,6 +117,10 @@ def wait(
     """Wait until the group's machines are ready, showing progress live (or, with
     --message, until a machine sends that message).
 
+    With --json, JSON lines: {"group", "ready": false, "machines", "states"} first (if
+    some are not ready), each machine.state or progress event as `crc events --json`
+    prints it, then {"group", "ready": true, "machines"}.
+
     A message counts if its machine sent it after the last command (`crc run`, a
     scenario step) started there, or after --since CURSOR: so the message a command
     ends with is found even if it came before `crc wait` started."""
@@ -150,7 +154,16 @@ def wait(
                 states = {m: wait.states[m] for m in wait.wanted}
                 progress = {m: wait.progress.get(m, "") for m in wait.wanted}
                 table = LiveTable(name, states, progress) if live else None
-                if table is None and not as_json:
+                if as_json:  # where things stand: the last line's shape, not yet ready
+                    emit_json(
+                        {
+                            "group": name,
+                            "ready": False,
+                            "machines": sorted(wait.wanted),
+                            "states": dict(sorted(states.items())),
+                        }
+                    )
+                elif table is None:
                     for m in sorted(wait.wanted):  # where things stand, then what changes
                         prog = wait.progress.get(m)
                         click.echo(f"[{m}] {wait.states[m]}" + (f": {safe(prog)}" if prog else ""))
@@ -234,7 +247,6 @@ def _wait_message(
     seconds: float,
     as_json: bool,
 ) -> None:
-    import json
 
     from .master_cmds import _client
 
@@ -243,7 +255,7 @@ def _wait_message(
     if as_json:
         emit_json(msg.to_dict())
         return
-    click.echo(json.dumps(msg.body))
+    click.echo(shown_json(msg.body))
     click.echo(
         f"crc: {msg.type} from {msg.sender} (cursor {msg.cursor}); the next one: "
         f"crc wait {name} --message {msg.type}"

@@ -335,7 +335,9 @@ class Pair(Spec):
 
 @dataclass(frozen=True)
 class StrMap(Spec):
-    """An object mapping keys ``key`` accepts to values ``value`` accepts."""
+    """An object mapping keys ``key`` accepts to values ``value`` accepts. A refused key
+    is said in ``key``'s own message (which should name it: ``{value!r}``); a refused
+    value in ``message``, where ``{key!r}`` names the key whose value it is."""
 
     key: Spec
     value: Spec
@@ -344,15 +346,20 @@ class StrMap(Spec):
 
     def check(self, value: Any, name: str) -> dict[str, Any]:
         if not isinstance(value, dict):
-            raise self.fail(name, self.message or f"{name} must be an object")
+            whole = self.message if self.message and "{key" not in self.message else None
+            raise self.fail(name, whole or f"{name} must be an object")
         if len(value) > self.max_items:
             raise TooLarge(f"{name} has {len(value)} entries; the limit is {self.max_items}")
-        try:
-            return {self.key.check(k, name): self.value.check(v, name) for k, v in value.items()}
-        except InvalidInput as exc:
-            if self.message and not isinstance(exc, TooLarge):
-                raise self.fail(name, self.message) from None
-            raise
+        checked: dict[str, Any] = {}
+        for k, v in value.items():
+            key = self.key.check(k, name)
+            try:
+                checked[key] = self.value.check(v, name)
+            except InvalidInput as exc:
+                if self.message and not isinstance(exc, TooLarge):
+                    raise self.fail(name, self.message.format(key=_Shown(k))) from None
+                raise
+        return checked
 
 
 @dataclass(frozen=True)

@@ -261,11 +261,21 @@ class JobRun(Message):
         Optional(Choice(SHELLS, message="unknown shell {value!r}: use one of {choices}")), None
     )
     env: dict[str, str] = wire(  # noqa: RUF009 -- wire() returns a dataclasses.field
+        # The one rule both agents can keep: execve(2) and Windows' CreateProcess take
+        # any name but "" and one holding "=" (the separator) or NUL (the terminator),
+        # and so does Python's subprocess on each. Names real programs use go beyond
+        # POSIX's portable [A-Za-z_][A-Za-z0-9_]* (lowercase ones, `npm_config_*`,
+        # `ProgramFiles(x86)`, `java.home`-style dotted ones), so they are not refused.
         StrMap(
-            Pattern(r"[^=\x00]+", "invalid variable name"),
+            Pattern(
+                r"[^=\x00]+",
+                "invalid variable name {value!r} in env: a name must be non-empty, "
+                "without '=' or NUL characters",
+            ),
             Text(MAX_COMMAND_BYTES, blank_ok=True, controls_ok=True),
             MAX_ENV_VARS,
-            message="env must map variable names to strings",
+            message="env must map variable names to strings without NUL characters: "
+            "the value of {key!r} is not one",
         ),
         factory=dict,
     )

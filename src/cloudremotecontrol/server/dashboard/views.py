@@ -231,6 +231,10 @@ def job_page(tx: Tx, user_id: str, job_id: str) -> dict[str, Any]:
     outputs: dict[str, deque[str]] = {}
     sizes: dict[str, int] = {}
     whole: set[str] = set()  # machines whose last OUTPUT_TAIL characters are all read
+    # Machines whose output after the piece read next starts with "\n": a piece ending
+    # in "\r" then ends with half of Windows' "\r\n", one line end (as the page's
+    # script shows it live).
+    lf_next: set[str] = set()
     cursor = 0
     before: int | None = None
     read = 0
@@ -251,7 +255,15 @@ def job_page(tx: Tx, user_id: str, job_id: str) -> dict[str, Any]:
                 cut = True  # an earlier part of an output already shown in full
                 continue
             data = ev_ops.event_view(r)["data"] or {}
-            text = shown_output(str(data.get("data", "")))
+            raw = str(data.get("data", ""))
+            if raw:
+                later_lf = machine in lf_next
+                lf_next.discard(machine)
+                if raw.startswith("\n"):
+                    lf_next.add(machine)
+                if later_lf and raw.endswith("\r"):
+                    raw = raw[:-1]
+            text = shown_output(raw)
             outputs.setdefault(machine, deque()).appendleft(text)
             sizes[machine] = sizes.get(machine, 0) + len(text)
             if sizes[machine] >= OUTPUT_TAIL:

@@ -532,6 +532,10 @@
     // Output that arrived since the last frame, per machine (its last `tail` characters:
     // a tab in the background draws no frame for as long as it stays there).
     const pending = new Map();
+    // Machines whose output so far ends in "\r", not yet shown: Windows' "\r\n" may fall
+    // across two pieces (one ends in "\r", the next starts with "\n"), and is then one
+    // line end, as when the output is whole. Shown ("\r") once their target ended.
+    const heldCR = new Set();
     let pendingCut = false;
     let frame = 0;
     const flush = () => {
@@ -554,7 +558,12 @@
         const section = outs.get(ev.machine);
         if (!section) return;
         const text = String(data.data ?? "");
-        let waiting = (pending.get(ev.machine) || "") + shownOutput(text);
+        let piece = (heldCR.delete(ev.machine) ? "\r" : "") + text;
+        if (piece.endsWith("\r")) {
+          heldCR.add(ev.machine);
+          piece = piece.slice(0, -1);
+        }
+        let waiting = (pending.get(ev.machine) || "") + shownOutput(piece);
         if (waiting.length > tail) {
           const low = waiting.charCodeAt(waiting.length - tail);
           waiting = waiting.slice(waiting.length - tail + (low >= 0xdc00 && low <= 0xdfff ? 1 : 0));
@@ -578,6 +587,10 @@
         status.className = `status ${stateClass(data.status)}`;
         setText(tr.querySelector(".exit"), data.exit_code ?? "");
         setText(tr.querySelector(".reason"), safe(data.reason));
+        if (TERMINAL.has(String(data.status)) && heldCR.delete(ev.machine)) {
+          pending.set(ev.machine, (pending.get(ev.machine) || "") + shownOutput("\r"));
+          if (!frame) frame = requestAnimationFrame(flush);
+        }
         if (!open()) {
           if (cancel) cancel.hidden = true;
           if (stream) stream.stop("finished");
