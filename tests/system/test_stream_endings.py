@@ -205,14 +205,13 @@ def test_crc_shell_of_a_program_that_cannot_run_exits_127_or_126(lab, tmp_path):
         assert r.stderr.startswith("crc: error: cannot run "), r.stderr
 
 
-def test_crc_shell_whose_token_is_revoked_exits_3(lab):
-    """The master token revoked during the session: unauthorized (3), said."""
-    env = lab
-    token = env.server.admin("add-token", "alice", "laptop")["token"]
+def _shell_ended_by(env: Any, cut: Any, **extra: str) -> tuple[int, str]:
+    """`crc shell` running a program that waits: once it runs, ``cut()``; crc's exit
+    code and stderr (the program's stdin kept open: only the cut ends the session)."""
     with subprocess.Popen(
         [*SHELL, "sh", "-c", "echo REMOTE-READY; sleep 600"],
-        env=_cli_env(env, CRC_TOKEN=token),
-        stdin=subprocess.PIPE,  # kept open: the session waits on the program
+        env=_cli_env(env, **extra),
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -220,14 +219,23 @@ def test_crc_shell_whose_token_is_revoked_exits_3(lab):
         try:
             assert proc.stdout is not None
             assert "REMOTE-READY" in proc.stdout.readline()
-            env.server.admin("revoke-token", "alice", "laptop")
-            assert proc.wait(60) == 3
-            err = proc.stderr.read() if proc.stderr else ""
+            cut()
+            code = proc.wait(60)
+            return code, proc.stderr.read() if proc.stderr else ""
         finally:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-    assert "revoked" in err and "Traceback" not in err, err
+
+
+def test_crc_shell_whose_token_is_revoked_exits_3(lab):
+    """The master token revoked during the session: unauthorized (3), said."""
+    env = lab
+    token = env.server.admin("add-token", "alice", "laptop")["token"]
+    code, err = _shell_ended_by(
+        env, lambda: env.server.admin("revoke-token", "alice", "laptop"), CRC_TOKEN=token
+    )
+    assert code == 3 and "revoked" in err and "Traceback" not in err, (code, err)
 
 
 def test_crc_shell_whose_agent_dies_says_so_exit_6(env):
@@ -237,24 +245,8 @@ def test_crc_shell_whose_agent_dies_says_so_exit_6(env):
     (m,) = out["machines"]
     agent = env.agent(m["name"], m["key"])
     env.wait_state("lab", ["dev"], "ready")
-    with subprocess.Popen(
-        [*SHELL, "sh", "-c", "echo REMOTE-READY; sleep 600"],
-        env=_cli_env(env),
-        stdin=subprocess.PIPE,  # kept open: the session waits on the program
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    ) as proc:
-        try:
-            assert proc.stdout is not None
-            assert "REMOTE-READY" in proc.stdout.readline()
-            agent.kill()  # SIGKILL
-            assert proc.wait(60) == 6
-            err = proc.stderr.read() if proc.stderr else ""
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+    code, err = _shell_ended_by(env, agent.kill)  # SIGKILL
+    assert code == 6, (code, err)
     said = (
         "machine dev closed the session before its program ended (its agent stopped or "
         "lost its connection to the server)"
