@@ -14,6 +14,7 @@ import threading
 import time
 
 import pytest
+from test_crash_recovery import _tagged
 
 SAFETY = 30.0
 
@@ -22,19 +23,6 @@ OFFLINE = (
     "reconnects (Ctrl-C cancels the job, a second one stops waiting)\n"
 )
 BACK = "crc: machine b is back online\n"
-
-
-def _tagged(tag: str) -> list[int]:
-    pids = []
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                with open(f"/proc/{entry.name}/cmdline", "rb") as fh:
-                    if fh.read().split(b"\0")[0] == tag.encode():
-                        pids.append(int(entry.name))
-            except OSError:
-                pass
-    return pids
 
 
 def _lines(stream, into: list[str], seen: queue.SimpleQueue[str]) -> threading.Thread:
