@@ -203,3 +203,69 @@ def test_a_crowd_of_requests_during_an_outage_is_answered_503_at_once(
     finally:
         env.close()
     assert "Traceback" not in server.log_path.read_text()
+
+
+def _back(server: ServerProcess) -> None:
+    with pinned_http(server) as http:
+        for _ in range(150):  # the pool connects again within seconds
+            if http.get("/v1/health", timeout=CLIENT_TIMEOUT).status_code == 200:
+                return
+            time.sleep(0.2)
+    pytest.fail("the server did not see its database back")
+
+
+def test_an_event_stream_open_when_the_database_fails_is_cut_cleanly(
+    server: ServerProcess, pg_url: str, pg_cluster: PgCluster, tmp_path: Path
+) -> None:
+    """A follower's stream (``crc events -f``, ``crc run``) whose next read of the
+    database fails: the stream is cut (the client resumes from its cursor), the log says
+    so in one line, with no traceback and no "Exception in ASGI application"."""
+    env = Env(server, tmp_path)
+    try:
+        env.client.create_group("lab", ["a"])
+        auth = {"Authorization": bearer(env.cli_env["CRC_TOKEN"])}
+        with (
+            pinned_http(server) as http,
+            http.stream(
+                "GET", "/v1/groups/lab/events", params={"follow": "true"}, headers=auth
+            ) as r,
+        ):
+            assert r.status_code == 200
+            _allow(pg_cluster, pg_url, False)
+            start = time.monotonic()
+            with pytest.raises(httpx.RemoteProtocolError):  # cut: not a finished answer
+                for _ in r.iter_raw():  # keepalives, then the cut (5 s of silence)
+                    assert time.monotonic() - start < CLIENT_TIMEOUT
+        _allow(pg_cluster, pg_url, True)
+        _back(server)
+        assert env.client.events("lab")  # the follower resumes
+    finally:
+        env.close()
+    log = server.log_path.read_text()
+    assert "Traceback" not in log and "Exception in ASGI" not in log, log[-6000:]
+    assert " ERROR " not in log, log[-6000:]
+    assert log.count("event stream cut: ") == 1, log[-6000:]
+
+
+def test_background_loops_log_an_outage_in_a_few_lines_not_one_per_attempt(
+    server: ServerProcess, pg_url: str, pg_cluster: PgCluster, tmp_path: Path
+) -> None:
+    """Rate control tries again 4 times a second, hosts sync once a second: during an
+    outage each logs its first failure, then a line every 30 s at most, and one line
+    once it works again (77 lines in 25 s of outage before)."""
+    _allow(pg_cluster, pg_url, False)
+    time.sleep(6)
+    _allow(pg_cluster, pg_url, True)
+    _back(server)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        log = server.log_path.read_text()
+        if "rate control: working again" in log and "hosts sync: working again" in log:
+            break
+        time.sleep(0.2)
+    lines = server.log_path.read_text().splitlines()
+    for what in ("rate control", "hosts sync"):
+        said = [line for line in lines if f"{what}: " in line]
+        assert 2 <= len(said) <= 3, said  # the first failure, (still failing), back
+        assert "trying again: " in said[0] and "working again after" in said[-1], said
+    assert not [line for line in lines if " ERROR " in line], lines[-40:]

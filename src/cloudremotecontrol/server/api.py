@@ -12,7 +12,7 @@ from fastapi.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from .. import __version__
-from ..errors import KeyRejected, RateLimited, Unavailable
+from ..errors import CrcError, KeyRejected, RateLimited, Unavailable
 from . import auth
 from .hub import CUT_ON_STOP, ServerStopping
 from .models import Enroll, GroupCreate, HostsSync, JobCreate, MessageSend
@@ -353,6 +353,13 @@ class _EventStream(StreamingResponse):
             await _cut(self.scope)
             return
         except _StreamCut:  # the server stops
+            return
+        except CrcError as exc:
+            # The database failed midway (an outage): the answer has started, so no
+            # error can be sent; it is cut, as when the server stops, and the client
+            # resumes from its last cursor (then 503 until the database is back).
+            log.warning("event stream cut: %s", exc.message)
+            await _cut(self.scope)
             return
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 

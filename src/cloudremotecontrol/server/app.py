@@ -39,6 +39,7 @@ from .ops import rollout as rollout_ops
 from .ops import sessions as session_ops
 from .ops import teardown as teardown_ops
 from .pacing import Paces
+from .retrylog import RetryLog
 from .secheaders import SecurityHeaders
 from .store.base import Store, Tx
 from .teardown import run_due_teardowns
@@ -52,6 +53,9 @@ TOUCH_SECONDS = 30.0
 EXPIRE_SECONDS = 1.0
 ROLLOUT_SECONDS = 0.25
 HOSTS_SECONDS = 1.0
+#: Replicas (PostgreSQL): seconds between two looks for revoked machines among those
+#: connected to this replica (``_revoked_loop``).
+REVOKED_SECONDS = 2.0
 
 
 class CrcApp(FastAPI):
@@ -214,6 +218,11 @@ def create_app(
                 if store.dialect == "sqlite"
                 else tg.create_task(_lease_loop(store, app.state.replica))
             )
+            # One process alone on SQLite revokes where it deletes (or expires) a group,
+            # and tells its agents then; replicas tell those connected to the others.
+            revoker = (
+                None if store.dialect == "sqlite" else tg.create_task(_revoked_loop(store, hub))
+            )
             grace = overdue_ops.grace_for(app.state.settings.agent_silence_timeout)
             toucher = tg.create_task(_touch_loop(store, hub, grace))
             expirer = tg.create_task(_expire_loop(app, store, hub))
@@ -246,8 +255,9 @@ def create_app(
                 pruner.cancel()
                 roller.cancel()
                 hosts.cancel()
-                if leaser is not None:
-                    leaser.cancel()
+                for task in (leaser, revoker):
+                    if task is not None:
+                        task.cancel()
                 for link in list(hub.links.values()):
                     link.closed = True
                     with contextlib.suppress(Exception):
@@ -407,6 +417,7 @@ async def _due_loop(
     is due. Used by rate control (ops/rollout.py: jobs whose batch wait is over or whose
     delivery deadline passed; a target ending is handled where its result is stored)
     and by ``--sync-hosts`` groups whose sync window ended (ops/hostsync.py)."""
+    retries = RetryLog(log, what)
     while True:
         await asyncio.sleep(every)
         try:
@@ -414,10 +425,9 @@ async def _due_loop(
             due = await store.read(find, at)
             if due:
                 hub.deliver(await store.write(run, due, at))
-        except CrcError as exc:
-            log.warning("%s: trying again: %s", what, exc)
+            retries.worked()
         except Exception as exc:  # noqa: BLE001 -- the loop must outlive one failure
-            log.error("%s: trying again: %r", what, exc)
+            retries.failed(exc)
 
 
 async def _retention_loop(app: FastAPI, store: Store) -> None:
@@ -425,6 +435,7 @@ async def _retention_loop(app: FastAPI, store: Store) -> None:
     ops/recordings.py): at start, then every ``prune_interval`` seconds; a large backlog
     is taken in batches."""
     settings: ServerSettings = app.state.settings
+    retries = RetryLog(log, "retention")
     while True:
         t = time.time()
         ev_days, blob_days = settings.retain_events_days, settings.retain_blobs_days
@@ -447,26 +458,45 @@ async def _retention_loop(app: FastAPI, store: Store) -> None:
                 if gone < recording_ops.BATCH:
                     break
             app.state.streams.prune(rec_days)  # recordings on disk, of older versions
-        except (CrcError, OSError) as exc:
-            log.warning("retention: pruning failed, trying again later: %s", exc)
+            retries.worked()
         except Exception as exc:  # noqa: BLE001 -- retention must never stop the server
-            log.error("retention: pruning failed, trying again later: %r", exc)
+            retries.failed(exc, "pruning failed, trying again later")
         await asyncio.sleep(settings.prune_interval)
 
 
 async def _lease_loop(store: Store, replica: str) -> None:
     """Replicas (PostgreSQL): renew this one's lease, and close as cut the streams of
     any replica whose lease expired (killed: ops/sessions.py)."""
+    retries = RetryLog(log, "replica lease")
     while True:
         await asyncio.sleep(session_ops.RENEW_SECONDS)
         try:
             await store.write(session_ops.renew_lease, replica)
             if await store.write(session_ops.cut_orphaned_streams):
                 log.info("streams of a stopped replica closed as cut")
-        except CrcError as exc:
-            log.warning("replica lease: trying again: %s", exc)
+            retries.worked()
         except Exception as exc:  # noqa: BLE001 -- the loop must outlive one failure
-            log.error("replica lease: trying again: %r", exc)
+            retries.failed(exc)
+
+
+async def _revoked_loop(store: Store, hub: Hub) -> None:
+    """Replicas (PostgreSQL): every ``REVOKED_SECONDS``, the machines connected to this
+    replica that are revoked in the database (their group deleted or expired through
+    another replica, which could tell only its own agents) are told why, and closed, as
+    ``_touch_loop`` would at its next pass (every 30 s). One read a round (``_BATCH``
+    ids a statement, by primary key) while agents are connected; none while none is."""
+    retries = RetryLog(log, "revoked machines")
+    while True:
+        await asyncio.sleep(REVOKED_SECONDS)
+        ids = list(hub.links)
+        if not ids:
+            continue
+        try:
+            for mid, reason, uninstall in await store.read(delivery.revoked_among, ids):
+                await hub.revoke([mid], reason, uninstall)
+            retries.worked()
+        except Exception as exc:  # noqa: BLE001 -- the loop must outlive one failure
+            retries.failed(exc)
 
 
 async def _touch_loop(store: Store, hub: Hub, grace: float) -> None:

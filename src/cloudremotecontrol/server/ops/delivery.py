@@ -42,6 +42,7 @@ __all__ = [
     "machine_disconnected",
     "mark_all_offline",
     "outbox_after",
+    "revoked_among",
     "sweep_stale",
     "touch_machines",
 ]
@@ -204,14 +205,29 @@ def touch_machines(tx: Tx, machine_ids: list[str]) -> list[tuple[str, str, bool]
     """Record that these connected machines are alive; return ``(id, reason,
     uninstall)`` for those revoked meanwhile (by another replica: this one closes them)."""
     t = now()
-    revoked = []
-    for i in range(0, len(machine_ids), 500):
-        batch = machine_ids[i : i + 500]
+    for i in range(0, len(machine_ids), _BATCH):
+        batch = machine_ids[i : i + _BATCH]
         marks = ",".join("?" * len(batch))
         tx.execute(
             f"UPDATE machines SET last_seen = ? WHERE id IN ({marks})",  # noqa: S608
             (t, *batch),
         )
+    return revoked_among(tx, machine_ids)
+
+
+#: Machine ids per statement (``touch_machines``, ``revoked_among``).
+_BATCH = 500
+
+
+def revoked_among(tx: Tx, machine_ids: list[str]) -> list[tuple[str, str, bool]]:
+    """``(id, reason, uninstall)`` for those of these machines that are revoked: a read,
+    by primary key, ``_BATCH`` ids a statement. Replicas run it every
+    ``REVOKED_SECONDS`` for their connected machines (app.py ``_revoked_loop``), so that
+    one revoked through another replica is told within seconds."""
+    revoked = []
+    for i in range(0, len(machine_ids), _BATCH):
+        batch = machine_ids[i : i + _BATCH]
+        marks = ",".join("?" * len(batch))
         # Only "?" placeholders are formatted in: the ids are parameters.
         query = (
             "SELECT m.id, g.name, g.deleted, g.settings FROM machines m "  # noqa: S608
