@@ -134,6 +134,21 @@ class Revoked(CrcError):
         self.uninstall = uninstall
 
 
+SAID_CHARS = 200  # of a server's reason in a log line
+
+
+def _server_said(frame: ErrorFrame) -> str:
+    """The reason an ``error`` frame gives (or its error's message, or code), as one
+    bounded log line: the server's text is not trusted to be short or printable."""
+    said: object = frame.reason or frame.error.get("message") or frame.error.get("code")
+    text = said if isinstance(said, str) and said.strip() else "no reason given"
+    shown = "".join(
+        c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+        for c in text[:SAID_CHARS]
+    )
+    return shown + ("…" if len(text) > SAID_CHARS else "")
+
+
 def _ws_url(url: str) -> str:
     base = url.rstrip("/")
     if base.startswith("https://"):
@@ -567,6 +582,8 @@ class Agent:
                 first = read_frame(await asyncio.wait_for(ws.recv(), 20))
                 if isinstance(first, RevokedFrame):
                     raise Revoked(first.reason)
+                if isinstance(first, ErrorFrame):  # refused, and why (a database outage)
+                    raise Unavailable(f"the server answered 'error': {_server_said(first)}")
                 if not isinstance(first, Welcome):
                     raise InvalidInput(f"unexpected first frame {first.TYPE!r}")
                 self.server_features = frozenset(first.features or ())

@@ -18,6 +18,7 @@ import sys
 from typing import Any
 
 from .. import __version__
+from ..errors import CrcError
 from ..protocol.frames import FEATURE_EOF
 from ..protocol.limits import HEARTBEAT_SECONDS, MAX_FRAME_BYTES
 from ..protocol.streams import (
@@ -81,26 +82,21 @@ class StreamServer:
         self.agent._spawn(self.serve(frame, url or self.agent.url))
 
     async def serve(self, frame: StreamOpen, url: str) -> None:
-        from websockets.asyncio.client import connect
-        from websockets.exceptions import ConnectionClosed, InvalidStatus
+        """Dial and serve one stream: run as a task nobody awaits, so whatever ends it is
+        logged here (one WARNING line for what is expected), never left in the task."""
+        from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
-        agent = self.agent
-        ctx, _ = client_context(url, agent.cred.fingerprint, agent.cred.cert_pem)
-        off = frozenset(agent.cred.streams_off or ())
         try:
-            async with self.dialing:
-                ws = await connect(
-                    _stream_url(url, frame.stream),
-                    ssl=ctx,
-                    additional_headers={"Authorization": f"Bearer {agent.cred.credential}"},
-                    max_size=MAX_FRAME_BYTES,
-                    compression=None,
-                    **proxy_option(),
-                    open_timeout=20,
-                    ping_interval=HEARTBEAT_SECONDS,
-                    ping_timeout=HEARTBEAT_SECONDS,
-                    user_agent_header=f"crc-agent/{__version__}",
-                )
+            ws = await self._dial(frame, url)
+        except (CrcError, WebSocketException, OSError, asyncio.TimeoutError) as exc:
+            # A URL that cannot carry the pinned certificate (plain http://), a refused
+            # or garbled handshake, no route: nothing to answer, the server's side of
+            # the stream ends on its own.
+            why = exc.message if isinstance(exc, CrcError) else (str(exc) or type(exc).__name__)
+            log.warning("stream %s (%s): could not dial %s: %s", frame.stream, frame.kind, url, why)
+            return
+        off = frozenset(self.agent.cred.streams_off or ())
+        try:
             async with ws:
                 if frame.kind in off:
                     await _refuse(
@@ -109,11 +105,32 @@ class StreamServer:
                         f"this machine's group was created with --no-{frame.kind}",
                     )
                 elif frame.kind == "shell":
-                    await serve_shell(ws, frame, agent)
+                    await serve_shell(ws, frame, self.agent)
                 else:
-                    await serve_forward(ws, frame, agent)
+                    await serve_forward(ws, frame, self.agent)
         except (ConnectionClosed, InvalidStatus, OSError, asyncio.TimeoutError) as exc:
             log.warning("stream %s (%s) ended: %s", frame.stream, frame.kind, exc)
+        except Exception:  # a task nobody awaits: logged (with its traceback), not leaked
+            log.exception("stream %s (%s) failed", frame.stream, frame.kind)
+
+    async def _dial(self, frame: StreamOpen, url: str) -> Any:
+        from websockets.asyncio.client import connect
+
+        agent = self.agent
+        ctx, _ = client_context(url, agent.cred.fingerprint, agent.cred.cert_pem)
+        async with self.dialing:
+            return await connect(
+                _stream_url(url, frame.stream),
+                ssl=ctx,
+                additional_headers={"Authorization": f"Bearer {agent.cred.credential}"},
+                max_size=MAX_FRAME_BYTES,
+                compression=None,
+                **proxy_option(),
+                open_timeout=20,
+                ping_interval=HEARTBEAT_SECONDS,
+                ping_timeout=HEARTBEAT_SECONDS,
+                user_agent_header=f"crc-agent/{__version__}",
+            )
 
 
 async def _refuse(ws: Any, code: str, message: str) -> None:

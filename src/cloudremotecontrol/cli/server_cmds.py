@@ -200,9 +200,10 @@ def _setting_options(f: F) -> F:
 @click.option("--no-dashboard", is_flag=True, help="Do not serve the web dashboard (/dashboard/).")
 @click.option(
     "--replica-url",
+    callback=not_empty("URL"),
     help="This replica's own URL, as machines reach it (default: the url of server.json); "
     "a shell or forward opened here for a machine connected to another replica is "
-    "dialed back here.",
+    "dialed back here. https://HOST:PORT (http:// with --insecure).",
 )
 def run(
     data_dir: str | None,
@@ -231,16 +232,14 @@ def run(
     cfg = load_config(_data_dir(data_dir))
     if database:
         _check_database(database, must_exist=False)  # `crc server run` makes a new one
-    if replica_url:
-        from ..protocol.streams import check_replica_url
-
-        cfg.url = check_replica_url(replica_url)
+    if replica_url is not None:
+        cfg.url = _replica_url(replica_url, insecure)
     given = {k: v for k, v in settings.items() if v is not None}
     if given:
         cfg.settings = parse_settings(dict(dataclasses.asdict(cfg.settings)), given)
     where = listen or cfg.listen
     db = shown_database(database or cfg.database)
-    url = cfg.url if not insecure else f"http://{where}"
+    url = cfg.url if not insecure or replica_url else f"http://{where}"
     pid = os.getpid()
     if as_json:
         line = {
@@ -295,6 +294,31 @@ def run(
                 emit_json({"event": "stopped", "pid": os.getpid()})
             else:
                 click.echo(f"crc server: stopped (pid {os.getpid()})", err=True)
+
+
+def _replica_url(value: str, insecure: bool) -> str:
+    """``--replica-url``, checked: machines dial it back with this server's scheme (a
+    machine that pins the certificate sends its credential over https:// only), so a URL
+    of the other scheme would fail every stream through this replica, after 20 s."""
+    from ..errors import InvalidInput
+    from ..protocol.streams import check_replica_url
+
+    try:
+        url = check_replica_url(value)
+    except InvalidInput as exc:
+        raise InvalidInput(f"--replica-url: {exc.message}") from None
+    scheme = "http://" if insecure else "https://"
+    if not url.startswith(scheme):
+        raise InvalidInput(
+            f"--replica-url {url} is not {scheme}: "
+            + (
+                "this replica serves plain HTTP (--insecure)"
+                if insecure
+                else "this replica serves https:// (machines pin its certificate and "
+                "would not dial a plain http:// URL)"
+            )
+        )
+    return url
 
 
 def _check_database(url: str, *, must_exist: bool) -> None:
