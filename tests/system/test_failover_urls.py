@@ -43,3 +43,34 @@ def test_all_urls_down_is_a_clear_error(env, crc):
     r = crc("group", "list", extra_env={"CRC_URL": urls})
     assert r.returncode == 6
     assert r.stderr.startswith("crc: error: cannot reach") and "Traceback" not in r.stderr
+
+
+def test_login_with_every_url_down_names_each(tmp_path):
+    """Not only the last URL tried: the user would think the first one was fine."""
+    import os
+    import subprocess
+    import sys
+
+    import pytest
+
+    from cloudremotecontrol.errors import Unavailable
+
+    first, second = (f"https://127.0.0.1:{free_port()}" for _ in range(2))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRC_")}
+    token = "crcm_" + "a" * 40
+    argv = ["login", "--url", f"{first},{second}", "--token", token]
+    r = subprocess.run(
+        [sys.executable, "-m", "cloudremotecontrol", *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**env, "HOME": str(tmp_path)},
+    )
+    assert r.returncode == 6, r.stderr
+    assert r.stderr.startswith(f"crc: error: cannot reach any of {first}, {second}: "), r.stderr
+    assert "Traceback" not in r.stderr
+    # The SDK says it so too, pinned (its certificate fetched first) or not.
+    for pin in (None, "sha256:" + "ab" * 32):
+        with pytest.raises(Unavailable, match=f"^cannot reach any of {first}, {second}: "):
+            with Client(f"{first},{second}", token, pin) as c:
+                c.whoami()

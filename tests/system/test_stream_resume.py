@@ -44,7 +44,40 @@ def test_crc_run_goes_on_across_a_server_killed_and_restarted(env):
     assert len(notes) == 2, err
     assert notes[0].startswith(f"crc: event stream from {env.server.url} broke ("), err
     assert notes[0].endswith("): resuming it where it was, for up to 60 s"), err
-    assert notes[1] == f"crc: event stream resumed (it broke at {env.server.url})", err
+    assert notes[1] == f"crc: event stream from {env.server.url} resumed", err
+
+
+def test_an_idle_follower_says_resumed_once_the_stream_is_open_again(env):
+    """`crc events -f` with no new event after a restart: "resumed" is said when the
+    stream is open again, not left "resuming it..." until an event comes."""
+    import queue
+    import threading
+
+    env.client.create_group("lab", ["a"])
+    follow = subprocess.Popen(
+        [sys.executable, "-m", "cloudremotecontrol", "events", "lab", "-f"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **env.cli_env},
+    )
+    notes: queue.Queue[str] = queue.Queue()
+    assert follow.stdout is not None and follow.stderr is not None
+    reader = threading.Thread(target=lambda: [notes.put(x) for x in follow.stderr], daemon=True)
+    reader.start()
+    try:
+        assert "group.created" in follow.stdout.readline()  # the stream is open
+        env.server.kill()
+        assert "broke (" in notes.get(timeout=30)
+        env.server.start()
+        resumed = notes.get(timeout=30)  # (a keepalive comes 5 s after opening)
+        assert resumed == f"crc: event stream from {env.server.url} resumed\n", resumed
+    finally:
+        follow.kill()
+        follow.wait()
+        reader.join(10)
+        follow.stdout.close()
+        follow.stderr.close()
 
 
 def test_async_events_resume_from_their_cursor_after_a_restart(env):

@@ -57,3 +57,31 @@ def test_jitter_leaves_the_callers_global_random_state_alone() -> None:
         assert r.next_wait("https://x", OSError("cut")) > 0
     assert 5.0 <= retry_delay(5.0) <= 6.25
     assert random.getstate() == before
+
+
+def test_a_stream_open_again_is_said_at_once_and_a_new_break_is_said_again() -> None:
+    """An idle follower reopened after a restart says "resumed" when the stream opens,
+    not at the next event (which may never come); a break after that is said again."""
+    said: list[str] = []
+    r = Resume(replicas=1, window=60.0, notify=said.append)
+    r.opened("https://a")  # the first opening: nothing broke, nothing to say
+    assert said == []
+    r.next_wait("https://a", OSError("cut"))
+    r.next_wait("https://a", OSError("refused"))  # the same break: said once
+    r.opened("https://a")
+    r.opened("https://a")
+    assert said[1:] == ["event stream from https://a resumed"], said
+    r.next_wait("https://a", OSError("cut again"))  # broke again before any event
+    assert said[2].startswith("event stream from https://a broke (cut again)"), said
+    r.opened("https://b")  # at another replica
+    assert said[3] == "event stream from https://b resumed (it broke at https://a)", said
+    r.progressed()  # an event or keepalive: nothing more said
+    assert len(said) == 4, said
+
+
+def test_a_keepalive_read_after_reopening_starts_the_count_afresh() -> None:
+    r = Resume(replicas=1, window=2.0)
+    r.broke(0.0, jitter=1.0)
+    r.opened("https://a")
+    r.progressed()  # a keepalive read: the stream is alive
+    assert r.broke(100.0, jitter=1.0) == 0.25  # a later break: the whole window again

@@ -310,10 +310,19 @@ def group_list(as_json: bool) -> None:
 
 
 def _until(ts: float | None) -> str:
+    """How long until ``ts``: seconds below a minute, whole minutes below an hour, then
+    hours (``in 27s``, ``in 14m``, ``in 7.5h``); each rounded to the nearest, and to the
+    next unit when it rounds up to it (59.6 s is ``in 1m``, not ``in 60s``)."""
     if not ts:
         return "-"
-    left = ts - time.time()
-    return f"in {left / 3600:.1f}h" if left > 3600 else f"in {max(0, left) / 60:.0f}m"
+    left = round(ts - time.time())
+    if left <= 0:
+        return "now"
+    if left < 60:
+        return f"in {left}s"
+    if round(left / 60) < 60:
+        return f"in {round(left / 60)}m"
+    return f"in {left / 3600:.1f}h"
 
 
 @group.command("show")

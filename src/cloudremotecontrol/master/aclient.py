@@ -173,12 +173,16 @@ class AsyncClient:
         if self._closed:
             raise calls.client_closed()
         if self._http is None:
+            tried: dict[str, str] = {}
             for attempt in range(len(self.urls)):
                 try:
                     self._http = await self._open(self.url)
                     break
-                except Unavailable:
+                except Unavailable as exc:
+                    tried[self.url] = calls.why_unreachable(self.url, exc)
                     if attempt == len(self.urls) - 1:
+                        if len(tried) > 1:
+                            raise calls.none_reachable(tried) from None
                         raise
                     self._index = (self._index + 1) % len(self.urls)
         assert self._http is not None
@@ -199,11 +203,15 @@ class AsyncClient:
 
     async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """One request, sent to the next replica when this one cannot be reached."""
+        tried: dict[str, str] = {}
         for attempt in range(len(self.urls)):
             http = await self._client()
             try:
                 return await http.request(method, path, **kwargs)
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                tried[self.url] = str(exc)
+                if not is_untrusted(exc) and attempt == len(self.urls) - 1 and len(tried) > 1:
+                    raise calls.none_reachable(tried) from None
                 if is_untrusted(exc) or attempt == len(self.urls) - 1:
                     raise self._unreachable(exc) from None
                 if not await self._failover():
@@ -233,7 +241,7 @@ class AsyncClient:
         resume = Resume(len(self.urls), self.resume_for, notify=self.on_stream_break)
         while True:
             try:
-                async for item in self._stream_once(call):
+                async for item in self._stream_once(call, resume):
                     if self._halted:
                         return
                     resume.progressed()
@@ -269,16 +277,22 @@ class AsyncClient:
             self._wakers.discard(waker)
         return True
 
-    async def _stream_once(self, call: StreamCall) -> AsyncIterator[Any]:
+    async def _stream_once(
+        self, call: StreamCall, resume: Resume | None = None
+    ) -> AsyncIterator[Any]:
         http = await self._client()
         async with http.stream("GET", call.path, params=call.params) as resp:
             if resp.status_code >= 400:
                 raise_for(
                     self.url, resp.status_code, resp.headers.get("content-type"), await resp.aread()
                 )
+            if resume is not None:  # open again after a break: said now
+                resume.opened(self.url)
             async for line in resp.aiter_lines():
                 item = parse_sse_line(line)
                 if item is KEEPALIVE:
+                    if resume is not None:  # the stream is alive: a later break starts afresh
+                        resume.progressed()
                     if call.keepalive:
                         yield None
                     elif self._halted:  # halted on a quiet stream: end it now

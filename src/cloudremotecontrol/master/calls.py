@@ -106,10 +106,11 @@ class Resume:
     After a break the next replica is tried at once; once each was tried, the client
     waits 0.25 s, then twice as long each round (at most 5 s, times ``jitter`` in
     0.5-1), and gives up when every replica failed at least once and ``window`` seconds
-    have passed since the break. An event read starts afresh (``progressed``).
+    have passed since the break. An event or keepalive read starts afresh (``progressed``).
 
     ``notify``, if given, is told in a sentence when the stream breaks (once per break)
-    and when it is read again, so that a caller can say why it is quiet meanwhile."""
+    and when it is open again (``opened``: at once, not at the next event, which may be
+    long in coming), so that a caller can say why it is quiet meanwhile."""
 
     replicas: int
     window: float = RESUME_SECONDS
@@ -117,11 +118,22 @@ class Resume:
     failures: int = 0
     notify: Callable[[str], None] | None = None
     url: str = ""  # where the stream broke (for ``notify``)
+    said_open: bool = False  # "resumed" said for this break
+
+    def opened(self, url: str) -> None:
+        """The stream is open again (its answer's headers came), at ``url``: said now.
+        The count goes on until something is read (``progressed``): a server that
+        answers and drops the stream at once is not tried forever."""
+        if self.broke_at is None or self.said_open:
+            return
+        self.said_open = True
+        if self.notify is not None:
+            where = "" if url == self.url else f" (it broke at {self.url})"
+            self.notify(f"event stream from {url} resumed{where}")
 
     def progressed(self) -> None:
-        if self.broke_at is not None and self.notify is not None:
-            self.notify(f"event stream resumed (it broke at {self.url})")
-        self.broke_at, self.failures = None, 0
+        """An event or a keepalive was read: a later break starts afresh."""
+        self.broke_at, self.failures, self.said_open = None, 0, False
 
     def broke(self, now: float, jitter: float) -> float | None:
         """Seconds to wait before the next attempt (0: at once), or None: give up."""
@@ -138,8 +150,8 @@ class Resume:
 
     def next_wait(self, url: str, exc: BaseException) -> float:
         """``broke`` now, jittered; ``Unavailable`` (saying why) when it gives up."""
-        if self.broke_at is None:
-            self.url = url
+        if self.broke_at is None or self.said_open:  # a new break (perhaps of a reopening)
+            self.url, self.said_open = url, False
             if self.notify is not None:
                 self.notify(
                     f"event stream from {url} broke ({exc}): resuming it where it was, "
@@ -179,6 +191,21 @@ def raise_for(
         if value.isascii() and value.isdigit() and len(value) <= 6:  # not "²"
             exc.details["retry_after"] = min(int(value), RETRY_AFTER_MAX)
     raise exc
+
+
+def why_unreachable(url: str, exc: Unavailable | str) -> str:
+    """Why ``url`` could not be reached, without the ``cannot reach URL:`` before it."""
+    text = exc if isinstance(exc, str) else exc.message
+    prefix = f"cannot reach {url}: "
+    return text[len(prefix) :] if text.startswith(prefix) else text
+
+
+def none_reachable(tried: dict[str, str]) -> Unavailable:
+    """Every replica failed (``tried``: each URL and why): all are named, not only the
+    last one tried; a reason they share is said once."""
+    reasons = set(tried.values())
+    why = reasons.pop() if len(reasons) == 1 else "; ".join(f"{u}: {r}" for u, r in tried.items())
+    return Unavailable(f"cannot reach any of {', '.join(tried)}: {why}")
 
 
 def client_closed() -> InvalidInput:

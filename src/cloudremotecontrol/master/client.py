@@ -218,11 +218,15 @@ class Client:
         )
 
     def _connect_any(self) -> httpx.Client:
+        tried: dict[str, str] = {}
         for attempt in range(len(self.urls)):
             try:
                 return self._open(self.url)
-            except Unavailable:
+            except Unavailable as exc:
+                tried[self.url] = calls.why_unreachable(self.url, exc)
                 if attempt == len(self.urls) - 1:
+                    if len(tried) > 1:
+                        raise calls.none_reachable(tried) from None
                     raise
                 self._index = (self._index + 1) % len(self.urls)
         raise Unavailable("no server URL given")
@@ -289,12 +293,18 @@ class Client:
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """One request, sent to the next replica when this one cannot be reached."""
         self._check_open()
+        tried: dict[str, str] = {}
         for attempt in range(len(self.urls)):
             try:
                 return self._http.request(method, path, **kwargs)
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                 # Nothing reached the server: safe to send to another replica.
-                if is_untrusted(exc) or attempt == len(self.urls) - 1 or not self._failover():
+                tried[self.url] = str(exc)
+                if is_untrusted(exc):
+                    raise self._unreachable(exc) from None
+                if attempt == len(self.urls) - 1 and len(tried) > 1:
+                    raise calls.none_reachable(tried) from None
+                if attempt == len(self.urls) - 1 or not self._failover():
                     raise self._unreachable(exc) from None
             except httpx.HTTPError as exc:
                 raise self._unreachable(exc) from None
@@ -319,7 +329,7 @@ class Client:
         resume = Resume(len(self.urls), self.resume_for, notify=self.on_stream_break)
         while True:
             try:
-                for item in self._stream_once(call):
+                for item in self._stream_once(call, resume):
                     if self._halted.is_set():
                         return
                     resume.progressed()
@@ -343,14 +353,18 @@ class Client:
             except httpx.HTTPError as exc:
                 raise Unavailable(f"event stream from {self.url} broke: {exc}") from None
 
-    def _stream_once(self, call: StreamCall) -> Iterator[Any]:
+    def _stream_once(self, call: StreamCall, resume: Resume | None = None) -> Iterator[Any]:
         self._check_open()
         with self._http.stream("GET", call.path, params=call.params) as resp:
             if resp.status_code >= 400:
                 raise_for(self.url, resp.status_code, resp.headers.get("content-type"), resp.read())
+            if resume is not None:  # open again after a break: said now
+                resume.opened(self.url)
             for line in resp.iter_lines():
                 item = parse_sse_line(line)
                 if item is KEEPALIVE:
+                    if resume is not None:  # the stream is alive: a later break starts afresh
+                        resume.progressed()
                     if call.keepalive:
                         yield None
                     elif self._halted.is_set():  # halted on a quiet stream: end it now
