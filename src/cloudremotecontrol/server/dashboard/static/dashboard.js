@@ -159,16 +159,33 @@
       (t) => t === "*" || t === type || (t.endsWith(".") && type.startsWith(t)),
     );
   }
+  let panelAgain = false;
   function refreshPanel() {
     if (panelTimer) return;
     const wait = Math.max(0, 700 - (Date.now() - panelLast));
     panelTimer = setTimeout(() => {
       panelTimer = null;
-      panelLast = Date.now();
       const panel = document.getElementById("panel");
-      if (panel && window.htmx) window.htmx.trigger(panel, "crc-refresh");
+      if (!panel || !window.htmx) return;
+      if (panel.classList.contains("htmx-request")) {
+        // A refresh is under way and its answer may predate these events; a refresh
+        // htmx queues meanwhile is dropped with the panel its answer replaces. Ask
+        // again once that answer is in.
+        panelAgain = true;
+        return;
+      }
+      panelLast = Date.now();
+      window.htmx.trigger(panel, "crc-refresh");
     }, wait);
   }
+  function panelAnswered() {
+    if (!panelAgain) return;
+    panelAgain = false;
+    refreshPanel();
+  }
+  // The new panel settled (a swap), or the request ended without one (an error).
+  document.addEventListener("htmx:afterSettle", panelAnswered);
+  document.addEventListener("htmx:afterRequest", panelAnswered);
 
   // -- the machines table: virtualised (only the rows in view exist) ----------------------
   function osText(facts) {
