@@ -14,6 +14,7 @@ output (``crc run ... | head -1``) cancels it too, and crc exits 141 at once.
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 import signal
 import sys
@@ -32,6 +33,8 @@ from .signals import stopped_as_by_ctrl_c
 from .trailing import TrailingCommand
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+_log = logging.getLogger("crc.cli")
 
 _SHELL_CHARS = frozenset(" \t|&;<>()$`'\"*?[]#~%\n")
 
@@ -292,8 +295,8 @@ class _OfflineNotes:
                         return
                     if ev is not None:
                         self.saw(ev.get("machine"), (ev.get("data") or {}).get("state"))
-        except Exception:  # noqa: BLE001, S110 -- only a note: the job's own stream goes on
-            pass
+        except Exception:  # noqa: BLE001 -- only a note: the job's own stream goes on
+            _log.debug("machine offline notes ended", exc_info=True)
 
     def saw(self, machine: Any, state: Any) -> None:
         """Machine ``machine`` is now in ``state``: say so if it matters to the job."""
