@@ -66,3 +66,27 @@ def test_values_are_shown_as_utf8_text_escaping_what_a_terminal_obeys(env: Any, 
         body = line.split("user.hi from a: ", 1)[1]
         assert json.loads(body) == VALUE
         assert body == shown.replace(", ", ",").replace(": ", ":")
+
+
+def test_machine_text_outside_json_prints_under_an_output_encoding_that_cannot_hold_it(
+    env: Any, crc: Any
+) -> None:
+    """A progress line in `crc events` and `crc status`: printed with the characters the
+    output's encoding lacks as escapes, not a UnicodeEncodeError."""
+    env.group_with_agents("uni", ["a"])
+    said = env.agent_cli("a", "progress", "installé ✓ 日本")
+    assert said.returncode == 0, said.stderr
+    for encoding, shown in (
+        ("utf-8", "installé ✓ 日本"),
+        ("latin-1", "installé \\u2713 \\u65e5\\u672c"),
+    ):
+        for command in (["events", "uni"], ["status", "uni"]):
+            r = subprocess.run(
+                [sys.executable, "-m", "cloudremotecontrol", *command],
+                capture_output=True,
+                env={**os.environ, **env.cli_env, "PYTHONIOENCODING": encoding},
+                timeout=60,
+            )
+            out = r.stdout.decode(encoding)
+            assert r.returncode == 0 and not r.stderr, (command, r.stderr)
+            assert [ln for ln in out.splitlines() if f"  {shown}" in ln], (command, out)

@@ -160,8 +160,20 @@ def usage_line(exc: click.UsageError) -> str:
     return f"{message} (usage: {usage}; see `{ctx.command_path} --help`)"
 
 
+def _escape_what_output_cannot_hold() -> None:
+    """Text standard output's (or error's) encoding cannot hold is printed as its escape
+    (``\\u2713`` under latin-1), never a UnicodeEncodeError: machine text (progress,
+    names in tables) can hold any character."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            with contextlib.suppress(ValueError, OSError):
+                reconfigure(errors="backslashreplace")
+
+
 def main(argv: list[str] | None = None) -> None:
     fill_closed_std_fds()  # `crc ... 2>&-`: before any socket or file takes 0, 1 or 2
+    _escape_what_output_cannot_hold()
     try:
         rc = cli.main(args=argv, prog_name="crc", standalone_mode=False)
     except CrcError as exc:
