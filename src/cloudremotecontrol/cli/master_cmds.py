@@ -100,11 +100,58 @@ def login(url: str | None, token: str | None, fingerprint: str | None, as_json: 
             ) from None
         except Forbidden as exc:
             raise Forbidden(f"{exc.message}: `crc login` takes a master token (crcm_...)") from None
+        _check_replicas(urls, client.url, token, fp, who["user"])
         path = save_profile(Profile(url, token, fp, client.cert_pem))
     if as_json:
         emit_json({"user": who["user"], "url": url, "profile": str(path)})
     else:
         click.echo(f"logged in to {url} as {who['user']} (profile: {path})")
+
+
+def _check_replicas(urls: list[str], first: str, token: str, fp: str | None, user: str) -> None:
+    """Every URL of the list besides ``first`` (the one that answered) must be the same
+    server: the pinned certificate (or one the system trusts, without a pin) and the
+    same user for this token. One that differs is refused (exit 2, nothing saved); one
+    that cannot be reached now (a replica down) is named in a warning and kept."""
+    from ..errors import CrcError, Unavailable
+    from ..master.calls import why_unreachable
+    from ..master.client import Client
+
+    down: dict[str, str] = {}
+    for url in urls:
+        if url == first:
+            continue
+        try:
+            with Client(url, token, fp, timeout=10) as other:
+                them = other.whoami()
+        except Unavailable as exc:
+            if exc.message.startswith(f"{url} is not a CloudRemoteControl server: "):
+                raise _not_one_server(url, first, exc.message) from None
+            down[url] = why_unreachable(url, exc)
+            continue
+        except (Unauthorized, Forbidden) as exc:
+            why = f"it rejected the token {first} accepted ({exc.message})"
+            raise _not_one_server(url, first, why) from None
+        except CrcError as exc:  # another certificate
+            raise _not_one_server(url, first, exc.message) from None
+        if them.get("user") != user:
+            raise _not_one_server(
+                url, first, f"this token is user {them.get('user')!r} there, {user!r} at {first}"
+            )
+    if down:
+        why = "; ".join(f"{u}: {r}" for u, r in down.items())
+        click.echo(
+            f"crc: warning: not checked, cannot reach {why}; kept in the profile all the "
+            f"same (a replica may be down): logged in through {first}",
+            err=True,
+        )
+
+
+def _not_one_server(url: str, first: str, why: str) -> InvalidInput:
+    return InvalidInput(
+        f"--url lists {url}, which is not the same server as {first}: {why}; not logged in "
+        "(give the URLs of one server's replicas only)"
+    )
 
 
 def _check_login_variables() -> None:

@@ -173,17 +173,15 @@ class AsyncClient:
         if self._closed:
             raise calls.client_closed()
         if self._http is None:
-            tried: dict[str, str] = {}
+            unreached = calls.Unreached()
             for attempt in range(len(self.urls)):
                 try:
                     self._http = await self._open(self.url)
                     break
                 except Unavailable as exc:
-                    tried[self.url] = calls.why_unreachable(self.url, exc)
+                    unreached.add(self.url, exc)
                     if attempt == len(self.urls) - 1:
-                        if len(tried) > 1:
-                            raise calls.none_reachable(tried) from None
-                        raise
+                        raise unreached.error(exc) from None
                     self._index = (self._index + 1) % len(self.urls)
         assert self._http is not None
         return self._http
@@ -203,19 +201,18 @@ class AsyncClient:
 
     async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """One request, sent to the next replica when this one cannot be reached."""
-        tried: dict[str, str] = {}
+        unreached = calls.Unreached()
         for attempt in range(len(self.urls)):
             http = await self._client()
             try:
                 return await http.request(method, path, **kwargs)
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-                tried[self.url] = str(exc)
-                if not is_untrusted(exc) and attempt == len(self.urls) - 1 and len(tried) > 1:
-                    raise calls.none_reachable(tried) from None
-                if is_untrusted(exc) or attempt == len(self.urls) - 1:
+                # Nothing reached the server: safe to send to another replica (as Client).
+                if is_untrusted(exc):
                     raise self._unreachable(exc) from None
-                if not await self._failover():
-                    raise self._unreachable(exc) from None
+                unreached.add(self.url, exc)
+                if attempt == len(self.urls) - 1 or not await self._failover():
+                    raise unreached.error(self._unreachable(exc)) from None
             except httpx.HTTPError as exc:
                 raise self._unreachable(exc) from None
         raise AssertionError("unreachable")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import time
 from collections.abc import Callable
@@ -193,11 +194,23 @@ def raise_for(
     raise exc
 
 
-def why_unreachable(url: str, exc: Unavailable | str) -> str:
-    """Why ``url`` could not be reached, without the ``cannot reach URL:`` before it."""
-    text = exc if isinstance(exc, str) else exc.message
-    prefix = f"cannot reach {url}: "
-    return text[len(prefix) :] if text.startswith(prefix) else text
+def why_unreachable(url: str, exc: BaseException | str) -> str:
+    """Why ``url`` could not be reached, without the ``cannot reach URL:`` before it, in
+    one wording however it was found: an ``Unavailable``'s own reason (a certificate
+    fetch), or for another error (the HTTP library's) the operating system's reason when
+    it gave one (``[Errno 111] Connection refused``, as a certificate fetch says it, not
+    ``All connection attempts failed``), else the error's text, else its kind."""
+    if isinstance(exc, str | Unavailable):
+        text = exc if isinstance(exc, str) else exc.message
+        prefix = f"cannot reach {url}: "
+        return text[len(prefix) :] if text.startswith(prefix) else text
+    seen: BaseException | None = exc
+    while seen is not None:
+        number = getattr(seen, "errno", None)
+        if isinstance(number, int) and number > 0:
+            return f"[Errno {number}] {os.strerror(number)}"
+        seen = seen.__cause__ or seen.__context__
+    return str(exc) or type(exc).__name__
 
 
 def none_reachable(tried: dict[str, str]) -> Unavailable:
@@ -206,6 +219,22 @@ def none_reachable(tried: dict[str, str]) -> Unavailable:
     reasons = set(tried.values())
     why = reasons.pop() if len(reasons) == 1 else "; ".join(f"{u}: {r}" for u, r in tried.items())
     return Unavailable(f"cannot reach any of {', '.join(tried)}: {why}")
+
+
+class Unreached:
+    """The replicas one connection or request could not reach, and why (each in
+    ``why_unreachable``'s wording), kept by both clients while they try the next one."""
+
+    def __init__(self) -> None:
+        self.why: dict[str, str] = {}
+
+    def add(self, url: str, exc: BaseException | str) -> None:
+        self.why[url] = why_unreachable(url, exc)
+
+    def error(self, last: Exception) -> Exception:
+        """What to raise once the last URL failed too: ``none_reachable`` naming each
+        when several were tried, else ``last`` (the one URL's own error)."""
+        return none_reachable(self.why) if len(self.why) > 1 else last
 
 
 def client_closed() -> InvalidInput:

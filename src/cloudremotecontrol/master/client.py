@@ -218,16 +218,14 @@ class Client:
         )
 
     def _connect_any(self) -> httpx.Client:
-        tried: dict[str, str] = {}
+        unreached = calls.Unreached()
         for attempt in range(len(self.urls)):
             try:
                 return self._open(self.url)
             except Unavailable as exc:
-                tried[self.url] = calls.why_unreachable(self.url, exc)
+                unreached.add(self.url, exc)
                 if attempt == len(self.urls) - 1:
-                    if len(tried) > 1:
-                        raise calls.none_reachable(tried) from None
-                    raise
+                    raise unreached.error(exc) from None
                 self._index = (self._index + 1) % len(self.urls)
         raise Unavailable("no server URL given")
 
@@ -293,19 +291,17 @@ class Client:
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """One request, sent to the next replica when this one cannot be reached."""
         self._check_open()
-        tried: dict[str, str] = {}
+        unreached = calls.Unreached()
         for attempt in range(len(self.urls)):
             try:
                 return self._http.request(method, path, **kwargs)
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                 # Nothing reached the server: safe to send to another replica.
-                tried[self.url] = str(exc)
                 if is_untrusted(exc):
                     raise self._unreachable(exc) from None
-                if attempt == len(self.urls) - 1 and len(tried) > 1:
-                    raise calls.none_reachable(tried) from None
+                unreached.add(self.url, exc)
                 if attempt == len(self.urls) - 1 or not self._failover():
-                    raise self._unreachable(exc) from None
+                    raise unreached.error(self._unreachable(exc)) from None
             except httpx.HTTPError as exc:
                 raise self._unreachable(exc) from None
         raise AssertionError("unreachable")

@@ -1,0 +1,87 @@
+"""`crc login` with several URLs checks each one is the same server, not only the first."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cloudremotecontrol.master.localrun import ServerProcess, free_port
+
+
+@pytest.fixture
+def first(tmp_path: Path) -> Iterator[ServerProcess]:
+    srv = ServerProcess(tmp_path / "first").start()
+    yield srv
+    srv.stop()
+
+
+def _login(home: Path, urls: str, token: str, fingerprint: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRC_")}
+    home.mkdir(exist_ok=True)
+    argv = ["login", "--url", urls, "--token", token, "--fingerprint", fingerprint, "--json"]
+    return subprocess.run(
+        [sys.executable, "-m", "cloudremotecontrol", *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**env, "HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config")},
+    )
+
+
+def _saved(home: Path) -> list[Path]:
+    return [p for p in home.rglob("*") if p.is_file()]
+
+
+def test_a_url_of_a_server_with_another_certificate_is_refused(first, tmp_path):
+    other = ServerProcess(tmp_path / "other").start()
+    try:
+        assert other.fingerprint != first.fingerprint
+        token = first.add_user("alice")
+        home = tmp_path / "home"
+        r = _login(home, f"{first.url},{other.url}", token, first.fingerprint)
+        assert r.returncode == 2, r.stderr
+        assert r.stderr.startswith(
+            f"crc: error: --url lists {other.url}, which is not the same server as {first.url}: "
+        ), r.stderr
+        assert other.fingerprint in r.stderr and "Traceback" not in r.stderr
+        assert r.stdout == "" and _saved(home) == []
+    finally:
+        other.stop()
+
+
+def test_a_url_of_a_server_that_does_not_know_the_token_is_refused(first, tmp_path):
+    """Same certificate (copied), but a database of its own: another server."""
+    token = first.add_user("alice")
+    stranger = first.replica(tmp_path / "stranger").start()
+    try:
+        home = tmp_path / "home"
+        r = _login(home, f"{first.url},{stranger.url}", token, first.fingerprint)
+        assert r.returncode == 2, r.stderr
+        assert r.stderr.startswith(
+            f"crc: error: --url lists {stranger.url}, which is not the same server as "
+            f"{first.url}: it rejected the token {first.url} accepted ("
+        ), r.stderr
+        assert _saved(home) == []
+    finally:
+        stranger.stop()
+
+
+def test_a_url_that_cannot_be_reached_is_a_warning_and_kept(first, tmp_path):
+    token = first.add_user("alice")
+    dead = f"https://127.0.0.1:{free_port()}"
+    home = tmp_path / "home"
+    for urls in (f"{first.url},{dead}", f"{dead},{first.url}"):
+        r = _login(home, urls, token, first.fingerprint)
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["url"] == urls
+        assert r.stderr == (
+            f"crc: warning: not checked, cannot reach {dead}: [Errno 111] Connection refused; "
+            f"kept in the profile all the same (a replica may be down): logged in through "
+            f"{first.url}\n"
+        )
