@@ -488,7 +488,8 @@ def _announce_job(
 @click.option(
     "--shell",
     type=click.Choice(["bash", "sh", "powershell", "cmd"]),
-    help="Run COMMAND as one string in this shell (default: argv, no shell).",
+    help="Run COMMAND as one string in this shell (default: several words run as argv, "
+    "without a shell; one string with shell syntax runs in the machine's default shell).",
 )
 @click.option(
     "--env",
