@@ -287,6 +287,7 @@ def run(
             log_level,
             dashboard=not no_dashboard,
             on_listening=listening,
+            replica_url=cfg.url if replica_url is not None else None,
         )
     finally:
         if serving:  # a server that never served says only why (an error line)

@@ -358,10 +358,55 @@ class _EventStream(StreamingResponse):
             # The database failed midway (an outage): the answer has started, so no
             # error can be sent; it is cut, as when the server stops, and the client
             # resumes from its last cursor (then 503 until the database is back).
-            log.warning("event stream cut: %s", exc.message)
+            _CUTS.cut(exc.message)
             await _cut(self.scope)
             return
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+class _CutLog:
+    """The log of event streams cut by database failures: an outage cuts every open
+    stream at once, so the first cut is one line, and those that follow within
+    ``every`` seconds one line more, with their count, once that time is up (not a
+    line per stream: a thousand followers would write a thousand)."""
+
+    def __init__(self, every: float = 10.0) -> None:
+        self.every = every
+        self.logged_at: float | None = None  # the loop's time of the last line
+        self.more = 0  # cuts not logged yet
+        self.last = ""  # the reason of the latest of them
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def cut(self, message: str) -> None:
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:  # another event loop (a server started again)
+            self._loop, self._timer, self.logged_at, self.more = loop, None, None, 0
+        now = loop.time()
+        if self._timer is None and (self.logged_at is None or now - self.logged_at >= self.every):
+            log.warning("event stream cut: %s", message)
+            self.logged_at = now
+            return
+        self.more += 1
+        self.last = message
+        if self._timer is None:
+            due = (now if self.logged_at is None else self.logged_at) + self.every
+            self._timer = loop.call_at(due, self._summary)
+
+    def _summary(self) -> None:
+        self._timer = None
+        if self.more:
+            log.warning(
+                "event streams cut: %d more in the last %g s (each resumes from its cursor): %s",
+                self.more,
+                self.every,
+                self.last,
+            )
+            self.more = 0
+            self.logged_at = asyncio.get_running_loop().time()
+
+
+_CUTS = _CutLog()
 
 
 async def _cut(scope: Scope | None) -> None:

@@ -39,7 +39,7 @@ from .models import StrictBody
 from .ops import recordings as recording_ops
 from .ops import sessions as session_ops
 from .recorder import Recorder
-from .store.base import Store
+from .store.base import Store, Tx
 from .streams import AGENT_DIAL_SECONDS, Stream, StreamBroker, close_ends, splice
 
 __all__ = ["add_stream_routes", "router"]
@@ -242,16 +242,19 @@ def _recorder(store: Store, stream: Stream) -> Recorder:
     """The session's recording, written to the store in chunks as it goes."""
     user_id = str(stream.user["user_id"])
 
+    kept = session_ops.kept_detail(
+        stream.machine, stream.detail | {"stream": stream.id}, stream.group_id
+    )
+
+    def append(tx: Tx, n: int, data: bytes, size: int, at: float, up: int, down: int) -> None:
+        recording_ops.append_chunk(tx, stream.id, user_id, stream.group_id, n, data, size, at)
+        # The bytes each way so far, with the chunk: a session cut by this server's
+        # death (kill -9) is listed with them, not with none.
+        session_ops.note_stream_bytes(tx, stream.id, kept, up, down)
+
     async def sink(n: int, data: bytes, size: int) -> None:
         await store.write(
-            recording_ops.append_chunk,
-            stream.id,
-            user_id,
-            stream.group_id,
-            n,
-            data,
-            size,
-            time.time(),
+            append, n, data, size, time.time(), stream.to_machine, stream.from_machine
         )
 
     header = {

@@ -44,10 +44,13 @@ def serve(
     log_level: str = "warning",
     dashboard: bool = True,
     on_listening: Callable[[], None] | None = None,
+    replica_url: str | None = None,
 ) -> None:
     """Serve until stopped. ``on_listening`` is called once the server accepts
     connections; a listen address it cannot take is an error raised before anything
-    starts (``Conflict`` when another process holds it)."""
+    starts (``Conflict`` when another process holds it). ``replica_url``: where
+    machines reach this replica (``--replica-url``, checked), else server.json's url
+    (TLS) or ``http://LISTEN`` (``insecure``: server.json's url is https://)."""
     host, port = parse_listen(listen)
     if insecure:
         try:
@@ -68,7 +71,7 @@ def serve(
     app.state.wheel_dir = Path(cfg.data_dir) / "wheels"  # served by /v1/agent/wheels
     # Where machines reach this replica (streams opened here for a machine connected to
     # another replica: the machine dials back here, server/api_streams.py).
-    app.state.replica_url = f"http://{listen}" if insecure else cfg.url
+    app.state.replica_url = replica_url or (f"http://{listen}" if insecure else cfg.url)
     app.state.teardown_cipher = load_cipher(Path(cfg.data_dir))  # opt-in TTL teardown
     # Every log line is redacted (tokens, Authorization headers, keys), whatever logs it.
     logsafe.configure(log_level, "%(asctime)s %(levelname)s %(name)s %(message)s")

@@ -19,7 +19,9 @@ __all__ = [
     "close_cut_streams",
     "close_stream",
     "cut_orphaned_streams",
+    "kept_detail",
     "list_sessions",
+    "note_stream_bytes",
     "open_stream",
     "renew_lease",
     "request_stream",
@@ -85,13 +87,29 @@ def open_stream(
     later under the same name."""
     full = {"machine": machine, **detail}
     audit(tx, user["user_id"], user["user"], "stream.open", group, full)
-    kept = dumps({**full, _GROUP_ID: group_id})
+    kept = dumps(kept_detail(machine, detail, group_id))
     tx.send(
         "INSERT INTO open_streams (stream, replica, created, user_id, actor, group_name, detail) "
         "VALUES (?, ?, ?, ?, ?, ?, ?)",
         (detail["stream"], replica, now(), user["user_id"], user["user"], group, kept),
     )
     add_event(tx, group_id, "stream.opened", {"by": user["user"], **detail}, machine=machine)
+
+
+def kept_detail(machine: str, detail: dict[str, Any], group_id: str) -> dict[str, Any]:
+    """The detail an open stream's row keeps (what its close as cut says)."""
+    return {"machine": machine, **detail, _GROUP_ID: group_id}
+
+
+def note_stream_bytes(
+    tx: Tx, stream: str, kept: dict[str, Any], to_machine: int, from_machine: int
+) -> None:
+    """Keep an open stream's bytes each way so far in its row (``kept``: its
+    ``kept_detail``), so that a stream cut by a killed server is closed with them
+    rather than with none. Written with each chunk of its recording: a statement per
+    chunk, not per message."""
+    counted = {**kept, "bytes_to_machine": to_machine, "bytes_from_machine": from_machine}
+    tx.send("UPDATE open_streams SET detail = ? WHERE stream = ?", (dumps(counted), stream))
 
 
 def request_stream(
@@ -126,7 +144,8 @@ def close_cut_streams(tx: Tx) -> int:
     lists closes) missed them, recording and all. Run at start by a server alone on its
     database (SQLite), when no stream of its can be open any more: every stream still
     listed as open (``open_streams``) was cut. Each gets a close marked ``"cut": true``,
-    its duration through its recording's last chunk (else 0); returns how many. Streams
+    its duration through its recording's last chunk (else 0) and its bytes each way as
+    of that chunk (``note_stream_bytes``); returns how many. Streams
     opened before the open ones were listed (schema 12) are left as they are: their
     audit cannot tell a cut stream from one that was never dialled."""
     rows = tx.all("SELECT * FROM open_streams ORDER BY created")
@@ -178,8 +197,9 @@ _GROUP_ID = "group_id"
 
 def _write_cut(tx: Tx, r: dict[str, Any]) -> None:
     """The close of a stream whose server was killed, from its ``open_streams`` row:
-    marked ``"cut": true``, its duration through its recording's last chunk (else 0).
-    Its event goes to the group it was opened in, if that group still exists."""
+    marked ``"cut": true``, its duration through its recording's last chunk (else 0),
+    its bytes each way as of that chunk (``note_stream_bytes``). Its event goes to the
+    group it was opened in, if that group still exists."""
     detail = loads(r["detail"]) or {}
     group_id = detail.pop(_GROUP_ID, None)
     stream = detail.get("stream")
