@@ -14,7 +14,7 @@ import errno
 import functools
 import os
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -26,7 +26,7 @@ from .platform.base import Platform
 if TYPE_CHECKING:
     from concurrent.futures import Executor
 
-__all__ = ["JobOutcome", "run_job"]
+__all__ = ["JobOutcome", "job_environment", "run_job"]
 
 FLUSH_SECONDS = 0.05
 FLUSH_BYTES = 32 << 10
@@ -60,6 +60,21 @@ class JobOutcome:
     reason: str | None = None
 
 
+def job_environment(*layers: Mapping[str, str], windows: bool) -> dict[str, str]:
+    """The environment of a job: ``layers`` (the agent's own, then what the agent sets,
+    then the job's ``env``) merged, a later one's variable replacing an earlier one's.
+    On Windows, where environment names are case-insensitive, a name replaces any earlier
+    one equal to it ignoring case and keeps its own spelling (``--env Path=x`` replaces
+    the inherited ``PATH``; the job does not get both); elsewhere names are as given."""
+    if not windows:
+        return {name: value for layer in layers for name, value in layer.items()}
+    merged: dict[str, tuple[str, str]] = {}  # folded name -> (name as given, value)
+    for layer in layers:
+        for name, value in layer.items():
+            merged[name.upper()] = (name, value)
+    return dict(merged.values())
+
+
 async def run_job(
     job: JobRun,
     platform: Platform,
@@ -79,7 +94,7 @@ async def run_job(
         verbatim = platform.verbatim_shell(job.shell) if job.argv is None else None
     except CrcError as exc:
         return JobOutcome("failed", 127, exc.message)
-    env = {**os.environ, **(extra_env or {}), **job.env}
+    env = job_environment(os.environ, extra_env or {}, job.env, windows=os.name == "nt")
     try:
         options: dict[str, Any] = {
             "stdin": asyncio.subprocess.DEVNULL,

@@ -17,6 +17,7 @@ import click
 from ..errors import InvalidInput
 from ..protocol.fields import MAX_SEQ
 from .output import emit_json, json_option, safe, shown_json
+from .signals import stopped_as_by_ctrl_c
 
 _STATE_STYLE = {
     "ready": "green",
@@ -125,7 +126,7 @@ def wait(
     scenario step) started there, or after --since CURSOR: so the message a command
     ends with is found even if it came before `crc wait` started."""
     from ..master.waits import check_timeout
-    from .master_cmds import _client, _duration
+    from .master_cmds import _duration
 
     # 1e30, 10**20: a typo, not a wait; refused as the SDK refuses it.
     seconds = check_timeout(_duration(timeout), "--timeout", given=timeout)
@@ -134,16 +135,26 @@ def wait(
             raise click.UsageError("--machines does not go with --message: use --from MACHINE")
         if sender is not None:
             (sender,) = _machine_list(sender, "--from", one=True)
-        _wait_message(name, message_type, sender, since, seconds, as_json)
+        # SIGTERM and SIGHUP (`kill`, a closed terminal, a cancelled CI job) end the wait
+        # as Ctrl-C does, `crc: interrupted` and 128 + the signal, rather than killing crc
+        # without a word.
+        with stopped_as_by_ctrl_c():
+            _wait_message(name, message_type, sender, since, seconds, as_json)
         return
     if sender or since is not None:
         raise click.UsageError("--from and --since go with --message")
-    from ..master.follow import follow_events
-    from ..master.waits import ReadyWait
-
     chosen = None
     if machines is not None:
         chosen = _machine_list(machines)
+    with stopped_as_by_ctrl_c():  # as above
+        _wait_ready(name, chosen, seconds, as_json)
+
+
+def _wait_ready(name: str, chosen: list[str] | None, seconds: float, as_json: bool) -> None:
+    from ..master.follow import follow_events
+    from ..master.waits import ReadyWait
+    from .master_cmds import _client
+
     deadline = time.monotonic() + seconds
     with _client() as c:
         try:
