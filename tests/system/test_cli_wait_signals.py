@@ -1,7 +1,8 @@
 """SIGTERM and SIGHUP (`kill`, a closed terminal, a cancelled CI job) end `crc wait` as
 Ctrl-C does: exit 143 / 129 with one line, `crc: interrupted`, never killed by the
 signal (no line, exit -15). Both forms of the wait: the group's machines to be ready, and
-a machine's message (--message). Real server, real crc process."""
+a machine's message (--message); and the other commands that wait, `crc events --follow`
+and `crc kv get --wait`. Real server, real crc process."""
 
 from __future__ import annotations
 
@@ -33,10 +34,12 @@ def _crc(env: Any, *args: str) -> subprocess.Popen[str]:
         ["wait", "g", "--timeout", "2m"],
         ["wait", "g", "--timeout", "2m", "--json"],
         ["wait", "g", "--message", "never", "--timeout", "2m"],
+        ["events", "g", "--follow"],
+        ["kv", "get", "g", "k", "--wait", "2m"],
     ],
-    ids=["ready", "ready-json", "message"],
+    ids=["ready", "ready-json", "message", "events-follow", "kv-wait"],
 )
-def test_a_signal_ends_crc_wait_with_one_line_and_128_plus_it(
+def test_a_signal_ends_a_waiting_command_with_one_line_and_128_plus_it(
     env: Any, args: list[str], sig: signal.Signals
 ) -> None:
     env.client.create_group("g", ["a"])  # never enrolls: the wait goes on

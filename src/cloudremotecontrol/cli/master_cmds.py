@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from ..errors import Forbidden, InvalidInput, Unauthorized
+from ..errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
 from ..protocol.fields import MAX_SEQ
 from ..protocol.limits import MAX_MACHINES_PER_GROUP
 from ..protocol.names import expired_advice, scenario_of
@@ -25,6 +25,7 @@ from .output import (
     say_stream_breaks,
     shown_json,
 )
+from .signals import stopped_as_by_ctrl_c
 
 
 def _client() -> Any:
@@ -387,16 +388,52 @@ def group_show(name: str, as_json: bool) -> None:
 
 @group.command("delete")
 @click.argument("name")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Delete a group `crc up` made all the same: only the group goes, its machines "
+    "keep running at the provider (`crc down --group NAME` destroys them too).",
+)
 @json_option
-def group_delete(name: str, as_json: bool) -> None:
-    """Delete group NAME: revokes every key and credential; its agents stop."""
+def group_delete(name: str, force: bool, as_json: bool) -> None:
+    """Delete group NAME: revokes every key and credential; its agents stop.
+
+    A group `crc up` made is refused (exit 5) unless --force: deleting it alone would
+    leave its machines running (on a cloud, billing); `crc down --group NAME` destroys
+    them and deletes the group."""
     with _client() as c:
+        try:
+            settings = c.group(name).get("settings") or {}
+        except (Forbidden, NotFound):
+            settings = {}  # the delete says what the server says
+        made_by = scenario_of(settings)
+        mine = settings.get("crc_up")
+        provider = mine.get("provider") if isinstance(mine, dict) else None
+        at = f" at {provider}" if isinstance(provider, str) else ""
+        if made_by is not None and not force:
+            raise Conflict(
+                f"group {name} was made by `crc up` (scenario {made_by}): deleting it "
+                f"alone would leave its machines running{at} (on a cloud, billing); "
+                f"`crc down --group {name}` destroys them and deletes the group "
+                "(--force deletes only the group)"
+            )
         out = c.delete_group(name)
+    if made_by is not None and not as_json:
+        again = f" --provider {provider}" if isinstance(provider, str) else " --provider NAME"
+        click.echo(
+            f"warning: the machines of group {name} keep running{at} (on a cloud, "
+            f"billing): `crc down --group {name}{again}` destroys them",
+            err=True,
+        )
     if as_json:
         emit_json(out)
         return
     revoked = out.get("machines_revoked")
-    counted = f" ({revoked} machines revoked)" if isinstance(revoked, int) else ""
+    counted = (
+        f" ({revoked} machine{'' if revoked == 1 else 's'} revoked)"
+        if isinstance(revoked, int)
+        else ""
+    )
     click.echo(f"deleted group {name}{counted}")
 
 
@@ -487,7 +524,7 @@ def status(name: str, as_json: bool) -> None:
 @json_option
 def events(name: str, follow: bool, since: int | None, as_json: bool) -> None:
     """A group's events (state changes, progress, output, results), resumable by cursor."""
-    with _client() as c:
+    with stopped_as_by_ctrl_c(), _client() as c:  # SIGTERM / SIGHUP end --follow as Ctrl-C
         for ev in c.events(name, since=since if since is not None else 0, follow=follow):
             if as_json:
                 emit_json(ev)
@@ -629,7 +666,7 @@ def kv_get(name: str, key: str, wait_for: str | None, as_json: bool) -> None:
             f"--wait {wait_for} is too long: at most {MAX_KV_WAIT_SECONDS:g} s (5m); "
             "wait again for longer"
         )
-    with _client() as c:
+    with stopped_as_by_ctrl_c(), _client() as c:  # SIGTERM / SIGHUP end --wait as Ctrl-C
         out = c.kv_get(name, key, wait=wait)
     if as_json:
         emit_json(out)
