@@ -374,10 +374,14 @@ def test_a_failing_provisioning_script_is_reported_and_the_machine_is_not_ready(
     then = tmp_path / "provision.sh"
     then.write_text("echo installing mysql\nexit 42\n")
     script = _bootstrap(crc, tmp_path, "db", "--then", str(then))
+    # A minimal image without /usr/local/bin: the script makes it, as any image has it.
+    assert vm.run("rm", "-rf", "/usr/local/bin").returncode == 0
 
     res = vm.run("bash", str(script))
 
     assert res.returncode == 42, res.stderr
+    assert stat.S_IMODE(vm.path("/usr/local/bin").stat().st_mode) == 0o755
+    assert os.readlink(vm.path("/usr/local/bin/crc")) == "/opt/crc-agent/venv/bin/crc"
     assert "the provisioning script failed (exit 42)" in res.stderr
     deadline = time.monotonic() + 30
     while not (messages := _events(env, "db", "message")) and time.monotonic() < deadline:

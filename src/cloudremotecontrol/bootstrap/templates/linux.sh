@@ -160,7 +160,8 @@ if [ "$(readlink "$CRC_BIN_LINK" 2>/dev/null || true)" != "$CRC" ]; then
     if [ -e "$CRC_BIN_LINK" ] && [ ! -L "$CRC_BIN_LINK" ]; then
         say "warning: $CRC_BIN_LINK exists and is not ours: use $CRC in scripts"
     else
-        mkdir -p "$(dirname "$CRC_BIN_LINK")"
+        # A directory on PATH, made readable to all (not with the script's umask 077).
+        (umask 022 && mkdir -p "$(dirname "$CRC_BIN_LINK")")
         ln -sfn "$CRC" "$CRC_BIN_LINK"
     fi
 fi
