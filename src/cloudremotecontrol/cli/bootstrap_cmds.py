@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import ipaddress
 import os
+import secrets
 import stat
+import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import click
 
 from ..errors import InvalidInput
+from ..fslinks import file_kind, through_links
 from .output import emit_json, json_option
 
 # A well-formed enrollment key that is no machine's: what the script is checked with
@@ -29,43 +33,127 @@ def _read_text(path: str, option: str) -> str:
 
 
 class _Output:
-    """The script's file, opened (mode 0600) before anything is asked of the server and
-    left as it was, or removed if it was made here, when no script is written.
+    """The script's file, made ready before anything is asked of the server: a new file
+    of this user's, mode 0600, beside the file ``-o`` names, moved over it once the script
+    is written - or removed, leaving what was there as it was, when no script is.
 
-    A file that exists is made 0600 then too (it will hold the key), and rewritten whole
-    when the script is written. What is not a regular file (a pipe such as `-o >(...)`,
-    /dev/stdout, /dev/null) is written as it is: it has no mode to set nor length to cut,
-    and trying would fail only once the fresh key had been issued."""
+    The file named is never opened to write: one that exists (another user's, made in
+    /tmp before this command ran) is replaced, not rewritten, so that nobody but this user
+    can ever read the key from it. A symbolic link of this user's is followed (the file
+    it leads to is replaced, the link stays), as ``crc pull`` does; another user's link
+    and a dangling one are refused (``fslinks.through_links``). What is not a regular
+    file (a pipe such as `-o >(...)`, /dev/stdout, /dev/null) is written as it is: it has
+    no mode to set nor length to cut; a FIFO or a socket of another user's is refused."""
 
     def __init__(self, path: str) -> None:
         self.path = path
         self.written = False
+        self.fd = -1
+        self.dir_fd = -1
+        self.tmp: str | None = None
+        self.target = path
         try:
-            self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            self.made = True
-        except FileExistsError:
-            self.made = False
-            try:
-                self.fd = os.open(path, os.O_WRONLY)
-            except OSError as exc:
-                raise InvalidInput(f"-o: cannot write {path}: {exc.strerror or exc}") from None
+            st: os.stat_result | None = os.stat(path)
+        except FileNotFoundError:
+            st = None  # no such file yet, or a dangling link (through_links says which)
         except OSError as exc:
-            raise InvalidInput(f"-o: cannot write {path}: {exc.strerror or exc}") from None
+            if exc.errno != errno.ELOOP:
+                raise _cannot_write(path, exc) from None
+            st = None  # a link in a loop: through_links says so
+        self.regular = st is None or stat.S_ISREG(st.st_mode)
+        if not self.regular:
+            self._open_special(path)
+            return
         try:
-            self.regular = stat.S_ISREG(os.fstat(self.fd).st_mode)
-            if self.regular and not self.made and hasattr(os, "fchmod"):  # not on Windows
+            self.target = through_links(path, "write")
+        except InvalidInput as exc:
+            raise InvalidInput(f"-o: {exc}") from None
+        except OSError as exc:
+            raise _cannot_write(path, exc) from None
+        directory, name = os.path.split(self.target)
+        directory = directory or "."
+        try:
+            if _AT:
+                self.dir_fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+            dst = os.stat(name, dir_fd=self.dir_fd) if _AT else os.stat(self.target)
+        except FileNotFoundError:
+            dst = None
+            if self.dir_fd < 0 and not os.path.isdir(directory):
+                raise InvalidInput(
+                    f"-o: cannot write {path}: there is no directory {directory}"
+                ) from None
+        except OSError as exc:
+            self.close()
+            raise _cannot_write(path, exc) from None
+        if dst is not None and not stat.S_ISREG(dst.st_mode):  # made meanwhile
+            self.close()
+            raise InvalidInput(f"-o: cannot write {path}: it is {file_kind(dst.st_mode)}")
+        if dst is not None and not _replaceable(dst, directory):
+            self.close()
+            raise InvalidInput(
+                f"-o: {path} is another user's (uid {dst.st_uid}) in {directory}, where only "
+                "its owner may replace it: the script holds the key, write it to a path of "
+                "your own"
+            )
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+        for _ in range(100):
+            tmp = f".{name}.crc-{secrets.token_hex(6)}"
+            try:
+                if _AT:
+                    self.fd = os.open(tmp, flags, 0o600, dir_fd=self.dir_fd)
+                else:
+                    self.fd = os.open(os.path.join(directory, tmp), flags, 0o600)
+            except FileExistsError:
+                continue
+            except OSError as exc:
+                self.close()
+                raise _cannot_write(path, exc) from None
+            self.tmp = tmp
+            break
+        else:  # pragma: no cover - 100 random names all taken
+            self.close()
+            raise InvalidInput(f"-o: cannot write {path}: no temporary name is free")
+        try:
+            if hasattr(os, "fchmod"):  # not on Windows; the umask may have taken bits off
                 os.fchmod(self.fd, 0o600)
         except OSError as exc:
             self.close()
-            raise InvalidInput(f"-o: cannot write {path}: {exc.strerror or exc}") from None
+            raise _cannot_write(path, exc) from None
+
+    def _open_special(self, path: str) -> None:
+        """A pipe, a device or a socket, opened as it is; one of another user's - a FIFO
+        made in /tmp, a link to a device - is refused."""
+        named = _check_special(path)
+        try:
+            self.fd = os.open(path, os.O_WRONLY)
+            st = os.fstat(self.fd)
+        except OSError as exc:
+            self.close()
+            raise _cannot_write(path, exc) from None
+        if stat.S_ISREG(st.st_mode):  # replaced by a regular file meanwhile
+            self.close()
+            raise InvalidInput(f"-o: {path} was replaced while it was opened: run again")
+        if (
+            named
+            and _foreign(st.st_uid)
+            and (stat.S_ISFIFO(st.st_mode) or stat.S_ISSOCK(st.st_mode))
+        ):
+            self.close()  # a FIFO of another user's made there meanwhile
+            raise InvalidInput(_foreign_special(path, st))
 
     def write(self, script: str) -> None:
         try:
-            if self.regular:
-                os.ftruncate(self.fd, 0)
             with os.fdopen(self.fd, "w", newline="", encoding="utf-8") as fh:
                 self.fd = -1
                 fh.write(script)
+            if self.tmp is not None:
+                name = os.path.basename(self.target)
+                if _AT:
+                    os.rename(self.tmp, name, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
+                else:
+                    directory = os.path.dirname(self.target) or "."
+                    os.replace(os.path.join(directory, self.tmp), self.target)
+                self.tmp = None
         except OSError as exc:
             raise InvalidInput(
                 f"-o: cannot write {self.path}: {exc.strerror or exc} (the script holds the "
@@ -77,9 +165,74 @@ class _Output:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
-        if self.made and not self.written:
+        if self.tmp is not None:  # no script written: what -o names is left as it was
             with contextlib.suppress(OSError):
-                os.unlink(self.path)
+                if _AT:
+                    os.unlink(self.tmp, dir_fd=self.dir_fd)
+                else:
+                    os.unlink(os.path.join(os.path.dirname(self.target) or ".", self.tmp))
+            self.tmp = None
+        if self.dir_fd >= 0:
+            os.close(self.dir_fd)
+            self.dir_fd = -1
+
+
+# Files made and moved relative to their directory, opened once: a directory on the way
+# that another user swaps for a link meanwhile cannot send them elsewhere (not on Windows).
+_AT = os.open in os.supports_dir_fd and os.rename in os.supports_dir_fd
+
+
+def _cannot_write(path: str, exc: OSError) -> InvalidInput:
+    return InvalidInput(f"-o: cannot write {path}: {exc.strerror or exc}")
+
+
+def _foreign(uid: int) -> bool:
+    """Whether a file of ``uid`` is another user's (never on Windows: no owners there)."""
+    return sys.platform != "win32" and uid != os.geteuid()
+
+
+def _replaceable(st: os.stat_result, directory: str) -> bool:
+    """Whether this user may move a file over ``st`` in ``directory``: not another user's
+    file in a sticky directory (/tmp) of another user's, unless this user is root."""
+    if not _foreign(st.st_uid) or os.geteuid() == 0:
+        return True
+    try:
+        d = os.stat(directory)
+    except OSError:
+        return True  # the move says why
+    return not (d.st_mode & stat.S_ISVTX) or not _foreign(d.st_uid)
+
+
+def _foreign_special(path: str, st: os.stat_result) -> str:
+    return (
+        f"-o: {path} is {file_kind(st.st_mode)} of another user's (uid {st.st_uid}): the "
+        "script holds the key, not written to it: write it to a path of your own"
+    )
+
+
+def _check_special(path: str) -> bool:
+    """Refuse a link of another user's on the way to a pipe, device or socket (root's
+    links are the system's: /dev/stdout), and a named FIFO or socket of another user's.
+    False when the way ends at a link to ``pipe:[N]`` (/proc/self/fd/N): a pipe with no
+    name, this process's own, whoever made it (the shell of `sudo crc ... | ...`)."""
+    p = path
+    for _ in range(40):
+        try:
+            st = os.lstat(p)
+        except OSError:
+            return False  # /proc/self/fd/N -> pipe:[N]: no file of anyone's
+        if not stat.S_ISLNK(st.st_mode):
+            if _foreign(st.st_uid) and (stat.S_ISFIFO(st.st_mode) or stat.S_ISSOCK(st.st_mode)):
+                raise InvalidInput(_foreign_special(path, st))
+            return True
+        target = os.path.join(os.path.dirname(p), os.readlink(p))
+        if _foreign(st.st_uid) and st.st_uid != 0:
+            raise InvalidInput(
+                f"-o: {path} is a symbolic link of another user's (uid {st.st_uid}) to "
+                f"{target}: not written through, write to the file's own path"
+            )
+        p = target
+    raise InvalidInput(f"-o: {path} is a symbolic link in a loop")
 
 
 def _loopback(url: str) -> bool:
