@@ -27,6 +27,7 @@ from typing import Any
 from ..errors import CrcError, InvalidInput, TooLarge, Unavailable
 from ..fslinks import through_links
 from ..protocol.limits import MAX_FILE_BYTES, file_too_large
+from ..terminal import safe
 from .http import call_json, http_error
 
 __all__ = ["Stopped", "Where", "fetch_blob", "upload_file"]
@@ -334,17 +335,17 @@ def fetch_blob(
     given = dest
     if os.path.isdir(dest):
         raise InvalidInput(f"{dest} is a directory on this machine: give the file's path")
-    dest = through_links(dest, "push", " on this machine")
-    directory = os.path.dirname(dest) or "."
-    if not os.path.isdir(directory):
-        raise InvalidInput(f"directory {directory} does not exist on this machine")
-    _check_replaceable(dest)
-    uid_gid = _owner_ids(owner) if owner is not None else None
-    part = _part_path(dest, sha)
     try:
+        dest = through_links(dest, "push", " on this machine")
+        directory = os.path.dirname(dest) or "."
+        if not os.path.isdir(directory):
+            raise InvalidInput(f"directory {directory} does not exist on this machine")
+        _check_replaceable(dest)
+        uid_gid = _owner_ids(owner) if owner is not None else None
+        part = _part_path(dest, sha)
         fd = _open_part(part, stopped)
-    except OSError as exc:
-        raise InvalidInput(f"cannot write {dest} on this machine: {exc.strerror or exc}") from None
+    except OSError as exc:  # a name too long, a directory that takes no new file
+        raise InvalidInput(_cannot_write(dest, exc, creating=True)) from None
     keep = True  # a broken download stays for the next push to resume
     try:
         if os.fstat(fd).st_size == 0:  # a new partial file, not one resumed: the
@@ -400,19 +401,48 @@ def fetch_blob(
         if isinstance(exc, _CannotWrite):
             # The machine's own disk (full, read-only, a name too long): trying again
             # cannot help, and a partial file must not keep a full disk full.
-            why = exc.error.strerror or exc.error
-            raise InvalidInput(f"cannot write {dest} on this machine: {why}") from None
+            raise InvalidInput(_cannot_write(dest, exc.error)) from None
         if isinstance(exc, OSError):
-            raise InvalidInput(
-                f"cannot write {dest} on this machine: {exc.strerror or exc}"
-            ) from None
+            raise InvalidInput(_cannot_write(dest, exc)) from None
         raise
     finally:
         if fd >= 0:
             with contextlib.suppress(OSError):
                 os.close(fd)
     shown = dest if dest == given else f"{given} (a link to {dest})"
-    return f"{shown}: {size} bytes, sha256 {sha}"
+    # A line of the job's output: whatever the path holds, no control reaches a terminal.
+    return f"{safe(shown)}: {size} bytes, sha256 {sha}"
+
+
+def _cannot_write(dest: str, exc: OSError, creating: bool = False) -> str:
+    """Why ``dest`` cannot be written, in one sentence: the system's own words
+    ("Permission denied", "No space left on device") unless they would mislead.
+    ``creating``: ``exc`` came while checking ``dest`` or creating the temporary file
+    beside it."""
+    directory, name = os.path.split(dest)
+    shown = os.path.join(directory, f"{name[:60]}...") if len(name) > 80 else dest
+    if exc.errno == errno.ENAMETOOLONG or getattr(exc, "winerror", None) == 206:
+        size = len(name.encode("utf-8", "surrogatepass"))
+        most = 255  # Windows' (in UTF-16 units) and most file systems'
+        if sys.platform != "win32":
+            with contextlib.suppress(OSError, ValueError):
+                most = os.pathconf(directory or ".", "PC_NAME_MAX")
+        if size > most:
+            return (
+                f"cannot write {shown} on this machine: its name is {size} bytes long, "
+                f"and file names there are {most} bytes at most"
+            )
+        return f"cannot write {shown} on this machine: its path is too long for this machine"
+    if creating and exc.errno == errno.ENOENT and sys.platform != "win32":
+        if not os.path.isdir(directory or "."):
+            return f"directory {directory} does not exist on this machine"
+        # It exists and still no file can be made there: /proc, /sys and the like.
+        return (
+            f"cannot write {shown} on this machine: no new file can be made in {directory} "
+            "(a virtual file system such as /proc or /sys), and a push writes a new file "
+            "there and renames it over the old one"
+        )
+    return f"cannot write {shown} on this machine: {exc.strerror or exc}"
 
 
 def _download(
@@ -523,12 +553,26 @@ def _owner_ids(owner: str) -> tuple[int, int]:
     import pwd
 
     user, _, group = owner.partition(":")
-    try:
-        uid = pwd.getpwnam(user).pw_uid
-        gid = grp.getgrnam(group).gr_gid if group else -1
-    except KeyError as exc:
-        raise InvalidInput(f"unknown user or group {exc.args[0]} on this machine") from None
+    uid = _owner_id(user, "user", lambda name: pwd.getpwnam(name).pw_uid)
+    gid = _owner_id(group, "group", lambda name: grp.getgrnam(name).gr_gid) if group else -1
     return uid, gid
+
+
+# The ids chown(2) takes: 32 bits, less (uid_t) -1, which means "leave it as it is".
+_MAX_ID = 2**32 - 2
+
+
+def _owner_id(name: str, kind: str, lookup: Callable[[str], int]) -> int:
+    """The id of user or group ``name``, as chown(1) finds it: by name, else an
+    all-digit ``name`` is taken as the id itself (ids no name is given to are common in
+    containers and on shared volumes)."""
+    try:
+        return lookup(name)
+    except KeyError:
+        pass
+    if name.isascii() and name.isdigit() and int(name) <= _MAX_ID:
+        return int(name)
+    raise InvalidInput(f"no {kind} {name!r} on this machine")
 
 
 class _Changed(Exception):

@@ -40,6 +40,7 @@ __all__ = [
     "Text",
     "check_hostname",
     "check_ip",
+    "check_push_path",
     "check_remote_path",
 ]
 
@@ -94,6 +95,21 @@ def check_remote_path(path: object) -> str:
     if not isinstance(path, str) or not _REMOTE_PATH.match(path):
         raise InvalidInput(
             f"remote path {_show(path)} must be absolute (/… or C:\\…)", field="path"
+        )
+    return path
+
+
+def check_push_path(path: object) -> str:
+    """A push's destination: a remote path (``check_remote_path``) without control
+    characters (C0, DEL, C1). A file named with an escape sequence, a carriage return
+    or a newline is never what was meant, and its name would reach terminals as is."""
+    path = check_remote_path(path)
+    found = _CONTROL.search(path)
+    if found:
+        raise InvalidInput(
+            f"remote path {_show(path)} contains a control character "
+            f"(U+{ord(found.group()):04X}): give a path without any",
+            field="path",
         )
     return path
 

@@ -53,6 +53,7 @@ from .fields import (
     Spec,
     StrMap,
     Text,
+    check_push_path,
     check_remote_path,
 )
 from .jsoncheck import escaped, is_unicode
@@ -341,6 +342,11 @@ class _RemotePath(Spec):
         return check_remote_path(value)
 
 
+class _PushPath(Spec):
+    def check(self, value: Any, name: str) -> str:
+        return check_push_path(value)
+
+
 @register
 @dataclass(frozen=True)
 class FilePut(Message):
@@ -352,7 +358,7 @@ class FilePut(Message):
     job_id: str = wire(JOB_ID)
     sha256: str = wire(Pattern(r"[0-9a-f]{64}", "sha256 must be 64 lowercase hex digits"))
     size: int = wire(Int(0, MAX_FILE_BYTES))
-    path: str = wire(_RemotePath())
+    path: str = wire(_PushPath())
     mode: str | None = wire(
         Optional(Pattern(MODE_PATTERN, "invalid mode {value!r}: use octal like 0640")), None
     )
