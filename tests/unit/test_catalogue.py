@@ -32,6 +32,7 @@ from cloudremotecontrol.protocol.limits import (
     MAX_MESSAGE_BODY_BYTES,
 )
 from cloudremotecontrol.protocol.messages import Envelope, Facts, UserMessage, decode_message
+from cloudremotecontrol.protocol.names import reserved_name
 from cloudremotecontrol.protocol.wire import (
     REGISTRY,
     Direction,
@@ -225,6 +226,9 @@ HOSTILE = (
 )
 
 
+HOST_NAMES = ("group", "machine")
+
+
 def valid(spec: fields.Spec) -> st.SearchStrategy[Any]:
     """Wire values ``spec`` accepts."""
     printable = st.characters(blacklist_categories=("Cc", "Cs"))
@@ -235,7 +239,9 @@ def valid(spec: fields.Spec) -> st.SearchStrategy[Any]:
     if isinstance(spec, fields.Pattern):
         return st.from_regex(spec.regex, fullmatch=True)
     if isinstance(spec, fields.Name):
-        return st.from_regex(r"[a-z0-9](?:[a-z0-9-]{0,10}[a-z0-9])?", fullmatch=True)
+        names = st.from_regex(r"[a-z0-9](?:[a-z0-9-]{0,10}[a-z0-9])?", fullmatch=True)
+        # A group or machine name is never one a hosts file reserves (1234, localhost).
+        return names.filter(lambda n: spec.what not in HOST_NAMES or reserved_name(n) is None)
     if isinstance(spec, fields.Hostname):
         label = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,8}[A-Za-z0-9])?"
         return st.from_regex(rf"{label}(\.{label}){{0,3}}", fullmatch=True)
@@ -267,7 +273,7 @@ def valid(spec: fields.Spec) -> st.SearchStrategy[Any]:
         return st.dictionaries(st.text(max_size=5), JSON, max_size=3)
     if isinstance(spec, streams._Host):  # a forward's remote host: a name or an address
         return valid(fields.Hostname()) | st.ip_addresses().map(str)
-    if isinstance(spec, messages._RemotePath):
+    if isinstance(spec, (messages._RemotePath, messages._PushPath)):
         return st.from_regex(r"(/|[A-Za-z]:\\)[a-z0-9_.]{0,10}", fullmatch=True)
     raise AssertionError(f"no strategy for {spec!r}")
 
