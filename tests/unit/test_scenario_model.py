@@ -159,7 +159,7 @@ def test_a_key_yaml_reads_as_another_type_is_named_with_what_it_reads_as():
     with pytest.raises(ScenarioError) as info:
         parse("name: lab\nmachines: {a: {}}\nsteps:\n  - run: echo\n    on: a\n  - {1: x}\n")
     message = info.value.message
-    on_key = "s.yaml:5:5: steps[0]: key 'on' is not a string in YAML (it reads as bool True)"
+    on_key = "s.yaml:5:5: steps.run-1: key 'on' is not a string in YAML (it reads as bool True)"
     assert on_key in message
     assert "quote it if it is meant (expected one of: name, description, to," in message
     assert "s.yaml:6:6: steps[1]: key '1' is not a string in YAML (it reads as int 1)" in message
@@ -192,7 +192,7 @@ def test_a_needs_typo_is_reported_with_every_other_problem():
     assert any("steps.one.needs: no step named 'tow'" in p for p in got), got
     assert any("steps.one.to: no machine nosuch" in p for p in got), got
     assert any("steps.three.needs: no step named 'too'" in p for p in got), got
-    assert any("steps[1].bogus: unknown field" in p for p in got), got
+    assert any("steps.two.bogus: unknown field" in p for p in got), got
     assert not any("no step named 'one'" in p or "no step named 'two'" in p for p in got), got
 
 
@@ -558,10 +558,10 @@ def test_a_command_the_agent_would_refuse_is_refused_at_load():
           - {name: three, run: "true", env: {OK: "x\\0"}}
         """)
     assert got == [
-        "s.yaml:4:22: steps.one.command: command must be a non-empty string without NUL characters",
+        "s.yaml:4:22: steps.one.run: command must be a non-empty string without NUL characters",
         "s.yaml:4:38: steps.one.env: invalid variable name 'A=B' in env: a name must be "
         "non-empty, without '=' or NUL characters",
-        "s.yaml:5:22: steps.two.argv: argv must be a non-empty list of strings without NUL "
+        "s.yaml:5:22: steps.two.run: argv must be a non-empty list of strings without NUL "
         "characters",
         "s.yaml:6:37: steps.three.env: env must map variable names to strings without NUL "
         "characters: the value of 'OK' is not one",

@@ -248,7 +248,7 @@ def test_a_large_scenario_s_problems_carry_their_exact_lines(
     lines.append("    timeout: forever")
     bad = "\n".join(lines) + "\n"
     expected = [
-        f"s.yaml:{at + 2}:5: steps[298].colour: unknown field",
+        f"s.yaml:{at + 2}:5: steps.step-298.colour: unknown field",
         f"s.yaml:{at + 3}:14: steps.step-298.retries: expected a whole number from 0 to 100",
         f"s.yaml:{len(lines)}:14: steps.step-299.timeout: 'forever' is not a duration",
     ]

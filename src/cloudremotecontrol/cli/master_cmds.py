@@ -636,7 +636,8 @@ def kv() -> None:
 @click.argument("value")
 @json_option
 def kv_set(name: str, key: str, value: str, as_json: bool) -> None:
-    """Set KEY to VALUE (JSON, or a plain string) in group NAME.
+    """Set KEY to VALUE (JSON, or a plain string) in group NAME: a VALUE starting with
+    {, [ or " must be valid JSON (else exit 2).
 
     A VALUE that begins with - (a negative number, -5) goes after --: `crc kv set NAME
     KEY -- -5`."""

@@ -150,6 +150,20 @@ def up(scenario_file: str, rerun: bool, parallel: int, as_json: bool) -> None:
     sys.exit(rc)
 
 
+def _say_ignored(scenario_file: str, problems: list[Any]) -> None:
+    """One line on stderr: the file's problems `crc down` went past."""
+    from ..terminal import safe
+
+    first = str(problems[0])
+    first = first if len(first) <= 200 else first[:199] + "…"
+    more = f" and {len(problems) - 1} more" if len(problems) > 1 else ""
+    click.echo(
+        f"warning: {safe(scenario_file)} has {len(problems)} problem(s) that `crc down` ignores "
+        f"(it reads only the scenario's name and provider): {safe(first)}{more}",
+        err=True,
+    )
+
+
 @click.command()
 @click.argument(
     "scenario_file",
@@ -171,11 +185,14 @@ def down(
     scenario_file: str | None, group: str | None, provider_name: str | None, as_json: bool
 ) -> None:
     """Destroy every machine of a scenario at its provider, check that none is left
-    (listing by tag), delete the group (revoking every key and credential), report."""
+    (listing by tag), delete the group (revoking every key and credential), report.
+
+    Of SCENARIO.yaml only the name and provider are read: problems elsewhere in it (a
+    step mistyped, a script deleted since `crc up`) are said and ignored."""
     from ..master.client import Client
     from ..master.profile import load_profile
     from ..master.scenario.down import down as run_down
-    from ..master.scenario.model import load_scenario
+    from ..master.scenario.downfile import read_for_down
     from ..master.scenario.state import LocalState
     from ..protocol.names import check_name
     from ..providers import make_provider
@@ -186,8 +203,12 @@ def down(
     settings: dict[str, Any] = {}
     name = provider_name
     if scenario_file:
-        scenario = load_scenario(scenario_file)
-        group, name, settings = scenario.name, scenario.provider, scenario.provider_settings
+        # Only what teardown needs (name, provider): a file edited since `crc up` (a
+        # typo in a step, a script deleted) must not keep the machines running.
+        target = read_for_down(scenario_file)
+        group, name, settings = target.name, target.provider, target.provider_settings
+        if target.ignored and not as_json:
+            _say_ignored(scenario_file, target.ignored)
     assert group is not None
     check_name(group, "group")
     client = None

@@ -182,6 +182,10 @@ class TextView(View):
 
     def summary(self, doc: dict[str, Any]) -> None:
         self.close()
+        if doc.get("refused"):
+            # Refused before it started: the error says why; a table would show running
+            # machines without their addresses or instances (never looked up).
+            return
         click.echo("")
         print_table(
             ["MACHINE", "STATE", "ADDRESS", "INSTANCE"],

@@ -89,6 +89,20 @@ async def _until(deadline: float, work: Awaitable[T], timed_out: Callable[[], Ex
     return task.result()
 
 
+class _Halt:
+    """What ``AsyncClient.halt()`` sets for one stream being read: ``halted``, and its
+    wait to reconnect (if it is waiting) woken up."""
+
+    def __init__(self) -> None:
+        self.halted = False
+        self.waker: asyncio.Event | None = None  # bound to the loop of the stream's wait
+
+    def set(self) -> None:
+        self.halted = True
+        if self.waker is not None:
+            self.waker.set()
+
+
 class AsyncClient:
     """``Client`` for asyncio: same constructor, same methods (``await`` them; the
     streams are async iterators). Use ``async with``, or ``await close()``."""
@@ -112,9 +126,13 @@ class AsyncClient:
         self.on_stream_break: Callable[[str], None] | None = None
         self._index = 0
         self._http: httpx.AsyncClient | None = None
-        self._halted = False
+        #: The event loop ``_http`` was opened on: its connections work on no other.
+        self._http_loop: asyncio.AbstractEventLoop | None = None
+        # halt(): each stream being read has a _Halt, set by halt(); a stream begun
+        # after it is read as usual (``_halts`` counts the halts).
+        self._halts = 0
+        self._halting: set[_Halt] = set()
         self._closed = False
-        self._wakers: set[asyncio.Event] = set()  # one per stream waiting to reconnect
 
     @property
     def url(self) -> str:
@@ -143,17 +161,22 @@ class AsyncClient:
         await self._drop_http()
 
     async def _drop_http(self) -> None:
-        if self._http is not None:
-            await self._http.aclose()
-            self._http = None
+        http, self._http = self._http, None
+        if http is not None and self._http_loop is asyncio.get_running_loop():
+            await http.aclose()
+        # Opened on another event loop (an earlier ``asyncio.run``, now closed): its
+        # connections cannot be closed from this one; they are dropped with it.
 
     def halt(self) -> None:
-        """End this client's event streams (``events``, ``job_events``) at their next
-        event, keepalive or reconnection attempt. Call it on the client's event loop;
-        from another thread, ``loop.call_soon_threadsafe(client.halt)``."""
-        self._halted = True
-        for waker in self._wakers:
-            waker.set()
+        """End this client's event streams being read (``events``, ``job_events``, and
+        the follow of ``follow_job``, ``run`` and ``run_wait``) at their next event,
+        keepalive or reconnection attempt: those in progress when it is called, and
+        only those (a stream or call begun later works as usual). Call it on the
+        client's event loop; from another thread,
+        ``loop.call_soon_threadsafe(client.halt)``."""
+        self._halts += 1
+        for halt in list(self._halting):
+            halt.set()
 
     # -- plumbing -----------------------------------------------------------------------
     async def _open(self, url: str) -> httpx.AsyncClient:
@@ -172,11 +195,17 @@ class AsyncClient:
     async def _client(self) -> httpx.AsyncClient:
         if self._closed:
             raise calls.client_closed()
+        loop = asyncio.get_running_loop()
+        if self._http is not None and self._http_loop is not loop:
+            # Used in a new event loop (a second ``asyncio.run``): the connections of
+            # the old one cannot serve it; new ones are made on this loop.
+            await self._drop_http()
         if self._http is None:
             unreached = calls.Unreached()
             for attempt in range(len(self.urls)):
                 try:
                     self._http = await self._open(self.url)
+                    self._http_loop = loop
                     break
                 except Unavailable as exc:
                     unreached.add(self.url, exc)
@@ -233,49 +262,58 @@ class AsyncClient:
         answer = await self._call(call.method, call.path, params=call.params, json=call.json)
         return call.result(answer)
 
-    async def _stream(self, call: StreamCall) -> AsyncGenerator[Any, None]:
-        # As Client._stream.
-        resume = Resume(len(self.urls), self.resume_for, notify=self.on_stream_break)
-        while True:
-            try:
-                async for item in self._stream_once(call, resume):
-                    if self._halted:
-                        return
-                    resume.progressed()
-                    yield item
-                return
-            except (httpx.TransportError, Unavailable) as exc:
-                if isinstance(exc, Unavailable) and exc.code == "not_crc_server":
-                    raise  # the wrong URL (a web server's 404 page): no waiting changes it
-                if self._closed:  # closed while it was read: no server restart to wait out
-                    raise calls.client_closed() from None
-                if isinstance(exc, httpx.TransportError) and is_untrusted(exc):
-                    raise self._unreachable(exc) from None
-                if await self._halted_within(resume.next_wait(self.url, exc)):
-                    return
-                try:
-                    await self._failover()
-                except Unavailable:
-                    pass  # the next attempt fails too, and counts
-            except httpx.HTTPError as exc:
-                raise Unavailable(f"event stream from {self.url} broke: {exc}") from None
+    def _stream(self, call: StreamCall, since: int | None = None) -> AsyncGenerator[Any, None]:
+        """As ``Client._stream``: ``since`` is ``_halts`` when the call began."""
+        return self._halted_stream(call, self._halts if since is None else since)
 
-    async def _halted_within(self, seconds: float) -> bool:
-        """Sleep ``seconds`` unless ``halt()`` comes first; whether it came."""
-        if self._halted:
-            return True
-        waker = asyncio.Event()  # bound to the running loop, whichever it is
-        self._wakers.add(waker)
+    async def _halted_stream(self, call: StreamCall, since: int) -> AsyncGenerator[Any, None]:
+        if self._halts != since:  # halted before it was read: not opened at all
+            return
+        halt = _Halt()
+        self._halting.add(halt)
         try:
-            await asyncio.wait_for(waker.wait(), seconds)
+            resume = Resume(len(self.urls), self.resume_for, notify=self.on_stream_break)
+            while True:
+                try:
+                    async for item in self._stream_once(call, resume, halt):
+                        if halt.halted:
+                            return
+                        resume.progressed()
+                        yield item
+                    return
+                except (httpx.TransportError, Unavailable) as exc:
+                    if isinstance(exc, Unavailable) and exc.code == "not_crc_server":
+                        raise  # the wrong URL (a web server's 404 page): no wait changes it
+                    if self._closed:  # closed while it was read: no restart to wait out
+                        raise calls.client_closed() from None
+                    if isinstance(exc, httpx.TransportError) and is_untrusted(exc):
+                        raise self._unreachable(exc) from None
+                    if await self._halted_within(halt, resume.next_wait(self.url, exc)):
+                        return
+                    try:
+                        await self._failover()
+                    except Unavailable:
+                        pass  # the next attempt fails too, and counts
+                except httpx.HTTPError as exc:
+                    raise Unavailable(f"event stream from {self.url} broke: {exc}") from None
+        finally:
+            self._halting.discard(halt)
+
+    async def _halted_within(self, halt: _Halt, seconds: float) -> bool:
+        """Sleep ``seconds`` unless ``halt()`` comes first; whether it came."""
+        if halt.halted:
+            return True
+        halt.waker = asyncio.Event()  # bound to the running loop, whichever it is
+        try:
+            await asyncio.wait_for(halt.waker.wait(), seconds)
         except asyncio.TimeoutError:
             return False
         finally:
-            self._wakers.discard(waker)
+            halt.waker = None
         return True
 
     async def _stream_once(
-        self, call: StreamCall, resume: Resume | None = None
+        self, call: StreamCall, resume: Resume | None = None, halt: _Halt | None = None
     ) -> AsyncIterator[Any]:
         http = await self._client()
         async with http.stream("GET", call.path, params=call.params) as resp:
@@ -292,7 +330,7 @@ class AsyncClient:
                         resume.progressed()
                     if call.keepalive:
                         yield None
-                    elif self._halted:  # halted on a quiet stream: end it now
+                    elif halt is not None and halt.halted:  # quiet stream: end it now
                         return
                 elif item is not None:
                     call.params["since"] = item["cursor"]
@@ -451,13 +489,18 @@ class AsyncClient:
     ) -> AsyncGenerator[Any, None]:
         return self._stream(calls.job_events(job_id, since, follow))
 
-    async def follow_job(
+    def follow_job(
         self, job_id: str, targets: list[str], since: int = 0
+    ) -> AsyncGenerator[Event, None]:
+        return self._follow_job(job_id, targets, since, self._halts)
+
+    async def _follow_job(
+        self, job_id: str, targets: list[str], since: int, halts: int
     ) -> AsyncGenerator[Event, None]:
         left = set(targets)
         if not left:
             return
-        stream = self.job_events(job_id, since=since, follow=True)
+        stream = self._stream(calls.job_events(job_id, since, True), halts)
         async with contextlib.aclosing(stream):
             async for event in stream:
                 yield event
@@ -467,17 +510,21 @@ class AsyncClient:
                         return
 
     async def run(self, group: str, to: str, **job: Any) -> AsyncIterator[Event]:
+        halts = self._halts  # a halt() from now on ends the follow
         started = await self.start_job(group, to, **job)
         yield job_accepted(started)
-        async for event in self.follow_job(started["job_id"], started["targets"]):
-            yield event
+        stream = self._follow_job(started["job_id"], started["targets"], 0, halts)
+        async with contextlib.aclosing(stream):
+            async for event in stream:
+                yield event
 
     async def run_wait(
         self, group: str, to: str, *, on_event: EventHandler | None = None, **job: Any
     ) -> RunResult:
+        halts = self._halts  # a halt() while the job is started ends the follow too
         started = await self.start_job(group, to, **job)
         results: dict[str, JobResult] = {}
-        stream = self.follow_job(started["job_id"], started["targets"])
+        stream = self._follow_job(started["job_id"], started["targets"], 0, halts)
         try:
             async with contextlib.aclosing(stream):
                 async for ev in stream:

@@ -198,7 +198,11 @@ class Client:
         #: (the CLI says so on stderr): it may resume quietly for ``resume_for`` s.
         self.on_stream_break: Callable[[str], None] | None = None
         self._index = 0
-        self._halted = threading.Event()
+        # halt(): each stream being read has an Event of its own, set by halt(); a
+        # stream begun after it is read as usual (``_halts`` counts the halts).
+        self._halt_lock = threading.Lock()
+        self._halts = 0
+        self._halting: set[threading.Event] = set()
         self._closed = False
         self._http = self._connect_any()
 
@@ -263,9 +267,30 @@ class Client:
             raise calls.client_closed()
 
     def halt(self) -> None:
-        """End this client's event streams (``events``, ``job_events``) at their next
-        event, keepalive or reconnection attempt; safe to call from another thread."""
-        self._halted.set()
+        """End this client's event streams being read (``events``, ``job_events``, and
+        the follow of ``follow_job``, ``run`` and ``run_wait``) at their next event,
+        keepalive or reconnection attempt; safe to call from another thread. It ends
+        those in progress when it is called, and only those: the client itself is not
+        halted, and a stream or call begun later works as usual."""
+        with self._halt_lock:
+            self._halts += 1
+            for halted in self._halting:
+                halted.set()
+
+    @contextlib.contextmanager
+    def _halt_scope(self, since: int) -> Iterator[threading.Event]:
+        """The Event that ``halt()`` sets while a stream is read: already set if a halt
+        came after ``since`` (``_halts`` when the call reading it began)."""
+        halted = threading.Event()
+        with self._halt_lock:
+            if self._halts != since:
+                halted.set()
+            self._halting.add(halted)
+        try:
+            yield halted
+        finally:
+            with self._halt_lock:
+                self._halting.discard(halted)
 
     def _sibling(self) -> Client:
         """A new client to the same server as the same user (a client is not shared
@@ -321,12 +346,22 @@ class Client:
     def _do(self, call: Call) -> Any:
         return call.result(self._call(call.method, call.path, params=call.params, json=call.json))
 
-    def _stream(self, call: StreamCall) -> Iterator[Any]:
+    def _stream(self, call: StreamCall, since: int | None = None) -> Iterator[Any]:
+        """The stream's items; ``since``: ``_halts`` when the call began (a halt after
+        it ends this stream, though it was called before the stream was opened)."""
+        return self._halted_stream(call, self._halts if since is None else since)
+
+    def _halted_stream(self, call: StreamCall, since: int) -> Iterator[Any]:
+        with self._halt_scope(since) as halted:
+            if not halted.is_set():  # halted before it was read: not opened at all
+                yield from self._read_stream(call, halted)
+
+    def _read_stream(self, call: StreamCall, halted: threading.Event) -> Iterator[Any]:
         resume = Resume(len(self.urls), self.resume_for, notify=self.on_stream_break)
         while True:
             try:
-                for item in self._stream_once(call, resume):
-                    if self._halted.is_set():
+                for item in self._stream_once(call, resume, halted):
+                    if halted.is_set():
                         return
                     resume.progressed()
                     yield item
@@ -340,7 +375,7 @@ class Client:
                 # event seen (its cursor), on the next replica if there is one (calls.Resume).
                 if isinstance(exc, httpx.TransportError) and is_untrusted(exc):
                     raise self._unreachable(exc) from None
-                if self._halted.wait(resume.next_wait(self.url, exc)):
+                if halted.wait(resume.next_wait(self.url, exc)):
                     return
                 try:
                     self._failover()
@@ -349,7 +384,12 @@ class Client:
             except httpx.HTTPError as exc:
                 raise Unavailable(f"event stream from {self.url} broke: {exc}") from None
 
-    def _stream_once(self, call: StreamCall, resume: Resume | None = None) -> Iterator[Any]:
+    def _stream_once(
+        self,
+        call: StreamCall,
+        resume: Resume | None = None,
+        halted: threading.Event | None = None,
+    ) -> Iterator[Any]:
         self._check_open()
         with self._http.stream("GET", call.path, params=call.params) as resp:
             if resp.status_code >= 400:
@@ -363,7 +403,7 @@ class Client:
                         resume.progressed()
                     if call.keepalive:
                         yield None
-                    elif self._halted.is_set():  # halted on a quiet stream: end it now
+                    elif halted is not None and halted.is_set():  # quiet stream: end it now
                         return
                 elif item is not None:
                     call.params["since"] = item["cursor"]
@@ -557,10 +597,15 @@ class Client:
     def follow_job(self, job_id: str, targets: list[str], since: int = 0) -> Iterator[Event]:
         """Events of a job (after cursor ``since``) until every target of ``targets``
         reached a final status."""
+        return self._follow_job(job_id, targets, since, self._halts)
+
+    def _follow_job(
+        self, job_id: str, targets: list[str], since: int, halts: int
+    ) -> Iterator[Event]:
         left = set(targets)
         if not left:
             return
-        for event in self.job_events(job_id, since=since, follow=True):
+        for event in self._stream(calls.job_events(job_id, since, True), halts):
             yield event
             if event.result is not None:
                 left.discard(event.result.machine)
@@ -570,19 +615,21 @@ class Client:
     def run(self, group: str, to: str, **job: Any) -> Iterator[Event]:
         """Start a job and yield its events until every target finished; the first is
         ``job.accepted`` (``types.job_accepted``: the job's id, ``data["targets"]``)."""
+        halts = self._halts  # a halt() from now on ends the follow
         started = self.start_job(group, to, **job)
         yield job_accepted(started)
-        yield from self.follow_job(started["job_id"], started["targets"])
+        yield from self._follow_job(started["job_id"], started["targets"], 0, halts)
 
     def run_wait(
         self, group: str, to: str, *, on_event: EventHandler | None = None, **job: Any
     ) -> RunResult:
         """Run a job to the end; ``on_event`` sees its output and status events live.
         Takes ``start_job``'s arguments."""
+        halts = self._halts  # a halt() while the job is started ends the follow too
         started = self.start_job(group, to, **job)
         results: dict[str, JobResult] = {}
         try:
-            for ev in self.follow_job(started["job_id"], started["targets"]):
+            for ev in self._follow_job(started["job_id"], started["targets"], 0, halts):
                 if on_event is not None:
                     on_event(ev)
                 if ev.result is not None:

@@ -55,6 +55,7 @@ __all__ = [
     "StreamClosed",
     "open_stream",
     "serve_forward",
+    "session_ended",
     "stream_error",
 ]
 
@@ -74,8 +75,27 @@ class Opener:
     ssl: Any  # ssl.SSLContext | None
 
 
-class StreamClosed(Exception):
-    """The stream's WebSocket closed."""
+class StreamClosed(Unavailable):
+    """The stream's WebSocket closed: the session has ended (or was closed here), and
+    takes no more input and gives no more output. An ``Unavailable`` (exit 6, code
+    ``session_ended``), with the program's ``exit_code`` in ``details`` when it is
+    known."""
+
+    code = "session_ended"
+
+    def __init__(self, message: str = "the session has ended", **details: Any) -> None:
+        super().__init__(message, **details)
+
+
+def session_ended(stream_id: str, exit_code: int | None, closed: bool = False) -> StreamClosed:
+    """What a session says when it is used after it ended: the exit code if known."""
+    if closed:
+        what = f"the session {stream_id} was closed (close() was called)"
+    elif exit_code is None:
+        what = f"the session {stream_id} has ended"
+    else:
+        what = f"the session {stream_id} has ended (exit code {exit_code})"
+    return StreamClosed(what, stream=stream_id, exit_code=exit_code)
 
 
 def stream_error(control: StreamError) -> CrcError:
@@ -105,7 +125,9 @@ def _ws_url(url: str, stream: str) -> str:
 
 class AsyncStream:
     """One open stream. ``recv()`` gives bytes (data) or a control message; after
-    ``stream.exit`` ``exit_code`` is set."""
+    ``stream.exit`` ``exit_code`` is set. Used once it has ended (``send``, ``recv``,
+    ``resize``), it raises ``StreamClosed``: an ``Unavailable`` saying so, with the exit
+    code if known."""
 
     def __init__(self, ws: Any, info: dict[str, Any]) -> None:
         self.ws = ws
@@ -114,23 +136,38 @@ class AsyncStream:
         self.exit_code: int | None = None
         #: The machine takes ``stream.eof`` (a forward's TCP half-close).
         self.half_close = False
+        self._gone = False  # the other end closed the stream
+        self._closed_here = False
+
+    def _ended(self) -> StreamClosed:
+        return session_ended(self.id, self.exit_code, self._closed_here)
+
+    async def _send(self, message: bytes | str) -> None:
+        from websockets.exceptions import ConnectionClosed
+
+        try:
+            await self.ws.send(message)
+        except ConnectionClosed:
+            raise self._ended() from None
 
     async def send(self, data: bytes) -> None:
         for i in range(0, len(data), MAX_CHUNK_BYTES):
-            await self.ws.send(data[i : i + MAX_CHUNK_BYTES])
+            await self._send(data[i : i + MAX_CHUNK_BYTES])
 
     async def resize(self, cols: int, rows: int) -> None:
         cols, rows = check_terminal_size(cols, rows)
-        await self.ws.send(write_control(StreamResize(cols=cols, rows=rows)))
+        await self._send(write_control(StreamResize(cols=cols, rows=rows)))
 
     async def recv(self) -> bytes | StreamControl:
-        """The next message; raises StreamClosed at the end, or the stream's error."""
+        """The next message; raises StreamClosed (an ``Unavailable``) at the end, or
+        the stream's error."""
         from websockets.exceptions import ConnectionClosed
 
         try:
             message = await self.ws.recv()
         except ConnectionClosed:
-            raise StreamClosed() from None
+            self._gone = True
+            raise self._ended() from None
         if isinstance(message, bytes):
             return message
         control = read_control(message, Direction.TO_SERVER)
@@ -141,6 +178,8 @@ class AsyncStream:
     async def close(self) -> None:
         """The closing handshake; the connection is ended even when the handshake fails
         or is cancelled (a peer that never answers leaves no socket behind)."""
+        # Closed here before it ended: said so, if it is used afterwards.
+        self._closed_here = self._closed_here or not (self._gone or self.exit_code is not None)
         try:
             await self.ws.close()
         except asyncio.CancelledError:
@@ -496,15 +535,26 @@ class ShellSession:
         self.id: str = info["stream"]
         self.exit_code: int | None = None
         self.ended = False
+        self._closed_here = False
+
+    def _send(self, message: bytes | str) -> None:
+        from websockets.exceptions import ConnectionClosed
+
+        try:
+            self.ws.send(message)
+        except ConnectionClosed:
+            raise session_ended(self.id, self.exit_code, self._closed_here) from None
 
     def send(self, data: bytes | str) -> None:
+        """Keystrokes (or any input); ``Unavailable`` (``StreamClosed``: the exit code
+        if known) once the session has ended."""
         raw = data.encode() if isinstance(data, str) else data
         for i in range(0, len(raw), MAX_CHUNK_BYTES):
-            self.ws.send(raw[i : i + MAX_CHUNK_BYTES])
+            self._send(raw[i : i + MAX_CHUNK_BYTES])
 
     def resize(self, cols: int, rows: int) -> None:
         cols, rows = check_terminal_size(cols, rows)
-        self.ws.send(write_control(StreamResize(cols=cols, rows=rows)))
+        self._send(write_control(StreamResize(cols=cols, rows=rows)))
 
     def recv(self, timeout: float | None = None) -> bytes:
         """The next output; b"" once the session ended (``exit_code`` is then set).
@@ -572,6 +622,7 @@ class ShellSession:
         return self.exit_code
 
     def close(self) -> None:
+        self._closed_here = self._closed_here or not (self.ended or self.exit_code is not None)
         with contextlib.suppress(Exception):
             self.ws.close()
 

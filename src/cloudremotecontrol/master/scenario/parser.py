@@ -97,6 +97,7 @@ _STEP = (
 _OS_NAMES = {"linux": "Linux", "windows": "Windows"}
 _SHELLS = ("bash", "sh", "powershell", "cmd")
 _MODE = re.compile(r"^0?[0-7]{3,4}$")
+_STR_TAG = "tag:yaml.org,2002:str"
 _SCRIPT_SHELLS = {".sh": "sh", ".bash": "bash", ".ps1": "powershell", ".cmd": "cmd", ".bat": "cmd"}
 
 
@@ -453,8 +454,11 @@ class ScenarioParser:
         """``(name, needs, step)``: the name and needs as far as they can be read (to
         check every step's needs), the step if it has no problem."""
         r = self.r
+        # Every problem of a step is said under one label: ``steps.NAME`` once its name is
+        # known (its own, or its default), ``steps[i]`` for one without a name to go by.
         label = f"steps[{i}]"
-        e = r.mapping(node, label, _STEP)
+        known = _step_name(node, i)
+        e = r.mapping(node, f"steps.{known}" if known else label, _STEP)
         if e is None:
             return None, [], None
         kinds = [k for k in STEP_KINDS if k in e]
@@ -464,6 +468,8 @@ class ScenarioParser:
             name = text and _check(r, e["name"][1], f"{label}.name", check_name, text, "step name")
             if not name:
                 return None, [], None
+        if known:
+            label = f"steps.{known}"
         needs: list[str] = [previous] if previous else []
         if "needs" in e:
             needs = r.str_list(e["needs"][1], f"steps.{name}.needs") or []
@@ -578,6 +584,14 @@ class ScenarioParser:
                 return None
             return hit
         chosen = [t.strip() for t in to.split(",") if t.strip()]
+        if len(chosen) > 1 and any(t in ("all", "*") for t in chosen):  # as crc run --to
+            self.r.error(
+                node,
+                path,
+                f"{to!r}: `all` means every machine and stands alone; give `all`, or the "
+                "machines' names (a,b), or KEY=VALUE",
+            )
+            return None
         unknown = [t for t in chosen if t not in self.machines]
         if unknown or not chosen:
             self.r.error(
@@ -623,7 +637,7 @@ class ScenarioParser:
                     f"{label}.shell",
                     "an argv runs without a shell: write the command as one string",
                 )
-        env = r.str_map(e["env"][1], f"{label}.env") if "env" in e else {}
+        env = r.str_map(e["env"][1], f"{label}.env", as_written=True) if "env" in e else {}
         cwd = r.string(e["cwd"][1], f"{label}.cwd") if "cwd" in e else None
         if env is None:
             return None
@@ -637,8 +651,10 @@ class ScenarioParser:
             try:
                 spec.check(given[f.name], f.name)
             except CrcError as exc:
-                where = e.get(f.name) or e.get("run") or e.get("script")
-                r.error(where[1] if where else None, f"{label}.{f.name}", exc.message)
+                # Named as the file says it: a command or an argv is its `run:` or `script:`.
+                key = f.name if f.name in e else next((k for k in ("run", "script") if k in e), "")
+                where = e.get(key)
+                r.error(where[1] if where else None, f"{label}.{key or f.name}", exc.message)
                 refused = True
         if refused:
             return None
@@ -822,6 +838,28 @@ class ScenarioParser:
         for text, dialect in texts:  # the machines by name, not a copy per text (thousands)
             for problem in templates.check(text, self.variables, self.machines, dialect):
                 self.r.error(node, path, problem)
+
+
+def _step_name(node: yaml.Node, i: int) -> str | None:
+    """The name a step goes by, read before its fields are: its ``name:`` if that is a
+    valid name, else its default ``KIND-POSITION`` if it has no ``name:`` and exactly one
+    kind; None otherwise (the problem is reported where the name is read)."""
+    if not isinstance(node, yaml.MappingNode):
+        return None
+    keys: dict[str, yaml.Node] = {}
+    for knode, vnode in node.value:
+        if isinstance(knode, yaml.ScalarNode) and knode.tag == _STR_TAG:
+            keys.setdefault(knode.value, vnode)
+    if "name" in keys:
+        vnode = keys["name"]
+        if not (isinstance(vnode, yaml.ScalarNode) and vnode.tag == _STR_TAG):
+            return None
+        try:
+            return check_name(vnode.value, "step name")
+        except CrcError:
+            return None
+    kinds = [k for k in STEP_KINDS if k in keys]
+    return f"{kinds[0]}-{i + 1}" if len(kinds) == 1 else None
 
 
 def _strings(value: Any) -> list[str]:

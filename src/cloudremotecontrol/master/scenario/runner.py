@@ -178,8 +178,10 @@ class Runner:
             )
         ok = False
         why: str | None = None
+        started = False  # the group is there to go on with: not refused before the start
         try:
             group = self._ensure_group()
+            started = True
             self._show_dashboard()
             self.report.start(s.name, s.steps)
             self.report.phase("machines")
@@ -201,6 +203,10 @@ class Runner:
             doc = self.summary(ok, time.monotonic() - t0)
             if why == "interrupted":
                 doc["interrupted"] = True
+            elif why is not None and not started:
+                # Refused before anything was made or looked up (`crc down` first, a group
+                # crc up did not make): no address or instance was read, none to show.
+                doc["refused"] = True
             if self.uncertain:  # creates without a clear answer: they may exist
                 doc["uncertain"] = list(self.uncertain)
             if self.not_in_file:

@@ -238,6 +238,10 @@ def _children(node: yaml.Node) -> list[yaml.Node]:
 
 
 _INT_TAG = "tag:yaml.org,2002:int"
+# Plain scalars YAML reads as other than text: ``str_map(as_written=True)`` keeps their text.
+_AS_WRITTEN_TAGS = frozenset(
+    f"tag:yaml.org,2002:{t}" for t in ("int", "float", "bool", "timestamp")
+)
 
 
 def _huge_integer(node: yaml.Node) -> yaml.ScalarNode | None:
@@ -397,12 +401,25 @@ class NodeReader:
         items = [self.string(n, f"{path}[{i}]") for i, n in enumerate(node.value)]
         return None if any(i is None for i in items) else [i for i in items if i is not None]
 
-    def str_map(self, node: yaml.Node, path: str) -> dict[str, str] | None:
+    def str_map(
+        self, node: yaml.Node, path: str, *, as_written: bool = False
+    ) -> dict[str, str] | None:
+        """``{key: text}``. ``as_written``: an unquoted number, boolean or date is taken
+        as the text written (``PORT: 010`` is ``"010"``, ``DEBUG: yes`` is ``"yes"``),
+        not as the value YAML reads (8, True); only null (``K:``, ``~``) is refused."""
         entries = self.mapping(node, path)
         if entries is None:
             return None
         out = {}
         for key, (_, vnode) in entries.items():
+            if (
+                as_written
+                and isinstance(vnode, yaml.ScalarNode)
+                and vnode.style is None
+                and vnode.tag in _AS_WRITTEN_TAGS
+            ):
+                out[key] = vnode.value
+                continue
             text = self.string(vnode, f"{path}.{key}", empty=True)
             if text is not None:
                 out[key] = text
