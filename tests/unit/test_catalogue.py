@@ -32,7 +32,6 @@ from cloudremotecontrol.protocol.limits import (
     MAX_MESSAGE_BODY_BYTES,
 )
 from cloudremotecontrol.protocol.messages import Envelope, Facts, UserMessage, decode_message
-from cloudremotecontrol.protocol.names import reserved_name
 from cloudremotecontrol.protocol.wire import (
     REGISTRY,
     Direction,
@@ -226,9 +225,6 @@ HOSTILE = (
 )
 
 
-HOST_NAMES = ("group", "machine")
-
-
 def valid(spec: fields.Spec) -> st.SearchStrategy[Any]:
     """Wire values ``spec`` accepts."""
     printable = st.characters(blacklist_categories=("Cc", "Cs"))
@@ -239,9 +235,7 @@ def valid(spec: fields.Spec) -> st.SearchStrategy[Any]:
     if isinstance(spec, fields.Pattern):
         return st.from_regex(spec.regex, fullmatch=True)
     if isinstance(spec, fields.Name):
-        names = st.from_regex(r"[a-z0-9](?:[a-z0-9-]{0,10}[a-z0-9])?", fullmatch=True)
-        # A group or machine name is never one a hosts file reserves (1234, localhost).
-        return names.filter(lambda n: spec.what not in HOST_NAMES or reserved_name(n) is None)
+        return st.from_regex(r"[a-z0-9](?:[a-z0-9-]{0,10}[a-z0-9])?", fullmatch=True)
     if isinstance(spec, fields.Hostname):
         label = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,8}[A-Za-z0-9])?"
         return st.from_regex(rf"{label}(\.{label}){{0,3}}", fullmatch=True)

@@ -36,6 +36,7 @@ import tempfile
 import time
 
 from ..protocol.fields import check_hostname, check_ip
+from ..protocol.names import reserved_name
 
 __all__ = ["merge", "render_block", "sync_hosts", "write_hosts"]
 
@@ -318,7 +319,10 @@ def _check_group(group: str) -> None:
 def _checked(entries: Entries) -> Entries:
     """Every entry as one ``IP name...`` line of valid tokens, or ValueError: a plain
     address (no scope id: after its ``%`` anything, newlines included, could follow)
-    and RFC 1123 host names - whatever the server sent."""
+    and RFC 1123 host names, none with a label a system gives a meaning (``localhost``,
+    ``ip6-loopback``: ``protocol.names.reserved_name``) - whatever the server sent (one
+    older than that rule). An all-digit machine name an older server let be made is
+    written (``1234.lab`` is looked up; a bare ``1234`` is read as an address)."""
     out: Entries = []
     for ip, names in entries:
         addr = check_ip(ip)  # ValueError names the address
@@ -332,6 +336,10 @@ def _checked(entries: Entries) -> Entries:
                 check_hostname(name)
             except ValueError:
                 raise ValueError(f"invalid host name {name!r} for a hosts file") from None
+            for label in name.lower().split("."):
+                why = reserved_name(label, numeric=False)
+                if why is not None:
+                    raise ValueError(f"refusing host name {name!r} for a hosts file: {why}")
         line = f"{addr} {' '.join(names)}"
         if not _LINE.fullmatch(line):  # cannot happen after the checks above: belt and braces
             raise ValueError(f"refusing hosts line {line!r}")

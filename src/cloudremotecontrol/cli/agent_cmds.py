@@ -301,16 +301,23 @@ def _check_peers(state_dir: str | None, to: str, agent_wait: float) -> None:
     help="Seconds to wait (at most 604800, a week).",
 )
 @_state_option
+@_agent_wait_option
 @json_option
 def wait_message(
-    type_: str, sender: str | None, timeout: float, state_dir: str | None, as_json: bool
+    type_: str,
+    sender: str | None,
+    timeout: float,
+    state_dir: str | None,
+    agent_wait: float,
+    as_json: bool,
 ) -> None:
     """Wait for a data message TYPE sent to this machine; print its body as JSON (with
     --json: {"type", "from", "body"}).
 
     Each message is handed out once (the oldest first): a wait that is interrupted
     (Ctrl-C, a script's timeout) takes nothing, and one whose agent restarts goes on
-    waiting for the rest of --timeout."""
+    waiting for the rest of --timeout. An agent not answering when it starts is waited
+    for --agent-wait (within --timeout)."""
     import time
 
     from ..agent.control import AgentGone, NoAgent, call
@@ -324,7 +331,10 @@ def wait_message(
                 f"{exc.message} (the sender: master or a peer's name)", param_hint="--from"
             ) from None
     deadline = time.monotonic() + timeout
-    seen = False  # an agent was there: one missing now is restarting
+    # As every helper: an agent not answering yet (stopped, restarting) is waited for
+    # --agent-wait, said on stderr; none ever ran there fails at once. Asked with a
+    # status, which changes nothing (a wait-message hands a message over).
+    _call(state_dir, {"op": "status"}, min(agent_wait, timeout))
     while True:
         left = max(0.001, deadline - time.monotonic())
         request = {"op": "wait-message", "type": _user_type(type_), "from": sender}
@@ -333,9 +343,8 @@ def wait_message(
                 _state_dir(state_dir), {**request, "timeout": left}, left + 10, confirm=True
             )
             break
-        except (AgentGone, NoAgent) as exc:  # stopping or restarting: messages are kept
-            seen = seen or isinstance(exc, AgentGone)
-            if not seen or time.monotonic() + 1 >= deadline:
+        except (AgentGone, NoAgent):  # it answered: now restarting (messages are kept)
+            if time.monotonic() + 1 >= deadline:
                 raise
             time.sleep(1)
         except Unavailable as exc:
@@ -414,7 +423,8 @@ def _kv_value(text: str) -> object:
 @_agent_wait_option
 @json_option
 def kv_set(key: str, value: str, state_dir: str | None, agent_wait: float, as_json: bool) -> None:
-    """Set KEY to VALUE (JSON, or a plain string)."""
+    """Set KEY to VALUE (JSON, or a plain string): a VALUE starting with {, [ or " must
+    be valid JSON (else exit 2)."""
     from ..protocol.names import check_machine_may_write
 
     check_machine_may_write(key)  # the server's rule, said before the agent is asked

@@ -27,12 +27,25 @@ def json_arg(text: str | None, what: str) -> Any:
         raise InvalidInput(f"{what} is not valid JSON") from None
 
 
+#: How JSON's objects, lists and strings begin: text that does is meant as JSON.
+_JSON_OPENERS = ("{", "[", '"')
+
+
 def json_or_text(text: str, what: str) -> Any:
     """``text`` as JSON if it is JSON, else the plain string (a bare word); InvalidInput
-    naming ``what`` if it is JSON nested too deeply."""
+    naming ``what`` if it is JSON nested too deeply, or if it begins (after blanks) with
+    ``{``, ``[`` or ``"`` yet is no JSON: ``{"a":`` is a typo, not a string to store."""
     try:
         return json.loads(text)
     except RecursionError:
         raise InvalidInput(f"{what} is JSON nested too deeply") from None
+    except json.JSONDecodeError as exc:
+        if not text.lstrip().startswith(_JSON_OPENERS):
+            return text
+        raise InvalidInput(
+            f"{what} is not valid JSON at line {exc.lineno} column {exc.colno}: {exc.msg} "
+            f'(a {what} starting with {{, [ or " is read as JSON; to store such text, '
+            "give it as a JSON string)"
+        ) from None
     except ValueError:
         return text

@@ -201,11 +201,11 @@ def _login_token(token: str | None) -> str:
 
 
 def _checked_name(value: str, what: str, hint: str) -> str:
-    """``value`` if the server would take it as a ``what`` name, else a usage error."""
-    from ..protocol.names import check_name
+    """``value`` if the server would take it as a new ``what`` name, else a usage error."""
+    from ..protocol.names import check_new_name
 
     try:
-        return check_name(value, what)
+        return check_new_name(value, what)
     except InvalidInput as exc:
         raise click.BadParameter(exc.message, param_hint=hint) from None
 

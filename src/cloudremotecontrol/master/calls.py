@@ -31,6 +31,7 @@ from ..protocol.names import (
     Target,
     check_kv_key,
     check_name,
+    check_new_name,
     group_expired,
     kv_wait_timed_out,
     listed,
@@ -358,9 +359,9 @@ def create_group(
 ) -> Call:
     ms = [m if isinstance(m, dict) else {"name": m} for m in listed(machines, "machines")]
     for m in ms:  # the server's rule, checked before anything is sent
-        check_name(m.get("name"), "machine")
+        check_new_name(m.get("name"), "machine")
     body = {
-        "name": _group(name),
+        "name": check_new_name(name, "group"),
         "machines": ms,
         "key_ttl": _number(key_ttl, "key_ttl"),
         "ttl": _number(ttl, "ttl"),

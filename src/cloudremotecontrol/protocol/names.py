@@ -2,6 +2,9 @@
 
 Machine and group names end up in hosts files (``IP name name.GROUP``), so they follow
 DNS label rules (RFC 1123): lowercase letters, digits and inner hyphens, 1-63 chars.
+A new group or machine is never named as a hosts file already gives a meaning
+(:func:`check_new_name`): a machine ``localhost`` would make every peer's ``localhost``
+resolve to it too, and a machine ``1234`` is read as an address, never looked up.
 """
 
 from __future__ import annotations
@@ -21,12 +24,14 @@ __all__ = [
     "check_machine_may_write",
     "check_message_type",
     "check_name",
+    "check_new_name",
     "expired_advice",
     "group_expired",
     "kv_wait_timed_out",
     "listed",
     "parse_labels",
     "parse_target",
+    "reserved_name",
     "scenario_of",
 ]
 
@@ -38,6 +43,31 @@ _USER_TYPE = re.compile(r"^user\.[A-Za-z0-9_.-]{1,64}$")
 _KV_KEY = re.compile(r"^[A-Za-z0-9_.\-/]{1,128}$")
 
 
+# The names systems' own hosts files give (Debian: localhost, ip6-localhost,
+# ip6-loopback, ip6-allnodes, ip6-allrouters...; Red Hat: localhost4, localhost6; macOS:
+# broadcasthost), as a whole label, and any ``ip6-`` name (Debian adds more over time).
+_SYSTEM_NAME = re.compile(r"localhost[46]?|ip6-[a-z0-9-]*|broadcasthost")
+# A label the resolver reads as an IPv4 number (inet_aton: 1234 is 0.0.4.210, 0x1f is
+# 0.0.0.31), so it is never looked up in a hosts file.
+_NUMERIC = re.compile(r"[0-9]+|0x[0-9a-f]+")
+
+
+def reserved_name(label: str, *, numeric: bool = True) -> str | None:
+    """Why ``label`` (one DNS label) may not name a new machine (or, ``numeric`` False, a
+    new group) in a hosts file, or ``None`` if it may."""
+    if numeric and _NUMERIC.fullmatch(label):
+        return (
+            "all digits (or 0x and hex digits) is read as an IPv4 address, "
+            "so no hosts file could map it to a machine"
+        )
+    if _SYSTEM_NAME.fullmatch(label):
+        return (
+            "it would shadow a system name in every peer's hosts file (localhost, "
+            "localhost4, localhost6, ip6-*, broadcasthost are the system's own)"
+        )
+    return None
+
+
 def check_name(value: object, what: str = "name") -> str:
     """Return ``value`` if it is a valid group/machine/user name, else raise InvalidInput."""
     if not isinstance(value, str) or not _NAME.fullmatch(value):
@@ -46,6 +76,18 @@ def check_name(value: object, what: str = "name") -> str:
             field=what,
         )
     return value
+
+
+def check_new_name(value: object, what: str) -> str:
+    """``check_name`` for the name of a group (or scenario) or machine being made: also
+    never a :func:`reserved_name` (all digits is refused for a machine only: a group's
+    name is only ever looked up as ``machine.GROUP``). Names already made are not
+    checked so: a group an older server made stays one its user can name and delete."""
+    name = check_name(value, what)
+    why = reserved_name(name, numeric=what.startswith("machine"))
+    if why is not None:
+        raise InvalidInput(f"invalid {what} {name!r}: {why}", field=what)
+    return name
 
 
 def check_kv_key(key: object) -> str:

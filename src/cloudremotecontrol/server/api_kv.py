@@ -21,6 +21,7 @@ import contextlib
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
+from pydantic import Field
 
 from ..errors import NotFound, RateLimited, TimedOut
 from ..protocol.limits import (
@@ -44,7 +45,9 @@ MAX_WAIT = MAX_KV_WAIT_SECONDS
 
 
 class KvIn(StrictBody):
-    value: Any = None
+    # Required: a body without it (``{}``) is a mistake, not a request to store null
+    # (``{"value": null}`` says that).
+    value: Any = Field(description="the key's new value: any JSON, null included")
 
 
 async def _group_id(request: Request, user: dict[str, Any], group: str) -> str:

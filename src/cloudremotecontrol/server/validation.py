@@ -48,7 +48,10 @@ def validation_error(errors: list[Any]) -> InvalidInput:
     first: dict[str, Any] = errors[0] if errors and isinstance(errors[0], dict) else {}
     if first.get("type") == "json_invalid":
         return InvalidInput("request body is not valid JSON", code="malformed_json")
-    where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+    loc = tuple(first.get("loc", ()))
+    if loc[:1] == ("body",):  # where FastAPI found it, not a field: a field may be "body"
+        loc = loc[1:]
+    where = ".".join(str(p) for p in loc)
     return InvalidInput(f"invalid {where or 'request'}: {_words(first)}", field=where)
 
 

@@ -27,6 +27,7 @@ from ...protocol.names import (
     check_label,
     check_message_type,
     check_name,
+    check_new_name,
     parse_target,
 )
 from ...protocol.rollout import KEYS as ROLLOUT_KEYS
@@ -144,7 +145,7 @@ class ScenarioParser:
         if "name" in top:
             node = top["name"][1]
             text = r.string(node, "name")
-            name = text and _check(r, node, "name", check_name, text, "scenario name")
+            name = text and _check(r, node, "name", check_new_name, text, "scenario name")
         settings = self._provider(top)
         # Any finite TTL here: one past the server's limit is refused just below, saying so.
         ttl = r.duration(top["ttl"][1], "ttl", math.inf) if "ttl" in top else None
@@ -286,7 +287,7 @@ class ScenarioParser:
             return
         for name, (knode, vnode) in entries.items():
             path = f"machines.{name}"
-            if _check(r, knode, path, check_name, name, "machine name") is None:
+            if _check(r, knode, path, check_new_name, name, "machine name") is None:
                 continue
             spec: dict[str, tuple[yaml.Node, yaml.Node]] = {}
             if not (isinstance(vnode, yaml.ScalarNode) and r.value(vnode) is None):

@@ -8,7 +8,7 @@ from typing import Any
 from ...errors import Conflict, InvalidInput, TooLarge
 from ...protocol.jsoncheck import check_json
 from ...protocol.limits import MAX_MACHINES_PER_GROUP
-from ...protocol.names import check_label, check_name, expired_advice, scenario_of
+from ...protocol.names import check_label, check_new_name, expired_advice, scenario_of
 from ...protocol.states import JobStatus, MachineEvent, MachineState, machine_next
 from ...protocol.tokens import new_secret
 from ..store.base import Tx
@@ -43,7 +43,7 @@ def create_group(
     Returns ``{"group", "machines": [{"name", "key", "key_expires"}]}`` - the only time
     the keys exist in clear.
     """
-    check_name(name, "group")
+    check_new_name(name, "group")
     if not machines:
         raise InvalidInput("a group needs at least one machine", field="machines")
     if len(machines) > MAX_MACHINES_PER_GROUP:
@@ -55,7 +55,7 @@ def create_group(
     for m in machines:
         if not isinstance(m, dict):
             raise InvalidInput("each machine must be an object with a name", field="machines")
-        names.append(check_name(m.get("name"), "machine"))
+        names.append(check_new_name(m.get("name"), "machine"))
         labels = m.get("labels") or {}
         if not isinstance(labels, dict):
             raise InvalidInput("labels must be an object", field="labels")
