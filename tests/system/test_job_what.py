@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
+from cloudremotecontrol.errors import InvalidInput
+
 HOSTILE = "/tmp/app\x1b[2J.conf"
 SHOWN = "/tmp/app\\x1b[2J.conf"
 
@@ -13,24 +17,28 @@ def test_job_show_and_list_name_the_file_of_a_push_and_a_pull(env, crc, tmp_path
     env.client.create_group("lab", ["b"])  # never connects: the jobs stay queued
     src = tmp_path / "f.txt"
     src.write_text("hi\n")
-    push_id = env.client.push("lab", "b", str(src), HOSTILE)["job_id"]
-    pull_id = env.client.start_pull("lab", "b", "/etc/hostname")["job_id"]
-    spec = json.loads(crc("job", "show", push_id, "--json").stdout)["spec"]
-    assert (spec["type"], spec["path"]) == ("file.put", HOSTILE)
+    # A push never writes a path with a control character (refused before anything is
+    # sent); a pull reads what the machine has, so its path is shown escaped.
+    with pytest.raises(InvalidInput, match="contains a control character"):
+        env.client.push("lab", "b", str(src), HOSTILE)
+    push_id = env.client.push("lab", "b", str(src), "/etc/app.conf")["job_id"]
+    pull_id = env.client.start_pull("lab", "b", HOSTILE)["job_id"]
+    spec = json.loads(crc("job", "show", pull_id, "--json").stdout)["spec"]
+    assert (spec["type"], spec["path"]) == ("file.get", HOSTILE)
 
     r = crc("job", "show", push_id)
     assert r.returncode == 0, r.stderr
-    assert f"\nfile.put: {SHOWN}\n" in r.stdout, r.stdout
-    assert "\x1b" not in r.stdout
+    assert "\nfile.put: /etc/app.conf\n" in r.stdout, r.stdout
     r = crc("job", "show", pull_id)
     assert r.returncode == 0, r.stderr
-    assert "\nfile.get: /etc/hostname\n" in r.stdout, r.stdout
+    assert f"\nfile.get: {SHOWN}\n" in r.stdout, r.stdout
+    assert "\x1b" not in r.stdout
 
     r = crc("job", "list", "lab")
     assert r.returncode == 0, r.stderr
     rows = {line.split()[0]: line for line in r.stdout.splitlines()[1:]}
-    assert rows[push_id].endswith(f"file.put {SHOWN}"), r.stdout
-    assert rows[pull_id].endswith("file.get /etc/hostname"), r.stdout
+    assert rows[push_id].endswith("file.put /etc/app.conf"), r.stdout
+    assert rows[pull_id].endswith(f"file.get {SHOWN}"), r.stdout
     assert "\x1b" not in r.stdout
     jobs = {j["job_id"]: j for j in json.loads(crc("job", "list", "lab", "--json").stdout)["jobs"]}
-    assert (jobs[push_id]["path"], jobs[pull_id]["path"]) == (HOSTILE, "/etc/hostname")
+    assert (jobs[push_id]["path"], jobs[pull_id]["path"]) == ("/etc/app.conf", HOSTILE)
