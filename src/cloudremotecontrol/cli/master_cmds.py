@@ -409,6 +409,7 @@ def group_delete(name: str, force: bool, as_json: bool) -> None:
         made_by = scenario_of(settings)
         mine = settings.get("crc_up")
         provider = mine.get("provider") if isinstance(mine, dict) else None
+        provider = safe(provider) if isinstance(provider, str) else None  # said on stderr
         at = f" at {provider}" if isinstance(provider, str) else ""
         if made_by is not None and not force:
             raise Conflict(
