@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import socket
+import ssl
+import threading
+from collections.abc import Iterator
 
+import pytest
+
+from cloudremotecontrol.errors import Unavailable
+from cloudremotecontrol.master.aclient import AsyncClient
 from cloudremotecontrol.master.client import Client
 from cloudremotecontrol.master.localrun import AgentProcess, free_port
 
@@ -74,3 +84,62 @@ def test_login_with_every_url_down_names_each(tmp_path):
         with pytest.raises(Unavailable, match=f"^cannot reach any of {first}, {second}: "):
             with Client(f"{first},{second}", token, pin) as c:
                 c.whoami()
+
+
+@contextlib.contextmanager
+def _replica_dying_mid_request(server) -> Iterator[str]:
+    """A replica as a client sees one killed while it was asked something: it takes the
+    connection (with the server's own certificate) and the request, then closes without
+    an answer. Each time, so that a request sent to it again would fail too."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(server.data_dir / "cert.pem", server.data_dir / "key.pem")
+    listener = socket.create_server(("127.0.0.1", 0))
+    asked: list[bytes] = []
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return  # closed: the test is over
+            with contextlib.suppress(OSError), ctx.wrap_socket(conn, server_side=True) as tls:
+                asked.append(tls.recv(65536))
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"https://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        listener.close()
+        thread.join(5)
+    assert asked, "the dying replica was never asked anything: the test tested nothing"
+
+
+def test_a_read_cut_by_its_replica_dying_goes_to_the_next_and_a_change_does_not(env):
+    """A GET whose replica died after taking it (``Server disconnected without sending a
+    response``) failed, the next URL untried: it reads and changes nothing, so it is sent
+    to the next replica, by both clients. A POST may have been done: it is not resent."""
+    env.client.create_group("cutlab", ["m"])
+    with _replica_dying_mid_request(env.server) as dying:
+        urls = f"{dying},{env.server.url}"
+        with Client(urls, env.token, env.server.fingerprint) as c:
+            assert c.url == dying
+            assert c.group("cutlab")["machines"][0]["name"] == "m"
+            assert c.url == env.server.url
+        with Client(urls, env.token, env.server.fingerprint) as c:
+            with pytest.raises(Unavailable, match=f"^cannot reach {dying}: "):
+                c.create_group("cutlab2", ["m"])
+
+        async def async_read_then_change() -> str:
+            async with AsyncClient(urls, env.token, env.server.fingerprint) as ac:
+                assert [m["name"] for m in (await ac.group("cutlab"))["machines"]] == ["m"]
+                assert ac.url == env.server.url
+            async with AsyncClient(urls, env.token, env.server.fingerprint) as ac:
+                with pytest.raises(Unavailable) as info:
+                    await ac.create_group("cutlab3", ["m"])
+                return info.value.message
+
+        said = asyncio.run(async_read_then_change())
+        assert said.startswith(f"cannot reach {dying}: "), said
+    names = [g["group"] for g in env.client.list_groups()]
+    assert "cutlab" in names and "cutlab2" not in names and "cutlab3" not in names

@@ -98,3 +98,13 @@ def test_a_request_words_every_url_down_as_connecting_does(sync: bool) -> None:
     requesting = _message(urls, None, sync)
     assert connecting == f"cannot reach any of {first}, {second}: [Errno 111] Connection refused"
     assert requesting == connecting
+
+
+def test_a_failover_never_goes_back_to_the_url_it_leaves_nor_to_one_tried() -> None:
+    """From B of A,B,C: C then A. The clients' old loop went round every URL, so a
+    request whose next replica failed to open was sent again to the dead one it left."""
+    urls = ["https://a", "https://b", "https://c"]
+    assert calls.next_urls(urls, 1) == [2, 0]
+    assert calls.next_urls(urls, 1, ["https://a"]) == [2]
+    assert calls.next_urls(urls, 2, ["https://a", "https://b"]) == []
+    assert calls.next_urls(["https://a"], 0) == []

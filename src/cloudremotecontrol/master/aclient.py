@@ -103,6 +103,18 @@ class _Halt:
             self.waker.set()
 
 
+async def _closed_with_its_loop(http: httpx.AsyncClient) -> AsyncGenerator[None, None]:
+    """Held suspended while ``http`` is in use, so that the event loop it runs on closes
+    it: ``asyncio.run`` (and ``asyncio.Runner``) finalize the async generators still
+    suspended before closing their loop. A client used in one ``asyncio.run`` and then
+    in another has its first connections closed by the first loop, not left open for the
+    garbage collector (``ResourceWarning: unclosed transport``)."""
+    try:
+        yield
+    finally:
+        await http.aclose()
+
+
 class AsyncClient:
     """``Client`` for asyncio: same constructor, same methods (``await`` them; the
     streams are async iterators). Use ``async with``, or ``await close()``."""
@@ -128,6 +140,8 @@ class AsyncClient:
         self._http: httpx.AsyncClient | None = None
         #: The event loop ``_http`` was opened on: its connections work on no other.
         self._http_loop: asyncio.AbstractEventLoop | None = None
+        #: Closes ``_http`` when its loop ends (``_closed_with_its_loop``).
+        self._http_closer: AsyncGenerator[None, None] | None = None
         # halt(): each stream being read has a _Halt, set by halt(); a stream begun
         # after it is read as usual (``_halts`` counts the halts).
         self._halts = 0
@@ -161,11 +175,11 @@ class AsyncClient:
         await self._drop_http()
 
     async def _drop_http(self) -> None:
-        http, self._http = self._http, None
-        if http is not None and self._http_loop is asyncio.get_running_loop():
-            await http.aclose()
-        # Opened on another event loop (an earlier ``asyncio.run``, now closed): its
-        # connections cannot be closed from this one; they are dropped with it.
+        closer, self._http, self._http_closer = self._http_closer, None, None
+        if closer is not None and self._http_loop is asyncio.get_running_loop():
+            await closer.aclose()  # closes the connections
+        # Opened on another event loop (an earlier ``asyncio.run``): that loop closed
+        # them as it ended; they cannot be closed from this one.
 
     def halt(self) -> None:
         """End this client's event streams being read (``events``, ``job_events``, and
@@ -204,8 +218,7 @@ class AsyncClient:
             unreached = calls.Unreached()
             for attempt in range(len(self.urls)):
                 try:
-                    self._http = await self._open(self.url)
-                    self._http_loop = loop
+                    await self._use(await self._open(self.url))
                     break
                 except Unavailable as exc:
                     unreached.add(self.url, exc)
@@ -215,13 +228,29 @@ class AsyncClient:
         assert self._http is not None
         return self._http
 
-    async def _failover(self) -> bool:
-        if len(self.urls) == 1:
-            return False
-        await self._drop_http()
-        self._index = (self._index + 1) % len(self.urls)
-        await self._client()
-        return True
+    async def _use(self, http: httpx.AsyncClient) -> None:
+        """Make ``http`` the client in use, closed by this loop if it ends first."""
+        self._http, self._http_loop = http, asyncio.get_running_loop()
+        self._http_closer = _closed_with_its_loop(http)
+        await anext(self._http_closer)
+
+    async def _failover(self, unreached: calls.Unreached | None = None) -> bool:
+        """As ``Client._failover``: to the next replica whose client opens, never back
+        to the one it leaves nor to one in ``unreached``; False when none is left."""
+        if self._closed:
+            raise calls.client_closed()
+        tried = calls.Unreached() if unreached is None else unreached
+        for i in calls.next_urls(self.urls, self._index, tried.why):
+            try:
+                http = await self._open(self.urls[i])
+            except Unavailable as exc:
+                tried.add(self.urls[i], exc)
+                continue
+            await self._drop_http()
+            self._index = i
+            await self._use(http)
+            return True
+        return False
 
     def _unreachable(self, exc: httpx.HTTPError) -> Exception:
         if is_untrusted(exc):
@@ -231,7 +260,7 @@ class AsyncClient:
     async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """One request, sent to the next replica when this one cannot be reached."""
         unreached = calls.Unreached()
-        for attempt in range(len(self.urls)):
+        while True:
             http = await self._client()
             try:
                 return await http.request(method, path, **kwargs)
@@ -239,12 +268,16 @@ class AsyncClient:
                 # Nothing reached the server: safe to send to another replica (as Client).
                 if is_untrusted(exc):
                     raise self._unreachable(exc) from None
-                unreached.add(self.url, exc)
-                if attempt == len(self.urls) - 1 or not await self._failover():
-                    raise unreached.error(self._unreachable(exc)) from None
+                cut: httpx.HTTPError = exc
+            except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
+                if method.upper() not in calls.RESENDABLE:  # it may have been done
+                    raise self._unreachable(exc) from None
+                cut = exc  # a read, cut by its replica's end: sent again to the next
             except httpx.HTTPError as exc:
                 raise self._unreachable(exc) from None
-        raise AssertionError("unreachable")
+            unreached.add(self.url, cut)
+            if not await self._failover(unreached):
+                raise unreached.error(self._unreachable(cut)) from None
 
     async def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         resp = await self._request(method, path, **kwargs)

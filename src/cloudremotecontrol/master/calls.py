@@ -12,7 +12,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -236,6 +236,20 @@ class Unreached:
         """What to raise once the last URL failed too: ``none_reachable`` naming each
         when several were tried, else ``last`` (the one URL's own error)."""
         return none_reachable(self.why) if len(self.why) > 1 else last
+
+
+def next_urls(urls: list[str], index: int, tried: Iterable[str] = ()) -> list[int]:
+    """Where a client goes when ``urls[index]`` fails: the indexes of the other URLs, in
+    turn from the next one, leaving out the one it leaves and those ``tried`` already
+    (it never goes back to a URL that just failed while another is left to try)."""
+    skip = set(tried) | {urls[index]}
+    n = len(urls)
+    return [i for i in ((index + k) % n for k in range(1, n)) if urls[i] not in skip]
+
+
+#: A request cut before its answer on a connection that was open (its replica died with
+#: it): sent again to the next replica only when it reads and changes nothing.
+RESENDABLE = frozenset({"GET", "HEAD"})
 
 
 def client_closed() -> InvalidInput:

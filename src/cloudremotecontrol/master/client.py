@@ -233,15 +233,22 @@ class Client:
                 self._index = (self._index + 1) % len(self.urls)
         raise Unavailable("no server URL given")
 
-    def _failover(self) -> bool:
-        """Switch to the next replica; False when there is only one."""
-        if len(self.urls) == 1:
-            return False
+    def _failover(self, unreached: calls.Unreached | None = None) -> bool:
+        """Switch to the next replica whose client opens, never back to the one it
+        leaves nor to one in ``unreached`` (those that failed add their reason to it);
+        False, staying where it is, when no other is left."""
         self._check_open()  # closed meanwhile (another thread): no new connection
-        self._http.close()
-        self._index = (self._index + 1) % len(self.urls)
-        self._http = self._connect_any()
-        return True
+        tried = calls.Unreached() if unreached is None else unreached
+        for i in calls.next_urls(self.urls, self._index, tried.why):
+            try:
+                http = self._open(self.urls[i])
+            except Unavailable as exc:
+                tried.add(self.urls[i], exc)
+                continue
+            self._http.close()
+            self._http, self._index = http, i
+            return True
+        return False
 
     @classmethod
     def from_profile(cls, profile: Profile | None = None) -> Client:
@@ -317,19 +324,23 @@ class Client:
         """One request, sent to the next replica when this one cannot be reached."""
         self._check_open()
         unreached = calls.Unreached()
-        for attempt in range(len(self.urls)):
+        while True:
             try:
                 return self._http.request(method, path, **kwargs)
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                 # Nothing reached the server: safe to send to another replica.
                 if is_untrusted(exc):
                     raise self._unreachable(exc) from None
-                unreached.add(self.url, exc)
-                if attempt == len(self.urls) - 1 or not self._failover():
-                    raise unreached.error(self._unreachable(exc)) from None
+                cut: httpx.HTTPError = exc
+            except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
+                if method.upper() not in calls.RESENDABLE:  # it may have been done
+                    raise self._unreachable(exc) from None
+                cut = exc  # a read, cut by its replica's end: sent again to the next
             except httpx.HTTPError as exc:
                 raise self._unreachable(exc) from None
-        raise AssertionError("unreachable")
+            unreached.add(self.url, cut)
+            if not self._failover(unreached):
+                raise unreached.error(self._unreachable(cut)) from None
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         resp = self._request(method, path, **kwargs)
