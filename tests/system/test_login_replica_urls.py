@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
+import ssl
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -85,3 +88,49 @@ def test_a_url_that_cannot_be_reached_is_a_warning_and_kept(first, tmp_path):
             f"kept in the profile all the same (a replica may be down): logged in through "
             f"{first.url}\n"
         )
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body", "said"),
+    [
+        ("text/html", b"<html>Not Found</html>", "is not a CloudRemoteControl server: "),
+        ("application/json", b"{}", "the server's answer has no 'user': "),
+    ],
+    ids=["a-web-page", "json-without-the-answer"],
+)
+def test_a_url_of_something_else_than_the_api_is_refused(first, tmp_path, content_type, body, said):
+    """A web server at the second URL (with the first's certificate, as behind one
+    front): its page, or JSON that is not the API's answer, is not the same server. The
+    second was taken for a replica down and kept: checked by its wording, which only the
+    page matched."""
+    token = first.add_user("alice")
+
+    class Page(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(404 if content_type == "text/html" else 200)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    web = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(first.data_dir / "cert.pem", first.data_dir / "key.pem")
+    web.socket = ctx.wrap_socket(web.socket, server_side=True)
+    threading.Thread(target=web.serve_forever, daemon=True).start()
+    try:
+        other = f"https://127.0.0.1:{web.server_address[1]}"
+        home = tmp_path / "home"
+        r = _login(home, f"{first.url},{other}", token, first.fingerprint)
+        assert r.returncode == 2, r.stderr
+        assert r.stderr.startswith(
+            f"crc: error: --url lists {other}, which is not the same server as {first.url}: "
+        ), r.stderr
+        assert said in r.stderr and "Traceback" not in r.stderr
+        assert r.stdout == "" and _saved(home) == []
+    finally:
+        web.shutdown()
+        web.server_close()

@@ -126,7 +126,7 @@ def _check_replicas(urls: list[str], first: str, token: str, fp: str | None, use
             with Client(url, token, fp, timeout=10) as other:
                 them = other.whoami()
         except Unavailable as exc:
-            if exc.message.startswith(f"{url} is not a CloudRemoteControl server: "):
+            if exc.code == "not_crc_server":  # a web page, not the API: the wrong URL
                 raise _not_one_server(url, first, exc.message) from None
             down[url] = why_unreachable(url, exc)
             continue
@@ -216,7 +216,7 @@ def group() -> None:
 
 
 @group.command("create")
-@click.argument("name")
+@click.argument("name", metavar="GROUP")
 @click.option("--machines", required=True, help="Comma list of machine names, e.g. mysql,web.")
 @click.option(
     "--label",
@@ -270,7 +270,7 @@ def group_create(
     record_input: bool,
     as_json: bool,
 ) -> None:
-    """Create group NAME and print each machine's single-use key (shown once)."""
+    """Create group GROUP and print each machine's single-use key (shown once)."""
     from click.core import ParameterSource
 
     from ..protocol.names import parse_labels
@@ -280,7 +280,7 @@ def group_create(
         raise click.UsageError("--hosts-ip goes with --sync-hosts")
     # Checked here with the server's rule (protocol/names.py), before any profile is
     # read or the server asked: a name it would refuse is the user's mistake (exit 2).
-    _checked_name(name, "group", "NAME")
+    _checked_name(name, "group", "GROUP")
     names = [m.strip() for m in machines.split(",") if m.strip()]
     if not names:
         raise click.BadParameter("names no machine: give e.g. mysql,web", param_hint="--machines")
@@ -374,7 +374,7 @@ def _until(ts: float | None) -> str:
 
 
 @group.command("show")
-@click.argument("name")
+@click.argument("name", metavar="GROUP")
 @json_option
 def group_show(name: str, as_json: bool) -> None:
     """Show a group and its machines."""
@@ -387,19 +387,19 @@ def group_show(name: str, as_json: bool) -> None:
 
 
 @group.command("delete")
-@click.argument("name")
+@click.argument("name", metavar="GROUP")
 @click.option(
     "--force",
     is_flag=True,
     help="Delete a group `crc up` made all the same: only the group goes, its machines "
-    "keep running at the provider (`crc down --group NAME` destroys them too).",
+    "keep running at the provider (`crc down --group GROUP` destroys them too).",
 )
 @json_option
 def group_delete(name: str, force: bool, as_json: bool) -> None:
-    """Delete group NAME: revokes every key and credential; its agents stop.
+    """Delete group GROUP: revokes every key and credential; its agents stop.
 
     A group `crc up` made is refused (exit 5) unless --force: deleting it alone would
-    leave its machines running (on a cloud, billing); `crc down --group NAME` destroys
+    leave its machines running (on a cloud, billing); `crc down --group GROUP` destroys
     them and deletes the group."""
     with _client() as c:
         try:
@@ -505,7 +505,7 @@ def _expired_cell(g: dict[str, Any]) -> str:
 
 
 @click.command()
-@click.argument("name")
+@click.argument("name", metavar="GROUP")
 @json_option
 def status(name: str, as_json: bool) -> None:
     """Table of a group's machines: state, IPs, progress, last seen (the progress of a
@@ -519,12 +519,20 @@ def status(name: str, as_json: bool) -> None:
 
 
 @click.command()
-@click.argument("name")
+@click.argument("name", metavar="GROUP")
 @click.option("--follow", "-f", is_flag=True, help="Keep streaming new events.")
 @click.option("--since", type=click.IntRange(0, MAX_SEQ), help="Start after this cursor.")
 @json_option
 def events(name: str, follow: bool, since: int | None, as_json: bool) -> None:
-    """A group's events (state changes, progress, output, results), resumable by cursor."""
+    """A group's events (state changes, progress, output, results), resumable by cursor.
+
+    \b
+    Examples:
+      crc events lab                   # every event so far, oldest first
+      crc events lab -f                # and new ones as they come (Ctrl-C ends)
+      crc events lab --since 120 -f    # after cursor 120 (the first column)
+      crc events lab -f --json         # JSON lines, each with its cursor
+    """
     with stopped_as_by_ctrl_c(), _client() as c:  # SIGTERM / SIGHUP end --follow as Ctrl-C
         for ev in c.events(name, since=since if since is not None else 0, follow=follow):
             if as_json:
@@ -604,7 +612,7 @@ def _summary(ev: dict[str, Any]) -> str:
 
 
 @click.command()
-@click.argument("name")
+@click.argument("name", metavar="GROUP")
 @click.option("--to", "to", required=True, help=TARGET_HELP)
 @click.argument("type_", metavar="TYPE")
 @click.argument("body", required=False)
@@ -632,15 +640,15 @@ def kv() -> None:
 
 
 @kv.command("set")
-@click.argument("name")
+@click.argument("name", metavar="GROUP")
 @click.argument("key", callback=kv_key)
 @click.argument("value")
 @json_option
 def kv_set(name: str, key: str, value: str, as_json: bool) -> None:
-    """Set KEY to VALUE (JSON, or a plain string) in group NAME: a VALUE starting with
+    """Set KEY to VALUE (JSON, or a plain string) in group GROUP: a VALUE starting with
     {, [ or " must be valid JSON (else exit 2).
 
-    A VALUE that begins with - (a negative number, -5) goes after --: `crc kv set NAME
+    A VALUE that begins with - (a negative number, -5) goes after --: `crc kv set GROUP
     KEY -- -5`."""
     from .jsonarg import json_or_text
 
@@ -652,12 +660,12 @@ def kv_set(name: str, key: str, value: str, as_json: bool) -> None:
 
 
 @kv.command("get")
-@click.argument("name")
+@click.argument("name", metavar="GROUP")
 @click.argument("key", callback=kv_key)
 @click.option("--wait", "wait_for", help="Wait up to this long for the key (e.g. 2m; at most 5m).")
 @json_option
 def kv_get(name: str, key: str, wait_for: str | None, as_json: bool) -> None:
-    """Print KEY's value in group NAME as JSON (with --json: {"key", "value",
+    """Print KEY's value in group GROUP as JSON (with --json: {"key", "value",
     "version", "updated", "by"}; exit 4 if it does not exist)."""
 
     from ..protocol.limits import MAX_KV_WAIT_SECONDS
@@ -677,10 +685,10 @@ def kv_get(name: str, key: str, wait_for: str | None, as_json: bool) -> None:
 
 
 @kv.command("list")
-@click.argument("name")
+@click.argument("name", metavar="GROUP")
 @json_option
 def kv_list(name: str, as_json: bool) -> None:
-    """List the keys of group NAME."""
+    """List the keys of group GROUP."""
     with _client() as c:
         keys = c.kv_list(name)
     if as_json:
@@ -696,6 +704,7 @@ def kv_list(name: str, as_json: bool) -> None:
 @click.option(
     "--group",
     "group_name",
+    metavar="GROUP",
     help="Only this group's records: also of a group deleted since (none: an empty list).",
 )
 @click.option("--limit", type=click.IntRange(1, 10000), default=100, show_default=True)

@@ -358,17 +358,19 @@ class _EventStream(StreamingResponse):
             # The database failed midway (an outage): the answer has started, so no
             # error can be sent; it is cut, as when the server stops, and the client
             # resumes from its last cursor (then 503 until the database is back).
-            _CUTS.cut(exc.message)
+            if self.scope is not None:  # set by __call__, before the answer began
+                self.scope["app"].state.stream_cuts.cut(exc.message)
             await _cut(self.scope)
             return
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-class _CutLog:
+class StreamCutLog:
     """The log of event streams cut by database failures: an outage cuts every open
     stream at once, so the first cut is one line, and those that follow within
     ``every`` seconds one line more, with their count, once that time is up (not a
-    line per stream: a thousand followers would write a thousand)."""
+    line per stream: a thousand followers would write a thousand). One per app
+    (``app.state.stream_cuts``), on the app's event loop."""
 
     def __init__(self, every: float = 10.0) -> None:
         self.every = every
@@ -404,9 +406,6 @@ class _CutLog:
             )
             self.more = 0
             self.logged_at = asyncio.get_running_loop().time()
-
-
-_CUTS = _CutLog()
 
 
 async def _cut(scope: Scope | None) -> None:

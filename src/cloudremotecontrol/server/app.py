@@ -279,6 +279,7 @@ def create_app(
         app.state.settings.machine_bytes_per_second, app.state.settings.machine_burst_bytes
     )
     app.state.hub = hub
+    app.state.stream_cuts = api.StreamCutLog()
     app.state.bus = bus
     app.state.replica = replica or uuid.uuid4().hex[:12]
     app.state.blobs = BlobStore(

@@ -17,7 +17,7 @@ from typing import Any
 from ...errors import InvalidInput
 from ...protocol.names import check_name
 from .model import parse_scenario
-from .parser import ScenarioParser, _check
+from .parser import ScenarioParser, check_field
 from .yamlcompose import gc_paused
 from .yamlnodes import MAX_SCENARIO_BYTES, NodeReader, Problem, ScenarioError, Where, read_bounded
 
@@ -104,7 +104,7 @@ def _essentials(
     else:
         node = top["name"][1]
         text = r.string(node, "name")
-        name = text and _check(r, node, "name", check_name, text, "scenario name")
-    settings = parser._provider(top)
+        name = text and check_field(r, node, "name", check_name, text, "scenario name")
+    settings = parser.provider_settings(top)
     problems += r.problems[before:]
     return name, parser.provider, settings, problems

@@ -102,7 +102,7 @@ _STR_TAG = "tag:yaml.org,2002:str"
 _SCRIPT_SHELLS = {".sh": "sh", ".bash": "bash", ".ps1": "powershell", ".cmd": "cmd", ".bat": "cmd"}
 
 
-def _check(r: NodeReader, node: yaml.Node, path: str, fn: Any, *args: Any) -> Any:
+def check_field(r: NodeReader, node: yaml.Node, path: str, fn: Any, *args: Any) -> Any:
     """Run one of protocol.names' checks, turning its error into a problem."""
     try:
         return fn(*args)
@@ -145,8 +145,8 @@ class ScenarioParser:
         if "name" in top:
             node = top["name"][1]
             text = r.string(node, "name")
-            name = text and _check(r, node, "name", check_new_name, text, "scenario name")
-        settings = self._provider(top)
+            name = text and check_field(r, node, "name", check_new_name, text, "scenario name")
+        settings = self.provider_settings(top)
         # Any finite TTL here: one past the server's limit is refused just below, saying so.
         ttl = r.duration(top["ttl"][1], "ttl", math.inf) if "ttl" in top else None
         if ttl is not None and ttl > MAX_GROUP_TTL:
@@ -211,7 +211,10 @@ class ScenarioParser:
             digest=digest,
         )
 
-    def _provider(self, top: dict[str, tuple[yaml.Node, yaml.Node]]) -> dict[str, Any]:
+    def provider_settings(self, top: dict[str, tuple[yaml.Node, yaml.Node]]) -> dict[str, Any]:
+        """The ``provider`` field of the file's mapping ``top``: sets ``self.provider``
+        (and the capabilities its steps are checked against), returns its settings;
+        its problems go to the reader."""
         r = self.r
         names = tuple(provider_names())
         if "provider" not in top:
@@ -287,7 +290,7 @@ class ScenarioParser:
             return
         for name, (knode, vnode) in entries.items():
             path = f"machines.{name}"
-            if _check(r, knode, path, check_new_name, name, "machine name") is None:
+            if check_field(r, knode, path, check_new_name, name, "machine name") is None:
                 continue
             spec: dict[str, tuple[yaml.Node, yaml.Node]] = {}
             if not (isinstance(vnode, yaml.ScalarNode) and r.value(vnode) is None):
@@ -305,7 +308,7 @@ class ScenarioParser:
             if "labels" in spec:
                 labels = r.str_map(spec["labels"][1], f"{path}.labels") or {}
                 for k, v in labels.items():
-                    _check(r, spec["labels"][1], f"{path}.labels.{k}", check_label, k, v)
+                    check_field(r, spec["labels"][1], f"{path}.labels.{k}", check_label, k, v)
             extra: dict[str, Any] = {}
             if "provider" in spec:
                 value = r.value(spec["provider"][1], f"{path}.provider")
@@ -466,7 +469,9 @@ class ScenarioParser:
         name: str | None = f"{kinds[0] if len(kinds) == 1 else 'step'}-{i + 1}"
         if "name" in e:
             text = r.string(e["name"][1], f"{label}.name")
-            name = text and _check(r, e["name"][1], f"{label}.name", check_name, text, "step name")
+            name = text and check_field(
+                r, e["name"][1], f"{label}.name", check_name, text, "step name"
+            )
             if not name:
                 return None, [], None
         if known:
@@ -689,7 +694,7 @@ class ScenarioParser:
             return None
         dest = r.string(p["dest"][1], f"{path}.dest")
         if dest and "{{" not in dest:  # as the machine will check it
-            _check(r, p["dest"][1], f"{path}.dest", check_remote_path, dest)
+            check_field(r, p["dest"][1], f"{path}.dest", check_remote_path, dest)
         src = None
         if "src" in p:
             rel = r.string(p["src"][1], f"{path}.src")
@@ -757,10 +762,10 @@ class ScenarioParser:
             return None
         if kind == "message":
             type_ = text if text.startswith("user.") else "user." + text
-            if _check(r, vnode, f"{path}.message", check_message_type, type_) is None:
+            if check_field(r, vnode, f"{path}.message", check_message_type, type_) is None:
                 return None
             return WaitAction("message", type=type_)
-        if "{{" not in text and _check(r, vnode, f"{path}.kv", check_kv_key, text) is None:
+        if "{{" not in text and check_field(r, vnode, f"{path}.kv", check_kv_key, text) is None:
             return None
         return WaitAction("kv", key=text)
 
@@ -776,7 +781,7 @@ class ScenarioParser:
         if text is None:
             return None
         type_ = text if text.startswith("user.") else "user." + text
-        if _check(r, p["type"][1], f"{path}.type", check_message_type, type_) is None:
+        if check_field(r, p["type"][1], f"{path}.type", check_message_type, type_) is None:
             return None
         body: Any = r.value(p["body"][1], f"{path}.body") if "body" in p else {}
         if not isinstance(body, dict):
