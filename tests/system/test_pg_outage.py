@@ -269,3 +269,27 @@ def test_background_loops_log_an_outage_in_a_few_lines_not_one_per_attempt(
         assert 2 <= len(said) <= 3, said  # the first failure, (still failing), back
         assert "trying again: " in said[0] and "working again after" in said[-1], said
     assert not [line for line in lines if " ERROR " in line], lines[-40:]
+
+
+def test_a_column_gone_under_the_server_is_said_as_such_not_as_tables_lost(
+    server: ServerProcess, pg_url: str, tmp_path: Path
+) -> None:
+    """A column of crc's dropped while the server runs (by hand, or a newer server's
+    migration): requests are 503, and the log says a column is missing, not that the
+    tables were lost (whose advice, a restart, would not bring a column back)."""
+    env = Env(server, tmp_path)
+    try:
+        env.group_with_agents("lab", ["a"])
+        auth = {"Authorization": bearer(env.cli_env["CRC_TOKEN"])}
+        with pinned_http(server) as http:
+            assert http.get("/v1/groups", headers=auth).status_code == 200
+            with psycopg.connect(pg_url, autocommit=True) as conn:
+                conn.execute("ALTER TABLE groups DROP COLUMN deleted CASCADE")
+            r = http.get("/v1/groups/lab", headers=auth, timeout=CLIENT_TIMEOUT)
+            assert r.status_code == 503, r.text
+            assert r.json()["error"]["code"] == "unavailable", r.text
+    finally:
+        env.close()
+    log = server.log_path.read_text()
+    assert "has crc's tables without a column this server uses" in log, log[-4000:]
+    assert "has lost crc's tables" not in log and "Traceback" not in log, log[-6000:]

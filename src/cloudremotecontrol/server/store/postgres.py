@@ -206,7 +206,8 @@ _RECONNECT_WINDOW = 10.0
 _WARN_EVERY = 5.0
 # Failures that roll back one op whose transaction lost a race with another one: the
 # op is run again in a new transaction (see "How an operation runs").
-# crc's tables are not there: the database was dropped and made again, or replaced.
+# crc's tables are not there (the database was dropped and made again, or replaced), or
+# not as this server set them up (a column gone).
 _SCHEMA_GONE = (errors.UndefinedTable, errors.UndefinedColumn)
 _CONFLICTS = (errors.SerializationFailure, errors.DeadlockDetected, errors.UniqueViolation)
 _CONNECT: dict[str, Any] = {
@@ -469,7 +470,15 @@ class PostgresStore(Store):
             self._down_until = now + _DOWN_FOR
         if now - self._warned_at >= _WARN_EVERY:
             self._warned_at = now
-            if isinstance(exc, _SCHEMA_GONE):
+            if isinstance(exc, errors.UndefinedColumn):
+                log.error(
+                    "PostgreSQL at %s has crc's tables without a column this server uses "
+                    "(changed by hand, or by a newer crc server's migration): run one crc "
+                    "version on every replica, or restore the database: %s",
+                    _where(self.url),
+                    exc,
+                )
+            elif isinstance(exc, _SCHEMA_GONE):
                 log.error(
                     "PostgreSQL at %s has lost crc's tables (the database was dropped "
                     "and made again, or replaced): restart the server to set them up "
