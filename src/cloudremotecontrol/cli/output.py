@@ -187,10 +187,11 @@ def ago(ts: float | None) -> str:
     if not ts:
         return "-"
     d = max(0.0, time.time() - ts)
-    if d < 60:
-        return f"{d:.0f}s ago"
-    if d < 3600:
-        return f"{d / 60:.0f}m ago"
+    # Rounded before the unit is chosen: 59.6 s is "1m ago", not "60s ago".
+    if round(d) < 60:
+        return f"{round(d)}s ago"
+    if round(d / 60) < 60:
+        return f"{round(d / 60)}m ago"
     return f"{d / 3600:.1f}h ago"
 
 
