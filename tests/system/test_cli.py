@@ -352,7 +352,7 @@ def test_usage_errors_are_one_line_with_the_usage_and_where_to_find_help(env, cr
     for args, part in [
         (["run", "lab"], "Missing argument"),
         (["run", "lab", "--to", "a", "--shell", "fish", "--", "true"], "'fish'"),
-        (["group", "create"], "Missing argument 'NAME'"),
+        (["group", "create"], "Missing argument 'GROUP'"),
         (["status", "--bogus"], "No such option"),
         (["nosuch"], "No such command"),
     ]:

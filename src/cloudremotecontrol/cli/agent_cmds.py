@@ -465,12 +465,19 @@ def kv_get(key: str, state_dir: str | None, agent_wait: float, as_json: bool) ->
     help="Seconds (at most 300).",
 )
 @_state_option
+@_agent_wait_option
 @json_option
 def kv_wait(
-    key: str, newer_than: int, timeout: float, state_dir: str | None, as_json: bool
+    key: str,
+    newer_than: int,
+    timeout: float,
+    state_dir: str | None,
+    agent_wait: float,
+    as_json: bool,
 ) -> None:
     """Wait until KEY exists (or changes); print its value as JSON. A wait whose agent
-    restarts goes on waiting for the rest of --timeout."""
+    restarts goes on waiting for the rest of --timeout. An agent not answering when it
+    starts is waited for --agent-wait (within --timeout)."""
     import time
 
     from ..agent.control import AgentGone, NoAgent, call
@@ -478,7 +485,10 @@ def kv_wait(
     from ..protocol.names import kv_wait_timed_out
 
     deadline = time.monotonic() + timeout
-    seen = False  # an agent was there: one missing now is restarting
+    # As every helper: an agent not answering yet (stopped, restarting) is waited for
+    # --agent-wait, said on stderr; none ever ran there fails at once. Asked with a
+    # status, which changes nothing.
+    _call(state_dir, {"op": "status"}, min(agent_wait, timeout))
     while True:
         left = max(0.001, deadline - time.monotonic())
         request = {"op": "kv-wait", "key": key, "timeout": left, "newer_than": newer_than}
@@ -487,9 +497,8 @@ def kv_wait(
             break
         except TimedOut:  # said with the --timeout given, not the time left of a retry
             raise TimedOut(kv_wait_timed_out(key, timeout, newer_than)) from None
-        except (AgentGone, NoAgent) as exc:  # stopping or restarting: a read, asked again
-            seen = seen or isinstance(exc, AgentGone)
-            if not seen or time.monotonic() + 1 >= deadline:
+        except (AgentGone, NoAgent):  # it answered: now restarting, a read asked again
+            if time.monotonic() + 1 >= deadline:
                 raise
             time.sleep(1)
     if as_json:

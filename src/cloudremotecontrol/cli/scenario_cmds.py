@@ -53,6 +53,12 @@ def up(scenario_file: str, rerun: bool, parallel: int, as_json: bool) -> None:
     invalid file, 5 when another `crc up` or `crc down` of it runs or it needs `crc down`
     first, 6 when machines are not ready in time, 8 for a provider error, 130 on Ctrl-C,
     143 on SIGTERM, 129 on SIGHUP (docs/scenarios.md, "Output for programs").
+
+    \b
+    Examples:
+      crc up lab.yaml                   # run it (again after a failure: resumes)
+      crc up lab.yaml --rerun           # run every step again
+      crc up lab.yaml --json > up.jsonl # JSON lines, for a program to read
     """
     from ..master.profile import load_profile
     from ..master.scenario.model import load_scenario
@@ -171,7 +177,9 @@ def _say_ignored(scenario_file: str, problems: list[Any]) -> None:
     required=False,
     type=click.Path(exists=True, dir_okay=False),
 )
-@click.option("--group", help="The group (scenario name) to tear down, instead of a file.")
+@click.option(
+    "--group", metavar="GROUP", help="The group (scenario name) to tear down, instead of a file."
+)
 @click.option(
     "--provider",
     "provider_name",
@@ -188,7 +196,26 @@ def down(
     (listing by tag), delete the group (revoking every key and credential), report.
 
     Of SCENARIO.yaml only the name and provider are read: problems elsewhere in it (a
-    step mistyped, a script deleted since `crc up`) are said and ignored."""
+    step mistyped, a script deleted since `crc up`) are said and ignored.
+
+    Exit code: 0 if no machine is left at the provider (the group deleted), 1 if some
+    are still there (listed, with the command that tries again; the group is kept), 2
+    for an invalid call or a file whose name or provider cannot be read, 3 when the
+    token is refused or, without --provider, nobody is logged in, 4 when the server
+    does not know the group (--provider cleans up leftovers), 5 for a group `crc up`
+    did not make or when another `crc up` or `crc down` of it runs, 6 when the server
+    cannot be reached, 7 when its certificate does not match the pin, 8 for a provider
+    error, 130 on Ctrl-C. When the provider is known (the file, --provider), the
+    machines are destroyed even if the server cannot be reached (6), refuses the token
+    (3) or a CRC_* variable is set but empty (2): the exit code then says that the group
+    is left.
+
+    \b
+    Examples:
+      crc down lab.yaml                      # what `crc up lab.yaml` made
+      crc down --group lab                   # without the file
+      crc down --group lab --provider vultr  # leftovers the server no longer knows
+    """
     from ..master.client import Client
     from ..master.profile import load_profile
     from ..master.scenario.down import down as run_down

@@ -83,7 +83,7 @@ class LiveTable:
 
 
 @click.command()
-@click.argument("name")
+@click.argument("name", metavar="GROUP")
 @click.option("--machines", help="Only these machines (comma list).")
 @click.option(
     "--timeout",
@@ -124,7 +124,14 @@ def wait(
 
     A message counts if its machine sent it after the last command (`crc run`, a
     scenario step) started there, or after --since CURSOR: so the message a command
-    ends with is found even if it came before `crc wait` started."""
+    ends with is found even if it came before `crc wait` started.
+
+    \b
+    Examples:
+      crc wait lab                                # every machine ready (15m at most)
+      crc wait lab --machines web,db --timeout 30m
+      crc wait lab --message user.done --from web # print the message's body
+    """
     from ..master.waits import check_timeout
     from .master_cmds import _duration
 
