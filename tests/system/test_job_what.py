@@ -3,7 +3,9 @@ path the job's spec holds), escaped as every other text from the server is."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sqlite3
 
 import pytest
 
@@ -17,12 +19,18 @@ def test_job_show_and_list_name_the_file_of_a_push_and_a_pull(env, crc, tmp_path
     env.client.create_group("lab", ["b"])  # never connects: the jobs stay queued
     src = tmp_path / "f.txt"
     src.write_text("hi\n")
-    # A push never writes a path with a control character (refused before anything is
-    # sent); a pull reads what the machine has, so its path is shown escaped.
+    # Neither a push nor a pull takes a path with a control character (refused before
+    # anything is sent); a job stored before that rule still holds one: shown escaped.
     with pytest.raises(InvalidInput, match="contains a control character"):
         env.client.push("lab", "b", str(src), HOSTILE)
+    with pytest.raises(InvalidInput, match="contains a control character"):
+        env.client.start_pull("lab", "b", HOSTILE)
     push_id = env.client.push("lab", "b", str(src), "/etc/app.conf")["job_id"]
-    pull_id = env.client.start_pull("lab", "b", HOSTILE)["job_id"]
+    pull_id = env.client.start_pull("lab", "b", "/tmp/app.conf")["job_id"]
+    with contextlib.closing(sqlite3.connect(env.server.data_dir / "crc.db")) as db, db:
+        (stored,) = db.execute("SELECT spec FROM jobs WHERE id = ?", (pull_id,)).fetchone()
+        spec = json.loads(stored) | {"path": HOSTILE}
+        db.execute("UPDATE jobs SET spec = ? WHERE id = ?", (json.dumps(spec), pull_id))
     spec = json.loads(crc("job", "show", pull_id, "--json").stdout)["spec"]
     assert (spec["type"], spec["path"]) == ("file.get", HOSTILE)
 

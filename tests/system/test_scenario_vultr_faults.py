@@ -189,13 +189,19 @@ def test_down_reports_a_machine_vultr_forbids_deleting_at_once_and_down_again_re
     assert again["group_deleted"] is True and env.client.list_groups() == []
 
 
+@pytest.mark.parametrize(
+    ("sig", "code"),
+    [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)],
+    ids=["ctrl-c", "sigterm", "sighup"],
+)
 def test_down_interrupted_while_vultr_fails_says_the_machines_may_be_left(
-    env: Any, crc: Any, fake: FakeVultr, scenario: Path
+    env: Any, crc: Any, fake: FakeVultr, scenario: Path, sig: signal.Signals, code: int
 ) -> None:
     """Ctrl-C during `crc down` (Vultr failing each delete, retried for 3 minutes) said
     only "crc: aborted": it says the machines may still be there, billed, and how to
     destroy them; the group is kept for that. Before it, the wait was silent: what is
-    left, and why, is said while it lasts."""
+    left, and why, is said while it lasts. SIGTERM and SIGHUP (a CI job cancelled, a
+    terminal closed) killed it without a word: they are taken as Ctrl-C."""
     vultr_env = {"VULTR_API_KEY": fake.api_key, "CRC_VULTR_API_URL": fake.url}
     made_by_up = {"scenario": "flaky", "provider": "vultr", "provider_settings": {}}
     env.client.create_group("flaky", ["a"], settings={"crc_up": made_by_up})
@@ -219,7 +225,7 @@ def test_down_interrupted_while_vultr_fails_says_the_machines_may_be_left(
             if select.select([down.stdout], [], [], 0.5)[0]:
                 seen.append(down.stdout.readline())
     finally:
-        down.send_signal(signal.SIGINT)
+        down.send_signal(sig)
         out, err = down.communicate(timeout=60)
     waiting = seen[-1].rstrip("\n")
     assert re.fullmatch(
@@ -228,7 +234,7 @@ def test_down_interrupted_while_vultr_fails_says_the_machines_may_be_left(
         waiting,
     ), seen
     assert any(r.method == "DELETE" and r.status == 500 for r in fake.requests)
-    assert down.returncode == 130, out + err
+    assert down.returncode == code, out + err
     assert err.splitlines()[-1] == (  # the last line: no "crc: aborted" after it
         "crc: interrupted: machines of flaky may still be at vultr, where a cloud bills "
         "them: `crc down --group flaky --provider vultr` again destroys them"

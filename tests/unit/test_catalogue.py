@@ -267,7 +267,7 @@ def valid(spec: fields.Spec) -> st.SearchStrategy[Any]:
         return st.dictionaries(st.text(max_size=5), JSON, max_size=3)
     if isinstance(spec, streams._Host):  # a forward's remote host: a name or an address
         return valid(fields.Hostname()) | st.ip_addresses().map(str)
-    if isinstance(spec, (messages._RemotePath, messages._PushPath)):
+    if isinstance(spec, messages._PushPath):
         return st.from_regex(r"(/|[A-Za-z]:\\)[a-z0-9_.]{0,10}", fullmatch=True)
     raise AssertionError(f"no strategy for {spec!r}")
 

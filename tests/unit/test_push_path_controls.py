@@ -1,6 +1,6 @@
 """A push's REMOTE holds no control character (C0, DEL, C1): refused by the check the
-server, the SDK and the CLI share (``check_push``), naming the field; a pull's path and
-other non-ASCII text are as before."""
+server, the SDK and the CLI share (``check_push``), naming the field; a pull's path by
+the same rule (``FileGet``); other non-ASCII text is as before."""
 
 from __future__ import annotations
 
@@ -38,5 +38,9 @@ def test_a_push_path_without_one_goes(path) -> None:
     check_push("a", path, "0640", "1000:1000")
 
 
-def test_a_pull_path_is_checked_as_before() -> None:
-    assert FileGet.from_body({"job_id": "j", "path": "/tmp/a\tb"}).path == "/tmp/a\tb"
+@pytest.mark.parametrize("path", ["/tmp/a\tb", "/tmp/x/esc\x1b[31mRED\rX\nl2", "/tmp/a\x9bb"])
+def test_a_pull_path_with_a_control_character_is_refused_as_a_push_path(path) -> None:
+    with pytest.raises(InvalidInput, match="contains a control character") as caught:
+        FileGet.from_body({"job_id": "j", "path": path})
+    assert caught.value.details == {"field": "path"}
+    assert FileGet.from_body({"job_id": "j", "path": "/tmp/café.txt"}).path == "/tmp/café.txt"

@@ -482,7 +482,7 @@ def _announce_job(
 
 
 @click.command(cls=TrailingCommand)
-@click.argument("name")
+@click.argument("name", metavar="GROUP")
 @click.option("--to", "to", required=True, callback=_target, help=TARGET_HELP)
 @click.option("--timeout", help="Kill the command after this long (default 10m).")
 @click.option(
@@ -614,7 +614,7 @@ def hosts() -> None:
 
 
 @hosts.command("sync")
-@click.argument("name")
+@click.argument("name", metavar="GROUP")
 @click.option(
     "--to",
     "to",
@@ -650,7 +650,7 @@ def hosts_sync(name: str, to: str, ip: str, as_json: bool) -> None:
 
 
 @click.command()
-@click.argument("name")
+@click.argument("name", metavar="GROUP")
 @click.option("--to", "to", required=True, callback=_target, help=TARGET_HELP)
 @click.argument("local", type=click.Path(exists=True, dir_okay=False))
 @click.argument("remote")
@@ -680,7 +680,7 @@ def push(
 
 
 @click.command()
-@click.argument("name")
+@click.argument("name", metavar="GROUP")
 @click.option("--from", "machine", required=True, help="The machine to copy from.")
 @click.argument("remote")
 @click.argument("local", type=click.Path(dir_okay=False))
@@ -692,7 +692,9 @@ def pull(name: str, machine: str, remote: str, local: str, as_json: bool) -> Non
     Says the job's id on stderr, and whether the machine is not connected: the job
     waits for it (Ctrl-C cancels it)."""
     from ..master.client import check_download_target, worst_exit_code
+    from ..protocol.fields import check_push_path
 
+    check_push_path(remote)  # as a push's: no control characters
     check_download_target(local)  # before the job: it would run for nothing
     with _client() as c:
         started, results = start_and_follow(
@@ -758,11 +760,11 @@ def _job_id(ctx: click.Context, param: click.Parameter, value: str) -> str:
 
 
 @job.command("list")
-@click.argument("name")
+@click.argument("name", metavar="GROUP")
 @click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True)
 @json_option
 def job_list(name: str, limit: int, as_json: bool) -> None:
-    """The latest jobs of group NAME, oldest first."""
+    """The latest jobs of group GROUP, oldest first."""
     with _client() as c:
         jobs = c.list_jobs(name, limit)
     if as_json:

@@ -205,10 +205,10 @@ def down(
     does not know the group (--provider cleans up leftovers), 5 for a group `crc up`
     did not make or when another `crc up` or `crc down` of it runs, 6 when the server
     cannot be reached, 7 when its certificate does not match the pin, 8 for a provider
-    error, 130 on Ctrl-C. When the provider is known (the file, --provider), the
-    machines are destroyed even if the server cannot be reached (6), refuses the token
-    (3) or a CRC_* variable is set but empty (2): the exit code then says that the group
-    is left.
+    error, 130 on Ctrl-C, 143 on SIGTERM, 129 on SIGHUP. When the provider is known (the
+    file, --provider), the machines are destroyed even if the server cannot be reached
+    (6), refuses the token (3) or a CRC_* variable is set but empty (2): the exit code
+    then says that the group is left.
 
     \b
     Examples:
@@ -303,7 +303,10 @@ def down(
                 f"group {group} does not say which provider made its machines: "
                 "name it with --provider"
             )
-        with make_provider(name, settings, client.url if client else None) as provider:
+        with (
+            stopped_as_by_ctrl_c(),  # SIGTERM / SIGHUP: say what may be left, as Ctrl-C
+            make_provider(name, settings, client.url if client else None) as provider,
+        ):
             with make_view(as_json) as view:
                 try:
                     rc = run_down(

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import httpx
 
 from ..errors import CrcError, InvalidInput, NotFound, TimedOut, Unavailable
+from ..protocol.fields import check_push_path
 from ..tlspin import client_context, is_untrusted, untrusted_error
 from . import calls
 from .calls import (
@@ -46,8 +47,10 @@ from .client import (
     clean_token,
     file_digest,
     open_regular,
+    set_download_mode,
     split_urls,
     write_error,
+    written_path,
 )
 from .profile import Profile, load_profile
 from .types import Event, JobResult, Message, RunResult, is_final, job_accepted, run_result
@@ -772,12 +775,16 @@ class AsyncClient:
         return dict(await self._do(calls.push(group, to, blob["sha256"], remote, mode, owner)))
 
     async def start_pull(self, group: str, machine: str, remote: str) -> dict[str, Any]:
+        """As ``Client.start_pull``."""
+        check_push_path(remote)
         return dict(await self._do(calls.start_pull(group, machine, remote)))
 
     async def download_pulled(self, job_id: str, local: str) -> dict[str, Any]:
+        """As ``Client.download_pulled``."""
         check_download_target(local)
         info = dict(await self._do(calls.pulled_file(job_id)))
-        directory = os.path.dirname(os.path.abspath(local))
+        target = written_path(local)  # a link is followed: its file is replaced
+        directory = os.path.dirname(target)
         try:
             fd, tmp = tempfile.mkstemp(dir=directory, prefix=".crc-pull-")
         except OSError as exc:
@@ -797,9 +804,10 @@ class AsyncClient:
                     async for chunk in resp.aiter_bytes(1 << 20):
                         digest.update(chunk)
                         await asyncio.to_thread(fh.write, chunk)
+                set_download_mode(fh.fileno(), tmp, target)
             if digest.hexdigest() != info["sha256"]:
                 raise Unavailable("downloaded content does not match its sha256: try again")
-            os.replace(tmp, local)
+            os.replace(tmp, target)
         except httpx.HTTPError as exc:
             raise Unavailable(f"download failed: {exc}") from None
         except OSError as exc:

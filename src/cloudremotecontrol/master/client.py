@@ -30,6 +30,7 @@ import httpx
 
 from ..errors import CrcError, InvalidInput, NotFound, TimedOut, TooLarge, Unavailable
 from ..fslinks import file_kind, through_links
+from ..protocol.fields import check_push_path
 from ..protocol.limits import MAX_FILE_BYTES, file_too_large
 from ..tlspin import check_base_url, client_context, is_untrusted, untrusted_error
 from . import calls
@@ -60,7 +61,14 @@ from .waits import FLOOR_TYPES, MessageWait, ReadyWait, check_timeout
 if TYPE_CHECKING:
     from .streams import ForwardThread, ShellSession
 
-__all__ = ["Client", "check_download_target", "clean_token", "worst_exit_code", "write_error"]
+__all__ = [
+    "Client",
+    "check_download_target",
+    "clean_token",
+    "download_mode",
+    "worst_exit_code",
+    "write_error",
+]
 
 #: Called with each event; what it returns is ignored.
 EventHandler = Callable[[Event], object]
@@ -157,6 +165,51 @@ def written_path(local: str) -> str:
         return os.path.abspath(through_links(local, "pull"))
     except OSError as exc:  # a directory on the way that cannot be read
         raise write_error(local, exc) from None
+
+
+def download_mode(existing: int | None, umask: int) -> int:
+    """The permission bits of a file a pull writes, as cp and scp give them: an existing
+    file's (``existing``, its ``st_mode``) are kept, a new file gets 0666 less ``umask``.
+    The content comes from the machine: never a setuid, setgid or sticky bit, not even
+    one kept from a file it replaces."""
+    if existing is not None:
+        return stat.S_IMODE(existing) & 0o777
+    return 0o666 & ~umask & 0o777
+
+
+_UMASK_LOCK = threading.Lock()
+
+
+def process_umask() -> int:
+    """This process's umask, read without changing it where the system says it
+    (``/proc/self/status``); elsewhere set and put back at once (077 meanwhile: a file
+    another thread makes in that instant is private, never more open)."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    with _UMASK_LOCK:
+        mask = os.umask(0o077)
+        os.umask(mask)
+    return mask
+
+
+def set_download_mode(fd: int, tmp: str, target: str) -> None:
+    """Give a pull's temporary file (open as ``fd``, named ``tmp``), before it is moved
+    over ``target``, the mode ``download_mode`` says: it was made private (0600) so
+    that no one could read it while it was written."""
+    try:
+        existing: int | None = os.stat(target).st_mode
+    except OSError:
+        existing = None  # a new file (or a dangling link's: made by the move)
+    if existing is not None and not stat.S_ISREG(existing):
+        existing = None
+    mode = download_mode(existing, process_umask())
+    if hasattr(os, "fchmod"):
+        os.fchmod(fd, mode)
+    else:  # Windows: only the read-only flag, by name
+        os.chmod(tmp, mode)
 
 
 def write_error(local: str, exc: OSError) -> CrcError:
@@ -857,11 +910,16 @@ class Client:
         return dict(self._do(calls.push(group, to, blob["sha256"], remote, mode, owner)))
 
     def start_pull(self, group: str, machine: str, remote: str) -> dict[str, Any]:
+        """Start the job that uploads ``remote`` from ``machine`` (a path with control
+        characters is refused first, as a push's)."""
+        check_push_path(remote)
         return dict(self._do(calls.start_pull(group, machine, remote)))
 
     def download_pulled(self, job_id: str, local: str) -> dict[str, Any]:
         """Save the file a finished pull job brought back to ``local`` (verified, atomic).
-        InvalidInput when ``local`` cannot be written (``check_download_target``)."""
+        An existing file keeps its mode, a new one gets 0666 less the umask
+        (``download_mode``). InvalidInput when ``local``
+        cannot be written (``check_download_target``)."""
         check_download_target(local)
         info = dict(self._do(calls.pulled_file(job_id)))
         target = written_path(local)  # a link is followed: its file is replaced
@@ -883,6 +941,7 @@ class Client:
                 for chunk in resp.iter_bytes(1 << 20):
                     digest.update(chunk)
                     fh.write(chunk)
+                set_download_mode(fh.fileno(), tmp, target)
             if digest.hexdigest() != info["sha256"]:
                 raise Unavailable("downloaded content does not match its sha256: try again")
             os.replace(tmp, target)

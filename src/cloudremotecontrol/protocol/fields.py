@@ -100,9 +100,10 @@ def check_remote_path(path: object) -> str:
 
 
 def check_push_path(path: object) -> str:
-    """A push's destination: a remote path (``check_remote_path``) without control
-    characters (C0, DEL, C1). A file named with an escape sequence, a carriage return
-    or a newline is never what was meant, and its name would reach terminals as is."""
+    """A push's destination, or the file a pull reads: a remote path
+    (``check_remote_path``) without control characters (C0, DEL, C1). A file named with
+    an escape sequence, a carriage return or a newline is never what was meant, and its
+    name would reach terminals as is."""
     path = check_remote_path(path)
     found = _CONTROL.search(path)
     if found:

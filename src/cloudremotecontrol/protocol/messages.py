@@ -54,7 +54,6 @@ from .fields import (
     StrMap,
     Text,
     check_push_path,
-    check_remote_path,
 )
 from .jsoncheck import escaped, is_unicode
 from .limits import (
@@ -337,11 +336,6 @@ class HostsSync(Message):
     )
 
 
-class _RemotePath(Spec):
-    def check(self, value: Any, name: str) -> str:
-        return check_remote_path(value)
-
-
 class _PushPath(Spec):
     def check(self, value: Any, name: str) -> str:
         return check_push_path(value)
@@ -377,7 +371,7 @@ class FileGet(Message):
     DIRECTION = Direction.TO_AGENT
 
     job_id: str = wire(JOB_ID)
-    path: str = wire(_RemotePath())
+    path: str = wire(_PushPath())  # the rule of a push's path: no control characters
 
 
 #: Messages that carry a job: a machine that cannot use one reports the job failed.

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from ...errors import Conflict, Forbidden, InvalidInput, NotFound
-from ...protocol.fields import check_remote_path
+from ...protocol.fields import check_push_path
 from ...protocol.messages import FileGet, FilePut
 from ...protocol.names import check_name
 from ...protocol.states import JobStatus, MachineState
@@ -90,7 +90,7 @@ def create_pull(
             field="machine",
         )
     check_name(machine, "machine")
-    check_remote_path(path)
+    check_push_path(path)  # a pull's path: as a push's, no control characters
     g = live_group(tx, user["user_id"], group)
     m = tx.one(
         "SELECT name FROM machines WHERE group_id = ? AND name = ? AND state != ?",
