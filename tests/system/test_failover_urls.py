@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import socket
 import ssl
 import threading
@@ -87,10 +88,11 @@ def test_login_with_every_url_down_names_each(tmp_path):
 
 
 @contextlib.contextmanager
-def _replica_dying_mid_request(server) -> Iterator[str]:
+def _replica_dying_mid_request(server, head_answer: bytes | None = None) -> Iterator[str]:
     """A replica as a client sees one killed while it was asked something: it takes the
     connection (with the server's own certificate) and the request, then closes without
-    an answer. Each time, so that a request sent to it again would fail too."""
+    an answer. Each time, so that a request sent to it again would fail too. With
+    ``head_answer``, a HEAD request is answered that (a replica that dies after it)."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(server.data_dir / "cert.pem", server.data_dir / "key.pem")
     listener = socket.create_server(("127.0.0.1", 0))
@@ -104,6 +106,9 @@ def _replica_dying_mid_request(server) -> Iterator[str]:
                 return  # closed: the test is over
             with contextlib.suppress(OSError), ctx.wrap_socket(conn, server_side=True) as tls:
                 asked.append(tls.recv(65536))
+                if head_answer is not None and asked[-1].startswith(b"HEAD "):
+                    tls.sendall(head_answer)
+                    asked.append(tls.recv(65536))  # the next request, on this connection
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
@@ -143,3 +148,37 @@ def test_a_read_cut_by_its_replica_dying_goes_to_the_next_and_a_change_does_not(
         assert said.startswith(f"cannot reach {dying}: "), said
     names = [g["group"] for g in env.client.list_groups()]
     assert "cutlab" in names and "cutlab2" not in names and "cutlab3" not in names
+
+
+def test_an_upload_cut_by_its_replica_dying_is_sent_again_to_the_next(env, tmp_path):
+    """An upload (a push's first part) cut by its replica's end failed, the next URL
+    untried: it is stored under its content's hash, so the same upload sent to the next
+    replica does the same; the push then goes on there. Both clients."""
+    env.group_with_agents("uplab", ["m"])
+    local = tmp_path / "big.bin"
+    not_there = b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"
+    for i in range(2):
+        # New content (not on the server yet), more than one read of the dying replica.
+        local.write_bytes(os.urandom(3 << 20))
+        remote = tmp_path / f"on-m-{i}.bin"
+        with _replica_dying_mid_request(env.server, head_answer=not_there) as dying:
+            urls = f"{dying},{env.server.url}"
+            if i == 0:
+                with Client(urls, env.token, env.server.fingerprint) as c:
+                    assert c.url == dying
+                    assert c.upload(str(local))["uploaded"] is True  # HEAD there, PUT cut
+                    assert c.url == env.server.url
+                    job = c.push("uplab", "m", str(local), str(remote))
+            else:
+
+                async def async_push(urls: str, remote: str) -> dict:
+                    async with AsyncClient(urls, env.token, env.server.fingerprint) as ac:
+                        assert ac.url == dying
+                        assert (await ac.upload(str(local)))["uploaded"] is True
+                        assert ac.url == env.server.url
+                        return await ac.push("uplab", "m", str(local), remote)
+
+                job = asyncio.run(async_push(urls, str(remote)))
+        events = list(env.client.follow_job(job["job_id"], ["m"]))
+        assert events[-1]["data"]["status"] == "succeeded", events
+        assert remote.read_bytes() == local.read_bytes()

@@ -260,8 +260,10 @@ class AsyncClient:
             return untrusted_error(self.url, exc)
         return Unavailable(f"cannot reach {self.url}: {exc}")
 
-    async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        """One request, sent to the next replica when this one cannot be reached."""
+    async def _request(
+        self, method: str, path: str, resend: bool = False, **kwargs: Any
+    ) -> httpx.Response:
+        """As ``Client._request``."""
         unreached = calls.Unreached()
         while True:
             http = await self._client()
@@ -273,17 +275,17 @@ class AsyncClient:
                     raise self._unreachable(exc) from None
                 cut: httpx.HTTPError = exc
             except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
-                if method.upper() not in calls.RESENDABLE:  # it may have been done
-                    raise self._unreachable(exc) from None
-                cut = exc  # a read, cut by its replica's end: sent again to the next
+                if not resend and method.upper() not in calls.RESENDABLE:
+                    raise self._unreachable(exc) from None  # it may have been done
+                cut = exc  # cut by its replica's end, safe to send again: to the next
             except httpx.HTTPError as exc:
                 raise self._unreachable(exc) from None
             unreached.add(self.url, cut)
             if not await self._failover(unreached):
                 raise unreached.error(self._unreachable(cut)) from None
 
-    async def _call(self, method: str, path: str, **kwargs: Any) -> Any:
-        resp = await self._request(method, path, **kwargs)
+    async def _call(self, method: str, path: str, resend: bool = False, **kwargs: Any) -> Any:
+        resp = await self._request(method, path, resend, **kwargs)
         if resp.status_code >= 400:
             raise_for(
                 self.url,
@@ -743,17 +745,19 @@ class AsyncClient:
         if head.status_code == 200:
             return {"sha256": sha, "size": size, "uploaded": False}
 
-        async def chunks() -> AsyncIterator[bytes]:
-            # Exactly the ``size`` bytes hashed (a file growing meanwhile: its start).
-            exact = ExactReader(local, sha, size)
-            with await asyncio.to_thread(open_regular, local) as fh:
-                while chunk := await asyncio.to_thread(exact.read, fh):
-                    yield chunk
+        class Chunks:
+            async def __aiter__(self) -> AsyncIterator[bytes]:  # from the start each time
+                # Exactly the ``size`` bytes hashed (a file growing meanwhile: its start).
+                exact = ExactReader(local, sha, size)
+                with await asyncio.to_thread(open_regular, local) as fh:
+                    while chunk := await asyncio.to_thread(exact.read, fh):
+                        yield chunk
 
         out = await self._call(
             "PUT",
             f"/blobs/{sha}",
-            content=chunks(),
+            resend=True,  # stored under its hash: the same PUT again stores the same
+            content=Chunks(),
             headers={"Content-Length": str(size), "Content-Type": "application/octet-stream"},
         )
         return {**out, "uploaded": True}

@@ -373,8 +373,13 @@ class Client:
             return untrusted_error(self.url, exc)
         return Unavailable(f"cannot reach {self.url}: {exc}")
 
-    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        """One request, sent to the next replica when this one cannot be reached."""
+    def _request(
+        self, method: str, path: str, resend: bool = False, **kwargs: Any
+    ) -> httpx.Response:
+        """One request, sent to the next replica when this one cannot be reached, or
+        when its answer was cut and the request is a read or ``resend`` (one that does
+        the same however often it is sent: a content-addressed upload, whose content is
+        then an iterable read again each time)."""
         self._check_open()
         unreached = calls.Unreached()
         while True:
@@ -386,17 +391,17 @@ class Client:
                     raise self._unreachable(exc) from None
                 cut: httpx.HTTPError = exc
             except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
-                if method.upper() not in calls.RESENDABLE:  # it may have been done
-                    raise self._unreachable(exc) from None
-                cut = exc  # a read, cut by its replica's end: sent again to the next
+                if not resend and method.upper() not in calls.RESENDABLE:
+                    raise self._unreachable(exc) from None  # it may have been done
+                cut = exc  # cut by its replica's end, safe to send again: to the next
             except httpx.HTTPError as exc:
                 raise self._unreachable(exc) from None
             unreached.add(self.url, cut)
             if not self._failover(unreached):
                 raise unreached.error(self._unreachable(cut)) from None
 
-    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
-        resp = self._request(method, path, **kwargs)
+    def _call(self, method: str, path: str, resend: bool = False, **kwargs: Any) -> Any:
+        resp = self._request(method, path, resend, **kwargs)
         if resp.status_code >= 400:
             raise_for(
                 self.url,
@@ -877,17 +882,19 @@ class Client:
         if head.status_code == 200:
             return {"sha256": sha, "size": size, "uploaded": False}
 
-        def chunks() -> Iterator[bytes]:
-            # Exactly the ``size`` bytes hashed (a file growing meanwhile: its start).
-            exact = ExactReader(local, sha, size)
-            with open_regular(local) as fh:
-                while chunk := exact.read(fh):
-                    yield chunk
+        class Chunks:
+            def __iter__(self) -> Iterator[bytes]:  # from the start, each time it is sent
+                # Exactly the ``size`` bytes hashed (a file growing meanwhile: its start).
+                exact = ExactReader(local, sha, size)
+                with open_regular(local) as fh:
+                    while chunk := exact.read(fh):
+                        yield chunk
 
         out = self._call(
             "PUT",
             f"/blobs/{sha}",
-            content=chunks(),
+            resend=True,  # stored under its hash: the same PUT again stores the same
+            content=Chunks(),
             headers={"Content-Length": str(size), "Content-Type": "application/octet-stream"},
         )
         return {**out, "uploaded": True}
