@@ -320,3 +320,23 @@ def test_an_env_name_no_agent_can_set_is_refused_by_name_and_others_are_set(env,
             env.client.start_job("lab", "a", argv=["true"], env={key: "1"})
         assert f"invalid variable name {key!r} in env" in exc.value.message, exc.value
     assert len(env.client.list_jobs("lab")) == 1
+
+
+@pytest.mark.parametrize("machines", ["a,,b", "a,b,", ",a", "a, ,b"])
+def test_an_empty_name_in_a_machine_list_is_refused(env, crc, machines):
+    """`crc group create g --machines "a,,b"` made a and b, the empty item dropped (a
+    script's variable left empty), where `crc run --to a,,b` refuses the same list."""
+    r = crc("group", "create", "g", "--machines", machines)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "has an empty name" in r.stderr, r.stderr
+    _clean(r)
+    assert env.client.list_groups() == []
+
+
+def test_a_message_body_that_is_no_json_says_where_and_help_says_it_is_an_object(env, crc):
+    env.client.create_group("lab", ["a"])
+    r = crc("send", "lab", "--to", "a", "user.x", '{"a":')
+    assert r.returncode == 2, r.stderr
+    assert r.stderr == "crc: error: BODY is not valid JSON at line 1 column 6: Expecting value\n"
+    r = crc("send", "--help")
+    assert r.returncode == 0 and "BODY, a JSON object ({} when" in " ".join(r.stdout.split())

@@ -1,8 +1,8 @@
 """Against a real server and the real `crc` CLI:
 
 * a group or machine name that would poison every peer's hosts file (``localhost``,
-  ``ip6-allnodes``, ``1234``) is refused, by the CLI before the server is asked and by
-  the server itself;
+  ``ip6-allnodes``, ``1234``), and a machine named ``master`` or ``all``, are refused, by
+  the CLI before the server is asked and by the server itself;
 * ``PUT …/kv/KEY`` needs its ``value``; a message ``body`` that is no object is refused
   naming ``body``;
 * `crc kv set` and `crc agent kv set` refuse a VALUE that starts as JSON and is not.
@@ -41,6 +41,14 @@ def http(server: Any) -> Iterator[httpx.Client]:
             "invalid machine '1234': all digits",
         ),
         (
+            {"name": "evil", "machines": [{"name": "web"}, {"name": "master"}]},
+            "invalid machine 'master': it names the operator",
+        ),
+        (
+            {"name": "evil", "machines": [{"name": "all"}]},
+            "invalid machine 'all': `--to all` means every machine",
+        ),
+        (
             {"name": "localhost", "machines": [{"name": "web"}]},
             "invalid group 'localhost': it would shadow a system name",
         ),
@@ -62,10 +70,17 @@ def test_crc_group_create_refuses_them_before_asking_the_server(env, crc):
     r = crc("group", "create", "localhost", "--machines", "web")
     assert r.returncode == 2 and "would shadow a system name" in r.stderr, r.stderr
     assert env.client.list_groups() == []
-    # `all`, `master` and one-letter names stay valid machine names.
-    r = crc("group", "create", "fine", "--machines", "all,master,n", "--json")
+    # A machine named master got none of its peers' messages and passed for the operator
+    # in its own; one named all could never be named alone.
+    r = crc("group", "create", "evil", "--machines", "n,master")
+    assert r.returncode == 2 and "'master': it names the operator" in r.stderr, r.stderr
+    r = crc("group", "create", "evil", "--machines", "all")
+    assert r.returncode == 2 and "`--to all` means every machine" in r.stderr, r.stderr
+    assert env.client.list_groups() == []
+    # Groups may be named so; one-letter names stay valid machine names.
+    r = crc("group", "create", "master", "--machines", "n", "--json")
     assert r.returncode == 0, r.stderr
-    assert [m["name"] for m in json.loads(r.stdout)["machines"]] == ["all", "master", "n"]
+    assert [m["name"] for m in json.loads(r.stdout)["machines"]] == ["n"]
 
 
 def test_a_kv_put_needs_its_value(env, http):

@@ -29,8 +29,6 @@ SYSTEM = [
 ]
 NUMERIC = ["1234", "0", "00", "4294967295", "0x1f", "0xc0a80001"]
 FINE = [
-    "all",
-    "master",
     "n",
     "web",
     "db1",
@@ -82,6 +80,26 @@ def test_other_names_stay_valid(name: str, what: str) -> None:
 
     assert reserved_name(name) is None
     assert check_new_name(name, what) == name
+
+
+@pytest.mark.parametrize("name", ["all", "master"])
+def test_a_group_may_be_named_all_or_master(name: str) -> None:
+    assert check_new_name(name, "group") == name
+
+
+@pytest.mark.parametrize("what", ["machine", "machine name"])
+def test_a_machine_may_not_be_named_master_the_operator_s_name_in_messages(what: str) -> None:
+    """A machine named master got none of its peers' messages (``--to master`` goes to
+    the operator), and its own reached peers ``from: master``, as the operator's do."""
+    with pytest.raises(InvalidInput) as exc:
+        check_new_name("master", what)
+    assert exc.value.message.startswith(f"invalid {what} 'master': it names the operator")
+    assert exc.value.details.get("field") == what
+
+
+def test_a_machine_may_not_be_named_all_which_names_every_machine() -> None:
+    with pytest.raises(InvalidInput, match=r"^invalid machine 'all': `--to all` means every"):
+        check_new_name("all", "machine")
 
 
 @pytest.mark.parametrize("what", ["scenario", "scenario name", "machine name"])

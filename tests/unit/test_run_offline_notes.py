@@ -8,7 +8,8 @@ from typing import Any
 import click
 import pytest
 
-from cloudremotecontrol.cli.job_cmds import _OfflineNotes, _target
+from cloudremotecontrol.cli.job_cmds import _OfflineNotes
+from cloudremotecontrol.cli.output import target_option
 
 OFFLINE = (
     "crc: machine b went offline before its job ended; its result comes when it "
@@ -54,8 +55,8 @@ def test_nothing_said_of_finished_targets_others_or_after_the_end(capsys):
 
 def test_target_all_stands_alone():
     for ok in ("all", "*", "a", "a,b", "role=db,zone=a", None):
-        assert _target(None, None, ok) == ok  # type: ignore[arg-type]
+        assert target_option(None, None, ok) == ok  # type: ignore[arg-type]
 
     for bad in ("all,a", "a,all", "a, all ", "*,a", "all,role=db"):
         with pytest.raises(click.BadParameter, match="stands alone"):
-            _target(None, None, bad)  # type: ignore[arg-type]
+            target_option(None, None, bad)  # type: ignore[arg-type]

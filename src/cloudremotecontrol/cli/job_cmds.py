@@ -28,7 +28,16 @@ import click
 from ..errors import Unavailable
 from . import output
 from .linejoin import LineJoiner, Piece
-from .output import SELECTOR_HELP, TARGET_HELP, ago, emit_json, json_option, print_table, safe
+from .output import (
+    SELECTOR_HELP,
+    TARGET_HELP,
+    ago,
+    emit_json,
+    json_option,
+    print_table,
+    safe,
+    target_option,
+)
 from .signals import stopped_as_by_ctrl_c
 from .trailing import TrailingCommand
 
@@ -60,21 +69,6 @@ def error_exit_option(fn: F) -> F:
         help="Exit with CODE when crc itself fails (bad input, not found, unauthorized, "
         "server unreachable), so its own codes never look like the command's (e.g. 255).",
     )(fn)
-
-
-def _target(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    """``--to``'s callback: ``all`` (or ``*``) names every machine and stands alone, so
-    ``all,a`` is a usage error before anything is sent, rather than a list naming a
-    machine ``all`` (a group's ``all`` machine is one of every machine: ``--to all``)."""
-    if value is None:
-        return value
-    parts = [p.strip() for p in value.split(",")]
-    if len(parts) > 1 and any(p in ("all", "*") for p in parts):
-        raise click.BadParameter(
-            f"{safe(repr(value[:80]))}: `all` means every machine and stands alone; "
-            "give `all`, or the machines' names (a,b), or KEY=VALUE"
-        )
-    return value
 
 
 def _env(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> dict[str, str]:
@@ -483,7 +477,7 @@ def _announce_job(
 
 @click.command(cls=TrailingCommand)
 @click.argument("name", metavar="GROUP")
-@click.option("--to", "to", required=True, callback=_target, help=TARGET_HELP)
+@click.option("--to", "to", required=True, callback=target_option, help=TARGET_HELP)
 @click.option("--timeout", help="Kill the command after this long (default 10m).")
 @click.option(
     "--shell",
@@ -620,7 +614,7 @@ def hosts() -> None:
     "to",
     default="all",
     show_default=True,
-    callback=_target,
+    callback=target_option,
     help="Which machines to update: a machine, a comma list, KEY=VALUE or all. " + SELECTOR_HELP,
 )
 @click.option(
@@ -651,7 +645,7 @@ def hosts_sync(name: str, to: str, ip: str, as_json: bool) -> None:
 
 @click.command()
 @click.argument("name", metavar="GROUP")
-@click.option("--to", "to", required=True, callback=_target, help=TARGET_HELP)
+@click.option("--to", "to", required=True, callback=target_option, help=TARGET_HELP)
 @click.argument("local", type=click.Path(exists=True, dir_okay=False))
 @click.argument("remote")
 @click.option("--mode", help="Octal file mode on the machines, e.g. 0640.")

@@ -23,6 +23,10 @@ def json_arg(text: str | None, what: str) -> Any:
         return json.loads(text)
     except RecursionError:
         raise InvalidInput(f"{what} is JSON nested too deeply") from None
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(
+            f"{what} is not valid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
+        ) from None
     except ValueError:
         raise InvalidInput(f"{what} is not valid JSON") from None
 

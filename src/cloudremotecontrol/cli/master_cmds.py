@@ -24,6 +24,7 @@ from .output import (
     safe,
     say_stream_breaks,
     shown_json,
+    target_option,
 )
 from .signals import stopped_as_by_ctrl_c
 
@@ -281,9 +282,15 @@ def group_create(
     # Checked here with the server's rule (protocol/names.py), before any profile is
     # read or the server asked: a name it would refuse is the user's mistake (exit 2).
     _checked_name(name, "group", "GROUP")
-    names = [m.strip() for m in machines.split(",") if m.strip()]
-    if not names:
+    names = [m.strip() for m in machines.split(",")]
+    if not any(names):
         raise click.BadParameter("names no machine: give e.g. mysql,web", param_hint="--machines")
+    if "" in names:  # a script's variable left empty: not a list to take as it comes
+        raise click.BadParameter(
+            f"{safe(repr(machines[:80]))} has an empty name (two commas, or one at an "
+            "end): give e.g. mysql,web",
+            param_hint="--machines",
+        )
     if len(names) > MAX_MACHINES_PER_GROUP:
         raise click.BadParameter(
             f"names {len(names)} machines; a group has at most {MAX_MACHINES_PER_GROUP}",
@@ -613,13 +620,14 @@ def _summary(ev: dict[str, Any]) -> str:
 
 @click.command()
 @click.argument("name", metavar="GROUP")
-@click.option("--to", "to", required=True, help=TARGET_HELP)
+@click.option("--to", "to", required=True, callback=target_option, help=TARGET_HELP)
 @click.argument("type_", metavar="TYPE")
 @click.argument("body", required=False)
 @json_option
 def send(name: str, to: str, type_: str, body: str | None, as_json: bool) -> None:
-    """Send data message TYPE (user.NAME) with an optional JSON BODY to machines; scripts
-    there receive it with `crc agent wait-message TYPE`."""
+    """Send data message TYPE (user.NAME) with an optional BODY, a JSON object ({} when
+    left out), to machines; scripts there receive it with `crc agent wait-message
+    TYPE`."""
     from .jsonarg import json_arg
 
     parsed = json_arg(body, "BODY")

@@ -65,6 +65,20 @@ SELECTOR_HELP = "KEY=VALUE,KEY=VALUE selects the machines with every pair (each 
 TARGET_HELP = "Machine, comma list, KEY=VALUE or all. " + SELECTOR_HELP
 
 
+def target_option(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """``--to``'s callback: ``all,a`` is a usage error before anything is sent
+    (``check_all_alone``), not a list naming a machine ``all``."""
+    from ..errors import InvalidInput
+    from ..protocol.names import check_all_alone
+
+    if value is None:
+        return value
+    try:
+        return check_all_alone(value)
+    except InvalidInput as exc:
+        raise click.BadParameter(safe(exc.message)) from None
+
+
 #: The exit code when crc's output was closed (``crc events -f | head -1``): a process
 #: killed by SIGPIPE, as a shell reports it.
 OUTPUT_CLOSED_EXIT = 141

@@ -19,6 +19,7 @@ from ..errors import Forbidden, InvalidInput, NotFound
 __all__ = [
     "MASTER_KV_PREFIX",
     "Target",
+    "check_all_alone",
     "check_kv_key",
     "check_label",
     "check_machine_may_write",
@@ -78,13 +79,27 @@ def check_name(value: object, what: str = "name") -> str:
     return value
 
 
+#: Names a machine may not have, whatever a hosts file makes of them: they already mean
+#: something where machines are named.
+_NOT_A_MACHINE = {
+    "master": (
+        "it names the operator where machines are named (`crc agent emit --to master`, "
+        "a message `from` master): peers could not reach the machine, and it would pass "
+        "for the operator"
+    ),
+    "all": "`--to all` means every machine, so this one could never be named alone",
+}
+
+
 def check_new_name(value: object, what: str) -> str:
     """``check_name`` for the name of a group (or scenario) or machine being made: also
     never a :func:`reserved_name` (all digits is refused for a machine only: a group's
-    name is only ever looked up as ``machine.GROUP``). Names already made are not
-    checked so: a group an older server made stays one its user can name and delete."""
+    name is only ever looked up as ``machine.GROUP``), and a machine never ``master``
+    or ``all``. Names already made are not checked so: a group an older server made
+    stays one its user can name and delete."""
     name = check_name(value, what)
-    why = reserved_name(name, numeric=what.startswith("machine"))
+    machine = what.startswith("machine")
+    why = reserved_name(name, numeric=machine) or (_NOT_A_MACHINE.get(name) if machine else None)
     if why is not None:
         raise InvalidInput(f"invalid {what} {name!r}: {why}", field=what)
     return name
@@ -264,6 +279,20 @@ def _parse_selector(text: str) -> tuple[tuple[str, str], ...]:
     return tuple(sorted(pairs.items()))
 
 
+def check_all_alone(text: str) -> str:
+    """``text`` (a ``--to``) unless it lists ``all`` (or ``*``) beside something else:
+    ``all`` names every machine and stands alone, so ``all,a`` is refused rather than
+    read as a list naming a machine ``all``."""
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) > 1 and any(p in ("all", "*") for p in parts):
+        raise InvalidInput(
+            f"{text[:80]!r}: `all` means every machine and stands alone; give `all`, or "
+            "the machines' names (a,b), or KEY=VALUE",
+            field="to",
+        )
+    return text
+
+
 def parse_target(text: object) -> Target:
     """``all`` / ``*`` / ``a,b`` / ``role=db[,tier=1]``: comma-joined KEY=VALUE pairs
     select the machines that have all of them, each key named once."""
@@ -271,7 +300,7 @@ def parse_target(text: object) -> Target:
         raise InvalidInput(
             "missing target: give a machine name, a comma list, KEY=VALUE or all", field="to"
         )
-    text = text.strip()
+    text = check_all_alone(text.strip())
     if text in ("all", "*"):
         return Target(all=True)
     if "=" in text:

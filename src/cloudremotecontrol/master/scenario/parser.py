@@ -23,6 +23,7 @@ from ...protocol.limits import (
 )
 from ...protocol.messages import JobRun
 from ...protocol.names import (
+    check_all_alone,
     check_kv_key,
     check_label,
     check_message_type,
@@ -590,13 +591,7 @@ class ScenarioParser:
                 return None
             return hit
         chosen = [t.strip() for t in to.split(",") if t.strip()]
-        if len(chosen) > 1 and any(t in ("all", "*") for t in chosen):  # as crc run --to
-            self.r.error(
-                node,
-                path,
-                f"{to!r}: `all` means every machine and stands alone; give `all`, or the "
-                "machines' names (a,b), or KEY=VALUE",
-            )
+        if check_field(self.r, node, path, check_all_alone, to) is None:  # as crc run --to
             return None
         unknown = [t for t in chosen if t not in self.machines]
         if unknown or not chosen:
