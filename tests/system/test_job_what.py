@@ -50,3 +50,19 @@ def test_job_show_and_list_name_the_file_of_a_push_and_a_pull(env, crc, tmp_path
     assert "\x1b" not in r.stdout
     jobs = {j["job_id"]: j for j in json.loads(crc("job", "list", "lab", "--json").stdout)["jobs"]}
     assert (jobs[push_id]["path"], jobs[pull_id]["path"]) == ("/etc/app.conf", HOSTILE)
+
+
+def test_a_command_given_as_argv_is_shown_quoted_as_a_shell_would_need_it(env, crc):
+    """`crc run -- printf '%s\\n' 'a b'` was listed as `printf %s\\n a b`: three
+    arguments where there were two, and a line that does not run the same pasted back."""
+    env.client.create_group("lab", ["b"])  # never connects: the job stays queued
+    job = env.client.start_job("lab", "b", argv=["printf", "%s\n", "a b", "it's"])["job_id"]
+    r = crc("job", "show", job)
+    assert r.returncode == 0, r.stderr
+    assert "printf '%s\\n' 'a b' 'it'\"'\"'s'" in r.stdout, r.stdout
+    r = crc("job", "list", "lab")
+    assert r.returncode == 0, r.stderr
+    assert "printf '%s\\n' 'a b'" in r.stdout, r.stdout
+    # A shell command is shown as written.
+    job = env.client.start_job("lab", "b", command="echo $HOME 'x'")["job_id"]
+    assert "echo $HOME 'x'" in crc("job", "show", job).stdout

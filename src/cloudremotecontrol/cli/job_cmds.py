@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import shlex
 import signal
 import sys
 import threading
@@ -719,10 +720,12 @@ _FILE_KINDS = ("file.put", "file.get")
 
 
 def _what(spec: dict[str, Any]) -> str:
-    """What a job does, as ``crc job show`` prints it after its kind: the command, or
-    the path a push writes or a pull reads (raw: the caller escapes it)."""
+    """What a job does, as ``crc job show`` prints it after its kind: the command (an
+    argv quoted as a shell would need it, so that ``a b`` as one argument is not shown
+    as two and the line can be pasted back), or the path a push writes or a pull reads
+    (raw: the caller escapes it)."""
     if spec.get("argv"):
-        return " ".join(spec["argv"])
+        return shlex.join(str(arg) for arg in spec["argv"])
     if spec.get("command"):
         return str(spec["command"])
     if spec.get("type") in _FILE_KINDS and spec.get("path"):
