@@ -340,3 +340,23 @@ def test_a_message_body_that_is_no_json_says_where_and_help_says_it_is_an_object
     assert r.stderr == "crc: error: BODY is not valid JSON at line 1 column 6: Expecting value\n"
     r = crc("send", "--help")
     assert r.returncode == 0 and "BODY, a JSON object ({} when" in " ".join(r.stdout.split())
+
+
+def test_group_show_and_status_list_the_labels_a_selector_reads(env, crc):
+    """Which machines `--to role=db` selects was only in `--json`: a LABELS column, shown
+    when some machine has labels (escaped, as every text from the server)."""
+    r = crc(
+        "group", "create", "sel", "--machines", "x,y,z",
+        "--label", "x:role=db", "--label", "x:zone=a", "--label", "y:role=web",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    for args in (("group", "show", "sel"), ("status", "sel")):
+        r = crc(*args)
+        assert r.returncode == 0, r.stderr
+        lines = r.stdout.splitlines()
+        assert lines[0].split()[:3] == ["MACHINE", "STATE", "LABELS"], r.stdout
+        rows = {line.split()[0]: line.split()[2] for line in lines[1:] if line.strip()}
+        assert rows == {"x": "role=db,zone=a", "y": "role=web", "z": "-"}, r.stdout
+    env.client.create_group("plain", ["p"])
+    r = crc("group", "show", "plain")
+    assert "LABELS" not in r.stdout, r.stdout

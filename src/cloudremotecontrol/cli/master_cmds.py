@@ -474,7 +474,13 @@ def _print_machines(g: dict[str, Any], ready_since: dict[str, float] | None = No
                 ago(m.get("last_seen")),
             ]
         )
-    print_table(["MACHINE", "STATE", "IPS", "SEEN FROM", "PROGRESS", "LAST SEEN"], rows)
+    headers = ["MACHINE", "STATE", "IPS", "SEEN FROM", "PROGRESS", "LAST SEEN"]
+    if any(m.get("labels") for m in g["machines"]):  # what a --to KEY=VALUE selects
+        headers.insert(2, "LABELS")
+        for row, m in zip(rows, g["machines"], strict=True):
+            labels = m.get("labels") or {}
+            row.insert(2, ",".join(f"{k}={v}" for k, v in sorted(labels.items())) or "-")
+    print_table(headers, rows)
     note = _ttl_note(g)
     if note:
         click.echo(safe(note), err=True)  # a provider's error text, as it answered

@@ -189,8 +189,18 @@ def kv_wait_timed_out(key: str, wait: float, newer_than: int) -> str:
 
 
 def check_label(key: str, value: str) -> tuple[str, str]:
-    if not _LABEL_KEY.fullmatch(key) or not _LABEL_VALUE.fullmatch(value):
-        raise InvalidInput(f"invalid label {key}={value!r}", field="labels")
+    """``key=value`` if it is a machine label, else InvalidInput saying what a key and a
+    value may hold."""
+    if not _LABEL_KEY.fullmatch(key):
+        why = "is empty" if not key else "must be 1-63 lowercase letters, digits, _ . -"
+        if key and not key[0].isalnum():
+            why = "must start with a letter or digit"
+        raise InvalidInput(f"invalid label {key}={value!r}: the key {why}", field="labels")
+    if not _LABEL_VALUE.fullmatch(value):
+        raise InvalidInput(
+            f"invalid label {key}={value!r}: the value must be 0-63 letters, digits, _ . -",
+            field="labels",
+        )
     return key, value
 
 
