@@ -7,77 +7,30 @@ Unix socket."""
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from late_agent import LateAgent, crc_agent, stopped_agent_dir
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="a Unix control socket")
 
 
 def _crc(*argv: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    base = {
-        k: v for k, v in os.environ.items() if k not in ("CRC_AGENT_WAIT", "CRC_AGENT_STATE_DIR")
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "cloudremotecontrol", "agent", "kv", "wait", *argv],
-        cwd=cwd,
-        env={**base, **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return crc_agent("kv", "wait", *argv, cwd=cwd, **env)
 
 
-def _stopped_agent_dir(tmp_path: Path) -> Path:
-    state = tmp_path / "state"
-    state.mkdir()
-    (state / "agent.lock").touch()  # an agent ran here (and stopped): it may come back
-    return state
-
-
-class LateAgent:
-    """An agent that starts ``after`` seconds from now: answers a status, and a kv-wait
-    with the key's value."""
-
-    def __init__(self, state: Path, after: float) -> None:
-        self.state = state
-        self.requests: list[dict[str, object]] = []
-        self.sock: socket.socket | None = None
-        self.thread = threading.Thread(target=self._serve, args=(after,), daemon=True)
-        self.thread.start()
-
-    def _serve(self, after: float) -> None:
-        time.sleep(after)
-        self.sock = socket.socket(socket.AF_UNIX)
-        self.sock.bind(str(self.state / "control.sock"))
-        self.sock.listen(8)
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            with conn:
-                request = json.loads(conn.makefile("rb").readline())
-                self.requests.append(request)
-                if request["op"] == "status":
-                    reply = {"ok": True, "machine": "a", "group": "lab", "connected": True}
-                else:
-                    reply = {"ok": True, "key": request["key"], "value": "yes", "version": 1}
-                conn.sendall(json.dumps(reply).encode() + b"\n")
-
-    def close(self) -> None:
-        if self.sock is not None:
-            self.sock.close()
+def kv_value(request: dict[str, Any]) -> dict[str, Any]:
+    """What the stand-in agent answers a kv-wait with."""
+    return {"ok": True, "key": request["key"], "value": "yes", "version": 1}
 
 
 def test_kv_wait_waits_agent_wait_for_an_agent_then_fails_clearly(tmp_path: Path) -> None:
-    state = _stopped_agent_dir(tmp_path)
+    state = stopped_agent_dir(tmp_path)
     argv = ("db/up", "--timeout", "30", "--state-dir", str(state))
     started = time.monotonic()
     r = _crc(*argv, "--agent-wait", "0.5", cwd=tmp_path)
@@ -95,7 +48,7 @@ def test_kv_wait_waits_agent_wait_for_an_agent_then_fails_clearly(tmp_path: Path
 
 
 def test_kv_wait_agent_wait_is_within_its_timeout(tmp_path: Path) -> None:
-    state = _stopped_agent_dir(tmp_path)
+    state = stopped_agent_dir(tmp_path)
     started = time.monotonic()
     r = _crc("k", "--timeout", "1", "--agent-wait", "60", "--state-dir", str(state), cwd=tmp_path)
     assert time.monotonic() - started < 20, r.stderr
@@ -105,8 +58,8 @@ def test_kv_wait_agent_wait_is_within_its_timeout(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("how", ["option", "env"])
 def test_kv_wait_asks_an_agent_that_comes_back_within_agent_wait(how: str, tmp_path: Path) -> None:
-    state = _stopped_agent_dir(tmp_path)
-    agent = LateAgent(state, after=1.0)
+    state = stopped_agent_dir(tmp_path)
+    agent = LateAgent(state, after=1.0, answer=kv_value)
     try:
         argv = ["db/up", "--timeout", "30", "--state-dir", str(state)]
         env = {"CRC_AGENT_WAIT": "20"} if how == "env" else {}

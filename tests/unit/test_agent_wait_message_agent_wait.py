@@ -6,84 +6,31 @@ asked. Each command runs as a process, beside a stand-in agent on a real Unix so
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from late_agent import LateAgent, crc_agent, stopped_agent_dir
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="a Unix control socket")
 
 
-def _crc(*argv: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    base = {
-        k: v for k, v in os.environ.items() if k not in ("CRC_AGENT_WAIT", "CRC_AGENT_STATE_DIR")
+def a_message(request: dict[str, Any]) -> dict[str, Any]:
+    """What the stand-in agent answers a wait-message with."""
+    return {
+        "ok": True,
+        "message": {"type": request["type"], "from": "master", "body": {"n": 1}},
     }
-    return subprocess.run(
-        [sys.executable, "-m", "cloudremotecontrol", "agent", *argv],
-        cwd=cwd,
-        env={**base, **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
-def _stopped_agent_dir(tmp_path: Path) -> Path:
-    state = tmp_path / "state"
-    state.mkdir()
-    (state / "agent.lock").touch()  # an agent ran here (and stopped): it may come back
-    return state
-
-
-class LateAgent:
-    """An agent that starts ``after`` seconds from now: answers a status, and hands a
-    ``user.go`` message to a wait-message."""
-
-    def __init__(self, state: Path, after: float) -> None:
-        self.state = state
-        self.requests: list[dict[str, object]] = []
-        self.sock: socket.socket | None = None
-        self.thread = threading.Thread(target=self._serve, args=(after,), daemon=True)
-        self.thread.start()
-
-    def _serve(self, after: float) -> None:
-        time.sleep(after)
-        self.sock = socket.socket(socket.AF_UNIX)
-        self.sock.bind(str(self.state / "control.sock"))
-        self.sock.listen(8)
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            with conn:
-                reader = conn.makefile("rb")
-                request = json.loads(reader.readline())
-                self.requests.append(request)
-                if request["op"] == "status":
-                    reply = {"ok": True, "machine": "a", "group": "lab", "connected": True}
-                else:
-                    msg = {"type": request["type"], "from": "master", "body": {"n": 1}}
-                    reply = {"ok": True, "message": msg}
-                conn.sendall(json.dumps(reply).encode() + b"\n")
-                if request["op"] == "wait-message":
-                    assert reader.readline() == b"ack\n"  # as the agent, once confirmed
-
-    def close(self) -> None:
-        if self.sock is not None:
-            self.sock.close()
 
 
 def test_wait_message_waits_agent_wait_for_an_agent_then_fails_clearly(tmp_path: Path) -> None:
-    state = _stopped_agent_dir(tmp_path)
+    state = stopped_agent_dir(tmp_path)
     argv = ("wait-message", "user.go", "--timeout", "30", "--state-dir", str(state))
     started = time.monotonic()
-    r = _crc(*argv, "--agent-wait", "0.5", cwd=tmp_path)
+    r = crc_agent(*argv, "--agent-wait", "0.5", cwd=tmp_path)
     assert time.monotonic() - started < 20  # --agent-wait, not --timeout
     assert r.returncode == 6, r.stderr
     lines = r.stderr.strip().splitlines()
@@ -91,9 +38,9 @@ def test_wait_message_waits_agent_wait_for_an_agent_then_fails_clearly(tmp_path:
     assert lines[1].startswith("crc: error: no agent answered with state dir"), r.stderr
     assert "within 0.5 s" in lines[1] and "--agent-wait" in lines[1] and len(lines) == 2
     # The same from the environment, and 0: at once, without a word of waiting.
-    r = _crc(*argv, cwd=tmp_path, CRC_AGENT_WAIT="0.5")
+    r = crc_agent(*argv, cwd=tmp_path, CRC_AGENT_WAIT="0.5")
     assert r.returncode == 6 and "waiting up to 0.5 s" in r.stderr, r.stderr
-    r = _crc(*argv, "--agent-wait", "0", cwd=tmp_path)
+    r = crc_agent(*argv, "--agent-wait", "0", cwd=tmp_path)
     assert r.returncode == 6 and "waiting" not in r.stderr, r.stderr
 
 
@@ -101,14 +48,14 @@ def test_wait_message_waits_agent_wait_for_an_agent_then_fails_clearly(tmp_path:
 def test_wait_message_asks_an_agent_that_comes_back_within_agent_wait(
     how: str, tmp_path: Path
 ) -> None:
-    state = _stopped_agent_dir(tmp_path)
-    agent = LateAgent(state, after=1.0)
+    state = stopped_agent_dir(tmp_path)
+    agent = LateAgent(state, after=1.0, answer=a_message)
     try:
         argv = ["wait-message", "user.go", "--timeout", "30", "--state-dir", str(state)]
         env = {"CRC_AGENT_WAIT": "20"} if how == "env" else {}
         if how == "option":
             argv += ["--agent-wait", "20"]
-        r = _crc(*argv, cwd=tmp_path, **env)
+        r = crc_agent(*argv, cwd=tmp_path, **env)
     finally:
         agent.close()
     assert r.returncode == 0, r.stderr
@@ -119,5 +66,5 @@ def test_wait_message_asks_an_agent_that_comes_back_within_agent_wait(
 
 def test_agent_wait_is_bounded_as_for_every_helper(tmp_path: Path) -> None:
     for bad in ("nan", "inf", "3601"):
-        r = _crc("wait-message", "user.go", "--agent-wait", bad, cwd=tmp_path)
+        r = crc_agent("wait-message", "user.go", "--agent-wait", bad, cwd=tmp_path)
         assert r.returncode == 2 and "Invalid value for '--agent-wait'" in r.stderr, r.stderr
