@@ -925,8 +925,8 @@ class Client:
     def download_pulled(self, job_id: str, local: str) -> dict[str, Any]:
         """Save the file a finished pull job brought back to ``local`` (verified, atomic).
         An existing file keeps its mode, a new one gets 0666 less the umask
-        (``download_mode``). InvalidInput when ``local``
-        cannot be written (``check_download_target``)."""
+        (``download_mode``). InvalidInput when ``local`` cannot be written
+        (``check_download_target``)."""
         check_download_target(local)
         info = dict(self._do(calls.pulled_file(job_id)))
         target = written_path(local)  # a link is followed: its file is replaced
