@@ -365,7 +365,7 @@ def test_up_whose_create_never_reached_vultr_does_not_say_the_machine_may_exist(
 ) -> None:
     """The create's connection is refused, on each try: the request never reached
     Vultr, which so made nothing. `crc up` fails saying so, without "vultr may have
-    made machine(s) a"."""
+    made machine(s) a", and deletes the group it made (it holds no machine)."""
     fake.state.close_connections = True
     relay = RefusedAfterTheList(int(fake.url.split(":")[2].split("/")[0]))
     try:
@@ -383,10 +383,15 @@ def test_up_whose_create_never_reached_vultr_does_not_say_the_machine_may_exist(
         f"crc: error: machine a: cannot reach the Vultr API at {relay.url} (POST /instances): "
     ), r.stderr
     assert "Connection refused" in last and "Traceback" not in r.stderr, r.stderr
+    assert "group flaky deleted again" in r.stdout, r.stdout
+    with pytest.raises(NotFound):
+        env.client.group("flaky")
 
     vultr_env = {"VULTR_API_KEY": fake.api_key, "CRC_VULTR_API_URL": fake.url}
-    first = down_twice(env, crc, scenario, vultr_env)
-    assert first["destroyed"] == []
+    r = crc("down", str(scenario), "--json", extra_env=vultr_env, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    done = next(o for o in lines(r.stdout) if o["event"] == "down")
+    assert done["destroyed"] == [] and done["left"] == [] and done["group_deleted"] is False
 
 
 def test_up_interrupted_during_a_create_says_the_machine_may_exist(

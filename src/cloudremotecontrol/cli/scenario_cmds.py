@@ -51,7 +51,8 @@ def up(scenario_file: str, rerun: bool, parallel: int, as_json: bool) -> None:
     twice; steps that succeeded are not run again unless changed or --rerun).
     Exit code: 0 if every step succeeded, 1 if one failed or was skipped, 2 for an
     invalid file, 5 when another `crc up` or `crc down` of it runs or it needs `crc down`
-    first, 6 when machines are not ready in time, 8 for a provider error, 130 on Ctrl-C,
+    first, 6 when the server cannot be reached or machines are not ready in time, 8 for
+    a provider error (a group it made before any machine is deleted again), 130 on Ctrl-C,
     143 on SIGTERM, 129 on SIGHUP (docs/scenarios.md, "Output for programs").
 
     \b
@@ -73,7 +74,13 @@ def up(scenario_file: str, rerun: bool, parallel: int, as_json: bool) -> None:
         make_provider(scenario.provider, scenario.provider_settings, profile.url) as provider,
         make_view(as_json) as view,
     ):
-        runner = Runner(scenario, profile, provider, view, rerun=rerun, max_parallel=parallel)
+        try:
+            runner = Runner(scenario, profile, provider, view, rerun=rerun, max_parallel=parallel)
+        except Unavailable as exc:  # a profile without the certificate connects at once
+            raise Unavailable(
+                f"{exc.message}; {_left_unreached(scenario.name, None, scenario_file)}",
+                code=exc.code,
+            ) from None
         rc = 1
         resumable = True
         interrupted = False
@@ -82,6 +89,16 @@ def up(scenario_file: str, rerun: bool, parallel: int, as_json: bool) -> None:
         except DownFirst:  # the error says `crc down` first: `crc up` again would not do
             resumable = False
             raise
+        except Unavailable as exc:
+            if runner.started:
+                raise
+            # The server could not be reached before the group was there to go on with:
+            # say what is left (nothing, as a rule) and that `crc up` again goes on.
+            raise Unavailable(
+                f"{exc.message}; "
+                f"{_left_unreached(runner.group, runner.group_origin, scenario_file)}",
+                code=exc.code,
+            ) from None
         except KeyboardInterrupt as exc:
             # The runner said "interrupted: ..." and the summary follows it, then what is
             # left (below): no "crc: interrupted" after them.
@@ -154,6 +171,26 @@ def up(scenario_file: str, rerun: bool, parallel: int, as_json: bool) -> None:
         for machine, local, port in exposed:
             click.echo(f"  crc forward {scenario.name} {machine} {local}:{port}", err=True)
     sys.exit(rc)
+
+
+def _left_unreached(group: str, origin: str | None, scenario_file: str) -> str:
+    """What a `crc up` that could not reach the server before its start leaves (what it
+    did with the group: ``Runner.group_origin``), and what to do next."""
+    # A pipe (`crc up <(...)`) cannot be read again: then the file is not named.
+    file = f" {shlex.quote(scenario_file)}" if Path(scenario_file).is_file() else ""
+    again = f"`crc up{file}` again once the server can be reached"
+    if origin is None:
+        return f"nothing was made (no group, no machine): {again}"
+    if origin == "sent":
+        return (
+            f"group {group} may have been made (its answer was lost), no machine was: "
+            f"{again} goes on from there"
+        )
+    if origin == "deleted":
+        return f"nothing is left (group {group} was deleted again): {again}"
+    if origin == "created":
+        return f"group {group} was made, no machine: {again} resumes it, `crc down` deletes it"
+    return f"group {group} is left as it was: {again} resumes it"
 
 
 def _say_ignored(scenario_file: str, problems: list[Any]) -> None:

@@ -182,9 +182,14 @@ class TextView(View):
 
     def summary(self, doc: dict[str, Any]) -> None:
         self.close()
-        if doc.get("refused"):
-            # Refused before it started: the error says why; a table would show running
-            # machines without their addresses or instances (never looked up).
+        if doc.get("refused") or doc.get("unreachable"):
+            # Refused before it started, or the server not reached: the error says why; a
+            # table would show machines without their addresses or instances (never
+            # looked up).
+            return
+        if doc.get("group_deleted"):
+            # Nothing is left (said above): a table would list machines never made.
+            click.echo(f"\nscenario {doc.get('scenario')}: FAILED in {doc.get('seconds', 0):.1f}s")
             return
         click.echo("")
         print_table(

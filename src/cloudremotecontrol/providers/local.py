@@ -297,14 +297,6 @@ class LocalProvider(Provider):
                 code="conflict",
             )
         d = self._dir(iid)
-        (d / "agent").mkdir(parents=True, exist_ok=True)
-        (d / "srv").mkdir(exist_ok=True)
-        (d / "hosts").write_text(
-            f"127.0.0.1 localhost\n::1 localhost ip6-localhost\n127.0.1.1 {spec.name}\n"
-        )
-        boot = d / "boot.sh"
-        boot.write_text(startup_script)
-        boot.chmod(0o700)
         rec: dict[str, Any] = {
             "id": iid,
             "scenario": scenario,
@@ -319,7 +311,23 @@ class LocalProvider(Provider):
             "pid": None,
             "pid_start": None,
         }
-        self._save(rec)  # first, so that a crash from here on leaves something to find
+        try:
+            (d / "agent").mkdir(parents=True, exist_ok=True)
+            (d / "srv").mkdir(exist_ok=True)
+            (d / "hosts").write_text(
+                f"127.0.0.1 localhost\n::1 localhost ip6-localhost\n127.0.1.1 {spec.name}\n"
+            )
+            boot = d / "boot.sh"
+            boot.write_text(startup_script)
+            boot.chmod(0o700)
+            self._save(rec)  # first, so that a crash from here on leaves something to find
+        except OSError as exc:
+            # No process, no namespace, no record: nothing was made (CRC_LOCAL_DIR is a
+            # file, not writable, full).
+            raise ProviderError(
+                f"cannot make local machine {iid} in {d}: {exc.strerror or exc}",
+                provider=self.name,
+            ) from None
         try:
             if rec["mode"] == "netns":
                 self._net_up(rec)

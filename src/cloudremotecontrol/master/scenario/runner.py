@@ -4,6 +4,7 @@
 
 1. the group (server): created with one key per machine, or found again — it must
    carry ``settings.crc_up`` for this scenario, so ``up`` never adopts a stranger's group;
+   one this run made is deleted again if the run fails before any machine was made;
 2. the instances (provider, found by tag): only machines without one are created, with
    the key kept in the local state file since phase 1 — so ``up`` after a crash or
    Ctrl-C never makes a second machine for a slot;
@@ -142,7 +143,23 @@ class Runner:
         # running (never destroyed by `crc up`), named at the end. Name -> instance ids.
         self.not_in_file: dict[str, list[str]] = {}
         self.results: dict[str, StepResult] = {}
-        self.report = RunReporter(self.new_client(), self.group, self.view.info)
+        try:
+            self.report = RunReporter(self.new_client(), self.group, self.view.info)
+        except BaseException:
+            self.client.close()
+            raise
+        # What this run did with the group, as far as it knows: None (not looked up: the
+        # server was not reached), "existed" (found: this run never deletes it), "sent"
+        # (its create was sent without an answer: it may exist), "created" (made by this
+        # run), "deleted" (made by this run and deleted again: it failed before any
+        # machine was made).
+        self.group_origin: str | None = None
+        # Whether the group was there to go on with (not refused, not unreachable first).
+        self.started = False
+        # A machine whose create was called and neither returned nor failed in a way
+        # that says nothing was made (any error but the provider's own).
+        self._creating: str | None = None
+        self._replaced = False
 
     def new_client(self) -> Client:
         return Client(self.profile.url, self.profile.token, self.profile.fingerprint, self._cert)
@@ -178,10 +195,10 @@ class Runner:
             )
         ok = False
         why: str | None = None
-        started = False  # the group is there to go on with: not refused before the start
+        failed: CrcError | None = None
         try:
             group = self._ensure_group()
-            started = True
+            self.started = True
             self._show_dashboard()
             self.report.start(s.name, s.steps)
             self.report.phase("machines")
@@ -197,16 +214,23 @@ class Runner:
             raise
         except CrcError as exc:
             why = exc.message
+            failed = exc
             raise
         finally:
             self.report.end(ok, why)
+            if failed is not None and self.group_origin == "created":
+                self._undo_group()
             doc = self.summary(ok, time.monotonic() - t0)
             if why == "interrupted":
                 doc["interrupted"] = True
-            elif why is not None and not started:
-                # Refused before anything was made or looked up (`crc down` first, a group
-                # crc up did not make): no address or instance was read, none to show.
-                doc["refused"] = True
+            elif failed is not None and not self.started:
+                # Ended before anything was made or looked up: no address or instance
+                # was read, none to show. The server could not be reached (as every
+                # command says it: exit 6), or it refused (`crc down` first, a group
+                # `crc up` did not make).
+                doc["unreachable" if isinstance(failed, Unavailable) else "refused"] = True
+            if self.group_origin == "deleted":
+                doc["group_deleted"] = True
             if self.uncertain:  # creates without a clear answer: they may exist
                 doc["uncertain"] = list(self.uncertain)
             if self.not_in_file:
@@ -220,6 +244,59 @@ class Runner:
                 ]
             self.view.summary(doc)
         return 0 if ok else 1
+
+    def _undo_group(self) -> None:
+        """After a failure: delete the group this run made when no machine was made, so
+        that a `crc up` that failed at its start (the provider refused the key, the plan,
+        the region) leaves nothing behind. Never a group that existed before, one made by
+        another run meanwhile (``run_id``), one a machine enrolled in, nor one whose
+        machines may have been made (a create without a clear answer)."""
+        if self.instances or self.twins_left or self.not_in_file or self._replaced:
+            return
+        if self.uncertain or self._creating:
+            # A provider whose failed create leaves nothing (no second instance can show
+            # up later: `local`) is asked: listing none, none was made after all.
+            if self.provider.capabilities.twins:
+                return
+            try:
+                if self.provider.list(self.group):
+                    return
+            except ProviderError:
+                return
+            self.uncertain.clear()
+            self._creating = None
+        try:
+            group = self.client.group(self.group)
+            mine = (group.get("settings") or {}).get("crc_up")
+            if not isinstance(mine, dict) or mine.get("run_id") != self.report.run_id:
+                return  # not the group this run made (deleted and made again meanwhile)
+            if any(m.get("state") != "pending" for m in group["machines"]):
+                return  # a machine enrolled: it is a machine somewhere, `crc down`'s case
+            self.client.delete_group(self.group)
+        except NotFound:
+            return  # deleted meanwhile (`crc down`)
+        except KeyboardInterrupt:  # the failure is said next; the group is left as made
+            self.view.info(
+                f"interrupted: group {self.group} (no machine) may be left: `crc down` deletes it"
+            )
+            return
+        except CrcError as exc:
+            self.view.info(
+                f"group {self.group} was made by this `crc up` and holds no machine, but "
+                f"could not be deleted again ({exc.message}): `crc up` again resumes it, "
+                "`crc down` deletes it",
+                group=self.group,
+                deleted=False,
+            )
+            return
+        self.group_origin = "deleted"
+        self.state.delete()  # the keys of a group that is gone
+        self.view.info(
+            f"group {self.group} deleted again: this `crc up` made it and no machine was "
+            "made, so nothing is left",
+            group=self.group,
+            deleted=True,
+        )
 
     def _show_dashboard(self) -> None:
         """Print where the server's dashboard shows this run (when it has one)."""
@@ -275,6 +352,8 @@ class Runner:
             "provider_settings": s.provider_settings,
             "file": str(s.path),
             "digest": s.digest,
+            # Which run made the group: only that run deletes it again (``_undo_group``).
+            "run_id": self.report.run_id,
         }
 
     def _ensure_group(self) -> dict[str, Any]:
@@ -283,6 +362,7 @@ class Runner:
             group = c.group(self.group)
         except NotFound:
             return self._create_group()
+        self.group_origin = "existed"
         mine = (group.get("settings") or {}).get("crc_up")
         if not isinstance(mine, dict) or mine.get("scenario") != s.name:
             raise Conflict(
@@ -341,6 +421,8 @@ class Runner:
                 "machine was made: making it again"
             )
             c.delete_group(self.group)
+            self.group_origin = None
+            self._replaced = True  # made again in place of one that existed: kept
             return self._create_group()
         self.view.info(f"group {self.group} exists: resuming", group=self.group, created=False)
         self._arm_teardown(group)
@@ -348,12 +430,21 @@ class Runner:
 
     def _create_group(self) -> dict[str, Any]:
         s = self.scenario
-        out = self.client.create_group(
-            self.group,
-            [{"name": m.name, "labels": m.labels} for m in s.machines],
-            ttl=s.ttl,
-            settings={"crc_up": self._settings()},
-        )
+        self._check_teardown()  # before anything is made
+        self.group_origin = "sent"
+        try:
+            out = self.client.create_group(
+                self.group,
+                [{"name": m.name, "labels": m.labels} for m in s.machines],
+                ttl=s.ttl,
+                settings={"crc_up": self._settings()},
+            )
+        except Unavailable:
+            raise  # no answer: it may have been made
+        except CrcError:
+            self.group_origin = None  # the server answered: it made nothing
+            raise
+        self.group_origin = "created"
         # Keys are shown once: keep them before doing anything else.
         self.state.data = {}
         self.state.save(
@@ -374,10 +465,7 @@ class Runner:
         key, so that the machines go when the TTL passes even if nobody runs `crc down`."""
         if self.scenario.on_ttl != "destroy" or group.get("teardown"):
             return
-        if not self.provider.capabilities.supports(Feature.SERVER_TEARDOWN):
-            raise InvalidInput(
-                f"on_ttl: destroy is not available with the {self.provider.name} provider"
-            )
+        self._check_teardown()
         self.client.arm_teardown(
             self.group, self.provider.name, self.provider.teardown_credential()
         )
@@ -387,6 +475,14 @@ class Runner:
             group=self.group,
             teardown="armed",
         )
+
+    def _check_teardown(self) -> None:
+        if self.scenario.on_ttl == "destroy" and not self.provider.capabilities.supports(
+            Feature.SERVER_TEARDOWN
+        ):
+            raise InvalidInput(
+                f"on_ttl: destroy is not available with the {self.provider.name} provider"
+            )
 
     def _startup_script(self, spec: MachineSpec, key: str) -> str:
         params = BootstrapParams(
@@ -444,6 +540,7 @@ class Runner:
                 labels=m.labels,
                 extra=m.extra,
             )
+            self._creating = m.name
             try:
                 inst = p.create(self.group, spec, self._startup_script(spec, key))
             except KeyboardInterrupt:
@@ -456,6 +553,7 @@ class Runner:
                 # try: nothing was made.
                 if not (exc.permanent or exc.unsent):
                     self.uncertain.append(m.name)
+                self._creating = None  # said by ``uncertain``
                 if exc.message.startswith(f"machine {m.name}:"):
                     raise
                 # Say which machine: the provider's words name only its API call.
@@ -466,6 +564,7 @@ class Runner:
                     unsent=exc.unsent,
                     **exc.details,
                 ) from None
+            self._creating = None
             self.instances[m.name] = inst
             self.view.machine(m.name, "booting", f"instance {inst.id} created", instance=inst.id)
         for name, inst in list(self.instances.items()):
