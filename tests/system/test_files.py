@@ -119,17 +119,21 @@ def test_push_to_a_file_whose_name_is_as_long_as_names_go(env, crc, tmp_path, na
     assert [p.name for p in dest_dir.iterdir()] == [name]
 
 
-def test_push_to_an_existing_directory_fails_clearly_and_leaves_it_alone(env, crc, tmp_path):
+def test_push_over_a_directory_of_the_files_name_fails_clearly_and_leaves_it_alone(
+    env, crc, tmp_path
+):
+    """A push into a directory writes LOCAL's name in it (test_push_pull_new_file_modes):
+    a directory of that name there is never replaced."""
     env.group_with_agents("lab", ["a"])
     src = tmp_path / "f.txt"
     src.write_text("x")
     target = tmp_path / "etc"
-    target.mkdir()
+    (target / "f.txt").mkdir(parents=True)
     for dest in (str(target), str(target) + "/"):
         r = crc("push", "lab", "--to", "a", str(src), dest)
         assert r.returncode == 1
-        assert f"{dest} is a directory on this machine" in r.stderr, r.stderr
-    assert list(target.iterdir()) == [] and not list(tmp_path.glob(".crc-*"))
+        assert f"{target / 'f.txt'} is a directory on this machine" in r.stderr, r.stderr
+    assert list((target / "f.txt").iterdir()) == [] and not list(target.glob(".crc-*"))
 
 
 @pytest.mark.skipif(
@@ -167,7 +171,7 @@ def test_pull_brings_a_file_back(env, crc, tmp_path):
     assert r.returncode == 0, r.stderr
     assert _sha(local) == _sha(remote)
     r = crc("pull", "lab", "--from", "a", str(tmp_path / "missing"), str(local))
-    assert r.returncode == 1 and "is not a file" in r.stderr
+    assert r.returncode == 1 and "missing does not exist on this machine" in r.stderr
 
 
 def test_a_machine_cannot_read_blobs_it_was_not_sent(env, tmp_path):

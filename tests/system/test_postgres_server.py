@@ -54,7 +54,7 @@ def test_server_on_postgresql_runs_a_job(pg_url: str, tmp_path: Path) -> None:
 
 def test_two_servers_share_users_groups_and_events(pg_url: str, tmp_path: Path) -> None:
     a = ServerProcess(tmp_path / "a", database=pg_url).start()
-    b = ServerProcess(tmp_path / "b", database=pg_url).start()
+    b = a.replica(tmp_path / "b").start()  # its certificate and teardown key
     env = Env(a, tmp_path)  # alice's token is in the database: valid on both servers
     try:
         env.group_with_agents("lab", ["m"])  # the agent is connected to server a

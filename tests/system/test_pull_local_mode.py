@@ -1,6 +1,7 @@
 """The mode of the file `crc pull` writes here, as scp and cp give it: a file it replaces
-(or that the user's own link leads to) keeps its mode, a new one gets 0666 less the
-umask; never a setuid, setgid or sticky bit. The SDK's clients do the same."""
+(or that the user's own link leads to) keeps its mode, a new one gets the machine's
+file's less the umask (test_push_pull_new_file_modes.py); never a setuid, setgid or
+sticky bit. The SDK's clients do the same."""
 
 from __future__ import annotations
 
@@ -90,7 +91,7 @@ def test_a_new_file_gets_0666_less_the_umask_and_never_a_set_id_bit(env, tmp_pat
     env.group_with_agents("lab", ["a"])
     remote = tmp_path / "remote.txt"
     remote.write_text("pulled\n")
-    os.chmod(remote, 0o600)
+    os.chmod(remote, 0o666)  # a new file gets the remote file's bits less the umask
     for umask, mode in [(0o022, 0o644), (0o027, 0o640), (0o002, 0o664), (0o077, 0o600)]:
         local = tmp_path / f"new-{umask:03o}.txt"
         r = _pull(env, remote, local, umask)
@@ -111,6 +112,7 @@ def test_both_sdk_clients_give_the_same_modes(env, tmp_path):
     env.group_with_agents("lab", ["a"])
     remote = tmp_path / "remote.txt"
     remote.write_text("pulled\n")
+    os.chmod(remote, 0o666)
     job_id = _finished_pull(env, remote)
 
     async def download(local: Path) -> None:

@@ -331,7 +331,7 @@ def test_rate_control_on_postgresql_with_two_replicas(pg_url: str, tmp_path: Pat
     """The same rules when the targets' results reach two replicas of one database: a
     result stored by one releases the next target wherever its agent is connected."""
     a = ServerProcess(tmp_path / "a", database=pg_url).start()
-    b = ServerProcess(tmp_path / "b", database=pg_url).start()
+    b = a.replica(tmp_path / "b").start()  # its certificate and teardown key
     swarms: list[Swarm] = []
     client = Client(a.url, a.add_user("alice"), a.fingerprint)
     try:

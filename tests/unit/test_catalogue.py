@@ -269,6 +269,8 @@ def valid(spec: fields.Spec) -> st.SearchStrategy[Any]:
         return valid(fields.Hostname()) | st.ip_addresses().map(str)
     if isinstance(spec, messages._PushPath):
         return st.from_regex(r"(/|[A-Za-z]:\\)[a-z0-9_.]{0,10}", fullmatch=True)
+    if isinstance(spec, messages._FileName):  # a push's file name: a name, never a path
+        return st.from_regex(r"[a-z0-9_][a-z0-9_.-]{0,10}", fullmatch=True)
     raise AssertionError(f"no strategy for {spec!r}")
 
 

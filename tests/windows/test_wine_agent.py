@@ -13,6 +13,7 @@ import json
 import os
 import re
 import signal
+import stat
 import time
 import uuid
 from pathlib import Path
@@ -294,6 +295,34 @@ def test_push_to_a_c_path(win: WineMachine, tmp_path: Path) -> None:
     assert hashlib.sha256(written).hexdigest() == hashlib.sha256(data[::-1]).hexdigest()
     leftovers = [p.name for p in win.prefix.host_path(r"C:\crc-test\pushed").iterdir()]
     assert leftovers == ["payload.bin"]  # no temporary file left beside it
+
+
+def test_push_into_a_c_directory_and_pull_a_missing_file(win: WineMachine, tmp_path: Path) -> None:
+    local = tmp_path / "app.conf"
+    local.write_bytes(b"conf\r\n")
+    os.chmod(local, 0o600)  # a mode says little on Windows: the file is written as before
+    folder = r"C:\crc-test\into"
+    win.prefix.host_path(folder).mkdir(parents=True, exist_ok=True)
+    out = win.crc("push", "g", "--to", "win", str(local), folder + "\\")
+    assert out.returncode == 0, (out.stdout, out.stderr)
+    assert win.prefix.host_path(folder + r"\app.conf").read_bytes() == b"conf\r\n"
+    assert r"C:\crc-test\into\app.conf: 6 bytes" in out.stdout, out.stdout
+    win.prefix.host_path(folder + r"\app.conf").unlink()
+    out = win.crc("push", "g", "--to", "win", str(local), folder)  # the directory itself
+    assert out.returncode == 0, (out.stdout, out.stderr)
+    assert [p.name for p in win.prefix.host_path(folder).iterdir()] == ["app.conf"]
+    missing = r"C:\crc-test\no-such-file.txt"
+    out = win.crc("pull", "g", "--from", "win", missing, str(tmp_path / "out"))
+    assert out.returncode == 1, (out.stdout, out.stderr)
+    assert f"{missing} does not exist on this machine" in out.stderr, out.stderr
+    # A pull from Windows reports no mode: a new file here gets 0666 less the umask.
+    old = os.umask(0o022)
+    try:
+        out = win.crc("pull", "g", "--from", "win", folder + r"\app.conf", str(tmp_path / "got"))
+    finally:
+        os.umask(old)
+    assert out.returncode == 0, (out.stdout, out.stderr)
+    assert stat.S_IMODE(os.stat(tmp_path / "got").st_mode) == 0o644
 
 
 def test_hosts_sync_edits_the_prefix_hosts_file_keeping_crlf(win: WineMachine) -> None:

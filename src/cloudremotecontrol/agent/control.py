@@ -125,6 +125,7 @@ class ControlServer:
         self._server: asyncio.AbstractServer | None = None
         self._busy: set[asyncio.Task[Any]] = set()  # serving a quick request
         self._open: dict[asyncio.Task[Any], asyncio.StreamWriter] = {}  # every connection
+        self._socket_id: tuple[int, int] | None = None  # the control.sock made by start
 
     async def start(self) -> None:
         if sys.platform != "win32":
@@ -139,6 +140,9 @@ class ControlServer:
                     )
             finally:
                 os.umask(old)
+            with contextlib.suppress(OSError):
+                st = path.lstat()
+                self._socket_id = (st.st_dev, st.st_ino)
         else:
             self._server = await asyncio.start_server(
                 self._serve, "127.0.0.1", 0, limit=MAX_REQUEST
@@ -179,6 +183,20 @@ class ControlServer:
             if left:
                 await asyncio.wait(left, timeout=CLOSE_GRACE_SECONDS)
             await self._server.wait_closed()
+            self._remove_socket()
+
+    def _remove_socket(self) -> None:
+        """Remove the control socket start made, so that a stopped agent leaves none in
+        its state directory; only if it is still that one (the same inode), never one
+        another process put there since."""
+        if self._socket_id is None:
+            return
+        path = self.state_dir / "control.sock"
+        with contextlib.suppress(OSError):
+            st = path.lstat()
+            if (st.st_dev, st.st_ino) == self._socket_id:
+                path.unlink()
+        self._socket_id = None
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()

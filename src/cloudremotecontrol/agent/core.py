@@ -839,7 +839,7 @@ class Agent:
             await self._hosts_sync_locked(sync)
 
     async def _hosts_sync_locked(self, sync: HostsSync) -> None:
-        from .hosts_file import sync_hosts
+        from .hosts_file import failure, sync_hosts
 
         await self.send(JobStarted(sync.job_id))
         by_ip: dict[str, list[str]] = {}
@@ -850,7 +850,10 @@ class Agent:
         try:
             # The hosts writer checks every line again, whatever the server sent.
             changed = await asyncio.to_thread(sync_hosts, path, entries, sync.group)
-        except (OSError, ValueError) as exc:
+        except OSError as exc:  # named as the hosts file, never its temporary file
+            await self._job_ended(sync.job_id, "failed", 1, failure(path, exc))
+            return
+        except ValueError as exc:
             await self._job_ended(sync.job_id, "failed", 1, f"hosts file: {exc}")
             return
         lines = "".join(f"{ip} {' '.join(names)}\n" for ip, names in entries)
@@ -868,6 +871,8 @@ class Agent:
 
     async def _transfer(self, job: FilePut | FileGet) -> None:
         """Run a push's download or a pull's upload, and report how it ended."""
+        import functools
+
         from .files import fetch_blob, upload_file
 
         def where() -> tuple[str, ssl.SSLContext | None]:
@@ -882,7 +887,7 @@ class Agent:
             if isinstance(job, FilePut):
                 summary = await self._cancellable(
                     job.job_id,
-                    fetch_blob,
+                    functools.partial(fetch_blob, new_mode=job.new_mode, name=job.name),
                     where,
                     credential,
                     job.sha256,

@@ -27,6 +27,7 @@ from typing import Any
 from ..errors import CrcError, InvalidInput, TooLarge, Unavailable
 from ..fslinks import through_links
 from ..protocol.limits import MAX_FILE_BYTES, file_too_large
+from ..protocol.messages import FILE_MODE_HEADER
 from ..terminal import safe
 from .http import call_json, http_error
 
@@ -153,17 +154,38 @@ def _lstat(path: str) -> os.stat_result | None:
         return None
 
 
-def _new_file_mode() -> int:
-    """The mode a new file gets, as any program's would: 0666 less the agent's umask
-    (a hardened machine's umask 027 or 077 is kept)."""
+def _new_file_mode(source: str | None = None) -> int:
+    """The mode a new file gets, as cp(1) and scp give it: the permission bits of the
+    master's own file (``source``, octal; never a setuid, setgid or sticky bit), or
+    0666 without one (an older master), less the agent's umask (a hardened machine's
+    umask 027 or 077 is kept)."""
+    bits = int(source, 8) & 0o777 if source is not None else 0o666
     with contextlib.suppress(OSError, ValueError):
         with open("/proc/self/status", encoding="ascii", errors="replace") as fh:
             for line in fh:
                 if line.startswith("Umask:"):
-                    return 0o666 & ~int(line.split()[1], 8)
+                    return bits & ~int(line.split()[1], 8)
     mask = os.umask(0o022)  # no /proc: read it the only other way, and put it back
     os.umask(mask)
-    return 0o666 & ~mask
+    return bits & ~mask
+
+
+def _into_directory(dest: str, name: str | None) -> str:
+    """``dest`` itself, or ``dest/name`` when ``dest`` is a directory on this machine (as
+    scp and cp copy into one): ``name`` (the master's file's own name) checked again by
+    this machine's rules, a name only, never a path. Without ``name`` (an older master)
+    a directory is refused, as before."""
+    if not os.path.isdir(dest):
+        return dest
+    if name is None:
+        raise InvalidInput(f"{dest} is a directory on this machine: give the file's path")
+    seps = "/\\:" if sys.platform == "win32" else "/"
+    if name in ("", ".", "..") or any(c in name for c in seps) or "\0" in name:
+        raise InvalidInput(
+            f"{dest} is a directory on this machine, and {safe(name)!r} cannot be a file's "
+            "name there: give the file's path"
+        )
+    return os.path.join(dest, name)
 
 
 def _replace_when_free(part: str, dest: str) -> None:
@@ -322,16 +344,23 @@ def fetch_blob(
     owner: str | None,
     sleep: Callable[[float], None] = time.sleep,
     stopped: Callable[[], bool] = _never,
+    *,
+    new_mode: str | None = None,
+    name: str | None = None,
 ) -> str:
     """Download blob ``sha`` to ``dest``: into ``.crc-<name>.<sha>.part`` beside it,
     resuming with a Range request after a broken transfer, verify the SHA-256, apply
-    mode/owner, then rename over ``dest`` (atomic in one directory). Returns a summary.
-    Once ``stopped()`` (the push was cancelled), ``Stopped`` at the next write or
-    attempt, its partial file removed and ``dest`` left as it was; cancelled before it
-    began, nothing is looked at or written."""
+    mode/owner, then rename over ``dest`` (atomic in one directory). Returns a summary,
+    which names the file written. ``dest`` naming a directory: the file is written in
+    it as ``name`` (the master's file's name). The mode: ``mode`` if given, else an
+    existing file's own, else ``new_mode`` (the master's file's) less the umask
+    (``_new_file_mode``). Once ``stopped()`` (the push was cancelled), ``Stopped`` at
+    the next write or attempt, its partial file removed and ``dest`` left as it was;
+    cancelled before it began, nothing is looked at or written."""
     if stopped():
         raise Stopped
     _check_absolute(dest)
+    dest = _into_directory(dest, name)
     given = dest
     if os.path.isdir(dest):
         raise InvalidInput(f"{dest} is a directory on this machine: give the file's path")
@@ -377,7 +406,7 @@ def fetch_blob(
         else:
             if uid_gid is not None:
                 os.fchown(fd, *uid_gid)  # before the mode: chown may clear set-id bits
-            os.fchmod(fd, final if final is not None else _new_file_mode())
+            os.fchmod(fd, final if final is not None else _new_file_mode(new_mode))
             os.replace(part, dest)  # still locked: a waiting push then starts afresh
     except BaseException as exc:
         if keep and not isinstance(exc, (_CannotWrite, OSError, Stopped)):
@@ -647,7 +676,7 @@ def _open_regular(path: str) -> int:
             _check_regular(path, os.stat(path).st_mode)
             fd = os.open(path, flags)
     except (FileNotFoundError, NotADirectoryError):
-        raise InvalidInput(f"{path} is not a file on this machine") from None
+        raise InvalidInput(f"{path} does not exist on this machine") from None
     except OSError as exc:
         if os.path.isdir(path):  # Windows opens no directory as a file
             _check_regular(path, stat.S_IFDIR)
@@ -709,6 +738,14 @@ def upload_file(
                     kept = None
         sha = digest.hexdigest()
         small = b"".join(kept) if kept is not None else None
+        headers = {
+            "Content-Length": str(size),
+            "Content-Type": "application/octet-stream",
+            "X-Content-SHA256": sha,
+        }
+        if sys.platform != "win32":  # Windows' modes say little: none is sent
+            # The file's mode (octal): a new local file gets its permission bits.
+            headers[FILE_MODE_HEADER] = format(stat.S_IMODE(os.fstat(fd).st_mode), "o")
         for attempt in range(UPLOAD_ATTEMPTS):
             if stopped():
                 raise Stopped
@@ -723,11 +760,7 @@ def upload_file(
                     data=data,
                     credential=credential,
                     timeout=300,
-                    headers={
-                        "Content-Length": str(size),
-                        "Content-Type": "application/octet-stream",
-                        "X-Content-SHA256": sha,
-                    },
+                    headers=headers,
                 )
                 break
             except _Changed as exc:

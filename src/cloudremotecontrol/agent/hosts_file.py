@@ -38,7 +38,7 @@ import time
 from ..protocol.fields import check_hostname, check_ip
 from ..protocol.names import reserved_name
 
-__all__ = ["merge", "render_block", "sync_hosts", "write_hosts"]
+__all__ = ["failure", "merge", "render_block", "sync_hosts", "write_hosts"]
 
 _PREFIX_BEGIN = b"# BEGIN cloudremotecontrol group="
 _PREFIX_END = b"# END cloudremotecontrol group="
@@ -226,6 +226,27 @@ def sync_hosts(path: str, entries: Entries, group: str) -> bool:
     raise OSError(
         errno.EAGAIN, f"{path} kept being changed by another program while it was written"
     )
+
+
+def failure(path: str, exc: OSError) -> str:
+    """What a sync that failed with ``exc`` says: the hosts file at ``path`` (as the agent
+    was given it) and why, never a temporary file of the sync, which the user never
+    named (a missing directory fails first on the temporary file made in it)."""
+    try:
+        real = os.path.realpath(path)
+        linked = os.path.normcase(real) != os.path.normcase(os.path.abspath(path))
+    except (OSError, ValueError):
+        real, linked = path, False
+    shown = f"{path} (a link to {real})" if linked else path
+    directory = os.path.dirname(real) or "."
+    if exc.errno == errno.EAGAIN and exc.filename is None and exc.strerror:
+        return str(exc.strerror)  # sync_hosts' own: it names the file already
+    if isinstance(exc, (FileNotFoundError, NotADirectoryError)) and not os.path.isdir(directory):
+        return (
+            f"cannot write the hosts file {shown}: directory {directory} does not exist "
+            "on this machine"
+        )
+    return f"cannot write the hosts file {shown}: {exc.strerror or exc}"
 
 
 def _read(path: str) -> bytes:

@@ -34,6 +34,7 @@ from ..protocol.streams import (
 )
 from ..protocol.wire import Direction
 from ..relay import carry_both_ways
+from ..terminal import safe
 from ..tlspin import client_context
 from .deferred import proxy_option
 
@@ -225,7 +226,10 @@ async def serve_shell(ws: Any, frame: StreamOpen, agent: Any) -> None:
         try:
             await term.start(program, argv, frame.cols or 80, frame.rows or 24, env, cwd)
         except OSError as exc:
-            await _refuse(ws, "start_failed", f"cannot run {program}: {exc.strerror or exc}")
+            # The program's name as given, escaped (a control character in it must not
+            # reach a terminal, and the server refuses a message that carries one).
+            why = safe(exc.strerror or exc)
+            await _refuse(ws, "start_failed", f"cannot run {program!r}: {why}")
             return
         # The input a pipe (the master's is not a terminal): said before any output, so
         # the master sends the end of its input as stream.eof, not as a Ctrl-D.

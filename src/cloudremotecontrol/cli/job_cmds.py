@@ -39,7 +39,7 @@ from .output import (
     safe,
     target_option,
 )
-from .signals import stopped_as_by_ctrl_c
+from .signals import caught, said, stopped_as_by_ctrl_c
 from .trailing import TrailingCommand
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -100,13 +100,19 @@ def start_and_follow(
     show_output: bool = True,
     announce: Callable[[dict[str, Any]], None] | None = None,
     group: str | None = None,
+    prepare: Callable[[], None] | None = None,
 ) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-    """Start a job and follow it to the end (``follow_to_end``). A Ctrl-C, SIGTERM or
-    SIGHUP while it is being started (or announced) is held until ``follow_to_end`` is
-    ready to cancel the job, then cancels it like one that comes later (one just after
-    the announcement must not stop crc and leave the job waiting); a second one stops
-    crc at once. ``group``: the job's group, whose machines going offline (and back)
-    while their job is unfinished are said on stderr (``_OfflineNotes``)."""
+    """Start a job and follow it to the end (``follow_to_end``). ``prepare``: what comes
+    before the job is created (a push's hashing and upload): a Ctrl-C, SIGTERM or SIGHUP
+    then stops it and crc at once (``_before_the_job``). One while the job is being
+    started (or announced) is held until ``follow_to_end`` is ready to cancel the job,
+    then cancels it like one that comes later (one just after the announcement must not
+    stop crc and leave the job waiting); a second one stops crc at once. A signal crc was
+    started with ignored (``nohup``) stays ignored (``signals.caught``). ``group``: the
+    job's group, whose machines going offline (and back) while their job is unfinished
+    are said on stderr (``_OfflineNotes``)."""
+    if prepare is not None:
+        _before_the_job(prepare)
     held: list[str] = []
 
     def hold(signum: int, frame: Any) -> None:
@@ -115,12 +121,13 @@ def start_and_follow(
             raise KeyboardInterrupt(name)
         held.append(name)
 
-    wanted = [s for s in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, s)]
-    old = {name: signal.signal(getattr(signal, name), hold) for name in wanted}
+    wanted = caught(("SIGINT", "SIGTERM", "SIGHUP"))
+    old = {signum: signal.signal(signum, hold) for signum in wanted}
 
-    def restore(names: list[str]) -> None:
-        for name in names:
-            signal.signal(getattr(signal, name), old[name])
+    def restore(signums: list[int]) -> None:
+        for signum in signums:
+            if signum in old:
+                signal.signal(signum, old[signum])
 
     try:
         started = start()
@@ -141,11 +148,32 @@ def start_and_follow(
             as_json,
             show_output,
             held,
-            ready=lambda: restore(["SIGINT"]),
+            ready=lambda: restore([signal.SIGINT]),
             watch=watch,
         )
     finally:
         restore(wanted)
+
+
+def _before_the_job(prepare: Callable[[], None]) -> None:
+    """Run ``prepare``, what comes before a job is created: a Ctrl-C, SIGTERM or SIGHUP
+    stops it at once, saying so in a line (there is no job to cancel); crc then exits
+    130 (143, 129)."""
+    try:
+        with stopped_as_by_ctrl_c():
+            prepare()
+    except KeyboardInterrupt as exc:
+        code = getattr(exc, "exit_code", 130)
+        with contextlib.suppress(OSError, ValueError):
+            if code == 130 and sys.stderr.isatty():  # the line after the terminal's "^C"
+                click.echo(err=True)
+            click.echo(
+                f"crc: {str(exc) or 'Ctrl-C'}: stopped before the job was created "
+                "(nothing to cancel)",
+                err=True,
+            )
+        said(exc)
+        raise
 
 
 def follow_to_end(
@@ -451,18 +479,37 @@ def _note_unconnected(
     job waits for them, else crc would sit there saying nothing. ``deliver_within``:
     the command has that option (``crc run``), which the note then names."""
     from ..errors import CrcError
+    from .master_cmds import key_expired
 
     try:
-        states = {m["name"]: m["state"] for m in c.group(group)["machines"]}
+        machines = {m["name"]: m for m in c.group(group)["machines"]}
     except CrcError:
         return  # only a hint: the job is started, follow it
-    away = [t for t in started["targets"] if states.get(t) in ("offline", "pending")]
+    away = [
+        t for t in started["targets"] if machines.get(t, {}).get("state") in ("offline", "pending")
+    ]
     if away:
-        shown = ", ".join(f"{safe(t)} ({states[t]})" for t in away)
+        shown = ", ".join(
+            f"{safe(t)} ({safe(machines[t]['state'])}"
+            f"{', key expired' if key_expired(machines[t]) else ''})"
+            for t in away
+        )
         limit = "--deliver-within sets a limit, " if deliver_within else ""
         click.echo(
             f"crc: not connected: {shown}; the job waits until they connect "
             f"({limit}Ctrl-C cancels it)",
+            err=True,
+        )
+    # Its key expired: such a machine connects only once a new key enrolls it.
+    expired = [t for t in away if key_expired(machines[t])]
+    if expired:
+        names = ", ".join(safe(t) for t in expired)
+        which = "its key" if len(expired) == 1 else "their keys"
+        click.echo(
+            f"crc: {names}: {which} expired unused, so the job waits until a new key "
+            f"enrolls {'it' if len(expired) == 1 else 'them'}: `crc bootstrap {safe(group)} "
+            f"{safe(expired[0]) if len(expired) == 1 else 'MACHINE'} --os linux|windows` "
+            "issues one (in the machine's new startup script)",
             err=True,
         )
 
@@ -649,7 +696,11 @@ def hosts_sync(name: str, to: str, ip: str, as_json: bool) -> None:
 @click.option("--to", "to", required=True, callback=target_option, help=TARGET_HELP)
 @click.argument("local", type=click.Path(exists=True, dir_okay=False))
 @click.argument("remote")
-@click.option("--mode", help="Octal file mode on the machines, e.g. 0640.")
+@click.option(
+    "--mode",
+    help="Octal file mode on the machines, e.g. 0640 (default: a file replaced keeps its "
+    "own, a new one gets LOCAL's less the machine's umask).",
+)
 @click.option("--owner", help="USER or USER:GROUP on the machines (Linux).")
 @error_exit_option
 @json_option
@@ -657,19 +708,24 @@ def push(
     name: str, to: str, local: str, remote: str, mode: str | None, owner: str | None, as_json: bool
 ) -> None:
     """Copy LOCAL to REMOTE (an absolute path) on machines: uploaded once, fetched by
-    each machine over HTTPS, verified by SHA-256, written atomically.
+    each machine over HTTPS, verified by SHA-256, written atomically. A REMOTE ending
+    in / or naming a directory gets the file in it, under LOCAL's name.
 
     Says the job's id on stderr, and which machines are not connected: the job waits
     for them (Ctrl-C cancels it)."""
-    from ..master.client import worst_exit_code
+    from ..master.client import push_fields, worst_exit_code
 
+    # REMOTE ending in a separator: the file goes into that directory, under its name.
+    remote, new_mode, leaf = push_fields(local, remote)
+    uploaded: list[str] = []  # the file's SHA-256, once uploaded
     with _client() as c:
         _, results = start_and_follow(
             c,
-            lambda: dict(c.push(name, to, local, remote, mode, owner)),
+            lambda: c._push_job(name, to, uploaded[0], remote, mode, owner, new_mode, leaf),
             as_json,
             announce=lambda started: _announce_job(c, started, name, as_json),
             group=name,
+            prepare=lambda: uploaded.append(c._push_upload(name, to, local, remote, mode, owner)),
         )
     sys.exit(worst_exit_code(results))
 
@@ -702,7 +758,8 @@ def pull(name: str, machine: str, remote: str, local: str, as_json: bool) -> Non
         )
         rc = worst_exit_code(results)
         if rc == 0:
-            info = c.download_pulled(started["job_id"], local)
+            with stopped_as_by_ctrl_c():  # SIGTERM / SIGHUP too: the partial file removed
+                info = c.download_pulled(started["job_id"], local)
             if as_json:
                 emit_json({"machine": machine, "path": local, **info})
             else:

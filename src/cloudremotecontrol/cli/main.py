@@ -35,6 +35,7 @@ COMMANDS = {
     "job": ("job_cmds", "job"),
     "kv": ("master_cmds", "kv"),
     "login": ("master_cmds", "login"),
+    "logout": ("master_cmds", "logout"),
     "pull": ("job_cmds", "pull"),
     "push": ("job_cmds", "push"),
     "run": ("job_cmds", "run"),

@@ -13,7 +13,7 @@ import click
 from ..errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
 from ..protocol.fields import MAX_SEQ
 from ..protocol.limits import MAX_MACHINES_PER_GROUP
-from ..protocol.names import expired_advice, scenario_of
+from ..protocol.names import expired_advice, scenario_of, user_message_type
 from .output import (
     TARGET_HELP,
     ago,
@@ -108,6 +108,50 @@ def login(url: str | None, token: str | None, fingerprint: str | None, as_json: 
         emit_json({"user": who["user"], "url": url, "profile": str(path)})
     else:
         click.echo(f"logged in to {url} as {who['user']} (profile: {path})")
+
+
+@click.command()
+@json_option
+def logout(as_json: bool) -> None:
+    """Remove the profile `crc login` saved (URL, token, fingerprint).
+
+    All of it goes: `crc login` asks for the URL and fingerprint again. The token itself
+    is not revoked: it works until `crc server revoke-token USER TOKEN_NAME` on the
+    server host revokes it. CRC_URL and CRC_TOKEN in the environment are not touched
+    (a warning names them). Nothing stored is no error (exit 0)."""
+    import os
+
+    from ..master.profile import config_dir, remove_profile
+
+    removed = remove_profile()
+    # What still logs crc in after this: variables of the environment, said not read.
+    left = [v for v in ("CRC_URL", "CRC_TOKEN") if os.environ.get(v)]
+    if as_json:
+        emit_json(
+            {
+                "removed": removed is not None,
+                "profile": str(removed[0] if removed else config_dir() / "config.json"),
+                "url": removed[1] if removed else None,
+                "environment": left,
+            }
+        )
+    elif removed is None:
+        click.echo(f"not logged in: no profile in {config_dir()} (nothing removed)")
+    else:
+        path, url = removed
+        at = f" for {safe(url)}" if url else ""
+        click.echo(
+            f"logged out: removed the profile {path}{at} (server URL, token, fingerprint); "
+            "the token itself still works until revoked on the server (`crc server "
+            "revoke-token USER TOKEN_NAME`)"
+        )
+    if left and not as_json:
+        one = len(left) == 1
+        click.echo(
+            f"crc: warning: {' and '.join(left)} {'is' if one else 'are'} set in the "
+            f"environment, which crc still uses: unset {'it' if one else 'them'} too",
+            err=True,
+        )
 
 
 def _check_replicas(urls: list[str], first: str, token: str, fp: str | None, user: str) -> None:
@@ -454,6 +498,24 @@ def _ready_since(c: Any, name: str) -> dict[str, float]:
     return since
 
 
+def key_expired(m: dict[str, Any]) -> bool:
+    """A pending machine whose enrollment key expired: it cannot enroll (nor get a job)
+    until `crc bootstrap GROUP MACHINE` issues a new key. By this computer's clock."""
+    expires = m.get("key_expires")
+    return (
+        m.get("state") == "pending"
+        and isinstance(expires, (int, float))
+        and not isinstance(expires, bool)
+        and expires <= time.time()
+    )
+
+
+def state_shown(m: dict[str, Any]) -> str:
+    """A machine's state as `crc status` shows it: ``pending (key expired)`` for one
+    whose key can no longer enroll it."""
+    return f"{m['state']} (key expired)" if key_expired(m) else str(m["state"])
+
+
 def _print_machines(g: dict[str, Any], ready_since: dict[str, float] | None = None) -> None:
     rows = []
     for m in g["machines"]:
@@ -467,7 +529,7 @@ def _print_machines(g: dict[str, Any], ready_since: dict[str, float] | None = No
         rows.append(
             [
                 m["name"],
-                m["state"],
+                state_shown(m),
                 ",".join(m.get("ips") or []) or "-",
                 m.get("public_ip") or "-",
                 text or "-",
@@ -620,8 +682,18 @@ def _summary(ev: dict[str, Any]) -> str:
         body = shown_json(d.get("body"), separators=(",", ":"))
         return f"{d.get('type')} to {','.join(d.get('to') or [])}: {_short(body)}"
     if kind == "kv.set":
-        return f"{d.get('key')} version {d.get('version')} by {d.get('by')}"
+        return f"{d.get('key')} version {d.get('version')} by {_kv_writer(d)}"
     return _short(_pairs(d), 400)
+
+
+def message_type(value: str, hint: str) -> str:
+    """A data message type given as NAME or user.NAME, as ``user.NAME``; else a usage
+    error (exit 2) naming ``hint``, the argument or option, before the server is asked.
+    One rule for the commands that send such a message and those that wait for one."""
+    try:
+        return user_message_type(value)
+    except InvalidInput as exc:
+        raise click.BadParameter(exc.message, param_hint=hint) from None
 
 
 @click.command()
@@ -633,19 +705,24 @@ def _summary(ev: dict[str, Any]) -> str:
 def send(name: str, to: str, type_: str, body: str | None, as_json: bool) -> None:
     """Send data message TYPE (user.NAME) with an optional BODY, a JSON object ({} when
     left out), to machines; scripts there receive it with `crc agent wait-message
-    TYPE`."""
+    TYPE`. With --json: the server's answer, {"group", "type", "targets": [machines],
+    "messages": [{"machine", "id"}]}, one message per target."""
     from .jsonarg import json_arg
 
     parsed = json_arg(body, "BODY")
-    if type_ in ("", "user."):  # not "user.": a name the caller never typed
-        raise click.BadParameter("empty: give the message's NAME (or user.NAME)", param_hint="TYPE")
-    type_ = type_ if type_.startswith("user.") else "user." + type_
+    type_ = message_type(type_, "TYPE")
     with _client() as c:
         out = c.send_message(name, to, type_, parsed)
     if as_json:
         emit_json(out)
     else:
         click.echo(f"sent {type_} to {', '.join(out['targets'])}")
+
+
+def _kv_writer(item: dict[str, Any]) -> str:
+    """Who wrote a key last: ``master (alice)`` (the user who did), or a machine's name."""
+    user = item.get("user")
+    return f"{item.get('by')} ({user})" if user else str(item.get("by"))
 
 
 @click.group()
@@ -680,7 +757,8 @@ def kv_set(name: str, key: str, value: str, as_json: bool) -> None:
 @json_option
 def kv_get(name: str, key: str, wait_for: str | None, as_json: bool) -> None:
     """Print KEY's value in group GROUP as JSON (with --json: {"key", "value",
-    "version", "updated", "by"}; exit 4 if it does not exist)."""
+    "version", "updated", "by", "user"}; exit 4 if it does not exist). On a terminal,
+    who wrote it and when follows on stderr."""
 
     from ..protocol.limits import MAX_KV_WAIT_SECONDS
 
@@ -694,23 +772,33 @@ def kv_get(name: str, key: str, wait_for: str | None, as_json: bool) -> None:
         out = c.kv_get(name, key, wait=wait)
     if as_json:
         emit_json(out)
-    else:
-        click.echo(shown_json(out["value"]))
+        return
+    click.echo(shown_json(out["value"]))
+    if sys.stderr.isatty():  # for the eye only: a script reads the value alone
+        click.echo(
+            safe(f"crc: {key} version {out['version']} by {_kv_writer(out)}, ")
+            + ago(out["updated"]),
+            err=True,
+        )
 
 
 @kv.command("list")
 @click.argument("name", metavar="GROUP")
 @json_option
 def kv_list(name: str, as_json: bool) -> None:
-    """List the keys of group GROUP."""
+    """List the keys of group GROUP: who wrote each last (BY: master or a machine;
+    USER: the user, for the master) and when."""
     with _client() as c:
         keys = c.kv_list(name)
     if as_json:
         emit_json({"group": name, "keys": keys})
     else:
         print_table(
-            ["KEY", "VERSION", "BY", "UPDATED"],
-            [[k["key"], str(k["version"]), k["by"], ago(k["updated"])] for k in keys],
+            ["KEY", "VERSION", "BY", "USER", "UPDATED"],
+            [
+                [k["key"], str(k["version"]), k["by"], k.get("user") or "-", ago(k["updated"])]
+                for k in keys
+            ],
         )
 
 

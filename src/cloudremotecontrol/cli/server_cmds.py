@@ -205,6 +205,19 @@ def _setting_options(f: F) -> F:
     "a shell or forward opened here for a machine connected to another replica is "
     "dialed back here. https://HOST:PORT (http:// with --insecure).",
 )
+@click.option(
+    "--new-certificate",
+    is_flag=True,
+    help="PostgreSQL: record this replica's certificate as the one every replica serves, "
+    "in place of the one recorded (after renewing it; once). Else a replica whose "
+    "certificate differs refuses to start.",
+)
+@click.option(
+    "--new-teardown-key",
+    is_flag=True,
+    help="PostgreSQL: record this replica's teardown.key as the one every replica holds, "
+    "in place of the one recorded (only if that one is lost; once).",
+)
 def run(
     data_dir: str | None,
     listen: str | None,
@@ -214,6 +227,8 @@ def run(
     as_json: bool,
     no_dashboard: bool,
     replica_url: str | None,
+    new_certificate: bool,
+    new_teardown_key: bool,
     **settings: object,
 ) -> None:
     """Serve the API (HTTPS) and the web dashboard until interrupted (SIGTERM or Ctrl-C).
@@ -288,6 +303,8 @@ def run(
             dashboard=not no_dashboard,
             on_listening=listening,
             replica_url=cfg.url if replica_url is not None else None,
+            new_certificate=new_certificate,
+            new_teardown_key=new_teardown_key,
         )
     finally:
         if serving:  # a server that never served says only why (an error line)
@@ -403,12 +420,14 @@ _dd_option = click.option(
 @_db_option
 @json_option
 def add_user(name: str, data_dir: str | None, database: str | None, as_json: bool) -> None:
-    """Create user NAME and print its first master token (shown once)."""
-    from ..server.ops.users import create_user
+    """Create user NAME and print its first master token (shown once), named default
+    (`crc server list-tokens NAME`; with --json: {"user", "name", "token"}, as
+    add-token)."""
+    from ..server.ops.users import FIRST_TOKEN, create_user
 
     token = _admin(data_dir, database, create_user, name)
     if as_json:
-        emit_json({"user": name, "token": token})
+        emit_json({"user": name, "name": FIRST_TOKEN, "token": token})
     else:
         click.echo(token)
 

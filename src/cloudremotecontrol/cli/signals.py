@@ -1,5 +1,9 @@
 """SIGTERM and SIGHUP taken as Ctrl-C is (``kill``, a closed terminal, a CI job
-cancelled), so that a command that tidies up on Ctrl-C tidies up on them too."""
+cancelled), so that a command that tidies up on Ctrl-C tidies up on them too.
+
+A signal crc was started with ignored (``nohup`` ignores SIGHUP; a background job of a
+non-interactive shell has SIGINT ignored) stays ignored: crc never puts a handler of
+its own in place of that (``caught``)."""
 
 from __future__ import annotations
 
@@ -37,6 +41,14 @@ def _terminal_gone() -> None:
     os.close(null)
 
 
+def caught(names: tuple[str, ...]) -> list[int]:
+    """The signals of ``names`` that crc may take: those this platform has and that are
+    not ignored. Ignored here means ignored when crc started, as crc never ignores one
+    itself: a handler crc puts in place is put back as it found it."""
+    signums = [getattr(signal, n) for n in names if hasattr(signal, n)]
+    return [s for s in signums if signal.getsignal(s) is not signal.SIG_IGN]
+
+
 _AGAIN_SECONDS = 0.05  # a signal that landed in a finalizer is raised again after this
 
 
@@ -51,10 +63,11 @@ def _in_finalizer(frame: FrameType | None) -> bool:
 
 @contextlib.contextmanager
 def stopped_as_by_ctrl_c(once: bool = True) -> Iterator[None]:
-    """Within the block, SIGTERM and SIGHUP raise ``Terminated`` (a KeyboardInterrupt).
-    With ``once`` the first signal interrupts and later ones are ignored, so that the
-    tidying up the interrupt starts runs to its end; without it every signal interrupts
-    (a second one stops waiting, as a second Ctrl-C does)."""
+    """Within the block, SIGTERM and SIGHUP raise ``Terminated`` (a KeyboardInterrupt),
+    unless crc was started with them ignored (``caught``: ``nohup``). With ``once`` the
+    first signal interrupts and later ones are ignored, so that the tidying up the
+    interrupt starts runs to its end; without it every signal interrupts (a second one
+    stops waiting, as a second Ctrl-C does)."""
     fired: list[int] = []
 
     def interrupt(signum: int, frame: FrameType | None) -> None:
@@ -72,8 +85,7 @@ def stopped_as_by_ctrl_c(once: bool = True) -> Iterator[None]:
         fired.append(signum)
         raise Terminated(signum)
 
-    wanted = [getattr(signal, n) for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n)]
-    before = {s: signal.signal(s, interrupt) for s in wanted}
+    before = {s: signal.signal(s, interrupt) for s in caught(("SIGTERM", "SIGHUP"))}
     try:
         yield
     finally:

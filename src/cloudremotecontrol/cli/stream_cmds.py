@@ -17,12 +17,14 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import click
 
 from ..errors import Conflict, CrcError, InvalidInput, NotFound, Unauthorized, Unavailable
 from .output import emit_json, json_option, print_table, safe
+from .signals import caught
 from .trailing import TrailingCommand
 
 __all__ = ["forward", "sessions", "shell"]
@@ -81,6 +83,28 @@ async def _open_shell(client: Any, group: str, body: dict[str, Any], piped: bool
     return await open_stream(opener, group, body)
 
 
+@contextlib.contextmanager
+def _offline_unavailable() -> Iterator[None]:
+    """The one rule of crc shell and crc forward: the machine not connected (the
+    server's Conflict ``machine_offline``) is it being unavailable (exit 6), not a
+    conflict with what the group is or has (exit 5)."""
+    try:
+        yield
+    except Conflict as exc:
+        if exc.code != "machine_offline":
+            raise
+        raise Unavailable(exc.message, code=exc.code) from None
+
+
+def _start_failed_code(message: str) -> int:
+    """The exit code of a program that could not be started, as a shell's: 127 (not
+    found) or 126 (found, but cannot run)."""
+    missing = any(
+        words in message.lower() for words in ("no such file or directory", "cannot find the file")
+    )
+    return 127 if missing else 126
+
+
 def _shell_error(control: Any) -> CrcError:
     """A ``stream.error`` of a shell as crc's error: a program that cannot be started
     exits as a shell's would, 127 (not found) or 126 (found, but cannot run)."""
@@ -88,11 +112,7 @@ def _shell_error(control: Any) -> CrcError:
 
     error = stream_error(control)
     if control.code == "start_failed":
-        missing = any(
-            words in control.message.lower()
-            for words in ("no such file or directory", "cannot find the file")
-        )
-        error.exit_code = 127 if missing else 126
+        error.exit_code = _start_failed_code(control.message)
     return error
 
 
@@ -112,14 +132,8 @@ async def _shell(
     term = os.environ.get("TERM") or "xterm-256color"
     body = shell_body(machine, argv, shell, cols, rows, term, record)
     async with _async_client() as client:
-        try:
+        with _offline_unavailable():
             stream = await _open_shell(client, group, body, piped=not tty)
-        except Conflict as exc:
-            if exc.code != "machine_offline":
-                raise
-            # The machine not connected is it being unavailable (exit 6), as for crc
-            # forward: not a conflict with what the group is or has (exit 5).
-            raise Unavailable(exc.message, code=exc.code) from None
     loop = asyncio.get_running_loop()
     saved = None
     if tty:
@@ -149,7 +163,7 @@ async def _shell(
             signalled.append(signum)
             main.cancel()
 
-    stops = [getattr(signal, n) for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n)]
+    stops = caught(("SIGTERM", "SIGHUP"))  # not one ignored when crc started (nohup)
     try:
         if tty:
             loop.add_signal_handler(signal.SIGWINCH, on_winch)
@@ -311,7 +325,8 @@ def shell(
 
 # -- crc forward -------------------------------------------------------------------------------
 
-#: How often a forward's master token is checked while no connection comes.
+#: How often a forward checks its master token, group and machines while no connection
+#: comes.
 TOKEN_CHECK_SECONDS = 5.0
 _HTTP_PORTS = {80, 3000, 5000, 8000, 8008, 8080, 8888}
 _HTTPS_PORTS = {443, 8443}
@@ -326,9 +341,28 @@ def _url(addr: str, port: int, remote_port: int) -> str:
     return f"{host}:{port}"
 
 
+def _check_local_ports(targets: list[tuple[str, Any]]) -> None:
+    """One local port given twice is refused before anything listens (InvalidInput)."""
+    seen: dict[tuple[str, int], str] = {}
+    for _, spec in targets:
+        if not spec.local_port:  # 0: any free port, a new one each time
+            continue
+        key = (spec.local_addr, spec.local_port)
+        host = f"[{spec.local_addr}]" if ":" in spec.local_addr else spec.local_addr
+        where = f"{host}:{spec.local_port}"
+        if key in seen:
+            raise InvalidInput(
+                f"local address {where} is given twice: each forward needs a LOCAL_PORT "
+                "of its own (or 0 for any)",
+                field="local_port",
+            )
+        seen[key] = where
+
+
 async def _forward(group: str, targets: list[tuple[str, Any]], as_json: bool) -> None:
     from ..master.streams import ForwardServer, open_forward, serve_forward
 
+    _check_local_ports(targets)
     async with _async_client() as client:
         opener = await client._stream_opener()
         info = await client.group(group)
@@ -341,41 +375,65 @@ async def _forward(group: str, targets: list[tuple[str, Any]], as_json: bool) ->
                     f"machine {machine!r} is {states[machine]}: see `crc status {group}`",
                     code="machine_offline",
                 )
-            # One connection first: an unreachable remote port fails now, clearly.
-            probe = await open_forward(opener, group, machine, spec)
+            # One connection first: an unreachable remote port fails now, clearly. It is
+            # marked a probe: audited, and left out of `crc sessions list` by default.
+            with _offline_unavailable():
+                probe = await open_forward(opener, group, machine, spec, probe=True)
             await probe.close()
         servers: list[ForwardServer] = []
         stop = asyncio.Event()
-        refused: list[CrcError] = []
+        ended: list[CrcError] = []
+        machines = {machine for machine, _ in targets}
 
         def on_error(message: str) -> None:
             click.echo(f"crc: forward: {safe(message)}", err=True)
 
-        def on_unauthorized(exc: CrcError) -> None:
-            # The master token was revoked (or is unknown): no connection can be carried
-            # any more, so the forward ends (exit 3), as a shell does.
-            if not refused:
-                refused.append(exc)
+        recheck = asyncio.Event()
+
+        def end(exc: CrcError) -> None:
+            # The master token was revoked (or is unknown), or the group or a machine of
+            # the forward is gone (deleted): no connection can be carried any more, so
+            # the forward ends (exit 3, or 4), as a shell does.
+            if not ended:
+                ended.append(exc)
             stop.set()
 
-        async def token_checked() -> None:
-            # A revoked token ends the forward also when no connection comes to find it.
+        def on_ended(exc: CrcError) -> None:
+            if isinstance(exc, NotFound):
+                # A connection found something gone: said, and checked at once (a group
+                # or machine deleted ends the forward; a stream that expired does not).
+                on_error(exc.message)
+                recheck.set()
+            else:
+                end(exc)
+
+        async def still_there() -> None:
+            # A revoked token, or a deleted group or machine, ends the forward also when
+            # no connection comes to find it.
             while True:
-                await asyncio.sleep(TOKEN_CHECK_SECONDS)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(recheck.wait(), TOKEN_CHECK_SECONDS)
+                recheck.clear()
                 try:
                     await client.whoami()
-                except Unauthorized as exc:
-                    on_unauthorized(exc)
+                    now = await client.group(group)
+                except (Unauthorized, NotFound) as exc:
+                    end(exc)
                     return
                 except CrcError:  # the server away for a moment: checked again later
                     continue
+                names = {m.get("name") for m in now.get("machines", [])}
+                for gone in sorted(machines - names):
+                    end(NotFound(f"no machine {gone!r} in group {group!r}"))
+                    return
 
         try:
+            # Every local port listening before any is announced: one that cannot
+            # listen fails the command with nothing said to be forwarded.
             for machine, spec in targets:
-                server = await serve_forward(
-                    opener, group, machine, spec, on_error, on_unauthorized
-                )
+                server = await serve_forward(opener, group, machine, spec, on_error, on_ended)
                 servers.append(server)
+            for (machine, spec), server in zip(targets, servers, strict=True):
                 port = server.port
                 remote = f"{spec.remote_host}:{spec.remote_port}"
                 url = _url(spec.local_addr, port, spec.remote_port)
@@ -395,9 +453,9 @@ async def _forward(group: str, targets: list[tuple[str, Any]], as_json: bool) ->
             if not as_json:
                 click.echo("forwarding until Ctrl-C", err=True)
             loop = asyncio.get_running_loop()
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in caught(("SIGINT", "SIGTERM")):  # not one ignored when crc started
                 loop.add_signal_handler(sig, stop.set)
-            checking = asyncio.ensure_future(token_checked())
+            checking = asyncio.ensure_future(still_there())
             try:
                 await stop.wait()
             finally:
@@ -406,10 +464,12 @@ async def _forward(group: str, targets: list[tuple[str, Any]], as_json: bool) ->
         finally:
             for server in servers:
                 await server.aclose()
-        if refused:
-            raise Unauthorized(
-                f"{refused[0].message.rstrip('.')}: the forward is closed", code=refused[0].code
-            )
+        if ended:
+            why = ended[0]
+            if isinstance(why, NotFound):  # the group or a machine was deleted
+                raise NotFound(f"the forward is closed: {why.message}", code=why.code)
+            message = f"{why.message.rstrip('.')}: the forward is closed"
+            raise Unauthorized(message, code=why.code)
 
 
 @click.command()
@@ -469,37 +529,70 @@ def sessions() -> None:
     """Shell sessions and forwards of a group: list them, replay recordings."""
 
 
+def _ended_as(row: dict[str, Any]) -> str:
+    """The EXIT column of a session: the program's exit code; 127 or 126 for a program
+    that could not be started (as crc shell exits); "cut" for a session its server was
+    killed in; "lost" for a shell whose machine went away before its program ended;
+    "ended" for another end without an exit code (a revoked token, a stopped server).
+    A forward has no exit code: blank, unless cut."""
+    if row.get("cut"):
+        return "cut"
+    code = row.get("exit_code")
+    if code is not None:
+        return str(code)
+    if row.get("kind") != "shell":
+        return ""
+    error_code = row.get("error_code")
+    error = str(row.get("error") or "")
+    if error_code == "start_failed" or (error_code is None and error.startswith("cannot run ")):
+        return str(_start_failed_code(error))
+    if error_code in ("machine_disconnected", "machine_unreachable") or (
+        error_code is None and "closed the session before its program ended" in error
+    ):
+        return "lost"
+    return "ended"
+
+
 @sessions.command("list")
 @click.argument("group")
 @click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
+@click.option(
+    "--probes",
+    is_flag=True,
+    help="Also list the connections crc forward makes at its start to check the remote port.",
+)
 @json_option
-def sessions_list(group: str, limit: int, as_json: bool) -> None:
-    """The group's ended shell sessions and forwards, with who, bytes and duration."""
+def sessions_list(group: str, limit: int, probes: bool, as_json: bool) -> None:
+    """The group's ended shell sessions and forwards, with who, bytes and duration.
+
+    EXIT: the program's exit code; 127/126: the program could not be started (not
+    found / cannot run); lost: the machine went away first; ended: ended otherwise
+    (a revoked token, a stopped server); cut: the server was killed meanwhile.
+    """
     from ..master.client import Client
 
     with Client.from_profile() as c:
         rows = c.sessions(group, limit)
+    if not probes:
+        rows = [r for r in rows if not r.get("probe")]
     if as_json:
         emit_json({"group": group, "sessions": rows})
         return
     table = []
     for r in rows:
         what = r.get("target") or " ".join(r.get("argv") or []) or r.get("shell") or "login shell"
+        kind = str(r.get("kind", ""))
         table.append(
             [
                 str(r.get("stream", "")),
                 str(r.get("by", "")),
                 str(r.get("machine", "")),
-                str(r.get("kind", "")),
+                f"{kind} (probe)" if r.get("probe") else kind,
                 str(what),
                 time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(r.get("started") or 0))),
                 f"{float(r.get('duration') or 0):.1f}s",
                 f"{r.get('bytes_to_machine', 0)}/{r.get('bytes_from_machine', 0)}",
-                "cut"
-                if r.get("cut")
-                else ""
-                if r.get("exit_code") is None
-                else str(r.get("exit_code")),
+                _ended_as(r),
                 "yes" if r.get("recorded") else "no",
             ]
         )

@@ -134,12 +134,14 @@ def wait(
     """
     from ..master.waits import check_timeout
     from .master_cmds import _duration
+    from .master_cmds import message_type as _message_type
 
     # 1e30, 10**20: a typo, not a wait; refused as the SDK refuses it.
     seconds = check_timeout(_duration(timeout), "--timeout", given=timeout)
     if message_type is not None:
         if machines is not None:
             raise click.UsageError("--machines does not go with --message: use --from MACHINE")
+        message_type = _message_type(message_type, "--message")
         if sender is not None:
             (sender,) = _machine_list(sender, "--from", one=True)
         # SIGTERM and SIGHUP (`kill`, a closed terminal, a cancelled CI job) end the wait

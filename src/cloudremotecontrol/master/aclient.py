@@ -18,7 +18,6 @@ import contextlib
 import hashlib
 import inspect
 import os
-import tempfile
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -46,7 +45,10 @@ from .client import (
     check_upload_source,
     clean_token,
     file_digest,
+    older_server,
     open_regular,
+    pull_partial,
+    push_fields,
     set_download_mode,
     split_urls,
     write_error,
@@ -690,7 +692,7 @@ class AsyncClient:
 
         spec = forward_spec(remote_port, remote_host, local_port, local_addr)
         opener = await self._stream_opener()
-        probe = await open_forward(opener, group, machine, spec)
+        probe = await open_forward(opener, group, machine, spec, probe=True)
         await probe.close()
         server = await serve_forward(opener, group, machine, spec)
         try:
@@ -773,10 +775,19 @@ class AsyncClient:
     ) -> dict[str, Any]:
         """As ``Client.push``."""
         await asyncio.to_thread(check_upload_source, local)
+        remote, new_mode, name = push_fields(local, remote)
         target = calls.check_push(to, remote, mode, owner)
         calls.check_targets(target, group, await self.group(group))
         blob = await self.upload(local)
-        return dict(await self._do(calls.push(group, to, blob["sha256"], remote, mode, owner)))
+        sha = blob["sha256"]
+        try:
+            return dict(
+                await self._do(calls.push(group, to, sha, remote, mode, owner, new_mode, name))
+            )
+        except InvalidInput as exc:
+            if not older_server(exc):
+                raise
+        return dict(await self._do(calls.push(group, to, sha, remote, mode, owner)))
 
     async def start_pull(self, group: str, machine: str, remote: str) -> dict[str, Any]:
         """As ``Client.start_pull``."""
@@ -790,7 +801,7 @@ class AsyncClient:
         target = written_path(local)  # a link is followed: its file is replaced
         directory = os.path.dirname(target)
         try:
-            fd, tmp = tempfile.mkstemp(dir=directory, prefix=".crc-pull-")
+            fd, tmp = await asyncio.to_thread(pull_partial, directory)
         except OSError as exc:
             raise write_error(local, exc) from None
         digest = hashlib.sha256()
@@ -808,7 +819,7 @@ class AsyncClient:
                     async for chunk in resp.aiter_bytes(1 << 20):
                         digest.update(chunk)
                         await asyncio.to_thread(fh.write, chunk)
-                set_download_mode(fh.fileno(), tmp, target)
+                set_download_mode(fh.fileno(), tmp, target, info.get("mode"))
             if digest.hexdigest() != info["sha256"]:
                 raise Unavailable("downloaded content does not match its sha256: try again")
             os.replace(tmp, target)

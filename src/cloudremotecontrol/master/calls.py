@@ -112,7 +112,10 @@ class Resume:
 
     ``notify``, if given, is told in a sentence when the stream breaks (once per break)
     and when it is open again (``opened``: at once, not at the next event, which may be
-    long in coming), so that a caller can say why it is quiet meanwhile."""
+    long in coming), so that a caller can say why it is quiet meanwhile. A break is said
+    only once the first attempt to open the stream again failed too: one that opens at
+    once (a replica switched) needs no word, and one the server ends with its refusal
+    (a token revoked: the stream cut, then 401) is said by that refusal alone."""
 
     replicas: int
     window: float = RESUME_SECONDS
@@ -120,7 +123,9 @@ class Resume:
     failures: int = 0
     notify: Callable[[str], None] | None = None
     url: str = ""  # where the stream broke (for ``notify``)
-    said_open: bool = False  # "resumed" said for this break
+    said_open: bool = False  # open again after this break ("resumed" said if it was)
+    said_broke: bool = False  # the break said (at the first failed attempt to reopen)
+    cause: str = ""  # why the stream broke (for ``notify``)
 
     def opened(self, url: str) -> None:
         """The stream is open again (its answer's headers came), at ``url``: said now.
@@ -129,7 +134,7 @@ class Resume:
         if self.broke_at is None or self.said_open:
             return
         self.said_open = True
-        if self.notify is not None:
+        if self.notify is not None and self.said_broke:  # an unsaid break: nothing to say
             where = "" if url == self.url else f" (it broke at {self.url})"
             self.notify(f"event stream from {url} resumed{where}")
 
@@ -150,15 +155,23 @@ class Resume:
         delay: float = min(5.0, 0.25 * 2.0 ** (rounds - 1)) * jitter
         return min(delay, max(0.0, self.broke_at + self.window - now))
 
+    def _say_broke(self) -> None:
+        self.said_broke = True
+        if self.notify is not None:
+            self.notify(
+                f"event stream from {self.url} broke ({self.cause}): resuming it where it "
+                f"was, for up to {self.window:g} s"
+            )
+
     def next_wait(self, url: str, exc: BaseException) -> float:
         """``broke`` now, jittered; ``Unavailable`` (saying why) when it gives up."""
         if self.broke_at is None or self.said_open:  # a new break (perhaps of a reopening)
-            self.url, self.said_open = url, False
-            if self.notify is not None:
-                self.notify(
-                    f"event stream from {url} broke ({exc}): resuming it where it was, "
-                    f"for up to {self.window:g} s"
-                )
+            reopened = self.broke_at is not None  # and broke before anything was read
+            self.url, self.said_open, self.said_broke, self.cause = url, False, False, str(exc)
+            if reopened:
+                self._say_broke()
+        elif not self.said_broke:  # opening it again failed too: the break is said now
+            self._say_broke()
         wait = self.broke(time.monotonic(), _JITTER.uniform(0.5, 1.0))
         if wait is None:
             raise Unavailable(
@@ -550,12 +563,21 @@ def check_targets(target: Target, group: str, roster: dict[str, Any]) -> None:
     target.choose(group, machines)
 
 
-def push(group: str, to: str, sha: str, remote: str, mode: str | None, owner: str | None) -> Call:
-    return Call(
-        "POST",
-        f"/groups/{_group(group)}/files",
-        json={"to": to, "sha256": sha, "path": remote, "mode": mode, "owner": owner},
-    )
+def push(
+    group: str,
+    to: str,
+    sha: str,
+    remote: str,
+    mode: str | None,
+    owner: str | None,
+    new_mode: str | None = None,
+    name: str | None = None,
+) -> Call:
+    """``new_mode`` and ``name`` (``client.push_fields``) are sent only when set: a
+    server older than them refuses them."""
+    body = {"to": to, "sha256": sha, "path": remote, "mode": mode, "owner": owner}
+    body |= {k: v for k, v in (("new_mode", new_mode), ("name", name)) if v is not None}
+    return Call("POST", f"/groups/{_group(group)}/files", json=body)
 
 
 def start_pull(group: str, machine: str, remote: str) -> Call:

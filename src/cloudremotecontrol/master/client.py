@@ -26,12 +26,18 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+try:
+    import fcntl
+except ImportError:  # Windows: no flock (pull_partial)
+    fcntl = None  # type: ignore[assignment]
+
 import httpx
 
 from ..errors import CrcError, InvalidInput, NotFound, TimedOut, TooLarge, Unavailable
 from ..fslinks import file_kind, through_links
 from ..protocol.fields import check_push_path
 from ..protocol.limits import MAX_FILE_BYTES, file_too_large
+from ..protocol.messages import decode_file_mode
 from ..tlspin import check_base_url, client_context, is_untrusted, untrusted_error
 from . import calls
 from .calls import (
@@ -66,6 +72,8 @@ __all__ = [
     "check_download_target",
     "clean_token",
     "download_mode",
+    "older_server",
+    "push_fields",
     "worst_exit_code",
     "write_error",
 ]
@@ -167,14 +175,52 @@ def written_path(local: str) -> str:
         raise write_error(local, exc) from None
 
 
-def download_mode(existing: int | None, umask: int) -> int:
+def download_mode(existing: int | None, umask: int, remote: int | None = None) -> int:
     """The permission bits of a file a pull writes, as cp and scp give them: an existing
-    file's (``existing``, its ``st_mode``) are kept, a new file gets 0666 less ``umask``.
-    The content comes from the machine: never a setuid, setgid or sticky bit, not even
-    one kept from a file it replaces."""
+    file's (``existing``, its ``st_mode``) are kept; a new file gets those of the file
+    on the machine (``remote``, the mode its agent reported) less ``umask``, or 0666
+    less ``umask`` when no mode was reported (an older agent or server, or a Windows
+    machine). The content comes from the machine: never a setuid, setgid or sticky bit,
+    not even one kept from a file it replaces or reported by the machine."""
     if existing is not None:
         return stat.S_IMODE(existing) & 0o777
-    return 0o666 & ~umask & 0o777
+    bits = 0o666 if remote is None else remote & 0o777
+    return bits & ~umask & 0o777
+
+
+def push_fields(local: str, remote: str) -> tuple[str, str | None, str | None]:
+    """What a push of ``local`` to ``remote`` sends besides ``--mode``: ``remote``
+    itself, or ``remote`` + LOCAL's name when it ends in a separator (``/x/``, and
+    ``C:\\dir\\`` for a Windows machine), as scp and cp copy into a directory; the mode
+    of ``local`` for a new file (octal, permission bits only; none from Windows, where
+    modes say little); and LOCAL's name, for a ``remote`` that is a directory on a
+    machine (none if it is no name a push could write, or ``remote`` got it already)."""
+    from ..protocol.messages import FilePut
+
+    name: str | None = os.path.basename(os.path.abspath(local))
+    try:
+        FilePut.from_body({"job_id": "j", "sha256": "0" * 64, "size": 0, "path": "/", "name": name})
+    except InvalidInput:
+        name = None  # only a path naming a file can be given
+    if name is not None and (
+        remote.endswith("/") or (remote.endswith("\\") and not remote.startswith("/"))
+    ):
+        # The path now names the file: a directory there is refused, as cp refuses it.
+        remote, name = remote + name, None
+    new_mode = None
+    if hasattr(os, "fchmod"):  # not Windows
+        with contextlib.suppress(OSError):
+            new_mode = format(stat.S_IMODE(os.stat(local).st_mode) & 0o777, "04o")
+    return remote, new_mode, name
+
+
+def older_server(exc: InvalidInput) -> bool:
+    """The server refused a field of a push it does not know (a server older than the
+    fields ``push_fields`` adds): the push is then sent without them."""
+    field = exc.details.get("field")
+    words = exc.message
+    named = field in ("new_mode", "name") or words.startswith(("invalid new_mode", "invalid name"))
+    return named and ("not a field" in words or "xtra" in words)  # its words, or pydantic's
 
 
 _UMASK_LOCK = threading.Lock()
@@ -195,21 +241,89 @@ def process_umask() -> int:
     return mask
 
 
-def set_download_mode(fd: int, tmp: str, target: str) -> None:
+def set_download_mode(fd: int, tmp: str, target: str, remote: object = None) -> None:
     """Give a pull's temporary file (open as ``fd``, named ``tmp``), before it is moved
     over ``target``, the mode ``download_mode`` says: it was made private (0600) so
-    that no one could read it while it was written."""
+    that no one could read it while it was written. ``remote``: the mode the machine
+    reported (the server's answer: checked here, ignored when it is no mode; and on
+    Windows, where a mode is only the read-only flag)."""
+    try:
+        reported = decode_file_mode(remote) if hasattr(os, "fchmod") else None
+    except InvalidInput:
+        reported = None
     try:
         existing: int | None = os.stat(target).st_mode
     except OSError:
         existing = None  # a new file (or a dangling link's: made by the move)
     if existing is not None and not stat.S_ISREG(existing):
         existing = None
-    mode = download_mode(existing, process_umask())
+    mode = download_mode(existing, process_umask(), reported)
     if hasattr(os, "fchmod"):
         os.fchmod(fd, mode)
     else:  # Windows: only the read-only flag, by name
         os.chmod(tmp, mode)
+
+
+#: A pull's partial file, beside the file it becomes (``pull_partial``).
+PARTIAL_PREFIX = ".crc-pull-"
+#: A partial file no pull holds, untouched for this long, is a dead pull's.
+STALE_PARTIAL_SECONDS = 600.0
+
+
+def pull_partial(directory: str) -> tuple[int, str]:
+    """A new partial file for a pull into ``directory``: its descriptor and path, made
+    private (``tempfile.mkstemp``) and locked (``flock``) while the pull writes it. The
+    partials of dead pulls (a pull killed, ``kill -9``) are removed first: those of
+    this user that no pull holds locked and that were not written to for
+    ``STALE_PARTIAL_SECONDS`` (a pull still running, even stalled, holds its lock; the
+    time covers a partial just made or just written, whose lock is not yet taken or is
+    already dropped). Not on Windows (no ``flock``): there a dead pull's partial stays."""
+    if fcntl is not None:
+        remove_stale_partials(directory)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=PARTIAL_PREFIX)
+    if fcntl is not None:
+        with contextlib.suppress(OSError):  # a file system without locks: never removed
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return fd, tmp
+
+
+def remove_stale_partials(directory: str, now: float | None = None) -> list[str]:
+    """Remove the partial files of dead pulls in ``directory`` (``pull_partial``); what
+    was removed. Anything in doubt (another user's, not a plain file, a lock that cannot
+    be tried, an error) is left alone."""
+    if fcntl is None:
+        return []
+    removed: list[str] = []
+    try:
+        names = [n for n in os.listdir(directory) if n.startswith(PARTIAL_PREFIX)]
+    except OSError:
+        return removed
+    for name in names:
+        path = os.path.join(directory, name)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError:
+            continue  # gone meanwhile, a link, not readable
+        try:
+            st = os.fstat(fd)
+            stale = (now if now is not None else time.time()) - st.st_mtime
+            if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+                continue
+            if stale < STALE_PARTIAL_SECONDS:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # a pull holds it: it is running
+            now_there = os.lstat(path)
+            if (now_there.st_dev, now_there.st_ino) == (st.st_dev, st.st_ino):
+                os.unlink(path)
+                removed.append(path)
+        except OSError:
+            continue
+        finally:
+            os.close(fd)
+    return removed
 
 
 def write_error(local: str, exc: OSError) -> CrcError:
@@ -910,11 +1024,39 @@ class Client:
     ) -> dict[str, Any]:
         """Upload ``local`` and start the job writing it to ``remote`` on the targets
         (a target, path, mode or owner the server would refuse is refused first)."""
+        remote, new_mode, name = push_fields(local, remote)
+        sha = self._push_upload(group, to, local, remote, mode, owner)
+        return self._push_job(group, to, sha, remote, mode, owner, new_mode, name)
+
+    def _push_upload(
+        self, group: str, to: str, local: str, remote: str, mode: str | None, owner: str | None
+    ) -> str:
+        """``push`` up to its job: the checks and the upload (what `crc push` stops at
+        once on Ctrl-C: no job exists yet). The file's SHA-256."""
         check_upload_source(local)
         target = calls.check_push(to, remote, mode, owner)
         calls.check_targets(target, group, self.group(group))
-        blob = self.upload(local)
-        return dict(self._do(calls.push(group, to, blob["sha256"], remote, mode, owner)))
+        return str(self.upload(local)["sha256"])
+
+    def _push_job(
+        self,
+        group: str,
+        to: str,
+        sha: str,
+        remote: str,
+        mode: str | None,
+        owner: str | None,
+        new_mode: str | None = None,
+        name: str | None = None,
+    ) -> dict[str, Any]:
+        """``push``'s job, for the file uploaded as ``sha``; ``new_mode`` and ``name``:
+        ``push_fields``' (left out for a server older than them)."""
+        try:
+            return dict(self._do(calls.push(group, to, sha, remote, mode, owner, new_mode, name)))
+        except InvalidInput as exc:
+            if not older_server(exc):
+                raise
+        return dict(self._do(calls.push(group, to, sha, remote, mode, owner)))
 
     def start_pull(self, group: str, machine: str, remote: str) -> dict[str, Any]:
         """Start the job that uploads ``remote`` from ``machine`` (a path with control
@@ -924,15 +1066,15 @@ class Client:
 
     def download_pulled(self, job_id: str, local: str) -> dict[str, Any]:
         """Save the file a finished pull job brought back to ``local`` (verified, atomic).
-        An existing file keeps its mode, a new one gets 0666 less the umask
-        (``download_mode``). InvalidInput when ``local`` cannot be written
+        An existing file keeps its mode, a new one gets the machine's file's less the
+        umask (``download_mode``). InvalidInput when ``local`` cannot be written
         (``check_download_target``)."""
         check_download_target(local)
         info = dict(self._do(calls.pulled_file(job_id)))
         target = written_path(local)  # a link is followed: its file is replaced
         directory = os.path.dirname(target)
         try:
-            fd, tmp = tempfile.mkstemp(dir=directory, prefix=".crc-pull-")
+            fd, tmp = pull_partial(directory)
         except OSError as exc:
             raise write_error(local, exc) from None
         digest = hashlib.sha256()
@@ -948,7 +1090,7 @@ class Client:
                 for chunk in resp.iter_bytes(1 << 20):
                     digest.update(chunk)
                     fh.write(chunk)
-                set_download_mode(fh.fileno(), tmp, target)
+                set_download_mode(fh.fileno(), tmp, target, info.get("mode"))
             if digest.hexdigest() != info["sha256"]:
                 raise Unavailable("downloaded content does not match its sha256: try again")
             os.replace(tmp, target)

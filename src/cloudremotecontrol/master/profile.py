@@ -15,7 +15,14 @@ from pathlib import Path
 
 from ..errors import InvalidInput, Unauthorized
 
-__all__ = ["Profile", "config_dir", "env_override", "load_profile", "save_profile"]
+__all__ = [
+    "Profile",
+    "config_dir",
+    "env_override",
+    "load_profile",
+    "remove_profile",
+    "save_profile",
+]
 
 
 @dataclass
@@ -121,3 +128,25 @@ def save_profile(profile: Profile) -> Path:
             "CRC_CONFIG_DIR to a directory you can write)"
         ) from None
     return path
+
+
+def remove_profile() -> tuple[Path, str | None] | None:
+    """Remove the stored profile (`crc logout`): its server URL, token, fingerprint and
+    cached certificate. The path removed and the URL it named (None if unreadable: a
+    damaged profile is removed all the same, it may hold a token); None when there was
+    none. InvalidInput when it cannot be removed."""
+    path = _path()
+    try:
+        url: str | None = _read(path).get("url")
+    except InvalidInput:
+        url = None
+    with contextlib.suppress(OSError):
+        path.with_suffix(".tmp").unlink(missing_ok=True)  # a save cut short: may hold a token
+    try:
+        path.unlink()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as exc:
+        why = "it is a directory" if path.is_dir() else exc.strerror
+        raise InvalidInput(f"cannot remove the login profile {path}: {why}") from None
+    return path, url

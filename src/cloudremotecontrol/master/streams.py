@@ -21,6 +21,7 @@ from ..errors import (
     Conflict,
     CrcError,
     InvalidInput,
+    NotFound,
     ShellTimedOut,
     Unauthorized,
     Unavailable,
@@ -228,10 +229,24 @@ async def open_stream(opener: Opener, group: str, body: dict[str, Any]) -> Async
 # -- forwards ----------------------------------------------------------------------------
 
 
-async def open_forward(opener: Opener, group: str, machine: str, spec: ForwardSpec) -> AsyncStream:
-    """A stream connected to ``spec``'s remote end, or the machine's error."""
-    body = {"machine": machine, "kind": "forward", "host": spec.remote_host}
-    stream = await open_stream(opener, group, body | {"port": spec.remote_port})
+async def open_forward(
+    opener: Opener, group: str, machine: str, spec: ForwardSpec, probe: bool = False
+) -> AsyncStream:
+    """A stream connected to ``spec``'s remote end, or the machine's error. ``probe``:
+    a connection made only to check that the remote end answers (audited as any, and
+    marked so that the list of sessions can leave it out; a server older than the mark
+    is asked without it)."""
+    body: dict[str, Any] = {"machine": machine, "kind": "forward", "host": spec.remote_host}
+    body["port"] = spec.remote_port
+    if probe:
+        try:
+            stream = await open_stream(opener, group, body | {"probe": True})
+        except InvalidInput as exc:
+            if "probe" not in exc.message:
+                raise
+            stream = await open_stream(opener, group, body)
+    else:
+        stream = await open_stream(opener, group, body)
     try:
         first = await stream.recv()
     except StreamClosed:
@@ -354,14 +369,15 @@ async def serve_forward(
     on_error: Callable[[str], None] | None = None,
     on_unauthorized: Callable[[CrcError], None] | None = None,
 ) -> ForwardServer:
-    """Listen on ``spec``'s local address (a port in use: Conflict) and carry each
+    """Listen on ``spec``'s local address (why it cannot: ``listen_error``) and carry each
     connection over its own stream. The caller must ``aclose()`` the answer.
     ``on_error`` hears why a connection could not be carried; ``on_unauthorized``
-    (if given, instead) that the server refused the master token (revoked): no later
-    connection can be carried either."""
+    (if given, instead) that the server refused the master token (revoked), or no
+    longer has the group or the machine (NotFound: deleted): no later connection can
+    be carried either. Listening fails as ``listen_error`` says."""
 
     def failed(exc: CrcError) -> None:
-        if isinstance(exc, Unauthorized) and on_unauthorized is not None:
+        if isinstance(exc, (Unauthorized, NotFound)) and on_unauthorized is not None:
             on_unauthorized(exc)
         elif on_error is not None:
             on_error(exc.message)
@@ -383,11 +399,7 @@ async def serve_forward(
             sock.close()
             raise
     except OSError as exc:
-        raise Conflict(
-            f"cannot listen on {spec.local_addr}:{spec.local_port}: {exc.strerror or exc} "
-            "(another program uses the port? pick another LOCAL_PORT, or 0 for any)",
-            code="port_in_use",
-        ) from None
+        raise listen_error(spec.local_addr, spec.local_port, exc) from None
     fwd = ForwardServer(sock)
 
     async def carry(conn: socket.socket) -> None:
@@ -433,6 +445,44 @@ async def serve_forward(
     loop.add_reader(sock.fileno(), accept)
     fwd.listening = True
     return fwd
+
+
+def listen_error(addr: str, port: int, exc: OSError) -> CrcError:
+    """Why a forward cannot listen on ``addr:port``, as the error hierarchy's: the port
+    in use (Conflict, ``port_in_use``); an address that is not this computer's, one that
+    does not resolve, or a port this user may not take (InvalidInput: the command is to
+    change); anything else (Conflict, ``listen_failed``)."""
+    import errno
+
+    where = f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
+    reason = exc.strerror or str(exc)
+    if isinstance(exc, socket.gaierror):
+        return InvalidInput(
+            f"cannot listen on {where}: {addr} does not resolve ({reason})",
+            code="listen_address",
+            field="local_addr",
+        )
+    if exc.errno == errno.EADDRINUSE:
+        return Conflict(
+            f"cannot listen on {where}: {reason} (another program uses the port? pick "
+            "another LOCAL_PORT, or 0 for any)",
+            code="port_in_use",
+        )
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return InvalidInput(
+            f"cannot listen on {where}: {addr} is not an address of this computer "
+            "(LOCAL_ADDR: 127.0.0.1, 0.0.0.0 or one of its own addresses)",
+            code="listen_address",
+            field="local_addr",
+        )
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        low = " (ports below 1024 need administrator rights)" if 0 < port < 1024 else ""
+        return InvalidInput(
+            f"cannot listen on {where}: {reason}{low}: pick another LOCAL_PORT",
+            code="listen_denied",
+            field="local_port",
+        )
+    return Conflict(f"cannot listen on {where}: {reason}", code="listen_failed")
 
 
 def forward_spec(

@@ -7,7 +7,8 @@ type                direction      body
 job.run             server→agent   job_id, argv | command, shell, env, cwd, timeout
 job.cancel          server→agent   job_id, before_start
 hosts.sync          server→agent   job_id, group, entries [[ip, machine], ...]
-file.put            server→agent   job_id, sha256, size, path, mode, owner
+file.put            server→agent   job_id, sha256, size, path, mode, owner, new_mode,
+                                   name
 file.get            server→agent   job_id, path
 system.ready        agent→server   (nothing)
 progress            agent→server   text, percent, source
@@ -72,6 +73,7 @@ from .wire import REGISTRY, Direction, Message, Side, register, wire, wire_field
 MAX_FOLDED_CHUNKS = 64
 
 __all__ = [
+    "FILE_MODE_HEADER",
     "JOB_KINDS",
     "SHELLS",
     "Envelope",
@@ -88,6 +90,7 @@ __all__ = [
     "Progress",
     "SystemReady",
     "UserMessage",
+    "decode_file_mode",
     "decode_message",
     "new_id",
 ]
@@ -101,7 +104,8 @@ _ID_MAX = 256
 
 JOB_ID = Text(128, message="job_id must be a non-empty string")
 OWNER_PATTERN = r"[A-Za-z0-9_.][A-Za-z0-9_.-]{0,31}(:[A-Za-z0-9_.][A-Za-z0-9_.-]{0,31})?"
-MODE_PATTERN = r"0?[0-7]{3,4}"
+#: ``0`` is ``000``, as chmod(1) takes it.
+MODE_PATTERN = r"0|0?[0-7]{3,4}"
 
 
 def new_id() -> str:
@@ -341,6 +345,26 @@ class _PushPath(Spec):
         return check_push_path(value)
 
 
+class _FileName(Spec):
+    """A file's name, never a path: no separator of either system (``/``, ``\\``), not
+    ``.`` or ``..``, at most 255 bytes, and a push path's rule (no control characters).
+    The agent checks it again by its own system's rules (Windows: no ``:``)."""
+
+    def check(self, value: Any, name: str) -> str:
+        if (
+            not isinstance(value, str)
+            or value in ("", ".", "..")
+            or any(c in value for c in "/\\")
+            or len(value.encode("utf-8", "surrogatepass")) > 255
+        ):
+            raise InvalidInput(
+                f"invalid {name} {str(value)[:80]!r}: a file's name, without / or \\",
+                field=name,
+            )
+        check_push_path(f"/{value}")  # a push path's rule: no control characters
+        return value
+
+
 @register
 @dataclass(frozen=True)
 class FilePut(Message):
@@ -360,6 +384,16 @@ class FilePut(Message):
         Optional(Pattern(OWNER_PATTERN, "invalid owner {value!r}: use USER or USER:GROUP")),
         None,
     )
+    #: The mode of the master's own file: a new file gets its permission bits, less the
+    #: agent's umask (``mode`` forces one). Optional: an older agent ignores it, an older
+    #: master sends none (a new file then gets 0666 less the umask).
+    new_mode: str | None = wire(
+        Optional(Pattern(MODE_PATTERN, "invalid new_mode {value!r}: use octal like 0640")),
+        None,
+    )
+    #: The file's own name (LOCAL's): a ``path`` naming a directory on the machine is
+    #: written as ``path/name``. Optional: without it such a path is refused.
+    name: str | None = wire(Optional(_FileName()), None)
 
 
 @register
@@ -372,6 +406,29 @@ class FileGet(Message):
 
     job_id: str = wire(JOB_ID)
     path: str = wire(_PushPath())  # the rule of a push's path: no control characters
+
+
+#: The header of a pull's upload (``PUT /v1/agent/uploads/{job_id}``) that says the
+#: file's mode on the machine, in octal: a new local file gets its permission bits.
+#: Optional: an older agent sends none (a new file then gets 0666 less the umask).
+FILE_MODE_HEADER = "X-File-Mode"
+
+
+def decode_file_mode(value: object) -> int | None:
+    """A file mode a machine reported (``FILE_MODE_HEADER``'s octal text, or the int
+    the server answers with): an int within 0..0o7777, or None when there is none.
+    InvalidInput for anything else: it comes from the machine."""
+    if value is None:
+        return None
+    shown = str(value)[:20]
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 6:
+        value = int(value, 8) if all(c in "01234567" for c in value) else -1
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 0o7777:
+        raise InvalidInput(
+            f"invalid file mode {shown!r}: an octal mode within 0..7777",
+            field="mode",
+        )
+    return value
 
 
 #: Messages that carry a job: a machine that cannot use one reports the job failed.

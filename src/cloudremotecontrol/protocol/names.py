@@ -34,6 +34,7 @@ __all__ = [
     "parse_target",
     "reserved_name",
     "scenario_of",
+    "user_message_type",
 ]
 
 # Checked with fullmatch(): "$" alone also matches before a trailing newline ("web\n").
@@ -227,6 +228,23 @@ def check_message_type(value: object) -> str:
             field="type",
         )
     return value
+
+
+def user_message_type(value: str) -> str:
+    """The data message type a master names as ``NAME`` or ``user.NAME``, as sent and
+    received: ``user.NAME``. InvalidInput, saying what was typed, for an empty name (``""``
+    or ``user.``) or one no machine can send. The one rule of the commands that send
+    such a message and those that wait for one."""
+    if value in ("", "user."):  # not "user.": a name the caller never typed
+        raise InvalidInput("empty: give the message's NAME (or user.NAME)", field="type")
+    full = value if value.startswith("user.") else "user." + value
+    if not _USER_TYPE.fullmatch(full):
+        raise InvalidInput(
+            f"{value!r} is no message type: give NAME or user.NAME, NAME of 1 to 64 "
+            "letters, digits, '_', '.', '-'",
+            field="type",
+        )
+    return full
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from starlette.types import Receive, Scope, Send
 
 from ..errors import Conflict, CrcError, Forbidden, InvalidInput, NotFound, TooLarge
 from ..protocol.limits import MAX_FILE_BYTES, file_too_large
+from ..protocol.messages import FILE_MODE_HEADER, decode_file_mode
 from . import auth
 from .api import queue_and_deliver
 from .blobs import BlobStore, check_sha256
@@ -115,6 +116,17 @@ class PushIn(StrictBody):
     path: str = Field(max_length=1024, description="absolute path on the machines")
     mode: str | None = Field(default=None, description="octal, e.g. 0640")
     owner: str | None = Field(default=None, description="USER or USER:GROUP")
+    new_mode: str | None = Field(
+        default=None,
+        description="octal: the mode of the file pushed, which a new file gets less the "
+        "machine's umask (mode, if given, wins)",
+    )
+    name: str | None = Field(
+        default=None,
+        max_length=255,
+        description="the file's name: a path naming a directory on a machine is written "
+        "as path/name",
+    )
 
 
 class PullIn(StrictBody):
@@ -191,6 +203,8 @@ async def push(group: str, body: PushIn, user: Master, request: Request) -> dict
         body.path,
         body.mode,
         body.owner,
+        body.new_mode,
+        body.name,
     )
 
 
@@ -232,11 +246,12 @@ async def agent_upload(job_id: str, m: Machine, request: Request) -> dict[str, A
     expected = request.headers.get("x-content-sha256")
     if expected:
         check_sha256(expected)
+    mode = decode_file_mode(request.headers.get(FILE_MODE_HEADER))
     store = _store(request)
     # Refused before the body is stored: a machine cannot fill the disk through one pull.
     await store.read(file_ops.upload_slot, m["id"], job_id, expected or None)
     with _one_at_a_time(request, m["id"], job_id):
-        return await _upload(request, store, m["id"], job_id, expected or None)
+        return await _upload(request, store, m["id"], job_id, expected or None, mode)
 
 
 def _one_at_a_time(
@@ -263,14 +278,19 @@ def _one_at_a_time(
 
 
 async def _upload(
-    request: Request, store: Store, machine_id: str, job_id: str, expected: str | None
+    request: Request,
+    store: Store,
+    machine_id: str,
+    job_id: str,
+    expected: str | None,
+    mode: int | None = None,
 ) -> dict[str, Any]:
     blobs = _blobs(request)
     with blobs.hold(expected):
         sha, size = await _receive(request, expected)
     try:
         with blobs.hold(sha):
-            await store.write(file_ops.record_upload, machine_id, job_id, sha, size)
+            await store.write(file_ops.record_upload, machine_id, job_id, sha, size, mode)
     except CrcError as exc:
         # Another upload was recorded meanwhile, or the job ended: the content is not
         # kept unless someone owns it or another upload of it is under way here (one on

@@ -97,9 +97,8 @@ async def list_keys(group: str, user: Master, request: Request) -> dict[str, Any
 async def master_set(
     group: str, key: str, body: KvIn, user: Master, request: Request
 ) -> dict[str, Any]:
-    gid = await _group_id(request, user, group)
     store: Store = request.app.state.store
-    return await store.write(kv_ops.kv_set, gid, key, body.value, "master")
+    return await store.write(kv_ops.master_kv_set, user, group, key, body.value)
 
 
 @router.get("/groups/{group}/kv/{key:path}", tags=["kv"], responses=_WAITED)
@@ -134,7 +133,10 @@ async def agent_get(
 ) -> dict[str, Any]:
     cred = auth.machine_credential(request)
     with _waiting(request, wait, ("machine", str(m["id"])), MAX_KV_WAITS_PER_MACHINE):
-        return await _get(request, m["group_id"], key, wait, newer_than, cred)
+        item = await _get(request, m["group_id"], key, wait, newer_than, cred)
+    # Which user wrote it is the master's business: a machine learns only "master".
+    item.pop("user", None)
+    return item
 
 
 async def _get(

@@ -62,6 +62,9 @@ class StreamCreate(StrictBody):
     port: int | None = None
     record: bool | None = None
     stdin: Literal["pipe"] | None = None
+    #: A forward's first connection, made only to check that the remote end answers:
+    #: audited as any stream, marked so that ``crc sessions list`` can leave it out.
+    probe: bool | None = None
 
 
 def _broker(app: Any) -> StreamBroker:
@@ -72,7 +75,10 @@ def _broker(app: Any) -> StreamBroker:
 def _open_frame(body: StreamCreate, stream_id: str) -> tuple[StreamOpen, dict[str, Any]]:
     """The agent's frame (every field checked by the catalogue) and the audit detail."""
     fields: dict[str, Any] = {"stream": stream_id, "kind": body.kind}
+    detail: dict[str, Any]
     if body.kind == "shell":
+        if body.probe:
+            raise InvalidInput("only a forward can be a probe", field="probe")
         if body.host is not None or body.port is not None:
             raise InvalidInput("a shell takes no host or port", field="host")
         cols, rows = check_terminal_size(
@@ -95,6 +101,8 @@ def _open_frame(body: StreamCreate, stream_id: str) -> tuple[StreamOpen, dict[st
         host = check_host(body.host or "127.0.0.1")
         fields.update(host=host, port=body.port)
         detail = {"kind": "forward", "target": f"{host}:{body.port}"}
+        if body.probe:
+            detail["probe"] = True
     frame = StreamOpen.from_body(fields)
     return frame, {k: v for k, v in detail.items() if v is not None}
 
@@ -342,6 +350,7 @@ async def master_stream(ws: WebSocket) -> None:
                 f"machine {stream.machine!r} did not answer within {AGENT_DIAL_SECONDS:g} s "
                 "(offline, or it refused the stream)"
             )
+            stream.error_code = "machine_unreachable"
             with contextlib.suppress(Exception):
                 await ws.send_text(
                     write_control(StreamError(code="machine_unreachable", message=stream.error))
@@ -353,6 +362,7 @@ async def master_stream(ws: WebSocket) -> None:
         await _splice_while_valid(ws, agent, stream, rec, app.state.store, auth.credential(ws))
     except asyncio.CancelledError:  # the server stops (uvicorn cancels after its grace)
         stream.error = "the server stopped"
+        stream.error_code = "server_stopped"
     finally:
         store: Store = app.state.store
         if rec is not None:  # written before the close: whoever sees it finds the recording
@@ -417,6 +427,7 @@ async def _splice_while_valid(
                 await task
     if revoked:
         stream.error = "the master token was revoked: the stream is closed"
+        stream.error_code = "unauthorized"
         log.info("stream %s closed: its master token was revoked", stream.id)
         with contextlib.suppress(Exception):
             await ws.send_text(

@@ -30,7 +30,9 @@ from .httpguard import ConnectionGuard, GuardLimits, guarded_protocol
 from .hub import CUT_ON_STOP, EventBus
 from .pacing import PACE_WARN_BELOW
 from .store.base import open_store
-from .teardown import load_cipher
+from .store.identity import ReplicaIdentity, teardown_key_check
+from .teardown import KEY_FILE, load_cipher
+from .tls import cert_fingerprint
 from .wsprotocol import listening_protocol
 
 __all__ = ["serve"]
@@ -45,12 +47,17 @@ def serve(
     dashboard: bool = True,
     on_listening: Callable[[], None] | None = None,
     replica_url: str | None = None,
+    new_certificate: bool = False,
+    new_teardown_key: bool = False,
 ) -> None:
     """Serve until stopped. ``on_listening`` is called once the server accepts
     connections; a listen address it cannot take is an error raised before anything
     starts (``Conflict`` when another process holds it). ``replica_url``: where
     machines reach this replica (``--replica-url``, checked), else server.json's url
-    (TLS) or ``http://LISTEN`` (``insecure``: server.json's url is https://)."""
+    (TLS) or ``http://LISTEN`` (``insecure``: server.json's url is https://).
+    ``new_certificate``/``new_teardown_key``: on PostgreSQL, record this replica's
+    certificate/teardown key as the one every replica must have, in place of the one
+    recorded (store/identity.py); else one that differs is refused at start."""
     host, port = parse_listen(listen)
     if insecure:
         try:
@@ -73,6 +80,9 @@ def serve(
     # another replica: the machine dials back here, server/api_streams.py).
     app.state.replica_url = replica_url or (f"http://{listen}" if insecure else cfg.url)
     app.state.teardown_cipher = load_cipher(Path(cfg.data_dir))  # opt-in TTL teardown
+    # Replicas of one database must share the certificate and the teardown key: checked
+    # (recorded by the first) when the store opens.
+    store.identity = _identity(cfg, insecure, new_certificate, new_teardown_key)
     # Every log line is redacted (tokens, Authorization headers, keys), whatever logs it.
     logsafe.configure(log_level, "%(asctime)s %(levelname)s %(name)s %(message)s")
     if settings.agent_silence_timeout <= AGENT_PING_SECONDS + HEARTBEAT_SECONDS:
@@ -157,6 +167,28 @@ def serve(
         raise CrcError(f"the server did not start on {listen}: see the log above") from None
     finally:
         uvicorn_log.removeFilter(told)
+
+
+def _identity(
+    cfg: ServerConfig, insecure: bool, new_certificate: bool, new_teardown_key: bool
+) -> ReplicaIdentity:
+    """What this replica must share with the others of its database. No certificate
+    with ``insecure`` (none is served); one that cannot be read is left to the TLS
+    setup, which says so."""
+    fingerprint: str | None = None
+    if not insecure:
+        try:
+            fingerprint = cert_fingerprint(cfg.cert)
+        except (OSError, ValueError):
+            fingerprint = None
+    key = (Path(cfg.data_dir) / KEY_FILE).read_bytes()  # checked by load_cipher
+    return ReplicaIdentity(
+        data_dir=cfg.data_dir,
+        fingerprint=fingerprint,
+        teardown_check=teardown_key_check(key),
+        new_certificate=new_certificate,
+        new_teardown_key=new_teardown_key,
+    )
 
 
 class _StartupErrorTold(logging.Filter):

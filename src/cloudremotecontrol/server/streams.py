@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -34,6 +35,7 @@ from ..protocol.streams import (
     write_control,
 )
 from ..protocol.wire import Direction
+from ..terminal import safe
 from .recorder import Recorder
 
 __all__ = ["AGENT_DIAL_SECONDS", "Stream", "StreamBroker", "splice"]
@@ -68,6 +70,8 @@ class Stream:
     from_machine: int = 0
     exit_code: int | None = None
     error: str | None = None
+    #: The ``stream.error`` code that ended it (``start_failed``, ...), if one did.
+    error_code: str | None = None
     expiry: asyncio.TimerHandle | None = None
 
     def summary(self) -> dict[str, Any]:
@@ -83,6 +87,8 @@ class Stream:
             out["exit_code"] = self.exit_code
         if self.error is not None:
             out["error"] = self.error
+        if self.error_code is not None:
+            out["error_code"] = self.error_code
         return out
 
 
@@ -111,6 +117,7 @@ class StreamBroker:
         self.remove(stream)
         if self.on_expired is not None:
             stream.error = f"the master did not connect within {MASTER_DIAL_SECONDS:g} s"
+            stream.error_code = "master_absent"
             task = asyncio.get_running_loop().create_task(self.on_expired(stream))
             self._ending.add(task)
             task.add_done_callback(self._ending.discard)
@@ -151,6 +158,27 @@ async def _error(ws: WebSocket, code: str, message: str) -> None:
         await ws.send_text(write_control(StreamError(code=code, message=message)))
 
 
+def _escaped_error(text: str) -> StreamError | None:
+    """A ``stream.error`` refused only for a control character in its message (an
+    older agent put a program's name in it as given): the same error with its control
+    characters escaped, so that a failure of the session is told as what it is. None
+    for anything else."""
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(body, dict) or body.get("type") != StreamError.TYPE:
+        return None
+    message = body.get("message")
+    if not isinstance(message, str):
+        return None
+    try:
+        control = read_control(json.dumps(body | {"message": safe(message)}), Direction.TO_SERVER)
+    except CrcError:
+        return None
+    return control if isinstance(control, StreamError) else None
+
+
 async def splice(master: WebSocket, agent: WebSocket, stream: Stream, rec: Recorder | None) -> None:
     """Carry messages both ways until either side closes (the caller closes both, after
     it has recorded the stream's end)."""
@@ -166,6 +194,7 @@ async def splice(master: WebSocket, agent: WebSocket, stream: Stream, rec: Recor
                         f"machine {stream.machine} closed the session before its program "
                         "ended (its agent stopped or lost its connection to the server)"
                     )
+                    stream.error_code = "machine_disconnected"
                     await _error(master, "machine_disconnected", stream.error)
                 return
             data = message.get("bytes")
@@ -176,16 +205,22 @@ async def splice(master: WebSocket, agent: WebSocket, stream: Stream, rec: Recor
                     await rec.flush_due()
                 await master.send_bytes(data)
                 continue
+            text = message.get("text") or ""
             try:
-                control = read_control(message.get("text") or "", Direction.TO_SERVER)
+                control = read_control(text, Direction.TO_SERVER)
             except CrcError as exc:
-                stream.error = f"the machine sent an unusable control message: {exc.message}"
-                await _error(master, "protocol", stream.error)
-                return
+                salvaged = _escaped_error(text)
+                if salvaged is None:
+                    stream.error = f"the machine sent an unusable control message: {exc.message}"
+                    stream.error_code = "protocol"
+                    await _error(master, "protocol", stream.error)
+                    return
+                control = salvaged
             if isinstance(control, StreamExit):
                 stream.exit_code = control.code
             elif isinstance(control, StreamError):
                 stream.error = control.message
+                stream.error_code = control.code
             await master.send_text(write_control(control))
 
     async def to_machine() -> None:

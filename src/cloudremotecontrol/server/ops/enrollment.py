@@ -47,7 +47,13 @@ from .common import add_event, audit, loads, now
 
 __all__ = ["REJECTED", "authenticate_machine", "enroll", "enrolled_secret", "key_id_of"]
 
-REJECTED = "enrollment key rejected: copy it exactly as `crc group create` printed it"
+# Not a key this server has: a mistyped one, or one replaced by a newer key (a key
+# re-issued by `crc bootstrap` takes the old one's place, which leaves no trace of it).
+REJECTED = (
+    "enrollment key rejected: not a key this server knows: mistyped (copy it exactly as "
+    "`crc group create` or `crc bootstrap` printed it) or replaced by a newer key "
+    "(`crc bootstrap GROUP MACHINE` issues a new one, and the old one stops working)"
+)
 
 
 def key_id_of(presented: str | None) -> str:
@@ -78,6 +84,28 @@ def _is_retry(row: dict[str, Any], nonce_hash: str | None) -> bool:
     )
 
 
+def _refusal(row: dict[str, Any]) -> str:
+    """Why a key presented with its secret no longer enrolls: its group was deleted, or
+    expired (its TTL), or the key was used."""
+    group = row["group_name"]
+    if row["deleted"] is not None:
+        return (
+            f"enrollment key revoked: its group {group} was deleted (`crc group delete` "
+            "revokes every key of the group); create the group again for new keys"
+        )
+    if row["state"] == MachineState.REVOKED.value:
+        if (loads(row["settings"]) or {}).get("expired"):
+            return (
+                f"enrollment key revoked: its group {group} expired (its --ttl passed, "
+                "which revokes every key of the group); create a new group for new keys"
+            )
+        return f"enrollment key revoked: machine {row['name']} of group {group} was revoked"
+    return (
+        "enrollment key already used: keys are single use; make a new group "
+        "or machine to get a new key"
+    )
+
+
 def enroll(
     tx: Tx, presented: str | None, peer_ip: str | None, nonce: str | None = None
 ) -> dict[str, Any]:
@@ -100,13 +128,12 @@ def enroll(
     nonce_hash = None if nonce is None else hash_secret(nonce)
     retry = _is_retry(row, nonce_hash)
     if not retry and (row["key_hash"] is None or row["deleted"] is not None):
-        reason = "revoked" if row["state"] == MachineState.REVOKED.value else "already used"
-        raise KeyRejected(
-            f"enrollment key {reason}: keys are single use; make a new group "
-            "or machine to get a new key"
-        )
+        raise KeyRejected(_refusal(row))
     if row["key_expires"] is not None and row["key_expires"] < now():
-        raise KeyRejected("enrollment key expired: keys expire if unused (see --key-ttl)")
+        raise KeyRejected(
+            "enrollment key expired: keys expire if unused (see --key-ttl); "
+            f"`crc bootstrap {row['group_name']} {row['name']}` issues a new one"
+        )
     # With a nonce, the same credential for every request of this agent (docstring).
     cred = new_secret("a") if nonce is None else enrolled_secret(key.secret, nonce, key.id)
     if retry:

@@ -7,15 +7,17 @@ job whose one target uploads the file, which then belongs to the job's user.
 
 from __future__ import annotations
 
+import contextlib
+import json
 from typing import Any
 
 from ...errors import Conflict, Forbidden, InvalidInput, NotFound
 from ...protocol.fields import check_push_path
-from ...protocol.messages import FileGet, FilePut
+from ...protocol.messages import FileGet, FilePut, decode_file_mode
 from ...protocol.names import check_name
 from ...protocol.states import JobStatus, MachineState
 from ..store.base import Tx
-from .common import live_group, now
+from .common import dumps, live_group, now
 from .jobs import create_kind
 
 __all__ = [
@@ -55,13 +57,19 @@ def create_push(
     path: str,
     mode: str | None,
     owner: str | None,
+    new_mode: str | None = None,
+    name: str | None = None,
 ) -> dict[str, Any]:
+    """``new_mode``: the mode of the master's file, which a new file gets (less the
+    umask); ``name``: its name, for a ``path`` that is a directory on a machine. Both
+    optional: left out of the job when not given (an older master)."""
     size = blob_size(tx, user["user_id"], sha)
     if size is None:
         raise NotFound(
             f"no uploaded file {sha}: upload it first (PUT /v1/blobs/{{sha256}})", field="sha256"
         )
     body = {"sha256": sha, "size": size, "path": path, "mode": mode, "owner": owner}
+    body |= {k: v for k, v in (("new_mode", new_mode), ("name", name)) if v is not None}
     # Retention counts from the last use (ops/retention.py).
     tx.execute(
         "UPDATE blob_owners SET created = ? WHERE user_id = ? AND sha = ?",
@@ -154,9 +162,13 @@ def _uploaded(job_id: str, sha: str) -> Conflict:
     )
 
 
-def record_upload(tx: Tx, machine_id: str, job_id: str, sha: str, size: int) -> None:
+def record_upload(
+    tx: Tx, machine_id: str, job_id: str, sha: str, size: int, mode: int | None = None
+) -> None:
     """Record the uploaded file of a pull (``upload_slot``'s rules, checked again: two
-    uploads may have passed it at once; the first recorded wins)."""
+    uploads may have passed it at once; the first recorded wins). ``mode``: the file's
+    mode the machine reported (checked, ``decode_file_mode``), kept in the job's spec
+    (a pull has one target) as ``file_mode``, for ``pulled_blob``."""
     slot = upload_slot(tx, machine_id, job_id, sha)
     # Only if no other content was recorded meanwhile (the row is locked by this
     # statement: a concurrent upload's then sees the blob set, and changes nothing).
@@ -172,11 +184,19 @@ def record_upload(tx: Tx, machine_id: str, job_id: str, sha: str, size: int) -> 
         )
         raise _uploaded(job_id, row["blob"] if row else "?")
     add_blob_owner(tx, slot["user_id"], sha, size)
+    if mode is not None:
+        job = tx.one("SELECT spec FROM jobs WHERE id = ?", (job_id,))
+        spec = json.loads(job["spec"]) if job else None
+        if isinstance(spec, dict):
+            tx.execute(
+                "UPDATE jobs SET spec = ? WHERE id = ?",
+                (dumps({**spec, "file_mode": mode}), job_id),
+            )
 
 
 def pulled_blob(tx: Tx, user_id: str, job_id: str) -> dict[str, Any]:
     row = tx.one(
-        "SELECT t.blob, t.status, t.machine, b.size FROM job_targets t "
+        "SELECT t.blob, t.status, t.machine, b.size, j.spec FROM job_targets t "
         "JOIN jobs j ON j.id = t.job_id JOIN groups g ON g.id = j.group_id "
         "LEFT JOIN blob_owners b ON b.user_id = g.user_id AND b.sha = t.blob "
         "WHERE t.job_id = ? AND g.user_id = ?",
@@ -186,4 +206,10 @@ def pulled_blob(tx: Tx, user_id: str, job_id: str) -> dict[str, Any]:
         raise NotFound(f"no job {job_id!r}")
     if row["blob"] is None:
         raise NotFound(f"job {job_id} has no pulled file (status {row['status']})")
-    return {"sha256": row["blob"], "size": row["size"], "machine": row["machine"]}
+    out = {"sha256": row["blob"], "size": row["size"], "machine": row["machine"]}
+    # The file's mode on the machine, when it reported one (an older agent does not).
+    with contextlib.suppress(ValueError, TypeError, AttributeError, InvalidInput):
+        mode = decode_file_mode(json.loads(row["spec"]).get("file_mode"))
+        if mode is not None:
+            out["mode"] = mode
+    return out

@@ -18,7 +18,9 @@ __all__ = ["route_from_machine", "send_message"]
 def send_message(
     tx: Tx, user: dict[str, Any], group_name: str, to: str, type: str, body: Any
 ) -> dict[str, Any]:
-    """Queue ``user.*`` message ``type`` for every target machine (durable on return).
+    """Queue ``user.*`` message ``type`` for every target machine (durable on return):
+    ``{"group", "type", "targets": [names], "messages": [{"machine", "id"}],
+    "deliveries"}``, one message (its own id, as the machine receives it) per target.
     The type and body are checked by the catalogue (a body nested too deep or too large
     is refused before anything is stored)."""
     msg = UserMessage.make(type, body)
@@ -60,10 +62,12 @@ def _fan_out(
     if user_id is None:
         machines = _skip_full(tx, group, sender, msg, machines)
     deliveries = []
+    ids = []
     for m in machines:
         env = Envelope.of(msg, group["name"], sender, m["name"], correlation_id)
         seq, frame = enqueue(tx, m, env)
         deliveries.append((m["id"], seq, frame))
+        ids.append({"machine": m["name"], "id": env.id})
     names = [m["name"] for m in machines]
     add_event(
         tx,
@@ -73,7 +77,13 @@ def _fan_out(
     )
     if user_id is not None:
         audit(tx, user_id, actor, "message.send", group["name"], {"type": msg.type, "to": names})
-    return {"targets": names, "deliveries": deliveries}
+    return {
+        "group": group["name"],
+        "type": msg.type,
+        "targets": names,
+        "messages": ids,
+        "deliveries": deliveries,
+    }
 
 
 def _skip_full(

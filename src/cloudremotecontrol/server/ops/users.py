@@ -23,6 +23,8 @@ __all__ = [
 
 #: Who the audit says did what the server's operator did (users and their tokens).
 OPERATOR = "admin"
+#: The name of the master token a user is created with.
+FIRST_TOKEN = "default"  # noqa: S105 -- a name, not a secret
 
 
 def create_user(tx: Tx, name: str) -> str:
@@ -40,7 +42,7 @@ def create_user(tx: Tx, name: str) -> str:
     user_id = uuid.uuid4().hex
     tx.execute("INSERT INTO users (id, name, created) VALUES (?, ?, ?)", (user_id, name, now()))
     audit(tx, user_id, OPERATOR, "user.create", None, {"user": name})
-    return _insert_token(tx, user_id, "default")
+    return _insert_token(tx, user_id, FIRST_TOKEN)
 
 
 def _insert_token(tx: Tx, user_id: str, token_name: str) -> str:

@@ -5,13 +5,20 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import functools
+import re
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from .identity import ReplicaIdentity
 
 __all__ = [
     "ALL_GROUPS",
     "JOB_TARGET_SQL",
     "OUTBOX_DROP_SQL",
+    "MissingColumn",
+    "Row",
     "Store",
     "Tx",
     "open_store",
@@ -24,6 +31,8 @@ __all__ = [
     "row_sql",
     "settle",
     "shown_database",
+    "star_row",
+    "star_rows",
 ]
 
 T = TypeVar("T")
@@ -32,6 +41,58 @@ F = TypeVar("F", bound=Callable[..., Any])
 #: In the set given to ``on_commit`` listeners: "any group may have new events" (sent
 #: when a backend may have missed notifications, e.g. after its LISTEN reconnected).
 ALL_GROUPS = "*"
+
+
+class MissingColumn(KeyError):
+    """An op read a column that a row read with ``SELECT *`` has not: crc's table lost
+    it (dropped by hand, or by a newer crc server's migration). A backend answers the
+    op's caller as for a column a statement names that is not there: the database is
+    unavailable (503), its log names the column."""
+
+    def __init__(self, column: str) -> None:
+        super().__init__(column)
+        self.column = column
+
+    def __str__(self) -> str:
+        return f'column "{self.column}" is missing from a row read with SELECT *'
+
+
+class Row(dict[str, Any]):
+    """A row read with ``SELECT *``: reading a column it has not raises
+    ``MissingColumn`` (a ``KeyError``), not a bare ``KeyError``."""
+
+    __slots__ = ()
+
+    def __missing__(self, key: str) -> Any:
+        raise MissingColumn(key)
+
+
+_SELECT_LIST = re.compile(r"\s*SELECT\s+(.*?)\bFROM\b", re.IGNORECASE | re.DOTALL)
+_STAR_ITEM = re.compile(r"(?:^|,)\s*(?:\w+\.)?\*\s*(?=,|$)")
+_RETURNING_ALL = re.compile(r"\bRETURNING\s+\*", re.IGNORECASE)
+
+
+@functools.lru_cache(maxsize=1024)
+def _reads_all_columns(sql: str) -> bool:
+    """Whether ``sql``'s rows have every column of a table: ``SELECT *``, ``SELECT
+    t.*, ...`` or ``RETURNING *`` (not ``COUNT(*)``)."""
+    if _RETURNING_ALL.search(sql):
+        return True
+    found = _SELECT_LIST.match(sql)
+    if found is None:
+        return False
+    items = re.sub(r"\([^()]*\)", "()", found.group(1)).strip()
+    return _STAR_ITEM.search(items) is not None
+
+
+def star_row(sql: str, row: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``row`` as a ``Row`` when ``sql`` reads every column of a table (see ``Row``)."""
+    return Row(row) if row is not None and _reads_all_columns(sql) else row
+
+
+def star_rows(sql: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``rows`` as ``Row``s when ``sql`` reads every column of a table."""
+    return [Row(r) for r in rows] if rows and _reads_all_columns(sql) else rows
 
 
 class Tx(abc.ABC):
@@ -211,6 +272,9 @@ class Store(abc.ABC):
         self._listeners: list[Callable[[set[str]], None]] = []
         self._outbox_listeners: list[Callable[[set[str]], None]] = []
         self.replica = ""  # set by the server: tells this process's notifications apart
+        #: Set by ``crc server run``: what this replica must share with the others of its
+        #: database, checked (and recorded by the first) at start (store/identity.py).
+        self.identity: ReplicaIdentity | None = None
 
     def on_commit(self, listener: Callable[[set[str]], None]) -> None:
         """Call ``listener(group_ids)`` after commits that produced events (any replica);

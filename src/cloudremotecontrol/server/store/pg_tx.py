@@ -16,11 +16,14 @@ from ...errors import InvalidInput
 from .base import (
     JOB_TARGET_SQL,
     OUTBOX_DROP_SQL,
+    MissingColumn,
     Tx,
     read_job_target,
     read_outbox_drop,
     read_row,
     row_sql,
+    star_row,
+    star_rows,
 )
 
 __all__ = [
@@ -709,7 +712,7 @@ def _no_nul(params: Sequence[Any]) -> None:
 
 
 class PgTx(Tx):
-    database_errors = (psycopg.Error,)
+    database_errors = (psycopg.Error, MissingColumn)
 
     def __init__(
         self,
@@ -782,12 +785,12 @@ class PgTx(Tx):
         for cache in self.rows:
             served, row = cache.get(sql, params)
             if served:
-                return row
+                return star_row(sql, row)
         self._lock_events_now(sql)
         self._wrote(sql, params)
         self._flush()
         self.reader.execute(to_pyformat(sql), tuple(params))
-        return self.reader.fetchone()
+        return star_row(sql, self.reader.fetchone())
 
     def all(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         _no_nul(params)
@@ -801,7 +804,7 @@ class PgTx(Tx):
         self._wrote(sql, params)
         self._flush()
         self.reader.execute(to_pyformat(sql), tuple(params))
-        return self.reader.fetchall()
+        return star_rows(sql, self.reader.fetchall())
 
     def _wrote(self, sql: str, params: Sequence[Any]) -> None:
         for cache in self.rows:

@@ -138,7 +138,10 @@ Migrations
     ``schema.migrate`` runs in one READ COMMITTED transaction that first takes
     ``pg_advisory_xact_lock``: replicas starting together apply each migration once, and
     one that waited reads the version the other committed (a fresh snapshot per statement;
-    at REPEATABLE READ the snapshot would predate the wait).
+    at REPEATABLE READ the snapshot would predate the wait). In the same transaction,
+    under the same lock, ``crc server run`` records what every replica must share (its
+    certificate's fingerprint, its teardown key's check value) or checks its own against
+    what is recorded (store/identity.py): a replica that differs does not start.
 """
 
 from __future__ import annotations
@@ -162,7 +165,8 @@ from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ...errors import InvalidInput, NotFound, Unavailable
-from .base import ALL_GROUPS, Store, settle
+from .base import ALL_GROUPS, MissingColumn, Store, settle
+from .identity import check_identity
 from .pg_tx import (
     Outgoing,
     PgTx,
@@ -209,6 +213,8 @@ _WARN_EVERY = 5.0
 # crc's tables are not there (the database was dropped and made again, or replaced), or
 # not as this server set them up (a column gone).
 _SCHEMA_GONE = (errors.UndefinedTable, errors.UndefinedColumn)
+# ... and a column missing from a row read with ``SELECT *`` (store/base.py ``Row``).
+_SCHEMA_CHANGED = (*_SCHEMA_GONE, MissingColumn)
 _CONFLICTS = (errors.SerializationFailure, errors.DeadlockDetected, errors.UniqueViolation)
 _CONNECT: dict[str, Any] = {
     "autocommit": True,  # transactions are opened explicitly with conn.transaction()
@@ -361,6 +367,7 @@ class PostgresStore(Store):
             raise Unavailable(
                 f"cannot connect to PostgreSQL at {_where(self.url)}: {_one_line(exc)}"
             ) from exc
+        renewed: list[str] = []  # what this replica recorded in place of another's
         with conn:
             conn.isolation_level = IsolationLevel.READ_COMMITTED
             try:
@@ -372,6 +379,10 @@ class PostgresStore(Store):
                             "the admin commands that only read never do"
                         )
                     migrate(PgTx(conn.cursor()), self.dialect)
+                    if self.identity is not None:  # `crc server run`: see store/identity.py
+                        renewed = check_identity(
+                            PgTx(conn.cursor()), self.identity, time.time(), _where(self.url)
+                        )
             except psycopg.OperationalError as exc:
                 raise Unavailable(
                     f"PostgreSQL at {_where(self.url)} failed setting up crc's tables: "
@@ -383,6 +394,13 @@ class PostgresStore(Store):
                     f"{_one_line(exc)}: give crc a database of its own (createdb)"
                 ) from None
             self._types = column_types(conn.cursor())
+        for what in renewed:
+            log.warning(
+                "recorded %s in database %s as the one of every replica: start the other "
+                "replicas with the same file",
+                what,
+                _where(self.url),
+            )
 
     async def start(self) -> None:
         await asyncio.to_thread(self.open_sync)
@@ -420,7 +438,7 @@ class PostgresStore(Store):
         self._queue.put(_Pending(op, args, fut, loop=loop))
         try:
             return await fut
-        except _SCHEMA_GONE as exc:
+        except _SCHEMA_CHANGED as exc:
             raise self._failed(exc) from exc
 
     def write_sync(self, op: Callable[..., T], *args: Any) -> T:
@@ -435,7 +453,7 @@ class PostgresStore(Store):
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(self._read_executor, self._read_sync, op, args)
-        except _SCHEMA_GONE as exc:
+        except _SCHEMA_CHANGED as exc:
             raise self._failed(exc) from exc
 
     def _read_sync(self, op: Callable[..., T], args: tuple[Any, ...]) -> T:
@@ -460,7 +478,7 @@ class PostgresStore(Store):
         """How long an op waits for a connection now (see ``_DOWN_FOR``)."""
         return _DOWN_WAIT if time.monotonic() < self._down_until else _POOL_WAIT
 
-    def _failed(self, exc: psycopg.Error) -> Unavailable:
+    def _failed(self, exc: psycopg.Error | MissingColumn) -> Unavailable:
         """What the caller of an op the database failed is told: that it is unavailable,
         not where it is or what it said (an agent or an anonymous caller may be told):
         that goes to the log, at most once per ``_WARN_EVERY`` seconds. A wait for a
@@ -470,7 +488,7 @@ class PostgresStore(Store):
             self._down_until = now + _DOWN_FOR
         if now - self._warned_at >= _WARN_EVERY:
             self._warned_at = now
-            if isinstance(exc, errors.UndefinedColumn):
+            if isinstance(exc, (errors.UndefinedColumn, MissingColumn)):
                 log.error(
                     "PostgreSQL at %s has crc's tables without a column this server uses "
                     "(changed by hand, or by a newer crc server's migration): run one crc "

@@ -253,6 +253,24 @@ def _v16(d: str) -> list[str]:
     ]
 
 
+def _v17(d: str) -> list[str]:
+    """Which user wrote a key the master wrote (``updated_by`` says ``master``, or the
+    machine's name, which a user's name could equal). NULL: a machine wrote it, or the
+    master did before this column was added."""
+    return ["ALTER TABLE kv ADD COLUMN updated_user TEXT"]
+
+
+def _v18(d: str) -> list[str]:
+    """What every replica of the database must share (store/identity.py): the
+    fingerprint of the certificate they serve, a check value of their teardown key
+    (never the key), recorded by the first replica to start. Empty until then, also in
+    a database made before: the first replica to start after the upgrade records."""
+    return [
+        f"""CREATE TABLE replica_identity (
+            name TEXT PRIMARY KEY, value TEXT NOT NULL, recorded {_REAL[d]} NOT NULL)""",
+    ]
+
+
 MIGRATIONS = [
     (1, _v1),
     (2, _v2),
@@ -270,6 +288,8 @@ MIGRATIONS = [
     (14, _v14),
     (15, _v15),
     (16, _v16),
+    (17, _v17),
+    (18, _v18),
 ]
 
 

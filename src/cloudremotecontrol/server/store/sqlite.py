@@ -20,6 +20,7 @@ committed transaction; only an OS crash or power loss can drop the last commits.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import queue
 import sqlite3
@@ -31,23 +32,30 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ...errors import InvalidInput, Unavailable
-from .base import Store, Tx, settle
+from .base import MissingColumn, Store, Tx, settle, star_row, star_rows
 from .schema import migrate
 
 __all__ = ["SqliteStore"]
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 _BATCH = 256
 #: Seconds a busy writer gathers operations before running a batch (see above).
 COMMIT_WINDOW = 0.004
 _READERS = 2
 _BUSY_TIMEOUT = 30.0
+#: The log says why the database failed an op at most this often (seconds).
+_WARN_EVERY = 5.0
+#: What SQLite says of a column a statement names that its table has not...
+_NO_COLUMN = ("no such column", "has no column named")
+#: ... and of a table that is not there.
+_NO_TABLE = ("no such table",)
 # A queued write: (op, args, future, loop); loop is None for write_sync's Future.
 _Item = tuple[Callable[..., Any], tuple[Any, ...], Any, "asyncio.AbstractEventLoop | None"]
 
 
 class _SqliteTx(Tx):
-    database_errors = (sqlite3.Error,)
+    database_errors = (sqlite3.Error, MissingColumn)
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
@@ -60,10 +68,10 @@ class _SqliteTx(Tx):
 
     def one(self, sql: str, params: Sequence[Any] = ()) -> dict[str, Any] | None:
         row = self.conn.execute(sql, params).fetchone()
-        return dict(row) if row is not None else None
+        return star_row(sql, dict(row) if row is not None else None)
 
     def all(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
-        return [dict(r) for r in self.conn.execute(sql, params).fetchall()]
+        return star_rows(sql, [dict(r) for r in self.conn.execute(sql, params).fetchall()])
 
 
 def _connect(path: str) -> sqlite3.Connection:
@@ -114,6 +122,7 @@ class SqliteStore(Store):
         #: Batches committed, and how many times the writer waited for its window.
         self.batches = 0
         self.window_waits = 0
+        self._warned_at = -_WARN_EVERY  # when _failed last logged a failure
 
     # -- lifecycle ---------------------------------------------------------------------
     def open_sync(self) -> None:
@@ -190,7 +199,13 @@ class SqliteStore(Store):
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[T] = loop.create_future()
         self._queue.put((op, args, fut, loop))
-        return await fut
+        try:
+            return await fut
+        except (sqlite3.OperationalError, MissingColumn) as exc:
+            failure = self._failed(exc)
+            if failure is None:
+                raise
+            raise failure from exc
 
     def write_sync(self, op: Callable[..., T], *args: Any) -> T:
         if self._writer is None:
@@ -200,7 +215,43 @@ class SqliteStore(Store):
         return fut.result()
 
     async def read(self, op: Callable[..., T], *args: Any) -> T:
-        return await asyncio.to_thread(self._read_sync, op, args)
+        try:
+            return await asyncio.to_thread(self._read_sync, op, args)
+        except (sqlite3.OperationalError, MissingColumn) as exc:
+            failure = self._failed(exc)
+            if failure is None:
+                raise
+            raise failure from exc
+
+    def _failed(self, exc: sqlite3.OperationalError | MissingColumn) -> Unavailable | None:
+        """A column or table of crc's that is not there (changed by hand, or by a newer
+        crc server): the caller is told the database is unavailable (503), the log says
+        which, at most once per ``_WARN_EVERY`` seconds. None: another error, raised as
+        it is."""
+        text = str(exc)
+        gone = isinstance(exc, sqlite3.OperationalError) and any(t in text for t in _NO_TABLE)
+        if not (isinstance(exc, MissingColumn) or gone or any(t in text for t in _NO_COLUMN)):
+            return None
+        now = time.monotonic()
+        if now - self._warned_at >= _WARN_EVERY:
+            self._warned_at = now
+            if gone:
+                log.error(
+                    "the SQLite database %s has lost crc's tables (replaced, or changed by "
+                    "hand): restart the server to set them up again, or restore the "
+                    "database: %s",
+                    self.path,
+                    text,
+                )
+            else:
+                log.error(
+                    "the SQLite database %s has crc's tables without a column this server "
+                    "uses (changed by hand, or by a newer crc server's migration): run the "
+                    "crc version that set it up, or restore the database: %s",
+                    self.path,
+                    text,
+                )
+        return Unavailable("the server's database is unavailable; try again later")
 
     def _read_sync(self, op: Callable[..., T], args: tuple[Any, ...]) -> T:
         conn = self._readers.get()
