@@ -276,3 +276,25 @@ def test_a_finished_job_with_more_output_than_a_page_reads_shows_each_machines_e
     assert all(_shown_chars(page, f"#out-{name}") <= views.OUTPUT_TAIL for name in names)
     assert not [m for m in browser.messages(page) if m.startswith(("pageerror", "error"))]
     assert_no_traceback_in_server_log(env.server)
+
+
+def test_the_kv_view_names_the_user_behind_a_masters_write(env, browser):
+    key = env.client.create_group("big", ["m"])["machines"][0]["key"]
+    with pinned_http(env.server) as http:
+        cred = enroll(http, key)
+        r = http.put(
+            "/v1/agent/kv/from-m", json={"value": 1}, headers={"Authorization": bearer(cred)}
+        )
+        assert r.status_code == 200, r.text
+    env.client.kv_set("big", "from-master", 2)
+    page = login(browser, env.server, env.token, "/dashboard/groups/big/kv")
+    rows = page.locator("#kv tbody tr")
+    expect(rows).to_have_count(2)
+    user = env.client.whoami()["user"]
+    by = {
+        rows.nth(i).locator("code").text_content(): rows.nth(i).locator("td").nth(4).text_content()
+        for i in range(2)
+    }
+    assert by["from-m"] == "m"
+    assert by["from-master"] == f"master ({user})", by
+    assert_no_traceback_in_server_log(env.server)

@@ -374,8 +374,8 @@ def kv_page(tx: Tx, user_id: str, group: str) -> dict[str, Any]:
     and 10,000 keys of 64 KiB would make a page of 20 MB, read again at every change."""
     g = live_group(tx, user_id, group)
     rows = tx.all(
-        "SELECT key, value, version, updated, updated_by FROM kv WHERE group_id = ? "
-        "ORDER BY key LIMIT ?",
+        "SELECT key, value, version, updated, updated_by, updated_user FROM kv "
+        "WHERE group_id = ? ORDER BY key LIMIT ?",
         (g["id"], KV_KEYS_SHOWN),
     )
     total = len(rows)
@@ -390,7 +390,10 @@ def kv_page(tx: Tx, user_id: str, group: str) -> dict[str, Any]:
                 "value": shown_lines(_shown(_pretty(json.loads(r["value"])), KV_VALUE_SHOWN)),
                 "version": int(r["version"]),
                 "updated": r["updated"],
-                "by": r["updated_by"],
+                # "master (alice)": which user, when the master wrote it (ops/kv.py).
+                "by": f"{r['updated_by']} ({r['updated_user']})"
+                if r["updated_user"]
+                else r["updated_by"],
             }
         )
     return {"keys": out, "total": total}
