@@ -670,7 +670,10 @@ def _summary(ev: dict[str, Any]) -> str:
         elif spec.get("command"):
             what = str(spec["command"])
         else:
-            what = _pairs(spec, skip=("job_id", "group", "entries", "sha256", "size"))
+            # A push's new_mode and name only say how a new file or a directory is met.
+            what = _pairs(
+                spec, skip=("job_id", "group", "entries", "sha256", "size", "new_mode", "name")
+            )
         return (
             f"job {job} {d.get('type', 'job.run')} on {','.join(d.get('targets', []))} "
             f"by {d.get('by')}: {_short(what, 1000)}"
@@ -809,13 +812,37 @@ def kv_list(name: str, as_json: bool) -> None:
     metavar="GROUP",
     help="Only this group's records: also of a group deleted since (none: an empty list).",
 )
-@click.option("--limit", type=click.IntRange(1, 10000), default=100, show_default=True)
+@click.option(
+    "--action",
+    "actions",
+    metavar="ACTION",
+    multiple=True,
+    help="Only records of this action (kv.set), or of every action a prefix ending in a "
+    "dot starts (kv., job.); repeat it or give a comma list for several.",
+)
+@click.option(
+    "--limit",
+    type=click.IntRange(1, 10000),
+    default=100,
+    show_default=True,
+    help="The latest this many records (of those --action keeps).",
+)
 @json_option
-def audit(group_name: str | None, limit: int, as_json: bool) -> None:
+def audit(group_name: str | None, actions: tuple[str, ...], limit: int, as_json: bool) -> None:
     """Your audit record: who started what, where and when (oldest first). It outlives
-    the groups it names: a deleted group's records stay listed."""
+    the groups it names: a deleted group's records stay listed.
+
+    \b
+    Examples:
+      crc audit --group lab                  # the latest 100 records of group lab
+      crc audit --action job.,stream.open    # runs and cancels, shells and forwards
+      crc audit --action kv. --limit 20      # the latest 20 key/value writes
+    """
+    from ..master.calls import audit_actions
+
+    wanted = audit_actions(actions)  # checked before anything is sent (exit 2)
     with _client() as c:
-        records = c.audit(group_name, limit)
+        records = c.audit(group_name, limit, wanted)
     if as_json:
         emit_json({"records": records})
         return
