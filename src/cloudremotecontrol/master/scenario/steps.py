@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ...errors import CrcError, NotFound, Unavailable
+from ...errors import CrcError, InvalidInput, NotFound, Unavailable
 from ...protocol.states import JobStatus
 from ...providers import Feature, Instance, Provider
 from ..client import Client
@@ -42,6 +42,9 @@ from .state import step_digest, step_job_key
 from .view import View
 
 __all__ = ["StepExecutor", "template_context"]
+
+#: The longest target the server takes (``to`` of a job, push, hosts sync or message).
+MAX_TARGET_CHARS = 4096
 
 
 def _first(values: Any) -> str | None:
@@ -111,29 +114,31 @@ class StepExecutor:
         if self.stopped.is_set():  # Ctrl-C before this step started: nothing is begun
             return Outcome(False, "interrupted")
         with self.client_factory() as c:
+            group = c.group(self.group)
             ctx = template_context(
                 self.scenario,
-                c.group(self.group),
+                group,
                 self.instances,
                 self.provider.capabilities.public_addresses,
             )
+            to = self._to(step, group)
             action = step.action
             if isinstance(action, (RunAction, PushAction, HostsAction)) and attempt == 1:
                 earlier = self._still_running(c, step)
                 if earlier is not None:
                     return self._follow(c, step, earlier, record=False)
             if isinstance(action, RunAction):
-                return self._run(c, step, action, ctx)
+                return self._run(c, step, to, action, ctx)
             if isinstance(action, PushAction):
-                return self._push(c, step, action, ctx)
+                return self._push(c, step, to, action, ctx)
             if isinstance(action, HostsAction):
-                started = c.hosts_sync(self.group, step.to, action.ip)
+                started = c.hosts_sync(self.group, to, action.ip)
                 return self._follow(c, step, started)
             if isinstance(action, WaitAction):
                 return self._wait(c, step, action, ctx)
             if isinstance(action, SendAction):
                 body = templates.render_value(action.body, ctx)
-                out = c.send_message(self.group, step.to, action.type, body)
+                out = c.send_message(self.group, to, action.type, body)
                 return Outcome(True, f"sent {action.type} to {', '.join(out['targets'])}")
             if isinstance(action, RebootAction):
                 return self._reboot(c, step)
@@ -151,8 +156,25 @@ class StepExecutor:
                 with contextlib.suppress(Exception):
                     c.cancel_job(job_id)
 
+    def _to(self, step: Step, group: dict[str, Any]) -> str:
+        """The target to send for ``step``: its ``to`` as written, unless the group holds
+        machines the file no longer names (left running by ``crc up``, never commanded
+        by it): then the machines the file's ``to`` selects, by name, so that ``all`` or
+        a label reaches none of those."""
+        mine = set(self.scenario.machine_names)
+        if all(m["name"] in mine for m in group.get("machines", [])):
+            return step.to
+        names = ",".join(step.targets)
+        if len(names) > MAX_TARGET_CHARS:
+            raise InvalidInput(
+                f"step {step.name}: the group holds machines the file no longer names, and "
+                f"its {len(step.targets)} machines are too many to name one by one: "
+                "`crc down` the group's other machines, or name fewer in `to:`"
+            )
+        return names
+
     # -- jobs ---------------------------------------------------------------------------
-    def _run(self, c: Client, step: Step, a: RunAction, ctx: dict[str, Any]) -> Outcome:
+    def _run(self, c: Client, step: Step, to: str, a: RunAction, ctx: dict[str, Any]) -> Outcome:
         spec: dict[str, Any] = {
             "env": {k: templates.render(v, ctx) for k, v in a.env.items()},
             "cwd": templates.render(a.cwd, ctx) if a.cwd else None,
@@ -171,19 +193,17 @@ class StepExecutor:
             oses = [self.scenario.machine(m).os for m in step.targets]
             dialect = shellquote.dialect_for(a.shell, oses) or "sh"
             spec.update(command=templates.render(a.command or "", ctx, dialect), shell=a.shell)
-        return self._follow(c, step, c.start_job(self.group, step.to, **spec))
+        return self._follow(c, step, c.start_job(self.group, to, **spec))
 
-    def _push(self, c: Client, step: Step, a: PushAction, ctx: dict[str, Any]) -> Outcome:
+    def _push(self, c: Client, step: Step, to: str, a: PushAction, ctx: dict[str, Any]) -> Outcome:
         dest = templates.render(a.dest, ctx)
         if a.src is not None:
-            return self._follow(
-                c, step, c.push(self.group, step.to, str(a.src), dest, a.mode, a.owner)
-            )
+            return self._follow(c, step, c.push(self.group, to, str(a.src), dest, a.mode, a.owner))
         fd, tmp = tempfile.mkstemp(prefix="crc-push-")
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
                 fh.write(templates.render(a.content or "", ctx))
-            started = c.push(self.group, step.to, tmp, dest, a.mode, a.owner)
+            started = c.push(self.group, to, tmp, dest, a.mode, a.owner)
         finally:
             os.unlink(tmp)
         return self._follow(c, step, started)
