@@ -13,7 +13,9 @@ import contextlib
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
@@ -49,6 +51,36 @@ def _init_server(server: ServerProcess, host: str) -> None:
     )
 
 
+def _undisturbed(teardown: Callable[[], None]) -> KeyboardInterrupt | None:
+    """Run ``teardown`` to its end on a thread of its own, which no Ctrl-C or signal
+    interrupts (Python raises those in the main thread, which only waits here). Returns
+    the first that came meanwhile, for the caller to raise once all is torn down."""
+    failure: list[BaseException] = []
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            teardown()
+        except BaseException as exc:  # noqa: BLE001 -- raised again in the main thread
+            failure.append(exc)
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="crc-demo-teardown").start()
+    interrupted: KeyboardInterrupt | None = None
+    while True:
+        # An Event, not Thread.join: a join cut by an exception may take the thread for
+        # ended while it runs (Python 3.11 and before).
+        try:
+            if done.wait(0.5):
+                break
+        except KeyboardInterrupt as exc:  # a signal's own (Terminated) tells its exit code
+            interrupted = interrupted or exc
+    if failure:
+        raise failure[0]
+    return interrupted
+
+
 def run_demo(view: View, keep: bool = False) -> int:
     """Run the demo, shown on ``view`` (closed at the end); return the exit code (0:
     every step succeeded, all torn down). A KeyboardInterrupt (Ctrl-C, or a signal
@@ -71,6 +103,7 @@ def run_demo(view: View, keep: bool = False) -> int:
     provider = LocalProvider(root / "machines")
     server = ServerProcess(root / "server")
     rc = 1
+    interrupted: KeyboardInterrupt | None = None
     try:
         _init_server(server, provider.prepare_network() or "127.0.0.1")
         server.start()
@@ -91,24 +124,30 @@ def run_demo(view: View, keep: bool = False) -> int:
             runner.close()
     finally:
         # After a failure too. What is said goes where it can: a terminal that was closed
-        # (SIGHUP) must not stop the teardown.
-        try:
-            destroy_scenario(provider, scenario.name, verify_timeout=15.0)
-        except CrcError as exc:  # the server and the network go all the same
+        # (SIGHUP) must not stop the teardown, nor a Ctrl-C or signal that comes during
+        # it (raised once it is done).
+        def teardown() -> None:
+            try:
+                destroy_scenario(provider, scenario.name, verify_timeout=15.0)
+            except CrcError as exc:  # the server and the network go all the same
+                with contextlib.suppress(OSError):
+                    view.info(f"teardown: {exc.message}")
             with contextlib.suppress(OSError):
-                view.info(f"teardown: {exc.message}")
-        with contextlib.suppress(OSError):
-            view.info("stopping the server (it lets open connections finish, up to 3 s)")
-        server.stop()
-        released = provider.release_network()
-        with contextlib.suppress(OSError):
-            if released:
-                view.info("network bridge removed")
-            view.close()
-        if keep:
-            click.echo(f"kept {root}", err=True)
-        else:
-            shutil.rmtree(root, ignore_errors=True)
+                view.info("stopping the server (it lets open connections finish, up to 3 s)")
+            server.stop()
+            released = provider.release_network()
+            with contextlib.suppress(OSError):
+                if released:
+                    view.info("network bridge removed")
+                view.close()
+            if keep:
+                click.echo(f"kept {root}", err=True)
+            else:
+                shutil.rmtree(root, ignore_errors=True)
+
+        interrupted = _undisturbed(teardown)
+    if interrupted is not None:  # during the teardown, which is done: said as any other
+        raise interrupted
     left = provider.list(scenario.name)
     view.info(
         f"done in {time.monotonic() - t0:.1f}s; "
