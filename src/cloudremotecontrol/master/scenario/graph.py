@@ -118,7 +118,11 @@ def _ended(step: Step, result: StepResult, results: dict[str, StepResult], notif
     notify(
         result.status,
         step,
-        {"attempts": result.attempts, "message": result.message, "seconds": result.seconds},
+        {
+            "attempts": result.attempts,
+            "message": result.message,
+            "seconds": round(result.seconds, 2),
+        },
     )
 
 
