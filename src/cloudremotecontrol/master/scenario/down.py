@@ -18,6 +18,7 @@ from ...errors import InvalidInput, NotFound, Unauthorized, Unavailable
 from ...providers import Instance, Provider, destroy_scenario
 from ...providers.destroy import CLEANUP, POLL_SECONDS
 from ..client import Client
+from .lease import note_for_down
 from .state import LocalState
 from .view import View
 
@@ -76,6 +77,12 @@ def _down(
 ) -> int:
     t0 = clock()
     report_at = WAIT_REPORT_AFTER
+    if client is not None and unreachable is None:
+        # Not refused while another `crc up` works on the group (lease.py): said.
+        mine = state.data.get("holder") if state is not None else None
+        busy = note_for_down(client, group, mine if isinstance(mine, str) else None)
+        if busy:
+            view.info(f"warning: {busy}", event="warning")
 
     def destroyed_one(inst: Instance) -> None:
         view.info(f"destroyed {inst.name} ({inst.id})", machine=inst.name, instance=inst.id)

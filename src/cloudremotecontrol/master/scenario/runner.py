@@ -5,6 +5,8 @@
 1. the group (server): created with one key per machine, or found again — it must
    carry ``settings.crc_up`` for this scenario, so ``up`` never adopts a stranger's group;
    one this run made is deleted again if the run fails before any machine was made;
+   while it runs, ``up`` holds the group's lease (``lease.py``): a ``crc up`` from
+   another configuration directory or computer is refused before it changes anything;
 2. the instances (provider, found by tag): only machines without one are created, with
    the key kept in the local state file since phase 1 — so ``up`` after a crash or
    Ctrl-C never makes a second machine for a slot;
@@ -46,6 +48,7 @@ from ..client import Client
 from ..follow import follow_events
 from ..profile import Profile
 from .graph import StepResult, run_steps
+from .lease import Lease, lease_period, new_holder
 from .model import Scenario
 from .report import RunReporter
 from .state import STEPS_KEY, LocalState, step_digest
@@ -160,6 +163,18 @@ class Runner:
         # that says nothing was made (any error but the provider's own).
         self._creating: str | None = None
         self._replaced = False
+        # The group's lease on the server (lease.py): who else may be working on it.
+        holder = self.state.data.get("holder")
+        self.holder = holder if isinstance(holder, str) and holder else new_holder()
+        self.lease = Lease(
+            self.new_client,
+            self.group,
+            self.holder,
+            self.report.run_id,
+            str(self.state.path),
+            self.view.info,
+            lease_period(),
+        )
 
     def new_client(self) -> Client:
         return Client(self.profile.url, self.profile.token, self.profile.fingerprint, self._cert)
@@ -172,7 +187,10 @@ class Runner:
     def up(self) -> int:
         """Run every phase; return 0 if every step succeeded, else 1 (errors raise)."""
         with self.state.locked("crc up"):
-            return self._up()
+            try:
+                return self._up()
+            finally:
+                self.lease.release()
 
     def _up(self) -> int:
         t0 = time.monotonic()
@@ -354,6 +372,10 @@ class Runner:
             "digest": s.digest,
             # Which run made the group: only that run deletes it again (``_undo_group``).
             "run_id": self.report.run_id,
+            # Which configuration directory made it, holding the lease until it writes
+            # one (lease.py).
+            "holder": self.holder,
+            "lease_period": self.lease.period,
         }
 
     def _ensure_group(self) -> dict[str, Any]:
@@ -361,7 +383,16 @@ class Runner:
         try:
             group = c.group(self.group)
         except NotFound:
-            return self._create_group()
+            try:
+                return self._create_group()
+            except Conflict as exc:
+                if type(exc) is not Conflict:
+                    raise
+                # Made by another `crc up` at the same moment: the lease says whose.
+                try:
+                    group = c.group(self.group)
+                except NotFound:
+                    raise exc from None
         self.group_origin = "existed"
         mine = (group.get("settings") or {}).get("crc_up")
         if not isinstance(mine, dict) or mine.get("scenario") != s.name:
@@ -411,6 +442,9 @@ class Runner:
                 f"machine(s) {', '.join(added)} were added to the scenario after "
                 f"group {self.group} was made: `crc down --group {self.group}` then `crc up`"
             )
+        # Before anything is changed: refused while another `crc up` works on it.
+        self.lease.acquire(c, group)
+        self.state.save(holder=self.holder)
         keys = self.state.keys if self.state.data.get("server") == self.profile.url else {}
         untouched = all(m["state"] == "pending" for m in have.values())
         if untouched and not keys and not self.provider.list(self.group):
@@ -454,7 +488,9 @@ class Runner:
             provider=s.provider,
             file=str(s.path),
             keys={m["name"]: m["key"] for m in out["machines"]},
+            holder=self.holder,
         )
+        self.lease.hold_new(self.client)
         self.view.info(f"group {self.group} created", group=self.group, created=True)
         group = self.client.group(self.group)
         self._arm_teardown(group)

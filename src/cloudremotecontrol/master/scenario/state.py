@@ -7,14 +7,18 @@ On the server (the source of truth, shared by every shell of the user):
     a digest of its definition, so a resumed ``crc up`` skips them unless they changed;
     and per step that starts jobs, ``crc.up/job/<digest of its name>`` — the job it
     started last, so a ``crc up`` that resumes after a crash follows that job while it
-    still runs rather than starting the step a second time beside it.
+    still runs rather than starting the step a second time beside it;
+    the group's key/value entry ``crc.up/lease`` — which `crc up` is working on the
+    group, so that one from another configuration directory or computer is refused
+    meanwhile (``lease.py``).
 At the provider: the instances themselves, found by tag.
 Locally (``$CRC_CONFIG_DIR/scenarios/<group>.json``, mode 0600): the enrollment keys of
 machines not created yet. They are shown once by the server, and a ``crc up`` that is
 interrupted between creating the group and creating a machine needs them to resume.
 Once every machine is ready they are dropped from the file. Beside them, which instance
 is each machine (``instances``): where the provider lists two for a slot (twins.py), the
-one found to be the machine, which a resumed ``crc up`` goes on with.
+one found to be the machine, which a resumed ``crc up`` goes on with. And ``holder``:
+this configuration directory's id in the group's lease (``lease.py``).
 """
 
 from __future__ import annotations
