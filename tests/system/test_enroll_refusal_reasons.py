@@ -1,7 +1,7 @@
 """An enrollment key refused says why in words that fit what happened to it: replaced by
-a newer key (`crc bootstrap`), its group deleted, its group expired - still with the
-same code and status (``key_rejected``, 401), and never with the key in the server's
-log."""
+a newer key (`crc bootstrap`; more in test_replaced_key_refusal.py), its group deleted,
+its group expired - still with the same code and status (``key_rejected``, 401), and
+never with the key in the server's log."""
 
 from __future__ import annotations
 
@@ -24,12 +24,12 @@ def _refused(http: httpx.Client, key: str) -> str:
     return assert_error(http.post("/v1/agent/enroll", json={"key": key}), 401, "key_rejected")
 
 
-def test_a_key_replaced_by_crc_bootstrap_says_it_may_have_been(env, http):
+def test_a_key_replaced_by_crc_bootstrap_says_it_was(env, http):
     old = env.client.create_group("lab", ["a"])["machines"][0]["key"]
     new = env.client.machine_key("lab", "a")["key"]
     said = _refused(http, old)
-    assert "replaced by a newer key" in said and "crc bootstrap GROUP MACHINE" in said, said
-    assert "copy it exactly" in said, said  # or mistyped: the server cannot tell
+    assert "replaced by a newer key" in said and "`crc bootstrap lab a`" in said, said
+    assert "copy it exactly" not in said, said  # the server keeps the replaced key's hash
     assert old not in env.server.log_path.read_text(errors="replace")
     assert new not in said
 

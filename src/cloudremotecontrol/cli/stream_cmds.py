@@ -559,7 +559,8 @@ def _ended_as(row: dict[str, Any]) -> str:
 @click.option(
     "--probes",
     is_flag=True,
-    help="Also list the connections crc forward makes at its start to check the remote port.",
+    help="Also list the connections crc forward makes at its start to check the remote "
+    "port (--limit counts them then).",
 )
 @json_option
 def sessions_list(group: str, limit: int, probes: bool, as_json: bool) -> None:
@@ -572,9 +573,7 @@ def sessions_list(group: str, limit: int, probes: bool, as_json: bool) -> None:
     from ..master.client import Client
 
     with Client.from_profile() as c:
-        rows = c.sessions(group, limit)
-    if not probes:
-        rows = [r for r in rows if not r.get("probe")]
+        rows = c.sessions(group, limit, probes=probes)  # the server leaves probes out
     if as_json:
         emit_json({"group": group, "sessions": rows})
         return

@@ -19,7 +19,7 @@ import hashlib
 import inspect
 import os
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
@@ -700,14 +700,21 @@ class AsyncClient:
         finally:
             await server.aclose()
 
-    async def sessions(self, group: str, limit: int = 100) -> list[dict[str, Any]]:
-        return list(await self._do(calls.list_sessions(group, limit)))
+    async def sessions(
+        self, group: str, limit: int = 100, probes: bool = False
+    ) -> list[dict[str, Any]]:
+        rows = list(await self._do(calls.list_sessions(group, limit, probes)))
+        return calls.shown_sessions(rows, probes)
 
     async def recording(self, stream: str) -> str:
         return str((await self._do(calls.recording(stream)))["cast"])
 
-    async def audit(self, group: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
-        return list(await self._do(calls.audit(group, limit)))
+    async def audit(
+        self, group: str | None = None, limit: int = 1000, actions: Iterable[str] = ()
+    ) -> list[dict[str, Any]]:
+        wanted = calls.audit_actions(actions)
+        records = list(await self._do(calls.audit(group, limit, wanted)))
+        return calls.shown_audit(records, wanted)
 
     # -- key/value store -----------------------------------------------------------------
     async def kv_set(self, group: str, key: str, value: Any) -> dict[str, Any]:

@@ -11,6 +11,7 @@ import json
 import math
 import os
 import random
+import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -504,11 +505,73 @@ def hosts_sync(group: str, to: str, ip: str) -> Call:
     return Call("POST", f"/groups/{_group(group)}/hosts-sync", json={"to": to, "ip": ip})
 
 
-def audit(group: str | None, limit: int) -> Call:
+def audit(group: str | None, limit: int, actions: Iterable[str] = ()) -> Call:
+    """The latest ``limit`` audit records (of ``group``); with ``actions``, only those
+    whose action is one of them or, for one ending in ``.`` (``kv.``), starts with it."""
     params: dict[str, Any] = {"limit": limit}
     if group is not None:  # "" is no group's name, not "every group"
         params["group"] = _group(group)
+    wanted = audit_actions(actions)
+    if wanted:
+        params["action"] = ",".join(wanted)
     return Call("GET", "/audit", params=params, key="records")
+
+
+#: An audit action, or a prefix of actions ending in a dot (``kv.``): what ``crc audit
+#: --action`` and ``GET /v1/audit?action=`` take (the server checks them alike).
+AUDIT_ACTION = re.compile(r"[a-z][a-z0-9_\-]*(\.[a-z0-9_\-]+)*\.?")
+MAX_AUDIT_ACTIONS = 20
+MAX_AUDIT_ACTION_CHARS = 64
+
+
+def audit_actions(values: Iterable[str]) -> list[str]:
+    """The actions of ``--action`` options (each one or a comma list), checked and
+    without repeats; InvalidInput for an empty, overlong or malformed one (or a string
+    given for the list, which would be taken one character at a time)."""
+    out: list[str] = []
+    for value in listed(values, "actions"):
+        if not isinstance(value, str):
+            raise InvalidInput(
+                f"invalid action: a string, not {type(value).__name__}", field="action"
+            )
+        for part in value.split(","):
+            if not part:
+                raise InvalidInput(
+                    "empty action: give an audit action (kv.set) or a prefix (kv.)",
+                    field="action",
+                )
+            if len(part) > MAX_AUDIT_ACTION_CHARS:
+                raise InvalidInput(
+                    f"invalid action: at most {MAX_AUDIT_ACTION_CHARS} characters",
+                    field="action",
+                )
+            if not AUDIT_ACTION.fullmatch(part):
+                raise InvalidInput(
+                    f"invalid action {part!r}: lowercase letters, digits, _ - and dots, "
+                    "like kv.set, or a prefix ending in a dot, like kv.",
+                    field="action",
+                )
+            if part not in out:
+                out.append(part)
+    if len(out) > MAX_AUDIT_ACTIONS:
+        raise InvalidInput(f"too many actions: at most {MAX_AUDIT_ACTIONS}", field="action")
+    return out
+
+
+def shown_audit(records: list[dict[str, Any]], wanted: list[str]) -> list[dict[str, Any]]:
+    """``records`` whose action is one of ``wanted`` (``audit_actions``) or starts with
+    one that ends in a dot; all of them without any. A server older than the ``action``
+    parameter ignores it and answers every action."""
+    if not wanted:
+        return records
+    return [
+        r
+        for r in records
+        if any(
+            r.get("action") == a or (a.endswith(".") and str(r.get("action")).startswith(a))
+            for a in wanted
+        )
+    ]
 
 
 def kv_set(group: str, key: str, value: Any) -> Call:
@@ -617,8 +680,19 @@ def open_stream(group: str, body: dict[str, Any]) -> Call:
     return Call("POST", f"/groups/{_group(group)}/streams", json=body)
 
 
-def list_sessions(group: str, limit: int) -> Call:
-    return Call("GET", f"/groups/{_group(group)}/sessions", params={"limit": limit}, key="sessions")
+def list_sessions(group: str, limit: int, probes: bool = False) -> Call:
+    """The latest ``limit`` ended sessions; forward probes only with ``probes`` (the
+    server leaves them out, and does not count them, unless ``probes=true``)."""
+    params: dict[str, Any] = {"limit": limit}
+    if probes:
+        params["probes"] = "true"
+    return Call("GET", f"/groups/{_group(group)}/sessions", params=params, key="sessions")
+
+
+def shown_sessions(rows: list[dict[str, Any]], probes: bool) -> list[dict[str, Any]]:
+    """``rows`` without forward probes unless ``probes``: a server older than the
+    ``probes`` parameter ignores it and lists them."""
+    return rows if probes else [r for r in rows if not r.get("probe")]
 
 
 def recording(stream: str) -> Call:

@@ -23,7 +23,7 @@ import stat
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 try:
@@ -943,18 +943,26 @@ class Client:
         url, token, fp, pem = ",".join(self.urls), self._token, self.fingerprint, self.cert_pem
         return ForwardThread(lambda: AsyncClient(url, token, fp, pem), group, machine, spec)
 
-    def sessions(self, group: str, limit: int = 100) -> list[dict[str, Any]]:
-        """The group's ended shell sessions and forwards (who, target, bytes, duration,
-        exit code, recorded), oldest first."""
-        return list(self._do(calls.list_sessions(group, limit)))
+    def sessions(self, group: str, limit: int = 100, probes: bool = False) -> list[dict[str, Any]]:
+        """The group's latest ``limit`` ended shell sessions and forwards (who, target,
+        bytes, duration, exit code, recorded), oldest first; the connections a forward
+        makes at its start to check the remote end (``"probe": true``) only with
+        ``probes``."""
+        rows = list(self._do(calls.list_sessions(group, limit, probes)))
+        return calls.shown_sessions(rows, probes)
 
     def recording(self, stream: str) -> str:
         """A recorded shell session as an asciinema v2 file."""
         return str(self._do(calls.recording(stream))["cast"])
 
-    def audit(self, group: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
-        """Your audit record, oldest first: who started what, where, when."""
-        return list(self._do(calls.audit(group, limit)))
+    def audit(
+        self, group: str | None = None, limit: int = 1000, actions: Iterable[str] = ()
+    ) -> list[dict[str, Any]]:
+        """Your latest ``limit`` audit records, oldest first: who started what, where,
+        when. ``actions``: only records of these actions (``"kv.set"``), or of actions
+        starting with one ending in a dot (``"kv."``); InvalidInput for a malformed one."""
+        wanted = calls.audit_actions(actions)
+        return calls.shown_audit(list(self._do(calls.audit(group, limit, wanted))), wanted)
 
     # -- key/value store -----------------------------------------------------------------
     def kv_set(self, group: str, key: str, value: Any) -> dict[str, Any]:

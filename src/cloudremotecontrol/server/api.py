@@ -437,11 +437,17 @@ async def audit(
     request: Request,
     group: str | None = None,
     limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
+    action: Annotated[str | None, Query(max_length=2000)] = None,
 ) -> dict[str, Any]:
-    """Your append-only audit record (group creation, jobs, cancels, enrollments...)."""
-    return {
-        "records": await _store(request).read(ev_ops.audit_records, user["user_id"], group, limit)
-    }
+    """Your append-only audit record (group creation, jobs, cancels, enrollments...),
+    its latest ``limit`` records. ``action`` (a comma list, e.g. ``kv.set,job.``) keeps
+    only the records of those actions, a name ending in a dot standing for every action
+    it starts (``kv.``)."""
+    actions = ev_ops.audit_actions(action)
+    records = await _store(request).read(
+        ev_ops.audit_records, user["user_id"], group, limit, actions
+    )
+    return {"records": records}
 
 
 @router.post("/agent/enroll", tags=["agent"])

@@ -63,7 +63,7 @@ class StreamCreate(StrictBody):
     record: bool | None = None
     stdin: Literal["pipe"] | None = None
     #: A forward's first connection, made only to check that the remote end answers:
-    #: audited as any stream, marked so that ``crc sessions list`` can leave it out.
+    #: audited as any stream, marked so that session lists leave it out by default.
     probe: bool | None = None
 
 
@@ -189,11 +189,14 @@ async def list_sessions(
     user: Master,
     request: Request,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    probes: bool = False,
 ) -> dict[str, Any]:
     """Shell sessions and forwards of the group that ended (who, target, bytes,
-    duration, exit code, recording), oldest first."""
+    duration, exit code, recording), oldest first: the latest ``limit``. The
+    connections ``crc forward`` makes at its start to check the remote end (``"probe":
+    true``) are left out, and not counted, unless ``probes=true``."""
     store: Store = request.app.state.store
-    rows = await store.read(session_ops.list_sessions, user["user_id"], group, limit)
+    rows = await store.read(session_ops.list_sessions, user["user_id"], group, limit, probes)
     kept = await store.read(
         recording_ops.recorded_streams, user["user_id"], [str(r.get("stream")) for r in rows]
     )

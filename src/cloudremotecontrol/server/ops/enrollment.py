@@ -4,8 +4,9 @@ The key lives in a VM's startup script, which the cloud's metadata service shows
 every local process, so it must be worthless once used: it is burnt in the same
 transaction that issues the credential. A refusal says why (used, revoked, expired)
 only to whoever presents the key's secret: a key id with any other secret is just
-"rejected", so key ids (which the server logs) tell an attacker nothing. Refusals never
-echo the key.
+"rejected", so key ids (which the server logs) tell an attacker nothing. A key replaced
+by ``crc bootstrap`` (ops/keys.py keeps its id and hash) is "replaced by a newer key",
+to whoever presents its secret too. Refusals never echo the key.
 
 A retry: the agent keeps a random nonce in its state directory before it first presents
 the key, and sends it along; only its hash is stored. If the answer never reached the
@@ -47,12 +48,12 @@ from .common import add_event, audit, loads, now
 
 __all__ = ["REJECTED", "authenticate_machine", "enroll", "enrolled_secret", "key_id_of"]
 
-# Not a key this server has: a mistyped one, or one replaced by a newer key (a key
-# re-issued by `crc bootstrap` takes the old one's place, which leaves no trace of it).
+# Not a key this server has (or a key id with another secret): most likely mistyped. A
+# key replaced by `crc bootstrap` is told apart, to whoever holds it (``_replaced``);
+# only one replaced before the server kept replaced keys (schema 19) ends here too.
 REJECTED = (
-    "enrollment key rejected: not a key this server knows: mistyped (copy it exactly as "
-    "`crc group create` or `crc bootstrap` printed it) or replaced by a newer key "
-    "(`crc bootstrap GROUP MACHINE` issues a new one, and the old one stops working)"
+    "enrollment key rejected: not a key this server knows: copy it exactly as "
+    "`crc group create` or `crc bootstrap` printed it"
 )
 
 
@@ -106,6 +107,34 @@ def _refusal(row: dict[str, Any]) -> str:
     )
 
 
+def _replaced(tx: Tx, key: Secret) -> str | None:
+    """Why ``key`` no longer enrolls if it is one ``crc bootstrap`` replaced, presented
+    with its own secret (hashes compared in constant time, as for a spent key); None
+    for any other key or secret: the caller hears "rejected", whatever the key id."""
+    row = tx.one(
+        "SELECT r.key_hash AS replaced_hash, m.name, m.state, g.name AS group_name, "
+        "g.deleted, g.settings FROM replaced_keys r JOIN machines m ON m.id = r.machine_id "
+        "JOIN groups g ON g.id = m.group_id WHERE r.key_id = ?",
+        (key.id,),
+    )
+    if row is None or not verify_secret(key, row["replaced_hash"]):
+        return None
+    if row["deleted"] is not None or row["state"] == MachineState.REVOKED.value:
+        return _refusal(row)  # revoked with its group or machine, whichever key it is
+    again = f"`crc bootstrap {row['group_name']} {row['name']}`"
+    if row["state"] != MachineState.PENDING.value:
+        return (
+            f"enrollment key replaced by a newer key ({again} issued one since, and "
+            f"this one stopped working): machine {row['name']} of group "
+            f"{row['group_name']} has enrolled with the newer key already"
+        )
+    return (
+        f"enrollment key replaced by a newer key ({again} issued one since, and this "
+        "one stopped working): use the startup script with the newer key, or run "
+        f"{again} again for another"
+    )
+
+
 def enroll(
     tx: Tx, presented: str | None, peer_ip: str | None, nonce: str | None = None
 ) -> dict[str, Any]:
@@ -122,8 +151,10 @@ def enroll(
         "JOIN groups g ON g.id = m.group_id WHERE m.key_id = ?",
         (key.id,),
     )
-    stored = None if row is None else (row["key_hash"] or row["key_spent"])
-    if row is None or stored is None or not verify_secret(key, stored):
+    if row is None:
+        raise KeyRejected(_replaced(tx, key) or REJECTED)
+    stored = row["key_hash"] or row["key_spent"]
+    if stored is None or not verify_secret(key, stored):
         raise KeyRejected(REJECTED)
     nonce_hash = None if nonce is None else hash_secret(nonce)
     retry = _is_retry(row, nonce_hash)

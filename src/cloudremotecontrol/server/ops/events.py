@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
+from ...errors import InvalidInput
 from ..store.base import Tx
 from .common import json_text, live_group, loads
 
 __all__ = [
+    "AUDIT_ACTION",
     "LAST_CURSOR",
+    "audit_actions",
+    "audit_records",
     "event_json",
     "event_view",
     "events_after",
@@ -134,19 +139,72 @@ def group_deleted(tx: Tx, group_id: str) -> bool:
     return row is None or row["deleted"] is not None
 
 
+#: An audit action (``kv.set``), or a prefix of actions ending in a dot (``kv.``): what
+#: ``GET /v1/audit?action=`` takes, a comma list of at most ``MAX_AUDIT_ACTIONS``.
+AUDIT_ACTION = re.compile(r"[a-z][a-z0-9_\-]*(\.[a-z0-9_\-]+)*\.?")
+MAX_AUDIT_ACTIONS = 20
+MAX_AUDIT_ACTION_CHARS = 64
+
+
+def audit_actions(text: str | None) -> tuple[str, ...]:
+    """The actions of an ``action`` parameter (a comma list), without repeats;
+    InvalidInput (400) for an empty, overlong or malformed one."""
+    if text is None:
+        return ()
+    out: list[str] = []
+    for part in text.split(","):
+        if not part:
+            raise InvalidInput(
+                "empty action: give an audit action (kv.set) or a prefix (kv.)", field="action"
+            )
+        if len(part) > MAX_AUDIT_ACTION_CHARS:
+            raise InvalidInput(
+                f"invalid action: at most {MAX_AUDIT_ACTION_CHARS} characters", field="action"
+            )
+        if not AUDIT_ACTION.fullmatch(part):
+            raise InvalidInput(
+                f"invalid action {part!r}: lowercase letters, digits, _ - and dots, like "
+                "kv.set, or a prefix ending in a dot, like kv.",
+                field="action",
+            )
+        if part not in out:
+            out.append(part)
+    if len(out) > MAX_AUDIT_ACTIONS:
+        raise InvalidInput(f"too many actions: at most {MAX_AUDIT_ACTIONS}", field="action")
+    return tuple(out)
+
+
+def _like(prefix: str) -> str:
+    """A LIKE pattern for actions starting with ``prefix`` (``_`` escaped with ``!``)."""
+    return prefix.replace("!", "!!").replace("_", "!_").replace("%", "!%") + "%"
+
+
 def audit_records(
-    tx: Tx, user_id: str, group: str | None, limit: int = 1000
+    tx: Tx,
+    user_id: str,
+    group: str | None,
+    limit: int = 1000,
+    actions: tuple[str, ...] = (),
 ) -> list[dict[str, Any]]:
-    """The caller's audit record, newest last: who did what, where, when."""
+    """The caller's latest ``limit`` audit records, newest last: who did what, where,
+    when. With ``actions`` (checked by ``audit_actions``), only the records whose action
+    is one of them, or starts with one ending in a dot (``kv.``)."""
+    where = "user_id = ?"
+    params: list[Any] = [user_id]
     if group:
-        rows = tx.all(
-            "SELECT * FROM audit WHERE user_id = ? AND group_name = ? ORDER BY id DESC LIMIT ?",
-            (user_id, group, limit),
-        )
-    else:
-        rows = tx.all(
-            "SELECT * FROM audit WHERE user_id = ? ORDER BY id DESC LIMIT ?", (user_id, limit)
-        )
+        where += " AND group_name = ?"
+        params.append(group)
+    if actions:
+        exact = [a for a in actions if not a.endswith(".")]
+        terms = ["action IN (" + ", ".join("?" for _ in exact) + ")"] if exact else []
+        terms += ["action LIKE ? ESCAPE '!'" for a in actions if a.endswith(".")]
+        where += " AND (" + " OR ".join(terms) + ")"
+        params += exact + [_like(a) for a in actions if a.endswith(".")]
+    rows = tx.all(
+        # Only fixed clauses and "?" placeholders are formatted in.
+        f"SELECT * FROM audit WHERE {where} ORDER BY id DESC LIMIT ?",  # noqa: S608
+        (*params, limit),
+    )
     return [
         {
             "id": int(r["id"]),

@@ -3,7 +3,8 @@
 Keys are shown once and stored hashed, yet the master needs a machine's key again when
 it writes that machine's startup script (``crc bootstrap``), maybe hours later or on
 another computer. Re-issuing is the honest answer: a new single-use key replaces the
-old one in the same transaction (the old one is burnt, whoever holds it), and only
+old one in the same transaction (the old one is burnt, whoever holds it: its id and
+hash are kept in ``replaced_keys``, so that its holder is told it was replaced), and only
 while the machine is still ``pending``: once enrolled, a key would be worthless anyway
 and issuing one would only leave a secret lying around, so that is a 409 Conflict.
 """
@@ -45,7 +46,8 @@ def reissue_key(
     g = live_group(tx, user_id, group)
     check_not_expired(g)
     row = tx.one(
-        "SELECT id, state FROM machines WHERE group_id = ? AND name = ?", (g["id"], machine)
+        "SELECT id, state, key_id, key_hash FROM machines WHERE group_id = ? AND name = ?",
+        (g["id"], machine),
     )
     if row is None:
         raise NotFound(
@@ -66,5 +68,13 @@ def reissue_key(
     )
     if changed != 1:
         raise Conflict(f"machine {machine!r} enrolled meanwhile: it needs no key")
+    if row["key_id"] is not None and row["key_hash"] is not None:
+        # Kept (id and hash, never the key) so that whoever still presents it, with its
+        # secret, hears that it was replaced rather than "rejected" (ops/enrollment.py).
+        tx.execute(
+            "INSERT INTO replaced_keys (key_id, machine_id, key_hash, replaced) "
+            "VALUES (?, ?, ?, ?)",
+            (row["key_id"], row["id"], row["key_hash"], now()),
+        )
     audit(tx, user_id, "master", "machine.key_reissue", group, {"machine": machine})
     return {"group": group, "machine": machine, "key": str(key), "key_expires": expires}

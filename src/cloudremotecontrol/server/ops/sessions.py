@@ -228,23 +228,45 @@ def _write_cut(tx: Tx, r: dict[str, Any]) -> None:
         add_event(tx, g["id"], "stream.closed", {"by": r["actor"], **summary}, machine=machine)
 
 
-def list_sessions(tx: Tx, user_id: str, group: str, limit: int = 100) -> list[dict[str, Any]]:
-    """The group's shell sessions and forwards that ended, newest last."""
+#: Audit rows read at a time while leaving probes out (``list_sessions``).
+_SESSION_BATCH = 500
+
+
+def list_sessions(
+    tx: Tx, user_id: str, group: str, limit: int = 100, probes: bool = False
+) -> list[dict[str, Any]]:
+    """The group's latest ``limit`` shell sessions and forwards that ended, newest
+    last; without ``probes``, the connections ``crc forward`` makes at its start to
+    check the remote end (``"probe": true``) are left out and not counted."""
     live_group(tx, user_id, group)
-    rows = tx.all(
-        "SELECT * FROM audit WHERE user_id = ? AND group_name = ? AND action = ? "
-        "ORDER BY id DESC LIMIT ?",
-        (user_id, group, "stream.close", limit),
-    )
-    out = []
-    seen = set()
-    for r in rows:  # newest first: a real end supersedes a cut written meanwhile
-        detail = loads(r["detail"]) or {}
-        stream = detail.get("stream")
-        if stream is not None and stream in seen:
-            continue
-        seen.add(stream)
-        out.append({"ended": r["created"], "by": r["actor"], **detail})
+    out: list[dict[str, Any]] = []
+    seen: set[Any] = set()
+    before: int | None = None
+    while len(out) < limit:
+        # Probes are in the audit's detail (JSON text): read back a batch at a time,
+        # newest first, until ``limit`` sessions are found or the record is done.
+        batch = limit if probes else max(limit, _SESSION_BATCH)
+        older = "" if before is None else "AND id < ? "
+        rows = tx.all(
+            # Only the fixed "AND id < ?" clause is formatted in.
+            "SELECT * FROM audit WHERE user_id = ? AND group_name = ? AND action = ? "  # noqa: S608
+            f"{older}ORDER BY id DESC LIMIT ?",
+            (user_id, group, "stream.close", *(() if before is None else (before,)), batch),
+        )
+        for r in rows:  # newest first: a real end supersedes a cut written meanwhile
+            detail = loads(r["detail"]) or {}
+            stream = detail.get("stream")
+            if stream is not None and stream in seen:
+                continue
+            seen.add(stream)
+            if not probes and detail.get("probe"):
+                continue
+            out.append({"ended": r["created"], "by": r["actor"], **detail})
+            if len(out) == limit:
+                break
+        if len(rows) < batch:
+            break
+        before = int(rows[-1]["id"])
     return out[::-1]
 
 

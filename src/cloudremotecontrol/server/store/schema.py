@@ -271,6 +271,19 @@ def _v18(d: str) -> list[str]:
     ]
 
 
+def _v19(d: str) -> list[str]:
+    """The enrollment keys ``crc bootstrap`` replaced (ops/keys.py): their id and hash,
+    so that whoever still presents one, with its secret, hears "replaced by a newer key"
+    rather than "rejected" (ops/enrollment.py). Kept as long as their machine's row."""
+    return [
+        f"""CREATE TABLE replaced_keys (
+            key_id TEXT PRIMARY KEY,
+            machine_id TEXT NOT NULL REFERENCES machines(id) ON DELETE CASCADE,
+            key_hash TEXT NOT NULL, replaced {_REAL[d]} NOT NULL)""",
+        "CREATE INDEX replaced_keys_machine ON replaced_keys(machine_id)",
+    ]
+
+
 MIGRATIONS = [
     (1, _v1),
     (2, _v2),
@@ -290,6 +303,7 @@ MIGRATIONS = [
     (16, _v16),
     (17, _v17),
     (18, _v18),
+    (19, _v19),
 ]
 
 
