@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from cloudremotecontrol.errors import InvalidInput, ProviderError
+from cloudremotecontrol.errors import InvalidInput, NotFound, ProviderError
 from cloudremotecontrol.master.scenario.down import down
 from cloudremotecontrol.master.scenario.view import View
 from cloudremotecontrol.providers import (
@@ -407,6 +407,10 @@ class Server:
     def delete_group(self, group: str) -> dict[str, Any]:
         self.deleted.append(group)
         return {"machines_revoked": 2}
+
+    def kv_get(self, group: str, key: str) -> dict[str, Any]:
+        # No `crc up` holds the group (no lease key), as the server answers then.
+        raise NotFound(f"no key {key!r} in group {group!r}")
 
 
 def test_down_keeps_the_group_and_the_local_state_while_a_machine_is_left(
