@@ -919,10 +919,11 @@ def test_vultr_options_are_checked_when_the_file_loads():
           c: {provider: {snapshot_id: s1, image_id: x}}
         """)
     assert got == [
-        "s.yaml:6:17: machines.b.provider: firewall_group_id must be a text, not 123",
-        "s.yaml:6:17: machines.b.provider: enable_vpc must be true or false, not 'yes'",
-        "s.yaml:6:17: machines.b.provider: os_id must be a whole number, not 'abc'",
-        "s.yaml:6:17: machines.b.provider: backups must be enabled or disabled, not True",
+        "s.yaml:6:37: machines.b.provider.firewall_group_id: firewall_group_id must be a "
+        "text, not 123",
+        "s.yaml:6:54: machines.b.provider.enable_vpc: enable_vpc must be true or false, not 'yes'",
+        "s.yaml:6:68: machines.b.provider.os_id: os_id must be a whole number, not 'abc'",
+        "s.yaml:6:84: machines.b.provider.backups: backups must be enabled or disabled, not true",
         "s.yaml:7:17: machines.c.provider: give one image source, not 2: image_id, snapshot_id",
     ]
     # A snapshot (or another image source) stands in for the machine's image.
@@ -1009,9 +1010,9 @@ def test_vultr_fields_vultr_would_refuse_are_found_when_the_file_loads():
         "s.yaml:7:34: machines.c.image: an os_id is a whole number from 1 (at most 18 "
         "digits), not '0'",
         got[3],
-        "s.yaml:9:17: machines.e.provider: os_id must be 1 or more, not 0",
-        "s.yaml:9:17: machines.e.provider: app_id must be 1 or more, not -3",
         "s.yaml:9:17: machines.e.provider: give one image source, not 2: os_id, app_id",
+        "s.yaml:9:25: machines.e.provider.os_id: os_id must be 1 or more, not 0",
+        "s.yaml:9:36: machines.e.provider.app_id: app_id must be 1 or more, not -3",
     ]
     assert got[3].startswith(
         "s.yaml:8:17: machines.d.provider: not a vultr option: hostname, label"
@@ -1081,3 +1082,19 @@ def test_every_rate_control_problem_of_a_step_is_said_at_once():
         ["s.yaml:8:13", "steps.r.canary"],
         ["s.yaml:9:21", "steps.r.deliver_within"],
     ], got
+
+
+def test_a_step_ends_with_its_seconds_rounded_as_the_summary_gives_them():
+    s = parse(GRAPH)
+    ended = []
+    ticks = iter(x * 0.123456789 for x in range(1000))
+
+    results = run_steps(
+        s.steps,
+        lambda step, attempt: Outcome(True),
+        max_parallel=1,
+        clock=lambda: next(ticks),
+        notify=lambda e, st, d: ended.append(d["seconds"]) if e == "succeeded" else None,
+    )
+    assert len(ended) == len(results) and ended
+    assert all(sec == round(sec, 2) for sec in ended), ended

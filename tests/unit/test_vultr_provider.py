@@ -780,6 +780,23 @@ def test_an_image_option_stands_in_for_the_image_and_bad_options_send_nothing(
     assert len(sent(fake, "POST", "/instances")) == 1
 
 
+def test_an_option_of_the_wrong_type_is_told_as_a_scenario_file_writes_it(
+    fake: FakeVultr, vultr: VultrProvider
+) -> None:
+    """`backups: true` is YAML's true, not Python's True: the message says what the
+    file says, and nothing is sent."""
+    for extra, said in (
+        ({"backups": True}, "backups must be enabled or disabled, not true"),
+        ({"enable_ipv6": None}, "enable_ipv6 must be true or false, not null"),
+        ({"attach_vpc": ["v1", 2]}, 'attach_vpc must be a list of texts, not ["v1", 2]'),
+    ):
+        with pytest.raises(ProviderError) as info:
+            vultr.create("demo", linux("db", extra=extra), "x")
+        assert said in str(info.value), str(info.value)
+    assert fake.requests == []
+    assert_clean(fake)
+
+
 def test_an_image_int_cannot_read_or_a_field_crc_sets_itself_sends_nothing(
     fake: FakeVultr, vultr: VultrProvider
 ) -> None:

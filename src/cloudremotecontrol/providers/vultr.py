@@ -33,6 +33,7 @@ import base64
 import builtins
 import contextlib
 import email.utils
+import json
 import os
 import random
 import re
@@ -149,15 +150,26 @@ def check_options(options: Mapping[str, Any]) -> list[str]:
             "strings": "a list of texts",
             "enabled/disabled": "enabled or disabled",
         }[kind]
-        problems.append(f"{name} must be {want}, not {value!r}"[:300])
+        problems.append(f"{name} must be {want}, not {_shown(value)}"[:300])
     for name in ("os_id", "app_id"):  # ids count from 1 (list-os, list-applications)
         value = options.get(name)
         if isinstance(value, int) and not isinstance(value, bool) and value < 1:
-            problems.append(f"{name} must be 1 or more, not {value!r}"[:300])
+            problems.append(f"{name} must be 1 or more, not {value}"[:300])
     sources = [k for k in _IMAGE_SOURCES if k in options]
     if len(sources) > 1:
         problems.append(f"give one image source, not {len(sources)}: {', '.join(sources)}")
     return problems
+
+
+def _shown(value: Any) -> str:
+    """``value`` as a scenario file may write it (``true``, ``null``, ``["a", 1]``), not as
+    Python does (``True``, ``None``); a text in quotes (``'yes'``: not the boolean)."""
+    if isinstance(value, str):
+        return repr(value)
+    try:
+        return json.dumps(value, ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError):  # a date, .nan, !!binary: as YAML reads it
+        return str(value)
 
 
 def check_field(name: str, value: str) -> str | None:

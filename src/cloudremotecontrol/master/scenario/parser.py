@@ -340,8 +340,17 @@ class ScenarioParser:
                 else:
                     extra = value
                 if extra and self.caps is not None and self.caps.check_options is not None:
-                    for problem in self.caps.check_options(extra):
-                        r.error(spec["provider"][1], f"{path}.provider", problem)
+                    self._check_options(
+                        self.caps.check_options, extra, spec["provider"][1], f"{path}.provider"
+                    )
+                sources = sorted(self.caps.image_options & set(extra)) if self.caps else []
+                if "image" in spec and sources:  # `defaults`' image gives way to them
+                    r.error(
+                        spec["image"][1],
+                        f"{path}.image",
+                        f"give one image source, not {len(sources) + 1}: image, "
+                        f"{', '.join(sources)} (provider: {sources[0]} stands in for image)",
+                    )
             image = (
                 text("image")
                 or (defaults.get("images") or {}).get(os_name)
@@ -388,6 +397,30 @@ class ScenarioParser:
             if caps is not None and caps.check_field is not None:
                 self._check_fields(caps.check_field, m, spec, knode, path)
             self.machines[name] = m
+
+    def _check_options(
+        self,
+        check: Callable[[dict[str, Any]], list[str]],
+        options: dict[str, Any],
+        node: yaml.Node,
+        path: str,
+    ) -> None:
+        """What the provider would refuse in a machine's options: each option alone
+        first, reported at its own value (its line and column), then all of them
+        together for what lies between them (two image sources), at ``provider:``."""
+        nodes: dict[str, yaml.Node] = {}  # merge keys are flattened by now (r.value)
+        if isinstance(node, yaml.MappingNode):
+            for knode, vnode in node.value:
+                if isinstance(knode, yaml.ScalarNode) and knode.tag == _STR_TAG:
+                    nodes[knode.value] = vnode  # the last of a duplicate, as YAML reads it
+        told: set[str] = set()
+        for key, value in options.items():
+            for problem in check({key: value}):
+                told.add(problem)
+                self.r.error(nodes.get(str(key), node), f"{path}.{key}", problem)
+        for problem in check(options):
+            if problem not in told:
+                self.r.error(node, path, problem)
 
     def _check_fields(
         self,

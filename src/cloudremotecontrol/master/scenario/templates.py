@@ -15,7 +15,10 @@ be checked when the file is loaded (``check``), long before a machine exists.
     {{ vars.flags | raw }}                in a command: inserted as is, unquoted
 
 A value that is not known yet (a machine that has not reported an address) is an error
-at render time, never an empty string that would make a command do something else.
+at render time, never an empty string that would make a command do something else. The
+variables are known when the file is loaded: a path into them that leads nowhere, or to
+null (but with ``| json``: ``null``), is refused then, as an unclosed ``{{`` is. There is
+no escape: a literal ``{{`` is a variable's value (``{{ vars.open }}``, ``open: "{{"``).
 
 In shell code (``render(..., dialect=...)``: a ``run:`` string, a ``script:`` file, the
 script of ``[sh, -c, ...]``) every value is quoted for the place it lands in, unless
@@ -86,8 +89,11 @@ class Reference:
 
 
 def references(text: str) -> Iterator[Reference]:
-    """Every tag in ``text`` (``TemplateError`` for a malformed one)."""
+    """Every tag in ``text`` (``TemplateError`` for a malformed one, or a ``{{`` that
+    no ``}}`` closes: a tag that would otherwise pass as text, unfilled)."""
+    end = 0
     for match in _TAG.finditer(text):
+        end = match.end()
         inner = match.group(1).strip()
         expr, bar, filt = inner.partition("|")
         expr, filt = expr.strip(), filt.strip()
@@ -101,6 +107,15 @@ def references(text: str) -> Iterator[Reference]:
                 f"{{{{ {inner} }}}}: unknown filter {filt!r} (known: {', '.join(sorted(FILTERS))})"
             )
         yield Reference(match.group(0), tuple(expr.split(".")), filt if bar else None)
+    # A "{{" before the last tag would have started a tag: only one after it is unclosed.
+    start = text.find("{{", end)
+    if start >= 0:
+        line = text[start:].split("\n", 1)[0]
+        shown = line if len(line) <= 40 else line[:40] + "..."
+        raise TemplateError(
+            f"{shown}: `{{{{` with no matching `}}}}` (a tag is {{{{ NAME }}}}; a literal {{{{ "
+            'is a variable\'s value: open: "{{" in `variables:`, then {{ vars.open }})'
+        )
 
 
 def check(
@@ -124,6 +139,11 @@ def check(
                 problems.append(f"{ref.text}: name a variable, e.g. vars.NAME")
             elif rest[0] not in variables:
                 problems.append(f"{ref.text}: no variable {rest[0]!r} in `variables:`")
+            else:  # the variables are known now: the whole path, and the value's text
+                try:
+                    _format(ref, _lookup({"vars": variables}, ref))
+                except TemplateError as exc:
+                    problems.append(str(exc))
         elif root == "scenario":
             if rest != ("name",):
                 problems.append(f"{ref.text}: only scenario.name exists")
@@ -183,16 +203,45 @@ def _placements(
 def _lookup(context: Mapping[str, Any], ref: Reference) -> Any:
     value: Any = context
     for i, seg in enumerate(ref.path):
+        number = int(seg) if seg.isascii() and seg.isdigit() and len(seg) <= 18 else None
         if isinstance(value, Mapping) and seg in value:
             value = value[seg]
-        elif isinstance(value, (list, tuple)) and seg.isdigit() and int(seg) < len(value):
-            value = value[int(seg)]
+        elif isinstance(value, Mapping) and number is not None and _int_key(value, number):
+            value = value[number]  # a YAML key written as a number: ports: {80: web}
+        elif isinstance(value, (list, tuple)) and number is not None and number < len(value):
+            value = value[number]
         else:
             where = ".".join(ref.path[:i]) or "the context"
-            raise TemplateError(f"{ref.text}: {where} has no {seg!r}")
+            raise TemplateError(f"{ref.text}: {where} has no {seg!r}{_parts(value)}")
+    if value is None and ref.path[0] == "vars":
+        if ref.filter == "json":
+            return None  # JSON has null
+        raise TemplateError(
+            f"{ref.text}: {'.'.join(ref.path)} is null in `variables:` (a key with no "
+            'value, null or ~): give it a value ("" for empty text), or write | json for null'
+        )
     if value is None:
         raise TemplateError(f"{ref.text}: no value yet (the machine has not reported it)")
     return value
+
+
+def _int_key(mapping: Mapping[Any, Any], number: int) -> bool:
+    return any(type(k) is int and k == number for k in mapping)
+
+
+def _parts(value: Any) -> str:
+    """What ``value`` has instead, for a path that leads nowhere in it."""
+    if isinstance(value, Mapping):
+        keys = ", ".join(sorted(str(k) for k in value))
+        if not keys:
+            return " (an empty mapping)"
+        return f" (its keys: {keys if len(keys) <= 200 else keys[:200] + '...'})"
+    if isinstance(value, (list, tuple)):
+        if not value:
+            return " (an empty list)"
+        last = len(value) - 1
+        return f" (a list of {len(value)}: index 0{f' to {last}' if last else ''})"
+    return " (a single value, not a mapping or a list)"
 
 
 def _json(ref: Reference, value: Any) -> str:
