@@ -11,7 +11,6 @@ import json
 import math
 import os
 import random
-import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -38,6 +37,7 @@ from ..protocol.names import (
     listed,
     parse_target,
 )
+from ..protocol.names import audit_actions as checked_audit_actions
 
 __all__ = [
     "RESUME_SECONDS",
@@ -517,45 +517,19 @@ def audit(group: str | None, limit: int, actions: Iterable[str] = ()) -> Call:
     return Call("GET", "/audit", params=params, key="records")
 
 
-#: An audit action, or a prefix of actions ending in a dot (``kv.``): what ``crc audit
-#: --action`` and ``GET /v1/audit?action=`` take (the server checks them alike).
-AUDIT_ACTION = re.compile(r"[a-z][a-z0-9_\-]*(\.[a-z0-9_\-]+)*\.?")
-MAX_AUDIT_ACTIONS = 20
-MAX_AUDIT_ACTION_CHARS = 64
-
-
 def audit_actions(values: Iterable[str]) -> list[str]:
-    """The actions of ``--action`` options (each one or a comma list), checked and
-    without repeats; InvalidInput for an empty, overlong or malformed one (or a string
-    given for the list, which would be taken one character at a time)."""
-    out: list[str] = []
+    """The actions of ``--action`` options (each one or a comma list), checked
+    (``protocol.names.audit_actions``, as the server checks them) and without repeats;
+    InvalidInput for a string given for the list, which would be taken one character at
+    a time."""
+    parts: list[str] = []
     for value in listed(values, "actions"):
         if not isinstance(value, str):
             raise InvalidInput(
                 f"invalid action: a string, not {type(value).__name__}", field="action"
             )
-        for part in value.split(","):
-            if not part:
-                raise InvalidInput(
-                    "empty action: give an audit action (kv.set) or a prefix (kv.)",
-                    field="action",
-                )
-            if len(part) > MAX_AUDIT_ACTION_CHARS:
-                raise InvalidInput(
-                    f"invalid action: at most {MAX_AUDIT_ACTION_CHARS} characters",
-                    field="action",
-                )
-            if not AUDIT_ACTION.fullmatch(part):
-                raise InvalidInput(
-                    f"invalid action {part!r}: lowercase letters, digits, _ - and dots, "
-                    "like kv.set, or a prefix ending in a dot, like kv.",
-                    field="action",
-                )
-            if part not in out:
-                out.append(part)
-    if len(out) > MAX_AUDIT_ACTIONS:
-        raise InvalidInput(f"too many actions: at most {MAX_AUDIT_ACTIONS}", field="action")
-    return out
+        parts += value.split(",")
+    return checked_audit_actions(parts)
 
 
 def shown_audit(records: list[dict[str, Any]], wanted: list[str]) -> list[dict[str, Any]]:

@@ -18,7 +18,9 @@ from ..errors import Forbidden, InvalidInput, NotFound
 
 __all__ = [
     "MASTER_KV_PREFIX",
+    "MAX_AUDIT_ACTIONS",
     "Target",
+    "audit_actions",
     "check_all_alone",
     "check_kv_key",
     "check_label",
@@ -335,3 +337,38 @@ def parse_target(text: object) -> Target:
         return Target(selector=_parse_selector(text))
     names = tuple(dict.fromkeys(check_name(p.strip(), "machine") for p in text.split(",")))
     return Target(names=names)
+
+
+#: An audit action (``kv.set``), or a prefix of actions ending in a dot (``kv.``): what
+#: ``crc audit --action`` and ``GET /v1/audit?action=`` take, at most
+#: ``MAX_AUDIT_ACTIONS`` of them.
+_AUDIT_ACTION = re.compile(r"[a-z][a-z0-9_\-]*(\.[a-z0-9_\-]+)*\.?")
+MAX_AUDIT_ACTIONS = 20
+MAX_AUDIT_ACTION_CHARS = 64
+
+
+def audit_actions(parts: Iterable[str]) -> list[str]:
+    """The audit actions ``parts`` (each one action or prefix), checked and without
+    repeats; InvalidInput (``field="action"``) for an empty, overlong or malformed one,
+    or too many. The SDK and the server check them alike."""
+    out: list[str] = []
+    for part in parts:
+        if not part:
+            raise InvalidInput(
+                "empty action: give an audit action (kv.set) or a prefix (kv.)", field="action"
+            )
+        if len(part) > MAX_AUDIT_ACTION_CHARS:
+            raise InvalidInput(
+                f"invalid action: at most {MAX_AUDIT_ACTION_CHARS} characters", field="action"
+            )
+        if not _AUDIT_ACTION.fullmatch(part):
+            raise InvalidInput(
+                f"invalid action {part!r}: lowercase letters, digits, _ - and dots, like "
+                "kv.set, or a prefix ending in a dot, like kv.",
+                field="action",
+            )
+        if part not in out:
+            out.append(part)
+    if len(out) > MAX_AUDIT_ACTIONS:
+        raise InvalidInput(f"too many actions: at most {MAX_AUDIT_ACTIONS}", field="action")
+    return out

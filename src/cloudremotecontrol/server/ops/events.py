@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
-from ...errors import InvalidInput
+from ...protocol.names import audit_actions as checked_audit_actions
 from ..store.base import Tx
 from .common import json_text, live_group, loads
 
 __all__ = [
-    "AUDIT_ACTION",
     "LAST_CURSOR",
     "audit_actions",
     "audit_records",
@@ -139,39 +137,13 @@ def group_deleted(tx: Tx, group_id: str) -> bool:
     return row is None or row["deleted"] is not None
 
 
-#: An audit action (``kv.set``), or a prefix of actions ending in a dot (``kv.``): what
-#: ``GET /v1/audit?action=`` takes, a comma list of at most ``MAX_AUDIT_ACTIONS``.
-AUDIT_ACTION = re.compile(r"[a-z][a-z0-9_\-]*(\.[a-z0-9_\-]+)*\.?")
-MAX_AUDIT_ACTIONS = 20
-MAX_AUDIT_ACTION_CHARS = 64
-
-
 def audit_actions(text: str | None) -> tuple[str, ...]:
     """The actions of an ``action`` parameter (a comma list), without repeats;
-    InvalidInput (400) for an empty, overlong or malformed one."""
+    InvalidInput (400) for an empty, overlong or malformed one (``names.audit_actions``,
+    as the SDK checks them)."""
     if text is None:
         return ()
-    out: list[str] = []
-    for part in text.split(","):
-        if not part:
-            raise InvalidInput(
-                "empty action: give an audit action (kv.set) or a prefix (kv.)", field="action"
-            )
-        if len(part) > MAX_AUDIT_ACTION_CHARS:
-            raise InvalidInput(
-                f"invalid action: at most {MAX_AUDIT_ACTION_CHARS} characters", field="action"
-            )
-        if not AUDIT_ACTION.fullmatch(part):
-            raise InvalidInput(
-                f"invalid action {part!r}: lowercase letters, digits, _ - and dots, like "
-                "kv.set, or a prefix ending in a dot, like kv.",
-                field="action",
-            )
-        if part not in out:
-            out.append(part)
-    if len(out) > MAX_AUDIT_ACTIONS:
-        raise InvalidInput(f"too many actions: at most {MAX_AUDIT_ACTIONS}", field="action")
-    return tuple(out)
+    return tuple(checked_audit_actions(text.split(",")))
 
 
 def _like(prefix: str) -> str:
