@@ -107,6 +107,11 @@ def test_up_that_cannot_reach_the_server_says_so_and_that_nothing_was_made(env, 
     assert r.returncode == 6, r.stdout + r.stderr
     assert r.stderr.splitlines()[-1].startswith(f"crc: error: cannot reach {nobody}: "), r.stderr
     assert "; nothing was made (no group, no machine): `crc up " in r.stderr, r.stderr
+    r = crc("up", str(path), "--json", extra_env={"CRC_URL": nobody})
+    assert r.returncode == 6, r.stdout + r.stderr
+    summary = _summary(r.stdout)  # the summary --json promises, this early too
+    assert summary["unreachable"] is True and summary["ok"] is False, summary
+    assert [m["name"] for m in summary["machines"]] == ["a", "b"], summary
     assert not (env.tmp / "machines").exists()
 
 

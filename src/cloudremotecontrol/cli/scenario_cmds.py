@@ -77,6 +77,21 @@ def up(scenario_file: str, rerun: bool, parallel: int, as_json: bool) -> None:
         try:
             runner = Runner(scenario, profile, provider, view, rerun=rerun, max_parallel=parallel)
         except Unavailable as exc:  # a profile without the certificate connects at once
+            # The summary a `crc up` that could not reach the server gives (nothing made).
+            view.summary(
+                {
+                    "scenario": scenario.name,
+                    "group": scenario.name,
+                    "ok": False,
+                    "seconds": 0.0,
+                    "machines": [
+                        {"name": m.name, "state": "-", "ip": None, "instance": None}
+                        for m in scenario.machines
+                    ],
+                    "steps": [],
+                    "unreachable": True,
+                }
+            )
             raise Unavailable(
                 f"{exc.message}; {_left_unreached(scenario.name, None, scenario_file)}",
                 code=exc.code,
