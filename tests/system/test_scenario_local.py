@@ -496,6 +496,26 @@ def test_up_of_a_scenario_whose_ttl_passed_says_to_tear_it_down_not_to_resume(en
         _nothing_left(provider, "brief")
 
 
+def test_up_whose_ttl_passes_during_a_step_does_not_say_up_again_resumes(env, crc):
+    """The TTL passes while a step runs: the machines are revoked, so the failure names
+    `crc down` alone, not `crc up` again (which would be refused)."""
+    path = env.tmp / "short.yaml"
+    path.write_text(
+        "name: short\nprovider: local\nttl: 4s\ntimeouts: {ready: 60s, step: 60s}\n"
+        "machines: {a: }\nsteps:\n  - name: long\n    run: sleep 30\n"
+    )
+    with _local_machines(env, "short") as provider:
+        r = crc("up", str(path), timeout=120)
+        assert r.returncode != 0, r.stdout + r.stderr
+        assert env.client.group("short").get("expired"), r.stdout + r.stderr
+        assert "still at local" in r.stderr, r.stderr
+        assert "again resumes" not in r.stderr, r.stderr
+        assert f"`crc down {path}` destroys them" in r.stderr, r.stderr
+        r = crc("down", str(path))
+        assert r.returncode == 0, r.stdout + r.stderr
+        _nothing_left(provider, "short")
+
+
 @needs_root
 def test_up_again_with_other_labels_or_ttl_says_the_group_keeps_what_it_was_made_with(env, crc):
     """Labels and the TTL are given when the group is made. Changed in the file, steps

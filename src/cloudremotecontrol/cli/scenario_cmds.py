@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from ..errors import Conflict, InvalidInput, NotFound, Unauthorized, Unavailable
+from ..errors import Conflict, CrcError, InvalidInput, NotFound, Unauthorized, Unavailable
 from .output import json_option
 from .signals import said, stopped_as_by_ctrl_c
 
@@ -121,6 +121,8 @@ def up(scenario_file: str, rerun: bool, parallel: int, as_json: bool) -> None:
             said(exc)
             raise
         finally:
+            if rc != 0 and resumable and not interrupted and _expired(runner):
+                resumable = False  # its TTL passed: its machines are revoked, `crc down`
             runner.close()
             file = shlex.quote(scenario_file)
             # A pipe (`crc up <(...)`) cannot be read again: the group names the scenario.
@@ -186,6 +188,15 @@ def up(scenario_file: str, rerun: bool, parallel: int, as_json: bool) -> None:
         for machine, local, port in exposed:
             click.echo(f"  crc forward {scenario.name} {machine} {local}:{port}", err=True)
     sys.exit(rc)
+
+
+def _expired(runner: Any) -> bool:
+    """Whether the run's group has expired (its TTL passed during the run): `crc up`
+    again would be refused, only `crc down` is left."""
+    try:
+        return bool(runner.client.group(runner.group).get("expired"))
+    except CrcError:
+        return False
 
 
 def _left_unreached(group: str, origin: str | None, scenario_file: str) -> str:
