@@ -191,3 +191,15 @@ def test_a_provider_option_of_the_wrong_type_is_told_at_its_place_as_written(tmp
         "s.yaml:9:19: machines.a.provider.attach_vpc: attach_vpc must be a list of texts, "
         'not ["v1", 2]',
     ]
+
+
+def test_a_file_that_is_not_utf8_says_where_its_first_bad_byte_is(tmp_path):
+    from cloudremotecontrol.errors import InvalidInput
+
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("name: lab\nmachines: {a: }\n# caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(InvalidInput) as info:
+        load_scenario(path)
+    assert info.value.message == (
+        f"cannot read {path}: not UTF-8 text (line 3, column 6: byte 0xe9); save it as UTF-8"
+    )

@@ -190,8 +190,14 @@ def read_bounded(path: Path, limit: int, what: str) -> str:
         raise InvalidInput(f"{path} is over {limit >> 10} KiB, the most {what} may be")
     try:
         return data.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
-    except UnicodeDecodeError:
-        raise InvalidInput(f"cannot read {path}: not UTF-8 text") from None
+    except UnicodeDecodeError as exc:
+        # Where, as an editor shows it: the line, and the column in bytes of that line.
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise InvalidInput(
+            f"cannot read {path}: not UTF-8 text (line {line}, column {column}: byte "
+            f"0x{data[exc.start]:02x}); save it as UTF-8"
+        ) from None
 
 
 def expanded_nodes(root: yaml.Node, cap: int) -> int:
