@@ -1017,8 +1017,9 @@ def test_vultr_fields_vultr_would_refuse_are_found_when_the_file_loads():
     assert got[3].startswith(
         "s.yaml:8:17: machines.d.provider: not a vultr option: hostname, label"
     )
-    # A bad image in defaults is reported at each machine that uses it; a machine that
-    # boots from a snapshot sends no image, and an image_id or a Vultr id passes.
+    # A bad image in defaults is reported there, once for every machine that uses it; a
+    # machine that boots from a snapshot sends no image, and an image_id or a Vultr id
+    # passes.
     got = problems("""\
         name: lab
         provider: vultr
@@ -1026,8 +1027,25 @@ def test_vultr_fields_vultr_would_refuse_are_found_when_the_file_loads():
         machines:
           a: {}
           b: {provider: {snapshot_id: "9a1f"}}
+          c: {}
         """)
-    assert [p.split(": ", 2)[:2] for p in got] == [["s.yaml:5:3", "machines.a.image"]]
+    assert [p.split(": ", 2)[:2] for p in got] == [["s.yaml:3:50", "defaults.image"]]
+    # A bad region in defaults, used by six machines: said once, at defaults.
+    got = problems("""\
+        name: lab
+        provider: vultr
+        defaults: {region: "ew r", plan: vc2-1c-1gb, image: "2284"}
+        machines: {a: , b: , c: , d: , e: , f: }
+        """)
+    assert [p.split(": ", 2)[:2] for p in got] == [["s.yaml:3:20", "defaults.region"]], got
+    # Given by the machine itself: said at the machine's own field.
+    got = problems("""\
+        name: lab
+        provider: vultr
+        defaults: {region: ewr, plan: vc2-1c-1gb, image: "2284"}
+        machines: {a: {region: "ew r"}}
+        """)
+    assert [p.split(": ", 2)[:2] for p in got] == [["s.yaml:4:24", "machines.a.region"]], got
     ok = parse("""\
         name: lab
         provider: vultr

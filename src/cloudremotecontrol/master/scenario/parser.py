@@ -119,6 +119,10 @@ class ScenarioParser:
         self.base = path.parent
         self.machines: dict[str, MachineDef] = {}
         self.variables: dict[str, Any] = {}
+        # Where `defaults:` gives each value (``region``, ``image.linux``...), so that a
+        # value the provider would refuse is said there, once, not at every machine.
+        self._default_nodes: dict[str, tuple[Any, yaml.Node]] = {}
+        self._told_defaults: set[tuple[str, str]] = set()
         self.provider = DEFAULT_PROVIDER
         # What the provider declares (providers/base.py): every provider-specific check
         # below reads it, none names a provider.
@@ -270,8 +274,11 @@ class ScenarioParser:
             elif key == "image" and isinstance(vnode, yaml.MappingNode):
                 images = r.mapping(vnode, path, ("linux", "windows")) or {}
                 out["images"] = {k: r.string(v, f"{path}.{k}") for k, (_, v) in images.items()}
+                for k, (_, v) in images.items():
+                    self._default_nodes[f"image.{k}"] = (out["images"][k], v)
             else:
                 out[key] = r.string(vnode, path)
+                self._default_nodes[key] = (out[key], vnode)
         return out
 
     def _machines(self, node: yaml.Node, defaults: dict[str, Any]) -> None:
@@ -439,9 +446,21 @@ class ScenarioParser:
             if key == "image" and self.caps is not None and self.caps.image_options & set(m.extra):
                 continue  # an option says what it boots from: the image is not sent
             problem = None if value is None else check(key, value)
-            if problem is not None:
-                node = spec[key][1] if key in spec else knode
-                self.r.error(node, f"{path}.{key}", problem)
+            if problem is None:
+                continue
+            if key in spec:
+                self.r.error(spec[key][1], f"{path}.{key}", problem)
+                continue
+            # From `defaults:`: said there, once for every machine that takes it.
+            for where in (key, f"{key}.{m.os}"):
+                given = self._default_nodes.get(where)
+                if given is not None and given[0] == value:
+                    if (where, problem) not in self._told_defaults:
+                        self._told_defaults.add((where, problem))
+                        self.r.error(given[1], f"defaults.{where}", problem)
+                    break
+            else:
+                self.r.error(knode, f"{path}.{key}", problem)
 
     # -- steps ---------------------------------------------------------------------------
     def _steps(self, node: yaml.Node) -> list[Step]:
