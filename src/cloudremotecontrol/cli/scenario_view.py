@@ -37,6 +37,7 @@ class JsonView(View):
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._machines: dict[str, dict[str, Any]] = {}  # the last line of each machine
 
     def _emit(self, doc: dict[str, Any]) -> None:
         with self._lock:
@@ -48,9 +49,12 @@ class JsonView(View):
     def machine(
         self, name: str, state: str | None = None, progress: str | None = None, **doc: Any
     ) -> None:
-        self._emit(
-            {"event": "machine", "machine": name, "state": state, "progress": progress, **doc}
-        )
+        line = {"event": "machine", "machine": name, "state": state, "progress": progress, **doc}
+        with self._lock:
+            if self._machines.get(name) == line:
+                return  # no change (the runner says where machines stand at each phase)
+            self._machines[name] = line
+        self._emit(line)
 
     def step(self, event: str, name: str, **doc: Any) -> None:
         self._emit({"event": "step", "step": name, "status": event, **doc})
