@@ -12,12 +12,13 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 from typing import Any
 
 import pytest
 from wire_helpers import assert_no_traceback_in_server_log
+
+from held_service import HeldService
 
 CRC = [sys.executable, "-m", "cloudremotecontrol"]
 
@@ -39,37 +40,9 @@ def lab(env: Any) -> Any:
     return env
 
 
-class _Service:
-    """A TCP service for a forward to reach: it takes connections and holds them until
-    ``close()``, which closes them all and ends its thread."""
-
-    def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port: int = self.sock.getsockname()[1]
-        self.held: list[socket.socket] = []
-        self.thread = threading.Thread(target=self._take, daemon=True)
-        self.thread.start()
-
-    def _take(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.held.append(conn)
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self.sock.shutdown(socket.SHUT_RDWR)
-        self.thread.join(10)
-        self.sock.close()
-        for conn in self.held:
-            conn.close()
-
-
 @pytest.fixture
 def service() -> Any:
-    s = _Service()
+    s = HeldService()
     yield s
     s.close()
 

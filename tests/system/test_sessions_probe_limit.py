@@ -7,13 +7,10 @@ agent and `crc` CLI, on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -27,6 +24,7 @@ from cloudremotecontrol.master.aclient import AsyncClient
 from cloudremotecontrol.server.ops import events, groups, users
 from cloudremotecontrol.server.ops import sessions as session_ops
 from cloudremotecontrol.server.store.base import open_store
+from held_service import HeldService
 
 CRC = [sys.executable, "-m", "cloudremotecontrol"]
 
@@ -42,33 +40,9 @@ def _crc(env: Any, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-class _Service:
-    """A TCP service for the forwards to reach: takes connections and closes them."""
-
-    def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port: int = self.sock.getsockname()[1]
-        self.thread = threading.Thread(target=self._take, daemon=True)
-        self.thread.start()
-
-    def _take(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            conn.close()
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self.sock.shutdown(socket.SHUT_RDWR)
-        self.thread.join(10)
-        self.sock.close()
-
-
 @pytest.fixture
-def service() -> Iterator[_Service]:
-    s = _Service()
+def service() -> Iterator[HeldService]:
+    s = HeldService()
     yield s
     s.close()
 
@@ -99,7 +73,7 @@ def _listed(env: Any, *args: str) -> list[dict[str, Any]]:
 
 
 def test_probes_are_left_out_by_the_server_so_the_limit_counts_sessions(
-    db_env: Any, service: _Service
+    db_env: Any, service: HeldService
 ) -> None:
     env = db_env
     env.group_with_agents("lab", ["dev"])

@@ -22,6 +22,8 @@ from typing import Any
 import pytest
 from wire_helpers import assert_no_traceback_in_server_log
 
+from held_service import HeldService
+
 CRC = [sys.executable, "-m", "cloudremotecontrol"]
 SHELL = [*CRC, "shell", "lab", "dev", "--"]
 
@@ -143,40 +145,11 @@ def _forward_line(proc: subprocess.Popen[str]) -> int:
     return int(line.split()[0].rsplit(":", 1)[1].strip("/"))
 
 
-class _Service:
-    """A TCP service for a forward to reach: it takes connections and holds them until
-    ``close()``, which closes them all and ends its thread (a socket left for the
-    garbage collector would warn in whichever later test it is collected)."""
-
-    def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port: int = self.sock.getsockname()[1]
-        self.held: list[socket.socket] = []
-        self.thread = threading.Thread(target=self._take, daemon=True)
-        self.thread.start()
-
-    def _take(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return  # shut down: the test is over
-            self.held.append(conn)
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the accept() under way
-        self.thread.join(10)
-        self.sock.close()
-        for conn in self.held:
-            conn.close()
-
-
 def test_a_forward_ends_with_exit_3_once_its_token_is_revoked(lab):
     """The connection open at the revocation is closed by the server, the next one is
     refused: crc forward says why once and exits 3, no Python repr of an exception."""
     token = lab.server.admin("add-token", "alice", "laptop")["token"]
-    service = _Service()
+    service = HeldService()
     with subprocess.Popen(
         [*CRC, "forward", "lab", "dev", f"0:{service.port}"],
         env=_cli_env(lab, CRC_TOKEN=token),
