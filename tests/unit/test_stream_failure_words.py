@@ -57,6 +57,10 @@ def test_an_older_agents_error_with_control_characters_is_passed_on_escaped() ->
     assert _escaped_error('{"type": "stream.exit", "code": "x"}') is None
     assert _escaped_error("not json") is None
     assert _escaped_error(json.dumps({"type": "stream.error", "code": "BAD CODE"})) is None
+    # Nested deeper than json parses, within a control message's size: refused, not a
+    # RecursionError out of the session's relay.
+    assert _escaped_error("[" * 4000) is None
+    assert _escaped_error('{"type": "stream.error", "m": ' + "[" * 4000) is None
 
 
 class _Client:

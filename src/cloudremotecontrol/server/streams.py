@@ -27,6 +27,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from ..errors import CrcError
 from ..protocol.streams import (
+    MAX_CONTROL_BYTES,
     StreamControl,
     StreamError,
     StreamExit,
@@ -163,9 +164,11 @@ def _escaped_error(text: str) -> StreamError | None:
     older agent put a program's name in it as given): the same error with its control
     characters escaped, so that a failure of the session is told as what it is. None
     for anything else."""
+    if len(text) > MAX_CONTROL_BYTES:
+        return None
     try:
         body = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # hostile: nested deeper than json parses
         return None
     if not isinstance(body, dict) or body.get("type") != StreamError.TYPE:
         return None
