@@ -355,6 +355,11 @@ def test_a_fifo_swapped_in_during_a_pull_never_leaves_it_stuck(env, tmp_path):
     box.mkdir()
     swapper = subprocess.Popen([sys.executable, "-c", _SWAPPER, str(box)])
     try:
+        # From its first swap on, the name is always there: a regular file or a FIFO.
+        started = time.monotonic() + 60
+        while not os.path.lexists(box / "f"):
+            assert time.monotonic() < started and swapper.poll() is None, "no swapper"
+            time.sleep(0.01)
         jobs = [env.client.start_pull("lab", "a", str(box / "f"))["job_id"] for _ in range(150)]
         statuses = {}
         deadline = time.monotonic() + 120  # a stuck pull never ends; all others do at once
