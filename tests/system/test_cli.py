@@ -236,7 +236,10 @@ def test_crc_send_refuses_a_body_or_type_it_would_not_send_as_given(env, crc):
     for type_ in ["", "user."]:
         r = crc("send", "lab", "--to", "a", type_, "{}")
         assert r.returncode == 2, r.stderr
-        assert "Invalid value for TYPE: empty: give the message's NAME" in r.stderr, r.stderr
+        assert (
+            "Invalid value for TYPE: invalid message type: empty; give the message's NAME"
+            in r.stderr
+        ), r.stderr
     assert list(env.client.events("lab", types=("message.sent",))) == []
     r = crc("send", "lab", "--to", "a", "user.x")  # no BODY: an empty one
     assert r.returncode == 0, r.stderr

@@ -133,10 +133,10 @@ def test_add_user_json_names_the_token_it_prints_once(env):
 @pytest.mark.parametrize(
     ("given", "says"),
     [
-        ("", "empty: give the message's NAME (or user.NAME)"),
-        ("user.", "empty: give the message's NAME (or user.NAME)"),
-        ("a b", "'a b' is no message type: give NAME or user.NAME, NAME of 1 to 64 "),
-        ("user.x/y", "'user.x/y' is no message type: give NAME or user.NAME"),
+        ("", "invalid message type: empty; give the message's NAME (or user.NAME)"),
+        ("user.", "invalid message type: empty; give the message's NAME (or user.NAME)"),
+        ("a b", "invalid message type 'a b': give NAME or user.NAME, NAME of 1 to 64 "),
+        ("user.x/y", "invalid message type 'user.x/y': give NAME or user.NAME"),
     ],
 )
 def test_send_and_wait_refuse_a_bad_message_type_alike_before_asking_the_server(

@@ -22,7 +22,9 @@ def test_a_name_with_or_without_its_namespace_is_the_user_type(given, full):
 def test_an_empty_name_is_refused_as_empty_never_as_the_user_dot_nobody_typed(given):
     with pytest.raises(InvalidInput) as exc:
         user_message_type(given)
-    assert exc.value.message == "empty: give the message's NAME (or user.NAME)"
+    assert (
+        exc.value.message == "invalid message type: empty; give the message's NAME (or user.NAME)"
+    )
     assert exc.value.details.get("field") == "type"
 
 
@@ -30,5 +32,5 @@ def test_an_empty_name_is_refused_as_empty_never_as_the_user_dot_nobody_typed(gi
 def test_a_name_no_machine_can_send_is_refused_quoting_what_was_given(given):
     with pytest.raises(InvalidInput) as exc:
         user_message_type(given)
-    assert exc.value.message.startswith(f"{given!r} is no message type: "), exc.value.message
+    assert exc.value.message.startswith(f"invalid message type {given!r}: "), exc.value.message
     assert "\x1b" not in exc.value.message and "\n" not in exc.value.message

@@ -238,11 +238,13 @@ def user_message_type(value: str) -> str:
     or ``user.``) or one no machine can send. The one rule of the commands that send
     such a message and those that wait for one."""
     if value in ("", "user."):  # not "user.": a name the caller never typed
-        raise InvalidInput("empty: give the message's NAME (or user.NAME)", field="type")
+        raise InvalidInput(
+            "invalid message type: empty; give the message's NAME (or user.NAME)", field="type"
+        )
     full = value if value.startswith("user.") else "user." + value
     if not _USER_TYPE.fullmatch(full):
         raise InvalidInput(
-            f"{value!r} is no message type: give NAME or user.NAME, NAME of 1 to 64 "
+            f"invalid message type {value!r}: give NAME or user.NAME, NAME of 1 to 64 "
             "letters, digits, '_', '.', '-'",
             field="type",
         )
