@@ -7,6 +7,8 @@ import asyncio
 import contextlib
 import functools
 import re
+import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -17,6 +19,7 @@ __all__ = [
     "ALL_GROUPS",
     "JOB_TARGET_SQL",
     "OUTBOX_DROP_SQL",
+    "LogLimit",
     "MissingColumn",
     "Row",
     "Store",
@@ -55,6 +58,34 @@ class MissingColumn(KeyError):
 
     def __str__(self) -> str:
         return f'column "{self.column}" is missing from a row read with SELECT *'
+
+
+class LogLimit:
+    """When a backend's log says why the database failed an op: at most once per
+    ``every`` seconds for each reason (a missing column, a lost table, a connection
+    failure), so that a reason said often never holds back another one (a column dropped
+    after another, whose line a background task's repeated failure would otherwise keep
+    out of the log). At most ``keep`` reasons are remembered (the one met longest ago
+    is forgotten first), so that varied error text cannot grow it."""
+
+    def __init__(self, every: float, keep: int = 64) -> None:
+        self.every = every
+        self.keep = keep
+        self._said: dict[str, float] = {}  # reason -> when last said; last met last
+        self._lock = threading.Lock()  # ops fail on the loop and on database threads
+
+    def due(self, reason: str) -> bool:
+        """Whether the log says ``reason`` now (and, if so, count it as said)."""
+        now = time.monotonic()
+        with self._lock:
+            said = self._said.pop(reason, None)
+            if said is not None and now - said < self.every:
+                self._said[reason] = said
+                return False
+            self._said[reason] = now
+            while len(self._said) > self.keep:
+                del self._said[next(iter(self._said))]
+            return True
 
 
 class Row(dict[str, Any]):

@@ -165,7 +165,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ...errors import InvalidInput, NotFound, Unavailable
-from .base import ALL_GROUPS, MissingColumn, Store, settle
+from .base import ALL_GROUPS, LogLimit, MissingColumn, Store, settle
 from .identity import check_identity
 from .pg_tx import (
     Outgoing,
@@ -206,7 +206,8 @@ _DOWN_WAIT = 0.1
 #: ... s) for this long, then leaves it to the next op, which tries at once: after an
 #: outage the pool connects again within seconds, not after a pause of minutes.
 _RECONNECT_WINDOW = 10.0
-#: The log says why the database failed an op at most this often (seconds).
+#: The log says why the database failed an op at most this often (seconds), for each
+#: reason (``LogLimit``).
 _WARN_EVERY = 5.0
 # Failures that roll back one op whose transaction lost a race with another one: the
 # op is run again in a new transaction (see "How an operation runs").
@@ -315,7 +316,7 @@ class PostgresStore(Store):
         self.batches = 0  # write transactions committed
         self.pipelined_batches = 0  # of which committed in pipeline mode
         self.fallbacks = 0  # pipelined batches rolled back and run one statement at a time
-        self._warned_at = -_WARN_EVERY  # when _failed last logged a failure
+        self._warnings = LogLimit(_WARN_EVERY)  # what _failed logs, per reason
         self._down_until = 0.0  # the database counts as down until then (_DOWN_FOR)
         self.rows_read_ahead = 0  # reads answered from rows read ahead (committed batches)
         self.statements_sent = 0  # by pipelined batches' ops, kept and sent (``Outgoing``)
@@ -481,13 +482,18 @@ class PostgresStore(Store):
     def _failed(self, exc: psycopg.Error | MissingColumn) -> Unavailable:
         """What the caller of an op the database failed is told: that it is unavailable,
         not where it is or what it said (an agent or an anonymous caller may be told):
-        that goes to the log, at most once per ``_WARN_EVERY`` seconds. A wait for a
-        connection that failed marks the database down (``_DOWN_FOR``)."""
-        now = time.monotonic()
+        that goes to the log, at most once per ``_WARN_EVERY`` seconds for each reason
+        (each missing column or table by name). A wait for a connection that failed
+        marks the database down (``_DOWN_FOR``)."""
         if isinstance(exc, PoolTimeout):
-            self._down_until = now + _DOWN_FOR
-        if now - self._warned_at >= _WARN_EVERY:
-            self._warned_at = now
+            self._down_until = time.monotonic() + _DOWN_FOR
+        if isinstance(exc, MissingColumn):
+            reason = f"column {exc.column}"
+        elif isinstance(exc, _SCHEMA_GONE):  # its first line names the column or table
+            reason = f"{type(exc).__name__} {str(exc).partition(chr(10))[0]}"
+        else:
+            reason = type(exc).__name__
+        if self._warnings.due(reason):
             if isinstance(exc, (errors.UndefinedColumn, MissingColumn)):
                 log.error(
                     "PostgreSQL at %s has crc's tables without a column this server uses "

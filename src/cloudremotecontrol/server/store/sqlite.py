@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ...errors import InvalidInput, Unavailable
-from .base import MissingColumn, Store, Tx, settle, star_row, star_rows
+from .base import LogLimit, MissingColumn, Store, Tx, settle, star_row, star_rows
 from .schema import migrate
 
 __all__ = ["SqliteStore"]
@@ -44,7 +44,8 @@ _BATCH = 256
 COMMIT_WINDOW = 0.004
 _READERS = 2
 _BUSY_TIMEOUT = 30.0
-#: The log says why the database failed an op at most this often (seconds).
+#: The log says why the database failed an op at most this often (seconds), for each
+#: reason (``LogLimit``).
 _WARN_EVERY = 5.0
 #: What SQLite says of a column a statement names that its table has not...
 _NO_COLUMN = ("no such column", "has no column named")
@@ -122,7 +123,7 @@ class SqliteStore(Store):
         #: Batches committed, and how many times the writer waited for its window.
         self.batches = 0
         self.window_waits = 0
-        self._warned_at = -_WARN_EVERY  # when _failed last logged a failure
+        self._warnings = LogLimit(_WARN_EVERY)  # what _failed logs, per reason
 
     # -- lifecycle ---------------------------------------------------------------------
     def open_sync(self) -> None:
@@ -226,15 +227,14 @@ class SqliteStore(Store):
     def _failed(self, exc: sqlite3.OperationalError | MissingColumn) -> Unavailable | None:
         """A column or table of crc's that is not there (changed by hand, or by a newer
         crc server): the caller is told the database is unavailable (503), the log says
-        which, at most once per ``_WARN_EVERY`` seconds. None: another error, raised as
-        it is."""
+        which, at most once per ``_WARN_EVERY`` seconds for each missing column or table.
+        None: another error, raised as it is."""
         text = str(exc)
         gone = isinstance(exc, sqlite3.OperationalError) and any(t in text for t in _NO_TABLE)
         if not (isinstance(exc, MissingColumn) or gone or any(t in text for t in _NO_COLUMN)):
             return None
-        now = time.monotonic()
-        if now - self._warned_at >= _WARN_EVERY:
-            self._warned_at = now
+        reason = f"column {exc.column}" if isinstance(exc, MissingColumn) else text[:200]
+        if self._warnings.due(reason):
             if gone:
                 log.error(
                     "the SQLite database %s has lost crc's tables (replaced, or changed by "
