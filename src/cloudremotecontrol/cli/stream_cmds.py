@@ -325,8 +325,8 @@ def shell(
 
 # -- crc forward -------------------------------------------------------------------------------
 
-#: How often a forward checks its master token, group and machines while no connection
-#: comes.
+#: How often a forward checks its master token, group and machines (deleted or
+#: revoked) while no connection comes: one read of the group.
 TOKEN_CHECK_SECONDS = 5.0
 _HTTP_PORTS = {80, 3000, 5000, 8000, 8008, 8080, 8888}
 _HTTPS_PORTS = {443, 8443}
@@ -392,8 +392,8 @@ async def _forward(group: str, targets: list[tuple[str, Any]], as_json: bool) ->
 
         def end(exc: CrcError) -> None:
             # The master token was revoked (or is unknown), or the group or a machine of
-            # the forward is gone (deleted): no connection can be carried any more, so
-            # the forward ends (exit 3, or 4), as a shell does.
+            # the forward is gone (deleted, or the machine revoked): no connection can
+            # be carried any more, so the forward ends (exit 3, or 4), as a shell does.
             if not ended:
                 ended.append(exc)
             stop.set()
@@ -408,24 +408,34 @@ async def _forward(group: str, targets: list[tuple[str, Any]], as_json: bool) ->
                 end(exc)
 
         async def still_there() -> None:
-            # A revoked token, or a deleted group or machine, ends the forward also when
-            # no connection comes to find it.
+            # A revoked token, a deleted group, or a machine deleted or revoked ends the
+            # forward also when no connection comes to find it. The group's read says
+            # all: a revoked or unknown token is refused it (401) as any request is.
             while True:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(recheck.wait(), TOKEN_CHECK_SECONDS)
                 recheck.clear()
                 try:
-                    await client.whoami()
                     now = await client.group(group)
                 except (Unauthorized, NotFound) as exc:
                     end(exc)
                     return
                 except CrcError:  # the server away for a moment: checked again later
                     continue
-                names = {m.get("name") for m in now.get("machines", [])}
-                for gone in sorted(machines - names):
-                    end(NotFound(f"no machine {gone!r} in group {group!r}"))
-                    return
+                states = {m.get("name"): m.get("state") for m in now.get("machines", [])}
+                for name in sorted(machines):
+                    if name not in states:
+                        end(NotFound(f"no machine {name!r} in group {group!r}"))
+                        return
+                    if states[name] == "revoked":
+                        end(
+                            NotFound(
+                                f"machine {name!r} of group {group!r} is revoked: "
+                                f"see `crc status {group}`",
+                                code="machine_revoked",
+                            )
+                        )
+                        return
 
         try:
             # Every local port listening before any is announced: one that cannot
@@ -466,7 +476,7 @@ async def _forward(group: str, targets: list[tuple[str, Any]], as_json: bool) ->
                 await server.aclose()
         if ended:
             why = ended[0]
-            if isinstance(why, NotFound):  # the group or a machine was deleted
+            if isinstance(why, NotFound):  # the group or a machine deleted, or revoked
                 raise NotFound(f"the forward is closed: {why.message}", code=why.code)
             message = f"{why.message.rstrip('.')}: the forward is closed"
             raise Unauthorized(message, code=why.code)
@@ -546,7 +556,7 @@ def _ended_as(row: dict[str, Any]) -> str:
     error = str(row.get("error") or "")
     if error_code == "start_failed" or (error_code is None and error.startswith("cannot run ")):
         return str(_start_failed_code(error))
-    if error_code in ("machine_disconnected", "machine_unreachable") or (
+    if error_code in ("machine_disconnected", "machine_unreachable", "machine_revoked") or (
         error_code is None and "closed the session before its program ended" in error
     ):
         return "lost"

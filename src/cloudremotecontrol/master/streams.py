@@ -109,6 +109,8 @@ def stream_error(control: StreamError) -> CrcError:
         return Conflict(control.message, code=control.code)
     if control.code == "unauthorized":  # the master token was revoked meanwhile
         return Unauthorized(control.message, code=control.code)
+    if control.code == "machine_revoked":  # as its group deleted: gone for good (exit 4)
+        return NotFound(control.message, code=control.code)
     if control.code.endswith("_disabled"):
         from ..errors import Forbidden
 

@@ -407,35 +407,47 @@ async def _splice_while_valid(
     store: Store,
     cred: tuple[str, str] | None,
 ) -> None:
-    """``splice`` until either side closes, or until the master's token is revoked (or
-    its dashboard session ends): a shell opened with a token does not outlive it."""
+    """``splice`` until either side closes, until the master's token is revoked (or
+    its dashboard session ends): a shell opened with a token does not outlive it; or
+    until the server ends the stream (``stream.ended``: its machine revoked). The
+    master is told why (``stream.error``), and the end says it too."""
 
-    async def until_revoked() -> None:
+    async def until_revoked() -> tuple[str, str]:
         while True:
             await asyncio.sleep(CREDENTIAL_CHECK_SECONDS)
             with contextlib.suppress(CrcError):  # the database away: checked again later
                 if not await store.read(auth.still_valid, cred):
-                    return
+                    return ("unauthorized", "the master token was revoked: the stream is closed")
+
+    async def until_ended() -> tuple[str, str]:
+        return await asyncio.shield(stream.ended)
 
     splicing = asyncio.create_task(splice(ws, agent, stream, rec))
-    watching = asyncio.create_task(until_revoked())
+    watching = [asyncio.create_task(until_revoked()), asyncio.create_task(until_ended())]
+    why: tuple[str, str] | None = None
     try:
-        await asyncio.wait({splicing, watching}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({splicing, *watching}, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        revoked = watching.done() and not watching.cancelled() and not splicing.done()
-        for task in (splicing, watching):
+        if not splicing.done():
+            ended = [t for t in watching if t.done() and not t.cancelled() and not t.exception()]
+            why = ended[0].result() if ended else None
+        for task in (splicing, *watching):
             task.cancel()
-        for task in (splicing, watching):
+        for task in (splicing, *watching):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-    if revoked:
-        stream.error = "the master token was revoked: the stream is closed"
-        stream.error_code = "unauthorized"
-        log.info("stream %s closed: its master token was revoked", stream.id)
-        with contextlib.suppress(Exception):
-            await ws.send_text(
-                write_control(StreamError(code="unauthorized", message=stream.error))
-            )
+    if why is not None:
+        await _end_master(ws, stream, *why)
+
+
+async def _end_master(ws: WebSocket, stream: Stream, code: str, message: str) -> None:
+    """The server ends ``stream`` (its splice over): recorded as its end, and the
+    master told why with a ``stream.error`` (the caller then closes both ends)."""
+    stream.error = message
+    stream.error_code = code
+    log.info("stream %s closed: %s", stream.id, message)
+    with contextlib.suppress(Exception):
+        await ws.send_text(write_control(StreamError(code=code, message=message)))
 
 
 async def agent_stream(ws: WebSocket) -> None:

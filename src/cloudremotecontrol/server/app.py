@@ -305,6 +305,7 @@ def create_app(
         install(app)
     app.add_api_websocket_route("/v1/agent/connect", agent_endpoint)
     api_streams.add_stream_routes(app, blob_dir.parent / "recordings" if blob_dir else None)
+    hub.streams = app.state.streams  # a machine revoked ends its open streams
     install_openapi(app, routers)  # every operation's error statuses, with the error shape
     app.add_middleware(Methods, routes=app.router.routes)  # HEAD, Allow, 426: methods.py
     app.add_middleware(NoNul)
@@ -484,12 +485,13 @@ async def _revoked_loop(store: Store, hub: Hub) -> None:
     """Replicas (PostgreSQL): every ``REVOKED_SECONDS``, the machines connected to this
     replica that are revoked in the database (their group deleted or expired through
     another replica, which could tell only its own agents) are told why, and closed, as
-    ``_touch_loop`` would at its next pass (every 30 s). One read a round (``_BATCH``
-    ids a statement, by primary key) while agents are connected; none while none is."""
+    ``_touch_loop`` would at its next pass (every 30 s); so are the streams open on this
+    replica to a revoked machine connected to another. One read a round (``_BATCH`` ids
+    a statement, by primary key) while agents or streams are there; none otherwise."""
     retries = RetryLog(log, "revoked machines")
     while True:
         await asyncio.sleep(REVOKED_SECONDS)
-        ids = list(hub.links)
+        ids = hub.watched()
         if not ids:
             continue
         try:

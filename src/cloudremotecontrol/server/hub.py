@@ -27,10 +27,13 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import Awaitable, Callable
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from ..errors import Unavailable
 from .store.base import ALL_GROUPS
+
+if TYPE_CHECKING:
+    from .streams import StreamBroker
 
 __all__ = [
     "CUT_ON_STOP",
@@ -169,6 +172,17 @@ class AgentLink:
 class Hub:
     def __init__(self) -> None:
         self.links: dict[str, AgentLink] = {}
+        #: The shells and forwards open on this replica (set with the stream routes):
+        #: ``revoke`` ends those of the machines it revokes.
+        self.streams: StreamBroker | None = None
+
+    def watched(self) -> list[str]:
+        """The machines this replica must hear of once revoked: those connected to it,
+        and those with a stream open on it (maybe connected to another replica)."""
+        ids = set(self.links)
+        if self.streams is not None:
+            ids |= self.streams.machine_ids()
+        return list(ids)
 
     def attach(self, link: AgentLink) -> AgentLink | None:
         """Register ``link``; return a previous link of the same machine to close."""
@@ -199,9 +213,12 @@ class Hub:
                 link.offer(seq, frame)
 
     async def revoke(self, machine_ids: list[str], reason: str, uninstall: bool = False) -> None:
-        """Tell the connected ones (``uninstall``: and have them remove their service),
-        then close them."""
+        """End their open streams (each master told why), tell the connected ones
+        (``uninstall``: and have them remove their service), then close them."""
         from ..protocol.frames import Revoked, write_frame
+
+        if self.streams is not None:
+            self.streams.end_machines(machine_ids, reason)
 
         frame = write_frame(Revoked(reason=reason, uninstall=True if uninstall else None))
         for mid in machine_ids:

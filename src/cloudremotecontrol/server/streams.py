@@ -18,7 +18,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +39,7 @@ from ..protocol.wire import Direction
 from ..terminal import safe
 from .recorder import Recorder
 
-__all__ = ["AGENT_DIAL_SECONDS", "Stream", "StreamBroker", "splice"]
+__all__ = ["AGENT_DIAL_SECONDS", "Stream", "StreamBroker", "revoked_message", "splice"]
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +74,9 @@ class Stream:
     #: The ``stream.error`` code that ended it (``start_failed``, ...), if one did.
     error_code: str | None = None
     expiry: asyncio.TimerHandle | None = None
+    #: Set by the server to end the stream (``StreamBroker.end_machines``): the
+    #: ``(code, message)`` of the ``stream.error`` the master is told.
+    ended: asyncio.Future[tuple[str, str]] = field(default_factory=asyncio.Future)
 
     def summary(self) -> dict[str, Any]:
         out = {
@@ -132,6 +135,22 @@ class StreamBroker:
             stream.agent.cancel()
         stream.done.set()
 
+    def machine_ids(self) -> set[str]:
+        """The machines of the streams open on this replica."""
+        return {stream.machine_id for stream in self.streams.values()}
+
+    def end_machines(self, machine_ids: Iterable[str], reason: str) -> int:
+        """End the open streams of these machines (revoked: ``reason`` says why), at
+        once: each master is told (``machine_revoked``), its splice ends, the agent's
+        end is closed. Returns how many were ended."""
+        ids = set(machine_ids)
+        n = 0
+        for stream in list(self.streams.values()):
+            if stream.machine_id in ids and not stream.ended.done():
+                stream.ended.set_result(("machine_revoked", revoked_message(stream, reason)))
+                n += 1
+        return n
+
     def recording_path(self, stream_id: str) -> Path | None:
         """Where an older version of the server kept a recording (recordings are in the
         database now: ops/recordings.py); such files are still served, and pruned."""
@@ -152,6 +171,14 @@ class StreamBroker:
 
 
 Send = Callable[[str], Awaitable[None]]
+
+
+def revoked_message(stream: Stream, reason: str) -> str:
+    """What the master of ``stream`` is told when its machine is revoked (``reason``:
+    what ``Hub.revoke`` was given, e.g. "group 'lab' deleted")."""
+    what = "session" if stream.kind == "shell" else "connection"
+    why = "" if reason in ("", "machine revoked") else f": {reason}"
+    return f"machine {stream.machine!r} is revoked{why}; the {what} is closed"
 
 
 async def _error(ws: WebSocket, code: str, message: str) -> None:
