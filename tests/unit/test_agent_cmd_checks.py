@@ -41,6 +41,8 @@ def _crc(*argv: str, cwd: Path) -> subprocess.CompletedProcess[str]:
         ["install", "--wait", "nan"],
         ["run", "--facts-interval", "nan"],
         ["run", "--keep-messages-days", "nan"],
+        ["run", "--keep-messages-mib", "nan"],
+        ["run", "--keep-messages-mib", "-1"],
     ],
 )
 def test_a_timeout_that_is_not_a_bounded_number_is_a_usage_error(

@@ -38,6 +38,7 @@ def run(
     follow_logs: tuple[str, ...] = (),
     facts_interval: float = 30.0,
     keep_messages_days: float = 7.0,
+    keep_messages_mib: float = 64.0,
     log_level: str = "info",
     hosts_file: str | None = None,
     as_json: bool = False,
@@ -62,6 +63,7 @@ def run(
             follow_logs=follow_logs,
             facts_interval=facts_interval,
             keep_messages_days=keep_messages_days,
+            keep_messages_mib=keep_messages_mib,
             hosts_file=hosts_file,
         )
     except Revoked as exc:
@@ -138,6 +140,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--follow-log", dest="follow_logs", action="append", default=[])
     p.add_argument("--facts-interval", type=_bounded(0.1, 86400), default=30.0)
     p.add_argument("--keep-messages-days", type=_bounded(0, 36500), default=7.0)
+    p.add_argument("--keep-messages-mib", type=_bounded(0, 65536), default=64.0)
     p.add_argument("--log-level", choices=LOG_LEVELS, default="info")
     p.add_argument("--hosts-file", default=env("CRC_AGENT_HOSTS_FILE"))
     p.add_argument("--json", dest="as_json", action="store_true")
@@ -163,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
             follow_logs=tuple(options["follow_logs"]),
             facts_interval=options["facts_interval"],
             keep_messages_days=options["keep_messages_days"],
+            keep_messages_mib=options["keep_messages_mib"],
             log_level=options["log_level"],
             hosts_file=options["hosts_file"],
             as_json=options["as_json"],

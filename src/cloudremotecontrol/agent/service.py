@@ -19,7 +19,13 @@ from .control import ControlServer, Handed, revoked
 from .core import Agent, Revoked, load_or_enroll
 from .lock import StateDirLock
 from .platform import current
-from .state import AgentState, dirs_to_make, discard_made_state_dir, remove_key_file
+from .state import (
+    DEFAULT_KEEP_MESSAGES_MIB,
+    AgentState,
+    dirs_to_make,
+    discard_made_state_dir,
+    remove_key_file,
+)
 
 __all__ = ["run_agent"]
 
@@ -42,6 +48,7 @@ def run_agent(
     keep_messages_days: float = DEFAULT_KEEP_MESSAGES_DAYS,
     hosts_file: str | None = None,
     key_file: str | None = None,
+    keep_messages_mib: float = DEFAULT_KEEP_MESSAGES_MIB,
 ) -> str:
     """Run the agent in the foreground; return why it stopped (revocation).
 
@@ -49,8 +56,9 @@ def run_agent(
     with a function that stops it from any thread. ``hosts_file``: the file hosts syncs
     write instead of the system's (/etc/hosts, or ...\\drivers\\etc\\hosts on Windows).
     ``key_file`` holds the enrollment key: read only if the machine is not enrolled yet,
-    and removed once it is (the key is used up). Raises AlreadyRunning when another agent
-    runs with ``state_dir``."""
+    and removed once it is (the key is used up). ``keep_messages_days`` and
+    ``keep_messages_mib`` bound the user messages kept for scripts, by age and by size.
+    Raises AlreadyRunning when another agent runs with ``state_dir``."""
     platform = current()
     if hosts_file is not None:
         platform.hosts_file = hosts_file
@@ -59,7 +67,9 @@ def run_agent(
     state: AgentState | None = None
     uninstall = False
     try:
-        state = AgentState(state_dir, protect=platform.protect_file)
+        state = AgentState(
+            state_dir, protect=platform.protect_file, keep_messages_mib=keep_messages_mib
+        )
         if state.get("revoked"):
             raise Revoked(
                 f"this machine was revoked ({state.get('revoked')}); remove "

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import secrets
 import sqlite3
 import time
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ __all__ = [
     "Credential",
     "dirs_to_make",
     "discard_made_state_dir",
+    "messages_to_forget",
     "remove_key_file",
 ]
 
@@ -46,6 +48,13 @@ __all__ = [
 # again without doing it twice): the last MAX_REQUEST_IDS, none older than a day.
 MAX_REQUEST_IDS = 10_000
 KEEP_REQUEST_IDS_SECONDS = 86400.0
+# The user messages kept for scripts (`crc agent wait-message`), whoever sent them: at
+# most this many bytes of envelopes (`crc agent run --keep-messages-mib`) and this many
+# messages. A peer's messages are acknowledged as they arrive, so the server's bound on
+# what a peer has not acknowledged does not bound what its disk keeps: this does.
+DEFAULT_KEEP_MESSAGES_MIB = 64.0
+MAX_KEPT_MESSAGES = 10_000
+DROP_WARNING_SECONDS = 60.0  # at most one warning a minute that messages were forgotten
 WAL_CHECKPOINT_PAGES = 64  # pages of the write-ahead log (256 KiB) that start a checkpoint
 WAL_KEEP_BYTES = 256 * 1024  # what the log file keeps of its size once checkpointed
 
@@ -162,10 +171,42 @@ def read_credential(state_dir: Path) -> Credential | None:
         raise damaged from None
 
 
+log = logging.getLogger("crc.agent")
+
+
+def messages_to_forget(
+    kept: Iterable[tuple[int, int]], excess_bytes: int, excess_count: int
+) -> list[int]:
+    """The numbers of the stored messages to forget, taken from ``kept`` (``(number,
+    size)``, in the order they are to go) until ``excess_bytes`` and ``excess_count``
+    are made up; none if neither is positive."""
+    out: list[int] = []
+    for n, size in kept:
+        if excess_bytes <= 0 and excess_count <= 0:
+            break
+        out.append(n)
+        excess_bytes -= size
+        excess_count -= 1
+    return out
+
+
 class AgentState:
-    def __init__(self, state_dir: str | Path, protect: Any = None) -> None:
+    def __init__(
+        self,
+        state_dir: str | Path,
+        protect: Any = None,
+        keep_messages_mib: float = DEFAULT_KEEP_MESSAGES_MIB,
+        keep_messages_count: int = MAX_KEPT_MESSAGES,
+    ) -> None:
+        """``keep_messages_mib`` and ``keep_messages_count`` bound the user messages
+        kept (``make_room_for``): a ``keep_messages_mib`` of 0 lifts both, a
+        ``keep_messages_count`` of 0 the count only."""
         self.dir = Path(state_dir)
         self._protect = protect
+        self.keep_messages_bytes = int(keep_messages_mib * (1 << 20))
+        self.keep_messages_count = keep_messages_count
+        self._forgotten = 0  # messages forgotten for room since the last warning
+        self._warned = -DROP_WARNING_SECONDS  # time.monotonic() of that warning
         try:
             self.db = self._open()
         except sqlite3.OperationalError as exc:  # cannot open, read-only, disk full
@@ -220,7 +261,7 @@ class AgentState:
             CREATE TABLE IF NOT EXISTS messages (n INTEGER PRIMARY KEY AUTOINCREMENT,
                                                  type TEXT NOT NULL, sender TEXT NOT NULL,
                                                  envelope TEXT NOT NULL, consumed INTEGER
-                                                 NOT NULL DEFAULT 0);
+                                                 NOT NULL DEFAULT 0, size INTEGER);
             CREATE TABLE IF NOT EXISTS dead_letters (seq INTEGER PRIMARY KEY,
                                                      type TEXT NOT NULL, id TEXT,
                                                      reason TEXT NOT NULL,
@@ -235,6 +276,12 @@ class AgentState:
         )
         if "proc" not in {r[1] for r in db.execute("PRAGMA table_info(jobs)")}:
             db.execute("ALTER TABLE jobs ADD COLUMN proc TEXT")  # state of an older agent
+        if "size" not in {r[1] for r in db.execute("PRAGMA table_info(messages)")}:
+            db.execute("ALTER TABLE messages ADD COLUMN size INTEGER")  # an older agent's
+        # Messages an older agent stored have no size yet. The index holds every column
+        # the bound reads, so adding it up never reads the envelopes.
+        db.execute("UPDATE messages SET size = length(CAST(envelope AS BLOB)) WHERE size IS NULL")
+        db.execute("CREATE INDEX IF NOT EXISTS messages_kept ON messages (consumed, n, size)")
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
@@ -439,14 +486,18 @@ class AgentState:
     ) -> bool:
         """Record server message ``seq`` as processed; with ``start_job``, also record the
         job as started - unless it was seen before, then return False (do not run it);
-        with ``message``, keep a user message for `crc agent wait-message`."""
+        with ``message``, keep a user message for `crc agent wait-message`, forgetting
+        the oldest first if it would pass the bound (``make_room_for``)."""
         with self.transaction():
             self.inbox.done(seq)
             fresh = True
             if message is not None:
+                envelope = json.dumps(message.to_dict())
+                size = len(envelope.encode("utf-8"))
+                self.make_room_for(size)
                 self.db.execute(
-                    "INSERT INTO messages (type, sender, envelope) VALUES (?, ?, ?)",
-                    (message.type, message.sender, json.dumps(message.to_dict())),
+                    "INSERT INTO messages (type, sender, envelope, size) VALUES (?, ?, ?, ?)",
+                    (message.type, message.sender, envelope, size),
                 )
             if start_job is not None:
                 cur = self.db.execute(
@@ -456,6 +507,46 @@ class AgentState:
                 )
                 fresh = cur.rowcount == 1
         return fresh
+
+    def make_room_for(self, size: int) -> int:
+        """Forget stored user messages so that one of ``size`` bytes more stays within
+        the bound (``keep_messages_bytes``, ``keep_messages_count``): consumed ones
+        first, then unconsumed ones, oldest first, so a peer that sends without end
+        cannot fill this machine's disk, and what scripts have read goes before what
+        they have not. Return how many; call it in the transaction that stores the
+        message."""
+        if not self.keep_messages_bytes:  # --keep-messages-mib 0: keeps them all
+            return 0
+        count, total = self.db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM messages"
+        ).fetchone()
+        excess_bytes = int(total) + size - self.keep_messages_bytes
+        excess_count = int(count) + 1 - self.keep_messages_count if self.keep_messages_count else 0
+        if excess_bytes <= 0 and excess_count <= 0:
+            return 0
+        kept = self.db.execute("SELECT n, size FROM messages ORDER BY consumed DESC, n")
+        gone = messages_to_forget(kept, excess_bytes, excess_count)
+        kept.close()
+        self.db.executemany("DELETE FROM messages WHERE n = ?", [(n,) for n in gone])
+        self._forgotten += len(gone)
+        self._warn_forgotten()
+        return len(gone)
+
+    def _warn_forgotten(self) -> None:
+        """One warning a minute at most, however fast a peer sends: the log must not
+        be the next thing it fills."""
+        now = time.monotonic()
+        if now - self._warned < DROP_WARNING_SECONDS:
+            return
+        log.warning(
+            "forgot %d stored user message(s), oldest first, to keep at most %g MiB and "
+            "%d messages (crc agent run --keep-messages-mib)",
+            self._forgotten,
+            self.keep_messages_bytes / (1 << 20),
+            self.keep_messages_count,
+        )
+        self._forgotten = 0
+        self._warned = now
 
     def dead_letter(
         self,

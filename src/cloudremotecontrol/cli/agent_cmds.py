@@ -110,6 +110,15 @@ def agent() -> None:
     help="Forget stored user messages (wait-message) after this many days; 0 keeps them.",
 )
 @click.option(
+    "--keep-messages-mib",
+    type=_Finite(0, 65536),
+    default=64.0,
+    show_default=True,
+    metavar="MIB",
+    help="Keep at most this many MiB (and 10,000) of stored user messages: past it, the "
+    "oldest are forgotten, read ones first; 0 keeps them all.",
+)
+@click.option(
     "--log-level",
     default="info",
     show_default=True,
@@ -127,6 +136,7 @@ def run_cmd(
     follow_logs: tuple[str, ...],
     facts_interval: float,
     keep_messages_days: float,
+    keep_messages_mib: float,
     log_level: str,
     hosts_file: str | None,
     as_json: bool,
@@ -148,6 +158,7 @@ def run_cmd(
         follow_logs=follow_logs,
         facts_interval=facts_interval,
         keep_messages_days=keep_messages_days,
+        keep_messages_mib=keep_messages_mib,
         log_level=log_level,
         hosts_file=hosts_file,
         as_json=as_json,
