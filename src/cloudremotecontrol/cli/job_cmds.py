@@ -8,7 +8,8 @@ with N instead (e.g. 255, as ssh does).
 
 Ctrl-C, SIGTERM and SIGHUP while a job runs cancel it on every machine (its process
 tree is killed) and wait for the targets to say so; a second one stops waiting. A closed
-output (``crc run ... | head -1``) cancels it too, and crc exits 141 at once.
+output (``crc run ... | head -1``) cancels it too, and crc exits 141 at once: noticed
+while crc waits, not only at its next write (``outwatch``).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from .output import (
     safe,
     target_option,
 )
+from .outwatch import OutputGone, OutputWatch
 from .signals import caught, said, stopped_as_by_ctrl_c
 from .trailing import TrailingCommand
 
@@ -138,7 +140,7 @@ def start_and_follow(
             try:
                 announce(started)
             except BrokenPipeError:
-                _output_closed(c, started["job_id"])
+                _output_closed(c, started["job_id"], started["targets"])
         # Still held until follow_to_end is ready: it then takes SIGTERM and SIGHUP as
         # Ctrl-C, and Ctrl-C's own handler is put back (``ready``).
         watch = (group, since) if group is not None and since is not None else None
@@ -197,9 +199,11 @@ def follow_to_end(
     cursor = 0
     cancelled = False
     notes = _OfflineNotes(c, watch, started["targets"], results) if watch else None
+    closed = OutputWatch(c)
     with (
         stopped_as_by_ctrl_c(once=False),
-        _cancelled_if_output_closed(c, job_id),
+        _cancelled_if_output_closed(c, job_id, started["targets"]),
+        closed,
         _flushed(joiner),
         notes if notes is not None else contextlib.nullcontext(),
     ):
@@ -212,10 +216,14 @@ def follow_to_end(
                 if held and not cancelled:
                     why = held.pop()
                     raise KeyboardInterrupt("Ctrl-C" if why == "SIGINT" else why)
+                if closed.gone.is_set():
+                    raise OutputGone
                 for ev in c.follow_job(job_id, left, since=cursor):
                     cursor = max(cursor, ev.cursor)
                     if show_output or ev.type != "job.output":
                         show_job_event(ev, results, as_json, joiner)
+                if closed.gone.is_set() and any(t not in results for t in started["targets"]):
+                    raise OutputGone  # its follow halted by the watch
                 return results
             except Unavailable as exc:
                 # Its stream gave up (the server away for longer than a resume lasts):
@@ -341,21 +349,33 @@ class _OfflineNotes:
             click.echo(text, err=True)
 
 
-def _output_closed(c: Any, job_id: str) -> NoReturn:
+def _output_closed(c: Any, job_id: str, targets: list[str]) -> NoReturn:
     """The reader of crc's output went away (``crc run ... | head -1``): cancel the job on
     every machine, as ssh's remote command ends with its connection, and exit 141
-    without waiting for the targets to confirm (nobody reads what they would say)."""
+    without waiting for the targets to confirm (nobody reads what they would say). Says
+    what the cancel did: on every machine, on those that had not finished, or nothing
+    (every target had finished: the job is not said to be cancelled)."""
     from ..errors import CrcError
 
     output.quiet_if_closed(sys.stdout)
     try:
-        c.cancel_job(job_id)
-        note = (
-            f"crc: output closed: cancelled job {job_id} on every machine "
-            f"(`crc job show {job_id}` tells when they stopped)"
-        )
+        left = list(c.cancel_job(job_id).get("cancelling") or [])
     except CrcError as exc:
         note = f"crc: output closed; cancelling job {job_id} failed: {safe(exc.message)}"
+    else:
+        show = f"(`crc job show {job_id}` tells when they stopped)"
+        if not left:
+            note = (
+                f"crc: output closed: job {job_id}: nothing left to cancel "
+                "(every target has finished)"
+            )
+        elif set(left) >= set(targets):
+            note = f"crc: output closed: cancelled job {job_id} on every machine {show}"
+        else:
+            note = (
+                f"crc: output closed: cancelled job {job_id} on {', '.join(left)} "
+                f"(the others had finished) {show}"
+            )
     with contextlib.suppress(OSError):
         click.echo(note, err=True)
     output.quiet_if_closed(sys.stderr)
@@ -363,11 +383,11 @@ def _output_closed(c: Any, job_id: str) -> NoReturn:
 
 
 @contextlib.contextmanager
-def _cancelled_if_output_closed(c: Any, job_id: str) -> Iterator[None]:
+def _cancelled_if_output_closed(c: Any, job_id: str, targets: list[str]) -> Iterator[None]:
     try:
         yield
-    except BrokenPipeError:
-        _output_closed(c, job_id)
+    except (BrokenPipeError, OutputGone):
+        _output_closed(c, job_id, targets)
 
 
 def _write_lines(pieces: list[Piece]) -> None:
