@@ -396,9 +396,32 @@ def test_up_with_a_loopback_server_isolates_machines_without_a_network(env, crc)
             provider.destroy(inst.id)
 
 
+def test_up_passes_env_values_and_argv_elements_as_written(env, crc):
+    """``MODE: 010`` is ``010`` on the machine, not YAML's 8: the file is composed by
+    libyaml there, which marks a plain scalar otherwise than PyYAML's own composer."""
+    env.cli_env["CRC_LOCAL_DIR"] = str(env.tmp / "machines")
+    path = env.tmp / "written.yaml"
+    path.write_text(
+        "name: written\nprovider: {name: local, network: isolated}\nmachines:\n  a: {}\n"
+        "steps:\n  - name: show\n    run: [sh, -c, 'echo \"MODE=$MODE ARG=$0\"', 0755]\n"
+        "    env:\n      MODE: 010\n"
+    )
+    provider = LocalProvider(env.tmp / "machines")
+    try:
+        r = crc("up", str(path), "--json")
+        assert r.returncode == 0, r.stdout + r.stderr
+        seen = [o["data"] for o in lines(r.stdout) if o["event"] == "output"]
+        assert "".join(seen) == "MODE=010 ARG=0755\n", seen
+        r = crc("down", str(path))
+        assert r.returncode == 0, r.stdout + r.stderr
+    finally:
+        for inst in provider.list("written"):
+            provider.destroy(inst.id)
+
+
 def test_up_refuses_an_invalid_scenario_with_file_and_line(env, crc):
     path = env.tmp / "bad.yaml"
-    path.write_text("name: bad\nmachines: {a: }\nsteps:\n  - run: true\n    to: nobody\n")
+    path.write_text("name: bad\nmachines: {a: }\nsteps:\n  - run: ~\n    to: nobody\n")
     r = crc("up", str(path))
     assert r.returncode == 2
     assert "bad.yaml:4:10: steps.run-1.run: expected a string" in r.stderr
@@ -432,7 +455,7 @@ def test_up_with_network_plain_as_root_is_refused_before_anything_is_made(env, c
     path = env.tmp / "plain.yaml"
     path.write_text("name: plainly\nprovider: {name: local, network: plain}\nmachines: {a: }\n")
     r = crc("up", str(path))
-    assert r.returncode == 8, r.stdout + r.stderr
+    assert r.returncode == 2, r.stdout + r.stderr  # the file's setting: invalid input
     assert "network: plain is refused as root" in r.stderr, r.stderr
     assert "unshare(1) (util-linux) is missing" not in r.stderr
     assert "crc down" not in r.stderr + r.stdout  # nothing was made
@@ -491,6 +514,15 @@ def test_up_of_a_scenario_whose_ttl_passed_says_to_tear_it_down_not_to_resume(en
         assert "group brief has expired (its TTL passed)" in r.stderr, r.stderr
         assert "`crc down --group brief` then `crc up`" in r.stderr, r.stderr
         assert "again resumes" not in r.stderr + r.stdout, r.stderr
+        # Its key/value store is refused a write, as any command to it; a `crc up` made
+        # it, so `crc down` is named (it destroys the machines too; `crc group delete`
+        # would refuse the group).
+        r = crc("kv", "set", "brief", "k", "v")
+        assert r.returncode == 4, r.stdout + r.stderr
+        assert r.stderr.splitlines()[-1].endswith(
+            "group 'brief' has expired (its TTL): its machines are revoked; run "
+            "`crc down --group brief`"
+        ), r.stderr
         r = crc("down", str(path))
         assert r.returncode == 0, r.stdout + r.stderr
         _nothing_left(provider, "brief")

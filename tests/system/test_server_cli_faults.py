@@ -208,6 +208,9 @@ def test_a_command_that_only_reads_never_makes_a_database_it_is_told_of(tmp_path
         r = _crc("server", *command, "--database", f"sqlite:///{typo}")
         line = _one_error_line(r, 4)
         assert f"no database at {typo}" in line, line
+        # True of every admin command: add-user makes one (as `crc server run` does).
+        assert "`crc server run` and `crc server add-user` make a new database" in line
+        assert "the admin commands that only read (list-users, list-tokens) never do" in line
         assert not typo.exists()
     r = _crc("server", "list-users", "--database", f"sqlite:///{tmp_path}")
     assert "is a directory, not a file" in _one_error_line(r, 2)

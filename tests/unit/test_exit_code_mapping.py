@@ -56,3 +56,21 @@ def test_a_failed_target_is_never_the_worst_as_zero() -> None:
         "b": {"status": "failed", "exit_code": 256},
     }
     assert worst_exit_code(results) == 1
+
+
+@pytest.mark.parametrize(
+    ("others", "rc"),
+    [
+        ([("failed", 4)], 4),  # the error budget spent on it: its code, not 125
+        ([("failed", 4), ("timed_out", None)], 124),  # the worst of those that ran
+        ([("cancelled", None)], 130),
+        ([("succeeded", 0)], 125),  # skipped for no failure shown here: still 125
+        ([], 125),
+    ],
+)
+def test_a_skipped_target_counts_only_when_no_other_has_a_code(
+    others: list[tuple[str, int | None]], rc: int
+) -> None:
+    results = {f"m{i}": {"status": s, "exit_code": c} for i, (s, c) in enumerate(others)}
+    results["skipped"] = {"status": "skipped", "exit_code": None}
+    assert worst_exit_code(results) == rc

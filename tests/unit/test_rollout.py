@@ -80,6 +80,31 @@ def test_refusals_name_the_key_as_its_user_wrote_it(
     assert err.value.details == {"field": next(iter(body))}
 
 
+@pytest.mark.parametrize(
+    ("body", "said"),
+    [
+        ({"canary": 0}, "--canary must be at least 1, got 0"),
+        ({"canary": "0%"}, "--canary must be a number of targets, not a percentage"),
+        ({"canary": "x"}, "--canary must be a number of targets (e.g. 3), got 'x'"),
+        ({"max_concurrency": 0}, "--max-concurrency must be at least 1 (or 1%), got 0"),
+        ({"max_errors": "0%"}, "--max-errors must be at least 1 (or 1%), got 0"),
+        (
+            {"max_errors": "x"},
+            "--max-errors must be a number of targets (e.g. 10) or a percentage of them "
+            "(e.g. 25%), got 'x'",
+        ),
+    ],
+)
+def test_only_the_options_that_take_a_percentage_suggest_one(
+    body: dict[str, object], said: str
+) -> None:
+    """--canary takes N only: its refusals never offer ``1%`` or ``25%``."""
+    with pytest.raises(InvalidInput) as err:
+        Rollout.from_body(body, flags=True)
+    assert err.value.message == said
+    assert err.value.details == {"field": next(iter(body))}
+
+
 def test_percentages_round_up_and_are_at_least_one() -> None:
     assert Limit(10, True).of(95) == 10
     assert Limit(1, True).of(3) == 1

@@ -623,7 +623,9 @@ def run(
 
     Rate control (--max-concurrency, --max-errors, --batch-wait, --canary,
     --deliver-within) is enforced by the server: if crc run stops, the job goes on by
-    the same rules. Targets it gives up on end skipped or expired (exit code 125).
+    the same rules. Targets it gives up on end skipped or expired (exit code 125; a
+    skipped one only when no other target has a code: the failure they were skipped
+    for is the exit code).
     """
     from ..master.client import worst_exit_code
     from ..protocol.rollout import Rollout

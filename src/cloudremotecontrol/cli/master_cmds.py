@@ -708,12 +708,16 @@ def message_type(value: str, hint: str) -> str:
 def send(name: str, to: str, type_: str, body: str | None, as_json: bool) -> None:
     """Send data message TYPE (user.NAME) with an optional BODY, a JSON object ({} when
     left out), to machines; scripts there receive it with `crc agent wait-message
-    TYPE`. With --json: the server's answer, {"group", "type", "targets": [machines],
-    "messages": [{"machine", "id"}]}, one message per target."""
-    from .jsonarg import json_arg
+    TYPE`. BODY - reads it from standard input (UTF-8, at most 256 KiB: a body too
+    large for the command line). With --json: the server's answer, {"group", "type",
+    "targets": [machines], "messages": [{"machine", "id"}]}, one message per target."""
+    from ..protocol.limits import MAX_MESSAGE_BODY_BYTES
+    from .jsonarg import STDIN, from_stdin, json_arg
 
-    parsed = json_arg(body, "BODY")
     type_ = message_type(type_, "TYPE")
+    if body == STDIN:
+        body = from_stdin("BODY", MAX_MESSAGE_BODY_BYTES)
+    parsed = json_arg(body, "BODY")
     with _client() as c:
         out = c.send_message(name, to, type_, parsed)
     if as_json:
@@ -740,12 +744,17 @@ def kv() -> None:
 @json_option
 def kv_set(name: str, key: str, value: str, as_json: bool) -> None:
     """Set KEY to VALUE (JSON, or a plain string) in group GROUP: a VALUE starting with
-    {, [ or " must be valid JSON (else exit 2).
+    {, [ or " must be valid JSON (else exit 2). VALUE - reads it from standard input
+    (UTF-8, at most 64 KiB, taken as it is: a trailing newline is part of a plain
+    string); the string "-" itself is '"-"'.
 
     A VALUE that begins with - (a negative number, -5) goes after --: `crc kv set GROUP
     KEY -- -5`."""
-    from .jsonarg import json_or_text
+    from ..protocol.limits import MAX_KV_VALUE_BYTES
+    from .jsonarg import STDIN, from_stdin, json_or_text
 
+    if value == STDIN:
+        value = from_stdin("VALUE", MAX_KV_VALUE_BYTES)
     parsed = json_or_text(value, "VALUE")
     with _client() as c:
         out = c.kv_set(name, key, parsed)

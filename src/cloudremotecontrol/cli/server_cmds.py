@@ -358,7 +358,8 @@ def _check_database(url: str, *, must_exist: bool) -> None:
     if must_exist and not Path(path).exists():
         raise NotFound(
             f"no database at {path} (from --database {url}): check the path; `crc server "
-            "run` makes a new database, the admin commands never do"
+            "run` and `crc server add-user` make a new database, the admin commands that "
+            "only read (list-users, list-tokens) never do"
         )
 
 

@@ -36,6 +36,7 @@ from ..protocol.names import (
     kv_wait_timed_out,
     listed,
     parse_target,
+    scenario_of,
 )
 from ..protocol.names import audit_actions as checked_audit_actions
 
@@ -363,11 +364,7 @@ def group_gone(group: str, view: dict[str, Any] | None) -> NotFound | None:
     if view is None:
         return NotFound(f"group {group!r} was deleted while waiting", field="group")
     if view.get("expired"):
-        return NotFound(
-            f"group {group!r} has expired (its TTL): its machines are revoked; run "
-            f"`crc down` or `crc group delete {group}`",
-            field="group",
-        )
+        return group_expired(group, scenario_of(view.get("settings") or {}))
     return None
 
 
@@ -591,7 +588,7 @@ def check_targets(target: Target, group: str, roster: dict[str, Any]) -> None:
     """NotFound, in the server's words, when ``target`` names no machine of ``roster``
     (the group, as ``GET /v1/groups/G`` gives it) that a job can go to."""
     if roster.get("expired"):
-        raise group_expired(group)
+        raise group_expired(group, scenario_of(roster.get("settings") or {}))
     machines = {
         str(m.get("name")): m.get("labels") or {}
         for m in roster.get("machines") or ()

@@ -1189,8 +1189,15 @@ class ExactReader:
 
 
 def worst_exit_code(results: dict[str, Any]) -> int:
-    """``crc run``'s exit code: the worst of its targets (see docs/reference.md)."""
+    """``crc run``'s exit code: the worst of its targets (see docs/reference.md). A
+    target rate control skipped (``skipped``: the error budget spent, a canary failed)
+    counts only when no other target has a code: the failure it was skipped for is what
+    the exit code says (``--max-errors 1 -- 'exit 4'`` exits 4, not 125)."""
     worst = 0
+    skipped = False
     for r in results.values():
-        worst = max(worst, exit_code_of(r["status"], r.get("exit_code")))
-    return worst
+        if r["status"] == "skipped":
+            skipped = True
+        else:
+            worst = max(worst, exit_code_of(r["status"], r.get("exit_code")))
+    return worst or (exit_code_of("skipped", None) if skipped else 0)

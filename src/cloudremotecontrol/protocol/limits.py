@@ -3,6 +3,7 @@
 MAX_FRAME_BYTES = 1 << 20  # one WebSocket frame, either direction
 MAX_HTTP_BODY_BYTES = 1 << 20  # one JSON request body
 MAX_MESSAGE_BODY_BYTES = 256 << 10  # the JSON body of one user message
+MAX_KV_VALUE_BYTES = 64 << 10  # the JSON value of one key/value key
 MAX_OUTPUT_CHUNK_BYTES = 64 << 10  # one job.output message
 MAX_OUTPUT_KEPT_BYTES = 4 << 20  # output kept server-side per job target
 MAX_COMMAND_BYTES = 128 << 10  # argv or shell string of one job

@@ -140,11 +140,14 @@ def check_machine_may_write(key: str) -> None:
         )
 
 
-def group_expired(name: str) -> NotFound:
-    """A group whose TTL passed: its machines are revoked, nothing can be sent to them."""
+def group_expired(name: str, scenario: str | None) -> NotFound:
+    """A group whose TTL passed: its machines are revoked, nothing can be sent to them.
+    ``scenario``: the scenario whose `crc up` made it (``scenario_of``): `crc down`
+    destroys its machines too (`crc group delete` refuses such a group); None: no `crc
+    up` made it, `crc group delete` removes it."""
+    todo = f"crc down --group {name}" if scenario is not None else f"crc group delete {name}"
     return NotFound(
-        f"group {name!r} has expired (its TTL): its machines are revoked; "
-        f"run `crc down` or `crc group delete {name}`",
+        f"group {name!r} has expired (its TTL): its machines are revoked; run `{todo}`",
         field="group",
     )
 

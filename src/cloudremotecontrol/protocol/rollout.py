@@ -75,9 +75,13 @@ def flag(key: str) -> str:
     return "--" + key.replace("_", "-")
 
 
-def parse_limit(value: object, key: str, shown: str | None = None) -> Limit | None:
+def parse_limit(
+    value: object, key: str, shown: str | None = None, *, percent_ok: bool = True
+) -> Limit | None:
     """``N`` or ``P%`` (also an int); None stays None. 0, negative numbers, more than
-    100% and anything else are refused (InvalidInput naming ``shown``, else ``key``)."""
+    100% and anything else are refused (InvalidInput naming ``shown``, else ``key``).
+    ``percent_ok=False``: only ``N`` (a percentage is refused, and no refusal
+    suggests one)."""
     name = shown or key
     if value is None:
         return None
@@ -90,14 +94,18 @@ def parse_limit(value: object, key: str, shown: str | None = None) -> Limit | No
     else:
         match = None
     if match is None:
-        raise InvalidInput(
-            f"{name} must be a number of targets (e.g. 10) or a percentage of "
-            f"them (e.g. 25%), got {str(value)[:40]!r}",
-            field=key,
+        wanted = (
+            "a number of targets (e.g. 10) or a percentage of them (e.g. 25%)"
+            if percent_ok
+            else "a number of targets (e.g. 3)"
         )
+        raise InvalidInput(f"{name} must be {wanted}, got {str(value)[:40]!r}", field=key)
     number, percent = int(match.group(1)), bool(match.group(2))
+    if percent and not percent_ok:
+        raise InvalidInput(f"{name} must be a number of targets, not a percentage", field=key)
     if number < 1:
-        raise InvalidInput(f"{name} must be at least 1 (or 1%), got {number}", field=key)
+        least = "1 (or 1%)" if percent_ok else "1"
+        raise InvalidInput(f"{name} must be at least {least}, got {number}", field=key)
     if percent and number > 100:
         raise InvalidInput(f"{name} must be at most 100%, got {number}%", field=key)
     if number > MAX_COUNT:
@@ -133,14 +141,8 @@ def parse_seconds(value: object, key: str, shown: str | None = None) -> float | 
 
 
 def _parse_count(value: object, key: str, shown: str | None = None) -> int | None:
-    limit = parse_limit(value, key, shown)
-    if limit is None:
-        return None
-    if limit.percent:
-        raise InvalidInput(
-            f"{shown or key} must be a number of targets, not a percentage", field=key
-        )
-    return limit.value
+    limit = parse_limit(value, key, shown, percent_ok=False)
+    return None if limit is None else limit.value
 
 
 @dataclass(frozen=True)

@@ -56,7 +56,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import CrcError, ProviderError
+from ..errors import CrcError, InvalidInput, ProviderError
 from ..protocol.names import check_name
 from . import localnet as net
 from .base import (
@@ -235,7 +235,8 @@ class LocalProvider(Provider):
             return "netns", f"own network namespaces on {net.BRIDGE} ({net.NETWORK})"
         if self.network == "plain":
             if root:  # as ``create`` would refuse each machine, after the group is made
-                raise ProviderError(
+                # The scenario's setting, not the provider failing: invalid input (exit 2).
+                raise InvalidInput(
                     "network: plain is refused as root: local machines would share and "
                     "edit this computer's /etc/hosts (network: isolated gives each its own)",
                     provider=self.name,

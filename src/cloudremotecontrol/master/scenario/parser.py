@@ -661,14 +661,14 @@ class ScenarioParser:
         command: str | None = None
         argv: tuple[str, ...] | None = None
         if isinstance(node, yaml.SequenceNode):
-            items = r.str_list(node, path)
+            items = r.str_list(node, path, as_written=True)
             if items is not None and not items:
                 r.error(node, path, "an argv needs at least the program")
             argv = tuple(items) if items else None
             if argv is None:
                 return None
         else:
-            command = r.string(node, path)
+            command = r.string(node, path, as_written=True)
             if command is None:
                 return None
         return self._run_options(e, path.rsplit(".", 1)[0], command, argv, None)
@@ -691,7 +691,7 @@ class ScenarioParser:
                     "an argv runs without a shell: write the command as one string",
                 )
         env = r.str_map(e["env"][1], f"{label}.env", as_written=True) if "env" in e else {}
-        cwd = r.string(e["cwd"][1], f"{label}.cwd") if "cwd" in e else None
+        cwd = r.string(e["cwd"][1], f"{label}.cwd", as_written=True) if "cwd" in e else None
         if env is None:
             return None
         # What a job.run carries, checked as the agent will check it (templates are
@@ -715,7 +715,7 @@ class ScenarioParser:
 
     def _script(self, e: dict[str, Any], node: yaml.Node, path: str) -> RunAction | None:
         r = self.r
-        rel = r.string(node, path)
+        rel = r.string(node, path, as_written=True)
         if rel is None:
             return None
         file = self.base / rel
@@ -739,12 +739,12 @@ class ScenarioParser:
         if "dest" not in p:
             r.error(node, f"{path}.dest", "required field is missing")
             return None
-        dest = r.string(p["dest"][1], f"{path}.dest")
+        dest = r.string(p["dest"][1], f"{path}.dest", as_written=True)
         if dest and "{{" not in dest:  # as the machine will check it
             check_field(r, p["dest"][1], f"{path}.dest", check_remote_path, dest)
         src = None
         if "src" in p:
-            rel = r.string(p["src"][1], f"{path}.src")
+            rel = r.string(p["src"][1], f"{path}.src", as_written=True)
             if rel is not None:
                 src = self.base / rel
                 why = regular_file_problem(src)
@@ -753,7 +753,9 @@ class ScenarioParser:
                         why += ": push sends one file"
                     r.error(p["src"][1], f"{path}.src", why)
         content = (
-            r.string(p["content"][1], f"{path}.content", empty=True) if "content" in p else None
+            r.string(p["content"][1], f"{path}.content", empty=True, as_written=True)
+            if "content" in p
+            else None
         )
         mode = None
         if "mode" in p:
@@ -804,7 +806,7 @@ class ScenarioParser:
                 r.error(vnode, f"{path}.ready", "expected true")
                 return None
             return WaitAction("ready")
-        text = r.string(vnode, f"{path}.{kind}")
+        text = r.string(vnode, f"{path}.{kind}", as_written=True)
         if text is None:
             return None
         if kind == "message":
@@ -824,7 +826,7 @@ class ScenarioParser:
         if "type" not in p:
             r.error(node, f"{path}.type", "required field is missing (user.NAME)")
             return None
-        text = r.string(p["type"][1], f"{path}.type")
+        text = r.string(p["type"][1], f"{path}.type", as_written=True)
         if text is None:
             return None
         type_ = text if text.startswith("user.") else "user." + text

@@ -832,6 +832,9 @@ class Runner:
             try:
                 self.client.kv_set(self.group, STEPS_KEY, record)
                 return
+            except NotFound as exc:  # the group deleted, or its TTL passed: kept no more
+                self.view.info(f"could not record that step {name} succeeded ({exc.message})")
+                return
             except Unavailable as exc:
                 if time.monotonic() + delay > deadline:
                     self.view.info(

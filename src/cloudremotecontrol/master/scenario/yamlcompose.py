@@ -45,7 +45,7 @@ from typing import Any
 
 import yaml
 
-__all__ = ["MAX_FAST_DEPTH", "compose", "gc_paused", "libyaml_loader"]
+__all__ = ["MAX_FAST_DEPTH", "compose", "gc_paused", "is_plain", "libyaml_loader"]
 
 # Nesting libyaml may compose for us: PyYAML's composer recurses twice per level and
 # meets a RecursionError near 500 levels; libyaml goes to 1000.
@@ -61,6 +61,12 @@ _APART = ("\t", "\ufeff", *(b + "%" for b in _BREAKS))
 # A block scalar from the node's start: its anchor and tag, if any, then | or > and the
 # chomping and indentation indicators, which PyYAML wants followed by a blank.
 _HEADER = re.compile(r"(?:[&!][^ \n]* +)*[|>][-+0-9]*")
+
+
+def is_plain(node: yaml.Node) -> bool:
+    """Whether ``node`` is a plain (unquoted, not block) scalar, as either composer
+    marks it: PyYAML's pure composer gives it the style None, libyaml's the style ""."""
+    return isinstance(node, yaml.ScalarNode) and node.style in (None, "")
 
 
 def libyaml_loader() -> type[Any] | None:
@@ -130,11 +136,10 @@ def _agrees(root: yaml.Node, text: str, resolver: yaml.SafeLoader) -> bool:
         if text.startswith(("&", "!"), node.start_mark.index) and not _implicit(node, resolver):
             return False
         if isinstance(node, yaml.ScalarNode):
-            style = node.style
-            if style == "":  # libyaml's plain style (PyYAML's is None)
+            if is_plain(node):
                 if in_flow and (not node.value or "?" in node.value):
                     return False
-            elif style in ("|", ">"):
+            elif node.style in ("|", ">"):
                 header = _HEADER.match(text, node.start_mark.index)
                 if header is None or not text.startswith((" ", *_BREAKS), header.end()):
                     return False
@@ -152,7 +157,7 @@ def _agrees(root: yaml.Node, text: str, resolver: yaml.SafeLoader) -> bool:
 def _implicit(node: yaml.Node, resolver: yaml.SafeLoader) -> bool:
     """Whether ``node`` has the tag it would have without one written."""
     if isinstance(node, yaml.ScalarNode):
-        if node.style == "":
+        if is_plain(node):
             # The stubs leave resolve untyped; it returns the tag, a str.
             tag = resolver.resolve(yaml.ScalarNode, node.value, (True, False))  # type: ignore[no-untyped-call]
             return bool(node.tag == tag)

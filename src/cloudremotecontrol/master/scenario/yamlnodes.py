@@ -23,7 +23,7 @@ import yaml
 
 from ...errors import InvalidInput
 from ...fslinks import file_kind
-from .yamlcompose import compose
+from .yamlcompose import compose, is_plain
 
 C = TypeVar("C", bound=str)  # one of a choice's values (a Literal type, or str)
 
@@ -244,10 +244,20 @@ def _children(node: yaml.Node) -> list[yaml.Node]:
 
 
 _INT_TAG = "tag:yaml.org,2002:int"
-# Plain scalars YAML reads as other than text: ``str_map(as_written=True)`` keeps their text.
+# Plain scalars YAML 1.1 reads as other than text (``=`` and ``<<`` are tags of their
+# own, which no value is constructed for): where text is meant (``as_written``), a plain
+# scalar of one of these is taken as the text written. Null (``K:``, ``~``) is not.
 _AS_WRITTEN_TAGS = frozenset(
-    f"tag:yaml.org,2002:{t}" for t in ("int", "float", "bool", "timestamp")
+    f"tag:yaml.org,2002:{t}" for t in ("int", "float", "bool", "timestamp", "value", "merge")
 )
+
+
+def _written(node: yaml.Node) -> str | None:
+    """The text of ``node`` if it is a plain scalar YAML reads as a number, a boolean or
+    a date (``010``, ``true``, ``2024-01-31``), as written; else None."""
+    if is_plain(node) and node.tag in _AS_WRITTEN_TAGS:
+        return str(node.value)
+    return None
 
 
 def _huge_integer(node: yaml.Node) -> yaml.ScalarNode | None:
@@ -384,7 +394,15 @@ class NodeReader:
             out[key] = (knode, vnode)
         return out
 
-    def string(self, node: yaml.Node, path: str, *, empty: bool = False) -> str | None:
+    def string(
+        self, node: yaml.Node, path: str, *, empty: bool = False, as_written: bool = False
+    ) -> str | None:
+        """The text of a scalar. ``as_written``: where the file gives text (a command, an
+        argv's element, a path, an env value), an unquoted number, boolean or date is the
+        text written (``cwd: 010`` is ``"010"``, not YAML's 8); null is still refused."""
+        written = _written(node) if as_written else None
+        if written is not None:
+            return written
         value = self.value(node, path) if isinstance(node, yaml.ScalarNode) else None
         if isinstance(value, bool) or value is None or not isinstance(value, (str, int, float)):
             self.error(node, path, "expected a string")
@@ -395,7 +413,10 @@ class NodeReader:
             return None
         return text
 
-    def str_list(self, node: yaml.Node, path: str) -> list[str] | None:
+    def str_list(self, node: yaml.Node, path: str, *, as_written: bool = False) -> list[str] | None:
+        """A string or a list of strings (``as_written``: each as ``string`` takes it)."""
+        if as_written and _written(node) is not None:
+            return [str(_written(node))]
         if isinstance(node, yaml.ScalarNode) and self.value(node, path) is not None:
             one = self.string(node, path)
             return None if one is None else [one]
@@ -404,7 +425,9 @@ class NodeReader:
         if not isinstance(node, yaml.SequenceNode):
             self.error(node, path, "expected a string or a list of strings")
             return None
-        items = [self.string(n, f"{path}[{i}]") for i, n in enumerate(node.value)]
+        items = [
+            self.string(n, f"{path}[{i}]", as_written=as_written) for i, n in enumerate(node.value)
+        ]
         return None if any(i is None for i in items) else [i for i in items if i is not None]
 
     def str_map(
@@ -412,21 +435,14 @@ class NodeReader:
     ) -> dict[str, str] | None:
         """``{key: text}``. ``as_written``: an unquoted number, boolean or date is taken
         as the text written (``PORT: 010`` is ``"010"``, ``DEBUG: yes`` is ``"yes"``),
-        not as the value YAML reads (8, True); only null (``K:``, ``~``) is refused."""
+        not as the value YAML reads (8, True); only null (``K:``, ``~``) is refused. Plain
+        is plain to both composers (``yamlcompose.is_plain``)."""
         entries = self.mapping(node, path)
         if entries is None:
             return None
         out = {}
         for key, (_, vnode) in entries.items():
-            if (
-                as_written
-                and isinstance(vnode, yaml.ScalarNode)
-                and vnode.style is None
-                and vnode.tag in _AS_WRITTEN_TAGS
-            ):
-                out[key] = vnode.value
-                continue
-            text = self.string(vnode, f"{path}.{key}", empty=True)
+            text = self.string(vnode, f"{path}.{key}", empty=True, as_written=as_written)
             if text is not None:
                 out[key] = text
         return out

@@ -10,7 +10,7 @@ from json.encoder import encode_basestring_ascii
 from typing import Any
 
 from ...errors import NotFound
-from ...protocol.names import group_expired
+from ...protocol.names import group_expired, scenario_of
 from ..store.base import Tx
 
 __all__ = [
@@ -122,5 +122,6 @@ def live_group(tx: Tx, user_id: str, name: str) -> dict[str, Any]:
 def check_not_expired(group: dict[str, Any]) -> None:
     """Refuse to command a group whose TTL has expired: its machines are revoked, and
     it stays listed (expired) until its owner runs `crc down` or deletes it."""
-    if (loads(group.get("settings")) or {}).get("expired"):
-        raise group_expired(group["name"])
+    settings = loads(group.get("settings")) or {}
+    if settings.get("expired"):
+        raise group_expired(group["name"], scenario_of(settings))
