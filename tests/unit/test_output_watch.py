@@ -1,11 +1,10 @@
-"""``OutputWatch``: crc's output closed while crc waits (here, in a sleep) interrupts it
-at once with ``OutputGone`` and halts the client's streams; nothing is watched when the
-output is a file; the watch leaves no thread, descriptor or signal handler behind."""
+"""``OutputWatch``: crc's output closed while crc waits is noticed at once (``gone``
+set, the client's streams halted, ``check`` raising ``OutputGone``); nothing is watched
+when the output is a file; the watch leaves no thread or descriptor behind."""
 
 from __future__ import annotations
 
 import os
-import signal
 import sys
 import threading
 import time
@@ -21,37 +20,43 @@ pytestmark = pytest.mark.skipif(not OutputWatch.possible(), reason="POSIX only")
 
 class _Client:
     def __init__(self) -> None:
-        self.halts = 0
+        self.halted = threading.Event()
 
     def halt(self) -> None:
-        self.halts += 1
+        self.halted.set()
 
 
 def _threads() -> set[str]:
     return {t.name for t in threading.enumerate()}
 
 
-def test_a_pipe_whose_reader_goes_away_interrupts_the_wait_at_once(monkeypatch: Any) -> None:
+def _fds() -> int:
+    return len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else 0
+
+
+def test_a_pipe_whose_reader_goes_away_is_noticed_at_once(monkeypatch: Any) -> None:
     read_end, write_end = os.pipe()
     out = os.fdopen(write_end, "w")
     monkeypatch.setattr(sys, "stdout", out)
     monkeypatch.setattr(sys, "stderr", out)
-    before = signal.getsignal(signal.SIGPIPE)
     client = _Client()
+    fds = _fds()
     try:
-        watch = OutputWatch(client)
-        began = time.monotonic()
-        with pytest.raises(OutputGone), watch:
+        with OutputWatch(client) as watch:
             assert "crc-output-watch" in _threads()
-            threading.Timer(0.2, os.close, (read_end,)).start()
-            time.sleep(20)  # as the event stream's read waits
-        assert time.monotonic() - began < 5
-        assert watch.gone.is_set() and client.halts == 1
+            watch.check()  # not gone yet: nothing raised
+            began = time.monotonic()
+            os.close(read_end)
+            assert client.halted.wait(5), "the client's streams were not halted"
+            assert time.monotonic() - began < 5
+            assert watch.gone.is_set()
+            with pytest.raises(OutputGone):
+                watch.check()
     finally:
         monkeypatch.undo()
         out.close()
     assert "crc-output-watch" not in _threads()
-    assert signal.getsignal(signal.SIGPIPE) == before
+    assert _fds() == fds - 2  # the pipe's two ends, closed here; the watch's own too
 
 
 def test_an_open_pipe_or_a_file_is_left_alone(monkeypatch: Any, tmp_path: Path) -> None:
@@ -59,15 +64,14 @@ def test_an_open_pipe_or_a_file_is_left_alone(monkeypatch: Any, tmp_path: Path) 
     with os.fdopen(write_end, "w") as out, (tmp_path / "f").open("w") as f:
         monkeypatch.setattr(sys, "stdout", out)
         monkeypatch.setattr(sys, "stderr", f)
-        with OutputWatch(_Client()) as watch:
+        client = _Client()
+        with OutputWatch(client) as watch:
             time.sleep(0.3)
-        assert not watch.gone.is_set()
+        assert not watch.gone.is_set() and not client.halted.is_set()
         os.close(read_end)
-        # A file only: nothing to watch, no thread, no handler.
+        # A file only: nothing to watch, no thread.
         monkeypatch.setattr(sys, "stdout", f)
-        before = signal.getsignal(signal.SIGPIPE)
         with OutputWatch(_Client()):
             assert "crc-output-watch" not in _threads()
-            assert signal.getsignal(signal.SIGPIPE) == before
         monkeypatch.undo()
     assert "crc-output-watch" not in _threads()

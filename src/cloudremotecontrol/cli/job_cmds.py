@@ -9,7 +9,7 @@ with N instead (e.g. 255, as ssh does).
 Ctrl-C, SIGTERM and SIGHUP while a job runs cancel it on every machine (its process
 tree is killed) and wait for the targets to say so; a second one stops waiting. A closed
 output (``crc run ... | head -1``) cancels it too, and crc exits 141 at once: noticed
-while crc waits, not only at its next write (``outwatch``).
+while crc waits (within 5 s), not only at its next write (``outwatch``).
 """
 
 from __future__ import annotations
@@ -216,14 +216,13 @@ def follow_to_end(
                 if held and not cancelled:
                     why = held.pop()
                     raise KeyboardInterrupt("Ctrl-C" if why == "SIGINT" else why)
-                if closed.gone.is_set():
-                    raise OutputGone
+                closed.check()
                 for ev in c.follow_job(job_id, left, since=cursor):
                     cursor = max(cursor, ev.cursor)
                     if show_output or ev.type != "job.output":
                         show_job_event(ev, results, as_json, joiner)
-                if closed.gone.is_set() and any(t not in results for t in started["targets"]):
-                    raise OutputGone  # its follow halted by the watch
+                if any(t not in results for t in started["targets"]):
+                    closed.check()  # its follow halted by the watch
                 return results
             except Unavailable as exc:
                 # Its stream gave up (the server away for longer than a resume lasts):

@@ -5,36 +5,30 @@ otherwise run to its end, crc waiting with it, though nobody reads what it says.
 On POSIX a thread waits in ``poll`` on crc's stdout and stderr when they are pipes or
 sockets (a file cannot be closed under crc, and a terminal that goes away sends SIGHUP):
 the reader gone, a pipe's writing end reports POLLERR (Linux) or POLLHUP, a socket's
-POLLHUP. The thread then interrupts the main thread where it waits (the event stream's
-read) with a SIGPIPE aimed at it, whose handler raises ``OutputGone`` there; and it
-halts the client's event streams as well, in case that interruption is lost (in a
-finalizer). Where ``poll`` or ``pthread_kill`` is missing (Windows), nothing is watched:
-a closed output is noticed at the next write (BrokenPipeError), as before."""
+POLLHUP. The thread then sets ``gone`` and halts the client's event streams, which end
+at their next event or keepalive (the server sends one every 5 s): the command's own
+code, back from its wait, sees ``gone`` and raises ``OutputGone`` there. Nothing is
+raised into the main thread from outside (a signal handler's exception can land in a
+generator's or an object's finalizer, where it is printed and lost). Where ``poll`` is
+missing (Windows), nothing is watched: a closed output is noticed at the next write
+(BrokenPipeError), as before."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import select
-import signal
 import stat
 import sys
 import threading
-from types import FrameType
 from typing import Any
-
-from .signals import _in_finalizer
-
-#: Seconds between two interruptions of the main thread once the output is gone, until
-#: it has taken one (one landing in a finalizer is lost there).
-_AGAIN_SECONDS = 0.2
 
 _GONE = getattr(select, "POLLERR", 0) | getattr(select, "POLLHUP", 0)
 
 
 class OutputGone(BaseException):
-    """crc's output was closed while it waited: raised in the main thread (a
-    BaseException, as KeyboardInterrupt is, so that no ``except Exception`` takes it)."""
+    """crc's output was closed while it waited (a BaseException, as KeyboardInterrupt
+    is, so that no ``except Exception`` on its way takes it)."""
 
 
 def _watched_fds() -> list[int]:
@@ -52,29 +46,24 @@ def _watched_fds() -> list[int]:
 
 
 class OutputWatch:
-    """While entered, ``OutputGone`` is raised in the main thread once crc's output is
-    closed (``gone`` is set then, and ``client``'s event streams are halted). Does
-    nothing where it cannot watch (not POSIX, not the main thread, no pipe or socket
-    to watch)."""
+    """While entered, ``gone`` is set once crc's output is closed, and ``client``'s
+    event streams are halted then (``Client.halt``). Does nothing where it cannot watch
+    (no ``poll``, no pipe or socket to watch)."""
 
     def __init__(self, client: Any) -> None:
         self.client = client
         self.gone = threading.Event()
-        self._stop = threading.Event()
-        self._armed = False
         self._thread: threading.Thread | None = None
         self._wake: tuple[int, int] | None = None
-        self._old_handler: Any = None
-        self._main = threading.main_thread().ident or 0
 
     @staticmethod
     def possible() -> bool:
-        return (
-            hasattr(select, "poll")
-            and hasattr(signal, "pthread_kill")
-            and hasattr(signal, "SIGPIPE")
-            and threading.current_thread() is threading.main_thread()
-        )
+        return hasattr(select, "poll")
+
+    def check(self) -> None:
+        """Raise ``OutputGone`` if crc's output was closed."""
+        if self.gone.is_set():
+            raise OutputGone
 
     def __enter__(self) -> OutputWatch:
         if not self.possible():
@@ -87,10 +76,6 @@ class OutputWatch:
             poller.register(fd, 0)  # POLLERR and POLLHUP are always reported
         self._wake = os.pipe()
         poller.register(self._wake[0], select.POLLIN)
-        # Python ignores SIGPIPE (a write then fails with EPIPE); this handler keeps
-        # that: it raises only once the watch saw the output go, in the main thread.
-        self._old_handler = signal.signal(signal.SIGPIPE, self._interrupt)
-        self._armed = True
         self._thread = threading.Thread(
             target=self._watch, args=(poller, fds), name="crc-output-watch", daemon=True
         )
@@ -98,24 +83,19 @@ class OutputWatch:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._armed = False
-        self._stop.set()
         if self._thread is not None:
             if self._wake is not None:
                 with contextlib.suppress(OSError):
                     os.write(self._wake[1], b"x")
             self._thread.join()
             self._thread = None
-        if self._old_handler is not None:
-            signal.signal(signal.SIGPIPE, self._old_handler)
-            self._old_handler = None
         if self._wake is not None:
             for fd in self._wake:
                 os.close(fd)
             self._wake = None
 
     def _watch(self, poller: Any, fds: list[int]) -> None:
-        while not self._stop.is_set():
+        while True:
             try:
                 ready = poller.poll()
             except OSError:  # cannot watch: a closed output is noticed when written
@@ -124,23 +104,8 @@ class OutputWatch:
                 break
             if any(fd not in fds for fd, _ in ready):  # woken: the watch ends
                 return
-        else:
-            return
         self.gone.set()
         halt = getattr(self.client, "halt", None)
         if halt is not None:
             with contextlib.suppress(Exception):
                 halt()
-        # Until the main thread took it (the watch is then left).
-        while not self._stop.is_set() and self._armed:
-            with contextlib.suppress(OSError):
-                signal.pthread_kill(self._main, signal.SIGPIPE)
-            self._stop.wait(_AGAIN_SECONDS)
-
-    def _interrupt(self, signum: int, frame: FrameType | None) -> None:
-        if not (self._armed and self.gone.is_set()):
-            return  # a write's own SIGPIPE: that write fails with EPIPE, as without us
-        if _in_finalizer(frame):
-            return  # lost there: the watch sends it again shortly
-        self._armed = False
-        raise OutputGone
