@@ -514,10 +514,9 @@ def test_up_of_a_scenario_whose_ttl_passed_says_to_tear_it_down_not_to_resume(en
         assert "group brief has expired (its TTL passed)" in r.stderr, r.stderr
         assert "`crc down --group brief` then `crc up`" in r.stderr, r.stderr
         assert "again resumes" not in r.stderr + r.stdout, r.stderr
-        # Its key/value store is refused a write, as any command to it; a `crc up` made
-        # it, so `crc down` is named (it destroys the machines too; `crc group delete`
-        # would refuse the group).
-        r = crc("kv", "set", "brief", "k", "v")
+        # A command to it is refused; a `crc up` made it, so `crc down` is named (it
+        # destroys the machines too; `crc group delete` would refuse the group).
+        r = crc("send", "brief", "--to", "all", "user.hi")
         assert r.returncode == 4, r.stdout + r.stderr
         assert r.stderr.splitlines()[-1].endswith(
             "group 'brief' has expired (its TTL): its machines are revoked; run "

@@ -15,7 +15,7 @@ from ...protocol.jsoncheck import check_json
 from ...protocol.limits import MAX_KV_VALUE_BYTES
 from ...protocol.names import check_kv_key
 from ..store.base import Tx
-from .common import add_event, audit, check_not_expired, dumps, live_group, now
+from .common import add_event, audit, dumps, live_group, now
 
 __all__ = ["MASTER", "MAX_KV_VALUE_BYTES", "kv_get", "kv_list", "kv_set", "master_kv_set"]
 
@@ -28,10 +28,10 @@ def master_kv_set(
     tx: Tx, user: dict[str, Any], group_name: str, key: str, value: Any
 ) -> dict[str, Any]:
     """``kv_set`` by ``user`` (a master), in the audit record with the key and its new
-    version, never the value: values may be secrets. A group whose TTL passed is
-    refused, as every other command to it is (its keys stay readable)."""
+    version, never the value: values may be secrets. A group whose TTL passed takes
+    its owner's writes still: no machine of it can read them any more (all revoked),
+    and the owner's own records (a `crc up`'s steps and lease) go on being kept."""
     group = live_group(tx, user["user_id"], group_name)
-    check_not_expired(group)
     out = kv_set(tx, str(group["id"]), key, value, MASTER, user["user"])
     audit(
         tx,
