@@ -17,6 +17,7 @@ from .. import __version__
 from ..errors import CrcError
 from ..stdfds import fill_closed_std_fds
 from . import output
+from .entry import interruption
 
 # Each command: the module (in this package) that defines it, and its name there. The
 # module is imported when the command is looked up (run, or listed by `crc --help`):
@@ -207,6 +208,11 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(output.own_error_exit or exc.exit_code)
     except KeyboardInterrupt as exc:  # Ctrl-C, or a signal taken as it (cli/signals.py)
         _interrupted(exc)
+    except RuntimeError as exc:  # a Ctrl-C Python wrapped (cli/entry.py), or a fault
+        interrupt = interruption(exc)
+        if interrupt is None:
+            raise
+        _interrupted(interrupt)
     except BrokenPipeError:
         _output_closed()
     sys.exit(rc if isinstance(rc, int) else 0)
