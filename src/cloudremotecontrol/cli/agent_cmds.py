@@ -234,8 +234,8 @@ def _user_type(type_: str) -> str:
 def emit(
     type_: str, body: str | None, to: str, state_dir: str | None, agent_wait: float, as_json: bool
 ) -> None:
-    """Send data message TYPE (user.NAME) with an optional JSON BODY to the master or to
-    peers. Data only: a machine can never command another.
+    """Send data message TYPE (user.NAME) with an optional BODY, a JSON object, to the
+    master or to peers. Data only: a machine can never command another.
 
     A --to that names no machine of the group (or matches none) fails (exit 4) and sends
     nothing; while the agent is not connected or the server cannot be reached (5 s), it

@@ -256,34 +256,35 @@ def run(
     db = shown_database(database or cfg.database)
     url = cfg.url if not insecure or replica_url else f"http://{where}"
     pid = os.getpid()
-    if as_json:
-        line = {
-            "event": "serving",
-            "url": url,
-            "listen": where,
-            "fingerprint": None if insecure else cfg.fingerprint,
-            "database": db,
-            "pid": pid,
-            "dashboard": None if no_dashboard else f"{url}/dashboard/",
-        }
 
-        def say() -> None:
-            emit_json(line)
-    else:
-        pin = "plain HTTP, no TLS" if insecure else f"fingerprint {cfg.fingerprint}"
+    def say(fingerprint: str | None) -> None:
+        """The start line, with the fingerprint of the certificate served (not the one
+        server.json recorded at init: the certificate may have been replaced since)."""
+        if as_json:
+            emit_json(
+                {
+                    "event": "serving",
+                    "url": url,
+                    "listen": where,
+                    "fingerprint": fingerprint,
+                    "database": db,
+                    "pid": pid,
+                    "dashboard": None if no_dashboard else f"{url}/dashboard/",
+                }
+            )
+            return
+        pin = "plain HTTP, no TLS" if fingerprint is None else f"fingerprint {fingerprint}"
         text = f"crc server: serving {url} (listening on {where}; {pin}; database {db}; pid {pid})"
         if not no_dashboard:
             text += f"\ndashboard: {url}/dashboard/"
-
-        def say() -> None:
-            click.echo(text, err=True)
+        click.echo(text, err=True)
 
     serving = False
 
-    def listening() -> None:  # called by the server once its own listener is up
+    def listening(fingerprint: str | None) -> None:  # once the server's listener is up
         nonlocal serving
         serving = True
-        say()
+        say(fingerprint)
 
     import signal
 

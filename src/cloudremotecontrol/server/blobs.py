@@ -41,11 +41,28 @@ def check_sha256(value: str) -> str:
     return value
 
 
+def _check_writable(root: Path) -> None:
+    """Make ``root`` and ``root/tmp`` and try a file in each (as uploads make them): one
+    that cannot be used (a file in its place, no permission, a read-only file system)
+    is one line naming it (InvalidInput, exit 2) before the server starts, not an
+    upload's traceback."""
+    try:
+        (root / "tmp").mkdir(parents=True, exist_ok=True)
+        for where in (root, root / "tmp"):
+            with tempfile.TemporaryFile(dir=where):
+                pass
+    except OSError as exc:
+        raise InvalidInput(
+            f"cannot use the file store {root}: {exc.strerror or exc}: check the path and "
+            "its permissions"
+        ) from None
+
+
 class BlobStore:
     def __init__(self, root: Path, shared: Store | None = None) -> None:
         self.root = Path(root)
         self.shared = shared
-        (self.root / "tmp").mkdir(parents=True, exist_ok=True)
+        _check_writable(self.root)
         # Content being uploaded here and not yet given its owner: never dropped as
         # unowned meanwhile (``held``, ``hold``).
         self._held: Counter[str] = Counter()

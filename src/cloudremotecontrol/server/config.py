@@ -280,16 +280,20 @@ def init_data_dir(
     listen = listen_for(url, listen)
     host, port = parse_listen(listen)
     names = [check_san(n) for n in names]
-    data_dir.mkdir(parents=True, exist_ok=True)
-    os.chmod(data_dir, 0o700)
     cfg_path = data_dir / CONFIG_NAME
-    if cfg_path.exists() and not force:
-        raise Conflict(
-            f"{data_dir} is initialised already (use --force to make a new "
-            "certificate: every agent and client pinning the old one must change)"
-        )
+    # Nothing is changed before every check passed: a refused init leaves the directory
+    # (its mode, its files) as it was.
+    if data_dir.is_dir():
+        _check_existing_dir(data_dir, force)
+    else:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(data_dir, 0o700)  # made here: this server's alone
     public = host if host not in ("0.0.0.0", "::") else _guess_host()
     url = url or f"https://{public}:{port}"
+    # Made anew (mode 0600 as the file is created): a key.pem there before, of another
+    # mode or a link, is not written through.
+    for name in ("cert.pem", "key.pem"):
+        (data_dir / name).unlink(missing_ok=True)
     fp = make_self_signed(data_dir / "cert.pem", data_dir / "key.pem", [public, *names])
     cfg = ServerConfig(url=url, listen=listen, fingerprint=fp, data_dir=str(data_dir))
     cfg_path.write_text(
@@ -299,6 +303,40 @@ def init_data_dir(
         + "\n"
     )
     return cfg
+
+
+#: What a server keeps in its data directory; init over any of them needs --force.
+_SERVER_FILES = (CONFIG_NAME, "cert.pem", "key.pem", "teardown.key", "crc.db")
+
+
+def _check_existing_dir(data_dir: Path, force: bool) -> None:
+    """A directory that exists already keeps its mode (it may be a mount point, or have
+    its mode on purpose), but one that other users may write to is refused: they could
+    replace the certificate or the key, or put a link where the key is written. Files of
+    a server there (a server.json, a certificate, a database, a teardown key) are
+    replaced only with ``force``, which makes a new certificate and keeps
+    ``teardown.key`` and ``crc.db``."""
+    mode = data_dir.stat().st_mode
+    if mode & 0o022:
+        raise InvalidInput(
+            f"the server data directory {data_dir} may be written by other users "
+            f"(mode {mode & 0o7777:o}): run `chmod go-w {data_dir}`, or give a path that "
+            "does not exist (crc makes it, mode 700)"
+        )
+    if force:
+        return
+    if (data_dir / CONFIG_NAME).exists():
+        raise Conflict(
+            f"{data_dir} is initialised already (use --force to make a new "
+            "certificate: every agent and client pinning the old one must change)"
+        )
+    found = [n for n in _SERVER_FILES if os.path.lexists(data_dir / n)]
+    if found:
+        raise Conflict(
+            f"{data_dir} holds a server's files already ({', '.join(found)}) but no "
+            f"{CONFIG_NAME}: use --force to make a new certificate and {CONFIG_NAME} "
+            "(teardown.key and crc.db are kept), or give another directory"
+        )
 
 
 def _not_a_directory(data_dir: Path) -> InvalidInput:

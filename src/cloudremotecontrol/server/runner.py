@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import ipaddress
 import logging
 import socket
@@ -31,8 +32,9 @@ from .hub import CUT_ON_STOP, EventBus
 from .pacing import PACE_WARN_BELOW
 from .store.base import open_store
 from .store.identity import ReplicaIdentity, teardown_key_check
+from .store.sqlite import SqliteStore
 from .teardown import KEY_FILE, load_cipher
-from .tls import cert_fingerprint
+from .tlsfiles import served_fingerprint
 from .wsprotocol import listening_protocol
 
 __all__ = ["serve"]
@@ -45,16 +47,19 @@ def serve(
     insecure: bool,
     log_level: str = "warning",
     dashboard: bool = True,
-    on_listening: Callable[[], None] | None = None,
+    on_listening: Callable[[str | None], None] | None = None,
     replica_url: str | None = None,
     new_certificate: bool = False,
     new_teardown_key: bool = False,
 ) -> None:
     """Serve until stopped. ``on_listening`` is called once the server accepts
-    connections; a listen address it cannot take is an error raised before anything
-    starts (``Conflict`` when another process holds it). ``replica_url``: where
-    machines reach this replica (``--replica-url``, checked), else server.json's url
-    (TLS) or ``http://LISTEN`` (``insecure``: server.json's url is https://).
+    connections, with the fingerprint of the certificate served (None: ``insecure``); a
+    listen address it cannot take, and a certificate or key it cannot serve, are errors
+    raised before anything starts (``Conflict`` when another process holds the address;
+    on SQLite, also when another server has the database: store/serverlock.py).
+    ``replica_url``: where machines reach this replica (``--replica-url``, checked),
+    else server.json's url (TLS) or ``http://LISTEN`` (``insecure``: server.json's url
+    is https://).
     ``new_certificate``/``new_teardown_key``: on PostgreSQL, record this replica's
     certificate/teardown key as the one every replica must have, in place of the one
     recorded (store/identity.py); else one that differs is refused at start."""
@@ -70,8 +75,11 @@ def serve(
                 "address only (e.g. --listen 127.0.0.1:8080)"
             )
     check_listen(host, port, listen)
+    fingerprint = None if insecure else served_fingerprint(cfg.cert, cfg.key)
     settings: ServerSettings = cfg.settings
     store = open_store(database or cfg.database)
+    if isinstance(store, SqliteStore):
+        store.serving = True  # alone on its database (app.py): another server is refused
     app = create_app(
         store, blob_dir=Path(cfg.data_dir) / "blobs", settings=settings, dashboard=dashboard
     )
@@ -79,10 +87,12 @@ def serve(
     # Where machines reach this replica (streams opened here for a machine connected to
     # another replica: the machine dials back here, server/api_streams.py).
     app.state.replica_url = replica_url or (f"http://{listen}" if insecure else cfg.url)
-    app.state.teardown_cipher = load_cipher(Path(cfg.data_dir))  # opt-in TTL teardown
+    app.state.teardown_cipher = load_cipher(  # opt-in TTL teardown; no key made silently
+        Path(cfg.data_dir), new_key=new_teardown_key, database=database or cfg.database
+    )
     # Replicas of one database must share the certificate and the teardown key: checked
     # (recorded by the first) when the store opens.
-    store.identity = _identity(cfg, insecure, new_certificate, new_teardown_key)
+    store.identity = _identity(cfg, fingerprint, new_certificate, new_teardown_key)
     # Every log line is redacted (tokens, Authorization headers, keys), whatever logs it.
     logsafe.configure(log_level, "%(asctime)s %(levelname)s %(name)s %(message)s")
     if settings.agent_silence_timeout <= AGENT_PING_SECONDS + HEARTBEAT_SECONDS:
@@ -150,7 +160,8 @@ def serve(
         max_handshakes_per_ip=settings.max_handshakes_per_ip,
         handshake_timeout=settings.handshake_timeout,
     )
-    server = _StoppingServer(config, limits, app.state.bus, on_listening)
+    listening = None if on_listening is None else functools.partial(on_listening, fingerprint)
+    server = _StoppingServer(config, limits, app.state.bus, listening)
     told = _StartupErrorTold(app.state)
     uvicorn_log = logging.getLogger("uvicorn.error")
     uvicorn_log.addFilter(told)
@@ -170,17 +181,10 @@ def serve(
 
 
 def _identity(
-    cfg: ServerConfig, insecure: bool, new_certificate: bool, new_teardown_key: bool
+    cfg: ServerConfig, fingerprint: str | None, new_certificate: bool, new_teardown_key: bool
 ) -> ReplicaIdentity:
-    """What this replica must share with the others of its database. No certificate
-    with ``insecure`` (none is served); one that cannot be read is left to the TLS
-    setup, which says so."""
-    fingerprint: str | None = None
-    if not insecure:
-        try:
-            fingerprint = cert_fingerprint(cfg.cert)
-        except (OSError, ValueError):
-            fingerprint = None
+    """What this replica must share with the others of its database: the fingerprint
+    of the certificate served (None with ``--insecure``: none is served)."""
     key = (Path(cfg.data_dir) / KEY_FILE).read_bytes()  # checked by load_cipher
     return ReplicaIdentity(
         data_dir=cfg.data_dir,

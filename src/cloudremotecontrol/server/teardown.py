@@ -2,7 +2,9 @@
 
 The provider API key a master hands over (``PUT /v1/groups/G/teardown``) is encrypted
 with the server's own key, ``DATA_DIR/teardown.key`` (Fernet: AES-128-CBC + HMAC-SHA256,
-made at first start, mode 0600), so a copy of the database alone does not give it away.
+made by ``crc server init`` or a first start, mode 0600), so a copy of the database alone
+does not give it away. A missing file is made anew only where no database holds keys
+sealed with the old one, or with ``crc server run --new-teardown-key``.
 Replicas sharing one PostgreSQL database need the same file (copy it with the TLS
 certificate). The key is never logged, never returned by the API, and dropped from the
 database once the machines are gone.
@@ -20,18 +22,27 @@ import asyncio
 import contextlib
 import logging
 import os
+import sqlite3
 from pathlib import Path
 from typing import Any
 
 from cryptography.fernet import Fernet, InvalidToken
 
-from ..errors import CrcError
+from ..errors import Conflict, CrcError
 from ..providers import Feature, destroy_scenario, provider_class
 from ..providers.destroy import VERIFY_SECONDS
 from .ops import teardown as ops
 from .store.base import Store
 
-__all__ = ["TeardownCipher", "destroy_at_provider", "load_cipher", "run_due_teardowns"]
+__all__ = [
+    "TeardownCipher",
+    "destroy_at_provider",
+    "forget_made_key",
+    "key_made_now",
+    "load_cipher",
+    "missing_key_message",
+    "run_due_teardowns",
+]
 
 log = logging.getLogger("crc.teardown")
 KEY_FILE = "teardown.key"
@@ -59,14 +70,24 @@ class TeardownCipher:
             ) from None
 
 
-def load_cipher(data_dir: Path) -> TeardownCipher:
-    """The server's teardown cipher, its key file made on first use (0600)."""
+def load_cipher(
+    data_dir: Path, *, new_key: bool = False, database: str | None = None
+) -> TeardownCipher:
+    """The server's teardown cipher, its key file (0600) made when missing. ``database``
+    (``crc server run``'s): a SQLite database that holds provider keys sealed with a key
+    refuses a missing file (``Conflict``) unless ``new_key`` (``--new-teardown-key``);
+    a PostgreSQL one is checked when the store opens (``key_made_now``,
+    store/postgres.py), which removes the file a refused start made
+    (``forget_made_key``)."""
     path = Path(data_dir) / KEY_FILE
     if not path.exists():
+        if database is not None and not new_key:
+            _refuse_missing_key(path, database)
         key = Fernet.generate_key()
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as fh:
             fh.write(key + b"\n")
+        _made.add(path.resolve())
     try:
         return TeardownCipher(path.read_bytes().strip())
     except ValueError:
@@ -76,6 +97,59 @@ def load_cipher(data_dir: Path) -> TeardownCipher:
             "are then unreadable)",
             code="config",
         ) from None
+
+
+#: Key files this process made (``load_cipher``): a start refused later removes its own.
+_made: set[Path] = set()
+
+
+def key_made_now(data_dir: str | Path) -> bool:
+    """Whether this process made ``DATA_DIR/teardown.key`` (it was missing)."""
+    return (Path(data_dir) / KEY_FILE).resolve() in _made
+
+
+def forget_made_key(data_dir: str | Path) -> None:
+    """Remove the key file this process made (a refused start leaves nothing behind)."""
+    path = (Path(data_dir) / KEY_FILE).resolve()
+    if path in _made:
+        _made.discard(path)
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
+def missing_key_message(path: Path, where: str, sealed: int, who: str = "server") -> str:
+    """Why a start with no key file is refused: the database holds keys sealed with one."""
+    held = f"{sealed} provider API key(s) of TTL teardowns" if sealed else "provider API keys"
+    return (
+        f"this {who} refuses to start: the teardown key {path} is missing, but database "
+        f"{where} holds {held} "
+        "sealed with one: restore the file (a replica on the same database has it; "
+        "copy it with the certificate). Only if it is lost for good, start once with "
+        "--new-teardown-key: it makes a new key, and the TTL teardowns armed before "
+        "cannot run (destroy those groups' machines with `crc down`)"
+    )
+
+
+def _refuse_missing_key(path: Path, database: str) -> None:
+    """A SQLite database with sealed provider keys: its key file must not be made anew
+    silently (those keys would turn unreadable)."""
+    if not database.startswith("sqlite:///"):
+        return  # PostgreSQL: checked where the store opens
+    db = database[len("sqlite:///") :]
+    if not db or db == ":memory:" or db.startswith("file:") or not os.path.isfile(db):
+        return
+    try:
+        conn = sqlite3.connect(f"{Path(db).resolve().as_uri()}?mode=ro", uri=True)
+    except sqlite3.Error:
+        return
+    try:
+        row = conn.execute("SELECT COUNT(*) FROM teardowns WHERE secret IS NOT NULL").fetchone()
+    except sqlite3.Error:  # no such table (a database set up before), or not one of crc's
+        return
+    finally:
+        conn.close()
+    if row and int(row[0]) > 0:
+        raise Conflict(missing_key_message(path, db, int(row[0])), code="teardown_key")
 
 
 def destroy_at_provider(provider: str, api_key: str, group: str) -> dict[str, Any]:

@@ -156,6 +156,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import psycopg
@@ -164,9 +165,9 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from ...errors import InvalidInput, NotFound, Unavailable
+from ...errors import Conflict, InvalidInput, NotFound, Unavailable
 from .base import ALL_GROUPS, LogLimit, MissingColumn, Store, settle
-from .identity import check_identity
+from .identity import ReplicaIdentity, check_identity
 from .pg_tx import (
     Outgoing,
     PgTx,
@@ -176,7 +177,7 @@ from .pg_tx import (
     read_ahead,
     to_pyformat,
 )
-from .schema import migrate
+from .schema import MIGRATIONS, migrate
 
 _JITTER = random.Random()  # noqa: S311 -- retry jitter, not cryptography
 
@@ -245,6 +246,62 @@ def _where(url: str) -> str:
     return f"{info.get('host', 'localhost')}:{info.get('port', 5432)}/{info.get('dbname', '')}"
 
 
+#: libpq's values of ``sslmode`` (any other is refused when connecting, after a wait).
+_SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+_EXPECTED = "expected postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE"
+
+
+def _check_url_values(info: dict[str, Any]) -> None:
+    """What libpq would only refuse when connecting (exit 6, "cannot connect"), or
+    look up as a host name: a port that is not 1-65535, an ``sslmode`` it does not
+    know, a ``connect_timeout`` that is not a number. Input errors, said before any
+    connection; never with the URL (its password)."""
+    port = str(info.get("port") or "")
+    for one in port.split(",") if port else []:  # libpq: one port per host, or one for all
+        one = one.strip()
+        if one and not (one.isascii() and one.isdigit() and 0 < int(one) < 65536):
+            raise InvalidInput(
+                f"invalid PostgreSQL database URL: the port {one!r} is not a number "
+                f"from 1 to 65535 ({_EXPECTED})"
+            )
+    mode = info.get("sslmode")
+    if mode is not None and mode not in _SSLMODES:
+        raise InvalidInput(
+            f"invalid PostgreSQL database URL: sslmode={mode!r} is not one of "
+            f"{', '.join(_SSLMODES)}"
+        )
+    timeout = str(info.get("connect_timeout") or "").strip()
+    if timeout and not (timeout.isascii() and timeout.isdigit()):
+        raise InvalidInput(
+            f"invalid PostgreSQL database URL: connect_timeout={timeout!r} is not a "
+            "whole number of seconds"
+        )
+
+
+def _up_to_date(conn: psycopg.Connection[dict[str, Any]]) -> bool:
+    """Whether crc's tables are there at this crc's schema version: nothing to set up
+    (a role with no right to create tables may use them)."""
+    if not _holds_crc(conn):
+        return False
+    row = conn.execute("SELECT MAX(version) AS v FROM schema_version").fetchone()
+    return bool(row and row["v"] is not None and int(row["v"]) == MIGRATIONS[-1][0])
+
+
+def _no_rights(url: str, where: str, exc: psycopg.Error) -> InvalidInput:
+    """A role without the privileges crc needs on a database it did not set up."""
+    try:
+        role = conninfo_to_dict(url).get("user") or os.environ.get("PGUSER") or "(default)"
+    except psycopg.Error:
+        role = "(default)"
+    return InvalidInput(
+        f"cannot use crc's tables in database {where}: {_one_line(exc)}: the role "
+        f"{role} lacks privileges there; connect as the role that set the database up "
+        "(the owner of crc's tables), or have that role GRANT this one its rights "
+        "(GRANT CREATE ON SCHEMA public, and SELECT, INSERT, UPDATE, DELETE ON ALL "
+        "TABLES IN SCHEMA public)"
+    )
+
+
 def _holds_crc(conn: psycopg.Connection[dict[str, Any]]) -> bool:
     """Whether crc's schema is in the database (on the connection's search path)."""
     row = conn.execute("SELECT to_regclass('schema_version') IS NOT NULL AS ours").fetchone()
@@ -293,6 +350,7 @@ class PostgresStore(Store):
                 "invalid PostgreSQL database URL: expected "
                 "postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE"
             ) from None
+        _check_url_values(info)
         if not info.get("dbname") and not os.environ.get("PGDATABASE"):
             # libpq would take the user's name: crc's tables in `postgres`, say.
             raise InvalidInput(
@@ -363,6 +421,39 @@ class PostgresStore(Store):
 
     def _migrate(self) -> None:
         try:
+            self._migrate_once()
+        except BaseException:
+            if self.identity is not None:  # a refused start leaves no key file it made
+                from ..teardown import forget_made_key
+
+                forget_made_key(self.identity.data_dir)
+            raise
+
+    def _check_key_file(
+        self, conn: psycopg.Connection[dict[str, Any]], me: ReplicaIdentity
+    ) -> None:
+        """A teardown key made just now (its file was missing) is refused where the
+        database holds provider keys sealed with another (or records the replicas'
+        key), unless ``--new-teardown-key``: they would turn unreadable unsaid."""
+        from ..teardown import KEY_FILE, key_made_now, missing_key_message
+
+        if me.new_teardown_key or not key_made_now(me.data_dir):
+            return
+        sealed = conn.execute(
+            "SELECT COUNT(*) AS n FROM teardowns WHERE secret IS NOT NULL"
+        ).fetchone()
+        n = int(sealed["n"]) if sealed else 0
+        recorded = conn.execute(
+            "SELECT 1 AS one FROM replica_identity WHERE name = 'teardown_key'"
+        ).fetchone()
+        if n or recorded:
+            raise Conflict(
+                missing_key_message(Path(me.data_dir) / KEY_FILE, _where(self.url), n, "replica"),
+                code="teardown_key",
+            )
+
+    def _migrate_once(self) -> None:
+        try:
             conn = _connect(self.url)
         except psycopg.OperationalError as exc:
             raise Unavailable(
@@ -379,11 +470,19 @@ class PostgresStore(Store):
                             "data: check the URL; `crc server run` sets up a new database, "
                             "the admin commands that only read never do"
                         )
-                    migrate(PgTx(conn.cursor()), self.dialect)
+                    # Under the migrations' lock: a replica setting the schema up
+                    # meanwhile is waited for. Up to date, nothing is created (a role
+                    # that may only use the tables need not create them).
+                    conn.execute("SELECT pg_advisory_xact_lock(7244101)")
+                    if not _up_to_date(conn):
+                        migrate(PgTx(conn.cursor()), self.dialect)
                     if self.identity is not None:  # `crc server run`: see store/identity.py
+                        self._check_key_file(conn, self.identity)
                         renewed = check_identity(
                             PgTx(conn.cursor()), self.identity, time.time(), _where(self.url)
                         )
+            except psycopg.errors.InsufficientPrivilege as exc:
+                raise _no_rights(self.url, _where(self.url), exc) from None
             except psycopg.OperationalError as exc:
                 raise Unavailable(
                     f"PostgreSQL at {_where(self.url)} failed setting up crc's tables: "

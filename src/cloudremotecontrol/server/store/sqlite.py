@@ -34,6 +34,7 @@ from typing import Any, TypeVar
 from ...errors import InvalidInput, Unavailable
 from .base import LogLimit, MissingColumn, Store, Tx, settle, star_row, star_rows
 from .schema import migrate
+from .serverlock import ServerLock
 
 __all__ = ["SqliteStore"]
 
@@ -124,6 +125,10 @@ class SqliteStore(Store):
         self.batches = 0
         self.window_waits = 0
         self._warnings = LogLimit(_WARN_EVERY)  # what _failed logs, per reason
+        #: Set by `crc server run`: hold the database's server lock while open, alone on
+        #: it (serverlock.py); the admin commands run beside a server and take none.
+        self.serving = False
+        self._lock: ServerLock | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
     def open_sync(self) -> None:
@@ -143,9 +148,12 @@ class SqliteStore(Store):
         self._writer.start()
 
     def _open(self) -> None:
+        on_disk = self.path != ":memory:" and not self.path.startswith("file:")
         try:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-            if self.path != ":memory:" and not self.path.startswith("file:"):
+            if self.serving and on_disk:  # before anything is read or changed
+                self._lock = ServerLock(self.path)
+            if on_disk:
                 # Hashes, encrypted provider keys, job output: owner only. SQLite gives
                 # its -wal and -shm files the database file's mode.
                 os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
@@ -174,12 +182,18 @@ class SqliteStore(Store):
             ) from None
 
     def _close_connections(self) -> None:
-        """Those a failed open made (none is used yet)."""
+        """Those a failed open made (none is used yet), and the server lock."""
         if self._conn is not None:
             self._conn.close()
             self._conn = None
         while not self._readers.empty():
             self._readers.get().close()
+        self._release_lock()
+
+    def _release_lock(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     async def start(self) -> None:
         await asyncio.to_thread(self.open_sync)
@@ -194,6 +208,7 @@ class SqliteStore(Store):
             self._writer = None
         while not self._readers.empty():
             self._readers.get().close()
+        self._release_lock()
 
     # -- running operations -------------------------------------------------------------
     async def write(self, op: Callable[..., T], *args: Any) -> T:
