@@ -200,13 +200,14 @@ def pinned_context(cert_pem: str) -> ssl.SSLContext:
 
 
 def client_context(
-    url: str, fingerprint: str | None, cached_pem: str | None = None
+    url: str, fingerprint: str | None, cached_pem: str | None = None, timeout: float = 10.0
 ) -> tuple[ssl.SSLContext | None, str | None]:
     """The SSL context for ``url``, and the PEM to cache for next time.
 
     With a fingerprint: verify ``cached_pem`` against it, else fetch the server's
     certificate and verify that (raises TlsPinMismatch before anything secret is sent).
     Without: the system CA store. ``http://`` URLs (``--insecure``) get None.
+    ``timeout``: seconds the certificate's fetch may take (connecting, the handshake).
     """
     check_server_url(url)
     check_pin_applies(url, fingerprint)
@@ -225,7 +226,7 @@ def client_context(
                 return pinned_context(cached_pem), cached_pem
             except ssl.SSLError:
                 pass  # PEM, but no certificate: fetched again below
-    der = fetch_server_cert(url)
+    der = fetch_server_cert(url, timeout)
     seen = fingerprint_of(der)
     if seen != pin:
         raise TlsPinMismatch(

@@ -19,8 +19,16 @@ import hashlib
 import inspect
 import os
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Collection,
+    Iterable,
+    Sequence,
+)
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 import httpx
 
@@ -40,11 +48,16 @@ from .calls import (
 )
 from .client import (
     ExactReader,
+    LocalPath,
+    Names,
     check_download_target,
     check_resume_for,
     check_upload_source,
     clean_token,
     file_digest,
+    http_timeout,
+    late_error,
+    local_path,
     older_server,
     open_regular,
     pull_partial,
@@ -136,7 +149,7 @@ class AsyncClient:
         self.urls = split_urls(url)
         self.fingerprint = fingerprint
         self._token, self.cert_pem = clean_token(token), cert_pem
-        self._timeout = timeout
+        self._timeout = calls.check_client_timeout(timeout)
         self.resume_for = check_resume_for(resume_for)
         #: Told in a sentence when an event stream breaks and when it is read again
         #: (the CLI says so on stderr): it may resume quietly for ``resume_for`` s.
@@ -201,13 +214,13 @@ class AsyncClient:
     async def _open(self, url: str) -> httpx.AsyncClient:
         # Checking the pin may fetch the server's certificate: a blocking handshake.
         ctx, self.cert_pem = await asyncio.to_thread(
-            client_context, url, self.fingerprint, self.cert_pem
+            client_context, url, self.fingerprint, self.cert_pem, self._timeout
         )
         return httpx.AsyncClient(
             base_url=url + "/v1",
             verify=ctx if ctx is not None else False,
             headers={"Authorization": f"Bearer {self._token}"},
-            timeout=httpx.Timeout(self._timeout, read=None),
+            timeout=http_timeout(self._timeout),
             trust_env=False,
         )
 
@@ -298,8 +311,15 @@ class AsyncClient:
             )
         return answer_of(self.url, resp.status_code, resp.headers.get("content-type"), resp.content)
 
-    async def _do(self, call: Call) -> Any:
-        answer = await self._call(call.method, call.path, params=call.params, json=call.json)
+    async def _do(self, call: Call, deadline: float | None = None) -> Any:
+        """As ``Client._do``: within ``deadline`` if given (a wait's first calls: timed
+        out by httpx, which closes its connection, not cancelled in its handshake)."""
+        timeout = http_timeout(self._timeout, call.wait)
+        if deadline is not None:
+            timeout = httpx.Timeout(min(self._timeout, max(0.001, deadline - time.monotonic())))
+        answer = await self._call(
+            call.method, call.path, params=call.params, json=call.json, timeout=timeout
+        )
         return call.result(answer)
 
     def _stream(self, call: StreamCall, since: int | None = None) -> AsyncGenerator[Any, None]:
@@ -356,7 +376,8 @@ class AsyncClient:
         self, call: StreamCall, resume: Resume | None = None, halt: _Halt | None = None
     ) -> AsyncIterator[Any]:
         http = await self._client()
-        async with http.stream("GET", call.path, params=call.params) as resp:
+        timeout = http_timeout(self._timeout, stream=bool(call.params.get("follow")))
+        async with http.stream("GET", call.path, params=call.params, timeout=timeout) as resp:
             if resp.status_code >= 400:
                 raise_for(
                     self.url, resp.status_code, resp.headers.get("content-type"), await resp.aread()
@@ -383,7 +404,7 @@ class AsyncClient:
     async def create_group(
         self,
         name: str,
-        machines: list[str] | list[dict[str, Any]],
+        machines: Collection[str | dict[str, Any]],
         key_ttl: float | None = None,
         ttl: float | None = None,
         settings: dict[str, Any] | None = None,
@@ -441,7 +462,7 @@ class AsyncClient:
         self,
         group: str,
         timeout: float = 900.0,
-        machines: list[str] | None = None,
+        machines: Names | None = None,
         on_event: EventHandler | None = None,
     ) -> dict[str, Any]:
         # Checked before the try: its InvalidInput would have the group looked up.
@@ -458,12 +479,15 @@ class AsyncClient:
         self,
         group: str,
         timeout: float,
-        machines: list[str] | None,
+        machines: Names | None,
         on_event: EventHandler | None,
     ) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
-        cursor = await self.event_cursor(group)
-        wait = ReadyWait(await self.group(group), machines)
+        try:  # within the deadline, a server that does not answer too
+            cursor = int(await self._do(calls.event_cursor(group), deadline))
+            wait = ReadyWait(await self._do(calls.group(group), deadline), machines)
+        except Unavailable as exc:
+            raise late_error(exc, deadline, timeout) from None
 
         async def follow() -> None:
             stream = self.events(group, since=cursor, follow=True)
@@ -587,14 +611,51 @@ class AsyncClient:
     ) -> dict[str, Any]:
         return dict(await self._do(calls.send_message(group, to, type, body)))
 
+    @overload
+    def events(
+        self,
+        group: str,
+        since: int | None = None,
+        follow: bool = False,
+        keepalive: Literal[False] = False,
+        types: Names = (),
+    ) -> AsyncGenerator[Event, None]: ...
+    @overload
+    def events(
+        self,
+        group: str,
+        since: int | None,
+        follow: bool,
+        keepalive: Literal[True],
+        types: Names = (),
+    ) -> AsyncGenerator[Event | None, None]: ...
+    @overload
+    def events(
+        self,
+        group: str,
+        since: int | None = None,
+        follow: bool = False,
+        *,
+        keepalive: Literal[True],
+        types: Names = (),
+    ) -> AsyncGenerator[Event | None, None]: ...
+    @overload
     def events(
         self,
         group: str,
         since: int | None = None,
         follow: bool = False,
         keepalive: bool = False,
-        types: tuple[str, ...] = (),
-    ) -> AsyncGenerator[Any, None]:
+        types: Names = (),
+    ) -> AsyncGenerator[Event | None, None]: ...
+    def events(
+        self,
+        group: str,
+        since: int | None = None,
+        follow: bool = False,
+        keepalive: bool = False,
+        types: Names = (),
+    ) -> AsyncGenerator[Event | None, None]:
         return self._stream(calls.events(group, since, follow, keepalive, types))
 
     async def event_cursor(self, group: str) -> int:
@@ -615,7 +676,7 @@ class AsyncClient:
         self,
         group: str,
         type: str,
-        senders: list[str] | None = None,
+        senders: Names | None = None,
         since: int | None = None,
         timeout: float = 600.0,
         on_message: Callable[[Message], object] | None = None,
@@ -623,16 +684,21 @@ class AsyncClient:
         timeout = check_timeout(timeout)
         deadline = time.monotonic() + timeout
         wait = MessageWait(type, senders, since)
-        if wait.senders is not None:
-            wait.check_senders(await self.group(group))
-        if wait.needs_floors:
-            now = await self.event_cursor(group)
-            floors = self.events(group, since=0, types=FLOOR_TYPES)
-            async with contextlib.aclosing(floors):
-                async for ev in floors:
-                    if ev["cursor"] > now:
-                        break
-                    wait.floor(ev)
+        try:  # within the deadline, a server that does not answer too
+            if wait.senders is not None:
+                wait.check_senders(await self._do(calls.group(group), deadline))
+            if wait.needs_floors:
+                now = int(await self._do(calls.event_cursor(group), deadline))
+                floors = self.events(group, since=0, types=FLOOR_TYPES)
+                async with contextlib.aclosing(floors):
+                    async for ev in floors:
+                        if ev["cursor"] > now:
+                            break
+                        wait.floor(ev)
+        except Unavailable as exc:
+            if time.monotonic() < deadline or exc.code == "not_crc_server":
+                raise
+            raise wait.timeout_error(timeout) from None
 
         async def follow() -> dict[str, Message]:
             stream = self.events(group, since=wait.start, follow=True, types=("message",))
@@ -653,7 +719,7 @@ class AsyncClient:
 
         await self._client()
         ctx, self.cert_pem = await asyncio.to_thread(
-            client_context, self.url, self.fingerprint, self.cert_pem
+            client_context, self.url, self.fingerprint, self.cert_pem, self._timeout
         )
         return Opener(self._do, self.url, self._token, ctx)
 
@@ -661,7 +727,7 @@ class AsyncClient:
         self,
         group: str,
         machine: str,
-        argv: list[str] | None = None,
+        argv: Sequence[str] | None = None,
         shell: str | None = None,
         cols: int = 80,
         rows: int = 24,
@@ -748,8 +814,9 @@ class AsyncClient:
         return list(await self._do(calls.kv_list(group)))
 
     # -- files --------------------------------------------------------------------------
-    async def upload(self, local: str) -> dict[str, Any]:
-        sha, size = await asyncio.to_thread(file_digest, local)
+    async def upload(self, local: LocalPath) -> dict[str, Any]:
+        path = local_path(local)
+        sha, size = await asyncio.to_thread(file_digest, path)
         head = await self._request("HEAD", f"/blobs/{sha}")
         if head.status_code == 200:
             return {"sha256": sha, "size": size, "uploaded": False}
@@ -757,8 +824,8 @@ class AsyncClient:
         class Chunks:
             async def __aiter__(self) -> AsyncIterator[bytes]:  # from the start each time
                 # Exactly the ``size`` bytes hashed (a file growing meanwhile: its start).
-                exact = ExactReader(local, sha, size)
-                with await asyncio.to_thread(open_regular, local) as fh:
+                exact = ExactReader(path, sha, size)
+                with await asyncio.to_thread(open_regular, path) as fh:
                     while chunk := await asyncio.to_thread(exact.read, fh):
                         yield chunk
 
@@ -775,12 +842,13 @@ class AsyncClient:
         self,
         group: str,
         to: str,
-        local: str,
+        local: LocalPath,
         remote: str,
         mode: str | None = None,
         owner: str | None = None,
     ) -> dict[str, Any]:
         """As ``Client.push``."""
+        local = local_path(local)
         await asyncio.to_thread(check_upload_source, local)
         remote, new_mode, name = push_fields(local, remote)
         target = calls.check_push(to, remote, mode, owner)
@@ -801,8 +869,9 @@ class AsyncClient:
         check_push_path(remote)
         return dict(await self._do(calls.start_pull(group, machine, remote)))
 
-    async def download_pulled(self, job_id: str, local: str) -> dict[str, Any]:
+    async def download_pulled(self, job_id: str, local: LocalPath) -> dict[str, Any]:
         """As ``Client.download_pulled``."""
+        local = local_path(local)
         check_download_target(local)
         info = dict(await self._do(calls.pulled_file(job_id)))
         target = written_path(local)  # a link is followed: its file is replaced

@@ -42,6 +42,8 @@ from ..protocol.names import audit_actions as checked_audit_actions
 
 __all__ = [
     "RESUME_SECONDS",
+    "STREAM_SILENCE",
+    "WAIT_MARGIN",
     "Call",
     "Resume",
     "StreamCall",
@@ -53,6 +55,12 @@ __all__ = [
 # `random` state (a seeded simulation, a hypothesis run) from a background reader.
 _JITTER = random.Random()  # noqa: S311 -- jitter, not cryptography
 RESUME_SECONDS = 60.0  # how long a broken event stream is tried again, by default
+# An event stream that says nothing at all (no event, no keepalive: the server sends one
+# after each 5 s of silence by default) for this long, or the client's ``timeout`` if it
+# is longer, is taken as broken: it is opened again (``Resume``), then ``Unavailable``.
+STREAM_SILENCE = 120.0
+# Added to a key/value wait's own seconds before its answer counts as late.
+WAIT_MARGIN = 10.0
 RETRY_AFTER_MAX = 300  # seconds: a server's Retry-After beyond this is taken as this
 KV_RETRY_SECONDS = 1.0  # between key/value waits while the server cannot be reached
 
@@ -66,6 +74,7 @@ class Call:
     key: str | None = None  # the SDK returns answer[key] (None: the whole answer)
     needs: tuple[str, ...] = ()  # keys every answer of the API has (else: not CRC)
     items: tuple[str, ...] = ()  # answer[key] is a list of objects with these keys
+    wait: float = 0.0  # seconds the server may hold the answer back (a key/value wait)
 
     def __post_init__(self) -> None:
         # A body JSON cannot carry (NaN, a key that is not a string, bytes, a set) is
@@ -277,6 +286,21 @@ def client_closed() -> InvalidInput:
     )
 
 
+def check_client_timeout(value: object) -> float:
+    """A client's ``timeout``: seconds, a finite number above 0 (each request's connect,
+    read and write; an event stream's silence, a key/value wait's own, are added)."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise InvalidInput(
+            f"invalid timeout {value!r}: seconds, a finite number above 0", field="timeout"
+        )
+    return float(value)
+
+
 def kv_timed_out(key: str, wait: float, newer_than: int) -> TimedOut:
     """A key/value wait that ended without a newer version, as the server says it."""
     return TimedOut(kv_wait_timed_out(key, wait, newer_than))
@@ -377,7 +401,7 @@ def whoami() -> Call:
 
 def create_group(
     name: str,
-    machines: list[str] | list[dict[str, Any]],
+    machines: Iterable[str | dict[str, Any]],
     key_ttl: float | None,
     ttl: float | None,
     settings: dict[str, Any] | None,
@@ -565,6 +589,7 @@ def kv_get(group: str, key: str, wait: float, newer_than: int) -> Call:
         "GET",
         f"/groups/{_group(group)}/kv/{quote(check_kv_key(key), safe='/')}",
         params={"wait": seconds, "newer_than": newer_than},
+        wait=seconds or 0.0,
     )
 
 
@@ -631,7 +656,7 @@ def events(
     since: int | None,
     follow: bool,
     keepalive: bool,
-    types: tuple[str, ...] = (),
+    types: Iterable[str] = (),
 ) -> StreamCall:
     params: dict[str, Any] = {"follow": follow}
     if since is not None:

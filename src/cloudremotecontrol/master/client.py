@@ -19,12 +19,14 @@ import errno
 import hashlib
 import math
 import os
+import socket
 import stat
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any, BinaryIO
+import weakref
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal, overload
 
 try:
     import fcntl
@@ -80,6 +82,10 @@ __all__ = [
 
 #: Called with each event; what it returns is ignored.
 EventHandler = Callable[[Event], object]
+#: Names where a list goes: a list, a tuple, a set... (a string is InvalidInput).
+Names = Collection[str]
+#: A local file's path: a string or a ``pathlib.Path``.
+LocalPath = str | os.PathLike[str]
 
 
 def split_urls(url: object) -> list[str]:
@@ -109,6 +115,20 @@ def check_resume_for(value: object) -> float:
             field="resume_for",
         )
     return float(value)
+
+
+def http_timeout(timeout: float, wait: float = 0.0, stream: bool = False) -> httpx.Timeout:
+    """The ``httpx.Timeout`` of one request of a client whose ``timeout`` it is: that,
+    for connecting, each read and each write; the answer of a request the server holds
+    back ``wait`` seconds (a key/value wait) gets those and ``calls.WAIT_MARGIN`` more;
+    a followed event stream (``stream``) may say nothing for ``calls.STREAM_SILENCE``
+    seconds (or ``timeout`` if longer: the server's keepalives come far more often)
+    before it counts as broken (opened again, then ``Unavailable``)."""
+    if stream:
+        return httpx.Timeout(timeout, read=max(timeout, calls.STREAM_SILENCE))
+    if wait > 0:
+        return httpx.Timeout(timeout, read=timeout + wait + calls.WAIT_MARGIN)
+    return httpx.Timeout(timeout)
 
 
 def clean_token(token: object) -> str:
@@ -161,6 +181,20 @@ def check_download_target(local: str | os.PathLike[str]) -> None:
         raise InvalidInput(f"cannot write {local}: there is no directory {directory}")
     if not os.access(directory, os.W_OK | os.X_OK):
         raise InvalidInput(f"cannot write {local}: the directory {directory} is not writable")
+
+
+def local_path(local: LocalPath) -> str:
+    """A local file's path as a string: a ``pathlib.Path`` (any ``os.PathLike``) is
+    taken as its string; anything else as it is (a string, or what is refused as before)."""
+    return os.fspath(local) if isinstance(local, os.PathLike) else local
+
+
+def late_error(exc: Unavailable, deadline: float, timeout: float) -> Unavailable:
+    """What a wait of ``timeout`` seconds raises when one of its calls failed with
+    ``exc``: its timeout (code ``timeout``) if that came at its deadline, else ``exc``."""
+    if time.monotonic() < deadline or exc.code == "not_crc_server":
+        return exc
+    return Unavailable(f"timed out after {timeout:g} s: {exc}", code="timeout")
 
 
 def written_path(local: str) -> str:
@@ -359,7 +393,7 @@ class Client:
         self.urls = split_urls(url)
         self.fingerprint = fingerprint
         self._token, self.cert_pem = clean_token(token), cert_pem
-        self._timeout = timeout
+        self._timeout = calls.check_client_timeout(timeout)
         self.resume_for = check_resume_for(resume_for)
         #: Told in a sentence when an event stream breaks and when it is read again
         #: (the CLI says so on stderr): it may resume quietly for ``resume_for`` s.
@@ -371,6 +405,11 @@ class Client:
         self._halts = 0
         self._halting: set[threading.Event] = set()
         self._closed = False
+        # The clients of the waits' followers (``_sibling``): halted by ``close()``.
+        self._siblings: weakref.WeakSet[Client] = weakref.WeakSet()
+        # The sockets of the streams being read, by their halt Event (``_cut_streams``).
+        self._stream_socks: dict[threading.Event, socket.socket] = {}
+        self._cut = False  # _cut_streams() called: a stream opened later is cut at once
         self._http = self._connect_any()
 
     @property
@@ -379,12 +418,14 @@ class Client:
         return self.urls[self._index]
 
     def _open(self, url: str) -> httpx.Client:
-        ctx, self.cert_pem = client_context(url, self.fingerprint, self.cert_pem)
+        ctx, self.cert_pem = client_context(
+            url, self.fingerprint, self.cert_pem, timeout=self._timeout
+        )
         return httpx.Client(
             base_url=url + "/v1",
             verify=ctx if ctx is not None else False,
             headers={"Authorization": f"Bearer {self._token}"},
-            timeout=httpx.Timeout(self._timeout, read=None),
+            timeout=http_timeout(self._timeout),
             trust_env=False,
         )
 
@@ -432,9 +473,29 @@ class Client:
 
     def close(self) -> None:
         """Close the connection; any later use of this client raises InvalidInput
-        (code ``client_closed``). Closing again does nothing."""
+        (code ``client_closed``), and a wait or stream in progress (another thread's)
+        ends with it. Closing again does nothing."""
         self._closed = True
+        with self._halt_lock:
+            siblings = list(self._siblings)
+            self._siblings.clear()
+        for sibling in siblings:  # a wait's follower: it ends now, not at a keepalive
+            sibling._cut_streams()
         self._http.close()
+
+    def _cut_streams(self) -> None:
+        """``halt()``, and the connections of the streams being read shut down, so that
+        they end now, not at their next keepalive (a wait's follower that ends)."""
+        with self._halt_lock:
+            self._halts += 1
+            for halted in self._halting:
+                halted.set()
+            self._cut = True
+            open_socks = list(self._stream_socks.values())
+        for sock in open_socks:
+            with contextlib.suppress(OSError):
+                # The socket's own shutdown, under TLS too: the reader's recv ends.
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -465,6 +526,7 @@ class Client:
         finally:
             with self._halt_lock:
                 self._halting.discard(halted)
+                self._stream_socks.pop(halted, None)
 
     def _sibling(self) -> Client:
         """A new client to the same server as the same user (a client is not shared
@@ -479,6 +541,13 @@ class Client:
             self.resume_for,
         )
         sibling.on_stream_break = self.on_stream_break
+        with self._halt_lock:
+            closed = self._closed
+            if not closed:
+                self._siblings.add(sibling)
+        if closed:  # closed while it was made: its follow ends at once
+            sibling.close()
+            raise calls.client_closed()
         return sibling
 
     # -- plumbing -----------------------------------------------------------------------
@@ -526,8 +595,17 @@ class Client:
             )
         return answer_of(self.url, resp.status_code, resp.headers.get("content-type"), resp.content)
 
-    def _do(self, call: Call) -> Any:
-        return call.result(self._call(call.method, call.path, params=call.params, json=call.json))
+    def _do(self, call: Call, deadline: float | None = None) -> Any:
+        """``call`` carried out; within ``deadline`` (``time.monotonic``), if given, as
+        a wait's calls are: each phase of the request gets at most the time left."""
+        timeout = http_timeout(self._timeout, call.wait)
+        if deadline is not None:
+            left = max(0.001, deadline - time.monotonic())
+            timeout = httpx.Timeout(min(self._timeout, left))
+        answer = self._call(
+            call.method, call.path, params=call.params, json=call.json, timeout=timeout
+        )
+        return call.result(answer)
 
     def _stream(self, call: StreamCall, since: int | None = None) -> Iterator[Any]:
         """The stream's items; ``since``: ``_halts`` when the call began (a halt after
@@ -574,9 +652,12 @@ class Client:
         halted: threading.Event | None = None,
     ) -> Iterator[Any]:
         self._check_open()
-        with self._http.stream("GET", call.path, params=call.params) as resp:
+        timeout = http_timeout(self._timeout, stream=bool(call.params.get("follow")))
+        with self._http.stream("GET", call.path, params=call.params, timeout=timeout) as resp:
             if resp.status_code >= 400:
                 raise_for(self.url, resp.status_code, resp.headers.get("content-type"), resp.read())
+            if halted is not None:
+                self._watch_socket(resp, halted)
             if resume is not None:  # open again after a break: said now
                 resume.opened(self.url)
             for line in resp.iter_lines():
@@ -591,6 +672,19 @@ class Client:
                 elif item is not None:
                     call.params["since"] = item["cursor"]
                     yield Event.from_dict(item)
+
+    def _watch_socket(self, resp: httpx.Response, halted: threading.Event) -> None:
+        """Let ``_cut_streams`` shut the connection of the stream ``halted`` is of."""
+        stream = resp.extensions.get("network_stream")
+        sock = None if stream is None else stream.get_extra_info("socket")
+        if isinstance(sock, socket.socket):
+            with self._halt_lock:
+                if halted in self._halting:
+                    self._stream_socks[halted] = sock
+                cut = self._cut
+            if cut:
+                with contextlib.suppress(OSError):
+                    socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
     def _gone(self, group: str) -> NotFound | None:
         """``NotFound`` if ``group`` was deleted (while a wait waited on it) or has
@@ -616,7 +710,7 @@ class Client:
     def create_group(
         self,
         name: str,
-        machines: list[str] | list[dict[str, Any]],
+        machines: Collection[str | dict[str, Any]],
         key_ttl: float | None = None,
         ttl: float | None = None,
         settings: dict[str, Any] | None = None,
@@ -654,7 +748,7 @@ class Client:
         self,
         group: str,
         timeout: float = 900.0,
-        machines: list[str] | None = None,
+        machines: Names | None = None,
         on_event: EventHandler | None = None,
     ) -> dict[str, Any]:
         """Block until the group's machines (or ``machines``) are ready; return the
@@ -677,12 +771,15 @@ class Client:
         self,
         group: str,
         timeout: float,
-        machines: list[str] | None,
+        machines: Names | None,
         on_event: EventHandler | None,
     ) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
-        cursor = self.event_cursor(group)
-        wait = ReadyWait(self.group(group), machines)
+        try:  # within the deadline, a server that does not answer too
+            cursor = int(self._do(calls.event_cursor(group), deadline))
+            wait = ReadyWait(self._do(calls.group(group), deadline), machines)
+        except Unavailable as exc:
+            raise late_error(exc, deadline, timeout) from None
         if not wait.done:
             # On a thread of its own, so that the deadline is kept however quiet the
             # stream is (follow.py).
@@ -691,9 +788,11 @@ class Client:
                     on_event(ev)
                 if wait.done:
                     break
+                self._check_open()  # closed meanwhile (another thread): ends the wait
                 if time.monotonic() > deadline:
                     raise wait.timeout_error(timeout)
             else:
+                self._check_open()  # its follower ended by close()
                 raise self._stream_ended(group)
         return self.group(group)
 
@@ -834,14 +933,51 @@ class Client:
         """Queue data message ``type`` (``user.NAME``) for machines."""
         return dict(self._do(calls.send_message(group, to, type, body)))
 
+    @overload
+    def events(
+        self,
+        group: str,
+        since: int | None = None,
+        follow: bool = False,
+        keepalive: Literal[False] = False,
+        types: Names = (),
+    ) -> Iterator[Event]: ...
+    @overload
+    def events(
+        self,
+        group: str,
+        since: int | None,
+        follow: bool,
+        keepalive: Literal[True],
+        types: Names = (),
+    ) -> Iterator[Event | None]: ...
+    @overload
+    def events(
+        self,
+        group: str,
+        since: int | None = None,
+        follow: bool = False,
+        *,
+        keepalive: Literal[True],
+        types: Names = (),
+    ) -> Iterator[Event | None]: ...
+    @overload
     def events(
         self,
         group: str,
         since: int | None = None,
         follow: bool = False,
         keepalive: bool = False,
-        types: tuple[str, ...] = (),
-    ) -> Iterator[Any]:
+        types: Names = (),
+    ) -> Iterator[Event | None]: ...
+    def events(
+        self,
+        group: str,
+        since: int | None = None,
+        follow: bool = False,
+        keepalive: bool = False,
+        types: Names = (),
+    ) -> Iterator[Event | None]:
         """Events (``Event``) after cursor ``since``; with ``follow``, new ones as they
         happen; with ``keepalive`` also ``None`` every few seconds of silence, so a
         follower can check its own deadline; ``types`` keeps only those event types."""
@@ -872,7 +1008,7 @@ class Client:
         self,
         group: str,
         type: str,
-        senders: list[str] | None = None,
+        senders: Names | None = None,
         since: int | None = None,
         timeout: float = 600.0,
         on_message: Callable[[Message], object] | None = None,
@@ -882,14 +1018,19 @@ class Client:
         timeout = check_timeout(timeout)
         deadline = time.monotonic() + timeout
         wait = MessageWait(type, senders, since)
-        if wait.senders is not None:
-            wait.check_senders(self.group(group))
-        if wait.needs_floors:
-            now = self.event_cursor(group)
-            for ev in self.events(group, since=0, types=FLOOR_TYPES):
-                if ev["cursor"] > now:
-                    break
-                wait.floor(ev)
+        try:  # within the deadline, a server that does not answer too
+            if wait.senders is not None:
+                wait.check_senders(self._do(calls.group(group), deadline))
+            if wait.needs_floors:
+                now = int(self._do(calls.event_cursor(group), deadline))
+                for ev in self.events(group, since=0, types=FLOOR_TYPES):
+                    if ev["cursor"] > now:
+                        break
+                    wait.floor(ev)
+        except Unavailable as exc:
+            if time.monotonic() < deadline or exc.code == "not_crc_server":
+                raise
+            raise wait.timeout_error(timeout) from None
         for ev in follow_events(self._sibling, group, wait.start, ("message",)):
             if ev is not None:
                 msg = wait.feed(ev)
@@ -897,8 +1038,10 @@ class Client:
                     on_message(msg)
             if wait.done:
                 return wait.found
+            self._check_open()  # closed meanwhile (another thread): ends the wait
             if time.monotonic() > deadline:
                 raise wait.timeout_error(timeout)
+        self._check_open()  # its follower ended by close()
         raise self._stream_ended(group)
 
     # -- shells and forwards (master/streams.py) ----------------------------------------
@@ -906,7 +1049,7 @@ class Client:
         self,
         group: str,
         machine: str,
-        argv: list[str] | None = None,
+        argv: Sequence[str] | None = None,
         shell: str | None = None,
         cols: int = 80,
         rows: int = 24,
@@ -920,7 +1063,7 @@ class Client:
 
         body = shell_body(machine, argv, shell, cols, rows, term, record)
         info = self._do(calls.open_stream(group, body))
-        ctx, _ = client_context(self.url, self.fingerprint, self.cert_pem)
+        ctx, _ = client_context(self.url, self.fingerprint, self.cert_pem, self._timeout)
         return connect_sync(self.url, self._token, ctx, info)
 
     def forward(
@@ -997,9 +1140,10 @@ class Client:
         return list(self._do(calls.kv_list(group)))
 
     # -- files --------------------------------------------------------------------------
-    def upload(self, local: str) -> dict[str, Any]:
+    def upload(self, local: LocalPath) -> dict[str, Any]:
         """Upload a file's content once (skipped if the server has it for you already)."""
-        sha, size = file_digest(local)
+        path = local_path(local)
+        sha, size = file_digest(path)
         head = self._request("HEAD", f"/blobs/{sha}")
         if head.status_code == 200:
             return {"sha256": sha, "size": size, "uploaded": False}
@@ -1007,8 +1151,8 @@ class Client:
         class Chunks:
             def __iter__(self) -> Iterator[bytes]:  # from the start, each time it is sent
                 # Exactly the ``size`` bytes hashed (a file growing meanwhile: its start).
-                exact = ExactReader(local, sha, size)
-                with open_regular(local) as fh:
+                exact = ExactReader(path, sha, size)
+                with open_regular(path) as fh:
                     while chunk := exact.read(fh):
                         yield chunk
 
@@ -1025,13 +1169,14 @@ class Client:
         self,
         group: str,
         to: str,
-        local: str,
+        local: LocalPath,
         remote: str,
         mode: str | None = None,
         owner: str | None = None,
     ) -> dict[str, Any]:
         """Upload ``local`` and start the job writing it to ``remote`` on the targets
         (a target, path, mode or owner the server would refuse is refused first)."""
+        local = local_path(local)
         remote, new_mode, name = push_fields(local, remote)
         sha = self._push_upload(group, to, local, remote, mode, owner)
         return self._push_job(group, to, sha, remote, mode, owner, new_mode, name)
@@ -1072,11 +1217,12 @@ class Client:
         check_push_path(remote)
         return dict(self._do(calls.start_pull(group, machine, remote)))
 
-    def download_pulled(self, job_id: str, local: str) -> dict[str, Any]:
+    def download_pulled(self, job_id: str, local: LocalPath) -> dict[str, Any]:
         """Save the file a finished pull job brought back to ``local`` (verified, atomic).
         An existing file keeps its mode, a new one gets the machine's file's less the
         umask (``download_mode``). InvalidInput when ``local`` cannot be written
         (``check_download_target``)."""
+        local = local_path(local)
         check_download_target(local)
         info = dict(self._do(calls.pulled_file(job_id)))
         target = written_path(local)  # a link is followed: its file is replaced

@@ -11,7 +11,8 @@ the follower gets an event as soon as it arrives and ``None`` at least every ``t
 seconds whatever arrives, so it can check its deadline and Ctrl-C on time. When the
 follower stops, the reader ends at the stream's next event or keepalive, or at once if
 the stream is broken (``Client.halt``: it does not go on reconnecting), and closes its
-client.
+client. When the client whose wait it is gets closed (``Client.close``), the reader's
+connection is shut down too: it ends at once.
 
 The SDK's waits (``Client.wait_ready``, ``wait_messages``), ``crc wait`` and the scenario
 runner's waits all follow this way.

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -554,7 +554,7 @@ class ForwardThread:
 
 def shell_body(
     machine: str,
-    argv: list[str] | None,
+    argv: Iterable[str] | None,
     shell: str | None,
     cols: int,
     rows: int,

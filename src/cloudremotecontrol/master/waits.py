@@ -72,7 +72,8 @@ class MessageWait:
     ) -> None:
         # A type no machine can send would be waited for in vain: refused at once.
         self.type = check_message_type(user_type(type_))
-        self.senders = set(senders) if senders is not None else None
+        # A string is no list of senders (its characters are none).
+        self.senders = set(listed(senders, "senders")) if senders is not None else None
         self.since = since
         self._floors: dict[str, int] = {}
         self.found: dict[str, Message] = {}
