@@ -65,12 +65,16 @@ def _ends(fn: Callable[[], Any], within: float) -> BaseException:
     return got["error"]
 
 
+def _create_h(c: Client) -> Any:
+    return c.create_group("h", ["b"])
+
+
 @pytest.mark.parametrize(
     "call",
     [
         lambda c: c.whoami(),
         lambda c: c.group("g"),
-        lambda c: c.create_group("h", ["b"]),
+        _create_h,
     ],
     ids=["whoami", "group", "create_group"],
 )
@@ -78,6 +82,9 @@ def test_plain_call_ends_after_its_timeout(frozen: Any, call: Any) -> None:
     _srv, c = frozen
     exc = _ends(lambda: call(c), TIMEOUT + SAFETY)
     assert isinstance(exc, Unavailable), repr(exc)
+    assert "did not answer in time" in str(exc), exc
+    # A request that changes something may have been done: the user is told to look.
+    assert ("may have been done" in str(exc)) == (call is _create_h), exc
 
 
 def test_waits_end_at_their_deadline(frozen: Any) -> None:

@@ -286,6 +286,17 @@ def client_closed() -> InvalidInput:
     )
 
 
+def unanswered(url: str, method: str) -> Unavailable:
+    """A request the server took but did not answer within the client's ``timeout``:
+    one that changes something may have been done (it is not sent again)."""
+    done = (
+        ""
+        if method.upper() in RESENDABLE
+        else ": what was asked may have been done; look before asking again"
+    )
+    return Unavailable(f"{url} did not answer in time{done}")
+
+
 def check_client_timeout(value: object) -> float:
     """A client's ``timeout``: seconds, a finite number above 0 (each request's connect,
     read and write; an event stream's silence, a key/value wait's own, are added)."""

@@ -577,6 +577,8 @@ class Client:
                 if not resend and method.upper() not in calls.RESENDABLE:
                     raise self._unreachable(exc) from None  # it may have been done
                 cut = exc  # cut by its replica's end, safe to send again: to the next
+            except httpx.ReadTimeout:
+                raise calls.unanswered(self.url, method) from None
             except httpx.HTTPError as exc:
                 raise self._unreachable(exc) from None
             unreached.add(self.url, cut)
