@@ -5,10 +5,9 @@ the streams are typed as what they yield (``Event``; ``Event | None`` with
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-from mypy import api
+from test_typing import _strict  # `mypy --strict` run as a user's own check
 
 SCRIPT = """\
 from collections.abc import AsyncGenerator, Iterator
@@ -48,27 +47,6 @@ async def run(c: AsyncClient) -> None:
     async for ev in c.events("x", follow=True):
         print(ev.type)
 """
-
-
-def _strict(script: Path, tmp_path: Path) -> str:
-    """What ``mypy --strict`` finds wrong in ``script`` ('' if nothing), run as a user's
-    own check (tests/unit/test_typing.py): none of this repository's settings."""
-    config = tmp_path / "mypy.ini"
-    config.write_text("[mypy]\n")
-    stdout, stderr, status = api.run(
-        [
-            "--strict",
-            "--no-incremental",
-            "--cache-dir",
-            str(tmp_path / "cache"),
-            "--config-file",
-            str(config),
-            "--python-executable",
-            sys.executable,
-            str(script),
-        ]
-    )
-    return "" if status == 0 else stdout + stderr
 
 
 def test_sdk_inputs_and_streams_type_check_strict(tmp_path: Path) -> None:
