@@ -130,6 +130,33 @@ def test_async_calls_and_waits_end(env: Any) -> None:
     assert [e.code for e in errors[1:3]] == ["timeout", "timeout"]
 
 
+def test_a_wait_of_0_s_still_looks_once(env: Any) -> None:
+    """A wait of 0 s looks once (master/waits.py): its first calls are given a few
+    seconds, not what is left of the wait (nothing), and it ends with what it saw."""
+    srv: ServerProcess = env.server
+    with Client(srv.url, env.token, srv.fingerprint) as c:
+        c.create_group("z", ["a"])
+        for _ in range(5):  # each look on its own: a connection kept or made anew
+            with pytest.raises(Unavailable) as info:
+                c.wait_ready("z", timeout=0)
+            assert "not ready: a" in str(info.value), info.value
+            with pytest.raises(Unavailable) as info:
+                c.wait_message("z", "never", sender="a", timeout=0)
+            assert "no user.never message from a within 0 s" in str(info.value), info.value
+
+    async def main() -> list[str]:
+        async with AsyncClient(srv.url, env.token, srv.fingerprint) as ac:
+            said = []
+            for _ in range(5):
+                with pytest.raises(Unavailable) as info:
+                    await ac.wait_ready("z", timeout=0)
+                said.append(str(info.value))
+            return said
+
+    for said in asyncio.run(main()):
+        assert "not ready: a" in said, said
+
+
 def test_close_ends_a_wait_in_progress(env: Any) -> None:
     c = Client(env.server.url, env.token, env.server.fingerprint)
     c.create_group("q", ["a"])

@@ -58,6 +58,7 @@ from .client import (
     http_timeout,
     late_error,
     local_path,
+    look_timeout,
     older_server,
     open_regular,
     pull_partial,
@@ -318,7 +319,7 @@ class AsyncClient:
         out by httpx, which closes its connection, not cancelled in its handshake)."""
         timeout = http_timeout(self._timeout, call.wait)
         if deadline is not None:
-            timeout = httpx.Timeout(min(self._timeout, max(0.001, deadline - time.monotonic())))
+            timeout = look_timeout(self._timeout, deadline)
         answer = await self._call(
             call.method, call.path, params=call.params, json=call.json, timeout=timeout
         )

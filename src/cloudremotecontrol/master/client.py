@@ -189,6 +189,17 @@ def local_path(local: LocalPath) -> str:
     return os.fspath(local) if isinstance(local, os.PathLike) else local
 
 
+#: The least a wait's first look (the group, the event cursor) is given, however little
+#: of the wait is left: a wait of 0 s looks once (master/waits.py, ``check_timeout``).
+LOOK_SECONDS = 5.0
+
+
+def look_timeout(timeout: float, deadline: float) -> httpx.Timeout:
+    """The ``httpx.Timeout`` of a wait's first calls: what is left of the wait, at least
+    ``LOOK_SECONDS``, at most the client's ``timeout``."""
+    return httpx.Timeout(min(timeout, max(LOOK_SECONDS, deadline - time.monotonic())))
+
+
 def late_error(exc: Unavailable, deadline: float, timeout: float) -> Unavailable:
     """What a wait of ``timeout`` seconds raises when one of its calls failed with
     ``exc``: its timeout (code ``timeout``) if that came at its deadline, else ``exc``."""
@@ -599,11 +610,11 @@ class Client:
 
     def _do(self, call: Call, deadline: float | None = None) -> Any:
         """``call`` carried out; within ``deadline`` (``time.monotonic``), if given, as
-        a wait's calls are: each phase of the request gets at most the time left."""
+        a wait's first calls are: each phase of the request gets the time left (at
+        least ``LOOK_SECONDS``: a wait of 0 s still looks once)."""
         timeout = http_timeout(self._timeout, call.wait)
         if deadline is not None:
-            left = max(0.001, deadline - time.monotonic())
-            timeout = httpx.Timeout(min(self._timeout, left))
+            timeout = look_timeout(self._timeout, deadline)
         answer = self._call(
             call.method, call.path, params=call.params, json=call.json, timeout=timeout
         )
