@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from ..errors import InvalidInput, Unavailable
+from .numbers import WholeNumber
 from .output import SELECTOR_HELP, emit_json, json_option, kv_key, not_empty, shown_json
 
 _state_option = click.option(
@@ -464,7 +465,7 @@ def kv_get(key: str, state_dir: str | None, agent_wait: float, as_json: bool) ->
 @click.argument("key", callback=kv_key)
 @click.option(
     "--newer-than",
-    type=click.IntRange(min=0),
+    type=WholeNumber(min=0),
     default=0,
     help="Wait for a version above this one (default: until the key exists).",
 )

@@ -30,6 +30,7 @@ import click
 from ..errors import Unavailable
 from . import output
 from .linejoin import LineJoiner, Piece
+from .numbers import WholeNumber
 from .output import (
     SELECTOR_HELP,
     TARGET_HELP,
@@ -64,7 +65,7 @@ def error_exit_option(fn: F) -> F:
 
     return click.option(
         "--error-exit",
-        type=click.IntRange(1, 255),
+        type=WholeNumber(1, 255),
         metavar="CODE",
         expose_value=False,
         is_eager=True,
@@ -836,7 +837,7 @@ def _job_id(ctx: click.Context, param: click.Parameter, value: str) -> str:
 
 @job.command("list")
 @click.argument("name", metavar="GROUP")
-@click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True)
+@click.option("--limit", type=WholeNumber(1, 1000), default=20, show_default=True)
 @json_option
 def job_list(name: str, limit: int, as_json: bool) -> None:
     """The latest jobs of group GROUP, oldest first."""

@@ -14,6 +14,7 @@ from ..errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
 from ..protocol.fields import MAX_SEQ
 from ..protocol.limits import MAX_MACHINES_PER_GROUP
 from ..protocol.names import expired_advice, scenario_of, user_message_type
+from .numbers import WholeNumber
 from .output import (
     TARGET_HELP,
     ago,
@@ -596,7 +597,7 @@ def status(name: str, as_json: bool) -> None:
 @click.command()
 @click.argument("name", metavar="GROUP")
 @click.option("--follow", "-f", is_flag=True, help="Keep streaming new events.")
-@click.option("--since", type=click.IntRange(0, MAX_SEQ), help="Start after this cursor.")
+@click.option("--since", type=WholeNumber(0, MAX_SEQ), help="Start after this cursor.")
 @json_option
 def events(name: str, follow: bool, since: int | None, as_json: bool) -> None:
     """A group's events (state changes, progress, output, results), resumable by cursor.
@@ -831,7 +832,7 @@ def kv_list(name: str, as_json: bool) -> None:
 )
 @click.option(
     "--limit",
-    type=click.IntRange(1, 10000),
+    type=WholeNumber(1, 10000),
     default=100,
     show_default=True,
     help="The latest this many records (of those --action keeps).",

@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from ..errors import Conflict, CrcError, InvalidInput, NotFound, Unauthorized, Unavailable
+from .numbers import WholeNumber
 from .output import json_option
 from .signals import said, stopped_as_by_ctrl_c
 
@@ -37,7 +38,7 @@ def _provider_name(ctx: click.Context, param: click.Parameter, value: str | None
 )
 @click.option(
     "--parallel",
-    type=click.IntRange(1, 64),
+    type=WholeNumber(1, 64),
     default=8,
     show_default=True,
     help="At most this many steps at once.",

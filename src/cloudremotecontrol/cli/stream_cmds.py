@@ -23,6 +23,7 @@ from typing import Any
 import click
 
 from ..errors import Conflict, CrcError, InvalidInput, NotFound, Unauthorized, Unavailable
+from .numbers import WholeNumber
 from .output import emit_json, json_option, print_table, safe
 from .signals import caught
 from .trailing import TrailingCommand
@@ -565,7 +566,7 @@ def _ended_as(row: dict[str, Any]) -> str:
 
 @sessions.command("list")
 @click.argument("group")
-@click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
+@click.option("--limit", type=WholeNumber(1, 1000), default=100, show_default=True)
 @click.option(
     "--probes",
     is_flag=True,

@@ -16,6 +16,7 @@ import click
 
 from ..errors import InvalidInput
 from ..protocol.fields import MAX_SEQ
+from .numbers import WholeNumber
 from .output import emit_json, json_option, safe, shown_json
 from .signals import stopped_as_by_ctrl_c
 
@@ -100,7 +101,7 @@ class LiveTable:
 @click.option("--from", "sender", help="With --message: only from this machine.")
 @click.option(
     "--since",
-    type=click.IntRange(0, MAX_SEQ),
+    type=WholeNumber(0, MAX_SEQ),
     help="With --message: only messages after this event cursor (each message printed "
     "says its cursor). Default: messages sent since the last command started on the "
     "machine.",
