@@ -431,6 +431,10 @@ async def _splice_while_valid(
         if not splicing.done():
             ended = [t for t in watching if t.done() and not t.cancelled() and not t.exception()]
             why = ended[0].result() if ended else None
+        elif stream.exit_code is None and stream.error is None and stream.ended.done():
+            # The agent's end closed as the server ended the stream (its machine revoked,
+            # then its connection closed): the master is told why, not that it went away.
+            why = stream.ended.result()
         for task in (splicing, *watching):
             task.cancel()
         for task in (splicing, *watching):

@@ -217,7 +217,12 @@ async def splice(master: WebSocket, agent: WebSocket, stream: Stream, rec: Recor
         while True:
             message = await agent.receive()
             if message["type"] == "websocket.disconnect":
-                if stream.kind != "forward" and stream.exit_code is None and stream.error is None:
+                if (
+                    stream.kind != "forward"
+                    and stream.exit_code is None
+                    and stream.error is None
+                    and not stream.ended.done()  # ended by the server (revoked): it says why
+                ):
                     # A program's session ends with its exit status: without one, the
                     # agent went away (killed, stopped, its connection lost).
                     stream.error = (
