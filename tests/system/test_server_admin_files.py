@@ -13,21 +13,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from test_server_cli_faults import _crc, _one_error_line
 
 from cloudremotecontrol.master.localrun import crc_argv, free_port
-
-
-def _crc(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(crc_argv(*args), capture_output=True, text=True, timeout=timeout)
-
-
-def _one_error_line(r: subprocess.CompletedProcess[str], code: int) -> str:
-    assert r.returncode == code, (r.returncode, r.stdout, r.stderr)
-    assert "Traceback" not in r.stdout + r.stderr, r.stderr
-    lines = r.stderr.splitlines()
-    assert len(lines) == 1, r.stderr
-    assert lines[0].startswith("crc: error: "), lines
-    return lines[0]
 
 
 def _init(data_dir: Path, *extra: str) -> subprocess.CompletedProcess[str]:
